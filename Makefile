@@ -1,0 +1,42 @@
+# The two commands a newcomer runs: `make run` and `make test` (see README.md).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: run test test-linux guests deps bench lint clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+deps:
+	scripts/install-deps
+
+guests:
+	$(MAKE) -C guests
+
+run: $(STAMP) guests
+	$(VENV)/bin/xenopus create -c guests/hello.cfg
+
+test: $(STAMP) deps guests
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(PY) -m pytest -q tests
+
+# Opt-in: boots Debian's cloud kernel through both loaders (slow on nested KVM).
+test-linux: $(STAMP) guests
+	scripts/fetch-linux
+	$(PY) -m pytest -q -m linux tests/linux
+
+bench: $(STAMP) deps guests
+	$(PY) benchmarks/startup.py
+	$(PY) benchmarks/exits.py
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
+
+clean:
+	$(MAKE) -C guests clean
+	rm -rf $(VENV) build src/*.egg-info

@@ -1,0 +1,3 @@
+from xenopus.toolstack.cli import main
+
+raise SystemExit(main())
