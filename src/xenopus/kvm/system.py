@@ -1,0 +1,346 @@
+"""Thin typed wrappers over the three kinds of KVM file descriptor.
+
+Documentation/virt/kvm/api.rst: /dev/kvm (system ioctls) creates VM fds (VM ioctls), which
+create vCPU fds (vCPU ioctls); each vCPU fd is mmapped to share `struct kvm_run`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import fcntl
+import mmap
+import os
+from collections.abc import Iterable, Mapping
+
+from xenopus.kvm import uapi as u
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.ioctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p]
+_libc.ioctl.restype = ctypes.c_int
+
+
+class KvmError(Exception):
+    """A KVM ioctl or /dev/kvm itself failed; `errno` is set when a system call failed."""
+
+    def __init__(self, message: str, err: int | None = None):
+        super().__init__(message)
+        self.errno = err
+
+
+class KvmCapabilityError(KvmError):
+    """The host's KVM lacks capabilities xenopus needs."""
+
+    def __init__(self, missing: list[int]):
+        self.missing = missing
+        names = ", ".join(u.CAP_NAMES.get(c, f"capability {c}") for c in missing)
+        super().__init__(f"KVM on this host lacks {names}")
+
+
+def _ioctl(
+    fd: int,
+    request: int,
+    arg: int | ctypes.Structure | ctypes._SimpleCData | None = None,
+    what: str = "",
+) -> int:
+    """ioctl(2) through libc (ctypes drops the GIL for the call); `arg` is an int or a struct."""
+    if arg is None:
+        ptr = 0
+    elif isinstance(arg, int):
+        ptr = arg
+    else:
+        ptr = ctypes.addressof(arg)
+    ret = _libc.ioctl(fd, request, ptr)
+    if ret < 0:
+        err = ctypes.get_errno()
+        name = what or f"ioctl {request:#x}"
+        raise KvmError(f"{name}: {os.strerror(err)}", err)
+    return ret
+
+
+class Kvm:
+    """/dev/kvm: the system-wide KVM handle."""
+
+    def __init__(self, path: str = "/dev/kvm"):
+        try:
+            self.fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        except OSError as e:
+            raise KvmError(f"cannot open {path}: {e.strerror}", e.errno) from e
+        version = _ioctl(self.fd, u.KVM_GET_API_VERSION, what="KVM_GET_API_VERSION")
+        if version != u.KVM_API_VERSION:
+            os.close(self.fd)
+            raise KvmError(f"{path} speaks KVM API {version}, xenopus needs {u.KVM_API_VERSION}")
+        self._mmap_size: int | None = None
+
+    def check_extension(self, cap: int) -> int:
+        """KVM_CHECK_EXTENSION: 0 if absent, else a capability-specific positive value."""
+        return _ioctl(self.fd, u.KVM_CHECK_EXTENSION, cap, "KVM_CHECK_EXTENSION")
+
+    def require(self, *caps: int) -> None:
+        missing = [c for c in caps if self.check_extension(c) <= 0]
+        if missing:
+            raise KvmCapabilityError(missing)
+
+    @property
+    def vcpu_mmap_size(self) -> int:
+        if self._mmap_size is None:
+            self._mmap_size = _ioctl(
+                self.fd, u.KVM_GET_VCPU_MMAP_SIZE, what="KVM_GET_VCPU_MMAP_SIZE"
+            )
+        return self._mmap_size
+
+    def supported_cpuid(self) -> ctypes.Structure:
+        """KVM_GET_SUPPORTED_CPUID, growing the buffer while KVM answers E2BIG."""
+        n = 128
+        while True:
+            buf = u.cpuid2_with(n)
+            try:
+                _ioctl(self.fd, u.KVM_GET_SUPPORTED_CPUID, buf, "KVM_GET_SUPPORTED_CPUID")
+            except KvmError as e:
+                if e.errno == errno.E2BIG and n < 4096:
+                    n *= 2
+                    continue
+                raise
+            # Trim to the entries KVM filled in (it rewrote nent).
+            out = u.cpuid2_with(buf.nent)
+            ctypes.memmove(
+                ctypes.addressof(out.entries),
+                ctypes.addressof(buf.entries),
+                ctypes.sizeof(out.entries),
+            )
+            return out
+
+    def msr_index_list(self) -> list[int]:
+        """KVM_GET_MSR_INDEX_LIST: the MSRs KVM saves and restores."""
+        probe = u.msr_list_with(0)
+        try:
+            _ioctl(self.fd, u.KVM_GET_MSR_INDEX_LIST, probe)
+        except KvmError as e:
+            if e.errno != errno.E2BIG:
+                raise
+        buf = u.msr_list_with(probe.nmsrs)
+        _ioctl(self.fd, u.KVM_GET_MSR_INDEX_LIST, buf, "KVM_GET_MSR_INDEX_LIST")
+        return list(buf.indices[: buf.nmsrs])
+
+    def create_vm(self) -> VmFd:
+        fd = _ioctl(self.fd, u.KVM_CREATE_VM, 0, "KVM_CREATE_VM")
+        return VmFd(fd, self)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> Kvm:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class VmFd:
+    """A VM file descriptor (KVM_CREATE_VM)."""
+
+    # Where the VMX real-mode helpers live (api.rst, KVM_SET_TSS_ADDR / KVM_SET_IDENTITY_MAP_ADDR):
+    # three pages for the TSS, one for the EPT identity map, just below the BIOS at 4 GiB-256K.
+    TSS_ADDR = 0xFFFBD000
+    IDENTITY_MAP_ADDR = 0xFFFBC000
+
+    def __init__(self, fd: int, kvm: Kvm):
+        self.fd = fd
+        self.kvm = kvm
+
+    def set_user_memory_region(
+        self, slot: int, gpa: int, size: int, host_addr: int, flags: int = 0
+    ) -> None:
+        region = u.kvm_userspace_memory_region(slot, flags, gpa, size, host_addr)
+        _ioctl(
+            self.fd,
+            u.KVM_SET_USER_MEMORY_REGION,
+            region,
+            f"KVM_SET_USER_MEMORY_REGION slot {slot} gpa {gpa:#x}+{size:#x}",
+        )
+
+    def set_tss_addr(self, addr: int = TSS_ADDR) -> None:
+        _ioctl(self.fd, u.KVM_SET_TSS_ADDR, addr, "KVM_SET_TSS_ADDR")
+
+    def set_identity_map_addr(self, addr: int = IDENTITY_MAP_ADDR) -> None:
+        _ioctl(
+            self.fd, u.KVM_SET_IDENTITY_MAP_ADDR, ctypes.c_uint64(addr), "KVM_SET_IDENTITY_MAP_ADDR"
+        )
+
+    def create_irqchip(self) -> None:
+        _ioctl(self.fd, u.KVM_CREATE_IRQCHIP, 0, "KVM_CREATE_IRQCHIP")
+
+    def create_pit2(self, flags: int = 0) -> None:
+        _ioctl(self.fd, u.KVM_CREATE_PIT2, u.kvm_pit_config(flags=flags), "KVM_CREATE_PIT2")
+
+    def irq_line(self, irq: int, level: bool | int) -> None:
+        _ioctl(self.fd, u.KVM_IRQ_LINE, u.kvm_irq_level(irq, int(bool(level))), "KVM_IRQ_LINE")
+
+    def enable_cap(self, cap: int, *args: int) -> None:
+        req = u.kvm_enable_cap(cap=cap)
+        for i, a in enumerate(args):
+            req.args[i] = a
+        _ioctl(self.fd, u.KVM_ENABLE_CAP, req, f"KVM_ENABLE_CAP {u.CAP_NAMES.get(cap, cap)}")
+
+    def set_msr_filter(
+        self,
+        ranges: Iterable[tuple[int, int, bytes]],
+        default: int = u.KVM_MSR_FILTER_DEFAULT_ALLOW,
+    ) -> None:
+        """KVM_X86_SET_MSR_FILTER; `ranges` are (flags, base MSR, bitmap) — one bit per MSR,
+        a set bit allows the accesses named in flags, a clear bit sends them to userspace
+        (with KVM_CAP_X86_USER_SPACE_MSR enabled for KVM_MSR_EXIT_REASON_FILTER)."""
+        filt = u.kvm_msr_filter(flags=default)
+        keep = []  # the bitmaps must outlive the ioctl (KVM copies them)
+        for i, (flags, base, bitmap) in enumerate(ranges):
+            buf = ctypes.create_string_buffer(bytes(bitmap), len(bitmap))
+            keep.append(buf)
+            filt.ranges[i] = u.kvm_msr_filter_range(
+                flags, len(bitmap) * 8, base, ctypes.addressof(buf)
+            )
+        _ioctl(self.fd, u.KVM_X86_SET_MSR_FILTER, filt, "KVM_X86_SET_MSR_FILTER")
+
+    def ioeventfd(
+        self,
+        fd: int,
+        addr: int,
+        length: int,
+        *,
+        datamatch: int | None = None,
+        pio: bool = False,
+        deassign: bool = False,
+    ) -> None:
+        flags = (u.KVM_IOEVENTFD_FLAG_PIO if pio else 0) | (
+            u.KVM_IOEVENTFD_FLAG_DEASSIGN if deassign else 0
+        )
+        if datamatch is not None:
+            flags |= u.KVM_IOEVENTFD_FLAG_DATAMATCH
+        req = u.kvm_ioeventfd(datamatch=datamatch or 0, addr=addr, len=length, fd=fd, flags=flags)
+        _ioctl(self.fd, u.KVM_IOEVENTFD, req, f"KVM_IOEVENTFD {addr:#x}")
+
+    def irqfd(
+        self, fd: int, gsi: int, *, resamplefd: int | None = None, deassign: bool = False
+    ) -> None:
+        flags = u.KVM_IRQFD_FLAG_DEASSIGN if deassign else 0
+        if resamplefd is not None:
+            flags |= u.KVM_IRQFD_FLAG_RESAMPLE
+        req = u.kvm_irqfd(fd=fd, gsi=gsi, flags=flags, resamplefd=resamplefd or 0)
+        _ioctl(self.fd, u.KVM_IRQFD, req, f"KVM_IRQFD gsi {gsi}")
+
+    def set_gsi_routing(self, entries: Iterable[u.kvm_irq_routing_entry]) -> None:
+        """KVM_SET_GSI_ROUTING replaces the whole table; build entries with
+        `irqchip_route()` / `msi_route()`."""
+        entries = list(entries)
+        table = u.irq_routing_with(len(entries))
+        for i, e in enumerate(entries):
+            table.entries[i] = e
+        _ioctl(self.fd, u.KVM_SET_GSI_ROUTING, table, "KVM_SET_GSI_ROUTING")
+
+    def get_dirty_log(self, slot: int, bitmap: bytearray | memoryview) -> None:
+        """Fill `bitmap` (one bit per page of the slot, 64-bit aligned length) and reset it."""
+        buf = (ctypes.c_char * len(bitmap)).from_buffer(bitmap)
+        req = u.kvm_dirty_log(slot=slot, dirty_bitmap=ctypes.addressof(buf))
+        _ioctl(self.fd, u.KVM_GET_DIRTY_LOG, req, f"KVM_GET_DIRTY_LOG slot {slot}")
+        del buf
+
+    def xen_hvm_config(self, msr: int, flags: int = 0) -> None:
+        req = u.kvm_xen_hvm_config(flags=flags, msr=msr)
+        _ioctl(self.fd, u.KVM_XEN_HVM_CONFIG, req, "KVM_XEN_HVM_CONFIG")
+
+    def create_vcpu(self, index: int) -> VcpuFd:
+        fd = _ioctl(self.fd, u.KVM_CREATE_VCPU, index, f"KVM_CREATE_VCPU {index}")
+        return VcpuFd(fd, index, self.kvm.vcpu_mmap_size)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def irqchip_route(gsi: int, chip: int, pin: int) -> u.kvm_irq_routing_entry:
+    e = u.kvm_irq_routing_entry(gsi=gsi, type=u.KVM_IRQ_ROUTING_IRQCHIP)
+    e.u.irqchip = u.kvm_irq_routing_irqchip(chip, pin)
+    return e
+
+
+def msi_route(gsi: int, address: int, data: int) -> u.kvm_irq_routing_entry:
+    e = u.kvm_irq_routing_entry(gsi=gsi, type=u.KVM_IRQ_ROUTING_MSI)
+    e.u.msi = u.kvm_irq_routing_msi(address & 0xFFFFFFFF, address >> 32, data, 0)
+    return e
+
+
+class VcpuFd:
+    """A vCPU file descriptor and its mmapped `struct kvm_run`."""
+
+    def __init__(self, fd: int, index: int, mmap_size: int):
+        self.fd = fd
+        self.index = index
+        self.mmap = mmap.mmap(fd, mmap_size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        # A live view of the shared page: reading a field reads what KVM wrote, no copy.
+        self.kvm_run: u.kvm_run = u.kvm_run.from_buffer(self.mmap)
+
+    def run(self) -> None:
+        """KVM_RUN. Raises InterruptedError when a signal or immediate_exit cut it short.
+
+        fcntl.ioctl with an int argument drops the GIL around ioctl(2) (Modules/fcntlmodule.c)
+        and costs less per call than a ctypes call.
+        """
+        fcntl.ioctl(self.fd, u.KVM_RUN, 0)
+
+    def get_regs(self) -> u.kvm_regs:
+        regs = u.kvm_regs()
+        _ioctl(self.fd, u.KVM_GET_REGS, regs, "KVM_GET_REGS")
+        return regs
+
+    def set_regs(self, regs: u.kvm_regs) -> None:
+        _ioctl(self.fd, u.KVM_SET_REGS, regs, "KVM_SET_REGS")
+
+    def get_sregs(self) -> u.kvm_sregs:
+        sregs = u.kvm_sregs()
+        _ioctl(self.fd, u.KVM_GET_SREGS, sregs, "KVM_GET_SREGS")
+        return sregs
+
+    def set_sregs(self, sregs: u.kvm_sregs) -> None:
+        _ioctl(self.fd, u.KVM_SET_SREGS, sregs, "KVM_SET_SREGS")
+
+    def set_cpuid2(self, cpuid: ctypes.Structure) -> None:
+        _ioctl(self.fd, u.KVM_SET_CPUID2, cpuid, "KVM_SET_CPUID2")
+
+    def get_msrs(self, indices: Iterable[int]) -> dict[int, int]:
+        indices = list(indices)
+        buf = u.msrs_with(len(indices))
+        for i, index in enumerate(indices):
+            buf.entries[i].index = index
+        n = _ioctl(self.fd, u.KVM_GET_MSRS, buf, "KVM_GET_MSRS")
+        if n != len(indices):
+            raise KvmError(f"KVM_GET_MSRS: MSR {indices[n]:#x} cannot be read")
+        return {e.index: e.data for e in buf.entries}
+
+    def set_msrs(self, values: Mapping[int, int]) -> None:
+        buf = u.msrs_with(len(values))
+        for i, (index, data) in enumerate(values.items()):
+            buf.entries[i].index = index
+            buf.entries[i].data = data
+        n = _ioctl(self.fd, u.KVM_SET_MSRS, buf, "KVM_SET_MSRS")
+        if n != len(values):
+            raise KvmError(f"KVM_SET_MSRS: MSR {buf.entries[n].index:#x} was refused")
+
+    def get_mp_state(self) -> int:
+        state = u.kvm_mp_state()
+        _ioctl(self.fd, u.KVM_GET_MP_STATE, state, "KVM_GET_MP_STATE")
+        return state.mp_state
+
+    def set_mp_state(self, mp_state: int) -> None:
+        _ioctl(self.fd, u.KVM_SET_MP_STATE, u.kvm_mp_state(mp_state), "KVM_SET_MP_STATE")
+
+    def close(self) -> None:
+        # Drop the ctypes view first: mmap.close() refuses while a buffer export is alive.
+        self.kvm_run = None  # type: ignore[assignment]
+        with contextlib.suppress(BufferError):  # a view still alive: unmapped at exit
+            self.mmap.close()
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1

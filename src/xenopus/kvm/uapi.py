@@ -1,0 +1,538 @@
+"""The KVM userspace ABI we use: ioctl numbers, constants and structs.
+
+Mirrors include/uapi/linux/kvm.h and arch/x86/include/uapi/asm/kvm.h (Linux 6.1; the
+ABI only grows). This is the one module in xenopus that holds such numbers. Every layout
+is checked against the C headers' sizes and offsets in tests/unit/test_kvm_uapi.py.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from ctypes import c_char, c_int32, c_uint8, c_uint16, c_uint32, c_uint64
+
+from xenopus.kvm.ioctl import _IO, _IOR, _IOW, _IOWR
+
+KVM_API_VERSION = 12
+KVMIO = 0xAE
+
+# --- capabilities (linux/kvm.h "extension capability list") -------------------------------
+KVM_CAP_IRQCHIP = 0
+KVM_CAP_HLT = 1
+KVM_CAP_USER_MEMORY = 3
+KVM_CAP_SET_TSS_ADDR = 4
+KVM_CAP_EXT_CPUID = 7
+KVM_CAP_NR_VCPUS = 9
+KVM_CAP_PIT = 11
+KVM_CAP_NOP_IO_DELAY = 12
+KVM_CAP_MP_STATE = 14
+KVM_CAP_IRQ_ROUTING = 25
+KVM_CAP_IRQ_INJECT_STATUS = 26
+KVM_CAP_IRQFD = 32
+KVM_CAP_PIT2 = 33
+KVM_CAP_PIT_STATE2 = 35
+KVM_CAP_IOEVENTFD = 36
+KVM_CAP_SET_IDENTITY_MAP_ADDR = 37
+KVM_CAP_XEN_HVM = 38
+KVM_CAP_ADJUST_CLOCK = 39
+KVM_CAP_INTERNAL_ERROR_DATA = 40
+KVM_CAP_VCPU_EVENTS = 41
+KVM_CAP_XSAVE = 55
+KVM_CAP_MAX_VCPUS = 66
+KVM_CAP_TSC_DEADLINE_TIMER = 72
+KVM_CAP_SIGNAL_MSI = 77
+KVM_CAP_READONLY_MEM = 81
+KVM_CAP_IRQFD_RESAMPLE = 82
+KVM_CAP_ENABLE_CAP_VM = 98
+KVM_CAP_SPLIT_IRQCHIP = 121
+KVM_CAP_X2APIC_API = 129
+KVM_CAP_IMMEDIATE_EXIT = 136
+KVM_CAP_X86_DISABLE_EXITS = 143
+KVM_CAP_X86_USER_SPACE_MSR = 188
+KVM_CAP_X86_MSR_FILTER = 189
+KVM_CAP_EXIT_HYPERCALL = 201
+KVM_CAP_X86_TRIPLE_FAULT_EVENT = 218
+
+# --- exit reasons (kvm_run.exit_reason) -----------------------------------------------------
+KVM_EXIT_UNKNOWN = 0
+KVM_EXIT_EXCEPTION = 1
+KVM_EXIT_IO = 2
+KVM_EXIT_HYPERCALL = 3
+KVM_EXIT_DEBUG = 4
+KVM_EXIT_HLT = 5
+KVM_EXIT_MMIO = 6
+KVM_EXIT_IRQ_WINDOW_OPEN = 7
+KVM_EXIT_SHUTDOWN = 8
+KVM_EXIT_FAIL_ENTRY = 9
+KVM_EXIT_INTR = 10
+KVM_EXIT_SET_TPR = 11
+KVM_EXIT_TPR_ACCESS = 12
+KVM_EXIT_NMI = 16
+KVM_EXIT_INTERNAL_ERROR = 17
+KVM_EXIT_WATCHDOG = 21
+KVM_EXIT_SYSTEM_EVENT = 24
+KVM_EXIT_IOAPIC_EOI = 26
+KVM_EXIT_HYPERV = 27
+KVM_EXIT_X86_RDMSR = 29
+KVM_EXIT_X86_WRMSR = 30
+KVM_EXIT_DIRTY_RING_FULL = 31
+KVM_EXIT_AP_RESET_HOLD = 32
+KVM_EXIT_X86_BUS_LOCK = 33
+KVM_EXIT_XEN = 34
+KVM_EXIT_NOTIFY = 37
+
+EXIT_NAMES: dict[int, str] = {
+    v: k for k, v in list(globals().items()) if k.startswith("KVM_EXIT_") and isinstance(v, int)
+}
+
+KVM_EXIT_IO_IN = 0
+KVM_EXIT_IO_OUT = 1
+
+# KVM_EXIT_INTERNAL_ERROR suberrors
+KVM_INTERNAL_ERROR_EMULATION = 1
+KVM_INTERNAL_ERROR_SIMUL_EX = 2
+KVM_INTERNAL_ERROR_DELIVERY_EV = 3
+KVM_INTERNAL_ERROR_UNEXPECTED_EXIT_REASON = 4
+KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES = 1 << 0
+
+# KVM_EXIT_SYSTEM_EVENT types
+KVM_SYSTEM_EVENT_SHUTDOWN = 1
+KVM_SYSTEM_EVENT_RESET = 2
+KVM_SYSTEM_EVENT_CRASH = 3
+KVM_SYSTEM_EVENT_WAKEUP = 4
+KVM_SYSTEM_EVENT_SUSPEND = 5
+KVM_SYSTEM_EVENT_SEV_TERM = 6
+
+# KVM_EXIT_X86_RDMSR/WRMSR reasons, and what KVM_CAP_X86_USER_SPACE_MSR is enabled with
+KVM_MSR_EXIT_REASON_INVAL = 1 << 0
+KVM_MSR_EXIT_REASON_UNKNOWN = 1 << 1
+KVM_MSR_EXIT_REASON_FILTER = 1 << 2
+
+# KVM_X86_SET_MSR_FILTER (asm/kvm.h)
+KVM_MSR_FILTER_MAX_BITMAP_SIZE = 0x600
+KVM_MSR_FILTER_READ = 1 << 0
+KVM_MSR_FILTER_WRITE = 1 << 1
+KVM_MSR_FILTER_MAX_RANGES = 16
+KVM_MSR_FILTER_DEFAULT_ALLOW = 0 << 0
+KVM_MSR_FILTER_DEFAULT_DENY = 1 << 0
+
+# kvm_userspace_memory_region.flags
+KVM_MEM_LOG_DIRTY_PAGES = 1 << 0
+KVM_MEM_READONLY = 1 << 1
+
+# kvm_mp_state.mp_state
+KVM_MP_STATE_RUNNABLE = 0
+KVM_MP_STATE_UNINITIALIZED = 1
+KVM_MP_STATE_INIT_RECEIVED = 2
+KVM_MP_STATE_HALTED = 3
+KVM_MP_STATE_SIPI_RECEIVED = 4
+
+# irqchips (asm/kvm.h) and GSI routing entry types
+KVM_IRQCHIP_PIC_MASTER = 0
+KVM_IRQCHIP_PIC_SLAVE = 1
+KVM_IRQCHIP_IOAPIC = 2
+KVM_IRQ_ROUTING_IRQCHIP = 1
+KVM_IRQ_ROUTING_MSI = 2
+
+KVM_IRQFD_FLAG_DEASSIGN = 1 << 0
+KVM_IRQFD_FLAG_RESAMPLE = 1 << 1
+
+# enum kvm_ioeventfd_flag_nr: datamatch, pio, deassign
+KVM_IOEVENTFD_FLAG_DATAMATCH = 1 << 0
+KVM_IOEVENTFD_FLAG_PIO = 1 << 1
+KVM_IOEVENTFD_FLAG_DEASSIGN = 1 << 2
+
+KVM_PIT_SPEAKER_DUMMY = 1
+
+KVM_CPUID_FLAG_SIGNIFCANT_INDEX = 1 << 0  # sic, the header's spelling
+
+KVM_X86_DISABLE_EXITS_MWAIT = 1 << 0
+KVM_X86_DISABLE_EXITS_HLT = 1 << 1
+KVM_X86_DISABLE_EXITS_PAUSE = 1 << 2
+
+KVM_XEN_HVM_CONFIG_HYPERCALL_MSR = 1 << 0
+KVM_XEN_HVM_CONFIG_INTERCEPT_HCALL = 1 << 1
+
+KVM_NR_INTERRUPTS = 256
+
+
+# kvm_regs field order
+GPR_NAMES = (
+    "rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp",
+    "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15", "rip", "rflags",
+)  # fmt: skip
+
+
+# --- structs (asm/kvm.h) --------------------------------------------------------------------
+class kvm_regs(ctypes.Structure):  # noqa: N801 - C names kept so the headers can be grepped
+    _fields_ = [(name, c_uint64) for name in GPR_NAMES]
+
+
+class kvm_segment(ctypes.Structure):  # noqa: N801
+    _fields_ = [
+        ("base", c_uint64),
+        ("limit", c_uint32),
+        ("selector", c_uint16),
+        ("type", c_uint8),
+        ("present", c_uint8),
+        ("dpl", c_uint8),
+        ("db", c_uint8),
+        ("s", c_uint8),
+        ("l", c_uint8),
+        ("g", c_uint8),
+        ("avl", c_uint8),
+        ("unusable", c_uint8),
+        ("padding", c_uint8),
+    ]
+
+
+class kvm_dtable(ctypes.Structure):  # noqa: N801
+    _fields_ = [("base", c_uint64), ("limit", c_uint16), ("padding", c_uint16 * 3)]
+
+
+class kvm_sregs(ctypes.Structure):  # noqa: N801
+    _fields_ = [
+        *((name, kvm_segment) for name in ("cs", "ds", "es", "fs", "gs", "ss", "tr", "ldt")),
+        ("gdt", kvm_dtable),
+        ("idt", kvm_dtable),
+        *((name, c_uint64) for name in ("cr0", "cr2", "cr3", "cr4", "cr8", "efer", "apic_base")),
+        ("interrupt_bitmap", c_uint64 * ((KVM_NR_INTERRUPTS + 63) // 64)),
+    ]
+
+
+class kvm_msr_entry(ctypes.Structure):  # noqa: N801
+    _fields_ = [("index", c_uint32), ("reserved", c_uint32), ("data", c_uint64)]
+
+
+class kvm_msrs(ctypes.Structure):  # noqa: N801
+    """Header only; the entries follow it (see `msrs_with`)."""
+
+    _fields_ = [("nmsrs", c_uint32), ("pad", c_uint32)]
+
+
+class kvm_msr_list(ctypes.Structure):  # noqa: N801
+    _fields_ = [("nmsrs", c_uint32)]
+
+
+class kvm_cpuid_entry2(ctypes.Structure):  # noqa: N801
+    _fields_ = [
+        ("function", c_uint32),
+        ("index", c_uint32),
+        ("flags", c_uint32),
+        ("eax", c_uint32),
+        ("ebx", c_uint32),
+        ("ecx", c_uint32),
+        ("edx", c_uint32),
+        ("padding", c_uint32 * 3),
+    ]
+
+
+class kvm_cpuid2(ctypes.Structure):  # noqa: N801
+    """Header only; the entries follow it (see `cpuid2_with`)."""
+
+    _fields_ = [("nent", c_uint32), ("padding", c_uint32)]
+
+
+class kvm_msr_filter_range(ctypes.Structure):  # noqa: N801
+    _fields_ = [
+        ("flags", c_uint32),
+        ("nmsrs", c_uint32),
+        ("base", c_uint32),
+        ("bitmap", ctypes.c_void_p),  # __u8 *: 1 bit per MSR, set = allowed
+    ]
+
+
+class kvm_msr_filter(ctypes.Structure):  # noqa: N801
+    _fields_ = [("flags", c_uint32), ("ranges", kvm_msr_filter_range * KVM_MSR_FILTER_MAX_RANGES)]
+
+
+# --- structs (linux/kvm.h) ------------------------------------------------------------------
+class kvm_userspace_memory_region(ctypes.Structure):  # noqa: N801
+    _fields_ = [
+        ("slot", c_uint32),
+        ("flags", c_uint32),
+        ("guest_phys_addr", c_uint64),
+        ("memory_size", c_uint64),
+        ("userspace_addr", c_uint64),
+    ]
+
+
+class kvm_irq_level(ctypes.Structure):  # noqa: N801
+    _fields_ = [("irq", c_uint32), ("level", c_uint32)]  # irq is a union with __s32 status
+
+
+class kvm_pit_config(ctypes.Structure):  # noqa: N801
+    _fields_ = [("flags", c_uint32), ("pad", c_uint32 * 15)]
+
+
+class kvm_enable_cap(ctypes.Structure):  # noqa: N801
+    _fields_ = [
+        ("cap", c_uint32),
+        ("flags", c_uint32),
+        ("args", c_uint64 * 4),
+        ("pad", c_uint8 * 64),
+    ]
+
+
+class kvm_mp_state(ctypes.Structure):  # noqa: N801
+    _fields_ = [("mp_state", c_uint32)]
+
+
+class kvm_irqfd(ctypes.Structure):  # noqa: N801
+    _fields_ = [
+        ("fd", c_uint32),
+        ("gsi", c_uint32),
+        ("flags", c_uint32),
+        ("resamplefd", c_uint32),
+        ("pad", c_uint8 * 16),
+    ]
+
+
+class kvm_ioeventfd(ctypes.Structure):  # noqa: N801
+    _fields_ = [
+        ("datamatch", c_uint64),
+        ("addr", c_uint64),
+        ("len", c_uint32),
+        ("fd", c_int32),
+        ("flags", c_uint32),
+        ("pad", c_uint8 * 36),
+    ]
+
+
+class kvm_dirty_log(ctypes.Structure):  # noqa: N801
+    _fields_ = [("slot", c_uint32), ("padding1", c_uint32), ("dirty_bitmap", ctypes.c_void_p)]
+
+
+class kvm_irq_routing_irqchip(ctypes.Structure):  # noqa: N801
+    _fields_ = [("irqchip", c_uint32), ("pin", c_uint32)]
+
+
+class kvm_irq_routing_msi(ctypes.Structure):  # noqa: N801
+    _fields_ = [
+        ("address_lo", c_uint32),
+        ("address_hi", c_uint32),
+        ("data", c_uint32),
+        ("devid", c_uint32),  # a union with pad
+    ]
+
+
+class _routing_u(ctypes.Union):  # noqa: N801
+    _fields_ = [
+        ("irqchip", kvm_irq_routing_irqchip),
+        ("msi", kvm_irq_routing_msi),
+        ("pad", c_uint32 * 8),
+    ]
+
+
+class kvm_irq_routing_entry(ctypes.Structure):  # noqa: N801
+    _fields_ = [
+        ("gsi", c_uint32),
+        ("type", c_uint32),
+        ("flags", c_uint32),
+        ("pad", c_uint32),
+        ("u", _routing_u),
+    ]
+
+
+class kvm_irq_routing(ctypes.Structure):  # noqa: N801
+    """Header only; the entries follow it (see `irq_routing_with`)."""
+
+    _fields_ = [("nr", c_uint32), ("flags", c_uint32)]
+
+
+class kvm_xen_hvm_config(ctypes.Structure):  # noqa: N801
+    _fields_ = [
+        ("flags", c_uint32),
+        ("msr", c_uint32),
+        ("blob_addr_32", c_uint64),
+        ("blob_addr_64", c_uint64),
+        ("blob_size_32", c_uint8),
+        ("blob_size_64", c_uint8),
+        ("pad2", c_uint8 * 30),
+    ]
+
+
+# --- struct kvm_run and its exit union ------------------------------------------------------
+class _exit_fail_entry(ctypes.Structure):  # noqa: N801
+    _fields_ = [("hardware_entry_failure_reason", c_uint64), ("cpu", c_uint32)]
+
+
+class _exit_io(ctypes.Structure):  # noqa: N801
+    _fields_ = [
+        ("direction", c_uint8),
+        ("size", c_uint8),
+        ("port", c_uint16),
+        ("count", c_uint32),
+        ("data_offset", c_uint64),  # relative to the start of kvm_run
+    ]
+
+
+class _exit_mmio(ctypes.Structure):  # noqa: N801
+    _fields_ = [
+        ("phys_addr", c_uint64),
+        ("data", c_uint8 * 8),
+        ("len", c_uint32),
+        ("is_write", c_uint8),
+    ]
+
+
+class _exit_hypercall(ctypes.Structure):  # noqa: N801
+    _fields_ = [
+        ("nr", c_uint64),
+        ("args", c_uint64 * 6),
+        ("ret", c_uint64),
+        ("longmode", c_uint32),
+        ("pad", c_uint32),
+    ]
+
+
+class _exit_internal(ctypes.Structure):  # noqa: N801
+    _fields_ = [("suberror", c_uint32), ("ndata", c_uint32), ("data", c_uint64 * 16)]
+
+
+class _exit_emulation_failure(ctypes.Structure):  # noqa: N801
+    """Overlay of `internal` for KVM_INTERNAL_ERROR_EMULATION."""
+
+    _fields_ = [
+        ("suberror", c_uint32),
+        ("ndata", c_uint32),
+        ("flags", c_uint64),
+        ("insn_size", c_uint8),
+        ("insn_bytes", c_uint8 * 15),
+    ]
+
+
+class _exit_system_event(ctypes.Structure):  # noqa: N801
+    _fields_ = [("type", c_uint32), ("ndata", c_uint32), ("data", c_uint64 * 16)]
+
+
+class _exit_msr(ctypes.Structure):  # noqa: N801
+    _fields_ = [
+        ("error", c_uint8),  # user -> kernel: 1 injects #GP
+        ("pad", c_uint8 * 7),
+        ("reason", c_uint32),
+        ("index", c_uint32),
+        ("data", c_uint64),
+    ]
+
+
+class _exit_union(ctypes.Union):  # noqa: N801
+    _fields_ = [
+        ("hardware_exit_reason", c_uint64),
+        ("fail_entry", _exit_fail_entry),
+        ("io", _exit_io),
+        ("mmio", _exit_mmio),
+        ("hypercall", _exit_hypercall),
+        ("internal", _exit_internal),
+        ("emulation_failure", _exit_emulation_failure),
+        ("system_event", _exit_system_event),
+        ("msr", _exit_msr),
+        ("xen", c_uint8 * 256),  # struct kvm_xen_exit, decoded by whoever needs it
+        ("padding", c_char * 256),
+    ]
+
+
+SYNC_REGS_SIZE_BYTES = 2048
+
+
+class kvm_run(ctypes.Structure):  # noqa: N801
+    _fields_ = [
+        ("request_interrupt_window", c_uint8),
+        ("immediate_exit", c_uint8),
+        ("padding1", c_uint8 * 6),
+        ("exit_reason", c_uint32),
+        ("ready_for_interrupt_injection", c_uint8),
+        ("if_flag", c_uint8),
+        ("flags", c_uint16),
+        ("cr8", c_uint64),
+        ("apic_base", c_uint64),
+        ("exit", _exit_union),
+        ("kvm_valid_regs", c_uint64),
+        ("kvm_dirty_regs", c_uint64),
+        ("s", c_uint8 * SYNC_REGS_SIZE_BYTES),
+    ]
+
+
+KVM_RUN_EXIT_OFFSET = kvm_run.exit.offset  # 32 on x86 (no s390 psw fields)
+
+
+# --- variable-length helpers ----------------------------------------------------------------
+def cpuid2_with(n: int) -> ctypes.Structure:
+    """A zeroed kvm_cpuid2 with room for `n` entries (`.entries`), `nent` set to `n`."""
+
+    class kvm_cpuid2_n(ctypes.Structure):  # noqa: N801
+        _fields_ = [("nent", c_uint32), ("padding", c_uint32), ("entries", kvm_cpuid_entry2 * n)]
+
+    buf = kvm_cpuid2_n()
+    buf.nent = n
+    return buf
+
+
+def msrs_with(n: int) -> ctypes.Structure:
+    """A zeroed kvm_msrs with room for `n` entries, `nmsrs` set to `n`."""
+
+    class kvm_msrs_n(ctypes.Structure):  # noqa: N801
+        _fields_ = [("nmsrs", c_uint32), ("pad", c_uint32), ("entries", kvm_msr_entry * n)]
+
+    buf = kvm_msrs_n()
+    buf.nmsrs = n
+    return buf
+
+
+def msr_list_with(n: int) -> ctypes.Structure:
+    class kvm_msr_list_n(ctypes.Structure):  # noqa: N801
+        _fields_ = [("nmsrs", c_uint32), ("indices", c_uint32 * n)]
+
+    buf = kvm_msr_list_n()
+    buf.nmsrs = n
+    return buf
+
+
+def irq_routing_with(n: int) -> ctypes.Structure:
+    """A zeroed kvm_irq_routing with room for `n` entries, `nr` set to `n`."""
+
+    class kvm_irq_routing_n(ctypes.Structure):  # noqa: N801
+        _fields_ = [("nr", c_uint32), ("flags", c_uint32), ("entries", kvm_irq_routing_entry * n)]
+
+    buf = kvm_irq_routing_n()
+    buf.nr = n
+    return buf
+
+
+# --- ioctls ---------------------------------------------------------------------------------
+# system (/dev/kvm)
+KVM_GET_API_VERSION = _IO(KVMIO, 0x00)
+KVM_CREATE_VM = _IO(KVMIO, 0x01)
+KVM_GET_MSR_INDEX_LIST = _IOWR(KVMIO, 0x02, kvm_msr_list)
+KVM_CHECK_EXTENSION = _IO(KVMIO, 0x03)
+KVM_GET_VCPU_MMAP_SIZE = _IO(KVMIO, 0x04)
+KVM_GET_SUPPORTED_CPUID = _IOWR(KVMIO, 0x05, kvm_cpuid2)
+# VM
+KVM_CREATE_VCPU = _IO(KVMIO, 0x41)
+KVM_GET_DIRTY_LOG = _IOW(KVMIO, 0x42, kvm_dirty_log)
+KVM_SET_USER_MEMORY_REGION = _IOW(KVMIO, 0x46, kvm_userspace_memory_region)
+KVM_SET_TSS_ADDR = _IO(KVMIO, 0x47)
+KVM_SET_IDENTITY_MAP_ADDR = _IOW(KVMIO, 0x48, c_uint64)
+KVM_CREATE_IRQCHIP = _IO(KVMIO, 0x60)
+KVM_IRQ_LINE = _IOW(KVMIO, 0x61, kvm_irq_level)
+KVM_SET_GSI_ROUTING = _IOW(KVMIO, 0x6A, kvm_irq_routing)
+KVM_IRQFD = _IOW(KVMIO, 0x76, kvm_irqfd)
+KVM_CREATE_PIT2 = _IOW(KVMIO, 0x77, kvm_pit_config)
+KVM_IOEVENTFD = _IOW(KVMIO, 0x79, kvm_ioeventfd)
+KVM_XEN_HVM_CONFIG = _IOW(KVMIO, 0x7A, kvm_xen_hvm_config)
+KVM_ENABLE_CAP = _IOW(KVMIO, 0xA3, kvm_enable_cap)
+KVM_X86_SET_MSR_FILTER = _IOW(KVMIO, 0xC6, kvm_msr_filter)
+# vCPU
+KVM_RUN = _IO(KVMIO, 0x80)
+KVM_GET_REGS = _IOR(KVMIO, 0x81, kvm_regs)
+KVM_SET_REGS = _IOW(KVMIO, 0x82, kvm_regs)
+KVM_GET_SREGS = _IOR(KVMIO, 0x83, kvm_sregs)
+KVM_SET_SREGS = _IOW(KVMIO, 0x84, kvm_sregs)
+KVM_GET_MSRS = _IOWR(KVMIO, 0x88, kvm_msrs)
+KVM_SET_MSRS = _IOW(KVMIO, 0x89, kvm_msrs)
+KVM_SET_CPUID2 = _IOW(KVMIO, 0x90, kvm_cpuid2)
+KVM_GET_MP_STATE = _IOR(KVMIO, 0x98, kvm_mp_state)
+KVM_SET_MP_STATE = _IOW(KVMIO, 0x99, kvm_mp_state)
+
+CAP_NAMES: dict[int, str] = {
+    v: k for k, v in list(globals().items()) if k.startswith("KVM_CAP_") and isinstance(v, int)
+}
