@@ -1,0 +1,181 @@
+"""Guest-physical memory: memfd-backed regions and bounds-checked access.
+
+Each region is its own memfd so that later work can hand it to a backend process,
+snapshot it or migrate it without copying. The layout follows what PC firmware gives
+a guest: RAM from 0 up to the 32-bit MMIO hole, the rest from 4 GiB up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import mmap
+import os
+import struct
+from dataclasses import dataclass, field
+
+KiB = 1 << 10
+MiB = 1 << 20
+GiB = 1 << 30
+
+PAGE_SIZE = 4096
+# The 32-bit MMIO hole: PCI BARs, the IOAPIC (0xFEC00000) and LAPIC (0xFEE00000) live here.
+MMIO_HOLE_START = 3 * GiB
+MMIO_HOLE_END = 4 * GiB
+
+_U = {1: struct.Struct("<B"), 2: struct.Struct("<H"), 4: struct.Struct("<I"), 8: struct.Struct("<Q")}
+
+
+class GuestMemoryError(Exception):
+    """A guest-physical access outside the guest's RAM."""
+
+
+@dataclass
+class MemoryRegion:
+    """One contiguous range of guest RAM backed by a memfd mapped into this process."""
+
+    gpa: int
+    size: int
+    fd: int
+    map: mmap.mmap = field(repr=False)
+
+    @classmethod
+    def create(cls, gpa: int, size: int, name: str = "xenopus-ram") -> MemoryRegion:
+        if gpa % PAGE_SIZE or size % PAGE_SIZE or size <= 0:
+            raise ValueError(f"region {gpa:#x}+{size:#x} is not page aligned")
+        fd = os.memfd_create(name, os.MFD_CLOEXEC)
+        try:
+            os.ftruncate(fd, size)
+            m = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        except BaseException:
+            os.close(fd)
+            raise
+        return cls(gpa, size, fd, m)
+
+    @property
+    def end(self) -> int:
+        return self.gpa + self.size
+
+    @property
+    def host_address(self) -> int:
+        """The userspace address KVM_SET_USER_MEMORY_REGION needs."""
+        import ctypes
+
+        return ctypes.addressof(ctypes.c_char.from_buffer(self.map))
+
+    def close(self) -> None:
+        # A view still alive keeps the mapping; it goes with the process.
+        with contextlib.suppress(BufferError):
+            self.map.close()
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+class GuestMemory:
+    """The guest's RAM as a set of non-overlapping regions."""
+
+    def __init__(self, regions: list[MemoryRegion]):
+        self.regions = sorted(regions, key=lambda r: r.gpa)
+        for a, b in zip(self.regions, self.regions[1:], strict=False):
+            if a.end > b.gpa:
+                raise ValueError(f"regions {a.gpa:#x} and {b.gpa:#x} overlap")
+        self._views = [memoryview(r.map) for r in self.regions]
+
+    @classmethod
+    def create(cls, ram_bytes: int) -> GuestMemory:
+        """RAM below the MMIO hole, and whatever does not fit from 4 GiB up."""
+        if ram_bytes <= 0 or ram_bytes % PAGE_SIZE:
+            raise ValueError(f"guest RAM size {ram_bytes} is not a positive number of pages")
+        low = min(ram_bytes, MMIO_HOLE_START)
+        regions = [MemoryRegion.create(0, low, "xenopus-ram-low")]
+        if ram_bytes > low:
+            regions.append(MemoryRegion.create(MMIO_HOLE_END, ram_bytes - low, "xenopus-ram-high"))
+        return cls(regions)
+
+    @property
+    def ram_size(self) -> int:
+        return sum(r.size for r in self.regions)
+
+    def ram_ranges(self) -> list[tuple[int, int]]:
+        return [(r.gpa, r.size) for r in self.regions]
+
+    @property
+    def low_ram_end(self) -> int:
+        """End of the RAM below 4 GiB (where 32-bit boot structures must go)."""
+        return self.regions[0].end if self.regions[0].gpa == 0 else 0
+
+    def _find(self, gpa: int, length: int) -> int:
+        if length < 0:
+            raise GuestMemoryError(f"negative length {length} at {gpa:#x}")
+        for i, r in enumerate(self.regions):
+            if r.gpa <= gpa < r.end or (length == 0 and gpa == r.end):
+                if gpa + length > r.end:
+                    break
+                return i
+        raise GuestMemoryError(f"guest-physical range {gpa:#x}+{length:#x} is not in guest RAM")
+
+    def contains(self, gpa: int, length: int = 1) -> bool:
+        try:
+            self._find(gpa, length)
+        except GuestMemoryError:
+            return False
+        return True
+
+    def view(self, gpa: int, length: int) -> memoryview:
+        """A writable view of guest memory; no copy is made."""
+        i = self._find(gpa, length)
+        off = gpa - self.regions[i].gpa
+        return self._views[i][off : off + length]
+
+    def read(self, gpa: int, length: int) -> bytes:
+        return bytes(self.view(gpa, length))
+
+    def write(self, gpa: int, data: bytes | bytearray | memoryview) -> None:
+        self.view(gpa, len(data))[:] = data
+
+    def fill(self, gpa: int, length: int, byte: int = 0) -> None:
+        v = self.view(gpa, length)
+        v[:] = bytes([byte]) * length
+
+    def read_int(self, gpa: int, size: int) -> int:
+        return _U[size].unpack_from(self.view(gpa, size))[0]
+
+    def write_int(self, gpa: int, size: int, value: int) -> None:
+        _U[size].pack_into(self.view(gpa, size), 0, value & ((1 << (8 * size)) - 1))
+
+    def read_u8(self, gpa: int) -> int:
+        return self.read_int(gpa, 1)
+
+    def read_u16(self, gpa: int) -> int:
+        return self.read_int(gpa, 2)
+
+    def read_u32(self, gpa: int) -> int:
+        return self.read_int(gpa, 4)
+
+    def read_u64(self, gpa: int) -> int:
+        return self.read_int(gpa, 8)
+
+    def write_u8(self, gpa: int, value: int) -> None:
+        self.write_int(gpa, 1, value)
+
+    def write_u16(self, gpa: int, value: int) -> None:
+        self.write_int(gpa, 2, value)
+
+    def write_u32(self, gpa: int, value: int) -> None:
+        self.write_int(gpa, 4, value)
+
+    def write_u64(self, gpa: int, value: int) -> None:
+        self.write_int(gpa, 8, value)
+
+    def close(self) -> None:
+        for v in self._views:
+            v.release()
+        self._views = []
+        for r in self.regions:
+            r.close()
+
+    def __enter__(self) -> GuestMemory:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
