@@ -1,0 +1,386 @@
+"""One vCPU: loading a `CpuState`, the KVM_RUN loop and exit dispatch.
+
+The loop is the hot path of every emulated device, so it reads `struct kvm_run` straight
+out of the shared mmap with precompiled `struct.Struct`s (one C call for the exit reason and
+all the port-I/O fields) instead of walking ctypes attributes. Field offsets are those of
+linux/kvm.h, checked in tests/unit/test_kvm_uapi.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import signal
+import struct
+import threading
+from collections.abc import Callable
+from typing import Protocol
+
+from xenopus.kvm import uapi as u
+from xenopus.kvm.system import VcpuFd
+from xenopus.memory.guest import GuestMemory
+from xenopus.vm.cpu import CR0_PG, CpuState, Segment
+from xenopus.vm.events import StopReason
+from xenopus.vm.ports import IoHandler
+
+log = logging.getLogger("xenopus.vm")
+
+# The signal that kicks a vCPU thread out of KVM_RUN. Any installed handler makes the ioctl
+# fail with EINTR (api.rst, KVM_RUN: "-EINTR: an unmasked signal is pending").
+KICK_SIGNAL = signal.SIGRTMIN
+
+
+def _ignore_kick(signum: int, frame: object) -> None:
+    """The kick only has to interrupt the ioctl; the vCPU thread then reads its flags."""
+
+
+def install_kick_handler() -> None:
+    """Give KICK_SIGNAL a handler (its default action kills the process). Must run in the
+    main thread once, before vCPU threads start (Python installs handlers only there)."""
+    current = signal.getsignal(KICK_SIGNAL)
+    if callable(current):
+        return
+    try:
+        signal.signal(KICK_SIGNAL, _ignore_kick)
+    except ValueError as e:
+        raise RuntimeError(
+            "the first Machine must be created in the main thread (it installs the "
+            f"vCPU kick signal handler for signal {int(KICK_SIGNAL)})"
+        ) from e
+
+
+class MsrHandler(Protocol):
+    """Userspace MSR accesses (KVM_EXIT_X86_RDMSR/WRMSR). None / False inject #GP."""
+
+    def rdmsr(self, vcpu: int, index: int) -> int | None: ...
+
+    def wrmsr(self, vcpu: int, index: int, value: int) -> bool: ...
+
+
+# struct kvm_run, linux/kvm.h: exit_reason at 8; the exit union at 32.
+_HEAD = struct.Struct("<8xI20xBBHIQ")  # exit_reason; io.{direction,size,port,count,data_offset}
+_MMIO = struct.Struct("<32xQ8sIB")  # mmio.{phys_addr,data,len,is_write}
+_MSR = struct.Struct("<40xIIQ")  # msr.{reason,index,data}
+_MSR_ERROR = 32
+_MSR_DATA = 48
+_MMIO_DATA = 40
+_IMMEDIATE_EXIT = 1  # kvm_run.immediate_exit
+_INT = {1: struct.Struct("<B"), 2: struct.Struct("<H"), 4: struct.Struct("<I")}
+_UNPACK = {size: s.unpack_from for size, s in _INT.items()}
+_PACK = {size: s.pack_into for size, s in _INT.items()}
+_MASK = {1: 0xFF, 2: 0xFFFF, 4: 0xFFFFFFFF, 8: (1 << 64) - 1}
+
+_IO_OUT = u.KVM_EXIT_IO_OUT
+_EXIT_IO = u.KVM_EXIT_IO
+_EXIT_MMIO = u.KVM_EXIT_MMIO
+_EXIT_INTR = u.KVM_EXIT_INTR
+_KVM_RUN = u.KVM_RUN
+
+
+def _segment(seg: Segment) -> u.kvm_segment:
+    return u.kvm_segment(
+        base=seg.base,
+        limit=seg.limit,  # KVM takes the byte-granular (expanded) limit
+        selector=seg.selector,
+        type=seg.type,
+        present=int(seg.present),
+        dpl=seg.dpl,
+        db=int(seg.db),
+        s=int(seg.s),
+        l=int(seg.l),
+        g=int(seg.g),
+        unusable=int(not seg.present),
+    )
+
+
+class Vcpu:
+    """A vCPU fd plus the thread that runs it. The owner (`Machine`) supplies `control`,
+    called whenever the vCPU was kicked; it returns True when the vCPU must stop."""
+
+    def __init__(
+        self,
+        fd: VcpuFd,
+        memory: GuestMemory,
+        pio: IoHandler,
+        mmio: IoHandler,
+        control: Callable[[Vcpu], bool],
+        msr_handler: MsrHandler | None = None,
+    ):
+        self.fd = fd
+        self.index = fd.index
+        self.memory = memory
+        self.pio = pio
+        self.mmio = mmio
+        self.control = control
+        self.msr_handler = msr_handler
+        self.thread_id: int | None = None  # pthread id while the run loop is live
+        self.exits = 0
+
+    # --- state -------------------------------------------------------------------------
+    def apply(self, state: CpuState) -> None:
+        """Load `state` (SDM 3A §9.1 for what reset leaves elsewhere; KVM keeps the rest)."""
+        regs = u.kvm_regs()
+        for name, value in state.gprs.items():
+            if name not in u.GPR_NAMES:
+                raise ValueError(f"unknown general register {name!r}")
+            setattr(regs, name, value)
+        regs.rip = state.rip
+        regs.rsp = state.rsp
+        regs.rflags = state.rflags
+        sregs = self.fd.get_sregs()  # keeps apic_base and the like
+        sregs.cs = _segment(state.code)
+        for name in ("ds", "es", "fs", "gs", "ss"):
+            setattr(sregs, name, _segment(state.data))
+        # VMX refuses entry with an unusable TR (SDM 3B §26.3.1.2): a busy TSS it is.
+        sregs.tr = _segment(state.tss)
+        # LDTR unusable: no LDT until the guest loads one.
+        sregs.ldt = u.kvm_segment(type=2, present=0, unusable=1)
+        sregs.gdt = u.kvm_dtable(base=state.gdt_base, limit=state.gdt_limit)
+        sregs.idt = u.kvm_dtable(base=state.idt_base, limit=state.idt_limit)
+        sregs.cr0 = state.cr0
+        sregs.cr3 = state.cr3
+        sregs.cr4 = state.cr4
+        sregs.efer = state.efer
+        sregs.cr2 = 0
+        for i in range(len(sregs.interrupt_bitmap)):
+            sregs.interrupt_bitmap[i] = 0
+        self.fd.set_sregs(sregs)
+        self.fd.set_regs(regs)
+        self.fd.set_mp_state(u.KVM_MP_STATE_RUNNABLE)
+
+    # --- kicking -----------------------------------------------------------------------
+    def kick(self) -> None:
+        """Make the run loop call `control` soon: immediate_exit covers a thread that is
+        about to enter KVM_RUN, the signal one that is inside it (api.rst, immediate_exit)."""
+        self.fd.mmap[_IMMEDIATE_EXIT] = 1
+        tid = self.thread_id
+        if tid is not None:
+            with contextlib.suppress(ProcessLookupError):  # the thread has just ended
+                signal.pthread_kill(tid, KICK_SIGNAL)
+
+    # --- the run loop ------------------------------------------------------------------
+    def run(self) -> StopReason | None:
+        """Run until the guest stops (returns why) or `control` says stop (returns None).
+        Call on the thread that owns this vCPU."""
+        self.thread_id = threading.get_ident()
+        # Other signals go to the main thread, where Python handles them anyway.
+        keep = {KICK_SIGNAL, signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE, signal.SIGILL}
+        signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals() - keep)
+        try:
+            return self._loop()
+        finally:
+            self.thread_id = None
+
+    def _loop(self) -> StopReason | None:
+        mm = self.fd.mmap
+        fd = self.fd.fd
+        ioctl = fcntl.ioctl
+        head = _HEAD.unpack_from
+        unpack = _UNPACK
+        pack = _PACK
+        mask = _MASK
+        pio_read = self.pio.read
+        pio_write = self.pio.write
+        mmio_read = self.mmio.read
+        mmio_write = self.mmio.write
+        mmio_fields = _MMIO.unpack_from
+        exits = 0
+        try:
+            while True:
+                try:
+                    ioctl(fd, _KVM_RUN, 0)
+                except InterruptedError:
+                    # Clear before looking at the flags so that a kick from now on is kept.
+                    mm[_IMMEDIATE_EXIT] = 0
+                    if self.control(self):
+                        return None
+                    continue
+                except OSError as e:  # e.g. EFAULT: a memory slot KVM cannot use
+                    return StopReason("crash", self.report(f"KVM_RUN failed: {e}"))
+                exits += 1
+                reason, direction, size, port, count, off = head(mm)
+                if reason == _EXIT_IO:
+                    if count == 1:
+                        if direction == _IO_OUT:
+                            pio_write(port, size, unpack[size](mm, off)[0])
+                        else:
+                            pack[size](mm, off, pio_read(port, size) & mask[size])
+                    else:  # string I/O (INS/OUTS, REP): count items back to back
+                        self._string_io(direction, port, size, count, off)
+                elif reason == _EXIT_MMIO:
+                    addr, data, length, is_write = mmio_fields(mm)
+                    if is_write:
+                        mmio_write(addr, length, int.from_bytes(data[:length], "little"))
+                    else:
+                        value = mmio_read(addr, length) & mask.get(length, (1 << 64) - 1)
+                        mm[_MMIO_DATA : _MMIO_DATA + length] = value.to_bytes(length, "little")
+                elif reason == _EXIT_INTR:
+                    mm[_IMMEDIATE_EXIT] = 0
+                    if self.control(self):
+                        return None
+                else:
+                    stop = self._other_exit(reason)
+                    if stop is not None:
+                        return stop
+        except Exception as e:  # a device model bug must not take the process down
+            where = self._device_address()
+            log.exception("vCPU %d: handler for %s raised", self.index, where)
+            return StopReason(
+                "crash", f"device emulation error at {where}: {e!r}\n" + self.report("")
+            )
+        finally:
+            self.exits += exits
+
+    def _string_io(self, direction: int, port: int, size: int, count: int, off: int) -> None:
+        mm = self.fd.mmap
+        if direction == _IO_OUT:
+            unpack = _UNPACK[size]
+            for i in range(count):
+                self.pio.write(port, size, unpack(mm, off + i * size)[0])
+        else:
+            pack = _PACK[size]
+            m = _MASK[size]
+            for i in range(count):
+                pack(mm, off + i * size, self.pio.read(port, size) & m)
+
+    def _device_address(self) -> str:
+        reason, direction, size, port, _, _ = _HEAD.unpack_from(self.fd.mmap)
+        if reason == _EXIT_IO:
+            return f"port {port:#x} ({'out' if direction == _IO_OUT else 'in'}, size {size})"
+        if reason == _EXIT_MMIO:
+            addr, _, length, is_write = _MMIO.unpack_from(self.fd.mmap)
+            return f"MMIO {addr:#x} ({'write' if is_write else 'read'}, size {length})"
+        return u.EXIT_NAMES.get(reason, f"exit {reason}")
+
+    def _other_exit(self, reason: int) -> StopReason | None:
+        """Everything but port I/O and MMIO; None means carry on."""
+        run = self.fd.kvm_run
+        if reason in (u.KVM_EXIT_X86_RDMSR, u.KVM_EXIT_X86_WRMSR):
+            self._msr_exit(reason)
+            return None
+        if reason == u.KVM_EXIT_HLT:
+            return None  # only without an in-kernel irqchip; the next KVM_RUN resumes
+        if reason == u.KVM_EXIT_SHUTDOWN:
+            # A triple fault (SDM 3A §6.15, #DF handling). Xen's default HVM action for it
+            # is a reset of the domain, so it is a reboot, not a crash.
+            return StopReason("reboot", "triple fault\n" + self.report("KVM_EXIT_SHUTDOWN"))
+        if reason == u.KVM_EXIT_SYSTEM_EVENT:
+            kind = run.exit.system_event.type
+            if kind == u.KVM_SYSTEM_EVENT_SHUTDOWN:
+                return StopReason("poweroff", "system event: shutdown")
+            if kind == u.KVM_SYSTEM_EVENT_RESET:
+                return StopReason("reboot", "system event: reset")
+            return StopReason("crash", self.report(f"KVM_EXIT_SYSTEM_EVENT type {kind}"))
+        if reason == u.KVM_EXIT_INTERNAL_ERROR:
+            internal = run.exit.internal
+            what = f"KVM_EXIT_INTERNAL_ERROR suberror {internal.suberror}"
+            if internal.suberror == u.KVM_INTERNAL_ERROR_EMULATION:
+                what += " (instruction emulation failed)"
+            ndata = min(internal.ndata, 16)
+            if ndata:
+                what += "\n  data: " + " ".join(f"{internal.data[i]:#x}" for i in range(ndata))
+            ef = run.exit.emulation_failure
+            if (
+                internal.suberror == u.KVM_INTERNAL_ERROR_EMULATION
+                and ndata >= 1
+                and ef.flags & u.KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES
+            ):
+                n = min(ef.insn_size, 15)
+                what += "\n  KVM's instruction bytes: " + bytes(ef.insn_bytes[:n]).hex(" ")
+            return StopReason("crash", self.report(what))
+        if reason == u.KVM_EXIT_FAIL_ENTRY:
+            fail = run.exit.fail_entry
+            return StopReason(
+                "crash",
+                self.report(
+                    "KVM_EXIT_FAIL_ENTRY hardware_entry_failure_reason "
+                    f"{fail.hardware_entry_failure_reason:#x} on host cpu {fail.cpu}"
+                ),
+            )
+        name = u.EXIT_NAMES.get(reason, "unknown")
+        return StopReason("crash", self.report(f"unexpected exit {reason} ({name})"))
+
+    def _msr_exit(self, reason: int) -> None:
+        # kvm_run.msr: error (user -> kernel, 1 injects #GP), reason, index, data (api.rst).
+        mm = self.fd.mmap
+        _, index, data = _MSR.unpack_from(mm)
+        handler = self.msr_handler
+        ok = False
+        if handler is not None:
+            if reason == u.KVM_EXIT_X86_RDMSR:
+                value = handler.rdmsr(self.index, index)
+                if value is not None:
+                    struct.pack_into("<Q", mm, _MSR_DATA, value & _MASK[8])
+                    ok = True
+            else:
+                ok = handler.wrmsr(self.index, index, data)
+        if not ok:
+            log.debug(
+                "vCPU %d: #GP for %s of MSR %#x",
+                self.index,
+                "rdmsr" if reason == u.KVM_EXIT_X86_RDMSR else "wrmsr",
+                index,
+            )
+        mm[_MSR_ERROR] = 0 if ok else 1
+
+    # --- crash reports -----------------------------------------------------------------
+    def report(self, what: str) -> str:
+        """The exit, the registers and the instruction bytes at CS:RIP, for humans."""
+        lines = [f"vCPU {self.index}: {what}"] if what else [f"vCPU {self.index}:"]
+        try:
+            regs = self.fd.get_regs()
+            sregs = self.fd.get_sregs()
+        except Exception as e:  # a dead vCPU fd: say so rather than hide the exit
+            lines.append(f"  registers unavailable: {e}")
+            return "\n".join(lines)
+        names = u.GPR_NAMES[:16]
+        for i in range(0, 16, 4):
+            lines.append(
+                "  " + " ".join(f"{n:>3}={getattr(regs, n):016x}" for n in names[i : i + 4])
+            )
+        lines.append(f"  rip={regs.rip:016x} rflags={regs.rflags:08x}")
+        lines.append(
+            f"  cr0={sregs.cr0:08x} cr2={sregs.cr2:016x} cr3={sregs.cr3:016x} "
+            f"cr4={sregs.cr4:08x} efer={sregs.efer:x}"
+        )
+        for name in ("cs", "ss"):
+            s = getattr(sregs, name)
+            lines.append(
+                f"  {name}={s.selector:04x} base={s.base:016x} limit={s.limit:08x} "
+                f"type={s.type:x} dpl={s.dpl} db={s.db} l={s.l}"
+            )
+        linear = (sregs.cs.base + regs.rip) & _MASK[8]
+        if not sregs.efer & (1 << 10):  # outside long mode, linear addresses are 32-bit
+            linear &= 0xFFFFFFFF
+        lines.append(f"  code at {linear:#x}: {self._code_bytes(linear, sregs)}")
+        return "\n".join(lines)
+
+    def _code_bytes(self, linear: int, sregs: u.kvm_sregs) -> str:
+        out = bytearray()
+        try:
+            addr = linear
+            while len(out) < 15:  # the longest x86 instruction (SDM 2A §2.3.11)
+                chunk = min(15 - len(out), 0x1000 - (addr & 0xFFF))
+                gpa = self._translate(addr, sregs)
+                out += self.memory.read(gpa, chunk)
+                addr += chunk
+        except Exception as e:
+            if not out:
+                return f"unreadable ({e})"
+        return out.hex(" ")
+
+    def _translate(self, gva: int, sregs: u.kvm_sregs) -> int:
+        if not sregs.cr0 & CR0_PG:
+            return gva
+        from xenopus.memory import paging  # written alongside; only needed for reports
+
+        return paging.translate(
+            self.memory,
+            gva,
+            cr0=sregs.cr0,
+            cr3=sregs.cr3,
+            cr4=sregs.cr4,
+            efer=sregs.efer,
+            fetch=True,
+        )
