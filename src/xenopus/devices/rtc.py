@@ -1,0 +1,281 @@
+"""The PC's CMOS real-time clock: a Motorola MC146818A behind ports 0x70/0x71.
+
+Register layout, bits and timing are those of the MC146818A datasheet
+("Address Map", "Registers A-D", "Update Cycle"); the century byte at 0x32 is
+the IBM PC AT convention (also what ACPI's FADT.century usually names).
+
+The clock shows the host's UTC time (as Xen and QEMU do with localtime=0)
+plus an offset the guest sets through the SET bit. Time registers are computed
+from `clock()` at the moment they are read. No interrupts are generated (no
+timer thread): the register C flags (UF, AF, PF) are computed when C is read,
+from the time elapsed since the previous read.
+"""
+
+from __future__ import annotations
+
+import calendar
+import math
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+RTC_INDEX = 0x70
+RTC_DATA = 0x71
+RTC_IRQ = 8
+
+NMI_DISABLE = 0x80  # bit 7 of the index port on PCs
+
+SECONDS = 0x00
+SECONDS_ALARM = 0x01
+MINUTES = 0x02
+MINUTES_ALARM = 0x03
+HOURS = 0x04
+HOURS_ALARM = 0x05
+WEEKDAY = 0x06  # 1 = Sunday
+DAY = 0x07
+MONTH = 0x08
+YEAR = 0x09
+REG_A = 0x0A
+REG_B = 0x0B
+REG_C = 0x0C
+REG_D = 0x0D
+CENTURY = 0x32
+TIME_REGS = (SECONDS, MINUTES, HOURS, WEEKDAY, DAY, MONTH, YEAR, CENTURY)
+
+A_UIP = 0x80
+A_DIVIDER = 0x70  # DV2-0; 010 = 32.768 kHz time base, running
+A_RATE = 0x0F  # RS3-0, periodic interrupt rate
+A_DEFAULT = 0x26  # 32.768 kHz, 1024 Hz periodic rate: what PC firmware programs
+
+B_SET = 0x80
+B_PIE = 0x40
+B_AIE = 0x20
+B_UIE = 0x10
+B_SQWE = 0x08
+B_DM_BINARY = 0x04
+B_24H = 0x02
+B_DSE = 0x01
+B_DEFAULT = B_24H  # BCD, 24-hour
+
+C_IRQF = 0x80
+C_PF = 0x40
+C_AF = 0x20
+C_UF = 0x10
+
+D_VRT = 0x80  # valid RAM and time: the battery is good
+
+HOUR_PM = 0x80  # 12-hour mode: bit 7 of the hours byte
+ALARM_ANY = 0xC0  # an alarm byte of 11xxxxxx matches every value
+
+# Update cycle with a 32.768 kHz time base: UIP rises 244 µs before the
+# update (tBUC) and the update itself takes 1984 µs (tUC).
+UIP_LEAD = 244e-6
+UPDATE_TIME = 1984e-6
+
+
+def _bcd(v: int) -> int:
+    return ((v // 10) << 4) | (v % 10)
+
+
+def _unbcd(v: int) -> int:
+    return (v >> 4) * 10 + (v & 0x0F)
+
+
+def _periodic_hz(rate: int) -> float:
+    """RS3-0 → interrupt rate with a 32.768 kHz time base (0 = off)."""
+    if rate == 0:
+        return 0.0
+    if rate <= 2:
+        return 256.0 / rate  # 1: 256 Hz, 2: 128 Hz
+    return 65536.0 / (1 << rate)  # 3: 8192 Hz ... 15: 2 Hz
+
+
+class CmosRtc:
+    """Register at RTC_INDEX with length 2 (index and data port)."""
+
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.time,
+        irq: Callable[[bool], None] | None = None,
+    ) -> None:
+        self._clock = clock
+        self._irq = irq  # kept for a future timer; never driven (see module docstring)
+        self._lock = threading.Lock()
+        self.ram = bytearray(128)  # the CMOS bytes; time registers are computed instead
+        self.ram[REG_A] = A_DEFAULT
+        self.ram[REG_B] = B_DEFAULT
+        self.index = 0
+        self.nmi_disabled = False
+        self._offset = 0  # whole seconds added to the host clock
+        self._frozen: dict[int, int] | None = None  # raw time registers while SET
+        self._last_c = self._now()
+
+    # -- BusDevice -------------------------------------------------------------
+
+    def read(self, base: int, offset: int, size: int) -> int:
+        with self._lock:
+            value = 0
+            for i in range(size):
+                value |= self._read_port(offset + i) << (8 * i)
+            return value
+
+    def write(self, base: int, offset: int, size: int, value: int) -> None:
+        with self._lock:
+            for i in range(size):
+                self._write_port(offset + i, (value >> (8 * i)) & 0xFF)
+
+    def _read_port(self, port: int) -> int:
+        if port == 0:
+            return 0xFF  # the index port is write-only
+        return self._read_reg(self.index)
+
+    def _write_port(self, port: int, value: int) -> None:
+        if port == 0:
+            self.nmi_disabled = bool(value & NMI_DISABLE)
+            self.index = value & 0x7F
+        else:
+            self._write_reg(self.index, value)
+
+    # -- time ------------------------------------------------------------------
+
+    def _now(self) -> float:
+        return self._clock() + self._offset
+
+    def _mode(self) -> int:
+        return self.ram[REG_B]
+
+    def _encode(self, reg: int, value: int, mode: int) -> int:
+        pm = 0
+        if reg in (HOURS, HOURS_ALARM) and not mode & B_24H:
+            pm = HOUR_PM if value >= 12 else 0
+            value = value % 12 or 12
+        return (value if mode & B_DM_BINARY else _bcd(value)) | pm
+
+    def _decode(self, reg: int, raw: int, mode: int) -> int:
+        if reg in (HOURS, HOURS_ALARM) and not mode & B_24H:
+            hour = raw & ~HOUR_PM
+            hour = hour if mode & B_DM_BINARY else _unbcd(hour)
+            return hour % 12 + (12 if raw & HOUR_PM else 0)
+        return raw if mode & B_DM_BINARY else _unbcd(raw)
+
+    def _fields(self, t: float) -> dict[int, int]:
+        d = datetime.fromtimestamp(math.floor(t), tz=UTC)
+        return {
+            SECONDS: d.second,
+            MINUTES: d.minute,
+            HOURS: d.hour,
+            WEEKDAY: d.isoweekday() % 7 + 1,
+            DAY: d.day,
+            MONTH: d.month,
+            YEAR: d.year % 100,
+            CENTURY: d.year // 100,
+        }
+
+    def _raw_time(self, mode: int) -> dict[int, int]:
+        return {r: self._encode(r, v, mode) for r, v in self._fields(self._now()).items()}
+
+    def _set_time(self, raw: dict[int, int], mode: int) -> None:
+        """Make the clock show `raw` (time registers in `mode`) from now on."""
+        f = {r: self._decode(r, v, mode) for r, v in raw.items()}
+        try:
+            when = datetime(
+                f[CENTURY] * 100 + f[YEAR],
+                f[MONTH],
+                f[DAY],
+                f[HOURS],
+                f[MINUTES],
+                f[SECONDS],
+                tzinfo=UTC,
+            )
+        except ValueError:
+            return  # an impossible date: keep the clock as it was
+        # Whole seconds only, so the host's sub-second phase (and UIP) carries on.
+        # The weekday follows from the date, whatever the guest wrote.
+        self._offset = calendar.timegm(when.timetuple()) - math.floor(self._clock())
+
+    def _uip(self) -> bool:
+        if self._mode() & B_SET:
+            return False  # SET inhibits updates and clears UIP
+        frac = self._now() % 1.0
+        return frac >= 1.0 - UIP_LEAD or frac < UPDATE_TIME
+
+    # -- registers ---------------------------------------------------------------
+
+    def _read_reg(self, reg: int) -> int:
+        if reg in TIME_REGS:
+            if self._frozen is not None:
+                return self._frozen[reg]
+            return self._raw_time(self._mode())[reg]
+        if reg == REG_A:
+            return self.ram[REG_A] | (A_UIP if self._uip() else 0)
+        if reg == REG_C:
+            return self._read_c()
+        if reg == REG_D:
+            return D_VRT
+        return self.ram[reg]
+
+    def _write_reg(self, reg: int, value: int) -> None:
+        mode = self._mode()
+        if reg in TIME_REGS:
+            if self._frozen is not None:
+                self._frozen[reg] = value
+            else:
+                raw = self._raw_time(mode)
+                raw[reg] = value
+                self._set_time(raw, mode)
+        elif reg == REG_A:
+            self.ram[REG_A] = value & ~A_UIP  # UIP is read-only
+        elif reg == REG_B:
+            if value & B_SET:
+                value &= ~B_UIE  # SET going high clears UIE
+                if self._frozen is None:
+                    self._frozen = self._raw_time(value)
+            elif self._frozen is not None:
+                # Clearing SET: the registers as written become the time; they
+                # were written in the mode that was in force while SET was high.
+                self._set_time(self._frozen, mode)
+                self._frozen = None
+            self.ram[REG_B] = value
+        elif reg in (REG_C, REG_D):
+            pass  # read-only
+        else:
+            self.ram[reg] = value
+
+    def _read_c(self) -> int:
+        """Flags for events since the last read of C; reading clears them."""
+        now = self._now()
+        last, self._last_c = self._last_c, now
+        mode = self._mode()
+        flags = 0
+        if not mode & B_SET:
+            # An update ends UPDATE_TIME after each second boundary.
+            first = math.floor(last - UPDATE_TIME) + 1
+            end = math.floor(now - UPDATE_TIME)
+            if end >= first:
+                flags |= C_UF
+                if self._alarm_hit(first, end, mode):
+                    flags |= C_AF
+        hz = _periodic_hz(self.ram[REG_A] & A_RATE)
+        if hz and math.floor(now * hz) > math.floor(last * hz):
+            flags |= C_PF
+        enabled = (C_PF if mode & B_PIE else 0) | (C_AF if mode & B_AIE else 0)
+        enabled |= C_UF if mode & B_UIE else 0
+        if flags & enabled:
+            flags |= C_IRQF
+        return flags
+
+    def _alarm_hit(self, first: int, last: int, mode: int) -> bool:
+        """Did any update from second `first` to `last` match the alarm bytes?"""
+        alarms = ((HOURS, HOURS_ALARM), (MINUTES, MINUTES_ALARM), (SECONDS, SECONDS_ALARM))
+        want = [
+            None if self.ram[a] & ALARM_ANY == ALARM_ANY else self._decode(r, self.ram[a], mode)
+            for r, a in alarms
+        ]
+        # Any alarm that can match does so within a day: look at most that far back.
+        for t in range(max(first, last - 86400), last + 1):
+            h, rest = divmod(t % 86400, 3600)
+            m, s = divmod(rest, 60)
+            if all(w is None or w == v for w, v in zip(want, (h, m, s), strict=True)):
+                return True
+        return False
