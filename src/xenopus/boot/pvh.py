@@ -1,0 +1,360 @@
+"""PVH direct boot: an ELF kernel entered in 32-bit protected mode with a start_info.
+
+Implements Xen's docs/misc/pvh.pandoc ("x86/HVM direct boot ABI"): the kernel announces
+the ABI with a XEN_ELFNOTE_PHYS32_ENTRY note (xen/include/public/elfnote.h), the loader
+places its PT_LOAD segments at their physical addresses and enters at the note's address
+with %ebx pointing at a struct hvm_start_info
+(xen/include/public/arch-x86/hvm/start_info.h, version 1 with a memory map).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import struct
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from elftools.common.exceptions import ELFError
+from elftools.construct.core import ConstructError
+from elftools.elf.elffile import ELFFile
+
+from xenopus.boot.e820 import E820Entry, build_e820
+from xenopus.boot.layout import (
+    BOOT_AREA_END,
+    CMDLINE_MAX,
+    LEGACY_END,
+    LEGACY_START,
+    MEMMAP_ADDR,
+    MEMMAP_END,
+    MODLIST_ADDR,
+    START_INFO_ADDR,
+    BootImageError,
+    BootInfo,
+    load_ramdisk,
+    open_file,
+    overlaps,
+    read_into,
+    span,
+    write_cmdline,
+    write_gdt,
+)
+from xenopus.memory.guest import GuestMemory
+from xenopus.vm.cpu import (
+    CR0_ET,
+    CR0_PE,
+    RFLAGS_RESERVED,
+    CpuState,
+    flat_code32,
+    flat_data,
+    task_segment,
+)
+
+XEN_ELFNOTE_PHYS32_ENTRY = 18  # elfnote.h
+XEN_NOTE_NAME = b"Xen"
+XEN_HVM_START_MAGIC_VALUE = 0x336EC578  # start_info.h: "xEn3" with the 0x80 bit of "E" set
+START_INFO_VERSION = 1  # version 1 adds memmap_paddr/memmap_entries
+
+# PVH itself sets no limit; ours is the space layout.py gives the command line.
+CMDLINE_LIMIT = CMDLINE_MAX - 1
+
+_FOUR_GIB = 1 << 32
+_ELF_ERRORS = (ELFError, ConstructError, struct.error, ValueError, EOFError, KeyError)
+
+# pvh.pandoc fixes the segments but not the selectors; these match CpuState's defaults.
+CODE_SELECTOR = 0x08
+DATA_SELECTOR = 0x10
+TSS_SELECTOR = 0x18
+
+
+class HvmStartInfo(ctypes.LittleEndianStructure):
+    """struct hvm_start_info (start_info.h); 56 bytes in version 1."""
+
+    _fields_ = [
+        ("magic", ctypes.c_uint32),
+        ("version", ctypes.c_uint32),
+        ("flags", ctypes.c_uint32),
+        ("nr_modules", ctypes.c_uint32),
+        ("modlist_paddr", ctypes.c_uint64),
+        ("cmdline_paddr", ctypes.c_uint64),
+        ("rsdp_paddr", ctypes.c_uint64),
+        ("memmap_paddr", ctypes.c_uint64),
+        ("memmap_entries", ctypes.c_uint32),
+        ("reserved", ctypes.c_uint32),
+    ]
+
+
+class HvmModlistEntry(ctypes.LittleEndianStructure):
+    """struct hvm_modlist_entry (start_info.h); 32 bytes."""
+
+    _fields_ = [
+        ("paddr", ctypes.c_uint64),
+        ("size", ctypes.c_uint64),
+        ("cmdline_paddr", ctypes.c_uint64),
+        ("reserved", ctypes.c_uint64),
+    ]
+
+
+class HvmMemmapTableEntry(ctypes.LittleEndianStructure):
+    """struct hvm_memmap_table_entry (start_info.h); 24 bytes."""
+
+    _fields_ = [
+        ("addr", ctypes.c_uint64),
+        ("size", ctypes.c_uint64),
+        ("type", ctypes.c_uint32),
+        ("reserved", ctypes.c_uint32),
+    ]
+
+
+@dataclass(frozen=True)
+class LoadSegment:
+    index: int
+    paddr: int
+    offset: int
+    filesz: int
+    memsz: int
+
+    @property
+    def range(self) -> tuple[int, int]:
+        return self.paddr, self.paddr + self.memsz
+
+
+@dataclass
+class PvhImage:
+    path: str
+    elfclass: int
+    machine: str
+    entry: int
+    segments: list[LoadSegment]
+
+
+def iter_notes(data: bytes, align: int) -> Iterator[tuple[bytes, int, bytes]]:
+    """(name, type, desc) of each note in a note segment/section (ELF gABI "Note Section").
+
+    Header words are 4 bytes in both classes; name and desc are padded to `align`.
+    """
+    pad = (lambda n: -(-n // align) * align) if align > 1 else (lambda n: n)
+    off = 0
+    while off + 12 <= len(data):
+        namesz, descsz, ntype = struct.unpack_from("<III", data, off)
+        off += 12
+        name = data[off : off + namesz]
+        off += pad(namesz)
+        desc = data[off : off + descsz]
+        off += pad(descsz)
+        if len(name) != namesz or len(desc) != descsz:
+            raise ValueError("note runs past the end of its segment")
+        yield name.rstrip(b"\0"), ntype, desc
+
+
+def _note_blocks(elf: ELFFile) -> list[tuple[bytes, int]]:
+    """Note data from PT_NOTE segments, or SHT_NOTE sections when there is no PT_NOTE."""
+    blocks = [
+        (seg.data(), seg["p_filesz"], seg["p_align"])
+        for seg in elf.iter_segments()
+        if seg["p_type"] == "PT_NOTE"
+    ]
+    if not blocks:
+        blocks = [
+            (sec.data(), sec["sh_size"], sec["sh_addralign"])
+            for sec in elf.iter_sections()
+            if sec["sh_type"] == "SHT_NOTE"
+        ]
+    if any(len(data) != size for data, size, _ in blocks):
+        raise ValueError("a note segment runs past the end of the file")
+    return [(data, align) for data, _, align in blocks]
+
+
+def find_phys32_entry(elf: ELFFile, path: str) -> int:
+    for data, align in _note_blocks(elf):
+        for name, ntype, desc in iter_notes(data, 8 if align == 8 else 4):
+            if name != XEN_NOTE_NAME or ntype != XEN_ELFNOTE_PHYS32_ENTRY:
+                continue
+            # The ABI's note is ".long", but loaders accept any natural integer width.
+            if len(desc) not in (1, 2, 4, 8):
+                raise BootImageError(
+                    path,
+                    f"XEN_ELFNOTE_PHYS32_ENTRY note has a {len(desc)}-byte payload"
+                    " (expected 1, 2, 4 or 8)",
+                )
+            return int.from_bytes(desc, "little")
+    raise BootImageError(path, "no XEN_ELFNOTE_PHYS32_ENTRY note (not a PVH kernel)")
+
+
+def parse_pvh(f: BinaryIO, path: str, file_size: int) -> PvhImage:
+    """Read and check the ELF headers; nothing is written to guest memory."""
+    try:
+        elf = ELFFile(f)
+        if not elf.little_endian:
+            raise BootImageError(path, "big-endian ELF (not an x86 kernel)")
+        machine = elf["e_machine"]
+        if machine not in ("EM_X86_64", "EM_386"):
+            raise BootImageError(
+                path, f"ELF for the wrong machine: {machine} (need EM_X86_64 or EM_386)"
+            )
+        segments = []
+        for i, seg in enumerate(elf.iter_segments()):
+            if seg["p_type"] != "PT_LOAD" or seg["p_memsz"] == 0:
+                continue
+            segments.append(
+                LoadSegment(i, seg["p_paddr"], seg["p_offset"], seg["p_filesz"], seg["p_memsz"])
+            )
+        entry = find_phys32_entry(elf, path)
+        elfclass = elf.elfclass
+    except _ELF_ERRORS as e:
+        raise BootImageError(path, f"truncated or corrupt ELF: {e}") from e
+    if not segments:
+        raise BootImageError(path, "ELF has no PT_LOAD segment")
+    for s in segments:
+        if s.filesz > s.memsz:
+            raise BootImageError(
+                path, f"corrupt ELF: PT_LOAD segment {s.index} has p_filesz > p_memsz"
+            )
+        if s.offset + s.filesz > file_size:
+            raise BootImageError(
+                path,
+                f"truncated ELF: PT_LOAD segment {s.index} needs file bytes up to"
+                f" {s.offset + s.filesz:#x}, the file has {file_size:#x}",
+            )
+    if not any(s.paddr <= entry < s.paddr + s.filesz for s in segments):
+        raise BootImageError(path, f"entry point {entry:#x} is not inside a loaded segment")
+    return PvhImage(path, elfclass, machine, entry, segments)
+
+
+def check_placement(memory: GuestMemory, image: PvhImage) -> None:
+    """Refuse segments outside RAM, on top of the boot structures or of each other."""
+    path = image.path
+    for s in image.segments:
+        where = f"PT_LOAD segment {s.index} at {span(*s.range)}"
+        if overlaps(s.range, (0, BOOT_AREA_END)):
+            raise BootImageError(
+                path, f"{where} overlaps the boot structures at {span(0, BOOT_AREA_END)}"
+            )
+        if overlaps(s.range, (LEGACY_START, LEGACY_END)):
+            raise BootImageError(
+                path, f"{where} overlaps the reserved legacy area {span(LEGACY_START, LEGACY_END)}"
+            )
+        if s.range[1] > _FOUR_GIB:
+            raise BootImageError(path, f"{where} is above 4 GiB, out of reach of a 32-bit entry")
+        if not memory.contains(s.paddr, s.memsz):
+            ram = ", ".join(span(a, a + n) for a, n in memory.ram_ranges())
+            raise BootImageError(
+                path, f"{where} is outside guest RAM ({ram}): kernel too big for guest memory?"
+            )
+    ordered = sorted(image.segments, key=lambda s: s.paddr)
+    for a, b in zip(ordered, ordered[1:], strict=False):
+        if overlaps(a.range, b.range):
+            raise BootImageError(
+                path, f"PT_LOAD segment {b.index} at {span(*b.range)} overlaps segment {a.index}"
+            )
+
+
+def entry_state(entry: int, memory: GuestMemory) -> CpuState:
+    """The machine state pvh.pandoc requires, with a GDT holding its descriptors."""
+    code, data, tss = (
+        flat_code32(CODE_SELECTOR),  # 32-bit execute/read, base 0, limit 0xFFFFFFFF
+        flat_data(DATA_SELECTOR),  # 32-bit read/write, base 0, limit 0xFFFFFFFF
+        task_segment(TSS_SELECTOR),  # "32-bit TSS (active) with a base of 0 and limit 0x67"
+    )
+    gdt_base, gdt_limit = write_gdt(
+        memory, [0, code.descriptor(), data.descriptor(), tss.descriptor()]
+    )
+    return CpuState(
+        rip=entry,
+        rflags=RFLAGS_RESERVED,  # VM, IF and TF clear
+        gprs={"rbx": START_INFO_ADDR},
+        # "cr0: bit 0 (PE) must be set"; ET is read-only 1 on anything since the 486
+        # and Xen's own builder passes PE|ET (tools/libxc/xc_dom_x86.c).
+        cr0=CR0_PE | CR0_ET,
+        cr4=0,
+        efer=0,
+        code=code,
+        data=data,
+        tss=tss,
+        gdt_base=gdt_base,
+        gdt_limit=gdt_limit,
+    )
+
+
+def write_start_info(
+    memory: GuestMemory,
+    *,
+    cmdline_paddr: int,
+    ramdisk: tuple[int, int] | None,
+    e820: Sequence[E820Entry],
+    rsdp_paddr: int,
+    path: str,
+) -> None:
+    capacity = (MEMMAP_END - MEMMAP_ADDR) // ctypes.sizeof(HvmMemmapTableEntry)
+    if len(e820) > capacity:
+        raise BootImageError(path, f"memory map has {len(e820)} entries, room for {capacity}")
+    for i, e in enumerate(e820):
+        entry = HvmMemmapTableEntry(addr=e.addr, size=e.size, type=e.type)
+        memory.write(MEMMAP_ADDR + i * ctypes.sizeof(entry), bytes(entry))
+    info = HvmStartInfo(
+        magic=XEN_HVM_START_MAGIC_VALUE,
+        version=START_INFO_VERSION,
+        cmdline_paddr=cmdline_paddr,
+        rsdp_paddr=rsdp_paddr,
+        memmap_paddr=MEMMAP_ADDR,
+        memmap_entries=len(e820),
+    )
+    if ramdisk:
+        module = HvmModlistEntry(paddr=ramdisk[0], size=ramdisk[1] - ramdisk[0])
+        memory.write(MODLIST_ADDR, bytes(module))
+        info.nr_modules = 1
+        info.modlist_paddr = MODLIST_ADDR
+    memory.write(START_INFO_ADDR, bytes(info))
+
+
+def load_pvh(
+    memory: GuestMemory,
+    kernel: str | Path,
+    *,
+    ramdisk: str | Path | None = None,
+    cmdline: str = "",
+    rsdp_paddr: int = 0,
+    extra_e820: Sequence[E820Entry] = (),
+) -> BootInfo:
+    path = str(kernel)
+    f, size = open_file(kernel, "kernel")
+    with f:
+        image = parse_pvh(f, path, size)
+        check_placement(memory, image)
+        cmdline_paddr = write_cmdline(memory, path, cmdline, CMDLINE_LIMIT)
+        for s in image.segments:
+            got = read_into(f, memory, s.paddr, s.offset, s.filesz)
+            if got != s.filesz:
+                raise BootImageError(path, f"truncated ELF: short read of segment {s.index}")
+            memory.fill(s.paddr + s.filesz, s.memsz - s.filesz)  # .bss
+    kernel_range = (
+        min(s.paddr for s in image.segments),
+        max(s.paddr + s.memsz for s in image.segments),
+    )
+    ramdisk_range = None
+    if ramdisk is not None:
+        # The ramdisk is module 0, at the top of RAM below 4 GiB.
+        ramdisk_range = load_ramdisk(memory, ramdisk, memory.low_ram_end, kernel_range)
+    e820 = build_e820(memory, tuple(extra_e820)).entries
+    write_start_info(
+        memory,
+        cmdline_paddr=cmdline_paddr,
+        ramdisk=ramdisk_range,
+        e820=e820,
+        rsdp_paddr=rsdp_paddr,
+        path=path,
+    )
+    return BootInfo(
+        protocol="pvh",
+        entry=image.entry,
+        cpu=entry_state(image.entry, memory),
+        kernel_range=kernel_range,
+        ramdisk_range=ramdisk_range,
+        cmdline=cmdline,
+        e820=e820,
+        kernel_path=path,
+        ramdisk_path=str(ramdisk) if ramdisk is not None else None,
+        boot_params_addr=START_INFO_ADDR,
+        details={"elfclass": image.elfclass, "machine": image.machine},
+    )
