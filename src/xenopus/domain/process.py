@@ -1,0 +1,223 @@
+"""The domain process: one per domain, holding its VM and device backends.
+
+It is forked by the zygote (see `xenopus.toolstack.zygote`) with a control channel to
+the daemon already connected. It never sees another domain, so a crash or compromise of
+one domain's process touches nothing else. Guest stops (`StopReason`) are mapped to
+the configured `on_poweroff`/`on_reboot`/`on_crash` action here, as Xen's toolstack does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+from xenopus.domain.builder import Guest, build_guest
+from xenopus.domain.config import DomainConfig
+from xenopus.domain.console import Console
+from xenopus.vm import StopReason
+
+log = logging.getLogger("xenopus.domain")
+
+EXIT_OK = 0
+EXIT_CRASHED = 1
+EXIT_START_FAILED = 2
+
+
+class DebugLog:
+    """Port-0xE9 output, a line at a time into the domain log with Xen's `(dN) ` prefix."""
+
+    def __init__(self, domid: int):
+        self.prefix = f"(d{domid}) "
+        self._line = bytearray()
+
+    def write(self, data: bytes) -> None:
+        for b in data:
+            if b == 0x0A:
+                log.info("%s%s", self.prefix, self._line.decode(errors="replace").rstrip("\r"))
+                self._line.clear()
+            elif len(self._line) < 4096:
+                self._line.append(b)
+
+
+class DomainProcess:
+    def __init__(
+        self, domid: int, config: DomainConfig, control: socket.socket, run_dir: Path, paused: bool = False
+    ):
+        self.start_paused = paused
+        self.domid = domid
+        self.config = config
+        self.control = control
+        self.run_dir = run_dir
+        self.guest: Guest | None = None
+        self.state = "starting"  # running | paused | shutdown | crashed
+        self.exit_code = EXIT_OK
+        self._started = False  # whether the current incarnation's vCPUs have run
+        self.debug = DebugLog(domid)
+        self._writer: asyncio.StreamWriter | None = None
+        self._finished = asyncio.Event()
+
+    # -- daemon channel ---------------------------------------------------------------
+    def _send(self, msg: dict[str, Any]) -> None:
+        if self._writer is not None and not self._writer.is_closing():
+            self._writer.write(json.dumps(msg).encode() + b"\n")
+
+    def _set_state(self, state: str) -> None:
+        self.state = state
+        self._send({"event": "state", "state": state})
+
+    # -- guest lifecycle ----------------------------------------------------------------
+    def _start_guest(self, paused: bool = False) -> None:
+        """Build a fresh incarnation; with `paused`, its vCPUs wait for `unpause` (xl create -p)."""
+        guest = build_guest(self.config, console_out=self.console.write, debug_out=self.debug.write)
+        self.guest = guest
+        self.console.on_input = guest.serial.receive
+        self._started = False
+        if paused:
+            self._set_state("paused")
+        else:
+            self._run_vcpus()
+
+    def _run_vcpus(self) -> None:
+        loop = asyncio.get_running_loop()
+        guest = self.guest
+        assert guest is not None
+        guest.machine.start(
+            guest.boot.cpu, lambda reason: loop.call_soon_threadsafe(self._on_stop, guest, reason)
+        )
+        self._started = True
+        self._set_state("running")
+
+    def _teardown(self) -> None:
+        if self.guest is not None:
+            self.guest.close()
+            self.guest = None
+            self.console.on_input = lambda data: None
+
+    def _on_stop(self, guest: Guest, reason: StopReason) -> None:
+        if guest is not self.guest:
+            return  # a late report from an incarnation already torn down
+        action = self.config.action_for(reason.kind)
+        if reason.kind == "crash":
+            log.error("domain %d (%s) crashed: %s", self.domid, self.config.name, reason.detail)
+        else:
+            log.info("domain %d (%s) %s: %s", self.domid, self.config.name, reason.kind, reason.detail)
+        self._send({"event": "stopped", "reason": reason.kind, "detail": reason.detail, "action": action})
+        if action == "preserve":
+            guest.machine.stop()  # keep memory and state for inspection
+            self._set_state("crashed" if reason.kind == "crash" else "shutdown")
+            return
+        self._teardown()
+        if action == "restart":
+            try:
+                self._start_guest()
+                return
+            except Exception as e:  # noqa: BLE001 - any failure to rebuild ends the domain
+                log.error("domain %d (%s): restart failed: %s", self.domid, self.config.name, e)
+                self.exit_code = EXIT_START_FAILED
+        elif reason.kind == "crash":
+            self.exit_code = EXIT_CRASHED
+        self._finished.set()
+
+    # -- commands from the daemon -------------------------------------------------------
+    def _command(self, msg: dict[str, Any]) -> dict[str, Any]:
+        op = msg.get("op")
+        guest = self.guest
+        if op == "info":
+            return {
+                "ok": True,
+                "state": self.state,
+                "cpu_time": guest.machine.cpu_time() if guest else 0.0,
+                "pid": os.getpid(),
+                "protocol": guest.boot.protocol if guest else None,
+            }
+        if op == "destroy":
+            self._teardown()
+            self._finished.set()
+            return {"ok": True}
+        if guest is None or self.state in ("shutdown", "crashed"):
+            return {"ok": False, "error": f"domain is {self.state}"}
+        if op == "pause":
+            if self._started and self.state != "paused":
+                guest.machine.pause()
+                self._set_state("paused")
+            return {"ok": True}
+        if op == "unpause":
+            if not self._started:
+                self._run_vcpus()
+            elif self.state == "paused":
+                guest.machine.resume()
+                self._set_state("running")
+            return {"ok": True}
+        if op == "reboot":
+            if not self._started:
+                self._run_vcpus()
+            elif self.state == "paused":
+                guest.machine.resume()
+            guest.machine.request_stop(StopReason("reboot", "reboot requested by the toolstack"))
+            return {"ok": True}
+        return {"ok": False, "error": f"unknown operation {op!r}"}
+
+    async def _serve_control(self, reader: asyncio.StreamReader) -> None:
+        while line := await reader.readline():
+            try:
+                msg = json.loads(line)
+                reply = self._command(msg)
+            except Exception as e:  # noqa: BLE001 - a bad request must not take the domain down
+                log.exception("control request failed")
+                msg, reply = {}, {"ok": False, "error": str(e)}
+            reply["seq"] = msg.get("seq")
+            self._send(reply)
+        log.warning("domain %d: daemon connection closed; the domain keeps running", self.domid)
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        self.console = Console(loop)
+        reader, self._writer = await asyncio.open_unix_connection(sock=self.control)
+        ddir = self.run_dir / "domains" / str(self.domid)
+        ddir.mkdir(parents=True, exist_ok=True)
+        try:
+            await self.console.serve(ddir / "console.sock")
+            self._start_guest(paused=self.start_paused)
+        except Exception as e:  # noqa: BLE001 - reported to the CLI, which names the problem
+            log.error("domain %d (%s): cannot start: %s", self.domid, self.config.name, e)
+            self._send({"event": "error", "error": str(e)})
+            await self._writer.drain()
+            self._teardown()
+            return EXIT_START_FAILED
+        self._send({"event": "ready", "pid": os.getpid(), "protocol": self.guest.boot.protocol})
+        control = asyncio.create_task(self._serve_control(reader))
+        await self._finished.wait()
+        control.cancel()
+        self._teardown()
+        await self.console.close()
+        with contextlib.suppress(ConnectionError, OSError):
+            await self._writer.drain()
+        self._writer.close()
+        return self.exit_code
+
+
+def run_domain(
+    domid: int, config: dict[str, Any], control_fd: int, run_dir: str, paused: bool = False
+) -> int:
+    """Entry point of a freshly forked domain process."""
+    cfg = DomainConfig.from_dict(config)
+    logdir = Path(run_dir) / "log"
+    logdir.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(logdir / f"{cfg.name}.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    control = socket.socket(fileno=control_fd)
+    proc = DomainProcess(domid, cfg, control, Path(run_dir), paused=paused)
+    try:
+        return asyncio.run(proc.run())
+    except Exception:
+        log.exception("domain %d: fatal error in the domain process", domid)
+        return EXIT_CRASHED

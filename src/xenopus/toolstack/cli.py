@@ -1,0 +1,344 @@
+"""The `xenopus` command: xl's verbs, syntax and output formats.
+
+Kept light on imports: every invocation pays for them, and `create -F` is benchmarked
+against QEMU's start-up. The daemon is started on demand the first time a verb needs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import select
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from xenopus.toolstack import ipc
+
+DETACH = 0x1D  # Ctrl-], as for xl console and telnet
+
+
+class CliError(Exception):
+    pass
+
+
+# -- talking to the daemon ------------------------------------------------------------------
+def connect(autostart: bool = True) -> ipc.Channel:
+    path = ipc.daemon_socket_path()
+    try:
+        return ipc.Channel.connect(path)
+    except (FileNotFoundError, ConnectionRefusedError):
+        if not autostart:
+            raise CliError(f"no xenopus daemon is running (socket {path})") from None
+    start_daemon()
+    return ipc.Channel.connect(path)
+
+
+def start_daemon(timeout: float = 15.0) -> None:
+    base = ipc.run_dir()
+    try:
+        base.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as e:
+        raise CliError(f"cannot create the run directory {base}: {e.strerror}") from None
+    logfile = base / "xenopus.log"
+    r, w = os.pipe()
+    with open(logfile, "ab") as log:
+        subprocess.Popen(
+            [sys.executable, "-m", "xenopus", "daemon", "--background", f"--ready-fd={w}"],
+            pass_fds=[w],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
+    os.close(w)
+    ready, _, _ = select.select([r], [], [], timeout)
+    answer = os.read(r, 64) if ready else b""
+    os.close(r)
+    if answer != b"ready\n":
+        raise CliError(f"the xenopus daemon did not start; see {logfile}")
+
+
+def request(msg: dict[str, Any]) -> dict[str, Any]:
+    chan = connect()
+    try:
+        reply = chan.request(msg)
+    finally:
+        chan.close()
+    if not reply.get("ok"):
+        raise CliError(reply.get("error", "request failed"))
+    return reply
+
+
+# -- console --------------------------------------------------------------------------------
+def open_console(dom: str) -> socket.socket:
+    reply = request({"op": "console", "dom": dom})
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(reply["path"])
+    except OSError as e:
+        sock.close()
+        raise CliError(f"cannot attach to the console of domain {dom}: {e.strerror}") from None
+    return sock
+
+
+def attach_console(dom: str) -> None:
+    with open_console(dom) as sock:
+        pump_console(sock)
+
+
+def pump_console(sock: socket.socket) -> None:
+    """Copy the console to stdout and stdin to the console until the domain goes away.
+
+    On a terminal, stdin is put in raw mode and Ctrl-] detaches; otherwise stdin is
+    forwarded until its end and the output streams until the domain dies.
+    """
+    out = sys.stdout.buffer
+    try:
+        stdin_fd: int | None = sys.stdin.fileno()
+        os.fstat(stdin_fd)
+    except (OSError, ValueError, AttributeError):
+        stdin_fd = None
+    tty = stdin_fd is not None and os.isatty(stdin_fd)
+    saved = None
+    if tty:
+        import termios
+        import tty as ttymod
+
+        saved = termios.tcgetattr(stdin_fd)
+        ttymod.setraw(stdin_fd)
+    try:
+        while True:
+            fds = [sock] + ([stdin_fd] if stdin_fd is not None else [])
+            readable, _, _ = select.select(fds, [], [])
+            if sock in readable:
+                try:
+                    data = sock.recv(65536)
+                except ConnectionResetError:
+                    data = b""
+                if not data:
+                    return
+                out.write(data)
+                out.flush()
+            if stdin_fd is not None and stdin_fd in readable:
+                try:
+                    data = os.read(stdin_fd, 4096)
+                except OSError:
+                    data = b""
+                if not data:
+                    stdin_fd = None
+                    continue
+                if tty and DETACH in data:
+                    data = data[: data.index(DETACH)]
+                    if data:
+                        sock.sendall(data)
+                    return
+                sock.sendall(data)
+    except BrokenPipeError:
+        return
+    finally:
+        if saved is not None:
+            import termios
+
+            termios.tcsetattr(stdin_fd, termios.TCSADRAIN, saved)
+
+
+# -- verbs ----------------------------------------------------------------------------------
+def cmd_create(args: argparse.Namespace) -> int:
+    from xenopus.domain.config import ConfigError, load_config
+
+    if not args.quiet:
+        print(f"Parsing config from {args.config}", file=sys.stderr)
+    try:
+        config, warnings = load_config(args.config, args.overrides)
+    except (ConfigError, OSError) as e:
+        raise CliError(str(e)) from None
+    for w in warnings:
+        print(w, file=sys.stderr)
+    chan = connect()
+    try:
+        # With -c the domain is created paused, the console attached, then the domain
+        # unpaused, so not a byte of output is missed (as xl create -c does).
+        reply = chan.request({
+            "op": "create", "config": config.to_dict(), "wait": args.foreground,
+            "paused": args.paused or args.console,
+        })
+        if not reply.get("ok"):
+            raise CliError(f"cannot create domain '{config.name}': {reply.get('error')}")
+        if args.console:
+            domid = str(reply["domid"])
+            sock = open_console(domid)
+            if not args.paused:
+                request({"op": "unpause", "dom": domid})
+            with sock:
+                pump_console(sock)
+        if not args.foreground:
+            return 0
+        final = chan.recv()
+    finally:
+        chan.close()
+    if final is None:
+        raise CliError("lost the connection to the daemon")
+    if final.get("reason") == "crash":
+        print(f"Domain {final['domid']} crashed: {final.get('detail', '')}", file=sys.stderr)
+        return 1
+    return 0 if final.get("status") in (0, None) else 1
+
+
+def host_cpu_seconds() -> float:
+    """Host CPU time spent outside idle, Domain-0's `Time(s)` (from /proc/stat)."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+        ticks = sum(int(v) for i, v in enumerate(fields[:8]) if i not in (3, 4))
+        return ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError):
+        return 0.0
+
+
+def host_memory_mib() -> int:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) // 1024
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def state_flags(entry: dict[str, Any]):
+    """The daemon's domain state as xl's six flags (libxl_dominfo)."""
+    from xenopus.toolstack.xlformat import DomainState
+
+    state, reason = entry["state"], entry.get("reason")
+    if state == "crashed":
+        return DomainState(shutdown=True, crashed=True, reason="crash")
+    if state == "shutdown":
+        return DomainState(shutdown=True, reason=reason)
+    return DomainState(running=state == "running", paused=state == "paused", dying=state == "dying")
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from xenopus.toolstack import xlformat
+
+    domains = request({"op": "list"})["domains"]
+    if args.domains:
+        wanted = set(args.domains)
+        missing = wanted - {str(d["domid"]) for d in domains} - {d["name"] for d in domains} - {"0", "Domain-0"}
+        if missing:
+            raise CliError(f"domain '{sorted(missing)[0]}' does not exist")
+        domains = [d for d in domains if str(d["domid"]) in wanted or d["name"] in wanted]
+        show_dom0 = bool({"0", "Domain-0"} & wanted)
+    else:
+        show_dom0 = True
+    if args.long:
+        print(xlformat.list_long(domains))
+        return 0
+    print(xlformat.list_header())
+    if show_dom0:
+        print(xlformat.list_row("Domain-0", 0, host_memory_mib(), os.cpu_count() or 1,
+                                xlformat.DomainState(running=True), host_cpu_seconds()))
+    for d in domains:
+        print(xlformat.list_row(d["name"], d["domid"], d["memory"], d["vcpus"],
+                                state_flags(d), d["cpu_time"]))
+    return 0
+
+
+def cmd_console(args: argparse.Namespace) -> int:
+    if args.type == "pv":
+        raise CliError("PV consoles arrive with the Xen guest interface; use -t serial")
+    attach_console(args.dom)
+    return 0
+
+
+def simple_verb(op: str):
+    def run(args: argparse.Namespace) -> int:
+        request({"op": op, "dom": args.dom})
+        return 0
+
+    return run
+
+
+def cmd_shutdown(args: argparse.Namespace) -> int:
+    raise CliError(
+        "shutdown needs a channel to the guest (ACPI power button or PV control), which "
+        "xenopus does not have yet; use 'xenopus destroy' to stop the domain"
+    )
+
+
+def cmd_daemon(args: argparse.Namespace) -> int:
+    if args.stop:
+        try:
+            chan = connect(autostart=False)
+        except CliError:
+            return 0  # nothing to stop
+        chan.request({"op": "stop"})
+        while chan.recv() is not None:  # the daemon closes us when it has gone
+            pass
+        chan.close()
+        return 0
+    from xenopus.toolstack import daemon
+
+    base = ipc.run_dir()
+    log_file = base / "xenopus.log" if args.background else None
+    return daemon.run(base, ready_fd=args.ready_fd, log_file=log_file)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="xenopus", description="A Xen-style hypervisor on KVM (xl-compatible verbs).")
+    sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    c = sub.add_parser("create", help="create a domain from an xl.cfg file")
+    c.add_argument("-c", dest="console", action="store_true", help="attach the console after creating")
+    c.add_argument("-F", dest="foreground", action="store_true", help="stay in the foreground until the domain dies")
+    c.add_argument("-p", dest="paused", action="store_true", help="leave the domain paused after creating it")
+    c.add_argument("-q", dest="quiet", action="store_true", help="quiet")
+    c.add_argument("config", metavar="CFG")
+    c.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    c.set_defaults(func=cmd_create)
+
+    ls = sub.add_parser("list", help="list domains")
+    ls.add_argument("-l", "--long", action="store_true", help="JSON with each domain's configuration")
+    ls.add_argument("domains", nargs="*", metavar="DOM")
+    ls.set_defaults(func=cmd_list)
+
+    co = sub.add_parser("console", help="attach to a domain's console (Ctrl-] detaches)")
+    co.add_argument("-t", dest="type", choices=["serial", "pv"], default="serial")
+    co.add_argument("dom", metavar="DOM")
+    co.set_defaults(func=cmd_console)
+
+    for verb, text in (
+        ("destroy", "destroy a domain immediately"),
+        ("pause", "pause all vCPUs of a domain"),
+        ("unpause", "resume a paused domain"),
+        ("reboot", "reset a domain (on_reboot applies)"),
+    ):
+        v = sub.add_parser(verb, help=text)
+        v.add_argument("dom", metavar="DOM")
+        v.set_defaults(func=simple_verb(verb))
+
+    sh = sub.add_parser("shutdown", help="ask a domain to shut down (needs ACPI: not yet)")
+    sh.add_argument("dom", metavar="DOM")
+    sh.set_defaults(func=cmd_shutdown)
+
+    d = sub.add_parser("daemon", help="run the host daemon in the foreground")
+    d.add_argument("--stop", action="store_true", help="stop a running daemon and its domains")
+    d.add_argument("--background", action="store_true", help=argparse.SUPPRESS)
+    d.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
+    d.set_defaults(func=cmd_daemon)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except CliError as e:
+        print(f"xenopus: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except PermissionError as e:
+        print(f"xenopus: {e.filename or ''}: permission denied (xenopus needs root for {ipc.run_dir()})", file=sys.stderr)
+        return 1

@@ -1,0 +1,108 @@
+"""Message framing between the CLI, the daemon, the zygote and domain processes.
+
+One JSON object per line over a Unix stream socket. Requests carry `op`; replies carry
+`ok` (and `error` when false). File descriptors travel beside a message with
+SCM_RIGHTS (`send_fds`/`recv_fds`), which is how the daemon hands a domain process its
+control channel.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+DEFAULT_RUN_DIR = "/run/xenopus"
+MAX_LINE = 1 << 20  # a request larger than this is refused, not buffered without bound
+
+
+def run_dir() -> Path:
+    return Path(os.environ.get("XENOPUS_RUN_DIR") or DEFAULT_RUN_DIR)
+
+
+def daemon_socket_path(base: Path | None = None) -> Path:
+    return (base or run_dir()) / "xenopus.sock"
+
+
+def domain_dir(domid: int, base: Path | None = None) -> Path:
+    return (base or run_dir()) / "domains" / str(domid)
+
+
+def console_socket_path(domid: int, base: Path | None = None) -> Path:
+    return domain_dir(domid, base) / "console.sock"
+
+
+def log_dir(base: Path | None = None) -> Path:
+    return (base or run_dir()) / "log"
+
+
+def encode(msg: dict[str, Any]) -> bytes:
+    return json.dumps(msg, separators=(",", ":")).encode() + b"\n"
+
+
+def decode(line: bytes) -> dict[str, Any]:
+    msg = json.loads(line)
+    if not isinstance(msg, dict):
+        raise ValueError("message is not a JSON object")
+    return msg
+
+
+class Channel:
+    """A blocking line-oriented JSON channel over a connected stream socket."""
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+        self._buf = bytearray()
+
+    @classmethod
+    def connect(cls, path: Path, timeout: float | None = None) -> Channel:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(str(path))
+        except OSError:
+            sock.close()
+            raise
+        sock.settimeout(None)
+        return cls(sock)
+
+    def send(self, msg: dict[str, Any], fds: list[int] | None = None) -> None:
+        data = encode(msg)
+        if fds:
+            socket.send_fds(self.sock, [data], fds)
+        else:
+            self.sock.sendall(data)
+
+    def recv(self) -> dict[str, Any] | None:
+        """The next message, or None at end of stream."""
+        msg, _ = self.recv_with_fds(0)
+        return msg
+
+    def recv_with_fds(self, maxfds: int) -> tuple[dict[str, Any] | None, list[int]]:
+        fds: list[int] = []
+        while b"\n" not in self._buf:
+            if len(self._buf) > MAX_LINE:
+                raise ValueError("message too long")
+            if maxfds:
+                data, got, _flags, _addr = socket.recv_fds(self.sock, 65536, maxfds)
+                fds.extend(got)
+            else:
+                data = self.sock.recv(65536)
+            if not data:
+                return None, fds
+            self._buf += data
+        line, _, rest = bytes(self._buf).partition(b"\n")
+        self._buf = bytearray(rest)
+        return decode(line), fds
+
+    def request(self, msg: dict[str, Any]) -> dict[str, Any]:
+        self.send(msg)
+        reply = self.recv()
+        if reply is None:
+            raise ConnectionError("the daemon closed the connection")
+        return reply
+
+    def close(self) -> None:
+        self.sock.close()
