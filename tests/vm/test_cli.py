@@ -60,19 +60,33 @@ def test_list_format_and_lifecycle(xenopus: Xenopus) -> None:
     assert missing.returncode != 0 and "does not exist" in missing.stderr
 
 
+def read_until(stream, marker: bytes, timeout: float = 60) -> bytes:
+    """Read a console stream until `marker` shows up (bounded by `timeout`)."""
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while marker not in seen:
+        assert time.monotonic() < deadline, seen
+        chunk = stream.read1(4096)
+        assert chunk, f"console closed before {marker!r}: {seen!r}"
+        seen += chunk
+    return seen
+
+
 def test_console_history_and_two_attaches(xenopus: Xenopus) -> None:
     cfg = xenopus.config("waiter", "serial.elf", cmdline="echo", on_reboot="destroy")
     assert xenopus.run("create", "-q", str(cfg)).returncode == 0
     first = xenopus.popen("console", "waiter", stdin=subprocess.PIPE)
+    assert first.stdin is not None and first.stdout is not None
+    early = read_until(first.stdout, b"READY")
+    # A late attach sees the output since boot; both see what follows.
     second = xenopus.popen("console", "waiter")
-    # Both see the boot output (history), then the echo that the first one's input causes.
-    assert first.stdin is not None
+    assert second.stdout is not None
+    assert b"READY" in read_until(second.stdout, b"READY")
     first.stdin.write(b"ping-from-host\r")
     first.stdin.flush()
     out1, _ = first.communicate(timeout=120)
     out2, _ = second.communicate(timeout=120)
-    for out in (out1.decode(), out2.decode()):
-        assert "READY" in out
+    for out in ((early + out1).decode(), out2.decode()):
         assert "ECHO: ping-from-host" in out
         assert "RESULT: PASS serial" in out
 
@@ -137,11 +151,9 @@ def test_reboot_restarts_the_guest(xenopus: Xenopus) -> None:
     assert xenopus.run("reboot", "bouncer").returncode == 0
     # After the reset the guest boots again: a second READY appears on the same console.
     assert con.stdout is not None
-    seen = b""
-    deadline = time.monotonic() + 120
-    while seen.count(b"READY") < 2:
-        assert time.monotonic() < deadline, seen
-        seen += con.stdout.read1(4096)
+    first = read_until(con.stdout, b"READY")
+    if first.count(b"READY") < 2:
+        read_until(con.stdout, b"READY")
     assert xenopus.run("destroy", "bouncer").returncode == 0
     con.communicate(timeout=60)
 

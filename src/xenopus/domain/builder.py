@@ -19,6 +19,7 @@ from xenopus.devices.i8042 import I8042
 from xenopus.devices.rtc import CmosRtc
 from xenopus.devices.serial import COM1_BASE, COM1_IRQ, Serial16550
 from xenopus.domain.config import DomainConfig
+from xenopus.host import memory_mib
 from xenopus.memory import GuestMemory, MiB
 from xenopus.vm import Machine, StopReason
 
@@ -54,6 +55,9 @@ def build_guest(
     debug_out: Callable[[bytes], None],
 ) -> Guest:
     """Lay out memory, load the kernel and wire the devices; the vCPUs are not started."""
+    host = memory_mib()
+    if host and config.memory > host:
+        raise ValueError(f"memory = {config.memory} MiB is more than this host has ({host} MiB)")
     memory = GuestMemory.create(config.memory * MiB)
     try:
         boot = load_kernel(memory, config.kernel, ramdisk=config.ramdisk, cmdline=config.cmdline)

@@ -12,9 +12,9 @@ import select
 import socket
 import subprocess
 import sys
-from pathlib import Path
 from typing import Any
 
+from xenopus import host
 from xenopus.toolstack import ipc
 
 DETACH = 0x1D  # Ctrl-], as for xl console and telnet
@@ -187,26 +187,6 @@ def cmd_create(args: argparse.Namespace) -> int:
     return 0 if final.get("status") in (0, None) else 1
 
 
-def host_cpu_seconds() -> float:
-    """Host CPU time spent outside idle, Domain-0's `Time(s)` (from /proc/stat)."""
-    try:
-        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
-        ticks = sum(int(v) for i, v in enumerate(fields[:8]) if i not in (3, 4))
-        return ticks / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError):
-        return 0.0
-
-
-def host_memory_mib() -> int:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return int(line.split()[1]) // 1024
-    except (OSError, ValueError):
-        pass
-    return 0
-
-
 def state_flags(entry: dict[str, Any]):
     """The daemon's domain state as xl's six flags (libxl_dominfo)."""
     from xenopus.toolstack.xlformat import DomainState
@@ -237,8 +217,8 @@ def cmd_list(args: argparse.Namespace) -> int:
         return 0
     print(xlformat.list_header())
     if show_dom0:
-        print(xlformat.list_row("Domain-0", 0, host_memory_mib(), os.cpu_count() or 1,
-                                xlformat.DomainState(running=True), host_cpu_seconds()))
+        print(xlformat.list_row("Domain-0", 0, host.memory_mib(), os.cpu_count() or 1,
+                                xlformat.DomainState(running=True), host.busy_cpu_seconds()))
     for d in domains:
         print(xlformat.list_row(d["name"], d["domid"], d["memory"], d["vcpus"],
                                 state_flags(d), d["cpu_time"]))
