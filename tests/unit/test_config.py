@@ -217,10 +217,10 @@ def test_relative_config_path_is_made_absolute(tmp_path, monkeypatch):
 
 
 def test_unknown_keys_warn_with_file_and_line(tmp_path):
-    path = write(tmp_path, MINIMAL + 'vif = ["bridge=xenbr0"]\nfoo = 1\n')
+    path = write(tmp_path, MINIMAL + 'vfb = ["vnc=1"]\nfoo = 1\n')
     _, warnings = load_config(path)
     assert warnings == [
-        f"{path}:3: warning: ignoring unknown parameter `vif'",
+        f"{path}:3: warning: ignoring unknown parameter `vfb'",
         f"{path}:4: warning: ignoring unknown parameter `foo'",
     ]
 
@@ -283,8 +283,10 @@ def test_missing_file(tmp_path):
         ('name = "a"\nkernel = "k"\nmemory = 1\n', r":3: memory: 1 MiB is too small"),
         ('name = "a"\nkernel = "k"\nmemory = 256\nmaxmem = 128\n',
          r":4: maxmem: 128 MiB is less than memory"),
-        ('name = "a"\nkernel = "k"\nvcpus = 2\n', r":3: vcpus: .*SMP guests arrive in a later"),
-        ('name = "a"\nkernel = "k"\nmaxvcpus = 4\n', r":3: maxvcpus: .*later release"),
+        ('name = "a"\nkernel = "k"\nvcpus = 65\n', r":3: vcpus: 65 vCPUs requested; the limit is 64"),
+        ('name = "a"\nkernel = "k"\nmaxvcpus = 100\n', r":3: maxvcpus: 100 vCPUs .*limit is 64"),
+        ('name = "a"\nkernel = "k"\nvcpus = 4\nmaxvcpus = 2\n',
+         r":4: maxvcpus: 2 is less than vcpus \(4\)"),
         ('name = "a"\nkernel = "k"\nvcpus = 0\n', r":3: vcpus: .*at least 1"),
         ('name = "a"\nkernel = "k"\ntype = "hvm"\n', r":3: type: `hvm' guests are not supported"),
         ('name = "a"\nkernel = "k"\ntype = "pv"\n', r":3: type: `pv' guests are not supported"),
@@ -361,7 +363,7 @@ def test_dict_round_trip_through_json(tmp_path):
 
 def test_from_dict_validates():
     with pytest.raises(ConfigError, match="vcpus"):
-        DomainConfig.from_dict({"name": "a", "kernel": "/k", "vcpus": 2})
+        DomainConfig.from_dict({"name": "a", "kernel": "/k", "vcpus": 65})
     with pytest.raises(ConfigError, match="unknown DomainConfig field"):
         DomainConfig.from_dict({"name": "a", "kernel": "/k", "colour": "red"})
     with pytest.raises(ConfigError, match="kernel: missing"):
@@ -373,3 +375,175 @@ def test_from_dict_validates():
 def test_constructor_defaults_maxmem_and_maxvcpus():
     cfg = DomainConfig(name="a", kernel="/k", memory=300)
     assert (cfg.maxmem, cfg.maxvcpus) == (300, 1)
+
+
+# -- disk, vif, cpus and vcpus (issue 3) -------------------------------------------------------
+
+
+def test_vcpus_up_to_the_limit(tmp_path):
+    cfg, _ = load_config(write(tmp_path, MINIMAL + "vcpus = 4\nmaxvcpus = 64\n"))
+    assert (cfg.vcpus, cfg.maxvcpus) == (4, 64)
+    cfg, _ = load_config(write(tmp_path, MINIMAL + "vcpus = 64\n"))
+    assert (cfg.vcpus, cfg.maxvcpus) == (64, 64)
+    cfg, _ = load_config(write(tmp_path, MINIMAL + "maxvcpus = 8\n"))
+    assert (cfg.vcpus, cfg.maxvcpus) == (1, 8)
+
+
+def test_disks_and_vifs(tmp_path):
+    from xenopus.domain.devspec import DiskSpec, VifSpec
+
+    path = write(tmp_path, MINIMAL + """\
+        disk = [ '/dev/vg/guest-volume,,hda',
+                 '/root/image.iso,,hdc,cdrom',
+                 'format=raw, vdev=vdb, access=ro, target=/srv/a,b.img' ]
+        vif = [ 'mac=00:16:3E:74:34:32', 'bridge=xenbr1,mtu=9000', '' ]
+    """)
+    cfg, warnings = load_config(path)
+    assert warnings == []
+    assert cfg.disks == [
+        DiskSpec(target="/dev/vg/guest-volume", vdev="hda"),
+        DiskSpec(target="/root/image.iso", vdev="hdc", read_only=True, devtype="cdrom"),
+        DiskSpec(target="/srv/a,b.img", vdev="vdb", read_only=True),
+    ]
+    assert cfg.vifs == [VifSpec(mac="00:16:3e:74:34:32"),
+                        VifSpec(bridge="xenbr1", mtu=9000), VifSpec()]
+
+
+def test_no_disks_or_vifs_by_default(tmp_path):
+    cfg, _ = load_config(write(tmp_path, MINIMAL))
+    assert (cfg.disks, cfg.vifs, cfg.cpus) == ([], [], None)
+
+
+def test_relative_disk_targets_resolve_beside_the_config(tmp_path, monkeypatch):
+    sub = tmp_path / "guests"
+    sub.mkdir()
+    path = write(sub, MINIMAL + "disk = ['img/root.img,,vda', 'tap:aio:../data.img,vdb',"
+                                " '/abs.img,,vdc']\n")
+    monkeypatch.chdir("/")
+    cfg, _ = load_config(path)
+    assert [d.target for d in cfg.disks] == [
+        str(sub / "img" / "root.img"), str(tmp_path / "data.img"), "/abs.img"]
+    # On the command line, relative to the cwd where it was typed.
+    monkeypatch.chdir(tmp_path)
+    cfg, _ = load_config(path, ["disk=['x.img,,vda']"])
+    assert cfg.disks[0].target == str(tmp_path / "x.img")
+
+
+def test_disk_appended_with_plus_equals(tmp_path):
+    path = write(tmp_path, MINIMAL + "disk = ['/a,,vda']\ndisk += ['/b,,vdb']\n")
+    cfg, _ = load_config(path)
+    assert [d.vdev for d in cfg.disks] == ["vda", "vdb"]
+
+
+@pytest.mark.parametrize(
+    ("lines", "pattern"),
+    [
+        ("disk = ['/a,,vda', '/b,raw']\n", r":3: disk: disk 1 '/b,raw': no vdev specified$"),
+        ("disk = ['/a,,xvda']\n", r":3: disk: disk 0 '/a,,xvda': vdev `xvda': xvd\* disks"),
+        ("disk = ['qcow2:/a,vda']\n", r":3: disk: disk 0 .*format `qcow2' is not supported"),
+        ("disk = '/a,,vda'\n", r":3: disk: expected a list of strings .*got a string"),
+        ("disk = [1]\n", r":3: disk: entry 0: expected a string, got a number"),
+        ("disk = [['/a,,vda']]\n", r":3: disk: entry 0: expected a string, got a list"),
+        ("disk = ['/a,,vda', '/b,,vda']\n",
+         r":3: disk: disk 1 'vda' is disk 0 'vda' \(duplicate vdev\)"),
+        ("disk = ['/a,,vda', '/b,,sdb', '/c,,sda']\n",
+         r":3: disk: disk 2 'sda' is the same virtio-blk disk \(0\) as disk 0 'vda'"),
+        ("\n\nvif = ['mac=01:00:5e:00:00:01']\n",
+         r":5: vif: vif 0 'mac=01:00:5e:00:00:01': mac .* is a multicast address"),
+        ("vif = ['', 'model=e1000']\n", r":3: vif: vif 1 'model=e1000': model `e1000'"),
+        ("vif = 'bridge=br0'\n", r":3: vif: expected a list of strings"),
+        ("vif = ['mac=00:16:3e:00:00:01', 'mac=00:16:3E:00:00:01']\n",
+         r":3: vif: vif 1 has the same mac \(00:16:3e:00:00:01\) as vif 0"),
+        ("vif = ['vifname=t0', 'vifname=t0']\n", r":3: vif: vif 1 has the same vifname"),
+    ],
+)
+def test_device_errors_name_file_line_and_entry(tmp_path, lines, pattern):
+    path = write(tmp_path, MINIMAL + lines)
+    with pytest.raises(ConfigError, match=f"^{path}{pattern}"):
+        load_config(path)
+
+
+def test_vif_warnings_carry_file_and_line(tmp_path):
+    path = write(tmp_path, MINIMAL + "vif = ['bridge=br0,rate=10Mb/s,foo=1']\n")
+    cfg, warnings = load_config(path)
+    assert cfg.vifs[0].bridge == "br0"
+    assert warnings == [
+        f"{path}:3: warning: vif 0 'bridge=br0,rate=10Mb/s,foo=1': rate limiting is not"
+        " supported; ignored",
+        f"{path}:3: warning: vif 0 'bridge=br0,rate=10Mb/s,foo=1': unrecognized argument"
+        " `foo=1'",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("lines", "cpus"),
+    [
+        ('cpus = "0-3,5"\n', [[0, 1, 2, 3, 5]]),
+        ('vcpus = 2\ncpus = "0-3,^1"\n', [[0, 2, 3], [0, 2, 3]]),
+        ("vcpus = 2\ncpus = 3\n", [[3], [3]]),
+        ('cpus = "all"\n', None),
+        ('cpus = "all,3"\n', None),
+        ('vcpus = 3\ncpus = ["2", "3-4"]\n', [[2], [3, 4]]),
+        ('vcpus = 2\ncpus = ["all", "1"]\n', [None, [1]]),
+        # xl ignores entries past the last vCPU.
+        ('cpus = ["0", "1", "2"]\n', [[0]]),
+        ('maxvcpus = 2\ncpus = "1,,2"\n', [[1, 2], [1, 2]]),
+    ],
+)
+def test_cpus(tmp_path, lines, cpus):
+    cfg, _ = load_config(write(tmp_path, MINIMAL + lines))
+    assert cfg.cpus == cpus
+
+
+@pytest.mark.parametrize(
+    ("lines", "pattern"),
+    [
+        ('cpus = "node:0"\n', r":3: cpus: `node:0': NUMA node affinity is not supported"),
+        ('cpus = "3-1"\n', r":3: cpus: invalid CPU range `3-1': 1 is less than 3"),
+        ('cpus = "x"\n', r":3: cpus: invalid CPU range `x'"),
+        ('cpus = "^all"\n', r":3: cpus: can't combine \"\^\" and \"all\""),
+        ('cpus = "all,^0"\n', r":3: cpus: \"all\" with \"\^\" exclusions is not supported"),
+        ('cpus = "1,^1"\n', r":3: cpus: `1,\^1' selects no CPUs"),
+        ('cpus = "0-99999999"\n', r":3: cpus: CPU 99999999 .* is beyond any host"),
+        ('cpus = [["0"]]\n', r":3: cpus: expected a string or a list of strings"),
+    ],
+)
+def test_cpus_errors(tmp_path, lines, pattern):
+    path = write(tmp_path, MINIMAL + lines)
+    with pytest.raises(ConfigError, match=f"^{path}{pattern}"):
+        load_config(path)
+
+
+def test_dict_round_trip_with_devices_through_json(tmp_path):
+    path = write(tmp_path, MINIMAL + """\
+        vcpus = 2
+        cpus = ["0-1", "all"]
+        disk = [ 'img.raw,,vda,discard', '/root/image.iso,,hdc,cdrom' ]
+        vif = [ 'mac=00:16:3e:01:02:03,bridge=br0,vifname=web0,mtu=1400', '' ]
+    """)
+    cfg, _ = load_config(path)
+    data = json.loads(json.dumps(cfg.to_dict()))
+    assert data["disks"][0]["target"] == str(tmp_path / "img.raw")
+    assert data["vifs"][0]["mac"] == "00:16:3e:01:02:03"
+    back = DomainConfig.from_dict(data)
+    assert back == cfg
+    assert back.disks[1].read_only and back.cpus == [[0, 1], None]
+
+
+def test_from_dict_validates_devices():
+    base = {"name": "a", "kernel": "/k"}
+    with pytest.raises(ConfigError, match="disks: unknown DiskSpec field"):
+        DomainConfig.from_dict({**base, "disks": [{"target": "/x", "vdev": "vda", "x": 1}]})
+    with pytest.raises(ConfigError, match="disks: vdev `xvda'"):
+        DomainConfig.from_dict({**base, "disks": [{"target": "/x", "vdev": "xvda"}]})
+    with pytest.raises(ConfigError, match="duplicate vdev"):
+        DomainConfig.from_dict({**base, "disks": [{"target": "/x", "vdev": "vda"},
+                                                  {"target": "/y", "vdev": "vda"}]})
+    with pytest.raises(ConfigError, match="vifs: mac"):
+        DomainConfig.from_dict({**base, "vifs": [{"mac": "01:00:00:00:00:00"}]})
+    with pytest.raises(ConfigError, match="disk: expected a list of DiskSpec"):
+        DomainConfig(name="a", kernel="/k", disks=["/x,,vda"])  # type: ignore[list-item]
+    with pytest.raises(ConfigError, match="cpus: 2 entries for 1 vCPUs"):
+        DomainConfig(name="a", kernel="/k", cpus=[[0], [1]])
+    with pytest.raises(ConfigError, match="cpus: entry 0 is not a sorted list"):
+        DomainConfig(name="a", kernel="/k", cpus=[[1, 0]])

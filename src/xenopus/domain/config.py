@@ -20,18 +20,29 @@ differently:
 - The first error stops the parse (libxlu recovers at the next line and reports more).
 - A command-line override whose value is not valid xl syntax (`name=web1`) is taken as a
   plain string; xl would need `name="web1"`.
-- Relative `kernel`/`ramdisk` paths are resolved against the config file's directory
-  (xl uses the cwd): our configs live beside their guests. Overrides given on the
-  command line resolve against the cwd, where the user typed them.
+- Relative `kernel`/`ramdisk` paths and disk targets are resolved against the config
+  file's directory (xl uses the cwd, and prepends /dev to a relative disk target): our
+  configs live beside their guests. Overrides given on the command line resolve
+  against the cwd, where the user typed them.
 - Unknown keys produce a warning (xl ignores them silently).
 - `type` defaults to "pvh" (xl's default is "pv", which we do not support).
+- `disk`/`vif` must be lists of strings (xl warns about a single string and then
+  ignores the setting); their grammars and differences are in `devspec`. Two disks
+  with the same vdev number are refused (libxl refuses duplicate vdevs when it
+  creates the devices), and so are two vifs with the same mac or vifname.
+- `cpus` (hard affinity, xl.cfg(5) "cpus"): "all", "N", "N-M", "^N" exclusions, as a
+  string for every vCPU or a list with one string per vCPU. NUMA `node:` forms and
+  "all" combined with exclusions are refused: the host CPU count is checked when the
+  domain is created, not here.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields, replace
+
+from xenopus.domain.devspec import DevSpecError, DiskSpec, VifSpec, parse_disk, parse_vif
 
 # -- errors -------------------------------------------------------------------------
 
@@ -304,6 +315,10 @@ def parse_config(text: str, filename: str = "<config>") -> dict[str, object]:
 
 NAME_MAX = 64
 MIN_MEMORY_MIB = 2
+# A sane ceiling, well inside what KVM allows (KVM_CAP_MAX_VCPUS, checked at create) and
+# what 8-bit xAPIC IDs in the MADT can name.
+MAX_VCPUS = 64
+MAX_HOST_CPU = 8191  # Linux's largest NR_CPUS; bounds a "0-N" range before expanding it
 ACTIONS = ("destroy", "restart", "preserve")
 # The rest of xl's action_on_shutdown_names (xl_parse.c), refused for now.
 UNSUPPORTED_ACTIONS = ("rename-restart", "coredump-destroy", "coredump-restart", "soft-reset")
@@ -312,7 +327,8 @@ CMDLINE_WARNING = "Warning: ignoring root= and extra= in favour of cmdline="
 STRING_KEYS = ("name", "type", "builder", "kernel", "ramdisk", "cmdline", "extra", "root",
                "on_poweroff", "on_reboot", "on_crash")
 NUMBER_KEYS = ("memory", "maxmem", "vcpus", "maxvcpus")
-KNOWN_KEYS = frozenset(STRING_KEYS + NUMBER_KEYS)
+LIST_KEYS = ("disk", "vif", "cpus")
+KNOWN_KEYS = frozenset(STRING_KEYS + NUMBER_KEYS + LIST_KEYS)
 
 
 def check_name(name: str) -> str:
@@ -352,10 +368,49 @@ def check_memory(mib: int) -> int:
 def check_vcpus(count: int) -> int:
     if count < 1:
         raise ValueError("a domain needs at least 1 vCPU")
-    if count > 1:
-        raise ValueError(f"{count} vCPUs requested, but only 1 is supported: SMP guests"
-                         " arrive in a later release")
+    if count > MAX_VCPUS:
+        raise ValueError(f"{count} vCPUs requested; the limit is {MAX_VCPUS}")
     return count
+
+
+def parse_cpus(text: str) -> list[int] | None:
+    """One xl CPU set (xl_parse.c parse_cpurange): comma-separated "N", "N-M", "^N",
+    "^N-M" and "all", applied in order. Returns the sorted host CPUs, or None for all."""
+    chosen: set[int] = set()
+    every = False
+    excluded = False
+    for item in filter(None, text.split(",")):  # strtok skips empty pieces
+        body = item[1:] if item.startswith("^") else item
+        negate = body is not item
+        if body.startswith(("node:", "nodes:")):
+            raise ValueError(f"`{item}': NUMA node affinity is not supported; list CPUs")
+        if body == "all":
+            if negate:
+                raise ValueError("can't combine \"^\" and \"all\"")
+            every = True
+            continue
+        m = re.fullmatch(r"([0-9]+)(?:-([0-9]+))?", body)
+        if not m:
+            raise ValueError(f"invalid CPU range `{item}'")
+        lo = int(m.group(1))
+        hi = int(m.group(2)) if m.group(2) is not None else lo
+        if hi < lo:
+            raise ValueError(f"invalid CPU range `{item}': {hi} is less than {lo}")
+        if hi > MAX_HOST_CPU:
+            raise ValueError(f"CPU {hi} in `{item}' is beyond any host (max {MAX_HOST_CPU})")
+        span = set(range(lo, hi + 1))
+        if negate:
+            excluded = True
+            chosen -= span
+        else:
+            chosen |= span
+    if every:
+        if excluded:
+            raise ValueError("\"all\" with \"^\" exclusions is not supported; list the CPUs")
+        return None
+    if not chosen:
+        raise ValueError(f"`{text}' selects no CPUs")
+    return sorted(chosen)
 
 
 def check_action(action: str) -> str:
@@ -399,6 +454,11 @@ class DomainConfig:
     on_reboot: str = "restart"
     on_crash: str = "destroy"
     path: str | None = None  # the config file it came from
+    disks: list[DiskSpec] = field(default_factory=list)
+    vifs: list[VifSpec] = field(default_factory=list)
+    # Hard affinity: entry i is vCPU i's host CPUs (None: any); vCPUs past the end of the
+    # list, or every vCPU if the whole value is None, are not pinned.
+    cpus: list[list[int] | None] | None = None
 
     def __post_init__(self) -> None:
         if self.maxmem is None:
@@ -412,6 +472,9 @@ class DomainConfig:
                               f" ({self.memory} MiB)")
         if self.maxvcpus < self.vcpus:
             raise ConfigError(f"maxvcpus: {self.maxvcpus} is less than vcpus ({self.vcpus})")
+        if self.cpus is not None and len(self.cpus) > self.maxvcpus:
+            raise ConfigError(f"cpus: {len(self.cpus)} entries for {self.maxvcpus} vCPUs")
+        _check_unique(self.disks, self.vifs)
 
     def action_for(self, reason: str) -> str:
         """The configured action for a guest stop: "poweroff", "reboot" or "crash"."""
@@ -429,7 +492,39 @@ class DomainConfig:
         missing = [k for k in ("name", "kernel") if k not in data]
         if missing:
             raise ConfigError(f"{missing[0]}: missing")
+        data = dict(data)
+        for key, spec in (("disks", DiskSpec), ("vifs", VifSpec)):
+            items = data.get(key, [])
+            if not isinstance(items, list):
+                raise ConfigError(f"{key}: expected a list, got {type(items).__name__}")
+            try:
+                data[key] = [spec.from_dict(d) if isinstance(d, dict) else d for d in items]
+            except (TypeError, ValueError) as e:
+                raise ConfigError(f"{key}: {e}") from None
         return cls(**data)  # type: ignore[arg-type]
+
+
+def _check_unique(disks: list[DiskSpec], vifs: list[VifSpec]) -> None:
+    """One vdev number per disk, one mac and one vifname per vif."""
+    seen: dict[object, int] = {}
+    for i, d in enumerate(disks):
+        n = d.vdev_index
+        if n in seen:
+            j = seen[n]
+            same = "is" if disks[j].vdev == d.vdev else f"is the same virtio-blk disk ({n}) as"
+            raise ConfigError(f"disk: disk {i} '{d.vdev}' {same} disk {j} '{disks[j].vdev}'"
+                              " (duplicate vdev)")
+        seen[n] = i
+    for key in ("mac", "vifname"):
+        seen = {}
+        for i, v in enumerate(vifs):
+            value = getattr(v, key)
+            if value is None:
+                continue
+            if value in seen:
+                raise ConfigError(f"vif: vif {i} has the same {key} ({value}) as"
+                                  f" vif {seen[value]}")
+            seen[value] = i
 
 
 _CHECKS = {
@@ -438,11 +533,34 @@ _CHECKS = {
     "on_poweroff": check_action, "on_reboot": check_action, "on_crash": check_action,
 }
 _INT_FIELDS = ("memory", "maxmem", "vcpus", "maxvcpus")
-_OPTIONAL = ("ramdisk", "path")
+_OPTIONAL = ("ramdisk", "path", "cpus")
+_SPEC_FIELDS = {"disks": DiskSpec, "vifs": VifSpec}
+# The setting a field comes from, where the names differ.
+_SETTING_OF = {"disks": "disk", "vifs": "vif"}
+
+
+def _check_cpus(value: object) -> None:
+    if not isinstance(value, list):
+        raise ConfigError(f"cpus: expected a list, got {type(value).__name__}")
+    for i, cpus in enumerate(value):
+        if cpus is None:
+            continue
+        if (not isinstance(cpus, list) or not cpus
+                or any(not isinstance(c, int) or isinstance(c, bool) or c < 0 for c in cpus)
+                or cpus != sorted(set(cpus))):
+            raise ConfigError(f"cpus: entry {i} is not a sorted list of host CPU numbers")
 
 
 def _check_field(key: str, value: object) -> None:
     if value is None and key in _OPTIONAL:
+        return
+    if key in _SPEC_FIELDS:
+        kind = _SPEC_FIELDS[key]
+        if not isinstance(value, list) or not all(isinstance(v, kind) for v in value):
+            raise ConfigError(f"{_SETTING_OF[key]}: expected a list of {kind.__name__}")
+        return
+    if key == "cpus":
+        _check_cpus(value)
         return
     want = int if key in _INT_FIELDS else str
     if not isinstance(value, want) or isinstance(value, bool):
@@ -493,6 +611,63 @@ def _get_int(settings: dict[str, Setting], key: str) -> int | None:
         return n
     shown = f" `{s.value}'" if isinstance(s.value, str) else ""
     raise ConfigError(f"{_where(s)}: {key}: expected a number, got {_kind(s.value)}{shown}")
+
+
+def _get_list(s: Setting, key: str) -> list[str]:
+    if not isinstance(s.value, list):
+        raise ConfigError(f"{_where(s)}: {key}: expected a list of strings"
+                          f" ([ '...', ... ]), got {_kind(s.value)}")
+    for i, item in enumerate(s.value):
+        if not isinstance(item, str):
+            raise ConfigError(f"{_where(s)}: {key}: entry {i}: expected a string,"
+                              f" got {_kind(item)}")
+    return s.value  # type: ignore[return-value]
+
+
+def _get_disks(settings: dict[str, Setting], base: str) -> list[DiskSpec]:
+    """Parse each `disk` entry; messages carry file:line and the entry."""
+    s = settings.get("disk")
+    if s is None:
+        return []
+    disks = []
+    for i, spec in enumerate(_get_list(s, "disk")):
+        try:
+            d = parse_disk(spec, i)
+        except DevSpecError as e:
+            raise ConfigError(f"{_where(s)}: disk: {e}") from None
+        disks.append(replace(d, target=_resolve(d.target, s, base)))
+    return disks
+
+
+def _get_vifs(settings: dict[str, Setting], warnings: list[str]) -> list[VifSpec]:
+    s = settings.get("vif")
+    if s is None:
+        return []
+    vifs = []
+    notes: list[str] = []
+    for i, spec in enumerate(_get_list(s, "vif")):
+        try:
+            vifs.append(parse_vif(spec, i, notes))
+        except DevSpecError as e:
+            raise ConfigError(f"{_where(s)}: vif: {e}") from None
+    warnings += [f"{_where(s)}: warning: {n}" for n in notes]
+    return vifs
+
+
+def _get_cpus(s: Setting, count: int) -> list[list[int] | None] | None:
+    """xl_parse.c parse_vcpu_affinity: a string applies to every vCPU; a list gives one
+    set per vCPU, entries past the last vCPU ignored."""
+    try:
+        if isinstance(s.value, list):
+            items = [str(v) if isinstance(v, int) else v for v in s.value]
+            if not all(isinstance(v, str) for v in items):
+                raise ValueError("expected a string or a list of strings")
+            return [parse_cpus(v) for v in items[:count]]  # type: ignore[arg-type]
+        text = s.text if isinstance(s.value, int) else s.value
+        cpus = parse_cpus(str(text))
+        return None if cpus is None else [list(cpus) for _ in range(count)]
+    except ValueError as e:
+        raise ConfigError(f"{_where(s)}: cpus: {e}") from None
 
 
 def _resolve(path: str | None, s: Setting | None, base: str) -> str | None:
@@ -582,9 +757,17 @@ def from_settings(settings: dict[str, Setting],
     for key in ("on_poweroff", "on_reboot", "on_crash"):
         if (a := _get_str(settings, key)) is not None:
             values[key] = a
+    values["disks"] = _get_disks(settings, base)
+    values["vifs"] = _get_vifs(settings, warnings)
+    if "cpus" in settings:
+        count = values.get("maxvcpus", values.get("vcpus", 1))
+        assert isinstance(count, int)
+        # An out-of-range count fails its own check below; don't build a huge list first.
+        values["cpus"] = _get_cpus(settings["cpus"], min(max(count, 0), MAX_VCPUS))
     # Validate each key first so the message can point at its file and line.
     for key, value in values.items():
-        s = settings.get("builder" if key == "type" and "type" not in settings else key)
+        s = settings.get("builder" if key == "type" and "type" not in settings
+                         else _SETTING_OF.get(key, key))
         try:
             _check_field(key, value)
         except ConfigError as e:
@@ -593,5 +776,5 @@ def from_settings(settings: dict[str, Setting],
         return DomainConfig(**values), warnings  # type: ignore[arg-type]
     except ConfigError as e:
         key = str(e).split(":", 1)[0]
-        s = settings.get(key)
+        s = settings.get(_SETTING_OF.get(key, key))
         raise ConfigError(f"{_where(s)}: {e}" if s else str(e)) from None
