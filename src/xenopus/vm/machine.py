@@ -9,17 +9,27 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from xenopus.kvm import uapi as u
-from xenopus.kvm.system import Kvm, VmFd
+from xenopus.kvm.system import Kvm, KvmError, VmFd
 from xenopus.memory.guest import GuestMemory
 from xenopus.vm.cpu import CpuState
 from xenopus.vm.events import StopReason
+from xenopus.vm.irq import IoEvents, IrqRouting
 from xenopus.vm.ports import IoHandler
-from xenopus.vm.vcpu import MsrHandler, Vcpu, install_kick_handler
+from xenopus.vm.vcpu import (
+    MP_STATE_NAMES,
+    WAIT_FOR_SIPI,
+    MsrHandler,
+    Vcpu,
+    cpuid_topology,
+    install_kick_handler,
+    thread_stat,
+)
 
 log = logging.getLogger("xenopus.vm")
 
@@ -41,15 +51,24 @@ REQUIRED_CAPS = (
 CpuidFixup = Callable[[int, ctypes.Structure], ctypes.Structure]
 
 
-def _set_apic_id(cpuid: ctypes.Structure, apic_id: int) -> None:
-    """SDM 2A CPUID: leaf 1 EBX[31:24] is the initial APIC ID; leaves 0xB and 0x1F report
-    the x2APIC ID in EDX at every sub-leaf."""
-    for i in range(cpuid.nent):
-        e = cpuid.entries[i]
-        if e.function == 1:
-            e.ebx = (e.ebx & 0x00FFFFFF) | (apic_id << 24)
-        elif e.function in (0xB, 0x1F):
-            e.edx = apic_id
+# xAPIC IDs are 8 bits and 0xFF is the broadcast ID (SDM 3A §10.4.6, §10.6.2.1); more
+# vCPUs would need x2APIC IDs in the MADT and CPUID leaf 1.
+MAX_XAPIC_VCPUS = 255
+VCPU_INFO_TIMEOUT = 1.0  # seconds vcpu_info waits for a vCPU thread to answer its kick
+
+
+def host_cpus() -> frozenset[int]:
+    """The host's online CPUs (/sys/devices/system/cpu/online, a kernel CPU list)."""
+    try:
+        with open("/sys/devices/system/cpu/online") as f:
+            text = f.read().strip()
+    except OSError:
+        return frozenset(range(os.cpu_count() or 1))
+    cpus: set[int] = set()
+    for part in filter(None, text.split(",")):
+        lo, _, hi = part.partition("-")
+        cpus.update(range(int(lo), int(hi or lo) + 1))
+    return frozenset(cpus)
 
 
 class Machine:
@@ -75,6 +94,8 @@ class Machine:
         self._own_kvm = kvm is None
         self.kvm = kvm if kvm is not None else Kvm()
         self.vm: VmFd | None = None
+        self.irq: IrqRouting | None = None  # set once the irqchip exists (see _build)
+        self._ioevents: IoEvents | None = None
         self.vcpus: list[Vcpu] = []
         self._cond = threading.Condition()
         self._threads: list[threading.Thread] = []
@@ -85,6 +106,11 @@ class Machine:
         self._live = 0
         self._cpu_done = 0.0  # CPU seconds of vCPU threads that have ended
         self._clocks: dict[int, int] = {}  # vCPU index -> CPU-time clock of its live thread
+        self._tids: dict[int, int] = {}  # vCPU index -> native thread id of its live thread
+        self._vcpu_cpu: dict[int, float] = {}  # vCPU index -> CPU seconds of ended threads
+        self._affinity: dict[int, frozenset[int]] = {}  # vCPU index -> pinned host CPUs
+        self._probe = 0  # vcpu_info's kick generation ...
+        self._probed: dict[int, int] = {}  # ... and the last one each vCPU thread answered
         try:
             self._build(vcpus, pio, mmio, msr_handler, cpuid_fixup)
         except BaseException:
@@ -100,17 +126,26 @@ class Machine:
         cpuid_fixup: CpuidFixup | None,
     ) -> None:
         self.kvm.require(*REQUIRED_CAPS)
-        max_vcpus = self.kvm.check_extension(u.KVM_CAP_MAX_VCPUS) or self.kvm.check_extension(
-            u.KVM_CAP_NR_VCPUS
-        )
+        # api.rst, KVM_CREATE_VCPU: KVM_CAP_MAX_VCPUS is the hard limit (KVM_CAP_NR_VCPUS,
+        # the recommended one, stands in for it on kernels without the former).
+        recommended = self.kvm.check_extension(u.KVM_CAP_NR_VCPUS)
+        max_vcpus = self.kvm.check_extension(u.KVM_CAP_MAX_VCPUS) or recommended
         if n > max_vcpus:
-            raise ValueError(f"{n} vCPUs asked for, KVM allows {max_vcpus}")
+            raise ValueError(f"{n} vCPUs asked for: KVM on this host allows at most {max_vcpus}")
+        if n > MAX_XAPIC_VCPUS:
+            raise ValueError(
+                f"{n} vCPUs asked for: at most {MAX_XAPIC_VCPUS} (xAPIC IDs are 8 bits)"
+            )
+        if n > recommended:
+            log.info("%d vCPUs is more than KVM recommends here (%d)", n, recommended)
         vm = self.vm = self.kvm.create_vm()
         # VMX needs these pages for real-mode and unpaged guests; api.rst says to set them
         # before creating vCPUs. They sit in the MMIO hole below the 4 GiB BIOS area.
         vm.set_tss_addr()
         vm.set_identity_map_addr()
         vm.create_irqchip()  # PIC + IOAPIC + per-vCPU LAPICs
+        self.irq = IrqRouting(vm)  # owns the GSI table from here on (MSI routes, irqfds)
+        self._ioevents = IoEvents(vm)
         # The dummy speaker keeps port 0x61 in the kernel, tied to PIT channel 2 as
         # Linux's PIT calibration expects.
         vm.create_pit2(u.KVM_PIT_SPEAKER_DUMMY)
@@ -119,11 +154,7 @@ class Machine:
         supported = self.kvm.supported_cpuid()
         for index in range(n):
             fd = vm.create_vcpu(index)
-            cpuid = u.cpuid2_with(supported.nent)
-            ctypes.memmove(
-                ctypes.addressof(cpuid), ctypes.addressof(supported), ctypes.sizeof(cpuid)
-            )
-            _set_apic_id(cpuid, index)
+            cpuid = cpuid_topology(supported, index, n)  # a copy, this vCPU's own
             if cpuid_fixup is not None:
                 cpuid = cpuid_fixup(index, cpuid)
             fd.set_cpuid2(cpuid)
@@ -134,6 +165,19 @@ class Machine:
         """Drive an interrupt line of the in-kernel PIC/IOAPIC (KVM_IRQ_LINE)."""
         assert self.vm is not None
         self.vm.irq_line(gsi, level)
+
+    def ioeventfd(
+        self, addr: int, length: int, *, pio: bool = False, datamatch: int | None = None
+    ) -> int:
+        """An eventfd KVM signals on a guest write of `length` bytes at `addr` (matching
+        `datamatch` if given), with no exit to userspace (KVM_IOEVENTFD). Closed by
+        `remove_ioeventfd` or `close`."""
+        assert self._ioevents is not None
+        return self._ioevents.add(addr, length, pio=pio, datamatch=datamatch)
+
+    def remove_ioeventfd(self, fd: int) -> None:
+        assert self._ioevents is not None
+        self._ioevents.remove(fd)
 
     # --- running --------------------------------------------------------------------------
     def start(self, boot_state: CpuState, on_stop: Callable[[StopReason], None]) -> None:
@@ -161,6 +205,13 @@ class Machine:
     def _vcpu_main(self, vcpu: Vcpu) -> None:
         with self._cond:
             self._clocks[vcpu.index] = time.pthread_getcpuclockid(threading.get_ident())
+            self._tids[vcpu.index] = threading.get_native_id()
+            cpus = self._affinity.get(vcpu.index)
+            if cpus is not None:  # a pin outlives the thread it was made on
+                try:
+                    os.sched_setaffinity(0, cpus)
+                except OSError as e:
+                    log.error("vCPU %d: cannot re-pin to CPUs %s: %s", vcpu.index, sorted(cpus), e)
         try:
             reason = vcpu.run()
         except Exception as e:  # a bug in the loop itself: stop the domain, keep the process
@@ -170,8 +221,11 @@ class Machine:
             log.info("vCPU %d stops the domain: %s", vcpu.index, reason.kind)
             self.request_stop(reason)
         with self._cond:
-            self._cpu_done += time.thread_time()
+            spent = time.thread_time()
+            self._cpu_done += spent
+            self._vcpu_cpu[vcpu.index] = self._vcpu_cpu.get(vcpu.index, 0.0) + spent
             del self._clocks[vcpu.index]
+            del self._tids[vcpu.index]
             self._live -= 1
             last = self._live == 0
             self._cond.notify_all()
@@ -186,7 +240,15 @@ class Machine:
 
     def _control(self, vcpu: Vcpu) -> bool:
         """Called by a kicked vCPU thread: park while paused; True once it must stop."""
+        # Out of KVM_RUN on its own thread: the one moment KVM_GET_MP_STATE cannot block.
+        try:
+            vcpu.sample_mp_state()
+        except KvmError as e:  # only vcpu_info's `online` depends on it
+            log.warning("vCPU %d: KVM_GET_MP_STATE failed: %s", vcpu.index, e)
         with self._cond:
+            if self._probed.get(vcpu.index, 0) < self._probe:
+                self._probed[vcpu.index] = self._probe
+                self._cond.notify_all()
             while True:
                 if self._stop_reason is not None:
                     return True
@@ -250,12 +312,101 @@ class Machine:
             # A thread moves its time from its clock to _cpu_done under this lock.
             return self._cpu_done + sum(time.clock_gettime(c) for c in self._clocks.values())
 
+    # --- SMP: per-vCPU state and host affinity ----------------------------------------------
+    def vcpu_info(self) -> list[dict[str, object]]:
+        """One dict per vCPU: `vcpu` (index), `tid` (native id of its host thread, None
+        without one), `cpu` (host CPU it last ran on, None without a thread), `state`
+        ("running" when the thread is on or waiting for a host CPU, "blocked" when it sleeps
+        (halted, in wait-for-SIPI, parked by pause), "stopped" without a thread),
+        `mp_state` (KVM's, by name), `online`, `cpu_time` (host CPU seconds, earlier
+        threads of the vCPU included) and `affinity` (the thread's hard affinity, sorted).
+
+        `online` means the vCPU's last KVM_GET_MP_STATE showed it out of wait-for-SIPI: the
+        guest has started it (SDM 3A §8.4.4) and not sent it back with INIT. KVM_RUN holds
+        the vCPU mutex that ioctl takes, so on a running machine each vCPU thread is kicked
+        and samples its own state between two runs (one signal per vCPU); a paused
+        machine's vCPUs sampled it as they parked; without threads it is read directly.
+        The threads' states are read before that kick, which wakes them."""
+        with self._cond:
+            stats = {i: thread_stat(tid) for i, tid in self._tids.items()}
+            if not self._live:
+                for v in self.vcpus:
+                    v.sample_mp_state()
+            elif not self._paused and self._stop_reason is None:
+                self._probe += 1
+                gen = self._probe
+                for v in self.vcpus:
+                    v.kick()
+                answered = self._cond.wait_for(
+                    lambda: not self._live
+                    or all(self._probed.get(v.index, 0) >= gen for v in self.vcpus),
+                    VCPU_INFO_TIMEOUT,
+                )
+                if not answered:  # e.g. a thread stuck in a slow device handler
+                    log.warning("vcpu_info: a vCPU did not answer its kick; state may be stale")
+            return [self._info(v, stats.get(v.index)) for v in self.vcpus]
+
+    def _info(self, v: Vcpu, stat: tuple[str, int] | None) -> dict[str, object]:
+        """`vcpu_info`'s row for `v`; called with `self._cond` held."""
+        i = v.index
+        tid = self._tids.get(i)
+        cpu_time = self._vcpu_cpu.get(i, 0.0)
+        if i in self._clocks:
+            cpu_time += time.clock_gettime(self._clocks[i])
+        if tid is not None and stat is not None:
+            affinity = os.sched_getaffinity(tid)
+            state = "running" if stat[0] == "R" else "blocked"
+        else:
+            affinity = self._affinity.get(i) or os.sched_getaffinity(os.getpid())
+            state = "stopped"
+        return {
+            "vcpu": i,
+            "tid": tid,
+            "cpu": stat[1] if stat is not None else None,
+            "state": state,
+            "mp_state": MP_STATE_NAMES.get(v.mp_state) if v.mp_state is not None else None,
+            "online": v.mp_state is not None and v.mp_state not in WAIT_FOR_SIPI,
+            "cpu_time": cpu_time,
+            "affinity": sorted(affinity),
+        }
+
+    def pin(self, vcpu: int, cpus: Iterable[int]) -> None:
+        """Hard-pin vCPU `vcpu`: its host thread runs only on host CPUs `cpus`
+        (sched_setaffinity(2)). Remembered and applied to each later thread of the vCPU."""
+        if not 0 <= vcpu < len(self.vcpus):
+            raise ValueError(f"there is no vCPU {vcpu}: the machine has {len(self.vcpus)}")
+        want = frozenset(cpus)
+        if not want:
+            raise ValueError(f"vCPU {vcpu} cannot be pinned to an empty set of CPUs")
+        host = host_cpus()
+        if not want <= host:
+            raise ValueError(
+                f"the host has no CPU {', '.join(map(str, sorted(want - host)))} "
+                f"(its CPUs: {', '.join(map(str, sorted(host)))})"
+            )
+        with self._cond:
+            tid = self._tids.get(vcpu)
+            if tid is not None:
+                try:
+                    os.sched_setaffinity(tid, want)
+                except OSError as e:  # EINVAL: none of them is allowed (cpuset cgroup)
+                    raise ValueError(
+                        f"cannot pin vCPU {vcpu} to CPUs {sorted(want)}: {e.strerror}"
+                    ) from None
+            self._affinity[vcpu] = want
+
     def close(self) -> None:
         """Stop, then release the vCPU and VM fds (and /dev/kvm if this machine opened it)."""
         self.stop()
         for v in self.vcpus:
             v.fd.close()
         self.vcpus = []
+        if self.irq is not None:
+            self.irq.close()
+            self.irq = None
+        if self._ioevents is not None:
+            self._ioevents.close()
+            self._ioevents = None
         if self.vm is not None:
             self.vm.close()
             self.vm = None

@@ -9,6 +9,7 @@ linux/kvm.h, checked in tests/unit/test_kvm_uapi.py.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
 import logging
 import signal
@@ -48,6 +49,91 @@ def install_kick_handler() -> None:
             "the first Machine must be created in the main thread (it installs the "
             f"vCPU kick signal handler for signal {int(KICK_SIGNAL)})"
         ) from e
+
+
+# --- SMP topology -------------------------------------------------------------------------
+# N vCPUs are N cores of one package, one thread per core: the APIC ID is the vCPU index,
+# its low `core_bits` bits are the core ID and there are no SMT bits.
+_HTT = 1 << 28  # CPUID.1:EDX.HTT (SDM 2A, CPUID, table 3-11)
+_CMP_LEGACY = 1 << 1  # CPUID.8000_0001:ECX.CmpLegacy (AMD APM 3, appendix E.4.2)
+_LEVEL_SMT, _LEVEL_CORE = 1, 2  # CPUID.0BH:ECX[15:8] level types (SDM 2A, CPUID leaf 0BH)
+
+
+def _core_bits(count: int) -> int:
+    return (count - 1).bit_length()
+
+
+def _ext_topology(function: int, apic_id: int, count: int) -> list[u.kvm_cpuid_entry2]:
+    """Leaf 0BH / 1FH (SDM 2A, "Extended Topology Enumeration"): sub-leaf 0 the SMT level
+    (one thread, shift 0), sub-leaf 1 the core level (`count` processors, shift to the
+    package ID), sub-leaf 2 the terminating invalid level. EDX is the x2APIC ID throughout."""
+    flag = u.KVM_CPUID_FLAG_SIGNIFCANT_INDEX
+    rows = [(0, 1, _LEVEL_SMT), (_core_bits(count), count, _LEVEL_CORE), (0, 0, 0)]
+    return [
+        u.kvm_cpuid_entry2(function, i, flag, shift, n, (level << 8) | i, apic_id)
+        for i, (shift, n, level) in enumerate(rows)
+    ]
+
+
+def cpuid_topology(cpuid: ctypes.Structure, apic_id: int, count: int) -> ctypes.Structure:
+    """A copy of `cpuid` (a kvm_cpuid2) describing vCPU `apic_id` of `count` cores in one
+    package, consistently across the Intel and AMD leaves a guest may read."""
+    bits = _core_bits(count)
+    entries = [cpuid.entries[i] for i in range(cpuid.nent)]
+    max_basic = next((e.eax for e in entries if e.function == 0), 0)
+    out: list[u.kvm_cpuid_entry2] = []
+    for entry in entries:
+        f = entry.function
+        if f in (0xB, 0x1F):  # regenerated whole, once, if the guest can see the leaf
+            if entry.index == 0 and f <= max_basic:
+                out += _ext_topology(f, apic_id, count)
+            continue
+        e = u.kvm_cpuid_entry2.from_buffer_copy(entry)
+        if f == 1:
+            # EBX[31:24] initial APIC ID, EBX[23:16] addressable logical processor IDs in
+            # the package (a power of two, as the APIC ID bit fields are), valid with HTT.
+            e.ebx = (e.ebx & 0xFFFF) | (apic_id << 24) | (min(1 << bits, 0xFF) << 16)
+            e.edx = e.edx | _HTT if count > 1 else e.edx & ~_HTT
+        elif f == 4 and e.eax & 0x1F:  # a cache level (SDM 2A, CPUID leaf 04H)
+            # EAX[31:26] addressable core IDs - 1; EAX[25:14] logical processors sharing
+            # the cache - 1: L1/L2 are per core, L3 is the package's.
+            sharing = (1 << bits) - 1 if (e.eax >> 5) & 7 >= 3 else 0
+            e.eax = (e.eax & 0x3FFF) | (sharing << 14) | (((1 << bits) - 1) << 26)
+        elif f == 0x80000001:
+            e.ecx = e.ecx | _CMP_LEGACY if count > 1 else e.ecx & ~_CMP_LEGACY
+        elif f == 0x80000008:  # ECX[7:0] NC = cores - 1, ECX[15:12] ApicIdCoreIdSize
+            e.ecx = (e.ecx & ~0xF0FF) | (bits << 12) | (count - 1)
+        elif f == 0x8000001E:  # extended APIC ID; compute unit = core, 1 thread; node 0
+            e.eax, e.ebx, e.ecx = apic_id, apic_id & 0xFF, 0
+        out.append(e)
+    result = u.cpuid2_with(len(out))
+    for i, e in enumerate(out):
+        result.entries[i] = e
+    return result
+
+
+# --- host thread state ----------------------------------------------------------------------
+MP_STATE_NAMES = {
+    u.KVM_MP_STATE_RUNNABLE: "runnable",
+    u.KVM_MP_STATE_UNINITIALIZED: "uninitialized",  # an AP waiting for INIT
+    u.KVM_MP_STATE_INIT_RECEIVED: "init-received",  # an AP waiting for SIPI
+    u.KVM_MP_STATE_HALTED: "halted",
+    u.KVM_MP_STATE_SIPI_RECEIVED: "sipi-received",
+}
+# States of a vCPU that has not been started (or has been put back by INIT).
+WAIT_FOR_SIPI = (u.KVM_MP_STATE_UNINITIALIZED, u.KVM_MP_STATE_INIT_RECEIVED)
+
+
+def thread_stat(tid: int) -> tuple[str, int] | None:
+    """(state letter, host CPU it last ran on) of a thread of this process, from
+    /proc/self/task/TID/stat fields 3 and 39 (proc(5)); None once the thread is gone."""
+    try:
+        with open(f"/proc/self/task/{tid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    fields = data[data.rindex(b")") + 2 :].split()  # comm may hold spaces and parentheses
+    return fields[0].decode(), int(fields[39 - 3])
 
 
 class MsrHandler(Protocol):
@@ -116,6 +202,7 @@ class Vcpu:
         self.msr_handler = msr_handler
         self.thread_id: int | None = None  # pthread id while the run loop is live
         self.exits = 0
+        self.mp_state: int | None = None  # as last sampled by `sample_mp_state`
 
     # --- state -------------------------------------------------------------------------
     def apply(self, state: CpuState) -> None:
@@ -148,6 +235,12 @@ class Vcpu:
         self.fd.set_sregs(sregs)
         self.fd.set_regs(regs)
         self.fd.set_mp_state(u.KVM_MP_STATE_RUNNABLE)
+
+    def sample_mp_state(self) -> int:
+        """KVM_GET_MP_STATE into `mp_state`. The ioctl takes the vCPU mutex, which KVM_RUN
+        holds: call it on the vCPU's own thread between runs, or while no thread runs it."""
+        self.mp_state = self.fd.get_mp_state()
+        return self.mp_state
 
     # --- kicking -----------------------------------------------------------------------
     def kick(self) -> None:
@@ -195,6 +288,10 @@ class Vcpu:
                     mm[_IMMEDIATE_EXIT] = 0
                     if self.control(self):
                         return None
+                    continue
+                except BlockingIOError:
+                    # EAGAIN: an AP in wait-for-INIT (KVM_MP_STATE_UNINITIALIZED) was woken
+                    # by an INIT; KVM wants the run re-entered (x86.c, kvm_arch_vcpu_ioctl_run).
                     continue
                 except OSError as e:  # e.g. EFAULT: a memory slot KVM cannot use
                     return StopReason("crash", self.report(f"KVM_RUN failed: {e}"))
