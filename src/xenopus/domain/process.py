@@ -140,8 +140,12 @@ class DomainProcess:
             self._teardown()
             self._finished.set()
             return {"ok": True}
+        if op == "vcpu-list":  # also of a preserved domain: its vCPUs, stopped
+            return {"ok": True, "vcpus": guest.machine.vcpu_info() if guest else []}
         if guest is None or self.state in ("shutdown", "crashed"):
             return {"ok": False, "error": f"domain is {self.state}"}
+        if op == "vcpu-pin":
+            return self._vcpu_pin(guest, msg.get("vcpu"), msg.get("cpus"))
         if op == "pause":
             if self._started and self.state != "paused":
                 guest.machine.pause()
@@ -162,6 +166,25 @@ class DomainProcess:
             guest.machine.request_stop(StopReason("reboot", "reboot requested by the toolstack"))
             return {"ok": True}
         return {"ok": False, "error": f"unknown operation {op!r}"}
+
+    def _vcpu_pin(self, guest: Guest, vcpu: object, cpus: object) -> dict[str, Any]:
+        """Hard-pin one vCPU ("all": every vCPU) to host CPUs. The pins last for this
+        incarnation: a rebooted domain starts from its configuration, as under Xen."""
+        machine = guest.machine
+        if not isinstance(cpus, list) or not all(isinstance(c, int) for c in cpus):
+            return {"ok": False, "error": "vcpu-pin needs a list of host CPU numbers"}
+        if vcpu == "all":
+            targets = range(len(machine.vcpus))
+        elif isinstance(vcpu, int):
+            targets = range(vcpu, vcpu + 1)
+        else:
+            return {"ok": False, "error": f"invalid vCPU {vcpu!r}"}
+        try:
+            for v in targets:
+                machine.pin(v, cpus)
+        except ValueError as e:
+            return {"ok": False, "error": str(e)}
+        return {"ok": True}
 
     async def _serve_control(self, reader: asyncio.StreamReader) -> None:
         while line := await reader.readline():

@@ -247,6 +247,83 @@ def cmd_shutdown(args: argparse.Namespace) -> int:
     )
 
 
+DOM0 = ("0", "Domain-0")
+
+
+def host_cpu_rows(nr_cpus: int) -> list[str]:
+    """Domain-0's `xl vcpu-list` rows: the host is Domain-0 here, one "vCPU" per host CPU.
+    CPU and Time(s) (the CPU's non-idle time in /proc/stat) are exact; the state is an
+    approximation: "r" for the CPU this command runs on, "b" for the others; affinity is
+    "all / all", as for an unpinned Xen dom0."""
+    from xenopus.toolstack import xlformat
+
+    try:  # proc(5) /proc/PID/stat field 39: the CPU this process last ran on
+        with open("/proc/self/stat") as f:
+            here = int(f.read().rsplit(")", 1)[1].split()[39 - 3])
+    except (OSError, ValueError, IndexError):
+        here = -1
+    hz = os.sysconf("SC_CLK_TCK")
+    rows = []
+    with open("/proc/stat") as f:
+        lines = f.read().splitlines()
+    for line in lines:
+        name, *ticks = line.split()
+        if not name.startswith("cpu") or name == "cpu":
+            continue
+        cpu = int(name[3:])
+        # user nice system idle iowait irq softirq steal (proc(5)): all but idle and iowait
+        busy = sum(int(v) for i, v in enumerate(ticks[:8]) if i not in (3, 4)) / hz
+        rows.append(xlformat.vcpu_list_row(
+            "Domain-0", 0, cpu, cpu, running=cpu == here, blocked=cpu != here,
+            cpu_time=busy, nr_cpus=nr_cpus))
+    return rows
+
+
+def cmd_vcpu_list(args: argparse.Namespace) -> int:
+    from xenopus.toolstack import cpulist, xlformat
+
+    others = [d for d in args.domains if d not in DOM0]
+    show_dom0 = not args.domains or len(others) < len(args.domains)
+    domains = request({"op": "vcpu-list", "doms": others})["domains"] if others or not args.domains else []
+    nr_cpus = max(cpulist.host_cpus()) + 1
+    print(xlformat.vcpu_list_header())
+    if show_dom0:
+        print("\n".join(host_cpu_rows(nr_cpus)))
+    for d in domains:
+        paused = d["state"] == "paused"  # a paused vCPU is neither running nor blocked
+        for v in d["vcpus"]:
+            online = v["online"] and v["cpu"] is not None
+            print(xlformat.vcpu_list_row(
+                d["name"], d["domid"], v["vcpu"], v["cpu"] if online else None,
+                running=not paused and v["state"] == "running",
+                blocked=not paused and v["state"] == "blocked",
+                cpu_time=v["cpu_time"], hard=v["affinity"], soft="all", nr_cpus=nr_cpus))
+    return 0
+
+
+def cmd_vcpu_pin(args: argparse.Namespace) -> int:
+    from xenopus.toolstack import cpulist
+
+    if args.dom in DOM0:
+        raise CliError("Domain-0 is the host: pin its processes with taskset(1)")
+    if args.vcpu != "all" and not args.vcpu.isdigit():
+        raise CliError(f"invalid vCPU {args.vcpu!r}: a number or 'all'")
+    if args.soft not in (None, "-", "all"):
+        # Linux schedules threads with one (hard) affinity mask; there is nothing to set.
+        raise CliError("soft affinity is not supported on KVM: give 'all' or '-' (or leave it out)")
+    if args.hard == "-":
+        return 0  # xl: leave the hard affinity alone
+    try:
+        cpus = cpulist.parse_cpus(args.hard)
+    except ValueError as e:
+        raise CliError(str(e)) from None
+    if not cpus:
+        raise CliError(f"'{args.hard}' selects no CPU")
+    vcpu: int | str = "all" if args.vcpu == "all" else int(args.vcpu)
+    request({"op": "vcpu-pin", "dom": args.dom, "vcpu": vcpu, "cpus": sorted(cpus)})
+    return 0
+
+
 def cmd_daemon(args: argparse.Namespace) -> int:
     if args.stop:
         try:
@@ -301,6 +378,18 @@ def parser() -> argparse.ArgumentParser:
     sh = sub.add_parser("shutdown", help="ask a domain to shut down (needs ACPI: not yet)")
     sh.add_argument("dom", metavar="DOM")
     sh.set_defaults(func=cmd_shutdown)
+
+    vl = sub.add_parser("vcpu-list", help="list the vCPUs of domains (all when none is named)")
+    vl.add_argument("domains", nargs="*", metavar="DOM")
+    vl.set_defaults(func=cmd_vcpu_list)
+
+    vp = sub.add_parser("vcpu-pin", help="set the host CPUs a vCPU may run on")
+    vp.add_argument("-f", "--force", action="store_true", help="accepted for xl compatibility")
+    vp.add_argument("dom", metavar="DOM")
+    vp.add_argument("vcpu", metavar="VCPU", help="a vCPU number or 'all'")
+    vp.add_argument("hard", metavar="CPUS", help="xl CPU list: all, 0-3,5, ^1, nodes:0 ('-': keep)")
+    vp.add_argument("soft", metavar="SOFT", nargs="?", help="soft affinity: only 'all' or '-'")
+    vp.set_defaults(func=cmd_vcpu_pin)
 
     d = sub.add_parser("daemon", help="run the host daemon in the foreground")
     d.add_argument("--stop", action="store_true", help="stop a running daemon and its domains")

@@ -183,6 +183,8 @@ class Daemon:
         if op == "stop":
             self._stop.set()
             return {"ok": True}
+        if op == "vcpu-list":
+            return {"ok": True, "domains": await self._vcpu_list(req.get("doms") or [])}
         rec = self.lookup(str(req.get("dom", "")))
         if op == "console":
             if rec.pid is None:
@@ -199,7 +201,28 @@ class Daemon:
             if not reply.get("ok"):
                 raise RequestError(f"domain {rec.domid}: {reply.get('error')}")
             return {"ok": True}
+        if op == "vcpu-pin":
+            reply = await rec.request({"op": op, "vcpu": req.get("vcpu"), "cpus": req.get("cpus")})
+            if not reply.get("ok"):
+                raise RequestError(f"domain {rec.domid}: {reply.get('error')}")
+            return {"ok": True}
         raise RequestError(f"unknown operation {op!r}")
+
+    async def _vcpu_list(self, doms: list[Any]) -> list[dict[str, Any]]:
+        """Each named domain's (default: every domain's) vCPUs, from its process."""
+        if doms:
+            recs = [self.lookup(str(d)) for d in doms]
+        else:
+            recs = sorted(self.domains.values(), key=lambda r: r.domid)
+
+        async def entry(rec: DomainRecord) -> dict[str, Any]:
+            vcpus: list[dict[str, Any]] = []
+            if rec.writer is not None:
+                with contextlib.suppress(RequestError, ConnectionError):
+                    vcpus = (await rec.request({"op": "vcpu-list"}, timeout=5.0)).get("vcpus", [])
+            return {"domid": rec.domid, "name": rec.name, "state": rec.state, "vcpus": vcpus}
+
+        return list(await asyncio.gather(*(entry(r) for r in recs)))
 
     def lookup(self, dom: str) -> DomainRecord:
         if dom.isdigit():
