@@ -1,0 +1,245 @@
+"""Start-up benchmark: the same minimal PVH guest under xenopus and under QEMU's microvm.
+
+    python benchmarks/startup.py [--runs N]
+
+Wall time is from starting the command to its exit after the guest has shut down (it
+prints `RESULT: PASS minimal` and resets through the i8042; QEMU's -no-reboot and
+xenopus's on_reboot="destroy" turn that into the end of the run). Runs alternate
+between the two, after one uncounted warm-up each; xenopus's very first run, which also
+starts the daemon (and its zygote), is reported on its own.
+
+Like for like: QEMU copies the guest's serial output to its stdout, so xenopus runs as
+`xenopus create -c -F`, whose CLI attaches to the console and copies it to stdout until
+the domain is gone; both have stdin from /dev/null and stdout on a pipe we read, and
+both runs must show the guest's result line. (`create -F` alone would skip the console
+attach and its socket round trips, which QEMU's number includes in kind.)
+
+Memory is the max RSS (getrusage's ru_maxrss): of the qemu process from wait4, and of
+xenopus's domain process (the one holding the VM), which the daemon logs when the domain
+is destroyed; the CLI's own from wait4 is shown beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+GUEST = ROOT / "guests" / "out" / "minimal.elf"
+CONFIG = ROOT / "guests" / "minimal.cfg"
+PASS_LINE = b"RESULT: PASS minimal"
+QEMU = "qemu-system-x86_64"
+# microvm has no i8042 of its own; the guest leaves through its reset line, as on a PC
+# (and as under xenopus), so it gets one. -no-reboot turns the reset into QEMU's exit.
+QEMU_ARGS = [
+    "-M", "microvm", "-accel", "kvm", "-cpu", "host", "-m", "32", "-nodefaults",
+    "-no-reboot", "-display", "none", "-serial", "stdio", "-device", "i8042",
+    "-kernel", str(GUEST),
+]
+# On nested KVM without hardware support underneath, QEMU 7.2's `-cpu host` aborts writing
+# IA32_ARCH_CAPABILITIES (MSR 0x10a); leaving that feature out is the usual workaround.
+QEMU_MSR_FAILURE = b"failed to set MSR 0x10a"
+DESTROYED = re.compile(
+    rb"domain (\d+) \((\S+)\) destroyed: .*; exit status (\S+), max RSS (\d+) KiB, CPU ([\d.]+) s"
+)
+RUN_TIMEOUT = 60.0
+
+
+@dataclass
+class Run:
+    wall: float  # seconds
+    rss_kib: int  # of the process holding the VM
+    cli_rss_kib: int = 0  # xenopus only: the CLI process
+
+
+@dataclass
+class Series:
+    runs: list[Run] = field(default_factory=list)
+
+
+def build_guest() -> None:
+    """Build just this benchmark's guest (guests/Makefile target out/<name>.elf)."""
+    target = GUEST.relative_to(ROOT / "guests")
+    if subprocess.run(["make", "-s", "-C", str(ROOT / "guests"), str(target)]).returncode != 0:
+        sys.exit(f"{Path(__file__).stem}: building guests/{target} failed")
+
+
+def xenopus_command() -> list[str]:
+    script = Path(sys.executable).with_name("xenopus")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "xenopus"]
+
+
+def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, bytes, bytes, int, int]:
+    """Run `cmd` to its exit: (wall seconds, stdout, stderr, exit status, max RSS KiB)."""
+    with tempfile.TemporaryFile() as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=err, env=env)
+        watchdog = threading.Timer(RUN_TIMEOUT, proc.kill)  # a hung run fails, not hangs
+        watchdog.start()
+        out = proc.stdout.read()  # to EOF: the process has closed its stdout
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - start
+        watchdog.cancel()
+        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
+        proc.stdout.close()
+        err.seek(0)
+        return wall, out, err.read(), proc.returncode, usage.ru_maxrss
+
+
+def check(name: str, out: bytes, err: bytes, code: int) -> None:
+    if code != 0 or PASS_LINE not in out:
+        tail = (out[-2000:] + b"\n--- stderr ---\n" + err[-2000:]).decode(errors="replace")
+        sys.exit(f"startup: {name} run failed (exit status {code}, "
+                 f"{'no' if PASS_LINE not in out else 'with'} {PASS_LINE.decode()!r}):\n{tail}")
+
+
+class Xenopus:
+    def __init__(self, run_dir: Path):
+        self.env = dict(os.environ, XENOPUS_RUN_DIR=str(run_dir))
+        self.log = run_dir / "xenopus.log"
+        self.log_pos = 0
+        self.cmd = xenopus_command()
+
+    def _destroyed_line(self) -> re.Match[bytes]:
+        """The daemon's report for the domain that just ended (logged before the daemon
+        answers the CLI's create -F, so it is there once the CLI has exited)."""
+        with open(self.log, "rb") as f:
+            f.seek(self.log_pos)
+            text = f.read()
+        m = DESTROYED.search(text)
+        if not m:
+            sys.exit(f"startup: no 'domain N (minimal) destroyed' line in {self.log}")
+        self.log_pos += m.end()
+        return m
+
+    def run(self) -> Run:
+        wall, out, err, code, cli_rss = timed(
+            [*self.cmd, "create", "-c", "-F", str(CONFIG)], self.env
+        )
+        check("xenopus", out, err, code)
+        m = self._destroyed_line()
+        return Run(wall, int(m.group(4)), cli_rss)
+
+    def resident(self) -> list[tuple[str, int]]:
+        """Peak resident memory (VmHWM) of the daemon and its zygote, which stay up."""
+        pids = re.findall(r"xenopus daemon (\d+) listening", self.log.read_text(errors="replace"))
+        if not pids:
+            return []
+        found = [("daemon", int(pids[-1]))]
+        try:
+            children = Path(f"/proc/{pids[-1]}/task/{pids[-1]}/children").read_text().split()
+        except OSError:
+            children = []
+        found += [("zygote", int(c)) for c in children]
+        sizes = []
+        for name, pid in found:
+            try:
+                status = Path(f"/proc/{pid}/status").read_text()
+            except OSError:
+                continue
+            m = re.search(r"VmHWM:\s+(\d+) kB", status)
+            if m:
+                sizes.append((f"{name} (pid {pid})", int(m.group(1))))
+        return sizes
+
+    def stop(self) -> None:
+        subprocess.run([*self.cmd, "daemon", "--stop"], env=self.env, check=False,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30)
+
+
+def run_qemu() -> Run:
+    wall, out, err, code, rss = timed([QEMU, *QEMU_ARGS], dict(os.environ))
+    check("qemu", out, err, code)
+    return Run(wall, rss)
+
+
+def prepare() -> None:
+    if shutil.which(QEMU) is None:
+        subprocess.run([str(ROOT / "scripts" / "install-deps")], check=True)
+    build_guest()
+    if not GUEST.exists():
+        sys.exit(f"startup: {GUEST} was not built")
+    _, _, err, code, _ = timed([QEMU, *QEMU_ARGS], dict(os.environ))
+    if code != 0 and QEMU_MSR_FAILURE in err:
+        i = QEMU_ARGS.index("host")
+        QEMU_ARGS[i] = "host,-arch-capabilities"
+        print(f"startup: this KVM refuses MSR 0x10a; running QEMU with -cpu {QEMU_ARGS[i]}")
+
+
+def stats(values: list[float]) -> tuple[float, float, float]:
+    return statistics.median(values), min(values), max(values)
+
+
+def row(label: str, values: list[float], unit_scale: float, fmt: str) -> str:
+    med, lo, hi = stats([v * unit_scale for v in values])
+    return f"{label:<34}{med:{fmt}}  [{lo:{fmt}} - {hi:{fmt}}]"
+
+
+def report(xen: Series, qemu: Series, cold: Run, resident: list[tuple[str, int]]) -> None:
+    n = len(xen.runs)
+    print(f"\nstart-up of {GUEST.relative_to(ROOT)}: {n} runs each, interleaved; "
+          "median [min - max]\n")
+    print(f"xenopus: {' '.join(xenopus_command())} create -c -F {CONFIG.relative_to(ROOT)}")
+    print(f"qemu:    {QEMU} {' '.join(QEMU_ARGS)}\n")
+    print(f"{'wall time to guest shutdown':<34}{'ms':>8}")
+    print(row("  xenopus create -c -F", [r.wall for r in xen.runs], 1e3, "8.1f"))
+    print(row("  qemu -M microvm", [r.wall for r in qemu.runs], 1e3, "8.1f"))
+    print(f"{'  xenopus cold (starts the daemon)':<34}{cold.wall * 1e3:8.1f}")
+    print(f"\n{'max RSS':<34}{'MiB':>8}")
+    print(row("  xenopus domain process", [r.rss_kib for r in xen.runs], 1 / 1024, "8.1f"))
+    print(row("  xenopus CLI", [r.cli_rss_kib for r in xen.runs], 1 / 1024, "8.1f"))
+    print(row("  qemu", [r.rss_kib for r in qemu.runs], 1 / 1024, "8.1f"))
+    for name, kib in resident:
+        print(f"  {'xenopus ' + name:<32}{kib / 1024:8.1f}  (peak, stays resident)")
+    wall = statistics.median(r.wall for r in xen.runs) / statistics.median(r.wall for r in qemu.runs)
+    rss = (statistics.median(r.rss_kib for r in xen.runs)
+           / statistics.median(r.rss_kib for r in qemu.runs))
+    print("\nratio xenopus / qemu (medians)")
+    print(f"  {'wall time':<32}{wall:8.2f}")
+    print(f"  {'max RSS (domain process)':<32}{rss:8.2f}")
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    p.add_argument("--runs", type=int, default=20, help="measured runs of each (default 20, at least 10)")
+    args = p.parse_args()
+    if args.runs < 10:
+        p.error("--runs must be at least 10")
+    prepare()
+    run_dir = Path(tempfile.mkdtemp(prefix="xenopus-bench-"))
+    xen = Xenopus(run_dir)
+    try:
+        print(f"xenopus run dir {run_dir}; {args.runs} runs each", flush=True)
+        cold = xen.run()
+        xen.run()  # warm-up, not counted
+        run_qemu()
+        xs, qs = Series(), Series()
+        for i in range(args.runs):
+            # Alternate which goes first, so neither always runs on a cache the other warmed.
+            first, second = (xen.run, run_qemu) if i % 2 == 0 else (run_qemu, xen.run)
+            a, b = first(), second()
+            xs.runs.append(a if i % 2 == 0 else b)
+            qs.runs.append(b if i % 2 == 0 else a)
+            print(".", end="", flush=True)
+        print()
+        resident = xen.resident()
+    finally:
+        xen.stop()
+    report(xs, qs, cold, resident)
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
