@@ -1,0 +1,5 @@
+"""ACPI for xenopus guests: the tables (`tables`) and the AML encoder they use (`aml`)."""
+
+from xenopus.acpi.tables import AcpiPci, AcpiPlatform, AcpiTables, build_tables, install
+
+__all__ = ["AcpiPci", "AcpiPlatform", "AcpiTables", "build_tables", "install"]
