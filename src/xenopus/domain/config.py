@@ -624,7 +624,7 @@ def _get_list(s: Setting, key: str) -> list[str]:
     return s.value  # type: ignore[return-value]
 
 
-def _get_disks(settings: dict[str, Setting], base: str) -> list[DiskSpec]:
+def _get_disks(settings: dict[str, Setting], base: str, cwd: str | None = None) -> list[DiskSpec]:
     """Parse each `disk` entry; messages carry file:line and the entry."""
     s = settings.get("disk")
     if s is None:
@@ -635,7 +635,7 @@ def _get_disks(settings: dict[str, Setting], base: str) -> list[DiskSpec]:
             d = parse_disk(spec, i)
         except DevSpecError as e:
             raise ConfigError(f"{_where(s)}: disk: {e}") from None
-        disks.append(replace(d, target=_resolve(d.target, s, base)))
+        disks.append(replace(d, target=_resolve(d.target, s, base, cwd)))
     return disks
 
 
@@ -670,10 +670,12 @@ def _get_cpus(s: Setting, count: int) -> list[list[int] | None] | None:
         raise ConfigError(f"{_where(s)}: cpus: {e}") from None
 
 
-def _resolve(path: str | None, s: Setting | None, base: str) -> str | None:
+def _resolve(path: str | None, s: Setting | None, base: str, cwd: str | None = None) -> str | None:
+    """A relative path from the file resolves beside it; one from an override against the
+    directory the user typed it in (`cwd`, which the daemon gets from the CLI)."""
     if not path or s is None or os.path.isabs(path):
         return path
-    root = os.getcwd() if s.source == OVERRIDES_SOURCE else base
+    root = (cwd or os.getcwd()) if s.source == OVERRIDES_SOURCE else base
     return os.path.normpath(os.path.join(root, path))
 
 
@@ -698,7 +700,8 @@ def _parse_override(text: str, index: int, settings: dict[str, Setting]) -> None
 
 
 def load_config(path: str | os.PathLike[str],
-                overrides: list[str] | tuple[str, ...] = ()) -> tuple[DomainConfig, list[str]]:
+                overrides: list[str] | tuple[str, ...] = (),
+                cwd: str | None = None) -> tuple[DomainConfig, list[str]]:
     """Read an xl.cfg file plus `KEY=VALUE` overrides; return the config and warnings.
 
     Overrides are applied after the file, as xl appends them to the config text
@@ -707,7 +710,7 @@ def load_config(path: str | os.PathLike[str],
     """
     filename = os.fspath(path)
     try:
-        with open(filename, encoding="utf-8") as f:
+        with open(os.path.join(cwd or "", filename), encoding="utf-8") as f:
             text = f.read()
     except OSError as e:
         raise ConfigError(f"{filename}: unable to open configuration file:"
@@ -718,15 +721,15 @@ def load_config(path: str | os.PathLike[str],
     settings = parse_settings(text, filename)
     for i, item in enumerate(overrides, 1):
         _parse_override(item, i, settings)
-    return from_settings(settings, os.path.abspath(filename))
+    return from_settings(settings, os.path.abspath(os.path.join(cwd or "", filename)), cwd)
 
 
-def from_settings(settings: dict[str, Setting],
-                  path: str | None = None) -> tuple[DomainConfig, list[str]]:
+def from_settings(settings: dict[str, Setting], path: str | None = None,
+                  cwd: str | None = None) -> tuple[DomainConfig, list[str]]:
     """Build a `DomainConfig` from parsed settings; relative paths resolve beside `path`."""
     warnings = [f"{_where(s)}: warning: ignoring unknown parameter `{k}'"
                 for k, s in settings.items() if k not in KNOWN_KEYS]
-    base = os.path.dirname(path) if path else os.getcwd()
+    base = os.path.dirname(path) if path else (cwd or os.getcwd())
 
     def need(key: str) -> str:
         value = _get_str(settings, key)
@@ -745,9 +748,9 @@ def from_settings(settings: dict[str, Setting],
     warnings += more
     values: dict[str, object] = {
         "name": name,
-        "kernel": _resolve(kernel, settings.get("kernel"), base),
+        "kernel": _resolve(kernel, settings.get("kernel"), base, cwd),
         "type": kind if kind is not None else "pvh",
-        "ramdisk": _resolve(_get_str(settings, "ramdisk"), settings.get("ramdisk"), base),
+        "ramdisk": _resolve(_get_str(settings, "ramdisk"), settings.get("ramdisk"), base, cwd),
         "cmdline": cmdline,
         "path": path,
     }
@@ -757,7 +760,7 @@ def from_settings(settings: dict[str, Setting],
     for key in ("on_poweroff", "on_reboot", "on_crash"):
         if (a := _get_str(settings, key)) is not None:
             values[key] = a
-    values["disks"] = _get_disks(settings, base)
+    values["disks"] = _get_disks(settings, base, cwd)
     values["vifs"] = _get_vifs(settings, warnings)
     if "cpus" in settings:
         count = values.get("maxvcpus", values.get("vcpus", 1))

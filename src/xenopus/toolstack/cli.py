@@ -10,9 +10,7 @@ import argparse
 import os
 import select
 import socket
-import subprocess
 import sys
-from typing import Any
 
 from xenopus import host
 from xenopus.toolstack import ipc
@@ -37,12 +35,14 @@ def connect(autostart: bool = True) -> ipc.Channel:
 
 
 def start_daemon(timeout: float = 15.0) -> None:
+    import subprocess
+
     base = ipc.run_dir()
     try:
-        base.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.makedirs(base, mode=0o700, exist_ok=True)
     except OSError as e:
         raise CliError(f"cannot create the run directory {base}: {e.strerror}") from None
-    logfile = base / "xenopus.log"
+    logfile = os.path.join(base, "xenopus.log")
     r, w = os.pipe()
     with open(logfile, "ab") as log:
         subprocess.Popen(
@@ -61,7 +61,7 @@ def start_daemon(timeout: float = 15.0) -> None:
         raise CliError(f"the xenopus daemon did not start; see {logfile}")
 
 
-def request(msg: dict[str, Any]) -> dict[str, Any]:
+def request(msg: dict[str, object]) -> dict[str, object]:
     chan = connect()
     try:
         reply = chan.request(msg)
@@ -147,26 +147,21 @@ def pump_console(sock: socket.socket) -> None:
 
 # -- verbs ----------------------------------------------------------------------------------
 def cmd_create(args: argparse.Namespace) -> int:
-    from xenopus.domain.config import ConfigError, load_config
-
     if not args.quiet:
         print(f"Parsing config from {args.config}", file=sys.stderr)
-    try:
-        config, warnings = load_config(args.config, args.overrides)
-    except (ConfigError, OSError) as e:
-        raise CliError(str(e)) from None
-    for w in warnings:
-        print(w, file=sys.stderr)
     chan = connect()
     try:
-        # With -c the domain is created paused, the console attached, then the domain
-        # unpaused, so not a byte of output is missed (as xl create -c does).
+        # The daemon parses the file (it has the parser loaded; the CLI stays small and
+        # fast). With -c the domain is created paused, the console attached, then the
+        # domain unpaused, so not a byte of output is missed (as xl create -c does).
         reply = chan.request({
-            "op": "create", "config": config.to_dict(), "wait": args.foreground,
-            "paused": args.paused or args.console,
+            "op": "create", "path": args.config, "overrides": args.overrides,
+            "cwd": os.getcwd(), "wait": args.foreground, "paused": args.paused or args.console,
         })
+        for warning in reply.get("warnings", []):
+            print(warning, file=sys.stderr)
         if not reply.get("ok"):
-            raise CliError(f"cannot create domain '{config.name}': {reply.get('error')}")
+            raise CliError(str(reply.get("error")))
         if args.console:
             domid = str(reply["domid"])
             sock = open_console(domid)
@@ -187,7 +182,7 @@ def cmd_create(args: argparse.Namespace) -> int:
     return 0 if final.get("status") in (0, None) else 1
 
 
-def state_flags(entry: dict[str, Any]):
+def state_flags(entry: dict[str, object]):
     """The daemon's domain state as xl's six flags (libxl_dominfo)."""
     from xenopus.toolstack.xlformat import DomainState
 
@@ -335,9 +330,11 @@ def cmd_daemon(args: argparse.Namespace) -> int:
             pass
         chan.close()
         return 0
+    from pathlib import Path
+
     from xenopus.toolstack import daemon
 
-    base = ipc.run_dir()
+    base = Path(ipc.run_dir())
     log_file = base / "xenopus.log" if args.background else None
     return daemon.run(base, ready_fd=args.ready_fd, log_file=log_file)
 

@@ -123,7 +123,7 @@ class Daemon:
 
     async def serve(self, ready_fd: int | None = None) -> None:
         await self._start_zygote()
-        path = ipc.daemon_socket_path(self.run_dir)
+        path = Path(ipc.daemon_socket_path(self.run_dir))
         path.unlink(missing_ok=True)
         server = await asyncio.start_unix_server(self._client, path=str(path))
         path.chmod(0o600)
@@ -189,7 +189,7 @@ class Daemon:
         if op == "console":
             if rec.pid is None:
                 raise RequestError(f"domain {rec.domid} has no console: it is not running")
-            return {"ok": True, "domid": rec.domid, "path": str(ipc.console_socket_path(rec.domid, self.run_dir))}
+            return {"ok": True, "domid": rec.domid, "path": ipc.console_socket_path(rec.domid, self.run_dir)}
         if op == "wait":
             await rec.gone.wait()
             return {"ok": True, **self._final(rec)}
@@ -239,9 +239,7 @@ class Daemon:
 
     # -- create -------------------------------------------------------------------------
     async def _create(self, req: dict[str, Any], client: asyncio.StreamWriter) -> dict[str, Any] | None:
-        config = req.get("config")
-        if not isinstance(config, dict) or not isinstance(config.get("name"), str):
-            raise RequestError("create needs a config with a name")
+        config, warnings = self._load_config(req)
         name = config["name"]
         if any(r.name == name for r in self.domains.values()):
             raise RequestError(f"domain '{name}' already exists")
@@ -253,13 +251,30 @@ class Daemon:
         except RequestError:
             self.domains.pop(rec.domid, None)
             raise
-        reply = {"ok": True, "domid": rec.domid, "name": name, "protocol": rec.protocol}
+        reply = {"ok": True, "domid": rec.domid, "name": name, "protocol": rec.protocol, "warnings": warnings}
         if not req.get("wait"):
             return reply
         client.write(ipc.encode(reply))
         await client.drain()
         await rec.gone.wait()
         return {"ok": True, "event": "gone", **self._final(rec)}
+
+    @staticmethod
+    def _load_config(req: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+        """The config of a create request: a file (+ overrides) to parse, or a parsed dict."""
+        from xenopus.domain.config import ConfigError, DomainConfig, load_config
+
+        try:
+            if "path" in req:
+                overrides = [str(o) for o in req.get("overrides") or []]
+                config, warnings = load_config(str(req["path"]), overrides, cwd=req.get("cwd"))
+            elif isinstance(req.get("config"), dict):
+                config, warnings = DomainConfig.from_dict(req["config"]), []
+            else:
+                raise RequestError("create needs a config file or a config")
+        except (ConfigError, OSError) as e:
+            raise RequestError(str(e)) from None
+        return config.to_dict(), warnings
 
     async def _spawn(self, rec: DomainRecord, paused: bool = False) -> None:
         assert self._zsock is not None

@@ -11,38 +11,36 @@ from __future__ import annotations
 import json
 import os
 import socket
-from pathlib import Path
-from typing import Any
 
 DEFAULT_RUN_DIR = "/run/xenopus"
 MAX_LINE = 1 << 20  # a request larger than this is refused, not buffered without bound
 
-
-def run_dir() -> Path:
-    return Path(os.environ.get("XENOPUS_RUN_DIR") or DEFAULT_RUN_DIR)
-
-
-def daemon_socket_path(base: Path | None = None) -> Path:
-    return (base or run_dir()) / "xenopus.sock"
+# Paths are plain strings: pathlib costs the CLI milliseconds of imports on every command.
+def run_dir() -> str:
+    return os.environ.get("XENOPUS_RUN_DIR") or DEFAULT_RUN_DIR
 
 
-def domain_dir(domid: int, base: Path | None = None) -> Path:
-    return (base or run_dir()) / "domains" / str(domid)
+def daemon_socket_path(base: str | os.PathLike[str] | None = None) -> str:
+    return os.path.join(base or run_dir(), "xenopus.sock")
 
 
-def console_socket_path(domid: int, base: Path | None = None) -> Path:
-    return domain_dir(domid, base) / "console.sock"
+def domain_dir(domid: int, base: str | os.PathLike[str] | None = None) -> str:
+    return os.path.join(base or run_dir(), "domains", str(domid))
 
 
-def log_dir(base: Path | None = None) -> Path:
-    return (base or run_dir()) / "log"
+def console_socket_path(domid: int, base: str | os.PathLike[str] | None = None) -> str:
+    return os.path.join(domain_dir(domid, base), "console.sock")
 
 
-def encode(msg: dict[str, Any]) -> bytes:
+def log_dir(base: str | os.PathLike[str] | None = None) -> str:
+    return os.path.join(base or run_dir(), "log")
+
+
+def encode(msg: dict[str, object]) -> bytes:
     return json.dumps(msg, separators=(",", ":")).encode() + b"\n"
 
 
-def decode(line: bytes) -> dict[str, Any]:
+def decode(line: bytes) -> dict[str, object]:
     msg = json.loads(line)
     if not isinstance(msg, dict):
         raise ValueError("message is not a JSON object")
@@ -57,30 +55,30 @@ class Channel:
         self._buf = bytearray()
 
     @classmethod
-    def connect(cls, path: Path, timeout: float | None = None) -> Channel:
+    def connect(cls, path: str, timeout: float | None = None) -> Channel:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         sock.settimeout(timeout)
         try:
-            sock.connect(str(path))
+            sock.connect(path)
         except OSError:
             sock.close()
             raise
         sock.settimeout(None)
         return cls(sock)
 
-    def send(self, msg: dict[str, Any], fds: list[int] | None = None) -> None:
+    def send(self, msg: dict[str, object], fds: list[int] | None = None) -> None:
         data = encode(msg)
         if fds:
             socket.send_fds(self.sock, [data], fds)
         else:
             self.sock.sendall(data)
 
-    def recv(self) -> dict[str, Any] | None:
+    def recv(self) -> dict[str, object] | None:
         """The next message, or None at end of stream."""
         msg, _ = self.recv_with_fds(0)
         return msg
 
-    def recv_with_fds(self, maxfds: int) -> tuple[dict[str, Any] | None, list[int]]:
+    def recv_with_fds(self, maxfds: int) -> tuple[dict[str, object] | None, list[int]]:
         fds: list[int] = []
         while b"\n" not in self._buf:
             if len(self._buf) > MAX_LINE:
@@ -97,7 +95,7 @@ class Channel:
         self._buf = bytearray(rest)
         return decode(line), fds
 
-    def request(self, msg: dict[str, Any]) -> dict[str, Any]:
+    def request(self, msg: dict[str, object]) -> dict[str, object]:
         self.send(msg)
         reply = self.recv()
         if reply is None:
