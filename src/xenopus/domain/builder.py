@@ -1,34 +1,59 @@
-"""From a `DomainConfig` to a machine ready to run: memory, devices, kernel.
+"""From a `DomainConfig` to a machine ready to run: memory, devices, firmware tables, kernel.
 
-The PC platform every xenopus domain gets for now: a 16550A on COM1 (IRQ 4), the
-i8042 (for Linux's probe and the reset line), the CMOS RTC (IRQ 8), the port-0xE9 debug
-console and a sink for POST codes on port 0x80; the PIC, IOAPIC, LAPIC and PIT are
-KVM's in-kernel models.
+The platform every xenopus domain gets (addresses in `xenopus.devices.platform`):
+- legacy PC devices: a 16550A on COM1 (IRQ 4), the i8042 (Linux's probe and the reset
+  line), the CMOS RTC (IRQ 8), the port-0xE9 debug console, a sink for POST codes;
+- KVM's in-kernel PIC, IOAPIC, LAPICs and PIT;
+- ACPI (hardware-reduced): tables at 0xE0000 and the GED power device (power button,
+  S5 power-off, reset register);
+- a PCI host bridge (CF8/CFC and ECAM) carrying the virtio devices the config asks for:
+  virtio-blk per `disk`, virtio-net per `vif`, and optionally virtio-console and -rng.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from xenopus.acpi import AcpiPci, AcpiPlatform, install
 from xenopus.boot import BootInfo, load_kernel
+from xenopus.devices import platform
+from xenopus.devices.acpi_power import AcpiPowerDevice
 from xenopus.devices.bus import Bus, NullDevice
 from xenopus.devices.debugcon import DebugCon
 from xenopus.devices.i8042 import I8042
+from xenopus.devices.pci.host import PciHostBridge
 from xenopus.devices.rtc import CmosRtc
-from xenopus.devices.serial import COM1_BASE, COM1_IRQ, Serial16550
+from xenopus.devices.serial import Serial16550
+from xenopus.devices.tap import Tap
+from xenopus.devices.virtio.blk import VirtioBlk
+from xenopus.devices.virtio.console import VirtioConsole
+from xenopus.devices.virtio.device import VirtioDevice
+from xenopus.devices.virtio.net import VirtioNet, format_mac, generate_mac, parse_mac
+from xenopus.devices.virtio.pci import VirtioPciDevice
+from xenopus.devices.virtio.rng import VirtioRng
 from xenopus.domain.config import DomainConfig
+from xenopus.domain.devspec import VifSpec
 from xenopus.host import memory_mib
 from xenopus.memory import GuestMemory, MiB
 from xenopus.vm import Machine, StopReason
 
 log = logging.getLogger("xenopus.domain")
 
-RTC_IRQ = 8
-I8042_KBD_IRQ = 1
 POST_PORT = 0x80
 DEBUGCON_PORT = 0xE9
+
+
+@dataclass
+class PciFunction:
+    """A virtio device on the guest's PCI bus, for block-list / network-list."""
+
+    kind: str  # "disk" | "nic" | "console" | "rng"
+    index: int  # the devid xl would show (position in the config's list)
+    bdf: int
+    device: VirtioDevice
+    detail: dict[str, object] = field(default_factory=dict)
 
 
 @dataclass
@@ -39,11 +64,17 @@ class Guest:
     memory: GuestMemory
     boot: BootInfo
     serial: Serial16550
+    power: AcpiPowerDevice
+    pci: PciHostBridge
     pio: Bus
     mmio: Bus
+    functions: list[PciFunction] = field(default_factory=list)
+    vconsole: VirtioConsole | None = None
 
     def close(self) -> None:
+        """Stop the vCPUs, then the device threads, then release the VM and its memory."""
         self.machine.stop()
+        self.pci.close()
         self.machine.close()
         self.memory.close()
 
@@ -53,37 +84,114 @@ def build_guest(
     *,
     console_out: Callable[[bytes], None],
     debug_out: Callable[[bytes], None],
+    vconsole_out: Callable[[bytes], None] | None = None,
+    domid: int = 0,
 ) -> Guest:
-    """Lay out memory, load the kernel and wire the devices; the vCPUs are not started."""
+    """Lay out memory, write the ACPI tables, load the kernel and wire the devices; the
+    vCPUs are not started. Any failure releases what was built and names the problem."""
     host = memory_mib()
     if host and config.memory > host:
         raise ValueError(f"memory = {config.memory} MiB is more than this host has ({host} MiB)")
     memory = GuestMemory.create(config.memory * MiB)
+    machine: Machine | None = None
+    pci: PciHostBridge | None = None
     try:
-        boot = load_kernel(memory, config.kernel, ramdisk=config.ramdisk, cmdline=config.cmdline)
+        ram_end = max(r.end for r in memory.regions)
+        rsdp = install(memory, AcpiPlatform(vcpus=config.vcpus, pci=AcpiPci.default(ram_end)))
+        boot = load_kernel(
+            memory, config.kernel, ramdisk=config.ramdisk, cmdline=config.cmdline, rsdp_paddr=rsdp
+        )
         pio, mmio = Bus("pio"), Bus("mmio")
         machine = Machine(memory, config.vcpus, pio=pio, mmio=mmio)
+        m = machine
+
+        def irq(line: int) -> Callable[[bool], None]:
+            return lambda level: m.set_irq(line, level)
+
+        def stop(kind: str, why: str) -> Callable[[], None]:
+            return lambda: m.request_stop(StopReason(kind, why))
+
+        serial = Serial16550(irq=irq(platform.COM1_IRQ), output=console_out)
+        i8042 = I8042(reset=stop("reboot", "reset through the i8042"), irq_kbd=irq(platform.I8042_KBD_IRQ))
+        pio.register(platform.COM1_PORT, platform.COM1_PORT_SIZE, serial, "serial0")
+        pio.register(platform.I8042_DATA_PORT, 1, i8042, "i8042-data")
+        pio.register(platform.I8042_CMD_PORT, 1, i8042, "i8042-command")
+        pio.register(platform.RTC_PORT, platform.RTC_PORT_SIZE, CmosRtc(irq=irq(platform.RTC_IRQ)), "rtc")
+        pio.register(DEBUGCON_PORT, 1, DebugCon(debug_out), "debugcon")
+        pio.register(POST_PORT, 1, NullDevice(), "post")
+        power = AcpiPowerDevice(
+            irq(platform.ACPI_GED_IRQ),
+            on_poweroff=stop("poweroff", "ACPI S5 (power off)"),
+            on_reset=stop("reboot", "ACPI reset register"),
+        )
+        mmio.register(platform.ACPI_REGS_BASE, platform.ACPI_REGS_SIZE, power, "acpi-power")
+
+        pci = PciHostBridge(pio, mmio, machine.set_irq, ram_end=ram_end)
+        guest = Guest(machine, memory, boot, serial, power, pci, pio, mmio)
+        _add_virtio(guest, config, domid, vconsole_out)
+        _apply_affinity(machine, config)
     except BaseException:
+        if pci is not None:
+            pci.close()
+        if machine is not None:
+            machine.close()
         memory.close()
         raise
-
-    def irq(line: int) -> Callable[[bool], None]:
-        return lambda level: machine.set_irq(line, level)
-
-    serial = Serial16550(irq=irq(COM1_IRQ), output=console_out)
-    i8042 = I8042(
-        reset=lambda: machine.request_stop(StopReason("reboot", "reset through the i8042")),
-        irq_kbd=irq(I8042_KBD_IRQ),
-    )
-    rtc = CmosRtc(irq=irq(RTC_IRQ))
-    pio.register(COM1_BASE, 8, serial, "serial0")
-    pio.register(0x60, 1, i8042, "i8042-data")
-    pio.register(0x64, 1, i8042, "i8042-command")
-    pio.register(0x70, 2, rtc, "rtc")
-    pio.register(DEBUGCON_PORT, 1, DebugCon(debug_out), "debugcon")
-    pio.register(POST_PORT, 1, NullDevice(), "post")
     log.info(
-        "%s: %s kernel %s entry %#x, %d MiB, cmdline %r",
-        config.name, boot.protocol, config.kernel, boot.entry, config.memory, boot.cmdline,
+        "%s: %s kernel %s entry %#x, %d MiB, %d vCPU(s), cmdline %r; RSDP at %#x",
+        config.name, boot.protocol, config.kernel, boot.entry, config.memory, config.vcpus,
+        boot.cmdline, rsdp,
     )
-    return Guest(machine, memory, boot, serial, pio, mmio)
+    for f in guest.functions:
+        log.info("%s: pci 00:%02x.%x virtio-%s %s", config.name, f.bdf >> 3, f.bdf & 7, f.device.name, f.detail)
+    return guest
+
+
+def _add_virtio(
+    guest: Guest, config: DomainConfig, domid: int, vconsole_out: Callable[[bytes], None] | None
+) -> None:
+    def add(kind: str, index: int, device: VirtioDevice, **detail: object) -> None:
+        try:
+            bdf = guest.pci.add(VirtioPciDevice(device, guest.machine))
+        except BaseException:
+            device.close()
+            raise
+        guest.functions.append(PciFunction(kind, index, bdf, device, dict(detail)))
+
+    for i, disk in enumerate(config.disks):
+        blk = VirtioBlk(
+            disk.target, read_only=disk.read_only, serial=f"{config.name[:12]}-{disk.vdev}",
+            direct=disk.direct_io_safe,
+        )
+        add("disk", i, blk, vdev=disk.vdev, target=disk.target, mode="r" if disk.read_only else "w")
+    for i, vif in enumerate(config.vifs):
+        net = _open_vif(config, vif, domid, i)
+        add("nic", i, net, mac=format_mac(net.mac), tap=net.tap.name, bridge=vif.bridge or "-")
+    if config.virtio_console:
+        guest.vconsole = VirtioConsole(vconsole_out or (lambda data: None))
+        add("console", 0, guest.vconsole)
+    if config.virtio_rng:
+        add("rng", 0, VirtioRng())
+
+
+def _open_vif(config: DomainConfig, vif: VifSpec, domid: int, index: int) -> VirtioNet:
+    """A tap named as Xen names the backend interface (vifDOMID.DEVID), on its bridge."""
+    tap = Tap.open(vif.vifname or f"vif{domid}.{index}")
+    try:
+        if vif.bridge:
+            tap.attach_to_bridge(vif.bridge)
+        else:
+            tap.set_up()
+        # Without a MAC in the config, derive one from the name: stable across restarts.
+        mac = parse_mac(vif.mac) if vif.mac else generate_mac(f"{config.name}/vif{index}")
+        return VirtioNet(tap, mac)
+    except BaseException:
+        tap.close()
+        raise
+
+
+def _apply_affinity(machine: Machine, config: DomainConfig) -> None:
+    """The config's `cpus` (hard affinity per vCPU), as xl applies it at creation."""
+    for vcpu, cpus in enumerate(config.cpus or []):
+        if cpus is not None and vcpu < config.vcpus:
+            machine.pin(vcpu, set(cpus))

@@ -326,7 +326,7 @@ CMDLINE_WARNING = "Warning: ignoring root= and extra= in favour of cmdline="
 
 STRING_KEYS = ("name", "type", "builder", "kernel", "ramdisk", "cmdline", "extra", "root",
                "on_poweroff", "on_reboot", "on_crash")
-NUMBER_KEYS = ("memory", "maxmem", "vcpus", "maxvcpus")
+NUMBER_KEYS = ("memory", "maxmem", "vcpus", "maxvcpus", "virtio_console", "virtio_rng")
 LIST_KEYS = ("disk", "vif", "cpus")
 KNOWN_KEYS = frozenset(STRING_KEYS + NUMBER_KEYS + LIST_KEYS)
 
@@ -422,6 +422,12 @@ def check_action(action: str) -> str:
     raise ValueError(f"unknown action `{action}' (expected one of {', '.join(ACTIONS)})")
 
 
+def check_flag(value: int) -> int:
+    if value not in (0, 1):
+        raise ValueError(f"expected 0 or 1, got {value}")
+    return value
+
+
 def combine_cmdline(cmdline: str | None, root: str | None,
                     extra: str | None) -> tuple[str, list[str]]:
     """The guest command line from cmdline/root/extra, as xl_parse.c parse_cmdline().
@@ -459,6 +465,10 @@ class DomainConfig:
     # Hard affinity: entry i is vCPU i's host CPUs (None: any); vCPUs past the end of the
     # list, or every vCPU if the whole value is None, are not pinned.
     cpus: list[list[int] | None] | None = None
+    # Extra paravirtual devices (not xl keys: xl has no virtio): a virtio console port the
+    # CLI attaches to with `console -t virtio`, and a virtio entropy source.
+    virtio_console: int = 0
+    virtio_rng: int = 0
 
     def __post_init__(self) -> None:
         if self.maxmem is None:
@@ -531,8 +541,9 @@ _CHECKS = {
     "name": check_name, "type": check_type, "kernel": check_path, "ramdisk": check_path, "memory": check_memory, "maxmem": check_memory,
     "vcpus": check_vcpus, "maxvcpus": check_vcpus,
     "on_poweroff": check_action, "on_reboot": check_action, "on_crash": check_action,
+    "virtio_console": check_flag, "virtio_rng": check_flag,
 }
-_INT_FIELDS = ("memory", "maxmem", "vcpus", "maxvcpus")
+_INT_FIELDS = ("memory", "maxmem", "vcpus", "maxvcpus", "virtio_console", "virtio_rng")
 _OPTIONAL = ("ramdisk", "path", "cpus")
 _SPEC_FIELDS = {"disks": DiskSpec, "vifs": VifSpec}
 # The setting a field comes from, where the names differ.

@@ -1,8 +1,8 @@
 """A domain's console: the output since boot, and any number of attached clients.
 
 Guest output arrives on vCPU threads a byte or a few at a time; it is batched under a
-lock and handed to the event loop once per batch, so a chatty guest costs one wakeup
-per burst, not one per byte. Clients attach over a Unix socket: each first gets the
+lock and handed to the event loop once per batch (FLUSH_DELAY), so a chatty guest costs
+one wakeup per burst, not one per byte. Clients attach over a Unix socket: each first gets the
 history (so a late attach sees the boot), then the live stream; what they type goes to
 the guest's UART.
 """
@@ -19,6 +19,9 @@ from pathlib import Path
 log = logging.getLogger("xenopus.console")
 
 HISTORY_LIMIT = 1 << 20  # bytes of output kept for late attaches
+# A UART hands over one byte per guest write: gather them for this long (seconds) before
+# waking the clients, so a line costs one send per client rather than one per byte.
+FLUSH_DELAY = 0.002
 
 
 class Console:
@@ -40,7 +43,7 @@ class Console:
             if self._scheduled:
                 return
             self._scheduled = True
-        self._loop.call_soon_threadsafe(self._flush)
+        self._loop.call_soon_threadsafe(self._loop.call_later, FLUSH_DELAY, self._flush)
 
     def _flush(self) -> None:
         with self._lock:

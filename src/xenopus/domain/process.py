@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import os
+import resource
 import socket
 from pathlib import Path
 from typing import Any
@@ -112,8 +113,8 @@ class DomainProcess:
             guest.machine.stop()  # keep memory and state for inspection
             self._set_state("crashed" if reason.kind == "crash" else "shutdown")
             return
-        self._teardown()
         if action == "restart":
+            self._teardown()
             try:
                 self._start_guest()
                 return
@@ -122,7 +123,7 @@ class DomainProcess:
                 self.exit_code = EXIT_START_FAILED
         elif reason.kind == "crash":
             self.exit_code = EXIT_CRASHED
-        self._finished.set()
+        self._finished.set()  # run() reports the end, then tears the VM down
 
     # -- commands from the daemon -------------------------------------------------------
     def _command(self, msg: dict[str, Any]) -> dict[str, Any]:
@@ -137,7 +138,6 @@ class DomainProcess:
                 "protocol": guest.boot.protocol if guest else None,
             }
         if op == "destroy":
-            self._teardown()
             self._finished.set()
             return {"ok": True}
         if op == "vcpu-list":  # also of a preserved domain: its vCPUs, stopped
@@ -217,11 +217,20 @@ class DomainProcess:
         control = asyncio.create_task(self._serve_control(reader))
         await self._finished.wait()
         control.cancel()
-        self._teardown()
+        if self.guest is not None:
+            self.guest.machine.stop()
+        # Report the end before tearing the VM down: releasing a VM's memory and fds is
+        # the kernel's slow part, and nobody needs to wait for it.
         await self.console.close()
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        self._send({
+            "event": "finished", "exit_code": self.exit_code, "maxrss_kib": usage.ru_maxrss,
+            "cpu": usage.ru_utime + usage.ru_stime,
+        })
         with contextlib.suppress(ConnectionError, OSError):
             await self._writer.drain()
         self._writer.close()
+        self._teardown()
         return self.exit_code
 
 
