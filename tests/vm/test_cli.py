@@ -197,6 +197,15 @@ def test_unknown_key_warns(xenopus: Xenopus) -> None:
     assert "frobnicate" in r.stderr
 
 
-def test_shutdown_says_it_is_not_there_yet(xenopus: Xenopus) -> None:
-    r = xenopus.run("shutdown", "whatever")
-    assert r.returncode != 0 and "ACPI" in r.stderr
+def test_shutdown_presses_the_acpi_power_button(xenopus: Xenopus) -> None:
+    cfg = xenopus.config("button", "powerbtn.elf", on_poweroff="destroy")
+    assert xenopus.run("create", "-q", str(cfg)).returncode == 0
+    con = xenopus.popen("console", "button")
+    assert con.stdout is not None
+    read_until(con.stdout, b"READY")
+    r = xenopus.run("shutdown", "-w", "button")
+    assert r.returncode == 0, r.stderr
+    out, _ = con.communicate(timeout=60)
+    assert b"power button pressed" in out and b"RESULT: PASS powerbtn" in out
+    assert "button" not in xenopus.domains()
+    assert "poweroff: ACPI S5" in (xenopus.run_dir / "log" / "button.log").read_text()

@@ -12,9 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import threading
 from collections.abc import Callable
-from pathlib import Path
 
 log = logging.getLogger("xenopus.console")
 
@@ -59,10 +59,11 @@ class Console:
             if not w.is_closing():
                 w.write(data)
 
-    async def serve(self, path: Path) -> None:
-        path.unlink(missing_ok=True)
-        self._server = await asyncio.start_unix_server(self._client, path=str(path))
-        path.chmod(0o600)
+    async def serve(self, path: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        self._server = await asyncio.start_unix_server(self._client, path=path)
+        os.chmod(path, 0o600)
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()

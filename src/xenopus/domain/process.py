@@ -18,6 +18,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
+from xenopus import ipc
 from xenopus.domain.builder import Guest, build_guest
 from xenopus.domain.config import DomainConfig
 from xenopus.domain.console import Console
@@ -75,9 +76,14 @@ class DomainProcess:
     # -- guest lifecycle ----------------------------------------------------------------
     def _start_guest(self, paused: bool = False) -> None:
         """Build a fresh incarnation; with `paused`, its vCPUs wait for `unpause` (xl create -p)."""
-        guest = build_guest(self.config, console_out=self.console.write, debug_out=self.debug.write)
+        guest = build_guest(
+            self.config, console_out=self.console.write, debug_out=self.debug.write,
+            vconsole_out=self.vconsole.write, domid=self.domid,
+        )
         self.guest = guest
         self.console.on_input = guest.serial.receive
+        if guest.vconsole is not None:
+            self.vconsole.on_input = guest.vconsole.receive
         self._started = False
         if paused:
             self._set_state("paused")
@@ -98,7 +104,7 @@ class DomainProcess:
         if self.guest is not None:
             self.guest.close()
             self.guest = None
-            self.console.on_input = lambda data: None
+            self.console.on_input = self.vconsole.on_input = lambda data: None
 
     def _on_stop(self, guest: Guest, reason: StopReason) -> None:
         if guest is not self.guest:
@@ -142,6 +148,8 @@ class DomainProcess:
             return {"ok": True}
         if op == "vcpu-list":  # also of a preserved domain: its vCPUs, stopped
             return {"ok": True, "vcpus": guest.machine.vcpu_info() if guest else []}
+        if op == "devices":
+            return {"ok": True, "devices": self._devices(guest)}
         if guest is None or self.state in ("shutdown", "crashed"):
             return {"ok": False, "error": f"domain is {self.state}"}
         if op == "vcpu-pin":
@@ -158,6 +166,15 @@ class DomainProcess:
                 guest.machine.resume()
                 self._set_state("running")
             return {"ok": True}
+        if op == "shutdown":
+            # The ACPI power button (GED event → \_SB.PWRB, Notify 0x80): the guest's own
+            # shutdown path runs and ends in S5, which on_poweroff then handles.
+            if not self._started:
+                return {"ok": False, "error": "domain has not run yet; unpause or destroy it"}
+            if self.state == "paused":
+                return {"ok": False, "error": "domain is paused; unpause it to let it shut down"}
+            guest.power.press_power_button()
+            return {"ok": True}
         if op == "reboot":
             if not self._started:
                 self._run_vcpus()
@@ -166,6 +183,15 @@ class DomainProcess:
             guest.machine.request_stop(StopReason("reboot", "reboot requested by the toolstack"))
             return {"ok": True}
         return {"ok": False, "error": f"unknown operation {op!r}"}
+
+    @staticmethod
+    def _devices(guest: Guest | None) -> list[dict[str, Any]]:
+        if guest is None:
+            return []
+        return [
+            {"kind": f.kind, "index": f.index, "bdf": f.bdf, "model": f"virtio-{f.device.name}", **f.detail}
+            for f in guest.functions
+        ]
 
     def _vcpu_pin(self, guest: Guest, vcpu: object, cpus: object) -> dict[str, Any]:
         """Hard-pin one vCPU ("all": every vCPU) to host CPUs. The pins last for this
@@ -201,11 +227,13 @@ class DomainProcess:
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         self.console = Console(loop)
+        self.vconsole = Console(loop)  # the virtio console port, when the config has one
         reader, self._writer = await asyncio.open_unix_connection(sock=self.control)
-        ddir = self.run_dir / "domains" / str(self.domid)
-        ddir.mkdir(parents=True, exist_ok=True)
+        os.makedirs(ipc.domain_dir(self.domid, self.run_dir), exist_ok=True)
         try:
-            await self.console.serve(ddir / "console.sock")
+            await self.console.serve(ipc.console_socket_path(self.domid, self.run_dir))
+            if self.config.virtio_console:
+                await self.vconsole.serve(ipc.console_socket_path(self.domid, self.run_dir, "virtio"))
             self._start_guest(paused=self.start_paused)
         except Exception as e:  # noqa: BLE001 - reported to the CLI, which names the problem
             log.error("domain %d (%s): cannot start: %s", self.domid, self.config.name, e)
@@ -222,6 +250,7 @@ class DomainProcess:
         # Report the end before tearing the VM down: releasing a VM's memory and fds is
         # the kernel's slow part, and nobody needs to wait for it.
         await self.console.close()
+        await self.vconsole.close()
         usage = resource.getrusage(resource.RUSAGE_SELF)
         self._send({
             "event": "finished", "exit_code": self.exit_code, "maxrss_kib": usage.ru_maxrss,

@@ -12,8 +12,7 @@ import select
 import socket
 import sys
 
-from xenopus import host
-from xenopus.toolstack import ipc
+from xenopus import host, ipc
 
 DETACH = 0x1D  # Ctrl-], as for xl console and telnet
 
@@ -73,8 +72,8 @@ def request(msg: dict[str, object]) -> dict[str, object]:
 
 
 # -- console --------------------------------------------------------------------------------
-def open_console(dom: str) -> socket.socket:
-    reply = request({"op": "console", "dom": dom})
+def open_console(dom: str, kind: str = "serial") -> socket.socket:
+    reply = request({"op": "console", "dom": dom, "type": kind})
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.connect(reply["path"])
@@ -84,8 +83,8 @@ def open_console(dom: str) -> socket.socket:
     return sock
 
 
-def attach_console(dom: str) -> None:
-    with open_console(dom) as sock:
+def attach_console(dom: str, kind: str = "serial") -> None:
+    with open_console(dom, kind) as sock:
         pump_console(sock)
 
 
@@ -222,8 +221,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_console(args: argparse.Namespace) -> int:
     if args.type == "pv":
-        raise CliError("PV consoles arrive with the Xen guest interface; use -t serial")
-    attach_console(args.dom)
+        raise CliError("PV consoles arrive with the Xen guest interface; use -t serial or -t virtio")
+    attach_console(args.dom, args.type)
     return 0
 
 
@@ -236,10 +235,26 @@ def simple_verb(op: str):
 
 
 def cmd_shutdown(args: argparse.Namespace) -> int:
-    raise CliError(
-        "shutdown needs a channel to the guest (ACPI power button or PV control), which "
-        "xenopus does not have yet; use 'xenopus destroy' to stop the domain"
-    )
+    """Press the domain's ACPI power button; with -w, wait until the domain is gone."""
+    request({"op": "shutdown", "dom": args.dom})
+    if args.wait:
+        request({"op": "wait", "dom": args.dom})
+    return 0
+
+
+def cmd_devices(kind: str, header: str, row: str):
+    """block-list / network-list: the domain's virtio devices of one kind."""
+
+    def run(args: argparse.Namespace) -> int:
+        print(header)
+        for dom in args.doms:
+            for d in request({"op": "devices", "dom": dom})["devices"]:
+                if d["kind"] == kind:
+                    bdf = f"00:{d['bdf'] >> 3:02x}.{d['bdf'] & 7}"
+                    print(row.format(**{**d, "pci": bdf}))
+        return 0
+
+    return run
 
 
 DOM0 = ("0", "Domain-0")
@@ -358,7 +373,7 @@ def parser() -> argparse.ArgumentParser:
     ls.set_defaults(func=cmd_list)
 
     co = sub.add_parser("console", help="attach to a domain's console (Ctrl-] detaches)")
-    co.add_argument("-t", dest="type", choices=["serial", "pv"], default="serial")
+    co.add_argument("-t", dest="type", choices=["serial", "virtio", "pv"], default="serial")
     co.add_argument("dom", metavar="DOM")
     co.set_defaults(func=cmd_console)
 
@@ -372,9 +387,22 @@ def parser() -> argparse.ArgumentParser:
         v.add_argument("dom", metavar="DOM")
         v.set_defaults(func=simple_verb(verb))
 
-    sh = sub.add_parser("shutdown", help="ask a domain to shut down (needs ACPI: not yet)")
+    sh = sub.add_parser("shutdown", help="ask a domain to shut down (ACPI power button)")
+    sh.add_argument("-w", dest="wait", action="store_true", help="wait for the domain to go away")
     sh.add_argument("dom", metavar="DOM")
     sh.set_defaults(func=cmd_shutdown)
+
+    # xl prints Xen backend state (event channels, ring refs) here; a virtio device's
+    # equivalents are its PCI address and host backend.
+    for verb, kind, header, row in (
+        ("block-list", "disk", "Vdev  Idx PCI     Mode Target",
+         "{vdev:<5} {index:<3} {pci:<7} {mode:<4} {target}"),
+        ("network-list", "nic", "Idx Mac Addr.         PCI     Tap             Bridge",
+         "{index:<3} {mac:<17} {pci:<7} {tap:<15} {bridge}"),
+    ):
+        v = sub.add_parser(verb, help=f"list a domain's virtio {'disks' if kind == 'disk' else 'network interfaces'}")
+        v.add_argument("doms", nargs="+", metavar="DOM")
+        v.set_defaults(func=cmd_devices(kind, header, row))
 
     vl = sub.add_parser("vcpu-list", help="list the vCPUs of domains (all when none is named)")
     vl.add_argument("domains", nargs="*", metavar="DOM")

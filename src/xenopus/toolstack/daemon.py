@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from xenopus.toolstack import ipc
+from xenopus import ipc
 
 log = logging.getLogger("xenopus.daemon")
 
@@ -45,7 +45,8 @@ class DomainRecord:
     pending: dict[int, asyncio.Future] = field(default_factory=dict)
     seq: int = 0
     last_stop: dict[str, Any] | None = None
-    exit_info: dict[str, Any] | None = None
+    exit_info: dict[str, Any] | None = None  # from the zygote, once the process has exited
+    final: dict[str, Any] | None = None  # the domain process's own report of its end
     gone: asyncio.Event = field(default_factory=asyncio.Event)
     exited: asyncio.Event = field(default_factory=asyncio.Event)
     protocol: str | None = None
@@ -189,14 +190,23 @@ class Daemon:
         if op == "console":
             if rec.pid is None:
                 raise RequestError(f"domain {rec.domid} has no console: it is not running")
-            return {"ok": True, "domid": rec.domid, "path": ipc.console_socket_path(rec.domid, self.run_dir)}
+            kind = req.get("type", "serial")
+            if kind not in ipc.CONSOLE_SOCKETS:
+                raise RequestError(f"unknown console type {kind!r}")
+            if kind == "virtio" and not rec.config.get("virtio_console"):
+                raise RequestError(f"domain {rec.domid} has no virtio console (virtio_console = 1)")
+            path = ipc.console_socket_path(rec.domid, self.run_dir, kind)
+            return {"ok": True, "domid": rec.domid, "path": path}
         if op == "wait":
             await rec.gone.wait()
             return {"ok": True, **self._final(rec)}
         if op == "destroy":
             await self._destroy(rec)
             return {"ok": True}
-        if op in ("pause", "unpause", "reboot"):
+        if op == "devices":
+            reply = await rec.request({"op": op})
+            return {"ok": True, "domid": rec.domid, "name": rec.name, "devices": reply.get("devices", [])}
+        if op in ("pause", "unpause", "reboot", "shutdown"):
             reply = await rec.request({"op": op})
             if not reply.get("ok"):
                 raise RequestError(f"domain {rec.domid}: {reply.get('error')}")
@@ -290,6 +300,7 @@ class Daemon:
         rec.pid = await asyncio.wait_for(fut, 10)
         rec.exited.clear()
         rec.exit_info = None
+        rec.final = None
         reader, rec.writer = await asyncio.open_unix_connection(sock=ours)
         event: dict[str, Any] = {"event": "error", "error": "the domain process died"}
         while line := await reader.readline():
@@ -319,6 +330,9 @@ class Daemon:
                     fut.set_result(msg)
             elif msg.get("event") == "state":
                 rec.state = msg["state"]
+            elif msg.get("event") == "finished":
+                rec.final = msg
+                self._retire(rec)
             elif msg.get("event") == "stopped":
                 rec.last_stop = msg
                 log.info(
@@ -326,17 +340,27 @@ class Daemon:
                 )
         await self._process_gone(rec)
 
-    async def _process_gone(self, rec: DomainRecord) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(rec.exited.wait(), 5)
-        info = rec.exit_info or {}
-        status = info.get("status")
+    def _retire(self, rec: DomainRecord) -> None:
+        """The domain has ended (its process said so): drop it from the table."""
+        info = rec.final or rec.exit_info or {}
         log.info(
             "domain %d (%s) destroyed: %s; exit status %s, max RSS %s KiB, CPU %.3f s",
             rec.domid, rec.name, (rec.last_stop or {}).get("reason", "destroyed"),
-            status, info.get("maxrss_kib"), info.get("cpu", 0.0),
+            info.get("exit_code", info.get("status")), info.get("maxrss_kib"), info.get("cpu", 0.0),
         )
+        if self.domains.get(rec.domid) is rec:
+            del self.domains[rec.domid]
+        rec.gone.set()
+
+    async def _process_gone(self, rec: DomainRecord) -> None:
         rec.writer = None
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(rec.exited.wait(), 5)
+        status = (rec.exit_info or {}).get("status")
+        if rec.final is not None:
+            if status != rec.final.get("exit_code"):
+                log.warning("domain %d: process %s exited with status %s", rec.domid, rec.pid, status)
+            return
         clean = rec.state == "dying" or (rec.last_stop is not None and status in (0, 1))
         if not clean:
             # The domain process itself died: treat it as a crash of the domain.
@@ -353,17 +377,16 @@ class Daemon:
                 rec.state = "crashed"
                 rec.pid = None
                 return
-        self.domains.pop(rec.domid, None)
-        rec.gone.set()
+        self._retire(rec)
 
     def _final(self, rec: DomainRecord) -> dict[str, Any]:
-        info = rec.exit_info or {}
+        info = rec.final or rec.exit_info or {}
         stop = rec.last_stop or {}
         return {
             "domid": rec.domid,
             "reason": stop.get("reason", "destroyed"),
             "detail": stop.get("detail", ""),
-            "status": info.get("status"),
+            "status": info.get("exit_code", info.get("status")),
             "maxrss_kib": info.get("maxrss_kib"),
         }
 

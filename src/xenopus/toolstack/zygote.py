@@ -7,7 +7,7 @@ daemon) and sends it spawn requests; each request carries the new domain's contr
 channel as a file descriptor. The zygote reaps its children and reports how each ended,
 with its resource usage.
 
-Protocol on the zygote's socket (JSON lines, `xenopus.toolstack.ipc`):
+Protocol on the zygote's socket (JSON lines, `xenopus.ipc`):
   daemon → zygote  {"op": "spawn", "domid": N, "config": {...}, "run_dir": "..."} + 1 fd
   zygote → daemon  {"spawned": N, "pid": P}
   zygote → daemon  {"exited": N, "pid": P, "status": S, "maxrss_kib": K, "cpu": T}
@@ -23,7 +23,7 @@ import sys
 
 # Imported here, before any fork, so that children start warm.
 import xenopus.domain.process as domain_process  # noqa: E402, I001
-from xenopus.toolstack.ipc import Channel
+from xenopus.ipc import Channel
 
 
 def _child(chan: Channel, req: dict, fd: int) -> None:

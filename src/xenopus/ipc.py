@@ -28,8 +28,11 @@ def domain_dir(domid: int, base: str | os.PathLike[str] | None = None) -> str:
     return os.path.join(base or run_dir(), "domains", str(domid))
 
 
-def console_socket_path(domid: int, base: str | os.PathLike[str] | None = None) -> str:
-    return os.path.join(domain_dir(domid, base), "console.sock")
+CONSOLE_SOCKETS = {"serial": "console.sock", "virtio": "vconsole.sock"}
+
+
+def console_socket_path(domid: int, base: str | os.PathLike[str] | None = None, kind: str = "serial") -> str:
+    return os.path.join(domain_dir(domid, base), CONSOLE_SOCKETS[kind])
 
 
 def log_dir(base: str | os.PathLike[str] | None = None) -> str:
