@@ -1,5 +1,5 @@
 /* Console output (COM1 16550 + debug port 0xE9), printf, result lines and shutdown. */
-#include "runtime.h"
+#include "platform.h"
 
 #define COM1 0x3f8
 #define DEBUGCON 0xe9
@@ -201,6 +201,8 @@ void shutdown(void)
     /* Let the last byte leave the UART: LSR TEMT (bit 6), bounded. */
     for (int i = 0; i < 100000 && !(inb(COM1 + 5) & 0x40); i++)
         ;
+    /* A real power-off where the platform has ACPI (S5 through the FADT), else a reset. */
+    acpi_poweroff();
     /* 8042 command 0xFE pulses the CPU reset line (IBM PC/AT technical reference). */
     outb(0x64, 0xfe);
     /* No i8042 (QEMU microvm): a triple fault, which -no-reboot turns into an exit. ud2 rather

@@ -26,6 +26,13 @@
 #define CR0_PG     (1 << 31)
 #define CR4_PAE    (1 << 5)
 
+#define SMP_TRAMPOLINE 0x6000   /* platform.h */
+#define KSTACK_SIZE 16384       /* platform.h: struct cpu at the base of each ring-0 stack */
+#define CPU_SAVED_RSP 0
+#define CPU_TSS 8
+#define CPU_USTACK 16
+#define CPU_GDT 32
+
         .section .head, "ax"
         .code32
 /* 0x100000: the Linux 32-bit entry (code32_start). */
@@ -138,13 +145,16 @@ run_user:
         pushq   %r14
         pushq   %r15
         pushfq
-        movq    %rsp, user_saved_rsp(%rip)
+        /* struct cpu sits at the base of this CPU's 16 KiB-aligned ring-0 stack. */
+        movq    %rsp, %r8
+        andq    $~(KSTACK_SIZE - 1), %r8
+        movq    %rsp, CPU_SAVED_RSP(%r8)
         /* Interrupts and exceptions from ring 3 land below this frame (TSS.RSP0). */
-        movq    %rsp, tss+4(%rip)
+        movq    CPU_TSS(%r8), %rcx
+        movq    %rsp, 4(%rcx)
         movq    %rdi, %rax
         pushq   $SEL_UDATA
-        leaq    user_stack_top(%rip), %rcx
-        pushq   %rcx
+        pushq   CPU_USTACK(%r8)
         pushfq
         popq    %rcx
         andq    $~0x3000, %rcx          /* IOPL 0 ... */
@@ -170,7 +180,9 @@ user_exit:
         .globl  user_return
 user_return:
         movq    %rdi, %rax
-        movq    user_saved_rsp(%rip), %rsp
+        movq    %rsp, %r8
+        andq    $~(KSTACK_SIZE - 1), %r8
+        movq    CPU_SAVED_RSP(%r8), %rsp
         popfq
         popq    %r15
         popq    %r14
@@ -179,6 +191,91 @@ user_return:
         popq    %rbp
         popq    %rbx
         ret
+
+/* ---- application processors --------------------------------------------------------- */
+
+/* The real-mode trampoline (copied to SMP_TRAMPOLINE by smp.c, entered by a SIPI at CS:IP =
+ * vector*0x100:0): real -> protected -> long mode (SDM Vol. 3A 9.9.1 and 10.8.5) on the
+ * runtime's page tables, then ap_entry on the stack the BSP left in tr_stack. */
+#define TR(x) (SMP_TRAMPOLINE + ((x) - ap_tramp_start))
+        .section .rodata
+        .globl  ap_tramp_start, ap_tramp_end, ap_tramp_cr3, ap_tramp_stack
+        .code16
+ap_tramp_start:
+        cli
+        movw    %cs, %ax
+        movw    %ax, %ds
+        lgdtl   tr_gdtr - ap_tramp_start
+        movl    %cr0, %eax
+        orl     $CR0_PE, %eax
+        movl    %eax, %cr0
+        ljmpl   $0x08, $TR(tr_pm32)
+        .code32
+tr_pm32:
+        movw    $0x10, %ax
+        movw    %ax, %ds
+        movw    %ax, %es
+        movw    %ax, %ss
+        movl    %cr4, %eax
+        orl     $CR4_PAE, %eax
+        movl    %eax, %cr4
+        movl    TR(ap_tramp_cr3), %eax
+        movl    %eax, %cr3
+        movl    $MSR_EFER, %ecx
+        rdmsr
+        orl     $EFER_LME, %eax
+        wrmsr
+        movl    %cr0, %eax
+        orl     $(CR0_PG | CR0_PE), %eax
+        movl    %eax, %cr0
+        ljmp    $0x18, $TR(tr_lm64)
+        .code64
+tr_lm64:
+        movq    TR(ap_tramp_stack), %rsp
+        movabsq $ap_entry, %rax
+        jmp     *%rax
+        .balign 8
+tr_gdt:
+        .quad   0
+        .quad   0x00cf9a000000ffff      /* 0x08 32-bit code */
+        .quad   0x00cf92000000ffff      /* 0x10 data */
+        .quad   0x00af9a000000ffff      /* 0x18 64-bit code */
+tr_gdtr:
+        .word   tr_gdtr - tr_gdt - 1
+        .long   TR(tr_gdt)
+        .balign 8
+ap_tramp_cr3:   .quad 0
+ap_tramp_stack: .quad 0
+ap_tramp_end:
+
+        .text
+/* On the AP's own stack (struct cpu at its base): the runtime's GDT layout, then C. */
+ap_entry:
+        leaq    -8(%rsp), %rdi          /* rsp is the stack's top: the struct is below */
+        andq    $~(KSTACK_SIZE - 1), %rdi
+        leaq    CPU_GDT(%rdi), %rax
+        subq    $16, %rsp
+        movw    $(7 * 8 - 1), (%rsp)
+        movq    %rax, 2(%rsp)
+        lgdt    (%rsp)
+        addq    $16, %rsp
+        movw    $SEL_KDATA, %ax
+        movw    %ax, %ds
+        movw    %ax, %es
+        movw    %ax, %ss
+        xorl    %eax, %eax
+        movw    %ax, %fs
+        movw    %ax, %gs
+        pushq   $SEL_KCODE
+        leaq    1f(%rip), %rax
+        pushq   %rax
+        lretq
+1:      movl    $CR4_PAE, %eax
+        movq    %rax, %cr4
+        call    ap_main
+2:      cli
+        hlt
+        jmp     2b
 
 /* ---- interrupt stubs ------------------------------------------------------------------- */
 
@@ -195,7 +292,7 @@ stub_\vec:
 
         .altmacro
         .set    v, 0
-        .rept   48
+        .rept   64
         STUB    %v
         .set    v, v + 1
         .endr
@@ -250,7 +347,7 @@ isr_stubs:
         .quad   stub_\vec
 .endm
         .set    v, 0
-        .rept   48
+        .rept   64
         STUBADDR %v
         .set    v, v + 1
         .endr
@@ -263,7 +360,6 @@ isr_stubs:
         .balign 8
 boot_proto:     .long 0
 boot_ptr:       .long 0
-user_saved_rsp: .quad 0
 
 /* Descriptors per SDM Vol. 3A 3.4.5; 64-bit code has L=1 (5.2.1). Order fits SYSRET too. */
         .balign 16
@@ -282,7 +378,7 @@ gdt_ptr:
 
 /* 64-bit TSS (SDM Vol. 3A 8.7): rsp0 at offset 4; I/O map base beyond the limit = no bitmap. */
         .balign 16
-        .globl  tss
+        .globl  tss, pml4, pdpt
 tss:
         .fill   102, 1, 0
         .word   104
@@ -308,8 +404,10 @@ pd:
 
 /* Stacks are not in .bss, so the bzImage path need not clear them. */
         .section .stack, "aw", @nobits
-        .balign 16
-        .space  16384
+        .balign KSTACK_SIZE
+        .globl  boot_stack
+boot_stack:                             /* the BSP's struct cpu lives at its base */
+        .space  KSTACK_SIZE
 boot_stack_top:
         .space  65536
         .globl  user_stack_top

@@ -61,7 +61,8 @@ int vsnprintf(char *buf, size_t size, const char *fmt, va_list ap);
 
 /* Prints exactly "RESULT: PASS <name>[ <detail>]" or "RESULT: FAIL ...". fmt may be "". */
 void result(int pass, const char *name, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-/* i8042 reset (port 0x64 <- 0xFE), then a triple fault for machines without an i8042. */
+/* ACPI S5 power-off when the firmware tables describe one (platform.h), else i8042 reset
+ * (port 0x64 <- 0xFE), then a triple fault for machines without an i8042. */
 __attribute__((noreturn)) void shutdown(void);
 
 /* ---- boot information, from hvm_start_info (PVH) or boot_params (Linux) ---- */
@@ -116,7 +117,8 @@ void delay_ms(unsigned ms);
 
 /* ---- ring 3 ---- */
 #define USER_IOPL 1 /* ring-3 code may do port I/O (RFLAGS.IOPL = 3) */
-/* Runs fn(arg) at CPL 3 on the user stack and returns its result (not reentrant). */
+/* Runs fn(arg) at CPL 3 on this CPU's user stack and returns its result (not reentrant on
+ * one CPU; every CPU started by smp_boot has its own stacks and TSS). */
 u64 run_user(u64 (*fn)(u64), u64 arg, unsigned flags);
 /* From an exception handler that interrupted run_user's fn: abandon fn, and make run_user
  * return `result`. (Note: the build machines run ring 3 natively with IOPL forced to 0, so

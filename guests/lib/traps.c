@@ -1,9 +1,10 @@
 /* IDT, exception reports, 8259 PIC interrupts and bounded waits (PIT one-shots). */
-#include "runtime.h"
+#include "platform.h"
 
 extern u64 gdt[];                 /* head.S */
 extern u8 tss[];
-extern const u64 isr_stubs[48];   /* vectors 0-31 exceptions, 32-47 IRQ 0-15 */
+extern u8 boot_stack[], user_stack_top[];
+extern const u64 isr_stubs[64];   /* 0-31 exceptions, 32-47 IRQ 0-15, 48-63 MSI */
 extern char user_exit[];
 extern void isr_spurious(void);
 
@@ -27,22 +28,46 @@ static void set_gate(int vec, u64 fn, int dpl)
                              (u32)(fn >> 32), 0};
 }
 
-void traps_init(void)
+/* head.S reaches these fields by offset. */
+_Static_assert(__builtin_offsetof(struct cpu, saved_rsp) == 0, "CPU_SAVED_RSP");
+_Static_assert(__builtin_offsetof(struct cpu, tss) == 8, "CPU_TSS");
+_Static_assert(__builtin_offsetof(struct cpu, user_stack_top) == 16, "CPU_USTACK");
+_Static_assert(__builtin_offsetof(struct cpu, gdt) == 32, "CPU_GDT");
+_Static_assert(sizeof(struct cpu) < 1024, "struct cpu eats the stack");
+
+void idt_load(void)
 {
-    for (int v = 0; v < 48; v++)
-        set_gate(v, isr_stubs[v], 0);
-    set_gate(VEC_SPURIOUS, (u64)isr_spurious, 0);
     struct __attribute__((packed)) {
         u16 limit;
         u64 base;
     } idtr = {sizeof(idt) - 1, (u64)idt};
     __asm__ volatile("lidt %0" : : "m"(idtr));
+}
 
-    /* SDM Vol. 3A 8.2.3: 16-byte TSS descriptor, type 9 (available 64-bit TSS), limit 103. */
-    u64 base = (u64)tss;
-    gdt[SEL_TSS / 8] = 103 | (base & 0xffffff) << 16 | 0x89ul << 40 | ((base >> 24) & 0xff) << 56;
-    gdt[SEL_TSS / 8 + 1] = base >> 32;
+/* SDM Vol. 3A 8.2.3: 16-byte TSS descriptor, type 9 (available 64-bit TSS), limit 103. */
+void tss_descriptor(u64 *g, const u8 *t)
+{
+    u64 base = (u64)t;
+    g[SEL_TSS / 8] = 103 | (base & 0xffffff) << 16 | 0x89ul << 40 | ((base >> 24) & 0xff) << 56;
+    g[SEL_TSS / 8 + 1] = base >> 32;
+}
+
+void traps_init(void)
+{
+    for (int v = 0; v < 64; v++)
+        set_gate(v, isr_stubs[v], 0);
+    set_gate(VEC_SPURIOUS, (u64)isr_spurious, 0);
+    idt_load();
+    tss_descriptor(gdt, tss);
     __asm__ volatile("ltr %w0" : : "r"(SEL_TSS));
+    /* The BSP's struct cpu (the boot stack is not in .bss: set every field run_user uses). */
+    struct cpu *c = (struct cpu *)boot_stack;
+    c->saved_rsp = 0;
+    c->tss = tss;
+    c->user_stack_top = (u64)user_stack_top;
+    c->index = 0;
+    c->apic_id = 0;
+    c->started = 1;
 }
 
 /* ---- exceptions ---- */
@@ -128,6 +153,10 @@ void irq_handler(int irq, irq_fn fn)
     irq_mask(irq & 15, fn == NULL);
 }
 
+static vec_fn vec_handlers[16];
+
+void vector_handler(int vector, vec_fn fn) { vec_handlers[(vector - VEC_MSI_BASE) & 15] = fn; }
+
 void trap_entry(struct frame *f)
 {
     int v = (int)f->vector;
@@ -141,6 +170,12 @@ void trap_entry(struct frame *f)
         print_exception(f);
         result(0, guest_name, "exception");
         shutdown();
+    }
+    if (v >= VEC_MSI_BASE) { /* MSI / MSI-X through the LAPIC: EOI there (SDM Vol. 3A 11.8.5) */
+        if (vec_handlers[v - VEC_MSI_BASE])
+            vec_handlers[v - VEC_MSI_BASE](v);
+        lapic_write(LAPIC_EOI, 0);
+        return;
     }
     int irq = v - IRQ_BASE;
     if (handlers[irq])
