@@ -6,11 +6,12 @@ against QEMU's start-up. The daemon is started on demand the first time a verb n
 
 from __future__ import annotations
 
-import argparse
 import os
 import select
 import socket
 import sys
+from collections import namedtuple
+from types import SimpleNamespace as Namespace
 
 from xenopus import host, ipc
 
@@ -145,7 +146,7 @@ def pump_console(sock: socket.socket) -> None:
 
 
 # -- verbs ----------------------------------------------------------------------------------
-def cmd_create(args: argparse.Namespace) -> int:
+def cmd_create(args: Namespace) -> int:
     if not args.quiet:
         print(f"Parsing config from {args.config}", file=sys.stderr)
     chan = connect()
@@ -155,17 +156,23 @@ def cmd_create(args: argparse.Namespace) -> int:
         # domain unpaused, so not a byte of output is missed (as xl create -c does).
         reply = chan.request({
             "op": "create", "path": args.config, "overrides": args.overrides,
-            "cwd": os.getcwd(), "wait": args.foreground, "paused": args.paused or args.console,
+            "cwd": os.getcwd(), "wait": args.foreground, "paused": args.paused,
+            "attach": args.console,
         })
         for warning in reply.get("warnings", []):
             print(warning, file=sys.stderr)
         if not reply.get("ok"):
             raise CliError(str(reply.get("error")))
         if args.console:
-            domid = str(reply["domid"])
-            sock = open_console(domid)
-            if not args.paused:
-                request({"op": "unpause", "dom": domid})
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.connect(reply["console"])
+            except OSError as e:
+                raise CliError(f"cannot attach to the console of domain {reply['domid']}: {e.strerror}") from None
+            finally:
+                chan.send({"op": "unpause"})  # attached (or not): let the domain run
+            if not args.foreground:
+                chan.recv()
             with sock:
                 pump_console(sock)
         if not args.foreground:
@@ -193,7 +200,7 @@ def state_flags(entry: dict[str, object]):
     return DomainState(running=state == "running", paused=state == "paused", dying=state == "dying")
 
 
-def cmd_list(args: argparse.Namespace) -> int:
+def cmd_list(args: Namespace) -> int:
     from xenopus.toolstack import xlformat
 
     domains = request({"op": "list"})["domains"]
@@ -219,7 +226,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_console(args: argparse.Namespace) -> int:
+def cmd_console(args: Namespace) -> int:
     if args.type == "pv":
         raise CliError("PV consoles arrive with the Xen guest interface; use -t serial or -t virtio")
     attach_console(args.dom, args.type)
@@ -227,14 +234,14 @@ def cmd_console(args: argparse.Namespace) -> int:
 
 
 def simple_verb(op: str):
-    def run(args: argparse.Namespace) -> int:
+    def run(args: Namespace) -> int:
         request({"op": op, "dom": args.dom})
         return 0
 
     return run
 
 
-def cmd_shutdown(args: argparse.Namespace) -> int:
+def cmd_shutdown(args: Namespace) -> int:
     """Press the domain's ACPI power button; with -w, wait until the domain is gone."""
     request({"op": "shutdown", "dom": args.dom})
     if args.wait:
@@ -245,7 +252,7 @@ def cmd_shutdown(args: argparse.Namespace) -> int:
 def cmd_devices(kind: str, header: str, row: str):
     """block-list / network-list: the domain's virtio devices of one kind."""
 
-    def run(args: argparse.Namespace) -> int:
+    def run(args: Namespace) -> int:
         print(header)
         for dom in args.doms:
             for d in request({"op": "devices", "dom": dom})["devices"]:
@@ -289,7 +296,7 @@ def host_cpu_rows(nr_cpus: int) -> list[str]:
     return rows
 
 
-def cmd_vcpu_list(args: argparse.Namespace) -> int:
+def cmd_vcpu_list(args: Namespace) -> int:
     from xenopus.toolstack import cpulist, xlformat
 
     others = [d for d in args.domains if d not in DOM0]
@@ -311,7 +318,7 @@ def cmd_vcpu_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_vcpu_pin(args: argparse.Namespace) -> int:
+def cmd_vcpu_pin(args: Namespace) -> int:
     from xenopus.toolstack import cpulist
 
     if args.dom in DOM0:
@@ -334,7 +341,7 @@ def cmd_vcpu_pin(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_daemon(args: argparse.Namespace) -> int:
+def cmd_daemon(args: Namespace) -> int:
     if args.stop:
         try:
             chan = connect(autostart=False)
@@ -354,78 +361,142 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     return daemon.run(base, ready_fd=args.ready_fd, log_file=log_file)
 
 
-def parser() -> argparse.ArgumentParser:
+# -- the command line ----------------------------------------------------------------------
+# One table describes every verb. A well-formed command line is parsed straight from it;
+# argparse (built from the same table) is imported only for --help and for errors, since
+# importing it costs every command several milliseconds (measured by benchmarks/startup).
+# (namedtuples, not dataclasses: importing dataclasses costs the CLI ~5 ms of inspect)
+Opt = namedtuple("Opt", "names dest help takes choices default", defaults=(None, None, None))
+Opt.__doc__ = """An option: a flag if `takes` is None, else its value's type; `help` None hides it."""
+Pos = namedtuple("Pos", "dest metavar nargs help", defaults=(None, None))
+Pos.__doc__ = """A positional: `nargs` None (exactly one), "?", "*" or "+"."""
+Verb = namedtuple("Verb", "name help func opts pos", defaults=((), ()))
+
+
+def _dom(dest: str = "dom") -> Pos:
+    return Pos(dest, "DOM")
+
+
+# xl prints Xen backend state (event channels, ring refs) in block-/network-list; a virtio
+# device's equivalents are its PCI address and host backend.
+BLOCK_LIST = ("Vdev  Idx PCI     Mode Target", "{vdev:<5} {index:<3} {pci:<7} {mode:<4} {target}")
+NETWORK_LIST = (
+    "Idx Mac Addr.         PCI     Tap             Bridge",
+    "{index:<3} {mac:<17} {pci:<7} {tap:<15} {bridge}",
+)
+
+VERBS = (
+    Verb("create", "create a domain from an xl.cfg file", cmd_create, (
+        Opt(("-c",), "console", "attach the console after creating"),
+        Opt(("-F",), "foreground", "stay in the foreground until the domain dies"),
+        Opt(("-p",), "paused", "leave the domain paused after creating it"),
+        Opt(("-q",), "quiet", "quiet"),
+    ), (Pos("config", "CFG"), Pos("overrides", "KEY=VALUE", "*"))),
+    Verb("list", "list domains", cmd_list,
+         (Opt(("-l", "--long"), "long", "JSON with each domain's configuration"),),
+         (Pos("domains", "DOM", "*"),)),
+    Verb("console", "attach to a domain's console (Ctrl-] detaches)", cmd_console,
+         (Opt(("-t",), "type", "serial (COM1) or virtio", str, ("serial", "virtio", "pv"), "serial"),),
+         (_dom(),)),
+    Verb("destroy", "destroy a domain immediately", simple_verb("destroy"), (), (_dom(),)),
+    Verb("pause", "pause all vCPUs of a domain", simple_verb("pause"), (), (_dom(),)),
+    Verb("unpause", "resume a paused domain", simple_verb("unpause"), (), (_dom(),)),
+    Verb("reboot", "reset a domain (on_reboot applies)", simple_verb("reboot"), (), (_dom(),)),
+    Verb("shutdown", "ask a domain to shut down (ACPI power button)", cmd_shutdown,
+         (Opt(("-w",), "wait", "wait for the domain to go away"),), (_dom(),)),
+    Verb("block-list", "list a domain's virtio disks", cmd_devices("disk", *BLOCK_LIST), (),
+         (Pos("doms", "DOM", "+"),)),
+    Verb("network-list", "list a domain's virtio network interfaces",
+         cmd_devices("nic", *NETWORK_LIST), (), (Pos("doms", "DOM", "+"),)),
+    Verb("vcpu-list", "list the vCPUs of domains (all when none is named)", cmd_vcpu_list, (),
+         (Pos("domains", "DOM", "*"),)),
+    Verb("vcpu-pin", "set the host CPUs a vCPU may run on", cmd_vcpu_pin,
+         (Opt(("-f", "--force"), "force", "accepted for xl compatibility"),),
+         (_dom(), Pos("vcpu", "VCPU", None, "a vCPU number or 'all'"),
+          Pos("hard", "CPUS", None, "xl CPU list: all, 0-3,5, ^1, nodes:0 ('-': keep)"),
+          Pos("soft", "SOFT", "?", "soft affinity: only 'all' or '-'"))),
+    Verb("daemon", "run the host daemon in the foreground", cmd_daemon, (
+        Opt(("--stop",), "stop", "stop a running daemon and its domains"),
+        Opt(("--background",), "background", None),
+        Opt(("--ready-fd",), "ready_fd", None, int),
+    )),
+)
+
+
+def fast_parse(argv: list[str]) -> Namespace | None:
+    """Parse a well-formed command line from VERBS; None means "let argparse explain"."""
+    verb = next((v for v in VERBS if argv and v.name == argv[0]), None)
+    if verb is None:
+        return None
+    ns = Namespace(func=verb.func)
+    for o in verb.opts:
+        setattr(ns, o.dest, False if o.takes is None else o.default)
+    by_name = {n: o for o in verb.opts for n in o.names}
+    words = argv[1:]
+    while words and words[0].startswith("-") and words[0] != "-":
+        word = words.pop(0)
+        name, eq, value = word.partition("=")
+        # Short flags may be bundled (-cF); anything else goes word by word.
+        names = [f"-{c}" for c in word[1:]] if not word.startswith("--") and not eq else [name]
+        for n in names:
+            o = by_name.get(n)
+            if o is None:
+                return None
+            if o.takes is None:
+                if eq:
+                    return None
+                setattr(ns, o.dest, True)
+                continue
+            if not eq:
+                if len(names) > 1 or not words:
+                    return None
+                value = words.pop(0)
+            try:
+                v = o.takes(value)
+            except ValueError:
+                return None
+            if o.choices and v not in o.choices:
+                return None
+            setattr(ns, o.dest, v)
+    for p in verb.pos:
+        if p.nargs in ("*", "+"):
+            if any(w.startswith("-") and w != "-" for w in words) or (p.nargs == "+" and not words):
+                return None
+            setattr(ns, p.dest, words)
+            words = []
+        elif words:
+            setattr(ns, p.dest, words.pop(0))
+        elif p.nargs == "?":
+            setattr(ns, p.dest, None)
+        else:
+            return None
+    return None if words else ns
+
+
+def parser():
+    """The argparse version of VERBS, for help text and error messages."""
+    import argparse
+
     p = argparse.ArgumentParser(prog="xenopus", description="A Xen-style hypervisor on KVM (xl-compatible verbs).")
     sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
-
-    c = sub.add_parser("create", help="create a domain from an xl.cfg file")
-    c.add_argument("-c", dest="console", action="store_true", help="attach the console after creating")
-    c.add_argument("-F", dest="foreground", action="store_true", help="stay in the foreground until the domain dies")
-    c.add_argument("-p", dest="paused", action="store_true", help="leave the domain paused after creating it")
-    c.add_argument("-q", dest="quiet", action="store_true", help="quiet")
-    c.add_argument("config", metavar="CFG")
-    c.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
-    c.set_defaults(func=cmd_create)
-
-    ls = sub.add_parser("list", help="list domains")
-    ls.add_argument("-l", "--long", action="store_true", help="JSON with each domain's configuration")
-    ls.add_argument("domains", nargs="*", metavar="DOM")
-    ls.set_defaults(func=cmd_list)
-
-    co = sub.add_parser("console", help="attach to a domain's console (Ctrl-] detaches)")
-    co.add_argument("-t", dest="type", choices=["serial", "virtio", "pv"], default="serial")
-    co.add_argument("dom", metavar="DOM")
-    co.set_defaults(func=cmd_console)
-
-    for verb, text in (
-        ("destroy", "destroy a domain immediately"),
-        ("pause", "pause all vCPUs of a domain"),
-        ("unpause", "resume a paused domain"),
-        ("reboot", "reset a domain (on_reboot applies)"),
-    ):
-        v = sub.add_parser(verb, help=text)
-        v.add_argument("dom", metavar="DOM")
-        v.set_defaults(func=simple_verb(verb))
-
-    sh = sub.add_parser("shutdown", help="ask a domain to shut down (ACPI power button)")
-    sh.add_argument("-w", dest="wait", action="store_true", help="wait for the domain to go away")
-    sh.add_argument("dom", metavar="DOM")
-    sh.set_defaults(func=cmd_shutdown)
-
-    # xl prints Xen backend state (event channels, ring refs) here; a virtio device's
-    # equivalents are its PCI address and host backend.
-    for verb, kind, header, row in (
-        ("block-list", "disk", "Vdev  Idx PCI     Mode Target",
-         "{vdev:<5} {index:<3} {pci:<7} {mode:<4} {target}"),
-        ("network-list", "nic", "Idx Mac Addr.         PCI     Tap             Bridge",
-         "{index:<3} {mac:<17} {pci:<7} {tap:<15} {bridge}"),
-    ):
-        v = sub.add_parser(verb, help=f"list a domain's virtio {'disks' if kind == 'disk' else 'network interfaces'}")
-        v.add_argument("doms", nargs="+", metavar="DOM")
-        v.set_defaults(func=cmd_devices(kind, header, row))
-
-    vl = sub.add_parser("vcpu-list", help="list the vCPUs of domains (all when none is named)")
-    vl.add_argument("domains", nargs="*", metavar="DOM")
-    vl.set_defaults(func=cmd_vcpu_list)
-
-    vp = sub.add_parser("vcpu-pin", help="set the host CPUs a vCPU may run on")
-    vp.add_argument("-f", "--force", action="store_true", help="accepted for xl compatibility")
-    vp.add_argument("dom", metavar="DOM")
-    vp.add_argument("vcpu", metavar="VCPU", help="a vCPU number or 'all'")
-    vp.add_argument("hard", metavar="CPUS", help="xl CPU list: all, 0-3,5, ^1, nodes:0 ('-': keep)")
-    vp.add_argument("soft", metavar="SOFT", nargs="?", help="soft affinity: only 'all' or '-'")
-    vp.set_defaults(func=cmd_vcpu_pin)
-
-    d = sub.add_parser("daemon", help="run the host daemon in the foreground")
-    d.add_argument("--stop", action="store_true", help="stop a running daemon and its domains")
-    d.add_argument("--background", action="store_true", help=argparse.SUPPRESS)
-    d.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
-    d.set_defaults(func=cmd_daemon)
+    for verb in VERBS:
+        v = sub.add_parser(verb.name, help=verb.help)
+        for o in verb.opts:
+            text = argparse.SUPPRESS if o.help is None else o.help
+            if o.takes is None:
+                v.add_argument(*o.names, dest=o.dest, action="store_true", help=text)
+            else:
+                v.add_argument(*o.names, dest=o.dest, type=o.takes, choices=o.choices,
+                               default=o.default, help=text)
+        for pos in verb.pos:
+            v.add_argument(pos.dest, metavar=pos.metavar, nargs=pos.nargs, help=pos.help)
+        v.set_defaults(func=verb.func)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = fast_parse(argv) or parser().parse_args(argv)
     try:
         return args.func(args)
     except CliError as e:

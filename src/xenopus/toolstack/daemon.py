@@ -158,7 +158,7 @@ class Daemon:
             while line := await reader.readline():
                 try:
                     req = ipc.decode(line)
-                    reply = await self._dispatch(req, writer)
+                    reply = await self._dispatch(req, reader, writer)
                 except RequestError as e:
                     reply = {"ok": False, "error": str(e)}
                 except Exception as e:  # noqa: BLE001 - one bad request must not stop the daemon
@@ -173,12 +173,14 @@ class Daemon:
             self._clients.pop(task, None)
             writer.close()
 
-    async def _dispatch(self, req: dict[str, Any], writer: asyncio.StreamWriter) -> dict[str, Any] | None:
+    async def _dispatch(
+        self, req: dict[str, Any], reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> dict[str, Any] | None:
         op = req.get("op")
         if op == "ping":
             return {"ok": True, "pid": os.getpid()}
         if op == "create":
-            return await self._create(req, writer)
+            return await self._create(req, reader, writer)
         if op == "list":
             return {"ok": True, "domains": await self._list()}
         if op == "stop":
@@ -248,7 +250,12 @@ class Daemon:
         raise RequestError(f"domain '{dom}' does not exist")
 
     # -- create -------------------------------------------------------------------------
-    async def _create(self, req: dict[str, Any], client: asyncio.StreamWriter) -> dict[str, Any] | None:
+    async def _create(
+        self, req: dict[str, Any], reader: asyncio.StreamReader, client: asyncio.StreamWriter
+    ) -> dict[str, Any] | None:
+        """Create a domain. With `attach`, it starts paused and the reply names its console;
+        the client connects there, then says `unpause` on this connection (xl create -c:
+        not a byte of output is lost). With `wait`, a second reply comes when it is gone."""
         config, warnings = self._load_config(req)
         name = config["name"]
         if any(r.name == name for r in self.domains.values()):
@@ -256,16 +263,25 @@ class Daemon:
         rec = DomainRecord(self.next_domid, name, config)
         self.next_domid += 1
         self.domains[rec.domid] = rec
+        attach = bool(req.get("attach"))
         try:
-            await self._spawn(rec, paused=bool(req.get("paused")))
+            await self._spawn(rec, paused=attach or bool(req.get("paused")))
         except RequestError:
             self.domains.pop(rec.domid, None)
             raise
         reply = {"ok": True, "domid": rec.domid, "name": name, "protocol": rec.protocol, "warnings": warnings}
-        if not req.get("wait"):
+        if attach:
+            reply["console"] = ipc.console_socket_path(rec.domid, self.run_dir)
+        if not req.get("wait") and not attach:
             return reply
         client.write(ipc.encode(reply))
         await client.drain()
+        if attach:
+            await reader.readline()  # the client's console is attached (or the client is gone)
+            if not req.get("paused"):
+                await rec.request({"op": "unpause"})
+            if not req.get("wait"):
+                return {"ok": True}
         await rec.gone.wait()
         return {"ok": True, "event": "gone", **self._final(rec)}
 

@@ -143,14 +143,16 @@ class Machine:
         # before creating vCPUs. They sit in the MMIO hole below the 4 GiB BIOS area.
         vm.set_tss_addr()
         vm.set_identity_map_addr()
+        # Memory slots before the irqchip and PIT: once those exist, each slot change waits
+        # for an SRCU grace period in the kernel (measured: 7 ms for one slot, vs 0.2 ms).
+        for slot, region in enumerate(self.memory.regions):
+            vm.set_user_memory_region(slot, region.gpa, region.size, region.host_address)
         vm.create_irqchip()  # PIC + IOAPIC + per-vCPU LAPICs
         self.irq = IrqRouting(vm)  # owns the GSI table from here on (MSI routes, irqfds)
         self._ioevents = IoEvents(vm)
         # The dummy speaker keeps port 0x61 in the kernel, tied to PIT channel 2 as
         # Linux's PIT calibration expects.
         vm.create_pit2(u.KVM_PIT_SPEAKER_DUMMY)
-        for slot, region in enumerate(self.memory.regions):
-            vm.set_user_memory_region(slot, region.gpa, region.size, region.host_address)
         supported = self.kvm.supported_cpuid()
         for index in range(n):
             fd = vm.create_vcpu(index)
