@@ -124,12 +124,12 @@ def test_placement_is_aligned_in_the_windows(host: PciHostBridge) -> None:
     a, b = Dev(), Dev()
     host.add(a)
     host.add(b)
-    m64_base, m64_size = p.mmio64_window(1 << 30)
     for d in (a, b):
         m32, io, m64 = d.bar_address(0), d.bar_address(1), d.bar_address(2)
         assert p.MMIO32_BASE <= m32 < p.MMIO32_BASE + p.MMIO32_SIZE and m32 % 0x1000 == 0
         assert p.PCI_IO_BASE <= io < p.PCI_IO_BASE + p.PCI_IO_SIZE and io % 0x20 == 0
-        assert m64_base <= m64 < m64_base + m64_size and m64 % 0x100000 == 0
+        # A small 64-bit BAR sits below 4 GiB while the 32-bit window has room.
+        assert p.MMIO32_BASE <= m64 < p.MMIO32_BASE + p.MMIO32_SIZE and m64 % 0x100000 == 0
         assert d.config.command & (c.CMD_MEMORY | c.CMD_IO) == c.CMD_MEMORY | c.CMD_IO
     assert a.bar_address(0) != b.bar_address(0) and a.bar_address(1) != b.bar_address(1)
     # Registered where they are, relative offsets reach the handler.
@@ -137,6 +137,14 @@ def test_placement_is_aligned_in_the_windows(host: PciHostBridge) -> None:
     assert a.mem.writes == [(a.bar_address(0), 0x10, 4, 7)]
     assert host.pio.read(b.bar_address(1) + 2, 2) == (0x5A5A0002 & 0xFFFF)
     assert host.mmio.read(a.bar_address(2) + 0x40, 4) == 0x5A5A0040
+
+
+def test_large_64bit_bar_goes_above_4g(host: PciHostBridge) -> None:
+    big = 2 * p.MMIO32_SIZE  # cannot fit in the 32-bit window
+    d = PciDevice(PciConfig(0x1AF4, 0x1042, 0x010000), [PciBar(0, big, "mmio64", Region())])
+    host.add(d)
+    m64_base, m64_size = p.mmio64_window(1 << 30)
+    assert m64_base <= d.bar_address(0) < m64_base + m64_size and d.bar_address(0) % big == 0
 
 
 def test_bar_move_reregisters(host: PciHostBridge) -> None:

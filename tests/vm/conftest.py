@@ -16,13 +16,14 @@ from tests.conftest import GUESTS
 class Xenopus:
     """Runs `xenopus` verbs against a daemon in a private run directory."""
 
-    def __init__(self, run_dir: Path, tmp: Path):
+    def __init__(self, run_dir: Path, tmp: Path, prefix: tuple[str, ...] = ()):
         self.run_dir = run_dir
         self.tmp = tmp
+        self.prefix = prefix  # e.g. ("ip", "netns", "exec", NS): run in a network namespace
         self.env = {**os.environ, "XENOPUS_RUN_DIR": str(run_dir)}
 
     def cmd(self, *args: str) -> list[str]:
-        return [sys.executable, "-m", "xenopus", *args]
+        return [*self.prefix, sys.executable, "-m", "xenopus", *args]
 
     def run(self, *args: str, input: str | None = None, timeout: float = 120, check: bool = False) -> subprocess.CompletedProcess:
         return subprocess.run(

@@ -10,13 +10,19 @@ Bridge attachment and link state go through rtnetlink (pyroute2's IPRoute).
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import ctypes
 import errno
 import fcntl
+import functools
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 from xenopus.kvm.ioctl import _IOR, _IOW
+
+T = TypeVar("T")
 
 TUN_DEVICE = "/dev/net/tun"
 IFNAMSIZ = 16  # <linux/if.h>
@@ -182,6 +188,24 @@ def _link_index(ipr: object, name: str, what: str) -> int:
     return found[0]
 
 
+def _off_the_loop(fn: Callable[..., T]) -> Callable[..., T]:
+    """pyroute2's IPRoute runs an asyncio loop of its own, which it cannot do on a thread
+    where one is already running (the domain process's main thread): such calls go to a
+    short-lived thread instead."""
+
+    @functools.wraps(fn)
+    def call(*args: object) -> T:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return fn(*args)
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+            return pool.submit(fn, *args).result()
+
+    return call
+
+
+@_off_the_loop
 def set_link_up(name: str) -> None:
     """Bring interface `name` administratively up (RTM_NEWLINK with IFF_UP)."""
     from pyroute2 import IPRoute
@@ -195,6 +219,7 @@ def set_link_up(name: str) -> None:
             raise TapError(f"tap {name}: cannot set link up: {e}") from e
 
 
+@_off_the_loop
 def attach_to_bridge(name: str, bridge: str) -> None:
     """Enslave interface `name` to Linux bridge `bridge` (IFLA_MASTER) and bring it up."""
     from pyroute2 import IPRoute

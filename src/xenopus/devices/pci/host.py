@@ -20,6 +20,7 @@ one; a range that overlaps something is logged and left unmapped, never fatal.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Callable
@@ -131,7 +132,7 @@ class PciHostBridge:
             if df in self.devices:
                 raise ValueError(f"PCI slot {slot} is taken by {self.devices[df].name}")
             for bar in sorted(device.bars.values(), key=lambda b: -b.size):
-                device.set_bar_address(bar.index, self._window_for(bar).take(bar.size))
+                device.set_bar_address(bar.index, self._place(bar))
             pin = device.config.interrupt_pin
             if pin and self.irq is not None:
                 gsi = INTX_GSIS[(slot + pin - 1) % 4]
@@ -149,8 +150,14 @@ class PciHostBridge:
             log.info("PCI 00:%02x.%d: %s", slot, 0, device.name)
             return df
 
-    def _window_for(self, bar: PciBar) -> _Window:
-        return self.windows[bar.kind]
+    def _place(self, bar: PciBar) -> int:
+        """A naturally aligned address for `bar`. A 64-bit BAR goes below 4 GiB while the
+        32-bit window has room, as PC firmware (SeaBIOS, OVMF) places small ones: guests
+        that map only the low 4 GiB (32-bit kernels, early boot code) can reach it."""
+        if bar.kind == "mmio64":
+            with contextlib.suppress(ValueError):
+                return self.windows["mmio32"].take(bar.size)
+        return self.windows[bar.kind].take(bar.size)
 
     def _remap(self, df: int) -> None:
         """Make the buses match the BARs and command register of function `df`."""

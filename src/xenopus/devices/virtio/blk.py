@@ -209,6 +209,17 @@ class VirtioBlk(VirtioDevice):
     def _dispatch(
         self, kind: int, sector: int, payload: list[memoryview], data_in: list[memoryview]
     ) -> tuple[int, int]:
+        # §5.2.6: the data of IN/GET_ID is device-writable, that of OUT/DISCARD/WRITE_ZEROES
+        # device-readable. A buffer of the wrong kind (say, the target of a read marked
+        # read-only) fails the request rather than being skipped.
+        if kind in (VIRTIO_BLK_T_IN, VIRTIO_BLK_T_GET_ID) and any(len(v) for v in payload):
+            self.log_once(f"request type {kind} brings device-readable data buffers")
+            return VIRTIO_BLK_S_IOERR, 0
+        if kind in (VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_WRITE_ZEROES) and any(
+            len(v) for v in data_in
+        ):
+            self.log_once(f"request type {kind} brings device-writable data buffers")
+            return VIRTIO_BLK_S_IOERR, 0
         try:
             if kind == VIRTIO_BLK_T_IN:
                 return self._read(sector, data_in)
