@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.unit import boothelp
+from tests.unit.boothelp import refused
 from xenopus.boot import BootImageError, load_kernel
 from xenopus.boot.bzimage import BootParams, SetupHeader
 from xenopus.memory.guest import GuestMemory
@@ -64,19 +66,7 @@ def mem():
 
 
 def write(tmp_path: Path, data: bytes, name: str = "bzImage") -> Path:
-    p = tmp_path / name
-    p.write_bytes(data)
-    return p
-
-
-def refused(mem: GuestMemory, path: Path, *words: str, **kw) -> str:
-    with pytest.raises(BootImageError) as e:
-        load_kernel(mem, path, **kw)
-    msg = str(e.value)
-    assert str(path) in msg
-    for w in words:
-        assert w in msg, msg
-    return msg
+    return boothelp.write(tmp_path, data, name)
 
 
 def test_struct_sizes() -> None:

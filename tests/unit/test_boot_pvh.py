@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 from elftools.elf.elffile import ELFFile
 
+from tests.unit import boothelp
+from tests.unit.boothelp import refused
 from xenopus.boot import BootImageError, load_kernel
 from xenopus.boot.pvh import (
     HvmMemmapTableEntry,
@@ -126,19 +128,7 @@ def mem():
 
 
 def write(tmp_path: Path, data: bytes, name: str = "vmlinux") -> Path:
-    p = tmp_path / name
-    p.write_bytes(data)
-    return p
-
-
-def refused(mem: GuestMemory, path: Path, *words: str, **kw) -> str:
-    with pytest.raises(BootImageError) as e:
-        load_kernel(mem, path, **kw)
-    msg = str(e.value)
-    assert str(path) in msg
-    for w in words:
-        assert w in msg, msg
-    return msg
+    return boothelp.write(tmp_path, data, name)
 
 
 # --- the PHYS32_ENTRY note ---------------------------------------------------------

@@ -8,6 +8,7 @@ x86_64 (`sizeof`/`offsetof`, and the `_IO*` macros expanded), not from our own o
 from __future__ import annotations
 
 import ctypes
+import struct
 
 import pytest
 
@@ -203,3 +204,20 @@ def test_variable_length_helpers() -> None:
 def test_cap_names_are_reversible() -> None:
     assert u.CAP_NAMES[136] == "KVM_CAP_IMMEDIATE_EXIT"
     assert u.EXIT_NAMES[17] == "KVM_EXIT_INTERNAL_ERROR"
+
+
+def test_run_loop_views_match_the_header() -> None:
+    """The vCPU loop's struct views read kvm_run at linux/kvm.h's offsets: exit_reason at
+    8, the exit union at 32; io = {u8 direction, u8 size, u16 port, u32 count, u64
+    data_offset}, mmio = {u64 phys_addr, u8 data[8], u32 len, u8 is_write}, msr =
+    {u8 error, u8 pad[7], u32 reason, u32 index, u64 data}."""
+    page = bytearray(4096)
+    struct.pack_into("<I", page, 8, 2)  # KVM_EXIT_IO
+    struct.pack_into("<BBHIQ", page, 32, 1, 4, 0x3F8, 3, 0x1000)
+    assert u.RUN_IO_VIEW.unpack_from(page) == (2, 1, 4, 0x3F8, 3, 0x1000)
+    struct.pack_into("<Q8sIB", page, 32, 0xFEB00000, b"\x34" + bytes(7), 1, 1)
+    assert u.RUN_MMIO_VIEW.unpack_from(page) == (0xFEB00000, b"\x34" + bytes(7), 1, 1)
+    assert u.RUN_MMIO_DATA == 40
+    struct.pack_into("<B7xIIQ", page, 32, 0, 1, 0x40000000, 0x1234000)
+    assert u.RUN_MSR_VIEW.unpack_from(page) == (1, 0x40000000, 0x1234000)
+    assert (u.RUN_MSR_ERROR, u.RUN_MSR_DATA, u.RUN_IMMEDIATE_EXIT) == (32, 48, 1)

@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from tests.vm.test_machine import bounded
 from xenopus.kvm import Kvm
 from xenopus.kvm import uapi as u
 from xenopus.memory.guest import GuestMemory
@@ -168,13 +169,6 @@ def guest() -> Iterator[SmpGuest]:
     g = SmpGuest()
     yield g
     g.close()
-
-
-def bounded(fn: Callable[[], None]) -> None:
-    t = threading.Thread(target=fn, daemon=True)
-    t.start()
-    t.join(TIMEOUT)
-    assert not t.is_alive(), f"{fn.__name__} did not return within {TIMEOUT}s"
 
 
 def settled(machine: Machine, ok: Callable[[list[dict]], bool]) -> list[dict]:

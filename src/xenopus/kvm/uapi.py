@@ -8,6 +8,7 @@ is checked against the C headers' sizes and offsets in tests/unit/test_kvm_uapi.
 from __future__ import annotations
 
 import ctypes
+import struct
 from ctypes import c_char, c_int32, c_uint8, c_uint16, c_uint32, c_uint64
 
 from xenopus.kvm.ioctl import _IO, _IOR, _IOW, _IOWR
@@ -450,6 +451,49 @@ class kvm_run(ctypes.Structure):  # noqa: N801
         ("kvm_dirty_regs", c_uint64),
         ("s", c_uint8 * SYNC_REGS_SIZE_BYTES),
     ]
+
+
+# Fast-path views of struct kvm_run for the vCPU loop: one struct.unpack per exit instead
+# of walking ctypes attributes. Built from the ctypes offsets above, so the layout stays
+# defined in one place.
+def _view(*fields: tuple[int, str]) -> struct.Struct:
+    """A little-endian struct.Struct reading (offset, format) fields in ascending order."""
+    fmt, pos = "<", 0
+    for offset, code in fields:
+        if offset < pos:
+            raise ValueError(f"field at {offset} overlaps the previous one")
+        fmt += f"{offset - pos}x" * (offset > pos) + code
+        pos = offset + struct.calcsize("<" + code)
+    return struct.Struct(fmt)
+
+
+RUN_EXIT = kvm_run.exit.offset
+RUN_IMMEDIATE_EXIT = kvm_run.immediate_exit.offset
+# exit_reason, then io.{direction, size, port, count, data_offset}
+RUN_IO_VIEW = _view(
+    (kvm_run.exit_reason.offset, "I"),
+    (RUN_EXIT + _exit_io.direction.offset, "B"),
+    (RUN_EXIT + _exit_io.size.offset, "B"),
+    (RUN_EXIT + _exit_io.port.offset, "H"),
+    (RUN_EXIT + _exit_io.count.offset, "I"),
+    (RUN_EXIT + _exit_io.data_offset.offset, "Q"),
+)
+# mmio.{phys_addr, data, len, is_write}
+RUN_MMIO_VIEW = _view(
+    (RUN_EXIT + _exit_mmio.phys_addr.offset, "Q"),
+    (RUN_EXIT + _exit_mmio.data.offset, "8s"),
+    (RUN_EXIT + _exit_mmio.len.offset, "I"),
+    (RUN_EXIT + _exit_mmio.is_write.offset, "B"),
+)
+RUN_MMIO_DATA = RUN_EXIT + _exit_mmio.data.offset
+# msr.{reason, index, data}
+RUN_MSR_VIEW = _view(
+    (RUN_EXIT + _exit_msr.reason.offset, "I"),
+    (RUN_EXIT + _exit_msr.index.offset, "I"),
+    (RUN_EXIT + _exit_msr.data.offset, "Q"),
+)
+RUN_MSR_ERROR = RUN_EXIT + _exit_msr.error.offset
+RUN_MSR_DATA = RUN_EXIT + _exit_msr.data.offset
 
 
 KVM_RUN_EXIT_OFFSET = kvm_run.exit.offset  # 32 on x86 (no s390 psw fields)

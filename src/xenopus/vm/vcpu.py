@@ -144,14 +144,15 @@ class MsrHandler(Protocol):
     def wrmsr(self, vcpu: int, index: int, value: int) -> bool: ...
 
 
-# struct kvm_run, linux/kvm.h: exit_reason at 8; the exit union at 32.
-_HEAD = struct.Struct("<8xI20xBBHIQ")  # exit_reason; io.{direction,size,port,count,data_offset}
-_MMIO = struct.Struct("<32xQ8sIB")  # mmio.{phys_addr,data,len,is_write}
-_MSR = struct.Struct("<40xIIQ")  # msr.{reason,index,data}
-_MSR_ERROR = 32
-_MSR_DATA = 48
-_MMIO_DATA = 40
-_IMMEDIATE_EXIT = 1  # kvm_run.immediate_exit
+# struct kvm_run fast-path views (layouts from xenopus.kvm.uapi, checked in
+# tests/unit/test_kvm_uapi.py).
+_HEAD = u.RUN_IO_VIEW  # exit_reason; io.{direction,size,port,count,data_offset}
+_MMIO = u.RUN_MMIO_VIEW  # mmio.{phys_addr,data,len,is_write}
+_MSR = u.RUN_MSR_VIEW  # msr.{reason,index,data}
+_MSR_ERROR = u.RUN_MSR_ERROR
+_MSR_DATA = u.RUN_MSR_DATA
+_MMIO_DATA = u.RUN_MMIO_DATA
+_IMMEDIATE_EXIT = u.RUN_IMMEDIATE_EXIT
 _INT = {1: struct.Struct("<B"), 2: struct.Struct("<H"), 4: struct.Struct("<I")}
 _UNPACK = {size: s.unpack_from for size, s in _INT.items()}
 _PACK = {size: s.pack_into for size, s in _INT.items()}
