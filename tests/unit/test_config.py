@@ -439,7 +439,7 @@ def test_disk_appended_with_plus_equals(tmp_path):
     ("lines", "pattern"),
     [
         ("disk = ['/a,,vda', '/b,raw']\n", r":3: disk: disk 1 '/b,raw': no vdev specified$"),
-        ("disk = ['/a,,xvda']\n", r":3: disk: disk 0 '/a,,xvda': vdev `xvda': xvd\* disks"),
+        ("disk = ['/a,,xvda1']\n", r":3: disk: disk 0 '/a,,xvda1': vdev `xvda1' names a partition"),
         ("disk = ['qcow2:/a,vda']\n", r":3: disk: disk 0 .*format `qcow2' is not supported"),
         ("disk = '/a,,vda'\n", r":3: disk: expected a list of strings .*got a string"),
         ("disk = [1]\n", r":3: disk: entry 0: expected a string, got a number"),
@@ -534,8 +534,8 @@ def test_from_dict_validates_devices():
     base = {"name": "a", "kernel": "/k"}
     with pytest.raises(ConfigError, match="disks: unknown DiskSpec field"):
         DomainConfig.from_dict({**base, "disks": [{"target": "/x", "vdev": "vda", "x": 1}]})
-    with pytest.raises(ConfigError, match="disks: vdev `xvda'"):
-        DomainConfig.from_dict({**base, "disks": [{"target": "/x", "vdev": "xvda"}]})
+    with pytest.raises(ConfigError, match="disks: vdev `xvda1'"):
+        DomainConfig.from_dict({**base, "disks": [{"target": "/x", "vdev": "xvda1"}]})
     with pytest.raises(ConfigError, match="duplicate vdev"):
         DomainConfig.from_dict({**base, "disks": [{"target": "/x", "vdev": "vda"},
                                                   {"target": "/y", "vdev": "vda"}]})

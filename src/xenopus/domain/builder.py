@@ -159,12 +159,16 @@ def _add_virtio(
         guest.functions.append(PciFunction(kind, index, bdf, device, dict(detail)))
 
     for i, disk in enumerate(config.disks):
+        if disk.kind != "virtio":
+            continue  # xvd*: the Xen PV block backend
         blk = VirtioBlk(
             disk.target, read_only=disk.read_only, serial=f"{config.name[:12]}-{disk.vdev}",
             direct=disk.direct_io_safe,
         )
         add("disk", i, blk, vdev=disk.vdev, target=disk.target, mode="r" if disk.read_only else "w")
     for i, vif in enumerate(config.vifs):
+        if vif.model != "virtio":
+            continue  # model=xen: the Xen PV network backend
         net = _open_vif(config, vif, domid, i)
         add("nic", i, net, mac=format_mac(net.mac), tap=net.tap.name, bridge=vif.bridge or "-")
     if config.virtio_console:

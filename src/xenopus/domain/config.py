@@ -326,9 +326,10 @@ CMDLINE_WARNING = "Warning: ignoring root= and extra= in favour of cmdline="
 
 STRING_KEYS = ("name", "type", "builder", "kernel", "ramdisk", "cmdline", "extra", "root",
                "on_poweroff", "on_reboot", "on_crash")
+OTHER_KEYS = ("xen_platform",)
 NUMBER_KEYS = ("memory", "maxmem", "vcpus", "maxvcpus", "virtio_console", "virtio_rng")
 LIST_KEYS = ("disk", "vif", "cpus")
-KNOWN_KEYS = frozenset(STRING_KEYS + NUMBER_KEYS + LIST_KEYS)
+KNOWN_KEYS = frozenset(STRING_KEYS + NUMBER_KEYS + LIST_KEYS + OTHER_KEYS)
 
 
 def check_name(name: str) -> str:
@@ -422,6 +423,12 @@ def check_action(action: str) -> str:
     raise ValueError(f"unknown action `{action}' (expected one of {', '.join(ACTIONS)})")
 
 
+def check_xen_platform(value: str) -> str:
+    if value not in ("0", "1", "auto"):
+        raise ValueError(f"expected 1, 0 or \"auto\", got {value!r}")
+    return value
+
+
 def check_flag(value: int) -> int:
     if value not in (0, 1):
         raise ValueError(f"expected 0 or 1, got {value}")
@@ -469,6 +476,9 @@ class DomainConfig:
     # CLI attaches to with `console -t virtio`, and a virtio entropy source.
     virtio_console: int = 0
     virtio_rng: int = 0
+    # The Xen guest interface: "1" shown, "0" hidden (a PVH guest sees no Xen at all),
+    # "auto" on unless the image needs the in-kernel path and the host lacks it.
+    xen_platform: str = "auto"
 
     def __post_init__(self) -> None:
         if self.maxmem is None:
@@ -541,7 +551,7 @@ _CHECKS = {
     "name": check_name, "type": check_type, "kernel": check_path, "ramdisk": check_path, "memory": check_memory, "maxmem": check_memory,
     "vcpus": check_vcpus, "maxvcpus": check_vcpus,
     "on_poweroff": check_action, "on_reboot": check_action, "on_crash": check_action,
-    "virtio_console": check_flag, "virtio_rng": check_flag,
+    "virtio_console": check_flag, "virtio_rng": check_flag, "xen_platform": check_xen_platform,
 }
 _INT_FIELDS = ("memory", "maxmem", "vcpus", "maxvcpus", "virtio_console", "virtio_rng")
 _OPTIONAL = ("ramdisk", "path", "cpus")
@@ -771,6 +781,9 @@ def from_settings(settings: dict[str, Setting], path: str | None = None,
     for key in ("on_poweroff", "on_reboot", "on_crash"):
         if (a := _get_str(settings, key)) is not None:
             values[key] = a
+    if (x := settings.get("xen_platform")) is not None:
+        # xl-style 1/0, or the string "auto" (or "1"/"0")
+        values["xen_platform"] = str(x.value) if isinstance(x.value, (int, str)) else x.value
     values["disks"] = _get_disks(settings, base, cwd)
     values["vifs"] = _get_vifs(settings, warnings)
     if "cpus" in settings:

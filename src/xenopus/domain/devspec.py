@@ -14,8 +14,9 @@ documents the keys.
 
 What xenopus supports, and where it differs from xl on purpose:
 - `vd*`, `sd*` and `hd*` vdevs are all virtio-blk disks, numbered alike (vda, sda and hda
-  are disk 0), so two of them naming the same number clash. `xvd*` (and the `dNpM` form,
-  which is xvd's) is reserved for the Xen PV block backend of a later release.
+  are disk 0), so two of them naming the same number clash. `xvd*` disks go to the Xen
+  PV block backend (blkif); the `dNpM` form is refused. `model=xen` (or `netfront`) vifs
+  go to the Xen PV network backend (netif).
 - Only the raw format; qcow, qcow2, vhd and qed are refused. An empty cdrom drive is
   refused (virtio-blk has no removable media); a cdrom with an image is a read-only disk.
 - `script=` targets, driver domains (`backend=`) and COLO are refused; `backendtype=`
@@ -58,11 +59,10 @@ def _entry(kind: str, index: int | None, spec: str) -> str:
 VIRTIO_PREFIXES = ("vd", "sd", "hd")
 # libxl_internal.c libxl__device_disk_dev_number: the highest disk number each prefix
 # can encode (docs/misc/vbd-interface.txt). vd* is ours; three letters (vdzzz) is plenty.
-_MAX_DISK = {"hd": 3, "sd": 15, "vd": 26 + 26**2 + 26**3 - 1}
+_MAX_DISK = {"hd": 3, "sd": 15, "vd": 26 + 26**2 + 26**3 - 1, "xvd": 26 + 26**2 + 26**3 - 1}
 _VDEV = re.compile(r"(xvd|vd|sd|hd)([a-z]+)([0-9]*)\Z")
 _XEN_DPN = re.compile(r"d[0-9]+(p[0-9]+)?\Z")
-XVD_REFUSAL = ("xvd* disks are Xen PV disks, which arrive in a later release;"
-               " use vdX for virtio-blk")
+XEN_DPN_REFUSAL = "the dNpM form is not supported; name Xen PV disks xvdX"
 
 
 def _letters_to_index(letters: str) -> int:
@@ -78,20 +78,18 @@ def vdev_index(vdev: str) -> int:
     """The disk number of a whole-disk vdev (vda=0, vdb=1, ..., vdaa=26); ValueError if
     the name is not a virtio-blk disk this release accepts."""
     if _XEN_DPN.match(vdev):
-        raise ValueError(f"vdev `{vdev}': {XVD_REFUSAL}")
+        raise ValueError(f"vdev `{vdev}': {XEN_DPN_REFUSAL}")
     if vdev[:1].isdigit():
         raise ValueError(f"vdev `{vdev}': numeric (xenstore) vdevs are not supported;"
                          " use vdX")
     m = _VDEV.match(vdev)
     if not m:
-        raise ValueError(f"vdev `{vdev}' is not a disk name (expected vdX, sdX or hdX,"
-                         " e.g. vda)")
+        raise ValueError(f"vdev `{vdev}' is not a disk name (expected vdX, sdX, hdX or"
+                         " xvdX, e.g. vda)")
     prefix, letters, part = m.groups()
-    if prefix == "xvd":
-        raise ValueError(f"vdev `{vdev}': {XVD_REFUSAL}")
     if part:
-        raise ValueError(f"vdev `{vdev}' names a partition; virtio-blk disks are whole"
-                         f" disks (use `{prefix}{letters}')")
+        raise ValueError(f"vdev `{vdev}' names a partition; disks are whole disks"
+                         f" (use `{prefix}{letters}')")
     index = _letters_to_index(letters)
     if index > _MAX_DISK[prefix]:
         raise ValueError(f"vdev `{vdev}' is disk {index}; {prefix}* names go up to"
@@ -144,8 +142,9 @@ class DiskSpec:
 
     @property
     def kind(self) -> str:
-        """The device model behind the vdev: "virtio" (virtio-blk) for vd*, sd*, hd*."""
-        return "virtio"
+        """The device model behind the vdev: "xen" (the PV block backend, blkif) for xvd*,
+        "virtio" (virtio-blk) for vd*, sd*, hd*."""
+        return "xen" if self.vdev.startswith("xvd") else "virtio"
 
     @property
     def vdev_index(self) -> int:
@@ -390,8 +389,8 @@ def parse_disk(spec: str, index: int | None = None) -> DiskSpec:
                          " supported")
         if s.colo:
             raise s.fail("COLO is not supported")
-        if s.specification == "xen":
-            raise s.fail(f"specification=xen: {XVD_REFUSAL}")
+        if s.specification == "xen" and not (s.vdev or "").startswith("xvd"):
+            raise s.fail("specification=xen needs an xvdX vdev")
         return DiskSpec(
             target=s.target or "", vdev=s.vdev, format=fmt, read_only=s.read_only,
             devtype="cdrom" if s.cdrom else "disk", discard=s.discard,
@@ -466,7 +465,8 @@ def check_rate(text: str) -> None:
 
 @dataclass(frozen=True)
 class VifSpec:
-    """One validated `vif=` entry: a virtio-net device on a tap."""
+    """One validated `vif=` entry: a network device on a tap — virtio-net, or with
+    model=xen the Xen PV network backend (netif)."""
 
     mac: str | None = None  # canonical "xx:xx:xx:xx:xx:xx"; None: generate in 00:16:3e
     bridge: str | None = None  # Linux bridge to attach the tap to; None: none
@@ -487,8 +487,8 @@ class VifSpec:
                     check_ifname(value)
                 except ValueError as e:
                     raise ValueError(f"{key}: {e}") from None
-        if self.model != "virtio":
-            raise ValueError(f"model `{self.model}' is not supported (only virtio)")
+        if self.model not in ("virtio", "xen"):
+            raise ValueError(f"model `{self.model}' is not supported (virtio or xen)")
         if self.mtu is not None and (not isinstance(self.mtu, int) or isinstance(self.mtu, bool)
                                      or not MIN_MTU <= self.mtu <= MAX_MTU):
             raise ValueError(f"mtu {self.mtu} is outside {MIN_MTU}..{MAX_MTU}")
@@ -508,8 +508,7 @@ def _model(value: str) -> str:
     if value in VIF_MODELS:
         return "virtio"
     if value in PV_MODELS:
-        raise ValueError(f"model `{value}' (Xen netfront) arrives with the Xen PV backends;"
-                         " use model=virtio")
+        return "xen"
     if value in EMULATED_MODELS:
         raise ValueError(f"model `{value}' is not supported: xenopus emulates virtio-net"
                          " only (model=virtio)")
@@ -527,10 +526,8 @@ def _mtu(value: str) -> int:
 
 
 def _type(value: str) -> None:
-    if value == "vif":
-        raise ValueError("type=vif (a Xen PV netfront only) arrives with the Xen PV"
-                         " backends; leave type out for virtio-net")
-    if value != "ioemu":
+    # type=vif (PV only) vs ioemu: both are served; model= picks the device.
+    if value not in ("vif", "ioemu"):
         raise ValueError(f"invalid type `{value}' (expected ioemu or vif)")
 
 
