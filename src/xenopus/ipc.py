@@ -24,6 +24,11 @@ def daemon_socket_path(base: str | os.PathLike[str] | None = None) -> str:
     return os.path.join(base or run_dir(), "xenopus.sock")
 
 
+def xenstored_socket_path(base: str | os.PathLike[str] | None = None) -> str:
+    """XenStore for host tools (XENSTORED_PATH) and the domains' backends, as dom0."""
+    return os.path.join(base or run_dir(), "xenstored.sock")
+
+
 def domain_dir(domid: int, base: str | os.PathLike[str] | None = None) -> str:
     return os.path.join(base or run_dir(), "domains", str(domid))
 

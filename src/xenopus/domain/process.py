@@ -49,9 +49,11 @@ class DebugLog:
 
 class DomainProcess:
     def __init__(
-        self, domid: int, config: DomainConfig, control: socket.socket, run_dir: Path, paused: bool = False
+        self, domid: int, config: DomainConfig, control: socket.socket, run_dir: Path,
+        paused: bool = False, xenstore: socket.socket | None = None,
     ):
         self.start_paused = paused
+        self.xenstore = xenstore  # the guest's XenStore ring traffic goes to the daemon here
         self.domid = domid
         self.config = config
         self.control = control
@@ -264,7 +266,8 @@ class DomainProcess:
 
 
 def run_domain(
-    domid: int, config: dict[str, Any], control_fd: int, run_dir: str, paused: bool = False
+    domid: int, config: dict[str, Any], control_fd: int, run_dir: str, paused: bool = False,
+    xenstore_fd: int | None = None,
 ) -> int:
     """Entry point of a freshly forked domain process."""
     cfg = DomainConfig.from_dict(config)
@@ -276,7 +279,8 @@ def run_domain(
     root.handlers[:] = [handler]
     root.setLevel(logging.INFO)
     control = socket.socket(fileno=control_fd)
-    proc = DomainProcess(domid, cfg, control, Path(run_dir), paused=paused)
+    xenstore = socket.socket(fileno=xenstore_fd) if xenstore_fd is not None else None
+    proc = DomainProcess(domid, cfg, control, Path(run_dir), paused=paused, xenstore=xenstore)
     try:
         return asyncio.run(proc.run())
     except Exception:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from xenopus import ipc
+from xenopus.toolstack.xenstored import XenStored
 
 log = logging.getLogger("xenopus.daemon")
 
@@ -79,6 +80,7 @@ class Daemon:
         self._stop = asyncio.Event()
         self._lock_fd = -1
         self._clients: dict[asyncio.Task, asyncio.StreamWriter] = {}
+        self.xenstore = XenStored()
 
     # -- start-up -----------------------------------------------------------------------
     def acquire_lock(self) -> None:
@@ -124,6 +126,7 @@ class Daemon:
 
     async def serve(self, ready_fd: int | None = None) -> None:
         await self._start_zygote()
+        await self.xenstore.serve(ipc.xenstored_socket_path(self.run_dir))
         path = Path(ipc.daemon_socket_path(self.run_dir))
         path.unlink(missing_ok=True)
         server = await asyncio.start_unix_server(self._client, path=str(path))
@@ -268,6 +271,7 @@ class Daemon:
             await self._spawn(rec, paused=attach or bool(req.get("paused")))
         except RequestError:
             self.domains.pop(rec.domid, None)
+            self.xenstore.remove_domain(rec.domid)
             raise
         reply = {"ok": True, "domid": rec.domid, "name": name, "protocol": rec.protocol, "warnings": warnings}
         if attach:
@@ -305,14 +309,19 @@ class Daemon:
     async def _spawn(self, rec: DomainRecord, paused: bool = False) -> None:
         assert self._zsock is not None
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        # The domain's XenStore traffic (its guest's ring, proxied by its process) comes
+        # over a socket pair of ours: the daemon, not the domain process, names the domain.
+        xs_ours, xs_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        await self.xenstore.add_domain(rec.domid, rec.name, rec.config, xs_ours)
         fut: asyncio.Future = asyncio.get_running_loop().create_future()
         self._spawned[rec.domid] = fut
         msg = {
             "op": "spawn", "domid": rec.domid, "config": rec.config,
             "run_dir": str(self.run_dir), "paused": paused,
         }
-        socket.send_fds(self._zsock, [ipc.encode(msg)], [theirs.fileno()])
+        socket.send_fds(self._zsock, [ipc.encode(msg)], [theirs.fileno(), xs_theirs.fileno()])
         theirs.close()
+        xs_theirs.close()
         rec.pid = await asyncio.wait_for(fut, 10)
         rec.exited.clear()
         rec.exit_info = None
@@ -358,6 +367,7 @@ class Daemon:
 
     def _retire(self, rec: DomainRecord) -> None:
         """The domain has ended (its process said so): drop it from the table."""
+        self.xenstore.remove_domain(rec.domid)
         info = rec.final or rec.exit_info or {}
         log.info(
             "domain %d (%s) destroyed: %s; exit status %s, max RSS %s KiB, CPU %.3f s",

@@ -8,7 +8,8 @@ channel as a file descriptor. The zygote reaps its children and reports how each
 with its resource usage.
 
 Protocol on the zygote's socket (JSON lines, `xenopus.ipc`):
-  daemon → zygote  {"op": "spawn", "domid": N, "config": {...}, "run_dir": "..."} + 1 fd
+  daemon → zygote  {"op": "spawn", "domid": N, "config": {...}, "run_dir": "..."}
+                   + 2 fds: the control channel and the domain's XenStore connection
   zygote → daemon  {"spawned": N, "pid": P}
   zygote → daemon  {"exited": N, "pid": P, "status": S, "maxrss_kib": K, "cpu": T}
 """
@@ -26,7 +27,7 @@ import xenopus.domain.process as domain_process  # noqa: E402, I001
 from xenopus.ipc import Channel
 
 
-def _child(chan: Channel, req: dict, fd: int) -> None:
+def _child(chan: Channel, req: dict, fd: int, xs_fd: int) -> None:
     code = 1
     try:
         chan.close()
@@ -34,7 +35,8 @@ def _child(chan: Channel, req: dict, fd: int) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.set_wakeup_fd(-1)
         code = domain_process.run_domain(
-            req["domid"], req["config"], fd, req["run_dir"], paused=bool(req.get("paused"))
+            req["domid"], req["config"], fd, req["run_dir"], paused=bool(req.get("paused")),
+            xenstore_fd=xs_fd,
         )
     except BaseException:  # noqa: BLE001 - the child must never return into the zygote loop
         import traceback
@@ -63,10 +65,10 @@ def serve(sock: socket.socket) -> None:
                         break
                 _reap(chan, children)
                 continue
-            req, fds = chan.recv_with_fds(1)
+            req, fds = chan.recv_with_fds(2)
             if req is None:
                 return  # the daemon is gone
-            if req.get("op") != "spawn" or len(fds) != 1:
+            if req.get("op") != "spawn" or len(fds) != 2:
                 for fd in fds:
                     os.close(fd)
                 continue
@@ -75,8 +77,9 @@ def serve(sock: socket.socket) -> None:
                 sel.close()
                 os.close(wake_r)
                 os.close(wake_w)
-                _child(chan, req, fds[0])
-            os.close(fds[0])
+                _child(chan, req, fds[0], fds[1])
+            for fd in fds:
+                os.close(fd)
             children[pid] = req["domid"]
             chan.send({"spawned": req["domid"], "pid": pid})
         _reap(chan, children)

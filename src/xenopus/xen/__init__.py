@@ -1,0 +1,1 @@
+"""The Xen guest interface: hypercalls, event channels, grant tables, XenStore, PV backends."""

@@ -1,0 +1,647 @@
+"""Event channels: the 2-level ABI over shared_info/vcpu_info and every ``EVTCHNOP_*``.
+
+Spec: xen/include/public/event_channel.h (the ops and their structs) and xen.h (the
+``evtchn_pending``/``evtchn_mask`` bitmaps in shared_info, ``evtchn_pending_sel`` and
+``evtchn_upcall_pending``/``_mask`` in vcpu_info). Error codes and edge cases follow Xen's
+common/event_channel.c and common/event_2l.c, which define what guests rely on.
+
+Ports come in these kinds (Xen's ECS_* states): free, reserved (port 0), unbound,
+interdomain, virq, ipi. An interdomain port's far end is one of:
+
+* a port of this same domain (loopback, handled here directly);
+* a *host endpoint*: a backend running in this domain process (``bind_local`` /
+  ``connect_local``); guest sends call its callback, ``notify`` raises the port;
+* a port of another xenopus domain, reached through an ``InterdomainBroker`` (the daemon
+  brokers it; ``connect_remote``/``remote_notify``/``remote_closed`` are its entry points
+  on the other side). pirqs are not offered: ``bind_pirq`` gets -EINVAL as Xen gives a
+  domain without pirqs; the FIFO ABI gets -ENOSYS (guests then stay on 2-level).
+
+Atomicity: the guest flips these bits from its vCPUs while we do, so every update of a
+guest-visible word is a locked read-modify-write (``GuestAtomics``): a lost *set* would
+be a lost event. We never clear a bit the guest owns except where Xen does (the mask bit
+in EVTCHNOP_unmask, the pending bit of a closed port).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import enum
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from xenopus.memory import GuestMemory, GuestMemoryError
+from xenopus.xen import abi
+from xenopus.xen.guestmem import GuestAccess, XenError
+
+log = logging.getLogger(__name__)
+
+NR_CHANNELS = abi.EVTCHN_2L_NR_CHANNELS
+_WORD_BITS = 8 * ctypes.sizeof(abi.xen_ulong_t)
+_PENDING = abi.shared_info.evtchn_pending.offset
+_MASK = abi.shared_info.evtchn_mask.offset
+_VI_SIZE = ctypes.sizeof(abi.vcpu_info)
+_VI_PENDING = abi.vcpu_info.evtchn_upcall_pending.offset
+_VI_SEL = abi.vcpu_info.evtchn_pending_sel.offset
+# evtchn_upcall_pending and _mask share the vcpu_info's first 8-byte word.
+_VI_MASK_BIT = 8 * (abi.vcpu_info.evtchn_upcall_mask.offset - _VI_PENDING)
+_VI_ALIGN = ctypes.alignment(abi.vcpu_info)
+
+_SEQ_CST = 5  # __ATOMIC_SEQ_CST
+
+
+def _load_libatomic() -> tuple[Any, Any, Any] | None:
+    """libatomic's fetch_or_8, fetch_and_8 and compare_exchange_4, or None."""
+    try:
+        lib = ctypes.CDLL("libatomic.so.1")
+    except OSError:
+        return None
+    fetch_or, fetch_and = lib["__atomic_fetch_or_8"], lib["__atomic_fetch_and_8"]
+    for fn in (fetch_or, fetch_and):
+        fn.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int]
+        fn.restype = ctypes.c_uint64
+    cas = lib["__atomic_compare_exchange_4"]
+    cas.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_int]
+    cas.restype = ctypes.c_bool
+    return fetch_or, fetch_and, cas
+
+
+_LIBATOMIC = _load_libatomic()
+if _LIBATOMIC is None:
+    log.warning("libatomic.so.1 not found: guest-shared bit updates are not locked operations")
+
+
+class GuestAtomics:
+    """Locked read-modify-write of aligned words in guest RAM.
+
+    Python has no atomic operations on shared memory, and a plain load/or/store of a word
+    the guest is updating at the same moment on another CPU can undo the guest's change or
+    lose ours. GCC's libatomic (``libatomic1``, present wherever gcc is) exports the
+    ``__atomic_*`` builtins as functions; on x86-64 they are ``lock``-prefixed
+    instructions, the same ones Xen and the guest use on these words. Without libatomic
+    we fall back to a load/store under a host lock: host threads stay consistent, and a
+    race with the guest can at worst cost a spurious or a late upcall.
+    """
+
+    def __init__(self, memory: GuestMemory):
+        self.memory = memory
+        self._fallback = threading.Lock()
+
+    def _addr(self, gpa: int, size: int) -> int:
+        if gpa % size:
+            raise GuestMemoryError(f"unaligned atomic access at {gpa:#x}")
+        return ctypes.addressof(ctypes.c_char.from_buffer(self.memory.view(gpa, size)))
+
+    def fetch_or(self, gpa: int, bits: int) -> int:
+        """Atomically OR ``bits`` into the 8-byte word at ``gpa``; return its old value."""
+        if _LIBATOMIC is not None:
+            return _LIBATOMIC[0](self._addr(gpa, 8), bits, _SEQ_CST)
+        with self._fallback:
+            old = self.memory.read_u64(gpa)
+            self.memory.write_u64(gpa, old | bits)
+            return old
+
+    def fetch_and(self, gpa: int, bits: int) -> int:
+        """Atomically AND ``bits`` into the 8-byte word at ``gpa``; return its old value."""
+        if _LIBATOMIC is not None:
+            return _LIBATOMIC[1](self._addr(gpa, 8), bits, _SEQ_CST)
+        with self._fallback:
+            old = self.memory.read_u64(gpa)
+            self.memory.write_u64(gpa, old & bits)
+            return old
+
+    def cmpxchg32(self, gpa: int, old: int, new: int) -> int:
+        """Compare-and-swap the 4-byte word at ``gpa``; return the value found there."""
+        if _LIBATOMIC is not None:
+            seen = ctypes.c_uint32(old)
+            _LIBATOMIC[2](
+                self._addr(gpa, 4), ctypes.byref(seen), new, _SEQ_CST, _SEQ_CST)
+            return seen.value
+        with self._fallback:
+            seen = self.memory.read_u32(gpa)
+            if seen == old:
+                self.memory.write_u32(gpa, new)
+            return seen
+
+    def test_and_set_bit(self, gpa: int, nr: int) -> bool:
+        word = gpa + 8 * (nr // 64)
+        return bool(self.fetch_or(word, 1 << (nr % 64)) >> (nr % 64) & 1)
+
+    def test_and_clear_bit(self, gpa: int, nr: int) -> bool:
+        word = gpa + 8 * (nr // 64)
+        return bool(self.fetch_and(word, ~(1 << (nr % 64)) & (2**64 - 1)) >> (nr % 64) & 1)
+
+    def test_bit(self, gpa: int, nr: int) -> bool:
+        return bool(self.memory.read_u64(gpa + 8 * (nr // 64)) >> (nr % 64) & 1)
+
+
+class State(enum.IntEnum):
+    FREE = 0
+    RESERVED = 1  # port 0, and a port being bound while the broker answers
+    UNBOUND = 2
+    INTERDOMAIN = 3
+    VIRQ = 4
+    IPI = 5
+
+
+@dataclass
+class Channel:
+    state: State
+    vcpu: int = 0  # the notify vCPU
+    remote_dom: int = 0
+    remote_port: int = 0
+    virq: int = 0
+    # The far end when it is not a port of this domain: a host backend's callback or the
+    # broker's notifier for another domain's port. None for loopback.
+    far: Callable[[], None] | None = None
+    remote_process: bool = False  # far end is another domain (tell the broker on close)
+
+
+class InterdomainBroker(Protocol):
+    """The daemon's side of channels between two xenopus domains.
+
+    ``bind`` runs in the binding domain's process; it must call the other domain's
+    ``EventChannels.connect_remote(remote_port, local_domid, local_port, notify)`` and
+    return the callable that raises ``remote_port`` over there (the other end's eventfd),
+    or that call's negative errno (-ESRCH for an unknown domain).
+    """
+
+    def bind(self, local_domid: int, local_port: int, remote_domid: int,
+             remote_port: int) -> Callable[[], None] | int: ...
+
+    def close(self, local_domid: int, local_port: int, remote_domid: int,
+              remote_port: int) -> None: ...
+
+
+class EventChannels:
+    """One domain's event channels (2-level ABI, ``NR_CHANNELS`` ports; 0 is reserved)."""
+
+    def __init__(self, domid: int, memory: GuestMemory, nr_vcpus: int,
+                 deliver: Callable[[int], None], *, broker: InterdomainBroker | None = None,
+                 backend_domid: int = 0, honour_upcall_mask: bool = False):
+        """``deliver(vcpu)`` injects the upcall vector into that vCPU.
+
+        ``honour_upcall_mask``: Xen suppresses the upcall while ``evtchn_upcall_mask`` is
+        set only for PV vCPUs; for HVM/PVH it ignores the byte (Linux never clears it there,
+        and Xen itself sets it when a vcpu_info is first registered). Off by default.
+        """
+        self.domid = domid
+        self.memory = memory
+        self.nr_vcpus = nr_vcpus
+        self.deliver = deliver
+        self.broker = broker
+        self.backend_domid = backend_domid
+        self.honour_upcall_mask = honour_upcall_mask
+        self.atomics = GuestAtomics(memory)
+        self.shared_info: int | None = None
+        self._vcpu_info: list[int | None] = [None] * nr_vcpus
+        self._ports: dict[int, Channel] = {0: Channel(State.RESERVED)}
+        self._virqs: list[dict[int, int]] = [{} for _ in range(nr_vcpus)]
+        self._early: set[int] = set()  # raised before shared_info was mapped
+        self._lock = threading.RLock()
+
+    # --- shared_info / vcpu_info placement (called by the platform) -------------------------
+
+    def set_shared_info(self, gpa: int) -> None:
+        """shared_info now lives at ``gpa`` (XENMEM_add_to_physmap, XENMAPSPACE_shared_info).
+
+        The page's content is the platform's to initialise or move before this call;
+        events raised while no shared_info was mapped are marked now.
+        """
+        with self._lock:
+            self.shared_info = gpa
+            early, self._early = self._early, set()
+            for port in sorted(early):
+                chn = self._ports.get(port)
+                self._set_pending(port, chn.vcpu if chn else 0)
+
+    def vcpu_info_gpa(self, vcpu: int) -> int | None:
+        """Where ``vcpu``'s vcpu_info is: registered, or its slot in shared_info (vCPU < 32)."""
+        gpa = self._vcpu_info[vcpu]
+        if gpa is None and self.shared_info is not None and vcpu < abi.XEN_LEGACY_MAX_VCPUS:
+            gpa = self.shared_info + vcpu * _VI_SIZE
+        return gpa
+
+    def register_vcpu_info(self, vcpu: int, gpa: int) -> int:
+        """VCPUOP_register_vcpu_info (vcpu.h) with Xen's checks; returns 0 or -errno.
+
+        As Xen does (common/domain.c map_vcpu_info): the current contents move to the new
+        place (or start zeroed with the upcall masked), and every selector bit and
+        ``evtchn_upcall_pending`` are set so that no event raised meanwhile is lost.
+        """
+        if not 0 <= vcpu < self.nr_vcpus:
+            return -abi.XEN_ENOENT
+        if gpa % _VI_ALIGN or gpa % abi.PAGE_SIZE > abi.PAGE_SIZE - _VI_SIZE:
+            return -abi.XEN_ENXIO
+        with self._lock:
+            if self._vcpu_info[vcpu] is not None:
+                return -abi.XEN_EINVAL
+            if not self.memory.contains(gpa, _VI_SIZE):
+                return -abi.XEN_EINVAL
+            old = self.vcpu_info_gpa(vcpu)
+            if old is not None and self.memory.contains(old, _VI_SIZE):
+                self.memory.write(gpa, self.memory.read(old, _VI_SIZE))
+            else:
+                self.memory.fill(gpa, _VI_SIZE)
+                self.memory.write_u8(gpa + abi.vcpu_info.evtchn_upcall_mask.offset, 1)
+            self._vcpu_info[vcpu] = gpa
+            self.atomics.fetch_or(gpa + _VI_SEL, 2**64 - 1)
+            self.atomics.fetch_or(gpa + _VI_PENDING, 1)
+        self.deliver(vcpu)
+        return 0
+
+    # --- the 2-level ABI (common/event_2l.c) ------------------------------------------------
+
+    def _set_pending(self, port: int, vcpu: int) -> None:
+        si = self.shared_info
+        if si is None:
+            self._early.add(port)
+            return
+        try:
+            if self.atomics.test_and_set_bit(si + _PENDING, port):
+                return
+            if not self.atomics.test_bit(si + _MASK, port):
+                self._mark_selector(vcpu, port // _WORD_BITS)
+        except GuestMemoryError:
+            log.warning("d%d: shared_info %#x is not guest RAM; event %d dropped",
+                        self.domid, si, port)
+
+    def _mark_selector(self, vcpu: int, word: int) -> None:
+        vi = self.vcpu_info_gpa(vcpu)
+        if vi is None or self.atomics.test_and_set_bit(vi + _VI_SEL, word):
+            return
+        old = self.atomics.fetch_or(vi + _VI_PENDING, 1)
+        if old & 1:
+            return  # an upcall is already on its way
+        if self.honour_upcall_mask and old >> _VI_MASK_BIT & 1:
+            return
+        self.deliver(vcpu)
+
+    def _valid(self, port: int) -> bool:
+        return 0 <= port < NR_CHANNELS
+
+    def _alloc(self) -> int:
+        for port in range(1, NR_CHANNELS):
+            if port not in self._ports:
+                return port
+        return -abi.XEN_ENOSPC
+
+    def _vcpu_ok(self, vcpu: int) -> bool:
+        return 0 <= vcpu < self.nr_vcpus
+
+    def _self(self, dom: int) -> bool:
+        return dom in (abi.DOMID_SELF, self.domid)
+
+    # --- EVTCHNOP_* -------------------------------------------------------------------------
+
+    def op(self, cmd: int, access: GuestAccess, arg_gva: int) -> int:
+        """HYPERVISOR_event_channel_op(cmd, arg): 0 (OUT fields written back) or -errno."""
+        if cmd in (abi.EVTCHNOP_init_control, abi.EVTCHNOP_expand_array,
+                   abi.EVTCHNOP_set_priority):
+            return -abi.XEN_ENOSYS  # FIFO ABI: not offered, guests use 2-level
+        handler = self._handlers.get(cmd)
+        if handler is None:
+            return -abi.XEN_ENOSYS
+        try:
+            arg = access.read(arg_gva, abi.EVTCHNOP_STRUCTS[cmd])
+        except XenError as e:  # GuestFault: -EFAULT
+            return -e.errno
+        rc = handler(self, arg)
+        if rc == 0 and cmd in _WRITES_BACK:
+            # Like Xen, a port bound before the copy-out faulted stays bound.
+            try:
+                access.write(arg_gva, arg)
+            except XenError as e:
+                return -e.errno
+        return rc
+
+    def alloc_unbound(self, dom: int, remote_dom: int) -> int:
+        """A port for ``remote_dom`` to bind to; returns the port or -errno."""
+        if not self._self(dom):
+            return -abi.XEN_ESRCH  # other domains are not ours to see
+        with self._lock:
+            port = self._alloc()
+            if port > 0:
+                remote = self.domid if remote_dom == abi.DOMID_SELF else remote_dom
+                self._ports[port] = Channel(State.UNBOUND, remote_dom=remote)
+            return port
+
+    def bind_interdomain(self, remote_dom: int, remote_port: int) -> int:
+        """Connect a new local port to ``remote_dom``'s unbound port; returns it or -errno."""
+        rdom = self.domid if remote_dom == abi.DOMID_SELF else remote_dom
+        with self._lock:
+            lport = self._alloc()
+            if lport < 0:
+                return lport
+            if rdom == self.domid:
+                rchn = self._ports.get(remote_port) if self._valid(remote_port) else None
+                if rchn is None or rchn.state != State.UNBOUND or rchn.remote_dom != self.domid:
+                    return -abi.XEN_EINVAL
+                rchn.state, rchn.remote_port = State.INTERDOMAIN, lport
+                self._ports[lport] = Channel(State.INTERDOMAIN, remote_dom=rdom,
+                                             remote_port=remote_port)
+                self._set_pending(lport, 0)
+                return lport
+            if self.broker is None or rdom >= abi.DOMID_FIRST_RESERVED:
+                return -abi.XEN_ESRCH
+            self._ports[lport] = Channel(State.RESERVED)  # held while the broker asks
+        try:
+            far = self.broker.bind(self.domid, lport, rdom, remote_port)
+        except Exception:
+            log.exception("d%d: broker failed binding to d%d port %d", self.domid, rdom,
+                          remote_port)
+            far = -abi.XEN_ESRCH
+        with self._lock:
+            if isinstance(far, int):
+                del self._ports[lport]
+                return far if far < 0 else -abi.XEN_EINVAL
+            self._ports[lport] = Channel(State.INTERDOMAIN, remote_dom=rdom,
+                                         remote_port=remote_port, far=far,
+                                         remote_process=True)
+            # Xen: notifications sent to the unbound end may have been lost; raise ours.
+            self._set_pending(lport, 0)
+            return lport
+
+    def bind_virq(self, virq: int, vcpu: int) -> int:
+        if not 0 <= virq < abi.NR_VIRQS:
+            return -abi.XEN_EINVAL
+        if virq in abi.GLOBAL_VIRQS and vcpu != 0:
+            return -abi.XEN_EINVAL  # global VIRQs bind on vCPU 0, then move with bind_vcpu
+        if not self._vcpu_ok(vcpu):
+            return -abi.XEN_ENOENT
+        with self._lock:
+            if virq in self._virqs[vcpu]:
+                return -abi.XEN_EEXIST
+            port = self._alloc()
+            if port > 0:
+                self._ports[port] = Channel(State.VIRQ, vcpu=vcpu, virq=virq)
+                self._virqs[vcpu][virq] = port
+            return port
+
+    def bind_ipi(self, vcpu: int) -> int:
+        if not self._vcpu_ok(vcpu):
+            return -abi.XEN_ENOENT
+        with self._lock:
+            port = self._alloc()
+            if port > 0:
+                self._ports[port] = Channel(State.IPI, vcpu=vcpu)
+            return port
+
+    def close(self, port: int) -> int:
+        if not self._valid(port):
+            return -abi.XEN_EINVAL
+        with self._lock:
+            chn = self._ports.get(port)
+            if chn is None or chn.state == State.RESERVED:
+                return -abi.XEN_EINVAL
+            if chn.state == State.VIRQ:
+                self._virqs[chn.vcpu if chn.virq not in abi.GLOBAL_VIRQS else 0].pop(
+                    chn.virq, None)
+            elif chn.state == State.INTERDOMAIN and chn.far is None:
+                peer = self._ports.get(chn.remote_port)
+                if peer is not None and peer.state == State.INTERDOMAIN:
+                    peer.state, peer.remote_dom = State.UNBOUND, self.domid
+            del self._ports[port]
+            self._clear_pending(port)
+        if chn.remote_process and self.broker is not None:
+            try:
+                self.broker.close(self.domid, port, chn.remote_dom, chn.remote_port)
+            except Exception:
+                log.exception("d%d: broker failed closing port %d", self.domid, port)
+        return 0
+
+    def _clear_pending(self, port: int) -> None:
+        self._early.discard(port)
+        if self.shared_info is not None:
+            with contextlib.suppress(GuestMemoryError):
+                self.atomics.test_and_clear_bit(self.shared_info + _PENDING, port)
+
+    def send(self, port: int) -> int:
+        """EVTCHNOP_send: raise the far end of ``port``."""
+        if not self._valid(port):
+            return -abi.XEN_EINVAL
+        with self._lock:
+            chn = self._ports.get(port)
+            if chn is None:
+                return -abi.XEN_EINVAL
+            if chn.state == State.UNBOUND:
+                return 0  # Xen drops it silently
+            if chn.state == State.IPI:
+                self._set_pending(port, chn.vcpu)
+                return 0
+            if chn.state != State.INTERDOMAIN:
+                return -abi.XEN_EINVAL
+            far = chn.far
+            if far is None:
+                peer = self._ports[chn.remote_port]
+                self._set_pending(chn.remote_port, peer.vcpu)
+                return 0
+        try:
+            far()  # outside the lock: a backend may answer with notify() right away
+        except Exception:
+            log.exception("d%d: far end of port %d failed", self.domid, port)
+        return 0
+
+    def status(self, dom: int, port: int) -> tuple[int, abi.evtchn_status] | int:
+        if not self._self(dom):
+            return -abi.XEN_ESRCH
+        if not self._valid(port):
+            return -abi.XEN_EINVAL
+        st = abi.evtchn_status(dom=dom, port=port)
+        with self._lock:
+            chn = self._ports.get(port) or Channel(State.FREE)
+            st.vcpu = chn.vcpu
+            if chn.state in (State.FREE, State.RESERVED):
+                st.status = abi.EVTCHNSTAT_closed
+            elif chn.state == State.UNBOUND:
+                st.status = abi.EVTCHNSTAT_unbound
+                st.u.unbound.dom = chn.remote_dom
+            elif chn.state == State.INTERDOMAIN:
+                st.status = abi.EVTCHNSTAT_interdomain
+                st.u.interdomain.dom = chn.remote_dom
+                st.u.interdomain.port = chn.remote_port
+            elif chn.state == State.VIRQ:
+                st.status = abi.EVTCHNSTAT_virq
+                st.u.virq = chn.virq
+            else:
+                st.status = abi.EVTCHNSTAT_ipi
+        return 0, st
+
+    def bind_vcpu(self, port: int, vcpu: int) -> int:
+        if not self._vcpu_ok(vcpu):
+            return -abi.XEN_ENOENT
+        if not self._valid(port):
+            return -abi.XEN_EINVAL
+        with self._lock:
+            chn = self._ports.get(port)
+            if chn is None:
+                return -abi.XEN_EINVAL
+            if chn.state in (State.UNBOUND, State.INTERDOMAIN) or (
+                    chn.state == State.VIRQ and chn.virq in abi.GLOBAL_VIRQS):
+                chn.vcpu = vcpu
+                return 0
+            return -abi.XEN_EINVAL  # per-vCPU VIRQs and IPIs are tied to their vCPU
+
+    def unmask(self, port: int) -> int:
+        """EVTCHNOP_unmask (event_2l.c evtchn_2l_unmask): clear the mask bit and, if the
+        port is pending, pass it on to its vCPU's selector and upcall."""
+        if not self._valid(port):
+            return -abi.XEN_EINVAL
+        with self._lock:
+            si = self.shared_info
+            if si is None:
+                return 0
+            chn = self._ports.get(port)
+            try:
+                if (self.atomics.test_and_clear_bit(si + _MASK, port)
+                        and self.atomics.test_bit(si + _PENDING, port)):
+                    self._mark_selector(chn.vcpu if chn else 0, port // _WORD_BITS)
+            except GuestMemoryError:
+                pass
+        return 0
+
+    def reset(self, dom: int) -> int:
+        """EVTCHNOP_reset: close every port (host and remote ends included)."""
+        if not self._self(dom):
+            return -abi.XEN_ESRCH
+        with self._lock:
+            ports = [p for p, c in self._ports.items() if c.state != State.RESERVED]
+        for port in ports:
+            self.close(port)
+        return 0
+
+    # --- host side: VIRQs, backends in this process, the broker -----------------------------
+
+    def raise_virq(self, vcpu: int, virq: int) -> bool:
+        """Send ``virq`` (per-vCPU: to ``vcpu``; global: wherever it is bound)."""
+        if virq in abi.GLOBAL_VIRQS:
+            vcpu = 0
+        if not self._vcpu_ok(vcpu):
+            return False
+        with self._lock:
+            port = self._virqs[vcpu].get(virq)
+            if port is None:
+                return False
+            self._set_pending(port, self._ports[port].vcpu)
+            return True
+
+    def bind_local(self, callback: Callable[[], None], vcpu: int = 0) -> int:
+        """A port connected to a backend in this process (e.g. STORE_EVTCHN, CONSOLE_EVTCHN).
+
+        The guest sees an interdomain port to ``backend_domid``; its sends call
+        ``callback()`` and ``notify(port)`` raises it. Returns the port or -ENOSPC.
+        """
+        with self._lock:
+            port = self._alloc()
+            if port > 0:
+                self._ports[port] = Channel(State.INTERDOMAIN, vcpu=vcpu,
+                                            remote_dom=self.backend_domid, remote_port=port,
+                                            far=callback)
+            return port
+
+    def connect_local(self, port: int, callback: Callable[[], None]) -> int:
+        """A backend here binds to the guest's unbound ``port`` (e.g. a frontend's
+        ``event-channel`` node); the guest must have allocated it for ``backend_domid``."""
+        if not self._valid(port):
+            return -abi.XEN_EINVAL
+        with self._lock:
+            chn = self._ports.get(port)
+            if chn is None or chn.state != State.UNBOUND or chn.remote_dom != self.backend_domid:
+                return -abi.XEN_EINVAL
+            chn.state, chn.remote_port, chn.far = State.INTERDOMAIN, port, callback
+            return 0
+
+    def notify(self, port: int) -> bool:
+        """Host → guest on a port whose far end is a host backend or another domain."""
+        with self._lock:
+            chn = self._ports.get(port) if self._valid(port) else None
+            if chn is None or chn.state != State.INTERDOMAIN or chn.far is None:
+                return False
+            self._set_pending(port, chn.vcpu)
+            return True
+
+    def connect_remote(self, local_port: int, remote_domid: int, remote_port: int,
+                       notify_remote: Callable[[], None]) -> int:
+        """Another domain binds to our unbound ``local_port`` (the broker calls this here)."""
+        if not self._valid(local_port):
+            return -abi.XEN_EINVAL
+        with self._lock:
+            chn = self._ports.get(local_port)
+            if chn is None or chn.state != State.UNBOUND or chn.remote_dom != remote_domid:
+                return -abi.XEN_EINVAL
+            chn.state, chn.remote_port = State.INTERDOMAIN, remote_port
+            chn.far, chn.remote_process = notify_remote, True
+            return 0
+
+    def remote_notify(self, local_port: int) -> bool:
+        """The other domain sent on its end of ``local_port`` (its eventfd fired)."""
+        with self._lock:
+            chn = self._ports.get(local_port) if self._valid(local_port) else None
+            if chn is None or chn.state != State.INTERDOMAIN or not chn.remote_process:
+                return False
+            self._set_pending(local_port, chn.vcpu)
+            return True
+
+    def remote_closed(self, local_port: int) -> None:
+        """The other domain closed its end: ours becomes unbound again, as in Xen."""
+        with self._lock:
+            chn = self._ports.get(local_port) if self._valid(local_port) else None
+            if chn is not None and chn.state == State.INTERDOMAIN and chn.remote_process:
+                chn.state, chn.far, chn.remote_process = State.UNBOUND, None, False
+
+    def port_state(self, port: int) -> State:
+        with self._lock:
+            chn = self._ports.get(port)
+            return chn.state if chn else State.FREE
+
+    # --- op adapters: struct in, result into its OUT field ----------------------------------
+
+    def _op_alloc_unbound(self, a: abi.evtchn_alloc_unbound) -> int:
+        return _out(a, "port", self.alloc_unbound(a.dom, a.remote_dom))
+
+    def _op_bind_interdomain(self, a: abi.evtchn_bind_interdomain) -> int:
+        return _out(a, "local_port", self.bind_interdomain(a.remote_dom, a.remote_port))
+
+    def _op_bind_virq(self, a: abi.evtchn_bind_virq) -> int:
+        return _out(a, "port", self.bind_virq(a.virq, a.vcpu))
+
+    def _op_bind_ipi(self, a: abi.evtchn_bind_ipi) -> int:
+        return _out(a, "port", self.bind_ipi(a.vcpu))
+
+    def _op_bind_pirq(self, a: abi.evtchn_bind_pirq) -> int:
+        return -abi.XEN_EINVAL  # no pirqs: Xen's answer for pirq >= d->nr_pirqs
+
+    def _op_status(self, a: abi.evtchn_status) -> int:
+        res = self.status(a.dom, a.port)
+        if isinstance(res, int):
+            return res
+        ctypes.memmove(ctypes.addressof(a), ctypes.addressof(res[1]), ctypes.sizeof(a))
+        return 0
+
+    _handlers: dict[int, Callable[[EventChannels, Any], int]] = {
+        abi.EVTCHNOP_alloc_unbound: _op_alloc_unbound,
+        abi.EVTCHNOP_bind_interdomain: _op_bind_interdomain,
+        abi.EVTCHNOP_bind_virq: _op_bind_virq,
+        abi.EVTCHNOP_bind_ipi: _op_bind_ipi,
+        abi.EVTCHNOP_bind_pirq: _op_bind_pirq,
+        abi.EVTCHNOP_status: _op_status,
+        abi.EVTCHNOP_close: lambda self, a: self.close(a.port),
+        abi.EVTCHNOP_send: lambda self, a: self.send(a.port),
+        abi.EVTCHNOP_bind_vcpu: lambda self, a: self.bind_vcpu(a.port, a.vcpu),
+        abi.EVTCHNOP_unmask: lambda self, a: self.unmask(a.port),
+        abi.EVTCHNOP_reset: lambda self, a: self.reset(a.dom),
+    }
+
+
+_WRITES_BACK = frozenset({abi.EVTCHNOP_alloc_unbound, abi.EVTCHNOP_bind_interdomain,
+                          abi.EVTCHNOP_bind_virq, abi.EVTCHNOP_bind_ipi, abi.EVTCHNOP_status})
+
+
+def _out(arg: ctypes.Structure, field: str, result: int) -> int:
+    if result < 0:
+        return result
+    setattr(arg, field, result)
+    return 0

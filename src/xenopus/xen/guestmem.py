@@ -1,0 +1,133 @@
+"""Xen argument structures in and out of guest memory, by guest-virtual address.
+
+A hypercall's pointer arguments are guest-virtual addresses of the calling vCPU (Xen's
+``copy_from_guest``/``copy_to_guest``, xen/include/xen/guest_access.h). They are resolved
+with the vCPU's own paging registers through `xenopus.memory.paging`; any fault — an
+unmapped page, a read-only page written, a frame outside RAM — becomes `GuestFault`, which
+the dispatcher turns into ``-EFAULT``. Nothing here loops on a guest-supplied count
+without a bound.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Callable
+from typing import Protocol, TypeVar
+
+from xenopus.memory import paging
+from xenopus.memory.guest import GuestMemory, GuestMemoryError
+from xenopus.xen import abi
+
+T = TypeVar("T", bound=ctypes.Structure)
+
+# A single copy larger than this is refused (-E2BIG): the largest Xen argument we copy is
+# XENVER_capabilities' 1 KiB; arrays (extent lists, multicall batches) are bounded by count.
+MAX_COPY = 1 << 20
+
+
+class XenError(Exception):
+    """A hypercall fails with Xen errno `errno` (returned to the guest negated)."""
+
+    def __init__(self, errno: int, why: str = ""):
+        super().__init__(why or f"Xen errno {errno}")
+        self.errno = errno
+
+
+class GuestFault(XenError):
+    """A guest pointer could not be followed: -EFAULT."""
+
+    def __init__(self, why: str):
+        super().__init__(abi.XEN_EFAULT, why)
+
+
+class PagingRegs(Protocol):
+    """What a page walk needs; `kvm_sregs` has these fields."""
+
+    cr0: int
+    cr3: int
+    cr4: int
+    efer: int
+
+
+class GuestAccess:
+    """Guest-virtual copies for one hypercall. `regs` is the vCPU's paging state, or a
+    callable returning it (read once, on first use: a call without pointers costs no
+    KVM_GET_SREGS)."""
+
+    def __init__(self, memory: GuestMemory, regs: PagingRegs | Callable[[], PagingRegs]):
+        self.memory = memory
+        self._regs_source = regs
+        self._regs: PagingRegs | None = None if callable(regs) else regs
+
+    @property
+    def regs(self) -> PagingRegs:
+        if self._regs is None:
+            source = self._regs_source
+            assert callable(source)
+            self._regs = source()
+        return self._regs
+
+    def _ctl(self) -> dict[str, int]:
+        r = self.regs
+        return {"cr0": r.cr0, "cr3": r.cr3, "cr4": r.cr4, "efer": r.efer}
+
+    # --- bytes -----------------------------------------------------------------------------
+    def read(self, gva: int, what: int | type[T]) -> bytes | T:  # type: ignore[misc]
+        """`what` bytes at `gva`, or, given a ctypes struct class, an instance of it."""
+        if isinstance(what, type):
+            return self.read_struct(gva, what)
+        return self.read_bytes(gva, what)
+
+    def write(self, gva: int, data: bytes | bytearray | memoryview | ctypes.Structure) -> None:
+        """Bytes, or a ctypes struct's bytes, at `gva`."""
+        if isinstance(data, ctypes.Structure | ctypes.Union | ctypes.Array):
+            data = bytes(data)
+        if len(data) > MAX_COPY:
+            raise XenError(abi.XEN_E2BIG, f"copy of {len(data)} bytes refused")
+        try:
+            paging.write_virtual(self.memory, gva, data, **self._ctl())
+        except (paging.PageFault, GuestMemoryError) as e:
+            raise GuestFault(f"write {len(data)} bytes at {gva:#x}: {e}") from None
+
+    def read_bytes(self, gva: int, length: int) -> bytes:
+        if not 0 <= length <= MAX_COPY:
+            raise XenError(abi.XEN_E2BIG, f"copy of {length} bytes refused")
+        try:
+            return paging.read_virtual(self.memory, gva, length, **self._ctl())
+        except (paging.PageFault, GuestMemoryError) as e:
+            raise GuestFault(f"read {length} bytes at {gva:#x}: {e}") from None
+
+    def gpa(self, gva: int, *, write: bool = False) -> int:
+        """The guest-physical address behind `gva` (for areas the guest registers once)."""
+        try:
+            gpa = paging.translate(self.memory, gva, write=write, **self._ctl())
+        except paging.PageFault as e:
+            raise GuestFault(f"translate {gva:#x}: {e}") from None
+        if not self.memory.contains(gpa):
+            raise GuestFault(f"{gva:#x} maps to {gpa:#x}, outside RAM")
+        return gpa
+
+    # --- structs and arrays ----------------------------------------------------------------
+    def read_struct(self, gva: int, cls: type[T]) -> T:
+        return cls.from_buffer_copy(self.read_bytes(gva, ctypes.sizeof(cls)))
+
+    def write_struct(self, gva: int, value: ctypes.Structure) -> None:
+        self.write(gva, bytes(value))
+
+    def write_field(self, gva: int, value: ctypes.Structure, field: str) -> None:
+        """Copy back one member (Xen's ``__copy_field_to_guest``): out-fields only, so a
+        guest racing on the rest of its struct sees its own bytes."""
+        desc = getattr(type(value), field)
+        self.write(gva + desc.offset, bytes(value)[desc.offset : desc.offset + desc.size])
+
+    def read_array(self, gva: int, ctype: type, count: int, limit: int) -> list:
+        """`count` elements of `ctype` (a ctypes scalar or struct); more than `limit` is
+        -E2BIG before anything is read."""
+        if count < 0 or count > limit:
+            raise XenError(abi.XEN_E2BIG, f"{count} elements (at most {limit})")
+        raw = self.read_bytes(gva, ctypes.sizeof(ctype) * count)
+        array = (ctype * count).from_buffer_copy(raw)
+        return list(array)
+
+    def write_array(self, gva: int, ctype: type, values: list) -> None:
+        self.write(gva, bytes((ctype * len(values))(*values)))

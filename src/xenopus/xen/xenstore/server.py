@@ -1,0 +1,287 @@
+"""Serving the store: the Unix socket (dom0 tools), per-domain streams, and guest rings.
+
+The socket is xenstored's: every connection is dom0 (privileged). A domain's traffic
+reaches the daemon over a stream the daemon made for it (`attach_domain`), so the
+daemon, not the domain process, decides which domain is talking. `RingTransport` is the
+guest side: it moves bytes between a `xenstore_domain_interface` page and that stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import os
+from collections.abc import Callable
+
+from . import wire
+from .store import Connection, Store
+from .wire import XsError
+
+log = logging.getLogger(__name__)
+
+OK = wire.strings("OK")
+# Requests we serve. XS_CONTROL (xenstore-control's debug channel) and XS_RESTRICT
+# (dropped in Xen 4.9) answer ENOSYS, as do replies-only types sent as requests.
+HANDLED = frozenset({
+    wire.XS_DIRECTORY, wire.XS_READ, wire.XS_GET_PERMS, wire.XS_WATCH, wire.XS_UNWATCH,
+    wire.XS_TRANSACTION_START, wire.XS_TRANSACTION_END, wire.XS_INTRODUCE, wire.XS_RELEASE,
+    wire.XS_GET_DOMAIN_PATH, wire.XS_WRITE, wire.XS_MKDIR, wire.XS_RM, wire.XS_SET_PERMS,
+    wire.XS_IS_DOMAIN_INTRODUCED, wire.XS_RESUME, wire.XS_SET_TARGET,
+    wire.XS_RESET_WATCHES, wire.XS_DIRECTORY_PART,
+})
+
+
+class XenStoreServer:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    async def serve_unix(self, path: str) -> asyncio.AbstractServer:
+        """Listen on path (what XENSTORED_PATH points at); each client is dom0."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        return await asyncio.start_unix_server(
+            lambda r, w: self._serve(0, r, w), path=path)
+
+    async def attach_domain(self, domid: int, reader: asyncio.StreamReader,
+                            writer: asyncio.StreamWriter) -> None:
+        """Serve xsd_sockmsg traffic on a stream as domain domid, until it closes."""
+        await self._serve(domid, reader, writer)
+
+    async def _serve(self, domid: int, reader: asyncio.StreamReader,
+                     writer: asyncio.StreamWriter) -> None:
+        loop = asyncio.get_running_loop()
+
+        def send(data: bytes) -> None:
+            if not writer.is_closing():
+                writer.write(data)
+
+        def deliver(path: str, token: str) -> None:
+            # Deferred through the loop so a request's reply always precedes the events
+            # it caused (xenstored acks XS_WATCH before the initial event), and so the
+            # store may fire from any thread.
+            with contextlib.suppress(RuntimeError):  # loop already shut down
+                loop.call_soon_threadsafe(send, wire.watch_event(path, token))
+
+        def close() -> None:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(writer.close)
+
+        conn = self.store.connect(domid, deliver, close)
+        try:
+            while True:
+                head = await reader.readexactly(wire.HEADER.size)
+                hdr = wire.unpack_header(head)
+                if hdr.len > wire.XENSTORE_PAYLOAD_MAX:
+                    log.warning("xenstore: domain %d sent a %d-byte message; dropping it",
+                                domid, hdr.len)
+                    break
+                payload = await reader.readexactly(hdr.len)
+                send(self.dispatch(conn, hdr, payload))
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            self.store.disconnect(conn)
+            writer.close()
+
+    def dispatch(self, conn: Connection, hdr: wire.Header, payload: bytes) -> bytes:
+        """One request in, one whole reply message out; never raises."""
+        try:
+            body = self._handle(conn, hdr, payload)
+            if len(body) > wire.XENSTORE_PAYLOAD_MAX:
+                raise XsError("E2BIG", "reply too large")
+            return wire.pack(hdr.type, hdr.req_id, hdr.tx_id, body)
+        except XsError as err:
+            return wire.error_reply(hdr.req_id, hdr.tx_id, err.name)
+        except Exception:  # a bug must cost one request, not the daemon
+            log.exception("xenstore: request type %d failed", hdr.type)
+            return wire.error_reply(hdr.req_id, hdr.tx_id, "EINVAL")
+
+    def _handle(self, conn: Connection, hdr: wire.Header, payload: bytes) -> bytes:
+        st, tx, t = self.store, hdr.tx_id, hdr.type
+        if t not in HANDLED:
+            raise XsError("ENOSYS", f"message type {t}")
+        args = wire.parse_request(t, payload)
+        if t == wire.XS_WRITE:
+            path, value = args
+            st.write(conn, path, value, tx)
+            return OK
+        if t == wire.XS_READ:
+            return st.read(conn, args[0], tx)
+        if t == wire.XS_DIRECTORY:
+            return wire.strings(*st.directory(conn, args[0], tx))
+        if t == wire.XS_DIRECTORY_PART:
+            return st.directory_part(conn, args[0], _number(args[1]), tx)
+        if t == wire.XS_GET_PERMS:
+            return wire.strings(*(str(p) for p in st.get_perms(conn, args[0], tx)))
+        if t == wire.XS_SET_PERMS:
+            st.set_perms(conn, args[0], args[1:], tx)
+            return OK
+        if t == wire.XS_MKDIR:
+            st.mkdir(conn, args[0], tx)
+            return OK
+        if t == wire.XS_RM:
+            st.rm(conn, args[0], tx)
+            return OK
+        if t == wire.XS_WATCH:
+            st.watch(conn, args[0], args[1])
+            return OK
+        if t == wire.XS_UNWATCH:
+            st.unwatch(conn, args[0], args[1])
+            return OK
+        if t == wire.XS_TRANSACTION_START:
+            return wire.strings(str(st.transaction_start(conn)))
+        if t == wire.XS_TRANSACTION_END:
+            if args[0] not in ("T", "F"):
+                raise XsError("EINVAL", "transaction end wants T or F")
+            st.transaction_end(conn, tx, args[0] == "T")
+            return OK
+        if t == wire.XS_INTRODUCE:
+            st.introduce(conn, _number(args[0]), _number(args[1]), _number(args[2]))
+            return OK
+        if t == wire.XS_RELEASE:
+            st.release(conn, _number(args[0]))
+            return OK
+        if t == wire.XS_GET_DOMAIN_PATH:
+            return wire.strings(st.get_domain_path(_number(args[0])))
+        if t == wire.XS_IS_DOMAIN_INTRODUCED:
+            return wire.strings("T" if st.is_domain_introduced(_number(args[0])) else "F")
+        if t == wire.XS_RESUME:
+            st.resume(conn, _number(args[0]))
+            return OK
+        if t == wire.XS_SET_TARGET:
+            st.set_target(conn, _number(args[0]), _number(args[1]))
+            return OK
+        if t == wire.XS_RESET_WATCHES:
+            st.reset_watches(conn)
+            return OK
+        raise XsError("ENOSYS", f"message type {t}")
+
+
+def _number(text: str) -> int:
+    if not text.isdigit() or len(text) > 10:
+        raise XsError("EINVAL", f"not a number: {text[:16]!r}")
+    return int(text)
+
+
+_IFACE = wire.XenstoreDomainInterface
+_REQ = _IFACE.req.offset
+_RSP = _IFACE.rsp.offset
+_SIZE = wire.XENSTORE_RING_SIZE
+_MASK = 0xFFFFFFFF
+
+
+class RingTransport:
+    """Moves xsd_sockmsg bytes between a guest's xenstore_domain_interface page and us.
+
+    The guest is untrusted: indexes that claim more than a ring's worth of data or a
+    header whose len exceeds XENSTORE_PAYLOAD_MAX break the connection, as xenstored
+    does — the `error` field says why, the ring is no longer served, one log line is
+    written, and nothing raises. Whoever owns the event channel calls `read_messages`
+    on a guest kick and `flush` after queueing output, and notifies the guest when
+    either returns that it moved something.
+    """
+
+    def __init__(self, page: memoryview, max_pending: int = 64 * 1024,
+                 on_broken: Callable[[int], None] | None = None) -> None:
+        page = page.cast("B") if page.format != "B" else page
+        if len(page) < ctypes.sizeof(_IFACE):
+            raise ValueError("page smaller than xenstore_domain_interface")
+        self.page = page
+        self.broken = False
+        self.max_pending = max_pending
+        self.on_broken = on_broken
+        self._in = bytearray()
+        self._out = bytearray()
+        self._set(_IFACE.server_features.offset, wire.XENSTORE_SERVER_FEATURE_ERROR)
+
+    def _get(self, off: int) -> int:
+        return int.from_bytes(self.page[off:off + 4], "little")
+
+    def _set(self, off: int, value: int) -> None:
+        self.page[off:off + 4] = (value & _MASK).to_bytes(4, "little")
+
+    def _break(self, code: int, why: str) -> None:
+        if not self.broken:
+            log.warning("xenstore ring broken: %s", why)
+            self.broken = True
+            self._set(_IFACE.error.offset, code)
+            self._in.clear()
+            self._out.clear()
+            if self.on_broken:
+                self.on_broken(code)
+
+    def read_messages(self) -> list[bytes]:
+        """Consume the request ring; return the complete messages (header + payload)."""
+        if self.broken:
+            return []
+        try:
+            cons = self._get(_IFACE.req_cons.offset)
+            prod = self._get(_IFACE.req_prod.offset)
+            avail = (prod - cons) & _MASK
+            if avail > _SIZE:
+                self._break(wire.XENSTORE_ERROR_RINGIDX, f"req indexes {cons}..{prod}")
+                return []
+            start = cons % _SIZE
+            first = min(avail, _SIZE - start)
+            self._in += self.page[_REQ + start:_REQ + start + first]
+            self._in += self.page[_REQ:_REQ + avail - first]
+            self._set(_IFACE.req_cons.offset, cons + avail)
+            out = []
+            while len(self._in) >= wire.HEADER.size:
+                hdr = wire.unpack_header(self._in)
+                if hdr.len > wire.XENSTORE_PAYLOAD_MAX:
+                    self._break(wire.XENSTORE_ERROR_PROTO, f"message len {hdr.len}")
+                    return []
+                end = wire.HEADER.size + hdr.len
+                if len(self._in) < end:
+                    break
+                out.append(bytes(self._in[:end]))
+                del self._in[:end]
+            return out
+        except Exception:  # never let a guest's page take the caller down
+            log.exception("xenstore ring: unexpected failure")
+            self._break(wire.XENSTORE_ERROR_COMM, "internal error")
+            return []
+
+    def write(self, data: bytes) -> None:
+        """Queue reply/event bytes for the guest; `flush` moves them into the ring."""
+        if self.broken:
+            return
+        self._out += data
+        if len(self._out) > self.max_pending:
+            self._break(wire.XENSTORE_ERROR_COMM, "guest is not reading its replies")
+
+    @property
+    def pending(self) -> int:
+        return len(self._out)
+
+    def flush(self) -> bool:
+        """Copy queued output into the response ring; True if rsp_prod moved."""
+        if self.broken or not self._out:
+            return False
+        try:
+            cons = self._get(_IFACE.rsp_cons.offset)
+            prod = self._get(_IFACE.rsp_prod.offset)
+            used = (prod - cons) & _MASK
+            if used > _SIZE:
+                self._break(wire.XENSTORE_ERROR_RINGIDX, f"rsp indexes {cons}..{prod}")
+                return False
+            n = min(_SIZE - used, len(self._out))
+            if not n:
+                return False
+            start = prod % _SIZE
+            first = min(n, _SIZE - start)
+            self.page[_RSP + start:_RSP + start + first] = self._out[:first]
+            self.page[_RSP:_RSP + n - first] = self._out[first:n]
+            # Data before index: x86 keeps stores in order, so the guest never sees the
+            # new rsp_prod ahead of the bytes it covers.
+            self._set(_IFACE.rsp_prod.offset, prod + n)
+            del self._out[:n]
+            return True
+        except Exception:
+            log.exception("xenstore ring: unexpected failure")
+            self._break(wire.XENSTORE_ERROR_COMM, "internal error")
+            return False

@@ -1,0 +1,582 @@
+"""The XenStore node tree, per docs/misc/xenstore.txt, with xenstored's semantics.
+
+Nodes live in a flat map keyed by absolute path. Every change stamps the node with a
+new global generation; a transaction is an overlay on the map plus the set of paths it
+touched, and commits only if none of those changed after it started (else EAGAIN).
+Permissions follow xenstore.txt "Permissions": the first entry names the owner and the
+default access of everyone not listed; the owner and dom0 may do anything.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+
+from .wire import (
+    XENSTORE_ABS_PATH_MAX,
+    XENSTORE_PAYLOAD_MAX,
+    XENSTORE_REL_PATH_MAX,
+    XsError,
+)
+
+READ, WRITE, OWNER = 1, 2, 4
+LETTER_ACCESS = {"n": 0, "r": READ, "w": WRITE, "b": READ | WRITE}
+SPECIAL = ("@introduceDomain", "@releaseDomain")
+VALID = re.compile(r"[A-Za-z0-9\-/_@]+")
+LOCAL = re.compile(r"/local/domain/(\d{1,5})/")
+
+
+@dataclass(frozen=True)
+class Perm:
+    """One ACL entry, written `<letter><domid>` on the wire (e.g. "r1")."""
+
+    letter: str
+    domid: int
+
+    def __str__(self) -> str:
+        return f"{self.letter}{self.domid}"
+
+    @classmethod
+    def parse(cls, text: str) -> Perm:
+        if len(text) < 2 or text[0] not in LETTER_ACCESS or not text[1:].isdigit():
+            raise XsError("EINVAL", f"bad permission {text!r}")
+        domid = int(text[1:])
+        if domid > 0xFFFF:
+            raise XsError("EINVAL", f"bad domid in {text!r}")
+        return cls(text[0], domid)
+
+
+@dataclass(frozen=True)
+class Node:
+    value: bytes
+    perms: tuple[Perm, ...]
+    children: tuple[str, ...] = ()
+    gen: int = 0
+
+    @property
+    def owner(self) -> int:
+        return self.perms[0].domid
+
+
+@dataclass(frozen=True)
+class Quota:
+    """xenstored's default per-domain limits (xenstored_core.c quota_*); dom0 is exempt."""
+
+    nodes: int = 1000
+    value: int = 2048
+    watches: int = 128
+    transactions: int = 10
+
+
+@dataclass
+class Watch:
+    path: str  # as the client gave it: events are reported in the same form
+    abs: str
+    token: str
+
+
+@dataclass
+class Transaction:
+    id: int
+    start_gen: int
+    overlay: dict[str, Node | None] = field(default_factory=dict)
+    seen: dict[str, bool] = field(default_factory=dict)  # existed at first access?
+    owned: dict[int, int] = field(default_factory=dict)  # node-count deltas per owner
+    events: list[tuple[str, tuple[Perm, ...], bool]] = field(default_factory=list)
+
+
+Deliver = Callable[[str, str], None]
+
+
+@dataclass(eq=False)
+class Connection:
+    """One client of the store: dom0 over the socket, or a domain over its ring."""
+
+    domid: int
+    deliver: Deliver  # (path, token) of a watch event; must not block
+    on_close: Callable[[], None] | None = None
+    target: int | None = None
+    watches: list[Watch] = field(default_factory=list)
+    transactions: dict[int, Transaction] = field(default_factory=dict)
+
+    @property
+    def privileged(self) -> bool:
+        return self.domid == 0
+
+
+@dataclass
+class Domain:
+    domid: int
+    mfn: int = 0
+    port: int = 0
+    shutdown: bool = False
+    target: int | None = None
+
+
+def domain_path(domid: int) -> str:
+    return f"/local/domain/{domid}"
+
+
+def parent_of(path: str) -> str:
+    return path.rsplit("/", 1)[0] or "/"
+
+
+def basename(path: str) -> str:
+    return path.rsplit("/", 1)[1]
+
+
+def is_below(path: str, top: str) -> bool:
+    """True if path is top or inside its subtree."""
+    return path == top or top == "/" or path.startswith(top + "/")
+
+
+class Store:
+    def __init__(self, quota: Quota | None = None) -> None:
+        self.quota = quota or Quota()
+        self.lock = threading.RLock()
+        self._gen = 0
+        root_perms = (Perm("n", 0),)
+        self._nodes: dict[str, Node] = {}
+        self._owned: dict[int, int] = {}
+        for path in ("/", "/local", "/local/domain"):
+            self._put(None, path, Node(b"", root_perms))
+            if path != "/":
+                parent = self._nodes[parent_of(path)]
+                self._put(None, parent_of(path),
+                          replace(parent, children=parent.children + (basename(path),)))
+        self._special = {name: root_perms for name in SPECIAL}
+        self._tombs: dict[str, int] = {}  # deletion generations, kept while transactions run
+        self._open_tx = 0
+        self._tx_ids = 0
+        self._conns: list[Connection] = []
+        self.domains: dict[int, Domain] = {}
+
+    # --- connections ---------------------------------------------------------------
+
+    def connect(self, domid: int, deliver: Deliver,
+                on_close: Callable[[], None] | None = None) -> Connection:
+        with self.lock:
+            conn = Connection(domid, deliver, on_close)
+            dom = self.domains.get(domid)
+            if dom is not None:
+                conn.target = dom.target
+            self._conns.append(conn)
+            return conn
+
+    def disconnect(self, conn: Connection) -> None:
+        with self.lock:
+            if conn in self._conns:
+                self._conns.remove(conn)
+            self._drop_transactions(conn)
+            conn.watches.clear()
+
+    # --- paths and permissions -----------------------------------------------------
+
+    def canonical(self, conn: Connection, path: str, special: bool = False) -> str:
+        """xenstored's canonicalize() + is_valid_nodename(); relative paths are the domain's."""
+        if special and path in SPECIAL:
+            return path
+        if not path.startswith("/"):
+            path = f"{domain_path(conn.domid)}/{path}"
+        if (len(path) > XENSTORE_ABS_PATH_MAX or "//" in path
+                or (len(path) > 1 and path.endswith("/")) or not VALID.fullmatch(path)):
+            raise XsError("EINVAL", f"invalid path {path[:64]!r}")
+        if not conn.privileged:
+            local = LOCAL.match(path)
+            if len(path) - (local.end() if local else 0) > XENSTORE_REL_PATH_MAX:
+                raise XsError("EINVAL", "path too long")
+        return path
+
+    def access(self, conn: Connection, perms: tuple[Perm, ...]) -> int:
+        """xenstored's perm_for_conn(): the READ/WRITE/OWNER bits conn has on a node."""
+        owner = perms[0].domid
+        if conn.privileged or owner == conn.domid or (
+                conn.target is not None and owner == conn.target):
+            return READ | WRITE | OWNER
+        for perm in perms[1:]:
+            if perm.domid == conn.domid:
+                return LETTER_ACCESS[perm.letter]
+        return LETTER_ACCESS[perms[0].letter]
+
+    def _nearest(self, tx: Transaction | None, path: str) -> tuple[str, Node]:
+        """The closest existing proper ancestor of path (the root always exists)."""
+        while True:
+            path = parent_of(path)
+            node = self._get(tx, path)
+            if node is not None:
+                return path, node
+
+    def _fetch(self, conn: Connection, tx: Transaction | None, path: str, need: int) -> Node:
+        """get_node(): the node if conn may `need` it, else ENOENT/EACCES.
+
+        ENOENT is only told to a caller that may read the closest existing ancestor
+        (xenstored's errno_from_parents), so existence does not leak through the tree.
+        """
+        node = self._get(tx, path)
+        if node is not None and self.access(conn, node.perms) & need == need:
+            return node
+        err = "ENOENT" if node is None else "EACCES"
+        if path != "/":
+            _, ancestor = self._nearest(tx, path)
+            if not self.access(conn, ancestor.perms) & READ:
+                err = "EACCES"
+        raise XsError(err, path)
+
+    # --- raw view (committed map, or a transaction's overlay on it) ----------------
+
+    def _get(self, tx: Transaction | None, path: str) -> Node | None:
+        if tx is None:
+            return self._nodes.get(path)
+        if path in tx.overlay:
+            return tx.overlay[path]
+        node = self._nodes.get(path)
+        tx.seen.setdefault(path, node is not None)
+        return node
+
+    def _put(self, tx: Transaction | None, path: str, node: Node | None) -> None:
+        old = self._get(tx, path)
+        if tx is not None:
+            tx.overlay[path] = node
+            counts = tx.owned
+        else:
+            counts = self._owned
+            self._gen += 1
+            if node is None:
+                self._nodes.pop(path, None)
+                if self._open_tx:
+                    self._tombs[path] = self._gen
+            else:
+                node = replace(node, gen=self._gen)
+                self._nodes[path] = node
+        if old is not None:
+            counts[old.owner] = counts.get(old.owner, 0) - 1
+        if node is not None:
+            counts[node.owner] = counts.get(node.owner, 0) + 1
+
+    def owned(self, domid: int, tx: Transaction | None = None) -> int:
+        """Number of nodes domid owns (as seen by tx)."""
+        return self._owned.get(domid, 0) + (tx.owned.get(domid, 0) if tx else 0)
+
+    def _tx(self, conn: Connection, tx_id: int) -> Transaction | None:
+        if not tx_id:
+            return None
+        tx = conn.transactions.get(tx_id)
+        if tx is None:
+            raise XsError("ENOENT", f"no transaction {tx_id}")
+        return tx
+
+    # --- node operations -----------------------------------------------------------
+
+    def read(self, conn: Connection, path: str, tx_id: int = 0) -> bytes:
+        with self.lock:
+            tx = self._tx(conn, tx_id)
+            return self._fetch(conn, tx, self.canonical(conn, path), READ).value
+
+    def directory(self, conn: Connection, path: str, tx_id: int = 0) -> list[str]:
+        with self.lock:
+            tx = self._tx(conn, tx_id)
+            return list(self._fetch(conn, tx, self.canonical(conn, path), READ).children)
+
+    def directory_part(self, conn: Connection, path: str, offset: int, tx_id: int = 0) -> bytes:
+        """XS_DIRECTORY_PART's payload: the node's generation, then children from byte
+        `offset` of the nul-separated list; an empty string ends the last chunk."""
+        with self.lock:
+            tx = self._tx(conn, tx_id)
+            node = self._fetch(conn, tx, self.canonical(conn, path), READ)
+            blob = b"".join(c.encode("latin-1") + b"\0" for c in node.children)
+            if offset < 0 or offset > len(blob):
+                raise XsError("EINVAL", "offset beyond the children")
+            head = b"%x\0" % node.gen
+            room = XENSTORE_PAYLOAD_MAX - len(head) - 1
+            end = offset
+            while end < len(blob):
+                nxt = blob.index(b"\0", end) + 1
+                if nxt - offset > room:
+                    break
+                end = nxt
+            if end == offset and end < len(blob):
+                raise XsError("E2BIG", "child name too long for one chunk")
+            return head + blob[offset:end] + (b"\0" if end == len(blob) else b"")
+
+    def get_perms(self, conn: Connection, path: str, tx_id: int = 0) -> list[Perm]:
+        with self.lock:
+            tx = self._tx(conn, tx_id)
+            path = self.canonical(conn, path, special=True)
+            if path in SPECIAL:
+                perms = self._special[path]
+                if not self.access(conn, perms) & READ:
+                    raise XsError("EACCES", path)
+                return list(perms)
+            return list(self._fetch(conn, tx, path, READ).perms)
+
+    def set_perms(self, conn: Connection, path: str, perms: Iterable[str | Perm],
+                  tx_id: int = 0) -> None:
+        with self.lock:
+            tx = self._tx(conn, tx_id)
+            path = self.canonical(conn, path, special=True)
+            new = tuple(p if isinstance(p, Perm) else Perm.parse(p) for p in perms)
+            if not new:
+                raise XsError("EINVAL", "no permissions")
+            if path in SPECIAL:
+                old_perms = self._special[path]
+                if self.access(conn, old_perms) & (WRITE | OWNER) != WRITE | OWNER:
+                    raise XsError("EACCES", path)
+                self._special[path] = new
+                return
+            node = self._fetch(conn, tx, path, WRITE | OWNER)
+            # An unprivileged domain may not give its nodes away (xenstored: EPERM).
+            if not conn.privileged and new[0].domid != node.owner:
+                raise XsError("EPERM", "only dom0 changes owners")
+            self._put(tx, path, replace(node, perms=new))
+            self._changed(tx, path, node.perms)
+
+    def write(self, conn: Connection, path: str, value: bytes, tx_id: int = 0) -> None:
+        with self.lock:
+            tx = self._tx(conn, tx_id)
+            path = self.canonical(conn, path)
+            if not conn.privileged and len(value) > self.quota.value:
+                raise XsError("ENOSPC", "value over quota")
+            node = self._get(tx, path)
+            if node is None:
+                node = self._create(conn, tx, path)
+            else:
+                node = self._fetch(conn, tx, path, WRITE)
+            self._put(tx, path, replace(node, value=bytes(value)))
+            self._changed(tx, path, node.perms)
+
+    def mkdir(self, conn: Connection, path: str, tx_id: int = 0) -> None:
+        with self.lock:
+            tx = self._tx(conn, tx_id)
+            path = self.canonical(conn, path)
+            if self._get(tx, path) is not None:
+                self._fetch(conn, tx, path, WRITE)
+                return
+            node = self._create(conn, tx, path)
+            self._put(tx, path, node)
+            self._changed(tx, path, node.perms)
+
+    def rm(self, conn: Connection, path: str, tx_id: int = 0) -> None:
+        with self.lock:
+            tx = self._tx(conn, tx_id)
+            path = self.canonical(conn, path)
+            try:
+                node = self._fetch(conn, tx, path, WRITE)
+            except XsError as err:
+                # Removing what is already gone is fine if its parent exists.
+                if err.name == "ENOENT" and self._get(tx, parent_of(path)) is not None:
+                    return
+                raise
+            if path == "/":
+                raise XsError("EINVAL", "cannot remove the root")
+            parent_path = parent_of(path)
+            parent = self._get(tx, parent_path)
+            assert parent is not None
+            name = basename(path)
+            self._put(tx, parent_path,
+                      replace(parent, children=tuple(c for c in parent.children if c != name)))
+            # Watches on removed descendants see exactly their own node go; watches on
+            # the path and above see the top of the removed subtree (xenstored's rm).
+            for sub, sub_node in self._subtree(tx, path, node):
+                self._put(tx, sub, None)
+                if sub != path:
+                    self._changed(tx, sub, sub_node.perms, exact=True)
+            self._changed(tx, path, node.perms)
+
+    def _subtree(self, tx: Transaction | None, path: str,
+                 node: Node) -> list[tuple[str, Node]]:
+        out, todo = [], [(path, node)]
+        while todo:
+            cur, cur_node = todo.pop()
+            out.append((cur, cur_node))
+            for child in cur_node.children:
+                sub = f"{cur}/{child}" if cur != "/" else f"/{child}"
+                sub_node = self._get(tx, sub)
+                if sub_node is not None:
+                    todo.append((sub, sub_node))
+        return out
+
+    def _check_nodes(self, conn: Connection, tx: Transaction | None, extra: int) -> None:
+        if not conn.privileged and self.owned(conn.domid, tx) + extra > self.quota.nodes:
+            raise XsError("ENOSPC", "node quota exceeded")
+
+    def _create(self, conn: Connection, tx: Transaction | None, path: str) -> Node:
+        """Build path and any missing parents (not yet the leaf's store) under the
+        closest existing ancestor, which conn must be able to write. New nodes take that
+        ancestor's permissions; an unprivileged creator becomes their owner."""
+        top_path, top = self._nearest(tx, path)
+        if self.access(conn, top.perms) & WRITE != WRITE:
+            # Same leak rule as a failed lookup: EACCES unless the ancestor is readable.
+            raise XsError("EACCES", path)
+        missing = [path]
+        while parent_of(missing[-1]) != top_path:
+            missing.append(parent_of(missing[-1]))
+        self._check_nodes(conn, tx, len(missing))
+        perms = top.perms
+        if not conn.privileged:
+            perms = (Perm(perms[0].letter, conn.domid),) + perms[1:]
+        parent_path, parent = top_path, top
+        for sub in reversed(missing):
+            self._put(tx, parent_path,
+                      replace(parent, children=parent.children + (basename(sub),)))
+            parent_path, parent = sub, Node(b"", perms)
+            if sub != path:
+                self._put(tx, sub, parent)
+                parent = self._get(tx, sub) or parent
+        return Node(b"", perms)
+
+    # --- transactions --------------------------------------------------------------
+
+    def transaction_start(self, conn: Connection) -> int:
+        with self.lock:
+            if not conn.privileged and len(conn.transactions) >= self.quota.transactions:
+                raise XsError("ENOSPC", "transaction quota exceeded")
+            self._tx_ids = self._tx_ids % 0xFFFFFFFF + 1
+            conn.transactions[self._tx_ids] = Transaction(self._tx_ids, self._gen)
+            self._open_tx += 1
+            return self._tx_ids
+
+    def transaction_end(self, conn: Connection, tx_id: int, commit: bool) -> None:
+        with self.lock:
+            tx = conn.transactions.pop(tx_id, None) if tx_id else None
+            if tx is None:
+                raise XsError("ENOENT", f"no transaction {tx_id}")
+            self._tx_closed()
+            if not commit:
+                return
+            for path, existed in tx.seen.items():
+                node = self._nodes.get(path)
+                gen = node.gen if node is not None else self._tombs.get(path, 0)
+                if (node is not None) != existed or gen > tx.start_gen:
+                    raise XsError("EAGAIN", f"conflict on {path}")
+            for path, node in tx.overlay.items():
+                self._put(None, path, node)
+            for path, perms, exact in tx.events:
+                self._fire(path, perms, exact)
+
+    def _tx_closed(self) -> None:
+        self._open_tx -= 1
+        if not self._open_tx:
+            self._tombs.clear()
+
+    def _drop_transactions(self, conn: Connection) -> None:
+        for _ in conn.transactions:
+            self._tx_closed()
+        conn.transactions.clear()
+
+    # --- watches -------------------------------------------------------------------
+
+    def watch(self, conn: Connection, path: str, token: str) -> None:
+        """Register a watch; the first event fires at once, as xenstored's do_watch does
+        (the server sends it after the reply)."""
+        with self.lock:
+            abs_path = self.canonical(conn, path, special=True)
+            if any(w.abs == abs_path and w.token == token for w in conn.watches):
+                raise XsError("EEXIST", "watch exists")
+            if not conn.privileged:
+                used = sum(len(c.watches) for c in self._conns if c.domid == conn.domid)
+                if used >= self.quota.watches:
+                    raise XsError("E2BIG", "watch quota exceeded")
+            conn.watches.append(Watch(path, abs_path, token))
+            conn.deliver(path, token)
+
+    def unwatch(self, conn: Connection, path: str, token: str) -> None:
+        with self.lock:
+            abs_path = self.canonical(conn, path, special=True)
+            for w in conn.watches:
+                if w.abs == abs_path and w.token == token:
+                    conn.watches.remove(w)
+                    return
+            raise XsError("ENOENT", "no such watch")
+
+    def reset_watches(self, conn: Connection) -> None:
+        with self.lock:
+            conn.watches.clear()
+            self._drop_transactions(conn)
+
+    def _changed(self, tx: Transaction | None, path: str, perms: tuple[Perm, ...],
+                 exact: bool = False) -> None:
+        if tx is None:
+            self._fire(path, perms, exact)
+        else:
+            tx.events.append((path, perms, exact))
+
+    def _fire(self, path: str, perms: tuple[Perm, ...], exact: bool = False) -> None:
+        """Tell every watcher of path (or of an ancestor, unless exact) that may read it."""
+        special = path in SPECIAL
+        for conn in list(self._conns):
+            if not self.access(conn, perms) & READ:
+                continue
+            for w in list(conn.watches):
+                hit = w.abs == path if (exact or special) else (
+                    not w.abs.startswith("@") and is_below(path, w.abs))
+                if hit:
+                    conn.deliver(self._relative(conn, w, path), w.token)
+
+    @staticmethod
+    def _relative(conn: Connection, w: Watch, path: str) -> str:
+        """Events on a relative watch carry paths relative to the domain's home."""
+        if w.path.startswith(("/", "@")):
+            return path
+        home = domain_path(conn.domid) + "/"
+        return path[len(home):] if path.startswith(home) else path
+
+    # --- domains -------------------------------------------------------------------
+
+    def _need_privilege(self, conn: Connection) -> None:
+        if not conn.privileged:
+            raise XsError("EACCES", "dom0 only")
+
+    def introduce(self, conn: Connection, domid: int, mfn: int = 0, port: int = 0) -> None:
+        with self.lock:
+            self._need_privilege(conn)
+            if domid <= 0 or domid >= 0x7FF0:
+                raise XsError("EINVAL", f"bad domid {domid}")
+            dom = self.domains.get(domid)
+            if dom is None:
+                self.domains[domid] = Domain(domid, mfn, port)
+            else:  # xenstored lets the toolstack re-introduce to rebind the channel
+                dom.mfn, dom.port = mfn, port
+            self._fire("@introduceDomain", self._special["@introduceDomain"])
+
+    def release(self, conn: Connection, domid: int) -> None:
+        """Forget a domain: its connections close, their watches and transactions go."""
+        with self.lock:
+            self._need_privilege(conn)
+            if domid == 0:
+                raise XsError("EINVAL", "cannot release dom0")
+            if self.domains.pop(domid, None) is None:
+                raise XsError("ENOENT", f"domain {domid} not introduced")
+            for other in [c for c in self._conns if c.domid == domid]:
+                self.disconnect(other)
+                if other.on_close:
+                    other.on_close()
+            self._fire("@releaseDomain", self._special["@releaseDomain"])
+
+    def is_domain_introduced(self, domid: int) -> bool:
+        with self.lock:
+            return domid == 0 or domid in self.domains
+
+    def get_domain_path(self, domid: int) -> str:
+        return domain_path(domid)
+
+    def resume(self, conn: Connection, domid: int) -> None:
+        with self.lock:
+            self._need_privilege(conn)
+            dom = self.domains.get(domid)
+            if dom is None:
+                raise XsError("ENOENT", f"domain {domid} not introduced")
+            dom.shutdown = False
+
+    def set_target(self, conn: Connection, domid: int, target: int) -> None:
+        """Give domid (a device model's domain) owner rights over target's nodes."""
+        with self.lock:
+            self._need_privilege(conn)
+            dom = self.domains.get(domid)
+            if dom is None or target not in self.domains:
+                raise XsError("ENOENT", "domain not introduced")
+            dom.target = target
+            for other in self._conns:
+                if other.domid == domid:
+                    other.target = target

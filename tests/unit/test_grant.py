@@ -1,0 +1,241 @@
+"""Grant tables v1: frames, GNTTABOP_* and the grant-checking mapper.
+
+Layouts hand-written from xen/include/public/grant_table.h (x86_64):
+grant_entry_v1 = {u16 flags @0, domid_t domid @2, u32 frame @4}, 8 bytes, 512 per frame;
+GTF_permit_access 1, GTF_readonly 1<<2, GTF_reading 1<<3, GTF_writing 1<<4;
+gnttab_setup_table = {dom @0, nr_frames @4, status(i16) @8, frame_list @16};
+gnttab_query_size = {dom @0, nr_frames @4, max_nr_frames @8, status @12};
+gnttab_copy = {source {u @0, domid @8, offset @10}, dest @16.., len @32, flags @34,
+status @36}, 40 bytes; GNTCOPY_source_gref 1, GNTCOPY_dest_gref 2; GNTST_* codes.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from types import SimpleNamespace
+
+import pytest
+
+from xenopus.memory import GuestMemory, MiB
+from xenopus.xen.grant import GrantError, GrantMapper, GrantTable
+from xenopus.xen.guestmem import GuestAccess
+
+PAGE = 4096
+PERMIT, RO, READING, WRITING = 1, 1 << 2, 1 << 3, 1 << 4
+OKAY, GENERAL, BAD_DOMAIN, BAD_GNTREF = 0, -1, -2, -3
+BAD_VIRT_ADDR, PERMISSION_DENIED, BAD_PAGE, BAD_COPY_ARG = -5, -8, -9, -10
+SRC_GREF, DST_GREF = 1, 2
+SETUP, COPY, QUERY, SET_VERSION, GET_VERSION, MAP = 2, 5, 6, 8, 10, 0
+EINVAL, ENOSYS, EFAULT, ESRCH = 22, 38, 14, 3
+DOMID_SELF = 0x7FF0
+ME, PEER = 1, 2
+FRAME_GPFN = 0x40  # where the test guest maps grant frame 0
+ARG = 0x20000
+
+
+@pytest.fixture
+def mem() -> Iterator[GuestMemory]:
+    with GuestMemory.create(1 * MiB) as m:
+        yield m
+
+
+@pytest.fixture
+def gt(mem: GuestMemory) -> GrantTable:
+    t = GrantTable(ME, mem, max_frames=4)
+    assert t.map_frame(0, FRAME_GPFN) == 0
+    return t
+
+
+def grant(mem: GuestMemory, gref: int, flags: int, domid: int, frame: int,
+          at: int = FRAME_GPFN) -> None:
+    mem.write(at * PAGE + 8 * gref, struct.pack("<HHI", flags, domid, frame))
+
+
+def flags(mem: GuestMemory, gref: int, at: int = FRAME_GPFN) -> int:
+    return mem.read_u16(at * PAGE + 8 * gref)
+
+
+def access(mem: GuestMemory) -> GuestAccess:
+    return GuestAccess(mem, SimpleNamespace(cr0=1, cr3=0, cr4=0, efer=0))
+
+
+def call(mem: GuestMemory, t: GrantTable, cmd: int, raw: bytes, count: int = 1
+         ) -> tuple[int, bytes]:
+    mem.write(ARG, raw)
+    return t.op(cmd, access(mem), ARG, count), mem.read(ARG, len(raw))
+
+
+# --- frames, setup, size, version ----------------------------------------------------------
+
+
+def test_map_frame_zeroes_then_moves_entries(mem: GuestMemory) -> None:
+    t = GrantTable(ME, mem, max_frames=4)
+    mem.write(0x50 * PAGE, b"\xff" * PAGE)
+    assert t.map_frame(1, 0x50) == 0
+    assert mem.read(0x50 * PAGE, PAGE) == bytes(PAGE) and t.nr_frames == 2
+    grant(mem, 0, PERMIT, PEER, 0x60, at=0x50)  # frame 1 entry 0: gref 512
+    assert t.map_frame(1, 0x51) == 0
+    assert flags(mem, 0, at=0x51) == PERMIT and t.entry_gpa(512) == 0x51 * PAGE
+    assert t.map_frame(4, 0x52) == -EINVAL  # max_frames
+    assert t.map_frame(0x8000_0000, 0x52) == -EINVAL  # status frames: v2 only
+    assert t.map_frame(0, 0x7_0000) == -EINVAL  # not RAM
+
+
+def setup_raw(dom: int, nr: int, frame_list: int) -> bytes:
+    return struct.pack("<HHIhHIQ", dom, 0, nr, 0, 0, 0, frame_list)
+
+
+def test_setup_table_lists_gfns_and_grows(mem: GuestMemory, gt: GrantTable) -> None:
+    rc, out = call(mem, gt, SETUP, setup_raw(DOMID_SELF, 2, 0x21000))
+    assert rc == 0 and struct.unpack_from("<h", out, 8) == (OKAY,)
+    assert struct.unpack("<QQ", mem.read(0x21000, 16)) == (FRAME_GPFN, 2**64 - 1)
+    assert gt.nr_frames == 2
+    rc, out = call(mem, gt, SETUP, setup_raw(DOMID_SELF, 5, 0x21000))
+    assert rc == 0 and struct.unpack_from("<h", out, 8) == (GENERAL,)  # > max_nr_frames
+    rc, out = call(mem, gt, SETUP, setup_raw(9, 1, 0x21000))
+    assert struct.unpack_from("<h", out, 8) == (BAD_DOMAIN,)
+    rc, out = call(mem, gt, SETUP, setup_raw(ME, 1, 0x7000_0000))
+    assert rc == 0 and struct.unpack_from("<h", out, 8) == (BAD_VIRT_ADDR,)
+    assert call(mem, gt, SETUP, setup_raw(ME, 1, 0x21000), count=2)[0] == -EINVAL
+    assert gt.op(SETUP, access(mem), 0x7000_0000, 1) == -EFAULT
+
+
+def test_query_size(mem: GuestMemory, gt: GrantTable) -> None:
+    rc, out = call(mem, gt, QUERY, struct.pack("<HHIIhH", DOMID_SELF, 0, 0, 0, 7, 0))
+    assert rc == 0 and struct.unpack_from("<IIh", out, 4) == (1, 4, OKAY)
+    rc, out = call(mem, gt, QUERY, struct.pack("<HHIIhH", 3, 0, 0, 0, 7, 0))
+    assert struct.unpack_from("<h", out, 12) == (BAD_DOMAIN,)
+
+
+def test_versions(mem: GuestMemory, gt: GrantTable) -> None:
+    assert call(mem, gt, SET_VERSION, struct.pack("<I", 1)) == (0, struct.pack("<I", 1))
+    assert call(mem, gt, SET_VERSION, struct.pack("<I", 2)) == (-ENOSYS, struct.pack("<I", 1))
+    assert call(mem, gt, SET_VERSION, struct.pack("<I", 3))[0] == -EINVAL
+    rc, out = call(mem, gt, GET_VERSION, struct.pack("<HHI", DOMID_SELF, 0, 0))
+    assert rc == 0 and struct.unpack_from("<I", out, 4) == (1,)
+    assert call(mem, gt, GET_VERSION, struct.pack("<HHI", 5, 0, 0))[0] == -ESRCH
+
+
+def test_map_grant_ref_op_is_not_offered(mem: GuestMemory, gt: GrantTable) -> None:
+    assert call(mem, gt, MAP, bytes(32))[0] == -ENOSYS
+    assert gt.op(COPY, access(mem), ARG, 2**31) == -EINVAL
+
+
+# --- GNTTABOP_copy -------------------------------------------------------------------------
+
+
+def copy_raw(src: tuple[int, int, int], dst: tuple[int, int, int], length: int,
+             fl: int) -> bytes:
+    return struct.pack("<QHHxxxxQHHxxxxHHhxx", *src, *dst, length, fl, 99)
+
+
+def copy_status(mem: GuestMemory, t: GrantTable, *args: object) -> int:
+    rc, out = call(mem, t, COPY, copy_raw(*args))  # type: ignore[arg-type]
+    assert rc == 0
+    return struct.unpack_from("<h", out, 36)[0]
+
+
+def test_copy_between_gref_and_gmfn(mem: GuestMemory) -> None:
+    with GuestMemory.create(1 * MiB) as peer_mem:
+        peer = GrantTable(PEER, peer_mem)
+        peer.map_frame(0, FRAME_GPFN)
+        me = GrantTable(ME, mem, foreign={PEER: peer}.get)
+        me.map_frame(0, FRAME_GPFN)
+        grant(peer_mem, 3, PERMIT | RO, ME, 0x70)
+        peer_mem.write(0x70 * PAGE + 100, b"granted!")
+        # from the peer's read-only gref 3 to my own gmfn 0x30
+        assert copy_status(mem, me, (3, PEER, 100), (0x30, DOMID_SELF, 8), 8, SRC_GREF) == OKAY
+        assert mem.read(0x30 * PAGE + 8, 8) == b"granted!"
+        assert flags(peer_mem, 3) == PERMIT | RO  # in-use flags dropped after the copy
+        # into the peer's writable gref 4
+        grant(peer_mem, 4, PERMIT, ME, 0x71)
+        assert copy_status(mem, me, (0x30, DOMID_SELF, 8), (4, PEER, 0), 8, DST_GREF) == OKAY
+        assert peer_mem.read(0x71 * PAGE, 8) == b"granted!"
+        # the read-only one refuses to be a destination
+        assert copy_status(mem, me, (0x30, DOMID_SELF, 0), (3, PEER, 0), 8, DST_GREF) == GENERAL
+        assert copy_status(mem, me, (0x30, DOMID_SELF, 0), (3, 7, 0), 8, DST_GREF) == BAD_DOMAIN
+
+
+def test_copy_errors(mem: GuestMemory, gt: GrantTable) -> None:
+    grant(mem, 1, PERMIT, ME, 0x30)
+    grant(mem, 2, PERMIT, PEER, 0x30)  # granted to someone else
+    grant(mem, 3, PERMIT, ME, 0x7_0000)  # frame outside RAM
+    own = (0x31, DOMID_SELF, 0)
+    assert copy_status(mem, gt, (1, ME, 0), own, 16, SRC_GREF) == OKAY  # self-grant is fine
+    assert copy_status(mem, gt, (512, ME, 0), own, 16, SRC_GREF) == BAD_GNTREF
+    assert copy_status(mem, gt, (2**32 - 1, ME, 0), own, 16, SRC_GREF) == BAD_GNTREF
+    assert copy_status(mem, gt, (2, ME, 0), own, 16, SRC_GREF) == GENERAL
+    assert copy_status(mem, gt, (0, ME, 0), own, 16, SRC_GREF) == GENERAL  # GTF_invalid
+    assert copy_status(mem, gt, (3, ME, 0), own, 16, SRC_GREF) == BAD_PAGE
+    assert copy_status(mem, gt, (0x31, ME, 0), own, 16, 0) == PERMISSION_DENIED
+    assert copy_status(mem, gt, (0x7_0000, DOMID_SELF, 0), own, 16, 0) == BAD_PAGE
+    assert copy_status(mem, gt, (1, 9, 0), own, 16, SRC_GREF) == BAD_DOMAIN
+    assert copy_status(mem, gt, (1, ME, 4000), own, 200, SRC_GREF) == BAD_COPY_ARG
+    assert copy_status(mem, gt, (1, ME, 0), (0x31, DOMID_SELF, 4095), 2, SRC_GREF) == BAD_COPY_ARG
+    assert flags(mem, 1) == PERMIT  # every failure released its pin
+
+
+def test_copy_batch_statuses_and_faults(mem: GuestMemory, gt: GrantTable) -> None:
+    grant(mem, 1, PERMIT, ME, 0x30)
+    raw = copy_raw((1, ME, 0), (0x31, DOMID_SELF, 0), 8, SRC_GREF) + copy_raw(
+        (600, ME, 0), (0x31, DOMID_SELF, 0), 8, SRC_GREF)
+    rc, out = call(mem, gt, COPY, raw, count=2)
+    assert rc == 0 and struct.unpack_from("<h", out, 36)[0] == OKAY
+    assert struct.unpack_from("<h", out, 40 + 36)[0] == BAD_GNTREF
+    assert gt.op(COPY, access(mem), 1 * MiB - 40, 2) == -EFAULT
+
+
+# --- the mapper ----------------------------------------------------------------------------
+
+
+def test_mapper_maintains_in_use_flags(mem: GuestMemory, gt: GrantTable) -> None:
+    grant(mem, 5, PERMIT, PEER, 0x33)
+    mapper = GrantMapper({ME: gt}.get)
+    w = mapper.map(ME, 5, PEER, write=True)
+    assert flags(mem, 5) == PERMIT | READING | WRITING
+    r = mapper.map(ME, 5, PEER, write=False)
+    w.view[:4] = b"back"
+    assert mem.read(0x33 * PAGE, 4) == b"back" and bytes(r.view[:4]) == b"back"
+    with pytest.raises(TypeError):
+        r.view[0] = 1  # a read mapping's view is read-only
+    mapper.unmap(w)
+    assert flags(mem, 5) == PERMIT | READING  # a reader remains
+    with pytest.raises(ValueError):
+        w.view[0]  # the view died with the mapping
+    mapper.unmap(r)
+    mapper.unmap(r)  # twice is harmless
+    assert flags(mem, 5) == PERMIT and gt.in_use(5) == (0, 0)
+
+
+def test_mapper_refusals(mem: GuestMemory, gt: GrantTable) -> None:
+    grant(mem, 5, PERMIT, PEER, 0x33)
+    grant(mem, 6, PERMIT | RO, PEER, 0x33)
+    mapper = GrantMapper({ME: gt}.get)
+    for args, status in [((ME, 5, 3, False), GENERAL),  # granted to PEER, not d3
+                         ((ME, 6, PEER, True), GENERAL),  # read-only
+                         ((ME, 512, PEER, False), BAD_GNTREF),
+                         ((4, 5, PEER, False), BAD_DOMAIN)]:
+        with pytest.raises(GrantError) as e:
+            mapper.map(*args)
+        assert e.value.status == status
+    with mapper.map(ME, 6, PEER, write=False) as m:
+        assert flags(mem, 6) == PERMIT | RO | READING and len(m.view) == PAGE
+    assert flags(mem, 6) == PERMIT | RO
+
+
+def test_revoked_grant_is_refused(mem: GuestMemory, gt: GrantTable) -> None:
+    grant(mem, 5, PERMIT, PEER, 0x33)
+    mapper = GrantMapper({ME: gt}.get)
+    m = mapper.map(ME, 5, PEER, write=False)
+    # Linux's gnttab_end_foreign_access: cmpxchg(flags, GTF_permit_access, 0) fails while
+    # GTF_reading is set, so the guest cannot revoke a grant in use...
+    assert gt.atomics.cmpxchg32(FRAME_GPFN * PAGE + 40, PERMIT | PEER << 16, 0) != PERMIT | PEER << 16
+    mapper.unmap(m)
+    # ...after the unmap it can, and the next map sees the revocation.
+    assert gt.atomics.cmpxchg32(FRAME_GPFN * PAGE + 40, PERMIT | PEER << 16, 0) == PERMIT | PEER << 16
+    with pytest.raises(GrantError):
+        mapper.map(ME, 5, PEER, write=False)
+    grant(mem, 5, PERMIT, 3, 0x33)  # re-granted to another domain
+    with pytest.raises(GrantError):
+        mapper.map(ME, 5, PEER, write=False)
