@@ -1,0 +1,285 @@
+"""The block backend (xen/include/public/io/blkif.h) on a raw image.
+
+One single-page ring (no `max-ring-page-order`, no multi-queue), the native x86_64 ABI
+only (`protocol` absent or "x86_64-abi"; a 32-bit frontend is refused with an error
+node). Requests are copied out of the ring, validated, and their data moves between
+the image and the granted pages with `os.preadv`/`os.pwritev` on views of the mappings:
+no copy in between. A read maps its pages writable, a write read-only, as Xen's
+GNTMAP_readonly does.
+
+Every malformed request (too many segments, first_sect > last_sect or past the page,
+sectors past the end, a grant the mapper refuses) is answered BLKIF_RSP_ERROR and the
+ring goes on; only impossible ring indexes break the ring (backend Closing with error).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+
+from xenopus.devices.virtio.blk import (
+    FALLOC_FL_KEEP_SIZE,
+    FALLOC_FL_PUNCH_HOLE,
+    FALLOC_FL_ZERO_RANGE,
+    fallocate,
+)
+from xenopus.xen import abi
+from xenopus.xen.backends.xenbus import (
+    Backend,
+    BackRing,
+    EventPort,
+    FrontendError,
+    Host,
+    Mapping,
+    RingError,
+)
+
+SECTOR = 512  # blkif sectors are 512 bytes (no feature-large-sector-size)
+SECTORS_PER_PAGE = abi.PAGE_SIZE // SECTOR
+MAX_INDIRECT_SEGMENTS = 256  # what we advertise; at most 8 pages of 512 segments allow
+NATIVE_PROTOCOL = "x86_64-abi"  # io/protocols.h XEN_IO_PROTO_ABI_X86_64
+
+_REQ = abi.blkif_request
+_DISCARD = abi.blkif_request_discard
+_INDIRECT = abi.blkif_request_indirect
+_SEG = abi.blkif_request_segment
+_SEG_SIZE = ctypes.sizeof(_SEG)
+
+
+class BadRequest(Exception):
+    """One request is malformed: answered BLKIF_RSP_ERROR, logged once per reason."""
+
+
+class BlkBack(Backend):
+    """A `vbd` backend serving the raw image at `path`."""
+
+    kind = "vbd"
+
+    def __init__(
+        self,
+        xs: object,
+        host: Host,
+        domid: int,
+        devid: int,
+        path: str,
+        *,
+        read_only: bool = False,
+        vdev: str = "",
+        **kw: object,
+    ):
+        super().__init__(xs, host, domid, devid, **kw)  # type: ignore[arg-type]
+        self.path = path
+        self.read_only = read_only
+        self.vdev = vdev
+        flags = (os.O_RDONLY if read_only else os.O_RDWR) | os.O_CLOEXEC
+        self.fd = os.open(path, flags)
+        size = os.fstat(self.fd).st_size
+        self.sectors = size // SECTOR  # a partial last sector is not addressable
+        self.ring: BackRing | None = None
+        self._ring_map: Mapping | None = None
+        self.port: EventPort | None = None
+        self.stats = {"requests": 0, "errors": 0}
+
+    # -- xenbus -----------------------------------------------------------------------
+
+    def backend_nodes(self) -> dict[str, str]:
+        # libxl's vbd nodes (libxl_disk.c device_disk_add).
+        return {
+            "params": self.path,
+            "type": "phy" if self.path.startswith("/dev/") else "file",
+            "mode": "r" if self.read_only else "w",
+            "dev": self.vdev,
+            "removable": "0",
+            "bootable": "1",
+            "device-type": "disk",
+            "discard-enable": "0" if self.read_only else "1",
+        }
+
+    def frontend_nodes(self) -> dict[str, str]:
+        return {"virtual-device": str(self.devid), "device-type": "disk"}
+
+    def features(self) -> dict[str, str]:
+        writable = not self.read_only
+        nodes = {
+            "feature-flush-cache": "1",
+            "feature-barrier": "1",
+            "feature-persistent": "0",
+            "feature-max-indirect-segments": str(MAX_INDIRECT_SEGMENTS),
+            "feature-discard": "1" if writable else "0",
+        }
+        if writable:
+            nodes |= {"discard-granularity": str(abi.PAGE_SIZE), "discard-alignment": "0",
+                      "discard-secure": "0"}
+        return nodes
+
+    def connect(self) -> dict[str, str]:
+        protocol = self.read_fe("protocol")
+        if protocol not in (None, "", NATIVE_PROTOCOL):
+            raise FrontendError(f"frontend protocol {protocol!r} is not supported (only {NATIVE_PROTOCOL})")
+        if self.read_fe("ring-page-order") not in (None, "0"):
+            raise FrontendError("multi-page rings are not supported (no max-ring-page-order)")
+        gref = self.fe_int("ring-ref", 1 << 32)
+        self._ring_map = self.map_grant(gref, write=True)
+        self.ring = BackRing(self._ring_map.view, abi.BLKIF_RING_ENTRY_SIZE)
+        self.port = self.bind_event()
+        # blkback's connect() writes these in the Connected transaction.
+        return {
+            "sectors": str(self.sectors),
+            "info": str(abi.VDISK_READONLY if self.read_only else 0),
+            "sector-size": str(SECTOR),
+            "physical-sector-size": str(SECTOR),
+        }
+
+    def disconnect(self) -> None:
+        port, self.port = self.port, None
+        if port is not None:
+            port.close()
+        self.ring = None
+        mapping, self._ring_map = self._ring_map, None
+        if mapping is not None:
+            mapping.unmap()
+
+    def stop(self, remove: bool = True) -> None:
+        super().stop(remove)
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    # -- the ring ---------------------------------------------------------------------
+
+    def service(self) -> None:
+        ring = self.ring
+        if ring is None:
+            return
+        try:
+            while True:
+                while ring.unconsumed():
+                    raw = ring.take()
+                    op, rid, status = self.handle(raw)
+                    ring.put(bytes(abi.blkif_response(id=rid, operation=op, status=status)))
+                    self.stats["requests"] += 1
+                    if status != abi.BLKIF_RSP_OKAY:
+                        self.stats["errors"] += 1
+                if ring.push() and self.port is not None:
+                    self.port.notify()
+                if not ring.final_check():
+                    return
+        except RingError as e:
+            raise FrontendError(f"ring broken: {e}") from e
+
+    def handle(self, raw: bytes) -> tuple[int, int, int]:
+        """One request: (operation to echo, id, BLKIF_RSP_*)."""
+        req = _REQ.from_buffer_copy(raw[: ctypes.sizeof(_REQ)])
+        op, rid = req.operation, req.id
+        try:
+            if op in (abi.BLKIF_OP_READ, abi.BLKIF_OP_WRITE, abi.BLKIF_OP_WRITE_BARRIER):
+                nseg = req.nr_segments
+                if op == abi.BLKIF_OP_WRITE_BARRIER and nseg == 0:
+                    return op, rid, self._flush()
+                if not 1 <= nseg <= abi.BLKIF_MAX_SEGMENTS_PER_REQUEST:
+                    raise BadRequest(f"nr_segments {nseg} outside 1..{abi.BLKIF_MAX_SEGMENTS_PER_REQUEST}")
+                segs = [(s.gref, s.first_sect, s.last_sect) for s in req.seg[:nseg]]
+                status = self._rw(op != abi.BLKIF_OP_READ, req.sector_number, segs)
+                if op == abi.BLKIF_OP_WRITE_BARRIER and status == abi.BLKIF_RSP_OKAY:
+                    status = self._flush()  # the barrier's data is stable when we answer
+                return op, rid, status
+            if op == abi.BLKIF_OP_FLUSH_DISKCACHE:
+                return op, rid, self._flush()
+            if op == abi.BLKIF_OP_DISCARD:
+                d = _DISCARD.from_buffer_copy(raw[: ctypes.sizeof(_DISCARD)])
+                return op, rid, self._discard(d.sector_number, d.nr_sectors)
+            if op == abi.BLKIF_OP_INDIRECT:
+                ind = _INDIRECT.from_buffer_copy(raw[: ctypes.sizeof(_INDIRECT)])
+                # blkfront matches the response against the indirect operation.
+                return ind.indirect_op, rid, self._indirect(ind)
+        except BadRequest as e:
+            self.log_once(str(e))
+            return op, rid, abi.BLKIF_RSP_ERROR
+        except OSError as e:
+            self.log_once(f"{self.path}: I/O error {errno.errorcode.get(e.errno or 0, e.errno)}")
+            return op, rid, abi.BLKIF_RSP_ERROR
+        self.log_once(f"unsupported operation {op}")
+        return op, rid, abi.BLKIF_RSP_EOPNOTSUPP
+
+    def _indirect(self, ind: abi.blkif_request_indirect) -> int:
+        op, nseg = ind.indirect_op, ind.nr_segments
+        if op not in (abi.BLKIF_OP_READ, abi.BLKIF_OP_WRITE):
+            raise BadRequest(f"indirect operation {op} is not read or write")
+        if not 1 <= nseg <= MAX_INDIRECT_SEGMENTS:
+            raise BadRequest(f"indirect nr_segments {nseg} outside 1..{MAX_INDIRECT_SEGMENTS}")
+        pages = -(-nseg // abi.SEGS_PER_INDIRECT_FRAME)
+        segs: list[tuple[int, int, int]] = []
+        for i in range(pages):
+            mapping = self._map(ind.indirect_grefs[i], write=False)
+            try:
+                count = min(abi.SEGS_PER_INDIRECT_FRAME, nseg - len(segs))
+                table = bytes(mapping.view[: count * _SEG_SIZE])  # copied: the guest may rewrite it
+            finally:
+                mapping.unmap()
+            for j in range(count):
+                s = _SEG.from_buffer_copy(table, j * _SEG_SIZE)
+                segs.append((s.gref, s.first_sect, s.last_sect))
+        return self._rw(op == abi.BLKIF_OP_WRITE, ind.sector_number, segs)
+
+    def _map(self, gref: int, write: bool) -> Mapping:
+        try:
+            return self.host.map_grant(self.domid, gref, write)
+        except Exception as e:
+            raise BadRequest(f"grant {gref}: {e}") from e
+
+    def _rw(self, write: bool, sector: int, segs: list[tuple[int, int, int]]) -> int:
+        if write and self.read_only:
+            raise BadRequest("write to a read-only disk")
+        total = 0
+        for gref, first, last in segs:
+            if not first <= last < SECTORS_PER_PAGE:
+                raise BadRequest(f"segment of grant {gref}: sectors {first}..{last} not within 0..7")
+            total += last - first + 1
+        if sector + total > self.sectors:
+            raise BadRequest(f"sectors {sector}+{total} beyond the disk's {self.sectors}")
+        # A read fills the frontend's pages: they must be granted writable.
+        maps: list[Mapping] = []
+        try:
+            views = []
+            for gref, first, last in segs:
+                m = self._map(gref, write=not write)
+                maps.append(m)
+                views.append(m.view[first * SECTOR : (last + 1) * SECTOR])
+            return self._io(write, sector * SECTOR, views)
+        finally:
+            for m in maps:
+                m.unmap()
+
+    def _io(self, write: bool, offset: int, views: list[memoryview]) -> int:
+        while views:
+            n = (os.pwritev if write else os.preadv)(self.fd, views, offset)
+            if n <= 0:
+                raise BadRequest("the image ended early")  # shrunk under us
+            offset += n
+            while views and n >= len(views[0]):
+                n -= len(views[0])
+                views.pop(0)
+            if n:
+                views[0] = views[0][n:]
+        return abi.BLKIF_RSP_OKAY
+
+    def _flush(self) -> int:
+        if not self.read_only:
+            os.fdatasync(self.fd)
+        return abi.BLKIF_RSP_OKAY
+
+    def _discard(self, sector: int, count: int) -> int:
+        if self.read_only:
+            raise BadRequest("discard on a read-only disk")
+        if sector + count > self.sectors:
+            raise BadRequest(f"discard {sector}+{count} beyond the disk's {self.sectors}")
+        if count:
+            # A hole reads back as zeroes, which is what a discard may leave.
+            try:
+                fallocate(self.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, sector * SECTOR, count * SECTOR)
+            except OSError as e:
+                if e.errno not in (errno.EOPNOTSUPP, errno.ENOSYS):
+                    raise
+                fallocate(self.fd, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, sector * SECTOR, count * SECTOR)
+        return abi.BLKIF_RSP_OKAY

@@ -1,0 +1,737 @@
+"""PV backends: the xenbus state machine against a real XenStoreServer, blkback, the
+console and netback with hand-built rings in guest memory.
+
+The frontend is played by the test: its XenStore writes go through a connection of the
+guest's own domain id (so the permissions libxl sets are exercised), its rings are
+built here byte by byte from the io/*.h layouts, and its grants are a small fake
+mapper that enforces what Xen's does (granted to this domain, read-only refuses write).
+Numbers checked are the headers' (io/blkif.h, io/netif.h, io/console.h, io/ring.h).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import os
+import struct
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import pytest
+
+from xenopus.memory import GuestMemory
+from xenopus.xen import abi
+from xenopus.xen.backends import BlkBack, NetBack, PVConsole, State
+from xenopus.xen.backends.netback import checksum_place
+from xenopus.xen.backends.xenbus import DomainHost
+from xenopus.xen.xenstore.client import XsClient
+from xenopus.xen.xenstore.server import XenStoreServer
+from xenopus.xen.xenstore.store import Store
+
+DOMID = 5
+PAGE = 4096
+TIMEOUT = 10.0
+
+
+# -- the XenStore daemon, in a thread ------------------------------------------------
+
+
+@dataclass
+class Xenstored:
+    store: Store
+    client: XsClient
+    guest: object  # a Connection of DOMID: the frontend's own XenStore access
+
+    def fe_write(self, path: str, value: str) -> None:
+        self.store.write(self.guest, path, value.encode())
+
+    def read(self, path: str) -> str:
+        return self.client.read(path).decode()
+
+
+@pytest.fixture
+def xs(tmp_path) -> Iterator[Xenstored]:
+    store = Store()
+    server = XenStoreServer(store)
+    loop = asyncio.new_event_loop()
+    sock = str(tmp_path / "xs.sock")
+    ready = threading.Event()
+    done = asyncio.Event()
+
+    async def main() -> None:
+        srv = await server.serve_unix(sock)
+        ready.set()
+        await done.wait()
+        srv.close()
+
+    thread = threading.Thread(target=lambda: loop.run_until_complete(main()), daemon=True)
+    thread.start()
+    assert ready.wait(TIMEOUT)
+    client = XsClient(sock)
+    guest = store.connect(DOMID, lambda path, token: None)
+    try:
+        yield Xenstored(store, client, guest)
+    finally:
+        client.close()
+        loop.call_soon_threadsafe(done.set)
+        thread.join(TIMEOUT)
+        loop.close()
+
+
+# -- a fake grant table and event channel ------------------------------------------------
+
+
+class FakeMapping:
+    def __init__(self, host: FakeHost, view: memoryview):
+        self.host = host
+        self.view = view
+        host.live += 1
+
+    def unmap(self) -> None:
+        self.host.live -= 1
+
+
+@dataclass
+class FakePort:
+    callback: Callable[[], None]
+    notified: threading.Event = field(default_factory=threading.Event)
+    closed: bool = False
+
+    def notify(self) -> None:
+        self.notified.set()
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class FakeHost:
+    """Grants: gref → (pfn, read-only) of DOMID's memory; what the mapper checks."""
+
+    def __init__(self, memory: GuestMemory):
+        self.memory = memory
+        self.grants: dict[int, tuple[int, bool]] = {}
+        self.live = 0
+        self.ports: dict[int, FakePort] = {}
+
+    def grant(self, gref: int, pfn: int, readonly: bool = False) -> None:
+        self.grants[gref] = (pfn, readonly)
+
+    def map_grant(self, domid: int, gref: int, write: bool) -> FakeMapping:
+        if domid != DOMID or gref not in self.grants:
+            raise PermissionError(f"grant {gref} not granted")
+        pfn, ro = self.grants[gref]
+        if write and ro:
+            raise PermissionError(f"grant {gref} is read-only")
+        return FakeMapping(self, self.memory.view(pfn * PAGE, PAGE))
+
+    def bind_event(self, domid: int, port: int, callback: Callable[[], None]) -> FakePort:
+        self.ports[port] = FakePort(callback)
+        return self.ports[port]
+
+
+GNT_PFN = 200  # the guest's grant-table frame 0
+
+
+class RealGrantHost(FakeHost):
+    """The same grants through the real GrantTable/GrantMapper: v1 entries in the guest's
+    frame, GTF_reading/GTF_writing maintained, read-only refusing write mappings."""
+
+    def __init__(self, memory: GuestMemory):
+        from xenopus.xen.grant import GrantMapper, GrantTable
+
+        super().__init__(memory)
+        self.table = GrantTable(DOMID, memory)
+        assert self.table.map_frame(0, GNT_PFN) == 0
+        self.domain = DomainHost(None, GrantMapper(lambda d: self.table if d == DOMID else None))
+
+    def grant(self, gref: int, pfn: int, readonly: bool = False) -> None:
+        flags = abi.GTF_permit_access | (abi.GTF_readonly if readonly else 0)
+        entry = abi.grant_entry_v1(flags=flags, domid=0, frame=pfn)
+        self.memory.write(GNT_PFN * PAGE + gref * ctypes.sizeof(entry), bytes(entry))
+
+    def map_grant(self, domid: int, gref: int, write: bool):
+        m = self.domain.map_grant(domid, gref, write)
+        self.live += 1
+        unmap = m.unmap
+
+        def counted() -> None:
+            self.live -= 1
+            unmap()
+
+        m.unmap = counted
+        return m
+
+
+@pytest.fixture
+def memory() -> Iterator[GuestMemory]:
+    with GuestMemory.create(1 << 20) as mem:
+        yield mem
+
+
+# -- a frontend's side of an io/ring.h ring -----------------------------------------------
+
+
+class FrontRing:
+    """FRONT_RING_INIT over a page of guest memory; entry size from the header's union."""
+
+    def __init__(self, memory: GuestMemory, pfn: int, entry: int):
+        self.mem = memory
+        self.base = pfn * PAGE
+        self.entry = entry
+        self.size = abi.ring_size(entry)
+        self.req_prod_pvt = 0
+        self.rsp_cons = 0
+        memory.fill(self.base, PAGE)
+        memory.write_u32(self.base + 4, 1)  # SHARED_RING_INIT: req_event = rsp_event = 1
+        memory.write_u32(self.base + 12, 1)
+
+    def put(self, data: bytes) -> None:
+        off = self.base + 64 + (self.req_prod_pvt % self.size) * self.entry
+        self.mem.write(off, data.ljust(self.entry, b"\0"))
+        self.req_prod_pvt += 1
+
+    def push(self) -> None:
+        self.mem.write_u32(self.base, self.req_prod_pvt)
+        self.mem.write_u32(self.base + 12, self.rsp_cons + 1)  # an event for the next one
+
+    def responses(self, size: int) -> list[bytes]:
+        prod = self.mem.read_u32(self.base + 8)
+        out = []
+        while self.rsp_cons != prod:
+            off = self.base + 64 + (self.rsp_cons % self.size) * self.entry
+            out.append(self.mem.read(off, size))
+            self.rsp_cons += 1
+        return out
+
+
+def test_ring_layouts_match_the_headers():
+    # io/blkif.h on x86_64: blkif_request 112 bytes → (4096-64)/112 = 36 → 32 entries;
+    # io/netif.h: tx request 12 bytes → 336 → 256; rx 8 bytes → 504 → 256.
+    assert abi.BLKIF_RING_ENTRY_SIZE == 112 and abi.BLKIF_RING_SIZE == 32
+    assert abi.NETIF_TX_RING_SIZE == 256 and abi.NETIF_RX_RING_SIZE == 256
+    # io/console.h: in[1024], out[2048], then in_cons, in_prod, out_cons, out_prod.
+    assert abi.xencons_interface.out_prod.offset == 3084
+
+
+# -- blkback --------------------------------------------------------------------------------
+
+RING_PFN, DATA_PFN, IND_PFN = 16, 32, 64
+RING_GREF, DATA_GREF, IND_GREF = 8, 100, 200
+SECTORS = 64
+DEVID = 51712  # xvda: (202 << 8) | (0 << 4)
+
+
+def blk_request(op: int, rid: int, sector: int, segs: list[tuple[int, int, int]],
+                nr: int | None = None) -> bytes:
+    r = abi.blkif_request(operation=op, nr_segments=len(segs) if nr is None else nr,
+                          handle=DEVID, id=rid, sector_number=sector)
+    for i, (g, f, last) in enumerate(segs[: abi.BLKIF_MAX_SEGMENTS_PER_REQUEST]):
+        r.seg[i].gref, r.seg[i].first_sect, r.seg[i].last_sect = g, f, last
+    return bytes(r)
+
+
+def blk_responses(ring: FrontRing) -> list[tuple[int, int, int]]:
+    out = []
+    for raw in ring.responses(ctypes.sizeof(abi.blkif_response)):
+        r = abi.blkif_response.from_buffer_copy(raw)
+        out.append((r.id, r.operation, r.status))
+    return out
+
+
+@dataclass
+class BlkRig:
+    xs: Xenstored
+    host: FakeHost
+    back: BlkBack
+    ring: FrontRing
+    image: str
+
+    def connect(self) -> None:
+        fe = self.back.fe
+        self.xs.fe_write(f"{fe}/ring-ref", str(RING_GREF))
+        self.xs.fe_write(f"{fe}/event-channel", "7")
+        self.xs.fe_write(f"{fe}/protocol", "x86_64-abi")
+        self.xs.fe_write(f"{fe}/state", str(int(State.Initialised)))
+        assert self.back.wait_for(State.Connected, TIMEOUT)
+
+    def run(self, *requests: bytes) -> list[tuple[int, int, int]]:
+        port = self.host.ports[7]
+        port.notified.clear()
+        for r in requests:
+            self.ring.put(r)
+        self.ring.push()
+        port.callback()  # the frontend's EVTCHNOP_send
+        assert port.notified.wait(TIMEOUT)
+        return blk_responses(self.ring)
+
+
+def make_blk(xs: Xenstored, memory: GuestMemory, tmp_path, read_only: bool = False,
+             grants: str = "fake") -> BlkRig:
+    image = str(tmp_path / "disk.img")
+    with open(image, "wb") as f:
+        f.write(bytes(range(256)) * (SECTORS * 2))  # 64 sectors of a known pattern
+    host = RealGrantHost(memory) if grants == "real" else FakeHost(memory)
+    host.grant(RING_GREF, RING_PFN)
+    for i in range(16):
+        host.grant(DATA_GREF + i, DATA_PFN + i)
+    host.grant(IND_GREF, IND_PFN, readonly=True)
+    ring = FrontRing(memory, RING_PFN, abi.BLKIF_RING_ENTRY_SIZE)
+    back = BlkBack(xs.client, host, DOMID, DEVID, image, read_only=read_only, vdev="xvda")
+    back.start()
+    return BlkRig(xs, host, back, ring, image)
+
+
+@pytest.fixture(params=["fake", "real"])
+def blk(xs, memory, tmp_path, request) -> Iterator[BlkRig]:
+    """Every blkback test runs with the fake mapper and with xen.grant's."""
+    rig = make_blk(xs, memory, tmp_path, grants=request.param)
+    yield rig
+    rig.back.stop()
+
+
+def test_xenbus_nodes_perms_and_features(blk: BlkRig):
+    xs, be, fe = blk.xs, blk.back.be, blk.back.fe
+    assert be == f"/local/domain/0/backend/vbd/{DOMID}/{DEVID}"
+    assert fe == f"/local/domain/{DOMID}/device/vbd/{DEVID}"
+    assert blk.back.wait_for(State.InitWait, TIMEOUT)
+    assert xs.read(f"{be}/state") == "2"
+    assert xs.read(f"{be}/frontend") == fe and xs.read(f"{be}/frontend-id") == str(DOMID)
+    assert xs.read(f"{be}/online") == "1"
+    assert xs.read(f"{fe}/backend") == be and xs.read(f"{fe}/backend-id") == "0"
+    assert xs.read(f"{fe}/state") == "1"
+    # libxl: the backend is dom0's and readable by the guest; the frontend is the guest's.
+    assert xs.client.get_perms(be) == ["n0", f"r{DOMID}"]
+    assert xs.client.get_perms(fe) == [f"n{DOMID}", "r0"]
+    assert xs.client.get_perms(f"{fe}/state")[0] == f"n{DOMID}"
+    for node, value in {"feature-flush-cache": "1", "feature-discard": "1",
+                        "feature-persistent": "0", "feature-max-indirect-segments": "256",
+                        "mode": "w"}.items():
+        assert xs.read(f"{be}/{node}") == value
+    # the guest itself can read its backend's nodes and write its own
+    assert xs.store.read(xs.guest, f"{be}/feature-flush-cache") == b"1"
+    xs.fe_write(f"{fe}/ring-ref", "1")
+
+
+def test_connect_close_reconnect(blk: BlkRig):
+    xs, be = blk.xs, blk.back.be
+    assert blk.back.wait_for(State.InitWait, TIMEOUT)
+    blk.connect()
+    assert xs.read(f"{be}/state") == "4"
+    assert xs.read(f"{be}/sectors") == str(SECTORS)
+    assert xs.read(f"{be}/sector-size") == "512"
+    assert xs.read(f"{be}/info") == "0"
+    assert blk.host.live == 1  # the ring
+    xs.fe_write(f"{blk.back.fe}/state", str(int(State.Closing)))
+    assert blk.back.wait_for(State.Closing, TIMEOUT)
+    assert blk.host.live == 0 and blk.host.ports[7].closed
+    xs.fe_write(f"{blk.back.fe}/state", str(int(State.Closed)))
+    assert blk.back.wait_for(State.Closed, TIMEOUT)
+    xs.fe_write(f"{blk.back.fe}/state", str(int(State.Initialising)))
+    assert blk.back.wait_for(State.InitWait, TIMEOUT)
+    blk.connect()
+    assert blk.run(blk_request(abi.BLKIF_OP_FLUSH_DISKCACHE, 1, 0, []))[0][2] == 0
+
+
+@pytest.mark.parametrize("nodes, why", [
+    ({"event-channel": "7"}, "no ring-ref"),
+    ({"ring-ref": "eight", "event-channel": "7"}, "not a number"),
+    ({"ring-ref": str(1 << 32), "event-channel": "7"}, "out of range"),
+    ({"ring-ref": "999", "event-channel": "7"}, "cannot map grant 999"),
+    ({"ring-ref": str(RING_GREF), "event-channel": "-1"}, "out of range"),
+    ({"ring-ref": str(RING_GREF), "event-channel": "7", "protocol": "x86_32-abi"}, "protocol"),
+])
+def test_malformed_frontend_closes_with_error(blk: BlkRig, nodes, why):
+    assert blk.back.wait_for(State.InitWait, TIMEOUT)
+    for name, value in nodes.items():
+        blk.xs.fe_write(f"{blk.back.fe}/{name}", value)
+    blk.xs.fe_write(f"{blk.back.fe}/state", str(int(State.Initialised)))
+    assert blk.back.wait_for(State.Closing, TIMEOUT)
+    assert why in blk.xs.read(f"{blk.back.be}/error")
+    assert blk.host.live == 0
+    assert blk.back.worker is not None and blk.back.worker.thread.is_alive()
+
+
+def test_write_then_read_back(blk: BlkRig, memory: GuestMemory):
+    blk.back.wait_for(State.InitWait, TIMEOUT)
+    blk.connect()
+    memory.write(DATA_PFN * PAGE, b"A" * PAGE)
+    memory.write((DATA_PFN + 1) * PAGE, b"B" * PAGE)
+    # sectors 3..4 of page 0 and 0..7 of page 1 → image sectors 10..19
+    rsp = blk.run(blk_request(abi.BLKIF_OP_WRITE, 42, 10, [(DATA_GREF, 3, 4), (DATA_GREF + 1, 0, 7)]))
+    assert rsp == [(42, abi.BLKIF_OP_WRITE, abi.BLKIF_RSP_OKAY)]
+    with open(blk.image, "rb") as f:
+        data = f.read()
+    assert data[10 * 512 : 12 * 512] == b"A" * 1024
+    assert data[12 * 512 : 20 * 512] == b"B" * 4096
+    assert data[20 * 512 : 21 * 512] == bytes(range(256)) * 2  # untouched
+    memory.fill((DATA_PFN + 2) * PAGE, PAGE, 0xEE)
+    rsp = blk.run(blk_request(abi.BLKIF_OP_READ, 43, 11, [(DATA_GREF + 2, 1, 2)]))
+    assert rsp == [(43, abi.BLKIF_OP_READ, abi.BLKIF_RSP_OKAY)]
+    page = memory.read((DATA_PFN + 2) * PAGE, PAGE)
+    assert page[:512] == b"\xee" * 512 and page[3 * 512 :] == b"\xee" * (PAGE - 3 * 512)
+    assert page[512:1536] == b"A" * 512 + b"B" * 512
+    assert blk.host.live == 1  # every data mapping was unmapped again
+
+
+def test_flush_barrier_and_discard_hole(blk: BlkRig, memory: GuestMemory):
+    blk.back.wait_for(State.InitWait, TIMEOUT)
+    blk.connect()
+    memory.write(DATA_PFN * PAGE, b"C" * PAGE)
+    rsp = blk.run(
+        blk_request(abi.BLKIF_OP_FLUSH_DISKCACHE, 1, 0, []),
+        blk_request(abi.BLKIF_OP_WRITE_BARRIER, 2, 0, [(DATA_GREF, 0, 7)]),
+        bytes(abi.blkif_request_discard(operation=abi.BLKIF_OP_DISCARD, id=3,
+                                        sector_number=16, nr_sectors=32)),
+    )
+    assert rsp == [(1, 3, 0), (2, 2, 0), (3, 5, 0)]
+    with open(blk.image, "rb") as f:
+        data = f.read()
+    assert data[: 8 * 512] == b"C" * 4096
+    assert data[16 * 512 : 48 * 512] == bytes(32 * 512)
+    fd = os.open(blk.image, os.O_RDONLY)
+    try:  # a real hole, not written zeroes (when the filesystem punches)
+        assert os.lseek(fd, 16 * 512, os.SEEK_HOLE) == 16 * 512
+    finally:
+        os.close(fd)
+
+
+def test_indirect_segments(blk: BlkRig, memory: GuestMemory):
+    blk.back.wait_for(State.InitWait, TIMEOUT)
+    blk.connect()
+    # 16 segments of one sector each, one per page, through an indirect page.
+    table = b"".join(bytes(abi.blkif_request_segment(gref=DATA_GREF + i, first_sect=0,
+                                                     last_sect=0)) for i in range(16))
+    memory.write(IND_PFN * PAGE, table)
+    for i in range(16):
+        memory.write((DATA_PFN + i) * PAGE, bytes([0x30 + i]) * 512)
+    ind = abi.blkif_request_indirect(operation=abi.BLKIF_OP_INDIRECT,
+                                     indirect_op=abi.BLKIF_OP_WRITE, nr_segments=16, id=9,
+                                     sector_number=40, handle=DEVID)
+    ind.indirect_grefs[0] = IND_GREF
+    assert blk.run(bytes(ind)) == [(9, abi.BLKIF_OP_WRITE, 0)]
+    with open(blk.image, "rb") as f:
+        f.seek(40 * 512)
+        assert f.read(16 * 512) == b"".join(bytes([0x30 + i]) * 512 for i in range(16))
+    ind.indirect_op, ind.nr_segments = abi.BLKIF_OP_DISCARD, 1
+    assert blk.run(bytes(ind))[0][2] == abi.BLKIF_RSP_ERROR
+    ind.indirect_op, ind.nr_segments = abi.BLKIF_OP_READ, 300  # over the advertised 256
+    assert blk.run(bytes(ind))[0][2] == abi.BLKIF_RSP_ERROR
+
+
+@pytest.mark.parametrize("req, status", [
+    (blk_request(abi.BLKIF_OP_READ, 1, 0, [(DATA_GREF, 0, 7)] * 11, nr=12), abi.BLKIF_RSP_ERROR),
+    (blk_request(abi.BLKIF_OP_READ, 1, 0, [], nr=0), abi.BLKIF_RSP_ERROR),
+    (blk_request(abi.BLKIF_OP_READ, 1, 0, [(DATA_GREF, 5, 4)]), abi.BLKIF_RSP_ERROR),
+    (blk_request(abi.BLKIF_OP_READ, 1, 0, [(DATA_GREF, 0, 8)]), abi.BLKIF_RSP_ERROR),
+    (blk_request(abi.BLKIF_OP_READ, 1, SECTORS - 1, [(DATA_GREF, 0, 1)]), abi.BLKIF_RSP_ERROR),
+    (blk_request(abi.BLKIF_OP_READ, 1, 1 << 63, [(DATA_GREF, 0, 0)]), abi.BLKIF_RSP_ERROR),
+    (blk_request(abi.BLKIF_OP_WRITE, 1, 0, [(12345, 0, 0)]), abi.BLKIF_RSP_ERROR),
+    # a READ fills the page: a read-only grant must refuse it
+    (blk_request(abi.BLKIF_OP_READ, 1, 0, [(IND_GREF, 0, 0)]), abi.BLKIF_RSP_ERROR),
+    (bytes(abi.blkif_request_discard(operation=abi.BLKIF_OP_DISCARD, id=1, sector_number=60,
+                                     nr_sectors=5)), abi.BLKIF_RSP_ERROR),
+    (blk_request(abi.BLKIF_OP_RESERVED_1, 1, 0, []), abi.BLKIF_RSP_EOPNOTSUPP),
+    (blk_request(0xEE, 1, 0, []), abi.BLKIF_RSP_EOPNOTSUPP),
+])
+def test_hostile_requests_fail_alone(blk: BlkRig, memory: GuestMemory, req, status):
+    blk.back.wait_for(State.InitWait, TIMEOUT)
+    blk.connect()
+    with open(blk.image, "rb") as f:
+        before = f.read()
+    memory.write(DATA_PFN * PAGE, b"Z" * 512)
+    ok = blk_request(abi.BLKIF_OP_WRITE, 2, 0, [(DATA_GREF, 0, 0)])
+    rsp = blk.run(req, ok)
+    assert [r[2] for r in rsp] == [status, abi.BLKIF_RSP_OKAY]
+    with open(blk.image, "rb") as f:
+        assert f.read() == b"Z" * 512 + before[512:]  # only the good request wrote
+    assert blk.back.state == State.Connected and blk.host.live == 1
+
+
+def test_read_only_disk_refuses_writes(xs, memory, tmp_path):
+    rig = make_blk(xs, memory, tmp_path, read_only=True)
+    try:
+        rig.back.wait_for(State.InitWait, TIMEOUT)
+        assert xs.read(f"{rig.back.be}/mode") == "r"
+        assert xs.read(f"{rig.back.be}/feature-discard") == "0"
+        rig.connect()
+        assert xs.read(f"{rig.back.be}/info") == str(abi.VDISK_READONLY)
+        rsp = rig.run(
+            blk_request(abi.BLKIF_OP_WRITE, 1, 0, [(DATA_GREF, 0, 0)]),
+            bytes(abi.blkif_request_discard(operation=abi.BLKIF_OP_DISCARD, id=2,
+                                            sector_number=0, nr_sectors=8)),
+            blk_request(abi.BLKIF_OP_READ, 3, 0, [(DATA_GREF, 0, 0)]),
+        )
+        assert [r[2] for r in rsp] == [abi.BLKIF_RSP_ERROR, abi.BLKIF_RSP_ERROR, 0]
+        with open(rig.image, "rb") as f:
+            assert f.read(512) == bytes(range(256)) * 2
+    finally:
+        rig.back.stop()
+
+
+def test_hostile_ring_index_closes_the_device(blk: BlkRig, memory: GuestMemory):
+    blk.back.wait_for(State.InitWait, TIMEOUT)
+    blk.connect()
+    memory.write_u32(RING_PFN * PAGE, 1000)  # req_prod far past the 32-entry ring
+    blk.host.ports[7].callback()
+    assert blk.back.wait_for(State.Closing, TIMEOUT)
+    assert "ring broken" in blk.xs.read(f"{blk.back.be}/error")
+    assert blk.host.live == 0
+
+
+def test_domain_host_pairs_with_event_channels(memory: GuestMemory):
+    from xenopus.xen.evtchn import EventChannels
+
+    ev = EventChannels(DOMID, memory, 1, lambda vcpu: None)
+    kicks = []
+    host = DomainHost(ev, grants=None)
+    guest_port = ev.alloc_unbound(abi.DOMID_SELF, 0)  # the frontend's half
+    assert guest_port > 0
+    port = host.bind_event(DOMID, guest_port, lambda: kicks.append(1))
+    assert ev.send(guest_port) == 0 and kicks == [1]  # guest → backend
+    port.notify()  # backend → guest: no error; the port is interdomain
+    with pytest.raises(ValueError):
+        host.bind_event(DOMID, guest_port, lambda: None)  # already bound
+
+
+# -- console ---------------------------------------------------------------------------------
+
+CONS_PFN = 80
+IN_CONS, IN_PROD, OUT_CONS, OUT_PROD = 3072, 3076, 3080, 3084  # io/console.h offsets
+
+
+@pytest.fixture
+def console(memory):
+    out: list[bytes] = []
+    notes: list[int] = []
+    cons = PVConsole.at_pfn(memory, CONS_PFN, out.append, lambda: notes.append(1))
+    return cons, out, notes
+
+
+def test_console_output_wraps(console, memory):
+    cons, out, notes = console
+    base = CONS_PFN * PAGE
+    start = 2040  # out_prod near the end of the 2048-byte out ring
+    memory.write_u32(base + OUT_CONS, start)
+    msg = b"hello, wrapped world"
+    for i, b in enumerate(msg):
+        memory.write_u8(base + 1024 + (start + i) % 2048, b)
+    memory.write_u32(base + OUT_PROD, start + len(msg))
+    cons.kick()
+    assert out == [msg] and notes == [1]
+    assert memory.read_u32(base + OUT_CONS) == start + len(msg)
+    cons.kick()  # nothing new
+    assert out == [msg]
+
+
+def test_console_hostile_out_prod(console, memory):
+    cons, out, notes = console
+    base = CONS_PFN * PAGE
+    memory.write_u32(base + OUT_PROD, 5000)  # 5000 - 0 > 2048
+    cons.kick()
+    assert out == [] and memory.read_u32(base + OUT_CONS) == 0
+    memory.write_u32(base + OUT_CONS, 0xFFFFFFFE)  # a sane wrapped pair works again
+    memory.write_u32(base + OUT_PROD, 1)
+    cons.kick()
+    assert len(out[0]) == 3
+
+
+def test_console_input(console, memory):
+    cons, out, notes = console
+    base = CONS_PFN * PAGE
+    memory.write_u32(base + IN_CONS, 1020)
+    memory.write_u32(base + IN_PROD, 1020)
+    assert cons.send(b"abcdefgh") == 8
+    assert memory.read_u32(base + IN_PROD) == 1028
+    assert memory.read(base + 1020, 4) == b"abcd" and memory.read(base, 4) == b"efgh"
+    assert notes == [1]
+    assert cons.send(b"x" * 2000) == 1024 - 8  # only what fits
+    assert cons.send(b"y") == 0
+    memory.write_u32(base + IN_CONS, 0)  # in_prod - in_cons = 2044 > 1024: broken
+    assert cons.send(b"z") == 0
+
+
+# -- netback with a fake tap -----------------------------------------------------------------
+
+TX_PFN, RX_PFN, PKT_PFN = 96, 97, 100
+TX_GREF, RX_GREF, PKT_GREF = 1, 2, 300
+MAC = bytes.fromhex("00163e010203")
+VNET = struct.Struct("<BBHHHHH")
+
+
+class FakeTap:
+    """What netback uses of devices.tap.Tap, with a pipe as the readable fd."""
+
+    name = "faketap"
+    vnet_hdr_len = 12
+
+    def __init__(self):
+        self.written: list[bytes] = []
+        self.inbox: list[bytes] = []
+        self.r, self.w = os.pipe()
+        self.fd = self.r
+        os.set_blocking(self.r, False)
+
+    def write(self, views) -> int:
+        frame = b"".join(bytes(v) for v in views)
+        self.written.append(frame)
+        return len(frame)
+
+    def deliver(self, frame: bytes) -> None:
+        self.inbox.append(frame)
+        os.write(self.w, b"x")
+
+    def read_into(self, views) -> int | None:
+        if not self.inbox:
+            return None
+        os.read(self.r, 1)
+        frame = self.inbox.pop(0)
+        views[0][: len(frame)] = frame
+        return len(frame)
+
+    def close(self) -> None:
+        for fd in (self.r, self.w):
+            os.close(fd)
+
+
+def udp_frame(payload: bytes) -> bytes:
+    eth = b"\x02\x00\x00\x00\x00\x01" + MAC + b"\x08\x00"
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + 8 + len(payload), 0, 0, 64, 17, 0,
+                     bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2]))
+    return eth + ip + struct.pack("!HHHH", 1000, 2000, 8 + len(payload), 0) + payload
+
+
+@dataclass
+class NetRig:
+    xs: Xenstored
+    host: FakeHost
+    back: NetBack
+    tap: FakeTap
+    tx: FrontRing
+    rx: FrontRing
+
+    def kick(self, wait: bool = True) -> None:
+        port = self.host.ports[9]
+        port.notified.clear()
+        self.tx.push()
+        self.rx.push()
+        port.callback()
+        if wait:
+            assert port.notified.wait(TIMEOUT)
+
+    def tx_responses(self) -> list[tuple[int, int]]:
+        return [struct.unpack("<Hh", r) for r in self.tx.responses(4)]
+
+
+@pytest.fixture
+def net(xs, memory) -> Iterator[NetRig]:
+    host = FakeHost(memory)
+    host.grant(TX_GREF, TX_PFN)
+    host.grant(RX_GREF, RX_PFN)
+    for i in range(8):
+        host.grant(PKT_GREF + i, PKT_PFN + i)
+    tap = FakeTap()
+    tx = FrontRing(memory, TX_PFN, ctypes.sizeof(abi.netif_tx_request))
+    rx = FrontRing(memory, RX_PFN, ctypes.sizeof(abi.netif_rx_request))
+    back = NetBack(xs.client, host, DOMID, 0, tap, MAC)
+    back.start()
+    assert back.wait_for(State.InitWait, TIMEOUT)
+    fe = back.fe
+    for name, value in {"tx-ring-ref": TX_GREF, "rx-ring-ref": RX_GREF, "event-channel": 9,
+                        "request-rx-copy": 1, "state": int(State.Connected)}.items():
+        xs.fe_write(f"{fe}/{name}", str(value))
+    assert back.wait_for(State.Connected, TIMEOUT)
+    yield NetRig(xs, host, back, tap, tx, rx)
+    back.stop()
+
+
+def test_netback_nodes(net: NetRig):
+    be = net.back.be
+    assert be == f"/local/domain/0/backend/vif/{DOMID}/0"
+    assert net.xs.read(f"{be}/feature-rx-copy") == "1"
+    assert net.xs.read(f"{be}/mac") == "00:16:3e:01:02:03"
+    assert net.xs.read(f"{net.back.fe}/mac") == "00:16:3e:01:02:03"
+
+
+def test_netback_tx_csum_blank_and_fragments(net: NetRig, memory: GuestMemory):
+    frame = udp_frame(b"p" * 100)
+    head, rest = frame[:50], frame[50:]
+    memory.write(PKT_PFN * PAGE + 100, head)
+    memory.write((PKT_PFN + 1) * PAGE, rest)
+    net.tx.put(bytes(abi.netif_tx_request(gref=PKT_GREF, offset=100, id=11, size=len(frame),
+                                          flags=abi.NETTXF_csum_blank | abi.NETTXF_more_data)))
+    net.tx.put(bytes(abi.netif_tx_request(gref=PKT_GREF + 1, offset=0, id=12, size=len(rest))))
+    net.kick()
+    assert net.tx_responses() == [(11, 0), (12, 0)]
+    (out,) = net.tap.written
+    flags, gso, _, _, start, off, _ = VNET.unpack(out[:12])
+    assert flags == 1 and gso == 0 and (start, off) == (34, 6)  # UDP after 14+20
+    assert out[12:] == frame
+    assert net.host.live == 2  # the rings only
+
+
+def test_netback_tx_gso_extra(net: NetRig, memory: GuestMemory):
+    frame = udp_frame(b"q" * 60)
+    frame = frame[:23] + b"\x06" + frame[24:]  # protocol TCP (checksum at +16)
+    memory.write(PKT_PFN * PAGE, frame)
+    net.tx.put(bytes(abi.netif_tx_request(gref=PKT_GREF, id=1, size=len(frame),
+                                          flags=abi.NETTXF_extra_info | abi.NETTXF_csum_blank)))
+    extra = abi.netif_extra_info(type=abi.XEN_NETIF_EXTRA_TYPE_GSO)
+    extra.u.gso.size, extra.u.gso.type = 1448, abi.XEN_NETIF_GSO_TYPE_TCPV4
+    net.tx.put(bytes(extra))
+    net.kick()
+    assert net.tx_responses() == [(1, 0), (0, abi.NETIF_RSP_NULL)]
+    flags, gso, _, gso_size, start, off, _ = VNET.unpack(net.tap.written[0][:12])
+    assert (flags, gso, gso_size, start, off) == (1, 1, 1448, 34, 16)
+
+
+@pytest.mark.parametrize("req", [
+    abi.netif_tx_request(gref=999, id=1, size=60),  # not granted
+    abi.netif_tx_request(gref=PKT_GREF, id=1, size=10),  # shorter than Ethernet
+    abi.netif_tx_request(gref=PKT_GREF, offset=4090, id=1, size=60),  # crosses the page
+    abi.netif_tx_request(gref=PKT_GREF, id=1, size=60, flags=abi.NETTXF_csum_blank),  # not IP
+])
+def test_netback_tx_hostile(net: NetRig, memory: GuestMemory, req):
+    net.tx.put(bytes(req))
+    frame = udp_frame(b"ok")
+    memory.write((PKT_PFN + 2) * PAGE, frame)
+    net.tx.put(bytes(abi.netif_tx_request(gref=PKT_GREF + 2, id=2, size=len(frame))))
+    net.kick()
+    assert net.tx_responses() == [(1, abi.NETIF_RSP_ERROR), (2, 0)]
+    assert [w[12:] for w in net.tap.written] == [frame]
+    assert net.back.state == State.Connected
+
+
+def test_netback_tx_chain_too_long(net: NetRig, memory: GuestMemory):
+    for i in range(20):
+        net.tx.put(bytes(abi.netif_tx_request(gref=PKT_GREF, id=i, size=100 if i == 0 else 1,
+                                              flags=abi.NETTXF_more_data if i < 19 else 0)))
+    net.kick()
+    assert [s for _, s in net.tx_responses()] == [abi.NETIF_RSP_ERROR] * 20
+    assert net.tap.written == []
+
+
+def test_netback_rx(net: NetRig, memory: GuestMemory):
+    frame = udp_frame(b"to the guest")
+    net.rx.put(bytes(abi.netif_rx_request(id=77, gref=PKT_GREF + 3)))
+    net.kick(wait=False)  # buffers posted before any frame: nothing to answer yet
+    port = net.host.ports[9]
+    port.notified.clear()
+    net.tap.deliver(VNET.pack(2, 0, 0, 0, 0, 0, 0) + frame)  # DATA_VALID
+    assert port.notified.wait(TIMEOUT)
+    (raw,) = net.rx.responses(8)
+    rid, off, flags, status = struct.unpack("<HHHh", raw)
+    assert (rid, off, status) == (77, 0, len(frame))
+    assert flags == abi.NETRXF_data_validated
+    assert memory.read((PKT_PFN + 3) * PAGE, len(frame)) == frame
+    # No buffer posted: the frame waits in the tap until the frontend posts one.
+    net.tap.deliver(VNET.pack(0, 0, 0, 0, 0, 0, 0) + frame)
+    net.rx.put(bytes(abi.netif_rx_request(id=78, gref=PKT_GREF + 4)))
+    net.kick()
+    assert struct.unpack("<HHHh", net.rx.responses(8)[0])[3] == len(frame)
+
+
+def test_checksum_place():
+    assert checksum_place(udp_frame(b"")) == (34, 6)
+    v6 = b"\0" * 12 + b"\x86\xdd" + b"\x60" + b"\0" * 5 + b"\x06" + b"\0" * 33
+    assert checksum_place(v6) == (54, 16)
