@@ -297,3 +297,15 @@ def test_bootinfo_detects_wrong_expectations(qemu: str, ramdisk: tuple[Path, int
                f"expect_proto=linux expect_initrd_size={size + 1} expect_initrd_sum={total ^ 1:#x} "
                "expect_ram_mb=128", path)
     assert results(out) == [("FAIL", "bootinfo", "pvh: 4 checks failed")]
+
+
+XEN_GUESTS = ["xenhello", "xenevtchn", "xengrant", "xenstore", "xenconsole", "xenblk",
+              "xennet", "xenpair", "xenhostile"]
+
+
+@pytest.mark.parametrize("name", XEN_GUESTS)
+def test_xen_guest_without_xen(qemu: str, name: str) -> None:
+    """Under a hypervisor without Xen's interface, each Xen guest says so and fails."""
+    out = boot(qemu, f"{name}.elf")
+    assert 'no Xen: CPUID 0x40000000 signature is "KVMKVMKVM"' in out
+    assert results(out) == [("FAIL", name, "no-xen")]
