@@ -152,6 +152,13 @@ KVM_X86_DISABLE_EXITS_PAUSE = 1 << 2
 
 KVM_XEN_HVM_CONFIG_HYPERCALL_MSR = 1 << 0
 KVM_XEN_HVM_CONFIG_INTERCEPT_HCALL = 1 << 1
+KVM_XEN_HVM_CONFIG_SHARED_INFO = 1 << 2
+KVM_XEN_HVM_CONFIG_RUNSTATE = 1 << 3
+KVM_XEN_HVM_CONFIG_EVTCHN_2LEVEL = 1 << 4
+KVM_XEN_HVM_CONFIG_EVTCHN_SEND = 1 << 5
+KVM_EXIT_XEN_HCALL = 1  # struct kvm_xen_exit.type
+# asm/kvm_para.h: kvmclock; its pvclock_vcpu_time_info is Xen's vcpu_time_info
+MSR_KVM_SYSTEM_TIME_NEW = 0x4B564D01
 
 KVM_NR_INTERRUPTS = 256
 
@@ -338,6 +345,22 @@ class kvm_irq_routing(ctypes.Structure):  # noqa: N801
     """Header only; the entries follow it (see `irq_routing_with`)."""
 
     _fields_ = [("nr", c_uint32), ("flags", c_uint32)]
+
+
+class kvm_xen_hcall(ctypes.Structure):  # noqa: N801
+    _fields_ = [
+        ("longmode", c_uint32),
+        ("cpl", c_uint32),
+        ("input", c_uint64),
+        ("result", c_uint64),
+        ("params", c_uint64 * 6),
+    ]
+
+
+class kvm_xen_exit(ctypes.Structure):  # noqa: N801
+    """KVM_EXIT_XEN: `type` then a union whose only member is `hcall`."""
+
+    _fields_ = [("type", c_uint32), ("hcall", kvm_xen_hcall)]
 
 
 class kvm_xen_hvm_config(ctypes.Structure):  # noqa: N801

@@ -1,0 +1,337 @@
+"""Hypercall entry: discovery (CPUID), the hypercall page, the trap path, the dispatch table,
+the in-kernel path's configuration and the choice between the two.
+
+Discovery (xen/include/public/arch-x86/cpuid.h): the Xen leaves sit at 0x40000000 and
+KVM's own leaves are removed. Linux (arch/x86/kernel/cpu/hypervisor.c) keeps the detected
+hypervisor whose base leaf is *highest*, so KVM's leaves left at 0x40000000 with Xen's at
+0x40000100 would do, but Xen's spec and simpler guests (which look at 0x40000000 only)
+want Xen first; with Xen first, KVM's leaves must go (moved to 0x40000100 they would win
+Linux's vote). A Xen guest needs nothing from them: its clock is Xen's vcpu_time_info,
+which the platform has KVM maintain through the host-side kvmclock MSR.
+
+Trap path (any KVM): the guest writes the hypercall-page MSR (CPUID base+2 EBX); an MSR
+filter denies that write in the kernel so it reaches userspace (KVM_EXIT_X86_WRMSR), and
+we fill the page with one 32-byte stub per hypercall::
+
+    b8 NN 00 00 00    mov  $NN, %eax
+    e6 E2             out  %al, $0xE2
+    c3                ret
+
+The same bytes decode identically in 64-bit and 32-bit mode. The one-byte OUT exits to
+us; the call number is in eax and the arguments are still in the guest's registers
+(64-bit: rdi, rsi, rdx, r10, r8, r9; 32-bit: ebx, ecx, edx, esi, edi, ebp, as in Xen's
+HVM ABI). We write the result to rax before KVM completes the OUT (completing a port-I/O
+OUT only advances rip).
+No register but rax changes, which Linux's hypercall macros rely on (they list no clobbers
+beyond the arguments). Port 0xE2: the PC/AT map reserves 0xE0-0xEF without assigning it;
+the range's known users are 0xE9 (Bochs/QEMU/xenopus debug console) and 0xED (Linux's
+``io_delay=0xed``); nothing in xenopus's device map claims it (the pio Bus would refuse a
+second claim). An 8-bit port keeps the stub free of ``%dx``, an argument register.
+Where Xen answers a CPL>0 caller -EPERM, a CPL 3 OUT faults (#GP) before leaving the guest
+unless the guest granted IOPL 3; a caller that does get here from CPL>0 gets -EPERM.
+
+In-kernel path (KVM_CAP_XEN_HVM with INTERCEPT_HCALL): KVM writes its own vmcall/vmmcall
+stubs on the MSR write and hypercalls arrive as KVM_EXIT_XEN; `kernel_hcall` feeds them to
+the same table.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from xenopus.kvm import uapi as u
+from xenopus.memory.guest import GuestMemory, GuestMemoryError
+from xenopus.xen import abi
+from xenopus.xen.guestmem import GuestAccess, GuestFault, XenError
+
+log = logging.getLogger("xenopus.xen")
+
+XEN_VERSION = (4, 11)  # what XENVER_version and CPUID base+1 report
+HYPERCALL_PORT = 0xE2
+HYPERCALL_MSR = 0x40000000  # Xen's MSR base (CPUID base+2 EBX); index 0: hypercall page
+CPUID_BASE = abi.XEN_CPUID_FIRST_LEAF
+CPUID_LAST = CPUID_BASE + 4  # leaves base+0 .. base+4
+HVM_FEATURES = (
+    abi.XEN_HVM_CPUID_VCPU_ID_PRESENT
+    | abi.XEN_HVM_CPUID_DOMID_PRESENT
+    | abi.XEN_HVM_CPUID_UPCALL_VECTOR
+)
+
+_STUB_PAD = 0xCC  # int3, as Xen fills unused stub bytes
+_MASK64 = (1 << 64) - 1
+_EFER_LMA = 1 << 10
+_CR0_PE = 1 << 0
+_ARGS64 = ("rdi", "rsi", "rdx", "r10", "r8", "r9")
+_ARGS32 = ("rbx", "rcx", "rdx", "rsi", "rdi", "rbp")
+
+
+# --- the hypercall page ---------------------------------------------------------------------
+def stub(nr: int) -> bytes:
+    """The 32-byte stub for hypercall `nr` (module docstring)."""
+    code = bytes([0xB8]) + nr.to_bytes(4, "little") + bytes([0xE6, HYPERCALL_PORT, 0xC3])
+    return code.ljust(abi.HYPERCALL_STUB_SIZE, bytes([_STUB_PAD]))
+
+
+def hypercall_page() -> bytes:
+    """128 stubs; HYPERVISOR_iret's is left as int3 (HVM guests have no use for it, and Xen
+    leaves it so too)."""
+    pad = bytes([_STUB_PAD]) * abi.HYPERCALL_STUB_SIZE
+    return b"".join(
+        pad if nr == abi.HYPERVISOR_iret else stub(nr) for nr in range(abi.NR_HYPERCALLS)
+    )
+
+
+# --- CPUID ----------------------------------------------------------------------------------
+def xen_cpuid_entries(vcpu: int, domid: int, base: int = CPUID_BASE) -> list[u.kvm_cpuid_entry2]:
+    """The Xen leaves for `vcpu` of domain `domid` (arch-x86/cpuid.h)."""
+    major, minor = XEN_VERSION
+    rows = [
+        (base, base + 4, abi.XEN_CPUID_SIGNATURE_EBX, abi.XEN_CPUID_SIGNATURE_ECX,
+         abi.XEN_CPUID_SIGNATURE_EDX),
+        (base + 1, major << 16 | minor, 0, 0, 0),
+        (base + 2, 1, HYPERCALL_MSR, 0, 0),  # one hypercall page; no PV MMU features
+        (base + 3, 0, 0, 0, 0),  # time: TSC mode default (0), nothing emulated
+        (base + 4, HVM_FEATURES, vcpu, domid, 0),
+    ]
+    return [u.kvm_cpuid_entry2(function=f, index=0, flags=0, eax=a, ebx=b, ecx=c, edx=d)
+            for f, a, b, c, d in rows]
+
+
+def make_cpuid_fixup(domid: int, base: int = CPUID_BASE) -> Callable[[int, Any], Any]:
+    """A `Machine(cpuid_fixup=...)`: drops KVM's 0x40000000-0x4000FFFF leaves and adds Xen's."""
+
+    def fixup(index: int, cpuid: Any) -> Any:
+        keep = [
+            u.kvm_cpuid_entry2.from_buffer_copy(cpuid.entries[i])
+            for i in range(cpuid.nent)
+            if not 0x40000000 <= cpuid.entries[i].function <= 0x4000FFFF
+        ]
+        entries = keep + xen_cpuid_entries(index, domid, base)
+        out = u.cpuid2_with(len(entries))
+        for i, e in enumerate(entries):
+            out.entries[i] = e
+        return out
+
+    return fixup
+
+
+# --- dispatch -------------------------------------------------------------------------------
+@dataclass
+class Call:
+    """One hypercall as its handler sees it. `args` are zero-extended to 64 bits (32-bit
+    callers' to 32); `access` copies through the caller's page tables."""
+
+    vcpu: int
+    args: tuple[int, ...]
+    access: GuestAccess
+    long_mode: bool = True
+    cpl: int = 0
+
+
+Handler = Callable[[Call], int]
+
+
+class HypercallTable:
+    """Hypercall number -> handler. A handler returns the result (>= 0 or -errno) or
+    raises `XenError`; the table turns faults into -EFAULT and keeps the host alive."""
+
+    def __init__(self) -> None:
+        self._handlers: dict[int, Handler] = {}
+        self.counts: dict[int, int] = {}
+
+    def register(self, nr: int, handler: Handler) -> None:
+        if not 0 <= nr < abi.NR_HYPERCALLS:
+            raise ValueError(f"hypercall {nr} is outside the page")
+        self._handlers[nr] = handler
+
+    def handles(self, nr: int) -> bool:
+        return nr in self._handlers
+
+    def dispatch(self, nr: int, call: Call) -> int:
+        if call.cpl > 0:
+            return -abi.XEN_EPERM  # hvm_hypercall(): guest kernels only
+        handler = self._handlers.get(nr)
+        if handler is None:
+            return -abi.XEN_ENOSYS
+        self.counts[nr] = self.counts.get(nr, 0) + 1
+        try:
+            return handler(call)
+        except XenError as e:
+            log.debug("vCPU %d hypercall %d: %s", call.vcpu, nr, e)
+            return -e.errno
+        except GuestMemoryError as e:
+            log.debug("vCPU %d hypercall %d: %s", call.vcpu, nr, e)
+            return -abi.XEN_EFAULT
+        except Exception:  # a bug of ours: the guest gets an error, the VMM stays up
+            log.exception("vCPU %d hypercall %d failed", call.vcpu, nr)
+            return -abi.XEN_EINVAL
+
+
+def call_from_regs(vcpu: int, regs: Any, sregs: Any, memory: GuestMemory) -> Call:
+    """A `Call` from KVM's registers of the calling vCPU, in its calling convention."""
+    long_mode = bool(sregs.efer & _EFER_LMA) and bool(sregs.cs.l)
+    cpl = sregs.ss.dpl if sregs.cr0 & _CR0_PE else 0
+    names, mask = (_ARGS64, _MASK64) if long_mode else (_ARGS32, 0xFFFFFFFF)
+    args = tuple(getattr(regs, n) & mask for n in names)
+    return Call(vcpu, args, GuestAccess(memory, sregs), long_mode, cpl)
+
+
+def result_for(call: Call, result: int) -> int:
+    """The register value of `result`: two's complement in rax (eax for 32-bit callers)."""
+    return result & (_MASK64 if call.long_mode else 0xFFFFFFFF)
+
+
+# --- the trap path --------------------------------------------------------------------------
+class TrapPath:
+    """Hypercall-page MSR handler (`Machine(msr_handler=...)`) and the hypercall port's bus
+    device. `attach(machine)` after the Machine exists (it turns on MSR exits)."""
+
+    def __init__(self, table: HypercallTable, memory: GuestMemory, msr: int = HYPERCALL_MSR):
+        self.table = table
+        self.memory = memory
+        self.msr = msr
+        self.machine: Any = None
+        self.page_gpas: dict[int, int] = {}  # vCPU -> where it asked for the page
+        self.before: Callable[[int], None] | None = None  # per call, on the vCPU's thread
+        self._lock = threading.Lock()
+
+    def attach(self, machine: Any) -> None:
+        """Send guest writes of the hypercall MSR to userspace: KVM_CAP_X86_USER_SPACE_MSR
+        for filtered MSRs, and a filter whose one-bit range denies writes of `msr`."""
+        vm = machine.vm
+        vm.enable_cap(u.KVM_CAP_X86_USER_SPACE_MSR, u.KVM_MSR_EXIT_REASON_FILTER)
+        vm.set_msr_filter([(u.KVM_MSR_FILTER_WRITE, self.msr, b"\xfe")])  # bit 0 clear: deny
+        self.machine = machine
+
+    # MsrHandler
+    def rdmsr(self, vcpu: int, index: int) -> int | None:
+        return None  # write-only, as on Xen: #GP
+
+    def wrmsr(self, vcpu: int, index: int, value: int) -> bool:
+        """Fill the page at `value & ~0xFFF`; the low bits pick the page (only 0 exists).
+        False (#GP) for any other MSR, page index or a frame outside RAM."""
+        if index != self.msr or value & 0xFFF:
+            return False
+        gpa = value & ~0xFFF & _MASK64
+        try:
+            self.memory.write(gpa, hypercall_page())
+        except GuestMemoryError:
+            log.info("vCPU %d: hypercall page at %#x is not RAM", vcpu, gpa)
+            return False
+        with self._lock:
+            self.page_gpas[vcpu] = gpa
+        log.info("vCPU %d: hypercall page at %#x", vcpu, gpa)
+        return True
+
+    # BusDevice: OUT to the hypercall port
+    def read(self, base: int, offset: int, size: int) -> int:
+        return (1 << (8 * size)) - 1  # nothing to read: the port is write-only
+
+    def write(self, base: int, offset: int, size: int, value: int) -> None:
+        vcpu = self._current_vcpu()
+        if vcpu is None:  # only the run loop of one of our vCPUs reaches here
+            log.warning("hypercall port written off a vCPU thread; ignored")
+            return
+        if self.before is not None:
+            self.before(vcpu.index)
+        fd = vcpu.fd
+        regs = fd.get_regs()
+        sregs = fd.get_sregs()
+        call = call_from_regs(vcpu.index, regs, sregs, self.memory)
+        nr = regs.rax & 0xFFFFFFFF  # the stub's mov
+        regs.rax = result_for(call, self.table.dispatch(nr, call))
+        fd.set_regs(regs)
+
+    def _current_vcpu(self) -> Any:
+        me = threading.get_ident()
+        machine = self.machine
+        if machine is None:
+            return None
+        return next((v for v in machine.vcpus if v.thread_id == me), None)
+
+
+# --- the in-kernel path ---------------------------------------------------------------------
+Path = Literal["kernel", "trap", "off"]
+
+
+def kernel_flags(kvm: Any) -> int:
+    """The KVM_XEN_HVM_CONFIG_* flags this host's KVM offers (0 without CONFIG_KVM_XEN)."""
+    return int(kvm.check_extension(u.KVM_CAP_XEN_HVM))
+
+
+def kernel_path_available(flags: int) -> bool:
+    return bool(flags & u.KVM_XEN_HVM_CONFIG_INTERCEPT_HCALL)
+
+
+def kernel_config(flags: int, msr: int = HYPERCALL_MSR) -> u.kvm_xen_hvm_config:
+    """KVM_XEN_HVM_CONFIG for the in-kernel path: KVM writes its own stubs on `msr` (blob
+    sizes 0), intercepts vmcall/vmmcall, and sends EVTCHNOP_send to its fast path when it
+    offers one."""
+    want = u.KVM_XEN_HVM_CONFIG_INTERCEPT_HCALL
+    if flags & u.KVM_XEN_HVM_CONFIG_EVTCHN_SEND:
+        want |= u.KVM_XEN_HVM_CONFIG_EVTCHN_SEND
+    return u.kvm_xen_hvm_config(flags=want, msr=msr)
+
+
+def kernel_hcall(
+    table: HypercallTable, exit_bytes: bytes | bytearray | memoryview, vcpu: int,
+    access: GuestAccess,
+) -> bytes:
+    """Serve one KVM_EXIT_XEN: decode `kvm_run.xen`, dispatch, return the updated struct
+    (its `result` set) to write back before the next KVM_RUN."""
+    xe = u.kvm_xen_exit.from_buffer_copy(bytes(exit_bytes[: ctypes.sizeof(u.kvm_xen_exit)]))
+    if xe.type != u.KVM_EXIT_XEN_HCALL:
+        raise ValueError(f"KVM_EXIT_XEN type {xe.type}")
+    h = xe.hcall
+    long_mode = bool(h.longmode)
+    mask = _MASK64 if long_mode else 0xFFFFFFFF
+    call = Call(vcpu, tuple(p & mask for p in h.params), access, long_mode, h.cpl)
+    h.result = result_for(call, table.dispatch(h.input & 0xFFFFFFFF, call))
+    return bytes(xe)
+
+
+def choose_path(
+    kvm: Any,
+    *,
+    hypercall_page_note: bool,
+    linux: bool,
+    xen_platform: int | str = "auto",
+) -> tuple[Path, str]:
+    """Which entry path a domain gets, and why (issue 4, item 1).
+
+    `kvm`: a `Kvm` or the KVM_CAP_XEN_HVM flags as an int. `hypercall_page_note`: the image
+    has XEN_ELFNOTE_HYPERCALL_PAGE; `linux`: it is a Linux kernel (bzImage, or an ELF whose
+    XEN_ELFNOTE_GUEST_OS is "linux"). Linux since the XSA-466 fix has no such note and
+    issues vmcall/vmmcall itself, which only the in-kernel path catches.
+    """
+    if xen_platform not in (0, 1, "auto", "0", "1"):
+        raise ValueError(f'xen_platform must be 1, 0 or "auto", not {xen_platform!r}')
+    flags = kvm if isinstance(kvm, int) else kernel_flags(kvm)
+    if str(xen_platform) == "0":
+        return "off", "xen_platform = 0: the guest sees no Xen"
+    if kernel_path_available(flags):
+        return "kernel", "KVM offers KVM_XEN_HVM_CONFIG_INTERCEPT_HCALL"
+    if xen_platform == "auto" and linux and not hypercall_page_note:
+        return "off", (
+            "xen_platform = auto: this Linux has no XEN_ELFNOTE_HYPERCALL_PAGE note, so it "
+            "issues vmcall/vmmcall itself, and this host's KVM lacks the in-kernel Xen path "
+            "(KVM_CAP_XEN_HVM) that could catch them: booting it as a plain PVH guest"
+        )
+    if linux and not hypercall_page_note:
+        return "trap", (
+            "xen_platform = 1 on a host without KVM_CAP_XEN_HVM: trap path, but this Linux "
+            "lacks XEN_ELFNOTE_HYPERCALL_PAGE and its vmcall-based hypercalls will fail"
+        )
+    return "trap", "no in-kernel Xen support in KVM: hypercalls trap through port I/O"
+
+
+__all__ = [
+    "HYPERCALL_MSR", "HYPERCALL_PORT", "XEN_VERSION", "Call", "GuestFault", "HypercallTable",
+    "TrapPath", "XenError", "choose_path", "hypercall_page", "kernel_config", "kernel_flags",
+    "kernel_hcall", "make_cpuid_fixup", "stub", "xen_cpuid_entries",
+]

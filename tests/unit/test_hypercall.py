@@ -1,0 +1,437 @@
+"""Hypercall entry and the simple hypercalls, without KVM: the page's bytes, CPUID leaves,
+the dispatcher's error codes, each xen_version sub-op, and the platform's calls against a
+guest memory with paging off (guest-virtual = guest-physical)."""
+
+from __future__ import annotations
+
+import ctypes
+import shutil
+import subprocess
+import threading
+from types import SimpleNamespace
+
+import pytest
+
+from xenopus.kvm import uapi as u
+from xenopus.memory.guest import GuestMemory
+from xenopus.xen import abi
+from xenopus.xen.guestmem import GuestAccess
+from xenopus.xen.hypercall import (
+    HYPERCALL_PORT,
+    Call,
+    HypercallTable,
+    choose_path,
+    hypercall_page,
+    kernel_config,
+    kernel_hcall,
+    make_cpuid_fixup,
+    stub,
+)
+from xenopus.xen.platform import XenPlatform
+
+DOMID = 3
+NO_PAGING = SimpleNamespace(cr0=0x11, cr3=0, cr4=0, efer=0)
+BAD = 0xF0000000  # in the 32-bit MMIO hole: never RAM
+A = 0x10000  # argument area
+
+
+@pytest.fixture
+def mem():
+    m = GuestMemory.create(4 << 20)
+    yield m
+    m.close()
+
+
+class FakeMachine:
+    def __init__(self) -> None:
+        self.stops: list = []
+        self.vcpus: list = []
+
+    def request_stop(self, reason) -> None:
+        self.stops.append(reason)
+
+
+@pytest.fixture
+def plat(mem):
+    lines: list[str] = []
+    p = XenPlatform(DOMID, None, mem, nr_vcpus=2, console_out=lines.append,
+                    e820=[(0, 0x9F000, 1), (0x100000, (4 << 20) - 0x100000, 1)])
+    p.machine = FakeMachine()
+    p.lines = lines  # type: ignore[attr-defined]
+    yield p
+    p.close()
+
+
+def call(p: XenPlatform, mem, nr: int, *args: int, cpl: int = 0, vcpu: int = 0,
+         long_mode: bool = True) -> int:
+    full = (tuple(args) + (0,) * 6)[:6]
+    return p.table.dispatch(nr, Call(vcpu, full, GuestAccess(mem, NO_PAGING), long_mode, cpl))
+
+
+# --- the page and CPUID ---------------------------------------------------------------------
+def test_stub_bytes() -> None:
+    s = stub(abi.HYPERVISOR_xen_version)
+    assert s[:8] == bytes([0xB8, 17, 0, 0, 0, 0xE6, HYPERCALL_PORT, 0xC3])
+    assert len(s) == 32 and set(s[8:]) == {0xCC}
+    page = hypercall_page()
+    assert len(page) == 4096
+    assert page[32 * 29 : 32 * 29 + 8] == stub(29)[:8]
+    assert set(page[32 * abi.HYPERVISOR_iret : 32 * abi.HYPERVISOR_iret + 32]) == {0xCC}
+
+
+@pytest.mark.skipif(shutil.which("objdump") is None, reason="needs binutils' objdump")
+@pytest.mark.parametrize("arch", ["i386:x86-64", "i386"])
+def test_stub_disassembles_as_intended(tmp_path, arch: str) -> None:
+    path = tmp_path / "page.bin"
+    path.write_bytes(hypercall_page()[32 * 17 : 32 * 18])
+    out = subprocess.run(["objdump", "-D", "-b", "binary", f"-m{arch}", str(path)],
+                         capture_output=True, text=True, check=True).stdout
+    insns = [line.split("\t")[-1].split() for line in out.splitlines() if ":\t" in line]
+    assert insns[0] == ["mov", "$0x11,%eax"]
+    assert insns[1] == ["out", "%al,$0xe2"]
+    assert insns[2] == ["ret"]
+    assert all(i == ["int3"] for i in insns[3:])
+
+
+def test_cpuid_leaves_replace_kvm_leaves() -> None:
+    base = u.cpuid2_with(3)
+    base.entries[0] = u.kvm_cpuid_entry2(function=0, eax=0xD)
+    base.entries[1] = u.kvm_cpuid_entry2(function=0x40000000, ebx=0x4B4D564B)  # "KVMK"
+    base.entries[2] = u.kvm_cpuid_entry2(function=0x40000001, eax=0xFFFF)
+    out = make_cpuid_fixup(DOMID)(1, base)
+    leaves = {out.entries[i].function: out.entries[i] for i in range(out.nent)}
+    assert set(leaves) == {0, *range(0x40000000, 0x40000005)}
+    sig = b"".join(getattr(leaves[0x40000000], r).to_bytes(4, "little") for r in ("ebx", "ecx", "edx"))
+    assert sig == b"XenVMMXenVMM" and leaves[0x40000000].eax == 0x40000004
+    assert leaves[0x40000001].eax == 0x0004000B
+    assert (leaves[0x40000002].eax, leaves[0x40000002].ebx) == (1, 0x40000000)
+    hvm = leaves[0x40000004]
+    assert hvm.eax & abi.XEN_HVM_CPUID_VCPU_ID_PRESENT and hvm.eax & abi.XEN_HVM_CPUID_DOMID_PRESENT
+    assert (hvm.ebx, hvm.ecx) == (1, DOMID)
+
+
+# --- choosing a path, the in-kernel structures ----------------------------------------------
+KERNEL = u.KVM_XEN_HVM_CONFIG_HYPERCALL_MSR | u.KVM_XEN_HVM_CONFIG_INTERCEPT_HCALL
+
+
+@pytest.mark.parametrize(("flags", "note", "linux", "setting", "path"), [
+    (0, False, True, "auto", "off"),  # post-XSA-466 Linux on a trap-only host
+    (0, True, True, "auto", "trap"),
+    (0, False, False, "auto", "trap"),  # not Linux: uses the MSR page
+    (0, False, True, 1, "trap"),  # forced on
+    (KERNEL, False, True, "auto", "kernel"),
+    (KERNEL, True, True, 0, "off"),
+    (0, True, False, 0, "off"),
+    (u.KVM_XEN_HVM_CONFIG_HYPERCALL_MSR, False, True, "auto", "off"),  # no INTERCEPT_HCALL
+])
+def test_choose_path(flags: int, note: bool, linux: bool, setting, path: str) -> None:
+    got, why = choose_path(flags, hypercall_page_note=note, linux=linux, xen_platform=setting)
+    assert got == path and why
+
+
+def test_choose_path_rejects_other_settings_and_asks_kvm() -> None:
+    with pytest.raises(ValueError):
+        choose_path(0, hypercall_page_note=True, linux=False, xen_platform="yes")
+    kvm = SimpleNamespace(check_extension=lambda cap: KERNEL if cap == u.KVM_CAP_XEN_HVM else 0)
+    assert choose_path(kvm, hypercall_page_note=False, linux=True)[0] == "kernel"
+
+
+def test_kernel_config_and_exit_struct() -> None:
+    # linux/kvm.h: struct kvm_xen_hvm_config is 56 bytes (u32 flags, u32 msr, 2 x u64,
+    # 2 x u8, u8 pad2[30]); struct kvm_xen_exit: u32 type, then hcall {u32 longmode, u32
+    # cpl, u64 input @8, u64 result @16, u64 params[6] @24} at 8 -> 80.
+    assert ctypes.sizeof(u.kvm_xen_hvm_config) == 56
+    assert ctypes.sizeof(u.kvm_xen_exit) == 80 and u.kvm_xen_exit.hcall.offset == 8
+    assert u.kvm_xen_hcall.result.offset == 16
+    cfg = kernel_config(KERNEL | u.KVM_XEN_HVM_CONFIG_EVTCHN_SEND)
+    assert cfg.flags == u.KVM_XEN_HVM_CONFIG_INTERCEPT_HCALL | u.KVM_XEN_HVM_CONFIG_EVTCHN_SEND
+    assert cfg.msr == 0x40000000 and cfg.blob_size_64 == 0
+    assert kernel_config(KERNEL).flags == u.KVM_XEN_HVM_CONFIG_INTERCEPT_HCALL
+
+
+def test_kernel_hcall_feeds_the_same_table(mem) -> None:
+    table = HypercallTable()
+    table.register(abi.HYPERVISOR_xen_version, lambda c: 0x1234 + c.args[0])
+    xe = u.kvm_xen_exit(type=u.KVM_EXIT_XEN_HCALL)
+    xe.hcall.longmode, xe.hcall.input = 1, abi.HYPERVISOR_xen_version
+    xe.hcall.params[0] = 1
+    out = u.kvm_xen_exit.from_buffer_copy(kernel_hcall(table, bytes(xe), 0, GuestAccess(mem, NO_PAGING)))
+    assert out.hcall.result == 0x1235
+    xe.hcall.cpl = 3
+    out = u.kvm_xen_exit.from_buffer_copy(kernel_hcall(table, bytes(xe), 0, GuestAccess(mem, NO_PAGING)))
+    assert out.hcall.result == (-abi.XEN_EPERM) & (2**64 - 1)
+
+
+# --- the dispatcher -------------------------------------------------------------------------
+def test_dispatch_errors(plat, mem) -> None:
+    assert call(plat, mem, 50) == -abi.XEN_ENOSYS
+    assert call(plat, mem, abi.HYPERVISOR_xen_version, abi.XENVER_version, cpl=3) == -abi.XEN_EPERM
+    assert call(plat, mem, abi.HYPERVISOR_xen_version, abi.XENVER_extraversion, BAD) == -abi.XEN_EFAULT
+    assert call(plat, mem, abi.HYPERVISOR_xen_version, 99) == -abi.XEN_ENOSYS
+    boom = HypercallTable()
+    boom.register(1, lambda c: 1 // 0)
+    assert boom.dispatch(1, Call(0, (0,) * 6, GuestAccess(mem, NO_PAGING))) == -abi.XEN_EINVAL
+
+
+def test_xen_version_sub_ops(plat, mem) -> None:
+    xv = abi.HYPERVISOR_xen_version
+    assert call(plat, mem, xv, abi.XENVER_version) == 0x0004000B
+    assert call(plat, mem, xv, abi.XENVER_pagesize) == 4096
+    for cmd, length in ((abi.XENVER_extraversion, 16), (abi.XENVER_capabilities, 1024),
+                        (abi.XENVER_changeset, 64), (abi.XENVER_compile_info, 144),
+                        (abi.XENVER_platform_parameters, 8), (abi.XENVER_guest_handle, 16)):
+        mem.fill(A, 2048, 0xAA)
+        assert call(plat, mem, xv, cmd, A) == 0
+        assert mem.read(A + length, 1) == b"\xaa"  # nothing written past the type
+    assert call(plat, mem, xv, abi.XENVER_extraversion, A) == 0
+    assert mem.read(A, 16).rstrip(b"\0") == b".0-xenopus"
+    assert call(plat, mem, xv, abi.XENVER_capabilities, A) == 0
+    assert b"hvm-3.0-x86_64" in mem.read(A, 1024)
+    mem.write(A, bytes(abi.xen_feature_info(submap_idx=0)))
+    assert call(plat, mem, xv, abi.XENVER_get_features, A) == 0
+    submap = abi.xen_feature_info.from_buffer_copy(mem.read(A, 8)).submap
+    assert submap & 1 << abi.XENFEAT_hvm_callback_vector
+    assert submap & 1 << abi.XENFEAT_auto_translated_physmap
+    mem.write(A, bytes(abi.xen_feature_info(submap_idx=1)))
+    assert call(plat, mem, xv, abi.XENVER_get_features, A) == -abi.XEN_EINVAL
+    assert call(plat, mem, xv, abi.XENVER_commandline, A) == -abi.XEN_EPERM
+
+
+def test_32bit_caller_gets_32bit_result(plat, mem) -> None:
+    from xenopus.xen.hypercall import result_for
+
+    c = Call(0, (0,) * 6, GuestAccess(mem, NO_PAGING), long_mode=False)
+    assert result_for(c, -abi.XEN_EFAULT) == 0xFFFFFFF2
+
+
+# --- memory_op ------------------------------------------------------------------------------
+def test_memory_map_and_reservations(plat, mem) -> None:
+    mo = abi.HYPERVISOR_memory_op
+    mem.write(A, bytes(abi.xen_memory_map(nr_entries=8, buffer=A + 0x100)))
+    assert call(plat, mem, mo, abi.XENMEM_memory_map, A) == 0
+    assert abi.xen_memory_map.from_buffer_copy(mem.read(A, 16)).nr_entries == 2
+    e = abi.e820entry.from_buffer_copy(mem.read(A + 0x100 + 20, 20))
+    assert (e.addr, e.size, e.type) == (0x100000, (4 << 20) - 0x100000, 1)
+    mem.write(A, bytes(abi.xen_memory_map(nr_entries=1, buffer=BAD)))
+    assert call(plat, mem, mo, abi.XENMEM_memory_map, A) == -abi.XEN_EFAULT
+    mem.write_u16(A, abi.DOMID_SELF)
+    assert call(plat, mem, mo, abi.XENMEM_maximum_reservation, A) == 1024
+    mem.write_u16(A, 5)
+    assert call(plat, mem, mo, abi.XENMEM_current_reservation, A) == -abi.XEN_EPERM
+    assert call(plat, mem, mo, abi.XENMEM_maximum_ram_page, 0) == 1024
+    assert call(plat, mem, mo, 63, A) == -abi.XEN_ENOSYS
+
+
+def test_balloon_out_and_back(plat, mem) -> None:
+    mo = abi.HYPERVISOR_memory_op
+    gpfn = 0x200
+    mem.fill(gpfn * 4096, 2 * 4096, 0x55)
+    mem.write_u64(A + 0x100, gpfn)
+    mem.write_u64(A + 0x108, BAD // 4096)  # the second extent is not RAM
+    r = abi.xen_memory_reservation(extent_start=A + 0x100, nr_extents=2, extent_order=1,
+                                   domid=abi.DOMID_SELF)
+    mem.write(A, bytes(r))
+    assert call(plat, mem, mo, abi.XENMEM_decrease_reservation, A) == 1  # extents done
+    assert mem.read(gpfn * 4096, 2 * 4096) == bytes(2 * 4096)  # released: reads zero
+    mem.write_u16(A + 0x200, abi.DOMID_SELF)
+    assert call(plat, mem, mo, abi.XENMEM_current_reservation, A + 0x200) == 1022
+    r.nr_extents = 1
+    mem.write(A, bytes(r))
+    assert call(plat, mem, mo, abi.XENMEM_populate_physmap, A) == 1
+    assert call(plat, mem, mo, abi.XENMEM_current_reservation, A + 0x200) == 1024
+    r.extent_order = 30  # hostile order: nothing done
+    mem.write(A, bytes(r))
+    assert call(plat, mem, mo, abi.XENMEM_decrease_reservation, A) == 0
+    r.extent_order, r.extent_start = 0, BAD  # list itself unreadable: nothing done
+    mem.write(A, bytes(r))
+    assert call(plat, mem, mo, abi.XENMEM_decrease_reservation, A) == 0
+
+
+def test_add_to_physmap_shared_info(plat, mem) -> None:
+    seen = []
+    plat.evtchn = SimpleNamespace(set_shared_info=seen.append, _vcpu_info=[None, None])
+    mem.fill(0x20000, 4096, 0x77)
+    xatp = abi.xen_add_to_physmap(domid=abi.DOMID_SELF, space=abi.XENMAPSPACE_shared_info,
+                                  idx=0, gpfn=0x20)
+    mem.write(A, bytes(xatp))
+    assert call(plat, mem, abi.HYPERVISOR_memory_op, abi.XENMEM_add_to_physmap, A) == 0
+    assert seen == [0x20000] and plat.shared_info == 0x20000
+    si = abi.shared_info.from_buffer_copy(mem.read(0x20000, ctypes.sizeof(abi.shared_info)))
+    assert si.evtchn_pending[0] == 0 and si.wc_version % 2 == 0 and si.wc_sec > 1_600_000_000
+    xatp.idx = 1
+    mem.write(A, bytes(xatp))
+    assert call(plat, mem, abi.HYPERVISOR_memory_op, abi.XENMEM_add_to_physmap, A) == -abi.XEN_EINVAL
+    xatp.idx, xatp.gpfn = 0, BAD // 4096
+    mem.write(A, bytes(xatp))
+    assert call(plat, mem, abi.HYPERVISOR_memory_op, abi.XENMEM_add_to_physmap, A) == -abi.XEN_EINVAL
+    xatp.space = abi.XENMAPSPACE_grant_table
+    mem.write(A, bytes(xatp))
+    assert call(plat, mem, abi.HYPERVISOR_memory_op, abi.XENMEM_add_to_physmap, A) == -abi.XEN_ENOSYS
+
+
+# --- hvm_op ---------------------------------------------------------------------------------
+def test_hvm_params_permissions(plat, mem) -> None:
+    ho = abi.HYPERVISOR_hvm_op
+    plat.set_param(abi.HVM_PARAM_STORE_PFN, 0xFEFFF)
+    p = abi.xen_hvm_param(domid=abi.DOMID_SELF, index=abi.HVM_PARAM_STORE_PFN)
+    mem.write(A, bytes(p))
+    assert call(plat, mem, ho, abi.HVMOP_get_param, A) == 0
+    assert abi.xen_hvm_param.from_buffer_copy(mem.read(A, 16)).value == 0xFEFFF
+    mem.write(A, bytes(p))
+    assert call(plat, mem, ho, abi.HVMOP_set_param, A) == -abi.XEN_EPERM  # read-only to it
+    p.index = abi.HVM_PARAM_IDENT_PT
+    mem.write(A, bytes(p))
+    assert call(plat, mem, ho, abi.HVMOP_get_param, A) == -abi.XEN_EPERM
+    p.index = 1000
+    mem.write(A, bytes(p))
+    assert call(plat, mem, ho, abi.HVMOP_get_param, A) == -abi.XEN_EINVAL
+    p.index, p.domid = abi.HVM_PARAM_CALLBACK_IRQ, 9
+    mem.write(A, bytes(p))
+    assert call(plat, mem, ho, abi.HVMOP_set_param, A) == -abi.XEN_EPERM  # not our domain
+    p.domid, p.value = DOMID, abi.HVM_PARAM_CALLBACK_TYPE_VECTOR << 56 | 0xF3
+    mem.write(A, bytes(p))
+    assert call(plat, mem, ho, abi.HVMOP_set_param, A) == 0
+    assert plat.callback_vector == 0xF3
+    uv = abi.xen_hvm_evtchn_upcall_vector(vcpu=1, vector=0xE0)
+    mem.write(A, bytes(uv))
+    assert call(plat, mem, ho, abi.HVMOP_set_evtchn_upcall_vector, A) == 0
+    assert plat.upcall_vectors == {1: 0xE0}
+    uv.vcpu = 2
+    mem.write(A, bytes(uv))
+    assert call(plat, mem, ho, abi.HVMOP_set_evtchn_upcall_vector, A) == -abi.XEN_ENOENT
+    uv.vcpu, uv.vector = 0, 3
+    mem.write(A, bytes(uv))
+    assert call(plat, mem, ho, abi.HVMOP_set_evtchn_upcall_vector, A) == -abi.XEN_EINVAL
+    assert call(plat, mem, ho, abi.HVMOP_get_param, BAD) == -abi.XEN_EFAULT
+
+
+# --- vcpu_op, timers, sched_op --------------------------------------------------------------
+def test_vcpu_op_checks(plat, mem) -> None:
+    vo = abi.HYPERVISOR_vcpu_op
+    assert call(plat, mem, vo, abi.VCPUOP_is_up, 5) == -abi.XEN_ENOENT
+    assert call(plat, mem, vo, abi.VCPUOP_is_up, 0) == 1
+    mem.write(A, bytes(abi.vcpu_set_periodic_timer(period_ns=1000)))
+    assert call(plat, mem, vo, abi.VCPUOP_set_periodic_timer, 0, A) == -abi.XEN_EINVAL
+    assert call(plat, mem, vo, abi.VCPUOP_stop_singleshot_timer, 1, 0) == -abi.XEN_EINVAL
+    mem.write(A, bytes(abi.vcpu_set_singleshot_timer(timeout_abs_ns=1,
+                                                     flags=abi.VCPU_SSHOTTMR_future)))
+    assert call(plat, mem, vo, abi.VCPUOP_set_singleshot_timer, 0, A) == -abi.XEN_ETIME
+    assert call(plat, mem, vo, abi.VCPUOP_initialise, 1, A) == -abi.XEN_ENOSYS
+    mem.write(A, bytes(abi.vcpu_register_runstate_memory_area(addr=A + 0x100)))
+    assert call(plat, mem, vo, abi.VCPUOP_register_runstate_memory_area, 0, A) == 0
+    rs = abi.vcpu_runstate_info.from_buffer_copy(mem.read(A + 0x100, 48))
+    assert rs.state == abi.RUNSTATE_running
+    mem.write(A, bytes(abi.vcpu_register_runstate_memory_area(addr=BAD)))
+    assert call(plat, mem, vo, abi.VCPUOP_register_runstate_memory_area, 0, A) == -abi.XEN_EFAULT
+
+
+def test_singleshot_timer_raises_virq_timer(plat, mem) -> None:
+    fired = threading.Event()
+    virqs = []
+
+    def raise_virq(vcpu: int, virq: int) -> bool:
+        virqs.append((vcpu, virq))
+        fired.set()
+        return True
+
+    plat.evtchn = SimpleNamespace(raise_virq=raise_virq, vcpu_info_gpa=lambda v: None)
+    mem.write(A, bytes(abi.vcpu_set_singleshot_timer(timeout_abs_ns=plat.system_time() + 1_000_000)))
+    assert call(plat, mem, abi.HYPERVISOR_vcpu_op, abi.VCPUOP_set_singleshot_timer, 1, A, vcpu=1) == 0
+    assert fired.wait(10)
+    assert virqs == [(1, abi.VIRQ_TIMER)]
+
+
+def test_block_returns_when_the_timer_event_is_pending(plat, mem, monkeypatch) -> None:
+    import time
+
+    from xenopus.xen import platform as platform_mod
+
+    monkeypatch.setattr(platform_mod, "BLOCK_MAX", 60.0)  # only the event may end the block
+    vi = 0x30000
+
+    def raise_virq(vcpu: int, virq: int) -> bool:
+        mem.write_u8(vi + abi.vcpu_info.evtchn_upcall_pending.offset, 1)
+        return True
+
+    plat.evtchn = SimpleNamespace(raise_virq=raise_virq, vcpu_info_gpa=lambda v: vi)
+    start = time.monotonic()
+    assert call(plat, mem, abi.HYPERVISOR_set_timer_op, plat.system_time() + 50_000_000) == 0
+    assert call(plat, mem, abi.HYPERVISOR_sched_op, abi.SCHEDOP_block) == 0
+    assert plat.timers.fired_count(0) == 1
+    assert time.monotonic() - start < 30
+
+
+def test_poll_returns_at_once_for_a_pending_port(plat, mem) -> None:
+    plat.shared_info = 0x30000
+    pending = 0x30000 + abi.shared_info.evtchn_pending.offset
+    mem.write_u8(pending + 1, 0x04)  # port 10
+    mem.write_u32(A + 0x100, 10)
+    mem.write(A, bytes(abi.sched_poll(ports=A + 0x100, nr_ports=1)))
+    assert call(plat, mem, abi.HYPERVISOR_sched_op, abi.SCHEDOP_poll, A) == 0
+    mem.write(A, bytes(abi.sched_poll(ports=A + 0x100, nr_ports=100000)))
+    assert call(plat, mem, abi.HYPERVISOR_sched_op, abi.SCHEDOP_poll, A) == -abi.XEN_EINVAL
+    mem.write_u32(A + 0x100, 5000)
+    mem.write(A, bytes(abi.sched_poll(ports=A + 0x100, nr_ports=1)))
+    assert call(plat, mem, abi.HYPERVISOR_sched_op, abi.SCHEDOP_poll, A) == -abi.XEN_EINVAL
+
+
+@pytest.mark.parametrize(("reason", "kind"), [
+    (abi.SHUTDOWN_poweroff, "poweroff"), (abi.SHUTDOWN_reboot, "reboot"),
+    (abi.SHUTDOWN_crash, "crash"),
+])
+def test_shutdown_stops_the_machine(plat, mem, reason: int, kind: str) -> None:
+    mem.write_u32(A, reason)
+    assert call(plat, mem, abi.HYPERVISOR_sched_op, abi.SCHEDOP_shutdown, A) == 0
+    assert [s.kind for s in plat.machine.stops] == [kind]
+
+
+def test_shutdown_errors_and_remote(plat, mem) -> None:
+    so = abi.HYPERVISOR_sched_op
+    mem.write_u32(A, 77)
+    assert call(plat, mem, so, abi.SCHEDOP_shutdown, A) == -abi.XEN_EINVAL
+    mem.write(A, bytes(abi.sched_remote_shutdown(domain_id=0, reason=0)))
+    assert call(plat, mem, so, abi.SCHEDOP_remote_shutdown, A) == -abi.XEN_EPERM
+    assert plat.machine.stops == []
+    mem.write(A, bytes(abi.sched_remote_shutdown(domain_id=DOMID, reason=abi.SHUTDOWN_reboot)))
+    assert call(plat, mem, so, abi.SCHEDOP_remote_shutdown, A) == 0
+    assert [s.kind for s in plat.machine.stops] == ["reboot"]
+    assert call(plat, mem, so, abi.SCHEDOP_yield) == 0
+    assert call(plat, mem, so, abi.SCHEDOP_shutdown, BAD) == -abi.XEN_EFAULT
+
+
+# --- console_io, multicall, forwarding ------------------------------------------------------
+def test_console_io_lines_prefixed(plat, mem) -> None:
+    co = abi.HYPERVISOR_console_io
+    mem.write(A, b"hello\nwor")
+    assert call(plat, mem, co, abi.CONSOLEIO_write, 9, A) == 0
+    mem.write(A, b"ld\x07\n")
+    assert call(plat, mem, co, abi.CONSOLEIO_write, 4, A) == 0
+    assert plat.lines == [f"(d{DOMID}) hello", f"(d{DOMID}) world"]
+    assert call(plat, mem, co, abi.CONSOLEIO_read, 4, A) == 0
+    assert call(plat, mem, co, abi.CONSOLEIO_write, 4, BAD) == -abi.XEN_EFAULT
+    assert call(plat, mem, co, abi.CONSOLEIO_write, 1 << 30, A) == -abi.XEN_E2BIG
+
+
+def test_multicall(plat, mem) -> None:
+    entries = (abi.multicall_entry * 3)()
+    entries[0].op, entries[0].args[0] = abi.HYPERVISOR_xen_version, abi.XENVER_version
+    entries[1].op = 99
+    entries[2].op = abi.HYPERVISOR_multicall
+    mem.write(A, bytes(entries))
+    assert call(plat, mem, abi.HYPERVISOR_multicall, A, 3) == 0
+    out = (abi.multicall_entry * 3).from_buffer_copy(mem.read(A, 3 * 64))
+    assert out[0].result == 0x0004000B
+    assert out[1].result == (-abi.XEN_ENOSYS) & (2**64 - 1)
+    assert out[2].result == (-abi.XEN_ENOSYS) & (2**64 - 1)
+    assert call(plat, mem, abi.HYPERVISOR_multicall, A, 10**6) == -abi.XEN_E2BIG
+    assert call(plat, mem, abi.HYPERVISOR_multicall, BAD, 1) == -abi.XEN_EFAULT
+
+
+def test_evtchn_and_grant_forwarding(plat, mem) -> None:
+    assert call(plat, mem, abi.HYPERVISOR_event_channel_op, abi.EVTCHNOP_send, A) == -abi.XEN_ENOSYS
+    assert call(plat, mem, abi.HYPERVISOR_grant_table_op, abi.GNTTABOP_query_size, A, 1) == -abi.XEN_ENOSYS
+    plat.evtchn = SimpleNamespace(op=lambda cmd, access, gva: cmd * 100 + gva)
+    plat.grants = SimpleNamespace(op=lambda cmd, access, gva, n: -n)
+    assert call(plat, mem, abi.HYPERVISOR_event_channel_op, 4, 7) == 407
+    assert call(plat, mem, abi.HYPERVISOR_grant_table_op, 6, A, 5) == -5
+    assert call(plat, mem, abi.HYPERVISOR_physdev_op, abi.PHYSDEVOP_map_pirq, A) == -abi.XEN_ENOSYS
