@@ -33,7 +33,7 @@ def domain_dir(domid: int, base: str | os.PathLike[str] | None = None) -> str:
     return os.path.join(base or run_dir(), "domains", str(domid))
 
 
-CONSOLE_SOCKETS = {"serial": "console.sock", "virtio": "vconsole.sock"}
+CONSOLE_SOCKETS = {"serial": "console.sock", "virtio": "vconsole.sock", "pv": "pvconsole.sock"}
 
 
 def console_socket_path(domid: int, base: str | os.PathLike[str] | None = None, kind: str = "serial") -> str:

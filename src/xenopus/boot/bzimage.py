@@ -374,6 +374,8 @@ def load_bzimage(
         ramdisk_path=str(ramdisk) if ramdisk is not None else None,
         boot_params_addr=ZERO_PAGE_ADDR,
         details={
+            "guest_os": "linux",  # only Linux speaks this boot protocol
+            "hypercall_page_note": False,
             "version": f"{image.version >> 8}.{image.version & 0xFF:02d}",
             "setup_sects": image.setup_sects,
             "init_size": init_size,

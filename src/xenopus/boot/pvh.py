@@ -12,7 +12,7 @@ from __future__ import annotations
 import ctypes
 import struct
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
@@ -52,6 +52,8 @@ from xenopus.vm.cpu import (
 )
 
 XEN_ELFNOTE_PHYS32_ENTRY = 18  # elfnote.h
+XEN_ELFNOTE_HYPERCALL_PAGE = 2
+XEN_ELFNOTE_GUEST_OS = 6
 XEN_NOTE_NAME = b"Xen"
 XEN_HVM_START_MAGIC_VALUE = 0x336EC578  # start_info.h: "xEn3" with the 0x80 bit of "E" set
 START_INFO_VERSION = 1  # version 1 adds memmap_paddr/memmap_entries
@@ -127,6 +129,7 @@ class PvhImage:
     machine: str
     entry: int
     segments: list[LoadSegment]
+    xen_notes: dict[int, bytes] = field(default_factory=dict)  # type -> payload (elfnote.h)
 
 
 def iter_notes(data: bytes, align: int) -> Iterator[tuple[bytes, int, bytes]]:
@@ -166,6 +169,17 @@ def _note_blocks(elf: ELFFile) -> list[tuple[bytes, int]]:
     return [(data, align) for data, _, align in blocks]
 
 
+def xen_notes(elf: ELFFile) -> dict[int, bytes]:
+    """Every "Xen" note by type: the toolstack asks for XEN_ELFNOTE_HYPERCALL_PAGE (2) and
+    XEN_ELFNOTE_GUEST_OS (6) to pick the hypercall path (elfnote.h)."""
+    notes: dict[int, bytes] = {}
+    for data, align in _note_blocks(elf):
+        for name, ntype, desc in iter_notes(data, 8 if align == 8 else 4):
+            if name == XEN_NOTE_NAME:
+                notes.setdefault(ntype, desc)
+    return notes
+
+
 def find_phys32_entry(elf: ELFFile, path: str) -> int:
     for data, align in _note_blocks(elf):
         for name, ntype, desc in iter_notes(data, 8 if align == 8 else 4):
@@ -201,6 +215,7 @@ def parse_pvh(f: BinaryIO, path: str, file_size: int) -> PvhImage:
                 LoadSegment(i, seg["p_paddr"], seg["p_offset"], seg["p_filesz"], seg["p_memsz"])
             )
         entry = find_phys32_entry(elf, path)
+        notes = xen_notes(elf)
         elfclass = elf.elfclass
     except _ELF_ERRORS as e:
         raise BootImageError(path, f"truncated or corrupt ELF: {e}") from e
@@ -219,7 +234,7 @@ def parse_pvh(f: BinaryIO, path: str, file_size: int) -> PvhImage:
             )
     if not any(s.paddr <= entry < s.paddr + s.filesz for s in segments):
         raise BootImageError(path, f"entry point {entry:#x} is not inside a loaded segment")
-    return PvhImage(path, elfclass, machine, entry, segments)
+    return PvhImage(path, elfclass, machine, entry, segments, notes)
 
 
 def check_placement(memory: GuestMemory, image: PvhImage) -> None:
@@ -356,5 +371,10 @@ def load_pvh(
         kernel_path=path,
         ramdisk_path=str(ramdisk) if ramdisk is not None else None,
         boot_params_addr=START_INFO_ADDR,
-        details={"elfclass": image.elfclass, "machine": image.machine},
+        details={
+            "elfclass": image.elfclass,
+            "machine": image.machine,
+            "hypercall_page_note": XEN_ELFNOTE_HYPERCALL_PAGE in image.xen_notes,
+            "guest_os": image.xen_notes.get(XEN_ELFNOTE_GUEST_OS, b"").rstrip(b"\0").decode(errors="replace"),
+        },
     )

@@ -79,6 +79,11 @@ PIT_IRQ = 0
 
 # Where the ACPI tables live: the top of the legacy BIOS area, as on a PC
 # (ACPI 6.5 §5.2.5.1: the RSDP of a legacy-BIOS system is found in 0xE0000-0xFFFFF).
+# Xen's special pages (HVM params STORE_PFN and CONSOLE_PFN): in the reserved legacy hole,
+# below the ACPI tables, so the guest's memory map never hands them out as RAM.
+XEN_STORE_PAGE = 0xDE000
+XEN_CONSOLE_PAGE = 0xDF000
+
 ACPI_TABLES_BASE = 0xE0000
 ACPI_TABLES_SIZE = 0x20000
 

@@ -12,6 +12,7 @@ The platform every xenopus domain gets (addresses in `xenopus.devices.platform`)
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,7 +36,9 @@ from xenopus.devices.virtio.pci import VirtioPciDevice
 from xenopus.devices.virtio.rng import VirtioRng
 from xenopus.domain.config import DomainConfig
 from xenopus.domain.devspec import VifSpec
+from xenopus.domain.xen import StoreProxy, XenGuest, decide
 from xenopus.host import memory_mib
+from xenopus.kvm import Kvm
 from xenopus.memory import GuestMemory, MiB
 from xenopus.vm import Machine, StopReason
 
@@ -70,10 +73,14 @@ class Guest:
     mmio: Bus
     functions: list[PciFunction] = field(default_factory=list)
     vconsole: VirtioConsole | None = None
+    xen: XenGuest | None = None
+    xen_path: str = "off"  # how hypercalls arrive: "trap", "kernel" or "off" (no Xen)
 
     def close(self) -> None:
         """Stop the vCPUs, then the device threads, then release the VM and its memory."""
         self.machine.stop()
+        if self.xen is not None:
+            self.xen.close()
         self.pci.close()
         self.machine.close()
         self.memory.close()
@@ -86,6 +93,10 @@ def build_guest(
     debug_out: Callable[[bytes], None],
     vconsole_out: Callable[[bytes], None] | None = None,
     domid: int = 0,
+    hv_log: Callable[[str], None] | None = None,
+    pv_console_out: Callable[[bytes], None] | None = None,
+    store: StoreProxy | None = None,
+    xenstore_path: str | None = None,
 ) -> Guest:
     """Lay out memory, write the ACPI tables, load the kernel and wire the devices; the
     vCPUs are not started. Any failure releases what was built and names the problem."""
@@ -95,6 +106,7 @@ def build_guest(
     memory = GuestMemory.create(config.memory * MiB)
     machine: Machine | None = None
     pci: PciHostBridge | None = None
+    xen: XenGuest | None = None
     try:
         ram_end = max(r.end for r in memory.regions)
         rsdp = install(memory, AcpiPlatform(vcpus=config.vcpus, pci=AcpiPci.default(ram_end)))
@@ -102,8 +114,25 @@ def build_guest(
             memory, config.kernel, ramdisk=config.ramdisk, cmdline=config.cmdline, rsdp_paddr=rsdp
         )
         pio, mmio = Bus("pio"), Bus("mmio")
-        machine = Machine(memory, config.vcpus, pio=pio, mmio=mmio)
+        kvm = Kvm()
+        xen_path, why = decide(config, boot, kvm)
+        log.info("%s: Xen guest interface: %s (%s)", config.name, xen_path, why)
+        hooks: dict = {}
+        if xen_path != "off":
+            xen = XenGuest(
+                config, memory, boot, pio, domid=domid, path=xen_path,
+                hv_log=hv_log or (lambda line: log.info("%s", line)),
+                pv_console_out=pv_console_out or console_out,
+                store=store or StoreProxy(asyncio.get_event_loop(), None),
+                xenstore_path=xenstore_path,
+            )
+            hooks = xen.machine_hooks()
+        elif any(d.kind == "xen" for d in config.disks) or any(v.model == "xen" for v in config.vifs):
+            raise ValueError(f"xvd* disks and model=xen vifs need the Xen platform, which is off: {why}")
+        machine = Machine(memory, config.vcpus, pio=pio, mmio=mmio, kvm=kvm, **hooks)
         m = machine
+        if xen is not None:
+            xen.attach(machine)
 
         def irq(line: int) -> Callable[[bool], None]:
             return lambda level: m.set_irq(line, level)
@@ -127,10 +156,14 @@ def build_guest(
         mmio.register(platform.ACPI_REGS_BASE, platform.ACPI_REGS_SIZE, power, "acpi-power")
 
         pci = PciHostBridge(pio, mmio, machine.set_irq, ram_end=ram_end)
-        guest = Guest(machine, memory, boot, serial, power, pci, pio, mmio)
+        guest = Guest(machine, memory, boot, serial, power, pci, pio, mmio, xen=xen, xen_path=xen_path)
         _add_virtio(guest, config, domid, vconsole_out)
         _apply_affinity(machine, config)
+        if xen is not None:
+            xen.start_backends()
     except BaseException:
+        if xen is not None:
+            xen.close()
         if pci is not None:
             pci.close()
         if machine is not None:

@@ -15,6 +15,8 @@ import logging
 import os
 import resource
 import socket
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,7 @@ from xenopus import ipc
 from xenopus.domain.builder import Guest, build_guest
 from xenopus.domain.config import DomainConfig
 from xenopus.domain.console import Console
+from xenopus.domain.xen import StoreProxy
 from xenopus.vm import StopReason
 
 log = logging.getLogger("xenopus.domain")
@@ -32,16 +35,19 @@ EXIT_START_FAILED = 2
 
 
 class DebugLog:
-    """Port-0xE9 output, a line at a time into the domain log with Xen's `(dN) ` prefix."""
+    """Port-0xE9 output, a line at a time, with Xen's `(dN) ` prefix: into the domain log
+    and, through `sink`, the host log that `xenopus dmesg` prints (as Xen's hvm_print_line
+    does for port 0xE9)."""
 
-    def __init__(self, domid: int):
+    def __init__(self, domid: int, sink: Callable[[str], None]):
         self.prefix = f"(d{domid}) "
+        self.sink = sink
         self._line = bytearray()
 
     def write(self, data: bytes) -> None:
         for b in data:
             if b == 0x0A:
-                log.info("%s%s", self.prefix, self._line.decode(errors="replace").rstrip("\r"))
+                self.sink(self.prefix + self._line.decode(errors="replace").rstrip("\r"))
                 self._line.clear()
             elif len(self._line) < 4096:
                 self._line.append(b)
@@ -62,7 +68,7 @@ class DomainProcess:
         self.state = "starting"  # running | paused | shutdown | crashed
         self.exit_code = EXIT_OK
         self._started = False  # whether the current incarnation's vCPUs have run
-        self.debug = DebugLog(domid)
+        self.debug = DebugLog(domid, self.hv_log)
         self._writer: asyncio.StreamWriter | None = None
         self._finished = asyncio.Event()
 
@@ -70,6 +76,14 @@ class DomainProcess:
     def _send(self, msg: dict[str, Any]) -> None:
         if self._writer is not None and not self._writer.is_closing():
             self._writer.write(json.dumps(msg).encode() + b"\n")
+
+    def hv_log(self, line: str) -> None:
+        """A line for the host log (`xenopus dmesg`): console_io and port-0xE9 output."""
+        log.info("%s", line)
+        if threading.current_thread() is threading.main_thread():
+            self._send({"event": "log", "line": line})
+        else:
+            self._loop.call_soon_threadsafe(self._send, {"event": "log", "line": line})
 
     def _set_state(self, state: str) -> None:
         self.state = state
@@ -80,12 +94,16 @@ class DomainProcess:
         """Build a fresh incarnation; with `paused`, its vCPUs wait for `unpause` (xl create -p)."""
         guest = build_guest(
             self.config, console_out=self.console.write, debug_out=self.debug.write,
-            vconsole_out=self.vconsole.write, domid=self.domid,
+            vconsole_out=self.vconsole.write, domid=self.domid, hv_log=self.hv_log,
+            pv_console_out=self.pvconsole.write, store=self.store,
+            xenstore_path=ipc.xenstored_socket_path(self.run_dir) if self.xenstore else None,
         )
         self.guest = guest
         self.console.on_input = guest.serial.receive
         if guest.vconsole is not None:
             self.vconsole.on_input = guest.vconsole.receive
+        if guest.xen is not None:
+            self.pvconsole.on_input = guest.xen.receive
         self._started = False
         if paused:
             self._set_state("paused")
@@ -106,7 +124,7 @@ class DomainProcess:
         if self.guest is not None:
             self.guest.close()
             self.guest = None
-            self.console.on_input = self.vconsole.on_input = lambda data: None
+            self.console.on_input = self.vconsole.on_input = self.pvconsole.on_input = lambda d: None
 
     def _on_stop(self, guest: Guest, reason: StopReason) -> None:
         if guest is not self.guest:
@@ -227,15 +245,20 @@ class DomainProcess:
         log.warning("domain %d: daemon connection closed; the domain keeps running", self.domid)
 
     async def run(self) -> int:
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         self.console = Console(loop)
         self.vconsole = Console(loop)  # the virtio console port, when the config has one
+        self.pvconsole = Console(loop)  # the Xen PV console ring
+        self.store = StoreProxy(loop, self.xenstore)
+        await self.store.start()
         reader, self._writer = await asyncio.open_unix_connection(sock=self.control)
         os.makedirs(ipc.domain_dir(self.domid, self.run_dir), exist_ok=True)
         try:
             await self.console.serve(ipc.console_socket_path(self.domid, self.run_dir))
             if self.config.virtio_console:
                 await self.vconsole.serve(ipc.console_socket_path(self.domid, self.run_dir, "virtio"))
+            if self.config.xen_platform != "0":
+                await self.pvconsole.serve(ipc.console_socket_path(self.domid, self.run_dir, "pv"))
             self._start_guest(paused=self.start_paused)
         except Exception as e:  # noqa: BLE001 - reported to the CLI, which names the problem
             log.error("domain %d (%s): cannot start: %s", self.domid, self.config.name, e)
@@ -243,7 +266,14 @@ class DomainProcess:
             await self._writer.drain()
             self._teardown()
             return EXIT_START_FAILED
-        self._send({"event": "ready", "pid": os.getpid(), "protocol": self.guest.boot.protocol})
+        guest = self.guest
+        # A Xen-aware image (one that names its OS in a Xen ELF note) gets its PV console
+        # by default, as under Xen; everything else its serial port.
+        xen_aware = guest.xen is not None and bool(guest.boot.details.get("guest_os"))
+        self._send({
+            "event": "ready", "pid": os.getpid(), "protocol": guest.boot.protocol,
+            "xen_path": guest.xen_path, "console": "pv" if xen_aware else "serial",
+        })
         control = asyncio.create_task(self._serve_control(reader))
         await self._finished.wait()
         control.cancel()
@@ -253,6 +283,8 @@ class DomainProcess:
         # the kernel's slow part, and nobody needs to wait for it.
         await self.console.close()
         await self.vconsole.close()
+        await self.pvconsole.close()
+        await self.store.close()
         usage = resource.getrusage(resource.RUSAGE_SELF)
         self._send({
             "event": "finished", "exit_code": self.exit_code, "maxrss_kib": usage.ru_maxrss,

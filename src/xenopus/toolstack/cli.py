@@ -73,7 +73,7 @@ def request(msg: dict[str, object]) -> dict[str, object]:
 
 
 # -- console --------------------------------------------------------------------------------
-def open_console(dom: str, kind: str = "serial") -> socket.socket:
+def open_console(dom: str, kind: str | None = None) -> socket.socket:
     reply = request({"op": "console", "dom": dom, "type": kind})
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
@@ -84,7 +84,7 @@ def open_console(dom: str, kind: str = "serial") -> socket.socket:
     return sock
 
 
-def attach_console(dom: str, kind: str = "serial") -> None:
+def attach_console(dom: str, kind: str | None = None) -> None:
     with open_console(dom, kind) as sock:
         pump_console(sock)
 
@@ -227,8 +227,6 @@ def cmd_list(args: Namespace) -> int:
 
 
 def cmd_console(args: Namespace) -> int:
-    if args.type == "pv":
-        raise CliError("PV consoles arrive with the Xen guest interface; use -t serial or -t virtio")
     attach_console(args.dom, args.type)
     return 0
 
@@ -239,6 +237,12 @@ def simple_verb(op: str):
         return 0
 
     return run
+
+
+def cmd_dmesg(args: Namespace) -> int:
+    for line in request({"op": "dmesg", "clear": args.clear})["lines"]:
+        print(line)
+    return 0
 
 
 def cmd_shutdown(args: Namespace) -> int:
@@ -396,8 +400,11 @@ VERBS = (
          (Opt(("-l", "--long"), "long", "JSON with each domain's configuration"),),
          (Pos("domains", "DOM", "*"),)),
     Verb("console", "attach to a domain's console (Ctrl-] detaches)", cmd_console,
-         (Opt(("-t",), "type", "serial (COM1) or virtio", str, ("serial", "virtio", "pv"), "serial"),),
+         (Opt(("-t",), "type", "serial (COM1), pv (Xen PV console) or virtio; default: pv for"
+              " Xen-aware guests, else serial", str, ("serial", "virtio", "pv"), None),),
          (_dom(),)),
+    Verb("dmesg", "print the host log: guests' console_io and port-0xE9 lines", cmd_dmesg,
+         (Opt(("-c",), "clear", "clear the log after printing it"),)),
     Verb("destroy", "destroy a domain immediately", simple_verb("destroy"), (), (_dom(),)),
     Verb("pause", "pause all vCPUs of a domain", simple_verb("pause"), (), (_dom(),)),
     Verb("unpause", "resume a paused domain", simple_verb("unpause"), (), (_dom(),)),

@@ -8,6 +8,7 @@ control channel. Clients (the CLI) speak JSON lines on `$XENOPUS_RUN_DIR/xenopus
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import fcntl
 import json
@@ -27,6 +28,7 @@ from xenopus.toolstack.xenstored import XenStored
 
 log = logging.getLogger("xenopus.daemon")
 
+DMESG_LINES = 10000
 DESTROY_GRACE = 5.0  # seconds a domain process gets to exit before SIGKILL
 
 
@@ -51,6 +53,8 @@ class DomainRecord:
     gone: asyncio.Event = field(default_factory=asyncio.Event)
     exited: asyncio.Event = field(default_factory=asyncio.Event)
     protocol: str | None = None
+    xen_path: str = "off"
+    console: str = "serial"  # the console `xenopus console DOM` attaches to by default
 
     async def request(self, msg: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]:
         if self.writer is None or self.writer.is_closing():
@@ -81,6 +85,9 @@ class Daemon:
         self._lock_fd = -1
         self._clients: dict[asyncio.Task, asyncio.StreamWriter] = {}
         self.xenstore = XenStored()
+        # The host log `xenopus dmesg` prints (Xen's console ring): guests' console_io and
+        # port-0xE9 lines, bounded like Xen's.
+        self.dmesg: collections.deque[str] = collections.deque(maxlen=DMESG_LINES)
 
     # -- start-up -----------------------------------------------------------------------
     def acquire_lock(self) -> None:
@@ -184,6 +191,11 @@ class Daemon:
             return {"ok": True, "pid": os.getpid()}
         if op == "create":
             return await self._create(req, reader, writer)
+        if op == "dmesg":
+            lines = list(self.dmesg)
+            if req.get("clear"):
+                self.dmesg.clear()
+            return {"ok": True, "lines": lines}
         if op == "list":
             return {"ok": True, "domains": await self._list()}
         if op == "stop":
@@ -195,7 +207,7 @@ class Daemon:
         if op == "console":
             if rec.pid is None:
                 raise RequestError(f"domain {rec.domid} has no console: it is not running")
-            kind = req.get("type", "serial")
+            kind = req.get("type") or rec.console
             if kind not in ipc.CONSOLE_SOCKETS:
                 raise RequestError(f"unknown console type {kind!r}")
             if kind == "virtio" and not rec.config.get("virtio_console"):
@@ -275,7 +287,7 @@ class Daemon:
             raise
         reply = {"ok": True, "domid": rec.domid, "name": name, "protocol": rec.protocol, "warnings": warnings}
         if attach:
-            reply["console"] = ipc.console_socket_path(rec.domid, self.run_dir)
+            reply["console"] = ipc.console_socket_path(rec.domid, self.run_dir, rec.console)
         if not req.get("wait") and not attach:
             return reply
         client.write(ipc.encode(reply))
@@ -338,6 +350,8 @@ class Daemon:
                 await asyncio.wait_for(rec.exited.wait(), 5)
             raise RequestError(event.get("error") or "the domain failed to start")
         rec.protocol = event.get("protocol")
+        rec.xen_path = event.get("xen_path", "off")
+        rec.console = event.get("console", "serial")
         rec.state = "paused" if paused else "running"
         log.info("domain %d (%s) started, pid %d", rec.domid, rec.name, rec.pid)
         asyncio.create_task(self._domain_events(rec, reader))
@@ -355,6 +369,8 @@ class Daemon:
                     fut.set_result(msg)
             elif msg.get("event") == "state":
                 rec.state = msg["state"]
+            elif msg.get("event") == "log":
+                self.dmesg.append(str(msg.get("line", ""))[:4096])
             elif msg.get("event") == "finished":
                 rec.final = msg
                 self._retire(rec)
@@ -448,6 +464,7 @@ class Daemon:
                 "reason": (rec.last_stop or {}).get("reason"),
                 "cpu_time": cpu,
                 "protocol": rec.protocol,
+                "xen_path": rec.xen_path,
                 "pid": rec.pid,
                 "config": rec.config,
             }

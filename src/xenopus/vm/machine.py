@@ -74,7 +74,8 @@ def host_cpus() -> frozenset[int]:
 class Machine:
     """A VM with `vcpus` vCPUs over `memory`, dispatching port I/O to `pio` and MMIO to
     `mmio`. Optional: `msr_handler` for userspace MSR exits, `cpuid_fixup(index, cpuid2)`
-    to adjust each vCPU's CPUID before it is set (e.g. hypervisor leaves)."""
+    to adjust each vCPU's CPUID before it is set (e.g. hypervisor leaves), `exit_handlers`
+    for exit reasons a layer above serves (KVM_EXIT_XEN)."""
 
     def __init__(
         self,
@@ -85,6 +86,7 @@ class Machine:
         mmio: IoHandler,
         kvm: Kvm | None = None,
         msr_handler: MsrHandler | None = None,
+        exit_handlers: dict[int, Callable[[Vcpu], None]] | None = None,
         cpuid_fixup: CpuidFixup | None = None,
     ):
         if vcpus < 1:
@@ -112,7 +114,7 @@ class Machine:
         self._probe = 0  # vcpu_info's kick generation ...
         self._probed: dict[int, int] = {}  # ... and the last one each vCPU thread answered
         try:
-            self._build(vcpus, pio, mmio, msr_handler, cpuid_fixup)
+            self._build(vcpus, pio, mmio, msr_handler, cpuid_fixup, exit_handlers)
         except BaseException:
             self.close()
             raise
@@ -124,6 +126,7 @@ class Machine:
         mmio: IoHandler,
         msr_handler: MsrHandler | None,
         cpuid_fixup: CpuidFixup | None,
+        exit_handlers: dict[int, Callable[[Vcpu], None]] | None = None,
     ) -> None:
         self.kvm.require(*REQUIRED_CAPS)
         # api.rst, KVM_CREATE_VCPU: KVM_CAP_MAX_VCPUS is the hard limit (KVM_CAP_NR_VCPUS,
@@ -160,7 +163,9 @@ class Machine:
             if cpuid_fixup is not None:
                 cpuid = cpuid_fixup(index, cpuid)
             fd.set_cpuid2(cpuid)
-            self.vcpus.append(Vcpu(fd, self.memory, pio, mmio, self._control, msr_handler))
+            self.vcpus.append(
+                Vcpu(fd, self.memory, pio, mmio, self._control, msr_handler, exit_handlers)
+            )
 
     # --- interrupts -----------------------------------------------------------------------
     def set_irq(self, gsi: int, level: bool | int) -> None:

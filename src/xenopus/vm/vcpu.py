@@ -193,6 +193,7 @@ class Vcpu:
         mmio: IoHandler,
         control: Callable[[Vcpu], bool],
         msr_handler: MsrHandler | None = None,
+        exit_handlers: dict[int, Callable[[Vcpu], None]] | None = None,
     ):
         self.fd = fd
         self.index = fd.index
@@ -201,6 +202,9 @@ class Vcpu:
         self.mmio = mmio
         self.control = control
         self.msr_handler = msr_handler
+        # Exits a layer above owns (e.g. KVM_EXIT_XEN for the in-kernel Xen path); each
+        # runs on this vCPU's thread, with the exit data in `fd.kvm_run`.
+        self.exit_handlers = exit_handlers or {}
         self.thread_id: int | None = None  # pthread id while the run loop is live
         self.exits = 0
         self.mp_state: int | None = None  # as last sampled by `sample_mp_state`
@@ -354,6 +358,10 @@ class Vcpu:
     def _other_exit(self, reason: int) -> StopReason | None:
         """Everything but port I/O and MMIO; None means carry on."""
         run = self.fd.kvm_run
+        handler = self.exit_handlers.get(reason)
+        if handler is not None:
+            handler(self)
+            return None
         if reason in (u.KVM_EXIT_X86_RDMSR, u.KVM_EXIT_X86_WRMSR):
             self._msr_exit(reason)
             return None

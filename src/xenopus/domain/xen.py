@@ -1,0 +1,264 @@
+"""A domain's Xen guest interface, wired: hypercalls, event channels, grant tables, the
+XenStore and PV console rings, and the PV block and network backends.
+
+One `XenGuest` exists per incarnation of a domain that shows Xen (`xen_platform`). The
+XenStore itself lives in the daemon: the guest's ring is proxied over the socket pair the
+daemon made for this domain (`StoreProxy`, which outlives incarnations), and the backends
+talk to the daemon's XenStore as dom0 clients.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import socket
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from xenopus.boot import BootInfo
+from xenopus.devices import platform as layout
+from xenopus.devices.bus import Bus
+from xenopus.devices.tap import Tap
+from xenopus.devices.virtio.net import generate_mac, parse_mac
+from xenopus.domain.config import DomainConfig
+from xenopus.kvm import Kvm
+from xenopus.kvm import uapi as u
+from xenopus.memory import GuestMemory
+from xenopus.xen import abi
+from xenopus.xen.backends.blkback import BlkBack
+from xenopus.xen.backends.console import PVConsole
+from xenopus.xen.backends.netback import NetBack
+from xenopus.xen.backends.xenbus import Backend, DomainHost
+from xenopus.xen.evtchn import EventChannels
+from xenopus.xen.grant import GrantMapper, GrantTable
+from xenopus.xen.guestmem import GuestAccess
+from xenopus.xen.hypercall import choose_path, kernel_config, kernel_flags, kernel_hcall
+from xenopus.xen.platform import XenPlatform
+from xenopus.xen.xenstore.client import XsClient
+from xenopus.xen.xenstore.server import RingTransport
+
+log = logging.getLogger("xenopus.xen")
+
+XEN_VBD_MAJOR = 202  # docs/misc/vbd-interface.txt: xvd disks are major 202
+
+
+def vbd_id(index: int) -> int:
+    """The xenstore device id of disk `index` named xvdX (vbd-interface.txt)."""
+    return XEN_VBD_MAJOR << 8 | index << 4 if index < 16 else 1 << 28 | index << 8
+
+
+def decide(config: DomainConfig, boot: BootInfo, kvm: Kvm) -> tuple[str, str]:
+    """("trap" | "kernel" | "off", why) for this domain and image (issue 4, item 1)."""
+    return choose_path(
+        kernel_flags(kvm),
+        hypercall_page_note=bool(boot.details.get("hypercall_page_note")),
+        linux=boot.details.get("guest_os") == "linux",
+        xen_platform=config.xen_platform,
+    )
+
+
+class StoreProxy:
+    """The guest's XenStore ring ↔ the daemon, for the life of the domain process."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket | None):
+        self.loop = loop
+        self.sock = sock
+        self.ring: RingTransport | None = None
+        self.notify: Callable[[], None] = lambda: None
+        self._writer: asyncio.StreamWriter | None = None
+        self._task: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        if self.sock is None:
+            return
+        reader, self._writer = await asyncio.open_unix_connection(sock=self.sock)
+        self._task = asyncio.create_task(self._from_daemon(reader))
+
+    def attach(self, ring: RingTransport | None, notify: Callable[[], None] = lambda: None) -> None:
+        self.ring, self.notify = ring, notify
+
+    def kick(self) -> None:
+        """The guest signalled the store port (any thread)."""
+        self.loop.call_soon_threadsafe(self._pump)
+
+    def _pump(self) -> None:
+        ring = self.ring
+        if ring is None or ring.broken:
+            return
+        messages = ring.read_messages()
+        if self._writer is not None:
+            for message in messages:
+                self._writer.write(message)
+        if ring.flush() or messages:
+            self.notify()
+
+    async def _from_daemon(self, reader: asyncio.StreamReader) -> None:
+        while data := await reader.read(65536):
+            ring = self.ring
+            if ring is None or ring.broken:
+                continue  # no guest ring (yet): nothing to answer
+            ring.write(data)
+            if ring.flush():
+                self.notify()
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        if self._writer is not None:
+            self._writer.close()
+
+
+class XenGuest:
+    """Everything Xen about one incarnation. Build it before the Machine (it supplies the
+    CPUID leaves and MSR hooks), `attach` it once the Machine exists, `close` it at the end."""
+
+    def __init__(
+        self,
+        config: DomainConfig,
+        memory: GuestMemory,
+        boot: BootInfo,
+        pio: Bus,
+        *,
+        domid: int,
+        path: str,
+        hv_log: Callable[[str], None],
+        pv_console_out: Callable[[bytes], None],
+        store: StoreProxy,
+        xenstore_path: str | None,
+    ):
+        self.config = config
+        self.domid = domid
+        self.memory = memory
+        self.path = path
+        self.store = store
+        self.xenstore_path = xenstore_path
+        n = config.vcpus
+        self.platform = XenPlatform(domid, None, memory, nr_vcpus=n, console_out=hv_log, e820=boot.e820)
+        self.evtchn = EventChannels(domid, memory, n, self.platform.deliver)
+        self.grants = GrantTable(domid, memory)
+        self.platform.evtchn, self.platform.grants = self.evtchn, self.grants
+        self.platform.path = path
+        self.platform.install(pio)
+        self.backends: list[Backend] = []
+        self.xs: XsClient | None = None
+        self._input = bytearray()
+        self._input_lock = threading.Lock()
+
+        # The special pages (Xen puts them near the top of low memory, reserved in the
+        # map): ours sit in the reserved legacy hole.
+        memory.fill(layout.XEN_STORE_PAGE, abi.PAGE_SIZE)
+        memory.fill(layout.XEN_CONSOLE_PAGE, abi.PAGE_SIZE)
+        self.store_port = self.evtchn.bind_local(store.kick)
+        self.console = PVConsole.at_pfn(
+            memory, layout.XEN_CONSOLE_PAGE >> 12, pv_console_out, lambda: self.evtchn.notify(self.console_port)
+        )
+        self.console_port = self.evtchn.bind_local(self._console_kick)
+        ring = RingTransport(memory.view(layout.XEN_STORE_PAGE, abi.PAGE_SIZE))
+        store.attach(ring, lambda: self.evtchn.notify(self.store_port))
+        for param, value in (
+            (abi.HVM_PARAM_STORE_PFN, layout.XEN_STORE_PAGE >> 12),
+            (abi.HVM_PARAM_STORE_EVTCHN, self.store_port),
+            (abi.HVM_PARAM_CONSOLE_PFN, layout.XEN_CONSOLE_PAGE >> 12),
+            (abi.HVM_PARAM_CONSOLE_EVTCHN, self.console_port),
+        ):
+            self.platform.set_param(param, value)
+
+    # -- the Machine -------------------------------------------------------------------
+    def machine_hooks(self) -> dict[str, Any]:
+        hooks = self.platform.machine_hooks()
+        if self.path == "kernel":
+            hooks["exit_handlers"] = {u.KVM_EXIT_XEN: self._kernel_exit}
+        return hooks
+
+    def attach(self, machine: Any) -> None:
+        self.platform.attach(machine)
+        if self.path == "kernel":
+            # vmcall/vmmcall now arrive as KVM_EXIT_XEN; calls through the hypercall page
+            # still take the trap path (the MSR filter keeps the page ours).
+            cfg = kernel_config(kernel_flags(machine.kvm))
+            machine.vm.xen_hvm_config(cfg.msr, cfg.flags)
+
+    def _kernel_exit(self, vcpu: Any) -> None:
+        """KVM_EXIT_XEN (in-kernel path): the same hypercall table as the trap path."""
+        mm = vcpu.fd.mmap
+        size = ctypes.sizeof(u.kvm_xen_exit)
+        data = mm[u.RUN_EXIT : u.RUN_EXIT + size]
+        access = GuestAccess(self.memory, vcpu.fd.get_sregs)
+        mm[u.RUN_EXIT : u.RUN_EXIT + size] = kernel_hcall(self.platform.table, data, vcpu.index, access)
+
+    # -- consoles ----------------------------------------------------------------------
+    def _console_kick(self) -> None:
+        self.console.kick()
+        self._feed()
+
+    def receive(self, data: bytes) -> None:
+        """Host keyboard input for the PV console; what does not fit waits for the guest."""
+        with self._input_lock:
+            self._input += data
+        self._feed()
+
+    def _feed(self) -> None:
+        with self._input_lock:
+            if self._input:
+                sent = self.console.send(bytes(self._input))
+                del self._input[:sent]
+
+    # -- backends ----------------------------------------------------------------------
+    def start_backends(self) -> None:
+        """The xvd* disks and model=xen vifs, as dom0 clients of the daemon's XenStore."""
+        disks = [(i, d) for i, d in enumerate(self.config.disks) if d.kind == "xen"]
+        vifs = [(i, v) for i, v in enumerate(self.config.vifs) if v.model == "xen"]
+        if self.xenstore_path is None:
+            if disks or vifs:
+                raise ValueError("Xen PV devices need the daemon's XenStore")
+            return
+        self.xs = XsClient(self.xenstore_path)
+        self._write_console_nodes()
+        host = DomainHost(self.evtchn, GrantMapper(lambda d: self.grants if d == self.domid else None))
+        for _, disk in disks:
+            be = BlkBack(
+                self.xs, host, self.domid, vbd_id(disk.vdev_index), disk.target,
+                read_only=disk.read_only, vdev=disk.vdev,
+            )
+            self.backends.append(be)
+            be.start()
+        for i, vif in vifs:
+            tap = Tap.open(vif.vifname or f"vif{self.domid}.{i}")
+            try:
+                if vif.bridge:
+                    tap.attach_to_bridge(vif.bridge)
+                else:
+                    tap.set_up()
+                mac = parse_mac(vif.mac) if vif.mac else generate_mac(f"{self.config.name}/vif{i}")
+                be = NetBack(self.xs, host, self.domid, i, tap, mac, bridge=vif.bridge or "")
+            except BaseException:
+                tap.close()
+                raise
+            self.backends.append(be)
+            be.start()
+
+    def _write_console_nodes(self) -> None:
+        """What xenconsoled reads (libxl__build_post): the console ring's frame and port."""
+        assert self.xs is not None
+        home = f"/local/domain/{self.domid}/console"
+        for key, value in (
+            ("ring-ref", str(layout.XEN_CONSOLE_PAGE >> 12)),
+            ("port", str(self.console_port)),
+            ("type", "xenconsoled"),
+            ("limit", "1048576"),
+        ):
+            self.xs.write(f"{home}/{key}", value)
+
+    def close(self) -> None:
+        for be in self.backends:
+            with contextlib.suppress(Exception):
+                be.stop()
+        self.backends.clear()
+        if self.xs is not None:
+            self.xs.close()
+            self.xs = None
+        self.store.attach(None)
+        self.platform.close()
