@@ -710,12 +710,14 @@ static long xs_two(u32 type, u32 tx, const char *a, const char *b, int nul_b, ch
 }
 
 long xs_read(u32 tx, const char *path, char *out, u32 cap) { return xs_two(XS_READ, tx, path, NULL, 0, out, cap); }
-long xs_write(u32 tx, const char *path, const char *value) { return xs_two(XS_WRITE, tx, path, value, 0, NULL, 0); }
-long xs_mkdir(u32 tx, const char *path) { return xs_two(XS_MKDIR, tx, path, NULL, 0, NULL, 0); }
-long xs_rm(u32 tx, const char *path) { return xs_two(XS_RM, tx, path, NULL, 0, NULL, 0); }
+/* Requests whose reply is just "OK": 0 on success, -errno otherwise. */
+static long xs_ok(long r) { return r < 0 ? r : 0; }
+long xs_write(u32 tx, const char *path, const char *value) { return xs_ok(xs_two(XS_WRITE, tx, path, value, 0, NULL, 0)); }
+long xs_mkdir(u32 tx, const char *path) { return xs_ok(xs_two(XS_MKDIR, tx, path, NULL, 0, NULL, 0)); }
+long xs_rm(u32 tx, const char *path) { return xs_ok(xs_two(XS_RM, tx, path, NULL, 0, NULL, 0)); }
 long xs_directory(u32 tx, const char *path, char *out, u32 cap) { return xs_two(XS_DIRECTORY, tx, path, NULL, 0, out, cap); }
-long xs_watch(const char *path, const char *token) { return xs_two(XS_WATCH, 0, path, token, 1, NULL, 0); }
-long xs_unwatch(const char *path, const char *token) { return xs_two(XS_UNWATCH, 0, path, token, 1, NULL, 0); }
+long xs_watch(const char *path, const char *token) { return xs_ok(xs_two(XS_WATCH, 0, path, token, 1, NULL, 0)); }
+long xs_unwatch(const char *path, const char *token) { return xs_ok(xs_two(XS_UNWATCH, 0, path, token, 1, NULL, 0)); }
 
 long xs_set_perms(u32 tx, const char *path, const char *const *perms, unsigned n)
 {
