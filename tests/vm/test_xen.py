@@ -1,0 +1,142 @@
+"""The Xen guest interface under xenopus (trap path), driven by the kit's Xen guests."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from tests.vm.conftest import Xenopus
+from tests.vm.test_cli import boot, read_until
+from tests.vm.test_devices import NS, RESPONDER, netns, pattern  # noqa: F401 - fixture
+from xenopus import ipc
+
+pytestmark = pytest.mark.kvm
+
+
+def xen_boot(x: Xenopus, name: str, kernel: str, **keys):
+    return boot(x, name, kernel, xen_platform=1, memory=64, **keys)
+
+
+def test_discovery_hypercalls_and_timer_event(xenopus: Xenopus) -> None:
+    r = xen_boot(xenopus, "xh", "xenhello.elf")
+    assert r.returncode == 0, r.stderr
+    assert "RESULT: PASS xenhello" in r.stdout, r.stdout
+    assert 'CPUID 0x40000000 "XenVMMXenVMM"' in r.stdout
+    assert "xen version 4.11" in r.stdout
+    assert "timer: VIRQ_TIMER port" in r.stdout
+    # console_io output lands in the host log, prefixed as Xen prefixes it.
+    dmesg = xenopus.run("dmesg", check=True).stdout
+    assert re.search(r"^\(d\d+\) hello through console_io$", dmesg, re.M), dmesg
+    log = (xenopus.run_dir / "log" / "xh.log").read_text()
+    assert "Xen guest interface: trap" in log
+    assert "poweroff: Xen shutdown, reason 0" in log
+
+
+@pytest.mark.parametrize("guest", ["xenevtchn", "xengrant", "xenstore"])
+def test_event_channels_grants_and_xenstore(xenopus: Xenopus, guest: str) -> None:
+    r = xen_boot(xenopus, f"{guest}-t", f"{guest}.elf")
+    assert f"RESULT: PASS {guest}" in r.stdout, r.stdout
+    assert "FAIL" not in r.stdout
+
+
+def test_xenstore_transaction_conflict(xenopus: Xenopus) -> None:
+    r = xen_boot(xenopus, "xs-tx", "xenstore.elf")
+    assert "second commit got EAGAIN, retry ok" in r.stdout, r.stdout
+
+
+def test_host_tools_see_what_the_guest_wrote(xenopus: Xenopus) -> None:
+    """Debian's xenstore-watch, on our socket, sees the node the guest writes through its
+    ring (docs/misc/xenstore.txt: a watch fires once when set, then on each change)."""
+    cfg = xenopus.config("xs-seen", "xenstore.elf", xen_platform=1, memory=64)
+    created = xenopus.run("create", "-p", str(cfg))
+    assert created.returncode == 0, created.stderr
+    domid = xenopus.domains()["xs-seen"][1]
+    node = f"/local/domain/{domid}/data/guest-wrote"
+    env = {**os.environ, "XENSTORED_PATH": str(xenopus.run_dir / "xenstored.sock")}
+    assert subprocess.run(["xenstore-read", f"/local/domain/{domid}/name"], env=env,
+                          capture_output=True, text=True, check=True).stdout.strip() == "xs-seen"
+    watch = subprocess.Popen([shutil.which("xenstore-watch") or "xenstore-watch", "-n", "2", node],
+                             env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert watch.stdout is not None
+        assert watch.stdout.readline().strip() == node  # the registration event
+        assert xenopus.run("unpause", "xs-seen").returncode == 0
+        assert watch.stdout.readline().strip() == node  # the guest's write, via its ring
+        assert watch.wait(timeout=60) == 0
+    finally:
+        watch.kill()
+    # Wait for the domain to go (the daemon's `wait`), then read its log: port 0xE9 saw
+    # every line the guest printed.
+    chan = ipc.Channel.connect(str(xenopus.run_dir / "xenopus.sock"))
+    try:
+        assert chan.request({"op": "wait", "dom": "xs-seen"})["ok"]
+    finally:
+        chan.close()
+    log = (xenopus.run_dir / "log" / "xs-seen.log").read_text()
+    assert "RESULT: PASS xenstore" in log, log
+
+
+def test_pv_console_ring(xenopus: Xenopus) -> None:
+    cfg = xenopus.config("xcons", "xenconsole.elf", xen_platform=1, memory=64,
+                         cmdline="echo timeout_ms=30000")
+    assert xenopus.run("create", "-q", str(cfg)).returncode == 0
+    con = xenopus.popen("console", "-t", "pv", "xcons", stdin=subprocess.PIPE)
+    assert con.stdin is not None and con.stdout is not None
+    seen = read_until(con.stdout, b"READY")
+    assert b"hello from the xenopus xenconsole guest" in seen
+    con.stdin.write(b"typed-into-pv\r")
+    con.stdin.flush()
+    out, _ = con.communicate(timeout=60)
+    assert b"ECHO: typed-into-pv" in out
+
+
+def test_blkfront_writes_land_in_the_image(xenopus: Xenopus) -> None:
+    disk = xenopus.tmp / "xvda.img"
+    disk.write_bytes(b"")
+    os.truncate(disk, 16 << 20)
+    r = xen_boot(xenopus, "xblk", "xenblk.elf", disk=[f"{disk},raw,xvda,rw"],
+                 cmdline="vdev=51712 sector=100 count=4")
+    assert "RESULT: PASS xenblk" in r.stdout, r.stdout
+    data = disk.read_bytes()
+    start = 100 * 512
+    assert data[start : start + 4 * 512] == bytes(pattern(o) for o in range(start, start + 4 * 512))
+
+
+def test_hostile_hypercalls_get_xens_error_codes(xenopus: Xenopus) -> None:
+    # Another domain runs throughout: the hostile one must not disturb it.
+    bystander = xenopus.config("bystander", "powerbtn.elf")
+    assert xenopus.run("create", "-q", str(bystander)).returncode == 0
+    try:
+        for case in ("all", "xs_corrupt"):
+            r = xen_boot(xenopus, f"hostile-{case}", "xenhostile.elf", cmdline=f"case={case}")
+            assert f"RESULT: PASS xenhostile {case}" in r.stdout, r.stdout
+            for got, want in re.findall(r"got (-?\d+) expected (-?\d+) ok", r.stdout):
+                assert got == want
+        assert xenopus.domains()["bystander"][4] == "r-----"
+        assert xenopus.run("shutdown", "-w", "bystander").returncode == 0
+    finally:
+        xenopus.run("destroy", "bystander")
+
+
+def test_netfront_udp_through_a_tap(netns: Xenopus) -> None:  # noqa: F811 - the fixture
+    cfg = netns.config("xnet", "xennet.elf", xen_platform=1, memory=64,
+                       vif=["model=xen, vifname=xnptap1"],
+                       cmdline="src_ip=10.0.2.15 dst_ip=10.0.2.2 dst_port=5555 "
+                               "payload=ping-from-guest expect_reply=pong-from-host timeout_ms=30000")
+    assert netns.run("create", "-q", "-p", str(cfg)).returncode == 0
+    subprocess.run(["ip", "-n", NS, "addr", "add", "10.0.2.2/24", "dev", "xnptap1"], check=True)
+    responder = subprocess.Popen(["ip", "netns", "exec", NS, sys.executable, "-c", RESPONDER],
+                                 stdout=subprocess.PIPE, text=True)
+    try:
+        assert responder.stdout is not None and responder.stdout.readline().strip() == "bound"
+        assert netns.run("unpause", "xnet").returncode == 0
+        out = netns.run("console", "xnet", timeout=120).stdout
+        assert "RESULT: PASS xennet" in out, out
+        assert responder.communicate(timeout=60)[0].startswith("got ping-from-guest 10.0.2.15")
+    finally:
+        responder.kill()
