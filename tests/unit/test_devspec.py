@@ -370,11 +370,3 @@ def test_after_a_prefix_an_empty_positional_is_the_vdev():
         parse_disk("phy:/img,,vdb")
 
 
-def test_random_mac_is_in_xens_oui_and_valid():
-    from xenopus.domain.devspec import random_mac
-
-    macs = {random_mac() for _ in range(8)}
-    for mac in macs:
-        assert mac.startswith("00:16:3e:")
-        assert VifSpec(mac=mac).mac == mac  # canonical and unicast
-    assert len(macs) > 1

@@ -30,7 +30,6 @@ What xenopus supports, and where it differs from xl on purpose:
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
@@ -404,7 +403,6 @@ def parse_disk(spec: str, index: int | None = None) -> DiskSpec:
 IFNAMSIZ = 16  # <linux/if.h>
 MIN_MTU = 68  # ETH_MIN_MTU, <linux/if_ether.h>
 MAX_MTU = 65535  # ETH_MAX_MTU; virtio-net's config `mtu` is a le16 (virtio 1.2 §5.1.4)
-XEN_OUI = (0x00, 0x16, 0x3E)  # where xl generates MACs (xl-network-configuration)
 _MAC = re.compile(r"([0-9a-fA-F]{1,2})" + r":([0-9a-fA-F]{1,2})" * 5 + r"\Z")
 # libxlu_vif.c vif_bytes_per_sec_re and vif_internal_usec_re.
 _RATE = re.compile(r"([0-9]+)[GMK]?[Bb]/s\Z")
@@ -441,12 +439,6 @@ def parse_mac(text: str) -> str | None:
         raise ValueError(f"mac `{text}' is a multicast address (the low bit of the"
                          " first octet is set)")
     return ":".join(f"{o:02x}" for o in octets)
-
-
-def random_mac() -> str:
-    """A MAC for a vif without one: Xen's OUI and three random octets, as libxl does
-    (libxl_nic.c libxl__device_nic_setdefault)."""
-    return ":".join(f"{o:02x}" for o in (*XEN_OUI, *os.urandom(3)))
 
 
 def check_rate(text: str) -> None:
