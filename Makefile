@@ -38,6 +38,8 @@ test-linux: $(STAMP) guests
 bench: $(STAMP) compile deps
 	$(PY) benchmarks/startup.py
 	$(PY) benchmarks/exits.py
+	$(PY) benchmarks/blk.py
+	$(PY) benchmarks/hypercall.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks

@@ -167,6 +167,30 @@ def per_exit(t0: list[float], tn: list[float], n: int) -> list[float]:
     return [(b - a) / n for a, b in zip(t0, tn, strict=True)]
 
 
+def prepare(tmp: Path, counts: tuple[int, ...]) -> tuple[Path, dict[int, Path]]:
+    """Build this benchmark's guest and the C reference into `tmp`, and write one image per
+    iteration count: (the C binary, {count: image})."""
+    build_guest()
+    binary = tmp / "exits_ref"
+    subprocess.run(["gcc", "-O2", "-Wall", "-o", str(binary), str(C_SOURCE)], check=True)
+    images = {k: tmp / f"exits-{k}.img" for k in counts}
+    for k, path in images.items():
+        write_image(path, k)
+    return binary, images
+
+
+def run_sides(binary: Path, image: Path, iterations: int) -> dict[str, tuple[float, str]]:
+    """One run of each side at `iterations`, each checked for its port-0x80 writes:
+    {"xenopus" | "c": (seconds, guest console)}."""
+    runs: dict[str, tuple[float, str]] = {}
+    for side, run in (("xenopus", lambda: run_xenopus(iterations)), ("c", lambda: run_c(binary, image))):
+        seconds, posts, text = run()
+        if posts < iterations:
+            sys.exit(f"exits: {side} saw {posts} port-0x80 writes, expected {iterations}")
+        runs[side] = (seconds, text)
+    return runs
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     p.add_argument("--iterations", type=int, default=100_000, help="outb per run (default 100000)")
@@ -176,25 +200,16 @@ def main() -> int:
         p.error("--repeats must be at least 5")
     if args.iterations < 1:
         p.error("--iterations must be positive")
-    build_guest()
     n = args.iterations
     times: dict[tuple[str, int], list[float]] = {}
     console = ""
     with tempfile.TemporaryDirectory(prefix="xenopus-exits-") as tmp:
-        binary = Path(tmp) / "exits_ref"
-        subprocess.run(["gcc", "-O2", "-Wall", "-o", str(binary), str(C_SOURCE)], check=True)
-        images = {k: Path(tmp) / f"exits-{k}.img" for k in (0, n)}
-        for k, path in images.items():
-            write_image(path, k)
+        binary, images = prepare(Path(tmp), (0, n))
         print(f"exits: {args.repeats} repeats of iterations=0 and iterations={n}, each side",
               flush=True)
         for _ in range(args.repeats):
             for k in (0, n):
-                for side, run in (("xenopus", lambda k=k: run_xenopus(k)),
-                                  ("c", lambda k=k: run_c(binary, images[k]))):
-                    seconds, posts, text = run()
-                    if posts < k:
-                        sys.exit(f"exits: {side} saw {posts} port-0x80 writes, expected {k}")
+                for side, (seconds, text) in run_sides(binary, images[k], k).items():
                     times.setdefault((side, k), []).append(seconds)
                     console = text if side == "xenopus" else console
             print(".", end="", flush=True)

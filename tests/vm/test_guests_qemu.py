@@ -300,7 +300,7 @@ def test_bootinfo_detects_wrong_expectations(qemu: str, ramdisk: tuple[Path, int
 
 
 XEN_GUESTS = ["xenhello", "xenevtchn", "xengrant", "xenstore", "xenconsole", "xenblk",
-              "xennet", "xenpair", "xenhostile"]
+              "xennet", "xenpair", "xenhostile", "xenbench"]
 
 
 @pytest.mark.parametrize("name", XEN_GUESTS)
