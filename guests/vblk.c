@@ -150,6 +150,7 @@ struct bench {
     u16 *slot_of_head;           /* by descriptor head */
     u16 *free_slots;             /* qd: a stack of idle request slots */
     u64 done, errors, ticks;
+    u64 phantom; /* head + 1 of a completion that arrived with nothing in flight */
 };
 
 static u64 xorshift(u64 *s)
@@ -204,6 +205,11 @@ static u64 bench_run(u64 arg)
             pause();
         }
         do {
+            if (!inflight) { /* a used element for no request: the device broke the ring */
+                b->phantom = (u64)head + 1; /* reported from ring 0: no port I/O here */
+                b->errors++;
+                goto out;
+            }
             u16 slot = b->slot_of_head[head];
             if (b->status[slot] != BLK_S_OK)
                 b->errors++;
@@ -245,6 +251,8 @@ static void bench(u64 capacity)
     tsc_khz(); /* calibrated in ring 0 (PIT) before ring 3 needs it */
     b->q->avail->flags = VRING_AVAIL_F_NO_INTERRUPT;
     run_user(bench_run, (u64)b, 0);
+    if (b->phantom)
+        printf("vblk: bench: used element for head %lu with no request in flight\n", b->phantom - 1);
     u64 us = tsc_ns(b->ticks) / 1000;
     if (!us)
         us = 1;

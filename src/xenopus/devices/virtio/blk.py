@@ -185,59 +185,84 @@ class VirtioBlk(VirtioDevice):
 
     def process(self, queue_index: int) -> None:
         q = self.queues[queue_index]
-        while (chain := self.pop(queue_index)) is not None:
-            q.push(chain, self.handle(chain))
+        pop, push, handle = self.pop, q.push, self.handle
+        while (chain := pop(queue_index)) is not None:
+            push(chain, handle(chain))
 
     def handle(self, chain: Chain) -> int:
         """Carry out one request (§5.2.6.1); returns the bytes written to the driver."""
-        if chain.writable_len < 1:
+        writable = chain.writable
+        in_len = chain.writable_len - 1  # device-writable bytes before the status byte
+        if in_len < 0:
             # No status byte to answer in: return the buffers untouched.
             self.log_once("request without a device-writable status byte")
             return 0
-        data_out, status_views = split_views(chain.writable, chain.writable_len - 1)
-        if chain.readable_len < BLK_REQ_HEADER.size:
-            self.log_once("request header is not in device-readable buffers")
-            status = VIRTIO_BLK_S_IOERR
-            written = 0
+        # Drivers put the status byte in a buffer of its own and the header in one of 16
+        # bytes (Linux, and every driver we know); anything else is split generally.
+        status_view = writable[-1]
+        if len(status_view) == 1:
+            data_in = writable[:-1]
         else:
-            header, payload = split_views(chain.readable, BLK_REQ_HEADER.size)
-            kind, _, sector = BLK_REQ_HEADER.unpack(b"".join(header))
-            status, written = self._dispatch(kind, sector, payload, data_out)
-        status_views[0][0] = status
+            data_in, tail = split_views(writable, in_len)
+            status_view = tail[0]
+        readable = chain.readable
+        out_len = chain.readable_len - BLK_REQ_HEADER.size  # device-readable data bytes
+        if out_len < 0:
+            self.log_once("request header is not in device-readable buffers")
+            status, written = VIRTIO_BLK_S_IOERR, 0
+        else:
+            if len(readable[0]) == BLK_REQ_HEADER.size:
+                kind, _, sector = BLK_REQ_HEADER.unpack(readable[0])
+                payload = readable[1:]
+            else:
+                header, payload = split_views(readable, BLK_REQ_HEADER.size)
+                kind, _, sector = BLK_REQ_HEADER.unpack(b"".join(header))
+            status, written = self._dispatch(kind, sector, payload, out_len, data_in, in_len)
+        status_view[0] = status
         return written + 1
 
     def _dispatch(
-        self, kind: int, sector: int, payload: list[memoryview], data_in: list[memoryview]
+        self,
+        kind: int,
+        sector: int,
+        payload: list[memoryview],
+        out_len: int,
+        data_in: list[memoryview],
+        in_len: int,
     ) -> tuple[int, int]:
         # §5.2.6: the data of IN/GET_ID is device-writable, that of OUT/DISCARD/WRITE_ZEROES
         # device-readable. A buffer of the wrong kind (say, the target of a read marked
         # read-only) fails the request rather than being skipped.
-        if kind in (VIRTIO_BLK_T_IN, VIRTIO_BLK_T_GET_ID) and any(len(v) for v in payload):
-            self.log_once(f"request type {kind} brings device-readable data buffers")
-            return VIRTIO_BLK_S_IOERR, 0
-        if kind in (VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_WRITE_ZEROES) and any(
-            len(v) for v in data_in
-        ):
-            self.log_once(f"request type {kind} brings device-writable data buffers")
-            return VIRTIO_BLK_S_IOERR, 0
         try:
             if kind == VIRTIO_BLK_T_IN:
-                return self._read(sector, data_in)
+                if out_len:
+                    return self._wrong_direction(kind, "readable")
+                return self._read(sector, data_in, in_len)
             if kind == VIRTIO_BLK_T_OUT:
-                return self._write(sector, payload), 0
+                if in_len:
+                    return self._wrong_direction(kind, "writable")
+                return self._write(sector, payload, out_len), 0
             if kind == VIRTIO_BLK_T_FLUSH:
                 if not self.read_only:
                     os.fdatasync(self.fd)
                 return VIRTIO_BLK_S_OK, 0
             if kind == VIRTIO_BLK_T_GET_ID:
+                if out_len:
+                    return self._wrong_direction(kind, "readable")
                 return self._get_id(data_in)
             if kind in (VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_WRITE_ZEROES):
+                if in_len:
+                    return self._wrong_direction(kind, "writable")
                 return self._discard(kind, payload), 0
         except OSError as e:
             self.log_once(f"{self.path}: I/O error {errno.errorcode.get(e.errno, e.errno)}")
             return VIRTIO_BLK_S_IOERR, 0
         self.log_once(f"unsupported request type {kind}")
         return VIRTIO_BLK_S_UNSUPP, 0
+
+    def _wrong_direction(self, kind: int, what: str) -> tuple[int, int]:
+        self.log_once(f"request type {kind} brings device-{what} data buffers")
+        return VIRTIO_BLK_S_IOERR, 0
 
     def _range_ok(self, sector: int, length: int) -> bool:
         if length % SECTOR_SIZE:
@@ -259,37 +284,35 @@ class VirtioBlk(VirtioDevice):
                 return self.fd
         return self.direct_fd
 
-    def _read(self, sector: int, views: list[memoryview]) -> tuple[int, int]:
-        length = sum(len(v) for v in views)
+    def _read(self, sector: int, views: list[memoryview], length: int) -> tuple[int, int]:
         if not self._range_ok(sector, length):
             return VIRTIO_BLK_S_IOERR, 0
         offset = sector * SECTOR_SIZE
-        fd = self._fd_for(offset, views)
-        done = 0
-        while views:
-            n = os.preadv(fd, views, offset + done)
+        fd = self.fd if self.direct_fd is None else self._fd_for(offset, views)
+        done = os.preadv(fd, views, offset) if length else 0
+        while done < length:  # short reads: only near a shrunken end or on signals
+            _, rest = split_views(views, done)
+            n = os.preadv(fd, rest, offset + done)
             if n == 0:
                 return VIRTIO_BLK_S_IOERR, done  # the image shrank under us
             done += n
-            _, views = split_views(views, n)
         return VIRTIO_BLK_S_OK, done
 
-    def _write(self, sector: int, views: list[memoryview]) -> int:
+    def _write(self, sector: int, views: list[memoryview], length: int) -> int:
         if self.read_only:
             self.log_once("write to a read-only disk")
             return VIRTIO_BLK_S_IOERR
-        length = sum(len(v) for v in views)
         if not self._range_ok(sector, length):
             return VIRTIO_BLK_S_IOERR
         offset = sector * SECTOR_SIZE
-        fd = self._fd_for(offset, views)
-        done = 0
-        while views:
-            n = os.pwritev(fd, views, offset + done)
+        fd = self.fd if self.direct_fd is None else self._fd_for(offset, views)
+        done = os.pwritev(fd, views, offset) if length else 0
+        while done < length:
+            _, rest = split_views(views, done)
+            n = os.pwritev(fd, rest, offset + done)
             if n == 0:
                 return VIRTIO_BLK_S_IOERR
             done += n
-            _, views = split_views(views, n)
         return VIRTIO_BLK_S_OK
 
     def _get_id(self, views: list[memoryview]) -> tuple[int, int]:

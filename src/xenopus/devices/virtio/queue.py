@@ -10,12 +10,20 @@ Ordering: the device thread reads `avail.idx` and then the ring entries (x86 kee
 in order) and writes a used element before `used.idx` (x86 keeps stores in order). The
 two places that need a store→load fence (publishing `avail_event`/`used.idx` and then
 reading the driver's index or `used_event`) go through `_fence()`.
+
+Atomicity: the le16 fields the driver reads or writes concurrently (`avail.idx`,
+`used_event`, `used.idx`, `avail_event`) are accessed through a native-order `"H"` cast of
+the ring view, whose item get/set is one aligned 16-bit load/store. `struct.pack_into`
+must not be used for them: it zeroes the field and then stores it a byte at a time, so a
+driver polling on another CPU sees `used.idx` go to 0 (or a torn value) and consumes up
+to 65535 used elements that are not there; `unpack_from` reads byte by byte and can tear.
 """
 
 from __future__ import annotations
 
 import logging
 import struct
+import sys
 import threading
 from dataclasses import dataclass, field
 
@@ -42,6 +50,14 @@ DESC_ALIGN = 16
 AVAIL_ALIGN = 2
 USED_ALIGN = 4
 MAX_QUEUE_SIZE = 32768  # §2.7: Queue Size is at most 32768
+
+# The "H" casts below are native-order; virtio 1.x rings are little-endian (§2.7).
+if sys.byteorder != "little":
+    raise ImportError("xenopus.devices.virtio.queue needs a little-endian host")
+# Indices into the "H" casts of the rings (§2.7.6, §2.7.8): flags @0, idx @2, then the
+# avail ring's le16 entries @4, or the used ring's 8-byte elements @4.
+_IDX = 1
+_AVAIL_RING = 2
 
 # A chain's total length in either direction must fit the used element's le32 len.
 MAX_CHAIN_BYTES = (1 << 32) - 1
@@ -170,6 +186,9 @@ class SplitQueue:
         self._desc: memoryview | None = None
         self._avail: memoryview | None = None
         self._used: memoryview | None = None
+        self._avail16: memoryview | None = None  # the avail ring as le16 words
+        self._used16: memoryview | None = None  # the used ring as le16 words
+        self._ram: list[tuple[int, int, memoryview]] = []  # (gpa, end, view) per region
         self._logged: set[str] = set()
 
     # -- setup -------------------------------------------------------------------
@@ -190,15 +209,23 @@ class SplitQueue:
             except GuestMemoryError:
                 self._fail(f"{what} {addr:#x}+{length:#x} is outside guest RAM")
         self._desc, self._avail, self._used = views
+        # Both ring sizes are even and their starts 2-aligned (checked above), so each
+        # le16 field is one aligned word of these casts: single loads/stores.
+        self._avail16 = self._avail.cast("H")
+        self._used16 = self._used.cast("H")
+        # Guest RAM regions are fixed for the memory's life: _walk slices these directly
+        # instead of searching through GuestMemory.view for every descriptor.
+        self._ram = [(r.gpa, r.end, self.memory.view(r.gpa, r.size)) for r in self.memory.regions]
         self.ready = True
         self.broken = False
 
     def reset(self) -> None:
         """§2.4: back to the state after device reset; the rings are forgotten."""
-        for v in (self._desc, self._avail, self._used):
+        for v in (self._avail16, self._used16, self._desc, self._avail, self._used):
             if v is not None:
                 v.release()
-        self._desc = self._avail = self._used = None
+        self._ram = []
+        self._desc = self._avail = self._used = self._avail16 = self._used16 = None
         self.desc_addr = self.avail_addr = self.used_addr = 0
         self.ready = self.broken = False
         self.last_avail = self.used_idx = self._signalled = self._unsignalled = 0
@@ -217,8 +244,8 @@ class SplitQueue:
     # -- driver → device ---------------------------------------------------------
 
     def avail_idx(self) -> int:
-        assert self._avail is not None
-        return VIRTQ_RING_HEADER.unpack_from(self._avail)[1]
+        assert self._avail16 is not None
+        return self._avail16[_IDX]
 
     def pending(self) -> int:
         """Chains the driver has made available and the device has not popped."""
@@ -231,9 +258,9 @@ class SplitQueue:
         in the DescriptorError so it can be answered); a broken ring raises a fatal one."""
         if not self.ready or self.broken:
             return None
-        avail = self._avail
-        assert avail is not None
-        n = self.pending()
+        avail16 = self._avail16
+        assert avail16 is not None
+        n = (avail16[_IDX] - self.last_avail) & 0xFFFF
         if n == 0:
             if not self.event_idx:
                 return None
@@ -247,7 +274,7 @@ class SplitQueue:
         if n > self.size:
             self._fail(f"avail idx moved by {n}, more than the queue size {self.size}")
         slot = self.last_avail % self.size
-        head = LE16.unpack_from(avail, VIRTQ_RING_HEADER.size + LE16.size * slot)[0]
+        head = avail16[_AVAIL_RING + slot]
         if head >= self.size:
             self._fail(f"avail ring entry {head} is not a descriptor index (size {self.size})")
         self.last_avail = (self.last_avail + 1) & 0xFFFF
@@ -256,28 +283,39 @@ class SplitQueue:
         return self._walk(head)
 
     def _set_avail_event(self, value: int) -> None:
-        assert self._used is not None
-        LE16.pack_into(self._used, VIRTQ_RING_HEADER.size + VIRTQ_USED_ELEM.size * self.size, value)
+        assert self._used16 is not None
+        # avail_event follows the size 8-byte elements (4 words each) after the header.
+        self._used16[_AVAIL_RING + 4 * self.size] = value
+
+    def _buffer(self, addr: int, length: int) -> memoryview | None:
+        """A view of guest RAM [addr, addr + length), or None if it is not all RAM."""
+        for start, end, view in self._ram:
+            if start <= addr and addr + length <= end:
+                return view[addr - start : addr - start + length]
+        return None
 
     def _walk(self, head: int) -> Chain:
         """Follow a chain (§2.7.5), through at most one indirect table (§2.7.5.3)."""
         table = self._desc
         assert table is not None
-        entries = self.size
+        entries = size = self.size
         chain = Chain(head)
+        readable, writable = chain.readable, chain.writable
+        readable_len = writable_len = 0
         idx = head
         count = 0
         in_indirect = False
-        mem = self.memory
+        unpack_desc = VIRTQ_DESC.unpack_from
+        ram = self._ram
         while True:
             if idx >= entries:
                 self._fail(f"descriptor index {idx} beyond table of {entries}", head)
-            addr, length, flags, nxt = VIRTQ_DESC.unpack_from(table, idx * VIRTQ_DESC.size)
+            addr, length, flags, nxt = unpack_desc(table, idx << 4)
             count += 1
             # Every descriptor, direct or indirect, counts against the queue size: this
             # bounds loops (§2.7.5.3.1: no chain longer than the queue size).
-            if count > self.size:
-                self._fail(f"chain longer than the queue size {self.size} (loop?)", head)
+            if count > size:
+                self._fail(f"chain longer than the queue size {size} (loop?)", head)
             if flags & VIRTQ_DESC_F_INDIRECT:
                 if not self.indirect:
                     self._fail("indirect descriptor without VIRTIO_F_INDIRECT_DESC", head)
@@ -287,35 +325,41 @@ class SplitQueue:
                     self._fail("descriptor has both INDIRECT and NEXT", head)
                 if length == 0 or length % VIRTQ_DESC.size:
                     self._fail(f"indirect table length {length} is not a multiple of 16", head)
-                try:
-                    table = mem.view(addr, length)
-                except GuestMemoryError:
+                found = self._buffer(addr, length)
+                if found is None:
                     self._fail(f"indirect table {addr:#x}+{length:#x} outside guest RAM", head)
+                table = found
                 entries = length // VIRTQ_DESC.size
                 in_indirect = True
                 count -= 1  # the indirect descriptor itself carries no buffer
                 idx = 0
                 continue
             if length:
-                if addr + length > 1 << 64:
-                    self._fail(f"buffer {addr:#x}+{length:#x} wraps the address space", head)
-                try:
-                    view = mem.view(addr, length)
-                except GuestMemoryError:
-                    self._fail(f"buffer {addr:#x}+{length:#x} outside guest RAM", head)
+                # Inline of _buffer for the one-region common case (the hot path).
+                start, end, view = ram[0]
+                if start <= addr and addr + length <= end:
+                    buf = view[addr - start : addr - start + length]
+                else:
+                    found = self._buffer(addr, length)
+                    if found is None:
+                        if addr + length > 1 << 64:
+                            self._fail(f"buffer {addr:#x}+{length:#x} wraps the address space", head)
+                        self._fail(f"buffer {addr:#x}+{length:#x} outside guest RAM", head)
+                    buf = found
                 if flags & VIRTQ_DESC_F_WRITE:
-                    chain.writable.append(view)
-                    chain.writable_len += length
-                    if chain.writable_len > MAX_CHAIN_BYTES:
+                    writable.append(buf)
+                    writable_len += length
+                    if writable_len > MAX_CHAIN_BYTES:
                         self._fail("writable length of the chain overflows 32 bits", head)
                 else:
-                    if chain.writable:
+                    if writable:
                         self._fail("device-readable descriptor after a writable one", head)
-                    chain.readable.append(view)
-                    chain.readable_len += length
-                    if chain.readable_len > MAX_CHAIN_BYTES:
+                    readable.append(buf)
+                    readable_len += length
+                    if readable_len > MAX_CHAIN_BYTES:
                         self._fail("readable length of the chain overflows 32 bits", head)
             if not flags & VIRTQ_DESC_F_NEXT:
+                chain.readable_len, chain.writable_len = readable_len, writable_len
                 return chain
             idx = nxt
 
@@ -325,8 +369,8 @@ class SplitQueue:
         """Return a chain to the driver with `written` bytes in its writable buffers."""
         if not self.ready or self.broken:
             return
-        used = self._used
-        assert used is not None
+        used, used16 = self._used, self._used16
+        assert used is not None and used16 is not None
         head = chain if isinstance(chain, int) else chain.head
         if not isinstance(chain, int):
             written = min(written, chain.writable_len)
@@ -335,7 +379,8 @@ class SplitQueue:
             used, VIRTQ_RING_HEADER.size + VIRTQ_USED_ELEM.size * slot, head, written
         )
         self.used_idx = (self.used_idx + 1) & 0xFFFF
-        LE16.pack_into(used, 2, self.used_idx)  # after the element: x86 orders stores
+        # One 16-bit store after the element (x86 orders stores): see the module docstring.
+        used16[_IDX] = self.used_idx
         self._unsignalled += 1
 
     def needs_notify(self) -> bool:
@@ -344,11 +389,11 @@ class SplitQueue:
         if not self._unsignalled or not self.ready or self.broken:
             return False
         self._unsignalled = 0
-        avail = self._avail
-        assert avail is not None
+        avail16 = self._avail16
+        assert avail16 is not None
         _fence()  # used.idx must be visible before we read the driver's used_event
         if self.event_idx:
-            event = LE16.unpack_from(avail, VIRTQ_RING_HEADER.size + LE16.size * self.size)[0]
+            event = avail16[_AVAIL_RING + self.size]
             old, self._signalled = self._signalled, self.used_idx
             return vring_need_event(event, self.used_idx, old)
-        return not VIRTQ_RING_HEADER.unpack_from(avail)[0] & VIRTQ_AVAIL_F_NO_INTERRUPT
+        return not avail16[0] & VIRTQ_AVAIL_F_NO_INTERRUPT
