@@ -10,8 +10,9 @@ from __future__ import annotations
 import contextlib
 import mmap
 import os
-import struct
 from dataclasses import dataclass, field
+
+from xenopus.memory import shared
 
 KiB = 1 << 10
 MiB = 1 << 20
@@ -22,7 +23,6 @@ PAGE_SIZE = 4096
 MMIO_HOLE_START = 3 * GiB
 MMIO_HOLE_END = 4 * GiB
 
-_U = {1: struct.Struct("<B"), 2: struct.Struct("<H"), 4: struct.Struct("<I"), 8: struct.Struct("<Q")}
 
 
 class GuestMemoryError(Exception):
@@ -138,10 +138,10 @@ class GuestMemory:
         v[:] = bytes([byte]) * length
 
     def read_int(self, gpa: int, size: int) -> int:
-        return _U[size].unpack_from(self.view(gpa, size))[0]
+        return shared.load(self.view(gpa, size), 0, size)
 
     def write_int(self, gpa: int, size: int, value: int) -> None:
-        _U[size].pack_into(self.view(gpa, size), 0, value & ((1 << (8 * size)) - 1))
+        shared.store(self.view(gpa, size), 0, size, value)
 
     def read_u8(self, gpa: int) -> int:
         return self.read_int(gpa, 1)

@@ -13,16 +13,15 @@ indexes by the guest makes it usable again) and log it once.
 from __future__ import annotations
 
 import logging
-import struct
 import threading
 from collections.abc import Callable
 
+from xenopus.memory import shared
 from xenopus.xen import abi
 from xenopus.xen.backends.xenbus import full_barrier
 
 log = logging.getLogger("xenopus.xen.console")
 
-_U32 = struct.Struct("<I")
 _IFACE = abi.xencons_interface
 _IN = _IFACE.in_.offset
 _OUT = _IFACE.out.offset
@@ -56,10 +55,10 @@ class PVConsole:
         return cls(memory.view(pfn * abi.PAGE_SIZE, abi.PAGE_SIZE), output, notify)  # type: ignore[attr-defined]
 
     def _get(self, off: int) -> int:
-        return _U32.unpack_from(self.page, off)[0]
+        return shared.load(self.page, off, 4)
 
     def _set(self, off: int, value: int) -> None:
-        _U32.pack_into(self.page, off, value & 0xFFFFFFFF)
+        shared.store(self.page, off, 4, value)
 
     def _log_once(self, reason: str) -> None:
         if reason not in self._logged:

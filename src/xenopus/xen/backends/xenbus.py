@@ -27,12 +27,12 @@ import contextlib
 import logging
 import os
 import select
-import struct
 import threading
 from collections.abc import Callable
 from enum import IntEnum
 from typing import Any, Protocol
 
+from xenopus.memory import shared
 from xenopus.xen import abi
 from xenopus.xen.xenstore.wire import XsError
 
@@ -88,7 +88,6 @@ class RingError(Exception):
     """The frontend's ring indexes are impossible: the ring is broken for good."""
 
 
-_U32 = struct.Struct("<I")
 _REQ_PROD = abi.sring_header.req_prod.offset
 _REQ_EVENT = abi.sring_header.req_event.offset
 _RSP_PROD = abi.sring_header.rsp_prod.offset
@@ -118,10 +117,10 @@ class BackRing:
         self.rsp_prod_pvt = 0
 
     def _get(self, off: int) -> int:
-        return _U32.unpack_from(self.page, off)[0]
+        return shared.load(self.page, off, 4)
 
     def _set(self, off: int, value: int) -> None:
-        _U32.pack_into(self.page, off, value & 0xFFFFFFFF)
+        shared.store(self.page, off, 4, value)
 
     def _slot(self, idx: int) -> int:
         return abi.SRING_HEADER_SIZE + (idx & (self.size - 1)) * self.entry_size

@@ -15,6 +15,8 @@ import logging
 import os
 from collections.abc import Callable
 
+from xenopus.memory import shared
+
 from . import wire
 from .store import Connection, Store
 from .wire import XsError
@@ -198,10 +200,10 @@ class RingTransport:
         self._set(_IFACE.server_features.offset, wire.XENSTORE_SERVER_FEATURE_ERROR)
 
     def _get(self, off: int) -> int:
-        return int.from_bytes(self.page[off:off + 4], "little")
+        return shared.load(self.page, off, 4)
 
     def _set(self, off: int, value: int) -> None:
-        self.page[off:off + 4] = (value & _MASK).to_bytes(4, "little")
+        shared.store(self.page, off, 4, value)
 
     def _break(self, code: int, why: str) -> None:
         if not self.broken:
