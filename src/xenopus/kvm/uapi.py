@@ -40,6 +40,7 @@ KVM_CAP_VCPU_EVENTS = 41
 KVM_CAP_XSAVE = 55
 KVM_CAP_MAX_VCPUS = 66
 KVM_CAP_TSC_DEADLINE_TIMER = 72
+KVM_CAP_SYNC_REGS = 74
 KVM_CAP_SIGNAL_MSI = 77
 KVM_CAP_READONLY_MEM = 81
 KVM_CAP_IRQFD_RESAMPLE = 82
@@ -517,6 +518,13 @@ RUN_MSR_VIEW = _view(
 )
 RUN_MSR_ERROR = RUN_EXIT + _exit_msr.error.offset
 RUN_MSR_DATA = RUN_EXIT + _exit_msr.data.offset
+# kvm_run.s (struct kvm_sync_regs, asm/kvm.h): regs, then sregs, then events; which of
+# them KVM fills on exit and applies on entry is chosen by kvm_valid_regs/kvm_dirty_regs.
+KVM_SYNC_X86_REGS = 1 << 0
+KVM_SYNC_X86_SREGS = 1 << 1
+KVM_SYNC_X86_EVENTS = 1 << 2
+RUN_SYNC_REGS = kvm_run.s.offset
+RUN_SYNC_SREGS = RUN_SYNC_REGS + ctypes.sizeof(kvm_regs)
 
 
 KVM_RUN_EXIT_OFFSET = kvm_run.exit.offset  # 32 on x86 (no s390 psw fields)

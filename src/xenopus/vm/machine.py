@@ -157,6 +157,8 @@ class Machine:
         # Linux's PIT calibration expects.
         vm.create_pit2(u.KVM_PIT_SPEAKER_DUMMY)
         supported = self.kvm.supported_cpuid()
+        want = u.KVM_SYNC_X86_REGS | u.KVM_SYNC_X86_SREGS
+        sync = self.kvm.check_extension(u.KVM_CAP_SYNC_REGS) & want == want
         for index in range(n):
             fd = vm.create_vcpu(index)
             cpuid = cpuid_topology(supported, index, n)  # a copy, this vCPU's own
@@ -164,7 +166,7 @@ class Machine:
                 cpuid = cpuid_fixup(index, cpuid)
             fd.set_cpuid2(cpuid)
             self.vcpus.append(
-                Vcpu(fd, self.memory, pio, mmio, self._control, msr_handler, exit_handlers)
+                Vcpu(fd, self.memory, pio, mmio, self._control, msr_handler, exit_handlers, sync)
             )
 
     # --- interrupts -----------------------------------------------------------------------

@@ -194,6 +194,7 @@ class Vcpu:
         control: Callable[[Vcpu], bool],
         msr_handler: MsrHandler | None = None,
         exit_handlers: dict[int, Callable[[Vcpu], None]] | None = None,
+        sync_regs: bool = False,
     ):
         self.fd = fd
         self.index = fd.index
@@ -205,9 +206,31 @@ class Vcpu:
         # Exits a layer above owns (e.g. KVM_EXIT_XEN for the in-kernel Xen path); each
         # runs on this vCPU's thread, with the exit data in `fd.kvm_run`.
         self.exit_handlers = exit_handlers or {}
+        # KVM_CAP_SYNC_REGS: KVM copies regs/sregs into kvm_run at every exit, so a handler
+        # that needs them (a hypercall) reads memory instead of paying two ioctls.
+        self.sync_regs = sync_regs
         self.thread_id: int | None = None  # pthread id while the run loop is live
         self.exits = 0
         self.mp_state: int | None = None  # as last sampled by `sample_mp_state`
+
+    # --- registers during an exit -------------------------------------------------------
+    def exit_regs(self) -> tuple[u.kvm_regs, u.kvm_sregs]:
+        """The registers of the exit being handled (call on this vCPU's thread). With sync
+        regs they are views of kvm_run: change them only through `set_exit_regs`."""
+        if self.sync_regs:
+            mm = self.fd.mmap
+            return (
+                u.kvm_regs.from_buffer(mm, u.RUN_SYNC_REGS),
+                u.kvm_sregs.from_buffer(mm, u.RUN_SYNC_SREGS),
+            )
+        return self.fd.get_regs(), self.fd.get_sregs()
+
+    def set_exit_regs(self, regs: u.kvm_regs) -> None:
+        """Give the guest `regs` (from `exit_regs`) when it resumes."""
+        if self.sync_regs:
+            self.fd.kvm_run.kvm_dirty_regs |= u.KVM_SYNC_X86_REGS  # KVM applies them on entry
+        else:
+            self.fd.set_regs(regs)
 
     # --- state -------------------------------------------------------------------------
     def apply(self, state: CpuState) -> None:
@@ -262,6 +285,8 @@ class Vcpu:
         """Run until the guest stops (returns why) or `control` says stop (returns None).
         Call on the thread that owns this vCPU."""
         self.thread_id = threading.get_ident()
+        if self.sync_regs:
+            self.fd.kvm_run.kvm_valid_regs = u.KVM_SYNC_X86_REGS | u.KVM_SYNC_X86_SREGS
         # Other signals go to the main thread, where Python handles them anyway.
         keep = {KICK_SIGNAL, signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE, signal.SIGILL}
         signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals() - keep)

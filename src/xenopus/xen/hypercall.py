@@ -239,13 +239,11 @@ class TrapPath:
             return
         if self.before is not None:
             self.before(vcpu.index)
-        fd = vcpu.fd
-        regs = fd.get_regs()
-        sregs = fd.get_sregs()
+        regs, sregs = vcpu.exit_regs()
         call = call_from_regs(vcpu.index, regs, sregs, self.memory)
         nr = regs.rax & 0xFFFFFFFF  # the stub's mov
         regs.rax = result_for(call, self.table.dispatch(nr, call))
-        fd.set_regs(regs)
+        vcpu.set_exit_regs(regs)
 
     def _current_vcpu(self) -> Any:
         me = threading.get_ident()
