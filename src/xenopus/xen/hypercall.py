@@ -200,12 +200,12 @@ class TrapPath:
         self.before: Callable[[int], None] | None = None  # per call, on the vCPU's thread
         self._lock = threading.Lock()
 
+    def msr_filter(self) -> list[tuple[int, int, bytes]]:
+        """For `Machine(msr_filter=...)`: a one-bit range that denies guest writes of the
+        hypercall MSR, so they reach `wrmsr` (KVM_CAP_X86_USER_SPACE_MSR)."""
+        return [(u.KVM_MSR_FILTER_WRITE, self.msr, b"\xfe")]  # bit 0 clear: deny
+
     def attach(self, machine: Any) -> None:
-        """Send guest writes of the hypercall MSR to userspace: KVM_CAP_X86_USER_SPACE_MSR
-        for filtered MSRs, and a filter whose one-bit range denies writes of `msr`."""
-        vm = machine.vm
-        vm.enable_cap(u.KVM_CAP_X86_USER_SPACE_MSR, u.KVM_MSR_EXIT_REASON_FILTER)
-        vm.set_msr_filter([(u.KVM_MSR_FILTER_WRITE, self.msr, b"\xfe")])  # bit 0 clear: deny
         self.machine = machine
 
     # MsrHandler

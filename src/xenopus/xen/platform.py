@@ -144,7 +144,11 @@ class XenPlatform:
     # --- wiring ----------------------------------------------------------------------------
     def machine_hooks(self) -> dict[str, Any]:
         """Keyword arguments for `Machine(...)`: the Xen CPUID leaves and the MSR handler."""
-        return {"cpuid_fixup": make_cpuid_fixup(self.domid), "msr_handler": self.trap}
+        return {
+            "cpuid_fixup": make_cpuid_fixup(self.domid),
+            "msr_handler": self.trap,
+            "msr_filter": self.trap.msr_filter(),
+        }
 
     def install(self, pio_bus: Any) -> None:
         """Claim the hypercall port on the port-I/O bus."""
