@@ -736,7 +736,7 @@ long xs_set_perms(u32 tx, const char *path, const char *const *perms, unsigned n
         memcpy(buf + len, parts[i], l);
         len += l;
     }
-    return xs_request(XS_SET_PERMS, tx, buf, len, NULL, 0);
+    return xs_ok(xs_request(XS_SET_PERMS, tx, buf, len, NULL, 0));
 }
 
 long xs_transaction_start(u32 *tx)

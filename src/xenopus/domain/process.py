@@ -24,6 +24,7 @@ from xenopus import ipc
 from xenopus.domain.builder import Guest, build_guest
 from xenopus.domain.config import DomainConfig
 from xenopus.domain.console import Console
+from xenopus.domain.interdomain import InterdomainPort
 from xenopus.domain.xen import StoreProxy
 from xenopus.vm import StopReason
 
@@ -57,9 +58,12 @@ class DomainProcess:
     def __init__(
         self, domid: int, config: DomainConfig, control: socket.socket, run_dir: Path,
         paused: bool = False, xenstore: socket.socket | None = None,
+        interdomain: socket.socket | None = None,
     ):
         self.start_paused = paused
         self.xenstore = xenstore  # the guest's XenStore ring traffic goes to the daemon here
+        self.interdomain_sock = interdomain  # channels/grants to other domains, via the daemon
+        self.interdomain: InterdomainPort | None = None
         self.domid = domid
         self.config = config
         self.control = control
@@ -99,6 +103,8 @@ class DomainProcess:
             xenstore_path=ipc.xenstored_socket_path(self.run_dir) if self.xenstore else None,
         )
         self.guest = guest
+        if guest.xen is not None and self.interdomain is not None:
+            guest.xen.connect_interdomain(self.interdomain)
         self.console.on_input = guest.serial.receive
         if guest.vconsole is not None:
             self.vconsole.on_input = guest.vconsole.receive
@@ -251,6 +257,8 @@ class DomainProcess:
         self.pvconsole = Console(loop)  # the Xen PV console ring
         self.store = StoreProxy(loop, self.xenstore)
         await self.store.start()
+        if self.interdomain_sock is not None:
+            self.interdomain = InterdomainPort(loop, self.interdomain_sock, self.domid)
         reader, self._writer = await asyncio.open_unix_connection(sock=self.control)
         os.makedirs(ipc.domain_dir(self.domid, self.run_dir), exist_ok=True)
         try:
@@ -265,6 +273,8 @@ class DomainProcess:
             self._send({"event": "error", "error": str(e)})
             await self._writer.drain()
             self._teardown()
+            if self.interdomain is not None:
+                self.interdomain.shutdown()
             return EXIT_START_FAILED
         guest = self.guest
         # A Xen-aware image (one that names its OS in a Xen ELF note) gets its PV console
@@ -294,12 +304,14 @@ class DomainProcess:
             await self._writer.drain()
         self._writer.close()
         self._teardown()
+        if self.interdomain is not None:
+            self.interdomain.shutdown()
         return self.exit_code
 
 
 def run_domain(
     domid: int, config: dict[str, Any], control_fd: int, run_dir: str, paused: bool = False,
-    xenstore_fd: int | None = None,
+    xenstore_fd: int | None = None, interdomain_fd: int | None = None,
 ) -> int:
     """Entry point of a freshly forked domain process."""
     cfg = DomainConfig.from_dict(config)
@@ -312,7 +324,10 @@ def run_domain(
     root.setLevel(logging.INFO)
     control = socket.socket(fileno=control_fd)
     xenstore = socket.socket(fileno=xenstore_fd) if xenstore_fd is not None else None
-    proc = DomainProcess(domid, cfg, control, Path(run_dir), paused=paused, xenstore=xenstore)
+    interdomain = socket.socket(fileno=interdomain_fd) if interdomain_fd is not None else None
+    proc = DomainProcess(
+        domid, cfg, control, Path(run_dir), paused=paused, xenstore=xenstore, interdomain=interdomain
+    )
     try:
         return asyncio.run(proc.run())
     except Exception:

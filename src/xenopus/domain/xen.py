@@ -24,6 +24,7 @@ from xenopus.devices.bus import Bus
 from xenopus.devices.tap import Tap
 from xenopus.devices.virtio.net import generate_mac, parse_mac
 from xenopus.domain.config import DomainConfig
+from xenopus.domain.interdomain import InterdomainPort
 from xenopus.kvm import Kvm
 from xenopus.kvm import uapi as u
 from xenopus.memory import GuestMemory
@@ -111,6 +112,19 @@ class StoreProxy:
             self._writer.close()
 
 
+class PublishedGrantTable(GrantTable):
+    """Our grant table; when a frame is mapped or moved, `on_frames` hears of it (the
+    other xenopus domains viewing our grants look entries up through those frames)."""
+
+    on_frames: Callable[[dict[int, int], int], None] | None = None
+
+    def map_frame(self, idx: int, gpfn: int) -> int:
+        rc = super().map_frame(idx, gpfn)
+        if rc == 0 and self.on_frames is not None:
+            self.on_frames(dict(self.frames), self.nr_frames)
+        return rc
+
+
 class XenGuest:
     """Everything Xen about one incarnation. Build it before the Machine (it supplies the
     CPUID leaves and MSR hooks), `attach` it once the Machine exists, `close` it at the end."""
@@ -138,7 +152,8 @@ class XenGuest:
         n = config.vcpus
         self.platform = XenPlatform(domid, None, memory, nr_vcpus=n, console_out=hv_log, e820=boot.e820)
         self.evtchn = EventChannels(domid, memory, n, self.platform.deliver)
-        self.grants = GrantTable(domid, memory)
+        self.grants = PublishedGrantTable(domid, memory)
+        self.interdomain: InterdomainPort | None = None
         self.platform.evtchn, self.platform.grants = self.evtchn, self.grants
         self.platform.path = path
         self.platform.install(pio)
@@ -165,6 +180,15 @@ class XenGuest:
             (abi.HVM_PARAM_CONSOLE_EVTCHN, self.console_port),
         ):
             self.platform.set_param(param, value)
+
+    def connect_interdomain(self, port: InterdomainPort) -> None:
+        """Channels and grant copies to other xenopus domains, brokered by the daemon.
+        Call before the vCPUs run; `close` detaches."""
+        self.interdomain = port
+        self.evtchn.broker = port
+        self.grants.foreign = port.foreign
+        self.grants.on_frames = port.publish_frames
+        port.attach(self.evtchn, self.grants, self.memory)
 
     # -- the Machine -------------------------------------------------------------------
     def machine_hooks(self) -> dict[str, Any]:
@@ -253,6 +277,9 @@ class XenGuest:
             self.xs.write(f"{home}/{key}", value)
 
     def close(self) -> None:
+        if self.interdomain is not None:
+            self.interdomain.detach()  # the other domains' ends go unbound, views drop
+            self.interdomain = None
         for be in self.backends:
             with contextlib.suppress(Exception):
                 be.stop()

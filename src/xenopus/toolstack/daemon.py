@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from xenopus import ipc
+from xenopus.toolstack.interdomain import InterdomainBroker
 from xenopus.toolstack.xenstored import XenStored
 
 log = logging.getLogger("xenopus.daemon")
@@ -85,6 +86,7 @@ class Daemon:
         self._lock_fd = -1
         self._clients: dict[asyncio.Task, asyncio.StreamWriter] = {}
         self.xenstore = XenStored()
+        self.interdomain = InterdomainBroker()
         # The host log `xenopus dmesg` prints (Xen's console ring): guests' console_io and
         # port-0xE9 lines, bounded like Xen's.
         self.dmesg: collections.deque[str] = collections.deque(maxlen=DMESG_LINES)
@@ -325,15 +327,21 @@ class Daemon:
         # over a socket pair of ours: the daemon, not the domain process, names the domain.
         xs_ours, xs_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         await self.xenstore.add_domain(rec.domid, rec.name, rec.config, xs_ours)
+        # Interdomain event channels and grant views (fds travel with SCM_RIGHTS, which
+        # asyncio streams cannot carry): a datagram socket pair of their own.
+        id_ours, id_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.interdomain.add(rec.domid, id_ours)
         fut: asyncio.Future = asyncio.get_running_loop().create_future()
         self._spawned[rec.domid] = fut
         msg = {
             "op": "spawn", "domid": rec.domid, "config": rec.config,
             "run_dir": str(self.run_dir), "paused": paused,
         }
-        socket.send_fds(self._zsock, [ipc.encode(msg)], [theirs.fileno(), xs_theirs.fileno()])
+        fds = [theirs.fileno(), xs_theirs.fileno(), id_theirs.fileno()]
+        socket.send_fds(self._zsock, [ipc.encode(msg)], fds)
         theirs.close()
         xs_theirs.close()
+        id_theirs.close()
         rec.pid = await asyncio.wait_for(fut, 10)
         rec.exited.clear()
         rec.exit_info = None
@@ -345,6 +353,7 @@ class Daemon:
             if event.get("event") in ("ready", "error"):
                 break
         if event.get("event") != "ready":
+            self.interdomain.remove(rec.domid)
             rec.writer.close()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(rec.exited.wait(), 5)
@@ -384,6 +393,7 @@ class Daemon:
     def _retire(self, rec: DomainRecord) -> None:
         """The domain has ended (its process said so): drop it from the table."""
         self.xenstore.remove_domain(rec.domid)
+        self.interdomain.remove(rec.domid)
         info = rec.final or rec.exit_info or {}
         log.info(
             "domain %d (%s) destroyed: %s; exit status %s, max RSS %s KiB, CPU %.3f s",
@@ -396,6 +406,7 @@ class Daemon:
 
     async def _process_gone(self, rec: DomainRecord) -> None:
         rec.writer = None
+        self.interdomain.remove(rec.domid)  # its peers' ports go unbound, views drop
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(rec.exited.wait(), 5)
         status = (rec.exit_info or {}).get("status")

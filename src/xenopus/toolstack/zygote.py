@@ -9,7 +9,8 @@ with its resource usage.
 
 Protocol on the zygote's socket (JSON lines, `xenopus.ipc`):
   daemon → zygote  {"op": "spawn", "domid": N, "config": {...}, "run_dir": "..."}
-                   + 2 fds: the control channel and the domain's XenStore connection
+                   + 2 or 3 fds: the control channel, the domain's XenStore connection
+                     and its interdomain broker channel (SOCK_SEQPACKET)
   zygote → daemon  {"spawned": N, "pid": P}
   zygote → daemon  {"exited": N, "pid": P, "status": S, "maxrss_kib": K, "cpu": T}
 """
@@ -27,7 +28,7 @@ import xenopus.domain.process as domain_process  # noqa: E402, I001
 from xenopus.ipc import Channel
 
 
-def _child(chan: Channel, req: dict, fd: int, xs_fd: int) -> None:
+def _child(chan: Channel, req: dict, fd: int, xs_fd: int, id_fd: int | None) -> None:
     code = 1
     try:
         chan.close()
@@ -36,7 +37,7 @@ def _child(chan: Channel, req: dict, fd: int, xs_fd: int) -> None:
         signal.set_wakeup_fd(-1)
         code = domain_process.run_domain(
             req["domid"], req["config"], fd, req["run_dir"], paused=bool(req.get("paused")),
-            xenstore_fd=xs_fd,
+            xenstore_fd=xs_fd, interdomain_fd=id_fd,
         )
     except BaseException:  # noqa: BLE001 - the child must never return into the zygote loop
         import traceback
@@ -65,10 +66,10 @@ def serve(sock: socket.socket) -> None:
                         break
                 _reap(chan, children)
                 continue
-            req, fds = chan.recv_with_fds(2)
+            req, fds = chan.recv_with_fds(3)
             if req is None:
                 return  # the daemon is gone
-            if req.get("op") != "spawn" or len(fds) != 2:
+            if req.get("op") != "spawn" or len(fds) not in (2, 3):
                 for fd in fds:
                     os.close(fd)
                 continue
@@ -77,7 +78,7 @@ def serve(sock: socket.socket) -> None:
                 sel.close()
                 os.close(wake_r)
                 os.close(wake_w)
-                _child(chan, req, fds[0], fds[1])
+                _child(chan, req, fds[0], fds[1], fds[2] if len(fds) == 3 else None)
             for fd in fds:
                 os.close(fd)
             children[pid] = req["domid"]

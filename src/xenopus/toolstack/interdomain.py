@@ -1,0 +1,211 @@
+"""The daemon's interdomain broker: event channels and grant views between two domains.
+
+Each domain process has a SOCK_SEQPACKET pair to the daemon, made at spawn
+(`xenopus.domain.interdomain` is the other side, and describes the protocol). The daemon
+is the only party that knows which process is which domain: it stamps every request with
+the sender's domid, so the permission checks in the peer (`connect_remote`: the port must
+be unbound *for this domain*, as alloc_unbound's remote_dom said; grant entries naming the
+copying domain) hold against a lying process too. It never waits on a domain for long:
+a peer that does not answer within `PEER_TIMEOUT` costs the requester -ESRCH.
+
+Links (a bound pair of ports) and views (who has mapped whose memory) are tracked here so
+that when a domain's incarnation ends or its process dies, the other ends are told: their
+ports go back to unbound, their views of its memory are dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+from xenopus.domain.interdomain import close_fds, receive, send
+from xenopus.xen import abi
+
+log = logging.getLogger("xenopus.daemon.interdomain")
+
+PEER_TIMEOUT = 3.0  # seconds; less than the requester's own timeout
+
+
+@dataclass(frozen=True)
+class Link:
+    a: int  # the domain that allocated the unbound port
+    a_port: int
+    b: int  # the domain that bound to it
+    b_port: int
+
+    def other(self, domid: int) -> int:
+        return self.b if domid == self.a else self.a
+
+
+class InterdomainBroker:
+    def __init__(self) -> None:
+        self.socks: dict[int, socket.socket] = {}
+        self.links: dict[int, Link] = {}
+        self.viewers: dict[int, set[int]] = {}  # domid -> domains holding a view of it
+        self._ids = itertools.count(1)
+        self._seq = itertools.count(1)
+        self._pending: dict[tuple[int, int], asyncio.Future] = {}
+        self._tasks: set[asyncio.Task] = set()
+
+    # -- domains -----------------------------------------------------------------------
+    def add(self, domid: int, sock: socket.socket) -> None:
+        """A new domain process's end (made at spawn)."""
+        self.remove(domid)
+        sock.setblocking(False)
+        self.socks[domid] = sock
+        asyncio.get_running_loop().add_reader(sock.fileno(), self._readable, domid, sock)
+
+    def remove(self, domid: int) -> None:
+        """The domain process is gone: its peers lose their links and views."""
+        self._forget(domid)
+        sock = self.socks.pop(domid, None)
+        if sock is not None:
+            with contextlib.suppress(ValueError, OSError):
+                asyncio.get_running_loop().remove_reader(sock.fileno())
+            sock.close()
+        for key in [k for k in self._pending if k[0] == domid]:
+            fut = self._pending.pop(key)
+            if not fut.done():
+                fut.set_result(({"rc": -abi.XEN_ESRCH}, []))
+
+    def _forget(self, domid: int) -> None:
+        """The domain's incarnation ended: unlink its ports, drop views of its memory."""
+        for lid, link in list(self.links.items()):
+            if domid in (link.a, link.b):
+                self._unlink(lid, domid)
+        for viewer in self.viewers.pop(domid, set()):
+            self._send(viewer, {"op": "drop", "dom": domid})
+        for viewed in self.viewers.values():
+            viewed.discard(domid)  # its views went with its incarnation
+
+    def _unlink(self, lid: int, by: int) -> None:
+        link = self.links.pop(lid, None)
+        if link is not None and by in (link.a, link.b):
+            self._send(link.other(by), {"op": "unlink", "link": lid})
+
+    def _send(self, domid: int, msg: dict[str, Any], fds: list[int] | None = None) -> bool:
+        sock = self.socks.get(domid)
+        return sock is not None and send(sock, msg, fds)
+
+    # -- messages ----------------------------------------------------------------------
+    def _readable(self, domid: int, sock: socket.socket) -> None:
+        while (got := receive(sock)) is not None:
+            msg, fds = got
+            if msg is not None and msg.get("op") == "eof":
+                with contextlib.suppress(ValueError, OSError):
+                    asyncio.get_running_loop().remove_reader(sock.fileno())
+                return  # the process is ending; `remove` follows from the daemon
+            if msg is None or self.socks.get(domid) is not sock:
+                close_fds(fds)
+                continue
+            try:
+                self._handle(domid, msg, fds)
+            except Exception:  # noqa: BLE001 - one bad message must not stop the daemon
+                log.exception("domain %d: bad interdomain message", domid)
+                close_fds(fds)
+
+    def _handle(self, domid: int, msg: dict[str, Any], fds: list[int]) -> None:
+        if "re" in msg:
+            fut = self._pending.pop((domid, msg["re"]), None) if isinstance(msg["re"], int) else None
+            if fut is not None and not fut.done():
+                fut.set_result((msg, fds))
+                return
+            close_fds(fds)
+            if msg.get("rc") == 0 and isinstance(msg.get("link"), int):
+                # A connect we gave up on went through after all: undo it there.
+                self._send(domid, {"op": "unlink", "link": msg["link"]})
+            return
+        op = msg.get("op")
+        if op == "bind":
+            self._spawn(self._bind(domid, msg, fds))
+            return
+        close_fds(fds)
+        if op == "view":
+            self._spawn(self._view(domid, msg))
+        elif op == "close":
+            if isinstance(msg.get("link"), int):
+                self._unlink(msg["link"], domid)
+        elif op == "frames":
+            for viewer in self.viewers.get(domid, ()):
+                self._send(viewer, {**msg, "dom": domid})
+        elif op == "reset":
+            self._forget(domid)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _ask(self, domid: int, msg: dict[str, Any], fds: list[int] | None = None
+                   ) -> tuple[dict[str, Any], list[int]]:
+        seq = next(self._seq)
+        fut: asyncio.Future = asyncio.get_running_loop().create_future()
+        self._pending[(domid, seq)] = fut
+        try:
+            if not self._send(domid, {**msg, "seq": seq}, fds):
+                return {"rc": -abi.XEN_ESRCH}, []
+            return await asyncio.wait_for(fut, PEER_TIMEOUT)
+        except TimeoutError:
+            log.warning("domain %d did not answer %s", domid, msg.get("op"))
+            return {"rc": -abi.XEN_ESRCH}, []
+        finally:
+            self._pending.pop((domid, seq), None)
+
+    def _reply(self, domid: int, msg: dict[str, Any], reply: dict[str, Any],
+               fds: list[int] | None = None) -> bool:
+        return self._send(domid, {**reply, "re": msg.get("seq")}, fds)
+
+    async def _bind(self, domid: int, msg: dict[str, Any], fds: list[int]) -> None:
+        """`domid` binds its new port to `rdom`'s unbound `rport` (EVTCHNOP_bind_interdomain)."""
+        try:
+            port, rdom, rport = (msg.get(k) for k in ("port", "rdom", "rport"))
+            if len(fds) != 1 or not all(isinstance(v, int) for v in (port, rdom, rport)):
+                self._reply(domid, msg, {"rc": -abi.XEN_EINVAL})
+                return
+            if rdom == domid or rdom not in self.socks:
+                self._reply(domid, msg, {"rc": -abi.XEN_ESRCH})
+                return
+            lid = next(self._ids)
+            reply, got = await self._ask(
+                rdom, {"op": "connect", "port": rport, "rdom": domid, "rport": port, "link": lid}, fds)
+        finally:
+            close_fds(fds)
+        try:
+            rc = reply.get("rc")
+            if rc != 0 or len(got) != 1:
+                if rc == 0:
+                    self._send(rdom, {"op": "unlink", "link": lid})
+                self._reply(domid, msg, {"rc": rc if isinstance(rc, int) and rc < 0 else -abi.XEN_EINVAL})
+                return
+            self.links[lid] = Link(rdom, rport, domid, port)
+            if not self._reply(domid, msg, {"rc": 0, "link": lid}, got):
+                self._unlink(lid, domid)  # the binder is gone already
+            else:
+                log.info("event channel: domain %d port %d <-> domain %d port %d (link %d)",
+                         rdom, rport, domid, port, lid)
+        finally:
+            close_fds(got)
+
+    async def _view(self, domid: int, msg: dict[str, Any]) -> None:
+        """`domid` wants `dom`'s memory memfds for grant copies. The grant entries decide
+        what it may touch, as in Xen; the view only lets it look them up."""
+        dom = msg.get("dom")
+        if not isinstance(dom, int) or dom == domid or dom not in self.socks:
+            self._reply(domid, msg, {"rc": -abi.XEN_ESRCH})
+            return
+        # Registered first: a frame move pushed while the answer is on its way reaches it.
+        self.viewers.setdefault(dom, set()).add(domid)
+        reply, fds = await self._ask(dom, {"op": "memory"})
+        try:
+            if reply.get("rc") != 0:
+                self._reply(domid, msg, {"rc": reply.get("rc", -abi.XEN_ESRCH)})
+                return
+            keep = {k: reply[k] for k in ("regions", "frames", "nr_frames") if k in reply}
+            self._reply(domid, msg, {"rc": 0, **keep}, fds)
+        finally:
+            close_fds(fds)

@@ -1,0 +1,266 @@
+"""Two xenopus domains exchanging data through an interdomain event channel and a granted
+page (issue 4, items 3, 4 and 7), brokered by the daemon; and a peer dying mid-way.
+
+The first tests drive the broker in-process (the daemon's `InterdomainBroker` and two
+domain-side `InterdomainPort`s over real socket pairs, eventfds and memfds; no KVM): Xen's
+permission checks and error codes, and what a dead or silent peer costs. The rest boot
+the kit's xenpair guests through the CLI.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import os
+import re
+import socket
+import subprocess
+from collections.abc import Callable
+
+import pytest
+
+from tests.vm.conftest import Xenopus
+from tests.vm.test_cli import read_until
+from xenopus import ipc
+from xenopus.domain.interdomain import InterdomainPort
+from xenopus.memory import GuestMemory
+from xenopus.toolstack import interdomain as broker_mod
+from xenopus.toolstack.interdomain import InterdomainBroker
+from xenopus.xen import abi
+from xenopus.xen.evtchn import EventChannels, State
+from xenopus.xen.grant import GrantTable
+
+kvm = pytest.mark.kvm
+SHARED_INFO = 0x1000
+GRANT_FRAME = 2  # gpfn of grant frame 0
+GRANTED = 5  # gpfn of the page granted
+
+
+class Dom:
+    """One domain's Xen state and its process's broker end, in this process."""
+
+    def __init__(self, domid: int, broker: InterdomainBroker, loop: asyncio.AbstractEventLoop):
+        self.domid = domid
+        self.memory = GuestMemory.create(1 << 20)
+        self.upcall = asyncio.Event()
+        self.evtchn = EventChannels(domid, self.memory, 1,
+                                    lambda _vcpu: loop.call_soon_threadsafe(self.upcall.set))
+        self.evtchn.set_shared_info(SHARED_INFO)
+        self.grants = GrantTable(domid, self.memory)
+        assert self.grants.map_frame(0, GRANT_FRAME) == 0
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        broker.add(domid, ours)
+        self.port = InterdomainPort(loop, theirs, domid, timeout=1.0)
+        self.port.attach(self.evtchn, self.grants, self.memory)
+        self.evtchn.broker = self.port
+        self.grants.foreign = self.port.foreign
+        self.closed = asyncio.Event()
+        remote_closed = self.evtchn.remote_closed
+
+        def closed(port: int) -> None:
+            remote_closed(port)
+            self.closed.set()
+        self.evtchn.remote_closed = closed  # type: ignore[method-assign]
+
+    def grant(self, gref: int, to: int, flags: int = abi.GTF_permit_access) -> None:
+        entry = abi.grant_entry_v1(flags=flags, domid=to, frame=GRANTED)
+        self.memory.write(GRANT_FRAME * abi.PAGE_SIZE + gref * ctypes.sizeof(entry), bytes(entry))
+
+    def consume(self) -> None:
+        """What the guest's upcall handler does: take every pending event."""
+        si = abi.shared_info
+        self.memory.fill(SHARED_INFO + si.evtchn_pending.offset, si.evtchn_pending.size)
+        vi = SHARED_INFO + si.vcpu_info.offset  # vCPU 0's slot
+        self.memory.write_u8(vi + abi.vcpu_info.evtchn_upcall_pending.offset, 0)
+        self.memory.write_u64(vi + abi.vcpu_info.evtchn_pending_sel.offset, 0)
+        self.upcall.clear()
+
+    def pending(self, port: int) -> bool:
+        return self.evtchn.atomics.test_bit(SHARED_INFO + abi.shared_info.evtchn_pending.offset, port)
+
+
+def copy_from(dom: int, gref: int) -> abi.gnttab_copy:
+    op = abi.gnttab_copy(len=64, flags=abi.GNTCOPY_source_gref)
+    op.source.u.ref, op.source.domid = gref, dom
+    op.dest.u.gmfn, op.dest.domid = 9, abi.DOMID_SELF
+    return op
+
+
+async def vcpu(fn: Callable, *args: object) -> object:
+    """A hypercall: on a thread of its own, as on a vCPU (the loop must keep running)."""
+    return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+
+
+def test_broker_channels_grants_and_a_dying_peer(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(broker_mod, "PEER_TIMEOUT", 0.3)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        broker = InterdomainBroker()
+        a, b, c = Dom(1, broker, loop), Dom(2, broker, loop), Dom(3, broker, loop)
+        port = a.evtchn.alloc_unbound(abi.DOMID_SELF, 2)
+        assert port > 0
+        # event_channel.c evtchn_bind_interdomain: no such domain -ESRCH; a port that is
+        # not unbound for the binder -EINVAL (here: allocated for domain 2, bound by 3).
+        assert await vcpu(b.evtchn.bind_interdomain, 9, port) == -abi.XEN_ESRCH
+        assert await vcpu(b.evtchn.bind_interdomain, 1, port + 1) == -abi.XEN_EINVAL
+        assert await vcpu(c.evtchn.bind_interdomain, 1, port) == -abi.XEN_EINVAL
+        assert a.evtchn.port_state(port) == State.UNBOUND
+        lport = await vcpu(b.evtchn.bind_interdomain, 1, port)
+        assert lport > 0 and a.evtchn.port_state(port) == State.INTERDOMAIN
+        # Each end's send raises the other's port (through the other's eventfd).
+        a.consume()
+        b.consume()  # b's port was raised at bind, as Xen does
+        assert await vcpu(b.evtchn.send, lport) == 0
+        await asyncio.wait_for(a.upcall.wait(), 5)
+        assert a.pending(port)
+        assert not b.pending(lport)
+        assert await vcpu(a.evtchn.send, port) == 0
+        await asyncio.wait_for(b.upcall.wait(), 5)
+        assert b.pending(lport)
+
+        # Grant copies from another domain's memory; the entry decides (grant_table.c).
+        a.memory.write(GRANTED * abi.PAGE_SIZE, b"hello from domain 1".ljust(64, b"\0"))
+        a.grant(8, to=2)
+        a.grant(9, to=3)
+        op = copy_from(1, 8)
+        assert await vcpu(b.grants.copy_one, op) == abi.GNTST_okay
+        assert b.memory.read(9 * abi.PAGE_SIZE, 19) == b"hello from domain 1"
+        assert await vcpu(b.grants.copy_one, copy_from(1, 9)) == abi.GNTST_general_error
+        assert await vcpu(b.grants.copy_one, copy_from(1, 1 << 20)) == abi.GNTST_bad_gntref
+        assert await vcpu(b.grants.copy_one, copy_from(9, 8)) == abi.GNTST_bad_domain
+        assert a.memory.read_u16(GRANT_FRAME * abi.PAGE_SIZE + 8 * 8) == abi.GTF_permit_access
+
+        # Closing one end: the other goes back to unbound, still for the same domain.
+        assert await vcpu(b.evtchn.close, lport) == 0
+        await asyncio.wait_for(a.closed.wait(), 5)
+        st = a.evtchn.status(abi.DOMID_SELF, port)
+        assert not isinstance(st, int) and st[1].status == abi.EVTCHNSTAT_unbound
+        assert st[1].u.unbound.dom == 2
+        lport = await vcpu(b.evtchn.bind_interdomain, 1, port)
+        assert lport > 0
+
+        # A silent peer (its process stuck): the binder gets -ESRCH, not a hang.
+        silent, _held = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        broker.add(4, silent)
+        assert await vcpu(b.evtchn.bind_interdomain, 4, 1) == -abi.XEN_ESRCH
+        assert await vcpu(b.grants.copy_one, copy_from(4, 8)) == abi.GNTST_bad_domain
+
+        # Domain 1's process dies: b's port is unbound again, its view of 1 is dropped.
+        b.closed.clear()
+        broker.remove(1)
+        await asyncio.wait_for(b.closed.wait(), 5)
+        assert b.evtchn.port_state(lport) == State.UNBOUND
+        assert await vcpu(b.evtchn.send, lport) == 0  # dropped, as Xen drops it
+        assert await vcpu(b.grants.copy_one, copy_from(1, 8)) == abi.GNTST_bad_domain
+        for d in (a, b, c):
+            d.port.shutdown()
+        for d in (2, 3, 4):
+            broker.remove(d)
+
+    asyncio.run(main())
+
+
+def create_paused(x: Xenopus, name: str, cmdline: str) -> int:
+    cfg = x.config(name, "xenpair.elf", xen_platform=1, memory=64, cmdline=cmdline)
+    r = x.run("create", "-q", "-p", str(cfg))
+    assert r.returncode == 0, r.stderr
+    return int(x.domains()[name][1])
+
+
+def pair_ids(x: Xenopus, tag: str) -> tuple[int, int]:
+    """The domids the next two domains will get. Each guest's command line names its peer
+    and is fixed at create, so one of them must be predicted: domids count up by one per
+    create (a probe shows the next), and the callers assert that the prediction held."""
+    probe = create_paused(x, f"probe-{tag}", "role=a peer=0")
+    assert x.run("destroy", f"probe-{tag}").returncode == 0
+    return probe + 1, probe + 2
+
+
+def console(x: Xenopus, name: str) -> subprocess.Popen:
+    """The serial console (the kit prints there), history included."""
+    return x.popen("console", "-t", "serial", name)
+
+
+def result_line(stream) -> bytes:
+    """Read a console up to the end of its RESULT line (every kit guest prints one)."""
+    seen = read_until(stream, b"RESULT: ")
+    while b"\n" not in seen[seen.index(b"RESULT: "):]:
+        seen += read_until(stream, b"\n")
+    return seen[seen.index(b"RESULT: "):].split(b"\n")[0]
+
+
+def domain_pid(x: Xenopus, name: str) -> int:
+    chan = ipc.Channel.connect(str(x.run_dir / "xenopus.sock"))
+    try:
+        domains = chan.request({"op": "list"})["domains"]
+    finally:
+        chan.close()
+    return next(d["pid"] for d in domains if d["name"] == name)
+
+
+@kvm
+def test_two_domains_exchange_data(xenopus: Xenopus) -> None:
+    a, b = pair_ids(xenopus, "ok")
+    assert create_paused(xenopus, "pair-a", f"role=a peer={b}") == a
+    assert create_paused(xenopus, "pair-b", f"role=b peer={a}") == b
+    cons = {n: console(xenopus, n) for n in ("pair-a", "pair-b")}
+    try:
+        for name in ("pair-b", "pair-a"):
+            assert xenopus.run("unpause", name).returncode == 0
+        # Each console ends when its domain is gone.
+        out = {n: c.communicate(timeout=120)[0].decode(errors="replace") for n, c in cons.items()}
+    finally:
+        for c in cons.values():
+            c.kill()
+    assert f"pair b: got from domain {a}: hello from domain {a}" in out["pair-b"], out["pair-b"]
+    assert f"pair a: reply from domain {b}: ack from domain {b}: hello from domain {a}" in out["pair-a"], out["pair-a"]
+    assert "RESULT: PASS xenpair role=a" in out["pair-a"], out["pair-a"]
+    assert "RESULT: PASS xenpair role=b" in out["pair-b"], out["pair-b"]
+    daemon_log = xenopus.log()
+    assert f"event channel: domain {a} port" in daemon_log and f"<-> domain {b} port" in daemon_log
+
+
+@kvm
+def test_destroying_one_side_midway_leaves_the_other_running(xenopus: Xenopus) -> None:
+    """a publishes and is paused, waiting for its event. b binds a's port, copies a's grant,
+    copies its reply into a's page, sends, and stops (on_poweroff = preserve keeps its
+    process, and so its end of the channel). Destroying b leaves a paused and its process
+    untouched; a's port goes back to unbound, which a's guest sees once it runs again."""
+    a, b = pair_ids(xenopus, "die")
+    assert create_paused(xenopus, "die-a", f"role=a peer={b} timeout_ms=60000") == a
+    cfg = xenopus.config("die-b", "xenpair.elf", xen_platform=1, memory=64,
+                         cmdline=f"role=b peer={a}", on_poweroff="preserve")
+    assert xenopus.run("create", "-q", "-p", str(cfg)).returncode == 0
+    assert int(xenopus.domains()["die-b"][1]) == b
+    con_a, con_b = console(xenopus, "die-a"), console(xenopus, "die-b")
+    log_a = xenopus.run_dir / "log" / "die-a.log"
+    try:
+        assert con_a.stdout is not None and con_b.stdout is not None
+        assert xenopus.run("unpause", "die-a").returncode == 0
+        read_until(con_a.stdout, b"pair a: port")  # published, now waiting for b
+        assert xenopus.run("pause", "die-a").returncode == 0
+        pid_a = domain_pid(xenopus, "die-a")
+        assert xenopus.run("unpause", "die-b").returncode == 0
+        result_b = result_line(con_b.stdout)  # preserved: its console stays open
+        assert result_b.startswith(b"RESULT: PASS xenpair role=b"), result_b
+        assert "die-b" in xenopus.domains()  # preserved: its process holds its end
+        assert "closed its end" not in log_a.read_text()
+
+        assert xenopus.run("destroy", "die-b").returncode == 0
+        assert "die-b" not in xenopus.domains()
+        assert xenopus.domains()["die-a"][4] == "--p---"
+        assert domain_pid(xenopus, "die-a") == pid_a
+        os.kill(pid_a, 0)  # alive
+
+        assert xenopus.run("unpause", "die-a").returncode == 0
+        out_a = con_a.communicate(timeout=120)[0].decode(errors="replace")
+    finally:
+        con_a.kill()
+        con_b.kill()
+    # b's event and the reply it copied into a's page arrived before b went; then a's port
+    # became unbound (EVTCHNOP_status), as Xen does when the far end closes.
+    assert f"pair a: reply from domain {b}: ack from domain {b}: hello from domain {a}" in out_a, out_a
+    assert re.search(r"FAIL port \d+ bound to domain", out_a), out_a
+    assert "RESULT: FAIL xenpair role=a" in out_a, out_a
+    assert re.search(rf"d{a}: port \d+: domain {b} closed its end", log_a.read_text())
