@@ -58,8 +58,14 @@ def test_host_tools_see_what_the_guest_wrote(xenopus: Xenopus) -> None:
     domid = xenopus.domains()["xs-seen"][1]
     node = f"/local/domain/{domid}/data/guest-wrote"
     env = {**os.environ, "XENSTORED_PATH": str(xenopus.run_dir / "xenstored.sock")}
-    assert subprocess.run(["xenstore-read", f"/local/domain/{domid}/name"], env=env,
-                          capture_output=True, text=True, check=True).stdout.strip() == "xs-seen"
+    def read(path: str) -> str:
+        return subprocess.run(["xenstore-read", path], env=env, capture_output=True, text=True,
+                              check=True).stdout.strip()
+
+    # The toolstack's nodes, as libxl writes them: name, and the PV console's ring frame
+    # (HVM_PARAM_CONSOLE_PFN, page 0xDF000) for xenconsoled.
+    assert read(f"/local/domain/{domid}/name") == "xs-seen"
+    assert read(f"/local/domain/{domid}/console/ring-ref") == str(0xDF000 >> 12)
     watch = subprocess.Popen([shutil.which("xenstore-watch") or "xenstore-watch", "-n", "2", node],
                              env=env, stdout=subprocess.PIPE, text=True)
     try:

@@ -283,6 +283,7 @@ class DomainProcess:
         self._send({
             "event": "ready", "pid": os.getpid(), "protocol": guest.boot.protocol,
             "xen_path": guest.xen_path, "console": "pv" if xen_aware else "serial",
+            "console_nodes": guest.xen.console_nodes() if guest.xen is not None else {},
         })
         control = asyncio.create_task(self._serve_control(reader))
         await self._finished.wait()

@@ -235,12 +235,11 @@ class XenGuest:
         """The xvd* disks and model=xen vifs, as dom0 clients of the daemon's XenStore."""
         disks = [(i, d) for i, d in enumerate(self.config.disks) if d.kind == "xen"]
         vifs = [(i, v) for i, v in enumerate(self.config.vifs) if v.model == "xen"]
-        if self.xenstore_path is None:
-            if disks or vifs:
-                raise ValueError("Xen PV devices need the daemon's XenStore")
+        if not (disks or vifs):
             return
+        if self.xenstore_path is None:
+            raise ValueError("Xen PV devices need the daemon's XenStore")
         self.xs = XsClient(self.xenstore_path)
-        self._write_console_nodes()
         host = DomainHost(self.evtchn, GrantMapper(lambda d: self.grants if d == self.domid else None))
         for _, disk in disks:
             be = BlkBack(
@@ -264,17 +263,15 @@ class XenGuest:
             self.backends.append(be)
             be.start()
 
-    def _write_console_nodes(self) -> None:
-        """What xenconsoled reads (libxl__build_post): the console ring's frame and port."""
-        assert self.xs is not None
-        home = f"/local/domain/{self.domid}/console"
-        for key, value in (
-            ("ring-ref", str(layout.XEN_CONSOLE_PAGE >> 12)),
-            ("port", str(self.console_port)),
-            ("type", "xenconsoled"),
-            ("limit", "1048576"),
-        ):
-            self.xs.write(f"{home}/{key}", value)
+    def console_nodes(self) -> dict[str, str]:
+        """What xenconsoled reads (libxl__build_post): the ring's frame and event channel;
+        the daemon writes them under /local/domain/N/console."""
+        return {
+            "ring-ref": str(layout.XEN_CONSOLE_PAGE >> 12),
+            "port": str(self.console_port),
+            "type": "xenconsoled",
+            "limit": "1048576",
+        }
 
     def close(self) -> None:
         if self.interdomain is not None:

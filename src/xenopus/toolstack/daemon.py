@@ -361,6 +361,7 @@ class Daemon:
         rec.protocol = event.get("protocol")
         rec.xen_path = event.get("xen_path", "off")
         rec.console = event.get("console", "serial")
+        self.xenstore.write_nodes(rec.domid, "console", event.get("console_nodes") or {})
         rec.state = "paused" if paused else "running"
         log.info("domain %d (%s) started, pid %d", rec.domid, rec.name, rec.pid)
         asyncio.create_task(self._domain_events(rec, reader))

@@ -75,6 +75,11 @@ class XenStored:
         reader, writer = await asyncio.open_unix_connection(sock=sock)
         self._tasks[domid] = asyncio.create_task(self._serve(domid, reader, writer))
 
+    def write_nodes(self, domid: int, under: str, values: dict[str, str]) -> None:
+        """Toolstack nodes below the domain's home, e.g. console/ring-ref and port."""
+        for key, value in values.items():
+            self.store.write(self.dom0, f"/local/domain/{domid}/{under}/{key}", str(value).encode())
+
     async def _serve(self, domid: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             await self.server.attach_domain(domid, reader, writer)
