@@ -98,29 +98,38 @@ def run_xenopus(iterations: int) -> tuple[float, int, str]:
         pio.register(0x60, 1, i8042, "i8042-data")
         pio.register(0x64, 1, i8042, "i8042-command")
         pio.register(POST_PORT, 1, post, "post")
-        done = threading.Event()
-        stop: list[tuple[float, StopReason]] = []
-
-        def on_stop(reason: StopReason) -> None:
-            stop.append((time.perf_counter(), reason))
-            done.set()
-
-        start = time.perf_counter()
-        machine.start(boot.cpu, on_stop)
-        finished = done.wait(RUN_TIMEOUT)
+        timed = run_until_stop(machine, boot.cpu)
         machine.stop()
         machine.close()
     finally:
         memory.close()
-    if not finished:
+    if timed is None:
         sys.exit(f"exits: the xenopus run with {cmdline(iterations)} did not stop in {RUN_TIMEOUT:.0f} s")
-    end, reason = stop[0]
+    seconds, reason = timed
     if reason.kind != "reboot":
         sys.exit(f"exits: the xenopus run ended in {reason.kind}: {reason.detail}\n{output.decode(errors='replace')}")
     text = output.decode(errors="replace")
     if "RESULT: PASS" not in text:
         sys.exit(f"exits: the guest did not pass under xenopus:\n{text}")
-    return end - start, post.writes, text
+    return seconds, post.writes, text
+
+
+def run_until_stop(machine: Machine, cpu: CpuState) -> tuple[float, StopReason] | None:
+    """Start `machine` and wait for the guest to stop: (seconds from start, why), or None
+    after RUN_TIMEOUT."""
+    done = threading.Event()
+    stop: list[tuple[float, StopReason]] = []
+
+    def on_stop(reason: StopReason) -> None:
+        stop.append((time.perf_counter(), reason))
+        done.set()
+
+    start = time.perf_counter()
+    machine.start(cpu, on_stop)
+    if not done.wait(RUN_TIMEOUT):
+        return None
+    end, reason = stop[0]
+    return end - start, reason
 
 
 # -- C reference -----------------------------------------------------------------------------

@@ -30,20 +30,16 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 
 import exits
 from xenopus.domain.builder import build_guest
 from xenopus.domain.config import DomainConfig
 from xenopus.domain.xen import StoreProxy
-from xenopus.vm import StopReason
 
 ROOT = Path(__file__).resolve().parent.parent
 GUEST = ROOT / "guests" / "out" / "xenbench.elf"
 MEMORY_MIB = 64
-RUN_TIMEOUT = 300.0
 MODES = ("null", "version", "evtchn")
 LABELS = {
     ("exit", "c"): "port-I/O exit, C reference",
@@ -70,28 +66,19 @@ def run_xenbench(mode: str, iterations: int) -> tuple[float, str, str]:
     try:
         guest = build_guest(config, console_out=output.extend, debug_out=lambda data: None,
                             domid=1, hv_log=lambda line: None, store=StoreProxy(loop, None))
-        done = threading.Event()
-        stop: list[tuple[float, StopReason]] = []
-
-        def on_stop(reason: StopReason) -> None:
-            stop.append((time.perf_counter(), reason))
-            done.set()
-
-        start = time.perf_counter()
-        guest.machine.start(guest.boot.cpu, on_stop)
-        finished = done.wait(RUN_TIMEOUT)
+        timed = exits.run_until_stop(guest.machine, guest.boot.cpu)
         guest.close()
     finally:
         loop.close()
     text = output.decode(errors="replace")
-    if not finished:
+    if timed is None:
         sys.exit(f"hypercall: xenbench mode={mode} iterations={iterations} did not stop "
-                 f"in {RUN_TIMEOUT:.0f} s\n{text}")
-    end, reason = stop[0]
+                 f"in {exits.RUN_TIMEOUT:.0f} s\n{text}")
+    seconds, reason = timed
     if reason.kind != "poweroff" or f"RESULT: PASS xenbench {mode} {iterations}" not in text:
         sys.exit(f"hypercall: xenbench mode={mode} iterations={iterations} ended in "
                  f"{reason.kind} ({reason.detail}):\n{text}")
-    return end - start, guest.xen_path, text
+    return seconds, guest.xen_path, text
 
 
 def main() -> int:
