@@ -4,6 +4,23 @@ from __future__ import annotations
 
 import os
 
+ONLINE_CPUS = "/sys/devices/system/cpu/online"
+
+
+def kernel_cpu_list(text: str) -> set[int]:
+    """A kernel CPU list ("0-3,8", Documentation/admin-guide/cputopology.rst) as a set."""
+    out: set[int] = set()
+    for part in filter(None, text.strip().split(",")):
+        lo, _, hi = part.partition("-")
+        out.update(range(int(lo), int(hi or lo) + 1))
+    return out
+
+
+def online_cpus() -> set[int]:
+    """The host's online CPUs; OSError where sysfs cannot be read."""
+    with open(ONLINE_CPUS) as f:
+        return kernel_cpu_list(f.read())
+
 
 def memory_mib() -> int:
     """MemTotal from /proc/meminfo, or 0 where it cannot be read."""

@@ -382,20 +382,23 @@ def _header(signature: bytes, length: int, revision: int) -> TableHeader:
 _CHECKSUM_OFFSET = TableHeader.checksum.offset
 
 
+def _checksummed(table: bytes) -> bytes:
+    """`table` (header first, checksum byte zero) with its header checksum filled in."""
+    data = bytearray(table)
+    data[_CHECKSUM_OFFSET] = checksum(data)
+    return bytes(data)
+
+
 def _sdt(signature: bytes, revision: int, body: bytes) -> bytes:
     """A table: the header, then `body`, with length and checksum filled in."""
     size = ctypes.sizeof(TableHeader)
-    data = bytearray(bytes(_header(signature, size + len(body), revision)) + body)
-    data[_CHECKSUM_OFFSET] = checksum(data)
-    return bytes(data)
+    return _checksummed(bytes(_header(signature, size + len(body), revision)) + body)
 
 
 def _finish(table: ctypes.Structure, extra: bytes = b"") -> bytes:
     """A ctypes table whose first field is `header`: set length, then checksum."""
     table.header.length = ctypes.sizeof(table) + len(extra)
-    data = bytearray(bytes(table) + extra)
-    data[_CHECKSUM_OFFSET] = checksum(data)
-    return bytes(data)
+    return _checksummed(bytes(table) + extra)
 
 
 # --- DSDT -------------------------------------------------------------------------

@@ -34,6 +34,7 @@ from xenopus.boot.layout import (
     write_gdt,
 )
 from xenopus.memory.guest import GuestMemory
+from xenopus.memory.paging import PTE_P, PTE_PS, PTE_RW
 from xenopus.vm.cpu import (
     CR0_ET,
     CR0_PE,
@@ -72,11 +73,6 @@ E820_MAX_ENTRIES_ZEROPAGE = 128
 BOOT_CS = 0x10  # __BOOT_CS
 BOOT_DS = 0x18  # __BOOT_DS
 BOOT_TSS = 0x20
-
-# Page-table entry bits (Intel SDM vol. 3A §4.5, tables 4-14 to 4-18).
-PTE_P = 1 << 0
-PTE_RW = 1 << 1
-PTE_PS = 1 << 7
 
 
 class SetupHeader(ctypes.LittleEndianStructure):

@@ -24,13 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
-from xenopus.memory.guest import GuestMemory
+from xenopus.memory.guest import PAGE_SIZE, GuestMemory
 from xenopus.vm.cpu import CpuState
 
 if TYPE_CHECKING:
     from xenopus.boot.e820 import E820Entry
-
-PAGE_SIZE = 4096
 
 GDT_ADDR = 0x500
 BOOT_INFO_ADDR = 0x7000  # start_info (PVH) or the zero page (Linux); both fit in one page

@@ -32,6 +32,7 @@ from xenopus.boot.layout import (
     START_INFO_ADDR,
     BootImageError,
     BootInfo,
+    align_up,
     load_ramdisk,
     open_file,
     overlaps,
@@ -137,15 +138,14 @@ def iter_notes(data: bytes, align: int) -> Iterator[tuple[bytes, int, bytes]]:
 
     Header words are 4 bytes in both classes; name and desc are padded to `align`.
     """
-    pad = (lambda n: -(-n // align) * align) if align > 1 else (lambda n: n)
     off = 0
     while off + 12 <= len(data):
         namesz, descsz, ntype = struct.unpack_from("<III", data, off)
         off += 12
         name = data[off : off + namesz]
-        off += pad(namesz)
+        off += align_up(namesz, align)
         desc = data[off : off + descsz]
-        off += pad(descsz)
+        off += align_up(descsz, align)
         if len(name) != namesz or len(desc) != descsz:
             raise ValueError("note runs past the end of its segment")
         yield name.rstrip(b"\0"), ntype, desc
@@ -181,19 +181,22 @@ def xen_notes(elf: ELFFile) -> dict[int, bytes]:
 
 
 def find_phys32_entry(elf: ELFFile, path: str) -> int:
-    for data, align in _note_blocks(elf):
-        for name, ntype, desc in iter_notes(data, 8 if align == 8 else 4):
-            if name != XEN_NOTE_NAME or ntype != XEN_ELFNOTE_PHYS32_ENTRY:
-                continue
-            # The ABI's note is ".long", but loaders accept any natural integer width.
-            if len(desc) not in (1, 2, 4, 8):
-                raise BootImageError(
-                    path,
-                    f"XEN_ELFNOTE_PHYS32_ENTRY note has a {len(desc)}-byte payload"
-                    " (expected 1, 2, 4 or 8)",
-                )
-            return int.from_bytes(desc, "little")
-    raise BootImageError(path, "no XEN_ELFNOTE_PHYS32_ENTRY note (not a PVH kernel)")
+    return phys32_entry(xen_notes(elf), path)
+
+
+def phys32_entry(notes: dict[int, bytes], path: str) -> int:
+    """The entry address of the first XEN_ELFNOTE_PHYS32_ENTRY note among `notes`."""
+    desc = notes.get(XEN_ELFNOTE_PHYS32_ENTRY)
+    if desc is None:
+        raise BootImageError(path, "no XEN_ELFNOTE_PHYS32_ENTRY note (not a PVH kernel)")
+    # The ABI's note is ".long", but loaders accept any natural integer width.
+    if len(desc) not in (1, 2, 4, 8):
+        raise BootImageError(
+            path,
+            f"XEN_ELFNOTE_PHYS32_ENTRY note has a {len(desc)}-byte payload"
+            " (expected 1, 2, 4 or 8)",
+        )
+    return int.from_bytes(desc, "little")
 
 
 def parse_pvh(f: BinaryIO, path: str, file_size: int) -> PvhImage:
@@ -214,8 +217,8 @@ def parse_pvh(f: BinaryIO, path: str, file_size: int) -> PvhImage:
             segments.append(
                 LoadSegment(i, seg["p_paddr"], seg["p_offset"], seg["p_filesz"], seg["p_memsz"])
             )
-        entry = find_phys32_entry(elf, path)
-        notes = xen_notes(elf)
+        notes = xen_notes(elf)  # the note segments are read and parsed once
+        entry = phys32_entry(notes, path)
         elfclass = elf.elfclass
     except _ELF_ERRORS as e:
         raise BootImageError(path, f"truncated or corrupt ELF: {e}") from e

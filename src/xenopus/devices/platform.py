@@ -18,9 +18,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from xenopus.memory.guest import MMIO_HOLE_START, GiB
-
-MiB = 1 << 20
+from xenopus.devices import i8042, rtc, serial
+from xenopus.memory.guest import MMIO_HOLE_START, GiB, MiB
 
 # Interrupt controllers (Intel SDM vol. 3 §10.4.1 default LAPIC base; 82093AA IOAPIC).
 LAPIC_BASE = 0xFEE00000
@@ -29,7 +28,6 @@ IOAPIC_SIZE = 0x1000
 # KVM's in-kernel IOAPIC resets with ID 0; the MADT must say the same.
 IOAPIC_ID = 0
 IOAPIC_GSI_BASE = 0
-IOAPIC_PINS = 24
 
 # PCI Express enhanced configuration access (PCIe base spec §7.2.2): 1 MiB per bus.
 ECAM_BASE = 0xE0000000
@@ -64,16 +62,17 @@ ACPI_REGS_SIZE = 0x1000
 # free of PIT 0, i8042 1/12, COM1 4 and RTC 8. Level-triggered, active-high.
 ACPI_GED_IRQ = 9
 
-# Legacy devices the DSDT describes.
-COM1_PORT = 0x3F8
-COM1_PORT_SIZE = 8
-COM1_IRQ = 4
-RTC_PORT = 0x70
-RTC_PORT_SIZE = 2
-RTC_IRQ = 8
-I8042_DATA_PORT = 0x60
-I8042_CMD_PORT = 0x64
-I8042_KBD_IRQ = 1
+# Legacy devices the DSDT describes, where their models expect to be (the i8042 tells
+# its two ports apart by address).
+COM1_PORT = serial.COM1_BASE
+COM1_PORT_SIZE = serial.COM_LENGTH
+COM1_IRQ = serial.COM1_IRQ
+RTC_PORT = rtc.RTC_INDEX
+RTC_PORT_SIZE = 2  # index and data
+RTC_IRQ = rtc.RTC_IRQ
+I8042_DATA_PORT = i8042.I8042_DATA
+I8042_CMD_PORT = i8042.I8042_COMMAND
+I8042_KBD_IRQ = i8042.I8042_IRQ
 I8042_AUX_IRQ = 12
 PIT_IRQ = 0
 

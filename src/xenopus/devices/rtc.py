@@ -20,6 +20,8 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
+from xenopus.devices.bus import read_lanes, write_lanes
+
 RTC_INDEX = 0x70
 RTC_DATA = 0x71
 RTC_IRQ = 8
@@ -115,15 +117,11 @@ class CmosRtc:
 
     def read(self, base: int, offset: int, size: int) -> int:
         with self._lock:
-            value = 0
-            for i in range(size):
-                value |= self._read_port(offset + i) << (8 * i)
-            return value
+            return read_lanes(self._read_port, offset, size)
 
     def write(self, base: int, offset: int, size: int, value: int) -> None:
         with self._lock:
-            for i in range(size):
-                self._write_port(offset + i, (value >> (8 * i)) & 0xFF)
+            write_lanes(self._write_port, offset, size, value)
 
     def _read_port(self, port: int) -> int:
         if port == 0:

@@ -11,22 +11,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-SYS_CPU = Path("/sys/devices/system/cpu")
+from xenopus.host import kernel_cpu_list as kernel_list
+from xenopus.host import online_cpus as host_cpus
+
 SYS_NODE = Path("/sys/devices/system/node")
-
-
-def kernel_list(text: str) -> set[int]:
-    """A kernel CPU list ("0-3,8", Documentation/admin-guide/cputopology.rst) as a set."""
-    out: set[int] = set()
-    for part in filter(None, text.strip().split(",")):
-        lo, _, hi = part.partition("-")
-        out.update(range(int(lo), int(hi or lo) + 1))
-    return out
-
-
-def host_cpus() -> set[int]:
-    """The host's online CPUs."""
-    return kernel_list((SYS_CPU / "online").read_text())
 
 
 def node_cpus(node: int) -> set[int]:

@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 
+from xenopus.host import online_cpus
 from xenopus.kvm import uapi as u
 from xenopus.kvm.system import Kvm, KvmError, VmFd
 from xenopus.memory.guest import GuestMemory
@@ -60,15 +61,9 @@ VCPU_INFO_TIMEOUT = 1.0  # seconds vcpu_info waits for a vCPU thread to answer i
 def host_cpus() -> frozenset[int]:
     """The host's online CPUs (/sys/devices/system/cpu/online, a kernel CPU list)."""
     try:
-        with open("/sys/devices/system/cpu/online") as f:
-            text = f.read().strip()
+        return frozenset(online_cpus())
     except OSError:
         return frozenset(range(os.cpu_count() or 1))
-    cpus: set[int] = set()
-    for part in filter(None, text.split(",")):
-        lo, _, hi = part.partition("-")
-        cpus.update(range(int(lo), int(hi or lo) + 1))
-    return frozenset(cpus)
 
 
 class Machine:

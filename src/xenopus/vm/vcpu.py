@@ -20,8 +20,9 @@ from typing import Protocol
 
 from xenopus.kvm import uapi as u
 from xenopus.kvm.system import VcpuFd
+from xenopus.memory import paging
 from xenopus.memory.guest import GuestMemory
-from xenopus.vm.cpu import CR0_PG, CpuState, Segment
+from xenopus.vm.cpu import EFER_LMA, CpuState, Segment
 from xenopus.vm.events import StopReason
 from xenopus.vm.ports import IoHandler
 
@@ -482,7 +483,7 @@ class Vcpu:
                 f"type={s.type:x} dpl={s.dpl} db={s.db} l={s.l}"
             )
         linear = (sregs.cs.base + regs.rip) & _MASK[8]
-        if not sregs.efer & (1 << 10):  # outside long mode, linear addresses are 32-bit
+        if not sregs.efer & EFER_LMA:  # outside long mode, linear addresses are 32-bit
             linear &= 0xFFFFFFFF
         lines.append(f"  code at {linear:#x}: {self._code_bytes(linear, sregs)}")
         return "\n".join(lines)
@@ -502,10 +503,6 @@ class Vcpu:
         return out.hex(" ")
 
     def _translate(self, gva: int, sregs: u.kvm_sregs) -> int:
-        if not sregs.cr0 & CR0_PG:
-            return gva
-        from xenopus.memory import paging  # written alongside; only needed for reports
-
         return paging.translate(
             self.memory,
             gva,
