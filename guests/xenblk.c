@@ -83,21 +83,12 @@ void guest_main(void)
     u64 sector = cmdline_u64("sector", 2048), count = cmdline_u64("count", 8), seed = cmdline_u64("seed", 0x5a);
     if (count < 1 || count > 8)
         xen_finish(0, "count must be 1..8");
-    long rc = xs_init();
-    if (!rc)
-        rc = gnttab_init();
-    if (!rc)
-        rc = xen_events_init(NULL, NULL);
-    if (!xcheck(rc == 0, "xenstore, grant table, events rc %ld", rc))
-        xen_finish(0, "setup");
-    rc = xenbus_find(&dev, "vbd", cmdline_get("vdev"));
-    if (!xcheck(rc == 0, "found %s backend %s (domain %lu) rc %ld", dev.node, dev.backend, dev.backend_id, rc))
-        xen_finish(0, "no vbd");
+    xenbus_frontend_start(&dev, "vbd", cmdline_get("vdev"));
     handle = (u16)strtou64(strlen(dev.node) > 11 ? dev.node + 11 : "0", NULL); /* device/vbd/<id> */
     char bpath[192];
     u64 state = 0;
     snprintf(bpath, sizeof(bpath), "%s/state", dev.backend);
-    rc = xs_wait_state(bpath, XenbusStateInitWait, timeout, &state);
+    long rc = xs_wait_state(bpath, XenbusStateInitWait, timeout, &state);
     if (!xcheck(rc == 0, "backend state %lu (want >= InitWait)", state))
         xen_finish(0, "backend not ready");
 

@@ -107,16 +107,7 @@ void guest_main(void)
     if (!xen_require())
         return;
     unsigned timeout = (unsigned)cmdline_u64("timeout_ms", 10000);
-    long rc = xs_init();
-    if (!rc)
-        rc = gnttab_init();
-    if (!rc)
-        rc = xen_events_init(NULL, NULL);
-    if (!xcheck(rc == 0, "xenstore, grant table, events rc %ld", rc))
-        xen_finish(0, "setup");
-    rc = xenbus_find(&dev, "vif", cmdline_get("index"));
-    if (!xcheck(rc == 0, "found %s backend %s (domain %lu) rc %ld", dev.node, dev.backend, dev.backend_id, rc))
-        xen_finish(0, "no vif");
+    xenbus_frontend_start(&dev, "vif", cmdline_get("index"));
     char path[192], v[64];
     snprintf(path, sizeof(path), "%s/mac", dev.node);
     if (xs_read(0, path, v, sizeof(v)) < 0 || !net_parse_mac(v, np.mac))
@@ -124,7 +115,7 @@ void guest_main(void)
     char bstate[192];
     u64 state = 0;
     snprintf(bstate, sizeof(bstate), "%s/state", dev.backend);
-    rc = xs_wait_state(bstate, XenbusStateInitWait, timeout, &state);
+    long rc = xs_wait_state(bstate, XenbusStateInitWait, timeout, &state);
     if (!xcheck(rc == 0, "backend state %lu (want >= InitWait)", state))
         xen_finish(0, "backend not ready");
 

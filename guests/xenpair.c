@@ -125,9 +125,7 @@ void guest_main(void)
     if ((role != 'a' && role != 'b') || !p || !*p)
         xen_finish(0, "usage: role=a|b peer=<domid>");
     domid_t peer = (domid_t)strtou64(p, NULL);
-    long rc = xs_init();
-    rc = rc ? rc : gnttab_init();
-    rc = rc ? rc : xen_events_init(NULL, NULL);
+    long rc = xen_pv_init();
     long self = rc ? rc : xen_domid();
     if (!xcheck(self >= 0, "xenstore, grant table, events; domid %ld", self))
         xen_finish(0, "setup");

@@ -33,6 +33,23 @@
 #define CPU_USTACK 16
 #define CPU_GDT 32
 
+/* 32-bit protected mode, paging off, %edx = the top-level page table: SDM Vol. 3A 10.8.5
+ * "Initializing IA-32e Mode": PAE, CR3, EFER.LME, then CR0.PG (the caller's far jump
+ * follows). Clobbers %eax, %ecx, %edx. Used by the BSP's entry and the AP trampoline. */
+.macro  PAGING_ON
+        movl    %cr4, %eax
+        orl     $CR4_PAE, %eax
+        movl    %eax, %cr4
+        movl    %edx, %cr3
+        movl    $MSR_EFER, %ecx
+        rdmsr
+        orl     $EFER_LME, %eax
+        wrmsr
+        movl    %cr0, %eax
+        orl     $(CR0_PG | CR0_PE), %eax
+        movl    %eax, %cr0
+.endm
+
         .section .head, "ax"
         .code32
 /* 0x100000: the Linux 32-bit entry (code32_start). */
@@ -88,18 +105,8 @@ common32:
         movw    %ax, %ds
         movw    %ax, %es
         movw    %ax, %ss
-        movl    %cr4, %eax
-        orl     $CR4_PAE, %eax
-        movl    %eax, %cr4
-        movl    $pml4, %eax
-        movl    %eax, %cr3
-        movl    $MSR_EFER, %ecx
-        rdmsr
-        orl     $EFER_LME, %eax
-        wrmsr
-        movl    %cr0, %eax
-        orl     $(CR0_PG | CR0_PE), %eax
-        movl    %eax, %cr0
+        movl    $pml4, %edx
+        PAGING_ON
         ljmp    $SEL_KCODE, $long_entry
 
         .code64
@@ -216,18 +223,8 @@ tr_pm32:
         movw    %ax, %ds
         movw    %ax, %es
         movw    %ax, %ss
-        movl    %cr4, %eax
-        orl     $CR4_PAE, %eax
-        movl    %eax, %cr4
-        movl    TR(ap_tramp_cr3), %eax
-        movl    %eax, %cr3
-        movl    $MSR_EFER, %ecx
-        rdmsr
-        orl     $EFER_LME, %eax
-        wrmsr
-        movl    %cr0, %eax
-        orl     $(CR0_PG | CR0_PE), %eax
-        movl    %eax, %cr0
+        movl    TR(ap_tramp_cr3), %edx
+        PAGING_ON
         ljmp    $0x18, $TR(tr_lm64)
         .code64
 tr_lm64:

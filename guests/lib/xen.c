@@ -498,10 +498,17 @@ static u32 xs_req_id;
 /* Reply bodies and request payloads (XENSTORE_PAYLOAD_MAX + 1 each), allocated by xs_init. */
 static char *xs_body, *xs_reply, *xs_out;
 
-static long map_special(u64 pfn, volatile void **out)
+/* A special page the toolstack named by an HVM param pair (its pfn and its event
+ * channel: STORE_* or CONSOLE_*), mapped so that its guest-physical address is usable. */
+static long map_special(u32 pfn_param, u32 port_param, u64 *pfn, u64 *port, volatile void **out)
 {
-    u64 pa = pfn << 12;
-    if (!pfn)
+    long rc = hvm_get_param(pfn_param, pfn);
+    if (!rc)
+        rc = hvm_get_param(port_param, port);
+    if (rc)
+        return rc;
+    u64 pa = *pfn << 12;
+    if (!*pfn)
         return -XEN_ENOENT;
     if (pa >= (4ul << 30) && map_phys(pa & ~((1ul << 30) - 1), 1ul << 30))
         return -XEN_ENOMEM;
@@ -514,13 +521,8 @@ long xs_init(void)
     if (xs_ring)
         return 0;
     u64 pfn = 0, port = 0;
-    long rc = hvm_get_param(HVM_PARAM_STORE_PFN, &pfn);
-    if (!rc)
-        rc = hvm_get_param(HVM_PARAM_STORE_EVTCHN, &port);
-    if (rc)
-        return rc;
     volatile void *p;
-    rc = map_special(pfn, &p);
+    long rc = map_special(HVM_PARAM_STORE_PFN, HVM_PARAM_STORE_EVTCHN, &pfn, &port, &p);
     if (rc)
         return rc;
     xs_body = zalloc(3 * 4096 + 3);
@@ -840,13 +842,8 @@ long xencons_init(void)
     if (xencons)
         return 0;
     u64 pfn = 0, port = 0;
-    long rc = hvm_get_param(HVM_PARAM_CONSOLE_PFN, &pfn);
-    if (!rc)
-        rc = hvm_get_param(HVM_PARAM_CONSOLE_EVTCHN, &port);
-    if (rc)
-        return rc;
     volatile void *p;
-    rc = map_special(pfn, &p);
+    long rc = map_special(HVM_PARAM_CONSOLE_PFN, HVM_PARAM_CONSOLE_EVTCHN, &pfn, &port, &p);
     if (rc)
         return rc;
     xencons_port = (evtchn_port_t)port;
@@ -957,4 +954,24 @@ long xenbus_switch_state(struct xenbus_dev *d, u32 state)
     snprintf(path, sizeof(path), "%s/state", d->node);
     snprintf(v, sizeof(v), "%u", state);
     return xs_write(0, path, v);
+}
+
+long xen_pv_init(void)
+{
+    long rc = xs_init();
+    if (!rc)
+        rc = gnttab_init();
+    if (!rc)
+        rc = xen_events_init(NULL, NULL);
+    return rc;
+}
+
+void xenbus_frontend_start(struct xenbus_dev *d, const char *type, const char *id)
+{
+    long rc = xen_pv_init();
+    if (!xcheck(rc == 0, "xenstore, grant table, events rc %ld", rc))
+        xen_finish(0, "setup");
+    rc = xenbus_find(d, type, id);
+    if (!xcheck(rc == 0, "found %s backend %s (domain %lu) rc %ld", d->node, d->backend, d->backend_id, rc))
+        xen_finish(0, "no %s", type);
 }

@@ -584,5 +584,10 @@ struct xenbus_dev {
 /* Finds device/<type>/<id> (id NULL: the first), its backend path and backend-id. */
 long xenbus_find(struct xenbus_dev *d, const char *type, const char *id);
 long xenbus_switch_state(struct xenbus_dev *d, u32 state);
+/* xs_init, gnttab_init and xen_events_init in turn: 0, or the first failure. */
+long xen_pv_init(void);
+/* A frontend test's start: xen_pv_init, then xenbus_find(d, type, id), each checked with
+ * xcheck; a failure ends the test (xen_finish "setup" / "no <type>"). */
+void xenbus_frontend_start(struct xenbus_dev *d, const char *type, const char *id);
 
 #endif

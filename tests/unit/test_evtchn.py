@@ -16,7 +16,8 @@ from types import SimpleNamespace
 import pytest
 
 from xenopus.memory import GuestMemory, MiB
-from xenopus.xen.evtchn import EventChannels, GuestAtomics, State
+from xenopus.memory.shared import GuestAtomics
+from xenopus.xen.evtchn import EventChannels, State
 from xenopus.xen.guestmem import GuestAccess
 
 SI = 0x10000  # where the test puts shared_info

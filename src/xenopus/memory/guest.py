@@ -24,7 +24,6 @@ MMIO_HOLE_START = 3 * GiB
 MMIO_HOLE_END = 4 * GiB
 
 
-
 class GuestMemoryError(Exception):
     """A guest-physical access outside the guest's RAM."""
 

@@ -782,6 +782,9 @@ def ring_size(entry_size: int, ring_bytes: int = PAGE_SIZE) -> int:
     return 1 << (n.bit_length() - 1) if n else 0
 
 
+# --- io/protocols.h ------------------------------------------------------------------------
+XEN_IO_PROTO_ABI_X86_64 = "x86_64-abi"
+
 # --- io/blkif.h ----------------------------------------------------------------------------
 BLKIF_OP_READ = 0
 BLKIF_OP_WRITE = 1
@@ -858,6 +861,7 @@ XEN_NETIF_GSO_TYPE_NONE = 0
 XEN_NETIF_GSO_TYPE_TCPV4 = 1
 XEN_NETIF_GSO_TYPE_TCPV6 = 2
 XEN_NETIF_MAX_TX_SIZE = 0xFFFF
+XEN_NETIF_NR_SLOTS_MIN = 18  # the slots per packet every backend must accept
 
 
 class netif_tx_request(ctypes.Structure):

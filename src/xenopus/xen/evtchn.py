@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from xenopus.memory import GuestMemory, GuestMemoryError
+from xenopus.memory.shared import GuestAtomics
 from xenopus.xen import abi
 from xenopus.xen.guestmem import GuestAccess, XenError
 
@@ -49,95 +50,6 @@ _VI_SEL = abi.vcpu_info.evtchn_pending_sel.offset
 # evtchn_upcall_pending and _mask share the vcpu_info's first 8-byte word.
 _VI_MASK_BIT = 8 * (abi.vcpu_info.evtchn_upcall_mask.offset - _VI_PENDING)
 _VI_ALIGN = ctypes.alignment(abi.vcpu_info)
-
-_SEQ_CST = 5  # __ATOMIC_SEQ_CST
-
-
-def _load_libatomic() -> tuple[Any, Any, Any] | None:
-    """libatomic's fetch_or_8, fetch_and_8 and compare_exchange_4, or None."""
-    try:
-        lib = ctypes.CDLL("libatomic.so.1")
-    except OSError:
-        return None
-    fetch_or, fetch_and = lib["__atomic_fetch_or_8"], lib["__atomic_fetch_and_8"]
-    for fn in (fetch_or, fetch_and):
-        fn.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int]
-        fn.restype = ctypes.c_uint64
-    cas = lib["__atomic_compare_exchange_4"]
-    cas.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_int]
-    cas.restype = ctypes.c_bool
-    return fetch_or, fetch_and, cas
-
-
-_LIBATOMIC = _load_libatomic()
-if _LIBATOMIC is None:
-    log.warning("libatomic.so.1 not found: guest-shared bit updates are not locked operations")
-
-
-class GuestAtomics:
-    """Locked read-modify-write of aligned words in guest RAM.
-
-    Python has no atomic operations on shared memory, and a plain load/or/store of a word
-    the guest is updating at the same moment on another CPU can undo the guest's change or
-    lose ours. GCC's libatomic (``libatomic1``, present wherever gcc is) exports the
-    ``__atomic_*`` builtins as functions; on x86-64 they are ``lock``-prefixed
-    instructions, the same ones Xen and the guest use on these words. Without libatomic
-    we fall back to a load/store under a host lock: host threads stay consistent, and a
-    race with the guest can at worst cost a spurious or a late upcall.
-    """
-
-    def __init__(self, memory: GuestMemory):
-        self.memory = memory
-        self._fallback = threading.Lock()
-
-    def _addr(self, gpa: int, size: int) -> int:
-        if gpa % size:
-            raise GuestMemoryError(f"unaligned atomic access at {gpa:#x}")
-        return ctypes.addressof(ctypes.c_char.from_buffer(self.memory.view(gpa, size)))
-
-    def fetch_or(self, gpa: int, bits: int) -> int:
-        """Atomically OR ``bits`` into the 8-byte word at ``gpa``; return its old value."""
-        if _LIBATOMIC is not None:
-            return _LIBATOMIC[0](self._addr(gpa, 8), bits, _SEQ_CST)
-        with self._fallback:
-            old = self.memory.read_u64(gpa)
-            self.memory.write_u64(gpa, old | bits)
-            return old
-
-    def fetch_and(self, gpa: int, bits: int) -> int:
-        """Atomically AND ``bits`` into the 8-byte word at ``gpa``; return its old value."""
-        if _LIBATOMIC is not None:
-            return _LIBATOMIC[1](self._addr(gpa, 8), bits, _SEQ_CST)
-        with self._fallback:
-            old = self.memory.read_u64(gpa)
-            self.memory.write_u64(gpa, old & bits)
-            return old
-
-    def cmpxchg32(self, gpa: int, old: int, new: int) -> int:
-        """Compare-and-swap the 4-byte word at ``gpa``; return the value found there."""
-        if _LIBATOMIC is not None:
-            seen = ctypes.c_uint32(old)
-            _LIBATOMIC[2](
-                self._addr(gpa, 4), ctypes.byref(seen), new, _SEQ_CST, _SEQ_CST)
-            return seen.value
-        with self._fallback:
-            seen = self.memory.read_u32(gpa)
-            if seen == old:
-                self.memory.write_u32(gpa, new)
-            return seen
-
-    def test_and_set_bit(self, gpa: int, nr: int) -> bool:
-        word = gpa + 8 * (nr // 64)
-        return bool(self.fetch_or(word, 1 << (nr % 64)) >> (nr % 64) & 1)
-
-    def test_and_clear_bit(self, gpa: int, nr: int) -> bool:
-        word = gpa + 8 * (nr // 64)
-        return bool(self.fetch_and(word, ~(1 << (nr % 64)) & (2**64 - 1)) >> (nr % 64) & 1)
-
-    def test_bit(self, gpa: int, nr: int) -> bool:
-        return bool(self.memory.read_u64(gpa + 8 * (nr // 64)) >> (nr % 64) & 1)
-
-
 class State(enum.IntEnum):
     FREE = 0
     RESERVED = 1  # port 0, and a port being bound while the broker answers

@@ -30,8 +30,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from xenopus.memory import GuestMemory
+from xenopus.memory.shared import GuestAtomics
 from xenopus.xen import abi
-from xenopus.xen.evtchn import GuestAtomics
 from xenopus.xen.guestmem import GuestAccess, XenError
 
 log = logging.getLogger(__name__)
@@ -167,15 +167,12 @@ class GrantTable:
         go to each op's ``status`` field."""
         if count < 0 or count >= 2**31:
             return -abi.XEN_EINVAL  # Xen: (int)count < 0
-        single = {abi.GNTTABOP_setup_table: self._op_setup_table,
-                  abi.GNTTABOP_query_size: self._op_query_size,
-                  abi.GNTTABOP_set_version: self._op_set_version,
-                  abi.GNTTABOP_get_version: self._op_get_version}
+        single = self._single.get(cmd)
         try:
-            if cmd in single:
+            if single is not None:
                 if count != 1:
                     return -abi.XEN_EINVAL
-                return single[cmd](access, arg_gva)
+                return single(self, access, arg_gva)
             if cmd == abi.GNTTABOP_copy:
                 if count > COPY_BATCH_MAX:
                     return -abi.XEN_EINVAL
@@ -246,6 +243,14 @@ class GrantTable:
             op.status = self.copy_one(op)
             access.write_field(gva + i * size, op, "status")
         return 0
+
+    # The ops that take exactly one struct (count must be 1).
+    _single: dict[int, Callable[[GrantTable, GuestAccess, int], int]] = {
+        abi.GNTTABOP_setup_table: _op_setup_table,
+        abi.GNTTABOP_query_size: _op_query_size,
+        abi.GNTTABOP_set_version: _op_set_version,
+        abi.GNTTABOP_get_version: _op_get_version,
+    }
 
     # --- GNTTABOP_copy (grant_table.c gnttab_copy_one) --------------------------------------
 

@@ -58,6 +58,7 @@ class GuestAccess:
         self.memory = memory
         self._regs_source = regs
         self._regs: PagingRegs | None = None if callable(regs) else regs
+        self._ctl_args: dict[str, int] | None = None
 
     @property
     def regs(self) -> PagingRegs:
@@ -68,8 +69,11 @@ class GuestAccess:
         return self._regs
 
     def _ctl(self) -> dict[str, int]:
-        r = self.regs
-        return {"cr0": r.cr0, "cr3": r.cr3, "cr4": r.cr4, "efer": r.efer}
+        """The walk's keyword arguments, built once per call (every copy needs them)."""
+        if self._ctl_args is None:
+            r = self.regs
+            self._ctl_args = {"cr0": r.cr0, "cr3": r.cr3, "cr4": r.cr4, "efer": r.efer}
+        return self._ctl_args
 
     # --- bytes -----------------------------------------------------------------------------
     def read(self, gva: int, what: int | type[T]) -> bytes | T:  # type: ignore[misc]

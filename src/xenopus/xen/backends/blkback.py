@@ -38,7 +38,7 @@ from xenopus.xen.backends.xenbus import (
 SECTOR = 512  # blkif sectors are 512 bytes (no feature-large-sector-size)
 SECTORS_PER_PAGE = abi.PAGE_SIZE // SECTOR
 MAX_INDIRECT_SEGMENTS = 256  # what we advertise; at most 8 pages of 512 segments allow
-NATIVE_PROTOCOL = "x86_64-abi"  # io/protocols.h XEN_IO_PROTO_ABI_X86_64
+NATIVE_PROTOCOL = abi.XEN_IO_PROTO_ABI_X86_64
 
 _REQ = abi.blkif_request
 _DISCARD = abi.blkif_request_discard

@@ -85,10 +85,7 @@ class PVConsole:
             return b""
         if not n:
             return b""
-        start = cons & (OUT_SIZE - 1)
-        first = min(n, OUT_SIZE - start)
-        data = bytes(self.page[_OUT + start : _OUT + start + first])
-        data += bytes(self.page[_OUT : _OUT + n - first])
+        data = shared.ring_read(self.page, _OUT, OUT_SIZE, cons, n)
         full_barrier()  # the copies are done before the guest may reuse the space
         self._set(_OUT_CONS, cons + n)
         return data
@@ -104,8 +101,7 @@ class PVConsole:
                 self._log_once(f"in ring broken: in_prod {prod} - in_cons {cons} > {IN_SIZE}")
                 return 0
             n = min(len(data), IN_SIZE - used)
-            for i in range(n):  # at most 1 KiB, wrapping anywhere
-                self.page[_IN + ((prod + i) & (IN_SIZE - 1))] = data[i]
+            shared.ring_write(self.page, _IN, IN_SIZE, prod, data[:n])
             if n:
                 full_barrier()  # the bytes land before the index that publishes them
                 self._set(_IN_PROD, prod + n)

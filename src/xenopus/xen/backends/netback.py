@@ -49,7 +49,7 @@ from xenopus.xen.backends.xenbus import (
 
 # netif.h XEN_NETIF_NR_SLOTS_MIN: the slots per packet every backend must accept; we
 # accept no more (a longer chain is an error, as for Linux netback's default).
-MAX_TX_SLOTS = 18
+MAX_TX_SLOTS = abi.XEN_NETIF_NR_SLOTS_MIN
 MAX_EXTRAS = 4  # one of each extra type netif.h defines is all a packet can use
 ETH_HLEN = 14
 RX_BUF = 65536  # a tap frame is at most this (IP's limit) after the vnet header

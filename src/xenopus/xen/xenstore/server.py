@@ -226,10 +226,7 @@ class RingTransport:
             if avail > _SIZE:
                 self._break(wire.XENSTORE_ERROR_RINGIDX, f"req indexes {cons}..{prod}")
                 return []
-            start = cons % _SIZE
-            first = min(avail, _SIZE - start)
-            self._in += self.page[_REQ + start:_REQ + start + first]
-            self._in += self.page[_REQ:_REQ + avail - first]
+            self._in += shared.ring_read(self.page, _REQ, _SIZE, cons, avail)
             self._set(_IFACE.req_cons.offset, cons + avail)
             out = []
             while len(self._in) >= wire.HEADER.size:
@@ -274,10 +271,7 @@ class RingTransport:
             n = min(_SIZE - used, len(self._out))
             if not n:
                 return False
-            start = prod % _SIZE
-            first = min(n, _SIZE - start)
-            self.page[_RSP + start:_RSP + start + first] = self._out[:first]
-            self.page[_RSP:_RSP + n - first] = self._out[first:n]
+            shared.ring_write(self.page, _RSP, _SIZE, prod, self._out[:n])
             # Data before index: x86 keeps stores in order, so the guest never sees the
             # new rsp_prod ahead of the bytes it covers.
             self._set(_IFACE.rsp_prod.offset, prod + n)

@@ -14,6 +14,8 @@ import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 
+from xenopus.xen.abi import DOMID_FIRST_RESERVED
+
 from .wire import (
     XENSTORE_ABS_PATH_MAX,
     XENSTORE_PAYLOAD_MAX,
@@ -531,7 +533,7 @@ class Store:
     def introduce(self, conn: Connection, domid: int, mfn: int = 0, port: int = 0) -> None:
         with self.lock:
             self._need_privilege(conn)
-            if domid <= 0 or domid >= 0x7FF0:
+            if domid <= 0 or domid >= DOMID_FIRST_RESERVED:
                 raise XsError("EINVAL", f"bad domid {domid}")
             dom = self.domains.get(domid)
             if dom is None:
