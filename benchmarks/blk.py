@@ -44,7 +44,8 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from common import ROOT, build_guest, xenopus_command
+
 GUEST = ROOT / "guests" / "out" / "vblk.elf"
 QEMU = "qemu-system-x86_64"
 MiB = 1 << 20
@@ -99,18 +100,6 @@ class Cell:
 
 class RunFailed(Exception):
     pass
-
-
-def build_guest() -> None:
-    """Build just this benchmark's guest (guests/Makefile target out/<name>.elf)."""
-    target = GUEST.relative_to(ROOT / "guests")
-    if subprocess.run(["make", "-s", "-C", str(ROOT / "guests"), str(target)]).returncode != 0:
-        sys.exit(f"{Path(__file__).stem}: building guests/{target} failed")
-
-
-def xenopus_command() -> list[str]:
-    script = Path(sys.executable).with_name("xenopus")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "xenopus"]
 
 
 def run(cmd: list[str], env: dict[str, str]) -> tuple[bytes, bytes, int]:
@@ -256,7 +245,7 @@ def main() -> int:
         p.error("--runs and --attempts must be at least 1")
     if shutil.which(QEMU) is None:
         subprocess.run([str(ROOT / "scripts" / "install-deps")], check=True)
-    build_guest()
+    build_guest(GUEST)
     ws = workloads(args.quick)
     direct = args.cache == "none"
     tmp = Path(tempfile.mkdtemp(prefix="xenopus-blk-"))

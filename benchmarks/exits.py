@@ -30,6 +30,7 @@ import threading
 import time
 from pathlib import Path
 
+from common import ROOT, build_guest
 from xenopus.boot import load_kernel
 from xenopus.devices.bus import Bus
 from xenopus.devices.i8042 import I8042
@@ -38,7 +39,6 @@ from xenopus.memory import GuestMemory, MiB
 from xenopus.vm import Machine, StopReason
 from xenopus.vm.cpu import CpuState
 
-ROOT = Path(__file__).resolve().parent.parent
 GUEST = ROOT / "guests" / "out" / "exits.elf"
 C_SOURCE = Path(__file__).with_name("exits_ref.c")
 MEMORY = 32 * MiB
@@ -65,13 +65,6 @@ class PostCounter:
 
     def write(self, base: int, offset: int, size: int, value: int) -> None:
         self.writes += 1
-
-
-def build_guest() -> None:
-    """Build just this benchmark's guest (guests/Makefile target out/<name>.elf)."""
-    target = GUEST.relative_to(ROOT / "guests")
-    if subprocess.run(["make", "-s", "-C", str(ROOT / "guests"), str(target)]).returncode != 0:
-        sys.exit(f"{Path(__file__).stem}: building guests/{target} failed")
 
 
 def cmdline(iterations: int) -> str:
@@ -179,7 +172,7 @@ def per_exit(t0: list[float], tn: list[float], n: int) -> list[float]:
 def prepare(tmp: Path, counts: tuple[int, ...]) -> tuple[Path, dict[int, Path]]:
     """Build this benchmark's guest and the C reference into `tmp`, and write one image per
     iteration count: (the C binary, {count: image})."""
-    build_guest()
+    build_guest(GUEST)
     binary = tmp / "exits_ref"
     subprocess.run(["gcc", "-O2", "-Wall", "-o", str(binary), str(C_SOURCE)], check=True)
     images = {k: tmp / f"exits-{k}.img" for k in counts}

@@ -27,17 +27,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import exits
-from xenopus.domain.builder import build_guest
+from common import ROOT, build_guest
+from xenopus.domain.builder import build_guest as build_domain
 from xenopus.domain.config import DomainConfig
 from xenopus.domain.xen import StoreProxy
 
-ROOT = Path(__file__).resolve().parent.parent
 GUEST = ROOT / "guests" / "out" / "xenbench.elf"
 MEMORY_MIB = 64
 MODES = ("null", "version", "evtchn")
@@ -50,12 +49,6 @@ LABELS = {
 }
 
 
-def build_xenbench() -> None:
-    target = GUEST.relative_to(ROOT / "guests")
-    if subprocess.run(["make", "-s", "-C", str(ROOT / "guests"), str(target)]).returncode != 0:
-        sys.exit(f"hypercall: building guests/{target} failed")
-
-
 def run_xenbench(mode: str, iterations: int) -> tuple[float, str, str]:
     """One run in this process: seconds from machine.start to the stop callback, the
     hypercall path the domain got and the guest's serial output."""
@@ -64,7 +57,7 @@ def run_xenbench(mode: str, iterations: int) -> tuple[float, str, str]:
     output = bytearray()
     loop = asyncio.new_event_loop()  # the StoreProxy's; unused without a XenStore socket
     try:
-        guest = build_guest(config, console_out=output.extend, debug_out=lambda data: None,
+        guest = build_domain(config, console_out=output.extend, debug_out=lambda data: None,
                             domid=1, hv_log=lambda line: None, store=StoreProxy(loop, None))
         timed = exits.run_until_stop(guest.machine, guest.boot.cpu)
         guest.close()
@@ -92,7 +85,7 @@ def main() -> int:
     if args.iterations < 1:
         p.error("--iterations must be positive")
     n = args.iterations
-    build_xenbench()
+    build_guest(GUEST)
     times: dict[tuple[object, int], list[float]] = {}
     paths: set[str] = set()
     consoles: dict[str, str] = {}

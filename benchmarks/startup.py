@@ -34,7 +34,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from common import ROOT, build_guest, xenopus_command
+
 GUEST = ROOT / "guests" / "out" / "minimal.elf"
 CONFIG = ROOT / "guests" / "minimal.cfg"
 PASS_LINE = b"RESULT: PASS minimal"
@@ -65,18 +66,6 @@ class Run:
 @dataclass
 class Series:
     runs: list[Run] = field(default_factory=list)
-
-
-def build_guest() -> None:
-    """Build just this benchmark's guest (guests/Makefile target out/<name>.elf)."""
-    target = GUEST.relative_to(ROOT / "guests")
-    if subprocess.run(["make", "-s", "-C", str(ROOT / "guests"), str(target)]).returncode != 0:
-        sys.exit(f"{Path(__file__).stem}: building guests/{target} failed")
-
-
-def xenopus_command() -> list[str]:
-    script = Path(sys.executable).with_name("xenopus")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "xenopus"]
 
 
 def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, bytes, bytes, int, int]:
@@ -167,7 +156,7 @@ def run_qemu() -> Run:
 def prepare() -> None:
     if shutil.which(QEMU) is None:
         subprocess.run([str(ROOT / "scripts" / "install-deps")], check=True)
-    build_guest()
+    build_guest(GUEST)
     if not GUEST.exists():
         sys.exit(f"startup: {GUEST} was not built")
     _, _, err, code, _ = timed([QEMU, *QEMU_ARGS], dict(os.environ))

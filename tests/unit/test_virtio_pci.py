@@ -13,6 +13,7 @@ import pytest
 
 from tests.unit.test_virtqueue import VqDriver
 from xenopus.devices.virtio.blk import VirtioBlk
+from xenopus.devices.virtio.console import VirtioConsole
 from xenopus.devices.virtio.pci import VirtioPciDevice
 from xenopus.devices.virtio.rng import VirtioRng
 from xenopus.memory.guest import GuestMemory
@@ -388,6 +389,24 @@ def test_rings_outside_ram_at_driver_ok(mem: GuestMemory) -> None:
         assert g.status() & NEEDS_RESET
         g.wr(DEVICE_STATUS, 1, 0)
         assert g.status() == 0
+    finally:
+        pci.close()
+
+
+def test_one_bad_ring_stops_every_queue(mem: GuestMemory) -> None:
+    # §2.1.2: DEVICE_NEEDS_RESET means the driver cannot use the device; a good queue
+    # beside the bad one must not go on being served.
+    pci, _, g = make(mem, VirtioConsole(lambda _: None))
+    good = VqDriver(mem, size=16)
+    bad = VqDriver(mem, size=16, base=0x40000)
+    bad.used_addr = 1 << 40
+    assert g.negotiate(1 << VERSION_1)
+    g.setup_queue(0, good)
+    g.setup_queue(1, bad)
+    g.wr(DEVICE_STATUS, 1, ACK | DRIVER | FEATURES_OK | DRIVER_OK)
+    try:
+        assert g.status() & NEEDS_RESET
+        assert all(q.broken for q in pci.device.queues)
     finally:
         pci.close()
 

@@ -27,16 +27,15 @@ from xenopus.devices.i8042 import I8042
 from xenopus.devices.pci.host import PciHostBridge
 from xenopus.devices.rtc import CmosRtc
 from xenopus.devices.serial import Serial16550
-from xenopus.devices.tap import Tap
 from xenopus.devices.virtio.blk import VirtioBlk
 from xenopus.devices.virtio.console import VirtioConsole
 from xenopus.devices.virtio.device import VirtioDevice
-from xenopus.devices.virtio.net import VirtioNet, format_mac, generate_mac, parse_mac
+from xenopus.devices.virtio.net import VirtioNet, format_mac
 from xenopus.devices.virtio.pci import VirtioPciDevice
 from xenopus.devices.virtio.rng import VirtioRng
 from xenopus.domain.config import DomainConfig
 from xenopus.domain.devspec import VifSpec
-from xenopus.domain.xen import StoreProxy, XenGuest, decide
+from xenopus.domain.xen import StoreProxy, XenGuest, decide, open_vif_tap
 from xenopus.host import memory_mib
 from xenopus.kvm import Kvm
 from xenopus.memory import GuestMemory, MiB
@@ -212,15 +211,8 @@ def _add_virtio(
 
 
 def _open_vif(config: DomainConfig, vif: VifSpec, domid: int, index: int) -> VirtioNet:
-    """A tap named as Xen names the backend interface (vifDOMID.DEVID), on its bridge."""
-    tap = Tap.open(vif.vifname or f"vif{domid}.{index}")
+    tap, mac = open_vif_tap(config.name, vif, domid, index)
     try:
-        if vif.bridge:
-            tap.attach_to_bridge(vif.bridge)
-        else:
-            tap.set_up()
-        # Without a MAC in the config, derive one from the name: stable across restarts.
-        mac = parse_mac(vif.mac) if vif.mac else generate_mac(f"{config.name}/vif{index}")
         return VirtioNet(tap, mac)
     except BaseException:
         tap.close()

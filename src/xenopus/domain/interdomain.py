@@ -28,9 +28,9 @@ import os
 import socket
 import stat
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from xenopus.memory import GuestMemory
 from xenopus.memory.guest import MemoryRegion
@@ -39,6 +39,8 @@ from xenopus.xen.evtchn import EventChannels
 from xenopus.xen.grant import GrantTable
 
 log = logging.getLogger("xenopus.interdomain")
+
+T = TypeVar("T")
 
 REQUEST_TIMEOUT = 4.0  # seconds; the daemon gives the peer less (toolstack.interdomain)
 MAX_MESSAGE = 1 << 16
@@ -201,26 +203,21 @@ class InterdomainPort:
         finally:
             self._pending.pop(seq, None)
 
-    def _blocking(self, msg: dict[str, Any], fds: list[int]) -> tuple[dict[str, Any], list[int]]:
+    def _blocking(self, coro: Coroutine[Any, Any, T], unreachable: T) -> T:
+        """Run `coro` on the loop and wait for it (from a vCPU thread); `unreachable` if
+        the loop is ours, gone or stuck."""
         if self._on_loop():
-            return {"rc": -abi.XEN_ESRCH}, []  # waiting here would stall the loop we need
+            coro.close()
+            return unreachable  # waiting here would stall the loop we need
         try:
-            fut = asyncio.run_coroutine_threadsafe(self._request(msg, fds), self.loop)
-            return fut.result(self.timeout + 1.0)
+            return asyncio.run_coroutine_threadsafe(coro, self.loop).result(self.timeout + 1.0)
         except Exception:  # noqa: BLE001 - loop gone or stuck: the peer is unreachable
-            return {"rc": -abi.XEN_ESRCH}, []
+            return unreachable
 
     def bind(self, local_domid: int, local_port: int, remote_domid: int,
              remote_port: int) -> Callable[[], None] | int:
         """EVTCHNOP_bind_interdomain to another domain (called by EventChannels)."""
-        if self._on_loop():
-            return -abi.XEN_ESRCH  # waiting here would stall the loop we need
-        try:
-            fut = asyncio.run_coroutine_threadsafe(
-                self._bind(local_port, remote_domid, remote_port), self.loop)
-            got = fut.result(self.timeout + 1.0)
-        except Exception:  # noqa: BLE001 - loop gone or stuck: the peer is unreachable
-            return -abi.XEN_ESRCH
+        got = self._blocking(self._bind(local_port, remote_domid, remote_port), -abi.XEN_ESRCH)
         if isinstance(got, int):
             return got
         with self._lock:
@@ -261,7 +258,8 @@ class InterdomainPort:
             view = cur.views.get(domid)
         if view is not None:
             return view
-        reply, fds = self._blocking({"op": "view", "dom": domid}, [])
+        reply, fds = self._blocking(self._request({"op": "view", "dom": domid}, []),
+                                    ({"rc": -abi.XEN_ESRCH}, []))
         try:
             view = self._build_view(domid, reply, fds) if reply.get("rc") == 0 else None
         finally:

@@ -75,9 +75,13 @@ def request(msg: dict[str, object]) -> dict[str, object]:
 # -- console --------------------------------------------------------------------------------
 def open_console(dom: str, kind: str | None = None) -> socket.socket:
     reply = request({"op": "console", "dom": dom, "type": kind})
+    return connect_console(reply["path"], dom)
+
+
+def connect_console(path: str, dom: object) -> socket.socket:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        sock.connect(reply["path"])
+        sock.connect(path)
     except OSError as e:
         sock.close()
         raise CliError(f"cannot attach to the console of domain {dom}: {e.strerror}") from None
@@ -164,11 +168,8 @@ def cmd_create(args: Namespace) -> int:
         if not reply.get("ok"):
             raise CliError(str(reply.get("error")))
         if args.console:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
-                sock.connect(reply["console"])
-            except OSError as e:
-                raise CliError(f"cannot attach to the console of domain {reply['domid']}: {e.strerror}") from None
+                sock = connect_console(reply["console"], reply["domid"])
             finally:
                 chan.send({"op": "unpause"})  # attached (or not): let the domain run
             if not args.foreground:
@@ -206,11 +207,11 @@ def cmd_list(args: Namespace) -> int:
     domains = request({"op": "list"})["domains"]
     if args.domains:
         wanted = set(args.domains)
-        missing = wanted - {str(d["domid"]) for d in domains} - {d["name"] for d in domains} - {"0", "Domain-0"}
+        missing = wanted - {str(d["domid"]) for d in domains} - {d["name"] for d in domains} - set(DOM0)
         if missing:
             raise CliError(f"domain '{sorted(missing)[0]}' does not exist")
         domains = [d for d in domains if str(d["domid"]) in wanted or d["name"] in wanted]
-        show_dom0 = bool({"0", "Domain-0"} & wanted)
+        show_dom0 = bool(wanted.intersection(DOM0))
     else:
         show_dom0 = True
     if args.long:

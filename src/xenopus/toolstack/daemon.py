@@ -71,6 +71,14 @@ class DomainRecord:
         finally:
             self.pending.pop(self.seq, None)
 
+    async def query(self, op: str, key: str, default: Any, timeout: float) -> Any:
+        """`key` of the answer to `op`; `default` when there is no process or no answer
+        (listings show every domain, answering or not)."""
+        if self.writer is not None:
+            with contextlib.suppress(RequestError, ConnectionError):
+                return (await self.request({"op": op}, timeout)).get(key, default)
+        return default
+
 
 class Daemon:
     def __init__(self, run_dir: Path):
@@ -225,13 +233,11 @@ class Daemon:
         if op == "devices":
             reply = await rec.request({"op": op})
             return {"ok": True, "domid": rec.domid, "name": rec.name, "devices": reply.get("devices", [])}
-        if op in ("pause", "unpause", "reboot", "shutdown"):
-            reply = await rec.request({"op": op})
-            if not reply.get("ok"):
-                raise RequestError(f"domain {rec.domid}: {reply.get('error')}")
-            return {"ok": True}
-        if op == "vcpu-pin":
-            reply = await rec.request({"op": op, "vcpu": req.get("vcpu"), "cpus": req.get("cpus")})
+        if op in ("pause", "unpause", "reboot", "shutdown", "vcpu-pin"):
+            cmd = {"op": op}
+            if op == "vcpu-pin":
+                cmd.update(vcpu=req.get("vcpu"), cpus=req.get("cpus"))
+            reply = await rec.request(cmd)
             if not reply.get("ok"):
                 raise RequestError(f"domain {rec.domid}: {reply.get('error')}")
             return {"ok": True}
@@ -245,10 +251,7 @@ class Daemon:
             recs = sorted(self.domains.values(), key=lambda r: r.domid)
 
         async def entry(rec: DomainRecord) -> dict[str, Any]:
-            vcpus: list[dict[str, Any]] = []
-            if rec.writer is not None:
-                with contextlib.suppress(RequestError, ConnectionError):
-                    vcpus = (await rec.request({"op": "vcpu-list"}, timeout=5.0)).get("vcpus", [])
+            vcpus = await rec.query("vcpu-list", "vcpus", [], timeout=5.0)
             return {"domid": rec.domid, "name": rec.name, "state": rec.state, "vcpus": vcpus}
 
         return list(await asyncio.gather(*(entry(r) for r in recs)))
@@ -283,7 +286,7 @@ class Daemon:
         attach = bool(req.get("attach"))
         try:
             await self._spawn(rec, paused=attach or bool(req.get("paused")))
-        except RequestError:
+        except Exception:  # refused, or the zygote gone: the name and domid are free again
             self.domains.pop(rec.domid, None)
             self.xenstore.remove_domain(rec.domid)
             raise
@@ -342,22 +345,32 @@ class Daemon:
         theirs.close()
         xs_theirs.close()
         id_theirs.close()
-        rec.pid = await asyncio.wait_for(fut, 10)
+        try:
+            rec.pid = await asyncio.wait_for(fut, 10)
+        except TimeoutError:
+            self._spawned.pop(rec.domid, None)
+            self.interdomain.remove(rec.domid)
+            ours.close()
+            raise RequestError("the zygote did not start the domain process") from None
         rec.exited.clear()
         rec.exit_info = None
         rec.final = None
         reader, rec.writer = await asyncio.open_unix_connection(sock=ours)
         event: dict[str, Any] = {"event": "error", "error": "the domain process died"}
-        while line := await reader.readline():
-            event = json.loads(line)
-            if event.get("event") in ("ready", "error"):
-                break
+        with contextlib.suppress(ConnectionError, ValueError):  # ValueError: an over-long line
+            while line := await reader.readline():
+                try:
+                    event = ipc.decode(line)
+                except ValueError:
+                    event = {"event": "error", "error": "the domain process sent a malformed message"}
+                if event.get("event") in ("ready", "error"):
+                    break
         if event.get("event") != "ready":
             self.interdomain.remove(rec.domid)
             rec.writer.close()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(rec.exited.wait(), 5)
-            raise RequestError(event.get("error") or "the domain failed to start")
+            raise RequestError(str(event.get("error") or "the domain failed to start"))
         rec.protocol = event.get("protocol")
         rec.xen_path = event.get("xen_path", "off")
         rec.console = event.get("console", "serial")
@@ -367,18 +380,27 @@ class Daemon:
         asyncio.create_task(self._domain_events(rec, reader))
 
     async def _domain_events(self, rec: DomainRecord, reader: asyncio.StreamReader) -> None:
-        while line := await reader.readline():
+        # A domain process may be compromised by its guest: whatever it sends, this task
+        # must live on to retire the domain when the process goes.
+        while True:
             try:
-                msg = json.loads(line)
-            except ValueError:
+                line = await reader.readline()
+                if not line:
+                    break
+                msg = ipc.decode(line)
+            except ConnectionError:
+                break
+            except ValueError:  # not a JSON object, or a line over the stream's limit
                 log.error("domain %d sent a malformed message", rec.domid)
                 continue
             if "seq" in msg and msg.get("event") is None:
-                fut = rec.pending.get(msg["seq"])
+                seq = msg["seq"]
+                fut = rec.pending.get(seq) if isinstance(seq, int) else None
                 if fut is not None and not fut.done():
                     fut.set_result(msg)
             elif msg.get("event") == "state":
-                rec.state = msg["state"]
+                if isinstance(msg.get("state"), str):
+                    rec.state = msg["state"]
             elif msg.get("event") == "log":
                 self.dmesg.append(str(msg.get("line", ""))[:4096])
             elif msg.get("event") == "finished":
@@ -425,7 +447,7 @@ class Daemon:
                 try:
                     await self._spawn(rec)
                     return
-                except RequestError as e:
+                except Exception as e:  # noqa: BLE001 - refused, or the zygote gone: retire it
                     log.error("domain %d: restart failed: %s", rec.domid, e)
             elif action == "preserve":
                 rec.state = "crashed"
@@ -463,10 +485,7 @@ class Daemon:
     # -- list ---------------------------------------------------------------------------
     async def _list(self) -> list[dict[str, Any]]:
         async def entry(rec: DomainRecord) -> dict[str, Any]:
-            cpu = 0.0
-            if rec.writer is not None:
-                with contextlib.suppress(RequestError, ConnectionError):
-                    cpu = (await rec.request({"op": "info"}, timeout=2.0)).get("cpu_time", 0.0)
+            cpu = await rec.query("info", "cpu_time", 0.0, timeout=2.0)
             return {
                 "domid": rec.domid,
                 "name": rec.name,

@@ -11,9 +11,10 @@ import ctypes
 import errno
 import os
 import struct
+from collections.abc import Callable
 
 from xenopus.devices.virtio.device import VIRTIO_ID_BLOCK, VirtioDevice, bit
-from xenopus.devices.virtio.queue import Chain, split_views
+from xenopus.devices.virtio.queue import Chain, scatter, split_views
 
 SECTOR_SIZE = 512  # §5.2.6: sectors are always 512 bytes
 QUEUE_SIZE = 256
@@ -287,16 +288,8 @@ class VirtioBlk(VirtioDevice):
     def _read(self, sector: int, views: list[memoryview], length: int) -> tuple[int, int]:
         if not self._range_ok(sector, length):
             return VIRTIO_BLK_S_IOERR, 0
-        offset = sector * SECTOR_SIZE
-        fd = self.fd if self.direct_fd is None else self._fd_for(offset, views)
-        done = os.preadv(fd, views, offset) if length else 0
-        while done < length:  # short reads: only near a shrunken end or on signals
-            _, rest = split_views(views, done)
-            n = os.preadv(fd, rest, offset + done)
-            if n == 0:
-                return VIRTIO_BLK_S_IOERR, done  # the image shrank under us
-            done += n
-        return VIRTIO_BLK_S_OK, done
+        done = self._transfer(os.preadv, sector, views, length)
+        return (VIRTIO_BLK_S_OK if done == length else VIRTIO_BLK_S_IOERR), done
 
     def _write(self, sector: int, views: list[memoryview], length: int) -> int:
         if self.read_only:
@@ -304,27 +297,33 @@ class VirtioBlk(VirtioDevice):
             return VIRTIO_BLK_S_IOERR
         if not self._range_ok(sector, length):
             return VIRTIO_BLK_S_IOERR
+        done = self._transfer(os.pwritev, sector, views, length)
+        return VIRTIO_BLK_S_OK if done == length else VIRTIO_BLK_S_IOERR
+
+    def _transfer(
+        self,
+        io: Callable[[int, list[memoryview], int], int],
+        sector: int,
+        views: list[memoryview],
+        length: int,
+    ) -> int:
+        """`os.preadv`/`os.pwritev` of `length` bytes at `sector`, resumed after short
+        transfers (only near a shrunken end or on signals); stops early, returning what
+        was done, when the image ends (it shrank under us)."""
         offset = sector * SECTOR_SIZE
         fd = self.fd if self.direct_fd is None else self._fd_for(offset, views)
-        done = os.pwritev(fd, views, offset) if length else 0
+        done = io(fd, views, offset) if length else 0
         while done < length:
             _, rest = split_views(views, done)
-            n = os.pwritev(fd, rest, offset + done)
+            n = io(fd, rest, offset + done)
             if n == 0:
-                return VIRTIO_BLK_S_IOERR
+                break
             done += n
-        return VIRTIO_BLK_S_OK
+        return done
 
     def _get_id(self, views: list[memoryview]) -> tuple[int, int]:
         # §5.2.6: 20 bytes, NUL-padded (no terminator when the serial fills all 20).
-        ident = self.serial.ljust(VIRTIO_BLK_ID_BYTES, b"\0")
-        done = 0
-        for v in views:
-            n = min(len(v), VIRTIO_BLK_ID_BYTES - done)
-            v[:n] = ident[done : done + n]
-            done += n
-            if done == VIRTIO_BLK_ID_BYTES:
-                break
+        done = scatter(views, self.serial.ljust(VIRTIO_BLK_ID_BYTES, b"\0"))
         if done < VIRTIO_BLK_ID_BYTES:
             self.log_once("GET_ID buffer shorter than 20 bytes")
             return VIRTIO_BLK_S_IOERR, done

@@ -457,6 +457,7 @@ class VirtioPciDevice(PciDevice):
     def _activate(self) -> None:
         dev = self.device
         queues = []
+        failed: str | None = None
         for i, regs in enumerate(self.queues):
             q = SplitQueue(self.memory, regs.size, f"{self.name}.{i}")
             if regs.enabled:
@@ -466,12 +467,16 @@ class VirtioPciDevice(PciDevice):
                 try:
                     q.enable()
                 except DescriptorError as e:
-                    dev.needs_reset(f"queue {i}: {e.reason}")
+                    failed = failed or f"queue {i}: {e.reason}"
             queues.append(q)
-        needs_reset = dev.needs_reset_flag
+        if failed is not None:
+            # Every queue stops before the worker can see one; needs_reset (once the
+            # queues are the device's) then raises DEVICE_NEEDS_RESET for all of them.
+            for q in queues:
+                q.broken = True
         dev.activate(queues, self._doorbells)
-        if needs_reset:
-            dev.needs_reset("a queue's rings are outside guest RAM")
+        if failed is not None:
+            dev.needs_reset(failed)
 
     def reset_virtio(self) -> None:
         """§2.4: the device and every queue back to their initial state."""
