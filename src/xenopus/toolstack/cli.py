@@ -248,9 +248,7 @@ def cmd_dmesg(args: Namespace) -> int:
 
 def cmd_shutdown(args: Namespace) -> int:
     """Press the domain's ACPI power button; with -w, wait until the domain is gone."""
-    request({"op": "shutdown", "dom": args.dom})
-    if args.wait:
-        request({"op": "wait", "dom": args.dom})
+    request({"op": "shutdown", "dom": args.dom, "wait": args.wait})
     return 0
 
 

@@ -240,6 +240,10 @@ class Daemon:
             reply = await rec.request(cmd)
             if not reply.get("ok"):
                 raise RequestError(f"domain {rec.domid}: {reply.get('error')}")
+            if op == "shutdown" and req.get("wait"):
+                # Wait here, on the record we already hold: the guest may be gone before a
+                # second request could name it.
+                await rec.gone.wait()
             return {"ok": True}
         raise RequestError(f"unknown operation {op!r}")
 
