@@ -164,11 +164,14 @@ print("got", data.decode(), peer[0], flush=True)
 
 
 def test_virtio_net_udp_through_a_tap(netns: Xenopus) -> None:
-    cfg = netns.config("net-t", "vnet.elf", vif=["vifname=xnptap0"],
+    cfg = netns.config("net-t", "vnet.elf", vif=["vifname=xnptap0, mtu=1400"],
                        cmdline="src_ip=10.0.2.15 dst_ip=10.0.2.2 dst_port=5555 "
                                "payload=ping-from-guest expect_reply=pong-from-host timeout_ms=30000")
     assert netns.run("create", "-q", "-p", str(cfg)).returncode == 0  # paused: the tap exists
     subprocess.run(["ip", "-n", NS, "addr", "add", "10.0.2.2/24", "dev", "xnptap0"], check=True)
+    link = subprocess.run(["ip", "-n", NS, "link", "show", "xnptap0"], capture_output=True,
+                          text=True, check=True).stdout
+    assert " mtu 1400 " in link, link  # the vif's mtu= reached the tap
     responder = subprocess.Popen(["ip", "netns", "exec", NS, sys.executable, "-c", RESPONDER],
                                  stdout=subprocess.PIPE, text=True)
     try:

@@ -156,6 +156,9 @@ class Tap:
     def set_up(self) -> None:
         set_link_up(self.name)
 
+    def set_mtu(self, mtu: int) -> None:
+        set_link_mtu(self.name, mtu)
+
     def attach_to_bridge(self, bridge: str) -> None:
         attach_to_bridge(self.name, bridge)
 
@@ -217,6 +220,20 @@ def set_link_up(name: str) -> None:
             ipr.link("set", index=index, state="up")
         except NetlinkError as e:
             raise TapError(f"tap {name}: cannot set link up: {e}") from e
+
+
+@_off_the_loop
+def set_link_mtu(name: str, mtu: int) -> None:
+    """Set interface `name`'s MTU (RTM_NEWLINK with IFLA_MTU), as a vif's `mtu=` asks."""
+    from pyroute2 import IPRoute
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    with IPRoute() as ipr:
+        index = _link_index(ipr, name, "tap")
+        try:
+            ipr.link("set", index=index, mtu=mtu)
+        except NetlinkError as e:
+            raise TapError(f"tap {name}: cannot set MTU {mtu}: {e}") from e
 
 
 @_off_the_loop

@@ -58,6 +58,8 @@ def open_vif_tap(domain: str, vif: VifSpec, domid: int, index: int) -> tuple[Tap
     derived from the domain's name when the config has none (stable across restarts)."""
     tap = Tap.open(vif.vifname or f"vif{domid}.{index}")
     try:
+        if vif.mtu:
+            tap.set_mtu(vif.mtu)
         if vif.bridge:
             tap.attach_to_bridge(vif.bridge)
         else:
