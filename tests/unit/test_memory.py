@@ -169,3 +169,23 @@ def test_close_releases_the_fds() -> None:
     assert os.readlink(f"/proc/self/fd/{fd}").startswith("/memfd:")
     m.close()
     assert m.regions[0].fd == -1
+
+
+def test_region_size_is_sealed() -> None:
+    """Other processes map a domain's memfd; its size must not change under them
+    (memfd_create(2): F_SEAL_SHRINK, F_SEAL_GROW, and no further seals)."""
+    import fcntl
+
+    with GuestMemory.create(1 << 20) as mem:
+        fd = mem.regions[0].fd
+        seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
+        assert seals & fcntl.F_SEAL_SHRINK and seals & fcntl.F_SEAL_GROW and seals & fcntl.F_SEAL_SEAL
+        with pytest.raises(PermissionError):
+            os.ftruncate(fd, 4096)
+        # Holes can still be punched (ballooning, discard): FALLOC_FL_PUNCH_HOLE|KEEP_SIZE.
+        mem.write(0x2000, b"\xAA" * 4096)
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        assert libc.fallocate(fd, 0x02 | 0x01, ctypes.c_long(0x2000), ctypes.c_long(4096)) == 0
+        assert mem.read(0x2000, 4096) == bytes(4096)

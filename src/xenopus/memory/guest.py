@@ -8,6 +8,7 @@ a guest: RAM from 0 up to the 32-bit MMIO hole, the rest from 4 GiB up.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import mmap
 import os
 from dataclasses import dataclass, field
@@ -41,9 +42,14 @@ class MemoryRegion:
     def create(cls, gpa: int, size: int, name: str = "xenopus-ram") -> MemoryRegion:
         if gpa % PAGE_SIZE or size % PAGE_SIZE or size <= 0:
             raise ValueError(f"region {gpa:#x}+{size:#x} is not page aligned")
-        fd = os.memfd_create(name, os.MFD_CLOEXEC)
+        fd = os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         try:
             os.ftruncate(fd, size)
+            # The size is fixed from here on (memfd_create(2) seals): whoever else maps this
+            # memfd (a peer domain's process reading grants, a backend) can trust it, and a
+            # compromised owner cannot shrink it under them to make their accesses SIGBUS.
+            # Punching holes (ballooning, discard) is still allowed.
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL)
             m = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         except BaseException:
             os.close(fd)
