@@ -74,5 +74,8 @@ void guest_main(void)
         return;
     printf("acpi: powering off (S5, SLP_TYP %d)\n", acpi.s5_typ);
     acpi_poweroff();
+    /* A hypervisor may finish the power-off asynchronously (QEMU does it from its main
+     * loop): give it time before calling the write ineffective. */
+    delay_ms(2000);
     printf("acpi: still running after the power-off write\n");
 }
