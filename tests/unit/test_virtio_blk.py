@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from tests.unit.test_virtqueue import VqDriver
-from xenopus.devices.virtio.blk import BlockBackendError, VirtioBlk
+from xenopus.devices.disk import DiskError
+from xenopus.devices.virtio.blk import VirtioBlk
 from xenopus.memory.guest import GuestMemory
 
 IN, OUT, FLUSH, GET_ID, DISCARD, WRITE_ZEROES = 0, 1, 4, 8, 11, 13
@@ -144,7 +145,7 @@ def test_flush_calls_fdatasync(
     monkeypatch.setattr(os, "fdatasync", lambda fd: (synced.append(fd), real(fd))[1])
     _, status = request(d, FLUSH, 0)
     assert run(blk, d, mem, status) == (OK, 1)
-    assert synced == [blk.fd]
+    assert synced == [blk.disk.fd]
     blk.close()
 
 
@@ -179,7 +180,7 @@ def _allocated(path: Path, offset: int, length: int) -> bool:
 def test_discard_punches_holes(mem: GuestMemory, image: Path) -> None:
     blk = VirtioBlk(str(image))
     d = setup(mem, blk)
-    os.fsync(blk.fd)
+    os.fsync(blk.disk.fd)
     blocks_before = os.stat(image).st_blocks
     seg = struct.pack("<QII", 64, 256, 0)  # 128 KiB at 32 KiB
     _, status = request(d, DISCARD, 0, out=seg)
@@ -304,18 +305,18 @@ def test_broken_ring_sets_needs_reset(mem: GuestMemory, image: Path) -> None:
 
 
 def test_missing_image_and_bad_size(tmp_path: Path) -> None:
-    with pytest.raises(BlockBackendError, match="nope.img"):
+    with pytest.raises(DiskError, match="nope.img"):
         VirtioBlk(str(tmp_path / "nope.img"))
     odd = tmp_path / "odd.img"
     odd.write_bytes(bytes(1000))
-    with pytest.raises(BlockBackendError, match="multiple of 512"):
+    with pytest.raises(DiskError, match="multiple of 512"):
         VirtioBlk(str(odd))
 
 
 def test_direct_io(mem: GuestMemory, image: Path) -> None:
     try:
         blk = VirtioBlk(str(image), direct=True)
-    except BlockBackendError as e:
+    except DiskError as e:
         pytest.skip(f"this filesystem refuses O_DIRECT: {e}")
     d = setup(mem, blk)
     payload = os.urandom(4096)

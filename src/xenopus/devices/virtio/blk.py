@@ -1,22 +1,20 @@
 """virtio-blk (virtio 1.2 §5.2) on a raw image file.
 
-Data moves between the image and guest RAM with `os.preadv`/`os.pwritev` on memoryviews
-of the request's buffers: no copy in between. FLUSH is a real `fdatasync`; DISCARD and
-WRITE_ZEROES punch holes (or zero ranges) with fallocate(2).
+The image is a `devices.disk.DiskImage`: data moves between it and guest RAM with
+`os.preadv`/`os.pwritev` on memoryviews of the request's buffers, no copy in between.
+FLUSH is a real `fdatasync`; DISCARD and WRITE_ZEROES punch holes (or zero ranges).
 """
 
 from __future__ import annotations
 
 import ctypes
 import errno
-import os
 import struct
-from collections.abc import Callable
 
+from xenopus.devices.disk import SECTOR_SIZE, DiskError, DiskImage
 from xenopus.devices.virtio.device import VIRTIO_ID_BLOCK, VirtioDevice, bit
 from xenopus.devices.virtio.queue import Chain, scatter, split_views
 
-SECTOR_SIZE = 512  # §5.2.6: sectors are always 512 bytes
 QUEUE_SIZE = 256
 
 # §5.2.3 feature bits.
@@ -52,23 +50,6 @@ MAX_DISCARD_SECTORS = 1 << 22  # 2 GiB per segment
 MAX_DISCARD_SEG = 32
 DISCARD_ALIGNMENT = 8
 
-# fallocate(2) modes (linux/falloc.h).
-FALLOC_FL_KEEP_SIZE = 0x01
-FALLOC_FL_PUNCH_HOLE = 0x02
-FALLOC_FL_ZERO_RANGE = 0x10
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_fallocate = _libc.fallocate
-_fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
-_fallocate.restype = ctypes.c_int
-
-
-def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
-    if _fallocate(fd, mode, offset, length) != 0:
-        e = ctypes.get_errno()
-        raise OSError(e, os.strerror(e))
-
-
 class VirtioBlkConfig(ctypes.LittleEndianStructure):
     """§5.2.4 struct virtio_blk_config (fields up to write_zeroes_may_unmap + padding)."""
 
@@ -98,10 +79,6 @@ class VirtioBlkConfig(ctypes.LittleEndianStructure):
     ]
 
 
-class BlockBackendError(Exception):
-    """The image cannot be used as asked (missing, wrong size, O_DIRECT refused)."""
-
-
 class VirtioBlk(VirtioDevice):
     device_id = VIRTIO_ID_BLOCK
     name = "blk"
@@ -124,28 +101,11 @@ class VirtioBlk(VirtioDevice):
         self.path = path
         self.read_only = read_only
         self.serial = serial.encode()[:VIRTIO_BLK_ID_BYTES]
-        flags = (os.O_RDONLY if read_only else os.O_RDWR) | os.O_CLOEXEC
-        try:
-            self.fd = os.open(path, flags)
-        except OSError as e:
-            raise BlockBackendError(f"disk image {path}: {e.strerror}") from e
-        # O_DIRECT needs aligned buffers, offsets and lengths; requests that are not aligned
-        # go through `self.fd` (the page cache) instead of failing.
-        self.direct_fd: int | None = None
-        if direct:
-            try:
-                self.direct_fd = os.open(path, flags | os.O_DIRECT)
-            except OSError as e:
-                os.close(self.fd)
-                raise BlockBackendError(
-                    f"disk image {path}: the filesystem refuses O_DIRECT ({e.strerror}); "
-                    "use it without direct I/O"
-                ) from e
-        size = os.fstat(self.fd).st_size
-        if size % SECTOR_SIZE:
-            self.close_image()
-            raise BlockBackendError(f"disk image {path}: size {size} is not a multiple of 512")
-        self.capacity = size // SECTOR_SIZE
+        self.disk = DiskImage(path, read_only=read_only, direct=direct)
+        if self.disk.size % SECTOR_SIZE:
+            self.disk.close()
+            raise DiskError(f"disk image {path}: size {self.disk.size} is not a multiple of 512")
+        self.capacity = self.disk.size // SECTOR_SIZE
 
         features = (
             bit(VIRTIO_BLK_F_SEG_MAX)
@@ -172,15 +132,9 @@ class VirtioBlk(VirtioDevice):
         )
         super().__init__(features=features, queue_sizes=[queue_size] * queues, config=bytes(cfg))
 
-    def close_image(self) -> None:
-        for fd in (self.fd, self.direct_fd):
-            if fd is not None and fd >= 0:
-                os.close(fd)
-        self.fd, self.direct_fd = -1, None
-
     def close(self) -> None:
         super().close()
-        self.close_image()
+        self.disk.close()
 
     # -- requests ------------------------------------------------------------------
 
@@ -244,8 +198,7 @@ class VirtioBlk(VirtioDevice):
                     return self._wrong_direction(kind, "writable")
                 return self._write(sector, payload, out_len), 0
             if kind == VIRTIO_BLK_T_FLUSH:
-                if not self.read_only:
-                    os.fdatasync(self.fd)
+                self.disk.flush()
                 return VIRTIO_BLK_S_OK, 0
             if kind == VIRTIO_BLK_T_GET_ID:
                 if out_len:
@@ -276,19 +229,10 @@ class VirtioBlk(VirtioDevice):
             return False
         return True
 
-    def _fd_for(self, offset: int, views: list[memoryview]) -> int:
-        """The O_DIRECT fd when the request satisfies its alignment, else the cached one."""
-        if self.direct_fd is None or offset % 4096:
-            return self.fd
-        for v in views:
-            if len(v) % SECTOR_SIZE or ctypes.addressof(ctypes.c_char.from_buffer(v)) % 4096:
-                return self.fd
-        return self.direct_fd
-
     def _read(self, sector: int, views: list[memoryview], length: int) -> tuple[int, int]:
         if not self._range_ok(sector, length):
             return VIRTIO_BLK_S_IOERR, 0
-        done = self._transfer(os.preadv, sector, views, length)
+        done = self.disk.read_into(views, sector * SECTOR_SIZE)
         return (VIRTIO_BLK_S_OK if done == length else VIRTIO_BLK_S_IOERR), done
 
     def _write(self, sector: int, views: list[memoryview], length: int) -> int:
@@ -297,29 +241,8 @@ class VirtioBlk(VirtioDevice):
             return VIRTIO_BLK_S_IOERR
         if not self._range_ok(sector, length):
             return VIRTIO_BLK_S_IOERR
-        done = self._transfer(os.pwritev, sector, views, length)
+        done = self.disk.write_from(views, sector * SECTOR_SIZE)
         return VIRTIO_BLK_S_OK if done == length else VIRTIO_BLK_S_IOERR
-
-    def _transfer(
-        self,
-        io: Callable[[int, list[memoryview], int], int],
-        sector: int,
-        views: list[memoryview],
-        length: int,
-    ) -> int:
-        """`os.preadv`/`os.pwritev` of `length` bytes at `sector`, resumed after short
-        transfers (only near a shrunken end or on signals); stops early, returning what
-        was done, when the image ends (it shrank under us)."""
-        offset = sector * SECTOR_SIZE
-        fd = self.fd if self.direct_fd is None else self._fd_for(offset, views)
-        done = io(fd, views, offset) if length else 0
-        while done < length:
-            _, rest = split_views(views, done)
-            n = io(fd, rest, offset + done)
-            if n == 0:
-                break
-            done += n
-        return done
 
     def _get_id(self, views: list[memoryview]) -> tuple[int, int]:
         # §5.2.6: 20 bytes, NUL-padded (no terminator when the serial fills all 20).
@@ -353,31 +276,7 @@ class VirtioBlk(VirtioDevice):
             offset, length = sector * SECTOR_SIZE, count * SECTOR_SIZE
             if kind == VIRTIO_BLK_T_DISCARD or flags & VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP:
                 # A punched hole reads back as zeroes, so it also serves WRITE_ZEROES+UNMAP.
-                self._zero(offset, length, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE)
+                self.disk.discard(offset, length)
             else:
-                self._zero(offset, length, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE)
+                self.disk.write_zeroes(offset, length)
         return VIRTIO_BLK_S_OK
-
-    def _zero(self, offset: int, length: int, mode: int) -> None:
-        try:
-            fallocate(self.fd, mode, offset, length)
-        except OSError as e:
-            if e.errno not in (errno.EOPNOTSUPP, errno.ENOSYS):
-                raise
-            if mode & FALLOC_FL_ZERO_RANGE:
-                fallocate_mode = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
-                try:
-                    fallocate(self.fd, fallocate_mode, offset, length)
-                    return
-                except OSError as e2:
-                    if e2.errno not in (errno.EOPNOTSUPP, errno.ENOSYS):
-                        raise
-            self._write_zeroes(offset, length)
-
-    def _write_zeroes(self, offset: int, length: int) -> None:
-        """Last resort when the filesystem has no fallocate modes: write zeroes."""
-        chunk = bytes(min(length, 1 << 20))
-        while length:
-            n = os.pwrite(self.fd, memoryview(chunk)[: min(length, len(chunk))], offset)
-            offset += n
-            length -= n

@@ -10,20 +10,15 @@ GNTMAP_readonly does.
 Every malformed request (too many segments, first_sect > last_sect or past the page,
 sectors past the end, a grant the mapper refuses) is answered BLKIF_RSP_ERROR and the
 ring goes on; only impossible ring indexes break the ring (backend Closing with error).
+The image's I/O, flush and discard are `devices.disk.DiskImage`'s, shared with virtio-blk.
 """
 
 from __future__ import annotations
 
 import ctypes
 import errno
-import os
 
-from xenopus.devices.virtio.blk import (
-    FALLOC_FL_KEEP_SIZE,
-    FALLOC_FL_PUNCH_HOLE,
-    FALLOC_FL_ZERO_RANGE,
-    fallocate,
-)
+from xenopus.devices.disk import SECTOR_SIZE, DiskImage
 from xenopus.xen import abi
 from xenopus.xen.backends.xenbus import (
     Backend,
@@ -35,7 +30,7 @@ from xenopus.xen.backends.xenbus import (
     RingError,
 )
 
-SECTOR = 512  # blkif sectors are 512 bytes (no feature-large-sector-size)
+SECTOR = SECTOR_SIZE  # blkif sectors are 512 bytes (no feature-large-sector-size)
 SECTORS_PER_PAGE = abi.PAGE_SIZE // SECTOR
 MAX_INDIRECT_SEGMENTS = 256  # what we advertise; at most 8 pages of 512 segments allow
 NATIVE_PROTOCOL = abi.XEN_IO_PROTO_ABI_X86_64
@@ -72,10 +67,8 @@ class BlkBack(Backend):
         self.path = path
         self.read_only = read_only
         self.vdev = vdev
-        flags = (os.O_RDONLY if read_only else os.O_RDWR) | os.O_CLOEXEC
-        self.fd = os.open(path, flags)
-        size = os.fstat(self.fd).st_size
-        self.sectors = size // SECTOR  # a partial last sector is not addressable
+        self.disk = DiskImage(path, read_only=read_only)
+        self.sectors = self.disk.size // SECTOR  # a partial last sector is not addressable
         self.ring: BackRing | None = None
         self._ring_map: Mapping | None = None
         self.port: EventPort | None = None
@@ -142,9 +135,7 @@ class BlkBack(Backend):
 
     def stop(self, remove: bool = True) -> None:
         super().stop(remove)
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        self.disk.close()
 
     # -- the ring ---------------------------------------------------------------------
 
@@ -246,27 +237,16 @@ class BlkBack(Backend):
                 m = self._map(gref, write=not write)
                 maps.append(m)
                 views.append(m.view[first * SECTOR : (last + 1) * SECTOR])
-            return self._io(write, sector * SECTOR, views)
+            io = self.disk.write_from if write else self.disk.read_into
+            if io(views, sector * SECTOR) < total * SECTOR:
+                raise BadRequest("the image ended early")  # shrunk under us
+            return abi.BLKIF_RSP_OKAY
         finally:
             for m in maps:
                 m.unmap()
 
-    def _io(self, write: bool, offset: int, views: list[memoryview]) -> int:
-        while views:
-            n = (os.pwritev if write else os.preadv)(self.fd, views, offset)
-            if n <= 0:
-                raise BadRequest("the image ended early")  # shrunk under us
-            offset += n
-            while views and n >= len(views[0]):
-                n -= len(views[0])
-                views.pop(0)
-            if n:
-                views[0] = views[0][n:]
-        return abi.BLKIF_RSP_OKAY
-
     def _flush(self) -> int:
-        if not self.read_only:
-            os.fdatasync(self.fd)
+        self.disk.flush()
         return abi.BLKIF_RSP_OKAY
 
     def _discard(self, sector: int, count: int) -> int:
@@ -275,11 +255,5 @@ class BlkBack(Backend):
         if sector + count > self.sectors:
             raise BadRequest(f"discard {sector}+{count} beyond the disk's {self.sectors}")
         if count:
-            # A hole reads back as zeroes, which is what a discard may leave.
-            try:
-                fallocate(self.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, sector * SECTOR, count * SECTOR)
-            except OSError as e:
-                if e.errno not in (errno.EOPNOTSUPP, errno.ENOSYS):
-                    raise
-                fallocate(self.fd, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, sector * SECTOR, count * SECTOR)
+            self.disk.discard(sector * SECTOR, count * SECTOR)
         return abi.BLKIF_RSP_OKAY
