@@ -35,7 +35,8 @@ from xenopus.devices.virtio.pci import VirtioPciDevice
 from xenopus.devices.virtio.rng import VirtioRng
 from xenopus.domain.config import DomainConfig
 from xenopus.domain.devspec import VifSpec
-from xenopus.domain.xen import StoreProxy, XenGuest, decide, open_vif_tap
+from xenopus.domain.vif import open_vif
+from xenopus.domain.xen import StoreProxy, XenGuest, decide
 from xenopus.host import memory_mib
 from xenopus.kvm import Kvm
 from xenopus.memory import GuestMemory, MiB
@@ -201,7 +202,7 @@ def _add_virtio(
     for i, vif in enumerate(config.vifs):
         if vif.model != "virtio":
             continue  # model=xen: the Xen PV network backend
-        net = _open_vif(config, vif, domid, i)
+        net = _virtio_net(config, vif, domid, i)
         add("nic", i, net, mac=format_mac(net.mac), tap=net.tap.name, bridge=vif.bridge or "-")
     if config.virtio_console:
         guest.vconsole = VirtioConsole(vconsole_out or (lambda data: None))
@@ -210,8 +211,8 @@ def _add_virtio(
         add("rng", 0, VirtioRng())
 
 
-def _open_vif(config: DomainConfig, vif: VifSpec, domid: int, index: int) -> VirtioNet:
-    tap, mac = open_vif_tap(config.name, vif, domid, index)
+def _virtio_net(config: DomainConfig, vif: VifSpec, domid: int, index: int) -> VirtioNet:
+    tap, mac = open_vif(config.name, vif, domid, index)
     try:
         return VirtioNet(tap, mac)
     except BaseException:

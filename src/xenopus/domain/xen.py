@@ -21,11 +21,9 @@ from typing import Any
 from xenopus.boot import BootInfo
 from xenopus.devices import platform as layout
 from xenopus.devices.bus import Bus
-from xenopus.devices.tap import Tap
-from xenopus.devices.virtio.net import generate_mac, parse_mac
 from xenopus.domain.config import DomainConfig
-from xenopus.domain.devspec import VifSpec
 from xenopus.domain.interdomain import InterdomainPort
+from xenopus.domain.vif import open_vif
 from xenopus.kvm import Kvm
 from xenopus.kvm import uapi as u
 from xenopus.memory import GuestMemory
@@ -50,25 +48,6 @@ XEN_VBD_MAJOR = 202  # docs/misc/vbd-interface.txt: xvd disks are major 202
 def vbd_id(index: int) -> int:
     """The xenstore device id of disk `index` named xvdX (vbd-interface.txt)."""
     return XEN_VBD_MAJOR << 8 | index << 4 if index < 16 else 1 << 28 | index << 8
-
-
-def open_vif_tap(domain: str, vif: VifSpec, domid: int, index: int) -> tuple[Tap, bytes]:
-    """The backend end of vif `index` (virtio-net or netback): a tap named as Xen names
-    the backend interface (vifDOMID.DEVID), up, on its bridge; and the guest's MAC,
-    derived from the domain's name when the config has none (stable across restarts)."""
-    tap = Tap.open(vif.vifname or f"vif{domid}.{index}")
-    try:
-        if vif.mtu:
-            tap.set_mtu(vif.mtu)
-        if vif.bridge:
-            tap.attach_to_bridge(vif.bridge)
-        else:
-            tap.set_up()
-        mac = parse_mac(vif.mac) if vif.mac else generate_mac(f"{domain}/vif{index}")
-    except BaseException:
-        tap.close()
-        raise
-    return tap, mac
 
 
 def decide(config: DomainConfig, boot: BootInfo, kvm: Kvm) -> tuple[str, str]:
@@ -269,7 +248,7 @@ class XenGuest:
             self.backends.append(be)
             be.start()
         for i, vif in vifs:
-            tap, mac = open_vif_tap(self.config.name, vif, self.domid, i)
+            tap, mac = open_vif(self.config.name, vif, self.domid, i)
             try:
                 be = NetBack(self.xs, host, self.domid, i, tap, mac, bridge=vif.bridge or "")
             except BaseException:

@@ -1,0 +1,43 @@
+"""The host end of a `vif=` entry, for virtio-net and the Xen network backend alike.
+
+xl's semantics (xl-network-configuration(5)): the backend interface is named
+`vifDOMID.DEVID` unless `vifname=` says otherwise, `mtu=` sets its MTU, `bridge=` enslaves
+it (and brings it up; without a bridge it is only brought up), and a missing `mac=` is
+generated in Xen's 00:16:3e range. Hotplug `script=`s are not run: xenopus attaches the
+tap itself, and the config parser warns that the key is ignored.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from xenopus.devices.tap import Tap
+from xenopus.devices.virtio.net import generate_mac, parse_mac
+from xenopus.domain.devspec import VifSpec
+
+
+class VifEnd(NamedTuple):
+    """An open, configured tap and the MAC address the guest's NIC gets."""
+
+    tap: Tap
+    mac: bytes
+
+
+def open_vif(domain: str, vif: VifSpec, domid: int, index: int) -> VifEnd:
+    """Open vif `index` of `domain` (domain ID `domid`): a tap named as Xen names the
+    backend interface, with the vif's MTU, up, on its bridge; and the guest's MAC, derived
+    from the domain's name when the config has none (so it is stable across restarts).
+    The tap is closed again if any step fails."""
+    tap = Tap.open(vif.vifname or f"vif{domid}.{index}")
+    try:
+        if vif.mtu:
+            tap.set_mtu(vif.mtu)
+        if vif.bridge:
+            tap.attach_to_bridge(vif.bridge)
+        else:
+            tap.set_up()
+        mac = parse_mac(vif.mac) if vif.mac else generate_mac(f"{domain}/vif{index}")
+    except BaseException:
+        tap.close()
+        raise
+    return VifEnd(tap, mac)
