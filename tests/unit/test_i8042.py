@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import pytest
 
+from xenopus.devices import platform
 from xenopus.devices.bus import Bus
-from xenopus.devices.i8042 import I8042, I8042_COMMAND, I8042_DATA
+from xenopus.devices.i8042 import I8042
 
 OBF, SYS, CMDDAT, KEYLOCK, AUXDATA = 0x01, 0x04, 0x08, 0x10, 0x20
 
@@ -21,8 +22,8 @@ class Guest:
         self.irqs: list[bool] = []
         self.kbc = I8042(self._reset, self.irqs.append)
         self.bus = Bus("pio")
-        self.bus.register(I8042_DATA, 1, self.kbc, "i8042-data")
-        self.bus.register(I8042_COMMAND, 1, self.kbc, "i8042-cmd")
+        self.bus.register(platform.I8042_DATA_PORT, 1, self.kbc, "i8042-data")
+        self.bus.register(platform.I8042_CMD_PORT, 1, self.kbc, "i8042-cmd")
 
     def _reset(self) -> None:
         self.resets += 1
@@ -51,7 +52,7 @@ def g() -> Guest:
 
 
 def test_ports() -> None:
-    assert (I8042_DATA, I8042_COMMAND) == (0x60, 0x64)
+    assert (platform.I8042_DATA_PORT, platform.I8042_CMD_PORT) == (0x60, 0x64)
 
 
 def test_initial_status(g: Guest) -> None:

@@ -12,8 +12,9 @@ import calendar
 
 import pytest
 
+from xenopus.devices import platform
 from xenopus.devices.bus import Bus
-from xenopus.devices.rtc import RTC_DATA, RTC_INDEX, RTC_IRQ, CmosRtc
+from xenopus.devices.rtc import CmosRtc
 
 SECONDS, MINUTES, HOURS, WEEKDAY, DAY, MONTH, YEAR = 0x00, 0x02, 0x04, 0x06, 0x07, 0x08, 0x09
 ALARM_S, ALARM_M, ALARM_H = 0x01, 0x03, 0x05
@@ -36,7 +37,7 @@ class Guest:
         self.clock = Clock(t)
         self.rtc = CmosRtc(self.clock)
         self.bus = Bus("pio")
-        self.bus.register(RTC_INDEX, 2, self.rtc, "rtc")
+        self.bus.register(platform.RTC_PORT, 2, self.rtc, "rtc")
 
     def read(self, reg: int) -> int:
         self.bus.write(0x70, 1, reg)
@@ -56,7 +57,7 @@ def g() -> Guest:
 
 
 def test_ports_and_irq() -> None:
-    assert (RTC_INDEX, RTC_DATA, RTC_IRQ) == (0x70, 0x71, 8)
+    assert (platform.RTC_PORT, platform.RTC_PORT_SIZE, platform.RTC_IRQ) == (0x70, 2, 8)
 
 
 def test_bcd_24h_is_the_default(g: Guest) -> None:

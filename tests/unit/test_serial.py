@@ -12,8 +12,9 @@ import time
 
 import pytest
 
+from xenopus.devices import platform
 from xenopus.devices.bus import Bus
-from xenopus.devices.serial import BACKLOG_LIMIT, COM1_BASE, COM1_IRQ, Serial16550
+from xenopus.devices.serial import BACKLOG_LIMIT, Serial16550
 
 THR = RBR = DLL = 0
 IER = DLM = 1
@@ -33,13 +34,13 @@ class Guest:
         self.out: list[bytes] = []
         self.uart = Serial16550(self.irqs.append, self.out.append)
         self.bus = Bus("pio")
-        self.bus.register(COM1_BASE, 8, self.uart, "com1")
+        self.bus.register(platform.COM1_PORT, 8, self.uart, "com1")
 
     def inb(self, reg: int) -> int:
-        return self.bus.read(COM1_BASE + reg, 1)
+        return self.bus.read(platform.COM1_PORT + reg, 1)
 
     def outb(self, reg: int, value: int) -> None:
-        self.bus.write(COM1_BASE + reg, 1, value)
+        self.bus.write(platform.COM1_PORT + reg, 1, value)
 
     @property
     def level(self) -> bool:
@@ -58,7 +59,7 @@ def g() -> Guest:
 
 
 def test_com1_constants() -> None:
-    assert (COM1_BASE, COM1_IRQ) == (0x3F8, 4)
+    assert (platform.COM1_PORT, platform.COM1_IRQ) == (0x3F8, 4)
 
 
 def test_reset_values(g: Guest) -> None:

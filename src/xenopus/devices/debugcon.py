@@ -9,12 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-DEBUGCON_PORT = 0xE9
 DEBUGCON_MAGIC = 0xE9  # what a read returns
 
 
 class DebugCon:
-    """Register at DEBUGCON_PORT, length 1."""
+    """Register at `platform.DEBUGCON_PORT`, length 1."""
 
     def __init__(self, output: Callable[[bytes], None]) -> None:
         self._output = output

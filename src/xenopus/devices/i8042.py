@@ -22,9 +22,7 @@ import threading
 from collections import deque
 from collections.abc import Callable
 
-I8042_DATA = 0x60
-I8042_COMMAND = 0x64  # status when read
-I8042_IRQ = 1
+from xenopus.devices import platform
 
 # Status register (i8042.h I8042_STR_*)
 STR_OBF = 0x01
@@ -94,7 +92,8 @@ log = logging.getLogger("xenopus.devices")
 
 
 class I8042:
-    """Register at I8042_DATA and I8042_COMMAND (length 1 each), this object for both."""
+    """Register at `platform.I8042_DATA_PORT` and `platform.I8042_CMD_PORT` (length 1
+    each), this object for both."""
 
     def __init__(
         self, reset: Callable[[], None], irq_kbd: Callable[[bool], None] | None = None
@@ -123,7 +122,7 @@ class I8042:
 
     def read(self, base: int, offset: int, size: int) -> int:
         with self._lock:
-            if base == I8042_COMMAND:
+            if base == platform.I8042_CMD_PORT:
                 return self._status()
             if self._out:
                 self._last_out = self._out.popleft()
@@ -136,7 +135,7 @@ class I8042:
     def write(self, base: int, offset: int, size: int, value: int) -> None:
         value &= 0xFF
         with self._lock:
-            self._cmd_last = base == I8042_COMMAND
+            self._cmd_last = base == platform.I8042_CMD_PORT
             reset = self._command(value) if self._cmd_last else self._data(value)
             self._update_irq()
         if reset:

@@ -12,13 +12,25 @@ the ACPI tables (MADT, MCFG, DSDT `_CRS`) built from these constants.
     0xFED00000               (HPET's conventional page: left free)
     0xFEE00000               local APICs
     64 GiB up (above RAM)    64-bit PCI MMIO window, see `mmio64_window`
+
+The fixed I/O ports of the legacy PC devices, of the debug ports and of the Xen
+hypercall trap live here too: a device model takes its port from this table (or is
+handed its base by the bus), never from a literal of its own.
+
+    0x0060, 0x0064           i8042 data and command/status
+    0x0070 - 0x0071          CMOS RTC index and data
+    0x0080                   POST codes (a sink)
+    0x00E2                   Xen hypercall-page trap (xen/hypercall.py)
+    0x00E9                   debug console
+    0x03F8 - 0x03FF          COM1 (16550A)
+    0x0CF8 - 0x0CFF          PCI configuration mechanism #1
+    0x1000 - 0xFFFF          PCI I/O BARs
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from xenopus.devices import i8042, rtc, serial
 from xenopus.memory.guest import MMIO_HOLE_START, GiB, MiB
 
 # Interrupt controllers (Intel SDM vol. 3 §10.4.1 default LAPIC base; 82093AA IOAPIC).
@@ -62,19 +74,28 @@ ACPI_REGS_SIZE = 0x1000
 # free of PIT 0, i8042 1/12, COM1 4 and RTC 8. Level-triggered, active-high.
 ACPI_GED_IRQ = 9
 
-# Legacy devices the DSDT describes, where their models expect to be (the i8042 tells
-# its two ports apart by address).
-COM1_PORT = serial.COM1_BASE
-COM1_PORT_SIZE = serial.COM_LENGTH
-COM1_IRQ = serial.COM1_IRQ
-RTC_PORT = rtc.RTC_INDEX
-RTC_PORT_SIZE = 2  # index and data
-RTC_IRQ = rtc.RTC_IRQ
-I8042_DATA_PORT = i8042.I8042_DATA
-I8042_CMD_PORT = i8042.I8042_COMMAND
-I8042_KBD_IRQ = i8042.I8042_IRQ
+# Legacy devices the DSDT describes, at the ports and ISA IRQs of every PC (the i8042
+# tells its two ports apart by address).
+COM1_PORT = 0x3F8
+COM1_PORT_SIZE = 8  # the 16550A's eight registers
+COM1_IRQ = 4
+RTC_PORT = 0x70  # index; the data port follows
+RTC_PORT_SIZE = 2
+RTC_IRQ = 8
+I8042_DATA_PORT = 0x60
+I8042_CMD_PORT = 0x64  # status when read
+I8042_KBD_IRQ = 1
 I8042_AUX_IRQ = 12
 PIT_IRQ = 0
+
+# Debug ports: Bochs's "port E9 hack" console (QEMU's isa-debugcon), and port 0x80 where
+# firmware and Linux's io_delay write POST codes.
+DEBUGCON_PORT = 0xE9
+POST_PORT = 0x80
+
+# The port the hypercall page's stubs leave through (`out %al, $0xE2`); why this one:
+# xen/hypercall.py's module docstring.
+XEN_HYPERCALL_PORT = 0xE2
 
 # Where the ACPI tables live: the top of the legacy BIOS area, as on a PC
 # (ACPI 6.5 §5.2.5.1: the RSDP of a legacy-BIOS system is found in 0xE0000-0xFFFFF).

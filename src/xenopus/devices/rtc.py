@@ -22,10 +22,6 @@ from datetime import UTC, datetime
 
 from xenopus.devices.bus import read_lanes, write_lanes
 
-RTC_INDEX = 0x70
-RTC_DATA = 0x71
-RTC_IRQ = 8
-
 NMI_DISABLE = 0x80  # bit 7 of the index port on PCs
 
 SECONDS = 0x00
@@ -94,7 +90,7 @@ def _periodic_hz(rate: int) -> float:
 
 
 class CmosRtc:
-    """Register at RTC_INDEX with length 2 (index and data port)."""
+    """Register at `platform.RTC_PORT` with length 2 (index and data port)."""
 
     def __init__(
         self,

@@ -16,10 +16,6 @@ from collections.abc import Callable
 
 from xenopus.devices.bus import read_lanes, write_lanes
 
-COM1_BASE = 0x3F8
-COM1_IRQ = 4
-COM_LENGTH = 8
-
 # Register offsets; DLAB (LCR bit 7) turns offsets 0/1 into the divisor latch.
 RBR = THR = DLL = 0
 IER = DLM = 1

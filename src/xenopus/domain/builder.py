@@ -44,9 +44,6 @@ from xenopus.vm import Machine, StopReason
 
 log = logging.getLogger("xenopus.domain")
 
-POST_PORT = 0x80
-DEBUGCON_PORT = 0xE9
-
 
 @dataclass
 class PciFunction:
@@ -146,8 +143,8 @@ def build_guest(
         pio.register(platform.I8042_DATA_PORT, 1, i8042, "i8042-data")
         pio.register(platform.I8042_CMD_PORT, 1, i8042, "i8042-command")
         pio.register(platform.RTC_PORT, platform.RTC_PORT_SIZE, CmosRtc(irq=irq(platform.RTC_IRQ)), "rtc")
-        pio.register(DEBUGCON_PORT, 1, DebugCon(debug_out), "debugcon")
-        pio.register(POST_PORT, 1, NullDevice(), "post")
+        pio.register(platform.DEBUGCON_PORT, 1, DebugCon(debug_out), "debugcon")
+        pio.register(platform.POST_PORT, 1, NullDevice(), "post")
         power = AcpiPowerDevice(
             irq(platform.ACPI_GED_IRQ),
             on_poweroff=stop("poweroff", "ACPI S5 (power off)"),

@@ -44,6 +44,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from xenopus.devices import platform as layout
 from xenopus.kvm import uapi as u
 from xenopus.memory.guest import GuestMemory, GuestMemoryError
 from xenopus.xen import abi
@@ -52,7 +53,7 @@ from xenopus.xen.guestmem import GuestAccess, GuestFault, XenError
 log = logging.getLogger("xenopus.xen")
 
 XEN_VERSION = (4, 11)  # what XENVER_version and CPUID base+1 report
-HYPERCALL_PORT = 0xE2
+HYPERCALL_PORT = layout.XEN_HYPERCALL_PORT
 HYPERCALL_MSR = 0x40000000  # Xen's MSR base (CPUID base+2 EBX); index 0: hypercall page
 CPUID_BASE = abi.XEN_CPUID_FIRST_LEAF
 CPUID_LAST = CPUID_BASE + 4  # leaves base+0 .. base+4
