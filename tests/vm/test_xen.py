@@ -146,3 +146,34 @@ def test_netfront_udp_through_a_tap(netns: Xenopus) -> None:  # noqa: F811 - the
         assert responder.communicate(timeout=60)[0].startswith("got ping-from-guest 10.0.2.15")
     finally:
         responder.kill()
+
+
+def test_block_and_network_list_show_xen_pv_devices(netns: Xenopus) -> None:  # noqa: F811 - the fixture
+    xvda, vdb = netns.tmp / "xvda.img", netns.tmp / "vdb.img"
+    for image in (xvda, vdb):
+        image.write_bytes(b"")
+        os.truncate(image, 1 << 20)
+    cfg = netns.config("xlist", "xenblk.elf", xen_platform=1, memory=64,
+                       disk=[f"{xvda},raw,xvda,rw", f"{vdb},raw,vdb,r"],
+                       vif=["model=xen, vifname=xnptap2, mac=00:16:3e:0a:0b:0c"])
+    # Paused: the backends are up (InitWait) and the frontends are as the toolstack left
+    # them (Initialising, no event channel or ring yet), so every column is known.
+    assert netns.run("create", "-q", "-p", str(cfg)).returncode == 0
+    try:
+        domid = int(netns.domains()["xlist"][1])
+        blocks = netns.run("block-list", "xlist", check=True).stdout.splitlines()
+        # xl_block.c's header and row: Vdev BE handle state evt-ch ring-ref BE-path.
+        assert blocks[0].split() == ["Vdev", "BE", "handle", "state", "evt-ch", "ring-ref", "BE-path"]
+        assert blocks[1].split() == ["51712", "0", str(domid), "1", "-1", "-1",
+                                     f"/local/domain/0/backend/vbd/{domid}/51712"], blocks
+        # The virtio disk follows in its own table, as before.
+        assert blocks[2] == "" and blocks[3].split()[:3] == ["Vdev", "Idx", "PCI"]
+        assert re.match(rf"^vdb\s+1\s+00:[0-9a-f]{{2}}\.0\s+r\s+{re.escape(str(vdb))}$", blocks[4]), blocks
+        nics = netns.run("network-list", "xlist", check=True).stdout.splitlines()
+        assert nics[0].split() == ["Idx", "BE", "Mac", "Addr.", "handle", "state", "evt-ch",
+                                   "tx-/rx-ring-ref", "BE-path"]
+        assert nics[1].split() == ["0", "0", "00:16:3e:0a:0b:0c", "0", "1", "-1", "-1/-1",
+                                   f"/local/domain/0/backend/vif/{domid}/0"], nics
+        assert len(nics) == 2  # no virtio NIC: no second table
+    finally:
+        netns.run("destroy", "xlist")

@@ -8,6 +8,8 @@ The platform every xenopus domain gets (addresses in `xenopus.devices.platform`)
   S5 power-off, reset register);
 - a PCI host bridge (CF8/CFC and ECAM) carrying the virtio devices the config asks for:
   virtio-blk per `disk`, virtio-net per `vif`, and optionally virtio-console and -rng.
+
+Every stateful part it builds is recorded in the guest's `Inventory` (domain/inventory.py).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from xenopus.acpi import AcpiPci, AcpiPlatform, install
 from xenopus.boot import BootInfo, load_kernel
 from xenopus.devices import platform
 from xenopus.devices.acpi_power import AcpiPowerDevice
-from xenopus.devices.bus import Bus, NullDevice
+from xenopus.devices.bus import Bus, BusDevice, NullDevice
 from xenopus.devices.debugcon import DebugCon
 from xenopus.devices.i8042 import I8042
 from xenopus.devices.pci.host import PciHostBridge
@@ -35,25 +37,30 @@ from xenopus.devices.virtio.pci import VirtioPciDevice
 from xenopus.devices.virtio.rng import VirtioRng
 from xenopus.domain.config import DomainConfig
 from xenopus.domain.devspec import VifSpec
+from xenopus.domain.inventory import (
+    DISK,
+    NIC,
+    BusPart,
+    Inventory,
+    KvmPart,
+    MemoryPart,
+    PciFunctionPart,
+    PciHostPart,
+    PvDevicePart,
+    VcpuPart,
+    VirtioPart,
+    XenPart,
+)
 from xenopus.domain.vif import open_vif
 from xenopus.domain.xen import StoreProxy, XenGuest, decide
 from xenopus.host import memory_mib
 from xenopus.kvm import Kvm
 from xenopus.memory import GuestMemory, MiB
 from xenopus.vm import Machine, StopReason
+from xenopus.xen.backends.blkback import BlkBack
+from xenopus.xen.backends.netback import NetBack
 
 log = logging.getLogger("xenopus.domain")
-
-
-@dataclass
-class PciFunction:
-    """A virtio device on the guest's PCI bus, for block-list / network-list."""
-
-    kind: str  # "disk" | "nic" | "console" | "rng"
-    index: int  # the devid xl would show (position in the config's list)
-    bdf: int
-    device: VirtioDevice
-    detail: dict[str, object] = field(default_factory=dict)
 
 
 @dataclass
@@ -68,7 +75,7 @@ class Guest:
     pci: PciHostBridge
     pio: Bus
     mmio: Bus
-    functions: list[PciFunction] = field(default_factory=list)
+    inventory: Inventory = field(default_factory=Inventory)
     vconsole: VirtioConsole | None = None
     xen: XenGuest | None = None
     xen_path: str = "off"  # how hypercalls arrive: "trap", "kernel" or "off" (no Xen)
@@ -137,27 +144,35 @@ def build_guest(
         def stop(kind: str, why: str) -> Callable[[], None]:
             return lambda: m.request_stop(StopReason(kind, why))
 
+        inventory = _machine_parts(machine, memory)
+
+        def legacy(bus: Bus, base: int, length: int, device: BusDevice, name: str) -> None:
+            bus.register(base, length, device, name)
+            inventory.add(BusPart(name, bus.name, base, length, device))
+
         serial = Serial16550(irq=irq(platform.COM1_IRQ), output=console_out)
         i8042 = I8042(reset=stop("reboot", "reset through the i8042"), irq_kbd=irq(platform.I8042_KBD_IRQ))
-        pio.register(platform.COM1_PORT, platform.COM1_PORT_SIZE, serial, "serial0")
-        pio.register(platform.I8042_DATA_PORT, 1, i8042, "i8042-data")
-        pio.register(platform.I8042_CMD_PORT, 1, i8042, "i8042-command")
-        pio.register(platform.RTC_PORT, platform.RTC_PORT_SIZE, CmosRtc(irq=irq(platform.RTC_IRQ)), "rtc")
-        pio.register(platform.DEBUGCON_PORT, 1, DebugCon(debug_out), "debugcon")
-        pio.register(platform.POST_PORT, 1, NullDevice(), "post")
+        legacy(pio, platform.COM1_PORT, platform.COM1_PORT_SIZE, serial, "serial0")
+        legacy(pio, platform.I8042_DATA_PORT, 1, i8042, "i8042-data")
+        legacy(pio, platform.I8042_CMD_PORT, 1, i8042, "i8042-command")
+        legacy(pio, platform.RTC_PORT, platform.RTC_PORT_SIZE, CmosRtc(irq=irq(platform.RTC_IRQ)), "rtc")
+        legacy(pio, platform.DEBUGCON_PORT, 1, DebugCon(debug_out), "debugcon")
+        legacy(pio, platform.POST_PORT, 1, NullDevice(), "post")
         power = AcpiPowerDevice(
             irq(platform.ACPI_GED_IRQ),
             on_poweroff=stop("poweroff", "ACPI S5 (power off)"),
             on_reset=stop("reboot", "ACPI reset register"),
         )
-        mmio.register(platform.ACPI_REGS_BASE, platform.ACPI_REGS_SIZE, power, "acpi-power")
+        legacy(mmio, platform.ACPI_REGS_BASE, platform.ACPI_REGS_SIZE, power, "acpi-power")
 
         pci = PciHostBridge(pio, mmio, machine.set_irq, ram_end=ram_end)
-        guest = Guest(machine, memory, boot, serial, power, pci, pio, mmio, xen=xen, xen_path=xen_path)
+        guest = Guest(machine, memory, boot, serial, power, pci, pio, mmio, inventory,
+                      xen=xen, xen_path=xen_path)
         _add_virtio(guest, config, domid, vconsole_out)
         _apply_affinity(machine, config)
         if xen is not None:
             xen.start_backends()
+        _pci_and_xen_parts(guest)
     except BaseException:
         if xen is not None:
             xen.close()
@@ -172,21 +187,21 @@ def build_guest(
         config.name, boot.protocol, config.kernel, boot.entry, config.memory, config.vcpus,
         boot.cmdline, rsdp,
     )
-    for f in guest.functions:
-        log.info("%s: pci 00:%02x.%x virtio-%s %s", config.name, f.bdf >> 3, f.bdf & 7, f.device.name, f.detail)
+    for part in guest.inventory.of_kind(DISK, NIC, "console", "rng"):
+        log.info("%s: %s %s %s", config.name, part.kind, part.name, part.describe())
     return guest
 
 
 def _add_virtio(
     guest: Guest, config: DomainConfig, domid: int, vconsole_out: Callable[[bytes], None] | None
 ) -> None:
-    def add(kind: str, index: int, device: VirtioDevice, **detail: object) -> None:
+    def add(kind: str, name: str, index: int, device: VirtioDevice, **detail: object) -> None:
         try:
             bdf = guest.pci.add(VirtioPciDevice(device, guest.machine))
         except BaseException:
             device.close()
             raise
-        guest.functions.append(PciFunction(kind, index, bdf, device, dict(detail)))
+        guest.inventory.add(VirtioPart(kind, name, index, bdf, device, detail))
 
     for i, disk in enumerate(config.disks):
         if disk.kind != "virtio":
@@ -195,17 +210,18 @@ def _add_virtio(
             disk.target, read_only=disk.read_only, serial=f"{config.name[:12]}-{disk.vdev}",
             direct=disk.direct_io_safe,
         )
-        add("disk", i, blk, vdev=disk.vdev, target=disk.target, mode="r" if disk.read_only else "w")
+        add(DISK, disk.vdev, i, blk, vdev=disk.vdev, target=disk.target,
+            mode="r" if disk.read_only else "w")
     for i, vif in enumerate(config.vifs):
         if vif.model != "virtio":
             continue  # model=xen: the Xen PV network backend
         net = _virtio_net(config, vif, domid, i)
-        add("nic", i, net, mac=format_mac(net.mac), tap=net.tap.name, bridge=vif.bridge or "-")
+        add(NIC, f"nic{i}", i, net, mac=format_mac(net.mac), tap=net.tap.name, bridge=vif.bridge or "-")
     if config.virtio_console:
         guest.vconsole = VirtioConsole(vconsole_out or (lambda data: None))
-        add("console", 0, guest.vconsole)
+        add("console", "virtio-console0", 0, guest.vconsole)
     if config.virtio_rng:
-        add("rng", 0, VirtioRng())
+        add("rng", "virtio-rng0", 0, VirtioRng())
 
 
 def _virtio_net(config: DomainConfig, vif: VifSpec, domid: int, index: int) -> VirtioNet:
@@ -215,6 +231,41 @@ def _virtio_net(config: DomainConfig, vif: VifSpec, domid: int, index: int) -> V
     except BaseException:
         tap.close()
         raise
+
+
+def _machine_parts(machine: Machine, memory: GuestMemory) -> Inventory:
+    """The inventory's first parts: the vCPUs, what KVM keeps per VM, and memory."""
+    inventory = Inventory(VcpuPart(v) for v in machine.vcpus)
+    inventory.add(KvmPart("irqchip", "irqchip", {
+        "model": "in-kernel PIC, IOAPIC and LAPICs", "ioapic": platform.IOAPIC_BASE,
+        "lapic": platform.LAPIC_BASE,
+    }))
+    inventory.add(KvmPart("pit", "pit", {"model": "in-kernel i8254", "irq": platform.PIT_IRQ}))
+    inventory.add(KvmPart("clock", "kvmclock", {"model": "KVM's VM clock"}))
+    inventory.add(MemoryPart(memory))
+    return inventory
+
+
+def _pci_and_xen_parts(guest: Guest) -> None:
+    """The PCI bus as built (the host bridge and every function, virtio transports
+    included), then the Xen domain state and its PV devices."""
+    inventory = guest.inventory
+    inventory.add(PciHostPart(guest.pci))
+    for bdf, device in sorted(guest.pci.devices.items()):
+        inventory.add(PciFunctionPart(bdf, device))
+    xen = guest.xen
+    if xen is None:
+        return
+    inventory.add(XenPart({
+        "domid": xen.domid, "path": guest.xen_path, "store_port": xen.store_port,
+        "console_port": xen.console_port,
+    }))
+    inventory.add(XenPart({"model": "xen-console", **xen.console_nodes()}, "console", "xen-console"))
+    for backend in xen.backends:
+        if isinstance(backend, BlkBack):
+            inventory.add(PvDevicePart(DISK, backend.vdev, backend))
+        elif isinstance(backend, NetBack):
+            inventory.add(PvDevicePart(NIC, f"nic{backend.devid}", backend))
 
 
 def _apply_affinity(machine: Machine, config: DomainConfig) -> None:

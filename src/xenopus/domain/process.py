@@ -212,12 +212,7 @@ class DomainProcess:
 
     @staticmethod
     def _devices(guest: Guest | None) -> list[dict[str, Any]]:
-        if guest is None:
-            return []
-        return [
-            {"kind": f.kind, "index": f.index, "bdf": f.bdf, "model": f"virtio-{f.device.name}", **f.detail}
-            for f in guest.functions
-        ]
+        return guest.inventory.describe() if guest is not None else []
 
     def _vcpu_pin(self, guest: Guest, vcpu: object, cpus: object) -> dict[str, Any]:
         """Hard-pin one vCPU ("all": every vCPU) to host CPUs. The pins last for this

@@ -252,16 +252,16 @@ def cmd_shutdown(args: Namespace) -> int:
     return 0
 
 
-def cmd_devices(kind: str, header: str, row: str):
-    """block-list / network-list: the domain's virtio devices of one kind."""
+def cmd_devices(kind: str):
+    """block-list / network-list: the domain's devices of one kind, virtio and Xen PV."""
 
     def run(args: Namespace) -> int:
-        print(header)
-        for dom in args.doms:
-            for d in request({"op": "devices", "dom": dom})["devices"]:
-                if d["kind"] == kind:
-                    bdf = f"00:{d['bdf'] >> 3:02x}.{d['bdf'] & 7}"
-                    print(row.format(**{**d, "pci": bdf}))
+        from xenopus.toolstack import xlformat
+
+        found = [d for dom in args.doms for d in request({"op": "devices", "dom": dom})["devices"]
+                 if d["kind"] == kind]
+        listing = xlformat.block_list if kind == "disk" else xlformat.network_list
+        print("\n".join(listing(found)))
         return 0
 
     return run
@@ -380,14 +380,6 @@ def _dom(dest: str = "dom") -> Pos:
     return Pos(dest, "DOM")
 
 
-# xl prints Xen backend state (event channels, ring refs) in block-/network-list; a virtio
-# device's equivalents are its PCI address and host backend.
-BLOCK_LIST = ("Vdev  Idx PCI     Mode Target", "{vdev:<5} {index:<3} {pci:<7} {mode:<4} {target}")
-NETWORK_LIST = (
-    "Idx Mac Addr.         PCI     Tap             Bridge",
-    "{index:<3} {mac:<17} {pci:<7} {tap:<15} {bridge}",
-)
-
 VERBS = (
     Verb("create", "create a domain from an xl.cfg file", cmd_create, (
         Opt(("-c",), "console", "attach the console after creating"),
@@ -410,10 +402,10 @@ VERBS = (
     Verb("reboot", "reset a domain (on_reboot applies)", simple_verb("reboot"), (), (_dom(),)),
     Verb("shutdown", "ask a domain to shut down (ACPI power button)", cmd_shutdown,
          (Opt(("-w",), "wait", "wait for the domain to go away"),), (_dom(),)),
-    Verb("block-list", "list a domain's virtio disks", cmd_devices("disk", *BLOCK_LIST), (),
+    Verb("block-list", "list a domain's disks", cmd_devices("disk"), (),
          (Pos("doms", "DOM", "+"),)),
-    Verb("network-list", "list a domain's virtio network interfaces",
-         cmd_devices("nic", *NETWORK_LIST), (), (Pos("doms", "DOM", "+"),)),
+    Verb("network-list", "list a domain's network interfaces",
+         cmd_devices("nic"), (), (Pos("doms", "DOM", "+"),)),
     Verb("vcpu-list", "list the vCPUs of domains (all when none is named)", cmd_vcpu_list, (),
          (Pos("domains", "DOM", "*"),)),
     Verb("vcpu-pin", "set the host CPUs a vCPU may run on", cmd_vcpu_pin,

@@ -2,7 +2,8 @@
 
 Sources (Xen): tools/xl/xl_info.c `list_domains` for `xl list`, tools/xl/xl_vcpu.c
 `vcpulist`/`print_vcpuinfo` for `xl vcpu-list`, tools/xl/xl_utils.c `print_bitmap` for
-CPU affinity sets. Each function returns one line without its trailing newline.
+CPU affinity sets, tools/xl/xl_block.c `main_blocklist` and tools/xl/xl_nic.c
+`main_networklist` for Xen PV disks and NICs. Each function returns one line without its trailing newline.
 The printf formats are kept verbatim as %-formats (hence the UP031 waivers) so they can
 be compared with xl's source at a glance.
 """
@@ -10,7 +11,7 @@ be compared with xl's source at a glance.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 # xl_info.c: shutdown_reason_letters[] = "-rscw", indexed by libxl_shutdown_reason
@@ -118,3 +119,64 @@ def list_long(entries: Iterable[Mapping[str, object]]) -> str:
         raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
 
     return json.dumps([dict(e) for e in entries], indent=4, default=default)
+
+
+# block-list / network-list. Xen PV devices are listed as xl lists them: the backend's
+# path and the frontend's xenbus state, event channel and ring references. Virtio devices
+# have none of these; their table shows the equivalents (PCI address, host backend) and
+# follows xl's table when a domain has both.
+XL_BLOCK_HEADER = "%-5s %-3s %-6s %-5s %-6s %-8s %-30s" % (  # noqa: UP031
+    "Vdev", "BE", "handle", "state", "evt-ch", "ring-ref", "BE-path")
+XL_NETWORK_HEADER = "%-3s %-2s %-17s %-6s %-5s %-6s %5s/%-5s %-30s" % (  # noqa: UP031
+    "Idx", "BE", "Mac Addr.", "handle", "state", "evt-ch", "tx-", "rx-ring-ref", "BE-path")
+VIRTIO_BLOCK = ("Vdev  Idx PCI     Mode Target", "{vdev:<5} {index:<3} {pci:<7} {mode:<4} {target}")
+VIRTIO_NETWORK = (
+    "Idx Mac Addr.         PCI     Tap             Bridge",
+    "{index:<3} {mac:<17} {pci:<7} {tap:<15} {bridge}",
+)
+
+
+def _is_xen(device: Mapping[str, object]) -> bool:
+    return str(device.get("model", "")).startswith("xen-")
+
+
+def xl_block_row(d: Mapping[str, object]) -> str:
+    """One Xen PV disk as xl_block.c prints it: "%-5d %-3d %-6d %-5d %-6d %-8d %-30s"
+    (devid, backend domid, frontend domid, state, event channel, ring-ref, backend path)."""
+    return "%-5d %-3d %-6d %-5d %-6d %-8d %-30s" % (  # noqa: UP031
+        d["devid"], d["backend_id"], d["frontend_id"], d["state"], d["event-channel"],
+        d["ring-ref"], d["backend"])
+
+
+def xl_network_row(d: Mapping[str, object]) -> str:
+    """One Xen PV NIC as xl_nic.c prints it: "%-3d %-2d " then the MAC, then
+    "%6d %5d %6d %5d/%-11d %-30s" (devid, state, event channel, tx/rx ring-refs, path)."""
+    return "%-3d %-2d " % (d["devid"], d["backend_id"]) + str(d["mac"]) + (  # noqa: UP031
+        "%6d %5d %6d %5d/%-11d %-30s" % (  # noqa: UP031
+            d["devid"], d["state"], d["event-channel"], d["tx-ring-ref"], d["rx-ring-ref"],
+            d["backend"]))
+
+
+def _listing(devices: Iterable[Mapping[str, object]], xl_header: str,
+             xl_row: Callable[[Mapping[str, object]], str], virtio: tuple[str, str]) -> list[str]:
+    devices = list(devices)
+    xen = [d for d in devices if _is_xen(d)]
+    others = [d for d in devices if not _is_xen(d)]
+    lines: list[str] = []
+    if xen:
+        lines += [xl_header, *map(xl_row, xen)]
+    if others or not xen:
+        if lines:
+            lines.append("")
+        lines += [virtio[0], *(virtio[1].format(**d) for d in others)]
+    return lines
+
+
+def block_list(disks: Iterable[Mapping[str, object]]) -> list[str]:
+    """`block-list`'s lines for these disks (inventory descriptions of kind "disk")."""
+    return _listing(disks, XL_BLOCK_HEADER, xl_block_row, VIRTIO_BLOCK)
+
+
+def network_list(nics: Iterable[Mapping[str, object]]) -> list[str]:
+    """`network-list`'s lines for these NICs (inventory descriptions of kind "nic")."""
+    return _listing(nics, XL_NETWORK_HEADER, xl_network_row, VIRTIO_NETWORK)

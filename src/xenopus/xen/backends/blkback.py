@@ -50,6 +50,9 @@ class BlkBack(Backend):
     """A `vbd` backend serving the raw image at `path`."""
 
     kind = "vbd"
+    # The frontend's nodes `xl block-list` shows besides the backend's path
+    # (libxl_device_disk_getinfo).
+    listed_nodes = ("state", "event-channel", "ring-ref")
 
     def __init__(
         self,
@@ -73,6 +76,10 @@ class BlkBack(Backend):
         self._ring_map: Mapping | None = None
         self.port: EventPort | None = None
         self.stats = {"requests": 0, "errors": 0}
+
+    def describe(self) -> dict[str, object]:
+        """What this backend serves: the vbd's device id (xl's Vdev), its name and image."""
+        return {"devid": self.devid, "vdev": self.vdev, **self.disk.describe()}
 
     # -- xenbus -----------------------------------------------------------------------
 

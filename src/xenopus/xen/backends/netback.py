@@ -103,6 +103,9 @@ class NetBack(Backend):
     """A `vif` backend carrying the guest's frames to and from `tap`."""
 
     kind = "vif"
+    # The frontend's nodes `xl network-list` shows besides the backend's path
+    # (libxl_device_nic_getinfo).
+    listed_nodes = ("state", "event-channel", "tx-ring-ref", "rx-ring-ref")
 
     def __init__(
         self,
@@ -128,6 +131,11 @@ class NetBack(Backend):
         self._tap_on = False
         self.stats = {"tx_packets": 0, "tx_errors": 0, "tx_dropped": 0,
                       "rx_packets": 0, "rx_dropped": 0}
+
+    def describe(self) -> dict[str, object]:
+        """What this backend serves: the vif's index, the guest's MAC, the tap and bridge."""
+        return {"devid": self.devid, "mac": format_mac(self.mac), "tap": self.tap.name,
+                "bridge": self.bridge or "-"}
 
     # -- xenbus -----------------------------------------------------------------------
 
