@@ -50,6 +50,7 @@ from xenopus.domain.inventory import (
     VcpuPart,
     VirtioPart,
     XenPart,
+    pci_address,
 )
 from xenopus.domain.vif import open_vif
 from xenopus.domain.xen import StoreProxy, XenGuest, decide
@@ -187,8 +188,10 @@ def build_guest(
         config.name, boot.protocol, config.kernel, boot.entry, config.memory, config.vcpus,
         boot.cmdline, rsdp,
     )
-    for part in guest.inventory.of_kind(DISK, NIC, "console", "rng"):
-        log.info("%s: %s %s %s", config.name, part.kind, part.name, part.describe())
+    for part in guest.inventory.parts:
+        if isinstance(part, VirtioPart):
+            log.info("%s: pci %s virtio-%s %s", config.name, pci_address(part.bdf),
+                     part.device.name, dict(part.detail))
     return guest
 
 
