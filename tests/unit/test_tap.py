@@ -345,3 +345,30 @@ def test_bridge_attachment_and_errors(ns: str) -> None:
         assert info["flags"] & 1  # IFF_UP
     with pytest.raises(TapError, match="tap xtap0 does not exist"):
         tapmod.set_link_up("xtap0")  # gone with its fd
+
+
+@needs_tun
+def test_open_vif_names_sizes_and_addresses_a_vif_as_xl(ns: str) -> None:
+    from pyroute2 import IPRoute
+
+    from xenopus.domain.devspec import VifSpec
+    from xenopus.domain.vif import open_vif
+
+    # No vifname: Xen's vifDOMID.DEVID; no mac: one in 00:16:3e, the same on every open.
+    tap, mac = open_vif("web", VifSpec(mtu=1400), 7, 1)
+    with tap:
+        assert tap.name == "vif7.1" and mac[:3] == b"\x00\x16\x3e"
+        with IPRoute() as ipr:
+            info = ipr.get_links(ipr.link_lookup(ifname="vif7.1")[0])[0]
+        assert info.get_attr("IFLA_MTU") == 1400 and info["flags"] & 1  # up
+    again, mac_again = open_vif("web", VifSpec(), 7, 1)
+    again.close()
+    assert mac_again == mac
+    named, given = open_vif("web", VifSpec(vifname="xvif0", mac="00:16:3e:01:02:03"), 7, 0)
+    named.close()
+    assert named.name == "xvif0" and given == bytes.fromhex("00163e010203")
+    # A step that fails closes the tap again: its name is free for the next open.
+    with pytest.raises(TapError, match="bridge nobr0 does not exist"):
+        open_vif("web", VifSpec(vifname="xvif1", bridge="nobr0"), 7, 2)
+    with pytest.raises(TapError, match="tap xvif1 does not exist"):
+        tapmod.set_link_up("xvif1")
