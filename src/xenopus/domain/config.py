@@ -42,6 +42,7 @@ import os
 import re
 from dataclasses import asdict, dataclass, field, fields, replace
 
+from xenopus.domain.cpulist import parse_affinity
 from xenopus.domain.devspec import DevSpecError, DiskSpec, VifSpec, parse_disk, parse_vif
 
 # -- errors -------------------------------------------------------------------------
@@ -318,7 +319,6 @@ MIN_MEMORY_MIB = 2
 # A sane ceiling, well inside what KVM allows (KVM_CAP_MAX_VCPUS, checked at create) and
 # what 8-bit xAPIC IDs in the MADT can name.
 MAX_VCPUS = 64
-MAX_HOST_CPU = 8191  # Linux's largest NR_CPUS; bounds a "0-N" range before expanding it
 ACTIONS = ("destroy", "restart", "preserve")
 # The rest of xl's action_on_shutdown_names (xl_parse.c), refused for now.
 UNSUPPORTED_ACTIONS = ("rename-restart", "coredump-destroy", "coredump-restart", "soft-reset")
@@ -372,46 +372,6 @@ def check_vcpus(count: int) -> int:
     if count > MAX_VCPUS:
         raise ValueError(f"{count} vCPUs requested; the limit is {MAX_VCPUS}")
     return count
-
-
-def parse_cpus(text: str) -> list[int] | None:
-    """One xl CPU set (xl_parse.c parse_cpurange): comma-separated "N", "N-M", "^N",
-    "^N-M" and "all", applied in order. Returns the sorted host CPUs, or None for all."""
-    chosen: set[int] = set()
-    every = False
-    excluded = False
-    for item in filter(None, text.split(",")):  # strtok skips empty pieces
-        body = item[1:] if item.startswith("^") else item
-        negate = body is not item
-        if body.startswith(("node:", "nodes:")):
-            raise ValueError(f"`{item}': NUMA node affinity is not supported; list CPUs")
-        if body == "all":
-            if negate:
-                raise ValueError("can't combine \"^\" and \"all\"")
-            every = True
-            continue
-        m = re.fullmatch(r"([0-9]+)(?:-([0-9]+))?", body)
-        if not m:
-            raise ValueError(f"invalid CPU range `{item}'")
-        lo = int(m.group(1))
-        hi = int(m.group(2)) if m.group(2) is not None else lo
-        if hi < lo:
-            raise ValueError(f"invalid CPU range `{item}': {hi} is less than {lo}")
-        if hi > MAX_HOST_CPU:
-            raise ValueError(f"CPU {hi} in `{item}' is beyond any host (max {MAX_HOST_CPU})")
-        span = set(range(lo, hi + 1))
-        if negate:
-            excluded = True
-            chosen -= span
-        else:
-            chosen |= span
-    if every:
-        if excluded:
-            raise ValueError("\"all\" with \"^\" exclusions is not supported; list the CPUs")
-        return None
-    if not chosen:
-        raise ValueError(f"`{text}' selects no CPUs")
-    return sorted(chosen)
 
 
 def check_action(action: str) -> str:
@@ -683,9 +643,9 @@ def _get_cpus(s: Setting, count: int) -> list[list[int] | None] | None:
             items = [str(v) if isinstance(v, int) else v for v in s.value]
             if not all(isinstance(v, str) for v in items):
                 raise ValueError("expected a string or a list of strings")
-            return [parse_cpus(v) for v in items[:count]]  # type: ignore[arg-type]
+            return [parse_affinity(v) for v in items[:count]]  # type: ignore[arg-type]
         text = s.text if isinstance(s.value, int) else s.value
-        cpus = parse_cpus(str(text))
+        cpus = parse_affinity(str(text))
         return None if cpus is None else [list(cpus) for _ in range(count)]
     except ValueError as e:
         raise ConfigError(f"{_where(s)}: cpus: {e}") from None
