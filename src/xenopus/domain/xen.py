@@ -21,8 +21,8 @@ from typing import Any
 from xenopus.boot import BootInfo
 from xenopus.devices import platform as layout
 from xenopus.devices.bus import Bus
+from xenopus.devices.mac import generate_mac, parse_mac
 from xenopus.devices.tap import Tap
-from xenopus.devices.virtio.net import generate_mac, parse_mac
 from xenopus.domain.config import DomainConfig
 from xenopus.domain.devspec import VifSpec
 from xenopus.domain.interdomain import InterdomainPort
