@@ -1,10 +1,14 @@
-"""Facts about the host machine (Domain-0 in xl's terms), read from /proc."""
+"""Facts about the host machine (Domain-0 in xl's terms), read from /proc and sysfs.
+
+The one place that asks which host CPUs (and NUMA nodes) exist.
+"""
 
 from __future__ import annotations
 
 import os
 
 ONLINE_CPUS = "/sys/devices/system/cpu/online"
+NODE_CPUS = "/sys/devices/system/node/node{}/cpulist"
 
 
 def kernel_cpu_list(text: str) -> set[int]:
@@ -16,10 +20,23 @@ def kernel_cpu_list(text: str) -> set[int]:
     return out
 
 
-def online_cpus() -> set[int]:
-    """The host's online CPUs; OSError where sysfs cannot be read."""
-    with open(ONLINE_CPUS) as f:
-        return kernel_cpu_list(f.read())
+def host_cpus() -> frozenset[int]:
+    """The host's online CPUs (Documentation/ABI/testing/sysfs-devices-system-cpu), or
+    0..cpu_count-1 where sysfs cannot be read."""
+    try:
+        with open(ONLINE_CPUS) as f:
+            return frozenset(kernel_cpu_list(f.read()))
+    except OSError:
+        return frozenset(range(os.cpu_count() or 1))
+
+
+def node_cpus(node: int) -> set[int]:
+    """The CPUs of NUMA node `node`; ValueError when the host has no such node."""
+    try:
+        with open(NODE_CPUS.format(node)) as f:
+            return kernel_cpu_list(f.read())
+    except FileNotFoundError:
+        raise ValueError(f"the host has no NUMA node {node}") from None
 
 
 def memory_mib() -> int:

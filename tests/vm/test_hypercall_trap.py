@@ -19,10 +19,11 @@ import queue
 
 import pytest
 
+from xenopus.arch.x86 import CR0_PG, CR4_PAE, EFER_LMA, EFER_LME
 from xenopus.devices.bus import Bus
 from xenopus.memory.guest import GuestMemory
 from xenopus.vm import CpuState, Machine, StopReason
-from xenopus.vm.cpu import CR0_PG, CR4_PAE, EFER_LMA, EFER_LME, flat_code64
+from xenopus.vm.cpu import flat_code64
 from xenopus.xen import abi
 from xenopus.xen.platform import XenPlatform
 

@@ -17,10 +17,11 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from xenopus.arch.x86 import CR0_PG, CR4_PAE, EFER_LMA, EFER_LME
 from xenopus.kvm import Kvm, KvmCapabilityError, KvmError
 from xenopus.memory.guest import GuestMemory
 from xenopus.vm import CpuState, Machine, StopReason
-from xenopus.vm.cpu import CR0_PG, CR4_PAE, EFER_LMA, EFER_LME, flat_code64
+from xenopus.vm.cpu import flat_code64
 
 pytestmark = pytest.mark.kvm
 

@@ -28,11 +28,12 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from tests.vm.test_machine import bounded
+from xenopus.host import host_cpus
 from xenopus.kvm import Kvm
 from xenopus.kvm import uapi as u
 from xenopus.memory.guest import GuestMemory
 from xenopus.vm import CpuState, Machine, StopReason
-from xenopus.vm.machine import MAX_XAPIC_VCPUS, host_cpus
+from xenopus.vm.machine import MAX_XAPIC_VCPUS
 from xenopus.vm.vcpu import cpuid_topology
 
 pytestmark = pytest.mark.kvm

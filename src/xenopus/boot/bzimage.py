@@ -14,6 +14,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from xenopus.arch.x86 import (
+    CR0_ET,
+    CR0_PE,
+    CR0_PG,
+    CR4_PAE,
+    EFER_LMA,
+    EFER_LME,
+    PTE_P,
+    PTE_PS,
+    PTE_RW,
+    RFLAGS_RESERVED,
+)
 from xenopus.boot.e820 import E820Entry, build_e820
 from xenopus.boot.layout import (
     HIGH_MEMORY,
@@ -34,15 +46,7 @@ from xenopus.boot.layout import (
     write_gdt,
 )
 from xenopus.memory.guest import GuestMemory
-from xenopus.memory.paging import PTE_P, PTE_PS, PTE_RW
 from xenopus.vm.cpu import (
-    CR0_ET,
-    CR0_PE,
-    CR0_PG,
-    CR4_PAE,
-    EFER_LMA,
-    EFER_LME,
-    RFLAGS_RESERVED,
     CpuState,
     flat_code64,
     flat_data,

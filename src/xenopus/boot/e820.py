@@ -74,9 +74,6 @@ class E820Map:
                 merged.append(e)
         self.entries = merged
 
-    def add_reserved(self, addr: int, size: int, type: int = E820_RESERVED) -> None:
-        self.add(addr, size, type)
-
     def ram(self) -> list[E820Entry]:
         return [e for e in self.entries if e.type == E820_RAM]
 

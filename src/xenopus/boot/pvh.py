@@ -20,6 +20,7 @@ from elftools.common.exceptions import ELFError
 from elftools.construct.core import ConstructError
 from elftools.elf.elffile import ELFFile
 
+from xenopus.arch.x86 import CR0_ET, CR0_PE, RFLAGS_RESERVED
 from xenopus.boot.e820 import E820Entry, build_e820
 from xenopus.boot.layout import (
     BOOT_AREA_END,
@@ -43,9 +44,6 @@ from xenopus.boot.layout import (
 )
 from xenopus.memory.guest import GuestMemory
 from xenopus.vm.cpu import (
-    CR0_ET,
-    CR0_PE,
-    RFLAGS_RESERVED,
     CpuState,
     flat_code32,
     flat_data,

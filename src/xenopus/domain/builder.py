@@ -26,13 +26,14 @@ from xenopus.devices.acpi_power import AcpiPowerDevice
 from xenopus.devices.bus import Bus, BusDevice, NullDevice
 from xenopus.devices.debugcon import DebugCon
 from xenopus.devices.i8042 import I8042
+from xenopus.devices.mac import format_mac
 from xenopus.devices.pci.host import PciHostBridge
 from xenopus.devices.rtc import CmosRtc
 from xenopus.devices.serial import Serial16550
 from xenopus.devices.virtio.blk import VirtioBlk
 from xenopus.devices.virtio.console import VirtioConsole
 from xenopus.devices.virtio.device import VirtioDevice
-from xenopus.devices.virtio.net import VirtioNet, format_mac
+from xenopus.devices.virtio.net import VirtioNet
 from xenopus.devices.virtio.pci import VirtioPciDevice
 from xenopus.devices.virtio.rng import VirtioRng
 from xenopus.domain.config import DomainConfig

@@ -34,6 +34,8 @@ import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 
+from xenopus.devices.mac import UNSET_MAC, MacError, format_mac, parse_mac
+
 # -- errors ------------------------------------------------------------------------------
 
 
@@ -403,7 +405,6 @@ def parse_disk(spec: str, index: int | None = None) -> DiskSpec:
 IFNAMSIZ = 16  # <linux/if.h>
 MIN_MTU = 68  # ETH_MIN_MTU, <linux/if_ether.h>
 MAX_MTU = 65535  # ETH_MAX_MTU; virtio-net's config `mtu` is a le16 (virtio 1.2 §5.1.4)
-_MAC = re.compile(r"([0-9a-fA-F]{1,2})" + r":([0-9a-fA-F]{1,2})" * 5 + r"\Z")
 # libxlu_vif.c vif_bytes_per_sec_re and vif_internal_usec_re.
 _RATE = re.compile(r"([0-9]+)[GMK]?[Bb]/s\Z")
 _INTERVAL = re.compile(r"([0-9]+)[mu]?s?\Z")
@@ -425,20 +426,18 @@ def check_ifname(name: str) -> str:
     return name
 
 
-def parse_mac(text: str) -> str | None:
-    """Six colon-separated hex octets, unicast; returned in canonical lowercase form.
-    All zeros means "generate one", as libxl treats it (libxl__mac_is_default)."""
-    m = _MAC.match(text)
-    if not m:
-        raise ValueError(f"mac `{text}' is not six colon-separated hex octets"
-                         " (e.g. 00:16:3e:12:34:56)")
-    octets = [int(g, 16) for g in m.groups()]
-    if not any(octets):
-        return None
-    if octets[0] & 1:
-        raise ValueError(f"mac `{text}' is a multicast address (the low bit of the"
-                         " first octet is set)")
-    return ":".join(f"{o:02x}" for o in octets)
+def _vif_mac(text: str) -> str | None:
+    """The canonical form of a vif's mac=, or None for all zeros: "generate one", as
+    libxl treats it (libxl__mac_is_default)."""
+    mac = parse_mac(text, allow_unset=True)
+    return None if mac == UNSET_MAC else format_mac(mac)
+
+
+def _is_canonical_mac(value: object) -> bool:
+    try:
+        return isinstance(value, str) and format_mac(parse_mac(value)) == value
+    except MacError:
+        return False
 
 
 def check_rate(text: str) -> None:
@@ -467,8 +466,7 @@ class VifSpec:
     mtu: int | None = None  # None: the tap's default (1500)
 
     def __post_init__(self) -> None:
-        if self.mac is not None and (not isinstance(self.mac, str)
-                                     or parse_mac(self.mac) != self.mac):
+        if self.mac is not None and not _is_canonical_mac(self.mac):
             raise ValueError(f"mac `{self.mac}' is not a canonical unicast MAC")
         for key in ("bridge", "vifname"):
             value = getattr(self, key)
@@ -536,7 +534,7 @@ def _backend(value: str) -> None:
 
 # Keys xenopus acts on (name -> converter); keys it checks and ignores with a warning.
 _VIF_KEYS: dict[str, Callable[[str], object]] = {
-    "mac": parse_mac, "bridge": check_ifname, "vifname": check_ifname, "model": _model,
+    "mac": _vif_mac, "bridge": check_ifname, "vifname": check_ifname, "model": _model,
     "mtu": _mtu,
 }
 _VIF_CHECKED: dict[str, Callable[[str], None]] = {"type": _type, "backend": _backend}

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from xenopus.devices.mac import generate_mac, parse_mac
 from xenopus.devices.tap import Tap
-from xenopus.devices.virtio.net import generate_mac, parse_mac
 from xenopus.domain.devspec import VifSpec
 
 

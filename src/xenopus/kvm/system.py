@@ -111,18 +111,6 @@ class Kvm:
             )
             return out
 
-    def msr_index_list(self) -> list[int]:
-        """KVM_GET_MSR_INDEX_LIST: the MSRs KVM saves and restores."""
-        probe = u.msr_list_with(0)
-        try:
-            _ioctl(self.fd, u.KVM_GET_MSR_INDEX_LIST, probe)
-        except KvmError as e:
-            if e.errno != errno.E2BIG:
-                raise
-        buf = u.msr_list_with(probe.nmsrs)
-        _ioctl(self.fd, u.KVM_GET_MSR_INDEX_LIST, buf, "KVM_GET_MSR_INDEX_LIST")
-        return list(buf.indices[: buf.nmsrs])
-
     def create_vm(self) -> VmFd:
         fd = _ioctl(self.fd, u.KVM_CREATE_VM, 0, "KVM_CREATE_VM")
         return VmFd(fd, self)
@@ -239,13 +227,6 @@ class VmFd:
             table.entries[i] = e
         _ioctl(self.fd, u.KVM_SET_GSI_ROUTING, table, "KVM_SET_GSI_ROUTING")
 
-    def get_dirty_log(self, slot: int, bitmap: bytearray | memoryview) -> None:
-        """Fill `bitmap` (one bit per page of the slot, 64-bit aligned length) and reset it."""
-        buf = (ctypes.c_char * len(bitmap)).from_buffer(bitmap)
-        req = u.kvm_dirty_log(slot=slot, dirty_bitmap=ctypes.addressof(buf))
-        _ioctl(self.fd, u.KVM_GET_DIRTY_LOG, req, f"KVM_GET_DIRTY_LOG slot {slot}")
-        del buf
-
     def xen_hvm_config(self, msr: int, flags: int = 0) -> None:
         req = u.kvm_xen_hvm_config(flags=flags, msr=msr)
         _ioctl(self.fd, u.KVM_XEN_HVM_CONFIG, req, "KVM_XEN_HVM_CONFIG")
@@ -308,16 +289,6 @@ class VcpuFd:
 
     def set_cpuid2(self, cpuid: ctypes.Structure) -> None:
         _ioctl(self.fd, u.KVM_SET_CPUID2, cpuid, "KVM_SET_CPUID2")
-
-    def get_msrs(self, indices: Iterable[int]) -> dict[int, int]:
-        indices = list(indices)
-        buf = u.msrs_with(len(indices))
-        for i, index in enumerate(indices):
-            buf.entries[i].index = index
-        n = _ioctl(self.fd, u.KVM_GET_MSRS, buf, "KVM_GET_MSRS")
-        if n != len(indices):
-            raise KvmError(f"KVM_GET_MSRS: MSR {indices[n]:#x} cannot be read")
-        return {e.index: e.data for e in buf.entries}
 
     def set_msrs(self, values: Mapping[int, int]) -> None:
         buf = u.msrs_with(len(values))

@@ -15,34 +15,29 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterator
 
+from xenopus.arch.x86 import (
+    CR0_PG,
+    CR0_WP,
+    CR4_LA57,
+    CR4_PAE,
+    CR4_PSE,
+    CR4_SMEP,
+    EFER_LMA,
+    EFER_NXE,
+    GP_VECTOR,
+    PF_I,
+    PF_P,
+    PF_RSVD,
+    PF_U,
+    PF_VECTOR,
+    PF_W,
+    PTE_P,
+    PTE_PS,
+    PTE_RW,
+    PTE_US,
+    PTE_XD,
+)
 from xenopus.memory.guest import PAGE_SIZE, GuestMemory, GuestMemoryError
-
-# Control-register and EFER bits (SDM vol. 3A §2.5, §2.2.1).
-CR0_WP = 1 << 16
-CR0_PG = 1 << 31
-CR4_PSE = 1 << 4
-CR4_PAE = 1 << 5
-CR4_LA57 = 1 << 12
-CR4_SMEP = 1 << 20
-EFER_LMA = 1 << 10
-EFER_NXE = 1 << 11
-
-# Paging-structure entry bits common to all modes (SDM vol. 3A Tables 4-4 to 4-20).
-PTE_P = 1 << 0
-PTE_RW = 1 << 1
-PTE_US = 1 << 2
-PTE_PS = 1 << 7
-PTE_XD = 1 << 63
-
-# Page-fault error code (SDM vol. 3A §4.7, Figure 4-12).
-PF_P = 1 << 0  # 0: not present; 1: protection violation (or reserved bit)
-PF_W = 1 << 1  # the access was a write
-PF_U = 1 << 2  # the access was a user-mode (CPL 3) access
-PF_RSVD = 1 << 3  # a reserved bit was set in a paging-structure entry
-PF_I = 1 << 4  # the access was an instruction fetch (see _Walk.error_code for when)
-
-PF_VECTOR = 14  # #PF
-GP_VECTOR = 13  # #GP, raised for a non-canonical address (SDM vol. 3A §6.15, "Interrupt 13")
 
 _MASK32 = (1 << 32) - 1
 _MASK64 = (1 << 64) - 1

@@ -219,7 +219,7 @@ def cmd_list(args: Namespace) -> int:
         return 0
     print(xlformat.list_header())
     if show_dom0:
-        print(xlformat.list_row("Domain-0", 0, host.memory_mib(), os.cpu_count() or 1,
+        print(xlformat.list_row("Domain-0", 0, host.memory_mib(), len(host.host_cpus()),
                                 xlformat.DomainState(running=True), host.busy_cpu_seconds()))
     for d in domains:
         print(xlformat.list_row(d["name"], d["domid"], d["memory"], d["vcpus"],
@@ -300,12 +300,12 @@ def host_cpu_rows(nr_cpus: int) -> list[str]:
 
 
 def cmd_vcpu_list(args: Namespace) -> int:
-    from xenopus.toolstack import cpulist, xlformat
+    from xenopus.toolstack import xlformat
 
     others = [d for d in args.domains if d not in DOM0]
     show_dom0 = not args.domains or len(others) < len(args.domains)
     domains = request({"op": "vcpu-list", "doms": others})["domains"] if others or not args.domains else []
-    nr_cpus = max(cpulist.host_cpus()) + 1
+    nr_cpus = max(host.host_cpus()) + 1
     print(xlformat.vcpu_list_header())
     if show_dom0:
         print("\n".join(host_cpu_rows(nr_cpus)))
@@ -322,7 +322,7 @@ def cmd_vcpu_list(args: Namespace) -> int:
 
 
 def cmd_vcpu_pin(args: Namespace) -> int:
-    from xenopus.toolstack import cpulist
+    from xenopus.domain import cpulist
 
     if args.dom in DOM0:
         raise CliError("Domain-0 is the host: pin its processes with taskset(1)")

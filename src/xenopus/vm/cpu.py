@@ -1,39 +1,22 @@
 """Architectural x86 state a boot protocol fixes at entry.
 
 Loaders (layer 5) describe the vCPU's initial state with a `CpuState`; the vCPU
-(`Vcpu.apply`) turns it into `kvm_regs`/`kvm_sregs`. Bits are from the Intel SDM
-vol. 3A §2.5 (control registers) and §3.4.5 (segment descriptors).
+(`Vcpu.apply`) turns it into `kvm_regs`/`kvm_sregs`. The register bits are in
+`xenopus.arch.x86`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-# CR0 (SDM 3A §2.5)
-CR0_PE = 1 << 0
-CR0_MP = 1 << 1
-CR0_ET = 1 << 4
-CR0_NE = 1 << 5
-CR0_WP = 1 << 16
-CR0_PG = 1 << 31
-# CR4
-CR4_PSE = 1 << 4
-CR4_PAE = 1 << 5
-CR4_PGE = 1 << 7
-CR4_LA57 = 1 << 12
-# EFER (SDM 3A §2.2.1)
-EFER_SCE = 1 << 0
-EFER_LME = 1 << 8
-EFER_LMA = 1 << 10
-EFER_NXE = 1 << 11
-# RFLAGS
-RFLAGS_RESERVED = 1 << 1
-RFLAGS_IF = 1 << 9
-
-# Segment types (SDM 3A §3.4.5.1): code execute/read accessed, data read/write accessed.
-SEG_TYPE_CODE_XRA = 0xB
-SEG_TYPE_DATA_RWA = 0x3
-SEG_TYPE_TSS_BUSY = 0xB
+from xenopus.arch.x86 import (
+    CR0_ET,
+    CR0_PE,
+    RFLAGS_RESERVED,
+    SEG_TYPE_CODE_XRA,
+    SEG_TYPE_DATA_RWA,
+    SEG_TYPE_TSS_BUSY,
+)
 
 
 @dataclass

@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 
-from xenopus.host import online_cpus
+from xenopus.host import host_cpus
 from xenopus.kvm import uapi as u
 from xenopus.kvm.system import Kvm, KvmError, VmFd
 from xenopus.memory.guest import GuestMemory
@@ -56,14 +56,6 @@ CpuidFixup = Callable[[int, ctypes.Structure], ctypes.Structure]
 # vCPUs would need x2APIC IDs in the MADT and CPUID leaf 1.
 MAX_XAPIC_VCPUS = 255
 VCPU_INFO_TIMEOUT = 1.0  # seconds vcpu_info waits for a vCPU thread to answer its kick
-
-
-def host_cpus() -> frozenset[int]:
-    """The host's online CPUs (/sys/devices/system/cpu/online, a kernel CPU list)."""
-    try:
-        return frozenset(online_cpus())
-    except OSError:
-        return frozenset(range(os.cpu_count() or 1))
 
 
 class Machine:

@@ -18,11 +18,12 @@ import threading
 from collections.abc import Callable
 from typing import Protocol
 
+from xenopus.arch.x86 import EFER_LMA
 from xenopus.kvm import uapi as u
 from xenopus.kvm.system import VcpuFd
 from xenopus.memory import paging
 from xenopus.memory.guest import GuestMemory
-from xenopus.vm.cpu import EFER_LMA, CpuState, Segment
+from xenopus.vm.cpu import CpuState, Segment
 from xenopus.vm.events import StopReason
 from xenopus.vm.ports import IoHandler
 

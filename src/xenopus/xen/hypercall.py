@@ -44,6 +44,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from xenopus.arch.x86 import CR0_PE as _CR0_PE
+from xenopus.arch.x86 import EFER_LMA as _EFER_LMA
 from xenopus.devices import platform as layout
 from xenopus.kvm import uapi as u
 from xenopus.memory.guest import GuestMemory, GuestMemoryError
@@ -65,8 +67,6 @@ HVM_FEATURES = (
 
 _STUB_PAD = 0xCC  # int3, as Xen fills unused stub bytes
 _MASK64 = (1 << 64) - 1
-_EFER_LMA = 1 << 10
-_CR0_PE = 1 << 0
 _ARGS64 = ("rdi", "rsi", "rdx", "r10", "r8", "r9")
 _ARGS32 = ("rbx", "rcx", "rdx", "rsi", "rdi", "rbp")
 

@@ -15,14 +15,13 @@ only when it is full).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
-import re
 import struct
 from collections import deque
 from dataclasses import dataclass
 
+from xenopus.devices.mac import MacError
 from xenopus.devices.tap import (
     TUN_F_CSUM,
     TUN_F_TSO4,
@@ -87,41 +86,6 @@ TRANSMITQ = 1
 QUEUE_SIZE = 256
 
 assert NET_HDR.size == VNET_HDR_LEN
-
-# Xen's OUI (XenSource), the range libxl draws guest MACs from.
-XEN_OUI = b"\x00\x16\x3e"
-_MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
-
-
-class MacError(ValueError):
-    """A MAC address that is malformed or unusable for a NIC."""
-
-
-def parse_mac(text: str) -> bytes:
-    """ "00:16:3e:12:34:56" → 6 bytes. Refuses other shapes, multicast (I/G bit, IEEE
-    802 §8.2) and the all-zero address."""
-    if not _MAC_RE.match(text):
-        raise MacError(f"MAC address {text!r} is not six colon-separated hex octets")
-    mac = bytes.fromhex(text.replace(":", ""))
-    if mac[0] & 1:
-        raise MacError(f"MAC address {text} is multicast (bit 0 of the first octet is set)")
-    if mac == bytes(6):
-        raise MacError(f"MAC address {text} is all zeroes")
-    return mac
-
-
-def format_mac(mac: bytes) -> str:
-    return ":".join(f"{b:02x}" for b in mac)
-
-
-def generate_mac(seed: str | None = None) -> bytes:
-    """A MAC in Xen's 00:16:3e range. With a seed (say "domname/vif0") the lower three
-    bytes are derived from it, so a domain keeps its MAC, and so its DHCP lease, across
-    restarts; without one they are random, as libxl does. Like libxl the fourth octet's
-    top bit is clear (the lower half of the OUI is the part used for guests)."""
-    tail = hashlib.sha256(seed.encode()).digest() if seed is not None else os.urandom(3)
-    return XEN_OUI + bytes((tail[0] & 0x7F, tail[1], tail[2]))
-
 
 @dataclass
 class NetStats:

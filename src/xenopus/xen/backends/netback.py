@@ -26,6 +26,7 @@ import contextlib
 import ctypes
 import struct
 
+from xenopus.devices.mac import format_mac
 from xenopus.devices.tap import Tap
 from xenopus.devices.virtio.net import (
     NET_HDR,
@@ -34,7 +35,6 @@ from xenopus.devices.virtio.net import (
     VIRTIO_NET_HDR_GSO_NONE,
     VIRTIO_NET_HDR_GSO_TCPV4,
     VIRTIO_NET_HDR_GSO_TCPV6,
-    format_mac,
 )
 from xenopus.xen import abi
 from xenopus.xen.backends.xenbus import (

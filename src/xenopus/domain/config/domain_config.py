@@ -1,0 +1,211 @@
+"""`DomainConfig`, the table of configuration keys, and loading it from xl.cfg.
+
+Each field of `DomainConfig` is one key, declared once with `key()`: its type and default,
+the xl.cfg setting(s) it reads and how, its check, and its help text. Reading, validation
+(from a file or `from_dict`) and "unknown key" warnings all follow the table.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, fields
+
+from xenopus.domain.config import keys as k
+from xenopus.domain.config.syntax import (
+    ConfigError,
+    Setting,
+    parse_override,
+    parse_settings,
+)
+from xenopus.domain.devspec import DiskSpec, VifSpec
+
+
+@dataclass
+class DomainConfig:
+    """A validated domain configuration (the keys this release supports)."""
+
+    name: str = k.key(read=k.string, check=k.text(k.check_name),
+                      help="the name of the domain, unique on the host")
+    kernel: str = k.key(read=k.path, check=k.text(k.check_path),
+                        help="the file loaded as the kernel image: an ELF with a PVH note, or a bzImage")
+    type: str = k.key("pvh", setting=("type", "builder"), read=k.guest_type,
+                      check=k.text(k.check_type), help='the guest type; only "pvh"')
+    memory: int = k.key(128, read=k.number, check=k.integer(k.check_memory),
+                        help="MiB of RAM the guest starts with")
+    # None means equal to memory
+    maxmem: int | None = k.key(None, read=k.number, check=k.integer(k.check_memory),
+                               help="the most memory, in MiB, the guest can ever see; at least memory")
+    vcpus: int = k.key(1, read=k.number, check=k.integer(k.check_vcpus),
+                       help="the number of vCPUs initially online")
+    # None means equal to vcpus
+    maxvcpus: int | None = k.key(None, read=k.number, check=k.integer(k.check_vcpus),
+                                 help="the most vCPUs the guest may bring up; at least vcpus")
+    ramdisk: str | None = k.key(None, read=k.path, check=k.text(k.check_path), optional=True,
+                                help="the file loaded as the ramdisk")
+    # Already combined from cmdline/root/extra.
+    cmdline: str = k.key("", setting=("cmdline", "root", "extra"), read=k.guest_cmdline,
+                         check=k.text(), help="the kernel command line: cmdline, else root= and extra=")
+    on_poweroff: str = k.key("destroy", read=k.string, check=k.text(k.check_action),
+                             help="what to do when the guest shuts itself down")
+    on_reboot: str = k.key("restart", read=k.string, check=k.text(k.check_action),
+                           help="what to do when the guest reboots")
+    on_crash: str = k.key("destroy", read=k.string, check=k.text(k.check_action),
+                          help="what to do when the guest crashes")
+    # The config file it came from (not a setting).
+    path: str | None = k.key(None, setting=(), read=k.source, check=k.text(), optional=True,
+                             help="the configuration file")
+    disks: list[DiskSpec] = k.key(setting="disk", read=k.disks, check=k.list_of(DiskSpec),
+                                  factory=list, help="the disks, xl disk-spec strings")
+    vifs: list[VifSpec] = k.key(setting="vif", read=k.vifs, check=k.list_of(VifSpec),
+                                factory=list, help="the network devices, xl vif-spec strings")
+    # Hard affinity: entry i is vCPU i's host CPUs (None: any); vCPUs past the end of the
+    # list, or every vCPU if the whole value is None, are not pinned.
+    cpus: list[list[int] | None] | None = k.key(
+        None, read=k.affinity, check=k.check_affinity, optional=True,
+        help="host CPUs the vCPUs may run on: a CPU list, or one per vCPU")
+    # Extra paravirtual devices (not xl keys: xl has no virtio): a virtio console port the
+    # CLI attaches to with `console -t virtio`, and a virtio entropy source.
+    virtio_console: int = k.key(0, read=k.number, check=k.integer(k.check_flag),
+                                help="1 for a virtio console port")
+    virtio_rng: int = k.key(0, read=k.number, check=k.integer(k.check_flag),
+                            help="1 for a virtio entropy source")
+    # The Xen guest interface: "1" shown, "0" hidden (a PVH guest sees no Xen at all),
+    # "auto" on unless the image needs the in-kernel path and the host lacks it.
+    xen_platform: str = k.key("auto", read=k.xen_platform,
+                              check=k.text(k.check_xen_platform),
+                              help='whether the guest sees Xen: 1, 0 or "auto"')
+
+    def __post_init__(self) -> None:
+        if self.maxmem is None:
+            self.maxmem = self.memory
+        if self.maxvcpus is None:
+            self.maxvcpus = self.vcpus
+        for spec in KEYS:
+            spec.validate(getattr(self, spec.name))
+        if self.maxmem < self.memory:
+            raise ConfigError(f"maxmem: {self.maxmem} MiB is less than memory"
+                              f" ({self.memory} MiB)")
+        if self.maxvcpus < self.vcpus:
+            raise ConfigError(f"maxvcpus: {self.maxvcpus} is less than vcpus ({self.vcpus})")
+        if self.cpus is not None and len(self.cpus) > self.maxvcpus:
+            raise ConfigError(f"cpus: {len(self.cpus)} entries for {self.maxvcpus} vCPUs")
+        _check_unique(self.disks, self.vifs)
+
+    def action_for(self, reason: str) -> str:
+        """The configured action for a guest stop: "poweroff", "reboot" or "crash"."""
+        return {"poweroff": self.on_poweroff, "reboot": self.on_reboot, "crash": self.on_crash}[reason]
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, object]) -> DomainConfig:
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ConfigError(f"unknown DomainConfig field(s): {', '.join(unknown)}")
+        missing = [spec.name for spec in KEYS if spec.required and spec.name not in data]
+        if missing:
+            raise ConfigError(f"{missing[0]}: missing")
+        data = dict(data)
+        for key, spec in (("disks", DiskSpec), ("vifs", VifSpec)):
+            items = data.get(key, [])
+            if not isinstance(items, list):
+                raise ConfigError(f"{key}: expected a list, got {type(items).__name__}")
+            try:
+                data[key] = [spec.from_dict(d) if isinstance(d, dict) else d for d in items]
+            except (TypeError, ValueError) as e:
+                raise ConfigError(f"{key}: {e}") from None
+        return cls(**data)  # type: ignore[arg-type]
+
+
+KEYS = k.keys_of(fields(DomainConfig))
+_BY_NAME = {spec.name: spec for spec in KEYS}
+_BY_LABEL = {spec.label: spec for spec in KEYS}
+# Every xl.cfg setting a key reads; any other draws a warning.
+KNOWN_KEYS = frozenset(s for spec in KEYS for s in spec.setting_names)
+
+
+def _check_unique(disks: list[DiskSpec], vifs: list[VifSpec]) -> None:
+    """One vdev number per disk, one mac and one vifname per vif."""
+    seen: dict[object, int] = {}
+    for i, d in enumerate(disks):
+        n = d.vdev_index
+        if n in seen:
+            j = seen[n]
+            same = "is" if disks[j].vdev == d.vdev else f"is the same virtio-blk disk ({n}) as"
+            raise ConfigError(f"disk: disk {i} '{d.vdev}' {same} disk {j} '{disks[j].vdev}'"
+                              " (duplicate vdev)")
+        seen[n] = i
+    for key in ("mac", "vifname"):
+        seen = {}
+        for i, v in enumerate(vifs):
+            value = getattr(v, key)
+            if value is None:
+                continue
+            if value in seen:
+                raise ConfigError(f"vif: vif {i} has the same {key} ({value}) as"
+                                  f" vif {seen[value]}")
+            seen[value] = i
+
+
+# -- loading ----------------------------------------------------------------------------
+
+
+def load_config(path: str | os.PathLike[str],
+                overrides: list[str] | tuple[str, ...] = (),
+                cwd: str | None = None) -> tuple[DomainConfig, list[str]]:
+    """Read an xl.cfg file plus `KEY=VALUE` overrides; return the config and warnings.
+
+    Overrides are applied after the file, as xl appends them to the config text
+    (xl_vmcontrol.c create_domain): a later setting replaces an earlier one, `+=` appends.
+    In messages an override's line is its position (1-based) on the command line.
+    """
+    filename = os.fspath(path)
+    try:
+        with open(os.path.join(cwd or "", filename), encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        raise ConfigError(f"{filename}: unable to open configuration file:"
+                          f" {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{filename}: not UTF-8 text: {e.reason}") from None
+
+    settings = parse_settings(text, filename)
+    for i, item in enumerate(overrides, 1):
+        parse_override(item, i, settings)
+    return from_settings(settings, os.path.abspath(os.path.join(cwd or "", filename)), cwd)
+
+
+def from_settings(settings: dict[str, Setting], path: str | None = None,
+                  cwd: str | None = None) -> tuple[DomainConfig, list[str]]:
+    """Build a `DomainConfig` from parsed settings; relative paths resolve beside `path`."""
+    warnings = [f"{k.where(s)}: warning: ignoring unknown parameter `{name}'"
+                for name, s in settings.items() if name not in KNOWN_KEYS]
+    r = k.Reading(settings, path, os.path.dirname(path) if path else (cwd or os.getcwd()),
+                  cwd, warnings, {})
+    for spec in KEYS:
+        if spec.required and spec.setting(r) is None:
+            raise ConfigError(f"{path or '<config>'}: {spec.label}: must be specified"
+                              f" ({spec.help})")
+    for spec in KEYS:
+        value = spec.read(r, spec)
+        if value is not None:
+            r.values[spec.name] = value
+    # Validate each key first so the message can point at its file and line.
+    for name, value in r.values.items():
+        spec = _BY_NAME[name]
+        try:
+            spec.validate(value)
+        except ConfigError as e:
+            raise ConfigError(_located(r, spec.setting(r), e)) from None
+    try:
+        return DomainConfig(**r.values), warnings  # type: ignore[arg-type]
+    except ConfigError as e:
+        label = str(e).split(":", 1)[0]
+        spec = _BY_LABEL.get(label)
+        raise ConfigError(_located(r, spec.setting(r) if spec else None, e)) from None
+
+
+def _located(r: k.Reading, s: Setting | None, e: ConfigError) -> str:
+    return f"{k.where(s)}: {e}" if s else str(e)

@@ -1,0 +1,44 @@
+"""The table of configuration keys: one `key()` declaration per DomainConfig field."""
+
+from __future__ import annotations
+
+import pytest
+
+from xenopus.domain.config import KEYS, KNOWN_KEYS, ConfigError, DomainConfig, load_config
+
+
+def test_known_keys_are_the_settings_the_table_reads() -> None:
+    # xl.cfg(5) keys we act on, plus the deprecated `builder` (xl_parse.c picks the type
+    # from it) and root=/extra= (folded into the command line), plus two of ours.
+    assert {
+        "name", "type", "builder", "kernel", "ramdisk", "cmdline", "root", "extra",
+        "memory", "maxmem", "vcpus", "maxvcpus", "on_poweroff", "on_reboot", "on_crash",
+        "disk", "vif", "cpus", "xen_platform", "virtio_console", "virtio_rng",
+    } == KNOWN_KEYS
+    assert "path" not in KNOWN_KEYS  # a field, not a setting
+
+
+def test_every_field_is_a_key_with_help() -> None:
+    assert [k.name for k in KEYS] == [f for f in DomainConfig.__dataclass_fields__]
+    assert all(k.help for k in KEYS)
+    assert [k.name for k in KEYS if k.required] == ["name", "kernel"]
+
+
+@pytest.mark.parametrize("spec", [k for k in KEYS if k.name not in ("name", "kernel")],
+                         ids=lambda k: k.name)
+def test_from_dict_checks_every_key_and_names_it(spec) -> None:
+    # from_dict speaks of dict keys (fields); the check itself of the xl.cfg setting.
+    with pytest.raises(ConfigError, match=rf"^({spec.name}|{spec.label}): "):
+        DomainConfig.from_dict({"name": "a", "kernel": "/k", spec.name: object()})
+
+
+def test_missing_and_mistyped_keys_explain_themselves(tmp_path) -> None:
+    path = tmp_path / "d.cfg"
+    path.write_text('name = "a"\n')
+    with pytest.raises(ConfigError, match=r"kernel: must be specified \(the file loaded as"
+                                          r" the kernel image"):
+        load_config(path)
+    path.write_text('name = "a"\nkernel = "k"\nvcpus = [2]\n')
+    with pytest.raises(ConfigError, match=r":3: vcpus: expected a number, got a list"
+                                          r" \(the number of vCPUs initially online\)$"):
+        load_config(path)
