@@ -35,7 +35,7 @@ from xenopus.devices.virtio.pci import VirtioPciDevice
 from xenopus.devices.virtio.rng import VirtioRng
 from xenopus.domain.config import DomainConfig
 from xenopus.domain.devspec import VifSpec
-from xenopus.domain.xen import StoreProxy, XenGuest, decide, open_vif_tap
+from xenopus.domain.xenguest import StoreProxy, XenGuest, decide, open_vif_tap
 from xenopus.host import memory_mib
 from xenopus.kvm import Kvm
 from xenopus.memory import GuestMemory, MiB

@@ -320,7 +320,7 @@ class GrantMapping:
 
 
 class GrantMapper:
-    """The only way a backend touches a granted page (issue 4 item 4)."""
+    """The only way a backend touches a granted page: through an entry that permits it."""
 
     def __init__(self, tables: Callable[[int], GrantTable | None]):
         self.tables = tables

@@ -300,7 +300,7 @@ def choose_path(
     linux: bool,
     xen_platform: int | str = "auto",
 ) -> tuple[Path, str]:
-    """Which entry path a domain gets, and why (issue 4, item 1).
+    """Which entry path a domain gets, and why.
 
     `kvm`: a `Kvm` or the KVM_CAP_XEN_HVM flags as an int. `hypercall_page_note`: the image
     has XEN_ELFNOTE_HYPERCALL_PAGE; `linux`: it is a Linux kernel (bzImage, or an ELF whose

@@ -25,7 +25,7 @@ from xenopus.devices.tap import Tap
 from xenopus.devices.virtio.net import generate_mac, parse_mac
 from xenopus.domain.config import DomainConfig
 from xenopus.domain.devspec import VifSpec
-from xenopus.domain.interdomain import InterdomainPort
+from xenopus.domain.interdomain_port import InterdomainPort
 from xenopus.kvm import Kvm
 from xenopus.kvm import uapi as u
 from xenopus.memory import GuestMemory
@@ -72,7 +72,7 @@ def open_vif_tap(domain: str, vif: VifSpec, domid: int, index: int) -> tuple[Tap
 
 
 def decide(config: DomainConfig, boot: BootInfo, kvm: Kvm) -> tuple[str, str]:
-    """("trap" | "kernel" | "off", why) for this domain and image (issue 4, item 1)."""
+    """("trap" | "kernel" | "off", why) for this domain and image."""
     return choose_path(
         kernel_flags(kvm),
         hypercall_page_note=bool(boot.details.get("hypercall_page_note")),
