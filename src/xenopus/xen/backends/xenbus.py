@@ -30,12 +30,13 @@ import select
 import threading
 from collections.abc import Callable
 from enum import IntEnum
-from typing import Any, Protocol
+from typing import Protocol
 
 from xenopus.memory import shared
 from xenopus.xen import abi
 from xenopus.xen.evtchn import EventChannels
 from xenopus.xen.grant import GrantMapper, GrantMapping
+from xenopus.xen.xenstore.client import XsClient
 from xenopus.xen.xenstore.wire import XsError
 
 log = logging.getLogger("xenopus.xen.backends")
@@ -320,7 +321,7 @@ class Backend:
 
     def __init__(
         self,
-        xs: Any,
+        xs: XsClient,
         host: Host,
         domid: int,
         devid: int,
