@@ -115,12 +115,12 @@ class EventChannels:
         self._early: set[int] = set()  # raised before shared_info was mapped
         self._lock = threading.RLock()
 
-    # --- shared_info / vcpu_info placement (called by the platform) -------------------------
+    # --- shared_info / vcpu_info placement (decided by the XenDomain) -----------------------
 
     def set_shared_info(self, gpa: int) -> None:
         """shared_info now lives at ``gpa`` (XENMEM_add_to_physmap, XENMAPSPACE_shared_info).
 
-        The page's content is the platform's to initialise or move before this call;
+        The page's content is the XenDomain's to initialise or move before this call;
         events raised while no shared_info was mapped are marked now.
         """
         with self._lock:

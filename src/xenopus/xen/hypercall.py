@@ -7,7 +7,7 @@ hypervisor whose base leaf is *highest*, so KVM's leaves left at 0x40000000 with
 0x40000100 would do, but Xen's spec and simpler guests (which look at 0x40000000 only)
 want Xen first; with Xen first, KVM's leaves must go (moved to 0x40000100 they would win
 Linux's vote). A Xen guest needs nothing from them: its clock is Xen's vcpu_time_info,
-which the platform has KVM maintain through the host-side kvmclock MSR.
+which the XenDomain has KVM maintain through the host-side kvmclock MSR.
 
 Trap path (any KVM): the guest writes the hypercall-page MSR (CPUID base+2 EBX); an MSR
 filter denies that write in the kernel so it reaches userspace (KVM_EXIT_X86_WRMSR), and
