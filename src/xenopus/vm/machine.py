@@ -12,7 +12,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 from xenopus.host import online_cpus
 from xenopus.kvm import uapi as u
@@ -83,10 +83,10 @@ class Machine:
         mmio: IoHandler,
         kvm: Kvm | None = None,
         msr_handler: MsrHandler | None = None,
-        exit_handlers: dict[int, Callable[[Vcpu], None]] | None = None,
+        exit_handlers: Mapping[int, Callable[[Vcpu], None]] | None = None,
         msr_filter: list[tuple[int, int, bytes]] | None = None,
         cpuid_fixup: CpuidFixup | None = None,
-        port_out_handlers: dict[int, Callable[[Vcpu], None]] | None = None,
+        port_out_handlers: Mapping[int, Callable[[Vcpu], None]] | None = None,
     ):
         if vcpus < 1:
             raise ValueError(f"a machine needs at least one vCPU, not {vcpus}")
@@ -126,9 +126,9 @@ class Machine:
         mmio: IoHandler,
         msr_handler: MsrHandler | None,
         cpuid_fixup: CpuidFixup | None,
-        exit_handlers: dict[int, Callable[[Vcpu], None]] | None = None,
+        exit_handlers: Mapping[int, Callable[[Vcpu], None]] | None = None,
         msr_filter: list[tuple[int, int, bytes]] | None = None,
-        port_out_handlers: dict[int, Callable[[Vcpu], None]] | None = None,
+        port_out_handlers: Mapping[int, Callable[[Vcpu], None]] | None = None,
     ) -> None:
         self.kvm.require(*REQUIRED_CAPS)
         # api.rst, KVM_CREATE_VCPU: KVM_CAP_MAX_VCPUS is the hard limit (KVM_CAP_NR_VCPUS,

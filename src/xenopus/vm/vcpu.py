@@ -196,9 +196,9 @@ class Vcpu:
         mmio: IoHandler,
         control: Callable[[Vcpu], bool],
         msr_handler: MsrHandler | None = None,
-        exit_handlers: dict[int, Callable[[Vcpu], None]] | None = None,
+        exit_handlers: Mapping[int, Callable[[Vcpu], None]] | None = None,
         sync_regs: bool = False,
-        port_out_handlers: dict[int, Callable[[Vcpu], None]] | None = None,
+        port_out_handlers: Mapping[int, Callable[[Vcpu], None]] | None = None,
     ):
         self.fd = fd
         self.index = fd.index
@@ -208,11 +208,11 @@ class Vcpu:
         self.control = control
         self.msr_handler = msr_handler
         # Exits a layer above owns (e.g. KVM_EXIT_XEN for the in-kernel Xen path); each
-        # runs on this vCPU's thread, with the exit data in `fd.kvm_run`.
-        self.exit_handlers = exit_handlers or {}
+        # runs on this vCPU's thread and reads the exit through `exit_view`.
+        self.exit_handlers = dict(exit_handlers or {})
         # Single OUTs to these ports go to the handler with this vCPU in hand (the Xen
         # hypercall port, whose handler reads the registers), not to `pio`.
-        self.port_out_handlers = port_out_handlers or {}
+        self.port_out_handlers = dict(port_out_handlers or {})
         # KVM_CAP_SYNC_REGS: KVM copies regs/sregs into kvm_run at every exit, so a handler
         # that needs them (a hypercall) reads memory instead of paying two ioctls.
         self.sync_regs = sync_regs
