@@ -35,7 +35,7 @@ import exits
 from common import ROOT, build_guest
 from xenopus.domain.builder import build_guest as build_domain
 from xenopus.domain.config import DomainConfig
-from xenopus.domain.xen import StoreProxy
+from xenopus.domain.xenguest import StoreProxy
 
 GUEST = ROOT / "guests" / "out" / "xenbench.elf"
 MEMORY_MIB = 64

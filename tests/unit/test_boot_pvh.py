@@ -20,14 +20,9 @@ from elftools.elf.elffile import ELFFile
 from tests.unit import boothelp
 from tests.unit.boothelp import refused
 from xenopus.boot import BootImageError, load_kernel
-from xenopus.boot.pvh import (
-    HvmMemmapTableEntry,
-    HvmModlistEntry,
-    HvmStartInfo,
-    find_phys32_entry,
-    parse_pvh,
-)
+from xenopus.boot.pvh import find_phys32_entry, parse_pvh
 from xenopus.memory.guest import GuestMemory
+from xenopus.xen import abi
 
 MiB = 1 << 20
 EM_386, EM_X86_64, EM_ARM = 3, 62, 40
@@ -186,9 +181,9 @@ def test_refuses_missing_note(mem: GuestMemory, tmp_path: Path) -> None:
 
 def test_struct_sizes_match_start_info_h() -> None:
     # start_info.h: "56 +----+" ends version 1; modlist entry 32 bytes; memmap entry 24.
-    assert ctypes.sizeof(HvmStartInfo) == 56
-    assert ctypes.sizeof(HvmModlistEntry) == 32
-    assert ctypes.sizeof(HvmMemmapTableEntry) == 24
+    assert ctypes.sizeof(abi.hvm_start_info) == 56
+    assert ctypes.sizeof(abi.hvm_modlist_entry) == 32
+    assert ctypes.sizeof(abi.hvm_memmap_table_entry) == 24
 
 
 def test_start_info_layout(mem: GuestMemory, tmp_path: Path) -> None:

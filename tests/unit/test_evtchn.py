@@ -17,7 +17,9 @@ import pytest
 
 from xenopus.memory import GuestMemory, MiB
 from xenopus.memory.shared import GuestAtomics
+from xenopus.xen.backends.xenbus import DomainHost
 from xenopus.xen.evtchn import EventChannels, State
+from xenopus.xen.grant import GrantMapper
 from xenopus.xen.guestmem import GuestAccess
 
 SI = 0x10000  # where the test puts shared_info
@@ -270,6 +272,23 @@ def test_local_port_callbacks_both_ways(mem: GuestMemory, c: Chans) -> None:
     assert calls == ["store", "blk"]
     assert c.ev.connect_local(fe, lambda: None) == -EINVAL  # already connected
     assert not c.ev.notify(c.ev.bind_ipi(0))  # not a host endpoint
+
+
+def test_backend_close_leaves_the_frontend_port_unbound(mem: GuestMemory, c: Chans) -> None:
+    # event_channel.c evtchn_close: closing one end of an interdomain channel makes the
+    # other end unbound again (for the same remote domain), ready to be bound anew.
+    calls: list[str] = []
+    fe = c.ev.alloc_unbound(DOMID_SELF, 0)
+    host = DomainHost(c.ev, GrantMapper(lambda domid: None))
+    backend_end = host.bind_event(1, fe, lambda: calls.append("old"))
+    c.ev.send(fe)
+    backend_end.close()
+    assert c.ev.port_state(fe) == State.UNBOUND
+    assert c.ev.send(fe) == 0 and calls == ["old"]  # the closed backend hears nothing
+    assert not c.ev.notify(fe)
+    host.bind_event(1, fe, lambda: calls.append("new"))
+    c.ev.send(fe)
+    assert calls == ["old", "new"]
 
 
 def test_local_callback_may_notify_back_at_once(mem: GuestMemory, c: Chans) -> None:

@@ -1,6 +1,6 @@
 """Hypercall entry and the simple hypercalls, without KVM: the page's bytes, CPUID leaves,
-the dispatcher's error codes, each xen_version sub-op, and the platform's calls against a
-guest memory with paging off (guest-virtual = guest-physical)."""
+the dispatcher's error codes, each xen_version sub-op, and the domain's calls against a
+guest memory with paging off (guest-virtual = guest-physical), on a stand-in machine."""
 
 from __future__ import annotations
 
@@ -15,11 +15,15 @@ import pytest
 from xenopus.kvm import uapi as u
 from xenopus.memory.guest import GuestMemory
 from xenopus.xen import abi
+from xenopus.xen.domain import XenDomain
+from xenopus.xen.evtchn import State
 from xenopus.xen.guestmem import GuestAccess
 from xenopus.xen.hypercall import (
     HYPERCALL_PORT,
     Call,
     HypercallTable,
+    KernelPath,
+    TrapPath,
     choose_path,
     hypercall_page,
     kernel_config,
@@ -27,7 +31,6 @@ from xenopus.xen.hypercall import (
     make_cpuid_fixup,
     stub,
 )
-from xenopus.xen.platform import XenPlatform
 
 DOMID = 3
 NO_PAGING = SimpleNamespace(cr0=0x11, cr3=0, cr4=0, efer=0)
@@ -42,27 +45,69 @@ def mem():
     m.close()
 
 
-class FakeMachine:
+class FakeVcpu:
+    """A `VcpuView` that records the MSRs set on it."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.msrs: dict[int, int] = {}
+        self.kick_pending = False
+        self.started = False
+
+    def set_msrs(self, values) -> None:
+        self.msrs.update(values)
+
+
+class FakeRoute:
+    """An MSI route that records where it was aimed and signals each trigger."""
+
     def __init__(self) -> None:
+        self.address = self.data = 0
+        self.triggered = threading.Event()
+
+    def update(self, address: int, data: int) -> None:
+        self.address, self.data = address, data
+
+    def trigger(self) -> None:
+        self.triggered.set()
+
+    def release(self) -> None:
+        pass
+
+
+class FakeMachine:
+    """A `MachineView` of two vCPUs whose kvmclock reads 0 at construction."""
+
+    def __init__(self, memory: GuestMemory, vcpus: int = 2) -> None:
+        self.memory = memory
+        self.vcpus = [FakeVcpu(i) for i in range(vcpus)]
         self.stops: list = []
-        self.vcpus: list = []
+        self.route = FakeRoute()  # every upcall vector's route (one is enough here)
+
+    def set_irq(self, gsi: int, level) -> None:
+        pass
+
+    def allocate_msi(self) -> FakeRoute:
+        return self.route
 
     def request_stop(self, reason) -> None:
         self.stops.append(reason)
+
+    def clock_ns(self) -> int:
+        return 0
 
 
 @pytest.fixture
 def plat(mem):
     lines: list[str] = []
-    p = XenPlatform(DOMID, None, mem, nr_vcpus=2, console_out=lines.append,
-                    e820=[(0, 0x9F000, 1), (0x100000, (4 << 20) - 0x100000, 1)])
-    p.machine = FakeMachine()
+    p = XenDomain(DOMID, FakeMachine(mem), HypercallTable(), console_out=lines.append,
+                  e820=[(0, 0x9F000, 1), (0x100000, (4 << 20) - 0x100000, 1)])
     p.lines = lines  # type: ignore[attr-defined]
     yield p
     p.close()
 
 
-def call(p: XenPlatform, mem, nr: int, *args: int, cpl: int = 0, vcpu: int = 0,
+def call(p: XenDomain, mem, nr: int, *args: int, cpl: int = 0, vcpu: int = 0,
          long_mode: bool = True) -> int:
     full = (tuple(args) + (0,) * 6)[:6]
     return p.table.dispatch(nr, Call(vcpu, full, GuestAccess(mem, NO_PAGING), long_mode, cpl))
@@ -155,11 +200,54 @@ def test_kernel_hcall_feeds_the_same_table(mem) -> None:
     xe = u.kvm_xen_exit(type=u.KVM_EXIT_XEN_HCALL)
     xe.hcall.longmode, xe.hcall.input = 1, abi.HYPERVISOR_xen_version
     xe.hcall.params[0] = 1
-    out = u.kvm_xen_exit.from_buffer_copy(kernel_hcall(table, bytes(xe), 0, GuestAccess(mem, NO_PAGING)))
-    assert out.hcall.result == 0x1235
+    kernel_hcall(table, xe, 0, GuestAccess(mem, NO_PAGING))
+    assert xe.hcall.result == 0x1235
     xe.hcall.cpl = 3
-    out = u.kvm_xen_exit.from_buffer_copy(kernel_hcall(table, bytes(xe), 0, GuestAccess(mem, NO_PAGING)))
-    assert out.hcall.result == (-abi.XEN_EPERM) & (2**64 - 1)
+    kernel_hcall(table, xe, 0, GuestAccess(mem, NO_PAGING))
+    assert xe.hcall.result == (-abi.XEN_EPERM) & (2**64 - 1)
+
+
+class ExitingVcpu(FakeVcpu):
+    """A vCPU in the middle of an exit: registers and kvm_run's exit data in memory."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__(index)
+        self.regs = u.kvm_regs()
+        self.sregs = u.kvm_sregs(cr0=NO_PAGING.cr0)
+        self.xen_exit = u.kvm_xen_exit(type=u.KVM_EXIT_XEN_HCALL)
+        self.regs_given: u.kvm_regs | None = None
+
+    def exit_regs(self):
+        return self.regs, self.sregs
+
+    def set_exit_regs(self, regs) -> None:
+        self.regs_given = regs
+
+    def exit_sregs(self):
+        return self.sregs
+
+    def exit_view(self, ctype):
+        assert ctype is u.kvm_xen_exit
+        return self.xen_exit
+
+
+def test_both_paths_take_the_vcpu_they_are_handed(mem) -> None:
+    table = HypercallTable()
+    table.register(abi.HYPERVISOR_xen_version, lambda c: 0x100 * c.vcpu + c.args[0])
+    entered: list[int] = []
+    table.on_entry = lambda vcpu: entered.append(vcpu.index)
+    vcpu = ExitingVcpu(1)
+    # trap path: call number in eax, 64-bit arguments from rdi (long mode: EFER.LMA, CS.L)
+    vcpu.regs.rax, vcpu.regs.rdi = abi.HYPERVISOR_xen_version, 7
+    vcpu.sregs.efer, vcpu.sregs.cs.l = 1 << 10, 1
+    TrapPath(table, mem).hypercall(vcpu)
+    assert vcpu.regs_given is vcpu.regs and vcpu.regs.rax == 0x107
+    # in-kernel path: KVM_EXIT_XEN's hcall, the result written into the exit in place
+    vcpu.xen_exit.hcall.longmode, vcpu.xen_exit.hcall.input = 1, abi.HYPERVISOR_xen_version
+    vcpu.xen_exit.hcall.params[0] = 9
+    KernelPath(table, mem).hypercall(vcpu)
+    assert vcpu.xen_exit.hcall.result == 0x109
+    assert entered == [1, 1]
 
 
 # --- the dispatcher -------------------------------------------------------------------------
@@ -248,14 +336,18 @@ def test_balloon_out_and_back(plat, mem) -> None:
 
 
 def test_add_to_physmap_shared_info(plat, mem) -> None:
-    seen = []
-    plat.evtchn = SimpleNamespace(set_shared_info=seen.append, _vcpu_info=[None, None])
     mem.fill(0x20000, 4096, 0x77)
     xatp = abi.xen_add_to_physmap(domid=abi.DOMID_SELF, space=abi.XENMAPSPACE_shared_info,
                                   idx=0, gpfn=0x20)
     mem.write(A, bytes(xatp))
     assert call(plat, mem, abi.HYPERVISOR_memory_op, abi.XENMEM_add_to_physmap, A) == 0
-    assert seen == [0x20000] and plat.shared_info == 0x20000
+    assert plat.evtchn.shared_info == 0x20000 and plat.shared_info == 0x20000
+    # xen.h: vcpu_info[v] is 64 bytes at 64 * v, its vcpu_time_info at +32; kvmclock MSR
+    # values carry the enable bit 0. The caller's clock is placed now, vCPU 1's as it enters.
+    vcpu0, vcpu1 = plat.machine.vcpus
+    assert vcpu0.msrs == {u.MSR_KVM_SYSTEM_TIME_NEW: 0x20000 + 32 | 1} and vcpu1.msrs == {}
+    plat.table.on_entry(vcpu1)
+    assert vcpu1.msrs == {u.MSR_KVM_SYSTEM_TIME_NEW: 0x20000 + 64 + 32 | 1}
     si = abi.shared_info.from_buffer_copy(mem.read(0x20000, ctypes.sizeof(abi.shared_info)))
     assert si.evtchn_pending[0] == 0 and si.wc_version % 2 == 0 and si.wc_sec > 1_600_000_000
     xatp.idx = 1
@@ -264,7 +356,14 @@ def test_add_to_physmap_shared_info(plat, mem) -> None:
     xatp.idx, xatp.gpfn = 0, BAD // 4096
     mem.write(A, bytes(xatp))
     assert call(plat, mem, abi.HYPERVISOR_memory_op, abi.XENMEM_add_to_physmap, A) == -abi.XEN_EINVAL
-    xatp.space = abi.XENMAPSPACE_grant_table
+    xatp.space = abi.XENMAPSPACE_grant_table  # reaches the grant table: not RAM
+    mem.write(A, bytes(xatp))
+    assert call(plat, mem, abi.HYPERVISOR_memory_op, abi.XENMEM_add_to_physmap, A) == -abi.XEN_EINVAL
+    xatp.gpfn = 0x21
+    mem.write(A, bytes(xatp))
+    assert call(plat, mem, abi.HYPERVISOR_memory_op, abi.XENMEM_add_to_physmap, A) == 0
+    assert plat.grants.frames == {0: 0x21}
+    xatp.space = abi.XENMAPSPACE_gmfn
     mem.write(A, bytes(xatp))
     assert call(plat, mem, abi.HYPERVISOR_memory_op, abi.XENMEM_add_to_physmap, A) == -abi.XEN_ENOSYS
 
@@ -326,43 +425,37 @@ def test_vcpu_op_checks(plat, mem) -> None:
 
 
 def test_singleshot_timer_raises_virq_timer(plat, mem) -> None:
-    fired = threading.Event()
-    virqs = []
-
-    def raise_virq(vcpu: int, virq: int) -> bool:
-        virqs.append((vcpu, virq))
-        fired.set()
-        return True
-
-    plat.evtchn = SimpleNamespace(raise_virq=raise_virq, vcpu_info_gpa=lambda v: None)
+    plat.map_shared_info(0x30000)
+    port = plat.evtchn.bind_virq(abi.VIRQ_TIMER, 1)
+    mem.write(A, bytes(abi.xen_hvm_evtchn_upcall_vector(vcpu=1, vector=0xE0)))
+    assert call(plat, mem, abi.HYPERVISOR_hvm_op, abi.HVMOP_set_evtchn_upcall_vector, A) == 0
     mem.write(A, bytes(abi.vcpu_set_singleshot_timer(timeout_abs_ns=plat.system_time() + 1_000_000)))
     assert call(plat, mem, abi.HYPERVISOR_vcpu_op, abi.VCPUOP_set_singleshot_timer, 1, A, vcpu=1) == 0
-    assert fired.wait(10)
-    assert virqs == [(1, abi.VIRQ_TIMER)]
+    route = plat.machine.route
+    assert route.triggered.wait(10)
+    # shared_info (xen.h): evtchn_pending at 2048; the upcall as an MSI to APIC ID 1
+    assert mem.read_u8(0x30000 + 2048 + port // 8) >> (port % 8) & 1
+    assert (route.address, route.data) == (0xFEE00000 | 1 << 12, 0xE0)
 
 
 def test_block_returns_when_the_timer_event_is_pending(plat, mem, monkeypatch) -> None:
     import time
 
-    from xenopus.xen import platform as platform_mod
+    from xenopus.xen import domain as domain_mod
 
-    monkeypatch.setattr(platform_mod, "BLOCK_MAX", 60.0)  # only the event may end the block
-    vi = 0x30000
-
-    def raise_virq(vcpu: int, virq: int) -> bool:
-        mem.write_u8(vi + abi.vcpu_info.evtchn_upcall_pending.offset, 1)
-        return True
-
-    plat.evtchn = SimpleNamespace(raise_virq=raise_virq, vcpu_info_gpa=lambda v: vi)
+    monkeypatch.setattr(domain_mod, "BLOCK_MAX", 60.0)  # only the event may end the block
+    plat.map_shared_info(0x30000)  # vCPU 0's vcpu_info: the first slot
+    plat.evtchn.bind_virq(abi.VIRQ_TIMER, 0)
     start = time.monotonic()
     assert call(plat, mem, abi.HYPERVISOR_set_timer_op, plat.system_time() + 50_000_000) == 0
     assert call(plat, mem, abi.HYPERVISOR_sched_op, abi.SCHEDOP_block) == 0
     assert plat.timers.fired_count(0) == 1
+    assert mem.read_u8(0x30000 + abi.vcpu_info.evtchn_upcall_pending.offset) == 1
     assert time.monotonic() - start < 30
 
 
 def test_poll_returns_at_once_for_a_pending_port(plat, mem) -> None:
-    plat.shared_info = 0x30000
+    plat.map_shared_info(0x30000)
     pending = 0x30000 + abi.shared_info.evtchn_pending.offset
     mem.write_u8(pending + 1, 0x04)  # port 10
     mem.write_u32(A + 0x100, 10)
@@ -428,10 +521,13 @@ def test_multicall(plat, mem) -> None:
 
 
 def test_evtchn_and_grant_forwarding(plat, mem) -> None:
-    assert call(plat, mem, abi.HYPERVISOR_event_channel_op, abi.EVTCHNOP_send, A) == -abi.XEN_ENOSYS
-    assert call(plat, mem, abi.HYPERVISOR_grant_table_op, abi.GNTTABOP_query_size, A, 1) == -abi.XEN_ENOSYS
-    plat.evtchn = SimpleNamespace(op=lambda cmd, access, gva: cmd * 100 + gva)
-    plat.grants = SimpleNamespace(op=lambda cmd, access, gva, n: -n)
-    assert call(plat, mem, abi.HYPERVISOR_event_channel_op, 4, 7) == 407
-    assert call(plat, mem, abi.HYPERVISOR_grant_table_op, 6, A, 5) == -5
+    mem.write(A, bytes(abi.evtchn_alloc_unbound(dom=abi.DOMID_SELF, remote_dom=0)))
+    assert call(plat, mem, abi.HYPERVISOR_event_channel_op, abi.EVTCHNOP_alloc_unbound, A) == 0
+    port = abi.evtchn_alloc_unbound.from_buffer_copy(mem.read(A, 8)).port
+    assert port > 0 and plat.evtchn.port_state(port) == State.UNBOUND
+    assert call(plat, mem, abi.HYPERVISOR_event_channel_op, 99, A) == -abi.XEN_ENOSYS
+    mem.write(A, bytes(abi.gnttab_query_size(dom=abi.DOMID_SELF)))
+    assert call(plat, mem, abi.HYPERVISOR_grant_table_op, abi.GNTTABOP_query_size, A, 1) == 0
+    size = abi.gnttab_query_size.from_buffer_copy(mem.read(A, 16))
+    assert (size.nr_frames, size.max_nr_frames, size.status) == (1, 32, 0)
     assert call(plat, mem, abi.HYPERVISOR_physdev_op, abi.PHYSDEVOP_map_pirq, A) == -abi.XEN_ENOSYS

@@ -40,6 +40,7 @@ SIZES = {
     "kvm_irq_level": 8,
     "kvm_mp_state": 4,
     "kvm_xen_hvm_config": 56,
+    "kvm_clock_data": 48,
 }
 
 # offsetof(struct kvm_run, ...): the exit union starts at 32 on x86
@@ -91,6 +92,7 @@ IOCTLS = {
     "KVM_CREATE_PIT2": 0x4040AE77,
     "KVM_IOEVENTFD": 0x4040AE79,
     "KVM_XEN_HVM_CONFIG": 0x4038AE7A,
+    "KVM_GET_CLOCK": 0x8030AE7C,
     "KVM_ENABLE_CAP": 0x4068AEA3,
     "KVM_X86_SET_MSR_FILTER": 0x4188AEC6,
     "KVM_RUN": 0xAE80,

@@ -25,7 +25,8 @@ from xenopus.memory.guest import GuestMemory
 from xenopus.vm import CpuState, Machine, StopReason
 from xenopus.vm.cpu import flat_code64
 from xenopus.xen import abi
-from xenopus.xen.platform import XenPlatform
+from xenopus.xen.domain import XenDomain
+from xenopus.xen.hypercall import HYPERCALL_PORT, HypercallTable, TrapPath, make_cpuid_fixup
 
 pytestmark = pytest.mark.kvm
 
@@ -75,12 +76,15 @@ def test_xen_version_through_the_trapped_hypercall_page() -> None:
     reports = Reports()
     pio.register(0x10, 0x20, reports, "reports")
     pio.register(0xF0, 1, reports, "done")
-    platform = XenPlatform(DOMID, None, memory, nr_vcpus=1)
-    platform.install(pio)
-    machine = Machine(memory, 1, pio=pio, mmio=mmio, **platform.machine_hooks())
+    table = HypercallTable()
+    trap = TrapPath(table, memory)
+    pio.register(HYPERCALL_PORT, 1, trap, "xen-hypercall")
+    machine = Machine(memory, 1, pio=pio, mmio=mmio, cpuid_fixup=make_cpuid_fixup(DOMID),
+                      msr_handler=trap, msr_filter=trap.msr_filter(),
+                      port_out_handlers=trap.port_out_handlers())
     stops: queue.Queue[StopReason] = queue.Queue()
+    domain = XenDomain(DOMID, machine, table, console_out=lambda line: None)
     try:
-        platform.attach(machine)
         pml4, pdpt, pd = 0x10000, 0x11000, 0x12000
         memory.write_u64(pml4, pdpt | 3)
         memory.write_u64(pdpt, pd | 3)
@@ -103,7 +107,7 @@ def test_xen_version_through_the_trapped_hypercall_page() -> None:
         assert v[0x14] & abi.XEN_HVM_CPUID_VCPU_ID_PRESENT
         assert v[0x14] & abi.XEN_HVM_CPUID_DOMID_PRESENT
         assert (v[0x15], v[0x16]) == (0, DOMID)
-        assert platform.trap.page_gpas == {0: PAGE}
+        assert trap.page_gpas == {0: PAGE}
         assert v[0x20] == 0x0004000B  # Xen 4.11
         assert (v[0x21], v[0x22]) == (0x5A5A5A5A, 0x0BADC0DE)  # no register but rax changed
         efault = (-abi.XEN_EFAULT) & (2**64 - 1)
@@ -113,6 +117,6 @@ def test_xen_version_through_the_trapped_hypercall_page() -> None:
         assert memory.read(0x3000, 16) == b".0-xenopus".ljust(16, b"\0")
     finally:
         machine.stop()
-        platform.close()
+        domain.close()
         machine.close()
         memory.close()

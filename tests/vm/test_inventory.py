@@ -12,7 +12,7 @@ import pytest
 from xenopus.domain.builder import build_guest
 from xenopus.domain.config import DomainConfig
 from xenopus.domain.devspec import parse_disk
-from xenopus.domain.xen import StoreProxy
+from xenopus.domain.xenguest import StoreProxy
 
 pytestmark = pytest.mark.kvm
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -280,6 +281,20 @@ def test_stop_joins_application_processors_waiting_for_sipi() -> None:
         bounded(g.machine.stop)
         assert vcpu_threads() == []
         assert g.stopped().kind == "poweroff"
+    finally:
+        g.close()
+
+
+def test_kvmclock_counts_boottime_from_vm_creation() -> None:
+    # x86.c kvm_arch_init_vm: kvmclock_offset = -CLOCK_BOOTTIME at creation, so
+    # KVM_GET_CLOCK reads the boottime elapsed since the VM was created.
+    before = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+    g = Guest()
+    try:
+        first = g.machine.clock_ns()
+        after = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+        assert 0 <= first <= after - before
+        assert g.machine.clock_ns() >= first
     finally:
         g.close()
 

@@ -22,7 +22,7 @@ import pytest
 from tests.vm.conftest import Xenopus
 from tests.vm.test_cli import read_until
 from xenopus import ipc
-from xenopus.domain.interdomain import InterdomainPort
+from xenopus.domain.interdomain_port import InterdomainPort
 from xenopus.memory import GuestMemory
 from xenopus.toolstack import interdomain as broker_mod
 from xenopus.toolstack.interdomain import InterdomainBroker

@@ -49,13 +49,7 @@ from xenopus.vm.cpu import (
     flat_data,
     task_segment,
 )
-
-XEN_ELFNOTE_PHYS32_ENTRY = 18  # elfnote.h
-XEN_ELFNOTE_HYPERCALL_PAGE = 2
-XEN_ELFNOTE_GUEST_OS = 6
-XEN_NOTE_NAME = b"Xen"
-XEN_HVM_START_MAGIC_VALUE = 0x336EC578  # start_info.h: "xEn3" with the 0x80 bit of "E" set
-START_INFO_VERSION = 1  # version 1 adds memmap_paddr/memmap_entries
+from xenopus.xen import abi
 
 # PVH itself sets no limit; ours is the space layout.py gives the command line.
 CMDLINE_LIMIT = CMDLINE_MAX - 1
@@ -67,45 +61,6 @@ _ELF_ERRORS = (ELFError, ConstructError, struct.error, ValueError, EOFError, Key
 CODE_SELECTOR = 0x08
 DATA_SELECTOR = 0x10
 TSS_SELECTOR = 0x18
-
-
-class HvmStartInfo(ctypes.LittleEndianStructure):
-    """struct hvm_start_info (start_info.h); 56 bytes in version 1."""
-
-    _fields_ = [
-        ("magic", ctypes.c_uint32),
-        ("version", ctypes.c_uint32),
-        ("flags", ctypes.c_uint32),
-        ("nr_modules", ctypes.c_uint32),
-        ("modlist_paddr", ctypes.c_uint64),
-        ("cmdline_paddr", ctypes.c_uint64),
-        ("rsdp_paddr", ctypes.c_uint64),
-        ("memmap_paddr", ctypes.c_uint64),
-        ("memmap_entries", ctypes.c_uint32),
-        ("reserved", ctypes.c_uint32),
-    ]
-
-
-class HvmModlistEntry(ctypes.LittleEndianStructure):
-    """struct hvm_modlist_entry (start_info.h); 32 bytes."""
-
-    _fields_ = [
-        ("paddr", ctypes.c_uint64),
-        ("size", ctypes.c_uint64),
-        ("cmdline_paddr", ctypes.c_uint64),
-        ("reserved", ctypes.c_uint64),
-    ]
-
-
-class HvmMemmapTableEntry(ctypes.LittleEndianStructure):
-    """struct hvm_memmap_table_entry (start_info.h); 24 bytes."""
-
-    _fields_ = [
-        ("addr", ctypes.c_uint64),
-        ("size", ctypes.c_uint64),
-        ("type", ctypes.c_uint32),
-        ("reserved", ctypes.c_uint32),
-    ]
 
 
 @dataclass(frozen=True)
@@ -173,7 +128,7 @@ def xen_notes(elf: ELFFile) -> dict[int, bytes]:
     notes: dict[int, bytes] = {}
     for data, align in _note_blocks(elf):
         for name, ntype, desc in iter_notes(data, 8 if align == 8 else 4):
-            if name == XEN_NOTE_NAME:
+            if name == abi.XEN_ELFNOTE_NAME:
                 notes.setdefault(ntype, desc)
     return notes
 
@@ -184,7 +139,7 @@ def find_phys32_entry(elf: ELFFile, path: str) -> int:
 
 def phys32_entry(notes: dict[int, bytes], path: str) -> int:
     """The entry address of the first XEN_ELFNOTE_PHYS32_ENTRY note among `notes`."""
-    desc = notes.get(XEN_ELFNOTE_PHYS32_ENTRY)
+    desc = notes.get(abi.XEN_ELFNOTE_PHYS32_ENTRY)
     if desc is None:
         raise BootImageError(path, "no XEN_ELFNOTE_PHYS32_ENTRY note (not a PVH kernel)")
     # The ABI's note is ".long", but loaders accept any natural integer width.
@@ -302,22 +257,22 @@ def write_start_info(
     rsdp_paddr: int,
     path: str,
 ) -> None:
-    capacity = (MEMMAP_END - MEMMAP_ADDR) // ctypes.sizeof(HvmMemmapTableEntry)
+    capacity = (MEMMAP_END - MEMMAP_ADDR) // ctypes.sizeof(abi.hvm_memmap_table_entry)
     if len(e820) > capacity:
         raise BootImageError(path, f"memory map has {len(e820)} entries, room for {capacity}")
     for i, e in enumerate(e820):
-        entry = HvmMemmapTableEntry(addr=e.addr, size=e.size, type=e.type)
+        entry = abi.hvm_memmap_table_entry(addr=e.addr, size=e.size, type=e.type)
         memory.write(MEMMAP_ADDR + i * ctypes.sizeof(entry), bytes(entry))
-    info = HvmStartInfo(
-        magic=XEN_HVM_START_MAGIC_VALUE,
-        version=START_INFO_VERSION,
+    info = abi.hvm_start_info(
+        magic=abi.XEN_HVM_START_MAGIC_VALUE,
+        version=abi.HVM_START_INFO_VERSION,
         cmdline_paddr=cmdline_paddr,
         rsdp_paddr=rsdp_paddr,
         memmap_paddr=MEMMAP_ADDR,
         memmap_entries=len(e820),
     )
     if ramdisk:
-        module = HvmModlistEntry(paddr=ramdisk[0], size=ramdisk[1] - ramdisk[0])
+        module = abi.hvm_modlist_entry(paddr=ramdisk[0], size=ramdisk[1] - ramdisk[0])
         memory.write(MODLIST_ADDR, bytes(module))
         info.nr_modules = 1
         info.modlist_paddr = MODLIST_ADDR
@@ -375,7 +330,7 @@ def load_pvh(
         details={
             "elfclass": image.elfclass,
             "machine": image.machine,
-            "hypercall_page_note": XEN_ELFNOTE_HYPERCALL_PAGE in image.xen_notes,
-            "guest_os": image.xen_notes.get(XEN_ELFNOTE_GUEST_OS, b"").rstrip(b"\0").decode(errors="replace"),
+            "hypercall_page_note": abi.XEN_ELFNOTE_HYPERCALL_PAGE in image.xen_notes,
+            "guest_os": image.xen_notes.get(abi.XEN_ELFNOTE_GUEST_OS, b"").rstrip(b"\0").decode(errors="replace"),
         },
     )

@@ -54,7 +54,7 @@ from xenopus.domain.inventory import (
     pci_address,
 )
 from xenopus.domain.vif import open_vif
-from xenopus.domain.xen import StoreProxy, XenGuest, decide
+from xenopus.domain.xenguest import StoreProxy, XenGuest, decide
 from xenopus.host import memory_mib
 from xenopus.kvm import Kvm
 from xenopus.memory import GuestMemory, MiB

@@ -24,8 +24,8 @@ from xenopus import ipc
 from xenopus.domain.builder import Guest, build_guest
 from xenopus.domain.config import DomainConfig
 from xenopus.domain.console import Console
-from xenopus.domain.interdomain import InterdomainPort
-from xenopus.domain.xen import StoreProxy
+from xenopus.domain.interdomain_port import InterdomainPort
+from xenopus.domain.xenguest import StoreProxy
 from xenopus.vm import StopReason
 
 log = logging.getLogger("xenopus.domain")

@@ -231,6 +231,12 @@ class VmFd:
         req = u.kvm_xen_hvm_config(flags=flags, msr=msr)
         _ioctl(self.fd, u.KVM_XEN_HVM_CONFIG, req, "KVM_XEN_HVM_CONFIG")
 
+    def get_clock(self) -> int:
+        """The VM's kvmclock now, in ns (KVM_GET_CLOCK)."""
+        data = u.kvm_clock_data()
+        _ioctl(self.fd, u.KVM_GET_CLOCK, data, "KVM_GET_CLOCK")
+        return int(data.clock)
+
     def create_vcpu(self, index: int) -> VcpuFd:
         fd = _ioctl(self.fd, u.KVM_CREATE_VCPU, index, f"KVM_CREATE_VCPU {index}")
         return VcpuFd(fd, index, self.kvm.vcpu_mmap_size)

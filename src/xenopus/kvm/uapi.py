@@ -364,6 +364,19 @@ class kvm_xen_exit(ctypes.Structure):  # noqa: N801
     _fields_ = [("type", c_uint32), ("hcall", kvm_xen_hcall)]
 
 
+class kvm_clock_data(ctypes.Structure):  # noqa: N801
+    """KVM_GET_CLOCK: `clock` is the VM's kvmclock (ns) now."""
+
+    _fields_ = [
+        ("clock", c_uint64),
+        ("flags", c_uint32),
+        ("pad0", c_uint32),
+        ("realtime", c_uint64),
+        ("host_tsc", c_uint64),
+        ("pad", c_uint32 * 4),
+    ]
+
+
 class kvm_xen_hvm_config(ctypes.Structure):  # noqa: N801
     _fields_ = [
         ("flags", c_uint32),
@@ -594,6 +607,7 @@ KVM_IRQFD = _IOW(KVMIO, 0x76, kvm_irqfd)
 KVM_CREATE_PIT2 = _IOW(KVMIO, 0x77, kvm_pit_config)
 KVM_IOEVENTFD = _IOW(KVMIO, 0x79, kvm_ioeventfd)
 KVM_XEN_HVM_CONFIG = _IOW(KVMIO, 0x7A, kvm_xen_hvm_config)
+KVM_GET_CLOCK = _IOR(KVMIO, 0x7C, kvm_clock_data)
 KVM_ENABLE_CAP = _IOW(KVMIO, 0xA3, kvm_enable_cap)
 KVM_X86_SET_MSR_FILTER = _IOW(KVMIO, 0xC6, kvm_msr_filter)
 # vCPU

@@ -1,7 +1,7 @@
 """The daemon's interdomain broker: event channels and grant views between two domains.
 
 Each domain process has a SOCK_SEQPACKET pair to the daemon, made at spawn
-(`xenopus.domain.interdomain` is the other side, and describes the protocol). The daemon
+(`xenopus.domain.interdomain_port` is the other side, and describes the protocol). The daemon
 is the only party that knows which process is which domain: it stamps every request with
 the sender's domid, so the permission checks in the peer (`connect_remote`: the port must
 be unbound *for this domain*, as alloc_unbound's remote_dom said; grant entries naming the
@@ -23,7 +23,7 @@ import socket
 from dataclasses import dataclass
 from typing import Any
 
-from xenopus.domain.interdomain import close_fds, receive, send
+from xenopus.domain.interdomain_port import close_fds, receive, send
 from xenopus.xen import abi
 
 log = logging.getLogger("xenopus.daemon.interdomain")

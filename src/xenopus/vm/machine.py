@@ -12,7 +12,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 from xenopus.host import host_cpus
 from xenopus.kvm import uapi as u
@@ -20,11 +20,10 @@ from xenopus.kvm.system import Kvm, KvmError, VmFd
 from xenopus.memory.guest import GuestMemory
 from xenopus.vm.cpu import CpuState
 from xenopus.vm.events import StopReason
-from xenopus.vm.irq import IoEvents, IrqRouting
+from xenopus.vm.irq import IoEvents, IrqRouting, MsiRoute
 from xenopus.vm.ports import IoHandler
 from xenopus.vm.vcpu import (
     MP_STATE_NAMES,
-    WAIT_FOR_SIPI,
     MsrHandler,
     Vcpu,
     cpuid_topology,
@@ -63,7 +62,9 @@ class Machine:
     `mmio`. Optional: `msr_handler` for userspace MSR exits, `cpuid_fixup(index, cpuid2)`
     to adjust each vCPU's CPUID before it is set (e.g. hypervisor leaves), `exit_handlers`
     for exit reasons a layer above serves (KVM_EXIT_XEN), `msr_filter` ranges ((flags,
-    base, bitmap) as for KVM_X86_SET_MSR_FILTER) whose denied MSRs go to `msr_handler`."""
+    base, bitmap) as for KVM_X86_SET_MSR_FILTER) whose denied MSRs go to `msr_handler`,
+    `port_out_handlers` for ports whose single OUTs a layer above serves with the vCPU in
+    hand (the Xen hypercall port)."""
 
     def __init__(
         self,
@@ -74,9 +75,10 @@ class Machine:
         mmio: IoHandler,
         kvm: Kvm | None = None,
         msr_handler: MsrHandler | None = None,
-        exit_handlers: dict[int, Callable[[Vcpu], None]] | None = None,
+        exit_handlers: Mapping[int, Callable[[Vcpu], None]] | None = None,
         msr_filter: list[tuple[int, int, bytes]] | None = None,
         cpuid_fixup: CpuidFixup | None = None,
+        port_out_handlers: Mapping[int, Callable[[Vcpu], None]] | None = None,
     ):
         if vcpus < 1:
             raise ValueError(f"a machine needs at least one vCPU, not {vcpus}")
@@ -103,7 +105,8 @@ class Machine:
         self._probe = 0  # vcpu_info's kick generation ...
         self._probed: dict[int, int] = {}  # ... and the last one each vCPU thread answered
         try:
-            self._build(vcpus, pio, mmio, msr_handler, cpuid_fixup, exit_handlers, msr_filter)
+            self._build(vcpus, pio, mmio, msr_handler, cpuid_fixup, exit_handlers, msr_filter,
+                        port_out_handlers)
         except BaseException:
             self.close()
             raise
@@ -115,8 +118,9 @@ class Machine:
         mmio: IoHandler,
         msr_handler: MsrHandler | None,
         cpuid_fixup: CpuidFixup | None,
-        exit_handlers: dict[int, Callable[[Vcpu], None]] | None = None,
+        exit_handlers: Mapping[int, Callable[[Vcpu], None]] | None = None,
         msr_filter: list[tuple[int, int, bytes]] | None = None,
+        port_out_handlers: Mapping[int, Callable[[Vcpu], None]] | None = None,
     ) -> None:
         self.kvm.require(*REQUIRED_CAPS)
         # api.rst, KVM_CREATE_VCPU: KVM_CAP_MAX_VCPUS is the hard limit (KVM_CAP_NR_VCPUS,
@@ -162,7 +166,8 @@ class Machine:
                 cpuid = cpuid_fixup(index, cpuid)
             fd.set_cpuid2(cpuid)
             self.vcpus.append(
-                Vcpu(fd, self.memory, pio, mmio, self._control, msr_handler, exit_handlers, sync)
+                Vcpu(fd, self.memory, pio, mmio, self._control, msr_handler, exit_handlers, sync,
+                     port_out_handlers)
             )
 
     # --- interrupts -----------------------------------------------------------------------
@@ -170,6 +175,16 @@ class Machine:
         """Drive an interrupt line of the in-kernel PIC/IOAPIC (KVM_IRQ_LINE)."""
         assert self.vm is not None
         self.vm.irq_line(gsi, level)
+
+    def allocate_msi(self) -> MsiRoute:
+        """An MSI route of this VM's GSI table (`IrqRouting.allocate_msi`)."""
+        assert self.irq is not None
+        return self.irq.allocate_msi()
+
+    def clock_ns(self) -> int:
+        """The VM's kvmclock now, in ns (KVM_GET_CLOCK)."""
+        assert self.vm is not None
+        return self.vm.get_clock()
 
     def ioeventfd(
         self, addr: int, length: int, *, pio: bool = False, datamatch: int | None = None
@@ -370,7 +385,7 @@ class Machine:
             "cpu": stat[1] if stat is not None else None,
             "state": state,
             "mp_state": MP_STATE_NAMES.get(v.mp_state) if v.mp_state is not None else None,
-            "online": v.mp_state is not None and v.mp_state not in WAIT_FOR_SIPI,
+            "online": v.started,
             "cpu_time": cpu_time,
             "affinity": sorted(affinity),
         }

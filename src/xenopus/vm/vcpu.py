@@ -15,8 +15,8 @@ import logging
 import signal
 import struct
 import threading
-from collections.abc import Callable
-from typing import Protocol
+from collections.abc import Callable, Mapping
+from typing import Protocol, TypeVar
 
 from xenopus.arch.x86 import EFER_LMA
 from xenopus.kvm import uapi as u
@@ -28,6 +28,8 @@ from xenopus.vm.events import StopReason
 from xenopus.vm.ports import IoHandler
 
 log = logging.getLogger("xenopus.vm")
+
+ExitT = TypeVar("ExitT", bound=ctypes.Structure)
 
 # The signal that kicks a vCPU thread out of KVM_RUN. Any installed handler makes the ioctl
 # fail with EINTR (api.rst, KVM_RUN: "-EINTR: an unmasked signal is pending").
@@ -195,8 +197,9 @@ class Vcpu:
         mmio: IoHandler,
         control: Callable[[Vcpu], bool],
         msr_handler: MsrHandler | None = None,
-        exit_handlers: dict[int, Callable[[Vcpu], None]] | None = None,
+        exit_handlers: Mapping[int, Callable[[Vcpu], None]] | None = None,
         sync_regs: bool = False,
+        port_out_handlers: Mapping[int, Callable[[Vcpu], None]] | None = None,
     ):
         self.fd = fd
         self.index = fd.index
@@ -206,8 +209,11 @@ class Vcpu:
         self.control = control
         self.msr_handler = msr_handler
         # Exits a layer above owns (e.g. KVM_EXIT_XEN for the in-kernel Xen path); each
-        # runs on this vCPU's thread, with the exit data in `fd.kvm_run`.
-        self.exit_handlers = exit_handlers or {}
+        # runs on this vCPU's thread and reads the exit through `exit_view`.
+        self.exit_handlers = dict(exit_handlers or {})
+        # Single OUTs to these ports go to the handler with this vCPU in hand (the Xen
+        # hypercall port, whose handler reads the registers), not to `pio`.
+        self.port_out_handlers = dict(port_out_handlers or {})
         # KVM_CAP_SYNC_REGS: KVM copies regs/sregs into kvm_run at every exit, so a handler
         # that needs them (a hypercall) reads memory instead of paying two ioctls.
         self.sync_regs = sync_regs
@@ -233,6 +239,32 @@ class Vcpu:
             self.fd.kvm_run.kvm_dirty_regs |= u.KVM_SYNC_X86_REGS  # KVM applies them on entry
         else:
             self.fd.set_regs(regs)
+
+    def exit_sregs(self) -> u.kvm_sregs:
+        """The special registers of the exit being handled (read-only use)."""
+        if self.sync_regs:
+            return u.kvm_sregs.from_buffer(self.fd.mmap, u.RUN_SYNC_SREGS)
+        return self.fd.get_sregs()
+
+    def exit_view(self, ctype: type[ExitT]) -> ExitT:
+        """kvm_run's exit union as `ctype`, a view: what the handler writes, KVM reads at
+        the next KVM_RUN (e.g. a KVM_EXIT_XEN hypercall's result)."""
+        return ctype.from_buffer(self.fd.mmap, u.RUN_EXIT)
+
+    def set_msrs(self, values: Mapping[int, int]) -> None:
+        """KVM_SET_MSRS (takes the vCPU mutex: on this vCPU's thread, or while it is out
+        of KVM_RUN)."""
+        self.fd.set_msrs(values)
+
+    @property
+    def kick_pending(self) -> bool:
+        """`kick` was called and the run loop has not yet looked at it."""
+        return bool(self.fd.mmap[_IMMEDIATE_EXIT])
+
+    @property
+    def started(self) -> bool:
+        """The last sampled MP state shows the guest started this vCPU (SDM 3A §8.4.4)."""
+        return self.mp_state is not None and self.mp_state not in WAIT_FOR_SIPI
 
     # --- state -------------------------------------------------------------------------
     def apply(self, state: CpuState) -> None:
@@ -310,6 +342,8 @@ class Vcpu:
         mmio_read = self.mmio.read
         mmio_write = self.mmio.write
         mmio_fields = _MMIO.unpack_from
+        own_ports = frozenset(self.port_out_handlers)
+        own_port = self.port_out_handlers
         exits = 0
         try:
             while True:
@@ -332,7 +366,10 @@ class Vcpu:
                 if reason == _EXIT_IO:
                     if count == 1:
                         if direction == _IO_OUT:
-                            pio_write(port, size, unpack[size](mm, off)[0])
+                            if port in own_ports:
+                                own_port[port](self)
+                            else:
+                                pio_write(port, size, unpack[size](mm, off)[0])
                         else:
                             pack[size](mm, off, pio_read(port, size) & mask[size])
                     else:  # string I/O (INS/OUTS, REP): count items back to back

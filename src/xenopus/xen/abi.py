@@ -180,11 +180,51 @@ XEN_HVM_CPUID_DOMID_PRESENT = 1 << 4  # domid in ECX
 XEN_HVM_CPUID_EXT_DEST_ID = 1 << 5
 XEN_HVM_CPUID_UPCALL_VECTOR = 1 << 6  # HVMOP_set_evtchn_upcall_vector supported
 
-# elfnote.h
+# elfnote.h: notes of owner "Xen" in a kernel image
+XEN_ELFNOTE_NAME = b"Xen"
 XEN_ELFNOTE_ENTRY = 1
 XEN_ELFNOTE_HYPERCALL_PAGE = 2
 XEN_ELFNOTE_GUEST_OS = 6  # a string: "linux" for Linux
-XEN_ELFNOTE_PHYS32_ENTRY = 18
+XEN_ELFNOTE_PHYS32_ENTRY = 18  # PVH entry point (docs/misc/pvh.pandoc)
+
+# --- arch-x86/hvm/start_info.h: the PVH boot ABI's start_info -------------------------------
+XEN_HVM_START_MAGIC_VALUE = 0x336EC578  # "xEn3" with the 0x80 bit of "E" set
+HVM_START_INFO_VERSION = 1  # the header's current version: adds memmap_paddr/memmap_entries
+
+
+class hvm_start_info(ctypes.LittleEndianStructure):
+    """56 bytes in version 1."""
+
+    _fields_ = [
+        ("magic", c_uint32),
+        ("version", c_uint32),
+        ("flags", c_uint32),
+        ("nr_modules", c_uint32),
+        ("modlist_paddr", c_uint64),
+        ("cmdline_paddr", c_uint64),
+        ("rsdp_paddr", c_uint64),
+        ("memmap_paddr", c_uint64),
+        ("memmap_entries", c_uint32),
+        ("reserved", c_uint32),
+    ]
+
+
+class hvm_modlist_entry(ctypes.LittleEndianStructure):
+    _fields_ = [
+        ("paddr", c_uint64),
+        ("size", c_uint64),
+        ("cmdline_paddr", c_uint64),
+        ("reserved", c_uint64),
+    ]
+
+
+class hvm_memmap_table_entry(ctypes.LittleEndianStructure):
+    _fields_ = [
+        ("addr", c_uint64),
+        ("size", c_uint64),
+        ("type", c_uint32),
+        ("reserved", c_uint32),
+    ]
 
 # --- version.h: XENVER_* -------------------------------------------------------------------
 XENVER_version = 0

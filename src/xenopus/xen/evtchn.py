@@ -115,12 +115,12 @@ class EventChannels:
         self._early: set[int] = set()  # raised before shared_info was mapped
         self._lock = threading.RLock()
 
-    # --- shared_info / vcpu_info placement (called by the platform) -------------------------
+    # --- shared_info / vcpu_info placement (decided by the XenDomain) -----------------------
 
     def set_shared_info(self, gpa: int) -> None:
         """shared_info now lives at ``gpa`` (XENMEM_add_to_physmap, XENMAPSPACE_shared_info).
 
-        The page's content is the platform's to initialise or move before this call;
+        The page's content is the XenDomain's to initialise or move before this call;
         events raised while no shared_info was mapped are marked now.
         """
         with self._lock:
@@ -465,6 +465,19 @@ class EventChannels:
                 return -abi.XEN_EINVAL
             chn.state, chn.remote_port, chn.far = State.INTERDOMAIN, port, callback
             return 0
+
+    def disconnect_local(self, port: int) -> None:
+        """The backend here closed its end of ``port``: as when Xen closes one end of an
+        interdomain channel (common/event_channel.c evtchn_close), the guest's end goes
+        back to unbound for ``backend_domid``, so a reconnecting backend can bind it again
+        and the guest's sends meanwhile reach nobody."""
+        with self._lock:
+            chn = self._ports.get(port) if self._valid(port) else None
+            if (chn is None or chn.state != State.INTERDOMAIN or chn.far is None
+                    or chn.remote_process):
+                return
+            chn.state, chn.far = State.UNBOUND, None
+            chn.remote_dom, chn.remote_port = self.backend_domid, 0
 
     def notify(self, port: int) -> bool:
         """Host → guest on a port whose far end is a host backend or another domain."""

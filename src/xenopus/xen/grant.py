@@ -69,6 +69,9 @@ class GrantTable:
         self.atomics = GuestAtomics(memory)
         self._pins: dict[int, list[int]] = {}  # gref -> [readers, writers]
         self._lock = threading.RLock()
+        # Told (frames, nr_frames) whenever a frame is mapped or moved: other domains that
+        # view this table look entries up through those frames.
+        self.on_frames: Callable[[dict[int, int], int], None] | None = None
 
     @property
     def nr_entries(self) -> int:
@@ -91,6 +94,9 @@ class GrantTable:
                 self.memory.write(gpa, self.memory.read(old * abi.PAGE_SIZE, abi.PAGE_SIZE))
             self.frames[idx] = gpfn
             self.nr_frames = max(self.nr_frames, idx + 1)
+            frames, nr_frames = dict(self.frames), self.nr_frames
+        if self.on_frames is not None:
+            self.on_frames(frames, nr_frames)
         return 0
 
     def entry_gpa(self, gref: int) -> int | None:
@@ -320,7 +326,7 @@ class GrantMapping:
 
 
 class GrantMapper:
-    """The only way a backend touches a granted page (issue 4 item 4)."""
+    """The only way a backend touches a granted page: through an entry that permits it."""
 
     def __init__(self, tables: Callable[[int], GrantTable | None]):
         self.tables = tables

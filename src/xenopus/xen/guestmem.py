@@ -115,9 +115,6 @@ class GuestAccess:
     def read_struct(self, gva: int, cls: type[T]) -> T:
         return cls.from_buffer_copy(self.read_bytes(gva, ctypes.sizeof(cls)))
 
-    def write_struct(self, gva: int, value: ctypes.Structure) -> None:
-        self.write(gva, bytes(value))
-
     def write_field(self, gva: int, value: ctypes.Structure, field: str) -> None:
         """Copy back one member (Xen's ``__copy_field_to_guest``): out-fields only, so a
         guest racing on the rest of its struct sees its own bytes."""
@@ -132,6 +129,3 @@ class GuestAccess:
         raw = self.read_bytes(gva, ctypes.sizeof(ctype) * count)
         array = (ctype * count).from_buffer_copy(raw)
         return list(array)
-
-    def write_array(self, gva: int, ctype: type, values: list) -> None:
-        self.write(gva, bytes((ctype * len(values))(*values)))

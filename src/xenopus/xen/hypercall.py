@@ -7,7 +7,7 @@ hypervisor whose base leaf is *highest*, so KVM's leaves left at 0x40000000 with
 0x40000100 would do, but Xen's spec and simpler guests (which look at 0x40000000 only)
 want Xen first; with Xen first, KVM's leaves must go (moved to 0x40000100 they would win
 Linux's vote). A Xen guest needs nothing from them: its clock is Xen's vcpu_time_info,
-which the platform has KVM maintain through the host-side kvmclock MSR.
+which the XenDomain has KVM maintain through the host-side kvmclock MSR.
 
 Trap path (any KVM): the guest writes the hypercall-page MSR (CPUID base+2 EBX); an MSR
 filter denies that write in the kernel so it reaches userspace (KVM_EXIT_X86_WRMSR), and
@@ -18,7 +18,9 @@ we fill the page with one 32-byte stub per hypercall::
     c3                ret
 
 The same bytes decode identically in 64-bit and 32-bit mode. The one-byte OUT exits to
-us; the call number is in eax and the arguments are still in the guest's registers
+us, and the run loop hands the exiting vCPU to `TrapPath.hypercall` (a port-OUT handler of
+the Machine, not a bus device: it needs that vCPU's registers); the call number is in eax
+and the arguments are still in the guest's registers
 (64-bit: rdi, rsi, rdx, r10, r8, r9; 32-bit: ebx, ecx, edx, esi, edi, ebp, as in Xen's
 HVM ABI). We write the result to rax before KVM completes the OUT (completing a port-I/O
 OUT only advances rip).
@@ -42,15 +44,16 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal, Protocol
 
 from xenopus.arch.x86 import CR0_PE as _CR0_PE
 from xenopus.arch.x86 import EFER_LMA as _EFER_LMA
 from xenopus.devices import platform as layout
 from xenopus.kvm import uapi as u
 from xenopus.memory.guest import GuestMemory, GuestMemoryError
+from xenopus.vm.protocols import VcpuView
 from xenopus.xen import abi
-from xenopus.xen.guestmem import GuestAccess, GuestFault, XenError
+from xenopus.xen.guestmem import GuestAccess, GuestFault, PagingRegs, XenError
 
 log = logging.getLogger("xenopus.xen")
 
@@ -103,10 +106,12 @@ def xen_cpuid_entries(vcpu: int, domid: int, base: int = CPUID_BASE) -> list[u.k
             for f, a, b, c, d in rows]
 
 
-def make_cpuid_fixup(domid: int, base: int = CPUID_BASE) -> Callable[[int, Any], Any]:
+def make_cpuid_fixup(
+    domid: int, base: int = CPUID_BASE
+) -> Callable[[int, ctypes.Structure], ctypes.Structure]:
     """A `Machine(cpuid_fixup=...)`: drops KVM's 0x40000000-0x4000FFFF leaves and adds Xen's."""
 
-    def fixup(index: int, cpuid: Any) -> Any:
+    def fixup(index: int, cpuid: ctypes.Structure) -> ctypes.Structure:
         keep = [
             u.kvm_cpuid_entry2.from_buffer_copy(cpuid.entries[i])
             for i in range(cpuid.nent)
@@ -139,11 +144,16 @@ Handler = Callable[[Call], int]
 
 class HypercallTable:
     """Hypercall number -> handler. A handler returns the result (>= 0 or -errno) or
-    raises `XenError`; the table turns faults into -EFAULT and keeps the host alive."""
+    raises `XenError`; the table turns faults into -EFAULT and keeps the host alive.
+
+    `on_entry(vcpu)`, if set, runs on the calling vCPU's thread as each hypercall arrives
+    from the guest (either path; not per multicall entry): the domain applies there what
+    it had to defer to that vCPU's own thread."""
 
     def __init__(self) -> None:
         self._handlers: dict[int, Handler] = {}
         self.counts: dict[int, int] = {}
+        self.on_entry: Callable[[VcpuView], None] | None = None
 
     def register(self, nr: int, handler: Handler) -> None:
         if not 0 <= nr < abi.NR_HYPERCALLS:
@@ -173,7 +183,22 @@ class HypercallTable:
             return -abi.XEN_EINVAL
 
 
-def call_from_regs(vcpu: int, regs: Any, sregs: Any, memory: GuestMemory) -> Call:
+class CallRegs(Protocol):
+    """The general registers a call reads (`kvm_regs` has them)."""
+
+    rax: int
+    rbx: int
+    rcx: int
+    rdx: int
+    rsi: int
+    rdi: int
+    rbp: int
+    r8: int
+    r9: int
+    r10: int
+
+
+def call_from_regs(vcpu: int, regs: CallRegs, sregs: u.kvm_sregs, memory: GuestMemory) -> Call:
     """A `Call` from KVM's registers of the calling vCPU, in its calling convention."""
     long_mode = bool(sregs.efer & _EFER_LMA) and bool(sregs.cs.l)
     cpl = sregs.ss.dpl if sregs.cr0 & _CR0_PE else 0
@@ -189,16 +214,16 @@ def result_for(call: Call, result: int) -> int:
 
 # --- the trap path --------------------------------------------------------------------------
 class TrapPath:
-    """Hypercall-page MSR handler (`Machine(msr_handler=...)`) and the hypercall port's bus
-    device. `attach(machine)` after the Machine exists (it turns on MSR exits)."""
+    """The trap path: the hypercall-page MSR handler (`Machine(msr_handler=...)`) and the
+    hypercall port's OUT handler (`Machine(port_out_handlers=...)`), which the run loop
+    calls with the exiting vCPU. As a bus device it only holds the port on the pio bus
+    (no other device may claim it) and answers what does not come that way."""
 
     def __init__(self, table: HypercallTable, memory: GuestMemory, msr: int = HYPERCALL_MSR):
         self.table = table
         self.memory = memory
         self.msr = msr
-        self.machine: Any = None
         self.page_gpas: dict[int, int] = {}  # vCPU -> where it asked for the page
-        self.before: Callable[[int], None] | None = None  # per call, on the vCPU's thread
         self._lock = threading.Lock()
 
     def msr_filter(self) -> list[tuple[int, int, bytes]]:
@@ -206,8 +231,9 @@ class TrapPath:
         hypercall MSR, so they reach `wrmsr` (KVM_CAP_X86_USER_SPACE_MSR)."""
         return [(u.KVM_MSR_FILTER_WRITE, self.msr, b"\xfe")]  # bit 0 clear: deny
 
-    def attach(self, machine: Any) -> None:
-        self.machine = machine
+    def port_out_handlers(self) -> dict[int, Callable[[VcpuView], None]]:
+        """For `Machine(port_out_handlers=...)`."""
+        return {HYPERCALL_PORT: self.hypercall}
 
     # MsrHandler
     def rdmsr(self, vcpu: int, index: int) -> int | None:
@@ -229,36 +255,36 @@ class TrapPath:
         log.info("vCPU %d: hypercall page at %#x", vcpu, gpa)
         return True
 
-    # BusDevice: OUT to the hypercall port
-    def read(self, base: int, offset: int, size: int) -> int:
-        return (1 << (8 * size)) - 1  # nothing to read: the port is write-only
-
-    def write(self, base: int, offset: int, size: int, value: int) -> None:
-        vcpu = self._current_vcpu()
-        if vcpu is None:  # only the run loop of one of our vCPUs reaches here
-            log.warning("hypercall port written off a vCPU thread; ignored")
-            return
-        if self.before is not None:
-            self.before(vcpu.index)
+    def hypercall(self, vcpu: VcpuView) -> None:
+        """A stub's OUT: dispatch the call in `vcpu`'s registers, result in rax."""
+        on_entry = self.table.on_entry
+        if on_entry is not None:
+            on_entry(vcpu)
         regs, sregs = vcpu.exit_regs()
         call = call_from_regs(vcpu.index, regs, sregs, self.memory)
         nr = regs.rax & 0xFFFFFFFF  # the stub's mov
         regs.rax = result_for(call, self.table.dispatch(nr, call))
         vcpu.set_exit_regs(regs)
 
-    def _current_vcpu(self) -> Any:
-        me = threading.get_ident()
-        machine = self.machine
-        if machine is None:
-            return None
-        return next((v for v in machine.vcpus if v.thread_id == me), None)
+    # BusDevice: what reaches the port other than a stub's single OUT
+    def read(self, base: int, offset: int, size: int) -> int:
+        return (1 << (8 * size)) - 1  # nothing to read: the port is write-only
+
+    def write(self, base: int, offset: int, size: int, value: int) -> None:
+        log.warning("string OUT to the hypercall port ignored (only a stub's OUT is a call)")
 
 
 # --- the in-kernel path ---------------------------------------------------------------------
 Path = Literal["kernel", "trap", "off"]
 
 
-def kernel_flags(kvm: Any) -> int:
+class CapabilitySource(Protocol):
+    """A `Kvm` as far as the path choice needs it."""
+
+    def check_extension(self, cap: int) -> int: ...
+
+
+def kernel_flags(kvm: CapabilitySource) -> int:
     """The KVM_XEN_HVM_CONFIG_* flags this host's KVM offers (0 without CONFIG_KVM_XEN)."""
     return int(kvm.check_extension(u.KVM_CAP_XEN_HVM))
 
@@ -277,13 +303,10 @@ def kernel_config(flags: int, msr: int = HYPERCALL_MSR) -> u.kvm_xen_hvm_config:
     return u.kvm_xen_hvm_config(flags=want, msr=msr)
 
 
-def kernel_hcall(
-    table: HypercallTable, exit_bytes: bytes | bytearray | memoryview, vcpu: int,
-    access: GuestAccess,
-) -> bytes:
-    """Serve one KVM_EXIT_XEN: decode `kvm_run.xen`, dispatch, return the updated struct
-    (its `result` set) to write back before the next KVM_RUN."""
-    xe = u.kvm_xen_exit.from_buffer_copy(bytes(exit_bytes[: ctypes.sizeof(u.kvm_xen_exit)]))
+def kernel_hcall(table: HypercallTable, xe: u.kvm_xen_exit, vcpu: int, access: GuestAccess
+                 ) -> None:
+    """Serve one KVM_EXIT_XEN: decode `kvm_run.xen`, dispatch, set its `result` (KVM
+    hands it to the guest at the next KVM_RUN)."""
     if xe.type != u.KVM_EXIT_XEN_HCALL:
         raise ValueError(f"KVM_EXIT_XEN type {xe.type}")
     h = xe.hcall
@@ -291,17 +314,36 @@ def kernel_hcall(
     mask = _MASK64 if long_mode else 0xFFFFFFFF
     call = Call(vcpu, tuple(p & mask for p in h.params), access, long_mode, h.cpl)
     h.result = result_for(call, table.dispatch(h.input & 0xFFFFFFFF, call))
-    return bytes(xe)
+
+
+class KernelPath:
+    """The in-kernel path's KVM_EXIT_XEN handler (`Machine(exit_handlers=...)`): the same
+    table as the trap path."""
+
+    def __init__(self, table: HypercallTable, memory: GuestMemory):
+        self.table = table
+        self.memory = memory
+
+    def exit_handlers(self) -> dict[int, Callable[[VcpuView], None]]:
+        return {u.KVM_EXIT_XEN: self.hypercall}
+
+    def hypercall(self, vcpu: VcpuView) -> None:
+        on_entry = self.table.on_entry
+        if on_entry is not None:
+            on_entry(vcpu)
+        sregs: Callable[[], PagingRegs] = vcpu.exit_sregs
+        kernel_hcall(self.table, vcpu.exit_view(u.kvm_xen_exit), vcpu.index,
+                     GuestAccess(self.memory, sregs))
 
 
 def choose_path(
-    kvm: Any,
+    kvm: CapabilitySource | int,
     *,
     hypercall_page_note: bool,
     linux: bool,
     xen_platform: int | str = "auto",
 ) -> tuple[Path, str]:
-    """Which entry path a domain gets, and why (issue 4, item 1).
+    """Which entry path a domain gets, and why.
 
     `kvm`: a `Kvm` or the KVM_CAP_XEN_HVM flags as an int. `hypercall_page_note`: the image
     has XEN_ELFNOTE_HYPERCALL_PAGE; `linux`: it is a Linux kernel (bzImage, or an ELF whose
@@ -331,6 +373,6 @@ def choose_path(
 
 __all__ = [
     "HYPERCALL_MSR", "HYPERCALL_PORT", "XEN_VERSION", "Call", "GuestFault", "HypercallTable",
-    "TrapPath", "XenError", "choose_path", "hypercall_page", "kernel_config", "kernel_flags",
-    "kernel_hcall", "make_cpuid_fixup", "stub", "xen_cpuid_entries",
+    "KernelPath", "TrapPath", "XenError", "choose_path", "hypercall_page", "kernel_config",
+    "kernel_flags", "kernel_hcall", "make_cpuid_fixup", "stub", "xen_cpuid_entries",
 ]

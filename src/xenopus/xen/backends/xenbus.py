@@ -30,10 +30,13 @@ import select
 import threading
 from collections.abc import Callable
 from enum import IntEnum
-from typing import Any, Protocol
+from typing import Protocol
 
 from xenopus.memory import shared
 from xenopus.xen import abi
+from xenopus.xen.evtchn import EventChannels
+from xenopus.xen.grant import GrantMapper, GrantMapping
+from xenopus.xen.xenstore.client import XsClient
 from xenopus.xen.xenstore.wire import XsError
 
 log = logging.getLogger("xenopus.xen.backends")
@@ -183,7 +186,7 @@ class BackRing:
 class _LocalPort:
     """A backend's end of a frontend's port, connected with EventChannels.connect_local."""
 
-    def __init__(self, evtchn: Any, port: int):
+    def __init__(self, evtchn: EventChannels, port: int):
         self.evtchn = evtchn
         self.port = port
 
@@ -191,16 +194,13 @@ class _LocalPort:
         self.evtchn.notify(self.port)
 
     def close(self) -> None:
-        # Xen: closing the backend's end leaves the frontend's port unbound again.
-        disconnect = getattr(self.evtchn, "disconnect_local", None)
-        if disconnect is not None:
-            disconnect(self.port)
+        self.evtchn.disconnect_local(self.port)  # the frontend's port is unbound again
 
 
 class _Granted:
     """A GrantMapper mapping with the `Mapping` shape (`view`, `unmap()`)."""
 
-    def __init__(self, mapper: Any, mapping: Any):
+    def __init__(self, mapper: GrantMapper, mapping: GrantMapping):
         self._mapper = mapper
         self._mapping = mapping
         self.view = mapping.view
@@ -212,7 +212,7 @@ class _Granted:
 class DomainHost:
     """`Host` over a domain's `EventChannels` and `GrantMapper` (the domain process's)."""
 
-    def __init__(self, evtchn: Any, grants: Any, backend_domid: int = 0):
+    def __init__(self, evtchn: EventChannels, grants: GrantMapper, backend_domid: int = 0):
         self.evtchn = evtchn
         self.grants = grants
         self.backend_domid = backend_domid
@@ -321,7 +321,7 @@ class Backend:
 
     def __init__(
         self,
-        xs: Any,
+        xs: XsClient,
         host: Host,
         domid: int,
         devid: int,

@@ -2,13 +2,12 @@
 
 One reader thread takes every message off the socket: replies go to the caller that is
 waiting (requests are serialised), watch events go to the watch's callback (run on a
-separate dispatcher thread, so a callback may call the client) or to `read_watch`.
+separate dispatcher thread, so a callback may call the client).
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import queue
 import socket
 import threading
@@ -20,23 +19,16 @@ from .wire import XsError
 WatchCallback = Callable[[str, str], None]
 
 
-def default_path() -> str:
-    """libxenstore's xs_daemon_socket(): XENSTORED_PATH, else $XENSTORED_RUNDIR/socket."""
-    path = os.environ.get("XENSTORED_PATH")
-    if path:
-        return path
-    return os.path.join(os.environ.get("XENSTORED_RUNDIR", "/var/run/xenstored"), "socket")
-
-
 class XsClient:
-    def __init__(self, path: str | None = None, timeout: float | None = 30.0) -> None:
+    """A dom0 client of the XenStore listening on the Unix socket `path`."""
+
+    def __init__(self, path: str, timeout: float | None = 30.0) -> None:
         self.timeout = timeout
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.connect(path or default_path())
+        self.sock.connect(path)
         self._lock = threading.Lock()
         self._req_id = 0
         self._replies: queue.Queue[tuple[wire.Header, bytes] | None] = queue.Queue()
-        self._events: queue.Queue[tuple[str, str] | None] = queue.Queue()
         self._callbacks: dict[str, WatchCallback] = {}
         self._calls: queue.Queue[tuple[WatchCallback, str, str] | None] = queue.Queue()
         self._dispatcher: threading.Thread | None = None
@@ -58,7 +50,7 @@ class XsClient:
     def _read_loop(self) -> None:
         try:
             while True:
-                hdr = wire.unpack_header(self._recv(wire.HEADER.size))
+                hdr = wire.unpack_header(self._recv(wire.HEADER_SIZE))
                 body = self._recv(hdr.len)
                 if hdr.type == wire.XS_WATCH_EVENT:
                     parts = body.split(b"\0")
@@ -67,17 +59,14 @@ class XsClient:
                     path = parts[wire.XS_WATCH_PATH].decode("latin-1")
                     token = parts[wire.XS_WATCH_TOKEN].decode("latin-1")
                     callback = self._callbacks.get(token)
-                    if callback is not None:
+                    if callback is not None:  # else a watch being removed
                         self._calls.put((callback, path, token))
-                    else:
-                        self._events.put((path, token))
                 else:
                     self._replies.put((hdr, body))
         except (ConnectionError, OSError):
             pass
         finally:
             self._replies.put(None)
-            self._events.put(None)
             self._calls.put(None)
 
     def _dispatch_loop(self) -> None:
@@ -127,15 +116,6 @@ class XsClient:
         body = self.request(wire.XS_DIRECTORY, wire.strings(path), tx)
         return [s.decode("latin-1") for s in body.split(b"\0")[:-1]]
 
-    def exists(self, path: str, tx: int = 0) -> bool:
-        try:
-            self.read(path, tx)
-        except XsError as err:
-            if err.name == "ENOENT":
-                return False
-            raise
-        return True
-
     def get_perms(self, path: str, tx: int = 0) -> list[str]:
         body = self.request(wire.XS_GET_PERMS, wire.strings(path), tx)
         return [s.decode("latin-1") for s in body.split(b"\0")[:-1]]
@@ -162,16 +142,13 @@ class XsClient:
             raise
         self.transaction_end(tx, commit=True)
 
-    def watch(self, path: str, token: str | None = None,
-              callback: WatchCallback | None = None) -> str:
-        """Watch path; events go to callback(path, token), or to read_watch()."""
-        token = token if token is not None else path
-        if callback is not None:
-            self._callbacks[token] = callback
-            if self._dispatcher is None:
-                self._dispatcher = threading.Thread(target=self._dispatch_loop, daemon=True,
-                                                    name="xenstore-watch")
-                self._dispatcher.start()
+    def watch(self, path: str, token: str, callback: WatchCallback) -> str:
+        """Watch path; events go to callback(path, token) on the dispatcher thread."""
+        self._callbacks[token] = callback
+        if self._dispatcher is None:
+            self._dispatcher = threading.Thread(target=self._dispatch_loop, daemon=True,
+                                                name="xenstore-watch")
+            self._dispatcher.start()
         try:
             self._ok(wire.XS_WATCH, path, token)
         except XsError:
@@ -179,43 +156,15 @@ class XsClient:
             raise
         return token
 
-    def unwatch(self, path: str, token: str | None = None) -> None:
-        token = token if token is not None else path
+    def unwatch(self, path: str, token: str) -> None:
         self._ok(wire.XS_UNWATCH, path, token)
         self._callbacks.pop(token, None)
-
-    def read_watch(self, timeout: float | None = None) -> tuple[str, str]:
-        """The next (path, token) event for a watch without a callback."""
-        try:
-            item = self._events.get(timeout=timeout)
-        except queue.Empty:
-            raise TimeoutError("no watch event") from None
-        if item is None:
-            self._events.put(None)
-            raise ConnectionError("xenstore socket closed")
-        return item
-
-    def watch_events(self, timeout: float | None = None) -> Iterator[tuple[str, str]]:
-        while True:
-            yield self.read_watch(timeout)
 
     def introduce(self, domid: int, mfn: int = 0, port: int = 0) -> None:
         self._ok(wire.XS_INTRODUCE, str(domid), str(mfn), str(port))
 
     def release(self, domid: int) -> None:
         self._ok(wire.XS_RELEASE, str(domid))
-
-    def get_domain_path(self, domid: int) -> str:
-        return self._one(wire.XS_GET_DOMAIN_PATH, str(domid))
-
-    def is_domain_introduced(self, domid: int) -> bool:
-        return self._one(wire.XS_IS_DOMAIN_INTRODUCED, str(domid)) == "T"
-
-    def resume(self, domid: int) -> None:
-        self._ok(wire.XS_RESUME, str(domid))
-
-    def reset_watches(self) -> None:
-        self.request(wire.XS_RESET_WATCHES, b"")
 
     def close(self) -> None:
         with contextlib.suppress(OSError):

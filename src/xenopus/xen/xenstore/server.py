@@ -73,7 +73,7 @@ class XenStoreServer:
         conn = self.store.connect(domid, deliver, close)
         try:
             while True:
-                head = await reader.readexactly(wire.HEADER.size)
+                head = await reader.readexactly(wire.HEADER_SIZE)
                 hdr = wire.unpack_header(head)
                 if hdr.len > wire.XENSTORE_PAYLOAD_MAX:
                     log.warning("xenstore: domain %d sent a %d-byte message; dropping it",
@@ -229,12 +229,12 @@ class RingTransport:
             self._in += shared.ring_read(self.page, _REQ, _SIZE, cons, avail)
             self._set(_IFACE.req_cons.offset, cons + avail)
             out = []
-            while len(self._in) >= wire.HEADER.size:
+            while len(self._in) >= wire.HEADER_SIZE:
                 hdr = wire.unpack_header(self._in)
                 if hdr.len > wire.XENSTORE_PAYLOAD_MAX:
                     self._break(wire.XENSTORE_ERROR_PROTO, f"message len {hdr.len}")
                     return []
-                end = wire.HEADER.size + hdr.len
+                end = wire.HEADER_SIZE + hdr.len
                 if len(self._in) < end:
                     break
                 out.append(bytes(self._in[:end]))

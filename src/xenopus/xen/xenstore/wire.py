@@ -7,7 +7,6 @@ The numbers and struct layouts are xen/abi.py's.
 from __future__ import annotations
 
 import ctypes
-import struct
 from typing import NamedTuple
 
 # Every number and layout comes from xen/abi.py (io/xs_wire.h); re-exported here so the
@@ -59,8 +58,7 @@ from xenopus.xen.abi import xsd_sockmsg as XsdSockmsg
 # as EINVAL, as xenstored's send_error() does.
 XSD_ERRORS = frozenset(_XSD_ERRORS.values())
 
-HEADER = struct.Struct("<IIII")
-assert HEADER.size == ctypes.sizeof(XsdSockmsg)
+HEADER_SIZE = ctypes.sizeof(XsdSockmsg)
 
 
 class XsError(Exception):
@@ -79,12 +77,13 @@ class Header(NamedTuple):
 
 
 def unpack_header(data: bytes) -> Header:
-    return Header(*HEADER.unpack_from(data))
+    h = XsdSockmsg.from_buffer_copy(data[:HEADER_SIZE])
+    return Header(h.type, h.req_id, h.tx_id, h.len)
 
 
 def pack(type_: int, req_id: int, tx_id: int, payload: bytes) -> bytes:
     """One whole message: header then payload."""
-    return HEADER.pack(type_, req_id, tx_id, len(payload)) + payload
+    return bytes(XsdSockmsg(type_, req_id, tx_id, len(payload))) + payload
 
 
 def strings(*items: str | bytes) -> bytes:

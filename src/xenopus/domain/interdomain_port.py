@@ -1,5 +1,5 @@
 """A domain process's end of the daemon's interdomain broker: event channels and grant
-copies between two xenopus domains (issue 4, items 3 and 4).
+copies between two xenopus domains.
 
 Domain processes never talk to each other: everything goes through the daemon over a
 SOCK_SEQPACKET pair made at spawn (one JSON message per datagram, file descriptors beside

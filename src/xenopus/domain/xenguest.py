@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import socket
 import threading
@@ -22,21 +21,28 @@ from xenopus.boot import BootInfo
 from xenopus.devices import platform as layout
 from xenopus.devices.bus import Bus
 from xenopus.domain.config import DomainConfig
-from xenopus.domain.interdomain import InterdomainPort
+from xenopus.domain.interdomain_port import InterdomainPort
 from xenopus.domain.vif import open_vif
 from xenopus.kvm import Kvm
-from xenopus.kvm import uapi as u
 from xenopus.memory import GuestMemory
+from xenopus.vm import Machine
 from xenopus.xen import abi
 from xenopus.xen.backends.blkback import BlkBack
 from xenopus.xen.backends.console import PVConsole
 from xenopus.xen.backends.netback import NetBack
 from xenopus.xen.backends.xenbus import Backend, DomainHost
-from xenopus.xen.evtchn import EventChannels
-from xenopus.xen.grant import GrantMapper, GrantTable
-from xenopus.xen.guestmem import GuestAccess
-from xenopus.xen.hypercall import choose_path, kernel_config, kernel_flags, kernel_hcall
-from xenopus.xen.platform import XenPlatform
+from xenopus.xen.domain import XenDomain
+from xenopus.xen.grant import GrantMapper
+from xenopus.xen.hypercall import (
+    HYPERCALL_PORT,
+    HypercallTable,
+    KernelPath,
+    TrapPath,
+    choose_path,
+    kernel_config,
+    kernel_flags,
+    make_cpuid_fixup,
+)
 from xenopus.xen.xenstore.client import XsClient
 from xenopus.xen.xenstore.server import RingTransport
 
@@ -51,7 +57,7 @@ def vbd_id(index: int) -> int:
 
 
 def decide(config: DomainConfig, boot: BootInfo, kvm: Kvm) -> tuple[str, str]:
-    """("trap" | "kernel" | "off", why) for this domain and image (issue 4, item 1)."""
+    """("trap" | "kernel" | "off", why) for this domain and image."""
     return choose_path(
         kernel_flags(kvm),
         hypercall_page_note=bool(boot.details.get("hypercall_page_note")),
@@ -111,22 +117,11 @@ class StoreProxy:
             self._writer.close()
 
 
-class PublishedGrantTable(GrantTable):
-    """Our grant table; when a frame is mapped or moved, `on_frames` hears of it (the
-    other xenopus domains viewing our grants look entries up through those frames)."""
-
-    on_frames: Callable[[dict[int, int], int], None] | None = None
-
-    def map_frame(self, idx: int, gpfn: int) -> int:
-        rc = super().map_frame(idx, gpfn)
-        if rc == 0 and self.on_frames is not None:
-            self.on_frames(dict(self.frames), self.nr_frames)
-        return rc
-
-
 class XenGuest:
     """Everything Xen about one incarnation. Build it before the Machine (it supplies the
-    CPUID leaves and MSR hooks), `attach` it once the Machine exists, `close` it at the end."""
+    CPUID leaves, the MSR handler and the hypercall entry paths: `machine_hooks`), `attach`
+    it once the Machine exists (that builds the `XenDomain`, the special pages, the PV
+    console and the XenStore ring), `close` it at the end."""
 
     def __init__(
         self,
@@ -148,73 +143,87 @@ class XenGuest:
         self.path = path
         self.store = store
         self.xenstore_path = xenstore_path
-        n = config.vcpus
-        self.platform = XenPlatform(domid, None, memory, nr_vcpus=n, console_out=hv_log, e820=boot.e820)
-        self.evtchn = EventChannels(domid, memory, n, self.platform.deliver)
-        self.grants = PublishedGrantTable(domid, memory)
+        self.e820 = [(e.addr, e.size, e.type) for e in boot.e820]
+        self.hv_log = hv_log
+        self.pv_console_out = pv_console_out
+        # How hypercalls arrive: both paths dispatch to `table`, which the XenDomain fills.
+        self.table = HypercallTable()
+        self.trap = TrapPath(self.table, memory)
+        self.kernel = KernelPath(self.table, memory) if path == "kernel" else None
+        pio.register(HYPERCALL_PORT, 1, self.trap, "xen-hypercall")
+        self.domain: XenDomain | None = None  # from `attach` on
+        self.console: PVConsole | None = None
+        self.store_port = self.console_port = 0
         self.interdomain: InterdomainPort | None = None
-        self.platform.evtchn, self.platform.grants = self.evtchn, self.grants
-        self.platform.path = path
-        self.platform.install(pio)
         self.backends: list[Backend] = []
         self.xs: XsClient | None = None
         self._input = bytearray()
         self._input_lock = threading.Lock()
 
+    # -- the Machine -------------------------------------------------------------------
+    def machine_hooks(self) -> dict[str, Any]:
+        """Keyword arguments for `Machine(...)`."""
+        hooks: dict[str, Any] = {
+            "cpuid_fixup": make_cpuid_fixup(self.domid),
+            "msr_handler": self.trap,
+            "msr_filter": self.trap.msr_filter(),
+            "port_out_handlers": self.trap.port_out_handlers(),
+        }
+        if self.kernel is not None:
+            hooks["exit_handlers"] = self.kernel.exit_handlers()
+        return hooks
+
+    def attach(self, machine: Machine) -> None:
+        """The Machine exists: build the domain's Xen state and its PV plumbing."""
+        domain = self.domain = XenDomain(
+            self.domid, machine, self.table, console_out=self.hv_log, e820=self.e820
+        )
+        if self.kernel is not None:
+            # vmcall/vmmcall now arrive as KVM_EXIT_XEN; calls through the hypercall page
+            # still take the trap path (the MSR filter keeps the page ours).
+            cfg = kernel_config(kernel_flags(machine.kvm))
+            assert machine.vm is not None
+            machine.vm.xen_hvm_config(cfg.msr, cfg.flags)
+        memory, evtchn = self.memory, domain.evtchn
         # The special pages (Xen puts them near the top of low memory, reserved in the
         # map): ours sit in the reserved legacy hole.
         memory.fill(layout.XEN_STORE_PAGE, abi.PAGE_SIZE)
         memory.fill(layout.XEN_CONSOLE_PAGE, abi.PAGE_SIZE)
-        self.store_port = self.evtchn.bind_local(store.kick)
+        self.store_port = evtchn.bind_local(self.store.kick)
         self.console = PVConsole.at_pfn(
-            memory, layout.XEN_CONSOLE_PAGE >> 12, pv_console_out, lambda: self.evtchn.notify(self.console_port)
+            memory, layout.XEN_CONSOLE_PAGE >> 12, self.pv_console_out,
+            lambda: evtchn.notify(self.console_port),
         )
-        self.console_port = self.evtchn.bind_local(self._console_kick)
+        self.console_port = evtchn.bind_local(self._console_kick)
         ring = RingTransport(memory.view(layout.XEN_STORE_PAGE, abi.PAGE_SIZE))
-        store.attach(ring, lambda: self.evtchn.notify(self.store_port))
+        self.store.attach(ring, lambda: evtchn.notify(self.store_port))
         for param, value in (
             (abi.HVM_PARAM_STORE_PFN, layout.XEN_STORE_PAGE >> 12),
             (abi.HVM_PARAM_STORE_EVTCHN, self.store_port),
             (abi.HVM_PARAM_CONSOLE_PFN, layout.XEN_CONSOLE_PAGE >> 12),
             (abi.HVM_PARAM_CONSOLE_EVTCHN, self.console_port),
         ):
-            self.platform.set_param(param, value)
+            domain.set_param(param, value)
+
+    def _attached(self) -> XenDomain:
+        if self.domain is None:
+            raise RuntimeError("XenGuest used before attach(machine)")
+        return self.domain
 
     def connect_interdomain(self, port: InterdomainPort) -> None:
         """Channels and grant copies to other xenopus domains, brokered by the daemon.
         Call before the vCPUs run; `close` detaches."""
+        domain = self._attached()
         self.interdomain = port
-        self.evtchn.broker = port
-        self.grants.foreign = port.foreign
-        self.grants.on_frames = port.publish_frames
-        port.attach(self.evtchn, self.grants, self.memory)
-
-    # -- the Machine -------------------------------------------------------------------
-    def machine_hooks(self) -> dict[str, Any]:
-        hooks = self.platform.machine_hooks()
-        if self.path == "kernel":
-            hooks["exit_handlers"] = {u.KVM_EXIT_XEN: self._kernel_exit}
-        return hooks
-
-    def attach(self, machine: Any) -> None:
-        self.platform.attach(machine)
-        if self.path == "kernel":
-            # vmcall/vmmcall now arrive as KVM_EXIT_XEN; calls through the hypercall page
-            # still take the trap path (the MSR filter keeps the page ours).
-            cfg = kernel_config(kernel_flags(machine.kvm))
-            machine.vm.xen_hvm_config(cfg.msr, cfg.flags)
-
-    def _kernel_exit(self, vcpu: Any) -> None:
-        """KVM_EXIT_XEN (in-kernel path): the same hypercall table as the trap path."""
-        mm = vcpu.fd.mmap
-        size = ctypes.sizeof(u.kvm_xen_exit)
-        data = mm[u.RUN_EXIT : u.RUN_EXIT + size]
-        access = GuestAccess(self.memory, vcpu.fd.get_sregs)
-        mm[u.RUN_EXIT : u.RUN_EXIT + size] = kernel_hcall(self.platform.table, data, vcpu.index, access)
+        domain.evtchn.broker = port
+        domain.grants.foreign = port.foreign
+        domain.grants.on_frames = port.publish_frames
+        port.attach(domain.evtchn, domain.grants, self.memory)
 
     # -- consoles ----------------------------------------------------------------------
     def _console_kick(self) -> None:
-        self.console.kick()
+        if self.console is not None:
+            self.console.kick()
         self._feed()
 
     def receive(self, data: bytes) -> None:
@@ -225,7 +234,7 @@ class XenGuest:
 
     def _feed(self) -> None:
         with self._input_lock:
-            if self._input:
+            if self._input and self.console is not None:
                 sent = self.console.send(bytes(self._input))
                 del self._input[:sent]
 
@@ -238,8 +247,11 @@ class XenGuest:
             return
         if self.xenstore_path is None:
             raise ValueError("Xen PV devices need the daemon's XenStore")
+        domain = self._attached()
         self.xs = XsClient(self.xenstore_path)
-        host = DomainHost(self.evtchn, GrantMapper(lambda d: self.grants if d == self.domid else None))
+        grants = domain.grants
+        host = DomainHost(domain.evtchn,
+                          GrantMapper(lambda d: grants if d == self.domid else None))
         for _, disk in disks:
             be = BlkBack(
                 self.xs, host, self.domid, vbd_id(disk.vdev_index), disk.target,
@@ -279,4 +291,5 @@ class XenGuest:
             self.xs.close()
             self.xs = None
         self.store.attach(None)
-        self.platform.close()
+        if self.domain is not None:
+            self.domain.close()

@@ -1,0 +1,290 @@
+"""One domain's Xen state: `XenDomain`.
+
+Built once the Machine exists, by one constructor: it makes the domain's event channels,
+grant table and timers and registers every hypercall family of `xenopus.xen.hypercalls`
+with the entry paths' `HypercallTable`. It alone decides where shared_info and each
+vcpu_info live (XENMEM_add_to_physmap, VCPUOP_register_vcpu_info) and tells the event
+channels; it owns the HVM params, upcall delivery, blocking, shutdown and time.
+
+Semantics follow Xen's public headers and, where they are silent, what Xen 4.11 does for
+an HVM/PVH domU, because that is what guests rely on.
+
+Time: a Xen guest reads system time from vcpu_info.time. KVM's kvmclock structure has the
+same layout (pvclock_vcpu_time_info), so once a vcpu_info's place is known we point the
+vCPU's host-side MSR_KVM_SYSTEM_TIME_NEW at its `time` field and KVM keeps it current; Xen
+system time is therefore the VM's kvmclock, read here as CLOCK_BOOTTIME minus the epoch
+KVM_GET_CLOCK gives at construction.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+
+from xenopus.kvm import uapi as u
+from xenopus.vm.events import StopReason
+from xenopus.vm.irq import MsiRoute
+from xenopus.vm.protocols import MachineView, VcpuView
+from xenopus.xen import abi
+from xenopus.xen.evtchn import EventChannels
+from xenopus.xen.grant import GrantTable
+from xenopus.xen.guestmem import XenError
+from xenopus.xen.hypercall import HypercallTable
+from xenopus.xen.hypercalls import FAMILIES
+from xenopus.xen.hypercalls.console import HypervisorConsole
+from xenopus.xen.timers import VcpuTimers
+
+log = logging.getLogger("xenopus.xen")
+
+BLOCK_SLICE = 0.01  # s: how often a blocked vCPU re-checks its flags and the stop kick
+BLOCK_MAX = 1.0  # s: a block returns by then at the latest (Xen allows spurious wakeups)
+SHUTDOWN_KIND = {
+    abi.SHUTDOWN_poweroff: "poweroff",
+    abi.SHUTDOWN_reboot: "reboot",
+    abi.SHUTDOWN_soft_reset: "reboot",
+    abi.SHUTDOWN_crash: "crash",
+    abi.SHUTDOWN_watchdog: "crash",
+}
+# The interrupt an upcall vector is sent as (SDM 3A §10.11): fixed delivery, edge,
+# physical destination = APIC ID (the vCPU index here).
+MSI_ADDRESS_BASE = 0xFEE00000
+MSI_DEST_SHIFT = 12
+_VI_SIZE = ctypes.sizeof(abi.vcpu_info)
+_VI_TIME = abi.vcpu_info.time.offset
+_VI_PENDING = abi.vcpu_info.evtchn_upcall_pending.offset
+
+
+def _boottime_ns() -> int:
+    return time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+
+
+class XenDomain:
+    """The Xen state and hypercalls of domain `domid` on `machine`.
+
+    `table` is the one the Machine's entry paths dispatch to (`TrapPath`, `KernelPath`);
+    every hypercall family registers with it here. `console_out(line)` receives
+    CONSOLEIO_write lines, already prefixed ``(dN) ``. `e820` is the memory map the guest
+    was given, as (addr, size, type); `handle` its 16-byte xen_domain_handle_t."""
+
+    def __init__(
+        self,
+        domid: int,
+        machine: MachineView,
+        table: HypercallTable,
+        *,
+        console_out: Callable[[str], None],
+        e820: Iterable[tuple[int, int, int]] = (),
+        handle: bytes = bytes(16),
+    ):
+        self.domid = domid
+        self.machine = machine
+        self.memory = machine.memory
+        self.nr_vcpus = len(machine.vcpus)
+        self.table = table
+        self.e820 = list(e820)
+        self.handle = bytes(handle)[:16].ljust(16, b"\0")
+        self.max_pages = self.memory.ram_size // abi.PAGE_SIZE
+        self.params: dict[int, int] = {}
+        self.shared_info: int | None = None  # GPA
+        self.callback_vector: int | None = None  # HVM_PARAM_CALLBACK_IRQ, type vector
+        self.callback_gsi: int | None = None
+        self.upcall_vectors: dict[int, int] = {}  # HVMOP_set_evtchn_upcall_vector
+        self.console = HypervisorConsole(domid, console_out)
+        self._lock = threading.RLock()
+        self._wake = threading.Condition(self._lock)
+        self._placed: set[int] = set()  # vCPUs whose vcpu_info the guest registered
+        self._clock_pending: dict[int, int] = {}  # vCPU -> kvmclock MSR value to set
+        self._msi: dict[int, MsiRoute] = {}  # vCPU -> the route of its upcall vector
+        self._epoch = _boottime_ns() - machine.clock_ns()  # boottime at system time 0
+        self.evtchn = EventChannels(domid, self.memory, self.nr_vcpus, self.deliver)
+        self.grants = GrantTable(domid, self.memory)
+        self.timers = VcpuTimers(self._timer_fired)
+        for family in FAMILIES:
+            family.register(table, self)
+        table.on_entry = self._on_entry
+
+    def close(self) -> None:
+        self.timers.close()
+        for route in self._msi.values():
+            route.release()
+        self._msi.clear()
+
+    def check_self(self, domid: int) -> None:
+        """Raise -EPERM unless `domid` names this domain (a domU acts on itself only)."""
+        if domid not in (abi.DOMID_SELF, self.domid):
+            raise XenError(abi.XEN_EPERM, f"domain {domid} is not ours")
+
+    # --- time ------------------------------------------------------------------------------
+    def system_time(self) -> int:
+        """Xen system time (ns): what the guest's vcpu_time_info extrapolates to."""
+        return _boottime_ns() - self._epoch
+
+    def host_deadline(self, system_ns: int) -> float:
+        """A guest system time as a host CLOCK_BOOTTIME instant in seconds."""
+        return (system_ns + self._epoch) / 1e9
+
+    def _write_wallclock(self, si: int) -> None:
+        """shared_info's wc_* (xen.h): the wall time at system time 0, under a version
+        the guest retries on while it is odd."""
+        wall = time.time_ns() - self.system_time()
+        sec, nsec = divmod(wall, 1_000_000_000)
+        base = si + abi.shared_info.wc_version.offset
+        version = self.memory.read_u32(base)
+        self.memory.write_u32(base, (version + 1) | 1)  # odd: update in progress
+        self.memory.write_u32(si + abi.shared_info.wc_sec.offset, sec & 0xFFFFFFFF)
+        self.memory.write_u32(si + abi.shared_info.wc_nsec.offset, nsec)
+        self.memory.write_u32(si + abi.shared_info.wc_sec_hi.offset, sec >> 32)
+        self.memory.write_u32(base, (version + 2) & ~1 & 0xFFFFFFFF)
+
+    def _clock_at(self, vcpu: int, vcpu_info_gpa: int, caller: int) -> None:
+        """Have KVM keep vcpu_info.time of `vcpu` current (kvmclock MSR, set from the vCPU's
+        own thread: now if it is the caller, else as its next hypercall arrives)."""
+        with self._lock:
+            self._clock_pending[vcpu] = (vcpu_info_gpa + _VI_TIME) | 1
+        if vcpu == caller:
+            self._apply_clock(self.machine.vcpus[caller])
+
+    def _apply_clock(self, vcpu: VcpuView) -> None:
+        with self._lock:
+            value = self._clock_pending.pop(vcpu.index, None)
+        if value is None:
+            return
+        try:
+            vcpu.set_msrs({u.MSR_KVM_SYSTEM_TIME_NEW: value})
+        except Exception as e:  # no kvmclock on this host: time stays at zero
+            log.warning("d%d vCPU %d: cannot place vcpu_info time: %s", self.domid,
+                        vcpu.index, e)
+
+    def _on_entry(self, vcpu: VcpuView) -> None:
+        if self._clock_pending:
+            self._apply_clock(vcpu)
+
+    # --- shared_info / vcpu_info placement -------------------------------------------------
+    def map_shared_info(self, gpa: int, caller: int = -1) -> None:
+        """shared_info now lives in guest RAM at `gpa`: carry over the old page (Xen moves
+        the frame) or start a zeroed one, set the wallclock, tell the event channels, and
+        point the clocks of vCPUs whose vcpu_info is still a slot of it there."""
+        with self._lock:
+            old = self.shared_info
+            if old is None:
+                self.memory.fill(gpa, abi.PAGE_SIZE)
+            elif old != gpa:
+                self.memory.write(gpa, self.memory.read(old, abi.PAGE_SIZE))
+            self.shared_info = gpa
+            self._write_wallclock(gpa)
+            in_slots = [v for v in range(min(self.nr_vcpus, abi.XEN_LEGACY_MAX_VCPUS))
+                        if v not in self._placed]
+        self.evtchn.set_shared_info(gpa)
+        for v in in_slots:
+            self._clock_at(v, gpa + v * _VI_SIZE, caller)
+
+    def register_vcpu_info(self, vcpu: int, gpa: int, caller: int) -> int:
+        """VCPUOP_register_vcpu_info of `vcpu` at `gpa` by vCPU `caller`: 0 or -errno."""
+        rc = self.evtchn.register_vcpu_info(vcpu, gpa)
+        if rc == 0:
+            with self._lock:
+                self._placed.add(vcpu)
+            self._clock_at(vcpu, gpa, caller)
+        return rc
+
+    def special_gpas(self) -> list[int]:
+        """The pages Xen's own structures live in (not the guest's to balloon out)."""
+        pfns = [self.params[p] for p in (abi.HVM_PARAM_STORE_PFN, abi.HVM_PARAM_CONSOLE_PFN)
+                if p in self.params]
+        gpas = [pfn * abi.PAGE_SIZE for pfn in pfns]
+        return gpas if self.shared_info is None else [self.shared_info, *gpas]
+
+    # --- HVM params (host side; hvm.py checks a guest's own requests) ---------------------
+    def set_param(self, index: int, value: int) -> None:
+        """The toolstack's HVMOP_set_param (no guest permission check)."""
+        if not 0 <= index < abi.HVM_NR_PARAMS:
+            raise ValueError(f"HVM param {index}")
+        with self._lock:
+            self.params[index] = value
+            if index == abi.HVM_PARAM_CALLBACK_IRQ:
+                kind = value >> abi.HVM_PARAM_CALLBACK_IRQ_TYPE_SHIFT
+                self.callback_vector = self.callback_gsi = None
+                if kind == abi.HVM_PARAM_CALLBACK_TYPE_VECTOR:
+                    self.callback_vector = value & 0xFF
+                elif kind == abi.HVM_PARAM_CALLBACK_TYPE_GSI and value:
+                    self.callback_gsi = value & ((1 << 56) - 1)
+
+    # --- event delivery --------------------------------------------------------------------
+    def deliver(self, vcpu: int) -> None:
+        """Inject `vcpu`'s upcall (EventChannels' `deliver`): its own vector
+        (HVMOP_set_evtchn_upcall_vector), else the domain's callback vector, else a pulse on
+        the callback GSI; wakes the vCPU if it blocks in SCHEDOP_block/poll."""
+        vector = self.upcall_vectors.get(vcpu, self.callback_vector)
+        if vector is not None:
+            self._upcall_route(vcpu, vector).trigger()
+        elif self.callback_gsi is not None:
+            self.machine.set_irq(self.callback_gsi, 1)
+            self.machine.set_irq(self.callback_gsi, 0)
+        self.wake()
+
+    def _upcall_route(self, vcpu: int, vector: int) -> MsiRoute:
+        with self._lock:
+            route = self._msi.get(vcpu)
+            if route is None:
+                route = self._msi[vcpu] = self.machine.allocate_msi()
+            route.update(MSI_ADDRESS_BASE | (vcpu & 0xFF) << MSI_DEST_SHIFT, vector & 0xFF)
+        return route
+
+    def wake(self) -> None:
+        with self._wake:
+            self._wake.notify_all()
+
+    def _timer_fired(self, vcpu: int) -> None:
+        self.evtchn.raise_virq(vcpu, abi.VIRQ_TIMER)
+        self.wake()
+
+    # --- vCPUs: blocking, state, shutdown --------------------------------------------------
+    def upcall_pending(self, vcpu: int) -> bool:
+        gpa = self.evtchn.vcpu_info_gpa(vcpu)
+        return gpa is not None and bool(self.memory.read_u8(gpa + _VI_PENDING))
+
+    def any_pending(self, ports: list[int]) -> bool:
+        si = self.shared_info
+        if si is None:
+            return False
+        base = si + abi.shared_info.evtchn_pending.offset
+        return any(self.memory.read_u8(base + p // 8) >> (p % 8) & 1 for p in ports)
+
+    def block(self, vcpu: int, ready: Callable[[], bool], deadline: float | None = None
+              ) -> None:
+        """Sleep the calling vCPU until `ready()`, a timer, `deadline` (host boottime s),
+        a kick from the machine (pause/stop) or BLOCK_MAX; Xen guests loop on spurious
+        wakeups, so returning early is always safe."""
+        fired = self.timers.fired_count(vcpu)
+        limit = time.clock_gettime(time.CLOCK_BOOTTIME) + BLOCK_MAX
+        if deadline is not None:
+            limit = min(limit, deadline)
+        me = self.machine.vcpus[vcpu]
+        with self._wake:
+            while (not ready() and self.timers.fired_count(vcpu) == fired
+                   and not me.kick_pending):
+                left = limit - time.clock_gettime(time.CLOCK_BOOTTIME)
+                if left <= 0:
+                    return
+                self._wake.wait(min(left, BLOCK_SLICE))
+
+    def started(self, vcpu: int) -> bool:
+        vcpus = self.machine.vcpus
+        return vcpu < len(vcpus) and vcpus[vcpu].started
+
+    def shutdown(self, reason: int) -> int:
+        """SCHEDOP_shutdown / remote_shutdown of this domain: 0 or -errno."""
+        kind = SHUTDOWN_KIND.get(reason)
+        if reason == abi.SHUTDOWN_suspend:
+            return -abi.XEN_ENOSYS  # no save/restore: the guest's suspend fails cleanly
+        if kind is None:
+            return -abi.XEN_EINVAL
+        log.info("d%d: SCHEDOP_shutdown reason %d (%s)", self.domid, reason, kind)
+        self.machine.request_stop(StopReason(kind, f"Xen shutdown, reason {reason}"))
+        return 0
+
+
+__all__ = ["XenDomain"]
