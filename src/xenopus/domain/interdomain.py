@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import mmap
 import os
@@ -32,6 +31,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from xenopus import ipc
 from xenopus.memory import GuestMemory
 from xenopus.memory.guest import MemoryRegion
 from xenopus.xen import abi
@@ -49,7 +49,7 @@ MAX_FDS = 8
 
 def send(sock: socket.socket, msg: dict[str, Any], fds: list[int] | None = None) -> bool:
     """One datagram; False if it could not go (peer gone or not reading: never blocks)."""
-    data = json.dumps(msg, separators=(",", ":")).encode()
+    data = ipc.encode(msg)
     try:
         if fds:
             socket.send_fds(sock, [data], fds, socket.MSG_DONTWAIT)
@@ -75,10 +75,10 @@ def receive(sock: socket.socket) -> tuple[dict[str, Any] | None, list[int]] | No
     if not data and not fds:
         return {"op": "eof"}, []
     try:
-        msg = json.loads(data)
+        msg: dict[str, Any] | None = ipc.decode(data)
     except ValueError:
         msg = None
-    if not isinstance(msg, dict) or flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
+    if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
         msg = None
     return msg, fds
 
