@@ -3,7 +3,7 @@ copies between two xenopus domains (issue 4, items 3 and 4).
 
 Domain processes never talk to each other: everything goes through the daemon over a
 SOCK_SEQPACKET pair made at spawn (one JSON message per datagram, file descriptors beside
-it with SCM_RIGHTS; `xenopus.toolstack.interdomain` is the daemon's side).
+it with SCM_RIGHTS; `xenopus.toolstack.broker` is the daemon's side).
 
 * An interdomain channel is a pair of eventfds. Each process reads its own (`fd_in`,
   which raises its port: `EventChannels.remote_notify`) and holds the other's (`Wire`,
@@ -42,7 +42,7 @@ log = logging.getLogger("xenopus.interdomain")
 
 T = TypeVar("T")
 
-REQUEST_TIMEOUT = 4.0  # seconds; the daemon gives the peer less (toolstack.interdomain)
+REQUEST_TIMEOUT = 4.0  # seconds; the daemon gives the peer less (toolstack.broker)
 MAX_MESSAGE = 1 << 16
 MAX_FDS = 8
 

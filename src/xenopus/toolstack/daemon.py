@@ -42,7 +42,7 @@ from xenopus.domain.protocol import (
     decode_from_domain,
     decode_from_zygote,
 )
-from xenopus.toolstack.interdomain import InterdomainBroker
+from xenopus.toolstack.broker import InterdomainBroker
 from xenopus.toolstack.xenstored import XenStored
 
 log = logging.getLogger("xenopus.daemon")
