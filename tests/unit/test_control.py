@@ -204,3 +204,9 @@ def test_a_domain_process_answers_malformed_requests_and_serves_on(tmp_path: Pat
 def test_wire_format_is_one_compact_json_line() -> None:
     assert ipc.encode(Request("pause", {"dom": "a"}).to_wire()) == b'{"op":"pause","dom":"a"}\n'
     assert json.loads(ipc.encode(Reply.success(lines=["x"]).to_wire())) == {"ok": True, "lines": ["x"]}
+
+
+def test_the_cli_names_a_malformed_reply() -> None:
+    with pytest.raises(cli.CliError, match="the daemon sent a malformed reply: a reply needs 'ok'"):
+        cli.daemon_reply({"error": "no ok"})
+    assert cli.daemon_reply({"ok": True, "lines": []}) == Reply.success(lines=[])

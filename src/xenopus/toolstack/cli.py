@@ -15,7 +15,7 @@ from types import SimpleNamespace as Namespace
 from typing import Any
 
 from xenopus import host, ipc
-from xenopus.control import Reply, Request
+from xenopus.control import ProtocolError, Reply, Request
 
 DETACH = 0x1D  # Ctrl-], as for xl console and telnet
 
@@ -64,13 +64,20 @@ def start_daemon(timeout: float = 15.0) -> None:
 
 
 def ask(chan: ipc.Channel, req: Request) -> Reply:
-    return Reply.from_wire(chan.request(req.to_wire()))
+    return daemon_reply(chan.request(req.to_wire()))
 
 
 def next_reply(chan: ipc.Channel) -> Reply | None:
     """A further reply to the request in flight (create -c, -F); None if the daemon went."""
     msg = chan.recv()
-    return None if msg is None else Reply.from_wire(msg)
+    return None if msg is None else daemon_reply(msg)
+
+
+def daemon_reply(msg: dict[str, object]) -> Reply:
+    try:
+        return Reply.from_wire(msg)
+    except ProtocolError as e:
+        raise CliError(f"the daemon sent a malformed reply: {e}") from None
 
 
 def request(op: str, **args: Any) -> dict[str, Any]:
