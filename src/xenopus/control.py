@@ -55,7 +55,7 @@ def checked_fields(cls: type, msg: Mapping[str, Any], what: str) -> dict[str, An
     """A named tuple `cls`'s fields from `msg`: each present (or defaulted) and of its
     annotated type; else a ProtocolError that says which and why."""
     values: dict[str, Any] = {}
-    defaults = cls._field_defaults  # type: ignore[attr-defined]
+    defaults = cls._field_defaults  # type: ignore[attr-defined] # namedtuple's own API
     for name, hint in _hints(cls).items():
         if name in msg:
             value = msg[name]
@@ -90,6 +90,9 @@ class Request(namedtuple("Request", "op args seq", defaults=(NO_ARGS, None))):
     def dom(self) -> str:
         return str(self.args.get("dom", ""))
 
+    def numbered(self, seq: int) -> Request:
+        return self._replace(seq=seq)
+
     def to_wire(self) -> dict[str, Any]:
         msg = {"op": self.op, **self.args}
         if self.seq is not None:
@@ -122,6 +125,10 @@ class Reply(namedtuple("Reply", "ok data error seq", defaults=(NO_ARGS, None, No
     @classmethod
     def failure(cls, error: str) -> Reply:
         return cls(False, error=error)
+
+    def numbered(self, seq: int | None) -> Reply:
+        """The answer to request `seq` (None: to a request too malformed to have one)."""
+        return self._replace(seq=seq)
 
     def to_wire(self) -> dict[str, Any]:
         msg: dict[str, Any] = {"ok": self.ok, **self.data}

@@ -298,7 +298,7 @@ class DomainProcess:
             except Exception as e:  # noqa: BLE001 - a bad request must not take the domain down
                 log.exception("control request failed")
                 reply = Reply.failure(str(e))
-            self._send(reply._replace(seq=seq))
+            self._send(reply.numbered(seq))
         log.warning("domain %d: daemon connection closed; the domain keeps running", self.domid)
 
     async def run(self) -> int:

@@ -115,7 +115,7 @@ KINDS = {cls: kind for kind, cls in EVENTS.items()}
 
 
 def _event_wire(event: DomainEvent | ZygoteEvent) -> dict[str, Any]:
-    return {"event": KINDS[type(event)], **event._asdict()}
+    return {"event": KINDS[type(event)], **event._asdict()}  # namedtuple's own API
 
 
 def decode_event(msg: Mapping[str, Any]) -> DomainEvent | ZygoteEvent:

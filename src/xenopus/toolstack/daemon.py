@@ -83,7 +83,7 @@ class DomainRecord:
         seq = self.seq
         fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self.pending[seq] = fut
-        ipc.write_message(self.writer, req._replace(seq=seq).to_wire())
+        ipc.write_message(self.writer, req.numbered(seq).to_wire())
         try:
             return await asyncio.wait_for(fut, timeout)
         except TimeoutError:
