@@ -1,11 +1,12 @@
 """Message framing between the CLI, the daemon, the zygote and domain processes.
 
 One JSON object per line over a Unix stream socket (one per datagram on the interdomain
-SOCK_SEQPACKET pairs). What the messages say is `xenopus.control`; this module only
-frames them: `Channel` for blocking ends (the CLI, the zygote), `read_message` /
-`write_message` for asyncio streams (the daemon, a domain process). File descriptors
-travel beside a message with SCM_RIGHTS (`send_with_fds`, `Channel.recv_with_fds`), which
-is how the daemon hands a domain process its control channel.
+SOCK_SEQPACKET pairs). What the messages say is `xenopus.control` and
+`xenopus.domain.protocol`; this module only frames them: `Channel` for blocking ends (the
+CLI, the zygote), `read_message` / `write_message` for asyncio streams (the daemon, a
+domain process). File descriptors travel beside a message with SCM_RIGHTS
+(`send_with_fds`, `Channel.recv_with_fds`), which is how the daemon hands a domain process
+its control channel.
 """
 
 from __future__ import annotations
