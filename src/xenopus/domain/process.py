@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from xenopus import ipc
-from xenopus.control import ProtocolError, Reply, Request
+from xenopus.control import Reply, Request
 from xenopus.domain.builder import Guest, build_guest
 from xenopus.domain.config import DomainConfig
 from xenopus.domain.console import Console
@@ -284,21 +284,21 @@ class DomainProcess:
 
     async def _serve_control(self, reader: asyncio.StreamReader) -> None:
         while True:
-            seq = None
             try:
                 msg = await ipc.read_message(reader)
                 if msg is None:
                     break
                 req = Request.from_wire(msg)
-                seq = req.seq
-                reply = self._command(req)
-            except (ProtocolError, ValueError) as e:  # a malformed request: say so, go on
+            except ValueError as e:  # not JSON, not an object, no op (ProtocolError): say so
                 log.error("domain %d: malformed control request: %s", self.domid, e)
-                reply = Reply.failure(f"malformed request: {e}")
+                self._send(Reply.failure(f"malformed request: {e}"))
+                continue
+            try:
+                reply = self._command(req)
             except Exception as e:  # noqa: BLE001 - a bad request must not take the domain down
-                log.exception("control request failed")
+                log.exception("control request %r failed", req.op)
                 reply = Reply.failure(str(e))
-            self._send(reply.numbered(seq))
+            self._send(reply.numbered(req.seq))
         log.warning("domain %d: daemon connection closed; the domain keeps running", self.domid)
 
     async def run(self) -> int:
