@@ -1,9 +1,12 @@
 """Message framing between the CLI, the daemon, the zygote and domain processes.
 
-One JSON object per line over a Unix stream socket. Requests carry `op`; replies carry
-`ok` (and `error` when false). File descriptors travel beside a message with
-SCM_RIGHTS (`send_fds`/`recv_fds`), which is how the daemon hands a domain process its
-control channel.
+One JSON object per line over a Unix stream socket (one per datagram on the interdomain
+SOCK_SEQPACKET pairs). What the messages say is `xenopus.control` and
+`xenopus.domain.protocol`; this module only frames them: `Channel` for blocking ends (the
+CLI, the zygote), `read_message` / `write_message` for asyncio streams (the daemon, a
+domain process). File descriptors travel beside a message with SCM_RIGHTS
+(`send_with_fds`, `Channel.recv_with_fds`), which is how the daemon hands a domain process
+its control channel.
 """
 
 from __future__ import annotations
@@ -11,6 +14,10 @@ from __future__ import annotations
 import json
 import os
 import socket
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # asyncio costs the CLI milliseconds of imports; only its types are named
+    import asyncio
 
 DEFAULT_RUN_DIR = "/run/xenopus"
 MAX_LINE = 1 << 20  # a request larger than this is refused, not buffered without bound
@@ -40,19 +47,31 @@ def console_socket_path(domid: int, base: str | os.PathLike[str] | None = None, 
     return os.path.join(domain_dir(domid, base), CONSOLE_SOCKETS[kind])
 
 
-def log_dir(base: str | os.PathLike[str] | None = None) -> str:
-    return os.path.join(base or run_dir(), "log")
-
-
 def encode(msg: dict[str, object]) -> bytes:
     return json.dumps(msg, separators=(",", ":")).encode() + b"\n"
 
 
 def decode(line: bytes) -> dict[str, object]:
+    """One message; ValueError if it is not a JSON object."""
     msg = json.loads(line)
     if not isinstance(msg, dict):
         raise ValueError("message is not a JSON object")
     return msg
+
+
+def send_with_fds(sock: socket.socket, msg: dict[str, object], fds: list[int]) -> None:
+    socket.send_fds(sock, [encode(msg)], fds)
+
+
+async def read_message(reader: asyncio.StreamReader) -> dict[str, object] | None:
+    """The next message on an asyncio stream, or None at its end. ValueError for a
+    malformed line (the next call reads the line after it) or one over the stream's limit."""
+    line = await reader.readline()
+    return decode(line) if line else None
+
+
+def write_message(writer: asyncio.StreamWriter, msg: dict[str, object]) -> None:
+    writer.write(encode(msg))
 
 
 class Channel:
@@ -75,11 +94,10 @@ class Channel:
         return cls(sock)
 
     def send(self, msg: dict[str, object], fds: list[int] | None = None) -> None:
-        data = encode(msg)
         if fds:
-            socket.send_fds(self.sock, [data], fds)
+            send_with_fds(self.sock, msg, fds)
         else:
-            self.sock.sendall(data)
+            self.sock.sendall(encode(msg))
 
     def recv(self) -> dict[str, object] | None:
         """The next message, or None at end of stream."""

@@ -7,13 +7,15 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from xenopus.control import Reply
+from xenopus.domain.config import DomainConfig
 from xenopus.toolstack.daemon import Daemon, DomainRecord
 
 
 def test_malformed_events_do_not_stop_the_reader(tmp_path: Path) -> None:
     async def scenario() -> DomainRecord:
         daemon = Daemon(tmp_path)
-        rec = DomainRecord(1, "hostile", {})
+        rec = DomainRecord(1, "hostile", DomainConfig("hostile", "/nonexistent/kernel"))
         daemon.domains[rec.domid] = rec
         fut = asyncio.get_running_loop().create_future()
         rec.pending[7] = fut
@@ -31,7 +33,7 @@ def test_malformed_events_do_not_stop_the_reader(tmp_path: Path) -> None:
             reader.feed_data(line)
         reader.feed_eof()
         await asyncio.wait_for(daemon._domain_events(rec, reader), 5)
-        assert fut.done() and fut.result() == {"seq": 7, "ok": True}
+        assert fut.done() and fut.result() == Reply(ok=True, seq=7)
         assert rec.domid not in daemon.domains
         return rec
 

@@ -24,8 +24,8 @@ from tests.vm.test_cli import read_until
 from xenopus import ipc
 from xenopus.domain.interdomain_port import InterdomainPort
 from xenopus.memory import GuestMemory
-from xenopus.toolstack import interdomain as broker_mod
-from xenopus.toolstack.interdomain import InterdomainBroker
+from xenopus.toolstack import broker as broker_mod
+from xenopus.toolstack.broker import InterdomainBroker
 from xenopus.xen import abi
 from xenopus.xen.evtchn import EventChannels, State
 from xenopus.xen.grant import GrantTable

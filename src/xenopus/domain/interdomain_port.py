@@ -3,7 +3,7 @@ copies between two xenopus domains.
 
 Domain processes never talk to each other: everything goes through the daemon over a
 SOCK_SEQPACKET pair made at spawn (one JSON message per datagram, file descriptors beside
-it with SCM_RIGHTS; `xenopus.toolstack.interdomain` is the daemon's side).
+it with SCM_RIGHTS; `xenopus.toolstack.broker` is the daemon's side).
 
 * An interdomain channel is a pair of eventfds. Each process reads its own (`fd_in`,
   which raises its port: `EventChannels.remote_notify`) and holds the other's (`Wire`,
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import mmap
 import os
@@ -32,6 +31,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from xenopus import ipc
 from xenopus.memory import GuestMemory
 from xenopus.memory.guest import MemoryRegion
 from xenopus.xen import abi
@@ -42,14 +42,14 @@ log = logging.getLogger("xenopus.interdomain")
 
 T = TypeVar("T")
 
-REQUEST_TIMEOUT = 4.0  # seconds; the daemon gives the peer less (toolstack.interdomain)
+REQUEST_TIMEOUT = 4.0  # seconds; the daemon gives the peer less (toolstack.broker)
 MAX_MESSAGE = 1 << 16
 MAX_FDS = 8
 
 
 def send(sock: socket.socket, msg: dict[str, Any], fds: list[int] | None = None) -> bool:
     """One datagram; False if it could not go (peer gone or not reading: never blocks)."""
-    data = json.dumps(msg, separators=(",", ":")).encode()
+    data = ipc.encode(msg)
     try:
         if fds:
             socket.send_fds(sock, [data], fds, socket.MSG_DONTWAIT)
@@ -75,10 +75,10 @@ def receive(sock: socket.socket) -> tuple[dict[str, Any] | None, list[int]] | No
     if not data and not fds:
         return {"op": "eof"}, []
     try:
-        msg = json.loads(data)
+        msg: dict[str, Any] | None = ipc.decode(data)
     except ValueError:
         msg = None
-    if not isinstance(msg, dict) or flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
+    if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
         msg = None
     return msg, fds
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import resource
@@ -18,13 +17,23 @@ import socket
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from xenopus import ipc
+from xenopus.control import Reply, Request
 from xenopus.domain.builder import Guest, build_guest
 from xenopus.domain.config import DomainConfig
 from xenopus.domain.console import Console
 from xenopus.domain.interdomain_port import InterdomainPort
+from xenopus.domain.protocol import (
+    DomainEvent,
+    Finished,
+    LogLine,
+    Ready,
+    Spawn,
+    StartFailed,
+    StateChanged,
+    Stopped,
+)
 from xenopus.domain.xenguest import StoreProxy
 from xenopus.vm import StopReason
 
@@ -54,6 +63,22 @@ class DebugLog:
                 self._line.append(b)
 
 
+DomainStep = Callable[["DomainProcess", Request], Reply]
+STEPS: dict[str, tuple[DomainStep, bool]] = {}  # op -> (handler, needs a live guest)
+
+
+def domain_step(op: str, *, live: bool = False) -> Callable[[DomainStep], DomainStep]:
+    """Register the domain process's handler for the daemon's request `op` (the daemon
+    forwards every per-domain request it has no step of its own for). A `live` step runs
+    only while the guest exists and has not stopped; otherwise the reply names the state."""
+
+    def register(handler: DomainStep) -> DomainStep:
+        STEPS[op] = (handler, live)
+        return handler
+
+    return register
+
+
 class DomainProcess:
     def __init__(
         self, domid: int, config: DomainConfig, control: socket.socket, run_dir: Path,
@@ -77,21 +102,21 @@ class DomainProcess:
         self._finished = asyncio.Event()
 
     # -- daemon channel ---------------------------------------------------------------
-    def _send(self, msg: dict[str, Any]) -> None:
+    def _send(self, msg: Reply | DomainEvent) -> None:
         if self._writer is not None and not self._writer.is_closing():
-            self._writer.write(json.dumps(msg).encode() + b"\n")
+            ipc.write_message(self._writer, msg.to_wire())
 
     def hv_log(self, line: str) -> None:
         """A line for the host log (`xenopus dmesg`): console_io and port-0xE9 output."""
         log.info("%s", line)
         if threading.current_thread() is threading.main_thread():
-            self._send({"event": "log", "line": line})
+            self._send(LogLine(line))
         else:
-            self._loop.call_soon_threadsafe(self._send, {"event": "log", "line": line})
+            self._loop.call_soon_threadsafe(self._send, LogLine(line))
 
     def _set_state(self, state: str) -> None:
         self.state = state
-        self._send({"event": "state", "state": state})
+        self._send(StateChanged(state))
 
     # -- guest lifecycle ----------------------------------------------------------------
     def _start_guest(self, paused: bool = False) -> None:
@@ -140,7 +165,7 @@ class DomainProcess:
             log.error("domain %d (%s) crashed: %s", self.domid, self.config.name, reason.detail)
         else:
             log.info("domain %d (%s) %s: %s", self.domid, self.config.name, reason.kind, reason.detail)
-        self._send({"event": "stopped", "reason": reason.kind, "detail": reason.detail, "action": action})
+        self._send(Stopped(reason.kind, reason.detail, action))
         if action == "preserve":
             guest.machine.stop()  # keep memory and state for inspection
             self._set_state("crashed" if reason.kind == "crash" else "shutdown")
@@ -157,92 +182,118 @@ class DomainProcess:
             self.exit_code = EXIT_CRASHED
         self._finished.set()  # run() reports the end, then tears the VM down
 
-    # -- commands from the daemon -------------------------------------------------------
-    def _command(self, msg: dict[str, Any]) -> dict[str, Any]:
-        op = msg.get("op")
+    # -- requests from the daemon ------------------------------------------------------
+    def _command(self, req: Request) -> Reply:
+        entry = STEPS.get(req.op)
+        if entry is None:
+            return Reply.failure(f"unknown operation {req.op!r}")
+        handler, live = entry
+        if live and (self.guest is None or self.state in ("shutdown", "crashed")):
+            return Reply.failure(f"domain is {self.state}")
+        return handler(self, req)
+
+    def _live_guest(self) -> Guest:
+        """The guest of a `live` step (`_command` has checked there is one)."""
+        assert self.guest is not None
+        return self.guest
+
+    @domain_step("info")
+    def _info(self, req: Request) -> Reply:
         guest = self.guest
-        if op == "info":
-            return {
-                "ok": True,
-                "state": self.state,
-                "cpu_time": guest.machine.cpu_time() if guest else 0.0,
-                "pid": os.getpid(),
-                "protocol": guest.boot.protocol if guest else None,
-            }
-        if op == "destroy":
-            self._finished.set()
-            return {"ok": True}
-        if op == "vcpu-list":  # also of a preserved domain: its vCPUs, stopped
-            return {"ok": True, "vcpus": guest.machine.vcpu_info() if guest else []}
-        if op == "devices":
-            return {"ok": True, "devices": self._devices(guest)}
-        if guest is None or self.state in ("shutdown", "crashed"):
-            return {"ok": False, "error": f"domain is {self.state}"}
-        if op == "vcpu-pin":
-            return self._vcpu_pin(guest, msg.get("vcpu"), msg.get("cpus"))
-        if op == "pause":
-            if self._started and self.state != "paused":
-                guest.machine.pause()
-                self._set_state("paused")
-            return {"ok": True}
-        if op == "unpause":
-            if not self._started:
-                self._run_vcpus()
-            elif self.state == "paused":
-                guest.machine.resume()
-                self._set_state("running")
-            return {"ok": True}
-        if op == "shutdown":
-            # The ACPI power button (GED event → \_SB.PWRB, Notify 0x80): the guest's own
-            # shutdown path runs and ends in S5, which on_poweroff then handles.
-            if not self._started:
-                return {"ok": False, "error": "domain has not run yet; unpause or destroy it"}
-            if self.state == "paused":
-                return {"ok": False, "error": "domain is paused; unpause it to let it shut down"}
-            guest.power.press_power_button()
-            return {"ok": True}
-        if op == "reboot":
-            if not self._started:
-                self._run_vcpus()
-            elif self.state == "paused":
-                guest.machine.resume()
-            guest.machine.request_stop(StopReason("reboot", "reboot requested by the toolstack"))
-            return {"ok": True}
-        return {"ok": False, "error": f"unknown operation {op!r}"}
+        return Reply.success(
+            state=self.state, cpu_time=guest.machine.cpu_time() if guest else 0.0,
+            pid=os.getpid(), protocol=guest.boot.protocol if guest else None,
+        )
 
-    @staticmethod
-    def _devices(guest: Guest | None) -> list[dict[str, Any]]:
-        return guest.inventory.describe() if guest is not None else []
+    @domain_step("destroy")
+    def _destroy(self, req: Request) -> Reply:
+        self._finished.set()
+        return Reply.success()
 
-    def _vcpu_pin(self, guest: Guest, vcpu: object, cpus: object) -> dict[str, Any]:
+    @domain_step("vcpu-list")
+    def _vcpu_list(self, req: Request) -> Reply:
+        # Also of a preserved domain: its vCPUs, stopped.
+        return Reply.success(vcpus=self.guest.machine.vcpu_info() if self.guest else [])
+
+    @domain_step("devices")
+    def _devices(self, req: Request) -> Reply:
+        return Reply.success(devices=self.guest.inventory.describe() if self.guest else [])
+
+    @domain_step("pause", live=True)
+    def _pause(self, req: Request) -> Reply:
+        if self._started and self.state != "paused":
+            self._live_guest().machine.pause()
+            self._set_state("paused")
+        return Reply.success()
+
+    @domain_step("unpause", live=True)
+    def _unpause(self, req: Request) -> Reply:
+        if not self._started:
+            self._run_vcpus()
+        elif self.state == "paused":
+            self._live_guest().machine.resume()
+            self._set_state("running")
+        return Reply.success()
+
+    @domain_step("shutdown", live=True)
+    def _shutdown(self, req: Request) -> Reply:
+        # The ACPI power button (GED event → \_SB.PWRB, Notify 0x80): the guest's own
+        # shutdown path runs and ends in S5, which on_poweroff then handles.
+        if not self._started:
+            return Reply.failure("domain has not run yet; unpause or destroy it")
+        if self.state == "paused":
+            return Reply.failure("domain is paused; unpause it to let it shut down")
+        self._live_guest().power.press_power_button()
+        return Reply.success()
+
+    @domain_step("reboot", live=True)
+    def _reboot(self, req: Request) -> Reply:
+        guest = self._live_guest()
+        if not self._started:
+            self._run_vcpus()
+        elif self.state == "paused":
+            guest.machine.resume()
+        guest.machine.request_stop(StopReason("reboot", "reboot requested by the toolstack"))
+        return Reply.success()
+
+    @domain_step("vcpu-pin", live=True)
+    def _vcpu_pin(self, req: Request) -> Reply:
         """Hard-pin one vCPU ("all": every vCPU) to host CPUs. The pins last for this
         incarnation: a rebooted domain starts from its configuration, as under Xen."""
-        machine = guest.machine
+        machine = self._live_guest().machine
+        vcpu, cpus = req.args.get("vcpu"), req.args.get("cpus")
         if not isinstance(cpus, list) or not all(isinstance(c, int) for c in cpus):
-            return {"ok": False, "error": "vcpu-pin needs a list of host CPU numbers"}
+            return Reply.failure("vcpu-pin needs a list of host CPU numbers")
         if vcpu == "all":
             targets = range(len(machine.vcpus))
         elif isinstance(vcpu, int):
             targets = range(vcpu, vcpu + 1)
         else:
-            return {"ok": False, "error": f"invalid vCPU {vcpu!r}"}
+            return Reply.failure(f"invalid vCPU {vcpu!r}")
         try:
             for v in targets:
                 machine.pin(v, cpus)
         except ValueError as e:
-            return {"ok": False, "error": str(e)}
-        return {"ok": True}
+            return Reply.failure(str(e))
+        return Reply.success()
 
     async def _serve_control(self, reader: asyncio.StreamReader) -> None:
-        while line := await reader.readline():
+        while True:
             try:
-                msg = json.loads(line)
-                reply = self._command(msg)
+                msg = await ipc.read_message(reader)
+                if msg is None:
+                    break
+                req = Request.from_wire(msg)
+            except ValueError as e:  # not JSON, not an object, no op (ProtocolError): say so
+                log.error("domain %d: malformed control request: %s", self.domid, e)
+                self._send(Reply.failure(f"malformed request: {e}"))
+                continue
+            try:
+                reply = self._command(req)
             except Exception as e:  # noqa: BLE001 - a bad request must not take the domain down
-                log.exception("control request failed")
-                msg, reply = {}, {"ok": False, "error": str(e)}
-            reply["seq"] = msg.get("seq")
-            self._send(reply)
+                log.exception("control request %r failed", req.op)
+                reply = Reply.failure(str(e))
+            self._send(reply.numbered(req.seq))
         log.warning("domain %d: daemon connection closed; the domain keeps running", self.domid)
 
     async def run(self) -> int:
@@ -265,7 +316,7 @@ class DomainProcess:
             self._start_guest(paused=self.start_paused)
         except Exception as e:  # noqa: BLE001 - reported to the CLI, which names the problem
             log.error("domain %d (%s): cannot start: %s", self.domid, self.config.name, e)
-            self._send({"event": "error", "error": str(e)})
+            self._send(StartFailed(str(e)))
             await self._writer.drain()
             self._teardown()
             if self.interdomain is not None:
@@ -275,11 +326,10 @@ class DomainProcess:
         # A Xen-aware image (one that names its OS in a Xen ELF note) gets its PV console
         # by default, as under Xen; everything else its serial port.
         xen_aware = guest.xen is not None and bool(guest.boot.details.get("guest_os"))
-        self._send({
-            "event": "ready", "pid": os.getpid(), "protocol": guest.boot.protocol,
-            "xen_path": guest.xen_path, "console": "pv" if xen_aware else "serial",
-            "console_nodes": guest.xen.console_nodes() if guest.xen is not None else {},
-        })
+        self._send(Ready(
+            os.getpid(), guest.boot.protocol, guest.xen_path, "pv" if xen_aware else "serial",
+            guest.xen.console_nodes() if guest.xen is not None else {},
+        ))
         control = asyncio.create_task(self._serve_control(reader))
         await self._finished.wait()
         control.cancel()
@@ -292,10 +342,7 @@ class DomainProcess:
         await self.pvconsole.close()
         await self.store.close()
         usage = resource.getrusage(resource.RUSAGE_SELF)
-        self._send({
-            "event": "finished", "exit_code": self.exit_code, "maxrss_kib": usage.ru_maxrss,
-            "cpu": usage.ru_utime + usage.ru_stime,
-        })
+        self._send(Finished(self.exit_code, usage.ru_maxrss, usage.ru_utime + usage.ru_stime))
         with contextlib.suppress(ConnectionError, OSError):
             await self._writer.drain()
         self._writer.close()
@@ -306,12 +353,12 @@ class DomainProcess:
 
 
 def run_domain(
-    domid: int, config: dict[str, Any], control_fd: int, run_dir: str, paused: bool = False,
-    xenstore_fd: int | None = None, interdomain_fd: int | None = None,
+    spawn: Spawn, control_fd: int, xenstore_fd: int | None = None,
+    interdomain_fd: int | None = None,
 ) -> int:
     """Entry point of a freshly forked domain process."""
-    cfg = DomainConfig.from_dict(config)
-    logdir = Path(run_dir) / "log"
+    domid, cfg = spawn.domid, spawn.config
+    logdir = Path(spawn.run_dir) / "log"
     logdir.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(logdir / f"{cfg.name}.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
@@ -322,7 +369,8 @@ def run_domain(
     xenstore = socket.socket(fileno=xenstore_fd) if xenstore_fd is not None else None
     interdomain = socket.socket(fileno=interdomain_fd) if interdomain_fd is not None else None
     proc = DomainProcess(
-        domid, cfg, control, Path(run_dir), paused=paused, xenstore=xenstore, interdomain=interdomain
+        domid, cfg, control, Path(spawn.run_dir), paused=spawn.paused, xenstore=xenstore,
+        interdomain=interdomain,
     )
     try:
         return asyncio.run(proc.run())

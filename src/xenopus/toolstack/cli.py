@@ -12,8 +12,10 @@ import socket
 import sys
 from collections import namedtuple
 from types import SimpleNamespace as Namespace
+from typing import Any
 
 from xenopus import host, ipc
+from xenopus.control import ProtocolError, Reply, Request
 
 DETACH = 0x1D  # Ctrl-], as for xl console and telnet
 
@@ -61,20 +63,38 @@ def start_daemon(timeout: float = 15.0) -> None:
         raise CliError(f"the xenopus daemon did not start; see {logfile}")
 
 
-def request(msg: dict[str, object]) -> dict[str, object]:
+def ask(chan: ipc.Channel, req: Request) -> Reply:
+    return daemon_reply(chan.request(req.to_wire()))
+
+
+def next_reply(chan: ipc.Channel) -> Reply | None:
+    """A further reply to the request in flight (create -c, -F); None if the daemon went."""
+    msg = chan.recv()
+    return None if msg is None else daemon_reply(msg)
+
+
+def daemon_reply(msg: dict[str, object]) -> Reply:
+    try:
+        return Reply.from_wire(msg)
+    except ProtocolError as e:
+        raise CliError(f"the daemon sent a malformed reply: {e}") from None
+
+
+def request(op: str, **args: Any) -> dict[str, Any]:
+    """One request on a connection of its own; the reply's data, or CliError."""
     chan = connect()
     try:
-        reply = chan.request(msg)
+        reply = ask(chan, Request(op, args))
     finally:
         chan.close()
-    if not reply.get("ok"):
-        raise CliError(reply.get("error", "request failed"))
-    return reply
+    if not reply.ok:
+        raise CliError(reply.error or "request failed")
+    return dict(reply.data)
 
 
 # -- console --------------------------------------------------------------------------------
 def open_console(dom: str, kind: str | None = None) -> socket.socket:
-    reply = request({"op": "console", "dom": dom, "type": kind})
+    reply = request("console", dom=dom, type=kind)
     return connect_console(reply["path"], dom)
 
 
@@ -158,35 +178,35 @@ def cmd_create(args: Namespace) -> int:
         # The daemon parses the file (it has the parser loaded; the CLI stays small and
         # fast). With -c the domain is created paused, the console attached, then the
         # domain unpaused, so not a byte of output is missed (as xl create -c does).
-        reply = chan.request({
-            "op": "create", "path": args.config, "overrides": args.overrides,
-            "cwd": os.getcwd(), "wait": args.foreground, "paused": args.paused,
-            "attach": args.console,
-        })
-        for warning in reply.get("warnings", []):
+        reply = ask(chan, Request(args.op, {
+            "path": args.config, "overrides": args.overrides, "cwd": os.getcwd(),
+            "wait": args.foreground, "paused": args.paused, "attach": args.console,
+        }))
+        for warning in reply.data.get("warnings", []):
             print(warning, file=sys.stderr)
-        if not reply.get("ok"):
-            raise CliError(str(reply.get("error")))
+        if not reply.ok:
+            raise CliError(str(reply.error))
         if args.console:
             try:
-                sock = connect_console(reply["console"], reply["domid"])
+                sock = connect_console(reply.data["console"], reply.data["domid"])
             finally:
-                chan.send({"op": "unpause"})  # attached (or not): let the domain run
+                chan.send(Request("unpause").to_wire())  # attached (or not): let the domain run
             if not args.foreground:
-                chan.recv()
+                next_reply(chan)
             with sock:
                 pump_console(sock)
         if not args.foreground:
             return 0
-        final = chan.recv()
+        final = next_reply(chan)
     finally:
         chan.close()
     if final is None:
         raise CliError("lost the connection to the daemon")
-    if final.get("reason") == "crash":
-        print(f"Domain {final['domid']} crashed: {final.get('detail', '')}", file=sys.stderr)
+    end = final.data
+    if end.get("reason") == "crash":
+        print(f"Domain {end['domid']} crashed: {end.get('detail', '')}", file=sys.stderr)
         return 1
-    return 0 if final.get("status") in (0, None) else 1
+    return 0 if end.get("status") in (0, None) else 1
 
 
 def state_flags(entry: dict[str, object]):
@@ -204,7 +224,7 @@ def state_flags(entry: dict[str, object]):
 def cmd_list(args: Namespace) -> int:
     from xenopus.toolstack import xlformat
 
-    domains = request({"op": "list"})["domains"]
+    domains = request(args.op)["domains"]
     if args.domains:
         wanted = set(args.domains)
         missing = wanted - {str(d["domid"]) for d in domains} - {d["name"] for d in domains} - set(DOM0)
@@ -232,23 +252,21 @@ def cmd_console(args: Namespace) -> int:
     return 0
 
 
-def simple_verb(op: str):
-    def run(args: Namespace) -> int:
-        request({"op": op, "dom": args.dom})
-        return 0
-
-    return run
+def cmd_domain_op(args: Namespace) -> int:
+    """A verb whose whole CLI step is to send its op for one domain (pause, reboot, ...)."""
+    request(args.op, dom=args.dom)
+    return 0
 
 
 def cmd_dmesg(args: Namespace) -> int:
-    for line in request({"op": "dmesg", "clear": args.clear})["lines"]:
+    for line in request(args.op, clear=args.clear)["lines"]:
         print(line)
     return 0
 
 
 def cmd_shutdown(args: Namespace) -> int:
     """Press the domain's ACPI power button; with -w, wait until the domain is gone."""
-    request({"op": "shutdown", "dom": args.dom, "wait": args.wait})
+    request(args.op, dom=args.dom, wait=args.wait)
     return 0
 
 
@@ -258,7 +276,7 @@ def cmd_devices(kind: str):
     def run(args: Namespace) -> int:
         from xenopus.toolstack import xlformat
 
-        found = [d for dom in args.doms for d in request({"op": "devices", "dom": dom})["devices"]
+        found = [d for dom in args.doms for d in request(args.op, dom=dom)["devices"]
                  if d["kind"] == kind]
         listing = xlformat.block_list if kind == "disk" else xlformat.network_list
         print("\n".join(listing(found)))
@@ -304,7 +322,7 @@ def cmd_vcpu_list(args: Namespace) -> int:
 
     others = [d for d in args.domains if d not in DOM0]
     show_dom0 = not args.domains or len(others) < len(args.domains)
-    domains = request({"op": "vcpu-list", "doms": others})["domains"] if others or not args.domains else []
+    domains = request(args.op, doms=others)["domains"] if others or not args.domains else []
     nr_cpus = max(host.host_cpus()) + 1
     print(xlformat.vcpu_list_header())
     if show_dom0:
@@ -340,7 +358,7 @@ def cmd_vcpu_pin(args: Namespace) -> int:
     if not cpus:
         raise CliError(f"'{args.hard}' selects no CPU")
     vcpu: int | str = "all" if args.vcpu == "all" else int(args.vcpu)
-    request({"op": "vcpu-pin", "dom": args.dom, "vcpu": vcpu, "cpus": sorted(cpus)})
+    request(args.op, dom=args.dom, vcpu=vcpu, cpus=sorted(cpus))
     return 0
 
 
@@ -350,7 +368,7 @@ def cmd_daemon(args: Namespace) -> int:
             chan = connect(autostart=False)
         except CliError:
             return 0  # nothing to stop
-        chan.request({"op": "stop"})
+        ask(chan, Request(args.op))
         while chan.recv() is not None:  # the daemon closes us when it has gone
             pass
         chan.close()
@@ -365,15 +383,20 @@ def cmd_daemon(args: Namespace) -> int:
 
 
 # -- the command line ----------------------------------------------------------------------
-# One table describes every verb. A well-formed command line is parsed straight from it;
-# argparse (built from the same table) is imported only for --help and for errors, since
-# importing it costs every command several milliseconds (measured by benchmarks/startup).
+# One table describes every verb: its xl grammar, the request it sends and its CLI step.
+# The request's op names the daemon step that answers it (`daemon_step` in
+# toolstack/daemon.py) or, when the daemon has none, the domain step its domain's process
+# answers (`domain_step` in domain/process.py), which the daemon forwards unchanged.
+# A well-formed command line is parsed straight from the table; argparse (built from the
+# same table) is imported only for --help and for errors, since importing it costs every
+# command several milliseconds (measured by benchmarks/startup).
 # (namedtuples, not dataclasses: importing dataclasses costs the CLI ~5 ms of inspect)
 Opt = namedtuple("Opt", "names dest help takes choices default", defaults=(None, None, None))
 Opt.__doc__ = """An option: a flag if `takes` is None, else its value's type; `help` None hides it."""
 Pos = namedtuple("Pos", "dest metavar nargs help", defaults=(None, None))
 Pos.__doc__ = """A positional: `nargs` None (exactly one), "?", "*" or "+"."""
-Verb = namedtuple("Verb", "name help func opts pos", defaults=((), ()))
+Verb = namedtuple("Verb", "name help op func opts pos", defaults=((), ()))
+Verb.__doc__ = """A verb: `func(args)` is its CLI step, `args.op` the request it sends."""
 
 
 def _dom(dest: str = "dom") -> Pos:
@@ -381,39 +404,39 @@ def _dom(dest: str = "dom") -> Pos:
 
 
 VERBS = (
-    Verb("create", "create a domain from an xl.cfg file", cmd_create, (
+    Verb("create", "create a domain from an xl.cfg file", "create", cmd_create, (
         Opt(("-c",), "console", "attach the console after creating"),
         Opt(("-F",), "foreground", "stay in the foreground until the domain dies"),
         Opt(("-p",), "paused", "leave the domain paused after creating it"),
         Opt(("-q",), "quiet", "quiet"),
     ), (Pos("config", "CFG"), Pos("overrides", "KEY=VALUE", "*"))),
-    Verb("list", "list domains", cmd_list,
+    Verb("list", "list domains", "list", cmd_list,
          (Opt(("-l", "--long"), "long", "JSON with each domain's configuration"),),
          (Pos("domains", "DOM", "*"),)),
-    Verb("console", "attach to a domain's console (Ctrl-] detaches)", cmd_console,
+    Verb("console", "attach to a domain's console (Ctrl-] detaches)", "console", cmd_console,
          (Opt(("-t",), "type", "serial (COM1), pv (Xen PV console) or virtio; default: pv for"
               " Xen-aware guests, else serial", str, ("serial", "virtio", "pv"), None),),
          (_dom(),)),
-    Verb("dmesg", "print the host log: guests' console_io and port-0xE9 lines", cmd_dmesg,
-         (Opt(("-c",), "clear", "clear the log after printing it"),)),
-    Verb("destroy", "destroy a domain immediately", simple_verb("destroy"), (), (_dom(),)),
-    Verb("pause", "pause all vCPUs of a domain", simple_verb("pause"), (), (_dom(),)),
-    Verb("unpause", "resume a paused domain", simple_verb("unpause"), (), (_dom(),)),
-    Verb("reboot", "reset a domain (on_reboot applies)", simple_verb("reboot"), (), (_dom(),)),
-    Verb("shutdown", "ask a domain to shut down (ACPI power button)", cmd_shutdown,
+    Verb("dmesg", "print the host log: guests' console_io and port-0xE9 lines", "dmesg",
+         cmd_dmesg, (Opt(("-c",), "clear", "clear the log after printing it"),)),
+    Verb("destroy", "destroy a domain immediately", "destroy", cmd_domain_op, (), (_dom(),)),
+    Verb("pause", "pause all vCPUs of a domain", "pause", cmd_domain_op, (), (_dom(),)),
+    Verb("unpause", "resume a paused domain", "unpause", cmd_domain_op, (), (_dom(),)),
+    Verb("reboot", "reset a domain (on_reboot applies)", "reboot", cmd_domain_op, (), (_dom(),)),
+    Verb("shutdown", "ask a domain to shut down (ACPI power button)", "shutdown", cmd_shutdown,
          (Opt(("-w",), "wait", "wait for the domain to go away"),), (_dom(),)),
-    Verb("block-list", "list a domain's disks", cmd_devices("disk"), (),
+    Verb("block-list", "list a domain's disks", "devices", cmd_devices("disk"), (),
          (Pos("doms", "DOM", "+"),)),
-    Verb("network-list", "list a domain's network interfaces",
+    Verb("network-list", "list a domain's network interfaces", "devices",
          cmd_devices("nic"), (), (Pos("doms", "DOM", "+"),)),
-    Verb("vcpu-list", "list the vCPUs of domains (all when none is named)", cmd_vcpu_list, (),
-         (Pos("domains", "DOM", "*"),)),
-    Verb("vcpu-pin", "set the host CPUs a vCPU may run on", cmd_vcpu_pin,
+    Verb("vcpu-list", "list the vCPUs of domains (all when none is named)", "vcpu-list",
+         cmd_vcpu_list, (), (Pos("domains", "DOM", "*"),)),
+    Verb("vcpu-pin", "set the host CPUs a vCPU may run on", "vcpu-pin", cmd_vcpu_pin,
          (Opt(("-f", "--force"), "force", "accepted for xl compatibility"),),
          (_dom(), Pos("vcpu", "VCPU", None, "a vCPU number or 'all'"),
           Pos("hard", "CPUS", None, "xl CPU list: all, 0-3,5, ^1, nodes:0 ('-': keep)"),
           Pos("soft", "SOFT", "?", "soft affinity: only 'all' or '-'"))),
-    Verb("daemon", "run the host daemon in the foreground", cmd_daemon, (
+    Verb("daemon", "run the host daemon in the foreground", "stop", cmd_daemon, (
         Opt(("--stop",), "stop", "stop a running daemon and its domains"),
         Opt(("--background",), "background", None),
         Opt(("--ready-fd",), "ready_fd", None, int),
@@ -426,7 +449,7 @@ def fast_parse(argv: list[str]) -> Namespace | None:
     verb = next((v for v in VERBS if argv and v.name == argv[0]), None)
     if verb is None:
         return None
-    ns = Namespace(func=verb.func)
+    ns = Namespace(func=verb.func, op=verb.op)
     for o in verb.opts:
         setattr(ns, o.dest, False if o.takes is None else o.default)
     by_name = {n: o for o in verb.opts for n in o.names}
@@ -488,7 +511,7 @@ def parser():
                                default=o.default, help=text)
         for pos in verb.pos:
             v.add_argument(pos.dest, metavar=pos.metavar, nargs=pos.nargs, help=pos.help)
-        v.set_defaults(func=verb.func)
+        v.set_defaults(func=verb.func, op=verb.op)
     return p
 
 

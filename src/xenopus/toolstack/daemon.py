@@ -2,7 +2,10 @@
 
 It is single-threaded (asyncio) and never touches guest memory or a vCPU: each domain
 runs in its own process, forked by the zygote, and talks to the daemon over its own
-control channel. Clients (the CLI) speak JSON lines on `$XENOPUS_RUN_DIR/xenopus.sock`.
+control channel. Clients (the CLI) send `xenopus.control` requests on
+`$XENOPUS_RUN_DIR/xenopus.sock`. A request is handled by the daemon step of its name
+(`daemon_step`) or, when there is none, forwarded to the domain it names, whose process
+has the step (`xenopus.domain.process.domain_step`).
 """
 
 from __future__ import annotations
@@ -11,7 +14,6 @@ import asyncio
 import collections
 import contextlib
 import fcntl
-import json
 import logging
 import os
 import signal
@@ -19,12 +21,28 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from xenopus import ipc
-from xenopus.toolstack.interdomain import InterdomainBroker
+from xenopus.control import Reply, Request
+from xenopus.domain.config import ConfigError, DomainConfig, load_config
+from xenopus.domain.protocol import (
+    Exited,
+    Finished,
+    LogLine,
+    Ready,
+    Spawn,
+    Spawned,
+    StartFailed,
+    StateChanged,
+    Stopped,
+    decode_from_domain,
+    decode_from_zygote,
+)
+from xenopus.toolstack.broker import InterdomainBroker
 from xenopus.toolstack.xenstored import XenStored
 
 log = logging.getLogger("xenopus.daemon")
@@ -41,43 +59,68 @@ class RequestError(Exception):
 class DomainRecord:
     domid: int
     name: str
-    config: dict[str, Any]
+    config: DomainConfig
     state: str = "starting"  # running | paused | shutdown | crashed | dying
     pid: int | None = None
     created: float = field(default_factory=time.time)
     writer: asyncio.StreamWriter | None = None
-    pending: dict[int, asyncio.Future] = field(default_factory=dict)
+    pending: dict[int, asyncio.Future[Reply]] = field(default_factory=dict)
     seq: int = 0
-    last_stop: dict[str, Any] | None = None
-    exit_info: dict[str, Any] | None = None  # from the zygote, once the process has exited
-    final: dict[str, Any] | None = None  # the domain process's own report of its end
+    last_stop: Stopped | None = None
+    exit_info: Exited | None = None  # from the zygote, once the process has exited
+    final: Finished | None = None  # the domain process's own report of its end
     gone: asyncio.Event = field(default_factory=asyncio.Event)
     exited: asyncio.Event = field(default_factory=asyncio.Event)
     protocol: str | None = None
     xen_path: str = "off"
     console: str = "serial"  # the console `xenopus console DOM` attaches to by default
 
-    async def request(self, msg: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]:
+    async def request(self, req: Request, timeout: float = 10.0) -> Reply:
+        """Ask the domain process; its reply, refusals included."""
         if self.writer is None or self.writer.is_closing():
             raise RequestError(f"domain {self.domid} has no running process")
         self.seq += 1
-        fut: asyncio.Future = asyncio.get_running_loop().create_future()
-        self.pending[self.seq] = fut
-        self.writer.write(ipc.encode({**msg, "seq": self.seq}))
+        seq = self.seq
+        fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        self.pending[seq] = fut
+        ipc.write_message(self.writer, req.numbered(seq).to_wire())
         try:
             return await asyncio.wait_for(fut, timeout)
         except TimeoutError:
-            raise RequestError(f"domain {self.domid} did not answer {msg.get('op')!r}") from None
+            raise RequestError(f"domain {self.domid} did not answer {req.op!r}") from None
         finally:
-            self.pending.pop(self.seq, None)
+            self.pending.pop(seq, None)
 
     async def query(self, op: str, key: str, default: Any, timeout: float) -> Any:
         """`key` of the answer to `op`; `default` when there is no process or no answer
         (listings show every domain, answering or not)."""
         if self.writer is not None:
             with contextlib.suppress(RequestError, ConnectionError):
-                return (await self.request({"op": op}, timeout)).get(key, default)
+                return (await self.request(Request(op), timeout)).data.get(key, default)
         return default
+
+
+class Client(NamedTuple):
+    """A client's connection, for the steps that talk on it beyond one reply (create)."""
+
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+
+
+DaemonStep = Callable[["Daemon", Request, Client], Awaitable[Reply | None]]
+STEPS: dict[str, DaemonStep] = {}
+
+
+def daemon_step(op: str) -> Callable[[DaemonStep], DaemonStep]:
+    """Register the daemon's handler for requests named `op`. It returns the reply (None:
+    it has written its replies itself). A per-domain `op` with no daemon step is forwarded
+    to the named domain's process."""
+
+    def register(handler: DaemonStep) -> DaemonStep:
+        STEPS[op] = handler
+        return handler
+
+    return register
 
 
 class Daemon:
@@ -89,7 +132,7 @@ class Daemon:
         self._zsock: socket.socket | None = None
         self._zwriter: asyncio.StreamWriter | None = None
         self._zevents: asyncio.Task | None = None
-        self._spawned: dict[int, asyncio.Future] = {}
+        self._spawned: dict[int, asyncio.Future[int]] = {}
         self._stop = asyncio.Event()
         self._lock_fd = -1
         self._clients: dict[asyncio.Task, asyncio.StreamWriter] = {}
@@ -126,16 +169,16 @@ class Daemon:
         self._zevents = asyncio.create_task(self._zygote_events(reader))
 
     async def _zygote_events(self, reader: asyncio.StreamReader) -> None:
-        while line := await reader.readline():
-            msg = json.loads(line)
-            if "spawned" in msg:
-                fut = self._spawned.pop(msg["spawned"], None)
+        while (msg := await ipc.read_message(reader)) is not None:
+            event = decode_from_zygote(msg)
+            if isinstance(event, Spawned):
+                fut = self._spawned.pop(event.domid, None)
                 if fut is not None and not fut.done():
-                    fut.set_result(msg["pid"])
-            elif "exited" in msg:
-                rec = self.domains.get(msg["exited"])
-                if rec is not None and rec.pid == msg["pid"]:
-                    rec.exit_info = msg
+                    fut.set_result(event.pid)
+            else:
+                rec = self.domains.get(event.domid)
+                if rec is not None and rec.pid == event.pid:
+                    rec.exit_info = event
                     rec.exited.set()
         if not self._stop.is_set():
             log.error("the zygote exited; restarting it")
@@ -175,80 +218,103 @@ class Daemon:
         assert task is not None
         self._clients[task] = writer
         try:
-            while line := await reader.readline():
+            while True:
                 try:
-                    req = ipc.decode(line)
-                    reply = await self._dispatch(req, reader, writer)
-                except RequestError as e:
-                    reply = {"ok": False, "error": str(e)}
-                except Exception as e:  # noqa: BLE001 - one bad request must not stop the daemon
-                    log.exception("request failed")
-                    reply = {"ok": False, "error": f"internal error: {e}"}
+                    msg = await ipc.read_message(reader)
+                    if msg is None:
+                        break
+                    req = Request.from_wire(msg)
+                except ValueError as e:  # not JSON, not an object, no op: say so, read on
+                    reply: Reply | None = Reply.failure(f"malformed request: {e}")
+                else:
+                    reply = await self._handle(req, Client(reader, writer))
                 if reply is not None:
-                    writer.write(ipc.encode(reply))
+                    ipc.write_message(writer, reply.to_wire())
                     await writer.drain()
-        except (ConnectionError, ValueError):
+        except ConnectionError:
             pass
         finally:
             self._clients.pop(task, None)
             writer.close()
 
-    async def _dispatch(
-        self, req: dict[str, Any], reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> dict[str, Any] | None:
-        op = req.get("op")
-        if op == "ping":
-            return {"ok": True, "pid": os.getpid()}
-        if op == "create":
-            return await self._create(req, reader, writer)
-        if op == "dmesg":
-            lines = list(self.dmesg)
-            if req.get("clear"):
-                self.dmesg.clear()
-            return {"ok": True, "lines": lines}
-        if op == "list":
-            return {"ok": True, "domains": await self._list()}
-        if op == "stop":
-            self._stop.set()
-            return {"ok": True}
-        if op == "vcpu-list":
-            return {"ok": True, "domains": await self._vcpu_list(req.get("doms") or [])}
-        rec = self.lookup(str(req.get("dom", "")))
-        if op == "console":
-            if rec.pid is None:
-                raise RequestError(f"domain {rec.domid} has no console: it is not running")
-            kind = req.get("type") or rec.console
-            if kind not in ipc.CONSOLE_SOCKETS:
-                raise RequestError(f"unknown console type {kind!r}")
-            if kind == "virtio" and not rec.config.get("virtio_console"):
-                raise RequestError(f"domain {rec.domid} has no virtio console (virtio_console = 1)")
-            path = ipc.console_socket_path(rec.domid, self.run_dir, kind)
-            return {"ok": True, "domid": rec.domid, "path": path}
-        if op == "wait":
-            await rec.gone.wait()
-            return {"ok": True, **self._final(rec)}
-        if op == "destroy":
-            await self._destroy(rec)
-            return {"ok": True}
-        if op == "devices":
-            reply = await rec.request({"op": op})
-            return {"ok": True, "domid": rec.domid, "name": rec.name, "devices": reply.get("devices", [])}
-        if op in ("pause", "unpause", "reboot", "shutdown", "vcpu-pin"):
-            cmd = {"op": op}
-            if op == "vcpu-pin":
-                cmd.update(vcpu=req.get("vcpu"), cpus=req.get("cpus"))
-            reply = await rec.request(cmd)
-            if not reply.get("ok"):
-                raise RequestError(f"domain {rec.domid}: {reply.get('error')}")
-            if op == "shutdown" and req.get("wait"):
-                # Wait here, on the record we already hold: the guest may be gone before a
-                # second request could name it.
-                await rec.gone.wait()
-            return {"ok": True}
-        raise RequestError(f"unknown operation {op!r}")
+    async def _handle(self, req: Request, client: Client) -> Reply | None:
+        try:
+            return await self._dispatch(req, client)
+        except RequestError as e:
+            return Reply.failure(str(e))
+        except Exception as e:  # noqa: BLE001 - one bad request must not stop the daemon
+            log.exception("request %r failed", req.op)
+            return Reply.failure(f"internal error: {e}")
 
-    async def _vcpu_list(self, doms: list[Any]) -> list[dict[str, Any]]:
+    async def _dispatch(self, req: Request, client: Client) -> Reply | None:
+        step = STEPS.get(req.op)
+        if step is not None:
+            return await step(self, req, client)
+        if "dom" not in req.args:
+            raise RequestError(f"unknown operation {req.op!r}")
+        return await self._forward(self.lookup(req.dom), req)
+
+    async def _forward(self, rec: DomainRecord, req: Request) -> Reply:
+        """A per-domain request the domain process answers (pause, vcpu-pin, devices, ...)."""
+        args = {k: v for k, v in req.args.items() if k != "dom"}
+        reply = await rec.request(Request(req.op, args))
+        if not reply.ok:
+            raise RequestError(f"domain {rec.domid}: {reply.error}")
+        return Reply(True, reply.data)
+
+    @daemon_step("ping")
+    async def _ping(self, req: Request, client: Client) -> Reply:
+        return Reply.success(pid=os.getpid())
+
+    @daemon_step("dmesg")
+    async def _dmesg(self, req: Request, client: Client) -> Reply:
+        lines = list(self.dmesg)
+        if req.args.get("clear"):
+            self.dmesg.clear()
+        return Reply.success(lines=lines)
+
+    @daemon_step("stop")
+    async def _stop_step(self, req: Request, client: Client) -> Reply:
+        self._stop.set()
+        return Reply.success()
+
+    @daemon_step("console")
+    async def _console(self, req: Request, client: Client) -> Reply:
+        rec = self.lookup(req.dom)
+        if rec.pid is None:
+            raise RequestError(f"domain {rec.domid} has no console: it is not running")
+        kind = req.args.get("type") or rec.console
+        if kind not in ipc.CONSOLE_SOCKETS:
+            raise RequestError(f"unknown console type {kind!r}")
+        if kind == "virtio" and not rec.config.virtio_console:
+            raise RequestError(f"domain {rec.domid} has no virtio console (virtio_console = 1)")
+        return Reply.success(domid=rec.domid, path=ipc.console_socket_path(rec.domid, self.run_dir, kind))
+
+    @daemon_step("wait")
+    async def _wait(self, req: Request, client: Client) -> Reply:
+        rec = self.lookup(req.dom)
+        await rec.gone.wait()
+        return Reply(True, self._final(rec))
+
+    @daemon_step("destroy")
+    async def _destroy_step(self, req: Request, client: Client) -> Reply:
+        await self._destroy(self.lookup(req.dom))
+        return Reply.success()
+
+    @daemon_step("shutdown")
+    async def _shutdown(self, req: Request, client: Client) -> Reply:
+        rec = self.lookup(req.dom)
+        reply = await self._forward(rec, req)
+        if req.args.get("wait"):
+            # Wait here, on the record we already hold: the guest may be gone before a
+            # second request could name it.
+            await rec.gone.wait()
+        return reply
+
+    @daemon_step("vcpu-list")
+    async def _vcpu_list(self, req: Request, client: Client) -> Reply:
         """Each named domain's (default: every domain's) vCPUs, from its process."""
+        doms = req.args.get("doms") or []
         if doms:
             recs = [self.lookup(str(d)) for d in doms]
         else:
@@ -258,7 +324,7 @@ class Daemon:
             vcpus = await rec.query("vcpu-list", "vcpus", [], timeout=5.0)
             return {"domid": rec.domid, "name": rec.name, "state": rec.state, "vcpus": vcpus}
 
-        return list(await asyncio.gather(*(entry(r) for r in recs)))
+        return Reply.success(domains=list(await asyncio.gather(*(entry(r) for r in recs))))
 
     def lookup(self, dom: str) -> DomainRecord:
         if dom.isdigit():
@@ -274,58 +340,57 @@ class Daemon:
         raise RequestError(f"domain '{dom}' does not exist")
 
     # -- create -------------------------------------------------------------------------
-    async def _create(
-        self, req: dict[str, Any], reader: asyncio.StreamReader, client: asyncio.StreamWriter
-    ) -> dict[str, Any] | None:
-        """Create a domain. With `attach`, it starts paused and the reply names its console;
-        the client connects there, then says `unpause` on this connection (xl create -c:
-        not a byte of output is lost). With `wait`, a second reply comes when it is gone."""
+    @daemon_step("create")
+    async def _create(self, req: Request, client: Client) -> Reply | None:
+        """Create a domain from a config file (+ overrides). With `attach`, it starts
+        paused and the reply names its console; the client connects there, then sends any
+        message (`unpause`) on this connection (xl create -c: not a byte of output is
+        lost). With `wait`, a second reply comes when it is gone."""
         config, warnings = self._load_config(req)
-        name = config["name"]
+        name = config.name
         if any(r.name == name for r in self.domains.values()):
             raise RequestError(f"domain '{name}' already exists")
         rec = DomainRecord(self.next_domid, name, config)
         self.next_domid += 1
         self.domains[rec.domid] = rec
-        attach = bool(req.get("attach"))
+        attach, paused, wait = (bool(req.args.get(k)) for k in ("attach", "paused", "wait"))
         try:
-            await self._spawn(rec, paused=attach or bool(req.get("paused")))
+            await self._spawn(rec, paused=attach or paused)
         except Exception:  # refused, or the zygote gone: the name and domid are free again
             self.domains.pop(rec.domid, None)
             self.xenstore.remove_domain(rec.domid)
             raise
-        reply = {"ok": True, "domid": rec.domid, "name": name, "protocol": rec.protocol, "warnings": warnings}
+        created: dict[str, Any] = {"domid": rec.domid, "name": name, "protocol": rec.protocol,
+                                   "warnings": warnings}
         if attach:
-            reply["console"] = ipc.console_socket_path(rec.domid, self.run_dir, rec.console)
-        if not req.get("wait") and not attach:
+            created["console"] = ipc.console_socket_path(rec.domid, self.run_dir, rec.console)
+        reply = Reply(True, created)
+        if not wait and not attach:
             return reply
-        client.write(ipc.encode(reply))
-        await client.drain()
+        ipc.write_message(client.writer, reply.to_wire())
+        await client.writer.drain()
         if attach:
-            await reader.readline()  # the client's console is attached (or the client is gone)
-            if not req.get("paused"):
-                await rec.request({"op": "unpause"})
-            if not req.get("wait"):
-                return {"ok": True}
+            # The client's console is attached (or the client is gone): whatever it says.
+            with contextlib.suppress(ValueError):
+                await ipc.read_message(client.reader)
+            if not paused:
+                await rec.request(Request("unpause"))
+            if not wait:
+                return Reply.success()
         await rec.gone.wait()
-        return {"ok": True, "event": "gone", **self._final(rec)}
+        return Reply(True, {"event": "gone", **self._final(rec)})
 
     @staticmethod
-    def _load_config(req: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
-        """The config of a create request: a file (+ overrides) to parse, or a parsed dict."""
-        from xenopus.domain.config import ConfigError, DomainConfig, load_config
-
+    def _load_config(req: Request) -> tuple[DomainConfig, list[str]]:
+        """The config file of a create request, with its overrides, parsed."""
+        path, overrides, cwd = (req.args.get(k) for k in ("path", "overrides", "cwd"))
+        if not isinstance(path, str):
+            raise RequestError("create needs a config file")
         try:
-            if "path" in req:
-                overrides = [str(o) for o in req.get("overrides") or []]
-                config, warnings = load_config(str(req["path"]), overrides, cwd=req.get("cwd"))
-            elif isinstance(req.get("config"), dict):
-                config, warnings = DomainConfig.from_dict(req["config"]), []
-            else:
-                raise RequestError("create needs a config file or a config")
+            return load_config(path, [str(o) for o in overrides or []],
+                               cwd=cwd if isinstance(cwd, str) else None)
         except (ConfigError, OSError) as e:
             raise RequestError(str(e)) from None
-        return config.to_dict(), warnings
 
     async def _spawn(self, rec: DomainRecord, paused: bool = False) -> None:
         assert self._zsock is not None
@@ -338,14 +403,11 @@ class Daemon:
         # asyncio streams cannot carry): a datagram socket pair of their own.
         id_ours, id_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.interdomain.add(rec.domid, id_ours)
-        fut: asyncio.Future = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._spawned[rec.domid] = fut
-        msg = {
-            "op": "spawn", "domid": rec.domid, "config": rec.config,
-            "run_dir": str(self.run_dir), "paused": paused,
-        }
+        spawn = Spawn(rec.domid, rec.config, str(self.run_dir), paused)
         fds = [theirs.fileno(), xs_theirs.fileno(), id_theirs.fileno()]
-        socket.send_fds(self._zsock, [ipc.encode(msg)], fds)
+        ipc.send_with_fds(self._zsock, spawn.to_wire(), fds)
         theirs.close()
         xs_theirs.close()
         id_theirs.close()
@@ -360,25 +422,29 @@ class Daemon:
         rec.exit_info = None
         rec.final = None
         reader, rec.writer = await asyncio.open_unix_connection(sock=ours)
-        event: dict[str, Any] = {"event": "error", "error": "the domain process died"}
+        event: Ready | StartFailed = StartFailed("the domain process died")
         with contextlib.suppress(ConnectionError, ValueError):  # ValueError: an over-long line
-            while line := await reader.readline():
+            while True:
                 try:
-                    event = ipc.decode(line)
-                except ValueError:
-                    event = {"event": "error", "error": "the domain process sent a malformed message"}
-                if event.get("event") in ("ready", "error"):
+                    msg = await ipc.read_message(reader)
+                    if msg is None:
+                        break
+                    first = decode_from_domain(msg)
+                except ValueError as e:  # not JSON, or not a message a domain sends
+                    first = StartFailed(f"the domain process sent a malformed message: {e}")
+                if isinstance(first, (Ready, StartFailed)):
+                    event = first
                     break
-        if event.get("event") != "ready":
+        if not isinstance(event, Ready):
             self.interdomain.remove(rec.domid)
             rec.writer.close()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(rec.exited.wait(), 5)
-            raise RequestError(str(event.get("error") or "the domain failed to start"))
-        rec.protocol = event.get("protocol")
-        rec.xen_path = event.get("xen_path", "off")
-        rec.console = event.get("console", "serial")
-        self.xenstore.write_nodes(rec.domid, "console", event.get("console_nodes") or {})
+            raise RequestError(event.error or "the domain failed to start")
+        rec.protocol = event.protocol
+        rec.xen_path = event.xen_path
+        rec.console = event.console
+        self.xenstore.write_nodes(rec.domid, "console", event.console_nodes)
         rec.state = "paused" if paused else "running"
         log.info("domain %d (%s) started, pid %d", rec.domid, rec.name, rec.pid)
         asyncio.create_task(self._domain_events(rec, reader))
@@ -388,44 +454,41 @@ class Daemon:
         # must live on to retire the domain when the process goes.
         while True:
             try:
-                line = await reader.readline()
-                if not line:
+                msg = await ipc.read_message(reader)
+                if msg is None:
                     break
-                msg = ipc.decode(line)
+                event = decode_from_domain(msg)
             except ConnectionError:
                 break
-            except ValueError:  # not a JSON object, or a line over the stream's limit
-                log.error("domain %d sent a malformed message", rec.domid)
+            except ValueError as e:  # not a message a domain sends, or a line over the limit
+                log.error("domain %d sent a malformed message: %s", rec.domid, e)
                 continue
-            if "seq" in msg and msg.get("event") is None:
-                seq = msg["seq"]
-                fut = rec.pending.get(seq) if isinstance(seq, int) else None
+            if isinstance(event, Reply):
+                fut = rec.pending.get(event.seq) if event.seq is not None else None
                 if fut is not None and not fut.done():
-                    fut.set_result(msg)
-            elif msg.get("event") == "state":
-                if isinstance(msg.get("state"), str):
-                    rec.state = msg["state"]
-            elif msg.get("event") == "log":
-                self.dmesg.append(str(msg.get("line", ""))[:4096])
-            elif msg.get("event") == "finished":
-                rec.final = msg
+                    fut.set_result(event)
+            elif isinstance(event, StateChanged):
+                rec.state = event.state
+            elif isinstance(event, LogLine):
+                self.dmesg.append(event.line[:4096])
+            elif isinstance(event, Finished):
+                rec.final = event
                 self._retire(rec)
-            elif msg.get("event") == "stopped":
-                rec.last_stop = msg
-                log.info(
-                    "domain %d (%s) %s → %s", rec.domid, rec.name, msg.get("reason"), msg.get("action")
-                )
+            elif isinstance(event, Stopped):
+                rec.last_stop = event
+                log.info("domain %d (%s) %s → %s", rec.domid, rec.name, event.reason, event.action)
         await self._process_gone(rec)
 
     def _retire(self, rec: DomainRecord) -> None:
         """The domain has ended (its process said so): drop it from the table."""
         self.xenstore.remove_domain(rec.domid)
         self.interdomain.remove(rec.domid)
-        info = rec.final or rec.exit_info or {}
+        final = self._final(rec)
+        usage = rec.final or rec.exit_info
         log.info(
             "domain %d (%s) destroyed: %s; exit status %s, max RSS %s KiB, CPU %.3f s",
-            rec.domid, rec.name, (rec.last_stop or {}).get("reason", "destroyed"),
-            info.get("exit_code", info.get("status")), info.get("maxrss_kib"), info.get("cpu", 0.0),
+            rec.domid, rec.name, final["reason"], final["status"], final["maxrss_kib"],
+            usage.cpu if usage is not None else 0.0,
         )
         if self.domains.get(rec.domid) is rec:
             del self.domains[rec.domid]
@@ -436,17 +499,17 @@ class Daemon:
         self.interdomain.remove(rec.domid)  # its peers' ports go unbound, views drop
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(rec.exited.wait(), 5)
-        status = (rec.exit_info or {}).get("status")
+        status = rec.exit_info.status if rec.exit_info is not None else None
         if rec.final is not None:
-            if status != rec.final.get("exit_code"):
+            if status != rec.final.exit_code:
                 log.warning("domain %d: process %s exited with status %s", rec.domid, rec.pid, status)
             return
         clean = rec.state == "dying" or (rec.last_stop is not None and status in (0, 1))
         if not clean:
             # The domain process itself died: treat it as a crash of the domain.
-            action = rec.config.get("on_crash", "destroy")
+            action = rec.config.on_crash
             log.error("domain %d (%s): its process died (status %s); on_crash=%s", rec.domid, rec.name, status, action)
-            rec.last_stop = {"reason": "crash", "detail": f"domain process exited with status {status}"}
+            rec.last_stop = Stopped("crash", f"domain process exited with status {status}", action)
             if action == "restart" and not self._stop.is_set():
                 try:
                     await self._spawn(rec)
@@ -459,15 +522,20 @@ class Daemon:
                 return
         self._retire(rec)
 
-    def _final(self, rec: DomainRecord) -> dict[str, Any]:
-        info = rec.final or rec.exit_info or {}
-        stop = rec.last_stop or {}
+    @staticmethod
+    def _final(rec: DomainRecord) -> dict[str, Any]:
+        """How the domain ended: its last stop, and the process's own report (else the
+        zygote's)."""
+        stop = rec.last_stop
+        status = (rec.final.exit_code if rec.final is not None
+                  else rec.exit_info.status if rec.exit_info is not None else None)
+        usage = rec.final or rec.exit_info
         return {
             "domid": rec.domid,
-            "reason": stop.get("reason", "destroyed"),
-            "detail": stop.get("detail", ""),
-            "status": info.get("exit_code", info.get("status")),
-            "maxrss_kib": info.get("maxrss_kib"),
+            "reason": stop.reason if stop is not None else "destroyed",
+            "detail": stop.detail if stop is not None else "",
+            "status": status,
+            "maxrss_kib": usage.maxrss_kib if usage is not None else None,
         }
 
     async def _destroy(self, rec: DomainRecord) -> None:
@@ -477,7 +545,7 @@ class Daemon:
             return
         rec.state = "dying"
         with contextlib.suppress(RequestError, ConnectionError):
-            await rec.request({"op": "destroy"}, timeout=DESTROY_GRACE)
+            await rec.request(Request("destroy"), timeout=DESTROY_GRACE)
         try:
             await asyncio.wait_for(rec.gone.wait(), DESTROY_GRACE)
         except TimeoutError:
@@ -487,25 +555,26 @@ class Daemon:
             await rec.gone.wait()
 
     # -- list ---------------------------------------------------------------------------
-    async def _list(self) -> list[dict[str, Any]]:
+    @daemon_step("list")
+    async def _list(self, req: Request, client: Client) -> Reply:
         async def entry(rec: DomainRecord) -> dict[str, Any]:
             cpu = await rec.query("info", "cpu_time", 0.0, timeout=2.0)
             return {
                 "domid": rec.domid,
                 "name": rec.name,
-                "memory": rec.config.get("memory", 0),
-                "vcpus": rec.config.get("vcpus", 1),
+                "memory": rec.config.memory,
+                "vcpus": rec.config.vcpus,
                 "state": rec.state,
-                "reason": (rec.last_stop or {}).get("reason"),
+                "reason": rec.last_stop.reason if rec.last_stop is not None else None,
                 "cpu_time": cpu,
                 "protocol": rec.protocol,
                 "xen_path": rec.xen_path,
                 "pid": rec.pid,
-                "config": rec.config,
+                "config": rec.config.to_dict(),
             }
 
         recs = sorted(self.domains.values(), key=lambda r: r.domid)
-        return list(await asyncio.gather(*(entry(r) for r in recs)))
+        return Reply.success(domains=list(await asyncio.gather(*(entry(r) for r in recs))))
 
 
 def run(run_dir: Path, *, ready_fd: int | None = None, log_file: Path | None = None) -> int:

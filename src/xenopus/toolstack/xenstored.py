@@ -16,8 +16,8 @@ import logging
 import os
 import socket
 import uuid
-from typing import Any
 
+from xenopus.domain.config import DomainConfig
 from xenopus.xen.xenstore.server import XenStoreServer
 from xenopus.xen.xenstore.store import Store, XsError
 
@@ -39,7 +39,7 @@ class XenStored:
         await self.server.serve_unix(path)
         os.chmod(path, 0o600)
 
-    async def add_domain(self, domid: int, name: str, config: dict[str, Any], sock: socket.socket) -> None:
+    async def add_domain(self, domid: int, name: str, config: DomainConfig, sock: socket.socket) -> None:
         """Write the domain's nodes, introduce it (@introduceDomain) and serve its ring
         traffic from `sock`. A domain that is re-spawned (on_crash=restart) starts over."""
         self.remove_domain(domid)
@@ -61,10 +61,10 @@ class XenStored:
             "name": name,
             "domid": str(domid),
             "vm": vm,
-            "memory/target": str(int(config.get("memory", 0)) * 1024),  # KiB, as libxl
-            "memory/static-max": str(int(config.get("maxmem") or config.get("memory", 0)) * 1024),
+            "memory/target": str(config.memory * 1024),  # KiB, as libxl
+            "memory/static-max": str((config.maxmem or config.memory) * 1024),
         }
-        for i in range(int(config.get("vcpus", 1))):
+        for i in range(config.vcpus):
             values[f"cpu/{i}/availability"] = "online"
         for key, value in values.items():
             s.write(c, f"{home}/{key}", value.encode())

@@ -7,12 +7,10 @@ daemon) and sends it spawn requests; each request carries the new domain's contr
 channel as a file descriptor. The zygote reaps its children and reports how each ended,
 with its resource usage.
 
-Protocol on the zygote's socket (JSON lines, `xenopus.ipc`):
-  daemon → zygote  {"op": "spawn", "domid": N, "config": {...}, "run_dir": "..."}
-                   + 2 or 3 fds: the control channel, the domain's XenStore connection
-                     and its interdomain broker channel (SOCK_SEQPACKET)
-  zygote → daemon  {"spawned": N, "pid": P}
-  zygote → daemon  {"exited": N, "pid": P, "status": S, "maxrss_kib": K, "cpu": T}
+Messages on the zygote's socket (`xenopus.control`, framed by `xenopus.ipc`):
+  daemon → zygote  `Spawn` + 2 or 3 fds: the control channel, the domain's XenStore
+                   connection and its interdomain broker channel (SOCK_SEQPACKET)
+  zygote → daemon  `Spawned` (the new process's pid), `Exited` (how it ended, its usage)
 """
 
 from __future__ import annotations
@@ -25,20 +23,23 @@ import sys
 
 # Imported here, before any fork, so that children start warm.
 import xenopus.domain.process as domain_process  # noqa: E402, I001
+from xenopus.control import ProtocolError
+from xenopus.domain.protocol import (
+    Exited,
+    Spawn,
+    Spawned,
+)
 from xenopus.ipc import Channel
 
 
-def _child(chan: Channel, req: dict, fd: int, xs_fd: int, id_fd: int | None) -> None:
+def _child(chan: Channel, spawn: Spawn, fd: int, xs_fd: int, id_fd: int | None) -> None:
     code = 1
     try:
         chan.close()
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.set_wakeup_fd(-1)
-        code = domain_process.run_domain(
-            req["domid"], req["config"], fd, req["run_dir"], paused=bool(req.get("paused")),
-            xenstore_fd=xs_fd, interdomain_fd=id_fd,
-        )
+        code = domain_process.run_domain(spawn, fd, xenstore_fd=xs_fd, interdomain_fd=id_fd)
     except BaseException:  # noqa: BLE001 - the child must never return into the zygote loop
         import traceback
 
@@ -66,10 +67,15 @@ def serve(sock: socket.socket) -> None:
                         break
                 _reap(chan, children)
                 continue
-            req, fds = chan.recv_with_fds(3)
-            if req is None:
+            msg, fds = chan.recv_with_fds(3)
+            if msg is None:
                 return  # the daemon is gone
-            if req.get("op") != "spawn" or len(fds) not in (2, 3):
+            try:
+                spawn = Spawn.from_wire(msg)
+                if len(fds) not in (2, 3):
+                    raise ProtocolError(f"spawn: {len(fds)} file descriptors, not 2 or 3")
+            except ProtocolError as e:  # the daemon gives up on it after its timeout
+                print(f"xenopus zygote: refused a request: {e}", file=sys.stderr)
                 for fd in fds:
                     os.close(fd)
                 continue
@@ -78,11 +84,11 @@ def serve(sock: socket.socket) -> None:
                 sel.close()
                 os.close(wake_r)
                 os.close(wake_w)
-                _child(chan, req, fds[0], fds[1], fds[2] if len(fds) == 3 else None)
+                _child(chan, spawn, fds[0], fds[1], fds[2] if len(fds) == 3 else None)
             for fd in fds:
                 os.close(fd)
-            children[pid] = req["domid"]
-            chan.send({"spawned": req["domid"], "pid": pid})
+            children[pid] = spawn.domid
+            chan.send(Spawned(spawn.domid, pid).to_wire())
         _reap(chan, children)
 
 
@@ -97,15 +103,8 @@ def _reap(chan: Channel, children: dict[int, int]) -> None:
         domid = children.pop(pid, None)
         if domid is None:
             continue
-        chan.send(
-            {
-                "exited": domid,
-                "pid": pid,
-                "status": os.waitstatus_to_exitcode(status),
-                "maxrss_kib": usage.ru_maxrss,
-                "cpu": usage.ru_utime + usage.ru_stime,
-            }
-        )
+        chan.send(Exited(domid, pid, os.waitstatus_to_exitcode(status), usage.ru_maxrss,
+                         usage.ru_utime + usage.ru_stime).to_wire())
 
 
 def main() -> None:
