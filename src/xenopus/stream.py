@@ -411,3 +411,19 @@ def decode_state(data: bytes) -> object:
         return json.loads(data, object_hook=_from_json)
     except (ValueError, RecursionError) as e:  # JSONDecodeError, binascii.Error, bad UTF-8
         raise ValueError(str(e)) from None
+
+
+class StateError(ValueError):
+    """A part's saved state that it cannot take: another version, or fields missing."""
+
+
+def check_state(state: object, what: str, version: int) -> dict:
+    """`state` as a dict of version `version`, or StateError naming `what`. A part bumps
+    its version whenever a field's meaning changes; an older stream is refused by name
+    rather than half-applied."""
+    if not isinstance(state, dict):
+        raise StateError(f"{what}: saved state is {type(state).__name__}, not a mapping")
+    if state.get("version") != version:
+        raise StateError(f"{what}: saved state version {state.get('version')!r}, "
+                         f"this xenopus restores version {version}")
+    return state

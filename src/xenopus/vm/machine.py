@@ -193,9 +193,10 @@ class Machine:
         self._ioevents.remove(fd)
 
     # --- running --------------------------------------------------------------------------
-    def start(self, boot_state: CpuState, on_stop: Callable[[StopReason], None]) -> None:
+    def start(self, boot_state: CpuState | None, on_stop: Callable[[StopReason], None]) -> None:
         """Load `boot_state` into vCPU 0 and start every vCPU thread. The others stay in
-        wait-for-SIPI (the in-kernel LAPIC creates them so) until the guest starts them."""
+        wait-for-SIPI (the in-kernel LAPIC creates them so) until the guest starts them.
+        None starts the vCPUs as they are (their state restored from a save)."""
         with self._cond:
             if self._live:
                 raise RuntimeError("machine is already running")
@@ -204,7 +205,8 @@ class Machine:
             self._stop_reason = None
             self._paused = False
             self._on_stop = on_stop
-        self.vcpus[0].apply(boot_state)
+        if boot_state is not None:
+            self.vcpus[0].apply(boot_state)
         threads = [
             threading.Thread(target=self._vcpu_main, args=(v,), name=f"vcpu{v.index}", daemon=True)
             for v in self.vcpus

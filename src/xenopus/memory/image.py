@@ -1,0 +1,74 @@
+"""Guest RAM in and out of a save stream (PAGE_DATA records, docs/snapshot-stream.md).
+
+Saving skips all-zero pages and hands the writer views of the memfd mappings, so page
+contents go from guest RAM to the file with no copy in between. Restoring first discards
+the target's RAM (every page reads as zero again, as it did in the saved guest for the
+pages not in the stream), then reads each run of consecutive pages straight into the
+mapping.
+"""
+
+from __future__ import annotations
+
+import mmap
+
+from xenopus.memory.guest import PAGE_SIZE, GuestMemory, GuestMemoryError
+from xenopus.stream import PAGE_DATA_BATCH, Record, StreamRecordError, StreamWriter
+
+PAGE_SHIFT = 12
+# Zero pages are found a chunk at a time first: one compare clears 64 pages of an
+# untouched range (slicing an mmap and comparing bytes is a memcpy and a memcmp in C).
+_CHUNK = 64 * PAGE_SIZE
+_ZERO_CHUNK = bytes(_CHUNK)
+_ZERO_PAGE = bytes(PAGE_SIZE)
+
+
+def _nonzero_pages(memory: GuestMemory) -> list[int]:
+    """Guest-physical addresses of every page that is not all zeros."""
+    out = []
+    for region in memory.regions:
+        m = region.map
+        for chunk in range(0, region.size, _CHUNK):
+            end = min(chunk + _CHUNK, region.size)
+            if m[chunk:end] == _ZERO_CHUNK[: end - chunk]:
+                continue
+            out += [region.gpa + off for off in range(chunk, end, PAGE_SIZE)
+                    if m[off : off + PAGE_SIZE] != _ZERO_PAGE]
+    return out
+
+
+def save_pages(memory: GuestMemory, writer: StreamWriter) -> int:
+    """Write every non-zero page as PAGE_DATA records; returns how many pages."""
+    pages = _nonzero_pages(memory)
+    for i in range(0, len(pages), PAGE_DATA_BATCH):
+        batch = pages[i : i + PAGE_DATA_BATCH]
+        writer.pages([gpa >> PAGE_SHIFT for gpa in batch],
+                     [memory.view(gpa, PAGE_SIZE) for gpa in batch])
+    return len(pages)
+
+
+def discard(memory: GuestMemory) -> None:
+    """Give every page of RAM back to the kernel (MADV_REMOVE punches a hole in the memfd,
+    which the seals allow); the pages read as zero afterwards. Only while no vCPU runs."""
+    for region in memory.regions:
+        region.map.madvise(mmap.MADV_REMOVE, 0, region.size)
+
+
+def restore_pages(memory: GuestMemory, record: Record) -> int:
+    """Read one PAGE_DATA record into guest RAM; returns how many pages. A frame outside
+    the guest's RAM is refused by name (the record's index and offset)."""
+    frames = record.page_frames()
+    i = 0
+    while i < len(frames):
+        # A run of consecutive frames is one read into one view.
+        j = i + 1
+        while j < len(frames) and frames[j] == frames[j - 1] + 1:
+            j += 1
+        gpa = frames[i] << PAGE_SHIFT
+        try:
+            view = memory.view(gpa, (j - i) * PAGE_SIZE)
+        except GuestMemoryError as e:
+            raise record.error(StreamRecordError, str(e)) from None
+        record.readinto(view)
+        i = j
+    record.finish()
+    return len(frames)
