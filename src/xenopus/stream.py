@@ -53,10 +53,16 @@ REC_PAGE_DATA = 0x0000_0001
 REC_PART = 0x0000_0002
 RECORD_NAMES = {REC_END: "END", REC_PAGE_DATA: "PAGE_DATA", REC_PART: "PART"}
 
-# A body larger than this is refused before it is read (a corrupt length must not make the
-# reader allocate gigabytes): the largest record written is a PAGE_DATA batch.
+# A body larger than a full PAGE_DATA batch (the largest record written) is refused before
+# it is read: a corrupt length must not make the reader allocate or wait for gigabytes.
 PAGE_DATA_BATCH = 1024
-MAX_BODY_LENGTH = 8 + PAGE_DATA_BATCH * (8 + 4096)
+
+
+def max_body_length(page_size: int) -> int:
+    return 8 + PAGE_DATA_BATCH * (8 + page_size)
+
+
+MAX_BODY_LENGTH = max_body_length(4096)
 # PAGE_DATA: count, reserved, then `count` page frame numbers, then the pages.
 _PAGE_DATA_HEAD = struct.Struct("<II")
 
@@ -136,6 +142,7 @@ class StreamWriter:
         self.offset = 0
         self.records = 0
         self.page_size = 1 << page_shift
+        self.max_body = max_body_length(self.page_size)
         head = _IMAGE_HEADER.pack(MAGIC, VERSION, 0, arch, page_shift, 0)
         crc = zlib.crc32(head[: IMAGE_HEADER_SIZE - 4])
         self._write(_IMAGE_HEADER.pack(MAGIC, VERSION, 0, arch, page_shift, crc))
@@ -153,7 +160,7 @@ class StreamWriter:
         """One record whose body is `pieces` back to back (bytes or memoryviews)."""
         views = [memoryview(p).cast("B") for p in pieces]
         length = sum(len(v) for v in views)
-        if length > MAX_BODY_LENGTH:
+        if length > self.max_body:
             raise ValueError(f"{record_name(rtype)} body of {length} bytes exceeds the maximum")
         crc = zlib.crc32(_TYPE_AND_LENGTH.pack(rtype, length))
         for v in views:
@@ -278,11 +285,10 @@ class StreamReader:
     or iterate: every record before END, unknown optional ones skipped and unknown
     mandatory ones refused). `known` is the set of record types the caller handles."""
 
-    def __init__(self, inp: BinaryIO, *, known: frozenset[int] | set[int] = frozenset(RECORD_NAMES),
-                 max_body: int = MAX_BODY_LENGTH):
+    def __init__(self, inp: BinaryIO, *,
+                 known: frozenset[int] | set[int] = frozenset(RECORD_NAMES)):
         self.inp = inp
         self.known = frozenset(known) | {REC_END}
-        self.max_body = max_body
         self.offset = 0
         self.index = 0
         self.ended = False
@@ -307,6 +313,7 @@ class StreamReader:
         if not 12 <= page_shift <= 16:
             raise StreamHeaderError(f"unsupported page shift {page_shift}", offset=0)
         self.header = StreamHeader(version, arch, page_shift)
+        self.max_body = max_body_length(self.header.page_size)
 
     def _fill(self, view: memoryview, record: Record | None) -> None:
         got = 0
