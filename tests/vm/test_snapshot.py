@@ -4,6 +4,7 @@ guest built from the same config: it carries on where it was (needs /dev/kvm).""
 from __future__ import annotations
 
 import io
+import os
 import queue
 import re
 import threading
@@ -101,6 +102,45 @@ def test_a_counting_guest_carries_on_after_restore_with_no_lost_or_repeated_coun
     for i in range(count):
         h = ((h ^ i) * 0x01000193) & 0xFFFFFFFF
     assert f"RESULT: PASS counter count={count} checksum=0x{h:08x}" in text
+
+
+def test_a_guest_moves_through_a_pipe_saved_and_restored_at_once(guests: Path) -> None:
+    """Neither end seeks: the source writes the stream into a pipe while the target reads
+    it from the other end, as a migration over ssh will."""
+    count = 200
+    config = DomainConfig(name="counter", kernel=str(guests / "counter.elf"), memory=32,
+                          vcpus=1, xen_platform="0", cmdline=f"count={count}")
+    first, second = Console(), Console()
+    source, target = _build(config, first), _build(config, second)
+    r, w = os.pipe()
+    try:
+        _start(source, restored=False)
+        first.wait_for(rb"count 20\r\n")
+        source.machine.pause()
+        errors: list[BaseException] = []
+
+        def send() -> None:
+            try:
+                with os.fdopen(w, "wb") as out:
+                    snapshot.save(source.inventory, out)
+            except BaseException as e:  # reported by the main thread
+                errors.append(e)
+
+        sender = threading.Thread(target=send)
+        sender.start()
+        with os.fdopen(r, "rb") as inp:
+            snapshot.restore(target.inventory, inp)
+        sender.join()
+        assert not errors
+        stops = _start(target, restored=True)
+        second.wait_for(rb"RESULT: \w+ counter[^\n]*\n")
+        assert stops.get(timeout=TIMEOUT).kind == "poweroff"
+    finally:
+        source.close()
+        target.close()
+    text = (bytes(first.data) + bytes(second.data)).decode()
+    assert [int(n) for n in re.findall(r"^count (\d+)\r$", text, re.M)] == list(range(count))
+    assert "RESULT: PASS counter" in text
 
 
 def test_a_virtio_console_guest_waiting_for_input_answers_it_after_restore(

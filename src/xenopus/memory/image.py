@@ -1,6 +1,6 @@
 """Guest RAM in and out of a save stream (PAGE_DATA records, docs/snapshot-stream.md).
 
-Saving skips all-zero pages and hands the writer views of the memfd mappings, so page
+Saving skips the memfds' holes and all-zero pages and hands the writer views of the memfd mappings, so page
 contents go from guest RAM to the file with no copy in between. Restoring first discards
 the target's RAM (every page reads as zero again, as it did in the saved guest for the
 pages not in the stream), then reads each run of consecutive pages straight into the
@@ -9,7 +9,10 @@ mapping.
 
 from __future__ import annotations
 
+import errno
 import mmap
+import os
+from collections.abc import Iterator
 
 from xenopus.memory.guest import PAGE_SIZE, GuestMemory, GuestMemoryError
 from xenopus.stream import PAGE_DATA_BATCH, Record, StreamRecordError, StreamWriter
@@ -22,17 +25,35 @@ _ZERO_CHUNK = bytes(_CHUNK)
 _ZERO_PAGE = bytes(PAGE_SIZE)
 
 
+def _populated(fd: int, size: int) -> Iterator[tuple[int, int]]:
+    """(start, end) of each range of the memfd that has pages (lseek(2) SEEK_DATA and
+    SEEK_HOLE on tmpfs): holes, never touched by the guest, are skipped without reading
+    them, which would allocate them."""
+    off = 0
+    while off < size:
+        try:
+            start = os.lseek(fd, off, os.SEEK_DATA)
+        except OSError as e:
+            if e.errno == errno.ENXIO:  # no data after `off`
+                return
+            raise
+        end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
+        yield start, end
+        off = end
+
+
 def _nonzero_pages(memory: GuestMemory) -> list[int]:
     """Guest-physical addresses of every page that is not all zeros."""
     out = []
     for region in memory.regions:
         m = region.map
-        for chunk in range(0, region.size, _CHUNK):
-            end = min(chunk + _CHUNK, region.size)
-            if m[chunk:end] == _ZERO_CHUNK[: end - chunk]:
-                continue
-            out += [region.gpa + off for off in range(chunk, end, PAGE_SIZE)
-                    if m[off : off + PAGE_SIZE] != _ZERO_PAGE]
+        for start, end in _populated(region.fd, region.size):
+            for chunk in range(start, end, _CHUNK):
+                stop = min(chunk + _CHUNK, end)
+                if m[chunk:stop] == _ZERO_CHUNK[: stop - chunk]:
+                    continue
+                out += [region.gpa + off for off in range(chunk, stop, PAGE_SIZE)
+                        if m[off : off + PAGE_SIZE] != _ZERO_PAGE]
     return out
 
 
