@@ -16,8 +16,9 @@ import pytest
 from xenopus.domain import snapshot
 from xenopus.domain.builder import Guest, build_guest
 from xenopus.domain.config import DomainConfig
-from xenopus.stream import StreamError
+from xenopus.stream import REC_PART, StreamError, StreamReader
 from xenopus.vm import StopReason
+from xenopus.vm import state as kvm_state
 
 pytestmark = pytest.mark.kvm
 
@@ -72,12 +73,15 @@ def test_a_counting_guest_carries_on_after_restore_with_no_lost_or_repeated_coun
     first = Console()
     source = _build(config, first)
     try:
-        _start(source, restored=False)
+        source_stops = _start(source, restored=False)
         first.wait_for(rb"count 100\r\n")
         source.machine.pause()
         saved = io.BytesIO()
         stats = snapshot.save(source.inventory, saved)
         before = bytes(first.data)
+        source.machine.resume()  # `save -c`: the source goes on too
+        first.wait_for(rb"RESULT: \w+ counter[^\n]*\n")
+        assert source_stops.get(timeout=TIMEOUT).kind == "poweroff"
     finally:
         source.close()
     assert stats.pages > 0 and stats.octets == len(saved.getvalue())
@@ -89,13 +93,16 @@ def test_a_counting_guest_carries_on_after_restore_with_no_lost_or_repeated_coun
         restored = snapshot.restore(target.inventory, io.BytesIO(saved.getvalue()))
         assert restored.pages == stats.pages and restored.parts == stats.parts
         assert second.data == b""  # a restore runs nothing
+        _reads_back_as_saved(target, saved.getvalue())
         stops = _start(target, restored=True)
         second.wait_for(rb"RESULT: \w+ counter[^\n]*\n")
         assert stops.get(timeout=TIMEOUT).kind == "poweroff"
     finally:
         target.close()
 
-    # The two halves join into one run: the first guest's bytes, then the second's.
+    # The two halves join into one run: the first guest's bytes, then the second's; and
+    # the source, which went on after the save, printed exactly the same.
+    assert before + bytes(second.data) == bytes(first.data)
     text = (before + bytes(second.data)).decode()
     assert [int(n) for n in re.findall(r"^count (\d+)\r$", text, re.M)] == list(range(count))
     h = 0x811C9DC5
@@ -104,12 +111,38 @@ def test_a_counting_guest_carries_on_after_restore_with_no_lost_or_repeated_coun
     assert f"RESULT: PASS counter count={count} checksum=0x{h:08x}" in text
 
 
+def _reads_back_as_saved(guest: Guest, stream: bytes) -> None:
+    """Every vCPU, irqchip and PIT register KVM was given reads back as it was saved, but
+    for what runs on with host time: the TSC (and kvmclock's view of it) and the PIT's
+    count load time."""
+    saved = {}
+    for rec in StreamReader(io.BytesIO(stream)):
+        if rec.type == REC_PART:
+            kind, name, value = rec.part()
+            saved[kind, name] = value
+    parts = {(p.kind, p.name): p for p in guest.inventory.parts}
+    ticking = {kvm_state.MSR_IA32_TSC}
+    for key in (("vcpu", "vcpu0"), ("irqchip", "irqchip")):
+        now, then = parts[key].save_state(), saved[key]
+        assert isinstance(now, dict) and isinstance(then, dict)
+        if key[0] == "vcpu":
+            assert {i for i, _ in now["msrs"]} == {i for i, _ in then["msrs"]}
+            for msrs in (now, then):
+                msrs["msrs"] = [[i, v] for i, v in msrs["msrs"] if i not in ticking]
+        assert now == then, key
+    pit_now, pit_then = parts["pit", "pit"].save_state()["pit"], saved["pit", "pit"]["pit"]
+    ticks = {off for ch in range(3) for off in range(24 * ch + 16, 24 * ch + 24)}
+    assert [b for i, b in enumerate(pit_now) if i not in ticks] == [
+        b for i, b in enumerate(pit_then) if i not in ticks]
+
+
 def test_a_guest_moves_through_a_pipe_saved_and_restored_at_once(guests: Path) -> None:
     """Neither end seeks: the source writes the stream into a pipe while the target reads
-    it from the other end, as a migration over ssh will."""
+    it from the other end, as a migration over ssh will. Two vCPUs: the second, never
+    started by the guest, stays in wait-for-SIPI on the target."""
     count = 200
     config = DomainConfig(name="counter", kernel=str(guests / "counter.elf"), memory=32,
-                          vcpus=1, xen_platform="0", cmdline=f"count={count}")
+                          vcpus=2, xen_platform="0", cmdline=f"count={count}")
     first, second = Console(), Console()
     source, target = _build(config, first), _build(config, second)
     r, w = os.pipe()
@@ -132,6 +165,8 @@ def test_a_guest_moves_through_a_pipe_saved_and_restored_at_once(guests: Path) -
             snapshot.restore(target.inventory, inp)
         sender.join()
         assert not errors
+        assert [v["mp_state"] for v in target.machine.vcpu_info()] == [
+            v["mp_state"] for v in source.machine.vcpu_info()]
         stops = _start(target, restored=True)
         second.wait_for(rb"RESULT: \w+ counter[^\n]*\n")
         assert stops.get(timeout=TIMEOUT).kind == "poweroff"
