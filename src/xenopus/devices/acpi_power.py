@@ -81,7 +81,7 @@ class AcpiPowerDevice:
         with self._lock:
             return {"version": self.STATE_VERSION, "events": self._events}
 
-    def restore_state(self, state: dict) -> None:
+    def restore_state(self, state: object) -> None:
         """The latched events, and the GED line at the level they hold it."""
         s = check_state(state, "acpi-power", self.STATE_VERSION)
         with self._lock:

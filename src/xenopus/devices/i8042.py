@@ -131,7 +131,7 @@ class I8042:
                 "level": self._level,
             }
 
-    def restore_state(self, state: dict) -> None:
+    def restore_state(self, state: object) -> None:
         s = check_state(state, "i8042", self.STATE_VERSION)
         with self._lock:
             self._out = deque(s["out"])

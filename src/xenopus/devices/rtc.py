@@ -126,7 +126,7 @@ class CmosRtc:
                 "last_c": self._last_c - self._offset,
             }
 
-    def restore_state(self, state: dict) -> None:
+    def restore_state(self, state: object) -> None:
         s = check_state(state, "rtc", self.STATE_VERSION)
         with self._lock:
             self.ram = bytearray(s["ram"])

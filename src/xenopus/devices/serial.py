@@ -143,7 +143,7 @@ class Serial16550:
                 "lines": self._lines, "deltas": self._deltas, "level": self._level,
             }
 
-    def restore_state(self, state: dict) -> None:
+    def restore_state(self, state: object) -> None:
         """Take `save_state`'s registers and FIFOs; the IRQ line is driven again to the
         saved level (the interrupt controller's restored state expects it there)."""
         s = check_state(state, "16550", self.STATE_VERSION)

@@ -110,7 +110,8 @@ class VcpuPart:
                                    kvm_state.xsave_size(m.vm))
 
     def restore_state(self, state: object) -> None:
-        kvm_state.restore_vcpu(self.vcpu.fd, state)
+        assert self.machine.vm is not None
+        kvm_state.restore_vcpu(self.vcpu.fd, state, kvm_state.xsave_size(self.machine.vm))
 
 
 @dataclass

@@ -393,9 +393,11 @@ class VcpuFd:
             _ioctl(self.fd, u.KVM_GET_XSAVE, buf, "KVM_GET_XSAVE")
         return buf
 
-    def set_xsave(self, area: bytes) -> None:
-        """KVM_SET_XSAVE takes the whole area GET returned (4 KiB or KVM_CAP_XSAVE2's size)."""
-        buf = u.xsave_with(len(area))
+    def set_xsave(self, area: bytes, size: int = 0) -> None:
+        """KVM_SET_XSAVE reads as many octets as this VM's KVM_CAP_XSAVE2 size (`size`; 4
+        KiB without it), which may be more than `area` holds: the rest is zeros (XSAVE
+        components absent from XSTATE_BV, SDM 1 §13.4.2)."""
+        buf = u.xsave_with(max(len(area), size))
         ctypes.memmove(ctypes.addressof(buf), area, len(area))
         _ioctl(self.fd, u.KVM_SET_XSAVE, buf, "KVM_SET_XSAVE")
 

@@ -113,18 +113,17 @@ def save_vcpu(fd: VcpuFd, msrs: list[int], xsave: int) -> dict:
     }
 
 
-def restore_vcpu(fd: VcpuFd, state: object) -> None:
+def restore_vcpu(fd: VcpuFd, state: object, xsave: int) -> None:
     """Load `save_vcpu`'s state into a vCPU that has not run since it was created (same
-    CPUID). The order is the one api.rst's descriptions imply and QEMU follows
-    (target/i386/kvm/kvm.c, kvm_arch_put_registers):
+    CPUID); `xsave` is this VM's XSAVE buffer size (`xsave_size`). The order follows what
+    api.rst's descriptions imply and QEMU does (target/i386/kvm/kvm.c,
+    kvm_arch_put_registers, after the APIC device's state):
     - the TSC frequency first (KVM_SET_TSC_KHZ): the TSC MSR is scaled by it;
-    - sregs before MSRs and LAPIC: EFER and APIC_BASE (x2APIC or xAPIC) decide how both
-      are interpreted (KVM_SET_LAPIC reads the ID register per the APIC mode);
-    - XCRs before XSAVE: XCR0 says which components the area may hold;
+    - sregs before MSRs and the LAPIC: EFER and APIC_BASE (x2APIC or xAPIC) decide how
+      both are interpreted (KVM_SET_LAPIC reads the ID register per the APIC mode);
     - the TSC deadline after KVM_SET_LAPIC (above);
-    - KVM_SET_VCPU_EVENTS after the LAPIC: an injected interrupt's vector belongs to it;
-    - KVM_SET_MP_STATE after the events (a pending SIPI vector travels in the events);
-    - debug registers last (KVM_SET_DEBUGREGS refuses DR7 bits the mode does not allow)."""
+    - KVM_SET_VCPU_EVENTS after the LAPIC and MSRs, KVM_SET_MP_STATE after the events
+      (a pending SIPI's vector travels in them), debug registers last, as QEMU does."""
     s = check_state(state, f"vcpu{fd.index}", VCPU_STATE_VERSION)
     what = f"vcpu{fd.index}"
     khz = s["tsc_khz"]
@@ -138,10 +137,13 @@ def restore_vcpu(fd: VcpuFd, state: object) -> None:
     fd.set_regs(_load(u.kvm_regs, s["regs"], what))
     fd.set_xcrs(_load(u.kvm_xcrs, s["xcrs"], what))
     fd.set_fpu(_load(u.kvm_fpu, s["fpu"], what))
-    xsave = s["xsave"]
-    if not isinstance(xsave, bytes) or len(xsave) < u.KVM_XSAVE_LEGACY_SIZE:
-        raise StateError(f"{what}: XSAVE area of {len(xsave)} octets")
-    fd.set_xsave(xsave)
+    area = s["xsave"]
+    if not isinstance(area, bytes) or len(area) < u.KVM_XSAVE_LEGACY_SIZE:
+        raise StateError(f"{what}: the saved XSAVE area is not one")
+    if len(area) > max(xsave, u.KVM_XSAVE_LEGACY_SIZE):
+        raise StateError(f"{what}: the saved XSAVE area of {len(area)} octets is larger than "
+                         f"this host's ({xsave}): state components it cannot hold")
+    fd.set_xsave(area, xsave)
     fd.set_msrs({i: v for i, v in msrs.items() if i not in DEADLINE_MSRS})
     fd.set_lapic(_load(u.kvm_lapic_state, s["lapic"], what))
     fd.set_msrs({i: v for i, v in msrs.items() if i in DEADLINE_MSRS})
