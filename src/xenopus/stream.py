@@ -178,9 +178,12 @@ class StreamWriter:
 
     def pages(self, frames: list[int], data: list[Buffer]) -> None:
         """A PAGE_DATA record: the pages numbered `frames` (guest-physical address >> page
-        shift), with `data[i]` the contents of `frames[i]`."""
-        if not 0 < len(frames) <= PAGE_DATA_BATCH or len(frames) != len(data):
+        shift); `data` is their contents in that order, in pieces of any whole number of
+        pages (a run of consecutive pages can be one view)."""
+        if not 0 < len(frames) <= PAGE_DATA_BATCH:
             raise ValueError(f"a PAGE_DATA record holds 1..{PAGE_DATA_BATCH} pages")
+        if sum(memoryview(d).nbytes for d in data) != len(frames) * self.page_size:
+            raise ValueError(f"PAGE_DATA contents are not {len(frames)} pages")
         head = _PAGE_DATA_HEAD.pack(len(frames), 0)
         self.record(REC_PAGE_DATA, head, struct.pack(f"<{len(frames)}Q", *frames), *data)
 

@@ -57,13 +57,25 @@ def _nonzero_pages(memory: GuestMemory) -> list[int]:
     return out
 
 
+def _runs(pages: list[int]) -> Iterator[tuple[int, int]]:
+    """(first address, page count) of each run of consecutive pages in `pages`."""
+    i = 0
+    while i < len(pages):
+        j = i + 1
+        while j < len(pages) and pages[j] == pages[j - 1] + PAGE_SIZE:
+            j += 1
+        yield pages[i], j - i
+        i = j
+
+
 def save_pages(memory: GuestMemory, writer: StreamWriter) -> int:
-    """Write every non-zero page as PAGE_DATA records; returns how many pages."""
+    """Write every non-zero page as PAGE_DATA records; returns how many pages. Each run of
+    consecutive pages is one view, so the file sees one write per run."""
     pages = _nonzero_pages(memory)
     for i in range(0, len(pages), PAGE_DATA_BATCH):
         batch = pages[i : i + PAGE_DATA_BATCH]
-        writer.pages([gpa >> PAGE_SHIFT for gpa in batch],
-                     [memory.view(gpa, PAGE_SIZE) for gpa in batch])
+        views = [memory.view(gpa, n * PAGE_SIZE) for gpa, n in _runs(batch)]
+        writer.pages([gpa >> PAGE_SHIFT for gpa in batch], views)
     return len(pages)
 
 
@@ -78,18 +90,11 @@ def restore_pages(memory: GuestMemory, record: Record) -> int:
     """Read one PAGE_DATA record into guest RAM; returns how many pages. A frame outside
     the guest's RAM is refused by name (the record's index and offset)."""
     frames = record.page_frames()
-    i = 0
-    while i < len(frames):
-        # A run of consecutive frames is one read into one view.
-        j = i + 1
-        while j < len(frames) and frames[j] == frames[j - 1] + 1:
-            j += 1
-        gpa = frames[i] << PAGE_SHIFT
+    for gpa, n in _runs([frame << PAGE_SHIFT for frame in frames]):
         try:
-            view = memory.view(gpa, (j - i) * PAGE_SIZE)
+            view = memory.view(gpa, n * PAGE_SIZE)  # a run is one read into one view
         except GuestMemoryError as e:
             raise record.error(StreamRecordError, str(e)) from None
         record.readinto(view)
-        i = j
     record.finish()
     return len(frames)
