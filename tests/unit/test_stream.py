@@ -225,3 +225,12 @@ def test_fuzzed_corruption_never_passes_silently():
             continue
         with pytest.raises(s.StreamError):
             _read_all(bytes(data))
+
+
+def test_page_data_contents_must_be_whole_pages_matching_the_frames():
+    w = s.StreamWriter(io.BytesIO())
+    w.pages([1, 2], [bytes(8192)])  # one piece for a run of two pages
+    with pytest.raises(ValueError, match="not 2 pages"):
+        w.pages([1, 2], [bytes(4096)])
+    with pytest.raises(ValueError, match="1..1024 pages"):
+        w.pages([], [])
