@@ -40,7 +40,47 @@ SIZES = {
     "kvm_irq_level": 8,
     "kvm_mp_state": 4,
     "kvm_xen_hvm_config": 56,
+    "kvm_fpu": 416,
+    "kvm_xsave": 4096,
+    "kvm_xcrs": 392,
+    "kvm_xcr": 16,
+    "kvm_lapic_state": 1024,
+    "kvm_vcpu_events": 64,
+    "kvm_debugregs": 128,
+    "kvm_irqchip": 520,
+    "kvm_pit_state2": 112,
+    "kvm_pit_channel_state": 24,
     "kvm_clock_data": 48,
+}
+
+# offsetof(struct ..., field) of the save/restore structs
+STATE_OFFSETS = {
+    ("kvm_fpu", "fcw"): 128,
+    ("kvm_fpu", "ftwx"): 132,
+    ("kvm_fpu", "last_opcode"): 134,
+    ("kvm_fpu", "last_ip"): 136,
+    ("kvm_fpu", "xmm"): 152,
+    ("kvm_fpu", "mxcsr"): 408,
+    ("kvm_xcrs", "xcrs"): 8,
+    ("kvm_xcrs", "padding"): 264,
+    ("kvm_vcpu_events", "interrupt"): 8,
+    ("kvm_vcpu_events", "nmi"): 12,
+    ("kvm_vcpu_events", "sipi_vector"): 16,
+    ("kvm_vcpu_events", "flags"): 20,
+    ("kvm_vcpu_events", "smi"): 24,
+    ("kvm_vcpu_events", "reserved"): 29,
+    ("kvm_vcpu_events", "exception_has_payload"): 55,
+    ("kvm_vcpu_events", "exception_payload"): 56,
+    ("kvm_debugregs", "dr6"): 32,
+    ("kvm_debugregs", "dr7"): 40,
+    ("kvm_debugregs", "flags"): 48,
+    ("kvm_irqchip", "chip"): 8,
+    ("kvm_pit_state2", "flags"): 72,
+    ("kvm_pit_channel_state", "gate"): 15,
+    ("kvm_pit_channel_state", "count_load_time"): 16,
+    ("kvm_clock_data", "flags"): 8,
+    ("kvm_clock_data", "realtime"): 16,
+    ("kvm_clock_data", "host_tsc"): 24,
 }
 
 # offsetof(struct kvm_run, ...): the exit union starts at 32 on x86
@@ -105,6 +145,26 @@ IOCTLS = {
     "KVM_SET_CPUID2": 0x4008AE90,
     "KVM_GET_MP_STATE": 0x8004AE98,
     "KVM_SET_MP_STATE": 0x4004AE99,
+    "KVM_GET_FPU": 0x81A0AE8C,
+    "KVM_SET_FPU": 0x41A0AE8D,
+    "KVM_GET_XSAVE": 0x9000AEA4,
+    "KVM_SET_XSAVE": 0x5000AEA5,
+    "KVM_GET_XSAVE2": 0x9000AECF,
+    "KVM_GET_XCRS": 0x8188AEA6,
+    "KVM_SET_XCRS": 0x4188AEA7,
+    "KVM_GET_LAPIC": 0x8400AE8E,
+    "KVM_SET_LAPIC": 0x4400AE8F,
+    "KVM_GET_VCPU_EVENTS": 0x8040AE9F,
+    "KVM_SET_VCPU_EVENTS": 0x4040AEA0,
+    "KVM_GET_DEBUGREGS": 0x8080AEA1,
+    "KVM_SET_DEBUGREGS": 0x4080AEA2,
+    "KVM_GET_TSC_KHZ": 0xAEA3,
+    "KVM_SET_TSC_KHZ": 0xAEA2,
+    "KVM_GET_IRQCHIP": 0xC208AE62,
+    "KVM_SET_IRQCHIP": 0x8208AE63,
+    "KVM_GET_PIT2": 0x8070AE9F,
+    "KVM_SET_PIT2": 0x4070AEA0,
+    "KVM_SET_CLOCK": 0x4030AE7B,
 }
 
 # Constants as #defined in linux/kvm.h and asm/kvm.h.
@@ -143,6 +203,26 @@ CONSTANTS = {
     "KVM_IOEVENTFD_FLAG_PIO": 2,
     "KVM_IOEVENTFD_FLAG_DEASSIGN": 4,
     "KVM_IRQ_ROUTING_MSI": 2,
+    "KVM_CAP_XSAVE2": 208,
+    "KVM_CAP_XCRS": 56,
+    "KVM_CAP_DEBUGREGS": 50,
+    "KVM_CAP_TSC_CONTROL": 60,
+    "KVM_CAP_GET_TSC_KHZ": 61,
+    "KVM_CAP_ADJUST_CLOCK": 39,
+    "KVM_CAP_VCPU_EVENTS": 41,
+    "KVM_CAP_XSAVE": 55,
+    "KVM_MAX_XCRS": 16,
+    "KVM_APIC_REG_SIZE": 1024,
+    "KVM_IOAPIC_NUM_PINS": 24,
+    "KVM_VCPUEVENT_VALID_NMI_PENDING": 1,
+    "KVM_VCPUEVENT_VALID_SIPI_VECTOR": 2,
+    "KVM_VCPUEVENT_VALID_SHADOW": 4,
+    "KVM_VCPUEVENT_VALID_SMM": 8,
+    "KVM_VCPUEVENT_VALID_PAYLOAD": 16,
+    "KVM_VCPUEVENT_VALID_TRIPLE_FAULT": 32,
+    "KVM_CLOCK_TSC_STABLE": 2,
+    "KVM_CLOCK_REALTIME": 4,
+    "KVM_CLOCK_HOST_TSC": 8,
 }
 
 
@@ -167,6 +247,17 @@ def test_kvm_run_offsets(path: tuple[str, ...], offset: int) -> None:
 def test_kvm_run_exit_union_is_256_bytes() -> None:
     assert ctypes.sizeof(u._exit_union) == 256
     assert u.KVM_RUN_EXIT_OFFSET == 32
+
+
+@pytest.mark.parametrize(("path", "offset"), sorted(STATE_OFFSETS.items()))
+def test_state_struct_offsets(path: tuple[str, str], offset: int) -> None:
+    struct_name, field = path
+    assert getattr(getattr(u, struct_name), field).offset == offset
+
+
+def test_xsave2_buffer_is_at_least_the_legacy_area() -> None:
+    assert ctypes.sizeof(u.xsave_with(0)) == 4096
+    assert ctypes.sizeof(u.xsave_with(8192)) == 8192
 
 
 @pytest.mark.parametrize(("name", "offset"), sorted(SREGS_OFFSETS.items()))

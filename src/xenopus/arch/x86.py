@@ -52,3 +52,25 @@ PF_I = 1 << 4  # the access was an instruction fetch
 # Exception vectors (SDM vol. 3A §6.3.1, Table 6-1; APM vol. 2 §8.2).
 GP_VECTOR = 13  # #GP, e.g. a non-canonical address (SDM vol. 3A §6.15 "Interrupt 13")
 PF_VECTOR = 14  # #PF
+
+# Model-specific registers that hold guest state (SDM vol. 4 "Model-Specific Registers",
+# Table 2-2; APM vol. 2 appendix A). EFER (0xC0000080) and the FS/GS bases travel in
+# KVM's sregs, not as MSRs.
+MSR_IA32_TSC = 0x10
+MSR_IA32_TSC_ADJUST = 0x3B
+MSR_IA32_SPEC_CTRL = 0x48
+MSR_IA32_SYSENTER_CS = 0x174
+MSR_IA32_SYSENTER_ESP = 0x175
+MSR_IA32_SYSENTER_EIP = 0x176
+MSR_IA32_MCG_STATUS = 0x17A
+MSR_IA32_MCG_CTL = 0x17B
+MSR_IA32_MISC_ENABLE = 0x1A0
+MSR_IA32_CR_PAT = 0x277
+MSR_IA32_TSC_DEADLINE = 0x6E0
+MSR_STAR = 0xC0000081
+MSR_LSTAR = 0xC0000082
+MSR_CSTAR = 0xC0000083
+MSR_SYSCALL_MASK = 0xC0000084
+MSR_KERNEL_GS_BASE = 0xC0000102
+MSR_TSC_AUX = 0xC0000103
+MSR_AMD64_VIRT_SPEC_CTRL = 0xC001011F

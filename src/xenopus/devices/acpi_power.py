@@ -23,6 +23,7 @@ import threading
 from collections.abc import Callable
 
 from xenopus.devices.bus import ones
+from xenopus.stream import check_state
 
 log = logging.getLogger("xenopus.devices.acpi_power")
 
@@ -73,6 +74,19 @@ class AcpiPowerDevice:
         with self._lock:
             self._events |= bits
             self._irq(True)
+
+    STATE_VERSION = 1
+
+    def save_state(self) -> dict:
+        with self._lock:
+            return {"version": self.STATE_VERSION, "events": self._events}
+
+    def restore_state(self, state: object) -> None:
+        """The latched events, and the GED line at the level they hold it."""
+        s = check_state(state, "acpi-power", self.STATE_VERSION)
+        with self._lock:
+            self._events = s["events"]
+            self._irq(bool(self._events))
 
     def reset(self) -> None:
         with self._lock:

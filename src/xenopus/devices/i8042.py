@@ -23,6 +23,7 @@ from collections import deque
 from collections.abc import Callable
 
 from xenopus.devices import platform
+from xenopus.stream import check_state
 
 # Status register (i8042.h I8042_STR_*)
 STR_OBF = 0x01
@@ -117,6 +118,29 @@ class I8042:
     @property
     def ctr(self) -> int:
         return self._ram[0]
+
+    STATE_VERSION = 1
+
+    def save_state(self) -> dict:
+        with self._lock:
+            return {
+                "version": self.STATE_VERSION, "out": bytes(self._out),
+                "last_out": self._last_out, "ram": bytes(self._ram), "outport": self._outport,
+                "cmd_last": self._cmd_last, "await": self._await, "kbd_await": self._kbd_await,
+                "scanning": self._scanning, "scanset": self._scanset, "leds": self.leds,
+                "level": self._level,
+            }
+
+    def restore_state(self, state: object) -> None:
+        s = check_state(state, "i8042", self.STATE_VERSION)
+        with self._lock:
+            self._out = deque(s["out"])
+            self._last_out, self._ram, self._outport = s["last_out"], bytearray(s["ram"]), s["outport"]
+            self._cmd_last, self._await, self._kbd_await = s["cmd_last"], s["await"], s["kbd_await"]
+            self._scanning, self._scanset, self.leds = s["scanning"], s["scanset"], s["leds"]
+            self._level = bool(s["level"])
+            if self._irq is not None:
+                self._irq(self._level)
 
     # -- BusDevice ---------------------------------------------------------------
 

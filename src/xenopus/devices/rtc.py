@@ -21,6 +21,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from xenopus.devices.bus import read_lanes, write_lanes
+from xenopus.stream import check_state
 
 NMI_DISABLE = 0x80  # bit 7 of the index port on PCs
 
@@ -108,6 +109,30 @@ class CmosRtc:
         self._offset = 0  # whole seconds added to the host clock
         self._frozen: dict[int, int] | None = None  # raw time registers while SET
         self._last_c = self._now()
+
+    # -- save/restore ------------------------------------------------------------
+
+    STATE_VERSION = 1
+
+    def save_state(self) -> dict:
+        """The CMOS bytes and the guest's offset from the host clock: a restored RTC
+        keeps the guest's idea of the time zone and drift, and runs on from the host's
+        clock as a real one ran on while the machine was off."""
+        with self._lock:
+            frozen = None if self._frozen is None else [[r, v] for r, v in self._frozen.items()]
+            return {
+                "version": self.STATE_VERSION, "ram": bytes(self.ram), "index": self.index,
+                "nmi_disabled": self.nmi_disabled, "offset": self._offset, "frozen": frozen,
+                "last_c": self._last_c - self._offset,
+            }
+
+    def restore_state(self, state: object) -> None:
+        s = check_state(state, "rtc", self.STATE_VERSION)
+        with self._lock:
+            self.ram = bytearray(s["ram"])
+            self.index, self.nmi_disabled, self._offset = s["index"], s["nmi_disabled"], s["offset"]
+            self._frozen = None if s["frozen"] is None else {r: v for r, v in s["frozen"]}
+            self._last_c = s["last_c"] + self._offset
 
     # -- BusDevice -------------------------------------------------------------
 

@@ -15,6 +15,7 @@ from collections import deque
 from collections.abc import Callable
 
 from xenopus.devices.bus import read_lanes, write_lanes
+from xenopus.stream import check_state
 
 # Register offsets; DLAB (LCR bit 7) turns offsets 0/1 into the divisor latch.
 RBR = THR = DLL = 0
@@ -126,6 +127,36 @@ class Serial16550:
         """Host bytes not yet read by the guest (FIFO plus backlog)."""
         with self._lock:
             return len(self._rx) + len(self._backlog)
+
+    # -- save/restore -----------------------------------------------------------
+
+    STATE_VERSION = 1
+
+    def save_state(self) -> dict:
+        with self._lock:
+            return {
+                "version": self.STATE_VERSION, "rx": bytes(self._rx),
+                "backlog": bytes(self._backlog), "rbr": self._rbr, "ier": self._ier,
+                "lcr": self._lcr, "mcr": self._mcr, "scr": self._scr, "dll": self._dll,
+                "dlm": self._dlm, "errors": self._errors, "fifo": self._fifo,
+                "trigger": self._trigger, "thr_pending": self._thr_pending,
+                "lines": self._lines, "deltas": self._deltas, "level": self._level,
+            }
+
+    def restore_state(self, state: object) -> None:
+        """Take `save_state`'s registers and FIFOs; the IRQ line is driven again to the
+        saved level (the interrupt controller's restored state expects it there)."""
+        s = check_state(state, "16550", self.STATE_VERSION)
+        with self._lock:
+            self._rx = deque(s["rx"])
+            self._backlog = deque(s["backlog"])
+            self._rbr, self._ier, self._lcr = s["rbr"], s["ier"], s["lcr"]
+            self._mcr, self._scr, self._dll, self._dlm = s["mcr"], s["scr"], s["dll"], s["dlm"]
+            self._errors, self._fifo, self._trigger = s["errors"], s["fifo"], s["trigger"]
+            self._thr_pending, self._lines, self._deltas = (
+                s["thr_pending"], s["lines"], s["deltas"])
+            self._level = bool(s["level"])
+            self._irq(self._level)
 
     # -- guest side (BusDevice) -------------------------------------------------
 

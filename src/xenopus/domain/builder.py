@@ -239,13 +239,14 @@ def _virtio_net(config: DomainConfig, vif: VifSpec, domid: int, index: int) -> V
 
 def _machine_parts(machine: Machine, memory: GuestMemory) -> Inventory:
     """The inventory's first parts: the vCPUs, what KVM keeps per VM, and memory."""
-    inventory = Inventory(VcpuPart(v) for v in machine.vcpus)
+    inventory = Inventory(VcpuPart(v, machine) for v in machine.vcpus)
     inventory.add(KvmPart("irqchip", "irqchip", {
         "model": "in-kernel PIC, IOAPIC and LAPICs", "ioapic": platform.IOAPIC_BASE,
         "lapic": platform.LAPIC_BASE,
-    }))
-    inventory.add(KvmPart("pit", "pit", {"model": "in-kernel i8254", "irq": platform.PIT_IRQ}))
-    inventory.add(KvmPart("clock", "kvmclock", {"model": "KVM's VM clock"}))
+    }, machine))
+    inventory.add(KvmPart("pit", "pit", {"model": "in-kernel i8254", "irq": platform.PIT_IRQ},
+                          machine))
+    inventory.add(KvmPart("clock", "kvmclock", {"model": "KVM's VM clock"}, machine))
     inventory.add(MemoryPart(memory))
     return inventory
 

@@ -7,22 +7,28 @@ Xen domain state and each PV backend: each is a `Part` with a kind, a name and a
 the disks and NICs from it, virtio and Xen PV alike).
 
 A part wraps the object that holds its state rather than being it, so the models stay
-free of toolstack concerns; save/restore and migration will add `save_state()` and
-`restore_state()` to the Protocol and to each part here, and walk the same list.
+free of toolstack concerns. Save/restore walks the same list: `save_state()` returns the
+part's state as plain data (a versioned dict of ints, strings, bytes and lists, or None for
+a part without state) and `restore_state()` takes it back into the same part of a guest
+built from the same config (domain/snapshot.py). A part whose model runs work of its own
+(a virtio device's worker) is also `Pausable`, so that nothing moves while it is saved.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from xenopus.devices.bus import BusDevice
 from xenopus.devices.pci.device import PciDevice
 from xenopus.devices.pci.host import PciHostBridge
 from xenopus.devices.virtio.device import VirtioDevice
 from xenopus.devices.virtio.pci import VirtioPciDevice
-from xenopus.memory import GuestMemory
+from xenopus.memory import GuestMemory, image
+from xenopus.stream import StateError, check_state
+from xenopus.vm import state as kvm_state
+from xenopus.vm.machine import Machine
 from xenopus.vm.vcpu import Vcpu
 from xenopus.xen.backends.blkback import BlkBack
 from xenopus.xen.backends.netback import NetBack
@@ -46,6 +52,38 @@ class Part(Protocol):
         """What the part is, as JSON-ready values (no `kind`/`name`: the inventory adds them)."""
         ...
 
+    def save_state(self) -> object:
+        """The part's state (`stream.encode_state` values); the guest is paused."""
+        ...
+
+    def restore_state(self, state: object) -> None:
+        """Take `save_state`'s value into this part of a guest not yet started; raises
+        `StateError` (or a KVM error) for a state it cannot take."""
+        ...
+
+
+@runtime_checkable
+class Stateful(Protocol):
+    """A device model that saves and restores itself (versioned plain data)."""
+
+    def save_state(self) -> object: ...
+
+    def restore_state(self, state: object) -> None: ...
+
+
+@runtime_checkable
+class Pausable(Protocol):
+    """A part that works on its own (a device worker): `pause` returns once it is idle
+    between two requests, `resume` lets it go on."""
+
+    def pause(self) -> None: ...
+
+    def resume(self) -> None: ...
+
+
+class NotSaveable(StateError):
+    """A part whose state cannot be saved yet."""
+
 
 def pci_address(bdf: int) -> str:
     """Bus 0's device/function as lspci prints it, "00:03.0"."""
@@ -55,6 +93,7 @@ def pci_address(bdf: int) -> str:
 @dataclass
 class VcpuPart:
     vcpu: Vcpu
+    machine: Machine
     kind: str = "vcpu"
 
     @property
@@ -64,28 +103,68 @@ class VcpuPart:
     def describe(self) -> dict[str, object]:
         return {"index": self.vcpu.index}
 
+    def save_state(self) -> object:
+        m = self.machine
+        assert m.vm is not None
+        return kvm_state.save_vcpu(self.vcpu.fd, kvm_state.saved_msrs(m.kvm),
+                                   kvm_state.xsave_size(m.vm))
+
+    def restore_state(self, state: object) -> None:
+        assert self.machine.vm is not None
+        kvm_state.restore_vcpu(self.vcpu.fd, state, kvm_state.xsave_size(self.machine.vm))
+
 
 @dataclass
 class KvmPart:
-    """State KVM keeps for the whole VM (the in-kernel irqchip, the PIT, the clock)."""
+    """State KVM keeps for the whole VM: `kind` is "irqchip" (the PIC pair and IOAPIC),
+    "pit" or "clock"."""
 
     kind: str
     name: str
     facts: Mapping[str, object] = field(default_factory=dict)
+    machine: Machine | None = None
 
     def describe(self) -> dict[str, object]:
         return dict(self.facts)
 
+    def save_state(self) -> object:
+        assert self.machine is not None and self.machine.vm is not None
+        vm = self.machine.vm
+        return {"irqchip": kvm_state.save_irqchip, "pit": kvm_state.save_pit,
+                "clock": kvm_state.save_clock}[self.kind](vm)
+
+    def restore_state(self, state: object) -> None:
+        assert self.machine is not None and self.machine.vm is not None
+        vm = self.machine.vm
+        {"irqchip": kvm_state.restore_irqchip, "pit": kvm_state.restore_pit,
+         "clock": kvm_state.restore_clock}[self.kind](vm, state)
+
 
 @dataclass
 class MemoryPart:
+    """Guest RAM. Its state is the layout; the pages follow it in the stream as PAGE_DATA
+    records (memory/image.py). Restoring checks the layout and discards the target's RAM,
+    so that the pages the stream leaves out (all zeros) read as zero."""
+
     memory: GuestMemory
     kind: str = "memory"
     name: str = "ram"
+    STATE_VERSION = 1
 
     def describe(self) -> dict[str, object]:
         return {"ram_size": self.memory.ram_size,
                 "ranges": [list(r) for r in self.memory.ram_ranges()]}
+
+    def save_state(self) -> object:
+        return {"version": self.STATE_VERSION,
+                "ranges": [list(r) for r in self.memory.ram_ranges()]}
+
+    def restore_state(self, state: object) -> None:
+        s = check_state(state, "memory", self.STATE_VERSION)
+        have = [list(r) for r in self.memory.ram_ranges()]
+        if s["ranges"] != have:
+            raise StateError(f"memory: saved RAM layout {s['ranges']} is not this guest's {have}")
+        image.discard(self.memory)
 
 
 @dataclass
@@ -103,6 +182,16 @@ class BusPart:
         return {"bus": self.bus, "base": self.base, "length": self.length,
                 "model": type(self.device).__name__}
 
+    def save_state(self) -> object:
+        """The device's own state; None for a stateless one (debugcon, the POST sink)."""
+        return self.device.save_state() if isinstance(self.device, Stateful) else None
+
+    def restore_state(self, state: object) -> None:
+        if isinstance(self.device, Stateful):
+            self.device.restore_state(state)
+        elif state is not None:
+            raise StateError(f"{self.name}: {type(self.device).__name__} keeps no state")
+
 
 @dataclass
 class PciHostPart:
@@ -112,6 +201,12 @@ class PciHostPart:
 
     def describe(self) -> dict[str, object]:
         return {"ecam": self.bridge.ecam_base, "functions": len(self.bridge.devices)}
+
+    def save_state(self) -> object:
+        return self.bridge.save_state()
+
+    def restore_state(self, state: object) -> None:
+        self.bridge.restore_state(state)
 
 
 @dataclass
@@ -132,6 +227,12 @@ class PciFunctionPart:
     def describe(self) -> dict[str, object]:
         return {"bdf": self.bdf, "model": self.device.name}
 
+    def save_state(self) -> object:
+        return self.device.save_state()
+
+    def restore_state(self, state: object) -> None:
+        self.device.restore_state(state)
+
 
 @dataclass
 class VirtioPart:
@@ -148,6 +249,18 @@ class VirtioPart:
         return {"model": f"virtio-{self.device.name}", "index": self.index, "bdf": self.bdf,
                 "pci": pci_address(self.bdf), **self.detail}
 
+    def save_state(self) -> object:
+        return self.device.save_state()
+
+    def restore_state(self, state: object) -> None:
+        self.device.restore_state(state)
+
+    def pause(self) -> None:
+        self.device.pause()
+
+    def resume(self) -> None:
+        self.device.resume()
+
 
 @dataclass
 class XenPart:
@@ -159,6 +272,12 @@ class XenPart:
 
     def describe(self) -> dict[str, object]:
         return dict(self.facts)
+
+    def save_state(self) -> object:
+        raise NotSaveable(f"{self.name}: the Xen state cannot be saved yet")
+
+    def restore_state(self, state: object) -> None:
+        raise NotSaveable(f"{self.name}: the Xen state cannot be restored yet")
 
 
 @dataclass
@@ -180,6 +299,12 @@ class PvDevicePart:
         for node in b.listed_nodes:
             info[node] = self._frontend_number(node)
         return info
+
+    def save_state(self) -> object:
+        raise NotSaveable(f"{self.name}: Xen PV backends cannot be saved yet")
+
+    def restore_state(self, state: object) -> None:
+        raise NotSaveable(f"{self.name}: Xen PV backends cannot be restored yet")
 
     def _frontend_number(self, node: str) -> int:
         try:

@@ -111,6 +111,18 @@ class Kvm:
             )
             return out
 
+    def msr_index_list(self) -> list[int]:
+        """KVM_GET_MSR_INDEX_LIST: the MSRs KVM saves and restores."""
+        probe = u.msr_list_with(0)
+        try:
+            _ioctl(self.fd, u.KVM_GET_MSR_INDEX_LIST, probe)
+        except KvmError as e:
+            if e.errno != errno.E2BIG:
+                raise
+        buf = u.msr_list_with(probe.nmsrs)
+        _ioctl(self.fd, u.KVM_GET_MSR_INDEX_LIST, buf, "KVM_GET_MSR_INDEX_LIST")
+        return list(buf.indices[: buf.nmsrs])
+
     def create_vm(self) -> VmFd:
         fd = _ioctl(self.fd, u.KVM_CREATE_VM, 0, "KVM_CREATE_VM")
         return VmFd(fd, self)
@@ -231,11 +243,37 @@ class VmFd:
         req = u.kvm_xen_hvm_config(flags=flags, msr=msr)
         _ioctl(self.fd, u.KVM_XEN_HVM_CONFIG, req, "KVM_XEN_HVM_CONFIG")
 
-    def get_clock(self) -> int:
-        """The VM's kvmclock now, in ns (KVM_GET_CLOCK)."""
+    def check_extension(self, cap: int) -> int:
+        """KVM_CHECK_EXTENSION on the VM fd: some capabilities (KVM_CAP_XSAVE2's buffer
+        size) answer for this VM only (api.rst, KVM_CHECK_EXTENSION)."""
+        return _ioctl(self.fd, u.KVM_CHECK_EXTENSION, cap, "KVM_CHECK_EXTENSION")
+
+    def get_irqchip(self, chip_id: int) -> u.kvm_irqchip:
+        """KVM_GET_IRQCHIP: the in-kernel PIC master, slave or IOAPIC (KVM_IRQCHIP_*)."""
+        chip = u.kvm_irqchip(chip_id=chip_id)
+        _ioctl(self.fd, u.KVM_GET_IRQCHIP, chip, f"KVM_GET_IRQCHIP {chip_id}")
+        return chip
+
+    def set_irqchip(self, chip: u.kvm_irqchip) -> None:
+        _ioctl(self.fd, u.KVM_SET_IRQCHIP, chip, f"KVM_SET_IRQCHIP {chip.chip_id}")
+
+    def get_pit2(self) -> u.kvm_pit_state2:
+        state = u.kvm_pit_state2()
+        _ioctl(self.fd, u.KVM_GET_PIT2, state, "KVM_GET_PIT2")
+        return state
+
+    def set_pit2(self, state: u.kvm_pit_state2) -> None:
+        _ioctl(self.fd, u.KVM_SET_PIT2, state, "KVM_SET_PIT2")
+
+    def get_clock(self) -> u.kvm_clock_data:
+        """KVM_GET_CLOCK: the VM's kvmclock (ns), with the host's realtime and TSC at the
+        same instant where the kernel provides them (flags)."""
         data = u.kvm_clock_data()
         _ioctl(self.fd, u.KVM_GET_CLOCK, data, "KVM_GET_CLOCK")
-        return int(data.clock)
+        return data
+
+    def set_clock(self, data: u.kvm_clock_data) -> None:
+        _ioctl(self.fd, u.KVM_SET_CLOCK, data, "KVM_SET_CLOCK")
 
     def create_vcpu(self, index: int) -> VcpuFd:
         fd = _ioctl(self.fd, u.KVM_CREATE_VCPU, index, f"KVM_CREATE_VCPU {index}")
@@ -304,6 +342,85 @@ class VcpuFd:
         n = _ioctl(self.fd, u.KVM_SET_MSRS, buf, "KVM_SET_MSRS")
         if n != len(values):
             raise KvmError(f"KVM_SET_MSRS: MSR {buf.entries[n].index:#x} was refused")
+
+    def read_msrs(self, indices: Iterable[int]) -> dict[int, int]:
+        """KVM_GET_MSRS for every index it can read: KVM stops at the first MSR it refuses
+        (returning how many it read), so that one is skipped and the rest asked again."""
+        todo = list(indices)
+        out: dict[int, int] = {}
+        while todo:
+            buf = u.msrs_with(len(todo))
+            for i, index in enumerate(todo):
+                buf.entries[i].index = index
+            n = _ioctl(self.fd, u.KVM_GET_MSRS, buf, "KVM_GET_MSRS")
+            out.update((buf.entries[i].index, buf.entries[i].data) for i in range(n))
+            todo = todo[n + 1 :]
+        return out
+
+    def get_fpu(self) -> u.kvm_fpu:
+        fpu = u.kvm_fpu()
+        _ioctl(self.fd, u.KVM_GET_FPU, fpu, "KVM_GET_FPU")
+        return fpu
+
+    def set_fpu(self, fpu: u.kvm_fpu) -> None:
+        _ioctl(self.fd, u.KVM_SET_FPU, fpu, "KVM_SET_FPU")
+
+    def get_xsave(self, size: int = 0) -> ctypes.Structure:
+        """The XSAVE area: KVM_GET_XSAVE2 into `size` octets when KVM_CAP_XSAVE2 gave one
+        (api.rst, KVM_GET_XSAVE2: it may exceed 4 KiB, e.g. with AMX), KVM_GET_XSAVE otherwise."""
+        if size > u.KVM_XSAVE_LEGACY_SIZE:
+            buf = u.xsave_with(size)
+            _ioctl(self.fd, u.KVM_GET_XSAVE2, buf, "KVM_GET_XSAVE2")
+        else:
+            buf = u.xsave_with(u.KVM_XSAVE_LEGACY_SIZE)
+            _ioctl(self.fd, u.KVM_GET_XSAVE, buf, "KVM_GET_XSAVE")
+        return buf
+
+    def set_xsave(self, area: bytes, size: int = 0) -> None:
+        """KVM_SET_XSAVE reads as many octets as this VM's KVM_CAP_XSAVE2 size (`size`; 4
+        KiB without it), which may be more than `area` holds: the rest is zeros (XSAVE
+        components absent from XSTATE_BV, SDM 1 §13.4.2)."""
+        buf = u.xsave_with(max(len(area), size))
+        ctypes.memmove(ctypes.addressof(buf), area, len(area))
+        _ioctl(self.fd, u.KVM_SET_XSAVE, buf, "KVM_SET_XSAVE")
+
+    def get_xcrs(self) -> u.kvm_xcrs:
+        xcrs = u.kvm_xcrs()
+        _ioctl(self.fd, u.KVM_GET_XCRS, xcrs, "KVM_GET_XCRS")
+        return xcrs
+
+    def set_xcrs(self, xcrs: u.kvm_xcrs) -> None:
+        _ioctl(self.fd, u.KVM_SET_XCRS, xcrs, "KVM_SET_XCRS")
+
+    def get_lapic(self) -> u.kvm_lapic_state:
+        lapic = u.kvm_lapic_state()
+        _ioctl(self.fd, u.KVM_GET_LAPIC, lapic, "KVM_GET_LAPIC")
+        return lapic
+
+    def set_lapic(self, lapic: u.kvm_lapic_state) -> None:
+        _ioctl(self.fd, u.KVM_SET_LAPIC, lapic, "KVM_SET_LAPIC")
+
+    def get_vcpu_events(self) -> u.kvm_vcpu_events:
+        events = u.kvm_vcpu_events()
+        _ioctl(self.fd, u.KVM_GET_VCPU_EVENTS, events, "KVM_GET_VCPU_EVENTS")
+        return events
+
+    def set_vcpu_events(self, events: u.kvm_vcpu_events) -> None:
+        _ioctl(self.fd, u.KVM_SET_VCPU_EVENTS, events, "KVM_SET_VCPU_EVENTS")
+
+    def get_debugregs(self) -> u.kvm_debugregs:
+        dregs = u.kvm_debugregs()
+        _ioctl(self.fd, u.KVM_GET_DEBUGREGS, dregs, "KVM_GET_DEBUGREGS")
+        return dregs
+
+    def set_debugregs(self, dregs: u.kvm_debugregs) -> None:
+        _ioctl(self.fd, u.KVM_SET_DEBUGREGS, dregs, "KVM_SET_DEBUGREGS")
+
+    def get_tsc_khz(self) -> int:
+        return _ioctl(self.fd, u.KVM_GET_TSC_KHZ, what="KVM_GET_TSC_KHZ")
+
+    def set_tsc_khz(self, khz: int) -> None:
+        _ioctl(self.fd, u.KVM_SET_TSC_KHZ, khz, f"KVM_SET_TSC_KHZ {khz}")
 
     def get_mp_state(self) -> int:
         state = u.kvm_mp_state()

@@ -37,7 +37,11 @@ KVM_CAP_XEN_HVM = 38
 KVM_CAP_ADJUST_CLOCK = 39
 KVM_CAP_INTERNAL_ERROR_DATA = 40
 KVM_CAP_VCPU_EVENTS = 41
+KVM_CAP_DEBUGREGS = 50
 KVM_CAP_XSAVE = 55
+KVM_CAP_XCRS = 56
+KVM_CAP_TSC_CONTROL = 60
+KVM_CAP_GET_TSC_KHZ = 61
 KVM_CAP_MAX_VCPUS = 66
 KVM_CAP_TSC_DEADLINE_TIMER = 72
 KVM_CAP_SYNC_REGS = 74
@@ -52,6 +56,7 @@ KVM_CAP_X86_DISABLE_EXITS = 143
 KVM_CAP_X86_USER_SPACE_MSR = 188
 KVM_CAP_X86_MSR_FILTER = 189
 KVM_CAP_EXIT_HYPERCALL = 201
+KVM_CAP_XSAVE2 = 208
 KVM_CAP_X86_TRIPLE_FAULT_EVENT = 218
 
 # --- exit reasons (kvm_run.exit_reason) -----------------------------------------------------
@@ -158,8 +163,41 @@ KVM_XEN_HVM_CONFIG_RUNSTATE = 1 << 3
 KVM_XEN_HVM_CONFIG_EVTCHN_2LEVEL = 1 << 4
 KVM_XEN_HVM_CONFIG_EVTCHN_SEND = 1 << 5
 KVM_EXIT_XEN_HCALL = 1  # struct kvm_xen_exit.type
-# asm/kvm_para.h: kvmclock; its pvclock_vcpu_time_info is Xen's vcpu_time_info
+# asm/kvm_para.h: KVM's paravirtual MSRs. kvmclock's pvclock_vcpu_time_info is Xen's
+# vcpu_time_info; the first two are the pre-"NEW" numbers older guests use.
+MSR_KVM_WALL_CLOCK = 0x11
+MSR_KVM_SYSTEM_TIME = 0x12
+MSR_KVM_WALL_CLOCK_NEW = 0x4B564D00
 MSR_KVM_SYSTEM_TIME_NEW = 0x4B564D01
+MSR_KVM_ASYNC_PF_EN = 0x4B564D02
+MSR_KVM_STEAL_TIME = 0x4B564D03
+MSR_KVM_PV_EOI_EN = 0x4B564D04
+MSR_KVM_POLL_CONTROL = 0x4B564D05
+MSR_KVM_ASYNC_PF_INT = 0x4B564D06
+PARAVIRT_MSRS = (
+    MSR_KVM_WALL_CLOCK, MSR_KVM_SYSTEM_TIME, MSR_KVM_WALL_CLOCK_NEW, MSR_KVM_SYSTEM_TIME_NEW,
+    MSR_KVM_ASYNC_PF_EN, MSR_KVM_STEAL_TIME, MSR_KVM_PV_EOI_EN, MSR_KVM_POLL_CONTROL,
+    MSR_KVM_ASYNC_PF_INT,
+)  # fmt: skip
+
+# struct kvm_vcpu_events.flags: which optional parts KVM_SET_VCPU_EVENTS applies
+KVM_VCPUEVENT_VALID_NMI_PENDING = 1 << 0
+KVM_VCPUEVENT_VALID_SIPI_VECTOR = 1 << 1
+KVM_VCPUEVENT_VALID_SHADOW = 1 << 2
+KVM_VCPUEVENT_VALID_SMM = 1 << 3
+KVM_VCPUEVENT_VALID_PAYLOAD = 1 << 4
+KVM_VCPUEVENT_VALID_TRIPLE_FAULT = 1 << 5
+
+# struct kvm_clock_data.flags
+KVM_CLOCK_TSC_STABLE = 1 << 1
+KVM_CLOCK_REALTIME = 1 << 2
+KVM_CLOCK_HOST_TSC = 1 << 3
+
+KVM_MAX_XCRS = 16
+KVM_APIC_REG_SIZE = 0x400
+KVM_IOAPIC_NUM_PINS = 24
+KVM_IRQCHIP_STATE_SIZE = 512  # the union in struct kvm_irqchip (PIC or IOAPIC state)
+KVM_XSAVE_LEGACY_SIZE = 4096  # struct kvm_xsave without KVM_CAP_XSAVE2
 
 KVM_NR_INTERRUPTS = 256
 
@@ -205,6 +243,121 @@ class kvm_sregs(ctypes.Structure):  # noqa: N801
         ("idt", kvm_dtable),
         *((name, c_uint64) for name in ("cr0", "cr2", "cr3", "cr4", "cr8", "efer", "apic_base")),
         ("interrupt_bitmap", c_uint64 * ((KVM_NR_INTERRUPTS + 63) // 64)),
+    ]
+
+
+class kvm_fpu(ctypes.Structure):  # noqa: N801
+    _fields_ = [
+        ("fpr", (c_uint8 * 16) * 8),
+        ("fcw", c_uint16),
+        ("fsw", c_uint16),
+        ("ftwx", c_uint8),  # in fxsave format
+        ("pad1", c_uint8),
+        ("last_opcode", c_uint16),
+        ("last_ip", c_uint64),
+        ("last_dp", c_uint64),
+        ("xmm", (c_uint8 * 16) * 16),
+        ("mxcsr", c_uint32),
+        ("pad2", c_uint32),
+    ]
+
+
+class kvm_xcr(ctypes.Structure):  # noqa: N801
+    _fields_ = [("xcr", c_uint32), ("reserved", c_uint32), ("value", c_uint64)]
+
+
+class kvm_xcrs(ctypes.Structure):  # noqa: N801
+    _fields_ = [
+        ("nr_xcrs", c_uint32),
+        ("flags", c_uint32),
+        ("xcrs", kvm_xcr * KVM_MAX_XCRS),
+        ("padding", c_uint64 * 16),
+    ]
+
+
+class kvm_xsave(ctypes.Structure):  # noqa: N801
+    """The legacy 4 KiB XSAVE area; KVM_GET_XSAVE2 fills a larger one (see `xsave_with`)."""
+
+    _fields_ = [("region", c_uint32 * (KVM_XSAVE_LEGACY_SIZE // 4))]
+
+
+class kvm_lapic_state(ctypes.Structure):  # noqa: N801
+    _fields_ = [("regs", c_char * KVM_APIC_REG_SIZE)]
+
+
+class _events_exception(ctypes.Structure):  # noqa: N801
+    _fields_ = [("injected", c_uint8), ("nr", c_uint8), ("has_error_code", c_uint8),
+                ("pending", c_uint8), ("error_code", c_uint32)]
+
+
+class _events_interrupt(ctypes.Structure):  # noqa: N801
+    _fields_ = [("injected", c_uint8), ("nr", c_uint8), ("soft", c_uint8), ("shadow", c_uint8)]
+
+
+class _events_nmi(ctypes.Structure):  # noqa: N801
+    _fields_ = [("injected", c_uint8), ("pending", c_uint8), ("masked", c_uint8), ("pad", c_uint8)]
+
+
+class _events_smi(ctypes.Structure):  # noqa: N801
+    _fields_ = [("smm", c_uint8), ("pending", c_uint8), ("smm_inside_nmi", c_uint8),
+                ("latched_init", c_uint8)]
+
+
+class kvm_vcpu_events(ctypes.Structure):  # noqa: N801
+    _fields_ = [
+        ("exception", _events_exception),
+        ("interrupt", _events_interrupt),
+        ("nmi", _events_nmi),
+        ("sipi_vector", c_uint32),
+        ("flags", c_uint32),
+        ("smi", _events_smi),
+        ("triple_fault_pending", c_uint8),  # struct { __u8 pending; } triple_fault
+        ("reserved", c_uint8 * 26),
+        ("exception_has_payload", c_uint8),
+        ("exception_payload", c_uint64),
+    ]
+
+
+class kvm_debugregs(ctypes.Structure):  # noqa: N801
+    _fields_ = [
+        ("db", c_uint64 * 4),
+        ("dr6", c_uint64),
+        ("dr7", c_uint64),
+        ("flags", c_uint64),
+        ("reserved", c_uint64 * 9),
+    ]
+
+
+class kvm_irqchip(ctypes.Structure):  # noqa: N801
+    """`chip` is struct kvm_pic_state or kvm_ioapic_state as `chip_id` says; xenopus
+    saves it as opaque bytes of the same kernel ABI."""
+
+    _fields_ = [("chip_id", c_uint32), ("pad", c_uint32), ("chip", c_char * KVM_IRQCHIP_STATE_SIZE)]
+
+
+class kvm_pit_channel_state(ctypes.Structure):  # noqa: N801
+    _fields_ = [
+        ("count", c_uint32),  # can be 65536
+        ("latched_count", c_uint16),
+        ("count_latched", c_uint8),
+        ("status_latched", c_uint8),
+        ("status", c_uint8),
+        ("read_state", c_uint8),
+        ("write_state", c_uint8),
+        ("write_latch", c_uint8),
+        ("rw_mode", c_uint8),
+        ("mode", c_uint8),
+        ("bcd", c_uint8),
+        ("gate", c_uint8),
+        ("count_load_time", ctypes.c_int64),
+    ]
+
+
+class kvm_pit_state2(ctypes.Structure):  # noqa: N801
+    _fields_ = [
+        ("channels", kvm_pit_channel_state * 3),
+        ("flags", c_uint32),
+        ("reserved", c_uint32 * 9),
     ]
 
 
@@ -311,6 +464,17 @@ class kvm_dirty_log(ctypes.Structure):  # noqa: N801
     _fields_ = [("slot", c_uint32), ("padding1", c_uint32), ("dirty_bitmap", ctypes.c_void_p)]
 
 
+class kvm_clock_data(ctypes.Structure):  # noqa: N801
+    _fields_ = [
+        ("clock", c_uint64),  # kvmclock nanoseconds
+        ("flags", c_uint32),
+        ("pad0", c_uint32),
+        ("realtime", c_uint64),  # with KVM_CLOCK_REALTIME: CLOCK_REALTIME when read
+        ("host_tsc", c_uint64),  # with KVM_CLOCK_HOST_TSC: the host TSC when read
+        ("pad", c_uint32 * 4),
+    ]
+
+
 class kvm_irq_routing_irqchip(ctypes.Structure):  # noqa: N801
     _fields_ = [("irqchip", c_uint32), ("pin", c_uint32)]
 
@@ -362,19 +526,6 @@ class kvm_xen_exit(ctypes.Structure):  # noqa: N801
     """KVM_EXIT_XEN: `type` then a union whose only member is `hcall`."""
 
     _fields_ = [("type", c_uint32), ("hcall", kvm_xen_hcall)]
-
-
-class kvm_clock_data(ctypes.Structure):  # noqa: N801
-    """KVM_GET_CLOCK: `clock` is the VM's kvmclock (ns) now."""
-
-    _fields_ = [
-        ("clock", c_uint64),
-        ("flags", c_uint32),
-        ("pad0", c_uint32),
-        ("realtime", c_uint64),
-        ("host_tsc", c_uint64),
-        ("pad", c_uint32 * 4),
-    ]
 
 
 class kvm_xen_hvm_config(ctypes.Structure):  # noqa: N801
@@ -575,6 +726,15 @@ def msr_list_with(n: int) -> ctypes.Structure:
     return buf
 
 
+def xsave_with(size: int) -> ctypes.Structure:
+    """A zeroed XSAVE buffer of `size` octets (KVM_CAP_XSAVE2's answer, at least 4 KiB)."""
+
+    class kvm_xsave_n(ctypes.Structure):  # noqa: N801
+        _fields_ = [("region", c_uint8 * max(size, KVM_XSAVE_LEGACY_SIZE))]
+
+    return kvm_xsave_n()
+
+
 def irq_routing_with(n: int) -> ctypes.Structure:
     """A zeroed kvm_irq_routing with room for `n` entries, `nr` set to `n`."""
 
@@ -602,12 +762,17 @@ KVM_SET_TSS_ADDR = _IO(KVMIO, 0x47)
 KVM_SET_IDENTITY_MAP_ADDR = _IOW(KVMIO, 0x48, c_uint64)
 KVM_CREATE_IRQCHIP = _IO(KVMIO, 0x60)
 KVM_IRQ_LINE = _IOW(KVMIO, 0x61, kvm_irq_level)
+KVM_GET_IRQCHIP = _IOWR(KVMIO, 0x62, kvm_irqchip)
+KVM_SET_IRQCHIP = _IOR(KVMIO, 0x63, kvm_irqchip)  # sic: _IOR in linux/kvm.h
 KVM_SET_GSI_ROUTING = _IOW(KVMIO, 0x6A, kvm_irq_routing)
 KVM_IRQFD = _IOW(KVMIO, 0x76, kvm_irqfd)
 KVM_CREATE_PIT2 = _IOW(KVMIO, 0x77, kvm_pit_config)
 KVM_IOEVENTFD = _IOW(KVMIO, 0x79, kvm_ioeventfd)
 KVM_XEN_HVM_CONFIG = _IOW(KVMIO, 0x7A, kvm_xen_hvm_config)
+KVM_SET_CLOCK = _IOW(KVMIO, 0x7B, kvm_clock_data)
 KVM_GET_CLOCK = _IOR(KVMIO, 0x7C, kvm_clock_data)
+KVM_GET_PIT2 = _IOR(KVMIO, 0x9F, kvm_pit_state2)
+KVM_SET_PIT2 = _IOW(KVMIO, 0xA0, kvm_pit_state2)
 KVM_ENABLE_CAP = _IOW(KVMIO, 0xA3, kvm_enable_cap)
 KVM_X86_SET_MSR_FILTER = _IOW(KVMIO, 0xC6, kvm_msr_filter)
 # vCPU
@@ -618,9 +783,24 @@ KVM_GET_SREGS = _IOR(KVMIO, 0x83, kvm_sregs)
 KVM_SET_SREGS = _IOW(KVMIO, 0x84, kvm_sregs)
 KVM_GET_MSRS = _IOWR(KVMIO, 0x88, kvm_msrs)
 KVM_SET_MSRS = _IOW(KVMIO, 0x89, kvm_msrs)
+KVM_GET_FPU = _IOR(KVMIO, 0x8C, kvm_fpu)
+KVM_SET_FPU = _IOW(KVMIO, 0x8D, kvm_fpu)
+KVM_GET_LAPIC = _IOR(KVMIO, 0x8E, kvm_lapic_state)
+KVM_SET_LAPIC = _IOW(KVMIO, 0x8F, kvm_lapic_state)
 KVM_SET_CPUID2 = _IOW(KVMIO, 0x90, kvm_cpuid2)
 KVM_GET_MP_STATE = _IOR(KVMIO, 0x98, kvm_mp_state)
 KVM_SET_MP_STATE = _IOW(KVMIO, 0x99, kvm_mp_state)
+KVM_GET_VCPU_EVENTS = _IOR(KVMIO, 0x9F, kvm_vcpu_events)
+KVM_SET_VCPU_EVENTS = _IOW(KVMIO, 0xA0, kvm_vcpu_events)
+KVM_GET_DEBUGREGS = _IOR(KVMIO, 0xA1, kvm_debugregs)
+KVM_SET_DEBUGREGS = _IOW(KVMIO, 0xA2, kvm_debugregs)
+KVM_SET_TSC_KHZ = _IO(KVMIO, 0xA2)
+KVM_GET_TSC_KHZ = _IO(KVMIO, 0xA3)
+KVM_GET_XSAVE = _IOR(KVMIO, 0xA4, kvm_xsave)
+KVM_SET_XSAVE = _IOW(KVMIO, 0xA5, kvm_xsave)
+KVM_GET_XCRS = _IOR(KVMIO, 0xA6, kvm_xcrs)
+KVM_SET_XCRS = _IOW(KVMIO, 0xA7, kvm_xcrs)
+KVM_GET_XSAVE2 = _IOR(KVMIO, 0xCF, kvm_xsave)  # the buffer is KVM_CAP_XSAVE2 octets
 
 CAP_NAMES: dict[int, str] = {
     v: k for k, v in list(globals().items()) if k.startswith("KVM_CAP_") and isinstance(v, int)

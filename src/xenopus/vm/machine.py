@@ -184,7 +184,7 @@ class Machine:
     def clock_ns(self) -> int:
         """The VM's kvmclock now, in ns (KVM_GET_CLOCK)."""
         assert self.vm is not None
-        return self.vm.get_clock()
+        return int(self.vm.get_clock().clock)
 
     def ioeventfd(
         self, addr: int, length: int, *, pio: bool = False, datamatch: int | None = None
@@ -200,9 +200,10 @@ class Machine:
         self._ioevents.remove(fd)
 
     # --- running --------------------------------------------------------------------------
-    def start(self, boot_state: CpuState, on_stop: Callable[[StopReason], None]) -> None:
+    def start(self, boot_state: CpuState | None, on_stop: Callable[[StopReason], None]) -> None:
         """Load `boot_state` into vCPU 0 and start every vCPU thread. The others stay in
-        wait-for-SIPI (the in-kernel LAPIC creates them so) until the guest starts them."""
+        wait-for-SIPI (the in-kernel LAPIC creates them so) until the guest starts them.
+        None starts the vCPUs as they are (their state restored from a save)."""
         with self._cond:
             if self._live:
                 raise RuntimeError("machine is already running")
@@ -211,7 +212,8 @@ class Machine:
             self._stop_reason = None
             self._paused = False
             self._on_stop = on_stop
-        self.vcpus[0].apply(boot_state)
+        if boot_state is not None:
+            self.vcpus[0].apply(boot_state)
         threads = [
             threading.Thread(target=self._vcpu_main, args=(v,), name=f"vcpu{v.index}", daemon=True)
             for v in self.vcpus

@@ -18,6 +18,7 @@ from xenopus.devices.bus import BusDevice
 from xenopus.devices.pci import config as c
 from xenopus.devices.pci.config import PciConfig
 from xenopus.devices.pci.msix import CTRL, Msix
+from xenopus.stream import StateError, check_state
 
 log = logging.getLogger("xenopus.devices.pci")
 
@@ -167,6 +168,36 @@ class PciDevice:
             return _SplitHandler(self.msix, bar.handler)
         assert bar.handler is not None, f"BAR {index} has no handler"
         return bar.handler
+
+    # --- save/restore -----------------------------------------------------------------------
+    STATE_VERSION = 1
+
+    def save_state(self) -> dict:
+        """Config space as the guest left it (BAR addresses, command register,
+        capabilities' registers) and the MSI-X table and PBA."""
+        with self.config.lock:
+            config = bytes(self.config.data)
+        return {"version": self.STATE_VERSION, "config": config,
+                "msix": self.msix.save_state() if self.msix is not None else None}
+
+    def restore_state(self, state: object) -> None:
+        """Into the same function of a guest built from the same config: the identity
+        registers must match. The BARs are then mapped where the guest had moved them
+        (`on_change`, the host bridge's remap) and the MSI-X routes rebuilt."""
+        s = check_state(state, self.name, self.STATE_VERSION)
+        cfg = self.config
+        saved = s["config"]
+        if not isinstance(saved, bytes) or len(saved) != len(cfg.data):
+            raise StateError(f"{self.name}: saved config space is not {len(cfg.data)} octets")
+        if saved[: c.COMMAND] != bytes(cfg.data[: c.COMMAND]):  # vendor and device ID
+            raise StateError(f"{self.name}: saved state is of another function "
+                             f"(vendor/device {saved[:4].hex()})")
+        with cfg.lock:
+            cfg.data[:] = saved
+        if self.msix is not None:
+            self.msix.restore_state(s["msix"])
+        if self.on_change is not None:
+            self.on_change(self)
 
     # --- config space access -----------------------------------------------------------------
     def config_read(self, offset: int, size: int) -> int:

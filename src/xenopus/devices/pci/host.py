@@ -31,6 +31,7 @@ from xenopus.devices.bus import Bus, BusConflictError, ones
 from xenopus.devices.pci import config as c
 from xenopus.devices.pci.config import PciConfig
 from xenopus.devices.pci.device import PciBar, PciDevice
+from xenopus.stream import check_state
 
 log = logging.getLogger("xenopus.devices.pci")
 
@@ -191,6 +192,19 @@ class PciHostBridge:
         if addr == 0:  # never a valid placement: unassigned
             return None
         return _Mapping(self.pio if bar.kind == "io" else self.mmio, addr)
+
+    # --- save/restore -------------------------------------------------------------------------
+    STATE_VERSION = 1
+
+    def save_state(self) -> dict:
+        """The CONFIG_ADDRESS latch; each function saves its own config space."""
+        with self._lock:
+            return {"version": self.STATE_VERSION, "address": self._address}
+
+    def restore_state(self, state: object) -> None:
+        s = check_state(state, "pci host bridge", self.STATE_VERSION)
+        with self._lock:
+            self._address = s["address"]
 
     # --- configuration cycles ----------------------------------------------------------------
     def config_read(self, bus: int, df: int, offset: int, size: int) -> int:

@@ -18,6 +18,7 @@ import threading
 from typing import Protocol
 
 from xenopus.devices.pci.config import CAP_MSIX, PciConfig
+from xenopus.stream import StateError
 
 log = logging.getLogger("xenopus.devices.pci")
 
@@ -213,6 +214,29 @@ class Msix:
         if self.pending(v):
             self._pending[v // 8] &= ~(1 << (v % 8)) & 0xFF
             route.trigger()
+
+    # --- save/restore ---------------------------------------------------------------------
+    def save_state(self) -> dict:
+        """The table, the PBA and the control bits (also in config space, which the
+        function saves; kept here so the routes can be rebuilt without re-reading it)."""
+        with self._lock:
+            return {"table": bytes(self._table), "pba": bytes(self._pending),
+                    "enabled": self._enabled, "function_masked": self._function_masked}
+
+    def restore_state(self, state: dict) -> None:
+        """Take the saved table and PBA and give every deliverable vector its KVM route
+        again (a pending one is delivered once it is)."""
+        table, pba = state["table"], state["pba"]
+        if len(table) != self.table_size or len(pba) != self.pba_size:
+            raise StateError(f"MSI-X: saved table/PBA of {len(table)}/{len(pba)} octets, "
+                             f"this function has {self.table_size}/{self.pba_size}")
+        with self._lock:
+            self._table[:] = table
+            self._pending[:] = pba
+            self._enabled = bool(state["enabled"])
+            self._function_masked = bool(state["function_masked"])
+            for v in range(self.vectors):
+                self._sync(v)
 
     def _reset_table(self) -> None:
         self._table[:] = bytes(self.table_size)

@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 from xenopus.devices.virtio.device import VIRTIO_ID_CONSOLE, VirtioDevice, bit
 from xenopus.devices.virtio.queue import scatter, split_views
+from xenopus.stream import StateError
 
 QUEUE_SIZE = 64
 RECEIVEQ = 0
@@ -84,6 +85,18 @@ class VirtioConsole(VirtioDevice):
     def pending(self) -> int:
         with self._backlog_lock:
             return self._backlog_bytes
+
+    def save_device_state(self) -> object:
+        """Host input the guest has not taken yet."""
+        with self._backlog_lock:
+            return {"backlog": b"".join(self._backlog)}
+
+    def restore_device_state(self, state: object) -> None:
+        if not isinstance(state, dict) or not isinstance(state.get("backlog"), bytes):
+            raise StateError("virtio-console: saved state has no backlog")
+        with self._backlog_lock:
+            self._backlog = deque([state["backlog"]] if state["backlog"] else [])
+            self._backlog_bytes = len(state["backlog"])
 
     # -- guest side ------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from xenopus.devices.virtio.queue import Chain, DescriptorError, SplitQueue
+from xenopus.stream import StateError, check_state
 
 log = logging.getLogger("xenopus.virtio")
 
@@ -86,6 +87,7 @@ class VirtioDevice:
         self.sink: InterruptSink | None = None
         self.needs_reset_flag = False
         self._worker: _Worker | None = None
+        self._paused: tuple[list[int | None], list[tuple[int, Callable[[], None]]]] | None = None
         self._watch_list: list[tuple[int, Callable[[], None]]] = []
         self._logged: set[str] = set()
 
@@ -153,9 +155,70 @@ class VirtioDevice:
         self.reset()
 
     def _stop_worker(self) -> None:
+        self._paused = None
         worker, self._worker = self._worker, None
         if worker is not None:
             worker.stop()
+
+    # -- save/restore ----------------------------------------------------------------
+
+    STATE_VERSION = 1
+
+    def pause(self) -> None:
+        """Stop the worker once the request in hand is done: `process` handles a chain from
+        pop to push in one go, so nothing is in flight afterwards except what `held`
+        counts. The doorbells and watched fds stay registered; `resume` goes on."""
+        worker, self._worker = self._worker, None
+        if worker is not None:
+            worker.stop()
+            self._paused = (worker.kick_list, worker.watched())
+
+    def resume(self) -> None:
+        """Restart the worker `pause` stopped, with the same doorbells and watches; it
+        looks at every queue first, so kicks that came in the meantime are not lost."""
+        paused, self._paused = self._paused, None
+        if paused is not None and self._worker is None:
+            kicks, watched = paused
+            self._watch_list.extend(watched)
+            self._worker = _Worker(self, kicks)
+            self._worker.start()
+
+    def held(self, queue_index: int) -> int:
+        """How many chains of queue `queue_index` the device has popped and not used yet
+        (virtio-net's posted receive buffers). A saved queue is rewound by that many: the
+        restored device pops them again, in the order the driver made them available."""
+        return 0
+
+    def save_state(self) -> dict:
+        """What the driver negotiated and the device's config space; the queues' ring
+        positions are the transport's to save (it rebuilds the queues on restore)."""
+        return {
+            "version": self.STATE_VERSION, "driver_features": self.driver_features,
+            "config": bytes(self.config), "config_generation": self.config_generation,
+            "needs_reset": self.needs_reset_flag, "device": self.save_device_state(),
+        }
+
+    def restore_state(self, state: object) -> None:
+        """Into a device not activated yet; the transport's restore activates it."""
+        s = check_state(state, f"virtio-{self.name}", self.STATE_VERSION)
+        if len(s["config"]) != len(self.config):
+            raise StateError(f"virtio-{self.name}: saved config space of {len(s['config'])} "
+                             f"octets, this device has {len(self.config)}")
+        if s["driver_features"] & ~self.features:
+            raise StateError(f"virtio-{self.name}: the driver had features "
+                             f"{s['driver_features']:#x}, this device offers {self.features:#x}")
+        self.driver_features = s["driver_features"]
+        self.config[:] = s["config"]
+        self.config_generation = s["config_generation"]
+        self.needs_reset_flag = s["needs_reset"]
+        self.restore_device_state(s["device"])
+
+    def save_device_state(self) -> object:
+        """Hook: device-specific state beyond the config space (None: there is none)."""
+        return None
+
+    def restore_device_state(self, state: object) -> None:
+        """Hook: take `save_device_state`'s value."""
 
     def on_activate(self) -> None:
         """Hook: runs before the worker starts (e.g. `watch` a backend fd)."""
@@ -268,6 +331,7 @@ class _Worker:
         self._add(self.stop_fd, lambda: None)
         self._add(self.poke_fd, self._on_poke)
         self.kicks: list[int] = []
+        self.kick_list: list[int | None] = []  # by queue index, as given
         self.set_kicks(kicks)
         for fd, cb in dev._watch_list:
             self._add(fd, cb)
@@ -294,10 +358,16 @@ class _Worker:
             self.handlers.pop(fd, None)
             with contextlib.suppress(OSError, ValueError):
                 self.ep.unregister(fd)
+        self.kick_list = list(kicks)
         self.kicks = [fd for fd in kicks if fd is not None]
         for i, fd in enumerate(kicks):
             if fd is not None:
                 self._add(fd, self._kick_handler(fd, i))
+
+    def watched(self) -> list[tuple[int, Callable[[], None]]]:
+        """The backend fds `watch` added, with their callbacks."""
+        own = {self.stop_fd, self.poke_fd, *self.kicks}
+        return [(fd, cb) for fd, cb in self.handlers.items() if fd not in own]
 
     def poke(self, index: int) -> None:
         with self.poke_lock:

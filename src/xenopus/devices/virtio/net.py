@@ -172,6 +172,9 @@ class VirtioNet(VirtioDevice):
         self._tap_polled = True
         self.watch(self.tap.fd, self._on_tap)
 
+    def held(self, queue_index: int) -> int:
+        return len(self._rx) if queue_index == RECEIVEQ else 0
+
     def on_reset(self) -> None:
         self._rx.clear()
         self._rx_cap = 0

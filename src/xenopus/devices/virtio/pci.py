@@ -35,6 +35,7 @@ from xenopus.devices.virtio.device import (
 )
 from xenopus.devices.virtio.queue import MAX_QUEUE_SIZE, DescriptorError, SplitQueue
 from xenopus.memory.guest import GuestMemory
+from xenopus.stream import StateError, check_state
 
 log = logging.getLogger("xenopus.virtio")
 
@@ -454,7 +455,9 @@ class VirtioPciDevice(PciDevice):
                 return
         self.status = new
 
-    def _activate(self) -> None:
+    def _activate(self, rings: list[dict] | None = None) -> None:
+        """DRIVER_OK: build the queues from their registers and start the device; a
+        restore passes each queue's saved ring positions (`rings`) to carry on from."""
         dev = self.device
         queues = []
         failed: str | None = None
@@ -468,6 +471,8 @@ class VirtioPciDevice(PciDevice):
                     q.enable()
                 except DescriptorError as e:
                     failed = failed or f"queue {i}: {e.reason}"
+                if rings is not None and q.ready:
+                    q.restore_state(rings[i])
             queues.append(q)
         if failed is not None:
             # Every queue stops before the worker can see one; needs_reset (once the
@@ -477,6 +482,68 @@ class VirtioPciDevice(PciDevice):
         dev.activate(queues, self._doorbells)
         if failed is not None:
             dev.needs_reset(failed)
+
+    # -- save/restore ----------------------------------------------------------------------
+
+    TRANSPORT_STATE_VERSION = 1
+
+    def save_state(self) -> dict:
+        """The PCI function (config space, BARs, MSI-X) plus the transport: status,
+        feature selection, vectors, each queue's registers and, once the driver is on,
+        each queue's ring positions. The device must be paused (`VirtioDevice.pause`)."""
+        state = super().save_state()
+        dev = self.device
+        with self._lock:
+            with self._isr_lock:
+                isr = self.isr
+            state["transport"] = {
+                "version": self.TRANSPORT_STATE_VERSION, "status": self.status,
+                "device_feature_select": self.device_feature_select,
+                "driver_feature_select": self.driver_feature_select,
+                "driver_features": self.driver_features,
+                "config_msix_vector": self.config_msix_vector,
+                "queue_select": self.queue_select, "isr": isr,
+                "queues": [{"size": q.size, "msix_vector": q.msix_vector,
+                            "enabled": q.enabled, "desc": q.desc, "driver": q.driver,
+                            "device": q.device} for q in self.queues],
+                "rings": [q.save_state(dev.held(i)) for i, q in enumerate(dev.queues)],
+            }
+        return state
+
+    def restore_state(self, state: object) -> None:
+        """After the device's own restore (the inventory lists it first): the PCI
+        function, then the doorbells at the BAR's restored address, then the transport;
+        a driver that was on gets its queues back at their ring positions and the device
+        worker starts, looking at every queue once."""
+        t = check_state(state, self.name, self.STATE_VERSION).get("transport")
+        t = check_state(t, f"{self.name} transport", self.TRANSPORT_STATE_VERSION)
+        if len(t["queues"]) != len(self.queues):
+            raise StateError(f"{self.name}: {len(t['queues'])} queues saved, "
+                             f"this device has {len(self.queues)}")
+        super().restore_state(state)
+        self._sync_doorbells()
+        with self._lock:
+            self.status = t["status"]
+            self.device_feature_select = t["device_feature_select"]
+            self.driver_feature_select = t["driver_feature_select"]
+            self.driver_features = t["driver_features"]
+            self.config_msix_vector = t["config_msix_vector"]
+            self.queue_select = t["queue_select"]
+            with self._isr_lock:
+                self.isr = t["isr"]
+            for regs, saved in zip(self.queues, t["queues"], strict=True):
+                if not 0 < saved["size"] <= regs.max_size:
+                    raise StateError(f"{self.name}: saved queue size {saved['size']}")
+                regs.size, regs.msix_vector, regs.enabled = (
+                    saved["size"], saved["msix_vector"], saved["enabled"])
+                regs.desc, regs.driver, regs.device = saved["desc"], saved["driver"], saved["device"]
+            if self.status & STATUS_DRIVER_OK:
+                rings = t["rings"]
+                if len(rings) != len(self.queues):
+                    raise StateError(f"{self.name}: ring positions of {len(rings)} queues")
+                self._activate(rings)
+        if self.isr and self.intx is not None and not self.config.command & c.CMD_INTX_DISABLE:
+            self.intx(True)
 
     def reset_virtio(self) -> None:
         """§2.4: the device and every queue back to their initial state."""

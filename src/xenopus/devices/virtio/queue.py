@@ -231,6 +231,22 @@ class SplitQueue:
         self.last_avail = self.used_idx = self._signalled = self._unsignalled = 0
         self._logged.clear()
 
+    # -- save/restore --------------------------------------------------------------
+
+    def save_state(self, held: int = 0) -> dict:
+        """The device's ring positions (§2.7: last_avail_idx is the device's alone; used
+        idx is also in guest memory, kept here so a restore needs no guest read), with
+        `held` chains given back: they were popped and not used."""
+        return {"last_avail": (self.last_avail - held) & 0xFFFF, "used_idx": self.used_idx,
+                "signalled": self._signalled, "broken": self.broken}
+
+    def restore_state(self, state: dict) -> None:
+        """After `enable`: carry on from the saved positions."""
+        self.last_avail = state["last_avail"] & 0xFFFF
+        self.used_idx = state["used_idx"] & 0xFFFF
+        self._signalled = state["signalled"] & 0xFFFF
+        self.broken = bool(state["broken"])
+
     # -- errors ------------------------------------------------------------------
 
     def _fail(self, reason: str, head: int | None = None) -> None:

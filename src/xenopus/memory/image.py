@@ -1,0 +1,100 @@
+"""Guest RAM in and out of a save stream (PAGE_DATA records, docs/snapshot-stream.md).
+
+Saving skips the memfds' holes and all-zero pages and hands the writer views of the memfd mappings, so page
+contents go from guest RAM to the file with no copy in between. Restoring first discards
+the target's RAM (every page reads as zero again, as it did in the saved guest for the
+pages not in the stream), then reads each run of consecutive pages straight into the
+mapping.
+"""
+
+from __future__ import annotations
+
+import errno
+import mmap
+import os
+from collections.abc import Iterator
+
+from xenopus.memory.guest import PAGE_SIZE, GuestMemory, GuestMemoryError
+from xenopus.stream import PAGE_DATA_BATCH, Record, StreamRecordError, StreamWriter
+
+PAGE_SHIFT = 12
+# Zero pages are found a chunk at a time first: one compare clears 64 pages of an
+# untouched range (slicing an mmap and comparing bytes is a memcpy and a memcmp in C).
+_CHUNK = 64 * PAGE_SIZE
+_ZERO_CHUNK = bytes(_CHUNK)
+_ZERO_PAGE = bytes(PAGE_SIZE)
+
+
+def _populated(fd: int, size: int) -> Iterator[tuple[int, int]]:
+    """(start, end) of each range of the memfd that has pages (lseek(2) SEEK_DATA and
+    SEEK_HOLE on tmpfs): holes, never touched by the guest, are skipped without reading
+    them, which would allocate them."""
+    off = 0
+    while off < size:
+        try:
+            start = os.lseek(fd, off, os.SEEK_DATA)
+        except OSError as e:
+            if e.errno == errno.ENXIO:  # no data after `off`
+                return
+            raise
+        end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
+        yield start, end
+        off = end
+
+
+def _nonzero_pages(memory: GuestMemory) -> list[int]:
+    """Guest-physical addresses of every page that is not all zeros."""
+    out = []
+    for region in memory.regions:
+        m = region.map
+        for start, end in _populated(region.fd, region.size):
+            for chunk in range(start, end, _CHUNK):
+                stop = min(chunk + _CHUNK, end)
+                if m[chunk:stop] == _ZERO_CHUNK[: stop - chunk]:
+                    continue
+                out += [region.gpa + off for off in range(chunk, stop, PAGE_SIZE)
+                        if m[off : off + PAGE_SIZE] != _ZERO_PAGE]
+    return out
+
+
+def _runs(pages: list[int]) -> Iterator[tuple[int, int]]:
+    """(first address, page count) of each run of consecutive pages in `pages`."""
+    i = 0
+    while i < len(pages):
+        j = i + 1
+        while j < len(pages) and pages[j] == pages[j - 1] + PAGE_SIZE:
+            j += 1
+        yield pages[i], j - i
+        i = j
+
+
+def save_pages(memory: GuestMemory, writer: StreamWriter) -> int:
+    """Write every non-zero page as PAGE_DATA records; returns how many pages. Each run of
+    consecutive pages is one view, so the file sees one write per run."""
+    pages = _nonzero_pages(memory)
+    for i in range(0, len(pages), PAGE_DATA_BATCH):
+        batch = pages[i : i + PAGE_DATA_BATCH]
+        views = [memory.view(gpa, n * PAGE_SIZE) for gpa, n in _runs(batch)]
+        writer.pages([gpa >> PAGE_SHIFT for gpa in batch], views)
+    return len(pages)
+
+
+def discard(memory: GuestMemory) -> None:
+    """Give every page of RAM back to the kernel (MADV_REMOVE punches a hole in the memfd,
+    which the seals allow); the pages read as zero afterwards. Only while no vCPU runs."""
+    for region in memory.regions:
+        region.map.madvise(mmap.MADV_REMOVE, 0, region.size)
+
+
+def restore_pages(memory: GuestMemory, record: Record) -> int:
+    """Read one PAGE_DATA record into guest RAM; returns how many pages. A frame outside
+    the guest's RAM is refused by name (the record's index and offset)."""
+    frames = record.page_frames()
+    for gpa, n in _runs([frame << PAGE_SHIFT for frame in frames]):
+        try:
+            view = memory.view(gpa, n * PAGE_SIZE)  # a run is one read into one view
+        except GuestMemoryError as e:
+            raise record.error(StreamRecordError, str(e)) from None
+        record.readinto(view)
+    record.finish()
+    return len(frames)
