@@ -52,3 +52,10 @@ PF_I = 1 << 4  # the access was an instruction fetch
 # Exception vectors (SDM vol. 3A §6.3.1, Table 6-1; APM vol. 2 §8.2).
 GP_VECTOR = 13  # #GP, e.g. a non-canonical address (SDM vol. 3A §6.15 "Interrupt 13")
 PF_VECTOR = 14  # #PF
+
+# MSI message address (SDM vol. 3A §10.11.1, Figure 10-24): bits 31:20 are 0xFEE, bits
+# 19:12 the destination APIC ID; with bits 3:2 clear the destination is physical and
+# there is no redirection hint. A data word of just the vector is fixed delivery, edge
+# triggered (§10.11.2).
+MSI_ADDRESS_BASE = 0xFEE00000
+MSI_ADDRESS_DEST_SHIFT = 12
