@@ -59,6 +59,7 @@ from xenopus.host import memory_mib
 from xenopus.kvm import Kvm
 from xenopus.memory import GuestMemory, MiB
 from xenopus.vm import Machine, StopReason
+from xenopus.vm.machine import MachineHooks
 from xenopus.xen.backends.blkback import BlkBack
 from xenopus.xen.backends.netback import NetBack
 
@@ -123,7 +124,7 @@ def build_guest(
         kvm = Kvm()
         xen_path, why = decide(config, boot, kvm)
         log.info("%s: Xen guest interface: %s (%s)", config.name, xen_path, why)
-        hooks: dict = {}
+        hooks: MachineHooks = {}
         if xen_path != "off":
             xen = XenGuest(
                 config, memory, boot, pio, domid=domid, path=xen_path,
