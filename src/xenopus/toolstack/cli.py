@@ -295,26 +295,10 @@ def host_cpu_rows(nr_cpus: int) -> list[str]:
     "all / all", as for an unpinned Xen dom0."""
     from xenopus.toolstack import xlformat
 
-    try:  # proc(5) /proc/PID/stat field 39: the CPU this process last ran on
-        with open("/proc/self/stat") as f:
-            here = int(f.read().rsplit(")", 1)[1].split()[39 - 3])
-    except (OSError, ValueError, IndexError):
-        here = -1
-    hz = os.sysconf("SC_CLK_TCK")
-    rows = []
-    with open("/proc/stat") as f:
-        lines = f.read().splitlines()
-    for line in lines:
-        name, *ticks = line.split()
-        if not name.startswith("cpu") or name == "cpu":
-            continue
-        cpu = int(name[3:])
-        # user nice system idle iowait irq softirq steal (proc(5)): all but idle and iowait
-        busy = sum(int(v) for i, v in enumerate(ticks[:8]) if i not in (3, 4)) / hz
-        rows.append(xlformat.vcpu_list_row(
-            "Domain-0", 0, cpu, cpu, running=cpu == here, blocked=cpu != here,
-            cpu_time=busy, nr_cpus=nr_cpus))
-    return rows
+    here = host.current_cpu()
+    return [xlformat.vcpu_list_row("Domain-0", 0, cpu, cpu, running=cpu == here,
+                                   blocked=cpu != here, cpu_time=busy, nr_cpus=nr_cpus)
+            for cpu, busy in host.busy_seconds_per_cpu().items()]
 
 
 def cmd_vcpu_list(args: Namespace) -> int:
