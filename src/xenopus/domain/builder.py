@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from xenopus.acpi import AcpiPci, AcpiPlatform, install
 from xenopus.boot import BootInfo, load_kernel
+from xenopus.control import DISK, NIC
 from xenopus.devices import platform
 from xenopus.devices.acpi_power import AcpiPowerDevice
 from xenopus.devices.bus import Bus, BusDevice, NullDevice
@@ -39,8 +40,6 @@ from xenopus.devices.virtio.rng import VirtioRng
 from xenopus.domain.config import DomainConfig
 from xenopus.domain.devspec import VifSpec
 from xenopus.domain.inventory import (
-    DISK,
-    NIC,
     BusPart,
     Inventory,
     KvmPart,

@@ -28,10 +28,6 @@ from xenopus.xen.backends.blkback import BlkBack
 from xenopus.xen.backends.netback import NetBack
 from xenopus.xen.xenstore.wire import XsError
 
-# The kinds `block-list` and `network-list` show.
-DISK = "disk"
-NIC = "nic"
-
 
 class Part(Protocol):
     """One stateful part of a guest."""
@@ -137,7 +133,7 @@ class PciFunctionPart:
 class VirtioPart:
     """A virtio device behind its PCI transport: a disk, NIC, console or entropy source."""
 
-    kind: str  # DISK | NIC | "console" | "rng"
+    kind: str  # control.DISK | control.NIC | "console" | "rng"
     name: str
     index: int  # the devid xl would show (position in the config's list)
     bdf: int
@@ -167,7 +163,7 @@ class PvDevicePart:
     block-list`/`network-list` show, read from XenStore as libxl_device_disk_getinfo and
     libxl_device_nic_getinfo read them (-1 for a node that is absent or unreadable)."""
 
-    kind: str  # DISK | NIC
+    kind: str  # control.DISK | control.NIC
     name: str
     backend: BlkBack | NetBack
 

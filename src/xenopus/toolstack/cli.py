@@ -15,7 +15,7 @@ from types import SimpleNamespace as Namespace
 from typing import Any
 
 from xenopus import host, ipc
-from xenopus.control import ProtocolError, Reply, Request
+from xenopus.control import DISK, NIC, ProtocolError, Reply, Request
 
 DETACH = 0x1D  # Ctrl-], as for xl console and telnet
 
@@ -278,7 +278,7 @@ def cmd_devices(kind: str):
 
         found = [d for dom in args.doms for d in request(args.op, dom=dom)["devices"]
                  if d["kind"] == kind]
-        listing = xlformat.block_list if kind == "disk" else xlformat.network_list
+        listing = xlformat.block_list if kind == DISK else xlformat.network_list
         print("\n".join(listing(found)))
         return 0
 
@@ -409,10 +409,10 @@ VERBS = (
     Verb("reboot", "reset a domain (on_reboot applies)", "reboot", cmd_domain_op, (), (_dom(),)),
     Verb("shutdown", "ask a domain to shut down (ACPI power button)", "shutdown", cmd_shutdown,
          (Opt(("-w",), "wait", "wait for the domain to go away"),), (_dom(),)),
-    Verb("block-list", "list a domain's disks", "devices", cmd_devices("disk"), (),
+    Verb("block-list", "list a domain's disks", "devices", cmd_devices(DISK), (),
          (Pos("doms", "DOM", "+"),)),
     Verb("network-list", "list a domain's network interfaces", "devices",
-         cmd_devices("nic"), (), (Pos("doms", "DOM", "+"),)),
+         cmd_devices(NIC), (), (Pos("doms", "DOM", "+"),)),
     Verb("vcpu-list", "list the vCPUs of domains (all when none is named)", "vcpu-list",
          cmd_vcpu_list, (), (Pos("domains", "DOM", "*"),)),
     Verb("vcpu-pin", "set the host CPUs a vCPU may run on", "vcpu-pin", cmd_vcpu_pin,
