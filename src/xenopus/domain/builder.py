@@ -49,6 +49,7 @@ from xenopus.domain.inventory import (
     PvDevicePart,
     VcpuPart,
     VirtioPart,
+    XenConsolePart,
     XenPart,
     pci_address,
 )
@@ -260,11 +261,9 @@ def _pci_and_xen_parts(guest: Guest) -> None:
     xen = guest.xen
     if xen is None:
         return
-    inventory.add(XenPart({
-        "domid": xen.domid, "path": guest.xen_path, "store_port": xen.store_port,
-        "console_port": xen.console_port,
-    }))
-    inventory.add(XenPart({"model": "xen-console", **xen.console_nodes()}, "console", "xen-console"))
+    assert xen.domain is not None  # attached as the Machine was built
+    inventory.add(XenPart(xen.domain, xen.path))
+    inventory.add(XenConsolePart(xen))
     for backend in xen.backends:
         if isinstance(backend, BlkBack):
             inventory.add(PvDevicePart(DISK, backend.vdev, backend))

@@ -22,10 +22,13 @@ from xenopus.devices.pci.device import PciDevice
 from xenopus.devices.pci.host import PciHostBridge
 from xenopus.devices.virtio.device import VirtioDevice
 from xenopus.devices.virtio.pci import VirtioPciDevice
+from xenopus.domain.xenguest import XenGuest
 from xenopus.memory import GuestMemory
 from xenopus.vm.vcpu import Vcpu
+from xenopus.xen import abi
 from xenopus.xen.backends.blkback import BlkBack
 from xenopus.xen.backends.netback import NetBack
+from xenopus.xen.domain import XenDomain
 from xenopus.xen.xenstore.wire import XsError
 
 
@@ -147,14 +150,38 @@ class VirtioPart:
 
 @dataclass
 class XenPart:
-    """The domain's Xen state: shared info, event channels, grant table, special pages."""
+    """The domain's Xen state, read from its live `XenDomain` each time it is described:
+    the hypercall entry path, where the guest placed shared_info and each vcpu_info, its
+    upcall, the grant table's size, and the XenStore and console event channels."""
 
-    facts: Mapping[str, object]
+    domain: XenDomain
+    path: str  # the hypercall entry path: "kernel" | "trap"
     kind: str = "xen"
     name: str = "xen"
 
     def describe(self) -> dict[str, object]:
-        return dict(self.facts)
+        d = self.domain
+        return {
+            "domid": d.domid, "path": self.path,
+            "store_port": d.params.get(abi.HVM_PARAM_STORE_EVTCHN),
+            "console_port": d.params.get(abi.HVM_PARAM_CONSOLE_EVTCHN),
+            "shared_info": d.shared_info,
+            "vcpu_info": [d.evtchn.vcpu_info_gpa(v) for v in range(d.nr_vcpus)],
+            "callback_vector": d.callback_vector, "callback_gsi": d.callback_gsi,
+            "upcall_vectors": dict(d.upcall_vectors), "grant_frames": d.grants.nr_frames,
+        }
+
+
+@dataclass
+class XenConsolePart:
+    """The Xen PV console: its ring's frame and event channel, as xenconsoled reads them."""
+
+    xen: XenGuest
+    kind: str = "console"
+    name: str = "xen-console"
+
+    def describe(self) -> dict[str, object]:
+        return {"model": "xen-console", **self.xen.console_nodes()}
 
 
 @dataclass
