@@ -32,7 +32,8 @@ CTRL_FUNCTION_MASK = 1 << 14
 CTRL_ENABLE = 1 << 15
 
 # Table entry (§6.8.2.6–6.8.2.9): message address lo/hi, message data, vector control.
-ENTRY_SIZE = 16
+ENTRY = struct.Struct("<IIII")
+ENTRY_SIZE = ENTRY.size
 ENTRY_ADDR_LO = 0
 ENTRY_ADDR_HI = 4
 ENTRY_DATA = 8
@@ -200,7 +201,7 @@ class Msix:
                 self._live[v] = False
                 route.mask()
             return
-        lo, hi, data, _ = struct.unpack_from("<IIII", self._table, v * ENTRY_SIZE)
+        lo, hi, data, _ = ENTRY.unpack_from(self._table, v * ENTRY_SIZE)
         try:
             if route is None:
                 route = self._routes[v] = self.routing.allocate_msi()
