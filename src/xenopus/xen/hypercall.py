@@ -60,7 +60,6 @@ log = logging.getLogger("xenopus.xen")
 XEN_VERSION = (4, 11)  # what XENVER_version and CPUID base+1 report
 HYPERCALL_PORT = layout.XEN_HYPERCALL_PORT
 CPUID_BASE = abi.XEN_CPUID_FIRST_LEAF
-CPUID_LAST = CPUID_BASE + 4  # leaves base+0 .. base+4
 HVM_FEATURES = (
     abi.XEN_HVM_CPUID_VCPU_ID_PRESENT
     | abi.XEN_HVM_CPUID_DOMID_PRESENT

@@ -34,9 +34,6 @@ CTRL_ENABLE = 1 << 15
 # Table entry (§6.8.2.6–6.8.2.9): message address lo/hi, message data, vector control.
 ENTRY = struct.Struct("<IIII")
 ENTRY_SIZE = ENTRY.size
-ENTRY_ADDR_LO = 0
-ENTRY_ADDR_HI = 4
-ENTRY_DATA = 8
 ENTRY_CTRL = 12
 ENTRY_MASKED = 1  # vector control bit 0
 
