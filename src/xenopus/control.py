@@ -26,6 +26,11 @@ from typing import Any
 
 NO_ARGS: Mapping[str, Any] = types.MappingProxyType({})
 
+# The kinds of part in a `devices` reply (a domain's inventory) that `block-list` and
+# `network-list` show: disks and NICs, virtio and Xen PV alike.
+DISK = "disk"
+NIC = "nic"
+
 
 class ProtocolError(ValueError):
     """A message that is not what its kind must be (unknown kind, missing or mistyped field)."""

@@ -51,12 +51,37 @@ def memory_mib() -> int:
     return 0
 
 
+def current_cpu() -> int:
+    """The host CPU this process last ran on (proc(5) /proc/PID/stat field 39), or -1."""
+    try:
+        with open("/proc/self/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[39 - 3])
+    except (OSError, ValueError, IndexError):
+        return -1
+
+
+def _busy_seconds(ticks: list[str]) -> float:
+    """A /proc/stat "cpu" line's time outside idle and iowait: of user nice system idle
+    iowait irq softirq steal (proc(5), in USER_HZ ticks), all but the 4th and 5th."""
+    busy = sum(int(v) for i, v in enumerate(ticks[:8]) if i not in (3, 4))
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
 def busy_cpu_seconds() -> float:
     """CPU time the host spent outside idle and iowait (the first line of /proc/stat)."""
     try:
         with open("/proc/stat") as f:
-            fields = f.readline().split()[1:]
-        ticks = sum(int(v) for i, v in enumerate(fields[:8]) if i not in (3, 4))
-        return ticks / os.sysconf("SC_CLK_TCK")
+            return _busy_seconds(f.readline().split()[1:])
     except (OSError, ValueError):
         return 0.0
+
+
+def busy_seconds_per_cpu() -> dict[int, float]:
+    """`busy_cpu_seconds` of each host CPU (the "cpuN" lines of /proc/stat)."""
+    per_cpu = {}
+    with open("/proc/stat") as f:
+        for line in f:
+            name, *ticks = line.split()
+            if name.startswith("cpu") and name != "cpu":
+                per_cpu[int(name[3:])] = _busy_seconds(ticks)
+    return per_cpu

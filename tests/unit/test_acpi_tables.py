@@ -1,6 +1,6 @@
 """ACPI tables: layouts against the offsets of ACPI 6.3 §5.2 (and PCI Firmware 3.0 for
 MCFG), checksums, placement in guest memory, and acpica's own tools (`iasl -d`,
-`acpiexec`) reading every table without an error or a warning (issue 3's done-when)."""
+`acpiexec`) reading every table without an error or a warning."""
 
 from __future__ import annotations
 
@@ -250,9 +250,10 @@ def run(args: list[str], cwd: Path) -> str:
 
 @pytest.mark.parametrize("p", [FULL, BARE], ids=["full", "bare"])
 def test_iasl_disassembles_every_table(p: AcpiPlatform, tmp_path: Path) -> None:
-    """Issue 3's done-when. The RSDP is checked by test_rsdp_layout instead: acpica
-    cannot load an RSDP from a file at all (acfileio.c: "Loading an RSDP is not
-    supported"; its signature is not a valid table NameSeg)."""
+    """iasl disassembles every table without an error or a warning. The RSDP is checked
+    by test_rsdp_layout instead: acpica cannot load an RSDP from a file at all
+    (acfileio.c: "Loading an RSDP is not supported"; its signature is not a valid table
+    NameSeg)."""
     iasl = tool("iasl")
     files = write_tables(p, tmp_path)
     assert set(files) >= {"XSDT", "FACP", "DSDT", "APIC"}

@@ -27,3 +27,9 @@ def test_descriptor_types_and_paging_bits() -> None:
     assert (x86.PF_P, x86.PF_W, x86.PF_U, x86.PF_RSVD, x86.PF_I) == (1, 2, 4, 8, 16)
     # SDM vol. 3A Table 6-1.
     assert (x86.GP_VECTOR, x86.PF_VECTOR) == (13, 14)
+
+
+def test_msi_address() -> None:
+    # SDM vol. 3A §10.11.1, Figure 10-24: 0FEEH in bits 31:20, the destination ID in 19:12.
+    assert x86.MSI_ADDRESS_BASE == 0xFEE << 20
+    assert x86.MSI_ADDRESS_BASE | 3 << x86.MSI_ADDRESS_DEST_SHIFT == 0xFEE03000

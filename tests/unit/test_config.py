@@ -377,7 +377,7 @@ def test_constructor_defaults_maxmem_and_maxvcpus():
     assert (cfg.maxmem, cfg.maxvcpus) == (300, 1)
 
 
-# -- disk, vif, cpus and vcpus (issue 3) -------------------------------------------------------
+# -- disk, vif, cpus and vcpus ---------------------------------------------------------------
 
 
 def test_vcpus_up_to_the_limit(tmp_path):

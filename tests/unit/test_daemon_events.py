@@ -15,7 +15,7 @@ from xenopus.toolstack.daemon import Daemon, DomainRecord
 def test_malformed_events_do_not_stop_the_reader(tmp_path: Path) -> None:
     async def scenario() -> DomainRecord:
         daemon = Daemon(tmp_path)
-        rec = DomainRecord(1, "hostile", DomainConfig("hostile", "/nonexistent/kernel"))
+        rec = DomainRecord(1, DomainConfig("hostile", "/nonexistent/kernel"))
         daemon.domains[rec.domid] = rec
         fut = asyncio.get_running_loop().create_future()
         rec.pending[7] = fut

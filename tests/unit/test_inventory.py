@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from xenopus.control import DISK, NIC
 from xenopus.devices.bus import NullDevice
 from xenopus.domain.inventory import (
-    DISK,
-    NIC,
     BusPart,
     Inventory,
     KvmPart,

@@ -65,13 +65,17 @@ class FakeRouting:
 
 
 class FakeMachine:
-    """memory, irq, ioeventfd: what the transport uses of a Machine. Doorbells are plain
-    eventfds the test writes to, as KVM would on a guest write."""
+    """memory, allocate_msi, ioeventfd: what the transport uses of a Machine. Doorbells are
+    plain eventfds the test writes to, as KVM would on a guest write; MSIs come from (and
+    are seen in) `irq`."""
 
     def __init__(self, memory: GuestMemory):
         self.memory = memory
         self.irq = FakeRouting()
         self.doorbells: dict[int, tuple[int, int]] = {}  # fd -> (addr, length)
+
+    def allocate_msi(self) -> FakeRoute:
+        return self.irq.allocate_msi()
 
     def ioeventfd(
         self, addr: int, length: int, *, pio: bool = False, datamatch: int | None = None

@@ -1,4 +1,4 @@
-"""The issue-3 device guests (guests/acpi.c, smp.c, pci.c, vblk.c, vconsole.c, vrng.c,
+"""The device guests (guests/acpi.c, smp.c, pci.c, vblk.c, vconsole.c, vrng.c,
 hostile.c) booted under QEMU microvm with ACPI and a PCIe host bridge, the peer xenopus is
 measured against.
 

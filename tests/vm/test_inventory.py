@@ -44,6 +44,14 @@ def test_the_inventory_has_every_part_of_a_xen_guest(guests: Path, tmp_path: Pat
             "vda", "virtio-blk", str(image), "w")
         assert any(p["kind"] == "rng" for p in parts)
         assert any(p["name"] == "xen-console" for p in parts)
+        # The Xen part describes the live XenDomain: what the guest does later shows.
+        xen = next(p for p in parts if p["kind"] == "xen")
+        assert (xen["path"], xen["shared_info"], xen["vcpu_info"]) == (
+            guest.xen_path, None, [None, None])
+        assert xen["store_port"] == guest.xen.store_port > 0
+        guest.xen.domain.map_shared_info(0x80000)  # XENMEM_add_to_physmap, as a guest would
+        xen = next(p for p in guest.inventory.describe() if p["kind"] == "xen")
+        assert (xen["shared_info"], xen["vcpu_info"]) == (0x80000, [0x80000, 0x80000 + 64])
         assert len({(p["kind"], p["name"]) for p in parts}) == len(parts)  # names are unique
     finally:
         guest.close()

@@ -1,5 +1,5 @@
 """Two xenopus domains exchanging data through an interdomain event channel and a granted
-page (issue 4, items 3, 4 and 7), brokered by the daemon; and a peer dying mid-way.
+page, brokered by the daemon; and a peer dying mid-way.
 
 The first tests drive the broker in-process (the daemon's `InterdomainBroker` and two
 domain-side `InterdomainPort`s over real socket pairs, eventfds and memfds; no KVM): Xen's

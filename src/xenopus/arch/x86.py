@@ -74,3 +74,10 @@ MSR_SYSCALL_MASK = 0xC0000084
 MSR_KERNEL_GS_BASE = 0xC0000102
 MSR_TSC_AUX = 0xC0000103
 MSR_AMD64_VIRT_SPEC_CTRL = 0xC001011F
+
+# MSI message address (SDM vol. 3A §10.11.1, Figure 10-24): bits 31:20 are 0xFEE, bits
+# 19:12 the destination APIC ID; with bits 3:2 clear the destination is physical and
+# there is no redirection hint. A data word of just the vector is fixed delivery, edge
+# triggered (§10.11.2).
+MSI_ADDRESS_BASE = 0xFEE00000
+MSI_ADDRESS_DEST_SHIFT = 12

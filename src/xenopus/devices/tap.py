@@ -20,7 +20,7 @@ import os
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
-from xenopus.kvm.ioctl import _IOR, _IOW
+from xenopus.kvm.ioctl import _IOR, _IOW, CData
 
 T = TypeVar("T")
 
@@ -175,7 +175,7 @@ class Tap:
 
 
 def _ioctl(
-    fd: int, request: int, arg: ctypes.Structure | ctypes._SimpleCData, name: str, what: str
+    fd: int, request: int, arg: CData, name: str, what: str
 ) -> None:
     try:
         fcntl.ioctl(fd, request, arg)

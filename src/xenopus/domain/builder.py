@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from xenopus.acpi import AcpiPci, AcpiPlatform, install
 from xenopus.boot import BootInfo, load_kernel
+from xenopus.control import DISK, NIC
 from xenopus.devices import platform
 from xenopus.devices.acpi_power import AcpiPowerDevice
 from xenopus.devices.bus import Bus, BusDevice, NullDevice
@@ -39,8 +40,6 @@ from xenopus.devices.virtio.rng import VirtioRng
 from xenopus.domain.config import DomainConfig
 from xenopus.domain.devspec import VifSpec
 from xenopus.domain.inventory import (
-    DISK,
-    NIC,
     BusPart,
     Inventory,
     KvmPart,
@@ -50,6 +49,7 @@ from xenopus.domain.inventory import (
     PvDevicePart,
     VcpuPart,
     VirtioPart,
+    XenConsolePart,
     XenPart,
     pci_address,
 )
@@ -59,6 +59,7 @@ from xenopus.host import memory_mib
 from xenopus.kvm import Kvm
 from xenopus.memory import GuestMemory, MiB
 from xenopus.vm import Machine, StopReason
+from xenopus.vm.machine import MachineHooks
 from xenopus.xen.backends.blkback import BlkBack
 from xenopus.xen.backends.netback import NetBack
 
@@ -123,7 +124,7 @@ def build_guest(
         kvm = Kvm()
         xen_path, why = decide(config, boot, kvm)
         log.info("%s: Xen guest interface: %s (%s)", config.name, xen_path, why)
-        hooks: dict = {}
+        hooks: MachineHooks = {}
         if xen_path != "off":
             xen = XenGuest(
                 config, memory, boot, pio, domid=domid, path=xen_path,
@@ -261,11 +262,9 @@ def _pci_and_xen_parts(guest: Guest) -> None:
     xen = guest.xen
     if xen is None:
         return
-    inventory.add(XenPart({
-        "domid": xen.domid, "path": guest.xen_path, "store_port": xen.store_port,
-        "console_port": xen.console_port,
-    }))
-    inventory.add(XenPart({"model": "xen-console", **xen.console_nodes()}, "console", "xen-console"))
+    assert xen.domain is not None  # attached as the Machine was built
+    inventory.add(XenPart(xen.domain, xen.path))
+    inventory.add(XenConsolePart(xen))
     for backend in xen.backends:
         if isinstance(backend, BlkBack):
             inventory.add(PvDevicePart(DISK, backend.vdev, backend))

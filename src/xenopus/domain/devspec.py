@@ -57,7 +57,6 @@ def _entry(kind: str, index: int | None, spec: str) -> str:
 
 # -- vdev names ----------------------------------------------------------------------------
 
-VIRTIO_PREFIXES = ("vd", "sd", "hd")
 # libxl_internal.c libxl__device_disk_dev_number: the highest disk number each prefix
 # can encode (docs/misc/vbd-interface.txt). vd* is ours; three letters (vdzzz) is plenty.
 _MAX_DISK = {"hd": 3, "sd": 15, "vd": 26 + 26**2 + 26**3 - 1, "xvd": 26 + 26**2 + 26**3 - 1}

@@ -25,18 +25,17 @@ from xenopus.devices.pci.device import PciDevice
 from xenopus.devices.pci.host import PciHostBridge
 from xenopus.devices.virtio.device import VirtioDevice
 from xenopus.devices.virtio.pci import VirtioPciDevice
+from xenopus.domain.xenguest import XenGuest
 from xenopus.memory import GuestMemory, image
 from xenopus.stream import StateError, check_state
 from xenopus.vm import state as kvm_state
 from xenopus.vm.machine import Machine
 from xenopus.vm.vcpu import Vcpu
+from xenopus.xen import abi
 from xenopus.xen.backends.blkback import BlkBack
 from xenopus.xen.backends.netback import NetBack
+from xenopus.xen.domain import XenDomain
 from xenopus.xen.xenstore.wire import XsError
-
-# The kinds `block-list` and `network-list` show.
-DISK = "disk"
-NIC = "nic"
 
 
 class Part(Protocol):
@@ -238,7 +237,7 @@ class PciFunctionPart:
 class VirtioPart:
     """A virtio device behind its PCI transport: a disk, NIC, console or entropy source."""
 
-    kind: str  # DISK | NIC | "console" | "rng"
+    kind: str  # control.DISK | control.NIC | "console" | "rng"
     name: str
     index: int  # the devid xl would show (position in the config's list)
     bdf: int
@@ -264,14 +263,44 @@ class VirtioPart:
 
 @dataclass
 class XenPart:
-    """The domain's Xen state: shared info, event channels, grant table, special pages."""
+    """The domain's Xen state, read from its live `XenDomain` each time it is described:
+    the hypercall entry path, where the guest placed shared_info and each vcpu_info, its
+    upcall, the grant table's size, and the XenStore and console event channels."""
 
-    facts: Mapping[str, object]
+    domain: XenDomain
+    path: str  # the hypercall entry path: "kernel" | "trap"
     kind: str = "xen"
     name: str = "xen"
 
     def describe(self) -> dict[str, object]:
-        return dict(self.facts)
+        d = self.domain
+        return {
+            "domid": d.domid, "path": self.path,
+            "store_port": d.params.get(abi.HVM_PARAM_STORE_EVTCHN),
+            "console_port": d.params.get(abi.HVM_PARAM_CONSOLE_EVTCHN),
+            "shared_info": d.shared_info,
+            "vcpu_info": [d.evtchn.vcpu_info_gpa(v) for v in range(d.nr_vcpus)],
+            "callback_vector": d.callback_vector, "callback_gsi": d.callback_gsi,
+            "upcall_vectors": dict(d.upcall_vectors), "grant_frames": d.grants.nr_frames,
+        }
+
+    def save_state(self) -> object:
+        raise NotSaveable(f"{self.name}: the Xen state cannot be saved yet")
+
+    def restore_state(self, state: object) -> None:
+        raise NotSaveable(f"{self.name}: the Xen state cannot be restored yet")
+
+
+@dataclass
+class XenConsolePart:
+    """The Xen PV console: its ring's frame and event channel, as xenconsoled reads them."""
+
+    xen: XenGuest
+    kind: str = "console"
+    name: str = "xen-console"
+
+    def describe(self) -> dict[str, object]:
+        return {"model": "xen-console", **self.xen.console_nodes()}
 
     def save_state(self) -> object:
         raise NotSaveable(f"{self.name}: the Xen state cannot be saved yet")
@@ -286,7 +315,7 @@ class PvDevicePart:
     block-list`/`network-list` show, read from XenStore as libxl_device_disk_getinfo and
     libxl_device_nic_getinfo read them (-1 for a node that is absent or unreadable)."""
 
-    kind: str  # DISK | NIC
+    kind: str  # control.DISK | control.NIC
     name: str
     backend: BlkBack | NetBack
 

@@ -15,7 +15,6 @@ import logging
 import socket
 import threading
 from collections.abc import Callable
-from typing import Any
 
 from xenopus.boot import BootInfo
 from xenopus.devices import platform as layout
@@ -26,6 +25,7 @@ from xenopus.domain.vif import open_vif
 from xenopus.kvm import Kvm
 from xenopus.memory import GuestMemory
 from xenopus.vm import Machine
+from xenopus.vm.machine import MachineHooks
 from xenopus.xen import abi
 from xenopus.xen.backends.blkback import BlkBack
 from xenopus.xen.backends.console import PVConsole
@@ -161,9 +161,9 @@ class XenGuest:
         self._input_lock = threading.Lock()
 
     # -- the Machine -------------------------------------------------------------------
-    def machine_hooks(self) -> dict[str, Any]:
+    def machine_hooks(self) -> MachineHooks:
         """Keyword arguments for `Machine(...)`."""
-        hooks: dict[str, Any] = {
+        hooks: MachineHooks = {
             "cpuid_fixup": make_cpuid_fixup(self.domid),
             "msr_handler": self.trap,
             "msr_filter": self.trap.msr_filter(),

@@ -19,7 +19,10 @@ _IOC_NONE = 0
 _IOC_WRITE = 1
 _IOC_READ = 2
 
-CType = type[ctypes._SimpleCData] | type[ctypes.Structure] | type[ctypes.Union]
+# What an ioctl argument can be: a struct, a union or a scalar. ctypes has no public name
+# for the scalar types' common base; `_SimpleCData` is the one its docs and typeshed use.
+CData = ctypes._SimpleCData | ctypes.Structure | ctypes.Union
+CType = type[CData]
 
 
 def _IOC(direction: int, type_: int, nr: int, size: int) -> int:  # noqa: N802 - the header's name

@@ -15,7 +15,7 @@ from types import SimpleNamespace as Namespace
 from typing import Any
 
 from xenopus import host, ipc
-from xenopus.control import ProtocolError, Reply, Request
+from xenopus.control import DISK, NIC, ProtocolError, Reply, Request
 
 DETACH = 0x1D  # Ctrl-], as for xl console and telnet
 
@@ -278,7 +278,7 @@ def cmd_devices(kind: str):
 
         found = [d for dom in args.doms for d in request(args.op, dom=dom)["devices"]
                  if d["kind"] == kind]
-        listing = xlformat.block_list if kind == "disk" else xlformat.network_list
+        listing = xlformat.block_list if kind == DISK else xlformat.network_list
         print("\n".join(listing(found)))
         return 0
 
@@ -295,26 +295,10 @@ def host_cpu_rows(nr_cpus: int) -> list[str]:
     "all / all", as for an unpinned Xen dom0."""
     from xenopus.toolstack import xlformat
 
-    try:  # proc(5) /proc/PID/stat field 39: the CPU this process last ran on
-        with open("/proc/self/stat") as f:
-            here = int(f.read().rsplit(")", 1)[1].split()[39 - 3])
-    except (OSError, ValueError, IndexError):
-        here = -1
-    hz = os.sysconf("SC_CLK_TCK")
-    rows = []
-    with open("/proc/stat") as f:
-        lines = f.read().splitlines()
-    for line in lines:
-        name, *ticks = line.split()
-        if not name.startswith("cpu") or name == "cpu":
-            continue
-        cpu = int(name[3:])
-        # user nice system idle iowait irq softirq steal (proc(5)): all but idle and iowait
-        busy = sum(int(v) for i, v in enumerate(ticks[:8]) if i not in (3, 4)) / hz
-        rows.append(xlformat.vcpu_list_row(
-            "Domain-0", 0, cpu, cpu, running=cpu == here, blocked=cpu != here,
-            cpu_time=busy, nr_cpus=nr_cpus))
-    return rows
+    here = host.current_cpu()
+    return [xlformat.vcpu_list_row("Domain-0", 0, cpu, cpu, running=cpu == here,
+                                   blocked=cpu != here, cpu_time=busy, nr_cpus=nr_cpus)
+            for cpu, busy in host.busy_seconds_per_cpu().items()]
 
 
 def cmd_vcpu_list(args: Namespace) -> int:
@@ -425,10 +409,10 @@ VERBS = (
     Verb("reboot", "reset a domain (on_reboot applies)", "reboot", cmd_domain_op, (), (_dom(),)),
     Verb("shutdown", "ask a domain to shut down (ACPI power button)", "shutdown", cmd_shutdown,
          (Opt(("-w",), "wait", "wait for the domain to go away"),), (_dom(),)),
-    Verb("block-list", "list a domain's disks", "devices", cmd_devices("disk"), (),
+    Verb("block-list", "list a domain's disks", "devices", cmd_devices(DISK), (),
          (Pos("doms", "DOM", "+"),)),
     Verb("network-list", "list a domain's network interfaces", "devices",
-         cmd_devices("nic"), (), (Pos("doms", "DOM", "+"),)),
+         cmd_devices(NIC), (), (Pos("doms", "DOM", "+"),)),
     Verb("vcpu-list", "list the vCPUs of domains (all when none is named)", "vcpu-list",
          cmd_vcpu_list, (), (Pos("domains", "DOM", "*"),)),
     Verb("vcpu-pin", "set the host CPUs a vCPU may run on", "vcpu-pin", cmd_vcpu_pin,

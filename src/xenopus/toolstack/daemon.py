@@ -58,7 +58,6 @@ class RequestError(Exception):
 @dataclass
 class DomainRecord:
     domid: int
-    name: str
     config: DomainConfig
     state: str = "starting"  # running | paused | shutdown | crashed | dying
     pid: int | None = None
@@ -74,6 +73,10 @@ class DomainRecord:
     protocol: str | None = None
     xen_path: str = "off"
     console: str = "serial"  # the console `xenopus console DOM` attaches to by default
+
+    @property
+    def name(self) -> str:
+        return self.config.name
 
     async def request(self, req: Request, timeout: float = 10.0) -> Reply:
         """Ask the domain process; its reply, refusals included."""
@@ -350,7 +353,7 @@ class Daemon:
         name = config.name
         if any(r.name == name for r in self.domains.values()):
             raise RequestError(f"domain '{name}' already exists")
-        rec = DomainRecord(self.next_domid, name, config)
+        rec = DomainRecord(self.next_domid, config)
         self.next_domid += 1
         self.domains[rec.domid] = rec
         attach, paused, wait = (bool(req.args.get(k)) for k in ("attach", "paused", "wait"))

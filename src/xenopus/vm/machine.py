@@ -13,6 +13,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
+from typing import TypedDict
 
 from xenopus.host import host_cpus
 from xenopus.kvm import uapi as u
@@ -49,6 +50,17 @@ REQUIRED_CAPS = (
 )
 
 CpuidFixup = Callable[[int, ctypes.Structure], ctypes.Structure]
+
+
+class MachineHooks(TypedDict, total=False):
+    """The optional hooks of `Machine(...)` (see its docstring), for a layer above that
+    supplies them as one set (`XenGuest.machine_hooks`)."""
+
+    msr_handler: MsrHandler
+    exit_handlers: Mapping[int, Callable[[Vcpu], None]]
+    msr_filter: list[tuple[int, int, bytes]]
+    cpuid_fixup: CpuidFixup
+    port_out_handlers: Mapping[int, Callable[[Vcpu], None]]
 
 
 # xAPIC IDs are 8 bits and 0xFF is the broadcast ID (SDM 3A §10.4.6, §10.6.2.1); more

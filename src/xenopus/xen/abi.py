@@ -167,6 +167,13 @@ XEN_ECONNREFUSED = 111
 
 # --- arch-x86/cpuid.h ----------------------------------------------------------------------
 XEN_CPUID_FIRST_LEAF = 0x40000000
+# Guests look for the signature at XEN_CPUID_FIRST_LEAF + n * 0x100 below this (cpuid.h:
+# "the first otherwise unused 0x100 aligned boundary"; Linux's hypervisor_cpuid_base).
+XEN_CPUID_SEARCH_END = 0x40010000
+# Leaf base+2 EBX, "Base address of Xen-specific MSRs": writing a frame number to it fills
+# that frame with the hypercall page. Xen's own choice is 0x40000000 (cpuid_hypervisor_leaves
+# in xen/arch/x86), and ours: the CPUID leaf, the MSR filter and KVM_XEN_HVM_CONFIG read it.
+XEN_HYPERCALL_MSR = 0x40000000
 XEN_CPUID_SIGNATURE = b"XenVMMXenVMM"
 XEN_CPUID_SIGNATURE_EBX = 0x566E6558  # "XenV"
 XEN_CPUID_SIGNATURE_ECX = 0x65584D4D  # "MMXe"

@@ -24,6 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 
+from xenopus.arch.x86 import MSI_ADDRESS_BASE, MSI_ADDRESS_DEST_SHIFT
 from xenopus.kvm import uapi as u
 from xenopus.vm.events import StopReason
 from xenopus.vm.irq import MsiRoute
@@ -48,10 +49,6 @@ SHUTDOWN_KIND = {
     abi.SHUTDOWN_crash: "crash",
     abi.SHUTDOWN_watchdog: "crash",
 }
-# The interrupt an upcall vector is sent as (SDM 3A §10.11): fixed delivery, edge,
-# physical destination = APIC ID (the vCPU index here).
-MSI_ADDRESS_BASE = 0xFEE00000
-MSI_DEST_SHIFT = 12
 _VI_SIZE = ctypes.sizeof(abi.vcpu_info)
 _VI_TIME = abi.vcpu_info.time.offset
 _VI_PENDING = abi.vcpu_info.evtchn_upcall_pending.offset
@@ -230,7 +227,9 @@ class XenDomain:
             route = self._msi.get(vcpu)
             if route is None:
                 route = self._msi[vcpu] = self.machine.allocate_msi()
-            route.update(MSI_ADDRESS_BASE | (vcpu & 0xFF) << MSI_DEST_SHIFT, vector & 0xFF)
+            # An upcall vector is sent as an MSI to the vCPU's APIC ID (its index here).
+            address = MSI_ADDRESS_BASE | (vcpu & 0xFF) << MSI_ADDRESS_DEST_SHIFT
+            route.update(address, vector & 0xFF)
         return route
 
     def wake(self) -> None:

@@ -59,9 +59,7 @@ log = logging.getLogger("xenopus.xen")
 
 XEN_VERSION = (4, 11)  # what XENVER_version and CPUID base+1 report
 HYPERCALL_PORT = layout.XEN_HYPERCALL_PORT
-HYPERCALL_MSR = 0x40000000  # Xen's MSR base (CPUID base+2 EBX); index 0: hypercall page
 CPUID_BASE = abi.XEN_CPUID_FIRST_LEAF
-CPUID_LAST = CPUID_BASE + 4  # leaves base+0 .. base+4
 HVM_FEATURES = (
     abi.XEN_HVM_CPUID_VCPU_ID_PRESENT
     | abi.XEN_HVM_CPUID_DOMID_PRESENT
@@ -98,7 +96,7 @@ def xen_cpuid_entries(vcpu: int, domid: int, base: int = CPUID_BASE) -> list[u.k
         (base, base + 4, abi.XEN_CPUID_SIGNATURE_EBX, abi.XEN_CPUID_SIGNATURE_ECX,
          abi.XEN_CPUID_SIGNATURE_EDX),
         (base + 1, major << 16 | minor, 0, 0, 0),
-        (base + 2, 1, HYPERCALL_MSR, 0, 0),  # one hypercall page; no PV MMU features
+        (base + 2, 1, abi.XEN_HYPERCALL_MSR, 0, 0),  # one hypercall page; no PV MMU features
         (base + 3, 0, 0, 0, 0),  # time: TSC mode default (0), nothing emulated
         (base + 4, HVM_FEATURES, vcpu, domid, 0),
     ]
@@ -111,11 +109,13 @@ def make_cpuid_fixup(
 ) -> Callable[[int, ctypes.Structure], ctypes.Structure]:
     """A `Machine(cpuid_fixup=...)`: drops KVM's 0x40000000-0x4000FFFF leaves and adds Xen's."""
 
+    hypervisor_leaves = range(abi.XEN_CPUID_FIRST_LEAF, abi.XEN_CPUID_SEARCH_END)
+
     def fixup(index: int, cpuid: ctypes.Structure) -> ctypes.Structure:
         keep = [
             u.kvm_cpuid_entry2.from_buffer_copy(cpuid.entries[i])
             for i in range(cpuid.nent)
-            if not 0x40000000 <= cpuid.entries[i].function <= 0x4000FFFF
+            if cpuid.entries[i].function not in hypervisor_leaves
         ]
         entries = keep + xen_cpuid_entries(index, domid, base)
         out = u.cpuid2_with(len(entries))
@@ -219,7 +219,9 @@ class TrapPath:
     calls with the exiting vCPU. As a bus device it only holds the port on the pio bus
     (no other device may claim it) and answers what does not come that way."""
 
-    def __init__(self, table: HypercallTable, memory: GuestMemory, msr: int = HYPERCALL_MSR):
+    def __init__(
+        self, table: HypercallTable, memory: GuestMemory, msr: int = abi.XEN_HYPERCALL_MSR
+    ):
         self.table = table
         self.memory = memory
         self.msr = msr
@@ -293,7 +295,7 @@ def kernel_path_available(flags: int) -> bool:
     return bool(flags & u.KVM_XEN_HVM_CONFIG_INTERCEPT_HCALL)
 
 
-def kernel_config(flags: int, msr: int = HYPERCALL_MSR) -> u.kvm_xen_hvm_config:
+def kernel_config(flags: int, msr: int = abi.XEN_HYPERCALL_MSR) -> u.kvm_xen_hvm_config:
     """KVM_XEN_HVM_CONFIG for the in-kernel path: KVM writes its own stubs on `msr` (blob
     sizes 0), intercepts vmcall/vmmcall, and sends EVTCHNOP_send to its fast path when it
     offers one."""
@@ -372,7 +374,7 @@ def choose_path(
 
 
 __all__ = [
-    "HYPERCALL_MSR", "HYPERCALL_PORT", "XEN_VERSION", "Call", "GuestFault", "HypercallTable",
+    "HYPERCALL_PORT", "XEN_VERSION", "Call", "GuestFault", "HypercallTable",
     "KernelPath", "TrapPath", "XenError", "choose_path", "hypercall_page", "kernel_config",
     "kernel_flags", "kernel_hcall", "make_cpuid_fixup", "stub", "xen_cpuid_entries",
 ]

@@ -33,10 +33,8 @@ CTRL_FUNCTION_MASK = 1 << 14
 CTRL_ENABLE = 1 << 15
 
 # Table entry (§6.8.2.6–6.8.2.9): message address lo/hi, message data, vector control.
-ENTRY_SIZE = 16
-ENTRY_ADDR_LO = 0
-ENTRY_ADDR_HI = 4
-ENTRY_DATA = 8
+ENTRY = struct.Struct("<IIII")
+ENTRY_SIZE = ENTRY.size
 ENTRY_CTRL = 12
 ENTRY_MASKED = 1  # vector control bit 0
 
@@ -201,7 +199,7 @@ class Msix:
                 self._live[v] = False
                 route.mask()
             return
-        lo, hi, data, _ = struct.unpack_from("<IIII", self._table, v * ENTRY_SIZE)
+        lo, hi, data, _ = ENTRY.unpack_from(self._table, v * ENTRY_SIZE)
         try:
             if route is None:
                 route = self._routes[v] = self.routing.allocate_msi()

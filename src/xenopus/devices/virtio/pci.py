@@ -19,7 +19,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import threading
-from typing import Any, Protocol
+from typing import Protocol
 
 from xenopus.devices.pci import config as c
 from xenopus.devices.pci.config import PciConfig
@@ -130,11 +130,11 @@ COMMON = {
 _COMMON_BY_OFFSET = sorted((off, size, name) for name, (off, size) in COMMON.items())
 
 
-class MachineLike(Protocol):
-    """What the transport needs of `xenopus.vm.machine.Machine`."""
+class MachineLike(Routing, Protocol):
+    """What the transport needs of `xenopus.vm.machine.Machine`: its memory, MSI routes
+    (`allocate_msi`, for the MSI-X vectors) and ioeventfds (the doorbells)."""
 
     memory: GuestMemory
-    irq: Any  # an IrqRouting (allocate_msi)
 
     def ioeventfd(
         self, addr: int, length: int, *, pio: bool = False, datamatch: int | None = None
@@ -182,8 +182,7 @@ class VirtioPciDevice(PciDevice):
             subsystem_id=VIRTIO_PCI_DEVICE_ID_BASE + device.device_id,
             interrupt_pin=1,  # INTA#, for drivers without MSI-X
         )
-        routing: Routing = machine.irq
-        msix = Msix(nq + 1, BAR_INDEX, MSIX_TABLE_OFFSET, MSIX_PBA_OFFSET, routing)
+        msix = Msix(nq + 1, BAR_INDEX, MSIX_TABLE_OFFSET, MSIX_PBA_OFFSET, machine)
         bar = PciBar(BAR_INDEX, BAR_SIZE, "mmio64", _BarRegisters(self))
         self._lock = threading.RLock()  # vCPU threads vs each other
         self._doorbells: list[int] = []  # ioeventfds, one per queue

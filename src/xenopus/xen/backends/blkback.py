@@ -29,6 +29,7 @@ from xenopus.xen.backends.xenbus import (
     Mapping,
     RingError,
 )
+from xenopus.xen.xenstore.client import XsClient
 
 SECTOR = SECTOR_SIZE  # blkif sectors are 512 bytes (no feature-large-sector-size)
 SECTORS_PER_PAGE = abi.PAGE_SIZE // SECTOR
@@ -56,7 +57,7 @@ class BlkBack(Backend):
 
     def __init__(
         self,
-        xs: object,
+        xs: XsClient,
         host: Host,
         domid: int,
         devid: int,
@@ -64,9 +65,8 @@ class BlkBack(Backend):
         *,
         read_only: bool = False,
         vdev: str = "",
-        **kw: object,
     ):
-        super().__init__(xs, host, domid, devid, **kw)  # type: ignore[arg-type]
+        super().__init__(xs, host, domid, devid)
         self.path = path
         self.read_only = read_only
         self.vdev = vdev

@@ -17,6 +17,7 @@ import threading
 from collections.abc import Callable
 
 from xenopus.memory import shared
+from xenopus.memory.guest import GuestMemory
 from xenopus.xen import abi
 from xenopus.xen.backends.xenbus import full_barrier
 
@@ -48,11 +49,12 @@ class PVConsole:
 
     @classmethod
     def at_pfn(
-        cls, memory: object, pfn: int, output: Callable[[bytes], None], notify: Callable[[], None]
+        cls, memory: GuestMemory, pfn: int, output: Callable[[bytes], None],
+        notify: Callable[[], None],
     ) -> PVConsole:
-        """The console at guest frame `pfn` (HVM_PARAM_CONSOLE_PFN) of `memory`
-        (a GuestMemory): GuestMemoryError when the frame is not RAM."""
-        return cls(memory.view(pfn * abi.PAGE_SIZE, abi.PAGE_SIZE), output, notify)  # type: ignore[attr-defined]
+        """The console at guest frame `pfn` (HVM_PARAM_CONSOLE_PFN) of `memory`:
+        GuestMemoryError when the frame is not RAM."""
+        return cls(memory.view(pfn * abi.PAGE_SIZE, abi.PAGE_SIZE), output, notify)
 
     def _get(self, off: int) -> int:
         return shared.load(self.page, off, 4)

@@ -46,6 +46,7 @@ from xenopus.xen.backends.xenbus import (
     Mapping,
     RingError,
 )
+from xenopus.xen.xenstore.client import XsClient
 
 # netif.h XEN_NETIF_NR_SLOTS_MIN: the slots per packet every backend must accept; we
 # accept no more (a longer chain is an error, as for Linux netback's default).
@@ -109,7 +110,7 @@ class NetBack(Backend):
 
     def __init__(
         self,
-        xs: object,
+        xs: XsClient,
         host: Host,
         domid: int,
         devid: int,
@@ -117,9 +118,8 @@ class NetBack(Backend):
         mac: bytes,
         *,
         bridge: str = "",
-        **kw: object,
     ):
-        super().__init__(xs, host, domid, devid, **kw)  # type: ignore[arg-type]
+        super().__init__(xs, host, domid, devid)
         self.tap = tap
         self.mac = mac
         self.bridge = bridge
