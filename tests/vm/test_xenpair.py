@@ -13,6 +13,7 @@ import asyncio
 import ctypes
 import os
 import re
+import selectors
 import socket
 import subprocess
 from collections.abc import Callable
@@ -159,6 +160,50 @@ def test_broker_channels_grants_and_a_dying_peer(monkeypatch: pytest.MonkeyPatch
             broker.remove(d)
 
     asyncio.run(main())
+
+
+class ReportingLast(selectors.EpollSelector):
+    """Reports the descriptors in `last` after every other ready one: one order the loop
+    may see an eventfd and a socket message that arrived in the same wait."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.last: set[int] = set()
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        ready = super().select(timeout)
+        return sorted(ready, key=lambda event: event[0].fd in self.last)
+
+
+def test_an_event_sent_just_before_the_peer_dies_stays_pending() -> None:
+    """Xen's EVTCHNOP_send marks the far port pending at once, and closing the sender's end
+    leaves it pending (event_channel.c evtchn_send, evtchn_close). Here the send travels in
+    the far end's eventfd and the daemon's unlink in its socket: a dying sender's event is
+    still delivered when the loop reports the unlink first."""
+    selector = ReportingLast()
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        broker = InterdomainBroker()
+        a, b = Dom(1, broker, loop), Dom(2, broker, loop)
+        port = a.evtchn.alloc_unbound(abi.DOMID_SELF, 2)
+        lport = await vcpu(b.evtchn.bind_interdomain, 1, port)
+        assert lport > 0 and a.evtchn.port_state(port) == State.INTERDOMAIN
+        assert not a.pending(port)
+        selector.last.update(link.fd_in for link in a.port.links.values())
+        # Both in one step of the loop: b's send (an eventfd write, never blocking), then
+        # its process dies and the daemon tells a.
+        assert b.evtchn.send(lport) == 0
+        broker.remove(2)
+        await asyncio.wait_for(a.closed.wait(), 5)
+        assert a.evtchn.port_state(port) == State.UNBOUND
+        assert a.pending(port)
+        for d in (a, b):
+            d.port.shutdown()
+        broker.remove(1)
+
+    with asyncio.Runner(loop_factory=lambda: asyncio.SelectorEventLoop(selector)) as runner:
+        runner.run(main())
 
 
 def create_paused(x: Xenopus, name: str, cmdline: str) -> int:
