@@ -13,6 +13,7 @@ import asyncio
 import ctypes
 import os
 import re
+import selectors
 import socket
 import subprocess
 from collections.abc import Callable
@@ -161,6 +162,50 @@ def test_broker_channels_grants_and_a_dying_peer(monkeypatch: pytest.MonkeyPatch
     asyncio.run(main())
 
 
+class ReportingLast(selectors.EpollSelector):
+    """Reports the descriptors in `last` after every other ready one: one order the loop
+    may see an eventfd and a socket message that arrived in the same wait."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.last: set[int] = set()
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        ready = super().select(timeout)
+        return sorted(ready, key=lambda event: event[0].fd in self.last)
+
+
+def test_an_event_sent_just_before_the_peer_dies_stays_pending() -> None:
+    """Xen's EVTCHNOP_send marks the far port pending at once, and closing the sender's end
+    leaves it pending (event_channel.c evtchn_send, evtchn_close). Here the send travels in
+    the far end's eventfd and the daemon's unlink in its socket: a dying sender's event is
+    still delivered when the loop reports the unlink first."""
+    selector = ReportingLast()
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        broker = InterdomainBroker()
+        a, b = Dom(1, broker, loop), Dom(2, broker, loop)
+        port = a.evtchn.alloc_unbound(abi.DOMID_SELF, 2)
+        lport = await vcpu(b.evtchn.bind_interdomain, 1, port)
+        assert lport > 0 and a.evtchn.port_state(port) == State.INTERDOMAIN
+        assert not a.pending(port)
+        selector.last.update(link.fd_in for link in a.port.links.values())
+        # Both in one step of the loop: b's send (an eventfd write, never blocking), then
+        # its process dies and the daemon tells a.
+        assert b.evtchn.send(lport) == 0
+        broker.remove(2)
+        await asyncio.wait_for(a.closed.wait(), 5)
+        assert a.evtchn.port_state(port) == State.UNBOUND
+        assert a.pending(port)
+        for d in (a, b):
+            d.port.shutdown()
+        broker.remove(1)
+
+    with asyncio.Runner(loop_factory=lambda: asyncio.SelectorEventLoop(selector)) as runner:
+        runner.run(main())
+
+
 def create_paused(x: Xenopus, name: str, cmdline: str) -> int:
     cfg = x.config(name, "xenpair.elf", xen_platform=1, memory=64, cmdline=cmdline)
     r = x.run("create", "-q", "-p", str(cfg))
@@ -222,15 +267,45 @@ def test_two_domains_exchange_data(xenopus: Xenopus) -> None:
 
 
 @kvm
+def test_b_waits_for_the_answer_not_for_its_bind_event(xenopus: Xenopus) -> None:
+    """bind_interdomain raises b's own new port (public/event_channel.h); that event is not
+    a's answer. a is held paused from publishing until b has sent: a b that took its bind
+    event for the answer would end then, and its end of the channel with it, so a would
+    find its port unbound (EVTCHNOP_status) and its answer going nowhere."""
+    a, b = pair_ids(xenopus, "wait")
+    assert create_paused(xenopus, "wait-a", f"role=a peer={b}") == a
+    assert create_paused(xenopus, "wait-b", f"role=b peer={a}") == b
+    con_a, con_b = console(xenopus, "wait-a"), console(xenopus, "wait-b")
+    try:
+        assert con_a.stdout is not None and con_b.stdout is not None
+        assert xenopus.run("unpause", "wait-a").returncode == 0
+        read_until(con_a.stdout, b"pair a: port")  # published, now waiting for b
+        assert xenopus.run("pause", "wait-a").returncode == 0
+        assert xenopus.run("unpause", "wait-b").returncode == 0
+        read_until(con_b.stdout, f"ok event to domain {a}".encode())
+        assert xenopus.run("unpause", "wait-a").returncode == 0
+        out_a = con_a.communicate(timeout=120)[0].decode(errors="replace")
+        out_b = con_b.communicate(timeout=120)[0].decode(errors="replace")
+    finally:
+        con_a.kill()
+        con_b.kill()
+    assert re.search(rf"ok port \d+ bound to domain {b} port [1-9]", out_a), out_a
+    assert "RESULT: PASS xenpair role=a" in out_a, out_a
+    assert f"ok domain {a} answered" in out_b, out_b
+    assert "RESULT: PASS xenpair role=b" in out_b, out_b
+
+
+@kvm
 def test_destroying_one_side_midway_leaves_the_other_running(xenopus: Xenopus) -> None:
     """a publishes and is paused, waiting for its event. b binds a's port, copies a's grant,
-    copies its reply into a's page, sends, and stops (on_poweroff = preserve keeps its
-    process, and so its end of the channel). Destroying b leaves a paused and its process
-    untouched; a's port goes back to unbound, which a's guest sees once it runs again."""
+    copies its reply into a's page, sends, and stops without waiting for a's answer
+    (wait=0; on_poweroff = preserve keeps its process, and so its end of the channel).
+    Destroying b leaves a paused and its process untouched; a's port goes back to unbound,
+    which a's guest sees once it runs again."""
     a, b = pair_ids(xenopus, "die")
     assert create_paused(xenopus, "die-a", f"role=a peer={b} timeout_ms=60000") == a
     cfg = xenopus.config("die-b", "xenpair.elf", xen_platform=1, memory=64,
-                         cmdline=f"role=b peer={a}", on_poweroff="preserve")
+                         cmdline=f"role=b peer={a} wait=0", on_poweroff="preserve")
     assert xenopus.run("create", "-q", "-p", str(cfg)).returncode == 0
     assert int(xenopus.domains()["die-b"][1]) == b
     con_a, con_b = console(xenopus, "die-a"), console(xenopus, "die-b")

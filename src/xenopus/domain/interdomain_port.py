@@ -281,8 +281,7 @@ class InterdomainPort:
         self.loop.add_reader(link.fd_in, self._fired, link)
 
     def _fired(self, link: Link) -> None:
-        with contextlib.suppress(BlockingIOError):
-            os.eventfd_read(link.fd_in)
+        _take_count(link.fd_in)
         with self._lock:
             cur = self.cur if self.links.get(link.id) is link else None
         if cur is not None:
@@ -381,8 +380,15 @@ class InterdomainPort:
             cur = self.cur
         if link is None:
             return
+        # A send that reached our eventfd before the far end went counts, wherever the
+        # loop reports it relative to this message: Xen's EVTCHNOP_send marks the port
+        # pending at once, and closing the far end leaves it so (event_channel.c
+        # evtchn_send, evtchn_close).
+        sent = _take_count(link.fd_in)
         self._drop_link(link)
         if cur is not None:
+            if sent:
+                cur.evtchn.remote_notify(link.port)
             cur.evtchn.remote_closed(link.port)
             log.info("d%d: port %d: domain %d closed its end", self.domid, link.port, link.rdom)
 
@@ -433,6 +439,14 @@ class InterdomainPort:
         _set_frames(view, reply)
         log.info("d%d: mapped d%d's memory for grant copies", self.domid, domid)
         return view
+
+
+def _take_count(fd: int) -> bool:
+    """Read and reset an eventfd: True if it had been written since it was last read."""
+    try:
+        return os.eventfd_read(fd) > 0
+    except BlockingIOError:
+        return False
 
 
 def _set_frames(view: GrantTable, msg: dict[str, Any]) -> None:
