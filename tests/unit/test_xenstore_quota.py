@@ -12,6 +12,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from xenopus.toolstack import xenstored
+from xenopus.xen.xenstore import server as server_module
 from xenopus.xen.xenstore import wire
 from xenopus.xen.xenstore.server import XenStoreServer
 from xenopus.xen.xenstore.store import NODE_HDR_SIZE, PERM_SIZE, Connection, Quota, Store
@@ -328,3 +330,34 @@ def test_requests_stall_at_outstanding_replies():
         assert all(body == value for _, body in replies)
     finally:
         served.stop()
+
+
+def test_a_dom0_client_that_never_reads_is_closed(served, monkeypatch):
+    # xenstored queues for dom0 without limit; we close it past PRIVILEGED_BACKLOG_MAX.
+    monkeypatch.setattr(server_module, "PRIVILEGED_BACKLOG_MAX", 256 * 1024)
+    store: Store = served.store
+    tool = served.attach(0, small_buffers=True)
+    for i in range(10):
+        assert call(tool, wire.XS_WATCH, b"/local/domain/1\0%04d%s\0" % (i, b"t" * 2000)) == b"OK\0"
+    served.settle()
+
+    def write_nodes() -> None:
+        for i in range(100):  # 1000 events, about 2 MB
+            store.write(served.dom0, f"/local/domain/1/device/n{i:03}", b"")
+
+    served.on_loop(write_nodes)
+    served.settle()
+    received = 0
+    while chunk := tool.recv(65536):  # what it was sent, then the end of the stream
+        received += len(chunk)
+    assert received < 2 * 256 * 1024
+    bystander = served.attach(2)
+    assert call(bystander, wire.XS_WRITE, b"data/x\0v") == b"OK\0"
+
+
+def test_the_daemon_takes_quotas_from_its_environment(monkeypatch):
+    monkeypatch.setenv(xenstored.QUOTA_ENV, "nodes=7")
+    assert xenstored.XenStored().store.quota == Quota(nodes=7)
+    monkeypatch.setenv(xenstored.QUOTA_ENV, "bogus=1")
+    with pytest.raises(ValueError, match="bogus"):
+        xenstored.XenStored()
