@@ -361,3 +361,24 @@ def test_the_daemon_takes_quotas_from_its_environment(monkeypatch):
     monkeypatch.setenv(xenstored.QUOTA_ENV, "bogus=1")
     with pytest.raises(ValueError, match="bogus"):
         xenstored.XenStored()
+
+
+def test_unread_events_expire_after_the_watch_event_timeout(served, monkeypatch, caplog):
+    # xenstored's -w watch-event=20: with no time to read them, each new event finds the
+    # older ones gone (all but the one in the socket's hands) instead of the quota full.
+    monkeypatch.setattr(server_module, "WATCH_EVENT_TIMEOUT", 0.0)
+    store: Store = served.store
+    attacker = served.attach(1, small_buffers=True)
+    for i in range(10):
+        assert call(attacker, wire.XS_WATCH, b"device\0%04d%s\0" % (i, b"t" * 2000)) == b"OK\0"
+    served.settle()
+    before = store.memory(1)
+
+    def write_nodes() -> None:
+        for i in range(600):
+            store.write(served.dom0, f"/local/domain/1/device/n{i:04}", b"")
+
+    served.on_loop(write_nodes)
+    served.settle()
+    assert store.memory(1) - before < 3 * 2100
+    assert "not reading its watch events" not in caplog.text
