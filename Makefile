@@ -40,6 +40,7 @@ bench: $(STAMP) compile deps
 	$(PY) benchmarks/exits.py
 	$(PY) benchmarks/blk.py
 	$(PY) benchmarks/hypercall.py
+	$(PY) benchmarks/xenstore.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks

@@ -15,10 +15,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from xenopus.devices.ratelimit import LimitedLog
+
 log = logging.getLogger("xenopus.devices")
 
 # Exact-address cache entries; beyond this, lookups fall back to bisect only.
 _CACHE_LIMIT = 4096
+UNCLAIMED_TRACKED = 4096
 
 
 class BusDevice(Protocol):
@@ -90,7 +93,11 @@ class Bus:
         self._cache: dict[int, BusRange | None] = {}
         self._edit = threading.Lock()
         self._count = threading.Lock()
+        # Accesses nothing claimed, per address: at most UNCLAIMED_TRACKED addresses
+        # (a guest picks how many it touches), the rest counted together.
         self.unclaimed: Counter[int] = Counter()
+        self.unclaimed_elsewhere = 0
+        self._log = LimitedLog(log)
 
     def register(self, base: int, length: int, device: BusDevice, name: str) -> None:
         if length <= 0 or base < 0:
@@ -156,7 +163,12 @@ class Bus:
 
     def _miss(self, kind: str, addr: int, size: int) -> None:
         with self._count:
-            self.unclaimed[addr] += 1
-            first = self.unclaimed[addr] == 1
+            if addr in self.unclaimed or len(self.unclaimed) < UNCLAIMED_TRACKED:
+                self.unclaimed[addr] += 1
+                first = self.unclaimed[addr] == 1
+            else:
+                self.unclaimed_elsewhere += 1
+                first = False
         if first:
-            log.info("%s: unclaimed %s of %d byte(s) at %#x", self.name, kind, size, addr)
+            self._log.log(logging.INFO, "%s: unclaimed %s of %d byte(s) at %#x",
+                          self.name, kind, size, addr)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from xenopus import ipc
 from xenopus.control import Reply, Request
+from xenopus.devices.ratelimit import RateLimit
 from xenopus.domain.builder import Guest, build_guest
 from xenopus.domain.config import DomainConfig
 from xenopus.domain.console import Console
@@ -34,10 +35,17 @@ from xenopus.domain.protocol import (
     StateChanged,
     Stopped,
 )
+from xenopus.domain.restart import RestartBackoff
 from xenopus.domain.xenguest import StoreProxy
 from xenopus.vm import StopReason
 
 log = logging.getLogger("xenopus.domain")
+
+# console_io and port-0xE9 lines a guest may send to the host log: a burst, then a
+# steady rate (Xen's printk limit allows 10, then one per 5 s; these are our guests'
+# debug output, so more, but a guest printing in a loop no longer floods every log).
+GUEST_LOG_BURST = 1000
+GUEST_LOG_RATE = 100  # lines per second
 
 EXIT_OK = 0
 EXIT_CRASHED = 1
@@ -97,6 +105,8 @@ class DomainProcess:
         self.state = "starting"  # running | paused | shutdown | crashed
         self.exit_code = EXIT_OK
         self._started = False  # whether the current incarnation's vCPUs have run
+        self._guest_log_limit = RateLimit(GUEST_LOG_RATE, GUEST_LOG_BURST)
+        self.crash_backoff = RestartBackoff()
         self.debug = DebugLog(domid, self.hv_log)
         self._writer: asyncio.StreamWriter | None = None
         self._finished = asyncio.Event()
@@ -107,7 +117,16 @@ class DomainProcess:
             ipc.write_message(self._writer, msg.to_wire())
 
     def hv_log(self, line: str) -> None:
-        """A line for the host log (`xenopus dmesg`): console_io and port-0xE9 output."""
+        """A line for the host log (`xenopus dmesg`): console_io and port-0xE9 output,
+        rate-limited (a dropped run is reported as `(dN) N lines suppressed`)."""
+        missed = self._guest_log_limit.take()
+        if missed is None:
+            return
+        if missed:
+            self._host_log(f"(d{self.domid}) {missed} lines suppressed")
+        self._host_log(line)
+
+    def _host_log(self, line: str) -> None:
         log.info("%s", line)
         if threading.current_thread() is threading.main_thread():
             self._send(LogLine(line))
@@ -128,6 +147,7 @@ class DomainProcess:
             xenstore_path=ipc.xenstored_socket_path(self.run_dir) if self.xenstore else None,
         )
         self.guest = guest
+        self.crash_backoff.started()
         if guest.xen is not None and self.interdomain is not None:
             guest.xen.connect_interdomain(self.interdomain)
         self.console.on_input = guest.serial.receive
@@ -172,15 +192,28 @@ class DomainProcess:
             return
         if action == "restart":
             self._teardown()
-            try:
-                self._start_guest()
+            delay = self.crash_backoff.delay() if reason.kind == "crash" else 0.0
+            if delay:
+                log.warning("domain %d (%s) crashed after %.1f s; restarting in %.0f s",
+                            self.domid, self.config.name, self.crash_backoff.ran, delay)
+                self._set_state("crashed")
+                self._loop.call_later(delay, self._restart)
                 return
-            except Exception as e:  # noqa: BLE001 - any failure to rebuild ends the domain
-                log.error("domain %d (%s): restart failed: %s", self.domid, self.config.name, e)
-                self.exit_code = EXIT_START_FAILED
-        elif reason.kind == "crash":
+            self._restart()
+            return
+        if reason.kind == "crash":
             self.exit_code = EXIT_CRASHED
         self._finished.set()  # run() reports the end, then tears the VM down
+
+    def _restart(self) -> None:
+        if self._finished.is_set():
+            return  # destroyed while it waited
+        try:
+            self._start_guest()
+        except Exception as e:  # noqa: BLE001 - any failure to rebuild ends the domain
+            log.error("domain %d (%s): restart failed: %s", self.domid, self.config.name, e)
+            self.exit_code = EXIT_START_FAILED
+            self._finished.set()
 
     # -- requests from the daemon ------------------------------------------------------
     def _command(self, req: Request) -> Reply:

@@ -42,6 +42,7 @@ from xenopus.domain.protocol import (
     decode_from_domain,
     decode_from_zygote,
 )
+from xenopus.domain.restart import RestartBackoff
 from xenopus.toolstack.broker import InterdomainBroker
 from xenopus.toolstack.xenstored import XenStored
 
@@ -73,6 +74,7 @@ class DomainRecord:
     protocol: str | None = None
     xen_path: str = "off"
     console: str = "serial"  # the console `xenopus console DOM` attaches to by default
+    restarts: RestartBackoff = field(default_factory=RestartBackoff)  # its process's
 
     @property
     def name(self) -> str:
@@ -514,8 +516,19 @@ class Daemon:
             log.error("domain %d (%s): its process died (status %s); on_crash=%s", rec.domid, rec.name, status, action)
             rec.last_stop = Stopped("crash", f"domain process exited with status {status}", action)
             if action == "restart" and not self._stop.is_set():
+                delay = rec.restarts.delay()
+                if delay:
+                    log.warning("domain %d: its process ran %.1f s; restarting in %.0f s",
+                                rec.domid, rec.restarts.ran, delay)
+                    # No process while it waits: a destroy takes it as a corpse.
+                    rec.state, rec.pid = "crashed", None
+                    await asyncio.sleep(delay)
+                    if self.domains.get(rec.domid) is not rec or self._stop.is_set():
+                        self._retire(rec)
+                        return
                 try:
                     await self._spawn(rec)
+                    rec.restarts.started()
                     return
                 except Exception as e:  # noqa: BLE001 - refused, or the zygote gone: retire it
                     log.error("domain %d: restart failed: %s", rec.domid, e)

@@ -19,17 +19,21 @@ import uuid
 
 from xenopus.domain.config import DomainConfig
 from xenopus.xen.xenstore.server import XenStoreServer
-from xenopus.xen.xenstore.store import Store, XsError
+from xenopus.xen.xenstore.store import Quota, Store, XsError
 
 log = logging.getLogger("xenopus.xenstore")
+
+# The per-domain quotas, in xenstored's names and `-Q` syntax (`nodes=2000,memory=4194304`);
+# what is not named keeps xenstored's default.
+QUOTA_ENV = "XENOPUS_XENSTORE_QUOTA"
 
 RW_DIRS = ("control/shutdown", "data", "drivers", "feature", "attr", "error")
 RO_DIRS = ("device", "control", "console")
 
 
 class XenStored:
-    def __init__(self) -> None:
-        self.store = Store()
+    def __init__(self, quota: Quota | None = None) -> None:
+        self.store = Store(quota or Quota.parse(os.environ.get(QUOTA_ENV, "")))
         self.server = XenStoreServer(self.store)
         self.dom0 = self.store.connect(0, lambda path, token: None)
         self._tasks: dict[int, asyncio.Task] = {}

@@ -49,6 +49,7 @@ from typing import Literal, Protocol
 from xenopus.arch.x86 import CR0_PE as _CR0_PE
 from xenopus.arch.x86 import EFER_LMA as _EFER_LMA
 from xenopus.devices import platform as layout
+from xenopus.devices.ratelimit import LimitedLog
 from xenopus.kvm import uapi as u
 from xenopus.memory.guest import GuestMemory, GuestMemoryError
 from xenopus.vm.protocols import VcpuView
@@ -227,6 +228,7 @@ class TrapPath:
         self.msr = msr
         self.page_gpas: dict[int, int] = {}  # vCPU -> where it asked for the page
         self._lock = threading.Lock()
+        self._log = LimitedLog(log)  # the guest decides how often it writes the MSR
 
     def msr_filter(self) -> list[tuple[int, int, bytes]]:
         """For `Machine(msr_filter=...)`: a one-bit range that denies guest writes of the
@@ -250,11 +252,11 @@ class TrapPath:
         try:
             self.memory.write(gpa, hypercall_page())
         except GuestMemoryError:
-            log.info("vCPU %d: hypercall page at %#x is not RAM", vcpu, gpa)
+            self._log.log(logging.INFO, "vCPU %d: hypercall page at %#x is not RAM", vcpu, gpa)
             return False
         with self._lock:
             self.page_gpas[vcpu] = gpa
-        log.info("vCPU %d: hypercall page at %#x", vcpu, gpa)
+        self._log.log(logging.INFO, "vCPU %d: hypercall page at %#x", vcpu, gpa)
         return True
 
     def hypercall(self, vcpu: VcpuView) -> None:
@@ -273,7 +275,8 @@ class TrapPath:
         return (1 << (8 * size)) - 1  # nothing to read: the port is write-only
 
     def write(self, base: int, offset: int, size: int, value: int) -> None:
-        log.warning("string OUT to the hypercall port ignored (only a stub's OUT is a call)")
+        self._log.log(logging.WARNING,
+                      "string OUT to the hypercall port ignored (only a stub's OUT is a call)")
 
 
 # --- the in-kernel path ---------------------------------------------------------------------

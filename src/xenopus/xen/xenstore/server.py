@@ -9,11 +9,13 @@ guest side: it moves bytes between a `xenstore_domain_interface` page and that s
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import ctypes
 import logging
 import os
 from collections.abc import Callable
+from typing import NamedTuple
 
 from xenopus.memory import shared
 
@@ -35,6 +37,147 @@ HANDLED = frozenset({
 })
 
 
+# xenstored queues output for dom0 without limit (dom0 is exempt from every quota); a
+# dom0 client that stops reading would grow the daemon without bound, so at this much
+# queued output its connection is closed instead (libxenstore reports the lost socket).
+PRIVILEGED_BACKLOG_MAX = 16 * 1024 * 1024
+# xenstored's timeout_watch_event_msec (core.c, `-w watch-event=20`): a watch event an
+# unprivileged domain has not read within this many seconds is dropped.
+WATCH_EVENT_TIMEOUT = 20.0
+
+
+class Queued(NamedTuple):
+    message: bytes
+    event: bool
+    deadline: float | None  # an unprivileged domain's event: dropped if unread by then
+
+
+class Outbox:
+    """The messages queued for one connection, written in order as its peer reads them.
+
+    Each is charged to the connection's domain until the socket has taken it
+    (xenstored's send_reply/send_event → domain_memory_add). For an unprivileged domain,
+    as xenstored's send_event() does, a watch event identical to one still queued is
+    dropped, and so is one that would take the domain over its memory quota; events it
+    has not read within WATCH_EVENT_TIMEOUT go (check_event_timeout()); its requests are
+    not read while `outstanding` replies are unread or while it is at its memory quota
+    with output still queued (xenstored's domain_can_read()).
+    """
+
+    def __init__(self, store: Store, conn: Connection, writer: asyncio.StreamWriter) -> None:
+        self.store, self.conn, self.writer = store, conn, writer
+        self.queue: collections.deque[Queued] = collections.deque()
+        self.replies = 0  # replies queued: xenstored's ACC_OUTST
+        self.queued = 0  # bytes queued, all charged to the domain
+        self.dropped = 0  # events dropped on the memory quota
+        self._events: collections.Counter[bytes] = collections.Counter()
+        self._writing = False  # queue[0] is in the socket's hands
+        self._loop = asyncio.get_running_loop()
+        self._more = asyncio.Event()  # something was queued
+        self._sent = asyncio.Event()  # something was written
+        # Hand the socket one message at a time, so what the peer has not read is
+        # counted here and not hidden in the transport's buffer.
+        writer.transport.set_write_buffer_limits(high=0)
+
+    def reply(self, message: bytes) -> None:
+        self.store.charge_output(self.conn, len(message), check=False)
+        self._queue(Queued(message, False, None))
+
+    def event(self, message: bytes, special: bool) -> None:
+        if self.writer.is_closing():
+            return
+        if not self.conn.privileged and not special and self._events[message]:
+            return
+        if not self.conn.privileged:
+            self._expire()
+        if not self.store.charge_output(self.conn, len(message), check=True):
+            if not self.dropped:
+                log.warning("xenstore: domain %d is not reading its watch events; dropping "
+                            "events past its memory quota", self.conn.domid)
+            self.dropped += 1
+            return
+        self._events[message] += 1
+        deadline = None if self.conn.privileged else self._loop.time() + WATCH_EVENT_TIMEOUT
+        self._queue(Queued(message, True, deadline))
+
+    def _expire(self) -> None:
+        """Drop the events past their deadline. Deadlines grow in queue order, so the
+        expired events lead the queue (the few replies among them keep their place);
+        the message being written stays."""
+        now = self._loop.time()
+        writing = self.queue.popleft() if self._writing and self.queue else None
+        replies: list[Queued] = []
+        while self.queue:
+            item = self.queue[0]
+            if item.event and item.deadline is not None and item.deadline > now:
+                break
+            self.queue.popleft()
+            if item.event:
+                self._release(item)
+            else:
+                replies.append(item)
+        self.queue.extendleft(reversed(replies))
+        if writing is not None:
+            self.queue.appendleft(writing)
+
+    def _queue(self, item: Queued) -> None:
+        self.queue.append(item)
+        self.queued += len(item.message)
+        self.replies += not item.event
+        self._more.set()
+        if self.conn.privileged and self.queued > PRIVILEGED_BACKLOG_MAX:
+            log.warning("xenstore: a dom0 client has %d bytes unread; closing it", self.queued)
+            self.writer.close()
+
+    def _blocked(self) -> bool:
+        quota = self.store.quota
+        if not self.queue or self.conn.privileged or self.writer.is_closing():
+            return False
+        return bool(quota.outstanding and self.replies >= quota.outstanding
+                    or self.store.stalled(self.conn))
+
+    async def room(self) -> None:
+        """Wait until the connection's next request may be read."""
+        while self._blocked():
+            self._sent.clear()
+            await self._sent.wait()
+
+    async def run(self) -> None:
+        """Write queued messages until the connection goes (cancel to stop)."""
+        try:
+            while not self.writer.is_closing():
+                if not self.queue:
+                    self._more.clear()
+                    await self._more.wait()
+                    continue
+                self._writing = True
+                self.writer.write(self.queue[0].message)
+                await self.writer.drain()
+                self._writing = False
+                self._release(self.queue.popleft())
+                self._sent.set()
+        except ConnectionError:
+            self.writer.close()
+        finally:
+            self._sent.set()  # a request loop waiting for room sees the connection go
+
+    def _release(self, item: Queued) -> None:
+        """item has left the queue (sent or dropped): give back what it was charged."""
+        self.queued -= len(item.message)
+        self.store.output_sent(self.conn, len(item.message))
+        if item.event:
+            self._events[item.message] -= 1
+            if not self._events[item.message]:
+                del self._events[item.message]
+        else:
+            self.replies -= 1
+
+    def close(self) -> None:
+        """Release what is still queued from the domain's account."""
+        while self.queue:
+            self._release(self.queue.popleft())
+
+
 class XenStoreServer:
     def __init__(self, store: Store) -> None:
         self.store = store
@@ -54,25 +197,33 @@ class XenStoreServer:
     async def _serve(self, domid: int, reader: asyncio.StreamReader,
                      writer: asyncio.StreamWriter) -> None:
         loop = asyncio.get_running_loop()
-
-        def send(data: bytes) -> None:
-            if not writer.is_closing():
-                writer.write(data)
+        outbox: Outbox | None = None
 
         def deliver(path: str, token: str) -> None:
             # Deferred through the loop so a request's reply always precedes the events
             # it caused (xenstored acks XS_WATCH before the initial event), and so the
             # store may fire from any thread.
+            if outbox is None:
+                return
+            message = wire.watch_event(path, token)
+            try:
+                on_loop = asyncio.get_running_loop() is loop
+            except RuntimeError:
+                on_loop = False
             with contextlib.suppress(RuntimeError):  # loop already shut down
-                loop.call_soon_threadsafe(send, wire.watch_event(path, token))
+                (loop.call_soon if on_loop else loop.call_soon_threadsafe)(
+                    outbox.event, message, path.startswith("@"))
 
         def close() -> None:
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(writer.close)
 
         conn = self.store.connect(domid, deliver, close)
+        outbox = Outbox(self.store, conn, writer)
+        sender = asyncio.create_task(outbox.run())
         try:
             while True:
+                await outbox.room()
                 head = await reader.readexactly(wire.HEADER_SIZE)
                 hdr = wire.unpack_header(head)
                 if hdr.len > wire.XENSTORE_PAYLOAD_MAX:
@@ -80,12 +231,13 @@ class XenStoreServer:
                                 domid, hdr.len)
                     break
                 payload = await reader.readexactly(hdr.len)
-                send(self.dispatch(conn, hdr, payload))
-                await writer.drain()
+                outbox.reply(self.dispatch(conn, hdr, payload))
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
             self.store.disconnect(conn)
+            sender.cancel()
+            outbox.close()
             writer.close()
 
     def dispatch(self, conn: Connection, hdr: wire.Header, payload: bytes) -> bytes:

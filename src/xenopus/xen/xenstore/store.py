@@ -5,6 +5,14 @@ new global generation; a transaction is an overlay on the map plus the set of pa
 touched, and commits only if none of those changed after it started (else EAGAIN).
 Permissions follow xenstore.txt "Permissions": the first entry names the owner and the
 default access of everyone not listed; the owner and dom0 may do anything.
+
+Quotas are xenstored's (tools/xenstored/domain.c `quotas[]`, checked in core.c,
+watch.c and transaction.c): every unprivileged domain is held to them, dom0 is not.
+Memory is counted as xenstored counts it (domain_memory_add): each node's accounted
+size plus its path against its owner, each watch's path and token, each path a
+transaction keeps, and each message queued for a connection that has not read it yet.
+Watches are indexed by the path they watch, so a change looks up the changed path and
+its ancestors instead of scanning every watch.
 """
 
 from __future__ import annotations
@@ -62,14 +70,51 @@ class Node:
         return self.perms[0].domid
 
 
+# xenstored's calc_node_acc_size() (core.c): a node is accounted as its struct node_hdr
+# (u64 generation, u16 num_perms, u16 datalen, u32 childlen), 8 bytes per permission
+# (struct xs_permissions: domid and access, two 32-bit fields), its value and its
+# children's names, each nul-terminated.
+NODE_HDR_SIZE = 16
+PERM_SIZE = 8
+
+
+def node_size(node: Node) -> int:
+    """The size xenstored's node-size quota and memory accounting give a node."""
+    return (NODE_HDR_SIZE + PERM_SIZE * len(node.perms) + len(node.value)
+            + sum(map(len, node.children)) + len(node.children))
+
+
 @dataclass(frozen=True)
 class Quota:
-    """xenstored's default per-domain limits (xenstored_core.c quota_*); dom0 is exempt."""
+    """xenstored's hard quotas per unprivileged domain, with its defaults (domain.c
+    `quotas[]`, named as in `quota_adm[]`: `xenstored -Q <name>=<value>`, the CONTROL
+    `quota` command). 0 disables a check, as in xenstored; dom0 is exempt."""
 
-    nodes: int = 1000
-    value: int = 2048
-    watches: int = 128
-    transactions: int = 10
+    nodes: int = 1000  # "nodes": nodes the domain owns
+    watches: int = 128  # "watches"
+    outstanding: int = 20  # "outstanding": replies queued that the domain has not read
+    memory: int = 2 * 1024 * 1024 + 512 * 1024  # "memory": 2.5 MiB, hard quota
+    transactions: int = 10  # "transactions": open at once
+    transaction_nodes: int = 1024  # "transaction-nodes": nodes one transaction keeps
+    node_permissions: int = 5  # "node-permissions"
+    node_size: int = 2048  # "node-size": node_size() of one node
+
+    @classmethod
+    def parse(cls, text: str) -> Quota:
+        """`name=value` pairs separated by commas or blanks, xenstored's names
+        ("nodes=2000,memory=4194304"); what is not named keeps its default."""
+        values: dict[str, int] = {}
+        for item in text.replace(",", " ").split():
+            name, sep, number = item.partition("=")
+            attr = name.replace("-", "_")
+            if not sep or attr not in cls.__dataclass_fields__ or not number.isdigit():
+                raise ValueError(f"bad XenStore quota {item!r} (want <name>=<number>, "
+                                 f"name one of {', '.join(QUOTA_NAMES)})")
+            values[attr] = int(number)
+        return cls(**values)
+
+
+QUOTA_NAMES = tuple(name.replace("_", "-") for name in Quota.__dataclass_fields__)
 
 
 @dataclass
@@ -77,16 +122,27 @@ class Watch:
     path: str  # as the client gave it: events are reported in the same form
     abs: str
     token: str
+    conn: Connection = field(repr=False, compare=False)
+    seq: int = field(default=0, compare=False)  # registration order, the order events go
+
+    @property
+    def memory(self) -> int:
+        """What xenstored's add_watch() charges: the path and the token."""
+        return len(self.abs) + len(self.token)
 
 
 @dataclass
 class Transaction:
     id: int
     start_gen: int
+    domid: int  # whose memory the kept paths are charged to
+    limited: bool  # held to the transaction-nodes and memory quotas
     overlay: dict[str, Node | None] = field(default_factory=dict)
     seen: dict[str, bool] = field(default_factory=dict)  # existed at first access?
     owned: dict[int, int] = field(default_factory=dict)  # node-count deltas per owner
     events: list[tuple[str, tuple[Perm, ...], bool]] = field(default_factory=list)
+    memory: int = 0  # charged to domid while the transaction is open
+    failed: bool = False  # a quota stopped it half-way: committing answers ENOMEM
 
 
 Deliver = Callable[[str, str], None]
@@ -102,6 +158,7 @@ class Connection:
     target: int | None = None
     watches: list[Watch] = field(default_factory=list)
     transactions: dict[int, Transaction] = field(default_factory=dict)
+    seq: int = 0  # connection order, the order events go
 
     @property
     def privileged(self) -> bool:
@@ -129,11 +186,6 @@ def basename(path: str) -> str:
     return path.rsplit("/", 1)[1]
 
 
-def is_below(path: str, top: str) -> bool:
-    """True if path is top or inside its subtree."""
-    return path == top or top == "/" or path.startswith(top + "/")
-
-
 class Store:
     def __init__(self, quota: Quota | None = None) -> None:
         self.quota = quota or Quota()
@@ -142,6 +194,7 @@ class Store:
         root_perms = (Perm("n", 0),)
         self._nodes: dict[str, Node] = {}
         self._owned: dict[int, int] = {}
+        self._memory: dict[int, int] = {}  # accounted bytes per domain (see the module doc)
         for path in ("/", "/local", "/local/domain"):
             self._put(None, path, Node(b"", root_perms))
             if path != "/":
@@ -153,6 +206,9 @@ class Store:
         self._open_tx = 0
         self._tx_ids = 0
         self._conns: list[Connection] = []
+        self._conn_seq = 0
+        self._watch_seq = 0
+        self._watched: dict[str, list[Watch]] = {}  # absolute path -> watches on it
         self.domains: dict[int, Domain] = {}
 
     # --- connections ---------------------------------------------------------------
@@ -160,7 +216,8 @@ class Store:
     def connect(self, domid: int, deliver: Deliver,
                 on_close: Callable[[], None] | None = None) -> Connection:
         with self.lock:
-            conn = Connection(domid, deliver, on_close)
+            self._conn_seq += 1
+            conn = Connection(domid, deliver, on_close, seq=self._conn_seq)
             dom = self.domains.get(domid)
             if dom is not None:
                 conn.target = dom.target
@@ -172,7 +229,48 @@ class Store:
             if conn in self._conns:
                 self._conns.remove(conn)
             self._drop_transactions(conn)
-            conn.watches.clear()
+            self._drop_watches(conn)
+
+    # --- accounting ----------------------------------------------------------------
+
+    def memory(self, domid: int) -> int:
+        """Bytes accounted to domid: its nodes, watches, transactions, queued output."""
+        with self.lock:
+            return self._memory.get(domid, 0)
+
+    def _charge(self, domid: int, nbytes: int) -> None:
+        self._memory[domid] = self._memory.get(domid, 0) + nbytes
+
+    def _over(self, conn: Connection, limit: int, value: int) -> bool:
+        """Whether value breaks a quota for conn (0 disables it; dom0 is exempt)."""
+        return bool(limit) and not conn.privileged and value > limit
+
+    def _check_memory(self, conn: Connection, extra: int) -> None:
+        """ENOMEM, as xenstored's domain_memory_add() answers, if extra more bytes
+        would take conn's domain over its memory quota."""
+        if self._over(conn, self.quota.memory, self._memory.get(conn.domid, 0) + extra):
+            raise XsError("ENOMEM", "memory quota exceeded")
+
+    def charge_output(self, conn: Connection, nbytes: int, *, check: bool) -> bool:
+        """Account a message queued for conn until it has been sent. With `check`, refuse
+        (False) what would go over the memory quota: xenstored's send_event() drops
+        such an event; a reply is always queued (send_reply checks no quota)."""
+        with self.lock:
+            if check and self._over(conn, self.quota.memory,
+                                    self._memory.get(conn.domid, 0) + nbytes):
+                return False
+            self._charge(conn.domid, nbytes)
+            return True
+
+    def output_sent(self, conn: Connection, nbytes: int) -> None:
+        with self.lock:
+            self._charge(conn.domid, -nbytes)
+
+    def stalled(self, conn: Connection) -> bool:
+        """xenstored's domain_can_read(): an unprivileged domain at its memory quota is
+        not served until its queued output drains."""
+        with self.lock:
+            return self._over(conn, self.quota.memory, self._memory.get(conn.domid, 0) + 1)
 
     # --- paths and permissions -----------------------------------------------------
 
@@ -234,14 +332,36 @@ class Store:
         if path in tx.overlay:
             return tx.overlay[path]
         node = self._nodes.get(path)
-        tx.seen.setdefault(path, node is not None)
+        if path not in tx.seen:
+            self._keep(tx, path, node)
+            tx.seen[path] = node is not None
         return node
+
+    def _keep(self, tx: Transaction, path: str, node: Node | None) -> None:
+        """A transaction keeps each path it touches (to check it at commit) — even a
+        read that failed. xenstored's access_node() bounds them by transaction-nodes
+        (ENOSPC) and charges them as memory; either failure fails the transaction."""
+        cost = len(path) + (node_size(node) if node is not None else 0)
+        if tx.limited:
+            quota = self.quota
+            if quota.transaction_nodes and len(tx.seen) >= quota.transaction_nodes:
+                tx.failed = True
+                raise XsError("ENOSPC", "transaction touches too many nodes")
+            if quota.memory and self._memory.get(tx.domid, 0) + cost > quota.memory:
+                tx.failed = True
+                raise XsError("ENOMEM", "memory quota exceeded")
+        tx.memory += cost
+        self._charge(tx.domid, cost)
 
     def _put(self, tx: Transaction | None, path: str, node: Node | None) -> None:
         old = self._get(tx, path)
         if tx is not None:
             tx.overlay[path] = node
             counts = tx.owned
+            cost = (node_size(node) if node is not None else 0) - (
+                node_size(old) if old is not None else 0)
+            tx.memory += cost
+            self._charge(tx.domid, cost)
         else:
             counts = self._owned
             self._gen += 1
@@ -252,6 +372,10 @@ class Store:
             else:
                 node = replace(node, gen=self._gen)
                 self._nodes[path] = node
+            if old is not None:
+                self._charge(old.owner, -node_size(old) - len(path))
+            if node is not None:
+                self._charge(node.owner, node_size(node) + len(path))
         if old is not None:
             counts[old.owner] = counts.get(old.owner, 0) - 1
         if node is not None:
@@ -331,21 +455,26 @@ class Store:
             # An unprivileged domain may not give its nodes away (xenstored: EPERM).
             if not conn.privileged and new[0].domid != node.owner:
                 raise XsError("EPERM", "only dom0 changes owners")
-            self._put(tx, path, replace(node, perms=new))
+            if self._over(conn, self.quota.node_permissions, len(new)):
+                raise XsError("ENOSPC", "too many permissions")  # core.c do_set_perms
+            changed = replace(node, perms=new)
+            self._check_size(conn, changed)
+            self._check_memory(conn, PERM_SIZE * (len(new) - len(node.perms)))
+            self._put(tx, path, changed)
             self._changed(tx, path, node.perms)
 
     def write(self, conn: Connection, path: str, value: bytes, tx_id: int = 0) -> None:
         with self.lock:
             tx = self._tx(conn, tx_id)
             path = self.canonical(conn, path)
-            if not conn.privileged and len(value) > self.quota.value:
-                raise XsError("ENOSPC", "value over quota")
+            self._check_memory(conn, len(path) + NODE_HDR_SIZE + PERM_SIZE + len(value))
             node = self._get(tx, path)
             if node is None:
-                node = self._create(conn, tx, path)
+                node = self._create(conn, tx, path, bytes(value))
             else:
-                node = self._fetch(conn, tx, path, WRITE)
-            self._put(tx, path, replace(node, value=bytes(value)))
+                node = replace(self._fetch(conn, tx, path, WRITE), value=bytes(value))
+                self._check_size(conn, node)
+            self._put(tx, path, node)
             self._changed(tx, path, node.perms)
 
     def mkdir(self, conn: Connection, path: str, tx_id: int = 0) -> None:
@@ -355,6 +484,7 @@ class Store:
             if self._get(tx, path) is not None:
                 self._fetch(conn, tx, path, WRITE)
                 return
+            self._check_memory(conn, len(path) + NODE_HDR_SIZE + PERM_SIZE)
             node = self._create(conn, tx, path)
             self._put(tx, path, node)
             self._changed(tx, path, node.perms)
@@ -400,13 +530,20 @@ class Store:
         return out
 
     def _check_nodes(self, conn: Connection, tx: Transaction | None, extra: int) -> None:
-        if not conn.privileged and self.owned(conn.domid, tx) + extra > self.quota.nodes:
+        if self._over(conn, self.quota.nodes, self.owned(conn.domid, tx) + extra):
             raise XsError("ENOSPC", "node quota exceeded")
 
-    def _create(self, conn: Connection, tx: Transaction | None, path: str) -> Node:
+    def _check_size(self, conn: Connection, node: Node) -> None:
+        """xenstored's write_node_raw(): ENOSPC for a node over node-size."""
+        if self._over(conn, self.quota.node_size, node_size(node)):
+            raise XsError("ENOSPC", "node over the node-size quota")
+
+    def _create(self, conn: Connection, tx: Transaction | None, path: str,
+                value: bytes = b"") -> Node:
         """Build path and any missing parents (not yet the leaf's store) under the
         closest existing ancestor, which conn must be able to write. New nodes take that
-        ancestor's permissions; an unprivileged creator becomes their owner."""
+        ancestor's permissions; an unprivileged creator becomes their owner. Every
+        quota is checked before the first node is stored."""
         top_path, top = self._nearest(tx, path)
         if self.access(conn, top.perms) & WRITE != WRITE:
             # Same leak rule as a failed lookup: EACCES unless the ancestor is readable.
@@ -415,9 +552,12 @@ class Store:
         while parent_of(missing[-1]) != top_path:
             missing.append(parent_of(missing[-1]))
         self._check_nodes(conn, tx, len(missing))
+        self._check_size(conn, replace(top, children=top.children + (basename(missing[-1]),)))
         perms = top.perms
         if not conn.privileged:
             perms = (Perm(perms[0].letter, conn.domid),) + perms[1:]
+        leaf = Node(value, perms)
+        self._check_size(conn, leaf)
         parent_path, parent = top_path, top
         for sub in reversed(missing):
             self._put(tx, parent_path,
@@ -426,16 +566,17 @@ class Store:
             if sub != path:
                 self._put(tx, sub, parent)
                 parent = self._get(tx, sub) or parent
-        return Node(b"", perms)
+        return leaf
 
     # --- transactions --------------------------------------------------------------
 
     def transaction_start(self, conn: Connection) -> int:
         with self.lock:
-            if not conn.privileged and len(conn.transactions) >= self.quota.transactions:
+            if self._over(conn, self.quota.transactions, len(conn.transactions) + 1):
                 raise XsError("ENOSPC", "transaction quota exceeded")
             self._tx_ids = self._tx_ids % 0xFFFFFFFF + 1
-            conn.transactions[self._tx_ids] = Transaction(self._tx_ids, self._gen)
+            conn.transactions[self._tx_ids] = Transaction(
+                self._tx_ids, self._gen, conn.domid, limited=not conn.privileged)
             self._open_tx += 1
             return self._tx_ids
 
@@ -444,9 +585,11 @@ class Store:
             tx = conn.transactions.pop(tx_id, None) if tx_id else None
             if tx is None:
                 raise XsError("ENOENT", f"no transaction {tx_id}")
-            self._tx_closed()
+            self._tx_closed(tx)
             if not commit:
                 return
+            if tx.failed:  # xenstored's do_transaction_end: trans->fail
+                raise XsError("ENOMEM", "transaction failed on a quota")
             for path, existed in tx.seen.items():
                 node = self._nodes.get(path)
                 gen = node.gen if node is not None else self._tombs.get(path, 0)
@@ -457,14 +600,15 @@ class Store:
             for path, perms, exact in tx.events:
                 self._fire(path, perms, exact)
 
-    def _tx_closed(self) -> None:
+    def _tx_closed(self, tx: Transaction) -> None:
+        self._charge(tx.domid, -tx.memory)
         self._open_tx -= 1
         if not self._open_tx:
             self._tombs.clear()
 
     def _drop_transactions(self, conn: Connection) -> None:
-        for _ in conn.transactions:
-            self._tx_closed()
+        for tx in conn.transactions.values():
+            self._tx_closed(tx)
         conn.transactions.clear()
 
     # --- watches -------------------------------------------------------------------
@@ -474,28 +618,47 @@ class Store:
         (the server sends it after the reply)."""
         with self.lock:
             abs_path = self.canonical(conn, path, special=True)
-            if any(w.abs == abs_path and w.token == token for w in conn.watches):
+            same_path = self._watched.get(abs_path, [])
+            if any(w.conn is conn and w.token == token for w in same_path):
                 raise XsError("EEXIST", "watch exists")
-            if not conn.privileged:
-                used = sum(len(c.watches) for c in self._conns if c.domid == conn.domid)
-                if used >= self.quota.watches:
-                    raise XsError("E2BIG", "watch quota exceeded")
-            conn.watches.append(Watch(path, abs_path, token))
+            used = sum(len(c.watches) for c in self._conns if c.domid == conn.domid)
+            if self._over(conn, self.quota.watches, used + 1):
+                # ENOSPC since xenstored commit 70fcc2531c (E2BIG before).
+                raise XsError("ENOSPC", "watch quota exceeded")
+            self._watch_seq += 1
+            watch = Watch(path, abs_path, token, conn, self._watch_seq)
+            self._check_memory(conn, watch.memory)
+            self._charge(conn.domid, watch.memory)
+            conn.watches.append(watch)
+            self._watched.setdefault(abs_path, []).append(watch)
             conn.deliver(path, token)
 
     def unwatch(self, conn: Connection, path: str, token: str) -> None:
         with self.lock:
             abs_path = self.canonical(conn, path, special=True)
-            for w in conn.watches:
-                if w.abs == abs_path and w.token == token:
+            for w in self._watched.get(abs_path, []):
+                if w.conn is conn and w.token == token:
                     conn.watches.remove(w)
+                    self._unindex(w)
                     return
             raise XsError("ENOENT", "no such watch")
 
     def reset_watches(self, conn: Connection) -> None:
         with self.lock:
-            conn.watches.clear()
+            self._drop_watches(conn)
             self._drop_transactions(conn)
+
+    def _unindex(self, watch: Watch) -> None:
+        same_path = self._watched[watch.abs]
+        same_path.remove(watch)
+        if not same_path:
+            del self._watched[watch.abs]
+        self._charge(watch.conn.domid, -watch.memory)
+
+    def _drop_watches(self, conn: Connection) -> None:
+        for watch in conn.watches:
+            self._unindex(watch)
+        conn.watches.clear()
 
     def _changed(self, tx: Transaction | None, path: str, perms: tuple[Perm, ...],
                  exact: bool = False) -> None:
@@ -505,16 +668,23 @@ class Store:
             tx.events.append((path, perms, exact))
 
     def _fire(self, path: str, perms: tuple[Perm, ...], exact: bool = False) -> None:
-        """Tell every watcher of path (or of an ancestor, unless exact) that may read it."""
-        special = path in SPECIAL
-        for conn in list(self._conns):
-            if not self.access(conn, perms) & READ:
-                continue
-            for w in list(conn.watches):
-                hit = w.abs == path if (exact or special) else (
-                    not w.abs.startswith("@") and is_below(path, w.abs))
-                if hit:
-                    conn.deliver(self._relative(conn, w, path), w.token)
+        """Tell every watcher of path (or of an ancestor, unless exact) that may read it,
+        by connection then in the order the watches were set."""
+        keys = [path]
+        if not exact and path not in SPECIAL:
+            while path != "/":
+                path = parent_of(path)
+                keys.append(path)
+            path = keys[0]
+        hits = [w for key in keys for w in self._watched.get(key, ())]
+        hits.sort(key=lambda w: (w.conn.seq, w.seq))
+        readable: dict[Connection, bool] = {}
+        for w in hits:
+            conn = w.conn
+            if conn not in readable:
+                readable[conn] = bool(self.access(conn, perms) & READ)
+            if readable[conn]:
+                conn.deliver(self._relative(conn, w, path), w.token)
 
     @staticmethod
     def _relative(conn: Connection, w: Watch, path: str) -> str:
