@@ -60,3 +60,71 @@ def busy_cpu_seconds() -> float:
         return ticks / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError):
         return 0.0
+
+
+CPU_TOPOLOGY = "/sys/devices/system/cpu/cpu{}/topology/{}"
+NODES_ONLINE = "/sys/devices/system/node/online"
+KSM = "/sys/kernel/mm/ksm/{}"
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def topology() -> tuple[int, int, int]:
+    """(NUMA nodes, cores per socket, threads per core) of the host, from CPU 0's
+    sysfs topology (Documentation/ABI/stable/sysfs-devices-system-cpu) and the online
+    nodes; 1 for whatever cannot be read."""
+    first = min(host_cpus())
+    threads = _read(CPU_TOPOLOGY.format(first, "thread_siblings_list"))
+    package = _read(CPU_TOPOLOGY.format(first, "package_cpus_list")) or _read(
+        CPU_TOPOLOGY.format(first, "core_siblings_list"))
+    nodes = _read(NODES_ONLINE)
+    per_core = len(kernel_cpu_list(threads)) if threads else 1
+    per_socket = len(kernel_cpu_list(package)) if package else per_core
+    return (len(kernel_cpu_list(nodes)) if nodes else 1, max(1, per_socket // per_core),
+            per_core)
+
+
+def cpu_khz() -> int:
+    """The first CPU's clock in kHz ("cpu MHz" in /proc/cpuinfo), 0 where unknown."""
+    text = _read("/proc/cpuinfo") or ""
+    for line in text.splitlines():
+        if line.startswith("cpu MHz"):
+            try:
+                return round(float(line.split(":", 1)[1]) * 1000)
+            except ValueError:
+                break
+    return 0
+
+
+def meminfo() -> dict[str, int]:
+    """/proc/meminfo in KiB by name (MemTotal, MemAvailable, ...)."""
+    out: dict[str, int] = {}
+    for line in (_read("/proc/meminfo") or "").splitlines():
+        name, _, rest = line.partition(":")
+        value = rest.split()
+        if value and value[0].isdigit():
+            out[name] = int(value[0])
+    return out
+
+
+def ksm_pages() -> tuple[int, int]:
+    """(pages_sharing, pages_shared) of kernel same-page merging (Documentation/
+    admin-guide/mm/ksm.rst): pages saved by merging, and the merged pages in use; 0
+    where KSM is absent."""
+    def count(name: str) -> int:
+        text = _read(KSM.format(name))
+        return int(text) if text and text.strip().isdigit() else 0
+
+    return count("pages_sharing"), count("pages_shared")
+
+
+def uptime_seconds() -> float:
+    """Seconds since the host booted (the first field of /proc/uptime)."""
+    text = _read("/proc/uptime")
+    return float(text.split()[0]) if text else 0.0
