@@ -475,14 +475,9 @@ def cmd_vcpu_list(args: Namespace) -> int:
     for d in domains:
         paused = d["state"] == "paused"  # a paused vCPU is neither running nor blocked
         for v in d["vcpus"]:
-            cpu, online = v["cpu"], v["online"] and v["cpu"] is not None
-            if v["vcpu"] == 0 and cpu is None and paused and v["affinity"]:
-                # Created paused: no vCPU has run yet, but Xen's domain builder has brought
-                # vCPU0 up (only the others wait for the guest), placed on the first CPU
-                # of its affinity.
-                cpu, online = min(v["affinity"]), True
+            online = v["online"] and v["cpu"] is not None
             print(xlformat.vcpu_list_row(
-                d["name"], d["domid"], v["vcpu"], cpu if online else None,
+                d["name"], d["domid"], v["vcpu"], v["cpu"] if online else None,
                 running=not paused and v["state"] == "running",
                 blocked=not paused and v["state"] == "blocked",
                 cpu_time=v["cpu_time"], hard=v["affinity"], soft="all", nr_cpus=nr_cpus))

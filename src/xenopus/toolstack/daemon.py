@@ -342,6 +342,11 @@ class Daemon:
 
         async def entry(rec: DomainRecord) -> dict[str, Any]:
             vcpus = await rec.query("vcpu-list", "vcpus", [], timeout=5.0)
+            if rec.state == "paused" and vcpus and vcpus[0]["cpu"] is None and vcpus[0]["affinity"]:
+                # Created paused, no vCPU has run yet; but Xen's domain builder has
+                # brought vCPU0 up (only the others wait for the guest), placed on the
+                # first CPU of its affinity: so it is listed.
+                vcpus[0] = {**vcpus[0], "online": True, "cpu": min(vcpus[0]["affinity"])}
             return {"domid": rec.domid, "name": rec.name, "state": rec.state, "vcpus": vcpus}
 
         return Reply.success(domains=list(await asyncio.gather(*(entry(r) for r in recs))))
