@@ -128,3 +128,52 @@ def uptime_seconds() -> float:
     """Seconds since the host booted (the first field of /proc/uptime)."""
     text = _read("/proc/uptime")
     return float(text.split()[0]) if text else 0.0
+
+
+NODE_DIR = "/sys/devices/system/node/node{}/{}"
+PCI_DEVICES = "/sys/bus/pci/devices"
+
+
+def cpu_topology() -> list[tuple[int, int, int, int]]:
+    """(cpu, core, socket, node) of each online CPU, from sysfs topology (core_id,
+    physical_package_id) and the node directories; -1 where unknown."""
+    nodes = _read(NODES_ONLINE)
+    node_of = {cpu: n for n in (kernel_cpu_list(nodes) if nodes else ())
+               for cpu in kernel_cpu_list(_read(NODE_DIR.format(n, "cpulist")) or "")}
+
+    def number(cpu: int, name: str) -> int:
+        text = _read(CPU_TOPOLOGY.format(cpu, name))
+        return int(text) if text and text.strip().lstrip("-").isdigit() else -1
+
+    return [(cpu, number(cpu, "core_id"), number(cpu, "physical_package_id"),
+             node_of.get(cpu, -1)) for cpu in sorted(host_cpus())]
+
+
+def numa_nodes() -> list[tuple[int, int, int, list[int]]]:
+    """(node, MemTotal KiB, MemFree KiB, distances to every node) of each online NUMA
+    node (Documentation/ABI/stable/sysfs-devices-node)."""
+    nodes = _read(NODES_ONLINE)
+    out = []
+    for n in sorted(kernel_cpu_list(nodes)) if nodes else ():
+        mem: dict[str, int] = {}
+        for line in (_read(NODE_DIR.format(n, "meminfo")) or "").splitlines():
+            words = line.split()  # "Node 0 MemTotal:  7300856 kB"
+            if len(words) >= 4 and words[3].isdigit():
+                mem[words[2].rstrip(":")] = int(words[3])
+        dists = [int(d) for d in (_read(NODE_DIR.format(n, "distance")) or "").split()]
+        out.append((n, mem.get("MemTotal", 0), mem.get("MemFree", 0), dists))
+    return out
+
+
+def pci_nodes() -> list[tuple[str, int]]:
+    """(PCI address, NUMA node) of each host PCI device that belongs to a node."""
+    try:
+        names = sorted(os.listdir(PCI_DEVICES))
+    except OSError:
+        return []
+    out = []
+    for name in names:
+        text = (_read(os.path.join(PCI_DEVICES, name, "numa_node")) or "").strip()
+        if text.isdigit():  # -1: no node (a single-node host's devices)
+            out.append((name, int(text)))
+    return out

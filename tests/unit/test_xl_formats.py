@@ -36,6 +36,7 @@ from xenopus.toolstack.cli import fast_parse
 from xenopus.toolstack.xlformat import (
     LIST_VERBOSE_HEADER,
     UPTIME_HEADER,
+    VM_LIST_HEADER,
     TopEntry,
     info_lines,
     info_select,
@@ -46,6 +47,7 @@ from xenopus.toolstack.xlformat import (
     top_state,
     uptime_row,
     uptime_text,
+    vm_list_row,
 )
 
 
@@ -83,6 +85,35 @@ def test_info_name_prints_values_of_lines_it_begins():
     assert info_select(lines, "nothing") == []
 
 
+def test_info_numa_tables():
+    # output_topologyinfo: "cpu_topology           :\n", "cpu:    core    socket     node\n",
+    #   "%3d:    %4d     %4d     %4d\n"; "device topology        :\n",
+    #   "device           node\n", "%04x:%02x:%02x.%01x      %d\n" or
+    #   "No device topology data available\n";
+    # output_numainfo: "numa_info              :\n", "node:    memsize    memfree    distances\n",
+    #   "%4d:    %6"PRIu64"     %6"PRIu64"      %d" then ",%d" per further distance.
+    values = {"nr_cpus": 2, "xen_major": 4, "cpu_topology": [[0, 0, 0, 0], [1, 1, 0, 1]],
+              "device_topology": [["0000:00:1f.2", 1]],
+              "numa_info": [[0, 7129, 4206, [10, 21]], [1, 8000, 10, [21, 10]]]}
+    assert info_lines(values) == [
+        "nr_cpus                : 2",
+        "cpu_topology           :",
+        "cpu:    core    socket     node",
+        "  0:       0        0        0",
+        "  1:       1        0        1",
+        "device topology        :",
+        "device           node",
+        "0000:00:1f.2      1",
+        "numa_info              :",
+        "node:    memsize    memfree    distances",
+        "   0:      7129       4206      10,21",
+        "   1:      8000         10      21,10",
+        "xen_major              : 4",
+    ]
+    values["device_topology"] = []
+    assert "No device topology data available" in info_lines(values)
+
+
 # -- xl uptime ----------------------------------------------------------------------------
 def test_uptime_header():
     assert UPTIME_HEADER == "Name                                ID Uptime"
@@ -118,6 +149,15 @@ def test_list_verbose_header_and_columns():
     # shutdown_reason crash is 3 (libxl_shutdown_reason), printed "%8x"
     assert list_verbose_columns(uuid, "crash", True) == f" {uuid}        3                -"
     assert list_verbose_columns(uuid, "reboot", True) == f" {uuid}        1                -"
+
+
+# -- xl vm-list ---------------------------------------------------------------------------
+def test_vm_list():
+    # list_vm: printf("UUID                                  ID    name\n");
+    #          printf(LIBXL_UUID_FMT "  %d    %-30s\n", uuid, domid, domname);
+    assert VM_LIST_HEADER == "UUID                                  ID    name"
+    assert vm_list_row(UUID, 12, "web") == f"{UUID}  12    web" + " " * 27
+    assert VM_LIST_HEADER.index(" ID") + 1 == len(UUID) + 2  # the domid starts under "ID"
 
 
 # -- xl top -b (xentop) ---------------------------------------------------------------------

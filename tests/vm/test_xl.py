@@ -62,6 +62,8 @@ def test_xl_create_by_name_then_the_information_verbs(xl: Xl) -> None:
     domid = xl.run("domid", "waiter", check=True).stdout.strip()
     assert domid.isdigit()
     assert xl.run("domname", domid, check=True).stdout == "waiter\n"
+    vms = xl.run("vm-list", check=True).stdout.splitlines()
+    assert vms[0] == "UUID                                  ID    name" and len(vms) == 2
 
     listing = xl.run("list", "-v", "waiter", check=True).stdout.splitlines()
     assert listing[0].endswith("   UUID                            Reason-Code\tSecurity Label")
@@ -70,6 +72,7 @@ def test_xl_create_by_name_then_the_information_verbs(xl: Xl) -> None:
     uuid = fields[6]
     assert re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", uuid)
     assert fields[7:] == ["-", "-"]
+    assert vms[1].split() == [uuid, domid, "waiter"]
 
     # Xen brings vCPU0 of a domain created paused up (its CPU shown, neither running nor
     # blocked); the other vCPUs wait for the guest ("-", "--p").

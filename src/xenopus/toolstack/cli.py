@@ -250,12 +250,21 @@ def cmd_list(args: Namespace) -> int:
     return 0
 
 
+def cmd_vm_list(args: Namespace) -> int:
+    from xenopus.toolstack import xlformat
+
+    print(xlformat.VM_LIST_HEADER)
+    for d in request(args.op)["domains"]:
+        print(xlformat.vm_list_row(d["uuid"], d["domid"], d["name"]))
+    return 0
+
+
 def cmd_info(args: Namespace) -> int:
     """xl_info.c main_info: every line, or with NAME the values of the lines it begins."""
     from xenopus.toolstack import xlformat
 
-    lines = xlformat.info_lines(request(args.op))
-    if args.name:
+    lines = xlformat.info_lines(request(args.op, numa=args.numa))
+    if args.name and not args.numa:  # main_info: with -n, NAME is ignored
         lines = xlformat.info_select(lines, args.name)
     for line in lines:
         print(line)
@@ -564,7 +573,9 @@ VERBS = (
         Opt(("-l", "--long"), "long", "each domain's configuration as libxl JSON"),
         Opt(("-v", "--verbose"), "verbose", "also UUIDs, shutdown reason codes, security labels"),
     ), (Pos("domains", "DOM", "*"),)),
-    Verb("info", "information about the host", "host-info", cmd_info, (),
+    Verb("vm-list", "list guest domains (not Domain-0) with their UUIDs", "list", cmd_vm_list),
+    Verb("info", "information about the host", "host-info", cmd_info,
+         (Opt(("-n", "--numa"), "numa", "also the CPU, device and NUMA topology"),),
          (Pos("name", "NAME", "?", "print only the values of the fields named so"),)),
     Verb("uptime", "print the uptime of all or some domains", "list", cmd_uptime,
          (Opt(("-s",), "short", "short format"),), (Pos("domains", "DOM", "*"),)),

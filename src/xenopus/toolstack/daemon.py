@@ -375,7 +375,10 @@ class Daemon:
     @daemon_step("host-info")
     async def _host_info(self, req: Request, client: Client) -> Reply:
         """`xl info`'s values (xl_info.c print_info) for this host."""
-        return Reply.success(**hostinfo.gather())
+        info = hostinfo.gather()
+        if req.args.get("numa"):
+            info.update(hostinfo.topology())
+        return Reply.success(**info)
 
     def lookup(self, dom: str) -> DomainRecord:
         if dom.isdigit():

@@ -96,6 +96,17 @@ def _daemon_cmdline() -> str:
         return ""
 
 
+def topology() -> dict[str, Any]:
+    """`xl info -n`'s tables (output_topologyinfo, output_numainfo): each CPU's core,
+    socket and node, each PCI device's node, each node's memory (MiB) and distances."""
+    return {
+        "cpu_topology": [list(t) for t in host.cpu_topology()],
+        "device_topology": [list(d) for d in host.pci_nodes()],
+        "numa_info": [[n, total // 1024, free // 1024, dists]
+                      for n, total, free, dists in host.numa_nodes()],
+    }
+
+
 def gather() -> dict[str, Any]:
     """Every `xl info` field by name (xlformat.INFO_FIELDS orders and formats them)."""
     uts = os.uname()

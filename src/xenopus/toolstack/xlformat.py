@@ -18,7 +18,7 @@ import json
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the CLI imports this module; the config package only the daemon
     from xenopus.domain.config import DomainConfig
@@ -89,6 +89,15 @@ def list_verbose_columns(uuid: str, reason: str | None, shutdown: bool) -> str:
     """What `xl list -v` adds to a row (see LIST_VERBOSE_HEADER)."""
     code = "%8x" % SHUTDOWN_CODES.get(reason or "poweroff", 0) if shutdown else "%8s" % "-"  # noqa: UP031
     return f" {uuid} {code}" + " %16s" % "-"  # noqa: UP031
+
+
+# xl_info.c list_vm: printf("UUID                                  ID    name\n"), then
+# per guest (dom0 excluded) LIBXL_UUID_FMT "  %d    %-30s\n".
+VM_LIST_HEADER = "UUID                                  ID    name"
+
+
+def vm_list_row(uuid: str, domid: int, name: str) -> str:
+    return "%s  %d    %-30s" % (uuid, domid, name)  # noqa: UP031
 
 
 def cpumap(cpus: Iterable[int] | str, nr_cpus: int) -> str:
@@ -225,10 +234,31 @@ INFO_FIELDS = (
 )
 
 
-def info_lines(values: Mapping[str, object]) -> list[str]:
-    """`xl info`'s lines for the fields in `values` (INFO_FIELDS order)."""
-    lines = []
+def topology_lines(values: Mapping[str, Any]) -> list[str]:
+    """`xl info -n`'s tables, between the physinfo and xeninfo fields (print_info):
+    output_topologyinfo's "%3d:    %4d     %4d     %4d" per CPU and "%04x:%02x:%02x.%01x
+    %d" per PCI device, then output_numainfo's "%4d:    %6"PRIu64"     %6"PRIu64"      %d"
+    per node with ",%d" for each further distance."""
+    lines = ["cpu_topology           :", "cpu:    core    socket     node"]
+    lines += ["%3d:    %4d     %4d     %4d" % tuple(t) for t in values["cpu_topology"]]  # noqa: UP031
+    lines += ["device topology        :", "device           node"]
+    devices = list(values["device_topology"])
+    lines += ["%s      %d" % (addr, node) for addr, node in devices]  # noqa: UP031
+    if not devices:
+        lines.append("No device topology data available")
+    lines += ["numa_info              :", "node:    memsize    memfree    distances"]
+    for node, size, free, dists in values["numa_info"]:
+        lines.append("%4d:    %6d     %6d      %s" % (node, size, free, ",".join(map(str, dists))))  # noqa: UP031
+    return lines
+
+
+def info_lines(values: Mapping[str, Any]) -> list[str]:
+    """`xl info`'s lines for the fields in `values` (INFO_FIELDS order); with -n's
+    tables (`cpu_topology` in `values`) after the physinfo fields."""
+    lines: list[str] = []
     for name in INFO_FIELDS:
+        if name == "xen_major" and "cpu_topology" in values:
+            lines += topology_lines(values)
         if name not in values:
             continue
         value = values[name]
