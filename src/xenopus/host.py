@@ -177,3 +177,16 @@ def pci_nodes() -> list[tuple[str, int]]:
         if text.isdigit():  # -1: no node (a single-node host's devices)
             out.append((name, int(text)))
     return out
+
+
+NET_STATISTICS = "/sys/class/net/{}/statistics/{}"
+
+
+def net_bytes(ifname: str) -> tuple[int, int]:
+    """(rx_bytes, tx_bytes) of a host network interface (Documentation/ABI/testing/
+    sysfs-class-net-statistics), as the host counts them; (0, 0) where it is gone."""
+    def count(name: str) -> int:
+        text = (_read(NET_STATISTICS.format(ifname, name)) or "").strip()
+        return int(text) if text.isdigit() else 0
+
+    return count("rx_bytes"), count("tx_bytes")

@@ -348,13 +348,19 @@ def top_entries(domains: list[dict[str, Any]], before: dict[int, float], elapsed
         meminfo.get("MemTotal", 0), None, len(host.host_cpus()))]
     for d in domains:
         flags = state_flags(d)
-        kinds = [dev.get("kind") for dev in d.get("devices", [])]
+        devices = d.get("devices", [])
+        nics = [dev for dev in devices if dev.get("kind") == "nic"]
+        # xenstat_linux.c: a vif's tbytes/rbytes are its backend interface's own tx/rx
+        # counters (the host's view); here the backend interface is the tap.
+        counts = [host.net_bytes(str(nic["tap"])) for nic in nics if nic.get("tap")]
         entries.append(xlformat.TopEntry(
             d["name"], xlformat.top_state(dying=flags.dying, shutdown=flags.shutdown,
                                           crashed=flags.crashed, paused=flags.paused,
                                           running=flags.running),
             int(d["cpu_time"] * 1e9), pct(d["domid"], d["cpu_time"]), d["memory"] * 1024,
-            d["maxmem"] * 1024, d["vcpus"], nets=kinds.count("nic"), vbds=kinds.count("disk")))
+            d["maxmem"] * 1024, d["vcpus"], nets=len(nics),
+            net_tx=sum(tx for _, tx in counts), net_rx=sum(rx for rx, _ in counts),
+            vbds=sum(1 for dev in devices if dev.get("kind") == "disk")))
     return entries
 
 
