@@ -42,7 +42,8 @@ from xenopus.toolstack.xlformat import (
     info_select,
     libxl_domain_config,
     list_header,
-    list_verbose_columns,
+    list_options_columns,
+    list_options_header,
     top_lines,
     top_state,
     uptime_row,
@@ -139,16 +140,25 @@ def test_uptime_rows():
     assert uptime_row("web", 7, 3661, True, now) == " 03:04:05 up  1:01, web (7)"
 
 
-# -- xl list -v ---------------------------------------------------------------------------
-def test_list_verbose_header_and_columns():
-    assert list_header() + LIST_VERBOSE_HEADER == (
-        "Name                                        ID   Mem VCPUs\tState\tTime(s)"
-        "   UUID                            Reason-Code\tSecurity Label")
+# -- xl list -v / -Z / -c / -n ------------------------------------------------------------
+def test_list_option_headers():
+    base = "Name                                        ID   Mem VCPUs\tState\tTime(s)"
+    assert list_header() + list_options_header(verbose=True) == (
+        base + "   UUID                            Reason-Code\tSecurity Label")
+    assert list_options_header(context=True) == "   Security Label"
+    assert list_options_header(verbose=True, context=True) == LIST_VERBOSE_HEADER
+    assert list_options_header(cpupool=True, numa=True) == "         Cpupool NODE Affinity"
+
+
+def test_list_option_columns():
     uuid = "13a1cf29-2421-4f41-8005-b537fb6e4024"
-    assert list_verbose_columns(uuid, None, False) == f" {uuid}        -                -"
+    assert list_options_columns(uuid, None, False, verbose=True) == f" {uuid}        -                -"
     # shutdown_reason crash is 3 (libxl_shutdown_reason), printed "%8x"
-    assert list_verbose_columns(uuid, "crash", True) == f" {uuid}        3                -"
-    assert list_verbose_columns(uuid, "reboot", True) == f" {uuid}        1                -"
+    assert list_options_columns(uuid, "crash", True, verbose=True) == f" {uuid}        3                -"
+    assert list_options_columns(uuid, "reboot", True, verbose=True) == f" {uuid}        1                -"
+    assert list_options_columns(uuid, None, False, context=True) == "                -"
+    assert list_options_columns(uuid, None, False, cpupool=True, nodes="all") == "          Pool-0 all"
+    assert list_options_columns(uuid, None, False) == ""
 
 
 # -- xl vm-list ---------------------------------------------------------------------------

@@ -55,6 +55,10 @@ def xl(tmp_path_factory: pytest.TempPathFactory, guests: Path) -> Iterator[Xl]:
 
 
 def test_xl_create_by_name_then_the_information_verbs(xl: Xl) -> None:
+    dry = xl.run("create", "-n", "waiter", "vcpus=1")
+    assert dry.returncode == 0, dry.stderr
+    assert json.loads(dry.stdout)["b_info"]["avail_vcpus"] == [0]  # printed, not created
+    assert xl.run("list", "waiter").returncode != 0
     made = xl.run("create", "waiter", "-p", "memory=48")  # options after the config, as xl
     assert made.returncode == 0, made.stderr
     assert made.stderr.startswith(f"Parsing config from {xl.etc / 'waiter.cfg'}")
@@ -73,6 +77,9 @@ def test_xl_create_by_name_then_the_information_verbs(xl: Xl) -> None:
     assert re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", uuid)
     assert fields[7:] == ["-", "-"]
     assert vms[1].split() == [uuid, domid, "waiter"]
+    pools = xl.run("list", "-c", "-n", check=True).stdout.splitlines()
+    assert pools[0].endswith("\tTime(s)         Cpupool NODE Affinity")
+    assert all(line.endswith("          Pool-0 all") for line in pools[1:])
 
     # Xen brings vCPU0 of a domain created paused up (its CPU shown, neither running nor
     # blocked); the other vCPUs wait for the guest ("-", "--p").

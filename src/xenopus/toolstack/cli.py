@@ -138,6 +138,16 @@ def cmd_create(args: Namespace) -> int:
     config = xlconf.find_config(config, os.getcwd())
     if not args.quiet:
         print(f"Parsing config from {config}", file=sys.stderr)
+    if args.dryrun:
+        # xl_vmcontrol.c create_domain: -n prints libxl_domain_config_to_json and stops
+        import json
+
+        made = request(args.op, path=config, overrides=overrides, cwd=os.getcwd(),
+                       vif_bridge=conf.vif_bridge, dryrun=True)
+        for warning in made.get("warnings", []):
+            print(warning, file=sys.stderr)
+        print(json.dumps(made["libxl"], indent=4))
+        return 0
     chan = connect()  # first: a daemon started now makes the run directory
     lock = lock_creation(xlconf.lock_path(conf, ipc.run_dir(), ipc.DEFAULT_RUN_DIR))
     try:
@@ -233,20 +243,20 @@ def cmd_list(args: Namespace) -> int:
              "xenopus": {k: d[k] for k in ("state", "pid", "protocol", "xen_path")}}
             for d in domains]))
         return 0
-    print(xlformat.list_header() + (xlformat.LIST_VERBOSE_HEADER if args.verbose else ""))
+    shown = {"verbose": args.verbose, "context": args.context, "cpupool": args.cpupool}
+    print(xlformat.list_header() + xlformat.list_options_header(**shown, numa=args.numa))
+    # -n: every domain may use every node (no NUMA placement here): print_bitmap's "all"
+    nodes = "all" if args.numa else None
     if show_dom0:
         row = xlformat.list_row("Domain-0", 0, host.memory_mib(), len(host.host_cpus()),
                                 xlformat.DomainState(running=True), host.busy_cpu_seconds())
-        if args.verbose:
-            row += xlformat.list_verbose_columns(DOM0_UUID, None, False)
-        print(row)
+        print(row + xlformat.list_options_columns(DOM0_UUID, None, False, **shown, nodes=nodes))
     for d in domains:
         flags = state_flags(d)
         row = xlformat.list_row(d["name"], d["domid"], d["memory"], d["vcpus"], flags,
                                 d["cpu_time"])
-        if args.verbose:
-            row += xlformat.list_verbose_columns(d["uuid"], flags.reason, flags.shutdown)
-        print(row)
+        print(row + xlformat.list_options_columns(d["uuid"], flags.reason, flags.shutdown,
+                                                  **shown, nodes=nodes))
     return 0
 
 
@@ -573,11 +583,15 @@ VERBS = (
         Opt(("-q", "--quiet"), "quiet", "quiet"),
         Opt(("-f", "--defconfig"), "config_file", "the config file (also the first argument)",
             str),
+        Opt(("-n", "--dryrun"), "dryrun", "print the configuration as libxl JSON; create nothing"),
     ), (Pos("words", "CFG KEY=VALUE", "*",
             "the config file (by name in /etc/xen too), then KEY=VALUE overrides"),)),
     Verb("list", "list domains", "list", cmd_list, (
         Opt(("-l", "--long"), "long", "each domain's configuration as libxl JSON"),
         Opt(("-v", "--verbose"), "verbose", "also UUIDs, shutdown reason codes, security labels"),
+        Opt(("-Z", "--context"), "context", "also security labels (always '-': no XSM)"),
+        Opt(("-c", "--cpupool"), "cpupool", "also each domain's CPU pool"),
+        Opt(("-n", "--numa"), "numa", "also each domain's NUMA node affinity"),
     ), (Pos("domains", "DOM", "*"),)),
     Verb("vm-list", "list guest domains (not Domain-0) with their UUIDs", "list", cmd_vm_list),
     Verb("info", "information about the host", "host-info", cmd_info,

@@ -401,6 +401,9 @@ class Daemon:
         message (`unpause`) on this connection (xl create -c: not a byte of output is
         lost). With `wait`, a second reply comes when it is gone."""
         config, warnings = self._load_config(req)
+        if req.args.get("dryrun"):  # xl create -n: the configuration, as libxl's JSON
+            libxl = xlformat.libxl_domain_config(config, str(uuid4()))
+            return Reply.success(libxl=libxl, warnings=warnings)
         name = config.name
         if any(r.name == name for r in self.domains.values()):
             raise RequestError(f"domain '{name}' already exists", "domain-exists")

@@ -79,16 +79,39 @@ def list_row(name: str, domid: int, mem_mib: int, vcpus: int,
     return "%-40s %5d %5d %5d     %s  %8.1f" % (name, domid, mem_mib, vcpus, flags, cpu_time)  # noqa: UP031
 
 
-# xl_info.c list_domains: with -v the header goes on with this, and each row with
-# " " LIBXL_UUID_FMT, then " %8x" (the shutdown reason code) or " %8s" ("-"), then
-# " %16s" (the security label, "-" without XSM/FLASK).
+# xl_info.c list_domains: the options' columns, in this order, after the six fixed ones.
+# Header: -v "   UUID                            Reason-Code\tSecurity Label", else -Z
+# "   Security Label"; -c "         Cpupool"; -n " NODE Affinity". Rows: -v " "
+# LIBXL_UUID_FMT then " %8x" (the shutdown reason) or " %8s" ("-"); -v or -Z " %16s"
+# (the security label: "-" without XSM/FLASK); -c "%16s" (the pool's name); -n " " then
+# print_bitmap of the domain's node affinity.
 LIST_VERBOSE_HEADER = "   UUID                            Reason-Code\tSecurity Label"
+POOL = "Pool-0"  # Xen's first CPU pool, which every domain here is in
 
 
-def list_verbose_columns(uuid: str, reason: str | None, shutdown: bool) -> str:
-    """What `xl list -v` adds to a row (see LIST_VERBOSE_HEADER)."""
-    code = "%8x" % SHUTDOWN_CODES.get(reason or "poweroff", 0) if shutdown else "%8s" % "-"  # noqa: UP031
-    return f" {uuid} {code}" + " %16s" % "-"  # noqa: UP031
+def list_options_header(*, verbose: bool = False, context: bool = False,
+                        cpupool: bool = False, numa: bool = False) -> str:
+    return "".join((LIST_VERBOSE_HEADER if verbose else "",
+                    "   Security Label" if context and not verbose else "",
+                    "         Cpupool" if cpupool else "", " NODE Affinity" if numa else ""))
+
+
+def list_options_columns(uuid: str, reason: str | None, shutdown: bool, *,
+                         verbose: bool = False, context: bool = False, cpupool: bool = False,
+                         nodes: str | None = None) -> str:
+    """What `xl list -v/-Z/-c/-n` add to a row; `nodes` is the node affinity as
+    print_bitmap writes it (with -n)."""
+    out = ""
+    if verbose:
+        code = "%8x" % SHUTDOWN_CODES.get(reason or "poweroff", 0) if shutdown else "%8s" % "-"  # noqa: UP031
+        out += f" {uuid} {code}"
+    if verbose or context:
+        out += " %16s" % "-"  # noqa: UP031
+    if cpupool:
+        out += "%16s" % POOL  # noqa: UP031
+    if nodes is not None:
+        out += " " + nodes
+    return out
 
 
 # xl_info.c list_vm: printf("UUID                                  ID    name\n"), then
