@@ -174,5 +174,13 @@ def test_xens_tools_read_the_layout(xs):
             assert first.startswith('shutdown = ""') and first.endswith("(n3)")
             assert tool("xenstore-read", "/local/domain/3/cpu/3/availability") == "offline\n"
         finally:
+            async def shutdown() -> None:  # the clients' connections, then the loop
+                tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+
+            asyncio.run_coroutine_threadsafe(shutdown(), loop).result(10)
             loop.call_soon_threadsafe(loop.stop)
             thread.join(10)
+            loop.close()
