@@ -46,7 +46,7 @@ def xl(tmp_path_factory: pytest.TempPathFactory, guests: Path) -> Iterator[Xl]:
         pytest.skip(f"{XL} is not installed (make test installs the xl entry point)")
     tmp = tmp_path_factory.mktemp("xl")
     x = Xl(tmp / "run", tmp)
-    (x.etc / "xl.conf").write_text(f'autoballoon = "off"\nlockfile = "{tmp / "xl.lock"}"\n')
+    (x.etc / "xl.conf").write_text(f'autoballoon = "on"\nlockfile = "{tmp / "xl.lock"}"\n')
     (x.etc / "waiter.cfg").write_text(
         f'name = "waiter"\nkernel = "{GUESTS / "out" / "powerbtn.elf"}"\nmemory = 32\n'
         'vcpus = 2\nmaxvcpus = 3\non_reboot = "destroy"\n')
@@ -62,7 +62,7 @@ def test_xl_create_by_name_then_the_information_verbs(xl: Xl) -> None:
     made = xl.run("create", "waiter", "-p", "memory=48")  # options after the config, as xl
     assert made.returncode == 0, made.stderr
     assert made.stderr.startswith(f"Parsing config from {xl.etc / 'waiter.cfg'}")
-    assert (xl.tmp / "xl.lock").exists()  # xl.conf's lockfile serialised the creation
+    assert (xl.tmp / "xl.lock").exists()  # autoballoon=on: xl.conf's lockfile was taken
     domid = xl.run("domid", "waiter", check=True).stdout.strip()
     assert domid.isdigit()
     assert xl.run("domname", domid, check=True).stdout == "waiter\n"

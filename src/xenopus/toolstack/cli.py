@@ -149,7 +149,10 @@ def cmd_create(args: Namespace) -> int:
         print(json.dumps(made["libxl"], indent=4))
         return 0
     chan = connect()  # first: a daemon started now makes the run directory
-    lock = lock_creation(xlconf.lock_path(conf, ipc.run_dir(), ipc.DEFAULT_RUN_DIR))
+    # xl_vmcontrol.c create_domain takes the lock only when it may balloon dom0
+    # (autoballoon); "auto" is off here, as xl makes it when dom0's memory is fixed.
+    lock = (lock_creation(xlconf.lock_path(conf, ipc.run_dir(), ipc.DEFAULT_RUN_DIR))
+            if conf.autoballoon == "on" else None)
     try:
         # The daemon parses the file (it has the parser loaded; the CLI stays small and
         # fast). With -c the domain is created paused, the console attached, then the
@@ -161,7 +164,8 @@ def cmd_create(args: Namespace) -> int:
                 "vif_bridge": conf.vif_bridge,
             }))
         finally:
-            os.close(lock)  # xl holds its lock until the domain is made, not while it runs
+            if lock is not None:
+                os.close(lock)  # xl holds it until the domain is made, not while it runs
         for warning in reply.data.get("warnings", []):
             print(warning, file=sys.stderr)
         if not reply.ok:
@@ -190,15 +194,15 @@ def cmd_create(args: Namespace) -> int:
 
 
 def lock_creation(path: str) -> int:
-    """xl_utils.c acquire_lock: an exclusive fcntl lock on xl.conf's lockfile, waited
-    for, so creations from several xl processes (of xenopus or Xen) do not interleave.
+    """xl_vmcontrol.c acquire_lock: a whole-file write lock (F_SETLKW) on xl.conf's
+    lockfile, waited for, so creations from several xl processes do not interleave.
     The fd; closing it releases the lock."""
     import fcntl
 
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
     except OSError as e:
-        raise CliError(f"cannot open lockfile {path}: {e.strerror}") from None
+        raise CliError(f"cannot open the lockfile {path}: {e.strerror}") from None
     fcntl.lockf(fd, fcntl.LOCK_EX)
     return fd
 

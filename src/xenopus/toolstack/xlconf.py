@@ -21,9 +21,10 @@ AUTOBALLOON = ("on", "off", "auto")
 # The keys that mean something on KVM (xl.conf(5)); the others are accepted and ignored,
 # as xl ignores keys it does not know.
 #  autoballoon: xl shrinks dom0 to make room for a guest. Here dom0 is the Linux host,
-#    whose memory the kernel shares with guests, so there is never anything to balloon;
-#    the value is checked as xl checks it and has no other effect.
-#  lockfile: serialises domain creation between xl processes (xl_utils.c acquire_lock).
+#    whose memory the kernel shares with guests, so there is never anything to balloon
+#    ("auto" is off, as xl makes it when dom0_mem fixes dom0's memory); the value is
+#    checked as xl checks it, and "on" takes the creation lock as xl does.
+#  lockfile: serialises creations that may balloon (xl_vmcontrol.c acquire_lock).
 #  vif.default.bridge: the bridge of a vif that names none (the old name defaultbridge
 #    is read too, as xl still reads it).
 #  Not here: vif.default.script and run_hotplug_scripts (no hotplug script runs: xenopus
