@@ -46,6 +46,7 @@ from xenopus.toolstack.xlformat import (
     list_options_header,
     top_lines,
     top_state,
+    top_summary,
     uptime_row,
     uptime_text,
     vm_list_row,
@@ -205,6 +206,23 @@ def test_top_rows():
         "    1       10        0    2        -        -        -          -          -    0",
         "  Domain-0 -----r       4540   12.2       2048   50.0   no limit       n/a     2"
         "    0        0        0    0        0        0        0          0          0    0",
+    ]
+
+
+def test_top_summary():
+    # do_summary: print("xentop - %s   Xen %s\n", time_str, ver_str);
+    #   print("%u domains: %u running, %u blocked, %u paused, "
+    #         "%u crashed, %u dying, %u shutdown \n", ...);
+    #   print("Mem: %lluk total, %lluk used, %lluk free    ", ...);
+    #   print("CPUs: %u @ %lluMHz\n", ...);
+    now = time.mktime((2026, 1, 2, 3, 4, 5, 0, 0, -1))
+    entries = [TopEntry("Domain-0", top_state(running=True), 0, 0.0, 1, None, 2),
+               TopEntry("a", top_state(paused=True), 0, 0.0, 1, 1, 1),
+               TopEntry("b", top_state(shutdown=True, crashed=True), 0, 0.0, 1, 1, 1)]
+    assert top_summary(now, "4.11.0-xenopus", entries, 8000, 3000, 2, 2445412) == [
+        "xentop - 03:04:05   Xen 4.11.0-xenopus",
+        "3 domains: 1 running, 0 blocked, 1 paused, 0 crashed, 0 dying, 1 shutdown ",
+        "Mem: 8000k total, 5000k used, 3000k free    CPUs: 2 @ 2445MHz",
     ]
 
 

@@ -380,14 +380,16 @@ def top_entries(domains: list[dict[str, Any]], before: dict[int, float], elapsed
 
 def cmd_top(args: Namespace) -> int:
     """xl top (xentop): with -b, `-i` frames of xentop's batch output `-d` seconds apart;
-    without, the same table redrawn in place until Ctrl-C."""
+    without, xentop's screen (its summary, the table) redrawn every `-d` seconds until
+    q, Q or Esc (on a terminal) or Ctrl-C. xentop's other keys are not handled."""
     import time
 
     from xenopus.toolstack import xlformat
 
     if args.delay <= 0:
         raise CliError("top: the delay (-d) must be at least 1 second")
-    total_kib = host.meminfo().get("MemTotal", 0)
+    keys = None if args.batch else TerminalKeys.open()
+    version = "" if args.batch else request("host-info")["xen_version"]
     before: dict[int, float] = {}
     then = time.monotonic()
     frame = 0
@@ -397,20 +399,68 @@ def cmd_top(args: Namespace) -> int:
             for d in domains:
                 d["devices"] = devices_of(str(d["domid"]))
             now = time.monotonic()
+            mem = host.meminfo()
             dom0 = (host.busy_cpu_seconds(), now)
-            lines = xlformat.top_lines(top_entries(domains, before, now - then, dom0),
-                                       total_kib)
+            entries = top_entries(domains, before, now - then, dom0)
+            lines = xlformat.top_lines(entries, mem.get("MemTotal", 0))
             if not args.batch:
+                lines = [*xlformat.top_summary(
+                    time.time(), version, entries, mem.get("MemTotal", 0),
+                    mem.get("MemAvailable", 0), len(host.host_cpus()), host.cpu_khz()),
+                    *lines, "", "Quit: q"]
                 sys.stdout.write("\x1b[H\x1b[2J")  # ECMA-48: cursor home, erase display
             print("\n".join(lines), flush=True)
             before = {d["domid"]: d["cpu_time"] for d in domains} | {0: dom0[0]}
             then = now
             frame += 1
-            if args.iterations is None or frame < args.iterations:
-                time.sleep(args.delay)  # the refresh interval, as xentop's sleep(delay)
+            if args.iterations is not None and frame >= args.iterations:
+                break
+            # The refresh interval, as xentop's sleep(delay) / halfdelay; a key ends it.
+            if keys is None:
+                time.sleep(args.delay)
+            elif keys.wait_for_quit(args.delay):
+                break
     except KeyboardInterrupt:
         pass
+    finally:
+        if keys is not None:
+            keys.close()
     return 0
+
+
+class TerminalKeys:
+    """Single keys from a terminal stdin (cbreak mode, no echo) for xl top's screen."""
+
+    QUIT = (b"q", b"Q", b"\x1b")
+
+    def __init__(self, fd: int, saved: list[Any]):
+        self.fd, self.saved = fd, saved
+
+    @classmethod
+    def open(cls) -> TerminalKeys | None:
+        """None when stdin is not a terminal (then only Ctrl-C stops the screen)."""
+        try:
+            fd = sys.stdin.fileno()
+        except (OSError, ValueError, AttributeError):
+            return None
+        if not os.isatty(fd):
+            return None
+        import termios
+        import tty
+
+        saved = termios.tcgetattr(fd)
+        tty.setcbreak(fd)
+        return cls(fd, saved)
+
+    def wait_for_quit(self, seconds: float) -> bool:
+        """Wait up to `seconds` for a key; whether it was a quitting one."""
+        ready, _, _ = select.select([self.fd], [], [], seconds)
+        return bool(ready) and os.read(self.fd, 1) in self.QUIT
+
+    def close(self) -> None:
+        import termios
+
+        termios.tcsetattr(self.fd, termios.TCSADRAIN, self.saved)
 
 
 def devices_of(dom: str) -> list[dict[str, Any]]:

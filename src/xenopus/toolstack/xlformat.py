@@ -341,6 +341,28 @@ class TopEntry:
     vbds: int = 0
 
 
+def top_summary(now: float, version: str, entries: Sequence[TopEntry], total_kib: int,
+                free_kib: int, cpus: int, cpu_khz: int) -> list[str]:
+    """xentop.c do_summary, above the table on xentop's screen: "xentop - %s   Xen %s",
+    then "%u domains: %u running, %u blocked, %u paused, %u crashed, %u dying, %u
+    shutdown " (each domain counted once, in that order of precedence), then "Mem: %lluk
+    total, %lluk used, %lluk free    CPUs: %u @ %lluMHz"."""
+    counts = dict.fromkeys("rbpscd", 0)
+    for e in entries:
+        # state is "dsbcpr"; precedence running, blocked, paused, shutdown, crashed, dying
+        first = next((c for c in "rbpscd" if c in e.state), None)
+        if first is not None:
+            counts[first] += 1
+    return [
+        "xentop - %s   Xen %s" % (time.strftime("%H:%M:%S", time.localtime(now)), version),  # noqa: UP031
+        "%u domains: %u running, %u blocked, %u paused, %u crashed, %u dying, %u shutdown " % (  # noqa: UP031
+            len(entries), counts["r"], counts["b"], counts["p"], counts["c"], counts["d"],
+            counts["s"]),
+        "Mem: %dk total, %dk used, %dk free    CPUs: %u @ %dMHz" % (  # noqa: UP031
+            total_kib, total_kib - free_kib, free_kib, cpus, cpu_khz // 1000),
+    ]
+
+
 # xentop.c fields[]: header and default width; NETTX/NETRX/VBD_RD/VBD_WR/VBD_RSECT/
 # VBD_WSECT widen to the largest value (adjust_field_widths).
 TOP_FIELDS = (("NAME", 10), ("STATE", 6), ("CPU(sec)", 10), ("CPU(%)", 6), ("MEM(k)", 10),
