@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from xenopus import ipc
+from xenopus import client, ipc
 from xenopus.control import ProtocolError, Reply, Request
 from xenopus.domain import process
 from xenopus.domain.config import DomainConfig
@@ -207,6 +207,7 @@ def test_wire_format_is_one_compact_json_line() -> None:
 
 
 def test_the_cli_names_a_malformed_reply() -> None:
-    with pytest.raises(cli.CliError, match="the daemon sent a malformed reply: a reply needs 'ok'"):
-        cli.daemon_reply({"error": "no ok"})
-    assert cli.daemon_reply({"ok": True, "lines": []}) == Reply.success(lines=[])
+    with pytest.raises(client.XenopusError,
+                       match="the daemon sent a malformed reply: a reply needs 'ok'"):
+        client.decode_reply({"error": "no ok"})
+    assert client.decode_reply({"ok": True, "lines": []}) == Reply.success(lines=[])

@@ -24,12 +24,13 @@ LAYER = {
     "devices": 4, "xen": 4,
     "boot": 5, "acpi": 5,
     "domain": 6, "ipc": 6, "control": 6,
-    "toolstack": 7,
+    "toolstack": 7, "client": 7,
     "__main__": 8,  # `python -m xenopus`: the CLI's entry point
+    "api": 8,  # the Python API: the client plus the toolstack's config lookup
 }
 # Of two units on one layer, only these imports are allowed ("only the one named second
 # may import the first"); ipc and control import nothing from xenopus.
-SAME_LAYER = {("xen", "devices"), ("domain", "ipc"), ("domain", "control")}
+SAME_LAYER = {("xen", "devices"), ("domain", "ipc"), ("domain", "control"), ("toolstack", "client")}
 
 
 def unit_of(module: str) -> str:

@@ -362,6 +362,7 @@ class DomainProcess:
         self._send(Ready(
             os.getpid(), guest.boot.protocol, guest.xen_path, "pv" if xen_aware else "serial",
             guest.xen.console_nodes() if guest.xen is not None else {},
+            guest.xen.store_nodes() if guest.xen is not None else {},
         ))
         control = asyncio.create_task(self._serve_control(reader))
         await self._finished.wait()

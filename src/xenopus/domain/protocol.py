@@ -27,6 +27,7 @@ class Ready(NamedTuple):
     xen_path: str  # "trap", "kernel" or "off"
     console: str  # the console `xenopus console DOM` attaches to by default
     console_nodes: dict[str, Any]  # the PV console's XenStore nodes (ring-ref, port, ...)
+    store_nodes: dict[str, Any] = {}  # the XenStore ring's (port, ring-ref); none without Xen
 
     def to_wire(self) -> dict[str, Any]:
         return _event_wire(self)

@@ -269,6 +269,11 @@ class XenGuest:
             self.backends.append(be)
             be.start()
 
+    def store_nodes(self) -> dict[str, str]:
+        """The XenStore ring's event channel and frame, as libxl__build_post writes them
+        under /local/domain/N/store (HVM_PARAM_STORE_EVTCHN / _PFN tell the guest)."""
+        return {"port": str(self.store_port), "ring-ref": str(layout.XEN_STORE_PAGE >> 12)}
+
     def console_nodes(self) -> dict[str, str]:
         """What xenconsoled reads (libxl__build_post): the ring's frame and event channel;
         the daemon writes them under /local/domain/N/console."""

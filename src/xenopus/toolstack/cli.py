@@ -1,4 +1,4 @@
-"""The `xenopus` command: xl's verbs, syntax and output formats.
+"""The `xl` command (also installed as `xenopus`): xl's verbs, syntax and output formats.
 
 Kept light on imports: every invocation pays for them, and `create -F` is benchmarked
 against QEMU's start-up. The daemon is started on demand the first time a verb needs it.
@@ -15,81 +15,26 @@ from types import SimpleNamespace as Namespace
 from typing import Any
 
 from xenopus import host, ipc
-from xenopus.control import DISK, NIC, ProtocolError, Reply, Request
+from xenopus.client import Connection, XenopusError
+from xenopus.control import DISK, NIC, Request
 
 DETACH = 0x1D  # Ctrl-], as for xl console and telnet
 
 
-class CliError(Exception):
-    pass
+class CliError(XenopusError):
+    """A command line the CLI itself refuses (the daemon's refusals are XenopusErrors)."""
 
 
 # -- talking to the daemon ------------------------------------------------------------------
-def connect(autostart: bool = True) -> ipc.Channel:
-    path = ipc.daemon_socket_path()
-    try:
-        return ipc.Channel.connect(path)
-    except (FileNotFoundError, ConnectionRefusedError):
-        if not autostart:
-            raise CliError(f"no xenopus daemon is running (socket {path})") from None
-    start_daemon()
-    return ipc.Channel.connect(path)
-
-
-def start_daemon(timeout: float = 15.0) -> None:
-    import subprocess
-
-    base = ipc.run_dir()
-    try:
-        os.makedirs(base, mode=0o700, exist_ok=True)
-    except OSError as e:
-        raise CliError(f"cannot create the run directory {base}: {e.strerror}") from None
-    logfile = os.path.join(base, "xenopus.log")
-    r, w = os.pipe()
-    with open(logfile, "ab") as log:
-        subprocess.Popen(
-            [sys.executable, "-m", "xenopus", "daemon", "--background", f"--ready-fd={w}"],
-            pass_fds=[w],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
-            start_new_session=True,
-        )
-    os.close(w)
-    ready, _, _ = select.select([r], [], [], timeout)
-    answer = os.read(r, 64) if ready else b""
-    os.close(r)
-    if answer != b"ready\n":
-        raise CliError(f"the xenopus daemon did not start; see {logfile}")
-
-
-def ask(chan: ipc.Channel, req: Request) -> Reply:
-    return daemon_reply(chan.request(req.to_wire()))
-
-
-def next_reply(chan: ipc.Channel) -> Reply | None:
-    """A further reply to the request in flight (create -c, -F); None if the daemon went."""
-    msg = chan.recv()
-    return None if msg is None else daemon_reply(msg)
-
-
-def daemon_reply(msg: dict[str, object]) -> Reply:
-    try:
-        return Reply.from_wire(msg)
-    except ProtocolError as e:
-        raise CliError(f"the daemon sent a malformed reply: {e}") from None
+# Through xenopus.client, the transport the Python API uses too.
+def connect(autostart: bool = True) -> Connection:
+    return Connection(autostart)
 
 
 def request(op: str, **args: Any) -> dict[str, Any]:
-    """One request on a connection of its own; the reply's data, or CliError."""
-    chan = connect()
-    try:
-        reply = ask(chan, Request(op, args))
-    finally:
-        chan.close()
-    if not reply.ok:
-        raise CliError(reply.error or "request failed")
-    return dict(reply.data)
+    """One request on a connection of its own; the reply's data, or a XenopusError."""
+    with Connection() as conn:
+        return conn.request(op, **args)
 
 
 # -- console --------------------------------------------------------------------------------
@@ -171,17 +116,56 @@ def pump_console(sock: socket.socket) -> None:
 
 # -- verbs ----------------------------------------------------------------------------------
 def cmd_create(args: Namespace) -> int:
+    from xenopus.toolstack import xlconf
+
+    try:
+        conf = xlconf.load()
+    except xlconf.XlConfError as e:
+        raise CliError(str(e)) from None
+    words = list(args.words)
+    # xl_vmcontrol.c main_create: a word with "=" is a KEY=VALUE override, the first
+    # other one the config file (unless -f named it); a second one is an error.
+    config, overrides = args.config_file, []
+    for word in words:
+        if "=" in word:
+            overrides.append(word)
+        elif config is None:
+            config = word
+        else:
+            raise CliError(f"create: unexpected argument {word!r} (one config file)")
+    if config is None:
+        raise CliError("create: no config file (xenopus needs at least name and kernel)")
+    config = xlconf.find_config(config, os.getcwd())
     if not args.quiet:
-        print(f"Parsing config from {args.config}", file=sys.stderr)
-    chan = connect()
+        print(f"Parsing config from {config}", file=sys.stderr)
+    if args.dryrun:
+        # xl_vmcontrol.c create_domain: -n prints libxl_domain_config_to_json and stops
+        import json
+
+        made = request(args.op, path=config, overrides=overrides, cwd=os.getcwd(),
+                       vif_bridge=conf.vif_bridge, dryrun=True)
+        for warning in made.get("warnings", []):
+            print(warning, file=sys.stderr)
+        print(json.dumps(made["libxl"], indent=4))
+        return 0
+    chan = connect()  # first: a daemon started now makes the run directory
+    # xl_vmcontrol.c create_domain takes the lock only when it may balloon dom0
+    # (autoballoon); "auto" is off here, as xl makes it when dom0's memory is fixed.
+    lock = (lock_creation(xlconf.lock_path(conf, ipc.run_dir(), ipc.DEFAULT_RUN_DIR))
+            if conf.autoballoon == "on" else None)
     try:
         # The daemon parses the file (it has the parser loaded; the CLI stays small and
         # fast). With -c the domain is created paused, the console attached, then the
         # domain unpaused, so not a byte of output is missed (as xl create -c does).
-        reply = ask(chan, Request(args.op, {
-            "path": args.config, "overrides": args.overrides, "cwd": os.getcwd(),
-            "wait": args.foreground, "paused": args.paused, "attach": args.console,
-        }))
+        try:
+            reply = chan.ask(Request(args.op, {
+                "path": config, "overrides": overrides, "cwd": os.getcwd(),
+                "wait": args.foreground, "paused": args.paused, "attach": args.console,
+                "vif_bridge": conf.vif_bridge,
+            }))
+        finally:
+            if lock is not None:
+                os.close(lock)  # xl holds it until the domain is made, not while it runs
         for warning in reply.data.get("warnings", []):
             print(warning, file=sys.stderr)
         if not reply.ok:
@@ -190,14 +174,14 @@ def cmd_create(args: Namespace) -> int:
             try:
                 sock = connect_console(reply.data["console"], reply.data["domid"])
             finally:
-                chan.send(Request("unpause").to_wire())  # attached (or not): let the domain run
+                chan.send(Request("unpause"))  # attached (or not): let the domain run
             if not args.foreground:
-                next_reply(chan)
+                chan.next_reply()
             with sock:
                 pump_console(sock)
         if not args.foreground:
             return 0
-        final = next_reply(chan)
+        final = chan.next_reply()
     finally:
         chan.close()
     if final is None:
@@ -207,6 +191,20 @@ def cmd_create(args: Namespace) -> int:
         print(f"Domain {end['domid']} crashed: {end.get('detail', '')}", file=sys.stderr)
         return 1
     return 0 if end.get("status") in (0, None) else 1
+
+
+def lock_creation(path: str) -> int:
+    """xl_vmcontrol.c acquire_lock: a whole-file write lock (F_SETLKW) on xl.conf's
+    lockfile, waited for, so creations from several xl processes do not interleave.
+    The fd; closing it releases the lock."""
+    import fcntl
+
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as e:
+        raise CliError(f"cannot open the lockfile {path}: {e.strerror}") from None
+    fcntl.lockf(fd, fcntl.LOCK_EX)
+    return fd
 
 
 def state_flags(entry: dict[str, object]):
@@ -221,30 +219,256 @@ def state_flags(entry: dict[str, object]):
     return DomainState(running=state == "running", paused=state == "paused", dying=state == "dying")
 
 
+DOM0_UUID = "00000000-0000-0000-0000-000000000000"  # Xen's dom0 handle
+
+
+def listed(args: Namespace, **query: Any) -> tuple[list[dict[str, Any]], bool]:
+    """The domains named in `args.domains` (every one when none is), and whether
+    Domain-0 is among them."""
+    domains = request("list", **query)["domains"]
+    if not args.domains:
+        return domains, True
+    wanted = set(args.domains)
+    missing = wanted - {str(d["domid"]) for d in domains} - {d["name"] for d in domains} - set(DOM0)
+    if missing:
+        raise CliError(f"Domain '{sorted(missing)[0]}' does not exist.")
+    chosen = [d for d in domains if str(d["domid"]) in wanted or d["name"] in wanted]
+    return chosen, bool(wanted.intersection(DOM0))
+
+
 def cmd_list(args: Namespace) -> int:
     from xenopus.toolstack import xlformat
 
-    domains = request(args.op)["domains"]
-    if args.domains:
-        wanted = set(args.domains)
-        missing = wanted - {str(d["domid"]) for d in domains} - {d["name"] for d in domains} - set(DOM0)
-        if missing:
-            raise CliError(f"domain '{sorted(missing)[0]}' does not exist")
-        domains = [d for d in domains if str(d["domid"]) in wanted or d["name"] in wanted]
-        show_dom0 = bool(wanted.intersection(DOM0))
-    else:
-        show_dom0 = True
+    domains, show_dom0 = listed(args, long=args.long)
     if args.long:
-        print(xlformat.list_long(domains))
+        # xl_info.c list_domains_details: dom0 has no stored configuration and is skipped.
+        print(xlformat.list_long([
+            {"domid": d["domid"], "config": d["libxl"],
+             "xenopus": {k: d[k] for k in ("state", "pid", "protocol", "xen_path")}}
+            for d in domains]))
         return 0
-    print(xlformat.list_header())
+    shown = {"verbose": args.verbose, "context": args.context, "cpupool": args.cpupool}
+    print(xlformat.list_header() + xlformat.list_options_header(**shown, numa=args.numa))
+    # -n: every domain may use every node (no NUMA placement here): print_bitmap's "all"
+    nodes = "all" if args.numa else None
     if show_dom0:
-        print(xlformat.list_row("Domain-0", 0, host.memory_mib(), len(host.host_cpus()),
-                                xlformat.DomainState(running=True), host.busy_cpu_seconds()))
+        row = xlformat.list_row("Domain-0", 0, host.memory_mib(), len(host.host_cpus()),
+                                xlformat.DomainState(running=True), host.busy_cpu_seconds())
+        print(row + xlformat.list_options_columns(DOM0_UUID, None, False, **shown, nodes=nodes))
     for d in domains:
-        print(xlformat.list_row(d["name"], d["domid"], d["memory"], d["vcpus"],
-                                state_flags(d), d["cpu_time"]))
+        flags = state_flags(d)
+        row = xlformat.list_row(d["name"], d["domid"], d["memory"], d["vcpus"], flags,
+                                d["cpu_time"])
+        print(row + xlformat.list_options_columns(d["uuid"], flags.reason, flags.shutdown,
+                                                  **shown, nodes=nodes))
     return 0
+
+
+def cmd_vm_list(args: Namespace) -> int:
+    from xenopus.toolstack import xlformat
+
+    print(xlformat.VM_LIST_HEADER)
+    for d in request(args.op)["domains"]:
+        print(xlformat.vm_list_row(d["uuid"], d["domid"], d["name"]))
+    return 0
+
+
+def cmd_info(args: Namespace) -> int:
+    """xl_info.c main_info: every line, or with NAME the values of the lines it begins."""
+    from xenopus.toolstack import xlformat
+
+    lines = xlformat.info_lines(request(args.op, numa=args.numa))
+    if args.name and not args.numa:  # main_info: with -n, NAME is ignored
+        lines = xlformat.info_select(lines, args.name)
+    for line in lines:
+        print(line)
+    return 0
+
+
+def cmd_uptime(args: Namespace) -> int:
+    """xl_info.c print_uptime: Domain-0 (the host's /proc/uptime) then each domain, or
+    those named, in the order named."""
+    import time
+
+    from xenopus.toolstack import xlformat
+
+    now = time.time()
+    domains = request("list")["domains"]
+    by_key = {str(d["domid"]): d for d in domains} | {d["name"]: d for d in domains}
+    rows: list[tuple[str, int, float]] = []
+    dom0 = ("Domain-0", 0, host.uptime_seconds())
+    for dom in args.domains or ["0", *(str(d["domid"]) for d in domains)]:
+        if dom in DOM0:
+            rows.append(dom0)
+        elif dom in by_key:
+            d = by_key[dom]
+            rows.append((d["name"], d["domid"], now - d["start_time"]))
+        else:
+            raise CliError(f"Domain '{dom}' does not exist.")
+    if not args.short:
+        print(xlformat.UPTIME_HEADER)
+    for name, domid, up in rows:
+        print(xlformat.uptime_row(name, domid, int(up), args.short, now))
+    return 0
+
+
+def cmd_domid(args: Namespace) -> int:
+    """xl_info.c main_domid: "%u\n"."""
+    if args.name == "Domain-0":
+        print(0)
+        return 0
+    for d in request("list")["domains"]:
+        if d["name"] == args.name:
+            print(d["domid"])
+            return 0
+    raise CliError(f"Can't get domid of domain name '{args.name}', maybe this domain does not exist.")
+
+
+def cmd_domname(args: Namespace) -> int:
+    """xl_info.c main_domname: "%s\n"."""
+    if not args.domid.isdigit():
+        raise CliError("Invalid domain id.")
+    domid = int(args.domid)
+    if domid == 0:
+        print("Domain-0")
+        return 0
+    for d in request("list")["domains"]:
+        if d["domid"] == domid:
+            print(d["name"])
+            return 0
+    raise CliError(f"Can't get domain name of domain id '{domid}', maybe this domain does not exist.")
+
+
+def cmd_rename(args: Namespace) -> int:
+    if args.dom in DOM0:
+        raise CliError("Domain-0 is the host: it keeps its name")
+    request(args.op, dom=args.dom, name=args.name)
+    return 0
+
+
+def top_entries(domains: list[dict[str, Any]], before: dict[int, float], elapsed: float,
+                dom0_cpu: tuple[float, float]) -> list[Any]:
+    """xentop's figures for Domain-0 (the host) and each domain; CPU(%) over `elapsed`
+    seconds since the `before` CPU times (xentop.c get_cpu_pct: 0 on the first frame)."""
+    from xenopus.toolstack import xlformat
+
+    def pct(key: int, now: float) -> float:
+        return (now - before[key]) / elapsed * 100 if key in before and elapsed > 0 else 0.0
+
+    meminfo = host.meminfo()
+    dom0_now, _ = dom0_cpu
+    entries = [xlformat.TopEntry(
+        "Domain-0", xlformat.top_state(running=True), int(dom0_now * 1e9), pct(0, dom0_now),
+        meminfo.get("MemTotal", 0), None, len(host.host_cpus()))]
+    for d in domains:
+        flags = state_flags(d)
+        devices = d.get("devices", [])
+        nics = [dev for dev in devices if dev.get("kind") == "nic"]
+        # xenstat_linux.c: a vif's tbytes/rbytes are its backend interface's own tx/rx
+        # counters (the host's view); here the backend interface is the tap.
+        counts = [host.net_bytes(str(nic["tap"])) for nic in nics if nic.get("tap")]
+        entries.append(xlformat.TopEntry(
+            d["name"], xlformat.top_state(dying=flags.dying, shutdown=flags.shutdown,
+                                          crashed=flags.crashed, paused=flags.paused,
+                                          running=flags.running),
+            int(d["cpu_time"] * 1e9), pct(d["domid"], d["cpu_time"]), d["memory"] * 1024,
+            d["maxmem"] * 1024, d["vcpus"], nets=len(nics),
+            net_tx=sum(tx for _, tx in counts), net_rx=sum(rx for rx, _ in counts),
+            vbds=sum(1 for dev in devices if dev.get("kind") == "disk")))
+    return entries
+
+
+def cmd_top(args: Namespace) -> int:
+    """xl top (xentop): with -b, `-i` frames of xentop's batch output `-d` seconds apart;
+    without, xentop's screen (its summary, the table) redrawn every `-d` seconds until
+    q, Q or Esc (on a terminal) or Ctrl-C. xentop's other keys are not handled."""
+    import time
+
+    from xenopus.toolstack import xlformat
+
+    if args.delay <= 0:
+        raise CliError("top: the delay (-d) must be at least 1 second")
+    keys = None if args.batch else TerminalKeys.open()
+    version = "" if args.batch else request("host-info")["xen_version"]
+    before: dict[int, float] = {}
+    then = time.monotonic()
+    frame = 0
+    try:
+        while args.iterations is None or frame < args.iterations:
+            domains = request("list")["domains"]
+            for d in domains:
+                d["devices"] = devices_of(str(d["domid"]))
+            now = time.monotonic()
+            mem = host.meminfo()
+            dom0 = (host.busy_cpu_seconds(), now)
+            entries = top_entries(domains, before, now - then, dom0)
+            lines = xlformat.top_lines(entries, mem.get("MemTotal", 0))
+            if not args.batch:
+                lines = [*xlformat.top_summary(
+                    time.time(), version, entries, mem.get("MemTotal", 0),
+                    mem.get("MemAvailable", 0), len(host.host_cpus()), host.cpu_khz()),
+                    *lines, "", "Quit: q"]
+                sys.stdout.write("\x1b[H\x1b[2J")  # ECMA-48: cursor home, erase display
+            print("\n".join(lines), flush=True)
+            before = {d["domid"]: d["cpu_time"] for d in domains} | {0: dom0[0]}
+            then = now
+            frame += 1
+            if args.iterations is not None and frame >= args.iterations:
+                break
+            # The refresh interval, as xentop's sleep(delay) / halfdelay; a key ends it.
+            if keys is None:
+                time.sleep(args.delay)
+            elif keys.wait_for_quit(args.delay):
+                break
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if keys is not None:
+            keys.close()
+    return 0
+
+
+class TerminalKeys:
+    """Single keys from a terminal stdin (cbreak mode, no echo) for xl top's screen."""
+
+    QUIT = (b"q", b"Q", b"\x1b")
+
+    def __init__(self, fd: int, saved: list[Any]):
+        self.fd, self.saved = fd, saved
+
+    @classmethod
+    def open(cls) -> TerminalKeys | None:
+        """None when stdin is not a terminal (then only Ctrl-C stops the screen)."""
+        try:
+            fd = sys.stdin.fileno()
+        except (OSError, ValueError, AttributeError):
+            return None
+        if not os.isatty(fd):
+            return None
+        import termios
+        import tty
+
+        saved = termios.tcgetattr(fd)
+        tty.setcbreak(fd)
+        return cls(fd, saved)
+
+    def wait_for_quit(self, seconds: float) -> bool:
+        """Wait up to `seconds` for a key; whether it was a quitting one."""
+        ready, _, _ = select.select([self.fd], [], [], seconds)
+        return bool(ready) and os.read(self.fd, 1) in self.QUIT
+
+    def close(self) -> None:
+        import termios
+
+        termios.tcsetattr(self.fd, termios.TCSADRAIN, self.saved)
+
+
+def devices_of(dom: str) -> list[dict[str, Any]]:
+    """A domain's device inventory; none when it cannot answer (stopped, gone)."""
+    try:
+        return request("devices", dom=dom)["devices"]
+    except XenopusError:
+        return []
 
 
 def cmd_console(args: Namespace) -> int:
@@ -348,14 +572,16 @@ def cmd_vcpu_pin(args: Namespace) -> int:
 
 def cmd_daemon(args: Namespace) -> int:
     if args.stop:
+        from xenopus.client import DaemonUnavailable
+
         try:
-            chan = connect(autostart=False)
-        except CliError:
+            conn = connect(autostart=False)
+        except DaemonUnavailable:
             return 0  # nothing to stop
-        ask(chan, Request(args.op))
-        while chan.recv() is not None:  # the daemon closes us when it has gone
-            pass
-        chan.close()
+        with conn:
+            conn.ask(Request(args.op))
+            while conn.next_reply() is not None:  # the daemon closes us when it has gone
+                pass
         return 0
     from pathlib import Path
 
@@ -392,23 +618,48 @@ VERBS = (
         Opt(("-c",), "console", "attach the console after creating"),
         Opt(("-F",), "foreground", "stay in the foreground until the domain dies"),
         Opt(("-p",), "paused", "leave the domain paused after creating it"),
-        Opt(("-q",), "quiet", "quiet"),
-    ), (Pos("config", "CFG"), Pos("overrides", "KEY=VALUE", "*"))),
-    Verb("list", "list domains", "list", cmd_list,
-         (Opt(("-l", "--long"), "long", "JSON with each domain's configuration"),),
-         (Pos("domains", "DOM", "*"),)),
+        Opt(("-q", "--quiet"), "quiet", "quiet"),
+        Opt(("-f", "--defconfig"), "config_file", "the config file (also the first argument)",
+            str),
+        Opt(("-n", "--dryrun"), "dryrun", "print the configuration as libxl JSON; create nothing"),
+    ), (Pos("words", "CFG KEY=VALUE", "*",
+            "the config file (by name in /etc/xen too), then KEY=VALUE overrides"),)),
+    Verb("list", "list domains", "list", cmd_list, (
+        Opt(("-l", "--long"), "long", "each domain's configuration as libxl JSON"),
+        Opt(("-v", "--verbose"), "verbose", "also UUIDs, shutdown reason codes, security labels"),
+        Opt(("-Z", "--context"), "context", "also security labels (always '-': no XSM)"),
+        Opt(("-c", "--cpupool"), "cpupool", "also each domain's CPU pool"),
+        Opt(("-n", "--numa"), "numa", "also each domain's NUMA node affinity"),
+    ), (Pos("domains", "DOM", "*"),)),
+    Verb("vm-list", "list guest domains (not Domain-0) with their UUIDs", "list", cmd_vm_list),
+    Verb("info", "information about the host", "host-info", cmd_info,
+         (Opt(("-n", "--numa"), "numa", "also the CPU, device and NUMA topology"),),
+         (Pos("name", "NAME", "?", "print only the values of the fields named so"),)),
+    Verb("uptime", "print the uptime of all or some domains", "list", cmd_uptime,
+         (Opt(("-s",), "short", "short format"),), (Pos("domains", "DOM", "*"),)),
+    Verb("domid", "print the ID of a domain", "list", cmd_domid, (), (Pos("name", "NAME"),)),
+    Verb("domname", "print the name of a domain", "list", cmd_domname, (),
+         (Pos("domid", "ID"),)),
+    Verb("rename", "rename a domain", "rename", cmd_rename, (),
+         (_dom(), Pos("name", "NEWNAME"))),
+    Verb("top", "monitor the host and domains (xentop)", "list", cmd_top, (
+        Opt(("-b", "--batch"), "batch", "batch mode: print frames, accept no input"),
+        Opt(("-i", "--iterations"), "iterations", "frames to print before exiting", int),
+        Opt(("-d", "--delay"), "delay", "seconds between frames (default 3)", int, None, 3),
+    )),
     Verb("console", "attach to a domain's console (Ctrl-] detaches)", "console", cmd_console,
          (Opt(("-t",), "type", "serial (COM1), pv (Xen PV console) or virtio; default: pv for"
               " Xen-aware guests, else serial", str, ("serial", "virtio", "pv"), None),),
          (_dom(),)),
-    Verb("dmesg", "print the host log: guests' console_io and port-0xE9 lines", "dmesg",
-         cmd_dmesg, (Opt(("-c",), "clear", "clear the log after printing it"),)),
+    Verb("dmesg", "print the host log: xenopus's (XEN) lines, guests' console_io and"
+         " port-0xE9 lines", "dmesg", cmd_dmesg,
+         (Opt(("-c", "--clear"), "clear", "clear the log after printing it"),)),
     Verb("destroy", "destroy a domain immediately", "destroy", cmd_domain_op, (), (_dom(),)),
     Verb("pause", "pause all vCPUs of a domain", "pause", cmd_domain_op, (), (_dom(),)),
     Verb("unpause", "resume a paused domain", "unpause", cmd_domain_op, (), (_dom(),)),
     Verb("reboot", "reset a domain (on_reboot applies)", "reboot", cmd_domain_op, (), (_dom(),)),
     Verb("shutdown", "ask a domain to shut down (ACPI power button)", "shutdown", cmd_shutdown,
-         (Opt(("-w",), "wait", "wait for the domain to go away"),), (_dom(),)),
+         (Opt(("-w", "--wait"), "wait", "wait for the domain to go away"),), (_dom(),)),
     Verb("block-list", "list a domain's disks", "devices", cmd_devices(DISK), (),
          (Pos("doms", "DOM", "+"),)),
     Verb("network-list", "list a domain's network interfaces", "devices",
@@ -437,9 +688,18 @@ def fast_parse(argv: list[str]) -> Namespace | None:
     for o in verb.opts:
         setattr(ns, o.dest, False if o.takes is None else o.default)
     by_name = {n: o for o in verb.opts for n in o.names}
-    words = argv[1:]
-    while words and words[0].startswith("-") and words[0] != "-":
-        word = words.pop(0)
+    # Options may come before, between and after the positionals, as GNU getopt (which
+    # xl uses) permutes them: `xl create CFG -c KEY=VALUE`; "--" ends the options.
+    rest = argv[1:]
+    words: list[str] = []
+    while rest:
+        word = rest.pop(0)
+        if word == "--":
+            words += rest
+            break
+        if not word.startswith("-") or word == "-":
+            words.append(word)
+            continue
         name, eq, value = word.partition("=")
         # Short flags may be bundled (-cF); anything else goes word by word.
         names = [f"-{c}" for c in word[1:]] if not word.startswith("--") and not eq else [name]
@@ -453,9 +713,9 @@ def fast_parse(argv: list[str]) -> Namespace | None:
                 setattr(ns, o.dest, True)
                 continue
             if not eq:
-                if len(names) > 1 or not words:
+                if len(names) > 1 or not rest:
                     return None
-                value = words.pop(0)
+                value = rest.pop(0)
             try:
                 v = o.takes(value)
             except ValueError:
@@ -465,7 +725,7 @@ def fast_parse(argv: list[str]) -> Namespace | None:
             setattr(ns, o.dest, v)
     for p in verb.pos:
         if p.nargs in ("*", "+"):
-            if any(w.startswith("-") and w != "-" for w in words) or (p.nargs == "+" and not words):
+            if p.nargs == "+" and not words:
                 return None
             setattr(ns, p.dest, words)
             words = []
@@ -478,11 +738,11 @@ def fast_parse(argv: list[str]) -> Namespace | None:
     return None if words else ns
 
 
-def parser():
+def parser(prog: str = "xenopus"):
     """The argparse version of VERBS, for help text and error messages."""
     import argparse
 
-    p = argparse.ArgumentParser(prog="xenopus", description="A Xen-style hypervisor on KVM (xl-compatible verbs).")
+    p = argparse.ArgumentParser(prog=prog, description="A Xen-style hypervisor on KVM (xl-compatible verbs).")
     sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
     for verb in VERBS:
         v = sub.add_parser(verb.name, help=verb.help)
@@ -500,15 +760,18 @@ def parser():
 
 
 def main(argv: list[str] | None = None) -> int:
+    prog = os.path.basename(sys.argv[0]) if argv is None else "xenopus"
+    if prog not in ("xl", "xenopus"):
+        prog = "xenopus"  # python -m xenopus
     argv = sys.argv[1:] if argv is None else argv
-    args = fast_parse(argv) or parser().parse_args(argv)
+    args = fast_parse(argv) or parser(prog).parse_args(argv)
     try:
         return args.func(args)
-    except CliError as e:
-        print(f"xenopus: {e}", file=sys.stderr)
+    except XenopusError as e:
+        print(f"{prog}: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
     except PermissionError as e:
-        print(f"xenopus: {e.filename or ''}: permission denied (xenopus needs root for {ipc.run_dir()})", file=sys.stderr)
+        print(f"{prog}: {e.filename or ''}: permission denied (xenopus needs root for {ipc.run_dir()})", file=sys.stderr)
         return 1

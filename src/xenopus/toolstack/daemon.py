@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import fcntl
 import logging
 import os
@@ -25,6 +26,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
+from uuid import uuid4
 
 from xenopus import ipc
 from xenopus.control import Reply, Request
@@ -43,17 +45,26 @@ from xenopus.domain.protocol import (
     decode_from_zygote,
 )
 from xenopus.domain.restart import RestartBackoff
+from xenopus.toolstack import hostinfo, xlformat
 from xenopus.toolstack.broker import InterdomainBroker
 from xenopus.toolstack.xenstored import XenStored
 
 log = logging.getLogger("xenopus.daemon")
 
 DMESG_LINES = 10000
+DOM0_NAMES = ("Domain-0",)  # the host's name in every listing
+# How `xl dmesg` words a domain's stop, by StopReason.kind.
+STOP_WORDS = {"poweroff": "shut down", "reboot": "rebooted", "crash": "crashed"}
 DESTROY_GRACE = 5.0  # seconds a domain process gets to exit before SIGKILL
 
 
 class RequestError(Exception):
-    """A request the daemon refuses; the message goes back to the client."""
+    """A request the daemon refuses; the message goes back to the client, with `code`
+    (the kind of refusal, `xenopus.client.ERRORS`) when it has one."""
+
+    def __init__(self, message: str, code: str | None = None):
+        super().__init__(message)
+        self.code = code
 
 
 @dataclass
@@ -63,6 +74,7 @@ class DomainRecord:
     state: str = "starting"  # running | paused | shutdown | crashed | dying
     pid: int | None = None
     created: float = field(default_factory=time.time)
+    uuid: str = field(default_factory=lambda: str(uuid4()))  # libxl_domain_create_info
     writer: asyncio.StreamWriter | None = None
     pending: dict[int, asyncio.Future[Reply]] = field(default_factory=dict)
     seq: int = 0
@@ -83,7 +95,7 @@ class DomainRecord:
     async def request(self, req: Request, timeout: float = 10.0) -> Reply:
         """Ask the domain process; its reply, refusals included."""
         if self.writer is None or self.writer.is_closing():
-            raise RequestError(f"domain {self.domid} has no running process")
+            raise RequestError(f"domain {self.domid} has no running process", "state")
         self.seq += 1
         seq = self.seq
         fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
@@ -147,6 +159,11 @@ class Daemon:
         # port-0xE9 lines, bounded like Xen's.
         self.dmesg: collections.deque[str] = collections.deque(maxlen=DMESG_LINES)
 
+    def hv_log(self, text: str) -> None:
+        """A line of xenopus's own in the host log, prefixed "(XEN) " as the hypervisor's
+        lines are in Xen's console ring (guests' lines carry "(dN) ")."""
+        self.dmesg.append(f"(XEN) {text}")
+
     # -- start-up -----------------------------------------------------------------------
     def acquire_lock(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -192,6 +209,8 @@ class Daemon:
     async def serve(self, ready_fd: int | None = None) -> None:
         await self._start_zygote()
         await self.xenstore.serve(ipc.xenstored_socket_path(self.run_dir))
+        if self.run_dir == Path(ipc.DEFAULT_RUN_DIR):  # the system's daemon, not a test's
+            self.xenstore.publish()
         path = Path(ipc.daemon_socket_path(self.run_dir))
         path.unlink(missing_ok=True)
         server = await asyncio.start_unix_server(self._client, path=str(path))
@@ -207,6 +226,7 @@ class Daemon:
         server.close()
         await asyncio.gather(*(self._destroy(r) for r in list(self.domains.values())))
         path.unlink(missing_ok=True)
+        self.xenstore.unpublish()
         # Let each client see its last reply and then end of stream, rather than cancel it.
         for writer in self._clients.values():
             writer.close()
@@ -246,7 +266,7 @@ class Daemon:
         try:
             return await self._dispatch(req, client)
         except RequestError as e:
-            return Reply.failure(str(e))
+            return Reply(False, {"code": e.code} if e.code else {}, str(e))
         except Exception as e:  # noqa: BLE001 - one bad request must not stop the daemon
             log.exception("request %r failed", req.op)
             return Reply.failure(f"internal error: {e}")
@@ -287,7 +307,7 @@ class Daemon:
     async def _console(self, req: Request, client: Client) -> Reply:
         rec = self.lookup(req.dom)
         if rec.pid is None:
-            raise RequestError(f"domain {rec.domid} has no console: it is not running")
+            raise RequestError(f"domain {rec.domid} has no console: it is not running", "state")
         kind = req.args.get("type") or rec.console
         if kind not in ipc.CONSOLE_SOCKETS:
             raise RequestError(f"unknown console type {kind!r}")
@@ -327,9 +347,43 @@ class Daemon:
 
         async def entry(rec: DomainRecord) -> dict[str, Any]:
             vcpus = await rec.query("vcpu-list", "vcpus", [], timeout=5.0)
+            if rec.state == "paused" and vcpus and vcpus[0]["cpu"] is None and vcpus[0]["affinity"]:
+                # Created paused, no vCPU has run yet; but Xen's domain builder has
+                # brought vCPU0 up (only the others wait for the guest), placed on the
+                # first CPU of its affinity: so it is listed.
+                vcpus[0] = {**vcpus[0], "online": True, "cpu": min(vcpus[0]["affinity"])}
             return {"domid": rec.domid, "name": rec.name, "state": rec.state, "vcpus": vcpus}
 
         return Reply.success(domains=list(await asyncio.gather(*(entry(r) for r in recs))))
+
+    @daemon_step("rename")
+    async def _rename(self, req: Request, client: Client) -> Reply:
+        """xl rename: the name in the domain table, the config and XenStore (its home's
+        and /vm's `name`, libxl__domain_rename)."""
+        rec = self.lookup(req.dom)
+        new = req.args.get("name")
+        if not isinstance(new, str):
+            raise RequestError("rename needs a new name")
+        if new == rec.name:
+            return Reply.success()
+        if new in DOM0_NAMES or any(r.name == new for r in self.domains.values()):
+            raise RequestError(f"domain with name '{new}' already exists", "domain-exists")
+        try:
+            config = dataclasses.replace(rec.config, name=new)
+        except ConfigError as e:
+            raise RequestError(str(e), "config") from None
+        old, rec.config = rec.name, config
+        self.xenstore.rename(rec.domid, new)
+        self.hv_log(f"d{rec.domid}: domain '{old}' renamed '{new}'")
+        return Reply.success()
+
+    @daemon_step("host-info")
+    async def _host_info(self, req: Request, client: Client) -> Reply:
+        """`xl info`'s values (xl_info.c print_info) for this host."""
+        info = hostinfo.gather()
+        if req.args.get("numa"):
+            info.update(hostinfo.topology())
+        return Reply.success(**info)
 
     def lookup(self, dom: str) -> DomainRecord:
         if dom.isdigit():
@@ -337,12 +391,12 @@ class Daemon:
             if rec is None:
                 if int(dom) == 0:
                     raise RequestError("domain 0 is the host; it cannot be managed from here")
-                raise RequestError(f"domain {dom} does not exist")
+                raise RequestError(f"domain {dom} does not exist", "no-such-domain")
             return rec
         for rec in self.domains.values():
             if rec.name == dom:
                 return rec
-        raise RequestError(f"domain '{dom}' does not exist")
+        raise RequestError(f"domain '{dom}' does not exist", "no-such-domain")
 
     # -- create -------------------------------------------------------------------------
     @daemon_step("create")
@@ -352,9 +406,12 @@ class Daemon:
         message (`unpause`) on this connection (xl create -c: not a byte of output is
         lost). With `wait`, a second reply comes when it is gone."""
         config, warnings = self._load_config(req)
+        if req.args.get("dryrun"):  # xl create -n: the configuration, as libxl's JSON
+            libxl = xlformat.libxl_domain_config(config, str(uuid4()))
+            return Reply.success(libxl=libxl, warnings=warnings)
         name = config.name
         if any(r.name == name for r in self.domains.values()):
-            raise RequestError(f"domain '{name}' already exists")
+            raise RequestError(f"domain '{name}' already exists", "domain-exists")
         rec = DomainRecord(self.next_domid, config)
         self.next_domid += 1
         self.domains[rec.domid] = rec
@@ -391,11 +448,17 @@ class Daemon:
         path, overrides, cwd = (req.args.get(k) for k in ("path", "overrides", "cwd"))
         if not isinstance(path, str):
             raise RequestError("create needs a config file")
+        bridge = req.args.get("vif_bridge")  # xl.conf's vif.default.bridge, read by the CLI
         try:
-            return load_config(path, [str(o) for o in overrides or []],
-                               cwd=cwd if isinstance(cwd, str) else None)
-        except (ConfigError, OSError) as e:
-            raise RequestError(str(e)) from None
+            config, warnings = load_config(path, [str(o) for o in overrides or []],
+                                           cwd=cwd if isinstance(cwd, str) else None)
+            if isinstance(bridge, str) and any(v.bridge is None for v in config.vifs):
+                vifs = [v if v.bridge is not None else dataclasses.replace(v, bridge=bridge)
+                        for v in config.vifs]
+                config = dataclasses.replace(config, vifs=vifs)
+        except (ConfigError, OSError, ValueError) as e:
+            raise RequestError(str(e), "config") from None
+        return config, warnings
 
     async def _spawn(self, rec: DomainRecord, paused: bool = False) -> None:
         assert self._zsock is not None
@@ -403,7 +466,8 @@ class Daemon:
         # The domain's XenStore traffic (its guest's ring, proxied by its process) comes
         # over a socket pair of ours: the daemon, not the domain process, names the domain.
         xs_ours, xs_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        await self.xenstore.add_domain(rec.domid, rec.name, rec.config, xs_ours)
+        await self.xenstore.add_domain(rec.domid, rec.name, rec.config, rec.uuid, rec.created,
+                                       xs_ours)
         # Interdomain event channels and grant views (fds travel with SCM_RIGHTS, which
         # asyncio streams cannot carry): a datagram socket pair of their own.
         id_ours, id_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -449,9 +513,14 @@ class Daemon:
         rec.protocol = event.protocol
         rec.xen_path = event.xen_path
         rec.console = event.console
-        self.xenstore.write_nodes(rec.domid, "console", event.console_nodes)
+        self.xenstore.console_ready(rec.domid, event.console_nodes)
+        if event.store_nodes:
+            self.xenstore.write_nodes(rec.domid, "store", event.store_nodes)
         rec.state = "paused" if paused else "running"
         log.info("domain %d (%s) started, pid %d", rec.domid, rec.name, rec.pid)
+        self.hv_log(f"d{rec.domid}: domain '{rec.name}' created ({rec.protocol} boot, Xen"
+                    f" interface {rec.xen_path}, {rec.config.vcpus} vCPU(s),"
+                    f" {rec.config.memory} MiB){' paused' if paused else ''}")
         asyncio.create_task(self._domain_events(rec, reader))
 
     async def _domain_events(self, rec: DomainRecord, reader: asyncio.StreamReader) -> None:
@@ -482,6 +551,8 @@ class Daemon:
             elif isinstance(event, Stopped):
                 rec.last_stop = event
                 log.info("domain %d (%s) %s → %s", rec.domid, rec.name, event.reason, event.action)
+                self.hv_log(f"d{rec.domid}: domain '{rec.name}' {STOP_WORDS.get(event.reason, event.reason)};"
+                            f" on_{event.reason}={event.action}")
         await self._process_gone(rec)
 
     def _retire(self, rec: DomainRecord) -> None:
@@ -497,6 +568,7 @@ class Daemon:
         )
         if self.domains.get(rec.domid) is rec:
             del self.domains[rec.domid]
+        self.hv_log(f"d{rec.domid}: domain '{rec.name}' destroyed")
         rec.gone.set()
 
     async def _process_gone(self, rec: DomainRecord) -> None:
@@ -573,13 +645,20 @@ class Daemon:
     # -- list ---------------------------------------------------------------------------
     @daemon_step("list")
     async def _list(self, req: Request, client: Client) -> Reply:
+        """Every domain; with `long`, its configuration as libxl_domain_config too."""
+        long = bool(req.args.get("long"))
+
         async def entry(rec: DomainRecord) -> dict[str, Any]:
             cpu = await rec.query("info", "cpu_time", 0.0, timeout=2.0)
-            return {
+            out = {
                 "domid": rec.domid,
                 "name": rec.name,
+                "uuid": rec.uuid,
+                "start_time": rec.created,
                 "memory": rec.config.memory,
+                "maxmem": rec.config.maxmem,
                 "vcpus": rec.config.vcpus,
+                "maxvcpus": rec.config.maxvcpus,
                 "state": rec.state,
                 "reason": rec.last_stop.reason if rec.last_stop is not None else None,
                 "cpu_time": cpu,
@@ -588,6 +667,9 @@ class Daemon:
                 "pid": rec.pid,
                 "config": rec.config.to_dict(),
             }
+            if long:
+                out["libxl"] = xlformat.libxl_domain_config(rec.config, rec.uuid)
+            return out
 
         recs = sorted(self.domains.values(), key=lambda r: r.domid)
         return Reply.success(domains=list(await asyncio.gather(*(entry(r) for r in recs))))

@@ -1,11 +1,14 @@
 """The daemon's XenStore: the store, its Unix socket, and each domain's nodes.
 
-The nodes are the ones libxl writes when it makes a domain (libxl_create.c,
-libxl__domain_make and libxl__build_post): a read-only home `/local/domain/N` owned by
-dom0 and readable by the domain, the writable subdirectories a guest uses (`control/
-shutdown`, `data`, `drivers`, `feature`, `attr`, `error`), its name, domid, memory target
-and vCPU availability, and `/vm/<uuid>`. Each domain's ring traffic arrives on a socket
-pair made at spawn time and is served as that domain (`XenStoreServer.attach_domain`).
+The nodes are the ones libxl writes for a PVH domain (docs/misc/xenstore-paths.pandoc):
+`libxl__domain_make` (libxl_create.c) makes the home `/local/domain/N`, `/vm/UUID` and
+`/libxl/N` with their permissions and the placeholders a guest fills in (`control/
+feature-*`, `control/sysrq`, ...); `libxl__build_post` (libxl_dom.c) writes memory, store
+and vCPU availability, `libxl__domain_build` `/vm/UUID/start_time`; `libxl__device_
+console_add` (libxl_console.c, through `libxl__device_generic_add`) the primary console's
+frontend and backend. Dom0's `name` and `domid` are what `xen-init-dom0` writes at boot.
+Each domain's ring traffic arrives on a socket pair made at spawn time and is served as
+that domain (`XenStoreServer.attach_domain`).
 """
 
 from __future__ import annotations
@@ -15,7 +18,6 @@ import contextlib
 import logging
 import os
 import socket
-import uuid
 
 from xenopus.domain.config import DomainConfig
 from xenopus.xen.xenstore.server import XenStoreServer
@@ -27,8 +29,34 @@ log = logging.getLogger("xenopus.xenstore")
 # what is not named keeps xenstored's default.
 QUOTA_ENV = "XENOPUS_XENSTORE_QUOTA"
 
-RW_DIRS = ("control/shutdown", "data", "drivers", "feature", "attr", "error")
-RO_DIRS = ("device", "control", "console")
+# Where libxenstore looks first (xs.c xs_open → xs_daemon_socket: XENSTORED_RUNDIR/socket).
+XEN_SOCKET = "/run/xenstored/socket"
+DOM0_NAME = "Domain-0"
+
+# libxl__domain_make: the subdirectories of a domain's home, and who may write them.
+# "ro" (libxl's roperm): dom0 owns the node, the domain may read it; "rw" (rwperm): the
+# domain owns it. Feature placeholders are empty nodes the guest's drivers fill in.
+HOME_NODES = (
+    ("cpu", "ro"), ("memory", "ro"), ("device", "ro"), ("device/suspend/event-channel", "rw"),
+    ("control", "ro"), ("control/shutdown", "rw"), ("control/feature-poweroff", "rw"),
+    ("control/feature-reboot", "rw"), ("control/feature-suspend", "rw"),
+    ("control/sysrq", "rw"), ("data", "rw"), ("drivers", "rw"), ("feature", "rw"),
+    ("attr", "rw"), ("error", "rw"),
+)
+# libxl__domain_make writes these two "1"s: what the toolstack supports.
+PLATFORM_FEATURES = ("multiprocessor-suspend", "xs_reset_watches")
+# libxl_console.c: LIBXL_XENCONSOLE_PROTOCOL, LIBXL_XENCONSOLE_LIMIT; the primary console
+# is a pty for xenconsoled; XenbusStateInitialising is what libxl gives its backend.
+CONSOLE_PROTOCOL = "vt100"
+CONSOLE_LIMIT = "1048576"
+XENBUS_INITIALISING = "1"
+
+
+def start_time_text(seconds: float) -> str:
+    """`/vm/UUID/start_time` for a PVH domain: "%"PRIu64".%02ld" of the seconds and
+    hundredths (libxl__domain_build)."""
+    whole = int(seconds)
+    return "%d.%02d" % (whole, int((seconds - whole) * 100))  # noqa: UP031
 
 
 class XenStored:
@@ -38,49 +66,136 @@ class XenStored:
         self.dom0 = self.store.connect(0, lambda path, token: None)
         self._tasks: dict[int, asyncio.Task] = {}
         self._vm_paths: dict[int, str] = {}
+        self._published: str | None = None
+        self.path = ""  # the socket this XenStore serves on (XENSTORED_PATH)
+        for key, value in (("name", DOM0_NAME), ("domid", "0")):  # xen-init-dom0
+            self.store.write(self.dom0, f"/local/domain/0/{key}", value.encode())
 
     async def serve(self, path: str) -> None:
         await self.server.serve_unix(path)
         os.chmod(path, 0o600)
+        self.path = path
 
-    async def add_domain(self, domid: int, name: str, config: DomainConfig, sock: socket.socket) -> None:
+    def publish(self, xen_path: str = XEN_SOCKET) -> None:
+        """Make the socket reachable where Xen's tools look without XENSTORED_PATH: a
+        symlink at `xen_path`. A socket or file of another xenstored there is left alone."""
+        target = self.path
+        if os.path.islink(xen_path) and os.readlink(xen_path) == target:
+            os.unlink(xen_path)  # ours, from a daemon that did not clean up
+        if os.path.lexists(xen_path):
+            log.warning("xenstore: %s exists (another xenstored?); not replacing it", xen_path)
+            return
+        try:
+            os.makedirs(os.path.dirname(xen_path), mode=0o755, exist_ok=True)
+            os.symlink(target, xen_path)
+        except OSError as e:
+            log.warning("xenstore: cannot link %s to %s: %s", xen_path, target, e.strerror)
+            return
+        self._published = xen_path
+
+    def unpublish(self) -> None:
+        path, self._published = self._published, None
+        if path is not None and os.path.islink(path) and os.readlink(path) == self.path:
+            os.unlink(path)
+
+    def _mknod(self, path: str, perms: list[str], value: str | None = None) -> None:
+        s, c = self.store, self.dom0
+        if value is None:
+            s.mkdir(c, path)
+        else:
+            s.write(c, path, value.encode())
+        s.set_perms(c, path, perms)
+
+    def write_domain(self, domid: int, name: str, config: DomainConfig, uuid: str,
+                     start_time: float) -> None:
+        """The nodes libxl writes before a domain runs (libxl__domain_make,
+        libxl__build_post, libxl__domain_build); `store/*` and `console/*` follow once
+        the domain process has placed the rings (`store_ready`, `console_ready`)."""
+        s, c = self.store, self.dom0
+        home, vm, lib = f"/local/domain/{domid}", f"/vm/{uuid}", f"/libxl/{domid}"
+        self._vm_paths[domid] = vm
+        ro, rw, none = ["n0", f"r{domid}"], [f"n{domid}"], ["n0"]
+        for path in (home, vm, lib):
+            with contextlib.suppress(XsError):
+                s.rm(c, path)
+        self._mknod(home, ro)
+        self._mknod(vm, ro)
+        self._mknod(lib, none)
+        self._mknod(f"{lib}/device", none)
+        s.write(c, f"{lib}/type", config.type.encode())  # libxl_domain_type_to_string
+        s.write(c, f"{home}/vm", vm.encode())
+        for sub, kind in HOME_NODES:
+            self._mknod(f"{home}/{sub}", ro if kind == "ro" else rw)
+        for feature in PLATFORM_FEATURES:
+            s.write(c, f"{home}/control/platform-feature-{feature}", b"1")
+        self.rename(domid, name)
+        s.write(c, f"{vm}/uuid", uuid.encode())
+        s.write(c, f"{vm}/start_time", start_time_text(start_time).encode())
+        maxvcpus = config.maxvcpus or config.vcpus
+        values = {
+            "memory/static-max": str((config.maxmem or config.memory) * 1024),  # KiB
+            "memory/target": str(config.memory * 1024),
+            "memory/videoram": "0",  # a PVH domain has no emulated video memory
+            "domid": str(domid),
+            **{f"cpu/{i}/availability": "online" if i < config.vcpus else "offline"
+               for i in range(maxvcpus)},
+        }
+        for key, value in values.items():
+            s.write(c, f"{home}/{key}", value.encode())
+
+    def rename(self, domid: int, name: str) -> None:
+        """The domain's name in its home and its /vm (libxl__domain_rename)."""
+        s, c = self.store, self.dom0
+        s.write(c, f"/local/domain/{domid}/name", name.encode())
+        vm = self._vm_paths.get(domid)
+        if vm is not None:
+            s.write(c, f"{vm}/name", name.encode())
+
+    async def add_domain(self, domid: int, name: str, config: DomainConfig, uuid: str,
+                         start_time: float, sock: socket.socket) -> None:
         """Write the domain's nodes, introduce it (@introduceDomain) and serve its ring
         traffic from `sock`. A domain that is re-spawned (on_crash=restart) starts over."""
         self.remove_domain(domid)
-        s, c = self.store, self.dom0
-        home = f"/local/domain/{domid}"
-        vm = f"/vm/{uuid.uuid4()}"
-        self._vm_paths[domid] = vm
-        ro = ["n0", f"r{domid}"]  # libxl's roperm: dom0 owns it, the domain may read it
-        rw = [f"n{domid}"]  # libxl's rwperm: the domain owns it
-        s.mkdir(c, home)
-        s.set_perms(c, home, ro)
-        for sub in RO_DIRS:
-            s.mkdir(c, f"{home}/{sub}")
-            s.set_perms(c, f"{home}/{sub}", ro)
-        for sub in RW_DIRS:
-            s.mkdir(c, f"{home}/{sub}")
-            s.set_perms(c, f"{home}/{sub}", rw)
-        values = {
-            "name": name,
-            "domid": str(domid),
-            "vm": vm,
-            "memory/target": str(config.memory * 1024),  # KiB, as libxl
-            "memory/static-max": str((config.maxmem or config.memory) * 1024),
-        }
-        for i in range(config.vcpus):
-            values[f"cpu/{i}/availability"] = "online"
-        for key, value in values.items():
-            s.write(c, f"{home}/{key}", value.encode())
-        s.write(c, f"{vm}/name", name.encode())
-        s.write(c, f"{vm}/uuid", vm.rsplit("/", 1)[1].encode())
-        s.set_perms(c, vm, ro)
-        s.introduce(c, domid)
+        self.write_domain(domid, name, config, uuid, start_time)
+        self.store.introduce(self.dom0, domid)
         reader, writer = await asyncio.open_unix_connection(sock=sock)
         self._tasks[domid] = asyncio.create_task(self._serve(domid, reader, writer))
 
+    def store_ready(self, domid: int, port: int, ring_ref: int) -> None:
+        """The XenStore ring's event channel and frame (libxl__build_post)."""
+        self.write_nodes(domid, "store", {"port": str(port), "ring-ref": str(ring_ref)})
+
+    def console_ready(self, domid: int, nodes: dict[str, str]) -> None:
+        """The primary console as libxl__device_console_add writes it: the frontend
+        (read-only to the guest, console 0 being special), the backend under dom0 and
+        libxl's copy. `nodes` are the domain process's ring-ref, port, type, limit."""
+        s, c = self.store, self.dom0
+        front = f"/local/domain/{domid}/console"
+        back = f"/local/domain/0/backend/console/{domid}/0"
+        lib = f"/libxl/{domid}/device/console/0"
+        ro, fe = ["n0", f"r{domid}"], [f"n{domid}", "r0"]
+        with contextlib.suppress(XsError):
+            s.rm(c, back)
+        self._mknod(front, ro)
+        s.write(c, f"{front}/backend", back.encode())
+        self._mknod(f"{front}/backend-id", fe, "0")
+        ro_front = {"limit": CONSOLE_LIMIT, "type": "xenconsoled", "output": "pty", "tty": "",
+                    **{k: str(v) for k, v in nodes.items()}}
+        for key, value in ro_front.items():
+            self._mknod(f"{front}/{key}", ro, value)
+        back_nodes = {"frontend-id": str(domid), "online": "1", "state": XENBUS_INITIALISING,
+                      "protocol": CONSOLE_PROTOCOL}
+        self._mknod(back, ro)
+        s.write(c, f"{back}/frontend", front.encode())
+        for key, value in back_nodes.items():
+            s.write(c, f"{back}/{key}", value.encode())
+        s.write(c, f"{lib}/frontend", front.encode())
+        s.write(c, f"{lib}/backend", back.encode())
+        for key, value in back_nodes.items():
+            s.write(c, f"{lib}/{key}", value.encode())
+
     def write_nodes(self, domid: int, under: str, values: dict[str, str]) -> None:
-        """Toolstack nodes below the domain's home, e.g. console/ring-ref and port."""
+        """Toolstack nodes below the domain's home, e.g. store/ring-ref and port."""
         for key, value in values.items():
             self.store.write(self.dom0, f"/local/domain/{domid}/{under}/{key}", str(value).encode())
 
@@ -93,7 +208,8 @@ class XenStored:
             writer.close()
 
     def remove_domain(self, domid: int) -> None:
-        """@releaseDomain, then the domain's nodes go."""
+        """@releaseDomain, then the domain's nodes go (libxl__destroy_domid: its home,
+        /vm, /libxl and its backends under dom0)."""
         task = self._tasks.pop(domid, None)
         if task is not None:
             task.cancel()
@@ -101,7 +217,9 @@ class XenStored:
         with contextlib.suppress(XsError):
             if s.is_domain_introduced(domid):
                 s.release(c, domid)
-        for path in (f"/local/domain/{domid}", self._vm_paths.pop(domid, None)):
+        paths = [f"/local/domain/{domid}", self._vm_paths.pop(domid, None), f"/libxl/{domid}",
+                 f"/local/domain/0/backend/console/{domid}"]
+        for path in paths:
             if path:
                 with contextlib.suppress(XsError):
                     s.rm(c, path)

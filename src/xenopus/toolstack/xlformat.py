@@ -1,6 +1,10 @@
 """xl's output formats, byte for byte.
 
-Sources (Xen): tools/xl/xl_info.c `list_domains` for `xl list`, tools/xl/xl_vcpu.c
+Sources (Xen): tools/xl/xl_info.c `list_domains` for `xl list` (and `-v`),
+`output_nodeinfo`/`output_physinfo`/`output_xeninfo`/`print_info` for `xl info`,
+`print_uptime` and `uptime_to_string` for `xl uptime`; tools/xentop/xentop.c `do_header`/
+`do_domain` and the `fields[]` table for `xl top -b`; tools/libs/light/libxl_types.idl
+`libxl_domain_config` for `xl list -l`; tools/xl/xl_vcpu.c
 `vcpulist`/`print_vcpuinfo` for `xl vcpu-list`, tools/xl/xl_utils.c `print_bitmap` for
 CPU affinity sets, tools/xl/xl_block.c `main_blocklist` and tools/xl/xl_nic.c
 `main_networklist` for Xen PV disks and NICs. Each function returns one line without its trailing newline.
@@ -11,13 +15,21 @@ be compared with xl's source at a glance.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-# xl_info.c: shutdown_reason_letters[] = "-rscw", indexed by libxl_shutdown_reason
-# (poweroff, reboot, suspend, crash, watchdog).
+if TYPE_CHECKING:  # the CLI imports this module; the config package only the daemon
+    from xenopus.domain.config import DomainConfig
+    from xenopus.domain.devspec import DiskSpec, VifSpec
+
+# xl_info.c: shutdown_reason_letters[] = "-rscwS", indexed by libxl_shutdown_reason
+# (poweroff, reboot, suspend, crash, watchdog, soft_reset).
 SHUTDOWN_LETTERS = {"poweroff": "-", "reboot": "r", "suspend": "s", "crash": "c",
-                    "watchdog": "w"}
+                    "watchdog": "w", "soft_reset": "S"}
+# The same order gives `xl list -v`'s Reason-Code (libxl_shutdown_reason's values).
+SHUTDOWN_CODES = {reason: code for code, reason in enumerate(SHUTDOWN_LETTERS)}
 
 
 @dataclass(frozen=True)
@@ -67,6 +79,50 @@ def list_row(name: str, domid: int, mem_mib: int, vcpus: int,
     return "%-40s %5d %5d %5d     %s  %8.1f" % (name, domid, mem_mib, vcpus, flags, cpu_time)  # noqa: UP031
 
 
+# xl_info.c list_domains: the options' columns, in this order, after the six fixed ones.
+# Header: -v "   UUID                            Reason-Code\tSecurity Label", else -Z
+# "   Security Label"; -c "         Cpupool"; -n " NODE Affinity". Rows: -v " "
+# LIBXL_UUID_FMT then " %8x" (the shutdown reason) or " %8s" ("-"); -v or -Z " %16s"
+# (the security label: "-" without XSM/FLASK); -c "%16s" (the pool's name); -n " " then
+# print_bitmap of the domain's node affinity.
+LIST_VERBOSE_HEADER = "   UUID                            Reason-Code\tSecurity Label"
+POOL = "Pool-0"  # Xen's first CPU pool, which every domain here is in
+
+
+def list_options_header(*, verbose: bool = False, context: bool = False,
+                        cpupool: bool = False, numa: bool = False) -> str:
+    return "".join((LIST_VERBOSE_HEADER if verbose else "",
+                    "   Security Label" if context and not verbose else "",
+                    "         Cpupool" if cpupool else "", " NODE Affinity" if numa else ""))
+
+
+def list_options_columns(uuid: str, reason: str | None, shutdown: bool, *,
+                         verbose: bool = False, context: bool = False, cpupool: bool = False,
+                         nodes: str | None = None) -> str:
+    """What `xl list -v/-Z/-c/-n` add to a row; `nodes` is the node affinity as
+    print_bitmap writes it (with -n)."""
+    out = ""
+    if verbose:
+        code = "%8x" % SHUTDOWN_CODES.get(reason or "poweroff", 0) if shutdown else "%8s" % "-"  # noqa: UP031
+        out += f" {uuid} {code}"
+    if verbose or context:
+        out += " %16s" % "-"  # noqa: UP031
+    if cpupool:
+        out += "%16s" % POOL  # noqa: UP031
+    if nodes is not None:
+        out += " " + nodes
+    return out
+
+
+# xl_info.c list_vm: printf("UUID                                  ID    name\n"), then
+# per guest (dom0 excluded) LIBXL_UUID_FMT "  %d    %-30s\n".
+VM_LIST_HEADER = "UUID                                  ID    name"
+
+
+def vm_list_row(uuid: str, domid: int, name: str) -> str:
+    return "%s  %d    %-30s" % (uuid, domid, name)  # noqa: UP031
+
+
 def cpumap(cpus: Iterable[int] | str, nr_cpus: int) -> str:
     """A CPU set as xl_utils.c print_bitmap writes it: "all" when every one of the
     `nr_cpus` CPUs is set, "none" when none is, else ranges like "0-2,5"."""
@@ -110,8 +166,10 @@ def vcpu_list_row(name: str, domid: int, vcpu: int, cpu: int | None, *,
 
 
 def list_long(entries: Iterable[Mapping[str, object]]) -> str:
-    """`xl list -l`: a JSON array, indent 4, of one object per domain (domid, config and
-    runtime fields). Values with a `to_dict()` (e.g. DomainConfig) are converted."""
+    """`xl list -l`: a JSON array, indent 4, of one object per domain, as xl_info.c
+    printf_info_one_json makes it: "domid" and "config" (`libxl_domain_config`), plus
+    what xenopus adds under "xenopus" (its own fields; parsers of xl's output skip it).
+    Values with a `to_dict()` are converted."""
     def default(obj: object) -> object:
         to_dict = getattr(obj, "to_dict", None)
         if callable(to_dict):
@@ -180,3 +238,252 @@ def block_list(disks: Iterable[Mapping[str, object]]) -> list[str]:
 def network_list(nics: Iterable[Mapping[str, object]]) -> list[str]:
     """`network-list`'s lines for these NICs (inventory descriptions of kind "nic")."""
     return _listing(nics, XL_NETWORK_HEADER, xl_network_row, VIRTIO_NETWORK)
+
+
+# -- xl info (xl_info.c print_info) ----------------------------------------------------
+# The fields in print_info's order: output_nodeinfo, output_physinfo, output_xeninfo,
+# then "xend_config_format". Each line is maybe_printf("NAME<padding>: VALUE\n") with the
+# name padded to 23 columns; virt_caps is "virt_caps              :%s%s..." with each
+# capability written " NAME", so an empty set leaves no space after the colon.
+INFO_FIELDS = (
+    "host", "release", "version", "machine",
+    "nr_cpus", "max_cpu_id", "nr_nodes", "cores_per_socket", "threads_per_core", "cpu_mhz",
+    "hw_caps", "virt_caps", "total_memory", "free_memory", "sharing_freed_memory",
+    "sharing_used_memory", "outstanding_claims", "free_cpus",
+    "xen_major", "xen_minor", "xen_extra", "xen_version", "xen_caps", "xen_scheduler",
+    "xen_pagesize", "platform_params", "xen_changeset", "xen_commandline", "cc_compiler",
+    "cc_compile_by", "cc_compile_domain", "cc_compile_date",
+    "xend_config_format",
+)
+
+
+def topology_lines(values: Mapping[str, Any]) -> list[str]:
+    """`xl info -n`'s tables, between the physinfo and xeninfo fields (print_info):
+    output_topologyinfo's "%3d:    %4d     %4d     %4d" per CPU and "%04x:%02x:%02x.%01x
+    %d" per PCI device, then output_numainfo's "%4d:    %6"PRIu64"     %6"PRIu64"      %d"
+    per node with ",%d" for each further distance."""
+    lines = ["cpu_topology           :", "cpu:    core    socket     node"]
+    lines += ["%3d:    %4d     %4d     %4d" % tuple(t) for t in values["cpu_topology"]]  # noqa: UP031
+    lines += ["device topology        :", "device           node"]
+    devices = list(values["device_topology"])
+    lines += ["%s      %d" % (addr, node) for addr, node in devices]  # noqa: UP031
+    if not devices:
+        lines.append("No device topology data available")
+    lines += ["numa_info              :", "node:    memsize    memfree    distances"]
+    for node, size, free, dists in values["numa_info"]:
+        lines.append("%4d:    %6d     %6d      %s" % (node, size, free, ",".join(map(str, dists))))  # noqa: UP031
+    return lines
+
+
+def info_lines(values: Mapping[str, Any]) -> list[str]:
+    """`xl info`'s lines for the fields in `values` (INFO_FIELDS order); with -n's
+    tables (`cpu_topology` in `values`) after the physinfo fields."""
+    lines: list[str] = []
+    for name in INFO_FIELDS:
+        if name == "xen_major" and "cpu_topology" in values:
+            lines += topology_lines(values)
+        if name not in values:
+            continue
+        value = values[name]
+        if name == "virt_caps":
+            caps = value if isinstance(value, list) else str(value).split()
+            lines.append("%-23s:%s" % (name, "".join(f" {c}" for c in caps)))  # noqa: UP031
+        else:
+            lines.append("%-23s: %s" % (name, value))  # noqa: UP031
+    return lines
+
+
+def info_select(lines: Sequence[str], name: str) -> list[str]:
+    """maybe_printf's filter: the text after ": " of each line that starts with `name`."""
+    return [line.split(": ", 1)[1] for line in lines
+            if line.startswith(name) and ": " in line]
+
+
+# -- xl uptime (xl_info.c print_uptime / uptime_to_string) ------------------------------
+UPTIME_HEADER = "%-33s %4s %s" % ("Name", "ID", "Uptime")  # noqa: UP031
+
+
+def uptime_text(seconds: int, short: bool) -> str:
+    """uptime_to_string: "D days, HH:MM[:SS]" ("day" for one), the hour "%2d"."""
+    day, rest = divmod(int(seconds), 86400)
+    hour, rest = divmod(rest, 3600)
+    minute, sec = divmod(rest, 60)
+    clock = "%2d:%02d" % (hour, minute) if short else "%2d:%02d:%02d" % (hour, minute, sec)  # noqa: UP031
+    if day > 1:
+        return f"{day} days, {clock}"
+    return f"{day} day, {clock}" if day == 1 else clock
+
+
+def uptime_row(name: str, domid: int, seconds: int, short: bool, now: float) -> str:
+    """print_dom0_uptime / print_domU_uptime: "%-33s %4d %s", or with -s
+    " %s up %s, %s (%d)" (the local time as "%H:%M:%S", the uptime, name, domid)."""
+    if short:
+        clock = time.strftime("%H:%M:%S", time.localtime(now))
+        return " %s up %s, %s (%d)" % (clock, uptime_text(seconds, True), name, domid)  # noqa: UP031
+    return "%-33s %4d %s" % (name, domid, uptime_text(seconds, False))  # noqa: UP031
+
+
+# -- xl top -b (xentop.c) ---------------------------------------------------------------
+@dataclass(frozen=True)
+class TopEntry:
+    """One domain's xenstat figures (memory in KiB, cpu_ns in nanoseconds)."""
+
+    name: str
+    state: str  # xentop's six letters, see top_state
+    cpu_ns: int
+    cpu_pct: float
+    mem_kib: int
+    maxmem_kib: int | None  # None: "no limit"
+    vcpus: int
+    nets: int = 0
+    net_tx: int = 0  # bytes
+    net_rx: int = 0
+    vbds: int = 0
+
+
+def top_summary(now: float, version: str, entries: Sequence[TopEntry], total_kib: int,
+                free_kib: int, cpus: int, cpu_khz: int) -> list[str]:
+    """xentop.c do_summary, above the table on xentop's screen: "xentop - %s   Xen %s",
+    then "%u domains: %u running, %u blocked, %u paused, %u crashed, %u dying, %u
+    shutdown " (each domain counted once, in that order of precedence), then "Mem: %lluk
+    total, %lluk used, %lluk free    CPUs: %u @ %lluMHz"."""
+    counts = dict.fromkeys("rbpscd", 0)
+    for e in entries:
+        # state is "dsbcpr"; precedence running, blocked, paused, shutdown, crashed, dying
+        first = next((c for c in "rbpscd" if c in e.state), None)
+        if first is not None:
+            counts[first] += 1
+    return [
+        "xentop - %s   Xen %s" % (time.strftime("%H:%M:%S", time.localtime(now)), version),  # noqa: UP031
+        "%u domains: %u running, %u blocked, %u paused, %u crashed, %u dying, %u shutdown " % (  # noqa: UP031
+            len(entries), counts["r"], counts["b"], counts["p"], counts["c"], counts["d"],
+            counts["s"]),
+        "Mem: %dk total, %dk used, %dk free    CPUs: %u @ %dMHz" % (  # noqa: UP031
+            total_kib, total_kib - free_kib, free_kib, cpus, cpu_khz // 1000),
+    ]
+
+
+# xentop.c fields[]: header and default width; NETTX/NETRX/VBD_RD/VBD_WR/VBD_RSECT/
+# VBD_WSECT widen to the largest value (adjust_field_widths).
+TOP_FIELDS = (("NAME", 10), ("STATE", 6), ("CPU(sec)", 10), ("CPU(%)", 6), ("MEM(k)", 10),
+              ("MEM(%)", 6), ("MAXMEM(k)", 10), ("MAXMEM(%)", 9), ("VCPUS", 5), ("NETS", 4),
+              ("NETTX(k)", 8), ("NETRX(k)", 8), ("VBDS", 4), ("VBD_OO", 8), ("VBD_RD", 8),
+              ("VBD_WR", 8), ("VBD_RSECT", 10), ("VBD_WSECT", 10), ("SSID", 4))
+
+
+def top_state(*, dying: bool = False, shutdown: bool = False, blocked: bool = False,
+              crashed: bool = False, paused: bool = False, running: bool = False) -> str:
+    """xentop.c print_state: state_funcs[] in order d s b c p r, '-' where not so."""
+    flags = (dying, shutdown, blocked, crashed, paused, running)
+    return "".join(c if on else "-" for c, on in zip("dsbcpr", flags, strict=True))
+
+
+def top_lines(entries: Sequence[TopEntry], total_kib: int) -> list[str]:
+    """One batch-mode frame: do_header then do_domain per domain, sorted by name
+    (sort_field FIELD_DOMID selects fields[0], compare_name: strcasecmp). VBD request
+    and sector counts are not kept here; xentop prints '-' for a VBD with no statistics
+    (tot_vbd_reqs false), and so do we."""
+    widths = [w for _, w in TOP_FIELDS]
+    for e in entries:  # adjust_field_widths: INT_FIELD_WIDTH(value + 1)
+        widths[10] = max(widths[10], len(str(e.net_tx // 1024 + 1)))
+        widths[11] = max(widths[11], len(str(e.net_rx // 1024 + 1)))
+    header = " ".join("%*s" % (w, h) for (h, _), w in zip(TOP_FIELDS, widths, strict=True))  # noqa: UP031
+    lines = [header]
+    for e in sorted(entries, key=lambda e: e.name.lower()):
+        vbd = "-" if e.vbds else "0"  # tot_vbd_reqs: no VBD at all shows totals of 0
+        cols = [
+            "%10.10s" % e.name, e.state, "%10d" % (e.cpu_ns // 1_000_000_000),  # noqa: UP031
+            "%6.1f" % e.cpu_pct, "%10d" % e.mem_kib,  # noqa: UP031
+            "%6.1f" % (e.mem_kib / total_kib * 100 if total_kib else 0.0),  # noqa: UP031
+            "%10s" % "no limit" if e.maxmem_kib is None else "%10d" % e.maxmem_kib,  # noqa: UP031
+            "%9s" % "n/a" if e.maxmem_kib is None else  # noqa: UP031
+            "%9.1f" % (e.maxmem_kib / total_kib * 100 if total_kib else 0.0),  # noqa: UP031
+            "%5u" % e.vcpus, "%4u" % e.nets,  # noqa: UP031
+            "%*d" % (widths[10], e.net_tx // 1024), "%*d" % (widths[11], e.net_rx // 1024),  # noqa: UP031
+            "%4u" % e.vbds, "%8s" % vbd, "%*s" % (widths[14], vbd),  # noqa: UP031
+            "%*s" % (widths[15], vbd), "%*s" % (widths[16], vbd), "%*s" % (widths[17], vbd),  # noqa: UP031
+            "%4u" % 0,  # noqa: UP031 - no XSM/FLASK: every ssid is 0
+        ]
+        lines.append(" ".join(cols))
+    return lines
+
+
+# -- xl list -l (libxl_types.idl libxl_domain_config, as libxl_domain_config_gen_json) --
+# libxl's generated JSON leaves out every field still at its default; enums are their
+# lower-case names, libxl_defbool "True"/"False", a bitmap the list of its set bits.
+ACTIONS = {"destroy": "destroy", "restart": "restart", "preserve": "preserve",
+           "rename-restart": "restart_rename", "coredump-destroy": "coredump_destroy",
+           "coredump-restart": "coredump_restart", "soft-reset": "soft_reset"}
+DEFAULT_ACTION = "destroy"  # libxl_action_on_shutdown's init_val
+
+
+def libxl_disk(disk: DiskSpec) -> dict[str, object]:
+    """libxl_device_disk for one `disk=` entry. The backend is ours, a user-space one
+    like QEMU's: libxl's "qdisk"; `specification` says Xen PV (blkif) or virtio."""
+    d = disk.to_dict()
+    out: dict[str, object] = {"pdev_path": d["target"], "vdev": d["vdev"], "backend": "qdisk",
+                              "format": d["format"]}
+    if d["devtype"] == "cdrom":
+        out.update(removable=1, is_cdrom=1)
+    if not d["read_only"]:
+        out["readwrite"] = 1
+    if d["direct_io_safe"]:
+        out["direct_io_safe"] = True
+    if d["discard"] is not None:
+        out["discard_enable"] = str(d["discard"])
+    out["specification"] = disk.kind
+    if d["trusted"] is not None:
+        out["trusted"] = str(d["trusted"])
+    return out
+
+
+def libxl_nic(index: int, vif: VifSpec) -> dict[str, object]:
+    """libxl_device_nic for one `vif=` entry: a PV vif ("vif"), or a virtio NIC, which
+    libxl describes as an emulated one of that model ("vif_ioemu")."""
+    v = vif.to_dict()
+    out: dict[str, object] = {"devid": index}
+    if v["mtu"] is not None:
+        out["mtu"] = v["mtu"]
+    if v["model"] != "xen":
+        out["model"] = v["model"]
+    for key, name in (("mac", "mac"), ("bridge", "bridge"), ("vifname", "ifname")):
+        if v[key] is not None:
+            out[name] = v[key]
+    out["nictype"] = "vif" if v["model"] == "xen" else "vif_ioemu"
+    return out
+
+
+def libxl_domain_config(config: DomainConfig, uuid: str) -> dict[str, object]:
+    """`config` as libxl_domain_config: c_info (libxl_domain_create_info), b_info
+    (libxl_domain_build_info, with the PVH arm of its keyed union as "type.pvh"), the
+    device arrays and the on_* actions. No hotplug script runs here (xenopus makes the
+    tap and joins the bridge itself): run_hotplug_scripts is "False"."""
+    c_info: dict[str, object] = {"type": config.type, "name": config.name, "uuid": uuid,
+                                 "run_hotplug_scripts": "False"}
+    maxvcpus = config.maxvcpus or config.vcpus
+    b_info: dict[str, object] = {"max_vcpus": maxvcpus, "avail_vcpus": list(range(config.vcpus))}
+    if config.cpus is not None:
+        # vcpu_hard_affinity: one bitmap per vCPU; an unpinned vCPU has every host CPU,
+        # which libxl's JSON cannot say without the host's CPU count: it gets [].
+        b_info["vcpu_hard_affinity"] = [sorted(c) if c is not None else [] for c in config.cpus]
+    b_info["max_memkb"] = (config.maxmem or config.memory) * 1024
+    b_info["target_memkb"] = config.memory * 1024
+    b_info["sched_params"] = {}
+    b_info["kernel"] = config.kernel
+    if config.cmdline:
+        b_info["cmdline"] = config.cmdline
+    if config.ramdisk:
+        b_info["ramdisk"] = config.ramdisk
+    b_info["type.pvh"] = {}
+    b_info["arch_arm"] = {}
+    b_info["arch_x86"] = {}
+    out: dict[str, object] = {"c_info": c_info, "b_info": b_info}
+    if config.disks:
+        out["disks"] = [libxl_disk(d) for d in config.disks]
+    if config.vifs:
+        out["nics"] = [libxl_nic(i, v) for i, v in enumerate(config.vifs)]
+    for key in ("on_poweroff", "on_reboot", "on_crash"):
+        action = ACTIONS[getattr(config, key)]
+        if action != DEFAULT_ACTION:
+            out[key] = action
+    return out

@@ -7,7 +7,7 @@ libxlu_cfg_y.y the grammar, libxlu_cfg.c the string escapes and `+=`):
     file    := { [ KEY ("=" | "+=") value ] (NEWLINE | ";") }
     value   := STRING | NUMBER | "[" {NEWLINE} [ item { "," {NEWLINE} item } [","] ] "]"
     item    := value {NEWLINE}
-    KEY     := [a-z][_0-9a-z]*
+    KEY     := [a-z][._0-9a-z]*
     NUMBER  := [0-9][0-9a-fx]*   converted like strtol(s, NULL, 0): 0x.. hex, 0.. octal
     STRING  := '...' or "..." on one line, with C escapes
     comment := "#" to the end of the line
@@ -46,8 +46,8 @@ class ConfigSyntaxError(ConfigError):
 
 # -- lexer (libxlu_cfg_l.l) -----------------------------------------------------------
 
-_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-KEY = re.compile(r"[a-z][_0-9a-z]*\Z")  # libxlu accepts lowercase keys only
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
+KEY = re.compile(r"[a-z][._0-9a-z]*\Z")  # libxlu: lowercase, '.' too (xl.conf's vif.default.*)
 _NUMWORD = re.compile(r"[0-9][0-9A-Za-z_]*")
 # strtol(s, NULL, 0) (C11 7.22.1.4): hex after 0x, octal after a leading 0, else decimal.
 _NUMBER = re.compile(r"0[xX][0-9a-fA-F]+\Z|0[0-7]*\Z|[1-9][0-9]*\Z")
@@ -160,7 +160,7 @@ def _tokens(text: str, filename: str) -> list[_Token]:
             if not KEY.match(word):
                 raise ConfigSyntaxError(
                     filename, line,
-                    f"invalid name `{word}': names are lowercase letters, digits and '_',"
+                    f"invalid name `{word}': names are lowercase letters, digits, '_' and '.',"
                     " starting with a letter")
             toks.append(_Token(IDENT, word, line))
             i += len(word)

@@ -1,0 +1,250 @@
+"""The xenopus Python API: what a script uses instead of parsing `xl list`.
+
+    import xenopus
+
+    with xenopus.connect() as host:             # starts the daemon if none runs
+        web = host.create("/etc/xen/web.cfg", memory=256, paused=True)
+        print(web.domid, web.name, web.state)   # 1 web paused
+        host.unpause(web.domid)
+        for dom in host.list():
+            print(f"{dom.name:10} {dom.memory_mib:5} MiB {dom.cpu_time:.1f} s")
+        print(host.info().xen_version)          # 4.11.0-xenopus
+        host.shutdown("web", wait=True)
+
+A domain is named by its domid or its name everywhere (`dom`). Every method answers with
+typed objects (`Domain`, `Vcpu`, `Device`, `HostInfo`) or raises a `XenopusError`:
+`NoSuchDomain`, `DomainExists`, `ConfigInvalid`, `DomainStateError`, `DaemonUnavailable`
+(`xenopus.client` defines them; `xenopus.NoSuchDomain` etc. name them too). The `xl`
+command is built on the same transport (`xenopus.client.Connection`).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from xenopus import client
+from xenopus.client import Connection, XenopusError
+from xenopus.control import Request
+
+Dom = int | str
+
+
+@dataclass(frozen=True)
+class Domain:
+    """One domain as `xl list` knows it (memory in MiB, times in seconds)."""
+
+    domid: int
+    name: str
+    uuid: str
+    state: str  # running | paused | shutdown | crashed | dying | starting
+    memory_mib: int
+    maxmem_mib: int
+    vcpus: int
+    maxvcpus: int
+    cpu_time: float
+    start_time: float  # seconds since the epoch
+    reason: str | None  # why it last stopped: poweroff, reboot, crash (None: never)
+    protocol: str | None  # how it booted: pvh or linux
+    xen_path: str  # the Xen interface: trap, kernel or off
+    config: dict[str, Any] = field(repr=False)  # DomainConfig.to_dict(): every xl.cfg key
+
+    @classmethod
+    def from_listing(cls, d: dict[str, Any]) -> Domain:
+        return cls(d["domid"], d["name"], d["uuid"], d["state"], d["memory"], d["maxmem"],
+                   d["vcpus"], d["maxvcpus"], d["cpu_time"], d["start_time"], d["reason"],
+                   d["protocol"], d["xen_path"], d["config"])
+
+
+@dataclass(frozen=True)
+class Vcpu:
+    """One vCPU (`xl vcpu-list`): the host CPU it last ran on (None without a thread)."""
+
+    vcpu: int
+    cpu: int | None
+    online: bool
+    state: str  # running | blocked | stopped
+    cpu_time: float
+    affinity: tuple[int, ...]  # host CPUs it may run on
+
+
+@dataclass(frozen=True)
+class Device:
+    """One stateful part of a domain (its device inventory): kind is "disk", "nic", ..."""
+
+    kind: str
+    name: str
+    details: dict[str, Any] = field(repr=False)
+
+
+@dataclass(frozen=True)
+class HostInfo:
+    """`xl info`'s fields (see xenopus.toolstack.hostinfo for what each means here)."""
+
+    host: str
+    release: str
+    version: str
+    machine: str
+    nr_cpus: int
+    max_cpu_id: int
+    nr_nodes: int
+    cores_per_socket: int
+    threads_per_core: int
+    cpu_mhz: str
+    hw_caps: str
+    virt_caps: list[str]
+    total_memory: int  # MiB
+    free_memory: int
+    sharing_freed_memory: int
+    sharing_used_memory: int
+    outstanding_claims: int
+    free_cpus: int
+    xen_major: int
+    xen_minor: int
+    xen_extra: str
+    xen_version: str
+    xen_caps: str
+    xen_scheduler: str
+    xen_pagesize: int
+    platform_params: str
+    xen_changeset: str
+    xen_commandline: str
+    cc_compiler: str
+    cc_compile_by: str
+    cc_compile_domain: str
+    cc_compile_date: str
+    xend_config_format: int
+
+    @classmethod
+    def from_reply(cls, data: dict[str, Any]) -> HostInfo:
+        return cls(**{f.name: data[f.name] for f in fields(cls)})
+
+
+def override(key: str, value: object) -> str:
+    """A keyword argument as an xl.cfg `KEY=VALUE` override (strings quoted, lists
+    bracketed, as xl.cfg(5) writes them)."""
+    def atom(v: object) -> str:
+        if isinstance(v, bool):
+            return "1" if v else "0"
+        if isinstance(v, int):
+            return str(v)
+        if isinstance(v, (list, tuple)):
+            return "[" + ", ".join(atom(x) for x in v) + "]"
+        text = str(v).replace("\\", "\\\\").replace('"', '\\"')
+        return f'"{text}"'
+
+    return f"{key}={atom(value)}"
+
+
+class Xenopus:
+    """A connection to the xenopus daemon of one run directory (default: $XENOPUS_RUN_DIR
+    or /run/xenopus). Use as a context manager, or `close()` it."""
+
+    def __init__(self, run_dir: str | None = None, autostart: bool = True):
+        self._conn = Connection(autostart, run_dir)
+
+    def __enter__(self) -> Xenopus:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def _ask(self, op: str, **args: Any) -> dict[str, Any]:
+        return self._conn.request(op, **args)
+
+    # -- domains --------------------------------------------------------------------------
+    def list(self) -> list[Domain]:
+        """Every domain but Domain-0 (the host), by domid."""
+        return [Domain.from_listing(d) for d in self._ask("list")["domains"]]
+
+    def domain(self, dom: Dom) -> Domain:
+        """One domain by domid or name; NoSuchDomain if there is none."""
+        for d in self.list():
+            if str(dom) in (str(d.domid), d.name):
+                return d
+        raise client.NoSuchDomain(f"domain '{dom}' does not exist")
+
+    def create(self, config: str | os.PathLike[str], *overrides: str, paused: bool = False,
+               **keys: object) -> Domain:
+        """Create a domain from an xl.cfg file (found by name in /etc/xen as `xl create`
+        finds it), with `KEY=VALUE` overrides and keyword ones (`memory=256`)."""
+        from xenopus.toolstack import xlconf
+
+        cwd = os.getcwd()
+        path = xlconf.find_config(os.fspath(config), cwd)
+        items = [*overrides, *(override(k, v) for k, v in keys.items())]
+        made = self._ask("create", path=path, overrides=items, cwd=cwd, paused=paused,
+                         vif_bridge=xlconf.load().vif_bridge)
+        return self.domain(made["domid"])
+
+    def destroy(self, dom: Dom) -> None:
+        self._ask("destroy", dom=str(dom))
+
+    def pause(self, dom: Dom) -> None:
+        self._ask("pause", dom=str(dom))
+
+    def unpause(self, dom: Dom) -> None:
+        self._ask("unpause", dom=str(dom))
+
+    def shutdown(self, dom: Dom, wait: bool = False) -> None:
+        """Press the domain's power button; with `wait`, return once it is gone."""
+        self._ask("shutdown", dom=str(dom), wait=wait)
+
+    def reboot(self, dom: Dom) -> None:
+        self._ask("reboot", dom=str(dom))
+
+    def rename(self, dom: Dom, name: str) -> None:
+        self._ask("rename", dom=str(dom), name=name)
+
+    def wait(self, dom: Dom) -> dict[str, Any]:
+        """Block until the domain is gone; how it ended (reason, detail, status)."""
+        return self._ask("wait", dom=str(dom))
+
+    # -- vCPUs and devices ----------------------------------------------------------------
+    def vcpus(self, dom: Dom) -> list[Vcpu]:
+        (entry,) = self._ask("vcpu-list", doms=[str(dom)])["domains"]
+        return [Vcpu(v["vcpu"], v["cpu"], v["online"], v["state"], v["cpu_time"],
+                     tuple(v["affinity"])) for v in entry["vcpus"]]
+
+    def pin(self, dom: Dom, vcpu: int | str, cpus: list[int]) -> None:
+        """Hard-pin vCPU `vcpu` ("all": every one) to host CPUs `cpus`."""
+        self._ask("vcpu-pin", dom=str(dom), vcpu=vcpu, cpus=sorted(cpus))
+
+    def devices(self, dom: Dom) -> list[Device]:
+        return [Device(d.get("kind", ""), d.get("name", ""), d)
+                for d in self._ask("devices", dom=str(dom))["devices"]]
+
+    def console(self, dom: Dom, kind: str | None = None) -> socket.socket:
+        """A connected socket on the domain's console ("serial", "pv" or "virtio";
+        default its own): what it has printed since boot, then live; writes are input."""
+        path = self._ask("console", dom=str(dom), type=kind)["path"]
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(path)
+        except OSError as e:
+            sock.close()
+            raise XenopusError(f"cannot attach to the console of domain {dom}: {e.strerror}") from None
+        return sock
+
+    # -- the host -------------------------------------------------------------------------
+    def info(self) -> HostInfo:
+        return HostInfo.from_reply(self._ask("host-info"))
+
+    def dmesg(self, clear: bool = False) -> list[str]:
+        return list(self._ask("dmesg", clear=clear)["lines"])
+
+    def stop_daemon(self) -> None:
+        """Stop the daemon and every domain it runs; returns once it has gone."""
+        self._conn.ask(Request("stop"))
+        while self._conn.next_reply() is not None:  # it closes us when it has gone
+            pass
+
+
+def connect(run_dir: str | None = None, autostart: bool = True) -> Xenopus:
+    """A client of the daemon (started on demand unless `autostart` is False)."""
+    return Xenopus(run_dir, autostart)

@@ -1,0 +1,146 @@
+"""Talking to the xenopus daemon: one connection, requests and replies, typed errors.
+
+This is the transport under both the `xl`/`xenopus` command and the Python API
+(`xenopus.api`): `Connection.request(op, **args)` sends one `xenopus.control.Request` and
+returns the reply's data, or raises the `XenopusError` subclass that says why not. It
+stays as cheap to import as the CLI itself (every command pays for its imports); the typed
+objects of the API live in `xenopus.api`.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+from typing import Any
+
+from xenopus import ipc
+from xenopus.control import ProtocolError, Reply, Request
+
+DAEMON_START_TIMEOUT = 15.0  # seconds a freshly started daemon has to say it is ready
+
+
+class XenopusError(Exception):
+    """Something the daemon refused or could not do; the message is for a human."""
+
+
+class DaemonUnavailable(XenopusError):
+    """No daemon answers (and none could be started)."""
+
+
+class NoSuchDomain(XenopusError):
+    """The request named a domain that does not exist."""
+
+
+class DomainExists(XenopusError):
+    """A domain of that name already exists (create, rename)."""
+
+
+class ConfigInvalid(XenopusError):
+    """The domain configuration was refused (file, line, key and problem in the message)."""
+
+
+class DomainStateError(XenopusError):
+    """The domain is not in a state that allows the operation (e.g. shut down, paused)."""
+
+
+# The daemon's failure replies carry a `code` naming the kind of refusal.
+ERRORS: dict[str, type[XenopusError]] = {
+    "no-such-domain": NoSuchDomain,
+    "domain-exists": DomainExists,
+    "config": ConfigInvalid,
+    "state": DomainStateError,
+}
+
+
+def error_for(reply: Reply) -> XenopusError:
+    """The exception a failure reply stands for."""
+    kind = ERRORS.get(str(reply.data.get("code")), XenopusError)
+    return kind(reply.error or "request failed")
+
+
+class Connection:
+    """One connection to the daemon (started on demand unless `autostart` is False)."""
+
+    def __init__(self, autostart: bool = True, run_dir: str | None = None):
+        self.run_dir = run_dir or ipc.run_dir()
+        path = ipc.daemon_socket_path(self.run_dir)
+        try:
+            self.chan = ipc.Channel.connect(path)
+        except (FileNotFoundError, ConnectionRefusedError):
+            if not autostart:
+                raise DaemonUnavailable(f"no xenopus daemon is running (socket {path})") from None
+            start_daemon(self.run_dir)
+            self.chan = ipc.Channel.connect(path)
+
+    def __enter__(self) -> Connection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.chan.close()
+
+    def ask(self, req: Request) -> Reply:
+        """Send `req`; its reply, refusals included."""
+        return decode_reply(self.chan.request(req.to_wire()))
+
+    def send(self, req: Request) -> None:
+        """A further message on this connection without waiting (create -c's go-ahead)."""
+        self.chan.send(req.to_wire())
+
+    def next_reply(self) -> Reply | None:
+        """A further reply to the request in flight (create -c, -F); None if the daemon went."""
+        msg = self.chan.recv()
+        return None if msg is None else decode_reply(msg)
+
+    def request(self, op: str, **args: Any) -> dict[str, Any]:
+        """One request; the reply's data, or the XenopusError it stands for."""
+        reply = self.ask(Request(op, args))
+        if not reply.ok:
+            raise error_for(reply)
+        return dict(reply.data)
+
+
+def decode_reply(msg: dict[str, object]) -> Reply:
+    try:
+        return Reply.from_wire(msg)
+    except ProtocolError as e:
+        raise XenopusError(f"the daemon sent a malformed reply: {e}") from None
+
+
+def request(op: str, **args: Any) -> dict[str, Any]:
+    """One request on a connection of its own."""
+    with Connection() as conn:
+        return conn.request(op, **args)
+
+
+def start_daemon(base: str | None = None, timeout: float = DAEMON_START_TIMEOUT) -> None:
+    """Start the daemon for run directory `base` in the background and wait until it
+    listens; its output goes to `base/xenopus.log`."""
+    import subprocess
+    import sys
+
+    base = base or ipc.run_dir()
+    try:
+        os.makedirs(base, mode=0o700, exist_ok=True)
+    except OSError as e:
+        raise DaemonUnavailable(f"cannot create the run directory {base}: {e.strerror}") from None
+    logfile = os.path.join(base, "xenopus.log")
+    r, w = os.pipe()
+    with open(logfile, "ab") as log:
+        subprocess.Popen(
+            [sys.executable, "-m", "xenopus", "daemon", "--background", f"--ready-fd={w}"],
+            pass_fds=[w],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+            env={**os.environ, "XENOPUS_RUN_DIR": base},
+        )
+    os.close(w)
+    ready, _, _ = select.select([r], [], [], timeout)
+    answer = os.read(r, 64) if ready else b""
+    os.close(r)
+    if answer != b"ready\n":
+        raise DaemonUnavailable(f"the xenopus daemon did not start; see {logfile}")
