@@ -103,9 +103,11 @@ def build_guest(
     pv_console_out: Callable[[bytes], None] | None = None,
     store: StoreProxy | None = None,
     xenstore_path: str | None = None,
+    kvm: Kvm | None = None,
 ) -> Guest:
     """Lay out memory, write the ACPI tables, load the kernel and wire the devices; the
-    vCPUs are not started. Any failure releases what was built and names the problem."""
+    vCPUs are not started. Any failure releases what was built and names the problem.
+    `kvm` is an open /dev/kvm to use (and leave open): a jailed process cannot reopen it."""
     host = memory_mib()
     if host and config.memory > host:
         raise ValueError(f"memory = {config.memory} MiB is more than this host has ({host} MiB)")
@@ -120,7 +122,7 @@ def build_guest(
             memory, config.kernel, ramdisk=config.ramdisk, cmdline=config.cmdline, rsdp_paddr=rsdp
         )
         pio, mmio = Bus("pio"), Bus("mmio")
-        kvm = Kvm()
+        kvm = kvm or Kvm()
         xen_path, why = decide(config, boot, kvm)
         log.info("%s: Xen guest interface: %s (%s)", config.name, xen_path, why)
         hooks: dict = {}

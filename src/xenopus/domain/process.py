@@ -24,6 +24,7 @@ from xenopus.domain.builder import Guest, build_guest
 from xenopus.domain.config import DomainConfig
 from xenopus.domain.console import Console
 from xenopus.domain.interdomain_port import InterdomainPort
+from xenopus.domain.jail import Jail, debug_flags, set_process_title
 from xenopus.domain.protocol import (
     DomainEvent,
     Finished,
@@ -35,6 +36,7 @@ from xenopus.domain.protocol import (
     Stopped,
 )
 from xenopus.domain.xenguest import StoreProxy
+from xenopus.kvm import Kvm
 from xenopus.vm import StopReason
 
 log = logging.getLogger("xenopus.domain")
@@ -83,9 +85,11 @@ class DomainProcess:
     def __init__(
         self, domid: int, config: DomainConfig, control: socket.socket, run_dir: Path,
         paused: bool = False, xenstore: socket.socket | None = None,
-        interdomain: socket.socket | None = None,
+        interdomain: socket.socket | None = None, jail: Jail | None = None,
     ):
         self.start_paused = paused
+        self.jail = jail or Jail(domid, config, str(run_dir))
+        self.kvm: Kvm | None = None  # opened once: a jailed process cannot open it again
         self.xenstore = xenstore  # the guest's XenStore ring traffic goes to the daemon here
         self.interdomain_sock = interdomain  # channels/grants to other domains, via the daemon
         self.interdomain: InterdomainPort | None = None
@@ -121,11 +125,18 @@ class DomainProcess:
     # -- guest lifecycle ----------------------------------------------------------------
     def _start_guest(self, paused: bool = False) -> None:
         """Build a fresh incarnation; with `paused`, its vCPUs wait for `unpause` (xl create -p)."""
+        self._build_guest()
+        self._run_or_pause(paused)
+
+    def _build_guest(self) -> None:
+        if self.kvm is None:
+            self.kvm = Kvm()
         guest = build_guest(
             self.config, console_out=self.console.write, debug_out=self.debug.write,
             vconsole_out=self.vconsole.write, domid=self.domid, hv_log=self.hv_log,
             pv_console_out=self.pvconsole.write, store=self.store,
             xenstore_path=ipc.xenstored_socket_path(self.run_dir) if self.xenstore else None,
+            kvm=self.kvm,
         )
         self.guest = guest
         if guest.xen is not None and self.interdomain is not None:
@@ -136,6 +147,8 @@ class DomainProcess:
         if guest.xen is not None:
             self.pvconsole.on_input = guest.xen.receive
         self._started = False
+
+    def _run_or_pause(self, paused: bool) -> None:
         if paused:
             self._set_state("paused")
         else:
@@ -202,8 +215,17 @@ class DomainProcess:
         guest = self.guest
         return Reply.success(
             state=self.state, cpu_time=guest.machine.cpu_time() if guest else 0.0,
-            pid=os.getpid(), protocol=guest.boot.protocol if guest else None,
+            pid=self.jail.host_pid, protocol=guest.boot.protocol if guest else None,
+            jail=self.jail.layers,
         )
+
+    if "hooks" in debug_flags():  # test-only, never registered in production
+
+        @domain_step("debug-forbidden-syscall")
+        def _forbidden_syscall(self, req: Request) -> Reply:
+            """Make a system call outside the seccomp allow-list (chroot)."""
+            os.chroot("/")
+            return Reply.success()
 
     @domain_step("destroy")
     def _destroy(self, req: Request) -> Reply:
@@ -313,7 +335,10 @@ class DomainProcess:
                 await self.vconsole.serve(ipc.console_socket_path(self.domid, self.run_dir, "virtio"))
             if self.config.xen_platform != "0":
                 await self.pvconsole.serve(ipc.console_socket_path(self.domid, self.run_dir, "pv"))
-            self._start_guest(paused=self.start_paused)
+            self._build_guest()
+            # Everything the guest needs is open; no guest code has run yet.
+            self.jail.enter_late(threading.active_count())
+            self._run_or_pause(self.start_paused)
         except Exception as e:  # noqa: BLE001 - reported to the CLI, which names the problem
             log.error("domain %d (%s): cannot start: %s", self.domid, self.config.name, e)
             self._send(StartFailed(str(e)))
@@ -327,7 +352,7 @@ class DomainProcess:
         # by default, as under Xen; everything else its serial port.
         xen_aware = guest.xen is not None and bool(guest.boot.details.get("guest_os"))
         self._send(Ready(
-            os.getpid(), guest.boot.protocol, guest.xen_path, "pv" if xen_aware else "serial",
+            self.jail.host_pid, guest.boot.protocol, guest.xen_path, "pv" if xen_aware else "serial",
             guest.xen.console_nodes() if guest.xen is not None else {},
         ))
         control = asyncio.create_task(self._serve_control(reader))
@@ -358,19 +383,20 @@ def run_domain(
 ) -> int:
     """Entry point of a freshly forked domain process."""
     domid, cfg = spawn.domid, spawn.config
-    logdir = Path(spawn.run_dir) / "log"
-    logdir.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(logdir / f"{cfg.name}.log")
+    set_process_title(f"xenopus: domain {domid} ({cfg.name})")
+    handler = logging.StreamHandler(ipc.open_log(Path(spawn.run_dir) / "log" / f"{cfg.name}.log"))
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.INFO)
+    jail = Jail(domid, cfg, spawn.run_dir)
+    jail.enter_early()
     control = socket.socket(fileno=control_fd)
     xenstore = socket.socket(fileno=xenstore_fd) if xenstore_fd is not None else None
     interdomain = socket.socket(fileno=interdomain_fd) if interdomain_fd is not None else None
     proc = DomainProcess(
         domid, cfg, control, Path(spawn.run_dir), paused=spawn.paused, xenstore=xenstore,
-        interdomain=interdomain,
+        interdomain=interdomain, jail=jail,
     )
     try:
         return asyncio.run(proc.run())

@@ -16,6 +16,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -29,6 +30,7 @@ from typing import Any, NamedTuple
 from xenopus import ipc
 from xenopus.control import Reply, Request
 from xenopus.domain.config import ConfigError, DomainConfig, load_config
+from xenopus.domain.jail import uid_range
 from xenopus.domain.protocol import (
     Exited,
     Finished,
@@ -44,11 +46,15 @@ from xenopus.domain.protocol import (
 )
 from xenopus.toolstack.broker import InterdomainBroker
 from xenopus.toolstack.xenstored import XenStored
+from xenopus.xen.xenstore.server import UNSCOPED, Peer, Scope
 
 log = logging.getLogger("xenopus.daemon")
 
 DMESG_LINES = 10000
 DESTROY_GRACE = 5.0  # seconds a domain process gets to exit before SIGKILL
+# Seconds a domain process gets from its fork to Ready (the guest built) before it is
+# killed: building reads the kernel and lays out memory, seconds even for a large guest.
+START_TIMEOUT = 60.0
 
 
 class RequestError(Exception):
@@ -133,6 +139,7 @@ class Daemon:
         self._zwriter: asyncio.StreamWriter | None = None
         self._zevents: asyncio.Task | None = None
         self._spawned: dict[int, asyncio.Future[int]] = {}
+        self._processes: dict[int, DomainRecord] = {}  # pid -> its domain, until reaped
         self._stop = asyncio.Event()
         self._lock_fd = -1
         self._clients: dict[asyncio.Task, asyncio.StreamWriter] = {}
@@ -144,8 +151,8 @@ class Daemon:
 
     # -- start-up -----------------------------------------------------------------------
     def acquire_lock(self) -> None:
-        self.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(self.run_dir / "xenopus.pid", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        ipc.ensure_run_dir(str(self.run_dir))
+        fd = ipc.open_private(self.run_dir / "xenopus.pid")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -172,21 +179,38 @@ class Daemon:
         while (msg := await ipc.read_message(reader)) is not None:
             event = decode_from_zygote(msg)
             if isinstance(event, Spawned):
+                # Known by pid at once: its XenStore client may connect before _spawn runs.
+                rec = self.domains.get(event.domid)
+                if rec is not None and event.domid in self._spawned:
+                    rec.pid = event.pid
+                    self._processes[event.pid] = rec
                 fut = self._spawned.pop(event.domid, None)
                 if fut is not None and not fut.done():
                     fut.set_result(event.pid)
             else:
-                rec = self.domains.get(event.domid)
-                if rec is not None and rec.pid == event.pid:
+                # By pid: the domain may have left the table already (it said Finished).
+                rec = self._processes.pop(event.pid, None)
+                if rec is not None:
                     rec.exit_info = event
                     rec.exited.set()
         if not self._stop.is_set():
             log.error("the zygote exited; restarting it")
             await self._start_zygote()
 
+    def xenstore_scope(self, peer: Peer) -> Scope | None:
+        """A XenStore client: a domain process (by pid, or by its jail uid) reaches only
+        its own domain's paths; root (host tools) the whole store; anyone else nothing."""
+        for rec in self.domains.values():
+            if rec.pid == peer.pid:
+                return Scope(rec.domid)
+        base, count = uid_range()
+        if base <= peer.uid < base + count:
+            return Scope(peer.uid - base)
+        return UNSCOPED if peer.uid == os.geteuid() else None
+
     async def serve(self, ready_fd: int | None = None) -> None:
         await self._start_zygote()
-        await self.xenstore.serve(ipc.xenstored_socket_path(self.run_dir))
+        await self.xenstore.serve(ipc.xenstored_socket_path(self.run_dir), self.xenstore_scope)
         path = Path(ipc.daemon_socket_path(self.run_dir))
         path.unlink(missing_ok=True)
         server = await asyncio.start_unix_server(self._client, path=str(path))
@@ -346,7 +370,8 @@ class Daemon:
         paused and the reply names its console; the client connects there, then sends any
         message (`unpause`) on this connection (xl create -c: not a byte of output is
         lost). With `wait`, a second reply comes when it is gone."""
-        config, warnings = self._load_config(req)
+        # In a worker: a config on a slow or hung filesystem must not stall every client.
+        config, warnings = await asyncio.to_thread(self._load_config, req)
         name = config.name
         if any(r.name == name for r in self.domains.values()):
             raise RequestError(f"domain '{name}' already exists")
@@ -357,8 +382,7 @@ class Daemon:
         try:
             await self._spawn(rec, paused=attach or paused)
         except Exception:  # refused, or the zygote gone: the name and domid are free again
-            self.domains.pop(rec.domid, None)
-            self.xenstore.remove_domain(rec.domid)
+            self._forget(rec)
             raise
         created: dict[str, Any] = {"domid": rec.domid, "name": name, "protocol": rec.protocol,
                                    "warnings": warnings}
@@ -405,6 +429,9 @@ class Daemon:
         self.interdomain.add(rec.domid, id_ours)
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._spawned[rec.domid] = fut
+        rec.exited.clear()
+        rec.exit_info = None
+        rec.final = None
         spawn = Spawn(rec.domid, rec.config, str(self.run_dir), paused)
         fds = [theirs.fileno(), xs_theirs.fileno(), id_theirs.fileno()]
         ipc.send_with_fds(self._zsock, spawn.to_wire(), fds)
@@ -418,11 +445,35 @@ class Daemon:
             self.interdomain.remove(rec.domid)
             ours.close()
             raise RequestError("the zygote did not start the domain process") from None
-        rec.exited.clear()
-        rec.exit_info = None
-        rec.final = None
+        if rec.state == "dying":  # destroyed while the zygote forked it
+            self._kill(rec)
         reader, rec.writer = await asyncio.open_unix_connection(sock=ours)
-        event: Ready | StartFailed = StartFailed("the domain process died")
+        try:
+            event = await asyncio.wait_for(self._first_event(reader), START_TIMEOUT)
+        except TimeoutError:
+            log.error("domain %d (%s) was not ready after %.0f s; killing it", rec.domid,
+                      rec.name, START_TIMEOUT)
+            self._kill(rec)
+            event = StartFailed(f"the domain did not start within {START_TIMEOUT:.0f} s")
+        if not isinstance(event, Ready):
+            self.interdomain.remove(rec.domid)
+            rec.writer.close()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(rec.exited.wait(), 5)
+            if rec.state == "dying":
+                raise RequestError(f"domain {rec.domid} was destroyed while it started")
+            raise RequestError(event.error or self._death(rec) or "the domain failed to start")
+        rec.protocol = event.protocol
+        rec.xen_path = event.xen_path
+        rec.console = event.console
+        self.xenstore.write_nodes(rec.domid, "console", event.console_nodes)
+        rec.state = "paused" if paused else "running"
+        log.info("domain %d (%s) started, pid %d", rec.domid, rec.name, rec.pid)
+        asyncio.create_task(self._domain_events(rec, reader))
+
+    @staticmethod
+    async def _first_event(reader: asyncio.StreamReader) -> Ready | StartFailed:
+        """The domain process's Ready or StartFailed (events before them are skipped)."""
         with contextlib.suppress(ConnectionError, ValueError):  # ValueError: an over-long line
             while True:
                 try:
@@ -431,23 +482,30 @@ class Daemon:
                         break
                     first = decode_from_domain(msg)
                 except ValueError as e:  # not JSON, or not a message a domain sends
-                    first = StartFailed(f"the domain process sent a malformed message: {e}")
+                    return StartFailed(f"the domain process sent a malformed message: {e}")
                 if isinstance(first, (Ready, StartFailed)):
-                    event = first
-                    break
-        if not isinstance(event, Ready):
-            self.interdomain.remove(rec.domid)
-            rec.writer.close()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(rec.exited.wait(), 5)
-            raise RequestError(event.error or "the domain failed to start")
-        rec.protocol = event.protocol
-        rec.xen_path = event.xen_path
-        rec.console = event.console
-        self.xenstore.write_nodes(rec.domid, "console", event.console_nodes)
-        rec.state = "paused" if paused else "running"
-        log.info("domain %d (%s) started, pid %d", rec.domid, rec.name, rec.pid)
-        asyncio.create_task(self._domain_events(rec, reader))
+                    return first
+        return StartFailed("")
+
+    @staticmethod
+    def _kill(rec: DomainRecord) -> None:
+        if rec.pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(rec.pid, signal.SIGKILL)
+
+    @staticmethod
+    def _death(rec: DomainRecord) -> str:
+        """How the domain process died, from its wait status ("" if it has not)."""
+        if rec.exit_info is None:
+            return ""
+        status = rec.exit_info.status
+        if status == -signal.SIGSYS:
+            # The kernel's seccomp kill (SCMP_ACT_KILL_PROCESS); which call it was is in the
+            # host's audit log (type=1326), not visible to a parent.
+            return "domain process killed by seccomp (SIGSYS): a system call outside its allow-list"
+        if status < 0:
+            return f"domain process killed by {signal.Signals(-status).name}"
+        return f"domain process exited with status {status}"
 
     async def _domain_events(self, rec: DomainRecord, reader: asyncio.StreamReader) -> None:
         # A domain process may be compromised by its guest: whatever it sends, this task
@@ -479,10 +537,18 @@ class Daemon:
                 log.info("domain %d (%s) %s → %s", rec.domid, rec.name, event.reason, event.action)
         await self._process_gone(rec)
 
-    def _retire(self, rec: DomainRecord) -> None:
-        """The domain has ended (its process said so): drop it from the table."""
+    def _forget(self, rec: DomainRecord) -> None:
+        """Everything the host keeps for a domain goes: its XenStore nodes, interdomain
+        channels, run-directory entries and table entry. Every path out ends here."""
         self.xenstore.remove_domain(rec.domid)
         self.interdomain.remove(rec.domid)
+        shutil.rmtree(ipc.domain_dir(rec.domid, self.run_dir), ignore_errors=True)
+        if self.domains.get(rec.domid) is rec:
+            del self.domains[rec.domid]
+        rec.gone.set()
+
+    def _retire(self, rec: DomainRecord) -> None:
+        """The domain has ended (its process said so): drop it from the table."""
         final = self._final(rec)
         usage = rec.final or rec.exit_info
         log.info(
@@ -490,9 +556,7 @@ class Daemon:
             rec.domid, rec.name, final["reason"], final["status"], final["maxrss_kib"],
             usage.cpu if usage is not None else 0.0,
         )
-        if self.domains.get(rec.domid) is rec:
-            del self.domains[rec.domid]
-        rec.gone.set()
+        self._forget(rec)
 
     async def _process_gone(self, rec: DomainRecord) -> None:
         rec.writer = None
@@ -502,14 +566,16 @@ class Daemon:
         status = rec.exit_info.status if rec.exit_info is not None else None
         if rec.final is not None:
             if status != rec.final.exit_code:
-                log.warning("domain %d: process %s exited with status %s", rec.domid, rec.pid, status)
+                log.warning("domain %d: process %s exited with status %s, not %s as it said",
+                            rec.domid, rec.pid, status, rec.final.exit_code)
             return
         clean = rec.state == "dying" or (rec.last_stop is not None and status in (0, 1))
         if not clean:
             # The domain process itself died: treat it as a crash of the domain.
             action = rec.config.on_crash
-            log.error("domain %d (%s): its process died (status %s); on_crash=%s", rec.domid, rec.name, status, action)
-            rec.last_stop = Stopped("crash", f"domain process exited with status {status}", action)
+            death = self._death(rec) or "domain process gone (no exit status)"
+            log.error("domain %d (%s) crashed: %s; on_crash=%s", rec.domid, rec.name, death, action)
+            rec.last_stop = Stopped("crash", death, action)
             if action == "restart" and not self._stop.is_set():
                 try:
                     await self._spawn(rec)
@@ -539,9 +605,14 @@ class Daemon:
         }
 
     async def _destroy(self, rec: DomainRecord) -> None:
+        if rec.state == "starting" or rec.state == "dying" and rec.writer is None:
+            # Still starting: it answers nothing yet. Create's own failure path forgets it.
+            rec.state = "dying"
+            self._kill(rec)
+            await rec.gone.wait()
+            return
         if rec.pid is None:  # a preserved corpse with no process
-            self.domains.pop(rec.domid, None)
-            rec.gone.set()
+            self._forget(rec)
             return
         rec.state = "dying"
         with contextlib.suppress(RequestError, ConnectionError):
@@ -578,9 +649,12 @@ class Daemon:
 
 
 def run(run_dir: Path, *, ready_fd: int | None = None, log_file: Path | None = None) -> int:
-    handler: logging.Handler = (
-        logging.FileHandler(log_file) if log_file else logging.StreamHandler(sys.stderr)
-    )
+    try:
+        ipc.ensure_run_dir(str(run_dir))
+        handler = logging.StreamHandler(ipc.open_log(log_file) if log_file else sys.stderr)
+    except OSError as e:
+        print(f"xenopus daemon: {e}", file=sys.stderr)
+        return 1
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
@@ -588,7 +662,7 @@ def run(run_dir: Path, *, ready_fd: int | None = None, log_file: Path | None = N
     daemon = Daemon(run_dir)
     try:
         daemon.acquire_lock()
-    except RequestError as e:
+    except (RequestError, OSError) as e:
         print(f"xenopus daemon: {e}", file=sys.stderr)
         return 1
     asyncio.run(daemon.serve(ready_fd))

@@ -18,7 +18,7 @@ import socket
 import uuid
 
 from xenopus.domain.config import DomainConfig
-from xenopus.xen.xenstore.server import XenStoreServer
+from xenopus.xen.xenstore.server import PeerScope, XenStoreServer
 from xenopus.xen.xenstore.store import Store, XsError
 
 log = logging.getLogger("xenopus.xenstore")
@@ -35,9 +35,11 @@ class XenStored:
         self._tasks: dict[int, asyncio.Task] = {}
         self._vm_paths: dict[int, str] = {}
 
-    async def serve(self, path: str) -> None:
-        await self.server.serve_unix(path)
-        os.chmod(path, 0o600)
+    async def serve(self, path: str, classify: PeerScope | None = None) -> None:
+        await self.server.serve_unix(path, classify)
+        # With `classify`, who may do what is decided per client; the socket must be open
+        # to a jailed domain process's uid (others cannot pass the 0700 run directory).
+        os.chmod(path, 0o666 if classify else 0o600)
 
     async def add_domain(self, domid: int, name: str, config: DomainConfig, sock: socket.socket) -> None:
         """Write the domain's nodes, introduce it (@introduceDomain) and serve its ring
