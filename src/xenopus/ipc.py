@@ -74,6 +74,16 @@ def domain_dir(domid: int, base: str | os.PathLike[str] | None = None) -> str:
     return os.path.join(base or run_dir(), "domains", str(domid))
 
 
+def control_socket_path(domid: int, base: str | os.PathLike[str] | None = None) -> str:
+    """Where a domain process waits for a restarted daemon to adopt it."""
+    return os.path.join(domain_dir(domid, base), "control.sock")
+
+
+def domain_table_path(base: str | os.PathLike[str] | None = None) -> str:
+    """The daemon's persisted domain table, for a restarted daemon to adopt from."""
+    return os.path.join(base or run_dir(), "domains.json")
+
+
 CONSOLE_SOCKETS = {"serial": "console.sock", "virtio": "vconsole.sock", "pv": "pvconsole.sock"}
 
 
@@ -102,6 +112,35 @@ async def read_message(reader: asyncio.StreamReader) -> dict[str, object] | None
     malformed line (the next call reads the line after it) or one over the stream's limit."""
     line = await reader.readline()
     return decode(line) if line else None
+
+
+async def recv_with_fds(sock: socket.socket, maxfds: int) -> tuple[dict[str, object] | None, list[int]]:
+    """The first message on a non-blocking stream socket and the fds sent with it, awaited
+    on the running loop (asyncio streams cannot carry SCM_RIGHTS). The message must come
+    in one piece, as `send_with_fds` sends it."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[tuple[bytes, list[int]]] = loop.create_future()
+
+    def readable() -> None:
+        try:
+            data, fds, _flags, _addr = socket.recv_fds(sock, MAX_LINE, maxfds)
+        except BlockingIOError:
+            return
+        except OSError as e:
+            data, fds = b"", []
+            done.set_exception(e)
+        loop.remove_reader(sock)
+        if not done.done():
+            done.set_result((data, fds))
+
+    loop.add_reader(sock, readable)
+    try:
+        data, fds = await done
+    finally:
+        loop.remove_reader(sock)
+    return (decode(data) if data else None), fds
 
 
 def write_message(writer: asyncio.StreamWriter, msg: dict[str, object]) -> None:

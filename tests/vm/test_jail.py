@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import re
+import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -228,3 +230,39 @@ def test_logs_are_private(jailed: Xenopus) -> None:
         assert log.stat().st_mode & 0o777 == 0o600, log
     assert jailed.run_dir.stat().st_mode & 0o777 == 0o700
     assert jailed.run("destroy", "private-log").returncode == 0
+
+
+def test_kill_9_of_the_daemon_loses_no_domain(jailed: Xenopus) -> None:
+    before = {name: running(jailed, name) for name in ("survivor-a", "survivor-b")}
+    assert jailed.run("pause", "survivor-b").returncode == 0
+    daemon = ask(jailed, "ping").data["pid"]
+    os.kill(daemon, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{daemon}").exists() and "zombie" not in status(daemon).get("State", ""):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)  # polling for the kill to land
+    # The next command starts a daemon, which adopts both: same domids, pids and states.
+    assert jailed.run("list").returncode == 0
+    assert ask(jailed, "ping").data["pid"] != daemon
+    after = {d["name"]: d for d in ask(jailed, "list").data["domains"]}
+    for name, dom in before.items():
+        assert (after[name]["domid"], after[name]["pid"]) == (dom["domid"], dom["pid"]), after
+    assert after["survivor-a"]["state"] == "running" and after["survivor-b"]["state"] == "paused"
+    assert "adopted" in jailed.log()
+    # Each is fully managed again: its console, its requests, its end.
+    con = jailed.popen("console", "survivor-a", stdin=subprocess.PIPE)
+    assert con.stdin is not None
+    con.stdin.write(b"after-the-crash\r")
+    con.stdin.flush()
+    out, _ = con.communicate(timeout=120)
+    assert b"ECHO: after-the-crash" in out and b"RESULT: PASS serial" in out, out
+    assert jailed.run("unpause", "survivor-b").returncode == 0
+    assert jailed.run("destroy", "survivor-b").returncode == 0
+    deadline = time.monotonic() + 30
+    while "survivor-a" in jailed.domains():  # its power-off reaches the new daemon
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    # A new domain does not collide with the adopted ones' IDs (or their taps).
+    fresh = running(jailed, "after-crash")
+    assert fresh["domid"] > max(d["domid"] for d in before.values())
+    assert jailed.run("destroy", "after-crash").returncode == 0

@@ -34,14 +34,21 @@ import logging
 import os
 import resource
 import stat
+import sysconfig
 import termios
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+import xenopus
 from xenopus.devices import tap
 from xenopus.domain.config import DomainConfig
 from xenopus.kvm import uapi
 from xenopus.kvm.uapi import KVMIO
+
+try:  # imported here, in the zygote, not in every domain process
+    import setproctitle
+except ImportError:  # titles fall back to the kernel's 15-byte comm
+    setproctitle = None  # type: ignore[assignment]
 
 log = logging.getLogger("xenopus.domain")
 
@@ -155,12 +162,8 @@ def _mount(source: str, target: str, fstype: str | None, flags: int, data: str |
 
 def set_process_title(title: str) -> None:
     """What ps/top show: argv (setproctitle) and the kernel's comm (PR_SET_NAME)."""
-    try:
-        import setproctitle
-
+    if setproctitle is not None:
         setproctitle.setproctitle(title)
-    except ImportError:
-        pass
     _libc.prctl(PR_SET_NAME, title.encode()[:15], 0, 0, 0)
 
 
@@ -196,7 +199,9 @@ class Jail:
         self._layer("caps", self._drop_bounding_set)
         self._layer("cgroup", self._cgroup)
         if self.layers["namespaces"] == "on":
-            self._layer("mount", self._new_root)
+            if not self._layer("mount", self._new_root) and self.layers["pidns"] == "on":
+                # The host's /proc would name our threads by the wrong pids.
+                self._layer("proc", _mount, "proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
         else:
             self.layers["mount"] = "missing: no mount namespace"
 
@@ -258,10 +263,19 @@ class Jail:
         _mount("proc", proc, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
         old = os.path.join(root, ".old")
         os.makedirs(old, exist_ok=True)
-        _check(_libc.syscall(SYS_pivot_root, root.encode(), old.encode()), "pivot_root")
-        os.chdir("/")
-        _check(_libc.umount2(b"/.old", MNT_DETACH), "umount the old root")
-        os.rmdir("/.old")
+        if _libc.syscall(SYS_pivot_root, root.encode(), old.encode()) != 0:
+            # A root that is the initramfs, or a chroot (a nested test host's 9p root),
+            # cannot be pivoted away from: chroot instead, which holds once the
+            # capabilities are gone and seccomp forbids chroot.
+            why = os.strerror(ctypes.get_errno())
+            os.rmdir(old)
+            os.chroot(root)
+            os.chdir("/")
+            self.layers["mount"] = f"on (chroot: pivot_root refused: {why})"
+        else:
+            os.chdir("/")
+            _check(_libc.umount2(b"/.old", MNT_DETACH), "umount the old root")
+            os.rmdir("/.old")
         _mount("none", "/", None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
 
     # -- the guest is built, no vCPU has run ---------------------------------------------
@@ -318,10 +332,6 @@ class Jail:
 def _python_paths() -> list[str]:
     """Where Python's code lives: the standard library and site directories, and the
     directory xenopus is imported from (not sys.path's working directory)."""
-    import sysconfig
-
-    import xenopus
-
     paths = sysconfig.get_paths()
     return [*(paths[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")),
             os.path.dirname(os.path.dirname(os.path.abspath(xenopus.__file__)))]

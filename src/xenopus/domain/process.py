@@ -38,12 +38,14 @@ from xenopus.domain.protocol import (
 from xenopus.domain.xenguest import StoreProxy
 from xenopus.kvm import Kvm
 from xenopus.vm import StopReason
+from xenopus.xen.xenstore.server import peer_of
 
 log = logging.getLogger("xenopus.domain")
 
 EXIT_OK = 0
 EXIT_CRASHED = 1
 EXIT_START_FAILED = 2
+ADOPT_TIMEOUT = 10.0  # seconds an adopting daemon has to send its request
 
 
 class DebugLog:
@@ -104,6 +106,9 @@ class DomainProcess:
         self.debug = DebugLog(domid, self.hv_log)
         self._writer: asyncio.StreamWriter | None = None
         self._finished = asyncio.Event()
+        self._control: asyncio.Task | None = None
+        self._attached = True  # the spawning daemon is, until its control stream ends
+        self._daemon_uid = os.geteuid()  # the daemon's: the one that may adopt us
 
     # -- daemon channel ---------------------------------------------------------------
     def _send(self, msg: Reply | DomainEvent) -> None:
@@ -300,6 +305,7 @@ class DomainProcess:
         return Reply.success()
 
     async def _serve_control(self, reader: asyncio.StreamReader) -> None:
+        self._attached = True
         while True:
             try:
                 msg = await ipc.read_message(reader)
@@ -316,7 +322,54 @@ class DomainProcess:
                 log.exception("control request %r failed", req.op)
                 reply = Reply.failure(str(e))
             self._send(reply.numbered(req.seq))
-        log.warning("domain %d: daemon connection closed; the domain keeps running", self.domid)
+        self._attached = False  # the daemon is gone: a restarted one may adopt us
+        log.warning("domain %d: daemon connection closed; the domain keeps running until a"
+                    " daemon adopts it", self.domid)
+
+    # -- adoption by a restarted daemon ---------------------------------------------------
+    def _listen_for_daemon(self) -> socket.socket:
+        """control.sock: where a restarted daemon finds this domain (made before the jail:
+        binding and listening are not in its seccomp allow-list)."""
+        path = ipc.control_socket_path(self.domid, self.run_dir)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        sock.bind(path)
+        os.chmod(path, 0o600)
+        sock.listen(1)
+        sock.setblocking(False)
+        return sock
+
+    async def _accept_daemons(self, listener: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            conn, _ = await loop.sock_accept(listener)
+            try:
+                await self._adopted_by(conn)
+            except (OSError, ValueError) as e:  # a malformed adoption: the old daemon stays
+                log.error("domain %d: refused an adoption: %s", self.domid, e)
+                conn.close()
+
+    async def _adopted_by(self, conn: socket.socket) -> None:
+        """A daemon connected: `adopt` + its new XenStore stream; then it is our daemon."""
+        if peer_of(conn).uid != self._daemon_uid:
+            raise ValueError(f"uid {peer_of(conn).uid} is not the daemon's")
+        if self._attached:
+            raise ValueError("a daemon is attached")
+        msg, fds = await asyncio.wait_for(ipc.recv_with_fds(conn, 1), ADOPT_TIMEOUT)
+        socks = [socket.socket(fileno=fd) for fd in fds]
+        req = Request.from_wire(msg or {})
+        if req.op != "adopt" or len(socks) != 1:
+            for sock in socks:
+                sock.close()
+            raise ValueError(f"expected adopt and a XenStore stream, got {req.op!r}")
+        if self._writer is not None:
+            self._writer.close()  # the lost daemon's end
+        reader, self._writer = await asyncio.open_unix_connection(sock=conn)
+        await self.store.reconnect(socks[0])
+        log.info("domain %d: adopted by a restarted daemon", self.domid)
+        self._send(self._info(req).numbered(req.seq))
+        self._control = asyncio.create_task(self._serve_control(reader))
 
     async def run(self) -> int:
         loop = self._loop = asyncio.get_running_loop()
@@ -329,6 +382,7 @@ class DomainProcess:
             self.interdomain = InterdomainPort(loop, self.interdomain_sock, self.domid)
         reader, self._writer = await asyncio.open_unix_connection(sock=self.control)
         os.makedirs(ipc.domain_dir(self.domid, self.run_dir), exist_ok=True)
+        adoption = asyncio.create_task(self._accept_daemons(self._listen_for_daemon()))
         try:
             await self.console.serve(ipc.console_socket_path(self.domid, self.run_dir))
             if self.config.virtio_console:
@@ -343,6 +397,7 @@ class DomainProcess:
             log.error("domain %d (%s): cannot start: %s", self.domid, self.config.name, e)
             self._send(StartFailed(str(e)))
             await self._writer.drain()
+            adoption.cancel()
             self._teardown()
             if self.interdomain is not None:
                 self.interdomain.shutdown()
@@ -355,9 +410,10 @@ class DomainProcess:
             self.jail.host_pid, guest.boot.protocol, guest.xen_path, "pv" if xen_aware else "serial",
             guest.xen.console_nodes() if guest.xen is not None else {},
         ))
-        control = asyncio.create_task(self._serve_control(reader))
+        self._control = asyncio.create_task(self._serve_control(reader))
         await self._finished.wait()
-        control.cancel()
+        self._control.cancel()
+        adoption.cancel()
         if self.guest is not None:
             self.guest.machine.stop()
         # Report the end before tearing the VM down: releasing a VM's memory and fds is

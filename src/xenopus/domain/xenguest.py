@@ -83,6 +83,12 @@ class StoreProxy:
         reader, self._writer = await asyncio.open_unix_connection(sock=self.sock)
         self._task = asyncio.create_task(self._from_daemon(reader))
 
+    async def reconnect(self, sock: socket.socket) -> None:
+        """A restarted daemon's stream replaces the lost one."""
+        await self.close()
+        self.sock = sock
+        await self.start()
+
     def attach(self, ring: RingTransport | None, notify: Callable[[], None] = lambda: None) -> None:
         self.ring, self.notify = ring, notify
 

@@ -14,6 +14,7 @@ import asyncio
 import collections
 import contextlib
 import fcntl
+import json
 import logging
 import os
 import shutil
@@ -46,7 +47,7 @@ from xenopus.domain.protocol import (
 )
 from xenopus.toolstack.broker import InterdomainBroker
 from xenopus.toolstack.xenstored import XenStored
-from xenopus.xen.xenstore.server import UNSCOPED, Peer, Scope
+from xenopus.xen.xenstore.server import UNSCOPED, Peer, Scope, peer_of
 
 log = logging.getLogger("xenopus.daemon")
 
@@ -80,6 +81,15 @@ class DomainRecord:
     protocol: str | None = None
     xen_path: str = "off"
     console: str = "serial"  # the console `xenopus console DOM` attaches to by default
+    console_nodes: dict[str, Any] = field(default_factory=dict)  # the PV console's XenStore nodes
+    adopted: bool = False  # a process a previous daemon started: not the zygote's child
+
+    def to_table(self) -> dict[str, Any]:
+        """Its entry in the persisted domain table."""
+        return {"domid": self.domid, "name": self.name, "pid": self.pid, "created": self.created,
+                "config": self.config.to_dict(), "protocol": self.protocol,
+                "xen_path": self.xen_path, "console": self.console,
+                "console_nodes": self.console_nodes}
 
     async def request(self, req: Request, timeout: float = 10.0) -> Reply:
         """Ask the domain process; its reply, refusals included."""
@@ -97,12 +107,13 @@ class DomainRecord:
         finally:
             self.pending.pop(seq, None)
 
-    async def query(self, op: str, key: str, default: Any, timeout: float) -> Any:
-        """`key` of the answer to `op`; `default` when there is no process or no answer
-        (listings show every domain, answering or not)."""
+    async def query(self, op: str, key: str | None, default: Any, timeout: float) -> Any:
+        """`key` of the answer to `op` (None: all of it); `default` when there is no
+        process or no answer (listings show every domain, answering or not)."""
         if self.writer is not None:
             with contextlib.suppress(RequestError, ConnectionError):
-                return (await self.request(Request(op), timeout)).data.get(key, default)
+                data = (await self.request(Request(op), timeout)).data
+                return dict(data) if key is None else data.get(key, default)
         return default
 
 
@@ -211,6 +222,7 @@ class Daemon:
     async def serve(self, ready_fd: int | None = None) -> None:
         await self._start_zygote()
         await self.xenstore.serve(ipc.xenstored_socket_path(self.run_dir), self.xenstore_scope)
+        await self._adopt_all()
         path = Path(ipc.daemon_socket_path(self.run_dir))
         path.unlink(missing_ok=True)
         server = await asyncio.start_unix_server(self._client, path=str(path))
@@ -466,9 +478,11 @@ class Daemon:
         rec.protocol = event.protocol
         rec.xen_path = event.xen_path
         rec.console = event.console
+        rec.console_nodes = event.console_nodes
         self.xenstore.write_nodes(rec.domid, "console", event.console_nodes)
         rec.state = "paused" if paused else "running"
         log.info("domain %d (%s) started, pid %d", rec.domid, rec.name, rec.pid)
+        self._save_table()
         asyncio.create_task(self._domain_events(rec, reader))
 
     @staticmethod
@@ -545,6 +559,7 @@ class Daemon:
         shutil.rmtree(ipc.domain_dir(rec.domid, self.run_dir), ignore_errors=True)
         if self.domains.get(rec.domid) is rec:
             del self.domains[rec.domid]
+            self._save_table()
         rec.gone.set()
 
     def _retire(self, rec: DomainRecord) -> None:
@@ -561,9 +576,12 @@ class Daemon:
     async def _process_gone(self, rec: DomainRecord) -> None:
         rec.writer = None
         self.interdomain.remove(rec.domid)  # its peers' ports go unbound, views drop
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(rec.exited.wait(), 5)
+        if not rec.adopted:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(rec.exited.wait(), 5)
         status = rec.exit_info.status if rec.exit_info is not None else None
+        if rec.adopted:  # not our zygote's child: its own report is all there is
+            status = rec.final.exit_code if rec.final is not None else None
         if rec.final is not None:
             if status != rec.final.exit_code:
                 log.warning("domain %d: process %s exited with status %s, not %s as it said",
@@ -625,11 +643,101 @@ class Daemon:
                 os.kill(rec.pid, signal.SIGKILL)
             await rec.gone.wait()
 
+    # -- crash recovery: the persisted table, adoption ------------------------------------
+    def _save_table(self) -> None:
+        """Write the domain table atomically (a new file renamed over the old): a daemon
+        killed at any point leaves the old table or the new one, never half of one."""
+        path = ipc.domain_table_path(self.run_dir)
+        table = {"next_domid": self.next_domid,
+                 "domains": [r.to_table() for r in self.domains.values() if r.pid is not None]}
+        tmp = path + ".new"
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        fd = ipc.open_private(tmp, os.O_WRONLY | os.O_TRUNC)
+        with open(fd, "wb") as f:
+            f.write(json.dumps(table).encode())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    def _load_table(self) -> dict[str, Any]:
+        try:
+            fd = os.open(ipc.domain_table_path(self.run_dir), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return {}
+        with open(fd, "rb") as f:
+            try:
+                table = json.loads(f.read(ipc.MAX_LINE * 16))
+            except ValueError as e:
+                log.error("the domain table is malformed (%s); adopting nothing", e)
+                return {}
+        return table if isinstance(table, dict) else {}
+
+    async def _adopt_all(self) -> None:
+        """Adopt every domain process a previous daemon left running: same domid, its
+        control and XenStore streams anew, its XenStore nodes written again."""
+        table = self._load_table()
+        next_domid = table.get("next_domid", 1)
+        for entry in table.get("domains", []):
+            try:
+                rec = await self._adopt(entry)
+            except (OSError, ValueError, KeyError, TypeError, ConfigError, TimeoutError) as e:
+                log.error("domain %s (%s) was lost while no daemon ran: %s",
+                          entry.get("domid"), entry.get("name"), e)
+                if isinstance(entry.get("domid"), int):
+                    shutil.rmtree(ipc.domain_dir(entry["domid"], self.run_dir), ignore_errors=True)
+                continue
+            log.info("domain %d (%s) adopted, pid %d, %s", rec.domid, rec.name, rec.pid, rec.state)
+        ids = [next_domid if isinstance(next_domid, int) else 1, *(d + 1 for d in self.domains)]
+        self.next_domid = max(ids)
+        self._save_table()
+
+    async def _adopt(self, entry: dict[str, Any]) -> DomainRecord:
+        domid, name, pid = int(entry["domid"]), str(entry["name"]), int(entry["pid"])
+        config = DomainConfig.from_dict(entry["config"])
+        loop = asyncio.get_running_loop()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            sock.setblocking(False)
+            await loop.sock_connect(sock, ipc.control_socket_path(domid, self.run_dir))
+            # The process that listens there must be the one the table names.
+            if peer_of(sock).pid != pid:
+                raise ValueError(f"control.sock is held by pid {peer_of(sock).pid}, not {pid}")
+            xs_ours, xs_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            rec = DomainRecord(domid, name, config, state="running", pid=pid,
+                               created=float(entry.get("created", time.time())), adopted=True,
+                               protocol=entry.get("protocol"), xen_path=str(entry.get("xen_path", "off")),
+                               console=str(entry.get("console", "serial")),
+                               console_nodes=dict(entry.get("console_nodes") or {}))
+            await self.xenstore.add_domain(domid, name, config, xs_ours)
+            self.xenstore.write_nodes(domid, "console", rec.console_nodes)
+            ipc.send_with_fds(sock, Request("adopt", {}, 1).to_wire(), [xs_theirs.fileno()])
+            xs_theirs.close()
+            reader, rec.writer = await asyncio.open_unix_connection(sock=sock)
+        except BaseException:
+            sock.close()
+            self.xenstore.remove_domain(domid)
+            raise
+        try:
+            msg = await asyncio.wait_for(ipc.read_message(reader), 10)
+            reply = decode_from_domain(msg or {})
+            if not isinstance(reply, Reply) or not reply.ok:
+                raise ValueError(f"the domain process refused: {reply}")
+        except BaseException:
+            rec.writer.close()
+            self.xenstore.remove_domain(domid)
+            raise
+        rec.state = str(reply.data.get("state", "running"))
+        rec.seq = 1
+        self.domains[domid] = rec
+        asyncio.create_task(self._domain_events(rec, reader))
+        return rec
+
     # -- list ---------------------------------------------------------------------------
     @daemon_step("list")
     async def _list(self, req: Request, client: Client) -> Reply:
         async def entry(rec: DomainRecord) -> dict[str, Any]:
-            cpu = await rec.query("info", "cpu_time", 0.0, timeout=2.0)
+            info = await rec.query("info", None, {}, timeout=2.0)
             return {
                 "domid": rec.domid,
                 "name": rec.name,
@@ -637,7 +745,8 @@ class Daemon:
                 "vcpus": rec.config.vcpus,
                 "state": rec.state,
                 "reason": rec.last_stop.reason if rec.last_stop is not None else None,
-                "cpu_time": cpu,
+                "cpu_time": info.get("cpu_time", 0.0),
+                "jail": info.get("jail", {}),  # each jail layer: "on" or "missing: why"
                 "protocol": rec.protocol,
                 "xen_path": rec.xen_path,
                 "pid": rec.pid,
