@@ -246,7 +246,7 @@ class Jail:
         root = os.path.join(self.run_dir, "domains", str(self.domid), "root")
         os.makedirs(root, mode=0o700, exist_ok=True)
         _mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=1m")
-        ro = [*SYSTEM_DIRS, *sorted({p for p in _python_paths() if os.path.isdir(p)}),
+        ro = [*SYSTEM_DIRS, *(p for p in PYTHON_PATHS if os.path.isdir(p)),
               self.config.kernel, *([self.config.ramdisk] if self.config.ramdisk else [])]
         rw = [os.path.join(self.run_dir, "domains", str(self.domid)),
               os.path.join(self.run_dir, "xenstored.sock")]
@@ -288,6 +288,9 @@ class Jail:
             self.layers["caps"] = "missing: root keeps its capabilities (no uid switch)"
         self._layer("no_new_privs", _no_new_privs)
         self._layer("seccomp", self._seccomp)
+        # Hand back what building the filter and the root left on the heap: each domain
+        # process's private pages are what one more domain costs the host.
+        _libc.malloc_trim(0)
         missing = {k: v for k, v in self.layers.items() if v != "on"}
         if missing:
             log.warning("domain %d: jailed without: %s", self.domid,
@@ -326,7 +329,7 @@ class Jail:
     def _seccomp(self) -> None:
         from xenopus.domain import seccomp_policy
 
-        seccomp_policy.install(log_only="log" in debug_flags(), extra=_extra_ioctls())
+        seccomp_policy.install(log_only="log" in debug_flags(), ioctls=IOCTLS)
 
 
 def _python_paths() -> list[str]:
@@ -386,12 +389,18 @@ def _capset_zero() -> None:
     _check(_libc.syscall(SYS_capset, ctypes.byref(header), data), "capset")
 
 
-def _extra_ioctls() -> dict[str, int]:
-    """The ioctl requests a jailed domain process may make, by name: every KVM ioctl
-    (kvm/uapi.py), the tap ones (devices/tap.py) and the two Python's io makes itself."""
-    allowed = {name: value for name, value in vars(uapi).items()
+def _allowed_ioctls() -> tuple[int, ...]:
+    """The ioctl requests a jailed domain process may make: every KVM ioctl (kvm/uapi.py),
+    the tap ones (devices/tap.py) and the fd flags Python's os module sets by ioctl."""
+    allowed = {value for name, value in vars(uapi).items()
                if name.startswith("KVM_") and isinstance(value, int) and (value >> 8) & 0xFF == KVMIO}
-    allowed.update({name: value for name, value in vars(tap).items()
-                    if name.startswith("TUN") and isinstance(value, int) and name != "TUN_DEVICE"})
-    allowed.update(FIOCLEX=termios.FIOCLEX, FIONCLEX=termios.FIONCLEX, FIONBIO=termios.FIONBIO)
-    return allowed
+    allowed |= {value for name, value in vars(tap).items()
+                if name.startswith("TUN") and isinstance(value, int) and name != "TUN_DEVICE"}
+    allowed |= {termios.FIOCLEX, termios.FIONCLEX, termios.FIONBIO}
+    return tuple(sorted(allowed))
+
+
+# Computed once, in the zygote: walking modules in each domain process would touch (and so
+# copy) the zygote's pages that hold them.
+IOCTLS = _allowed_ioctls()
+PYTHON_PATHS = tuple(sorted(set(_python_paths())))

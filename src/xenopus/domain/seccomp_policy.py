@@ -52,9 +52,9 @@ ALLOWED = (
 )
 
 
-def install(*, log_only: bool, extra: dict[str, int]) -> None:
-    """Load the filter on every thread of the process (TSYNC; it sets no_new_privs too).
-    `extra` names the ioctl requests allowed."""
+def install(*, log_only: bool, ioctls: tuple[int, ...]) -> None:
+    """Load the filter on every thread of the process (TSYNC; it sets no_new_privs too),
+    allowing the `ioctls` requests."""
     f = seccomp.SyscallFilter(defaction=seccomp.LOG if log_only else seccomp.KILL_PROCESS)
     f.set_attr(seccomp.Attr.CTL_TSYNC, 1)
     for name in ALLOWED:
@@ -65,7 +65,7 @@ def install(*, log_only: bool, extra: dict[str, int]) -> None:
     f.add_rule(seccomp.ERRNO(errno.ENOSYS), "clone3")
     f.add_rule(seccomp.ALLOW, "socket", seccomp.Arg(0, seccomp.EQ, socket.AF_UNIX))
     f.add_rule(seccomp.ALLOW, "socketpair", seccomp.Arg(0, seccomp.EQ, socket.AF_UNIX))
-    for request in sorted(set(extra.values())):
+    for request in ioctls:
         # The kernel takes ioctl's request as an unsigned int: compare the low 32 bits.
         f.add_rule(seccomp.ALLOW, "ioctl", seccomp.Arg(1, seccomp.MASKED_EQ, 0xFFFFFFFF, request))
     # Python's io asks whether every file it opens is a terminal: none is.
