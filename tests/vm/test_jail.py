@@ -266,3 +266,23 @@ def test_kill_9_of_the_daemon_loses_no_domain(jailed: Xenopus) -> None:
     fresh = running(jailed, "after-crash")
     assert fresh["domid"] > max(d["domid"] for d in before.values())
     assert jailed.run("destroy", "after-crash").returncode == 0
+
+
+def test_restart_keeps_its_tap_inside_the_jail(jailed: Xenopus) -> None:
+    dom = running(jailed, "jail-vif", on_reboot="restart", vif=["vifname=xjail0"])
+    assert Path("/sys/class/net/xjail0").exists()
+    assert jailed.run("reboot", "jail-vif").returncode == 0
+    deadline = time.monotonic() + 60
+    while (after := next(d for d in ask(jailed, "list").data["domains"]
+                         if d["name"] == "jail-vif"))["reason"] != "reboot":
+        assert time.monotonic() < deadline
+        time.sleep(0.1)  # polling what a user sees; the reset is asynchronous to the reply
+    assert after["pid"] == dom["pid"] and after["state"] == "running", after
+    devices = ask(jailed, "devices", dom="jail-vif").data["devices"]
+    assert "xjail0" in str(devices)
+    assert Path("/sys/class/net/xjail0").exists()
+    assert jailed.run("destroy", "jail-vif").returncode == 0
+    deadline = time.monotonic() + 30
+    while Path("/sys/class/net/xjail0").exists():  # the tap goes with its domain process
+        assert time.monotonic() < deadline
+        time.sleep(0.05)

@@ -309,8 +309,10 @@ class Jail:
         if self.domid >= count:
             raise JailError(errno.ERANGE, f"domain {self.domid} is outside the uid range {base}:{count}")
         uid = base + self.domid
-        # What a rebuild (on_reboot = "restart") opens again must be open to that uid.
-        for path, write in self._reopened():
+        # What a rebuild (an action "restart") opens again must be open to that uid.
+        cfg = self.config
+        restarts = "restart" in (cfg.on_poweroff, cfg.on_reboot, cfg.on_crash)
+        for path, write in self._reopened() if restarts else ():
             if not _open_to_others(path, write):
                 raise JailError(errno.EACCES, f"{path} is not {'writable' if write else 'readable'}"
                                 f" by uid {uid} (a restart reopens it)")

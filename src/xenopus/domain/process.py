@@ -35,6 +35,7 @@ from xenopus.domain.protocol import (
     StateChanged,
     Stopped,
 )
+from xenopus.domain.vif import VifTaps
 from xenopus.domain.xenguest import StoreProxy
 from xenopus.kvm import Kvm
 from xenopus.vm import StopReason
@@ -92,6 +93,7 @@ class DomainProcess:
         self.start_paused = paused
         self.jail = jail or Jail(domid, config, str(run_dir))
         self.kvm: Kvm | None = None  # opened once: a jailed process cannot open it again
+        self.taps = VifTaps()  # likewise
         self.xenstore = xenstore  # the guest's XenStore ring traffic goes to the daemon here
         self.interdomain_sock = interdomain  # channels/grants to other domains, via the daemon
         self.interdomain: InterdomainPort | None = None
@@ -141,7 +143,7 @@ class DomainProcess:
             vconsole_out=self.vconsole.write, domid=self.domid, hv_log=self.hv_log,
             pv_console_out=self.pvconsole.write, store=self.store,
             xenstore_path=ipc.xenstored_socket_path(self.run_dir) if self.xenstore else None,
-            kvm=self.kvm,
+            kvm=self.kvm, taps=self.taps,
         )
         self.guest = guest
         if guest.xen is not None and self.interdomain is not None:
@@ -399,6 +401,7 @@ class DomainProcess:
             await self._writer.drain()
             adoption.cancel()
             self._teardown()
+            self.taps.close()
             if self.interdomain is not None:
                 self.interdomain.shutdown()
             return EXIT_START_FAILED
@@ -428,6 +431,7 @@ class DomainProcess:
             await self._writer.drain()
         self._writer.close()
         self._teardown()
+        self.taps.close()
         if self.interdomain is not None:
             self.interdomain.shutdown()
         return self.exit_code
