@@ -646,7 +646,9 @@ class Daemon:
     # -- crash recovery: the persisted table, adoption ------------------------------------
     def _save_table(self) -> None:
         """Write the domain table atomically (a new file renamed over the old): a daemon
-        killed at any point leaves the old table or the new one, never half of one."""
+        killed at any point leaves the old table or the new one, never half of one. No
+        fsync: the table must outlive the daemon, not the host (whose crash ends every
+        domain anyway), and creation rate matters."""
         path = ipc.domain_table_path(self.run_dir)
         table = {"next_domid": self.next_domid,
                  "domains": [r.to_table() for r in self.domains.values() if r.pid is not None]}
@@ -656,8 +658,6 @@ class Daemon:
         fd = ipc.open_private(tmp, os.O_WRONLY | os.O_TRUNC)
         with open(fd, "wb") as f:
             f.write(json.dumps(table).encode())
-            f.flush()
-            os.fsync(f.fileno())
         os.replace(tmp, path)
 
     def _load_table(self) -> dict[str, Any]:
