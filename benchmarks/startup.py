@@ -1,6 +1,6 @@
 """Start-up benchmark: the same minimal PVH guest under xenopus and under QEMU's microvm.
 
-    python benchmarks/startup.py [--runs N]
+    python benchmarks/startup.py [--runs N] [--before TREE]
 
 Wall time is from starting the command to its exit after the guest has shut down (it
 prints `RESULT: PASS minimal` and resets through the i8042; QEMU's -no-reboot and
@@ -17,6 +17,14 @@ attach and its socket round trips, which QEMU's number includes in kind.)
 Memory is the max RSS (getrusage's ru_maxrss): of the qemu process from wait4, and of
 xenopus's domain process (the one holding the VM), which the daemon logs when the domain
 is destroyed; the CLI's own from wait4 is shown beside it.
+
+Two more numbers per domain: the PSS one more idle domain adds to the host (the sum of
+Pss from /proc/PID/smaps_rollup over the daemon, the zygote and every domain process,
+before and after creating each of IDLE_DOMAINS idle guests that wait for console input),
+and creations per second in a loop of `xenopus create` + `xenopus destroy` of such a guest.
+
+`--before TREE` measures another checkout (its `src`, run by this interpreter) in the
+same run, interleaved, for a before/after comparison on a shared, noisy machine.
 """
 
 from __future__ import annotations
@@ -54,6 +62,9 @@ DESTROYED = re.compile(
     rb"domain (\d+) \((\S+)\) destroyed: .*; exit status (\S+), max RSS (\d+) KiB, CPU ([\d.]+) s"
 )
 RUN_TIMEOUT = 60.0
+IDLE_GUEST = ROOT / "guests" / "out" / "serial.elf"  # `cmdline=echo`: waits for input
+IDLE_DOMAINS = 4
+CREATE_LOOP = 10
 
 
 @dataclass
@@ -94,11 +105,15 @@ def check(name: str, out: bytes, err: bytes, code: int) -> None:
 
 
 class Xenopus:
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, tree: Path | None = None):
         self.env = dict(os.environ, XENOPUS_RUN_DIR=str(run_dir))
+        self.cmd = xenopus_command()
+        if tree is not None:  # another checkout's code, run by this interpreter
+            self.env["PYTHONPATH"] = str(tree / "src")
+            self.cmd = [sys.executable, "-m", "xenopus"]
+        self.run_dir = run_dir
         self.log = run_dir / "xenopus.log"
         self.log_pos = 0
-        self.cmd = xenopus_command()
 
     def _destroyed_line(self) -> re.Match[bytes]:
         """The daemon's report for the domain that just ended (logged before the daemon
@@ -119,6 +134,55 @@ class Xenopus:
         check("xenopus", out, err, code)
         m = self._destroyed_line()
         return Run(wall, int(m.group(4)), cli_rss)
+
+    def xl(self, *args: str) -> None:
+        r = subprocess.run([*self.cmd, *args], env=self.env, capture_output=True, timeout=RUN_TIMEOUT)
+        if r.returncode != 0:
+            sys.exit(f"startup: xenopus {' '.join(args)} failed: {r.stderr.decode(errors='replace')}")
+
+    def idle_config(self, name: str) -> Path:
+        path = self.run_dir.parent / f"{self.run_dir.name}-{name}.cfg"
+        path.write_text(f'name = "{name}"\nkernel = "{IDLE_GUEST}"\nmemory = 32\n'
+                        'cmdline = "echo"\non_reboot = "destroy"\n')
+        return path
+
+    def host_pss_kib(self) -> int:
+        """Pss of the daemon, the zygote and every domain process, summed."""
+        pids = re.findall(r"xenopus daemon (\d+) listening", self.log.read_text(errors="replace"))
+        todo, total = [int(pids[-1])], 0
+        while todo:
+            pid = todo.pop()
+            try:
+                rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
+                for task in os.listdir(f"/proc/{pid}/task"):
+                    todo += map(int, Path(f"/proc/{pid}/task/{task}/children").read_text().split())
+            except OSError:
+                continue
+            m = re.search(r"^Pss:\s+(\d+) kB", rollup, re.M)
+            total += int(m.group(1)) if m else 0
+        return total
+
+    def idle_pss(self) -> list[float]:
+        """KiB of host PSS each further idle domain adds."""
+        added = []
+        before = self.host_pss_kib()
+        for i in range(IDLE_DOMAINS):
+            self.xl("create", "-q", str(self.idle_config(f"idle{i}")))
+            time.sleep(0.5)  # let it reach its idle loop: this is a measurement, not a sync
+            after = self.host_pss_kib()
+            added.append(after - before)
+            before = after
+        for i in range(IDLE_DOMAINS):
+            self.xl("destroy", f"idle{i}")
+        return added
+
+    def creations_per_second(self) -> float:
+        cfg = self.idle_config("loop")
+        start = time.perf_counter()
+        for _ in range(CREATE_LOOP):
+            self.xl("create", "-q", str(cfg))
+            self.xl("destroy", "loop")
+        return CREATE_LOOP / (time.perf_counter() - start)
 
     def resident(self) -> list[tuple[str, int]]:
         """Peak resident memory (VmHWM) of the daemon and its zygote, which stay up."""
@@ -175,6 +239,12 @@ def row(label: str, values: list[float], unit_scale: float, fmt: str) -> str:
     return f"{label:<34}{med:{fmt}}  [{lo:{fmt}} - {hi:{fmt}}]"
 
 
+def report_per_domain(label: str, pss: list[float], rates: list[float]) -> None:
+    print(f"  {label:<32}{statistics.median(pss) / 1024:8.1f} MiB PSS per idle domain "
+          f"[{min(pss) / 1024:.1f} - {max(pss) / 1024:.1f}], "
+          f"{statistics.median(rates):5.1f} creations/s [{min(rates):.1f} - {max(rates):.1f}]")
+
+
 def report(xen: Series, qemu: Series, cold: Run, resident: list[tuple[str, int]]) -> None:
     n = len(xen.runs)
     print(f"\nstart-up of {GUEST.relative_to(ROOT)}: {n} runs each, interleaved; "
@@ -202,31 +272,56 @@ def report(xen: Series, qemu: Series, cold: Run, resident: list[tuple[str, int]]
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     p.add_argument("--runs", type=int, default=20, help="measured runs of each (default 20, at least 10)")
+    p.add_argument("--before", type=Path, help="another checkout to measure in the same run")
+    p.add_argument("--rounds", type=int, default=3, help="rounds of the per-domain measurements")
     args = p.parse_args()
     if args.runs < 10:
         p.error("--runs must be at least 10")
     prepare()
-    run_dir = Path(tempfile.mkdtemp(prefix="xenopus-bench-"))
-    xen = Xenopus(run_dir)
+    build_guest(IDLE_GUEST)
+    base = Path(tempfile.mkdtemp(prefix="xenopus-bench-"))
+    xen = Xenopus(base / "run")
+    old = Xenopus(base / "before", args.before) if args.before else None
+    pss: dict[str, list[float]] = {"after": [], "before": []}
+    rates: dict[str, list[float]] = {"after": [], "before": []}
     try:
-        print(f"xenopus run dir {run_dir}; {args.runs} runs each", flush=True)
+        print(f"xenopus run dir {base}; {args.runs} runs each", flush=True)
         cold = xen.run()
         xen.run()  # warm-up, not counted
         run_qemu()
-        xs, qs = Series(), Series()
+        xs, qs, bs = Series(), Series(), Series()
+        if old is not None:
+            old.run()
+            old.run()
         for i in range(args.runs):
             # Alternate which goes first, so neither always runs on a cache the other warmed.
-            first, second = (xen.run, run_qemu) if i % 2 == 0 else (run_qemu, xen.run)
-            a, b = first(), second()
-            xs.runs.append(a if i % 2 == 0 else b)
-            qs.runs.append(b if i % 2 == 0 else a)
+            order = [("x", xen.run), ("q", run_qemu)] + ([("b", old.run)] if old else [])
+            if i % 2:
+                order.reverse()
+            for key, fn in order:
+                {"x": xs, "q": qs, "b": bs}[key].runs.append(fn())
             print(".", end="", flush=True)
         print()
+        for _ in range(args.rounds):
+            for key, x in (("after", xen), ("before", old)):
+                if x is not None:
+                    pss[key] += x.idle_pss()
+                    rates[key].append(x.creations_per_second())
         resident = xen.resident()
     finally:
         xen.stop()
+        if old is not None:
+            old.stop()
     report(xs, qs, cold, resident)
-    shutil.rmtree(run_dir, ignore_errors=True)
+    print(f"\nper domain ({args.rounds} rounds of {IDLE_DOMAINS} idle domains and "
+          f"{CREATE_LOOP} create/destroy pairs)")
+    report_per_domain("xenopus", pss["after"], rates["after"])
+    if old is not None:
+        report_per_domain(f"before ({args.before})", pss["before"], rates["before"])
+        print(row("  before: xenopus create -c -F", [r.wall for r in bs.runs], 1e3, "8.1f") + " ms")
+        wall = statistics.median(r.wall for r in bs.runs) / statistics.median(r.wall for r in qs.runs)
+        print(f"  {'before: wall time / qemu':<32}{wall:8.2f}")
+    shutil.rmtree(base, ignore_errors=True)
     return 0
 
 

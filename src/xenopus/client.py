@@ -122,13 +122,14 @@ def start_daemon(base: str | None = None, timeout: float = DAEMON_START_TIMEOUT)
     import sys
 
     base = base or ipc.run_dir()
-    try:
-        os.makedirs(base, mode=0o700, exist_ok=True)
-    except OSError as e:
-        raise DaemonUnavailable(f"cannot create the run directory {base}: {e.strerror}") from None
     logfile = os.path.join(base, "xenopus.log")
+    try:  # trusted only if ours: owner and mode checked, the log opened without following links
+        ipc.ensure_run_dir(base)
+        log_fd = ipc.open_private(logfile, os.O_WRONLY | os.O_APPEND)
+    except OSError as e:
+        raise DaemonUnavailable(f"cannot use the run directory {base}: {e.strerror or e}") from None
     r, w = os.pipe()
-    with open(logfile, "ab") as log:
+    with open(log_fd, "ab") as log:
         subprocess.Popen(
             [sys.executable, "-m", "xenopus", "daemon", "--background", f"--ready-fd={w}"],
             pass_fds=[w],

@@ -11,10 +11,12 @@ its control channel.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
-from typing import TYPE_CHECKING
+import stat
+from typing import TYPE_CHECKING, TextIO
 
 if TYPE_CHECKING:  # asyncio costs the CLI milliseconds of imports; only its types are named
     import asyncio
@@ -25,6 +27,38 @@ MAX_LINE = 1 << 20  # a request larger than this is refused, not buffered withou
 # Paths are plain strings: pathlib costs the CLI milliseconds of imports on every command.
 def run_dir() -> str:
     return os.environ.get("XENOPUS_RUN_DIR") or DEFAULT_RUN_DIR
+
+
+class RunDirError(OSError):
+    """The run directory (or a file in it) is not one the daemon may trust."""
+
+
+def ensure_run_dir(path: str) -> None:
+    """Create the run directory 0700, or accept an existing one only if it is ours: a
+    real directory (not a symlink), owned by us, writable by nobody else. Any other
+    user who could write there could plant a symlink for the daemon to write through."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(path, 0o700)
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode):
+        raise RunDirError(f"run directory {path} is not a directory (a symlink?)")
+    if st.st_uid != os.geteuid():
+        raise RunDirError(f"run directory {path} belongs to uid {st.st_uid}, not to us")
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise RunDirError(f"run directory {path} is writable by others (mode {st.st_mode & 0o777:o})")
+
+
+def open_private(path: str | os.PathLike[str], flags: int = os.O_RDWR) -> int:
+    """Open (creating, 0600) a file of the run directory without following a symlink."""
+    return os.open(path, flags | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+
+
+def open_log(path: str | os.PathLike[str]) -> TextIO:
+    """A log file of the run directory, for appending: 0600, never through a symlink."""
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    fd = open_private(path, os.O_WRONLY | os.O_APPEND)
+    return open(fd, "a", buffering=1, encoding="utf-8", errors="replace")
 
 
 def daemon_socket_path(base: str | os.PathLike[str] | None = None) -> str:
@@ -38,6 +72,16 @@ def xenstored_socket_path(base: str | os.PathLike[str] | None = None) -> str:
 
 def domain_dir(domid: int, base: str | os.PathLike[str] | None = None) -> str:
     return os.path.join(base or run_dir(), "domains", str(domid))
+
+
+def control_socket_path(domid: int, base: str | os.PathLike[str] | None = None) -> str:
+    """Where a domain process waits for a restarted daemon to adopt it."""
+    return os.path.join(domain_dir(domid, base), "control.sock")
+
+
+def domain_table_path(base: str | os.PathLike[str] | None = None) -> str:
+    """The daemon's persisted domain table, for a restarted daemon to adopt from."""
+    return os.path.join(base or run_dir(), "domains.json")
 
 
 CONSOLE_SOCKETS = {"serial": "console.sock", "virtio": "vconsole.sock", "pv": "pvconsole.sock"}
@@ -68,6 +112,35 @@ async def read_message(reader: asyncio.StreamReader) -> dict[str, object] | None
     malformed line (the next call reads the line after it) or one over the stream's limit."""
     line = await reader.readline()
     return decode(line) if line else None
+
+
+async def recv_with_fds(sock: socket.socket, maxfds: int) -> tuple[dict[str, object] | None, list[int]]:
+    """The first message on a non-blocking stream socket and the fds sent with it, awaited
+    on the running loop (asyncio streams cannot carry SCM_RIGHTS). The message must come
+    in one piece, as `send_with_fds` sends it."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[tuple[bytes, list[int]]] = loop.create_future()
+
+    def readable() -> None:
+        try:
+            data, fds, _flags, _addr = socket.recv_fds(sock, MAX_LINE, maxfds)
+        except BlockingIOError:
+            return
+        except OSError as e:
+            data, fds = b"", []
+            done.set_exception(e)
+        loop.remove_reader(sock)
+        if not done.done():
+            done.set_result((data, fds))
+
+    loop.add_reader(sock, readable)
+    try:
+        data, fds = await done
+    finally:
+        loop.remove_reader(sock)
+    return (decode(data) if data else None), fds
 
 
 def write_message(writer: asyncio.StreamWriter, msg: dict[str, object]) -> None:

@@ -53,7 +53,7 @@ from xenopus.domain.inventory import (
     XenPart,
     pci_address,
 )
-from xenopus.domain.vif import open_vif
+from xenopus.domain.vif import VifTaps, open_vif
 from xenopus.domain.xenguest import StoreProxy, XenGuest, decide
 from xenopus.host import memory_mib
 from xenopus.kvm import Kvm
@@ -104,9 +104,13 @@ def build_guest(
     pv_console_out: Callable[[bytes], None] | None = None,
     store: StoreProxy | None = None,
     xenstore_path: str | None = None,
+    kvm: Kvm | None = None,
+    taps: VifTaps | None = None,
 ) -> Guest:
     """Lay out memory, write the ACPI tables, load the kernel and wire the devices; the
-    vCPUs are not started. Any failure releases what was built and names the problem."""
+    vCPUs are not started. Any failure releases what was built and names the problem.
+    `kvm` is an open /dev/kvm to use (and leave open), `taps` the vifs' taps kept across
+    incarnations: a jailed process can open neither again."""
     host = memory_mib()
     if host and config.memory > host:
         raise ValueError(f"memory = {config.memory} MiB is more than this host has ({host} MiB)")
@@ -121,7 +125,7 @@ def build_guest(
             memory, config.kernel, ramdisk=config.ramdisk, cmdline=config.cmdline, rsdp_paddr=rsdp
         )
         pio, mmio = Bus("pio"), Bus("mmio")
-        kvm = Kvm()
+        kvm = kvm or Kvm()
         xen_path, why = decide(config, boot, kvm)
         log.info("%s: Xen guest interface: %s (%s)", config.name, xen_path, why)
         hooks: MachineHooks = {}
@@ -131,7 +135,7 @@ def build_guest(
                 hv_log=hv_log or (lambda line: log.info("%s", line)),
                 pv_console_out=pv_console_out or console_out,
                 store=store or StoreProxy(asyncio.get_event_loop(), None),
-                xenstore_path=xenstore_path,
+                xenstore_path=xenstore_path, taps=taps,
             )
             hooks = xen.machine_hooks()
         elif any(d.kind == "xen" for d in config.disks) or any(v.model == "xen" for v in config.vifs):
@@ -171,7 +175,7 @@ def build_guest(
         pci = PciHostBridge(pio, mmio, machine.set_irq, ram_end=ram_end)
         guest = Guest(machine, memory, boot, serial, power, pci, pio, mmio, inventory,
                       xen=xen, xen_path=xen_path)
-        _add_virtio(guest, config, domid, vconsole_out)
+        _add_virtio(guest, config, domid, vconsole_out, taps)
         _apply_affinity(machine, config)
         if xen is not None:
             xen.start_backends()
@@ -198,7 +202,8 @@ def build_guest(
 
 
 def _add_virtio(
-    guest: Guest, config: DomainConfig, domid: int, vconsole_out: Callable[[bytes], None] | None
+    guest: Guest, config: DomainConfig, domid: int, vconsole_out: Callable[[bytes], None] | None,
+    taps: VifTaps | None,
 ) -> None:
     def add(kind: str, name: str, index: int, device: VirtioDevice, **detail: object) -> None:
         try:
@@ -220,7 +225,7 @@ def _add_virtio(
     for i, vif in enumerate(config.vifs):
         if vif.model != "virtio":
             continue  # model=xen: the Xen PV network backend
-        net = _virtio_net(config, vif, domid, i)
+        net = _virtio_net(config, vif, domid, i, taps)
         add(NIC, f"nic{i}", i, net, mac=format_mac(net.mac), tap=net.tap.name, bridge=vif.bridge or "-")
     if config.virtio_console:
         guest.vconsole = VirtioConsole(vconsole_out or (lambda data: None))
@@ -229,8 +234,9 @@ def _add_virtio(
         add("rng", "virtio-rng0", 0, VirtioRng())
 
 
-def _virtio_net(config: DomainConfig, vif: VifSpec, domid: int, index: int) -> VirtioNet:
-    tap, mac = open_vif(config.name, vif, domid, index)
+def _virtio_net(config: DomainConfig, vif: VifSpec, domid: int, index: int,
+                taps: VifTaps | None) -> VirtioNet:
+    tap, mac = (taps.open if taps else open_vif)(config.name, vif, domid, index)
     try:
         return VirtioNet(tap, mac)
     except BaseException:

@@ -25,6 +25,7 @@ from xenopus.domain.builder import Guest, build_guest
 from xenopus.domain.config import DomainConfig
 from xenopus.domain.console import Console
 from xenopus.domain.interdomain_port import InterdomainPort
+from xenopus.domain.jail import Jail, debug_flags, set_process_title
 from xenopus.domain.protocol import (
     DomainEvent,
     Finished,
@@ -36,8 +37,11 @@ from xenopus.domain.protocol import (
     Stopped,
 )
 from xenopus.domain.restart import RestartBackoff
+from xenopus.domain.vif import VifTaps
 from xenopus.domain.xenguest import StoreProxy
+from xenopus.kvm import Kvm
 from xenopus.vm import StopReason
+from xenopus.xen.xenstore.server import peer_of
 
 log = logging.getLogger("xenopus.domain")
 
@@ -50,6 +54,7 @@ GUEST_LOG_RATE = 100  # lines per second
 EXIT_OK = 0
 EXIT_CRASHED = 1
 EXIT_START_FAILED = 2
+ADOPT_TIMEOUT = 10.0  # seconds an adopting daemon has to send its request
 
 
 class DebugLog:
@@ -91,9 +96,12 @@ class DomainProcess:
     def __init__(
         self, domid: int, config: DomainConfig, control: socket.socket, run_dir: Path,
         paused: bool = False, xenstore: socket.socket | None = None,
-        interdomain: socket.socket | None = None,
+        interdomain: socket.socket | None = None, jail: Jail | None = None,
     ):
         self.start_paused = paused
+        self.jail = jail or Jail(domid, config, str(run_dir))
+        self.kvm: Kvm | None = None  # opened once: a jailed process cannot open it again
+        self.taps = VifTaps()  # likewise
         self.xenstore = xenstore  # the guest's XenStore ring traffic goes to the daemon here
         self.interdomain_sock = interdomain  # channels/grants to other domains, via the daemon
         self.interdomain: InterdomainPort | None = None
@@ -110,6 +118,9 @@ class DomainProcess:
         self.debug = DebugLog(domid, self.hv_log)
         self._writer: asyncio.StreamWriter | None = None
         self._finished = asyncio.Event()
+        self._control: asyncio.Task | None = None
+        self._attached = True  # the spawning daemon is, until its control stream ends
+        self._daemon_uid = os.geteuid()  # the daemon's: the one that may adopt us
 
     # -- daemon channel ---------------------------------------------------------------
     def _send(self, msg: Reply | DomainEvent) -> None:
@@ -140,11 +151,18 @@ class DomainProcess:
     # -- guest lifecycle ----------------------------------------------------------------
     def _start_guest(self, paused: bool = False) -> None:
         """Build a fresh incarnation; with `paused`, its vCPUs wait for `unpause` (xl create -p)."""
+        self._build_guest()
+        self._run_or_pause(paused)
+
+    def _build_guest(self) -> None:
+        if self.kvm is None:
+            self.kvm = Kvm()
         guest = build_guest(
             self.config, console_out=self.console.write, debug_out=self.debug.write,
             vconsole_out=self.vconsole.write, domid=self.domid, hv_log=self.hv_log,
             pv_console_out=self.pvconsole.write, store=self.store,
             xenstore_path=ipc.xenstored_socket_path(self.run_dir) if self.xenstore else None,
+            kvm=self.kvm, taps=self.taps,
         )
         self.guest = guest
         self.crash_backoff.started()
@@ -156,6 +174,8 @@ class DomainProcess:
         if guest.xen is not None:
             self.pvconsole.on_input = guest.xen.receive
         self._started = False
+
+    def _run_or_pause(self, paused: bool) -> None:
         if paused:
             self._set_state("paused")
         else:
@@ -235,8 +255,17 @@ class DomainProcess:
         guest = self.guest
         return Reply.success(
             state=self.state, cpu_time=guest.machine.cpu_time() if guest else 0.0,
-            pid=os.getpid(), protocol=guest.boot.protocol if guest else None,
+            pid=self.jail.host_pid, protocol=guest.boot.protocol if guest else None,
+            jail=self.jail.layers,
         )
+
+    if "hooks" in debug_flags():  # test-only, never registered in production
+
+        @domain_step("debug-forbidden-syscall")
+        def _forbidden_syscall(self, req: Request) -> Reply:
+            """Make a system call outside the seccomp allow-list (chroot)."""
+            os.chroot("/")
+            return Reply.success()
 
     @domain_step("destroy")
     def _destroy(self, req: Request) -> Reply:
@@ -311,6 +340,7 @@ class DomainProcess:
         return Reply.success()
 
     async def _serve_control(self, reader: asyncio.StreamReader) -> None:
+        self._attached = True
         while True:
             try:
                 msg = await ipc.read_message(reader)
@@ -327,7 +357,54 @@ class DomainProcess:
                 log.exception("control request %r failed", req.op)
                 reply = Reply.failure(str(e))
             self._send(reply.numbered(req.seq))
-        log.warning("domain %d: daemon connection closed; the domain keeps running", self.domid)
+        self._attached = False  # the daemon is gone: a restarted one may adopt us
+        log.warning("domain %d: daemon connection closed; the domain keeps running until a"
+                    " daemon adopts it", self.domid)
+
+    # -- adoption by a restarted daemon ---------------------------------------------------
+    def _listen_for_daemon(self) -> socket.socket:
+        """control.sock: where a restarted daemon finds this domain (made before the jail:
+        binding and listening are not in its seccomp allow-list)."""
+        path = ipc.control_socket_path(self.domid, self.run_dir)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        sock.bind(path)
+        os.chmod(path, 0o600)
+        sock.listen(1)
+        sock.setblocking(False)
+        return sock
+
+    async def _accept_daemons(self, listener: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            conn, _ = await loop.sock_accept(listener)
+            try:
+                await self._adopted_by(conn)
+            except (OSError, ValueError) as e:  # a malformed adoption: the old daemon stays
+                log.error("domain %d: refused an adoption: %s", self.domid, e)
+                conn.close()
+
+    async def _adopted_by(self, conn: socket.socket) -> None:
+        """A daemon connected: `adopt` + its new XenStore stream; then it is our daemon."""
+        if peer_of(conn).uid != self._daemon_uid:
+            raise ValueError(f"uid {peer_of(conn).uid} is not the daemon's")
+        if self._attached:
+            raise ValueError("a daemon is attached")
+        msg, fds = await asyncio.wait_for(ipc.recv_with_fds(conn, 1), ADOPT_TIMEOUT)
+        socks = [socket.socket(fileno=fd) for fd in fds]
+        req = Request.from_wire(msg or {})
+        if req.op != "adopt" or len(socks) != 1:
+            for sock in socks:
+                sock.close()
+            raise ValueError(f"expected adopt and a XenStore stream, got {req.op!r}")
+        if self._writer is not None:
+            self._writer.close()  # the lost daemon's end
+        reader, self._writer = await asyncio.open_unix_connection(sock=conn)
+        await self.store.reconnect(socks[0])
+        log.info("domain %d: adopted by a restarted daemon", self.domid)
+        self._send(self._info(req).numbered(req.seq))
+        self._control = asyncio.create_task(self._serve_control(reader))
 
     async def run(self) -> int:
         loop = self._loop = asyncio.get_running_loop()
@@ -340,18 +417,24 @@ class DomainProcess:
             self.interdomain = InterdomainPort(loop, self.interdomain_sock, self.domid)
         reader, self._writer = await asyncio.open_unix_connection(sock=self.control)
         os.makedirs(ipc.domain_dir(self.domid, self.run_dir), exist_ok=True)
+        adoption = asyncio.create_task(self._accept_daemons(self._listen_for_daemon()))
         try:
             await self.console.serve(ipc.console_socket_path(self.domid, self.run_dir))
             if self.config.virtio_console:
                 await self.vconsole.serve(ipc.console_socket_path(self.domid, self.run_dir, "virtio"))
             if self.config.xen_platform != "0":
                 await self.pvconsole.serve(ipc.console_socket_path(self.domid, self.run_dir, "pv"))
-            self._start_guest(paused=self.start_paused)
+            self._build_guest()
+            # Everything the guest needs is open; no guest code has run yet.
+            self.jail.enter_late(threading.active_count())
+            self._run_or_pause(self.start_paused)
         except Exception as e:  # noqa: BLE001 - reported to the CLI, which names the problem
             log.error("domain %d (%s): cannot start: %s", self.domid, self.config.name, e)
             self._send(StartFailed(str(e)))
             await self._writer.drain()
+            adoption.cancel()
             self._teardown()
+            self.taps.close()
             if self.interdomain is not None:
                 self.interdomain.shutdown()
             return EXIT_START_FAILED
@@ -360,13 +443,14 @@ class DomainProcess:
         # by default, as under Xen; everything else its serial port.
         xen_aware = guest.xen is not None and bool(guest.boot.details.get("guest_os"))
         self._send(Ready(
-            os.getpid(), guest.boot.protocol, guest.xen_path, "pv" if xen_aware else "serial",
+            self.jail.host_pid, guest.boot.protocol, guest.xen_path, "pv" if xen_aware else "serial",
             guest.xen.console_nodes() if guest.xen is not None else {},
             guest.xen.store_nodes() if guest.xen is not None else {},
         ))
-        control = asyncio.create_task(self._serve_control(reader))
+        self._control = asyncio.create_task(self._serve_control(reader))
         await self._finished.wait()
-        control.cancel()
+        self._control.cancel()
+        adoption.cancel()
         if self.guest is not None:
             self.guest.machine.stop()
         # Report the end before tearing the VM down: releasing a VM's memory and fds is
@@ -381,6 +465,7 @@ class DomainProcess:
             await self._writer.drain()
         self._writer.close()
         self._teardown()
+        self.taps.close()
         if self.interdomain is not None:
             self.interdomain.shutdown()
         return self.exit_code
@@ -392,19 +477,20 @@ def run_domain(
 ) -> int:
     """Entry point of a freshly forked domain process."""
     domid, cfg = spawn.domid, spawn.config
-    logdir = Path(spawn.run_dir) / "log"
-    logdir.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(logdir / f"{cfg.name}.log")
+    set_process_title(f"xenopus: domain {domid} ({cfg.name})")
+    handler = logging.StreamHandler(ipc.open_log(Path(spawn.run_dir) / "log" / f"{cfg.name}.log"))
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.INFO)
+    jail = Jail(domid, cfg, spawn.run_dir)
+    jail.enter_early()
     control = socket.socket(fileno=control_fd)
     xenstore = socket.socket(fileno=xenstore_fd) if xenstore_fd is not None else None
     interdomain = socket.socket(fileno=interdomain_fd) if interdomain_fd is not None else None
     proc = DomainProcess(
         domid, cfg, control, Path(spawn.run_dir), paused=spawn.paused, xenstore=xenstore,
-        interdomain=interdomain,
+        interdomain=interdomain, jail=jail,
     )
     try:
         return asyncio.run(proc.run())

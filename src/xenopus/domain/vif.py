@@ -9,6 +9,7 @@ tap itself, and the config parser warns that the key is ignored.
 
 from __future__ import annotations
 
+import os
 from typing import NamedTuple
 
 from xenopus.devices.mac import generate_mac, parse_mac
@@ -21,6 +22,28 @@ class VifEnd(NamedTuple):
 
     tap: Tap
     mac: bytes
+
+
+class VifTaps:
+    """A domain process's taps, opened once and handed to every incarnation of its guest
+    (each gets its own descriptor of the same tap, which it closes with its NIC): a jailed
+    process can make no tap (no CAP_NET_ADMIN, a network namespace of its own), and a tap
+    that lives on keeps its name, MTU and bridge across a reboot."""
+
+    def __init__(self) -> None:
+        self._ends: dict[int, VifEnd] = {}
+
+    def open(self, domain: str, vif: VifSpec, domid: int, index: int) -> VifEnd:
+        end = self._ends.get(index)
+        if end is None:
+            end = self._ends[index] = open_vif(domain, vif, domid, index)
+        tap = end.tap
+        return VifEnd(Tap(os.dup(tap.fd), tap.name, tap.vnet_hdr_len), end.mac)
+
+    def close(self) -> None:
+        for end in self._ends.values():
+            end.tap.close()
+        self._ends.clear()
 
 
 def open_vif(domain: str, vif: VifSpec, domid: int, index: int) -> VifEnd:

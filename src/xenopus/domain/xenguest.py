@@ -21,7 +21,7 @@ from xenopus.devices import platform as layout
 from xenopus.devices.bus import Bus
 from xenopus.domain.config import DomainConfig
 from xenopus.domain.interdomain_port import InterdomainPort
-from xenopus.domain.vif import open_vif
+from xenopus.domain.vif import VifTaps, open_vif
 from xenopus.kvm import Kvm
 from xenopus.memory import GuestMemory
 from xenopus.vm import Machine
@@ -83,6 +83,12 @@ class StoreProxy:
         reader, self._writer = await asyncio.open_unix_connection(sock=self.sock)
         self._task = asyncio.create_task(self._from_daemon(reader))
 
+    async def reconnect(self, sock: socket.socket) -> None:
+        """A restarted daemon's stream replaces the lost one."""
+        await self.close()
+        self.sock = sock
+        await self.start()
+
     def attach(self, ring: RingTransport | None, notify: Callable[[], None] = lambda: None) -> None:
         self.ring, self.notify = ring, notify
 
@@ -136,8 +142,10 @@ class XenGuest:
         pv_console_out: Callable[[bytes], None],
         store: StoreProxy,
         xenstore_path: str | None,
+        taps: VifTaps | None = None,
     ):
         self.config = config
+        self.taps = taps
         self.domid = domid
         self.memory = memory
         self.path = path
@@ -260,7 +268,7 @@ class XenGuest:
             self.backends.append(be)
             be.start()
         for i, vif in vifs:
-            tap, mac = open_vif(self.config.name, vif, self.domid, i)
+            tap, mac = (self.taps.open if self.taps else open_vif)(self.config.name, vif, self.domid, i)
             try:
                 be = NetBack(self.xs, host, self.domid, i, tap, mac, bridge=vif.bridge or "")
             except BaseException:

@@ -15,8 +15,10 @@ import collections
 import contextlib
 import dataclasses
 import fcntl
+import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -31,6 +33,7 @@ from uuid import uuid4
 from xenopus import ipc
 from xenopus.control import Reply, Request
 from xenopus.domain.config import ConfigError, DomainConfig, load_config
+from xenopus.domain.jail import uid_range
 from xenopus.domain.protocol import (
     Exited,
     Finished,
@@ -48,6 +51,7 @@ from xenopus.domain.restart import RestartBackoff
 from xenopus.toolstack import hostinfo, xlformat
 from xenopus.toolstack.broker import InterdomainBroker
 from xenopus.toolstack.xenstored import XenStored
+from xenopus.xen.xenstore.server import UNSCOPED, Peer, Scope, peer_of
 
 log = logging.getLogger("xenopus.daemon")
 
@@ -56,6 +60,9 @@ DOM0_NAMES = ("Domain-0",)  # the host's name in every listing
 # How `xl dmesg` words a domain's stop, by StopReason.kind.
 STOP_WORDS = {"poweroff": "shut down", "reboot": "rebooted", "crash": "crashed"}
 DESTROY_GRACE = 5.0  # seconds a domain process gets to exit before SIGKILL
+# Seconds a domain process gets from its fork to Ready (the guest built) before it is
+# killed: building reads the kernel and lays out memory, seconds even for a large guest.
+START_TIMEOUT = 60.0
 
 
 class RequestError(Exception):
@@ -91,6 +98,15 @@ class DomainRecord:
     @property
     def name(self) -> str:
         return self.config.name
+    console_nodes: dict[str, Any] = field(default_factory=dict)  # the PV console's XenStore nodes
+    adopted: bool = False  # a process a previous daemon started: not the zygote's child
+
+    def to_table(self) -> dict[str, Any]:
+        """Its entry in the persisted domain table."""
+        return {"domid": self.domid, "name": self.name, "pid": self.pid, "created": self.created,
+                "config": self.config.to_dict(), "protocol": self.protocol,
+                "xen_path": self.xen_path, "console": self.console,
+                "console_nodes": self.console_nodes, "uuid": self.uuid}
 
     async def request(self, req: Request, timeout: float = 10.0) -> Reply:
         """Ask the domain process; its reply, refusals included."""
@@ -108,12 +124,13 @@ class DomainRecord:
         finally:
             self.pending.pop(seq, None)
 
-    async def query(self, op: str, key: str, default: Any, timeout: float) -> Any:
-        """`key` of the answer to `op`; `default` when there is no process or no answer
-        (listings show every domain, answering or not)."""
+    async def query(self, op: str, key: str | None, default: Any, timeout: float) -> Any:
+        """`key` of the answer to `op` (None: all of it); `default` when there is no
+        process or no answer (listings show every domain, answering or not)."""
         if self.writer is not None:
             with contextlib.suppress(RequestError, ConnectionError):
-                return (await self.request(Request(op), timeout)).data.get(key, default)
+                data = (await self.request(Request(op), timeout)).data
+                return dict(data) if key is None else data.get(key, default)
         return default
 
 
@@ -150,6 +167,7 @@ class Daemon:
         self._zwriter: asyncio.StreamWriter | None = None
         self._zevents: asyncio.Task | None = None
         self._spawned: dict[int, asyncio.Future[int]] = {}
+        self._processes: dict[int, DomainRecord] = {}  # pid -> its domain, until reaped
         self._stop = asyncio.Event()
         self._lock_fd = -1
         self._clients: dict[asyncio.Task, asyncio.StreamWriter] = {}
@@ -166,8 +184,8 @@ class Daemon:
 
     # -- start-up -----------------------------------------------------------------------
     def acquire_lock(self) -> None:
-        self.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(self.run_dir / "xenopus.pid", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        ipc.ensure_run_dir(str(self.run_dir))
+        fd = ipc.open_private(self.run_dir / "xenopus.pid")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -194,21 +212,39 @@ class Daemon:
         while (msg := await ipc.read_message(reader)) is not None:
             event = decode_from_zygote(msg)
             if isinstance(event, Spawned):
+                # Known by pid at once: its XenStore client may connect before _spawn runs.
+                rec = self.domains.get(event.domid)
+                if rec is not None and event.domid in self._spawned:
+                    rec.pid = event.pid
+                    self._processes[event.pid] = rec
                 fut = self._spawned.pop(event.domid, None)
                 if fut is not None and not fut.done():
                     fut.set_result(event.pid)
             else:
-                rec = self.domains.get(event.domid)
-                if rec is not None and rec.pid == event.pid:
+                # By pid: the domain may have left the table already (it said Finished).
+                rec = self._processes.pop(event.pid, None)
+                if rec is not None:
                     rec.exit_info = event
                     rec.exited.set()
         if not self._stop.is_set():
             log.error("the zygote exited; restarting it")
             await self._start_zygote()
 
+    def xenstore_scope(self, peer: Peer) -> Scope | None:
+        """A XenStore client: a domain process (by pid, or by its jail uid) reaches only
+        its own domain's paths; root (host tools) the whole store; anyone else nothing."""
+        for rec in self.domains.values():
+            if rec.pid == peer.pid:
+                return Scope(rec.domid)
+        base, count = uid_range()
+        if base <= peer.uid < base + count:
+            return Scope(peer.uid - base)
+        return UNSCOPED if peer.uid == os.geteuid() else None
+
     async def serve(self, ready_fd: int | None = None) -> None:
         await self._start_zygote()
-        await self.xenstore.serve(ipc.xenstored_socket_path(self.run_dir))
+        await self.xenstore.serve(ipc.xenstored_socket_path(self.run_dir), self.xenstore_scope)
+        await self._adopt_all()
         if self.run_dir == Path(ipc.DEFAULT_RUN_DIR):  # the system's daemon, not a test's
             self.xenstore.publish()
         path = Path(ipc.daemon_socket_path(self.run_dir))
@@ -405,7 +441,8 @@ class Daemon:
         paused and the reply names its console; the client connects there, then sends any
         message (`unpause`) on this connection (xl create -c: not a byte of output is
         lost). With `wait`, a second reply comes when it is gone."""
-        config, warnings = self._load_config(req)
+        # In a worker: a config on a slow or hung filesystem must not stall every client.
+        config, warnings = await asyncio.to_thread(self._load_config, req)
         if req.args.get("dryrun"):  # xl create -n: the configuration, as libxl's JSON
             libxl = xlformat.libxl_domain_config(config, str(uuid4()))
             return Reply.success(libxl=libxl, warnings=warnings)
@@ -419,8 +456,7 @@ class Daemon:
         try:
             await self._spawn(rec, paused=attach or paused)
         except Exception:  # refused, or the zygote gone: the name and domid are free again
-            self.domains.pop(rec.domid, None)
-            self.xenstore.remove_domain(rec.domid)
+            self._forget(rec)
             raise
         created: dict[str, Any] = {"domid": rec.domid, "name": name, "protocol": rec.protocol,
                                    "warnings": warnings}
@@ -474,6 +510,9 @@ class Daemon:
         self.interdomain.add(rec.domid, id_ours)
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._spawned[rec.domid] = fut
+        rec.exited.clear()
+        rec.exit_info = None
+        rec.final = None
         spawn = Spawn(rec.domid, rec.config, str(self.run_dir), paused)
         fds = [theirs.fileno(), xs_theirs.fileno(), id_theirs.fileno()]
         ipc.send_with_fds(self._zsock, spawn.to_wire(), fds)
@@ -487,32 +526,28 @@ class Daemon:
             self.interdomain.remove(rec.domid)
             ours.close()
             raise RequestError("the zygote did not start the domain process") from None
-        rec.exited.clear()
-        rec.exit_info = None
-        rec.final = None
+        if rec.state == "dying":  # destroyed while the zygote forked it
+            self._kill(rec)
         reader, rec.writer = await asyncio.open_unix_connection(sock=ours)
-        event: Ready | StartFailed = StartFailed("the domain process died")
-        with contextlib.suppress(ConnectionError, ValueError):  # ValueError: an over-long line
-            while True:
-                try:
-                    msg = await ipc.read_message(reader)
-                    if msg is None:
-                        break
-                    first = decode_from_domain(msg)
-                except ValueError as e:  # not JSON, or not a message a domain sends
-                    first = StartFailed(f"the domain process sent a malformed message: {e}")
-                if isinstance(first, (Ready, StartFailed)):
-                    event = first
-                    break
+        try:
+            event = await asyncio.wait_for(self._first_event(reader), START_TIMEOUT)
+        except TimeoutError:
+            log.error("domain %d (%s) was not ready after %.0f s; killing it", rec.domid,
+                      rec.name, START_TIMEOUT)
+            self._kill(rec)
+            event = StartFailed(f"the domain did not start within {START_TIMEOUT:.0f} s")
         if not isinstance(event, Ready):
             self.interdomain.remove(rec.domid)
             rec.writer.close()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(rec.exited.wait(), 5)
-            raise RequestError(event.error or "the domain failed to start")
+            if rec.state == "dying":
+                raise RequestError(f"domain {rec.domid} was destroyed while it started")
+            raise RequestError(event.error or self._death(rec) or "the domain failed to start")
         rec.protocol = event.protocol
         rec.xen_path = event.xen_path
         rec.console = event.console
+        rec.console_nodes = event.console_nodes
         self.xenstore.console_ready(rec.domid, event.console_nodes)
         if event.store_nodes:
             self.xenstore.write_nodes(rec.domid, "store", event.store_nodes)
@@ -521,7 +556,44 @@ class Daemon:
         self.hv_log(f"d{rec.domid}: domain '{rec.name}' created ({rec.protocol} boot, Xen"
                     f" interface {rec.xen_path}, {rec.config.vcpus} vCPU(s),"
                     f" {rec.config.memory} MiB){' paused' if paused else ''}")
+        self._save_table()
         asyncio.create_task(self._domain_events(rec, reader))
+
+    @staticmethod
+    async def _first_event(reader: asyncio.StreamReader) -> Ready | StartFailed:
+        """The domain process's Ready or StartFailed (events before them are skipped)."""
+        with contextlib.suppress(ConnectionError, ValueError):  # ValueError: an over-long line
+            while True:
+                try:
+                    msg = await ipc.read_message(reader)
+                    if msg is None:
+                        break
+                    first = decode_from_domain(msg)
+                except ValueError as e:  # not JSON, or not a message a domain sends
+                    return StartFailed(f"the domain process sent a malformed message: {e}")
+                if isinstance(first, (Ready, StartFailed)):
+                    return first
+        return StartFailed("")
+
+    @staticmethod
+    def _kill(rec: DomainRecord) -> None:
+        if rec.pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(rec.pid, signal.SIGKILL)
+
+    @staticmethod
+    def _death(rec: DomainRecord) -> str:
+        """How the domain process died, from its wait status ("" if it has not)."""
+        if rec.exit_info is None:
+            return ""
+        status = rec.exit_info.status
+        if status == -signal.SIGSYS:
+            # The kernel's seccomp kill (SCMP_ACT_KILL_PROCESS); which call it was is in the
+            # host's audit log (type=1326), not visible to a parent.
+            return "domain process killed by seccomp (SIGSYS): a system call outside its allow-list"
+        if status < 0:
+            return f"domain process killed by {signal.Signals(-status).name}"
+        return f"domain process exited with status {status}"
 
     async def _domain_events(self, rec: DomainRecord, reader: asyncio.StreamReader) -> None:
         # A domain process may be compromised by its guest: whatever it sends, this task
@@ -555,10 +627,19 @@ class Daemon:
                             f" on_{event.reason}={event.action}")
         await self._process_gone(rec)
 
-    def _retire(self, rec: DomainRecord) -> None:
-        """The domain has ended (its process said so): drop it from the table."""
+    def _forget(self, rec: DomainRecord) -> None:
+        """Everything the host keeps for a domain goes: its XenStore nodes, interdomain
+        channels, run-directory entries and table entry. Every path out ends here."""
         self.xenstore.remove_domain(rec.domid)
         self.interdomain.remove(rec.domid)
+        shutil.rmtree(ipc.domain_dir(rec.domid, self.run_dir), ignore_errors=True)
+        if self.domains.get(rec.domid) is rec:
+            del self.domains[rec.domid]
+            self._save_table()
+        rec.gone.set()
+
+    def _retire(self, rec: DomainRecord) -> None:
+        """The domain has ended (its process said so): drop it from the table."""
         final = self._final(rec)
         usage = rec.final or rec.exit_info
         log.info(
@@ -566,27 +647,30 @@ class Daemon:
             rec.domid, rec.name, final["reason"], final["status"], final["maxrss_kib"],
             usage.cpu if usage is not None else 0.0,
         )
-        if self.domains.get(rec.domid) is rec:
-            del self.domains[rec.domid]
         self.hv_log(f"d{rec.domid}: domain '{rec.name}' destroyed")
-        rec.gone.set()
+        self._forget(rec)
 
     async def _process_gone(self, rec: DomainRecord) -> None:
         rec.writer = None
         self.interdomain.remove(rec.domid)  # its peers' ports go unbound, views drop
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(rec.exited.wait(), 5)
+        if not rec.adopted:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(rec.exited.wait(), 5)
         status = rec.exit_info.status if rec.exit_info is not None else None
+        if rec.adopted:  # not our zygote's child: its own report is all there is
+            status = rec.final.exit_code if rec.final is not None else None
         if rec.final is not None:
             if status != rec.final.exit_code:
-                log.warning("domain %d: process %s exited with status %s", rec.domid, rec.pid, status)
+                log.warning("domain %d: process %s exited with status %s, not %s as it said",
+                            rec.domid, rec.pid, status, rec.final.exit_code)
             return
         clean = rec.state == "dying" or (rec.last_stop is not None and status in (0, 1))
         if not clean:
             # The domain process itself died: treat it as a crash of the domain.
             action = rec.config.on_crash
-            log.error("domain %d (%s): its process died (status %s); on_crash=%s", rec.domid, rec.name, status, action)
-            rec.last_stop = Stopped("crash", f"domain process exited with status {status}", action)
+            death = self._death(rec) or "domain process gone (no exit status)"
+            log.error("domain %d (%s) crashed: %s; on_crash=%s", rec.domid, rec.name, death, action)
+            rec.last_stop = Stopped("crash", death, action)
             if action == "restart" and not self._stop.is_set():
                 delay = rec.restarts.delay()
                 if delay:
@@ -627,9 +711,14 @@ class Daemon:
         }
 
     async def _destroy(self, rec: DomainRecord) -> None:
+        if rec.state == "starting" or rec.state == "dying" and rec.writer is None:
+            # Still starting: it answers nothing yet. Create's own failure path forgets it.
+            rec.state = "dying"
+            self._kill(rec)
+            await rec.gone.wait()
+            return
         if rec.pid is None:  # a preserved corpse with no process
-            self.domains.pop(rec.domid, None)
-            rec.gone.set()
+            self._forget(rec)
             return
         rec.state = "dying"
         with contextlib.suppress(RequestError, ConnectionError):
@@ -642,6 +731,97 @@ class Daemon:
                 os.kill(rec.pid, signal.SIGKILL)
             await rec.gone.wait()
 
+    # -- crash recovery: the persisted table, adoption ------------------------------------
+    def _save_table(self) -> None:
+        """Write the domain table atomically (a new file renamed over the old): a daemon
+        killed at any point leaves the old table or the new one, never half of one. No
+        fsync: the table must outlive the daemon, not the host (whose crash ends every
+        domain anyway), and creation rate matters."""
+        path = ipc.domain_table_path(self.run_dir)
+        table = {"next_domid": self.next_domid,
+                 "domains": [r.to_table() for r in self.domains.values() if r.pid is not None]}
+        tmp = path + ".new"
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        fd = ipc.open_private(tmp, os.O_WRONLY | os.O_TRUNC)
+        with open(fd, "wb") as f:
+            f.write(json.dumps(table).encode())
+        os.replace(tmp, path)
+
+    def _load_table(self) -> dict[str, Any]:
+        try:
+            fd = os.open(ipc.domain_table_path(self.run_dir), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return {}
+        with open(fd, "rb") as f:
+            try:
+                table = json.loads(f.read(ipc.MAX_LINE * 16))
+            except ValueError as e:
+                log.error("the domain table is malformed (%s); adopting nothing", e)
+                return {}
+        return table if isinstance(table, dict) else {}
+
+    async def _adopt_all(self) -> None:
+        """Adopt every domain process a previous daemon left running: same domid, its
+        control and XenStore streams anew, its XenStore nodes written again."""
+        table = self._load_table()
+        next_domid = table.get("next_domid", 1)
+        for entry in table.get("domains", []):
+            try:
+                rec = await self._adopt(entry)
+            except (OSError, ValueError, KeyError, TypeError, ConfigError, TimeoutError) as e:
+                log.error("domain %s (%s) was lost while no daemon ran: %s",
+                          entry.get("domid"), entry.get("name"), e)
+                if isinstance(entry.get("domid"), int):
+                    shutil.rmtree(ipc.domain_dir(entry["domid"], self.run_dir), ignore_errors=True)
+                continue
+            log.info("domain %d (%s) adopted, pid %d, %s", rec.domid, rec.name, rec.pid, rec.state)
+        ids = [next_domid if isinstance(next_domid, int) else 1, *(d + 1 for d in self.domains)]
+        self.next_domid = max(ids)
+        self._save_table()
+
+    async def _adopt(self, entry: dict[str, Any]) -> DomainRecord:
+        domid, name, pid = int(entry["domid"]), str(entry["name"]), int(entry["pid"])
+        config = DomainConfig.from_dict(entry["config"])
+        loop = asyncio.get_running_loop()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            sock.setblocking(False)
+            await loop.sock_connect(sock, ipc.control_socket_path(domid, self.run_dir))
+            # The process that listens there must be the one the table names.
+            if peer_of(sock).pid != pid:
+                raise ValueError(f"control.sock is held by pid {peer_of(sock).pid}, not {pid}")
+            xs_ours, xs_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            rec = DomainRecord(domid, config, state="running", pid=pid,
+                               uuid=str(entry.get("uuid") or uuid4()),
+                               created=float(entry.get("created", time.time())), adopted=True,
+                               protocol=entry.get("protocol"), xen_path=str(entry.get("xen_path", "off")),
+                               console=str(entry.get("console", "serial")),
+                               console_nodes=dict(entry.get("console_nodes") or {}))
+            await self.xenstore.add_domain(domid, name, config, rec.uuid, rec.created, xs_ours)
+            self.xenstore.console_ready(domid, rec.console_nodes)
+            ipc.send_with_fds(sock, Request("adopt", {}, 1).to_wire(), [xs_theirs.fileno()])
+            xs_theirs.close()
+            reader, rec.writer = await asyncio.open_unix_connection(sock=sock)
+        except BaseException:
+            sock.close()
+            self.xenstore.remove_domain(domid)
+            raise
+        try:
+            msg = await asyncio.wait_for(ipc.read_message(reader), 10)
+            reply = decode_from_domain(msg or {})
+            if not isinstance(reply, Reply) or not reply.ok:
+                raise ValueError(f"the domain process refused: {reply}")
+        except BaseException:
+            rec.writer.close()
+            self.xenstore.remove_domain(domid)
+            raise
+        rec.state = str(reply.data.get("state", "running"))
+        rec.seq = 1
+        self.domains[domid] = rec
+        asyncio.create_task(self._domain_events(rec, reader))
+        return rec
+
     # -- list ---------------------------------------------------------------------------
     @daemon_step("list")
     async def _list(self, req: Request, client: Client) -> Reply:
@@ -649,7 +829,7 @@ class Daemon:
         long = bool(req.args.get("long"))
 
         async def entry(rec: DomainRecord) -> dict[str, Any]:
-            cpu = await rec.query("info", "cpu_time", 0.0, timeout=2.0)
+            info = await rec.query("info", None, {}, timeout=2.0)
             out = {
                 "domid": rec.domid,
                 "name": rec.name,
@@ -661,7 +841,8 @@ class Daemon:
                 "maxvcpus": rec.config.maxvcpus,
                 "state": rec.state,
                 "reason": rec.last_stop.reason if rec.last_stop is not None else None,
-                "cpu_time": cpu,
+                "cpu_time": info.get("cpu_time", 0.0),
+                "jail": info.get("jail", {}),  # each jail layer: "on" or "missing: why"
                 "protocol": rec.protocol,
                 "xen_path": rec.xen_path,
                 "pid": rec.pid,
@@ -676,9 +857,12 @@ class Daemon:
 
 
 def run(run_dir: Path, *, ready_fd: int | None = None, log_file: Path | None = None) -> int:
-    handler: logging.Handler = (
-        logging.FileHandler(log_file) if log_file else logging.StreamHandler(sys.stderr)
-    )
+    try:
+        ipc.ensure_run_dir(str(run_dir))
+        handler = logging.StreamHandler(ipc.open_log(log_file) if log_file else sys.stderr)
+    except OSError as e:
+        print(f"xenopus daemon: {e}", file=sys.stderr)
+        return 1
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
@@ -686,7 +870,7 @@ def run(run_dir: Path, *, ready_fd: int | None = None, log_file: Path | None = N
     daemon = Daemon(run_dir)
     try:
         daemon.acquire_lock()
-    except RequestError as e:
+    except (RequestError, OSError) as e:
         print(f"xenopus daemon: {e}", file=sys.stderr)
         return 1
     asyncio.run(daemon.serve(ready_fd))

@@ -20,7 +20,7 @@ import os
 import socket
 
 from xenopus.domain.config import DomainConfig
-from xenopus.xen.xenstore.server import XenStoreServer
+from xenopus.xen.xenstore.server import PeerScope, XenStoreServer
 from xenopus.xen.xenstore.store import Quota, Store, XsError
 
 log = logging.getLogger("xenopus.xenstore")
@@ -71,9 +71,11 @@ class XenStored:
         for key, value in (("name", DOM0_NAME), ("domid", "0")):  # xen-init-dom0
             self.store.write(self.dom0, f"/local/domain/0/{key}", value.encode())
 
-    async def serve(self, path: str) -> None:
-        await self.server.serve_unix(path)
-        os.chmod(path, 0o600)
+    async def serve(self, path: str, classify: PeerScope | None = None) -> None:
+        await self.server.serve_unix(path, classify)
+        # With `classify`, who may do what is decided per client; the socket must be open
+        # to a jailed domain process's uid (others cannot pass the 0700 run directory).
+        os.chmod(path, 0o666 if classify else 0o600)
         self.path = path
 
     def publish(self, xen_path: str = XEN_SOCKET) -> None:

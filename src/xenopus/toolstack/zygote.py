@@ -15,21 +15,28 @@ Messages on the zygote's socket (`xenopus.control`, framed by `xenopus.ipc`):
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
 import selectors
 import signal
 import socket
 import sys
 
-# Imported here, before any fork, so that children start warm.
+# Imported here, before any fork, so that children start warm (the seccomp binding finds
+# its C library here, which a jailed child could not).
 import xenopus.domain.process as domain_process  # noqa: E402, I001
 from xenopus.control import ProtocolError
+from xenopus.domain import jail
 from xenopus.domain.protocol import (
     Exited,
     Spawn,
     Spawned,
 )
 from xenopus.ipc import Channel
+
+with contextlib.suppress(ImportError, OSError):  # without libseccomp the layer says it is missing
+    import xenopus.domain.seccomp_policy  # noqa: F401
 
 
 def _child(chan: Channel, spawn: Spawn, fd: int, xs_fd: int, id_fd: int | None) -> None:
@@ -57,6 +64,7 @@ def serve(sock: socket.socket) -> None:
     sel = selectors.DefaultSelector()
     sel.register(sock, selectors.EVENT_READ)
     sel.register(wake_r, selectors.EVENT_READ)
+    forker = jail.PidNamespaceForker()
     while True:
         for key, _ in sel.select():
             if key.fileobj == wake_r:
@@ -79,7 +87,9 @@ def serve(sock: socket.socket) -> None:
                 for fd in fds:
                     os.close(fd)
                 continue
-            pid = os.fork()
+            # Each domain process is pid 1 of a PID namespace of its own: it sees no other
+            # process. (Made here: only children enter a new one.)
+            pid = forker.fork()
             if pid == 0:
                 sel.close()
                 os.close(wake_r)
@@ -118,6 +128,9 @@ def main() -> None:
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     except OSError:
         pass
+    # Everything imported so far lives as long as the zygote: keep the collector from
+    # walking it in each child (touching an object copies its page: PSS per domain).
+    gc.freeze()
     serve(socket.socket(fileno=fd))
 
 

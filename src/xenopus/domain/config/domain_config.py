@@ -7,7 +7,9 @@ the xl.cfg setting(s) it reads and how, its check, and its help text. Reading, v
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from dataclasses import asdict, dataclass, fields
 
 from xenopus.domain.config import keys as k
@@ -18,6 +20,10 @@ from xenopus.domain.config.syntax import (
     parse_settings,
 )
 from xenopus.domain.devspec import DiskSpec, VifSpec
+
+# xl.cfg files are a few hundred bytes; anything this large is not one (xl's own limit,
+# libxl's read_file_contents, is the file's size, which /dev/zero does not have).
+MAX_CONFIG_BYTES = 1 << 20
 
 
 @dataclass
@@ -163,8 +169,7 @@ def load_config(path: str | os.PathLike[str],
     """
     filename = os.fspath(path)
     try:
-        with open(os.path.join(cwd or "", filename), encoding="utf-8") as f:
-            text = f.read()
+        text = _read_config_file(os.path.join(cwd or "", filename)).decode()
     except OSError as e:
         raise ConfigError(f"{filename}: unable to open configuration file:"
                           f" {e.strerror}") from None
@@ -175,6 +180,22 @@ def load_config(path: str | os.PathLike[str],
     for i, item in enumerate(overrides, 1):
         parse_override(item, i, settings)
     return from_settings(settings, os.path.abspath(os.path.join(cwd or "", filename)), cwd)
+
+
+def _read_config_file(path: str) -> bytes:
+    """The file's bytes, if it is a regular file of at most MAX_CONFIG_BYTES: a FIFO
+    (opened without blocking) or a device such as /dev/zero is refused, not read."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        data = os.read(fd, MAX_CONFIG_BYTES + 1)
+    finally:
+        os.close(fd)
+    if len(data) > MAX_CONFIG_BYTES:
+        raise OSError(errno.EFBIG, f"larger than {MAX_CONFIG_BYTES} bytes")
+    return data
 
 
 def from_settings(settings: dict[str, Setting], path: str | None = None,

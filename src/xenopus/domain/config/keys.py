@@ -298,6 +298,10 @@ def list_of(kind: type) -> Callable[[object], None]:
     return checked
 
 
+# The host's own name in `xl list`, and the names a path component cannot have.
+RESERVED_NAMES = ("Domain-0", ".", "..")
+
+
 def check_name(name: str) -> str:
     if not name:
         raise ValueError("must not be empty")
@@ -305,6 +309,10 @@ def check_name(name: str) -> str:
         raise ValueError(f"`{name}' is all digits, which would be taken for a domain ID")
     if "/" in name:
         raise ValueError(f"`{name}' contains '/'")
+    if name in RESERVED_NAMES:
+        raise ValueError(f"`{name}' is reserved (xl refuses it too)")
+    if name.startswith("-"):
+        raise ValueError(f"`{name}' starts with '-', which would be taken for an option")
     if any(c.isspace() or not c.isprintable() for c in name):
         raise ValueError(f"`{name}' contains whitespace or a control character")
     if len(name) > NAME_MAX:

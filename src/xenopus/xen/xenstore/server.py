@@ -1,8 +1,13 @@
 """Serving the store: the Unix socket (dom0 tools), per-domain streams, and guest rings.
 
-The socket is xenstored's: every connection is dom0 (privileged). A domain's traffic
-reaches the daemon over a stream the daemon made for it (`attach_domain`), so the
-daemon, not the domain process, decides which domain is talking. `RingTransport` is the
+The socket is xenstored's. Who connects is read from the socket (SO_PEERCRED) and
+classified by the daemon (`PeerScope`): host tools are dom0 (privileged, the whole
+store); a domain process's backends are dom0 scoped to that one domain, so a compromised
+domain process reaches its own frontend's home and its own backend directories and nothing
+else (Xen reaches the same with a driver domain's own XenStore permissions); anyone else
+is refused. A domain's guest traffic reaches the daemon over a stream the daemon made for
+it (`attach_domain`), so the daemon, not the domain process, decides which domain is
+talking. `RingTransport` is the
 guest side: it moves bytes between a `xenstore_domain_interface` page and that stream.
 """
 
@@ -14,13 +19,15 @@ import contextlib
 import ctypes
 import logging
 import os
+import socket
+import struct
 from collections.abc import Callable
 from typing import NamedTuple
 
 from xenopus.memory import shared
 
 from . import wire
-from .store import Connection, Store
+from .store import Connection, Store, is_below
 from .wire import XsError
 
 log = logging.getLogger(__name__)
@@ -178,16 +185,71 @@ class Outbox:
             self._release(self.queue.popleft())
 
 
+# Requests only the unscoped dom0 (the toolstack) may make: they act on other domains.
+UNSCOPED_ONLY = frozenset({wire.XS_INTRODUCE, wire.XS_RELEASE, wire.XS_RESUME,
+                           wire.XS_SET_TARGET})
+# Requests whose first argument is a path.
+PATH_FIRST = frozenset({wire.XS_READ, wire.XS_WRITE, wire.XS_DIRECTORY, wire.XS_DIRECTORY_PART,
+                        wire.XS_GET_PERMS, wire.XS_SET_PERMS, wire.XS_MKDIR, wire.XS_RM,
+                        wire.XS_WATCH, wire.XS_UNWATCH})
+
+
+class Peer(NamedTuple):
+    """A Unix-socket client, as the kernel saw it connect (SO_PEERCRED)."""
+
+    pid: int
+    uid: int
+    gid: int
+
+
+class Scope(NamedTuple):
+    """What a Unix-socket client may reach: `domid` None is the whole store."""
+
+    domid: int | None
+
+    def allows(self, path: str) -> bool:
+        """A scoped client's paths: the domain's home and its backend directories
+        (`/local/domain/0/backend/<kind>/<domid>`, xenbus's layout)."""
+        if self.domid is None:
+            return True
+        if is_below(path, f"/local/domain/{self.domid}"):
+            return True
+        parts = path.split("/")
+        return (len(parts) >= 7 and parts[1:5] == ["local", "domain", "0", "backend"]
+                and parts[6] == str(self.domid))
+
+
+UNSCOPED = Scope(None)
+# Classifies a client: its Scope, or None to refuse it.
+PeerScope = Callable[[Peer], "Scope | None"]
+
+
+def peer_of(sock: socket.socket) -> Peer:
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return Peer(*struct.unpack("3i", creds))
+
+
 class XenStoreServer:
     def __init__(self, store: Store) -> None:
         self.store = store
 
-    async def serve_unix(self, path: str) -> asyncio.AbstractServer:
-        """Listen on path (what XENSTORED_PATH points at); each client is dom0."""
+    async def serve_unix(self, path: str, classify: PeerScope | None = None) -> asyncio.AbstractServer:
+        """Listen on path (what XENSTORED_PATH points at). Each client is dom0, scoped as
+        `classify` says when it is given (None: refused)."""
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
-        return await asyncio.start_unix_server(
-            lambda r, w: self._serve(0, r, w), path=path)
+
+        async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            scope: Scope | None = UNSCOPED
+            if classify is not None:
+                scope = classify(peer_of(writer.get_extra_info("socket")))
+            if scope is None:
+                log.warning("xenstore: refused a client: %s", peer_of(writer.get_extra_info("socket")))
+                writer.close()
+                return
+            await self._serve(0, reader, writer, scope)
+
+        return await asyncio.start_unix_server(client, path=path)
 
     async def attach_domain(self, domid: int, reader: asyncio.StreamReader,
                             writer: asyncio.StreamWriter) -> None:
@@ -195,7 +257,7 @@ class XenStoreServer:
         await self._serve(domid, reader, writer)
 
     async def _serve(self, domid: int, reader: asyncio.StreamReader,
-                     writer: asyncio.StreamWriter) -> None:
+                     writer: asyncio.StreamWriter, scope: Scope = UNSCOPED) -> None:
         loop = asyncio.get_running_loop()
         outbox: Outbox | None = None
 
@@ -231,7 +293,7 @@ class XenStoreServer:
                                 domid, hdr.len)
                     break
                 payload = await reader.readexactly(hdr.len)
-                outbox.reply(self.dispatch(conn, hdr, payload))
+                outbox.reply(self.dispatch(conn, hdr, payload, scope))
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
@@ -240,10 +302,11 @@ class XenStoreServer:
             outbox.close()
             writer.close()
 
-    def dispatch(self, conn: Connection, hdr: wire.Header, payload: bytes) -> bytes:
+    def dispatch(self, conn: Connection, hdr: wire.Header, payload: bytes,
+                 scope: Scope = UNSCOPED) -> bytes:
         """One request in, one whole reply message out; never raises."""
         try:
-            body = self._handle(conn, hdr, payload)
+            body = self._handle(conn, hdr, payload, scope)
             if len(body) > wire.XENSTORE_PAYLOAD_MAX:
                 raise XsError("E2BIG", "reply too large")
             return wire.pack(hdr.type, hdr.req_id, hdr.tx_id, body)
@@ -253,11 +316,17 @@ class XenStoreServer:
             log.exception("xenstore: request type %d failed", hdr.type)
             return wire.error_reply(hdr.req_id, hdr.tx_id, "EINVAL")
 
-    def _handle(self, conn: Connection, hdr: wire.Header, payload: bytes) -> bytes:
+    def _handle(self, conn: Connection, hdr: wire.Header, payload: bytes,
+                scope: Scope = UNSCOPED) -> bytes:
         st, tx, t = self.store, hdr.tx_id, hdr.type
         if t not in HANDLED:
             raise XsError("ENOSYS", f"message type {t}")
         args = wire.parse_request(t, payload)
+        if scope.domid is not None:
+            if t in UNSCOPED_ONLY:
+                raise XsError("EACCES", f"message type {t} is the toolstack's")
+            if t in PATH_FIRST and not scope.allows(st.canonical(conn, args[0], special=True)):
+                raise XsError("EACCES", f"{args[0][:64]!r} is outside domain {scope.domid}'s paths")
         if t == wire.XS_WRITE:
             path, value = args
             st.write(conn, path, value, tx)

@@ -186,6 +186,11 @@ def basename(path: str) -> str:
     return path.rsplit("/", 1)[1]
 
 
+def is_below(path: str, top: str) -> bool:
+    """True if path is top or inside its subtree."""
+    return path == top or top == "/" or path.startswith(top + "/")
+
+
 class Store:
     def __init__(self, quota: Quota | None = None) -> None:
         self.quota = quota or Quota()

@@ -1,0 +1,288 @@
+"""The domain process's jail, one test per layer, read from /proc as an outsider sees it;
+and the daemon's own defences (run directory, config files, names, start-up)."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import GUESTS
+from tests.vm.conftest import Xenopus
+from xenopus import ipc
+from xenopus.control import Reply, Request
+from xenopus.domain.jail import DEFAULT_UIDS
+
+pytestmark = pytest.mark.kvm
+
+NAMESPACES = ("ipc", "uts", "mnt", "net", "pid")
+
+
+@pytest.fixture(scope="module")
+def jailed(tmp_path_factory: pytest.TempPathFactory, guests: Path) -> Iterator[Xenopus]:
+    """A daemon whose domain processes offer the test-only hooks (XENOPUS_JAIL_DEBUG)."""
+    tmp = tmp_path_factory.mktemp("jail")
+    x = Xenopus(tmp / "run", tmp)
+    x.env = {**x.env, "XENOPUS_JAIL_DEBUG": "hooks"}
+    x.env.pop("XENOPUS_JAIL_UIDS", None)
+    yield x
+    x.run("daemon", "--stop", timeout=60)
+
+
+def ask(x: Xenopus, op: str, **args: object) -> Reply:
+    """One request straight to the daemon's socket (ops the CLI has no verb for)."""
+    chan = ipc.Channel.connect(ipc.daemon_socket_path(str(x.run_dir)), timeout=10)
+    try:
+        return Reply.from_wire(chan.request(Request(op, args).to_wire()))
+    finally:
+        chan.close()
+
+
+def running(x: Xenopus, name: str, **keys: object) -> dict:
+    """Create a domain that waits for console input; its `list` entry."""
+    cfg = x.config(name, "serial.elf", cmdline="echo", **keys)
+    r = x.run("create", "-q", str(cfg))
+    assert r.returncode == 0, r.stderr
+    return next(d for d in ask(x, "list").data["domains"] if d["name"] == name)
+
+
+def status(pid: int) -> dict[str, str]:
+    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return dict(line.split(":\t", 1) for line in lines if ":\t" in line)
+
+
+def test_identity_capabilities_and_seccomp(jailed: Xenopus) -> None:
+    dom = running(jailed, "jail-ids")
+    pid, domid = dom["pid"], dom["domid"]
+    st = status(pid)
+    uid = str(DEFAULT_UIDS[0] + domid)
+    assert st["Uid"].split() == [uid] * 4
+    assert st["Gid"].split() == [uid] * 4
+    assert st["Groups"].strip() == ""
+    for caps in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"):
+        assert int(st[caps], 16) == 0, (caps, st[caps])
+    assert st["NoNewPrivs"].strip() == "1"
+    assert st["Seccomp"].strip() == "2"  # SECCOMP_MODE_FILTER
+    # Every thread (vCPU, device workers), not only the main one.
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        t = dict(line.split(":\t", 1) for line in
+                 Path(f"/proc/{pid}/task/{tid}/status").read_text().splitlines() if ":\t" in line)
+        assert int(t["CapEff"], 16) == 0 and t["Seccomp"].strip() == "2", tid
+    info = ask(jailed, "info", dom="jail-ids").data["jail"]
+    for layer in ("uid", "caps", "no_new_privs", "seccomp"):
+        assert info[layer] == "on", info
+    assert jailed.run("destroy", "jail-ids").returncode == 0
+
+
+def test_namespaces_and_root(jailed: Xenopus) -> None:
+    dom = running(jailed, "jail-ns")
+    pid = dom["pid"]
+    for ns in NAMESPACES:
+        assert os.readlink(f"/proc/{pid}/ns/{ns}") != os.readlink(f"/proc/self/ns/{ns}"), ns
+    # pid 1 of its own PID namespace: it sees no other process.
+    assert status(pid)["NSpid"].split()[-1] == "1"
+    root = Path(f"/proc/{pid}/root")
+    assert (root / "dev" / "kvm").exists()
+    assert Path("/etc/passwd").exists() and not (root / "etc" / "passwd").exists()
+    inside = lambda path: root / str(path).lstrip("/")  # noqa: E731
+    # Its kernel and its own run-directory entries; not the daemon's log, not its config.
+    assert inside(jailed.config("jail-ns", "serial.elf")).exists() is False
+    assert inside(GUESTS / "out" / "serial.elf").exists()
+    assert inside(ipc.domain_dir(dom["domid"], str(jailed.run_dir))).exists()
+    assert not inside(jailed.run_dir / "xenopus.log").exists()
+    assert not inside(GUESTS / "out" / "hello.elf").exists()
+    assert sorted(p.name for p in (root / "proc").iterdir() if p.name.isdigit()) == ["1"]
+    info = ask(jailed, "info", dom="jail-ns").data["jail"]
+    for layer in ("pidns", "namespaces", "mount", "netns"):
+        assert info[layer] == "on", info
+    assert jailed.run("destroy", "jail-ns").returncode == 0
+
+
+def test_rlimits_and_cgroup(jailed: Xenopus) -> None:
+    dom = running(jailed, "jail-limits")
+    pid, domid = dom["pid"], dom["domid"]
+    limits = Path(f"/proc/{pid}/limits").read_text()
+    assert re.search(r"^Max core file size\s+0\s+0\s", limits, re.M), limits
+    assert re.search(r"^Max open files\s+4096\s+4096\s", limits, re.M), limits
+    assert re.search(r"^Max processes\s+\d+\s+\d+\s", limits, re.M), limits
+    info = ask(jailed, "info", dom="jail-limits").data["jail"]
+    assert info["rlimits"] == "on"
+    cgroup = Path(f"/proc/{pid}/cgroup").read_text()
+    if info["cgroup"] == "on":
+        assert f"/domain-{domid}\n" in cgroup, cgroup
+    else:
+        # Only a host without a delegated cgroup v2 may start it without one, and says so.
+        assert info["cgroup"].startswith("missing: ") and "cgroup" in info["cgroup"]
+        assert not Path("/sys/fs/cgroup/cgroup.subtree_control").exists()
+    assert jailed.run("destroy", "jail-limits").returncode == 0
+
+
+def test_forbidden_syscall_kills_the_domain_process(jailed: Xenopus) -> None:
+    running(jailed, "jail-bad", on_crash="destroy")
+    r = ask(jailed, "debug-forbidden-syscall", dom="jail-bad")
+    assert not r.ok
+    deadline = time.monotonic() + 30
+    while "jail-bad" in jailed.domains():  # polling what a user sees
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert re.search(r"domain \d+ \(jail-bad\) crashed: domain process killed by seccomp", jailed.log())
+
+
+def test_the_hook_is_absent_by_default(xenopus: Xenopus) -> None:
+    cfg = xenopus.config("nohook", "serial.elf", cmdline="echo")
+    assert xenopus.run("create", "-q", str(cfg)).returncode == 0
+    r = ask(xenopus, "debug-forbidden-syscall", dom="nohook")
+    assert not r.ok and "unknown operation" in r.error
+    assert xenopus.domains()["nohook"]
+    assert xenopus.run("destroy", "nohook").returncode == 0
+
+
+def test_process_title_names_the_domain(jailed: Xenopus) -> None:
+    dom = running(jailed, "titled")
+    cmdline = Path(f"/proc/{dom['pid']}/cmdline").read_bytes().replace(b"\0", b" ")
+    assert cmdline.startswith(f"xenopus: domain {dom['domid']} (titled)".encode()), cmdline
+    assert jailed.run("destroy", "titled").returncode == 0
+    assert not Path(ipc.domain_dir(dom["domid"], str(jailed.run_dir))).exists()
+
+
+def test_restart_rebuilds_inside_the_jail(jailed: Xenopus) -> None:
+    dom = running(jailed, "jail-reboot", on_reboot="restart")
+    assert jailed.run("reboot", "jail-reboot").returncode == 0
+    deadline = time.monotonic() + 60
+    # polling what a user sees; the reset is asynchronous to the reply
+    while (after := next(d for d in ask(jailed, "list").data["domains"]
+                         if d["name"] == "jail-reboot"))["reason"] != "reboot":
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert after["pid"] == dom["pid"] and after["state"] in ("running", "paused")
+    assert status(dom["pid"])["Seccomp"].strip() == "2"
+    assert jailed.run("destroy", "jail-reboot").returncode == 0
+
+
+@pytest.mark.parametrize("special", ["/dev/zero", "fifo"])
+def test_config_that_is_not_a_file_is_refused(jailed: Xenopus, special: str) -> None:
+    path = special
+    if special == "fifo":
+        path = str(jailed.tmp / "config.fifo")
+        os.mkfifo(path)
+    r = jailed.run("create", path, timeout=30)
+    assert r.returncode != 0 and "not a regular file" in r.stderr, r.stderr
+    assert ask(jailed, "ping").ok  # the daemon is alive and answering
+
+
+@pytest.mark.parametrize("name", ["Domain-0", ".", "..", "-x"])
+def test_reserved_names_are_refused(jailed: Xenopus, name: str) -> None:
+    cfg = jailed.config("placeholder", "minimal.elf")
+    r = jailed.run("create", str(cfg), f"name={name!r}".replace("'", '"'))
+    assert r.returncode != 0 and "name" in r.stderr, r.stderr
+
+
+def test_destroy_of_a_domain_still_starting_returns(jailed: Xenopus) -> None:
+    # A kernel that is a FIFO with no writer: the domain process blocks opening it.
+    fifo = jailed.tmp / "kernel.fifo"
+    os.mkfifo(fifo)
+    cfg = jailed.tmp / "stuck.cfg"
+    cfg.write_text(f'name = "stuck"\nkernel = "{fifo}"\nmemory = 32\n')
+    create = jailed.popen("create", str(cfg))
+    try:
+        deadline = time.monotonic() + 30
+        while "stuck" not in jailed.domains():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)  # polling what a user sees until the create is under way
+        r = jailed.run("destroy", "stuck", timeout=30)
+        assert r.returncode == 0, r.stderr
+        _, err = create.communicate(timeout=30)
+        assert create.returncode != 0 and b"destroyed while it started" in err, err
+        assert "stuck" not in jailed.domains()
+    finally:
+        create.kill()
+
+
+def test_run_dir_that_is_not_ours_is_refused(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    run = tmp_path / "run"
+    run.mkdir(mode=0o700)
+    (run / "xenopus.pid").symlink_to(victim)
+    x = Xenopus(run, tmp_path)
+    r = x.run("daemon", timeout=30)
+    assert r.returncode != 0
+    assert victim.read_text() == "precious\n"
+    (run / "xenopus.pid").unlink()
+    run.chmod(0o777)
+    r = x.run("daemon", timeout=30)
+    assert r.returncode != 0 and "writable by others" in r.stderr, r.stderr
+    linked = tmp_path / "linked"
+    linked.symlink_to(run)
+    r = Xenopus(linked, tmp_path).run("daemon", timeout=30)
+    assert r.returncode != 0 and "not a directory" in r.stderr, r.stderr
+
+
+def test_logs_are_private(jailed: Xenopus) -> None:
+    running(jailed, "private-log")
+    for log in (jailed.run_dir / "xenopus.log", jailed.run_dir / "log" / "private-log.log"):
+        assert log.stat().st_mode & 0o777 == 0o600, log
+    assert jailed.run_dir.stat().st_mode & 0o777 == 0o700
+    assert jailed.run("destroy", "private-log").returncode == 0
+
+
+def test_kill_9_of_the_daemon_loses_no_domain(jailed: Xenopus) -> None:
+    before = {name: running(jailed, name) for name in ("survivor-a", "survivor-b")}
+    assert jailed.run("pause", "survivor-b").returncode == 0
+    daemon = ask(jailed, "ping").data["pid"]
+    os.kill(daemon, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{daemon}").exists() and "zombie" not in status(daemon).get("State", ""):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)  # polling for the kill to land
+    # The next command starts a daemon, which adopts both: same domids, pids and states.
+    assert jailed.run("list").returncode == 0
+    assert ask(jailed, "ping").data["pid"] != daemon
+    after = {d["name"]: d for d in ask(jailed, "list").data["domains"]}
+    for name, dom in before.items():
+        assert (after[name]["domid"], after[name]["pid"]) == (dom["domid"], dom["pid"]), after
+    assert after["survivor-a"]["state"] == "running" and after["survivor-b"]["state"] == "paused"
+    assert "adopted" in jailed.log()
+    # Each is fully managed again: its console, its requests, its end.
+    con = jailed.popen("console", "survivor-a", stdin=subprocess.PIPE)
+    assert con.stdin is not None
+    con.stdin.write(b"after-the-crash\r")
+    con.stdin.flush()
+    out, _ = con.communicate(timeout=120)
+    assert b"ECHO: after-the-crash" in out and b"RESULT: PASS serial" in out, out
+    assert jailed.run("unpause", "survivor-b").returncode == 0
+    assert jailed.run("destroy", "survivor-b").returncode == 0
+    deadline = time.monotonic() + 30
+    while "survivor-a" in jailed.domains():  # its power-off reaches the new daemon
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    # A new domain does not collide with the adopted ones' IDs (or their taps).
+    fresh = running(jailed, "after-crash")
+    assert fresh["domid"] > max(d["domid"] for d in before.values())
+    assert jailed.run("destroy", "after-crash").returncode == 0
+
+
+def test_restart_keeps_its_tap_inside_the_jail(jailed: Xenopus) -> None:
+    dom = running(jailed, "jail-vif", on_reboot="restart", vif=["vifname=xjail0"])
+    assert Path("/sys/class/net/xjail0").exists()
+    assert jailed.run("reboot", "jail-vif").returncode == 0
+    deadline = time.monotonic() + 60
+    while (after := next(d for d in ask(jailed, "list").data["domains"]
+                         if d["name"] == "jail-vif"))["reason"] != "reboot":
+        assert time.monotonic() < deadline
+        time.sleep(0.1)  # polling what a user sees; the reset is asynchronous to the reply
+    assert after["pid"] == dom["pid"] and after["state"] == "running", after
+    devices = ask(jailed, "devices", dom="jail-vif").data["devices"]
+    assert "xjail0" in str(devices)
+    assert Path("/sys/class/net/xjail0").exists()
+    assert jailed.run("destroy", "jail-vif").returncode == 0
+    deadline = time.monotonic() + 30
+    while Path("/sys/class/net/xjail0").exists():  # the tap goes with its domain process
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
