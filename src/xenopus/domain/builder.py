@@ -264,7 +264,7 @@ def _pci_and_xen_parts(guest: Guest) -> None:
     inventory.add(XenPart({
         "domid": xen.domid, "path": guest.xen_path, "store_port": xen.store_port,
         "console_port": xen.console_port,
-    }))
+    }, holder=xen))
     inventory.add(XenPart({"model": "xen-console", **xen.console_nodes()}, "console", "xen-console"))
     for backend in xen.backends:
         if isinstance(backend, BlkBack):

@@ -264,20 +264,34 @@ class VirtioPart:
 
 @dataclass
 class XenPart:
-    """The domain's Xen state: shared info, event channels, grant table, special pages."""
+    """The domain's Xen state (shared info, event channels, grant table, timers, the
+    hypercall page: `holder` is the `XenGuest`), or a Xen part whose state lives in guest
+    RAM alone (the PV console's ring: no `holder`)."""
 
     facts: Mapping[str, object]
     kind: str = "xen"
     name: str = "xen"
+    holder: Stateful | None = None
 
     def describe(self) -> dict[str, object]:
         return dict(self.facts)
 
     def save_state(self) -> object:
-        raise NotSaveable(f"{self.name}: the Xen state cannot be saved yet")
+        return None if self.holder is None else self.holder.save_state()
 
     def restore_state(self, state: object) -> None:
-        raise NotSaveable(f"{self.name}: the Xen state cannot be restored yet")
+        if self.holder is not None:
+            self.holder.restore_state(state)
+        elif state is not None:
+            raise StateError(f"{self.name}: a state for a part that keeps none")
+
+    def pause(self) -> None:
+        if isinstance(self.holder, Pausable):
+            self.holder.pause()
+
+    def resume(self) -> None:
+        if isinstance(self.holder, Pausable):
+            self.holder.resume()
 
 
 @dataclass
@@ -301,7 +315,8 @@ class PvDevicePart:
         return info
 
     def save_state(self) -> object:
-        raise NotSaveable(f"{self.name}: Xen PV backends cannot be saved yet")
+        raise NotSaveable(f"{self.name}: Xen PV disks and NICs cannot be saved yet (their "
+                          "frontends' XenStore nodes are not carried over)")
 
     def restore_state(self, state: object) -> None:
         raise NotSaveable(f"{self.name}: Xen PV backends cannot be restored yet")
