@@ -18,6 +18,7 @@ import pytest
 
 from tests.vm.conftest import Xenopus
 from tests.vm.test_cli import read_until
+from xenopus.xen.xenstore.client import XsClient
 
 pytestmark = pytest.mark.kvm
 
@@ -145,9 +146,10 @@ def test_a_xen_guest_s_timer_and_event_channels_keep_firing_after_restore(
 ) -> None:
     """VIRQ_TIMER re-armed every tick and a loopback pair, through the upcall: the Xen
     state (shared_info, vcpu_info, params, the port table, the armed timer as guest
-    system time) goes with the image."""
+    system time) goes with the image; so do a node the guest wrote and its XenStore
+    watch, under its new domid."""
     ticks = 300
-    cfg = xenopus.config("ticker", "xentick.elf", cmdline=f"ticks={ticks}",
+    cfg = xenopus.config("ticker", "xentick.elf", cmdline=f"ticks={ticks} watch=1",
                          on_poweroff="destroy")
     assert xenopus.run("create", "-q", str(cfg)).returncode == 0
     console = xenopus.popen("console", "-t", "serial", "ticker")
@@ -159,9 +161,16 @@ def test_a_xen_guest_s_timer_and_event_channels_keep_firing_after_restore(
     assert b"RESULT" not in before
     restored = xenopus.run("restore", str(image))
     assert restored.returncode == 0, restored.stderr
+    domid = xenopus.domains()["ticker"][1]
+    client = XsClient(str(xenopus.run_dir / "xenstored.sock"))
+    try:
+        client.write(f"/local/domain/{domid}/data/poke", "after-restore")
+    finally:
+        client.close()
     after = xenopus.popen("console", "-t", "serial", "ticker").communicate(timeout=120)[0]
     text = (before + after).decode()
     assert [int(n) for n in re.findall(r"^tick (\d+)\r$", text, re.M)] == list(range(ticks))
+    assert "note before\r\n" in text and "poked after-restore\r\n" in text, text[-500:]
     assert f"RESULT: PASS xentick ticks={ticks}" in text, text[-500:]
 
 

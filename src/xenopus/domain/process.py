@@ -339,7 +339,9 @@ class DomainProcess:
                 if was_running and not live:
                     guest.machine.pause()
                     self._set_state("paused")
-                stats = await asyncio.to_thread(self._write_image, guest, out, config, live)
+                toolstack = {"xenstore": req.args["xenstore"]} if req.args.get("xenstore") else {}
+                stats = await asyncio.to_thread(self._write_image, guest, out, config, live,
+                                                toolstack)
                 if live:
                     self._set_state("paused")
         except BaseException:
@@ -357,10 +359,10 @@ class DomainProcess:
                              downtime=stats.downtime)
 
     @staticmethod
-    def _write_image(guest: Guest, out: BinaryIO, config: object, live: bool
-                     ) -> snapshot.Stats:
+    def _write_image(guest: Guest, out: BinaryIO, config: object, live: bool,
+                     toolstack: dict[str, object]) -> snapshot.Stats:
         stats = snapshot.save(guest.inventory, out, config,
-                              live=guest.machine if live else None)
+                              live=guest.machine if live else None, toolstack=toolstack)
         fd = out.fileno()
         if stat.S_ISREG(os.fstat(fd).st_mode):
             os.fsync(fd)  # on disk before the CLI renames it into place
@@ -390,7 +392,8 @@ class DomainProcess:
         self._boot_state = None  # the vCPUs carry on from the image
         if not req.args.get("paused"):
             self._run_vcpus()
-        return Reply.success(pages=stats.pages, octets=stats.octets, seconds=stats.seconds)
+        return Reply.success(pages=stats.pages, octets=stats.octets, seconds=stats.seconds,
+                             xenstore=stats.toolstack.get("xenstore"))
 
     async def _serve_control(self, reader: asyncio.StreamReader) -> None:
         while True:

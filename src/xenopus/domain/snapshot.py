@@ -2,10 +2,12 @@
 
 The stream holds, in this order: the memory part's layout and then every non-zero page
 (PAGE_DATA), then a PART record per inventory part in build order, with the VM clock
-last. Restoring goes in the same order into a guest built from the same config and not
+and the Xen state last. Restoring goes in the same order into a guest built from the same config and not
 started: memory before anything that reads it (a virtio transport's restore resumes its
 queues, a kvmclock MSR makes KVM write guest memory), vCPUs before the in-kernel irqchip
-is told where its lines are, and KVM_SET_CLOCK after every vCPU (api.rst, KVM_SET_CLOCK).
+is told where its lines are, and KVM_SET_CLOCK after every vCPU (api.rst, KVM_SET_CLOCK),
+the Xen state after the clock; then the toolstack's own records (the XenStore subtree),
+which the restore hands back to the caller.
 
 A restore that fails raises; the caller then closes the half-restored guest, so no
 domain is left half-built. Xen PV disks and NICs cannot be saved yet: a guest with them
@@ -16,8 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import BinaryIO, Protocol
 
 from xenopus.domain.inventory import (
@@ -50,6 +52,9 @@ LAST_KINDS = ("clock", "xen")
 # this many rounds: a guest that dirties memory faster than it is sent never converges.
 STOP_AND_COPY_PAGES = 256
 MAX_ROUNDS = 30
+# PART records of this kind hold state the toolstack keeps outside the domain process
+# (name "xenstore": the domain's XenStore subtree and watches, from the daemon).
+TOOLSTACK = "toolstack"
 
 
 class LiveMachine(Protocol):
@@ -75,6 +80,7 @@ class Stats:
     rounds: int = 0
     last_round: int = 0
     downtime: float = 0.0
+    toolstack: dict[str, object] = field(default_factory=dict)  # restored: for the daemon
 
 
 def _ordered(inventory: Inventory) -> list[Part]:
@@ -103,13 +109,16 @@ def quiesced(inventory: Inventory) -> Iterator[None]:
 
 
 def save(inventory: Inventory, out: BinaryIO, config: object = None, *,
-         live: LiveMachine | None = None) -> Stats:
+         live: LiveMachine | None = None, toolstack: Mapping[str, object] | None = None
+         ) -> Stats:
     """Write every part's state to `out` (any binary file; no seeking), after `config`
     (the domain's `DomainConfig.to_dict()`, the DOMAIN_CONFIG record a save image starts
     with) when given. The caller has paused the machine (`Machine.pause`) or not started
     it; device workers are paused here and resumed before returning, so the guest can go
     on afterwards (`save -c`). With `live` (the running machine), RAM is pre-copied while
-    the guest runs (KVM's dirty log), then the machine is paused for the rest."""
+    the guest runs (KVM's dirty log), then the machine is paused for the rest.
+    `toolstack` is state the domain's toolstack keeps outside this process (the daemon's
+    XenStore subtree), written as PART records of kind TOOLSTACK after the guest's."""
     started = time.monotonic()
     refused = [p.name for p in inventory.parts if isinstance(p, PvDevicePart)]
     if refused:  # before anything is written
@@ -145,6 +154,8 @@ def save(inventory: Inventory, out: BinaryIO, config: object = None, *,
                 stats.parts += 1
                 if isinstance(part, MemoryPart):
                     stats.pages += image.save_pages(part.memory, writer)
+            for name, state in (toolstack or {}).items():
+                writer.part(TOOLSTACK, name, state)
             writer.end()
         stats.downtime = time.monotonic() - stopped
     finally:
@@ -199,6 +210,9 @@ def restore(inventory: Inventory, inp: BinaryIO | StreamReader) -> Stats:
             stats.pages += image.restore_pages(memory.memory, record)
             continue
         kind, name, state = record.part()
+        if kind == TOOLSTACK:
+            stats.toolstack[name] = state  # the daemon's to restore
+            continue
         part = targets.get((kind, name))
         if part is None:
             raise record.error(StreamRecordError, f"this guest has no {kind} part {name!r}")

@@ -611,7 +611,8 @@ class Daemon:
         token = await self._hand_over(rec, await self._client_file(client))
         reply = await self._until_answered(rec, Request("save", {
             "files": token, "then": then, "config": config.to_dict(),
-            "live": bool(req.args.get("live"))}))
+            "live": bool(req.args.get("live")),
+            "xenstore": self.xenstore.export_domain(rec.domid)}))
         if not reply.ok:
             raise RequestError(f"domain {rec.domid}: save failed: {reply.error}")
         if then == "stop":
@@ -645,13 +646,21 @@ class Daemon:
         try:
             token = await self._hand_over(rec, fd)
             reply = await self._until_answered(rec, Request("restore", {
-                "files": token, "position": dataclasses.asdict(position), "paused": paused}))
+                "files": token, "position": dataclasses.asdict(position), "paused": True}))
             if not reply.ok:
                 raise RequestError(f"cannot restore: {reply.error}")
+            data = dict(reply.data)
+            saved_store = data.pop("xenstore", None)
+            if isinstance(saved_store, dict):  # before the guest runs and looks
+                self.xenstore.import_domain(rec.domid, saved_store)
+            if not paused:
+                started = await rec.request(Request("unpause"))
+                if not started.ok:
+                    raise RequestError(f"cannot run the restored domain: {started.error}")
         except BaseException:
             await self._destroy(rec)  # nothing half-built stays: the domid and name go
             raise
-        return Reply.success(domid=rec.domid, name=rec.name, **reply.data)
+        return Reply.success(domid=rec.domid, name=rec.name, **data)
 
     # -- list ---------------------------------------------------------------------------
     @daemon_step("list")
