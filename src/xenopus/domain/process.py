@@ -318,24 +318,37 @@ class DomainProcess:
 
     @domain_step("save", live=True)
     def _save(self, req: Request) -> Awaitable[Reply]:
-        return self._saving(req)
+        return self._while_busy("saving", self._saving(req))
+
+    def _while_busy(self, what: str, step: Awaitable[Reply]) -> Awaitable[Reply]:
+        """A long step with the domain `busy` from now (no other live step gets in, even
+        one already read) until it is done."""
+        self.busy = what
+
+        async def run() -> Reply:
+            try:
+                return await step
+            finally:
+                self.busy = None
+
+        return run()
 
     async def _saving(self, req: Request) -> Reply:
         """Write the domain's image to the file handed over: paused meanwhile; after
         it, `then` says whether the domain goes on ("run"), stays paused ("pause") or
         waits paused for the daemon to destroy it ("stop"). A failed save resumes it."""
         guest = self._live_guest()
+        out = await self._take_file(req, "wb")  # first: a refusal must not leave it open
         then = req.args.get("then")
-        if then not in ("run", "pause", "stop"):
-            return Reply.failure(f"save: unknown 'then' {then!r}")
-        if not self._started:
-            return Reply.failure("domain has not run yet; unpause or destroy it")
+        if then not in ("run", "pause", "stop") or not self._started:
+            out.close()
+            return Reply.failure(f"save: unknown 'then' {then!r}" if self._started
+                                 else "domain has not run yet; unpause or destroy it")
         config = req.args.get("config") or self.config.to_dict()
-        self.busy = "saving"
         was_running = self.state == "running"
         live = bool(req.args.get("live")) and was_running  # pre-copy while it runs
         try:
-            with await self._take_file(req, "wb") as out:
+            with out:
                 if was_running and not live:
                     guest.machine.pause()
                     self._set_state("paused")
@@ -349,8 +362,6 @@ class DomainProcess:
                 guest.machine.resume()
                 self._set_state("running")
             raise
-        finally:
-            self.busy = None
         if then == "run" and was_running:
             guest.machine.resume()
             self._set_state("running")
@@ -370,25 +381,22 @@ class DomainProcess:
 
     @domain_step("restore", live=True)
     def _restore(self, req: Request) -> Awaitable[Reply]:
-        return self._restoring(req)
+        return self._while_busy("restoring", self._restoring(req))
 
     async def _restoring(self, req: Request) -> Reply:
         """Read the rest of an image (the daemon has read its DOMAIN_CONFIG, up to
         `position`) into this incarnation, built from that config and never run; then
         run it, or leave it paused (`paused`)."""
         guest = self._live_guest()
-        if self._started:
-            return Reply.failure("domain has already run; a restore needs a fresh one")
+        inp = await self._take_file(req, "rb")  # first: a refusal must not leave it open
         position = req.args.get("position")
-        if not isinstance(position, dict):
-            return Reply.failure("restore needs the stream position")
-        self.busy = "restoring"
-        try:
-            with await self._take_file(req, "rb") as inp:
-                reader = stream.StreamReader.resume(inp, stream.StreamPosition(**position))
-                stats = await asyncio.to_thread(snapshot.restore, guest.inventory, reader)
-        finally:
-            self.busy = None
+        if self._started or not isinstance(position, dict):
+            inp.close()
+            return Reply.failure("domain has already run; a restore needs a fresh one"
+                                 if self._started else "restore needs the stream position")
+        with inp:
+            reader = stream.StreamReader.resume(inp, stream.StreamPosition(**position))
+            stats = await asyncio.to_thread(snapshot.restore, guest.inventory, reader)
         self._boot_state = None  # the vCPUs carry on from the image
         if not req.args.get("paused"):
             self._run_vcpus()
