@@ -107,6 +107,50 @@ def send_with_fds(sock: socket.socket, msg: dict[str, object], fds: list[int]) -
     socket.send_fds(sock, [encode(msg)], fds)
 
 
+async def receive_fds(writer: asyncio.StreamWriter, maxfds: int,
+                      timeout: float) -> list[int]:
+    """The descriptors the peer of an asyncio stream sends next, beside one message
+    (`send_with_fds`), which is dropped. An asyncio stream reads with recv(2), which
+    discards SCM_RIGHTS, so its transport stops reading until they have come: the peer
+    must send them only when asked (and nothing else in between)."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    transport = writer.transport
+    transport.pause_reading()
+    sock = socket.socket(fileno=os.dup(writer.get_extra_info("socket").fileno()))
+    got: asyncio.Future[list[int]] = loop.create_future()
+
+    def readable() -> None:
+        try:
+            data, fds, flags, _ = socket.recv_fds(sock, MAX_LINE, maxfds, socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as e:
+            if not got.done():
+                got.set_exception(e)
+            return
+        if got.done():
+            for fd in fds:
+                os.close(fd)
+        elif not data:
+            got.set_exception(ConnectionError("the peer closed the connection"))
+        elif flags & socket.MSG_CTRUNC:
+            for fd in fds:
+                os.close(fd)
+            got.set_exception(ValueError(f"more than {maxfds} descriptors sent"))
+        else:
+            got.set_result(fds)
+
+    loop.add_reader(sock.fileno(), readable)
+    try:
+        return await asyncio.wait_for(got, timeout)
+    finally:
+        loop.remove_reader(sock.fileno())
+        sock.close()
+        transport.resume_reading()
+
+
 async def read_message(reader: asyncio.StreamReader) -> dict[str, object] | None:
     """The next message on an asyncio stream, or None at its end. ValueError for a
     malformed line (the next call reads the line after it) or one over the stream's limit."""

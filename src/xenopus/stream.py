@@ -51,7 +51,9 @@ OPTIONAL = 1 << 31
 REC_END = 0x0000_0000
 REC_PAGE_DATA = 0x0000_0001
 REC_PART = 0x0000_0002
-RECORD_NAMES = {REC_END: "END", REC_PAGE_DATA: "PAGE_DATA", REC_PART: "PART"}
+REC_DOMAIN_CONFIG = 0x0000_0003
+RECORD_NAMES = {REC_END: "END", REC_PAGE_DATA: "PAGE_DATA", REC_PART: "PART",
+                REC_DOMAIN_CONFIG: "DOMAIN_CONFIG"}
 
 # A body larger than a full PAGE_DATA batch (the largest record written) is refused before
 # it is read: a corrupt length must not make the reader allocate or wait for gigabytes.
@@ -126,6 +128,28 @@ class StreamHeader:
         return 1 << self.page_shift
 
 
+@dataclass(frozen=True)
+class StreamPosition:
+    """A point between two records of a stream, with what a reader resuming there must
+    know of its header."""
+
+    offset: int
+    index: int
+    arch: int
+    page_shift: int
+
+
+def read_domain_config(inp: BinaryIO) -> tuple[object, StreamReader]:
+    """The image header and the DOMAIN_CONFIG record (which must come first) of a save
+    image: the config as plain data, and the reader, positioned after it."""
+    reader = StreamReader(inp)
+    record = reader.next_record()
+    if record.type != REC_DOMAIN_CONFIG:
+        raise record.error(StreamRecordError,
+                           "a save image starts with its DOMAIN_CONFIG record")
+    return record.decoded(), reader
+
+
 def _pad(length: int) -> int:
     return -length % ALIGN
 
@@ -175,6 +199,13 @@ class StreamWriter:
     def part(self, kind: str, name: str, state: object) -> None:
         """A PART record: one inventory part's saved state (see `encode_state`)."""
         self.record(REC_PART, encode_state({"kind": kind, "name": name, "state": state}))
+
+    def domain_config(self, config: object) -> None:
+        """The DOMAIN_CONFIG record, first after the header: the domain's configuration
+        as plain data (`DomainConfig.to_dict()`), from which the restoring side builds it."""
+        if self.records:
+            raise ValueError("DOMAIN_CONFIG must be the stream's first record")
+        self.record(REC_DOMAIN_CONFIG, encode_state(config))
 
     def pages(self, frames: list[int], data: list[Buffer]) -> None:
         """A PAGE_DATA record: the pages numbered `frames` (guest-physical address >> page
@@ -290,12 +321,7 @@ class StreamReader:
 
     def __init__(self, inp: BinaryIO, *,
                  known: frozenset[int] | set[int] = frozenset(RECORD_NAMES)):
-        self.inp = inp
-        self.known = frozenset(known) | {REC_END}
-        self.offset = 0
-        self.index = 0
-        self.ended = False
-        self._current: Record | None = None
+        self._start(inp, known, offset=0, index=0)
         raw = bytearray(IMAGE_HEADER_SIZE)
         self._fill(memoryview(raw), None)
         magic, version, options, arch, page_shift, crc = _IMAGE_HEADER.unpack(raw)
@@ -318,15 +344,41 @@ class StreamReader:
         self.header = StreamHeader(version, arch, page_shift)
         self.max_body = max_body_length(self.header.page_size)
 
+    def _start(self, inp: BinaryIO, known: frozenset[int] | set[int], *, offset: int,
+               index: int) -> None:
+        self.inp = inp
+        self.known = frozenset(known) | {REC_END}
+        self.offset = offset
+        self.index = index
+        self.ended = False
+        self._current: Record | None = None
+
+    @classmethod
+    def resume(cls, inp: BinaryIO, position: StreamPosition, *,
+               known: frozenset[int] | set[int] = frozenset(RECORD_NAMES)) -> StreamReader:
+        """A reader that takes over a stream another reader (perhaps in another process,
+        sharing the file) has read up to `position`, between two records."""
+        reader = cls.__new__(cls)
+        reader._start(inp, known, offset=position.offset, index=position.index)
+        reader.header = StreamHeader(VERSION, position.arch, position.page_shift)
+        reader.max_body = max_body_length(reader.header.page_size)
+        return reader
+
+    def position(self) -> StreamPosition:
+        """Where this reader is, between two records (see `resume`)."""
+        if self._current is not None:
+            self._current.finish()
+            self._current = None
+        return StreamPosition(self.offset, self.index, self.header.arch,
+                              self.header.page_shift)
+
     def _fill(self, view: memoryview, record: Record | None) -> None:
         got = 0
         while got < len(view):
             n = self.inp.readinto(view[got:])
-            if not n:
-                where = (f"record {record.index} {record_name(record.type)} at offset "
-                         f"{record.offset}: " if record else "")
+            if not n:  # StreamError names the record, if any
                 raise StreamTruncatedError(
-                    f"{where}stream ends at offset {self.offset + got}, "
+                    f"stream ends at offset {self.offset + got}, "
                     f"{len(view) - got} more octets expected",
                     record_type=record.type if record else None,
                     index=record.index if record else None,

@@ -22,7 +22,7 @@ from xenopus.devices.virtio.console import VirtioConsole
 from xenopus.devices.virtio.pci import VirtioPciDevice
 from xenopus.devices.virtio.rng import VirtioRng
 from xenopus.domain import snapshot
-from xenopus.domain.inventory import BusPart, Inventory, NotSaveable, XenPart
+from xenopus.domain.inventory import BusPart, Inventory, NotSaveable, PvDevicePart, XenConsolePart
 from xenopus.memory.guest import GuestMemory
 from xenopus.stream import StateError, StreamRecordError, decode_state, encode_state
 
@@ -320,10 +320,11 @@ def test_snapshot_refuses_a_stream_for_another_guest_by_name() -> None:
         snapshot.restore(more, io.BytesIO(out.getvalue()))
 
 
-def test_a_guest_with_xen_state_is_refused_before_anything_is_written() -> None:
+def test_a_guest_with_xen_pv_devices_is_refused_before_anything_is_written() -> None:
     inv = _legacy(test_serial.Guest())
-    inv.add(XenPart(None, "trap"))  # type: ignore[arg-type]  # refused before it is read
+    inv.add(XenConsolePart(None))  # type: ignore[arg-type]  # its ring is RAM: it saves
+    inv.add(PvDevicePart("disk", "xvda", backend=None))  # type: ignore[arg-type]
     out = io.BytesIO()
-    with pytest.raises(NotSaveable, match="Xen state"):
+    with pytest.raises(NotSaveable, match="Xen PV devices .*xvda"):
         snapshot.save(inv, out)
     assert out.getvalue() == b""

@@ -230,3 +230,35 @@ def test_a_damaged_stream_is_refused_by_name_before_the_guest_runs(guests: Path)
             snapshot.restore(target.inventory, io.BytesIO(saved.getvalue()[:-16]))
     finally:
         target.close()
+
+
+def test_a_live_save_pre_copies_while_the_guest_runs_and_the_target_carries_on(
+    guests: Path,
+) -> None:
+    """Live: RAM goes while the guest counts on (KVM's dirty log), the pages it wrote
+    meanwhile again, the rest once the save has paused it; the target continues from the
+    last count the source printed."""
+    count = 3000
+    config = DomainConfig(name="counter", kernel=str(guests / "counter.elf"), memory=32,
+                          vcpus=1, xen_platform="0", cmdline=f"count={count}")
+    first, second = Console(), Console()
+    source, target = _build(config, first), _build(config, second)
+    try:
+        _start(source, restored=False)
+        first.wait_for(rb"count 20\r\n")
+        saved = io.BytesIO()
+        stats = snapshot.save(source.inventory, saved, live=source.machine)
+        assert stats.rounds >= 1 and stats.last_round >= 1  # the stack page, at least
+        assert stats.downtime < stats.seconds
+        before = bytes(first.data)  # paused by the save: nothing more comes
+        snapshot.restore(target.inventory, io.BytesIO(saved.getvalue()))
+        stops = _start(target, restored=True)
+        second.wait_for(rb"RESULT: \w+ counter[^\n]*\n")
+        assert stops.get(timeout=TIMEOUT).kind == "poweroff"
+    finally:
+        source.close()
+        target.close()
+    assert b"RESULT" not in before
+    text = (before + bytes(second.data)).decode()
+    assert [int(n) for n in re.findall(r"^count (\d+)\r$", text, re.M)] == list(range(count))
+    assert "RESULT: PASS counter" in text

@@ -269,7 +269,7 @@ def _pci_and_xen_parts(guest: Guest) -> None:
     if xen is None:
         return
     assert xen.domain is not None  # attached as the Machine was built
-    inventory.add(XenPart(xen.domain, xen.path))
+    inventory.add(XenPart(xen.domain, xen.path, xen))
     inventory.add(XenConsolePart(xen))
     for backend in xen.backends:
         if isinstance(backend, BlkBack):

@@ -143,6 +143,7 @@ class InterdomainPort:
         self._lock = threading.Lock()
         self._seq = 0
         self._pending: dict[int, asyncio.Future] = {}
+        self._files: dict[int, asyncio.Future[list[int]]] = {}  # handed over by the daemon
         sock.setblocking(False)
         loop.add_reader(sock.fileno(), self._readable)
 
@@ -172,6 +173,9 @@ class InterdomainPort:
         for fut in self._pending.values():
             if not fut.done():
                 fut.cancel()
+        for files in self._files.values():
+            if files.done() and not files.cancelled():
+                close_fds(files.result())
 
     def _call(self, fn: Callable[..., None], *args: Any) -> None:
         """Run on the loop: now if we are its thread, else soon."""
@@ -336,6 +340,13 @@ class InterdomainPort:
         if op == "connect":
             self._connect(msg, fds)
             return
+        if op == "files" and isinstance(msg.get("token"), int):
+            slot = self._file_slot(msg["token"])
+            if slot.done():
+                close_fds(fds)  # a token handed over twice: the first stands
+            else:
+                slot.set_result(fds)
+            return
         close_fds(fds)  # no other message carries descriptors
         if op == "unlink":
             self._unlink(msg.get("link"))
@@ -347,6 +358,23 @@ class InterdomainPort:
             with self._lock:
                 if self.cur is not None:
                     self.cur.views.pop(msg.get("dom"), None)  # type: ignore[arg-type]
+
+    def _file_slot(self, token: int) -> asyncio.Future[list[int]]:
+        slot = self._files.get(token)
+        if slot is None:
+            slot = self._files[token] = self.loop.create_future()
+        return slot
+
+    async def take_files(self, token: int) -> list[int]:
+        """The open files the daemon handed over as `token` (`InterdomainBroker.hand_over`):
+        the message carrying them and the control request naming them travel on two
+        sockets, so either may come first. Ours to close from here on."""
+        try:
+            return await asyncio.wait_for(asyncio.shield(self._file_slot(token)), self.timeout)
+        except TimeoutError:
+            raise ConnectionError(f"the daemon's files {token} never came") from None
+        finally:
+            self._files.pop(token, None)
 
     def _reply(self, msg: dict[str, Any], reply: dict[str, Any], fds: list[int] | None = None) -> None:
         send(self.sock, {**reply, "re": msg.get("seq")}, fds)

@@ -263,12 +263,14 @@ class VirtioPart:
 
 @dataclass
 class XenPart:
-    """The domain's Xen state, read from its live `XenDomain` each time it is described:
-    the hypercall entry path, where the guest placed shared_info and each vcpu_info, its
-    upcall, the grant table's size, and the XenStore and console event channels."""
+    """The domain's Xen state, described from its live `XenDomain` (the hypercall entry
+    path, where the guest placed shared_info and each vcpu_info, its upcall, the grant
+    table's size, the XenStore and console event channels) and saved by `holder`, the
+    `XenGuest` (shared info, event channels, grant table, timers, the hypercall page)."""
 
     domain: XenDomain
     path: str  # the hypercall entry path: "kernel" | "trap"
+    holder: Stateful
     kind: str = "xen"
     name: str = "xen"
 
@@ -285,15 +287,24 @@ class XenPart:
         }
 
     def save_state(self) -> object:
-        raise NotSaveable(f"{self.name}: the Xen state cannot be saved yet")
+        return self.holder.save_state()
 
     def restore_state(self, state: object) -> None:
-        raise NotSaveable(f"{self.name}: the Xen state cannot be restored yet")
+        self.holder.restore_state(state)
+
+    def pause(self) -> None:
+        if isinstance(self.holder, Pausable):
+            self.holder.pause()
+
+    def resume(self) -> None:
+        if isinstance(self.holder, Pausable):
+            self.holder.resume()
 
 
 @dataclass
 class XenConsolePart:
-    """The Xen PV console: its ring's frame and event channel, as xenconsoled reads them."""
+    """The Xen PV console: its ring's frame and event channel, as xenconsoled reads them.
+    Its state is the ring in guest RAM and the event channel in the Xen part: none here."""
 
     xen: XenGuest
     kind: str = "console"
@@ -303,10 +314,11 @@ class XenConsolePart:
         return {"model": "xen-console", **self.xen.console_nodes()}
 
     def save_state(self) -> object:
-        raise NotSaveable(f"{self.name}: the Xen state cannot be saved yet")
+        return None
 
     def restore_state(self, state: object) -> None:
-        raise NotSaveable(f"{self.name}: the Xen state cannot be restored yet")
+        if state is not None:
+            raise StateError(f"{self.name}: a state for a part that keeps none")
 
 
 @dataclass
@@ -330,7 +342,8 @@ class PvDevicePart:
         return info
 
     def save_state(self) -> object:
-        raise NotSaveable(f"{self.name}: Xen PV backends cannot be saved yet")
+        raise NotSaveable(f"{self.name}: Xen PV disks and NICs cannot be saved yet (their "
+                          "frontends' XenStore nodes are not carried over)")
 
     def restore_state(self, state: object) -> None:
         raise NotSaveable(f"{self.name}: Xen PV backends cannot be restored yet")

@@ -10,17 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import os
 import resource
 import socket
+import stat
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import BinaryIO
 
-from xenopus import ipc
+from xenopus import ipc, stream
 from xenopus.control import Reply, Request
 from xenopus.devices.ratelimit import RateLimit
+from xenopus.domain import snapshot
 from xenopus.domain.builder import Guest, build_guest
 from xenopus.domain.config import DomainConfig
 from xenopus.domain.console import Console
@@ -40,7 +44,7 @@ from xenopus.domain.restart import RestartBackoff
 from xenopus.domain.vif import VifTaps
 from xenopus.domain.xenguest import StoreProxy
 from xenopus.kvm import Kvm
-from xenopus.vm import StopReason
+from xenopus.vm import CpuState, StopReason
 from xenopus.xen.xenstore.server import peer_of
 
 log = logging.getLogger("xenopus.domain")
@@ -76,7 +80,9 @@ class DebugLog:
                 self._line.append(b)
 
 
-DomainStep = Callable[["DomainProcess", Request], Reply]
+# A step that takes long (save, restore) returns an awaitable: it runs as a task of its
+# own and its reply goes when it is done, while the channel serves other requests.
+DomainStep = Callable[["DomainProcess", Request], Reply | Awaitable[Reply]]
 STEPS: dict[str, tuple[DomainStep, bool]] = {}  # op -> (handler, needs a live guest)
 
 
@@ -115,6 +121,9 @@ class DomainProcess:
         self._started = False  # whether the current incarnation's vCPUs have run
         self._guest_log_limit = RateLimit(GUEST_LOG_RATE, GUEST_LOG_BURST)
         self.crash_backoff = RestartBackoff()
+        self._boot_state: CpuState | None = None  # where they start (None: as restored)
+        self.busy: str | None = None  # a save or restore under way: no live step meanwhile
+        self._work: set[asyncio.Task[None]] = set()
         self.debug = DebugLog(domid, self.hv_log)
         self._writer: asyncio.StreamWriter | None = None
         self._finished = asyncio.Event()
@@ -166,6 +175,7 @@ class DomainProcess:
         )
         self.guest = guest
         self.crash_backoff.started()
+        self._boot_state = guest.boot.cpu
         if guest.xen is not None and self.interdomain is not None:
             guest.xen.connect_interdomain(self.interdomain)
         self.console.on_input = guest.serial.receive
@@ -186,7 +196,7 @@ class DomainProcess:
         guest = self.guest
         assert guest is not None
         guest.machine.start(
-            guest.boot.cpu, lambda reason: loop.call_soon_threadsafe(self._on_stop, guest, reason)
+            self._boot_state, lambda reason: loop.call_soon_threadsafe(self._on_stop, guest, reason)
         )
         self._started = True
         self._set_state("running")
@@ -243,7 +253,22 @@ class DomainProcess:
         handler, live = entry
         if live and (self.guest is None or self.state in ("shutdown", "crashed")):
             return Reply.failure(f"domain is {self.state}")
+        if live and self.busy:
+            return Reply.failure(f"domain is busy: {self.busy}")
         return handler(self, req)
+
+    def _answer_later(self, pending: Awaitable[Reply], req: Request) -> None:
+        async def answer() -> None:
+            try:
+                reply = await pending
+            except Exception as e:  # noqa: BLE001 - reported to the daemon, the domain lives on
+                log.exception("control request %r failed", req.op)
+                reply = Reply.failure(str(e))
+            self._send(reply.numbered(req.seq))
+
+        task = asyncio.create_task(answer())
+        self._work.add(task)
+        task.add_done_callback(self._work.discard)
 
     def _live_guest(self) -> Guest:
         """The guest of a `live` step (`_command` has checked there is one)."""
@@ -339,6 +364,107 @@ class DomainProcess:
             return Reply.failure(str(e))
         return Reply.success()
 
+    # -- save and restore (docs/snapshot-stream.md) --------------------------------------
+    async def _take_file(self, req: Request, mode: str) -> BinaryIO:
+        """The open file the daemon handed over for this request (never a path: the
+        CLI opened it, as the user who named it)."""
+        token = req.args.get("files")
+        if self.interdomain is None or not isinstance(token, int):
+            raise ValueError("no file was handed over")
+        fds = await self.interdomain.take_files(token)
+        for extra in fds[1:]:
+            os.close(extra)
+        if not fds:
+            raise ValueError("no file was handed over")
+        return open(fds[0], mode, buffering=0)  # noqa: SIM115 - the caller's to close
+
+    @domain_step("save", live=True)
+    def _save(self, req: Request) -> Awaitable[Reply]:
+        return self._while_busy("saving", self._saving(req))
+
+    def _while_busy(self, what: str, step: Awaitable[Reply]) -> Awaitable[Reply]:
+        """A long step with the domain `busy` from now (no other live step gets in, even
+        one already read) until it is done."""
+        self.busy = what
+
+        async def run() -> Reply:
+            try:
+                return await step
+            finally:
+                self.busy = None
+
+        return run()
+
+    async def _saving(self, req: Request) -> Reply:
+        """Write the domain's image to the file handed over: paused meanwhile; after
+        it, `then` says whether the domain goes on ("run"), stays paused ("pause") or
+        waits paused for the daemon to destroy it ("stop"). A failed save resumes it."""
+        guest = self._live_guest()
+        out = await self._take_file(req, "wb")  # first: a refusal must not leave it open
+        then = req.args.get("then")
+        if then not in ("run", "pause", "stop") or not self._started:
+            out.close()
+            return Reply.failure(f"save: unknown 'then' {then!r}" if self._started
+                                 else "domain has not run yet; unpause or destroy it")
+        config = req.args.get("config") or self.config.to_dict()
+        was_running = self.state == "running"
+        live = bool(req.args.get("live")) and was_running  # pre-copy while it runs
+        try:
+            with out:
+                if was_running and not live:
+                    guest.machine.pause()
+                    self._set_state("paused")
+                toolstack = {"xenstore": req.args["xenstore"]} if req.args.get("xenstore") else {}
+                stats = await asyncio.to_thread(self._write_image, guest, out, config, live,
+                                                toolstack)
+                if live:
+                    self._set_state("paused")
+        except BaseException:
+            if was_running and self.guest is guest:
+                guest.machine.resume()
+                self._set_state("running")
+            raise
+        if then == "run" and was_running:
+            guest.machine.resume()
+            self._set_state("running")
+        return Reply.success(pages=stats.pages, octets=stats.octets, seconds=stats.seconds,
+                             rounds=stats.rounds, last_round=stats.last_round,
+                             downtime=stats.downtime)
+
+    @staticmethod
+    def _write_image(guest: Guest, out: BinaryIO, config: object, live: bool,
+                     toolstack: dict[str, object]) -> snapshot.Stats:
+        stats = snapshot.save(guest.inventory, out, config,
+                              live=guest.machine if live else None, toolstack=toolstack)
+        fd = out.fileno()
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            os.fsync(fd)  # on disk before the CLI renames it into place
+        return stats
+
+    @domain_step("restore", live=True)
+    def _restore(self, req: Request) -> Awaitable[Reply]:
+        return self._while_busy("restoring", self._restoring(req))
+
+    async def _restoring(self, req: Request) -> Reply:
+        """Read the rest of an image (the daemon has read its DOMAIN_CONFIG, up to
+        `position`) into this incarnation, built from that config and never run; then
+        run it, or leave it paused (`paused`)."""
+        guest = self._live_guest()
+        inp = await self._take_file(req, "rb")  # first: a refusal must not leave it open
+        position = req.args.get("position")
+        if self._started or not isinstance(position, dict):
+            inp.close()
+            return Reply.failure("domain has already run; a restore needs a fresh one"
+                                 if self._started else "restore needs the stream position")
+        with inp:
+            reader = stream.StreamReader.resume(inp, stream.StreamPosition(**position))
+            stats = await asyncio.to_thread(snapshot.restore, guest.inventory, reader)
+        self._boot_state = None  # the vCPUs carry on from the image
+        if not req.args.get("paused"):
+            self._run_vcpus()
+        return Reply.success(pages=stats.pages, octets=stats.octets, seconds=stats.seconds,
+                             xenstore=stats.toolstack.get("xenstore"))
+
     async def _serve_control(self, reader: asyncio.StreamReader) -> None:
         self._attached = True
         while True:
@@ -356,6 +482,9 @@ class DomainProcess:
             except Exception as e:  # noqa: BLE001 - a bad request must not take the domain down
                 log.exception("control request %r failed", req.op)
                 reply = Reply.failure(str(e))
+            if inspect.isawaitable(reply):
+                self._answer_later(reply, req)
+                continue
             self._send(reply.numbered(req.seq))
         self._attached = False  # the daemon is gone: a restarted one may adopt us
         log.warning("domain %d: daemon connection closed; the domain keeps running until a"
@@ -451,6 +580,8 @@ class DomainProcess:
         await self._finished.wait()
         self._control.cancel()
         adoption.cancel()
+        if self._work:  # a save or restore still reads or writes guest memory: let it end
+            await asyncio.wait(self._work)
         if self.guest is not None:
             self.guest.machine.stop()
         # Report the end before tearing the VM down: releasing a VM's memory and fds is

@@ -2,28 +2,38 @@
 
 The stream holds, in this order: the memory part's layout and then every non-zero page
 (PAGE_DATA), then a PART record per inventory part in build order, with the VM clock
-last. Restoring goes in the same order into a guest built from the same config and not
+and the Xen state last. Restoring goes in the same order into a guest built from the same config and not
 started: memory before anything that reads it (a virtio transport's restore resumes its
 queues, a kvmclock MSR makes KVM write guest memory), vCPUs before the in-kernel irqchip
-is told where its lines are, and KVM_SET_CLOCK after every vCPU (api.rst, KVM_SET_CLOCK).
+is told where its lines are, and KVM_SET_CLOCK after every vCPU (api.rst, KVM_SET_CLOCK),
+the Xen state after the clock; then the toolstack's own records (the XenStore subtree),
+which the restore hands back to the caller.
 
 A restore that fails raises; the caller then closes the half-restored guest, so no
-domain is left half-built. The Xen state and PV backends cannot be saved yet: a guest
-with them is refused before anything is written.
+domain is left half-built. Xen PV disks and NICs cannot be saved yet: a guest with them
+is refused before anything is written.
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import BinaryIO
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import BinaryIO, Protocol
 
-from xenopus.domain.inventory import Inventory, MemoryPart, NotSaveable, Part, Pausable
+from xenopus.domain.inventory import (
+    Inventory,
+    MemoryPart,
+    NotSaveable,
+    Part,
+    Pausable,
+    PvDevicePart,
+)
 from xenopus.kvm import KvmError
 from xenopus.memory import image
 from xenopus.stream import (
+    REC_DOMAIN_CONFIG,
     REC_PAGE_DATA,
     REC_PART,
     StateError,
@@ -33,25 +43,51 @@ from xenopus.stream import (
 )
 
 # Restored after everything else: KVM_SET_CLOCK makes KVM refresh every vCPU's kvmclock
-# page from the VM clock, which must by then have its final MSRs.
-LAST_KINDS = ("clock",)
-UNSAVEABLE_KINDS = ("xen",)
+# page from the VM clock, which must by then have its final MSRs; and Xen system time is
+# that clock, so the Xen state (its timers' deadlines) follows it.
+LAST_KINDS = ("clock", "xen")
+
+
+# Live pre-copy stops iterating at this many dirty pages (copied while stopped), or after
+# this many rounds: a guest that dirties memory faster than it is sent never converges.
+STOP_AND_COPY_PAGES = 256
+MAX_ROUNDS = 30
+# PART records of this kind hold state the toolstack keeps outside the domain process
+# (name "xenstore": the domain's XenStore subtree and watches, from the daemon).
+TOOLSTACK = "toolstack"
+
+
+class LiveMachine(Protocol):
+    """What a live save needs of the running machine (`Machine`)."""
+
+    def log_dirty(self, on: bool) -> None: ...
+
+    def dirty_pages(self) -> list[int]: ...
+
+    def pause(self) -> None: ...
 
 
 @dataclass
 class Stats:
-    """What a save or restore moved: records, pages, octets and seconds."""
+    """What a save or restore moved: records, pages (pages sent twice count twice),
+    octets and seconds; for a live save, the pre-copy rounds, the pages of the
+    stop-and-copy round and the time the guest was stopped."""
 
     parts: int = 0
     pages: int = 0
     octets: int = 0
     seconds: float = 0.0
+    rounds: int = 0
+    last_round: int = 0
+    downtime: float = 0.0
+    toolstack: dict[str, object] = field(default_factory=dict)  # restored: for the daemon
 
 
 def _ordered(inventory: Inventory) -> list[Part]:
     parts = inventory.parts
     memory = [p for p in parts if isinstance(p, MemoryPart)]
-    last = [p for p in parts if p.kind in LAST_KINDS]
+    last = sorted((p for p in parts if p.kind in LAST_KINDS),
+                  key=lambda p: LAST_KINDS.index(p.kind))
     rest = [p for p in parts if p not in memory and p not in last]
     return memory + rest + last
 
@@ -72,47 +108,111 @@ def quiesced(inventory: Inventory) -> Iterator[None]:
             part.resume()
 
 
-def save(inventory: Inventory, out: BinaryIO) -> Stats:
-    """Write every part's state to `out` (any binary file; no seeking). The caller has
-    paused the machine (`Machine.pause`) or not started it; device workers are paused here
-    and resumed before returning, so the guest can go on afterwards (`save -c`)."""
+def save(inventory: Inventory, out: BinaryIO, config: object = None, *,
+         live: LiveMachine | None = None, toolstack: Mapping[str, object] | None = None
+         ) -> Stats:
+    """Write every part's state to `out` (any binary file; no seeking), after `config`
+    (the domain's `DomainConfig.to_dict()`, the DOMAIN_CONFIG record a save image starts
+    with) when given. The caller has paused the machine (`Machine.pause`) or not started
+    it; device workers are paused here and resumed before returning, so the guest can go
+    on afterwards (`save -c`). With `live` (the running machine), RAM is pre-copied while
+    the guest runs (KVM's dirty log), then the machine is paused for the rest.
+    `toolstack` is state the domain's toolstack keeps outside this process (the daemon's
+    XenStore subtree), written as PART records of kind TOOLSTACK after the guest's."""
     started = time.monotonic()
-    refused = [p.name for p in inventory.parts if p.kind in UNSAVEABLE_KINDS]
-    if refused:
-        raise NotSaveable(f"the Xen state ({', '.join(refused)}) cannot be saved yet")
+    refused = [p.name for p in inventory.parts if isinstance(p, PvDevicePart)]
+    if refused:  # before anything is written
+        raise NotSaveable(f"Xen PV devices ({', '.join(refused)}) cannot be saved yet")
     stats = Stats()
     writer = StreamWriter(out)
-    with quiesced(inventory):
-        for part in _ordered(inventory):
-            writer.part(part.kind, part.name, part.save_state())
-            stats.parts += 1
-            if isinstance(part, MemoryPart):
-                stats.pages += image.save_pages(part.memory, writer)
-        writer.end()
+    if config is not None:
+        writer.domain_config(config)
+    parts = _ordered(inventory)
+    memory = parts[0] if parts and isinstance(parts[0], MemoryPart) else None
+    sums: dict[int, int] = {}
+    pending: list[int] = []
+    if live is not None and memory is not None:
+        writer.part(memory.kind, memory.name, memory.save_state())
+        stats.parts += 1
+        parts = parts[1:]
+        live.log_dirty(True)
+    try:
+        if live is not None and memory is not None:
+            pending = _precopy(memory, writer, live, sums, stats)
+            live.pause()
+        stopped = time.monotonic()
+        with quiesced(inventory):
+            if live is not None and memory is not None:
+                # Stop-and-copy: what the guest wrote since the last round, and what this
+                # process wrote (devices, Xen), which KVM's log does not see.
+                final = sorted(set(pending) | set(live.dirty_pages()))
+                final += image.changed_pages(memory.memory, sums, set(final))
+                stats.pages += image.send_pages(memory.memory, writer, sorted(final))
+                stats.last_round = len(final)
+            for part in parts:
+                writer.part(part.kind, part.name, part.save_state())
+                stats.parts += 1
+                if isinstance(part, MemoryPart):
+                    stats.pages += image.save_pages(part.memory, writer)
+            for name, state in (toolstack or {}).items():
+                writer.part(TOOLSTACK, name, state)
+            writer.end()
+        stats.downtime = time.monotonic() - stopped
+    finally:
+        if live is not None and memory is not None:
+            live.log_dirty(False)
     stats.octets = writer.offset
     stats.seconds = time.monotonic() - started
     return stats
 
 
-def restore(inventory: Inventory, inp: BinaryIO) -> Stats:
-    """Read a stream `save` wrote into the parts of a guest built from the same config,
-    not started. Every part of the guest must get a state and every state a part; a part
+def _precopy(memory: MemoryPart, writer: StreamWriter, live: LiveMachine,
+             sums: dict[int, int], stats: Stats) -> list[int]:
+    """Live pre-copy: every page once, then round after round the pages the guest wrote
+    meanwhile (KVM's dirty log), while their number keeps shrinking and is worth another
+    round; returns the pages dirtied since the last round sent, for the stop-and-copy."""
+    stats.pages += image.save_pages(memory.memory, writer, sums)
+    stats.rounds = 1
+    dirty = live.dirty_pages()
+    while len(dirty) > STOP_AND_COPY_PAGES and stats.rounds < MAX_ROUNDS:
+        stats.pages += image.send_pages(memory.memory, writer, dirty, sums)
+        stats.rounds += 1
+        again = live.dirty_pages()
+        if len(again) >= len(dirty):  # no longer shrinking: stop and copy the rest
+            return again
+        dirty = again
+    return dirty
+
+
+def restore(inventory: Inventory, inp: BinaryIO | StreamReader) -> Stats:
+    """Read a stream `save` wrote (from its start, or from a reader that has taken its
+    DOMAIN_CONFIG: `stream.read_domain_config`) into the parts of a guest built from that
+    config, not started. Every part of the guest must get a state and every state a part; a part
     refusing its state, a damaged stream or a missing part raises (`StreamError`,
     `StateError`, `KvmError`) naming it. The caller then starts the machine without a
     boot state."""
     started = time.monotonic()
     stats = Stats()
-    reader = StreamReader(inp, known={REC_PART, REC_PAGE_DATA})
+    reader = (inp if isinstance(inp, StreamReader)
+              else StreamReader(inp, known={REC_DOMAIN_CONFIG, REC_PART, REC_PAGE_DATA}))
     targets = {(p.kind, p.name): p for p in inventory.parts}
     done: set[tuple[str, str]] = set()
     memory: MemoryPart | None = None
     for record in reader:
+        if record.type == REC_DOMAIN_CONFIG:
+            if record.index:
+                raise record.error(StreamRecordError, "DOMAIN_CONFIG after other records")
+            record.finish()  # the guest was built from it (or from a config given instead)
+            continue
         if record.type == REC_PAGE_DATA:
             if memory is None:
                 raise record.error(StreamRecordError, "PAGE_DATA before the memory part")
             stats.pages += image.restore_pages(memory.memory, record)
             continue
         kind, name, state = record.part()
+        if kind == TOOLSTACK:
+            stats.toolstack[name] = state  # the daemon's to restore
+            continue
         part = targets.get((kind, name))
         if part is None:
             raise record.error(StreamRecordError, f"this guest has no {kind} part {name!r}")

@@ -24,6 +24,7 @@ from xenopus.domain.interdomain_port import InterdomainPort
 from xenopus.domain.vif import VifTaps, open_vif
 from xenopus.kvm import Kvm
 from xenopus.memory import GuestMemory
+from xenopus.stream import StateError, check_state
 from xenopus.vm import Machine
 from xenopus.vm.machine import MachineHooks
 from xenopus.xen import abi
@@ -48,6 +49,7 @@ from xenopus.xen.xenstore.server import RingTransport
 
 log = logging.getLogger("xenopus.xen")
 
+XEN_STATE_VERSION = 1  # of XenGuest.save_state's dict
 XEN_VBD_MAJOR = 202  # docs/misc/vbd-interface.txt: xvd disks are major 202
 
 
@@ -212,6 +214,34 @@ class XenGuest:
             (abi.HVM_PARAM_CONSOLE_EVTCHN, self.console_port),
         ):
             domain.set_param(param, value)
+
+    # -- save/restore (docs/snapshot-stream.md, the "xen" part) ---------------------------
+    def save_state(self) -> dict[str, object]:
+        """The hypercall path and page, the XenDomain's state, and PV console input the
+        guest has not taken yet; rings and pages are guest RAM."""
+        with self._input_lock:
+            pending = bytes(self._input)
+        return {"version": XEN_STATE_VERSION, "path": self.path,
+                "hypercall_pages": self.trap.save_state(),
+                "domain": self._attached().save_state(), "console_input": pending}
+
+    def pause(self) -> None:
+        """While a save writes: nothing of ours writes guest RAM on its own (the timers)."""
+        self._attached().timers.pause()
+
+    def resume(self) -> None:
+        self._attached().timers.resume()
+
+    def restore_state(self, state: object) -> None:
+        s = check_state(state, "xen", XEN_STATE_VERSION)
+        if s["path"] != self.path:
+            # A guest that made vmcalls on the in-kernel path cannot go on without it.
+            raise StateError(f"xen: saved with the {s['path']} hypercall path, this domain "
+                             f"has {self.path}")
+        self.trap.restore_state(s["hypercall_pages"])
+        self._attached().restore_state(s["domain"])
+        with self._input_lock:
+            self._input[:0] = s["console_input"]
 
     def _attached(self) -> XenDomain:
         if self.domain is None:

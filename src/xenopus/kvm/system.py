@@ -162,6 +162,17 @@ class VmFd:
             f"KVM_SET_USER_MEMORY_REGION slot {slot} gpa {gpa:#x}+{size:#x}",
         )
 
+    def get_dirty_log(self, slot: int, pages: int) -> bytearray:
+        """The slot's dirty bitmap since the last call (a set bit: the guest wrote that
+        page), which KVM clears as it hands it over (api.rst, KVM_GET_DIRTY_LOG; the slot
+        needs KVM_MEM_LOG_DIRTY_PAGES). Bit i of the little-endian longs is page i."""
+        bitmap = bytearray((pages + 63) // 64 * 8)
+        buf = (ctypes.c_char * len(bitmap)).from_buffer(bitmap)
+        log = u.kvm_dirty_log(slot=slot, dirty_bitmap=ctypes.addressof(buf))
+        _ioctl(self.fd, u.KVM_GET_DIRTY_LOG, log, f"KVM_GET_DIRTY_LOG slot {slot}")
+        del buf
+        return bitmap
+
     def set_tss_addr(self, addr: int = TSS_ADDR) -> None:
         _ioctl(self.fd, u.KVM_SET_TSS_ADDR, addr, "KVM_SET_TSS_ADDR")
 

@@ -88,6 +88,16 @@ class InterdomainBroker:
         if link is not None and by in (link.a, link.b):
             self._send(link.other(by), {"op": "unlink", "link": lid})
 
+    def hand_over(self, domid: int, fds: list[int]) -> int:
+        """Give a domain process open files (a save image, a migration pipe): they go
+        beside a numbered `files` message, and a control request names the number
+        (`InterdomainPort.take_files`). This pair is the domain's one descriptor-carrying
+        channel to the daemon. Our copies stay ours to close."""
+        token = next(self._seq)
+        if not self._send(domid, {"op": "files", "token": token}, fds):
+            raise ConnectionError(f"domain {domid} cannot be handed files")
+        return token
+
     def _send(self, domid: int, msg: dict[str, Any], fds: list[int] | None = None) -> bool:
         sock = self.socks.get(domid)
         return sock is not None and send(sock, msg, fds)

@@ -570,6 +570,30 @@ def cmd_vcpu_pin(args: Namespace) -> int:
     return 0
 
 
+def cmd_save(args: Namespace) -> int:
+    from xenopus.toolstack import transfer
+
+    return transfer.save(args)
+
+
+def cmd_restore(args: Namespace) -> int:
+    from xenopus.toolstack import transfer
+
+    return transfer.restore(args)
+
+
+def cmd_migrate(args: Namespace) -> int:
+    from xenopus.toolstack import transfer
+
+    return transfer.migrate(args)
+
+
+def cmd_migrate_receive(args: Namespace) -> int:
+    from xenopus.toolstack import transfer
+
+    return transfer.migrate_receive(args)
+
+
 def cmd_daemon(args: Namespace) -> int:
     if args.stop:
         from xenopus.client import DaemonUnavailable
@@ -671,6 +695,32 @@ VERBS = (
          (_dom(), Pos("vcpu", "VCPU", None, "a vCPU number or 'all'"),
           Pos("hard", "CPUS", None, "xl CPU list: all, 0-3,5, ^1, nodes:0 ('-': keep)"),
           Pos("soft", "SOFT", "?", "soft affinity: only 'all' or '-'"))),
+    # -- save, restore, migrate (docs/snapshot-stream.md) --
+    Verb("save", "save a domain's state to a file (then destroy it, unless -c or -p)", "save",
+         cmd_save, (
+             Opt(("-c",), "checkpoint", "leave the domain running after saving it"),
+             Opt(("-p",), "paused", "leave the domain paused after saving it"),
+         ), (_dom(), Pos("file", "FILE"),
+             Pos("config", "CFG", "?", "store this config in the image instead of the domain's"))),
+    Verb("restore", "build a domain from a file `save` wrote", "restore", cmd_restore, (
+        Opt(("-p",), "paused", "leave the restored domain paused"),
+        Opt(("-e",), "no_wait", "accepted for xl compatibility (the daemon always watches)"),
+        Opt(("-d",), "debug", "report what was restored"),
+    ), (Pos("paths", "[CFG] FILE", "+", "a config to build from instead of the image's, "
+            "and the image"),)),
+    Verb("migrate", "move a domain to another host (over `SSHCMD HOST xenopus migrate-receive`)",
+         "save", cmd_migrate, (
+             Opt(("-s",), "ssh", "the command that reaches HOST (default: ssh)", str),
+             Opt(("-e",), "no_wait", "accepted for xl compatibility (the daemon always watches)"),
+             Opt(("-C",), "config", "send this config instead of the domain's", str),
+             Opt(("--debug",), "debug", "report what was sent"),
+         ), (_dom(), Pos("host", "HOST"))),
+    Verb("migrate-receive", "receive a migrating domain on stdin (run by migrate)", "restore",
+         cmd_migrate_receive, (
+             Opt(("-e",), "no_wait", "accepted for xl compatibility"),
+             Opt(("-d",), "debug", "report what was received"),
+         )),
+    # -- end of save, restore, migrate --
     Verb("daemon", "run the host daemon in the foreground", "stop", cmd_daemon, (
         Opt(("--stop",), "stop", "stop a running daemon and its domains"),
         Opt(("--background",), "background", None),

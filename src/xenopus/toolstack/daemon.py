@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 from uuid import uuid4
 
-from xenopus import ipc
+from xenopus import ipc, stream
 from xenopus.control import Reply, Request
 from xenopus.domain.config import ConfigError, DomainConfig, load_config
 from xenopus.domain.jail import uid_range
@@ -63,6 +63,7 @@ DESTROY_GRACE = 5.0  # seconds a domain process gets to exit before SIGKILL
 # Seconds a domain process gets from its fork to Ready (the guest built) before it is
 # killed: building reads the kernel and lays out memory, seconds even for a large guest.
 START_TIMEOUT = 60.0
+FILES_TIMEOUT = 10.0  # seconds a client gets to send the files it was asked for
 
 
 class RequestError(Exception):
@@ -108,7 +109,7 @@ class DomainRecord:
                 "xen_path": self.xen_path, "console": self.console,
                 "console_nodes": self.console_nodes, "uuid": self.uuid}
 
-    async def request(self, req: Request, timeout: float = 10.0) -> Reply:
+    async def request(self, req: Request, timeout: float | None = 10.0) -> Reply:
         """Ask the domain process; its reply, refusals included."""
         if self.writer is None or self.writer.is_closing():
             raise RequestError(f"domain {self.domid} has no running process", "state")
@@ -446,19 +447,9 @@ class Daemon:
         if req.args.get("dryrun"):  # xl create -n: the configuration, as libxl's JSON
             libxl = xlformat.libxl_domain_config(config, str(uuid4()))
             return Reply.success(libxl=libxl, warnings=warnings)
-        name = config.name
-        if any(r.name == name for r in self.domains.values()):
-            raise RequestError(f"domain '{name}' already exists", "domain-exists")
-        rec = DomainRecord(self.next_domid, config)
-        self.next_domid += 1
-        self.domains[rec.domid] = rec
         attach, paused, wait = (bool(req.args.get(k)) for k in ("attach", "paused", "wait"))
-        try:
-            await self._spawn(rec, paused=attach or paused)
-        except Exception:  # refused, or the zygote gone: the name and domid are free again
-            self._forget(rec)
-            raise
-        created: dict[str, Any] = {"domid": rec.domid, "name": name, "protocol": rec.protocol,
+        rec = await self._new_domain(config, paused=attach or paused)
+        created: dict[str, Any] = {"domid": rec.domid, "name": rec.name, "protocol": rec.protocol,
                                    "warnings": warnings}
         if attach:
             created["console"] = ipc.console_socket_path(rec.domid, self.run_dir, rec.console)
@@ -477,6 +468,20 @@ class Daemon:
                 return Reply.success()
         await rec.gone.wait()
         return Reply(True, {"event": "gone", **self._final(rec)})
+
+    async def _new_domain(self, config: DomainConfig, paused: bool) -> DomainRecord:
+        """A new domain of `config` with the next domid, its process started."""
+        if any(r.name == config.name for r in self.domains.values()):
+            raise RequestError(f"domain '{config.name}' already exists", "domain-exists")
+        rec = DomainRecord(self.next_domid, config)
+        self.next_domid += 1
+        self.domains[rec.domid] = rec
+        try:
+            await self._spawn(rec, paused=paused)
+        except Exception:  # refused, or the zygote gone: the name and domid are free again
+            self._forget(rec)
+            raise
+        return rec
 
     @staticmethod
     def _load_config(req: Request) -> tuple[DomainConfig, list[str]]:
@@ -821,6 +826,108 @@ class Daemon:
         self.domains[domid] = rec
         asyncio.create_task(self._domain_events(rec, reader))
         return rec
+
+    # -- save and restore (xl save / xl restore; docs/snapshot-stream.md) ----------------
+    @staticmethod
+    async def _client_file(client: Client) -> int:
+        """The one open file the client sends when asked (`ipc.receive_fds`): a path
+        the user named is opened by the CLI, as that user, never by the daemon."""
+        ipc.write_message(client.writer, Reply.success(send_fds=1).to_wire())
+        await client.writer.drain()
+        try:
+            fds = await ipc.receive_fds(client.writer, 1, FILES_TIMEOUT)
+        except (TimeoutError, ConnectionError, ValueError, OSError) as e:
+            raise RequestError(f"the file did not come: {e or 'timed out'}") from None
+        if len(fds) != 1:
+            for fd in fds:
+                os.close(fd)
+            raise RequestError("expected one open file")
+        return fds[0]
+
+    async def _hand_over(self, rec: DomainRecord, fd: int) -> int:
+        try:
+            return self.interdomain.hand_over(rec.domid, [fd])
+        except ConnectionError as e:
+            raise RequestError(str(e)) from None
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    async def _until_answered(rec: DomainRecord, req: Request) -> Reply:
+        """The domain's answer to a request that takes as long as it takes (a save of
+        gigabytes); a failure if its process ends first."""
+        answer = asyncio.ensure_future(rec.request(req, timeout=None))
+        ended = asyncio.ensure_future(rec.exited.wait())
+        try:
+            await asyncio.wait({answer, ended}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            ended.cancel()
+        if not answer.done():
+            answer.cancel()
+            raise RequestError(f"domain {rec.domid}: its process ended during {req.op}")
+        return answer.result()
+
+    @daemon_step("save")
+    async def _save(self, req: Request, client: Client) -> Reply:
+        """xl save [-c] [-p] DOM FILE [CFG]: the domain writes its image (DOMAIN_CONFIG
+        first: CFG's if given, else its own) into the file the CLI opened; then it goes
+        on (-c), stays paused (-p) or is destroyed. A failed save leaves it running."""
+        rec = self.lookup(req.dom)
+        config = self._load_config(req)[0] if req.args.get("path") else rec.config
+        then = "pause" if req.args.get("paused") else "run" if req.args.get("checkpoint") else "stop"
+        token = await self._hand_over(rec, await self._client_file(client))
+        reply = await self._until_answered(rec, Request("save", {
+            "files": token, "then": then, "config": config.to_dict(),
+            "live": bool(req.args.get("live")),
+            "xenstore": self.xenstore.export_domain(rec.domid)}))
+        if not reply.ok:
+            raise RequestError(f"domain {rec.domid}: save failed: {reply.error}")
+        if then == "stop":
+            await self._destroy(rec)
+        return Reply(True, reply.data)
+
+    @daemon_step("restore")
+    async def _restore(self, req: Request, client: Client) -> Reply:
+        """xl restore [-p] [CFG] FILE: a new domain (next domid) built from the image's
+        DOMAIN_CONFIG (or CFG), its every part restored, then run (or left paused). A
+        damaged image is refused by record and the half-built domain destroyed."""
+        fd = await self._client_file(client)
+        try:
+            with open(fd, "rb", buffering=0, closefd=False) as inp:
+                saved, reader = await asyncio.to_thread(stream.read_domain_config, inp)
+                position = reader.position()
+            if req.args.get("path"):
+                config = self._load_config(req)[0]
+            elif isinstance(saved, dict):
+                config = DomainConfig.from_dict(saved)
+            else:
+                raise RequestError("the image's DOMAIN_CONFIG is not a configuration")
+            rec = await self._new_domain(config, paused=True)
+        except (stream.StreamError, ConfigError) as e:
+            os.close(fd)
+            raise RequestError(f"cannot restore: {e}") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        paused = bool(req.args.get("paused"))
+        try:
+            token = await self._hand_over(rec, fd)
+            reply = await self._until_answered(rec, Request("restore", {
+                "files": token, "position": dataclasses.asdict(position), "paused": True}))
+            if not reply.ok:
+                raise RequestError(f"cannot restore: {reply.error}")
+            data = dict(reply.data)
+            saved_store = data.pop("xenstore", None)
+            if isinstance(saved_store, dict):  # before the guest runs and looks
+                self.xenstore.import_domain(rec.domid, saved_store)
+            if not paused:
+                started = await rec.request(Request("unpause"))
+                if not started.ok:
+                    raise RequestError(f"cannot run the restored domain: {started.error}")
+        except BaseException:
+            await self._destroy(rec)  # nothing half-built stays: the domid and name go
+            raise
+        return Reply.success(domid=rec.domid, name=rec.name, **data)
 
     # -- list ---------------------------------------------------------------------------
     @daemon_step("list")

@@ -18,10 +18,11 @@ import contextlib
 import logging
 import os
 import socket
+from typing import Any
 
 from xenopus.domain.config import DomainConfig
 from xenopus.xen.xenstore.server import PeerScope, XenStoreServer
-from xenopus.xen.xenstore.store import Quota, Store, XsError
+from xenopus.xen.xenstore.store import Perm, Quota, Store, XsError
 
 log = logging.getLogger("xenopus.xenstore")
 
@@ -200,6 +201,51 @@ class XenStored:
         """Toolstack nodes below the domain's home, e.g. store/ring-ref and port."""
         for key, value in values.items():
             self.store.write(self.dom0, f"/local/domain/{domid}/{under}/{key}", str(value).encode())
+
+    def export_domain(self, domid: int) -> dict[str, Any]:
+        """The domain's subtree (every node below its home: path from there, value as
+        latin-1 text so it travels in JSON unchanged, permissions) and its watches: what
+        a save carries (docs/snapshot-stream.md)."""
+        s, c = self.store, self.dom0
+        home = f"/local/domain/{domid}"
+        nodes: list[list[Any]] = []
+
+        def walk(path: str) -> None:
+            perms = [str(p) for p in s.get_perms(c, path)]
+            nodes.append([path[len(home):], s.read(c, path).decode("latin-1"), perms])
+            for child in s.directory(c, path):
+                walk(f"{path}/{child}")
+
+        walk(home)
+        return {"domid": domid, "nodes": nodes, "watches": s.domain_watches(domid)}
+
+    def import_domain(self, domid: int, saved: dict[str, Any]) -> None:
+        """A restored domain's saved subtree and watches under its new domid: nodes the
+        toolstack wrote for the new domain (name, domid, console, ...) stay as written,
+        the rest come back with permissions renumbered from the old domid, and watches
+        on the old home move to the new one."""
+        s, c = self.store, self.dom0
+        old, home = int(saved["domid"]), f"/local/domain/{domid}"
+        old_home = f"/local/domain/{old}"
+
+        def renumber(perm: str) -> str:
+            p = Perm.parse(perm)
+            return f"{p.letter}{domid if p.domid == old else p.domid}"
+
+        for rel, value, perms in saved["nodes"]:
+            path = home + rel
+            with contextlib.suppress(XsError):
+                s.read(c, path)
+                continue  # already there: the new domain's own
+            s.write(c, path, value.encode("latin-1"))
+            s.set_perms(c, path, [renumber(p) for p in perms])
+        for path, token in saved["watches"]:
+            if path == old_home or path.startswith(old_home + "/"):
+                path = home + path[len(old_home):]
+            try:
+                s.add_domain_watch(domid, path, token)
+            except XsError as e:
+                log.warning("xenstore: domain %d's watch %s not restored: %s", domid, path, e)
 
     async def _serve(self, domid: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

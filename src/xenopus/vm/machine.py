@@ -18,7 +18,7 @@ from typing import TypedDict
 from xenopus.host import host_cpus
 from xenopus.kvm import uapi as u
 from xenopus.kvm.system import Kvm, KvmError, VmFd
-from xenopus.memory.guest import GuestMemory
+from xenopus.memory.guest import PAGE_SIZE, GuestMemory
 from xenopus.vm.cpu import CpuState
 from xenopus.vm.events import StopReason
 from xenopus.vm.irq import IoEvents, IrqRouting, MsiRoute
@@ -197,6 +197,28 @@ class Machine:
         """The VM's kvmclock now, in ns (KVM_GET_CLOCK)."""
         assert self.vm is not None
         return int(self.vm.get_clock().clock)
+
+    def log_dirty(self, on: bool) -> None:
+        """Have KVM log the pages the guest writes, slot by slot (KVM_MEM_LOG_DIRTY_PAGES,
+        for live migration), or stop. Writes by this process (devices, Xen) are not in it."""
+        assert self.vm is not None
+        flags = u.KVM_MEM_LOG_DIRTY_PAGES if on else 0
+        for slot, region in enumerate(self.memory.regions):
+            self.vm.set_user_memory_region(slot, region.gpa, region.size, region.host_address,
+                                           flags)
+
+    def dirty_pages(self) -> list[int]:
+        """Guest-physical addresses of the pages the guest wrote since the last call (or
+        since `log_dirty(True)`), in order."""
+        assert self.vm is not None
+        pages = []
+        for slot, region in enumerate(self.memory.regions):
+            bitmap = self.vm.get_dirty_log(slot, region.size // PAGE_SIZE)
+            for i, byte in enumerate(bitmap):  # little-endian longs: bit b of byte i
+                if byte:
+                    pages += [region.gpa + (8 * i + b) * PAGE_SIZE
+                              for b in range(8) if byte >> b & 1]
+        return pages
 
     def ioeventfd(
         self, addr: int, length: int, *, pio: bool = False, datamatch: int | None = None

@@ -23,6 +23,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from xenopus.arch.x86 import MSI_ADDRESS_BASE, MSI_ADDRESS_DEST_SHIFT
 from xenopus.kvm import uapi as u
@@ -49,6 +50,7 @@ SHUTDOWN_KIND = {
     abi.SHUTDOWN_crash: "crash",
     abi.SHUTDOWN_watchdog: "crash",
 }
+STATE_VERSION = 1  # of save_state's dict (docs/snapshot-stream.md)
 _VI_SIZE = ctypes.sizeof(abi.vcpu_info)
 _VI_TIME = abi.vcpu_info.time.offset
 _VI_PENDING = abi.vcpu_info.evtchn_upcall_pending.offset
@@ -193,6 +195,56 @@ class XenDomain:
                 if p in self.params]
         gpas = [pfn * abi.PAGE_SIZE for pfn in pfns]
         return gpas if self.shared_info is None else [self.shared_info, *gpas]
+
+    # --- save/restore ----------------------------------------------------------------------
+    def save_state(self) -> dict[str, object]:
+        """The domain's Xen state beside guest RAM (which holds shared_info, vcpu_info, the
+        grant entries, the rings): placements, HVM params, upcall vectors, the event
+        channel table, the grant table's frames, and the armed timers as guest system
+        times (which continue with kvmclock on the restoring side)."""
+        oneshot, periodic = self.timers.pending()
+        with self._lock:
+            return {
+                "version": STATE_VERSION,
+                "shared_info": self.shared_info,
+                "params": sorted(self.params.items()),
+                "upcall_vectors": sorted(self.upcall_vectors.items()),
+                "placed": sorted(self._placed),
+                "clock_pending": sorted(self._clock_pending.items()),
+                "evtchn": self.evtchn.save_state(),
+                "grants": self.grants.save_state(),
+                "oneshot": [[v, self._system_ns(t)] for v, t in sorted(oneshot.items())],
+                "periodic": [[v, self._system_ns(t), period]
+                             for v, (t, period) in sorted(periodic.items())],
+            }
+
+    def restore_state(self, state: dict[str, Any]) -> None:
+        """Into this domain, built from the same config and not started, after the VM
+        clock was restored (Xen system time is kvmclock: the epoch is taken again)."""
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"Xen state version {state.get('version')!r}")
+        self._epoch = _boottime_ns() - self.machine.clock_ns()
+        for index, value in state["params"]:
+            self.set_param(index, value)
+        si = state["shared_info"]
+        if si is not None and not self.memory.contains(si, abi.PAGE_SIZE):
+            raise ValueError(f"shared_info at {si:#x} is not RAM")
+        self.evtchn.restore_state(state["evtchn"])
+        self.grants.restore_state(state["grants"])
+        with self._lock:
+            self.shared_info = si
+            self.upcall_vectors = {v: vec for v, vec in state["upcall_vectors"]}
+            self._placed = set(state["placed"])
+            self._clock_pending = {v: msr for v, msr in state["clock_pending"]}
+            if si is not None:
+                self._write_wallclock(si)  # the wall clock moved on while it was saved
+        for v, system_ns in state["oneshot"]:
+            self.timers.set_oneshot(v, self.host_deadline(system_ns))
+        for v, system_ns, period in state["periodic"]:
+            self.timers.set_periodic_from(v, self.host_deadline(system_ns), period)
+
+    def _system_ns(self, host_deadline: float) -> int:
+        return round(host_deadline * 1e9) - self._epoch
 
     # --- HVM params (host side; hvm.py checks a guest's own requests) ---------------------
     def set_param(self, index: int, value: int) -> None:

@@ -50,6 +50,10 @@ _VI_SEL = abi.vcpu_info.evtchn_pending_sel.offset
 # evtchn_upcall_pending and _mask share the vcpu_info's first 8-byte word.
 _VI_MASK_BIT = 8 * (abi.vcpu_info.evtchn_upcall_mask.offset - _VI_PENDING)
 _VI_ALIGN = ctypes.alignment(abi.vcpu_info)
+# Who a channel's far end was, in a saved table (`EventChannels.save_state`).
+FAR_NONE, FAR_HOST, FAR_DOMAIN = 0, 1, 2  # loopback or none, a host backend, a domain
+
+
 class State(enum.IntEnum):
     FREE = 0
     RESERVED = 1  # port 0, and a port being bound while the broker answers
@@ -164,6 +168,63 @@ class EventChannels:
             self.atomics.fetch_or(gpa + _VI_PENDING, 1)
         self.deliver(vcpu)
         return 0
+
+    # --- save/restore ----------------------------------------------------------------------
+    # The pending and mask bits and the selectors live in guest RAM (shared_info,
+    # vcpu_info) and travel with it; this is the table of ports and where those pages are.
+
+    def save_state(self) -> dict[str, object]:
+        with self._lock:
+            ports = [
+                {"port": port, "state": int(chn.state), "vcpu": chn.vcpu,
+                 "remote_dom": chn.remote_dom, "remote_port": chn.remote_port,
+                 "virq": chn.virq,
+                 "far": FAR_DOMAIN if chn.remote_process else FAR_HOST if chn.far else FAR_NONE}
+                for port, chn in sorted(self._ports.items()) if port
+            ]
+            return {"shared_info": self.shared_info, "vcpu_info": list(self._vcpu_info),
+                    "early": sorted(self._early), "ports": ports}
+
+    def restore_state(self, state: dict[str, Any]) -> None:
+        """The saved table into this one, built for the same config (its host backends'
+        ports already bound, as at every build). A channel whose far end was a host
+        backend is joined to this incarnation's backend on the same port, or, for a
+        backend that binds when its frontend connects, left unbound for the backend
+        domain as `disconnect_local` leaves it; a channel to another domain is left
+        unbound for that domain, as Xen leaves the surviving end of a closed channel
+        (its far end went with the saved domain's process)."""
+        vcpu_info = state["vcpu_info"]
+        if len(vcpu_info) != self.nr_vcpus:
+            raise ValueError(f"event channels of {len(vcpu_info)} vCPUs, not {self.nr_vcpus}")
+        with self._lock:
+            built = self._ports
+            ports: dict[int, Channel] = {0: Channel(State.RESERVED)}
+            virqs: list[dict[int, int]] = [{} for _ in range(self.nr_vcpus)]
+            for entry in state["ports"]:
+                port, kind = entry["port"], State(entry["state"])
+                if not 0 < port < NR_CHANNELS or port in ports or not self._vcpu_ok(entry["vcpu"]):
+                    raise ValueError(f"event channel {port}")
+                chn = Channel(kind, vcpu=entry["vcpu"], remote_dom=entry["remote_dom"],
+                              remote_port=entry["remote_port"], virq=entry["virq"])
+                here = built.get(port)
+                if entry["far"] == FAR_HOST:
+                    if here is not None and here.far is not None and not here.remote_process:
+                        chn.far = here.far
+                    else:
+                        chn.state, chn.remote_dom, chn.remote_port = (
+                            State.UNBOUND, self.backend_domid, 0)
+                elif entry["far"] == FAR_DOMAIN:
+                    chn.state, chn.remote_port = State.UNBOUND, 0
+                if kind == State.VIRQ:
+                    virqs[0 if chn.virq in abi.GLOBAL_VIRQS else chn.vcpu][chn.virq] = port
+                ports[port] = chn
+            lost = [p for p, c in built.items() if c.far is not None and ports.get(p) is None]
+            if lost:
+                raise ValueError(f"the image has no channel for host ports {lost}")
+            self._ports, self._virqs = ports, virqs
+            self._vcpu_info = list(vcpu_info)
+            self._early = set(state["early"])
+            self.shared_info = state["shared_info"]
 
     # --- the 2-level ABI (common/event_2l.c) ------------------------------------------------
 

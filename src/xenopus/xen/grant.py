@@ -99,6 +99,29 @@ class GrantTable:
             self.on_frames(frames, nr_frames)
         return 0
 
+    # --- save/restore: the entries live in guest RAM (the frames); the table's own state
+    # is where those frames are. Pins are the backends' and go with them.
+    def save_state(self) -> dict[str, object]:
+        with self._lock:
+            return {"nr_frames": self.nr_frames,
+                    "frames": [[i, f] for i, f in sorted(self.frames.items())]}
+
+    def restore_state(self, state: dict[str, object]) -> None:
+        nr_frames, frames = state["nr_frames"], state["frames"]
+        if not (isinstance(nr_frames, int) and 1 <= nr_frames <= self.max_frames
+                and isinstance(frames, list)):
+            raise ValueError(f"grant table of {nr_frames} frames (at most {self.max_frames})")
+        placed: dict[int, int] = {}
+        for idx, gpfn in frames:
+            if not (0 <= idx < self.max_frames
+                    and self.memory.contains(gpfn * abi.PAGE_SIZE, abi.PAGE_SIZE)):
+                raise ValueError(f"grant frame {idx} at gpfn {gpfn:#x}")
+            placed[idx] = gpfn
+        with self._lock:
+            self.nr_frames, self.frames = nr_frames, placed
+        if self.on_frames is not None:
+            self.on_frames(dict(placed), nr_frames)
+
     def entry_gpa(self, gref: int) -> int | None:
         gpfn = self.frames.get(gref // PER_FRAME)
         return None if gpfn is None else gpfn * abi.PAGE_SIZE + (gref % PER_FRAME) * _ENTRY

@@ -230,6 +230,15 @@ class TrapPath:
         self._lock = threading.Lock()
         self._log = LimitedLog(log)  # the guest decides how often it writes the MSR
 
+    def save_state(self) -> dict[str, int]:
+        """Where each vCPU asked for the hypercall page (the page itself is guest RAM)."""
+        with self._lock:
+            return {str(v): gpa for v, gpa in self.page_gpas.items()}
+
+    def restore_state(self, pages: dict[str, int]) -> None:
+        with self._lock:
+            self.page_gpas = {int(v): gpa for v, gpa in pages.items()}
+
     def msr_filter(self) -> list[tuple[int, int, bytes]]:
         """For `Machine(msr_filter=...)`: a one-bit range that denies guest writes of the
         hypercall MSR, so they reach `wrmsr` (KVM_CAP_X86_USER_SPACE_MSR)."""

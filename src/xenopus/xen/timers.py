@@ -26,6 +26,7 @@ class VcpuTimers:
         self._periodic: dict[int, tuple[float, int]] = {}  # vCPU -> (next, period ns)
         self._fired: dict[int, int] = {}
         self._closed = False
+        self._paused = False
         self._thread: threading.Thread | None = None
 
     def _now(self) -> float:
@@ -52,6 +53,30 @@ class VcpuTimers:
             else:
                 self._periodic[vcpu] = (self._now() + period_ns / 1e9, period_ns)
                 self._ensure()
+            self._cond.notify_all()
+
+    def pending(self) -> tuple[dict[int, float], dict[int, tuple[float, int]]]:
+        """Every armed timer: one-shot deadlines and periodic (next deadline, period ns),
+        by vCPU (what a save keeps)."""
+        with self._cond:
+            return dict(self._oneshot), dict(self._periodic)
+
+    def set_periodic_from(self, vcpu: int, first: float, period_ns: int) -> None:
+        """A periodic timer whose next expiry is `first` (a restored one)."""
+        with self._cond:
+            self._periodic[vcpu] = (first, period_ns)
+            self._ensure()
+            self._cond.notify_all()
+
+    def pause(self) -> None:
+        """Fire nothing until `resume` (a save: a timer firing while guest RAM is being
+        written would set its event in a page already written, and drop the timer)."""
+        with self._cond:
+            self._paused = True
+
+    def resume(self) -> None:
+        with self._cond:
+            self._paused = False
             self._cond.notify_all()
 
     def fired_count(self, vcpu: int) -> int:
@@ -84,6 +109,9 @@ class VcpuTimers:
             with self._cond:
                 if self._closed:
                     return
+                if self._paused:
+                    self._cond.wait()
+                    continue
                 due, wait = self._due()
                 for v in due:
                     self._fired[v] = self._fired.get(v, 0) + 1

@@ -648,6 +648,24 @@ class Store:
                     return
             raise XsError("ENOENT", "no such watch")
 
+    def domain_watches(self, domid: int) -> list[tuple[str, str]]:
+        """(path as given, token) of every watch domain `domid`'s own connections hold
+        (what a save of the domain carries)."""
+        with self.lock:
+            return [(w.path, w.token) for c in self._conns
+                    if c.domid == domid and not c.privileged for w in c.watches]
+
+    def add_domain_watch(self, domid: int, path: str, token: str) -> bool:
+        """Register a watch on domain `domid`'s own connection, as if it had asked (a
+        restored domain's watches); False if it has no connection."""
+        with self.lock:
+            conn = next((c for c in self._conns if c.domid == domid and not c.privileged),
+                        None)
+        if conn is None:
+            return False
+        self.watch(conn, path, token)
+        return True
+
     def reset_watches(self, conn: Connection) -> None:
         with self.lock:
             self._drop_watches(conn)

@@ -1,0 +1,118 @@
+"""The Xen state's save and restore without KVM: the event-channel table (every kind of
+port, and what becomes of channels whose far end does not come along), the grant table's
+frames, and the stream's DOMAIN_CONFIG record and resumed reader."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+
+import pytest
+
+from xenopus import stream
+from xenopus.memory import GuestMemory, MiB
+from xenopus.xen.evtchn import EventChannels, State
+from xenopus.xen.grant import GrantTable
+
+SI = 0x10000
+DOMID_SELF = 0x7FF0
+VIRQ_TIMER, VIRQ_DEBUG = 0, 1  # xen.h: VIRQ_TIMER is per-vCPU, VIRQ_DEBUG global
+
+
+@pytest.fixture
+def mem() -> Iterator[GuestMemory]:
+    with GuestMemory.create(1 * MiB) as m:
+        yield m
+
+
+def _channels(mem: GuestMemory, upcalls: list[int]) -> tuple[EventChannels, list[str]]:
+    """A table as a build makes it: a host backend's port (the XenStore ring's) first."""
+    host_calls: list[str] = []
+    ev = EventChannels(1, mem, 2, upcalls.append)
+    assert ev.bind_local(lambda: host_calls.append("store")) == 1
+    ev.set_shared_info(SI)
+    return ev, host_calls
+
+
+def test_every_kind_of_port_survives_and_far_ends_that_do_not_come_are_unbound(
+    mem: GuestMemory,
+) -> None:
+    source, _ = _channels(mem, [])
+    timer = source.bind_virq(VIRQ_TIMER, 1)
+    debug = source.bind_virq(VIRQ_DEBUG, 0)
+    ipi = source.bind_ipi(1)
+    near = source.alloc_unbound(DOMID_SELF, DOMID_SELF)
+    far = source.bind_interdomain(DOMID_SELF, near)
+    for_backend = source.alloc_unbound(DOMID_SELF, 0)
+    assert source.connect_local(for_backend, lambda: None) == 0  # a PV backend bound it
+    for_peer = source.alloc_unbound(DOMID_SELF, 7)
+    assert source.connect_remote(for_peer, 7, 3, lambda: None) == 0  # domain 7 bound it
+    assert source.register_vcpu_info(1, SI + 0x800) == 0
+    state = stream.decode_state(stream.encode_state(source.save_state()))
+
+    upcalls: list[int] = []
+    target, host_calls = _channels(mem, upcalls)
+    target.restore_state(state)
+    assert target.port_state(timer) == State.VIRQ and target.port_state(ipi) == State.IPI
+    assert target.vcpu_info_gpa(1) == SI + 0x800
+    # A VIRQ raises its port on its vCPU; a global one stays found on vCPU 0.
+    assert target.raise_virq(1, VIRQ_TIMER) and target.raise_virq(0, VIRQ_DEBUG)
+    assert target.bind_virq(VIRQ_TIMER, 1) < 0  # still bound: -EEXIST
+    assert debug != timer
+    # The loopback pair still reaches its other end.
+    assert target.send(far) == 0 and mem.read_u8(SI + 2048 + near // 8) >> (near % 8) & 1
+    # The build's own host port kept this incarnation's backend.
+    assert target.send(1) == 0 and host_calls == ["store"]
+    # A PV backend's channel waits, unbound for the backend domain, for it to reconnect.
+    assert target.port_state(for_backend) == State.UNBOUND
+    assert target.connect_local(for_backend, lambda: None) == 0
+    # Another domain's end did not come along: unbound for that domain, as Xen leaves it.
+    assert target.port_state(for_peer) == State.UNBOUND
+    assert target.connect_remote(for_peer, 7, 4, lambda: None) == 0
+
+
+def test_a_table_without_the_build_s_host_ports_is_refused(mem: GuestMemory) -> None:
+    bare = EventChannels(1, mem, 2, lambda v: None)
+    state = bare.save_state()
+    target, _ = _channels(mem, [])
+    with pytest.raises(ValueError, match="host ports"):
+        target.restore_state(state)
+    wrong = EventChannels(1, mem, 1, lambda v: None)
+    with pytest.raises(ValueError, match="of 2 vCPUs"):
+        wrong.restore_state(target.save_state())
+
+
+def test_grant_frames_come_back_and_bad_ones_are_refused(mem: GuestMemory) -> None:
+    source = GrantTable(1, mem)
+    assert source.map_frame(0, 0x20) == 0 and source.map_frame(3, 0x21) == 0
+    told: list[tuple[dict[int, int], int]] = []
+    target = GrantTable(1, mem)
+    target.on_frames = lambda frames, nr: told.append((frames, nr))
+    target.restore_state(source.save_state())
+    assert target.entry_gpa(0) == 0x20000 and target.nr_frames == 4
+    assert told == [({0: 0x20, 3: 0x21}, 4)]  # viewers in other domains learn the frames
+    with pytest.raises(ValueError):
+        target.restore_state({"nr_frames": 4, "frames": [[0, 1 << 40]]})
+
+
+def test_domain_config_comes_first_and_a_reader_resumes_after_it() -> None:
+    out = io.BytesIO()
+    writer = stream.StreamWriter(out)
+    writer.domain_config({"name": "d", "memory": 32})
+    writer.part("k", "n", {"version": 1})
+    writer.end()
+    with pytest.raises(ValueError, match="first record"):
+        writer.domain_config({})
+    inp = io.BytesIO(out.getvalue())
+    config, reader = stream.read_domain_config(inp)
+    assert config == {"name": "d", "memory": 32}
+    # Another process (sharing the file) takes over where this reader stopped.
+    resumed = stream.StreamReader.resume(inp, reader.position())
+    assert [r.part() for r in resumed] == [("k", "n", {"version": 1})]
+
+    plain = io.BytesIO()
+    w = stream.StreamWriter(plain)
+    w.part("k", "n", None)
+    w.end()
+    with pytest.raises(stream.StreamRecordError, match="record 0 PART .*DOMAIN_CONFIG"):
+        stream.read_domain_config(io.BytesIO(plain.getvalue()))

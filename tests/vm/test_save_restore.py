@@ -1,0 +1,247 @@
+"""`xenopus save`, `restore` and `migrate` through the CLI and the daemon (xl's syntax
+and semantics): a counting guest saved and restored, or migrated to a second daemon,
+carries on with no lost or repeated count; -c leaves it running; a damaged image is
+refused by record and leaves nothing behind; a migration whose receiver dies or refuses
+leaves the source running (needs /dev/kvm)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.vm.conftest import Xenopus
+from tests.vm.test_cli import read_until
+from xenopus.xen.xenstore.client import XsClient
+
+pytestmark = pytest.mark.kvm
+
+COUNT = 5000  # ~15 s of printing here: time for the CLI steps between
+
+
+def _counts(text: str) -> list[int]:
+    return [int(n) for n in re.findall(r"^count (\d+)\r$", text, re.M)]
+
+
+def _checksum(count: int) -> str:
+    h = 0x811C9DC5
+    for i in range(count):
+        h = ((h ^ i) * 0x01000193) & 0xFFFFFFFF
+    return f"RESULT: PASS counter count={count} checksum=0x{h:08x}"
+
+
+def _start_counter(x: Xenopus, name: str) -> subprocess.Popen:
+    cfg = x.config(name, "counter.elf", cmdline=f"count={COUNT}", on_poweroff="destroy",
+                   xen_platform=0)
+    created = x.run("create", "-q", str(cfg))
+    assert created.returncode == 0, created.stderr
+    console = x.popen("console", name)
+    assert console.stdout is not None
+    return console
+
+
+def test_save_destroys_and_restore_carries_on_with_no_lost_or_repeated_count(
+    xenopus: Xenopus, tmp_path: Path,
+) -> None:
+    console = _start_counter(xenopus, "saved")
+    before = read_until(console.stdout, b"count 50\r\n")
+    old_domid = xenopus.domains()["saved"][1]
+    image = tmp_path / "saved.img"
+    saved = xenopus.run("save", "saved", str(image))
+    assert saved.returncode == 0, saved.stderr
+    assert "saved" not in xenopus.domains()  # without -c the domain is gone
+    before += console.communicate(timeout=60)[0]  # its console ends with it
+    assert b"RESULT" not in before
+    assert not list(tmp_path.glob(".saved.img.*"))  # the temporary file was renamed
+
+    restored = xenopus.run("restore", "-d", str(image))
+    assert restored.returncode == 0, restored.stderr
+    assert re.search(r"restored domain \d+ \(saved\): \d+ pages", restored.stderr)
+    row = xenopus.domains()["saved"]
+    assert row[1] != old_domid  # a new domid, the same name
+    after = xenopus.popen("console", "saved").communicate(timeout=120)[0]
+    text = (before + after).decode()
+    assert _counts(text) == list(range(COUNT))
+    assert _checksum(COUNT) in text
+
+
+def test_save_c_leaves_the_domain_running_and_p_paused(xenopus: Xenopus, tmp_path: Path) -> None:
+    console = _start_counter(xenopus, "kept")
+    read_until(console.stdout, b"count 20\r\n")
+    image = tmp_path / "kept.img"
+    assert xenopus.run("save", "-p", "kept", str(image)).returncode == 0
+    assert xenopus.domains()["kept"][4] == "--p---"
+    assert xenopus.run("unpause", "kept").returncode == 0
+    assert xenopus.run("save", "-c", "kept", str(image)).returncode == 0
+    assert xenopus.domains()["kept"][4] in ("r-----", "-b----")
+    # The image's domain still runs here: a restore of the same name is refused.
+    again = xenopus.run("restore", str(image))
+    assert again.returncode != 0 and "already exists" in again.stderr
+    text = (console.communicate(timeout=120)[0]).decode()
+    assert _checksum(COUNT) in text  # the source ran to its end
+    restored = xenopus.run("restore", "-p", str(image))
+    assert restored.returncode == 0, restored.stderr
+    assert xenopus.domains()["kept"][4] == "--p---"
+    assert xenopus.run("destroy", "kept").returncode == 0
+
+
+def test_a_damaged_image_is_refused_by_record_and_leaves_nothing(
+    xenopus: Xenopus, tmp_path: Path,
+) -> None:
+    console = _start_counter(xenopus, "damaged")
+    read_until(console.stdout, b"count 5\r\n")
+    image = tmp_path / "damaged.img"
+    assert xenopus.run("save", "damaged", str(image)).returncode == 0
+    console.communicate(timeout=60)
+    data = image.read_bytes()
+
+    truncated = tmp_path / "truncated.img"
+    truncated.write_bytes(data[: len(data) // 2])
+    r = xenopus.run("restore", str(truncated))
+    assert r.returncode != 0
+    assert re.search(r"record \d+ PAGE_DATA .*at offset \d+: stream ends", r.stderr), r.stderr
+    assert "damaged" not in xenopus.domains()
+
+    corrupt = bytearray(data)
+    corrupt[-40] ^= 0xFF  # inside the last PART record
+    (tmp_path / "corrupt.img").write_bytes(bytes(corrupt))
+    r = xenopus.run("restore", str(tmp_path / "corrupt.img"))
+    assert r.returncode != 0 and re.search(r"record \d+ PART .* checksum mismatch", r.stderr), r.stderr
+    assert "damaged" not in xenopus.domains()
+
+    wrong = bytearray(data)
+    wrong[8:12] = (2).to_bytes(4, "big")  # the header's version (big-endian), and its CRC
+    wrong[20:24] = zlib.crc32(wrong[:20]).to_bytes(4, "big")
+    (tmp_path / "wrong.img").write_bytes(bytes(wrong))
+    r = xenopus.run("restore", str(tmp_path / "wrong.img"))
+    assert r.returncode != 0 and "stream version 2" in r.stderr, r.stderr
+    assert "damaged" not in xenopus.domains()
+
+    # The whole image still restores, under the domid the daemon gives next.
+    restored = xenopus.run("restore", str(image))
+    assert restored.returncode == 0, restored.stderr
+    assert xenopus.run("destroy", "damaged").returncode == 0
+
+
+def test_save_of_a_missing_domain_or_into_a_missing_directory_is_refused(
+    xenopus: Xenopus, tmp_path: Path,
+) -> None:
+    r = xenopus.run("save", "nosuch", str(tmp_path / "x.img"))
+    assert r.returncode != 0 and "does not exist" in r.stderr
+    assert not list(tmp_path.iterdir())  # no temporary file left behind
+    r = xenopus.run("save", "nosuch", str(tmp_path / "nodir" / "x.img"))
+    assert r.returncode != 0 and "cannot write" in r.stderr
+    r = xenopus.run("restore", str(tmp_path / "none.img"))
+    assert r.returncode != 0 and "cannot read" in r.stderr
+
+
+def test_a_xen_guest_s_timer_and_event_channels_keep_firing_after_restore(
+    xenopus: Xenopus, tmp_path: Path,
+) -> None:
+    """VIRQ_TIMER re-armed every tick and a loopback pair, through the upcall: the Xen
+    state (shared_info, vcpu_info, params, the port table, the armed timer as guest
+    system time) goes with the image; so do a node the guest wrote and its XenStore
+    watch, under its new domid."""
+    ticks = 300
+    cfg = xenopus.config("ticker", "xentick.elf", cmdline=f"ticks={ticks} watch=1",
+                         on_poweroff="destroy")
+    assert xenopus.run("create", "-q", str(cfg)).returncode == 0
+    console = xenopus.popen("console", "-t", "serial", "ticker")
+    before = read_until(console.stdout, b"tick 20\r\n")
+    image = tmp_path / "ticker.img"
+    saved = xenopus.run("save", "ticker", str(image))
+    assert saved.returncode == 0, saved.stderr
+    before += console.communicate(timeout=60)[0]
+    assert b"RESULT" not in before
+    restored = xenopus.run("restore", str(image))
+    assert restored.returncode == 0, restored.stderr
+    domid = xenopus.domains()["ticker"][1]
+    client = XsClient(str(xenopus.run_dir / "xenstored.sock"))
+    try:
+        client.write(f"/local/domain/{domid}/data/poke", "after-restore")
+    finally:
+        client.close()
+    after = xenopus.popen("console", "-t", "serial", "ticker").communicate(timeout=120)[0]
+    text = (before + after).decode()
+    assert [int(n) for n in re.findall(r"^tick (\d+)\r$", text, re.M)] == list(range(ticks))
+    assert "note before\r\n" in text and "poked after-restore\r\n" in text, text[-500:]
+    assert f"RESULT: PASS xentick ticks={ticks}" in text, text[-500:]
+
+
+@pytest.fixture(scope="module")
+def receiver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Xenopus]:
+    """A second host: a daemon with a run directory of its own."""
+    tmp = tmp_path_factory.mktemp("receiver")
+    x = Xenopus(tmp / "run", tmp)
+    yield x
+    x.run("daemon", "--stop", timeout=60)
+
+
+def _migrate(sender: Xenopus, receiver: Xenopus, dom: str, *opts: str
+             ) -> subprocess.CompletedProcess:
+    """`migrate -s SSHCMD DOM HOST` to the receiving daemon on this host: `SSHCMD HOST
+    xenopus migrate-receive` is `env XENOPUS_RUN_DIR=... PATH=... xenopus migrate-receive`."""
+    host = f"PATH={Path(sys.executable).parent}:{os.environ.get('PATH', '')}"
+    return sender.run("migrate", *opts, "-s", f"env XENOPUS_RUN_DIR={receiver.run_dir}",
+                      dom, host)
+
+
+def test_migrate_moves_a_counting_guest_with_no_lost_or_repeated_count(
+    xenopus: Xenopus, receiver: Xenopus,
+) -> None:
+    console = _start_counter(xenopus, "mover")
+    before = read_until(console.stdout, b"count 50\r\n")
+    moved = _migrate(xenopus, receiver, "mover", "--debug")
+    assert moved.returncode == 0, moved.stderr
+    assert re.search(r"migrated mover: \d+ pages in \d+ rounds, .* stopped for [\d.]+ ms", moved.stderr), moved.stderr
+    assert "mover" not in xenopus.domains()  # gone here...
+    before += console.communicate(timeout=60)[0]
+    assert b"RESULT" not in before
+    assert "mover" in receiver.domains()  # ...running there, under a domid of its own
+    after = receiver.popen("console", "mover").communicate(timeout=120)[0]
+    text = (before + after).decode()
+    assert _counts(text) == list(range(COUNT))
+    assert _checksum(COUNT) in text
+
+
+@pytest.mark.parametrize("percent", [10, 50, 90])
+def test_a_receiver_dying_mid_stream_leaves_the_source_running(
+    xenopus: Xenopus, receiver: Xenopus, tmp_path: Path, percent: int,
+) -> None:
+    name = f"stays{percent}"
+    console = _start_counter(xenopus, name)
+    before = read_until(console.stdout, b"count 20\r\n")
+    image = tmp_path / "size.img"
+    assert xenopus.run("save", "-c", name, str(image)).returncode == 0
+    cut = image.stat().st_size * percent // 100
+    # The "receiver" reads `cut` octets of the stream and dies.
+    failed = xenopus.run("migrate", "-s", f"head -c {cut} >/dev/null; true", name, "host")
+    assert failed.returncode != 0
+    assert f"domain {name} resumed" in failed.stderr, failed.stderr
+    assert xenopus.domains()[name][4] in ("r-----", "-b----")
+    assert name not in receiver.domains()
+    text = (before + console.communicate(timeout=120)[0]).decode()
+    assert _counts(text) == list(range(COUNT))  # it went on, nothing lost
+    assert _checksum(COUNT) in text
+
+
+def test_a_receiver_refusing_the_domain_leaves_the_source_running(
+    xenopus: Xenopus, receiver: Xenopus,
+) -> None:
+    cfg = receiver.config("taken", "counter.elf", cmdline="count=1000000", xen_platform=0)
+    assert receiver.run("create", "-q", str(cfg)).returncode == 0
+    console = _start_counter(xenopus, "taken")
+    read_until(console.stdout, b"count 20\r\n")
+    failed = _migrate(xenopus, receiver, "taken")
+    assert failed.returncode != 0 and "resumed" in failed.stderr, failed.stderr
+    assert "already exists" in failed.stderr
+    assert xenopus.domains()["taken"][4] in ("r-----", "-b----")
+    assert receiver.run("destroy", "taken").returncode == 0
+    text = console.communicate(timeout=120)[0].decode()
+    assert _checksum(COUNT) in text
