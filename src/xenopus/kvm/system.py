@@ -328,6 +328,10 @@ class VcpuFd:
         if n != len(values):
             raise KvmError(f"KVM_SET_MSRS: MSR {buf.entries[n].index:#x} was refused")
 
+    def get_tsc_khz(self) -> int:
+        """The vCPU's TSC frequency in kHz (KVM_GET_TSC_KHZ, KVM_CAP_GET_TSC_KHZ)."""
+        return _ioctl(self.fd, u.KVM_GET_TSC_KHZ, None, "KVM_GET_TSC_KHZ")
+
     def get_mp_state(self) -> int:
         state = u.kvm_mp_state()
         _ioctl(self.fd, u.KVM_GET_MP_STATE, state, "KVM_GET_MP_STATE")
