@@ -31,6 +31,10 @@ log = logging.getLogger("xenopus.daemon")
 
 DMESG_LINES = 10000
 DESTROY_GRACE = 5.0  # seconds a domain process gets to exit before SIGKILL
+# Seconds the zygote gets to fork a domain process. Its first fork waits for it to import
+# every layer, which on a slow host (an emulated one runs Python 10-20 times slower) is
+# well past a second.
+SPAWN_TIMEOUT = 60.0
 
 
 class RequestError(Exception):
@@ -350,7 +354,7 @@ class Daemon:
         xs_theirs.close()
         id_theirs.close()
         try:
-            rec.pid = await asyncio.wait_for(fut, 10)
+            rec.pid = await asyncio.wait_for(fut, SPAWN_TIMEOUT)
         except TimeoutError:
             self._spawned.pop(rec.domid, None)
             self.interdomain.remove(rec.domid)
