@@ -34,7 +34,12 @@ def connect(autostart: bool = True) -> ipc.Channel:
     return ipc.Channel.connect(path)
 
 
-def start_daemon(timeout: float = 15.0) -> None:
+# Seconds the daemon gets to report ready. A daemon that dies closes the pipe at once; only
+# a slow start (an emulated host runs Python 10-20 times slower) waits this long.
+DAEMON_START_TIMEOUT = 60.0
+
+
+def start_daemon(timeout: float = DAEMON_START_TIMEOUT) -> None:
     import subprocess
 
     base = ipc.run_dir()
