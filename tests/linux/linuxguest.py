@@ -30,9 +30,10 @@ IMAGES = {"pvh": "vmlinux", "bzimage": "vmlinuz"}
 RESULT = re.compile(r"RESULT: (PASS|FAIL) (\S+) ?(.*)$")
 POWER_DOWN = "reboot: Power down"  # kernel/reboot.c, kernel_power_off()
 BOOT_TIMEOUT = 300.0  # seconds; a boot to userspace takes ~40 s on the nested test host
-# The guests' console: only warnings and worse from the kernel. Every character on the
-# 16550 is a port-I/O exit or two; on the nested test host a full boot log costs minutes.
-CONSOLE = "console=ttyS0 quiet"
+# The guests' console: only warnings and worse from the kernel (every character on the
+# 16550 is a port-I/O exit or two; on the nested test host a full boot log costs minutes),
+# and a panic reboots (on_reboot = "destroy" ends the test at once, not at its timeout).
+CONSOLE = "console=ttyS0 loglevel=5 panic=-1"
 
 
 def xenopus_command() -> list[str]:
@@ -136,7 +137,9 @@ class Xenopus:
             unpaused = self.run("unpause", name)
             assert unpaused.returncode == 0, unpaused.stderr
         try:
-            ended = read_lines(proc, boot.lines, start + timeout, console_dir() / f"{name}.log")
+            log = console_dir() / f"{name}.log"
+            log.unlink(missing_ok=True)
+            ended = read_lines(proc, boot.lines, start + timeout, log)
         finally:
             if not ended:
                 self.run("destroy", name)
@@ -163,12 +166,14 @@ def console_dir() -> Path:
     return path
 
 
-def read_lines(proc: subprocess.Popen, lines: list[str], deadline: float, log: Path) -> bool:
+def read_lines(proc: subprocess.Popen, lines: list[str], deadline: float, log: Path,
+               until: str | None = None) -> bool:
     """Console lines into `lines` and the file `log` (as they come, to follow a slow boot
-    with `tail -f`) until the stream ends (True) or the deadline (False)."""
+    with `tail -f`) until the stream ends or a line contains `until` (True) or the
+    deadline (False)."""
     fd = proc.stdout.fileno()
     partial = b""
-    with selectors.DefaultSelector() as sel, log.open("wb", buffering=0) as out:
+    with selectors.DefaultSelector() as sel, log.open("ab", buffering=0) as out:
         sel.register(fd, selectors.EVENT_READ)
         while True:
             left = deadline - time.monotonic()
@@ -180,3 +185,5 @@ def read_lines(proc: subprocess.Popen, lines: list[str], deadline: float, log: P
             out.write(chunk)
             *done, partial = (partial + chunk).split(b"\n")
             lines += [ln.decode(errors="replace").rstrip("\r") for ln in done]
+            if until is not None and any(until in ln for ln in lines):
+                return True

@@ -8,21 +8,11 @@ clock source and that time advances (tests/linux/guest/checks/boot.sh).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 
 from tests.linux.linuxguest import Xenopus, kernel_file
 
 pytestmark = [pytest.mark.kvm, pytest.mark.linux]
-
-
-@pytest.fixture
-def xenopus(tmp_path: Path) -> Iterator[Xenopus]:
-    x = Xenopus(tmp_path)
-    yield x
-    x.stop()
 
 
 @pytest.mark.parametrize(

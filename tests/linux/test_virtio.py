@@ -9,28 +9,20 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.linux.conftest import NS
 from tests.linux.linuxguest import CONSOLE, GUEST_SOURCES, LINUX, Xenopus, kernel_file
 
 pytestmark = [pytest.mark.kvm, pytest.mark.linux]
 
 HOST_TEXT = "written-by-the-host"
-
-
-@pytest.fixture
-def xenopus(tmp_path: Path) -> Iterator[Xenopus]:
-    x = Xenopus(tmp_path)
-    yield x
-    x.stop()
 
 
 def root_disk(tmp_path: Path, size_mib: int = 64) -> Path:
@@ -79,7 +71,6 @@ def test_virtio_blk_root_filesystem(xenopus: Xenopus, tmp_path: Path, release: s
     assert hashlib.sha256(data).hexdigest() == m.group(1)
 
 
-NS = f"xenopus-linux-{os.getpid()}"
 GUEST_IP, HOST_IP = "10.0.2.15", "10.0.2.2"
 TAP = "xlt0"
 STREAM_MIB = 100
@@ -102,18 +93,6 @@ while True:
 s.sendall(data)
 s.close()
 """
-
-
-@pytest.fixture
-def netns(tmp_path: Path) -> Iterator[Xenopus]:
-    subprocess.run(["ip", "netns", "add", NS], check=True)
-    subprocess.run(["ip", "-n", NS, "link", "set", "lo", "up"], check=True)
-    x = Xenopus(tmp_path, prefix=("ip", "netns", "exec", NS))
-    try:
-        yield x
-    finally:
-        x.stop()
-        subprocess.run(["ip", "netns", "del", NS], check=False)
 
 
 def test_virtio_net_ping_and_tcp_stream(netns: Xenopus) -> None:
