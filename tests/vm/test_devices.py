@@ -178,8 +178,11 @@ def test_virtio_net_udp_through_a_tap(netns: Xenopus) -> None:
         assert responder.stdout is not None and responder.stdout.readline().strip() == "bound"
         listing = netns.run("network-list", "net-t", check=True).stdout
         assert re.search(r"^0\s+00:16:3e:[0-9a-f:]{8}\s+00:[0-9a-f]{2}\.0\s+xnptap0", listing, re.M), listing
+        # The console is attached before the guest runs: it powers off within seconds, and
+        # a console asked for after the domain is gone finds no domain.
+        console = netns.popen("console", "net-t")
         assert netns.run("unpause", "net-t").returncode == 0
-        out = netns.run("console", "net-t", timeout=120).stdout
+        out = console.communicate(timeout=120)[0].decode()
         assert "RESULT: PASS vnet" in out, out
         assert "vnet reply from 10.0.2.2:5555: pong-from-host" in out
         assert responder.communicate(timeout=60)[0].startswith("got ping-from-guest 10.0.2.15")
