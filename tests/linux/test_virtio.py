@@ -1,5 +1,6 @@
 """Linux's own virtio drivers against xenopus's devices (Xen off).
 
+- virtio-console and virtio-rng: /dev/hvc0 exists and /dev/hwrng (virtio_rng) gives data.
 - virtio-blk as the root filesystem: the host builds an ext4 image with a copy of the
   guests' /init on it; the initramfs mounts /dev/vda and switches root to it; the guest
   reads the host's file, writes one with fsync and reports its checksum; after the
@@ -118,3 +119,10 @@ def test_virtio_net_ping_and_tcp_stream(netns: Xenopus) -> None:
     assert re.search(r"3 packets transmitted, 3 packets received", "\n".join(boot.lines)), \
         boot.context()
     assert f"received={STREAM_MIB << 20} sha256={sent_sum.strip()}" in boot.detail, boot.context()
+
+
+def test_virtio_console_and_rng(xenopus: Xenopus) -> None:
+    cfg = xenopus.config("vdev", kernel_file("6.1", "pvh"), "vdev",
+                         extra="virtio_console = 1\nvirtio_rng = 1\n")
+    boot = xenopus.boot("vdev", cfg)
+    boot.assert_passed("vdev")
