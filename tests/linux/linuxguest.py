@@ -35,7 +35,8 @@ BOOT_TIMEOUT = 600.0
 # The guests' console: only errors from the kernel (every character on the 16550 is a
 # port-I/O exit or two; on the nested test host a full boot log costs minutes), and a
 # panic reboots (on_reboot = "destroy" ends the test at once, not at its timeout).
-CONSOLE = "console=ttyS0 quiet panic=-1"
+# LINUX_TEST_CONSOLE replaces it (e.g. "console=ttyS0 panic=-1" for the whole log).
+CONSOLE = os.environ.get("LINUX_TEST_CONSOLE", "console=ttyS0 quiet panic=-1")
 
 
 def xenopus_command() -> list[str]:
@@ -143,8 +144,9 @@ class Xenopus:
             log.unlink(missing_ok=True)
             ended = read_lines(proc, boot.lines, start + timeout, log)
         finally:
-            if not ended:  # what the vCPUs were doing, for the report, then end it
+            if not ended:  # what the vCPUs and the host log say, for the report, then end it
                 boot.stderr += self.run("vcpu-list", name).stdout
+                boot.stderr += "".join(self.run("dmesg").stdout.splitlines(True)[-40:])
                 self.run("destroy", name)
             try:
                 _, err = proc.communicate(timeout=60)
