@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.linux.linuxguest import BOOT_TIMEOUT, Xenopus, kernel_file, read_lines
+from tests.linux.linuxguest import BOOT_TIMEOUT, Xenopus, console_dir, kernel_file, read_lines
 
 pytestmark = [pytest.mark.kvm, pytest.mark.linux]
 READY = "xenopus-wait: ready vda=yes eth0=yes"
@@ -34,7 +34,7 @@ def test_destroying_one_guest_leaves_the_other_running(netns: Xenopus, tmp_path:
     try:
         deadline = time.monotonic() + BOOT_TIMEOUT
         for name, proc in guests.items():
-            log = tmp_path / f"{name}.console"
+            log = console_dir() / f"two-{name}.log"
             assert read_lines(proc, lines[name], deadline, log, until=READY), \
                 f"{name} did not come up:\n" + "\n".join(lines[name][-40:])
         destroyed = netns.run("destroy", "ga")
@@ -45,7 +45,7 @@ def test_destroying_one_guest_leaves_the_other_running(netns: Xenopus, tmp_path:
         guests["gb"].stdin.write(b"go\n")
         guests["gb"].stdin.flush()
         assert read_lines(guests["gb"], lines["gb"], time.monotonic() + 120,
-                          tmp_path / "gb.console"), "\n".join(lines["gb"][-40:])
+                          console_dir() / "two-gb.log"), "\n".join(lines["gb"][-40:])
         tail = "\n".join(lines["gb"][-40:])
         assert any("RESULT: PASS wait got=go vda=yes eth0=yes" in ln for ln in lines["gb"]), tail
         assert guests["gb"].wait(timeout=60) == 0, tail
