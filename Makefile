@@ -29,6 +29,8 @@ run: $(STAMP) compile guests
 test: $(STAMP) compile deps guests
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(PY) -m pytest -q tests --ignore=tests/linux
+	scripts/fetch-linux
+	LINUX_SMOKE=1 scripts/test-linux
 
 # Opt-in: Debian's kernels booted to userspace under xenopus (tests/linux). Where this
 # host's KVM cannot run Linux, inside a nested test host (scripts/nested-host); NESTED=0/1

@@ -105,7 +105,7 @@ class Xenopus:
     def command(self, *args: str) -> list[str]:
         return [*self.prefix, *xenopus_command(), *args]
 
-    def run(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    def run(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
         return subprocess.run(self.command(*args), env=self.env, capture_output=True,
                               text=True, timeout=timeout)
 
@@ -158,6 +158,11 @@ class Xenopus:
         boot.seconds = time.monotonic() - start
         print(f"{name}: {boot.seconds:.1f} s, {boot.result.group(0) if boot.result else 'no result'}")
         return boot
+
+    def log(self) -> str:
+        """The daemon's log."""
+        path = self.tmp / "run" / "xenopus.log"
+        return path.read_text(errors="replace") if path.exists() else ""
 
     def stop(self) -> None:
         self.run("daemon", "--stop")

@@ -41,7 +41,7 @@ def test_destroying_one_guest_leaves_the_other_running(netns: Xenopus, tmp_path:
         assert destroyed.returncode == 0, destroyed.stderr
         assert guests["ga"].wait(timeout=60) is not None  # its console ended with it
         listed = netns.run("list").stdout
-        assert "gb" in listed and "ga" not in listed, listed
+        assert "gb" in listed and "ga" not in listed, f"{listed}\n--- daemon log ---\n{netns.log()}"
         guests["gb"].stdin.write(b"go\n")
         guests["gb"].stdin.flush()
         assert read_lines(guests["gb"], lines["gb"], time.monotonic() + 120,
