@@ -179,8 +179,8 @@ def console_dir() -> Path:
 def read_lines(proc: subprocess.Popen, lines: list[str], deadline: float, log: Path,
                until: str | None = None) -> bool:
     """Console lines into `lines` and the file `log` (as they come, to follow a slow boot
-    with `tail -f`) until the stream ends or a line contains `until` (True) or the
-    deadline (False)."""
+    with `tail -f`) until the stream ends (True, or False if `until` was never seen), a
+    line contains `until` (True) or the deadline (False)."""
     fd = proc.stdout.fileno()
     partial = b""
     with selectors.DefaultSelector() as sel, log.open("ab", buffering=0) as out:
@@ -191,7 +191,7 @@ def read_lines(proc: subprocess.Popen, lines: list[str], deadline: float, log: P
                 return False
             chunk = os.read(fd, 65536)
             if not chunk:
-                return True
+                return until is None
             out.write(chunk)
             *done, partial = (partial + chunk).split(b"\n")
             lines += [ln.decode(errors="replace").rstrip("\r") for ln in done]

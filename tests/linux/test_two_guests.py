@@ -29,6 +29,9 @@ def start(netns: Xenopus, tmp_path: Path, name: str) -> subprocess.Popen:
 
 
 def test_destroying_one_guest_leaves_the_other_running(netns: Xenopus, tmp_path: Path) -> None:
+    # The daemon first: two CLIs that both find none race to start one, and the loser's
+    # create fails ("another xenopus daemon is running").
+    assert netns.run("list").returncode == 0
     guests = {name: start(netns, tmp_path, name) for name in ("ga", "gb")}
     lines = {name: [] for name in guests}
     try:

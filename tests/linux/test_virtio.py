@@ -86,6 +86,7 @@ deadline = time.monotonic() + 600
 while True:
     try:
         s = socket.create_connection(("{GUEST_IP}", 5555), timeout=10)
+        s.settimeout(None)  # the stream may stall for seconds on a loaded host
         break
     except OSError:
         if time.monotonic() > deadline:
