@@ -16,7 +16,9 @@ from typing import Any
 from xenopus import ipc
 from xenopus.control import ProtocolError, Reply, Request
 
-DAEMON_START_TIMEOUT = 15.0  # seconds a freshly started daemon has to say it is ready
+# Seconds a freshly started daemon has to say it is ready. A daemon that dies closes the
+# pipe at once; only a slow start (an emulated host runs Python 10-20 times slower) waits.
+DAEMON_START_TIMEOUT = 60.0
 
 
 class XenopusError(Exception):

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
+
+from tests.linux.linuxguest import Xenopus
+
+NS = f"xenopus-linux-{os.getpid()}"  # a private network namespace for taps
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -19,3 +28,24 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "linux" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def xenopus(tmp_path: Path) -> Iterator[Xenopus]:
+    """A private xenopus daemon."""
+    x = Xenopus(tmp_path)
+    yield x
+    x.stop()
+
+
+@pytest.fixture
+def netns(tmp_path: Path) -> Iterator[Xenopus]:
+    """A private xenopus daemon in network namespace NS (its taps land there)."""
+    subprocess.run(["ip", "netns", "add", NS], check=True)
+    subprocess.run(["ip", "-n", NS, "link", "set", "lo", "up"], check=True)
+    x = Xenopus(tmp_path, prefix=("ip", "netns", "exec", NS))
+    try:
+        yield x
+    finally:
+        x.stop()
+        subprocess.run(["ip", "netns", "del", NS], check=False)

@@ -7,9 +7,10 @@ release of the file we booted, the `Command line:` we configured, and a
 `BIOS-provided physical RAM map` whose usable ranges are exactly the RAM of
 xenopus.boot.e820 for the configured memory size. Then `xenopus destroy` ends it.
 
-On the nested KVM of the CI machines ring 0 is emulated: the PVH banner takes ~16 s,
-the bzImage path decompresses for ~150 s first (see /work/shared/ENVIRONMENT.md), hence
-the timeouts. Files come from scripts/fetch-linux; `make test-linux` runs both.
+On a KVM that emulates guest ring 0 (the build machines' own) the PVH banner takes
+~16 s and the bzImage path decompresses for ~150 s first, hence the timeouts; in the
+nested test host of `make test-linux` both take seconds. Files come from
+scripts/fetch-linux.
 """
 
 from __future__ import annotations

@@ -427,11 +427,12 @@ class VcpuFd:
     def set_debugregs(self, dregs: u.kvm_debugregs) -> None:
         _ioctl(self.fd, u.KVM_SET_DEBUGREGS, dregs, "KVM_SET_DEBUGREGS")
 
-    def get_tsc_khz(self) -> int:
-        return _ioctl(self.fd, u.KVM_GET_TSC_KHZ, what="KVM_GET_TSC_KHZ")
-
     def set_tsc_khz(self, khz: int) -> None:
         _ioctl(self.fd, u.KVM_SET_TSC_KHZ, khz, f"KVM_SET_TSC_KHZ {khz}")
+
+    def get_tsc_khz(self) -> int:
+        """The vCPU's TSC frequency in kHz (KVM_GET_TSC_KHZ, KVM_CAP_GET_TSC_KHZ)."""
+        return _ioctl(self.fd, u.KVM_GET_TSC_KHZ, None, "KVM_GET_TSC_KHZ")
 
     def get_mp_state(self) -> int:
         state = u.kvm_mp_state()

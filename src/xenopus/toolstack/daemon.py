@@ -64,6 +64,10 @@ DESTROY_GRACE = 5.0  # seconds a domain process gets to exit before SIGKILL
 # killed: building reads the kernel and lays out memory, seconds even for a large guest.
 START_TIMEOUT = 60.0
 FILES_TIMEOUT = 10.0  # seconds a client gets to send the files it was asked for
+# Seconds the zygote gets to fork a domain process. Its first fork waits for it to import
+# every layer, which on a slow host (an emulated one runs Python 10-20 times slower) is
+# well past a second.
+SPAWN_TIMEOUT = 60.0
 
 
 class RequestError(Exception):
@@ -525,7 +529,7 @@ class Daemon:
         xs_theirs.close()
         id_theirs.close()
         try:
-            rec.pid = await asyncio.wait_for(fut, 10)
+            rec.pid = await asyncio.wait_for(fut, SPAWN_TIMEOUT)
         except TimeoutError:
             self._spawned.pop(rec.domid, None)
             self.interdomain.remove(rec.domid)

@@ -20,6 +20,7 @@ from xenopus.kvm import uapi as u
 from xenopus.kvm.system import Kvm, KvmError, VmFd
 from xenopus.memory.guest import PAGE_SIZE, GuestMemory
 from xenopus.vm.cpu import CpuState
+from xenopus.vm.cpuid import guest_cpuid
 from xenopus.vm.events import StopReason
 from xenopus.vm.irq import IoEvents, IrqRouting, MsiRoute
 from xenopus.vm.ports import IoHandler
@@ -169,11 +170,13 @@ class Machine:
         # Linux's PIT calibration expects.
         vm.create_pit2(u.KVM_PIT_SPEAKER_DUMMY)
         supported = self.kvm.supported_cpuid()
+        tsc_khz_known = self.kvm.check_extension(u.KVM_CAP_GET_TSC_KHZ) > 0
         want = u.KVM_SYNC_X86_REGS | u.KVM_SYNC_X86_SREGS
         sync = self.kvm.check_extension(u.KVM_CAP_SYNC_REGS) & want == want
         for index in range(n):
             fd = vm.create_vcpu(index)
             cpuid = cpuid_topology(supported, index, n)  # a copy, this vCPU's own
+            cpuid = guest_cpuid(cpuid, fd.get_tsc_khz() if tsc_khz_known else None)
             if cpuid_fixup is not None:
                 cpuid = cpuid_fixup(index, cpuid)
             fd.set_cpuid2(cpuid)

@@ -1,0 +1,199 @@
+"""Boot a Linux guest through the CLI and collect what its initramfs reports.
+
+The guests run Debian's kernels (scripts/fetch-linux) with linux/initramfs.cpio, whose
+/init runs the check named by `xenopus.check=` (tests/linux/guest/checks/NAME.sh), prints
+`RESULT: PASS|FAIL NAME detail` and powers the guest off (`poweroff -f`): every boot ends
+with that line and a clean power-off, or the test fails with the console's last lines.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import selectors
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+LINUX = ROOT / "linux"
+GUEST_SOURCES = ROOT / "tests" / "linux" / "guest"
+# release -> its directory: 6.1 is Debian's cloud kernel, 6.12 its generic one. Each has
+# vmlinux (PVH), vmlinuz (bzImage) and initramfs.cpio (with that kernel's modules).
+RELEASES = {"6.1": LINUX, "6.12": LINUX / "6.12"}
+IMAGES = {"pvh": "vmlinux", "bzimage": "vmlinuz"}
+RESULT = re.compile(r"RESULT: (PASS|FAIL) (\S+) ?(.*)$")
+POWER_DOWN = "reboot: Power down"  # kernel/reboot.c, kernel_power_off()
+# Seconds for one boot to power-off: ~1 minute on an idle nested test host (TCG runs it), up
+# to 5 on a loaded 2-core one.
+BOOT_TIMEOUT = 600.0
+# The guests' console: only errors from the kernel (every character on the 16550 is a
+# port-I/O exit or two; on the nested test host a full boot log costs minutes), and a
+# panic reboots (on_reboot = "destroy" ends the test at once, not at its timeout).
+# LINUX_TEST_CONSOLE replaces it (e.g. "console=ttyS0 panic=-1" for the whole log).
+CONSOLE = os.environ.get("LINUX_TEST_CONSOLE", "console=ttyS0 quiet panic=-1")
+
+
+def xenopus_command() -> list[str]:
+    script = Path(sys.executable).with_name("xenopus")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "xenopus"]
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """A guest kernel image and the initramfs built for its release."""
+
+    image: Path
+    initramfs: Path
+
+
+def kernel_file(release: str, image: str) -> Kernel:
+    kernel = Kernel(RELEASES[release] / IMAGES[image], RELEASES[release] / "initramfs.cpio")
+    for needed in (kernel.image, kernel.initramfs):
+        if not needed.exists():
+            pytest.skip(f"{needed} is missing: run scripts/fetch-linux")
+    return kernel
+
+
+@dataclass
+class Boot:
+    """What one guest boot showed: its console lines and how the CLI ended."""
+
+    name: str
+    lines: list[str] = field(default_factory=list)
+    returncode: int | None = None
+    seconds: float = 0.0
+    stderr: str = ""
+
+    @property
+    def result(self) -> re.Match[str] | None:
+        return next((m for ln in self.lines if (m := RESULT.search(ln))), None)
+
+    @property
+    def detail(self) -> str:
+        return self.result.group(3) if self.result else ""
+
+    @property
+    def powered_off(self) -> bool:
+        return any(POWER_DOWN in ln for ln in self.lines) and self.returncode == 0
+
+    def context(self, n: int = 60) -> str:
+        tail = "\n".join(self.lines[-n:])
+        return (f"\n--- {self.name}: console (last {n} lines) after {self.seconds:.0f} s, "
+                f"CLI exit {self.returncode} ---\n{tail}\n--- CLI stderr ---\n{self.stderr}")
+
+    def assert_passed(self, check: str) -> None:
+        m = self.result
+        assert m is not None, f"no RESULT line{self.context()}"
+        assert (m.group(1), m.group(2)) == ("PASS", check), f"{m.group(0)}{self.context()}"
+        assert self.powered_off, f"the guest did not power off cleanly{self.context()}"
+
+
+class Xenopus:
+    """A private xenopus daemon in a temporary run directory."""
+
+    def __init__(self, tmp: Path, prefix: tuple[str, ...] = ()):
+        self.tmp = tmp
+        self.env = dict(os.environ, XENOPUS_RUN_DIR=str(tmp / "run"))
+        self.prefix = prefix  # e.g. ("ip", "netns", "exec", NS): the daemon in a namespace
+
+    def command(self, *args: str) -> list[str]:
+        return [*self.prefix, *xenopus_command(), *args]
+
+    def run(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+        return subprocess.run(self.command(*args), env=self.env, capture_output=True,
+                              text=True, timeout=timeout)
+
+    def config(self, name: str, kernel: Kernel, check: str, *, vcpus: int = 1, memory: int = 256,
+               xen_platform: int = 0, cmdline: str = CONSOLE, extra: str = "") -> Path:
+        cfg = self.tmp / f"{name}.cfg"
+        cfg.write_text(
+            f'name = "{name}"\ntype = "pvh"\nmemory = {memory}\nvcpus = {vcpus}\n'
+            f'kernel = "{kernel.image}"\nramdisk = "{kernel.initramfs}"\n'
+            f'cmdline = "{cmdline} xenopus.check={check}"\nxen_platform = {xen_platform}\n'
+            'on_crash = "destroy"\non_reboot = "destroy"\non_poweroff = "destroy"\n' + extra
+        )
+        return cfg
+
+    def boot(self, name: str, cfg: Path, timeout: float = BOOT_TIMEOUT,
+             paused: Callable[[], None] | None = None) -> Boot:
+        """`xenopus create -c cfg` until the console ends (the guest powered off) or the
+        timeout, when the domain is destroyed. With `paused`, the domain is created paused,
+        `paused()` runs (its devices exist: set up the host side) and then it runs."""
+        boot = Boot(name)
+        start = time.monotonic()
+        if paused is None:
+            argv = self.command("create", "-c", str(cfg))
+        else:
+            created = self.run("create", "-q", "-p", str(cfg))
+            assert created.returncode == 0, created.stderr
+            paused()
+            argv = self.command("console", name)
+        proc = subprocess.Popen(argv, env=self.env, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        if paused is not None:
+            unpaused = self.run("unpause", name)
+            assert unpaused.returncode == 0, unpaused.stderr
+        try:
+            log = console_dir() / f"{name}.log"
+            log.unlink(missing_ok=True)
+            ended = read_lines(proc, boot.lines, start + timeout, log)
+        finally:
+            if not ended:  # what the vCPUs and the host log say, for the report, then end it
+                boot.stderr += self.run("vcpu-list", name).stdout
+                boot.stderr += "".join(self.run("dmesg").stdout.splitlines(True)[-40:])
+                self.run("destroy", name)
+            try:
+                _, err = proc.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                _, err = proc.communicate()
+        boot.returncode = proc.returncode
+        boot.stderr = err.decode(errors="replace") + boot.stderr
+        boot.seconds = time.monotonic() - start
+        print(f"{name}: {boot.seconds:.1f} s, {boot.result.group(0) if boot.result else 'no result'}")
+        return boot
+
+    def log(self) -> str:
+        """The daemon's log."""
+        path = self.tmp / "run" / "xenopus.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def stop(self) -> None:
+        self.run("daemon", "--stop")
+
+
+def console_dir() -> Path:
+    """Where each boot's whole console is kept: $LINUX_TEST_CONSOLES (make test-linux sets
+    it inside its results) or linux/consoles."""
+    path = Path(os.environ.get("LINUX_TEST_CONSOLES", LINUX / "consoles"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def read_lines(proc: subprocess.Popen, lines: list[str], deadline: float, log: Path,
+               until: str | None = None) -> bool:
+    """Console lines into `lines` and the file `log` (as they come, to follow a slow boot
+    with `tail -f`) until the stream ends (True, or False if `until` was never seen), a
+    line contains `until` (True) or the deadline (False)."""
+    fd = proc.stdout.fileno()
+    partial = b""
+    with selectors.DefaultSelector() as sel, log.open("ab", buffering=0) as out:
+        sel.register(fd, selectors.EVENT_READ)
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not sel.select(left):
+                return False
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                return until is None
+            out.write(chunk)
+            *done, partial = (partial + chunk).split(b"\n")
+            lines += [ln.decode(errors="replace").rstrip("\r") for ln in done]
+            if until is not None and any(until in ln for ln in lines):
+                return True
