@@ -236,6 +236,7 @@ class DomainProcess:
         return Reply.success(
             state=self.state, cpu_time=guest.machine.cpu_time() if guest else 0.0,
             pid=os.getpid(), protocol=guest.boot.protocol if guest else None,
+            memory=guest.memory_mib() if guest else None,
         )
 
     @domain_step("destroy")

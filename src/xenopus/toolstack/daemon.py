@@ -96,12 +96,13 @@ class DomainRecord:
         finally:
             self.pending.pop(seq, None)
 
-    async def query(self, op: str, key: str, default: Any, timeout: float) -> Any:
-        """`key` of the answer to `op`; `default` when there is no process or no answer
-        (listings show every domain, answering or not)."""
+    async def query(self, op: str, key: str | None, default: Any, timeout: float) -> Any:
+        """`key` of the answer to `op` (None: the whole answer); `default` when there is no
+        process or no answer (listings show every domain, answering or not)."""
         if self.writer is not None:
             with contextlib.suppress(RequestError, ConnectionError):
-                return (await self.request(Request(op), timeout)).data.get(key, default)
+                data = (await self.request(Request(op), timeout)).data
+                return data if key is None else data.get(key, default)
         return default
 
 
@@ -574,15 +575,15 @@ class Daemon:
     @daemon_step("list")
     async def _list(self, req: Request, client: Client) -> Reply:
         async def entry(rec: DomainRecord) -> dict[str, Any]:
-            cpu = await rec.query("info", "cpu_time", 0.0, timeout=2.0)
+            info = await rec.query("info", None, {}, timeout=2.0)
             return {
                 "domid": rec.domid,
                 "name": rec.name,
-                "memory": rec.config.memory,
+                "memory": info.get("memory") or rec.config.memory,  # a balloon moves it
                 "vcpus": rec.config.vcpus,
                 "state": rec.state,
                 "reason": rec.last_stop.reason if rec.last_stop is not None else None,
-                "cpu_time": cpu,
+                "cpu_time": info.get("cpu_time", 0.0),
                 "protocol": rec.protocol,
                 "xen_path": rec.xen_path,
                 "pid": rec.pid,

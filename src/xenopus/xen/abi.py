@@ -454,6 +454,10 @@ class vcpu_register_runstate_memory_area(ctypes.Structure):
     _fields_ = [("addr", c_uint64)]  # union { handle h; struct *v; uint64 p; }
 
 
+class vcpu_register_time_memory_area(ctypes.Structure):
+    _fields_ = [("addr", c_uint64)]  # union { handle h; struct vcpu_time_info *v; uint64 p; }
+
+
 class vcpu_set_periodic_timer(ctypes.Structure):
     _fields_ = [("period_ns", c_uint64)]
 
@@ -525,6 +529,13 @@ class sched_poll(ctypes.Structure):
 
 class sched_remote_shutdown(ctypes.Structure):
     _fields_ = [("domain_id", domid_t), ("reason", c_uint32)]
+
+
+NR_DOMAIN_WATCHDOG_TIMERS = 2  # xen/include/xen/sched.h
+
+
+class sched_watchdog(ctypes.Structure):
+    _fields_ = [("id", c_uint32), ("timeout", c_uint32)]
 
 
 # --- physdev.h -----------------------------------------------------------------------------
