@@ -229,6 +229,13 @@ struct shared_info {
 #define EVTCHNOP_bind_vcpu 8
 #define EVTCHNOP_unmask 9
 #define EVTCHNOP_reset 10
+#define EVTCHNOP_init_control 11
+#define EVTCHNOP_expand_array 12
+struct evtchn_init_control { /* the FIFO ABI's per-vCPU control block */
+    u64 control_gfn;
+    u32 offset, vcpu;
+    u8 link_bits, pad[7];
+};
 #define EVTCHNSTAT_closed 0
 #define EVTCHNSTAT_unbound 1
 #define EVTCHNSTAT_interdomain 2

@@ -308,25 +308,27 @@ class Machine:
                 log.exception("on_stop callback failed")
 
     def _control(self, vcpu: Vcpu) -> bool:
-        """Called by a kicked vCPU thread: park while paused; True once it must stop."""
+        """Called by a kicked vCPU thread: load a state `vcpu_up` gave it, park while
+        paused or down; True once it must stop."""
+        with self._cond:
+            state = self._load.pop(vcpu.index, None)
+        if state is not None:  # out of KVM_RUN on its own thread: its registers are ours
+            try:
+                vcpu.apply(state)
+            except KvmError as e:  # a state KVM refuses: the guest asked for it
+                self.request_stop(StopReason("crash", f"vCPU {vcpu.index}: cannot load the "
+                                                      f"state it was brought up in: {e}"))
         # Out of KVM_RUN on its own thread: the one moment KVM_GET_MP_STATE cannot block.
         try:
             vcpu.sample_mp_state()
         except KvmError as e:  # only vcpu_info's `online` depends on it
             log.warning("vCPU %d: KVM_GET_MP_STATE failed: %s", vcpu.index, e)
         with self._cond:
-            state = self._load.pop(vcpu.index, None)
-        if state is not None:
-            try:
-                vcpu.apply(state)
-            except KvmError as e:  # a state KVM refuses: the guest asked for it
-                self.request_stop(StopReason("crash", f"vCPU {vcpu.index}: cannot load the "
-                                                      f"state it was brought up in: {e}"))
-        with self._cond:
-            if self._probed.get(vcpu.index, 0) < self._probe:
-                self._probed[vcpu.index] = self._probe
-                self._cond.notify_all()
             while True:
+                # vcpu_info's probe, answered also by a vCPU parked here (down or paused).
+                if self._probed.get(vcpu.index, 0) < self._probe:
+                    self._probed[vcpu.index] = self._probe
+                    self._cond.notify_all()
                 if self._stop_reason is not None:
                     return True
                 if not self._paused and vcpu.index not in self._down:
@@ -429,6 +431,7 @@ class Machine:
             elif not self._paused and self._stop_reason is None:
                 self._probe += 1
                 gen = self._probe
+                self._cond.notify_all()  # a vCPU that is down answers from where it parks
                 for v in self.vcpus:
                     v.kick()
                 answered = self._cond.wait_for(

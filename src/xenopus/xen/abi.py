@@ -651,6 +651,9 @@ class evtchn_init_control(ctypes.Structure):
                 ("link_bits", c_uint8), ("_pad", c_uint8 * 7)]
 
 
+EVTCHN_FIFO_MAX_QUEUES = 16  # EVTCHN_FIFO_PRIORITY_MIN + 1
+
+
 class evtchn_expand_array(ctypes.Structure):
     _fields_ = [("array_gfn", c_uint64)]
 

@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterable
 
 from xenopus.arch.x86 import MSI_ADDRESS_BASE, MSI_ADDRESS_DEST_SHIFT
 from xenopus.kvm import uapi as u
+from xenopus.memory.guest import GuestMemoryError
 from xenopus.vm.events import StopReason
 from xenopus.vm.irq import MsiRoute
 from xenopus.vm.protocols import MachineView, VcpuView
@@ -105,7 +106,8 @@ class XenDomain:
         self._closers: list[Callable[[], None]] = []
         self._msi: dict[int, MsiRoute] = {}  # vCPU -> the route of its upcall vector
         self._epoch = _boottime_ns() - machine.clock_ns()  # boottime at system time 0
-        self.evtchn = EventChannels(domid, self.memory, self.nr_vcpus, self.deliver)
+        self.evtchn = EventChannels(domid, self.memory, self.nr_vcpus, self.deliver,
+                                    holds_memory=self.p2m.holds_memory)
         self.grants = GrantTable(domid, self.memory)
         self.timers = VcpuTimers(self._timer_fired)
         for family in FAMILIES:
@@ -245,10 +247,14 @@ class XenDomain:
                         break
                 else:
                     return  # KVM is rewriting it: the next refresh copies it
-            version = self.memory.read_u32(dst)
-            self.memory.write_u32(dst, (version + 1) | 1)
-            self.memory.write(dst + _TIME_BODY, body)
-            self.memory.write_u32(dst, ((version | 1) + 1) & 0xFFFFFFFF)
+            try:
+                version = self.memory.read_u32(dst)
+                self.memory.write_u32(dst, (version + 1) | 1)
+                self.memory.write(dst + _TIME_BODY, body)
+                self.memory.write_u32(dst, ((version | 1) + 1) & 0xFFFFFFFF)
+            except GuestMemoryError:  # the guest gave the page away: Xen's copy would fail
+                log.info("d%d vCPU %d: time area gone from guest memory", self.domid, vcpu)
+                del self.time_areas[vcpu]
 
     # --- HVM params (host side; hvm.py checks a guest's own requests) ---------------------
     def set_param(self, index: int, value: int) -> None:

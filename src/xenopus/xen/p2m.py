@@ -5,8 +5,9 @@ RAM is what the builder laid out (`GuestMemory.regions`). On top of it:
 - ballooned frames: RAM given back by XENMEM_decrease_reservation (or removed with
   XENMEM_remove_from_physmap); their memory goes back to the host (`GuestMemory.discard`)
   and they read as zeros until XENMEM_populate_physmap brings them back. A KVM memory slot
-  cannot be split per page, so a ballooned frame stays mapped: a guest that writes it
-  anyway gets host memory back, as it would have with the frame still charged to it.
+  cannot be split per page, so a ballooned frame stays mapped: a guest that touches it
+  anyway (a read faults a shmem page in too) gets host memory back, as it would have with
+  the frame still charged to it.
 - populated extents outside RAM: XENMEM_populate_physmap above RAM (Linux's balloon
   growing towards maxmem), each extent a memory slot of its own.
 - Xen pages: frames outside RAM where the guest put shared_info or a grant frame
@@ -48,6 +49,12 @@ class PhysMap:
         """XENMEM_current_reservation: the frames the domain is charged for."""
         with self.lock:
             return self.ram_pages - len(self.ballooned) + sum(self.populated.values())
+
+    def holds_memory(self, gpfn: int) -> bool:
+        """The frame is one of the domain's pages (not ballooned out, not a hole)."""
+        with self.lock:
+            return (gpfn not in self.ballooned
+                    and self.memory.contains(gpfn * abi.PAGE_SIZE, abi.PAGE_SIZE))
 
     def _free(self, gpa: int, size: int) -> bool:
         """Nothing is mapped at the range and one more memory slot is allowed."""

@@ -34,6 +34,7 @@ class Watchdogs:
     def __init__(self, domain: XenDomain):
         self.domain = domain
         self.timers: dict[int, threading.Timer] = {}  # watchdog index -> its armed timer
+        self.deadlines: dict[int, int] = {}  # watchdog index -> expiry, Xen system time (ns)
         self._lock = threading.Lock()
 
     def watchdog(self, wid: int, timeout: int) -> int:
@@ -52,11 +53,13 @@ class Watchdogs:
             if index not in self.timers:
                 return -abi.XEN_EINVAL
             self.timers.pop(index).cancel()
+            self.deadlines.pop(index, None)
             if timeout:
                 self._arm(index, timeout)
             return 0
 
     def _arm(self, index: int, timeout: int) -> None:
+        self.deadlines[index] = self.domain.system_time() + timeout * 1_000_000_000
         timer = threading.Timer(timeout, self._fired, (index,))
         timer.daemon = True
         timer.name = f"d{self.domain.domid}-watchdog{index}"
@@ -75,6 +78,7 @@ class Watchdogs:
             for timer in self.timers.values():
                 timer.cancel()
             self.timers.clear()
+            self.deadlines.clear()
 
 
 def sched_op(domain: XenDomain, watchdogs: Watchdogs, call: Call) -> int:

@@ -156,7 +156,10 @@ class VcpuOps:
             return 0
         if gva % abi.PAGE_SIZE + _TIME_SIZE > abi.PAGE_SIZE:
             return -abi.XEN_EINVAL
-        self.domain.set_time_area(target, call.access.gpa(gva, write=True))
+        gpa = call.access.gpa(gva, write=True)
+        if not self.memory.contains(gpa, _TIME_SIZE):
+            return -abi.XEN_EFAULT
+        self.domain.set_time_area(target, gpa)
         return 0
 
     def _runstate(self) -> abi.vcpu_runstate_info:
