@@ -29,6 +29,7 @@ typedef u32 grant_ref_t;
 #define XEN_EINVAL 22
 #define XEN_ENOSPC 28
 #define XEN_ENOSYS 38
+#define XEN_EOPNOTSUPP 95
 #define XEN_ETIME 62
 #define XEN_EQUOTA 122 /* EDQUOT */
 
@@ -74,10 +75,32 @@ struct xen_feature_info {
 #define CONSOLEIO_read 1
 
 /* ---- memory_op (public/memory.h) ---- */
+#define XENMEM_decrease_reservation 1
 #define XENMEM_current_reservation 3
 #define XENMEM_maximum_reservation 4
+#define XENMEM_populate_physmap 6
 #define XENMEM_add_to_physmap 7
 #define XENMEM_memory_map 9
+#define XENMEM_remove_from_physmap 15
+struct xen_memory_reservation {
+    u64 *extent_start; /* XEN_GUEST_HANDLE(xen_pfn_t) */
+    u64 nr_extents;    /* xen_ulong_t */
+    u32 extent_order;
+    u32 mem_flags;
+    domid_t domid;
+};
+struct xen_remove_from_physmap {
+    domid_t domid;
+    u64 gpfn;
+};
+struct xen_memory_map {
+    u32 nr_entries;
+    void *buffer; /* XEN_GUEST_HANDLE(void): struct e820entry[] */
+};
+struct e820entry {
+    u64 addr, size;
+    u32 type;
+} __attribute__((packed));
 #define XENMAPSPACE_shared_info 0
 #define XENMAPSPACE_grant_table 1
 struct xen_add_to_physmap {
@@ -91,7 +114,13 @@ struct xen_add_to_physmap {
 /* ---- hvm_op (public/hvm/hvm_op.h, public/hvm/params.h) ---- */
 #define HVMOP_set_param 0
 #define HVMOP_get_param 1
+#define HVMOP_pagetable_dying 9
 #define HVMOP_set_evtchn_upcall_vector 23
+struct xen_hvm_pagetable_dying {
+    domid_t domid;
+    u16 pad[3];
+    u64 gpa;
+};
 #define HVM_PARAM_CALLBACK_IRQ 0
 #define HVM_PARAM_STORE_PFN 1
 #define HVM_PARAM_STORE_EVTCHN 2
@@ -109,12 +138,29 @@ struct xen_hvm_evtchn_upcall_vector {
 };
 
 /* ---- vcpu_op (public/vcpu.h) ---- */
+#define VCPUOP_initialise 0
+#define VCPUOP_up 1
+#define VCPUOP_down 2
 #define VCPUOP_is_up 3
 #define VCPUOP_set_periodic_timer 6
 #define VCPUOP_stop_periodic_timer 7
 #define VCPUOP_set_singleshot_timer 8
 #define VCPUOP_stop_singleshot_timer 9
 #define VCPUOP_register_vcpu_info 10
+/* VCPUOP_initialise's argument for HVM/PVH vCPUs (public/hvm/hvm_vcpu.h), 64-bit mode. */
+#define VCPU_HVM_MODE_64B 1
+struct vcpu_hvm_context {
+    u32 mode, pad;
+    struct {
+        u64 rax, rcx, rdx, rbx, rsp, rbp, rsi, rdi, rip, rflags, cr0, cr3, cr4, efer;
+    } x86_64; /* union cpu_regs: the 32-bit layout is as large */
+    u8 pad2[24];
+};
+#define VCPUOP_register_vcpu_time_memory_area 13
+struct vcpu_register_time_memory_area {
+    u64 addr; /* union { handle; struct vcpu_time_info *v; u64 p; } */
+};
+#define XEN_PVCLOCK_TSC_STABLE_BIT (1u << 0)
 #define VCPU_SSHOTTMR_future (1u << 0)
 struct vcpu_set_singleshot_timer {
     u64 timeout_abs_ns;
@@ -130,6 +176,11 @@ struct vcpu_register_vcpu_info {
 #define SCHEDOP_block 1
 #define SCHEDOP_shutdown 2
 #define SCHEDOP_poll 3
+#define SCHEDOP_watchdog 6
+struct sched_watchdog {
+    u32 id;      /* 0: claim a free watchdog; else the id it returned */
+    u32 timeout; /* seconds; 0 with an id: release it */
+};
 #define SHUTDOWN_poweroff 0
 #define SHUTDOWN_reboot 1
 #define SHUTDOWN_crash 3
@@ -178,6 +229,13 @@ struct shared_info {
 #define EVTCHNOP_bind_vcpu 8
 #define EVTCHNOP_unmask 9
 #define EVTCHNOP_reset 10
+#define EVTCHNOP_init_control 11
+#define EVTCHNOP_expand_array 12
+struct evtchn_init_control { /* the FIFO ABI's per-vCPU control block */
+    u64 control_gfn;
+    u32 offset, vcpu;
+    u8 link_bits, pad[7];
+};
 #define EVTCHNSTAT_closed 0
 #define EVTCHNSTAT_unbound 1
 #define EVTCHNSTAT_interdomain 2

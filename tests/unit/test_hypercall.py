@@ -5,6 +5,7 @@ guest memory with paging off (guest-virtual = guest-physical), on a stand-in mac
 from __future__ import annotations
 
 import ctypes
+import os
 import shutil
 import subprocess
 import threading
@@ -83,6 +84,7 @@ class FakeMachine:
         self.vcpus = [FakeVcpu(i) for i in range(vcpus)]
         self.stops: list = []
         self.route = FakeRoute()  # every upcall vector's route (one is enough here)
+        self.updown: list = []  # vcpu_up / vcpu_down requests, in order
 
     def set_irq(self, gsi: int, level) -> None:
         pass
@@ -95,6 +97,20 @@ class FakeMachine:
 
     def clock_ns(self) -> int:
         return 0
+
+    def add_memory(self, gpa: int, size: int) -> None:
+        from xenopus.memory.guest import MemoryRegion
+
+        self.memory.attach(MemoryRegion.create(gpa, size))
+
+    def remove_memory(self, gpa: int) -> None:
+        self.memory.detach(gpa).close()
+
+    def vcpu_down(self, index: int) -> None:
+        self.updown.append(("down", index, None))
+
+    def vcpu_up(self, index: int, state=None) -> None:
+        self.updown.append(("up", index, state))
 
 
 @pytest.fixture
@@ -353,10 +369,10 @@ def test_add_to_physmap_shared_info(plat, mem) -> None:
     xatp.idx = 1
     mem.write(A, bytes(xatp))
     assert call(plat, mem, abi.HYPERVISOR_memory_op, abi.XENMEM_add_to_physmap, A) == -abi.XEN_EINVAL
-    xatp.idx, xatp.gpfn = 0, BAD // 4096
+    xatp.idx, xatp.gpfn = 0, 1 << 40  # beyond any guest-physical address we back
     mem.write(A, bytes(xatp))
     assert call(plat, mem, abi.HYPERVISOR_memory_op, abi.XENMEM_add_to_physmap, A) == -abi.XEN_EINVAL
-    xatp.space = abi.XENMAPSPACE_grant_table  # reaches the grant table: not RAM
+    xatp.space = abi.XENMAPSPACE_grant_table
     mem.write(A, bytes(xatp))
     assert call(plat, mem, abi.HYPERVISOR_memory_op, abi.XENMEM_add_to_physmap, A) == -abi.XEN_EINVAL
     xatp.gpfn = 0x21
@@ -415,7 +431,6 @@ def test_vcpu_op_checks(plat, mem) -> None:
     mem.write(A, bytes(abi.vcpu_set_singleshot_timer(timeout_abs_ns=1,
                                                      flags=abi.VCPU_SSHOTTMR_future)))
     assert call(plat, mem, vo, abi.VCPUOP_set_singleshot_timer, 0, A) == -abi.XEN_ETIME
-    assert call(plat, mem, vo, abi.VCPUOP_initialise, 1, A) == -abi.XEN_ENOSYS
     mem.write(A, bytes(abi.vcpu_register_runstate_memory_area(addr=A + 0x100)))
     assert call(plat, mem, vo, abi.VCPUOP_register_runstate_memory_area, 0, A) == 0
     rs = abi.vcpu_runstate_info.from_buffer_copy(mem.read(A + 0x100, 48))
@@ -531,3 +546,269 @@ def test_evtchn_and_grant_forwarding(plat, mem) -> None:
     size = abi.gnttab_query_size.from_buffer_copy(mem.read(A, 16))
     assert (size.nr_frames, size.max_nr_frames, size.status) == (1, 32, 0)
     assert call(plat, mem, abi.HYPERVISOR_physdev_op, abi.PHYSDEVOP_map_pirq, A) == -abi.XEN_ENOSYS
+
+
+# --- frames outside RAM, remove_from_physmap, ballooning -------------------------------------
+MO = abi.HYPERVISOR_memory_op
+ABOVE_RAM = 0x400  # the first GPFN above the 4 MiB of RAM (where Xen's PV shim puts shared_info)
+
+
+def _map(plat, mem, space: int, idx: int, gpfn: int) -> int:
+    mem.write(A, bytes(abi.xen_add_to_physmap(domid=abi.DOMID_SELF, space=space, idx=idx,
+                                              gpfn=gpfn)))
+    return call(plat, mem, MO, abi.XENMEM_add_to_physmap, A)
+
+
+def _remove(plat, mem, gpfn: int, start: int = 0) -> int:
+    mem.write(A, bytes(abi.xen_remove_from_physmap(domid=abi.DOMID_SELF, gpfn=gpfn)))
+    return call(plat, mem, MO, abi.XENMEM_remove_from_physmap | start << abi.MEMOP_EXTENT_SHIFT,
+                A)
+
+
+def _reservation(plat, mem, op: int, gpfns: list[int], order: int = 0) -> int:
+    for i, g in enumerate(gpfns):
+        mem.write_u64(A + 0x100 + 8 * i, g)
+    mem.write(A, bytes(abi.xen_memory_reservation(
+        extent_start=A + 0x100, nr_extents=len(gpfns), extent_order=order,
+        domid=abi.DOMID_SELF)))
+    return call(plat, mem, MO, op, A)
+
+
+def _current(plat, mem) -> int:
+    mem.write_u16(A + 0x80, abi.DOMID_SELF)
+    return call(plat, mem, MO, abi.XENMEM_current_reservation, A + 0x80)
+
+
+def test_shared_info_and_grant_frames_at_free_gfns_above_ram(plat, mem) -> None:
+    assert not mem.contains(ABOVE_RAM * 4096)
+    assert _map(plat, mem, abi.XENMAPSPACE_shared_info, 0, ABOVE_RAM) == 0
+    assert mem.contains(ABOVE_RAM * 4096, 4096) and not mem.is_ram(ABOVE_RAM * 4096)
+    assert plat.shared_info == ABOVE_RAM * 4096 == plat.evtchn.shared_info
+    assert plat.p2m.xen_pages == {ABOVE_RAM}
+    assert _current(plat, mem) == 1024  # Xen's page: not charged to the domain
+    mem.write_u8(ABOVE_RAM * 4096 + abi.shared_info.evtchn_pending.offset, 0x02)
+    # Moved back into RAM: the content follows, the page above RAM goes.
+    assert _map(plat, mem, abi.XENMAPSPACE_shared_info, 0, 0x20) == 0
+    assert mem.read_u8(0x20000 + abi.shared_info.evtchn_pending.offset) == 0x02
+    assert not mem.contains(ABOVE_RAM * 4096) and plat.p2m.xen_pages == set()
+    # Grant frames where Linux's unpopulated-alloc puts them: far above RAM.
+    assert _map(plat, mem, abi.XENMAPSPACE_grant_table, 0, 0x10000) == 0
+    assert _map(plat, mem, abi.XENMAPSPACE_grant_table, 1, 0x10001) == 0
+    assert plat.grants.frames == {0: 0x10000, 1: 0x10001}
+    assert plat.p2m.xen_pages == {0x10000, 0x10001}
+    # A refused frame index leaves no page behind; nor does a GFN beyond what we back.
+    assert _map(plat, mem, abi.XENMAPSPACE_grant_table, 999, 0x10002) == -abi.XEN_EINVAL
+    assert not mem.contains(0x10002 * 4096)
+    assert _map(plat, mem, abi.XENMAPSPACE_shared_info, 0, 1 << 40) == -abi.XEN_EINVAL
+    assert plat.shared_info == 0x20000
+
+
+def test_remove_from_physmap(plat, mem) -> None:
+    assert _map(plat, mem, abi.XENMAPSPACE_grant_table, 0, ABOVE_RAM) == 0
+    assert _remove(plat, mem, ABOVE_RAM) == -abi.XEN_EBUSY  # the grant frame lives there
+    assert _remove(plat, mem, 0x800) == -abi.XEN_ENOENT  # nothing mapped
+    assert _remove(plat, mem, 0x200, start=1) == -abi.XEN_EINVAL  # not continuable
+    mem.fill(0x200 * 4096, 4096, 0x66)
+    assert _remove(plat, mem, 0x200) == 0
+    assert mem.read(0x200 * 4096, 4096) == bytes(4096) and _current(plat, mem) == 1023
+    assert _remove(plat, mem, 0x200) == -abi.XEN_ENOENT
+    mem.write(A, bytes(abi.xen_remove_from_physmap(domid=9, gpfn=0x201)))
+    assert call(plat, mem, MO, abi.XENMEM_remove_from_physmap, A) == -abi.XEN_EPERM
+
+
+def test_balloon_as_xen_defines_it(plat, mem) -> None:
+    dec, pop = abi.XENMEM_decrease_reservation, abi.XENMEM_populate_physmap
+    region = mem.regions[0]
+    mem.fill(0x100 * 4096, 64 * 4096, 0x5A)  # touched: the host holds these pages
+    mem.fill(A, 4096)  # and the argument page, before counting
+    held = os.fstat(region.fd).st_blocks
+    assert _reservation(plat, mem, dec, [0x100 + i for i in range(64)]) == 64
+    # The host really has the memory back (memfd blocks are 512 bytes).
+    assert os.fstat(region.fd).st_blocks <= held - 64 * 4096 // 512
+    assert _current(plat, mem) == 1024 - 64
+    # A frame already ballooned out ends the call: 1 extent done, not 2.
+    assert _reservation(plat, mem, dec, [0x140, 0x100]) == 1
+    # populate brings frames back (zeroed); one already there ends the call.
+    assert _reservation(plat, mem, pop, [0x100, 0x101, 0x300]) == 2
+    assert mem.read(0x100 * 4096, 8192) == bytes(8192)
+    assert _current(plat, mem) == 1024 - 63
+    # Xen's special pages and shared_info are not the guest's to give away.
+    plat.map_shared_info(0x20000)
+    assert _reservation(plat, mem, dec, [0x20]) == 0
+
+
+def test_populate_up_to_maxmem_above_ram(mem) -> None:
+    d = XenDomain(DOMID, FakeMachine(mem), HypercallTable(), console_out=print,
+                  max_pages=1024 + 8)
+    try:
+        mem.write_u16(A + 0x80, abi.DOMID_SELF)
+        assert call(d, mem, MO, abi.XENMEM_maximum_reservation, A + 0x80) == 1032
+        pop, dec = abi.XENMEM_populate_physmap, abi.XENMEM_decrease_reservation
+        # Two extents of 4 frames above RAM fit under maxmem; a third does not.
+        assert _reservation(d, mem, pop, [0x1000, 0x1004, 0x1008], order=2) == 2
+        assert _current(d, mem) == 1032 and mem.contains(0x1004 * 4096, 4 * 4096)
+        assert _reservation(d, mem, pop, [0x1008], order=2) == 0
+        assert _reservation(d, mem, dec, [0x1004], order=2) == 1
+        assert not mem.contains(0x1004 * 4096) and _current(d, mem) == 1028
+        assert _reservation(d, mem, dec, [0x1004], order=2) == 0  # gone already
+    finally:
+        d.close()
+
+
+# --- the secondary vcpu_time_info, the watchdog, pagetable_dying -----------------------------
+def test_vcpu_time_memory_area_copies_vcpu_info_time(plat, mem) -> None:
+    vo = abi.HYPERVISOR_vcpu_op
+    plat.map_shared_info(0x30000)
+    src = 0x30000 + abi.vcpu_info.time.offset  # vCPU 0's slot, where KVM keeps kvmclock
+    kvm_time = abi.vcpu_time_info(version=4, tsc_timestamp=123, system_time=456,
+                                  tsc_to_system_mul=789, tsc_shift=-1,
+                                  flags=abi.XEN_PVCLOCK_TSC_STABLE_BIT)
+    mem.write(src, bytes(kvm_time))
+    area = A + 0x200
+    mem.write(A, bytes(abi.vcpu_register_time_memory_area(addr=area)))
+    assert call(plat, mem, vo, abi.VCPUOP_register_vcpu_time_memory_area, 0, A) == 0
+    copy = abi.vcpu_time_info.from_buffer_copy(mem.read(area, 32))
+    assert copy.version % 2 == 0 and copy.version != 0
+    assert bytes(copy)[4:] == bytes(kvm_time)[4:]
+    # KVM moves the clock on: the next hypercall of that vCPU brings the copy up to date.
+    kvm_time.version, kvm_time.system_time = 6, 999
+    mem.write(src, bytes(kvm_time))
+    plat.table.on_entry(plat.machine.vcpus[0])
+    again = abi.vcpu_time_info.from_buffer_copy(mem.read(area, 32))
+    assert again.system_time == 999 and again.version == copy.version + 2
+    # NULL unregisters; an area across a page boundary is refused; a bad pointer faults.
+    mem.write(A, bytes(abi.vcpu_register_time_memory_area(addr=0)))
+    assert call(plat, mem, vo, abi.VCPUOP_register_vcpu_time_memory_area, 0, A) == 0
+    assert plat.time_areas == {}
+    mem.write(A, bytes(abi.vcpu_register_time_memory_area(addr=A + 4096 - 16)))
+    assert call(plat, mem, vo, abi.VCPUOP_register_vcpu_time_memory_area, 0, A) == -abi.XEN_EINVAL
+    mem.write(A, bytes(abi.vcpu_register_time_memory_area(addr=BAD)))
+    assert call(plat, mem, vo, abi.VCPUOP_register_vcpu_time_memory_area, 0, A) == -abi.XEN_EFAULT
+
+
+def test_watchdog(plat, mem) -> None:
+    so = abi.HYPERVISOR_sched_op
+
+    def watchdog(wid: int, timeout: int) -> int:
+        mem.write(A, bytes(abi.sched_watchdog(id=wid, timeout=timeout)))
+        return call(plat, mem, so, abi.SCHEDOP_watchdog, A)
+
+    assert watchdog(0, 3600) == 1
+    assert watchdog(0, 3600) == 2
+    assert watchdog(0, 3600) == -abi.XEN_ENOSPC
+    assert watchdog(3, 10) == -abi.XEN_EINVAL
+    assert watchdog(2, 3600) == 0  # re-armed
+    assert watchdog(2, 0) == 0  # released ...
+    assert watchdog(2, 10) == -abi.XEN_EINVAL  # ... so no longer ours to arm
+    assert plat.machine.stops == []
+    assert watchdog(1, 0) == 0
+    assert watchdog(0, 0) == 1  # expires at once: the domain is shut down
+    fired = [t for t in threading.enumerate() if t.name == f"d{DOMID}-watchdog0"]
+    for t in fired:
+        t.join(10)
+    assert [r.kind for r in plat.machine.stops] == ["crash"]
+    assert "reason 4" in plat.machine.stops[0].detail  # SHUTDOWN_watchdog
+
+
+def test_pagetable_dying_is_a_shadow_paging_hint(plat, mem) -> None:
+    ho = abi.HYPERVISOR_hvm_op
+    for domid, rc in ((abi.DOMID_SELF, -abi.XEN_EINVAL), (DOMID, -abi.XEN_EINVAL),
+                      (9, -abi.XEN_EOPNOTSUPP), (abi.DOMID_SELF + 1, -abi.XEN_ESRCH)):
+        mem.write(A, bytes(abi.xen_hvm_pagetable_dying(domid=domid, gpa=0x1000)))
+        assert call(plat, mem, ho, abi.HVMOP_pagetable_dying, A) == rc
+    assert call(plat, mem, ho, abi.HVMOP_pagetable_dying, BAD) == -abi.XEN_EFAULT
+
+
+# --- VCPUOP_initialise / up / down / is_up ---------------------------------------------------
+def _ctx64(**regs: int) -> abi.vcpu_hvm_context:
+    ctx = abi.vcpu_hvm_context(mode=abi.VCPU_HVM_MODE_64B)
+    r = ctx.cpu_regs.x86_64
+    r.rip, r.rsp, r.rdi, r.rflags = 0x100000, 0x8000, 7, 0x2
+    r.cr0, r.cr3, r.cr4, r.efer = 0x80000011, 0x9000, 0x20, 0x100  # PG|ET|PE, PAE, LME
+    for name, value in regs.items():
+        setattr(r, name, value)
+    return ctx
+
+
+def test_vcpu_initialise_up_down(plat, mem) -> None:
+    vo = abi.HYPERVISOR_vcpu_op
+    m = plat.machine
+
+    def op(cmd: int, target: int, arg: int = 0, vcpu: int = 0) -> int:
+        return call(plat, mem, vo, cmd, target, arg, vcpu=vcpu)
+
+    assert op(abi.VCPUOP_is_up, 1) == 0  # vCPUs other than the boot one start down
+    assert op(abi.VCPUOP_up, 1) == -abi.XEN_EINVAL  # never initialised
+    mem.write(A, bytes(_ctx64(cr0=0x11)))  # no paging in a 64-bit context
+    assert op(abi.VCPUOP_initialise, 1, A) == -abi.XEN_EINVAL
+    mem.write(A, bytes(_ctx64(rip=1 << 50)))  # non-canonical
+    assert op(abi.VCPUOP_initialise, 1, A) == -abi.XEN_EINVAL
+    mem.write(A, bytes(_ctx64()))
+    assert op(abi.VCPUOP_initialise, 1, A) == 0
+    assert op(abi.VCPUOP_initialise, 1, A) == -abi.XEN_EEXIST
+    mem.write(A, bytes(_ctx64(cr0=0x11)))
+    assert op(abi.VCPUOP_initialise, 0, A) == -abi.XEN_EEXIST  # running already: no check
+    assert op(abi.VCPUOP_initialise, 1, BAD) == -abi.XEN_EFAULT
+    assert op(abi.VCPUOP_is_up, 1) == 0 and m.updown == []  # initialised is not up
+    assert op(abi.VCPUOP_up, 1) == 0
+    (kind, index, state), = m.updown
+    assert (kind, index) == ("up", 1)
+    # hvm_vcpu.h, 64-bit mode: flat 64-bit CS, flat data, a busy 64-bit TSS; EFER.LMA set.
+    assert (state.rip, state.rsp, state.gprs["rdi"], state.cr3) == (0x100000, 0x8000, 7, 0x9000)
+    assert state.efer == 0x500 and state.code.l and not state.code.db and state.code.g
+    assert state.data.type == 3 and state.data.db and state.tss.type == 0xB
+    assert state.tss.limit == 0x67 and (state.gdt_base, state.idt_limit) == (0, 0)
+    assert op(abi.VCPUOP_is_up, 1) == 1
+    assert op(abi.VCPUOP_up, 1) == 0 and len(m.updown) == 1  # up already: nothing to do
+    assert op(abi.VCPUOP_down, 1) == 0 and m.updown[-1] == ("down", 1, None)
+    assert op(abi.VCPUOP_is_up, 1) == 0
+    assert op(abi.VCPUOP_down, 0) == -abi.XEN_EINVAL  # the last vCPU that is up
+    assert op(abi.VCPUOP_up, 1) == 0 and m.updown[-1] == ("up", 1, None)  # resumes as it was
+    assert op(abi.VCPUOP_down, 0, vcpu=1) == 0 and op(abi.VCPUOP_is_up, 0, vcpu=1) == 0
+    assert op(abi.VCPUOP_up, 3) == -abi.XEN_ENOENT
+
+
+def test_vcpu_initialise_32bit_context(plat, mem) -> None:
+    ctx = abi.vcpu_hvm_context(mode=abi.VCPU_HVM_MODE_32B)
+    r = ctx.cpu_regs.x86_32
+    r.eip, r.esp, r.ebx, r.cr0 = 0x100000, 0x8000, 0x7000, 0x11
+    for seg, ar in (("cs", 0xC9B), ("ds", 0xC93), ("ss", 0xC93), ("es", 0xC93), ("tr", 0x8B)):
+        setattr(r, f"{seg}_ar", ar)
+        setattr(r, f"{seg}_limit", 0xFFFFFFFF if seg != "tr" else 0x67)
+    r.ss_ar = 0xCF3  # SS at DPL 3 under a DPL 0 CS
+    mem.write(A, bytes(ctx))
+    assert call(plat, mem, abi.HYPERVISOR_vcpu_op, abi.VCPUOP_initialise, 1, A) == -abi.XEN_EINVAL
+    r.ss_ar = 0xC93
+    mem.write(A, bytes(ctx))
+    assert call(plat, mem, abi.HYPERVISOR_vcpu_op, abi.VCPUOP_initialise, 1, A) == 0
+    assert call(plat, mem, abi.HYPERVISOR_vcpu_op, abi.VCPUOP_up, 1) == 0
+    state = plat.machine.updown[-1][2]
+    assert (state.rip, state.gprs["rbx"], state.code.db, state.code.l) == (0x100000, 0x7000, True, False)
+
+
+# --- the FIFO event-channel ops: Xen's checks, then a 2-level domain's answers ---------------
+def test_fifo_ops_check_arguments_like_xen(plat, mem) -> None:
+    eo = abi.HYPERVISOR_event_channel_op
+
+    def init_control(**fields: int) -> int:
+        ic = abi.evtchn_init_control(control_gfn=0x20, offset=0, vcpu=0)
+        for name, value in fields.items():
+            setattr(ic, name, value)
+        mem.write(A, bytes(ic))
+        return call(plat, mem, eo, abi.EVTCHNOP_init_control, A)
+
+    assert init_control(vcpu=2) == -abi.XEN_ENOENT
+    assert init_control(offset=4032) == -abi.XEN_EINVAL  # the 68-byte block would cross
+    assert init_control(offset=4) == -abi.XEN_EINVAL  # not 8-byte aligned
+    assert init_control(control_gfn=BAD // 4096) == -abi.XEN_EINVAL  # no page there
+    assert _reservation(plat, mem, abi.XENMEM_decrease_reservation, [0x21]) == 1
+    assert init_control(control_gfn=0x21) == -abi.XEN_EINVAL  # ballooned out
+    assert init_control(offset=4024) == -abi.XEN_ENOSYS  # valid: FIFO not offered
+    assert call(plat, mem, eo, abi.EVTCHNOP_init_control, BAD) == -abi.XEN_EFAULT
+    mem.write(A, bytes(abi.evtchn_expand_array(array_gfn=0x22)))
+    assert call(plat, mem, eo, abi.EVTCHNOP_expand_array, A) == -abi.XEN_EOPNOTSUPP
+    port = plat.evtchn.bind_virq(abi.VIRQ_TIMER, 0)
+    mem.write(A, bytes(abi.evtchn_set_priority(port=port, priority=3)))
+    assert call(plat, mem, eo, abi.EVTCHNOP_set_priority, A) == -abi.XEN_ENOSYS
+    mem.write(A, bytes(abi.evtchn_set_priority(port=999, priority=3)))
+    assert call(plat, mem, eo, abi.EVTCHNOP_set_priority, A) == -abi.XEN_EINVAL

@@ -189,3 +189,33 @@ def test_region_size_is_sealed() -> None:
         libc = ctypes.CDLL(None, use_errno=True)
         assert libc.fallocate(fd, 0x02 | 0x01, ctypes.c_long(0x2000), ctypes.c_long(4096)) == 0
         assert mem.read(0x2000, 4096) == bytes(4096)
+
+
+def test_extra_regions_outside_ram() -> None:
+    from xenopus.memory.guest import MemoryRegion
+
+    with GuestMemory.create(1 << 20) as mem:
+        page = MemoryRegion.create(0x200000, 4096)
+        mem.attach(page)
+        mem.write_u32(0x200000, 0xFEEDF00D)
+        assert mem.read_u32(0x200000) == 0xFEEDF00D and mem.contains(0x200000, 4096)
+        assert not mem.is_ram(0x200000) and mem.is_ram(0x1000)
+        assert mem.ram_size == 1 << 20 and mem.ram_ranges() == [(0, 1 << 20)]
+        assert mem.overlaps(0x1FF000, 0x2000) and not mem.overlaps(0x201000, 0x1000)
+        with pytest.raises(GuestMemoryError):
+            mem.attach(MemoryRegion.create(0xFF000, 0x2000))  # overlaps RAM's last page
+        assert mem.detach(0x200000) is page
+        page.close()
+        assert not mem.contains(0x200000)
+
+
+def test_discard_frees_host_memory_and_reads_zero() -> None:
+    with GuestMemory.create(1 << 20) as mem:
+        mem.fill(0x10000, 0x10000, 0xAB)
+        held = os.fstat(mem.regions[0].fd).st_blocks
+        mem.discard(0x10000, 0x10000)
+        assert os.fstat(mem.regions[0].fd).st_blocks == held - 0x10000 // 512
+        # Reading it back faults pages in again (shmem): counted before, read after.
+        assert mem.read(0x10000, 0x10000) == bytes(0x10000)
+        with pytest.raises(GuestMemoryError):
+            mem.discard(0x10001, 4096)

@@ -300,7 +300,7 @@ def test_bootinfo_detects_wrong_expectations(qemu: str, ramdisk: tuple[Path, int
 
 
 XEN_GUESTS = ["xenhello", "xenevtchn", "xengrant", "xenstore", "xenconsole", "xenblk",
-              "xennet", "xenpair", "xenhostile", "xenbench"]
+              "xennet", "xenpair", "xenhostile", "xenbench", "xenmem", "xenvcpu"]
 
 
 @pytest.mark.parametrize("name", XEN_GUESTS)

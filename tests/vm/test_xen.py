@@ -177,3 +177,31 @@ def test_block_and_network_list_show_xen_pv_devices(netns: Xenopus) -> None:  # 
         assert len(nics) == 2  # no virtio NIC: no second table
     finally:
         netns.run("destroy", "xlist")
+
+
+def test_physmap_ballooning_time_area_and_watchdog(xenopus: Xenopus) -> None:
+    r = xen_boot(xenopus, "xmem", "xenmem.elf", maxmem=72)
+    assert "RESULT: PASS xenmem" in r.stdout, r.stdout
+    assert "FAIL" not in r.stdout
+    # maxmem 72 MiB over 64 MiB of RAM: 2048 frames, four 2 MiB extents above RAM.
+    assert "memory: populated 4 of 5 2 MiB extents above RAM" in r.stdout, r.stdout
+
+
+def test_list_shows_the_ballooned_size(xenopus: Xenopus) -> None:
+    cfg = xenopus.config("xballoon", "xenmem.elf", xen_platform=1, memory=64,
+                         cmdline="balloon_mb=16 hold_ms=60000")
+    assert xenopus.run("create", "-q", str(cfg)).returncode == 0
+    con = xenopus.popen("console", "xballoon")
+    try:
+        assert con.stdout is not None
+        read_until(con.stdout, b"memory: holding")
+        assert xenopus.domains()["xballoon"][2] == "48"
+    finally:
+        xenopus.run("destroy", "xballoon")
+        con.wait(60)
+
+
+def test_vcpu_up_and_down_through_xen(xenopus: Xenopus) -> None:
+    r = xen_boot(xenopus, "xvcpu", "xenvcpu.elf", vcpus=2)
+    assert "RESULT: PASS xenvcpu" in r.stdout, r.stdout
+    assert "FAIL" not in r.stdout

@@ -57,7 +57,7 @@ from xenopus.domain.vif import VifTaps, open_vif
 from xenopus.domain.xenguest import StoreProxy, XenGuest, decide
 from xenopus.host import memory_mib
 from xenopus.kvm import Kvm
-from xenopus.memory import GuestMemory, MiB
+from xenopus.memory import PAGE_SIZE, GuestMemory, MiB
 from xenopus.vm import Machine, StopReason
 from xenopus.vm.machine import MachineHooks
 from xenopus.xen.backends.blkback import BlkBack
@@ -82,6 +82,13 @@ class Guest:
     vconsole: VirtioConsole | None = None
     xen: XenGuest | None = None
     xen_path: str = "off"  # how hypercalls arrive: "trap", "kernel" or "off" (no Xen)
+
+    def memory_mib(self) -> int:
+        """The memory the guest holds now, in MiB: its RAM less what a Xen guest's balloon
+        gave back plus what it populated (xl list's Mem)."""
+        domain = self.xen.domain if self.xen is not None else None
+        pages = domain.p2m.current_pages() if domain is not None else None
+        return self.memory.ram_size // MiB if pages is None else pages * PAGE_SIZE // MiB
 
     def close(self) -> None:
         """Stop the vCPUs, then the device threads, then release the VM and its memory."""

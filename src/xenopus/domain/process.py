@@ -282,6 +282,7 @@ class DomainProcess:
             state=self.state, cpu_time=guest.machine.cpu_time() if guest else 0.0,
             pid=self.jail.host_pid, protocol=guest.boot.protocol if guest else None,
             jail=self.jail.layers,
+            memory=guest.memory_mib() if guest else None,
         )
 
     if "hooks" in debug_flags():  # test-only, never registered in production

@@ -23,7 +23,7 @@ from xenopus.domain.config import DomainConfig
 from xenopus.domain.interdomain_port import InterdomainPort
 from xenopus.domain.vif import VifTaps, open_vif
 from xenopus.kvm import Kvm
-from xenopus.memory import GuestMemory
+from xenopus.memory import GuestMemory, MiB
 from xenopus.stream import StateError, check_state
 from xenopus.vm import Machine
 from xenopus.vm.machine import MachineHooks
@@ -186,7 +186,8 @@ class XenGuest:
     def attach(self, machine: Machine) -> None:
         """The Machine exists: build the domain's Xen state and its PV plumbing."""
         domain = self.domain = XenDomain(
-            self.domid, machine, self.table, console_out=self.hv_log, e820=self.e820
+            self.domid, machine, self.table, console_out=self.hv_log, e820=self.e820,
+            max_pages=self.config.maxmem * MiB // abi.PAGE_SIZE if self.config.maxmem else 0,
         )
         if self.kernel is not None:
             # vmcall/vmmcall now arrive as KVM_EXIT_XEN; calls through the hypercall page

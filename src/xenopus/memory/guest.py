@@ -77,14 +77,20 @@ class MemoryRegion:
 
 
 class GuestMemory:
-    """The guest's RAM as a set of non-overlapping regions."""
+    """The guest's RAM as a set of non-overlapping regions, and the pages added outside it
+    while the guest runs (`attach`/`detach`: where a Xen guest maps shared_info or grant
+    frames above RAM). Those extra pages are addressable like RAM but are not RAM:
+    `regions`, `ram_size` and `ram_ranges` describe RAM alone."""
 
     def __init__(self, regions: list[MemoryRegion]):
         self.regions = sorted(regions, key=lambda r: r.gpa)
         for a, b in zip(self.regions, self.regions[1:], strict=False):
             if a.end > b.gpa:
                 raise ValueError(f"regions {a.gpa:#x} and {b.gpa:#x} overlap")
-        self._views = [memoryview(r.map) for r in self.regions]
+        self.extra: dict[int, MemoryRegion] = {}  # gpa -> a region added outside RAM
+        # Replaced whole (never mutated) so that readers on other threads need no lock.
+        self._spans: tuple[tuple[MemoryRegion, memoryview], ...] = tuple(
+            (r, memoryview(r.map)) for r in self.regions)
 
     @classmethod
     def create(cls, ram_bytes: int) -> GuestMemory:
@@ -109,14 +115,14 @@ class GuestMemory:
         """End of the RAM below 4 GiB (where 32-bit boot structures must go)."""
         return self.regions[0].end if self.regions[0].gpa == 0 else 0
 
-    def _find(self, gpa: int, length: int) -> int:
+    def _find(self, gpa: int, length: int) -> tuple[MemoryRegion, memoryview]:
         if length < 0:
             raise GuestMemoryError(f"negative length {length} at {gpa:#x}")
-        for i, r in enumerate(self.regions):
+        for r, v in self._spans:
             if r.gpa <= gpa < r.end or (length == 0 and gpa == r.end):
                 if gpa + length > r.end:
                     break
-                return i
+                return r, v
         raise GuestMemoryError(f"guest-physical range {gpa:#x}+{length:#x} is not in guest RAM")
 
     def contains(self, gpa: int, length: int = 1) -> bool:
@@ -126,14 +132,45 @@ class GuestMemory:
             return False
         return True
 
+    def is_ram(self, gpa: int, length: int = 1) -> bool:
+        """The range lies in one RAM region (not in a page added outside RAM)."""
+        return any(r.gpa <= gpa and gpa + length <= r.end for r in self.regions)
+
+    def overlaps(self, gpa: int, length: int) -> bool:
+        """Some byte of the range is RAM or an extra page already."""
+        return any(r.gpa < gpa + length and gpa < r.end for r, _ in self._spans)
+
+    def attach(self, region: MemoryRegion) -> None:
+        """Make `region` (outside RAM, overlapping nothing) addressable."""
+        if self.overlaps(region.gpa, region.size):
+            raise GuestMemoryError(f"{region.gpa:#x}+{region.size:#x} overlaps guest memory")
+        self.extra = {**self.extra, region.gpa: region}
+        self._spans = (*self._spans, (region, memoryview(region.map)))
+
+    def detach(self, gpa: int) -> MemoryRegion:
+        """Remove the extra region at `gpa` and return it (its owner closes it)."""
+        region = self.extra[gpa]
+        self.extra = {g: r for g, r in self.extra.items() if g != gpa}
+        self._spans = tuple((r, v) for r, v in self._spans if r is not region)
+        return region
+
     def view(self, gpa: int, length: int) -> memoryview:
         """A writable view of guest memory; no copy is made."""
-        i = self._find(gpa, length)
-        off = gpa - self.regions[i].gpa
-        return self._views[i][off : off + length]
+        r, v = self._find(gpa, length)
+        off = gpa - r.gpa
+        return v[off : off + length]
 
     def read(self, gpa: int, length: int) -> bytes:
         return bytes(self.view(gpa, length))
+
+    def discard(self, gpa: int, length: int) -> None:
+        """Give the host memory behind a page-aligned range back to the host: MADV_REMOVE
+        punches the hole in the region's memfd (madvise(2); fallocate(PUNCH_HOLE) on
+        shmem), so the range reads as zeros and costs nothing until written again."""
+        if gpa % PAGE_SIZE or length % PAGE_SIZE:
+            raise GuestMemoryError(f"discard of {gpa:#x}+{length:#x}: not page aligned")
+        r, _ = self._find(gpa, length)
+        r.map.madvise(mmap.MADV_REMOVE, gpa - r.gpa, length)
 
     def write(self, gpa: int, data: bytes | bytearray | memoryview) -> None:
         self.view(gpa, len(data))[:] = data
@@ -173,11 +210,12 @@ class GuestMemory:
         self.write_int(gpa, 8, value)
 
     def close(self) -> None:
-        for v in self._views:
+        spans, self._spans = self._spans, ()
+        for _, v in spans:
             v.release()
-        self._views = []
-        for r in self.regions:
+        for r, _ in spans:
             r.close()
+        self.extra = {}
 
     def __enter__(self) -> GuestMemory:
         return self

@@ -946,7 +946,7 @@ class Daemon:
                 "name": rec.name,
                 "uuid": rec.uuid,
                 "start_time": rec.created,
-                "memory": rec.config.memory,
+                "memory": info.get("memory") or rec.config.memory,  # a balloon moves it
                 "maxmem": rec.config.maxmem,
                 "vcpus": rec.config.vcpus,
                 "maxvcpus": rec.config.maxvcpus,

@@ -18,7 +18,7 @@ from typing import TypedDict
 from xenopus.host import host_cpus
 from xenopus.kvm import uapi as u
 from xenopus.kvm.system import Kvm, KvmError, VmFd
-from xenopus.memory.guest import PAGE_SIZE, GuestMemory
+from xenopus.memory.guest import PAGE_SIZE, GuestMemory, MemoryRegion
 from xenopus.vm.cpu import CpuState
 from xenopus.vm.cpuid import guest_cpuid
 from xenopus.vm.events import StopReason
@@ -117,6 +117,10 @@ class Machine:
         self._affinity: dict[int, frozenset[int]] = {}  # vCPU index -> pinned host CPUs
         self._probe = 0  # vcpu_info's kick generation ...
         self._probed: dict[int, int] = {}  # ... and the last one each vCPU thread answered
+        self._extra_slots: dict[int, int] = {}  # gpa of a page added outside RAM -> its slot
+        self._down: set[int] = set()  # vCPUs a layer above took down (parked until up)
+        self._load: dict[int, CpuState] = {}  # vCPU -> state to load on its thread, then run
+        self._slot_lock = threading.Lock()
         try:
             self._build(vcpus, pio, mmio, msr_handler, cpuid_fixup, exit_handlers, msr_filter,
                         port_out_handlers)
@@ -236,6 +240,35 @@ class Machine:
         assert self._ioevents is not None
         self._ioevents.remove(fd)
 
+    # --- memory added while the guest runs ------------------------------------------------
+    def add_memory(self, gpa: int, size: int) -> None:
+        """Back `size` bytes at `gpa`, outside RAM, with a memory region of their own (a
+        memfd, zeroed) in a new KVM memory slot. Raises ValueError if the range overlaps
+        guest memory or KVM refuses the slot (e.g. over one of its private pages)."""
+        assert self.vm is not None
+        with self._slot_lock:
+            if self.memory.overlaps(gpa, size):
+                raise ValueError(f"{gpa:#x}+{size:#x} overlaps guest memory")
+            used = set(self._extra_slots.values())
+            slot = next(s for s in range(len(self.memory.regions), 1 << 15) if s not in used)
+            region = MemoryRegion.create(gpa, size, "xenopus-extra")
+            try:
+                self.vm.set_user_memory_region(slot, gpa, size, region.host_address)
+            except KvmError as e:
+                region.close()
+                raise ValueError(f"no memory slot at {gpa:#x}+{size:#x}: {e}") from None
+            self.memory.attach(region)
+            self._extra_slots[gpa] = slot
+
+    def remove_memory(self, gpa: int) -> None:
+        """Undo `add_memory(gpa, ...)`: the slot goes, then the region."""
+        assert self.vm is not None
+        with self._slot_lock:
+            slot = self._extra_slots.pop(gpa)
+            # api.rst, KVM_SET_USER_MEMORY_REGION: a memory_size of 0 deletes the slot.
+            self.vm.set_user_memory_region(slot, gpa, 0, 0)
+            self.memory.detach(gpa).close()
+
     # --- running --------------------------------------------------------------------------
     def start(self, boot_state: CpuState | None, on_stop: Callable[[StopReason], None]) -> None:
         """Load `boot_state` into vCPU 0 and start every vCPU thread. The others stay in
@@ -249,6 +282,8 @@ class Machine:
             self._stop_reason = None
             self._paused = False
             self._on_stop = on_stop
+            self._down.clear()
+            self._load.clear()
         if boot_state is not None:
             self.vcpus[0].apply(boot_state)
         threads = [
@@ -298,25 +333,52 @@ class Machine:
                 log.exception("on_stop callback failed")
 
     def _control(self, vcpu: Vcpu) -> bool:
-        """Called by a kicked vCPU thread: park while paused; True once it must stop."""
+        """Called by a kicked vCPU thread: load a state `vcpu_up` gave it, park while
+        paused or down; True once it must stop."""
+        with self._cond:
+            state = self._load.pop(vcpu.index, None)
+        if state is not None:  # out of KVM_RUN on its own thread: its registers are ours
+            try:
+                vcpu.apply(state)
+            except KvmError as e:  # a state KVM refuses: the guest asked for it
+                self.request_stop(StopReason("crash", f"vCPU {vcpu.index}: cannot load the "
+                                                      f"state it was brought up in: {e}"))
         # Out of KVM_RUN on its own thread: the one moment KVM_GET_MP_STATE cannot block.
         try:
             vcpu.sample_mp_state()
         except KvmError as e:  # only vcpu_info's `online` depends on it
             log.warning("vCPU %d: KVM_GET_MP_STATE failed: %s", vcpu.index, e)
         with self._cond:
-            if self._probed.get(vcpu.index, 0) < self._probe:
-                self._probed[vcpu.index] = self._probe
-                self._cond.notify_all()
             while True:
+                # vcpu_info's probe, answered also by a vCPU parked here (down or paused).
+                if self._probed.get(vcpu.index, 0) < self._probe:
+                    self._probed[vcpu.index] = self._probe
+                    self._cond.notify_all()
                 if self._stop_reason is not None:
                     return True
-                if not self._paused:
+                if not self._paused and vcpu.index not in self._down:
                     return False
                 self._parked += 1
                 self._cond.notify_all()
                 self._cond.wait()
                 self._parked -= 1
+
+    def vcpu_down(self, index: int) -> None:
+        """vCPU `index` stops running at its next exit (the caller's own as the exit it
+        handles ends) and stays parked, its state kept, until `vcpu_up`."""
+        with self._cond:
+            self._down.add(index)
+        self.vcpus[index].kick()
+
+    def vcpu_up(self, index: int, state: CpuState | None = None) -> None:
+        """vCPU `index` runs again; given `state`, it first loads it on its own thread and
+        leaves wait-for-SIPI (a vCPU started without INIT/SIPI)."""
+        with self._cond:
+            self._down.discard(index)
+            if state is not None:
+                self._load[index] = state
+            self._cond.notify_all()
+        self.vcpus[index].kick()
 
     def request_stop(self, reason: StopReason) -> None:
         """Stop the guest for `reason` (the first request wins). Thread-safe; callable from a
@@ -394,6 +456,7 @@ class Machine:
             elif not self._paused and self._stop_reason is None:
                 self._probe += 1
                 gen = self._probe
+                self._cond.notify_all()  # a vCPU that is down answers from where it parks
                 for v in self.vcpus:
                     v.kick()
                 answered = self._cond.wait_for(

@@ -14,6 +14,7 @@ from typing import Protocol, TypeVar
 
 from xenopus.kvm import uapi as u
 from xenopus.memory.guest import GuestMemory
+from xenopus.vm.cpu import CpuState
 from xenopus.vm.events import StopReason
 from xenopus.vm.irq import MsiRoute
 
@@ -83,6 +84,23 @@ class MachineView(Protocol):
 
     def clock_ns(self) -> int:
         """The VM's kvmclock now, in ns (what a guest's pvclock reads)."""
+        ...
+
+    def add_memory(self, gpa: int, size: int) -> None:
+        """Back a range outside RAM with zeroed memory of its own (ValueError if it
+        cannot be: it overlaps guest memory, or KVM refuses)."""
+        ...
+
+    def remove_memory(self, gpa: int) -> None:
+        """Take a range `add_memory` backed away again."""
+        ...
+
+    def vcpu_down(self, index: int) -> None:
+        """Stop running a vCPU (its state kept) until `vcpu_up`."""
+        ...
+
+    def vcpu_up(self, index: int, state: CpuState | None = None) -> None:
+        """Run a vCPU again; with `state`, starting from it."""
         ...
 
 

@@ -454,6 +454,10 @@ class vcpu_register_runstate_memory_area(ctypes.Structure):
     _fields_ = [("addr", c_uint64)]  # union { handle h; struct *v; uint64 p; }
 
 
+class vcpu_register_time_memory_area(ctypes.Structure):
+    _fields_ = [("addr", c_uint64)]  # union { handle h; struct vcpu_time_info *v; uint64 p; }
+
+
 class vcpu_set_periodic_timer(ctypes.Structure):
     _fields_ = [("period_ns", c_uint64)]
 
@@ -525,6 +529,13 @@ class sched_poll(ctypes.Structure):
 
 class sched_remote_shutdown(ctypes.Structure):
     _fields_ = [("domain_id", domid_t), ("reason", c_uint32)]
+
+
+NR_DOMAIN_WATCHDOG_TIMERS = 2  # xen/include/xen/sched.h
+
+
+class sched_watchdog(ctypes.Structure):
+    _fields_ = [("id", c_uint32), ("timeout", c_uint32)]
 
 
 # --- physdev.h -----------------------------------------------------------------------------
@@ -638,6 +649,9 @@ class evtchn_reset(ctypes.Structure):
 class evtchn_init_control(ctypes.Structure):
     _fields_ = [("control_gfn", c_uint64), ("offset", c_uint32), ("vcpu", c_uint32),
                 ("link_bits", c_uint8), ("_pad", c_uint8 * 7)]
+
+
+EVTCHN_FIFO_MAX_QUEUES = 16  # EVTCHN_FIFO_PRIORITY_MIN + 1
 
 
 class evtchn_expand_array(ctypes.Structure):

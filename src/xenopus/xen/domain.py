@@ -27,6 +27,7 @@ from typing import Any
 
 from xenopus.arch.x86 import MSI_ADDRESS_BASE, MSI_ADDRESS_DEST_SHIFT
 from xenopus.kvm import uapi as u
+from xenopus.memory.guest import GuestMemoryError
 from xenopus.vm.events import StopReason
 from xenopus.vm.irq import MsiRoute
 from xenopus.vm.protocols import MachineView, VcpuView
@@ -37,6 +38,7 @@ from xenopus.xen.guestmem import XenError
 from xenopus.xen.hypercall import HypercallTable
 from xenopus.xen.hypercalls import FAMILIES
 from xenopus.xen.hypercalls.console import HypervisorConsole
+from xenopus.xen.p2m import PhysMap
 from xenopus.xen.timers import VcpuTimers
 
 log = logging.getLogger("xenopus.xen")
@@ -54,6 +56,9 @@ STATE_VERSION = 1  # of save_state's dict (docs/snapshot-stream.md)
 _VI_SIZE = ctypes.sizeof(abi.vcpu_info)
 _VI_TIME = abi.vcpu_info.time.offset
 _VI_PENDING = abi.vcpu_info.evtchn_upcall_pending.offset
+_TIME_SIZE = ctypes.sizeof(abi.vcpu_time_info)
+_TIME_BODY = abi.vcpu_time_info.pad0.offset  # what follows the version word
+_TIME_RETRIES = 4  # reads of a vcpu_time_info KVM is rewriting meanwhile
 
 
 def _boottime_ns() -> int:
@@ -66,7 +71,8 @@ class XenDomain:
     `table` is the one the Machine's entry paths dispatch to (`TrapPath`, `KernelPath`);
     every hypercall family registers with it here. `console_out(line)` receives
     CONSOLEIO_write lines, already prefixed ``(dN) ``. `e820` is the memory map the guest
-    was given, as (addr, size, type); `handle` its 16-byte xen_domain_handle_t."""
+    was given, as (addr, size, type); `handle` its 16-byte xen_domain_handle_t; `max_pages`
+    the toolstack's maxmem in pages (at least its RAM)."""
 
     def __init__(
         self,
@@ -77,6 +83,7 @@ class XenDomain:
         console_out: Callable[[str], None],
         e820: Iterable[tuple[int, int, int]] = (),
         handle: bytes = bytes(16),
+        max_pages: int = 0,
     ):
         self.domid = domid
         self.machine = machine
@@ -85,7 +92,7 @@ class XenDomain:
         self.table = table
         self.e820 = list(e820)
         self.handle = bytes(handle)[:16].ljust(16, b"\0")
-        self.max_pages = self.memory.ram_size // abi.PAGE_SIZE
+        self.p2m = PhysMap(machine, max_pages)
         self.params: dict[int, int] = {}
         self.shared_info: int | None = None  # GPA
         self.callback_vector: int | None = None  # HVM_PARAM_CALLBACK_IRQ, type vector
@@ -96,16 +103,26 @@ class XenDomain:
         self._wake = threading.Condition(self._lock)
         self._placed: set[int] = set()  # vCPUs whose vcpu_info the guest registered
         self._clock_pending: dict[int, int] = {}  # vCPU -> kvmclock MSR value to set
+        self.time_areas: dict[int, int] = {}  # vCPU -> GPA of its secondary vcpu_time_info
+        self._time_lock = threading.Lock()
+        self._closers: list[Callable[[], None]] = []
         self._msi: dict[int, MsiRoute] = {}  # vCPU -> the route of its upcall vector
         self._epoch = _boottime_ns() - machine.clock_ns()  # boottime at system time 0
-        self.evtchn = EventChannels(domid, self.memory, self.nr_vcpus, self.deliver)
+        self.evtchn = EventChannels(domid, self.memory, self.nr_vcpus, self.deliver,
+                                    holds_memory=self.p2m.holds_memory)
         self.grants = GrantTable(domid, self.memory)
         self.timers = VcpuTimers(self._timer_fired)
         for family in FAMILIES:
             family.register(table, self)
         table.on_entry = self._on_entry
 
+    def at_close(self, closer: Callable[[], None]) -> None:
+        """Have `close` call `closer` (a family's own threads or timers)."""
+        self._closers.append(closer)
+
     def close(self) -> None:
+        for closer in self._closers:
+            closer()
         self.timers.close()
         for route in self._msi.values():
             route.release()
@@ -160,6 +177,8 @@ class XenDomain:
     def _on_entry(self, vcpu: VcpuView) -> None:
         if self._clock_pending:
             self._apply_clock(vcpu)
+        if vcpu.index in self.time_areas:
+            self.refresh_time_area(vcpu.index)
 
     # --- shared_info / vcpu_info placement -------------------------------------------------
     def map_shared_info(self, gpa: int, caller: int = -1) -> None:
@@ -189,12 +208,55 @@ class XenDomain:
             self._clock_at(vcpu, gpa, caller)
         return rc
 
-    def special_gpas(self) -> list[int]:
-        """The pages Xen's own structures live in (not the guest's to balloon out)."""
-        pfns = [self.params[p] for p in (abi.HVM_PARAM_STORE_PFN, abi.HVM_PARAM_CONSOLE_PFN)
-                if p in self.params]
-        gpas = [pfn * abi.PAGE_SIZE for pfn in pfns]
-        return gpas if self.shared_info is None else [self.shared_info, *gpas]
+    def xen_gpfns(self) -> set[int]:
+        """The frames Xen's own structures live in: shared_info, the grant frames, the
+        special pages (not the guest's to balloon out or unmap)."""
+        pfns = {self.params[p] for p in (abi.HVM_PARAM_STORE_PFN, abi.HVM_PARAM_CONSOLE_PFN)
+                if p in self.params}
+        pfns.update(self.grants.frames.values())
+        if self.shared_info is not None:
+            pfns.add(self.shared_info // abi.PAGE_SIZE)
+        return pfns
+
+    # --- the secondary vcpu_time_info (VCPUOP_register_vcpu_time_memory_area) --------------
+    def set_time_area(self, vcpu: int, gpa: int | None) -> None:
+        """vcpu.h: a second copy of `vcpu`'s vcpu_time_info at `gpa` (None: none), kept
+        like the first; Linux maps it into its vDSO."""
+        with self._time_lock:
+            if gpa is None:
+                self.time_areas.pop(vcpu, None)
+            else:
+                self.time_areas[vcpu] = gpa
+        self.refresh_time_area(vcpu)
+
+    def refresh_time_area(self, vcpu: int) -> None:
+        """Copy `vcpu`'s vcpu_info.time (which KVM keeps, see the module doc) into its
+        secondary area under that area's own version, as Xen's time.c does: odd while
+        the copy is in progress. The flags are KVM's: XEN_PVCLOCK_TSC_STABLE_BIT (the same
+        bit as PVCLOCK_TSC_STABLE_BIT) only where KVM's master clock makes it true."""
+        with self._time_lock:
+            dst = self.time_areas.get(vcpu)
+            src = self.evtchn.vcpu_info_gpa(vcpu)
+            if dst is None:
+                return
+            body = bytes(_TIME_SIZE - _TIME_BODY)  # no vcpu_info yet: flags 0, not stable
+            if src is not None:
+                src += _VI_TIME
+                for _ in range(_TIME_RETRIES):
+                    before = self.memory.read_u32(src)
+                    body = self.memory.read(src + _TIME_BODY, _TIME_SIZE - _TIME_BODY)
+                    if before % 2 == 0 and self.memory.read_u32(src) == before:
+                        break
+                else:
+                    return  # KVM is rewriting it: the next refresh copies it
+            try:
+                version = self.memory.read_u32(dst)
+                self.memory.write_u32(dst, (version + 1) | 1)
+                self.memory.write(dst + _TIME_BODY, body)
+                self.memory.write_u32(dst, ((version | 1) + 1) & 0xFFFFFFFF)
+            except GuestMemoryError:  # the guest gave the page away: Xen's copy would fail
+                log.info("d%d vCPU %d: time area gone from guest memory", self.domid, vcpu)
+                del self.time_areas[vcpu]
 
     # --- save/restore ----------------------------------------------------------------------
     def save_state(self) -> dict[str, object]:
@@ -289,6 +351,8 @@ class XenDomain:
             self._wake.notify_all()
 
     def _timer_fired(self, vcpu: int) -> None:
+        if vcpu in self.time_areas:  # Xen refreshes time as it schedules the vCPU in
+            self.refresh_time_area(vcpu)
         self.evtchn.raise_virq(vcpu, abi.VIRQ_TIMER)
         self.wake()
 

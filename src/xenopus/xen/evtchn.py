@@ -14,7 +14,9 @@ interdomain, virq, ipi. An interdomain port's far end is one of:
 * a port of another xenopus domain, reached through an ``InterdomainBroker`` (the daemon
   brokers it; ``connect_remote``/``remote_notify``/``remote_closed`` are its entry points
   on the other side). pirqs are not offered: ``bind_pirq`` gets -EINVAL as Xen gives a
-  domain without pirqs; the FIFO ABI gets -ENOSYS (guests then stay on 2-level).
+  domain without pirqs. The FIFO ABI is not implemented: its ops get Xen's argument checks,
+  then the answers Xen gives a domain on 2-level (init_control -ENOSYS, expand_array
+  -EOPNOTSUPP, set_priority -ENOSYS), and guests stay on 2-level.
 
 Atomicity: the guest flips these bits from its vCPUs while we do, so every update of a
 guest-visible word is a locked read-modify-write (``GuestAtomics``): a lost *set* would
@@ -97,7 +99,8 @@ class EventChannels:
 
     def __init__(self, domid: int, memory: GuestMemory, nr_vcpus: int,
                  deliver: Callable[[int], None], *, broker: InterdomainBroker | None = None,
-                 backend_domid: int = 0, honour_upcall_mask: bool = False):
+                 backend_domid: int = 0, honour_upcall_mask: bool = False,
+                 holds_memory: Callable[[int], bool] | None = None):
         """``deliver(vcpu)`` injects the upcall vector into that vCPU.
 
         ``honour_upcall_mask``: Xen suppresses the upcall while ``evtchn_upcall_mask`` is
@@ -111,6 +114,8 @@ class EventChannels:
         self.broker = broker
         self.backend_domid = backend_domid
         self.honour_upcall_mask = honour_upcall_mask
+        self.holds_memory = holds_memory or (
+            lambda gfn: memory.contains(gfn * abi.PAGE_SIZE, abi.PAGE_SIZE))
         self.atomics = GuestAtomics(memory)
         self.shared_info: int | None = None
         self._vcpu_info: list[int | None] = [None] * nr_vcpus
@@ -272,9 +277,6 @@ class EventChannels:
 
     def op(self, cmd: int, access: GuestAccess, arg_gva: int) -> int:
         """HYPERVISOR_event_channel_op(cmd, arg): 0 (OUT fields written back) or -errno."""
-        if cmd in (abi.EVTCHNOP_init_control, abi.EVTCHNOP_expand_array,
-                   abi.EVTCHNOP_set_priority):
-            return -abi.XEN_ENOSYS  # FIFO ABI: not offered, guests use 2-level
         handler = self._handlers.get(cmd)
         if handler is None:
             return -abi.XEN_ENOSYS
@@ -607,7 +609,31 @@ class EventChannels:
         ctypes.memmove(ctypes.addressof(a), ctypes.addressof(res[1]), ctypes.sizeof(a))
         return 0
 
+    # --- the FIFO ABI's ops: Xen's argument checks, then the answer of a 2-level domain ---
+    def _op_init_control(self, a: abi.evtchn_init_control) -> int:
+        """event_fifo.c evtchn_fifo_init_control's checks (-ENOENT, -EINVAL); a valid
+        request then gets -ENOSYS: the FIFO ABI is not implemented here, and Linux falls
+        back to 2-level on any error."""
+        if a.vcpu >= self.nr_vcpus:
+            return -abi.XEN_ENOENT
+        if a.offset > abi.PAGE_SIZE - FIFO_CONTROL_BLOCK_SIZE or a.offset % 8:
+            return -abi.XEN_EINVAL  # across a page boundary, or not 8-byte aligned
+        if not self.holds_memory(a.control_gfn):
+            return -abi.XEN_EINVAL  # map_guest_page: not a page of the domain
+        return -abi.XEN_ENOSYS
+
+    def _op_set_priority(self, a: abi.evtchn_set_priority) -> int:
+        """A port that does not exist is -EINVAL; the 2-level ABI has no priorities
+        (event_channel.h evtchn_port_set_priority: -ENOSYS)."""
+        with self._lock:
+            exists = self._valid(a.port) and a.port in self._ports
+        return -abi.XEN_ENOSYS if exists else -abi.XEN_EINVAL
+
     _handlers: dict[int, Callable[[EventChannels, Any], int]] = {
+        abi.EVTCHNOP_init_control: _op_init_control,
+        # No FIFO control block was set up: Xen's answer for a 2-level domain.
+        abi.EVTCHNOP_expand_array: lambda self, a: -abi.XEN_EOPNOTSUPP,
+        abi.EVTCHNOP_set_priority: _op_set_priority,
         abi.EVTCHNOP_alloc_unbound: _op_alloc_unbound,
         abi.EVTCHNOP_bind_interdomain: _op_bind_interdomain,
         abi.EVTCHNOP_bind_virq: _op_bind_virq,
@@ -621,6 +647,9 @@ class EventChannels:
         abi.EVTCHNOP_reset: lambda self, a: self.reset(a.dom),
     }
 
+
+# event_channel.h struct evtchn_fifo_control_block: ready (u32) and one head per priority.
+FIFO_CONTROL_BLOCK_SIZE = 4 + 4 * abi.EVTCHN_FIFO_MAX_QUEUES
 
 _WRITES_BACK = frozenset({abi.EVTCHNOP_alloc_unbound, abi.EVTCHNOP_bind_interdomain,
                           abi.EVTCHNOP_bind_virq, abi.EVTCHNOP_bind_ipi, abi.EVTCHNOP_status})

@@ -64,4 +64,14 @@ def hvm_op(domain: XenDomain, call: Call) -> int:
         return 0
     if op == abi.HVMOP_flush_tlbs:
         return 0 if arg == 0 else -abi.XEN_EINVAL  # KVM keeps the guest's TLBs right
-    return -abi.XEN_ENOSYS  # pagetable_dying (a shadow-paging hint), altp2m, ...
+    if op == abi.HVMOP_pagetable_dying:
+        # A hint for shadow paging only: with hardware-assisted paging (KVM's EPT/NPT is
+        # Xen's HAP) Xen answers -EINVAL for the domain itself, -EOPNOTSUPP for another
+        # (hvm.c); Linux's is_pagetable_dying_supported() then stops asking.
+        ptd = a.read(arg, abi.xen_hvm_pagetable_dying)
+        if ptd.domid in (abi.DOMID_SELF, domain.domid):
+            return -abi.XEN_EINVAL
+        if ptd.domid >= abi.DOMID_FIRST_RESERVED:
+            return -abi.XEN_ESRCH  # rcu_lock_domain_by_any_id knows only DOMID_SELF
+        return -abi.XEN_EOPNOTSUPP
+    return -abi.XEN_ENOSYS  # altp2m, the device-model ops, ...

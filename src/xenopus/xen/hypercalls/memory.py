@@ -1,10 +1,9 @@
 """HYPERVISOR_memory_op (memory.h; Xen's common/memory.c, arch/x86/mm.c): the memory map,
-reservations and ballooning, and add_to_physmap (where shared_info and grant frames go)."""
+reservations and ballooning, add_to_physmap (where shared_info and grant frames go) and
+remove_from_physmap; the frames themselves are the domain's `PhysMap` (xen/p2m.py)."""
 
 from __future__ import annotations
 
-import mmap
-import threading
 from typing import TYPE_CHECKING
 
 from xenopus.xen import abi
@@ -23,13 +22,12 @@ def register(table: HypercallTable, domain: XenDomain) -> None:
 
 
 class MemoryOps:
-    """memory_op of one domain; the frames it ballooned out are its own state."""
+    """memory_op of one domain."""
 
     def __init__(self, domain: XenDomain):
         self.domain = domain
         self.memory = domain.memory
-        self.ballooned: set[int] = set()  # GPFNs given back by decrease_reservation
-        self._lock = threading.Lock()
+        self.p2m = domain.p2m
 
     def memory_op(self, call: Call) -> int:
         cmd, arg = call.args[0], call.args[1]
@@ -40,6 +38,12 @@ class MemoryOps:
             xatp = a.read(arg, abi.xen_add_to_physmap)
             d.check_self(xatp.domid)
             return self.add_to_physmap(xatp.space, xatp.idx, xatp.gpfn, call.vcpu)
+        if op == abi.XENMEM_remove_from_physmap:
+            if start:
+                return -abi.XEN_EINVAL  # not a continuable op
+            xrfp = a.read(arg, abi.xen_remove_from_physmap)
+            d.check_self(xrfp.domid)
+            return self.p2m.remove(xrfp.gpfn, d.xen_gpfns())
         if op == abi.XENMEM_memory_map:
             mm = a.read(arg, abi.xen_memory_map)
             if not d.e820:
@@ -53,8 +57,8 @@ class MemoryOps:
         if op in (abi.XENMEM_current_reservation, abi.XENMEM_maximum_reservation):
             d.check_self(int.from_bytes(a.read(arg, 2), "little"))
             if op == abi.XENMEM_maximum_reservation:
-                return d.max_pages
-            return d.max_pages - len(self.ballooned)
+                return self.p2m.max_pages
+            return self.p2m.current_pages()
         if op == abi.XENMEM_maximum_ram_page:
             return max(gpa + size for gpa, size in self.memory.ram_ranges()) // abi.PAGE_SIZE
         if op in (abi.XENMEM_decrease_reservation, abi.XENMEM_populate_physmap):
@@ -66,48 +70,41 @@ class MemoryOps:
         return -abi.XEN_ENOSYS
 
     def add_to_physmap(self, space: int, idx: int, gpfn: int, vcpu: int = -1) -> int:
-        gpa = gpfn * abi.PAGE_SIZE
-        if space == abi.XENMAPSPACE_shared_info:
-            if idx != 0:
+        """Map shared_info or grant frame `idx` at `gpfn`: in RAM, or at any free GFN,
+        which gets a page of its own (arch/x86/mm.c xenmem_add_to_physmap_one)."""
+        d = self.domain
+        if space not in (abi.XENMAPSPACE_shared_info, abi.XENMAPSPACE_grant_table):
+            return -abi.XEN_ENOSYS  # gmfn / gmfn_range / foreign / dev_mmio: not offered
+        if space == abi.XENMAPSPACE_shared_info and idx != 0:
+            return -abi.XEN_EINVAL
+        with self.p2m.lock:
+            if not self.p2m.back_xen_page(gpfn):
                 return -abi.XEN_EINVAL
-            if not self.memory.contains(gpa, abi.PAGE_SIZE):
-                return -abi.XEN_EINVAL
-            self.domain.map_shared_info(gpa, vcpu)
-            return 0
-        if space == abi.XENMAPSPACE_grant_table:
-            return self.domain.grants.map_frame(idx, gpfn)
-        return -abi.XEN_ENOSYS  # gmfn / gmfn_range / foreign / dev_mmio: not offered
+            if space == abi.XENMAPSPACE_shared_info:
+                d.map_shared_info(gpfn * abi.PAGE_SIZE, vcpu)
+                rc = 0
+            else:
+                rc = d.grants.map_frame(idx, gpfn)
+            self.p2m.sweep(d.xen_gpfns())  # the page the structure left, or ours on failure
+        return rc
 
     def _reservation(self, op: int, a: GuestAccess, r: abi.xen_memory_reservation,
                      start: int) -> int:
         pages = 1 << r.extent_order
         done = start
-        give = op == abi.XENMEM_decrease_reservation
+        keep = self.domain.xen_gpfns()
         for i in range(start, r.nr_extents):
             try:
                 gpfn = int.from_bytes(a.read(r.extent_start + 8 * i, 8), "little")
             except XenError:
                 break  # as Xen: the extents done so far are the result
-            if gpfn % pages or not self._balloon(gpfn, pages, give=give):
+            if gpfn % pages:
+                break
+            if op == abi.XENMEM_decrease_reservation:
+                ok = self.p2m.release(gpfn, pages, keep)
+            else:
+                ok = self.p2m.populate(gpfn, pages)
+            if not ok:
                 break
             done = i + 1
         return done
-
-    def _balloon(self, gpfn: int, pages: int, *, give: bool) -> bool:
-        """Give `pages` frames at `gpfn` back (their memory is released to the host) or
-        take them again (zeroed). False if the range is not plain guest RAM."""
-        gpa, size = gpfn * abi.PAGE_SIZE, pages * abi.PAGE_SIZE
-        region = next((r for r in self.memory.regions if r.gpa <= gpa and gpa + size <= r.end),
-                      None)
-        if region is None:
-            return False
-        if any(gpa <= s < gpa + size for s in self.domain.special_gpas()):
-            return False  # not the pages Xen's own structures live in
-        with self._lock:
-            frames = range(gpfn, gpfn + pages)
-            if give:
-                region.map.madvise(mmap.MADV_REMOVE, gpa - region.gpa, size)
-                self.ballooned.update(frames)
-            else:
-                self.ballooned.difference_update(frames)
-        return True

@@ -1,11 +1,13 @@
 """HYPERVISOR_sched_op (sched.h; Xen's common/sched/core.c) and HYPERVISOR_set_timer_op
 (xen.h), which Xen serves in the scheduler too: yield, block, poll, shutdown, the
-one-shot timer."""
+watchdogs, the one-shot timer."""
 
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
+import threading
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -15,13 +17,71 @@ from xenopus.xen.hypercall import Call, HypercallTable
 if TYPE_CHECKING:
     from xenopus.xen.domain import XenDomain
 
+log = logging.getLogger("xenopus.xen")
+
 
 def register(table: HypercallTable, domain: XenDomain) -> None:
-    table.register(abi.HYPERVISOR_sched_op, partial(sched_op, domain))
+    watchdogs = Watchdogs(domain)
+    domain.at_close(watchdogs.close)
+    table.register(abi.HYPERVISOR_sched_op, partial(sched_op, domain, watchdogs))
     table.register(abi.HYPERVISOR_set_timer_op, partial(set_timer_op, domain))
 
 
-def sched_op(domain: XenDomain, call: Call) -> int:
+class Watchdogs:
+    """SCHEDOP_watchdog: the domain's NR_DOMAIN_WATCHDOG_TIMERS watchdogs (sched/core.c
+    domain_watchdog); one that expires shuts the domain down with SHUTDOWN_watchdog."""
+
+    def __init__(self, domain: XenDomain):
+        self.domain = domain
+        self.timers: dict[int, threading.Timer] = {}  # watchdog index -> its armed timer
+        self.deadlines: dict[int, int] = {}  # watchdog index -> expiry, Xen system time (ns)
+        self._lock = threading.Lock()
+
+    def watchdog(self, wid: int, timeout: int) -> int:
+        """id 0 claims a free watchdog and returns its id (1-based); an id with a timeout
+        re-arms it, with 0 releases it."""
+        if wid > abi.NR_DOMAIN_WATCHDOG_TIMERS:
+            return -abi.XEN_EINVAL
+        with self._lock:
+            if wid == 0:
+                free = [i for i in range(abi.NR_DOMAIN_WATCHDOG_TIMERS) if i not in self.timers]
+                if not free:
+                    return -abi.XEN_ENOSPC
+                self._arm(free[0], timeout)
+                return free[0] + 1
+            index = wid - 1
+            if index not in self.timers:
+                return -abi.XEN_EINVAL
+            self.timers.pop(index).cancel()
+            self.deadlines.pop(index, None)
+            if timeout:
+                self._arm(index, timeout)
+            return 0
+
+    def _arm(self, index: int, timeout: int) -> None:
+        self.deadlines[index] = self.domain.system_time() + timeout * 1_000_000_000
+        timer = threading.Timer(timeout, self._fired, (index,))
+        timer.daemon = True
+        timer.name = f"d{self.domain.domid}-watchdog{index}"
+        self.timers[index] = timer
+        timer.start()
+
+    def _fired(self, index: int) -> None:
+        with self._lock:
+            if self.timers.get(index) is not threading.current_thread():
+                return  # re-armed or released meanwhile
+        log.warning("d%d: watchdog timer %d fired", self.domain.domid, index)
+        self.domain.shutdown(abi.SHUTDOWN_watchdog)
+
+    def close(self) -> None:
+        with self._lock:
+            for timer in self.timers.values():
+                timer.cancel()
+            self.timers.clear()
+            self.deadlines.clear()
+
+
+def sched_op(domain: XenDomain, watchdogs: Watchdogs, call: Call) -> int:
     cmd, arg = call.args[0], call.args[1]
     a = call.access
     vcpu = call.vcpu
@@ -54,7 +114,10 @@ def sched_op(domain: XenDomain, call: Call) -> int:
         if rs.domain_id not in (abi.DOMID_SELF, domain.domid):
             return -abi.XEN_EPERM  # a domU may not shut other domains down
         return domain.shutdown(rs.reason)
-    return -abi.XEN_ENOSYS  # watchdog, pin_override
+    if cmd == abi.SCHEDOP_watchdog:
+        wd = a.read(arg, abi.sched_watchdog)
+        return watchdogs.watchdog(wd.id, wd.timeout)
+    return -abi.XEN_ENOSYS  # pin_override: a hardware domain's
 
 
 def set_timer_op(domain: XenDomain, call: Call) -> int:
