@@ -32,9 +32,10 @@ from pathlib import Path
 
 from common import ROOT, build_guest
 from xenopus.boot import load_kernel
+from xenopus.devices import platform
 from xenopus.devices.bus import Bus
 from xenopus.devices.i8042 import I8042
-from xenopus.devices.serial import COM1_BASE, COM1_IRQ, Serial16550
+from xenopus.devices.serial import Serial16550
 from xenopus.memory import GuestMemory, MiB
 from xenopus.vm import Machine, StopReason
 from xenopus.vm.cpu import CpuState
@@ -42,7 +43,6 @@ from xenopus.vm.cpu import CpuState
 GUEST = ROOT / "guests" / "out" / "exits.elf"
 C_SOURCE = Path(__file__).with_name("exits_ref.c")
 MEMORY = 32 * MiB
-POST_PORT = 0x80
 RUN_TIMEOUT = 300.0
 
 # The image header exits_ref.c reads (struct image_header): little-endian u64s.
@@ -82,15 +82,15 @@ def run_xenopus(iterations: int) -> tuple[float, int, str]:
         machine = Machine(memory, 1, pio=pio, mmio=mmio)
         output = bytearray()
         post = PostCounter()
-        serial = Serial16550(irq=lambda level: machine.set_irq(COM1_IRQ, level), output=output.extend)
+        serial = Serial16550(irq=lambda level: machine.set_irq(platform.COM1_IRQ, level), output=output.extend)
         i8042 = I8042(
             reset=lambda: machine.request_stop(StopReason("reboot", "reset through the i8042")),
-            irq_kbd=lambda level: machine.set_irq(1, level),
+            irq_kbd=lambda level: machine.set_irq(platform.I8042_KBD_IRQ, level),
         )
-        pio.register(COM1_BASE, 8, serial, "serial0")
-        pio.register(0x60, 1, i8042, "i8042-data")
-        pio.register(0x64, 1, i8042, "i8042-command")
-        pio.register(POST_PORT, 1, post, "post")
+        pio.register(platform.COM1_PORT, platform.COM1_PORT_SIZE, serial, "serial0")
+        pio.register(platform.I8042_DATA_PORT, 1, i8042, "i8042-data")
+        pio.register(platform.I8042_CMD_PORT, 1, i8042, "i8042-command")
+        pio.register(platform.POST_PORT, 1, post, "post")
         timed = run_until_stop(machine, boot.cpu)
         machine.stop()
         machine.close()
