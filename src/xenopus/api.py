@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from xenopus import client
-from xenopus.client import Connection, XenopusError
+from xenopus.client import Connection
 from xenopus.control import Request
 
 Dom = int | str
@@ -222,14 +222,7 @@ class Xenopus:
     def console(self, dom: Dom, kind: str | None = None) -> socket.socket:
         """A connected socket on the domain's console ("serial", "pv" or "virtio";
         default its own): what it has printed since boot, then live; writes are input."""
-        path = self._ask("console", dom=str(dom), type=kind)["path"]
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.connect(path)
-        except OSError as e:
-            sock.close()
-            raise XenopusError(f"cannot attach to the console of domain {dom}: {e.strerror}") from None
-        return sock
+        return client.connect_console(self._ask("console", dom=str(dom), type=kind)["path"], dom)
 
     # -- the host -------------------------------------------------------------------------
     def info(self) -> HostInfo:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import select
+import socket
 from typing import Any
 
 from xenopus import ipc
@@ -147,3 +148,14 @@ def start_daemon(base: str | None = None, timeout: float = DAEMON_START_TIMEOUT)
     os.close(r)
     if answer != b"ready\n":
         raise DaemonUnavailable(f"the xenopus daemon did not start; see {logfile}")
+
+
+def connect_console(path: str, dom: object) -> socket.socket:
+    """A connected socket on the console socket at `path` (the daemon named it)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(path)
+    except OSError as e:
+        sock.close()
+        raise XenopusError(f"cannot attach to the console of domain {dom}: {e.strerror}") from None
+    return sock

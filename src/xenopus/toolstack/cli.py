@@ -15,7 +15,7 @@ from types import SimpleNamespace as Namespace
 from typing import Any
 
 from xenopus import host, ipc
-from xenopus.client import Connection, XenopusError
+from xenopus.client import Connection, XenopusError, connect_console
 from xenopus.control import DISK, NIC, Request
 
 DETACH = 0x1D  # Ctrl-], as for xl console and telnet
@@ -41,16 +41,6 @@ def request(op: str, **args: Any) -> dict[str, Any]:
 def open_console(dom: str, kind: str | None = None) -> socket.socket:
     reply = request("console", dom=dom, type=kind)
     return connect_console(reply["path"], dom)
-
-
-def connect_console(path: str, dom: object) -> socket.socket:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.connect(path)
-    except OSError as e:
-        sock.close()
-        raise CliError(f"cannot attach to the console of domain {dom}: {e.strerror}") from None
-    return sock
 
 
 def attach_console(dom: str, kind: str | None = None) -> None:
