@@ -286,3 +286,38 @@ def test_restart_keeps_its_tap_inside_the_jail(jailed: Xenopus) -> None:
     while Path("/sys/class/net/xjail0").exists():  # the tap goes with its domain process
         assert time.monotonic() < deadline
         time.sleep(0.05)
+
+
+def _libc_base(pid: int) -> int:
+    """Where the process's C library is mapped: what ASLR moves per exec."""
+    for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
+        if re.search(r"/libc[.-]", line):
+            return int(line.split("-", 1)[0], 16)
+    raise AssertionError(f"no libc mapping in /proc/{pid}/maps")
+
+
+def test_each_domain_has_its_own_address_space_layout(jailed: Xenopus) -> None:
+    if Path("/proc/sys/kernel/randomize_va_space").read_text().strip() == "0":
+        pytest.skip("this host has ASLR turned off (kernel.randomize_va_space = 0)")
+    doms = [running(jailed, f"jail-aslr{i}") for i in range(3)]
+    daemon = (jailed.run_dir / "xenopus.pid").read_text().split()[0]
+    zygote = int(subprocess.run(["pgrep", "-P", daemon, "-f", "xenopus.toolstack.zygote"],
+                                capture_output=True, text=True).stdout.split()[0])
+    bases = {_libc_base(d["pid"]) for d in doms}
+    # Three exec'd processes: a shared base would be a fork of one parent.
+    assert len(bases) == 3 and _libc_base(zygote) not in bases, bases
+    for d in doms:
+        assert ask(jailed, "info", dom=d["name"]).data["jail"]["aslr"] == "on"
+        assert jailed.run("destroy", d["name"]).returncode == 0
+
+
+def test_spares_0_forks_from_the_zygote_and_says_so(tmp_path: Path, guests: Path) -> None:
+    x = Xenopus(tmp_path / "run", tmp_path)
+    x.env = {**x.env, "XENOPUS_SPARES": "0"}
+    try:
+        dom = running(x, "shared-layout")
+        layer = ask(x, "info", dom="shared-layout").data["jail"]["aslr"]
+        assert layer.startswith("shared: forked from the zygote"), layer
+        assert dom["pid"] and x.run("destroy", "shared-layout").returncode == 0
+    finally:
+        x.run("daemon", "--stop", timeout=60)

@@ -605,9 +605,10 @@ class DomainProcess:
 
 def run_domain(
     spawn: Spawn, control_fd: int, xenstore_fd: int | None = None,
-    interdomain_fd: int | None = None,
+    interdomain_fd: int | None = None, *, fresh_layout: bool = False,
 ) -> int:
-    """Entry point of a freshly forked domain process."""
+    """Entry point of a new domain process: an exec'd spare (`fresh_layout`, an
+    address-space layout of its own) or a fork of the zygote (the zygote's layout)."""
     domid, cfg = spawn.domid, spawn.config
     set_process_title(f"xenopus: domain {domid} ({cfg.name})")
     handler = logging.StreamHandler(ipc.open_log(Path(spawn.run_dir) / "log" / f"{cfg.name}.log"))
@@ -616,6 +617,8 @@ def run_domain(
     root.handlers[:] = [handler]
     root.setLevel(logging.INFO)
     jail = Jail(domid, cfg, spawn.run_dir)
+    jail.layers["aslr"] = "on" if fresh_layout else (
+        "shared: forked from the zygote, whose layout every such domain has (daemon --spares 0)")
     jail.enter_early()
     control = socket.socket(fileno=control_fd)
     xenstore = socket.socket(fileno=xenstore_fd) if xenstore_fd is not None else None

@@ -603,7 +603,7 @@ def cmd_daemon(args: Namespace) -> int:
 
     base = Path(ipc.run_dir())
     log_file = base / "xenopus.log" if args.background else None
-    return daemon.run(base, ready_fd=args.ready_fd, log_file=log_file)
+    return daemon.run(base, ready_fd=args.ready_fd, log_file=log_file, spares=args.spares)
 
 
 # -- the command line ----------------------------------------------------------------------
@@ -715,6 +715,9 @@ VERBS = (
         Opt(("--stop",), "stop", "stop a running daemon and its domains"),
         Opt(("--background",), "background", None),
         Opt(("--ready-fd",), "ready_fd", None, int),
+        Opt(("--spares",), "spares", "exec'd spare domain processes to keep warm, each domain "
+            "with its own address-space layout (default 2, or $XENOPUS_SPARES; 0: fork all "
+            "domains from one zygote, sharing its layout)", int),
     )),
 )
 

@@ -68,6 +68,10 @@ FILES_TIMEOUT = 10.0  # seconds a client gets to send the files it was asked for
 # every layer, which on a slow host (an emulated one runs Python 10-20 times slower) is
 # well past a second.
 SPAWN_TIMEOUT = 60.0
+# Spare domain processes the zygote keeps exec'd and warm (toolstack/spare.py): each
+# domain gets an address-space layout of its own at the cost of one idle Python per
+# spare; creations faster than spares start wait for one. 0: fork from the zygote.
+DEFAULT_SPARES = 2
 
 
 class RequestError(Exception):
@@ -163,8 +167,9 @@ def daemon_step(op: str) -> Callable[[DaemonStep], DaemonStep]:
 
 
 class Daemon:
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, *, spares: int = DEFAULT_SPARES):
         self.run_dir = run_dir
+        self.spares = spares  # exec'd spare domain processes the zygote keeps warm
         self.domains: dict[int, DomainRecord] = {}
         self.next_domid = 1
         self._zygote: subprocess.Popen | None = None
@@ -203,7 +208,8 @@ class Daemon:
     async def _start_zygote(self) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self._zygote = subprocess.Popen(
-            [sys.executable, "-m", "xenopus.toolstack.zygote", str(theirs.fileno())],
+            [sys.executable, "-m", "xenopus.toolstack.zygote", str(theirs.fileno()),
+             "--spares", str(self.spares)],
             pass_fds=[theirs.fileno()],
             stdin=subprocess.DEVNULL,
         )
@@ -967,7 +973,8 @@ class Daemon:
         return Reply.success(domains=list(await asyncio.gather(*(entry(r) for r in recs))))
 
 
-def run(run_dir: Path, *, ready_fd: int | None = None, log_file: Path | None = None) -> int:
+def run(run_dir: Path, *, ready_fd: int | None = None, log_file: Path | None = None,
+        spares: int | None = None) -> int:
     try:
         ipc.ensure_run_dir(str(run_dir))
         handler = logging.StreamHandler(ipc.open_log(log_file) if log_file else sys.stderr)
@@ -978,7 +985,13 @@ def run(run_dir: Path, *, ready_fd: int | None = None, log_file: Path | None = N
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.INFO)
-    daemon = Daemon(run_dir)
+    if spares is None:
+        try:
+            spares = int(os.environ.get("XENOPUS_SPARES", DEFAULT_SPARES))
+        except ValueError:
+            print("xenopus daemon: XENOPUS_SPARES must be a number", file=sys.stderr)
+            return 1
+    daemon = Daemon(run_dir, spares=max(0, spares))
     try:
         daemon.acquire_lock()
     except (RequestError, OSError) as e:

@@ -7,6 +7,13 @@ daemon) and sends it spawn requests; each request carries the new domain's contr
 channel as a file descriptor. The zygote reaps its children and reports how each ended,
 with its resource usage.
 
+A domain forked from the zygote shares its address-space layout with every other such
+domain, so by default (`xenopus daemon --spares N`, N ≥ 1) domains are not forked: the
+zygote keeps N spare processes (toolstack/spare.py), each exec'd afresh as pid 1 of its
+own PID namespace and already warm, hands each create one of them, and starts its
+replacement in the background. `--spares 0` forks instead (less memory per domain, one
+layout for all; the domain's jail reports the `aslr` layer as shared).
+
 Messages on the zygote's socket (`xenopus.control`, framed by `xenopus.ipc`):
   daemon → zygote  `Spawn` + 2 or 3 fds: the control channel, the domain's XenStore
                    connection and its interdomain broker channel (SOCK_SEQPACKET)
@@ -15,7 +22,8 @@ Messages on the zygote's socket (`xenopus.control`, framed by `xenopus.ipc`):
 
 from __future__ import annotations
 
-import contextlib
+import argparse
+import collections
 import gc
 import os
 import selectors
@@ -23,9 +31,6 @@ import signal
 import socket
 import sys
 
-# Imported here, before any fork, so that children start warm (the seccomp binding finds
-# its C library here, which a jailed child could not).
-import xenopus.domain.process as domain_process  # noqa: E402, I001
 from xenopus.control import ProtocolError
 from xenopus.domain import jail
 from xenopus.domain.protocol import (
@@ -35,27 +40,85 @@ from xenopus.domain.protocol import (
 )
 from xenopus.ipc import Channel
 
-with contextlib.suppress(ImportError, OSError):  # without libseccomp the layer says it is missing
-    import xenopus.domain.seccomp_policy  # noqa: F401
+# Imports every layer (and the seccomp binding, which finds its C library here where a
+# jailed child could not), before any fork, so that forked children start warm.
+from xenopus.toolstack import spare
 
 
-def _child(chan: Channel, spawn: Spawn, fd: int, xs_fd: int, id_fd: int | None) -> None:
-    code = 1
-    try:
-        chan.close()
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        signal.set_wakeup_fd(-1)
-        code = domain_process.run_domain(spawn, fd, xenstore_fd=xs_fd, interdomain_fd=id_fd)
-    except BaseException:  # noqa: BLE001 - the child must never return into the zygote loop
-        import traceback
+class SparePool:
+    """Up to `size` spare domain processes (toolstack/spare.py), each exec'd afresh."""
 
-        traceback.print_exc()
-    finally:
-        os._exit(code)
+    # Spares that die before they are ready, in a row, before the pool gives up and
+    # creates fork from the zygote (sharing its layout) rather than wait for ever.
+    MAX_FAILURES = 3
+
+    def __init__(self, size: int, forker: jail.PidNamespaceForker, sel: selectors.BaseSelector):
+        self.size = size
+        self.forker = forker
+        self.sel = sel
+        self.starting: dict[int, socket.socket] = {}  # pid -> its socket, until READY
+        self.ready: list[tuple[int, socket.socket]] = []
+        self.failures = 0
+        self.broken: str | None = None
+
+    @property
+    def usable(self) -> bool:
+        return self.size > 0 and self.broken is None
+
+    def fill(self) -> None:
+        while self.usable and len(self.starting) + len(self.ready) < self.size:
+            self._start()
+
+    def _start(self) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        pid = self.forker.fork()
+        if pid == 0:
+            try:
+                theirs.set_inheritable(True)
+                os.execv(sys.executable, [sys.executable, "-m", "xenopus.toolstack.spare",
+                                          str(theirs.fileno())])
+            finally:
+                os._exit(127)
+        theirs.close()
+        self.starting[pid] = ours
+        self.sel.register(ours, selectors.EVENT_READ, self)
+
+    def readable(self, sock: socket.socket) -> None:
+        """A starting spare said READY, or died trying."""
+        pid = next(p for p, s in self.starting.items() if s is sock)
+        del self.starting[pid]
+        self.sel.unregister(sock)
+        if sock.recv(1) == spare.READY:
+            self.failures = 0
+            self.ready.append((pid, sock))
+            return
+        sock.close()  # it died before it was ready: _reap collects it
+        self.failures += 1
+        if self.failures >= self.MAX_FAILURES:
+            self.broken = f"{self.failures} spares in a row died before they were ready"
+            print(f"xenopus zygote: {self.broken}; forking domains from the zygote, which "
+                  "share its address-space layout", file=sys.stderr)
+
+    def take(self) -> tuple[int, socket.socket] | None:
+        return self.ready.pop(0) if self.ready else None
+
+    def close(self) -> None:
+        """In a forked domain process: the spares are not its business."""
+        for sock in [*self.starting.values(), *(s for _, s in self.ready)]:
+            sock.close()
+
+    def forget(self, pid: int) -> None:
+        """A spare exited unused (killed, or its READY was lost with it)."""
+        for i, (p, sock) in enumerate(self.ready):
+            if p == pid:
+                sock.close()
+                del self.ready[i]
+        self.fill()
 
 
-def serve(sock: socket.socket) -> None:
+def serve(sock: socket.socket, spares: int = 0) -> None:
+    """Fork or hand out one domain process per Spawn. With `spares`, each domain is an
+    exec'd spare with its own layout; with none, a fork of this process."""
     chan = Channel(sock)
     children: dict[int, int] = {}  # pid -> domid
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -65,6 +128,9 @@ def serve(sock: socket.socket) -> None:
     sel.register(sock, selectors.EVENT_READ)
     sel.register(wake_r, selectors.EVENT_READ)
     forker = jail.PidNamespaceForker()
+    pool = SparePool(spares, forker, sel)
+    pool.fill()
+    pending: collections.deque[tuple[Spawn, list[int]]] = collections.deque()
     while True:
         for key, _ in sel.select():
             if key.fileobj == wake_r:
@@ -73,11 +139,16 @@ def serve(sock: socket.socket) -> None:
                         os.read(wake_r, 256)
                     except BlockingIOError:
                         break
-                _reap(chan, children)
+                _reap(chan, children, pool)
+                continue
+            if key.data is pool:
+                pool.readable(key.fileobj)  # type: ignore[arg-type]
                 continue
             msg, fds = chan.recv_with_fds(3)
+            for fd in fds:  # SCM_RIGHTS fds arrive inheritable: no spare exec'd later gets one
+                os.set_inheritable(fd, False)
             if msg is None:
-                return  # the daemon is gone
+                return  # the daemon is gone (spares die with us: PR_SET_PDEATHSIG)
             try:
                 spawn = Spawn.from_wire(msg)
                 if len(fds) not in (2, 3):
@@ -87,22 +158,46 @@ def serve(sock: socket.socket) -> None:
                 for fd in fds:
                     os.close(fd)
                 continue
-            # Each domain process is pid 1 of a PID namespace of its own: it sees no other
-            # process. (Made here: only children enter a new one.)
-            pid = forker.fork()
-            if pid == 0:
-                sel.close()
-                os.close(wake_r)
-                os.close(wake_w)
-                _child(chan, spawn, fds[0], fds[1], fds[2] if len(fds) == 3 else None)
+            pending.append((spawn, fds))
+        while pending:  # in order; a create waits for a spare that is still starting
+            if pool.usable:
+                taken = pool.take()
+                if taken is None:
+                    break
+                spawn, fds = pending.popleft()
+                pid, spare_sock = taken
+                Channel(spare_sock).send(spawn.to_wire(), fds)
+                spare_sock.close()
+            else:
+                spawn, fds = pending.popleft()
+                pid = _fork_domain(forker, pool, chan, sel, wake_r, wake_w, spawn, fds)
+            # Closed before any further fork: a child holding a copy of the domain's
+            # control channel would hide its end from the daemon.
             for fd in fds:
                 os.close(fd)
             children[pid] = spawn.domid
             chan.send(Spawned(spawn.domid, pid).to_wire())
-        _reap(chan, children)
+            pool.fill()  # a consumed spare's replacement starts now, in the background
+        _reap(chan, children, pool)
 
 
-def _reap(chan: Channel, children: dict[int, int]) -> None:
+def _fork_domain(forker: jail.PidNamespaceForker, pool: SparePool, chan: Channel,
+                 sel: selectors.BaseSelector, wake_r: int, wake_w: int, spawn: Spawn,
+                 fds: list[int]) -> int:
+    # Each domain process is pid 1 of a PID namespace of its own: it sees no other
+    # process. (Made here: only children enter a new one.)
+    pid = forker.fork()
+    if pid == 0:
+        chan.close()
+        pool.close()
+        sel.close()
+        os.close(wake_r)
+        os.close(wake_w)
+        spare.become_domain(spawn, fds, fresh_layout=False)
+    return pid
+
+
+def _reap(chan: Channel, children: dict[int, int], pool: SparePool) -> None:
     while children:
         try:
             pid, status, usage = os.wait4(-1, os.WNOHANG)
@@ -112,26 +207,22 @@ def _reap(chan: Channel, children: dict[int, int]) -> None:
             return
         domid = children.pop(pid, None)
         if domid is None:
+            pool.forget(pid)
             continue
         chan.send(Exited(domid, pid, os.waitstatus_to_exitcode(status), usage.ru_maxrss,
                          usage.ru_utime + usage.ru_stime).to_wire())
 
 
 def main() -> None:
-    fd = int(sys.argv[1])
-    # The zygote is useless without its daemon: die with it (prctl PR_SET_PDEATHSIG).
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        PR_SET_PDEATHSIG = 1
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:
-        pass
+    parser = argparse.ArgumentParser(prog="xenopus.toolstack.zygote")
+    parser.add_argument("fd", type=int)
+    parser.add_argument("--spares", type=int, default=0)
+    args = parser.parse_args()
+    spare.die_with_parent()  # the zygote is useless without its daemon
     # Everything imported so far lives as long as the zygote: keep the collector from
     # walking it in each child (touching an object copies its page: PSS per domain).
     gc.freeze()
-    serve(socket.socket(fileno=fd))
+    serve(socket.socket(fileno=args.fd), spares=max(0, args.spares))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,75 @@
+"""A spare domain process: exec'd afresh, so with an address-space layout of its own.
+
+Every process forked from one zygote has the zygote's layout: ASLR would randomise the
+host once, not each domain, and a leak of one domain's addresses would tell an attacker
+every other domain's. So the zygote keeps a few spares: each a new Python, exec'd as pid 1
+of its own PID namespace, that has already imported every layer and waits for one domain.
+A create consumes a spare (it becomes that domain's process, with no further fork) and
+the zygote starts its replacement in the background.
+
+On the socket the zygote gives it (`xenopus.ipc` framing):
+  spare → zygote  one byte, READY, once its imports are done
+  zygote → spare  `Spawn` + 2 or 3 fds, exactly as the zygote received them
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import gc
+import os
+import signal
+import socket
+import sys
+
+import xenopus.domain.process as domain_process  # noqa: I001 - imported warm, before READY
+from xenopus.domain.protocol import Spawn
+from xenopus.ipc import Channel
+
+with contextlib.suppress(ImportError, OSError):  # without libseccomp the layer says it is missing
+    import xenopus.domain.seccomp_policy  # noqa: F401
+
+READY = b"R"
+PR_SET_PDEATHSIG = 1  # prctl(2)
+
+
+def die_with_parent() -> None:
+    """A zygote's process is useless without its parent: have the kernel end it then."""
+    with contextlib.suppress(OSError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def become_domain(spawn: Spawn, fds: list[int], *, fresh_layout: bool) -> None:
+    """Run the domain in this process and exit with its status; never returns."""
+    code = 1
+    try:
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.set_wakeup_fd(-1)
+        code = domain_process.run_domain(
+            spawn, fds[0], xenstore_fd=fds[1], interdomain_fd=fds[2] if len(fds) == 3 else None,
+            fresh_layout=fresh_layout,
+        )
+    except BaseException:  # noqa: BLE001 - report, then exit: never return into a caller's loop
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        os._exit(code)
+
+
+def main() -> None:
+    die_with_parent()
+    gc.freeze()  # as in the zygote: imported objects live as long as the process
+    sock = socket.socket(fileno=int(sys.argv[1]))
+    sock.sendall(READY)
+    chan = Channel(sock)
+    msg, fds = chan.recv_with_fds(3)
+    chan.close()
+    if msg is None:
+        os._exit(0)  # the zygote retired this spare
+    become_domain(Spawn.from_wire(msg), fds, fresh_layout=True)  # the zygote checked it
+
+
+if __name__ == "__main__":
+    main()
