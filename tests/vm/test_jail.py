@@ -165,6 +165,32 @@ def test_restart_rebuilds_inside_the_jail(jailed: Xenopus) -> None:
     assert jailed.run("destroy", "jail-reboot").returncode == 0
 
 
+def test_restart_reads_root_only_files_after_dropping_root(jailed: Xenopus) -> None:
+    """A restart rebuilds from files its uid may not open: they were kept open."""
+    kernel = jailed.tmp / "private-serial.elf"
+    kernel.write_bytes((GUESTS / "out" / "serial.elf").read_bytes())
+    disk = jailed.tmp / "private.img"
+    disk.write_bytes(bytes(1 << 20))
+    for path in (kernel, disk):
+        path.chmod(0o600)  # root's alone, in a 0700 directory
+    cfg = jailed.tmp / "jail-private.cfg"
+    cfg.write_text(f'name = "jail-private"\nkernel = "{kernel}"\nmemory = 32\ncmdline = "echo"\n'
+                   f'on_reboot = "restart"\ndisk = ["{disk},raw,xvda,rw"]\n')
+    assert jailed.run("create", "-q", str(cfg)).returncode == 0
+    dom = next(d for d in ask(jailed, "list").data["domains"] if d["name"] == "jail-private")
+    assert ask(jailed, "info", dom="jail-private").data["jail"]["uid"] == "on"
+    assert jailed.run("reboot", "jail-private").returncode == 0
+    deadline = time.monotonic() + 60
+    while (after := next(d for d in ask(jailed, "list").data["domains"]
+                         if d["name"] == "jail-private"))["reason"] != "reboot":
+        assert time.monotonic() < deadline  # polling what a user sees
+        time.sleep(0.1)
+    assert after["pid"] == dom["pid"] and after["state"] in ("running", "paused")
+    assert status(dom["pid"])["Uid"].split()[0] != "0"
+    assert "crash" not in jailed.log().split("jail-private")[-1]
+    assert jailed.run("destroy", "jail-private").returncode == 0
+
+
 @pytest.mark.parametrize("special", ["/dev/zero", "fifo"])
 def test_config_that_is_not_a_file_is_refused(jailed: Xenopus, special: str) -> None:
     path = special

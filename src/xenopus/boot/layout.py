@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
+from xenopus import held_files
 from xenopus.memory.guest import PAGE_SIZE, GuestMemory
 from xenopus.vm.cpu import CpuState
 
@@ -147,7 +148,8 @@ def write_cmdline(memory: GuestMemory, path: str | Path, cmdline: str, limit: in
 def open_file(path: str | Path, what: str) -> tuple[BinaryIO, int]:
     """Open a kernel or ramdisk for reading; returns the file and its size."""
     try:
-        f = open(path, "rb")  # noqa: SIM115 - the caller closes it
+        f = os.fdopen(held_files.open_fd(path, os.O_RDONLY), "rb")  # the caller closes it
+        f.seek(0)  # a held file's duplicate starts where the last reader left it
     except OSError as e:
         raise BootImageError(path, f"cannot open {what}: {e.strerror or e}") from e
     try:

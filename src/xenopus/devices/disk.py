@@ -16,6 +16,8 @@ import errno
 import os
 from collections.abc import Callable, Sequence
 
+from xenopus import held_files
+
 SECTOR_SIZE = 512  # virtio-blk (§5.2.6) and blkif address images in 512-byte sectors
 # O_DIRECT wants buffers, offsets and lengths aligned; a page satisfies every filesystem.
 DIRECT_ALIGNMENT = 4096
@@ -58,7 +60,7 @@ class DiskImage:
         self.read_only = read_only
         flags = (os.O_RDONLY if read_only else os.O_RDWR) | os.O_CLOEXEC
         try:
-            self.fd = os.open(path, flags)
+            self.fd = held_files.open_fd(path, flags)
         except OSError as e:
             raise DiskError(f"disk image {path}: {e.strerror}") from e
         # O_DIRECT needs aligned buffers, offsets and lengths; requests that are not aligned
@@ -66,7 +68,7 @@ class DiskImage:
         self.direct_fd: int | None = None
         if direct:
             try:
-                self.direct_fd = os.open(path, flags | os.O_DIRECT)
+                self.direct_fd = held_files.open_fd(path, flags | os.O_DIRECT)
             except OSError as e:
                 os.close(self.fd)
                 raise DiskError(

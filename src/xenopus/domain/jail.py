@@ -40,6 +40,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import xenopus
+from xenopus import held_files
 from xenopus.devices import tap
 from xenopus.domain.config import DomainConfig
 from xenopus.kvm import uapi
@@ -309,24 +310,34 @@ class Jail:
         if self.domid >= count:
             raise JailError(errno.ERANGE, f"domain {self.domid} is outside the uid range {base}:{count}")
         uid = base + self.domid
-        # What a rebuild (an action "restart") opens again must be open to that uid.
+        # What a rebuild (an action "restart") opens again stays open from here on, with
+        # root's rights: that uid may not be allowed to open it (held_files).
         cfg = self.config
-        restarts = "restart" in (cfg.on_poweroff, cfg.on_reboot, cfg.on_crash)
-        for path, write in self._reopened() if restarts else ():
-            if not _open_to_others(path, write):
-                raise JailError(errno.EACCES, f"{path} is not {'writable' if write else 'readable'}"
-                                f" by uid {uid} (a restart reopens it)")
+        if "restart" in (cfg.on_poweroff, cfg.on_reboot, cfg.on_crash):
+            for path, flags in self._reopened():
+                try:
+                    held_files.hold(path, flags)
+                except OSError as e:  # gone since the build: the rebuild will say so
+                    log.warning("domain %d: cannot keep %s open for a restart: %s",
+                                self.domid, path, e.strerror)
         os.setgroups([])
         os.setresgid(uid, uid, uid)
         os.setresuid(uid, uid, uid)  # glibc applies it to every thread; the kernel drops
         _capset_zero()               # every capability of each as it leaves uid 0
 
-    def _reopened(self) -> Iterable[tuple[str, bool]]:
-        yield self.config.kernel, False
+    def _reopened(self) -> Iterable[tuple[str, int]]:
+        """What a rebuild opens, with the open flags it uses (boot/layout.open_file,
+        devices/disk.DiskImage)."""
+        yield self.config.kernel, os.O_RDONLY
         if self.config.ramdisk:
-            yield self.config.ramdisk, False
+            yield self.config.ramdisk, os.O_RDONLY
         for disk in self.config.disks:
-            yield disk.target, not disk.read_only
+            if disk.format == "empty":
+                continue
+            flags = os.O_RDONLY if disk.read_only else os.O_RDWR
+            yield disk.target, flags
+            if disk.direct_io_safe:
+                yield disk.target, flags | os.O_DIRECT
 
     def _seccomp(self) -> None:
         from xenopus.domain import seccomp_policy
@@ -361,15 +372,6 @@ def _bind(root: str, path: str, read_only: bool) -> None:
     _mount(path, target, None, MS_BIND | MS_REC)
     if read_only:
         _mount("none", target, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
-
-
-def _open_to_others(path: str, write: bool) -> bool:
-    """Whether a uid that neither owns `path` nor is in its group may open it."""
-    try:
-        mode = os.stat(path).st_mode
-    except OSError:
-        return True  # nothing to reopen; the rebuild reports it as it would anyway
-    return bool(mode & stat.S_IROTH) and (not write or bool(mode & stat.S_IWOTH))
 
 
 def _no_new_privs() -> None:
