@@ -104,22 +104,33 @@ def iter_notes(data: bytes, align: int) -> Iterator[tuple[bytes, int, bytes]]:
         yield name.rstrip(b"\0"), ntype, desc
 
 
+SHF_COMPRESSED = 0x800  # ELF gABI: section data is an Elf_Chdr and compressed bytes
+
+
 def _note_blocks(elf: ELFFile) -> list[tuple[bytes, int]]:
-    """Note data from PT_NOTE segments, or SHT_NOTE sections when there is no PT_NOTE."""
-    blocks = [
-        (seg.data(), seg["p_filesz"], seg["p_align"])
-        for seg in elf.iter_segments()
-        if seg["p_type"] == "PT_NOTE"
-    ]
+    """Note data from PT_NOTE segments, or SHT_NOTE sections when there is no PT_NOTE.
+
+    Each block's file range is checked against the file before it is read: a header may
+    claim any size (up to 2^64), and reading that much would raise or exhaust memory. A
+    compressed note section is refused rather than inflated (it could inflate to any size)."""
+    stream = elf.stream
+    file_size = stream.seek(0, 2)
+    blocks = []
+    for seg in elf.iter_segments():
+        if seg["p_type"] == "PT_NOTE":
+            blocks.append((seg["p_offset"], seg["p_filesz"], seg["p_align"], seg))
     if not blocks:
-        blocks = [
-            (sec.data(), sec["sh_size"], sec["sh_addralign"])
-            for sec in elf.iter_sections()
-            if sec["sh_type"] == "SHT_NOTE"
-        ]
-    if any(len(data) != size for data, size, _ in blocks):
-        raise ValueError("a note segment runs past the end of the file")
-    return [(data, align) for data, _, align in blocks]
+        for sec in elf.iter_sections():
+            if sec["sh_type"] == "SHT_NOTE":
+                if sec["sh_flags"] & SHF_COMPRESSED:
+                    raise ValueError(f"note section {sec.name!r} is compressed")
+                blocks.append((sec["sh_offset"], sec["sh_size"], sec["sh_addralign"], sec))
+    out = []
+    for offset, size, align, part in blocks:
+        if offset + size > file_size:
+            raise ValueError("a note segment runs past the end of the file")
+        out.append((part.data(), align))
+    return out
 
 
 def xen_notes(elf: ELFFile) -> dict[int, bytes]:
