@@ -57,13 +57,15 @@ MAX_LEN = {"xenstore": 8192, "virtqueue": 0x20020, "xlcfg": 4096, "kernel": 1638
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("targets", nargs="*", choices=[[], *NAMES], default=[])
+    ap.add_argument("targets", nargs="*", metavar="TARGET", help=f"any of {', '.join(NAMES)} (all)")
     ap.add_argument("-s", "--seconds", type=int, default=int(os.environ.get("FUZZ_SECONDS", 60)))
     ap.add_argument("--timeout", type=int, default=10, help="seconds one input may take")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--repro", type=Path, help="run one input through the target")
     args = ap.parse_args()
     names = args.targets or list(NAMES)
+    if unknown := [n for n in names if n not in NAMES]:
+        ap.error(f"unknown target(s) {', '.join(unknown)}: choose from {', '.join(NAMES)}")
     if args.repro:
         repro(names[0], args.repro)
         return 0

@@ -76,3 +76,23 @@ def test_xenstore_latin1_digit_is_einval(kind: int, args: list[str], caplog) -> 
     reply = XenStoreServer(store).dispatch(conn, wire.Header(kind, 1, 0, len(payload)), payload)
     assert reply == wire.error_reply(1, 0, "EINVAL")
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+E_PHENTSIZE, E_PHNUM = 54, 56  # ELF64 header offsets
+
+
+@pytest.mark.parametrize(("entsize", "count", "match"), [
+    (0, 0xF800, "program header entries of 0 bytes"),  # the fuzzer's: 13 s, same bytes again
+    (56, 2000, "2000 program headers"),  # 112 000 bytes of table: over binfmt_elf's 64 KiB
+    (56, 100, "program header table runs past the end of the file"),
+])
+def test_pvh_program_header_table_is_bounded(mem: GuestMemory, tmp_path, entsize: int,
+                                             count: int, match: str) -> None:
+    elf = bytearray(_elf_pvh())
+    struct.pack_into("<HH", elf, E_PHENTSIZE, entsize, count)
+    if count == 2000:
+        elf += bytes(56 * 2000)  # the table is in the file: only its size is wrong
+    path = tmp_path / "k.elf"
+    path.write_bytes(elf)
+    with pytest.raises(BootImageError, match=match):
+        load_kernel(mem, path)

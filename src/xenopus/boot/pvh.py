@@ -163,6 +163,32 @@ def phys32_entry(notes: dict[int, bytes], path: str) -> int:
     return int.from_bytes(desc, "little")
 
 
+# Linux's binfmt_elf (load_elf_phdrs) refuses a program header table over 64 KiB; real
+# kernels have a handful of entries. Without a bound, e_phnum = 0xf800 with e_phentsize 0
+# in a 67-byte file kept pyelftools parsing the same bytes for 13 s (found by fuzzing).
+PHDR_TABLE_MAX = 64 * 1024
+ENTRY_SIZES = {32: (32, 40), 64: (56, 64)}  # ELF class -> (sizeof Elf_Phdr, Elf_Shdr)
+
+
+def _check_header_tables(elf: ELFFile, path: str, file_size: int) -> None:
+    """The program and section header tables must hold entries of their struct's size
+    and lie inside the file (ELF gABI "ELF Header"), before anything iterates them."""
+    phentsize, shentsize = ENTRY_SIZES[elf.elfclass]
+    tables = (("program", elf.num_segments(), elf["e_phentsize"], phentsize, elf["e_phoff"]),
+              ("section", elf.num_sections(), elf["e_shentsize"], shentsize, elf["e_shoff"]))
+    for what, count, entsize, want, offset in tables:
+        if not count:
+            continue
+        if entsize != want:
+            raise BootImageError(path, f"corrupt ELF: {what} header entries of {entsize} bytes"
+                                       f" (ELF{elf.elfclass} has {want})")
+        if what == "program" and count * entsize > PHDR_TABLE_MAX:
+            raise BootImageError(path, f"corrupt ELF: {count} program headers (more than 64 KiB)")
+        if offset + count * entsize > file_size:
+            raise BootImageError(path, f"truncated ELF: the {what} header table"
+                                       " runs past the end of the file")
+
+
 def parse_pvh(f: BinaryIO, path: str, file_size: int) -> PvhImage:
     """Read and check the ELF headers; nothing is written to guest memory."""
     try:
@@ -174,6 +200,7 @@ def parse_pvh(f: BinaryIO, path: str, file_size: int) -> PvhImage:
             raise BootImageError(
                 path, f"ELF for the wrong machine: {machine} (need EM_X86_64 or EM_386)"
             )
+        _check_header_tables(elf, path, file_size)
         segments = []
         for i, seg in enumerate(elf.iter_segments()):
             if seg["p_type"] != "PT_LOAD" or seg["p_memsz"] == 0:
