@@ -36,8 +36,12 @@ def fnv(n: int) -> int:
 def bystander(xenopus: Xenopus) -> Iterator[str]:
     cfg = xenopus.config("bystander", "hostile-bystander.elf")
     assert xenopus.run("create", "-q", str(cfg)).returncode == 0
+    daemon = (xenopus.run_dir / "xenopus.pid").read_text()
     try:
         yield "bystander"
+        # The same daemon throughout: none of the attacks killed it (a restarted one
+        # would adopt the domains and hide that).
+        assert (xenopus.run_dir / "xenopus.pid").read_text() == daemon
         # Still running, and it answers the power button with its own count intact.
         assert xenopus.domains()["bystander"][4] in ("r-----", "-b----"), xenopus.domains()
         con = xenopus.popen("console", "bystander")  # its history, then live until it goes
