@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-linux guests deps bench lint clean compile
+.PHONY: run test test-linux guests deps bench lint clean compile fuzz
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,7 +27,7 @@ run: $(STAMP) compile guests
 	$(VENV)/bin/xenopus create -c guests/hello.cfg
 
 test: $(STAMP) compile deps guests
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks fuzz
 	$(PY) -m pytest -q tests --ignore=tests/linux
 	scripts/fetch-linux
 	LINUX_SMOKE=1 scripts/test-linux
@@ -46,8 +46,14 @@ bench: $(STAMP) compile deps
 	$(PY) benchmarks/hypercall.py
 	$(PY) benchmarks/xenstore.py
 
+# Coverage-guided fuzzing (atheris) of the XenStore wire parser, the virtqueue walker, the
+# xl.cfg parser and the kernel loaders, FUZZ_SECONDS each, from fuzz/corpus (fuzz/run.py).
+FUZZ_SECONDS ?= 60
+fuzz: $(STAMP) compile
+	$(PY) -m fuzz.run --seconds $(FUZZ_SECONDS)
+
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks fuzz
 
 clean:
 	$(MAKE) -C guests clean

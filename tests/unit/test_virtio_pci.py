@@ -5,6 +5,7 @@ configuration at the offsets of §4.1.4.3."""
 
 from __future__ import annotations
 
+import errno
 import os
 import queue
 import threading
@@ -16,6 +17,7 @@ from xenopus.devices.virtio.blk import VirtioBlk
 from xenopus.devices.virtio.console import VirtioConsole
 from xenopus.devices.virtio.pci import VirtioPciDevice
 from xenopus.devices.virtio.rng import VirtioRng
+from xenopus.kvm.system import KvmError
 from xenopus.memory.guest import GuestMemory
 
 TIMEOUT = 5.0
@@ -73,6 +75,7 @@ class FakeMachine:
         self.memory = memory
         self.irq = FakeRouting()
         self.doorbells: dict[int, tuple[int, int]] = {}  # fd -> (addr, length)
+        self.foreign: set[tuple[int, int]] = set()  # other devices' doorbells
 
     def allocate_msi(self) -> FakeRoute:
         return self.irq.allocate_msi()
@@ -80,6 +83,10 @@ class FakeMachine:
     def ioeventfd(
         self, addr: int, length: int, *, pio: bool = False, datamatch: int | None = None
     ) -> int:
+        # KVM refuses a second ioeventfd of the same address, length and datamatch
+        # (virt/kvm/eventfd.c, ioeventfd_check_collision): EEXIST.
+        if (addr, length) in self.doorbells.values() or (addr, length) in self.foreign:
+            raise KvmError(f"KVM_IOEVENTFD {addr:#x}: File exists", errno.EEXIST)
         fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         self.doorbells[fd] = (addr, length)
         return fd
@@ -427,3 +434,25 @@ def test_reset_from_vcpu_while_worker_runs(mem: GuestMemory) -> None:
         assert not pci.device.active
     assert [t for t in threading.enumerate() if t.name == "virtio-rng"] == []
     pci.close()
+
+
+def test_bar_moved_onto_another_doorbell_leaves_none_behind(mem: GuestMemory) -> None:
+    """A guest moves the BAR onto another device's doorbell (KVM: EEXIST), then elsewhere
+    and home: every move must drop the old ioeventfds first, or one left at home swallows
+    the kicks there (tests/vm/test_hostile.py, case bar, found this)."""
+    pci, machine, g = make(mem)
+    home, other = BAR_ADDR, 0x9_0000_0000
+    machine.foreign.add((g.doorbell(0) - home + other, 2))
+
+    def move(addr: int) -> None:
+        pci.config_write(0x10, 4, addr & 0xFFFFFFFF | 0x4)
+        pci.config_write(0x14, 4, addr >> 32)
+
+    move(other)
+    assert machine.doorbells == {}  # refused there, and the ones at home are gone
+    assert pci._doorbells == [None]
+    move(other + 0x100000)
+    move(home)
+    assert list(machine.doorbells.values()) == [(g.doorbell(0), 2)]
+    pci.close()
+    assert machine.doorbells == {}

@@ -104,22 +104,33 @@ def iter_notes(data: bytes, align: int) -> Iterator[tuple[bytes, int, bytes]]:
         yield name.rstrip(b"\0"), ntype, desc
 
 
+SHF_COMPRESSED = 0x800  # ELF gABI: section data is an Elf_Chdr and compressed bytes
+
+
 def _note_blocks(elf: ELFFile) -> list[tuple[bytes, int]]:
-    """Note data from PT_NOTE segments, or SHT_NOTE sections when there is no PT_NOTE."""
-    blocks = [
-        (seg.data(), seg["p_filesz"], seg["p_align"])
-        for seg in elf.iter_segments()
-        if seg["p_type"] == "PT_NOTE"
-    ]
+    """Note data from PT_NOTE segments, or SHT_NOTE sections when there is no PT_NOTE.
+
+    Each block's file range is checked against the file before it is read: a header may
+    claim any size (up to 2^64), and reading that much would raise or exhaust memory. A
+    compressed note section is refused rather than inflated (it could inflate to any size)."""
+    stream = elf.stream
+    file_size = stream.seek(0, 2)
+    blocks = []
+    for seg in elf.iter_segments():
+        if seg["p_type"] == "PT_NOTE":
+            blocks.append((seg["p_offset"], seg["p_filesz"], seg["p_align"], seg))
     if not blocks:
-        blocks = [
-            (sec.data(), sec["sh_size"], sec["sh_addralign"])
-            for sec in elf.iter_sections()
-            if sec["sh_type"] == "SHT_NOTE"
-        ]
-    if any(len(data) != size for data, size, _ in blocks):
-        raise ValueError("a note segment runs past the end of the file")
-    return [(data, align) for data, _, align in blocks]
+        for sec in elf.iter_sections():
+            if sec["sh_type"] == "SHT_NOTE":
+                if sec["sh_flags"] & SHF_COMPRESSED:
+                    raise ValueError(f"note section {sec.name!r} is compressed")
+                blocks.append((sec["sh_offset"], sec["sh_size"], sec["sh_addralign"], sec))
+    out = []
+    for offset, size, align, part in blocks:
+        if offset + size > file_size:
+            raise ValueError("a note segment runs past the end of the file")
+        out.append((part.data(), align))
+    return out
 
 
 def xen_notes(elf: ELFFile) -> dict[int, bytes]:
@@ -152,6 +163,32 @@ def phys32_entry(notes: dict[int, bytes], path: str) -> int:
     return int.from_bytes(desc, "little")
 
 
+# Linux's binfmt_elf (load_elf_phdrs) refuses a program header table over 64 KiB; real
+# kernels have a handful of entries. Without a bound, e_phnum = 0xf800 with e_phentsize 0
+# in a 67-byte file kept pyelftools parsing the same bytes for 13 s (found by fuzzing).
+PHDR_TABLE_MAX = 64 * 1024
+ENTRY_SIZES = {32: (32, 40), 64: (56, 64)}  # ELF class -> (sizeof Elf_Phdr, Elf_Shdr)
+
+
+def _check_header_tables(elf: ELFFile, path: str, file_size: int) -> None:
+    """The program and section header tables must hold entries of their struct's size
+    and lie inside the file (ELF gABI "ELF Header"), before anything iterates them."""
+    phentsize, shentsize = ENTRY_SIZES[elf.elfclass]
+    tables = (("program", elf.num_segments(), elf["e_phentsize"], phentsize, elf["e_phoff"]),
+              ("section", elf.num_sections(), elf["e_shentsize"], shentsize, elf["e_shoff"]))
+    for what, count, entsize, want, offset in tables:
+        if not count:
+            continue
+        if entsize != want:
+            raise BootImageError(path, f"corrupt ELF: {what} header entries of {entsize} bytes"
+                                       f" (ELF{elf.elfclass} has {want})")
+        if what == "program" and count * entsize > PHDR_TABLE_MAX:
+            raise BootImageError(path, f"corrupt ELF: {count} program headers (more than 64 KiB)")
+        if offset + count * entsize > file_size:
+            raise BootImageError(path, f"truncated ELF: the {what} header table"
+                                       " runs past the end of the file")
+
+
 def parse_pvh(f: BinaryIO, path: str, file_size: int) -> PvhImage:
     """Read and check the ELF headers; nothing is written to guest memory."""
     try:
@@ -163,6 +200,7 @@ def parse_pvh(f: BinaryIO, path: str, file_size: int) -> PvhImage:
             raise BootImageError(
                 path, f"ELF for the wrong machine: {machine} (need EM_X86_64 or EM_386)"
             )
+        _check_header_tables(elf, path, file_size)
         segments = []
         for i, seg in enumerate(elf.iter_segments()):
             if seg["p_type"] != "PT_LOAD" or seg["p_memsz"] == 0:

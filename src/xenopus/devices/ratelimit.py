@@ -58,10 +58,10 @@ class LimitedLog:
         self.logger = logger
         self.limit = RateLimit(rate, burst, clock)
 
-    def log(self, level: int, msg: str, *args: object) -> None:
+    def log(self, level: int, msg: str, *args: object, exc_info: bool = False) -> None:
         missed = self.limit.take()
         if missed is None:
             return
         if missed:
             self.logger.log(level, "%d messages suppressed", missed)
-        self.logger.log(level, msg, *args)
+        self.logger.log(level, msg, *args, exc_info=exc_info)

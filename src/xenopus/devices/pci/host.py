@@ -31,6 +31,7 @@ from xenopus.devices.bus import Bus, BusConflictError, ones
 from xenopus.devices.pci import config as c
 from xenopus.devices.pci.config import PciConfig
 from xenopus.devices.pci.device import PciBar, PciDevice
+from xenopus.devices.ratelimit import LimitedLog
 from xenopus.stream import check_state
 
 log = logging.getLogger("xenopus.devices.pci")
@@ -107,6 +108,7 @@ class PciHostBridge:
         self._lock = threading.RLock()
         self._address = 0  # CONFIG_ADDRESS latch
         self._mapped: dict[tuple[int, int], _Mapping] = {}  # (devfn, BAR) -> where
+        self._log = LimitedLog(log)  # the guest decides how often it moves a BAR
         m64_base, m64_size = p.mmio64_window(ram_end)
         self.windows = {
             "mmio32": _Window("32-bit MMIO", p.MMIO32_BASE, p.MMIO32_SIZE),
@@ -181,7 +183,8 @@ class PciHostBridge:
                 try:
                     want.bus.register(want.base, bar.size, device.bar_handler(bar.index), name)
                 except (BusConflictError, ValueError) as e:
-                    log.warning("%s: BAR %d left unmapped: %s", device.name, bar.index, e)
+                    self._log.log(logging.WARNING, "%s: BAR %d left unmapped: %s",
+                                  device.name, bar.index, e)
                     continue
                 self._mapped[key] = want
 
@@ -214,7 +217,8 @@ class PciHostBridge:
         try:
             return device.config_read(offset, size)
         except Exception:
-            log.exception("%s: config read %#x/%d failed", device.name, offset, size)
+            self._log.log(logging.ERROR, "%s: config read %#x/%d failed", device.name, offset,
+                          size, exc_info=True)
             return ones(size)
 
     def config_write(self, bus: int, df: int, offset: int, size: int, value: int) -> None:
@@ -224,7 +228,8 @@ class PciHostBridge:
         try:
             device.config_write(offset, size, value)
         except Exception:
-            log.exception("%s: config write %#x/%d failed", device.name, offset, size)
+            self._log.log(logging.ERROR, "%s: config write %#x/%d failed", device.name, offset,
+                          size, exc_info=True)
 
     def close(self) -> None:
         for device in self.devices.values():

@@ -25,6 +25,7 @@ from xenopus.devices.pci import config as c
 from xenopus.devices.pci.config import PciConfig
 from xenopus.devices.pci.device import PciBar, PciDevice
 from xenopus.devices.pci.msix import Msix, Routing
+from xenopus.devices.ratelimit import LimitedLog
 from xenopus.devices.virtio.device import (
     STATUS_DEVICE_NEEDS_RESET,
     STATUS_DRIVER_OK,
@@ -34,6 +35,7 @@ from xenopus.devices.virtio.device import (
     VirtioDevice,
 )
 from xenopus.devices.virtio.queue import MAX_QUEUE_SIZE, DescriptorError, SplitQueue
+from xenopus.kvm.system import KvmError
 from xenopus.memory.guest import GuestMemory
 from xenopus.stream import StateError, check_state
 
@@ -185,7 +187,8 @@ class VirtioPciDevice(PciDevice):
         msix = Msix(nq + 1, BAR_INDEX, MSIX_TABLE_OFFSET, MSIX_PBA_OFFSET, machine)
         bar = PciBar(BAR_INDEX, BAR_SIZE, "mmio64", _BarRegisters(self))
         self._lock = threading.RLock()  # vCPU threads vs each other
-        self._doorbells: list[int] = []  # ioeventfds, one per queue
+        self._doorbells: list[int | None] = []  # ioeventfds, one per queue (None: refused)
+        self._log = LimitedLog(log)  # the guest decides where (and how often) the BAR goes
         self._doorbell_base: int | None = None
         self._add_caps(config, nq)
         super().__init__(config, [bar], msix)
@@ -271,16 +274,28 @@ class VirtioPciDevice(PciDevice):
         with self._lock:
             if want == self._doorbell_base:
                 return
-            old = self._doorbells
+            # The old doorbells go first, so a move back to where they were (or onto an
+            # address one of them held) cannot collide with them.
+            for fd in self._doorbells:
+                if fd is not None:
+                    self.machine.remove_ioeventfd(fd)
             self._doorbells = []
             self._doorbell_base = want
             if want is not None:
                 for i in range(len(self.queues)):
                     a = want + NOTIFY_OFFSET + i * NOTIFY_MULTIPLIER
-                    self._doorbells.append(self.machine.ioeventfd(a, 2))
+                    self._doorbells.append(self._doorbell(a))
             self.device.replace_kicks(self._doorbells)
-            for fd in old:
-                self.machine.remove_ioeventfd(fd)
+
+    def _doorbell(self, addr: int) -> int | None:
+        """An ioeventfd at `addr`, or None where KVM refuses one: the guest moved the BAR
+        onto another device's doorbell (EEXIST) or an address KVM cannot watch. That queue
+        is then kicked only through a write that reaches the BAR (`notify_write`)."""
+        try:
+            return self.machine.ioeventfd(addr, 2)
+        except KvmError as e:
+            self._log.log(logging.WARNING, "%s: no doorbell at %#x: %s", self.name, addr, e)
+            return None
 
     # -- interrupts (InterruptSink) ----------------------------------------------------------
 
@@ -572,7 +587,8 @@ class VirtioPciDevice(PciDevice):
             fds, self._doorbells = self._doorbells, []
             self._doorbell_base = None
         for fd in fds:
-            self.machine.remove_ioeventfd(fd)
+            if fd is not None:
+                self.machine.remove_ioeventfd(fd)
         super().close()
 
     # -- the rest of the BAR ---------------------------------------------------------------

@@ -148,7 +148,7 @@ def _tokens(text: str, filename: str) -> list[_Token]:
             raw = text[i:j + 1]
             toks.append(_Token(STRING, raw, line, _unescape(raw[1:-1], filename, line)))
             i = j + 1
-        elif c.isdigit():
+        elif "0" <= c <= "9":  # libxlu's [0-9]: str.isdigit() would take "²" or "١" too
             word = _NUMWORD.match(text, i).group()  # type: ignore[union-attr]
             value = to_int(word)
             if value is None:

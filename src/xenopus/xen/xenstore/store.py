@@ -29,6 +29,7 @@ from .wire import (
     XENSTORE_PAYLOAD_MAX,
     XENSTORE_REL_PATH_MAX,
     XsError,
+    is_number,
 )
 
 READ, WRITE, OWNER = 1, 2, 4
@@ -50,7 +51,7 @@ class Perm:
 
     @classmethod
     def parse(cls, text: str) -> Perm:
-        if len(text) < 2 or text[0] not in LETTER_ACCESS or not text[1:].isdigit():
+        if len(text) < 2 or text[0] not in LETTER_ACCESS or not is_number(text[1:]):
             raise XsError("EINVAL", f"bad permission {text!r}")
         domid = int(text[1:])
         if domid > 0xFFFF:

@@ -111,6 +111,12 @@ ARG_COUNT = {XS_WATCH: 2, XS_UNWATCH: 2, XS_INTRODUCE: 3, XS_SET_TARGET: 2,
              XS_DIRECTORY_PART: 2}
 
 
+def is_number(text: str) -> bool:
+    """ASCII decimal digits only, as xenstored's strtoul/sscanf read them. str.isdigit()
+    also takes "²" (latin-1 0xb2), which int() then refuses with a ValueError."""
+    return text.isascii() and text.isdigit()
+
+
 def split(payload: bytes) -> list[str]:
     """The nul-terminated strings of a payload; a missing final nul is an error."""
     if not payload or payload[-1] != 0:
