@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from xenopus import ipc, stream
+from xenopus.arch import x86
 from xenopus.control import Reply, Request
 from xenopus.devices.ratelimit import RateLimit
 from xenopus.domain import snapshot
@@ -323,25 +324,48 @@ class DomainProcess:
             self._set_state("running")
         return Reply.success()
 
-    @domain_step("shutdown", live=True)
-    def _shutdown(self, req: Request) -> Reply:
-        # The ACPI power button (GED event → \_SB.PWRB, Notify 0x80): the guest's own
-        # shutdown path runs and ends in S5, which on_poweroff then handles.
+    @domain_step("trigger", live=True)
+    def _trigger(self, req: Request) -> Reply:
+        """xl trigger DOM NAME [VCPU] (libxl_send_trigger, XEN_DOMCTL_sendtrigger in
+        xen/arch/x86/domctl.c) on KVM: `power` presses the ACPI power button (GED event
+        → \\_SB.PWRB, Notify 0x80; the guest's own shutdown ends in S5, which on_poweroff
+        handles); `reset` resets the machine (on_reboot applies; Xen answers ENOSYS on
+        x86); `nmi` and `init` reach the vCPU's local APIC as an MSI of that delivery
+        mode (what KVM_NMI and an INIT IPI do). `sleep` and `s3resume` are refused: the
+        platform has no sleep button and no S3."""
+        guest = self._live_guest()
+        name, vcpu = req.args.get("trigger"), req.args.get("vcpu", 0)
+        if not isinstance(vcpu, int) or not 0 <= vcpu < len(guest.machine.vcpus):
+            # domctl.c: -ESRCH for a vCPU the domain does not have
+            return Reply.failure(f"trigger: domain has no vCPU {vcpu!r}")
+        if name == "reset":
+            if not self._started:
+                self._run_vcpus()
+            elif self.state == "paused":
+                guest.machine.resume()
+            guest.machine.request_stop(StopReason("reboot", "reset trigger from the toolstack"))
+            return Reply.success()
+        if name in ("sleep", "s3resume"):
+            return Reply.failure(f"trigger {name}: not available on this platform (no ACPI"
+                                 " sleep button, no S3 state)")
+        if name not in ("power", "nmi", "init"):
+            return Reply.failure(f"Invalid trigger \"{name}\"")
         if not self._started:
             return Reply.failure("domain has not run yet; unpause or destroy it")
-        if self.state == "paused":
-            return Reply.failure("domain is paused; unpause it to let it shut down")
-        self._live_guest().power.press_power_button()
-        return Reply.success()
-
-    @domain_step("reboot", live=True)
-    def _reboot(self, req: Request) -> Reply:
-        guest = self._live_guest()
-        if not self._started:
-            self._run_vcpus()
-        elif self.state == "paused":
-            guest.machine.resume()
-        guest.machine.request_stop(StopReason("reboot", "reboot requested by the toolstack"))
+        if name == "power":
+            if self.state == "paused":
+                return Reply.failure("domain is paused; unpause it to let it shut down")
+            guest.power.press_power_button()
+            return Reply.success()
+        mode = x86.MSI_DELIVERY_NMI if name == "nmi" else x86.MSI_DELIVERY_INIT
+        # The MADT gives vCPU i the APIC ID i (acpi/tables.py).
+        route = guest.machine.allocate_msi()
+        try:
+            route.update(x86.MSI_ADDRESS_BASE | vcpu << x86.MSI_ADDRESS_DEST_SHIFT,
+                         mode << x86.MSI_DATA_DELIVERY_SHIFT)
+            route.trigger()
+        finally:
+            route.release()  # KVM's irqfd shutdown flushes a pending injection first
         return Reply.success()
 
     @domain_step("vcpu-pin", live=True)

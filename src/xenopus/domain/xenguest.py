@@ -44,6 +44,7 @@ from xenopus.xen.hypercall import (
     kernel_flags,
     make_cpuid_fixup,
 )
+from xenopus.xen.xenstore import wire
 from xenopus.xen.xenstore.client import XsClient
 from xenopus.xen.xenstore.server import RingTransport
 
@@ -68,6 +69,9 @@ def decide(config: DomainConfig, boot: BootInfo, kvm: Kvm) -> tuple[str, str]:
     )
 
 
+RESET_REQ_ID = 0xFFFFFFFF  # the proxy's own request (a guest numbers its requests from 0)
+
+
 class StoreProxy:
     """The guest's XenStore ring ↔ the daemon, for the life of the domain process."""
 
@@ -78,6 +82,8 @@ class StoreProxy:
         self.notify: Callable[[], None] = lambda: None
         self._writer: asyncio.StreamWriter | None = None
         self._task: asyncio.Task | None = None
+        self._rings = 0  # incarnations attached so far
+        self._stale: bytearray | None = None  # the old incarnation's traffic, until the reset
 
     async def start(self) -> None:
         if self.sock is None:
@@ -93,6 +99,16 @@ class StoreProxy:
 
     def attach(self, ring: RingTransport | None, notify: Callable[[], None] = lambda: None) -> None:
         self.ring, self.notify = ring, notify
+        if ring is None:
+            return
+        self._rings += 1
+        if self._rings > 1 and self._writer is not None:
+            # A restarted guest is a new domain to XenStore (Xen builds one): what the
+            # old incarnation watched and had open goes (XS_RESET_WATCHES: xenstored
+            # drops the connection's watches and transactions), and what the daemon
+            # still owed it (replies, watch events) is dropped up to the reset's reply.
+            self._writer.write(wire.pack(wire.XS_RESET_WATCHES, RESET_REQ_ID, 0, b""))
+            self._stale = bytearray()
 
     def kick(self) -> None:
         """The guest signalled the store port (any thread)."""
@@ -109,8 +125,28 @@ class StoreProxy:
         if ring.flush() or messages:
             self.notify()
 
+    def _drop_stale(self, data: bytes) -> bytes:
+        """What follows the reset's reply in `data`; all of it once that has passed."""
+        stale = self._stale
+        assert stale is not None
+        stale += data
+        while len(stale) >= wire.HEADER_SIZE:
+            head = wire.unpack_header(bytes(stale[:wire.HEADER_SIZE]))
+            end = wire.HEADER_SIZE + head.len
+            if len(stale) < end:
+                break
+            del stale[:end]
+            if head.type == wire.XS_RESET_WATCHES and head.req_id == RESET_REQ_ID:
+                self._stale = None
+                return bytes(stale)
+        return b""
+
     async def _from_daemon(self, reader: asyncio.StreamReader) -> None:
         while data := await reader.read(65536):
+            if self._stale is not None:
+                data = self._drop_stale(data)
+                if not data:
+                    continue
             ring = self.ring
             if ring is None or ring.broken:
                 continue  # no guest ring (yet): nothing to answer

@@ -15,7 +15,7 @@ from types import SimpleNamespace as Namespace
 from typing import Any
 
 from xenopus import host, ipc
-from xenopus.client import Connection, XenopusError, connect_console
+from xenopus.client import Connection, NoSuchDomain, XenopusError, connect_console
 from xenopus.control import DISK, NIC, Request
 
 DETACH = 0x1D  # Ctrl-], as for xl console and telnet
@@ -479,8 +479,97 @@ def cmd_dmesg(args: Namespace) -> int:
 
 
 def cmd_shutdown(args: Namespace) -> int:
-    """Press the domain's ACPI power button; with -w, wait until the domain is gone."""
-    request(args.op, dom=args.dom, wait=args.wait)
+    """xl shutdown / reboot [-a] [-w[w]] [-F] [DOM] (xl_vmcontrol.c main_shutdown_or_reboot,
+    shutdown_domain, reboot_domain, wait_for_domain_deaths): their messages, on stderr."""
+    reboot = args.op == "reboot"
+    if args.dom is None and not args.all:
+        raise CliError("You must specify -a or a domain id.")
+    if args.all:
+        # every domain but Domain-0 (and none that has already stopped: nothing listens)
+        domids = [d["domid"] for d in request("list")["domains"]
+                  if d["state"] in ("running", "paused")]
+    elif args.dom in DOM0:
+        raise CliError("Domain-0 is the host: shut it down with the host's own tools")
+    else:
+        domids = [find_domid(args.dom)]
+    asked: list[tuple[int, int]] = []  # (domid, stops seen when asked)
+    for domid in domids:
+        print(f"{'Rebooting' if reboot else 'Shutting down'} domain {domid}", file=sys.stderr)
+        with connect() as conn:
+            reply = conn.ask(Request(args.op, {"dom": str(domid), "fallback": args.fallback}))
+        if not reply.ok and reply.data.get("code") == "noparavirt":
+            what = ("graceful reboot", "ACPI reset") if reboot else ("graceful shutdown", "ACPI power")
+            print("PV control interface not available: external"
+                  f" {what[0]} not possible.", file=sys.stderr)
+            print(f'Use "-F" to fallback to {what[1]} event.', file=sys.stderr)
+            print(f"{args.op} failed (rc={LIBXL_ERROR_NOPARAVIRT})", file=sys.stderr)
+            return 1
+        if not reply.ok:
+            raise CliError(str(reply.error))
+        if reply.data.get("method") == "acpi":
+            print("PV control interface not available: sending ACPI"
+                  f" {'reset' if reboot else 'power'} button event.", file=sys.stderr)
+        asked.append((domid, int(reply.data.get("stops", 0))))
+    if not args.wait:
+        return 0
+    # -w: until each has shut down (or gone); -ww: until each is gone.
+    print(f"Waiting for {len(asked)} domains", file=sys.stderr)
+    until = "shutdown" if args.wait == 1 else "death"
+    for domid, stops in asked:
+        try:
+            event = request("wait", dom=str(domid), until=until, after=stops)
+        except NoSuchDomain:
+            event = {"event": "death"}  # gone before we asked
+        if event["event"] == "death":
+            print(f"Domain {domid} has been destroyed", file=sys.stderr)
+        else:
+            print(f"Domain {domid} has been shut down, reason code {event['reason_code']}",
+                  file=sys.stderr)
+    return 0
+
+
+LIBXL_ERROR_NOPARAVIRT = -10  # libxl_types.idl libxl_error
+TRIGGERS = ("power", "sleep", "nmi", "init", "reset", "s3resume")  # libxl_trigger, in order
+
+
+def find_domid(dom: str) -> int:
+    """xl's find_domain: a domid or a name, as a domid ("Domain 'x' does not exist.")."""
+    for d in request("list")["domains"]:
+        if dom in (str(d["domid"]), d["name"]):
+            return int(d["domid"])
+    raise CliError(f"Domain '{dom}' does not exist.")
+
+
+def cmd_sysrq(args: Namespace) -> int:
+    """xl sysrq DOM KEY (xl_misc.c main_sysrq): one character, else "Invalid sysrq."."""
+    if len(args.key) != 1:
+        raise CliError("Invalid sysrq.")
+    request(args.op, dom=args.dom, key=args.key)
+    return 0
+
+
+def cmd_trigger(args: Namespace) -> int:
+    """xl trigger DOM NAME [VCPU] (xl_misc.c main_trigger)."""
+    if args.trigger not in TRIGGERS:
+        raise CliError(f'Invalid trigger "{args.trigger}"')
+    vcpu = 0
+    if args.vcpu is not None:
+        # main_trigger: strtol; a word that is not a number means vCPU 0, with a warning
+        try:
+            vcpu = int(args.vcpu)
+        except ValueError:
+            print("Invalid vcpuid, using default vcpuid=0.\n", file=sys.stderr)
+    request(args.op, dom=args.dom, trigger=args.trigger, vcpu=vcpu)
+    return 0
+
+
+def cmd_button_press(args: Namespace) -> int:
+    """xl button-press DOM power|sleep (xl_misc.c main_button_press): deprecated, a
+    trigger."""
+    print('WARNING: "button-press" is deprecated. Please use "trigger"', file=sys.stderr)
+    if args.button not in ("power", "sleep"):
+        raise CliError(f"{args.button} is an invalid button identifier")
+    request(args.op, dom=args.dom, trigger=args.button, vcpu=0)
     return 0
 
 
@@ -616,7 +705,9 @@ def cmd_daemon(args: Namespace) -> int:
 # command several milliseconds (measured by benchmarks/startup).
 # (namedtuples, not dataclasses: importing dataclasses costs the CLI ~5 ms of inspect)
 Opt = namedtuple("Opt", "names dest help takes choices default", defaults=(None, None, None))
-Opt.__doc__ = """An option: a flag if `takes` is None, else its value's type; `help` None hides it."""
+Opt.__doc__ = """An option: a flag if `takes` is None, a flag counted (-ww) if COUNT, else its
+value's type; `help` None hides it."""
+COUNT = object()
 Pos = namedtuple("Pos", "dest metavar nargs help", defaults=(None, None))
 Pos.__doc__ = """A positional: `nargs` None (exactly one), "?", "*" or "+"."""
 Verb = namedtuple("Verb", "name help op func opts pos", defaults=((), ()))
@@ -671,9 +762,29 @@ VERBS = (
     Verb("destroy", "destroy a domain immediately", "destroy", cmd_domain_op, (), (_dom(),)),
     Verb("pause", "pause all vCPUs of a domain", "pause", cmd_domain_op, (), (_dom(),)),
     Verb("unpause", "resume a paused domain", "unpause", cmd_domain_op, (), (_dom(),)),
-    Verb("reboot", "reset a domain (on_reboot applies)", "reboot", cmd_domain_op, (), (_dom(),)),
-    Verb("shutdown", "ask a domain to shut down (ACPI power button)", "shutdown", cmd_shutdown,
-         (Opt(("-w", "--wait"), "wait", "wait for the domain to go away"),), (_dom(),)),
+    Verb("shutdown", "issue a shutdown signal to a domain (PV control/shutdown)", "shutdown",
+         cmd_shutdown, (
+             Opt(("-a", "--all"), "all", "shut down all guest domains"),
+             Opt(("-w", "--wait"), "wait", "wait for the guest(s) to shut down (-ww: to be"
+                 " destroyed)", COUNT),
+             Opt(("-F",), "fallback", "fall back to the ACPI power button for guests with no"
+                 " PV control interface"),
+         ), (Pos("dom", "DOM", "?"),)),
+    Verb("reboot", "issue a reboot signal to a domain (PV control/shutdown)", "reboot",
+         cmd_shutdown, (
+             Opt(("-a", "--all"), "all", "reboot all guest domains"),
+             Opt(("-w", "--wait"), "wait", "wait for the guest(s) to reboot (-ww: for the"
+                 " incarnation to be destroyed)", COUNT),
+             Opt(("-F",), "fallback", "fall back to the ACPI reset trigger for guests with no"
+                 " PV control interface"),
+         ), (Pos("dom", "DOM", "?"),)),
+    Verb("sysrq", "send a sysrq to a domain (control/sysrq)", "sysrq", cmd_sysrq, (),
+         (_dom(), Pos("key", "LETTER"))),
+    Verb("trigger", "send a trigger to a domain", "trigger", cmd_trigger, (),
+         (_dom(), Pos("trigger", "nmi|reset|init|power|sleep|s3resume"),
+          Pos("vcpu", "VCPU", "?", "the vCPU for nmi and init (default 0)"))),
+    Verb("button-press", "indicate an ACPI button press to the domain (deprecated: trigger)",
+         "trigger", cmd_button_press, (), (_dom(), Pos("button", "power|sleep"))),
     Verb("block-list", "list a domain's disks", "devices", cmd_devices(DISK), (),
          (Pos("doms", "DOM", "+"),)),
     Verb("network-list", "list a domain's network interfaces", "devices",
@@ -726,7 +837,7 @@ def fast_parse(argv: list[str]) -> Namespace | None:
         return None
     ns = Namespace(func=verb.func, op=verb.op)
     for o in verb.opts:
-        setattr(ns, o.dest, False if o.takes is None else o.default)
+        setattr(ns, o.dest, False if o.takes is None else 0 if o.takes is COUNT else o.default)
     by_name = {n: o for o in verb.opts for n in o.names}
     # Options may come before, between and after the positionals, as GNU getopt (which
     # xl uses) permutes them: `xl create CFG -c KEY=VALUE`; "--" ends the options.
@@ -747,10 +858,10 @@ def fast_parse(argv: list[str]) -> Namespace | None:
             o = by_name.get(n)
             if o is None:
                 return None
-            if o.takes is None:
+            if o.takes is None or o.takes is COUNT:
                 if eq:
                     return None
-                setattr(ns, o.dest, True)
+                setattr(ns, o.dest, True if o.takes is None else getattr(ns, o.dest) + 1)
                 continue
             if not eq:
                 if len(names) > 1 or not rest:
@@ -790,6 +901,8 @@ def parser(prog: str = "xenopus"):
             text = argparse.SUPPRESS if o.help is None else o.help
             if o.takes is None:
                 v.add_argument(*o.names, dest=o.dest, action="store_true", help=text)
+            elif o.takes is COUNT:
+                v.add_argument(*o.names, dest=o.dest, action="count", default=0, help=text)
             else:
                 v.add_argument(*o.names, dest=o.dest, type=o.takes, choices=o.choices,
                                default=o.default, help=text)

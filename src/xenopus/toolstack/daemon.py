@@ -50,7 +50,7 @@ from xenopus.domain.protocol import (
 from xenopus.domain.restart import RestartBackoff
 from xenopus.toolstack import hostinfo, xlformat
 from xenopus.toolstack.broker import InterdomainBroker
-from xenopus.toolstack.xenstored import XenStored
+from xenopus.toolstack.xenstored import PvControlTimeout, XenStored
 from xenopus.xen.xenstore.server import UNSCOPED, Peer, Scope, peer_of
 
 log = logging.getLogger("xenopus.daemon")
@@ -105,6 +105,13 @@ class DomainRecord:
         return self.config.name
     console_nodes: dict[str, Any] = field(default_factory=dict)  # the PV console's XenStore nodes
     adopted: bool = False  # a process a previous daemon started: not the zygote's child
+    stop_log: list[Stopped] = field(default_factory=list)  # every stop, in order
+    # Pulsed (set, then cleared) when it stops or goes: what `wait` loops on.
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def pulse(self) -> None:
+        self.changed.set()
+        self.changed.clear()
 
     def to_table(self) -> dict[str, Any]:
         """Its entry in the persisted domain table."""
@@ -358,9 +365,17 @@ class Daemon:
 
     @daemon_step("wait")
     async def _wait(self, req: Request, client: Client) -> Reply:
+        """Until the domain is gone: how it ended. With `until` ("shutdown" or "death")
+        and `after` (a count of stops, from shutdown or reboot), the xl -w event instead."""
         rec = self.lookup(req.dom)
-        await rec.gone.wait()
-        return Reply(True, self._final(rec))
+        until = req.args.get("until")
+        if until is None:
+            await rec.gone.wait()
+            return Reply(True, self._final(rec))
+        after = req.args.get("after", 0)
+        if until not in ("shutdown", "death") or not isinstance(after, int) or after < 0:
+            raise RequestError(f"wait: bad until {until!r} or after {after!r}")
+        return Reply(True, await self._wait_until(rec, until, after))
 
     @daemon_step("destroy")
     async def _destroy_step(self, req: Request, client: Client) -> Reply:
@@ -369,13 +384,69 @@ class Daemon:
 
     @daemon_step("shutdown")
     async def _shutdown(self, req: Request, client: Client) -> Reply:
+        return await self._pv_control(req, "poweroff")
+
+    @daemon_step("reboot")
+    async def _reboot(self, req: Request, client: Client) -> Reply:
+        return await self._pv_control(req, "reboot")
+
+    async def _pv_control(self, req: Request, cmd: str) -> Reply:
+        """xl shutdown / reboot (xl_vmcontrol.c shutdown_domain, reboot_domain): the
+        request through the guest's PV control interface (libxl_domain_shutdown /
+        _reboot: control/shutdown, acknowledged by the guest); where the guest has none,
+        with `fallback` (-F) the ACPI power button (shutdown) or reset (reboot) trigger,
+        else a "noparavirt" refusal. With `wait`, the reply comes once the domain is gone.
+        The reply names the way taken (`method`: pv, acpi) and the stops seen so far
+        (`stops`, for a later `wait` with `after`)."""
         rec = self.lookup(req.dom)
-        reply = await self._forward(rec, req)
+        if rec.state in ("shutdown", "crashed", "dying", "starting"):
+            raise RequestError(f"domain {rec.domid} is {rec.state}", "state")
+        stops = len(rec.stop_log)
+        if self.xenstore.pvcontrol_available(rec.domid, cmd):
+            try:
+                await self.xenstore.pvcontrol(rec.domid, cmd)
+            except PvControlTimeout as e:
+                raise RequestError(f"domain {rec.domid}: {e}", "state") from None
+            method = "pv"
+        elif req.args.get("fallback"):
+            trigger = "power" if cmd == "poweroff" else "reset"
+            await self._forward(rec, Request("trigger", {"trigger": trigger}))
+            method = "acpi"
+        else:
+            raise RequestError(f"domain {rec.domid}: PV control interface not available"
+                               f" (the guest does not advertise control/feature-{cmd})",
+                               "noparavirt")
         if req.args.get("wait"):
-            # Wait here, on the record we already hold: the guest may be gone before a
-            # second request could name it.
+            # On the record we already hold: the guest may be gone before a second
+            # request could name it.
             await rec.gone.wait()
-        return reply
+        return Reply.success(domid=rec.domid, method=method, stops=stops)
+
+    @daemon_step("sysrq")
+    async def _sysrq(self, req: Request, client: Client) -> Reply:
+        """xl sysrq DOM KEY (libxl_send_sysrq): the key into the guest's control/sysrq,
+        which its drivers watch (Linux's manage.c sysrq_handler)."""
+        rec = self.lookup(req.dom)
+        key = req.args.get("key")
+        if not isinstance(key, str) or len(key) != 1:
+            raise RequestError("Invalid sysrq.")
+        self.xenstore.sysrq(rec.domid, key)
+        return Reply.success()
+
+    async def _wait_until(self, rec: DomainRecord, until: str, after: int) -> dict[str, Any]:
+        """xl's wait_for_domain_deaths for one domain: "shutdown" ends at its first stop
+        after the `after` stops already seen, or its death; "death" when it is gone or a
+        stop ended its incarnation with a restart (Xen destroys that domain and builds a
+        new one, with a new domid)."""
+        while True:
+            since = rec.stop_log[after:]
+            if rec.gone.is_set() or (until == "death" and any(
+                    s.action.endswith("restart") for s in since)):
+                return {"event": "death", "domid": rec.domid}
+            if until == "shutdown" and since:
+                return {"event": "shutdown", "domid": rec.domid,
+                        "reason_code": xlformat.SHUTDOWN_CODES.get(since[0].reason, 0)}
+            await rec.changed.wait()
 
     @daemon_step("vcpu-list")
     async def _vcpu_list(self, req: Request, client: Client) -> Reply:
@@ -631,6 +702,8 @@ class Daemon:
                 self._retire(rec)
             elif isinstance(event, Stopped):
                 rec.last_stop = event
+                rec.stop_log.append(event)
+                rec.pulse()
                 log.info("domain %d (%s) %s → %s", rec.domid, rec.name, event.reason, event.action)
                 self.hv_log(f"d{rec.domid}: domain '{rec.name}' {STOP_WORDS.get(event.reason, event.reason)};"
                             f" on_{event.reason}={event.action}")
@@ -646,6 +719,7 @@ class Daemon:
             del self.domains[rec.domid]
             self._save_table()
         rec.gone.set()
+        rec.pulse()
 
     def _retire(self, rec: DomainRecord) -> None:
         """The domain has ended (its process said so): drop it from the table."""
@@ -680,6 +754,8 @@ class Daemon:
             death = self._death(rec) or "domain process gone (no exit status)"
             log.error("domain %d (%s) crashed: %s; on_crash=%s", rec.domid, rec.name, death, action)
             rec.last_stop = Stopped("crash", death, action)
+            rec.stop_log.append(rec.last_stop)
+            rec.pulse()
             if action == "restart" and not self._stop.is_set():
                 delay = rec.restarts.delay()
                 if delay:
