@@ -9,7 +9,7 @@
         for dom in host.list():
             print(f"{dom.name:10} {dom.memory_mib:5} MiB {dom.cpu_time:.1f} s")
         print(host.info().xen_version)          # 4.11.0-xenopus
-        host.shutdown("web", wait=True)
+        host.shutdown("web", wait=True, fallback=True)
 
 A domain is named by its domid or its name everywhere (`dom`). Every method answers with
 typed objects (`Domain`, `Vcpu`, `Device`, `HostInfo`) or raises a `XenopusError`:

@@ -89,3 +89,25 @@ def test_lifecycle_command_lines():
     assert (a.dom, a.key) == ("web", "s")
     # argparse, built from the same table, counts -w the same way
     assert parser().parse_args(["shutdown", "-w", "-w", "web"]).wait == 2
+
+
+def test_console_options_as_xl_and_xenconsole_take_them(capsys):
+    """xl_console.c main_console and xenconsole's --escape (tools/console/client/main.c);
+    each refusal comes before any daemon is asked."""
+    from xenopus.toolstack import cli
+
+    a = fast_parse(["console", "-t", "pv", "-n", "0", "-e", "^a", "web"])
+    assert (a.type, a.num, a.escape, a.dom) == ("pv", 0, "^a", "web")
+    assert fast_parse(["console", "web"]).num == 0
+    assert cli.escape_character("^a") == 1 and cli.escape_character("^]") == 0x1D
+    assert cli.escape_character("q") == ord("q")
+    for args, message in (
+        (["-t", "vga", "web"], "console type supported are: pv, serial, vuart"),
+        (["-t", "vuart", "web"], "no virtual UART here"),
+        (["-t", "pv", "-n", "1", "web"], "domain web has no pv console 1 (only 0)"),
+        (["-t", "serial", "-n", "2", "web"], "domain web has no serial console 2"),
+        (["-e", "^ab", "web"], "Invalid escape argument"),
+        (["Domain-0"], "Can't specify Domain-0"),
+    ):
+        assert cli.main(["console", *args]) == 1
+        assert message in capsys.readouterr().err

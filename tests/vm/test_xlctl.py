@@ -142,3 +142,97 @@ def test_trigger_init_resets_the_vcpu(xenopus: Xenopus) -> None:
     assert xenopus.run("destroy", "ctl-i").returncode == 0
     con.communicate(timeout=60)
 
+
+def wait_state(x: Xenopus, name: str, flags: str) -> None:
+    deadline = time.monotonic() + 60
+    while x.domains().get(name, [""] * 5)[4] != flags:
+        assert time.monotonic() < deadline, x.domains()
+        time.sleep(0.1)  # polling the state a user would see; not synchronising with the guest
+
+
+def test_on_watchdog_applies_to_a_watchdog_shutdown(xenopus: Xenopus) -> None:
+    """SCHEDOP_watchdog expiring shuts the domain down with SHUTDOWN_watchdog (reason code
+    4, flag "w"), and on_watchdog, not on_crash, decides what follows."""
+    _, con = start(xenopus, "ctl-wd", cmdline="watchdog=1", on_watchdog="preserve",
+                   on_crash="destroy")
+    wait_state(xenopus, "ctl-wd", "---sw-")
+    assert "on_watchdog=preserve" in xenopus.run("dmesg").stdout
+    assert xenopus.run("destroy", "ctl-wd").returncode == 0
+    con.communicate(timeout=60)
+
+
+UUID = "6d9c0a3e-2f55-4c86-a0a4-4b4c55e3a0e1"
+
+
+def uuids(x: Xenopus) -> dict[str, str]:
+    """`xl vm-list`: name -> UUID."""
+    rows = x.run("vm-list", check=True).stdout.splitlines()[1:]
+    return {r.split()[2]: r.split()[0] for r in rows}
+
+
+def test_rename_restart_keeps_the_old_domain_renamed(xenopus: Xenopus) -> None:
+    domid, con = start(xenopus, "ctl-rn", on_poweroff="rename-restart", uuid=UUID)
+    assert uuids(xenopus)["ctl-rn"] == UUID
+    assert xenopus.run("shutdown", "-w", "ctl-rn").returncode == 0
+    read_until(con.stdout, b"RESULT: PASS xenctl poweroff")
+    deadline = time.monotonic() + 60
+    while not any(n.startswith("ctl-rn-") for n in xenopus.domains()) or "ctl-rn" not in xenopus.domains():
+        assert time.monotonic() < deadline, xenopus.domains()
+        time.sleep(0.1)  # polling the listing a user would see
+    listing = xenopus.domains()
+    (kept,) = [n for n in listing if n.startswith("ctl-rn-")]
+    assert re.fullmatch(r"ctl-rn-\d{8}T\d{4}Z", kept)  # xl's preserve_domain suffix
+    assert int(listing[kept][1]) == domid and listing[kept][4] == "---s--"
+    assert int(listing["ctl-rn"][1]) > domid  # a new domain, a new domid
+    ids = uuids(xenopus)
+    assert ids["ctl-rn"] == UUID and ids[kept] != UUID
+    for name in ("ctl-rn", kept):
+        assert xenopus.run("destroy", name).returncode == 0
+    con.communicate(timeout=60)
+
+
+def test_dump_core_writes_guest_ram_as_elf(xenopus: Xenopus) -> None:
+    _, con = start(xenopus, "ctl-d")
+    core = xenopus.tmp / "ctl-d.core"
+    r = xenopus.run("dump-core", "ctl-d", str(core))
+    assert r.returncode == 0, r.stderr
+    progs = subprocess.run(["readelf", "-lW", str(core)], capture_output=True, text=True,
+                           check=True).stdout
+    loads = re.findall(r"^\s+LOAD\s+\S+ \S+ (0x[0-9a-f]+) (0x[0-9a-f]+)", progs, re.M)
+    assert sum(int(size, 16) for _, size in loads) > 63 << 20  # the 64 MiB guest's RAM
+    assert b"xenctl: ready" in core.read_bytes()  # the kernel image, loaded at 1 MiB
+    assert xenopus.domains()["ctl-d"][4] in ("r-----", "-b----")  # running on afterwards
+    bad = xenopus.run("dump-core", "ctl-d", str(xenopus.tmp / "no-dir" / "core"))
+    assert bad.returncode == 1 and "core dump failed" in bad.stderr
+    assert xenopus.run("destroy", "ctl-d").returncode == 0
+    con.communicate(timeout=60)
+
+
+def test_coredump_destroy_dumps_then_destroys(xenopus: Xenopus) -> None:
+    dumps = xenopus.tmp / "dumps"
+    xenopus.run("daemon", "--stop", timeout=60)  # the next command starts one with this env
+    xenopus.env["XENOPUS_DUMP_DIR"] = str(dumps)
+    try:
+        _, con = start(xenopus, "ctl-cd", on_poweroff="coredump-destroy")
+        r = xenopus.run("shutdown", "-ww", "ctl-cd")
+        assert r.returncode == 0, r.stderr
+        con.communicate(timeout=60)
+        core = dumps / "ctl-cd"
+        assert core.read_bytes()[:4] == b"\x7fELF" and core.stat().st_size > 63 << 20
+        assert "ctl-cd" not in xenopus.domains()
+    finally:
+        xenopus.run("daemon", "--stop", timeout=60)
+        del xenopus.env["XENOPUS_DUMP_DIR"]
+
+
+def test_uuid_is_the_guest_handle_and_grant_frames_are_limited(xenopus: Xenopus) -> None:
+    """XENVER_guest_handle answers the configured uuid's 16 bytes (xen_domain_handle_t,
+    the UUID in its string order); GNTTABOP_query_size the configured max_grant_frames."""
+    cfg = xenopus.config("xh-uuid", "xenhello.elf", xen_platform=1, memory=64, uuid=UUID)
+    r = xenopus.run("create", "-c", "-F", str(cfg))
+    assert f"xen guest handle: {UUID.replace('-', '')}" in r.stdout, r.stdout
+    for frames, keys in (("64", {}), ("4", {"max_grant_frames": 4})):
+        cfg = xenopus.config("xg-frames", "xengrant.elf", xen_platform=1, memory=64, **keys)
+        r = xenopus.run("create", "-c", "-F", str(cfg))
+        assert re.search(rf"ok query_size: rc 0 status 0 nr_frames \d+ max {frames}\b",
+                         r.stdout), r.stdout

@@ -25,7 +25,7 @@ from xenopus import ipc, stream
 from xenopus.arch import x86
 from xenopus.control import Reply, Request
 from xenopus.devices.ratelimit import RateLimit
-from xenopus.domain import snapshot
+from xenopus.domain import coredump, snapshot
 from xenopus.domain.builder import Guest, build_guest
 from xenopus.domain.config import DomainConfig
 from xenopus.domain.console import Console
@@ -56,6 +56,8 @@ log = logging.getLogger("xenopus.domain")
 GUEST_LOG_BURST = 1000
 GUEST_LOG_RATE = 100  # lines per second
 
+# xl.cfg on_* actions that leave the stopped guest in place for the daemon's next step
+HELD_ACTIONS = ("preserve", "rename-restart", "coredump-destroy", "coredump-restart")
 EXIT_OK = 0
 EXIT_CRASHED = 1
 EXIT_START_FAILED = 2
@@ -217,8 +219,11 @@ class DomainProcess:
         else:
             log.info("domain %d (%s) %s: %s", self.domid, self.config.name, reason.kind, reason.detail)
         self._send(Stopped(reason.kind, reason.detail, action))
-        if action == "preserve":
-            guest.machine.stop()  # keep memory and state for inspection
+        if action in HELD_ACTIONS:
+            # Keep memory and state for inspection; for the others the daemon follows
+            # up (it renames this one and creates another, or has the core dumped
+            # before a destroy or a "restart").
+            guest.machine.stop()
             self._set_state("crashed" if reason.kind == "crash" else "shutdown")
             return
         if action == "restart":
@@ -367,6 +372,41 @@ class DomainProcess:
         finally:
             route.release()  # KVM's irqfd shutdown flushes a pending injection first
         return Reply.success()
+
+    @domain_step("restart")
+    def _restart_step(self, req: Request) -> Reply:
+        """Build the next incarnation of a guest held after its stop (coredump-restart,
+        once the core is written)."""
+        if self.guest is None or self.state not in ("shutdown", "crashed"):
+            return Reply.failure(f"restart: domain is {self.state}, not stopped")
+        self._teardown()
+        self._restart()
+        return Reply.success()
+
+    @domain_step("dump-core")
+    def _dump_core(self, req: Request) -> Awaitable[Reply]:
+        return self._while_busy("dumping core", self._dumping_core(req))
+
+    async def _dumping_core(self, req: Request) -> Reply:
+        """xl dump-core: guest RAM as an ELF core (domain/coredump.py) into the file the
+        daemon handed over; a running guest is paused meanwhile."""
+        out = await self._take_file(req, "wb")  # first: a refusal must not leave it open
+        guest = self.guest
+        if guest is None:
+            out.close()
+            return Reply.failure(f"domain is {self.state}: it has no memory to dump")
+        running = self.state == "running" and self._started
+        with out:
+            if running:
+                guest.machine.pause()
+            try:
+                size = await asyncio.to_thread(
+                    coredump.write_core, out.fileno(), guest.memory.ram_ranges(),
+                    guest.memory.view)
+            finally:
+                if running and self.guest is guest:
+                    guest.machine.resume()
+        return Reply.success(octets=size)
 
     @domain_step("vcpu-pin", live=True)
     def _vcpu_pin(self, req: Request) -> Reply:

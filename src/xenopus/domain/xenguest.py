@@ -14,6 +14,7 @@ import contextlib
 import logging
 import socket
 import threading
+import uuid
 from collections.abc import Callable
 
 from xenopus.boot import BootInfo
@@ -224,6 +225,10 @@ class XenGuest:
         domain = self.domain = XenDomain(
             self.domid, machine, self.table, console_out=self.hv_log, e820=self.e820,
             max_pages=self.config.maxmem * MiB // abi.PAGE_SIZE if self.config.maxmem else 0,
+            handle=uuid.UUID(self.config.uuid).bytes if self.config.uuid else bytes(16),
+            max_evtchn_port=self.config.max_event_channels,
+            **({"max_grant_frames": self.config.max_grant_frames}
+               if self.config.max_grant_frames else {}),
         )
         if self.kernel is not None:
             # vmcall/vmmcall now arrive as KVM_EXIT_XEN; calls through the hypercall page

@@ -43,16 +43,16 @@ def open_console(dom: str, kind: str | None = None) -> socket.socket:
     return connect_console(reply["path"], dom)
 
 
-def attach_console(dom: str, kind: str | None = None) -> None:
+def attach_console(dom: str, kind: str | None = None, escape: int = DETACH) -> None:
     with open_console(dom, kind) as sock:
-        pump_console(sock)
+        pump_console(sock, escape)
 
 
-def pump_console(sock: socket.socket) -> None:
+def pump_console(sock: socket.socket, escape: int = DETACH) -> None:
     """Copy the console to stdout and stdin to the console until the domain goes away.
 
-    On a terminal, stdin is put in raw mode and Ctrl-] detaches; otherwise stdin is
-    forwarded until its end and the output streams until the domain dies.
+    On a terminal, stdin is put in raw mode and `escape` (Ctrl-]) detaches; otherwise
+    stdin is forwarded until its end and the output streams until the domain dies.
     """
     out = sys.stdout.buffer
     try:
@@ -89,8 +89,8 @@ def pump_console(sock: socket.socket) -> None:
                 if not data:
                     stdin_fd = None
                     continue
-                if tty and DETACH in data:
-                    data = data[: data.index(DETACH)]
+                if tty and escape in data:
+                    data = data[: data.index(escape)]
                     if data:
                         sock.sendall(data)
                     return
@@ -461,8 +461,38 @@ def devices_of(dom: str) -> list[dict[str, Any]]:
         return []
 
 
+CONSOLE_TYPES = ("pv", "serial", "vuart")  # xl_console.c console_names
+
+
+def escape_character(text: str) -> int:
+    """xenconsole's --escape (tools/console/client/main.c): "^X" is Ctrl-X, else one
+    character."""
+    if len(text) == 2 and text[0] == "^":
+        return ord(text[1]) & 0x1F
+    if len(text) == 1:
+        return ord(text)
+    raise CliError("Invalid escape argument")
+
+
 def cmd_console(args: Namespace) -> int:
-    attach_console(args.dom, args.type)
+    """xl console [-t pv|serial|vuart] [-n N] [-e ESC] DOM (xl_console.c main_console and
+    the xenconsole it runs). Without -t, the primary console (PV for a Xen-aware guest,
+    else the serial port) and -n is ignored, as libxl_primary_console_exec does; `virtio`
+    is xenopus's own type (the virtio console port)."""
+    kind = args.type
+    if kind is not None and kind not in (*CONSOLE_TYPES, "virtio"):
+        raise CliError(f"console type supported are: {', '.join(CONSOLE_TYPES)}")
+    if args.dom in DOM0:
+        raise CliError("Can't specify Domain-0")  # xenconsole
+    if kind == "vuart":
+        raise CliError("console type vuart: no virtual UART here (an Arm console); use"
+                       " serial or pv")
+    if kind is not None and args.num != 0:
+        # xenconsole reads serial/N/tty, or device/console/N/tty for a secondary PV
+        # console: a domain here has one serial port and one PV console, number 0.
+        raise CliError(f"domain {args.dom} has no {kind} console {args.num} (only 0)")
+    escape = DETACH if args.escape is None else escape_character(args.escape)
+    attach_console(args.dom, kind, escape)
     return 0
 
 
@@ -622,7 +652,8 @@ def cmd_vcpu_list(args: Namespace) -> int:
                 d["name"], d["domid"], v["vcpu"], v["cpu"] if online else None,
                 running=not paused and v["state"] == "running",
                 blocked=not paused and v["state"] == "blocked",
-                cpu_time=v["cpu_time"], hard=v["affinity"], soft="all", nr_cpus=nr_cpus))
+                cpu_time=v["cpu_time"], hard=v["affinity"], soft=v.get("soft", "all"),
+                nr_cpus=nr_cpus))
     return 0
 
 
@@ -646,6 +677,24 @@ def cmd_vcpu_pin(args: Namespace) -> int:
         raise CliError(f"'{args.hard}' selects no CPU")
     vcpu: int | str = "all" if args.vcpu == "all" else int(args.vcpu)
     request(args.op, dom=args.dom, vcpu=vcpu, cpus=sorted(cpus))
+    return 0
+
+
+def cmd_dump_core(args: Namespace) -> int:
+    """xl dump-core DOM FILE (xl_misc.c core_dump_domain): FILE is opened here, as the
+    user who named it, and handed over; "core dump failed" on a refusal."""
+    from xenopus.toolstack import transfer
+
+    try:
+        fd = os.open(args.file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    except OSError as e:
+        raise CliError(f"core dump failed: {args.file}: {e.strerror}") from None
+    try:
+        transfer.send_file(Request(args.op, {"dom": args.dom}), fd, None, None, "dump-core")
+    except CliError as e:
+        raise CliError(f"core dump failed: {e}") from None
+    finally:
+        os.close(fd)
     return 0
 
 
@@ -752,10 +801,13 @@ VERBS = (
         Opt(("-i", "--iterations"), "iterations", "frames to print before exiting", int),
         Opt(("-d", "--delay"), "delay", "seconds between frames (default 3)", int, None, 3),
     )),
-    Verb("console", "attach to a domain's console (Ctrl-] detaches)", "console", cmd_console,
-         (Opt(("-t",), "type", "serial (COM1), pv (Xen PV console) or virtio; default: pv for"
-              " Xen-aware guests, else serial", str, ("serial", "virtio", "pv"), None),),
-         (_dom(),)),
+    Verb("console", "attach to a domain's console (Ctrl-] detaches)", "console", cmd_console, (
+        Opt(("-t",), "type", "pv (Xen PV console), serial (COM1), vuart (refused) or virtio;"
+            " default: pv for Xen-aware guests, else serial", str),
+        Opt(("-n",), "num", "console number (0: the only one of each type here)", int, None, 0),
+        Opt(("-e",), "escape", "escape character to detach, ^X or one character (default ^])",
+            str),
+    ), (_dom(),)),
     Verb("dmesg", "print the host log: xenopus's (XEN) lines, guests' console_io and"
          " port-0xE9 lines", "dmesg", cmd_dmesg,
          (Opt(("-c", "--clear"), "clear", "clear the log after printing it"),)),
@@ -778,6 +830,8 @@ VERBS = (
              Opt(("-F",), "fallback", "fall back to the ACPI reset trigger for guests with no"
                  " PV control interface"),
          ), (Pos("dom", "DOM", "?"),)),
+    Verb("dump-core", "core dump a domain (ELF, guest RAM as PT_LOADs)", "dump-core",
+         cmd_dump_core, (), (_dom(), Pos("file", "FILE"))),
     Verb("sysrq", "send a sysrq to a domain (control/sysrq)", "sysrq", cmd_sysrq, (),
          (_dom(), Pos("key", "LETTER"))),
     Verb("trigger", "send a trigger to a domain", "trigger", cmd_trigger, (),

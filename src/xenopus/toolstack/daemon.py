@@ -56,9 +56,13 @@ from xenopus.xen.xenstore.server import UNSCOPED, Peer, Scope, peer_of
 log = logging.getLogger("xenopus.daemon")
 
 DMESG_LINES = 10000
+# Where on_* = coredump-* writes NAME's core: xl's XEN_DUMP_DIR (configure's default).
+XEN_DUMP_DIR = "/var/lib/xen/dump"
+DUMP_DIR_ENV = "XENOPUS_DUMP_DIR"  # another directory (tests)
 DOM0_NAMES = ("Domain-0",)  # the host's name in every listing
 # How `xl dmesg` words a domain's stop, by StopReason.kind.
-STOP_WORDS = {"poweroff": "shut down", "reboot": "rebooted", "crash": "crashed"}
+STOP_WORDS = {"poweroff": "shut down", "reboot": "rebooted", "crash": "crashed",
+              "watchdog": "stopped by its watchdog"}
 DESTROY_GRACE = 5.0  # seconds a domain process gets to exit before SIGKILL
 # Seconds a domain process gets from its fork to Ready (the guest built) before it is
 # killed: building reads the kernel and lays out memory, seconds even for a large guest.
@@ -422,6 +426,71 @@ class Daemon:
             await rec.gone.wait()
         return Reply.success(domid=rec.domid, method=method, stops=stops)
 
+    async def _rename_restart(self, rec: DomainRecord) -> None:
+        """on_* = "rename-restart" (xl_vmcontrol.c handle_domain_death, preserve_domain):
+        the stopped domain stays, renamed NAME-YYYYmmddTHHMMZ with a fresh UUID, and a
+        new domain is created from the configuration under the old name and UUID."""
+        suffix = time.strftime("-%Y%m%dT%H%MZ", time.gmtime())
+        config = rec.config
+        kept = f"{config.name}{suffix}"
+        log.info("Preserving domain %d %s with suffix%s", rec.domid, config.name, suffix)
+        if kept in DOM0_NAMES or any(r.name == kept for r in self.domains.values()):
+            # libxl_domain_preserve fails; xl leaves the old domain in place
+            log.error("domain %d: cannot preserve as %s: the name is taken", rec.domid, kept)
+            return
+        try:
+            rec.config = dataclasses.replace(config, name=kept, uuid=str(uuid4()))
+        except ConfigError as e:  # the suffix made the name too long
+            log.error("domain %d: cannot preserve as %s: %s", rec.domid, kept, e)
+            return
+        rec.uuid = str(rec.config.uuid)
+        self.xenstore.rename(rec.domid, kept)
+        self._save_table()
+        self.hv_log(f"d{rec.domid}: domain '{config.name}' preserved as '{kept}'")
+        try:
+            new = await self._new_domain(config, paused=False)
+        except (RequestError, ConfigError) as e:
+            log.error("domain %s: rename-restart could not create its successor: %s",
+                      config.name, e)
+            return
+        self.hv_log(f"d{new.domid}: domain '{config.name}' restarted (rename-restart of d{rec.domid})")
+
+    async def _coredump_then(self, rec: DomainRecord, action: str) -> None:
+        """on_* = "coredump-destroy" / "coredump-restart" (handle_domain_death): the core
+        goes to XEN_DUMP_DIR/NAME, then the domain is destroyed or restarted. A failed
+        dump is logged and the action goes on ("no point crying over spilled milk")."""
+        path = os.path.join(os.environ.get(DUMP_DIR_ENV, XEN_DUMP_DIR), rec.name)
+        log.info("dumping core to %s", path)
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            token = await self._hand_over(rec, fd)
+            reply = await self._until_answered(rec, Request("dump-core", {"files": token}))
+            if not reply.ok:
+                raise RequestError(str(reply.error))
+            self.hv_log(f"d{rec.domid}: core dumped to {path}")
+        except (OSError, RequestError) as e:
+            log.error("domain %d: core dump failed: %s", rec.domid, e)
+        if action == "coredump-destroy" or self._stop.is_set():
+            await self._destroy(rec)
+            return
+        with contextlib.suppress(RequestError, ConnectionError):
+            reply = await rec.request(Request("restart"))
+            if reply.ok:
+                return
+        await self._destroy(rec)
+
+    @daemon_step("dump-core")
+    async def _dump_core(self, req: Request, client: Client) -> Reply:
+        """xl dump-core DOM FILE: the domain's memory as an ELF core into the file the CLI
+        opened (domain/coredump.py says which format)."""
+        rec = self.lookup(req.dom)
+        token = await self._hand_over(rec, await self._client_file(client))
+        reply = await self._until_answered(rec, Request("dump-core", {"files": token}))
+        if not reply.ok:
+            raise RequestError(f"domain {rec.domid}: core dump failed: {reply.error}")
+        return Reply(True, reply.data)
+
     @daemon_step("sysrq")
     async def _sysrq(self, req: Request, client: Client) -> Reply:
         """xl sysrq DOM KEY (libxl_send_sysrq): the key into the guest's control/sysrq,
@@ -464,6 +533,9 @@ class Daemon:
                 # brought vCPU0 up (only the others wait for the guest), placed on the
                 # first CPU of its affinity: so it is listed.
                 vcpus[0] = {**vcpus[0], "online": True, "cpu": min(vcpus[0]["affinity"])}
+            soft = rec.config.cpus_soft or []  # xl.cfg cpus_soft, as configured
+            vcpus = [{**v, "soft": soft[i] if i < len(soft) and soft[i] is not None else "all"}
+                     for i, v in enumerate(vcpus)]
             return {"domid": rec.domid, "name": rec.name, "state": rec.state, "vcpus": vcpus}
 
         return Reply.success(domains=list(await asyncio.gather(*(entry(r) for r in recs))))
@@ -520,7 +592,7 @@ class Daemon:
         # In a worker: a config on a slow or hung filesystem must not stall every client.
         config, warnings = await asyncio.to_thread(self._load_config, req)
         if req.args.get("dryrun"):  # xl create -n: the configuration, as libxl's JSON
-            libxl = xlformat.libxl_domain_config(config, str(uuid4()))
+            libxl = xlformat.libxl_domain_config(config, config.uuid or str(uuid4()))
             return Reply.success(libxl=libxl, warnings=warnings)
         attach, paused, wait = (bool(req.args.get(k)) for k in ("attach", "paused", "wait"))
         rec = await self._new_domain(config, paused=attach or paused)
@@ -548,7 +620,9 @@ class Daemon:
         """A new domain of `config` with the next domid, its process started."""
         if any(r.name == config.name for r in self.domains.values()):
             raise RequestError(f"domain '{config.name}' already exists", "domain-exists")
-        rec = DomainRecord(self.next_domid, config)
+        if config.uuid is None:  # xl_parse.c: libxl_uuid_generate when the config has none
+            config = dataclasses.replace(config, uuid=str(uuid4()))
+        rec = DomainRecord(self.next_domid, config, uuid=config.uuid)
         self.next_domid += 1
         self.domains[rec.domid] = rec
         try:
@@ -704,6 +778,10 @@ class Daemon:
                 rec.last_stop = event
                 rec.stop_log.append(event)
                 rec.pulse()
+                if event.action == "rename-restart":
+                    asyncio.create_task(self._rename_restart(rec))
+                elif event.action.startswith("coredump-"):
+                    asyncio.create_task(self._coredump_then(rec, event.action))
                 log.info("domain %d (%s) %s → %s", rec.domid, rec.name, event.reason, event.action)
                 self.hv_log(f"d{rec.domid}: domain '{rec.name}' {STOP_WORDS.get(event.reason, event.reason)};"
                             f" on_{event.reason}={event.action}")

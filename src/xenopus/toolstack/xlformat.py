@@ -482,7 +482,7 @@ def libxl_domain_config(config: DomainConfig, uuid: str) -> dict[str, object]:
         out["disks"] = [libxl_disk(d) for d in config.disks]
     if config.vifs:
         out["nics"] = [libxl_nic(i, v) for i, v in enumerate(config.vifs)]
-    for key in ("on_poweroff", "on_reboot", "on_crash"):
+    for key in ("on_poweroff", "on_reboot", "on_watchdog", "on_crash"):
         action = ACTIONS[getattr(config, key)]
         if action != DEFAULT_ACTION:
             out[key] = action
