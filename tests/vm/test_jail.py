@@ -269,7 +269,7 @@ def test_kill_9_of_the_daemon_loses_no_domain(jailed: Xenopus) -> None:
 
 
 def test_restart_keeps_its_tap_inside_the_jail(jailed: Xenopus) -> None:
-    dom = running(jailed, "jail-vif", on_reboot="restart", vif=["vifname=xjail0"])
+    dom = running(jailed, "jail-vif", on_reboot="restart", vif=["model=virtio, vifname=xjail0"])
     assert Path("/sys/class/net/xjail0").exists()
     assert jailed.run("reboot", "-F", "jail-vif").returncode == 0
     deadline = time.monotonic() + 60

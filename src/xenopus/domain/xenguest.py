@@ -55,9 +55,19 @@ XEN_STATE_VERSION = 1  # of XenGuest.save_state's dict
 XEN_VBD_MAJOR = 202  # docs/misc/vbd-interface.txt: xvd disks are major 202
 
 
-def vbd_id(index: int) -> int:
-    """The xenstore device id of disk `index` named xvdX (vbd-interface.txt)."""
+def vbd_id(index: int, prefix: str = "xvd") -> int:
+    """The xenstore device id of whole disk `index` of a vdev family (docs/misc/
+    vbd-interface.txt): xvd 202 << 8 | disk << 4 (the extended form past disk 15); sd
+    8 << 8 | disk << 4; hd 3 << 8 | disk << 6 for hda/hdb, 22 << 8 for hdc/hdd. Linux's
+    blkfront names every one xvd* (sdX from xvde on, as it emulates them)."""
+    if prefix == "sd":
+        return SCSI_DISK0_MAJOR << 8 | index << 4
+    if prefix == "hd":
+        return (IDE0_MAJOR if index < 2 else IDE1_MAJOR) << 8 | (index % 2) << 6
     return XEN_VBD_MAJOR << 8 | index << 4 if index < 16 else 1 << 28 | index << 8
+
+
+SCSI_DISK0_MAJOR, IDE0_MAJOR, IDE1_MAJOR = 8, 3, 22  # vbd-interface.txt
 
 
 def decide(config: DomainConfig, boot: BootInfo, kvm: Kvm) -> tuple[str, str]:
@@ -320,9 +330,10 @@ class XenGuest:
 
     # -- backends ----------------------------------------------------------------------
     def start_backends(self) -> None:
-        """The xvd* disks and model=xen vifs, as dom0 clients of the daemon's XenStore."""
-        disks = [(i, d) for i, d in enumerate(self.config.disks) if d.kind == "xen"]
-        vifs = [(i, v) for i, v in enumerate(self.config.vifs) if v.model == "xen"]
+        """The Xen PV disks and vifs (`kind_for`: every one virtio was not asked for), as
+        dom0 clients of the daemon's XenStore."""
+        disks = [(i, d) for i, d in enumerate(self.config.disks) if d.kind_for(True) == "xen"]
+        vifs = [(i, v) for i, v in enumerate(self.config.vifs) if v.kind_for(True) == "xen"]
         if not (disks or vifs):
             return
         if self.xenstore_path is None:
@@ -334,7 +345,9 @@ class XenGuest:
                           GrantMapper(lambda d: grants if d == self.domid else None))
         for _, disk in disks:
             be = BlkBack(
-                self.xs, host, self.domid, vbd_id(disk.vdev_index), disk.target,
+                self.xs, host, self.domid,
+                vbd_id(disk.vdev_index, "xvd" if disk.vdev.startswith("xvd") else disk.vdev[:2]),
+                disk.target,
                 read_only=disk.read_only, vdev=disk.vdev,
             )
             self.backends.append(be)
