@@ -46,7 +46,7 @@ class Domain:
     maxvcpus: int
     cpu_time: float
     start_time: float  # seconds since the epoch
-    reason: str | None  # why it last stopped: poweroff, reboot, crash (None: never)
+    reason: str | None  # why it last stopped: poweroff, reboot, crash, watchdog (None: never)
     protocol: str | None  # how it booted: pvh or linux
     xen_path: str  # the Xen interface: trap, kernel or off
     config: dict[str, Any] = field(repr=False)  # DomainConfig.to_dict(): every xl.cfg key

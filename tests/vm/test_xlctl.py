@@ -107,7 +107,10 @@ def test_no_pv_interface_is_refused_as_xl_does(xenopus: Xenopus) -> None:
 
 
 def test_trigger_and_button_press_refusals(xenopus: Xenopus) -> None:
-    _, con = start(xenopus, "ctl-t")
+    _, con = start(xenopus, "ctl-t", cpus_soft="0")
+    # xl_vcpu.c print_vcpuinfo's "Affinity (Hard / Soft)": cpus_soft as configured
+    row = xenopus.run("vcpu-list", "ctl-t", check=True).stdout.splitlines()[1]
+    assert row.endswith("all / 0"), row
     r = xenopus.run("trigger", "ctl-t", "bogus")
     assert r.returncode == 1 and 'Invalid trigger "bogus"' in r.stderr
     r = xenopus.run("trigger", "ctl-t", "sleep")
@@ -186,8 +189,14 @@ def test_rename_restart_keeps_the_old_domain_renamed(xenopus: Xenopus) -> None:
     assert int(listing["ctl-rn"][1]) > domid  # a new domain, a new domid
     ids = uuids(xenopus)
     assert ids["ctl-rn"] == UUID and ids[kept] != UUID
-    for name in ("ctl-rn", kept):
-        assert xenopus.run("destroy", name).returncode == 0
+    # The kept domain moved to a /vm of its own (libxl_domain_preserve): destroying it
+    # leaves the successor's /vm/UUID alone.
+    assert xenopus.run("destroy", kept).returncode == 0
+    env = {**xenopus.env, "XENSTORED_PATH": str(xenopus.run_dir / "xenstored.sock")}
+    name = subprocess.run(["xenstore-read", f"/vm/{UUID}/name"], env=env,
+                          capture_output=True, text=True, timeout=30)
+    assert name.stdout.strip() == "ctl-rn", name.stderr
+    assert xenopus.run("destroy", "ctl-rn").returncode == 0
     con.communicate(timeout=60)
 
 

@@ -444,7 +444,7 @@ class Daemon:
             log.error("domain %d: cannot preserve as %s: %s", rec.domid, kept, e)
             return
         rec.uuid = str(rec.config.uuid)
-        self.xenstore.rename(rec.domid, kept)
+        self.xenstore.preserve(rec.domid, kept, rec.uuid)
         self._save_table()
         self.hv_log(f"d{rec.domid}: domain '{config.name}' preserved as '{kept}'")
         try:

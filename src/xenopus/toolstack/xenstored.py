@@ -153,6 +153,20 @@ class XenStored:
         for key, value in values.items():
             s.write(c, f"{home}/{key}", value.encode())
 
+    def preserve(self, domid: int, name: str, uuid: str) -> None:
+        """libxl_domain_preserve (rename-restart): the domain gets a fresh /vm/UUID (roperm,
+        its `uuid`), its home's `vm` points there, and it is renamed; the old /vm stays
+        for the domain that takes over the old name and UUID."""
+        s, c = self.store, self.dom0
+        vm = f"/vm/{uuid}"
+        with contextlib.suppress(XsError):
+            s.rm(c, vm)
+        self._mknod(vm, ["n0", f"r{domid}"])
+        s.write(c, f"/local/domain/{domid}/vm", vm.encode())
+        self._vm_paths[domid] = vm
+        self.rename(domid, name)
+        s.write(c, f"{vm}/uuid", uuid.encode())
+
     def rename(self, domid: int, name: str) -> None:
         """The domain's name in its home and its /vm (libxl__domain_rename)."""
         s, c = self.store, self.dom0
