@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-linux guests deps bench lint clean compile fuzz
+.PHONY: run test test-linux guests deps bench lint clean compile fuzz install-autostart
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,16 @@ bench: $(STAMP) compile deps
 FUZZ_SECONDS ?= 60
 fuzz: $(STAMP) compile
 	$(PY) -m fuzz.run --seconds $(FUZZ_SECONDS)
+
+# /etc/xen/auto-style autostart at boot (dist/xenopus-autostart.service), for this checkout's
+# venv; then `systemctl enable --now xenopus-autostart`. Not part of `make run`.
+UNITDIR ?= /etc/systemd/system
+install-autostart: $(STAMP) compile
+	sed -e 's|@PYTHON@|$(abspath $(PY))|g' -e 's|@SRCDIR@|$(CURDIR)|g' \
+		dist/xenopus-autostart.service.in > $(UNITDIR)/xenopus-autostart.service.new
+	mv $(UNITDIR)/xenopus-autostart.service.new $(UNITDIR)/xenopus-autostart.service
+	mkdir -p /etc/xen/auto
+	-systemctl daemon-reload
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks fuzz

@@ -9,7 +9,7 @@ __version__ = "0.1.0"
 
 _API = ("connect", "Xenopus", "Domain", "Vcpu", "Device", "HostInfo")
 _ERRORS = ("XenopusError", "DaemonUnavailable", "NoSuchDomain", "DomainExists",
-           "ConfigInvalid", "DomainStateError")
+           "ConfigInvalid", "DomainStateError", "NoParavirt")
 __all__ = [*_API, *_ERRORS]
 
 

@@ -9,11 +9,11 @@
         for dom in host.list():
             print(f"{dom.name:10} {dom.memory_mib:5} MiB {dom.cpu_time:.1f} s")
         print(host.info().xen_version)          # 4.11.0-xenopus
-        host.shutdown("web", wait=True)
+        host.shutdown("web", wait=True, fallback=True)
 
 A domain is named by its domid or its name everywhere (`dom`). Every method answers with
 typed objects (`Domain`, `Vcpu`, `Device`, `HostInfo`) or raises a `XenopusError`:
-`NoSuchDomain`, `DomainExists`, `ConfigInvalid`, `DomainStateError`, `DaemonUnavailable`
+`NoSuchDomain`, `DomainExists`, `ConfigInvalid`, `DomainStateError`, `NoParavirt`, `DaemonUnavailable`
 (`xenopus.client` defines them; `xenopus.NoSuchDomain` etc. name them too). The `xl`
 command is built on the same transport (`xenopus.client.Connection`).
 """
@@ -46,7 +46,7 @@ class Domain:
     maxvcpus: int
     cpu_time: float
     start_time: float  # seconds since the epoch
-    reason: str | None  # why it last stopped: poweroff, reboot, crash (None: never)
+    reason: str | None  # why it last stopped: poweroff, reboot, crash, watchdog (None: never)
     protocol: str | None  # how it booted: pvh or linux
     xen_path: str  # the Xen interface: trap, kernel or off
     config: dict[str, Any] = field(repr=False)  # DomainConfig.to_dict(): every xl.cfg key
@@ -191,12 +191,23 @@ class Xenopus:
     def unpause(self, dom: Dom) -> None:
         self._ask("unpause", dom=str(dom))
 
-    def shutdown(self, dom: Dom, wait: bool = False) -> None:
-        """Press the domain's power button; with `wait`, return once it is gone."""
-        self._ask("shutdown", dom=str(dom), wait=wait)
+    def shutdown(self, dom: Dom, wait: bool = False, fallback: bool = False) -> None:
+        """Ask the guest to shut down through its PV control interface (control/shutdown,
+        as `xl shutdown`); NoParavirt if it has none, unless `fallback` (-F): then the
+        ACPI power button. With `wait`, return once the domain is gone."""
+        self._ask("shutdown", dom=str(dom), wait=wait, fallback=fallback)
 
-    def reboot(self, dom: Dom) -> None:
-        self._ask("reboot", dom=str(dom))
+    def reboot(self, dom: Dom, wait: bool = False, fallback: bool = False) -> None:
+        """As `shutdown`, for a reboot; the fallback is the reset trigger."""
+        self._ask("reboot", dom=str(dom), wait=wait, fallback=fallback)
+
+    def sysrq(self, dom: Dom, key: str) -> None:
+        """One sysrq letter into the guest's control/sysrq (`xl sysrq`)."""
+        self._ask("sysrq", dom=str(dom), key=key)
+
+    def trigger(self, dom: Dom, trigger: str, vcpu: int = 0) -> None:
+        """`xl trigger`: "power", "reset", "nmi" or "init" (sleep and s3resume are refused)."""
+        self._ask("trigger", dom=str(dom), trigger=trigger, vcpu=vcpu)
 
     def rename(self, dom: Dom, name: str) -> None:
         self._ask("rename", dom=str(dom), name=name)

@@ -46,12 +46,18 @@ class DomainStateError(XenopusError):
     """The domain is not in a state that allows the operation (e.g. shut down, paused)."""
 
 
+class NoParavirt(XenopusError):
+    """The guest has no PV control interface for the request (shutdown or reboot without
+    `fallback`: xl's "PV control interface not available")."""
+
+
 # The daemon's failure replies carry a `code` naming the kind of refusal.
 ERRORS: dict[str, type[XenopusError]] = {
     "no-such-domain": NoSuchDomain,
     "domain-exists": DomainExists,
     "config": ConfigInvalid,
     "state": DomainStateError,
+    "noparavirt": NoParavirt,
 }
 
 

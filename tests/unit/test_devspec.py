@@ -183,7 +183,8 @@ def test_flags():
         ("specification=scsi,/a,,vda", "unknown value for specification"),
         ("/a,,vda,colour=red", "unknown parameter `colour'"),
         ("/a,,vda,=x", "bad disk syntax near `=x'"),
-        ("specification=xen,/a,,vda", "specification=xen needs an xvdX vdev"),
+        ("specification=xen,/a,,vda", "specification=xen with a vdX vdev"),
+        ("specification=virtio,/a,,xvda", "specification=virtio with an xvdX vdev"),
         ("backend=driverdom,/a,,vda", "backend domain `driverdom': driver domains"),
         ("colo,/a,,vda", "COLO is not supported"),
         ("colo-host=h,/a,,vda", "COLO is not supported"),
@@ -246,13 +247,26 @@ def test_bad_vdevs(vdev, reason):
 
 def test_xvd_disks_are_xen_pv_disks():
     d = parse_disk("/x,,xvdb")
-    assert (d.kind, d.vdev_index) == ("xen", 1)
-    assert parse_disk("/x,,vdb").kind == "virtio"
+    assert (d.kind_for(True), d.kind_for(False), d.vdev_index) == ("xen", "xen", 1)
+    assert parse_disk("/x,,vdb").kind_for(True) == "virtio"
 
 
-def test_every_virtio_prefix_is_virtio():
-    for vdev in ("vda", "sda", "hda"):
-        assert parse_disk(f"/x,,{vdev}").kind == "virtio"
+def test_with_xen_on_every_disk_is_pv_unless_virtio_is_asked_for():
+    """libxl makes every disk of a PVH domU a PV vbd; here vd* or specification=virtio
+    asks for virtio-blk, and with the Xen interface off every non-xvd disk is virtio."""
+    for vdev in ("sda", "hda"):
+        d = parse_disk(f"/x,,{vdev}")
+        assert (d.kind_for(True), d.kind_for(False)) == ("xen", "virtio")
+        assert parse_disk(f"specification=virtio,/x,,{vdev}").kind_for(True) == "virtio"
+        assert parse_disk(f"specification=xen,/x,,{vdev}").kind_for(False) == "xen"
+    assert parse_disk("/x,,vda").kind_for(True) == "virtio"
+
+
+def test_a_vif_without_a_model_follows_the_xen_interface():
+    v = parse_vif("bridge=br0")
+    assert v.model is None and (v.kind_for(True), v.kind_for(False)) == ("xen", "virtio")
+    assert parse_vif("model=virtio").kind_for(True) == "virtio"
+    assert parse_vif("model=netfront").kind_for(False) == "xen"
 
 
 # -- DiskSpec ---------------------------------------------------------------------------------

@@ -184,3 +184,20 @@ def test_xens_tools_read_the_layout(xs):
             loop.call_soon_threadsafe(loop.stop)
             thread.join(10)
             loop.close()
+
+
+def test_preserve_moves_the_domain_to_a_fresh_vm_path(xs):
+    """libxl_domain_preserve: /vm/NEW with roperm and its uuid, the home's vm pointing
+    there, the name changed in both; the old /vm is left for the domain taking over."""
+    new = "0f0e0d0c-0b0a-4908-8706-050403020100"
+    xs.preserve(3, "web-20261202T1530Z", new)
+    assert read(xs, "/local/domain/3/vm") == f"/vm/{new}"
+    assert read(xs, f"/vm/{new}/uuid") == new
+    assert read(xs, f"/vm/{new}/name") == "web-20261202T1530Z"
+    assert perms(xs, f"/vm/{new}") == ["n0", "r3"]
+    assert read(xs, "/local/domain/3/name") == "web-20261202T1530Z"
+    assert read(xs, f"/vm/{UUID}/uuid") == UUID  # the old one stays
+    xs.remove_domain(3)
+    with pytest.raises(XsError):
+        read(xs, f"/vm/{new}")
+    assert read(xs, f"/vm/{UUID}/uuid") == UUID  # not the preserved domain's to remove

@@ -24,6 +24,7 @@ tools/libs/light/libxl_types.idl libxl_domain_config: see test_libxl_*.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 
@@ -252,8 +253,8 @@ def test_libxl_devices():
         name="d", kernel="/k",
         disks=[DiskSpec("/img", "xvda"), DiskSpec("/iso", "vdb", read_only=True,
                                                   devtype="cdrom")],
-        vifs=[VifSpec(mac="00:16:3e:00:00:01", bridge="xenbr0", model="xen"),
-              VifSpec(vifname="tap9")])
+        vifs=[VifSpec(mac="00:16:3e:00:00:01", bridge="xenbr0"),
+              VifSpec(vifname="tap9", model="virtio")])
     out = libxl_domain_config(cfg, UUID)
     # libxl_device_disk: pdev_path, vdev, backend (libxl_disk_backend), format
     # (libxl_disk_format), removable/readwrite/is_cdrom, specification (xen / virtio)
@@ -269,6 +270,11 @@ def test_libxl_devices():
         {"devid": 1, "model": "virtio", "ifname": "tap9", "nictype": "vif_ioemu"},
     ]
     assert out["on_reboot"] == "restart"  # DomainConfig's default, not libxl's init_val
+    # with the Xen interface off, the vif without a model (and an sd* disk) are virtio
+    off = libxl_domain_config(dataclasses.replace(
+        cfg, xen_platform="0", disks=[DiskSpec("/img", "sda")]), UUID)
+    assert off["nics"][0]["nictype"] == "vif_ioemu" and off["nics"][0]["model"] == "virtio"
+    assert off["disks"][0]["specification"] == "virtio"
 
 
 # -- xl.conf and finding config files ---------------------------------------------------------

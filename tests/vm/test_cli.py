@@ -151,7 +151,7 @@ def test_reboot_restarts_the_guest(xenopus: Xenopus) -> None:
     assert con.stdout is not None
     # The first boot reaches READY (and waits for input) before the reset is asked for...
     assert read_until(con.stdout, b"READY").count(b"READY") == 1
-    assert xenopus.run("reboot", "bouncer").returncode == 0
+    assert xenopus.run("reboot", "-F", "bouncer").returncode == 0
     # ...after it the guest boots again: a second READY on the same console.
     assert b"xenopus test guest: serial" in read_until(con.stdout, b"READY")
     assert xenopus.run("destroy", "bouncer").returncode == 0
@@ -203,7 +203,7 @@ def test_shutdown_presses_the_acpi_power_button(xenopus: Xenopus) -> None:
     con = xenopus.popen("console", "button")
     assert con.stdout is not None
     read_until(con.stdout, b"READY")
-    r = xenopus.run("shutdown", "-w", "button")
+    r = xenopus.run("shutdown", "-F", "-ww", "button")
     assert r.returncode == 0, r.stderr
     out, _ = con.communicate(timeout=60)
     assert b"power button pressed" in out and b"RESULT: PASS powerbtn" in out

@@ -164,7 +164,7 @@ print("got", data.decode(), peer[0], flush=True)
 
 
 def test_virtio_net_udp_through_a_tap(netns: Xenopus) -> None:
-    cfg = netns.config("net-t", "vnet.elf", vif=["vifname=xnptap0, mtu=1400"],
+    cfg = netns.config("net-t", "vnet.elf", vif=["model=virtio, vifname=xnptap0, mtu=1400"],
                        cmdline="src_ip=10.0.2.15 dst_ip=10.0.2.2 dst_port=5555 "
                                "payload=ping-from-guest expect_reply=pong-from-host timeout_ms=30000")
     assert netns.run("create", "-q", "-p", str(cfg)).returncode == 0  # paused: the tap exists

@@ -153,7 +153,7 @@ def test_process_title_names_the_domain(jailed: Xenopus) -> None:
 
 def test_restart_rebuilds_inside_the_jail(jailed: Xenopus) -> None:
     dom = running(jailed, "jail-reboot", on_reboot="restart")
-    assert jailed.run("reboot", "jail-reboot").returncode == 0
+    assert jailed.run("reboot", "-F", "jail-reboot").returncode == 0
     deadline = time.monotonic() + 60
     # polling what a user sees; the reset is asynchronous to the reply
     while (after := next(d for d in ask(jailed, "list").data["domains"]
@@ -295,9 +295,9 @@ def test_kill_9_of_the_daemon_loses_no_domain(jailed: Xenopus) -> None:
 
 
 def test_restart_keeps_its_tap_inside_the_jail(jailed: Xenopus) -> None:
-    dom = running(jailed, "jail-vif", on_reboot="restart", vif=["vifname=xjail0"])
+    dom = running(jailed, "jail-vif", on_reboot="restart", vif=["model=virtio, vifname=xjail0"])
     assert Path("/sys/class/net/xjail0").exists()
-    assert jailed.run("reboot", "jail-vif").returncode == 0
+    assert jailed.run("reboot", "-F", "jail-vif").returncode == 0
     deadline = time.monotonic() + 60
     while (after := next(d for d in ask(jailed, "list").data["domains"]
                          if d["name"] == "jail-vif"))["reason"] != "reboot":

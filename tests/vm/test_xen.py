@@ -124,7 +124,7 @@ def test_hostile_hypercalls_get_xens_error_codes(xenopus: Xenopus) -> None:
             for got, want in re.findall(r"got (-?\d+) expected (-?\d+) ok", r.stdout):
                 assert got == want
         assert xenopus.domains()["bystander"][4] == "r-----"
-        assert xenopus.run("shutdown", "-w", "bystander").returncode == 0
+        assert xenopus.run("shutdown", "-F", "-ww", "bystander").returncode == 0
     finally:
         xenopus.run("destroy", "bystander")
 

@@ -145,7 +145,8 @@ def build_guest(
                 xenstore_path=xenstore_path, taps=taps,
             )
             hooks = xen.machine_hooks()
-        elif any(d.kind == "xen" for d in config.disks) or any(v.model == "xen" for v in config.vifs):
+        elif (any(d.kind_for(False) == "xen" for d in config.disks)
+              or any(v.kind_for(False) == "xen" for v in config.vifs)):
             raise ValueError(f"xvd* disks and model=xen vifs need the Xen platform, which is off: {why}")
         machine = Machine(memory, config.vcpus, pio=pio, mmio=mmio, kvm=kvm, **hooks)
         m = machine
@@ -212,6 +213,8 @@ def _add_virtio(
     guest: Guest, config: DomainConfig, domid: int, vconsole_out: Callable[[bytes], None] | None,
     taps: VifTaps | None,
 ) -> None:
+    xen = guest.xen is not None  # whether disks and vifs default to Xen PV devices
+
     def add(kind: str, name: str, index: int, device: VirtioDevice, **detail: object) -> None:
         try:
             bdf = guest.pci.add(VirtioPciDevice(device, guest.machine))
@@ -221,8 +224,8 @@ def _add_virtio(
         guest.inventory.add(VirtioPart(kind, name, index, bdf, device, detail))
 
     for i, disk in enumerate(config.disks):
-        if disk.kind != "virtio":
-            continue  # xvd*: the Xen PV block backend
+        if disk.kind_for(xen) != "virtio":
+            continue  # the Xen PV block backend
         blk = VirtioBlk(
             disk.target, read_only=disk.read_only, serial=f"{config.name[:12]}-{disk.vdev}",
             direct=disk.direct_io_safe,
@@ -230,8 +233,8 @@ def _add_virtio(
         add(DISK, disk.vdev, i, blk, vdev=disk.vdev, target=disk.target,
             mode="r" if disk.read_only else "w")
     for i, vif in enumerate(config.vifs):
-        if vif.model != "virtio":
-            continue  # model=xen: the Xen PV network backend
+        if vif.kind_for(xen) != "virtio":
+            continue  # the Xen PV network backend
         net = _virtio_net(config, vif, domid, i, taps)
         add(NIC, f"nic{i}", i, net, mac=format_mac(net.mac), tap=net.tap.name, bridge=vif.bridge or "-")
     if config.virtio_console:

@@ -13,10 +13,13 @@ dropped, and each piece is `KEY=VALUE`; docs/misc/xl-network-configuration.markd
 documents the keys.
 
 What xenopus supports, and where it differs from xl on purpose:
-- `vd*`, `sd*` and `hd*` vdevs are all virtio-blk disks, numbered alike (vda, sda and hda
-  are disk 0), so two of them naming the same number clash. `xvd*` disks go to the Xen
-  PV block backend (blkif); the `dNpM` form is refused. `model=xen` (or `netfront`) vifs
-  go to the Xen PV network backend (netif).
+- Which device a disk or vif becomes is decided when the guest is built (`kind_for`), as
+  libxl does for a PVH domU: with the Xen interface on, every disk is a Xen PV disk
+  (blkif) and a vif without a model a Xen PV vif (netif), unless virtio is asked for
+  (`vd*` vdev or `specification=virtio`; `model=virtio`); with it off (`xen_platform =
+  0`), virtio-blk and virtio-net (an `xvd*` disk or `model=xen` vif is then refused).
+  vd*, sd* and hd* names count alike (vda, sda and hda are disk 0), so two of them naming
+  the same number clash even where one would be a PV disk; the `dNpM` form is refused.
 - Only the raw format; qcow, qcow2, vhd and qed are refused. An empty cdrom drive is
   refused (virtio-blk has no removable media); a cdrom with an image is a read-only disk.
 - `script=` targets, driver domains (`backend=`) and COLO are refused; `backendtype=`
@@ -25,7 +28,7 @@ What xenopus supports, and where it differs from xl on purpose:
 - vif: unknown keys are warnings, as in xl; a malformed value is an error (xl prints
   "Invalid parameter" and carries on with a half-parsed value). Keys xenopus does not act
   on (`rate`, `ip`, `script`, ...) are validated where xl validates them and give a
-  warning. `model` defaults to virtio. A MAC of all zeros means "generate", as in libxl.
+  warning. Without `model`, the Xen interface decides (above). A MAC of all zeros means "generate", as in libxl.
 """
 
 from __future__ import annotations
@@ -116,12 +119,15 @@ class DiskSpec:
     discard: bool | None = None  # None: the default, which is to offer discard
     direct_io_safe: bool = False  # the image may be opened O_DIRECT
     trusted: bool | None = None  # xl's trusted/untrusted; None: not said
+    specification: str | None = None  # "xen" or "virtio" when the spec says so
 
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
             if f.name in ("target", "vdev", "format", "devtype"):
                 ok = isinstance(value, str)
+            elif f.name == "specification":
+                ok = value in (None, *_SPECIFICATIONS)
             elif f.name in ("read_only", "direct_io_safe"):
                 ok = isinstance(value, bool)
             else:
@@ -140,11 +146,17 @@ class DiskSpec:
         if self.devtype == "cdrom" and not self.read_only:
             raise ValueError("a cdrom is read-only")
 
-    @property
-    def kind(self) -> str:
-        """The device model behind the vdev: "xen" (the PV block backend, blkif) for xvd*,
-        "virtio" (virtio-blk) for vd*, sd*, hd*."""
-        return "xen" if self.vdev.startswith("xvd") else "virtio"
+    def kind_for(self, xen: bool) -> str:
+        """The device model behind the disk, `xen` saying whether the guest sees the Xen
+        interface. As libxl makes every disk of a PVH domU a PV vbd: with Xen on, a Xen PV
+        disk (blkif; Linux's blkfront names it xvd* whatever the vdev) unless virtio is
+        asked for (a vd* vdev or specification=virtio); with Xen off, virtio-blk, except
+        an xvd* disk, which the build then refuses."""
+        if self.vdev.startswith("xvd") or self.specification == "xen":
+            return "xen"
+        if self.vdev.startswith("vd") or self.specification == "virtio":
+            return "virtio"
+        return "xen" if xen else "virtio"
 
     @property
     def vdev_index(self) -> int:
@@ -389,12 +401,14 @@ def parse_disk(spec: str, index: int | None = None) -> DiskSpec:
                          " supported")
         if s.colo:
             raise s.fail("COLO is not supported")
-        if s.specification == "xen" and not (s.vdev or "").startswith("xvd"):
-            raise s.fail("specification=xen needs an xvdX vdev")
+        if s.specification == "xen" and (s.vdev or "").startswith("vd"):
+            raise s.fail("specification=xen with a vdX vdev (vd* names virtio disks)")
+        if s.specification == "virtio" and (s.vdev or "").startswith("xvd"):
+            raise s.fail("specification=virtio with an xvdX vdev (xvd* names Xen PV disks)")
         return DiskSpec(
             target=s.target or "", vdev=s.vdev, format=fmt, read_only=s.read_only,
             devtype="cdrom" if s.cdrom else "disk", discard=s.discard,
-            direct_io_safe=s.direct_io_safe, trusted=s.trusted)
+            direct_io_safe=s.direct_io_safe, trusted=s.trusted, specification=s.specification)
     except (_DiskFail, ValueError) as e:
         raise DevSpecError("disk", index, spec, str(e)) from None
 
@@ -460,7 +474,7 @@ class VifSpec:
 
     mac: str | None = None  # canonical "xx:xx:xx:xx:xx:xx"; None: generate in 00:16:3e
     bridge: str | None = None  # Linux bridge to attach the tap to; None: none
-    model: str = "virtio"
+    model: str | None = None  # "virtio" or "xen"; None: as the guest's Xen interface says
     vifname: str | None = None  # tap name; None: the backend picks one
     mtu: int | None = None  # None: the tap's default (1500)
 
@@ -476,11 +490,17 @@ class VifSpec:
                     check_ifname(value)
                 except ValueError as e:
                     raise ValueError(f"{key}: {e}") from None
-        if self.model not in ("virtio", "xen"):
+        if self.model not in (None, "virtio", "xen"):
             raise ValueError(f"model `{self.model}' is not supported (virtio or xen)")
         if self.mtu is not None and (not isinstance(self.mtu, int) or isinstance(self.mtu, bool)
                                      or not MIN_MTU <= self.mtu <= MAX_MTU):
             raise ValueError(f"mtu {self.mtu} is outside {MIN_MTU}..{MAX_MTU}")
+
+    def kind_for(self, xen: bool) -> str:
+        """The device model, `xen` saying whether the guest sees the Xen interface: the
+        model asked for, else (libxl's default for a PVH domU) a Xen PV vif (netfront)
+        with Xen on and virtio-net with it off."""
+        return self.model or ("xen" if xen else "virtio")
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)

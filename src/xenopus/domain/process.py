@@ -22,9 +22,10 @@ from pathlib import Path
 from typing import BinaryIO
 
 from xenopus import ipc, stream
+from xenopus.arch import x86
 from xenopus.control import Reply, Request
 from xenopus.devices.ratelimit import RateLimit
-from xenopus.domain import snapshot
+from xenopus.domain import coredump, snapshot
 from xenopus.domain.builder import Guest, build_guest
 from xenopus.domain.config import DomainConfig
 from xenopus.domain.console import Console
@@ -55,6 +56,8 @@ log = logging.getLogger("xenopus.domain")
 GUEST_LOG_BURST = 1000
 GUEST_LOG_RATE = 100  # lines per second
 
+# xl.cfg on_* actions that leave the stopped guest in place for the daemon's next step
+HELD_ACTIONS = ("preserve", "rename-restart", "coredump-destroy", "coredump-restart")
 EXIT_OK = 0
 EXIT_CRASHED = 1
 EXIT_START_FAILED = 2
@@ -216,8 +219,11 @@ class DomainProcess:
         else:
             log.info("domain %d (%s) %s: %s", self.domid, self.config.name, reason.kind, reason.detail)
         self._send(Stopped(reason.kind, reason.detail, action))
-        if action == "preserve":
-            guest.machine.stop()  # keep memory and state for inspection
+        if action in HELD_ACTIONS:
+            # Keep memory and state for inspection; for the others the daemon follows
+            # up (it renames this one and creates another, or has the core dumped
+            # before a destroy or a "restart").
+            guest.machine.stop()
             self._set_state("crashed" if reason.kind == "crash" else "shutdown")
             return
         if action == "restart":
@@ -323,26 +329,84 @@ class DomainProcess:
             self._set_state("running")
         return Reply.success()
 
-    @domain_step("shutdown", live=True)
-    def _shutdown(self, req: Request) -> Reply:
-        # The ACPI power button (GED event → \_SB.PWRB, Notify 0x80): the guest's own
-        # shutdown path runs and ends in S5, which on_poweroff then handles.
+    @domain_step("trigger", live=True)
+    def _trigger(self, req: Request) -> Reply:
+        """xl trigger DOM NAME [VCPU] (libxl_send_trigger, XEN_DOMCTL_sendtrigger in
+        xen/arch/x86/domctl.c) on KVM: `power` presses the ACPI power button (GED event
+        → \\_SB.PWRB, Notify 0x80; the guest's own shutdown ends in S5, which on_poweroff
+        handles); `reset` resets the machine (on_reboot applies; Xen answers ENOSYS on
+        x86); `nmi` and `init` reach the vCPU's local APIC as an MSI of that delivery
+        mode (what KVM_NMI and an INIT IPI do). `sleep` and `s3resume` are refused: the
+        platform has no sleep button and no S3."""
+        guest = self._live_guest()
+        name, vcpu = req.args.get("trigger"), req.args.get("vcpu", 0)
+        if not isinstance(vcpu, int) or not 0 <= vcpu < len(guest.machine.vcpus):
+            # domctl.c: -ESRCH for a vCPU the domain does not have
+            return Reply.failure(f"trigger: domain has no vCPU {vcpu!r}")
+        if name == "reset":
+            if not self._started:
+                self._run_vcpus()
+            elif self.state == "paused":
+                guest.machine.resume()
+            guest.machine.request_stop(StopReason("reboot", "reset trigger from the toolstack"))
+            return Reply.success()
+        if name in ("sleep", "s3resume"):
+            return Reply.failure(f"trigger {name}: not available on this platform (no ACPI"
+                                 " sleep button, no S3 state)")
+        if name not in ("power", "nmi", "init"):
+            return Reply.failure(f"Invalid trigger \"{name}\"")
         if not self._started:
             return Reply.failure("domain has not run yet; unpause or destroy it")
-        if self.state == "paused":
-            return Reply.failure("domain is paused; unpause it to let it shut down")
-        self._live_guest().power.press_power_button()
+        if name == "power":
+            if self.state == "paused":
+                return Reply.failure("domain is paused; unpause it to let it shut down")
+            guest.power.press_power_button()
+            return Reply.success()
+        mode = x86.MSI_DELIVERY_NMI if name == "nmi" else x86.MSI_DELIVERY_INIT
+        # The MADT gives vCPU i the APIC ID i (acpi/tables.py).
+        route = guest.machine.allocate_msi()
+        try:
+            route.update(x86.MSI_ADDRESS_BASE | vcpu << x86.MSI_ADDRESS_DEST_SHIFT,
+                         mode << x86.MSI_DATA_DELIVERY_SHIFT)
+            route.trigger()
+        finally:
+            route.release()  # KVM's irqfd shutdown flushes a pending injection first
         return Reply.success()
 
-    @domain_step("reboot", live=True)
-    def _reboot(self, req: Request) -> Reply:
-        guest = self._live_guest()
-        if not self._started:
-            self._run_vcpus()
-        elif self.state == "paused":
-            guest.machine.resume()
-        guest.machine.request_stop(StopReason("reboot", "reboot requested by the toolstack"))
+    @domain_step("restart")
+    def _restart_step(self, req: Request) -> Reply:
+        """Build the next incarnation of a guest held after its stop (coredump-restart,
+        once the core is written)."""
+        if self.guest is None or self.state not in ("shutdown", "crashed"):
+            return Reply.failure(f"restart: domain is {self.state}, not stopped")
+        self._teardown()
+        self._restart()
         return Reply.success()
+
+    @domain_step("dump-core")
+    def _dump_core(self, req: Request) -> Awaitable[Reply]:
+        return self._while_busy("dumping core", self._dumping_core(req))
+
+    async def _dumping_core(self, req: Request) -> Reply:
+        """xl dump-core: guest RAM as an ELF core (domain/coredump.py) into the file the
+        daemon handed over; a running guest is paused meanwhile."""
+        out = await self._take_file(req, "wb")  # first: a refusal must not leave it open
+        guest = self.guest
+        if guest is None:
+            out.close()
+            return Reply.failure(f"domain is {self.state}: it has no memory to dump")
+        running = self.state == "running" and self._started
+        with out:
+            if running:
+                guest.machine.pause()
+            try:
+                size = await asyncio.to_thread(
+                    coredump.write_core, out.fileno(), guest.memory.ram_ranges(),
+                    guest.memory.view)
+            finally:
+                if running and self.guest is guest:
+                    guest.machine.resume()
+        return Reply.success(octets=size)
 
     @domain_step("vcpu-pin", live=True)
     def _vcpu_pin(self, req: Request) -> Reply:

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import socket
 import threading
+import uuid
 from collections.abc import Callable
 
 from xenopus.boot import BootInfo
@@ -44,6 +45,7 @@ from xenopus.xen.hypercall import (
     kernel_flags,
     make_cpuid_fixup,
 )
+from xenopus.xen.xenstore import wire
 from xenopus.xen.xenstore.client import XsClient
 from xenopus.xen.xenstore.server import RingTransport
 
@@ -53,9 +55,19 @@ XEN_STATE_VERSION = 1  # of XenGuest.save_state's dict
 XEN_VBD_MAJOR = 202  # docs/misc/vbd-interface.txt: xvd disks are major 202
 
 
-def vbd_id(index: int) -> int:
-    """The xenstore device id of disk `index` named xvdX (vbd-interface.txt)."""
+def vbd_id(index: int, prefix: str = "xvd") -> int:
+    """The xenstore device id of whole disk `index` of a vdev family (docs/misc/
+    vbd-interface.txt): xvd 202 << 8 | disk << 4 (the extended form past disk 15); sd
+    8 << 8 | disk << 4; hd 3 << 8 | disk << 6 for hda/hdb, 22 << 8 for hdc/hdd. Linux's
+    blkfront names every one xvd* (sdX from xvde on, as it emulates them)."""
+    if prefix == "sd":
+        return SCSI_DISK0_MAJOR << 8 | index << 4
+    if prefix == "hd":
+        return (IDE0_MAJOR if index < 2 else IDE1_MAJOR) << 8 | (index % 2) << 6
     return XEN_VBD_MAJOR << 8 | index << 4 if index < 16 else 1 << 28 | index << 8
+
+
+SCSI_DISK0_MAJOR, IDE0_MAJOR, IDE1_MAJOR = 8, 3, 22  # vbd-interface.txt
 
 
 def decide(config: DomainConfig, boot: BootInfo, kvm: Kvm) -> tuple[str, str]:
@@ -68,6 +80,9 @@ def decide(config: DomainConfig, boot: BootInfo, kvm: Kvm) -> tuple[str, str]:
     )
 
 
+RESET_REQ_ID = 0xFFFFFFFF  # the proxy's own request (a guest numbers its requests from 0)
+
+
 class StoreProxy:
     """The guest's XenStore ring ↔ the daemon, for the life of the domain process."""
 
@@ -78,6 +93,8 @@ class StoreProxy:
         self.notify: Callable[[], None] = lambda: None
         self._writer: asyncio.StreamWriter | None = None
         self._task: asyncio.Task | None = None
+        self._rings = 0  # incarnations attached so far
+        self._stale: bytearray | None = None  # the old incarnation's traffic, until the reset
 
     async def start(self) -> None:
         if self.sock is None:
@@ -93,6 +110,16 @@ class StoreProxy:
 
     def attach(self, ring: RingTransport | None, notify: Callable[[], None] = lambda: None) -> None:
         self.ring, self.notify = ring, notify
+        if ring is None:
+            return
+        self._rings += 1
+        if self._rings > 1 and self._writer is not None:
+            # A restarted guest is a new domain to XenStore (Xen builds one): what the
+            # old incarnation watched and had open goes (XS_RESET_WATCHES: xenstored
+            # drops the connection's watches and transactions), and what the daemon
+            # still owed it (replies, watch events) is dropped up to the reset's reply.
+            self._writer.write(wire.pack(wire.XS_RESET_WATCHES, RESET_REQ_ID, 0, b""))
+            self._stale = bytearray()
 
     def kick(self) -> None:
         """The guest signalled the store port (any thread)."""
@@ -109,8 +136,28 @@ class StoreProxy:
         if ring.flush() or messages:
             self.notify()
 
+    def _drop_stale(self, data: bytes) -> bytes:
+        """What follows the reset's reply in `data`; all of it once that has passed."""
+        stale = self._stale
+        assert stale is not None
+        stale += data
+        while len(stale) >= wire.HEADER_SIZE:
+            head = wire.unpack_header(bytes(stale[:wire.HEADER_SIZE]))
+            end = wire.HEADER_SIZE + head.len
+            if len(stale) < end:
+                break
+            del stale[:end]
+            if head.type == wire.XS_RESET_WATCHES and head.req_id == RESET_REQ_ID:
+                self._stale = None
+                return bytes(stale)
+        return b""
+
     async def _from_daemon(self, reader: asyncio.StreamReader) -> None:
         while data := await reader.read(65536):
+            if self._stale is not None:
+                data = self._drop_stale(data)
+                if not data:
+                    continue
             ring = self.ring
             if ring is None or ring.broken:
                 continue  # no guest ring (yet): nothing to answer
@@ -188,6 +235,10 @@ class XenGuest:
         domain = self.domain = XenDomain(
             self.domid, machine, self.table, console_out=self.hv_log, e820=self.e820,
             max_pages=self.config.maxmem * MiB // abi.PAGE_SIZE if self.config.maxmem else 0,
+            handle=uuid.UUID(self.config.uuid).bytes if self.config.uuid else bytes(16),
+            max_evtchn_port=self.config.max_event_channels,
+            **({"max_grant_frames": self.config.max_grant_frames}
+               if self.config.max_grant_frames else {}),
         )
         if self.kernel is not None:
             # vmcall/vmmcall now arrive as KVM_EXIT_XEN; calls through the hypercall page
@@ -279,9 +330,10 @@ class XenGuest:
 
     # -- backends ----------------------------------------------------------------------
     def start_backends(self) -> None:
-        """The xvd* disks and model=xen vifs, as dom0 clients of the daemon's XenStore."""
-        disks = [(i, d) for i, d in enumerate(self.config.disks) if d.kind == "xen"]
-        vifs = [(i, v) for i, v in enumerate(self.config.vifs) if v.model == "xen"]
+        """The Xen PV disks and vifs (`kind_for`: every one virtio was not asked for), as
+        dom0 clients of the daemon's XenStore."""
+        disks = [(i, d) for i, d in enumerate(self.config.disks) if d.kind_for(True) == "xen"]
+        vifs = [(i, v) for i, v in enumerate(self.config.vifs) if v.kind_for(True) == "xen"]
         if not (disks or vifs):
             return
         if self.xenstore_path is None:
@@ -293,7 +345,9 @@ class XenGuest:
                           GrantMapper(lambda d: grants if d == self.domid else None))
         for _, disk in disks:
             be = BlkBack(
-                self.xs, host, self.domid, vbd_id(disk.vdev_index), disk.target,
+                self.xs, host, self.domid,
+                vbd_id(disk.vdev_index, "xvd" if disk.vdev.startswith("xvd") else disk.vdev[:2]),
+                disk.target,
                 read_only=disk.read_only, vdev=disk.vdev,
             )
             self.backends.append(be)

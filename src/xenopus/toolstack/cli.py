@@ -15,7 +15,7 @@ from types import SimpleNamespace as Namespace
 from typing import Any
 
 from xenopus import host, ipc
-from xenopus.client import Connection, XenopusError, connect_console
+from xenopus.client import Connection, NoSuchDomain, XenopusError, connect_console
 from xenopus.control import DISK, NIC, Request
 
 DETACH = 0x1D  # Ctrl-], as for xl console and telnet
@@ -43,16 +43,16 @@ def open_console(dom: str, kind: str | None = None) -> socket.socket:
     return connect_console(reply["path"], dom)
 
 
-def attach_console(dom: str, kind: str | None = None) -> None:
+def attach_console(dom: str, kind: str | None = None, escape: int = DETACH) -> None:
     with open_console(dom, kind) as sock:
-        pump_console(sock)
+        pump_console(sock, escape)
 
 
-def pump_console(sock: socket.socket) -> None:
+def pump_console(sock: socket.socket, escape: int = DETACH) -> None:
     """Copy the console to stdout and stdin to the console until the domain goes away.
 
-    On a terminal, stdin is put in raw mode and Ctrl-] detaches; otherwise stdin is
-    forwarded until its end and the output streams until the domain dies.
+    On a terminal, stdin is put in raw mode and `escape` (Ctrl-]) detaches; otherwise
+    stdin is forwarded until its end and the output streams until the domain dies.
     """
     out = sys.stdout.buffer
     try:
@@ -89,8 +89,8 @@ def pump_console(sock: socket.socket) -> None:
                 if not data:
                     stdin_fd = None
                     continue
-                if tty and DETACH in data:
-                    data = data[: data.index(DETACH)]
+                if tty and escape in data:
+                    data = data[: data.index(escape)]
                     if data:
                         sock.sendall(data)
                     return
@@ -461,8 +461,38 @@ def devices_of(dom: str) -> list[dict[str, Any]]:
         return []
 
 
+CONSOLE_TYPES = ("pv", "serial", "vuart")  # xl_console.c console_names
+
+
+def escape_character(text: str) -> int:
+    """xenconsole's --escape (tools/console/client/main.c): "^X" is Ctrl-X, else one
+    character."""
+    if len(text) == 2 and text[0] == "^":
+        return ord(text[1]) & 0x1F
+    if len(text) == 1:
+        return ord(text)
+    raise CliError("Invalid escape argument")
+
+
 def cmd_console(args: Namespace) -> int:
-    attach_console(args.dom, args.type)
+    """xl console [-t pv|serial|vuart] [-n N] [-e ESC] DOM (xl_console.c main_console and
+    the xenconsole it runs). Without -t, the primary console (PV for a Xen-aware guest,
+    else the serial port) and -n is ignored, as libxl_primary_console_exec does; `virtio`
+    is xenopus's own type (the virtio console port)."""
+    kind = args.type
+    if kind is not None and kind not in (*CONSOLE_TYPES, "virtio"):
+        raise CliError(f"console type supported are: {', '.join(CONSOLE_TYPES)}")
+    if args.dom in DOM0:
+        raise CliError("Can't specify Domain-0")  # xenconsole
+    if kind == "vuart":
+        raise CliError("console type vuart: no virtual UART here (an Arm console); use"
+                       " serial or pv")
+    if kind is not None and args.num != 0:
+        # xenconsole reads serial/N/tty, or device/console/N/tty for a secondary PV
+        # console: a domain here has one serial port and one PV console, number 0.
+        raise CliError(f"domain {args.dom} has no {kind} console {args.num} (only 0)")
+    escape = DETACH if args.escape is None else escape_character(args.escape)
+    attach_console(args.dom, kind, escape)
     return 0
 
 
@@ -479,8 +509,97 @@ def cmd_dmesg(args: Namespace) -> int:
 
 
 def cmd_shutdown(args: Namespace) -> int:
-    """Press the domain's ACPI power button; with -w, wait until the domain is gone."""
-    request(args.op, dom=args.dom, wait=args.wait)
+    """xl shutdown / reboot [-a] [-w[w]] [-F] [DOM] (xl_vmcontrol.c main_shutdown_or_reboot,
+    shutdown_domain, reboot_domain, wait_for_domain_deaths): their messages, on stderr."""
+    reboot = args.op == "reboot"
+    if args.dom is None and not args.all:
+        raise CliError("You must specify -a or a domain id.")
+    if args.all:
+        # every domain but Domain-0 (and none that has already stopped: nothing listens)
+        domids = [d["domid"] for d in request("list")["domains"]
+                  if d["state"] in ("running", "paused")]
+    elif args.dom in DOM0:
+        raise CliError("Domain-0 is the host: shut it down with the host's own tools")
+    else:
+        domids = [find_domid(args.dom)]
+    asked: list[tuple[int, int]] = []  # (domid, stops seen when asked)
+    for domid in domids:
+        print(f"{'Rebooting' if reboot else 'Shutting down'} domain {domid}", file=sys.stderr)
+        with connect() as conn:
+            reply = conn.ask(Request(args.op, {"dom": str(domid), "fallback": args.fallback}))
+        if not reply.ok and reply.data.get("code") == "noparavirt":
+            what = ("graceful reboot", "ACPI reset") if reboot else ("graceful shutdown", "ACPI power")
+            print("PV control interface not available: external"
+                  f" {what[0]} not possible.", file=sys.stderr)
+            print(f'Use "-F" to fallback to {what[1]} event.', file=sys.stderr)
+            print(f"{args.op} failed (rc={LIBXL_ERROR_NOPARAVIRT})", file=sys.stderr)
+            return 1
+        if not reply.ok:
+            raise CliError(str(reply.error))
+        if reply.data.get("method") == "acpi":
+            print("PV control interface not available: sending ACPI"
+                  f" {'reset' if reboot else 'power'} button event.", file=sys.stderr)
+        asked.append((domid, int(reply.data.get("stops", 0))))
+    if not args.wait:
+        return 0
+    # -w: until each has shut down (or gone); -ww: until each is gone.
+    print(f"Waiting for {len(asked)} domains", file=sys.stderr)
+    until = "shutdown" if args.wait == 1 else "death"
+    for domid, stops in asked:
+        try:
+            event = request("wait", dom=str(domid), until=until, after=stops)
+        except NoSuchDomain:
+            event = {"event": "death"}  # gone before we asked
+        if event["event"] == "death":
+            print(f"Domain {domid} has been destroyed", file=sys.stderr)
+        else:
+            print(f"Domain {domid} has been shut down, reason code {event['reason_code']}",
+                  file=sys.stderr)
+    return 0
+
+
+LIBXL_ERROR_NOPARAVIRT = -10  # libxl_types.idl libxl_error
+TRIGGERS = ("power", "sleep", "nmi", "init", "reset", "s3resume")  # libxl_trigger, in order
+
+
+def find_domid(dom: str) -> int:
+    """xl's find_domain: a domid or a name, as a domid ("Domain 'x' does not exist.")."""
+    for d in request("list")["domains"]:
+        if dom in (str(d["domid"]), d["name"]):
+            return int(d["domid"])
+    raise CliError(f"Domain '{dom}' does not exist.")
+
+
+def cmd_sysrq(args: Namespace) -> int:
+    """xl sysrq DOM KEY (xl_misc.c main_sysrq): one character, else "Invalid sysrq."."""
+    if len(args.key) != 1:
+        raise CliError("Invalid sysrq.")
+    request(args.op, dom=args.dom, key=args.key)
+    return 0
+
+
+def cmd_trigger(args: Namespace) -> int:
+    """xl trigger DOM NAME [VCPU] (xl_misc.c main_trigger)."""
+    if args.trigger not in TRIGGERS:
+        raise CliError(f'Invalid trigger "{args.trigger}"')
+    vcpu = 0
+    if args.vcpu is not None:
+        # main_trigger: strtol; a word that is not a number means vCPU 0, with a warning
+        try:
+            vcpu = int(args.vcpu)
+        except ValueError:
+            print("Invalid vcpuid, using default vcpuid=0.\n", file=sys.stderr)
+    request(args.op, dom=args.dom, trigger=args.trigger, vcpu=vcpu)
+    return 0
+
+
+def cmd_button_press(args: Namespace) -> int:
+    """xl button-press DOM power|sleep (xl_misc.c main_button_press): deprecated, a
+    trigger."""
+    print('WARNING: "button-press" is deprecated. Please use "trigger"', file=sys.stderr)
+    if args.button not in ("power", "sleep"):
+        raise CliError(f"{args.button} is an invalid button identifier")
+    request(args.op, dom=args.dom, trigger=args.button, vcpu=0)
     return 0
 
 
@@ -533,7 +652,8 @@ def cmd_vcpu_list(args: Namespace) -> int:
                 d["name"], d["domid"], v["vcpu"], v["cpu"] if online else None,
                 running=not paused and v["state"] == "running",
                 blocked=not paused and v["state"] == "blocked",
-                cpu_time=v["cpu_time"], hard=v["affinity"], soft="all", nr_cpus=nr_cpus))
+                cpu_time=v["cpu_time"], hard=v["affinity"], soft=v.get("soft", "all"),
+                nr_cpus=nr_cpus))
     return 0
 
 
@@ -557,6 +677,24 @@ def cmd_vcpu_pin(args: Namespace) -> int:
         raise CliError(f"'{args.hard}' selects no CPU")
     vcpu: int | str = "all" if args.vcpu == "all" else int(args.vcpu)
     request(args.op, dom=args.dom, vcpu=vcpu, cpus=sorted(cpus))
+    return 0
+
+
+def cmd_dump_core(args: Namespace) -> int:
+    """xl dump-core DOM FILE (xl_misc.c core_dump_domain): FILE is opened here, as the
+    user who named it, and handed over; "core dump failed" on a refusal."""
+    from xenopus.toolstack import transfer
+
+    try:
+        fd = os.open(args.file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    except OSError as e:
+        raise CliError(f"core dump failed: {args.file}: {e.strerror}") from None
+    try:
+        transfer.send_file(Request(args.op, {"dom": args.dom}), fd, None, None, "dump-core")
+    except CliError as e:
+        raise CliError(f"core dump failed: {e}") from None
+    finally:
+        os.close(fd)
     return 0
 
 
@@ -616,7 +754,9 @@ def cmd_daemon(args: Namespace) -> int:
 # command several milliseconds (measured by benchmarks/startup).
 # (namedtuples, not dataclasses: importing dataclasses costs the CLI ~5 ms of inspect)
 Opt = namedtuple("Opt", "names dest help takes choices default", defaults=(None, None, None))
-Opt.__doc__ = """An option: a flag if `takes` is None, else its value's type; `help` None hides it."""
+Opt.__doc__ = """An option: a flag if `takes` is None, a flag counted (-ww) if COUNT, else its
+value's type; `help` None hides it."""
+COUNT = object()
 Pos = namedtuple("Pos", "dest metavar nargs help", defaults=(None, None))
 Pos.__doc__ = """A positional: `nargs` None (exactly one), "?", "*" or "+"."""
 Verb = namedtuple("Verb", "name help op func opts pos", defaults=((), ()))
@@ -661,19 +801,44 @@ VERBS = (
         Opt(("-i", "--iterations"), "iterations", "frames to print before exiting", int),
         Opt(("-d", "--delay"), "delay", "seconds between frames (default 3)", int, None, 3),
     )),
-    Verb("console", "attach to a domain's console (Ctrl-] detaches)", "console", cmd_console,
-         (Opt(("-t",), "type", "serial (COM1), pv (Xen PV console) or virtio; default: pv for"
-              " Xen-aware guests, else serial", str, ("serial", "virtio", "pv"), None),),
-         (_dom(),)),
+    Verb("console", "attach to a domain's console (Ctrl-] detaches)", "console", cmd_console, (
+        Opt(("-t",), "type", "pv (Xen PV console), serial (COM1), vuart (refused) or virtio;"
+            " default: pv for Xen-aware guests, else serial", str),
+        Opt(("-n",), "num", "console number (0: the only one of each type here)", int, None, 0),
+        Opt(("-e",), "escape", "escape character to detach, ^X or one character (default ^])",
+            str),
+    ), (_dom(),)),
     Verb("dmesg", "print the host log: xenopus's (XEN) lines, guests' console_io and"
          " port-0xE9 lines", "dmesg", cmd_dmesg,
          (Opt(("-c", "--clear"), "clear", "clear the log after printing it"),)),
     Verb("destroy", "destroy a domain immediately", "destroy", cmd_domain_op, (), (_dom(),)),
     Verb("pause", "pause all vCPUs of a domain", "pause", cmd_domain_op, (), (_dom(),)),
     Verb("unpause", "resume a paused domain", "unpause", cmd_domain_op, (), (_dom(),)),
-    Verb("reboot", "reset a domain (on_reboot applies)", "reboot", cmd_domain_op, (), (_dom(),)),
-    Verb("shutdown", "ask a domain to shut down (ACPI power button)", "shutdown", cmd_shutdown,
-         (Opt(("-w", "--wait"), "wait", "wait for the domain to go away"),), (_dom(),)),
+    Verb("shutdown", "issue a shutdown signal to a domain (PV control/shutdown)", "shutdown",
+         cmd_shutdown, (
+             Opt(("-a", "--all"), "all", "shut down all guest domains"),
+             Opt(("-w", "--wait"), "wait", "wait for the guest(s) to shut down (-ww: to be"
+                 " destroyed)", COUNT),
+             Opt(("-F",), "fallback", "fall back to the ACPI power button for guests with no"
+                 " PV control interface"),
+         ), (Pos("dom", "DOM", "?"),)),
+    Verb("reboot", "issue a reboot signal to a domain (PV control/shutdown)", "reboot",
+         cmd_shutdown, (
+             Opt(("-a", "--all"), "all", "reboot all guest domains"),
+             Opt(("-w", "--wait"), "wait", "wait for the guest(s) to reboot (-ww: for the"
+                 " incarnation to be destroyed)", COUNT),
+             Opt(("-F",), "fallback", "fall back to the ACPI reset trigger for guests with no"
+                 " PV control interface"),
+         ), (Pos("dom", "DOM", "?"),)),
+    Verb("dump-core", "core dump a domain (ELF, guest RAM as PT_LOADs)", "dump-core",
+         cmd_dump_core, (), (_dom(), Pos("file", "FILE"))),
+    Verb("sysrq", "send a sysrq to a domain (control/sysrq)", "sysrq", cmd_sysrq, (),
+         (_dom(), Pos("key", "LETTER"))),
+    Verb("trigger", "send a trigger to a domain", "trigger", cmd_trigger, (),
+         (_dom(), Pos("trigger", "nmi|reset|init|power|sleep|s3resume"),
+          Pos("vcpu", "VCPU", "?", "the vCPU for nmi and init (default 0)"))),
+    Verb("button-press", "indicate an ACPI button press to the domain (deprecated: trigger)",
+         "trigger", cmd_button_press, (), (_dom(), Pos("button", "power|sleep"))),
     Verb("block-list", "list a domain's disks", "devices", cmd_devices(DISK), (),
          (Pos("doms", "DOM", "+"),)),
     Verb("network-list", "list a domain's network interfaces", "devices",
@@ -729,7 +894,7 @@ def fast_parse(argv: list[str]) -> Namespace | None:
         return None
     ns = Namespace(func=verb.func, op=verb.op)
     for o in verb.opts:
-        setattr(ns, o.dest, False if o.takes is None else o.default)
+        setattr(ns, o.dest, False if o.takes is None else 0 if o.takes is COUNT else o.default)
     by_name = {n: o for o in verb.opts for n in o.names}
     # Options may come before, between and after the positionals, as GNU getopt (which
     # xl uses) permutes them: `xl create CFG -c KEY=VALUE`; "--" ends the options.
@@ -750,10 +915,10 @@ def fast_parse(argv: list[str]) -> Namespace | None:
             o = by_name.get(n)
             if o is None:
                 return None
-            if o.takes is None:
+            if o.takes is None or o.takes is COUNT:
                 if eq:
                     return None
-                setattr(ns, o.dest, True)
+                setattr(ns, o.dest, True if o.takes is None else getattr(ns, o.dest) + 1)
                 continue
             if not eq:
                 if len(names) > 1 or not rest:
@@ -793,6 +958,8 @@ def parser(prog: str = "xenopus"):
             text = argparse.SUPPRESS if o.help is None else o.help
             if o.takes is None:
                 v.add_argument(*o.names, dest=o.dest, action="store_true", help=text)
+            elif o.takes is COUNT:
+                v.add_argument(*o.names, dest=o.dest, action="count", default=0, help=text)
             else:
                 v.add_argument(*o.names, dest=o.dest, type=o.takes, choices=o.choices,
                                default=o.default, help=text)

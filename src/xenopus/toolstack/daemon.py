@@ -50,15 +50,19 @@ from xenopus.domain.protocol import (
 from xenopus.domain.restart import RestartBackoff
 from xenopus.toolstack import hostinfo, xlformat
 from xenopus.toolstack.broker import InterdomainBroker
-from xenopus.toolstack.xenstored import XenStored
+from xenopus.toolstack.xenstored import PvControlTimeout, XenStored
 from xenopus.xen.xenstore.server import UNSCOPED, Peer, Scope, peer_of
 
 log = logging.getLogger("xenopus.daemon")
 
 DMESG_LINES = 10000
+# Where on_* = coredump-* writes NAME's core: xl's XEN_DUMP_DIR (configure's default).
+XEN_DUMP_DIR = "/var/lib/xen/dump"
+DUMP_DIR_ENV = "XENOPUS_DUMP_DIR"  # another directory (tests)
 DOM0_NAMES = ("Domain-0",)  # the host's name in every listing
 # How `xl dmesg` words a domain's stop, by StopReason.kind.
-STOP_WORDS = {"poweroff": "shut down", "reboot": "rebooted", "crash": "crashed"}
+STOP_WORDS = {"poweroff": "shut down", "reboot": "rebooted", "crash": "crashed",
+              "watchdog": "stopped by its watchdog"}
 DESTROY_GRACE = 5.0  # seconds a domain process gets to exit before SIGKILL
 # Seconds a domain process gets from its fork to Ready (the guest built) before it is
 # killed: building reads the kernel and lays out memory, seconds even for a large guest.
@@ -109,6 +113,13 @@ class DomainRecord:
         return self.config.name
     console_nodes: dict[str, Any] = field(default_factory=dict)  # the PV console's XenStore nodes
     adopted: bool = False  # a process a previous daemon started: not the zygote's child
+    stop_log: list[Stopped] = field(default_factory=list)  # every stop, in order
+    # Pulsed (set, then cleared) when it stops or goes: what `wait` loops on.
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def pulse(self) -> None:
+        self.changed.set()
+        self.changed.clear()
 
     def to_table(self) -> dict[str, Any]:
         """Its entry in the persisted domain table."""
@@ -364,9 +375,17 @@ class Daemon:
 
     @daemon_step("wait")
     async def _wait(self, req: Request, client: Client) -> Reply:
+        """Until the domain is gone: how it ended. With `until` ("shutdown" or "death")
+        and `after` (a count of stops, from shutdown or reboot), the xl -w event instead."""
         rec = self.lookup(req.dom)
-        await rec.gone.wait()
-        return Reply(True, self._final(rec))
+        until = req.args.get("until")
+        if until is None:
+            await rec.gone.wait()
+            return Reply(True, self._final(rec))
+        after = req.args.get("after", 0)
+        if until not in ("shutdown", "death") or not isinstance(after, int) or after < 0:
+            raise RequestError(f"wait: bad until {until!r} or after {after!r}")
+        return Reply(True, await self._wait_until(rec, until, after))
 
     @daemon_step("destroy")
     async def _destroy_step(self, req: Request, client: Client) -> Reply:
@@ -375,13 +394,134 @@ class Daemon:
 
     @daemon_step("shutdown")
     async def _shutdown(self, req: Request, client: Client) -> Reply:
+        return await self._pv_control(req, "poweroff")
+
+    @daemon_step("reboot")
+    async def _reboot(self, req: Request, client: Client) -> Reply:
+        return await self._pv_control(req, "reboot")
+
+    async def _pv_control(self, req: Request, cmd: str) -> Reply:
+        """xl shutdown / reboot (xl_vmcontrol.c shutdown_domain, reboot_domain): the
+        request through the guest's PV control interface (libxl_domain_shutdown /
+        _reboot: control/shutdown, acknowledged by the guest); where the guest has none,
+        with `fallback` (-F) the ACPI power button (shutdown) or reset (reboot) trigger,
+        else a "noparavirt" refusal. With `wait`, the reply comes once the domain is gone.
+        The reply names the way taken (`method`: pv, acpi) and the stops seen so far
+        (`stops`, for a later `wait` with `after`)."""
         rec = self.lookup(req.dom)
-        reply = await self._forward(rec, req)
+        if rec.state in ("shutdown", "crashed", "dying", "starting"):
+            raise RequestError(f"domain {rec.domid} is {rec.state}", "state")
+        stops = len(rec.stop_log)
+        if self.xenstore.pvcontrol_available(rec.domid, cmd):
+            try:
+                await self.xenstore.pvcontrol(rec.domid, cmd)
+            except PvControlTimeout as e:
+                raise RequestError(f"domain {rec.domid}: {e}", "state") from None
+            method = "pv"
+        elif req.args.get("fallback"):
+            trigger = "power" if cmd == "poweroff" else "reset"
+            await self._forward(rec, Request("trigger", {"trigger": trigger}))
+            method = "acpi"
+        else:
+            raise RequestError(f"domain {rec.domid}: PV control interface not available"
+                               f" (the guest does not advertise control/feature-{cmd})",
+                               "noparavirt")
         if req.args.get("wait"):
-            # Wait here, on the record we already hold: the guest may be gone before a
-            # second request could name it.
+            # On the record we already hold: the guest may be gone before a second
+            # request could name it.
             await rec.gone.wait()
-        return reply
+        return Reply.success(domid=rec.domid, method=method, stops=stops)
+
+    async def _rename_restart(self, rec: DomainRecord) -> None:
+        """on_* = "rename-restart" (xl_vmcontrol.c handle_domain_death, preserve_domain):
+        the stopped domain stays, renamed NAME-YYYYmmddTHHMMZ with a fresh UUID, and a
+        new domain is created from the configuration under the old name and UUID."""
+        suffix = time.strftime("-%Y%m%dT%H%MZ", time.gmtime())
+        config = rec.config
+        kept = f"{config.name}{suffix}"
+        log.info("Preserving domain %d %s with suffix%s", rec.domid, config.name, suffix)
+        if kept in DOM0_NAMES or any(r.name == kept for r in self.domains.values()):
+            # libxl_domain_preserve fails; xl leaves the old domain in place
+            log.error("domain %d: cannot preserve as %s: the name is taken", rec.domid, kept)
+            return
+        try:
+            rec.config = dataclasses.replace(config, name=kept, uuid=str(uuid4()))
+        except ConfigError as e:  # the suffix made the name too long
+            log.error("domain %d: cannot preserve as %s: %s", rec.domid, kept, e)
+            return
+        rec.uuid = str(rec.config.uuid)
+        self.xenstore.preserve(rec.domid, kept, rec.uuid)
+        self._save_table()
+        self.hv_log(f"d{rec.domid}: domain '{config.name}' preserved as '{kept}'")
+        try:
+            new = await self._new_domain(config, paused=False)
+        except (RequestError, ConfigError) as e:
+            log.error("domain %s: rename-restart could not create its successor: %s",
+                      config.name, e)
+            return
+        self.hv_log(f"d{new.domid}: domain '{config.name}' restarted (rename-restart of d{rec.domid})")
+
+    async def _coredump_then(self, rec: DomainRecord, action: str) -> None:
+        """on_* = "coredump-destroy" / "coredump-restart" (handle_domain_death): the core
+        goes to XEN_DUMP_DIR/NAME, then the domain is destroyed or restarted. A failed
+        dump is logged and the action goes on ("no point crying over spilled milk")."""
+        path = os.path.join(os.environ.get(DUMP_DIR_ENV, XEN_DUMP_DIR), rec.name)
+        log.info("dumping core to %s", path)
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            token = await self._hand_over(rec, fd)
+            reply = await self._until_answered(rec, Request("dump-core", {"files": token}))
+            if not reply.ok:
+                raise RequestError(str(reply.error))
+            self.hv_log(f"d{rec.domid}: core dumped to {path}")
+        except (OSError, RequestError) as e:
+            log.error("domain %d: core dump failed: %s", rec.domid, e)
+        if action == "coredump-destroy" or self._stop.is_set():
+            await self._destroy(rec)
+            return
+        with contextlib.suppress(RequestError, ConnectionError):
+            reply = await rec.request(Request("restart"))
+            if reply.ok:
+                return
+        await self._destroy(rec)
+
+    @daemon_step("dump-core")
+    async def _dump_core(self, req: Request, client: Client) -> Reply:
+        """xl dump-core DOM FILE: the domain's memory as an ELF core into the file the CLI
+        opened (domain/coredump.py says which format)."""
+        rec = self.lookup(req.dom)
+        token = await self._hand_over(rec, await self._client_file(client))
+        reply = await self._until_answered(rec, Request("dump-core", {"files": token}))
+        if not reply.ok:
+            raise RequestError(f"domain {rec.domid}: core dump failed: {reply.error}")
+        return Reply(True, reply.data)
+
+    @daemon_step("sysrq")
+    async def _sysrq(self, req: Request, client: Client) -> Reply:
+        """xl sysrq DOM KEY (libxl_send_sysrq): the key into the guest's control/sysrq,
+        which its drivers watch (Linux's manage.c sysrq_handler)."""
+        rec = self.lookup(req.dom)
+        key = req.args.get("key")
+        if not isinstance(key, str) or len(key) != 1:
+            raise RequestError("Invalid sysrq.")
+        self.xenstore.sysrq(rec.domid, key)
+        return Reply.success()
+
+    async def _wait_until(self, rec: DomainRecord, until: str, after: int) -> dict[str, Any]:
+        """xl's wait_for_domain_deaths for one domain: "shutdown" ends at its first stop
+        after the `after` stops already seen, or its death; "death" when it is gone or a
+        stop ended its incarnation with a restart (Xen destroys that domain and builds a
+        new one, with a new domid)."""
+        while True:
+            since = rec.stop_log[after:]
+            if rec.gone.is_set() or (until == "death" and any(
+                    s.action.endswith("restart") for s in since)):
+                return {"event": "death", "domid": rec.domid}
+            if until == "shutdown" and since:
+                return {"event": "shutdown", "domid": rec.domid,
+                        "reason_code": xlformat.SHUTDOWN_CODES.get(since[0].reason, 0)}
+            await rec.changed.wait()
 
     @daemon_step("vcpu-list")
     async def _vcpu_list(self, req: Request, client: Client) -> Reply:
@@ -399,6 +539,9 @@ class Daemon:
                 # brought vCPU0 up (only the others wait for the guest), placed on the
                 # first CPU of its affinity: so it is listed.
                 vcpus[0] = {**vcpus[0], "online": True, "cpu": min(vcpus[0]["affinity"])}
+            soft = rec.config.cpus_soft or []  # xl.cfg cpus_soft, as configured
+            vcpus = [{**v, "soft": soft[i] if i < len(soft) and soft[i] is not None else "all"}
+                     for i, v in enumerate(vcpus)]
             return {"domid": rec.domid, "name": rec.name, "state": rec.state, "vcpus": vcpus}
 
         return Reply.success(domains=list(await asyncio.gather(*(entry(r) for r in recs))))
@@ -455,7 +598,7 @@ class Daemon:
         # In a worker: a config on a slow or hung filesystem must not stall every client.
         config, warnings = await asyncio.to_thread(self._load_config, req)
         if req.args.get("dryrun"):  # xl create -n: the configuration, as libxl's JSON
-            libxl = xlformat.libxl_domain_config(config, str(uuid4()))
+            libxl = xlformat.libxl_domain_config(config, config.uuid or str(uuid4()))
             return Reply.success(libxl=libxl, warnings=warnings)
         attach, paused, wait = (bool(req.args.get(k)) for k in ("attach", "paused", "wait"))
         rec = await self._new_domain(config, paused=attach or paused)
@@ -483,7 +626,9 @@ class Daemon:
         """A new domain of `config` with the next domid, its process started."""
         if any(r.name == config.name for r in self.domains.values()):
             raise RequestError(f"domain '{config.name}' already exists", "domain-exists")
-        rec = DomainRecord(self.next_domid, config)
+        if config.uuid is None:  # xl_parse.c: libxl_uuid_generate when the config has none
+            config = dataclasses.replace(config, uuid=str(uuid4()))
+        rec = DomainRecord(self.next_domid, config, uuid=config.uuid)
         self.next_domid += 1
         self.domains[rec.domid] = rec
         try:
@@ -637,6 +782,12 @@ class Daemon:
                 self._retire(rec)
             elif isinstance(event, Stopped):
                 rec.last_stop = event
+                rec.stop_log.append(event)
+                rec.pulse()
+                if event.action == "rename-restart":
+                    asyncio.create_task(self._rename_restart(rec))
+                elif event.action.startswith("coredump-"):
+                    asyncio.create_task(self._coredump_then(rec, event.action))
                 log.info("domain %d (%s) %s → %s", rec.domid, rec.name, event.reason, event.action)
                 self.hv_log(f"d{rec.domid}: domain '{rec.name}' {STOP_WORDS.get(event.reason, event.reason)};"
                             f" on_{event.reason}={event.action}")
@@ -652,6 +803,7 @@ class Daemon:
             del self.domains[rec.domid]
             self._save_table()
         rec.gone.set()
+        rec.pulse()
 
     def _retire(self, rec: DomainRecord) -> None:
         """The domain has ended (its process said so): drop it from the table."""
@@ -686,6 +838,8 @@ class Daemon:
             death = self._death(rec) or "domain process gone (no exit status)"
             log.error("domain %d (%s) crashed: %s; on_crash=%s", rec.domid, rec.name, death, action)
             rec.last_stop = Stopped("crash", death, action)
+            rec.stop_log.append(rec.last_stop)
+            rec.pulse()
             if action == "restart" and not self._stop.is_set():
                 delay = rec.restarts.delay()
                 if delay:

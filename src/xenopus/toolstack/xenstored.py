@@ -51,6 +51,13 @@ PLATFORM_FEATURES = ("multiprocessor-suspend", "xs_reset_watches")
 CONSOLE_PROTOCOL = "vt100"
 CONSOLE_LIMIT = "1048576"
 XENBUS_INITIALISING = "1"
+# libxl__domain_pvcontrol: how long the guest has to acknowledge a control request.
+PVCONTROL_TIMEOUT = 60.0
+
+
+class PvControlTimeout(Exception):
+    """The guest did not clear control/shutdown in time (libxl: "guest didn't acknowledge
+    control request")."""
 
 
 def start_time_text(seconds: float) -> str:
@@ -146,6 +153,20 @@ class XenStored:
         for key, value in values.items():
             s.write(c, f"{home}/{key}", value.encode())
 
+    def preserve(self, domid: int, name: str, uuid: str) -> None:
+        """libxl_domain_preserve (rename-restart): the domain gets a fresh /vm/UUID (roperm,
+        its `uuid`), its home's `vm` points there, and it is renamed; the old /vm stays
+        for the domain that takes over the old name and UUID."""
+        s, c = self.store, self.dom0
+        vm = f"/vm/{uuid}"
+        with contextlib.suppress(XsError):
+            s.rm(c, vm)
+        self._mknod(vm, ["n0", f"r{domid}"])
+        s.write(c, f"/local/domain/{domid}/vm", vm.encode())
+        self._vm_paths[domid] = vm
+        self.rename(domid, name)
+        s.write(c, f"{vm}/uuid", uuid.encode())
+
     def rename(self, domid: int, name: str) -> None:
         """The domain's name in its home and its /vm (libxl__domain_rename)."""
         s, c = self.store, self.dom0
@@ -196,6 +217,48 @@ class XenStored:
         s.write(c, f"{lib}/backend", back.encode())
         for key, value in back_nodes.items():
             s.write(c, f"{lib}/{key}", value.encode())
+
+    # -- the PV control protocol (docs/misc/xenstore-paths.pandoc, ~/control/*) ----------
+    def _read(self, path: str) -> bytes | None:
+        try:
+            return self.store.read(self.dom0, path)
+        except XsError:
+            return None
+
+    def pvcontrol_available(self, domid: int, cmd: str) -> bool:
+        """Whether the guest's drivers listen on control/shutdown for `cmd`: they say so
+        in control/feature-<cmd> ("1"), as Linux's manage.c does for poweroff and
+        reboot. (libxl assumes any PVH guest listens and checks HVM_PARAM_CALLBACK_IRQ for
+        HVM ones; here the Xen interface is shown to kernels that may have no Xen drivers
+        at all, so the guest's own advertisement decides.)"""
+        return self._read(f"/local/domain/{domid}/control/feature-{cmd}") == b"1"
+
+    async def pvcontrol(self, domid: int, cmd: str, timeout: float = PVCONTROL_TIMEOUT) -> None:
+        """libxl__domain_pvcontrol: write `cmd` to control/shutdown, then wait (libxl's
+        xswait on that node) until the guest acknowledges by emptying or removing it
+        (pvcontrol_acked). PvControlTimeout after `timeout` seconds."""
+        path = f"/local/domain/{domid}/control/shutdown"
+        loop = asyncio.get_running_loop()
+        changed = asyncio.Event()
+        conn = self.store.connect(0, lambda p, t: loop.call_soon_threadsafe(changed.set))
+        try:
+            self.store.watch(conn, path, "pvcontrol")
+            self.store.write(self.dom0, path, cmd.encode())
+            deadline = loop.time() + timeout
+            while self._read(path) not in (None, b""):
+                changed.clear()
+                left = deadline - loop.time()
+                if left <= 0:
+                    raise PvControlTimeout(f"guest didn't acknowledge control request"
+                                           f" ({cmd}) within {timeout:.0f} s")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), left)
+        finally:
+            self.store.disconnect(conn)
+
+    def sysrq(self, domid: int, key: str) -> None:
+        """libxl_send_sysrq: the key, one character, into control/sysrq."""
+        self.store.write(self.dom0, f"/local/domain/{domid}/control/sysrq", key.encode())
 
     def write_nodes(self, domid: int, under: str, values: dict[str, str]) -> None:
         """Toolstack nodes below the domain's home, e.g. store/ring-ref and port."""

@@ -417,7 +417,7 @@ ACTIONS = {"destroy": "destroy", "restart": "restart", "preserve": "preserve",
 DEFAULT_ACTION = "destroy"  # libxl_action_on_shutdown's init_val
 
 
-def libxl_disk(disk: DiskSpec) -> dict[str, object]:
+def libxl_disk(disk: DiskSpec, xen: bool = True) -> dict[str, object]:
     """libxl_device_disk for one `disk=` entry. The backend is ours, a user-space one
     like QEMU's: libxl's "qdisk"; `specification` says Xen PV (blkif) or virtio."""
     d = disk.to_dict()
@@ -431,25 +431,26 @@ def libxl_disk(disk: DiskSpec) -> dict[str, object]:
         out["direct_io_safe"] = True
     if d["discard"] is not None:
         out["discard_enable"] = str(d["discard"])
-    out["specification"] = disk.kind
+    out["specification"] = disk.kind_for(xen)
     if d["trusted"] is not None:
         out["trusted"] = str(d["trusted"])
     return out
 
 
-def libxl_nic(index: int, vif: VifSpec) -> dict[str, object]:
+def libxl_nic(index: int, vif: VifSpec, xen: bool = True) -> dict[str, object]:
     """libxl_device_nic for one `vif=` entry: a PV vif ("vif"), or a virtio NIC, which
     libxl describes as an emulated one of that model ("vif_ioemu")."""
     v = vif.to_dict()
     out: dict[str, object] = {"devid": index}
     if v["mtu"] is not None:
         out["mtu"] = v["mtu"]
-    if v["model"] != "xen":
-        out["model"] = v["model"]
+    model = vif.kind_for(xen)
+    if model != "xen":
+        out["model"] = model
     for key, name in (("mac", "mac"), ("bridge", "bridge"), ("vifname", "ifname")):
         if v[key] is not None:
             out[name] = v[key]
-    out["nictype"] = "vif" if v["model"] == "xen" else "vif_ioemu"
+    out["nictype"] = "vif" if model == "xen" else "vif_ioemu"
     return out
 
 
@@ -478,11 +479,12 @@ def libxl_domain_config(config: DomainConfig, uuid: str) -> dict[str, object]:
     b_info["arch_arm"] = {}
     b_info["arch_x86"] = {}
     out: dict[str, object] = {"c_info": c_info, "b_info": b_info}
+    xen = config.xen_platform != "0"  # "auto" is decided at build time; mostly on
     if config.disks:
-        out["disks"] = [libxl_disk(d) for d in config.disks]
+        out["disks"] = [libxl_disk(d, xen) for d in config.disks]
     if config.vifs:
-        out["nics"] = [libxl_nic(i, v) for i, v in enumerate(config.vifs)]
-    for key in ("on_poweroff", "on_reboot", "on_crash"):
+        out["nics"] = [libxl_nic(i, v, xen) for i, v in enumerate(config.vifs)]
+    for key in ("on_poweroff", "on_reboot", "on_watchdog", "on_crash"):
         action = ACTIONS[getattr(config, key)]
         if action != DEFAULT_ACTION:
             out[key] = action

@@ -50,8 +50,12 @@ SHUTDOWN_KIND = {
     abi.SHUTDOWN_reboot: "reboot",
     abi.SHUTDOWN_soft_reset: "reboot",
     abi.SHUTDOWN_crash: "crash",
-    abi.SHUTDOWN_watchdog: "crash",
+    abi.SHUTDOWN_watchdog: "watchdog",  # xl.cfg on_watchdog
 }
+# Xen's defaults: common/grant_table.c opt_max_grant_frames; libxl's event_channels
+# (libxl_create.c: 1023), the domain's max_evtchn_port.
+DEFAULT_MAX_GRANT_FRAMES = 64
+DEFAULT_MAX_EVTCHN_PORT = 1023
 STATE_VERSION = 1  # of save_state's dict (docs/snapshot-stream.md)
 _VI_SIZE = ctypes.sizeof(abi.vcpu_info)
 _VI_TIME = abi.vcpu_info.time.offset
@@ -84,6 +88,8 @@ class XenDomain:
         e820: Iterable[tuple[int, int, int]] = (),
         handle: bytes = bytes(16),
         max_pages: int = 0,
+        max_grant_frames: int = DEFAULT_MAX_GRANT_FRAMES,
+        max_evtchn_port: int = DEFAULT_MAX_EVTCHN_PORT,
     ):
         self.domid = domid
         self.machine = machine
@@ -109,8 +115,9 @@ class XenDomain:
         self._msi: dict[int, MsiRoute] = {}  # vCPU -> the route of its upcall vector
         self._epoch = _boottime_ns() - machine.clock_ns()  # boottime at system time 0
         self.evtchn = EventChannels(domid, self.memory, self.nr_vcpus, self.deliver,
-                                    holds_memory=self.p2m.holds_memory)
-        self.grants = GrantTable(domid, self.memory)
+                                    holds_memory=self.p2m.holds_memory,
+                                    max_port=max_evtchn_port)
+        self.grants = GrantTable(domid, self.memory, max_frames=max_grant_frames)
         self.timers = VcpuTimers(self._timer_fired)
         for family in FAMILIES:
             family.register(table, self)

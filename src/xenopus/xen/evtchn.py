@@ -100,7 +100,8 @@ class EventChannels:
     def __init__(self, domid: int, memory: GuestMemory, nr_vcpus: int,
                  deliver: Callable[[int], None], *, broker: InterdomainBroker | None = None,
                  backend_domid: int = 0, honour_upcall_mask: bool = False,
-                 holds_memory: Callable[[int], bool] | None = None):
+                 holds_memory: Callable[[int], bool] | None = None,
+                 max_port: int = NR_CHANNELS - 1):
         """``deliver(vcpu)`` injects the upcall vector into that vCPU.
 
         ``honour_upcall_mask``: Xen suppresses the upcall while ``evtchn_upcall_mask`` is
@@ -110,6 +111,9 @@ class EventChannels:
         self.domid = domid
         self.memory = memory
         self.nr_vcpus = nr_vcpus
+        # The toolstack's limit (xl.cfg max_event_channels → max_evtchn_port): Xen's
+        # get_free_port answers -ENOSPC past it (common/event_channel.c).
+        self.max_port = min(max_port, NR_CHANNELS - 1)
         self.deliver = deliver
         self.broker = broker
         self.backend_domid = backend_domid
@@ -262,7 +266,7 @@ class EventChannels:
         return 0 <= port < NR_CHANNELS
 
     def _alloc(self) -> int:
-        for port in range(1, NR_CHANNELS):
+        for port in range(1, self.max_port + 1):
             if port not in self._ports:
                 return port
         return -abi.XEN_ENOSPC

@@ -80,6 +80,22 @@ class DomainConfig:
     xen_platform: str = k.key("auto", read=k.xen_platform,
                               check=k.text(k.check_xen_platform),
                               help='whether the guest sees Xen: 1, 0 or "auto"')
+    # -- xl.cfg(5) keys of issue 11's lifecycle work --
+    uuid: str | None = k.key(None, read=k.string, check=k.text(k.check_uuid), optional=True,
+                             help="the domain's UUID (XENVER_guest_handle); default: a fresh one")
+    on_watchdog: str = k.key("destroy", read=k.string, check=k.text(k.check_action),
+                             help="what to do when the domain's Xen watchdog expires")
+    # Soft affinity, as `cpus`: recorded and listed (vcpu-list); Linux schedules threads
+    # with one (hard) mask, so it has no effect here.
+    cpus_soft: list[list[int] | None] | None = k.key(
+        None, read=k.affinity, check=k.check_affinity, optional=True,
+        help="host CPUs the vCPUs prefer (soft affinity): a CPU list, or one per vCPU")
+    # None: Xen's default (gnttab_max_frames, 64), as libxl's LIBXL_MAX_GRANT_DEFAULT.
+    max_grant_frames: int | None = k.key(None, read=k.number, optional=True,
+                                         check=k.integer(k.check_grant_frames),
+                                         help="the most grant-table frames the domain may have")
+    max_event_channels: int = k.key(1023, read=k.number, check=k.integer(k.check_event_channels),
+                                    help="the highest event-channel port the domain may use")
 
     def __post_init__(self) -> None:
         if self.maxmem is None:
@@ -95,11 +111,15 @@ class DomainConfig:
             raise ConfigError(f"maxvcpus: {self.maxvcpus} is less than vcpus ({self.vcpus})")
         if self.cpus is not None and len(self.cpus) > self.maxvcpus:
             raise ConfigError(f"cpus: {len(self.cpus)} entries for {self.maxvcpus} vCPUs")
+        if self.cpus_soft is not None and len(self.cpus_soft) > self.maxvcpus:
+            raise ConfigError(f"cpus_soft: {len(self.cpus_soft)} entries for {self.maxvcpus} vCPUs")
         _check_unique(self.disks, self.vifs)
 
     def action_for(self, reason: str) -> str:
-        """The configured action for a guest stop: "poweroff", "reboot" or "crash"."""
-        return {"poweroff": self.on_poweroff, "reboot": self.on_reboot, "crash": self.on_crash}[reason]
+        """The configured action for a guest stop: "poweroff", "reboot", "crash" or
+        "watchdog"."""
+        return {"poweroff": self.on_poweroff, "reboot": self.on_reboot, "crash": self.on_crash,
+                "watchdog": self.on_watchdog}[reason]
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)

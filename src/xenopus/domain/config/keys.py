@@ -22,9 +22,10 @@ MIN_MEMORY_MIB = 2
 # A sane ceiling, well inside what KVM allows (KVM_CAP_MAX_VCPUS, checked at create) and
 # what 8-bit xAPIC IDs in the MADT can name.
 MAX_VCPUS = 64
-ACTIONS = ("destroy", "restart", "preserve")
+ACTIONS = ("destroy", "restart", "preserve", "rename-restart", "coredump-destroy",
+           "coredump-restart")
 # The rest of xl's action_on_shutdown_names (xl_parse.c), refused for now.
-UNSUPPORTED_ACTIONS = ("rename-restart", "coredump-destroy", "coredump-restart", "soft-reset")
+UNSUPPORTED_ACTIONS = ("soft-reset",)
 CMDLINE_WARNING = "Warning: ignoring root= and extra= in favour of cmdline="
 
 
@@ -355,6 +356,39 @@ def check_action(action: str) -> str:
         raise ValueError(f"action `{action}' is not supported yet"
                          f" (supported: {', '.join(ACTIONS)})")
     raise ValueError(f"unknown action `{action}' (expected one of {', '.join(ACTIONS)})")
+
+
+def check_uuid(text: str) -> str:
+    """xl_parse.c: libxl_uuid_from_string, else "Failed to parse UUID"."""
+    import uuid
+
+    try:
+        uuid.UUID(text)
+    except ValueError:
+        raise ValueError(f"Failed to parse UUID: {text}") from None
+    if len(text) != 36:  # libxl takes only the 8-4-4-4-12 form
+        raise ValueError(f"Failed to parse UUID: {text}")
+    return text
+
+
+# Xen's opt_max_grant_frames default is 64; its domain_create refuses fewer than 1 frame
+# (grant_table_init: -EINVAL). A cap keeps a typo from reserving gigabytes of guest frames.
+MAX_GRANT_FRAMES = 4096
+# xl.cfg(5) max_event_channels: 4095 for a 2-level (64-bit x86) guest, the only ABI here.
+MAX_EVENT_CHANNELS = 4095
+
+
+def check_grant_frames(frames: int) -> int:
+    if not 1 <= frames <= MAX_GRANT_FRAMES:
+        raise ValueError(f"{frames} is not between 1 and {MAX_GRANT_FRAMES}")
+    return frames
+
+
+def check_event_channels(count: int) -> int:
+    if not 1 <= count <= MAX_EVENT_CHANNELS:
+        raise ValueError(f"{count} is not between 1 and {MAX_EVENT_CHANNELS} (the 2-level"
+                         " ABI's ports)")
+    return count
 
 
 def check_xen_platform(value: str) -> str:
