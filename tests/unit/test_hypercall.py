@@ -786,7 +786,7 @@ def test_vcpu_initialise_32bit_context(plat, mem) -> None:
     assert (state.rip, state.gprs["rbx"], state.code.db, state.code.l) == (0x100000, 0x7000, True, False)
 
 
-# --- the FIFO event-channel ops: Xen's checks, then a 2-level domain's answers ---------------
+# --- the FIFO event-channel ops: Xen's checks, a 2-level domain's answers, the switch -------
 def test_fifo_ops_check_arguments_like_xen(plat, mem) -> None:
     eo = abi.HYPERVISOR_event_channel_op
 
@@ -798,17 +798,26 @@ def test_fifo_ops_check_arguments_like_xen(plat, mem) -> None:
         return call(plat, mem, eo, abi.EVTCHNOP_init_control, A)
 
     assert init_control(vcpu=2) == -abi.XEN_ENOENT
-    assert init_control(offset=4032) == -abi.XEN_EINVAL  # the 68-byte block would cross
+    assert init_control(offset=4032) == -abi.XEN_EINVAL  # the 72-byte block would cross
     assert init_control(offset=4) == -abi.XEN_EINVAL  # not 8-byte aligned
     assert init_control(control_gfn=BAD // 4096) == -abi.XEN_EINVAL  # no page there
     assert _reservation(plat, mem, abi.XENMEM_decrease_reservation, [0x21]) == 1
     assert init_control(control_gfn=0x21) == -abi.XEN_EINVAL  # ballooned out
-    assert init_control(offset=4024) == -abi.XEN_ENOSYS  # valid: FIFO not offered
     assert call(plat, mem, eo, abi.EVTCHNOP_init_control, BAD) == -abi.XEN_EFAULT
     mem.write(A, bytes(abi.evtchn_expand_array(array_gfn=0x22)))
     assert call(plat, mem, eo, abi.EVTCHNOP_expand_array, A) == -abi.XEN_EOPNOTSUPP
     port = plat.evtchn.bind_virq(abi.VIRQ_TIMER, 0)
     mem.write(A, bytes(abi.evtchn_set_priority(port=port, priority=3)))
-    assert call(plat, mem, eo, abi.EVTCHNOP_set_priority, A) == -abi.XEN_ENOSYS
+    assert call(plat, mem, eo, abi.EVTCHNOP_set_priority, A) == -abi.XEN_ENOSYS  # 2-level
+    # A valid request switches the domain to FIFO and says how wide LINK is (17 bits).
+    assert init_control(offset=4024) == 0
+    assert abi.evtchn_init_control.from_buffer_copy(mem.read(A, 24)).link_bits == 17
+    assert init_control(offset=8) == -abi.XEN_EINVAL  # vCPU 0 has its control block
+    mem.write(A, bytes(abi.evtchn_expand_array(array_gfn=0x22)))
+    assert call(plat, mem, eo, abi.EVTCHNOP_expand_array, A) == 0
+    mem.write(A, bytes(abi.evtchn_set_priority(port=port, priority=3)))
+    assert call(plat, mem, eo, abi.EVTCHNOP_set_priority, A) == 0
+    mem.write(A, bytes(abi.evtchn_set_priority(port=port, priority=16)))
+    assert call(plat, mem, eo, abi.EVTCHNOP_set_priority, A) == -abi.XEN_EINVAL
     mem.write(A, bytes(abi.evtchn_set_priority(port=999, priority=3)))
     assert call(plat, mem, eo, abi.EVTCHNOP_set_priority, A) == -abi.XEN_EINVAL

@@ -651,7 +651,25 @@ class evtchn_init_control(ctypes.Structure):
                 ("link_bits", c_uint8), ("_pad", c_uint8 * 7)]
 
 
-EVTCHN_FIFO_MAX_QUEUES = 16  # EVTCHN_FIFO_PRIORITY_MIN + 1
+# The FIFO ABI (event_channel.h "FIFO ABI"): one 32-bit event word per port in the guest's
+# event array pages, and per vCPU a control block with a READY bit and a HEAD per queue.
+EVTCHN_FIFO_PRIORITY_MAX = 0
+EVTCHN_FIFO_PRIORITY_DEFAULT = 7
+EVTCHN_FIFO_PRIORITY_MIN = 15
+EVTCHN_FIFO_MAX_QUEUES = EVTCHN_FIFO_PRIORITY_MIN + 1
+EVTCHN_FIFO_PENDING = 31
+EVTCHN_FIFO_MASKED = 30
+EVTCHN_FIFO_LINKED = 29
+EVTCHN_FIFO_BUSY = 28
+EVTCHN_FIFO_LINK_BITS = 17
+EVTCHN_FIFO_LINK_MASK = (1 << EVTCHN_FIFO_LINK_BITS) - 1
+EVTCHN_FIFO_NR_CHANNELS = 1 << EVTCHN_FIFO_LINK_BITS
+event_word_t = c_uint32
+
+
+class evtchn_fifo_control_block(ctypes.Structure):
+    _fields_ = [("ready", c_uint32), ("_rsvd", c_uint32),
+                ("head", event_word_t * EVTCHN_FIFO_MAX_QUEUES)]
 
 
 class evtchn_expand_array(ctypes.Structure):

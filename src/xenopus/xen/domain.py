@@ -362,11 +362,8 @@ class XenDomain:
         return gpa is not None and bool(self.memory.read_u8(gpa + _VI_PENDING))
 
     def any_pending(self, ports: list[int]) -> bool:
-        si = self.shared_info
-        if si is None:
-            return False
-        base = si + abi.shared_info.evtchn_pending.offset
-        return any(self.memory.read_u8(base + p // 8) >> (p % 8) & 1 for p in ports)
+        """SCHEDOP_poll's wake condition, in the domain's event ABI (2-level or FIFO)."""
+        return any(self.evtchn.is_pending(p) for p in ports)
 
     def block(self, vcpu: int, ready: Callable[[], bool], deadline: float | None = None
               ) -> None:
