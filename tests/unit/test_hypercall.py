@@ -98,10 +98,13 @@ class FakeMachine:
     def clock_ns(self) -> int:
         return 0
 
-    def add_memory(self, gpa: int, size: int) -> None:
+    def add_memory(self, gpa: int, size: int, *, backing=None, readonly: bool = False) -> None:
         from xenopus.memory.guest import MemoryRegion
 
-        self.memory.attach(MemoryRegion.create(gpa, size))
+        if backing is None:
+            self.memory.attach(MemoryRegion.create(gpa, size))
+        else:
+            self.memory.attach(MemoryRegion.map_file(gpa, size, *backing, readonly=readonly))
 
     def remove_memory(self, gpa: int) -> None:
         self.memory.detach(gpa).close()
@@ -821,3 +824,38 @@ def test_fifo_ops_check_arguments_like_xen(plat, mem) -> None:
     assert call(plat, mem, eo, abi.EVTCHNOP_set_priority, A) == -abi.XEN_EINVAL
     mem.write(A, bytes(abi.evtchn_set_priority(port=999, priority=3)))
     assert call(plat, mem, eo, abi.EVTCHNOP_set_priority, A) == -abi.XEN_EINVAL
+
+
+# --- GNTTABOP_map_grant_ref through the domain's p2m ----------------------------------------
+def test_grant_mapping_is_a_p2m_entry_above_ram(plat, mem) -> None:
+    """A page of ours granted to ourselves and mapped at a free GFN (grant_table.h:
+    host_addr is a guest-physical address for a translated mapper): the same memory at two
+    GFNs; not RAM for ballooning; gone at unmap (and at the domain's end)."""
+    gt = abi.HYPERVISOR_grant_table_op
+    assert _map(plat, mem, abi.XENMAPSPACE_grant_table, 0, 0x30) == 0
+    entry = abi.grant_entry_v1(flags=abi.GTF_permit_access, domid=DOMID, frame=0x31)
+    mem.write(0x30 * 4096 + 8 * 9, bytes(entry))
+
+    def map_at(gfn: int) -> abi.gnttab_map_grant_ref:
+        mem.write(A, bytes(abi.gnttab_map_grant_ref(
+            host_addr=gfn * 4096, flags=abi.GNTMAP_host_map, ref=9, dom=abi.DOMID_SELF)))
+        assert call(plat, mem, gt, abi.GNTTABOP_map_grant_ref, A, 1) == 0
+        return abi.gnttab_map_grant_ref.from_buffer_copy(mem.read(A, 32))
+
+    assert map_at(0x40).status == abi.GNTST_general_error  # a RAM frame: not ours to replace
+    op = map_at(ABOVE_RAM + 5)
+    assert op.status == abi.GNTST_okay and plat.p2m.grant_maps == {ABOVE_RAM + 5}
+    mem.write(0x31 * 4096, b"same page")
+    assert mem.read((ABOVE_RAM + 5) * 4096, 9) == b"same page"
+    assert _current(plat, mem) == 1024  # not charged: the granter's page
+    assert _remove(plat, mem, ABOVE_RAM + 5) == -abi.XEN_EBUSY
+    assert _reservation(plat, mem, abi.XENMEM_decrease_reservation, [ABOVE_RAM + 5]) == 0
+    mem.write(A, bytes(abi.gnttab_unmap_grant_ref(host_addr=(ABOVE_RAM + 5) * 4096,
+                                                  handle=op.handle)))
+    assert call(plat, mem, gt, abi.GNTTABOP_unmap_grant_ref, A, 1) == 0
+    assert abi.gnttab_unmap_grant_ref.from_buffer_copy(mem.read(A, 24)).status == 0
+    assert not mem.contains((ABOVE_RAM + 5) * 4096) and plat.p2m.grant_maps == set()
+    assert map_at(ABOVE_RAM + 6).status == abi.GNTST_okay
+    plat.close()  # gnttab_release_mappings: the entry's in-use flags go with the mapper
+    assert mem.read_u16(0x30 * 4096 + 8 * 9) == abi.GTF_permit_access
+    assert plat.p2m.grant_maps == set()

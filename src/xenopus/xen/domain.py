@@ -111,6 +111,8 @@ class XenDomain:
         self.evtchn = EventChannels(domid, self.memory, self.nr_vcpus, self.deliver,
                                     holds_memory=self.p2m.holds_memory)
         self.grants = GrantTable(domid, self.memory)
+        self.grants.host_map = self.p2m.map_grant  # GNTTABOP_map_grant_ref's GFNs
+        self.grants.host_unmap = self.p2m.unmap_grant
         self.timers = VcpuTimers(self._timer_fired)
         for family in FAMILIES:
             family.register(table, self)
@@ -123,6 +125,7 @@ class XenDomain:
     def close(self) -> None:
         for closer in self._closers:
             closer()
+        self.grants.unmap_all()  # the granters' entries lose our in-use flags
         self.timers.close()
         for route in self._msi.values():
             route.release()
