@@ -189,6 +189,7 @@ class XenGuest:
             self.domid, machine, self.table, console_out=self.hv_log, e820=self.e820,
             max_pages=self.config.maxmem * MiB // abi.PAGE_SIZE if self.config.maxmem else 0,
         )
+        self.trap.on_page = domain.hypercall_page_written
         if self.kernel is not None:
             # vmcall/vmmcall now arrive as KVM_EXIT_XEN; calls through the hypercall page
             # still take the trap path (the MSR filter keeps the page ours).

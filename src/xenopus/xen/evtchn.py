@@ -22,6 +22,11 @@ queues), and EVTCHNOP_reset switches it back. Both run wherever we deliver event
 either hypercall path: KVM is never given the shared_info or the ports (its in-kernel
 delivery, which knows 2-level only, is not used).
 
+A domain whose shared_info is latched 32-bit (`set_compat`; XenDomain latches it as Xen's
+hvm_latch_shinfo_size does) has the compat layout: 32 pending and mask words of 32 bits
+(1024 ports) and a 32-bit selector at vcpu_info offset 4 (xen.h for i386). The bitmaps'
+bit numbering is the same either way (little-endian); only the selector differs.
+
 Atomicity: the guest flips these bits from its vCPUs while we do, so every update of a
 guest-visible word is a locked read-modify-write (``GuestAtomics``): a lost *set* would
 be a lost event. We never clear a bit the guest owns except where Xen does (the mask bit
@@ -128,6 +133,9 @@ class EventChannels:
         self._virqs: list[dict[int, int]] = [{} for _ in range(nr_vcpus)]
         self._early: set[int] = set()  # raised before shared_info was mapped
         self.fifo: FifoEvents | None = None  # the FIFO ABI, from EVTCHNOP_init_control on
+        self.compat = False  # 32-bit shared_info/vcpu_info (set_compat)
+        self._word_bits = _WORD_BITS
+        self._mask = _MASK  # evtchn_mask's offset in shared_info (pending is at 2048 in both)
         self._lock = threading.RLock()
 
     # --- shared_info / vcpu_info placement (decided by the XenDomain) -----------------------
@@ -144,6 +152,19 @@ class EventChannels:
             for port in sorted(early):
                 chn = self._ports.get(port)
                 self._set_pending(port, chn.vcpu if chn else 0)
+
+    def set_compat(self, compat: bool) -> None:
+        """The layout of shared_info and vcpu_info from now on: 32-bit (compat) or native.
+        As in Xen, nothing already in the pages is converted."""
+        with self._lock:
+            self.compat = compat
+            self._word_bits = 32 if compat else _WORD_BITS
+            self._mask = abi.compat_shared_info.evtchn_mask.offset if compat else _MASK
+
+    def _selector(self, vi: int, word: int) -> tuple[int, int]:
+        """(8-byte aligned GPA, bit) of selector bit `word` of the vcpu_info at `vi`: the
+        32-bit selector is the upper half of the vcpu_info's first 8 bytes."""
+        return (vi, 32 + word) if self.compat else (vi + _VI_SEL, word)
 
     def vcpu_info_gpa(self, vcpu: int) -> int | None:
         """Where ``vcpu``'s vcpu_info is: registered, or its slot in shared_info (vCPU < 32)."""
@@ -175,7 +196,10 @@ class EventChannels:
                 self.memory.fill(gpa, _VI_SIZE)
                 self.memory.write_u8(gpa + abi.vcpu_info.evtchn_upcall_mask.offset, 1)
             self._vcpu_info[vcpu] = gpa
-            self.atomics.fetch_or(gpa + _VI_SEL, 2**64 - 1)
+            if self.compat:
+                self.atomics.fetch_or(gpa, 0xFFFFFFFF << 32)
+            else:
+                self.atomics.fetch_or(gpa + _VI_SEL, 2**64 - 1)
             self.atomics.fetch_or(gpa + _VI_PENDING, 1)
         self.deliver(vcpu)
         return 0
@@ -195,7 +219,8 @@ class EventChannels:
             ]
             return {"shared_info": self.shared_info, "vcpu_info": list(self._vcpu_info),
                     "early": sorted(self._early), "ports": ports,
-                    "fifo": self.fifo.save_state() if self.fifo else None}
+                    "fifo": self.fifo.save_state() if self.fifo else None,
+                    "compat": self.compat}
 
     def restore_state(self, state: dict[str, Any]) -> None:
         """The saved table into this one, built for the same config (its host backends'
@@ -213,7 +238,8 @@ class EventChannels:
             if state.get("fifo") is not None:
                 fifo = self._new_fifo()
                 fifo.restore_state(state["fifo"])
-            limit = abi.EVTCHN_FIFO_NR_CHANNELS if fifo else NR_CHANNELS
+            self.set_compat(bool(state.get("compat", False)))
+            limit = self._limit() if fifo is None else abi.EVTCHN_FIFO_NR_CHANNELS
             built = self._ports
             ports: dict[int, Channel] = {0: Channel(State.RESERVED)}
             virqs: list[dict[int, int]] = [{} for _ in range(self.nr_vcpus)]
@@ -256,15 +282,15 @@ class EventChannels:
         try:
             if self.atomics.test_and_set_bit(si + _PENDING, port):
                 return
-            if not self.atomics.test_bit(si + _MASK, port):
-                self._mark_selector(vcpu, port // _WORD_BITS)
+            if not self.atomics.test_bit(si + self._mask, port):
+                self._mark_selector(vcpu, port // self._word_bits)
         except GuestMemoryError:
             log.warning("d%d: shared_info %#x is not guest RAM; event %d dropped",
                         self.domid, si, port)
 
     def _mark_selector(self, vcpu: int, word: int) -> None:
         vi = self.vcpu_info_gpa(vcpu)
-        if vi is None or self.atomics.test_and_set_bit(vi + _VI_SEL, word):
+        if vi is None or self.atomics.test_and_set_bit(*self._selector(vi, word)):
             return
         old = self.atomics.fetch_or(vi + _VI_PENDING, 1)
         if old & 1:
@@ -291,7 +317,9 @@ class EventChannels:
 
     def _limit(self) -> int:
         """event_channel.h max_evtchns: the ports the domain's ABI can name."""
-        return abi.EVTCHN_FIFO_NR_CHANNELS if self.fifo is not None else NR_CHANNELS
+        if self.fifo is not None:
+            return abi.EVTCHN_FIFO_NR_CHANNELS
+        return abi.EVTCHN_2L_NR_CHANNELS_COMPAT if self.compat else NR_CHANNELS
 
     def _valid(self, port: int) -> bool:
         return 0 <= port < self._limit()
@@ -533,9 +561,9 @@ class EventChannels:
             if si is None:
                 return 0
             try:
-                if (self.atomics.test_and_clear_bit(si + _MASK, port)
+                if (self.atomics.test_and_clear_bit(si + self._mask, port)
                         and self.atomics.test_bit(si + _PENDING, port)):
-                    self._mark_selector(chn.vcpu if chn else 0, port // _WORD_BITS)
+                    self._mark_selector(chn.vcpu if chn else 0, port // self._word_bits)
             except GuestMemoryError:
                 pass
         return 0

@@ -243,7 +243,7 @@ class GrantTable:
                 if count > MAP_BATCH_MAX:
                     return -abi.XEN_EINVAL
                 struct, one = batch
-                size = ctypes.sizeof(struct)
+                size = access.sizeof(struct)
                 for i in range(count):
                     op = access.read(arg_gva + i * size, struct)
                     one(self, op)
@@ -275,9 +275,10 @@ class GrantTable:
         else:
             op.status = abi.GNTST_okay
             try:
+                size = access.pfn_size  # xen_pfn_t: 32 bits for a 32-bit caller
                 for i in range(op.nr_frames):
-                    gfn = bytes(abi.xen_pfn_t(self.frames.get(i, _NO_GFN)))
-                    access.write(op.frame_list + i * len(gfn), gfn)
+                    gfn = self.frames.get(i, _NO_GFN) & ((1 << 8 * size) - 1)
+                    access.write(op.frame_list + i * size, gfn.to_bytes(size, "little"))
             except XenError:
                 op.status = abi.GNTST_bad_virt_addr
         access.write_field(gva, op, "status")
@@ -309,7 +310,7 @@ class GrantTable:
         return 0
 
     def _op_copy(self, access: GuestAccess, gva: int, count: int) -> int:
-        size = ctypes.sizeof(abi.gnttab_copy)
+        size = access.sizeof(abi.gnttab_copy)
         for i in range(count):
             op = access.read(gva + i * size, abi.gnttab_copy)
             op.status = self.copy_one(op)
