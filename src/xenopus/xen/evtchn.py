@@ -20,7 +20,7 @@ Two ABIs deliver events, as in Xen: 2-level (here) until the guest's first
 EVTCHNOP_init_control switches the domain to FIFO (xen/evtchn_fifo.py, which owns the
 queues), and EVTCHNOP_reset switches it back. Both run wherever we deliver events, i.e. on
 either hypercall path: KVM is never given the shared_info or the ports (its in-kernel
-delivery, which knows 2-level only, is not used).
+delivery, which knows 2-level only, is not used), so FIFO is not refused there.
 
 A domain whose shared_info is latched 32-bit (`set_compat`; XenDomain latches it as Xen's
 hvm_latch_shinfo_size does) has the compat layout: 32 pending and mask words of 32 bits
