@@ -97,8 +97,9 @@ void guest_main(void)
     xcheck(rc == 0, "close(%u) rc %ld", pa, rc);
     printf("events: %u upcall(s); port %u got %d, port %u got %d\n", evtchn_upcalls, pa, evtchn_count[pa], pb,
            evtchn_count[pb]);
-    /* The FIFO ABI: Xen's argument checks (a bad control gfn is -EINVAL), then a valid
-     * request learns that only 2-level is offered (-ENOSYS), as Linux probes it. */
+    /* The FIFO ABI's argument checks (a bad control gfn is -EINVAL); no valid request here:
+     * that would switch the domain to FIFO (xenfifo tests that), so expand_array still finds
+     * no control block (-EOPNOTSUPP) and set_priority a 2-level domain (-ENOSYS). */
     static u8 control[4096] __attribute__((aligned(4096)));
     struct evtchn_init_control ic = {1ul << 40, 0, 0, 0, {0}};
     long bad_gfn = evtchn_op(EVTCHNOP_init_control, &ic);
@@ -106,12 +107,19 @@ void guest_main(void)
     ic.offset = 4;
     long bad_offset = evtchn_op(EVTCHNOP_init_control, &ic);
     ic.offset = 0;
-    long valid = evtchn_op(EVTCHNOP_init_control, &ic);
+    ic.vcpu = 99;
+    long bad_vcpu = evtchn_op(EVTCHNOP_init_control, &ic);
     u64 array_gfn = virt_to_gfn(control);
     long expand = evtchn_op(EVTCHNOP_expand_array, &array_gfn);
-    xcheck(bad_gfn == -XEN_EINVAL && bad_offset == -XEN_EINVAL && valid == -XEN_ENOSYS
-               && expand == -XEN_EOPNOTSUPP,
-           "FIFO ABI: bad gfn %s, misaligned offset %s, valid %s (2-level only), expand_array %s",
-           xen_errname(bad_gfn), xen_errname(bad_offset), xen_errname(valid), xen_errname(expand));
+    struct {
+        evtchn_port_t port;
+        u32 priority;
+    } prio = {(evtchn_port_t)evtchn_bind_ipi(0), 3};
+    long set_prio = evtchn_op(13 /* EVTCHNOP_set_priority */, &prio);
+    xcheck(bad_gfn == -XEN_EINVAL && bad_offset == -XEN_EINVAL && bad_vcpu == -XEN_ENOENT
+               && expand == -XEN_EOPNOTSUPP && set_prio == -XEN_ENOSYS,
+           "FIFO ABI: bad gfn %s, misaligned offset %s, vcpu 99 %s, expand_array %s, set_priority %s",
+           xen_errname(bad_gfn), xen_errname(bad_offset), xen_errname(bad_vcpu), xen_errname(expand),
+           xen_errname(set_prio));
     xen_finish(xen_failures == 0, xen_failures ? "%d check(s) failed" : "", xen_failures);
 }

@@ -32,7 +32,7 @@ VIRQ_TIMER, VIRQ_CONSOLE = 0, 2  # xen.h
 # event_channel.h command numbers
 ALLOC_UNBOUND, SEND, STATUS, BIND_INTERDOMAIN, BIND_VIRQ, CLOSE = 6, 4, 5, 0, 1, 3
 BIND_IPI, BIND_VCPU, UNMASK, RESET, BIND_PIRQ = 7, 8, 9, 10, 2
-INIT_CONTROL, EXPAND_ARRAY, SET_PRIORITY = 11, 12, 13
+EXPAND_ARRAY, SET_PRIORITY = 12, 13
 ARG = 0x20000  # an argument struct, identity-mapped (paging off)
 
 
@@ -414,10 +414,11 @@ def test_op_binds_write_their_port(mem: GuestMemory, c: Chans) -> None:
 
 
 def test_unsupported_ops(mem: GuestMemory, c: Chans) -> None:
-    for cmd in (INIT_CONTROL, SET_PRIORITY, 14, 99):
+    for cmd in (SET_PRIORITY, 14, 99):  # set_priority: 2-level has no priorities
         assert call(mem, c.ev, cmd, "<I", 0)[0] == -ENOSYS
     # event_fifo.c: no FIFO control block was ever set up, so there is no array to expand.
     assert call(mem, c.ev, EXPAND_ARRAY, "<Q", 0)[0] == -EOPNOTSUPP
+    assert c.ev.fifo is None
     assert call(mem, c.ev, BIND_PIRQ, "<III", 1, 0, 0)[0] == -EINVAL
 
 

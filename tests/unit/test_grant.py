@@ -117,9 +117,133 @@ def test_versions(mem: GuestMemory, gt: GrantTable) -> None:
     assert call(mem, gt, GET_VERSION, struct.pack("<HHI", 5, 0, 0))[0] == -ESRCH
 
 
-def test_map_grant_ref_op_is_not_offered(mem: GuestMemory, gt: GrantTable) -> None:
-    assert call(mem, gt, MAP, bytes(32))[0] == -ENOSYS
+def test_unoffered_ops_and_counts(mem: GuestMemory, gt: GrantTable) -> None:
+    assert call(mem, gt, 7, bytes(32))[0] == -ENOSYS  # unmap_and_replace: PV only
     assert gt.op(COPY, access(mem), ARG, 2**31) == -EINVAL
+    assert gt.op(MAP, access(mem), ARG, 513) == -EINVAL  # beyond our batch limit
+
+
+# --- GNTTABOP_map_grant_ref / unmap_grant_ref ---------------------------------------------
+# grant_table.h: gnttab_map_grant_ref = {host_addr u64 @0, flags u32 @8, ref @12, dom @16,
+# status i16 @18, handle u32 @20, dev_bus_addr u64 @24} (32 bytes); gnttab_unmap_grant_ref =
+# {host_addr @0, dev_bus_addr @8, handle @16, status i16 @20} (24 bytes);
+# GNTMAP_device_map 1, host_map 1<<1, readonly 1<<2; GNTST_bad_handle -4, no_device_space -7.
+UNMAP = 1
+DEVICE_MAP, HOST_MAP, MAP_RO = 1, 1 << 1, 1 << 2
+BAD_HANDLE = -4
+MAP_GFN = 0x200  # above the mapper's 1 MiB of RAM: where the mapped page appears
+
+
+def map_raw(gfn: int, fl: int, ref: int, dom: int) -> bytes:
+    return struct.pack("<QIIHhIQ", gfn * PAGE, fl, ref, dom, 99, 0xFFFF, 0)
+
+
+def do_map(mem: GuestMemory, t: GrantTable, gfn: int, fl: int, ref: int, dom: int
+           ) -> tuple[int, int]:
+    rc, out = call(mem, t, MAP, map_raw(gfn, fl, ref, dom))
+    assert rc == 0
+    status, handle = struct.unpack_from("<hI", out, 18)
+    return status, handle
+
+
+def do_unmap(mem: GuestMemory, t: GrantTable, gfn: int, handle: int) -> int:
+    rc, out = call(mem, t, UNMAP, struct.pack("<QQIhxx", gfn * PAGE, 0, handle, 99))
+    assert rc == 0
+    return struct.unpack_from("<h", out, 20)[0]
+
+
+class Pair(SimpleNamespace):
+    me: GrantTable
+    peer: GrantTable
+    peer_mem: GuestMemory
+    refuse: bool
+
+
+@pytest.fixture
+def pair(mem: GuestMemory) -> Iterator[Pair]:
+    """A mapper (ME) whose p2m puts mapped pages into its GuestMemory, as the domain's
+    PhysMap does with a memory slot; and a granting peer with its own memory."""
+    from xenopus.memory.guest import MemoryRegion
+
+    with GuestMemory.create(1 * MiB) as peer_mem:
+        peer = GrantTable(PEER, peer_mem)
+        peer.map_frame(0, FRAME_GPFN)
+        me = GrantTable(ME, mem, foreign={PEER: peer}.get)
+        me.map_frame(0, FRAME_GPFN)
+        p = Pair(me=me, peer=peer, peer_mem=peer_mem, refuse=False)
+
+        def host_map(gfn: int, backing: tuple[int, int], readonly: bool) -> bool:
+            if p.refuse or mem.overlaps(gfn * PAGE, PAGE):
+                return False
+            mem.attach(MemoryRegion.map_file(gfn * PAGE, PAGE, *backing, readonly=readonly))
+            return True
+
+        me.host_map = host_map
+        me.host_unmap = lambda gfn: mem.detach(gfn * PAGE).close()
+        yield p
+
+
+def test_a_mapped_grant_is_the_granters_page(mem: GuestMemory, pair: Pair) -> None:
+    grant(pair.peer_mem, 5, PERMIT, ME, 0x70)
+    pair.peer_mem.write(0x70 * PAGE, b"from the granter")
+    status, handle = do_map(mem, pair.me, MAP_GFN, HOST_MAP, 5, PEER)
+    assert (status, handle) == (OKAY, 0)
+    assert flags(pair.peer_mem, 5) == PERMIT | READING | WRITING
+    assert mem.read(MAP_GFN * PAGE, 16) == b"from the granter"
+    mem.write(MAP_GFN * PAGE + 2048, b"from the mapper")  # both see each other's writes
+    assert pair.peer_mem.read(0x70 * PAGE + 2048, 15) == b"from the mapper"
+    # The granter cannot end access meanwhile (gnttab_end_foreign_access's cmpxchg fails).
+    entry = FRAME_GPFN * PAGE + 8 * 5
+    word = pair.peer_mem.read_u32(entry) & ~0xFFFF | PERMIT
+    assert pair.peer.atomics.cmpxchg32(entry, word, word & ~0xFFFF) != word
+    assert do_unmap(mem, pair.me, MAP_GFN + 1, handle) == GENERAL  # not mapped there
+    assert do_unmap(mem, pair.me, MAP_GFN, handle) == OKAY
+    assert flags(pair.peer_mem, 5) == PERMIT and not mem.contains(MAP_GFN * PAGE)
+    assert do_unmap(mem, pair.me, MAP_GFN, handle) == BAD_HANDLE
+    assert pair.peer.atomics.cmpxchg32(entry, word, word & ~0xFFFF) == word  # now it can
+
+
+def test_read_only_grants_and_mappings(mem: GuestMemory, pair: Pair) -> None:
+    grant(pair.peer_mem, 6, PERMIT | RO, ME, 0x71)
+    assert do_map(mem, pair.me, MAP_GFN, HOST_MAP, 6, PEER)[0] == GENERAL
+    assert flags(pair.peer_mem, 6) == PERMIT | RO  # the failed map pinned nothing
+    status, handle = do_map(mem, pair.me, MAP_GFN, HOST_MAP | MAP_RO, 6, PEER)
+    assert status == OKAY and flags(pair.peer_mem, 6) == PERMIT | RO | READING
+    assert do_unmap(mem, pair.me, MAP_GFN, handle) == OKAY
+    assert flags(pair.peer_mem, 6) == PERMIT | RO
+
+
+def test_map_errors_in_xens_order(mem: GuestMemory, pair: Pair) -> None:
+    grant(pair.peer_mem, 5, PERMIT, ME, 0x70)
+    grant(pair.peer_mem, 7, PERMIT, 9, 0x70)  # for another domain
+    assert do_map(mem, pair.me, MAP_GFN, 0, 5, PEER)[0] == BAD_GNTREF  # no map kind
+    assert do_map(mem, pair.me, MAP_GFN, HOST_MAP | DEVICE_MAP, 5, PEER)[0] == GENERAL
+    assert do_map(mem, pair.me, MAP_GFN, HOST_MAP, 5, 7)[0] == BAD_DOMAIN
+    assert do_map(mem, pair.me, MAP_GFN, HOST_MAP, 512, PEER)[0] == BAD_GNTREF  # 1 frame
+    assert do_map(mem, pair.me, MAP_GFN, HOST_MAP, 7, PEER)[0] == GENERAL
+    assert do_map(mem, pair.me, 0x10, HOST_MAP, 5, PEER)[0] == GENERAL  # a RAM gfn
+    pair.refuse = True  # the p2m has no room
+    assert do_map(mem, pair.me, MAP_GFN, HOST_MAP, 5, PEER)[0] == GENERAL
+    assert flags(pair.peer_mem, 5) == PERMIT and pair.me.maptrack == {}
+
+
+def test_maps_in_one_batch_and_unmap_all(mem: GuestMemory, pair: Pair) -> None:
+    grant(pair.peer_mem, 5, PERMIT, ME, 0x70)
+    grant(pair.peer_mem, 6, PERMIT, ME, 0x71)
+    grant(mem, 8, PERMIT, ME, 0x72)  # our own grant, mapped by ourselves (DOMID_SELF)
+    batch = (map_raw(MAP_GFN, HOST_MAP, 5, PEER) + map_raw(MAP_GFN + 1, HOST_MAP, 6, PEER)
+             + map_raw(MAP_GFN + 2, HOST_MAP | MAP_RO, 8, DOMID_SELF))
+    mem.write(ARG, batch)
+    assert pair.me.op(MAP, access(mem), ARG, 3) == 0
+    out = mem.read(ARG, 96)
+    assert [struct.unpack_from("<hI", out, 32 * i + 18) for i in range(3)] == [
+        (OKAY, 0), (OKAY, 1), (OKAY, 2)]
+    mem.write(0x72 * PAGE, b"own page")
+    assert mem.read((MAP_GFN + 2) * PAGE, 8) == b"own page"
+    assert flags(mem, 8) == PERMIT | READING
+    pair.me.unmap_all()  # the mapper goes: every entry is released
+    assert flags(pair.peer_mem, 5) == flags(pair.peer_mem, 6) == flags(mem, 8) == PERMIT
+    assert not mem.contains(MAP_GFN * PAGE)
 
 
 # --- GNTTABOP_copy -------------------------------------------------------------------------

@@ -98,10 +98,13 @@ class FakeMachine:
     def clock_ns(self) -> int:
         return 0
 
-    def add_memory(self, gpa: int, size: int) -> None:
+    def add_memory(self, gpa: int, size: int, *, backing=None, readonly: bool = False) -> None:
         from xenopus.memory.guest import MemoryRegion
 
-        self.memory.attach(MemoryRegion.create(gpa, size))
+        if backing is None:
+            self.memory.attach(MemoryRegion.create(gpa, size))
+        else:
+            self.memory.attach(MemoryRegion.map_file(gpa, size, *backing, readonly=readonly))
 
     def remove_memory(self, gpa: int) -> None:
         self.memory.detach(gpa).close()
@@ -787,7 +790,7 @@ def test_vcpu_initialise_32bit_context(plat, mem) -> None:
     assert (state.rip, state.gprs["rbx"], state.code.db, state.code.l) == (0x100000, 0x7000, True, False)
 
 
-# --- the FIFO event-channel ops: Xen's checks, then a 2-level domain's answers ---------------
+# --- the FIFO event-channel ops: Xen's checks, a 2-level domain's answers, the switch -------
 def test_fifo_ops_check_arguments_like_xen(plat, mem) -> None:
     eo = abi.HYPERVISOR_event_channel_op
 
@@ -799,17 +802,61 @@ def test_fifo_ops_check_arguments_like_xen(plat, mem) -> None:
         return call(plat, mem, eo, abi.EVTCHNOP_init_control, A)
 
     assert init_control(vcpu=2) == -abi.XEN_ENOENT
-    assert init_control(offset=4032) == -abi.XEN_EINVAL  # the 68-byte block would cross
+    assert init_control(offset=4032) == -abi.XEN_EINVAL  # the 72-byte block would cross
     assert init_control(offset=4) == -abi.XEN_EINVAL  # not 8-byte aligned
     assert init_control(control_gfn=BAD // 4096) == -abi.XEN_EINVAL  # no page there
     assert _reservation(plat, mem, abi.XENMEM_decrease_reservation, [0x21]) == 1
     assert init_control(control_gfn=0x21) == -abi.XEN_EINVAL  # ballooned out
-    assert init_control(offset=4024) == -abi.XEN_ENOSYS  # valid: FIFO not offered
     assert call(plat, mem, eo, abi.EVTCHNOP_init_control, BAD) == -abi.XEN_EFAULT
     mem.write(A, bytes(abi.evtchn_expand_array(array_gfn=0x22)))
     assert call(plat, mem, eo, abi.EVTCHNOP_expand_array, A) == -abi.XEN_EOPNOTSUPP
     port = plat.evtchn.bind_virq(abi.VIRQ_TIMER, 0)
     mem.write(A, bytes(abi.evtchn_set_priority(port=port, priority=3)))
-    assert call(plat, mem, eo, abi.EVTCHNOP_set_priority, A) == -abi.XEN_ENOSYS
+    assert call(plat, mem, eo, abi.EVTCHNOP_set_priority, A) == -abi.XEN_ENOSYS  # 2-level
+    # A valid request switches the domain to FIFO and says how wide LINK is (17 bits).
+    assert init_control(offset=4024) == 0
+    assert abi.evtchn_init_control.from_buffer_copy(mem.read(A, 24)).link_bits == 17
+    assert init_control(offset=8) == -abi.XEN_EINVAL  # vCPU 0 has its control block
+    mem.write(A, bytes(abi.evtchn_expand_array(array_gfn=0x22)))
+    assert call(plat, mem, eo, abi.EVTCHNOP_expand_array, A) == 0
+    mem.write(A, bytes(abi.evtchn_set_priority(port=port, priority=3)))
+    assert call(plat, mem, eo, abi.EVTCHNOP_set_priority, A) == 0
+    mem.write(A, bytes(abi.evtchn_set_priority(port=port, priority=16)))
+    assert call(plat, mem, eo, abi.EVTCHNOP_set_priority, A) == -abi.XEN_EINVAL
     mem.write(A, bytes(abi.evtchn_set_priority(port=999, priority=3)))
     assert call(plat, mem, eo, abi.EVTCHNOP_set_priority, A) == -abi.XEN_EINVAL
+
+
+# --- GNTTABOP_map_grant_ref through the domain's p2m ----------------------------------------
+def test_grant_mapping_is_a_p2m_entry_above_ram(plat, mem) -> None:
+    """A page of ours granted to ourselves and mapped at a free GFN (grant_table.h:
+    host_addr is a guest-physical address for a translated mapper): the same memory at two
+    GFNs; not RAM for ballooning; gone at unmap (and at the domain's end)."""
+    gt = abi.HYPERVISOR_grant_table_op
+    assert _map(plat, mem, abi.XENMAPSPACE_grant_table, 0, 0x30) == 0
+    entry = abi.grant_entry_v1(flags=abi.GTF_permit_access, domid=DOMID, frame=0x31)
+    mem.write(0x30 * 4096 + 8 * 9, bytes(entry))
+
+    def map_at(gfn: int) -> abi.gnttab_map_grant_ref:
+        mem.write(A, bytes(abi.gnttab_map_grant_ref(
+            host_addr=gfn * 4096, flags=abi.GNTMAP_host_map, ref=9, dom=abi.DOMID_SELF)))
+        assert call(plat, mem, gt, abi.GNTTABOP_map_grant_ref, A, 1) == 0
+        return abi.gnttab_map_grant_ref.from_buffer_copy(mem.read(A, 32))
+
+    assert map_at(0x40).status == abi.GNTST_general_error  # a RAM frame: not ours to replace
+    op = map_at(ABOVE_RAM + 5)
+    assert op.status == abi.GNTST_okay and plat.p2m.grant_maps == {ABOVE_RAM + 5}
+    mem.write(0x31 * 4096, b"same page")
+    assert mem.read((ABOVE_RAM + 5) * 4096, 9) == b"same page"
+    assert _current(plat, mem) == 1024  # not charged: the granter's page
+    assert _remove(plat, mem, ABOVE_RAM + 5) == -abi.XEN_EBUSY
+    assert _reservation(plat, mem, abi.XENMEM_decrease_reservation, [ABOVE_RAM + 5]) == 0
+    mem.write(A, bytes(abi.gnttab_unmap_grant_ref(host_addr=(ABOVE_RAM + 5) * 4096,
+                                                  handle=op.handle)))
+    assert call(plat, mem, gt, abi.GNTTABOP_unmap_grant_ref, A, 1) == 0
+    assert abi.gnttab_unmap_grant_ref.from_buffer_copy(mem.read(A, 24)).status == 0
+    assert not mem.contains((ABOVE_RAM + 5) * 4096) and plat.p2m.grant_maps == set()
+    assert map_at(ABOVE_RAM + 6).status == abi.GNTST_okay
+    plat.close()  # gnttab_release_mappings: the entry's in-use flags go with the mapper
+    assert mem.read_u16(0x30 * 4096 + 8 * 9) == abi.GTF_permit_access
+    assert plat.p2m.grant_maps == set()

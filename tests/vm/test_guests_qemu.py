@@ -299,7 +299,7 @@ def test_bootinfo_detects_wrong_expectations(qemu: str, ramdisk: tuple[Path, int
     assert results(out) == [("FAIL", "bootinfo", "pvh: 4 checks failed")]
 
 
-XEN_GUESTS = ["xenhello", "xenevtchn", "xengrant", "xenstore", "xenconsole", "xenblk",
+XEN_GUESTS = ["xenhello", "xenevtchn", "xenfifo", "xengntmap", "xengrant", "xenstore", "xenconsole", "xenblk",
               "xennet", "xenpair", "xenhostile", "xenbench", "xenmem", "xenvcpu"]
 
 

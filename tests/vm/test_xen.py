@@ -44,6 +44,18 @@ def test_event_channels_grants_and_xenstore(xenopus: Xenopus, guest: str) -> Non
     assert "FAIL" not in r.stdout
 
 
+@pytest.mark.parametrize("upcall", ["vector", "param"])
+def test_fifo_event_channels(xenopus: Xenopus, upcall: str) -> None:
+    """The FIFO ABI end to end: a guest consuming the queues as Linux does."""
+    r = xen_boot(xenopus, f"fifo-{upcall}", "xenfifo.elf", cmdline=f"upcall={upcall}")
+    assert "RESULT: PASS xenfifo" in r.stdout, r.stdout
+    assert "FAIL" not in r.stdout
+    order = re.search(r"priorities 15, 7, 0 raised; delivered: (\d+) (\d+) (\d+)", r.stdout)
+    assert order is not None, r.stdout
+    low, mid, high = (int(p) for p in order.groups()[::-1])
+    assert low < mid < high  # bound in that order: delivered highest priority (last) first
+
+
 def test_xenstore_transaction_conflict(xenopus: Xenopus) -> None:
     r = xen_boot(xenopus, "xs-tx", "xenstore.elf")
     assert "second commit got EAGAIN, retry ok" in r.stdout, r.stdout

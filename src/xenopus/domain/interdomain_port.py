@@ -11,7 +11,10 @@ it with SCM_RIGHTS; `xenopus.toolstack.broker` is the daemon's side).
   another domid) and numbers the pair (a *link*).
 * A foreign grant table is the granting domain's own table over its memory memfds,
   mapped here on first use (`foreign`); the granting process pushes its grant-frame
-  locations when they change, and the daemon tells us to drop the view when it goes.
+  locations when they change, and the daemon tells us to drop the view when it goes. A
+  grant our guest maps (GNTTABOP_map_grant_ref) is a memory slot over its own mapping of
+  the granter's memfd, so it outlives the view, as a mapped page outlives its granter on
+  Xen until it is unmapped.
 
 `bind` and `foreign` run on vCPU threads inside a hypercall and wait for the daemon with
 a timeout: a dead or stuck peer costs the guest -ESRCH / GNTST_bad_domain, never a hang.
@@ -155,8 +158,10 @@ class InterdomainPort:
     def detach(self) -> None:
         """The incarnation ends: every link and view of it goes, here and in the daemon."""
         with self._lock:
-            self.cur = None
+            cur, self.cur = self.cur, None
             links, self.links = list(self.links.values()), {}
+        for view in cur.views.values() if cur else ():
+            _close_fds_of(view)
         self._call(self._reset, links)
 
     def _reset(self, links: list[Link]) -> None:
@@ -356,8 +361,9 @@ class InterdomainPort:
             self._frames(msg)
         elif op == "drop":
             with self._lock:
-                if self.cur is not None:
-                    self.cur.views.pop(msg.get("dom"), None)  # type: ignore[arg-type]
+                view = self.cur.views.pop(msg.get("dom"), None) if self.cur else None  # type: ignore[arg-type]
+            if view is not None:
+                _close_fds_of(view)
 
     def _file_slot(self, token: int) -> asyncio.Future[list[int]]:
         slot = self._files.get(token)
@@ -456,7 +462,9 @@ class InterdomainPort:
                         or not stat.S_ISREG(st.st_mode) or st.st_size < size):
                     raise ValueError(f"d{domid}: region {span} does not match its memfd")
                 m = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-                regions.append(MemoryRegion(gpa, size, -1, m))  # mmap keeps its own fd
+                # The region keeps a descriptor: GNTTABOP_map_grant_ref maps a page of
+                # it into our guest (GuestMemory.backing) with a mapping of its own.
+                regions.append(MemoryRegion(gpa, size, os.dup(fd), m))
             memory = GuestMemory(regions)
         except (ValueError, TypeError, OSError) as e:
             log.warning("d%d: no view of d%d: %s", self.domid, domid, e)
@@ -467,6 +475,15 @@ class InterdomainPort:
         _set_frames(view, reply)
         log.info("d%d: mapped d%d's memory for grant copies", self.domid, domid)
         return view
+
+
+def _close_fds_of(view: GrantTable) -> None:
+    """A dropped view's descriptors (its mappings go with their last user; pages our guest
+    has mapped from it keep mappings of their own)."""
+    for region in view.memory.regions:
+        if region.fd >= 0:
+            os.close(region.fd)
+            region.fd = -1
 
 
 def _take_count(fd: int) -> bool:

@@ -240,6 +240,7 @@ class XenGuest:
             **({"max_grant_frames": self.config.max_grant_frames}
                if self.config.max_grant_frames else {}),
         )
+        self.trap.on_page = domain.hypercall_page_written
         if self.kernel is not None:
             # vmcall/vmmcall now arrive as KVM_EXIT_XEN; calls through the hypercall page
             # still take the trap path (the MSR filter keeps the page ours).

@@ -56,6 +56,17 @@ class MemoryRegion:
             raise
         return cls(gpa, size, fd, m)
 
+    @classmethod
+    def map_file(cls, gpa: int, size: int, fd: int, offset: int, *, readonly: bool = False
+                 ) -> MemoryRegion:
+        """`size` bytes of another region's memfd from `offset`, mapped here shared (a page
+        another domain granted, mapped into this guest at `gpa`). The mapping keeps the
+        file alive; `fd` stays the caller's."""
+        if gpa % PAGE_SIZE or size % PAGE_SIZE or offset % PAGE_SIZE or size <= 0:
+            raise ValueError(f"region {gpa:#x}+{size:#x} at offset {offset:#x} is not page aligned")
+        prot = mmap.PROT_READ | (0 if readonly else mmap.PROT_WRITE)
+        return cls(gpa, size, -1, mmap.mmap(fd, size, mmap.MAP_SHARED, prot, offset=offset))
+
     @property
     def end(self) -> int:
         return self.gpa + self.size
@@ -153,6 +164,14 @@ class GuestMemory:
         self.extra = {g: r for g, r in self.extra.items() if g != gpa}
         self._spans = tuple((r, v) for r, v in self._spans if r is not region)
         return region
+
+    def backing(self, gpa: int, length: int) -> tuple[int, int]:
+        """(memfd, offset in it) of a range inside one region, for mapping the same memory
+        elsewhere; GuestMemoryError if it is not in one region or that has no memfd."""
+        r, _ = self._find(gpa, length)
+        if r.fd < 0:
+            raise GuestMemoryError(f"{gpa:#x}+{length:#x} has no memfd here")
+        return r.fd, gpa - r.gpa
 
     def view(self, gpa: int, length: int) -> memoryview:
         """A writable view of guest memory; no copy is made."""

@@ -241,19 +241,27 @@ class Machine:
         self._ioevents.remove(fd)
 
     # --- memory added while the guest runs ------------------------------------------------
-    def add_memory(self, gpa: int, size: int) -> None:
+    def add_memory(self, gpa: int, size: int, *, backing: tuple[int, int] | None = None,
+                   readonly: bool = False) -> None:
         """Back `size` bytes at `gpa`, outside RAM, with a memory region of their own (a
-        memfd, zeroed) in a new KVM memory slot. Raises ValueError if the range overlaps
-        guest memory or KVM refuses the slot (e.g. over one of its private pages)."""
+        memfd, zeroed) in a new KVM memory slot; with `backing` = (memfd, offset), with
+        that file's pages instead (a grant mapping: another domain's memory), read-only
+        for the guest with `readonly` (KVM_MEM_READONLY: its writes exit as MMIO). Raises
+        ValueError if the range overlaps guest memory or KVM refuses the slot (e.g. over
+        one of its private pages)."""
         assert self.vm is not None
         with self._slot_lock:
             if self.memory.overlaps(gpa, size):
                 raise ValueError(f"{gpa:#x}+{size:#x} overlaps guest memory")
             used = set(self._extra_slots.values())
             slot = next(s for s in range(len(self.memory.regions), 1 << 15) if s not in used)
-            region = MemoryRegion.create(gpa, size, "xenopus-extra")
+            if backing is None:
+                region = MemoryRegion.create(gpa, size, "xenopus-extra")
+            else:
+                region = MemoryRegion.map_file(gpa, size, *backing, readonly=readonly)
+            flags = u.KVM_MEM_READONLY if readonly else 0
             try:
-                self.vm.set_user_memory_region(slot, gpa, size, region.host_address)
+                self.vm.set_user_memory_region(slot, gpa, size, region.host_address, flags)
             except KvmError as e:
                 region.close()
                 raise ValueError(f"no memory slot at {gpa:#x}+{size:#x}: {e}") from None

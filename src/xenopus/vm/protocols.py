@@ -86,9 +86,11 @@ class MachineView(Protocol):
         """The VM's kvmclock now, in ns (what a guest's pvclock reads)."""
         ...
 
-    def add_memory(self, gpa: int, size: int) -> None:
-        """Back a range outside RAM with zeroed memory of its own (ValueError if it
-        cannot be: it overlaps guest memory, or KVM refuses)."""
+    def add_memory(self, gpa: int, size: int, *, backing: tuple[int, int] | None = None,
+                   readonly: bool = False) -> None:
+        """Back a range outside RAM with zeroed memory of its own, or with `backing` =
+        (memfd, offset) (ValueError if it cannot be: it overlaps guest memory, or KVM
+        refuses)."""
         ...
 
     def remove_memory(self, gpa: int) -> None:

@@ -651,7 +651,25 @@ class evtchn_init_control(ctypes.Structure):
                 ("link_bits", c_uint8), ("_pad", c_uint8 * 7)]
 
 
-EVTCHN_FIFO_MAX_QUEUES = 16  # EVTCHN_FIFO_PRIORITY_MIN + 1
+# The FIFO ABI (event_channel.h "FIFO ABI"): one 32-bit event word per port in the guest's
+# event array pages, and per vCPU a control block with a READY bit and a HEAD per queue.
+EVTCHN_FIFO_PRIORITY_MAX = 0
+EVTCHN_FIFO_PRIORITY_DEFAULT = 7
+EVTCHN_FIFO_PRIORITY_MIN = 15
+EVTCHN_FIFO_MAX_QUEUES = EVTCHN_FIFO_PRIORITY_MIN + 1
+EVTCHN_FIFO_PENDING = 31
+EVTCHN_FIFO_MASKED = 30
+EVTCHN_FIFO_LINKED = 29
+EVTCHN_FIFO_BUSY = 28
+EVTCHN_FIFO_LINK_BITS = 17
+EVTCHN_FIFO_LINK_MASK = (1 << EVTCHN_FIFO_LINK_BITS) - 1
+EVTCHN_FIFO_NR_CHANNELS = 1 << EVTCHN_FIFO_LINK_BITS
+event_word_t = c_uint32
+
+
+class evtchn_fifo_control_block(ctypes.Structure):
+    _fields_ = [("ready", c_uint32), ("_rsvd", c_uint32),
+                ("head", event_word_t * EVTCHN_FIFO_MAX_QUEUES)]
 
 
 class evtchn_expand_array(ctypes.Structure):
@@ -1049,3 +1067,119 @@ XenbusStateClosing = 5
 XenbusStateClosed = 6
 XenbusStateReconfiguring = 7
 XenbusStateReconfigured = 8
+
+
+# --- the compat ABI: a 32-bit guest's structs (xen/compat.py converts) ----------------------
+# Xen's compat layer (xen/include/compat: the public headers generated for i386): xen_ulong_t,
+# xen_pfn_t and guest handles are 32 bits, and a uint64_t member is 4-byte aligned (the i386
+# psABI, hence _pack_ = 4). Only the structs of implemented hypercalls whose layout differs
+# are here; every other argument struct is the same in both modes (tests/unit/test_compat.py
+# checks both kinds against the headers' i386 sizes and offsets).
+compat_ulong_t = c_uint32
+compat_pfn_t = c_uint32
+compat_handle_t = c_uint32
+
+
+class compat_xen_add_to_physmap(ctypes.Structure):
+    _fields_ = [("domid", domid_t), ("size", c_uint16), ("space", c_uint32),
+                ("idx", compat_ulong_t), ("gpfn", compat_pfn_t)]
+
+
+class compat_xen_remove_from_physmap(ctypes.Structure):
+    _fields_ = [("domid", domid_t), ("gpfn", compat_pfn_t)]
+
+
+class compat_xen_memory_map(ctypes.Structure):
+    _fields_ = [("nr_entries", c_uint32), ("buffer", compat_handle_t)]
+
+
+class compat_xen_memory_reservation(ctypes.Structure):
+    _fields_ = [("extent_start", compat_handle_t), ("nr_extents", compat_ulong_t),
+                ("extent_order", c_uint32), ("mem_flags", c_uint32), ("domid", domid_t)]
+
+
+class compat_sched_poll(ctypes.Structure):
+    _pack_ = 4
+    _fields_ = [("ports", compat_handle_t), ("nr_ports", c_uint32), ("timeout", c_uint64)]
+
+
+class compat_vcpu_runstate_info(ctypes.Structure):
+    _pack_ = 4
+    _fields_ = [("state", c_int32), ("state_entry_time", c_uint64), ("time", c_uint64 * 4)]
+
+
+class compat_vcpu_set_singleshot_timer(ctypes.Structure):
+    _pack_ = 4
+    _fields_ = [("timeout_abs_ns", c_uint64), ("flags", c_uint32)]
+
+
+class compat_xen_platform_parameters(ctypes.Structure):
+    _fields_ = [("virt_start", compat_ulong_t)]
+
+
+class compat_gnttab_setup_table(ctypes.Structure):
+    _fields_ = [("dom", domid_t), ("nr_frames", c_uint32), ("status", c_int16),
+                ("frame_list", compat_handle_t)]
+
+
+class _compat_gnttab_copy_u(ctypes.Union):
+    _fields_ = [("ref", grant_ref_t), ("gmfn", compat_pfn_t)]
+
+
+class compat_gnttab_copy_ptr(ctypes.Structure):
+    _fields_ = [("u", _compat_gnttab_copy_u), ("domid", domid_t), ("offset", c_uint16)]
+
+
+class compat_gnttab_copy(ctypes.Structure):
+    _fields_ = [("source", compat_gnttab_copy_ptr), ("dest", compat_gnttab_copy_ptr),
+                ("len", c_uint16), ("flags", c_uint16), ("status", c_int16)]
+
+
+class compat_arch_vcpu_info(ctypes.Structure):
+    """arch-x86/xen-x86_32.h: cr2 and five pad words (vcpu_info stays 64 bytes)."""
+
+    _fields_ = [("cr2", c_uint32), ("pad", c_uint32 * 5)]
+
+
+class compat_vcpu_info(ctypes.Structure):
+    _pack_ = 4
+    _fields_ = [("evtchn_upcall_pending", c_uint8), ("evtchn_upcall_mask", c_uint8),
+                ("evtchn_pending_sel", compat_ulong_t), ("arch", compat_arch_vcpu_info),
+                ("time", vcpu_time_info)]
+
+
+class compat_arch_shared_info(ctypes.Structure):
+    """arch-x86/xen.h for __i386__: wc_sec_hi lives here, at the end."""
+
+    _fields_ = [("max_pfn", compat_ulong_t), ("pfn_to_mfn_frame_list_list", compat_pfn_t),
+                ("nmi_reason", compat_ulong_t), ("p2m_cr3", compat_ulong_t),
+                ("p2m_vaddr", compat_ulong_t), ("p2m_generation", compat_ulong_t),
+                ("wc_sec_hi", c_uint32)]
+
+
+class compat_shared_info(ctypes.Structure):
+    _pack_ = 4
+    _fields_ = [("vcpu_info", compat_vcpu_info * XEN_LEGACY_MAX_VCPUS),
+                ("evtchn_pending", compat_ulong_t * 32), ("evtchn_mask", compat_ulong_t * 32),
+                ("wc_version", c_uint32), ("wc_sec", c_uint32), ("wc_nsec", c_uint32),
+                ("arch", compat_arch_shared_info)]
+
+
+# 2-level event channels of a 32-bit shared_info: 32 words of 32 bits (xen.h).
+EVTCHN_2L_NR_CHANNELS_COMPAT = 32 * 32
+
+# Native struct -> its compat layout, where they differ (GuestAccess reads a 32-bit caller's
+# argument in the compat one).
+COMPAT: dict[type, type] = {
+    xen_add_to_physmap: compat_xen_add_to_physmap,
+    xen_remove_from_physmap: compat_xen_remove_from_physmap,
+    xen_memory_map: compat_xen_memory_map,
+    xen_memory_reservation: compat_xen_memory_reservation,
+    sched_poll: compat_sched_poll,
+    vcpu_runstate_info: compat_vcpu_runstate_info,
+    vcpu_set_singleshot_timer: compat_vcpu_set_singleshot_timer,
+    xen_platform_parameters: compat_xen_platform_parameters,
+    gnttab_setup_table: compat_gnttab_setup_table,
+    gnttab_copy: compat_gnttab_copy,
+    multicall_entry: multicall_entry_32,
+}

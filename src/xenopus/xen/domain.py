@@ -35,7 +35,7 @@ from xenopus.xen import abi
 from xenopus.xen.evtchn import EventChannels
 from xenopus.xen.grant import GrantTable
 from xenopus.xen.guestmem import XenError
-from xenopus.xen.hypercall import HypercallTable
+from xenopus.xen.hypercall import HypercallTable, in_long_mode
 from xenopus.xen.hypercalls import FAMILIES
 from xenopus.xen.hypercalls.console import HypervisorConsole
 from xenopus.xen.p2m import PhysMap
@@ -101,6 +101,7 @@ class XenDomain:
         self.p2m = PhysMap(machine, max_pages)
         self.params: dict[int, int] = {}
         self.shared_info: int | None = None  # GPA
+        self.compat_shinfo = False  # shared_info/vcpu_info in the 32-bit layout (latched)
         self.callback_vector: int | None = None  # HVM_PARAM_CALLBACK_IRQ, type vector
         self.callback_gsi: int | None = None
         self.upcall_vectors: dict[int, int] = {}  # HVMOP_set_evtchn_upcall_vector
@@ -118,6 +119,8 @@ class XenDomain:
                                     holds_memory=self.p2m.holds_memory,
                                     max_port=max_evtchn_port)
         self.grants = GrantTable(domid, self.memory, max_frames=max_grant_frames)
+        self.grants.host_map = self.p2m.map_grant  # GNTTABOP_map_grant_ref's GFNs
+        self.grants.host_unmap = self.p2m.unmap_grant
         self.timers = VcpuTimers(self._timer_fired)
         for family in FAMILIES:
             family.register(table, self)
@@ -130,6 +133,7 @@ class XenDomain:
     def close(self) -> None:
         for closer in self._closers:
             closer()
+        self.grants.unmap_all()  # the granters' entries lose our in-use flags
         self.timers.close()
         for route in self._msi.values():
             route.release()
@@ -151,16 +155,37 @@ class XenDomain:
 
     def _write_wallclock(self, si: int) -> None:
         """shared_info's wc_* (xen.h): the wall time at system time 0, under a version
-        the guest retries on while it is odd."""
+        the guest retries on while it is odd; where the latched layout has them."""
         wall = time.time_ns() - self.system_time()
         sec, nsec = divmod(wall, 1_000_000_000)
-        base = si + abi.shared_info.wc_version.offset
+        if self.compat_shinfo:  # i386: wc_sec_hi is arch.wc_sec_hi
+            layout = abi.compat_shared_info
+            sec_hi = layout.arch.offset + abi.compat_arch_shared_info.wc_sec_hi.offset
+        else:
+            layout, sec_hi = abi.shared_info, abi.shared_info.wc_sec_hi.offset
+        base = si + layout.wc_version.offset
         version = self.memory.read_u32(base)
         self.memory.write_u32(base, (version + 1) | 1)  # odd: update in progress
-        self.memory.write_u32(si + abi.shared_info.wc_sec.offset, sec & 0xFFFFFFFF)
-        self.memory.write_u32(si + abi.shared_info.wc_nsec.offset, nsec)
-        self.memory.write_u32(si + abi.shared_info.wc_sec_hi.offset, sec >> 32)
+        self.memory.write_u32(si + layout.wc_sec.offset, sec & 0xFFFFFFFF)
+        self.memory.write_u32(si + layout.wc_nsec.offset, nsec)
+        self.memory.write_u32(si + sec_hi, sec >> 32)
         self.memory.write_u32(base, (version + 2) & ~1 & 0xFFFFFFFF)
+
+    def latch_shinfo_size(self, long_mode: bool) -> None:
+        """arch/x86/hvm/hvm.c hvm_latch_shinfo_size: at the guest's HVM_PARAM_CALLBACK_IRQ
+        and hypercall-page set-up, the calling vCPU's mode fixes the shared_info/vcpu_info
+        layout (32-bit unless in 64-bit mode). As in Xen only the wallclock is rewritten;
+        nothing else in the page is converted."""
+        with self._lock:
+            self.compat_shinfo = not long_mode
+            si = self.shared_info
+            self.evtchn.set_compat(self.compat_shinfo)
+            if si is not None:
+                self._write_wallclock(si)
+
+    def hypercall_page_written(self, vcpu: int) -> None:
+        """`TrapPath.on_page`: latch by the mode of the vCPU that asked for the page."""
+        self.latch_shinfo_size(in_long_mode(self.machine.vcpus[vcpu].exit_sregs()))
 
     def _clock_at(self, vcpu: int, vcpu_info_gpa: int, caller: int) -> None:
         """Have KVM keep vcpu_info.time of `vcpu` current (kvmclock MSR, set from the vCPU's
@@ -276,6 +301,7 @@ class XenDomain:
             return {
                 "version": STATE_VERSION,
                 "shared_info": self.shared_info,
+                "compat_shinfo": self.compat_shinfo,
                 "params": sorted(self.params.items()),
                 "upcall_vectors": sorted(self.upcall_vectors.items()),
                 "placed": sorted(self._placed),
@@ -302,6 +328,7 @@ class XenDomain:
         self.grants.restore_state(state["grants"])
         with self._lock:
             self.shared_info = si
+            self.compat_shinfo = bool(state.get("compat_shinfo", False))
             self.upcall_vectors = {v: vec for v, vec in state["upcall_vectors"]}
             self._placed = set(state["placed"])
             self._clock_pending = {v: msr for v, msr in state["clock_pending"]}
@@ -369,11 +396,8 @@ class XenDomain:
         return gpa is not None and bool(self.memory.read_u8(gpa + _VI_PENDING))
 
     def any_pending(self, ports: list[int]) -> bool:
-        si = self.shared_info
-        if si is None:
-            return False
-        base = si + abi.shared_info.evtchn_pending.offset
-        return any(self.memory.read_u8(base + p // 8) >> (p % 8) & 1 for p in ports)
+        """SCHEDOP_poll's wake condition, in the domain's event ABI (2-level or FIFO)."""
+        return any(self.evtchn.is_pending(p) for p in ports)
 
     def block(self, vcpu: int, ready: Callable[[], bool], deadline: float | None = None
               ) -> None:

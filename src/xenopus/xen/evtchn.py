@@ -14,9 +14,18 @@ interdomain, virq, ipi. An interdomain port's far end is one of:
 * a port of another xenopus domain, reached through an ``InterdomainBroker`` (the daemon
   brokers it; ``connect_remote``/``remote_notify``/``remote_closed`` are its entry points
   on the other side). pirqs are not offered: ``bind_pirq`` gets -EINVAL as Xen gives a
-  domain without pirqs. The FIFO ABI is not implemented: its ops get Xen's argument checks,
-  then the answers Xen gives a domain on 2-level (init_control -ENOSYS, expand_array
-  -EOPNOTSUPP, set_priority -ENOSYS), and guests stay on 2-level.
+  domain without pirqs.
+
+Two ABIs deliver events, as in Xen: 2-level (here) until the guest's first
+EVTCHNOP_init_control switches the domain to FIFO (xen/evtchn_fifo.py, which owns the
+queues), and EVTCHNOP_reset switches it back. Both run wherever we deliver events, i.e. on
+either hypercall path: KVM is never given the shared_info or the ports (its in-kernel
+delivery, which knows 2-level only, is not used), so FIFO is not refused there.
+
+A domain whose shared_info is latched 32-bit (`set_compat`; XenDomain latches it as Xen's
+hvm_latch_shinfo_size does) has the compat layout: 32 pending and mask words of 32 bits
+(1024 ports) and a 32-bit selector at vcpu_info offset 4 (xen.h for i386). The bitmaps'
+bit numbering is the same either way (little-endian); only the selector differs.
 
 Atomicity: the guest flips these bits from its vCPUs while we do, so every update of a
 guest-visible word is a locked read-modify-write (``GuestAtomics``): a lost *set* would
@@ -38,6 +47,7 @@ from typing import Any, Protocol
 from xenopus.memory import GuestMemory, GuestMemoryError
 from xenopus.memory.shared import GuestAtomics
 from xenopus.xen import abi
+from xenopus.xen.evtchn_fifo import CONTROL_BLOCK_SIZE, FifoEvents
 from xenopus.xen.guestmem import GuestAccess, XenError
 
 log = logging.getLogger(__name__)
@@ -126,6 +136,10 @@ class EventChannels:
         self._ports: dict[int, Channel] = {0: Channel(State.RESERVED)}
         self._virqs: list[dict[int, int]] = [{} for _ in range(nr_vcpus)]
         self._early: set[int] = set()  # raised before shared_info was mapped
+        self.fifo: FifoEvents | None = None  # the FIFO ABI, from EVTCHNOP_init_control on
+        self.compat = False  # 32-bit shared_info/vcpu_info (set_compat)
+        self._word_bits = _WORD_BITS
+        self._mask = _MASK  # evtchn_mask's offset in shared_info (pending is at 2048 in both)
         self._lock = threading.RLock()
 
     # --- shared_info / vcpu_info placement (decided by the XenDomain) -----------------------
@@ -142,6 +156,19 @@ class EventChannels:
             for port in sorted(early):
                 chn = self._ports.get(port)
                 self._set_pending(port, chn.vcpu if chn else 0)
+
+    def set_compat(self, compat: bool) -> None:
+        """The layout of shared_info and vcpu_info from now on: 32-bit (compat) or native.
+        As in Xen, nothing already in the pages is converted."""
+        with self._lock:
+            self.compat = compat
+            self._word_bits = 32 if compat else _WORD_BITS
+            self._mask = abi.compat_shared_info.evtchn_mask.offset if compat else _MASK
+
+    def _selector(self, vi: int, word: int) -> tuple[int, int]:
+        """(8-byte aligned GPA, bit) of selector bit `word` of the vcpu_info at `vi`: the
+        32-bit selector is the upper half of the vcpu_info's first 8 bytes."""
+        return (vi, 32 + word) if self.compat else (vi + _VI_SEL, word)
 
     def vcpu_info_gpa(self, vcpu: int) -> int | None:
         """Where ``vcpu``'s vcpu_info is: registered, or its slot in shared_info (vCPU < 32)."""
@@ -173,7 +200,10 @@ class EventChannels:
                 self.memory.fill(gpa, _VI_SIZE)
                 self.memory.write_u8(gpa + abi.vcpu_info.evtchn_upcall_mask.offset, 1)
             self._vcpu_info[vcpu] = gpa
-            self.atomics.fetch_or(gpa + _VI_SEL, 2**64 - 1)
+            if self.compat:
+                self.atomics.fetch_or(gpa, 0xFFFFFFFF << 32)
+            else:
+                self.atomics.fetch_or(gpa + _VI_SEL, 2**64 - 1)
             self.atomics.fetch_or(gpa + _VI_PENDING, 1)
         self.deliver(vcpu)
         return 0
@@ -192,7 +222,9 @@ class EventChannels:
                 for port, chn in sorted(self._ports.items()) if port
             ]
             return {"shared_info": self.shared_info, "vcpu_info": list(self._vcpu_info),
-                    "early": sorted(self._early), "ports": ports}
+                    "early": sorted(self._early), "ports": ports,
+                    "fifo": self.fifo.save_state() if self.fifo else None,
+                    "compat": self.compat}
 
     def restore_state(self, state: dict[str, Any]) -> None:
         """The saved table into this one, built for the same config (its host backends'
@@ -206,12 +238,18 @@ class EventChannels:
         if len(vcpu_info) != self.nr_vcpus:
             raise ValueError(f"event channels of {len(vcpu_info)} vCPUs, not {self.nr_vcpus}")
         with self._lock:
+            fifo = None
+            if state.get("fifo") is not None:
+                fifo = self._new_fifo()
+                fifo.restore_state(state["fifo"])
+            self.set_compat(bool(state.get("compat", False)))
+            limit = self._limit() if fifo is None else abi.EVTCHN_FIFO_NR_CHANNELS
             built = self._ports
             ports: dict[int, Channel] = {0: Channel(State.RESERVED)}
             virqs: list[dict[int, int]] = [{} for _ in range(self.nr_vcpus)]
             for entry in state["ports"]:
                 port, kind = entry["port"], State(entry["state"])
-                if not 0 < port < NR_CHANNELS or port in ports or not self._vcpu_ok(entry["vcpu"]):
+                if not 0 < port < limit or port in ports or not self._vcpu_ok(entry["vcpu"]):
                     raise ValueError(f"event channel {port}")
                 chn = Channel(kind, vcpu=entry["vcpu"], remote_dom=entry["remote_dom"],
                               remote_port=entry["remote_port"], virq=entry["virq"])
@@ -230,7 +268,7 @@ class EventChannels:
             lost = [p for p, c in built.items() if c.far is not None and ports.get(p) is None]
             if lost:
                 raise ValueError(f"the image has no channel for host ports {lost}")
-            self._ports, self._virqs = ports, virqs
+            self._ports, self._virqs, self.fifo = ports, virqs, fifo
             self._vcpu_info = list(vcpu_info)
             self._early = set(state["early"])
             self.shared_info = state["shared_info"]
@@ -238,6 +276,9 @@ class EventChannels:
     # --- the 2-level ABI (common/event_2l.c) ------------------------------------------------
 
     def _set_pending(self, port: int, vcpu: int) -> None:
+        if self.fifo is not None:
+            self.fifo.set_pending(port, vcpu)
+            return
         si = self.shared_info
         if si is None:
             self._early.add(port)
@@ -245,15 +286,15 @@ class EventChannels:
         try:
             if self.atomics.test_and_set_bit(si + _PENDING, port):
                 return
-            if not self.atomics.test_bit(si + _MASK, port):
-                self._mark_selector(vcpu, port // _WORD_BITS)
+            if not self.atomics.test_bit(si + self._mask, port):
+                self._mark_selector(vcpu, port // self._word_bits)
         except GuestMemoryError:
             log.warning("d%d: shared_info %#x is not guest RAM; event %d dropped",
                         self.domid, si, port)
 
     def _mark_selector(self, vcpu: int, word: int) -> None:
         vi = self.vcpu_info_gpa(vcpu)
-        if vi is None or self.atomics.test_and_set_bit(vi + _VI_SEL, word):
+        if vi is None or self.atomics.test_and_set_bit(*self._selector(vi, word)):
             return
         old = self.atomics.fetch_or(vi + _VI_PENDING, 1)
         if old & 1:
@@ -262,14 +303,59 @@ class EventChannels:
             return
         self.deliver(vcpu)
 
+    def _mark_upcall(self, vcpu: int) -> None:
+        """The FIFO ABI's vcpu_mark_events_pending: evtchn_upcall_pending, then the upcall
+        unless one is on its way. Without a vcpu_info the guest sees only the upcall."""
+        vi = self.vcpu_info_gpa(vcpu)
+        if vi is not None:
+            try:
+                old = self.atomics.fetch_or(vi + _VI_PENDING, 1)
+            except GuestMemoryError:
+                old = 0
+            if old & 1 or (self.honour_upcall_mask and old >> _VI_MASK_BIT & 1):
+                return
+        self.deliver(vcpu)
+
+    def _new_fifo(self) -> FifoEvents:
+        return FifoEvents(self.atomics, self.nr_vcpus, self.holds_memory, self._mark_upcall)
+
+    def _limit(self) -> int:
+        """event_channel.h max_evtchns: the ports the domain's ABI can name."""
+        if self.fifo is not None:
+            return abi.EVTCHN_FIFO_NR_CHANNELS
+        return abi.EVTCHN_2L_NR_CHANNELS_COMPAT if self.compat else NR_CHANNELS
+
     def _valid(self, port: int) -> bool:
-        return 0 <= port < NR_CHANNELS
+        return 0 <= port < self._limit()
 
     def _alloc(self) -> int:
-        for port in range(1, self.max_port + 1):
+        # max_event_channels (xl.cfg) within what the ABI can name
+        for port in range(1, min(self.max_port + 1, self._limit())):
             if port not in self._ports:
+                if self.fifo is not None:
+                    self.fifo.init_port(port)  # evtchn_port_init
                 return port
         return -abi.XEN_ENOSPC
+
+    def in_range(self, port: int) -> bool:
+        """Whether the domain's ABI can name ``port`` (SCHEDOP_poll's check)."""
+        return self._valid(port)
+
+    def is_pending(self, port: int) -> bool:
+        """Whether ``port``'s event is pending (SCHEDOP_poll), in the domain's ABI. Takes
+        no lock: a blocked vCPU asks this while holding the domain's wake lock, which
+        delivery takes under ours."""
+        fifo, si = self.fifo, self.shared_info
+        if not self._valid(port) or port not in self._ports:
+            return False
+        if fifo is not None:
+            return fifo.is_pending(port)
+        if port in self._early:
+            return True
+        try:
+            return si is not None and self.atomics.test_bit(si + _PENDING, port)
+        except GuestMemoryError:
+            return False
 
     def _vcpu_ok(self, vcpu: int) -> bool:
         return 0 <= vcpu < self.nr_vcpus
@@ -394,7 +480,9 @@ class EventChannels:
 
     def _clear_pending(self, port: int) -> None:
         self._early.discard(port)
-        if self.shared_info is not None:
+        if self.fifo is not None:
+            self.fifo.clear_pending(port)
+        elif self.shared_info is not None:
             with contextlib.suppress(GuestMemoryError):
                 self.atomics.test_and_clear_bit(self.shared_info + _PENDING, port)
 
@@ -470,26 +558,32 @@ class EventChannels:
         if not self._valid(port):
             return -abi.XEN_EINVAL
         with self._lock:
+            chn = self._ports.get(port)
+            if self.fifo is not None:
+                self.fifo.unmask(port, chn.vcpu if chn else 0)
+                return 0
             si = self.shared_info
             if si is None:
                 return 0
-            chn = self._ports.get(port)
             try:
-                if (self.atomics.test_and_clear_bit(si + _MASK, port)
+                if (self.atomics.test_and_clear_bit(si + self._mask, port)
                         and self.atomics.test_bit(si + _PENDING, port)):
-                    self._mark_selector(chn.vcpu if chn else 0, port // _WORD_BITS)
+                    self._mark_selector(chn.vcpu if chn else 0, port // self._word_bits)
             except GuestMemoryError:
                 pass
         return 0
 
     def reset(self, dom: int) -> int:
-        """EVTCHNOP_reset: close every port (host and remote ends included)."""
+        """EVTCHNOP_reset: close every port (host and remote ends included); a domain on
+        the FIFO ABI goes back to 2-level (event_channel.h)."""
         if not self._self(dom):
             return -abi.XEN_ESRCH
         with self._lock:
             ports = [p for p, c in self._ports.items() if c.state != State.RESERVED]
         for port in ports:
             self.close(port)
+        with self._lock:
+            self.fifo = None
         return 0
 
     # --- host side: VIRQs, backends in this process, the broker -----------------------------
@@ -613,30 +707,53 @@ class EventChannels:
         ctypes.memmove(ctypes.addressof(a), ctypes.addressof(res[1]), ctypes.sizeof(a))
         return 0
 
-    # --- the FIFO ABI's ops: Xen's argument checks, then the answer of a 2-level domain ---
+    # --- the FIFO ABI's ops (event_fifo.c; the queues are xen/evtchn_fifo.py's) ----------
     def _op_init_control(self, a: abi.evtchn_init_control) -> int:
-        """event_fifo.c evtchn_fifo_init_control's checks (-ENOENT, -EINVAL); a valid
-        request then gets -ENOSYS: the FIFO ABI is not implemented here, and Linux falls
-        back to 2-level on any error."""
+        """evtchn_fifo_init_control: the checks, then this vCPU's control block; the first
+        one switches the domain to FIFO (events pending on 2-level wait for the event
+        array page that holds them, every bound port gets the default priority)."""
+        a.link_bits = abi.EVTCHN_FIFO_LINK_BITS
         if a.vcpu >= self.nr_vcpus:
             return -abi.XEN_ENOENT
-        if a.offset > abi.PAGE_SIZE - FIFO_CONTROL_BLOCK_SIZE or a.offset % 8:
+        if a.offset > abi.PAGE_SIZE - CONTROL_BLOCK_SIZE or a.offset % 8:
             return -abi.XEN_EINVAL  # across a page boundary, or not 8-byte aligned
-        if not self.holds_memory(a.control_gfn):
-            return -abi.XEN_EINVAL  # map_guest_page: not a page of the domain
-        return -abi.XEN_ENOSYS
+        with self._lock:
+            if self.fifo is not None:
+                return self.fifo.map_control_block(a.vcpu, a.control_gfn, a.offset)
+            fifo = self._new_fifo()
+            rc = fifo.map_control_block(a.vcpu, a.control_gfn, a.offset)
+            if rc < 0:
+                return rc
+            fifo.adopt(p for p in self._ports if p and self.is_pending(p))
+            for port in self._ports:
+                if port:
+                    fifo.init_port(port)
+            self.fifo, self._early = fifo, set()
+            return 0
+
+    def _op_expand_array(self, a: abi.evtchn_expand_array) -> int:
+        with self._lock:
+            if self.fifo is None:
+                return -abi.XEN_EOPNOTSUPP  # no control block was set up
+            return self.fifo.expand_array(a.array_gfn, self._notify_vcpu)
+
+    def _notify_vcpu(self, port: int) -> int | None:
+        chn = self._ports.get(port)
+        return chn.vcpu if chn is not None and chn.state != State.RESERVED else None
 
     def _op_set_priority(self, a: abi.evtchn_set_priority) -> int:
-        """A port that does not exist is -EINVAL; the 2-level ABI has no priorities
+        """A port that does not exist is -EINVAL; 2-level has no priorities
         (event_channel.h evtchn_port_set_priority: -ENOSYS)."""
         with self._lock:
-            exists = self._valid(a.port) and a.port in self._ports
-        return -abi.XEN_ENOSYS if exists else -abi.XEN_EINVAL
+            if not (self._valid(a.port) and a.port in self._ports):
+                return -abi.XEN_EINVAL
+            if self.fifo is None:
+                return -abi.XEN_ENOSYS
+            return self.fifo.set_priority(a.port, a.priority)
 
     _handlers: dict[int, Callable[[EventChannels, Any], int]] = {
         abi.EVTCHNOP_init_control: _op_init_control,
-        # No FIFO control block was set up: Xen's answer for a 2-level domain.
-        abi.EVTCHNOP_expand_array: lambda self, a: -abi.XEN_EOPNOTSUPP,
+        abi.EVTCHNOP_expand_array: _op_expand_array,
         abi.EVTCHNOP_set_priority: _op_set_priority,
         abi.EVTCHNOP_alloc_unbound: _op_alloc_unbound,
         abi.EVTCHNOP_bind_interdomain: _op_bind_interdomain,
@@ -652,11 +769,9 @@ class EventChannels:
     }
 
 
-# event_channel.h struct evtchn_fifo_control_block: ready (u32) and one head per priority.
-FIFO_CONTROL_BLOCK_SIZE = 4 + 4 * abi.EVTCHN_FIFO_MAX_QUEUES
-
 _WRITES_BACK = frozenset({abi.EVTCHNOP_alloc_unbound, abi.EVTCHNOP_bind_interdomain,
-                          abi.EVTCHNOP_bind_virq, abi.EVTCHNOP_bind_ipi, abi.EVTCHNOP_status})
+                          abi.EVTCHNOP_bind_virq, abi.EVTCHNOP_bind_ipi, abi.EVTCHNOP_status,
+                          abi.EVTCHNOP_init_control})
 
 
 def _out(arg: ctypes.Structure, field: str, result: int) -> int:

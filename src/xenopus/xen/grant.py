@@ -19,6 +19,13 @@ entry in use anyway only loses control of its own page, exactly as on Xen.
 
 Pins (how many users hold each entry) are counted per process: a ``GrantTable`` built in
 another domain's process over the same memory keeps its own counts.
+
+Host mappings (GNTTABOP_map_grant_ref / unmap_grant_ref, grant_table.c map_grant_ref and
+unmap_common, for an auto-translated mapper: HVM/PVH). The mapper names a GFN in
+``host_addr``; the granted page appears there (``host_map``: the domain's p2m, a memory
+slot over the granter's memfd page) until unmapped by the handle the map returned. The
+entry is pinned meanwhile (GTF_reading, and GTF_writing unless GNTMAP_readonly), so the
+granter cannot end access. The maptrack (handle -> mapping) is the mapper's.
 """
 
 from __future__ import annotations
@@ -28,9 +35,11 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
-from xenopus.memory import GuestMemory
+from xenopus.memory import GuestMemory, GuestMemoryError
 from xenopus.memory.shared import GuestAtomics
+from xenopus.stream import StateError
 from xenopus.xen import abi
 from xenopus.xen.guestmem import GuestAccess, XenError
 
@@ -44,6 +53,20 @@ _NO_GFN = 2**64 - 1  # a frame not mapped into the guest (all-ones xen_pfn_t)
 _ULONG = 2**64 - 1
 COPY_BATCH_MAX = 4096  # ours: Xen preempts long batches; we refuse absurd ones (-EINVAL)
 _UNSTABLE_RETRIES = 4  # Xen gives up on an entry that keeps changing under it
+MAPTRACK_MAX = 1024  # ours: handles per mapper (each mapping is a KVM memory slot)
+MAP_BATCH_MAX = 512  # ours: map/unmap elements per call (Xen preempts long batches)
+# What an HVM mapper may not ask for (grant_table.c map_grant_ref: paging_mode_external).
+_PV_ONLY_MAP = abi.GNTMAP_device_map | abi.GNTMAP_application_map | abi.GNTMAP_contains_pte
+
+
+@dataclass
+class HostMapping:
+    """One GNTTABOP_map_grant_ref of the mapper: ``table``'s ``ref`` at GFN ``gfn``."""
+
+    table: GrantTable
+    ref: int
+    gfn: int
+    write: bool
 
 
 class GrantError(Exception):
@@ -72,6 +95,11 @@ class GrantTable:
         # Told (frames, nr_frames) whenever a frame is mapped or moved: other domains that
         # view this table look entries up through those frames.
         self.on_frames: Callable[[dict[int, int], int], None] | None = None
+        # This domain as a mapper: its maptrack, and how a granted page is put at a GFN of
+        # its p2m (gfn, (memfd, offset), readonly) -> done, and taken away again.
+        self.maptrack: dict[int, HostMapping] = {}
+        self.host_map: Callable[[int, tuple[int, int], bool], bool] | None = None
+        self.host_unmap: Callable[[int], None] | None = None
 
     @property
     def nr_entries(self) -> int:
@@ -103,6 +131,10 @@ class GrantTable:
     # is where those frames are. Pins are the backends' and go with them.
     def save_state(self) -> dict[str, object]:
         with self._lock:
+            if self.maptrack:
+                # Another domain's page is mapped here: nothing in a stream can restore it.
+                raise StateError(f"d{self.domid} has {len(self.maptrack)} grant mapping(s) "
+                                 "of another domain's pages")
             return {"nr_frames": self.nr_frames,
                     "frames": [[i, f] for i, f in sorted(self.frames.items())]}
 
@@ -206,10 +238,21 @@ class GrantTable:
                 if count > COPY_BATCH_MAX:
                     return -abi.XEN_EINVAL
                 return self._op_copy(access, arg_gva, count)
+            batch = self._batch.get(cmd)
+            if batch is not None:
+                if count > MAP_BATCH_MAX:
+                    return -abi.XEN_EINVAL
+                struct, one = batch
+                size = access.sizeof(struct)
+                for i in range(count):
+                    op = access.read(arg_gva + i * size, struct)
+                    one(self, op)
+                    access.write(arg_gva + i * size, op)
+                return 0
         except XenError as e:  # GuestFault: -EFAULT
             return -e.errno
-        # map/unmap_grant_ref (an HVM guest mapping a foreign grant into its own physmap),
-        # transfer, dump_table, swap, cache_flush, get_status_frames: not offered.
+        # unmap_and_replace (PV), transfer, dump_table, swap, cache_flush and
+        # get_status_frames (v2): not offered.
         return -abi.XEN_ENOSYS
 
     def _self(self, dom: int) -> bool:
@@ -232,9 +275,10 @@ class GrantTable:
         else:
             op.status = abi.GNTST_okay
             try:
+                size = access.pfn_size  # xen_pfn_t: 32 bits for a 32-bit caller
                 for i in range(op.nr_frames):
-                    gfn = bytes(abi.xen_pfn_t(self.frames.get(i, _NO_GFN)))
-                    access.write(op.frame_list + i * len(gfn), gfn)
+                    gfn = self.frames.get(i, _NO_GFN) & ((1 << 8 * size) - 1)
+                    access.write(op.frame_list + i * size, gfn.to_bytes(size, "little"))
             except XenError:
                 op.status = abi.GNTST_bad_virt_addr
         access.write_field(gva, op, "status")
@@ -266,12 +310,84 @@ class GrantTable:
         return 0
 
     def _op_copy(self, access: GuestAccess, gva: int, count: int) -> int:
-        size = ctypes.sizeof(abi.gnttab_copy)
+        size = access.sizeof(abi.gnttab_copy)
         for i in range(count):
             op = access.read(gva + i * size, abi.gnttab_copy)
             op.status = self.copy_one(op)
             access.write_field(gva + i * size, op, "status")
         return 0
+
+    # --- GNTTABOP_map_grant_ref / unmap_grant_ref (grant_table.c) -------------------------
+    def map_one(self, op: abi.gnttab_map_grant_ref) -> None:
+        """One map_grant_ref element: sets its status (and handle when GNTST_okay)."""
+        op.status = self._map(op)
+
+    def _map(self, op: abi.gnttab_map_grant_ref) -> int:
+        if not op.flags & (abi.GNTMAP_device_map | abi.GNTMAP_host_map):
+            return abi.GNTST_bad_gntref  # Xen: "Bad flags in grant map op"
+        if op.flags & _PV_ONLY_MAP:
+            return abi.GNTST_general_error  # device, application or PTE maps: PV only
+        table = self if self._self(op.dom) else (
+            self.foreign(op.dom) if self.foreign is not None else None)
+        if table is None:
+            return abi.GNTST_bad_domain
+        write = not op.flags & abi.GNTMAP_readonly
+        gfn = op.host_addr >> abi.PAGE_SHIFT
+        with self._lock:
+            handle = next((h for h in range(MAPTRACK_MAX) if h not in self.maptrack), None)
+            if handle is None:
+                return abi.GNTST_no_device_space
+            try:
+                page = table.acquire(op.ref, self.domid, write, mapping=True)
+            except GrantError as e:
+                log.debug("d%d: map of d%d gref %d: %s", self.domid, op.dom, op.ref, e)
+                return e.status
+            try:
+                backing = table.memory.backing(page, abi.PAGE_SIZE)
+                mapped = self.host_map is not None and self.host_map(gfn, backing, not write)
+            except GuestMemoryError:
+                mapped = False
+            if not mapped:
+                table.release(op.ref, write)
+                log.debug("d%d: no grant mapping at gfn %#x", self.domid, gfn)
+                return abi.GNTST_general_error  # create_grant_host_mapping failed
+            self.maptrack[handle] = HostMapping(table, op.ref, gfn, write)
+            op.handle = handle
+            op.dev_bus_addr = 0  # no device mapping for a translated mapper
+            return abi.GNTST_okay
+
+    def unmap_one(self, op: abi.gnttab_unmap_grant_ref) -> None:
+        """One unmap_grant_ref element: the mapping named by the handle, at its GFN."""
+        with self._lock:
+            m = self.maptrack.get(op.handle)
+            if m is None:
+                op.status = abi.GNTST_bad_handle
+                return
+            if op.host_addr >> abi.PAGE_SHIFT != m.gfn:
+                # replace_grant_p2m_mapping: no grant mapping of this handle's page there
+                op.status = abi.GNTST_general_error
+                return
+            del self.maptrack[op.handle]
+            self._drop(m)
+            op.status = abi.GNTST_okay
+
+    def _drop(self, m: HostMapping) -> None:
+        if self.host_unmap is not None:
+            self.host_unmap(m.gfn)
+        m.table.release(m.ref, m.write)
+
+    def unmap_all(self) -> None:
+        """The mapper goes (gnttab_release_mappings): every mapping is undone, so the
+        granters' entries lose the in-use flags this domain put there."""
+        with self._lock:
+            mappings, self.maptrack = list(self.maptrack.values()), {}
+            for m in mappings:
+                self._drop(m)
+
+    _batch: dict[int, tuple[type[ctypes.Structure], Callable[[GrantTable, Any], None]]] = {
+        abi.GNTTABOP_map_grant_ref: (abi.gnttab_map_grant_ref, map_one),
+        abi.GNTTABOP_unmap_grant_ref: (abi.gnttab_unmap_grant_ref, unmap_one),
+    }
 
     # The ops that take exactly one struct (count must be 1).
     _single: dict[int, Callable[[GrantTable, GuestAccess, int], int]] = {

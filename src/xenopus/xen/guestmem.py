@@ -6,6 +6,10 @@ with the vCPU's own paging registers through `xenopus.memory.paging`; any fault 
 unmapped page, a read-only page written, a frame outside RAM — becomes `GuestFault`, which
 the dispatcher turns into ``-EFAULT``. Nothing here loops on a guest-supplied count
 without a bound.
+
+A 32-bit caller (``compat``) passes its structs in Xen's compat layouts: a struct of
+`abi.COMPAT` is read and written in its compat form and handed over converted
+(xen/compat.py), so handlers see native structs in both modes.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Protocol, TypeVar
 from xenopus.memory import paging
 from xenopus.memory.guest import GuestMemory, GuestMemoryError
 from xenopus.xen import abi
+from xenopus.xen.compat import convert
 
 T = TypeVar("T", bound=ctypes.Structure)
 
@@ -59,6 +64,20 @@ class GuestAccess:
         self._regs_source = regs
         self._regs: PagingRegs | None = None if callable(regs) else regs
         self._ctl_args: dict[str, int] | None = None
+        self.compat = False  # a 32-bit caller: Xen's compat layouts
+
+    def layout(self, cls: type) -> type:
+        """The layout `cls` has in the caller's ABI."""
+        return abi.COMPAT.get(cls, cls) if self.compat else cls
+
+    def sizeof(self, cls: type) -> int:
+        """Bytes of `cls` in the caller's ABI (strides of argument arrays)."""
+        return ctypes.sizeof(self.layout(cls))
+
+    @property
+    def pfn_size(self) -> int:
+        """Bytes of a xen_pfn_t / xen_ulong_t in the caller's ABI."""
+        return 4 if self.compat else 8
 
     @property
     def regs(self) -> PagingRegs:
@@ -84,6 +103,8 @@ class GuestAccess:
 
     def write(self, gva: int, data: bytes | bytearray | memoryview | ctypes.Structure) -> None:
         """Bytes, or a ctypes struct's bytes, at `gva`."""
+        if self.compat and type(data) in abi.COMPAT:
+            data = convert(data, abi.COMPAT[type(data)])  # type: ignore[arg-type]
         if isinstance(data, ctypes.Structure | ctypes.Union | ctypes.Array):
             data = bytes(data)
         if len(data) > MAX_COPY:
@@ -113,12 +134,17 @@ class GuestAccess:
 
     # --- structs and arrays ----------------------------------------------------------------
     def read_struct(self, gva: int, cls: type[T]) -> T:
-        return cls.from_buffer_copy(self.read_bytes(gva, ctypes.sizeof(cls)))
+        lay = self.layout(cls)
+        value = lay.from_buffer_copy(self.read_bytes(gva, ctypes.sizeof(lay)))
+        return value if lay is cls else convert(value, cls)
 
     def write_field(self, gva: int, value: ctypes.Structure, field: str) -> None:
         """Copy back one member (Xen's ``__copy_field_to_guest``): out-fields only, so a
         guest racing on the rest of its struct sees its own bytes."""
-        desc = getattr(type(value), field)
+        lay = self.layout(type(value))
+        if lay is not type(value):
+            value = convert(value, lay)
+        desc = getattr(lay, field)
         self.write(gva + desc.offset, bytes(value)[desc.offset : desc.offset + desc.size])
 
     def read_array(self, gva: int, ctype: type, count: int, limit: int) -> list:

@@ -139,6 +139,11 @@ class Call:
     long_mode: bool = True
     cpl: int = 0
 
+    def __post_init__(self) -> None:
+        # Xen serves a caller outside 64-bit mode through its compat layer: the argument
+        # structs are read and written in their 32-bit layouts (xen/compat.py).
+        self.access.compat = not self.long_mode
+
 
 Handler = Callable[[Call], int]
 
@@ -199,9 +204,14 @@ class CallRegs(Protocol):
     r10: int
 
 
+def in_long_mode(sregs: u.kvm_sregs) -> bool:
+    """64-bit mode (Xen's hvm_guest_x86_mode() == 8): EFER.LMA and CS.L."""
+    return bool(sregs.efer & _EFER_LMA) and bool(sregs.cs.l)
+
+
 def call_from_regs(vcpu: int, regs: CallRegs, sregs: u.kvm_sregs, memory: GuestMemory) -> Call:
     """A `Call` from KVM's registers of the calling vCPU, in its calling convention."""
-    long_mode = bool(sregs.efer & _EFER_LMA) and bool(sregs.cs.l)
+    long_mode = in_long_mode(sregs)
     cpl = sregs.ss.dpl if sregs.cr0 & _CR0_PE else 0
     names, mask = (_ARGS64, _MASK64) if long_mode else (_ARGS32, 0xFFFFFFFF)
     args = tuple(getattr(regs, n) & mask for n in names)
@@ -229,6 +239,9 @@ class TrapPath:
         self.page_gpas: dict[int, int] = {}  # vCPU -> where it asked for the page
         self._lock = threading.Lock()
         self._log = LimitedLog(log)  # the guest decides how often it writes the MSR
+        # Told the vCPU that just had a page written (on its thread): Xen latches the
+        # shared_info format there (hvm_init_hypercall_page -> hvm_latch_shinfo_size).
+        self.on_page: Callable[[int], None] | None = None
 
     def save_state(self) -> dict[str, int]:
         """Where each vCPU asked for the hypercall page (the page itself is guest RAM)."""
@@ -266,6 +279,8 @@ class TrapPath:
         with self._lock:
             self.page_gpas[vcpu] = gpa
         self._log.log(logging.INFO, "vCPU %d: hypercall page at %#x", vcpu, gpa)
+        if self.on_page is not None:
+            self.on_page(vcpu)
         return True
 
     def hypercall(self, vcpu: VcpuView) -> None:

@@ -14,6 +14,12 @@ RAM is what the builder laid out (`GuestMemory.regions`). On top of it:
   (XENMEM_add_to_physmap at any free GFN, as Xen's p2m allows: Linux puts its grant
   frames in unused physical space, Xen's PV shim puts shared_info above RAM); each is a
   page of its own, dropped once nothing of Xen's is mapped there any more.
+- grant mappings: GNTTABOP_map_grant_ref with GNTMAP_host_map puts a granted page of
+  another domain (or of this one) at a GFN the mapper chooses (grant_table.h: host_addr
+  is a guest-physical address for an auto-translated mapper; Xen's p2m_grant_map_rw/ro
+  entries). Here that is a memory slot over the granter's memfd page. A KVM slot cannot
+  be split per page, so the GFN must be free (outside RAM, nothing mapped there): where
+  Linux's unpopulated-alloc puts them; a GFN inside RAM (a ballooned frame) is refused.
 
 Accounting follows Xen's: the domain's `d->tot_pages` is its RAM frames not ballooned plus
 its populated frames (shared_info and grant frames are Xen's own pages, not charged), and
@@ -43,6 +49,7 @@ class PhysMap:
         self.ballooned: set[int] = set()  # RAM GPFNs given back
         self.populated: dict[int, int] = {}  # first GPFN -> pages, extents outside RAM
         self.xen_pages: set[int] = set()  # GPFNs outside RAM holding a Xen structure
+        self.grant_maps: set[int] = set()  # GPFNs where a granted page is mapped
         self.lock = threading.RLock()
 
     def current_pages(self) -> int:
@@ -58,17 +65,37 @@ class PhysMap:
 
     def _free(self, gpa: int, size: int) -> bool:
         """Nothing is mapped at the range and one more memory slot is allowed."""
+        extra = len(self.populated) + len(self.xen_pages) + len(self.grant_maps)
         return (gpa + size <= GPA_LIMIT and not self.memory.overlaps(gpa, size)
-                and len(self.populated) + len(self.xen_pages) < MAX_EXTRA_RANGES)
+                and extra < MAX_EXTRA_RANGES)
 
-    def _add(self, gpa: int, size: int) -> bool:
+    def _add(self, gpa: int, size: int, backing: tuple[int, int] | None = None,
+             readonly: bool = False) -> bool:
         if not self._free(gpa, size):
             return False
         try:
-            self.machine.add_memory(gpa, size)
-        except ValueError:  # KVM refused the slot (one of its own pages is there)
+            if backing is None:
+                self.machine.add_memory(gpa, size)
+            else:
+                self.machine.add_memory(gpa, size, backing=backing, readonly=readonly)
+        except (ValueError, OSError):  # KVM refused the slot, or the file would not map
             return False
         return True
+
+    # --- grant mappings ----------------------------------------------------------------
+    def map_grant(self, gpfn: int, backing: tuple[int, int], readonly: bool) -> bool:
+        """The granted page behind ``backing`` (memfd, offset) at the free ``gpfn``."""
+        with self.lock:
+            if not self._add(gpfn * abi.PAGE_SIZE, abi.PAGE_SIZE, backing, readonly):
+                return False
+            self.grant_maps.add(gpfn)
+            return True
+
+    def unmap_grant(self, gpfn: int) -> None:
+        with self.lock:
+            if gpfn in self.grant_maps:
+                self.grant_maps.discard(gpfn)
+                self.machine.remove_memory(gpfn * abi.PAGE_SIZE)
 
     # --- reservations ------------------------------------------------------------------
     def release(self, gpfn: int, pages: int, keep: Collection[int]) -> bool:
@@ -136,8 +163,8 @@ class PhysMap:
         as by decrease_reservation (Xen keeps it charged until the domain dies)."""
         gpa = gpfn * abi.PAGE_SIZE
         with self.lock:
-            if gpfn in keep or gpfn in self.xen_pages:
-                return -abi.XEN_EBUSY
+            if gpfn in keep or gpfn in self.xen_pages or gpfn in self.grant_maps:
+                return -abi.XEN_EBUSY  # a grant mapping goes with GNTTABOP_unmap_grant_ref
             if self.memory.is_ram(gpa, abi.PAGE_SIZE):
                 return 0 if self.release(gpfn, 1, keep) else -abi.XEN_ENOENT
             if self.populated.get(gpfn) == 1:

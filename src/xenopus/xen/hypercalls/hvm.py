@@ -45,6 +45,8 @@ def hvm_op(domain: XenDomain, call: Call) -> int:
                         p.value & 0xFF) < UPCALL_VECTOR_MIN:
                     return -abi.XEN_EINVAL
             domain.set_param(p.index, p.value)
+            if p.index == abi.HVM_PARAM_CALLBACK_IRQ:
+                domain.latch_shinfo_size(call.long_mode)  # hvm.c hvm_set_param
             return 0
         if p.index not in GUEST_READABLE:
             return -abi.XEN_EPERM

@@ -93,9 +93,10 @@ class MemoryOps:
         pages = 1 << r.extent_order
         done = start
         keep = self.domain.xen_gpfns()
+        size = a.pfn_size  # xen_pfn_t: 32 bits for a 32-bit caller
         for i in range(start, r.nr_extents):
             try:
-                gpfn = int.from_bytes(a.read(r.extent_start + 8 * i, 8), "little")
+                gpfn = int.from_bytes(a.read(r.extent_start + size * i, size), "little")
             except XenError:
                 break  # as Xen: the extents done so far are the result
             if gpfn % pages:

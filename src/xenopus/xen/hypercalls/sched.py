@@ -97,7 +97,7 @@ def sched_op(domain: XenDomain, watchdogs: Watchdogs, call: Call) -> int:
             return -abi.XEN_EINVAL
         ports = a.read_array(poll.ports, ctypes.c_uint32, poll.nr_ports,
                              abi.SCHED_POLL_MAX_PORTS)
-        if any(p >= abi.EVTCHN_2L_NR_CHANNELS for p in ports):
+        if not all(domain.evtchn.in_range(p) for p in ports):
             return -abi.XEN_EINVAL
         deadline = domain.host_deadline(poll.timeout) if poll.timeout else None
         domain.block(vcpu, lambda: domain.any_pending(ports), deadline)

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from xenopus.arch.x86 import CR0_PE, CR0_PG, CR4_PAE, EFER_LMA, EFER_LME, RFLAGS_RESERVED
 from xenopus.vm.cpu import CpuState, Segment
 from xenopus.xen import abi
+from xenopus.xen.compat import convert
 from xenopus.xen.hypercall import Call, HypercallTable
 
 if TYPE_CHECKING:
@@ -55,11 +56,16 @@ class VcpuOps:
                     self.runstate.pop(target, None)
                 return 0
             gpa = a.gpa(area.addr, write=True)
-            if not self.memory.contains(gpa, ctypes.sizeof(abi.vcpu_runstate_info)):
+            # The area's layout follows the latched shared_info format (Xen's
+            # update_runstate_area: has_32bit_shinfo).
+            info: ctypes.Structure = self._runstate()
+            if d.compat_shinfo:
+                info = convert(info, abi.compat_vcpu_runstate_info)
+            if not self.memory.contains(gpa, ctypes.sizeof(info)):
                 return -abi.XEN_EFAULT
             with self._lock:
                 self.runstate[target] = gpa
-            self.memory.write(gpa, bytes(self._runstate()))
+            self.memory.write(gpa, bytes(info))
             return 0
         if cmd == abi.VCPUOP_get_runstate_info:
             a.write(arg, self._runstate())

@@ -1,0 +1,200 @@
+/*
+ * xengntmap: two domains sharing a page by grant mapping (public/grant_table.h
+ * GNTTABOP_map_grant_ref / unmap_grant_ref with GNTMAP_host_map; for an HVM/PVH mapper
+ * host_addr is a guest-physical address), with an interdomain event channel and XenStore
+ * for the rendezvous, as gntdev and backend-in-a-guest driver domains use them.
+ *
+ *   role=a peer=<domid of b>: grants b one writable page holding "hello from domain <a>",
+ *     publishes data/gntmap-gref and data/gntmap-port (readable by b); on b's first event
+ *     finds b's write at offset 2048 and the entry marked GTF_reading|GTF_writing, so it
+ *     cannot end access; writes at offset 1024 and answers; on b's second event (b has
+ *     unmapped) the flags are clear and ending access succeeds.
+ *   role=b peer=<domid of a>: reads a's gref and port, binds the port; map errors (no map
+ *     kind: GNTST_bad_gntref, a gref beyond the table: GNTST_bad_gntref, a domain that does
+ *     not exist: GNTST_bad_domain); maps the gref at GFN 0x80000 (2 GiB: above its RAM, below
+ *     the MMIO hole), reads a's text there, writes its own at 2048, sends an event; after
+ *     a's answer sees a's second write through the mapping; unmap at the wrong address
+ *     (GNTST_general_error), unmap (GNTST_okay), unmap again (GNTST_bad_handle); sends the
+ *     second event.
+ *
+ * Command line: role=a|b peer=N timeout_ms=N [30000], upcall=vector|param.
+ * Expected: "gntmap b: mapped gref G of domain A at 0x80000000: hello from domain A",
+ *   "gntmap a: b wrote: written by domain B through its mapping", RESULT: PASS xengntmap
+ *   role=a|b.
+ */
+#include "xen.h"
+
+GUEST("xengntmap");
+
+/* public/grant_table.h */
+#define GNTMAP_host_map (1u << 1)
+struct gnttab_map_grant_ref {
+    u64 host_addr;
+    u32 flags;
+    grant_ref_t ref;
+    domid_t dom;
+    i16 status;
+    u32 handle;
+    u64 dev_bus_addr;
+};
+struct gnttab_unmap_grant_ref {
+    u64 host_addr, dev_bus_addr;
+    u32 handle;
+    i16 status;
+};
+_Static_assert(sizeof(struct gnttab_map_grant_ref) == 32, "grant_table.h layout");
+_Static_assert(sizeof(struct gnttab_unmap_grant_ref) == 24, "grant_table.h layout");
+
+#define MAP_GPA 0x80000000ull
+static u8 page[4096] __attribute__((aligned(4096)));
+static unsigned timeout;
+
+static int map(domid_t dom, u32 ref, u32 flags, u64 gpa, u32 *handle)
+{
+    struct gnttab_map_grant_ref op = {gpa, flags, ref, dom, 99, 0, 0};
+    long rc = gnttab_op(GNTTABOP_map_grant_ref, &op, 1);
+    if (rc)
+        return (int)rc;
+    if (handle)
+        *handle = op.handle;
+    return op.status;
+}
+
+static int unmap(u64 gpa, u32 handle)
+{
+    struct gnttab_unmap_grant_ref op = {gpa, 0, handle, 99};
+    long rc = gnttab_op(GNTTABOP_unmap_grant_ref, &op, 1);
+    return rc ? (int)rc : op.status;
+}
+
+static void publish(const char *node, long value, domid_t me, domid_t peer)
+{
+    char v[16], own[16], rd[16];
+    snprintf(own, sizeof(own), "n%u", me);
+    snprintf(rd, sizeof(rd), "r%u", peer);
+    const char *perms[2] = {own, rd};
+    snprintf(v, sizeof(v), "%ld", value);
+    long rc = xs_write(0, node, v);
+    rc = rc ? rc : xs_set_perms(0, node, perms, 2);
+    if (!xcheck(rc >= 0, "published %s = %ld rc %ld (%s)", node, value, rc, xen_errname(rc)))
+        xen_finish(0, "xenstore");
+}
+
+static void role_a(domid_t me, domid_t peer)
+{
+    long port = evtchn_alloc_unbound(peer);
+    snprintf((char *)page, 256, "hello from domain %u", me);
+    long gref = gnttab_grant(peer, virt_to_gfn(page), 0);
+    if (!xcheck(port > 0 && gref > 0, "port %ld gref %ld", port, gref))
+        xen_finish(0, "role=a setup");
+    evtchn_bind((evtchn_port_t)port, NULL);
+    int seen = evtchn_count[port];
+    publish("data/gntmap-gref", gref, me, peer);
+    publish("data/gntmap-port", port, me, peer); /* last: b waits for it */
+    printf("gntmap a: port %ld gref %ld for domain %u\n", port, gref, peer);
+    if (!xcheck(evtchn_wait((evtchn_port_t)port, seen, timeout), "first event from domain %u", peer))
+        xen_finish(0, "role=a no event");
+    seen = evtchn_count[port];
+    char want[64];
+    snprintf(want, sizeof(want), "written by domain %u through its mapping", peer);
+    const char *got = (const char *)page + 2048;
+    printf("gntmap a: b wrote: %s\n", got);
+    xcheck(!strcmp(got, want), "the mapper's write is in our page");
+    u16 flags = gnttab[gref].flags;
+    xcheck((flags & (GTF_reading | GTF_writing)) == (GTF_reading | GTF_writing),
+           "entry flags 0x%x: GTF_reading|GTF_writing while mapped", flags);
+    xcheck(gnttab_end((grant_ref_t)gref) == 0, "cannot end access while it is mapped");
+    snprintf((char *)page + 1024, 64, "second write from domain %u", me);
+    xcheck(evtchn_send((evtchn_port_t)port) == 0, "answered");
+    if (!xcheck(evtchn_wait((evtchn_port_t)port, seen, timeout), "second event: domain %u unmapped", peer))
+        xen_finish(0, "role=a no second event");
+    flags = gnttab[gref].flags;
+    xcheck(!(flags & (GTF_reading | GTF_writing)), "entry flags 0x%x after the unmap", flags);
+    xcheck(gnttab_end((grant_ref_t)gref) == 1, "grant %ld ended", gref);
+    xen_finish(xen_failures == 0, "role=a");
+}
+
+static void role_b(domid_t me, domid_t peer)
+{
+    char path[64];
+    u64 rport = 0, rgref = 0;
+    long rc = -1;
+    snprintf(path, sizeof(path), "/local/domain/%u/data/gntmap-port", peer);
+    for (unsigned waited = 0; waited < timeout && rc; waited += 50) {
+        rc = xs_read_u64(path, &rport);
+        if (rc)
+            delay_ms(50);
+    }
+    snprintf(path, sizeof(path), "/local/domain/%u/data/gntmap-gref", peer);
+    rc = rc ? rc : xs_read_u64(path, &rgref);
+    if (!xcheck(rc == 0, "read the peer's port %lu and gref %lu", rport, rgref))
+        xen_finish(0, "role=b rendezvous");
+    long lport = evtchn_bind_interdomain(peer, (evtchn_port_t)rport);
+    if (!xcheck(lport > 0, "bind_interdomain(%u, %lu) -> %ld", peer, rport, lport))
+        xen_finish(0, "role=b bind");
+    evtchn_bind((evtchn_port_t)lport, NULL);
+    xcheck(evtchn_wait((evtchn_port_t)lport, 0, timeout), "bind raised port %ld", lport); /* not a's */
+    int seen = evtchn_count[lport];
+
+    int st = map(peer, (u32)rgref, 0, MAP_GPA, NULL);
+    xcheck(st == GNTST_bad_gntref, "map without GNTMAP_host_map: %s", gntst_name(st));
+    st = map(peer, 1u << 20, GNTMAP_host_map, MAP_GPA, NULL);
+    xcheck(st == GNTST_bad_gntref, "map of gref 2^20: %s", gntst_name(st));
+    st = map(0x7fef, (u32)rgref, GNTMAP_host_map, MAP_GPA, NULL);
+    xcheck(st == GNTST_bad_domain, "map from domain 0x7fef: %s", gntst_name(st));
+
+    u32 handle = 0;
+    st = map(peer, (u32)rgref, GNTMAP_host_map, MAP_GPA, &handle);
+    if (!xcheck(st == GNTST_okay, "GNTTABOP_map_grant_ref(gref %lu of domain %u) at 0x%lx: %s handle %u", rgref, peer,
+                (u64)MAP_GPA, gntst_name(st), handle))
+        xen_finish(0, "role=b map");
+    volatile char *mapped = (volatile char *)MAP_GPA;
+    char text[64];
+    for (int i = 0; i < 63; i++)
+        text[i] = mapped[i];
+    text[63] = 0;
+    printf("gntmap b: mapped gref %lu of domain %u at 0x%lx: %s\n", rgref, peer, (u64)MAP_GPA, text);
+    char want[64];
+    snprintf(want, sizeof(want), "hello from domain %u", peer);
+    xcheck(!strcmp(text, want), "the granter's text through the mapping");
+    snprintf(text, sizeof(text), "written by domain %u through its mapping", me);
+    for (int i = 0; i < 64; i++)
+        mapped[2048 + i] = text[i];
+    xcheck(evtchn_send((evtchn_port_t)lport) == 0, "first event to domain %u", peer);
+    if (!xcheck(evtchn_wait((evtchn_port_t)lport, seen, timeout), "domain %u answered", peer))
+        xen_finish(0, "role=b no answer");
+    snprintf(want, sizeof(want), "second write from domain %u", peer);
+    for (int i = 0; i < 63; i++)
+        text[i] = mapped[1024 + i];
+    text[63] = 0;
+    xcheck(!strcmp(text, want), "the granter's later write is seen: \"%s\"", text);
+    st = unmap(MAP_GPA + 4096, handle);
+    xcheck(st == GNTST_general_error, "unmap at another address: %s", gntst_name(st));
+    st = unmap(MAP_GPA, handle);
+    xcheck(st == GNTST_okay, "GNTTABOP_unmap_grant_ref: %s", gntst_name(st));
+    st = unmap(MAP_GPA, handle);
+    xcheck(st == GNTST_bad_handle, "unmap again: %s", gntst_name(st));
+    xcheck(evtchn_send((evtchn_port_t)lport) == 0, "second event to domain %u", peer);
+    xen_finish(xen_failures == 0, "role=b");
+}
+
+void guest_main(void)
+{
+    if (!xen_require())
+        return;
+    timeout = (unsigned)cmdline_u64("timeout_ms", 30000);
+    const char *r = cmdline_get("role");
+    char role = r && *r ? r[0] : '?';
+    const char *p = cmdline_get("peer");
+    if ((role != 'a' && role != 'b') || !p || !*p)
+        xen_finish(0, "usage: role=a|b peer=<domid>");
+    domid_t peer = (domid_t)strtou64(p, NULL);
+    long rc = xen_pv_init();
+    long self = rc ? rc : xen_domid();
+    if (!xcheck(self >= 0, "xenstore, grant table, events; domid %ld", self))
+        xen_finish(0, "setup");
+    printf("gntmap %c: domain %ld, peer %u\n", role, self, peer);
+    if (role == 'a')
+        role_a((domid_t)self, peer);
+    role_b((domid_t)self, peer);
+}
