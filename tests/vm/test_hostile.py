@@ -47,7 +47,7 @@ def bystander(xenopus: Xenopus) -> Iterator[str]:
         con = xenopus.popen("console", "bystander")  # its history, then live until it goes
         assert con.stdout is not None
         seen = read_until(con.stdout, b"READY")  # attached: the history is replayed
-        assert xenopus.run("shutdown", "-w", "bystander", timeout=120).returncode == 0
+        assert xenopus.run("shutdown", "-F", "-w", "bystander", timeout=120).returncode == 0
         console = (seen + con.communicate(timeout=60)[0]).decode(errors="replace")
         ticks = [(int(t), int(h, 16)) for t, h in re.findall(r"tick (\d+) checksum 0x([0-9a-f]+)", console)]
         assert ticks and [t for t, _ in ticks] == list(range(0, 100 * len(ticks), 100)), ticks[:5]

@@ -179,7 +179,7 @@ def test_restart_reads_root_only_files_after_dropping_root(jailed: Xenopus) -> N
     assert jailed.run("create", "-q", str(cfg)).returncode == 0
     dom = next(d for d in ask(jailed, "list").data["domains"] if d["name"] == "jail-private")
     assert ask(jailed, "info", dom="jail-private").data["jail"]["uid"] == "on"
-    assert jailed.run("reboot", "jail-private").returncode == 0
+    assert jailed.run("reboot", "-F", "jail-private").returncode == 0
     deadline = time.monotonic() + 60
     while (after := next(d for d in ask(jailed, "list").data["domains"]
                          if d["name"] == "jail-private"))["reason"] != "reboot":
