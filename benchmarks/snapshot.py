@@ -25,12 +25,12 @@ QEMUs over a pipe (a FIFO: `migrate "exec:cat > FIFO"`, the target `-incoming "e
 FIFO"`, max-bandwidth unlimited, downtime-limit left at its default; total-time and
 downtime from query-migrate).
 
-Clone (xenopus only; QEMU has no such verb, so its row is a restored copy): the counting
-guest cloned with `clone -d DOM NAME` (wall time, which includes saving DOM) and then
-`clone -d FILE NAME...` (the image saved once; per clone the domain process's restore
-time and the time from its process start to restored), and each clone's memory
-(/proc/PID/smaps_rollup: Rss, Pss, Anonymous) beside a plainly restored domain's and a
-restored QEMU's.
+Clone (xenopus only; QEMU has no such verb, so its row is a restored copy): guests/dirty
+after writing 64 MiB of its RAM once, idling, cloned with `clone -d DOM NAME` (wall time,
+which includes saving DOM) and then `clone -d FILE NAME...` (per clone the domain
+process's restore step, RAM mapped, and the time from its process start to restored), and
+each clone's memory (/proc/PID/smaps_rollup: Rss, Pss, Anonymous) beside a plainly
+restored domain's (its RAM a memfd of its own) and a restored QEMU's.
 """
 
 from __future__ import annotations
@@ -53,6 +53,9 @@ from common import ROOT, build_guest, xenopus_command
 GUEST = ROOT / "guests" / "out" / "counter.elf"
 DIRTY = ROOT / "guests" / "out" / "dirty.elf"
 DIRTY_READY = b"dirty 2\r\n"  # two seconds of dirtying at the set rate
+CLONE_MIB = 64
+CLONE_CMDLINE = f"rate=20000 seconds=1 mib={CLONE_MIB} idle"  # writes all 64 MiB, idles
+IDLE = b"idle 1\r\n"
 QEMU = "qemu-system-x86_64"
 COUNT = 10**9  # the guest counts for longer than any run
 READY = b"count 10\r\n"
@@ -172,17 +175,30 @@ def qemu_run(tmp: Path, memory: int, image: Path) -> tuple[float, float, int]:
     return saved, restored, image.stat().st_size
 
 
-def qemu_restored_memory(tmp: Path, memory: int, image: Path) -> dict[str, int]:
-    """The memory of a QEMU restored from `image` (paused, -S): its process's Rss/Pss."""
-    qmp, serial = tmp / "qmp-mem.sock", tmp / "serial-mem.out"
-    target = subprocess.Popen([QEMU, *qemu_args(memory, qmp, serial), "-S",
+def qemu_restored_memory(tmp: Path, memory: int) -> dict[str, int]:
+    """The memory of a QEMU restored (and running) from an image of the idling guest
+    the clones are made of: its process's Rss/Pss."""
+    qmp, serial, image = tmp / "qmp-mem.sock", tmp / "serial-mem.out", tmp / "idle-q.img"
+    source = subprocess.Popen([QEMU, *qemu_args(memory, qmp, serial, DIRTY, CLONE_CMDLINE)])
+    try:
+        client = Qmp(qmp)
+        wait_for(serial, IDLE)
+        client.execute("migrate", uri=f"exec:cat > {image}")
+        while (client.execute("query-migrate") or {}).get("status") != "completed":
+            time.sleep(0.005)
+        client.close()
+    finally:
+        source.kill()
+        source.wait()
+    qmp.unlink(missing_ok=True)
+    serial.unlink(missing_ok=True)
+    target = subprocess.Popen([QEMU, *qemu_args(memory, qmp, serial, DIRTY, CLONE_CMDLINE),
                                "-incoming", f"exec:cat {image}"])
     try:
         client = Qmp(qmp)
         while (client.execute("query-status") or {}).get("status") == "inmigrate":
             time.sleep(0.001)
-        client.execute("cont")  # running, as a clone is
-        wait_for(serial, b"count ")
+        wait_for(serial, b"idle ")  # running again
         used = memory_of(target.pid)
         client.close()
     finally:
@@ -194,7 +210,8 @@ def qemu_restored_memory(tmp: Path, memory: int, image: Path) -> dict[str, int]:
 
 def qemu_migrate(tmp: Path, memory: int, rate: int) -> tuple[float, float]:
     """(total seconds, downtime seconds) of one QEMU live migration of the dirtying guest
-    to a second QEMU over a pipe (a FIFO), as query-migrate reports them."""
+    to a second QEMU over a pipe (a FIFO), as query-migrate reports them (both QEMUs
+    already running: total-time is the stream's)."""
     qmp_s, qmp_t, serial = tmp / "qmp-s.sock", tmp / "qmp-t.sock", tmp / "serial-dirty.out"
     fifo = tmp / "migrate.fifo"
     for path in (qmp_s, qmp_t, serial, fifo):
@@ -280,9 +297,11 @@ class Xenopus:
             sys.exit(f"snapshot: xenopus {' '.join(args)}: {r.stderr}")
         return time.monotonic() - started, r.stderr
 
-    def migrate(self, tmp: Path, memory: int, rate: int) -> tuple[float, float]:
-        """(total seconds, downtime seconds) of one live migration of the dirtying guest
-        to a second daemon on this host, over a pipe."""
+    def migrate(self, tmp: Path, memory: int, rate: int) -> tuple[float, float, float]:
+        """(total seconds, downtime seconds, stream seconds) of one live migration of the
+        dirtying guest to a second daemon on this host, over a pipe: the command's wall
+        time (its receiver's daemon started by it, the domain built there), the
+        stop-and-copy, and the sender's stream from its first record to END."""
         receiver = {**self.env, "XENOPUS_RUN_DIR": str(tmp / "run-receiver")}
         cfg = tmp / "dirty.cfg"
         cfg.write_text(f'name = "dirty"\nkernel = "{DIRTY}"\nmemory = {memory}\n'
@@ -294,7 +313,7 @@ class Xenopus:
                                      f"env XENOPUS_RUN_DIR={receiver['XENOPUS_RUN_DIR']}",
                                      "dirty", host)
         console.wait(TIMEOUT)
-        m = re.search(r"stopped for ([\d.]+) ms", report)
+        m = re.search(r"in ([\d.]+) s; stopped for ([\d.]+) ms", report)
         if m is None:
             sys.exit(f"snapshot: no downtime in {report!r}")
         # it runs on over there, counting seconds where it left off
@@ -303,29 +322,33 @@ class Xenopus:
         self.run_out("destroy", "dirty", env=receiver)
         subprocess.run([*self.cmd, "daemon", "--stop"], env=receiver, check=False,
                        capture_output=True, timeout=60)
-        return total, float(m[1]) / 1e3
+        return total, float(m[2]) / 1e3, float(m[1])
 
-    def clones(self, tmp: Path, count: int) -> dict[str, object]:
-        """Clone the counting guest: once from the domain, then `count` from its image;
-        timings and each clone's memory, beside a plainly restored copy's."""
-        self.run("create", "-q", str(self.config))
-        console = self.wait_console("bench", READY)
-        first, report = self.run_out("clone", "-d", "bench", "clone0")
+    def clones(self, tmp: Path, memory: int, count: int) -> dict[str, object]:
+        """Clone a guest that wrote CLONE_MIB of its RAM and idles: once from the domain,
+        then `count` from its image; timings and each clone's memory, beside a plainly
+        restored copy's."""
+        cfg = tmp / "idle.cfg"
+        cfg.write_text(f'name = "idle"\nkernel = "{DIRTY}"\nmemory = {memory}\n'
+                       f'xen_platform = 0\ncmdline = "{CLONE_CMDLINE}"\n')
+        self.run("create", "-q", str(cfg))
+        console = self.wait_console("idle", IDLE)
+        first, report = self.run_out("clone", "-d", "idle", "clone0")
         image = tmp / "clone.img"
-        self.run("save", "-c", "bench", str(image))
+        self.run("save", "-c", "idle", str(image))
         names = [f"clone{i}" for i in range(1, count + 1)]
         many, report2 = self.run_out("clone", "-d", str(image), *names)
         per = [(float(a), float(b)) for a, b in re.findall(
             r"mapped in ([\d.]+) ms, restored ([\d.]+) ms", report + report2)]
         for name in names:
-            self.wait_console(name, b"count ").kill()  # running
+            self.wait_console(name, b"idle ").kill()  # running
         clone_memory = [memory_of(domain_pid(n)) for n in names]
-        self.run("destroy", "bench")
+        self.run("destroy", "idle")
         console.wait(TIMEOUT)
         self.run("restore", str(image))
-        self.wait_console("bench", b"count ").kill()
-        plain = memory_of(domain_pid("bench"))
-        for name in ["bench", "clone0", *names]:
+        self.wait_console("idle", b"idle ").kill()
+        plain = memory_of(domain_pid("idle"))
+        for name in ["idle", "clone0", *names]:
             self.run("destroy", name)
         return {"first": first, "many": many, "per": per, "clone_memory": clone_memory,
                 "plain_memory": plain, "image": image.stat().st_size}
@@ -348,47 +371,64 @@ def main() -> None:
     p.add_argument("--rate", type=int, default=3000,
                    help="pages a second the migrated guest dirties (a multiple of 1000)")
     p.add_argument("--clones", type=int, default=4)
+    p.add_argument("--parts", default="save,migrate,clone",
+                   help="which of save, migrate, clone to run (comma-separated)")
     args = p.parse_args()
+    parts = set(args.parts.split(","))
     if shutil.which(QEMU) is None:
         sys.exit(f"snapshot: {QEMU} is not installed (scripts/install-deps)")
     build_guest(GUEST)
     build_guest(DIRTY)
     results: dict[str, list[tuple[float, float, int]]] = {"xenopus": [], "qemu": []}
-    migrations: dict[str, list[tuple[float, float]]] = {"xenopus": [], "qemu": []}
+    migrations: dict[str, list[tuple[float, ...]]] = {"xenopus": [], "qemu": []}
     with tempfile.TemporaryDirectory(prefix="xenopus-snapshot-") as d:
         tmp = Path(d)
         xen = Xenopus(tmp, args.memory)
         try:
-            xen.round(tmp / "warm.img")
-            qemu_run(tmp, args.memory, tmp / "warm-qemu.img")
-            for _ in range(args.runs):
-                results["xenopus"].append(xen.round(tmp / "x.img"))
-                results["qemu"].append(qemu_run(tmp, args.memory, tmp / "q.img"))
-            for _ in range(args.runs):
-                migrations["xenopus"].append(xen.migrate(tmp, args.memory, args.rate))
-                migrations["qemu"].append(qemu_migrate(tmp, args.memory, args.rate))
-            clones = xen.clones(tmp, args.clones)
-            qemu_memory = qemu_restored_memory(tmp, args.memory, tmp / "q.img")
+            if "save" in parts:
+                xen.round(tmp / "warm.img")
+                qemu_run(tmp, args.memory, tmp / "warm-qemu.img")
+                for _ in range(args.runs):
+                    results["xenopus"].append(xen.round(tmp / "x.img"))
+                    results["qemu"].append(qemu_run(tmp, args.memory, tmp / "q.img"))
+            if "migrate" in parts:
+                for _ in range(args.runs):
+                    migrations["xenopus"].append(xen.migrate(tmp, args.memory, args.rate))
+                    migrations["qemu"].append(qemu_migrate(tmp, args.memory, args.rate))
+            if "clone" in parts:
+                clones = xen.clones(tmp, args.memory, args.clones)
+                qemu_memory = qemu_restored_memory(tmp, args.memory)
         finally:
             xen.stop()
-    print(f"guest: {GUEST.name}, {args.memory} MiB, {args.runs} runs (median [min - max])")
-    for name, runs in results.items():
-        print(row(f"{name} save", [r[0] for r in runs], 1e3, "ms"))
-        print(row(f"{name} restore", [r[1] for r in runs], 1e3, "ms"))
-        print(row(f"{name} image size", [float(r[2]) for r in runs], 1 / 2**20, "MiB"))
-    print(f"live migration: {DIRTY.name} dirtying {args.rate} pages/s "
-          f"({args.rate * 4096 / 2**20:.0f} MiB/s) of 64 MiB, over a pipe")
-    for name, runs in migrations.items():
-        print(row(f"{name} migrate total", [r[0] for r in runs], 1e3, "ms"))
-        print(row(f"{name} migrate downtime", [r[1] for r in runs], 1e3, "ms"))
+    if "save" in parts:
+        print(f"guest: {GUEST.name}, {args.memory} MiB, {args.runs} runs "
+              "(median [min - max])")
+        for name, runs in results.items():
+            print(row(f"{name} save", [r[0] for r in runs], 1e3, "ms"))
+            print(row(f"{name} restore", [r[1] for r in runs], 1e3, "ms"))
+            print(row(f"{name} image size", [float(r[2]) for r in runs], 1 / 2**20, "MiB"))
+    if "migrate" in parts:
+        print(f"live migration: {DIRTY.name} dirtying {args.rate} pages/s "
+              f"({args.rate * 4096 / 2**20:.0f} MiB/s) of 64 MiB, over a pipe, "
+              f"{args.runs} runs")
+        for name, runs in migrations.items():
+            print(row(f"{name} migrate total", [r[0] for r in runs], 1e3, "ms"))
+            if name == "xenopus":
+                print(row("  of which the stream", [r[2] for r in runs], 1e3, "ms"))
+            print(row(f"{name} migrate downtime", [r[1] for r in runs], 1e3, "ms"))
+    if "clone" in parts:
+        print_clones(clones, qemu_memory, args)
+
+
+def print_clones(clones: dict, qemu_memory: dict[str, int], args: argparse.Namespace) -> None:
     per = clones["per"]
-    print(f"clone: {GUEST.name}, {args.memory} MiB, image "
-          f"{clones['image'] / 2**20:.1f} MiB, {args.clones} clones")
+    print(f"clone: {DIRTY.name} ({CLONE_CMDLINE}: {CLONE_MIB} MiB written, then idle), "
+          f"{args.memory} MiB, image {clones['image'] / 2**20:.1f} MiB, {args.clones} clones")
     print(f"{'xenopus clone DOM (wall)':<26}{clones['first'] * 1e3:10.1f} ms  "
           "(saves DOM, then one clone)")
     print(f"{'xenopus clone FILE (wall)':<26}{clones['many'] * 1e3:10.1f} ms  "
           f"({args.clones} clones, the image copied once)")
-    print(row("  RAM mapped, per clone", [a / 1e3 for a, _ in per], 1e3, "ms"))
+    print(row("  restore, RAM mapped", [a / 1e3 for a, _ in per], 1e3, "ms"))
     print(row("  process start->restored", [b / 1e3 for _, b in per], 1e3, "ms"))
     for label, mem in [*((f"  clone {i + 1} memory", m)
                          for i, m in enumerate(clones["clone_memory"])),

@@ -3,7 +3,8 @@
  * up), paced by the TSC (its rate taken against the PIT), in ring 3 where stores run
  * natively. It prints "dirty N" after each second, and checks on each store that the page
  * still holds what it wrote there one pass before: a migration that lost or rolled back a
- * page ends it with a FAIL. */
+ * page ends it with a FAIL. With `idle`, after `seconds` it stops storing and prints
+ * "idle N" each second instead (its memory as it left it: what a clone benchmark maps). */
 #include "runtime.h"
 
 GUEST("dirty");
@@ -51,6 +52,13 @@ void guest_main(void)
         printf("dirty %lu\n", s);
         if (wrong)
             break;
+    }
+    if (cmdline_has("idle") && !wrong) {
+        printf("idle: %lu pages written\n", cursor);
+        for (u64 s = 0;; s++) {
+            delay_ms(1000);
+            printf("idle %lu\n", s);
+        }
     }
     result(wrong == 0, "dirty", "pages=%lu wrong=%lu", cursor, wrong);
 }

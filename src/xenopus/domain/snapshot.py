@@ -156,6 +156,11 @@ def save(inventory: Inventory, out: BinaryIO, config: object = None, *,
                 stats.parts += 1
                 if isinstance(part, MemoryPart):
                     stats.pages += image.save_pages(part.memory, writer)
+            if memory is not None and memory.memory.extra:
+                # Pages outside RAM (Xen's p2m): after the `xen` part, whose restore
+                # makes them addressable again.
+                extra = image.nonzero_pages(memory.memory, extra=True)
+                stats.pages += image.send_pages(memory.memory, writer, extra)
             for name, state in (toolstack or {}).items():
                 writer.part(TOOLSTACK, name, state)
             writer.end()

@@ -47,10 +47,12 @@ def _populated(fd: int, size: int) -> Iterator[tuple[int, int]]:
         off = end
 
 
-def nonzero_pages(memory: GuestMemory) -> list[int]:
-    """Guest-physical addresses of every page that is not all zeros."""
+def nonzero_pages(memory: GuestMemory, *, extra: bool = False) -> list[int]:
+    """Guest-physical addresses of every page of RAM (with `extra`: of the regions
+    added outside RAM instead) that is not all zeros."""
     out = []
-    for region in memory.regions:
+    regions = sorted(memory.extra.values(), key=lambda r: r.gpa) if extra else memory.regions
+    for region in regions:
         m = region.map
         # A private region (a clone's) has no memfd to ask for its holes: every page is read.
         spans = [(0, region.size)] if region.private else _populated(region.fd, region.size)
@@ -132,7 +134,8 @@ def map_clone(memory: GuestMemory) -> None:
 def map_pages(memory: GuestMemory, record: Record, fd: int) -> int:
     """Map one PAGE_DATA record's pages copy-on-write from the image file `fd` (whose
     offsets are the stream's) into a clone's private RAM (`map_clone`), instead of reading
-    them; the record's CRC is checked over the mapped pages. Returns how many pages."""
+    them into it; the record's CRC is checked over the file's octets. Returns how many
+    pages."""
     frames = record.page_frames()
     offset = record.data_offset
     if offset % PAGE_SIZE:
@@ -145,13 +148,21 @@ def map_pages(memory: GuestMemory, record: Record, fd: int) -> int:
                            "pages cannot be mapped: the file is not the stream from its "
                            "start, or ends before them")
     for gpa, n in _runs([frame << PAGE_SHIFT for frame in frames]):
-        if not memory.is_ram(gpa, n * PAGE_SIZE):
-            raise record.error(StreamRecordError,
-                               f"pages {gpa:#x}+{n * PAGE_SIZE:#x} are not in guest RAM")
-        view = memory.view(gpa, n * PAGE_SIZE)
-        region = next(r for r in memory.regions if r.gpa <= gpa < r.end)
-        region.map_file(gpa - region.gpa, n * PAGE_SIZE, fd, offset)
-        record.skip(view)  # the CRC, over the pages as mapped
+        try:
+            view = memory.view(gpa, n * PAGE_SIZE)
+        except GuestMemoryError as e:
+            raise record.error(StreamRecordError, str(e)) from None
+        if memory.is_ram(gpa, n * PAGE_SIZE):
+            region = next(r for r in memory.regions if r.gpa <= gpa < r.end)
+            region.map_file(gpa - region.gpa, n * PAGE_SIZE, fd, offset)
+            # The CRC over the file's octets there (pread: the mapping is not touched, so
+            # no page is faulted into this process until the guest uses it).
+            data = os.pread(fd, n * PAGE_SIZE, offset)
+            if len(data) != n * PAGE_SIZE:
+                raise record.error(StreamRecordError, "the file ends inside its pages")
+            record.skip(data)
+        else:  # a page added outside RAM (Xen's p2m: its own memfd slot): copied
+            record.readinto(view)
         offset += n * PAGE_SIZE
     record.finish()
     return len(frames)
