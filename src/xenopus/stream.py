@@ -266,6 +266,7 @@ class Record:
         self._crc = zlib.crc32(_TYPE_AND_LENGTH.pack(rtype, length))
         self.finished = False
         self.data_offset = -1  # PAGE_DATA: where the page contents start (page_frames)
+        self.unchecked = False  # some of the body was skipped unread: no CRC to compare
 
     @property
     def optional(self) -> bool:
@@ -304,7 +305,7 @@ class Record:
         pad = bytearray(_pad(self.length))
         self._reader._fill(memoryview(pad), self)
         self.finished = True
-        if self._crc != self._expected:
+        if self._crc != self._expected and not self.unchecked:
             raise self.error(StreamChecksumError,
                              f"checksum mismatch (stored {self._expected:#010x}, "
                              f"computed {self._crc:#010x})")
@@ -355,19 +356,22 @@ class Record:
                              "page-aligned")
         return frames
 
-    def skip(self, data: Buffer) -> None:
-        """The next len(data) body octets are `data`, already in hand (pages mapped from
-        the file at this offset): checksummed from there, and the file is seeked past them
-        instead of read."""
-        view = memoryview(data).cast("B")
-        if len(view) > self.remaining:
+    def skip(self, data: Buffer | int) -> None:
+        """Seek past the next body octets instead of reading them (pages mapped from the
+        file there): `data` is those octets, read elsewhere, to checksum; or their number,
+        unchecked: the record's CRC is then not compared (a caller that verified the
+        whole stream before, once for many readers)."""
+        n = data if isinstance(data, int) else memoryview(data).nbytes
+        if n > self.remaining:
             raise self.error(StreamRecordError,
-                             f"body too short: {len(view)} more octets needed, "
-                             f"{self.remaining} left")
-        self._reader.inp.seek(len(view), 1)
-        self._reader.offset += len(view)
-        self._crc = zlib.crc32(view, self._crc)
-        self.remaining -= len(view)
+                             f"body too short: {n} more octets needed, {self.remaining} left")
+        self._reader.inp.seek(n, 1)
+        self._reader.offset += n
+        if isinstance(data, int):
+            self.unchecked = True
+        else:
+            self._crc = zlib.crc32(memoryview(data).cast("B"), self._crc)
+        self.remaining -= n
 
 
 class StreamReader:

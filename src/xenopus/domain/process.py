@@ -465,7 +465,8 @@ class DomainProcess:
                 return Reply.failure("a clone maps its image: it must be a regular file")
             reader = stream.StreamReader.resume(inp, stream.StreamPosition(**position))
             stats = await asyncio.to_thread(snapshot.restore, guest.inventory, reader,
-                                            clone_fd=inp.fileno() if clone else None)
+                                            clone_fd=inp.fileno() if clone else None,
+                                            verified=bool(req.args.get("verified")))
         self._boot_state = None  # the vCPUs carry on from the image
         if not req.args.get("paused"):
             self._run_vcpus()

@@ -195,11 +195,12 @@ def _precopy(memory: MemoryPart, writer: StreamWriter, live: LiveMachine,
 
 
 def restore(inventory: Inventory, inp: BinaryIO | StreamReader, *,
-            clone_fd: int | None = None) -> Stats:
+            clone_fd: int | None = None, verified: bool = False) -> Stats:
     """Read a stream `save` wrote (from its start, or from a reader that has taken its
     DOMAIN_CONFIG: `stream.read_domain_config`) into the parts of a guest built from that
     config, not started. With `clone_fd` (the image file the stream is read from, a
-    regular file), RAM is not read but mapped copy-on-write from it (a clone). Every
+    regular file), RAM is not read but mapped copy-on-write from it (a clone); `verified`:
+    its page CRCs were checked before (by the toolstack, once for all clones). Every
     part of the guest must get a state and every state a part; a part refusing its
     state, a damaged stream or a missing part raises (`StreamError`, `StateError`,
     `KvmError`) naming it. The caller then starts the machine without a
@@ -226,7 +227,8 @@ def restore(inventory: Inventory, inp: BinaryIO | StreamReader, *,
             if clone_fd is None:
                 stats.pages += image.restore_pages(memory.memory, record)
             else:
-                stats.pages += image.map_pages(memory.memory, record, clone_fd)
+                stats.pages += image.map_pages(memory.memory, record, clone_fd,
+                                               verified=verified)
             continue
         kind, name, state = record.part()
         if kind == TOOLSTACK:

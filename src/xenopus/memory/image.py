@@ -131,11 +131,11 @@ def map_clone(memory: GuestMemory) -> None:
         region.make_private()
 
 
-def map_pages(memory: GuestMemory, record: Record, fd: int) -> int:
+def map_pages(memory: GuestMemory, record: Record, fd: int, *, verified: bool = False) -> int:
     """Map one PAGE_DATA record's pages copy-on-write from the image file `fd` (whose
     offsets are the stream's) into a clone's private RAM (`map_clone`), instead of reading
-    them into it; the record's CRC is checked over the file's octets. Returns how many
-    pages."""
+    them into it; the record's CRC is checked over the file's octets, unless `verified`
+    (the whole image was, before). Returns how many pages."""
     frames = record.page_frames()
     offset = record.data_offset
     if offset % PAGE_SIZE:
@@ -155,12 +155,15 @@ def map_pages(memory: GuestMemory, record: Record, fd: int) -> int:
         if memory.is_ram(gpa, n * PAGE_SIZE):
             region = next(r for r in memory.regions if r.gpa <= gpa < r.end)
             region.map_file(gpa - region.gpa, n * PAGE_SIZE, fd, offset)
-            # The CRC over the file's octets there (pread: the mapping is not touched, so
-            # no page is faulted into this process until the guest uses it).
-            data = os.pread(fd, n * PAGE_SIZE, offset)
-            if len(data) != n * PAGE_SIZE:
-                raise record.error(StreamRecordError, "the file ends inside its pages")
-            record.skip(data)
+            if verified:  # the caller checked the whole image once, for every clone
+                record.skip(n * PAGE_SIZE)
+            else:
+                # The CRC over the file's octets there (pread: the mapping is not touched,
+                # so no page is faulted into this process until the guest uses it).
+                data = os.pread(fd, n * PAGE_SIZE, offset)
+                if len(data) != n * PAGE_SIZE:
+                    raise record.error(StreamRecordError, "the file ends inside its pages")
+                record.skip(data)
         else:  # a page added outside RAM (Xen's p2m: its own memfd slot): copied
             record.readinto(view)
         offset += n * PAGE_SIZE

@@ -947,7 +947,10 @@ class Daemon:
             token = await self._hand_over(rec, fd)
             reply = await self._until_answered(rec, Request("restore", {
                 "files": token, "position": dataclasses.asdict(position), "paused": True,
-                "clone": clone}))
+                # A clone's image is the daemon's own: checked whole when copied in, or
+                # written just now by the source's process; its pages' CRCs are not
+                # checked again by every clone.
+                "clone": clone, "verified": clone}))
             if not reply.ok:
                 raise RequestError(f"cannot restore: {reply.error}")
             data = dict(reply.data)
@@ -970,16 +973,25 @@ class Daemon:
         return os.open(self.run_dir, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
 
     def _private_copy(self, src: int) -> int:
-        """The image the user handed over, copied into `_image_file`: the clones map it,
-        so it must not change or shrink under them (a user's file could)."""
+        """The image the user handed over, copied into `_image_file` and checked whole
+        (every record's CRC: once, rather than once per clone): the clones map it, so it
+        must not change or shrink under them (a user's file could)."""
         image = self._image_file()
         try:
             offset = 0
             while n := os.sendfile(image, src, offset, 1 << 30):
                 offset += n
+            with open(os.open(f"/proc/self/fd/{image}", os.O_RDONLY | os.O_CLOEXEC), "rb",
+                      buffering=1 << 20) as inp:
+                reader = stream.StreamReader(inp)
+                while reader.next_record().type != stream.REC_END:
+                    pass  # each call reads the record before to its end, checking its CRC
         except OSError as e:
             os.close(image)
             raise RequestError(f"cannot read the image: {e.strerror}") from None
+        except stream.StreamError as e:
+            os.close(image)
+            raise RequestError(f"cannot restore: {e}") from None
         return image
 
     @staticmethod
