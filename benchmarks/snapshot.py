@@ -1,7 +1,8 @@
-"""Save/restore benchmark: a 256 MiB guest saved to a file and restored from it, under
-xenopus and under QEMU, in the same run.
+"""Save/restore, live migration and clone benchmark: a 256 MiB guest saved to a file and
+restored from it, live-migrated while it dirties memory at a fixed rate, and (xenopus)
+cloned, under xenopus and under QEMU, in the same run.
 
-    python benchmarks/snapshot.py [--runs N] [--memory MIB]
+    python benchmarks/snapshot.py [--runs N] [--memory MIB] [--rate PAGES/S] [--clones N]
 
 The guest is guests/counter (it prints and counts; it touches a few pages of its RAM, so
 both sides skip what it never wrote: QEMU sends such pages as zero-page flags, xenopus
@@ -15,6 +16,21 @@ leaves them out). Each side saves the same guest, running and counting:
   until query-status leaves "inmigrate" (loaded and paused, `-S`).
 
 Sizes are the files' sizes. Runs alternate between the two after one uncounted warm-up.
+
+Live migration: guests/dirty (one store in each of `--rate` pages a second, cycling
+through 64 MiB, paced by the TSC, in ring 3) migrated between two xenopus daemons on this
+host (`migrate --debug -s "env XENOPUS_RUN_DIR=..."`: the stream over a pipe; total =
+the command's wall time, downtime = the stop-and-copy the sender reports) and between two
+QEMUs over a pipe (a FIFO: `migrate "exec:cat > FIFO"`, the target `-incoming "exec:cat
+FIFO"`, max-bandwidth unlimited, downtime-limit left at its default; total-time and
+downtime from query-migrate).
+
+Clone (xenopus only; QEMU has no such verb, so its row is a restored copy): guests/dirty
+after writing 64 MiB of its RAM once, idling, cloned with `clone -d DOM NAME` (wall time,
+which includes saving DOM) and then `clone -d FILE NAME...` (per clone the domain
+process's restore step, RAM mapped, and the time from its process start to restored), and
+each clone's memory (/proc/PID/smaps_rollup: Rss, Pss, Anonymous) beside a plainly
+restored domain's (its RAM a memfd of its own) and a restored QEMU's.
 """
 
 from __future__ import annotations
@@ -22,6 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import socket
 import statistics
@@ -34,17 +51,50 @@ from pathlib import Path
 from common import ROOT, build_guest, xenopus_command
 
 GUEST = ROOT / "guests" / "out" / "counter.elf"
+DIRTY = ROOT / "guests" / "out" / "dirty.elf"
+DIRTY_READY = b"dirty 2\r\n"  # two seconds of dirtying at the set rate
+CLONE_MIB = 64
+CLONE_CMDLINE = f"rate=20000 seconds=1 mib={CLONE_MIB} idle"  # writes all 64 MiB, idles
+IDLE = b"idle 1\r\n"
 QEMU = "qemu-system-x86_64"
 COUNT = 10**9  # the guest counts for longer than any run
 READY = b"count 10\r\n"
 TIMEOUT = 120.0
 
 
-def qemu_args(memory: int, qmp: Path, serial: Path) -> list[str]:
-    return ["-M", "microvm", "-accel", "kvm", "-cpu", "host", "-m", str(memory),
+def qemu_args(memory: int, qmp: Path, serial: Path, guest: Path = GUEST,
+              cmdline: str = f"count={COUNT}") -> list[str]:
+    # -arch-capabilities: on nested KVM without hardware support underneath, QEMU 7.2's
+    # `-cpu host` aborts writing IA32_ARCH_CAPABILITIES (MSR 0x10a); as in blk.py.
+    return ["-M", "microvm", "-accel", "kvm", "-cpu", "host,-arch-capabilities",
+            "-m", str(memory),
             "-nodefaults", "-no-reboot", "-display", "none", "-device", "i8042",
             "-serial", f"file:{serial}", "-qmp", f"unix:{qmp},server=on,wait=off",
-            "-kernel", str(GUEST), "-append", f"count={COUNT}"]
+            "-kernel", str(guest), "-append", cmdline]
+
+
+def memory_of(pid: int) -> dict[str, int]:
+    """Rss, Pss and Anonymous of a process, in KiB (/proc/PID/smaps_rollup)."""
+    out = {}
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("Rss", "Pss", "Anonymous"):
+            out[key] = int(value.split()[0])
+    return out
+
+
+def domain_pid(name: str) -> int:
+    """The pid of the xenopus domain process of `name` (its process title)."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").strip()
+            except OSError:
+                continue
+            if re.fullmatch(rb"xenopus: domain \d+ \(" + re.escape(name.encode()) + rb"\)",
+                            cmd):
+                return int(entry.name)
+    sys.exit(f"snapshot: no process for domain {name}")
 
 
 class Qmp:
@@ -125,6 +175,73 @@ def qemu_run(tmp: Path, memory: int, image: Path) -> tuple[float, float, int]:
     return saved, restored, image.stat().st_size
 
 
+def qemu_restored_memory(tmp: Path, memory: int) -> dict[str, int]:
+    """The memory of a QEMU restored (and running) from an image of the idling guest
+    the clones are made of: its process's Rss/Pss."""
+    qmp, serial, image = tmp / "qmp-mem.sock", tmp / "serial-mem.out", tmp / "idle-q.img"
+    source = subprocess.Popen([QEMU, *qemu_args(memory, qmp, serial, DIRTY, CLONE_CMDLINE)])
+    try:
+        client = Qmp(qmp)
+        wait_for(serial, IDLE)
+        client.execute("migrate", uri=f"exec:cat > {image}")
+        while (client.execute("query-migrate") or {}).get("status") != "completed":
+            time.sleep(0.005)
+        client.close()
+    finally:
+        source.kill()
+        source.wait()
+    qmp.unlink(missing_ok=True)
+    serial.unlink(missing_ok=True)
+    target = subprocess.Popen([QEMU, *qemu_args(memory, qmp, serial, DIRTY, CLONE_CMDLINE),
+                               "-incoming", f"exec:cat {image}"])
+    try:
+        client = Qmp(qmp)
+        while (client.execute("query-status") or {}).get("status") == "inmigrate":
+            time.sleep(0.001)
+        wait_for(serial, b"idle ")  # running again
+        used = memory_of(target.pid)
+        client.close()
+    finally:
+        target.kill()
+        target.wait()
+    qmp.unlink(missing_ok=True)
+    return used
+
+
+def qemu_migrate(tmp: Path, memory: int, rate: int) -> tuple[float, float]:
+    """(total seconds, downtime seconds) of one QEMU live migration of the dirtying guest
+    to a second QEMU over a pipe (a FIFO), as query-migrate reports them (both QEMUs
+    already running: total-time is the stream's)."""
+    qmp_s, qmp_t, serial = tmp / "qmp-s.sock", tmp / "qmp-t.sock", tmp / "serial-dirty.out"
+    fifo = tmp / "migrate.fifo"
+    for path in (qmp_s, qmp_t, serial, fifo):
+        path.unlink(missing_ok=True)
+    os.mkfifo(fifo)
+    cmdline = f"rate={rate}"
+    source = subprocess.Popen([QEMU, *qemu_args(memory, qmp_s, serial, DIRTY, cmdline)])
+    target = subprocess.Popen([QEMU, *qemu_args(memory, qmp_t, tmp / "serial-t.out", DIRTY,
+                                                cmdline), "-incoming", f"exec:cat {fifo}"])
+    try:
+        client = Qmp(qmp_s)
+        Qmp(qmp_t).close()  # the target is up and reading
+        wait_for(serial, DIRTY_READY)
+        client.execute("migrate-set-parameters", **{"max-bandwidth": 1 << 40})
+        client.execute("migrate", uri=f"exec:cat > {fifo}")
+        while True:
+            info = client.execute("query-migrate") or {}
+            if info.get("status") == "completed":
+                break
+            if info.get("status") == "failed":
+                sys.exit(f"snapshot: QEMU migration failed: {info}")
+            time.sleep(0.005)
+        client.close()
+    finally:
+        for q in (source, target):
+            q.kill()
+            q.wait()
+    return info["total-time"] / 1e3, info["downtime"] / 1e3
+
+
 class Xenopus:
     def __init__(self, tmp: Path, memory: int):
         self.cmd = xenopus_command()
@@ -159,6 +276,83 @@ class Xenopus:
         self.run("destroy", "bench")
         return saved, restored, image.stat().st_size
 
+    def wait_console(self, name: str, marker: bytes, env: dict | None = None
+                     ) -> subprocess.Popen:
+        console = subprocess.Popen([*self.cmd, "console", name], env=env or self.env,
+                                   stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+        assert console.stdout is not None
+        seen = b""
+        while marker not in seen:
+            chunk = console.stdout.read1(4096)
+            if not chunk:
+                sys.exit(f"snapshot: the console of {name} ended")
+            seen += chunk
+        return console
+
+    def run_out(self, *args: str, env: dict | None = None) -> tuple[float, str]:
+        started = time.monotonic()
+        r = subprocess.run([*self.cmd, *args], env=env or self.env, capture_output=True,
+                           timeout=TIMEOUT, text=True)
+        if r.returncode != 0:
+            sys.exit(f"snapshot: xenopus {' '.join(args)}: {r.stderr}")
+        return time.monotonic() - started, r.stderr
+
+    def migrate(self, tmp: Path, memory: int, rate: int) -> tuple[float, float, float]:
+        """(total seconds, downtime seconds, stream seconds) of one live migration of the
+        dirtying guest to a second daemon on this host, over a pipe: the command's wall
+        time (its receiver's daemon started by it, the domain built there), the
+        stop-and-copy, and the sender's stream from its first record to END."""
+        receiver = {**self.env, "XENOPUS_RUN_DIR": str(tmp / "run-receiver")}
+        cfg = tmp / "dirty.cfg"
+        cfg.write_text(f'name = "dirty"\nkernel = "{DIRTY}"\nmemory = {memory}\n'
+                       f'xen_platform = 0\ncmdline = "rate={rate}"\n')
+        self.run("create", "-q", str(cfg))
+        console = self.wait_console("dirty", DIRTY_READY)
+        host = f"PATH={Path(sys.executable).parent}:{os.environ.get('PATH', '')}"
+        total, report = self.run_out("migrate", "--debug", "-s",
+                                     f"env XENOPUS_RUN_DIR={receiver['XENOPUS_RUN_DIR']}",
+                                     "dirty", host)
+        console.wait(TIMEOUT)
+        m = re.search(r"in ([\d.]+) s; stopped for ([\d.]+) ms", report)
+        if m is None:
+            sys.exit(f"snapshot: no downtime in {report!r}")
+        # it runs on over there, counting seconds where it left off
+        after = self.wait_console("dirty", b"dirty ", env=receiver)
+        after.kill()
+        self.run_out("destroy", "dirty", env=receiver)
+        subprocess.run([*self.cmd, "daemon", "--stop"], env=receiver, check=False,
+                       capture_output=True, timeout=60)
+        return total, float(m[2]) / 1e3, float(m[1])
+
+    def clones(self, tmp: Path, memory: int, count: int) -> dict[str, object]:
+        """Clone a guest that wrote CLONE_MIB of its RAM and idles: once from the domain,
+        then `count` from its image; timings and each clone's memory, beside a plainly
+        restored copy's."""
+        cfg = tmp / "idle.cfg"
+        cfg.write_text(f'name = "idle"\nkernel = "{DIRTY}"\nmemory = {memory}\n'
+                       f'xen_platform = 0\ncmdline = "{CLONE_CMDLINE}"\n')
+        self.run("create", "-q", str(cfg))
+        console = self.wait_console("idle", IDLE)
+        first, report = self.run_out("clone", "-d", "idle", "clone0")
+        image = tmp / "clone.img"
+        self.run("save", "-c", "idle", str(image))
+        names = [f"clone{i}" for i in range(1, count + 1)]
+        many, report2 = self.run_out("clone", "-d", str(image), *names)
+        per = [(float(a), float(b)) for a, b in re.findall(
+            r"mapped in ([\d.]+) ms, restored ([\d.]+) ms", report + report2)]
+        for name in names:
+            self.wait_console(name, b"idle ").kill()  # running
+        clone_memory = [memory_of(domain_pid(n)) for n in names]
+        self.run("destroy", "idle")
+        console.wait(TIMEOUT)
+        self.run("restore", str(image))
+        self.wait_console("idle", b"idle ").kill()
+        plain = memory_of(domain_pid("idle"))
+        for name in ["idle", "clone0", *names]:
+            self.run("destroy", name)
+        return {"first": first, "many": many, "per": per, "clone_memory": clone_memory,
+                "plain_memory": plain, "image": image.stat().st_size}
+
     def stop(self) -> None:
         subprocess.run([*self.cmd, "daemon", "--stop"], env=self.env, check=False,
                        capture_output=True, timeout=60)
@@ -174,27 +368,74 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--memory", type=int, default=256, help="guest RAM in MiB")
+    p.add_argument("--rate", type=int, default=3000,
+                   help="pages a second the migrated guest dirties (a multiple of 1000)")
+    p.add_argument("--clones", type=int, default=4)
+    p.add_argument("--parts", default="save,migrate,clone",
+                   help="which of save, migrate, clone to run (comma-separated)")
     args = p.parse_args()
+    parts = set(args.parts.split(","))
     if shutil.which(QEMU) is None:
         sys.exit(f"snapshot: {QEMU} is not installed (scripts/install-deps)")
     build_guest(GUEST)
+    build_guest(DIRTY)
     results: dict[str, list[tuple[float, float, int]]] = {"xenopus": [], "qemu": []}
+    migrations: dict[str, list[tuple[float, ...]]] = {"xenopus": [], "qemu": []}
     with tempfile.TemporaryDirectory(prefix="xenopus-snapshot-") as d:
         tmp = Path(d)
         xen = Xenopus(tmp, args.memory)
         try:
-            xen.round(tmp / "warm.img")
-            qemu_run(tmp, args.memory, tmp / "warm-qemu.img")
-            for _ in range(args.runs):
-                results["xenopus"].append(xen.round(tmp / "x.img"))
-                results["qemu"].append(qemu_run(tmp, args.memory, tmp / "q.img"))
+            if "save" in parts:
+                xen.round(tmp / "warm.img")
+                qemu_run(tmp, args.memory, tmp / "warm-qemu.img")
+                for _ in range(args.runs):
+                    results["xenopus"].append(xen.round(tmp / "x.img"))
+                    results["qemu"].append(qemu_run(tmp, args.memory, tmp / "q.img"))
+            if "migrate" in parts:
+                for _ in range(args.runs):
+                    migrations["xenopus"].append(xen.migrate(tmp, args.memory, args.rate))
+                    migrations["qemu"].append(qemu_migrate(tmp, args.memory, args.rate))
+            if "clone" in parts:
+                clones = xen.clones(tmp, args.memory, args.clones)
+                qemu_memory = qemu_restored_memory(tmp, args.memory)
         finally:
             xen.stop()
-    print(f"guest: {GUEST.name}, {args.memory} MiB, {args.runs} runs (median [min - max])")
-    for name, runs in results.items():
-        print(row(f"{name} save", [r[0] for r in runs], 1e3, "ms"))
-        print(row(f"{name} restore", [r[1] for r in runs], 1e3, "ms"))
-        print(row(f"{name} image size", [float(r[2]) for r in runs], 1 / 2**20, "MiB"))
+    if "save" in parts:
+        print(f"guest: {GUEST.name}, {args.memory} MiB, {args.runs} runs "
+              "(median [min - max])")
+        for name, runs in results.items():
+            print(row(f"{name} save", [r[0] for r in runs], 1e3, "ms"))
+            print(row(f"{name} restore", [r[1] for r in runs], 1e3, "ms"))
+            print(row(f"{name} image size", [float(r[2]) for r in runs], 1 / 2**20, "MiB"))
+    if "migrate" in parts:
+        print(f"live migration: {DIRTY.name} dirtying {args.rate} pages/s "
+              f"({args.rate * 4096 / 2**20:.0f} MiB/s) of 64 MiB, over a pipe, "
+              f"{args.runs} runs")
+        for name, runs in migrations.items():
+            print(row(f"{name} migrate total", [r[0] for r in runs], 1e3, "ms"))
+            if name == "xenopus":
+                print(row("  of which the stream", [r[2] for r in runs], 1e3, "ms"))
+            print(row(f"{name} migrate downtime", [r[1] for r in runs], 1e3, "ms"))
+    if "clone" in parts:
+        print_clones(clones, qemu_memory, args)
+
+
+def print_clones(clones: dict, qemu_memory: dict[str, int], args: argparse.Namespace) -> None:
+    per = clones["per"]
+    print(f"clone: {DIRTY.name} ({CLONE_CMDLINE}: {CLONE_MIB} MiB written, then idle), "
+          f"{args.memory} MiB, image {clones['image'] / 2**20:.1f} MiB, {args.clones} clones")
+    print(f"{'xenopus clone DOM (wall)':<26}{clones['first'] * 1e3:10.1f} ms  "
+          "(saves DOM, then one clone)")
+    print(f"{'xenopus clone FILE (wall)':<26}{clones['many'] * 1e3:10.1f} ms  "
+          f"({args.clones} clones, the image copied once)")
+    print(row("  restore, RAM mapped", [a / 1e3 for a, _ in per], 1e3, "ms"))
+    print(row("  process start->restored", [b / 1e3 for _, b in per], 1e3, "ms"))
+    for label, mem in [*((f"  clone {i + 1} memory", m)
+                         for i, m in enumerate(clones["clone_memory"])),
+                       ("xenopus restored memory", clones["plain_memory"]),
+                       ("qemu restored memory", qemu_memory)]:
+        print(f"{label:<26}Rss {mem['Rss'] / 1024:7.1f} MiB  Pss {mem['Pss'] / 1024:7.1f} MiB"
+              f"  Anonymous {mem['Anonymous'] / 1024:7.1f} MiB")
 
 
 if __name__ == "__main__":

@@ -25,7 +25,11 @@ from typing import BinaryIO
 Buffer = bytes | bytearray | memoryview
 
 MAGIC = b"XENOPUS\x00"
-VERSION = 1
+# 2: PAGE_DATA pads its frame list so that page contents start at a stream offset that
+# is a multiple of the page size (a file's pages can be mapped copy-on-write: clones).
+# Version 1 streams (contents right after the frames) are still read.
+VERSION = 2
+READ_VERSIONS = (1, 2)
 
 # Image header options (bit 0: the byte order of everything after the image header).
 OPTION_BIG_ENDIAN = 1 << 0
@@ -52,8 +56,10 @@ REC_END = 0x0000_0000
 REC_PAGE_DATA = 0x0000_0001
 REC_PART = 0x0000_0002
 REC_DOMAIN_CONFIG = 0x0000_0003
+# Optional record types (a reader may skip them).
+REC_ROUND = OPTIONAL | 0x0000_0001
 RECORD_NAMES = {REC_END: "END", REC_PAGE_DATA: "PAGE_DATA", REC_PART: "PART",
-                REC_DOMAIN_CONFIG: "DOMAIN_CONFIG"}
+                REC_DOMAIN_CONFIG: "DOMAIN_CONFIG", REC_ROUND: "ROUND"}
 
 # A body larger than a full PAGE_DATA batch (the largest record written) is refused before
 # it is read: a corrupt length must not make the reader allocate or wait for gigabytes.
@@ -61,11 +67,16 @@ PAGE_DATA_BATCH = 1024
 
 
 def max_body_length(page_size: int) -> int:
-    return 8 + PAGE_DATA_BATCH * (8 + page_size)
+    """A full PAGE_DATA batch, with the most alignment padding (version 2) a body can have."""
+    return 8 + PAGE_DATA_BATCH * (8 + page_size) + page_size - ALIGN
 
 
 MAX_BODY_LENGTH = max_body_length(4096)
-# PAGE_DATA: count, reserved, then `count` page frame numbers, then the pages.
+# ROUND: the pre-copy round about to be sent (0: the stop-and-copy round), reserved, and
+# how many pages it sends.
+ROUND_BODY = struct.Struct("<IIQ")
+# PAGE_DATA: count, padding octets (version 1: reserved, zero), then `count` page frame
+# numbers, the padding, then the pages.
 _PAGE_DATA_HEAD = struct.Struct("<II")
 
 
@@ -137,6 +148,7 @@ class StreamPosition:
     index: int
     arch: int
     page_shift: int
+    version: int = VERSION
 
 
 def read_domain_config(inp: BinaryIO) -> tuple[object, StreamReader]:
@@ -155,6 +167,11 @@ def _pad(length: int) -> int:
 
 
 _ZEROS = bytes(ALIGN)
+_PAGE_ZEROS = bytes(1 << 16)  # the largest page size a stream may have
+
+
+def _page_padding(n: int) -> memoryview:
+    return memoryview(_PAGE_ZEROS)[:n]
 
 
 class StreamWriter:
@@ -215,8 +232,17 @@ class StreamWriter:
             raise ValueError(f"a PAGE_DATA record holds 1..{PAGE_DATA_BATCH} pages")
         if sum(memoryview(d).nbytes for d in data) != len(frames) * self.page_size:
             raise ValueError(f"PAGE_DATA contents are not {len(frames)} pages")
-        head = _PAGE_DATA_HEAD.pack(len(frames), 0)
-        self.record(REC_PAGE_DATA, head, struct.pack(f"<{len(frames)}Q", *frames), *data)
+        # Zeros after the frames so the first page starts at a multiple of the page size.
+        before = self.offset + RECORD_HEADER_SIZE + _PAGE_DATA_HEAD.size + 8 * len(frames)
+        pad = -before % self.page_size
+        head = _PAGE_DATA_HEAD.pack(len(frames), pad)
+        self.record(REC_PAGE_DATA, head, struct.pack(f"<{len(frames)}Q", *frames),
+                    _page_padding(pad), *data)
+
+    def round(self, number: int, pages: int) -> None:
+        """A ROUND record: live pre-copy round `number` (0: stop-and-copy) sends `pages`
+        pages next. A hint for whoever watches the stream go by (a progress bar)."""
+        self.record(REC_ROUND, ROUND_BODY.pack(number, 0, pages))
 
     def end(self) -> None:
         self.record(REC_END)
@@ -239,6 +265,8 @@ class Record:
         self._expected = crc
         self._crc = zlib.crc32(_TYPE_AND_LENGTH.pack(rtype, length))
         self.finished = False
+        self.data_offset = -1  # PAGE_DATA: where the page contents start (page_frames)
+        self.unchecked = False  # some of the body was skipped unread: no CRC to compare
 
     @property
     def optional(self) -> bool:
@@ -277,7 +305,7 @@ class Record:
         pad = bytearray(_pad(self.length))
         self._reader._fill(memoryview(pad), self)
         self.finished = True
-        if self._crc != self._expected:
+        if self._crc != self._expected and not self.unchecked:
             raise self.error(StreamChecksumError,
                              f"checksum mismatch (stored {self._expected:#010x}, "
                              f"computed {self._crc:#010x})")
@@ -303,15 +331,47 @@ class Record:
 
     def page_frames(self) -> list[int]:
         """A PAGE_DATA record's frame numbers; the page contents follow (read them with
-        `readinto`, one page at a time, then `finish`)."""
-        count, reserved = _PAGE_DATA_HEAD.unpack(self.read(_PAGE_DATA_HEAD.size))
-        page_size = self._reader.header.page_size
-        if not 0 < count <= PAGE_DATA_BATCH or reserved:
+        `readinto`, or `skip` them where they are mapped from the file, then `finish`),
+        starting at stream offset `data_offset`."""
+        count, pad = _PAGE_DATA_HEAD.unpack(self.read(_PAGE_DATA_HEAD.size))
+        header = self._reader.header
+        page_size = header.page_size
+        if not 0 < count <= PAGE_DATA_BATCH:
             raise self.error(StreamRecordError, f"bad PAGE_DATA count {count}")
-        if self.length != _PAGE_DATA_HEAD.size + count * (8 + page_size):
+        if header.version == 1 and pad:
+            raise self.error(StreamRecordError, f"reserved PAGE_DATA field is {pad:#x}")
+        if self.length != _PAGE_DATA_HEAD.size + 8 * count + pad + count * page_size:
             raise self.error(StreamRecordError,
                              f"PAGE_DATA of {count} pages cannot be {self.length} octets")
-        return list(struct.unpack(f"<{count}Q", self.read(8 * count)))
+        frames = list(struct.unpack(f"<{count}Q", self.read(8 * count)))
+        if pad:
+            if pad >= page_size:
+                raise self.error(StreamRecordError, f"PAGE_DATA padding of {pad} octets")
+            if any(self.read(pad)):
+                raise self.error(StreamRecordError, "non-zero PAGE_DATA padding")
+        self.data_offset = self._reader.offset
+        if header.version >= 2 and self.data_offset % page_size:
+            raise self.error(StreamRecordError,
+                             f"PAGE_DATA contents at offset {self.data_offset}, not "
+                             "page-aligned")
+        return frames
+
+    def skip(self, data: Buffer | int) -> None:
+        """Seek past the next body octets instead of reading them (pages mapped from the
+        file there): `data` is those octets, read elsewhere, to checksum; or their number,
+        unchecked: the record's CRC is then not compared (a caller that verified the
+        whole stream before, once for many readers)."""
+        n = data if isinstance(data, int) else memoryview(data).nbytes
+        if n > self.remaining:
+            raise self.error(StreamRecordError,
+                             f"body too short: {n} more octets needed, {self.remaining} left")
+        self._reader.inp.seek(n, 1)
+        self._reader.offset += n
+        if isinstance(data, int):
+            self.unchecked = True
+        else:
+            self._crc = zlib.crc32(memoryview(data).cast("B"), self._crc)
+        self.remaining -= n
 
 
 class StreamReader:
@@ -329,9 +389,10 @@ class StreamReader:
             raise StreamHeaderError(f"not a xenopus stream (magic {bytes(magic)!r})", offset=0)
         if zlib.crc32(raw[: IMAGE_HEADER_SIZE - 4]) != crc:
             raise StreamHeaderError("image header checksum mismatch", offset=0)
-        if version != VERSION:
-            raise StreamHeaderError(f"stream version {version}; this xenopus reads {VERSION}",
-                                    offset=0)
+        if version not in READ_VERSIONS:
+            raise StreamHeaderError(
+                f"stream version {version}; this xenopus reads versions "
+                f"{', '.join(map(str, READ_VERSIONS))}", offset=0)
         if options & OPTION_BIG_ENDIAN:
             raise StreamHeaderError("big-endian stream; this xenopus reads little-endian",
                                     offset=0)
@@ -360,7 +421,9 @@ class StreamReader:
         sharing the file) has read up to `position`, between two records."""
         reader = cls.__new__(cls)
         reader._start(inp, known, offset=position.offset, index=position.index)
-        reader.header = StreamHeader(VERSION, position.arch, position.page_shift)
+        if position.version not in READ_VERSIONS:
+            raise StreamHeaderError(f"stream version {position.version}", offset=0)
+        reader.header = StreamHeader(position.version, position.arch, position.page_shift)
         reader.max_body = max_body_length(reader.header.page_size)
         return reader
 
@@ -370,7 +433,7 @@ class StreamReader:
             self._current.finish()
             self._current = None
         return StreamPosition(self.offset, self.index, self.header.arch,
-                              self.header.page_shift)
+                              self.header.page_shift, self.header.version)
 
     def _fill(self, view: memoryview, record: Record | None) -> None:
         got = 0

@@ -5,6 +5,7 @@ guest memory with paging off (guest-virtual = guest-physical), on a stand-in mac
 from __future__ import annotations
 
 import ctypes
+import io
 import os
 import shutil
 import subprocess
@@ -14,7 +15,9 @@ from types import SimpleNamespace
 import pytest
 
 from xenopus.kvm import uapi as u
+from xenopus.memory import image
 from xenopus.memory.guest import GuestMemory
+from xenopus.stream import REC_PAGE_DATA, REC_PART, StreamReader, StreamWriter
 from xenopus.xen import abi
 from xenopus.xen.domain import XenDomain
 from xenopus.xen.evtchn import State
@@ -860,3 +863,58 @@ def test_grant_mapping_is_a_p2m_entry_above_ram(plat, mem) -> None:
     plat.close()  # gnttab_release_mappings: the entry's in-use flags go with the mapper
     assert mem.read_u16(0x30 * 4096 + 8 * 9) == abi.GTF_permit_access
     assert plat.p2m.grant_maps == set()
+
+
+def test_frames_beyond_ram_and_time_areas_survive_a_save_through_the_stream(mem) -> None:
+    """The p2m (ballooned RAM frames, extents populated above RAM, Xen pages there), the
+    pages outside RAM and the secondary time areas travel in the `xen` part and the
+    PAGE_DATA after it (docs/snapshot-stream.md), into a domain built alike."""
+    dec, pop = abi.XENMEM_decrease_reservation, abi.XENMEM_populate_physmap
+    src = XenDomain(DOMID, FakeMachine(mem), HypercallTable(), console_out=print,
+                    max_pages=1024 + 8)
+    target_mem = GuestMemory.create(4 << 20)
+    dst = XenDomain(DOMID, FakeMachine(target_mem), HypercallTable(), console_out=print,
+                    max_pages=1024 + 8)
+    try:
+        assert _reservation(src, mem, dec, [0x100, 0x101]) == 2
+        assert _reservation(src, mem, pop, [0x1000], order=2) == 1
+        mem.write(0x1002 * 4096, b"populated above RAM")
+        assert _map(src, mem, abi.XENMAPSPACE_shared_info, 0, ABOVE_RAM) == 0
+        mem.write_u32(ABOVE_RAM * 4096 + 0x800, 0xC0FFEE)
+        src.set_time_area(1, 0x30000)
+        # As snapshot.save writes it: RAM, the parts (here the Xen one), then the pages
+        # outside RAM.
+        out = io.BytesIO()
+        w = StreamWriter(out)
+        image.save_pages(mem, w)
+        w.part("xen", "xen", src.save_state())
+        image.send_pages(mem, w, image.nonzero_pages(mem, extra=True))
+        w.end()
+        image.discard(target_mem)
+        for rec in StreamReader(io.BytesIO(out.getvalue())):
+            if rec.type == REC_PAGE_DATA:
+                image.restore_pages(target_mem, rec)
+            elif rec.type == REC_PART:
+                dst.restore_state(rec.part()[2])
+        assert dst.p2m.ballooned == {0x100, 0x101}
+        assert dst.p2m.populated == {0x1000: 4} and dst.p2m.xen_pages == {ABOVE_RAM}
+        assert _current(dst, target_mem) == 1024 - 2 + 4  # charged as before
+        assert target_mem.read(0x1002 * 4096, 19) == b"populated above RAM"
+        assert target_mem.read_u32(ABOVE_RAM * 4096 + 0x800) == 0xC0FFEE
+        assert dst.shared_info == ABOVE_RAM * 4096
+        assert dst.time_areas == {1: 0x30000}
+        # A saved state naming frames this domain cannot have is refused, by frame.
+        state = src.save_state()
+        state["p2m"]["ballooned"] = [0x5000]  # type: ignore[index]
+        other = XenDomain(DOMID, FakeMachine(GuestMemory.create(4 << 20)), HypercallTable(),
+                          console_out=print)
+        try:
+            with pytest.raises(ValueError, match="ballooned frame 0x5000 is not RAM"):
+                other.restore_state(state)
+        finally:
+            other.close()
+            other.memory.close()
+    finally:
+        src.close()
+        dst.close()
+        target_mem.close()

@@ -62,7 +62,7 @@ def test_image_header_layout_is_big_endian_as_documented():
     assert len(data) == 24 + 16  # image header + an END record
     assert data[:8] == b"XENOPUS\x00"
     version, options, arch, page_shift = struct.unpack(">IHHB", data[8:17])
-    assert (version, options, arch, page_shift) == (1, 0, 1, 12)
+    assert (version, options, arch, page_shift) == (2, 0, 1, 12)
     assert data[17:20] == bytes(3)
     assert struct.unpack(">I", data[20:24])[0] == zlib.crc32(data[:20])
 
@@ -117,7 +117,7 @@ def test_a_checksum_error_in_a_skipped_optional_record_is_still_caught():
     ("patch", "error", "message"),
     [
         (lambda d: d.__setitem__(slice(0, 8), b"NOTXENOP"), s.StreamHeaderError, "not a xenopus"),
-        (lambda d: d.__setitem__(slice(8, 12), struct.pack(">I", 2)), s.StreamHeaderError, "checksum"),
+        (lambda d: d.__setitem__(slice(8, 12), struct.pack(">I", 1)), s.StreamHeaderError, "checksum"),
     ],
 )
 def test_header_errors(patch, error, message):
@@ -127,7 +127,7 @@ def test_header_errors(patch, error, message):
         _read_all(bytes(data))
 
 
-def _with_header(version: int = 1, options: int = 0, arch: int = 1, shift: int = 12) -> bytes:
+def _with_header(version: int = 2, options: int = 0, arch: int = 1, shift: int = 12) -> bytes:
     head = struct.pack(">8sIHHB3x", b"XENOPUS\x00", version, options, arch, shift)
     return head + struct.pack(">I", zlib.crc32(head)) + _image([])[24:]
 
@@ -135,7 +135,8 @@ def _with_header(version: int = 1, options: int = 0, arch: int = 1, shift: int =
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
-        ({"version": 2}, "stream version 2; this xenopus reads 1"),
+        ({"version": 3}, "stream version 3; this xenopus reads versions 1, 2"),
+        ({"version": 0}, "stream version 0"),
         ({"options": 1}, "big-endian"),
         ({"options": 4}, "unknown image options"),
         ({"arch": 9}, "unknown architecture 9"),
@@ -234,3 +235,80 @@ def test_page_data_contents_must_be_whole_pages_matching_the_frames():
         w.pages([1, 2], [bytes(4096)])
     with pytest.raises(ValueError, match="1..1024 pages"):
         w.pages([], [])
+
+
+def test_page_contents_start_page_aligned_in_the_stream_whatever_came_before():
+    out = io.BytesIO()
+    w = s.StreamWriter(out)
+    w.record(s.REC_PART, b"x" * 13)  # the next record starts at no page boundary
+    w.pages([7, 8, 100], [bytes([1]) * 8192, bytes([2]) * 4096])
+    w.pages([3], [bytes([3]) * 4096])
+    w.end()
+    data = out.getvalue()
+    r = s.StreamReader(io.BytesIO(data))
+    recs = iter(r)
+    next(recs).body()
+    seen = []
+    for rec in recs:
+        frames = rec.page_frames()
+        assert rec.data_offset % 4096 == 0
+        page = rec.read(4096)
+        assert data[rec.data_offset : rec.data_offset + 4096] == page  # really there
+        seen.append((frames, page[0]))
+        rec.finish()
+    assert seen == [([7, 8, 100], 1), ([3], 3)]
+
+
+def _v1_page_record(frames: list[int], pages: bytes) -> bytes:
+    """A PAGE_DATA record as version 1 wrote it: the pages right after the frames."""
+    body = struct.pack("<II", len(frames), 0) + struct.pack(f"<{len(frames)}Q", *frames) + pages
+    crc = zlib.crc32(struct.pack("<II", s.REC_PAGE_DATA, len(body)) + body)
+    return struct.pack("<IIII", s.REC_PAGE_DATA, len(body), crc, 0) + body
+
+
+def test_a_version_1_stream_is_still_read():
+    data = _with_header(version=1)[:24] + _v1_page_record([5], b"\x09" * 4096) + _image([])[24:]
+    r = s.StreamReader(io.BytesIO(data))
+    assert r.header.version == 1
+    rec = r.next_record()
+    assert rec.page_frames() == [5]
+    assert rec.data_offset == 24 + 16 + 8 + 8  # not aligned: such an image cannot be cloned
+    assert rec.read(4096) == b"\x09" * 4096
+    rec.finish()
+    assert r.next_record().type == s.REC_END
+    # position()/resume carry the version: a resumed reader reads version 1 records too
+    r = s.StreamReader(io.BytesIO(data))
+    pos = r.position()
+    assert pos.version == 1
+    f = io.BytesIO(data)
+    f.seek(pos.offset)
+    assert s.StreamReader.resume(f, pos).next_record().page_frames() == [5]
+
+
+def test_a_version_1_page_record_with_padding_is_refused():
+    body = struct.pack("<II", 1, 8) + struct.pack("<Q", 5) + bytes(8) + bytes(4096)
+    crc = zlib.crc32(struct.pack("<II", s.REC_PAGE_DATA, len(body)) + body)
+    data = (_with_header(version=1)[:24] + struct.pack("<IIII", s.REC_PAGE_DATA, len(body), crc, 0)
+            + body + _image([])[24:])
+    with pytest.raises(s.StreamRecordError, match="reserved PAGE_DATA field"):
+        s.StreamReader(io.BytesIO(data)).next_record().page_frames()
+
+
+def test_version_2_padding_must_be_zero_and_align_the_pages():
+    out = io.BytesIO()
+    w = s.StreamWriter(out)
+    w.pages([1], [bytes(4096)])
+    w.end()
+    good = out.getvalue()
+    bad = bytearray(good)
+    bad[24 + 16 + 16] = 1  # a padding octet
+    with pytest.raises(s.StreamRecordError, match="non-zero PAGE_DATA padding"):
+        s.StreamReader(io.BytesIO(bytes(bad))).next_record().page_frames()
+    # the same record 16 octets later (after an empty optional record): the pages it
+    # carries would no longer be page-aligned
+    rec_len = struct.unpack("<I", good[28:32])[0]
+    record = good[24 : 24 + 16 + rec_len]
+    shifted = good[:24] + _image([(s.OPTIONAL | 9, b"")])[24:40] + record + good[24 + 16 + rec_len:]
+    with pytest.raises(s.StreamRecordError, match="not page-aligned"):
+        it = iter(s.StreamReader(io.BytesIO(shifted)))
+        next(it).page_frames()

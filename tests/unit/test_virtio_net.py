@@ -474,3 +474,25 @@ def test_rx_malformed_chain_is_refused_and_the_next_one_used(rig: Rig) -> None:
     udp = parse_udp(rig.mem.read(gpa + 12, used[1][1] - 12))
     assert udp is not None and udp.payload == b"after the bad one"
     assert not rig.dev.needs_reset_flag
+
+
+def test_a_restored_device_keeps_its_own_mac_as_a_clone_needs(link: Link) -> None:  # noqa: F811
+    """The MAC is configuration, not state: a device restored from another's state (a
+    clone, built under a new name) shows its own MAC, with a new config generation."""
+    saved = VirtioNet(Tap(os.dup(link.tap.fd), link.tap.name, link.tap.vnet_hdr_len), PEER_MAC)
+    state = saved.save_state()
+    saved.close()
+    own = bytes.fromhex("00163e000001")
+    clone = VirtioNet(Tap(os.dup(link.tap.fd), link.tap.name, link.tap.vnet_hdr_len), own)
+    same = VirtioNet(Tap(os.dup(link.tap.fd), link.tap.name, link.tap.vnet_hdr_len), PEER_MAC)
+    try:
+        clone.restore_state(state)
+        assert bytes(clone.config[:6]) == own
+        assert bytes(clone.config[6:]) == bytes(state["config"][6:])  # the rest as saved
+        assert clone.config_generation == (state["config_generation"] + 1) & 0xFF
+        same.restore_state(state)  # a plain restore: nothing changes
+        assert bytes(same.config) == bytes(state["config"])
+        assert same.config_generation == state["config_generation"]
+    finally:
+        clone.close()
+        same.close()

@@ -116,11 +116,11 @@ def test_a_damaged_image_is_refused_by_record_and_leaves_nothing(
     assert "damaged" not in xenopus.domains()
 
     wrong = bytearray(data)
-    wrong[8:12] = (2).to_bytes(4, "big")  # the header's version (big-endian), and its CRC
+    wrong[8:12] = (3).to_bytes(4, "big")  # the header's version (big-endian), and its CRC
     wrong[20:24] = zlib.crc32(wrong[:20]).to_bytes(4, "big")
     (tmp_path / "wrong.img").write_bytes(bytes(wrong))
     r = xenopus.run("restore", str(tmp_path / "wrong.img"))
-    assert r.returncode != 0 and "stream version 2" in r.stderr, r.stderr
+    assert r.returncode != 0 and "stream version 3" in r.stderr, r.stderr
     assert "damaged" not in xenopus.domains()
 
     # The whole image still restores, under the domid the daemon gives next.

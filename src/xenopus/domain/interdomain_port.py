@@ -434,6 +434,9 @@ class InterdomainPort:
             self._reply(msg, {"rc": -abi.XEN_ESRCH})
             return
         regions = cur.memory.regions
+        if any(r.private for r in regions):  # a clone's RAM: no memfd another process can map
+            self._reply(msg, {"rc": -abi.XEN_EOPNOTSUPP})
+            return
         self._reply(msg, {
             "rc": 0, "regions": [[r.gpa, r.size] for r in regions],
             "frames": {str(k): v for k, v in dict(cur.grants.frames).items()},

@@ -17,6 +17,7 @@ import resource
 import socket
 import stat
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import BinaryIO
@@ -126,6 +127,7 @@ class DomainProcess:
         self.crash_backoff = RestartBackoff()
         self._boot_state: CpuState | None = None  # where they start (None: as restored)
         self.busy: str | None = None  # a save or restore under way: no live step meanwhile
+        self.born = time.monotonic()  # when the process started (run_domain sets it)
         self._work: set[asyncio.Task[None]] = set()
         self.debug = DebugLog(domid, self.hv_log)
         self._writer: asyncio.StreamWriter | None = None
@@ -481,7 +483,7 @@ class DomainProcess:
                     self._set_state("paused")
                 toolstack = {"xenstore": req.args["xenstore"]} if req.args.get("xenstore") else {}
                 stats = await asyncio.to_thread(self._write_image, guest, out, config, live,
-                                                toolstack)
+                                                toolstack, req.args.get("durable", True))
                 if live:
                     self._set_state("paused")
         except BaseException:
@@ -498,11 +500,11 @@ class DomainProcess:
 
     @staticmethod
     def _write_image(guest: Guest, out: BinaryIO, config: object, live: bool,
-                     toolstack: dict[str, object]) -> snapshot.Stats:
+                     toolstack: dict[str, object], durable: bool = True) -> snapshot.Stats:
         stats = snapshot.save(guest.inventory, out, config,
                               live=guest.machine if live else None, toolstack=toolstack)
         fd = out.fileno()
-        if stat.S_ISREG(os.fstat(fd).st_mode):
+        if durable and stat.S_ISREG(os.fstat(fd).st_mode):
             os.fsync(fd)  # on disk before the CLI renames it into place
         return stats
 
@@ -521,13 +523,19 @@ class DomainProcess:
             inp.close()
             return Reply.failure("domain has already run; a restore needs a fresh one"
                                  if self._started else "restore needs the stream position")
+        clone = bool(req.args.get("clone"))  # RAM mapped copy-on-write from the file
         with inp:
+            if clone and not stat.S_ISREG(os.fstat(inp.fileno()).st_mode):
+                return Reply.failure("a clone maps its image: it must be a regular file")
             reader = stream.StreamReader.resume(inp, stream.StreamPosition(**position))
-            stats = await asyncio.to_thread(snapshot.restore, guest.inventory, reader)
+            stats = await asyncio.to_thread(snapshot.restore, guest.inventory, reader,
+                                            clone_fd=inp.fileno() if clone else None,
+                                            verified=bool(req.args.get("verified")))
         self._boot_state = None  # the vCPUs carry on from the image
         if not req.args.get("paused"):
             self._run_vcpus()
         return Reply.success(pages=stats.pages, octets=stats.octets, seconds=stats.seconds,
+                             since_start=time.monotonic() - self.born,
                              xenstore=stats.toolstack.get("xenstore"))
 
     async def _serve_control(self, reader: asyncio.StreamReader) -> None:
@@ -673,6 +681,7 @@ def run_domain(
 ) -> int:
     """Entry point of a new domain process: an exec'd spare (`fresh_layout`, an
     address-space layout of its own) or a fork of the zygote (the zygote's layout)."""
+    born = time.monotonic()
     domid, cfg = spawn.domid, spawn.config
     set_process_title(f"xenopus: domain {domid} ({cfg.name})")
     handler = logging.StreamHandler(ipc.open_log(Path(spawn.run_dir) / "log" / f"{cfg.name}.log"))
@@ -691,6 +700,7 @@ def run_domain(
         domid, cfg, control, Path(spawn.run_dir), paused=spawn.paused, xenstore=xenstore,
         interdomain=interdomain, jail=jail,
     )
+    proc.born = born
     try:
         return asyncio.run(proc.run())
     except Exception:

@@ -36,6 +36,7 @@ from xenopus.stream import (
     REC_DOMAIN_CONFIG,
     REC_PAGE_DATA,
     REC_PART,
+    REC_ROUND,
     StateError,
     StreamReader,
     StreamRecordError,
@@ -147,6 +148,7 @@ def save(inventory: Inventory, out: BinaryIO, config: object = None, *,
                 # process wrote (devices, Xen), which KVM's log does not see.
                 final = sorted(set(pending) | set(live.dirty_pages()))
                 final += image.changed_pages(memory.memory, sums, set(final))
+                writer.round(0, len(final))
                 stats.pages += image.send_pages(memory.memory, writer, sorted(final))
                 stats.last_round = len(final)
             for part in parts:
@@ -154,6 +156,11 @@ def save(inventory: Inventory, out: BinaryIO, config: object = None, *,
                 stats.parts += 1
                 if isinstance(part, MemoryPart):
                     stats.pages += image.save_pages(part.memory, writer)
+            if memory is not None and memory.memory.extra:
+                # Pages outside RAM (Xen's p2m): after the `xen` part, whose restore
+                # makes them addressable again.
+                extra = image.nonzero_pages(memory.memory, extra=True)
+                stats.pages += image.send_pages(memory.memory, writer, extra)
             for name, state in (toolstack or {}).items():
                 writer.part(TOOLSTACK, name, state)
             writer.end()
@@ -171,10 +178,13 @@ def _precopy(memory: MemoryPart, writer: StreamWriter, live: LiveMachine,
     """Live pre-copy: every page once, then round after round the pages the guest wrote
     meanwhile (KVM's dirty log), while their number keeps shrinking and is worth another
     round; returns the pages dirtied since the last round sent, for the stop-and-copy."""
-    stats.pages += image.save_pages(memory.memory, writer, sums)
+    pages = image.nonzero_pages(memory.memory)
+    writer.round(1, len(pages))
+    stats.pages += image.send_pages(memory.memory, writer, pages, sums)
     stats.rounds = 1
     dirty = live.dirty_pages()
     while len(dirty) > STOP_AND_COPY_PAGES and stats.rounds < MAX_ROUNDS:
+        writer.round(stats.rounds + 1, len(dirty))
         stats.pages += image.send_pages(memory.memory, writer, dirty, sums)
         stats.rounds += 1
         again = live.dirty_pages()
@@ -184,12 +194,16 @@ def _precopy(memory: MemoryPart, writer: StreamWriter, live: LiveMachine,
     return dirty
 
 
-def restore(inventory: Inventory, inp: BinaryIO | StreamReader) -> Stats:
+def restore(inventory: Inventory, inp: BinaryIO | StreamReader, *,
+            clone_fd: int | None = None, verified: bool = False) -> Stats:
     """Read a stream `save` wrote (from its start, or from a reader that has taken its
     DOMAIN_CONFIG: `stream.read_domain_config`) into the parts of a guest built from that
-    config, not started. Every part of the guest must get a state and every state a part; a part
-    refusing its state, a damaged stream or a missing part raises (`StreamError`,
-    `StateError`, `KvmError`) naming it. The caller then starts the machine without a
+    config, not started. With `clone_fd` (the image file the stream is read from, a
+    regular file), RAM is not read but mapped copy-on-write from it (a clone); `verified`:
+    its page CRCs were checked before (by the toolstack, once for all clones). Every
+    part of the guest must get a state and every state a part; a part refusing its
+    state, a damaged stream or a missing part raises (`StreamError`, `StateError`,
+    `KvmError`) naming it. The caller then starts the machine without a
     boot state."""
     started = time.monotonic()
     stats = Stats()
@@ -204,10 +218,17 @@ def restore(inventory: Inventory, inp: BinaryIO | StreamReader) -> Stats:
                 raise record.error(StreamRecordError, "DOMAIN_CONFIG after other records")
             record.finish()  # the guest was built from it (or from a config given instead)
             continue
+        if record.type == REC_ROUND:  # a progress hint
+            record.finish()
+            continue
         if record.type == REC_PAGE_DATA:
             if memory is None:
                 raise record.error(StreamRecordError, "PAGE_DATA before the memory part")
-            stats.pages += image.restore_pages(memory.memory, record)
+            if clone_fd is None:
+                stats.pages += image.restore_pages(memory.memory, record)
+            else:
+                stats.pages += image.map_pages(memory.memory, record, clone_fd,
+                                               verified=verified)
             continue
         kind, name, state = record.part()
         if kind == TOOLSTACK:
@@ -228,6 +249,8 @@ def restore(inventory: Inventory, inp: BinaryIO | StreamReader) -> Stats:
         stats.parts += 1
         if isinstance(part, MemoryPart):
             memory = part
+            if clone_fd is not None:
+                image.map_clone(part.memory)
     missing = [f"{k} {n}" for k, n in targets if (k, n) not in done]
     if missing:
         raise StateError(f"the stream has no state for {', '.join(missing)}")

@@ -8,6 +8,7 @@ a guest: RAM from 0 up to the 32-bit MMIO hole, the rest from 4 GiB up.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
 import mmap
 import os
@@ -29,14 +30,41 @@ class GuestMemoryError(Exception):
     """A guest-physical access outside the guest's RAM."""
 
 
+# mmap(2) flags Python's mmap module does not export (the same on x86-64 and arm64).
+_MAP_FIXED = 0x10
+_MAP_NORESERVE = 0x4000
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mmap.restype = ctypes.c_void_p
+_libc.mmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                       ctypes.c_int, ctypes.c_long)
+_MAP_FAILED = ctypes.c_void_p(-1).value
+
+
+def _map_over(addr: int, length: int, fd: int, offset: int) -> None:
+    """Replace [addr, addr+length) of this process with a private mapping (MAP_FIXED) of
+    `fd` at `offset`, or of zeros (fd -1): copy-on-write, so writes stay in this process
+    and the file is never written. Whoever holds views of the range keeps them: the
+    address does not change, only what backs it (KVM follows through its MMU notifier)."""
+    flags = mmap.MAP_PRIVATE | _MAP_FIXED | _MAP_NORESERVE
+    if fd < 0:
+        flags |= mmap.MAP_ANONYMOUS
+    got = _libc.mmap(addr, length, mmap.PROT_READ | mmap.PROT_WRITE, flags, fd, offset)
+    if got == _MAP_FAILED or got != addr:
+        err = ctypes.get_errno()
+        raise OSError(err, f"mmap over {addr:#x}+{length:#x}: {os.strerror(err)}")
+
+
 @dataclass
 class MemoryRegion:
     """One contiguous range of guest RAM backed by a memfd mapped into this process."""
 
     gpa: int
     size: int
-    fd: int
+    fd: int  # the memfd behind it; -1 once `private`
     map: mmap.mmap = field(repr=False)
+    # Mapped privately (a clone's RAM, copy-on-write from its image file): no memfd
+    # behind it, so no other process can map it (the interdomain grant view refuses it).
+    private: bool = False
 
     @classmethod
     def create(cls, gpa: int, size: int, name: str = "xenopus-ram") -> MemoryRegion:
@@ -74,9 +102,31 @@ class MemoryRegion:
     @property
     def host_address(self) -> int:
         """The userspace address KVM_SET_USER_MEMORY_REGION needs."""
-        import ctypes
-
         return ctypes.addressof(ctypes.c_char.from_buffer(self.map))
+
+    def make_private(self) -> None:
+        """Back the whole region by private zero pages instead of its memfd (which is
+        closed): what a clone's image is then mapped over (`map_private_file`)."""
+        _map_over(self.host_address, self.size, -1, 0)
+        self.private = True
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def map_private_file(self, offset: int, length: int, fd: int, file_offset: int) -> None:
+        """Map `length` octets of `fd` from `file_offset` copy-on-write at `offset` of this
+        private region (all three page-aligned)."""
+        if not self.private:
+            raise GuestMemoryError("a file is mapped only over a private region")
+        if (offset | length | file_offset) % PAGE_SIZE or offset + length > self.size:
+            raise GuestMemoryError(f"file mapping {offset:#x}+{length:#x} from "
+                                   f"{file_offset:#x}: not page-aligned within the region")
+        _map_over(self.host_address + offset, length, fd, file_offset)
+
+    def zero(self, offset: int, length: int) -> None:
+        """Fresh zero pages over a range of a private region (its discard: MADV_REMOVE
+        needs a shared mapping, MADV_DONTNEED would bring back the file's contents)."""
+        _map_over(self.host_address + offset, length, -1, 0)
 
     def close(self) -> None:
         # A view still alive keeps the mapping; it goes with the process.
@@ -189,7 +239,10 @@ class GuestMemory:
         if gpa % PAGE_SIZE or length % PAGE_SIZE:
             raise GuestMemoryError(f"discard of {gpa:#x}+{length:#x}: not page aligned")
         r, _ = self._find(gpa, length)
-        r.map.madvise(mmap.MADV_REMOVE, gpa - r.gpa, length)
+        if r.private:
+            r.zero(gpa - r.gpa, length)
+        else:
+            r.map.madvise(mmap.MADV_REMOVE, gpa - r.gpa, length)
 
     def write(self, gpa: int, data: bytes | bytearray | memoryview) -> None:
         self.view(gpa, len(data))[:] = data

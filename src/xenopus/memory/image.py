@@ -5,6 +5,10 @@ contents go from guest RAM to the file with no copy in between. Restoring first 
 the target's RAM (every page reads as zero again, as it did in the saved guest for the
 pages not in the stream), then reads each run of consecutive pages straight into the
 mapping.
+
+A clone (`map_clone`, `map_pages`) reads no page: its RAM becomes private zero pages and
+each run of a PAGE_DATA record is mapped copy-on-write from the image file, where
+version 2 of the stream puts page contents at page-aligned offsets.
 """
 
 from __future__ import annotations
@@ -43,12 +47,16 @@ def _populated(fd: int, size: int) -> Iterator[tuple[int, int]]:
         off = end
 
 
-def _nonzero_pages(memory: GuestMemory) -> list[int]:
-    """Guest-physical addresses of every page that is not all zeros."""
+def nonzero_pages(memory: GuestMemory, *, extra: bool = False) -> list[int]:
+    """Guest-physical addresses of every page of RAM (with `extra`: of the regions
+    added outside RAM instead) that is not all zeros."""
     out = []
-    for region in memory.regions:
+    regions = sorted(memory.extra.values(), key=lambda r: r.gpa) if extra else memory.regions
+    for region in regions:
         m = region.map
-        for start, end in _populated(region.fd, region.size):
+        # A private region (a clone's) has no memfd to ask for its holes: every page is read.
+        spans = [(0, region.size)] if region.private else _populated(region.fd, region.size)
+        for start, end in spans:
             for chunk in range(start, end, _CHUNK):
                 stop = min(chunk + _CHUNK, end)
                 if m[chunk:stop] == _ZERO_CHUNK[: stop - chunk]:
@@ -74,7 +82,7 @@ def save_pages(memory: GuestMemory, writer: StreamWriter,
     """Write every non-zero page as PAGE_DATA records; returns how many pages. Each run of
     consecutive pages is one view, so the file sees one write per run. With `sums`, the
     CRC of each page as written is kept there (see `changed_pages`)."""
-    return send_pages(memory, writer, _nonzero_pages(memory), sums)
+    return send_pages(memory, writer, nonzero_pages(memory), sums)
 
 
 def send_pages(memory: GuestMemory, writer: StreamWriter, pages: list[int],
@@ -101,7 +109,7 @@ def changed_pages(memory: GuestMemory, sums: dict[int, int], skip: set[int]) -> 
     """Pages (not in `skip`) whose contents differ from what was sent (their CRC in
     `sums`), or that are non-zero and were never sent: in a live save, what this process
     wrote into guest RAM (devices, Xen), which KVM's dirty log does not see."""
-    candidates = sorted((set(sums) | set(_nonzero_pages(memory))) - skip)
+    candidates = sorted((set(sums) | set(nonzero_pages(memory))) - skip)
     return [gpa for gpa in candidates
             if sums.get(gpa) != zlib.crc32(memory.view(gpa, PAGE_SIZE))]
 
@@ -110,7 +118,57 @@ def discard(memory: GuestMemory) -> None:
     """Give every page of RAM back to the kernel (MADV_REMOVE punches a hole in the memfd,
     which the seals allow); the pages read as zero afterwards. Only while no vCPU runs."""
     for region in memory.regions:
-        region.map.madvise(mmap.MADV_REMOVE, 0, region.size)
+        if region.private:
+            region.zero(0, region.size)
+        else:
+            region.map.madvise(mmap.MADV_REMOVE, 0, region.size)
+
+
+def map_clone(memory: GuestMemory) -> None:
+    """Make every RAM region private zero pages (its memfd closed), for `map_pages` to map
+    an image over: what a clone's process writes stays its own. Only while no vCPU runs."""
+    for region in memory.regions:
+        region.make_private()
+
+
+def map_pages(memory: GuestMemory, record: Record, fd: int, *, verified: bool = False) -> int:
+    """Map one PAGE_DATA record's pages copy-on-write from the image file `fd` (whose
+    offsets are the stream's) into a clone's private RAM (`map_clone`), instead of reading
+    them into it; the record's CRC is checked over the file's octets, unless `verified`
+    (the whole image was, before). Returns how many pages."""
+    frames = record.page_frames()
+    offset = record.data_offset
+    if offset % PAGE_SIZE:
+        raise record.error(StreamRecordError,
+                           "a version 1 image cannot be cloned: its pages are not "
+                           "page-aligned in the file (save the domain again)")
+    end = offset + len(frames) * PAGE_SIZE
+    if os.lseek(fd, 0, os.SEEK_CUR) != offset or os.fstat(fd).st_size < end:
+        raise record.error(StreamRecordError,
+                           "pages cannot be mapped: the file is not the stream from its "
+                           "start, or ends before them")
+    for gpa, n in _runs([frame << PAGE_SHIFT for frame in frames]):
+        try:
+            view = memory.view(gpa, n * PAGE_SIZE)
+        except GuestMemoryError as e:
+            raise record.error(StreamRecordError, str(e)) from None
+        if memory.is_ram(gpa, n * PAGE_SIZE):
+            region = next(r for r in memory.regions if r.gpa <= gpa < r.end)
+            region.map_private_file(gpa - region.gpa, n * PAGE_SIZE, fd, offset)
+            if verified:  # the caller checked the whole image once, for every clone
+                record.skip(n * PAGE_SIZE)
+            else:
+                # The CRC over the file's octets there (pread: the mapping is not touched,
+                # so no page is faulted into this process until the guest uses it).
+                data = os.pread(fd, n * PAGE_SIZE, offset)
+                if len(data) != n * PAGE_SIZE:
+                    raise record.error(StreamRecordError, "the file ends inside its pages")
+                record.skip(data)
+        else:  # a page added outside RAM (Xen's p2m: its own memfd slot): copied
+            record.readinto(view)
+        offset += n * PAGE_SIZE
+    record.finish()
+    return len(frames)
 
 
 def restore_pages(memory: GuestMemory, record: Record) -> int:

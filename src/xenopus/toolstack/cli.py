@@ -722,6 +722,12 @@ def cmd_migrate_receive(args: Namespace) -> int:
     return transfer.migrate_receive(args)
 
 
+def cmd_clone(args: Namespace) -> int:
+    from xenopus.toolstack import transfer
+
+    return transfer.clone(args)
+
+
 def cmd_daemon(args: Namespace) -> int:
     if args.stop:
         from xenopus.client import DaemonUnavailable
@@ -861,6 +867,7 @@ VERBS = (
         Opt(("-p",), "paused", "leave the restored domain paused"),
         Opt(("-e",), "no_wait", "accepted for xl compatibility (the daemon always watches)"),
         Opt(("-d",), "debug", "report what was restored"),
+        Opt(("--clone",), "clone", "map the image's RAM copy-on-write instead of reading it"),
     ), (Pos("paths", "[CFG] FILE", "+", "a config to build from instead of the image's, "
             "and the image"),)),
     Verb("migrate", "move a domain to another host (over `SSHCMD HOST xenopus migrate-receive`)",
@@ -875,6 +882,12 @@ VERBS = (
              Opt(("-e",), "no_wait", "accepted for xl compatibility"),
              Opt(("-d",), "debug", "report what was received"),
          )),
+    Verb("clone", "new running domains NAME... from DOM (saved, left running) or a saved"
+         " FILE, their RAM mapped copy-on-write from one image", "clone", cmd_clone,
+         (Opt(("-p",), "paused", "leave the clones paused"),
+          Opt(("-d",), "debug", "report each clone's restore time")),
+         (Pos("source", "DOM|FILE", None, "a domain, or a file `save` wrote (a path with"
+              " a '/', or a file that exists)"), Pos("names", "NAME", "+"))),
     # -- end of save, restore, migrate --
     Verb("daemon", "run the host daemon in the foreground", "stop", cmd_daemon, (
         Opt(("--stop",), "stop", "stop a running daemon and its domains"),

@@ -1054,18 +1054,48 @@ class Daemon:
     async def _restore(self, req: Request, client: Client) -> Reply:
         """xl restore [-p] [CFG] FILE: a new domain (next domid) built from the image's
         DOMAIN_CONFIG (or CFG), its every part restored, then run (or left paused). A
-        damaged image is refused by record and the half-built domain destroyed."""
+        damaged image is refused by record and the half-built domain destroyed. With
+        `clone` (restore --clone), its RAM is mapped copy-on-write from the image."""
         fd = await self._client_file(client)
+        try:
+            config = self._load_config(req)[0] if req.args.get("path") else None
+        except BaseException:
+            os.close(fd)
+            raise
+        paused = bool(req.args.get("paused"))
+        if req.args.get("clone"):
+            try:
+                image = await asyncio.to_thread(self._private_copy, fd)
+            finally:
+                os.close(fd)
+            try:
+                rec, data = await self._restore_from(image, config, None, paused, clone=True)
+            finally:
+                os.close(image)
+        else:
+            rec, data = await self._restore_from(fd, config, None, paused, clone=False)
+        return Reply.success(domid=rec.domid, name=rec.name, **data)
+
+    async def _restore_from(self, fd: int, config: DomainConfig | None, name: str | None,
+                            paused: bool, *, clone: bool) -> tuple[DomainRecord, dict]:
+        """A new domain restored from the image open at `fd` (closed here, unless a
+        clone's: a clone reads its own read-only open file of the image, so that many
+        clones read one image at once and none can write it), built from `config` or
+        else the image's DOMAIN_CONFIG, renamed `name` if given."""
+        if clone:
+            fd = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
         try:
             with open(fd, "rb", buffering=0, closefd=False) as inp:
                 saved, reader = await asyncio.to_thread(stream.read_domain_config, inp)
                 position = reader.position()
-            if req.args.get("path"):
-                config = self._load_config(req)[0]
-            elif isinstance(saved, dict):
-                config = DomainConfig.from_dict(saved)
-            else:
-                raise RequestError("the image's DOMAIN_CONFIG is not a configuration")
+            if config is None:
+                if not isinstance(saved, dict):
+                    raise RequestError("the image's DOMAIN_CONFIG is not a configuration")
+                config = DomainConfig.from_dict({**saved, "name": name} if name else saved)
+            elif name:
+                config = dataclasses.replace(config, name=name)
+            if name:
+                self._check_clonable(config)
             rec = await self._new_domain(config, paused=True)
         except (stream.StreamError, ConfigError) as e:
             os.close(fd)
@@ -1073,11 +1103,14 @@ class Daemon:
         except BaseException:
             os.close(fd)
             raise
-        paused = bool(req.args.get("paused"))
         try:
             token = await self._hand_over(rec, fd)
             reply = await self._until_answered(rec, Request("restore", {
-                "files": token, "position": dataclasses.asdict(position), "paused": True}))
+                "files": token, "position": dataclasses.asdict(position), "paused": True,
+                # A clone's image is the daemon's own: checked whole when copied in, or
+                # written just now by the source's process; its pages' CRCs are not
+                # checked again by every clone.
+                "clone": clone, "verified": clone}))
             if not reply.ok:
                 raise RequestError(f"cannot restore: {reply.error}")
             data = dict(reply.data)
@@ -1091,7 +1124,103 @@ class Daemon:
         except BaseException:
             await self._destroy(rec)  # nothing half-built stays: the domid and name go
             raise
-        return Reply.success(domid=rec.domid, name=rec.name, **data)
+        return rec, data
+
+    # -- clone (docs/snapshot-stream.md, "Clones") ---------------------------------------
+    def _image_file(self) -> int:
+        """A new file in the run directory with no name (O_TMPFILE): a clone image that
+        no one else can open or change, gone with its last mapping."""
+        return os.open(self.run_dir, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
+
+    def _private_copy(self, src: int) -> int:
+        """The image the user handed over, copied into `_image_file` and checked whole
+        (every record's CRC: once, rather than once per clone): the clones map it, so it
+        must not change or shrink under them (a user's file could)."""
+        image = self._image_file()
+        try:
+            offset = 0
+            while n := os.sendfile(image, src, offset, 1 << 30):
+                offset += n
+            with open(os.open(f"/proc/self/fd/{image}", os.O_RDONLY | os.O_CLOEXEC), "rb",
+                      buffering=1 << 20) as inp:
+                reader = stream.StreamReader(inp)
+                while reader.next_record().type != stream.REC_END:
+                    pass  # each call reads the record before to its end, checking its CRC
+        except OSError as e:
+            os.close(image)
+            raise RequestError(f"cannot read the image: {e.strerror}") from None
+        except stream.StreamError as e:
+            os.close(image)
+            raise RequestError(f"cannot restore: {e}") from None
+        return image
+
+    @staticmethod
+    def _check_clonable(config: DomainConfig) -> None:
+        """Clones of one image share its config: a writable disk would be written by
+        every clone, a fixed MAC would be on the bridge several times."""
+        writable = [d.vdev for d in config.disks if not d.read_only]
+        if writable:
+            raise RequestError(f"cannot clone: disk {writable[0]} is writable, and every "
+                               "clone would write the same image (restore --clone CFG FILE "
+                               "with a disk of its own)")
+        fixed = [i for i, v in enumerate(config.vifs) if v.mac]
+        if fixed:
+            raise RequestError(f"cannot clone: vif {fixed[0]} has a fixed mac=, which "
+                               "every clone would share (restore --clone CFG FILE with a "
+                               "mac of its own, or none: then it comes from the name)")
+
+    @daemon_step("clone")
+    async def _clone(self, req: Request, client: Client) -> Reply:
+        """xenopus clone [-p] DOM|FILE NAME...: DOM saved (and left running) into an
+        image in the run directory, or FILE copied there; then one domain per NAME
+        restored from it with its RAM mapped copy-on-write from the image. All or none:
+        a clone that fails destroys those this request made."""
+        names = req.args.get("names")
+        if (not isinstance(names, list) or not names
+                or not all(isinstance(n, str) and n for n in names)):
+            raise RequestError("clone needs one or more names")
+        if len(set(names)) != len(names):
+            raise RequestError("clone: a name is given twice")
+        taken = [n for n in names if any(r.name == n for r in self.domains.values())]
+        if taken:
+            raise RequestError(f"domain '{taken[0]}' already exists", "domain-exists")
+        if req.args.get("file"):
+            fd = await self._client_file(client)
+            try:
+                image = await asyncio.to_thread(self._private_copy, fd)
+            finally:
+                os.close(fd)
+        else:
+            source = self.lookup(req.dom)
+            image = self._image_file()
+            try:
+                token = await self._hand_over(source, os.dup(image))
+                reply = await self._until_answered(source, Request("save", {
+                    "files": token, "then": "run", "config": source.config.to_dict(),
+                    "live": False, "durable": False,
+                    "xenstore": self.xenstore.export_domain(source.domid)}))
+                if not reply.ok:
+                    raise RequestError(f"domain {source.domid}: save failed: {reply.error}")
+            except BaseException:
+                os.close(image)
+                raise
+        made: list[DomainRecord] = []
+        report = []
+        try:
+            for name in names:
+                rec, data = await self._restore_from(image, None, name,
+                                                     bool(req.args.get("paused")), clone=True)
+                made.append(rec)
+                report.append({"domid": rec.domid, "name": rec.name, "pages": data.get("pages"),
+                               "seconds": data.get("seconds"),
+                               "since_start": data.get("since_start")})
+        except BaseException:
+            for rec in made:
+                await self._destroy(rec)
+            raise
+        finally:
+            os.close(image)
+        return Reply.success(domains=report)
 
     # -- list ---------------------------------------------------------------------------
     @daemon_step("list")

@@ -6,16 +6,21 @@ daemon nor the domain process opens a user-named path. A save goes to a temporar
 beside the target, which the domain process fsyncs and the CLI renames into place once
 the save has succeeded: FILE is the whole image or untouched.
 
-On a terminal, a progress bar (tqdm, imported only then) follows the file: the open
-file's size for a save, its offset (shared with the domain process, which reads through
-the same open file description) for a restore.
+When stderr is a terminal, a progress bar there (tqdm, imported only then) follows the
+file: the open file's size for a save, its offset (shared with the domain process, which
+reads through the same open file description) for a restore; a migration's stream then
+goes through the CLI (`StreamRelay`), which shows the pages sent, their rate, the
+pre-copy round and the downtime stopping now would cost.
 """
 
 from __future__ import annotations
 
 import os
 import select
+import struct
 import sys
+import threading
+import time
 from collections.abc import Callable
 from types import SimpleNamespace as Namespace
 from typing import Any
@@ -25,31 +30,54 @@ from xenopus.toolstack.cli import CliError, connect, request
 
 PAGE_RECORD_OCTETS = 4096 + 8  # a page and its frame number in PAGE_DATA: pages ≈ octets / this
 PROGRESS_INTERVAL = 0.2  # seconds between two updates of the bar
+Measure = Callable[[], tuple[int, dict[str, object]]]  # octets so far, what else to show
+
+
+def showing_progress() -> bool:
+    """Progress bars go to stderr, and only when it is a terminal."""
+    return sys.stderr.isatty()
 
 
 class Progress:
-    """A tqdm bar in MiB with MiB/s and the pages moved so far, following `measure()`."""
+    """A tqdm bar on stderr in octets with their rate, and what `measure()` adds to it."""
 
-    def __init__(self, measure: Callable[[], int], total: int | None, what: str):
+    def __init__(self, measure: Measure, total: int | None, what: str):
         from tqdm import tqdm  # only on a terminal: the CLI starts without it
 
         self.measure = measure
+        try:  # a terminal that reports no size (a bare pty) gets 80x24, not nothing
+            size = os.get_terminal_size(sys.stderr.fileno())
+            sized = size.columns > 0 and size.lines > 0
+        except OSError:
+            sized = False
+        fixed = {} if sized else {"ncols": 80, "nrows": 24}
         self.bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024,
-                        desc=what, dynamic_ncols=True, leave=False)
+                        desc=what, dynamic_ncols=sized, leave=False, file=sys.stderr,
+                        **fixed)
 
     def update(self) -> None:
-        done = self.measure()
-        self.bar.set_postfix(pages=done // PAGE_RECORD_OCTETS, refresh=False)
+        done, postfix = self.measure()
+        self.bar.set_postfix(postfix, refresh=False)
         self.bar.update(done - self.bar.n)
 
     def close(self) -> None:
+        self.update()  # the final figures, shown once whatever the refresh interval
+        self.bar.refresh()
         self.bar.close()
 
 
-def send_file(req: Request, fd: int, measure: Callable[[], int] | None, total: int | None,
-              what: str) -> dict[str, Any]:
+def _file_octets(measure: Callable[[], int]) -> Measure:
+    def octets() -> tuple[int, dict[str, object]]:
+        done = measure()
+        return done, {"pages": done // PAGE_RECORD_OCTETS}
+
+    return octets
+
+
+def send_file(req: Request, fd: int, measure: Measure | None, total: int | None,
+              what: str, finished: Callable[[], None] | None = None) -> dict[str, Any]:
     """Ask the daemon `req`, hand it `fd` when it asks, and wait for the answer (with a
-    progress bar on a terminal, following `measure()` octets); the answer's data, or
+    progress bar on a terminal, following `measure()`); the answer's data, or
     CliError."""
     conn = connect()
     chan = conn.chan
@@ -60,11 +88,13 @@ def send_file(req: Request, fd: int, measure: Callable[[], int] | None, total: i
         if first.data.get("send_fds") != 1:
             raise CliError(f"the daemon did not ask for the file: {dict(first.data)}")
         chan.send({"fds": 1}, [fd])
-        bar = Progress(measure, total, what) if measure and sys.stdout.isatty() else None
+        bar = Progress(measure, total, what) if measure and showing_progress() else None
         try:
             while bar is not None and not select.select([chan.sock], [], [], PROGRESS_INTERVAL)[0]:
                 bar.update()
             reply = conn.next_reply()
+            if bar is not None and finished is not None:
+                finished()  # e.g. the stream's last octets still on their way
         finally:
             if bar is not None:
                 bar.close()
@@ -75,6 +105,80 @@ def send_file(req: Request, fd: int, measure: Callable[[], int] | None, total: i
     if not reply.ok:
         raise CliError(reply.error or f"{req.op} failed")
     return dict(reply.data)
+
+
+class StreamRelay(threading.Thread):
+    """Carries a live save from the domain process (a pipe, `src`) to the receiver
+    (`dst`), reading the record headers on the way (docs/snapshot-stream.md) for the
+    progress bar: pages sent, the pre-copy round (ROUND records) and what stopping now
+    would cost. Bodies are spliced pipe to pipe, not copied through Python."""
+
+    def __init__(self, src: int, dst: int):
+        super().__init__(name="stream-relay", daemon=True)
+        self.src, self.dst = src, dst
+        self.octets = self.pages = self.round = self.round_pages = 0
+        self.started = time.monotonic()
+        self.error: BaseException | None = None
+        self.finished = False  # the sender's end closed and this thread joined
+
+    def run(self) -> None:
+        try:
+            self._relay()
+        except (OSError, EOFError) as e:  # the receiver or the sender went away
+            self.error = e
+        finally:
+            os.close(self.src)  # a sender still writing learns the receiver has gone
+
+    def _relay(self) -> None:
+        from xenopus import stream
+
+        self._write(self._read(stream.IMAGE_HEADER_SIZE))
+        while True:
+            head = self._read(stream.RECORD_HEADER_SIZE)
+            self._write(head)
+            rtype, length = struct.unpack_from("<II", head)
+            left = length + (-length % stream.ALIGN)
+            if rtype == stream.REC_PAGE_DATA and length >= 8:
+                count = struct.unpack("<I", self._read(4))[0]
+                self._write(struct.pack("<I", count))
+                self.pages += count
+                left -= 4
+            elif rtype == stream.REC_ROUND and length == stream.ROUND_BODY.size:
+                body = self._read(length)
+                self._write(body)
+                self.round, _, self.round_pages = stream.ROUND_BODY.unpack(body)
+                left = 0
+            while left:
+                n = os.splice(self.src, self.dst, left)
+                if not n:
+                    raise EOFError("the stream ended early")
+                left -= n
+                self.octets += n
+            if rtype == stream.REC_END:
+                return
+
+    def _read(self, n: int) -> bytes:
+        data = b""
+        while len(data) < n:
+            chunk = os.read(self.src, n - len(data))
+            if not chunk:
+                raise EOFError("the stream ended early")
+            data += chunk
+        return data
+
+    def _write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.dst, view):]
+        self.octets += len(data)
+
+    def measure(self) -> tuple[int, dict[str, object]]:
+        rate = self.octets / max(time.monotonic() - self.started, 1e-3)
+        # Stopping now would copy this round's pages while the guest is stopped.
+        downtime = self.round_pages * PAGE_RECORD_OCTETS / rate if rate else 0.0
+        return self.octets, {"round": "stop-and-copy" if self.round == 0 and self.pages
+                             else self.round, "pages": self.pages,
+                             "downtime": f"~{downtime * 1000:.0f}ms"}
 
 
 def _config_args(path: str | None) -> dict[str, Any]:
@@ -97,7 +201,7 @@ def save(args: Namespace) -> int:
         os.fchmod(fd, 0o666 & ~umask)  # as open(2) would have made FILE
         send_file(Request("save", {"dom": args.dom, "checkpoint": args.checkpoint,
                                    "paused": args.paused, **_config_args(args.config)}),
-                  fd, lambda: os.fstat(fd).st_size, None, f"Saving {args.dom}")
+                  fd, _file_octets(lambda: os.fstat(fd).st_size), None, f"Saving {args.dom}")
         os.rename(temp, target)
     except BaseException:
         os.unlink(temp)
@@ -123,13 +227,41 @@ def restore(args: Namespace) -> int:
         raise CliError(f"cannot read {path}: {e.strerror}") from None
     try:
         size = os.fstat(fd).st_size or None
-        done = send_file(Request("restore", {"paused": args.paused, **_config_args(config)}),
-                         fd, lambda: os.lseek(fd, 0, os.SEEK_CUR), size, f"Restoring {path}")
+        done = send_file(Request("restore", {"paused": args.paused,
+                                             "clone": bool(getattr(args, "clone", False)),
+                                             **_config_args(config)}),
+                         fd, _file_octets(lambda: os.lseek(fd, 0, os.SEEK_CUR)), size,
+                         f"Restoring {os.path.basename(path)}")
     finally:
         os.close(fd)
     if args.debug:
         print(f"restored domain {done['domid']} ({done['name']}): {done['pages']} pages, "
               f"{done['octets']} octets in {done['seconds']:.3f} s", file=sys.stderr)
+    return 0
+
+
+def clone(args: Namespace) -> int:
+    """xenopus clone [-p] DOM|FILE NAME...: a FILE (a path with a '/', or a file that
+    exists) is handed to the daemon as a restore's; otherwise SOURCE names a domain."""
+    source = args.source
+    names = list(args.names)
+    if "/" in source or os.path.isfile(source):
+        try:
+            fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as e:
+            raise CliError(f"cannot read {source}: {e.strerror}") from None
+        try:
+            done = send_file(Request("clone", {"file": True, "names": names,
+                                               "paused": args.paused}), fd, None, None, "")
+        finally:
+            os.close(fd)
+    else:
+        done = request("clone", dom=source, names=names, paused=args.paused)
+    if args.debug:
+        for d in done["domains"]:
+            print(f"cloned domain {d['domid']} ({d['name']}): {d['pages']} pages mapped in "
+                  f"{d['seconds'] * 1000:.2f} ms, restored {d['since_start'] * 1000:.2f} ms "
+                  "after its process started", file=sys.stderr)
     return 0
 
 
@@ -159,13 +291,31 @@ def migrate(args: Namespace) -> int:
     assert receiver.stdin is not None and receiver.stdout is not None
     resumed = False
     try:
+        relay = None
+        out = receiver.stdin.fileno()
+        if showing_progress():  # the stream goes through us, to be watched
+            src, out = os.pipe()
+            relay = StreamRelay(src, receiver.stdin.fileno())
+            relay.start()
+
+        def relayed() -> None:
+            if relay is not None and not relay.finished:
+                relay.finished = True
+                os.close(out)  # the domain process holds its own end
+                relay.join()
+
         try:
             sent = send_file(Request("save", {"dom": args.dom, "paused": True, "live": True,
                                               **_config_args(args.config)}),
-                             receiver.stdin.fileno(), None, None, "")
+                             out, relay.measure if relay else None, None,
+                             f"Migrating {args.dom}", relayed)
         except CliError as e:
             resumed = True  # a failed save resumes the domain itself
             raise CliError(f"migration failed, domain {args.dom} resumed: {e}") from None
+        finally:
+            relayed()
+        if relay is not None and relay.error is not None:
+            raise CliError(f"the stream did not reach the receiver: {relay.error}")
         if _line(receiver.stdout) != RESTORED:
             raise CliError("the receiver did not restore the domain")
         try:

@@ -56,7 +56,8 @@ SHUTDOWN_KIND = {
 # (libxl_create.c: 1023), the domain's max_evtchn_port.
 DEFAULT_MAX_GRANT_FRAMES = 64
 DEFAULT_MAX_EVTCHN_PORT = 1023
-STATE_VERSION = 1  # of save_state's dict (docs/snapshot-stream.md)
+STATE_VERSION = 2  # of save_state's dict (docs/snapshot-stream.md); 2 adds p2m, time_areas
+READ_STATE_VERSIONS = (1, 2)  # 1: no frames beyond RAM, no secondary time areas
 _VI_SIZE = ctypes.sizeof(abi.vcpu_info)
 _VI_TIME = abi.vcpu_info.time.offset
 _VI_PENDING = abi.vcpu_info.evtchn_upcall_pending.offset
@@ -300,6 +301,8 @@ class XenDomain:
         with self._lock:
             return {
                 "version": STATE_VERSION,
+                "p2m": self.p2m.save_state(),
+                "time_areas": sorted(self.time_areas.items()),
                 "shared_info": self.shared_info,
                 "compat_shinfo": self.compat_shinfo,
                 "params": sorted(self.params.items()),
@@ -316,9 +319,13 @@ class XenDomain:
     def restore_state(self, state: dict[str, Any]) -> None:
         """Into this domain, built from the same config and not started, after the VM
         clock was restored (Xen system time is kvmclock: the epoch is taken again)."""
-        if state.get("version") != STATE_VERSION:
+        if state.get("version") not in READ_STATE_VERSIONS:
             raise ValueError(f"Xen state version {state.get('version')!r}")
         self._epoch = _boottime_ns() - self.machine.clock_ns()
+        if state["version"] >= 2:  # first: shared_info or grant frames may live above RAM
+            self.p2m.restore_state(state["p2m"])
+            with self._time_lock:
+                self.time_areas = {int(v): int(gpa) for v, gpa in state["time_areas"]}
         for index, value in state["params"]:
             self.set_param(index, value)
         si = state["shared_info"]

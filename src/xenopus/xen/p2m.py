@@ -173,5 +173,36 @@ class PhysMap:
                 return -abi.XEN_EBUSY  # one frame of a larger extent: its slot is one piece
             return -abi.XEN_ENOENT
 
+    # --- save/restore (docs/snapshot-stream.md, the `xen` part) -------------------------
+    def save_state(self) -> dict[str, object]:
+        """The frames beyond the RAM the domain was built with: ballooned RAM frames,
+        populated extents and Xen pages outside RAM (their contents travel as PAGE_DATA
+        after the `xen` part, once restoring this has made them addressable again)."""
+        with self.lock:
+            return {"ballooned": sorted(self.ballooned),
+                    "populated": [[g, n] for g, n in sorted(self.populated.items())],
+                    "xen_pages": sorted(self.xen_pages)}
+
+    def restore_state(self, state: dict[str, object]) -> None:
+        """Into a domain built from the same config and not started: the same extents and
+        Xen pages outside RAM (new memory slots, zeroed) and the same ballooned frames
+        (which read as zero: the stream leaves them out). ValueError names a frame that
+        cannot be had."""
+        ballooned = [int(f) for f in state["ballooned"]]  # type: ignore[union-attr]
+        populated = [(int(g), int(n)) for g, n in state["populated"]]  # type: ignore[union-attr]
+        xen_pages = [int(f) for f in state["xen_pages"]]  # type: ignore[union-attr]
+        with self.lock:
+            for f in ballooned:
+                if not self.memory.is_ram(f * abi.PAGE_SIZE, abi.PAGE_SIZE):
+                    raise ValueError(f"ballooned frame {f:#x} is not RAM")
+            if self.ram_pages - len(set(ballooned)) + sum(n for _, n in populated) > self.max_pages:
+                raise ValueError("the saved frames exceed this domain's maxmem")
+            for gpfn, pages in [*populated, *((f, 1) for f in xen_pages)]:
+                if pages <= 0 or not self._add(gpfn * abi.PAGE_SIZE, pages * abi.PAGE_SIZE):
+                    raise ValueError(f"frames {gpfn:#x}+{pages} outside RAM cannot be had")
+            self.ballooned = set(ballooned)
+            self.populated = dict(populated)
+            self.xen_pages = set(xen_pages)
+
 
 __all__ = ["PhysMap"]

@@ -140,6 +140,15 @@ class VirtioNet(VirtioDevice):
         NET_CONFIG.pack_into(self.config, 0, self.mac, VIRTIO_NET_S_LINK_UP if up else 0, 1)
         self.config_changed()
 
+    def restore_state(self, state: object) -> None:
+        """The saved config space, but this device's MAC: the MAC is configuration (a
+        clone, built under a new name, gets a new one), not state. A changed config space
+        has a new generation (§2.5.1), so a driver that reads it again sees the change."""
+        super().restore_state(state)
+        if bytes(self.config[:6]) != self.mac:
+            self.config[:6] = self.mac
+            self.config_generation = (self.config_generation + 1) & 0xFF
+
     # -- lifecycle -----------------------------------------------------------------
 
     def offloads(self) -> int:
