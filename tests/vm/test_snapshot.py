@@ -247,10 +247,15 @@ def test_a_live_save_pre_copies_while_the_guest_runs_and_the_target_carries_on(
         _start(source, restored=False)
         first.wait_for(rb"count 20\r\n")
         saved = io.BytesIO()
+        mark = len(first.data)
         stats = snapshot.save(source.inventory, saved, live=source.machine)
-        assert stats.rounds >= 1 and stats.last_round >= 1  # the stack page, at least
-        assert stats.downtime < stats.seconds
+        assert stats.rounds >= 1 and stats.downtime < stats.seconds
         before = bytes(first.data)  # paused by the save: nothing more comes
+        # Lines printed while the save ran came from a guest writing its stack and counter
+        # under the dirty log: those pages went again, in a round or the stop-and-copy.
+        # (Whether it got a CPU during the save is the host scheduler's business.)
+        if before[mark:].count(b"\n") >= 2:
+            assert stats.rounds >= 2 or stats.last_round >= 1, stats
         snapshot.restore(target.inventory, io.BytesIO(saved.getvalue()))
         stops = _start(target, restored=True)
         second.wait_for(rb"RESULT: \w+ counter[^\n]*\n")
