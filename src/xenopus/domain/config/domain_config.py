@@ -80,6 +80,17 @@ class DomainConfig:
     xen_platform: str = k.key("auto", read=k.xen_platform,
                               check=k.text(k.check_xen_platform),
                               help='whether the guest sees Xen: 1, 0 or "auto"')
+    virtio_balloon: int = k.key(0, read=k.number, check=k.integer(k.check_flag),
+                                help="1 for a virtio memory balloon (xl mem-set for a guest"
+                                " without Xen)")
+    # xl.cfg(5) cpu_weight and cap: the domain's share under the credit schedulers (what
+    # `xl sched-credit -w -c` changes later); None: the scheduler's default (256, no cap).
+    cpu_weight: int | None = k.key(None, read=k.number, check=k.integer(k.check_weight),
+                                   optional=True, help="the domain's CPU weight, 1 to 65535"
+                                   " (256: the default share)")
+    cap: int | None = k.key(None, read=k.number, check=k.integer(k.check_cap), optional=True,
+                            help="the most CPU the domain may use, in percent of one host CPU"
+                            " (0: no cap)")
 
     def __post_init__(self) -> None:
         if self.maxmem is None:
@@ -93,6 +104,10 @@ class DomainConfig:
                               f" ({self.memory} MiB)")
         if self.maxvcpus < self.vcpus:
             raise ConfigError(f"maxvcpus: {self.maxvcpus} is less than vcpus ({self.vcpus})")
+        if self.cap is not None and self.cap > 100 * self.maxvcpus:
+            # libxl_sched.c sched_credit_domain_set: the cap's range scales with the vCPUs
+            raise ConfigError(f"cap: {self.cap} is more than 100 per vCPU"
+                              f" ({100 * self.maxvcpus} for {self.maxvcpus})")
         if self.cpus is not None and len(self.cpus) > self.maxvcpus:
             raise ConfigError(f"cpus: {len(self.cpus)} entries for {self.maxvcpus} vCPUs")
         _check_unique(self.disks, self.vifs)
