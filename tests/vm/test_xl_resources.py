@@ -93,6 +93,9 @@ def test_mem_set_and_mem_max_move_the_balloon(xl: Xl) -> None:
         assert bad.returncode != 0 and "invalid memory size: 12xy" in bad.stderr
 
         assert xl.run("mem-max", "balloon", "100m").returncode == 0
+        top = xl.run("top", "-b", "-i", "1", check=True).stdout.splitlines()
+        row = next(r.split() for r in top[1:] if r.split()[0] == "balloon")
+        assert row[6] == str(100 * 1024)  # xentop's MAXMEM(k) follows static-max
         if shutil.which("xenstore-read"):
             assert xenstore_read(xl, f"/local/domain/{domid}/memory/static-max") == str(100 * 1024)
         assert xl.run("mem-set", "balloon", "96m").returncode == 0  # allowed now

@@ -973,7 +973,9 @@ class Daemon:
                 "uuid": rec.uuid,
                 "start_time": rec.created,
                 "memory": info.get("memory") or rec.config.memory,  # a balloon moves it
-                "maxmem": rec.config.maxmem,
+                # memory/static-max (xl mem-max moves it), in MiB
+                "maxmem": (self.xenstore.read_kib(rec.domid, "memory/static-max")
+                           or (rec.config.maxmem or rec.config.memory) * 1024) // 1024,
                 # libxl's avail_vcpus: the vCPUs cpu/N/availability has online (xl vcpu-set)
                 "vcpus": self.xenstore.vcpus_available(rec.domid) or rec.config.vcpus,
                 "maxvcpus": rec.config.maxvcpus,
