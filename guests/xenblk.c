@@ -11,8 +11,15 @@
  * The pattern (the same as vblk.c's, so the host test can check the image): disk byte at
  * offset o (o = sector * 512 + i) is (o / 512 * 131 + (o % 512) * 7 + seed) mod 256.
  *
+ * Hotplug (xl block-attach / block-detach): with wait_attach=1 it watches device/vbd and
+ * waits for device/vbd/<vdev> to appear first ("xenblk: waiting for device/vbd/N"); with
+ * wait_detach=1, after the I/O it waits for the backend to go Closing (the toolstack's
+ * removal), ends its grants, goes Closing then Closed ("xenblk: closed on the backend's
+ * request") and waits for the toolstack to remove device/vbd/N ("xenblk: device/vbd/N
+ * removed") before its result.
+ *
  * Command line: vdev=N (device/vbd/N), sector=S [2048], count=C [8, at most 8: one page],
- *   seed=N [0x5a], timeout_ms=N [10000], upcall=vector|param.
+ *   seed=N [0x5a], timeout_ms=N [10000], upcall=vector|param, wait_attach=1, wait_detach=1.
  * Expected: "xenblk: <node> backend <path> (domain D) sectors N sector-size 512",
  *   "xenblk: wrote C sectors at S", "xenblk: flush ok|not offered", "xenblk: read back, pattern ok",
  *   RESULT: PASS xenblk (without Xen: RESULT: FAIL xenblk no-xen).
@@ -75,6 +82,30 @@ static long node_write(const char *key, const char *fmt, u64 v)
     return xs_write(0, path, val);
 }
 
+/* The toolstack's removal: backend Closing; the frontend closes (Closing, Closed, as
+ * xenbus_frontend_closed), then the toolstack removes the device's nodes. */
+static void close_on_request(const char *bpath, grant_ref_t ring_ref)
+{
+    u64 state = 0;
+    printf("xenblk: waiting for the backend to close\n");
+    long rc = xs_wait_state(bpath, XenbusStateClosing, timeout, &state);
+    if (!xcheck(rc == 0, "backend state %lu (want Closing)", state))
+        return;
+    xenbus_switch_state(&dev, XenbusStateClosing);
+    xcheck(gnttab_end(ring_ref) == 1, "ring grant revoked");
+    rc = xenbus_switch_state(&dev, XenbusStateClosed);
+    if (xcheck(rc == 0, "frontend Closed rc %ld", rc))
+        printf("xenblk: closed on the backend's request\n");
+    /* The backend follows to Closed, then the toolstack removes both directories. */
+    char node[96], seen[96], token[16], v[8];
+    snprintf(node, sizeof(node), "%s/state", dev.node);
+    xs_watch("device/vbd", "removal");
+    for (unsigned waited = 0; xs_read(0, node, v, sizeof(v)) >= 0 && waited < timeout; waited += 1000)
+        xs_wait_watch(seen, sizeof(seen), token, sizeof(token), 1000);
+    if (xcheck(xs_read(0, node, v, sizeof(v)) < 0, "%s removed by the toolstack", dev.node))
+        printf("xenblk: %s removed\n", dev.node);
+}
+
 void guest_main(void)
 {
     if (!xen_require())
@@ -83,6 +114,13 @@ void guest_main(void)
     u64 sector = cmdline_u64("sector", 2048), count = cmdline_u64("count", 8), seed = cmdline_u64("seed", 0x5a);
     if (count < 1 || count > 8)
         xen_finish(0, "count must be 1..8");
+    if (cmdline_has("wait_attach")) {
+        const char *vdev = cmdline_get("vdev");
+        printf("xenblk: waiting for device/vbd/%s\n", vdev ? vdev : "?");
+        long rc = vdev ? xenbus_wait_for("vbd", vdev, timeout) : -XEN_EINVAL;
+        if (!xcheck(rc == 0, "device/vbd/%s appeared: %s", vdev ? vdev : "? (no vdev=)", xen_errname(rc)))
+            xen_finish(0, "no device");
+    }
     xenbus_frontend_start(&dev, "vbd", cmdline_get("vdev"));
     handle = (u16)strtou64(strlen(dev.node) > 11 ? dev.node + 11 : "0", NULL); /* device/vbd/<id> */
     char bpath[192];
@@ -150,5 +188,7 @@ void guest_main(void)
     if (xcheck(!bad, "read back %lu sectors, %lu bytes differ", count, bad))
         printf("xenblk: read back, pattern ok\n");
     xcheck(gnttab_end((grant_ref_t)gref) == 1, "data grant revoked");
+    if (cmdline_has("wait_detach"))
+        close_on_request(bpath, (grant_ref_t)ring_ref);
     xen_finish(xen_failures == 0, xen_failures ? "%d check(s) failed" : "", xen_failures);
 }

@@ -12,6 +12,10 @@
  * Command line (as vnet.c; defaults in brackets): src_ip= [10.0.2.15] dst_ip= [10.0.2.2]
  *   src_port= [4444] dst_port= [5555] dst_mac=xx:..:xx payload= ["hello-from-xenopus-xennet"]
  *   expect_reply=STR timeout_ms=N [10000] index=N (device/vif/N, default the first)
+ *   wait_attach=1: first wait for device/vif/<index> to appear (xl network-attach),
+ *   printing "xennet: waiting for device/vif/N"; wait_detach=1: at the end, wait for the
+ *   backend to go Closing (xl network-detach), then close ("xennet: closed on the
+ *   backend's request").
  * Expected: RESULT: PASS xennet (without Xen: RESULT: FAIL xennet no-xen).
  */
 #include "netproto.h"
@@ -107,6 +111,13 @@ void guest_main(void)
     if (!xen_require())
         return;
     unsigned timeout = (unsigned)cmdline_u64("timeout_ms", 10000);
+    if (cmdline_has("wait_attach")) {
+        const char *index = cmdline_get("index");
+        printf("xennet: waiting for device/vif/%s\n", index ? index : "?");
+        long rc = index ? xenbus_wait_for("vif", index, timeout) : -XEN_EINVAL;
+        if (!xcheck(rc == 0, "device/vif/%s appeared: %s", index ? index : "? (no index=)", xen_errname(rc)))
+            xen_finish(0, "no device");
+    }
     xenbus_frontend_start(&dev, "vif", cmdline_get("index"));
     char path[192], v[64];
     snprintf(path, sizeof(path), "%s/mac", dev.node);
@@ -176,5 +187,18 @@ void guest_main(void)
         xen_finish(0, "no UDP reply");
     net_print_reply("xennet", &in);
     const char *want = cmdline_get("expect_reply");
-    xen_finish(!want || !strcmp(want, reply), "");
+    int pass = !want || !strcmp(want, reply);
+    if (cmdline_has("wait_detach")) {
+        /* xl network-detach: the backend goes Closing; close as xenbus_frontend_closed. */
+        u64 state = 0;
+        printf("xennet: waiting for the backend to close\n");
+        if (xs_wait_state(bstate, XenbusStateClosing, timeout, &state) == 0) {
+            xenbus_switch_state(&dev, XenbusStateClosing);
+            xenbus_switch_state(&dev, XenbusStateClosed);
+            printf("xennet: closed on the backend's request\n");
+        } else {
+            pass = 0;
+        }
+    }
+    xen_finish(pass, "");
 }

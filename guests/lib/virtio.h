@@ -10,6 +10,7 @@
 #define VIRTIO_ID_BLOCK 2
 #define VIRTIO_ID_CONSOLE 3
 #define VIRTIO_ID_RNG 4
+#define VIRTIO_ID_BALLOON 5
 
 /* 2.1 Device Status Field */
 #define VIRTIO_S_ACKNOWLEDGE 1

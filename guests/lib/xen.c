@@ -948,6 +948,24 @@ long xenbus_find(struct xenbus_dev *d, const char *type, const char *id)
     return xs_read_u64(path, &d->backend_id);
 }
 
+long xenbus_wait_for(const char *type, const char *id, unsigned ms)
+{
+    char dir[32], node[96], backend[128], path[96], token[16];
+    long rc = xs_init();
+    snprintf(dir, sizeof(dir), "device/%s", type);
+    if (!rc)
+        rc = xs_watch(dir, "hotplug");
+    if (rc)
+        return rc;
+    snprintf(node, sizeof(node), "%s/%s/backend", dir, id);
+    for (unsigned waited = 0; xs_read(0, node, backend, sizeof(backend)) < 0; waited += 1000) {
+        if (waited >= ms)
+            return -XEN_ETIME;
+        xs_wait_watch(path, sizeof(path), token, sizeof(token), 1000);
+    }
+    return xs_unwatch(dir, "hotplug");
+}
+
 long xenbus_switch_state(struct xenbus_dev *d, u32 state)
 {
     char path[96], v[8];

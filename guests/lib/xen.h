@@ -641,6 +641,9 @@ struct xenbus_dev {
 };
 /* Finds device/<type>/<id> (id NULL: the first), its backend path and backend-id. */
 long xenbus_find(struct xenbus_dev *d, const char *type, const char *id);
+/* Wait (a watch on device/<type>) until device/<type>/<id>/backend exists: a device the
+ * toolstack attaches while the guest runs (xl block-attach, network-attach). 0 or -err. */
+long xenbus_wait_for(const char *type, const char *id, unsigned ms);
 long xenbus_switch_state(struct xenbus_dev *d, u32 state);
 /* xs_init, gnttab_init and xen_events_init in turn: 0, or the first failure. */
 long xen_pv_init(void);

@@ -15,6 +15,7 @@ def test_known_keys_are_the_settings_the_table_reads() -> None:
         "memory", "maxmem", "vcpus", "maxvcpus", "on_poweroff", "on_reboot", "on_crash",
         "disk", "vif", "cpus", "xen_platform", "virtio_console", "virtio_rng",
         "uuid", "on_watchdog", "cpus_soft", "max_grant_frames", "max_event_channels",
+        "cpu_weight", "cap", "virtio_balloon",
     } == KNOWN_KEYS
     assert "path" not in KNOWN_KEYS  # a field, not a setting
 

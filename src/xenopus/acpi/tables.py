@@ -325,6 +325,9 @@ class AcpiPlatform:
 
     vcpus: int
     pci: AcpiPci | None = None
+    # vCPUs enabled at boot (None: all); the rest are listed disabled, present for
+    # hotplug (Xen's libacpi build_madt: LAPIC enabled only for hvm_info's vcpu_online)
+    online: int | None = None
     serial: bool = True
     rtc: bool = True
     i8042: bool = True
@@ -594,8 +597,9 @@ def madt(p: AcpiPlatform) -> bytes:
         entry.length = ctypes.sizeof(entry)
         entries.extend(bytes(entry))
 
+    online = p.vcpus if p.online is None else p.online
     for i in range(p.vcpus):
-        add(MadtLocalApic(processor_uid=i, apic_id=i, flags=LAPIC_ENABLED))
+        add(MadtLocalApic(processor_uid=i, apic_id=i, flags=LAPIC_ENABLED if i < online else 0))
     add(
         MadtIoApic(
             io_apic_id=platform.IOAPIC_ID,

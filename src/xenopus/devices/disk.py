@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import os
 from collections.abc import Callable, Sequence
 
@@ -80,6 +81,26 @@ class DiskImage:
         except OSError as e:
             self.close()
             raise DiskError(f"disk image {path}: cannot tell its size: {e.strerror}") from e
+
+    @classmethod
+    def from_fd(cls, fd: int, path: str, *, read_only: bool) -> DiskImage:
+        """An image someone else opened, now ours (a disk attached while the domain runs:
+        the CLI opened it as its user; a jailed domain process cannot open it by path).
+        Page-cache I/O only: O_DIRECT would need the path again."""
+        image = cls.__new__(cls)
+        image.path, image.read_only, image.fd, image.direct_fd = path, read_only, fd, None
+        try:
+            writable = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE != os.O_RDONLY
+            if not read_only and not writable:
+                raise DiskError(f"disk image {path}: opened read-only, attached writable")
+            image.size = _size(fd)
+        except OSError as e:
+            image.close()
+            raise DiskError(f"disk image {path}: {e.strerror}") from e
+        except DiskError:
+            image.close()
+            raise
+        return image
 
     def describe(self) -> dict[str, object]:
         return {"target": self.path, "mode": "r" if self.read_only else "w",

@@ -31,6 +31,7 @@ from xenopus.devices.mac import format_mac
 from xenopus.devices.pci.host import PciHostBridge
 from xenopus.devices.rtc import CmosRtc
 from xenopus.devices.serial import Serial16550
+from xenopus.devices.virtio.balloon import VirtioBalloon
 from xenopus.devices.virtio.blk import VirtioBlk
 from xenopus.devices.virtio.console import VirtioConsole
 from xenopus.devices.virtio.device import VirtioDevice
@@ -82,13 +83,19 @@ class Guest:
     vconsole: VirtioConsole | None = None
     xen: XenGuest | None = None
     xen_path: str = "off"  # how hypercalls arrive: "trap", "kernel" or "off" (no Xen)
+    balloon: VirtioBalloon | None = None  # virtio_balloon = 1
 
     def memory_mib(self) -> int:
         """The memory the guest holds now, in MiB: its RAM less what a Xen guest's balloon
-        gave back plus what it populated (xl list's Mem)."""
+        gave back plus what it populated, or less what its virtio balloon holds (xl
+        list's Mem)."""
         domain = self.xen.domain if self.xen is not None else None
         pages = domain.p2m.current_pages() if domain is not None else None
-        return self.memory.ram_size // MiB if pages is None else pages * PAGE_SIZE // MiB
+        if pages is None:
+            pages = self.memory.ram_size // PAGE_SIZE
+        if self.balloon is not None:
+            pages -= self.balloon.ballooned_pages()
+        return pages * PAGE_SIZE // MiB
 
     def close(self) -> None:
         """Stop the vCPUs, then the device threads, then release the VM and its memory."""
@@ -127,7 +134,10 @@ def build_guest(
     xen: XenGuest | None = None
     try:
         ram_end = max(r.end for r in memory.regions)
-        rsdp = install(memory, AcpiPlatform(vcpus=config.vcpus, pci=AcpiPci.default(ram_end)))
+        # maxvcpus vCPUs exist, `vcpus` of them online at boot (xl.cfg(5) maxvcpus)
+        maxvcpus = config.maxvcpus or config.vcpus
+        rsdp = install(memory, AcpiPlatform(vcpus=maxvcpus, online=config.vcpus,
+                                            pci=AcpiPci.default(ram_end)))
         boot = load_kernel(
             memory, config.kernel, ramdisk=config.ramdisk, cmdline=config.cmdline, rsdp_paddr=rsdp
         )
@@ -148,7 +158,7 @@ def build_guest(
         elif (any(d.kind_for(False) == "xen" for d in config.disks)
               or any(v.kind_for(False) == "xen" for v in config.vifs)):
             raise ValueError(f"xvd* disks and model=xen vifs need the Xen platform, which is off: {why}")
-        machine = Machine(memory, config.vcpus, pio=pio, mmio=mmio, kvm=kvm, **hooks)
+        machine = Machine(memory, maxvcpus, pio=pio, mmio=mmio, kvm=kvm, **hooks)
         m = machine
         if xen is not None:
             xen.attach(machine)
@@ -242,6 +252,9 @@ def _add_virtio(
         add("console", "virtio-console0", 0, guest.vconsole)
     if config.virtio_rng:
         add("rng", "virtio-rng0", 0, VirtioRng())
+    if config.virtio_balloon:
+        guest.balloon = VirtioBalloon(guest.memory)
+        add("balloon", "virtio-balloon0", 0, guest.balloon)
 
 
 def _virtio_net(config: DomainConfig, vif: VifSpec, domid: int, index: int,
@@ -291,5 +304,5 @@ def _pci_and_xen_parts(guest: Guest) -> None:
 def _apply_affinity(machine: Machine, config: DomainConfig) -> None:
     """The config's `cpus` (hard affinity per vCPU), as xl applies it at creation."""
     for vcpu, cpus in enumerate(config.cpus or []):
-        if cpus is not None and vcpu < config.vcpus:
+        if cpus is not None and vcpu < (config.maxvcpus or config.vcpus):
             machine.pin(vcpu, set(cpus))

@@ -365,6 +365,10 @@ class Inventory:
     def add(self, part: Part) -> None:
         self.parts.append(part)
 
+    def remove(self, part: Part) -> None:
+        """A part that went while the guest runs (xl block-detach)."""
+        self.parts.remove(part)
+
     def of_kind(self, *kinds: str) -> list[Part]:
         return [p for p in self.parts if p.kind in kinds]
 

@@ -28,6 +28,7 @@ Settings come from the environment the daemon passes down:
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import logging
@@ -408,3 +409,67 @@ def _allowed_ioctls() -> tuple[int, ...]:
 # copy) the zygote's pages that hold them.
 IOCTLS = _allowed_ioctls()
 PYTHON_PATHS = tuple(sorted(set(_python_paths())))
+
+
+# -- the credit schedulers' weight and cap on the domain's cgroup (xl sched-credit) --------
+CREDIT_WEIGHT = 256  # sched_credit.c / sched_credit2.c: CSCHED_DEFAULT_WEIGHT
+CGROUP_V1_CPU = os.path.join(CGROUP_ROOT, "cpu")  # a v1 host's cpu hierarchy
+CGROUP_V2_WEIGHT = 100  # cgroup-v2.rst: cpu.weight's default (range 1-10000)
+CGROUP_V1_SHARES = 1024  # sched-design-CFS / cgroup-v1 cpu.shares' default (min 2)
+
+
+def cgroup_base() -> str:
+    """Where the jail makes the per-domain cgroups (v2)."""
+    return os.environ.get("XENOPUS_CGROUP") or os.path.join(CGROUP_ROOT, "xenopus")
+
+
+def set_cpu_share(domid: int, pid: int, weight: int, cap: int, vcpus: int) -> str:
+    """Give domain `domid` (its process `pid`, a host pid) a credit weight and cap, as
+    the Linux scheduler can: a weight relative to the default 256 becomes the cgroup's
+    CPU weight (the same proportion of the controller's default), a cap (percent of one
+    CPU, 0: none) its CFS bandwidth limit. Cgroup v2: the jail's own domain cgroup
+    (cpu.weight, cpu.max; with no cap, the jail's limit of one CPU per vCPU). Cgroup v1
+    (no delegation; the daemon is root): a cgroup of the cpu hierarchy the process is
+    moved into (cpu.shares, cpu.cfs_quota_us), named by its pid (unique on the host, as
+    domain ids are not across daemons). Which one took them; JailError when neither
+    exists (the values are then only recorded)."""
+    v2 = os.path.join(cgroup_base(), f"domain-{domid}")
+    if os.path.exists(os.path.join(v2, "cpu.weight")):
+        quota = cap * CPU_PERIOD_US // 100 if cap else vcpus * CPU_PERIOD_US
+        _write_cgroup(v2, "cpu.weight", max(1, min(10000, weight * CGROUP_V2_WEIGHT // CREDIT_WEIGHT)))
+        _write_cgroup(v2, "cpu.max", f"{quota} {CPU_PERIOD_US}")
+        return f"cgroup v2 {v2}"
+    if os.path.exists(os.path.join(CGROUP_V1_CPU, "cpu.shares")):
+        own = v1_cpu_cgroup(pid)
+        os.makedirs(own, exist_ok=True)
+        _write_cgroup(own, "cpu.shares", max(2, weight * CGROUP_V1_SHARES // CREDIT_WEIGHT))
+        if os.path.exists(os.path.join(own, "cpu.cfs_quota_us")):
+            _write_cgroup(own, "cpu.cfs_period_us", CPU_PERIOD_US)
+            _write_cgroup(own, "cpu.cfs_quota_us", cap * CPU_PERIOD_US // 100 if cap else -1)
+        elif cap:
+            raise JailError(errno.ENOTSUP, f"{own}: no CFS bandwidth control (cpu.cfs_quota_us)"
+                            " for the cap")
+        _write_cgroup(own, "cgroup.procs", pid)  # every thread; new ones are born there
+        return f"cgroup v1 {own}"
+    raise JailError(errno.ENOTSUP, f"no cpu controller: neither {v2}/cpu.weight (cgroup v2,"
+                    f" delegated) nor {CGROUP_V1_CPU}/cpu.shares (cgroup v1)")
+
+
+def v1_cpu_cgroup(pid: int) -> str:
+    return os.path.join(CGROUP_V1_CPU, "xenopus", f"pid-{pid}")
+
+
+def remove_cpu_share(pid: int) -> None:
+    """The v1 cgroup `set_cpu_share` made for process `pid`, once it has exited (the v2
+    one is the jail's). Best effort: one still holding a task stays."""
+    with contextlib.suppress(OSError):
+        os.rmdir(v1_cpu_cgroup(pid))
+
+
+def _write_cgroup(directory: str, name: str, value: object) -> None:
+    path = os.path.join(directory, name)
+    try:
+        with open(path, "w") as f:
+            f.write(str(value))
+    except OSError as e:
+        raise JailError(e.errno or errno.EIO, f"{path}: {e.strerror}") from None

@@ -24,13 +24,17 @@ from typing import BinaryIO
 
 from xenopus import ipc, stream
 from xenopus.arch import x86
-from xenopus.control import Reply, Request
+from xenopus.control import DISK, NIC, Reply, Request
+from xenopus.devices.mac import format_mac, parse_mac
 from xenopus.devices.ratelimit import RateLimit
+from xenopus.devices.tap import Tap
 from xenopus.domain import coredump, snapshot
 from xenopus.domain.builder import Guest, build_guest
 from xenopus.domain.config import DomainConfig
 from xenopus.domain.console import Console
+from xenopus.domain.devspec import DiskSpec
 from xenopus.domain.interdomain_port import InterdomainPort
+from xenopus.domain.inventory import PvDevicePart
 from xenopus.domain.jail import Jail, debug_flags, set_process_title
 from xenopus.domain.protocol import (
     DomainEvent,
@@ -46,6 +50,7 @@ from xenopus.domain.restart import RestartBackoff
 from xenopus.domain.vif import VifTaps
 from xenopus.domain.xenguest import StoreProxy
 from xenopus.kvm import Kvm
+from xenopus.memory import PAGE_SIZE
 from xenopus.vm import CpuState, StopReason
 from xenopus.xen.xenstore.server import peer_of
 
@@ -63,6 +68,7 @@ EXIT_OK = 0
 EXIT_CRASHED = 1
 EXIT_START_FAILED = 2
 ADOPT_TIMEOUT = 10.0  # seconds an adopting daemon has to send its request
+DETACH_TIMEOUT = 10.0  # libxl's LIBXL_DESTROY_TIMEOUT: a frontend's time to close
 
 
 class DebugLog:
@@ -431,6 +437,138 @@ class DomainProcess:
             return Reply.failure(str(e))
         return Reply.success()
 
+    # -- resources and PV hotplug (xl mem-set/mem-max, block-attach/block-detach) ----------
+    @domain_step("set-maxmem", live=True)
+    def _set_maxmem(self, req: Request) -> Reply:
+        """xc_domain_setmaxmem: the domain's max_pages, `kib` KiB (the daemon computed it
+        as libxl does and writes memory/target or static-max itself)."""
+        kib = req.args.get("kib")
+        xen = self._live_guest().xen
+        if xen is None or xen.domain is None:
+            return Reply.failure("the domain has no Xen interface")
+        if not isinstance(kib, int) or isinstance(kib, bool) or kib < 0:
+            return Reply.failure(f"set-maxmem needs a size in KiB, not {kib!r}")
+        xen.domain.p2m.set_max_pages(kib * 1024 // PAGE_SIZE)
+        return Reply.success()
+
+    @domain_step("balloon-target", live=True)
+    def _balloon_target(self, req: Request) -> Reply:
+        """xl mem-set of a guest without Xen: its virtio balloon holds its RAM less `kib`
+        (a balloon cannot give more than the RAM the guest was built with)."""
+        guest = self._live_guest()
+        kib = req.args.get("kib")
+        if guest.balloon is None:
+            return Reply.failure("the domain has neither the Xen interface nor a virtio"
+                                 " balloon (virtio_balloon = 1): its memory cannot change")
+        if not isinstance(kib, int) or isinstance(kib, bool) or kib < 0:
+            return Reply.failure(f"balloon-target needs a size in KiB, not {kib!r}")
+        ram = guest.memory.ram_size // 1024
+        if kib > ram:
+            return Reply.failure(f"{kib} KiB is more than the {ram} KiB of RAM the guest was"
+                                 " built with (a virtio balloon only gives back)")
+        guest.balloon.set_target((ram - kib) * 1024 // PAGE_SIZE)
+        return Reply.success()
+
+    @domain_step("block-attach", live=True)
+    def _block_attach(self, req: Request) -> Awaitable[Reply]:
+        return self._attaching(req)
+
+    async def _attaching(self, req: Request) -> Reply:
+        """A Xen PV disk (`disk`, a DiskSpec's dict) on the image the daemon handed over."""
+        guest = self._live_guest()
+        token = req.args.get("files")
+        if self.interdomain is None or not isinstance(token, int):
+            return Reply.failure("no file was handed over")
+        fds = await self.interdomain.take_files(token)
+        for extra in fds[1:]:
+            os.close(extra)
+        if not fds:
+            return Reply.failure("no file was handed over")
+        try:
+            disk = DiskSpec.from_dict(dict(req.args.get("disk") or {}))
+            if guest.xen is None:
+                raise ValueError("the domain has no Xen interface: its disks are virtio")
+        except (ValueError, TypeError) as e:
+            os.close(fds[0])
+            return Reply.failure(str(e))
+        try:
+            be = await asyncio.to_thread(guest.xen.attach_disk, disk, fds[0])
+        except (ValueError, OSError) as e:
+            return Reply.failure(str(e))
+        guest.inventory.add(PvDevicePart(DISK, disk.vdev, be))
+        log.info("domain %d: attached %s (%s) as %s", self.domid, disk.vdev, disk.target, be.be)
+        return Reply.success(devid=be.devid, backend=be.be)
+
+    @domain_step("network-attach", live=True)
+    def _network_attach(self, req: Request) -> Awaitable[Reply]:
+        return self._attaching_nic(req)
+
+    async def _attaching_nic(self, req: Request) -> Reply:
+        """A Xen PV NIC `devid` on the tap the daemon made and handed over (`name`,
+        `vnet_hdr_len`), for the guest's `mac`, on `bridge`."""
+        guest = self._live_guest()
+        token = req.args.get("files")
+        if self.interdomain is None or not isinstance(token, int):
+            return Reply.failure("no tap was handed over")
+        fds = await self.interdomain.take_files(token)
+        for extra in fds[1:]:
+            os.close(extra)
+        if not fds:
+            return Reply.failure("no tap was handed over")
+        a = req.args
+        try:
+            if guest.xen is None:
+                raise ValueError("the domain has no Xen interface: its NICs are virtio")
+            if not isinstance(a.get("devid"), int) or not isinstance(a.get("vnet_hdr_len"), int):
+                raise ValueError("network-attach needs devid and vnet_hdr_len numbers")
+            tap = Tap(fds[0], str(a.get("name")), a["vnet_hdr_len"])
+        except ValueError as e:
+            os.close(fds[0])
+            return Reply.failure(str(e))
+        try:
+            mac = parse_mac(str(a.get("mac")))
+            be = await asyncio.to_thread(guest.xen.attach_nic, a["devid"], tap, mac,
+                                         str(a.get("bridge") or ""))
+        except (ValueError, OSError) as e:
+            tap.close()
+            return Reply.failure(str(e))
+        guest.inventory.add(PvDevicePart(NIC, f"nic{be.devid}", be))
+        log.info("domain %d: attached vif %d (%s) as %s", self.domid, be.devid, tap.name, be.be)
+        return Reply.success(devid=be.devid, backend=be.be)
+
+    @domain_step("network-detach", live=True)
+    def _network_detach(self, req: Request) -> Awaitable[Reply]:
+        return self._detaching(req, NIC)
+
+    @domain_step("block-detach", live=True)
+    def _block_detach(self, req: Request) -> Awaitable[Reply]:
+        return self._detaching(req, DISK)
+
+    async def _detaching(self, req: Request, kind: str) -> Reply:
+        """Remove the PV device `dev` (a vdev name or a device id); `force`: at once,
+        without waiting for the frontend (xl block-detach -f)."""
+        guest = self._live_guest()
+        dev = str(req.args.get("dev"))
+        part = next((p for p in guest.inventory.of_kind(kind) if isinstance(p, PvDevicePart)
+                     and dev in _device_names(p)), None)
+        if part is None or guest.xen is None:
+            return Reply.failure(f"Error: Device {dev} not connected." if kind == DISK
+                                 else f"Unknown device {dev}.")
+        force = bool(req.args.get("force"))
+        done = await asyncio.to_thread(guest.xen.detach, part.backend, force, DETACH_TIMEOUT)
+        if not done and kind == NIC:
+            # libxl_device_nic_remove (not a safe remove): after the timeout, by force
+            log.warning("domain %d: %s did not close; removing it", self.domid, part.backend.fe)
+            done = await asyncio.to_thread(guest.xen.detach, part.backend, True, 0)
+        if not done:
+            # libxl_device_disk_safe_remove: no forced removal after the timeout
+            return Reply.failure(f"the frontend of {part.backend.fe} did not close within"
+                                 f" {DETACH_TIMEOUT:.0f} s\n" + ("libxl_device_disk_safe_remove"
+                                 " failed." if kind == DISK else "libxl_device_nic_del failed."))
+        guest.inventory.remove(part)
+        log.info("domain %d: detached %s", self.domid, part.name)
+        return Reply.success()
+
     # -- save and restore (docs/snapshot-stream.md) --------------------------------------
     async def _take_file(self, req: Request, mode: str) -> BinaryIO:
         """The open file the daemon handed over for this request (never a path: the
@@ -673,6 +811,17 @@ class DomainProcess:
         if self.interdomain is not None:
             self.interdomain.shutdown()
         return self.exit_code
+
+
+def _device_names(part: PvDevicePart) -> set[str]:
+    """What xl block-detach / network-detach may call a PV device: its vdev or devid; a
+    vif also its MAC (xl_nic.c: an argument with ':' is a MAC), any case."""
+    names = {part.name, str(part.backend.devid)}
+    mac = getattr(part.backend, "mac", None)
+    if isinstance(mac, bytes):
+        text = format_mac(mac)
+        names |= {text, text.upper()}
+    return names
 
 
 def run_domain(

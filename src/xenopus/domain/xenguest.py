@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 import threading
 import uuid
@@ -20,7 +21,10 @@ from collections.abc import Callable
 from xenopus.boot import BootInfo
 from xenopus.devices import platform as layout
 from xenopus.devices.bus import Bus
+from xenopus.devices.disk import DiskImage
+from xenopus.devices.tap import Tap
 from xenopus.domain.config import DomainConfig
+from xenopus.domain.devspec import DiskSpec
 from xenopus.domain.interdomain_port import InterdomainPort
 from xenopus.domain.vif import VifTaps, open_vif
 from xenopus.kvm import Kvm
@@ -214,6 +218,7 @@ class XenGuest:
         self.interdomain: InterdomainPort | None = None
         self.backends: list[Backend] = []
         self.xs: XsClient | None = None
+        self._host: DomainHost | None = None
         self._input = bytearray()
         self._input_lock = threading.Lock()
 
@@ -337,13 +342,7 @@ class XenGuest:
         vifs = [(i, v) for i, v in enumerate(self.config.vifs) if v.kind_for(True) == "xen"]
         if not (disks or vifs):
             return
-        if self.xenstore_path is None:
-            raise ValueError("Xen PV devices need the daemon's XenStore")
-        domain = self._attached()
-        self.xs = XsClient(self.xenstore_path)
-        grants = domain.grants
-        host = DomainHost(domain.evtchn,
-                          GrantMapper(lambda d: grants if d == self.domid else None))
+        host = self._backend_host()
         for _, disk in disks:
             be = BlkBack(
                 self.xs, host, self.domid,
@@ -362,6 +361,81 @@ class XenGuest:
                 raise
             self.backends.append(be)
             be.start()
+
+    def _backend_host(self) -> DomainHost:
+        """The backends' XenStore client and their `Host` (made with the first backend)."""
+        if self.xenstore_path is None:
+            raise ValueError("Xen PV devices need the daemon's XenStore")
+        domain = self._attached()
+        if self.xs is None:
+            self.xs = XsClient(self.xenstore_path)
+        if self._host is None:
+            grants = domain.grants
+            self._host = DomainHost(domain.evtchn,
+                                    GrantMapper(lambda d: grants if d == self.domid else None))
+        return self._host
+
+    # -- hotplug (xl block-attach / block-detach) ----------------------------------------
+    def attach_disk(self, disk: DiskSpec, fd: int) -> BlkBack:
+        """A PV disk added while the domain runs (libxl_device_disk_add): its backend
+        serves the image open at `fd` (now ours), its nodes appear in one transaction and
+        the guest's xenbus finds device/vbd/N. Refused: a virtio vdev, a taken one."""
+        try:
+            if disk.kind != "xen":
+                raise ValueError(f"{disk.vdev}: a virtio-blk disk cannot be attached to a"
+                                 " running domain (no PCI hotplug); use an xvd* vdev")
+            devid = vbd_id(disk.vdev_index)
+            if any(isinstance(b, BlkBack) and b.devid == devid for b in self.backends):
+                raise ValueError(f"{disk.vdev} (device {devid}) is already attached")
+            host = self._backend_host()
+            image = DiskImage.from_fd(fd, disk.target, read_only=disk.read_only)
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            be = BlkBack(self.xs, host, self.domid, devid, disk.target,
+                         read_only=disk.read_only, vdev=disk.vdev, image=image)
+        except BaseException:
+            image.close()
+            raise
+        self.backends.append(be)
+        try:
+            be.start()
+        except BaseException:
+            self.backends.remove(be)
+            be.stop()
+            raise
+        return be
+
+    def attach_nic(self, devid: int, tap: Tap, mac: bytes, bridge: str) -> NetBack:
+        """A PV NIC added while the domain runs (libxl_device_nic_add): a netback on a tap
+        the daemon made (a jailed process cannot); the guest finds device/vif/N."""
+        try:
+            if any(isinstance(b, NetBack) and b.devid == devid for b in self.backends):
+                raise ValueError(f"vif {devid} is already attached")
+            host = self._backend_host()
+            be = NetBack(self.xs, host, self.domid, devid, tap, mac, bridge=bridge)
+        except BaseException:
+            tap.close()
+            raise
+        self.backends.append(be)
+        try:
+            be.start()
+        except BaseException:
+            self.backends.remove(be)
+            be.stop()
+            raise
+        return be
+
+    def detach(self, be: Backend, force: bool, timeout: float) -> bool:
+        """Remove a PV device: unless `force`, ask the frontend to close first (False if
+        it did not within `timeout` s: the device stays, Closing); then its nodes go."""
+        if not force and not be.close(timeout):
+            return False
+        be.stop(remove=True)
+        if be in self.backends:
+            self.backends.remove(be)
+        return True
 
     def store_nodes(self) -> dict[str, str]:
         """The XenStore ring's event channel and frame, as libxl__build_post writes them
@@ -389,6 +463,7 @@ class XenGuest:
         if self.xs is not None:
             self.xs.close()
             self.xs = None
+        self._host = None
         self.store.attach(None)
         if self.domain is not None:
             self.domain.close()

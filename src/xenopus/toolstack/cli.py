@@ -750,6 +750,169 @@ def cmd_daemon(args: Namespace) -> int:
     return daemon.run(base, ready_fd=args.ready_fd, log_file=log_file, spares=args.spares)
 
 
+# -- resources and devices (xl_mem.c, xl_vcpu.c, xl_sched.c, xl_block.c) --------------------
+def parse_mem_size_kb(text: str) -> int | None:
+    """xl_parse.c parse_mem_size_kb: strtoll's number and at most one suffix letter, any
+    case — t, g, m (also none: MiB is the default), k, or b (bytes) — as KiB; None where
+    xl gets -1 (a longer or unknown suffix)."""
+    import re
+
+    m = re.match(r"\s*([+-]?\d+)", text)
+    value, rest = (int(m.group(1)), text[m.end():]) if m else (0, text)
+    if len(rest) > 1:
+        return None
+    shift = {"t": 30, "g": 20, "": 10, "m": 10, "k": 0}.get(rest.lower())
+    if rest.lower() == "b":
+        return value >> 10
+    return None if shift is None else value << shift
+
+
+def cmd_mem(args: Namespace) -> int:
+    """xl mem-set / mem-max DOM SIZE."""
+    if args.dom in DOM0:
+        raise CliError("Domain-0 is the host: its memory is not xenopus's to set")
+    kib = parse_mem_size_kb(args.size)
+    if kib is None or kib < 0:
+        raise CliError(f"invalid memory size: {args.size}")
+    request(args.op, dom=args.dom, kib=kib, size=args.size)
+    return 0
+
+
+def _strtol(text: str) -> int | None:
+    """The leading decimal number of `text` as strtol/strtoul read it; None if none."""
+    import re
+
+    m = re.match(r"\s*([+-]?\d+)", text)
+    return int(m.group(1)) if m else None
+
+
+def cmd_vcpu_set(args: Namespace) -> int:
+    """xl vcpu-set [-i] DOM N (xl_vcpu.c vcpuset): more vCPUs than the host has CPUs (and
+    than are online) is refused unless -i."""
+    if args.dom in DOM0:
+        raise CliError("Domain-0 is the host: its CPUs are not xenopus's to set")
+    count = _strtol(args.count)
+    if count is None or count < 0:
+        raise CliError("Error: Invalid argument.")
+    if not args.ignore_host:
+        host_cpus = max(host.host_cpus()) + 1  # libxl_get_max_cpus
+        rows = [d for d in request("list")["domains"] if args.dom in (str(d["domid"]), d["name"])]
+        online = rows[0]["vcpus"] if rows else 0
+        if count > online and count > host_cpus:
+            raise CliError(f"You are overcommmitting! You have {host_cpus} physical CPUs and"
+                           f" want {count} vCPUs! Aborting, use --ignore-host to continue")
+    request(args.op, dom=args.dom, count=count)
+    return 0
+
+
+def cmd_sched(credit2: bool):
+    """xl sched-credit / sched-credit2 [-d DOM [-w WEIGHT] [-c CAP]] [-p POOL] [-s]: one
+    Linux fair scheduler stands behind both; the weights and caps are the domains'
+    cgroups' (main_sched_credit{,2} for the checks and messages)."""
+
+    def run(args: Namespace) -> int:
+        from xenopus.toolstack import xlformat
+
+        weight = None if args.weight is None else _strtol(args.weight) or 0
+        cap = None if args.cap is None else _strtol(args.cap) or 0
+        domain_opts = args.dom is not None or weight is not None or cap is not None
+        if credit2 and args.cpupool and domain_opts:
+            raise CliError("Specifying a cpupool is not allowed with other options.")
+        if not credit2 and (args.cpupool or args.schedparam) and domain_opts:
+            raise CliError("Specifying a cpupool or schedparam is not allowed with domain options.")
+        if args.dom is None and (weight is not None or cap is not None):
+            raise CliError("Must specify a domain.")
+        if args.cpupool not in (None, xlformat.POOL_NAME, "0"):
+            raise CliError(f"unknown cpupool '{args.cpupool}'")
+        pool_params = (args.tslice, args.ratelimit, args.migration_delay)
+        if not args.schedparam and any(p is not None for p in pool_params):
+            raise CliError("Must specify schedparam to set schedule parameter values.")
+        if args.schedparam:
+            if any(p is not None for p in pool_params):
+                raise CliError("the Linux scheduler has no credit time slice, rate limit or"
+                               " migration delay to set")
+            print(xlformat.sched_pool_line())
+            return 0
+        if args.dom in DOM0:
+            if domain_opts and (weight is not None or cap is not None):
+                raise CliError("Domain-0 is the host: its scheduling is not xenopus's to set")
+            print(xlformat.SCHED_HEADER)
+            print(xlformat.sched_row("Domain-0", 0, 256, 0))
+            return 0
+        query: dict[str, Any] = {} if args.dom is None else {"dom": args.dom}
+        if weight is not None:
+            query["weight"] = weight
+        if cap is not None:
+            query["cap"] = cap
+        domains = request(args.op, **query)["domains"]
+        if weight is not None or cap is not None:
+            return 0
+        if args.dom is None:  # sched_domain_output: the pool, then its every domain
+            print(xlformat.sched_pool_line())
+            print(xlformat.SCHED_HEADER)
+            print(xlformat.sched_row("Domain-0", 0, 256, 0))
+        else:
+            print(xlformat.SCHED_HEADER)
+        for d in domains:
+            print(xlformat.sched_row(d["name"], d["domid"], d["weight"], d["cap"]))
+        return 0
+
+    return run
+
+
+def cmd_block_attach(args: Namespace) -> int:
+    """xl block-attach DOM DISKSPEC...: the words are one disk spec
+    (parse_disk_config_multistring); the CLI opens the image as its user and hands the
+    open file over, so neither the daemon nor the jailed domain opens the path."""
+    from xenopus.domain.devspec import parse_disk
+    from xenopus.toolstack import transfer
+
+    if args.dom in DOM0:
+        raise CliError("Domain-0 is the host: it has no xenopus disks")
+    spec = ",".join(args.spec)
+    try:
+        disk = parse_disk(spec)
+    except ValueError as e:
+        raise CliError(str(e)) from None
+    try:
+        fd = os.open(disk.target, (os.O_RDONLY if disk.read_only else os.O_RDWR) | os.O_CLOEXEC)
+    except OSError as e:
+        raise CliError(f"cannot open {disk.target}: {e.strerror}") from None
+    try:
+        transfer.send_file(Request(args.op, {"dom": args.dom, "spec": spec}), fd, None, None,
+                           f"Attaching {disk.target}")
+    finally:
+        os.close(fd)
+    return 0
+
+
+def cmd_block_detach(args: Namespace) -> int:
+    """xl block-detach [-f] DOM DEV (a vdev name or device number)."""
+    request(args.op, dom=args.dom, dev=args.dev, force=args.force)
+    return 0
+
+
+def cmd_network_attach(args: Namespace) -> int:
+    """xl network-attach DOM VIFSPEC...: each word one key=value of the vif spec
+    (parse_nic_config); xl.conf's vif.default.bridge where the spec names none."""
+    from xenopus.toolstack import xlconf
+
+    if args.dom in DOM0:
+        raise CliError("Domain-0 is the host: it has no xenopus NICs")
+    try:
+        conf = xlconf.load()
+    except xlconf.XlConfError as e:
+        raise CliError(str(e)) from None
+    request(args.op, dom=args.dom, spec=",".join(args.spec), vif_bridge=conf.vif_bridge)
+    return 0
+
+
+def cmd_network_detach(args: Namespace) -> int:
+    """xl network-detach DOM DEVID|MAC."""
+    request(args.op, dom=args.dom, dev=args.dev)
+    return 0
+
+
 # -- the command line ----------------------------------------------------------------------
 # One table describes every verb: its xl grammar, the request it sends and its CLI step.
 # The request's op names the daemon step that answers it (`daemon_step` in
@@ -889,6 +1052,40 @@ VERBS = (
          (Pos("source", "DOM|FILE", None, "a domain, or a file `save` wrote (a path with"
               " a '/', or a file that exists)"), Pos("names", "NAME", "+"))),
     # -- end of save, restore, migrate --
+    # -- resources and devices (xl_mem.c, xl_vcpu.c, xl_sched.c, xl_block.c) --
+    Verb("mem-set", "set a domain's memory target (its balloon driver follows it)", "mem-set",
+         cmd_mem, (), (_dom(), Pos("size", "SIZE", None, "KiB, or with a suffix b/k/m/g/t;"
+                                   " MiB without one"))),
+    Verb("mem-max", "set a domain's maximum memory", "mem-max", cmd_mem, (),
+         (_dom(), Pos("size", "SIZE", None, "KiB, or with a suffix b/k/m/g/t; MiB without one"))),
+    Verb("vcpu-set", "set the number of a domain's vCPUs online (cpu/N/availability)",
+         "vcpu-set", cmd_vcpu_set,
+         (Opt(("-i", "--ignore-host"), "ignore_host", "allow more vCPUs than host CPUs"),),
+         (_dom(), Pos("count", "N"))),
+    *(Verb(name, "get or set domains' CPU weight and cap (the fair scheduler's cgroups)",
+           "sched", cmd_sched(name == "sched-credit2"), (
+               Opt(("-d", "--domain"), "dom", "the domain", str),
+               Opt(("-w", "--weight"), "weight", "its weight, 1 to 65535 (default 256)", str),
+               Opt(("-c", "--cap"), "cap", "its cap, percent of one CPU (0: none)", str),
+               Opt(("-p", "--cpupool"), "cpupool", "the CPU pool (only Pool-0)", str),
+               Opt(("-s", "--schedparam"), "schedparam", "the pool's scheduler parameters"),
+               Opt(("-t", "--tslice_ms"), "tslice", None, str),
+               Opt(("-r", "--ratelimit_us"), "ratelimit", None, str),
+               Opt(("-m", "--migration_delay_us"), "migration_delay", None, str),
+           )) for name in ("sched-credit", "sched-credit2")),
+    Verb("block-attach", "attach a Xen PV disk to a running domain", "block-attach",
+         cmd_block_attach, (), (_dom(), Pos("spec", "DISKSPEC", "+", "an xl disk spec"))),
+    Verb("block-detach", "detach a Xen PV disk from a domain", "block-detach",
+         cmd_block_detach,
+         (Opt(("-f", "--force"), "force", "remove it without waiting for the guest"),),
+         (_dom(), Pos("dev", "DEV", None, "its vdev (xvdb) or device number (51728)"))),
+    Verb("network-attach", "attach a Xen PV network interface to a running domain",
+         "network-attach", cmd_network_attach, (),
+         (_dom(), Pos("spec", "VIFSPEC", "+", "xl vif spec keys (mac=, bridge=, vifname=, ...)"))),
+    Verb("network-detach", "detach a Xen PV network interface from a domain",
+         "network-detach", cmd_network_detach, (),
+         (_dom(), Pos("dev", "DEVID|MAC", None, "its device id or MAC address"))),
+    # -- end of resources and devices --
     Verb("daemon", "run the host daemon in the foreground", "stop", cmd_daemon, (
         Opt(("--stop",), "stop", "stop a running daemon and its domains"),
         Opt(("--background",), "background", None),

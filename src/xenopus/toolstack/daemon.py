@@ -32,7 +32,10 @@ from uuid import uuid4
 
 from xenopus import ipc, stream
 from xenopus.control import Reply, Request
+from xenopus.devices.mac import format_mac
+from xenopus.domain import jail
 from xenopus.domain.config import ConfigError, DomainConfig, load_config
+from xenopus.domain.devspec import parse_disk, parse_vif
 from xenopus.domain.jail import uid_range
 from xenopus.domain.protocol import (
     Exited,
@@ -48,6 +51,7 @@ from xenopus.domain.protocol import (
     decode_from_zygote,
 )
 from xenopus.domain.restart import RestartBackoff
+from xenopus.domain.vif import open_vif
 from xenopus.toolstack import hostinfo, xlformat
 from xenopus.toolstack.broker import InterdomainBroker
 from xenopus.toolstack.xenstored import PvControlTimeout, XenStored
@@ -76,6 +80,8 @@ SPAWN_TIMEOUT = 60.0
 # domain gets an address-space layout of its own at the cost of one idle Python per
 # spare; creations faster than spares start wait for one. 0: fork from the zygote.
 DEFAULT_SPARES = 2
+HOTPLUG_TIMEOUT = 30.0  # seconds a domain gets to add or remove a device (a detach waits 10)
+LIBXL_MAXMEM_CONSTANT = 1024  # KiB libxl adds to every max_pages on x86 (libxl_internal.h)
 
 
 class RequestError(Exception):
@@ -116,10 +122,27 @@ class DomainRecord:
     stop_log: list[Stopped] = field(default_factory=list)  # every stop, in order
     # Pulsed (set, then cleared) when it stops or goes: what `wait` loops on.
     changed: asyncio.Event = field(default_factory=asyncio.Event)
+    # The credit schedulers' share set by xl sched-credit (None: the config's cpu_weight
+    # and cap, or the defaults), and where it was applied.
+    sched_weight: int | None = None
+    sched_cap: int | None = None
+    cpu_layer: str = "default"
 
     def pulse(self) -> None:
         self.changed.set()
         self.changed.clear()
+
+    @property
+    def weight(self) -> int:
+        if self.sched_weight is not None:
+            return self.sched_weight
+        return jail.CREDIT_WEIGHT if self.config.cpu_weight is None else self.config.cpu_weight
+
+    @property
+    def cap(self) -> int:
+        if self.sched_cap is not None:
+            return self.sched_cap
+        return 0 if self.config.cap is None else self.config.cap
 
     def to_table(self) -> dict[str, Any]:
         """Its entry in the persisted domain table."""
@@ -245,6 +268,7 @@ class Daemon:
             else:
                 # By pid: the domain may have left the table already (it said Finished).
                 rec = self._processes.pop(event.pid, None)
+                jail.remove_cpu_share(event.pid)  # its v1 cpu cgroup, if sched-credit made one
                 if rec is not None:
                     rec.exit_info = event
                     rec.exited.set()
@@ -712,6 +736,8 @@ class Daemon:
         if event.store_nodes:
             self.xenstore.write_nodes(rec.domid, "store", event.store_nodes)
         rec.state = "paused" if paused else "running"
+        if rec.cpu_layer != "default" or rec.config.cpu_weight is not None or rec.config.cap is not None:
+            self._apply_cpu_share(rec)  # cpu_weight, cap (xl.cfg), or a new process's
         log.info("domain %d (%s) started, pid %d", rec.domid, rec.name, rec.pid)
         self.hv_log(f"d{rec.domid}: domain '{rec.name}' created ({rec.protocol} boot, Xen"
                     f" interface {rec.xen_path}, {rec.config.vcpus} vCPU(s),"
@@ -1236,8 +1262,11 @@ class Daemon:
                 "uuid": rec.uuid,
                 "start_time": rec.created,
                 "memory": info.get("memory") or rec.config.memory,  # a balloon moves it
-                "maxmem": rec.config.maxmem,
-                "vcpus": rec.config.vcpus,
+                # memory/static-max (xl mem-max moves it), in MiB
+                "maxmem": (self.xenstore.read_kib(rec.domid, "memory/static-max")
+                           or (rec.config.maxmem or rec.config.memory) * 1024) // 1024,
+                # libxl's avail_vcpus: the vCPUs cpu/N/availability has online (xl vcpu-set)
+                "vcpus": self.xenstore.vcpus_available(rec.domid) or rec.config.vcpus,
                 "maxvcpus": rec.config.maxvcpus,
                 "state": rec.state,
                 "reason": rec.last_stop.reason if rec.last_stop is not None else None,
@@ -1254,6 +1283,227 @@ class Daemon:
 
         recs = sorted(self.domains.values(), key=lambda r: r.domid)
         return Reply.success(domains=list(await asyncio.gather(*(entry(r) for r in recs))))
+
+
+    # -- resources: xl mem-set, mem-max, vcpu-set, sched-credit(2) ------------------------
+    def _xen_domain(self, req: Request, what: str) -> DomainRecord:
+        """The named domain, which must see Xen: `what` only works through XenStore."""
+        rec = self.lookup(req.dom)
+        if rec.xen_path == "off":
+            raise RequestError(f"domain {rec.domid} has no Xen interface (xen_platform = 0,"
+                               f" or no Xen path here): {what}", "state")
+        return rec
+
+    def _memory_node(self, rec: DomainRecord, node: str) -> int:
+        kib = self.xenstore.read_kib(rec.domid, node)
+        if kib is None:  # libxl_mem.c's words
+            raise RequestError(f"Cannot get memory info from /local/domain/{rec.domid}/{node}")
+        return kib
+
+    async def _set_maxmem(self, rec: DomainRecord, kib: int) -> None:
+        """xc_domain_setmaxmem: the domain's max_pages (Xen's accounting, in its process)."""
+        reply = await rec.request(Request("set-maxmem", {"kib": kib}))
+        if not reply.ok:
+            raise RequestError(f"domain {rec.domid}: {reply.error}")
+
+    @staticmethod
+    def _kib(req: Request) -> tuple[int, str]:
+        kib, text = req.args.get("kib"), req.args.get("size")
+        if not isinstance(kib, int) or isinstance(kib, bool) or kib < 0:
+            raise RequestError(f"invalid memory size: {text}")
+        return kib, str(text)
+
+    @daemon_step("mem-set")
+    async def _mem_set(self, req: Request, client: Client) -> Reply:
+        """xl mem-set DOM SIZE: libxl_set_memory_target(enforce=1) — the new target (less
+        videoram) at most static-max; max_pages to it plus LIBXL_MAXMEM_CONSTANT; then
+        memory/target, which the guest's balloon driver follows, and /vm/UUID/memory. A
+        domain without Xen gets the target through its virtio balloon instead."""
+        rec = self.lookup(req.dom)
+        kib, text = self._kib(req)
+        failed = f"cannot set domid {rec.domid} dynamic max memory to : {text}"
+        self._memory_node(rec, "memory/target")
+        static_max = self._memory_node(rec, "memory/static-max")
+        videoram = self.xenstore.read_kib(rec.domid, "memory/videoram") or 0
+        target = kib - videoram
+        if not 0 <= target <= static_max:
+            raise RequestError("memory_dynamic_max must be less than or equal to"
+                               f" memory_static_max\n{failed}")
+        if rec.xen_path == "off":  # no Xen balloon driver: the virtio balloon, if any
+            reply = await rec.request(Request("balloon-target", {"kib": target}))
+            if not reply.ok:
+                raise RequestError(f"domain {rec.domid}: {reply.error}\n{failed}")
+        else:
+            await self._set_maxmem(rec, target + videoram + LIBXL_MAXMEM_CONSTANT)
+        self.xenstore.set_memory_target(rec.domid, target)
+        self.hv_log(f"d{rec.domid}: memory target {target} KiB")
+        return Reply.success(target_kib=target)
+
+    @daemon_step("mem-max")
+    async def _mem_max(self, req: Request, client: Client) -> Reply:
+        """xl mem-max DOM SIZE: libxl_domain_setmaxmem — at least the current target;
+        max_pages to it plus LIBXL_MAXMEM_CONSTANT, then memory/static-max."""
+        rec = self._xen_domain(req, "its maximum is Xen's max_pages and memory/static-max")
+        kib, text = self._kib(req)
+        target = self._memory_node(rec, "memory/target")
+        if kib < target:  # libxl_mem.c's words, its "or or" included
+            raise RequestError("memory_static_max must be greater than or or equal to"
+                               f" memory_dynamic_max\ncannot set domid {rec.domid} static"
+                               f" max memory to : {text}")
+        await self._set_maxmem(rec, kib + LIBXL_MAXMEM_CONSTANT)
+        self.xenstore.set_static_max(rec.domid, kib)
+        return Reply.success(max_kib=kib)
+
+    @daemon_step("vcpu-set")
+    async def _vcpu_set(self, req: Request, client: Client) -> Reply:
+        """xl vcpu-set DOM N: libxl_set_vcpuonline for a PVH domain — vCPUs 0..N-1
+        "online", the rest "offline" in cpu/N/availability; the guest's own hotplug
+        driver brings them up and down (VCPUOP_up/down or INIT/SIPI)."""
+        rec = self.lookup(req.dom)
+        count = req.args.get("count")
+        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+            raise RequestError("Error: Invalid argument.")
+        maxvcpus = rec.config.maxvcpus or rec.config.vcpus
+        # xl_vcpu.c vcpuset's line after libxl's (rc ERROR_FAIL, -3)
+        failed = f"libxl_set_vcpuonline failed domid={rec.domid} max_vcpus={count}, rc: -3"
+        if count == 0:
+            raise RequestError(f"Requested 0 VCPUs!\n{failed}")
+        if count > maxvcpus:
+            raise RequestError(f"Requested {count} VCPUs, however maxcpus is {maxvcpus}!\n{failed}")
+        self._xen_domain(req, "vCPU hotplug goes through cpu/N/availability (ACPI CPU"
+                         " hotplug for other guests is not implemented)")
+        self.xenstore.set_vcpus_online(rec.domid, count, maxvcpus)
+        self.hv_log(f"d{rec.domid}: vCPUs 0-{count - 1} of {maxvcpus} available")
+        return Reply.success()
+
+    @daemon_step("sched")
+    async def _sched(self, req: Request, client: Client) -> Reply:
+        """xl sched-credit / sched-credit2: each domain's weight and cap (default: every
+        domain's); with `weight` or `cap`, set them on the named domain's cgroup first
+        (`jail.set_cpu_share`). A host without a cpu controller keeps the values and
+        says so in `layer`."""
+        weight, cap = req.args.get("weight"), req.args.get("cap")
+        recs = ([self.lookup(req.dom)] if "dom" in req.args
+                else sorted(self.domains.values(), key=lambda r: r.domid))
+        if weight is not None or cap is not None:
+            rec = recs[0]
+            maxvcpus = rec.config.maxvcpus or rec.config.vcpus
+            if weight is not None and not (isinstance(weight, int) and 1 <= weight <= 65535):
+                raise RequestError("Cpu weight out of range, valid values are within range"
+                                   " from 1 to 65535\nlibxl_domain_sched_params_set failed.")
+            if cap is not None and not (isinstance(cap, int) and 0 <= cap <= 100 * maxvcpus):
+                raise RequestError("Cpu cap out of range, valid range is from 0 to"
+                                   f" {100 * maxvcpus} for specified number of vcpus"
+                                   "\nlibxl_domain_sched_params_set failed.")
+            rec.sched_weight = weight if weight is not None else rec.weight
+            rec.sched_cap = cap if cap is not None else rec.cap
+            self._apply_cpu_share(rec)
+        return Reply.success(domains=[
+            {"domid": r.domid, "name": r.name, "weight": r.weight, "cap": r.cap,
+             "layer": r.cpu_layer} for r in recs])
+
+    def _apply_cpu_share(self, rec: DomainRecord) -> None:
+        if rec.pid is None:
+            rec.cpu_layer = "recorded: the domain has no process"
+            return
+        try:
+            rec.cpu_layer = jail.set_cpu_share(rec.domid, rec.pid, rec.weight, rec.cap,
+                                               rec.config.maxvcpus or rec.config.vcpus)
+        except OSError as e:
+            rec.cpu_layer = f"missing: {e.strerror or e}"
+            log.warning("domain %d: weight %d cap %d recorded only: %s", rec.domid,
+                        rec.weight, rec.cap, rec.cpu_layer)
+
+
+    # -- devices: xl block-attach, block-detach (Xen PV, through xenbus) -----------------
+    @daemon_step("block-attach")
+    async def _block_attach(self, req: Request, client: Client) -> Reply:
+        """xl block-attach DOM DISKSPEC: the spec parsed as xl parses it, the image the
+        CLI opened handed to the domain, whose process adds the backend (libxl's nodes)."""
+        rec = self._xen_domain(req, "its disks are virtio-blk, and PCI hotplug is not"
+                               " implemented")
+        try:
+            disk = parse_disk(str(req.args.get("spec")))
+        except ValueError as e:
+            raise RequestError(str(e), "config") from None
+        if disk.kind != "xen":
+            raise RequestError(f"{disk.vdev}: only Xen PV disks (xvd*) can be attached to a"
+                               " running domain (virtio needs PCI hotplug, not implemented)")
+        token = await self._hand_over(rec, await self._client_file(client))
+        reply = await rec.request(Request("block-attach", {"files": token, "disk": disk.to_dict()}),
+                                  timeout=HOTPLUG_TIMEOUT)
+        if not reply.ok:
+            raise RequestError(f"domain {rec.domid}: {reply.error}\nlibxl_device_disk_add failed.")
+        self.hv_log(f"d{rec.domid}: disk {disk.vdev} attached ({disk.target})")
+        return Reply(True, reply.data)
+
+    @daemon_step("block-detach")
+    async def _block_detach(self, req: Request, client: Client) -> Reply:
+        """xl block-detach [-f] DOM DEV: the domain's process closes and removes it."""
+        rec = self.lookup(req.dom)
+        reply = await rec.request(Request("block-detach", {"dev": req.args.get("dev"),
+                                                           "force": bool(req.args.get("force"))}),
+                                  timeout=HOTPLUG_TIMEOUT)
+        if not reply.ok:
+            raise RequestError(str(reply.error))
+        self.hv_log(f"d{rec.domid}: disk {req.args.get('dev')} detached")
+        return Reply(True, reply.data)
+
+
+    # -- devices: xl network-attach, network-detach (Xen PV, through xenbus) -------------
+    @daemon_step("network-attach")
+    async def _network_attach(self, req: Request, client: Client) -> Reply:
+        """xl network-attach DOM VIFSPEC: libxl_device_nic_add for a PVH domain — a Xen PV
+        vif (virtio only when the spec says model=virtio, which needs PCI hotplug), devid
+        the next free one (libxl__device_nextid), the default bridge from xl.conf. The
+        daemon makes the tap (xl's name, MTU, bridge): a jailed domain cannot."""
+        rec = self._xen_domain(req, "its NICs are virtio-net, and PCI hotplug is not"
+                               " implemented")
+        spec = str(req.args.get("spec"))
+        try:
+            vif = parse_vif(spec)
+        except ValueError as e:
+            raise RequestError(str(e), "config") from None
+        if any(part.strip().startswith("model=") for part in spec.split(",")) and vif.model != "xen":
+            raise RequestError(f"model={vif.model}: only Xen PV vifs can be attached to a"
+                               " running domain (virtio needs PCI hotplug, not implemented)")
+        bridge = req.args.get("vif_bridge")
+        vif = dataclasses.replace(vif, model="xen", bridge=vif.bridge if vif.bridge is not None
+                                  else bridge if isinstance(bridge, str) else None)
+        listed = await rec.request(Request("devices"))
+        taken = {d.get("devid") for d in listed.data.get("devices", []) if d.get("kind") == "nic"}
+        devid = max({i for i in taken if isinstance(i, int)} | set(range(len(rec.config.vifs))),
+                    default=-1) + 1
+        try:
+            end = await asyncio.to_thread(open_vif, rec.name, vif, rec.domid, devid)
+        except (OSError, ValueError) as e:
+            raise RequestError(f"cannot make vif {devid}'s tap: {e}") from None
+        try:
+            token = self.interdomain.hand_over(rec.domid, [end.tap.fd])
+        except ConnectionError as e:
+            raise RequestError(str(e)) from None
+        finally:
+            end.tap.close()  # the domain has its own descriptor now
+        reply = await rec.request(Request("network-attach", {
+            "files": token, "devid": devid, "name": end.tap.name,
+            "vnet_hdr_len": end.tap.vnet_hdr_len, "mac": format_mac(end.mac),
+            "bridge": vif.bridge or ""}), timeout=HOTPLUG_TIMEOUT)
+        if not reply.ok:
+            raise RequestError(f"domain {rec.domid}: {reply.error}\nlibxl_device_nic_add failed.")
+        self.hv_log(f"d{rec.domid}: vif {devid} attached ({end.tap.name})")
+        return Reply(True, reply.data)
+
+    @daemon_step("network-detach")
+    async def _network_detach(self, req: Request, client: Client) -> Reply:
+        """xl network-detach DOM DEVID|MAC: closed by the frontend, or after the timeout
+        removed anyway (libxl_device_nic_remove)."""
+        rec = self.lookup(req.dom)
+        reply = await rec.request(Request("network-detach", {"dev": req.args.get("dev")}),
+                                  timeout=HOTPLUG_TIMEOUT)
+        if not reply.ok:
+            raise RequestError(str(reply.error))
+        self.hv_log(f"d{rec.domid}: vif {req.args.get('dev')} detached")
+        return Reply(True, reply.data)
 
 
 def run(run_dir: Path, *, ready_fd: int | None = None, log_file: Path | None = None,

@@ -265,6 +265,50 @@ class XenStored:
         for key, value in values.items():
             self.store.write(self.dom0, f"/local/domain/{domid}/{under}/{key}", str(value).encode())
 
+    # -- xl mem-set, mem-max, vcpu-set: the nodes libxl changes ---------------------------
+    def read_kib(self, domid: int, node: str) -> int | None:
+        """A number libxl keeps under the domain's home (memory/target, static-max,
+        videoram: KiB); None when the node is missing or not a decimal number."""
+        try:
+            text = self.store.read(self.dom0, f"/local/domain/{domid}/{node}").decode()
+        except (XsError, UnicodeDecodeError):
+            return None
+        return int(text) if text.isdigit() else None
+
+    def set_memory_target(self, domid: int, kib: int) -> None:
+        """libxl_set_memory_target: memory/target (KiB) for the guest's balloon driver,
+        and /vm/UUID/memory (MiB)."""
+        s, c = self.store, self.dom0
+        s.write(c, f"/local/domain/{domid}/memory/target", str(kib).encode())
+        vm = self._vm_paths.get(domid)
+        if vm is not None:
+            s.write(c, f"{vm}/memory", str(kib // 1024).encode())
+
+    def set_static_max(self, domid: int, kib: int) -> None:
+        """libxl_domain_setmaxmem: memory/static-max (KiB)."""
+        self.store.write(self.dom0, f"/local/domain/{domid}/memory/static-max", str(kib).encode())
+
+    def vcpus_available(self, domid: int) -> int | None:
+        """How many vCPUs cpu/N/availability has "online" (None: no such nodes)."""
+        s, c, home = self.store, self.dom0, f"/local/domain/{domid}/cpu"
+        try:
+            children = s.directory(c, home)
+        except XsError:
+            return None
+        online = 0
+        for child in children:
+            with contextlib.suppress(XsError):
+                online += s.read(c, f"{home}/{child}/availability") == b"online"
+        return online or None
+
+    def set_vcpus_online(self, domid: int, online: int, maxvcpus: int) -> None:
+        """libxl__set_vcpuonline_xenstore: cpu/N/availability for every vCPU the domain
+        has, the first `online` "online", the rest "offline". The daemon runs one step at
+        a time, so the guest sees them as one change (libxl uses a transaction)."""
+        for i in range(maxvcpus):
+            self.store.write(self.dom0, f"/local/domain/{domid}/cpu/{i}/availability",
+                             b"online" if i < online else b"offline")
+
     def export_domain(self, domid: int) -> dict[str, Any]:
         """The domain's subtree (every node below its home: path from there, value as
         latin-1 text so it travels in JSON unchanged, permissions) and its watches: what

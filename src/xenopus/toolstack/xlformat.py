@@ -469,7 +469,8 @@ def libxl_domain_config(config: DomainConfig, uuid: str) -> dict[str, object]:
         b_info["vcpu_hard_affinity"] = [sorted(c) if c is not None else [] for c in config.cpus]
     b_info["max_memkb"] = (config.maxmem or config.memory) * 1024
     b_info["target_memkb"] = config.memory * 1024
-    b_info["sched_params"] = {}
+    b_info["sched_params"] = {k: v for k, v in (("weight", config.cpu_weight),
+                                                ("cap", config.cap)) if v is not None}
     b_info["kernel"] = config.kernel
     if config.cmdline:
         b_info["cmdline"] = config.cmdline
@@ -489,3 +490,18 @@ def libxl_domain_config(config: DomainConfig, uuid: str) -> dict[str, object]:
         if action != DEFAULT_ACTION:
             out[key] = action
     return out
+
+
+# -- xl sched-credit / sched-credit2 (xl_sched.c sched_credit{,2}_domain_output) -----------
+SCHED_HEADER = "%-33s %4s %6s %4s" % ("Name", "ID", "Weight", "Cap")  # noqa: UP031
+POOL_NAME = "Pool-0"  # libxl's name of the one cpupool
+
+
+def sched_row(name: str, domid: int, weight: int, cap: int) -> str:
+    return "%-33s %4d %6d %4d" % (name, domid, weight, cap)  # noqa: UP031
+
+
+def sched_pool_line(pool: str = POOL_NAME) -> str:
+    """sched_credit{,2}_pool_output when the pool's parameters cannot be had: the Linux
+    scheduler has no credit time slice, rate limit or migration delay to report."""
+    return f"Cpupool {pool}: [sched params unavailable]"

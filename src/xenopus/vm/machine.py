@@ -495,7 +495,7 @@ class Machine:
             "cpu": stat[1] if stat is not None else None,
             "state": state,
             "mp_state": MP_STATE_NAMES.get(v.mp_state) if v.mp_state is not None else None,
-            "online": v.started,
+            "online": v.started and i not in self._down,  # VCPUOP_down: Xen's VPF_down
             "cpu_time": cpu_time,
             "affinity": sorted(affinity),
         }

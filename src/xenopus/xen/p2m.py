@@ -97,6 +97,13 @@ class PhysMap:
                 self.grant_maps.discard(gpfn)
                 self.machine.remove_memory(gpfn * abi.PAGE_SIZE)
 
+    def set_max_pages(self, pages: int) -> None:
+        """XEN_DOMCTL_max_mem (the toolstack's `xl mem-set`/`mem-max`): a new bound, taken
+        as given. Xen no longer checks it against the pages the domain holds: one below
+        them lets the domain "ratchet down", refusing every allocation until it is under."""
+        with self.lock:
+            self.max_pages = max(0, pages)
+
     # --- reservations ------------------------------------------------------------------
     def release(self, gpfn: int, pages: int, keep: Collection[int]) -> bool:
         """XENMEM_decrease_reservation of one extent: False (the call ends there) unless

@@ -30,6 +30,7 @@ VIRTIO_ID_NET = 1
 VIRTIO_ID_BLOCK = 2
 VIRTIO_ID_CONSOLE = 3
 VIRTIO_ID_RNG = 4
+VIRTIO_ID_BALLOON = 5  # §5.5, the traditional memory balloon
 
 # §2.1 device status field.
 STATUS_ACKNOWLEDGE = 1

@@ -96,6 +96,17 @@ class DomainConfig:
                                          help="the most grant-table frames the domain may have")
     max_event_channels: int = k.key(1023, read=k.number, check=k.integer(k.check_event_channels),
                                     help="the highest event-channel port the domain may use")
+    virtio_balloon: int = k.key(0, read=k.number, check=k.integer(k.check_flag),
+                                help="1 for a virtio memory balloon (xl mem-set for a guest"
+                                " without Xen)")
+    # xl.cfg(5) cpu_weight and cap: the domain's share under the credit schedulers (what
+    # `xl sched-credit -w -c` changes later); None: the scheduler's default (256, no cap).
+    cpu_weight: int | None = k.key(None, read=k.number, check=k.integer(k.check_weight),
+                                   optional=True, help="the domain's CPU weight, 1 to 65535"
+                                   " (256: the default share)")
+    cap: int | None = k.key(None, read=k.number, check=k.integer(k.check_cap), optional=True,
+                            help="the most CPU the domain may use, in percent of one host CPU"
+                            " (0: no cap)")
 
     def __post_init__(self) -> None:
         if self.maxmem is None:
@@ -109,6 +120,10 @@ class DomainConfig:
                               f" ({self.memory} MiB)")
         if self.maxvcpus < self.vcpus:
             raise ConfigError(f"maxvcpus: {self.maxvcpus} is less than vcpus ({self.vcpus})")
+        if self.cap is not None and self.cap > 100 * self.maxvcpus:
+            # libxl_sched.c sched_credit_domain_set: the cap's range scales with the vCPUs
+            raise ConfigError(f"cap: {self.cap} is more than 100 per vCPU"
+                              f" ({100 * self.maxvcpus} for {self.maxvcpus})")
         if self.cpus is not None and len(self.cpus) > self.maxvcpus:
             raise ConfigError(f"cpus: {len(self.cpus)} entries for {self.maxvcpus} vCPUs")
         if self.cpus_soft is not None and len(self.cpus_soft) > self.maxvcpus:

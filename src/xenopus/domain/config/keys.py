@@ -349,6 +349,19 @@ def check_vcpus(count: int) -> int:
     return count
 
 
+def check_weight(weight: int) -> int:
+    # libxl_sched.c: "Cpu weight out of range, valid values are within range from 1 to 65535"
+    if not 1 <= weight <= 65535:
+        raise ValueError(f"{weight} is out of range: 1 to 65535")
+    return weight
+
+
+def check_cap(cap: int) -> int:
+    if cap < 0:
+        raise ValueError(f"{cap} is negative (0 means no cap)")
+    return cap
+
+
 def check_action(action: str) -> str:
     if action in ACTIONS:
         return action

@@ -65,12 +65,14 @@ class BlkBack(Backend):
         *,
         read_only: bool = False,
         vdev: str = "",
+        image: DiskImage | None = None,
     ):
         super().__init__(xs, host, domid, devid)
         self.path = path
         self.read_only = read_only
         self.vdev = vdev
-        self.disk = DiskImage(path, read_only=read_only)
+        # `image`: one already open (xl block-attach hands over the CLI's open file)
+        self.disk = image or DiskImage(path, read_only=read_only)
         self.sectors = self.disk.size // SECTOR  # a partial last sector is not addressable
         self.ring: BackRing | None = None
         self._ring_map: Mapping | None = None

@@ -429,6 +429,16 @@ class Backend:
                 with contextlib.suppress(Exception):
                     self.xs.rm(path)
 
+    def close(self, timeout: float) -> bool:
+        """The toolstack's removal (libxl__initiate_device_generic_remove): `online` 0 and
+        the backend Closing, then wait for the frontend to close and the backend to reach
+        Closed. Whether it did within `timeout` seconds; the caller then `stop`s it."""
+        self.xs.write(f"{self.be}/online", "0")
+        worker = self.worker
+        if worker is not None:
+            worker.post("close")
+        return self.wait_for(State.Closed, timeout)
+
     def kick(self) -> None:
         """The event-channel callback: the frontend pushed requests. Any thread."""
         worker = self.worker
@@ -444,7 +454,10 @@ class Backend:
 
     def _work(self, reasons: set[str]) -> None:
         try:
-            if "frontend" in reasons:
+            if "close" in reasons and self.state != State.Closed:
+                self._disconnect()
+                self._switch(State.Closing)  # io/xenbus.h: the frontend closes on this
+            if "frontend" in reasons or "close" in reasons:
                 self._frontend_changed()
             if "kick" in reasons and self.connected:
                 self.service()
