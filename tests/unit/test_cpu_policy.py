@@ -116,6 +116,7 @@ def test_family_and_model_use_the_extended_fields() -> None:
     ("host,htt=0", "follows each vCPU's topology"),
     ("host,localapicid=3", "follows each vCPU's topology"),
     ("host,maxhvleaf=2", "hypervisor leaves"),
+    ("host,hypervisor=0", "hypervisor.*always set"),
     (["1:ecx=" + "x" * 31], "expected 32 characters"),
     (["1:ecx=" + "x" * 31 + "2"], "expected 32 characters"),
     (["zz:ecx=" + "x" * 32], "not a leaf[,subleaf]"),

@@ -9,8 +9,8 @@ Two forms, as libxl takes them:
   's' (the host's bit; xenopus keeps every bit across save/restore, so 's' is 'k').
 
 Both become `Override`s (vm/cpu_policy.py), one per register. Fields that follow the vCPU
-topology (`vcpus=`) or belong to the hypervisor's own leaves are refused: xenopus sets
-them per vCPU and would silently ignore them otherwise.
+topology (`vcpus=`), the hypervisor bit and the hypervisor's own leaves are refused:
+xenopus sets them itself and would silently ignore them otherwise.
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ def _number(text: str) -> int | None:
 def _check_settable(leaf: int, subleaf: int, reg: int, bits: str, what: str) -> None:
     if leaf in HYPERVISOR_LEAVES:
         raise ValueError(f"{what}: the hypervisor leaves ({leaf:#x}) are xenopus's own")
+    if (leaf, reg) == (0x1, x86.ECX) and bits[0] != "x":
+        raise ValueError(f"{what}: CPUID.1:ECX[31] (hypervisor) is xenopus's: always set")
     fixed = per_vcpu_mask(leaf, reg)
     if any(c != "x" and fixed >> (31 - i) & 1 for i, c in enumerate(bits)):
         raise ValueError(f"{what}: leaf {leaf:#x} {x86.CPUID_REGS[reg]} follows each vCPU's"
