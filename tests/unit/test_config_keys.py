@@ -9,13 +9,14 @@ from xenopus.domain.config import KEYS, KNOWN_KEYS, ConfigError, DomainConfig, l
 
 def test_known_keys_are_the_settings_the_table_reads() -> None:
     # xl.cfg(5) keys we act on, plus the deprecated `builder` (xl_parse.c picks the type
-    # from it) and root=/extra= (folded into the command line), plus two of ours.
+    # from it) and root=/extra= (folded into the command line), plus three of ours.
     assert {
         "name", "type", "builder", "kernel", "ramdisk", "cmdline", "root", "extra",
         "memory", "maxmem", "vcpus", "maxvcpus", "on_poweroff", "on_reboot", "on_crash",
         "disk", "vif", "cpus", "xen_platform", "virtio_console", "virtio_rng",
         "uuid", "on_watchdog", "cpus_soft", "max_grant_frames", "max_event_channels",
         "cpu_weight", "cap", "virtio_balloon",
+        "cpuid", "msr_relaxed", "cpu_policy_hosts",
     } == KNOWN_KEYS
     assert "path" not in KNOWN_KEYS  # a field, not a setting
 

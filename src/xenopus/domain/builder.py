@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from xenopus.acpi import AcpiPci, AcpiPlatform, install
 from xenopus.boot import BootInfo, load_kernel
@@ -39,9 +39,11 @@ from xenopus.devices.virtio.net import VirtioNet
 from xenopus.devices.virtio.pci import VirtioPciDevice
 from xenopus.devices.virtio.rng import VirtioRng
 from xenopus.domain.config import DomainConfig
+from xenopus.domain.cpuid_spec import parse_cpuid
 from xenopus.domain.devspec import VifSpec
 from xenopus.domain.inventory import (
     BusPart,
+    CpuPolicyPart,
     Inventory,
     KvmPart,
     MemoryPart,
@@ -60,6 +62,14 @@ from xenopus.host import memory_mib
 from xenopus.kvm import Kvm
 from xenopus.memory import PAGE_SIZE, GuestMemory, MiB
 from xenopus.vm import Machine, StopReason
+from xenopus.vm.cpu_policy import (
+    CpuPolicy,
+    RelaxedMsrs,
+    common,
+    default_policy,
+    host_facts,
+    host_max,
+)
 from xenopus.vm.machine import MachineHooks
 from xenopus.xen.backends.blkback import BlkBack
 from xenopus.xen.backends.netback import NetBack
@@ -158,6 +168,9 @@ def build_guest(
         elif (any(d.kind_for(False) == "xen" for d in config.disks)
               or any(v.kind_for(False) == "xen" for v in config.vifs)):
             raise ValueError(f"xvd* disks and model=xen vifs need the Xen platform, which is off: {why}")
+        hooks["cpu_policy"] = domain_policy(config, kvm)
+        if config.msr_relaxed:
+            hooks["msr_handler"] = RelaxedMsrs(hooks.get("msr_handler"))
         machine = Machine(memory, maxvcpus, pio=pio, mmio=mmio, kvm=kvm, **hooks)
         m = machine
         if xen is not None:
@@ -267,9 +280,23 @@ def _virtio_net(config: DomainConfig, vif: VifSpec, domid: int, index: int,
         raise
 
 
+def domain_policy(config: DomainConfig, kvm: Kvm) -> CpuPolicy:
+    """The domain's CPU policy: this host's default, levelled with `cpu_policy_hosts`,
+    then xl's `cpuid=` on top ('x' keeps the levelled bit, 'k'/'s' take this host's)."""
+    offer = host_max(host_facts(kvm))  # what a forced or 'k' bit may ask for
+    policy = default_policy(offer)
+    if config.cpu_policy_hosts:
+        policy = common([policy, *(CpuPolicy.from_dict(d, f"cpu_policy_hosts {i}")
+                                   for i, d in enumerate(config.cpu_policy_hosts))])
+    if config.cpuid is not None:
+        policy = policy.with_overrides(parse_cpuid(config.cpuid), offer)
+    return replace(policy, origin=f"domain {config.name}")
+
+
 def _machine_parts(machine: Machine, memory: GuestMemory) -> Inventory:
-    """The inventory's first parts: the vCPUs, what KVM keeps per VM, and memory."""
-    inventory = Inventory(VcpuPart(v, machine) for v in machine.vcpus)
+    """The inventory's first parts: the CPU policy (restored before anything that
+    depends on it), the vCPUs, what KVM keeps per VM, and memory."""
+    inventory = Inventory([CpuPolicyPart(machine), *(VcpuPart(v, machine) for v in machine.vcpus)])
     inventory.add(KvmPart("irqchip", "irqchip", {
         "model": "in-kernel PIC, IOAPIC and LAPICs", "ioapic": platform.IOAPIC_BASE,
         "lapic": platform.LAPIC_BASE,

@@ -29,6 +29,7 @@ from xenopus.domain.xenguest import XenGuest
 from xenopus.memory import GuestMemory, image
 from xenopus.stream import StateError, check_state
 from xenopus.vm import state as kvm_state
+from xenopus.vm.cpu_policy import CpuPolicy, PolicyError, host_facts, host_max
 from xenopus.vm.machine import Machine
 from xenopus.vm.vcpu import Vcpu
 from xenopus.xen import abi
@@ -87,6 +88,43 @@ class NotSaveable(StateError):
 def pci_address(bdf: int) -> str:
     """Bus 0's device/function as lspci prints it, "00:03.0"."""
     return f"00:{bdf >> 3:02x}.{bdf & 7}"
+
+
+@dataclass
+class CpuPolicyPart:
+    """The domain's CPU policy (vm/cpu_policy.py). Saved first in the stream; restoring
+    refuses, before any RAM is read, a policy this host cannot offer, and otherwise gives
+    the vCPUs the saved policy (a guest keeps the CPU it booted on across a migration)."""
+
+    machine: Machine
+    kind: str = "cpu-policy"
+    name: str = "cpu"
+    STATE_VERSION = 1
+
+    def describe(self) -> dict[str, object]:
+        p = self.machine.cpu_policy
+        return {"vendor": p.vendor, "features": len(p.features())} if p is not None else {}
+
+    def save_state(self) -> object:
+        p = self.machine.cpu_policy
+        return {"version": self.STATE_VERSION, "policy": p.to_dict() if p is not None else None}
+
+    def restore_state(self, state: object) -> None:
+        s = check_state(state, "cpu-policy", self.STATE_VERSION)
+        if s["policy"] is None:
+            return
+        try:
+            saved = CpuPolicy.from_dict(s["policy"], "saved CPU policy")
+        except PolicyError as e:
+            raise StateError(str(e)) from None
+        m = self.machine
+        missing = saved.missing_from(host_max(host_facts(m.kvm)))
+        if missing:
+            raise StateError("this host cannot offer the domain's CPU policy; it lacks "
+                             + ", ".join(missing))
+        mine = m.cpu_policy
+        if mine is None or (mine.cpuid, mine.msrs) != (saved.cpuid, saved.msrs):
+            m.set_cpu_policy(saved)
 
 
 @dataclass

@@ -317,6 +317,14 @@ class DomainProcess:
         # Also of a preserved domain: its vCPUs, stopped.
         return Reply.success(vcpus=self.guest.machine.vcpu_info() if self.guest else [])
 
+    @domain_step("cpu-policy")
+    def _cpu_policy(self, req: Request) -> Reply:
+        """The domain's effective CPU policy (vm/cpu_policy.py), as `to_dict` writes it."""
+        policy = self.guest.machine.cpu_policy if self.guest else None
+        if policy is None:
+            return Reply.failure("the domain has no guest, so no CPU policy")
+        return Reply.success(policy=policy.to_dict())
+
     @domain_step("devices")
     def _devices(self, req: Request) -> Reply:
         return Reply.success(devices=self.guest.inventory.describe() if self.guest else [])

@@ -1,6 +1,7 @@
 """A guest's whole state into a save stream and back (the format: docs/snapshot-stream.md).
 
-The stream holds, in this order: the memory part's layout and then every non-zero page
+The stream holds, in this order: the CPU policy (a host that cannot offer it refuses the
+stream before any RAM), the memory part's layout and then every non-zero page
 (PAGE_DATA), then a PART record per inventory part in build order, with the VM clock
 and the Xen state last. Restoring goes in the same order into a guest built from the same config and not
 started: memory before anything that reads it (a virtio transport's restore resumes its
@@ -47,6 +48,9 @@ from xenopus.stream import (
 # page from the VM clock, which must by then have its final MSRs; and Xen system time is
 # that clock, so the Xen state (its timers' deadlines) follows it.
 LAST_KINDS = ("clock", "xen")
+# Saved and restored before everything, RAM included: the CPU policy, which a host that
+# cannot offer it refuses before the pages are sent (docs/snapshot-stream.md).
+FIRST_KINDS = ("cpu-policy",)
 
 
 # Live pre-copy stops iterating at this many dirty pages (copied while stopped), or after
@@ -129,6 +133,10 @@ def save(inventory: Inventory, out: BinaryIO, config: object = None, *,
     if config is not None:
         writer.domain_config(config)
     parts = _ordered(inventory)
+    for part in (p for p in parts if p.kind in FIRST_KINDS):
+        writer.part(part.kind, part.name, part.save_state())
+        stats.parts += 1
+    parts = [p for p in parts if p.kind not in FIRST_KINDS]
     memory = parts[0] if parts and isinstance(parts[0], MemoryPart) else None
     sums: dict[int, int] = {}
     pending: list[int] = []

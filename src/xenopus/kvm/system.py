@@ -113,15 +113,32 @@ class Kvm:
 
     def msr_index_list(self) -> list[int]:
         """KVM_GET_MSR_INDEX_LIST: the MSRs KVM saves and restores."""
+        return self._msr_list(u.KVM_GET_MSR_INDEX_LIST, "KVM_GET_MSR_INDEX_LIST")
+
+    def _msr_list(self, request: int, what: str) -> list[int]:
         probe = u.msr_list_with(0)
         try:
-            _ioctl(self.fd, u.KVM_GET_MSR_INDEX_LIST, probe)
+            _ioctl(self.fd, request, probe)
         except KvmError as e:
             if e.errno != errno.E2BIG:
                 raise
         buf = u.msr_list_with(probe.nmsrs)
-        _ioctl(self.fd, u.KVM_GET_MSR_INDEX_LIST, buf, "KVM_GET_MSR_INDEX_LIST")
+        _ioctl(self.fd, request, buf, what)
         return list(buf.indices[: buf.nmsrs])
+
+    def feature_msrs(self) -> dict[int, int]:
+        """The host's feature MSRs as KVM would give them to a guest (api.rst 4.3,
+        KVM_GET_MSR_FEATURE_INDEX_LIST, then KVM_GET_MSRS on the system fd): index -> value;
+        empty without KVM_CAP_GET_MSR_FEATURES."""
+        if self.check_extension(u.KVM_CAP_GET_MSR_FEATURES) <= 0:
+            return {}
+        indices = self._msr_list(u.KVM_GET_MSR_FEATURE_INDEX_LIST,
+                                 "KVM_GET_MSR_FEATURE_INDEX_LIST")
+        buf = u.msrs_with(len(indices))
+        for i, index in enumerate(indices):
+            buf.entries[i].index = index
+        n = _ioctl(self.fd, u.KVM_GET_MSRS, buf, "KVM_GET_MSRS (feature MSRs)")
+        return {buf.entries[i].index: buf.entries[i].data for i in range(n)}
 
     def create_vm(self) -> VmFd:
         fd = _ioctl(self.fd, u.KVM_CREATE_VM, 0, "KVM_CREATE_VM")

@@ -695,6 +695,29 @@ def cmd_dump_core(args: Namespace) -> int:
         raise CliError(f"core dump failed: {e}") from None
     finally:
         os.close(fd)
+
+
+def cmd_cpu_policy(args: Namespace) -> int:
+    """A domain's effective CPU policy, or with --host the one this host gives a domain by
+    default (computed here, from /dev/kvm), as Xen's `xen-cpuid -p` prints one; with -o
+    saved as a file instead (for `cpu_policy_hosts = [...]` and `cpuid=` checks)."""
+    from xenopus.vm import cpu_policy
+
+    if args.host == (args.dom is not None):
+        raise CliError("give a domain or --host (not both)")
+    if args.host:
+        from xenopus.kvm import Kvm
+
+        with Kvm() as kvm:
+            policy = cpu_policy.host_policy(kvm, f"host {socket.gethostname()}")
+        title = "Host policy"
+    else:
+        policy = cpu_policy.CpuPolicy.from_dict(request(args.op, dom=args.dom)["policy"])
+        title = f"Domain {args.dom} policy"
+    if args.output:
+        cpu_policy.save_policy_file(args.output, policy)
+    else:
+        print("\n".join(policy.table(title)))
     return 0
 
 
@@ -1020,6 +1043,11 @@ VERBS = (
           Pos("hard", "CPUS", None, "xl CPU list: all, 0-3,5, ^1, nodes:0 ('-': keep)"),
           Pos("soft", "SOFT", "?", "soft affinity: only 'all' or '-'"))),
     # -- save, restore, migrate (docs/snapshot-stream.md) --
+    Verb("cpu-policy", "print a domain's CPUID and MSR policy (xen-cpuid -p), or the host's",
+         "cpu-policy", cmd_cpu_policy, (
+             Opt(("--host",), "host", "the policy this host gives a domain by default"),
+             Opt(("-o", "--output"), "output", "save the policy to this file instead", str),
+         ), (Pos("dom", "DOM", "?"),)),
     Verb("save", "save a domain's state to a file (then destroy it, unless -c or -p)", "save",
          cmd_save, (
              Opt(("-c",), "checkpoint", "leave the domain running after saving it"),

@@ -454,6 +454,26 @@ def libxl_nic(index: int, vif: VifSpec, xen: bool = True) -> dict[str, object]:
     return out
 
 
+def libxl_cpuid(value: str | list[str]) -> list[dict[str, object]]:
+    """libxl_cpuid_policy_list as libxl's JSON writes it (libxl_cpuid.c,
+    libxl_cpuid_policy_list_gen_json): one map per leaf, "leaf", "subleaf" where the leaf
+    has subleaves, and a 32-character string per register given."""
+    from xenopus.arch.x86 import CPUID_REGS
+    from xenopus.domain.cpuid_spec import parse_cpuid
+
+    leaves: dict[tuple[int, int], dict[str, object]] = {}
+    for o in parse_cpuid(value):
+        entry = leaves.setdefault((o.leaf, o.subleaf), {"leaf": o.leaf})
+        if o.subleaf or o.leaf in SUBLEAF_LEAVES:
+            entry["subleaf"] = o.subleaf
+        entry[CPUID_REGS[o.reg]] = o.bits
+    return list(leaves.values())
+
+
+# Leaves indexed by ECX (SDM 2A, CPUID): their subleaf is part of the input.
+SUBLEAF_LEAVES = (0x4, 0x7, 0xB, 0xD, 0xF, 0x10, 0x12, 0x14, 0x17, 0x18, 0x1F, 0x8000001D)
+
+
 def libxl_domain_config(config: DomainConfig, uuid: str) -> dict[str, object]:
     """`config` as libxl_domain_config: c_info (libxl_domain_create_info), b_info
     (libxl_domain_build_info, with the PVH arm of its keyed union as "type.pvh"), the
@@ -476,9 +496,11 @@ def libxl_domain_config(config: DomainConfig, uuid: str) -> dict[str, object]:
         b_info["cmdline"] = config.cmdline
     if config.ramdisk:
         b_info["ramdisk"] = config.ramdisk
+    if config.cpuid is not None:
+        b_info["cpuid"] = libxl_cpuid(config.cpuid)
     b_info["type.pvh"] = {}
     b_info["arch_arm"] = {}
-    b_info["arch_x86"] = {}
+    b_info["arch_x86"] = {"msr_relaxed": "True"} if config.msr_relaxed else {}
     out: dict[str, object] = {"c_info": c_info, "b_info": b_info}
     xen = config.xen_platform != "0"  # "auto" is decided at build time; mostly on
     if config.disks:

@@ -13,6 +13,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
 from typing import TypedDict
 
 from xenopus.host import host_cpus
@@ -20,6 +21,7 @@ from xenopus.kvm import uapi as u
 from xenopus.kvm.system import Kvm, KvmError, VmFd
 from xenopus.memory.guest import PAGE_SIZE, GuestMemory, MemoryRegion
 from xenopus.vm.cpu import CpuState
+from xenopus.vm.cpu_policy import CpuPolicy, msr_filter_ranges
 from xenopus.vm.cpuid import guest_cpuid
 from xenopus.vm.events import StopReason
 from xenopus.vm.irq import IoEvents, IrqRouting, MsiRoute
@@ -62,6 +64,7 @@ class MachineHooks(TypedDict, total=False):
     msr_filter: list[tuple[int, int, bytes]]
     cpuid_fixup: CpuidFixup
     port_out_handlers: Mapping[int, Callable[[Vcpu], None]]
+    cpu_policy: CpuPolicy
 
 
 # xAPIC IDs are 8 bits and 0xFF is the broadcast ID (SDM 3A §10.4.6, §10.6.2.1); more
@@ -77,7 +80,9 @@ class Machine:
     for exit reasons a layer above serves (KVM_EXIT_XEN), `msr_filter` ranges ((flags,
     base, bitmap) as for KVM_X86_SET_MSR_FILTER) whose denied MSRs go to `msr_handler`,
     `port_out_handlers` for ports whose single OUTs a layer above serves with the vCPU in
-    hand (the Xen hypercall port)."""
+    hand (the Xen hypercall port), `cpu_policy` the domain's CPUID and MSR policy
+    (vm/cpu_policy.py): with one, the MSR filter denies by default and `msr_filter`'s
+    denied MSRs are carved out of what the policy allows."""
 
     def __init__(
         self,
@@ -92,6 +97,7 @@ class Machine:
         msr_filter: list[tuple[int, int, bytes]] | None = None,
         cpuid_fixup: CpuidFixup | None = None,
         port_out_handlers: Mapping[int, Callable[[Vcpu], None]] | None = None,
+        cpu_policy: CpuPolicy | None = None,
     ):
         if vcpus < 1:
             raise ValueError(f"a machine needs at least one vCPU, not {vcpus}")
@@ -121,6 +127,9 @@ class Machine:
         self._down: set[int] = set()  # vCPUs a layer above took down (parked until up)
         self._load: dict[int, CpuState] = {}  # vCPU -> state to load on its thread, then run
         self._slot_lock = threading.Lock()
+        self.cpu_policy = cpu_policy
+        self._cpuid_fixup = cpuid_fixup
+        self._userspace_msrs = list(msr_filter or ())
         try:
             self._build(vcpus, pio, mmio, msr_handler, cpuid_fixup, exit_handlers, msr_filter,
                         port_out_handlers)
@@ -153,12 +162,12 @@ class Machine:
         if n > recommended:
             log.info("%d vCPUs is more than KVM recommends here (%d)", n, recommended)
         vm = self.vm = self.kvm.create_vm()
-        if msr_filter:
+        if msr_filter or self.cpu_policy is not None:
             # MSR accesses the filter denies exit to `msr_handler` (KVM_CAP_X86_USER_SPACE_MSR).
             # Set first: once the irqchip and PIT exist, a filter update waits for an SRCU
             # grace period (measured here: 15 ms, against 0.1 ms now).
             vm.enable_cap(u.KVM_CAP_X86_USER_SPACE_MSR, u.KVM_MSR_EXIT_REASON_FILTER)
-            vm.set_msr_filter(msr_filter)
+            self._set_msr_filter()
         # VMX needs these pages for real-mode and unpaged guests; api.rst says to set them
         # before creating vCPUs. They sit in the MMIO hole below the 4 GiB BIOS area.
         vm.set_tss_addr()
@@ -173,21 +182,64 @@ class Machine:
         # The dummy speaker keeps port 0x61 in the kernel, tied to PIT channel 2 as
         # Linux's PIT calibration expects.
         vm.create_pit2(u.KVM_PIT_SPEAKER_DUMMY)
-        supported = self.kvm.supported_cpuid()
-        tsc_khz_known = self.kvm.check_extension(u.KVM_CAP_GET_TSC_KHZ) > 0
+        self._nvcpus = n
+        self._supported = self.kvm.supported_cpuid()
+        self._tsc_khz_known = self.kvm.check_extension(u.KVM_CAP_GET_TSC_KHZ) > 0
         want = u.KVM_SYNC_X86_REGS | u.KVM_SYNC_X86_SREGS
         sync = self.kvm.check_extension(u.KVM_CAP_SYNC_REGS) & want == want
         for index in range(n):
-            fd = vm.create_vcpu(index)
-            cpuid = cpuid_topology(supported, index, n)  # a copy, this vCPU's own
-            cpuid = guest_cpuid(cpuid, fd.get_tsc_khz() if tsc_khz_known else None)
-            if cpuid_fixup is not None:
-                cpuid = cpuid_fixup(index, cpuid)
-            fd.set_cpuid2(cpuid)
-            self.vcpus.append(
-                Vcpu(fd, self.memory, pio, mmio, self._control, msr_handler, exit_handlers, sync,
-                     port_out_handlers)
-            )
+            vcpu = Vcpu(vm.create_vcpu(index), self.memory, pio, mmio, self._control,
+                        msr_handler, exit_handlers, sync, port_out_handlers)
+            self.vcpus.append(vcpu)
+            self._set_cpuid(vcpu)
+
+    def _set_cpuid(self, vcpu: Vcpu) -> None:
+        """This vCPU's CPUID (its topology, the policy, the hypervisor's leaves) and the
+        feature-MSR values the policy gives it."""
+        fd, n = vcpu.fd, self._nvcpus
+        cpuid = cpuid_topology(self._supported, vcpu.index, n)  # a copy, this vCPU's own
+        if self.cpu_policy is not None:
+            cpuid = self.cpu_policy.apply(cpuid)
+        cpuid = guest_cpuid(cpuid, fd.get_tsc_khz() if self._tsc_khz_known else None)
+        if self._cpuid_fixup is not None:
+            cpuid = self._cpuid_fixup(vcpu.index, cpuid)
+        fd.set_cpuid2(cpuid)
+        policy = self.cpu_policy
+        if policy is not None and policy.msrs:
+            try:
+                fd.set_msrs(policy.msrs)  # after the CPUID that announces them
+            except KvmError as e:
+                # A KVM that reports ARCH_CAPABILITIES among its feature MSRs yet takes no
+                # value for a vCPU (measured on the build machines' nested 6.18 KVM): the
+                # guest cannot be told, so the domain's policy hides the MSR altogether.
+                log.warning("KVM refuses the policy's feature MSRs (%s): hiding"
+                            " ARCH_CAPABILITIES from the guest", e)
+                # The MSR filter stays: KVM refuses the MSR to a guest whose CPUID does not
+                # announce it, and a filter update now would wait for an SRCU grace period.
+                self.cpu_policy = replace(policy.without("arch-caps"), msrs={})
+                for done in self.vcpus:
+                    self._set_cpuid(done)
+
+    def _set_msr_filter(self) -> None:
+        assert self.vm is not None
+        if self.cpu_policy is None:
+            self.vm.set_msr_filter(self._userspace_msrs)
+            return
+        read, write = self.cpu_policy.allowed_msrs(self.kvm.msr_index_list())
+        self.vm.set_msr_filter(msr_filter_ranges(read, write, self._userspace_msrs),
+                               default=u.KVM_MSR_FILTER_DEFAULT_DENY)
+
+    def set_cpu_policy(self, policy: CpuPolicy) -> None:
+        """Give every vCPU `policy` instead (a restored domain keeps the policy it was
+        saved with); only before the vCPUs first run (KVM then freezes CPUID)."""
+        with self._cond:
+            if self._live:
+                raise RuntimeError("the CPU policy cannot change while the vCPUs run")
+        self.cpu_policy = policy
+        if self._userspace_msrs or policy is not None:
+            self._set_msr_filter()
+        for vcpu in self.vcpus:
+            self._set_cpuid(vcpu)
 
     # --- interrupts -----------------------------------------------------------------------
     def set_irq(self, gsi: int, level: bool | int) -> None:

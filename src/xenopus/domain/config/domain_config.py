@@ -107,6 +107,17 @@ class DomainConfig:
     cap: int | None = k.key(None, read=k.number, check=k.integer(k.check_cap), optional=True,
                             help="the most CPU the domain may use, in percent of one host CPU"
                             " (0: no cap)")
+    # The CPU policy (vm/cpu_policy.py): xl's cpuid= in either form, levelled first to the
+    # policies of the hosts listed (saved by `xenopus cpu-policy --host -o FILE`).
+    cpuid: str | list[str] | None = k.key(
+        None, read=k.cpuid, check=k.check_cpuid, optional=True,
+        help='CPUID overrides: "host,NAME=VALUE,..." or ["LEAF[,SUBLEAF]:eXx=BITS", ...]')
+    cpu_policy_hosts: list[dict[str, object]] | None = k.key(
+        None, read=k.cpu_policies, check=k.check_cpu_policies, optional=True,
+        help="policy files of hosts: the guest gets only what all of them offer")
+    msr_relaxed: int = k.key(0, read=k.number, check=k.integer(k.check_flag),
+                             help="1: guest reads of MSRs outside the policy give 0 and"
+                                  " writes are ignored, instead of #GP")
 
     def __post_init__(self) -> None:
         if self.maxmem is None:

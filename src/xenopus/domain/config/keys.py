@@ -14,8 +14,10 @@ from dataclasses import MISSING, dataclass, field, replace
 from typing import Any
 
 from xenopus.domain.config.syntax import OVERRIDES_SOURCE, ConfigError, Setting, to_int
+from xenopus.domain.cpuid_spec import parse_cpuid
 from xenopus.domain.cpulist import parse_affinity
 from xenopus.domain.devspec import DevSpecError, DiskSpec, VifSpec, parse_disk, parse_vif
+from xenopus.vm.cpu_policy import CpuPolicy, PolicyError, load_policy_file
 
 NAME_MAX = 64
 MIN_MEMORY_MIB = 2
@@ -270,6 +272,30 @@ def affinity(r: Reading, k: Key) -> list[list[int] | None] | None:
         raise ConfigError(f"{where(s)}: {k.label}: {e}") from None
 
 
+
+def cpuid(r: Reading, k: Key) -> object:
+    """xl's `cpuid=`, kept as written (a string or a list of strings); the check parses it."""
+    s = r.settings.get(k.label)
+    if s is None:
+        return None
+    return _string_list(s, k.label) if isinstance(s.value, list) else s.value
+
+
+def cpu_policies(r: Reading, k: Key) -> list[dict[str, object]] | None:
+    """Each listed policy file (`xenopus cpu-policy -o FILE`), read now: the domain keeps
+    the policies themselves (its process, its save image and a migration need no file)."""
+    s = r.settings.get(k.label)
+    if s is None:
+        return None
+    out = []
+    for name in _string_list(s, k.label):
+        try:
+            out.append(load_policy_file(resolve(r, name, s) or name).to_dict())
+        except PolicyError as e:
+            raise ConfigError(f"{where(s)}: {k.label}: {e}") from None
+    return out
+
+
 # -- checks ------------------------------------------------------------------------------------
 
 
@@ -426,3 +452,16 @@ def check_affinity(value: object) -> None:
                 or any(not isinstance(c, int) or isinstance(c, bool) or c < 0 for c in cpus)
                 or cpus != sorted(set(cpus))):
             raise ValueError(f"entry {i} is not a sorted list of host CPU numbers")
+
+
+def check_cpuid(value: object) -> None:
+    if not isinstance(value, (str, list)):
+        raise ValueError(f"expected a string or a list of strings, got {type(value).__name__}")
+    parse_cpuid(value)  # type: ignore[arg-type]
+
+
+def check_cpu_policies(value: object) -> None:
+    if not isinstance(value, list) or not value:
+        raise ValueError("expected a non-empty list of CPU policies")
+    for i, policy in enumerate(value):
+        CpuPolicy.from_dict(policy, f"policy {i}")
