@@ -328,3 +328,23 @@ def test_a_guest_with_xen_pv_devices_is_refused_before_anything_is_written() -> 
     with pytest.raises(NotSaveable, match="Xen PV devices .*xvda"):
         snapshot.save(inv, out)
     assert out.getvalue() == b""
+
+
+def test_an_image_saved_before_cpu_policies_restores_with_this_hosts_policy() -> None:
+    """An image from before the cpu-policy part existed has none: the guest keeps the
+    policy its config gives it here (snapshot.OPTIONAL_KINDS), rather than being refused."""
+
+    class PolicyPart:
+        kind, name = "cpu-policy", "cpu"
+        restored = False
+
+        def restore_state(self, state: object) -> None:
+            self.restored = True
+
+    out = io.BytesIO()
+    snapshot.save(_legacy(test_serial.Guest()), out)  # no cpu-policy part in it
+    b = _legacy(test_serial.Guest())
+    policy = PolicyPart()
+    b.add(policy)  # type: ignore[arg-type]
+    snapshot.restore(b, io.BytesIO(out.getvalue()))
+    assert not policy.restored

@@ -51,6 +51,9 @@ LAST_KINDS = ("clock", "xen")
 # Saved and restored before everything, RAM included: the CPU policy, which a host that
 # cannot offer it refuses before the pages are sent (docs/snapshot-stream.md).
 FIRST_KINDS = ("cpu-policy",)
+# Parts an older image lacks because they did not exist when it was saved: the restored
+# guest keeps what its config gives it on this host (its CPU policy, computed here).
+OPTIONAL_KINDS = ("cpu-policy",)
 
 
 # Live pre-copy stops iterating at this many dirty pages (copied while stopped), or after
@@ -259,7 +262,7 @@ def restore(inventory: Inventory, inp: BinaryIO | StreamReader, *,
             memory = part
             if clone_fd is not None:
                 image.map_clone(part.memory)
-    missing = [f"{k} {n}" for k, n in targets if (k, n) not in done]
+    missing = [f"{k} {n}" for k, n in targets if (k, n) not in done and k not in OPTIONAL_KINDS]
     if missing:
         raise StateError(f"the stream has no state for {', '.join(missing)}")
     stats.octets = reader.offset

@@ -17,6 +17,7 @@ import socket
 import threading
 import uuid
 from collections.abc import Callable
+from typing import TypeVar
 
 from xenopus.boot import BootInfo
 from xenopus.devices import platform as layout
@@ -54,6 +55,7 @@ from xenopus.xen.xenstore.client import XsClient
 from xenopus.xen.xenstore.server import RingTransport
 
 log = logging.getLogger("xenopus.xen")
+B = TypeVar("B", bound=Backend)  # a hot-plugged backend, returned as its own type
 
 XEN_STATE_VERSION = 1  # of XenGuest.save_state's dict
 XEN_VBD_MAJOR = 202  # docs/misc/vbd-interface.txt: xvd disks are major 202
@@ -398,14 +400,7 @@ class XenGuest:
         except BaseException:
             image.close()
             raise
-        self.backends.append(be)
-        try:
-            be.start()
-        except BaseException:
-            self.backends.remove(be)
-            be.stop()
-            raise
-        return be
+        return self._start_hotplugged(be)
 
     def attach_nic(self, devid: int, tap: Tap, mac: bytes, bridge: str) -> NetBack:
         """A PV NIC added while the domain runs (libxl_device_nic_add): a netback on a tap
@@ -418,6 +413,10 @@ class XenGuest:
         except BaseException:
             tap.close()
             raise
+        return self._start_hotplugged(be)
+
+    def _start_hotplugged(self, be: B) -> B:
+        """Start a backend added while the domain runs; on failure it is gone again."""
         self.backends.append(be)
         try:
             be.start()
