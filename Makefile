@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-linux guests deps bench lint clean compile fuzz install-autostart
+.PHONY: run test test-linux guests deps bench lint clean compile fuzz install-autostart shim
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,9 +35,14 @@ test: $(STAMP) compile deps guests
 # Opt-in: Debian's kernels booted to userspace under xenopus (tests/linux). Where this
 # host's KVM cannot run Linux, inside a nested test host (scripts/nested-host); NESTED=0/1
 # forces the choice, PYTEST_ARGS passes pytest arguments.
-test-linux: $(STAMP) compile deps
+test-linux: $(STAMP) compile deps guests shim
 	scripts/fetch-linux
 	scripts/test-linux
+
+# Xen's PV shim from Debian's Xen source (type = "pv" with pvshim = 1), built once into
+# build/shim/xen-shim: scripts/build-shim.
+shim: deps
+	scripts/build-shim
 
 bench: $(STAMP) compile deps
 	$(PY) benchmarks/startup.py

@@ -3,5 +3,7 @@
 from xenopus.boot.e820 import E820Entry, E820Map, build_e820
 from xenopus.boot.layout import BootImageError, BootInfo
 from xenopus.boot.loader import load_kernel
+from xenopus.boot.pvshim import load_pv_shim
 
-__all__ = ["BootImageError", "BootInfo", "E820Entry", "E820Map", "build_e820", "load_kernel"]
+__all__ = ["BootImageError", "BootInfo", "E820Entry", "E820Map", "build_e820", "load_kernel",
+           "load_pv_shim"]

@@ -95,6 +95,8 @@ class BootInfo:
     kernel_path: str = ""
     ramdisk_path: str | None = None
     boot_params_addr: int = BOOT_INFO_ADDR  # start_info (PVH) or the zero page (Linux)
+    # PVH modules before the ramdisk, (path, range) each: a PV shim's PV kernel.
+    modules: list[tuple[str, tuple[int, int]]] = field(default_factory=list)
     details: dict[str, object] = field(default_factory=dict)
 
     def describe(self) -> str:
@@ -103,6 +105,7 @@ class BootInfo:
             f"{self.protocol} boot of {self.kernel_path}: entry {self.entry:#x},"
             f" kernel {span(*self.kernel_range)}",
         ]
+        lines += [f"module {p} at {span(*r)}" for p, r in self.modules]
         if self.ramdisk_range:
             lines.append(f"ramdisk {self.ramdisk_path} at {span(*self.ramdisk_range)}")
         lines.append(f"command line {self.cmdline!r}")
@@ -161,7 +164,8 @@ def open_file(path: str | Path, what: str) -> tuple[BinaryIO, int]:
 
 
 def load_ramdisk(
-    memory: GuestMemory, path: str | Path, top: int, kernel: tuple[int, int]
+    memory: GuestMemory, path: str | Path, top: int, kernel: tuple[int, int],
+    what: str = "ramdisk",
 ) -> tuple[int, int]:
     """Read a ramdisk page-aligned as high as possible below `top`, clear of the kernel.
 
@@ -169,16 +173,16 @@ def load_ramdisk(
     memory"); if the kernel sits there, the space below the kernel is tried next.
     Returns the (start, end) range.
     """
-    f, size = open_file(path, "ramdisk")
+    f, size = open_file(path, what)
     with f:
         if size == 0:
-            raise BootImageError(path, "ramdisk is empty")
+            raise BootImageError(path, f"{what} is empty")
         top = min(top, memory.low_ram_end)
         room = top - HIGH_MEMORY
         if size > room:
             raise BootImageError(
                 path,
-                f"ramdisk too big for guest memory: {size} bytes, at most {max(room, 0)}"
+                f"{what} too big for guest memory: {size} bytes, at most {max(room, 0)}"
                 f" fit in {span(HIGH_MEMORY, top)}",
             )
         addr = align_down(top - size, PAGE_SIZE)
@@ -187,10 +191,10 @@ def load_ramdisk(
             if addr < HIGH_MEMORY:
                 raise BootImageError(
                     path,
-                    f"ramdisk ({size} bytes) overlaps the kernel at {span(*kernel)}:"
+                    f"{what} ({size} bytes) overlaps the kernel at {span(*kernel)}:"
                     f" no room for both below {top:#x}",
                 )
         got = read_into(f, memory, addr, 0, size)
         if got != size:
-            raise BootImageError(path, f"ramdisk truncated while reading: {got} of {size} bytes")
+            raise BootImageError(path, f"{what} truncated while reading: {got} of {size} bytes")
     return addr, addr + size

@@ -24,6 +24,7 @@ from xenopus.arch.x86 import CR0_ET, CR0_PE, RFLAGS_RESERVED
 from xenopus.boot.e820 import E820Entry, build_e820
 from xenopus.boot.layout import (
     BOOT_AREA_END,
+    CMDLINE_ADDR,
     CMDLINE_MAX,
     LEGACY_END,
     LEGACY_START,
@@ -286,6 +287,40 @@ def entry_state(entry: int, memory: GuestMemory) -> CpuState:
     )
 
 
+@dataclass(frozen=True)
+class BootModule:
+    """A file handed to the kernel as a PVH module, with its own command line (the
+    hvm_modlist_entry's cmdline_paddr; None: no command line)."""
+
+    path: str | Path
+    cmdline: str | None = None
+    what: str = "module"  # names the file in messages: "PV kernel", "ramdisk"
+
+
+def write_module_cmdlines(
+    memory: GuestMemory, path: str, after: int, cmdlines: Sequence[str | None]
+) -> list[int]:
+    """Each module's NUL-terminated command line, one after the other from `after` up to
+    the end of the command-line area; 0 for a module without one (start_info.h: "0 if
+    no command line")."""
+    out, addr, end = [], after, CMDLINE_ADDR + CMDLINE_MAX
+    for cmdline in cmdlines:
+        if cmdline is None:
+            out.append(0)
+            continue
+        data = cmdline.encode() + b"\0"
+        if b"\0" in data[:-1]:
+            raise BootImageError(path, "a module command line contains a NUL byte")
+        if addr + len(data) > end:
+            raise BootImageError(
+                path, f"module command lines too long: the boot area has {end - after} bytes"
+                " for them")
+        memory.write(addr, data)
+        out.append(addr)
+        addr += len(data)
+    return out
+
+
 def write_start_info(
     memory: GuestMemory,
     *,
@@ -294,7 +329,10 @@ def write_start_info(
     e820: Sequence[E820Entry],
     rsdp_paddr: int,
     path: str,
+    modules: Sequence[tuple[int, int, int]] = (),
 ) -> None:
+    """`modules` ((start, end, cmdline_paddr) each) come first in the module list, then
+    the ramdisk."""
     capacity = (MEMMAP_END - MEMMAP_ADDR) // ctypes.sizeof(abi.hvm_memmap_table_entry)
     if len(e820) > capacity:
         raise BootImageError(path, f"memory map has {len(e820)} entries, room for {capacity}")
@@ -309,10 +347,15 @@ def write_start_info(
         memmap_paddr=MEMMAP_ADDR,
         memmap_entries=len(e820),
     )
-    if ramdisk:
-        module = abi.hvm_modlist_entry(paddr=ramdisk[0], size=ramdisk[1] - ramdisk[0])
-        memory.write(MODLIST_ADDR, bytes(module))
-        info.nr_modules = 1
+    entries = [*modules, *([(ramdisk[0], ramdisk[1], 0)] if ramdisk else [])]
+    room = (MEMMAP_ADDR - MODLIST_ADDR) // ctypes.sizeof(abi.hvm_modlist_entry)
+    if len(entries) > room:
+        raise BootImageError(path, f"{len(entries)} modules, room for {room}")
+    for i, (start, end, cmdline) in enumerate(entries):
+        module = abi.hvm_modlist_entry(paddr=start, size=end - start, cmdline_paddr=cmdline)
+        memory.write(MODLIST_ADDR + i * ctypes.sizeof(module), bytes(module))
+    if entries:
+        info.nr_modules = len(entries)
         info.modlist_paddr = MODLIST_ADDR
     memory.write(START_INFO_ADDR, bytes(info))
 
@@ -325,7 +368,10 @@ def load_pvh(
     cmdline: str = "",
     rsdp_paddr: int = 0,
     extra_e820: Sequence[E820Entry] = (),
+    modules: Sequence[BootModule] = (),
 ) -> BootInfo:
+    """`modules` go in the module list in their order, before the ramdisk (which is the
+    last module)."""
     path = str(kernel)
     f, size = open_file(kernel, "kernel")
     with f:
@@ -342,9 +388,18 @@ def load_pvh(
         max(s.paddr + s.memsz for s in image.segments),
     )
     ramdisk_range = None
+    top = memory.low_ram_end
     if ramdisk is not None:
-        # The ramdisk is module 0, at the top of RAM below 4 GiB.
-        ramdisk_range = load_ramdisk(memory, ramdisk, memory.low_ram_end, kernel_range)
+        # The ramdisk is the last module, at the top of RAM below 4 GiB.
+        ramdisk_range = load_ramdisk(memory, ramdisk, top, kernel_range)
+        top = ramdisk_range[0]
+    loaded: list[tuple[int, int]] = []
+    for module in modules:  # each below the one loaded before it
+        loaded.append(load_ramdisk(memory, module.path, top, kernel_range, what=module.what))
+        top = loaded[-1][0]
+    cmdlines = write_module_cmdlines(
+        memory, path, cmdline_paddr + len(cmdline.encode()) + 1, [m.cmdline for m in modules]
+    )
     e820 = build_e820(memory, tuple(extra_e820)).entries
     write_start_info(
         memory,
@@ -353,6 +408,7 @@ def load_pvh(
         e820=e820,
         rsdp_paddr=rsdp_paddr,
         path=path,
+        modules=[(a, b, c) for (a, b), c in zip(loaded, cmdlines, strict=True)],
     )
     return BootInfo(
         protocol="pvh",
@@ -365,6 +421,7 @@ def load_pvh(
         kernel_path=path,
         ramdisk_path=str(ramdisk) if ramdisk is not None else None,
         boot_params_addr=START_INFO_ADDR,
+        modules=[(str(m.path), r) for m, r in zip(modules, loaded, strict=True)],
         details={
             "elfclass": image.elfclass,
             "machine": image.machine,

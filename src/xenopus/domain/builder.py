@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from xenopus.acpi import AcpiPci, AcpiPlatform, install
-from xenopus.boot import BootInfo, load_kernel
+from xenopus.boot import BootInfo, load_kernel, load_pv_shim
 from xenopus.control import DISK, NIC
 from xenopus.devices import platform
 from xenopus.devices.acpi_power import AcpiPowerDevice
@@ -148,11 +148,19 @@ def build_guest(
         maxvcpus = config.maxvcpus or config.vcpus
         rsdp = install(memory, AcpiPlatform(vcpus=maxvcpus, online=config.vcpus,
                                             pci=AcpiPci.default(ram_end)))
-        boot = load_kernel(
-            memory, config.kernel, ramdisk=config.ramdisk, cmdline=config.cmdline, rsdp_paddr=rsdp
-        )
-        pio, mmio = Bus("pio"), Bus("mmio")
         kvm = kvm or Kvm()
+        if config.pvshim:
+            assert config.pvshim_path is not None  # resolved by DomainConfig
+            boot = load_pv_shim(
+                memory, config.pvshim_path, pv_kernel=config.kernel, ramdisk=config.ramdisk,
+                shim_cmdline=config.shim_cmdline, pv_cmdline=config.cmdline, rsdp_paddr=rsdp,
+            )
+        else:
+            boot = load_kernel(
+                memory, config.kernel, ramdisk=config.ramdisk, cmdline=config.cmdline,
+                rsdp_paddr=rsdp,
+            )
+        pio, mmio = Bus("pio"), Bus("mmio")
         xen_path, why = decide(config, boot, kvm)
         log.info("%s: Xen guest interface: %s (%s)", config.name, xen_path, why)
         hooks: MachineHooks = {}

@@ -249,7 +249,8 @@ class Jail:
         os.makedirs(root, mode=0o700, exist_ok=True)
         _mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=1m")
         ro = [*SYSTEM_DIRS, *(p for p in PYTHON_PATHS if os.path.isdir(p)),
-              self.config.kernel, *([self.config.ramdisk] if self.config.ramdisk else [])]
+              self.config.kernel, *([self.config.ramdisk] if self.config.ramdisk else []),
+              *([self.config.pvshim_path] if self.config.pvshim and self.config.pvshim_path else [])]
         rw = [os.path.join(self.run_dir, "domains", str(self.domid)),
               os.path.join(self.run_dir, "xenstored.sock")]
         for disk in self.config.disks:
@@ -332,6 +333,8 @@ class Jail:
         yield self.config.kernel, os.O_RDONLY
         if self.config.ramdisk:
             yield self.config.ramdisk, os.O_RDONLY
+        if self.config.pvshim and self.config.pvshim_path:
+            yield self.config.pvshim_path, os.O_RDONLY
         for disk in self.config.disks:
             if disk.format == "empty":
                 continue

@@ -787,9 +787,10 @@ class DomainProcess:
                 self.interdomain.shutdown()
             return EXIT_START_FAILED
         guest = self.guest
-        # A Xen-aware image (one that names its OS in a Xen ELF note) gets its PV console
-        # by default, as under Xen; everything else its serial port.
-        xen_aware = guest.xen is not None and bool(guest.boot.details.get("guest_os"))
+        # A Xen-aware image (one that names its OS in a Xen ELF note, or a PV guest in the
+        # shim) gets its PV console by default, as under Xen; everything else its serial port.
+        xen_aware = guest.xen is not None and bool(
+            guest.boot.details.get("guest_os") or guest.boot.details.get("pvshim"))
         self._send(Ready(
             self.jail.host_pid, guest.boot.protocol, guest.xen_path, "pv" if xen_aware else "serial",
             guest.xen.console_nodes() if guest.xen is not None else {},

@@ -479,7 +479,8 @@ def libxl_domain_config(config: DomainConfig, uuid: str) -> dict[str, object]:
     (libxl_domain_build_info, with the PVH arm of its keyed union as "type.pvh"), the
     device arrays and the on_* actions. No hotplug script runs here (xenopus makes the
     tap and joins the bridge itself): run_hotplug_scripts is "False"."""
-    c_info: dict[str, object] = {"type": config.type, "name": config.name, "uuid": uuid,
+    c_info: dict[str, object] = {"type": "pvh" if config.pvshim else config.type,
+                                 "name": config.name, "uuid": uuid,
                                  "run_hotplug_scripts": "False"}
     maxvcpus = config.maxvcpus or config.vcpus
     b_info: dict[str, object] = {"max_vcpus": maxvcpus, "avail_vcpus": list(range(config.vcpus))}
@@ -498,7 +499,12 @@ def libxl_domain_config(config: DomainConfig, uuid: str) -> dict[str, object]:
         b_info["ramdisk"] = config.ramdisk
     if config.cpuid is not None:
         b_info["cpuid"] = libxl_cpuid(config.cpuid)
-    b_info["type.pvh"] = {}
+    # A shimmed PV guest is PVH to libxl (libxl_types.idl: pvshim* in the pvh arm).
+    b_info["type.pvh"] = {} if not config.pvshim else {
+        "pvshim": "True", "pvshim_path": config.pvshim_path,
+        "pvshim_cmdline": config.pvshim_cmdline,
+        **({"pvshim_extra": config.pvshim_extra} if config.pvshim_extra is not None else {}),
+    }
     b_info["arch_arm"] = {}
     b_info["arch_x86"] = {"msr_relaxed": "True"} if config.msr_relaxed else {}
     out: dict[str, object] = {"c_info": c_info, "b_info": b_info}

@@ -371,8 +371,13 @@ def choose_path(
     hypercall_page_note: bool,
     linux: bool,
     xen_platform: int | str = "auto",
+    vmcall_only: bool = False,
 ) -> tuple[Path, str]:
     """Which entry path a domain gets, and why.
+
+    `vmcall_only`: the image issues vmcall/vmmcall itself and never asks for a hypercall
+    page (Xen's PV shim, xen/arch/x86/guest/xen/hypercall_page.S): only the in-kernel path
+    catches those, so without it the domain is refused (ValueError) rather than started.
 
     `kvm`: a `Kvm` or the KVM_CAP_XEN_HVM flags as an int. `hypercall_page_note`: the image
     has XEN_ELFNOTE_HYPERCALL_PAGE; `linux`: it is a Linux kernel (bzImage, or an ELF whose
@@ -382,6 +387,16 @@ def choose_path(
     if xen_platform not in (0, 1, "auto", "0", "1"):
         raise ValueError(f'xen_platform must be 1, 0 or "auto", not {xen_platform!r}')
     flags = kvm if isinstance(kvm, int) else kernel_flags(kvm)
+    if vmcall_only:
+        if str(xen_platform) == "0":
+            raise ValueError("xen_platform = 0, but this image (a PV shim) needs Xen")
+        if not kernel_path_available(flags):
+            raise ValueError(
+                "Xen's PV shim (pvshim = 1) issues vmcall/vmmcall itself, which only KVM's "
+                "in-kernel Xen support catches (KVM_CAP_XEN_HVM with INTERCEPT_HCALL, Linux "
+                "CONFIG_KVM_XEN); this host's KVM lacks it, so PV guests cannot run here"
+            )
+        return "kernel", "the PV shim issues vmcall/vmmcall: KVM's in-kernel Xen path"
     if str(xen_platform) == "0":
         return "off", "xen_platform = 0: the guest sees no Xen"
     if kernel_path_available(flags):

@@ -35,7 +35,8 @@ class DomainConfig:
     kernel: str = k.key(read=k.path, check=k.text(k.check_path),
                         help="the file loaded as the kernel image: an ELF with a PVH note, or a bzImage")
     type: str = k.key("pvh", setting=("type", "builder"), read=k.guest_type,
-                      check=k.text(k.check_type), help='the guest type; only "pvh"')
+                      check=k.text(k.check_type),
+                      help='the guest type: "pvh", or "pv" (with pvshim = 1)')
     memory: int = k.key(128, read=k.number, check=k.integer(k.check_memory),
                         help="MiB of RAM the guest starts with")
     # None means equal to memory
@@ -118,6 +119,18 @@ class DomainConfig:
     msr_relaxed: int = k.key(0, read=k.number, check=k.integer(k.check_flag),
                              help="1: guest reads of MSRs outside the policy give 0 and"
                                   " writes are ignored, instead of #GP")
+    # PV-in-PVH (xl.cfg(5) "PVH guest options"): Xen's PV shim boots as the PVH kernel
+    # and runs `kernel` as a PV guest. xl reads these for type = "pvh" (xl_parse.c); a
+    # type = "pv" guest needs them here, where KVM has no PV mode of its own.
+    pvshim: int = k.key(0, read=k.number, check=k.integer(k.check_flag),
+                        help="1 to boot the guest as a PV guest inside Xen's PV shim")
+    # None: the default shim (keys.PVSHIM_PATHS), resolved when pvshim is on.
+    pvshim_path: str | None = k.key(None, read=k.path, check=k.text(k.check_path),
+                                    optional=True, help="the PV shim to boot")
+    pvshim_cmdline: str = k.key(k.PVSHIM_CMDLINE, read=k.string, check=k.text(),
+                                help="the shim's command line")
+    pvshim_extra: str | None = k.key(None, read=k.string, check=k.text(), optional=True,
+                                     help="extra shim command-line arguments, appended")
 
     def __post_init__(self) -> None:
         if self.maxmem is None:
@@ -140,6 +153,26 @@ class DomainConfig:
         if self.cpus_soft is not None and len(self.cpus_soft) > self.maxvcpus:
             raise ConfigError(f"cpus_soft: {len(self.cpus_soft)} entries for {self.maxvcpus} vCPUs")
         _check_unique(self.disks, self.vifs)
+        self._check_pvshim()
+
+    def _check_pvshim(self) -> None:
+        if self.type == "pv" and not self.pvshim:
+            raise ConfigError('type: "pv" guests run on KVM only inside Xen\'s PV shim (KVM has'
+                              " no PV mode): set pvshim = 1")
+        if not self.pvshim:
+            return
+        if self.xen_platform == "0":
+            raise ConfigError("xen_platform: the PV shim is Xen running on Xen (pvshim = 1):"
+                              " it cannot be 0")
+        if self.pvshim_path is None:
+            self.pvshim_path = k.default_pvshim()
+
+    @property
+    def shim_cmdline(self) -> str:
+        """The shim's command line: pvshim_cmdline, then pvshim_extra after a space
+        (libxl_create.c, libxl__domain_build)."""
+        extra = f" {self.pvshim_extra}" if self.pvshim_extra is not None else ""
+        return self.pvshim_cmdline + extra
 
     def action_for(self, reason: str) -> str:
         """The configured action for a guest stop: "poweroff", "reboot", "crash" or

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import MISSING, dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from xenopus.domain.config.syntax import OVERRIDES_SOURCE, ConfigError, Setting, to_int
@@ -29,6 +30,14 @@ ACTIONS = ("destroy", "restart", "preserve", "rename-restart", "coredump-destroy
 # The rest of xl's action_on_shutdown_names (xl_parse.c), refused for now.
 UNSUPPORTED_ACTIONS = ("soft-reset",)
 CMDLINE_WARNING = "Warning: ignoring root= and extra= in favour of cmdline="
+# libxl's default shim command line (tools/libs/light/libxl_internal.h, PVSHIM_CMDLINE):
+# Xen's console on console_io ("xen") and on the PVH console ring ("pv").
+PVSHIM_CMDLINE = "pv-shim console=xen,pv"
+# Where a PV shim is looked for when pvshim_path is not set: the one `make shim`
+# (scripts/build-shim) builds in this checkout, then libxl's default,
+# XENFIRMWAREDIR/PVSHIM_BASENAME (libxl_create.c, libxl__domain_build_info_setdefault).
+PROJECT_SHIM = Path(__file__).resolve().parents[4] / "build" / "shim" / "xen-shim"
+PVSHIM_PATHS = (str(PROJECT_SHIM), "/usr/lib/xen/boot/xen-shim")
 
 
 # -- reading settings ------------------------------------------------------------------------
@@ -354,11 +363,11 @@ def check_path(path: str) -> str:
 
 
 def check_type(kind: str) -> str:
-    if kind == "pvh":
+    if kind in ("pvh", "pv"):  # "pv" only with pvshim = 1: DomainConfig checks that
         return kind
-    if kind in ("hvm", "pv"):
+    if kind == "hvm":
         raise ValueError(f"`{kind}' guests are not supported yet; use type = \"pvh\"")
-    raise ValueError(f"unknown guest type `{kind}' (expected \"pvh\")")
+    raise ValueError(f"unknown guest type `{kind}' (expected \"pvh\" or \"pv\")")
 
 
 def check_memory(mib: int) -> int:
@@ -465,3 +474,13 @@ def check_cpu_policies(value: object) -> None:
         raise ValueError("expected a non-empty list of CPU policies")
     for i, policy in enumerate(value):
         CpuPolicy.from_dict(policy, f"policy {i}")
+
+
+def default_pvshim() -> str:
+    """The first PV shim of PVSHIM_PATHS that exists, or a ConfigError saying how to get one."""
+    for candidate in PVSHIM_PATHS:
+        if os.path.isfile(candidate):
+            return candidate
+    raise ConfigError("pvshim_path: no PV shim found (looked for "
+                      + ", ".join(PVSHIM_PATHS) + "): build one from Debian's Xen source"
+                      " with `make shim` (scripts/build-shim), or set pvshim_path")
