@@ -309,12 +309,16 @@ def kernel_path_available(flags: int) -> bool:
 
 def kernel_config(flags: int, msr: int = abi.XEN_HYPERCALL_MSR) -> u.kvm_xen_hvm_config:
     """KVM_XEN_HVM_CONFIG for the in-kernel path: KVM writes its own stubs on `msr` (blob
-    sizes 0), intercepts vmcall/vmmcall, and sends EVTCHNOP_send to its fast path when it
-    offers one."""
-    want = u.KVM_XEN_HVM_CONFIG_INTERCEPT_HCALL
-    if flags & u.KVM_XEN_HVM_CONFIG_EVTCHN_SEND:
-        want |= u.KVM_XEN_HVM_CONFIG_EVTCHN_SEND
-    return u.kvm_xen_hvm_config(flags=want, msr=msr)
+    sizes 0) and intercepts vmcall/vmmcall; every call comes to us.
+
+    Not KVM_XEN_HVM_CONFIG_EVTCHN_SEND, even where offered: it only speeds up ports
+    registered with KVM (KVM_XEN_ATTR_TYPE_EVTCHN; we register none), and it makes KVM
+    serve SCHEDOP_poll itself (arch/x86/kvm/xen.c, kvm_xen_schedop_poll) against a
+    shared_info it was never told of: finding no page it returns at once, so a vCPU
+    polling for its event (Linux's PV spinlocks) would spin instead of blocking here."""
+    if not flags & u.KVM_XEN_HVM_CONFIG_INTERCEPT_HCALL:
+        raise ValueError("KVM lacks KVM_XEN_HVM_CONFIG_INTERCEPT_HCALL")
+    return u.kvm_xen_hvm_config(flags=u.KVM_XEN_HVM_CONFIG_INTERCEPT_HCALL, msr=msr)
 
 
 def kernel_hcall(table: HypercallTable, xe: u.kvm_xen_exit, vcpu: int, access: GuestAccess
