@@ -190,6 +190,32 @@ def test_choose_path(flags: int, note: bool, linux: bool, setting, path: str) ->
     assert got == path and why
 
 
+@pytest.mark.parametrize(("flags", "note", "linux", "setting", "want", "path"), [
+    (KERNEL, True, True, 1, "trap", "trap"),  # 6.1 (hypercall page) kept off KVM's path
+    (KERNEL, True, True, "auto", "trap", "trap"),
+    (KERNEL, False, True, "auto", "trap", "off"),  # 6.12 cannot run without vmcall
+    (KERNEL, False, True, 1, "trap", "trap"),  # forced: its vmcalls will fail, it is said
+    (KERNEL, True, True, 1, "kernel", "kernel"),
+    (KERNEL, True, True, 0, "kernel", "off"),
+    (0, True, True, 1, "trap", "trap"),
+])
+def test_choose_path_with_a_hypercall_path(flags: int, note: bool, linux: bool, setting,
+                                           want: str, path: str) -> None:
+    got, why = choose_path(flags, hypercall_page_note=note, linux=linux, xen_platform=setting,
+                           hypercall_path=want)
+    assert got == path and why
+    if flags and want == "trap" and setting != 0:
+        assert 'xen_hypercall_path = "trap"' in why  # the log says why KVM's path is unused
+
+
+def test_choose_path_kernel_refuses_a_host_without_it() -> None:
+    with pytest.raises(ValueError, match="KVM_CAP_XEN_HVM"):
+        choose_path(0, hypercall_page_note=True, linux=True, xen_platform=1,
+                    hypercall_path="kernel")
+    with pytest.raises(ValueError, match="xen_hypercall_path"):
+        choose_path(KERNEL, hypercall_page_note=True, linux=True, hypercall_path="vmcall")
+
+
 def test_choose_path_rejects_other_settings_and_asks_kvm() -> None:
     with pytest.raises(ValueError):
         choose_path(0, hypercall_page_note=True, linux=False, xen_platform="yes")

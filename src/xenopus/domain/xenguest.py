@@ -65,6 +65,7 @@ def decide(config: DomainConfig, boot: BootInfo, kvm: Kvm) -> tuple[str, str]:
         hypercall_page_note=bool(boot.details.get("hypercall_page_note")),
         linux=boot.details.get("guest_os") == "linux",
         xen_platform=config.xen_platform,
+        hypercall_path=config.xen_hypercall_path,
     )
 
 

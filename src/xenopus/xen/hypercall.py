@@ -360,6 +360,7 @@ def choose_path(
     hypercall_page_note: bool,
     linux: bool,
     xen_platform: int | str = "auto",
+    hypercall_path: str = "auto",
 ) -> tuple[Path, str]:
     """Which entry path a domain gets, and why.
 
@@ -367,26 +368,38 @@ def choose_path(
     has XEN_ELFNOTE_HYPERCALL_PAGE; `linux`: it is a Linux kernel (bzImage, or an ELF whose
     XEN_ELFNOTE_GUEST_OS is "linux"). Linux since the XSA-466 fix has no such note and
     issues vmcall/vmmcall itself, which only the in-kernel path catches.
+    `hypercall_path` ("auto", "kernel" or "trap", the `xen_hypercall_path` key): "trap"
+    keeps KVM's in-kernel Xen support unused where it exists (as on a host without it);
+    "kernel" refuses a host without it (ValueError).
     """
     if xen_platform not in (0, 1, "auto", "0", "1"):
         raise ValueError(f'xen_platform must be 1, 0 or "auto", not {xen_platform!r}')
+    if hypercall_path not in ("auto", "kernel", "trap"):
+        raise ValueError(f'xen_hypercall_path must be "auto", "kernel" or "trap", '
+                         f'not {hypercall_path!r}')
     flags = kvm if isinstance(kvm, int) else kernel_flags(kvm)
     if str(xen_platform) == "0":
         return "off", "xen_platform = 0: the guest sees no Xen"
-    if kernel_path_available(flags):
+    offered = kernel_path_available(flags)
+    if hypercall_path == "kernel" and not offered:
+        raise ValueError('xen_hypercall_path = "kernel": this host\'s KVM lacks the in-kernel '
+                         "Xen path (KVM_CAP_XEN_HVM with INTERCEPT_HCALL)")
+    if offered and hypercall_path != "trap":
         return "kernel", "KVM offers KVM_XEN_HVM_CONFIG_INTERCEPT_HCALL"
+    no_kernel = ('xen_hypercall_path = "trap" leaves KVM\'s in-kernel Xen path unused' if offered
+                 else "this host's KVM lacks the in-kernel Xen path (KVM_CAP_XEN_HVM)")
     if xen_platform == "auto" and linux and not hypercall_page_note:
         return "off", (
             "xen_platform = auto: this Linux has no XEN_ELFNOTE_HYPERCALL_PAGE note, so it "
-            "issues vmcall/vmmcall itself, and this host's KVM lacks the in-kernel Xen path "
-            "(KVM_CAP_XEN_HVM) that could catch them: booting it as a plain PVH guest"
+            f"issues vmcall/vmmcall itself, and {no_kernel}, which could catch them: "
+            "booting it as a plain PVH guest"
         )
     if linux and not hypercall_page_note:
         return "trap", (
-            "xen_platform = 1 on a host without KVM_CAP_XEN_HVM: trap path, but this Linux "
-            "lacks XEN_ELFNOTE_HYPERCALL_PAGE and its vmcall-based hypercalls will fail"
+            f"xen_platform = 1 and {no_kernel}: trap path, but this Linux lacks "
+            "XEN_ELFNOTE_HYPERCALL_PAGE and its vmcall-based hypercalls will fail"
         )
-    return "trap", "no in-kernel Xen support in KVM: hypercalls trap through port I/O"
+    return "trap", f"{no_kernel}: hypercalls trap through port I/O"
 
 
 __all__ = [

@@ -80,6 +80,12 @@ class DomainConfig:
     xen_platform: str = k.key("auto", read=k.xen_platform,
                               check=k.text(k.check_xen_platform),
                               help='whether the guest sees Xen: 1, 0 or "auto"')
+    # How a Xen guest's hypercalls reach xenopus (xen/hypercall.py): "kernel" through KVM's
+    # in-kernel Xen support (KVM_CAP_XEN_HVM; vmcall/vmmcall too), "trap" through our
+    # port-I/O hypercall page on any KVM, "auto" the former where KVM offers it.
+    xen_hypercall_path: str = k.key("auto", read=k.string,
+                                    check=k.text(k.check_hypercall_path),
+                                    help='how Xen hypercalls arrive: "auto", "kernel" or "trap"')
 
     def __post_init__(self) -> None:
         if self.maxmem is None:
