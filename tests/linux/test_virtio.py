@@ -75,17 +75,20 @@ def test_virtio_blk_root_filesystem(xenopus: Xenopus, tmp_path: Path, release: s
 GUEST_IP, HOST_IP = "10.0.2.15", "10.0.2.2"
 TAP = "xlt0"
 STREAM_MIB = 100
-# Sends STREAM_MIB of seeded random bytes to the guest's port 5555 once it listens, and
-# prints their SHA-256. Connection attempts repeat while the guest boots: it listens only
-# after its ping, whose timing the host does not see.
-SENDER = f"""
+
+
+def sender_script(mib: int, guest_ip: str = GUEST_IP) -> str:
+    """A script that sends `mib` MiB of seeded random bytes to the guest's port 5555 once it
+    listens, and prints their SHA-256. Connection attempts repeat while the guest boots: it
+    listens only after its ping, whose timing the host does not see."""
+    return f"""
 import hashlib, random, socket, time
-data = random.Random(8).randbytes({STREAM_MIB} << 20)
+data = random.Random(8).randbytes({mib} << 20)
 print(hashlib.sha256(data).hexdigest(), flush=True)
 deadline = time.monotonic() + 600
 while True:
     try:
-        s = socket.create_connection(("{GUEST_IP}", 5555), timeout=10)
+        s = socket.create_connection(("{guest_ip}", 5555), timeout=10)
         s.settimeout(None)  # the stream may stall for seconds on a loaded host
         break
     except OSError:
@@ -95,6 +98,9 @@ while True:
 s.sendall(data)
 s.close()
 """
+
+
+SENDER = sender_script(STREAM_MIB)
 
 
 def test_virtio_net_ping_and_tcp_stream(netns: Xenopus) -> None:

@@ -18,6 +18,7 @@ def test_known_keys_are_the_settings_the_table_reads() -> None:
         "cpu_weight", "cap", "virtio_balloon",
         "cpuid", "msr_relaxed", "cpu_policy_hosts",
         "pvshim", "pvshim_path", "pvshim_cmdline", "pvshim_extra",
+        "xen_hypercall_path",
     } == KNOWN_KEYS
     assert "path" not in KNOWN_KEYS  # a field, not a setting
 

@@ -196,6 +196,32 @@ def test_choose_path(flags: int, note: bool, linux: bool, setting, path: str) ->
     assert got == path and why
 
 
+@pytest.mark.parametrize(("flags", "note", "linux", "setting", "want", "path"), [
+    (KERNEL, True, True, 1, "trap", "trap"),  # 6.1 (hypercall page) kept off KVM's path
+    (KERNEL, True, True, "auto", "trap", "trap"),
+    (KERNEL, False, True, "auto", "trap", "off"),  # 6.12 cannot run without vmcall
+    (KERNEL, False, True, 1, "trap", "trap"),  # forced: its vmcalls will fail, it is said
+    (KERNEL, True, True, 1, "kernel", "kernel"),
+    (KERNEL, True, True, 0, "kernel", "off"),
+    (0, True, True, 1, "trap", "trap"),
+])
+def test_choose_path_with_a_hypercall_path(flags: int, note: bool, linux: bool, setting,
+                                           want: str, path: str) -> None:
+    got, why = choose_path(flags, hypercall_page_note=note, linux=linux, xen_platform=setting,
+                           hypercall_path=want)
+    assert got == path and why
+    if flags and want == "trap" and setting != 0:
+        assert 'xen_hypercall_path = "trap"' in why  # the log says why KVM's path is unused
+
+
+def test_choose_path_kernel_refuses_a_host_without_it() -> None:
+    with pytest.raises(ValueError, match="KVM_CAP_XEN_HVM"):
+        choose_path(0, hypercall_page_note=True, linux=True, xen_platform=1,
+                    hypercall_path="kernel")
+    with pytest.raises(ValueError, match="xen_hypercall_path"):
+        choose_path(KERNEL, hypercall_page_note=True, linux=True, hypercall_path="vmcall")
+
+
 def test_choose_path_rejects_other_settings_and_asks_kvm() -> None:
     with pytest.raises(ValueError):
         choose_path(0, hypercall_page_note=True, linux=False, xen_platform="yes")
@@ -211,7 +237,8 @@ def test_kernel_config_and_exit_struct() -> None:
     assert ctypes.sizeof(u.kvm_xen_exit) == 80 and u.kvm_xen_exit.hcall.offset == 8
     assert u.kvm_xen_hcall.result.offset == 16
     cfg = kernel_config(KERNEL | u.KVM_XEN_HVM_CONFIG_EVTCHN_SEND)
-    assert cfg.flags == u.KVM_XEN_HVM_CONFIG_INTERCEPT_HCALL | u.KVM_XEN_HVM_CONFIG_EVTCHN_SEND
+    # Never EVTCHN_SEND: KVM would serve SCHEDOP_poll from a shared_info it does not know.
+    assert cfg.flags == u.KVM_XEN_HVM_CONFIG_INTERCEPT_HCALL
     assert cfg.msr == 0x40000000 and cfg.blob_size_64 == 0
     assert kernel_config(KERNEL).flags == u.KVM_XEN_HVM_CONFIG_INTERCEPT_HCALL
 

@@ -84,6 +84,7 @@ def decide(config: DomainConfig, boot: BootInfo, kvm: Kvm) -> tuple[str, str]:
         linux=boot.details.get("guest_os") == "linux",
         xen_platform=config.xen_platform,
         vmcall_only=bool(config.pvshim),
+        hypercall_path=config.xen_hypercall_path,
     )
 
 

@@ -69,13 +69,16 @@ STOP_WORDS = {"poweroff": "shut down", "reboot": "rebooted", "crash": "crashed",
               "watchdog": "stopped by its watchdog"}
 DESTROY_GRACE = 5.0  # seconds a domain process gets to exit before SIGKILL
 # Seconds a domain process gets from its fork to Ready (the guest built) before it is
-# killed: building reads the kernel and lays out memory, seconds even for a large guest.
-START_TIMEOUT = 60.0
+# killed: building reads the kernel and lays out memory, seconds even for a large guest
+# (but Python in a TCG-emulated nested test host shared by several runs is 50-100 times
+# slower: minutes there).
+START_TIMEOUT = 180.0
 FILES_TIMEOUT = 10.0  # seconds a client gets to send the files it was asked for
 # Seconds the zygote gets to fork a domain process. Its first fork waits for it to import
 # every layer, which on a slow host (an emulated one runs Python 10-20 times slower) is
-# well past a second.
-SPAWN_TIMEOUT = 60.0
+# well past a second; past a minute in the nested test host at a load of 15-20 (three or
+# four TCG L1s on two cores): "the zygote did not start the domain process".
+SPAWN_TIMEOUT = 180.0
 # Spare domain processes the zygote keeps exec'd and warm (toolstack/spare.py): each
 # domain gets an address-space layout of its own at the cost of one idle Python per
 # spare; creations faster than spares start wait for one. 0: fork from the zygote.

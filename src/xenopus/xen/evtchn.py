@@ -61,6 +61,7 @@ _VI_PENDING = abi.vcpu_info.evtchn_upcall_pending.offset
 _VI_SEL = abi.vcpu_info.evtchn_pending_sel.offset
 # evtchn_upcall_pending and _mask share the vcpu_info's first 8-byte word.
 _VI_MASK_BIT = 8 * (abi.vcpu_info.evtchn_upcall_mask.offset - _VI_PENDING)
+_VI_UPCALL_MASK = abi.vcpu_info.evtchn_upcall_mask.offset
 _VI_ALIGN = ctypes.alignment(abi.vcpu_info)
 # Who a channel's far end was, in a saved table (`EventChannels.save_state`).
 FAR_NONE, FAR_HOST, FAR_DOMAIN = 0, 1, 2  # loopback or none, a host backend, a domain
@@ -284,9 +285,12 @@ class EventChannels:
             self._early.add(port)
             return
         try:
-            if self.atomics.test_and_set_bit(si + _PENDING, port):
+            already = self.atomics.test_and_set_bit(si + _PENDING, port)
+            if self.atomics.test_bit(si + self._mask, port):
                 return
-            if not self.atomics.test_bit(si + self._mask, port):
+            if already:
+                self._reassert(vcpu)
+            else:
                 self._mark_selector(vcpu, port // self._word_bits)
         except GuestMemoryError:
             log.warning("d%d: shared_info %#x is not guest RAM; event %d dropped",
@@ -294,11 +298,15 @@ class EventChannels:
 
     def _mark_selector(self, vcpu: int, word: int) -> None:
         vi = self.vcpu_info_gpa(vcpu)
-        if vi is None or self.atomics.test_and_set_bit(*self._selector(vi, word)):
+        if vi is None:
+            return
+        if self.atomics.test_and_set_bit(*self._selector(vi, word)):
+            self._reassert(vcpu)
             return
         old = self.atomics.fetch_or(vi + _VI_PENDING, 1)
         if old & 1:
-            return  # an upcall is already on its way
+            self._reassert(vcpu)
+            return
         if self.honour_upcall_mask and old >> _VI_MASK_BIT & 1:
             return
         self.deliver(vcpu)
@@ -312,7 +320,10 @@ class EventChannels:
                 old = self.atomics.fetch_or(vi + _VI_PENDING, 1)
             except GuestMemoryError:
                 old = 0
-            if old & 1 or (self.honour_upcall_mask and old >> _VI_MASK_BIT & 1):
+            if old & 1:
+                self._reassert(vcpu)  # as the 2-level ABI does: an upcall not taken yet
+                return
+            if self.honour_upcall_mask and old >> _VI_MASK_BIT & 1:
                 return
         self.deliver(vcpu)
 
@@ -324,6 +335,29 @@ class EventChannels:
         if self.fifo is not None:
             return abi.EVTCHN_FIFO_NR_CHANNELS
         return abi.EVTCHN_2L_NR_CHANNELS_COMPAT if self.compat else NR_CHANNELS
+
+    def _reassert(self, vcpu: int) -> None:
+        """An unmasked event was raised while `vcpu`'s upcall may already be on its way:
+        send the upcall again while evtchn_upcall_pending is still set (the guest has not
+        taken it yet; once it has, it clears the flag and scans the bits itself).
+
+        Xen's upcall cannot get lost: its callback vector is re-injected at every entry
+        while the flag is set (hvm_vcpu_has_pending_irq), and a per-vCPU vector
+        (HVMOP_set_evtchn_upcall_vector) is set in the vLAPIC's IRR even while the guest
+        has not enabled its LAPIC yet. Ours is an MSI, which KVM drops at a software-
+        disabled LAPIC (lapic.c, __apic_accept_irq) — Linux binds its event channels
+        (xen_init_IRQ) before it sets its APIC up, so an event raised in between would
+        leave the flag set with no upcall coming, and, sent only as the flag goes from 0
+        to 1, none ever again. A second upcall is harmless: the guest's handler finds no
+        more work (Linux's __xen_evtchn_do_upcall loops while the flag is set)."""
+        vi = self.vcpu_info_gpa(vcpu)
+        if vi is None:
+            return
+        if not self.memory.read_u8(vi + _VI_PENDING) & 1:
+            return
+        if self.honour_upcall_mask and self.memory.read_u8(vi + _VI_UPCALL_MASK):
+            return
+        self.deliver(vcpu)
 
     def _valid(self, port: int) -> bool:
         return 0 <= port < self._limit()

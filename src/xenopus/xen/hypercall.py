@@ -324,12 +324,16 @@ def kernel_path_available(flags: int) -> bool:
 
 def kernel_config(flags: int, msr: int = abi.XEN_HYPERCALL_MSR) -> u.kvm_xen_hvm_config:
     """KVM_XEN_HVM_CONFIG for the in-kernel path: KVM writes its own stubs on `msr` (blob
-    sizes 0), intercepts vmcall/vmmcall, and sends EVTCHNOP_send to its fast path when it
-    offers one."""
-    want = u.KVM_XEN_HVM_CONFIG_INTERCEPT_HCALL
-    if flags & u.KVM_XEN_HVM_CONFIG_EVTCHN_SEND:
-        want |= u.KVM_XEN_HVM_CONFIG_EVTCHN_SEND
-    return u.kvm_xen_hvm_config(flags=want, msr=msr)
+    sizes 0) and intercepts vmcall/vmmcall; every call comes to us.
+
+    Not KVM_XEN_HVM_CONFIG_EVTCHN_SEND, even where offered: it only speeds up ports
+    registered with KVM (KVM_XEN_ATTR_TYPE_EVTCHN; we register none), and it makes KVM
+    serve SCHEDOP_poll itself (arch/x86/kvm/xen.c, kvm_xen_schedop_poll) against a
+    shared_info it was never told of: finding no page it returns at once, so a vCPU
+    polling for its event (Linux's PV spinlocks) would spin instead of blocking here."""
+    if not flags & u.KVM_XEN_HVM_CONFIG_INTERCEPT_HCALL:
+        raise ValueError("KVM lacks KVM_XEN_HVM_CONFIG_INTERCEPT_HCALL")
+    return u.kvm_xen_hvm_config(flags=u.KVM_XEN_HVM_CONFIG_INTERCEPT_HCALL, msr=msr)
 
 
 def kernel_hcall(table: HypercallTable, xe: u.kvm_xen_exit, vcpu: int, access: GuestAccess
@@ -372,6 +376,7 @@ def choose_path(
     linux: bool,
     xen_platform: int | str = "auto",
     vmcall_only: bool = False,
+    hypercall_path: str = "auto",
 ) -> tuple[Path, str]:
     """Which entry path a domain gets, and why.
 
@@ -383,13 +388,22 @@ def choose_path(
     has XEN_ELFNOTE_HYPERCALL_PAGE; `linux`: it is a Linux kernel (bzImage, or an ELF whose
     XEN_ELFNOTE_GUEST_OS is "linux"). Linux since the XSA-466 fix has no such note and
     issues vmcall/vmmcall itself, which only the in-kernel path catches.
+    `hypercall_path` ("auto", "kernel" or "trap", the `xen_hypercall_path` key): "trap"
+    keeps KVM's in-kernel Xen support unused where it exists (as on a host without it);
+    "kernel" refuses a host without it (ValueError).
     """
     if xen_platform not in (0, 1, "auto", "0", "1"):
         raise ValueError(f'xen_platform must be 1, 0 or "auto", not {xen_platform!r}')
+    if hypercall_path not in ("auto", "kernel", "trap"):
+        raise ValueError(f'xen_hypercall_path must be "auto", "kernel" or "trap", '
+                         f'not {hypercall_path!r}')
     flags = kvm if isinstance(kvm, int) else kernel_flags(kvm)
     if vmcall_only:
         if str(xen_platform) == "0":
             raise ValueError("xen_platform = 0, but this image (a PV shim) needs Xen")
+        if hypercall_path == "trap":
+            raise ValueError('xen_hypercall_path = "trap", but the PV shim issues '
+                             "vmcall/vmmcall itself: it needs the in-kernel path")
         if not kernel_path_available(flags):
             raise ValueError(
                 "Xen's PV shim (pvshim = 1) issues vmcall/vmmcall itself, which only KVM's "
@@ -399,20 +413,26 @@ def choose_path(
         return "kernel", "the PV shim issues vmcall/vmmcall: KVM's in-kernel Xen path"
     if str(xen_platform) == "0":
         return "off", "xen_platform = 0: the guest sees no Xen"
-    if kernel_path_available(flags):
+    offered = kernel_path_available(flags)
+    if hypercall_path == "kernel" and not offered:
+        raise ValueError('xen_hypercall_path = "kernel": this host\'s KVM lacks the in-kernel '
+                         "Xen path (KVM_CAP_XEN_HVM with INTERCEPT_HCALL)")
+    if offered and hypercall_path != "trap":
         return "kernel", "KVM offers KVM_XEN_HVM_CONFIG_INTERCEPT_HCALL"
+    no_kernel = ('xen_hypercall_path = "trap" leaves KVM\'s in-kernel Xen path unused' if offered
+                 else "this host's KVM lacks the in-kernel Xen path (KVM_CAP_XEN_HVM)")
     if xen_platform == "auto" and linux and not hypercall_page_note:
         return "off", (
             "xen_platform = auto: this Linux has no XEN_ELFNOTE_HYPERCALL_PAGE note, so it "
-            "issues vmcall/vmmcall itself, and this host's KVM lacks the in-kernel Xen path "
-            "(KVM_CAP_XEN_HVM) that could catch them: booting it as a plain PVH guest"
+            f"issues vmcall/vmmcall itself, and {no_kernel}, which could catch them: "
+            "booting it as a plain PVH guest"
         )
     if linux and not hypercall_page_note:
         return "trap", (
-            "xen_platform = 1 on a host without KVM_CAP_XEN_HVM: trap path, but this Linux "
-            "lacks XEN_ELFNOTE_HYPERCALL_PAGE and its vmcall-based hypercalls will fail"
+            f"xen_platform = 1 and {no_kernel}: trap path, but this Linux lacks "
+            "XEN_ELFNOTE_HYPERCALL_PAGE and its vmcall-based hypercalls will fail"
         )
-    return "trap", "no in-kernel Xen support in KVM: hypercalls trap through port I/O"
+    return "trap", f"{no_kernel}: hypercalls trap through port I/O"
 
 
 __all__ = [

@@ -131,6 +131,12 @@ class DomainConfig:
                                 help="the shim's command line")
     pvshim_extra: str | None = k.key(None, read=k.string, check=k.text(), optional=True,
                                      help="extra shim command-line arguments, appended")
+    # How a Xen guest's hypercalls reach xenopus (xen/hypercall.py): "kernel" through KVM's
+    # in-kernel Xen support (KVM_CAP_XEN_HVM; vmcall/vmmcall too), "trap" through our
+    # port-I/O hypercall page on any KVM, "auto" the former where KVM offers it.
+    xen_hypercall_path: str = k.key("auto", read=k.string,
+                                    check=k.text(k.check_hypercall_path),
+                                    help='how Xen hypercalls arrive: "auto", "kernel" or "trap"')
 
     def __post_init__(self) -> None:
         if self.maxmem is None:

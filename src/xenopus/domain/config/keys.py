@@ -445,6 +445,12 @@ def check_xen_platform(value: str) -> str:
     return value
 
 
+def check_hypercall_path(value: str) -> str:
+    if value not in ("auto", "kernel", "trap"):
+        raise ValueError(f'expected "auto", "kernel" or "trap", got {value!r}')
+    return value
+
+
 def check_flag(value: int) -> int:
     if value not in (0, 1):
         raise ValueError(f"expected 0 or 1, got {value}")

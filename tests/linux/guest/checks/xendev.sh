@@ -1,0 +1,24 @@
+#!/bin/sh
+# Linux's own Xen PV drivers against xenopus's backends, with the root filesystem on
+# xen-blkfront's /dev/xvda (xenopus.root=/dev/xvda):
+#   - the console is hvc0 (hvc_xen on the PV console ring);
+#   - xenbus shows the vbd and the vif frontends Connected;
+#   - the host checks XenStore while they are, then types `go` on hvc0 (console input
+#     through the PV console backend);
+#   - blk.sh's write with fsync on the root filesystem, and net.sh's ping and TCP stream
+#     on xen-netfront's eth0.
+set -e
+state() { cat "/sys/bus/xen/devices/$1/state" 2>/dev/null || echo missing; }
+console=$(cat /sys/class/tty/console/active)
+vbd=$(state vbd-51712)
+vif=$(state vif-0)
+echo "console=$console vbd-51712=$vbd vif-0=$vif"
+echo "xenopus-xendev: ready console=$console vbd=$vbd vif=$vif" > /dev/console
+read -r line
+echo "typed=$line"
+[ "$line" = go ] && [ "$console" = hvc0 ] && [ "$vbd" = Connected ] && [ "$vif" = Connected ]
+disk=$(/checks/blk)
+net=$(/checks/net)
+echo "$disk" | tail -n 1
+echo "$net"
+echo "typed=$line console=$console $(echo "$disk" | tail -n 1) $(echo "$net" | tail -n 1)"
