@@ -1121,6 +1121,8 @@ class Daemon:
                 if not isinstance(saved, dict):
                     raise RequestError("the image's DOMAIN_CONFIG is not a configuration")
                 config = DomainConfig.from_dict({**saved, "name": name} if name else saved)
+                if clone:  # each clone a domain of its own: a fresh UUID (_new_domain)
+                    config = dataclasses.replace(config, uuid=None)
             elif name:
                 config = dataclasses.replace(config, name=name)
             if name:
@@ -1429,9 +1431,10 @@ class Daemon:
             disk = parse_disk(str(req.args.get("spec")))
         except ValueError as e:
             raise RequestError(str(e), "config") from None
-        if disk.kind != "xen":
-            raise RequestError(f"{disk.vdev}: only Xen PV disks (xvd*) can be attached to a"
-                               " running domain (virtio needs PCI hotplug, not implemented)")
+        if disk.kind_for(True) != "xen":
+            raise RequestError(f"{disk.vdev}: only Xen PV disks can be attached to a running"
+                               " domain; a vd* vdev or specification=virtio asks for virtio-blk,"
+                               " which needs PCI hotplug (not implemented)")
         token = await self._hand_over(rec, await self._client_file(client))
         reply = await rec.request(Request("block-attach", {"files": token, "disk": disk.to_dict()}),
                                   timeout=HOTPLUG_TIMEOUT)
