@@ -385,9 +385,10 @@ class XenGuest:
         serves the image open at `fd` (now ours), its nodes appear in one transaction and
         the guest's xenbus finds device/vbd/N. Refused: a virtio vdev, a taken one."""
         try:
-            if disk.kind != "xen":
-                raise ValueError(f"{disk.vdev}: a virtio-blk disk cannot be attached to a"
-                                 " running domain (no PCI hotplug); use an xvd* vdev")
+            if disk.kind_for(True) != "xen":
+                raise ValueError(f"{disk.vdev}: a virtio-blk disk (a vd* vdev or"
+                                 " specification=virtio) cannot be attached to a running"
+                                 " domain (no PCI hotplug)")
             devid = vbd_id(disk.vdev_index)
             if any(isinstance(b, BlkBack) and b.devid == devid for b in self.backends):
                 raise ValueError(f"{disk.vdev} (device {devid}) is already attached")
