@@ -35,8 +35,9 @@ test: $(STAMP) compile deps guests
 # Opt-in: Debian's kernels booted to userspace under xenopus (tests/linux). Where this
 # host's KVM cannot run Linux, inside a nested test host (scripts/nested-host); NESTED=0/1
 # forces the choice, PYTEST_ARGS passes pytest arguments.
-test-linux: $(STAMP) compile deps
+test-linux: $(STAMP) compile deps guests
 	scripts/fetch-linux
+	scripts/fetch-qemu10
 	scripts/test-linux
 
 bench: $(STAMP) compile deps
