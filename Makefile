@@ -37,6 +37,7 @@ test: $(STAMP) compile deps guests
 # forces the choice, PYTEST_ARGS passes pytest arguments.
 test-linux: $(STAMP) compile deps guests shim
 	scripts/fetch-linux
+	scripts/fetch-qemu10
 	scripts/test-linux
 
 # Xen's PV shim from Debian's Xen source (type = "pv" with pvshim = 1), built once into
