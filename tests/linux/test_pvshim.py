@@ -87,9 +87,6 @@ def test_pv_kernel_runs_behind_the_shim(pvhello: ShimBoot) -> None:
     assert pvhello.domains == ["Domain-0"], pvhello.domains  # `list` shows it gone
 
 
-@pytest.mark.xfail(strict=True, reason="xenstored's notifications on the store channel do "
-                   "not reach the PV guest behind the shim yet (events=0 in the nested host, "
-                   "Dec 2026): the answers are read from the ring without them")
 def test_store_events_reach_the_pv_guest(pvhello: ShimBoot) -> None:
     m = pvhello.boot.result
     assert m is not None, f"no RESULT line{pvhello.boot.context()}"
