@@ -164,10 +164,15 @@ def serve(sock: socket.socket, spares: int = 0) -> None:
                 taken = pool.take()
                 if taken is None:
                     break
-                spawn, fds = pending.popleft()
                 pid, spare_sock = taken
-                Channel(spare_sock).send(spawn.to_wire(), fds)
-                spare_sock.close()
+                try:
+                    Channel(spare_sock).send(pending[0][0].to_wire(), pending[0][1])
+                except OSError:  # it died after READY, not yet reaped: the next one
+                    pool.fill()
+                    continue
+                finally:
+                    spare_sock.close()
+                spawn, fds = pending.popleft()
             else:
                 spawn, fds = pending.popleft()
                 pid = _fork_domain(forker, pool, chan, sel, wake_r, wake_w, spawn, fds)
