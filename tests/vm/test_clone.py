@@ -42,13 +42,16 @@ def test_clone_of_a_running_domain_makes_running_domains_that_carry_on(
 ) -> None:
     console = _start_counter(xenopus, "origin")
     before = read_until(console.stdout, b"count 50\r\n")
-    cloned = xenopus.run("clone", "origin", "copy1", "copy2")
+    # Read while it runs: it ends when it has counted.
+    origin, origin_domid = _uuid(xenopus, "origin"), xenopus.domains()["origin"][1]
+    cloned = xenopus.run("clone", "-p", "origin", "copy1", "copy2")  # paused: listed surely
     assert cloned.returncode == 0, cloned.stderr
     doms = xenopus.domains()
-    ids = {doms[n][1] for n in ("origin", "copy1", "copy2")}
-    assert len(ids) == 3  # each its own domid
-    assert len({_uuid(xenopus, n) for n in ("origin", "copy1", "copy2")}) == 3
+    assert len({doms[n][1] for n in ("copy1", "copy2")} | {origin_domid}) == 3  # own domids
+    assert len({_uuid(xenopus, n) for n in ("copy1", "copy2")} | {origin}) == 3
     copies = [xenopus.popen("console", n) for n in ("copy1", "copy2")]
+    for n in ("copy1", "copy2"):
+        assert xenopus.run("unpause", n).returncode == 0
     with ThreadPoolExecutor(3) as pool:  # three guests printing at once: read all three
         source = pool.submit(console.communicate, timeout=TIMEOUT)
         counted = list(pool.map(_carries_on, copies))
