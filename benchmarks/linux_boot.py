@@ -18,16 +18,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import selectors
+import re
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from common import ROOT, xenopus_command
+from common import ROOT, timed_run, xenopus_command
 
 LINUX = ROOT / "linux"
 RELEASES = {"6.1": LINUX, "6.12": LINUX / "6.12"}
@@ -42,26 +41,7 @@ QEMU = "qemu-system-x86_64"
 
 def timed(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, float]:
     """(seconds to the userspace line, seconds to the command's exit)."""
-    start = time.monotonic()
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, env=env)
-    seen = b""
-    userspace = None
-    with selectors.DefaultSelector() as sel:
-        sel.register(proc.stdout, selectors.EVENT_READ)
-        while True:
-            if not sel.select(max(0.0, start + RUN_TIMEOUT - time.monotonic())):
-                proc.kill()
-                sys.exit(f"linux_boot: {argv[0]} ran past {RUN_TIMEOUT:.0f} s:\n"
-                         f"{seen[-3000:].decode(errors='replace')}")
-            chunk = os.read(proc.stdout.fileno(), 65536)
-            if not chunk:
-                break
-            seen += chunk
-            if userspace is None and USERSPACE in seen:
-                userspace = time.monotonic() - start
-    proc.wait()
-    off = time.monotonic() - start
+    userspace, off, seen = timed_run(argv, re.compile(re.escape(USERSPACE)), RUN_TIMEOUT, env)
     if userspace is None or PASS not in seen:
         sys.exit(f"linux_boot: no boot to userspace under {argv[0]}:\n"
                  f"{seen[-3000:].decode(errors='replace')}")

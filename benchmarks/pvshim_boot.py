@@ -23,15 +23,13 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import selectors
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from common import ROOT, xenopus_command
+from common import ROOT, timed_run, xenopus_command
 
 SHIM = ROOT / "build" / "shim" / "xen-shim"
 PVHELLO = ROOT / "guests" / "out" / "pv" / "pvhello.elf"
@@ -44,26 +42,7 @@ RUN_TIMEOUT = 900.0
 
 def timed(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, float, str]:
     """(seconds to the RESULT line, seconds to the command's exit, the RESULT line)."""
-    start = time.monotonic()
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, env=env)
-    seen = b""
-    result_at = None
-    with selectors.DefaultSelector() as sel:
-        sel.register(proc.stdout, selectors.EVENT_READ)
-        while True:
-            if not sel.select(max(0.0, start + RUN_TIMEOUT - time.monotonic())):
-                proc.kill()
-                sys.exit(f"pvshim_boot: {argv[0]} ran past {RUN_TIMEOUT:.0f} s:\n"
-                         f"{seen[-3000:].decode(errors='replace')}")
-            chunk = os.read(proc.stdout.fileno(), 65536)
-            if not chunk:
-                break
-            seen += chunk
-            if result_at is None and RESULT.search(seen):
-                result_at = time.monotonic() - start
-    proc.wait()
-    done = time.monotonic() - start
+    result_at, done, seen = timed_run(argv, RESULT, RUN_TIMEOUT, env)
     m = RESULT.search(seen)
     if result_at is None or m is None:
         sys.exit(f"pvshim_boot: no RESULT line under {argv[0]}:\n"
