@@ -180,21 +180,6 @@ static void role_b(domid_t me, domid_t peer)
 
 void guest_main(void)
 {
-    if (!xen_require())
-        return;
-    timeout = (unsigned)cmdline_u64("timeout_ms", 30000);
-    const char *r = cmdline_get("role");
-    char role = r && *r ? r[0] : '?';
-    const char *p = cmdline_get("peer");
-    if ((role != 'a' && role != 'b') || !p || !*p)
-        xen_finish(0, "usage: role=a|b peer=<domid>");
-    domid_t peer = (domid_t)strtou64(p, NULL);
-    long rc = xen_pv_init();
-    long self = rc ? rc : xen_domid();
-    if (!xcheck(self >= 0, "xenstore, grant table, events; domid %ld", self))
-        xen_finish(0, "setup");
-    printf("gntmap %c: domain %ld, peer %u\n", role, self, peer);
-    if (role == 'a')
-        role_a((domid_t)self, peer);
-    role_b((domid_t)self, peer);
+    if (xen_require())
+        xen_pair_run("gntmap", &timeout, role_a, role_b);
 }

@@ -993,3 +993,25 @@ void xenbus_frontend_start(struct xenbus_dev *d, const char *type, const char *i
     if (!xcheck(rc == 0, "found %s backend %s (domain %lu) rc %ld", d->node, d->backend, d->backend_id, rc))
         xen_finish(0, "no %s", type);
 }
+
+void xen_pair_run(const char *what, unsigned *timeout_ms,
+                  void (*role_a)(domid_t self, domid_t peer),
+                  void (*role_b)(domid_t self, domid_t peer))
+{
+    *timeout_ms = (unsigned)cmdline_u64("timeout_ms", 30000);
+    const char *r = cmdline_get("role");
+    char role = r && *r ? r[0] : '?';
+    const char *p = cmdline_get("peer");
+    if ((role != 'a' && role != 'b') || !p || !*p)
+        xen_finish(0, "usage: role=a|b peer=<domid>");
+    domid_t peer = (domid_t)strtou64(p, NULL);
+    long rc = xen_pv_init();
+    long self = rc ? rc : xen_domid();
+    if (!xcheck(self >= 0, "xenstore, grant table, events; domid %ld", self))
+        xen_finish(0, "setup");
+    printf("%s %c: domain %ld, peer %u\n", what, role, self, peer);
+    if (role == 'a')
+        role_a((domid_t)self, peer);
+    role_b((domid_t)self, peer);
+    xen_finish(0, "role %c returned", role);
+}

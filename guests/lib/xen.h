@@ -650,5 +650,11 @@ long xen_pv_init(void);
 /* A frontend test's start: xen_pv_init, then xenbus_find(d, type, id), each checked with
  * xcheck; a failure ends the test (xen_finish "setup" / "no <type>"). */
 void xenbus_frontend_start(struct xenbus_dev *d, const char *type, const char *id);
+/* A two-domain test's start (role=a|b peer=DOMID timeout_ms=N [30000]): the command line
+ * read (usage ends the test), *timeout_ms set, xen_pv_init checked, a line naming `what`,
+ * the role and both domains; then role_a (if a) and role_b, each given (self, peer). */
+__attribute__((noreturn)) void xen_pair_run(const char *what, unsigned *timeout_ms,
+                                            void (*role_a)(domid_t self, domid_t peer),
+                                            void (*role_b)(domid_t self, domid_t peer));
 
 #endif
