@@ -245,3 +245,50 @@ def test_uuid_is_the_guest_handle_and_grant_frames_are_limited(xenopus: Xenopus)
         r = xenopus.run("create", "-c", "-F", str(cfg))
         assert re.search(rf"ok query_size: rc 0 status 0 nr_frames \d+ max {frames}\b",
                          r.stdout), r.stdout
+
+
+def test_config_update_builds_the_next_incarnation(xenopus: Xenopus) -> None:
+    """xl config-update (xl_misc.c): the running incarnation keeps its config; the one a
+    reboot with on_reboot = "restart" builds uses the new one (here: more memory and a
+    different command line), under the same domid."""
+    domid, con = start(xenopus, "ctl-cu", on_reboot="restart")
+    other = xenopus.config("ctl-other", "xenctl.elf", xen_platform=1, memory=80)
+    refused = xenopus.run("config-update", "ctl-cu", str(other))
+    assert refused.returncode == 1 and "names domain 'ctl-other'" in refused.stderr
+    new = xenopus.config("ctl-cu", "xenctl.elf", xen_platform=1, memory=64,
+                         on_reboot="restart")
+    r = xenopus.run("config-update", "-d", "ctl-cu", str(new), "memory=80")
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.splitlines()[0].startswith("WARNING: xl now has better capability")
+    assert r.stderr.splitlines()[-1] == f"setting dom{domid} configuration"
+    assert '"max_memkb": 81920' in r.stdout, r.stdout
+    assert xenopus.domains()["ctl-cu"][2] == "64"  # this incarnation is unchanged
+    assert xenopus.run("reboot", "ctl-cu").returncode == 0
+    read_until(con.stdout, b"RESULT: PASS xenctl reboot")
+    con.communicate(timeout=60)  # the old process's console ends with it
+    deadline = time.monotonic() + 60
+    while xenopus.domains().get("ctl-cu", ["", "", ""])[2] != "80":
+        assert time.monotonic() < deadline, xenopus.domains()
+        time.sleep(0.1)  # polling what a user would see, not synchronising with the guest
+    assert xenopus.domains()["ctl-cu"][1] == str(domid)
+    again = xenopus.popen("console", "ctl-cu")
+    read_until(again.stdout, b"xenctl: ready")  # the new incarnation has booted
+    assert xenopus.run("shutdown", "-w", "ctl-cu").returncode == 0
+    assert b"RESULT: PASS xenctl poweroff" in again.communicate(timeout=60)[0]
+
+
+def test_cd_insert_and_eject_are_hvm_only_as_in_libxl(xenopus: Xenopus) -> None:
+    """libxl_cdrom_insert refuses every domain that is not HVM (libxl_disk.c); xl checks
+    the domain first, then that the file exists (xl_cdrom.c)."""
+    gone = xenopus.run("cd-insert", "no-such", "hdc", "/nonexistent.iso")
+    assert gone.returncode == 1 and "Domain 'no-such' does not exist." in gone.stderr
+    cfg = xenopus.config("ctl-cd-pvh", "xenctl.elf", xen_platform=1, memory=64)
+    assert xenopus.run("create", "-q", "-p", str(cfg)).returncode == 0
+    try:
+        missing = xenopus.run("cd-insert", "ctl-cd-pvh", "hdc", "/nonexistent.iso")
+        assert missing.returncode == 1 and "Cannot stat file: /nonexistent.iso" in missing.stderr
+        for args in (("cd-insert", "ctl-cd-pvh", "hdc", str(cfg)), ("cd-eject", "ctl-cd-pvh", "hdc")):
+            r = xenopus.run(*args)
+            assert r.returncode == 1 and "cdrom-insert requires an HVM domain" in r.stderr
+    finally:
+        assert xenopus.run("destroy", "ctl-cd-pvh").returncode == 0

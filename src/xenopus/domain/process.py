@@ -37,6 +37,7 @@ from xenopus.domain.interdomain_port import InterdomainPort
 from xenopus.domain.inventory import PvDevicePart
 from xenopus.domain.jail import Jail, debug_flags, set_process_title
 from xenopus.domain.protocol import (
+    EXIT_REBUILD,
     DomainEvent,
     Finished,
     LogLine,
@@ -128,6 +129,7 @@ class DomainProcess:
         self.guest: Guest | None = None
         self.state = "starting"  # running | paused | shutdown | crashed
         self.exit_code = EXIT_OK
+        self.rebuild_by_daemon = False  # xl config-update: see _hand_back
         self._started = False  # whether the current incarnation's vCPUs have run
         self._guest_log_limit = RateLimit(GUEST_LOG_RATE, GUEST_LOG_BURST)
         self.crash_backoff = RestartBackoff()
@@ -236,18 +238,26 @@ class DomainProcess:
             return
         if action == "restart":
             self._teardown()
+            # After xl config-update the daemon builds the next incarnation.
+            restart = self._hand_back if self.rebuild_by_daemon else self._restart
             delay = self.crash_backoff.delay() if reason.kind == "crash" else 0.0
             if delay:
                 log.warning("domain %d (%s) crashed after %.1f s; restarting in %.0f s",
                             self.domid, self.config.name, self.crash_backoff.ran, delay)
                 self._set_state("crashed")
-                self._loop.call_later(delay, self._restart)
+                self._loop.call_later(delay, restart)
                 return
-            self._restart()
+            restart()
             return
         if reason.kind == "crash":
             self.exit_code = EXIT_CRASHED
         self._finished.set()  # run() reports the end, then tears the VM down
+
+    def _hand_back(self) -> None:
+        """End this process so that the daemon builds the next incarnation."""
+        if not self._finished.is_set():
+            self.exit_code = EXIT_REBUILD
+            self._finished.set()
 
     def _restart(self) -> None:
         if self._finished.is_set():
@@ -387,6 +397,13 @@ class DomainProcess:
             route.trigger()
         finally:
             route.release()  # KVM's irqfd shutdown flushes a pending injection first
+        return Reply.success()
+
+    @domain_step("rebuild-by-daemon")
+    def _rebuild_by_daemon(self, req: Request) -> Reply:
+        """xl config-update: the domain's next restart is the daemon's, from the new
+        config (this process, jailed, could not open its files)."""
+        self.rebuild_by_daemon = True
         return Reply.success()
 
     @domain_step("restart")

@@ -71,6 +71,12 @@ class Stopped(NamedTuple):
         return _event_wire(self)
 
 
+# Finished.exit_code of a process that stopped for a restart the daemon does (xl
+# config-update: the next incarnation is built from a config the jailed process cannot
+# open), not itself.
+EXIT_REBUILD = 3
+
+
 class Finished(NamedTuple):
     """The domain process's own report of its end, sent just before it exits."""
 

@@ -105,27 +105,39 @@ def pump_console(sock: socket.socket, escape: int = DETACH) -> None:
 
 
 # -- verbs ----------------------------------------------------------------------------------
-def cmd_create(args: Namespace) -> int:
+def config_words(verb: str, config: str | None, words: list[str]) -> tuple[str, list[str]]:
+    """xl_vmcontrol.c main_create (and main_config_update): a word with "=" is a
+    KEY=VALUE override, the first other one the config file (unless -f named it); a
+    second one is an error. The config's path (found in /etc/xen too) and the overrides."""
     from xenopus.toolstack import xlconf
 
-    try:
-        conf = xlconf.load()
-    except xlconf.XlConfError as e:
-        raise CliError(str(e)) from None
-    words = list(args.words)
-    # xl_vmcontrol.c main_create: a word with "=" is a KEY=VALUE override, the first
-    # other one the config file (unless -f named it); a second one is an error.
-    config, overrides = args.config_file, []
+    overrides = []
     for word in words:
         if "=" in word:
             overrides.append(word)
         elif config is None:
             config = word
         else:
-            raise CliError(f"create: unexpected argument {word!r} (one config file)")
+            raise CliError(f"{verb}: unexpected argument {word!r} (one config file)")
     if config is None:
-        raise CliError("create: no config file (xenopus needs at least name and kernel)")
-    config = xlconf.find_config(config, os.getcwd())
+        raise CliError(f"{verb}: no config file (xenopus needs at least name and kernel)")
+    return xlconf.find_config(config, os.getcwd()), overrides
+
+
+def xl_conf():
+    from xenopus.toolstack import xlconf
+
+    try:
+        return xlconf.load()
+    except xlconf.XlConfError as e:
+        raise CliError(str(e)) from None
+
+
+def cmd_create(args: Namespace) -> int:
+    from xenopus.toolstack import xlconf
+
+    conf = xl_conf()
+    config, overrides = config_words("create", args.config_file, list(args.words))
     if not args.quiet:
         print(f"Parsing config from {config}", file=sys.stderr)
     if args.dryrun:
@@ -181,6 +193,26 @@ def cmd_create(args: Namespace) -> int:
         print(f"Domain {end['domid']} crashed: {end.get('detail', '')}", file=sys.stderr)
         return 1
     return 0 if end.get("status") in (0, None) else 1
+
+
+def cmd_config_update(args: Namespace) -> int:
+    """xl config-update DOM [CFG] [KEY=VALUE...] (xl_misc.c main_config_update): the
+    config the domain's next restart builds it from; -d prints it as libxl JSON."""
+    print("WARNING: xl now has better capability to manage domain configuration, "
+          "avoid using this command when possible", file=sys.stderr)
+    if args.dom in DOM0:
+        raise CliError("Domain-0 is the host: it has no xl configuration")
+    config, overrides = config_words("config-update", args.config_file, list(args.words))
+    conf = xl_conf()
+    query = {"path": config, "overrides": overrides, "cwd": os.getcwd(),
+             "vif_bridge": conf.vif_bridge}
+    if args.debug:
+        import json
+
+        print(json.dumps(request("create", dryrun=True, **query)["libxl"], indent=4))
+    domid = request(args.op, dom=args.dom, **query)["domid"]
+    print(f"setting dom{domid} configuration", file=sys.stderr)
+    return 0
 
 
 def lock_creation(path: str) -> int:
@@ -915,18 +947,25 @@ def cmd_block_detach(args: Namespace) -> int:
     return 0
 
 
+def cmd_cd(args: Namespace) -> int:
+    """xl cd-insert DOM VDEV FILE / cd-eject DOM VDEV (xl_cdrom.c): libxl_cdrom_insert
+    refuses every domain that is not HVM, and every domain here is PVH (or PV in a PVH
+    shim), so these end as they do under Xen for such a domain, after xl's own checks."""
+    if args.dom not in DOM0 and not any(args.dom in (d["name"], str(d["domid"]))
+                                        for d in request("list")["domains"]):
+        raise CliError(f"Domain '{args.dom}' does not exist.")  # find_domain, first
+    file = getattr(args, "file", None)
+    if file is not None and not os.path.exists(file):
+        raise CliError(f"Cannot stat file: {file}")
+    raise CliError("cdrom-insert requires an HVM domain")
+
+
 def cmd_network_attach(args: Namespace) -> int:
     """xl network-attach DOM VIFSPEC...: each word one key=value of the vif spec
     (parse_nic_config); xl.conf's vif.default.bridge where the spec names none."""
-    from xenopus.toolstack import xlconf
-
     if args.dom in DOM0:
         raise CliError("Domain-0 is the host: it has no xenopus NICs")
-    try:
-        conf = xlconf.load()
-    except xlconf.XlConfError as e:
-        raise CliError(str(e)) from None
-    request(args.op, dom=args.dom, spec=",".join(args.spec), vif_bridge=conf.vif_bridge)
+    request(args.op, dom=args.dom, spec=",".join(args.spec), vif_bridge=xl_conf().vif_bridge)
     return 0
 
 
@@ -970,6 +1009,12 @@ VERBS = (
         Opt(("-n", "--dryrun"), "dryrun", "print the configuration as libxl JSON; create nothing"),
     ), (Pos("words", "CFG KEY=VALUE", "*",
             "the config file (by name in /etc/xen too), then KEY=VALUE overrides"),)),
+    Verb("config-update", "update a running domain's saved configuration, used when it is"
+         " rebuilt after a reboot (deprecated in xl)", "config-update", cmd_config_update, (
+             Opt(("-f", "--defconfig"), "config_file", "the config file", str),
+             Opt(("-d",), "debug", "print the configuration as libxl JSON"),
+         ), (_dom(), Pos("words", "CFG KEY=VALUE", "*",
+                         "the config file (by name in /etc/xen too), then KEY=VALUE overrides"))),
     Verb("list", "list domains", "list", cmd_list, (
         Opt(("-l", "--long"), "long", "each domain's configuration as libxl JSON"),
         Opt(("-v", "--verbose"), "verbose", "also UUIDs, shutdown reason codes, security labels"),
@@ -1107,6 +1152,10 @@ VERBS = (
          cmd_block_detach,
          (Opt(("-f", "--force"), "force", "remove it without waiting for the guest"),),
          (_dom(), Pos("dev", "DEV", None, "its vdev (xvdb) or device number (51728)"))),
+    Verb("cd-insert", "insert a CD into a guest's CD drive (HVM only, as in libxl)", "list",
+         cmd_cd, (), (_dom(), Pos("vdev", "VDEV"), Pos("file", "FILE"))),
+    Verb("cd-eject", "eject a CD from a guest's CD drive (HVM only, as in libxl)", "list",
+         cmd_cd, (), (_dom(), Pos("vdev", "VDEV"))),
     Verb("network-attach", "attach a Xen PV network interface to a running domain",
          "network-attach", cmd_network_attach, (),
          (_dom(), Pos("spec", "VIFSPEC", "+", "xl vif spec keys (mac=, bridge=, vifname=, ...)"))),

@@ -38,6 +38,7 @@ from xenopus.domain.config import ConfigError, DomainConfig, load_config
 from xenopus.domain.devspec import parse_disk, parse_vif
 from xenopus.domain.jail import uid_range
 from xenopus.domain.protocol import (
+    EXIT_REBUILD,
     Exited,
     Finished,
     LogLine,
@@ -130,6 +131,8 @@ class DomainRecord:
     sched_weight: int | None = None
     sched_cap: int | None = None
     cpu_layer: str = "default"
+    # xl config-update: the config its next incarnation is built from (by the daemon)
+    next_config: DomainConfig | None = None
 
     def pulse(self) -> None:
         self.changed.set()
@@ -152,7 +155,8 @@ class DomainRecord:
         return {"domid": self.domid, "name": self.name, "pid": self.pid, "created": self.created,
                 "config": self.config.to_dict(), "protocol": self.protocol,
                 "xen_path": self.xen_path, "console": self.console,
-                "console_nodes": self.console_nodes, "uuid": self.uuid}
+                "console_nodes": self.console_nodes, "uuid": self.uuid,
+                "next_config": self.next_config.to_dict() if self.next_config else None}
 
     async def request(self, req: Request, timeout: float | None = 10.0) -> Reply:
         """Ask the domain process; its reply, refusals included."""
@@ -808,7 +812,8 @@ class Daemon:
                 self.dmesg.append(event.line[:4096])
             elif isinstance(event, Finished):
                 rec.final = event
-                self._retire(rec)
+                if event.exit_code != EXIT_REBUILD:
+                    self._retire(rec)
             elif isinstance(event, Stopped):
                 rec.last_stop = event
                 rec.stop_log.append(event)
@@ -855,6 +860,9 @@ class Daemon:
         status = rec.exit_info.status if rec.exit_info is not None else None
         if rec.adopted:  # not our zygote's child: its own report is all there is
             status = rec.final.exit_code if rec.final is not None else None
+        if rec.final is not None and rec.final.exit_code == EXIT_REBUILD:
+            await self._rebuild(rec)
+            return
         if rec.final is not None:
             if status != rec.final.exit_code:
                 log.warning("domain %d: process %s exited with status %s, not %s as it said",
@@ -891,6 +899,37 @@ class Daemon:
                 rec.pid = None
                 return
         self._retire(rec)
+
+    async def _rebuild(self, rec: DomainRecord) -> None:
+        """The next incarnation of a domain whose process handed its restart back
+        (xl config-update): a new process from the updated config, same domid."""
+        if rec.next_config is not None:
+            rec.config, rec.next_config = rec.next_config, None
+            self._save_table()
+        rec.final = rec.exit_info = None
+        try:
+            await self._spawn(rec)
+        except Exception as e:  # noqa: BLE001 - refused, or the zygote gone: retire it
+            log.error("domain %d: rebuild from the updated config failed: %s", rec.domid, e)
+            self._retire(rec)
+
+    @daemon_step("config-update")
+    async def _config_update(self, req: Request, client: Client) -> Reply:
+        """xl config-update DOM CFG (xl_misc.c main_config_update): the config the domain
+        is built from when it next restarts (on_reboot/on_crash = "restart"); the running
+        incarnation is unchanged. Checked now, as xl parses it before storing it."""
+        rec = self.lookup(req.dom)
+        config = (await asyncio.to_thread(self._load_config, req))[0]
+        if config.name != rec.name:
+            raise RequestError(f"the config names domain '{config.name}', not '{rec.name}'"
+                               " (xenopus rename it first)", "config")
+        reply = await rec.request(Request("rebuild-by-daemon"))
+        if not reply.ok:
+            raise RequestError(f"domain {rec.domid}: {reply.error}")
+        rec.next_config = dataclasses.replace(config, uuid=rec.uuid)
+        self._save_table()
+        self.hv_log(f"d{rec.domid}: configuration updated for its next restart")
+        return Reply.success(domid=rec.domid)
 
     @staticmethod
     def _final(rec: DomainRecord) -> dict[str, Any]:
@@ -996,6 +1035,8 @@ class Daemon:
                                protocol=entry.get("protocol"), xen_path=str(entry.get("xen_path", "off")),
                                console=str(entry.get("console", "serial")),
                                console_nodes=dict(entry.get("console_nodes") or {}))
+            if entry.get("next_config"):
+                rec.next_config = DomainConfig.from_dict(entry["next_config"])
             await self.xenstore.add_domain(domid, name, config, rec.uuid, rec.created, xs_ours)
             self.xenstore.console_ready(domid, rec.console_nodes)
             ipc.send_with_fds(sock, Request("adopt", {}, 1).to_wire(), [xs_theirs.fileno()])
