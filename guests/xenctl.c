@@ -6,6 +6,8 @@
  * on: "poweroff" -> SCHEDOP_shutdown(SHUTDOWN_poweroff), "reboot" -> SHUTDOWN_reboot
  * (the toolstack's on_poweroff / on_reboot then apply); a sysrq letter is reported and
  * waited on again. An NMI is reported (xl trigger DOM nmi) and waited on again.
+ * "suspend" (control/feature-suspend, as manage.c's do_suspend) -> SHUTDOWN_suspend, whose
+ * return is reported ("xenctl: suspend returned 1": cancelled, xl resume) and waited on again.
  *
  * Command line: features=0 (advertise nothing: the toolstack must fall back or refuse);
  *   watchdog=S (arm a SCHEDOP_watchdog of S seconds and never pet it: SHUTDOWN_watchdog);
@@ -66,6 +68,8 @@ void guest_main(void)
         xcheck(rc >= 0, "write control/feature-poweroff rc %ld (%s)", rc, xen_errname(rc));
         rc = xs_write(0, "control/feature-reboot", "1");
         xcheck(rc >= 0, "write control/feature-reboot rc %ld (%s)", rc, xen_errname(rc));
+        rc = xs_write(0, "control/feature-suspend", "1");
+        xcheck(rc >= 0, "write control/feature-suspend rc %ld (%s)", rc, xen_errname(rc));
     }
     rc = xs_watch("control/shutdown", "shutdown");
     xcheck(rc >= 0, "watch control/shutdown rc %ld (%s)", rc, xen_errname(rc));
@@ -103,7 +107,12 @@ void guest_main(void)
             reason = SHUTDOWN_poweroff;
         else if (!strcmp(value, "reboot"))
             reason = SHUTDOWN_reboot;
-        else {
+        else if (!strcmp(value, "suspend")) {
+            /* public/sched.h: 1 if the suspend was cancelled (or a checkpoint), 0 if
+             * this is a new domain resuming */
+            printf("xenctl: suspend returned %ld\n", xen_shutdown(SHUTDOWN_suspend));
+            continue;
+        } else {
             printf("xenctl: unknown shutdown request ignored\n");
             continue;
         }

@@ -183,6 +183,7 @@ struct sched_watchdog {
 };
 #define SHUTDOWN_poweroff 0
 #define SHUTDOWN_reboot 1
+#define SHUTDOWN_suspend 2
 #define SHUTDOWN_crash 3
 struct sched_shutdown {
     u32 reason;

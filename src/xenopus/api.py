@@ -201,6 +201,15 @@ class Xenopus:
         """As `shutdown`, for a reboot; the fallback is the reset trigger."""
         self._ask("reboot", dom=str(dom), wait=wait, fallback=fallback)
 
+    def suspend(self, dom: Dom) -> None:
+        """`xl suspend`: the guest suspends itself (control/shutdown "suspend") and is held
+        until `resume`."""
+        self._ask("suspend", dom=str(dom))
+
+    def resume(self, dom: Dom) -> None:
+        """`xl resume`: a suspended guest runs on (its suspend call returns 1, cancelled)."""
+        self._ask("resume", dom=str(dom))
+
     def sysrq(self, dom: Dom, key: str) -> None:
         """One sysrq letter into the guest's control/sysrq (`xl sysrq`)."""
         self._ask("sysrq", dom=str(dom), key=key)

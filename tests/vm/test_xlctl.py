@@ -292,3 +292,26 @@ def test_cd_insert_and_eject_are_hvm_only_as_in_libxl(xenopus: Xenopus) -> None:
             assert r.returncode == 1 and "cdrom-insert requires an HVM domain" in r.stderr
     finally:
         assert xenopus.run("destroy", "ctl-cd-pvh").returncode == 0
+
+
+def test_suspend_holds_the_guest_until_resume(xenopus: Xenopus) -> None:
+    """xl suspend: "suspend" through control/shutdown, the guest's SHUTDOWN_suspend keeps
+    the domain shut down with reason suspend (code 2); xl resume makes its call return 1
+    (public/sched.h: cancelled) and it runs on, answering the next request."""
+    domid, con = start(xenopus, "ctl-su")
+    assert xenopus.run("resume", "ctl-su").returncode == 1  # not suspended
+    r = xenopus.run("suspend", "ctl-su")
+    assert r.returncode == 0, r.stderr
+    read_until(con.stdout, b"xenctl: shutdown request suspend")
+    assert xenopus.domains()["ctl-su"][4] == "---ss-"
+    verbose = xenopus.run("list", "-v", "ctl-su").stdout.splitlines()[-1].split()
+    assert verbose[7] == "2", verbose  # after the UUID, the reason code: SHUTDOWN_suspend
+    again = xenopus.run("suspend", "ctl-su")
+    assert again.returncode == 1 and "is shutdown" in again.stderr
+    assert xenopus.run("resume", "ctl-su").returncode == 0
+    read_until(con.stdout, b"xenctl: suspend returned 1")
+    assert xenopus.domains()["ctl-su"][4] in ("r-----", "-b----")
+    assert xenopus.run("shutdown", "-w", "ctl-su").returncode == 0
+    read_until(con.stdout, b"RESULT: PASS xenctl poweroff")
+    con.communicate(timeout=60)
+    assert "ctl-su" not in xenopus.domains()

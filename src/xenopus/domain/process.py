@@ -196,6 +196,11 @@ class DomainProcess:
             self.vconsole.on_input = guest.vconsole.receive
         if guest.xen is not None:
             self.pvconsole.on_input = guest.xen.receive
+            if guest.xen.domain is not None:
+                loop = self._loop
+                guest.xen.domain.on_suspend = lambda vcpu: loop.call_soon_threadsafe(
+                    self._suspended, guest, vcpu)
+        self.suspended = False
         self._started = False
 
     def _run_or_pause(self, paused: bool) -> None:
@@ -252,6 +257,16 @@ class DomainProcess:
         if reason.kind == "crash":
             self.exit_code = EXIT_CRASHED
         self._finished.set()  # run() reports the end, then tears the VM down
+
+    def _suspended(self, guest: Guest, vcpu: int) -> None:
+        """The guest suspended itself (SHUTDOWN_suspend): shut down, reason suspend, its
+        memory and vCPUs held until `resume` or a destroy (libxl_domain_suspend_only)."""
+        if guest is not self.guest:
+            return
+        self.suspended = True
+        self._send(Stopped("suspend", f"SCHEDOP_shutdown(SHUTDOWN_suspend) on vCPU {vcpu}",
+                           "preserve"))
+        self._set_state("shutdown")
 
     def _hand_back(self) -> None:
         """End this process so that the daemon builds the next incarnation."""
@@ -397,6 +412,18 @@ class DomainProcess:
             route.trigger()
         finally:
             route.release()  # KVM's irqfd shutdown flushes a pending injection first
+        return Reply.success()
+
+    @domain_step("resume")
+    def _resume(self, req: Request) -> Reply:
+        """xl resume (libxl_domain_resume with suspend_cancel: xc_domain_resume's fast
+        path): a suspended guest's SCHEDOP_shutdown returns 1 and it runs on."""
+        if self.guest is None or not self.suspended:
+            # xc_resume.c modify_returncode's refusal
+            return Reply.failure(f"domain {self.domid} is not suspended (it is {self.state})")
+        self.suspended = False
+        self._set_state("running")
+        self.guest.machine.resume()
         return Reply.success()
 
     @domain_step("rebuild-by-daemon")

@@ -1067,6 +1067,10 @@ VERBS = (
              Opt(("-F",), "fallback", "fall back to the ACPI reset trigger for guests with no"
                  " PV control interface"),
          ), (Pos("dom", "DOM", "?"),)),
+    Verb("suspend", "suspend a domain to RAM (control/shutdown \"suspend\")", "suspend",
+         cmd_domain_op, (), (_dom(),)),
+    Verb("resume", "resume a suspended domain (its suspend call returns: cancelled)",
+         "resume", cmd_domain_op, (), (_dom(),)),
     Verb("dump-core", "core dump a domain (ELF, guest RAM as PT_LOADs)", "dump-core",
          cmd_dump_core, (), (_dom(), Pos("file", "FILE"))),
     Verb("sysrq", "send a sysrq to a domain (control/sysrq)", "sysrq", cmd_sysrq, (),

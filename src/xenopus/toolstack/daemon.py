@@ -55,7 +55,7 @@ from xenopus.domain.restart import RestartBackoff
 from xenopus.domain.vif import open_vif
 from xenopus.toolstack import hostinfo, xlformat
 from xenopus.toolstack.broker import InterdomainBroker
-from xenopus.toolstack.xenstored import PvControlTimeout, XenStored
+from xenopus.toolstack.xenstored import PVCONTROL_TIMEOUT, PvControlTimeout, XenStored
 from xenopus.xen.xenstore.server import UNSCOPED, Peer, Scope, peer_of
 
 log = logging.getLogger("xenopus.daemon")
@@ -462,6 +462,30 @@ class Daemon:
             # request could name it.
             await rec.gone.wait()
         return Reply.success(domid=rec.domid, method=method, stops=stops)
+
+    @daemon_step("suspend")
+    async def _suspend(self, req: Request, client: Client) -> Reply:
+        """xl suspend (libxl_domain_suspend_only): "suspend" through control/shutdown,
+        acknowledged, then the guest's SCHEDOP_shutdown(SHUTDOWN_suspend) within
+        libxl's 60 s (domain_suspend_common_wait_guest); it stays suspended until
+        `resume` or a destroy."""
+        rec = self.lookup(req.dom)
+        if rec.state != "running":
+            raise RequestError(f"domain {rec.domid} is {rec.state}", "state")
+        if not self.xenstore.pvcontrol_available(rec.domid, "suspend"):
+            raise RequestError(f"domain {rec.domid}: PV control interface not available"
+                               " (the guest does not advertise control/feature-suspend)",
+                               "noparavirt")
+        stops = len(rec.stop_log)
+        try:
+            await self.xenstore.pvcontrol(rec.domid, "suspend")
+            stop = await asyncio.wait_for(self._wait_until(rec, "shutdown", stops),
+                                          PVCONTROL_TIMEOUT)
+        except (PvControlTimeout, TimeoutError):
+            raise RequestError(f"domain {rec.domid}: guest did not suspend", "state") from None
+        if stop.get("reason_code") != xlformat.SHUTDOWN_CODES["suspend"]:
+            raise RequestError(f"domain {rec.domid}: it stopped instead of suspending", "state")
+        return Reply.success(domid=rec.domid)
 
     async def _rename_restart(self, rec: DomainRecord) -> None:
         """on_* = "rename-restart" (xl_vmcontrol.c handle_domain_death, preserve_domain):

@@ -457,6 +457,24 @@ class Machine:
         with self._cond:
             self._cond.wait_for(lambda: self._parked >= self._live)
 
+    def hold_here(self, index: int) -> bool:
+        """Called on vCPU `index`'s own thread by an exit handler: pause the machine
+        (the other vCPUs park at their next exit) and park this thread where it is, in
+        the handler, until `resume()` (True) or a stop (False). For an exit whose result
+        only the toolstack decides (SCHEDOP_shutdown with SHUTDOWN_suspend)."""
+        with self._cond:
+            self._paused = True
+        for v in self.vcpus:
+            if v.index != index:
+                v.kick()
+        with self._cond:
+            self._parked += 1
+            self._cond.notify_all()
+            while self._paused and self._stop_reason is None:
+                self._cond.wait()
+            self._parked -= 1
+            return self._stop_reason is None
+
     def resume(self) -> None:
         with self._cond:
             self._paused = False

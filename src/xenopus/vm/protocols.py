@@ -82,6 +82,11 @@ class MachineView(Protocol):
 
     def request_stop(self, reason: StopReason) -> None: ...
 
+    def hold_here(self, index: int) -> bool:
+        """On vCPU `index`'s thread: pause the VM, this vCPU included, until resumed
+        (True) or stopped (False)."""
+        ...
+
     def clock_ns(self) -> int:
         """The VM's kvmclock now, in ns (what a guest's pvclock reads)."""
         ...

@@ -123,6 +123,8 @@ class XenDomain:
         self.grants.host_map = self.p2m.map_grant  # GNTTABOP_map_grant_ref's GFNs
         self.grants.host_unmap = self.p2m.unmap_grant
         self.timers = VcpuTimers(self._timer_fired)
+        # Told (on the vCPU's thread) that vCPU n suspended the domain; None: refused.
+        self.on_suspend: Callable[[int], None] | None = None
         for family in FAMILIES:
             family.register(table, self)
         table.on_entry = self._on_entry
@@ -428,16 +430,30 @@ class XenDomain:
         vcpus = self.machine.vcpus
         return vcpu < len(vcpus) and vcpus[vcpu].started
 
-    def shutdown(self, reason: int) -> int:
-        """SCHEDOP_shutdown / remote_shutdown of this domain: 0 or -errno."""
+    def shutdown(self, reason: int, vcpu: int | None = None) -> int:
+        """SCHEDOP_shutdown / remote_shutdown of this domain (by `vcpu`, if its own):
+        0 or -errno."""
         kind = SHUTDOWN_KIND.get(reason)
         if reason == abi.SHUTDOWN_suspend:
-            return -abi.XEN_ENOSYS  # no save/restore: the guest's suspend fails cleanly
+            if vcpu is None or self.on_suspend is None:
+                return -abi.XEN_ENOSYS  # no toolstack to resume it: the suspend fails cleanly
+            return self.suspend(vcpu)
         if kind is None:
             return -abi.XEN_EINVAL
         log.info("d%d: SCHEDOP_shutdown reason %d (%s)", self.domid, reason, kind)
         self.machine.request_stop(StopReason(kind, f"Xen shutdown, reason {reason}"))
         return 0
+
+    def suspend(self, vcpu: int) -> int:
+        """SHUTDOWN_suspend: the domain stays shut down (reason suspend), the call held,
+        until the toolstack resumes it (xl resume: xc_domain_resume's fast path, a
+        cancelled suspend). public/sched.h: the call then returns 1 ("suspend was
+        cancelled or the domain was merely checkpointed")."""
+        log.info("d%d: SCHEDOP_shutdown reason %d (suspend) on vCPU %d", self.domid,
+                 abi.SHUTDOWN_suspend, vcpu)
+        assert self.on_suspend is not None
+        self.on_suspend(vcpu)
+        return 1 if self.machine.hold_here(vcpu) else 0
 
 
 __all__ = ["XenDomain"]

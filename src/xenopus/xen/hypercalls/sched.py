@@ -103,7 +103,7 @@ def sched_op(domain: XenDomain, watchdogs: Watchdogs, call: Call) -> int:
         domain.block(vcpu, lambda: domain.any_pending(ports), deadline)
         return 0
     if cmd == abi.SCHEDOP_shutdown:
-        return domain.shutdown(a.read(arg, abi.sched_shutdown).reason)
+        return domain.shutdown(a.read(arg, abi.sched_shutdown).reason, vcpu)
     if cmd == abi.SCHEDOP_shutdown_code:
         # Xen keeps the code for the toolstack's report of the shutdown that follows; no
         # toolstack here asks for it. The argument is still read, as Xen copies it in.
