@@ -18,10 +18,8 @@ GUEST("xenballoon");
 #define PAGE 4096ul
 #define EXTENT 512ul /* pages in a 2 MiB extent (order 9) */
 #define BATCH 512ul  /* frames per hypercall */
-#define E820_RAM 1
 
 static u64 frames[BATCH];
-static struct e820entry map[32];
 static u64 pool_base, pool_end; /* RAM frames the balloon may give: [base, end) */
 static u64 out;                 /* frames given back, from pool_base up */
 static u64 above_base, above;   /* 2 MiB extents populated above RAM, from above_base */
@@ -39,16 +37,6 @@ static u64 current_pages(void)
     return rc > 0 ? (u64)rc : 0;
 }
 
-static u64 ram_end(void)
-{
-    struct xen_memory_map mm = {ARRAY_SIZE(map), map};
-    long rc = memory_op(XENMEM_memory_map, &mm);
-    u64 end = 0;
-    for (u32 i = 0; rc == 0 && i < mm.nr_entries; i++)
-        if (map[i].type == E820_RAM && map[i].addr + map[i].size > end)
-            end = map[i].addr + map[i].size;
-    return end;
-}
 
 static u64 min3(u64 a, u64 b, u64 c) { return a < b ? (a < c ? a : c) : (b < c ? b : c); }
 
@@ -110,7 +98,7 @@ void guest_main(void)
     long rc = xs_init();
     if (!xcheck(rc == 0, "xenstore rc %ld", rc))
         xen_finish(0, "no xenstore");
-    u64 end = ram_end() / PAGE;
+    u64 end = xen_ram_end() / PAGE;
     pool_base = (16ul << 20) / PAGE; /* from 16 MiB up: above the kit's image and heap */
     pool_end = end;
     above_base = (end + EXTENT - 1) / EXTENT * EXTENT + EXTENT; /* a 2 MiB hole, then up */

@@ -67,19 +67,6 @@ static int unmap(u64 gpa, u32 handle)
     return rc ? (int)rc : op.status;
 }
 
-static void publish(const char *node, long value, domid_t me, domid_t peer)
-{
-    char v[16], own[16], rd[16];
-    snprintf(own, sizeof(own), "n%u", me);
-    snprintf(rd, sizeof(rd), "r%u", peer);
-    const char *perms[2] = {own, rd};
-    snprintf(v, sizeof(v), "%ld", value);
-    long rc = xs_write(0, node, v);
-    rc = rc ? rc : xs_set_perms(0, node, perms, 2);
-    if (!xcheck(rc >= 0, "published %s = %ld rc %ld (%s)", node, value, rc, xen_errname(rc)))
-        xen_finish(0, "xenstore");
-}
-
 static void role_a(domid_t me, domid_t peer)
 {
     long port = evtchn_alloc_unbound(peer);
@@ -89,8 +76,7 @@ static void role_a(domid_t me, domid_t peer)
         xen_finish(0, "role=a setup");
     evtchn_bind((evtchn_port_t)port, NULL);
     int seen = evtchn_count[port];
-    publish("data/gntmap-gref", gref, me, peer);
-    publish("data/gntmap-port", port, me, peer); /* last: b waits for it */
+    xen_pair_offer("gntmap", me, peer, port, gref);
     printf("gntmap a: port %ld gref %ld for domain %u\n", port, gref, peer);
     if (!xcheck(evtchn_wait((evtchn_port_t)port, seen, timeout), "first event from domain %u", peer))
         xen_finish(0, "role=a no event");
@@ -116,24 +102,8 @@ static void role_a(domid_t me, domid_t peer)
 
 static void role_b(domid_t me, domid_t peer)
 {
-    char path[64];
-    u64 rport = 0, rgref = 0;
-    long rc = -1;
-    snprintf(path, sizeof(path), "/local/domain/%u/data/gntmap-port", peer);
-    for (unsigned waited = 0; waited < timeout && rc; waited += 50) {
-        rc = xs_read_u64(path, &rport);
-        if (rc)
-            delay_ms(50);
-    }
-    snprintf(path, sizeof(path), "/local/domain/%u/data/gntmap-gref", peer);
-    rc = rc ? rc : xs_read_u64(path, &rgref);
-    if (!xcheck(rc == 0, "read the peer's port %lu and gref %lu", rport, rgref))
-        xen_finish(0, "role=b rendezvous");
-    long lport = evtchn_bind_interdomain(peer, (evtchn_port_t)rport);
-    if (!xcheck(lport > 0, "bind_interdomain(%u, %lu) -> %ld", peer, rport, lport))
-        xen_finish(0, "role=b bind");
-    evtchn_bind((evtchn_port_t)lport, NULL);
-    xcheck(evtchn_wait((evtchn_port_t)lport, 0, timeout), "bind raised port %ld", lport); /* not a's */
+    u64 rgref = 0;
+    long lport = xen_pair_accept("gntmap", peer, timeout, &rgref);
     int seen = evtchn_count[lport];
 
     int st = map(peer, (u32)rgref, 0, MAP_GPA, NULL);

@@ -24,12 +24,10 @@ GUEST("xenmem");
 
 #define PAGE 4096ul
 #define BALLOON_PAGES 16
-#define E820_RAM 1
 
 static u8 balloon[BALLOON_PAGES * PAGE] __attribute__((aligned(4096)));
 static struct vcpu_time_info time_area __attribute__((aligned(64)));
 static u64 frames[512];
-static struct e820entry map[32];
 static volatile int timer_events;
 
 static void on_timer(evtchn_port_t port)
@@ -50,17 +48,6 @@ static long current_pages(void)
     return memory_op(XENMEM_current_reservation, &self);
 }
 
-/* The end of RAM from the memory map the toolstack gave us. */
-static u64 ram_end(void)
-{
-    struct xen_memory_map mm = {ARRAY_SIZE(map), map};
-    long rc = memory_op(XENMEM_memory_map, &mm);
-    u64 end = 0;
-    for (u32 i = 0; rc == 0 && i < mm.nr_entries; i++)
-        if (map[i].type == E820_RAM && map[i].addr + map[i].size > end)
-            end = map[i].addr + map[i].size;
-    return end;
-}
 
 static void shared_info_above_ram(u64 gfn)
 {
@@ -197,7 +184,7 @@ void guest_main(void)
 {
     if (!xen_require())
         return;
-    u64 end = ram_end();
+    u64 end = xen_ram_end();
     xcheck(end != 0, "RAM ends at 0x%lx", end);
     shared_info_above_ram(end / PAGE);
     /* 1 GiB up, 2 MiB aligned: free space as Linux's unpopulated-alloc finds it. */

@@ -36,24 +36,13 @@ static void role_a(domid_t me, domid_t peer)
         xen_finish(0, "role=a setup");
     evtchn_bind((evtchn_port_t)port, NULL);
     int seen = evtchn_count[port];
-    char v[16], own[16], rd[16];
-    snprintf(own, sizeof(own), "n%u", me);
-    snprintf(rd, sizeof(rd), "r%u", peer);
-    const char *perms[2] = {own, rd};
-    snprintf(v, sizeof(v), "%ld", gref);
-    long rc = xs_write(0, "data/pair-gref", v);
-    rc = rc ? rc : xs_set_perms(0, "data/pair-gref", perms, 2);
-    snprintf(v, sizeof(v), "%ld", port);
-    rc = rc ? rc : xs_write(0, "data/pair-port", v); /* last: b waits for it */
-    rc = rc ? rc : xs_set_perms(0, "data/pair-port", perms, 2);
-    if (!xcheck(rc >= 0, "published data/pair-port and data/pair-gref rc %ld (%s)", rc, xen_errname(rc)))
-        xen_finish(0, "role=a xenstore");
+    xen_pair_offer("pair", me, peer, port, gref);
     printf("pair a: port %ld gref %ld for domain %u\n", port, gref, peer);
     int got = evtchn_wait((evtchn_port_t)port, seen, timeout);
     if (!xcheck(got, "event from domain %u", peer))
         xen_finish(0, "role=a no event");
     struct evtchn_status st;
-    rc = evtchn_status((evtchn_port_t)port, &st);
+    long rc = evtchn_status((evtchn_port_t)port, &st);
     xcheck(rc == 0 && st.status == EVTCHNSTAT_interdomain && st.u.interdomain.dom == peer,
            "port %ld bound to domain %u port %u", port, st.u.interdomain.dom, st.u.interdomain.port);
     const char *reply = (const char *)page + 2048;
@@ -68,27 +57,8 @@ static void role_a(domid_t me, domid_t peer)
 
 static void role_b(domid_t me, domid_t peer)
 {
-    char path[64];
-    u64 rport = 0, rgref = 0;
-    long rc = -1;
-    snprintf(path, sizeof(path), "/local/domain/%u/data/pair-port", peer);
-    for (unsigned waited = 0; waited < timeout && rc; waited += 50) {
-        rc = xs_read_u64(path, &rport);
-        if (rc)
-            delay_ms(50);
-    }
-    snprintf(path, sizeof(path), "/local/domain/%u/data/pair-gref", peer);
-    rc = rc ? rc : xs_read_u64(path, &rgref);
-    if (!xcheck(rc == 0, "read the peer's port %lu and gref %lu rc %ld (%s)", rport, rgref, rc, xen_errname(rc)))
-        xen_finish(0, "role=b rendezvous");
-    long lport = evtchn_bind_interdomain(peer, (evtchn_port_t)rport);
-    if (!xcheck(lport > 0, "bind_interdomain(%u, %lu) -> %ld", peer, rport, lport))
-        xen_finish(0, "role=b bind");
-    evtchn_bind((evtchn_port_t)lport, NULL);
-    /* event_channel.h: "EVTCHNOP_bind_interdomain always sets the local event channel
-     * pending" (events sent to the unbound end may have been lost). Take that one now: were
-     * it counted as a's answer, b would end, and its port with it, before a had looked. */
-    xcheck(evtchn_wait((evtchn_port_t)lport, 0, timeout), "bind raised port %ld", lport);
+    u64 rgref = 0;
+    long lport = xen_pair_accept("pair", peer, timeout, &rgref);
     int seen = evtchn_count[lport];
     struct gnttab_copy op;
     memset(&op, 0, sizeof(op));
@@ -98,7 +68,7 @@ static void role_b(domid_t me, domid_t peer)
     op.dest.domid = DOMID_SELF;
     op.len = 256;
     op.flags = GNTCOPY_source_gref;
-    rc = gnttab_copy1(&op);
+    long rc = gnttab_copy1(&op);
     if (!xcheck(rc == 0 && op.status == GNTST_okay, "copy from the peer's gref: rc %ld status %d %s", rc, op.status,
                 gntst_name(op.status)))
         xen_finish(0, "role=b copy");

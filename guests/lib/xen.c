@@ -195,6 +195,18 @@ long hvm_set_param(u32 index, u64 value)
     return hvm_op(HVMOP_set_param, &p);
 }
 
+u64 xen_ram_end(void)
+{
+    static struct e820entry map[32];
+    struct xen_memory_map mm = {ARRAY_SIZE(map), map};
+    long rc = memory_op(XENMEM_memory_map, &mm);
+    u64 end = 0;
+    for (u32 i = 0; rc == 0 && i < mm.nr_entries; i++)
+        if (map[i].type == 1 /* E820_RAM */ && map[i].addr + map[i].size > end)
+            end = map[i].addr + map[i].size;
+    return end;
+}
+
 long xen_shutdown(u32 reason)
 {
     struct sched_shutdown s = {reason};
@@ -992,6 +1004,50 @@ void xenbus_frontend_start(struct xenbus_dev *d, const char *type, const char *i
     rc = xenbus_find(d, type, id);
     if (!xcheck(rc == 0, "found %s backend %s (domain %lu) rc %ld", d->node, d->backend, d->backend_id, rc))
         xen_finish(0, "no %s", type);
+}
+
+void xen_pair_offer(const char *name, domid_t self, domid_t peer, long port, long gref)
+{
+    char node[64], v[24], own[16], rd[16];
+    snprintf(own, sizeof(own), "n%u", self);
+    snprintf(rd, sizeof(rd), "r%u", peer);
+    const char *perms[2] = {own, rd};
+    long rc = 0;
+    const char *what[2] = {"gref", "port"};
+    long value[2] = {gref, port};
+    for (int i = 0; i < 2 && rc >= 0; i++) {
+        snprintf(node, sizeof(node), "data/%s-%s", name, what[i]);
+        snprintf(v, sizeof(v), "%ld", value[i]);
+        rc = xs_write(0, node, v);
+        rc = rc < 0 ? rc : xs_set_perms(0, node, perms, 2);
+    }
+    if (!xcheck(rc >= 0, "published data/%s-port %ld and -gref %ld rc %ld (%s)", name, port,
+                gref, rc, xen_errname(rc)))
+        xen_finish(0, "role=a xenstore");
+}
+
+evtchn_port_t xen_pair_accept(const char *name, domid_t peer, unsigned timeout_ms, u64 *gref)
+{
+    char path[64];
+    u64 rport = 0;
+    long rc = -1;
+    snprintf(path, sizeof(path), "/local/domain/%u/data/%s-port", peer, name);
+    for (unsigned waited = 0; waited < timeout_ms && rc; waited += 50) {
+        rc = xs_read_u64(path, &rport);
+        if (rc)
+            delay_ms(50);
+    }
+    snprintf(path, sizeof(path), "/local/domain/%u/data/%s-gref", peer, name);
+    rc = rc ? rc : xs_read_u64(path, gref);
+    if (!xcheck(rc == 0, "read the peer's port %lu and gref %lu rc %ld (%s)", rport, *gref, rc,
+                xen_errname(rc)))
+        xen_finish(0, "role=b rendezvous");
+    long lport = evtchn_bind_interdomain(peer, (evtchn_port_t)rport);
+    if (!xcheck(lport > 0, "bind_interdomain(%u, %lu) -> %ld", peer, rport, lport))
+        xen_finish(0, "role=b bind");
+    evtchn_bind((evtchn_port_t)lport, NULL);
+    xcheck(evtchn_wait((evtchn_port_t)lport, 0, timeout_ms), "bind raised port %ld", lport);
+    return (evtchn_port_t)lport;
 }
 
 void xen_pair_run(const char *what, unsigned *timeout_ms,

@@ -534,6 +534,8 @@ extern int xen_failures;
 int xcheck(int ok, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 long hvm_get_param(u32 index, u64 *value);
 long hvm_set_param(u32 index, u64 value);
+/* The end of RAM (highest E820_RAM byte + 1) in XENMEM_memory_map's map; 0 if refused. */
+u64 xen_ram_end(void);
 /* SCHEDOP_shutdown; returns (with the error) only if Xen refused. */
 long xen_shutdown(u32 reason);
 /* Print the RESULT line, then SCHEDOP_shutdown(poweroff), then the runtime's shutdown(). */
@@ -657,5 +659,14 @@ void xenbus_frontend_start(struct xenbus_dev *d, const char *type, const char *i
 __attribute__((noreturn)) void xen_pair_run(const char *what, unsigned *timeout_ms,
                                             void (*role_a)(domid_t self, domid_t peer),
                                             void (*role_b)(domid_t self, domid_t peer));
+/* Role a's offer: data/<name>-gref then data/<name>-port (last: b waits for it), owned by
+ * `self` and readable by `peer`; a failure ends the test. */
+void xen_pair_offer(const char *name, domid_t self, domid_t peer, long port, long gref);
+/* Role b's side of it: the peer's data/<name>-port and -gref (polled for up to
+ * `timeout_ms`), the port bound (bind_interdomain) and the event that binding raises taken
+ * (event_channel.h: "EVTCHNOP_bind_interdomain always sets the local event channel
+ * pending"; counted as a's answer, b could end before a had looked). The local port;
+ * *gref the peer's grant. A failure ends the test. */
+evtchn_port_t xen_pair_accept(const char *name, domid_t peer, unsigned timeout_ms, u64 *gref);
 
 #endif
