@@ -865,66 +865,68 @@ long xencons_init(void)
     return 0;
 }
 
-static long cons_put(char c, unsigned *waited)
+static long cons_put(struct xencons_ring *r, char c, unsigned *waited)
 {
+    volatile struct xencons_interface *x = r->intf;
     for (;;) {
-        u32 cons = xencons->out_cons, prod = xencons->out_prod;
+        u32 cons = x->out_cons, prod = x->out_prod;
         mb();
-        if (prod - cons > sizeof(xencons->out))
+        if (prod - cons > sizeof(x->out))
             return -XEN_EIO;
-        if (prod - cons < sizeof(xencons->out)) {
-            xencons->out[prod % sizeof(xencons->out)] = c;
+        if (prod - cons < sizeof(x->out)) {
+            x->out[prod % sizeof(x->out)] = c;
             barrier(); /* console.h: data before the index */
-            xencons->out_prod = prod + 1;
+            x->out_prod = prod + 1;
             return 0;
         }
-        evtchn_send(xencons_port);
+        evtchn_send(r->port);
         if ((*waited += 10) > 5000)
             return -XEN_ETIME;
         if (events_ready)
-            evtchn_wait(xencons_port, evtchn_count[xencons_port], 10);
+            evtchn_wait(r->port, evtchn_count[r->port], 10);
         else
             delay_ms(10);
     }
 }
 
-long xencons_write(const char *s)
+long xencons_ring_write(struct xencons_ring *r, const char *s)
 {
     long n = 0;
     unsigned waited = 0;
     for (; *s; s++, n++) {
-        long rc = (*s == '\n' ? cons_put('\r', &waited) : 0);
+        long rc = (*s == '\n' && r->crlf ? cons_put(r, '\r', &waited) : 0);
         if (!rc)
-            rc = cons_put(*s, &waited);
+            rc = cons_put(r, *s, &waited);
         if (rc)
             return rc;
     }
     mb();
-    evtchn_send(xencons_port);
+    evtchn_send(r->port);
     return n;
 }
 
-long xencons_readline(char *out, u32 cap, unsigned ms)
+long xencons_ring_readline(struct xencons_ring *r, char *out, u32 cap, unsigned ms)
 {
+    volatile struct xencons_interface *x = r->intf;
     u32 n = 0;
     for (unsigned waited = 0;;) {
-        u32 cons = xencons->in_cons, prod = xencons->in_prod;
+        u32 cons = x->in_cons, prod = x->in_prod;
         mb();
-        if (prod - cons > sizeof(xencons->in))
+        if (prod - cons > sizeof(x->in))
             return -1;
         if (cons == prod) {
             if ((waited += 10) > ms)
                 return -1;
             if (events_ready)
-                evtchn_wait(xencons_port, evtchn_count[xencons_port], 10);
+                evtchn_wait(r->port, evtchn_count[r->port], 10);
             else
                 delay_ms(10);
             continue;
         }
-        char c = xencons->in[cons % sizeof(xencons->in)];
+        char c = x->in[cons % sizeof(x->in)];
         mb();
-        xencons->in_cons = cons + 1;
-        evtchn_send(xencons_port);
+        x->in_cons = cons + 1;
+        evtchn_send(r->port);
         if (c == '\r' || c == '\n') {
             if (!n)
                 continue; /* the \n of a \r\n, or an empty line */
@@ -934,6 +936,18 @@ long xencons_readline(char *out, u32 cap, unsigned ms)
         if (n + 1 < cap)
             out[n++] = c;
     }
+}
+
+long xencons_write(const char *s)
+{
+    struct xencons_ring r = {xencons, xencons_port, 1};
+    return xencons_ring_write(&r, s);
+}
+
+long xencons_readline(char *out, u32 cap, unsigned ms)
+{
+    struct xencons_ring r = {xencons, xencons_port, 1};
+    return xencons_ring_readline(&r, out, cap, ms);
 }
 
 /* ---- xenbus frontend steps (io/xenbus.h, Linux xenbus_probe_frontend.c) ---- */

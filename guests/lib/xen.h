@@ -634,6 +634,14 @@ extern evtchn_port_t xencons_port;
 long xencons_write(const char *s); /* \n -> \r\n; bytes written or -err */
 /* Reads one line (without its end) from the in ring, bounded by ms. Returns its length or -1. */
 long xencons_readline(char *out, u32 cap, unsigned ms);
+/* The same on any console ring (a channel's: device/console/N); crlf: \n goes out as \r\n. */
+struct xencons_ring {
+    volatile struct xencons_interface *intf;
+    evtchn_port_t port;
+    int crlf;
+};
+long xencons_ring_write(struct xencons_ring *r, const char *s);
+long xencons_ring_readline(struct xencons_ring *r, char *out, u32 cap, unsigned ms);
 
 /* ---- a xenbus frontend's common steps ---- */
 struct xenbus_dev {

@@ -13,7 +13,7 @@ def test_known_keys_are_the_settings_the_table_reads() -> None:
     assert {
         "name", "type", "builder", "kernel", "ramdisk", "cmdline", "root", "extra",
         "memory", "maxmem", "vcpus", "maxvcpus", "on_poweroff", "on_reboot", "on_crash",
-        "disk", "vif", "cpus", "xen_platform", "virtio_console", "virtio_rng",
+        "disk", "vif", "channel", "cpus", "xen_platform", "virtio_console", "virtio_rng",
         "uuid", "on_watchdog", "cpus_soft", "max_grant_frames", "max_event_channels",
         "cpu_weight", "cap", "virtio_balloon",
         "cpuid", "msr_relaxed", "cpu_policy_hosts",

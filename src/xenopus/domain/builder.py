@@ -38,6 +38,7 @@ from xenopus.devices.virtio.device import VirtioDevice
 from xenopus.devices.virtio.net import VirtioNet
 from xenopus.devices.virtio.pci import VirtioPciDevice
 from xenopus.devices.virtio.rng import VirtioRng
+from xenopus.domain.channel import ChannelEnd
 from xenopus.domain.config import DomainConfig
 from xenopus.domain.cpuid_spec import parse_cpuid
 from xenopus.domain.devspec import VifSpec
@@ -130,11 +131,13 @@ def build_guest(
     xenstore_path: str | None = None,
     kvm: Kvm | None = None,
     taps: VifTaps | None = None,
+    channels: list[ChannelEnd] | None = None,
 ) -> Guest:
     """Lay out memory, write the ACPI tables, load the kernel and wire the devices; the
     vCPUs are not started. Any failure releases what was built and names the problem.
-    `kvm` is an open /dev/kvm to use (and leave open), `taps` the vifs' taps kept across
-    incarnations: a jailed process can open neither again."""
+    `kvm` is an open /dev/kvm to use (and leave open), `taps` the vifs' taps and
+    `channels` the channels' host ends kept across incarnations: a jailed process can
+    open none of them again."""
     host = memory_mib()
     if host and config.memory > host:
         raise ValueError(f"memory = {config.memory} MiB is more than this host has ({host} MiB)")
@@ -170,7 +173,7 @@ def build_guest(
                 hv_log=hv_log or (lambda line: log.info("%s", line)),
                 pv_console_out=pv_console_out or console_out,
                 store=store or StoreProxy(asyncio.get_event_loop(), None),
-                xenstore_path=xenstore_path, taps=taps,
+                xenstore_path=xenstore_path, taps=taps, channels=channels,
             )
             hooks = xen.machine_hooks()
         elif (any(d.kind_for(False) == "xen" for d in config.disks)

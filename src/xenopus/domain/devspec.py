@@ -612,3 +612,70 @@ def parse_vif(spec: str, index: int | None = None,
         return VifSpec(**values)  # type: ignore[arg-type]
     except ValueError as e:
         raise DevSpecError("vif", index, spec, str(e)) from None
+
+
+# -- channel= (xl.cfg(5) CHANNEL_SPEC_STRING, xen-pv-channel(7)) --------------------------
+
+
+@dataclass(frozen=True)
+class ChannelSpec:
+    """One validated `channel=` entry: a named PV console (device/console/N, N >= 1)
+    whose host end is a Unix socket the backend listens on, or a pty."""
+
+    name: str
+    connection: str  # "socket" or "pty"
+    path: str | None = None  # the socket's path (connection = socket)
+
+    def __post_init__(self) -> None:
+        # xl_parse.c's checks, then libxl's (libxl__init_console_from_channel)
+        if self.connection not in ("socket", "pty"):
+            raise ValueError(f"unknown channel connection '{self.connection}'")
+        if self.connection == "socket" and not self.path:
+            raise ValueError("channel connection 'socket' requires path=..")
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError("channel has no name")
+        if self.path is not None and (not isinstance(self.path, str)
+                                      or not self.path.startswith("/")):
+            raise ValueError(f"path `{self.path}' must be absolute")
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, object]) -> ChannelSpec:
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown ChannelSpec field(s): {', '.join(unknown)}")
+        return cls(**data)  # type: ignore[arg-type]
+
+
+def parse_channel(spec: str, index: int | None = None,
+                  warnings: list[str] | None = None) -> ChannelSpec:
+    """Parse one xl channel spec (xl_parse.c: comma-separated KEY=VALUE, whitespace
+    around each trimmed; backend, name, path, connection = pty | socket). Unknown keys
+    are warned about and ignored, as xl does. Raises `DevSpecError` naming the entry."""
+    values: dict[str, str] = {}
+    for piece in spec.split(","):
+        key, eq, value = piece.partition("=")
+        key, value = key.strip(), value.strip()
+        if not piece.strip():
+            continue
+        if not eq:
+            raise DevSpecError("channel", index, spec,
+                               f"failed to parse channel configuration: {piece}")
+        if key == "backend":
+            try:
+                _backend(value)
+            except ValueError as e:
+                raise DevSpecError("channel", index, spec, str(e)) from None
+        elif key in ("name", "path", "connection"):
+            values[key] = value
+        elif warnings is not None:
+            warnings.append(f"{_entry('channel', index, spec)}: unknown channel parameter"
+                            f" '{key}', ignoring")
+    if "connection" not in values:
+        raise DevSpecError("channel", index, spec, "channel has unknown 'connection'")
+    try:
+        return ChannelSpec(values.get("name", ""), values["connection"], values.get("path"))
+    except ValueError as e:
+        raise DevSpecError("channel", index, spec, str(e)) from None

@@ -30,6 +30,7 @@ from xenopus.devices.ratelimit import RateLimit
 from xenopus.devices.tap import Tap
 from xenopus.domain import coredump, snapshot
 from xenopus.domain.builder import Guest, build_guest
+from xenopus.domain.channel import ChannelEnd, ChannelError, close_channels, open_channels
 from xenopus.domain.config import DomainConfig
 from xenopus.domain.console import Console
 from xenopus.domain.devspec import DiskSpec
@@ -119,6 +120,8 @@ class DomainProcess:
         self.jail = jail or Jail(domid, config, str(run_dir))
         self.kvm: Kvm | None = None  # opened once: a jailed process cannot open it again
         self.taps = VifTaps()  # likewise
+        self.channels: list[ChannelEnd] = []  # likewise, opened before the jail
+        self.channel_error: str | None = None
         self.xenstore = xenstore  # the guest's XenStore ring traffic goes to the daemon here
         self.interdomain_sock = interdomain  # channels/grants to other domains, via the daemon
         self.interdomain: InterdomainPort | None = None
@@ -184,7 +187,7 @@ class DomainProcess:
             vconsole_out=self.vconsole.write, domid=self.domid, hv_log=self.hv_log,
             pv_console_out=self.pvconsole.write, store=self.store,
             xenstore_path=ipc.xenstored_socket_path(self.run_dir) if self.xenstore else None,
-            kvm=self.kvm, taps=self.taps,
+            kvm=self.kvm, taps=self.taps, channels=self.channels,
         )
         self.guest = guest
         self.crash_backoff.started()
@@ -816,6 +819,8 @@ class DomainProcess:
                 await self.vconsole.serve(ipc.console_socket_path(self.domid, self.run_dir, "virtio"))
             if self.config.xen_platform != "0":
                 await self.pvconsole.serve(ipc.console_socket_path(self.domid, self.run_dir, "pv"))
+            if self.channel_error:
+                raise ValueError(self.channel_error)
             self._build_guest()
             # Everything the guest needs is open; no guest code has run yet.
             self.jail.enter_late(threading.active_count())
@@ -827,6 +832,7 @@ class DomainProcess:
             adoption.cancel()
             self._teardown()
             self.taps.close()
+            close_channels(self.channels)
             if self.interdomain is not None:
                 self.interdomain.shutdown()
             return EXIT_START_FAILED
@@ -861,6 +867,7 @@ class DomainProcess:
         self._writer.close()
         self._teardown()
         self.taps.close()
+        close_channels(self.channels)
         if self.interdomain is not None:
             self.interdomain.shutdown()
         return self.exit_code
@@ -894,6 +901,10 @@ def run_domain(
     jail = Jail(domid, cfg, spawn.run_dir)
     jail.layers["aslr"] = "on" if fresh_layout else (
         "shared: forked from the zygote, whose layout every such domain has (daemon --spares 0)")
+    try:  # before the jail: its root has none of the host's paths, and no pty
+        channels, channel_error = open_channels(cfg.channels), None
+    except ChannelError as e:
+        channels, channel_error = [], str(e)
     jail.enter_early()
     control = socket.socket(fileno=control_fd)
     xenstore = socket.socket(fileno=xenstore_fd) if xenstore_fd is not None else None
@@ -902,6 +913,7 @@ def run_domain(
         domid, cfg, control, Path(spawn.run_dir), paused=spawn.paused, xenstore=xenstore,
         interdomain=interdomain, jail=jail,
     )
+    proc.channels, proc.channel_error = channels, channel_error
     proc.born = born
     try:
         return asyncio.run(proc.run())

@@ -24,6 +24,7 @@ from xenopus.devices import platform as layout
 from xenopus.devices.bus import Bus
 from xenopus.devices.disk import DiskImage
 from xenopus.devices.tap import Tap
+from xenopus.domain.channel import ChannelEnd, close_channels, open_channels
 from xenopus.domain.config import DomainConfig
 from xenopus.domain.devspec import DiskSpec
 from xenopus.domain.interdomain_port import InterdomainPort
@@ -35,6 +36,7 @@ from xenopus.vm import Machine
 from xenopus.vm.machine import MachineHooks
 from xenopus.xen import abi
 from xenopus.xen.backends.blkback import BlkBack
+from xenopus.xen.backends.channel import ChannelBack
 from xenopus.xen.backends.console import PVConsole
 from xenopus.xen.backends.netback import NetBack
 from xenopus.xen.backends.xenbus import Backend, DomainHost
@@ -200,9 +202,14 @@ class XenGuest:
         store: StoreProxy,
         xenstore_path: str | None,
         taps: VifTaps | None = None,
+        channels: list[ChannelEnd] | None = None,
     ):
         self.config = config
         self.taps = taps
+        # The channels' host ends (the process's, kept across incarnations); None: made
+        # here and closed with this guest.
+        self.channels = channels
+        self._own_channels: list[ChannelEnd] = []
         self.domid = domid
         self.memory = memory
         self.path = path
@@ -344,7 +351,7 @@ class XenGuest:
         dom0 clients of the daemon's XenStore."""
         disks = [(i, d) for i, d in enumerate(self.config.disks) if d.kind_for(True) == "xen"]
         vifs = [(i, v) for i, v in enumerate(self.config.vifs) if v.kind_for(True) == "xen"]
-        if not (disks or vifs):
+        if not (disks or vifs or self.config.channels):
             return
         host = self._backend_host()
         for _, disk in disks:
@@ -363,6 +370,15 @@ class XenGuest:
             except BaseException:
                 tap.close()
                 raise
+            self.backends.append(be)
+            be.start()
+        ends = self.channels
+        if ends is None:
+            ends = self._own_channels = open_channels(self.config.channels)
+        for end in ends:
+            be = ChannelBack(self.xs, host, self.domid, end.devid, name=end.spec.name,
+                             listener=end.listener, path=end.spec.path, master=end.master,
+                             tty=end.tty)
             self.backends.append(be)
             be.start()
 
@@ -462,6 +478,8 @@ class XenGuest:
             with contextlib.suppress(Exception):
                 be.stop()
         self.backends.clear()
+        close_channels(self._own_channels)
+        self._own_channels = []
         if self.xs is not None:
             self.xs.close()
             self.xs = None

@@ -650,6 +650,15 @@ def cmd_devices(kind: str):
     return run
 
 
+def cmd_channel_list(args: Namespace) -> int:
+    """xl channel-list DOM...: the named PV consoles (channels) of each domain."""
+    from xenopus.toolstack import xlformat
+
+    doms = request(args.op, doms=list(args.doms))["domains"]
+    print("\n".join(xlformat.channel_list([c for d in doms for c in d["channels"]])))
+    return 0
+
+
 DOM0 = ("0", "Domain-0")
 
 
@@ -1084,6 +1093,8 @@ VERBS = (
          (Pos("doms", "DOM", "+"),)),
     Verb("network-list", "list a domain's network interfaces", "devices",
          cmd_devices(NIC), (), (Pos("doms", "DOM", "+"),)),
+    Verb("channel-list", "list a domain's PV channels (named consoles)", "channel-list",
+         cmd_channel_list, (), (Pos("doms", "DOM", "+"),)),
     Verb("vcpu-list", "list the vCPUs of domains (all when none is named)", "vcpu-list",
          cmd_vcpu_list, (), (Pos("domains", "DOM", "*"),)),
     Verb("vcpu-pin", "set the host CPUs a vCPU may run on", "vcpu-pin", cmd_vcpu_pin,

@@ -34,6 +34,7 @@ from xenopus import ipc, stream
 from xenopus.control import Reply, Request
 from xenopus.devices.mac import format_mac
 from xenopus.domain import jail
+from xenopus.domain.channel import remove_sockets
 from xenopus.domain.config import ConfigError, DomainConfig, load_config
 from xenopus.domain.devspec import parse_disk, parse_vif
 from xenopus.domain.jail import uid_range
@@ -463,6 +464,16 @@ class Daemon:
             await rec.gone.wait()
         return Reply.success(domid=rec.domid, method=method, stops=stops)
 
+    @daemon_step("channel-list")
+    async def _channel_list(self, req: Request, client: Client) -> Reply:
+        """xl channel-list DOM...: each named domain's channels (xl_console.c)."""
+        doms = req.args.get("doms") or []
+        if not isinstance(doms, list):
+            raise RequestError("channel-list needs a list of domains")
+        recs = [self.lookup(str(d)) for d in doms]
+        return Reply.success(domains=[{"domid": r.domid, "channels": self.xenstore.channels(r.domid)}
+                                      for r in recs])
+
     @daemon_step("suspend")
     async def _suspend(self, req: Request, client: Client) -> Reply:
         """xl suspend (libxl_domain_suspend_only): "suspend" through control/shutdown,
@@ -857,6 +868,7 @@ class Daemon:
         self.xenstore.remove_domain(rec.domid)
         self.interdomain.remove(rec.domid)
         shutil.rmtree(ipc.domain_dir(rec.domid, self.run_dir), ignore_errors=True)
+        remove_sockets(rec.config.channels)  # its jailed process could not
         if self.domains.get(rec.domid) is rec:
             del self.domains[rec.domid]
             self._save_table()

@@ -225,6 +225,34 @@ class XenStored:
         except XsError:
             return None
 
+    def channels(self, domid: int) -> list[dict[str, Any]]:
+        """libxl_device_channel_list + _getinfo: the domain's consoles that have a name
+        (console 0 has none), from their backend and frontend nodes; -1 for a number
+        the frontend has not written."""
+        back = f"/local/domain/0/backend/console/{domid}"
+        try:
+            devids = self.store.directory(self.dom0, back)
+        except XsError:
+            return []
+        out = []
+        for devid in sorted(devids, key=lambda d: int(d) if d.isdigit() else -1):
+            name = self._read(f"{back}/{devid}/name")
+            if name is None or not devid.isdigit():
+                continue
+            front = f"/local/domain/{domid}/device/console/{devid}"
+
+            def number(node: str, front: str = front) -> int:
+                raw = self._read(f"{front}/{node}")
+                return int(raw) if raw is not None and raw.isdigit() else -1
+
+            out.append({
+                "devid": int(devid), "backend_id": 0, "name": name.decode(errors="replace"),
+                "state": number("state"), "evtch": number("port"), "rref": number("ring-ref"),
+                "connection": (self._read(f"{back}/{devid}/connection") or b"").decode(),
+                "tty": (self._read(f"{front}/tty") or b"").decode(errors="replace"),
+            })
+        return out
+
     def pvcontrol_available(self, domid: int, cmd: str) -> bool:
         """Whether the guest's drivers listen on control/shutdown for `cmd`: they say so
         in control/feature-<cmd> ("1"), as Linux's manage.c does for poweroff and

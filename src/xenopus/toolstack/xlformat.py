@@ -230,6 +230,21 @@ def _listing(devices: Iterable[Mapping[str, object]], xl_header: str,
     return lines
 
 
+def channel_list(channels: list[dict[str, Any]]) -> list[str]:
+    """xl channel-list (xl_console.c main_channellist): the header, then per channel
+    devid, backend, frontend state, event channel, ring-ref, connection and, for a pty,
+    its path; each field followed by a space, as xl's printf leaves it."""
+    lines = ["%-3s %-2s %-5s %-6s %8s %-10s %-30s" % (  # noqa: UP031
+        "Idx", "BE", "state", "evt-ch", "ring-ref", "connection", "")]
+    for c in channels:
+        row = "%-3d %-2d %-5d %-6d %-8d %-10s " % (  # noqa: UP031
+            c["devid"], c["backend_id"], c["state"], c["evtch"], c["rref"], c["connection"])
+        if c["connection"] == "pty":
+            row += "%-30s " % c["tty"]  # noqa: UP031
+        lines.append(row)
+    return lines
+
+
 def block_list(disks: Iterable[Mapping[str, object]]) -> list[str]:
     """`block-list`'s lines for these disks (inventory descriptions of kind "disk")."""
     return _listing(disks, XL_BLOCK_HEADER, xl_block_row, VIRTIO_BLOCK)
@@ -513,6 +528,11 @@ def libxl_domain_config(config: DomainConfig, uuid: str) -> dict[str, object]:
         out["disks"] = [libxl_disk(d, xen) for d in config.disks]
     if config.vifs:
         out["nics"] = [libxl_nic(i, v, xen) for i, v in enumerate(config.vifs)]
+    if config.channels:
+        # libxl_device_channel; its keyed union as "<keyvar>.<member>", like b_info's
+        out["channels"] = [{"devid": i + 1, "name": c.name, "connection": c.connection,
+                            f"connection.{c.connection}": {"path": c.path} if c.path else {}}
+                           for i, c in enumerate(config.channels)]
     for key in ("on_poweroff", "on_reboot", "on_watchdog", "on_crash"):
         action = ACTIONS[getattr(config, key)]
         if action != DEFAULT_ACTION:

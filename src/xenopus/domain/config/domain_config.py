@@ -19,7 +19,7 @@ from xenopus.domain.config.syntax import (
     parse_override,
     parse_settings,
 )
-from xenopus.domain.devspec import DiskSpec, VifSpec
+from xenopus.domain.devspec import ChannelSpec, DiskSpec, VifSpec
 
 # xl.cfg files are a few hundred bytes; anything this large is not one (xl's own limit,
 # libxl's read_file_contents, is the file's size, which /dev/zero does not have).
@@ -65,6 +65,9 @@ class DomainConfig:
                                   factory=list, help="the disks, xl disk-spec strings")
     vifs: list[VifSpec] = k.key(setting="vif", read=k.vifs, check=k.list_of(VifSpec),
                                 factory=list, help="the network devices, xl vif-spec strings")
+    channels: list[ChannelSpec] = k.key(
+        setting="channel", read=k.channels, check=k.list_of(ChannelSpec), factory=list,
+        help="PV channels (named consoles device/console/1.. to a socket or pty)")
     # Hard affinity: entry i is vCPU i's host CPUs (None: any); vCPUs past the end of the
     # list, or every vCPU if the whole value is None, are not pinned.
     cpus: list[list[int] | None] | None = k.key(
@@ -159,6 +162,12 @@ class DomainConfig:
         if self.cpus_soft is not None and len(self.cpus_soft) > self.maxvcpus:
             raise ConfigError(f"cpus_soft: {len(self.cpus_soft)} entries for {self.maxvcpus} vCPUs")
         _check_unique(self.disks, self.vifs)
+        if self.channels and self.xen_platform == "0":
+            raise ConfigError("channel: PV channels are Xen PV consoles; xen_platform = 0"
+                              " leaves the guest no Xen interface")
+        paths = [c.path for c in self.channels if c.path]
+        if len(set(paths)) < len(paths):
+            raise ConfigError("channel: two channels listen on the same path")
         self._check_pvshim()
 
     def _check_pvshim(self) -> None:
@@ -199,7 +208,7 @@ class DomainConfig:
         if missing:
             raise ConfigError(f"{missing[0]}: missing")
         data = dict(data)
-        for key, spec in (("disks", DiskSpec), ("vifs", VifSpec)):
+        for key, spec in (("disks", DiskSpec), ("vifs", VifSpec), ("channels", ChannelSpec)):
             items = data.get(key, [])
             if not isinstance(items, list):
                 raise ConfigError(f"{key}: expected a list, got {type(items).__name__}")

@@ -12,13 +12,23 @@ import os
 from collections.abc import Callable
 from dataclasses import MISSING, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from xenopus.domain.config.syntax import OVERRIDES_SOURCE, ConfigError, Setting, to_int
 from xenopus.domain.cpuid_spec import parse_cpuid
 from xenopus.domain.cpulist import parse_affinity
-from xenopus.domain.devspec import DevSpecError, DiskSpec, VifSpec, parse_disk, parse_vif
+from xenopus.domain.devspec import (
+    ChannelSpec,
+    DevSpecError,
+    DiskSpec,
+    VifSpec,
+    parse_channel,
+    parse_disk,
+    parse_vif,
+)
 from xenopus.vm.cpu_policy import CpuPolicy, PolicyError, load_policy_file
+
+T = TypeVar("T")
 
 NAME_MAX = 64
 MIN_MEMORY_MIB = 2
@@ -242,8 +252,8 @@ def disks(r: Reading, k: Key) -> list[DiskSpec]:
     return out
 
 
-def vifs(r: Reading, k: Key) -> list[VifSpec]:
-    """Each `vif` entry (devspec's grammar); its notes become warnings."""
+def _specs(r: Reading, k: Key, parse: Callable[[str, int, list[str]], T]) -> list[T]:
+    """Each entry of a list of device specs, parsed; the parser's notes become warnings."""
     s = r.settings.get(k.label)
     if s is None:
         return []
@@ -251,11 +261,21 @@ def vifs(r: Reading, k: Key) -> list[VifSpec]:
     notes: list[str] = []
     for i, spec in enumerate(_string_list(s, k.label)):
         try:
-            out.append(parse_vif(spec, i, notes))
+            out.append(parse(spec, i, notes))
         except DevSpecError as e:
             raise ConfigError(f"{where(s)}: {k.label}: {e}") from None
     r.warnings += [f"{where(s)}: warning: {n}" for n in notes]
     return out
+
+
+def vifs(r: Reading, k: Key) -> list[VifSpec]:
+    """Each `vif` entry (devspec's grammar)."""
+    return _specs(r, k, parse_vif)
+
+
+def channels(r: Reading, k: Key) -> list[ChannelSpec]:
+    """Each `channel` entry (xl_parse.c's grammar)."""
+    return _specs(r, k, parse_channel)
 
 
 def affinity(r: Reading, k: Key) -> list[list[int] | None] | None:
