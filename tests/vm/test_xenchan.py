@@ -87,3 +87,19 @@ def test_pty_channel_and_refusals(xenopus: Xenopus) -> None:
     r = xenopus.run("create", "-q", str(bad))
     assert r.returncode == 1 and "exists and is not a socket" in r.stderr, r.stderr
     assert taken.read_text() == "keep me"
+
+
+def test_a_domain_with_a_channel_refuses_save(xenopus: Xenopus) -> None:
+    cfg = xenopus.config("chan-save", "xenchan.elf", xen_platform=1, memory=64,
+                         cmdline="lines=1 timeout_ms=60000",
+                         channel=[f"connection=pty,name={NAME}"])
+    assert xenopus.run("create", "-q", str(cfg)).returncode == 0
+    con = xenopus.popen("console", "chan-save")
+    try:
+        read_until(con.stdout, b"xenchan: wrote 1 lines")
+        r = xenopus.run("save", "-c", "chan-save", str(xenopus.tmp / "chan.img"))
+        assert r.returncode == 1 and "channel1" in r.stderr and "cannot be saved" in r.stderr
+        assert "chan-save" in xenopus.domains()  # left running
+    finally:
+        assert xenopus.run("destroy", "chan-save").returncode == 0
+        con.communicate(timeout=60)

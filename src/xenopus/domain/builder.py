@@ -50,6 +50,7 @@ from xenopus.domain.inventory import (
     MemoryPart,
     PciFunctionPart,
     PciHostPart,
+    PvChannelPart,
     PvDevicePart,
     VcpuPart,
     VirtioPart,
@@ -73,6 +74,7 @@ from xenopus.vm.cpu_policy import (
 )
 from xenopus.vm.machine import MachineHooks
 from xenopus.xen.backends.blkback import BlkBack
+from xenopus.xen.backends.channel import ChannelBack
 from xenopus.xen.backends.netback import NetBack
 
 log = logging.getLogger("xenopus.domain")
@@ -337,6 +339,8 @@ def _pci_and_xen_parts(guest: Guest) -> None:
             inventory.add(PvDevicePart(DISK, backend.vdev, backend))
         elif isinstance(backend, NetBack):
             inventory.add(PvDevicePart(NIC, f"nic{backend.devid}", backend))
+        elif isinstance(backend, ChannelBack):
+            inventory.add(PvChannelPart(backend))
 
 
 def _apply_affinity(machine: Machine, config: DomainConfig) -> None:

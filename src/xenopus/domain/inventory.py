@@ -34,6 +34,7 @@ from xenopus.vm.machine import Machine
 from xenopus.vm.vcpu import Vcpu
 from xenopus.xen import abi
 from xenopus.xen.backends.blkback import BlkBack
+from xenopus.xen.backends.channel import ChannelBack
 from xenopus.xen.backends.netback import NetBack
 from xenopus.xen.domain import XenDomain
 from xenopus.xen.xenstore.wire import XsError
@@ -357,6 +358,29 @@ class XenConsolePart:
     def restore_state(self, state: object) -> None:
         if state is not None:
             raise StateError(f"{self.name}: a state for a part that keeps none")
+
+
+@dataclass
+class PvChannelPart:
+    """A PV channel (xl.cfg channel=): a named console and its host end."""
+
+    backend: ChannelBack
+    kind: str = "channel"
+
+    @property
+    def name(self) -> str:
+        return f"channel{self.backend.devid}"
+
+    def describe(self) -> dict[str, object]:
+        b = self.backend
+        return {"channel": b.name, "backend": b.be, "connection": b.backend_nodes()["connection"]}
+
+    def save_state(self) -> object:
+        raise NotSaveable(f"{self.name}: PV channels cannot be saved yet (the frontend's"
+                          " XenStore nodes and the host end are not carried over)")
+
+    def restore_state(self, state: object) -> None:
+        raise NotSaveable(f"{self.name}: PV channels cannot be restored yet")
 
 
 @dataclass
