@@ -77,6 +77,10 @@ def test_identity_capabilities_and_seccomp(jailed: Xenopus) -> None:
     info = ask(jailed, "info", dom="jail-ids").data["jail"]
     for layer in ("uid", "caps", "no_new_privs", "seccomp"):
         assert info[layer] == "on", info
+    # The filter is the zygote's, compiled once: the domain process never loaded
+    # libseccomp (nor its Python binding) to build one of its own.
+    maps = Path(f"/proc/{pid}/maps").read_text()
+    assert "libseccomp" not in maps
     assert jailed.run("destroy", "jail-ids").returncode == 0
 
 

@@ -178,6 +178,9 @@ class Jail:
     run_dir: str
     layers: dict[str, str] = field(default_factory=dict)
     host_pid: int = field(default_factory=os.getpid)
+    # The zygote's compiled seccomp filter (a sealed memfd, seccomp_policy.compile_filter);
+    # None: compile it here.
+    seccomp_fd: int | None = None
 
     def _layer(self, name: str, fn, *args) -> bool:
         try:
@@ -346,7 +349,14 @@ class Jail:
     def _seccomp(self) -> None:
         from xenopus.domain import seccomp_policy
 
-        seccomp_policy.install(log_only="log" in debug_flags(), ioctls=IOCTLS)
+        fd, self.seccomp_fd = self.seccomp_fd, None
+        if fd is None:
+            seccomp_policy.install(log_only="log" in debug_flags(), ioctls=IOCTLS)
+            return
+        try:
+            seccomp_policy.load_filter(fd)
+        finally:
+            os.close(fd)
 
 
 def _python_paths() -> list[str]:

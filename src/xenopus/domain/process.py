@@ -887,9 +887,11 @@ def _device_names(part: PvDevicePart) -> set[str]:
 def run_domain(
     spawn: Spawn, control_fd: int, xenstore_fd: int | None = None,
     interdomain_fd: int | None = None, *, fresh_layout: bool = False,
+    seccomp_fd: int | None = None,
 ) -> int:
     """Entry point of a new domain process: an exec'd spare (`fresh_layout`, an
-    address-space layout of its own) or a fork of the zygote (the zygote's layout)."""
+    address-space layout of its own) or a fork of the zygote (the zygote's layout).
+    `seccomp_fd`: the zygote's compiled seccomp filter, which the jail loads."""
     born = time.monotonic()
     domid, cfg = spawn.domid, spawn.config
     set_process_title(f"xenopus: domain {domid} ({cfg.name})")
@@ -898,7 +900,7 @@ def run_domain(
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.INFO)
-    jail = Jail(domid, cfg, spawn.run_dir)
+    jail = Jail(domid, cfg, spawn.run_dir, seccomp_fd=seccomp_fd)
     jail.layers["aslr"] = "on" if fresh_layout else (
         "shared: forked from the zygote, whose layout every such domain has (daemon --spares 0)")
     try:  # before the jail: its root has none of the host's paths, and no pty
