@@ -15,7 +15,6 @@ import logging
 import os
 import socket
 import threading
-import uuid
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -26,6 +25,7 @@ from xenopus.devices.disk import DiskImage
 from xenopus.devices.tap import Tap
 from xenopus.domain.channel import ChannelEnd, close_channels, open_channels
 from xenopus.domain.config import DomainConfig
+from xenopus.domain.config.keys import uuid_bytes
 from xenopus.domain.devspec import DiskSpec
 from xenopus.domain.interdomain_port import InterdomainPort
 from xenopus.domain.vif import VifTaps, open_vif
@@ -251,7 +251,7 @@ class XenGuest:
         domain = self.domain = XenDomain(
             self.domid, machine, self.table, console_out=self.hv_log, e820=self.e820,
             max_pages=self.config.maxmem * MiB // abi.PAGE_SIZE if self.config.maxmem else 0,
-            handle=uuid.UUID(self.config.uuid).bytes if self.config.uuid else bytes(16),
+            handle=uuid_bytes(self.config.uuid) if self.config.uuid else bytes(16),
             max_evtchn_port=self.config.max_event_channels,
             **({"max_grant_frames": self.config.max_grant_frames}
                if self.config.max_grant_frames else {}),
