@@ -370,3 +370,38 @@ def test_simultaneous_autostarts_start_one_daemon(tmp_path: Path) -> None:
             p.stdout.close()
             p.stderr.close()
         x.run("daemon", "--stop", timeout=60)
+
+
+def children(pid: int) -> list[int]:
+    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def zombie(pid: int) -> bool:
+    try:
+        return status(pid)["State"].startswith("Z")
+    except FileNotFoundError:
+        return False
+
+
+def test_a_spare_that_dies_while_no_domain_runs_is_reaped_and_replaced(tmp_path: Path) -> None:
+    """The zygote collected exits only while a domain ran: a spare killed on an idle host
+    stayed a zombie and was never replaced."""
+    x = Xenopus(tmp_path / "run", tmp_path)
+    try:
+        assert x.run("list").returncode == 0
+        daemon = int((x.run_dir / "xenopus.pid").read_text())
+        (zygote,) = [p for p in children(daemon)
+                     if b"xenopus.toolstack.zygote" in Path(f"/proc/{p}/cmdline").read_bytes()]
+        deadline = time.monotonic() + 60
+        while len(children(zygote)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)  # polling the spares' start, bounded
+        spares = children(zygote)
+        assert len(spares) == 2, spares
+        os.kill(spares[0], signal.SIGKILL)
+        while time.monotonic() < deadline and (
+                zombie(spares[0]) or spares[0] in children(zygote) or len(children(zygote)) < 2):
+            time.sleep(0.05)
+        assert not zombie(spares[0])
+        assert spares[0] not in children(zygote) and len(children(zygote)) == 2
+    finally:
+        x.run("daemon", "--stop", timeout=60)
