@@ -405,3 +405,43 @@ def test_a_spare_that_dies_while_no_domain_runs_is_reaped_and_replaced(tmp_path:
         assert spares[0] not in children(zygote) and len(children(zygote)) == 2
     finally:
         x.run("daemon", "--stop", timeout=60)
+
+
+def kill_daemon(x: Xenopus) -> None:
+    daemon = ask(x, "ping").data["pid"]
+    os.kill(daemon, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{daemon}").exists() and "zombie" not in status(daemon).get("State", ""):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)  # polling for the kill to land
+
+
+def test_pv_backends_reconnect_to_a_restarted_daemons_xenstore(jailed: Xenopus) -> None:
+    """A daemon killed with a Xen PV disk's backend up (InitWait, the guest paused): the
+    next daemon adopts the domain and hands the backend a new XenStore connection; the
+    device's nodes are back and the guest's blkfront then connects and does its I/O
+    through the new store. (Before, the backend kept its dead connection: the device
+    was gone from the store and the frontend waited for a Connected that never came.)"""
+    disk = jailed.tmp / "reconnect.img"
+    disk.write_bytes(b"")
+    os.truncate(disk, 1 << 20)
+    os.chmod(disk, 0o666)  # the jailed uid opens it (the jail has no root)
+    cfg = jailed.config("pv-reconnect", "xenblk.elf", xen_platform=1, memory=64,
+                        disk=[f"{disk},raw,xvda,rw"], cmdline="vdev=51712 sector=8 count=2")
+    assert jailed.run("create", "-q", "-p", str(cfg)).returncode == 0
+    try:
+        before = jailed.run("block-list", "pv-reconnect", check=True).stdout
+        kill_daemon(jailed)
+        assert jailed.run("list").returncode == 0  # a new daemon, which adopts it
+        assert "PV backends reconnected" in (jailed.run_dir / "log" / "pv-reconnect.log").read_text()
+        assert jailed.run("block-list", "pv-reconnect", check=True).stdout == before
+        con = jailed.popen("console", "pv-reconnect")
+        assert jailed.run("unpause", "pv-reconnect").returncode == 0
+        out, _ = con.communicate(timeout=120)
+        assert b"RESULT: PASS xenblk" in out, out
+        start = 8 * 512
+        data = disk.read_bytes()[start : start + 2 * 512]
+        assert data == bytes((o // 512 * 131 + (o % 512) * 7 + 0x5A) & 0xFF
+                             for o in range(start, start + 2 * 512))
+    finally:
+        jailed.run("destroy", "pv-reconnect")

@@ -781,22 +781,38 @@ class DomainProcess:
                 conn.close()
 
     async def _adopted_by(self, conn: socket.socket) -> None:
-        """A daemon connected: `adopt` + its new XenStore stream; then it is our daemon."""
+        """A daemon connected: `adopt` + its new XenStore streams (the guest ring's and
+        the PV backends'); then it is our daemon."""
         if peer_of(conn).uid != self._daemon_uid:
             raise ValueError(f"uid {peer_of(conn).uid} is not the daemon's")
         if self._attached:
             raise ValueError("a daemon is attached")
-        msg, fds = await asyncio.wait_for(ipc.recv_with_fds(conn, 1), ADOPT_TIMEOUT)
+        msg, fds = await asyncio.wait_for(ipc.recv_with_fds(conn, 2), ADOPT_TIMEOUT)
         socks = [socket.socket(fileno=fd) for fd in fds]
         req = Request.from_wire(msg or {})
-        if req.op != "adopt" or len(socks) != 1:
+        if req.op != "adopt" or len(socks) != 2:
             for sock in socks:
                 sock.close()
-            raise ValueError(f"expected adopt and a XenStore stream, got {req.op!r}")
+            raise ValueError(f"expected adopt and two XenStore streams, got {req.op!r}"
+                             f" and {len(socks)}")
         if self._writer is not None:
             self._writer.close()  # the lost daemon's end
         reader, self._writer = await asyncio.open_unix_connection(sock=conn)
         await self.store.reconnect(socks[0])
+        xen = self.guest.xen if self.guest is not None else None
+        if xen is not None:
+            # Blocking XenStore requests to the daemon, which answers them on its loop
+            # meanwhile (it waits for our reply asynchronously).
+            try:
+                count = await asyncio.get_running_loop().run_in_executor(
+                    None, xen.reconnect_backends, socks[1])
+            except Exception:  # noqa: BLE001 - the domain runs on; its devices say why
+                log.exception("domain %d: the PV backends could not reconnect", self.domid)
+            else:
+                log.info("domain %d: %d PV backends reconnected to the new XenStore",
+                         self.domid, count)
+        else:
+            socks[1].close()
         log.info("domain %d: adopted by a restarted daemon", self.domid)
         self._send(self._info(req).numbered(req.seq))
         self._control = asyncio.create_task(self._serve_control(reader))

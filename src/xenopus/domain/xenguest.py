@@ -395,6 +395,17 @@ class XenGuest:
                                     GrantMapper(lambda d: grants if d == self.domid else None))
         return self._host
 
+    def reconnect_backends(self, sock: socket.socket) -> int:
+        """A restarted daemon handed us the backends' new XenStore connection (`sock`,
+        scoped to this domain by the daemon): every backend writes its device's nodes
+        again and keeps serving; the lost connection is closed. How many backends."""
+        old, self.xs = self.xs, XsClient(sock)
+        for be in self.backends:
+            be.reconnect(self.xs)
+        if old is not None:
+            old.close()
+        return len(self.backends)
+
     # -- hotplug (xl block-attach / block-detach) ----------------------------------------
     def attach_disk(self, disk: DiskSpec, fd: int) -> BlkBack:
         """A PV disk added while the domain runs (libxl_device_disk_add): its backend

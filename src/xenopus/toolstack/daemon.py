@@ -1072,6 +1072,7 @@ class Daemon:
             if peer_of(sock).pid != pid:
                 raise ValueError(f"control.sock is held by pid {peer_of(sock).pid}, not {pid}")
             xs_ours, xs_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            be_ours, be_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
             rec = DomainRecord(domid, config, state="running", pid=pid,
                                uuid=str(entry.get("uuid") or uuid4()),
                                created=float(entry.get("created", time.time())), adopted=True,
@@ -1082,8 +1083,12 @@ class Daemon:
                 rec.next_config = DomainConfig.from_dict(entry["next_config"])
             await self.xenstore.add_domain(domid, name, config, rec.uuid, rec.created, xs_ours)
             self.xenstore.console_ready(domid, rec.console_nodes)
-            ipc.send_with_fds(sock, Request("adopt", {}, 1).to_wire(), [xs_theirs.fileno()])
+            # Its PV backends' connection too: the one they had went with the old daemon.
+            await self.xenstore.serve_backends(domid, be_ours)
+            ipc.send_with_fds(sock, Request("adopt", {}, 1).to_wire(),
+                              [xs_theirs.fileno(), be_theirs.fileno()])
             xs_theirs.close()
+            be_theirs.close()
             reader, rec.writer = await asyncio.open_unix_connection(sock=sock)
         except BaseException:
             sock.close()
