@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import select
 import signal
 import subprocess
 import time
@@ -445,3 +446,53 @@ def test_pv_backends_reconnect_to_a_restarted_daemons_xenstore(jailed: Xenopus) 
                              for o in range(start, start + 2 * 512))
     finally:
         jailed.run("destroy", "pv-reconnect")
+
+
+def console_until(x: Xenopus, name: str, marker: bytes, timeout: float = 120) -> bytes:
+    """A fresh `console` (history first) read until `marker`, bounded by `timeout`."""
+    con = x.popen("console", name)
+    assert con.stdout is not None
+    seen, deadline = b"", time.monotonic() + timeout
+    try:
+        while marker not in seen:
+            left = deadline - time.monotonic()
+            assert left > 0, seen
+            if select.select([con.stdout], [], [], left)[0]:
+                chunk = os.read(con.stdout.fileno(), 4096)
+                assert chunk, f"console ended before {marker!r}: {seen!r}"
+                seen += chunk
+        return seen
+    finally:
+        con.kill()
+        con.communicate()
+
+
+def test_a_connected_pv_disk_detaches_after_a_daemon_restart(jailed: Xenopus) -> None:
+    """The guest's blkfront connected and did its I/O before the daemon was killed (with
+    the domain's messages unread: its control stream is reset, not ended); after the
+    restart the device is listed Connected and `block-detach` works end to end: the
+    backend's nodes and its watch of the frontend are on the new store, so the guest sees
+    its backend close, closes, and its device goes. (The guest's own watches, which the
+    ring proxy sets again, are tests/unit/test_store_proxy.py's.)"""
+    disk = jailed.tmp / "detach.img"
+    disk.write_bytes(b"")
+    os.truncate(disk, 1 << 20)
+    os.chmod(disk, 0o666)
+    cfg = jailed.config("pv-detach", "xenblk.elf", xen_platform=1, memory=64,
+                        on_poweroff="preserve", disk=[f"{disk},raw,xvda,rw"],
+                        cmdline="vdev=51712 sector=8 count=2 wait_detach=1 timeout_ms=120000")
+    assert jailed.run("create", "-q", str(cfg)).returncode == 0
+    try:
+        console_until(jailed, "pv-detach", b"xenblk: read back, pattern ok")
+        kill_daemon(jailed)
+        assert jailed.run("list").returncode == 0  # a new daemon, which adopts it
+        rows = jailed.run("block-list", "pv-detach", check=True).stdout.splitlines()
+        assert rows[1].split()[0] == "51712" and rows[1].split()[3] == "4", rows  # Connected
+        detach = jailed.run("block-detach", "pv-detach", "xvda")
+        assert detach.returncode == 0, detach.stderr
+        out = console_until(jailed, "pv-detach", b"RESULT: ")
+        assert b"xenblk: closed on the backend's request" in out, out
+        assert b"RESULT: PASS xenblk" in out, out
+        assert jailed.run("block-list", "pv-detach", check=True).stdout.splitlines()[1:] == []
+    finally:
+        jailed.run("destroy", "pv-detach")

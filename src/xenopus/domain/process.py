@@ -70,6 +70,7 @@ EXIT_OK = 0
 EXIT_CRASHED = 1
 EXIT_START_FAILED = 2
 ADOPT_TIMEOUT = 10.0  # seconds an adopting daemon has to send its request
+DETACH_NOTICE = 5.0  # seconds for the lost daemon's stream end to reach us (the loop)
 DETACH_TIMEOUT = 10.0  # libxl's LIBXL_DESTROY_TIMEOUT: a frontend's time to close
 
 
@@ -145,6 +146,7 @@ class DomainProcess:
         self._finished = asyncio.Event()
         self._control: asyncio.Task | None = None
         self._attached = True  # the spawning daemon is, until its control stream ends
+        self._detached = asyncio.Event()  # set when it has ended
         self._daemon_uid = os.geteuid()  # the daemon's: the one that may adopt us
 
     # -- daemon channel ---------------------------------------------------------------
@@ -733,12 +735,17 @@ class DomainProcess:
 
     async def _serve_control(self, reader: asyncio.StreamReader) -> None:
         self._attached = True
+        self._detached.clear()
         while True:
             try:
                 msg = await ipc.read_message(reader)
                 if msg is None:
                     break
                 req = Request.from_wire(msg)
+            except ConnectionError:
+                # A daemon killed with our messages unread in its socket resets it
+                # (ECONNRESET) instead of ending it: gone all the same.
+                break
             except ValueError as e:  # not JSON, not an object, no op (ProtocolError): say so
                 log.error("domain %d: malformed control request: %s", self.domid, e)
                 self._send(Reply.failure(f"malformed request: {e}"))
@@ -753,6 +760,7 @@ class DomainProcess:
                 continue
             self._send(reply.numbered(req.seq))
         self._attached = False  # the daemon is gone: a restarted one may adopt us
+        self._detached.set()
         log.warning("domain %d: daemon connection closed; the domain keeps running until a"
                     " daemon adopts it", self.domid)
 
@@ -786,7 +794,12 @@ class DomainProcess:
         if peer_of(conn).uid != self._daemon_uid:
             raise ValueError(f"uid {peer_of(conn).uid} is not the daemon's")
         if self._attached:
-            raise ValueError("a daemon is attached")
+            # A new daemon runs only once the old one is dead, whose end of our control
+            # stream the kernel has closed: we may not have read that end yet.
+            try:
+                await asyncio.wait_for(self._detached.wait(), DETACH_NOTICE)
+            except TimeoutError:
+                raise ValueError("a daemon is attached") from None
         msg, fds = await asyncio.wait_for(ipc.recv_with_fds(conn, 2), ADOPT_TIMEOUT)
         socks = [socket.socket(fileno=fd) for fd in fds]
         req = Request.from_wire(msg or {})
