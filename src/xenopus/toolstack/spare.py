@@ -28,7 +28,6 @@ _ssl_blocked = "ssl" not in sys.modules
 if _ssl_blocked:
     sys.modules["ssl"] = None  # type: ignore[assignment]
 
-import contextlib  # noqa: E402
 import ctypes  # noqa: E402
 import gc  # noqa: E402
 import os  # noqa: E402
@@ -39,18 +38,10 @@ import xenopus.domain.process as domain_process  # noqa: E402, I001 - imported w
 import xenopus.domain.seccomp_policy  # noqa: E402, F401 - the jail loads the zygote's filter with it
 from xenopus.domain.protocol import Spawn  # noqa: E402
 from xenopus.ipc import Channel  # noqa: E402
+from xenopus.toolstack.zygote import READY, die_with_parent  # noqa: E402
 
 if _ssl_blocked:
     del sys.modules["ssl"]
-
-READY = b"R"
-PR_SET_PDEATHSIG = 1  # prctl(2)
-
-
-def die_with_parent() -> None:
-    """A zygote's process is useless without its parent: have the kernel end it then."""
-    with contextlib.suppress(OSError):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def become_domain(spawn: Spawn, fds: list[int], *, fresh_layout: bool,

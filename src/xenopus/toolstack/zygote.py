@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
+import ctypes
 import gc
 import os
 import selectors
@@ -40,8 +42,17 @@ from xenopus.domain.protocol import (
 )
 from xenopus.ipc import Channel
 
-# Imports every layer before any fork, so that forked children start warm.
-from xenopus.toolstack import spare
+# spare.py (every layer) is imported only when this zygote forks domains itself (`--spares
+# 0`, or a pool that gave up): with spares, it need not be warm, and starts faster.
+
+READY = b"R"  # what a spare sends once its imports are done
+PR_SET_PDEATHSIG = 1  # prctl(2)
+
+
+def die_with_parent() -> None:
+    """A zygote's process is useless without its parent: have the kernel end it then."""
+    with contextlib.suppress(OSError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class SparePool:
@@ -92,7 +103,7 @@ class SparePool:
         pid = next(p for p, s in self.starting.items() if s is sock)
         del self.starting[pid]
         self.sel.unregister(sock)
-        if sock.recv(1) == spare.READY:
+        if sock.recv(1) == READY:
             self.failures = 0
             self.ready.append((pid, sock))
             return
@@ -204,6 +215,8 @@ def _fork_domain(forker: jail.PidNamespaceForker, pool: SparePool, chan: Channel
         sel.close()
         os.close(wake_r)
         os.close(wake_w)
+        from xenopus.toolstack import spare  # (imported warm by main under --spares 0)
+
         spare.become_domain(spawn, fds, fresh_layout=False, seccomp_fd=seccomp_fd)
     return pid
 
@@ -232,7 +245,10 @@ def main() -> None:
     parser.add_argument("fd", type=int)
     parser.add_argument("--spares", type=int, default=0)
     args = parser.parse_args()
-    spare.die_with_parent()  # the zygote is useless without its daemon
+    die_with_parent()  # the zygote is useless without its daemon
+    if args.spares <= 0:
+        # Forked domains start warm: every layer imported before any fork.
+        from xenopus.toolstack import spare  # noqa: F401
     # Everything imported so far lives as long as the zygote: keep the collector from
     # walking it in each child (touching an object copies its page: PSS per domain).
     gc.freeze()
