@@ -277,6 +277,8 @@ class Daemon:
                 # By pid: the domain may have left the table already (it said Finished).
                 rec = self._processes.pop(event.pid, None)
                 jail.remove_cpu_share(event.pid)  # its v1 cpu cgroup, if sched-credit made one
+                if event.domid not in self.domains:  # (a rebuild's new process may be in it)
+                    jail.remove_cgroup(event.domid)
                 if rec is not None:
                     rec.exit_info = event
                     rec.exited.set()
@@ -872,6 +874,9 @@ class Daemon:
         if self.domains.get(rec.domid) is rec:
             del self.domains[rec.domid]
             self._save_table()
+        # Its cgroup v2 directory, if its process has left it (else when the zygote
+        # reports the exit, or the next daemon's start sweeps it).
+        jail.remove_cgroup(rec.domid)
         rec.gone.set()
         rec.pulse()
 
@@ -1052,6 +1057,8 @@ class Daemon:
         ids = [next_domid if isinstance(next_domid, int) else 1, *(d + 1 for d in self.domains)]
         self.next_domid = max(ids)
         self._save_table()
+        for domid in jail.stale_cgroups(self.domains):  # of domains lost while no daemon ran
+            jail.remove_cgroup(domid)
 
     async def _adopt(self, entry: dict[str, Any]) -> DomainRecord:
         domid, name, pid = int(entry["domid"]), str(entry["name"]), int(entry["pid"])
@@ -1065,6 +1072,7 @@ class Daemon:
             if peer_of(sock).pid != pid:
                 raise ValueError(f"control.sock is held by pid {peer_of(sock).pid}, not {pid}")
             xs_ours, xs_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            be_ours, be_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
             rec = DomainRecord(domid, config, state="running", pid=pid,
                                uuid=str(entry.get("uuid") or uuid4()),
                                created=float(entry.get("created", time.time())), adopted=True,
@@ -1075,8 +1083,12 @@ class Daemon:
                 rec.next_config = DomainConfig.from_dict(entry["next_config"])
             await self.xenstore.add_domain(domid, name, config, rec.uuid, rec.created, xs_ours)
             self.xenstore.console_ready(domid, rec.console_nodes)
-            ipc.send_with_fds(sock, Request("adopt", {}, 1).to_wire(), [xs_theirs.fileno()])
+            # Its PV backends' connection too: the one they had went with the old daemon.
+            await self.xenstore.serve_backends(domid, be_ours)
+            ipc.send_with_fds(sock, Request("adopt", {}, 1).to_wire(),
+                              [xs_theirs.fileno(), be_theirs.fileno()])
             xs_theirs.close()
+            be_theirs.close()
             reader, rec.writer = await asyncio.open_unix_connection(sock=sock)
         except BaseException:
             sock.close()

@@ -7,6 +7,9 @@ of its own PID namespace, that has already imported every layer and waits for on
 A create consumes a spare (it becomes that domain's process, with no further fork) and
 the zygote starts its replacement in the background.
 
+Its arguments: the socket to the zygote and, when the zygote could compile one, the
+sealed memfd holding the seccomp filter (domain/seccomp_policy.py) its jail loads.
+
 On the socket the zygote gives it (`xenopus.ipc` framing):
   spare → zygote  one byte, READY, once its imports are done
   zygote → spare  `Spawn` + 2 or 3 fds, exactly as the zygote received them
@@ -23,11 +26,9 @@ import socket
 import sys
 
 import xenopus.domain.process as domain_process  # noqa: I001 - imported warm, before READY
+import xenopus.domain.seccomp_policy  # noqa: F401 - the jail loads the zygote's filter with it
 from xenopus.domain.protocol import Spawn
 from xenopus.ipc import Channel
-
-with contextlib.suppress(ImportError, OSError):  # without libseccomp the layer says it is missing
-    import xenopus.domain.seccomp_policy  # noqa: F401
 
 READY = b"R"
 PR_SET_PDEATHSIG = 1  # prctl(2)
@@ -39,7 +40,8 @@ def die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def become_domain(spawn: Spawn, fds: list[int], *, fresh_layout: bool) -> None:
+def become_domain(spawn: Spawn, fds: list[int], *, fresh_layout: bool,
+                  seccomp_fd: int | None = None) -> None:
     """Run the domain in this process and exit with its status; never returns."""
     code = 1
     try:
@@ -48,7 +50,7 @@ def become_domain(spawn: Spawn, fds: list[int], *, fresh_layout: bool) -> None:
         signal.set_wakeup_fd(-1)
         code = domain_process.run_domain(
             spawn, fds[0], xenstore_fd=fds[1], interdomain_fd=fds[2] if len(fds) == 3 else None,
-            fresh_layout=fresh_layout,
+            fresh_layout=fresh_layout, seccomp_fd=seccomp_fd,
         )
     except BaseException:  # noqa: BLE001 - report, then exit: never return into a caller's loop
         import traceback
@@ -62,13 +64,15 @@ def main() -> None:
     die_with_parent()
     gc.freeze()  # as in the zygote: imported objects live as long as the process
     sock = socket.socket(fileno=int(sys.argv[1]))
+    seccomp_fd = int(sys.argv[2]) if len(sys.argv) > 2 else None
     sock.sendall(READY)
     chan = Channel(sock)
     msg, fds = chan.recv_with_fds(3)
     chan.close()
     if msg is None:
         os._exit(0)  # the zygote retired this spare
-    become_domain(Spawn.from_wire(msg), fds, fresh_layout=True)  # the zygote checked it
+    # The zygote checked the request.
+    become_domain(Spawn.from_wire(msg), fds, fresh_layout=True, seccomp_fd=seccomp_fd)
 
 
 if __name__ == "__main__":
