@@ -363,8 +363,9 @@ class Machine:
             self._stop_reason = None
             self._paused = False
             self._on_stop = on_stop
-            self._down.clear()
-            self._load.clear()
+            if boot_state is not None:  # a restored machine keeps the vCPUs its restore
+                self._down.clear()      # parked (vcpu_down before start: VCPUOP_down)
+                self._load.clear()
         if boot_state is not None:
             self.vcpus[0].apply(boot_state)
         threads = [
