@@ -1144,6 +1144,11 @@ class Daemon:
         on (-c), stays paused (-p) or is destroyed. A failed save leaves it running."""
         rec = self.lookup(req.dom)
         config = self._load_config(req)[0] if req.args.get("path") else rec.config
+        online = self.xenstore.vcpus_available(rec.domid)
+        if not req.args.get("path") and online and online != config.vcpus:
+            # libxl_retrieve_domain_configuration: the image's config has the vCPUs online
+            # now (xl vcpu-set), so the restored XenStore does not take others down.
+            config = dataclasses.replace(config, vcpus=online)
         then = "pause" if req.args.get("paused") else "run" if req.args.get("checkpoint") else "stop"
         token = await self._hand_over(rec, await self._client_file(client))
         reply = await self._until_answered(rec, Request("save", {
