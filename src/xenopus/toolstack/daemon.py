@@ -1326,7 +1326,8 @@ class Daemon:
                 made.append(rec)
                 report.append({"domid": rec.domid, "name": rec.name, "pages": data.get("pages"),
                                "seconds": data.get("seconds"),
-                               "since_start": data.get("since_start")})
+                               "since_start": data.get("since_start"),
+                               "phases": data.get("phases", {})})
         except BaseException:
             for rec in made:
                 await self._destroy(rec)
