@@ -333,7 +333,7 @@ class XenGuest:
             lambda: evtchn.notify(self.console_port),
         )
         self.console_port = evtchn.bind_local(self._console_kick)
-        ring = RingTransport(memory.view(layout.XEN_STORE_PAGE, abi.PAGE_SIZE))
+        ring = RingTransport(memory.view(layout.XEN_STORE_PAGE, abi.PAGE_SIZE, kept=True))
         self.store.attach(ring, lambda: evtchn.notify(self.store_port))
         for param, value in (
             (abi.HVM_PARAM_STORE_PFN, layout.XEN_STORE_PAGE >> 12),

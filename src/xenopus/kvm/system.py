@@ -190,6 +190,19 @@ class VmFd:
         del buf
         return bitmap
 
+    def clear_dirty_log(self, slot: int, bitmap: bytearray, first_page: int = 0,
+                        pages: int | None = None) -> None:
+        """Clear the bits set in `bitmap` (pages from `first_page`, a multiple of 64) from
+        the slot's dirty log and write-protect those pages again, so the next write to one
+        is logged (api.rst, KVM_CLEAR_DIRTY_LOG; needs KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2
+        enabled)."""
+        count = len(bitmap) * 8 if pages is None else pages
+        buf = (ctypes.c_char * len(bitmap)).from_buffer(bitmap)
+        req = u.kvm_clear_dirty_log(slot=slot, num_pages=count, first_page=first_page,
+                                    dirty_bitmap=ctypes.addressof(buf))
+        _ioctl(self.fd, u.KVM_CLEAR_DIRTY_LOG, req, f"KVM_CLEAR_DIRTY_LOG slot {slot}")
+        del buf
+
     def set_tss_addr(self, addr: int = TSS_ADDR) -> None:
         _ioctl(self.fd, u.KVM_SET_TSS_ADDR, addr, "KVM_SET_TSS_ADDR")
 

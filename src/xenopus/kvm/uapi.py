@@ -54,11 +54,15 @@ KVM_CAP_X2APIC_API = 129
 KVM_CAP_IMMEDIATE_EXIT = 136
 KVM_CAP_X86_DISABLE_EXITS = 143
 KVM_CAP_GET_MSR_FEATURES = 153
+KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 = 168
 KVM_CAP_X86_USER_SPACE_MSR = 188
+KVM_CAP_DIRTY_LOG_RING = 192
 KVM_CAP_X86_MSR_FILTER = 189
 KVM_CAP_EXIT_HYPERCALL = 201
 KVM_CAP_XSAVE2 = 208
 KVM_CAP_X86_TRIPLE_FAULT_EVENT = 218
+KVM_CAP_DIRTY_LOG_RING_ACQ_REL = 223
+KVM_CAP_DIRTY_LOG_RING_WITH_BITMAP = 225
 
 # --- paravirtual CPUID leaves (arch/x86/include/uapi/asm/kvm_para.h) ----------------------
 KVM_CPUID_SIGNATURE = 0x40000000  # EAX: the highest KVM leaf; EBX, ECX, EDX: the signature
@@ -148,6 +152,10 @@ KVM_MSR_FILTER_DEFAULT_DENY = 1 << 0
 
 # kvm_userspace_memory_region.flags
 KVM_MEM_LOG_DIRTY_PAGES = 1 << 0
+# api.rst 7.18 KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2's args[0]: KVM_GET_DIRTY_LOG no longer
+# clears and write-protects what it reports; KVM_CLEAR_DIRTY_LOG does, for the pages named.
+KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE = 1 << 0
+KVM_DIRTY_LOG_INITIALLY_SET = 1 << 1
 KVM_MEM_READONLY = 1 << 1
 
 # kvm_mp_state.mp_state
@@ -488,6 +496,14 @@ class kvm_dirty_log(ctypes.Structure):  # noqa: N801
     _fields_ = [("slot", c_uint32), ("padding1", c_uint32), ("dirty_bitmap", ctypes.c_void_p)]
 
 
+class kvm_clear_dirty_log(ctypes.Structure):  # noqa: N801
+    """api.rst 4.117 KVM_CLEAR_DIRTY_LOG: `num_pages` pages from `first_page` (a multiple
+    of 64) of `slot`, a set bit of the bitmap clearing (and write-protecting) that page."""
+
+    _fields_ = [("slot", c_uint32), ("num_pages", c_uint32), ("first_page", c_uint64),
+                ("dirty_bitmap", ctypes.c_void_p)]
+
+
 class kvm_clock_data(ctypes.Structure):  # noqa: N801
     _fields_ = [
         ("clock", c_uint64),  # kvmclock nanoseconds
@@ -784,6 +800,7 @@ KVM_GET_MSR_FEATURE_INDEX_LIST = _IOWR(KVMIO, 0x0A, kvm_msr_list)
 # VM
 KVM_CREATE_VCPU = _IO(KVMIO, 0x41)
 KVM_GET_DIRTY_LOG = _IOW(KVMIO, 0x42, kvm_dirty_log)
+KVM_CLEAR_DIRTY_LOG = _IOWR(KVMIO, 0xC0, kvm_clear_dirty_log)
 KVM_SET_USER_MEMORY_REGION = _IOW(KVMIO, 0x46, kvm_userspace_memory_region)
 KVM_SET_TSS_ADDR = _IO(KVMIO, 0x47)
 KVM_SET_IDENTITY_MAP_ADDR = _IOW(KVMIO, 0x48, c_uint64)

@@ -1156,6 +1156,11 @@ class Daemon:
         on (-c), stays paused (-p) or is destroyed. A failed save leaves it running."""
         rec = self.lookup(req.dom)
         config = self._load_config(req)[0] if req.args.get("path") else rec.config
+        online = self.xenstore.vcpus_available(rec.domid)
+        if not req.args.get("path") and online and online != config.vcpus:
+            # libxl_retrieve_domain_configuration: the image's config has the vCPUs online
+            # now (xl vcpu-set), so the restored XenStore does not take others down.
+            config = dataclasses.replace(config, vcpus=online)
         then = "pause" if req.args.get("paused") else "run" if req.args.get("checkpoint") else "stop"
         token = await self._hand_over(rec, await self._client_file(client))
         reply = await self._until_answered(rec, Request("save", {
@@ -1333,7 +1338,8 @@ class Daemon:
                 made.append(rec)
                 report.append({"domid": rec.domid, "name": rec.name, "pages": data.get("pages"),
                                "seconds": data.get("seconds"),
-                               "since_start": data.get("since_start")})
+                               "since_start": data.get("since_start"),
+                               "phases": data.get("phases", {})})
         except BaseException:
             for rec in made:
                 await self._destroy(rec)

@@ -25,12 +25,23 @@ import signal
 import socket
 import sys
 
-import xenopus.domain.process as domain_process  # noqa: I001 - imported warm, before READY
-import xenopus.domain.seccomp_policy  # noqa: F401 - the jail loads the zygote's filter with it
 from xenopus.domain.protocol import Spawn
 from xenopus.ipc import Channel
 
 READY = b"R"
+
+
+def warm() -> None:
+    """Import every layer a domain process runs (and the seccomp binding, which finds its
+    C library here, where a jailed child could not): a spare does before READY, the
+    zygote after it has started its first spares (their start-up is the long pole of a
+    first domain on a fresh daemon: they import while it does)."""
+    import xenopus.domain.process  # noqa: F401
+
+    with contextlib.suppress(ImportError, OSError):  # without libseccomp the layer says it is missing
+        import xenopus.domain.seccomp_policy  # noqa: F401
+
+
 PR_SET_PDEATHSIG = 1  # prctl(2)
 
 
@@ -43,6 +54,8 @@ def die_with_parent() -> None:
 def become_domain(spawn: Spawn, fds: list[int], *, fresh_layout: bool,
                   seccomp_fd: int | None = None) -> None:
     """Run the domain in this process and exit with its status; never returns."""
+    from xenopus.domain import process as domain_process  # warm: imported already
+
     code = 1
     try:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
@@ -62,6 +75,7 @@ def become_domain(spawn: Spawn, fds: list[int], *, fresh_layout: bool,
 
 def main() -> None:
     die_with_parent()
+    warm()
     gc.freeze()  # as in the zygote: imported objects live as long as the process
     sock = socket.socket(fileno=int(sys.argv[1]))
     seccomp_fd = int(sys.argv[2]) if len(sys.argv) > 2 else None

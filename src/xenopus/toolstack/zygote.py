@@ -39,9 +39,7 @@ from xenopus.domain.protocol import (
     Spawned,
 )
 from xenopus.ipc import Channel
-
-# Imports every layer before any fork, so that forked children start warm.
-from xenopus.toolstack import spare
+from xenopus.toolstack import spare  # every layer is imported by `serve` (spare.warm)
 
 
 class SparePool:
@@ -67,7 +65,10 @@ class SparePool:
         return self.size > 0 and self.broken is None
 
     def fill(self) -> None:
-        while self.usable and len(self.starting) + len(self.ready) < self.size:
+        """Start a spare if the pool is short of one and none is starting: one at a time,
+        so that on a busy host the first is ready as soon as one Python can import every
+        layer, not when several sharing the CPUs have (the next starts when it is)."""
+        if self.usable and not self.starting and len(self.ready) < self.size:
             self._start()
 
     def _start(self) -> None:
@@ -95,6 +96,7 @@ class SparePool:
         if sock.recv(1) == spare.READY:
             self.failures = 0
             self.ready.append((pid, sock))
+            self.fill()
             return
         sock.close()  # it died before it was ready: _reap collects it
         self.failures += 1
@@ -102,6 +104,7 @@ class SparePool:
             self.broken = f"{self.failures} spares in a row died before they were ready"
             print(f"xenopus zygote: {self.broken}; forking domains from the zygote, which "
                   "share its address-space layout", file=sys.stderr)
+        self.fill()
 
     def take(self) -> tuple[int, socket.socket] | None:
         return self.ready.pop(0) if self.ready else None
@@ -135,6 +138,11 @@ def serve(sock: socket.socket, spares: int = 0, seccomp_fd: int | None = None) -
     forker = jail.PidNamespaceForker()
     pool = SparePool(spares, forker, sel, seccomp_fd)
     pool.fill()
+    # Every layer imported (and the seccomp binding), before any domain is forked from
+    # here, so that forked children start warm; after the spares' start, which takes as
+    # long and is what a fresh daemon's first domain waits for.
+    spare.warm()
+    gc.freeze()  # imported objects live as long as the zygote: see main
     pending: collections.deque[tuple[Spawn, list[int]]] = collections.deque()
     while True:
         for key, _ in sel.select():
