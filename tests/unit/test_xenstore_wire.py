@@ -23,7 +23,8 @@ def test_message_type_numbers_match_xs_wire_h():
         "XS_MKDIR": 12, "XS_RM": 13, "XS_SET_PERMS": 14, "XS_WATCH_EVENT": 15,
         "XS_ERROR": 16, "XS_IS_DOMAIN_INTRODUCED": 17, "XS_RESUME": 18,
         "XS_SET_TARGET": 19, "XS_RESET_WATCHES": 21,
-        "XS_DIRECTORY_PART": 22, "XS_INVALID": 0xFFFF,
+        "XS_DIRECTORY_PART": 22, "XS_GET_FEATURE": 23, "XS_SET_FEATURE": 24,
+        "XS_GET_QUOTA": 25, "XS_SET_QUOTA": 26, "XS_INVALID": 0xFFFF,
     }
     assert {name: getattr(wire, name) for name in expected} == expected
     assert (wire.XENSTORE_PAYLOAD_MAX, wire.XENSTORE_RING_SIZE) == (4096, 1024)
@@ -253,3 +254,64 @@ def test_ring_to_store_end_to_end():
     assert out == (wire.pack(wire.XS_WRITE, 1, 0, b"OK\0")
                    + wire.pack(wire.XS_ERROR, 2, 0, b"EACCES\0"))
     assert server.store.read(d0, "/local/domain/1/data/x") == b"hello"
+
+
+def test_quota_wire_ops_per_xenstore_txt():
+    # GET_QUOTA [[<domid>|]<quota>|] / SET_QUOTA [<domid>|]<quota>|<value>| (dom0 only):
+    # no argument lists the names blank-separated; a domain starts from the global values.
+    server = XenStoreServer(Store())
+    d0 = server.store.connect(0, lambda p, t: None)
+    names = reply(server, d0, wire.XS_GET_QUOTA, b"")[1]
+    assert names.rstrip(b"\0").split(b" ")[:3] == [b"nodes", b"watches", b"outstanding"]
+    assert reply(server, d0, wire.XS_GET_QUOTA, b"nodes\0")[1] == b"1000\0"
+    assert reply(server, d0, wire.XS_SET_QUOTA, b"nodes\0" b"2000\0")[1] == b"OK\0"
+    assert reply(server, d0, wire.XS_GET_QUOTA, b"nodes\0")[1] == b"2000\0"
+    assert reply(server, d0, wire.XS_GET_QUOTA, b"5\0nodes\0")[1] == b"ENOENT\0"
+    reply(server, d0, wire.XS_INTRODUCE, b"5\0" b"1\0" b"1\0")
+    assert reply(server, d0, wire.XS_GET_QUOTA, b"5\0nodes\0")[1] == b"2000\0"
+    assert reply(server, d0, wire.XS_SET_QUOTA, b"5\0watches\0" b"3\0")[1] == b"OK\0"
+    assert reply(server, d0, wire.XS_GET_QUOTA, b"5\0watches\0")[1] == b"3\0"
+    assert reply(server, d0, wire.XS_GET_QUOTA, b"watches\0")[1] == b"128\0"  # global kept
+    assert reply(server, d0, wire.XS_GET_QUOTA, b"bogus\0")[1] == b"EINVAL\0"
+    assert reply(server, d0, wire.XS_SET_QUOTA, b"nodes\0" b"many\0")[1] == b"EINVAL\0"
+    # The domain's own value is the one enforced: its fourth watch is refused.
+    d5 = server.store.connect(5, lambda p, t: None)
+    for i in range(3):
+        assert reply(server, d5, wire.XS_WATCH, f"/w{i}\0t\0".encode())[1] == b"OK\0"
+    assert reply(server, d5, wire.XS_WATCH, b"/w3\0t\0")[1] == b"ENOSPC\0"
+    assert reply(server, d5, wire.XS_GET_QUOTA, b"nodes\0")[1] == b"EACCES\0"
+    assert reply(server, d5, wire.XS_SET_QUOTA, b"nodes\0" b"1\0")[1] == b"EACCES\0"
+
+
+def test_feature_wire_ops_per_xenstore_txt():
+    # GET_FEATURE [<domid>|] / SET_FEATURE <domid>|<value>|: the ring features of
+    # docs/misc/xenstore-ring.txt (bit 0 reconnection, bit 1 error indicator); SET_FEATURE
+    # only before INTRODUCE (EBUSY after) and only bits served (EINVAL).
+    server = XenStoreServer(Store())
+    d0 = server.store.connect(0, lambda p, t: None)
+    both = str(wire.XENSTORE_SERVER_FEATURE_RECONNECTION | wire.XENSTORE_SERVER_FEATURE_ERROR)
+    assert reply(server, d0, wire.XS_GET_FEATURE, b"")[1] == both.encode() + b"\0"
+    assert reply(server, d0, wire.XS_SET_FEATURE, b"6\0" b"4\0")[1] == b"EINVAL\0"
+    assert reply(server, d0, wire.XS_SET_FEATURE, b"6\0" b"2\0")[1] == b"OK\0"
+    assert reply(server, d0, wire.XS_GET_FEATURE, b"6\0")[1] == b"2\0"
+    reply(server, d0, wire.XS_INTRODUCE, b"6\0" b"1\0" b"1\0")
+    assert reply(server, d0, wire.XS_SET_FEATURE, b"6\0" b"3\0")[1] == b"EBUSY\0"
+    d6 = server.store.connect(6, lambda p, t: None)
+    assert reply(server, d6, wire.XS_GET_FEATURE, b"")[1] == b"2\0"  # its own
+    assert reply(server, d6, wire.XS_GET_FEATURE, b"0\0")[1] == b"EACCES\0"
+
+
+def test_control_commands_dom0_only():
+    server = XenStoreServer(Store())
+    d0 = server.store.connect(0, lambda p, t: None)
+    help_text = reply(server, d0, wire.XS_CONTROL, b"help\0")[1].decode()
+    assert help_text.splitlines()[0].split() == ["check"]
+    assert reply(server, d0, wire.XS_CONTROL, b"check\0")[1] == b"OK\0"
+    assert reply(server, d0, wire.XS_CONTROL, b"print\0hi\0")[1] == b"OK\0"
+    assert reply(server, d0, wire.XS_CONTROL, b"quota\0set\0nodes\0" b"7\0")[1] == b"OK\0"
+    assert "nodes            :        7 Nodes per domain" in reply(
+        server, d0, wire.XS_CONTROL, b"quota\0")[1].decode()
+    assert reply(server, d0, wire.XS_CONTROL, b"quota\0set\0nodes\0" b"0\0")[1] == b"EINVAL\0"
+    assert reply(server, d0, wire.XS_CONTROL, b"live-update\0")[1] == b"EINVAL\0"
+    d3 = server.store.connect(3, lambda p, t: None)
+    assert reply(server, d3, wire.XS_CONTROL, b"help\0")[1] == b"EACCES\0"

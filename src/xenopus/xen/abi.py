@@ -1046,7 +1046,11 @@ XS_SET_TARGET = 19
 # 20 was XS_RESTRICT, removed
 XS_RESET_WATCHES = 21
 XS_DIRECTORY_PART = 22
-XS_TYPE_COUNT = 23
+XS_GET_FEATURE = 23
+XS_SET_FEATURE = 24
+XS_GET_QUOTA = 25
+XS_SET_QUOTA = 26
+XS_TYPE_COUNT = 27
 XS_INVALID = 0xFFFF
 
 # xs_wire.h xsd_errors[]: the names a server sends in an XS_ERROR reply
