@@ -159,7 +159,7 @@ def test_ring_round_trip_with_wrap_and_partial_messages():
     for name in ("req_cons", "req_prod", "rsp_cons", "rsp_prod"):
         set_field(buf, name, 0xFFFFFFF0)  # and the 32-bit indexes wrap too
     ring = RingTransport(page)
-    assert field(buf, "server_features") == wire.XENSTORE_SERVER_FEATURE_ERROR
+    assert field(buf, "server_features") == 3  # bit 0 reconnection, bit 1 error indicator
     msg = wire.pack(wire.XS_READ, 1, 0, b"/local/domain/1/name\0")
     guest_send(buf, msg[:10])
     assert ring.read_messages() == []
@@ -169,6 +169,30 @@ def test_ring_round_trip_with_wrap_and_partial_messages():
     ring.write(b"r" * 30)
     assert ring.flush()
     assert guest_recv(buf) == b"r" * 30
+
+
+def test_ring_reconnection_resets_the_ring():
+    # xenstore-ring.txt: the guest sets connection = 1; the server drops partial packets,
+    # empties both queues, sets connection back to 0 (even on a ring it had broken).
+    buf, page = ring_page()
+    ring = RingTransport(page)
+    msg = wire.pack(wire.XS_READ, 1, 0, b"/a\0")
+    guest_send(buf, msg + msg[:7])  # one whole request and part of the next
+    assert ring.read_messages() == [msg]
+    ring.write(b"unread reply")
+    assert ring.flush()
+    ring.write(b"still queued")
+    assert not ring.reconnect_requested
+    set_field(buf, "connection", wire.XENSTORE_RECONNECT)
+    set_field(buf, "error", wire.XENSTORE_ERROR_PROTO)
+    ring.broken = True
+    assert ring.reconnect_requested
+    ring.reset()
+    assert [field(buf, n) for n in ("req_cons", "req_prod", "rsp_cons", "rsp_prod",
+                                    "connection", "error")] == [0] * 6
+    assert not ring.broken and ring.pending == 0
+    guest_send(buf, msg)  # a whole packet after the reset: the partial one is gone
+    assert ring.read_messages() == [msg]
 
 
 def test_ring_streams_a_message_larger_than_the_ring():

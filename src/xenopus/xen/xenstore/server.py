@@ -489,7 +489,10 @@ class RingTransport:
         self.on_broken = on_broken
         self._in = bytearray()
         self._out = bytearray()
-        self._set(_IFACE.server_features.offset, wire.XENSTORE_SERVER_FEATURE_ERROR)
+        # Advertised before any data moves (xenstore-ring.txt): the error indicator and
+        # ring reconnection.
+        self._set(_IFACE.server_features.offset, wire.XENSTORE_SERVER_FEATURE_ERROR
+                  | wire.XENSTORE_SERVER_FEATURE_RECONNECTION)
 
     def _get(self, off: int) -> int:
         return shared.load(self.page, off, 4)
@@ -506,6 +509,26 @@ class RingTransport:
             self._out.clear()
             if self.on_broken:
                 self.on_broken(code)
+
+    @property
+    def reconnect_requested(self) -> bool:
+        """The guest set the connection state to XENSTORE_RECONNECT (xenstore-ring.txt
+        "The ring reconnection feature"); only it sets 1, only we set 0."""
+        return self._get(_IFACE.connection.offset) == wire.XENSTORE_RECONNECT
+
+    def reset(self) -> None:
+        """Reconnect: drop partial packets both ways, empty both queues, clear a broken
+        ring's error and set the state back to connected. The caller discards the
+        connection's in-flight requests, watches and transactions, then signals the
+        guest."""
+        self._in.clear()
+        self._out.clear()
+        self.broken = False
+        for field in ("req_cons", "req_prod", "rsp_cons", "rsp_prod"):
+            self._set(getattr(_IFACE, field).offset, 0)
+        self._set(_IFACE.error.offset, wire.XENSTORE_ERROR_NONE)
+        # Indexes before the state: the guest reads nothing else until it sees 0.
+        self._set(_IFACE.connection.offset, wire.XENSTORE_CONNECTED)
 
     def read_messages(self) -> list[bytes]:
         """Consume the request ring; return the complete messages (header + payload)."""
