@@ -802,7 +802,8 @@ class Store:
                 return " ".join(QUOTA_NAMES)
             quota = self.quota if domid is None else self._domain_quota.get(domid)
             if quota is None:
-                self._introduced(domid or 0)
+                if domid:  # dom0 is always there (and exempt from every quota)
+                    self._introduced(domid)
                 quota = self.quota
             return str(getattr(quota, self._quota_field(name)))
 
@@ -815,7 +816,8 @@ class Store:
             if domid is None:
                 self.quota = replace(self.quota, **{attr: value})
                 return
-            self._introduced(domid)
+            if domid:
+                self._introduced(domid)
             self._domain_quota[domid] = replace(self.quota_of(domid), **{attr: value})
 
     def get_feature(self, conn: Connection, domid: int | None = None) -> int:
