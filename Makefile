@@ -28,6 +28,8 @@ run: $(STAMP) compile guests
 
 test: $(STAMP) compile deps guests
 	$(VENV)/bin/ruff check src tests benchmarks fuzz
+	scripts/fetch-grub-xen
+	scripts/fetch-xen-utils
 	$(PY) -m pytest -q tests --ignore=tests/linux
 	scripts/fetch-linux
 	LINUX_SMOKE=1 scripts/test-linux

@@ -17,6 +17,7 @@ import struct
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -339,7 +340,7 @@ def test_connect_close_reconnect(blk: BlkRig):
     ({"ring-ref": str(1 << 32), "event-channel": "7"}, "out of range"),
     ({"ring-ref": "999", "event-channel": "7"}, "cannot map grant 999"),
     ({"ring-ref": str(RING_GREF), "event-channel": "-1"}, "out of range"),
-    ({"ring-ref": str(RING_GREF), "event-channel": "7", "protocol": "x86_32-abi"}, "protocol"),
+    ({"ring-ref": str(RING_GREF), "event-channel": "7", "protocol": "arm-abi"}, "protocol"),
 ])
 def test_malformed_frontend_closes_with_error(blk: BlkRig, nodes, why):
     assert blk.back.wait_for(State.InitWait, TIMEOUT)
@@ -372,6 +373,45 @@ def test_write_then_read_back(blk: BlkRig, memory: GuestMemory):
     assert page[:512] == b"\xee" * 512 and page[3 * 512 :] == b"\xee" * (PAGE - 3 * 512)
     assert page[512:1536] == b"A" * 512 + b"B" * 512
     assert blk.host.live == 1  # every data mapping was unmapped again
+
+
+def test_x86_32_frontend_gets_the_i386_ring_layout(blk: BlkRig, memory: GuestMemory):
+    # protocol "x86_32-abi" (io/protocols.h), as GRUB's i386-xen_pvh blkfront writes it:
+    # io/blkif.h under the i386 psABI puts id at 4, sector_number at 12, seg[] at 20
+    # (108-byte entries, 32 per page) and answers with 12-byte responses (status at 10).
+    blk.back.wait_for(State.InitWait, TIMEOUT)
+    fe = blk.back.fe
+    blk.xs.fe_write(f"{fe}/ring-ref", str(RING_GREF))
+    blk.xs.fe_write(f"{fe}/event-channel", "7")
+    blk.xs.fe_write(f"{fe}/protocol", "x86_32-abi")
+    blk.xs.fe_write(f"{fe}/state", str(int(State.Initialised)))
+    assert blk.back.wait_for(State.Connected, TIMEOUT)
+    blk.ring = FrontRing(memory, RING_PFN, 108)
+    memory.write(DATA_PFN * PAGE, b"\0" * PAGE)
+
+    def request(op: int, rid: int, sector: int, gref: int, first: int, last: int) -> bytes:
+        head = struct.pack("<BBHQQ", op, 1, DEVID, rid, sector)
+        return (head + struct.pack("<IBBxx", gref, first, last)).ljust(108, b"\0")
+
+    port = blk.host.ports[7]
+    port.notified.clear()
+    for i in range(34):  # more than one lap of the 32-entry ring, each sector once
+        blk.ring.put(request(abi.BLKIF_OP_READ, 0x1_0000_0000 + i, i, DATA_GREF, i % 8, i % 8))
+        if i % 8 == 7 or i == 33:
+            blk.ring.push()
+            port.callback()
+            assert port.notified.wait(TIMEOUT)
+            port.notified.clear()
+            for raw in blk.ring.responses(12):
+                rid, op, status = struct.unpack("<QBxh", raw)
+                assert (op, status) == (abi.BLKIF_OP_READ, abi.BLKIF_RSP_OKAY)
+                assert rid >> 32 == 1
+    # sector i of the image went to sector slot i % 8 of the page: the last lap's
+    image = Path(blk.image).read_bytes()
+    page = memory.read(DATA_PFN * PAGE, PAGE)
+    for slot in range(8):
+        last = max(i for i in range(34) if i % 8 == slot)
+        assert page[slot * 512 : (slot + 1) * 512] == image[last * 512 : (last + 1) * 512]
 
 
 def test_flush_barrier_and_discard_hole(blk: BlkRig, memory: GuestMemory):

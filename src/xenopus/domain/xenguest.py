@@ -114,6 +114,7 @@ class StoreProxy:
         self.watches: dict[tuple[bytes, bytes], None] = {}
         self._replaying = 0  # replies to those still to drop (the guest asked none)
         self._replay_buf = bytearray()
+        self._resets = 0  # XS_RESET_WATCHES of ours not answered yet
 
     async def start(self) -> None:
         if self.sock is None:
@@ -155,13 +156,20 @@ class StoreProxy:
         if ring is None:
             return
         self._rings += 1
-        if self._rings > 1 and self._writer is not None:
-            # A restarted guest is a new domain to XenStore (Xen builds one): what the
-            # old incarnation watched and had open goes (XS_RESET_WATCHES: xenstored
-            # drops the connection's watches and transactions), and what the daemon
-            # still owed it (replies, watch events) is dropped up to the reset's reply.
+        if self._rings > 1:
+            # A restarted guest is a new domain to XenStore (Xen builds one).
+            self._forget()
+
+    def _forget(self) -> None:
+        """What the guest watched and had open goes (XS_RESET_WATCHES: xenstored drops
+        the connection's watches and transactions), and what the daemon still owed it
+        (replies to in-flight requests, watch events) is dropped up to the reset's
+        reply."""
+        if self._writer is not None:
             self._writer.write(wire.pack(wire.XS_RESET_WATCHES, RESET_REQ_ID, 0, b""))
-            self._stale = bytearray()
+            self._resets += 1
+            if self._stale is None:
+                self._stale = bytearray()
             self.watches.clear()
 
     def kick(self) -> None:
@@ -170,7 +178,15 @@ class StoreProxy:
 
     def _pump(self) -> None:
         ring = self.ring
-        if ring is None or ring.broken:
+        if ring is None:
+            return
+        if ring.reconnect_requested:
+            # xenstore-ring.txt's ring reconnection: the connection restarts on a packet
+            # boundary with nothing in flight, no watches, no transactions.
+            self._forget()
+            ring.reset()
+            self.notify()
+        if ring.broken:
             return
         messages = ring.read_messages()
         for message in messages:
@@ -192,8 +208,10 @@ class StoreProxy:
                 break
             del stale[:end]
             if head.type == wire.XS_RESET_WATCHES and head.req_id == RESET_REQ_ID:
-                self._stale = None
-                return bytes(stale)
+                self._resets -= 1
+                if not self._resets:  # the last reset asked for has been answered
+                    self._stale = None
+                    return bytes(stale)
         return b""
 
     def _drop_replayed(self, data: bytes) -> bytes:
