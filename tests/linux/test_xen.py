@@ -168,7 +168,10 @@ def test_xen_pv_devices(netns: Xenopus, tmp_path: Path) -> None:
             proc.kill()
         netns.run("destroy", name)
     tail = "\n".join(lines[-60:])
-    assert ended, tail
+    domain_log = netns.tmp / "run" / "log" / f"{name}.log"
+    assert ended, (tail + "\n--- the domain's log ---\n"
+                   + (domain_log.read_text(errors="replace")[-8000:] if domain_log.exists()
+                      else "(none)") + "\n--- the daemon's log ---\n" + netns.log()[-4000:])
     result = next((m for ln in lines if (m := RESULT.search(ln))), None)
     assert result is not None and result.group(1, 2) == ("PASS", "xendev"), tail
     detail = result.group(3)
