@@ -14,6 +14,9 @@ console=$(cat /sys/class/tty/console/active)
 vbd=$(state vbd-51712)
 vif=$(state vif-0)
 echo "console=$console vbd-51712=$vbd vif-0=$vif"
+# From here on the console shows KERN_INFO too: a hung task's stack (khungtaskd prints
+# it at that level), where the boot itself kept to warnings (loglevel=5).
+echo 7 > /proc/sys/kernel/printk
 echo "xenopus-xendev: ready console=$console vbd=$vbd vif=$vif" > /dev/console
 read -r line
 echo "typed=$line"
