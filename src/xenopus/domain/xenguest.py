@@ -34,7 +34,7 @@ from xenopus.memory import GuestMemory, MiB
 from xenopus.stream import StateError, check_state
 from xenopus.vm import Machine
 from xenopus.vm.machine import MachineHooks
-from xenopus.xen import abi
+from xenopus.xen import abi, kernel_events
 from xenopus.xen.backends.blkback import BlkBack
 from xenopus.xen.backends.channel import ChannelBack
 from xenopus.xen.backends.console import PVConsole
@@ -44,6 +44,7 @@ from xenopus.xen.domain import XenDomain
 from xenopus.xen.grant import GrantMapper
 from xenopus.xen.hypercall import (
     HYPERCALL_PORT,
+    XEN_VERSION,
     HypercallTable,
     KernelPath,
     TrapPath,
@@ -51,7 +52,9 @@ from xenopus.xen.hypercall import (
     kernel_config,
     kernel_flags,
     make_cpuid_fixup,
+    vmcall_for,
 )
+from xenopus.xen.kernel_events import KernelEvents
 from xenopus.xen.xenstore import wire
 from xenopus.xen.xenstore.client import XsClient
 from xenopus.xen.xenstore.server import RingTransport
@@ -325,21 +328,36 @@ class XenGuest:
 
     def attach(self, machine: Machine) -> None:
         """The Machine exists: build the domain's Xen state and its PV plumbing."""
+        kernel = None
+        if self.kernel is not None:
+            # vmcall/vmmcall now arrive as KVM_EXIT_XEN, the hypercall page's too (its
+            # stubs are the CPU's call instruction; the MSR filter keeps the page ours).
+            assert machine.vm is not None
+            flags = kernel_flags(machine.kvm)
+            vendor = machine.cpu_policy.vendor if machine.cpu_policy else ""
+            self.trap.insn = vmcall_for(vendor)
+            if kernel_events.offered(flags):
+                kernel = KernelEvents(machine.vm, [v.fd for v in machine.vcpus],
+                                      machine.on_vcpu_thread)
+                major, minor = XEN_VERSION
+                kernel.start(major << 16 | minor)
+            else:
+                cfg = kernel_config(flags)
+                machine.vm.xen_hvm_config(cfg.msr, cfg.flags)
+        fifo = self.config.evtchn_fifo
         domain = self.domain = XenDomain(
             self.domid, machine, self.table, console_out=self.hv_log, e820=self.e820,
             max_pages=self.config.maxmem * MiB // abi.PAGE_SIZE if self.config.maxmem else 0,
             handle=uuid_bytes(self.config.uuid) if self.config.uuid else bytes(16),
             max_evtchn_port=self.config.max_event_channels,
+            kernel=kernel, evtchn_fifo=fifo == "1" or (fifo == "auto" and kernel is None),
             **({"max_grant_frames": self.config.max_grant_frames}
                if self.config.max_grant_frames else {}),
         )
         self.trap.on_page = domain.hypercall_page_written
-        if self.kernel is not None:
-            # vmcall/vmmcall now arrive as KVM_EXIT_XEN; calls through the hypercall page
-            # still take the trap path (the MSR filter keeps the page ours).
-            cfg = kernel_config(kernel_flags(machine.kvm))
-            assert machine.vm is not None
-            machine.vm.xen_hvm_config(cfg.msr, cfg.flags)
+        if kernel is not None:
+            log.info("d%d: KVM delivers 2-level events in-kernel (FIFO %s)", self.domid,
+                     "offered" if domain.evtchn.fifo_allowed else "withheld")
         memory, evtchn = self.memory, domain.evtchn
         # The special pages (Xen puts them near the top of low memory, reserved in the
         # map): ours sit in the reserved legacy hole.
