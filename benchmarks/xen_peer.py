@@ -26,11 +26,9 @@ import sys
 import time
 
 import exits
-from common import ROOT, build_guest
+from common import QEMU10, XEN_VERSION, build_guest
 from hypercall import GUEST, MODES, run_xenbench
 
-QEMU10 = ROOT / "linux" / "qemu10" / "qemu-system-x86_64"
-XEN_VERSION = "0x4000b"  # Xen 4.11, as xenopus reports
 TIMEOUT = 300.0
 
 
