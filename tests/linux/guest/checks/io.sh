@@ -9,6 +9,9 @@ set -e
 arg() { sed -n "s/.*xenopus\.$1=\([A-Za-z0-9_/.]*\).*/\1/p" /proc/cmdline; }
 [ -x /bin/diskio ] || { echo "no /bin/diskio: run benchmarks/linux_io.py"; exit 1; }
 dev=$(arg disk)
+# The frontends' insmod waits for their devices (xenbus_register_frontend, virtio probe);
+# the node in devtmpfs follows at once, but give it a bounded moment.
+for _ in $(seq 50); do [ -b "$dev" ] && break; sleep 0.1; done
 [ -b "$dev" ] || { echo "no block device '$dev'"; exit 1; }
 /bin/diskio disk "$dev" "$(arg mib)" "$(arg secs)"
 if [ -n "$(arg ip)" ]; then
