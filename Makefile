@@ -28,6 +28,8 @@ run: $(STAMP) compile guests
 
 test: $(STAMP) compile deps guests
 	$(VENV)/bin/ruff check src tests benchmarks fuzz
+	scripts/fetch-grub-xen
+	scripts/fetch-xen-utils
 	$(PY) -m pytest -q tests --ignore=tests/linux
 	scripts/fetch-linux
 	LINUX_SMOKE=1 scripts/test-linux
@@ -38,6 +40,7 @@ test: $(STAMP) compile deps guests
 test-linux: $(STAMP) compile deps guests shim
 	scripts/fetch-linux
 	scripts/fetch-qemu10
+	scripts/fetch-pvgrub
 	scripts/test-linux
 
 # Xen's PV shim from Debian's Xen source (type = "pv" with pvshim = 1), built once into

@@ -17,6 +17,7 @@ import struct
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -305,7 +306,7 @@ def test_xenbus_nodes_perms_and_features(blk: BlkRig):
     assert xs.client.get_perms(fe) == [f"n{DOMID}", "r0"]
     assert xs.client.get_perms(f"{fe}/state")[0] == f"n{DOMID}"
     for node, value in {"feature-flush-cache": "1", "feature-discard": "1",
-                        "feature-persistent": "0", "feature-max-indirect-segments": "256",
+                        "feature-persistent": "1", "feature-max-indirect-segments": "256",
                         "mode": "w"}.items():
         assert xs.read(f"{be}/{node}") == value
     # the guest itself can read its backend's nodes and write its own
@@ -339,7 +340,7 @@ def test_connect_close_reconnect(blk: BlkRig):
     ({"ring-ref": str(1 << 32), "event-channel": "7"}, "out of range"),
     ({"ring-ref": "999", "event-channel": "7"}, "cannot map grant 999"),
     ({"ring-ref": str(RING_GREF), "event-channel": "-1"}, "out of range"),
-    ({"ring-ref": str(RING_GREF), "event-channel": "7", "protocol": "x86_32-abi"}, "protocol"),
+    ({"ring-ref": str(RING_GREF), "event-channel": "7", "protocol": "arm-abi"}, "protocol"),
 ])
 def test_malformed_frontend_closes_with_error(blk: BlkRig, nodes, why):
     assert blk.back.wait_for(State.InitWait, TIMEOUT)
@@ -372,6 +373,45 @@ def test_write_then_read_back(blk: BlkRig, memory: GuestMemory):
     assert page[:512] == b"\xee" * 512 and page[3 * 512 :] == b"\xee" * (PAGE - 3 * 512)
     assert page[512:1536] == b"A" * 512 + b"B" * 512
     assert blk.host.live == 1  # every data mapping was unmapped again
+
+
+def test_x86_32_frontend_gets_the_i386_ring_layout(blk: BlkRig, memory: GuestMemory):
+    # protocol "x86_32-abi" (io/protocols.h), as GRUB's i386-xen_pvh blkfront writes it:
+    # io/blkif.h under the i386 psABI puts id at 4, sector_number at 12, seg[] at 20
+    # (108-byte entries, 32 per page) and answers with 12-byte responses (status at 10).
+    blk.back.wait_for(State.InitWait, TIMEOUT)
+    fe = blk.back.fe
+    blk.xs.fe_write(f"{fe}/ring-ref", str(RING_GREF))
+    blk.xs.fe_write(f"{fe}/event-channel", "7")
+    blk.xs.fe_write(f"{fe}/protocol", "x86_32-abi")
+    blk.xs.fe_write(f"{fe}/state", str(int(State.Initialised)))
+    assert blk.back.wait_for(State.Connected, TIMEOUT)
+    blk.ring = FrontRing(memory, RING_PFN, 108)
+    memory.write(DATA_PFN * PAGE, b"\0" * PAGE)
+
+    def request(op: int, rid: int, sector: int, gref: int, first: int, last: int) -> bytes:
+        head = struct.pack("<BBHQQ", op, 1, DEVID, rid, sector)
+        return (head + struct.pack("<IBBxx", gref, first, last)).ljust(108, b"\0")
+
+    port = blk.host.ports[7]
+    port.notified.clear()
+    for i in range(34):  # more than one lap of the 32-entry ring, each sector once
+        blk.ring.put(request(abi.BLKIF_OP_READ, 0x1_0000_0000 + i, i, DATA_GREF, i % 8, i % 8))
+        if i % 8 == 7 or i == 33:
+            blk.ring.push()
+            port.callback()
+            assert port.notified.wait(TIMEOUT)
+            port.notified.clear()
+            for raw in blk.ring.responses(12):
+                rid, op, status = struct.unpack("<QBxh", raw)
+                assert (op, status) == (abi.BLKIF_OP_READ, abi.BLKIF_RSP_OKAY)
+                assert rid >> 32 == 1
+    # sector i of the image went to sector slot i % 8 of the page: the last lap's
+    image = Path(blk.image).read_bytes()
+    page = memory.read(DATA_PFN * PAGE, PAGE)
+    for slot in range(8):
+        last = max(i for i in range(34) if i % 8 == slot)
+        assert page[slot * 512 : (slot + 1) * 512] == image[last * 512 : (last + 1) * 512]
 
 
 def test_flush_barrier_and_discard_hole(blk: BlkRig, memory: GuestMemory):
@@ -417,6 +457,36 @@ def test_indirect_segments(blk: BlkRig, memory: GuestMemory):
     assert blk.run(bytes(ind))[0][2] == abi.BLKIF_RSP_ERROR
     ind.indirect_op, ind.nr_segments = abi.BLKIF_OP_READ, 300  # over the advertised 256
     assert blk.run(bytes(ind))[0][2] == abi.BLKIF_RSP_ERROR
+
+
+def test_persistent_grants_stay_mapped_until_disconnect(blk: BlkRig, memory: GuestMemory):
+    """blkif.h feature-persistent, as xen-blkfront asks for it: the data pages' grants are
+    mapped once (writable, serving reads and writes) and kept until the frontend closes;
+    a page granted read-only is still mapped per request and refused for a read."""
+    blk.back.wait_for(State.InitWait, TIMEOUT)
+    blk.xs.fe_write(f"{blk.back.fe}/feature-persistent", "1")
+    blk.connect()
+    memory.write(DATA_PFN * PAGE, b"P" * PAGE)
+    assert blk.run(blk_request(abi.BLKIF_OP_WRITE, 1, 8, [(DATA_GREF, 0, 7)])) == [
+        (1, abi.BLKIF_OP_WRITE, 0)]
+    assert blk.host.live == 2  # the ring and DATA_GREF, kept
+    memory.fill(DATA_PFN * PAGE, PAGE)
+    assert blk.run(blk_request(abi.BLKIF_OP_READ, 2, 8, [(DATA_GREF, 0, 7)])) == [
+        (2, abi.BLKIF_OP_READ, 0)]
+    assert memory.read(DATA_PFN * PAGE, PAGE) == b"P" * PAGE
+    assert blk.host.live == 2  # the same mapping served the read
+    if isinstance(blk.host, RealGrantHost):  # the entry stays in use: GTF_reading|writing
+        users, writers = blk.host.table.in_use(DATA_GREF)
+        assert (users, writers) == (1, 1)
+    rsp = blk.run(blk_request(abi.BLKIF_OP_WRITE, 3, 16, [(IND_GREF, 0, 0)]),
+                  blk_request(abi.BLKIF_OP_READ, 4, 16, [(IND_GREF, 0, 0)]))
+    assert rsp == [(3, abi.BLKIF_OP_WRITE, 0), (4, abi.BLKIF_OP_READ, abi.BLKIF_RSP_ERROR)]
+    assert blk.host.live == 2  # the read-only page was not kept
+    blk.xs.fe_write(f"{blk.back.fe}/state", str(int(State.Closing)))
+    assert blk.back.wait_for(State.Closing, TIMEOUT)
+    assert blk.host.live == 0
+    if isinstance(blk.host, RealGrantHost):
+        assert blk.host.table.in_use(DATA_GREF) == (0, 0)
 
 
 @pytest.mark.parametrize("req, status", [

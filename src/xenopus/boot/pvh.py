@@ -24,11 +24,10 @@ from xenopus.boot.layout import (
     BOOT_AREA_END,
     CMDLINE_ADDR,
     CMDLINE_MAX,
-    LEGACY_END,
-    LEGACY_START,
     MEMMAP_ADDR,
     MEMMAP_END,
     MODLIST_ADDR,
+    PLATFORM_AREA,
     START_INFO_ADDR,
     BootImageError,
     BootInfo,
@@ -170,9 +169,12 @@ def check_placement(memory: GuestMemory, image: PvhImage) -> None:
             raise BootImageError(
                 path, f"{where} overlaps the boot structures at {span(0, BOOT_AREA_END)}"
             )
-        if overlaps(s.range, (LEGACY_START, LEGACY_END)):
+        # Only what we place in the legacy hole is off limits (the Xen special pages and
+        # the ACPI tables); a segment at 0xFF000, its ELF headers just below 1 MiB, loads.
+        if overlaps(s.range, PLATFORM_AREA):
             raise BootImageError(
-                path, f"{where} overlaps the reserved legacy area {span(LEGACY_START, LEGACY_END)}"
+                path, f"{where} overlaps the Xen special pages and ACPI tables at"
+                f" {span(*PLATFORM_AREA)}"
             )
         if s.range[1] > _FOUR_GIB:
             raise BootImageError(path, f"{where} is above 4 GiB, out of reach of a 32-bit entry")

@@ -151,8 +151,10 @@ def build_guest(
         ram_end = max(r.end for r in memory.regions)
         # maxvcpus vCPUs exist, `vcpus` of them online at boot (xl.cfg(5) maxvcpus)
         maxvcpus = config.maxvcpus or config.vcpus
+        # A PV shim domain's MADT has no IO-APIC (AcpiPlatform.io_apic says why).
         rsdp = install(memory, AcpiPlatform(vcpus=maxvcpus, online=config.vcpus,
-                                            pci=AcpiPci.default(ram_end)))
+                                            pci=AcpiPci.default(ram_end),
+                                            io_apic=not config.pvshim))
         kvm = kvm or Kvm()
         if config.pvshim:
             assert config.pvshim_path is not None  # resolved by DomainConfig

@@ -354,7 +354,10 @@ def _python_paths() -> list[str]:
 
 
 def _bind(root: str, path: str, read_only: bool) -> None:
-    """Mount `path` at the same place under `root` (a symlink stays a symlink)."""
+    """Mount `path` at the same place under `root`. A symlink stays a symlink, to its
+    fully resolved target, which is bound too: the link's own text may be relative
+    or name a path through other links (a kernel in a checkout whose `linux/` is a link)
+    that the jail's real directories would resolve elsewhere, or not at all."""
     if not os.path.lexists(path):
         return
     target = os.path.join(root, path.lstrip("/"))
@@ -363,7 +366,13 @@ def _bind(root: str, path: str, read_only: bool) -> None:
     os.makedirs(os.path.dirname(target), exist_ok=True)
     st = os.lstat(path)
     if stat.S_ISLNK(st.st_mode):
-        os.symlink(os.readlink(path), target)
+        real = os.path.realpath(path)
+        # Relative to where the link lands inside `root` (its directory as the jail's own
+        # links resolve it), so that it resolves the same before the pivot and after.
+        top = os.path.realpath(root)
+        here = "/" + os.path.relpath(os.path.realpath(os.path.dirname(target)), top)
+        os.symlink(os.path.relpath(real, here), target)
+        _bind(root, real, read_only)
         return
     if stat.S_ISDIR(st.st_mode):
         os.makedirs(target, exist_ok=True)

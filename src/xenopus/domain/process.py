@@ -66,6 +66,8 @@ GUEST_LOG_RATE = 100  # lines per second
 
 # xl.cfg on_* actions that leave the stopped guest in place for the daemon's next step
 HELD_ACTIONS = ("preserve", "rename-restart", "coredump-destroy", "coredump-restart")
+# A restored domain process's start-up, phase by phase (`DomainProcess._phases`).
+PHASES = ("setup", "build", "jail", "handover", "restore")
 EXIT_OK = 0
 EXIT_CRASHED = 1
 EXIT_START_FAILED = 2
@@ -140,6 +142,7 @@ class DomainProcess:
         self._boot_state: CpuState | None = None  # where they start (None: as restored)
         self.busy: str | None = None  # a save or restore under way: no live step meanwhile
         self.born = time.monotonic()  # when the process started (run_domain sets it)
+        self.marks: dict[str, float] = {}  # the end of each start-up phase (PHASES)
         self._work: set[asyncio.Task[None]] = set()
         self.debug = DebugLog(domid, self.hv_log)
         self._writer: asyncio.StreamWriter | None = None
@@ -713,6 +716,7 @@ class DomainProcess:
         run it, or leave it paused (`paused`)."""
         guest = self._live_guest()
         inp = await self._take_file(req, "rb")  # first: a refusal must not leave it open
+        self.marks["handover"] = time.monotonic()
         position = req.args.get("position")
         if self._started or not isinstance(position, dict):
             inp.close()
@@ -729,9 +733,21 @@ class DomainProcess:
         self._boot_state = None  # the vCPUs carry on from the image
         if not req.args.get("paused"):
             self._run_vcpus()
+        self.marks["restore"] = time.monotonic()
         return Reply.success(pages=stats.pages, octets=stats.octets, seconds=stats.seconds,
-                             since_start=time.monotonic() - self.born,
+                             since_start=time.monotonic() - self.born, phases=self._phases(),
                              xenstore=stats.toolstack.get("xenstore"))
+
+    def _phases(self) -> dict[str, float]:
+        """Seconds each start-up phase took, in order from the process's start (PHASES):
+        setup (logging, the early jail, consoles), build (the guest from its config), jail
+        (the late jail), handover (until the daemon handed over the image), restore."""
+        out, before = {}, self.born
+        for name in PHASES:
+            if name in self.marks:
+                out[name] = self.marks[name] - before
+                before = self.marks[name]
+        return out
 
     async def _serve_control(self, reader: asyncio.StreamReader) -> None:
         self._attached = True
@@ -850,9 +866,12 @@ class DomainProcess:
                 await self.pvconsole.serve(ipc.console_socket_path(self.domid, self.run_dir, "pv"))
             if self.channel_error:
                 raise ValueError(self.channel_error)
+            self.marks["setup"] = time.monotonic()
             self._build_guest()
+            self.marks["build"] = time.monotonic()
             # Everything the guest needs is open; no guest code has run yet.
             self.jail.enter_late(threading.active_count())
+            self.marks["jail"] = time.monotonic()
             self._run_or_pause(self.start_paused)
         except Exception as e:  # noqa: BLE001 - reported to the CLI, which names the problem
             log.error("domain %d (%s): cannot start: %s", self.domid, self.config.name, e)

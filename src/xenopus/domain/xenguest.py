@@ -34,7 +34,7 @@ from xenopus.memory import GuestMemory, MiB
 from xenopus.stream import StateError, check_state
 from xenopus.vm import Machine
 from xenopus.vm.machine import MachineHooks
-from xenopus.xen import abi
+from xenopus.xen import abi, kernel_events
 from xenopus.xen.backends.blkback import BlkBack
 from xenopus.xen.backends.channel import ChannelBack
 from xenopus.xen.backends.console import PVConsole
@@ -44,6 +44,7 @@ from xenopus.xen.domain import XenDomain
 from xenopus.xen.grant import GrantMapper
 from xenopus.xen.hypercall import (
     HYPERCALL_PORT,
+    XEN_VERSION,
     HypercallTable,
     KernelPath,
     TrapPath,
@@ -51,7 +52,9 @@ from xenopus.xen.hypercall import (
     kernel_config,
     kernel_flags,
     make_cpuid_fixup,
+    vmcall_for,
 )
+from xenopus.xen.kernel_events import KernelEvents
 from xenopus.xen.xenstore import wire
 from xenopus.xen.xenstore.client import XsClient
 from xenopus.xen.xenstore.server import RingTransport
@@ -114,6 +117,7 @@ class StoreProxy:
         self.watches: dict[tuple[bytes, bytes], None] = {}
         self._replaying = 0  # replies to those still to drop (the guest asked none)
         self._replay_buf = bytearray()
+        self._resets = 0  # XS_RESET_WATCHES of ours not answered yet
 
     async def start(self) -> None:
         if self.sock is None:
@@ -155,13 +159,20 @@ class StoreProxy:
         if ring is None:
             return
         self._rings += 1
-        if self._rings > 1 and self._writer is not None:
-            # A restarted guest is a new domain to XenStore (Xen builds one): what the
-            # old incarnation watched and had open goes (XS_RESET_WATCHES: xenstored
-            # drops the connection's watches and transactions), and what the daemon
-            # still owed it (replies, watch events) is dropped up to the reset's reply.
+        if self._rings > 1:
+            # A restarted guest is a new domain to XenStore (Xen builds one).
+            self._forget()
+
+    def _forget(self) -> None:
+        """What the guest watched and had open goes (XS_RESET_WATCHES: xenstored drops
+        the connection's watches and transactions), and what the daemon still owed it
+        (replies to in-flight requests, watch events) is dropped up to the reset's
+        reply."""
+        if self._writer is not None:
             self._writer.write(wire.pack(wire.XS_RESET_WATCHES, RESET_REQ_ID, 0, b""))
-            self._stale = bytearray()
+            self._resets += 1
+            if self._stale is None:
+                self._stale = bytearray()
             self.watches.clear()
 
     def kick(self) -> None:
@@ -170,7 +181,15 @@ class StoreProxy:
 
     def _pump(self) -> None:
         ring = self.ring
-        if ring is None or ring.broken:
+        if ring is None:
+            return
+        if ring.reconnect_requested:
+            # xenstore-ring.txt's ring reconnection: the connection restarts on a packet
+            # boundary with nothing in flight, no watches, no transactions.
+            self._forget()
+            ring.reset()
+            self.notify()
+        if ring.broken:
             return
         messages = ring.read_messages()
         for message in messages:
@@ -192,8 +211,10 @@ class StoreProxy:
                 break
             del stale[:end]
             if head.type == wire.XS_RESET_WATCHES and head.req_id == RESET_REQ_ID:
-                self._stale = None
-                return bytes(stale)
+                self._resets -= 1
+                if not self._resets:  # the last reset asked for has been answered
+                    self._stale = None
+                    return bytes(stale)
         return b""
 
     def _drop_replayed(self, data: bytes) -> bytes:
@@ -307,21 +328,36 @@ class XenGuest:
 
     def attach(self, machine: Machine) -> None:
         """The Machine exists: build the domain's Xen state and its PV plumbing."""
+        kernel = None
+        if self.kernel is not None:
+            # vmcall/vmmcall now arrive as KVM_EXIT_XEN, the hypercall page's too (its
+            # stubs are the CPU's call instruction; the MSR filter keeps the page ours).
+            assert machine.vm is not None
+            flags = kernel_flags(machine.kvm)
+            vendor = machine.cpu_policy.vendor if machine.cpu_policy else ""
+            self.trap.insn = vmcall_for(vendor)
+            if kernel_events.offered(flags):
+                kernel = KernelEvents(machine.vm, [v.fd for v in machine.vcpus],
+                                      machine.on_vcpu_thread)
+                major, minor = XEN_VERSION
+                kernel.start(major << 16 | minor)
+            else:
+                cfg = kernel_config(flags)
+                machine.vm.xen_hvm_config(cfg.msr, cfg.flags)
+        fifo = self.config.evtchn_fifo
         domain = self.domain = XenDomain(
             self.domid, machine, self.table, console_out=self.hv_log, e820=self.e820,
             max_pages=self.config.maxmem * MiB // abi.PAGE_SIZE if self.config.maxmem else 0,
             handle=uuid_bytes(self.config.uuid) if self.config.uuid else bytes(16),
             max_evtchn_port=self.config.max_event_channels,
+            kernel=kernel, evtchn_fifo=fifo == "1" or (fifo == "auto" and kernel is None),
             **({"max_grant_frames": self.config.max_grant_frames}
                if self.config.max_grant_frames else {}),
         )
         self.trap.on_page = domain.hypercall_page_written
-        if self.kernel is not None:
-            # vmcall/vmmcall now arrive as KVM_EXIT_XEN; calls through the hypercall page
-            # still take the trap path (the MSR filter keeps the page ours).
-            cfg = kernel_config(kernel_flags(machine.kvm))
-            assert machine.vm is not None
-            machine.vm.xen_hvm_config(cfg.msr, cfg.flags)
+        if kernel is not None:
+            log.info("d%d: KVM delivers 2-level events in-kernel (FIFO %s)", self.domid,
+                     "offered" if domain.evtchn.fifo_allowed else "withheld")
         memory, evtchn = self.memory, domain.evtchn
         # The special pages (Xen puts them near the top of low memory, reserved in the
         # map): ours sit in the reserved legacy hole.
@@ -333,7 +369,7 @@ class XenGuest:
             lambda: evtchn.notify(self.console_port),
         )
         self.console_port = evtchn.bind_local(self._console_kick)
-        ring = RingTransport(memory.view(layout.XEN_STORE_PAGE, abi.PAGE_SIZE))
+        ring = RingTransport(memory.view(layout.XEN_STORE_PAGE, abi.PAGE_SIZE, kept=True))
         self.store.attach(ring, lambda: evtchn.notify(self.store_port))
         for param, value in (
             (abi.HVM_PARAM_STORE_PFN, layout.XEN_STORE_PAGE >> 12),

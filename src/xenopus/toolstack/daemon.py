@@ -58,6 +58,7 @@ from xenopus.toolstack import hostinfo, xlformat
 from xenopus.toolstack.broker import InterdomainBroker
 from xenopus.toolstack.xenstored import PVCONTROL_TIMEOUT, PvControlTimeout, XenStored
 from xenopus.xen.xenstore.server import UNSCOPED, Peer, Scope, peer_of
+from xenopus.xen.xenstore.wire import XsError
 
 log = logging.getLogger("xenopus.daemon")
 
@@ -1156,6 +1157,11 @@ class Daemon:
         on (-c), stays paused (-p) or is destroyed. A failed save leaves it running."""
         rec = self.lookup(req.dom)
         config = self._load_config(req)[0] if req.args.get("path") else rec.config
+        online = self.xenstore.vcpus_available(rec.domid)
+        if not req.args.get("path") and online and online != config.vcpus:
+            # libxl_retrieve_domain_configuration: the image's config has the vCPUs online
+            # now (xl vcpu-set), so the restored XenStore does not take others down.
+            config = dataclasses.replace(config, vcpus=online)
         then = "pause" if req.args.get("paused") else "run" if req.args.get("checkpoint") else "stop"
         token = await self._hand_over(rec, await self._client_file(client))
         reply = await self._until_answered(rec, Request("save", {
@@ -1333,7 +1339,8 @@ class Daemon:
                 made.append(rec)
                 report.append({"domid": rec.domid, "name": rec.name, "pages": data.get("pages"),
                                "seconds": data.get("seconds"),
-                               "since_start": data.get("since_start")})
+                               "since_start": data.get("since_start"),
+                               "phases": data.get("phases", {})})
         except BaseException:
             for rec in made:
                 await self._destroy(rec)
@@ -1406,6 +1413,38 @@ class Daemon:
         if not isinstance(kib, int) or isinstance(kib, bool) or kib < 0:
             raise RequestError(f"invalid memory size: {text}")
         return kib, str(text)
+
+    # -- xl xenstore-quota-get / xenstore-quota-set (xl_xsquota.c) -------------------------
+    def _quota_domid(self, req: Request) -> int | None:
+        """None for the global values (-g), else the named domain's id (0: dom0's)."""
+        if req.args.get("global"):
+            return None
+        if req.dom in ("0", "Domain-0"):
+            return 0
+        return self.lookup(req.dom).domid
+
+    @daemon_step("xenstore-quota-get")
+    async def _xs_quota_get(self, req: Request, client: Client) -> Reply:
+        domid = self._quota_domid(req)
+        try:
+            quota = self.xenstore.quota_get(domid)
+        except XsError as e:
+            raise RequestError(f"Quota could not be obtained. ({e})") from e
+        return Reply.success(quota=[[name, value] for name, value in quota])
+
+    @daemon_step("xenstore-quota-set")
+    async def _xs_quota_set(self, req: Request, client: Client) -> Reply:
+        domid = self._quota_domid(req)
+        items = req.args.get("quota")
+        if not isinstance(items, list) or not all(
+                isinstance(i, list) and len(i) == 2 and isinstance(i[0], str)
+                and isinstance(i[1], int) and not isinstance(i[1], bool) for i in items):
+            raise RequestError("xenstore-quota-set wants [name, value] pairs")
+        try:
+            self.xenstore.quota_set(domid, [(n, v) for n, v in items])
+        except XsError as e:
+            raise RequestError(f"Quota could not be set. ({e})") from e
+        return Reply.success()
 
     @daemon_step("mem-set")
     async def _mem_set(self, req: Request, client: Client) -> Reply:

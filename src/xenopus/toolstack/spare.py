@@ -17,36 +17,56 @@ On the socket the zygote gives it (`xenopus.ipc` framing):
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import gc
+import os
+import signal
+import socket
 import sys
 
-# asyncio imports ssl when it can; a domain process never speaks TLS through asyncio,
-# and ssl with OpenSSL's libraries is ~1.3 MiB of private memory in every one. None in
-# sys.modules makes asyncio's `import ssl` fail as on a Python built without it (its own
-# fallback) while the imports below run; then ssl is importable again for anything that
-# does need it (pyroute2, when a vif's tap is made).
-_ssl_blocked = "ssl" not in sys.modules
-if _ssl_blocked:
-    sys.modules["ssl"] = None  # type: ignore[assignment]
+from xenopus.domain.protocol import Spawn
+from xenopus.ipc import Channel
 
-import ctypes  # noqa: E402
-import gc  # noqa: E402
-import os  # noqa: E402
-import signal  # noqa: E402
-import socket  # noqa: E402
+READY = b"R"
 
-import xenopus.domain.process as domain_process  # noqa: E402, I001 - imported warm, before READY
-import xenopus.domain.seccomp_policy  # noqa: E402, F401 - the jail loads the zygote's filter with it
-from xenopus.domain.protocol import Spawn  # noqa: E402
-from xenopus.ipc import Channel  # noqa: E402
-from xenopus.toolstack.zygote import READY, die_with_parent  # noqa: E402
 
-if _ssl_blocked:
-    del sys.modules["ssl"]
+def warm() -> None:
+    """Import every layer a domain process runs (with seccomp_policy, whose loader the
+    jail uses on the zygote's compiled filter): a spare does before READY, the zygote
+    after it has started its first spares (their start-up is the long pole of a first
+    domain on a fresh daemon: they import while it does).
+
+    asyncio imports ssl when it can; a domain process never speaks TLS through asyncio,
+    and ssl with OpenSSL's libraries is ~1.3 MiB of private memory in every one. None in
+    sys.modules makes asyncio's `import ssl` fail as on a Python built without it (its
+    own fallback) while the layers are imported; then ssl is importable again for what
+    does need it (pyroute2, when a vif's tap is made)."""
+    blocked = "ssl" not in sys.modules
+    if blocked:
+        sys.modules["ssl"] = None  # type: ignore[assignment]
+    try:
+        import xenopus.domain.process  # noqa: F401
+        import xenopus.domain.seccomp_policy  # noqa: F401
+    finally:
+        if blocked:
+            del sys.modules["ssl"]
+
+
+PR_SET_PDEATHSIG = 1  # prctl(2)
+
+
+def die_with_parent() -> None:
+    """A zygote's process is useless without its parent: have the kernel end it then."""
+    with contextlib.suppress(OSError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def become_domain(spawn: Spawn, fds: list[int], *, fresh_layout: bool,
                   seccomp_fd: int | None = None) -> None:
     """Run the domain in this process and exit with its status; never returns."""
+    from xenopus.domain import process as domain_process  # warm: imported already
+
     code = 1
     try:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
@@ -66,6 +86,7 @@ def become_domain(spawn: Spawn, fds: list[int], *, fresh_layout: bool,
 
 def main() -> None:
     die_with_parent()
+    warm()
     gc.freeze()  # as in the zygote: imported objects live as long as the process
     # What importing freed goes back to the host before the spare waits (about 1 MiB).
     ctypes.CDLL(None).malloc_trim(0)

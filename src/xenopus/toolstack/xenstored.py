@@ -21,6 +21,7 @@ import socket
 from typing import Any
 
 from xenopus.domain.config import DomainConfig
+from xenopus.xen.xenstore import wire
 from xenopus.xen.xenstore.server import PeerScope, Scope, XenStoreServer
 from xenopus.xen.xenstore.store import Perm, Quota, Store, XsError
 
@@ -304,6 +305,32 @@ class XenStored:
                     await asyncio.wait_for(changed.wait(), left)
         finally:
             self.store.disconnect(conn)
+
+    # -- quotas, as libxl_xsquota.c asks for them (XS_GET_QUOTA/XS_SET_QUOTA as dom0) --
+    def _ask(self, type_: int, *args: str) -> str:
+        """One request on dom0's connection through the wire protocol's dispatcher; the
+        reply's text, or XsError with the error name."""
+        payload = wire.strings(*args) if args else b""
+        out = self.server.dispatch(self.dom0, wire.Header(type_, 0, 0, len(payload)), payload)
+        hdr = wire.unpack_header(out)
+        text = out[wire.HEADER_SIZE:].rstrip(b"\0").decode("latin-1")
+        if hdr.type == wire.XS_ERROR:
+            raise XsError(text)
+        return text
+
+    def quota_get(self, domid: int | None) -> list[tuple[str, int]]:
+        """Every quota (the names GET_QUOTA lists, then each value): the global ones
+        (domid None) or domid's (libxl_xs_quota_global_get / _domain_get)."""
+        scope = () if domid is None else (str(domid),)
+        return [(name, int(self._ask(wire.XS_GET_QUOTA, *scope, name)))
+                for name in self._ask(wire.XS_GET_QUOTA).split()]
+
+    def quota_set(self, domid: int | None, items: list[tuple[str, int]]) -> None:
+        """SET_QUOTA each (name, value) in turn, stopping at the first refusal
+        (libxl_xs_quota_global_set / _domain_set)."""
+        scope = () if domid is None else (str(domid),)
+        for name, value in items:
+            self._ask(wire.XS_SET_QUOTA, *scope, name, str(value))
 
     def sysrq(self, domid: int, key: str) -> None:
         """libxl_send_sysrq: the key, one character, into control/sysrq."""

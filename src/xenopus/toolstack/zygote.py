@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import contextlib
-import ctypes
 import gc
 import os
 import selectors
@@ -41,18 +39,7 @@ from xenopus.domain.protocol import (
     Spawned,
 )
 from xenopus.ipc import Channel
-
-# spare.py (every layer) is imported only when this zygote forks domains itself (`--spares
-# 0`, or a pool that gave up): with spares, it need not be warm, and starts faster.
-
-READY = b"R"  # what a spare sends once its imports are done
-PR_SET_PDEATHSIG = 1  # prctl(2)
-
-
-def die_with_parent() -> None:
-    """A zygote's process is useless without its parent: have the kernel end it then."""
-    with contextlib.suppress(OSError):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+from xenopus.toolstack import spare  # every layer is imported by `serve` (spare.warm)
 
 
 class SparePool:
@@ -78,7 +65,10 @@ class SparePool:
         return self.size > 0 and self.broken is None
 
     def fill(self) -> None:
-        while self.usable and len(self.starting) + len(self.ready) < self.size:
+        """Start a spare if the pool is short of one and none is starting: one at a time,
+        so that on a busy host the first is ready as soon as one Python can import every
+        layer, not when several sharing the CPUs have (the next starts when it is)."""
+        if self.usable and not self.starting and len(self.ready) < self.size:
             self._start()
 
     def _start(self) -> None:
@@ -103,9 +93,10 @@ class SparePool:
         pid = next(p for p, s in self.starting.items() if s is sock)
         del self.starting[pid]
         self.sel.unregister(sock)
-        if sock.recv(1) == READY:
+        if sock.recv(1) == spare.READY:
             self.failures = 0
             self.ready.append((pid, sock))
+            self.fill()
             return
         sock.close()  # it died before it was ready: _reap collects it
         self.failures += 1
@@ -113,6 +104,7 @@ class SparePool:
             self.broken = f"{self.failures} spares in a row died before they were ready"
             print(f"xenopus zygote: {self.broken}; forking domains from the zygote, which "
                   "share its address-space layout", file=sys.stderr)
+        self.fill()
 
     def take(self) -> tuple[int, socket.socket] | None:
         return self.ready.pop(0) if self.ready else None
@@ -146,6 +138,11 @@ def serve(sock: socket.socket, spares: int = 0, seccomp_fd: int | None = None) -
     forker = jail.PidNamespaceForker()
     pool = SparePool(spares, forker, sel, seccomp_fd)
     pool.fill()
+    # Every layer imported, before any domain is forked from
+    # here, so that forked children start warm; after the spares' start, which takes as
+    # long and is what a fresh daemon's first domain waits for.
+    spare.warm()
+    gc.freeze()  # imported objects live as long as the zygote: see main
     pending: collections.deque[tuple[Spawn, list[int]]] = collections.deque()
     while True:
         for key, _ in sel.select():
@@ -215,8 +212,6 @@ def _fork_domain(forker: jail.PidNamespaceForker, pool: SparePool, chan: Channel
         sel.close()
         os.close(wake_r)
         os.close(wake_w)
-        from xenopus.toolstack import spare  # (imported warm by main under --spares 0)
-
         spare.become_domain(spawn, fds, fresh_layout=False, seccomp_fd=seccomp_fd)
     return pid
 
@@ -245,10 +240,7 @@ def main() -> None:
     parser.add_argument("fd", type=int)
     parser.add_argument("--spares", type=int, default=0)
     args = parser.parse_args()
-    die_with_parent()  # the zygote is useless without its daemon
-    if args.spares <= 0:
-        # Forked domains start warm: every layer imported before any fork.
-        from xenopus.toolstack import spare  # noqa: F401
+    spare.die_with_parent()  # the zygote is useless without its daemon
     # Everything imported so far lives as long as the zygote: keep the collector from
     # walking it in each child (touching an object copies its page: PSS per domain).
     gc.freeze()

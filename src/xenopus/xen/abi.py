@@ -862,6 +862,7 @@ def ring_size(entry_size: int, ring_bytes: int = PAGE_SIZE) -> int:
 
 
 # --- io/protocols.h ------------------------------------------------------------------------
+XEN_IO_PROTO_ABI_X86_32 = "x86_32-abi"
 XEN_IO_PROTO_ABI_X86_64 = "x86_64-abi"
 
 # --- io/blkif.h ----------------------------------------------------------------------------
@@ -914,6 +915,34 @@ class blkif_response(ctypes.Structure):
 
 BLKIF_RING_ENTRY_SIZE = ctypes.sizeof(blkif_request)  # the union's largest member
 BLKIF_RING_SIZE = ring_size(BLKIF_RING_ENTRY_SIZE)
+
+# The same requests as an i386 frontend lays them out (`protocol` = "x86_32-abi"): a
+# uint64_t is 4-byte aligned there, so `id` follows `handle` directly and the entries are
+# shorter (108 bytes, not 112). Xen's blkif_x86_32_* of xen/include/public/io/blkif.h as
+# Linux's xen-blkback/common.h spells them out; the segment (8 bytes) is the same.
+
+
+class blkif_x86_32_request(ctypes.Structure):
+    _pack_ = 4
+    _fields_ = blkif_request._fields_
+
+
+class blkif_x86_32_request_discard(ctypes.Structure):
+    _pack_ = 4
+    _fields_ = blkif_request_discard._fields_
+
+
+class blkif_x86_32_request_indirect(ctypes.Structure):
+    _pack_ = 4
+    _fields_ = blkif_request_indirect._fields_
+
+
+class blkif_x86_32_response(ctypes.Structure):
+    _pack_ = 4
+    _fields_ = blkif_response._fields_
+
+
+BLKIF_X86_32_RING_ENTRY_SIZE = ctypes.sizeof(blkif_x86_32_request)
 
 # --- io/netif.h ----------------------------------------------------------------------------
 NETTXF_csum_blank = 1 << 0
@@ -1017,7 +1046,11 @@ XS_SET_TARGET = 19
 # 20 was XS_RESTRICT, removed
 XS_RESET_WATCHES = 21
 XS_DIRECTORY_PART = 22
-XS_TYPE_COUNT = 23
+XS_GET_FEATURE = 23
+XS_SET_FEATURE = 24
+XS_GET_QUOTA = 25
+XS_SET_QUOTA = 26
+XS_TYPE_COUNT = 27
 XS_INVALID = 0xFFFF
 
 # xs_wire.h xsd_errors[]: the names a server sends in an XS_ERROR reply
