@@ -1126,12 +1126,15 @@ VERBS = (
              Opt(("-s",), "ssh", "the command that reaches HOST (default: ssh)", str),
              Opt(("-e",), "no_wait", "accepted for xl compatibility (the daemon always watches)"),
              Opt(("-C",), "config", "send this config instead of the domain's", str),
-             Opt(("--debug",), "debug", "report what was sent"),
+             Opt(("--debug",), "debug", "report what was sent (and, from the receiver, "
+                 "what was received)"),
+             Opt(("-p",), "paused", "leave the domain paused on the receiver"),
          ), (_dom(), Pos("host", "HOST"))),
     Verb("migrate-receive", "receive a migrating domain on stdin (run by migrate)", "restore",
          cmd_migrate_receive, (
              Opt(("-e",), "no_wait", "accepted for xl compatibility"),
              Opt(("-d",), "debug", "report what was received"),
+             Opt(("-p",), "paused", "leave the received domain paused"),
          )),
     Verb("clone", "new running domains NAME... from DOM (saved, left running) or a saved"
          " FILE, their RAM mapped copy-on-write from one image", "clone", cmd_clone,
