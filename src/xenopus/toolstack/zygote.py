@@ -29,17 +29,49 @@ import os
 import selectors
 import signal
 import socket
+import subprocess
 import sys
+from typing import TYPE_CHECKING
 
-from xenopus.control import ProtocolError
-from xenopus.domain import jail
-from xenopus.domain.protocol import (
-    Exited,
-    Spawn,
-    Spawned,
-)
+# Nothing here imports a layer: `serve` starts the first spares, then imports them all
+# (spare.warm), and the domain protocol with them.
+from xenopus.domain.pidns import PidNamespaceForker
 from xenopus.ipc import Channel
-from xenopus.toolstack import spare  # every layer is imported by `serve` (spare.warm)
+from xenopus.toolstack import spare
+
+if TYPE_CHECKING:
+    from xenopus.domain.protocol import Spawn
+
+# Spare domain processes the zygote keeps exec'd and warm (toolstack/spare.py): each
+# domain gets an address-space layout of its own at the cost of one idle Python per
+# spare; creations faster than spares start wait for one. 0: fork from the zygote.
+DEFAULT_SPARES = 2
+
+
+def spares_wanted(given: int | None) -> int:
+    """`daemon --spares N`, else $XENOPUS_SPARES, else DEFAULT_SPARES; ValueError if the
+    variable is not a number."""
+    if given is None:
+        try:
+            given = int(os.environ.get("XENOPUS_SPARES", DEFAULT_SPARES))
+        except ValueError:
+            raise ValueError("XENOPUS_SPARES must be a number") from None
+    return max(0, given)
+
+
+def start(spares: int) -> tuple[subprocess.Popen, socket.socket]:
+    """Exec a zygote keeping `spares` spares; returns it and the daemon's end of its
+    socket. A starting daemon calls this before it imports itself: the zygote's spares
+    import every layer meanwhile, and a fresh daemon's first domain waits the less."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "xenopus.toolstack.zygote", str(theirs.fileno()),
+         "--spares", str(spares)],
+        pass_fds=[theirs.fileno()],
+        stdin=subprocess.DEVNULL,
+    )
+    theirs.close()
+    return proc, ours
 
 
 class SparePool:
@@ -49,7 +81,7 @@ class SparePool:
     # creates fork from the zygote (sharing its layout) rather than wait for ever.
     MAX_FAILURES = 3
 
-    def __init__(self, size: int, forker: jail.PidNamespaceForker, sel: selectors.BaseSelector):
+    def __init__(self, size: int, forker: PidNamespaceForker, sel: selectors.BaseSelector):
         self.size = size
         self.forker = forker
         self.sel = sel
@@ -129,7 +161,7 @@ def serve(sock: socket.socket, spares: int = 0) -> None:
     sel = selectors.DefaultSelector()
     sel.register(sock, selectors.EVENT_READ)
     sel.register(wake_r, selectors.EVENT_READ)
-    forker = jail.PidNamespaceForker()
+    forker = PidNamespaceForker()
     pool = SparePool(spares, forker, sel)
     pool.fill()
     # Every layer imported (and the seccomp binding), before any domain is forked from
@@ -137,6 +169,8 @@ def serve(sock: socket.socket, spares: int = 0) -> None:
     # long and is what a fresh daemon's first domain waits for.
     spare.warm()
     gc.freeze()  # imported objects live as long as the zygote: see main
+    from xenopus.control import ProtocolError
+    from xenopus.domain.protocol import Spawn, Spawned
     pending: collections.deque[tuple[Spawn, list[int]]] = collections.deque()
     while True:
         for key, _ in sel.select():
@@ -193,7 +227,7 @@ def serve(sock: socket.socket, spares: int = 0) -> None:
         _reap(chan, children, pool)
 
 
-def _fork_domain(forker: jail.PidNamespaceForker, pool: SparePool, chan: Channel,
+def _fork_domain(forker: PidNamespaceForker, pool: SparePool, chan: Channel,
                  sel: selectors.BaseSelector, wake_r: int, wake_w: int, spawn: Spawn,
                  fds: list[int]) -> int:
     # Each domain process is pid 1 of a PID namespace of its own: it sees no other
@@ -210,6 +244,8 @@ def _fork_domain(forker: jail.PidNamespaceForker, pool: SparePool, chan: Channel
 
 
 def _reap(chan: Channel, children: dict[int, int], pool: SparePool) -> None:
+    from xenopus.domain.protocol import Exited  # imported by serve, after the spares' start
+
     while children:
         try:
             pid, status, usage = os.wait4(-1, os.WNOHANG)
