@@ -14,6 +14,12 @@ own PID namespace and already warm, hands each create one of them, and starts it
 replacement in the background. `--spares 0` forks instead (less memory per domain, one
 layout for all; the domain's jail reports the `aslr` layer as shared).
 
+A fresh daemon's first domain waits for the first spare, so that one goes first: the
+daemon starts the zygote before it imports itself, the zygote starts it before importing
+anything but the domain protocol (and every layer only if it forks domains: `--spares 0`,
+or a pool that broke), and replacements start once it is ready, at a lower priority
+(nice 10, back to 0 when one becomes a domain) so that a domain still building goes first.
+
 Messages on the zygote's socket (`xenopus.control`, framed by `xenopus.ipc`):
   daemon → zygote  `Spawn` + 2 or 3 fds: the control channel, the domain's XenStore
                    connection and its interdomain broker channel (SOCK_SEQPACKET)
@@ -33,8 +39,8 @@ import subprocess
 import sys
 from typing import TYPE_CHECKING
 
-# Nothing here imports a layer: `serve` starts the first spares, then imports them all
-# (spare.warm), and the domain protocol with them.
+# Nothing here imports a layer: `serve` starts the first spare, then imports the domain
+# protocol (every layer only before forking a domain: spare.warm).
 from xenopus.domain.pidns import PidNamespaceForker
 from xenopus.ipc import Channel
 from xenopus.toolstack import spare
@@ -89,23 +95,30 @@ class SparePool:
         self.ready: list[tuple[int, socket.socket]] = []
         self.failures = 0
         self.broken: str | None = None
+        self.warmed = False  # a spare has been ready once (see fill)
 
     @property
     def usable(self) -> bool:
         return self.size > 0 and self.broken is None
 
     def fill(self) -> None:
-        """Start a spare if the pool is short of one and none is starting: one at a time,
-        so that on a busy host the first is ready as soon as one Python can import every
-        layer, not when several sharing the CPUs have (the next starts when it is)."""
-        if self.usable and not self.starting and len(self.ready) < self.size:
+        """Start spares until the pool has `size` ready or starting. The very first one
+        alone: on a fresh daemon a domain waits for it, and it is ready as soon as one
+        Python has imported every layer, not when several sharing the CPUs have; after
+        that, replacements start together (a burst of creates takes them all)."""
+        while self.usable and len(self.starting) + len(self.ready) < self.size:
+            if self.starting and not self.warmed:
+                return
             self._start()
 
     def _start(self) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        warmed = self.warmed
         pid = self.forker.fork()
         if pid == 0:
             try:
+                if warmed:  # a replacement: its imports yield to domains that run
+                    spare.background()
                 theirs.set_inheritable(True)
                 os.execv(sys.executable, [sys.executable, "-m", "xenopus.toolstack.spare",
                                           str(theirs.fileno())])
@@ -122,6 +135,7 @@ class SparePool:
         self.sel.unregister(sock)
         if sock.recv(1) == spare.READY:
             self.failures = 0
+            self.warmed = True
             self.ready.append((pid, sock))
             self.fill()
             return
@@ -164,11 +178,24 @@ def serve(sock: socket.socket, spares: int = 0) -> None:
     forker = PidNamespaceForker()
     pool = SparePool(spares, forker, sel)
     pool.fill()
-    # Every layer imported (and the seccomp binding), before any domain is forked from
-    # here, so that forked children start warm; after the spares' start, which takes as
-    # long and is what a fresh daemon's first domain waits for.
-    spare.warm()
-    gc.freeze()  # imported objects live as long as the zygote: see main
+    warmed = False
+
+    def warm() -> None:
+        """Every layer imported (and the seccomp binding, which finds its C library here
+        where a jailed child could not) before any domain is forked from here, so that
+        forked children start warm. With spares only if the pool breaks and domains are
+        forked after all: until then every domain is a spare, which imports its own, and
+        a fresh daemon's first domain waits for one, not for this process too."""
+        nonlocal warmed
+        if not warmed:
+            spare.warm()
+            gc.freeze()  # imported objects live as long as the zygote: see main
+            warmed = True
+
+    if not pool.usable:
+        warm()
+    # The domain protocol (and the config it carries), while the first spare imports:
+    # a fresh daemon's first request comes about when that spare is ready.
     from xenopus.control import ProtocolError
     from xenopus.domain.protocol import Spawn, Spawned
     pending: collections.deque[tuple[Spawn, list[int]]] = collections.deque()
@@ -216,6 +243,7 @@ def serve(sock: socket.socket, spares: int = 0) -> None:
                 spawn, fds = pending.popleft()
             else:
                 spawn, fds = pending.popleft()
+                warm()
                 pid = _fork_domain(forker, pool, chan, sel, wake_r, wake_w, spawn, fds)
             # Closed before any further fork: a child holding a copy of the domain's
             # control channel would hide its end from the daemon.
