@@ -49,27 +49,9 @@ def die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-# The nice(2) value a replacement spare imports at (and the zygote its own layers): on a
-# busy host the domain that took the previous spare, still building, goes first.
-BACKGROUND_NICE = 10
-
-
-def background() -> None:
-    with contextlib.suppress(OSError):
-        os.setpriority(os.PRIO_PROCESS, 0, BACKGROUND_NICE)
-
-
-def foreground() -> None:
-    """Back to the default priority (the daemon runs as root, which may raise it)."""
-    with contextlib.suppress(OSError):
-        os.setpriority(os.PRIO_PROCESS, 0, 0)
-
-
 def become_domain(spawn: Spawn, fds: list[int], *, fresh_layout: bool) -> None:
     """Run the domain in this process and exit with its status; never returns."""
     from xenopus.domain import process as domain_process  # warm: imported already
-
-    foreground()  # a spare may have imported in the background
 
     code = 1
     try:

@@ -17,8 +17,9 @@ layout for all; the domain's jail reports the `aslr` layer as shared).
 A fresh daemon's first domain waits for the first spare, so that one goes first: the
 daemon starts the zygote before it imports itself, the zygote starts it before importing
 anything but the domain protocol (and every layer only if it forks domains: `--spares 0`,
-or a pool that broke), and replacements start once it is ready, at a lower priority
-(nice 10, back to 0 when one becomes a domain) so that a domain still building goes first.
+or a pool that broke), and the others start once it is ready. (Replacements are not
+started at a lower priority: on a busy host they would starve, and a burst of creates
+would wait for them.)
 
 Messages on the zygote's socket (`xenopus.control`, framed by `xenopus.ipc`):
   daemon → zygote  `Spawn` + 2 or 3 fds: the control channel, the domain's XenStore
@@ -113,12 +114,9 @@ class SparePool:
 
     def _start(self) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        warmed = self.warmed
         pid = self.forker.fork()
         if pid == 0:
             try:
-                if warmed:  # a replacement: its imports yield to domains that run
-                    spare.background()
                 theirs.set_inheritable(True)
                 os.execv(sys.executable, [sys.executable, "-m", "xenopus.toolstack.spare",
                                           str(theirs.fileno())])
