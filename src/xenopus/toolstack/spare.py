@@ -24,9 +24,12 @@ import os
 import signal
 import socket
 import sys
+from typing import TYPE_CHECKING
 
-from xenopus.domain.protocol import Spawn
 from xenopus.ipc import Channel
+
+if TYPE_CHECKING:  # imported by `warm`: the zygote imports this module before any layer
+    from xenopus.domain.protocol import Spawn
 
 READY = b"R"
 
@@ -98,6 +101,8 @@ def main() -> None:
     chan.close()
     if msg is None:
         os._exit(0)  # the zygote retired this spare
+    from xenopus.domain.protocol import Spawn  # warm: imported already
+
     # The zygote checked the request.
     become_domain(Spawn.from_wire(msg), fds, fresh_layout=True, seccomp_fd=seccomp_fd)
 
