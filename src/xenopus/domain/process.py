@@ -194,7 +194,8 @@ class DomainProcess:
         self._boot_state = guest.boot.cpu
         if guest.xen is not None and self.interdomain is not None:
             guest.xen.connect_interdomain(self.interdomain)
-        self.console.on_input = guest.serial.receive
+        if guest.serial is not None:  # Xen's PVH platform has no UART
+            self.console.on_input = guest.serial.receive
         if guest.vconsole is not None:
             self.vconsole.on_input = guest.vconsole.receive
         if guest.xen is not None:
