@@ -40,6 +40,7 @@ test: $(STAMP) compile deps guests
 test-linux: $(STAMP) compile deps guests shim
 	scripts/fetch-linux
 	scripts/fetch-qemu10
+	scripts/fetch-pvgrub
 	scripts/test-linux
 
 # Xen's PV shim from Debian's Xen source (type = "pv" with pvshim = 1), built once into

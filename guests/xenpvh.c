@@ -8,6 +8,7 @@
  *   - the legacy ports: COM1's LSR, the i8042 status, CMOS register 0x0A and PIT channel
  *     0 all read 0xFF with nothing there (xen), or answer (pc);
  *   - the FADT's IAPC_BOOT_ARCH: no 8042 and CMOS RTC not present (xen), or both (pc);
+ *   - the MADT: no IO-APIC and no ISA overrides (xen, as libxl's), or one IO-APIC (pc);
  *   - Xen's XenStore ring is still where HVM_PARAM_STORE_PFN says.
  * It also prints where its .lowpage section was loaded: guests/xenpvh-ff000.ld links it
  * at 0xFF000, the image's first PT_LOAD segment just below 1 MiB.
@@ -80,7 +81,9 @@ void guest_main(void)
     xcheck(facp != NULL, "FADT found (IAPC_BOOT_ARCH 0x%x)", boot_arch);
     xcheck(xen_platform ? !has_8042 && no_rtc : has_8042 && !no_rtc,
            "IAPC_BOOT_ARCH: 8042 %d, CMOS RTC not present %d", has_8042, no_rtc);
-    printf("xenpvh: MADT IO-APICs %u\n", acpi.nr_ioapics);
+    /* libxl's PVH MADT has no IO-APIC (libacpi's build_madt without ACPI_HAS_IOAPIC) */
+    xcheck(xen_platform ? acpi.nr_ioapics == 0 && acpi.nr_overrides == 0 : acpi.nr_ioapics == 1,
+           "MADT IO-APICs %u, ISA overrides %u", acpi.nr_ioapics, acpi.nr_overrides);
 
     u64 pfn = 0;
     long rc = hvm_get_param(HVM_PARAM_STORE_PFN, &pfn);

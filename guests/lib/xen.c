@@ -1020,6 +1020,14 @@ long xenbus_switch_state(struct xenbus_dev *d, u32 state)
     return xs_write(0, path, v);
 }
 
+long xenbus_write_u64(struct xenbus_dev *d, const char *key, u64 v)
+{
+    char path[128], val[24];
+    snprintf(path, sizeof(path), "%s/%s", d->node, key);
+    snprintf(val, sizeof(val), "%lu", v);
+    return xs_write(0, path, val);
+}
+
 long xen_pv_init(void)
 {
     long rc = xs_init();

@@ -665,6 +665,8 @@ long xenbus_find(struct xenbus_dev *d, const char *type, const char *id);
  * toolstack attaches while the guest runs (xl block-attach, network-attach). 0 or -err. */
 long xenbus_wait_for(const char *type, const char *id, unsigned ms);
 long xenbus_switch_state(struct xenbus_dev *d, u32 state);
+/* <node>/<key> = v in decimal (ring-ref, event-channel, feature-*): 0 or -err. */
+long xenbus_write_u64(struct xenbus_dev *d, const char *key, u64 v);
 /* xs_init, gnttab_init and xen_events_init in turn: 0, or the first failure. */
 long xen_pv_init(void);
 /* A frontend test's start: xen_pv_init, then xenbus_find(d, type, id), each checked with

@@ -15,11 +15,11 @@ import struct
 from pathlib import Path
 
 import pytest
-from elftools.elf.elffile import ELFFile
 
 from tests.unit import boothelp
 from tests.unit.boothelp import refused
 from xenopus.boot import BootImageError, load_kernel
+from xenopus.boot.elf import ElfFile
 from xenopus.boot.pvh import find_phys32_entry, parse_pvh
 from xenopus.memory.guest import GuestMemory
 from xenopus.xen import abi
@@ -138,7 +138,7 @@ def write(tmp_path: Path, data: bytes, name: str = "vmlinux") -> Path:
 def test_phys32_entry_payload_sizes(cls: int, fmt: str, value: int, note_as: str) -> None:
     # Another vendor's note first: only name "Xen" with type 18 counts.
     notes = note(b"GNU\0", 3, b"\1" * 20) + note(b"Xen\0", PHYS32_ENTRY, struct.pack(fmt, value))
-    elf = ELFFile(io.BytesIO(build_elf(cls=cls, notes=notes, note_as=note_as)))
+    elf = ElfFile(io.BytesIO(build_elf(cls=cls, notes=notes, note_as=note_as)))
     assert elf.elfclass == cls
     assert find_phys32_entry(elf, "x") == value
 

@@ -306,7 +306,7 @@ def test_xenbus_nodes_perms_and_features(blk: BlkRig):
     assert xs.client.get_perms(fe) == [f"n{DOMID}", "r0"]
     assert xs.client.get_perms(f"{fe}/state")[0] == f"n{DOMID}"
     for node, value in {"feature-flush-cache": "1", "feature-discard": "1",
-                        "feature-persistent": "0", "feature-max-indirect-segments": "256",
+                        "feature-persistent": "1", "feature-max-indirect-segments": "256",
                         "mode": "w"}.items():
         assert xs.read(f"{be}/{node}") == value
     # the guest itself can read its backend's nodes and write its own
@@ -457,6 +457,36 @@ def test_indirect_segments(blk: BlkRig, memory: GuestMemory):
     assert blk.run(bytes(ind))[0][2] == abi.BLKIF_RSP_ERROR
     ind.indirect_op, ind.nr_segments = abi.BLKIF_OP_READ, 300  # over the advertised 256
     assert blk.run(bytes(ind))[0][2] == abi.BLKIF_RSP_ERROR
+
+
+def test_persistent_grants_stay_mapped_until_disconnect(blk: BlkRig, memory: GuestMemory):
+    """blkif.h feature-persistent, as xen-blkfront asks for it: the data pages' grants are
+    mapped once (writable, serving reads and writes) and kept until the frontend closes;
+    a page granted read-only is still mapped per request and refused for a read."""
+    blk.back.wait_for(State.InitWait, TIMEOUT)
+    blk.xs.fe_write(f"{blk.back.fe}/feature-persistent", "1")
+    blk.connect()
+    memory.write(DATA_PFN * PAGE, b"P" * PAGE)
+    assert blk.run(blk_request(abi.BLKIF_OP_WRITE, 1, 8, [(DATA_GREF, 0, 7)])) == [
+        (1, abi.BLKIF_OP_WRITE, 0)]
+    assert blk.host.live == 2  # the ring and DATA_GREF, kept
+    memory.fill(DATA_PFN * PAGE, PAGE)
+    assert blk.run(blk_request(abi.BLKIF_OP_READ, 2, 8, [(DATA_GREF, 0, 7)])) == [
+        (2, abi.BLKIF_OP_READ, 0)]
+    assert memory.read(DATA_PFN * PAGE, PAGE) == b"P" * PAGE
+    assert blk.host.live == 2  # the same mapping served the read
+    if isinstance(blk.host, RealGrantHost):  # the entry stays in use: GTF_reading|writing
+        users, writers = blk.host.table.in_use(DATA_GREF)
+        assert (users, writers) == (1, 1)
+    rsp = blk.run(blk_request(abi.BLKIF_OP_WRITE, 3, 16, [(IND_GREF, 0, 0)]),
+                  blk_request(abi.BLKIF_OP_READ, 4, 16, [(IND_GREF, 0, 0)]))
+    assert rsp == [(3, abi.BLKIF_OP_WRITE, 0), (4, abi.BLKIF_OP_READ, abi.BLKIF_RSP_ERROR)]
+    assert blk.host.live == 2  # the read-only page was not kept
+    blk.xs.fe_write(f"{blk.back.fe}/state", str(int(State.Closing)))
+    assert blk.back.wait_for(State.Closing, TIMEOUT)
+    assert blk.host.live == 0
+    if isinstance(blk.host, RealGrantHost):
+        assert blk.host.table.in_use(DATA_GREF) == (0, 0)
 
 
 @pytest.mark.parametrize("req, status", [

@@ -174,6 +174,43 @@ def test_a_xen_guest_s_timer_and_event_channels_keep_firing_after_restore(
     assert f"RESULT: PASS xentick ticks={ticks}" in text, text[-500:]
 
 
+def test_a_vcpu_taken_down_stays_down_after_restore_and_comes_up_again(
+    xenopus: Xenopus, tmp_path: Path,
+) -> None:
+    """vCPU hotplug (VCPUOP_initialise/up/down): the vCPU the guest took down is saved
+    down (the xen part's vcpu_op state), stays parked after restore, and VCPUOP_up brings
+    it back from where it left."""
+    cfg = xenopus.config("hot", "xenvcpuset.elf", vcpus=1, maxvcpus=3, on_poweroff="destroy")
+    assert xenopus.run("create", "-q", str(cfg)).returncode == 0
+    console = xenopus.popen("console", "hot")
+    assert console.stdout is not None
+    read_until(console.stdout, b"vcpuset: online 1 of 3")
+    assert xenopus.run("vcpu-set", "-i", "hot", "3").returncode == 0
+    read_until(console.stdout, b"vcpuset: online 3 of 3")
+    assert xenopus.run("vcpu-set", "hot", "2").returncode == 0
+    read_until(console.stdout, b"vcpuset: online 2 of 3")
+    image = tmp_path / "hot.img"
+    saved = xenopus.run("save", "hot", str(image))
+    assert saved.returncode == 0, saved.stderr
+    console.communicate(timeout=60)
+    restored = xenopus.run("restore", str(image))
+    assert restored.returncode == 0, restored.stderr
+    try:
+        rows = [line.split() for line in
+                xenopus.run("vcpu-list", "hot", check=True).stdout.splitlines()[1:]]
+        assert rows[1][3].isdigit() and rows[2][3:5] == ["-", "--p"], rows  # 2 still down
+        console = xenopus.popen("console", "hot")
+        assert console.stdout is not None
+        assert xenopus.run("vcpu-set", "-i", "hot", "3").returncode == 0
+        read_until(console.stdout, b"vcpuset: online 3 of 3")
+        rows = [line.split() for line in
+                xenopus.run("vcpu-list", "hot", check=True).stdout.splitlines()[1:]]
+        assert all(r[3].isdigit() for r in rows), rows
+    finally:
+        xenopus.run("destroy", "hot")
+        console.wait(60)
+
+
 @pytest.fixture(scope="module")
 def receiver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Xenopus]:
     """A second host: a daemon with a run directory of its own."""

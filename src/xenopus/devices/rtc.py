@@ -13,7 +13,6 @@ from the time elapsed since the previous read.
 
 from __future__ import annotations
 
-import calendar
 import math
 import threading
 import time
@@ -211,7 +210,7 @@ class CmosRtc:
             return  # an impossible date: keep the clock as it was
         # Whole seconds only, so the host's sub-second phase (and UIP) carries on.
         # The weekday follows from the date, whatever the guest wrote.
-        self._offset = calendar.timegm(when.timetuple()) - math.floor(self._clock())
+        self._offset = int(when.timestamp()) - math.floor(self._clock())
 
     def _uip(self) -> bool:
         if self._mode() & B_SET:

@@ -156,9 +156,12 @@ def build_guest(
         # maxvcpus vCPUs exist, `vcpus` of them online at boot (xl.cfg(5) maxvcpus)
         maxvcpus = config.maxvcpus or config.vcpus
         legacy = config.pvh_platform == "pc"  # else Xen's PVH platform: none of them
+        # A PV shim domain's MADT has no IO-APIC (AcpiPlatform.io_apic says why), nor has
+        # the MADT libxl builds for a PVH domU (libacpi without ACPI_HAS_IOAPIC).
         rsdp = install(memory, AcpiPlatform(vcpus=maxvcpus, online=config.vcpus,
                                             pci=AcpiPci.default(ram_end), serial=legacy,
-                                            rtc=legacy, i8042=legacy))
+                                            rtc=legacy, i8042=legacy,
+                                            io_apic=legacy and not config.pvshim))
         kvm = kvm or Kvm()
         if config.pvshim:
             assert config.pvshim_path is not None  # resolved by DomainConfig

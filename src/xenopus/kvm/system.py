@@ -190,6 +190,19 @@ class VmFd:
         del buf
         return bitmap
 
+    def clear_dirty_log(self, slot: int, bitmap: bytearray, first_page: int = 0,
+                        pages: int | None = None) -> None:
+        """Clear the bits set in `bitmap` (pages from `first_page`, a multiple of 64) from
+        the slot's dirty log and write-protect those pages again, so the next write to one
+        is logged (api.rst, KVM_CLEAR_DIRTY_LOG; needs KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2
+        enabled)."""
+        count = len(bitmap) * 8 if pages is None else pages
+        buf = (ctypes.c_char * len(bitmap)).from_buffer(bitmap)
+        req = u.kvm_clear_dirty_log(slot=slot, num_pages=count, first_page=first_page,
+                                    dirty_bitmap=ctypes.addressof(buf))
+        _ioctl(self.fd, u.KVM_CLEAR_DIRTY_LOG, req, f"KVM_CLEAR_DIRTY_LOG slot {slot}")
+        del buf
+
     def set_tss_addr(self, addr: int = TSS_ADDR) -> None:
         _ioctl(self.fd, u.KVM_SET_TSS_ADDR, addr, "KVM_SET_TSS_ADDR")
 
@@ -270,6 +283,21 @@ class VmFd:
     def xen_hvm_config(self, msr: int, flags: int = 0) -> None:
         req = u.kvm_xen_hvm_config(flags=flags, msr=msr)
         _ioctl(self.fd, u.KVM_XEN_HVM_CONFIG, req, "KVM_XEN_HVM_CONFIG")
+
+    def xen_set_attr(self, attr: u.kvm_xen_hvm_attr) -> None:
+        """KVM_XEN_HVM_SET_ATTR (api.rst 4.127)."""
+        _ioctl(self.fd, u.KVM_XEN_HVM_SET_ATTR, attr, f"KVM_XEN_HVM_SET_ATTR {attr.type}")
+
+    def xen_get_attr(self, attr: u.kvm_xen_hvm_attr) -> u.kvm_xen_hvm_attr:
+        """KVM_XEN_HVM_GET_ATTR (api.rst 4.128): `attr` with its `type` set, filled in."""
+        _ioctl(self.fd, u.KVM_XEN_HVM_GET_ATTR, attr, f"KVM_XEN_HVM_GET_ATTR {attr.type}")
+        return attr
+
+    def xen_evtchn_send(self, port: int, vcpu: int) -> None:
+        """KVM_XEN_HVM_EVTCHN_SEND (api.rst 4.132): raise a 2-level port as Xen would."""
+        req = u.kvm_irq_routing_xen_evtchn(
+            port=port, vcpu=vcpu, priority=u.KVM_IRQ_ROUTING_XEN_EVTCHN_PRIO_2LEVEL)
+        _ioctl(self.fd, u.KVM_XEN_HVM_EVTCHN_SEND, req, f"KVM_XEN_HVM_EVTCHN_SEND {port}")
 
     def check_extension(self, cap: int) -> int:
         """KVM_CHECK_EXTENSION on the VM fd: some capabilities (KVM_CAP_XSAVE2's buffer
@@ -361,6 +389,15 @@ class VcpuFd:
 
     def set_cpuid2(self, cpuid: ctypes.Structure) -> None:
         _ioctl(self.fd, u.KVM_SET_CPUID2, cpuid, "KVM_SET_CPUID2")
+
+    def xen_set_attr(self, attr: u.kvm_xen_vcpu_attr) -> None:
+        """KVM_XEN_VCPU_SET_ATTR (api.rst 4.129; takes the vCPU mutex)."""
+        _ioctl(self.fd, u.KVM_XEN_VCPU_SET_ATTR, attr, f"KVM_XEN_VCPU_SET_ATTR {attr.type}")
+
+    def xen_get_attr(self, attr: u.kvm_xen_vcpu_attr) -> u.kvm_xen_vcpu_attr:
+        """KVM_XEN_VCPU_GET_ATTR (api.rst 4.130): `attr` with its `type` set, filled in."""
+        _ioctl(self.fd, u.KVM_XEN_VCPU_GET_ATTR, attr, f"KVM_XEN_VCPU_GET_ATTR {attr.type}")
+        return attr
 
     def set_msrs(self, values: Mapping[int, int]) -> None:
         buf = u.msrs_with(len(values))

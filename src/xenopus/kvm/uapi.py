@@ -54,11 +54,15 @@ KVM_CAP_X2APIC_API = 129
 KVM_CAP_IMMEDIATE_EXIT = 136
 KVM_CAP_X86_DISABLE_EXITS = 143
 KVM_CAP_GET_MSR_FEATURES = 153
+KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 = 168
 KVM_CAP_X86_USER_SPACE_MSR = 188
+KVM_CAP_DIRTY_LOG_RING = 192
 KVM_CAP_X86_MSR_FILTER = 189
 KVM_CAP_EXIT_HYPERCALL = 201
 KVM_CAP_XSAVE2 = 208
 KVM_CAP_X86_TRIPLE_FAULT_EVENT = 218
+KVM_CAP_DIRTY_LOG_RING_ACQ_REL = 223
+KVM_CAP_DIRTY_LOG_RING_WITH_BITMAP = 225
 
 # --- paravirtual CPUID leaves (arch/x86/include/uapi/asm/kvm_para.h) ----------------------
 KVM_CPUID_SIGNATURE = 0x40000000  # EAX: the highest KVM leaf; EBX, ECX, EDX: the signature
@@ -148,6 +152,10 @@ KVM_MSR_FILTER_DEFAULT_DENY = 1 << 0
 
 # kvm_userspace_memory_region.flags
 KVM_MEM_LOG_DIRTY_PAGES = 1 << 0
+# api.rst 7.18 KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2's args[0]: KVM_GET_DIRTY_LOG no longer
+# clears and write-protects what it reports; KVM_CLEAR_DIRTY_LOG does, for the pages named.
+KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE = 1 << 0
+KVM_DIRTY_LOG_INITIALLY_SET = 1 << 1
 KVM_MEM_READONLY = 1 << 1
 
 # kvm_mp_state.mp_state
@@ -187,6 +195,28 @@ KVM_XEN_HVM_CONFIG_RUNSTATE = 1 << 3
 KVM_XEN_HVM_CONFIG_EVTCHN_2LEVEL = 1 << 4
 KVM_XEN_HVM_CONFIG_EVTCHN_SEND = 1 << 5
 KVM_EXIT_XEN_HCALL = 1  # struct kvm_xen_exit.type
+# api.rst 4.127 KVM_XEN_HVM_SET_ATTR: the per-VM attribute types (kvm_xen_hvm_attr.type).
+KVM_XEN_ATTR_TYPE_LONG_MODE = 0x0
+KVM_XEN_ATTR_TYPE_SHARED_INFO = 0x1
+KVM_XEN_ATTR_TYPE_UPCALL_VECTOR = 0x2
+KVM_XEN_ATTR_TYPE_EVTCHN = 0x3  # with KVM_XEN_HVM_CONFIG_EVTCHN_SEND
+KVM_XEN_ATTR_TYPE_XEN_VERSION = 0x4  # with KVM_XEN_HVM_CONFIG_EVTCHN_SEND
+KVM_XEN_EVTCHN_DEASSIGN = 1 << 0  # kvm_xen_hvm_attr.u.evtchn.flags
+KVM_XEN_EVTCHN_UPDATE = 1 << 1
+KVM_XEN_EVTCHN_RESET = 1 << 2
+KVM_XEN_INVALID_GFN = (1 << 64) - 1  # shared_info.gfn: none
+# api.rst 4.129 KVM_XEN_VCPU_SET_ATTR: the per-vCPU attribute types (kvm_xen_vcpu_attr.type).
+KVM_XEN_VCPU_ATTR_TYPE_VCPU_INFO = 0x0
+KVM_XEN_VCPU_ATTR_TYPE_VCPU_TIME_INFO = 0x1
+KVM_XEN_VCPU_ATTR_TYPE_RUNSTATE_ADDR = 0x2
+KVM_XEN_VCPU_ATTR_TYPE_RUNSTATE_CURRENT = 0x3
+KVM_XEN_VCPU_ATTR_TYPE_RUNSTATE_DATA = 0x4
+KVM_XEN_VCPU_ATTR_TYPE_RUNSTATE_ADJUST = 0x5
+KVM_XEN_VCPU_ATTR_TYPE_VCPU_ID = 0x6  # with KVM_XEN_HVM_CONFIG_EVTCHN_SEND
+KVM_XEN_VCPU_ATTR_TYPE_TIMER = 0x7
+KVM_XEN_VCPU_ATTR_TYPE_UPCALL_VECTOR = 0x8
+KVM_XEN_INVALID_GPA = (1 << 64) - 1  # kvm_xen_vcpu_attr.u.gpa: none
+KVM_IRQ_ROUTING_XEN_EVTCHN_PRIO_2LEVEL = 0xFFFFFFFF  # the only priority KVM delivers
 # asm/kvm_para.h: KVM's paravirtual MSRs. kvmclock's pvclock_vcpu_time_info is Xen's
 # vcpu_time_info; the first two are the pre-"NEW" numbers older guests use.
 MSR_KVM_WALL_CLOCK = 0x11
@@ -488,6 +518,14 @@ class kvm_dirty_log(ctypes.Structure):  # noqa: N801
     _fields_ = [("slot", c_uint32), ("padding1", c_uint32), ("dirty_bitmap", ctypes.c_void_p)]
 
 
+class kvm_clear_dirty_log(ctypes.Structure):  # noqa: N801
+    """api.rst 4.117 KVM_CLEAR_DIRTY_LOG: `num_pages` pages from `first_page` (a multiple
+    of 64) of `slot`, a set bit of the bitmap clearing (and write-protecting) that page."""
+
+    _fields_ = [("slot", c_uint32), ("num_pages", c_uint32), ("first_page", c_uint64),
+                ("dirty_bitmap", ctypes.c_void_p)]
+
+
 class kvm_clock_data(ctypes.Structure):  # noqa: N801
     _fields_ = [
         ("clock", c_uint64),  # kvmclock nanoseconds
@@ -562,6 +600,67 @@ class kvm_xen_hvm_config(ctypes.Structure):  # noqa: N801
         ("blob_size_64", c_uint8),
         ("pad2", c_uint8 * 30),
     ]
+
+
+class _xen_evtchn_port(ctypes.Structure):  # noqa: N801
+    _fields_ = [("port", c_uint32), ("vcpu", c_uint32), ("priority", c_uint32)]
+
+
+class _xen_evtchn_eventfd(ctypes.Structure):  # noqa: N801
+    _fields_ = [("port", c_uint32), ("fd", c_int32)]  # port 0: signal the eventfd
+
+
+class _xen_evtchn_deliver(ctypes.Union):  # noqa: N801
+    _fields_ = [("port", _xen_evtchn_port), ("eventfd", _xen_evtchn_eventfd),
+                ("padding", c_uint32 * 4)]
+
+
+class _xen_attr_evtchn(ctypes.Structure):  # noqa: N801
+    _fields_ = [("send_port", c_uint32), ("type", c_uint32), ("flags", c_uint32),
+                ("deliver", _xen_evtchn_deliver)]
+
+
+class _xen_attr_shared_info(ctypes.Structure):  # noqa: N801
+    _fields_ = [("gfn", c_uint64)]
+
+
+class _xen_hvm_attr_u(ctypes.Union):  # noqa: N801
+    _fields_ = [("long_mode", c_uint8), ("vector", c_uint8),
+                ("shared_info", _xen_attr_shared_info), ("evtchn", _xen_attr_evtchn),
+                ("xen_version", c_uint32), ("pad", c_uint64 * 8)]
+
+
+class kvm_xen_hvm_attr(ctypes.Structure):  # noqa: N801
+    """KVM_XEN_HVM_SET_ATTR / _GET_ATTR (api.rst 4.127, 4.128): `type` picks the member."""
+
+    _fields_ = [("type", c_uint16), ("pad", c_uint16 * 3), ("u", _xen_hvm_attr_u)]
+
+
+class _xen_runstate(ctypes.Structure):  # noqa: N801
+    _fields_ = [("state", c_uint64), ("state_entry_time", c_uint64),
+                ("time_running", c_uint64), ("time_runnable", c_uint64),
+                ("time_blocked", c_uint64), ("time_offline", c_uint64)]
+
+
+class _xen_timer(ctypes.Structure):  # noqa: N801
+    _fields_ = [("port", c_uint32), ("priority", c_uint32), ("expires_ns", c_uint64)]
+
+
+class _xen_vcpu_attr_u(ctypes.Union):  # noqa: N801
+    _fields_ = [("gpa", c_uint64), ("pad", c_uint64 * 8), ("runstate", _xen_runstate),
+                ("vcpu_id", c_uint32), ("timer", _xen_timer), ("vector", c_uint8)]
+
+
+class kvm_xen_vcpu_attr(ctypes.Structure):  # noqa: N801
+    """KVM_XEN_VCPU_SET_ATTR / _GET_ATTR (api.rst 4.129, 4.130)."""
+
+    _fields_ = [("type", c_uint16), ("pad", c_uint16 * 3), ("u", _xen_vcpu_attr_u)]
+
+
+class kvm_irq_routing_xen_evtchn(ctypes.Structure):  # noqa: N801
+    """KVM_XEN_HVM_EVTCHN_SEND's argument (api.rst 4.132), also a GSI route's target."""
+
+    _fields_ = [("port", c_uint32), ("vcpu", c_uint32), ("priority", c_uint32)]
 
 
 # --- struct kvm_run and its exit union ------------------------------------------------------
@@ -784,6 +883,7 @@ KVM_GET_MSR_FEATURE_INDEX_LIST = _IOWR(KVMIO, 0x0A, kvm_msr_list)
 # VM
 KVM_CREATE_VCPU = _IO(KVMIO, 0x41)
 KVM_GET_DIRTY_LOG = _IOW(KVMIO, 0x42, kvm_dirty_log)
+KVM_CLEAR_DIRTY_LOG = _IOWR(KVMIO, 0xC0, kvm_clear_dirty_log)
 KVM_SET_USER_MEMORY_REGION = _IOW(KVMIO, 0x46, kvm_userspace_memory_region)
 KVM_SET_TSS_ADDR = _IO(KVMIO, 0x47)
 KVM_SET_IDENTITY_MAP_ADDR = _IOW(KVMIO, 0x48, c_uint64)
@@ -802,6 +902,9 @@ KVM_GET_PIT2 = _IOR(KVMIO, 0x9F, kvm_pit_state2)
 KVM_SET_PIT2 = _IOW(KVMIO, 0xA0, kvm_pit_state2)
 KVM_ENABLE_CAP = _IOW(KVMIO, 0xA3, kvm_enable_cap)
 KVM_X86_SET_MSR_FILTER = _IOW(KVMIO, 0xC6, kvm_msr_filter)
+KVM_XEN_HVM_GET_ATTR = _IOWR(KVMIO, 0xC8, kvm_xen_hvm_attr)
+KVM_XEN_HVM_SET_ATTR = _IOW(KVMIO, 0xC9, kvm_xen_hvm_attr)
+KVM_XEN_HVM_EVTCHN_SEND = _IOW(KVMIO, 0xD0, kvm_irq_routing_xen_evtchn)
 # vCPU
 KVM_RUN = _IO(KVMIO, 0x80)
 KVM_GET_REGS = _IOR(KVMIO, 0x81, kvm_regs)
@@ -827,6 +930,8 @@ KVM_GET_XSAVE = _IOR(KVMIO, 0xA4, kvm_xsave)
 KVM_SET_XSAVE = _IOW(KVMIO, 0xA5, kvm_xsave)
 KVM_GET_XCRS = _IOR(KVMIO, 0xA6, kvm_xcrs)
 KVM_SET_XCRS = _IOW(KVMIO, 0xA7, kvm_xcrs)
+KVM_XEN_VCPU_GET_ATTR = _IOWR(KVMIO, 0xCA, kvm_xen_vcpu_attr)
+KVM_XEN_VCPU_SET_ATTR = _IOW(KVMIO, 0xCB, kvm_xen_vcpu_attr)
 KVM_GET_XSAVE2 = _IOR(KVMIO, 0xCF, kvm_xsave)  # the buffer is KVM_CAP_XSAVE2 octets
 
 CAP_NAMES: dict[int, str] = {

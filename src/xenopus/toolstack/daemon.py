@@ -278,6 +278,8 @@ class Daemon:
                 # By pid: the domain may have left the table already (it said Finished).
                 rec = self._processes.pop(event.pid, None)
                 jail.remove_cpu_share(event.pid)  # its v1 cpu cgroup, if sched-credit made one
+                if event.domid not in self.domains:  # (a rebuild's new process may be in it)
+                    jail.remove_cgroup(event.domid)
                 if rec is not None:
                     rec.exit_info = event
                     rec.exited.set()
@@ -873,6 +875,9 @@ class Daemon:
         if self.domains.get(rec.domid) is rec:
             del self.domains[rec.domid]
             self._save_table()
+        # Its cgroup v2 directory, if its process has left it (else when the zygote
+        # reports the exit, or the next daemon's start sweeps it).
+        jail.remove_cgroup(rec.domid)
         rec.gone.set()
         rec.pulse()
 
@@ -1053,6 +1058,8 @@ class Daemon:
         ids = [next_domid if isinstance(next_domid, int) else 1, *(d + 1 for d in self.domains)]
         self.next_domid = max(ids)
         self._save_table()
+        for domid in jail.stale_cgroups(self.domains):  # of domains lost while no daemon ran
+            jail.remove_cgroup(domid)
 
     async def _adopt(self, entry: dict[str, Any]) -> DomainRecord:
         domid, name, pid = int(entry["domid"]), str(entry["name"]), int(entry["pid"])
@@ -1066,6 +1073,7 @@ class Daemon:
             if peer_of(sock).pid != pid:
                 raise ValueError(f"control.sock is held by pid {peer_of(sock).pid}, not {pid}")
             xs_ours, xs_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            be_ours, be_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
             rec = DomainRecord(domid, config, state="running", pid=pid,
                                uuid=str(entry.get("uuid") or uuid4()),
                                created=float(entry.get("created", time.time())), adopted=True,
@@ -1076,8 +1084,12 @@ class Daemon:
                 rec.next_config = DomainConfig.from_dict(entry["next_config"])
             await self.xenstore.add_domain(domid, name, config, rec.uuid, rec.created, xs_ours)
             self.xenstore.console_ready(domid, rec.console_nodes)
-            ipc.send_with_fds(sock, Request("adopt", {}, 1).to_wire(), [xs_theirs.fileno()])
+            # Its PV backends' connection too: the one they had went with the old daemon.
+            await self.xenstore.serve_backends(domid, be_ours)
+            ipc.send_with_fds(sock, Request("adopt", {}, 1).to_wire(),
+                              [xs_theirs.fileno(), be_theirs.fileno()])
             xs_theirs.close()
+            be_theirs.close()
             reader, rec.writer = await asyncio.open_unix_connection(sock=sock)
         except BaseException:
             sock.close()
@@ -1145,6 +1157,11 @@ class Daemon:
         on (-c), stays paused (-p) or is destroyed. A failed save leaves it running."""
         rec = self.lookup(req.dom)
         config = self._load_config(req)[0] if req.args.get("path") else rec.config
+        online = self.xenstore.vcpus_available(rec.domid)
+        if not req.args.get("path") and online and online != config.vcpus:
+            # libxl_retrieve_domain_configuration: the image's config has the vCPUs online
+            # now (xl vcpu-set), so the restored XenStore does not take others down.
+            config = dataclasses.replace(config, vcpus=online)
         then = "pause" if req.args.get("paused") else "run" if req.args.get("checkpoint") else "stop"
         token = await self._hand_over(rec, await self._client_file(client))
         reply = await self._until_answered(rec, Request("save", {
@@ -1322,7 +1339,8 @@ class Daemon:
                 made.append(rec)
                 report.append({"domid": rec.domid, "name": rec.name, "pages": data.get("pages"),
                                "seconds": data.get("seconds"),
-                               "since_start": data.get("since_start")})
+                               "since_start": data.get("since_start"),
+                               "phases": data.get("phases", {})})
         except BaseException:
             for rec in made:
                 await self._destroy(rec)

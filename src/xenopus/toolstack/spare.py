@@ -7,6 +7,9 @@ of its own PID namespace, that has already imported every layer and waits for on
 A create consumes a spare (it becomes that domain's process, with no further fork) and
 the zygote starts its replacement in the background.
 
+Its arguments: the socket to the zygote and, when the zygote could compile one, the
+sealed memfd holding the seccomp filter (domain/seccomp_policy.py) its jail loads.
+
 On the socket the zygote gives it (`xenopus.ipc` framing):
   spare → zygote  one byte, READY, once its imports are done
   zygote → spare  `Spawn` + 2 or 3 fds, exactly as the zygote received them
@@ -22,14 +25,23 @@ import signal
 import socket
 import sys
 
-import xenopus.domain.process as domain_process  # noqa: I001 - imported warm, before READY
 from xenopus.domain.protocol import Spawn
 from xenopus.ipc import Channel
 
-with contextlib.suppress(ImportError, OSError):  # without libseccomp the layer says it is missing
-    import xenopus.domain.seccomp_policy  # noqa: F401
-
 READY = b"R"
+
+
+def warm() -> None:
+    """Import every layer a domain process runs (and the seccomp binding, which finds its
+    C library here, where a jailed child could not): a spare does before READY, the
+    zygote after it has started its first spares (their start-up is the long pole of a
+    first domain on a fresh daemon: they import while it does)."""
+    import xenopus.domain.process  # noqa: F401
+
+    with contextlib.suppress(ImportError, OSError):  # without libseccomp the layer says it is missing
+        import xenopus.domain.seccomp_policy  # noqa: F401
+
+
 PR_SET_PDEATHSIG = 1  # prctl(2)
 
 
@@ -39,8 +51,11 @@ def die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def become_domain(spawn: Spawn, fds: list[int], *, fresh_layout: bool) -> None:
+def become_domain(spawn: Spawn, fds: list[int], *, fresh_layout: bool,
+                  seccomp_fd: int | None = None) -> None:
     """Run the domain in this process and exit with its status; never returns."""
+    from xenopus.domain import process as domain_process  # warm: imported already
+
     code = 1
     try:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
@@ -48,7 +63,7 @@ def become_domain(spawn: Spawn, fds: list[int], *, fresh_layout: bool) -> None:
         signal.set_wakeup_fd(-1)
         code = domain_process.run_domain(
             spawn, fds[0], xenstore_fd=fds[1], interdomain_fd=fds[2] if len(fds) == 3 else None,
-            fresh_layout=fresh_layout,
+            fresh_layout=fresh_layout, seccomp_fd=seccomp_fd,
         )
     except BaseException:  # noqa: BLE001 - report, then exit: never return into a caller's loop
         import traceback
@@ -60,15 +75,18 @@ def become_domain(spawn: Spawn, fds: list[int], *, fresh_layout: bool) -> None:
 
 def main() -> None:
     die_with_parent()
+    warm()
     gc.freeze()  # as in the zygote: imported objects live as long as the process
     sock = socket.socket(fileno=int(sys.argv[1]))
+    seccomp_fd = int(sys.argv[2]) if len(sys.argv) > 2 else None
     sock.sendall(READY)
     chan = Channel(sock)
     msg, fds = chan.recv_with_fds(3)
     chan.close()
     if msg is None:
         os._exit(0)  # the zygote retired this spare
-    become_domain(Spawn.from_wire(msg), fds, fresh_layout=True)  # the zygote checked it
+    # The zygote checked the request.
+    become_domain(Spawn.from_wire(msg), fds, fresh_layout=True, seccomp_fd=seccomp_fd)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from typing import Any
 
 from xenopus.domain.config import DomainConfig
 from xenopus.xen.xenstore import wire
-from xenopus.xen.xenstore.server import PeerScope, XenStoreServer
+from xenopus.xen.xenstore.server import PeerScope, Scope, XenStoreServer
 from xenopus.xen.xenstore.store import Perm, Quota, Store, XsError
 
 log = logging.getLogger("xenopus.xenstore")
@@ -74,6 +74,7 @@ class XenStored:
         self.server = XenStoreServer(self.store)
         self.dom0 = self.store.connect(0, lambda path, token: None)
         self._tasks: dict[int, asyncio.Task] = {}
+        self._backend_tasks: dict[int, asyncio.Task] = {}
         self._vm_paths: dict[int, str] = {}
         self._published: str | None = None
         self.path = ""  # the socket this XenStore serves on (XENSTORED_PATH)
@@ -185,6 +186,26 @@ class XenStored:
         self.store.introduce(self.dom0, domid)
         reader, writer = await asyncio.open_unix_connection(sock=sock)
         self._tasks[domid] = asyncio.create_task(self._serve(domid, reader, writer))
+
+    async def serve_backends(self, domid: int, sock: socket.socket) -> None:
+        """Serve domain `domid`'s PV backends (its process's XenStore client) on `sock`,
+        scoped to that domain as a connection on the socket would be: for a domain a
+        restarted daemon adopts, whose process cannot reach the new daemon's socket (its
+        jail holds the old one's)."""
+        reader, writer = await asyncio.open_unix_connection(sock=sock)
+
+        async def serve() -> None:
+            try:
+                await self.server.serve_stream(reader, writer, Scope(domid))
+            except (ConnectionError, OSError) as e:
+                log.info("xenstore: domain %d's backends' connection ended: %s", domid, e)
+            finally:
+                writer.close()
+
+        old = self._backend_tasks.pop(domid, None)
+        if old is not None:
+            old.cancel()
+        self._backend_tasks[domid] = asyncio.create_task(serve())
 
     def store_ready(self, domid: int, port: int, ring_ref: int) -> None:
         """The XenStore ring's event channel and frame (libxl__build_post)."""
@@ -420,15 +441,20 @@ class XenStored:
     def remove_domain(self, domid: int) -> None:
         """@releaseDomain, then the domain's nodes go (libxl__destroy_domid: its home,
         /vm, /libxl and its backends under dom0)."""
-        task = self._tasks.pop(domid, None)
-        if task is not None:
-            task.cancel()
+        for tasks in (self._tasks, self._backend_tasks):
+            task = tasks.pop(domid, None)
+            if task is not None:
+                task.cancel()
         s, c = self.store, self.dom0
         with contextlib.suppress(XsError):
             if s.is_domain_introduced(domid):
                 s.release(c, domid)
+        try:  # every kind of backend: a process that died could not remove its own
+            kinds = s.directory(c, "/local/domain/0/backend")
+        except XsError:
+            kinds = []
         paths = [f"/local/domain/{domid}", self._vm_paths.pop(domid, None), f"/libxl/{domid}",
-                 f"/local/domain/0/backend/console/{domid}"]
+                 *(f"/local/domain/0/backend/{kind}/{domid}" for kind in kinds)]
         for path in paths:
             if path:
                 with contextlib.suppress(XsError):

@@ -32,17 +32,14 @@ import socket
 import sys
 
 from xenopus.control import ProtocolError
-from xenopus.domain import jail
+from xenopus.domain import jail, seccomp_policy
 from xenopus.domain.protocol import (
     Exited,
     Spawn,
     Spawned,
 )
 from xenopus.ipc import Channel
-
-# Imports every layer (and the seccomp binding, which finds its C library here where a
-# jailed child could not), before any fork, so that forked children start warm.
-from xenopus.toolstack import spare
+from xenopus.toolstack import spare  # every layer is imported by `serve` (spare.warm)
 
 
 class SparePool:
@@ -52,8 +49,10 @@ class SparePool:
     # creates fork from the zygote (sharing its layout) rather than wait for ever.
     MAX_FAILURES = 3
 
-    def __init__(self, size: int, forker: jail.PidNamespaceForker, sel: selectors.BaseSelector):
+    def __init__(self, size: int, forker: jail.PidNamespaceForker, sel: selectors.BaseSelector,
+                 seccomp_fd: int | None = None):
         self.size = size
+        self.seccomp_fd = seccomp_fd
         self.forker = forker
         self.sel = sel
         self.starting: dict[int, socket.socket] = {}  # pid -> its socket, until READY
@@ -66,7 +65,10 @@ class SparePool:
         return self.size > 0 and self.broken is None
 
     def fill(self) -> None:
-        while self.usable and len(self.starting) + len(self.ready) < self.size:
+        """Start a spare if the pool is short of one and none is starting: one at a time,
+        so that on a busy host the first is ready as soon as one Python can import every
+        layer, not when several sharing the CPUs have (the next starts when it is)."""
+        if self.usable and not self.starting and len(self.ready) < self.size:
             self._start()
 
     def _start(self) -> None:
@@ -75,8 +77,11 @@ class SparePool:
         if pid == 0:
             try:
                 theirs.set_inheritable(True)
-                os.execv(sys.executable, [sys.executable, "-m", "xenopus.toolstack.spare",
-                                          str(theirs.fileno())])
+                argv = [sys.executable, "-m", "xenopus.toolstack.spare", str(theirs.fileno())]
+                if self.seccomp_fd is not None:
+                    os.set_inheritable(self.seccomp_fd, True)
+                    argv.append(str(self.seccomp_fd))
+                os.execv(sys.executable, argv)
             finally:
                 os._exit(127)
         theirs.close()
@@ -91,6 +96,7 @@ class SparePool:
         if sock.recv(1) == spare.READY:
             self.failures = 0
             self.ready.append((pid, sock))
+            self.fill()
             return
         sock.close()  # it died before it was ready: _reap collects it
         self.failures += 1
@@ -98,6 +104,7 @@ class SparePool:
             self.broken = f"{self.failures} spares in a row died before they were ready"
             print(f"xenopus zygote: {self.broken}; forking domains from the zygote, which "
                   "share its address-space layout", file=sys.stderr)
+        self.fill()
 
     def take(self) -> tuple[int, socket.socket] | None:
         return self.ready.pop(0) if self.ready else None
@@ -116,9 +123,10 @@ class SparePool:
         self.fill()
 
 
-def serve(sock: socket.socket, spares: int = 0) -> None:
+def serve(sock: socket.socket, spares: int = 0, seccomp_fd: int | None = None) -> None:
     """Fork or hand out one domain process per Spawn. With `spares`, each domain is an
-    exec'd spare with its own layout; with none, a fork of this process."""
+    exec'd spare with its own layout; with none, a fork of this process. `seccomp_fd`:
+    the compiled seccomp filter each domain's jail loads (None: each compiles its own)."""
     chan = Channel(sock)
     children: dict[int, int] = {}  # pid -> domid
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -128,8 +136,13 @@ def serve(sock: socket.socket, spares: int = 0) -> None:
     sel.register(sock, selectors.EVENT_READ)
     sel.register(wake_r, selectors.EVENT_READ)
     forker = jail.PidNamespaceForker()
-    pool = SparePool(spares, forker, sel)
+    pool = SparePool(spares, forker, sel, seccomp_fd)
     pool.fill()
+    # Every layer imported (and the seccomp binding), before any domain is forked from
+    # here, so that forked children start warm; after the spares' start, which takes as
+    # long and is what a fresh daemon's first domain waits for.
+    spare.warm()
+    gc.freeze()  # imported objects live as long as the zygote: see main
     pending: collections.deque[tuple[Spawn, list[int]]] = collections.deque()
     while True:
         for key, _ in sel.select():
@@ -175,7 +188,8 @@ def serve(sock: socket.socket, spares: int = 0) -> None:
                 spawn, fds = pending.popleft()
             else:
                 spawn, fds = pending.popleft()
-                pid = _fork_domain(forker, pool, chan, sel, wake_r, wake_w, spawn, fds)
+                pid = _fork_domain(forker, pool, chan, sel, wake_r, wake_w, spawn, fds,
+                                   seccomp_fd)
             # Closed before any further fork: a child holding a copy of the domain's
             # control channel would hide its end from the daemon.
             for fd in fds:
@@ -188,7 +202,7 @@ def serve(sock: socket.socket, spares: int = 0) -> None:
 
 def _fork_domain(forker: jail.PidNamespaceForker, pool: SparePool, chan: Channel,
                  sel: selectors.BaseSelector, wake_r: int, wake_w: int, spawn: Spawn,
-                 fds: list[int]) -> int:
+                 fds: list[int], seccomp_fd: int | None) -> int:
     # Each domain process is pid 1 of a PID namespace of its own: it sees no other
     # process. (Made here: only children enter a new one.)
     pid = forker.fork()
@@ -198,12 +212,15 @@ def _fork_domain(forker: jail.PidNamespaceForker, pool: SparePool, chan: Channel
         sel.close()
         os.close(wake_r)
         os.close(wake_w)
-        spare.become_domain(spawn, fds, fresh_layout=False)
+        spare.become_domain(spawn, fds, fresh_layout=False, seccomp_fd=seccomp_fd)
     return pid
 
 
 def _reap(chan: Channel, children: dict[int, int], pool: SparePool) -> None:
-    while children:
+    """Collect every child that has exited: a domain (reported) or a spare (replaced).
+    Spares are children too, so this runs until wait4 has none, not until no domain is
+    left (a spare dying while no domain ran stayed a zombie, and unreplaced)."""
+    while True:
         try:
             pid, status, usage = os.wait4(-1, os.WNOHANG)
         except ChildProcessError:
@@ -227,7 +244,18 @@ def main() -> None:
     # Everything imported so far lives as long as the zygote: keep the collector from
     # walking it in each child (touching an object copies its page: PSS per domain).
     gc.freeze()
-    serve(socket.socket(fileno=args.fd), spares=max(0, args.spares))
+    serve(socket.socket(fileno=args.fd), spares=max(0, args.spares), seccomp_fd=_compile_seccomp())
+
+
+def _compile_seccomp() -> int | None:
+    """The domains' seccomp filter, compiled once here (the only use of libseccomp); None
+    if it cannot be, and each domain's jail then tries itself and reports why not."""
+    try:
+        return seccomp_policy.compile_filter(log_only="log" in jail.debug_flags(),
+                                             ioctls=jail.IOCTLS)
+    except (ImportError, OSError, RuntimeError, ValueError) as e:
+        print(f"xenopus zygote: cannot compile the seccomp filter: {e}", file=sys.stderr)
+        return None
 
 
 if __name__ == "__main__":

@@ -127,11 +127,14 @@ class Machine:
         self._extra_slots: dict[int, int] = {}  # gpa of a page added outside RAM -> its slot
         self._down: set[int] = set()  # vCPUs a layer above took down (parked until up)
         self._load: dict[int, CpuState] = {}  # vCPU -> state to load on its thread, then run
+        self._soon: dict[int, list[Callable[[], None]]] = {}  # vCPU -> calls for its thread
+        self._parked_at: set[int] = set()  # vCPUs parked in _control (out of KVM_RUN)
         self._slot_lock = threading.Lock()
         self.cpu_policy = cpu_policy
         self._cpuid_fixup = cpuid_fixup
         self._userspace_msrs = list(msr_filter or ())
         self.has_pit = pit  # the in-kernel i8254 (Xen's PVH platform has none)
+        self._manual_dirty_log = False  # KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 enabled (log_dirty)
         try:
             self._build(vcpus, pio, mmio, msr_handler, cpuid_fixup, exit_handlers, msr_filter,
                         port_out_handlers)
@@ -262,8 +265,18 @@ class Machine:
 
     def log_dirty(self, on: bool) -> None:
         """Have KVM log the pages the guest writes, slot by slot (KVM_MEM_LOG_DIRTY_PAGES,
-        for live migration), or stop. Writes by this process (devices, Xen) are not in it."""
+        for live migration), or stop. Writes by this process (devices, Xen) are not in it:
+        `GuestMemory.log_writes` keeps those. Where KVM has it, the log is cleared by hand
+        (KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2): `dirty_pages` then re-protects only the pages
+        it reports, and no KVM_GET_DIRTY_LOG write-protects the whole slot under KVM's
+        MMU lock (api.rst 7.18)."""
         assert self.vm is not None
+        if on and not self._manual_dirty_log:
+            supported = self.vm.check_extension(u.KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2)
+            if supported & u.KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE:
+                self.vm.enable_cap(u.KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2,
+                                   u.KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE)
+                self._manual_dirty_log = True
         flags = u.KVM_MEM_LOG_DIRTY_PAGES if on else 0
         for slot, region in enumerate(self.memory.regions):
             self.vm.set_user_memory_region(slot, region.gpa, region.size, region.host_address,
@@ -271,15 +284,25 @@ class Machine:
 
     def dirty_pages(self) -> list[int]:
         """Guest-physical addresses of the pages the guest wrote since the last call (or
-        since `log_dirty(True)`), in order."""
+        since `log_dirty(True)`), in order; each is write-protected again before this
+        returns, so a write after it is in the next call's answer."""
         assert self.vm is not None
         pages = []
         for slot, region in enumerate(self.memory.regions):
             bitmap = self.vm.get_dirty_log(slot, region.size // PAGE_SIZE)
-            for i, byte in enumerate(bitmap):  # little-endian longs: bit b of byte i
-                if byte:
-                    pages += [region.gpa + (8 * i + b) * PAGE_SIZE
-                              for b in range(8) if byte >> b & 1]
+            words = memoryview(bitmap).cast("Q")  # little-endian longs: bit b of word i
+            found = False
+            for i, word in enumerate(words):
+                if word:
+                    found = True
+                    base = region.gpa + 64 * i * PAGE_SIZE
+                    while word:
+                        low = word & -word
+                        pages.append(base + (low.bit_length() - 1) * PAGE_SIZE)
+                        word ^= low
+            words.release()
+            if found and self._manual_dirty_log:
+                self.vm.clear_dirty_log(slot, bitmap, 0, region.size // PAGE_SIZE)
         return pages
 
     def ioeventfd(
@@ -345,8 +368,9 @@ class Machine:
             self._stop_reason = None
             self._paused = False
             self._on_stop = on_stop
-            self._down.clear()
-            self._load.clear()
+            if boot_state is not None:  # a restored machine keeps the vCPUs its restore
+                self._down.clear()      # parked (vcpu_down before start: VCPUOP_down)
+                self._load.clear()
         if boot_state is not None:
             self.vcpus[0].apply(boot_state)
         threads = [
@@ -398,6 +422,7 @@ class Machine:
     def _control(self, vcpu: Vcpu) -> bool:
         """Called by a kicked vCPU thread: load a state `vcpu_up` gave it, park while
         paused or down; True once it must stop."""
+        self._run_soon(vcpu.index)
         with self._cond:
             state = self._load.pop(vcpu.index, None)
         if state is not None:  # out of KVM_RUN on its own thread: its registers are ours
@@ -422,9 +447,40 @@ class Machine:
                 if not self._paused and vcpu.index not in self._down:
                     return False
                 self._parked += 1
+                self._parked_at.add(vcpu.index)
                 self._cond.notify_all()
                 self._cond.wait()
+                self._parked_at.discard(vcpu.index)
                 self._parked -= 1
+
+    def on_vcpu_thread(self, index: int, call: Callable[[], None]) -> None:
+        """Run `call` where vCPU `index`'s ioctls cannot block: on its own thread at its
+        next exit (kicked now), or here at once if that is the caller's thread, or no
+        thread runs it, or it is parked out of KVM_RUN. A vCPU ioctl from another thread
+        waits for the vCPU mutex KVM_RUN holds, which a halted vCPU keeps indefinitely."""
+        vcpu = self.vcpus[index]
+        with self._cond:
+            tid = vcpu.thread_id
+            if tid is not None and tid != threading.get_ident() and index not in self._parked_at:
+                self._soon.setdefault(index, []).append(call)
+                queued = True
+            else:
+                queued = False
+        if queued:
+            vcpu.kick()
+            if vcpu.thread_id is None:  # its thread ended meanwhile: nobody else will run it
+                self._run_soon(index)
+            return
+        call()
+
+    def _run_soon(self, index: int) -> None:
+        with self._cond:
+            calls = self._soon.pop(index, [])
+        for call in calls:
+            try:
+                call()
+            except Exception:  # a layer above's bug: the vCPU runs on
+                log.exception("vCPU %d: deferred call failed", index)
 
     def vcpu_down(self, index: int) -> None:
         """vCPU `index` stops running at its next exit (the caller's own as the exit it
@@ -472,9 +528,11 @@ class Machine:
                 v.kick()
         with self._cond:
             self._parked += 1
+            self._parked_at.add(index)  # out of KVM_RUN: on_vcpu_thread may call directly
             self._cond.notify_all()
             while self._paused and self._stop_reason is None:
                 self._cond.wait()
+            self._parked_at.discard(index)
             self._parked -= 1
             return self._stop_reason is None
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import struct
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -48,6 +49,7 @@ log = logging.getLogger(__name__)
 PER_FRAME = abi.GRANT_ENTRIES_PER_FRAME_V1
 _ENTRY = ctypes.sizeof(abi.grant_entry_v1)
 _FRAME_OFF = abi.grant_entry_v1.frame.offset
+_ENTRIES = struct.Struct("<HHI")  # grant_entry_v1: flags, domid, frame (grant_table.h)
 _DOMID_SHIFT = 8 * abi.grant_entry_v1.domid.offset  # flags and domid share one 32-bit word
 _NO_GFN = 2**64 - 1  # a frame not mapped into the guest (all-ones xen_pfn_t)
 _ULONG = 2**64 - 1
@@ -153,6 +155,22 @@ class GrantTable:
             self.nr_frames, self.frames = nr_frames, placed
         if self.on_frames is not None:
             self.on_frames(dict(placed), nr_frames)
+
+    def writable_pages(self) -> list[int]:
+        """GPAs of the RAM pages this domain grants write access to (v1 entries permitting
+        access, not read-only): another domain may write them through its view of this
+        memory, which neither KVM's dirty log nor this process's write log sees, so a live
+        save sends them again once the guest is stopped."""
+        pages = set()
+        with self._lock:
+            frames = [f for i, f in self.frames.items() if i < self.nr_frames]
+        for gpfn in frames:
+            table = self.memory.read(gpfn * abi.PAGE_SIZE, abi.PAGE_SIZE)
+            for flags, _domid, frame in _ENTRIES.iter_unpack(table):
+                if (flags & abi.GTF_type_mask == abi.GTF_permit_access
+                        and not flags & abi.GTF_readonly):
+                    pages.add(frame * abi.PAGE_SIZE)
+        return sorted(p for p in pages if self.memory.is_ram(p, abi.PAGE_SIZE))
 
     def entry_gpa(self, gref: int) -> int | None:
         gpfn = self.frames.get(gref // PER_FRAME)

@@ -147,6 +147,14 @@ class DomainConfig:
     pvh_platform: str = k.key("pc", read=k.string, check=k.text(k.check_pvh_platform),
                               help='"pc" (legacy PC devices) or "xen" (Xen\'s minimal PVH'
                               " platform: no UART, PIT, i8042 or RTC)")
+    # FIFO event channels (EVTCHNOP_init_control): KVM's in-kernel event delivery
+    # (xen/kernel_events.py) is 2-level only, so "auto" withholds FIFO where KVM delivers
+    # events (Linux then stays on 2-level) and offers it elsewhere; 1 always offers it
+    # (the domain's events then all go our way once the guest switches), 0 never.
+    evtchn_fifo: str = k.key("auto", read=k.xen_platform,
+                             check=k.text(k.check_xen_platform),
+                             help='whether the guest may use FIFO event channels: 1, 0 or'
+                                  ' "auto" (not where KVM delivers events in-kernel)')
 
     def __post_init__(self) -> None:
         if self.maxmem is None:

@@ -8,6 +8,13 @@ the image and the granted pages with `os.preadv`/`os.pwritev` on views of the ma
 no copy in between. A read maps its pages writable, a write read-only, as Xen's
 GNTMAP_readonly does.
 
+Persistent grants (blkif.h `feature-persistent`, offered; used when the frontend's own
+node says 1, as Linux's xen-blkfront does): the frontend then reuses one set of pages for
+all its requests, and their mappings are kept from first use until the ring disconnects
+(up to MAX_PERSISTENT_GRANTS; beyond, or for a page granted read-only, a request maps and
+unmaps as without the feature). Mapping a grant (checking and flagging its entry) is most
+of a segment's cost here; a kept mapping is a dictionary lookup.
+
 Every malformed request (too many segments, first_sect > last_sect or past the page,
 sectors past the end, a grant the mapper refuses) is answered BLKIF_RSP_ERROR and the
 ring goes on; only impossible ring indexes break the ring (backend Closing with error).
@@ -36,6 +43,10 @@ from xenopus.xen.xenstore.client import XsClient
 SECTOR = SECTOR_SIZE  # blkif sectors are 512 bytes (no feature-large-sector-size)
 SECTORS_PER_PAGE = abi.PAGE_SIZE // SECTOR
 MAX_INDIRECT_SEGMENTS = 256  # what we advertise; at most 8 pages of 512 segments allow
+# blkif.h, feature-persistent: "ideally ... RING_SIZE * BLKIF_MAX_SEGMENTS_PER_REQUEST";
+# with indirect requests, every slot's segments and its indirect pages.
+MAX_PERSISTENT_GRANTS = abi.BLKIF_RING_SIZE * (
+    MAX_INDIRECT_SEGMENTS + -(-MAX_INDIRECT_SEGMENTS // abi.SEGS_PER_INDIRECT_FRAME))
 
 _SEG = abi.blkif_request_segment
 _SEG_SIZE = ctypes.sizeof(_SEG)
@@ -96,6 +107,9 @@ class BlkBack(Backend):
         self._ring_map: Mapping | None = None
         self.port: EventPort | None = None
         self.abi = NATIVE
+        # gref -> its writable mapping, kept while connected (None: the frontend did not
+        # ask for persistent grants)
+        self._persistent: dict[int, Mapping] | None = None
         self.stats = {"requests": 0, "errors": 0}
 
     def describe(self) -> dict[str, object]:
@@ -125,7 +139,7 @@ class BlkBack(Backend):
         nodes = {
             "feature-flush-cache": "1",
             "feature-barrier": "1",
-            "feature-persistent": "0",
+            "feature-persistent": "1",
             "feature-max-indirect-segments": str(MAX_INDIRECT_SEGMENTS),
             "feature-discard": "1" if writable else "0",
         }
@@ -146,6 +160,8 @@ class BlkBack(Backend):
         self._ring_map = self.map_grant(gref, write=True)
         self.ring = BackRing(self._ring_map.view, self.abi.entry_size)
         self.port = self.bind_event()
+        # Linux's blkback (connect_ring) reads the frontend's node the same way.
+        self._persistent = {} if self.read_fe("feature-persistent") == "1" else None
         # blkback's connect() writes these in the Connected transaction.
         return {
             "sectors": str(self.sectors),
@@ -155,6 +171,9 @@ class BlkBack(Backend):
         }
 
     def disconnect(self) -> None:
+        kept, self._persistent = self._persistent, None
+        for mapping in (kept or {}).values():
+            mapping.unmap()
         port, self.port = self.port, None
         if port is not None:
             port.close()
@@ -233,12 +252,13 @@ class BlkBack(Backend):
         pages = -(-nseg // abi.SEGS_PER_INDIRECT_FRAME)
         segs: list[tuple[int, int, int]] = []
         for i in range(pages):
-            mapping = self._map(ind.indirect_grefs[i], write=False)
+            mapping, release = self._use(ind.indirect_grefs[i], write=False)
             try:
                 count = min(abi.SEGS_PER_INDIRECT_FRAME, nseg - len(segs))
                 table = bytes(mapping.view[: count * _SEG_SIZE])  # copied: the guest may rewrite it
             finally:
-                mapping.unmap()
+                if release:
+                    mapping.unmap()
             for j in range(count):
                 s = _SEG.from_buffer_copy(table, j * _SEG_SIZE)
                 segs.append((s.gref, s.first_sect, s.last_sect))
@@ -249,6 +269,23 @@ class BlkBack(Backend):
             return self.host.map_grant(self.domid, gref, write)
         except Exception as e:
             raise BadRequest(f"grant {gref}: {e}") from e
+
+    def _use(self, gref: int, write: bool) -> tuple[Mapping, bool]:
+        """`gref` mapped for this request: (the mapping, whether to unmap it after). With
+        persistent grants, a writable mapping kept for the connection (it serves reads and
+        writes alike), made on first use."""
+        kept = self._persistent
+        if kept is not None:
+            mapping = kept.get(gref)
+            if mapping is not None:
+                return mapping, False
+            if len(kept) < MAX_PERSISTENT_GRANTS:
+                try:
+                    mapping = kept[gref] = self.host.map_grant(self.domid, gref, True)
+                    return mapping, False
+                except Exception:
+                    pass  # e.g. granted read-only: mapped for this request alone
+        return self._map(gref, write), True
 
     def _rw(self, write: bool, sector: int, segs: list[tuple[int, int, int]]) -> int:
         if write and self.read_only:
@@ -261,12 +298,13 @@ class BlkBack(Backend):
         if sector + total > self.sectors:
             raise BadRequest(f"sectors {sector}+{total} beyond the disk's {self.sectors}")
         # A read fills the frontend's pages: they must be granted writable.
-        maps: list[Mapping] = []
+        maps: list[Mapping] = []  # those to unmap after the request
         try:
             views = []
             for gref, first, last in segs:
-                m = self._map(gref, write=not write)
-                maps.append(m)
+                m, release = self._use(gref, write=not write)
+                if release:
+                    maps.append(m)
                 views.append(m.view[first * SECTOR : (last + 1) * SECTOR])
             io = self.disk.write_from if write else self.disk.read_into
             if io(views, sector * SECTOR) < total * SECTOR:

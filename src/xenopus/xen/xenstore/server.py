@@ -260,6 +260,12 @@ class XenStoreServer:
 
         return await asyncio.start_unix_server(client, path=path)
 
+    async def serve_stream(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                           scope: Scope) -> None:
+        """Serve a dom0 client on a stream we made (not an accepted one, whose peer
+        credentials would classify it), as `scope` says, until it closes."""
+        await self._serve(0, reader, writer, scope)
+
     async def attach_domain(self, domid: int, reader: asyncio.StreamReader,
                             writer: asyncio.StreamWriter) -> None:
         """Serve xsd_sockmsg traffic on a stream as domain domid, until it closes."""

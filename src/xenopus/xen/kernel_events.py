@@ -1,0 +1,286 @@
+"""KVM's in-kernel Xen event channels: the hot paths of a Xen guest without leaving KVM.
+
+Where KVM offers KVM_CAP_XEN_HVM with INTERCEPT_HCALL, SHARED_INFO, EVTCHN_2LEVEL and
+EVTCHN_SEND (Linux CONFIG_KVM_XEN, 5.19 on), it can deliver 2-level events itself and
+answer the calls that carry them without an exit to userspace. This module tells KVM what
+it needs for that; the Xen state stays ours (xen/domain.py, xen/evtchn.py), and every call
+KVM does not finish still reaches our hypercall table as KVM_EXIT_XEN.
+
+Spec: Documentation/virt/kvm/api.rst, 4.126 KVM_XEN_HVM_CONFIG, 4.127/4.128
+KVM_XEN_HVM_SET_ATTR/GET_ATTR, 4.129/4.130 KVM_XEN_VCPU_SET_ATTR/GET_ATTR, 4.132
+KVM_XEN_HVM_EVTCHN_SEND; what KVM then serves is arch/x86/kvm/xen.c's kvm_xen_hypercall:
+
+* the layout (KVM_XEN_ATTR_TYPE_LONG_MODE), shared_info (_SHARED_INFO) and each vCPU's
+  vcpu_info (KVM_XEN_VCPU_ATTR_TYPE_VCPU_INFO; the shared_info slot until the guest
+  registers one, as Xen has it) and secondary time area (_VCPU_TIME_INFO): KVM sets
+  pending bits, selectors and evtchn_upcall_pending itself and keeps the pvclocks;
+* the upcall: the domain's callback vector (KVM_XEN_ATTR_TYPE_UPCALL_VECTOR, from
+  HVM_PARAM_CALLBACK_IRQ) or a vCPU's own (KVM_XEN_VCPU_ATTR_TYPE_UPCALL_VECTOR, from
+  HVMOP_set_evtchn_upcall_vector);
+* XENVER_version (KVM_XEN_ATTR_TYPE_XEN_VERSION);
+* EVTCHNOP_send on IPI ports and on loopback interdomain ports (KVM_XEN_ATTR_TYPE_EVTCHN:
+  the send port, and the port and vCPU it raises);
+* each vCPU's one-shot timer (set_timer_op, VCPUOP_set/stop_singleshot_timer) raising its
+  VIRQ_TIMER port (KVM_XEN_VCPU_ATTR_TYPE_TIMER), read back for a save;
+* SCHEDOP_poll (blocking in KVM until a polled port is raised) and SCHEDOP_yield.
+
+Events the host raises (backends, VIRQs of ours) go through KVM_XEN_HVM_EVTCHN_SEND, so
+KVM alone writes the bits and wakes a vCPU that polls. KVM delivers 2-level events only:
+a domain that switches to FIFO (evtchn_fifo = 1) or asks for a GSI callback, which KVM
+cannot raise, gets all of it back (`stop`): ports and timers return to our path.
+
+vCPU attributes take the vCPU mutex, which KVM_RUN holds while the vCPU runs or halts in
+the kernel; they are set on the vCPU's own thread (`on_vcpu_thread`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from xenopus.kvm import KvmError
+from xenopus.kvm import uapi as u
+from xenopus.xen import abi
+
+log = logging.getLogger("xenopus.xen")
+
+REQUIRED = (u.KVM_XEN_HVM_CONFIG_INTERCEPT_HCALL | u.KVM_XEN_HVM_CONFIG_SHARED_INFO
+            | u.KVM_XEN_HVM_CONFIG_EVTCHN_2LEVEL | u.KVM_XEN_HVM_CONFIG_EVTCHN_SEND)
+_PRIO = u.KVM_IRQ_ROUTING_XEN_EVTCHN_PRIO_2LEVEL
+# A route KVM serves for a send port: (EVTCHNSTAT_ipi or _interdomain, port raised, vCPU).
+Route = tuple[int, int, int]
+
+
+def offered(flags: int) -> bool:
+    """Whether KVM's KVM_CAP_XEN_HVM `flags` carry everything this module uses."""
+    return flags & REQUIRED == REQUIRED
+
+
+class XenVmFd(Protocol):
+    """The VM fd's Xen ioctls (`xenopus.kvm.VmFd` has them)."""
+
+    def xen_hvm_config(self, msr: int, flags: int = 0) -> None: ...
+    def xen_set_attr(self, attr: u.kvm_xen_hvm_attr) -> None: ...
+    def xen_evtchn_send(self, port: int, vcpu: int) -> None: ...
+
+
+class XenVcpuFd(Protocol):
+    """A vCPU fd's Xen ioctls (`xenopus.kvm.VcpuFd` has them)."""
+
+    def xen_set_attr(self, attr: u.kvm_xen_vcpu_attr) -> None: ...
+    def xen_get_attr(self, attr: u.kvm_xen_vcpu_attr) -> u.kvm_xen_vcpu_attr: ...
+
+
+class KernelEvents:
+    """One domain's in-kernel event delivery. `vcpus[i]` is vCPU i's fd;
+    `on_vcpu_thread(i, call)` runs `call` where vCPU i's ioctls do not block (the
+    Machine's); `msr` the hypercall MSR KVM_XEN_HVM_CONFIG names."""
+
+    def __init__(self, vm: XenVmFd, vcpus: Sequence[XenVcpuFd],
+                 on_vcpu_thread: Callable[[int, Callable[[], None]], None], *,
+                 msr: int = abi.XEN_HYPERCALL_MSR):
+        self.vm = vm
+        self.vcpus = vcpus
+        self.on_vcpu_thread = on_vcpu_thread
+        self.msr = msr
+        self.active = False
+        self._routes: dict[int, Route] = {}  # send port -> what KVM raises for it
+        self._timer_ports: dict[int, int] = {}  # vCPU -> its VIRQ_TIMER port in KVM
+        self._lock = threading.RLock()
+        # Set by the domain: our pending one-shot of a vCPU as Xen system time (ns),
+        # cancelled (KVM takes it over), and re-arming one (KVM gives it back on `stop`).
+        self.take_oneshot: Callable[[int], int | None] = lambda vcpu: None
+        self.give_oneshot: Callable[[int, int], None] = lambda vcpu, ns: None
+
+    # --- the domain's settings ---------------------------------------------------------
+    def start(self, xen_version: int, long_mode: bool = True) -> None:
+        """KVM_XEN_HVM_CONFIG with EVTCHN_SEND (KVM now serves the calls above), the
+        version KVM answers XENVER_version with, the shared_info layout."""
+        self.vm.xen_hvm_config(self.msr, u.KVM_XEN_HVM_CONFIG_INTERCEPT_HCALL
+                               | u.KVM_XEN_HVM_CONFIG_EVTCHN_SEND)
+        self._set(u.KVM_XEN_ATTR_TYPE_XEN_VERSION, "xen_version", xen_version)
+        self.active = True
+        self.set_long_mode(long_mode)
+
+    def stop(self, why: str) -> None:
+        """Give everything back to our path (FIFO, a GSI callback): KVM forgets the
+        ports, the timers return to ours, and it no longer serves the event calls."""
+        with self._lock:
+            if not self.active:
+                return
+            self.active = False
+            timers, self._timer_ports = dict(self._timer_ports), {}
+            self._routes.clear()
+        log.info("in-kernel Xen events off: %s", why)
+        attr = u.kvm_xen_hvm_attr(type=u.KVM_XEN_ATTR_TYPE_EVTCHN)
+        attr.u.evtchn.flags = u.KVM_XEN_EVTCHN_RESET
+        attr.u.evtchn.deliver.port.priority = _PRIO
+        self.vm.xen_set_attr(attr)
+        self.vm.xen_hvm_config(self.msr, u.KVM_XEN_HVM_CONFIG_INTERCEPT_HCALL)
+        for vcpu in timers:
+            self.on_vcpu_thread(vcpu, lambda v=vcpu: self._timer_back(v))
+
+    def _timer_back(self, vcpu: int) -> None:
+        expires = self._get_timer(vcpu).u.timer.expires_ns
+        self._set_timer(vcpu, 0, 0)
+        if expires:
+            self.give_oneshot(vcpu, expires)
+
+    def set_long_mode(self, long_mode: bool) -> None:
+        """The shared_info/vcpu_info layout (the domain latches it as Xen does)."""
+        if self.active:
+            self._set(u.KVM_XEN_ATTR_TYPE_LONG_MODE, "long_mode", int(long_mode))
+
+    def set_shared_info(self, gpa: int | None) -> None:
+        if self.active:
+            gfn = u.KVM_XEN_INVALID_GFN if gpa is None else gpa // abi.PAGE_SIZE
+            attr = u.kvm_xen_hvm_attr(type=u.KVM_XEN_ATTR_TYPE_SHARED_INFO)
+            attr.u.shared_info.gfn = gfn
+            self.vm.xen_set_attr(attr)
+
+    def set_callback_vector(self, vector: int) -> None:
+        """HVM_PARAM_CALLBACK_IRQ of type vector (0: none): KVM injects it while
+        evtchn_upcall_pending is set."""
+        if self.active:
+            self._set(u.KVM_XEN_ATTR_TYPE_UPCALL_VECTOR, "vector", vector & 0xFF)
+
+    def set_vcpu_info(self, vcpu: int, gpa: int) -> None:
+        self._vcpu_gpa(vcpu, u.KVM_XEN_VCPU_ATTR_TYPE_VCPU_INFO, gpa)
+
+    def set_time_info(self, vcpu: int, gpa: int | None) -> None:
+        """VCPUOP_register_vcpu_time_memory_area: KVM keeps that copy too."""
+        self._vcpu_gpa(vcpu, u.KVM_XEN_VCPU_ATTR_TYPE_VCPU_TIME_INFO,
+                       u.KVM_XEN_INVALID_GPA if gpa is None else gpa)
+
+    def set_upcall_vector(self, vcpu: int, vector: int) -> None:
+        """HVMOP_set_evtchn_upcall_vector: KVM sets it in the vCPU's LAPIC at each event."""
+        if not self.active:
+            return
+        attr = u.kvm_xen_vcpu_attr(type=u.KVM_XEN_VCPU_ATTR_TYPE_UPCALL_VECTOR)
+        attr.u.vector = vector & 0xFF
+        self.on_vcpu_thread(vcpu, lambda: self._vcpu_set(vcpu, attr))
+
+    # --- ports ------------------------------------------------------------------------
+    def route(self, port: int, route: Route | None) -> None:
+        """KVM serves EVTCHNOP_send on `port` by raising `route` (None: it does not, the
+        call reaches us). Only changes reach KVM."""
+        with self._lock:
+            if not self.active or self._routes.get(port) == route:
+                return
+            if port in self._routes:
+                del self._routes[port]
+                self._evtchn(port, u.KVM_XEN_EVTCHN_DEASSIGN)
+            if route is not None:
+                kind, to_port, vcpu = route
+                self._evtchn(port, 0, kind, to_port, vcpu)
+                self._routes[port] = route
+
+    def reset_routes(self) -> None:
+        """EVTCHNOP_reset, a restore: KVM forgets every port."""
+        with self._lock:
+            if not self.active:
+                return
+            self._routes.clear()
+            self._evtchn(0, u.KVM_XEN_EVTCHN_RESET)
+
+    def routes(self) -> dict[int, Route]:
+        with self._lock:
+            return dict(self._routes)
+
+    def send(self, port: int, vcpu: int) -> bool:
+        """Raise `port` on `vcpu` through KVM (KVM_XEN_HVM_EVTCHN_SEND); False if KVM
+        cannot (not active, no shared_info yet): the caller raises it itself."""
+        if not self.active:
+            return False
+        try:
+            self.vm.xen_evtchn_send(port, vcpu)
+        except KvmError as e:
+            log.debug("KVM_XEN_HVM_EVTCHN_SEND port %d: %s", port, e)
+            return False
+        return True
+
+    # --- timers -----------------------------------------------------------------------
+    def timer_port(self, vcpu: int, port: int) -> None:
+        """`vcpu`'s VIRQ_TIMER is `port` (0: unbound): KVM runs its one-shot timer from
+        then on, starting with the one we had armed."""
+        with self._lock:
+            if not self.active or self._timer_ports.get(vcpu, 0) == port:
+                return
+            if port:
+                self._timer_ports[vcpu] = port
+            else:
+                self._timer_ports.pop(vcpu, None)
+
+        def apply() -> None:
+            if port:
+                expires = self.take_oneshot(vcpu)
+                self._set_timer(vcpu, port, expires or 0)
+            else:
+                self._timer_back(vcpu)
+
+        self.on_vcpu_thread(vcpu, apply)
+
+    def has_timer(self, vcpu: int) -> bool:
+        with self._lock:
+            return self.active and vcpu in self._timer_ports
+
+    def set_oneshot(self, vcpu: int, expires_ns: int) -> None:
+        """Arm `vcpu`'s one-shot in KVM at Xen system time `expires_ns` (a restore)."""
+        port = self._timer_ports.get(vcpu)
+        if port:
+            self.on_vcpu_thread(vcpu, lambda: self._set_timer(vcpu, port, expires_ns))
+
+    def oneshots(self) -> dict[int, int]:
+        """The one-shot timers KVM has armed, by vCPU, as Xen system time (ns). Call
+        with the vCPUs out of KVM_RUN (paused), as a save does."""
+        with self._lock:
+            vcpus = list(self._timer_ports)
+        out: dict[int, int] = {}
+        for vcpu in vcpus:
+            expires = self._get_timer(vcpu).u.timer.expires_ns
+            if expires:
+                out[vcpu] = expires
+        return out
+
+    # --- ioctls -----------------------------------------------------------------------
+    def _set(self, kind: int, field: str, value: int) -> None:
+        attr = u.kvm_xen_hvm_attr(type=kind)
+        setattr(attr.u, field, value)
+        self.vm.xen_set_attr(attr)
+
+    def _evtchn(self, port: int, flags: int, kind: int = 0, to_port: int = 0,
+                vcpu: int = 0) -> None:
+        attr = u.kvm_xen_hvm_attr(type=u.KVM_XEN_ATTR_TYPE_EVTCHN)
+        ev = attr.u.evtchn
+        ev.send_port, ev.type, ev.flags = port, kind, flags
+        ev.deliver.port.port, ev.deliver.port.vcpu = to_port, vcpu
+        ev.deliver.port.priority = _PRIO  # KVM delivers 2-level only
+        self.vm.xen_set_attr(attr)
+
+    def _vcpu_gpa(self, vcpu: int, kind: int, gpa: int) -> None:
+        if not self.active:
+            return
+        attr = u.kvm_xen_vcpu_attr(type=kind)
+        attr.u.gpa = gpa
+        self.on_vcpu_thread(vcpu, lambda: self._vcpu_set(vcpu, attr))
+
+    def _vcpu_set(self, vcpu: int, attr: u.kvm_xen_vcpu_attr) -> None:
+        try:
+            self.vcpus[vcpu].xen_set_attr(attr)
+        except KvmError as e:  # a guest-given address KVM cannot map: Xen would refuse it too
+            log.warning("vCPU %d: KVM_XEN_VCPU_SET_ATTR %d: %s", vcpu, attr.type, e)
+
+    def _set_timer(self, vcpu: int, port: int, expires_ns: int) -> None:
+        attr = u.kvm_xen_vcpu_attr(type=u.KVM_XEN_VCPU_ATTR_TYPE_TIMER)
+        attr.u.timer.port, attr.u.timer.priority = port, _PRIO
+        attr.u.timer.expires_ns = expires_ns
+        self._vcpu_set(vcpu, attr)
+
+    def _get_timer(self, vcpu: int) -> u.kvm_xen_vcpu_attr:
+        return self.vcpus[vcpu].xen_get_attr(
+            u.kvm_xen_vcpu_attr(type=u.KVM_XEN_VCPU_ATTR_TYPE_TIMER))
+
+
+__all__ = ["REQUIRED", "KernelEvents", "Route", "offered"]
