@@ -37,7 +37,7 @@ def test_discovery_hypercalls_and_timer_event(xenopus: Xenopus) -> None:
     assert "poweroff: Xen shutdown, reason 0" in log
 
 
-@pytest.mark.parametrize("guest", ["xenevtchn", "xengrant", "xenstore"])
+@pytest.mark.parametrize("guest", ["xenevtchn", "xengrant", "xengntv2", "xenstore"])
 def test_event_channels_grants_and_xenstore(xenopus: Xenopus, guest: str) -> None:
     r = xen_boot(xenopus, f"{guest}-t", f"{guest}.elf")
     assert f"RESULT: PASS {guest}" in r.stdout, r.stdout
