@@ -201,3 +201,18 @@ def test_an_armed_watchdog_has_as_long_left_after_restore(mem: GuestMemory) -> N
         target.close()
     with pytest.raises(ValueError, match="watchdog ids"):
         Watchdogs(domain).restore_state({"watchdogs": [[9, 0]]})  # type: ignore[arg-type]
+
+
+def test_a_v2_grant_table_comes_back_as_v2(mem: GuestMemory) -> None:
+    source = GrantTable(1, mem)
+    assert source.map_frame(0, 0x20) == 0 and source.set_version(2) == 0
+    assert source.map_frame(0x8000_0000, 0x22) == 0  # status frame 0
+    state = source.save_state()
+    assert state["version"] == 2 and state["status_frames"] == [[0, 0x22]]
+    target = GrantTable(1, mem)
+    target.restore_state(state)
+    assert target.version == 2 and target.status_gpa(3) == 0x22000 + 6
+    assert target.entry_gpa(3) == 0x20000 + 48  # 16-byte entries
+    with pytest.raises(ValueError):
+        target.restore_state({**state, "status_frames": [[1, 0x22]]})  # one status frame only
+    assert "version" not in GrantTable(1, mem).save_state()  # v1 streams stay as they were
