@@ -90,6 +90,44 @@ def test_xen_aware_linux_boots_to_userspace(xenopus: Xenopus, release: str, path
     print(f"{name}: hypercall path {taken}")
 
 
+# --- GRUB's Xen PVH image booting Debian from its disk ----------------------------------------
+GRUB_PVH = Path(__file__).resolve().parents[2] / "build" / "grub-xen" / "grub-i386-xen_pvh.bin"
+
+
+def test_grub_xen_pvh_boots_debian_to_userspace(xenopus: Xenopus, tmp_path: Path) -> None:
+    """Debian's grub-i386-xen_pvh.bin as the kernel, as a Xen user boots a distribution:
+    it reads grub.cfg from the ext4 partition of xvda (its 32-bit blkfront) and loads
+    Debian's 6.1 bzImage and initramfs through the Linux boot protocol. On pvh_platform =
+    "xen" the FADT says no CMOS RTC and no VGA, so that Linux takes itself for a PVH guest
+    (xen_hvm_guest_late_init), as under Xen, and runs the xen check on hvc0."""
+    from tests.vm.test_grub_xen import make_disk  # its disk-image builder, shared
+
+    kernel = kernel_file("6.1", "bzimage")
+    if not GRUB_PVH.exists():
+        pytest.fail(f"{GRUB_PVH} is missing: scripts/fetch-grub-xen fetches it (make test)")
+    if shutil.which("mke2fs") is None:
+        pytest.skip("needs mke2fs (e2fsprogs)")
+    cfg_text = ("set timeout=0\nmenuentry 'debian 6.1' {\n"
+                f"  linux /boot/vmlinuz {XEN_CONSOLE} xenopus.check=xen\n"
+                "  initrd /boot/initrd.img\n}\n")
+    size_mb = 8 + (kernel.image.stat().st_size + kernel.initramfs.stat().st_size) // (1 << 20) * 2
+    disk = make_disk(tmp_path, cfg_text, {"boot/vmlinuz": kernel.image.read_bytes(),
+                                          "boot/initrd.img": kernel.initramfs.read_bytes()},
+                     size_mb=size_mb)
+    name = "grubpvh"
+    cfg = tmp_path / f"{name}.cfg"
+    cfg.write_text(
+        f'name = "{name}"\ntype = "pvh"\nmemory = 512\nkernel = "{GRUB_PVH}"\n'
+        'xen_platform = 1\npvh_platform = "xen"\n'
+        f'disk = ["format=raw, vdev=xvda, access=r, target={disk}"]\n'
+        'on_crash = "destroy"\non_reboot = "destroy"\non_poweroff = "destroy"\n')
+    boot = xenopus.boot(name, cfg, timeout=XEN_BOOT_TIMEOUT)
+    text = "\n".join(boot.lines)
+    # GRUB's embedded config on the PV console: it found grub.cfg on the partition
+    assert re.search(r"Reading \(xen/xvda,msdos1\)/boot/grub/grub\.cfg", text), boot.context()
+    boot.assert_passed("xen")
+
+
 # --- Linux's Xen PV drivers against our backends ---------------------------------------------
 XEN_TAP = "xlx0"
 XEN_STREAM_MIB = 100
