@@ -192,7 +192,7 @@ def run_xendev(netns: Xenopus, name: str, cfg: Path, image: Path,
     subprocess.run(["ip", "-n", NS, "addr", "add", f"{HOST_IP}/24", "dev", XEN_TAP], check=True)
     subprocess.run(["ip", "-n", NS, "link", "set", XEN_TAP, "up"], check=True)
     sender = subprocess.Popen(["ip", "netns", "exec", NS, sys.executable, "-c",
-                               sender_script(XEN_STREAM_MIB)], stdout=subprocess.PIPE, text=True)
+                               sender_script(XEN_STREAM_MIB, wait=2 * XEN_BOOT_TIMEOUT)], stdout=subprocess.PIPE, text=True)
     console = subprocess.Popen(netns.command("console", name), env=netns.env,
                                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE)
