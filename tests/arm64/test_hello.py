@@ -1,0 +1,53 @@
+"""The arm64 hello guest (guests/arm64/hello.S) on KVM/arm64: the Image protocol with a
+generated device tree in x0, output through the PL011, PSCI SYSTEM_OFF through KVM's PSCI
+reaching us as KVM_EXIT_SYSTEM_EVENT. Runs on an arm64 host only (`make test-arm64` runs
+it inside the emulated one)."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from xenopus import host
+from xenopus.vm.events import StopReason
+
+ROOT = Path(__file__).resolve().parents[2]
+HELLO = ROOT / "guests" / "out" / "arm64" / "hello.Image"
+
+pytestmark = [
+    pytest.mark.skipif(host.architecture() != "arm64",
+                       reason="needs an arm64 host (make test-arm64 runs this in the emulated one)"),
+    pytest.mark.skipif(not os.access("/dev/kvm", os.R_OK | os.W_OK), reason="needs /dev/kvm"),
+]
+
+
+def run_guest(image: Path, vcpus: int = 1, timeout: float = 60.0) -> tuple[StopReason, bytes]:
+    from xenopus.domain.builder_arm64 import build_arm64_guest
+
+    out = bytearray()
+    stopped = threading.Event()
+    reasons: list[StopReason] = []
+
+    def on_stop(reason: StopReason) -> None:
+        reasons.append(reason)
+        stopped.set()
+
+    guest = build_arm64_guest(image, console_out=out.extend, memory_mib=64, vcpus=vcpus,
+                              cmdline="hello")
+    try:
+        guest.machine.start(guest.boot, on_stop)
+        assert stopped.wait(timeout), f"the guest did not stop in {timeout} s; output {bytes(out)!r}"
+    finally:
+        guest.close()
+    return reasons[0], bytes(out)
+
+
+@pytest.mark.parametrize("vcpus", [1, 2])
+def test_hello_prints_and_powers_off(vcpus: int) -> None:
+    assert HELLO.exists(), "guests/out/arm64/hello.Image: run make -C guests/arm64"
+    reason, out = run_guest(HELLO, vcpus)
+    assert out == b"Hello from an arm64 xenopus guest\nx0 points at a device tree\n"
+    assert reason.kind == "poweroff", reason
