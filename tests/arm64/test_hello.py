@@ -51,3 +51,12 @@ def test_hello_prints_and_powers_off(vcpus: int) -> None:
     reason, out = run_guest(HELLO, vcpus)
     assert out == b"Hello from an arm64 xenopus guest\nx0 points at a device tree\n"
     assert reason.kind == "poweroff", reason
+
+
+def test_psci_cpu_on_starts_the_second_vcpu() -> None:
+    """PSCI CPU_ON through KVM: vCPU 1 starts powered off (KVM_ARM_VCPU_POWER_OFF), runs
+    from the entry point the boot CPU names with the context ID in x0, then CPU_OFF."""
+    reason, out = run_guest(HELLO.with_name("smp.Image"), vcpus=2)
+    assert out == (b"cpu0: starting cpu1 with PSCI CPU_ON\n"
+                   b"cpu0: cpu1 ran with its context ID\n")
+    assert reason.kind == "poweroff", reason
