@@ -24,7 +24,8 @@ pytestmark = [
 ]
 
 
-def run_guest(image: Path, vcpus: int = 1, timeout: float = 60.0) -> tuple[StopReason, bytes]:
+def run_guest(image: Path, vcpus: int = 1, timeout: float = 60.0, memory_mib: int = 64,
+              ramdisk: Path | None = None, cmdline: str = "hello") -> tuple[StopReason, bytes]:
     from xenopus.domain.builder_arm64 import build_arm64_guest
 
     out = bytearray()
@@ -35,8 +36,8 @@ def run_guest(image: Path, vcpus: int = 1, timeout: float = 60.0) -> tuple[StopR
         reasons.append(reason)
         stopped.set()
 
-    guest = build_arm64_guest(image, console_out=out.extend, memory_mib=64, vcpus=vcpus,
-                              cmdline="hello")
+    guest = build_arm64_guest(image, console_out=out.extend, memory_mib=memory_mib,
+                              vcpus=vcpus, ramdisk=ramdisk, cmdline=cmdline)
     try:
         guest.machine.start(guest.boot, on_stop)
         assert stopped.wait(timeout), f"the guest did not stop in {timeout} s; output {bytes(out)!r}"
