@@ -44,6 +44,7 @@ def test_device_tree_passes_dtc() -> None:
     assert "reg = <0x00 0x8000000 0x00 0x10000 0x00 0x80a0000 0x00 0x40000>;" in lines
     assert 'compatible = "arm,pl011\\0arm,primecell";' in lines
     assert "interrupts = <0x00 0x01 0x04>;" in lines  # SPI 1, level high
+    assert 'compatible = "arm,pl031\\0arm,primecell";' in lines
     # the timer's PPIs 13, 14, 11, 10 (INTIDs 29, 30, 27, 26), as QEMU virt writes them
     assert ("interrupts = <0x01 0x0d 0x04 0x01 0x0e 0x04 0x01 0x0b 0x04 0x01 0x0a 0x04>;"
             in lines)

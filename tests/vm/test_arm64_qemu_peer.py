@@ -88,5 +88,6 @@ def test_debian_kernel_boots_on_our_device_tree(tmp_path: Path) -> None:
     assert "GICv3: CPU0: found redistributor 0" in out
     assert "arch_timer: cp15 timer(s) running" in out
     assert "ttyAMA0 at MMIO 0x9000000" in out
+    assert "rtc-pl031 9010000.pl031: registered as rtc0" in out
     assert "XENOPUS-ARM64-USERSPACE" in out
     assert "reboot: Power down" in out

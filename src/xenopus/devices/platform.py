@@ -158,3 +158,5 @@ def mmio64_window(ram_end: int) -> tuple[int, int]:
 ARM64_PL011_BASE = 0x0900_0000
 ARM64_PL011_SPI = 1
 ARM64_PL011_CLOCK_HZ = 24_000_000  # virt's apb-pclk fixed clock
+ARM64_PL031_BASE = 0x0901_0000
+ARM64_PL031_SPI = 2

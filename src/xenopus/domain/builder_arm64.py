@@ -1,5 +1,5 @@
 """An arm64 domain: config pieces → a ready `Arm64Guest` (the `Arm64Machine`, its PL011
-console, the kernel loaded by the Image protocol and the device tree that describes it).
+console and PL031 RTC, the kernel loaded by the Image protocol and the device tree that describes it).
 
 The device tree follows the bindings Linux reads (Documentation/devicetree/bindings/:
 arm/cpus.yaml and arm/psci.yaml, interrupt-controller/arm,gic-v3.yaml, timer/
@@ -27,6 +27,8 @@ from xenopus.devices import platform
 from xenopus.devices.bus import Bus
 from xenopus.devices.pl011 import MMIO_SIZE as PL011_SIZE
 from xenopus.devices.pl011 import Pl011
+from xenopus.devices.pl031 import MMIO_SIZE as PL031_SIZE
+from xenopus.devices.pl031 import Pl031
 from xenopus.kvm import uapi as u
 from xenopus.memory.guest import GuestMemory, MemoryRegion
 from xenopus.vm.arm64 import (
@@ -52,6 +54,7 @@ class Arm64Guest:
     machine: Arm64Machine
     memory: GuestMemory
     serial: Pl011
+    rtc: Pl031
     mmio: Bus
     layout: Arm64Layout
     boot: Arm64CpuState
@@ -112,6 +115,12 @@ def device_tree(machine: Arm64Machine, ram_size: int, cmdline: str, layout: Arm6
     uart.u32("interrupts", GIC_FDT_SPI, platform.ARM64_PL011_SPI, IRQ_TYPE_LEVEL_HIGH)
     uart.u32("clocks", PHANDLE_APB_CLOCK, PHANDLE_APB_CLOCK)
     uart.string("clock-names", "uartclk", "apb_pclk")
+
+    rtc = root.child(f"pl031@{platform.ARM64_PL031_BASE:x}")
+    rtc.string("compatible", "arm,pl031", "arm,primecell")
+    rtc.u64("reg", platform.ARM64_PL031_BASE, PL031_SIZE)
+    rtc.u32("interrupts", GIC_FDT_SPI, platform.ARM64_PL031_SPI, IRQ_TYPE_LEVEL_HIGH)
+    rtc.u32("clocks", PHANDLE_APB_CLOCK).string("clock-names", "apb_pclk")
     return root
 
 
@@ -128,11 +137,14 @@ def build_arm64_guest(kernel: str | Path, *, ramdisk: str | Path | None = None,
             intid = GIC_SPI_BASE + platform.ARM64_PL011_SPI
             serial = Pl011(irq=lambda level: machine.set_irq(intid, level), output=console_out)
             mmio.register(platform.ARM64_PL011_BASE, PL011_SIZE, serial, "pl011")
+            rtc_intid = GIC_SPI_BASE + platform.ARM64_PL031_SPI
+            rtc = Pl031(irq=lambda level: machine.set_irq(rtc_intid, level))
+            mmio.register(platform.ARM64_PL031_BASE, PL031_SIZE, rtc, "pl031")
             layout = load_image(memory, kernel, ramdisk, RAM_BASE, ram_size)
             dtb = device_tree(machine, ram_size, cmdline, layout).to_dtb()
             entry = write_dtb(memory, layout, dtb)
             boot = Arm64CpuState(pc=entry.pc, x0=entry.x0, pstate=entry.pstate)
-            return Arm64Guest(machine, memory, serial, mmio, layout, boot, dtb)
+            return Arm64Guest(machine, memory, serial, rtc, mmio, layout, boot, dtb)
         except BaseException:
             machine.close()
             raise
