@@ -62,15 +62,19 @@ class Arm64CpuState:
 
 class Arm64Machine:
     """`memory`'s regions become KVM memory slots; `mmio` answers every guest access KVM
-    does not handle (a `Bus`). `on_stop(reason)` is called once when the guest stops."""
+    does not handle (a `Bus`). `on_stop(reason)` is called once when the guest stops.
+    `hypercall(vcpu, function_id, flags)` answers the SMCCC calls `set_smccc_filter`
+    forwards (KVM_EXIT_HYPERCALL); it sets the results in x0-x3 with ONE_REG."""
 
     def __init__(self, memory: GuestMemory, vcpus: int = 1, *, mmio: IoHandler,
-                 kvm: Kvm | None = None) -> None:
+                 kvm: Kvm | None = None,
+                 hypercall: Callable[[VcpuFd, int, int], None] | None = None) -> None:
         if not 1 <= vcpus <= MAX_VCPUS:
             raise ValueError(f"{vcpus} vCPUs: an arm64 guest has 1 to {MAX_VCPUS}")
         install_kick_handler()
         self.memory = memory
         self.mmio = mmio
+        self.hypercall = hypercall
         self._own_kvm = kvm is None
         self.kvm = kvm or Kvm()
         self.kvm.require(*REQUIRED_CAPS)
@@ -108,6 +112,14 @@ class Arm64Machine:
                          fd=self.gic_fd)
         self.vm.set_attr(u.KVM_DEV_ARM_VGIC_GRP_CTRL, u.KVM_DEV_ARM_VGIC_CTRL_INIT,
                          fd=self.gic_fd)
+
+    def set_smccc_filter(self, base: int, count: int, action: int) -> None:
+        """KVM_ARM_VM_SMCCC_FILTER (Linux 6.4, api.rst "KVM_ARM_VM_SMCCC_CTRL"): SMCCC
+        function IDs base..base+count-1 are handled by KVM, denied, or forwarded to
+        `hypercall`. Before the first KVM_RUN; KVM refuses (EEXIST) ranges it reserves (the
+        SMCCC architecture calls) and ranges already filtered."""
+        flt = u.kvm_smccc_filter(base=base, nr_functions=count, action=action)
+        self.vm.set_attr(u.KVM_ARM_VM_SMCCC_CTRL, u.KVM_ARM_VM_SMCCC_FILTER, flt)
 
     @property
     def redist_size(self) -> int:
@@ -160,6 +172,10 @@ class Arm64Machine:
                         value = mmio.read(addr, length)
                         mm[u.RUN_MMIO_DATA:u.RUN_MMIO_DATA + length] = value.to_bytes(
                             length, "little")
+                elif reason == u.KVM_EXIT_HYPERCALL and self.hypercall is not None:
+                    # api.rst: hypercall.nr is the SMCCC function ID (x0), the flags
+                    # (KVM_HYPERCALL_EXIT_SMC/16BIT) sit where x86 has `longmode`.
+                    self.hypercall(fd, run.exit.hypercall.nr, run.exit.hypercall.longmode)
                 elif reason == u.KVM_EXIT_SYSTEM_EVENT:
                     kind = _SYSTEM_EVENTS.get(run.exit.system_event.type, "crash")
                     self.request_stop(StopReason(
