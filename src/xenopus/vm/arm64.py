@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from xenopus.arch.arm64 import GIC_SPI_BASE, GIC_SPI_LAST, MPIDR_AFFINITY_MASK, MPIDR_EL1
 from xenopus.kvm import uapi as u
-from xenopus.kvm.system import Kvm, VcpuFd, VmFd
+from xenopus.kvm.system import Kvm, KvmCapabilityError, KvmError, VcpuFd, VmFd
 from xenopus.memory.guest import GuestMemory
 from xenopus.vm.events import StopReason
 from xenopus.vm.ports import IoHandler
@@ -77,8 +77,12 @@ class Arm64Machine:
         self.hypercall = hypercall
         self._own_kvm = kvm is None
         self.kvm = kvm or Kvm()
-        self.kvm.require(*REQUIRED_CAPS)
         self.vm: VmFd = self.kvm.create_vm()
+        # Asked of the VM: on arm64 some capabilities answer only there (EINVAL on /dev/kvm).
+        missing = [c for c in REQUIRED_CAPS if self._extension(c) <= 0]
+        if missing:
+            self.vm.close()
+            raise KvmCapabilityError(missing)
         for slot, region in enumerate(memory.regions):
             self.vm.set_user_memory_region(slot, region.gpa, region.size, region.host_address)
         target = self.vm.arm_preferred_target()
@@ -112,6 +116,12 @@ class Arm64Machine:
                          fd=self.gic_fd)
         self.vm.set_attr(u.KVM_DEV_ARM_VGIC_GRP_CTRL, u.KVM_DEV_ARM_VGIC_CTRL_INIT,
                          fd=self.gic_fd)
+
+    def _extension(self, cap: int) -> int:
+        try:
+            return self.vm.check_extension(cap)
+        except KvmError:
+            return 0
 
     def set_smccc_filter(self, base: int, count: int, action: int) -> None:
         """KVM_ARM_VM_SMCCC_FILTER (Linux 6.4, api.rst "KVM_ARM_VM_SMCCC_CTRL"): SMCCC
