@@ -39,7 +39,7 @@ def run_guest(image: Path, vcpus: int = 1, timeout: float = 60.0, memory_mib: in
     guest = build_arm64_guest(image, console_out=out.extend, memory_mib=memory_mib,
                               vcpus=vcpus, ramdisk=ramdisk, cmdline=cmdline)
     try:
-        guest.machine.start(guest.boot, on_stop)
+        guest.machine.start(guest.boot.cpu, on_stop)
         assert stopped.wait(timeout), f"the guest did not stop in {timeout} s; output {bytes(out)!r}"
     finally:
         guest.close()

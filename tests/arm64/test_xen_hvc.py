@@ -48,7 +48,7 @@ def test_xen_hvc_reaches_userspace_only_by_x0() -> None:
         # KVM keeps the SMCCC architecture range (0x80000000-0x8000FFFF) to itself.
         with pytest.raises(KvmError) as refused:
             guest.machine.set_smccc_filter(0x8000_0000, 0x1_0000, u.KVM_SMCCC_FILTER_FWD_TO_USER)
-        guest.machine.start(guest.boot, on_stop)
+        guest.machine.start(guest.boot.cpu, on_stop)
         assert stopped.wait(60), bytes(out)
     finally:
         guest.close()

@@ -10,7 +10,7 @@ nodes and numbers QEMU virt writes for the same machine.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from xenopus.arch.arm64 import (
@@ -29,7 +29,10 @@ from xenopus.devices.pl011 import MMIO_SIZE as PL011_SIZE
 from xenopus.devices.pl011 import Pl011
 from xenopus.devices.pl031 import MMIO_SIZE as PL031_SIZE
 from xenopus.devices.pl031 import Pl031
+from xenopus.domain.config import DomainConfig
+from xenopus.domain.inventory import Inventory
 from xenopus.kvm import uapi as u
+from xenopus.kvm.system import Kvm
 from xenopus.memory.guest import GuestMemory, MemoryRegion
 from xenopus.vm.arm64 import (
     GIC_DIST_BASE,
@@ -50,15 +53,37 @@ PHANDLE_APB_CLOCK = 2
 
 
 @dataclass
+class Arm64Boot:
+    """What the domain process asks of `Guest.boot`: the entry state and the protocol."""
+
+    cpu: Arm64CpuState
+    protocol: str = "arm64-image"
+    details: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass
 class Arm64Guest:
+    """The arm64 counterpart of `builder.Guest`, with the same names where the domain
+    process reads them; what arm64 lacks yet (Xen, virtio, ballooning, the power button)
+    is None."""
+
     machine: Arm64Machine
     memory: GuestMemory
     serial: Pl011
     rtc: Pl031
     mmio: Bus
     layout: Arm64Layout
-    boot: Arm64CpuState
+    boot: Arm64Boot
     dtb: bytes
+    inventory: Inventory = field(default_factory=Inventory)
+    xen: None = None
+    xen_path: None = None
+    vconsole: None = None
+    balloon: None = None
+    power: None = None
+
+    def memory_mib(self) -> int:
+        return self.memory.ram_size // MiB
 
     def close(self) -> None:
         self.machine.close()
@@ -126,13 +151,13 @@ def device_tree(machine: Arm64Machine, ram_size: int, cmdline: str, layout: Arm6
 
 def build_arm64_guest(kernel: str | Path, *, ramdisk: str | Path | None = None,
                       cmdline: str = "", memory_mib: int = 128, vcpus: int = 1,
-                      console_out: Callable[[bytes], None]) -> Arm64Guest:
+                      console_out: Callable[[bytes], None], kvm: Kvm | None = None) -> Arm64Guest:
     """Create the machine, its devices, load the kernel and write the device tree."""
     ram_size = memory_mib * MiB
     memory = GuestMemory([MemoryRegion.create(RAM_BASE, ram_size, "xenopus-ram")])
     try:
         mmio = Bus("mmio")
-        machine = Arm64Machine(memory, vcpus, mmio=mmio)
+        machine = Arm64Machine(memory, vcpus, mmio=mmio, kvm=kvm)
         try:
             intid = GIC_SPI_BASE + platform.ARM64_PL011_SPI
             serial = Pl011(irq=lambda level: machine.set_irq(intid, level), output=console_out)
@@ -143,7 +168,7 @@ def build_arm64_guest(kernel: str | Path, *, ramdisk: str | Path | None = None,
             layout = load_image(memory, kernel, ramdisk, RAM_BASE, ram_size)
             dtb = device_tree(machine, ram_size, cmdline, layout).to_dtb()
             entry = write_dtb(memory, layout, dtb)
-            boot = Arm64CpuState(pc=entry.pc, x0=entry.x0, pstate=entry.pstate)
+            boot = Arm64Boot(Arm64CpuState(pc=entry.pc, x0=entry.x0, pstate=entry.pstate))
             return Arm64Guest(machine, memory, serial, rtc, mmio, layout, boot, dtb)
         except BaseException:
             machine.close()
@@ -151,3 +176,19 @@ def build_arm64_guest(kernel: str | Path, *, ramdisk: str | Path | None = None,
     except BaseException:
         memory.close()
         raise
+
+
+# The DomainConfig keys an arm64 domain honours; any other that is set is refused by name.
+ARM64_UNSUPPORTED = (("disks", "disk="), ("vifs", "vif="), ("channels", "channel="))
+
+
+def build_arm64_domain(config: DomainConfig, *, console_out: Callable[[bytes], None],
+                       kvm: Kvm | None = None) -> Arm64Guest:
+    """A domain's config on an arm64 host: kernel (an arm64 Image), ramdisk, cmdline (with
+    root=/extra=), memory, vcpus; PL011 console. Keys arm64 cannot honour yet are refused."""
+    for attr, key in ARM64_UNSUPPORTED:
+        if getattr(config, attr):
+            raise ValueError(f"{config.name}: {key} is not supported on arm64 yet")
+    return build_arm64_guest(config.kernel, ramdisk=config.ramdisk, cmdline=config.cmdline,
+                             memory_mib=config.memory, vcpus=config.vcpus,
+                             console_out=console_out, kvm=kvm)

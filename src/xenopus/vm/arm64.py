@@ -15,6 +15,7 @@ import ctypes
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -99,6 +100,9 @@ class Arm64Machine:
         self._create_gic()
         self._threads: list[threading.Thread] = []
         self._thread_ids: dict[int, int] = {}
+        self._clocks: dict[int, int] = {}  # vCPU index -> its thread's CPU-time clock
+        self._cpu_done = 0.0  # CPU seconds of vCPU threads that have ended
+        self.cpu_policy = None  # x86's CPUID/MSR policy; arm64 has none yet
         self._stopping = False
         self._stop_lock = threading.Lock()
         self._on_stop: Callable[[StopReason], None] | None = None
@@ -162,6 +166,7 @@ class Arm64Machine:
 
     def _run(self, fd: VcpuFd) -> None:
         self._thread_ids[fd.index] = threading.get_ident()
+        self._clocks[fd.index] = time.pthread_getcpuclockid(threading.get_ident())
         keep = {KICK_SIGNAL, signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE, signal.SIGILL}
         signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals() - keep)
         run, mm = fd.kvm_run, fd.mmap
@@ -199,6 +204,8 @@ class Arm64Machine:
         except Exception as e:  # a device model's bug must stop the guest, not hang it
             self.request_stop(StopReason("crash", f"vCPU {fd.index}: {type(e).__name__}: {e}"))
         finally:
+            with self._stop_lock:
+                self._cpu_done += time.clock_gettime(self._clocks.pop(fd.index))
             self._thread_ids.pop(fd.index, None)
 
     def request_stop(self, reason: StopReason) -> None:
@@ -219,6 +226,35 @@ class Arm64Machine:
             if tid is not None:
                 with contextlib.suppress(ProcessLookupError):
                     signal.pthread_kill(tid, KICK_SIGNAL)
+
+    def cpu_time(self) -> float:
+        """Host CPU seconds used by the vCPU threads, ended ones included."""
+        with self._stop_lock:
+            return self._cpu_done + sum(time.clock_gettime(c) for c in list(self._clocks.values()))
+
+    def vcpu_info(self) -> list[dict[str, object]]:
+        """What `Machine.vcpu_info` reports, as far as arm64 knows it yet: index, thread,
+        running or stopped; no affinity or MP state."""
+        threads = {t.name: t for t in self._threads}
+        out: list[dict[str, object]] = []
+        for fd in self.vcpus:
+            t = threads.get(f"vcpu{fd.index}")
+            alive = t is not None and t.is_alive()
+            clock = self._clocks.get(fd.index)
+            out.append({"vcpu": fd.index, "tid": t.native_id if alive and t else None, "cpu": None,
+                        "state": "running" if alive else "stopped", "mp_state": None,
+                        "online": alive, "affinity": [],
+                        "cpu_time": time.clock_gettime(clock) if clock is not None else 0.0})
+        return out
+
+    def pause(self) -> None:
+        raise NotImplementedError("pausing an arm64 guest is not implemented yet")
+
+    def resume(self) -> None:
+        raise NotImplementedError("pausing an arm64 guest is not implemented yet")
+
+    def allocate_msi(self) -> object:
+        raise NotImplementedError("arm64 guests have no MSI routes yet (no PCI)")
 
     def stop(self) -> None:
         """Stop and join the vCPU threads (a guest still running is stopped as poweroff)."""
