@@ -150,3 +150,13 @@ def mmio64_window(ram_end: int) -> tuple[int, int]:
     """
     base = max(MMIO64_MIN_BASE, -(-ram_end // MMIO64_SIZE) * MMIO64_SIZE)
     return base, MMIO64_SIZE
+
+
+# --- arm64 (QEMU virt's layout, hw/arm/virt.c base_memmap and a15irqmap) -------------------
+# The GIC and RAM are the machine's (vm/arm64.py); the devices sit where virt puts them, so a
+# device tree or an earlycon= written for `-M virt` fits. SPI n is GIC INTID 32 + n.
+ARM64_PL011_BASE = 0x0900_0000
+ARM64_PL011_SPI = 1
+ARM64_PL011_CLOCK_HZ = 24_000_000  # virt's apb-pclk fixed clock
+ARM64_PL031_BASE = 0x0901_0000
+ARM64_PL031_SPI = 2

@@ -41,7 +41,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import xenopus
-from xenopus import held_files
+from xenopus import held_files, host
 from xenopus.devices import tap
 from xenopus.domain.config import DomainConfig
 from xenopus.kvm import uapi
@@ -81,8 +81,8 @@ PR_CAP_AMBIENT = 47
 PR_CAP_AMBIENT_CLEAR_ALL = 4
 # <linux/capability.h>: capset's header and one set for each 32 capabilities.
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
-SYS_pivot_root = 155  # noqa: N816 - <asm/unistd_64.h>; glibc has no wrapper
-SYS_capset = 126  # noqa: N816
+SYS_pivot_root = host.syscall_number("pivot_root")  # noqa: N816 - glibc has no wrapper
+SYS_capset = host.syscall_number("capset")  # noqa: N816
 
 DEFAULT_UIDS = (524288, 65536)
 CGROUP_ROOT = "/sys/fs/cgroup"

@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import BinaryIO
 
-from xenopus import ipc, stream
+from xenopus import host, ipc, stream
 from xenopus.arch import x86
 from xenopus.control import DISK, NIC, Reply, Request
 from xenopus.devices.mac import format_mac, parse_mac
@@ -30,6 +30,7 @@ from xenopus.devices.ratelimit import RateLimit
 from xenopus.devices.tap import Tap
 from xenopus.domain import coredump, snapshot
 from xenopus.domain.builder import Guest, build_guest
+from xenopus.domain.builder_arm64 import build_arm64_domain
 from xenopus.domain.channel import ChannelEnd, ChannelError, close_channels, open_channels
 from xenopus.domain.config import DomainConfig
 from xenopus.domain.console import Console
@@ -187,13 +188,18 @@ class DomainProcess:
     def _build_guest(self) -> None:
         if self.kvm is None:
             self.kvm = Kvm()
-        guest = build_guest(
-            self.config, console_out=self.console.write, debug_out=self.debug.write,
-            vconsole_out=self.vconsole.write, domid=self.domid, hv_log=self.hv_log,
-            pv_console_out=self.pvconsole.write, store=self.store,
-            xenstore_path=ipc.xenstored_socket_path(self.run_dir) if self.xenstore else None,
-            kvm=self.kvm, taps=self.taps, channels=self.channels,
-        )
+        if host.architecture() == "arm64":
+            # The arm64 guest answers the names read below (Xen, vconsole: None).
+            guest = build_arm64_domain(  # type: ignore[assignment]
+                self.config, console_out=self.console.write, kvm=self.kvm)
+        else:
+            guest = build_guest(
+                self.config, console_out=self.console.write, debug_out=self.debug.write,
+                vconsole_out=self.vconsole.write, domid=self.domid, hv_log=self.hv_log,
+                pv_console_out=self.pvconsole.write, store=self.store,
+                xenstore_path=ipc.xenstored_socket_path(self.run_dir) if self.xenstore else None,
+                kvm=self.kvm, taps=self.taps, channels=self.channels,
+            )
         self.guest = guest
         self.crash_backoff.started()
         self._boot_state = guest.boot.cpu

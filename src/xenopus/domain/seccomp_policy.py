@@ -27,6 +27,7 @@ import os
 import socket
 import termios
 
+from xenopus import host
 from xenopus.domain.jail import CLONE_THREAD
 
 ALLOWED = (
@@ -57,8 +58,8 @@ ALLOWED = (
     "prctl", "arch_prctl",
 )
 
-# <linux/seccomp.h>, <asm/unistd_64.h>
-SYS_seccomp = 317  # noqa: N816
+# <linux/seccomp.h>; the system call's number is the host architecture's
+SYS_seccomp = host.syscall_number("seccomp")  # noqa: N816
 SECCOMP_SET_MODE_FILTER = 1
 SECCOMP_FILTER_FLAG_TSYNC = 1
 SOCK_FILTER_SIZE = 8  # <linux/filter.h>: struct sock_filter { u16 code; u8 jt, jf; u32 k; }
