@@ -168,12 +168,12 @@ class StoreProxy:
         the connection's watches and transactions), and what the daemon still owed it
         (replies to in-flight requests, watch events) is dropped up to the reset's
         reply."""
+        self.watches.clear()  # (none to set again on a restarted daemon's store)
         if self._writer is not None:
             self._writer.write(wire.pack(wire.XS_RESET_WATCHES, RESET_REQ_ID, 0, b""))
             self._resets += 1
             if self._stale is None:
                 self._stale = bytearray()
-            self.watches.clear()
 
     def kick(self) -> None:
         """The guest signalled the store port (any thread)."""
