@@ -75,7 +75,10 @@ def main() -> None:
     warm()
     gc.freeze()  # as in the zygote: imported objects live as long as the process
     sock = socket.socket(fileno=int(sys.argv[1]))
-    sock.sendall(READY)
+    try:
+        sock.sendall(READY)
+    except OSError:  # the zygote is gone (a daemon that did not start, or stopped)
+        os._exit(0)
     chan = Channel(sock)
     msg, fds = chan.recv_with_fds(3)
     chan.close()
