@@ -10,9 +10,11 @@ QEMU 10 comes from scripts/fetch-qemu10 (linux/qemu10/qemu-system-x86_64).
 guests/out/xenbench.elf (`mode=version|evtchn|null iterations=N`, benchmarks/hypercall.py
 describes the modes) runs with iterations=0 and iterations=N on each side; (T_N - T_0) / N
 is one round trip with start-up and shutdown cancelled out. Medians over R repeats.
-- xenopus: in this process through the domain builder (hypercall.run_xenbench), whichever
-  path the host offers (in-kernel where KVM has KVM_CAP_XEN_HVM, else trap), timed from
-  machine.start to the stop callback;
+- xenopus: in this process through the domain builder (hypercall.run_xenbench), timed from
+  machine.start to the stop callback, on each path the host offers: the trap path
+  (xen_hypercall_path = "trap": every call and event through our Python run loop) and,
+  where KVM has KVM_CAP_XEN_HVM, the in-kernel path (vmcall stubs; with EVTCHN_SEND KVM
+  also answers XENVER_version and loopback sends itself: xen/kernel_events.py);
 - QEMU 10: `-accel kvm,xen-version=...,kernel-irqchip=split -M pc`, timed from process start
   to exit (its firmware and start-up are in T_0 and cancel out; the spread does not).
 """
@@ -26,11 +28,11 @@ import sys
 import time
 
 import exits
-from common import ROOT, build_guest
+from common import QEMU10, XEN_VERSION, build_guest
 from hypercall import GUEST, MODES, run_xenbench
+from xenopus.kvm import Kvm
+from xenopus.xen.hypercall import kernel_flags, kernel_path_available
 
-QEMU10 = ROOT / "linux" / "qemu10" / "qemu-system-x86_64"
-XEN_VERSION = "0x4000b"  # Xen 4.11, as xenopus reports
 TIMEOUT = 300.0
 
 
@@ -63,15 +65,19 @@ def main() -> int:
         sys.exit(f"xen_peer: {QEMU10} is missing: run scripts/fetch-qemu10")
     build_guest(GUEST)
     n = args.iterations
+    kvm = Kvm()
+    sides = ["trap", "kernel"] if kernel_path_available(kernel_flags(kvm)) else ["trap"]
+    kvm.close()
     times: dict[tuple[str, str, int], list[float]] = {}
     failed: dict[str, list[str]] = {}  # mode -> QEMU's failures
-    paths: set[str] = set()
     for _ in range(args.repeats):
         for k in (0, n):
             for mode in MODES:
-                seconds, path, _ = run_xenbench(mode, k)
-                paths.add(path)
-                times.setdefault(("xenopus", mode, k), []).append(seconds)
+                for side in sides:
+                    seconds, path, _ = run_xenbench(mode, k, "auto" if side == "kernel" else side)
+                    if path != side:
+                        sys.exit(f"xen_peer: asked for the {side} path, the domain got {path}")
+                    times.setdefault((side, mode, k), []).append(seconds)
                 peer = run_qemu(mode, k)
                 if isinstance(peer, str):
                     failed.setdefault(mode, []).append(f"iterations={k}: {peer}")
@@ -79,7 +85,6 @@ def main() -> int:
                     times.setdefault(("qemu", mode, k), []).append(peer)
         print(".", end="", flush=True)
     print()
-    path = ",".join(sorted(paths))
 
     def per_call(side: str, mode: str) -> float | None:
         """Median of (T_N - T_0) / N over the repeats where both runs passed."""
@@ -89,12 +94,17 @@ def main() -> int:
 
     print(f"\nxenbench round trips, iterations={n}, {args.repeats} repeats "
           f"(medians; per call = (T_N - T_0) / N)\n")
-    print(f"{'mode':<10}{f'xenopus ({path}) µs':>26}{'QEMU 10 µs':>14}{'ratio':>8}")
+    head = "".join(f"{f'xenopus {side} µs':>20}" for side in sides)
+    ratios = "".join(f"{f'{side}/QEMU':>13}" for side in sides)
+    print(f"{'mode':<10}{head}{'QEMU 10 µs':>14}{ratios}")
     for mode in MODES:
-        ours, peer = per_call("xenopus", mode), per_call("qemu", mode)
-        ratio = f"{ours / peer:8.2f}" if ours and peer and peer > 0 else f"{'n/a':>8}"
+        peer = per_call("qemu", mode)
+        ours = [per_call(side, mode) for side in sides]
+        cells = "".join(f"{o * 1e6:20.2f}" if o is not None else f"{'n/a':>20}" for o in ours)
         shown = f"{peer * 1e6:14.2f}" if peer is not None else f"{'failed':>14}"
-        print(f"{mode:<10}{ours * 1e6:26.2f}{shown}{ratio}")
+        ratio = "".join(f"{o / peer:13.2f}" if o and peer and peer > 0 else f"{'n/a':>13}"
+                        for o in ours)
+        print(f"{mode:<10}{cells}{shown}{ratio}")
     for mode, why in failed.items():
         print(f"QEMU 10 {mode}: {len(why)} of {2 * args.repeats} runs failed: {why[0]}")
     return 0

@@ -40,6 +40,9 @@ SIZES = {
     "kvm_irq_level": 8,
     "kvm_mp_state": 4,
     "kvm_xen_hvm_config": 56,
+    "kvm_xen_hvm_attr": 72,
+    "kvm_xen_vcpu_attr": 72,
+    "kvm_irq_routing_xen_evtchn": 12,
     "kvm_fpu": 416,
     "kvm_xsave": 4096,
     "kvm_xcrs": 392,
@@ -132,6 +135,11 @@ IOCTLS = {
     "KVM_CREATE_PIT2": 0x4040AE77,
     "KVM_IOEVENTFD": 0x4040AE79,
     "KVM_XEN_HVM_CONFIG": 0x4038AE7A,
+    "KVM_XEN_HVM_GET_ATTR": 0xC048AEC8,
+    "KVM_XEN_HVM_SET_ATTR": 0x4048AEC9,
+    "KVM_XEN_VCPU_GET_ATTR": 0xC048AECA,
+    "KVM_XEN_VCPU_SET_ATTR": 0x4048AECB,
+    "KVM_XEN_HVM_EVTCHN_SEND": 0x400CAED0,
     "KVM_GET_CLOCK": 0x8030AE7C,
     "KVM_ENABLE_CAP": 0x4068AEA3,
     "KVM_X86_SET_MSR_FILTER": 0x4188AEC6,
@@ -314,3 +322,23 @@ def test_run_loop_views_match_the_header() -> None:
     struct.pack_into("<B7xIIQ", page, 32, 0, 1, 0x40000000, 0x1234000)
     assert u.RUN_MSR_VIEW.unpack_from(page) == (1, 0x40000000, 0x1234000)
     assert (u.RUN_MSR_ERROR, u.RUN_MSR_DATA, u.RUN_IMMEDIATE_EXIT) == (32, 48, 1)
+
+
+# offsetof() of the Xen attribute structs' nested members (gcc, linux/kvm.h of 6.1)
+XEN_ATTR_OFFSETS = [
+    (u.kvm_xen_hvm_attr, ("u",), 8),
+    (u.kvm_xen_hvm_attr, ("u", "evtchn", "flags"), 16),
+    (u.kvm_xen_hvm_attr, ("u", "evtchn", "deliver"), 20),
+    (u.kvm_xen_hvm_attr, ("u", "evtchn", "deliver", "eventfd", "fd"), 24),
+    (u.kvm_xen_vcpu_attr, ("u", "timer", "expires_ns"), 16),
+    (u.kvm_xen_vcpu_attr, ("u", "runstate", "time_offline"), 48),
+]
+
+
+@pytest.mark.parametrize(("struct_type", "path", "offset"), XEN_ATTR_OFFSETS)
+def test_xen_attr_offsets(struct_type: type, path: tuple[str, ...], offset: int) -> None:
+    t, total = struct_type, 0
+    for name in path:
+        total += getattr(t, name).offset
+        t = dict(t._fields_)[name]
+    assert total == offset

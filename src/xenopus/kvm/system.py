@@ -140,8 +140,9 @@ class Kvm:
         n = _ioctl(self.fd, u.KVM_GET_MSRS, buf, "KVM_GET_MSRS (feature MSRs)")
         return {buf.entries[i].index: buf.entries[i].data for i in range(n)}
 
-    def create_vm(self) -> VmFd:
-        fd = _ioctl(self.fd, u.KVM_CREATE_VM, 0, "KVM_CREATE_VM")
+    def create_vm(self, vm_type: int = 0) -> VmFd:
+        """KVM_CREATE_VM; `vm_type` is the machine type (on arm64 the IPA size, 0 = 40 bits)."""
+        fd = _ioctl(self.fd, u.KVM_CREATE_VM, vm_type, "KVM_CREATE_VM")
         return VmFd(fd, self)
 
     def close(self) -> None:
@@ -284,6 +285,21 @@ class VmFd:
         req = u.kvm_xen_hvm_config(flags=flags, msr=msr)
         _ioctl(self.fd, u.KVM_XEN_HVM_CONFIG, req, "KVM_XEN_HVM_CONFIG")
 
+    def xen_set_attr(self, attr: u.kvm_xen_hvm_attr) -> None:
+        """KVM_XEN_HVM_SET_ATTR (api.rst 4.127)."""
+        _ioctl(self.fd, u.KVM_XEN_HVM_SET_ATTR, attr, f"KVM_XEN_HVM_SET_ATTR {attr.type}")
+
+    def xen_get_attr(self, attr: u.kvm_xen_hvm_attr) -> u.kvm_xen_hvm_attr:
+        """KVM_XEN_HVM_GET_ATTR (api.rst 4.128): `attr` with its `type` set, filled in."""
+        _ioctl(self.fd, u.KVM_XEN_HVM_GET_ATTR, attr, f"KVM_XEN_HVM_GET_ATTR {attr.type}")
+        return attr
+
+    def xen_evtchn_send(self, port: int, vcpu: int) -> None:
+        """KVM_XEN_HVM_EVTCHN_SEND (api.rst 4.132): raise a 2-level port as Xen would."""
+        req = u.kvm_irq_routing_xen_evtchn(
+            port=port, vcpu=vcpu, priority=u.KVM_IRQ_ROUTING_XEN_EVTCHN_PRIO_2LEVEL)
+        _ioctl(self.fd, u.KVM_XEN_HVM_EVTCHN_SEND, req, f"KVM_XEN_HVM_EVTCHN_SEND {port}")
+
     def check_extension(self, cap: int) -> int:
         """KVM_CHECK_EXTENSION on the VM fd: some capabilities (KVM_CAP_XSAVE2's buffer
         size) answer for this VM only (api.rst, KVM_CHECK_EXTENSION)."""
@@ -320,10 +336,51 @@ class VmFd:
         fd = _ioctl(self.fd, u.KVM_CREATE_VCPU, index, f"KVM_CREATE_VCPU {index}")
         return VcpuFd(fd, index, self.kvm.vcpu_mmap_size)
 
+    # --- devices and attributes (api.rst 4.80-4.82; used by arm64's vGIC and SMCCC filter)
+    def create_device(self, dev_type: int) -> int:
+        """KVM_CREATE_DEVICE: the new device's fd (the caller closes it)."""
+        dev = u.kvm_create_device(type=dev_type)
+        _ioctl(self.fd, u.KVM_CREATE_DEVICE, dev, f"KVM_CREATE_DEVICE type {dev_type}")
+        return dev.fd
+
+    def set_attr(self, group: int, attr: int, value: ctypes.Structure | ctypes._SimpleCData
+                 | None = None, *, fd: int | None = None) -> None:
+        """KVM_SET_DEVICE_ATTR on the VM fd, or on device `fd`; `value` is what `addr`
+        points at (None: no payload)."""
+        set_device_attr(self.fd if fd is None else fd, group, attr, value)
+
+    def has_attr(self, group: int, attr: int, *, fd: int | None = None) -> bool:
+        return has_device_attr(self.fd if fd is None else fd, group, attr)
+
+    def arm_preferred_target(self) -> u.kvm_vcpu_init:
+        """KVM_ARM_PREFERRED_TARGET: the target (and no features) for KVM_ARM_VCPU_INIT."""
+        init = u.kvm_vcpu_init()
+        _ioctl(self.fd, u.KVM_ARM_PREFERRED_TARGET, init, "KVM_ARM_PREFERRED_TARGET")
+        return init
+
     def close(self) -> None:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+
+def set_device_attr(fd: int, group: int, attr: int,
+                    value: ctypes.Structure | ctypes._SimpleCData | None = None) -> None:
+    """KVM_SET_DEVICE_ATTR on any fd that takes it (VM, vCPU or device)."""
+    addr = 0 if value is None else ctypes.addressof(value)
+    _ioctl(fd, u.KVM_SET_DEVICE_ATTR, u.kvm_device_attr(0, group, attr, addr),
+           f"KVM_SET_DEVICE_ATTR group {group} attr {attr:#x}")
+
+
+def has_device_attr(fd: int, group: int, attr: int) -> bool:
+    """KVM_HAS_DEVICE_ATTR: ENXIO (or ENODEV, EINVAL on old kernels) means no."""
+    try:
+        _ioctl(fd, u.KVM_HAS_DEVICE_ATTR, u.kvm_device_attr(0, group, attr, 0))
+    except KvmError as e:
+        if e.errno in (errno.ENXIO, errno.ENODEV, errno.EINVAL, errno.ENOTTY):
+            return False
+        raise
+    return True
 
 
 def irqchip_route(gsi: int, chip: int, pin: int) -> u.kvm_irq_routing_entry:
@@ -374,6 +431,15 @@ class VcpuFd:
 
     def set_cpuid2(self, cpuid: ctypes.Structure) -> None:
         _ioctl(self.fd, u.KVM_SET_CPUID2, cpuid, "KVM_SET_CPUID2")
+
+    def xen_set_attr(self, attr: u.kvm_xen_vcpu_attr) -> None:
+        """KVM_XEN_VCPU_SET_ATTR (api.rst 4.129; takes the vCPU mutex)."""
+        _ioctl(self.fd, u.KVM_XEN_VCPU_SET_ATTR, attr, f"KVM_XEN_VCPU_SET_ATTR {attr.type}")
+
+    def xen_get_attr(self, attr: u.kvm_xen_vcpu_attr) -> u.kvm_xen_vcpu_attr:
+        """KVM_XEN_VCPU_GET_ATTR (api.rst 4.130): `attr` with its `type` set, filled in."""
+        _ioctl(self.fd, u.KVM_XEN_VCPU_GET_ATTR, attr, f"KVM_XEN_VCPU_GET_ATTR {attr.type}")
+        return attr
 
     def set_msrs(self, values: Mapping[int, int]) -> None:
         buf = u.msrs_with(len(values))
@@ -471,6 +537,23 @@ class VcpuFd:
 
     def set_mp_state(self, mp_state: int) -> None:
         _ioctl(self.fd, u.KVM_SET_MP_STATE, u.kvm_mp_state(mp_state), "KVM_SET_MP_STATE")
+
+    # --- arm64 ---------------------------------------------------------------------------
+    def arm_vcpu_init(self, init: u.kvm_vcpu_init) -> None:
+        _ioctl(self.fd, u.KVM_ARM_VCPU_INIT, init, f"KVM_ARM_VCPU_INIT vCPU {self.index}")
+
+    def get_one_reg(self, reg_id: int) -> int:
+        """KVM_GET_ONE_REG of a 64-bit register."""
+        value = ctypes.c_uint64()
+        _ioctl(self.fd, u.KVM_GET_ONE_REG, u.kvm_one_reg(reg_id, ctypes.addressof(value)),
+               f"KVM_GET_ONE_REG {reg_id:#x}")
+        return value.value
+
+    def set_one_reg(self, reg_id: int, value: int) -> None:
+        """KVM_SET_ONE_REG of a 64-bit register."""
+        data = ctypes.c_uint64(value)
+        _ioctl(self.fd, u.KVM_SET_ONE_REG, u.kvm_one_reg(reg_id, ctypes.addressof(data)),
+               f"KVM_SET_ONE_REG {reg_id:#x}")
 
     def close(self) -> None:
         # Drop the ctypes view first: mmap.close() refuses while a buffer export is alive.

@@ -58,6 +58,7 @@ from xenopus.toolstack import hostinfo, xlformat, zygote
 from xenopus.toolstack.broker import InterdomainBroker
 from xenopus.toolstack.xenstored import PVCONTROL_TIMEOUT, PvControlTimeout, XenStored
 from xenopus.xen.xenstore.server import UNSCOPED, Peer, Scope, peer_of
+from xenopus.xen.xenstore.wire import XsError
 
 log = logging.getLogger("xenopus.daemon")
 
@@ -274,6 +275,8 @@ class Daemon:
                 # By pid: the domain may have left the table already (it said Finished).
                 rec = self._processes.pop(event.pid, None)
                 jail.remove_cpu_share(event.pid)  # its v1 cpu cgroup, if sched-credit made one
+                if event.domid not in self.domains:  # (a rebuild's new process may be in it)
+                    jail.remove_cgroup(event.domid)
                 if rec is not None:
                     rec.exit_info = event
                     rec.exited.set()
@@ -869,6 +872,9 @@ class Daemon:
         if self.domains.get(rec.domid) is rec:
             del self.domains[rec.domid]
             self._save_table()
+        # Its cgroup v2 directory, if its process has left it (else when the zygote
+        # reports the exit, or the next daemon's start sweeps it).
+        jail.remove_cgroup(rec.domid)
         rec.gone.set()
         rec.pulse()
 
@@ -1049,6 +1055,8 @@ class Daemon:
         ids = [next_domid if isinstance(next_domid, int) else 1, *(d + 1 for d in self.domains)]
         self.next_domid = max(ids)
         self._save_table()
+        for domid in jail.stale_cgroups(self.domains):  # of domains lost while no daemon ran
+            jail.remove_cgroup(domid)
 
     async def _adopt(self, entry: dict[str, Any]) -> DomainRecord:
         domid, name, pid = int(entry["domid"]), str(entry["name"]), int(entry["pid"])
@@ -1062,6 +1070,7 @@ class Daemon:
             if peer_of(sock).pid != pid:
                 raise ValueError(f"control.sock is held by pid {peer_of(sock).pid}, not {pid}")
             xs_ours, xs_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            be_ours, be_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
             rec = DomainRecord(domid, config, state="running", pid=pid,
                                uuid=str(entry.get("uuid") or uuid4()),
                                created=float(entry.get("created", time.time())), adopted=True,
@@ -1072,8 +1081,12 @@ class Daemon:
                 rec.next_config = DomainConfig.from_dict(entry["next_config"])
             await self.xenstore.add_domain(domid, name, config, rec.uuid, rec.created, xs_ours)
             self.xenstore.console_ready(domid, rec.console_nodes)
-            ipc.send_with_fds(sock, Request("adopt", {}, 1).to_wire(), [xs_theirs.fileno()])
+            # Its PV backends' connection too: the one they had went with the old daemon.
+            await self.xenstore.serve_backends(domid, be_ours)
+            ipc.send_with_fds(sock, Request("adopt", {}, 1).to_wire(),
+                              [xs_theirs.fileno(), be_theirs.fileno()])
             xs_theirs.close()
+            be_theirs.close()
             reader, rec.writer = await asyncio.open_unix_connection(sock=sock)
         except BaseException:
             sock.close()
@@ -1397,6 +1410,38 @@ class Daemon:
         if not isinstance(kib, int) or isinstance(kib, bool) or kib < 0:
             raise RequestError(f"invalid memory size: {text}")
         return kib, str(text)
+
+    # -- xl xenstore-quota-get / xenstore-quota-set (xl_xsquota.c) -------------------------
+    def _quota_domid(self, req: Request) -> int | None:
+        """None for the global values (-g), else the named domain's id (0: dom0's)."""
+        if req.args.get("global"):
+            return None
+        if req.dom in ("0", "Domain-0"):
+            return 0
+        return self.lookup(req.dom).domid
+
+    @daemon_step("xenstore-quota-get")
+    async def _xs_quota_get(self, req: Request, client: Client) -> Reply:
+        domid = self._quota_domid(req)
+        try:
+            quota = self.xenstore.quota_get(domid)
+        except XsError as e:
+            raise RequestError(f"Quota could not be obtained. ({e})") from e
+        return Reply.success(quota=[[name, value] for name, value in quota])
+
+    @daemon_step("xenstore-quota-set")
+    async def _xs_quota_set(self, req: Request, client: Client) -> Reply:
+        domid = self._quota_domid(req)
+        items = req.args.get("quota")
+        if not isinstance(items, list) or not all(
+                isinstance(i, list) and len(i) == 2 and isinstance(i[0], str)
+                and isinstance(i[1], int) and not isinstance(i[1], bool) for i in items):
+            raise RequestError("xenstore-quota-set wants [name, value] pairs")
+        try:
+            self.xenstore.quota_set(domid, [(n, v) for n, v in items])
+        except XsError as e:
+            raise RequestError(f"Quota could not be set. ({e})") from e
+        return Reply.success()
 
     @daemon_step("mem-set")
     async def _mem_set(self, req: Request, client: Client) -> Reply:

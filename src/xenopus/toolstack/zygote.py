@@ -88,7 +88,9 @@ class SparePool:
     # creates fork from the zygote (sharing its layout) rather than wait for ever.
     MAX_FAILURES = 3
 
-    def __init__(self, size: int, forker: PidNamespaceForker, sel: selectors.BaseSelector):
+    def __init__(self, size: int, forker: PidNamespaceForker, sel: selectors.BaseSelector,
+                 seccomp_fd: int | None = None):
+        self.seccomp_fd = seccomp_fd
         self.size = size
         self.forker = forker
         self.sel = sel
@@ -118,8 +120,11 @@ class SparePool:
         if pid == 0:
             try:
                 theirs.set_inheritable(True)
-                os.execv(sys.executable, [sys.executable, "-m", "xenopus.toolstack.spare",
-                                          str(theirs.fileno())])
+                argv = [sys.executable, "-m", "xenopus.toolstack.spare", str(theirs.fileno())]
+                if self.seccomp_fd is not None:
+                    os.set_inheritable(self.seccomp_fd, True)
+                    argv.append(str(self.seccomp_fd))
+                os.execv(sys.executable, argv)
             finally:
                 os._exit(127)
         theirs.close()
@@ -162,9 +167,10 @@ class SparePool:
         self.fill()
 
 
-def serve(sock: socket.socket, spares: int = 0) -> None:
+def serve(sock: socket.socket, spares: int = 0, seccomp_fd: int | None = None) -> None:
     """Fork or hand out one domain process per Spawn. With `spares`, each domain is an
-    exec'd spare with its own layout; with none, a fork of this process."""
+    exec'd spare with its own layout; with none, a fork of this process. `seccomp_fd`:
+    the compiled seccomp filter each domain's jail loads (None: each compiles its own)."""
     chan = Channel(sock)
     children: dict[int, int] = {}  # pid -> domid
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -174,7 +180,7 @@ def serve(sock: socket.socket, spares: int = 0) -> None:
     sel.register(sock, selectors.EVENT_READ)
     sel.register(wake_r, selectors.EVENT_READ)
     forker = PidNamespaceForker()
-    pool = SparePool(spares, forker, sel)
+    pool = SparePool(spares, forker, sel, seccomp_fd)
     pool.fill()
     warmed = False
 
@@ -242,7 +248,8 @@ def serve(sock: socket.socket, spares: int = 0) -> None:
             else:
                 spawn, fds = pending.popleft()
                 warm()
-                pid = _fork_domain(forker, pool, chan, sel, wake_r, wake_w, spawn, fds)
+                pid = _fork_domain(forker, pool, chan, sel, wake_r, wake_w, spawn, fds,
+                                   seccomp_fd)
             # Closed before any further fork: a child holding a copy of the domain's
             # control channel would hide its end from the daemon.
             for fd in fds:
@@ -255,7 +262,7 @@ def serve(sock: socket.socket, spares: int = 0) -> None:
 
 def _fork_domain(forker: PidNamespaceForker, pool: SparePool, chan: Channel,
                  sel: selectors.BaseSelector, wake_r: int, wake_w: int, spawn: Spawn,
-                 fds: list[int]) -> int:
+                 fds: list[int], seccomp_fd: int | None) -> int:
     # Each domain process is pid 1 of a PID namespace of its own: it sees no other
     # process. (Made here: only children enter a new one.)
     pid = forker.fork()
@@ -265,14 +272,17 @@ def _fork_domain(forker: PidNamespaceForker, pool: SparePool, chan: Channel,
         sel.close()
         os.close(wake_r)
         os.close(wake_w)
-        spare.become_domain(spawn, fds, fresh_layout=False)
+        spare.become_domain(spawn, fds, fresh_layout=False, seccomp_fd=seccomp_fd)
     return pid
 
 
 def _reap(chan: Channel, children: dict[int, int], pool: SparePool) -> None:
+    """Collect every child that has exited: a domain (reported) or a spare (replaced).
+    Spares are children too, so this runs until wait4 has none, not until no domain is
+    left (a spare dying while no domain ran stayed a zombie, and unreplaced)."""
     from xenopus.domain.protocol import Exited  # imported by serve, after the spares' start
 
-    while children:
+    while True:
         try:
             pid, status, usage = os.wait4(-1, os.WNOHANG)
         except ChildProcessError:
@@ -296,7 +306,21 @@ def main() -> None:
     # Everything imported so far lives as long as the zygote: keep the collector from
     # walking it in each child (touching an object copies its page: PSS per domain).
     gc.freeze()
-    serve(socket.socket(fileno=args.fd), spares=max(0, args.spares))
+    serve(socket.socket(fileno=args.fd), spares=max(0, args.spares), seccomp_fd=_compile_seccomp())
+
+
+def _compile_seccomp() -> int | None:
+    """The domains' seccomp filter, compiled once here (the only use of libseccomp), before
+    the first spare starts (its argv names the memfd); None if it cannot be, and each
+    domain's jail then tries itself and reports why not."""
+    try:
+        from xenopus.domain import jail, seccomp_policy
+
+        return seccomp_policy.compile_filter(log_only="log" in jail.debug_flags(),
+                                             ioctls=jail.IOCTLS)
+    except (ImportError, OSError, RuntimeError, ValueError) as e:
+        print(f"xenopus zygote: cannot compile the seccomp filter: {e}", file=sys.stderr)
+        return None
 
 
 if __name__ == "__main__":

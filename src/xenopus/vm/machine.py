@@ -98,6 +98,7 @@ class Machine:
         cpuid_fixup: CpuidFixup | None = None,
         port_out_handlers: Mapping[int, Callable[[Vcpu], None]] | None = None,
         cpu_policy: CpuPolicy | None = None,
+        pit: bool = True,
     ):
         if vcpus < 1:
             raise ValueError(f"a machine needs at least one vCPU, not {vcpus}")
@@ -126,10 +127,13 @@ class Machine:
         self._extra_slots: dict[int, int] = {}  # gpa of a page added outside RAM -> its slot
         self._down: set[int] = set()  # vCPUs a layer above took down (parked until up)
         self._load: dict[int, CpuState] = {}  # vCPU -> state to load on its thread, then run
+        self._soon: dict[int, list[Callable[[], None]]] = {}  # vCPU -> calls for its thread
+        self._parked_at: set[int] = set()  # vCPUs parked in _control (out of KVM_RUN)
         self._slot_lock = threading.Lock()
         self.cpu_policy = cpu_policy
         self._cpuid_fixup = cpuid_fixup
         self._userspace_msrs = list(msr_filter or ())
+        self.has_pit = pit  # the in-kernel i8254 (Xen's PVH platform has none)
         self._manual_dirty_log = False  # KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 enabled (log_dirty)
         try:
             self._build(vcpus, pio, mmio, msr_handler, cpuid_fixup, exit_handlers, msr_filter,
@@ -180,9 +184,10 @@ class Machine:
         vm.create_irqchip()  # PIC + IOAPIC + per-vCPU LAPICs
         self.irq = IrqRouting(vm)  # owns the GSI table from here on (MSI routes, irqfds)
         self._ioevents = IoEvents(vm)
-        # The dummy speaker keeps port 0x61 in the kernel, tied to PIT channel 2 as
-        # Linux's PIT calibration expects.
-        vm.create_pit2(u.KVM_PIT_SPEAKER_DUMMY)
+        if self.has_pit:
+            # The dummy speaker keeps port 0x61 in the kernel, tied to PIT channel 2 as
+            # Linux's PIT calibration expects.
+            vm.create_pit2(u.KVM_PIT_SPEAKER_DUMMY)
         self._nvcpus = n
         self._supported = self.kvm.supported_cpuid()
         self._tsc_khz_known = self.kvm.check_extension(u.KVM_CAP_GET_TSC_KHZ) > 0
@@ -417,6 +422,7 @@ class Machine:
     def _control(self, vcpu: Vcpu) -> bool:
         """Called by a kicked vCPU thread: load a state `vcpu_up` gave it, park while
         paused or down; True once it must stop."""
+        self._run_soon(vcpu.index)
         with self._cond:
             state = self._load.pop(vcpu.index, None)
         if state is not None:  # out of KVM_RUN on its own thread: its registers are ours
@@ -441,9 +447,40 @@ class Machine:
                 if not self._paused and vcpu.index not in self._down:
                     return False
                 self._parked += 1
+                self._parked_at.add(vcpu.index)
                 self._cond.notify_all()
                 self._cond.wait()
+                self._parked_at.discard(vcpu.index)
                 self._parked -= 1
+
+    def on_vcpu_thread(self, index: int, call: Callable[[], None]) -> None:
+        """Run `call` where vCPU `index`'s ioctls cannot block: on its own thread at its
+        next exit (kicked now), or here at once if that is the caller's thread, or no
+        thread runs it, or it is parked out of KVM_RUN. A vCPU ioctl from another thread
+        waits for the vCPU mutex KVM_RUN holds, which a halted vCPU keeps indefinitely."""
+        vcpu = self.vcpus[index]
+        with self._cond:
+            tid = vcpu.thread_id
+            if tid is not None and tid != threading.get_ident() and index not in self._parked_at:
+                self._soon.setdefault(index, []).append(call)
+                queued = True
+            else:
+                queued = False
+        if queued:
+            vcpu.kick()
+            if vcpu.thread_id is None:  # its thread ended meanwhile: nobody else will run it
+                self._run_soon(index)
+            return
+        call()
+
+    def _run_soon(self, index: int) -> None:
+        with self._cond:
+            calls = self._soon.pop(index, [])
+        for call in calls:
+            try:
+                call()
+            except Exception:  # a layer above's bug: the vCPU runs on
+                log.exception("vCPU %d: deferred call failed", index)
 
     def vcpu_down(self, index: int) -> None:
         """vCPU `index` stops running at its next exit (the caller's own as the exit it
@@ -491,9 +528,11 @@ class Machine:
                 v.kick()
         with self._cond:
             self._parked += 1
+            self._parked_at.add(index)  # out of KVM_RUN: on_vcpu_thread may call directly
             self._cond.notify_all()
             while self._paused and self._stop_reason is None:
                 self._cond.wait()
+            self._parked_at.discard(index)
             self._parked -= 1
             return self._stop_reason is None
 

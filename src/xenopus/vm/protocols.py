@@ -9,7 +9,7 @@ fields where KVM offers them), never through a vCPU file descriptor or a kvm_run
 from __future__ import annotations
 
 import ctypes
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol, TypeVar
 
 from xenopus.kvm import uapi as u
@@ -108,6 +108,11 @@ class MachineView(Protocol):
 
     def vcpu_up(self, index: int, state: CpuState | None = None) -> None:
         """Run a vCPU again; with `state`, starting from it."""
+        ...
+
+    def on_vcpu_thread(self, index: int, call: Callable[[], None]) -> None:
+        """Run `call` where vCPU `index`'s ioctls do not block: its own thread at its next
+        exit, or at once where no KVM_RUN of it is in progress."""
         ...
 
 

@@ -14,6 +14,10 @@ same layout (pvclock_vcpu_time_info), so once a vcpu_info's place is known we po
 vCPU's host-side MSR_KVM_SYSTEM_TIME_NEW at its `time` field and KVM keeps it current; Xen
 system time is therefore the VM's kvmclock, read here as CLOCK_BOOTTIME minus the epoch
 KVM_GET_CLOCK gives at construction.
+
+Where KVM delivers events in-kernel (`kernel`, xen/kernel_events.py), every placement
+and upcall setting made here is also handed to KVM, and the one-shot timers of vCPUs
+whose VIRQ_TIMER KVM knows run in KVM.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from xenopus.xen.guestmem import XenError
 from xenopus.xen.hypercall import HypercallTable, in_long_mode
 from xenopus.xen.hypercalls import FAMILIES
 from xenopus.xen.hypercalls.console import HypervisorConsole
+from xenopus.xen.kernel_events import KernelEvents
 from xenopus.xen.p2m import PhysMap
 from xenopus.xen.timers import VcpuTimers
 
@@ -102,6 +107,8 @@ class XenDomain:
         max_pages: int = 0,
         max_grant_frames: int = DEFAULT_MAX_GRANT_FRAMES,
         max_evtchn_port: int = DEFAULT_MAX_EVTCHN_PORT,
+        kernel: KernelEvents | None = None,
+        evtchn_fifo: bool = True,
     ):
         self.domid = domid
         self.machine = machine
@@ -132,6 +139,13 @@ class XenDomain:
         self.evtchn = EventChannels(domid, self.memory, self.nr_vcpus, self.deliver,
                                     holds_memory=self.p2m.holds_memory,
                                     max_port=max_evtchn_port)
+        self.evtchn.fifo_allowed = evtchn_fifo
+        self.kernel = kernel
+        if kernel is not None:
+            self.evtchn.kernel = kernel
+            self.evtchn.on_fifo = lambda: kernel.stop("the guest switched to FIFO events")
+            kernel.take_oneshot = self._take_oneshot
+            kernel.give_oneshot = self._give_oneshot
         self.grants = GrantTable(domid, self.memory, max_frames=max_grant_frames)
         self.grants.host_map = self.p2m.map_grant  # GNTTABOP_map_grant_ref's GFNs
         self.grants.host_unmap = self.p2m.unmap_grant
@@ -154,6 +168,8 @@ class XenDomain:
     def close(self) -> None:
         for closer in self._closers:
             closer()
+        if self.kernel is not None:
+            self.kernel.close()
         self.grants.unmap_all()  # the granters' entries lose our in-use flags
         self.timers.close()
         for route in self._msi.values():
@@ -201,6 +217,8 @@ class XenDomain:
             self.compat_shinfo = not long_mode
             si = self.shared_info
             self.evtchn.set_compat(self.compat_shinfo)
+            if self.kernel is not None:
+                self.kernel.set_long_mode(long_mode)
             if si is not None:
                 self._write_wallclock(si)
 
@@ -248,12 +266,20 @@ class XenDomain:
             self._write_wallclock(gpa)
             in_slots = [v for v in range(min(self.nr_vcpus, abi.XEN_LEGACY_MAX_VCPUS))
                         if v not in self._placed]
+        if self.kernel is not None:
+            # Before the early events are raised (through KVM) below; a vCPU's vcpu_info
+            # is its slot until it registers one (QEMU tells KVM so too).
+            self.kernel.set_shared_info(gpa)
+            for v in in_slots:
+                self.kernel.set_vcpu_info(v, gpa + v * _VI_SIZE)
         self.evtchn.set_shared_info(gpa)
         for v in in_slots:
             self._clock_at(v, gpa + v * _VI_SIZE, caller)
 
     def register_vcpu_info(self, vcpu: int, gpa: int, caller: int) -> int:
         """VCPUOP_register_vcpu_info of `vcpu` at `gpa` by vCPU `caller`: 0 or -errno."""
+        if self.kernel is not None:
+            self.kernel.set_vcpu_info(vcpu, gpa)  # first: register_vcpu_info raises it
         rc = self.evtchn.register_vcpu_info(vcpu, gpa)
         if rc == 0:
             with self._lock:
@@ -262,11 +288,12 @@ class XenDomain:
         return rc
 
     def xen_gpfns(self) -> set[int]:
-        """The frames Xen's own structures live in: shared_info, the grant frames, the
-        special pages (not the guest's to balloon out or unmap)."""
+        """The frames Xen's own structures live in: shared_info, the grant frames (and a v2
+        table's status frames), the special pages (not the guest's to balloon out or unmap)."""
         pfns = {self.params[p] for p in (abi.HVM_PARAM_STORE_PFN, abi.HVM_PARAM_CONSOLE_PFN)
                 if p in self.params}
         pfns.update(self.grants.frames.values())
+        pfns.update(self.grants.status_frames.values())
         if self.shared_info is not None:
             pfns.add(self.shared_info // abi.PAGE_SIZE)
         return pfns
@@ -280,6 +307,8 @@ class XenDomain:
                 self.time_areas.pop(vcpu, None)
             else:
                 self.time_areas[vcpu] = gpa
+        if self.kernel is not None:
+            self.kernel.set_time_info(vcpu, gpa)
         self.refresh_time_area(vcpu)
 
     def refresh_time_area(self, vcpu: int) -> None:
@@ -287,6 +316,8 @@ class XenDomain:
         secondary area under that area's own version, as Xen's time.c does: odd while
         the copy is in progress. The flags are KVM's: XEN_PVCLOCK_TSC_STABLE_BIT (the same
         bit as PVCLOCK_TSC_STABLE_BIT) only where KVM's master clock makes it true."""
+        if self.kernel is not None and self.kernel.active:
+            return  # KVM keeps it (KVM_XEN_VCPU_ATTR_TYPE_VCPU_TIME_INFO)
         with self._time_lock:
             dst = self.time_areas.get(vcpu)
             src = self.evtchn.vcpu_info_gpa(vcpu)
@@ -318,6 +349,9 @@ class XenDomain:
         channel table, the grant table's frames, and the armed timers as guest system
         times (which continue with kvmclock on the restoring side)."""
         oneshot, periodic = self.timers.pending()
+        oneshot_ns = {v: self._system_ns(t) for v, t in oneshot.items()}
+        if self.kernel is not None:
+            oneshot_ns.update(self.kernel.oneshots())  # the timers KVM runs
         with self._lock:
             return {
                 "version": STATE_VERSION,
@@ -331,7 +365,7 @@ class XenDomain:
                 "clock_pending": sorted(self._clock_pending.items()),
                 "evtchn": self.evtchn.save_state(),
                 "grants": self.grants.save_state(),
-                "oneshot": [[v, self._system_ns(t)] for v, t in sorted(oneshot.items())],
+                "oneshot": [[v, ns] for v, ns in sorted(oneshot_ns.items())],
                 "periodic": [[v, self._system_ns(t), period]
                              for v, (t, period) in sorted(periodic.items())],
                 "families": {name: holder.save_state()
@@ -363,8 +397,13 @@ class XenDomain:
             self._clock_pending = {v: msr for v, msr in state["clock_pending"]}
             if si is not None:
                 self._write_wallclock(si)  # the wall clock moved on while it was saved
+        if self.kernel is not None:
+            self._kernel_restore()
         for v, system_ns in state["oneshot"]:
-            self.timers.set_oneshot(v, self.host_deadline(system_ns))
+            if self.kernel is not None and self.kernel.has_timer(v):
+                self.kernel.set_oneshot(v, system_ns)
+            else:
+                self.timers.set_oneshot(v, self.host_deadline(system_ns))
         for v, system_ns, period in state["periodic"]:
             self.timers.set_periodic_from(v, self.host_deadline(system_ns), period)
         for name, family in state.get("families", {}).items():  # version 3
@@ -375,6 +414,34 @@ class XenDomain:
 
     def _system_ns(self, host_deadline: float) -> int:
         return round(host_deadline * 1e9) - self._epoch
+
+    def _kernel_restore(self) -> None:
+        """Hand KVM the restored placements, upcalls and ports (the guest set them up
+        before the save; KVM of this incarnation knows nothing of them)."""
+        kernel = self.kernel
+        assert kernel is not None
+        kernel.set_long_mode(not self.compat_shinfo)
+        if self.shared_info is not None:
+            kernel.set_shared_info(self.shared_info)
+        for v in range(self.nr_vcpus):
+            gpa = self.evtchn.vcpu_info_gpa(v)
+            if gpa is not None:
+                kernel.set_vcpu_info(v, gpa)
+            if v in self.upcall_vectors:
+                kernel.set_upcall_vector(v, self.upcall_vectors[v])
+        for v, gpa in self.time_areas.items():
+            kernel.set_time_info(v, gpa)
+        self.evtchn.sync_kernel_all()
+
+    def _take_oneshot(self, vcpu: int) -> int | None:
+        """KVM takes `vcpu`'s one-shot timer over: ours, cancelled, as system time."""
+        oneshot, _ = self.timers.pending()
+        deadline = oneshot.get(vcpu)
+        self.timers.set_oneshot(vcpu, None)
+        return None if deadline is None else self._system_ns(deadline)
+
+    def _give_oneshot(self, vcpu: int, system_ns: int) -> None:
+        self.timers.set_oneshot(vcpu, self.host_deadline(system_ns))
 
     # --- HVM params (host side; hvm.py checks a guest's own requests) ---------------------
     def set_param(self, index: int, value: int) -> None:
@@ -390,6 +457,19 @@ class XenDomain:
                     self.callback_vector = value & 0xFF
                 elif kind == abi.HVM_PARAM_CALLBACK_TYPE_GSI and value:
                     self.callback_gsi = value & ((1 << 56) - 1)
+                if self.kernel is not None:
+                    if self.callback_gsi is not None or (value and self.callback_vector is None):
+                        # KVM raises vectors only: an interrupt line is ours to drive
+                        self.kernel.stop(f"HVM_PARAM_CALLBACK_IRQ {value:#x} is not a vector")
+                    else:
+                        self.kernel.set_callback_vector(self.callback_vector or 0)
+
+    def set_upcall_vector(self, vcpu: int, vector: int) -> None:
+        """HVMOP_set_evtchn_upcall_vector: `vcpu`'s own upcall vector."""
+        with self._lock:
+            self.upcall_vectors[vcpu] = vector
+        if self.kernel is not None:
+            self.kernel.set_upcall_vector(vcpu, vector)
 
     # --- event delivery --------------------------------------------------------------------
     def deliver(self, vcpu: int) -> None:

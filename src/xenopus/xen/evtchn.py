@@ -18,9 +18,11 @@ interdomain, virq, ipi. An interdomain port's far end is one of:
 
 Two ABIs deliver events, as in Xen: 2-level (here) until the guest's first
 EVTCHNOP_init_control switches the domain to FIFO (xen/evtchn_fifo.py, which owns the
-queues), and EVTCHNOP_reset switches it back. Both run wherever we deliver events, i.e. on
-either hypercall path: KVM is never given the shared_info or the ports (its in-kernel
-delivery, which knows 2-level only, is not used), so FIFO is not refused there.
+queues), and EVTCHNOP_reset switches it back. Where KVM delivers 2-level events itself
+(`kernel`, xen/kernel_events.py) every raise goes through it, and the table tells it which
+sends it may serve (IPIs, loopback pairs) and each vCPU's VIRQ_TIMER port; FIFO is then
+withheld unless the domain's evtchn_fifo asks for it (`fifo_allowed`), and a switch to it
+hands everything back to us (`on_fifo`).
 
 A domain whose shared_info is latched 32-bit (`set_compat`; XenDomain latches it as Xen's
 hvm_latch_shinfo_size does) has the compat layout: 32 pending and mask words of 32 bits
@@ -49,6 +51,7 @@ from xenopus.memory.shared import GuestAtomics
 from xenopus.xen import abi
 from xenopus.xen.evtchn_fifo import CONTROL_BLOCK_SIZE, FifoEvents
 from xenopus.xen.guestmem import GuestAccess, XenError
+from xenopus.xen.kernel_events import KernelEvents, Route
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +145,9 @@ class EventChannels:
         self._word_bits = _WORD_BITS
         self._mask = _MASK  # evtchn_mask's offset in shared_info (pending is at 2048 in both)
         self._lock = threading.RLock()
+        self.kernel: KernelEvents | None = None  # KVM's in-kernel delivery, where used
+        self.fifo_allowed = True  # EVTCHNOP_init_control answered (else -ENOSYS)
+        self.on_fifo: Callable[[], None] | None = None  # told as the domain goes FIFO
 
     # --- shared_info / vcpu_info placement (decided by the XenDomain) -----------------------
 
@@ -284,6 +290,9 @@ class EventChannels:
         if si is None:
             self._early.add(port)
             return
+        kernel = self.kernel
+        if kernel is not None and kernel.send(port, vcpu):
+            return  # KVM set the bits and sent the upcall (api.rst 4.132)
         try:
             already = self.atomics.test_and_set_bit(si + _PENDING, port)
             if self.atomics.test_bit(si + self._mask, port):
@@ -361,6 +370,43 @@ class EventChannels:
 
     def _valid(self, port: int) -> bool:
         return 0 <= port < self._limit()
+
+    # --- what KVM serves in-kernel (xen/kernel_events.py) ---------------------------------
+    def _kernel_route(self, port: int) -> Route | None:
+        """What EVTCHNOP_send on `port` raises, where KVM can do it alone: an IPI port
+        itself, a loopback pair's other end (event_channel.c evtchn_send), a backend in
+        this process (its callback, through an eventfd KVM signals)."""
+        chn = self._ports.get(port)
+        if chn is None or self.fifo is not None:
+            return None
+        if chn.state == State.IPI:
+            return (abi.EVTCHNSTAT_ipi, port, chn.vcpu)
+        if chn.state == State.INTERDOMAIN and chn.far is None:
+            peer = self._ports.get(chn.remote_port)
+            if peer is not None and peer.state == State.INTERDOMAIN:
+                return (abi.EVTCHNSTAT_interdomain, chn.remote_port, peer.vcpu)
+        if chn.state == State.INTERDOMAIN and not chn.remote_process:
+            return chn.far
+        return None
+
+    def _sync_kernel(self, *ports: int) -> None:
+        kernel = self.kernel
+        if kernel is None:
+            return
+        for port in ports:
+            if port > 0:
+                kernel.route(port, self._kernel_route(port))
+
+    def sync_kernel_all(self) -> None:
+        """Tell KVM the whole table afresh (a restore): routes and VIRQ_TIMER ports."""
+        kernel = self.kernel
+        if kernel is None:
+            return
+        with self._lock:
+            kernel.reset_routes()
+            self._sync_kernel(*self._ports)
+            for vcpu in range(self.nr_vcpus):
+                kernel.timer_port(vcpu, self._virqs[vcpu].get(abi.VIRQ_TIMER, 0))
 
     def _alloc(self) -> int:
         # max_event_channels (xl.cfg) within what the ABI can name
@@ -442,6 +488,7 @@ class EventChannels:
                 rchn.state, rchn.remote_port = State.INTERDOMAIN, lport
                 self._ports[lport] = Channel(State.INTERDOMAIN, remote_dom=rdom,
                                              remote_port=remote_port)
+                self._sync_kernel(lport, remote_port)
                 self._set_pending(lport, 0)
                 return lport
             if self.broker is None or rdom >= abi.DOMID_FIRST_RESERVED:
@@ -478,6 +525,8 @@ class EventChannels:
             if port > 0:
                 self._ports[port] = Channel(State.VIRQ, vcpu=vcpu, virq=virq)
                 self._virqs[vcpu][virq] = port
+                if virq == abi.VIRQ_TIMER and self.kernel is not None and self.fifo is None:
+                    self.kernel.timer_port(vcpu, port)
             return port
 
     def bind_ipi(self, vcpu: int) -> int:
@@ -487,6 +536,7 @@ class EventChannels:
             port = self._alloc()
             if port > 0:
                 self._ports[port] = Channel(State.IPI, vcpu=vcpu)
+                self._sync_kernel(port)
             return port
 
     def close(self, port: int) -> int:
@@ -499,11 +549,14 @@ class EventChannels:
             if chn.state == State.VIRQ:
                 self._virqs[chn.vcpu if chn.virq not in abi.GLOBAL_VIRQS else 0].pop(
                     chn.virq, None)
+                if chn.virq == abi.VIRQ_TIMER and self.kernel is not None:
+                    self.kernel.timer_port(chn.vcpu, 0)
             elif chn.state == State.INTERDOMAIN and chn.far is None:
                 peer = self._ports.get(chn.remote_port)
                 if peer is not None and peer.state == State.INTERDOMAIN:
                     peer.state, peer.remote_dom = State.UNBOUND, self.domid
             del self._ports[port]
+            self._sync_kernel(port, chn.remote_port if chn.far is None else 0)
             self._clear_pending(port)
         if chn.remote_process and self.broker is not None:
             try:
@@ -583,6 +636,8 @@ class EventChannels:
             if chn.state in (State.UNBOUND, State.INTERDOMAIN) or (
                     chn.state == State.VIRQ and chn.virq in abi.GLOBAL_VIRQS):
                 chn.vcpu = vcpu
+                if chn.state == State.INTERDOMAIN and chn.far is None:
+                    self._sync_kernel(chn.remote_port)  # the pair's sends now raise here
                 return 0
             return -abi.XEN_EINVAL  # per-vCPU VIRQs and IPIs are tied to their vCPU
 
@@ -647,6 +702,7 @@ class EventChannels:
                 self._ports[port] = Channel(State.INTERDOMAIN, vcpu=vcpu,
                                             remote_dom=self.backend_domid, remote_port=port,
                                             far=callback)
+                self._sync_kernel(port)
             return port
 
     def connect_local(self, port: int, callback: Callable[[], None]) -> int:
@@ -659,6 +715,7 @@ class EventChannels:
             if chn is None or chn.state != State.UNBOUND or chn.remote_dom != self.backend_domid:
                 return -abi.XEN_EINVAL
             chn.state, chn.remote_port, chn.far = State.INTERDOMAIN, port, callback
+            self._sync_kernel(port)
             return 0
 
     def disconnect_local(self, port: int) -> None:
@@ -673,6 +730,7 @@ class EventChannels:
                 return
             chn.state, chn.far = State.UNBOUND, None
             chn.remote_dom, chn.remote_port = self.backend_domid, 0
+            self._sync_kernel(port)
 
     def notify(self, port: int) -> bool:
         """Host → guest on a port whose far end is a host backend or another domain."""
@@ -746,6 +804,8 @@ class EventChannels:
         """evtchn_fifo_init_control: the checks, then this vCPU's control block; the first
         one switches the domain to FIFO (events pending on 2-level wait for the event
         array page that holds them, every bound port gets the default priority)."""
+        if not self.fifo_allowed:
+            return -abi.XEN_ENOSYS  # evtchn_fifo = 0: as a Xen without FIFO support
         a.link_bits = abi.EVTCHN_FIFO_LINK_BITS
         if a.vcpu >= self.nr_vcpus:
             return -abi.XEN_ENOENT
@@ -758,6 +818,8 @@ class EventChannels:
             rc = fifo.map_control_block(a.vcpu, a.control_gfn, a.offset)
             if rc < 0:
                 return rc
+            if self.on_fifo is not None:
+                self.on_fifo()  # KVM delivers 2-level only: it lets go of the ports
             fifo.adopt(p for p in self._ports if p and self.is_pending(p))
             for port in self._ports:
                 if port:

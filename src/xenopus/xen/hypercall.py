@@ -32,9 +32,12 @@ second claim). An 8-bit port keeps the stub free of ``%dx``, an argument registe
 Where Xen answers a CPL>0 caller -EPERM, a CPL 3 OUT faults (#GP) before leaving the guest
 unless the guest granted IOPL 3; a caller that does get here from CPL>0 gets -EPERM.
 
-In-kernel path (KVM_CAP_XEN_HVM with INTERCEPT_HCALL): KVM writes its own vmcall/vmmcall
-stubs on the MSR write and hypercalls arrive as KVM_EXIT_XEN; `kernel_hcall` feeds them to
-the same table.
+In-kernel path (KVM_CAP_XEN_HVM with INTERCEPT_HCALL): vmcall/vmmcall are caught by KVM
+and arrive as KVM_EXIT_XEN; `kernel_hcall` feeds them to the same table. The hypercall
+page is still ours (the MSR filter keeps the write, so the layout is latched here as Xen
+does), but its stubs are Xen's own for HVM (arch/x86/hvm/{vmx,svm}: ``mov $NN, %eax;
+vmcall`` on Intel, ``vmmcall`` on AMD; ``ret``), so that calls through it reach KVM
+too, which answers some without leaving the kernel (xen/kernel_events.py).
 """
 
 from __future__ import annotations
@@ -68,25 +71,35 @@ HVM_FEATURES = (
 )
 
 _STUB_PAD = 0xCC  # int3, as Xen fills unused stub bytes
+VMCALL = bytes([0x0F, 0x01, 0xC1])  # Intel SDM vol. 2B VMCALL
+VMMCALL = bytes([0x0F, 0x01, 0xD9])  # AMD APM vol. 3 VMMCALL
+_PORT_OUT = bytes([0xE6, HYPERCALL_PORT])  # out %al, $0xE2
 _MASK64 = (1 << 64) - 1
 _ARGS64 = ("rdi", "rsi", "rdx", "r10", "r8", "r9")
 _ARGS32 = ("rbx", "rcx", "rdx", "rsi", "rdi", "rbp")
 
 
 # --- the hypercall page ---------------------------------------------------------------------
-def stub(nr: int) -> bytes:
-    """The 32-byte stub for hypercall `nr` (module docstring)."""
-    code = bytes([0xB8]) + nr.to_bytes(4, "little") + bytes([0xE6, HYPERCALL_PORT, 0xC3])
+def stub(nr: int, insn: bytes = _PORT_OUT) -> bytes:
+    """The 32-byte stub for hypercall `nr` (module docstring): the trap path's OUT, or
+    `insn` (VMCALL/VMMCALL) on the in-kernel path."""
+    code = bytes([0xB8]) + nr.to_bytes(4, "little") + insn + bytes([0xC3])
     return code.ljust(abi.HYPERCALL_STUB_SIZE, bytes([_STUB_PAD]))
 
 
-def hypercall_page() -> bytes:
+def hypercall_page(insn: bytes = _PORT_OUT) -> bytes:
     """128 stubs; HYPERVISOR_iret's is left as int3 (HVM guests have no use for it, and Xen
     leaves it so too)."""
     pad = bytes([_STUB_PAD]) * abi.HYPERCALL_STUB_SIZE
     return b"".join(
-        pad if nr == abi.HYPERVISOR_iret else stub(nr) for nr in range(abi.NR_HYPERCALLS)
+        pad if nr == abi.HYPERVISOR_iret else stub(nr, insn) for nr in range(abi.NR_HYPERCALLS)
     )
+
+
+def vmcall_for(vendor: str) -> bytes:
+    """The hypercall instruction of a CPU `vendor` (CPUID leaf 0): VMMCALL on AMD's SVM
+    (and Hygon's), VMCALL on Intel's VMX."""
+    return VMMCALL if vendor in ("AuthenticAMD", "HygonGenuine") else VMCALL
 
 
 # --- CPUID ----------------------------------------------------------------------------------
@@ -237,6 +250,7 @@ class TrapPath:
         self.memory = memory
         self.msr = msr
         self.page_gpas: dict[int, int] = {}  # vCPU -> where it asked for the page
+        self.insn = _PORT_OUT  # the stubs' call instruction: VMCALL/VMMCALL on the kernel path
         self._lock = threading.Lock()
         self._log = LimitedLog(log)  # the guest decides how often it writes the MSR
         # Told the vCPU that just had a page written (on its thread): Xen latches the
@@ -272,7 +286,7 @@ class TrapPath:
             return False
         gpa = value & ~0xFFF & _MASK64
         try:
-            self.memory.write(gpa, hypercall_page())
+            self.memory.write(gpa, hypercall_page(self.insn))
         except GuestMemoryError:
             self._log.log(logging.INFO, "vCPU %d: hypercall page at %#x is not RAM", vcpu, gpa)
             return False
@@ -323,14 +337,12 @@ def kernel_path_available(flags: int) -> bool:
 
 
 def kernel_config(flags: int, msr: int = abi.XEN_HYPERCALL_MSR) -> u.kvm_xen_hvm_config:
-    """KVM_XEN_HVM_CONFIG for the in-kernel path: KVM writes its own stubs on `msr` (blob
-    sizes 0) and intercepts vmcall/vmmcall; every call comes to us.
+    """KVM_XEN_HVM_CONFIG for the in-kernel path without in-kernel events: KVM intercepts
+    vmcall/vmmcall (api.rst 4.126) and every call comes to us.
 
-    Not KVM_XEN_HVM_CONFIG_EVTCHN_SEND, even where offered: it only speeds up ports
-    registered with KVM (KVM_XEN_ATTR_TYPE_EVTCHN; we register none), and it makes KVM
-    serve SCHEDOP_poll itself (arch/x86/kvm/xen.c, kvm_xen_schedop_poll) against a
-    shared_info it was never told of: finding no page it returns at once, so a vCPU
-    polling for its event (Linux's PV spinlocks) would spin instead of blocking here."""
+    Not KVM_XEN_HVM_CONFIG_EVTCHN_SEND: that makes KVM serve SCHEDOP_poll itself
+    (arch/x86/kvm/xen.c, kvm_xen_schedop_poll) against the shared_info it was told of,
+    which only xen/kernel_events.py tells it (and it sets the flag itself)."""
     if not flags & u.KVM_XEN_HVM_CONFIG_INTERCEPT_HCALL:
         raise ValueError("KVM lacks KVM_XEN_HVM_CONFIG_INTERCEPT_HCALL")
     return u.kvm_xen_hvm_config(flags=u.KVM_XEN_HVM_CONFIG_INTERCEPT_HCALL, msr=msr)

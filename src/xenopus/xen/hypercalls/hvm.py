@@ -59,7 +59,7 @@ def hvm_op(domain: XenDomain, call: Call) -> int:
             return -abi.XEN_ENOENT
         if uv.vector < UPCALL_VECTOR_MIN:
             return -abi.XEN_EINVAL
-        domain.upcall_vectors[uv.vcpu] = uv.vector
+        domain.set_upcall_vector(uv.vcpu, uv.vector)
         return 0
     if op == abi.HVMOP_get_time:
         a.write(arg, abi.xen_hvm_get_time(domain.system_time()))
