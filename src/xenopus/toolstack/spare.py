@@ -95,7 +95,10 @@ def main() -> None:
     ctypes.CDLL(None).malloc_trim(0)
     sock = socket.socket(fileno=int(sys.argv[1]))
     seccomp_fd = int(sys.argv[2]) if len(sys.argv) > 2 else None
-    sock.sendall(READY)
+    try:
+        sock.sendall(READY)
+    except OSError:  # the zygote is gone (a daemon that did not start, or stopped)
+        os._exit(0)
     chan = Channel(sock)
     msg, fds = chan.recv_with_fds(3)
     chan.close()
