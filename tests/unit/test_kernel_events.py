@@ -32,8 +32,6 @@ PENDING = 2048
 PRIO_2LEVEL = 0xFFFFFFFF
 ATTR_LONG_MODE, ATTR_SHARED_INFO, ATTR_UPCALL_VECTOR, ATTR_EVTCHN, ATTR_XEN_VERSION = range(5)
 VCPU_INFO, VCPU_TIME_INFO, VCPU_TIMER, VCPU_UPCALL_VECTOR = 0, 1, 7, 8
-VCPU_RUNSTATE_ADDR, VCPU_RUNSTATE_DATA = 2, 4
-RUNSTATE = 1 << 3  # KVM_XEN_HVM_CONFIG_RUNSTATE
 DEASSIGN, RESET = 1, 4
 STAT_INTERDOMAIN, STAT_IPI = 2, 5
 INTERCEPT_HCALL, EVTCHN_SEND = 2, 0x20
@@ -92,11 +90,6 @@ class FakeVcpuFd:
             self.timer = (attr.u.timer.port, attr.u.timer.expires_ns)
             assert attr.u.timer.priority == PRIO_2LEVEL
             self.attrs.append((VCPU_TIMER, attr.u.timer.port, attr.u.timer.expires_ns))
-        elif attr.type == VCPU_RUNSTATE_DATA:
-            rs = attr.u.runstate  # KVM refuses an entry time unlike the sum of the times
-            assert rs.state_entry_time == (rs.time_running + rs.time_runnable
-                                           + rs.time_blocked + rs.time_offline)
-            self.attrs.append((VCPU_RUNSTATE_DATA, rs.state, rs.state_entry_time))
         elif attr.type == VCPU_UPCALL_VECTOR:
             self.attrs.append((VCPU_UPCALL_VECTOR, attr.u.vector, 0))
         else:
@@ -338,18 +331,3 @@ def test_backend_ports_are_eventfds_kvm_signals_and_go_with_the_channel(mem) -> 
         r.k.close()
     with pytest.raises(OSError):
         os.fstat(fds[1])
-
-
-def test_runstate_areas_go_to_kvm_only_where_it_keeps_them(mem) -> None:
-    r = Rig()
-    r.k.start(0x4000B)  # a KVM without KVM_XEN_HVM_CONFIG_RUNSTATE
-    assert not r.k.set_runstate(0, 0x3000, (0, 50, 50, 0, 0, 0))
-    r.k.start(0x4000B, flags=0x1FF)
-    assert r.k.set_runstate(1, 0x3000, (0, 50, 50, 0, 0, 0))
-    assert r.fds[1].attrs == []  # on vCPU 1's thread
-    r.run_vcpu(1)
-    # first the state we wrote (running since 50 ns), then where KVM keeps it
-    assert r.fds[1].attrs == [(VCPU_RUNSTATE_DATA, 0, 50), (VCPU_RUNSTATE_ADDR, 0x3000, 0)]
-    assert r.k.set_runstate(1, None, (0, 0, 0, 0, 0, 0))
-    r.run_vcpu(1)
-    assert r.fds[1].attrs[-1] == (VCPU_RUNSTATE_ADDR, u.KVM_XEN_INVALID_GPA, 0)

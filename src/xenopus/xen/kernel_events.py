@@ -24,10 +24,7 @@ KVM_XEN_HVM_EVTCHN_SEND; what KVM then serves is arch/x86/kvm/xen.c's kvm_xen_hy
   and calls the backend, so the sending vCPU never leaves the kernel);
 * each vCPU's one-shot timer (set_timer_op, VCPUOP_set/stop_singleshot_timer) raising its
   VIRQ_TIMER port (KVM_XEN_VCPU_ATTR_TYPE_TIMER), read back for a save;
-* SCHEDOP_poll (blocking in KVM until a polled port is raised) and SCHEDOP_yield;
-* each vCPU's runstate area (KVM_XEN_VCPU_ATTR_TYPE_RUNSTATE_ADDR, where KVM has
-  KVM_XEN_HVM_CONFIG_RUNSTATE): KVM keeps it as it schedules the vCPU in and out, so the
-  guest's steal time is real; it starts as the area we wrote (_RUNSTATE_DATA).
+* SCHEDOP_poll (blocking in KVM until a polled port is raised) and SCHEDOP_yield.
 
 Events the host raises (backends, VIRQs of ours) go through KVM_XEN_HVM_EVTCHN_SEND, so
 KVM alone writes the bits and wakes a vCPU that polls. KVM delivers 2-level events only:
@@ -94,7 +91,6 @@ class KernelEvents:
         self.on_vcpu_thread = on_vcpu_thread
         self.msr = msr
         self.active = False
-        self.runstate = False  # KVM keeps runstate areas (start's flags)
         self._routes: dict[int, Route] = {}  # send port -> what KVM raises for it
         self._timer_ports: dict[int, int] = {}  # vCPU -> its VIRQ_TIMER port in KVM
         self._eventfds: dict[int, int] = {}  # send port -> the eventfd KVM signals
@@ -106,11 +102,9 @@ class KernelEvents:
         self.give_oneshot: Callable[[int, int], None] = lambda vcpu, ns: None
 
     # --- the domain's settings ---------------------------------------------------------
-    def start(self, xen_version: int, long_mode: bool = True, flags: int = 0) -> None:
+    def start(self, xen_version: int, long_mode: bool = True) -> None:
         """KVM_XEN_HVM_CONFIG with EVTCHN_SEND (KVM now serves the calls above), the
-        version KVM answers XENVER_version with, the shared_info layout. `flags`: what
-        KVM_CAP_XEN_HVM reported (the optional parts: RUNSTATE)."""
-        self.runstate = bool(flags & u.KVM_XEN_HVM_CONFIG_RUNSTATE)
+        version KVM answers XENVER_version with, the shared_info layout."""
         self.vm.xen_hvm_config(self.msr, u.KVM_XEN_HVM_CONFIG_INTERCEPT_HCALL
                                | u.KVM_XEN_HVM_CONFIG_EVTCHN_SEND)
         self._set(u.KVM_XEN_ATTR_TYPE_XEN_VERSION, "xen_version", xen_version)
@@ -167,28 +161,6 @@ class KernelEvents:
         """VCPUOP_register_vcpu_time_memory_area: KVM keeps that copy too."""
         self._vcpu_gpa(vcpu, u.KVM_XEN_VCPU_ATTR_TYPE_VCPU_TIME_INFO,
                        u.KVM_XEN_INVALID_GPA if gpa is None else gpa)
-
-    def set_runstate(self, vcpu: int, gpa: int | None,
-                     now: tuple[int, int, int, int, int, int]) -> bool:
-        """VCPUOP_register_runstate_memory_area at `gpa` (None: none): KVM starts from
-        `now` = (state, state_entry_time, time running, runnable, blocked, offline), what
-        we wrote there, and keeps it. False where KVM does not (ours stays)."""
-        if not (self.active and self.runstate):
-            return False
-        data = u.kvm_xen_vcpu_attr(type=u.KVM_XEN_VCPU_ATTR_TYPE_RUNSTATE_DATA)
-        rs = data.u.runstate
-        (rs.state, rs.state_entry_time, rs.time_running, rs.time_runnable, rs.time_blocked,
-         rs.time_offline) = now
-        addr = u.kvm_xen_vcpu_attr(type=u.KVM_XEN_VCPU_ATTR_TYPE_RUNSTATE_ADDR)
-        addr.u.gpa = u.KVM_XEN_INVALID_GPA if gpa is None else gpa
-
-        def apply() -> None:
-            if gpa is not None:
-                self._vcpu_set(vcpu, data)  # entry time = the sum of the times, as KVM checks
-            self._vcpu_set(vcpu, addr)
-
-        self.on_vcpu_thread(vcpu, apply)
-        return True
 
     def set_upcall_vector(self, vcpu: int, vector: int) -> None:
         """HVMOP_set_evtchn_upcall_vector: KVM sets it in the vCPU's LAPIC at each event."""
