@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-linux guests deps bench lint clean compile fuzz install-autostart shim
+.PHONY: run test test-linux test-arm64 guests deps bench lint clean compile fuzz install-autostart shim
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,12 +22,16 @@ deps:
 
 guests:
 	$(MAKE) -C guests
+	@if command -v aarch64-linux-gnu-gcc >/dev/null; then $(MAKE) -C guests/arm64; \
+	else echo "guests/arm64 skipped: no aarch64-linux-gnu-gcc (scripts/install-deps-arm64)"; fi
 
 run: $(STAMP) compile guests
 	$(VENV)/bin/xenopus create -c guests/hello.cfg
 
 test: $(STAMP) compile deps guests
 	$(VENV)/bin/ruff check src tests benchmarks fuzz
+	scripts/fetch-grub-xen
+	scripts/fetch-xen-utils
 	$(PY) -m pytest -q tests --ignore=tests/linux
 	scripts/fetch-linux
 	LINUX_SMOKE=1 scripts/test-linux
@@ -35,9 +39,18 @@ test: $(STAMP) compile deps guests
 # Opt-in: Debian's kernels booted to userspace under xenopus (tests/linux). Where this
 # host's KVM cannot run Linux, inside a nested test host (scripts/nested-host); NESTED=0/1
 # forces the choice, PYTEST_ARGS passes pytest arguments.
+# Opt-in: the arm64 suite (tests/arm64) inside an emulated arm64 host with KVM/arm64
+# (scripts/arm64-host: QEMU TCG with EL2, Debian's arm64 6.12 kernel and Python).
+test-arm64: $(STAMP) compile
+	scripts/install-deps-arm64
+	scripts/fetch-arm64
+	$(MAKE) -C guests/arm64
+	scripts/arm64-host --timeout 900 -- python3 -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) tests/arm64
+
 test-linux: $(STAMP) compile deps guests shim
 	scripts/fetch-linux
 	scripts/fetch-qemu10
+	scripts/fetch-pvgrub
 	scripts/test-linux
 
 # Xen's PV shim from Debian's Xen source (type = "pv" with pvshim = 1), built once into
@@ -53,7 +66,7 @@ bench: $(STAMP) compile deps
 	$(PY) benchmarks/xenstore.py
 
 # Coverage-guided fuzzing (atheris) of the XenStore wire parser, the virtqueue walker, the
-# xl.cfg parser and the kernel loaders, FUZZ_SECONDS each, from fuzz/corpus (fuzz/run.py).
+# xl.cfg parser, a DomainConfig's JSON form and the kernel loaders, FUZZ_SECONDS each, from fuzz/corpus (fuzz/run.py).
 FUZZ_SECONDS ?= 60
 fuzz: $(STAMP) compile
 	$(PY) -m fuzz.run --seconds $(FUZZ_SECONDS)

@@ -1,17 +1,22 @@
-"""Linux boot benchmark: Debian's kernel to userspace under xenopus and under QEMU's microvm.
+"""Linux boot benchmark: Debian's kernel to userspace under xenopus and under QEMU.
 
-    python benchmarks/linux_boot.py [--runs N] [--release 6.1|6.12]
+    python benchmarks/linux_boot.py [--runs N] [--release 6.1|6.12] [--xen]
 
 Needs a KVM that runs Linux (hardware virtualisation: run it inside the nested test
 host with `scripts/nested-host -- .venv/bin/python benchmarks/linux_boot.py`) and the
-files of scripts/fetch-linux. The same kernel (PVH vmlinux and bzImage), initramfs and
-command line (`console=ttyS0 quiet xenopus.check=boot`, Xen off) under
-  xenopus  `xenopus create -c -F` of a 256 MiB, 1-vCPU domain;
+files of scripts/fetch-linux. The same kernel, initramfs and command line under both.
+Plain (Xen off; `console=ttyS0 quiet xenopus.check=boot`; PVH vmlinux and bzImage):
+  xenopus  `xenopus create -c -F` of a 256 MiB, 1-vCPU domain, xen_platform = 0;
   QEMU     `qemu-system-x86_64 -M microvm -accel kvm -cpu host -m 256`.
+With --xen, Xen-aware (`console=hvc0 quiet xenopus.check=boot`, PVH vmlinux; issue 13):
+  xenopus  xen_platform = 1, once on the trap path (xen_hypercall_path = "trap"; 6.1 only,
+           6.12 has no hypercall page) and once on the path the host offers ("auto": the
+           in-kernel one where KVM has KVM_CAP_XEN_HVM);
+  QEMU 10  its Xen emulation (scripts/fetch-qemu10), `-accel kvm,xen-version=...,
+           kernel-irqchip=split -M pc -cpu host -m 256` with xen-console on hvc0.
 Two times per run, from starting the command: "userspace" when the guest's /init prints
-its first line, "off" when the command has exited after the guest's power-off (QEMU
-microvm's ACPI power-off, xenopus's on_poweroff = "destroy"). Runs alternate; the first
-xenopus run also starts the daemon and is not counted.
+its first line, "off" when the command has exited after the guest's power-off. Runs
+alternate; the first xenopus run also starts the daemon and is not counted.
 """
 
 from __future__ import annotations
@@ -26,12 +31,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import ROOT, timed_run, xenopus_command
+from common import LINUX, QEMU10, linux_guest_config, qemu10_xen_argv, timed_run, xenopus_command
 
-LINUX = ROOT / "linux"
 RELEASES = {"6.1": LINUX, "6.12": LINUX / "6.12"}
 IMAGES = {"pvh": "vmlinux", "bzimage": "vmlinuz"}
 CMDLINE = "console=ttyS0 quiet xenopus.check=boot"
+XEN_CMDLINE = "console=hvc0 quiet xenopus.check=boot"
 USERSPACE = b"xenopus-init: userspace"
 PASS = b"RESULT: PASS boot"
 MEMORY_MIB = 256
@@ -48,14 +53,16 @@ def timed(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, fl
     return userspace, off
 
 
-def xenopus_argv(tmp: Path, kernel: Path, initramfs: Path, image: str) -> list[str]:
-    cfg = tmp / f"bench-{image}.cfg"
-    cfg.write_text(
-        f'name = "bench-{image}"\ntype = "pvh"\nmemory = {MEMORY_MIB}\nvcpus = 1\n'
-        f'kernel = "{kernel}"\nramdisk = "{initramfs}"\ncmdline = "{CMDLINE}"\n'
-        'xen_platform = 0\non_poweroff = "destroy"\non_reboot = "destroy"\n'
-        'on_crash = "destroy"\n'
-    )
+def xenopus_argv(tmp: Path, kernel: Path, initramfs: Path, row: str) -> list[str]:
+    """`xenopus create` of the guest for `row`: an image name (plain) or "xen-PATH"."""
+    name = f"bench-{row}"
+    if row.startswith("xen-"):
+        cfg = linux_guest_config(tmp / f"{name}.cfg", name, kernel, initramfs, XEN_CMDLINE,
+                                 memory=MEMORY_MIB, xen_platform=1,
+                                 extra=f'xen_hypercall_path = "{row[4:]}"\n')
+    else:
+        cfg = linux_guest_config(tmp / f"{name}.cfg", name, kernel, initramfs, CMDLINE,
+                                 memory=MEMORY_MIB)
     return [*xenopus_command(), "create", "-c", "-F", str(cfg)]
 
 
@@ -69,20 +76,30 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     p.add_argument("--runs", type=int, default=1, help="counted runs of each (default 1)")
     p.add_argument("--release", choices=sorted(RELEASES), default="6.1")
+    p.add_argument("--xen", action="store_true",
+                   help="Xen-aware boots (hvc0) beside QEMU 10's Xen emulation")
     args = p.parse_args()
-    if shutil.which(QEMU) is None:
-        sys.exit(f"linux_boot: needs {QEMU}")
+    peer = QEMU10 if args.xen else shutil.which(QEMU)
+    if peer is None or not Path(peer).exists():
+        sys.exit(f"linux_boot: needs {QEMU10 if args.xen else QEMU}"
+                 f"{' (scripts/fetch-qemu10)' if args.xen else ''}")
     base = RELEASES[args.release]
     initramfs = base / "initramfs.cpio"
+    if args.xen:  # row -> kernel; the trap path needs a hypercall page (6.1)
+        kernels = {f"xen-{path}": base / IMAGES["pvh"] for path in ("trap", "auto")
+                   if path == "auto" or args.release == "6.1"}
+    else:
+        kernels = {image: base / name for image, name in IMAGES.items()}
     with tempfile.TemporaryDirectory() as tmp:
         env = dict(os.environ, XENOPUS_RUN_DIR=str(Path(tmp) / "run"))
         rows = []
         try:
-            for image, name in IMAGES.items():
-                kernel = base / name
+            for row, kernel in kernels.items():
                 if not kernel.exists():
                     sys.exit(f"linux_boot: {kernel} is missing: run scripts/fetch-linux")
-                xen_cmd = xenopus_argv(Path(tmp), kernel, initramfs, image)
+                xen_cmd = xenopus_argv(Path(tmp), kernel, initramfs, row)
+                peer_cmd = (qemu10_xen_argv(kernel, initramfs, XEN_CMDLINE, memory=MEMORY_MIB)
+                            if args.xen else qemu_argv(kernel, initramfs))
                 if not rows:
                     first = timed(xen_cmd, env)
                     print(f"xenopus first run (starts the daemon): {first[0]:.1f} s to "
@@ -90,15 +107,19 @@ def main() -> int:
                 xen, qemu = [], []
                 for _ in range(args.runs):
                     xen.append(timed(xen_cmd, env))
-                    qemu.append(timed(qemu_argv(kernel, initramfs)))
-                    print(f"{image}: xenopus {xen[-1][0]:.1f} s, QEMU {qemu[-1][0]:.1f} s",
+                    qemu.append(timed(peer_cmd))
+                    print(f"{row}: xenopus {xen[-1][0]:.1f} s, QEMU {qemu[-1][0]:.1f} s",
                           flush=True)
-                rows.append((image, xen, qemu))
+                rows.append((row, xen, qemu))
         finally:
             subprocess.run([*xenopus_command(), "daemon", "--stop"], env=env, check=False)
     print(f"\nDebian {args.release}, {MEMORY_MIB} MiB, 1 vCPU, median of {args.runs}: "
           "seconds from the command's start")
-    print("| image | xenopus userspace / off | QEMU microvm userspace / off | ratio (userspace) |")
+    if args.xen:
+        print("| xenopus hypercall path | xenopus userspace / off | QEMU 10 Xen userspace / off "
+              "| ratio (userspace) |")
+    else:
+        print("| image | xenopus userspace / off | QEMU microvm userspace / off | ratio (userspace) |")
     print("|---|---|---|---|")
     for image, xen, qemu in rows:
         xu, xo = (statistics.median(r[i] for r in xen) for i in (0, 1))

@@ -28,13 +28,11 @@ import sys
 import time
 
 import exits
-from common import ROOT, build_guest
+from common import QEMU10, XEN_VERSION, build_guest
 from hypercall import GUEST, MODES, run_xenbench
 from xenopus.kvm import Kvm
 from xenopus.xen.hypercall import kernel_flags, kernel_path_available
 
-QEMU10 = ROOT / "linux" / "qemu10" / "qemu-system-x86_64"
-XEN_VERSION = "0x4000b"  # Xen 4.11, as xenopus reports
 TIMEOUT = 300.0
 
 

@@ -74,14 +74,6 @@ static int request(u8 op, u64 sector, u8 nsect, long gref)
     return rsp.status;
 }
 
-static long node_write(const char *key, const char *fmt, u64 v)
-{
-    char path[128], val[32];
-    snprintf(path, sizeof(path), "%s/%s", dev.node, key);
-    snprintf(val, sizeof(val), fmt, v);
-    return xs_write(0, path, val);
-}
-
 /* The toolstack's removal: backend Closing; the frontend closes (Closing, Closed, as
  * xenbus_frontend_closed), then the toolstack removes the device's nodes. */
 static void close_on_request(const char *bpath, grant_ref_t ring_ref)
@@ -138,9 +130,9 @@ void guest_main(void)
         xen_finish(0, "ring");
     dev.port = (evtchn_port_t)port;
     evtchn_bind(dev.port, NULL);
-    rc = node_write("ring-ref", "%lu", (u64)ring_ref);
+    rc = xenbus_write_u64(&dev, "ring-ref", (u64)ring_ref);
     if (!rc)
-        rc = node_write("event-channel", "%lu", (u64)port);
+        rc = xenbus_write_u64(&dev, "event-channel", (u64)port);
     if (!rc) {
         char path[128];
         snprintf(path, sizeof(path), "%s/protocol", dev.node);

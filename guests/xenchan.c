@@ -19,14 +19,6 @@ GUEST("xenchan");
 static struct xencons_interface page __attribute__((aligned(4096)));
 static struct xenbus_dev dev;
 
-static long node_write(const char *key, u64 v)
-{
-    char path[128], val[32];
-    snprintf(path, sizeof(path), "%s/%s", dev.node, key);
-    snprintf(val, sizeof(val), "%lu", v);
-    return xs_write(0, path, val);
-}
-
 void guest_main(void)
 {
     if (!xen_require())
@@ -55,8 +47,8 @@ void guest_main(void)
         xen_finish(0, "ring");
     dev.port = (evtchn_port_t)port;
     evtchn_bind(dev.port, NULL);
-    rc = node_write("ring-ref", (u64)gref);
-    rc = rc ? rc : node_write("port", (u64)port);
+    rc = xenbus_write_u64(&dev, "ring-ref", (u64)gref);
+    rc = rc ? rc : xenbus_write_u64(&dev, "port", (u64)port);
     rc = rc ? rc : xenbus_switch_state(&dev, XenbusStateInitialised);
     if (!xcheck(rc == 0, "ring-ref, port written, state Initialised rc %ld", rc))
         xen_finish(0, "xenbus");

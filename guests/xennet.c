@@ -98,14 +98,6 @@ static int receive(int want, struct net_in *in, unsigned ms)
     return 0;
 }
 
-static long node_write(const char *key, u64 v)
-{
-    char path[128], val[24];
-    snprintf(path, sizeof(path), "%s/%s", dev.node, key);
-    snprintf(val, sizeof(val), "%lu", v);
-    return xs_write(0, path, val);
-}
-
 void guest_main(void)
 {
     if (!xen_require())
@@ -146,11 +138,11 @@ void guest_main(void)
         push_rx(i);
     }
     tx_gref = gnttab_grant(be, virt_to_gfn(txbuf), 1);
-    rc = node_write("tx-ring-ref", (u64)tx_ref);
-    rc = rc ? rc : node_write("rx-ring-ref", (u64)rx_ref);
-    rc = rc ? rc : node_write("event-channel", (u64)port);
-    rc = rc ? rc : node_write("request-rx-copy", 1);
-    rc = rc ? rc : node_write("feature-rx-notify", 1);
+    rc = xenbus_write_u64(&dev, "tx-ring-ref", (u64)tx_ref);
+    rc = rc ? rc : xenbus_write_u64(&dev, "rx-ring-ref", (u64)rx_ref);
+    rc = rc ? rc : xenbus_write_u64(&dev, "event-channel", (u64)port);
+    rc = rc ? rc : xenbus_write_u64(&dev, "request-rx-copy", 1);
+    rc = rc ? rc : xenbus_write_u64(&dev, "feature-rx-notify", 1);
     rc = rc ? rc : xenbus_switch_state(&dev, XenbusStateConnected);
     if (!xcheck(rc == 0, "frontend keys written, state Connected rc %ld", rc))
         xen_finish(0, "xenbus");

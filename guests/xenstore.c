@@ -4,11 +4,15 @@
  * GET_DOMAIN_PATH, writes data/guest-wrote = "hello-from-ring" and reads it back, mkdir and
  * directory, sets a watch on data/watched (the registration event, then the event for a
  * write), and runs two transactions that conflict on data/counter: the second to commit
- * gets EAGAIN, retries and succeeds. Then rm (a read afterwards gets ENOENT).
+ * gets EAGAIN, retries and succeeds. Then rm (a read afterwards gets ENOENT). Last, ring
+ * reconnection (docs/misc/xenstore-ring.txt): with a watch set, a transaction open and a
+ * request in flight, it sets the connection state to RECONNECT and waits for CONNECTED; the
+ * ring's indexes are then 0, the watch, the transaction (and what it wrote) and the
+ * in-flight request's reply are gone, and the ring works.
  *
  * Command line: timeout_ms=N [5000] per reply; upcall=vector|param.
  * Expected lines: "xenstore: domid N name <name>", "ok ..."/"FAIL ..." per check,
- *   "xenstore: second commit got EAGAIN, retry ok", RESULT: PASS xenstore
+ *   "xenstore: second commit got EAGAIN, retry ok", "xenstore: reconnected", RESULT: PASS xenstore
  * (without Xen: RESULT: FAIL xenstore no-xen).
  */
 #include "xen.h"
@@ -19,6 +23,53 @@ static int ends_with(const char *s, const char *tail)
 {
     size_t a = strlen(s), b = strlen(tail);
     return a >= b && strcmp(s + a - b, tail) == 0;
+}
+
+static void reconnect_checks(void)
+{
+    static char v[256], wpath[128], wtok[32];
+    if (!xcheck(xs_ring->server_features & XENSTORE_SERVER_FEATURE_RECONNECTION,
+                "server features 0x%x offer ring reconnection", xs_ring->server_features))
+        return;
+    /* xenstore.txt: GET_FEATURE without a domid is the caller's own features; the quota
+     * and control requests are dom0's. */
+    long rc = xs_request(XS_GET_FEATURE, 0, "", 0, v, sizeof(v));
+    xcheck(rc > 0 && strtou64(v, NULL) == (XENSTORE_SERVER_FEATURE_RECONNECTION | XENSTORE_SERVER_FEATURE_ERROR),
+           "GET_FEATURE -> %s", rc > 0 ? v : xen_errname(rc));
+    rc = xs_request(XS_GET_QUOTA, 0, "nodes", 6, v, sizeof(v));
+    xcheck(rc == -XEN_EACCES, "GET_QUOTA from a guest -> %s (want EACCES)", rc > 0 ? v : xen_errname(rc));
+    rc = xs_request(XS_CONTROL, 0, "help", 5, v, sizeof(v));
+    xcheck(rc == -XEN_EACCES, "CONTROL from a guest -> %s (want EACCES)", rc > 0 ? v : xen_errname(rc));
+    rc = xs_watch("data/rc", "tokrc");
+    int got = xs_wait_watch(wpath, sizeof(wpath), wtok, sizeof(wtok), 2000);
+    xcheck(rc >= 0 && got, "watch data/rc before the reconnect");
+    u32 tx = 0;
+    rc = xs_transaction_start(&tx);
+    if (!rc)
+        rc = xs_write(tx, "data/rc-tx", "lost");
+    xcheck(rc >= 0, "transaction %u open, data/rc-tx written in it", tx);
+    /* A request in flight: its reply must not arrive after the reconnect. */
+    static const char req[] = "name";
+    struct xsd_sockmsg h = {XS_READ, 0x7777, 0, sizeof(req)};
+    rc = xs_send_raw(&h, sizeof(h));
+    if (!rc)
+        rc = xs_send_raw(req, sizeof(req));
+    xcheck(rc == 0, "a read left in flight");
+
+    rc = xs_reconnect();
+    xcheck(rc == 0, "reconnect rc %ld (%s)", rc, xen_errname(rc));
+    xcheck(!xs_ring->req_cons && !xs_ring->req_prod && !xs_ring->rsp_cons && !xs_ring->rsp_prod,
+           "ring indexes are 0 after the reconnect");
+    rc = xs_write(0, "data/rc", "after");
+    got = xs_wait_watch(wpath, sizeof(wpath), wtok, sizeof(wtok), 500);
+    xcheck(rc >= 0 && !got, "the watch is gone (write rc %ld, event %s)", rc, got ? wtok : "none");
+    rc = xs_transaction_end(tx, 1);
+    xcheck(rc == -XEN_ENOENT, "the transaction is gone: end -> %s (want ENOENT)", xen_errname(rc));
+    rc = xs_read(0, "data/rc-tx", v, sizeof(v));
+    xcheck(rc == -XEN_ENOENT, "what it wrote is gone: read -> %s", rc >= 0 ? v : xen_errname(rc));
+    rc = xs_read(0, "data/rc", v, sizeof(v));
+    if (xcheck(rc == 5 && !strcmp(v, "after"), "the ring works: read back \"%s\"", rc >= 0 ? v : "-"))
+        printf("xenstore: reconnected\n");
 }
 
 void guest_main(void)
@@ -103,5 +154,6 @@ void guest_main(void)
     xcheck(rc >= 0, "rm data/dir rc %ld", rc);
     rc = xs_read(0, "data/dir", v, sizeof(v));
     xcheck(rc == -XEN_ENOENT, "read after rm -> %s (want ENOENT)", xen_errname(rc));
+    reconnect_checks();
     xen_finish(xen_failures == 0, xen_failures ? "%d check(s) failed" : "", xen_failures);
 }

@@ -791,6 +791,26 @@ int xs_wait_watch(char *path, u32 path_cap, char *token, u32 token_cap, unsigned
     return 1;
 }
 
+long xs_reconnect(void)
+{
+    if (!xs_ring)
+        return -XEN_ENOENT;
+    if (!(xs_ring->server_features & XENSTORE_SERVER_FEATURE_RECONNECTION))
+        return -XEN_EOPNOTSUPP;
+    xs_ring->connection = XENSTORE_RECONNECT;
+    mb();
+    evtchn_send(xs_port);
+    /* "The guest must now ignore all fields except the Connection state" */
+    for (unsigned waited = 0; xs_ring->connection != XENSTORE_CONNECTED; waited += 10) {
+        if (waited > xs_timeout_ms)
+            return -XEN_ETIME;
+        xs_wait_a_bit();
+    }
+    mb();
+    watch_head = watch_tail = 0;
+    return 0;
+}
+
 long xs_read_u64(const char *path, u64 *v)
 {
     char buf[32];
@@ -998,6 +1018,14 @@ long xenbus_switch_state(struct xenbus_dev *d, u32 state)
     snprintf(path, sizeof(path), "%s/state", d->node);
     snprintf(v, sizeof(v), "%u", state);
     return xs_write(0, path, v);
+}
+
+long xenbus_write_u64(struct xenbus_dev *d, const char *key, u64 v)
+{
+    char path[128], val[24];
+    snprintf(path, sizeof(path), "%s/%s", d->node, key);
+    snprintf(val, sizeof(val), "%lu", v);
+    return xs_write(0, path, val);
 }
 
 long xen_pv_init(void)

@@ -347,6 +347,7 @@ struct gnttab_copy {
 };
 
 /* ---- XenStore wire (public/io/xs_wire.h, docs/misc/xenstore.txt) ---- */
+#define XS_CONTROL 0
 #define XS_DIRECTORY 1
 #define XS_READ 2
 #define XS_GET_PERMS 3
@@ -361,7 +362,14 @@ struct gnttab_copy {
 #define XS_SET_PERMS 14
 #define XS_WATCH_EVENT 15
 #define XS_ERROR 16
+#define XS_GET_FEATURE 23
+#define XS_GET_QUOTA 25
 #define XENSTORE_RING_SIZE 1024
+/* xenstore-ring.txt: server feature bits and the connection state */
+#define XENSTORE_SERVER_FEATURE_RECONNECTION 1
+#define XENSTORE_SERVER_FEATURE_ERROR 2
+#define XENSTORE_CONNECTED 0
+#define XENSTORE_RECONNECT 1
 #define XENSTORE_PAYLOAD_MAX 4096
 #define MASK_XENSTORE_IDX(i) ((i) & (XENSTORE_RING_SIZE - 1))
 struct xsd_sockmsg {
@@ -624,6 +632,10 @@ long xs_send_raw(const void *data, u32 len);
 long xs_recv_msg(struct xsd_sockmsg *hdr, char *out, u32 cap, unsigned ms);
 int xs_errno(const char *name); /* "EAGAIN" -> XEN_EAGAIN ... */
 const char *xen_errname(long err); /* -11 -> "EAGAIN" */
+/* xenstore-ring.txt's ring reconnection: sets the connection state to RECONNECT, signals,
+ * waits (bounded by xs_timeout_ms) until the server has set it back to CONNECTED, and
+ * forgets queued watch events. 0, -XEN_EOPNOTSUPP without the feature, -XEN_ETIME. */
+long xs_reconnect(void);
 /* Polls `path` until its value parses to a number >= want (xenbus states), bounded. */
 long xs_wait_state(const char *path, u64 want, unsigned ms, u64 *got);
 
@@ -656,6 +668,8 @@ long xenbus_find(struct xenbus_dev *d, const char *type, const char *id);
  * toolstack attaches while the guest runs (xl block-attach, network-attach). 0 or -err. */
 long xenbus_wait_for(const char *type, const char *id, unsigned ms);
 long xenbus_switch_state(struct xenbus_dev *d, u32 state);
+/* <node>/<key> = v in decimal (ring-ref, event-channel, feature-*): 0 or -err. */
+long xenbus_write_u64(struct xenbus_dev *d, const char *key, u64 v);
 /* xs_init, gnttab_init and xen_events_init in turn: 0, or the first failure. */
 long xen_pv_init(void);
 /* A frontend test's start: xen_pv_init, then xenbus_find(d, type, id), each checked with

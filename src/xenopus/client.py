@@ -126,14 +126,43 @@ def request(op: str, **args: Any) -> dict[str, Any]:
 
 def start_daemon(base: str | None = None, timeout: float = DAEMON_START_TIMEOUT) -> None:
     """Start the daemon for run directory `base` in the background and wait until it
-    listens; its output goes to `base/xenopus.log`."""
+    listens; its output goes to `base/xenopus.log`. Commands that find no daemon at the
+    same time take turns (a lock in the run directory): the first starts it, the others
+    find it listening. (Without the lock the second daemon lost the race for the pid file
+    and its command failed, "did not start", beside a daemon that had.)"""
+    import fcntl
+
+    base = base or ipc.run_dir()
+    try:  # trusted only if ours: owner and mode checked, the lock opened without following links
+        ipc.ensure_run_dir(base)
+        lock = ipc.open_private(os.path.join(base, "autostart.lock"))
+    except OSError as e:
+        raise DaemonUnavailable(f"cannot use the run directory {base}: {e.strerror or e}") from None
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # held at most one start's timeout by the other
+        if not _listening(ipc.daemon_socket_path(base)):
+            _spawn_daemon(base, timeout)
+    finally:
+        os.close(lock)
+
+
+def _listening(path: str) -> bool:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(path)
+    except OSError:
+        return False
+    finally:
+        sock.close()
+    return True
+
+
+def _spawn_daemon(base: str, timeout: float) -> None:
     import subprocess
     import sys
 
-    base = base or ipc.run_dir()
     logfile = os.path.join(base, "xenopus.log")
-    try:  # trusted only if ours: owner and mode checked, the log opened without following links
-        ipc.ensure_run_dir(base)
+    try:
         log_fd = ipc.open_private(logfile, os.O_WRONLY | os.O_APPEND)
     except OSError as e:
         raise DaemonUnavailable(f"cannot use the run directory {base}: {e.strerror or e}") from None

@@ -6,6 +6,7 @@ The one place that asks which host CPUs (and NUMA nodes) exist.
 from __future__ import annotations
 
 import os
+import platform
 
 ONLINE_CPUS = "/sys/devices/system/cpu/online"
 NODE_CPUS = "/sys/devices/system/node/node{}/cpulist"
@@ -215,3 +216,27 @@ def net_bytes(ifname: str) -> tuple[int, int]:
         return int(text) if text.isdigit() else 0
 
     return count("rx_bytes"), count("tx_bytes")
+
+
+def architecture() -> str:
+    """The host's (and so its guests') architecture: "x86_64" or "arm64" (uname(2) machine,
+    whose arm64 spelling is "aarch64"); other machines are named as uname says."""
+    machine = platform.machine()
+    return "arm64" if machine in ("aarch64", "arm64") else machine
+
+
+# System calls glibc has no wrapper for, by architecture: x86-64's numbers from
+# <asm/unistd_64.h>, arm64's from the generic table (include/uapi/asm-generic/unistd.h).
+_SYSCALLS: dict[str, dict[str, int]] = {
+    "x86_64": {"pivot_root": 155, "capset": 126, "seccomp": 317},
+    "arm64": {"pivot_root": 41, "capset": 91, "seccomp": 277},
+}
+
+
+def syscall_number(name: str) -> int:
+    """The host architecture's number of system call `name` (one of those above)."""
+    arch = architecture()
+    try:
+        return _SYSCALLS[arch][name]
+    except KeyError:
+        raise OSError(f"no number for system call {name} on {arch}") from None

@@ -15,7 +15,9 @@ rest of xenopus, so any layer may use it.
 from __future__ import annotations
 
 import base64
+import io
 import json
+import os
 import struct
 import zlib
 from collections.abc import Iterator
@@ -167,6 +169,7 @@ def _pad(length: int) -> int:
 
 
 _ZEROS = bytes(ALIGN)
+_IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024  # writev's limit
 _PAGE_ZEROS = bytes(1 << 16)  # the largest page size a stream may have
 
 
@@ -180,6 +183,10 @@ class StreamWriter:
 
     def __init__(self, out: BinaryIO, *, arch: int = ARCH_X86_64, page_shift: int = 12):
         self.out = out
+        # An unbuffered file (a pipe, a socket's file, the save file): each record goes
+        # out in one writev(2), header, pieces and padding together, instead of a write
+        # per piece.
+        self._fd = out.fileno() if isinstance(out, io.FileIO) else None
         self.offset = 0
         self.records = 0
         self.page_size = 1 << page_shift
@@ -206,12 +213,27 @@ class StreamWriter:
         crc = zlib.crc32(_TYPE_AND_LENGTH.pack(rtype, length))
         for v in views:
             crc = zlib.crc32(v, crc)
-        self._write(_RECORD_HEADER.pack(rtype, length, crc, 0))
-        for v in views:
-            self._write(v)
+        out = [memoryview(_RECORD_HEADER.pack(rtype, length, crc, 0)), *views]
         if pad := _pad(length):
-            self._write(_ZEROS[:pad])
+            out.append(memoryview(_ZEROS)[:pad])
+        if self._fd is None:
+            for v in out:
+                self._write(v)
+        else:
+            self._writev(out)
         self.records += 1
+
+    def _writev(self, views: list[memoryview]) -> None:
+        """All of `views`, in order, in as few writev(2) calls as the file takes."""
+        i = 0
+        while i < len(views):
+            n = os.writev(self._fd, views[i : i + _IOV_MAX])  # type: ignore[arg-type]
+            self.offset += n
+            while i < len(views) and n >= len(views[i]):  # the views written whole
+                n -= len(views[i])
+                i += 1
+            if n:  # one written in part: the rest of it first
+                views[i] = views[i][n:]
 
     def part(self, kind: str, name: str, state: object) -> None:
         """A PART record: one inventory part's saved state (see `encode_state`)."""

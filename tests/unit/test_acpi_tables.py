@@ -21,6 +21,7 @@ from xenopus.memory.guest import GuestMemory
 GiB = 1 << 30
 FULL = AcpiPlatform(vcpus=4, pci=AcpiPci.default(2 * GiB))
 BARE = AcpiPlatform(vcpus=1, pci=None, serial=False, rtc=False, i8042=False)
+SHIM = AcpiPlatform(vcpus=1, pci=AcpiPci.default(GiB), io_apic=False)  # a PV shim domain's
 
 INSTALL_HINT = "acpica-tools is missing: scripts/install-deps (run by `make test`) installs it"
 
@@ -161,6 +162,17 @@ def test_madt(vcpus: int) -> None:
     assert len(nmi) == 6 and nmi[2] == 0xFF and nmi[5] == 1  # all CPUs, LINT1
 
 
+def test_madt_without_an_io_apic() -> None:
+    """io_apic=False (a PV shim domain's): no I/O APIC structure and no ISA overrides,
+    which name its GSIs; the LAPICs and the LAPIC NMI stay."""
+    with_ioapic = madt_entries(build_tables(AcpiPlatform(vcpus=2)).get("APIC").data)
+    d = build_tables(AcpiPlatform(vcpus=2, io_apic=False)).get("APIC").data
+    kinds = [k for k, _ in madt_entries(d)]
+    assert kinds == [0, 0, 4], kinds
+    assert {1, 2} <= {k for k, _ in with_ioapic}
+    assert t.checksum(d) == 0 and u32(d, 4) == len(d)
+
+
 def test_madt_refuses_too_many_cpus() -> None:
     with pytest.raises(ValueError):
         build_tables(AcpiPlatform(vcpus=256))
@@ -248,7 +260,7 @@ def run(args: list[str], cwd: Path) -> str:
     return out
 
 
-@pytest.mark.parametrize("p", [FULL, BARE], ids=["full", "bare"])
+@pytest.mark.parametrize("p", [FULL, BARE, SHIM], ids=["full", "bare", "shim"])
 def test_iasl_disassembles_every_table(p: AcpiPlatform, tmp_path: Path) -> None:
     """iasl disassembles every table without an error or a warning. The RSDP is checked
     by test_rsdp_layout instead: acpica cannot load an RSDP from a file at all

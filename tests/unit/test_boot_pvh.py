@@ -15,11 +15,11 @@ import struct
 from pathlib import Path
 
 import pytest
-from elftools.elf.elffile import ELFFile
 
 from tests.unit import boothelp
 from tests.unit.boothelp import refused
 from xenopus.boot import BootImageError, load_kernel
+from xenopus.boot.elf import ElfFile
 from xenopus.boot.pvh import find_phys32_entry, parse_pvh
 from xenopus.memory.guest import GuestMemory
 from xenopus.xen import abi
@@ -138,7 +138,7 @@ def write(tmp_path: Path, data: bytes, name: str = "vmlinux") -> Path:
 def test_phys32_entry_payload_sizes(cls: int, fmt: str, value: int, note_as: str) -> None:
     # Another vendor's note first: only name "Xen" with type 18 counts.
     notes = note(b"GNU\0", 3, b"\1" * 20) + note(b"Xen\0", PHYS32_ENTRY, struct.pack(fmt, value))
-    elf = ELFFile(io.BytesIO(build_elf(cls=cls, notes=notes, note_as=note_as)))
+    elf = ElfFile(io.BytesIO(build_elf(cls=cls, notes=notes, note_as=note_as)))
     assert elf.elfclass == cls
     assert find_phys32_entry(elf, "x") == value
 
@@ -300,7 +300,9 @@ def test_refuses_entry_outside_segments(mem: GuestMemory, tmp_path: Path) -> Non
     ("paddr", "words"),
     [
         (0x1000, ("overlaps the boot structures",)),
-        (0xA0000, ("overlaps the reserved legacy area",)),
+        (0x2F000, ("overlaps the boot structures",)),  # its end reaches into them
+        (0xDD000, ("overlaps the Xen special pages and ACPI tables", "[0xde000, 0xff000)")),
+        (0xFE000, ("overlaps the Xen special pages and ACPI tables",)),
         (0x8000000, ("outside guest RAM", "too big")),
         (64 * MiB - 0x1000, ("outside guest RAM",)),  # starts inside, ends past the end
     ],
@@ -313,6 +315,21 @@ def test_refuses_bad_segment_placement(
         segments=[(paddr, b"\x90" * 16, 0x2000)],
     )
     refused(mem, write(tmp_path, elf), "PT_LOAD segment", *words)
+
+
+@pytest.mark.parametrize("paddr", [0x30000, 0xA0000, 0xFF000])
+def test_loads_segments_in_the_legacy_hole_outside_the_platform_area(
+    mem: GuestMemory, tmp_path: Path, paddr: int
+) -> None:
+    # Xen's PVH domains have no legacy hole: a linker's output at 0xFF000 (ELF headers
+    # below 1 MiB) loads, as under Xen and QEMU's microvm.
+    elf = build_elf(
+        notes=note(b"Xen\0", 18, struct.pack("<I", paddr + 0x1000)),
+        segments=[(paddr, b"\x90" * 0x1010, 0x2000)],
+    )
+    info = load_kernel(mem, write(tmp_path, elf))
+    assert info.kernel_range[0] == paddr and info.entry == paddr + 0x1000
+    assert mem.read(paddr + 0x1000, 4) == b"\x90" * 4
 
 
 def test_refuses_overlapping_segments(mem: GuestMemory, tmp_path: Path) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 from xenopus import host
 
 
@@ -38,3 +40,18 @@ def test_net_bytes_reads_the_interfaces_counters():
     assert tx >= 0
     assert host.net_bytes("no-such-if0") == (0, 0)
     assert not os.path.exists("/sys/class/net/no-such-if0")
+
+
+def test_syscall_numbers_per_architecture(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The numbers the jail calls through syscall(2): x86-64's <asm/unistd_64.h> and the
+    arm64 (asm-generic) table, as Debian's arm64 6.1 headers define them."""
+    from xenopus import host
+
+    monkeypatch.setattr(host.platform, "machine", lambda: "aarch64")
+    assert host.architecture() == "arm64"
+    assert [host.syscall_number(n) for n in ("pivot_root", "capset", "seccomp")] == [41, 91, 277]
+    monkeypatch.setattr(host.platform, "machine", lambda: "x86_64")
+    assert [host.syscall_number(n) for n in ("pivot_root", "capset", "seccomp")] == [155, 126, 317]
+    monkeypatch.setattr(host.platform, "machine", lambda: "riscv64")
+    with pytest.raises(OSError, match="riscv64"):
+        host.syscall_number("capset")

@@ -17,6 +17,7 @@ import struct
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -305,7 +306,7 @@ def test_xenbus_nodes_perms_and_features(blk: BlkRig):
     assert xs.client.get_perms(fe) == [f"n{DOMID}", "r0"]
     assert xs.client.get_perms(f"{fe}/state")[0] == f"n{DOMID}"
     for node, value in {"feature-flush-cache": "1", "feature-discard": "1",
-                        "feature-persistent": "0", "feature-max-indirect-segments": "256",
+                        "feature-persistent": "1", "feature-max-indirect-segments": "256",
                         "mode": "w"}.items():
         assert xs.read(f"{be}/{node}") == value
     # the guest itself can read its backend's nodes and write its own
@@ -339,7 +340,7 @@ def test_connect_close_reconnect(blk: BlkRig):
     ({"ring-ref": str(1 << 32), "event-channel": "7"}, "out of range"),
     ({"ring-ref": "999", "event-channel": "7"}, "cannot map grant 999"),
     ({"ring-ref": str(RING_GREF), "event-channel": "-1"}, "out of range"),
-    ({"ring-ref": str(RING_GREF), "event-channel": "7", "protocol": "x86_32-abi"}, "protocol"),
+    ({"ring-ref": str(RING_GREF), "event-channel": "7", "protocol": "arm-abi"}, "protocol"),
 ])
 def test_malformed_frontend_closes_with_error(blk: BlkRig, nodes, why):
     assert blk.back.wait_for(State.InitWait, TIMEOUT)
@@ -372,6 +373,45 @@ def test_write_then_read_back(blk: BlkRig, memory: GuestMemory):
     assert page[:512] == b"\xee" * 512 and page[3 * 512 :] == b"\xee" * (PAGE - 3 * 512)
     assert page[512:1536] == b"A" * 512 + b"B" * 512
     assert blk.host.live == 1  # every data mapping was unmapped again
+
+
+def test_x86_32_frontend_gets_the_i386_ring_layout(blk: BlkRig, memory: GuestMemory):
+    # protocol "x86_32-abi" (io/protocols.h), as GRUB's i386-xen_pvh blkfront writes it:
+    # io/blkif.h under the i386 psABI puts id at 4, sector_number at 12, seg[] at 20
+    # (108-byte entries, 32 per page) and answers with 12-byte responses (status at 10).
+    blk.back.wait_for(State.InitWait, TIMEOUT)
+    fe = blk.back.fe
+    blk.xs.fe_write(f"{fe}/ring-ref", str(RING_GREF))
+    blk.xs.fe_write(f"{fe}/event-channel", "7")
+    blk.xs.fe_write(f"{fe}/protocol", "x86_32-abi")
+    blk.xs.fe_write(f"{fe}/state", str(int(State.Initialised)))
+    assert blk.back.wait_for(State.Connected, TIMEOUT)
+    blk.ring = FrontRing(memory, RING_PFN, 108)
+    memory.write(DATA_PFN * PAGE, b"\0" * PAGE)
+
+    def request(op: int, rid: int, sector: int, gref: int, first: int, last: int) -> bytes:
+        head = struct.pack("<BBHQQ", op, 1, DEVID, rid, sector)
+        return (head + struct.pack("<IBBxx", gref, first, last)).ljust(108, b"\0")
+
+    port = blk.host.ports[7]
+    port.notified.clear()
+    for i in range(34):  # more than one lap of the 32-entry ring, each sector once
+        blk.ring.put(request(abi.BLKIF_OP_READ, 0x1_0000_0000 + i, i, DATA_GREF, i % 8, i % 8))
+        if i % 8 == 7 or i == 33:
+            blk.ring.push()
+            port.callback()
+            assert port.notified.wait(TIMEOUT)
+            port.notified.clear()
+            for raw in blk.ring.responses(12):
+                rid, op, status = struct.unpack("<QBxh", raw)
+                assert (op, status) == (abi.BLKIF_OP_READ, abi.BLKIF_RSP_OKAY)
+                assert rid >> 32 == 1
+    # sector i of the image went to sector slot i % 8 of the page: the last lap's
+    image = Path(blk.image).read_bytes()
+    page = memory.read(DATA_PFN * PAGE, PAGE)
+    for slot in range(8):
+        last = max(i for i in range(34) if i % 8 == slot)
+        assert page[slot * 512 : (slot + 1) * 512] == image[last * 512 : (last + 1) * 512]
 
 
 def test_flush_barrier_and_discard_hole(blk: BlkRig, memory: GuestMemory):
@@ -417,6 +457,36 @@ def test_indirect_segments(blk: BlkRig, memory: GuestMemory):
     assert blk.run(bytes(ind))[0][2] == abi.BLKIF_RSP_ERROR
     ind.indirect_op, ind.nr_segments = abi.BLKIF_OP_READ, 300  # over the advertised 256
     assert blk.run(bytes(ind))[0][2] == abi.BLKIF_RSP_ERROR
+
+
+def test_persistent_grants_stay_mapped_until_disconnect(blk: BlkRig, memory: GuestMemory):
+    """blkif.h feature-persistent, as xen-blkfront asks for it: the data pages' grants are
+    mapped once (writable, serving reads and writes) and kept until the frontend closes;
+    a page granted read-only is still mapped per request and refused for a read."""
+    blk.back.wait_for(State.InitWait, TIMEOUT)
+    blk.xs.fe_write(f"{blk.back.fe}/feature-persistent", "1")
+    blk.connect()
+    memory.write(DATA_PFN * PAGE, b"P" * PAGE)
+    assert blk.run(blk_request(abi.BLKIF_OP_WRITE, 1, 8, [(DATA_GREF, 0, 7)])) == [
+        (1, abi.BLKIF_OP_WRITE, 0)]
+    assert blk.host.live == 2  # the ring and DATA_GREF, kept
+    memory.fill(DATA_PFN * PAGE, PAGE)
+    assert blk.run(blk_request(abi.BLKIF_OP_READ, 2, 8, [(DATA_GREF, 0, 7)])) == [
+        (2, abi.BLKIF_OP_READ, 0)]
+    assert memory.read(DATA_PFN * PAGE, PAGE) == b"P" * PAGE
+    assert blk.host.live == 2  # the same mapping served the read
+    if isinstance(blk.host, RealGrantHost):  # the entry stays in use: GTF_reading|writing
+        users, writers = blk.host.table.in_use(DATA_GREF)
+        assert (users, writers) == (1, 1)
+    rsp = blk.run(blk_request(abi.BLKIF_OP_WRITE, 3, 16, [(IND_GREF, 0, 0)]),
+                  blk_request(abi.BLKIF_OP_READ, 4, 16, [(IND_GREF, 0, 0)]))
+    assert rsp == [(3, abi.BLKIF_OP_WRITE, 0), (4, abi.BLKIF_OP_READ, abi.BLKIF_RSP_ERROR)]
+    assert blk.host.live == 2  # the read-only page was not kept
+    blk.xs.fe_write(f"{blk.back.fe}/state", str(int(State.Closing)))
+    assert blk.back.wait_for(State.Closing, TIMEOUT)
+    assert blk.host.live == 0
+    if isinstance(blk.host, RealGrantHost):
+        assert blk.host.table.in_use(DATA_GREF) == (0, 0)
 
 
 @pytest.mark.parametrize("req, status", [
@@ -566,6 +636,7 @@ class FakeTap:
     vnet_hdr_len = 12
 
     def __init__(self):
+        self.offload = 0  # what TUNSETOFFLOAD was last given
         self.written: list[bytes] = []
         self.inbox: list[bytes] = []
         self.r, self.w = os.pipe()
@@ -588,6 +659,9 @@ class FakeTap:
         frame = self.inbox.pop(0)
         views[0][: len(frame)] = frame
         return len(frame)
+
+    def set_offload(self, flags: int) -> None:
+        self.offload = flags
 
     def close(self) -> None:
         for fd in (self.r, self.w):
@@ -623,8 +697,8 @@ class NetRig:
         return [struct.unpack("<Hh", r) for r in self.tx.responses(4)]
 
 
-@pytest.fixture
-def net(xs, memory) -> Iterator[NetRig]:
+def make_net(xs, memory, features: dict[str, int] | None = None) -> NetRig:
+    """A connected netback; `features`: the frontend's own feature-* nodes."""
     host = FakeHost(memory)
     host.grant(TX_GREF, TX_PFN)
     host.grant(RX_GREF, RX_PFN)
@@ -638,11 +712,18 @@ def net(xs, memory) -> Iterator[NetRig]:
     assert back.wait_for(State.InitWait, TIMEOUT)
     fe = back.fe
     for name, value in {"tx-ring-ref": TX_GREF, "rx-ring-ref": RX_GREF, "event-channel": 9,
-                        "request-rx-copy": 1, "state": int(State.Connected)}.items():
+                        "request-rx-copy": 1, **(features or {}),
+                        "state": int(State.Connected)}.items():
         xs.fe_write(f"{fe}/{name}", str(value))
     assert back.wait_for(State.Connected, TIMEOUT)
-    yield NetRig(xs, host, back, tap, tx, rx)
-    back.stop()
+    return NetRig(xs, host, back, tap, tx, rx)
+
+
+@pytest.fixture
+def net(xs, memory) -> Iterator[NetRig]:
+    rig = make_net(xs, memory)
+    yield rig
+    rig.back.stop()
 
 
 def test_netback_nodes(net: NetRig):
@@ -729,6 +810,47 @@ def test_netback_rx(net: NetRig, memory: GuestMemory):
     net.rx.put(bytes(abi.netif_rx_request(id=78, gref=PKT_GREF + 4)))
     net.kick()
     assert struct.unpack("<HHHh", net.rx.responses(8)[0])[3] == len(frame)
+
+
+def test_netback_rx_gso_across_slots(xs, memory: GuestMemory):
+    """With xen-netfront's nodes (feature-sg, -gso-tcpv4/6, -ipv6-csum-offload) the tap
+    hands over 64 KiB TCP segments with a partial checksum: one frame fills several
+    requests' pages, the GSO extra in the slot after the first response (netif.h)."""
+    from xenopus.devices.tap import TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6
+
+    rig = make_net(xs, memory, {"feature-sg": 1, "feature-gso-tcpv4": 1, "feature-gso-tcpv6": 1,
+                                "feature-ipv6-csum-offload": 1})
+    try:
+        assert rig.tap.offload == TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6
+        for i in range(18):  # RX_MAX_SLOTS: a frame is read only when the largest fits
+            rig.host.grant(PKT_GREF + 8 + i, PKT_PFN + 8 + i)
+            rig.rx.put(bytes(abi.netif_rx_request(id=i, gref=PKT_GREF + 8 + i)))
+        rig.kick(wait=False)
+        port = rig.host.ports[9]
+        port.notified.clear()
+        frame = bytes(range(256)) * 39 + b"end"  # 9987 bytes: three pages
+        rig.tap.deliver(VNET.pack(1, 1, 54, 1448, 34, 16, 0) + frame)  # NEEDS_CSUM, TCPV4
+        assert port.notified.wait(TIMEOUT)
+        raw = rig.rx.responses(8)
+        first = struct.unpack("<HHHh", raw[0])
+        assert first == (0, 0, abi.NETRXF_data_validated | abi.NETRXF_csum_blank
+                         | abi.NETRXF_more_data | abi.NETRXF_extra_info, PAGE)
+        extra = abi.netif_extra_info.from_buffer_copy(raw[1])
+        assert (extra.type, extra.flags) == (abi.XEN_NETIF_EXTRA_TYPE_GSO, 0)
+        assert (extra.u.gso.type, extra.u.gso.size) == (abi.XEN_NETIF_GSO_TYPE_TCPV4, 1448)
+        assert [struct.unpack("<HHHh", r) for r in raw[2:]] == [
+            (2, 0, abi.NETRXF_more_data, PAGE), (3, 0, 0, len(frame) - 2 * PAGE)]
+        got = b"".join(memory.read((PKT_PFN + 8 + i) * PAGE, PAGE) for i in (0, 2, 3))
+        assert got[: len(frame)] == frame
+        # 14 requests left: an event is asked for when 18 are there (req_event = 4 + 18)
+        assert memory.read_u32(RX_PFN * PAGE + 4) == 22
+    finally:
+        rig.back.stop()
+    assert rig.tap.offload == 0  # off again for whichever frontend connects next
+
+
+def test_netback_rx_without_frontend_offloads(net: NetRig):
+    assert net.tap.offload == 0  # no feature nodes: frames reach the guest finished
 
 
 def test_checksum_place():

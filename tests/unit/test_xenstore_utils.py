@@ -20,6 +20,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.conftest import ROOT
 from xenopus.xen.xenstore import wire
 from xenopus.xen.xenstore.client import XsClient
 from xenopus.xen.xenstore.server import XenStoreServer
@@ -206,3 +207,25 @@ def test_domain_stream_nodes_visible_to_tools(daemon, client):
     assert ours.recv(16) == b""
     done.result(10)
     ours.close()
+
+
+XENSTORE_CONTROL = ROOT / "build" / "xen-utils" / "xenstore-control"
+
+
+@pytest.mark.skipif(not XENSTORE_CONTROL.exists(),
+                    reason=f"{XENSTORE_CONTROL} is missing: run scripts/fetch-xen-utils (make test does)")
+def test_xenstore_control_from_xen(daemon: Daemon, client: XsClient) -> None:
+    # Xen 4.17's own xenstore-control (XS_CONTROL through libxenstore's xs_control_command)
+    control = str(XENSTORE_CONTROL)
+    helped = daemon.tool(control, "help")
+    assert helped.returncode == 0 and helped.stdout.split()[:2] == ["check", "print"], helped
+    assert daemon.tool(control, "check").stdout == "OK\n"
+    assert daemon.tool(control, "quota", "set", "watches", "99").stdout == "OK\n"
+    shown = daemon.tool(control, "quota").stdout.splitlines()
+    assert shown[0] == "Quota settings:" and "watches          :       99 Watches per domain" in shown
+    client.write("/local/domain/4/x", "1")
+    client.introduce(4, 1, 1)
+    used = daemon.tool(control, "quota", "4").stdout.splitlines()
+    assert used[0] == "Domain 4:" and used[1].split()[:3] == ["nodes", ":", "0"]
+    unknown = daemon.tool(control, "memreport")
+    assert unknown.returncode != 0 and "Command not supported" in unknown.stderr

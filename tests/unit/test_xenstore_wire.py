@@ -23,7 +23,8 @@ def test_message_type_numbers_match_xs_wire_h():
         "XS_MKDIR": 12, "XS_RM": 13, "XS_SET_PERMS": 14, "XS_WATCH_EVENT": 15,
         "XS_ERROR": 16, "XS_IS_DOMAIN_INTRODUCED": 17, "XS_RESUME": 18,
         "XS_SET_TARGET": 19, "XS_RESET_WATCHES": 21,
-        "XS_DIRECTORY_PART": 22, "XS_INVALID": 0xFFFF,
+        "XS_DIRECTORY_PART": 22, "XS_GET_FEATURE": 23, "XS_SET_FEATURE": 24,
+        "XS_GET_QUOTA": 25, "XS_SET_QUOTA": 26, "XS_INVALID": 0xFFFF,
     }
     assert {name: getattr(wire, name) for name in expected} == expected
     assert (wire.XENSTORE_PAYLOAD_MAX, wire.XENSTORE_RING_SIZE) == (4096, 1024)
@@ -158,7 +159,7 @@ def test_ring_round_trip_with_wrap_and_partial_messages():
     for name in ("req_cons", "req_prod", "rsp_cons", "rsp_prod"):
         set_field(buf, name, 0xFFFFFFF0)  # and the 32-bit indexes wrap too
     ring = RingTransport(page)
-    assert field(buf, "server_features") == wire.XENSTORE_SERVER_FEATURE_ERROR
+    assert field(buf, "server_features") == 3  # bit 0 reconnection, bit 1 error indicator
     msg = wire.pack(wire.XS_READ, 1, 0, b"/local/domain/1/name\0")
     guest_send(buf, msg[:10])
     assert ring.read_messages() == []
@@ -168,6 +169,30 @@ def test_ring_round_trip_with_wrap_and_partial_messages():
     ring.write(b"r" * 30)
     assert ring.flush()
     assert guest_recv(buf) == b"r" * 30
+
+
+def test_ring_reconnection_resets_the_ring():
+    # xenstore-ring.txt: the guest sets connection = 1; the server drops partial packets,
+    # empties both queues, sets connection back to 0 (even on a ring it had broken).
+    buf, page = ring_page()
+    ring = RingTransport(page)
+    msg = wire.pack(wire.XS_READ, 1, 0, b"/a\0")
+    guest_send(buf, msg + msg[:7])  # one whole request and part of the next
+    assert ring.read_messages() == [msg]
+    ring.write(b"unread reply")
+    assert ring.flush()
+    ring.write(b"still queued")
+    assert not ring.reconnect_requested
+    set_field(buf, "connection", wire.XENSTORE_RECONNECT)
+    set_field(buf, "error", wire.XENSTORE_ERROR_PROTO)
+    ring.broken = True
+    assert ring.reconnect_requested
+    ring.reset()
+    assert [field(buf, n) for n in ("req_cons", "req_prod", "rsp_cons", "rsp_prod",
+                                    "connection", "error")] == [0] * 6
+    assert not ring.broken and ring.pending == 0
+    guest_send(buf, msg)  # a whole packet after the reset: the partial one is gone
+    assert ring.read_messages() == [msg]
 
 
 def test_ring_streams_a_message_larger_than_the_ring():
@@ -253,3 +278,64 @@ def test_ring_to_store_end_to_end():
     assert out == (wire.pack(wire.XS_WRITE, 1, 0, b"OK\0")
                    + wire.pack(wire.XS_ERROR, 2, 0, b"EACCES\0"))
     assert server.store.read(d0, "/local/domain/1/data/x") == b"hello"
+
+
+def test_quota_wire_ops_per_xenstore_txt():
+    # GET_QUOTA [[<domid>|]<quota>|] / SET_QUOTA [<domid>|]<quota>|<value>| (dom0 only):
+    # no argument lists the names blank-separated; a domain starts from the global values.
+    server = XenStoreServer(Store())
+    d0 = server.store.connect(0, lambda p, t: None)
+    names = reply(server, d0, wire.XS_GET_QUOTA, b"")[1]
+    assert names.rstrip(b"\0").split(b" ")[:3] == [b"nodes", b"watches", b"outstanding"]
+    assert reply(server, d0, wire.XS_GET_QUOTA, b"nodes\0")[1] == b"1000\0"
+    assert reply(server, d0, wire.XS_SET_QUOTA, b"nodes\0" b"2000\0")[1] == b"OK\0"
+    assert reply(server, d0, wire.XS_GET_QUOTA, b"nodes\0")[1] == b"2000\0"
+    assert reply(server, d0, wire.XS_GET_QUOTA, b"5\0nodes\0")[1] == b"ENOENT\0"
+    reply(server, d0, wire.XS_INTRODUCE, b"5\0" b"1\0" b"1\0")
+    assert reply(server, d0, wire.XS_GET_QUOTA, b"5\0nodes\0")[1] == b"2000\0"
+    assert reply(server, d0, wire.XS_SET_QUOTA, b"5\0watches\0" b"3\0")[1] == b"OK\0"
+    assert reply(server, d0, wire.XS_GET_QUOTA, b"5\0watches\0")[1] == b"3\0"
+    assert reply(server, d0, wire.XS_GET_QUOTA, b"watches\0")[1] == b"128\0"  # global kept
+    assert reply(server, d0, wire.XS_GET_QUOTA, b"bogus\0")[1] == b"EINVAL\0"
+    assert reply(server, d0, wire.XS_SET_QUOTA, b"nodes\0" b"many\0")[1] == b"EINVAL\0"
+    # The domain's own value is the one enforced: its fourth watch is refused.
+    d5 = server.store.connect(5, lambda p, t: None)
+    for i in range(3):
+        assert reply(server, d5, wire.XS_WATCH, f"/w{i}\0t\0".encode())[1] == b"OK\0"
+    assert reply(server, d5, wire.XS_WATCH, b"/w3\0t\0")[1] == b"ENOSPC\0"
+    assert reply(server, d5, wire.XS_GET_QUOTA, b"nodes\0")[1] == b"EACCES\0"
+    assert reply(server, d5, wire.XS_SET_QUOTA, b"nodes\0" b"1\0")[1] == b"EACCES\0"
+
+
+def test_feature_wire_ops_per_xenstore_txt():
+    # GET_FEATURE [<domid>|] / SET_FEATURE <domid>|<value>|: the ring features of
+    # docs/misc/xenstore-ring.txt (bit 0 reconnection, bit 1 error indicator); SET_FEATURE
+    # only before INTRODUCE (EBUSY after) and only bits served (EINVAL).
+    server = XenStoreServer(Store())
+    d0 = server.store.connect(0, lambda p, t: None)
+    both = str(wire.XENSTORE_SERVER_FEATURE_RECONNECTION | wire.XENSTORE_SERVER_FEATURE_ERROR)
+    assert reply(server, d0, wire.XS_GET_FEATURE, b"")[1] == both.encode() + b"\0"
+    assert reply(server, d0, wire.XS_SET_FEATURE, b"6\0" b"4\0")[1] == b"EINVAL\0"
+    assert reply(server, d0, wire.XS_SET_FEATURE, b"6\0" b"2\0")[1] == b"OK\0"
+    assert reply(server, d0, wire.XS_GET_FEATURE, b"6\0")[1] == b"2\0"
+    reply(server, d0, wire.XS_INTRODUCE, b"6\0" b"1\0" b"1\0")
+    assert reply(server, d0, wire.XS_SET_FEATURE, b"6\0" b"3\0")[1] == b"EBUSY\0"
+    d6 = server.store.connect(6, lambda p, t: None)
+    assert reply(server, d6, wire.XS_GET_FEATURE, b"")[1] == b"2\0"  # its own
+    assert reply(server, d6, wire.XS_GET_FEATURE, b"0\0")[1] == b"EACCES\0"
+
+
+def test_control_commands_dom0_only():
+    server = XenStoreServer(Store())
+    d0 = server.store.connect(0, lambda p, t: None)
+    help_text = reply(server, d0, wire.XS_CONTROL, b"help\0")[1].decode()
+    assert help_text.splitlines()[0].split() == ["check"]
+    assert reply(server, d0, wire.XS_CONTROL, b"check\0")[1] == b"OK\0"
+    assert reply(server, d0, wire.XS_CONTROL, b"print\0hi\0")[1] == b"OK\0"
+    assert reply(server, d0, wire.XS_CONTROL, b"quota\0set\0nodes\0" b"7\0")[1] == b"OK\0"
+    assert "nodes            :        7 Nodes per domain" in reply(
+        server, d0, wire.XS_CONTROL, b"quota\0")[1].decode()
+    assert reply(server, d0, wire.XS_CONTROL, b"quota\0set\0nodes\0" b"0\0")[1] == b"EINVAL\0"
+    assert reply(server, d0, wire.XS_CONTROL, b"live-update\0")[1] == b"EINVAL\0"
+    d3 = server.store.connect(3, lambda p, t: None)
+    assert reply(server, d3, wire.XS_CONTROL, b"help\0")[1] == b"EACCES\0"

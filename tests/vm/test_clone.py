@@ -70,8 +70,17 @@ def test_clone_from_a_file_and_restore_clone(xenopus: Xenopus, tmp_path: Path) -
     saved = xenopus.run("save", "filed", str(image))
     assert saved.returncode == 0, saved.stderr
     console.communicate(timeout=60)
-    cloned = xenopus.run("clone", "-p", str(image), "fc1", "fc2")
+    cloned = xenopus.run("clone", "-d", "-p", str(image), "fc1", "fc2")
     assert cloned.returncode == 0, cloned.stderr
+    # -d: each clone's start-up, phase by phase, adding up to its time since process start
+    for name in ("fc1", "fc2"):
+        m = re.search(rf"cloned domain \d+ \({name}\): \d+ pages mapped in [\d.]+ ms, "
+                      r"restored ([\d.]+) ms after its process started \(setup ([\d.]+) ms, "
+                      r"build ([\d.]+) ms, jail ([\d.]+) ms, handover ([\d.]+) ms, "
+                      r"restore ([\d.]+) ms\)", cloned.stderr)
+        assert m, cloned.stderr
+        total, *phases = (float(x) for x in m.groups())
+        assert abs(sum(phases) - total) < 0.5, cloned.stderr  # each rounded to 0.1 ms
     assert {xenopus.domains()[n][4] for n in ("fc1", "fc2")} == {"--p---"}  # -p: paused
     image.write_bytes(b"overwritten after the clone")  # the clones mapped a private copy
     consoles = [xenopus.popen("console", n) for n in ("fc1", "fc2")]

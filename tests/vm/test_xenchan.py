@@ -4,6 +4,7 @@ prints it (xl_console.c). The guest is guests/xenchan.c, hvc_xen's steps in smal
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import socket
@@ -13,6 +14,8 @@ import pytest
 
 from tests.vm.conftest import Xenopus
 from tests.vm.test_cli import read_until
+from xenopus import api
+from xenopus.client import XenopusError
 
 pytestmark = pytest.mark.kvm
 
@@ -51,6 +54,10 @@ def test_socket_channel_carries_both_ways_without_loss(xenopus: Xenopus) -> None
         assert read_until(stream, b"\n") == b"pong: ping over the channel\n"
     out = con.communicate(timeout=60)[0]
     assert b"xenchan: got ping over the channel" in out and b"RESULT: PASS xenchan" in out
+    # The console ends before the daemon has forgotten the domain: wait for that (a domain
+    # already forgotten is "does not exist"), then its socket must be gone.
+    with contextlib.suppress(XenopusError):
+        api.connect(str(xenopus.run_dir), autostart=False).wait("chan-sock")
     assert not path.exists()  # removed with the domain, as QEMU removes its socket
 
 

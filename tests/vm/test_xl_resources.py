@@ -308,3 +308,41 @@ def test_network_attach_then_the_guest_talks_then_detach(netns: Xenopus) -> None
         con.wait(60)
     finally:
         responder.kill()
+
+
+def quota_rows(text: str) -> dict[str, int]:
+    lines = text.splitlines()
+    # xl_xsquota.c: the header, 32 dashes, then "%-20s %8u" per quota
+    assert lines[0] == "Quota name           Quota value" and lines[1] == "-" * 32, text
+    assert all(len(line) == 29 for line in lines[2:]), text
+    return {line[:20].rstrip(): int(line[21:]) for line in lines[2:]}
+
+
+def test_xenstore_quota_get_and_set(xl: Xl) -> None:
+    write_config(xl, "quotaed", "xenstore.elf", memory=32)
+    assert xl.run("create", "-p", "quotaed").returncode == 0
+    try:
+        glob = quota_rows(xl.run("xenstore-quota-get", "-g", check=True).stdout)
+        assert list(glob)[:5] == ["nodes", "watches", "outstanding", "memory", "transactions"]
+        # A domain starts from the global values; its own change stays its own.
+        assert quota_rows(xl.run("xenstore-quota-get", "quotaed", check=True).stdout) == glob
+        assert xl.run("xenstore-quota-set", "quotaed", "watches=3", "nodes=0x20").returncode == 0
+        mine = quota_rows(xl.run("xenstore-quota-get", "quotaed", check=True).stdout)
+        assert (mine["watches"], mine["nodes"]) == (3, 32)
+        assert quota_rows(xl.run("xenstore-quota-get", "-g", check=True).stdout) == glob
+        assert xl.run("xenstore-quota-set", "-g", "transactions=12").returncode == 0
+        assert quota_rows(xl.run("xenstore-quota-get", "-g", check=True).stdout)["transactions"] == 12
+        # xl's own refusals (xl_xsquota.c, xl_parse.c parse_xsquota_item)
+        r = xl.run("xenstore-quota-get")
+        assert r.returncode != 0 and 'Domain or "-g" must be specified.' in r.stderr
+        r = xl.run("xenstore-quota-set", "quotaed", "watches")
+        assert r.returncode != 0 and 'Quota specification "watches" lacks "=".' in r.stderr
+        r = xl.run("xenstore-quota-set", "quotaed", "watches=3k")
+        assert r.returncode != 0 and 'uses illegal value "3k"' in r.stderr
+        r = xl.run("xenstore-quota-set", "-g", "bogus=1")
+        assert r.returncode != 0 and "Quota could not be set." in r.stderr
+    finally:
+        xl.run("destroy", "quotaed")
+    # Gone with its domain: XenStore forgot it.
+    r = xl.run("xenstore-quota-get", "quotaed")
+    assert r.returncode != 0

@@ -7,7 +7,6 @@ needs is here; every object has `.encode() -> bytes`.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Protocol
@@ -230,8 +229,14 @@ class EisaId:
 
 
 def to_uuid(text: str) -> Buffer:
-    """ToUUID (§19.6.143): the 16-byte buffer, first three fields little-endian."""
-    return Buffer(uuid.UUID(text).bytes_le)
+    """ToUUID (§19.6.143): the 16-byte buffer, first three fields little-endian.
+    (RFC 4122's string form, parsed here: the uuid module costs every domain process
+    its import.)"""
+    fields = text.split("-")
+    if [len(f) for f in fields] != [8, 4, 4, 4, 12]:
+        raise ValueError(f"not a UUID: {text!r}")
+    raw = bytes.fromhex("".join(fields))
+    return Buffer(raw[3::-1] + raw[5:3:-1] + raw[7:5:-1] + raw[8:])
 
 
 # --- names and references ----------------------------------------------------------

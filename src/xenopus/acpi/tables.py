@@ -333,6 +333,13 @@ class AcpiPlatform:
     i8042: bool = True
     power_base: int = platform.ACPI_REGS_BASE
     power_irq: int = platform.ACPI_GED_IRQ
+    # The MADT lists the IO-APIC (and the ISA overrides onto its GSIs). Off for a PV shim
+    # domain, as Xen's own libxl leaves it out of a PVH guest's MADT (libacpi build_madt
+    # without ACPI_HAS_IOAPIC): Xen finding one runs check_timer (io_apic.c), which wants
+    # more than 4 PIT ticks through it in a 10-tick mdelay and else panics "IO-APIC +
+    # timer doesn't work!", as it did on a loaded nested host. The shim needs none: its
+    # events come by the vector callback and its time from the Xen clock.
+    io_apic: bool = True
 
 
 @dataclass(frozen=True)
@@ -600,15 +607,18 @@ def madt(p: AcpiPlatform) -> bytes:
     online = p.vcpus if p.online is None else p.online
     for i in range(p.vcpus):
         add(MadtLocalApic(processor_uid=i, apic_id=i, flags=LAPIC_ENABLED if i < online else 0))
-    add(
-        MadtIoApic(
-            io_apic_id=platform.IOAPIC_ID,
-            address=platform.IOAPIC_BASE,
-            gsi_base=platform.IOAPIC_GSI_BASE,
+    if p.io_apic:
+        # §5.2.12.3 I/O APIC structure; §5.2.12.5 Interrupt Source Overrides map ISA IRQs
+        # onto GSIs, which exist only as IO-APIC inputs (§5.2.13), so both or neither.
+        add(
+            MadtIoApic(
+                io_apic_id=platform.IOAPIC_ID,
+                address=platform.IOAPIC_BASE,
+                gsi_base=platform.IOAPIC_GSI_BASE,
+            )
         )
-    )
-    for o in platform.ISA_OVERRIDES:
-        add(MadtIntSourceOverride(bus=0, source=o.irq, gsi=o.gsi, flags=o.flags))
+        for o in platform.ISA_OVERRIDES:
+            add(MadtIntSourceOverride(bus=0, source=o.irq, gsi=o.gsi, flags=o.flags))
     add(MadtLocalApicNmi(processor_uid=ALL_PROCESSORS, flags=0, lint=NMI_LINT))
     t = MadtHeader(
         header=_header(b"APIC", 0, MADT_REVISION),

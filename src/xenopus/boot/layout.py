@@ -13,8 +13,9 @@ later real-mode boot path) finds them untouched, and below the EBDA at 0x9FC00.
     0x09000  64-bit boot page tables: PML4, PDPT, 4 page directories (to 0x0EFFF)
     0x20000  kernel command line, up to 64 KiB
     0x30000  end of the boot-structure area; kernels may load above it
-    0x9FC00  EBDA, VGA memory, option/BIOS ROMs: reserved up to 1 MiB
-             (ACPI tables will go at 0xE0000, inside this reserved range)
+    0x9FC00  EBDA, VGA memory, option/BIOS ROMs: reserved up to 1 MiB in the memory
+             map; inside it we place only the Xen special pages (0xDE000) and the ACPI
+             tables (0xE0000-0xFF000), the platform area (devices/platform.py)
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 from xenopus import held_files
+from xenopus.devices import platform
 from xenopus.memory.guest import PAGE_SIZE, GuestMemory
 from xenopus.vm.cpu import CpuState
 
@@ -50,6 +52,11 @@ BOOT_AREA_END = CMDLINE_ADDR + CMDLINE_MAX
 LEGACY_START = 0x9FC00
 LEGACY_END = 0x100000
 HIGH_MEMORY = 0x100000  # 1 MiB: the classic bzImage load address
+# What a kernel image must not overwrite in the legacy hole: the structures the platform
+# places there (the rest of the hole is only reserved in the memory map).
+PLATFORM_AREA = (platform.PLATFORM_AREA_START, platform.PLATFORM_AREA_END)
+XEN_SPECIAL_PAGES = (platform.XEN_STORE_PAGE, platform.ACPI_TABLES_BASE)
+ACPI_WINDOW = (platform.ACPI_TABLES_BASE, platform.PLATFORM_AREA_END)
 
 
 def align_up(value: int, align: int) -> int:

@@ -11,30 +11,26 @@ from __future__ import annotations
 
 import ctypes
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from elftools.common.exceptions import ELFError
-from elftools.construct.core import ConstructError
-from elftools.elf.elffile import ELFFile
-
 from xenopus.arch.x86 import CR0_ET, CR0_PE, RFLAGS_RESERVED
+from xenopus.boot import elf as elf_format
 from xenopus.boot.e820 import E820Entry, build_e820
+from xenopus.boot.elf import ElfError, ElfFile
 from xenopus.boot.layout import (
     BOOT_AREA_END,
     CMDLINE_ADDR,
     CMDLINE_MAX,
-    LEGACY_END,
-    LEGACY_START,
     MEMMAP_ADDR,
     MEMMAP_END,
     MODLIST_ADDR,
+    PLATFORM_AREA,
     START_INFO_ADDR,
     BootImageError,
     BootInfo,
-    align_up,
     load_ramdisk,
     open_file,
     overlaps,
@@ -56,7 +52,7 @@ from xenopus.xen import abi
 CMDLINE_LIMIT = CMDLINE_MAX - 1
 
 _FOUR_GIB = 1 << 32
-_ELF_ERRORS = (ELFError, ConstructError, struct.error, ValueError, EOFError, KeyError)
+_ELF_ERRORS = (ElfError, struct.error)
 
 # pvh.pandoc fixes the segments but not the selectors; these match CpuState's defaults.
 CODE_SELECTOR = 0x08
@@ -87,65 +83,18 @@ class PvhImage:
     xen_notes: dict[int, bytes] = field(default_factory=dict)  # type -> payload (elfnote.h)
 
 
-def iter_notes(data: bytes, align: int) -> Iterator[tuple[bytes, int, bytes]]:
-    """(name, type, desc) of each note in a note segment/section (ELF gABI "Note Section").
-
-    Header words are 4 bytes in both classes; name and desc are padded to `align`.
-    """
-    off = 0
-    while off + 12 <= len(data):
-        namesz, descsz, ntype = struct.unpack_from("<III", data, off)
-        off += 12
-        name = data[off : off + namesz]
-        off += align_up(namesz, align)
-        desc = data[off : off + descsz]
-        off += align_up(descsz, align)
-        if len(name) != namesz or len(desc) != descsz:
-            raise ValueError("note runs past the end of its segment")
-        yield name.rstrip(b"\0"), ntype, desc
-
-
-SHF_COMPRESSED = 0x800  # ELF gABI: section data is an Elf_Chdr and compressed bytes
-
-
-def _note_blocks(elf: ELFFile) -> list[tuple[bytes, int]]:
-    """Note data from PT_NOTE segments, or SHT_NOTE sections when there is no PT_NOTE.
-
-    Each block's file range is checked against the file before it is read: a header may
-    claim any size (up to 2^64), and reading that much would raise or exhaust memory. A
-    compressed note section is refused rather than inflated (it could inflate to any size)."""
-    stream = elf.stream
-    file_size = stream.seek(0, 2)
-    blocks = []
-    for seg in elf.iter_segments():
-        if seg["p_type"] == "PT_NOTE":
-            blocks.append((seg["p_offset"], seg["p_filesz"], seg["p_align"], seg))
-    if not blocks:
-        for sec in elf.iter_sections():
-            if sec["sh_type"] == "SHT_NOTE":
-                if sec["sh_flags"] & SHF_COMPRESSED:
-                    raise ValueError(f"note section {sec.name!r} is compressed")
-                blocks.append((sec["sh_offset"], sec["sh_size"], sec["sh_addralign"], sec))
-    out = []
-    for offset, size, align, part in blocks:
-        if offset + size > file_size:
-            raise ValueError("a note segment runs past the end of the file")
-        out.append((part.data(), align))
-    return out
-
-
-def xen_notes(elf: ELFFile) -> dict[int, bytes]:
+def xen_notes(elf: ElfFile) -> dict[int, bytes]:
     """Every "Xen" note by type: the toolstack asks for XEN_ELFNOTE_HYPERCALL_PAGE (2) and
-    XEN_ELFNOTE_GUEST_OS (6) to pick the hypercall path (elfnote.h)."""
+    XEN_ELFNOTE_GUEST_OS (6) to pick the hypercall path (elfnote.h). PT_NOTE segments, or
+    SHT_NOTE sections when there is none (boot/elf.py)."""
     notes: dict[int, bytes] = {}
-    for data, align in _note_blocks(elf):
-        for name, ntype, desc in iter_notes(data, 8 if align == 8 else 4):
-            if name == abi.XEN_ELFNOTE_NAME:
-                notes.setdefault(ntype, desc)
+    for n in elf.notes():
+        if n.name == abi.XEN_ELFNOTE_NAME:
+            notes.setdefault(n.type, n.desc)
     return notes
 
 
-def find_phys32_entry(elf: ELFFile, path: str) -> int:
+def find_phys32_entry(elf: ElfFile, path: str) -> int:
     return phys32_entry(xen_notes(elf), path)
 
 
@@ -168,47 +117,26 @@ def phys32_entry(notes: dict[int, bytes], path: str) -> int:
 # kernels have a handful of entries. Without a bound, e_phnum = 0xf800 with e_phentsize 0
 # in a 67-byte file kept pyelftools parsing the same bytes for 13 s (found by fuzzing).
 PHDR_TABLE_MAX = 64 * 1024
-ENTRY_SIZES = {32: (32, 40), 64: (56, 64)}  # ELF class -> (sizeof Elf_Phdr, Elf_Shdr)
-
-
-def _check_header_tables(elf: ELFFile, path: str, file_size: int) -> None:
-    """The program and section header tables must hold entries of their struct's size
-    and lie inside the file (ELF gABI "ELF Header"), before anything iterates them."""
-    phentsize, shentsize = ENTRY_SIZES[elf.elfclass]
-    tables = (("program", elf.num_segments(), elf["e_phentsize"], phentsize, elf["e_phoff"]),
-              ("section", elf.num_sections(), elf["e_shentsize"], shentsize, elf["e_shoff"]))
-    for what, count, entsize, want, offset in tables:
-        if not count:
-            continue
-        if entsize != want:
-            raise BootImageError(path, f"corrupt ELF: {what} header entries of {entsize} bytes"
-                                       f" (ELF{elf.elfclass} has {want})")
-        if what == "program" and count * entsize > PHDR_TABLE_MAX:
-            raise BootImageError(path, f"corrupt ELF: {count} program headers (more than 64 KiB)")
-        if offset + count * entsize > file_size:
-            raise BootImageError(path, f"truncated ELF: the {what} header table"
-                                       " runs past the end of the file")
 
 
 def parse_pvh(f: BinaryIO, path: str, file_size: int) -> PvhImage:
     """Read and check the ELF headers; nothing is written to guest memory."""
     try:
-        elf = ELFFile(f)
+        elf = ElfFile(f, file_size)
         if not elf.little_endian:
             raise BootImageError(path, "big-endian ELF (not an x86 kernel)")
-        machine = elf["e_machine"]
+        machine = elf.machine
         if machine not in ("EM_X86_64", "EM_386"):
             raise BootImageError(
                 path, f"ELF for the wrong machine: {machine} (need EM_X86_64 or EM_386)"
             )
-        _check_header_tables(elf, path, file_size)
-        segments = []
-        for i, seg in enumerate(elf.iter_segments()):
-            if seg["p_type"] != "PT_LOAD" or seg["p_memsz"] == 0:
-                continue
-            segments.append(
-                LoadSegment(i, seg["p_paddr"], seg["p_offset"], seg["p_filesz"], seg["p_memsz"])
-            )
+        try:  # the header tables' shape first, before anything iterates them
+            elf.check_tables(PHDR_TABLE_MAX)
+        except ElfError as e:
+            what = "truncated ELF" if "past the end" in str(e) else "corrupt ELF"
+            raise BootImageError(path, f"{what}: {e}") from None
+        segments = [LoadSegment(s.index, s.p_paddr, s.p_offset, s.p_filesz, s.p_memsz)
+                    for s in elf.segments() if s.p_type == elf_format.PT_LOAD and s.p_memsz]
         notes = xen_notes(elf)  # the note segments are read and parsed once
         entry = phys32_entry(notes, path)
         elfclass = elf.elfclass
@@ -241,9 +169,12 @@ def check_placement(memory: GuestMemory, image: PvhImage) -> None:
             raise BootImageError(
                 path, f"{where} overlaps the boot structures at {span(0, BOOT_AREA_END)}"
             )
-        if overlaps(s.range, (LEGACY_START, LEGACY_END)):
+        # Only what we place in the legacy hole is off limits (the Xen special pages and
+        # the ACPI tables); a segment at 0xFF000, its ELF headers just below 1 MiB, loads.
+        if overlaps(s.range, PLATFORM_AREA):
             raise BootImageError(
-                path, f"{where} overlaps the reserved legacy area {span(LEGACY_START, LEGACY_END)}"
+                path, f"{where} overlaps the Xen special pages and ACPI tables at"
+                f" {span(*PLATFORM_AREA)}"
             )
         if s.range[1] > _FOUR_GIB:
             raise BootImageError(path, f"{where} is above 4 GiB, out of reach of a 32-bit entry")
@@ -368,6 +299,7 @@ def load_pvh(
     cmdline: str = "",
     rsdp_paddr: int = 0,
     extra_e820: Sequence[E820Entry] = (),
+    legacy_hole: bool = True,
     modules: Sequence[BootModule] = (),
 ) -> BootInfo:
     """`modules` go in the module list in their order, before the ramdisk (which is the
@@ -400,7 +332,7 @@ def load_pvh(
     cmdlines = write_module_cmdlines(
         memory, path, cmdline_paddr + len(cmdline.encode()) + 1, [m.cmdline for m in modules]
     )
-    e820 = build_e820(memory, tuple(extra_e820)).entries
+    e820 = build_e820(memory, tuple(extra_e820), legacy_hole=legacy_hole).entries
     write_start_info(
         memory,
         cmdline_paddr=cmdline_paddr,

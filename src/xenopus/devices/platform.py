@@ -105,7 +105,15 @@ XEN_STORE_PAGE = 0xDE000
 XEN_CONSOLE_PAGE = 0xDF000
 
 ACPI_TABLES_BASE = 0xE0000
-ACPI_TABLES_SIZE = 0x20000
+# 124 KiB, ending a page short of 1 MiB: the page at 0xFF000 stays free for a PVH image
+# whose first PT_LOAD segment starts there (its ELF headers just below 1 MiB, an
+# ordinary linker output that Xen and QEMU's microvm load).
+ACPI_TABLES_SIZE = 0x1F000
+
+# What we place in the legacy hole: the Xen special pages, then the ACPI tables. A PVH
+# kernel's segment may load anywhere else in it (Xen's PVH domains have no legacy hole).
+PLATFORM_AREA_START = XEN_STORE_PAGE
+PLATFORM_AREA_END = ACPI_TABLES_BASE + ACPI_TABLES_SIZE
 
 # MADT Interrupt Source Override flags (ACPI 6.5 §5.2.12.5, table 5.26 "MPS INTI flags").
 POLARITY_CONFORMS = 0b00
@@ -142,3 +150,13 @@ def mmio64_window(ram_end: int) -> tuple[int, int]:
     """
     base = max(MMIO64_MIN_BASE, -(-ram_end // MMIO64_SIZE) * MMIO64_SIZE)
     return base, MMIO64_SIZE
+
+
+# --- arm64 (QEMU virt's layout, hw/arm/virt.c base_memmap and a15irqmap) -------------------
+# The GIC and RAM are the machine's (vm/arm64.py); the devices sit where virt puts them, so a
+# device tree or an earlycon= written for `-M virt` fits. SPI n is GIC INTID 32 + n.
+ARM64_PL011_BASE = 0x0900_0000
+ARM64_PL011_SPI = 1
+ARM64_PL011_CLOCK_HZ = 24_000_000  # virt's apb-pclk fixed clock
+ARM64_PL031_BASE = 0x0901_0000
+ARM64_PL031_SPI = 2

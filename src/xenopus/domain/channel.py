@@ -12,7 +12,6 @@ import contextlib
 import os
 import socket
 import stat
-import tty
 from dataclasses import dataclass
 
 from xenopus.domain.devspec import ChannelSpec
@@ -65,6 +64,8 @@ def open_channel(devid: int, spec: ChannelSpec) -> ChannelEnd:
             end.master, end.slave = os.openpty()
             os.set_inheritable(end.master, False)
             os.set_inheritable(end.slave, False)
+            import tty  # only for a pty channel
+
             tty.setraw(end.slave)  # bytes pass unchanged, as xenconsoled's ptys (cfmakeraw)
             os.set_blocking(end.master, False)
             end.tty = os.ttyname(end.slave)

@@ -82,6 +82,14 @@ class Pausable(Protocol):
     def resume(self) -> None: ...
 
 
+@runtime_checkable
+class ForeignWritten(Protocol):
+    """A part that knows guest pages other processes may write (a live save sends them
+    again once the guest is stopped: no dirty log of ours sees those writes)."""
+
+    def foreign_written(self) -> list[int]: ...
+
+
 class NotSaveable(StateError):
     """A part whose state cannot be saved yet."""
 
@@ -330,6 +338,11 @@ class XenPart:
 
     def restore_state(self, state: object) -> None:
         self.holder.restore_state(state)
+
+    def foreign_written(self) -> list[int]:
+        """Pages another domain may write behind our back: what the guest grants with
+        write access (`GrantTable.writable_pages`)."""
+        return self.domain.grants.writable_pages()
 
     def pause(self) -> None:
         if isinstance(self.holder, Pausable):

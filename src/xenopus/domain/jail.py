@@ -41,7 +41,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import xenopus
-from xenopus import held_files
+from xenopus import held_files, host
 from xenopus.devices import tap
 from xenopus.domain.config import DomainConfig
 from xenopus.kvm import uapi
@@ -81,8 +81,8 @@ PR_CAP_AMBIENT = 47
 PR_CAP_AMBIENT_CLEAR_ALL = 4
 # <linux/capability.h>: capset's header and one set for each 32 capabilities.
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
-SYS_pivot_root = 155  # noqa: N816 - <asm/unistd_64.h>; glibc has no wrapper
-SYS_capset = 126  # noqa: N816
+SYS_pivot_root = host.syscall_number("pivot_root")  # noqa: N816 - glibc has no wrapper
+SYS_capset = host.syscall_number("capset")  # noqa: N816
 
 DEFAULT_UIDS = (524288, 65536)
 CGROUP_ROOT = "/sys/fs/cgroup"
@@ -91,6 +91,7 @@ CGROUP_ROOT = "/sys/fs/cgroup"
 # leaves room for disk and network buffers.
 MEMORY_OVERHEAD = 64 << 20
 CPU_PERIOD_US = 100_000  # cgroup v2's default cpu.max period
+CGROUP_CONTROLLERS = ("cpu", "memory", "pids")  # what the per-domain cgroups use
 # Threads a domain process may have beyond one per vCPU (device workers, timers, the
 # asyncio executor); counted against RLIMIT_NPROC, which is per uid.
 SPARE_THREADS = 64
@@ -134,28 +135,6 @@ def setns(fd: int, nstype: int) -> None:
     _check(_libc.setns(fd, nstype), "setns")
 
 
-class PidNamespaceForker:
-    """`fork()` into a new PID namespace (the child is its pid 1) where the host allows it.
-
-    A process may have only one pending namespace for its children (a second unshare is
-    EINVAL), so after each fork the parent goes back to its own."""
-
-    def __init__(self) -> None:
-        self.own = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
-
-    def fork(self) -> int:
-        try:
-            unshare(CLONE_NEWPID)
-        except OSError:
-            return os.fork()  # the child reports the layer missing (it is not pid 1)
-        pid = os.fork()
-        if pid == 0:
-            os.close(self.own)
-        else:
-            setns(self.own, CLONE_NEWPID)
-        return pid
-
-
 def _mount(source: str, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
     _check(_libc.mount(source.encode(), target.encode(), fstype.encode() if fstype else None,
                        ctypes.c_ulong(flags), data.encode() if data else None),
@@ -178,6 +157,9 @@ class Jail:
     run_dir: str
     layers: dict[str, str] = field(default_factory=dict)
     host_pid: int = field(default_factory=os.getpid)
+    # The zygote's compiled seccomp filter (a sealed memfd, seccomp_policy.compile_filter);
+    # None: compile it here.
+    seccomp_fd: int | None = None
 
     def _layer(self, name: str, fn, *args) -> bool:
         try:
@@ -222,26 +204,11 @@ class Jail:
         _check(_libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0), "PR_CAP_AMBIENT")
 
     def _cgroup(self) -> None:
-        base = os.environ.get("XENOPUS_CGROUP") or os.path.join(CGROUP_ROOT, "xenopus")
-        controllers = os.path.join(os.path.dirname(base.rstrip("/")), "cgroup.subtree_control")
-        if not os.path.exists(controllers):
-            raise JailError(errno.ENOTSUP, f"no cgroup v2 delegation: {controllers} is missing"
-                            " (a cgroup v1 host, or XENOPUS_CGROUP not set)")
-        os.makedirs(base, exist_ok=True)
-        with open(os.path.join(base, "cgroup.subtree_control"), "w") as f:
-            f.write("+cpu +memory +pids")
-        own = os.path.join(base, f"domain-{self.domid}")
-        os.makedirs(own, exist_ok=True)
-        cfg = self.config
-        for name, value in (
-            ("memory.max", str(cfg.memory * (1 << 20) + MEMORY_OVERHEAD)),
-            ("cpu.max", f"{cfg.vcpus * CPU_PERIOD_US} {CPU_PERIOD_US}"),
-            ("cpu.weight", "100"),
-        ):
-            with open(os.path.join(own, name), "w") as f:
-                f.write(value)
-        with open(os.path.join(own, "cgroup.procs"), "w") as f:
-            f.write("0")
+        missing = enter_cgroup(cgroup_base(), self.domid, self.config.memory << 20,
+                               self.config.vcpus)
+        if missing:
+            self.layers["cgroup"] = (f"on (without {', '.join(missing)}: not offered to"
+                                     f" {cgroup_base()})")
 
     def _new_root(self) -> None:
         """pivot_root into a tmpfs holding only what this domain reaches by path."""
@@ -346,7 +313,14 @@ class Jail:
     def _seccomp(self) -> None:
         from xenopus.domain import seccomp_policy
 
-        seccomp_policy.install(log_only="log" in debug_flags(), ioctls=IOCTLS)
+        fd, self.seccomp_fd = self.seccomp_fd, None
+        if fd is None:
+            seccomp_policy.install(log_only="log" in debug_flags(), ioctls=IOCTLS)
+            return
+        try:
+            seccomp_policy.load_filter(fd)
+        finally:
+            os.close(fd)
 
 
 def _python_paths() -> list[str]:
@@ -358,7 +332,10 @@ def _python_paths() -> list[str]:
 
 
 def _bind(root: str, path: str, read_only: bool) -> None:
-    """Mount `path` at the same place under `root` (a symlink stays a symlink)."""
+    """Mount `path` at the same place under `root`. A symlink stays a symlink, to its
+    fully resolved target, which is bound too: the link's own text may be relative
+    or name a path through other links (a kernel in a checkout whose `linux/` is a link)
+    that the jail's real directories would resolve elsewhere, or not at all."""
     if not os.path.lexists(path):
         return
     target = os.path.join(root, path.lstrip("/"))
@@ -367,7 +344,13 @@ def _bind(root: str, path: str, read_only: bool) -> None:
     os.makedirs(os.path.dirname(target), exist_ok=True)
     st = os.lstat(path)
     if stat.S_ISLNK(st.st_mode):
-        os.symlink(os.readlink(path), target)
+        real = os.path.realpath(path)
+        # Relative to where the link lands inside `root` (its directory as the jail's own
+        # links resolve it), so that it resolves the same before the pivot and after.
+        top = os.path.realpath(root)
+        here = "/" + os.path.relpath(os.path.realpath(os.path.dirname(target)), top)
+        os.symlink(os.path.relpath(real, here), target)
+        _bind(root, real, read_only)
         return
     if stat.S_ISDIR(st.st_mode):
         os.makedirs(target, exist_ok=True)
@@ -456,6 +439,60 @@ def set_cpu_share(domid: int, pid: int, weight: int, cap: int, vcpus: int) -> st
         return f"cgroup v1 {own}"
     raise JailError(errno.ENOTSUP, f"no cpu controller: neither {v2}/cpu.weight (cgroup v2,"
                     f" delegated) nor {CGROUP_V1_CPU}/cpu.shares (cgroup v1)")
+
+
+def enter_cgroup(base: str, domid: int, ram_bytes: int, vcpus: int) -> list[str]:
+    """Move this process into `base`/domain-`domid` (cgroup v2, made if need be) with its
+    limits; the controllers of CGROUP_CONTROLLERS that `base` is not offered (its
+    cgroup.controllers, what its parent delegates: cgroup-v2.rst "Enabling and Disabling")
+    are left out, and returned, rather than failing the whole write."""
+    parent = os.path.join(os.path.dirname(base.rstrip("/")), "cgroup.subtree_control")
+    if not os.path.exists(parent):
+        raise JailError(errno.ENOTSUP, f"no cgroup v2 delegation: {parent} is missing"
+                        " (a cgroup v1 host, or XENOPUS_CGROUP not set)")
+    os.makedirs(base, exist_ok=True)
+    with open(os.path.join(base, "cgroup.controllers")) as f:
+        offered = set(f.read().split())
+    enabled = [c for c in CGROUP_CONTROLLERS if c in offered]
+    if enabled:
+        with open(os.path.join(base, "cgroup.subtree_control"), "w") as f:
+            f.write(" ".join(f"+{c}" for c in enabled))
+    own = os.path.join(base, f"domain-{domid}")
+    os.makedirs(own, exist_ok=True)
+    limits = {
+        "memory": [("memory.max", str(ram_bytes + MEMORY_OVERHEAD))],
+        "cpu": [("cpu.max", f"{vcpus * CPU_PERIOD_US} {CPU_PERIOD_US}"), ("cpu.weight", "100")],
+    }
+    for controller in enabled:
+        for name, value in limits.get(controller, []):
+            _write_cgroup(own, name, value)
+    _write_cgroup(own, "cgroup.procs", 0)
+    return [c for c in CGROUP_CONTROLLERS if c not in offered]
+
+
+def remove_cgroup(domid: int) -> bool:
+    """Remove domain `domid`'s cgroup v2 directory once its process has gone (a cgroup
+    holding a task cannot be: then False, as when there is none)."""
+    try:
+        os.rmdir(os.path.join(cgroup_base(), f"domain-{domid}"))
+    except OSError:
+        return False
+    return True
+
+
+def stale_cgroups(live: Iterable[int]) -> list[int]:
+    """Domain ids with a cgroup directory under the base but not in `live`."""
+    keep = set(live)
+    try:
+        names = os.listdir(cgroup_base())
+    except OSError:
+        return []
+    out = []
+    for name in names:
+        prefix, _, number = name.partition("-")
+        if prefix == "domain" and number.isdigit() and int(number) not in keep:
+            out.append(int(number))
+    return sorted(out)
 
 
 def v1_cpu_cgroup(pid: int) -> str:

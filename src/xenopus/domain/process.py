@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import BinaryIO
 
-from xenopus import ipc, stream
+from xenopus import host, ipc, stream
 from xenopus.arch import x86
 from xenopus.control import DISK, NIC, Reply, Request
 from xenopus.devices.mac import format_mac, parse_mac
@@ -30,6 +30,7 @@ from xenopus.devices.ratelimit import RateLimit
 from xenopus.devices.tap import Tap
 from xenopus.domain import coredump, snapshot
 from xenopus.domain.builder import Guest, build_guest
+from xenopus.domain.builder_arm64 import build_arm64_domain
 from xenopus.domain.channel import ChannelEnd, ChannelError, close_channels, open_channels
 from xenopus.domain.config import DomainConfig
 from xenopus.domain.console import Console
@@ -66,10 +67,13 @@ GUEST_LOG_RATE = 100  # lines per second
 
 # xl.cfg on_* actions that leave the stopped guest in place for the daemon's next step
 HELD_ACTIONS = ("preserve", "rename-restart", "coredump-destroy", "coredump-restart")
+# A restored domain process's start-up, phase by phase (`DomainProcess._phases`).
+PHASES = ("setup", "build", "jail", "handover", "restore")
 EXIT_OK = 0
 EXIT_CRASHED = 1
 EXIT_START_FAILED = 2
 ADOPT_TIMEOUT = 10.0  # seconds an adopting daemon has to send its request
+DETACH_NOTICE = 5.0  # seconds for the lost daemon's stream end to reach us (the loop)
 DETACH_TIMEOUT = 10.0  # libxl's LIBXL_DESTROY_TIMEOUT: a frontend's time to close
 
 
@@ -139,12 +143,14 @@ class DomainProcess:
         self._boot_state: CpuState | None = None  # where they start (None: as restored)
         self.busy: str | None = None  # a save or restore under way: no live step meanwhile
         self.born = time.monotonic()  # when the process started (run_domain sets it)
+        self.marks: dict[str, float] = {}  # the end of each start-up phase (PHASES)
         self._work: set[asyncio.Task[None]] = set()
         self.debug = DebugLog(domid, self.hv_log)
         self._writer: asyncio.StreamWriter | None = None
         self._finished = asyncio.Event()
         self._control: asyncio.Task | None = None
         self._attached = True  # the spawning daemon is, until its control stream ends
+        self._detached = asyncio.Event()  # set when it has ended
         self._daemon_uid = os.geteuid()  # the daemon's: the one that may adopt us
 
     # -- daemon channel ---------------------------------------------------------------
@@ -182,19 +188,25 @@ class DomainProcess:
     def _build_guest(self) -> None:
         if self.kvm is None:
             self.kvm = Kvm()
-        guest = build_guest(
-            self.config, console_out=self.console.write, debug_out=self.debug.write,
-            vconsole_out=self.vconsole.write, domid=self.domid, hv_log=self.hv_log,
-            pv_console_out=self.pvconsole.write, store=self.store,
-            xenstore_path=ipc.xenstored_socket_path(self.run_dir) if self.xenstore else None,
-            kvm=self.kvm, taps=self.taps, channels=self.channels,
-        )
+        if host.architecture() == "arm64":
+            # The arm64 guest answers the names read below (Xen, vconsole: None).
+            guest = build_arm64_domain(  # type: ignore[assignment]
+                self.config, console_out=self.console.write, kvm=self.kvm)
+        else:
+            guest = build_guest(
+                self.config, console_out=self.console.write, debug_out=self.debug.write,
+                vconsole_out=self.vconsole.write, domid=self.domid, hv_log=self.hv_log,
+                pv_console_out=self.pvconsole.write, store=self.store,
+                xenstore_path=ipc.xenstored_socket_path(self.run_dir) if self.xenstore else None,
+                kvm=self.kvm, taps=self.taps, channels=self.channels,
+            )
         self.guest = guest
         self.crash_backoff.started()
         self._boot_state = guest.boot.cpu
         if guest.xen is not None and self.interdomain is not None:
             guest.xen.connect_interdomain(self.interdomain)
-        self.console.on_input = guest.serial.receive
+        if guest.serial is not None:  # Xen's PVH platform has no UART
+            self.console.on_input = guest.serial.receive
         if guest.vconsole is not None:
             self.vconsole.on_input = guest.vconsole.receive
         if guest.xen is not None:
@@ -711,6 +723,7 @@ class DomainProcess:
         run it, or leave it paused (`paused`)."""
         guest = self._live_guest()
         inp = await self._take_file(req, "rb")  # first: a refusal must not leave it open
+        self.marks["handover"] = time.monotonic()
         position = req.args.get("position")
         if self._started or not isinstance(position, dict):
             inp.close()
@@ -727,18 +740,35 @@ class DomainProcess:
         self._boot_state = None  # the vCPUs carry on from the image
         if not req.args.get("paused"):
             self._run_vcpus()
+        self.marks["restore"] = time.monotonic()
         return Reply.success(pages=stats.pages, octets=stats.octets, seconds=stats.seconds,
-                             since_start=time.monotonic() - self.born,
+                             since_start=time.monotonic() - self.born, phases=self._phases(),
                              xenstore=stats.toolstack.get("xenstore"))
+
+    def _phases(self) -> dict[str, float]:
+        """Seconds each start-up phase took, in order from the process's start (PHASES):
+        setup (logging, the early jail, consoles), build (the guest from its config), jail
+        (the late jail), handover (until the daemon handed over the image), restore."""
+        out, before = {}, self.born
+        for name in PHASES:
+            if name in self.marks:
+                out[name] = self.marks[name] - before
+                before = self.marks[name]
+        return out
 
     async def _serve_control(self, reader: asyncio.StreamReader) -> None:
         self._attached = True
+        self._detached.clear()
         while True:
             try:
                 msg = await ipc.read_message(reader)
                 if msg is None:
                     break
                 req = Request.from_wire(msg)
+            except ConnectionError:
+                # A daemon killed with our messages unread in its socket resets it
+                # (ECONNRESET) instead of ending it: gone all the same.
+                break
             except ValueError as e:  # not JSON, not an object, no op (ProtocolError): say so
                 log.error("domain %d: malformed control request: %s", self.domid, e)
                 self._send(Reply.failure(f"malformed request: {e}"))
@@ -753,6 +783,7 @@ class DomainProcess:
                 continue
             self._send(reply.numbered(req.seq))
         self._attached = False  # the daemon is gone: a restarted one may adopt us
+        self._detached.set()
         log.warning("domain %d: daemon connection closed; the domain keeps running until a"
                     " daemon adopts it", self.domid)
 
@@ -781,22 +812,43 @@ class DomainProcess:
                 conn.close()
 
     async def _adopted_by(self, conn: socket.socket) -> None:
-        """A daemon connected: `adopt` + its new XenStore stream; then it is our daemon."""
+        """A daemon connected: `adopt` + its new XenStore streams (the guest ring's and
+        the PV backends'); then it is our daemon."""
         if peer_of(conn).uid != self._daemon_uid:
             raise ValueError(f"uid {peer_of(conn).uid} is not the daemon's")
         if self._attached:
-            raise ValueError("a daemon is attached")
-        msg, fds = await asyncio.wait_for(ipc.recv_with_fds(conn, 1), ADOPT_TIMEOUT)
+            # A new daemon runs only once the old one is dead, whose end of our control
+            # stream the kernel has closed: we may not have read that end yet.
+            try:
+                await asyncio.wait_for(self._detached.wait(), DETACH_NOTICE)
+            except TimeoutError:
+                raise ValueError("a daemon is attached") from None
+        msg, fds = await asyncio.wait_for(ipc.recv_with_fds(conn, 2), ADOPT_TIMEOUT)
         socks = [socket.socket(fileno=fd) for fd in fds]
         req = Request.from_wire(msg or {})
-        if req.op != "adopt" or len(socks) != 1:
+        if req.op != "adopt" or len(socks) != 2:
             for sock in socks:
                 sock.close()
-            raise ValueError(f"expected adopt and a XenStore stream, got {req.op!r}")
+            raise ValueError(f"expected adopt and two XenStore streams, got {req.op!r}"
+                             f" and {len(socks)}")
         if self._writer is not None:
             self._writer.close()  # the lost daemon's end
         reader, self._writer = await asyncio.open_unix_connection(sock=conn)
         await self.store.reconnect(socks[0])
+        xen = self.guest.xen if self.guest is not None else None
+        if xen is not None:
+            # Blocking XenStore requests to the daemon, which answers them on its loop
+            # meanwhile (it waits for our reply asynchronously).
+            try:
+                count = await asyncio.get_running_loop().run_in_executor(
+                    None, xen.reconnect_backends, socks[1])
+            except Exception:  # noqa: BLE001 - the domain runs on; its devices say why
+                log.exception("domain %d: the PV backends could not reconnect", self.domid)
+            else:
+                log.info("domain %d: %d PV backends reconnected to the new XenStore",
+                         self.domid, count)
+        else:
+            socks[1].close()
         log.info("domain %d: adopted by a restarted daemon", self.domid)
         self._send(self._info(req).numbered(req.seq))
         self._control = asyncio.create_task(self._serve_control(reader))
@@ -821,9 +873,12 @@ class DomainProcess:
                 await self.pvconsole.serve(ipc.console_socket_path(self.domid, self.run_dir, "pv"))
             if self.channel_error:
                 raise ValueError(self.channel_error)
+            self.marks["setup"] = time.monotonic()
             self._build_guest()
+            self.marks["build"] = time.monotonic()
             # Everything the guest needs is open; no guest code has run yet.
             self.jail.enter_late(threading.active_count())
+            self.marks["jail"] = time.monotonic()
             self._run_or_pause(self.start_paused)
         except Exception as e:  # noqa: BLE001 - reported to the CLI, which names the problem
             log.error("domain %d (%s): cannot start: %s", self.domid, self.config.name, e)
@@ -838,9 +893,11 @@ class DomainProcess:
             return EXIT_START_FAILED
         guest = self.guest
         # A Xen-aware image (one that names its OS in a Xen ELF note, or a PV guest in the
-        # shim) gets its PV console by default, as under Xen; everything else its serial port.
+        # shim) gets its PV console by default, as under Xen, and so does any domain on
+        # Xen's PVH platform (it has no serial port); everything else its serial port.
         xen_aware = guest.xen is not None and bool(
-            guest.boot.details.get("guest_os") or guest.boot.details.get("pvshim"))
+            guest.boot.details.get("guest_os") or guest.boot.details.get("pvshim")
+            or guest.serial is None)
         self._send(Ready(
             self.jail.host_pid, guest.boot.protocol, guest.xen_path, "pv" if xen_aware else "serial",
             guest.xen.console_nodes() if guest.xen is not None else {},
@@ -887,9 +944,11 @@ def _device_names(part: PvDevicePart) -> set[str]:
 def run_domain(
     spawn: Spawn, control_fd: int, xenstore_fd: int | None = None,
     interdomain_fd: int | None = None, *, fresh_layout: bool = False,
+    seccomp_fd: int | None = None,
 ) -> int:
     """Entry point of a new domain process: an exec'd spare (`fresh_layout`, an
-    address-space layout of its own) or a fork of the zygote (the zygote's layout)."""
+    address-space layout of its own) or a fork of the zygote (the zygote's layout).
+    `seccomp_fd`: the zygote's compiled seccomp filter, which the jail loads."""
     born = time.monotonic()
     domid, cfg = spawn.domid, spawn.config
     set_process_title(f"xenopus: domain {domid} ({cfg.name})")
@@ -898,7 +957,7 @@ def run_domain(
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.INFO)
-    jail = Jail(domid, cfg, spawn.run_dir)
+    jail = Jail(domid, cfg, spawn.run_dir, seccomp_fd=seccomp_fd)
     jail.layers["aslr"] = "on" if fresh_layout else (
         "shared: forked from the zygote, whose layout every such domain has (daemon --spares 0)")
     try:  # before the jail: its root has none of the host's paths, and no pty

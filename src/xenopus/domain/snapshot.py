@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import BinaryIO, Protocol
 
 from xenopus.domain.inventory import (
+    ForeignWritten,
     Inventory,
     MemoryPart,
     NotSaveable,
@@ -125,7 +126,8 @@ def save(inventory: Inventory, out: BinaryIO, config: object = None, *,
     with) when given. The caller has paused the machine (`Machine.pause`) or not started
     it; device workers are paused here and resumed before returning, so the guest can go
     on afterwards (`save -c`). With `live` (the running machine), RAM is pre-copied while
-    the guest runs (KVM's dirty log), then the machine is paused for the rest.
+    the guest runs (KVM's dirty log and the memory's write log say what to send again),
+    then the machine is paused for the rest.
     `toolstack` is state the domain's toolstack keeps outside this process (the daemon's
     XenStore subtree), written as PART records of kind TOOLSTACK after the guest's."""
     started = time.monotonic()
@@ -142,24 +144,29 @@ def save(inventory: Inventory, out: BinaryIO, config: object = None, *,
         stats.parts += 1
     parts = [p for p in parts if p.kind not in FIRST_KINDS]
     memory = parts[0] if parts and isinstance(parts[0], MemoryPart) else None
-    sums: dict[int, int] = {}
     pending: list[int] = []
     if live is not None and memory is not None:
         writer.part(memory.kind, memory.name, memory.save_state())
         stats.parts += 1
         parts = parts[1:]
+        # Two logs: KVM's of the guest's writes, and GuestMemory's of this process's
+        # (devices, Xen), which KVM's does not see.
         live.log_dirty(True)
+        memory.memory.log_writes(True)
     try:
         if live is not None and memory is not None:
-            pending = _precopy(memory, writer, live, sums, stats)
+            pending = _precopy(memory, writer, live, stats)
             live.pause()
         stopped = time.monotonic()
         with quiesced(inventory):
             if live is not None and memory is not None:
-                # Stop-and-copy: what the guest wrote since the last round, and what this
-                # process wrote (devices, Xen), which KVM's log does not see.
-                final = sorted(set(pending) | set(live.dirty_pages()))
-                final += image.changed_pages(memory.memory, sums, set(final))
+                # Stop-and-copy: what the guest and this process wrote since the last
+                # round, and what other domains may have written (pages granted to them).
+                final = set(pending) | set(live.dirty_pages())
+                final |= set(_ram(memory, memory.memory.take_dirty()))
+                for part in inventory.parts:
+                    if isinstance(part, ForeignWritten):
+                        final |= set(_ram(memory, part.foreign_written()))
                 writer.round(0, len(final))
                 stats.pages += image.send_pages(memory.memory, writer, sorted(final))
                 stats.last_round = len(final)
@@ -180,30 +187,44 @@ def save(inventory: Inventory, out: BinaryIO, config: object = None, *,
     finally:
         if live is not None and memory is not None:
             live.log_dirty(False)
+            memory.memory.log_writes(False)
     stats.octets = writer.offset
     stats.seconds = time.monotonic() - started
     return stats
 
 
 def _precopy(memory: MemoryPart, writer: StreamWriter, live: LiveMachine,
-             sums: dict[int, int], stats: Stats) -> list[int]:
-    """Live pre-copy: every page once, then round after round the pages the guest wrote
-    meanwhile (KVM's dirty log), while their number keeps shrinking and is worth another
-    round; returns the pages dirtied since the last round sent, for the stop-and-copy."""
+             stats: Stats) -> list[int]:
+    """Live pre-copy: every page once, then round after round the pages written meanwhile
+    (by the guest: KVM's dirty log; by this process: the memory's write log), while their
+    number keeps shrinking and is worth another round; returns the pages written since the
+    last round sent, for the stop-and-copy."""
     pages = image.nonzero_pages(memory.memory)
     writer.round(1, len(pages))
-    stats.pages += image.send_pages(memory.memory, writer, pages, sums)
+    stats.pages += image.send_pages(memory.memory, writer, pages, live=True)
     stats.rounds = 1
-    dirty = live.dirty_pages()
+    dirty = _written(memory, live)
     while len(dirty) > STOP_AND_COPY_PAGES and stats.rounds < MAX_ROUNDS:
         writer.round(stats.rounds + 1, len(dirty))
-        stats.pages += image.send_pages(memory.memory, writer, dirty, sums)
+        stats.pages += image.send_pages(memory.memory, writer, dirty, live=True)
         stats.rounds += 1
-        again = live.dirty_pages()
+        again = _written(memory, live)
         if len(again) >= len(dirty):  # no longer shrinking: stop and copy the rest
             return again
         dirty = again
     return dirty
+
+
+def _written(memory: MemoryPart, live: LiveMachine) -> list[int]:
+    """The pages of RAM written since the last call, by the guest or by this process, in
+    order."""
+    return sorted(set(live.dirty_pages()) | set(_ram(memory, memory.memory.take_dirty())))
+
+
+def _ram(memory: MemoryPart, pages: list[int]) -> list[int]:
+    """The RAM pages of `pages`: a page outside RAM (Xen's p2m) cannot be restored before
+    the `xen` part that makes it addressable; all of those go, once, after that part."""
+    return [p for p in pages if memory.memory.is_ram(p, image.PAGE_SIZE)]
 
 
 def restore(inventory: Inventory, inp: BinaryIO | StreamReader, *,

@@ -15,7 +15,6 @@ import logging
 import os
 import socket
 import threading
-import uuid
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -26,6 +25,7 @@ from xenopus.devices.disk import DiskImage
 from xenopus.devices.tap import Tap
 from xenopus.domain.channel import ChannelEnd, close_channels, open_channels
 from xenopus.domain.config import DomainConfig
+from xenopus.domain.config.keys import uuid_bytes
 from xenopus.domain.devspec import DiskSpec
 from xenopus.domain.interdomain_port import InterdomainPort
 from xenopus.domain.vif import VifTaps, open_vif
@@ -93,7 +93,11 @@ def decide(config: DomainConfig, boot: BootInfo, kvm: Kvm) -> tuple[str, str]:
     )
 
 
-RESET_REQ_ID = 0xFFFFFFFF  # the proxy's own request (a guest numbers its requests from 0)
+RESET_REQ_ID = 0xFFFFFFFF  # the proxy's own requests (a guest numbers its requests from 0)
+REPLAY_REQ_ID = 0xFFFFFFFE
+# The guest's watches the proxy remembers for a restarted daemon (the daemon's quota
+# refuses a connection more than its default 128 anyway: xenstored's quota-nb-watch).
+MAX_REPLAYED_WATCHES = 1024
 
 
 class StoreProxy:
@@ -108,6 +112,12 @@ class StoreProxy:
         self._task: asyncio.Task | None = None
         self._rings = 0  # incarnations attached so far
         self._stale: bytearray | None = None  # the old incarnation's traffic, until the reset
+        # The guest's watches ((path, token) of each XS_WATCH it sent, less those it took
+        # back), set again on a restarted daemon's store: that store is new.
+        self.watches: dict[tuple[bytes, bytes], None] = {}
+        self._replaying = 0  # replies to those still to drop (the guest asked none)
+        self._replay_buf = bytearray()
+        self._resets = 0  # XS_RESET_WATCHES of ours not answered yet
 
     async def start(self) -> None:
         if self.sock is None:
@@ -116,23 +126,54 @@ class StoreProxy:
         self._task = asyncio.create_task(self._from_daemon(reader))
 
     async def reconnect(self, sock: socket.socket) -> None:
-        """A restarted daemon's stream replaces the lost one."""
+        """A restarted daemon's stream replaces the lost one, and the guest's watches are
+        set on it again (their replies dropped; their first events, which XS_WATCH fires,
+        reach the guest, which takes any event as "look again": xenbus's contract)."""
         await self.close()
         self.sock = sock
         await self.start()
+        if self._writer is not None and self.watches:
+            for path, token in self.watches:
+                self._writer.write(wire.pack(wire.XS_WATCH, REPLAY_REQ_ID, 0,
+                                             path + b"\0" + token + b"\0"))
+            self._replaying = len(self.watches)
+            self._replay_buf = bytearray()
+
+    def _track(self, message: bytes) -> None:
+        """Remember the guest's watches from its requests."""
+        head = wire.unpack_header(message)
+        if head.type == wire.XS_RESET_WATCHES:
+            self.watches.clear()
+        elif head.type in (wire.XS_WATCH, wire.XS_UNWATCH):
+            parts = message[wire.HEADER_SIZE:].split(b"\0")
+            if len(parts) < 2:
+                return  # the daemon says EINVAL
+            key = (parts[0], parts[1])
+            if head.type == wire.XS_UNWATCH:
+                self.watches.pop(key, None)
+            elif len(self.watches) < MAX_REPLAYED_WATCHES:
+                self.watches[key] = None
 
     def attach(self, ring: RingTransport | None, notify: Callable[[], None] = lambda: None) -> None:
         self.ring, self.notify = ring, notify
         if ring is None:
             return
         self._rings += 1
-        if self._rings > 1 and self._writer is not None:
-            # A restarted guest is a new domain to XenStore (Xen builds one): what the
-            # old incarnation watched and had open goes (XS_RESET_WATCHES: xenstored
-            # drops the connection's watches and transactions), and what the daemon
-            # still owed it (replies, watch events) is dropped up to the reset's reply.
+        if self._rings > 1:
+            # A restarted guest is a new domain to XenStore (Xen builds one).
+            self._forget()
+
+    def _forget(self) -> None:
+        """What the guest watched and had open goes (XS_RESET_WATCHES: xenstored drops
+        the connection's watches and transactions), and what the daemon still owed it
+        (replies to in-flight requests, watch events) is dropped up to the reset's
+        reply."""
+        if self._writer is not None:
             self._writer.write(wire.pack(wire.XS_RESET_WATCHES, RESET_REQ_ID, 0, b""))
-            self._stale = bytearray()
+            self._resets += 1
+            if self._stale is None:
+                self._stale = bytearray()
+            self.watches.clear()
 
     def kick(self) -> None:
         """The guest signalled the store port (any thread)."""
@@ -140,11 +181,20 @@ class StoreProxy:
 
     def _pump(self) -> None:
         ring = self.ring
-        if ring is None or ring.broken:
+        if ring is None:
+            return
+        if ring.reconnect_requested:
+            # xenstore-ring.txt's ring reconnection: the connection restarts on a packet
+            # boundary with nothing in flight, no watches, no transactions.
+            self._forget()
+            ring.reset()
+            self.notify()
+        if ring.broken:
             return
         messages = ring.read_messages()
-        if self._writer is not None:
-            for message in messages:
+        for message in messages:
+            self._track(message)
+            if self._writer is not None:
                 self._writer.write(message)
         if ring.flush() or messages:
             self.notify()
@@ -161,14 +211,41 @@ class StoreProxy:
                 break
             del stale[:end]
             if head.type == wire.XS_RESET_WATCHES and head.req_id == RESET_REQ_ID:
-                self._stale = None
-                return bytes(stale)
+                self._resets -= 1
+                if not self._resets:  # the last reset asked for has been answered
+                    self._stale = None
+                    return bytes(stale)
         return b""
+
+    def _drop_replayed(self, data: bytes) -> bytes:
+        """`data` less the replies to the replayed watches (each XS_WATCH's, or XS_ERROR
+        if the new store refused one), in whole messages until the last has passed."""
+        buf = self._replay_buf
+        buf += data
+        out = bytearray()
+        while self._replaying and len(buf) >= wire.HEADER_SIZE:
+            head = wire.unpack_header(bytes(buf[:wire.HEADER_SIZE]))
+            end = wire.HEADER_SIZE + head.len
+            if len(buf) < end:
+                break
+            if head.req_id == REPLAY_REQ_ID and head.type in (wire.XS_WATCH, wire.XS_ERROR):
+                self._replaying -= 1
+            else:
+                out += buf[:end]
+            del buf[:end]
+        if not self._replaying:
+            out += buf
+            buf.clear()
+        return bytes(out)
 
     async def _from_daemon(self, reader: asyncio.StreamReader) -> None:
         while data := await reader.read(65536):
             if self._stale is not None:
                 data = self._drop_stale(data)
+                if not data:
+                    continue
+            if self._replaying:
+                data = self._drop_replayed(data)
                 if not data:
                     continue
             ring = self.ring
@@ -271,7 +348,7 @@ class XenGuest:
         domain = self.domain = XenDomain(
             self.domid, machine, self.table, console_out=self.hv_log, e820=self.e820,
             max_pages=self.config.maxmem * MiB // abi.PAGE_SIZE if self.config.maxmem else 0,
-            handle=uuid.UUID(self.config.uuid).bytes if self.config.uuid else bytes(16),
+            handle=uuid_bytes(self.config.uuid) if self.config.uuid else bytes(16),
             max_evtchn_port=self.config.max_event_channels,
             kernel=kernel, evtchn_fifo=fifo == "1" or (fifo == "auto" and kernel is None),
             **({"max_grant_frames": self.config.max_grant_frames}
@@ -292,7 +369,7 @@ class XenGuest:
             lambda: evtchn.notify(self.console_port),
         )
         self.console_port = evtchn.bind_local(self._console_kick)
-        ring = RingTransport(memory.view(layout.XEN_STORE_PAGE, abi.PAGE_SIZE))
+        ring = RingTransport(memory.view(layout.XEN_STORE_PAGE, abi.PAGE_SIZE, kept=True))
         self.store.attach(ring, lambda: evtchn.notify(self.store_port))
         for param, value in (
             (abi.HVM_PARAM_STORE_PFN, layout.XEN_STORE_PAGE >> 12),
@@ -412,6 +489,17 @@ class XenGuest:
             self._host = DomainHost(domain.evtchn,
                                     GrantMapper(lambda d: grants if d == self.domid else None))
         return self._host
+
+    def reconnect_backends(self, sock: socket.socket) -> int:
+        """A restarted daemon handed us the backends' new XenStore connection (`sock`,
+        scoped to this domain by the daemon): every backend writes its device's nodes
+        again and keeps serving; the lost connection is closed. How many backends."""
+        old, self.xs = self.xs, XsClient(sock)
+        for be in self.backends:
+            be.reconnect(self.xs)
+        if old is not None:
+            old.close()
+        return len(self.backends)
 
     # -- hotplug (xl block-attach / block-detach) ----------------------------------------
     def attach_disk(self, disk: DiskSpec, fd: int) -> BlkBack:

@@ -140,8 +140,9 @@ class Kvm:
         n = _ioctl(self.fd, u.KVM_GET_MSRS, buf, "KVM_GET_MSRS (feature MSRs)")
         return {buf.entries[i].index: buf.entries[i].data for i in range(n)}
 
-    def create_vm(self) -> VmFd:
-        fd = _ioctl(self.fd, u.KVM_CREATE_VM, 0, "KVM_CREATE_VM")
+    def create_vm(self, vm_type: int = 0) -> VmFd:
+        """KVM_CREATE_VM; `vm_type` is the machine type (on arm64 the IPA size, 0 = 40 bits)."""
+        fd = _ioctl(self.fd, u.KVM_CREATE_VM, vm_type, "KVM_CREATE_VM")
         return VmFd(fd, self)
 
     def close(self) -> None:
@@ -189,6 +190,19 @@ class VmFd:
         _ioctl(self.fd, u.KVM_GET_DIRTY_LOG, log, f"KVM_GET_DIRTY_LOG slot {slot}")
         del buf
         return bitmap
+
+    def clear_dirty_log(self, slot: int, bitmap: bytearray, first_page: int = 0,
+                        pages: int | None = None) -> None:
+        """Clear the bits set in `bitmap` (pages from `first_page`, a multiple of 64) from
+        the slot's dirty log and write-protect those pages again, so the next write to one
+        is logged (api.rst, KVM_CLEAR_DIRTY_LOG; needs KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2
+        enabled)."""
+        count = len(bitmap) * 8 if pages is None else pages
+        buf = (ctypes.c_char * len(bitmap)).from_buffer(bitmap)
+        req = u.kvm_clear_dirty_log(slot=slot, num_pages=count, first_page=first_page,
+                                    dirty_bitmap=ctypes.addressof(buf))
+        _ioctl(self.fd, u.KVM_CLEAR_DIRTY_LOG, req, f"KVM_CLEAR_DIRTY_LOG slot {slot}")
+        del buf
 
     def set_tss_addr(self, addr: int = TSS_ADDR) -> None:
         _ioctl(self.fd, u.KVM_SET_TSS_ADDR, addr, "KVM_SET_TSS_ADDR")
@@ -322,10 +336,51 @@ class VmFd:
         fd = _ioctl(self.fd, u.KVM_CREATE_VCPU, index, f"KVM_CREATE_VCPU {index}")
         return VcpuFd(fd, index, self.kvm.vcpu_mmap_size)
 
+    # --- devices and attributes (api.rst 4.80-4.82; used by arm64's vGIC and SMCCC filter)
+    def create_device(self, dev_type: int) -> int:
+        """KVM_CREATE_DEVICE: the new device's fd (the caller closes it)."""
+        dev = u.kvm_create_device(type=dev_type)
+        _ioctl(self.fd, u.KVM_CREATE_DEVICE, dev, f"KVM_CREATE_DEVICE type {dev_type}")
+        return dev.fd
+
+    def set_attr(self, group: int, attr: int, value: ctypes.Structure | ctypes._SimpleCData
+                 | None = None, *, fd: int | None = None) -> None:
+        """KVM_SET_DEVICE_ATTR on the VM fd, or on device `fd`; `value` is what `addr`
+        points at (None: no payload)."""
+        set_device_attr(self.fd if fd is None else fd, group, attr, value)
+
+    def has_attr(self, group: int, attr: int, *, fd: int | None = None) -> bool:
+        return has_device_attr(self.fd if fd is None else fd, group, attr)
+
+    def arm_preferred_target(self) -> u.kvm_vcpu_init:
+        """KVM_ARM_PREFERRED_TARGET: the target (and no features) for KVM_ARM_VCPU_INIT."""
+        init = u.kvm_vcpu_init()
+        _ioctl(self.fd, u.KVM_ARM_PREFERRED_TARGET, init, "KVM_ARM_PREFERRED_TARGET")
+        return init
+
     def close(self) -> None:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+
+def set_device_attr(fd: int, group: int, attr: int,
+                    value: ctypes.Structure | ctypes._SimpleCData | None = None) -> None:
+    """KVM_SET_DEVICE_ATTR on any fd that takes it (VM, vCPU or device)."""
+    addr = 0 if value is None else ctypes.addressof(value)
+    _ioctl(fd, u.KVM_SET_DEVICE_ATTR, u.kvm_device_attr(0, group, attr, addr),
+           f"KVM_SET_DEVICE_ATTR group {group} attr {attr:#x}")
+
+
+def has_device_attr(fd: int, group: int, attr: int) -> bool:
+    """KVM_HAS_DEVICE_ATTR: ENXIO (or ENODEV, EINVAL on old kernels) means no."""
+    try:
+        _ioctl(fd, u.KVM_HAS_DEVICE_ATTR, u.kvm_device_attr(0, group, attr, 0))
+    except KvmError as e:
+        if e.errno in (errno.ENXIO, errno.ENODEV, errno.EINVAL, errno.ENOTTY):
+            return False
+        raise
+    return True
 
 
 def irqchip_route(gsi: int, chip: int, pin: int) -> u.kvm_irq_routing_entry:
@@ -482,6 +537,23 @@ class VcpuFd:
 
     def set_mp_state(self, mp_state: int) -> None:
         _ioctl(self.fd, u.KVM_SET_MP_STATE, u.kvm_mp_state(mp_state), "KVM_SET_MP_STATE")
+
+    # --- arm64 ---------------------------------------------------------------------------
+    def arm_vcpu_init(self, init: u.kvm_vcpu_init) -> None:
+        _ioctl(self.fd, u.KVM_ARM_VCPU_INIT, init, f"KVM_ARM_VCPU_INIT vCPU {self.index}")
+
+    def get_one_reg(self, reg_id: int) -> int:
+        """KVM_GET_ONE_REG of a 64-bit register."""
+        value = ctypes.c_uint64()
+        _ioctl(self.fd, u.KVM_GET_ONE_REG, u.kvm_one_reg(reg_id, ctypes.addressof(value)),
+               f"KVM_GET_ONE_REG {reg_id:#x}")
+        return value.value
+
+    def set_one_reg(self, reg_id: int, value: int) -> None:
+        """KVM_SET_ONE_REG of a 64-bit register."""
+        data = ctypes.c_uint64(value)
+        _ioctl(self.fd, u.KVM_SET_ONE_REG, u.kvm_one_reg(reg_id, ctypes.addressof(data)),
+               f"KVM_SET_ONE_REG {reg_id:#x}")
 
     def close(self) -> None:
         # Drop the ctypes view first: mmap.close() refuses while a buffer export is alive.

@@ -1,7 +1,9 @@
 """The KVM userspace ABI we use: ioctl numbers, constants and structs.
 
-Mirrors include/uapi/linux/kvm.h and arch/x86/include/uapi/asm/kvm.h (Linux 6.1; the
-ABI only grows). This is the one module in xenopus that holds such numbers. Every layout
+Mirrors include/uapi/linux/kvm.h, arch/x86/include/uapi/asm/kvm.h and, in its own
+section at the end, arch/arm64/include/uapi/asm/kvm.h (Linux 6.1, and 6.4 for the SMCCC
+filter; the ABI only grows). Names of the arm64 structs whose C name x86 also uses
+(`struct kvm_regs`) carry an `_arm64` suffix. This is the one module in xenopus that holds such numbers. Every layout
 is checked against the C headers' sizes and offsets in tests/unit/test_kvm_uapi.py.
 """
 
@@ -43,22 +45,31 @@ KVM_CAP_XCRS = 56
 KVM_CAP_TSC_CONTROL = 60
 KVM_CAP_GET_TSC_KHZ = 61
 KVM_CAP_MAX_VCPUS = 66
+KVM_CAP_ONE_REG = 70
 KVM_CAP_TSC_DEADLINE_TIMER = 72
 KVM_CAP_SYNC_REGS = 74
 KVM_CAP_SIGNAL_MSI = 77
 KVM_CAP_READONLY_MEM = 81
 KVM_CAP_IRQFD_RESAMPLE = 82
+KVM_CAP_ARM_PSCI = 87
+KVM_CAP_DEVICE_CTRL = 89
 KVM_CAP_ENABLE_CAP_VM = 98
+KVM_CAP_ARM_PSCI_0_2 = 102
 KVM_CAP_SPLIT_IRQCHIP = 121
 KVM_CAP_X2APIC_API = 129
 KVM_CAP_IMMEDIATE_EXIT = 136
 KVM_CAP_X86_DISABLE_EXITS = 143
 KVM_CAP_GET_MSR_FEATURES = 153
+KVM_CAP_ARM_VM_IPA_SIZE = 165
+KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 = 168
 KVM_CAP_X86_USER_SPACE_MSR = 188
 KVM_CAP_X86_MSR_FILTER = 189
+KVM_CAP_DIRTY_LOG_RING = 192
 KVM_CAP_EXIT_HYPERCALL = 201
 KVM_CAP_XSAVE2 = 208
 KVM_CAP_X86_TRIPLE_FAULT_EVENT = 218
+KVM_CAP_DIRTY_LOG_RING_ACQ_REL = 223
+KVM_CAP_DIRTY_LOG_RING_WITH_BITMAP = 225
 
 # --- paravirtual CPUID leaves (arch/x86/include/uapi/asm/kvm_para.h) ----------------------
 KVM_CPUID_SIGNATURE = 0x40000000  # EAX: the highest KVM leaf; EBX, ECX, EDX: the signature
@@ -148,6 +159,10 @@ KVM_MSR_FILTER_DEFAULT_DENY = 1 << 0
 
 # kvm_userspace_memory_region.flags
 KVM_MEM_LOG_DIRTY_PAGES = 1 << 0
+# api.rst 7.18 KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2's args[0]: KVM_GET_DIRTY_LOG no longer
+# clears and write-protects what it reports; KVM_CLEAR_DIRTY_LOG does, for the pages named.
+KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE = 1 << 0
+KVM_DIRTY_LOG_INITIALLY_SET = 1 << 1
 KVM_MEM_READONLY = 1 << 1
 
 # kvm_mp_state.mp_state
@@ -510,6 +525,14 @@ class kvm_dirty_log(ctypes.Structure):  # noqa: N801
     _fields_ = [("slot", c_uint32), ("padding1", c_uint32), ("dirty_bitmap", ctypes.c_void_p)]
 
 
+class kvm_clear_dirty_log(ctypes.Structure):  # noqa: N801
+    """api.rst 4.117 KVM_CLEAR_DIRTY_LOG: `num_pages` pages from `first_page` (a multiple
+    of 64) of `slot`, a set bit of the bitmap clearing (and write-protecting) that page."""
+
+    _fields_ = [("slot", c_uint32), ("num_pages", c_uint32), ("first_page", c_uint64),
+                ("dirty_bitmap", ctypes.c_void_p)]
+
+
 class kvm_clock_data(ctypes.Structure):  # noqa: N801
     _fields_ = [
         ("clock", c_uint64),  # kvmclock nanoseconds
@@ -867,6 +890,7 @@ KVM_GET_MSR_FEATURE_INDEX_LIST = _IOWR(KVMIO, 0x0A, kvm_msr_list)
 # VM
 KVM_CREATE_VCPU = _IO(KVMIO, 0x41)
 KVM_GET_DIRTY_LOG = _IOW(KVMIO, 0x42, kvm_dirty_log)
+KVM_CLEAR_DIRTY_LOG = _IOWR(KVMIO, 0xC0, kvm_clear_dirty_log)
 KVM_SET_USER_MEMORY_REGION = _IOW(KVMIO, 0x46, kvm_userspace_memory_region)
 KVM_SET_TSS_ADDR = _IO(KVMIO, 0x47)
 KVM_SET_IDENTITY_MAP_ADDR = _IOW(KVMIO, 0x48, c_uint64)
@@ -916,6 +940,160 @@ KVM_SET_XCRS = _IOW(KVMIO, 0xA7, kvm_xcrs)
 KVM_XEN_VCPU_GET_ATTR = _IOWR(KVMIO, 0xCA, kvm_xen_vcpu_attr)
 KVM_XEN_VCPU_SET_ATTR = _IOW(KVMIO, 0xCB, kvm_xen_vcpu_attr)
 KVM_GET_XSAVE2 = _IOR(KVMIO, 0xCF, kvm_xsave)  # the buffer is KVM_CAP_XSAVE2 octets
+
+# --- arm64 (arch/arm64/include/uapi/asm/kvm.h; Documentation/virt/kvm/api.rst) ---------
+# Device control (api.rst 4.80-4.82, generic but used here by arm64 alone).
+class kvm_create_device(ctypes.Structure):  # noqa: N801
+    _fields_ = [("type", c_uint32), ("fd", c_uint32), ("flags", c_uint32)]
+
+
+class kvm_device_attr(ctypes.Structure):  # noqa: N801
+    _fields_ = [("flags", c_uint32), ("group", c_uint32), ("attr", c_uint64), ("addr", c_uint64)]
+
+
+class kvm_one_reg(ctypes.Structure):  # noqa: N801
+    """KVM_GET/SET_ONE_REG (api.rst 4.68): `addr` points at the value, sized by `id`."""
+
+    _fields_ = [("id", c_uint64), ("addr", c_uint64)]
+
+
+class kvm_vcpu_init(ctypes.Structure):  # noqa: N801
+    _fields_ = [("target", c_uint32), ("features", c_uint32 * 7)]
+
+
+class user_pt_regs(ctypes.Structure):  # noqa: N801 - arch/arm64/include/uapi/asm/ptrace.h
+    _fields_ = [("regs", c_uint64 * 31), ("sp", c_uint64), ("pc", c_uint64), ("pstate", c_uint64)]
+
+
+class user_fpsimd_state(ctypes.Structure):  # noqa: N801 - __uint128_t vregs[32], 16-aligned
+    _fields_ = [("vregs", c_uint64 * 64), ("fpsr", c_uint32), ("fpcr", c_uint32),
+                ("reserved", c_uint32 * 2)]
+
+
+KVM_NR_SPSR = 5
+
+
+class kvm_regs_arm64(ctypes.Structure):  # noqa: N801 - struct kvm_regs on arm64
+    _fields_ = [
+        ("regs", user_pt_regs),  # sp = SP_EL0
+        ("sp_el1", c_uint64),
+        ("elr_el1", c_uint64),
+        ("spsr", c_uint64 * KVM_NR_SPSR),
+        ("pad", c_uint64),  # fp_regs is 16-byte aligned (its __uint128_t)
+        ("fp_regs", user_fpsimd_state),
+    ]
+
+
+class kvm_smccc_filter(ctypes.Structure):  # noqa: N801 - Linux 6.4, api.rst 4.2 (vm attrs)
+    _fields_ = [("base", c_uint32), ("nr_functions", c_uint32), ("action", c_uint8),
+                ("pad", c_uint8 * 15)]
+
+
+# KVM_{GET,SET}_ONE_REG ids (linux/kvm.h "KVM_REG_*", asm/kvm.h "KVM_REG_ARM_*"): the
+# architecture, the value's size (log2 of bytes at bit 52), a coprocessor group, an index.
+KVM_REG_ARCH_MASK = 0xFF00_0000_0000_0000
+KVM_REG_ARM64 = 0x6000_0000_0000_0000
+KVM_REG_SIZE_SHIFT = 52
+KVM_REG_SIZE_MASK = 0x00F0_0000_0000_0000
+KVM_REG_SIZE_U32 = 0x0020_0000_0000_0000
+KVM_REG_SIZE_U64 = 0x0030_0000_0000_0000
+KVM_REG_SIZE_U128 = 0x0040_0000_0000_0000
+KVM_REG_ARM_COPROC_SHIFT = 16
+KVM_REG_ARM_CORE = 0x0010 << KVM_REG_ARM_COPROC_SHIFT
+KVM_REG_ARM64_SYSREG = 0x0013 << KVM_REG_ARM_COPROC_SHIFT
+KVM_REG_ARM_FW = 0x0014 << KVM_REG_ARM_COPROC_SHIFT
+KVM_REG_ARM64_SYSREG_OP0_SHIFT = 14
+KVM_REG_ARM64_SYSREG_OP1_SHIFT = 11
+KVM_REG_ARM64_SYSREG_CRN_SHIFT = 7
+KVM_REG_ARM64_SYSREG_CRM_SHIFT = 3
+KVM_REG_ARM64_SYSREG_OP2_SHIFT = 0
+
+
+def arm64_core_reg(field: str, index: int = 0, size: int = KVM_REG_SIZE_U64) -> int:
+    """KVM_REG_ARM_CORE_REG(name): the id of a `struct kvm_regs` field, whose index is its
+    offset in 32-bit words. `field` is a kvm_regs_arm64 or user_pt_regs field name (`pc`,
+    `regs` with `index` n for xn, `sp_el1`, ...); `index` steps through an array field."""
+    if field in dict(user_pt_regs._fields_):
+        base = kvm_regs_arm64.regs.offset + getattr(user_pt_regs, field).offset
+        ctype = dict(user_pt_regs._fields_)[field]
+    else:
+        base = getattr(kvm_regs_arm64, field).offset
+        ctype = dict(kvm_regs_arm64._fields_)[field]
+    length = getattr(ctype, "_length_", 1)
+    if not 0 <= index < length:
+        raise ValueError(f"kvm_regs.{field}[{index}] is out of range (0..{length - 1})")
+    offset = base + index * 8
+    return KVM_REG_ARM64 | size | KVM_REG_ARM_CORE | offset // ctypes.sizeof(c_uint32)
+
+
+def arm64_sys_reg(op0: int, op1: int, crn: int, crm: int, op2: int) -> int:
+    """ARM64_SYS_REG(op0, op1, crn, crm, op2): a 64-bit system register's ONE_REG id."""
+    return (KVM_REG_ARM64 | KVM_REG_SIZE_U64 | KVM_REG_ARM64_SYSREG
+            | (op0 & 0x3) << KVM_REG_ARM64_SYSREG_OP0_SHIFT
+            | (op1 & 0x7) << KVM_REG_ARM64_SYSREG_OP1_SHIFT
+            | (crn & 0xF) << KVM_REG_ARM64_SYSREG_CRN_SHIFT
+            | (crm & 0xF) << KVM_REG_ARM64_SYSREG_CRM_SHIFT
+            | (op2 & 0x7) << KVM_REG_ARM64_SYSREG_OP2_SHIFT)
+
+
+# The virtual timer's registers. asm/kvm.h: "KVM_REG_ARM_TIMER_CVAL and KVM_REG_ARM_TIMER_CNT
+# are not defined with the appropriate register encodings. Their values have been
+# accidentally swapped. As this is set API, the definitions here must be used."
+KVM_REG_ARM_TIMER_CTL = arm64_sys_reg(3, 3, 14, 3, 1)
+KVM_REG_ARM_TIMER_CVAL = arm64_sys_reg(3, 3, 14, 0, 2)
+KVM_REG_ARM_TIMER_CNT = arm64_sys_reg(3, 3, 14, 3, 2)
+KVM_REG_ARM_PSCI_VERSION = KVM_REG_ARM64 | KVM_REG_SIZE_U64 | KVM_REG_ARM_FW | 0
+
+# kvm_vcpu_init.features bits
+KVM_ARM_VCPU_POWER_OFF = 0  # starts powered off, until PSCI CPU_ON
+KVM_ARM_VCPU_EL1_32BIT = 1
+KVM_ARM_VCPU_PSCI_0_2 = 2
+KVM_ARM_VCPU_PMU_V3 = 3
+KVM_ARM_VCPU_SVE = 4
+
+# KVM_CREATE_VM's type on arm64: the guest's IPA size in bits (0: the default 40)
+KVM_VM_TYPE_ARM_IPA_SIZE_MASK = 0xFF
+
+# enum kvm_device_type, and the vGICv3's attributes (Documentation/virt/kvm/devices/
+# arm-vgic-v3.rst)
+KVM_DEV_TYPE_ARM_VGIC_V3 = 7
+KVM_DEV_ARM_VGIC_GRP_ADDR = 0
+KVM_DEV_ARM_VGIC_GRP_NR_IRQS = 3
+KVM_DEV_ARM_VGIC_GRP_CTRL = 4
+KVM_DEV_ARM_VGIC_CTRL_INIT = 0
+KVM_VGIC_V3_ADDR_TYPE_DIST = 2
+KVM_VGIC_V3_ADDR_TYPE_REDIST = 3
+KVM_VGIC_V3_DIST_SIZE = 0x10000
+KVM_VGIC_V3_REDIST_SIZE = 2 * 0x10000  # per vCPU: RD_base and SGI_base frames
+
+# KVM_IRQ_LINE's irq field on arm64 (api.rst 4.25): type [27:24], vcpu [23:16], number
+# [15:0]; with an in-kernel GIC an SPI's number is its INTID (32-1019), a PPI's 16-31.
+KVM_ARM_IRQ_TYPE_SHIFT = 24
+KVM_ARM_IRQ_VCPU_SHIFT = 16
+KVM_ARM_IRQ_NUM_SHIFT = 0
+KVM_ARM_IRQ_TYPE_CPU = 0
+KVM_ARM_IRQ_TYPE_SPI = 1
+KVM_ARM_IRQ_TYPE_PPI = 2
+
+# The SMCCC filter (Linux 6.4; api.rst "4.2 ATTRIBUTES on a VM fd", KVM_ARM_VM_SMCCC_CTRL):
+# which SMCCC function-ID ranges KVM handles, denies, or forwards to userspace as
+# KVM_EXIT_HYPERCALL (hypercall.nr = the function ID in x0; flags below).
+KVM_ARM_VM_SMCCC_CTRL = 0
+KVM_ARM_VM_SMCCC_FILTER = 0
+KVM_SMCCC_FILTER_HANDLE = 0
+KVM_SMCCC_FILTER_DENY = 1
+KVM_SMCCC_FILTER_FWD_TO_USER = 2
+KVM_HYPERCALL_EXIT_SMC = 1 << 0
+KVM_HYPERCALL_EXIT_16BIT = 1 << 1
+
+KVM_GET_ONE_REG = _IOW(KVMIO, 0xAB, kvm_one_reg)
+KVM_SET_ONE_REG = _IOW(KVMIO, 0xAC, kvm_one_reg)
+KVM_ARM_VCPU_INIT = _IOW(KVMIO, 0xAE, kvm_vcpu_init)
+KVM_ARM_PREFERRED_TARGET = _IOR(KVMIO, 0xAF, kvm_vcpu_init)
+KVM_CREATE_DEVICE = _IOWR(KVMIO, 0xE0, kvm_create_device)
+KVM_SET_DEVICE_ATTR = _IOW(KVMIO, 0xE1, kvm_device_attr)
+KVM_GET_DEVICE_ATTR = _IOW(KVMIO, 0xE2, kvm_device_attr)
+KVM_HAS_DEVICE_ATTR = _IOW(KVMIO, 0xE3, kvm_device_attr)
 
 CAP_NAMES: dict[int, str] = {
     v: k for k, v in list(globals().items()) if k.startswith("KVM_CAP_") and isinstance(v, int)

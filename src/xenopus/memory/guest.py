@@ -137,6 +137,12 @@ class MemoryRegion:
             self.fd = -1
 
 
+def _pages(gpa: int, length: int) -> range:
+    """The addresses of the pages [gpa, gpa + length) touches."""
+    first = gpa & ~(PAGE_SIZE - 1)
+    return range(first, gpa + length, PAGE_SIZE)
+
+
 class GuestMemory:
     """The guest's RAM as a set of non-overlapping regions, and the pages added outside it
     while the guest runs (`attach`/`detach`: where a Xen guest maps shared_info or grant
@@ -152,6 +158,13 @@ class GuestMemory:
         # Replaced whole (never mutated) so that readers on other threads need no lock.
         self._spans: tuple[tuple[MemoryRegion, memoryview], ...] = tuple(
             (r, memoryview(r.map)) for r in self.regions)
+        # The write log (`log_writes`): page addresses this process wrote into guest
+        # memory (devices, Xen), which KVM's dirty log never sees; None while off. A set's
+        # add is atomic under the GIL, so writers on any thread need no lock.
+        self._written: set[int] | None = None
+        # Pages written through views kept for the domain's life (a PV ring's page): in
+        # every `take_dirty` answer while the log is on.
+        self._kept: set[int] = set()
 
     @classmethod
     def create(cls, ram_bytes: int) -> GuestMemory:
@@ -223,14 +236,44 @@ class GuestMemory:
             raise GuestMemoryError(f"{gpa:#x}+{length:#x} has no memfd here")
         return r.fd, gpa - r.gpa
 
-    def view(self, gpa: int, length: int) -> memoryview:
-        """A writable view of guest memory; no copy is made."""
+    def view(self, gpa: int, length: int, *, kept: bool = False) -> memoryview:
+        """A writable view of guest memory; no copy is made. While the write log is on the
+        range counts as written (the view may be written through). `kept`: the caller
+        keeps the view and writes through it at any time (a PV ring), so the range counts
+        as written in every `take_dirty` answer."""
         r, v = self._find(gpa, length)
+        if kept:
+            self._kept |= set(_pages(gpa, length))
+        elif self._written is not None:
+            self.mark_dirty(gpa, length)
         off = gpa - r.gpa
         return v[off : off + length]
 
     def read(self, gpa: int, length: int) -> bytes:
-        return bytes(self.view(gpa, length))
+        r, v = self._find(gpa, length)
+        return bytes(v[gpa - r.gpa : gpa - r.gpa + length])
+
+    # --- the write log (live migration) ------------------------------------------------
+    def log_writes(self, on: bool) -> None:
+        """Start (or stop) logging the pages this process writes into guest memory: every
+        `view`, `write`, `write_*`, `fill` and `discard`, and what a writer holding a view
+        of its own reports with `mark_dirty`."""
+        self._written = set() if on else None
+
+    def mark_dirty(self, gpa: int, length: int) -> None:
+        """Count [gpa, gpa + length) as written, if the write log is on."""
+        written = self._written
+        if written is not None and length > 0:
+            written.update(_pages(gpa, length))
+
+    def take_dirty(self) -> list[int]:
+        """The pages written since `log_writes(True)` or the last call (with the kept
+        ones), in order; the log starts again empty."""
+        written = self._written
+        if written is None:
+            return []
+        self._written = set()
+        return sorted(written | self._kept)
 
     def discard(self, gpa: int, length: int) -> None:
         """Give the host memory behind a page-aligned range back to the host: MADV_REMOVE
@@ -239,6 +282,7 @@ class GuestMemory:
         if gpa % PAGE_SIZE or length % PAGE_SIZE:
             raise GuestMemoryError(f"discard of {gpa:#x}+{length:#x}: not page aligned")
         r, _ = self._find(gpa, length)
+        self.mark_dirty(gpa, length)  # the pages read as zeros now: sent again as such
         if r.private:
             r.zero(gpa - r.gpa, length)
         else:
@@ -252,7 +296,8 @@ class GuestMemory:
         v[:] = bytes([byte]) * length
 
     def read_int(self, gpa: int, size: int) -> int:
-        return shared.load(self.view(gpa, size), 0, size)
+        r, v = self._find(gpa, size)
+        return shared.load(v, gpa - r.gpa, size)
 
     def write_int(self, gpa: int, size: int, value: int) -> None:
         shared.store(self.view(gpa, size), 0, size, value)

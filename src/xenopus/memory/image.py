@@ -16,7 +16,6 @@ from __future__ import annotations
 import errno
 import mmap
 import os
-import zlib
 from collections.abc import Iterator
 
 from xenopus.memory.guest import PAGE_SIZE, GuestMemory, GuestMemoryError
@@ -77,41 +76,25 @@ def _runs(pages: list[int]) -> Iterator[tuple[int, int]]:
         i = j
 
 
-def save_pages(memory: GuestMemory, writer: StreamWriter,
-               sums: dict[int, int] | None = None) -> int:
+def save_pages(memory: GuestMemory, writer: StreamWriter) -> int:
     """Write every non-zero page as PAGE_DATA records; returns how many pages. Each run of
-    consecutive pages is one view, so the file sees one write per run. With `sums`, the
-    CRC of each page as written is kept there (see `changed_pages`)."""
-    return send_pages(memory, writer, nonzero_pages(memory), sums)
+    consecutive pages is one view, so the file sees one write per run."""
+    return send_pages(memory, writer, nonzero_pages(memory))
 
 
-def send_pages(memory: GuestMemory, writer: StreamWriter, pages: list[int],
-               sums: dict[int, int] | None = None) -> int:
+def send_pages(memory: GuestMemory, writer: StreamWriter, pages: list[int], *,
+               live: bool = False) -> int:
     """Write `pages` (guest-physical addresses, in order; zero ones too: in a live save a
-    page the guest cleared must reach the other side) as PAGE_DATA records. With `sums`
-    (a live save), a copy of each batch is sent and each page's CRC kept there."""
+    page the guest cleared must reach the other side) as PAGE_DATA records. `live`: the
+    guest runs and writes on, so each batch is copied first (the record's CRC must match
+    what is written); what it writes meanwhile is in the dirty logs for the next round."""
     for i in range(0, len(pages), PAGE_DATA_BATCH):
         batch = pages[i : i + PAGE_DATA_BATCH]
-        data: list[memoryview | bytes] = [memory.view(gpa, n * PAGE_SIZE)
+        data: list[memoryview | bytes] = [memory.view(gpa, n * PAGE_SIZE) if not live
+                                          else memory.read(gpa, n * PAGE_SIZE)
                                           for gpa, n in _runs(batch)]
-        if sums is not None:
-            # A live guest writes on: send a copy (the record's CRC must match what is
-            # written) and keep the CRC of each page as sent.
-            data = [bytes(view) for view in data]
-            copy = memoryview(b"".join(data))
-            for i, gpa in enumerate(batch):
-                sums[gpa] = zlib.crc32(copy[i * PAGE_SIZE : (i + 1) * PAGE_SIZE])
         writer.pages([gpa >> PAGE_SHIFT for gpa in batch], data)
     return len(pages)
-
-
-def changed_pages(memory: GuestMemory, sums: dict[int, int], skip: set[int]) -> list[int]:
-    """Pages (not in `skip`) whose contents differ from what was sent (their CRC in
-    `sums`), or that are non-zero and were never sent: in a live save, what this process
-    wrote into guest RAM (devices, Xen), which KVM's dirty log does not see."""
-    candidates = sorted((set(sums) | set(nonzero_pages(memory))) - skip)
-    return [gpa for gpa in candidates
-            if sums.get(gpa) != zlib.crc32(memory.view(gpa, PAGE_SIZE))]
 
 
 def discard(memory: GuestMemory) -> None:

@@ -807,11 +807,22 @@ def cmd_daemon(args: Namespace) -> int:
         return 0
     from pathlib import Path
 
+    from xenopus.toolstack import zygote
+
+    try:
+        spares = zygote.spares_wanted(args.spares)
+    except ValueError as e:
+        print(f"xenopus daemon: {e}", file=sys.stderr)
+        return 1
+    # First, before this process imports the daemon: the zygote's spares import every
+    # layer meanwhile (on a fresh daemon the first domain waits for them).
+    started = zygote.start(spares)
     from xenopus.toolstack import daemon
 
     base = Path(ipc.run_dir())
     log_file = base / "xenopus.log" if args.background else None
-    return daemon.run(base, ready_fd=args.ready_fd, log_file=log_file, spares=args.spares)
+    return daemon.run(base, ready_fd=args.ready_fd, log_file=log_file, spares=spares,
+                      started_zygote=started)
 
 
 # -- resources and devices (xl_mem.c, xl_vcpu.c, xl_sched.c, xl_block.c) --------------------
@@ -839,6 +850,46 @@ def cmd_mem(args: Namespace) -> int:
     if kib is None or kib < 0:
         raise CliError(f"invalid memory size: {args.size}")
     request(args.op, dom=args.dom, kib=kib, size=args.size)
+    return 0
+
+
+def cmd_xenstore_quota_get(args: Namespace) -> int:
+    """xl xenstore-quota-get <Domain>|-g (xl_xsquota.c main_xsquota_get)."""
+    if bool(args.glob) == bool(args.dom):
+        raise CliError('Domain or "-g" must be specified.')
+    quota = request("xenstore-quota-get", dom=args.dom, **{"global": args.glob})["quota"]
+    print("Quota name           Quota value")
+    print("-" * 32)
+    for name, value in quota:
+        print(f"{name:<20} {value:8d}")
+    return 0
+
+
+def parse_xsquota_item(text: str) -> tuple[str, int]:
+    """xl_parse.c parse_xsquota_item: <quota>=<val>, val read whole as strtoul(…, 0)
+    does (0x hex, 0 octal, else decimal) and within an unsigned int."""
+    import re
+
+    name, eq, value = text.partition("=")
+    if not eq:
+        raise CliError(f'Quota specification "{text}" lacks "=".')
+    m = re.fullmatch(r"0[xX]([0-9a-fA-F]+)|(0[0-7]*)|([1-9][0-9]*)", value)
+    number = None if m is None else (int(m[1], 16) if m[1] else int(m[2], 8) if m[2]
+                                     else int(m[3]))
+    if number is None or number > 0xFFFFFFFF:
+        raise CliError(f'Quota specification "{text}" uses illegal value "{value}".')
+    return name, number
+
+
+def cmd_xenstore_quota_set(args: Namespace) -> int:
+    """xl xenstore-quota-set <Domain>|-g <quota>=<val>... (main_xsquota_set)."""
+    words = ([args.dom] if args.dom else []) + list(args.items or [])
+    target, items = (None, words) if args.glob else (words[0] if words else None, words[1:])
+    if not items or (target is None and not args.glob):
+        raise CliError("Not enough parameters.\nUsage: xl xenstore-quota-set <Domain>|-g"
+                       " <quota>=<val>...")
+    quota = [list(parse_xsquota_item(item)) for item in items]
+    request("xenstore-quota-set", dom=target, quota=quota, **{"global": args.glob})
     return 0
 
 
@@ -1126,12 +1177,15 @@ VERBS = (
              Opt(("-s",), "ssh", "the command that reaches HOST (default: ssh)", str),
              Opt(("-e",), "no_wait", "accepted for xl compatibility (the daemon always watches)"),
              Opt(("-C",), "config", "send this config instead of the domain's", str),
-             Opt(("--debug",), "debug", "report what was sent"),
+             Opt(("--debug",), "debug", "report what was sent (and, from the receiver, "
+                 "what was received)"),
+             Opt(("-p",), "paused", "leave the domain paused on the receiver"),
          ), (_dom(), Pos("host", "HOST"))),
     Verb("migrate-receive", "receive a migrating domain on stdin (run by migrate)", "restore",
          cmd_migrate_receive, (
              Opt(("-e",), "no_wait", "accepted for xl compatibility"),
              Opt(("-d",), "debug", "report what was received"),
+             Opt(("-p",), "paused", "leave the received domain paused"),
          )),
     Verb("clone", "new running domains NAME... from DOM (saved, left running) or a saved"
          " FILE, their RAM mapped copy-on-write from one image", "clone", cmd_clone,
@@ -1146,6 +1200,15 @@ VERBS = (
                                    " MiB without one"))),
     Verb("mem-max", "set a domain's maximum memory", "mem-max", cmd_mem, (),
          (_dom(), Pos("size", "SIZE", None, "KiB, or with a suffix b/k/m/g/t; MiB without one"))),
+    Verb("xenstore-quota-get", "list global or domain specific Xenstore quotas",
+         "xenstore-quota-get", cmd_xenstore_quota_get,
+         (Opt(("-g",), "glob", "the global values (new domains start from them)"),),
+         (Pos("dom", "DOM", "?", "the domain (or -g)"),)),
+    Verb("xenstore-quota-set", "set global or domain specific Xenstore quotas",
+         "xenstore-quota-set", cmd_xenstore_quota_set,
+         (Opt(("-g",), "glob", "set the global values (new domains start from them)"),),
+         (Pos("dom", "DOM", "?", "the domain (or -g)"),
+          Pos("items", "QUOTA=VAL", "*", "quota names as GET_QUOTA lists them"))),
     Verb("vcpu-set", "set the number of a domain's vCPUs online (cpu/N/availability)",
          "vcpu-set", cmd_vcpu_set,
          (Opt(("-i", "--ignore-host"), "ignore_host", "allow more vCPUs than host CPUs"),),

@@ -54,10 +54,11 @@ from xenopus.domain.protocol import (
 )
 from xenopus.domain.restart import RestartBackoff
 from xenopus.domain.vif import open_vif
-from xenopus.toolstack import hostinfo, xlformat
+from xenopus.toolstack import hostinfo, xlformat, zygote
 from xenopus.toolstack.broker import InterdomainBroker
 from xenopus.toolstack.xenstored import PVCONTROL_TIMEOUT, PvControlTimeout, XenStored
 from xenopus.xen.xenstore.server import UNSCOPED, Peer, Scope, peer_of
+from xenopus.xen.xenstore.wire import XsError
 
 log = logging.getLogger("xenopus.daemon")
 
@@ -81,10 +82,6 @@ FILES_TIMEOUT = 10.0  # seconds a client gets to send the files it was asked for
 # well past a second; past a minute in the nested test host at a load of 15-20 (three or
 # four TCG L1s on two cores): "the zygote did not start the domain process".
 SPAWN_TIMEOUT = 180.0
-# Spare domain processes the zygote keeps exec'd and warm (toolstack/spare.py): each
-# domain gets an address-space layout of its own at the cost of one idle Python per
-# spare; creations faster than spares start wait for one. 0: fork from the zygote.
-DEFAULT_SPARES = 2
 HOTPLUG_TIMEOUT = 30.0  # seconds a domain gets to add or remove a device (a detach waits 10)
 LIBXL_MAXMEM_CONSTANT = 1024  # KiB libxl adds to every max_pages on x86 (libxl_internal.h)
 
@@ -209,11 +206,15 @@ def daemon_step(op: str) -> Callable[[DaemonStep], DaemonStep]:
 
 
 class Daemon:
-    def __init__(self, run_dir: Path, *, spares: int = DEFAULT_SPARES):
+    def __init__(self, run_dir: Path, *, spares: int = zygote.DEFAULT_SPARES,
+                 started_zygote: tuple[subprocess.Popen, socket.socket] | None = None):
+        """`started_zygote`: one `zygote.start` made before this process imported the
+        daemon (and its socket), used first."""
         self.run_dir = run_dir
         self.spares = spares  # exec'd spare domain processes the zygote keeps warm
         self.domains: dict[int, DomainRecord] = {}
         self.next_domid = 1
+        self._started_zygote = started_zygote
         self._zygote: subprocess.Popen | None = None
         self._zsock: socket.socket | None = None
         self._zwriter: asyncio.StreamWriter | None = None
@@ -248,14 +249,11 @@ class Daemon:
         self._lock_fd = fd
 
     async def _start_zygote(self) -> None:
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._zygote = subprocess.Popen(
-            [sys.executable, "-m", "xenopus.toolstack.zygote", str(theirs.fileno()),
-             "--spares", str(self.spares)],
-            pass_fds=[theirs.fileno()],
-            stdin=subprocess.DEVNULL,
-        )
-        theirs.close()
+        if self._started_zygote is not None:
+            self._zygote, ours = self._started_zygote
+            self._started_zygote = None
+        else:
+            self._zygote, ours = zygote.start(self.spares)
         self._zsock = ours
         # Keep the writer: dropping a StreamWriter closes its transport.
         reader, self._zwriter = await asyncio.open_unix_connection(sock=ours)
@@ -277,6 +275,8 @@ class Daemon:
                 # By pid: the domain may have left the table already (it said Finished).
                 rec = self._processes.pop(event.pid, None)
                 jail.remove_cpu_share(event.pid)  # its v1 cpu cgroup, if sched-credit made one
+                if event.domid not in self.domains:  # (a rebuild's new process may be in it)
+                    jail.remove_cgroup(event.domid)
                 if rec is not None:
                     rec.exit_info = event
                     rec.exited.set()
@@ -872,6 +872,9 @@ class Daemon:
         if self.domains.get(rec.domid) is rec:
             del self.domains[rec.domid]
             self._save_table()
+        # Its cgroup v2 directory, if its process has left it (else when the zygote
+        # reports the exit, or the next daemon's start sweeps it).
+        jail.remove_cgroup(rec.domid)
         rec.gone.set()
         rec.pulse()
 
@@ -1052,6 +1055,8 @@ class Daemon:
         ids = [next_domid if isinstance(next_domid, int) else 1, *(d + 1 for d in self.domains)]
         self.next_domid = max(ids)
         self._save_table()
+        for domid in jail.stale_cgroups(self.domains):  # of domains lost while no daemon ran
+            jail.remove_cgroup(domid)
 
     async def _adopt(self, entry: dict[str, Any]) -> DomainRecord:
         domid, name, pid = int(entry["domid"]), str(entry["name"]), int(entry["pid"])
@@ -1065,6 +1070,7 @@ class Daemon:
             if peer_of(sock).pid != pid:
                 raise ValueError(f"control.sock is held by pid {peer_of(sock).pid}, not {pid}")
             xs_ours, xs_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            be_ours, be_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
             rec = DomainRecord(domid, config, state="running", pid=pid,
                                uuid=str(entry.get("uuid") or uuid4()),
                                created=float(entry.get("created", time.time())), adopted=True,
@@ -1075,8 +1081,12 @@ class Daemon:
                 rec.next_config = DomainConfig.from_dict(entry["next_config"])
             await self.xenstore.add_domain(domid, name, config, rec.uuid, rec.created, xs_ours)
             self.xenstore.console_ready(domid, rec.console_nodes)
-            ipc.send_with_fds(sock, Request("adopt", {}, 1).to_wire(), [xs_theirs.fileno()])
+            # Its PV backends' connection too: the one they had went with the old daemon.
+            await self.xenstore.serve_backends(domid, be_ours)
+            ipc.send_with_fds(sock, Request("adopt", {}, 1).to_wire(),
+                              [xs_theirs.fileno(), be_theirs.fileno()])
             xs_theirs.close()
+            be_theirs.close()
             reader, rec.writer = await asyncio.open_unix_connection(sock=sock)
         except BaseException:
             sock.close()
@@ -1144,6 +1154,11 @@ class Daemon:
         on (-c), stays paused (-p) or is destroyed. A failed save leaves it running."""
         rec = self.lookup(req.dom)
         config = self._load_config(req)[0] if req.args.get("path") else rec.config
+        online = self.xenstore.vcpus_available(rec.domid)
+        if not req.args.get("path") and online and online != config.vcpus:
+            # libxl_retrieve_domain_configuration: the image's config has the vCPUs online
+            # now (xl vcpu-set), so the restored XenStore does not take others down.
+            config = dataclasses.replace(config, vcpus=online)
         then = "pause" if req.args.get("paused") else "run" if req.args.get("checkpoint") else "stop"
         token = await self._hand_over(rec, await self._client_file(client))
         reply = await self._until_answered(rec, Request("save", {
@@ -1321,7 +1336,8 @@ class Daemon:
                 made.append(rec)
                 report.append({"domid": rec.domid, "name": rec.name, "pages": data.get("pages"),
                                "seconds": data.get("seconds"),
-                               "since_start": data.get("since_start")})
+                               "since_start": data.get("since_start"),
+                               "phases": data.get("phases", {})})
         except BaseException:
             for rec in made:
                 await self._destroy(rec)
@@ -1394,6 +1410,38 @@ class Daemon:
         if not isinstance(kib, int) or isinstance(kib, bool) or kib < 0:
             raise RequestError(f"invalid memory size: {text}")
         return kib, str(text)
+
+    # -- xl xenstore-quota-get / xenstore-quota-set (xl_xsquota.c) -------------------------
+    def _quota_domid(self, req: Request) -> int | None:
+        """None for the global values (-g), else the named domain's id (0: dom0's)."""
+        if req.args.get("global"):
+            return None
+        if req.dom in ("0", "Domain-0"):
+            return 0
+        return self.lookup(req.dom).domid
+
+    @daemon_step("xenstore-quota-get")
+    async def _xs_quota_get(self, req: Request, client: Client) -> Reply:
+        domid = self._quota_domid(req)
+        try:
+            quota = self.xenstore.quota_get(domid)
+        except XsError as e:
+            raise RequestError(f"Quota could not be obtained. ({e})") from e
+        return Reply.success(quota=[[name, value] for name, value in quota])
+
+    @daemon_step("xenstore-quota-set")
+    async def _xs_quota_set(self, req: Request, client: Client) -> Reply:
+        domid = self._quota_domid(req)
+        items = req.args.get("quota")
+        if not isinstance(items, list) or not all(
+                isinstance(i, list) and len(i) == 2 and isinstance(i[0], str)
+                and isinstance(i[1], int) and not isinstance(i[1], bool) for i in items):
+            raise RequestError("xenstore-quota-set wants [name, value] pairs")
+        try:
+            self.xenstore.quota_set(domid, [(n, v) for n, v in items])
+        except XsError as e:
+            raise RequestError(f"Quota could not be set. ({e})") from e
+        return Reply.success()
 
     @daemon_step("mem-set")
     async def _mem_set(self, req: Request, client: Client) -> Reply:
@@ -1590,28 +1638,35 @@ class Daemon:
 
 
 def run(run_dir: Path, *, ready_fd: int | None = None, log_file: Path | None = None,
-        spares: int | None = None) -> int:
+        spares: int | None = None,
+        started_zygote: tuple[subprocess.Popen, socket.socket] | None = None) -> int:
+    """The daemon in this process until it is stopped; `started_zygote` (with `spares`
+    resolved) if the caller started the zygote before importing this module."""
+
+    def refuse(problem: object) -> int:
+        print(f"xenopus daemon: {problem}", file=sys.stderr)
+        if started_zygote is not None:
+            started_zygote[0].terminate()
+            started_zygote[0].wait()
+        return 1
+
     try:
         ipc.ensure_run_dir(str(run_dir))
         handler = logging.StreamHandler(ipc.open_log(log_file) if log_file else sys.stderr)
     except OSError as e:
-        print(f"xenopus daemon: {e}", file=sys.stderr)
-        return 1
+        return refuse(e)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.INFO)
-    if spares is None:
-        try:
-            spares = int(os.environ.get("XENOPUS_SPARES", DEFAULT_SPARES))
-        except ValueError:
-            print("xenopus daemon: XENOPUS_SPARES must be a number", file=sys.stderr)
-            return 1
-    daemon = Daemon(run_dir, spares=max(0, spares))
+    try:
+        spares = zygote.spares_wanted(spares)
+    except ValueError as e:
+        return refuse(e)
+    daemon = Daemon(run_dir, spares=spares, started_zygote=started_zygote)
     try:
         daemon.acquire_lock()
     except (RequestError, OSError) as e:
-        print(f"xenopus daemon: {e}", file=sys.stderr)
-        return 1
+        return refuse(e)
     asyncio.run(daemon.serve(ready_fd))
     return 0

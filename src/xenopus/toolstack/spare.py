@@ -7,6 +7,9 @@ of its own PID namespace, that has already imported every layer and waits for on
 A create consumes a spare (it becomes that domain's process, with no further fork) and
 the zygote starts its replacement in the background.
 
+Its arguments: the socket to the zygote and, when the zygote could compile one, the
+sealed memfd holding the seccomp filter (domain/seccomp_policy.py) its jail loads.
+
 On the socket the zygote gives it (`xenopus.ipc` framing):
   spare → zygote  one byte, READY, once its imports are done
   zygote → spare  `Spawn` + 2 or 3 fds, exactly as the zygote received them
@@ -21,15 +24,38 @@ import os
 import signal
 import socket
 import sys
+from typing import TYPE_CHECKING
 
-import xenopus.domain.process as domain_process  # noqa: I001 - imported warm, before READY
-from xenopus.domain.protocol import Spawn
 from xenopus.ipc import Channel
 
-with contextlib.suppress(ImportError, OSError):  # without libseccomp the layer says it is missing
-    import xenopus.domain.seccomp_policy  # noqa: F401
+if TYPE_CHECKING:  # imported by `warm`: the zygote imports this module before any layer
+    from xenopus.domain.protocol import Spawn
 
 READY = b"R"
+
+
+def warm() -> None:
+    """Import every layer a domain process runs (with seccomp_policy, whose loader the
+    jail uses on the zygote's compiled filter): a spare does before READY, the zygote
+    after it has started its first spares (their start-up is the long pole of a first
+    domain on a fresh daemon: they import while it does).
+
+    asyncio imports ssl when it can; a domain process never speaks TLS through asyncio,
+    and ssl with OpenSSL's libraries is ~1.3 MiB of private memory in every one. None in
+    sys.modules makes asyncio's `import ssl` fail as on a Python built without it (its
+    own fallback) while the layers are imported; then ssl is importable again for what
+    does need it (pyroute2, when a vif's tap is made)."""
+    blocked = "ssl" not in sys.modules
+    if blocked:
+        sys.modules["ssl"] = None  # type: ignore[assignment]
+    try:
+        import xenopus.domain.process  # noqa: F401
+        import xenopus.domain.seccomp_policy  # noqa: F401
+    finally:
+        if blocked:
+            del sys.modules["ssl"]
+
+
 PR_SET_PDEATHSIG = 1  # prctl(2)
 
 
@@ -39,8 +65,11 @@ def die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def become_domain(spawn: Spawn, fds: list[int], *, fresh_layout: bool) -> None:
+def become_domain(spawn: Spawn, fds: list[int], *, fresh_layout: bool,
+                  seccomp_fd: int | None = None) -> None:
     """Run the domain in this process and exit with its status; never returns."""
+    from xenopus.domain import process as domain_process  # warm: imported already
+
     code = 1
     try:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
@@ -48,7 +77,7 @@ def become_domain(spawn: Spawn, fds: list[int], *, fresh_layout: bool) -> None:
         signal.set_wakeup_fd(-1)
         code = domain_process.run_domain(
             spawn, fds[0], xenstore_fd=fds[1], interdomain_fd=fds[2] if len(fds) == 3 else None,
-            fresh_layout=fresh_layout,
+            fresh_layout=fresh_layout, seccomp_fd=seccomp_fd,
         )
     except BaseException:  # noqa: BLE001 - report, then exit: never return into a caller's loop
         import traceback
@@ -60,15 +89,22 @@ def become_domain(spawn: Spawn, fds: list[int], *, fresh_layout: bool) -> None:
 
 def main() -> None:
     die_with_parent()
+    warm()
     gc.freeze()  # as in the zygote: imported objects live as long as the process
+    # What importing freed goes back to the host before the spare waits (about 1 MiB).
+    ctypes.CDLL(None).malloc_trim(0)
     sock = socket.socket(fileno=int(sys.argv[1]))
+    seccomp_fd = int(sys.argv[2]) if len(sys.argv) > 2 else None
     sock.sendall(READY)
     chan = Channel(sock)
     msg, fds = chan.recv_with_fds(3)
     chan.close()
     if msg is None:
         os._exit(0)  # the zygote retired this spare
-    become_domain(Spawn.from_wire(msg), fds, fresh_layout=True)  # the zygote checked it
+    from xenopus.domain.protocol import Spawn  # warm: imported already
+
+    # The zygote checked the request.
+    become_domain(Spawn.from_wire(msg), fds, fresh_layout=True, seccomp_fd=seccomp_fd)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,8 @@ import socket
 from typing import Any
 
 from xenopus.domain.config import DomainConfig
-from xenopus.xen.xenstore.server import PeerScope, XenStoreServer
+from xenopus.xen.xenstore import wire
+from xenopus.xen.xenstore.server import PeerScope, Scope, XenStoreServer
 from xenopus.xen.xenstore.store import Perm, Quota, Store, XsError
 
 log = logging.getLogger("xenopus.xenstore")
@@ -73,6 +74,7 @@ class XenStored:
         self.server = XenStoreServer(self.store)
         self.dom0 = self.store.connect(0, lambda path, token: None)
         self._tasks: dict[int, asyncio.Task] = {}
+        self._backend_tasks: dict[int, asyncio.Task] = {}
         self._vm_paths: dict[int, str] = {}
         self._published: str | None = None
         self.path = ""  # the socket this XenStore serves on (XENSTORED_PATH)
@@ -185,6 +187,26 @@ class XenStored:
         reader, writer = await asyncio.open_unix_connection(sock=sock)
         self._tasks[domid] = asyncio.create_task(self._serve(domid, reader, writer))
 
+    async def serve_backends(self, domid: int, sock: socket.socket) -> None:
+        """Serve domain `domid`'s PV backends (its process's XenStore client) on `sock`,
+        scoped to that domain as a connection on the socket would be: for a domain a
+        restarted daemon adopts, whose process cannot reach the new daemon's socket (its
+        jail holds the old one's)."""
+        reader, writer = await asyncio.open_unix_connection(sock=sock)
+
+        async def serve() -> None:
+            try:
+                await self.server.serve_stream(reader, writer, Scope(domid))
+            except (ConnectionError, OSError) as e:
+                log.info("xenstore: domain %d's backends' connection ended: %s", domid, e)
+            finally:
+                writer.close()
+
+        old = self._backend_tasks.pop(domid, None)
+        if old is not None:
+            old.cancel()
+        self._backend_tasks[domid] = asyncio.create_task(serve())
+
     def store_ready(self, domid: int, port: int, ring_ref: int) -> None:
         """The XenStore ring's event channel and frame (libxl__build_post)."""
         self.write_nodes(domid, "store", {"port": str(port), "ring-ref": str(ring_ref)})
@@ -283,6 +305,32 @@ class XenStored:
                     await asyncio.wait_for(changed.wait(), left)
         finally:
             self.store.disconnect(conn)
+
+    # -- quotas, as libxl_xsquota.c asks for them (XS_GET_QUOTA/XS_SET_QUOTA as dom0) --
+    def _ask(self, type_: int, *args: str) -> str:
+        """One request on dom0's connection through the wire protocol's dispatcher; the
+        reply's text, or XsError with the error name."""
+        payload = wire.strings(*args) if args else b""
+        out = self.server.dispatch(self.dom0, wire.Header(type_, 0, 0, len(payload)), payload)
+        hdr = wire.unpack_header(out)
+        text = out[wire.HEADER_SIZE:].rstrip(b"\0").decode("latin-1")
+        if hdr.type == wire.XS_ERROR:
+            raise XsError(text)
+        return text
+
+    def quota_get(self, domid: int | None) -> list[tuple[str, int]]:
+        """Every quota (the names GET_QUOTA lists, then each value): the global ones
+        (domid None) or domid's (libxl_xs_quota_global_get / _domain_get)."""
+        scope = () if domid is None else (str(domid),)
+        return [(name, int(self._ask(wire.XS_GET_QUOTA, *scope, name)))
+                for name in self._ask(wire.XS_GET_QUOTA).split()]
+
+    def quota_set(self, domid: int | None, items: list[tuple[str, int]]) -> None:
+        """SET_QUOTA each (name, value) in turn, stopping at the first refusal
+        (libxl_xs_quota_global_set / _domain_set)."""
+        scope = () if domid is None else (str(domid),)
+        for name, value in items:
+            self._ask(wire.XS_SET_QUOTA, *scope, name, str(value))
 
     def sysrq(self, domid: int, key: str) -> None:
         """libxl_send_sysrq: the key, one character, into control/sysrq."""
@@ -393,15 +441,20 @@ class XenStored:
     def remove_domain(self, domid: int) -> None:
         """@releaseDomain, then the domain's nodes go (libxl__destroy_domid: its home,
         /vm, /libxl and its backends under dom0)."""
-        task = self._tasks.pop(domid, None)
-        if task is not None:
-            task.cancel()
+        for tasks in (self._tasks, self._backend_tasks):
+            task = tasks.pop(domid, None)
+            if task is not None:
+                task.cancel()
         s, c = self.store, self.dom0
         with contextlib.suppress(XsError):
             if s.is_domain_introduced(domid):
                 s.release(c, domid)
+        try:  # every kind of backend: a process that died could not remove its own
+            kinds = s.directory(c, "/local/domain/0/backend")
+        except XsError:
+            kinds = []
         paths = [f"/local/domain/{domid}", self._vm_paths.pop(domid, None), f"/libxl/{domid}",
-                 f"/local/domain/0/backend/console/{domid}"]
+                 *(f"/local/domain/0/backend/{kind}/{domid}" for kind in kinds)]
         for path in paths:
             if path:
                 with contextlib.suppress(XsError):

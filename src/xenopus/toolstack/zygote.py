@@ -14,6 +14,13 @@ own PID namespace and already warm, hands each create one of them, and starts it
 replacement in the background. `--spares 0` forks instead (less memory per domain, one
 layout for all; the domain's jail reports the `aslr` layer as shared).
 
+A fresh daemon's first domain waits for the first spare, so that one goes first: the
+daemon starts the zygote before it imports itself, the zygote starts it before importing
+anything but the domain protocol (and every layer only if it forks domains: `--spares 0`,
+or a pool that broke), and the others start once it is ready. (Replacements are not
+started at a lower priority: on a busy host they would starve, and a burst of creates
+would wait for them.)
+
 Messages on the zygote's socket (`xenopus.control`, framed by `xenopus.ipc`):
   daemon → zygote  `Spawn` + 2 or 3 fds: the control channel, the domain's XenStore
                    connection and its interdomain broker channel (SOCK_SEQPACKET)
@@ -29,20 +36,49 @@ import os
 import selectors
 import signal
 import socket
+import subprocess
 import sys
+from typing import TYPE_CHECKING
 
-from xenopus.control import ProtocolError
-from xenopus.domain import jail
-from xenopus.domain.protocol import (
-    Exited,
-    Spawn,
-    Spawned,
-)
+# Nothing here imports a layer: `serve` starts the first spare, then imports the domain
+# protocol (every layer only before forking a domain: spare.warm).
+from xenopus.domain.pidns import PidNamespaceForker
 from xenopus.ipc import Channel
-
-# Imports every layer (and the seccomp binding, which finds its C library here where a
-# jailed child could not), before any fork, so that forked children start warm.
 from xenopus.toolstack import spare
+
+if TYPE_CHECKING:
+    from xenopus.domain.protocol import Spawn
+
+# Spare domain processes the zygote keeps exec'd and warm (toolstack/spare.py): each
+# domain gets an address-space layout of its own at the cost of one idle Python per
+# spare; creations faster than spares start wait for one. 0: fork from the zygote.
+DEFAULT_SPARES = 2
+
+
+def spares_wanted(given: int | None) -> int:
+    """`daemon --spares N`, else $XENOPUS_SPARES, else DEFAULT_SPARES; ValueError if the
+    variable is not a number."""
+    if given is None:
+        try:
+            given = int(os.environ.get("XENOPUS_SPARES", DEFAULT_SPARES))
+        except ValueError:
+            raise ValueError("XENOPUS_SPARES must be a number") from None
+    return max(0, given)
+
+
+def start(spares: int) -> tuple[subprocess.Popen, socket.socket]:
+    """Exec a zygote keeping `spares` spares; returns it and the daemon's end of its
+    socket. A starting daemon calls this before it imports itself: the zygote's spares
+    import every layer meanwhile, and a fresh daemon's first domain waits the less."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "xenopus.toolstack.zygote", str(theirs.fileno()),
+         "--spares", str(spares)],
+        pass_fds=[theirs.fileno()],
+        stdin=subprocess.DEVNULL,
+    )
+    theirs.close()
+    return proc, ours
 
 
 class SparePool:
@@ -52,7 +88,9 @@ class SparePool:
     # creates fork from the zygote (sharing its layout) rather than wait for ever.
     MAX_FAILURES = 3
 
-    def __init__(self, size: int, forker: jail.PidNamespaceForker, sel: selectors.BaseSelector):
+    def __init__(self, size: int, forker: PidNamespaceForker, sel: selectors.BaseSelector,
+                 seccomp_fd: int | None = None):
+        self.seccomp_fd = seccomp_fd
         self.size = size
         self.forker = forker
         self.sel = sel
@@ -60,13 +98,20 @@ class SparePool:
         self.ready: list[tuple[int, socket.socket]] = []
         self.failures = 0
         self.broken: str | None = None
+        self.warmed = False  # a spare has been ready once (see fill)
 
     @property
     def usable(self) -> bool:
         return self.size > 0 and self.broken is None
 
     def fill(self) -> None:
+        """Start spares until the pool has `size` ready or starting. The very first one
+        alone: on a fresh daemon a domain waits for it, and it is ready as soon as one
+        Python has imported every layer, not when several sharing the CPUs have; after
+        that, replacements start together (a burst of creates takes them all)."""
         while self.usable and len(self.starting) + len(self.ready) < self.size:
+            if self.starting and not self.warmed:
+                return
             self._start()
 
     def _start(self) -> None:
@@ -75,8 +120,11 @@ class SparePool:
         if pid == 0:
             try:
                 theirs.set_inheritable(True)
-                os.execv(sys.executable, [sys.executable, "-m", "xenopus.toolstack.spare",
-                                          str(theirs.fileno())])
+                argv = [sys.executable, "-m", "xenopus.toolstack.spare", str(theirs.fileno())]
+                if self.seccomp_fd is not None:
+                    os.set_inheritable(self.seccomp_fd, True)
+                    argv.append(str(self.seccomp_fd))
+                os.execv(sys.executable, argv)
             finally:
                 os._exit(127)
         theirs.close()
@@ -90,7 +138,9 @@ class SparePool:
         self.sel.unregister(sock)
         if sock.recv(1) == spare.READY:
             self.failures = 0
+            self.warmed = True
             self.ready.append((pid, sock))
+            self.fill()
             return
         sock.close()  # it died before it was ready: _reap collects it
         self.failures += 1
@@ -98,6 +148,7 @@ class SparePool:
             self.broken = f"{self.failures} spares in a row died before they were ready"
             print(f"xenopus zygote: {self.broken}; forking domains from the zygote, which "
                   "share its address-space layout", file=sys.stderr)
+        self.fill()
 
     def take(self) -> tuple[int, socket.socket] | None:
         return self.ready.pop(0) if self.ready else None
@@ -116,9 +167,10 @@ class SparePool:
         self.fill()
 
 
-def serve(sock: socket.socket, spares: int = 0) -> None:
+def serve(sock: socket.socket, spares: int = 0, seccomp_fd: int | None = None) -> None:
     """Fork or hand out one domain process per Spawn. With `spares`, each domain is an
-    exec'd spare with its own layout; with none, a fork of this process."""
+    exec'd spare with its own layout; with none, a fork of this process. `seccomp_fd`:
+    the compiled seccomp filter each domain's jail loads (None: each compiles its own)."""
     chan = Channel(sock)
     children: dict[int, int] = {}  # pid -> domid
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -127,9 +179,29 @@ def serve(sock: socket.socket, spares: int = 0) -> None:
     sel = selectors.DefaultSelector()
     sel.register(sock, selectors.EVENT_READ)
     sel.register(wake_r, selectors.EVENT_READ)
-    forker = jail.PidNamespaceForker()
-    pool = SparePool(spares, forker, sel)
+    forker = PidNamespaceForker()
+    pool = SparePool(spares, forker, sel, seccomp_fd)
     pool.fill()
+    warmed = False
+
+    def warm() -> None:
+        """Every layer imported (and the seccomp binding, which finds its C library here
+        where a jailed child could not) before any domain is forked from here, so that
+        forked children start warm. With spares only if the pool breaks and domains are
+        forked after all: until then every domain is a spare, which imports its own, and
+        a fresh daemon's first domain waits for one, not for this process too."""
+        nonlocal warmed
+        if not warmed:
+            spare.warm()
+            gc.freeze()  # imported objects live as long as the zygote: see main
+            warmed = True
+
+    if not pool.usable:
+        warm()
+    # The domain protocol (and the config it carries), while the first spare imports:
+    # a fresh daemon's first request comes about when that spare is ready.
+    from xenopus.control import ProtocolError
+    from xenopus.domain.protocol import Spawn, Spawned
     pending: collections.deque[tuple[Spawn, list[int]]] = collections.deque()
     while True:
         for key, _ in sel.select():
@@ -175,7 +247,9 @@ def serve(sock: socket.socket, spares: int = 0) -> None:
                 spawn, fds = pending.popleft()
             else:
                 spawn, fds = pending.popleft()
-                pid = _fork_domain(forker, pool, chan, sel, wake_r, wake_w, spawn, fds)
+                warm()
+                pid = _fork_domain(forker, pool, chan, sel, wake_r, wake_w, spawn, fds,
+                                   seccomp_fd)
             # Closed before any further fork: a child holding a copy of the domain's
             # control channel would hide its end from the daemon.
             for fd in fds:
@@ -186,9 +260,9 @@ def serve(sock: socket.socket, spares: int = 0) -> None:
         _reap(chan, children, pool)
 
 
-def _fork_domain(forker: jail.PidNamespaceForker, pool: SparePool, chan: Channel,
+def _fork_domain(forker: PidNamespaceForker, pool: SparePool, chan: Channel,
                  sel: selectors.BaseSelector, wake_r: int, wake_w: int, spawn: Spawn,
-                 fds: list[int]) -> int:
+                 fds: list[int], seccomp_fd: int | None) -> int:
     # Each domain process is pid 1 of a PID namespace of its own: it sees no other
     # process. (Made here: only children enter a new one.)
     pid = forker.fork()
@@ -198,12 +272,17 @@ def _fork_domain(forker: jail.PidNamespaceForker, pool: SparePool, chan: Channel
         sel.close()
         os.close(wake_r)
         os.close(wake_w)
-        spare.become_domain(spawn, fds, fresh_layout=False)
+        spare.become_domain(spawn, fds, fresh_layout=False, seccomp_fd=seccomp_fd)
     return pid
 
 
 def _reap(chan: Channel, children: dict[int, int], pool: SparePool) -> None:
-    while children:
+    """Collect every child that has exited: a domain (reported) or a spare (replaced).
+    Spares are children too, so this runs until wait4 has none, not until no domain is
+    left (a spare dying while no domain ran stayed a zombie, and unreplaced)."""
+    from xenopus.domain.protocol import Exited  # imported by serve, after the spares' start
+
+    while True:
         try:
             pid, status, usage = os.wait4(-1, os.WNOHANG)
         except ChildProcessError:
@@ -227,7 +306,21 @@ def main() -> None:
     # Everything imported so far lives as long as the zygote: keep the collector from
     # walking it in each child (touching an object copies its page: PSS per domain).
     gc.freeze()
-    serve(socket.socket(fileno=args.fd), spares=max(0, args.spares))
+    serve(socket.socket(fileno=args.fd), spares=max(0, args.spares), seccomp_fd=_compile_seccomp())
+
+
+def _compile_seccomp() -> int | None:
+    """The domains' seccomp filter, compiled once here (the only use of libseccomp), before
+    the first spare starts (its argv names the memfd); None if it cannot be, and each
+    domain's jail then tries itself and reports why not."""
+    try:
+        from xenopus.domain import jail, seccomp_policy
+
+        return seccomp_policy.compile_filter(log_only="log" in jail.debug_flags(),
+                                             ioctls=jail.IOCTLS)
+    except (ImportError, OSError, RuntimeError, ValueError) as e:
+        print(f"xenopus zygote: cannot compile the seccomp filter: {e}", file=sys.stderr)
+        return None
 
 
 if __name__ == "__main__":

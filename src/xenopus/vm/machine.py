@@ -98,6 +98,7 @@ class Machine:
         cpuid_fixup: CpuidFixup | None = None,
         port_out_handlers: Mapping[int, Callable[[Vcpu], None]] | None = None,
         cpu_policy: CpuPolicy | None = None,
+        pit: bool = True,
     ):
         if vcpus < 1:
             raise ValueError(f"a machine needs at least one vCPU, not {vcpus}")
@@ -132,6 +133,8 @@ class Machine:
         self.cpu_policy = cpu_policy
         self._cpuid_fixup = cpuid_fixup
         self._userspace_msrs = list(msr_filter or ())
+        self.has_pit = pit  # the in-kernel i8254 (Xen's PVH platform has none)
+        self._manual_dirty_log = False  # KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 enabled (log_dirty)
         try:
             self._build(vcpus, pio, mmio, msr_handler, cpuid_fixup, exit_handlers, msr_filter,
                         port_out_handlers)
@@ -181,9 +184,10 @@ class Machine:
         vm.create_irqchip()  # PIC + IOAPIC + per-vCPU LAPICs
         self.irq = IrqRouting(vm)  # owns the GSI table from here on (MSI routes, irqfds)
         self._ioevents = IoEvents(vm)
-        # The dummy speaker keeps port 0x61 in the kernel, tied to PIT channel 2 as
-        # Linux's PIT calibration expects.
-        vm.create_pit2(u.KVM_PIT_SPEAKER_DUMMY)
+        if self.has_pit:
+            # The dummy speaker keeps port 0x61 in the kernel, tied to PIT channel 2 as
+            # Linux's PIT calibration expects.
+            vm.create_pit2(u.KVM_PIT_SPEAKER_DUMMY)
         self._nvcpus = n
         self._supported = self.kvm.supported_cpuid()
         self._tsc_khz_known = self.kvm.check_extension(u.KVM_CAP_GET_TSC_KHZ) > 0
@@ -261,8 +265,18 @@ class Machine:
 
     def log_dirty(self, on: bool) -> None:
         """Have KVM log the pages the guest writes, slot by slot (KVM_MEM_LOG_DIRTY_PAGES,
-        for live migration), or stop. Writes by this process (devices, Xen) are not in it."""
+        for live migration), or stop. Writes by this process (devices, Xen) are not in it:
+        `GuestMemory.log_writes` keeps those. Where KVM has it, the log is cleared by hand
+        (KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2): `dirty_pages` then re-protects only the pages
+        it reports, and no KVM_GET_DIRTY_LOG write-protects the whole slot under KVM's
+        MMU lock (api.rst 7.18)."""
         assert self.vm is not None
+        if on and not self._manual_dirty_log:
+            supported = self.vm.check_extension(u.KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2)
+            if supported & u.KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE:
+                self.vm.enable_cap(u.KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2,
+                                   u.KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE)
+                self._manual_dirty_log = True
         flags = u.KVM_MEM_LOG_DIRTY_PAGES if on else 0
         for slot, region in enumerate(self.memory.regions):
             self.vm.set_user_memory_region(slot, region.gpa, region.size, region.host_address,
@@ -270,15 +284,25 @@ class Machine:
 
     def dirty_pages(self) -> list[int]:
         """Guest-physical addresses of the pages the guest wrote since the last call (or
-        since `log_dirty(True)`), in order."""
+        since `log_dirty(True)`), in order; each is write-protected again before this
+        returns, so a write after it is in the next call's answer."""
         assert self.vm is not None
         pages = []
         for slot, region in enumerate(self.memory.regions):
             bitmap = self.vm.get_dirty_log(slot, region.size // PAGE_SIZE)
-            for i, byte in enumerate(bitmap):  # little-endian longs: bit b of byte i
-                if byte:
-                    pages += [region.gpa + (8 * i + b) * PAGE_SIZE
-                              for b in range(8) if byte >> b & 1]
+            words = memoryview(bitmap).cast("Q")  # little-endian longs: bit b of word i
+            found = False
+            for i, word in enumerate(words):
+                if word:
+                    found = True
+                    base = region.gpa + 64 * i * PAGE_SIZE
+                    while word:
+                        low = word & -word
+                        pages.append(base + (low.bit_length() - 1) * PAGE_SIZE)
+                        word ^= low
+            words.release()
+            if found and self._manual_dirty_log:
+                self.vm.clear_dirty_log(slot, bitmap, 0, region.size // PAGE_SIZE)
         return pages
 
     def ioeventfd(
@@ -344,8 +368,9 @@ class Machine:
             self._stop_reason = None
             self._paused = False
             self._on_stop = on_stop
-            self._down.clear()
-            self._load.clear()
+            if boot_state is not None:  # a restored machine keeps the vCPUs its restore
+                self._down.clear()      # parked (vcpu_down before start: VCPUOP_down)
+                self._load.clear()
         if boot_state is not None:
             self.vcpus[0].apply(boot_state)
         threads = [

@@ -800,6 +800,23 @@ class grant_entry_v1(ctypes.Structure):
 GRANT_ENTRIES_PER_FRAME_V1 = PAGE_SIZE // 8
 
 
+class grant_entry_header(ctypes.Structure):
+    _fields_ = [("flags", c_uint16), ("domid", domid_t)]
+
+
+class grant_entry_v2(ctypes.Structure):
+    """union grant_entry_v2 as its full_page / sub_page members lay it out: the header,
+    then page_off and length (sub_page; pad0 of full_page), then the 64-bit frame."""
+
+    _fields_ = [("hdr", grant_entry_header), ("page_off", c_uint16), ("length", c_uint16),
+                ("frame", c_uint64)]
+
+
+GRANT_ENTRIES_PER_FRAME_V2 = PAGE_SIZE // 16
+GRANT_STATUS_PER_FRAME = PAGE_SIZE // 2  # grant_status_t: uint16_t
+GNTTAB_NR_RESERVED_ENTRIES = 8  # the toolstack's (xenstore, console), kept across versions
+
+
 class gnttab_setup_table(ctypes.Structure):
     _fields_ = [("dom", domid_t), ("nr_frames", c_uint32), ("status", c_int16),
                 ("frame_list", guest_handle_t)]
@@ -816,6 +833,11 @@ class gnttab_set_version(ctypes.Structure):
 
 class gnttab_get_version(ctypes.Structure):
     _fields_ = [("dom", domid_t), ("pad", c_uint16), ("version", c_uint32)]
+
+
+class gnttab_get_status_frames(ctypes.Structure):
+    _fields_ = [("nr_frames", c_uint32), ("dom", domid_t), ("status", c_int16),
+                ("frame_list", guest_handle_t)]
 
 
 class _gnttab_copy_u(ctypes.Union):
@@ -862,6 +884,7 @@ def ring_size(entry_size: int, ring_bytes: int = PAGE_SIZE) -> int:
 
 
 # --- io/protocols.h ------------------------------------------------------------------------
+XEN_IO_PROTO_ABI_X86_32 = "x86_32-abi"
 XEN_IO_PROTO_ABI_X86_64 = "x86_64-abi"
 
 # --- io/blkif.h ----------------------------------------------------------------------------
@@ -914,6 +937,34 @@ class blkif_response(ctypes.Structure):
 
 BLKIF_RING_ENTRY_SIZE = ctypes.sizeof(blkif_request)  # the union's largest member
 BLKIF_RING_SIZE = ring_size(BLKIF_RING_ENTRY_SIZE)
+
+# The same requests as an i386 frontend lays them out (`protocol` = "x86_32-abi"): a
+# uint64_t is 4-byte aligned there, so `id` follows `handle` directly and the entries are
+# shorter (108 bytes, not 112). Xen's blkif_x86_32_* of xen/include/public/io/blkif.h as
+# Linux's xen-blkback/common.h spells them out; the segment (8 bytes) is the same.
+
+
+class blkif_x86_32_request(ctypes.Structure):
+    _pack_ = 4
+    _fields_ = blkif_request._fields_
+
+
+class blkif_x86_32_request_discard(ctypes.Structure):
+    _pack_ = 4
+    _fields_ = blkif_request_discard._fields_
+
+
+class blkif_x86_32_request_indirect(ctypes.Structure):
+    _pack_ = 4
+    _fields_ = blkif_request_indirect._fields_
+
+
+class blkif_x86_32_response(ctypes.Structure):
+    _pack_ = 4
+    _fields_ = blkif_response._fields_
+
+
+BLKIF_X86_32_RING_ENTRY_SIZE = ctypes.sizeof(blkif_x86_32_request)
 
 # --- io/netif.h ----------------------------------------------------------------------------
 NETTXF_csum_blank = 1 << 0
@@ -1017,7 +1068,11 @@ XS_SET_TARGET = 19
 # 20 was XS_RESTRICT, removed
 XS_RESET_WATCHES = 21
 XS_DIRECTORY_PART = 22
-XS_TYPE_COUNT = 23
+XS_GET_FEATURE = 23
+XS_SET_FEATURE = 24
+XS_GET_QUOTA = 25
+XS_SET_QUOTA = 26
+XS_TYPE_COUNT = 27
 XS_INVALID = 0xFFFF
 
 # xs_wire.h xsd_errors[]: the names a server sends in an XS_ERROR reply
@@ -1117,6 +1172,11 @@ class compat_xen_platform_parameters(ctypes.Structure):
     _fields_ = [("virt_start", compat_ulong_t)]
 
 
+class compat_gnttab_get_status_frames(ctypes.Structure):
+    _fields_ = [("nr_frames", c_uint32), ("dom", domid_t), ("status", c_int16),
+                ("frame_list", compat_handle_t)]
+
+
 class compat_gnttab_setup_table(ctypes.Structure):
     _fields_ = [("dom", domid_t), ("nr_frames", c_uint32), ("status", c_int16),
                 ("frame_list", compat_handle_t)]
@@ -1180,6 +1240,7 @@ COMPAT: dict[type, type] = {
     vcpu_set_singleshot_timer: compat_vcpu_set_singleshot_timer,
     xen_platform_parameters: compat_xen_platform_parameters,
     gnttab_setup_table: compat_gnttab_setup_table,
+    gnttab_get_status_frames: compat_gnttab_get_status_frames,
     gnttab_copy: compat_gnttab_copy,
     multicall_entry: multicall_entry_32,
 }

@@ -27,7 +27,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Protocol
 
 from xenopus.arch.x86 import MSI_ADDRESS_BASE, MSI_ADDRESS_DEST_SHIFT
 from xenopus.kvm import uapi as u
@@ -61,8 +61,11 @@ SHUTDOWN_KIND = {
 # (libxl_create.c: 1023), the domain's max_evtchn_port.
 DEFAULT_MAX_GRANT_FRAMES = 64
 DEFAULT_MAX_EVTCHN_PORT = 1023
-STATE_VERSION = 2  # of save_state's dict (docs/snapshot-stream.md); 2 adds p2m, time_areas
-READ_STATE_VERSIONS = (1, 2)  # 1: no frames beyond RAM, no secondary time areas
+# Of save_state's dict (docs/snapshot-stream.md); 2 adds p2m, time_areas; 3 adds the
+# hypercall families' own state (vcpu_op: vCPUs up and down, runstate areas; sched_op: the
+# watchdogs).
+STATE_VERSION = 3
+READ_STATE_VERSIONS = (1, 2, 3)  # 1: no frames beyond RAM, no secondary time areas
 _VI_SIZE = ctypes.sizeof(abi.vcpu_info)
 _VI_TIME = abi.vcpu_info.time.offset
 _VI_PENDING = abi.vcpu_info.evtchn_upcall_pending.offset
@@ -73,6 +76,14 @@ _TIME_RETRIES = 4  # reads of a vcpu_time_info KVM is rewriting meanwhile
 
 def _boottime_ns() -> int:
     return time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+
+
+class FamilyState(Protocol):
+    """What a hypercall family keeps of its own that a save carries (`keep_state`)."""
+
+    def save_state(self) -> dict[str, Any]: ...
+
+    def restore_state(self, state: dict[str, Any]) -> None: ...
 
 
 class XenDomain:
@@ -121,6 +132,8 @@ class XenDomain:
         self.time_areas: dict[int, int] = {}  # vCPU -> GPA of its secondary vcpu_time_info
         self._time_lock = threading.Lock()
         self._closers: list[Callable[[], None]] = []
+        # A hypercall family's own state (`keep_state`), saved by name with the domain's.
+        self._family_state: dict[str, FamilyState] = {}
         self._msi: dict[int, MsiRoute] = {}  # vCPU -> the route of its upcall vector
         self._epoch = _boottime_ns() - machine.clock_ns()  # boottime at system time 0
         self.evtchn = EventChannels(domid, self.memory, self.nr_vcpus, self.deliver,
@@ -146,6 +159,11 @@ class XenDomain:
     def at_close(self, closer: Callable[[], None]) -> None:
         """Have `close` call `closer` (a family's own threads or timers)."""
         self._closers.append(closer)
+
+    def keep_state(self, name: str, holder: FamilyState) -> None:
+        """Save and restore `holder` (a family's state: vcpu_op's, sched_op's) with the
+        domain's, under `name`."""
+        self._family_state[name] = holder
 
     def close(self) -> None:
         for closer in self._closers:
@@ -268,11 +286,12 @@ class XenDomain:
         return rc
 
     def xen_gpfns(self) -> set[int]:
-        """The frames Xen's own structures live in: shared_info, the grant frames, the
-        special pages (not the guest's to balloon out or unmap)."""
+        """The frames Xen's own structures live in: shared_info, the grant frames (and a v2
+        table's status frames), the special pages (not the guest's to balloon out or unmap)."""
         pfns = {self.params[p] for p in (abi.HVM_PARAM_STORE_PFN, abi.HVM_PARAM_CONSOLE_PFN)
                 if p in self.params}
         pfns.update(self.grants.frames.values())
+        pfns.update(self.grants.status_frames.values())
         if self.shared_info is not None:
             pfns.add(self.shared_info // abi.PAGE_SIZE)
         return pfns
@@ -347,6 +366,8 @@ class XenDomain:
                 "oneshot": [[v, ns] for v, ns in sorted(oneshot_ns.items())],
                 "periodic": [[v, self._system_ns(t), period]
                              for v, (t, period) in sorted(periodic.items())],
+                "families": {name: holder.save_state()
+                             for name, holder in sorted(self._family_state.items())},
             }
 
     def restore_state(self, state: dict[str, Any]) -> None:
@@ -383,6 +404,11 @@ class XenDomain:
                 self.timers.set_oneshot(v, self.host_deadline(system_ns))
         for v, system_ns, period in state["periodic"]:
             self.timers.set_periodic_from(v, self.host_deadline(system_ns), period)
+        for name, family in state.get("families", {}).items():  # version 3
+            holder = self._family_state.get(name)
+            if holder is None:
+                raise ValueError(f"Xen state of a hypercall family this domain lacks: {name}")
+            holder.restore_state(family)
 
     def _system_ns(self, host_deadline: float) -> int:
         return round(host_deadline * 1e9) - self._epoch

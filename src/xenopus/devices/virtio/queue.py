@@ -205,7 +205,9 @@ class SplitQueue:
             if addr % align:
                 self._fail(f"{what} at {addr:#x} is not {align}-byte aligned")
             try:
-                views.append(self.memory.view(addr, length))
+                # The used ring is written through this view for as long as the queue
+                # lives: kept, so a live save always sends it again at the end.
+                views.append(self.memory.view(addr, length, kept=what == "used ring"))
             except GuestMemoryError:
                 self._fail(f"{what} {addr:#x}+{length:#x} is outside guest RAM")
         self._desc, self._avail, self._used = views
@@ -215,7 +217,9 @@ class SplitQueue:
         self._used16 = self._used.cast("H")
         # Guest RAM regions are fixed for the memory's life: _walk slices these directly
         # instead of searching through GuestMemory.view for every descriptor.
-        self._ram = [(r.gpa, r.end, self.memory.view(r.gpa, r.size)) for r in self.memory.regions]
+        # Not through GuestMemory.view, which would count all RAM as written during a live
+        # save: what the device writes through these is marked in _walk instead.
+        self._ram = [(r.gpa, r.end, memoryview(r.map)) for r in self.memory.regions]
         self.ready = True
         self.broken = False
 
@@ -363,6 +367,8 @@ class SplitQueue:
                         self._fail(f"buffer {addr:#x}+{length:#x} outside guest RAM", head)
                     buf = found
                 if flags & VIRTQ_DESC_F_WRITE:
+                    # The device writes it: a page for a live save's write log.
+                    self.memory.mark_dirty(addr, length)
                     writable.append(buf)
                     writable_len += length
                     if writable_len > MAX_CHAIN_BYTES:

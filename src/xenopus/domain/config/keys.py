@@ -426,16 +426,23 @@ def check_action(action: str) -> str:
     raise ValueError(f"unknown action `{action}' (expected one of {', '.join(ACTIONS)})")
 
 
+def uuid_bytes(text: str) -> bytes:
+    """A UUID's 16 bytes from libxl's only form, 8-4-4-4-12 hex digits (libxl_uuid.c,
+    libxl_uuid_from_string); ValueError otherwise. (Not the uuid module: a domain process
+    would import it, with its platform probing, for this alone.)"""
+    fields = text.split("-")
+    if [len(f) for f in fields] != [8, 4, 4, 4, 12] or not all(
+            c in "0123456789abcdefABCDEF" for f in fields for c in f):
+        raise ValueError(f"not a UUID: {text!r}")
+    return bytes.fromhex("".join(fields))
+
+
 def check_uuid(text: str) -> str:
     """xl_parse.c: libxl_uuid_from_string, else "Failed to parse UUID"."""
-    import uuid
-
     try:
-        uuid.UUID(text)
+        uuid_bytes(text)
     except ValueError:
         raise ValueError(f"Failed to parse UUID: {text}") from None
-    if len(text) != 36:  # libxl takes only the 8-4-4-4-12 form
-        raise ValueError(f"Failed to parse UUID: {text}")
     return text
 
 
@@ -462,6 +469,12 @@ def check_event_channels(count: int) -> int:
 def check_xen_platform(value: str) -> str:
     if value not in ("0", "1", "auto"):
         raise ValueError(f"expected 1, 0 or \"auto\", got {value!r}")
+    return value
+
+
+def check_pvh_platform(value: str) -> str:
+    if value not in ("pc", "xen"):
+        raise ValueError(f'expected "pc" or "xen", got {value!r}')
     return value
 
 

@@ -1,11 +1,19 @@
 """The block backend (xen/include/public/io/blkif.h) on a raw image.
 
-One single-page ring (no `max-ring-page-order`, no multi-queue), the native x86_64 ABI
-only (`protocol` absent or "x86_64-abi"; a 32-bit frontend is refused with an error
-node). Requests are copied out of the ring, validated, and their data moves between
+One single-page ring (no `max-ring-page-order`, no multi-queue). The ring's layout is
+the frontend's `protocol` node (io/protocols.h): absent or "x86_64-abi" is the native
+one, "x86_32-abi" the i386 one (GRUB's i386-xen_pvh blkfront writes it), anything else
+is refused with an error node, as Linux's blkback does. Requests are copied out of the ring, validated, and their data moves between
 the image and the granted pages with `os.preadv`/`os.pwritev` on views of the mappings:
 no copy in between. A read maps its pages writable, a write read-only, as Xen's
 GNTMAP_readonly does.
+
+Persistent grants (blkif.h `feature-persistent`, offered; used when the frontend's own
+node says 1, as Linux's xen-blkfront does): the frontend then reuses one set of pages for
+all its requests, and their mappings are kept from first use until the ring disconnects
+(up to MAX_PERSISTENT_GRANTS; beyond, or for a page granted read-only, a request maps and
+unmaps as without the feature). Mapping a grant (checking and flagging its entry) is most
+of a segment's cost here; a kept mapping is a dictionary lookup.
 
 Every malformed request (too many segments, first_sect > last_sect or past the page,
 sectors past the end, a grant the mapper refuses) is answered BLKIF_RSP_ERROR and the
@@ -17,6 +25,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+from typing import NamedTuple
 
 from xenopus.devices.disk import SECTOR_SIZE, DiskImage
 from xenopus.xen import abi
@@ -34,13 +43,33 @@ from xenopus.xen.xenstore.client import XsClient
 SECTOR = SECTOR_SIZE  # blkif sectors are 512 bytes (no feature-large-sector-size)
 SECTORS_PER_PAGE = abi.PAGE_SIZE // SECTOR
 MAX_INDIRECT_SEGMENTS = 256  # what we advertise; at most 8 pages of 512 segments allow
-NATIVE_PROTOCOL = abi.XEN_IO_PROTO_ABI_X86_64
+# blkif.h, feature-persistent: "ideally ... RING_SIZE * BLKIF_MAX_SEGMENTS_PER_REQUEST";
+# with indirect requests, every slot's segments and its indirect pages.
+MAX_PERSISTENT_GRANTS = abi.BLKIF_RING_SIZE * (
+    MAX_INDIRECT_SEGMENTS + -(-MAX_INDIRECT_SEGMENTS // abi.SEGS_PER_INDIRECT_FRAME))
 
-_REQ = abi.blkif_request
-_DISCARD = abi.blkif_request_discard
-_INDIRECT = abi.blkif_request_indirect
 _SEG = abi.blkif_request_segment
 _SEG_SIZE = ctypes.sizeof(_SEG)
+
+
+class RingAbi(NamedTuple):
+    """One `protocol`'s ring entries (blkif_back_rings_t's native / x86_32 / x86_64)."""
+
+    request: type[ctypes.Structure]
+    discard: type[ctypes.Structure]
+    indirect: type[ctypes.Structure]
+    response: type[ctypes.Structure]
+    entry_size: int
+
+
+NATIVE = RingAbi(abi.blkif_request, abi.blkif_request_discard, abi.blkif_request_indirect,
+                 abi.blkif_response, abi.BLKIF_RING_ENTRY_SIZE)
+X86_32 = RingAbi(abi.blkif_x86_32_request, abi.blkif_x86_32_request_discard,
+                 abi.blkif_x86_32_request_indirect, abi.blkif_x86_32_response,
+                 abi.BLKIF_X86_32_RING_ENTRY_SIZE)
+# An absent node is the backend's native ABI (xen-blkback's connect_ring()).
+PROTOCOLS = {None: NATIVE, "": NATIVE, abi.XEN_IO_PROTO_ABI_X86_64: NATIVE,
+             abi.XEN_IO_PROTO_ABI_X86_32: X86_32}
 
 
 class BadRequest(Exception):
@@ -77,6 +106,10 @@ class BlkBack(Backend):
         self.ring: BackRing | None = None
         self._ring_map: Mapping | None = None
         self.port: EventPort | None = None
+        self.abi = NATIVE
+        # gref -> its writable mapping, kept while connected (None: the frontend did not
+        # ask for persistent grants)
+        self._persistent: dict[int, Mapping] | None = None
         self.stats = {"requests": 0, "errors": 0}
 
     def describe(self) -> dict[str, object]:
@@ -106,7 +139,7 @@ class BlkBack(Backend):
         nodes = {
             "feature-flush-cache": "1",
             "feature-barrier": "1",
-            "feature-persistent": "0",
+            "feature-persistent": "1",
             "feature-max-indirect-segments": str(MAX_INDIRECT_SEGMENTS),
             "feature-discard": "1" if writable else "0",
         }
@@ -117,14 +150,18 @@ class BlkBack(Backend):
 
     def connect(self) -> dict[str, str]:
         protocol = self.read_fe("protocol")
-        if protocol not in (None, "", NATIVE_PROTOCOL):
-            raise FrontendError(f"frontend protocol {protocol!r} is not supported (only {NATIVE_PROTOCOL})")
+        if protocol not in PROTOCOLS:
+            known = ", ".join(p for p in PROTOCOLS if p)
+            raise FrontendError(f"frontend protocol {protocol!r} is not supported (only {known})")
+        self.abi = PROTOCOLS[protocol]
         if self.read_fe("ring-page-order") not in (None, "0"):
             raise FrontendError("multi-page rings are not supported (no max-ring-page-order)")
         gref = self.fe_int("ring-ref", 1 << 32)
         self._ring_map = self.map_grant(gref, write=True)
-        self.ring = BackRing(self._ring_map.view, abi.BLKIF_RING_ENTRY_SIZE)
+        self.ring = BackRing(self._ring_map.view, self.abi.entry_size)
         self.port = self.bind_event()
+        # Linux's blkback (connect_ring) reads the frontend's node the same way.
+        self._persistent = {} if self.read_fe("feature-persistent") == "1" else None
         # blkback's connect() writes these in the Connected transaction.
         return {
             "sectors": str(self.sectors),
@@ -134,6 +171,9 @@ class BlkBack(Backend):
         }
 
     def disconnect(self) -> None:
+        kept, self._persistent = self._persistent, None
+        for mapping in (kept or {}).values():
+            mapping.unmap()
         port, self.port = self.port, None
         if port is not None:
             port.close()
@@ -157,7 +197,7 @@ class BlkBack(Backend):
                 while ring.unconsumed():
                     raw = ring.take()
                     op, rid, status = self.handle(raw)
-                    ring.put(bytes(abi.blkif_response(id=rid, operation=op, status=status)))
+                    ring.put(bytes(self.abi.response(id=rid, operation=op, status=status)))
                     self.stats["requests"] += 1
                     if status != abi.BLKIF_RSP_OKAY:
                         self.stats["errors"] += 1
@@ -170,7 +210,8 @@ class BlkBack(Backend):
 
     def handle(self, raw: bytes) -> tuple[int, int, int]:
         """One request: (operation to echo, id, BLKIF_RSP_*)."""
-        req = _REQ.from_buffer_copy(raw[: ctypes.sizeof(_REQ)])
+        layout = self.abi
+        req = layout.request.from_buffer_copy(raw[: ctypes.sizeof(layout.request)])
         op, rid = req.operation, req.id
         try:
             if op in (abi.BLKIF_OP_READ, abi.BLKIF_OP_WRITE, abi.BLKIF_OP_WRITE_BARRIER):
@@ -187,10 +228,10 @@ class BlkBack(Backend):
             if op == abi.BLKIF_OP_FLUSH_DISKCACHE:
                 return op, rid, self._flush()
             if op == abi.BLKIF_OP_DISCARD:
-                d = _DISCARD.from_buffer_copy(raw[: ctypes.sizeof(_DISCARD)])
+                d = layout.discard.from_buffer_copy(raw[: ctypes.sizeof(layout.discard)])
                 return op, rid, self._discard(d.sector_number, d.nr_sectors)
             if op == abi.BLKIF_OP_INDIRECT:
-                ind = _INDIRECT.from_buffer_copy(raw[: ctypes.sizeof(_INDIRECT)])
+                ind = layout.indirect.from_buffer_copy(raw[: ctypes.sizeof(layout.indirect)])
                 # blkfront matches the response against the indirect operation.
                 return ind.indirect_op, rid, self._indirect(ind)
         except BadRequest as e:
@@ -202,7 +243,7 @@ class BlkBack(Backend):
         self.log_once(f"unsupported operation {op}")
         return op, rid, abi.BLKIF_RSP_EOPNOTSUPP
 
-    def _indirect(self, ind: abi.blkif_request_indirect) -> int:
+    def _indirect(self, ind: ctypes.Structure) -> int:
         op, nseg = ind.indirect_op, ind.nr_segments
         if op not in (abi.BLKIF_OP_READ, abi.BLKIF_OP_WRITE):
             raise BadRequest(f"indirect operation {op} is not read or write")
@@ -211,12 +252,13 @@ class BlkBack(Backend):
         pages = -(-nseg // abi.SEGS_PER_INDIRECT_FRAME)
         segs: list[tuple[int, int, int]] = []
         for i in range(pages):
-            mapping = self._map(ind.indirect_grefs[i], write=False)
+            mapping, release = self._use(ind.indirect_grefs[i], write=False)
             try:
                 count = min(abi.SEGS_PER_INDIRECT_FRAME, nseg - len(segs))
                 table = bytes(mapping.view[: count * _SEG_SIZE])  # copied: the guest may rewrite it
             finally:
-                mapping.unmap()
+                if release:
+                    mapping.unmap()
             for j in range(count):
                 s = _SEG.from_buffer_copy(table, j * _SEG_SIZE)
                 segs.append((s.gref, s.first_sect, s.last_sect))
@@ -227,6 +269,23 @@ class BlkBack(Backend):
             return self.host.map_grant(self.domid, gref, write)
         except Exception as e:
             raise BadRequest(f"grant {gref}: {e}") from e
+
+    def _use(self, gref: int, write: bool) -> tuple[Mapping, bool]:
+        """`gref` mapped for this request: (the mapping, whether to unmap it after). With
+        persistent grants, a writable mapping kept for the connection (it serves reads and
+        writes alike), made on first use."""
+        kept = self._persistent
+        if kept is not None:
+            mapping = kept.get(gref)
+            if mapping is not None:
+                return mapping, False
+            if len(kept) < MAX_PERSISTENT_GRANTS:
+                try:
+                    mapping = kept[gref] = self.host.map_grant(self.domid, gref, True)
+                    return mapping, False
+                except Exception:
+                    pass  # e.g. granted read-only: mapped for this request alone
+        return self._map(gref, write), True
 
     def _rw(self, write: bool, sector: int, segs: list[tuple[int, int, int]]) -> int:
         if write and self.read_only:
@@ -239,12 +298,13 @@ class BlkBack(Backend):
         if sector + total > self.sectors:
             raise BadRequest(f"sectors {sector}+{total} beyond the disk's {self.sectors}")
         # A read fills the frontend's pages: they must be granted writable.
-        maps: list[Mapping] = []
+        maps: list[Mapping] = []  # those to unmap after the request
         try:
             views = []
             for gref, first, last in segs:
-                m = self._map(gref, write=not write)
-                maps.append(m)
+                m, release = self._use(gref, write=not write)
+                if release:
+                    maps.append(m)
                 views.append(m.view[first * SECTOR : (last + 1) * SECTOR])
             io = self.disk.write_from if write else self.disk.read_into
             if io(views, sector * SECTOR) < total * SECTOR:

@@ -54,7 +54,8 @@ class PVConsole:
     ) -> PVConsole:
         """The console at guest frame `pfn` (HVM_PARAM_CONSOLE_PFN) of `memory`:
         GuestMemoryError when the frame is not RAM."""
-        return cls(memory.view(pfn * abi.PAGE_SIZE, abi.PAGE_SIZE), output, notify)
+        # Kept: the ring is written whenever input arrives (a live save resends it).
+        return cls(memory.view(pfn * abi.PAGE_SIZE, abi.PAGE_SIZE, kept=True), output, notify)
 
     def _get(self, off: int) -> int:
         return shared.load(self.page, off, 4)

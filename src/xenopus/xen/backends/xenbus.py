@@ -342,6 +342,10 @@ class Backend:
         self._logged: set[str] = set()
         self._token = f"backend:{self.be}"
         self._watching = False
+        # What is ours in the store, for a restarted daemon's new one (`reconnect`): every
+        # node this backend wrote (path -> value) and the frontend's nodes it read.
+        self._written: dict[str, str] = {}
+        self._fe_read: dict[str, str] = {}
         self.worker: Worker | None = None
         # Tests and the toolstack wait on this: set whenever the backend's state changes.
         self.changed = threading.Condition()
@@ -373,26 +377,15 @@ class Backend:
 
     # -- lifecycle -------------------------------------------------------------------
 
-    def start(self) -> None:
-        """Write the nodes (toolstack's part and the driver's), go to InitWait and watch
-        the frontend's state."""
-        fe_perms = [f"n{self.domid}", f"r{self.backend_domid}"]
-        be_perms = [f"n{self.backend_domid}", f"r{self.domid}"]
-        be_nodes = {
-            "frontend": self.fe,
-            "frontend-id": str(self.domid),
-            "online": "1",
-            "state": str(int(State.Initialising)),
-            **self.backend_nodes(),
-        }
-        fe_nodes = {
-            "backend": self.be,
-            "backend-id": str(self.backend_domid),
-            "state": str(int(State.Initialising)),
-            **self.frontend_nodes(),
-        }
-        # One transaction, as libxl's: the guest's xenbus probes the frontend directory
-        # as soon as it appears and must find `backend` and `state` in it.
+    def _perms(self) -> tuple[list[str], list[str]]:
+        """(backend, frontend) directory permissions, as libxl sets them."""
+        return [f"n{self.backend_domid}", f"r{self.domid}"], [f"n{self.domid}", f"r{self.backend_domid}"]
+
+    def _publish(self, be_nodes: dict[str, str], fe_nodes: dict[str, str]) -> None:
+        """Both directories with their permissions and `nodes` in one transaction, as
+        libxl's: the guest's xenbus probes the frontend directory as soon as it appears
+        and must find `backend` and `state` in it."""
+        be_perms, fe_perms = self._perms()
         for attempt in range(_TX_RETRIES):
             try:
                 with self.xs.transaction() as tx:
@@ -406,12 +399,53 @@ class Backend:
             except XsError as e:
                 if e.name != "EAGAIN" or attempt == _TX_RETRIES - 1:
                     raise
+        for path, nodes in ((self.be, be_nodes), (self.fe, fe_nodes)):
+            self._written.update({f"{path}/{name}": value for name, value in nodes.items()})
+
+    def _write(self, name: str, value: str) -> None:
+        """A node of the backend directory, remembered for `reconnect`."""
+        self.xs.write(f"{self.be}/{name}", value)
+        self._written[f"{self.be}/{name}"] = value
+
+    def start(self) -> None:
+        """Write the nodes (toolstack's part and the driver's), go to InitWait and watch
+        the frontend's state."""
+        be_nodes = {
+            "frontend": self.fe,
+            "frontend-id": str(self.domid),
+            "online": "1",
+            "state": str(int(State.Initialising)),
+            **self.backend_nodes(),
+        }
+        fe_nodes = {
+            "backend": self.be,
+            "backend-id": str(self.backend_domid),
+            "state": str(int(State.Initialising)),
+            **self.frontend_nodes(),
+        }
+        self._publish(be_nodes, fe_nodes)
         self.worker = Worker(f"{self.kind}back-{self.domid}-{self.devid}", self._work)
         for name, value in self.features().items():
-            self.xs.write(f"{self.be}/{name}", value)
+            self._write(name, value)
         self._switch(State.InitWait)
         self.xs.watch(f"{self.fe}/state", self._token, self._on_watch)
         self._watching = True
+
+    def reconnect(self, xs: XsClient) -> None:
+        """A restarted daemon: its XenStore is new (only the domain's own nodes), and `xs`
+        our connection to it. The device goes on as it was (its ring and event channel
+        never left this process): both directories are written again as they were —
+        ours with every node we wrote, the current state among them, the frontend's with
+        what it had written that we read — and the frontend's state watched again."""
+        self.xs = xs
+        be_prefix, fe_prefix = self.be + "/", self.fe + "/"
+        be_nodes = {p[len(be_prefix):]: v for p, v in self._written.items() if p.startswith(be_prefix)}
+        fe_nodes = {p[len(fe_prefix):]: v for p, v in self._written.items() if p.startswith(fe_prefix)}
+        fe_nodes.update(self._fe_read)
+        be_nodes["state"] = str(int(self.state))
+        self._publish(be_nodes, fe_nodes)
+        if self._watching:
+            self.xs.watch(f"{self.fe}/state", self._token, self._on_watch)
 
     def stop(self, remove: bool = True) -> None:
         """Tear the device down: unwatch, disconnect, stop the worker and (by default)
@@ -433,7 +467,7 @@ class Backend:
         """The toolstack's removal (libxl__initiate_device_generic_remove): `online` 0 and
         the backend Closing, then wait for the frontend to close and the backend to reach
         Closed. Whether it did within `timeout` seconds; the caller then `stop`s it."""
-        self.xs.write(f"{self.be}/online", "0")
+        self._write("online", "0")
         worker = self.worker
         if worker is not None:
             worker.post("close")
@@ -486,7 +520,7 @@ class Backend:
                 nodes = self.connect()
                 self.connected = True
                 for name, value in nodes.items():
-                    self.xs.write(f"{self.be}/{name}", value)
+                    self._write(name, value)
                 self._switch(State.Connected)
                 self.service()  # requests posted before we were up
         elif fe == State.Closing:
@@ -509,14 +543,14 @@ class Backend:
         self.log_once(message)
         self._disconnect()
         with contextlib.suppress(Exception):
-            self.xs.write(f"{self.be}/error", message)
+            self._write("error", message)
         with contextlib.suppress(Exception):
             self._switch(State.Closing)
 
     def _switch(self, state: State) -> None:
         if state == self.state and state != State.InitWait:
             return
-        self.xs.write(f"{self.be}/state", str(int(state)))
+        self._write("state", str(int(state)))
         with self.changed:
             self.state = state
             self.changed.notify_all()
@@ -538,9 +572,12 @@ class Backend:
             value = self.xs.read(f"{self.fe}/{name}")
         except XsError as e:
             if e.name in ("ENOENT", "EACCES"):
+                self._fe_read.pop(name, None)
                 return None
             raise
-        return value.decode(errors="replace")
+        text = value.decode(errors="replace")
+        self._fe_read[name] = text
+        return text
 
     def fe_int(self, name: str, limit: int, default: int | None = None) -> int:
         """Frontend node `name` as an integer in [0, limit): FrontendError otherwise."""

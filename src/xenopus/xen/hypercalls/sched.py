@@ -9,7 +9,7 @@ import logging
 import os
 import threading
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from xenopus.xen import abi
 from xenopus.xen.hypercall import Call, HypercallTable
@@ -23,6 +23,7 @@ log = logging.getLogger("xenopus.xen")
 def register(table: HypercallTable, domain: XenDomain) -> None:
     watchdogs = Watchdogs(domain)
     domain.at_close(watchdogs.close)
+    domain.keep_state("sched_op", watchdogs)
     table.register(abi.HYPERVISOR_sched_op, partial(sched_op, domain, watchdogs))
     table.register(abi.HYPERVISOR_set_timer_op, partial(set_timer_op, domain))
 
@@ -59,8 +60,13 @@ class Watchdogs:
             return 0
 
     def _arm(self, index: int, timeout: int) -> None:
-        self.deadlines[index] = self.domain.system_time() + timeout * 1_000_000_000
-        timer = threading.Timer(timeout, self._fired, (index,))
+        self._arm_at(index, self.domain.system_time() + timeout * 1_000_000_000)
+
+    def _arm_at(self, index: int, deadline: int) -> None:
+        """Arm watchdog `index` to expire at `deadline` (Xen system time, ns)."""
+        self.deadlines[index] = deadline
+        left = max(deadline - self.domain.system_time(), 0) / 1e9
+        timer = threading.Timer(left, self._fired, (index,))
         timer.daemon = True
         timer.name = f"d{self.domain.domid}-watchdog{index}"
         self.timers[index] = timer
@@ -72,6 +78,20 @@ class Watchdogs:
                 return  # re-armed or released meanwhile
         log.warning("d%d: watchdog timer %d fired", self.domain.domid, index)
         self.domain.shutdown(abi.SHUTDOWN_watchdog)
+
+    def save_state(self) -> dict[str, Any]:
+        """The armed watchdogs' expiries in Xen system time, which goes on from where it
+        was on the restoring side (kvmclock): each has as long left there as it had here."""
+        with self._lock:
+            return {"watchdogs": sorted(self.deadlines.items())}
+
+    def restore_state(self, state: dict[str, Any]) -> None:
+        armed = [(int(i), int(t)) for i, t in state["watchdogs"]]
+        if any(not 0 <= i < abi.NR_DOMAIN_WATCHDOG_TIMERS for i, _ in armed):
+            raise ValueError(f"watchdog ids {armed} (at most {abi.NR_DOMAIN_WATCHDOG_TIMERS})")
+        with self._lock:
+            for index, deadline in armed:
+                self._arm_at(index, deadline)
 
     def close(self) -> None:
         with self._lock:

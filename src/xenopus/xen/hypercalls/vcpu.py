@@ -4,8 +4,9 @@ the per-vCPU timers, and bringing vCPUs up and down (initialise, up, down, is_up
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from xenopus.arch.x86 import CR0_PE, CR0_PG, CR4_PAE, EFER_LMA, EFER_LME, RFLAGS_RESERVED
 from xenopus.vm.cpu import CpuState, Segment
@@ -22,7 +23,9 @@ _TIME_SIZE = ctypes.sizeof(abi.vcpu_time_info)
 
 
 def register(table: HypercallTable, domain: XenDomain) -> None:
-    table.register(abi.HYPERVISOR_vcpu_op, VcpuOps(domain).vcpu_op)
+    ops = VcpuOps(domain)
+    domain.keep_state("vcpu_op", ops)
+    table.register(abi.HYPERVISOR_vcpu_op, ops.vcpu_op)
 
 
 class VcpuOps:
@@ -151,6 +154,31 @@ class VcpuOps:
         self.domain.machine.vcpu_down(target)
         return 0
 
+    # --- save/restore (docs/snapshot-stream.md, the xen part's "families") ---------------
+    def save_state(self) -> dict[str, Any]:
+        """Which vCPUs VCPUOP_up started and VCPUOP_down parked, the contexts of those
+        initialised and not yet up, and the runstate areas' placement (their contents are
+        guest RAM)."""
+        with self._lock:
+            return {"runstate": sorted(self.runstate.items()),
+                    "brought_up": sorted(self.brought_up), "down": sorted(self.down_vcpus),
+                    "contexts": [[v, _context_dict(c)] for v, c in sorted(self.contexts.items())]}
+
+    def restore_state(self, state: dict[str, Any]) -> None:
+        """Before the vCPUs run: a vCPU that was down stays parked until VCPUOP_up."""
+        vcpus = range(self.domain.nr_vcpus)
+        down = [int(v) for v in state["down"]]
+        runstate = {int(v): int(gpa) for v, gpa in state["runstate"]}
+        if not set(down) | set(runstate) | set(state["brought_up"]) <= set(vcpus):
+            raise ValueError(f"vcpu_op state names vCPUs this domain (of {len(vcpus)}) lacks")
+        with self._lock:
+            self.runstate = runstate
+            self.brought_up = {int(v) for v in state["brought_up"]}
+            self.down_vcpus = set(down)
+            self.contexts = {int(v): _context_state(c) for v, c in state["contexts"]}
+        for v in down:
+            self.domain.machine.vcpu_down(v)
+
     def _time_area(self, call: Call, target: int) -> int:
         """A second vcpu_time_info for `target` at a guest-virtual address (0: none).
         Xen translates the address at every update through the current page tables; here
@@ -174,6 +202,16 @@ class VcpuOps:
         info = abi.vcpu_runstate_info(state=abi.RUNSTATE_running, state_entry_time=now)
         info.time[abi.RUNSTATE_running] = now
         return info
+
+
+def _context_dict(state: CpuState) -> dict[str, Any]:
+    """A VCPUOP_initialise context as plain data, for the stream."""
+    return dataclasses.asdict(state)
+
+
+def _context_state(data: dict[str, Any]) -> CpuState:
+    segments = {k: Segment(**data[k]) for k in ("code", "data", "tss")}
+    return CpuState(**{**data, **segments})
 
 
 # hvm/hvm_vcpu.h and Xen's arch/x86/hvm/domain.c arch_set_info_hvm_guest: the segments a

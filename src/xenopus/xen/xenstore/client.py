@@ -20,12 +20,17 @@ WatchCallback = Callable[[str, str], None]
 
 
 class XsClient:
-    """A dom0 client of the XenStore listening on the Unix socket `path`."""
+    """A dom0 client of the XenStore listening on the Unix socket `path`, or over a
+    connected stream socket the XenStore's owner handed us."""
 
-    def __init__(self, path: str, timeout: float | None = 30.0) -> None:
+    def __init__(self, path: str | socket.socket, timeout: float | None = 30.0) -> None:
         self.timeout = timeout
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.connect(path)
+        if isinstance(path, socket.socket):
+            self.sock = path
+            self.sock.setblocking(True)
+        else:
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.sock.connect(path)
         self._lock = threading.Lock()
         self._req_id = 0
         self._replies: queue.Queue[tuple[wire.Header, bytes] | None] = queue.Queue()

@@ -28,15 +28,17 @@ from xenopus.devices.ratelimit import LimitedLog
 from xenopus.memory import shared
 
 from . import wire
-from .store import Connection, Store, is_below
+from .store import QUOTA_DESCRIPTIONS, QUOTA_NAMES, Connection, Store, is_below
 from .wire import XsError
 
 log = logging.getLogger(__name__)
 
 OK = wire.strings("OK")
-# Requests we serve. XS_CONTROL (xenstore-control's debug channel) and XS_RESTRICT
-# (dropped in Xen 4.9) answer ENOSYS, as do replies-only types sent as requests.
+# Requests we serve. XS_RESTRICT (dropped in Xen 4.9) answers ENOSYS, as do
+# replies-only types sent as requests.
 HANDLED = frozenset({
+    wire.XS_CONTROL, wire.XS_GET_FEATURE, wire.XS_SET_FEATURE, wire.XS_GET_QUOTA,
+    wire.XS_SET_QUOTA,
     wire.XS_DIRECTORY, wire.XS_READ, wire.XS_GET_PERMS, wire.XS_WATCH, wire.XS_UNWATCH,
     wire.XS_TRANSACTION_START, wire.XS_TRANSACTION_END, wire.XS_INTRODUCE, wire.XS_RELEASE,
     wire.XS_GET_DOMAIN_PATH, wire.XS_WRITE, wire.XS_MKDIR, wire.XS_RM, wire.XS_SET_PERMS,
@@ -138,7 +140,7 @@ class Outbox:
             self.writer.close()
 
     def _blocked(self) -> bool:
-        quota = self.store.quota
+        quota = self.store.quota_of(self.conn.domid)  # its own, once introduced
         if not self.queue or self.conn.privileged or self.writer.is_closing():
             return False
         return bool(quota.outstanding and self.replies >= quota.outstanding
@@ -188,7 +190,12 @@ class Outbox:
 
 # Requests only the unscoped dom0 (the toolstack) may make: they act on other domains.
 UNSCOPED_ONLY = frozenset({wire.XS_INTRODUCE, wire.XS_RELEASE, wire.XS_RESUME,
-                           wire.XS_SET_TARGET})
+                           wire.XS_SET_TARGET, wire.XS_CONTROL, wire.XS_SET_FEATURE,
+                           wire.XS_GET_QUOTA, wire.XS_SET_QUOTA})
+# CONTROL's commands (xenstored's control.c cmds[]) we serve, with their parameters as
+# "help" lists them; the rest (log, logfile, memreport, live-update) are xenstored's own.
+CONTROL_COMMANDS = {"check": "", "print": "<string>",
+                    "quota": "[set <name> <val>|<domid>]", "help": ""}
 # Requests whose first argument is a path.
 PATH_FIRST = frozenset({wire.XS_READ, wire.XS_WRITE, wire.XS_DIRECTORY, wire.XS_DIRECTORY_PART,
                         wire.XS_GET_PERMS, wire.XS_SET_PERMS, wire.XS_MKDIR, wire.XS_RM,
@@ -252,6 +259,12 @@ class XenStoreServer:
             await self._serve(0, reader, writer, scope)
 
         return await asyncio.start_unix_server(client, path=path)
+
+    async def serve_stream(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                           scope: Scope) -> None:
+        """Serve a dom0 client on a stream we made (not an accepted one, whose peer
+        credentials would classify it), as `scope` says, until it closes."""
+        await self._serve(0, reader, writer, scope)
 
     async def attach_domain(self, domid: int, reader: asyncio.StreamReader,
                             writer: asyncio.StreamWriter) -> None:
@@ -383,7 +396,68 @@ class XenStoreServer:
         if t == wire.XS_RESET_WATCHES:
             st.reset_watches(conn)
             return OK
+        if t == wire.XS_GET_FEATURE:
+            if len(args) > 1:
+                raise XsError("EINVAL", "GET_FEATURE takes at most a domid")
+            return wire.strings(str(st.get_feature(conn, _number(args[0]) if args else None)))
+        if t == wire.XS_SET_FEATURE:
+            st.set_feature(conn, _number(args[0]), _number(args[1]))
+            return OK
+        if t == wire.XS_GET_QUOTA:
+            if len(args) > 2:
+                raise XsError("EINVAL", "GET_QUOTA takes [[<domid>|]<quota>|]")
+            domid = _number(args[0]) if len(args) == 2 else None
+            return wire.strings(st.get_quota(conn, domid, args[-1] if args else None))
+        if t == wire.XS_SET_QUOTA:
+            if len(args) > 3:
+                raise XsError("EINVAL", "SET_QUOTA takes [<domid>|]<quota>|<value>|")
+            domid = _number(args[0]) if len(args) == 3 else None
+            st.set_quota(conn, domid, args[-2], _number(args[-1]))
+            return OK
+        if t == wire.XS_CONTROL:
+            return self._control(conn, args[0], args[1:])
         raise XsError("ENOSYS", f"message type {t}")
+
+    def _control(self, conn: Connection, command: str, params: list[str]) -> bytes:
+        """xenstored's do_control() (docs/misc/xenstore.txt CONTROL): dom0 only, an
+        unknown command is EINVAL; replies are text or OK."""
+        st = self.store
+        if not conn.privileged:
+            raise XsError("EACCES", "CONTROL is dom0's")
+        if command not in CONTROL_COMMANDS:
+            raise XsError("EINVAL", f"unknown control command {command[:32]!r}")
+        if command == "help":
+            return wire.strings("".join(f"{name:<15} {pars}\n"
+                                        for name, pars in CONTROL_COMMANDS.items()))
+        if command == "check":
+            if params:
+                raise XsError("EINVAL", "check takes no parameters")
+            for problem in st.check():
+                log.warning("xenstore check: %s", problem)
+            return OK
+        if command == "print":
+            if len(params) != 1:
+                raise XsError("EINVAL", "print takes one string")
+            log.info("xenstore control: %s", params[0][:256])
+            return OK
+        # quota: the settings, "set <name> <val>" (the global value) or "<domid>"'s usage
+        if not params:
+            return wire.strings("Quota settings:\n" + "".join(
+                f"{name:<17}: {st.get_quota(conn, None, name):>8} {descr}\n"
+                for name, descr in QUOTA_DESCRIPTIONS.items()))
+        if params[0] == "set":
+            if len(params) != 3 or not wire.is_number(params[2]) or int(params[2]) < 1:
+                raise XsError("EINVAL", "quota set <name> <value of at least 1>")
+            st.set_quota(conn, None, params[1], int(params[2]))
+            return OK
+        if len(params) != 1:
+            raise XsError("EINVAL", "quota [set <name> <val>|<domid>]")
+        domid = _number(params[0])
+        used = st.usage(domid)
+        quota = st.quota_of(domid)
+        return wire.strings(f"Domain {domid}:\n" + "".join(
+            f"{name:<17}: {used.get(name, 0):>8} (quota {getattr(quota, name.replace('-', '_')):>8})\n"
+            for name in QUOTA_NAMES))
 
 
 def _number(text: str) -> int:
@@ -421,7 +495,10 @@ class RingTransport:
         self.on_broken = on_broken
         self._in = bytearray()
         self._out = bytearray()
-        self._set(_IFACE.server_features.offset, wire.XENSTORE_SERVER_FEATURE_ERROR)
+        # Advertised before any data moves (xenstore-ring.txt): the error indicator and
+        # ring reconnection.
+        self._set(_IFACE.server_features.offset, wire.XENSTORE_SERVER_FEATURE_ERROR
+                  | wire.XENSTORE_SERVER_FEATURE_RECONNECTION)
 
     def _get(self, off: int) -> int:
         return shared.load(self.page, off, 4)
@@ -438,6 +515,26 @@ class RingTransport:
             self._out.clear()
             if self.on_broken:
                 self.on_broken(code)
+
+    @property
+    def reconnect_requested(self) -> bool:
+        """The guest set the connection state to XENSTORE_RECONNECT (xenstore-ring.txt
+        "The ring reconnection feature"); only it sets 1, only we set 0."""
+        return self._get(_IFACE.connection.offset) == wire.XENSTORE_RECONNECT
+
+    def reset(self) -> None:
+        """Reconnect: drop partial packets both ways, empty both queues, clear a broken
+        ring's error and set the state back to connected. The caller discards the
+        connection's in-flight requests, watches and transactions, then signals the
+        guest."""
+        self._in.clear()
+        self._out.clear()
+        self.broken = False
+        for field in ("req_cons", "req_prod", "rsp_cons", "rsp_prod"):
+            self._set(getattr(_IFACE, field).offset, 0)
+        self._set(_IFACE.error.offset, wire.XENSTORE_ERROR_NONE)
+        # Indexes before the state: the guest reads nothing else until it sees 0.
+        self._set(_IFACE.connection.offset, wire.XENSTORE_CONNECTED)
 
     def read_messages(self) -> list[bytes]:
         """Consume the request ring; return the complete messages (header + payload)."""

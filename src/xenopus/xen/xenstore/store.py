@@ -28,6 +28,8 @@ from .wire import (
     XENSTORE_ABS_PATH_MAX,
     XENSTORE_PAYLOAD_MAX,
     XENSTORE_REL_PATH_MAX,
+    XENSTORE_SERVER_FEATURE_ERROR,
+    XENSTORE_SERVER_FEATURE_RECONNECTION,
     XsError,
     is_number,
 )
@@ -116,6 +118,19 @@ class Quota:
 
 
 QUOTA_NAMES = tuple(name.replace("_", "-") for name in Quota.__dataclass_fields__)
+# domain.c quota_adm[].descr, what CONTROL "quota" prints beside each value.
+QUOTA_DESCRIPTIONS = {
+    "nodes": "Nodes per domain", "watches": "Watches per domain",
+    "outstanding": "Outstanding requests per domain",
+    "memory": "Total Xenstore memory per domain",
+    "transactions": "Active transactions per domain",
+    "transaction-nodes": "Max. number of accessed nodes per transaction",
+    "node-permissions": "Max. number of permissions per node", "node-size": "Max. size of a node",
+}
+# The ring features we serve (xs_wire.h, docs/misc/xenstore-ring.txt): the connection
+# error indicator and ring reconnection. GET_FEATURE answers these; SET_FEATURE may
+# only clear bits of them.
+FEATURES = XENSTORE_SERVER_FEATURE_RECONNECTION | XENSTORE_SERVER_FEATURE_ERROR
 
 
 @dataclass
@@ -173,6 +188,7 @@ class Domain:
     port: int = 0
     shutdown: bool = False
     target: int | None = None
+    features: int = 0  # the ring features it is offered (SET_FEATURE before INTRODUCE)
 
 
 def domain_path(domid: int) -> str:
@@ -194,7 +210,9 @@ def is_below(path: str, top: str) -> bool:
 
 class Store:
     def __init__(self, quota: Quota | None = None) -> None:
-        self.quota = quota or Quota()
+        self.quota = quota or Quota()  # the global values: a new domain's (xenstore.txt)
+        self._domain_quota: dict[int, Quota] = {}  # a domain's own, from its introduction
+        self._features: dict[int, int] = {}  # SET_FEATURE's, for domains not introduced yet
         self.lock = threading.RLock()
         self._gen = 0
         root_perms = (Perm("n", 0),)
@@ -254,7 +272,7 @@ class Store:
     def _check_memory(self, conn: Connection, extra: int) -> None:
         """ENOMEM, as xenstored's domain_memory_add() answers, if extra more bytes
         would take conn's domain over its memory quota."""
-        if self._over(conn, self.quota.memory, self._memory.get(conn.domid, 0) + extra):
+        if self._over(conn, self.quota_of(conn.domid).memory, self._memory.get(conn.domid, 0) + extra):
             raise XsError("ENOMEM", "memory quota exceeded")
 
     def charge_output(self, conn: Connection, nbytes: int, *, check: bool) -> bool:
@@ -262,7 +280,7 @@ class Store:
         (False) what would go over the memory quota: xenstored's send_event() drops
         such an event; a reply is always queued (send_reply checks no quota)."""
         with self.lock:
-            if check and self._over(conn, self.quota.memory,
+            if check and self._over(conn, self.quota_of(conn.domid).memory,
                                     self._memory.get(conn.domid, 0) + nbytes):
                 return False
             self._charge(conn.domid, nbytes)
@@ -276,7 +294,7 @@ class Store:
         """xenstored's domain_can_read(): an unprivileged domain at its memory quota is
         not served until its queued output drains."""
         with self.lock:
-            return self._over(conn, self.quota.memory, self._memory.get(conn.domid, 0) + 1)
+            return self._over(conn, self.quota_of(conn.domid).memory, self._memory.get(conn.domid, 0) + 1)
 
     # --- paths and permissions -----------------------------------------------------
 
@@ -349,7 +367,7 @@ class Store:
         (ENOSPC) and charges them as memory; either failure fails the transaction."""
         cost = len(path) + (node_size(node) if node is not None else 0)
         if tx.limited:
-            quota = self.quota
+            quota = self.quota_of(tx.domid)
             if quota.transaction_nodes and len(tx.seen) >= quota.transaction_nodes:
                 tx.failed = True
                 raise XsError("ENOSPC", "transaction touches too many nodes")
@@ -461,7 +479,7 @@ class Store:
             # An unprivileged domain may not give its nodes away (xenstored: EPERM).
             if not conn.privileged and new[0].domid != node.owner:
                 raise XsError("EPERM", "only dom0 changes owners")
-            if self._over(conn, self.quota.node_permissions, len(new)):
+            if self._over(conn, self.quota_of(conn.domid).node_permissions, len(new)):
                 raise XsError("ENOSPC", "too many permissions")  # core.c do_set_perms
             changed = replace(node, perms=new)
             self._check_size(conn, changed)
@@ -536,12 +554,12 @@ class Store:
         return out
 
     def _check_nodes(self, conn: Connection, tx: Transaction | None, extra: int) -> None:
-        if self._over(conn, self.quota.nodes, self.owned(conn.domid, tx) + extra):
+        if self._over(conn, self.quota_of(conn.domid).nodes, self.owned(conn.domid, tx) + extra):
             raise XsError("ENOSPC", "node quota exceeded")
 
     def _check_size(self, conn: Connection, node: Node) -> None:
         """xenstored's write_node_raw(): ENOSPC for a node over node-size."""
-        if self._over(conn, self.quota.node_size, node_size(node)):
+        if self._over(conn, self.quota_of(conn.domid).node_size, node_size(node)):
             raise XsError("ENOSPC", "node over the node-size quota")
 
     def _create(self, conn: Connection, tx: Transaction | None, path: str,
@@ -578,7 +596,7 @@ class Store:
 
     def transaction_start(self, conn: Connection) -> int:
         with self.lock:
-            if self._over(conn, self.quota.transactions, len(conn.transactions) + 1):
+            if self._over(conn, self.quota_of(conn.domid).transactions, len(conn.transactions) + 1):
                 raise XsError("ENOSPC", "transaction quota exceeded")
             self._tx_ids = self._tx_ids % 0xFFFFFFFF + 1
             conn.transactions[self._tx_ids] = Transaction(
@@ -628,7 +646,7 @@ class Store:
             if any(w.conn is conn and w.token == token for w in same_path):
                 raise XsError("EEXIST", "watch exists")
             used = sum(len(c.watches) for c in self._conns if c.domid == conn.domid)
-            if self._over(conn, self.quota.watches, used + 1):
+            if self._over(conn, self.quota_of(conn.domid).watches, used + 1):
                 # ENOSPC since xenstored commit 70fcc2531c (E2BIG before).
                 raise XsError("ENOSPC", "watch quota exceeded")
             self._watch_seq += 1
@@ -731,7 +749,10 @@ class Store:
                 raise XsError("EINVAL", f"bad domid {domid}")
             dom = self.domains.get(domid)
             if dom is None:
-                self.domains[domid] = Domain(domid, mfn, port)
+                self.domains[domid] = Domain(domid, mfn, port,
+                                             features=self._features.pop(domid, FEATURES))
+                # "The initial quota settings for a domain are the global ones."
+                self._domain_quota[domid] = self.quota
             else:  # xenstored lets the toolstack re-introduce to rebind the channel
                 dom.mfn, dom.port = mfn, port
             self._fire("@introduceDomain", self._special["@introduceDomain"])
@@ -744,11 +765,107 @@ class Store:
                 raise XsError("EINVAL", "cannot release dom0")
             if self.domains.pop(domid, None) is None:
                 raise XsError("ENOENT", f"domain {domid} not introduced")
+            self._domain_quota.pop(domid, None)
             for other in [c for c in self._conns if c.domid == domid]:
                 self.disconnect(other)
                 if other.on_close:
                     other.on_close()
             self._fire("@releaseDomain", self._special["@releaseDomain"])
+
+    # --- quotas and features (xenstore.txt GET_QUOTA/SET_QUOTA, GET_FEATURE/SET_FEATURE) --
+
+    def quota_of(self, domid: int) -> Quota:
+        """The quota values that apply to domid: its own once introduced, else the
+        global ones."""
+        return self._domain_quota.get(domid, self.quota)
+
+    def _introduced(self, domid: int) -> Domain:
+        dom = self.domains.get(domid)
+        if dom is None:
+            raise XsError("ENOENT", f"domain {domid} not introduced")
+        return dom
+
+    @staticmethod
+    def _quota_field(name: str) -> str:
+        attr = name.replace("-", "_")
+        if name not in QUOTA_NAMES:
+            raise XsError("EINVAL", f"no quota {name[:32]!r}")
+        return attr
+
+    def get_quota(self, conn: Connection, domid: int | None = None,
+                  name: str | None = None) -> str:
+        """No name: every quota name, blank-separated. A name: its global value, or
+        domid's."""
+        with self.lock:
+            self._need_privilege(conn)
+            if name is None:
+                return " ".join(QUOTA_NAMES)
+            quota = self.quota if domid is None else self._domain_quota.get(domid)
+            if quota is None:
+                if domid:  # dom0 is always there (and exempt from every quota)
+                    self._introduced(domid)
+                quota = self.quota
+            return str(getattr(quota, self._quota_field(name)))
+
+    def set_quota(self, conn: Connection, domid: int | None, name: str, value: int) -> None:
+        """Set one quota: the global value (new domains start from it) or domid's own.
+        0 disables the check, as in xenstored."""
+        with self.lock:
+            self._need_privilege(conn)
+            attr = self._quota_field(name)
+            if domid is None:
+                self.quota = replace(self.quota, **{attr: value})
+                return
+            if domid:
+                self._introduced(domid)
+            self._domain_quota[domid] = replace(self.quota_of(domid), **{attr: value})
+
+    def get_feature(self, conn: Connection, domid: int | None = None) -> int:
+        """The ring features of domid (dom0 only), or of the caller's own domain."""
+        with self.lock:
+            if domid is None:
+                dom = self.domains.get(conn.domid)
+                return dom.features if dom is not None else FEATURES
+            self._need_privilege(conn)
+            dom = self.domains.get(domid)
+            return dom.features if dom is not None else self._features.get(domid, FEATURES)
+
+    def set_feature(self, conn: Connection, domid: int, features: int) -> None:
+        """The features domid will be offered: only before its INTRODUCE (EBUSY after),
+        only bits we serve (EINVAL)."""
+        with self.lock:
+            self._need_privilege(conn)
+            if domid <= 0 or domid >= DOMID_FIRST_RESERVED:
+                raise XsError("EINVAL", f"bad domid {domid}")
+            if domid in self.domains:
+                raise XsError("EBUSY", f"domain {domid} is already introduced")
+            if features & ~FEATURES:
+                raise XsError("EINVAL", f"features {features:#x} beyond {FEATURES:#x}")
+            self._features[domid] = features
+
+    def usage(self, domid: int) -> dict[str, int]:
+        """What domid uses of each quota now (CONTROL "quota <domid>")."""
+        with self.lock:
+            self._introduced(domid)
+            conns = [c for c in self._conns if c.domid == domid]
+            return {"nodes": self.owned(domid, None), "memory": self._memory.get(domid, 0),
+                    "watches": sum(len(c.watches) for c in conns),
+                    "transactions": sum(len(c.transactions) for c in conns)}
+
+    def check(self) -> list[str]:
+        """xenstored's check_store() (CONTROL "check"): every node's parent lists it and
+        every listed child exists. Returns the problems found (none in a sound store)."""
+        with self.lock:
+            problems = []
+            for path, node in self._nodes.items():
+                if path != "/":
+                    parent = self._nodes.get(parent_of(path))
+                    if parent is None or basename(path) not in parent.children:
+                        problems.append(f"{path}: not listed by its parent")
+                for child in node.children:
+                    if (path.rstrip("/") + "/" + child) not in self._nodes:
+                        problems.append(f"{path}: lists missing child {child}")
+            return problems
 
     def is_domain_introduced(self, domid: int) -> bool:
         with self.lock:

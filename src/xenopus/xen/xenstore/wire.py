@@ -29,7 +29,9 @@ from xenopus.xen.abi import (  # noqa: F401
     XS_DIRECTORY_PART,
     XS_ERROR,
     XS_GET_DOMAIN_PATH,
+    XS_GET_FEATURE,
     XS_GET_PERMS,
+    XS_GET_QUOTA,
     XS_INTRODUCE,
     XS_INVALID,
     XS_IS_DOMAIN_INTRODUCED,
@@ -39,7 +41,9 @@ from xenopus.xen.abi import (  # noqa: F401
     XS_RESET_WATCHES,
     XS_RESUME,
     XS_RM,
+    XS_SET_FEATURE,
     XS_SET_PERMS,
+    XS_SET_QUOTA,
     XS_SET_TARGET,
     XS_TRANSACTION_END,
     XS_TRANSACTION_START,
@@ -108,6 +112,7 @@ ONE_ARG = frozenset({
     XS_TRANSACTION_END,
 })
 ARG_COUNT = {XS_WATCH: 2, XS_UNWATCH: 2, XS_INTRODUCE: 3, XS_SET_TARGET: 2,
+             XS_SET_FEATURE: 2, XS_SET_QUOTA: 2, XS_CONTROL: 1,
              XS_DIRECTORY_PART: 2}
 
 
@@ -133,6 +138,8 @@ def parse_request(type_: int, payload: bytes) -> list[str] | tuple[str, bytes]:
         return path.decode("latin-1"), value
     if type_ == XS_RESET_WATCHES:
         return []
+    if type_ in (XS_GET_FEATURE, XS_GET_QUOTA) and not payload:
+        return []  # their arguments are optional (xenstored's get_strings of nothing)
     args = split(payload)
     if type_ in ONE_ARG:
         if len(args) != 1:

@@ -1,0 +1,194 @@
+"""An arm64 domain: config pieces → a ready `Arm64Guest` (the `Arm64Machine`, its PL011
+console and PL031 RTC, the kernel loaded by the Image protocol and the device tree that describes it).
+
+The device tree follows the bindings Linux reads (Documentation/devicetree/bindings/:
+arm/cpus.yaml and arm/psci.yaml, interrupt-controller/arm,gic-v3.yaml, timer/
+arm,arch_timer.yaml, serial/arm,pl011.yaml, clock/fixed-clock.yaml, chosen.yaml) with the
+nodes and numbers QEMU virt writes for the same machine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from xenopus.arch.arm64 import (
+    GIC_PPI_BASE,
+    GIC_SPI_BASE,
+    TIMER_PPI_HYP,
+    TIMER_PPI_NONSECURE_PHYS,
+    TIMER_PPI_SECURE_PHYS,
+    TIMER_PPI_VIRT,
+)
+from xenopus.boot.arm64 import Arm64Layout, load_image, write_dtb
+from xenopus.boot.fdt import Node
+from xenopus.devices import platform
+from xenopus.devices.bus import Bus
+from xenopus.devices.pl011 import MMIO_SIZE as PL011_SIZE
+from xenopus.devices.pl011 import Pl011
+from xenopus.devices.pl031 import MMIO_SIZE as PL031_SIZE
+from xenopus.devices.pl031 import Pl031
+from xenopus.domain.config import DomainConfig
+from xenopus.domain.inventory import Inventory
+from xenopus.kvm import uapi as u
+from xenopus.kvm.system import Kvm
+from xenopus.memory.guest import GuestMemory, MemoryRegion
+from xenopus.vm.arm64 import (
+    GIC_DIST_BASE,
+    GIC_REDIST_BASE,
+    RAM_BASE,
+    Arm64CpuState,
+    Arm64Machine,
+)
+
+MiB = 1 << 20
+# Interrupt specifier cells of arm,gic-v3.yaml: <type number flags>; type 0 SPI, 1 PPI;
+# flags are the IRQ_TYPE_* of dt-bindings/interrupt-controller/irq.h.
+GIC_FDT_SPI = 0
+GIC_FDT_PPI = 1
+IRQ_TYPE_LEVEL_HIGH = 4
+PHANDLE_GIC = 1
+PHANDLE_APB_CLOCK = 2
+
+
+@dataclass
+class Arm64Boot:
+    """What the domain process asks of `Guest.boot`: the entry state and the protocol."""
+
+    cpu: Arm64CpuState
+    protocol: str = "arm64-image"
+    details: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass
+class Arm64Guest:
+    """The arm64 counterpart of `builder.Guest`, with the same names where the domain
+    process reads them; what arm64 lacks yet (Xen, virtio, ballooning, the power button)
+    is None."""
+
+    machine: Arm64Machine
+    memory: GuestMemory
+    serial: Pl011
+    rtc: Pl031
+    mmio: Bus
+    layout: Arm64Layout
+    boot: Arm64Boot
+    dtb: bytes
+    inventory: Inventory = field(default_factory=Inventory)
+    xen: None = None
+    xen_path: None = None
+    vconsole: None = None
+    balloon: None = None
+    power: None = None
+
+    def memory_mib(self) -> int:
+        return self.memory.ram_size // MiB
+
+    def close(self) -> None:
+        self.machine.close()
+        self.memory.close()
+
+
+def device_tree(machine: Arm64Machine, ram_size: int, cmdline: str, layout: Arm64Layout) -> Node:
+    """The guest's device tree (Devicetree Specification v0.4 ch. 3 base nodes)."""
+    root = Node("")
+    root.string("compatible", "linux,dummy-virt").string("model", "xenopus arm64")
+    root.u32("#address-cells", 2).u32("#size-cells", 2).u32("interrupt-parent", PHANDLE_GIC)
+
+    chosen = root.child("chosen")
+    chosen.string("bootargs", cmdline)
+    chosen.string("stdout-path", f"/pl011@{platform.ARM64_PL011_BASE:x}")
+    if layout.initrd_size:
+        chosen.u64("linux,initrd-start", layout.initrd)
+        chosen.u64("linux,initrd-end", layout.initrd + layout.initrd_size)
+
+    root.child(f"memory@{RAM_BASE:x}").string("device_type", "memory").u64("reg", RAM_BASE, ram_size)
+
+    cpus = root.child("cpus")
+    cpus.u32("#address-cells", 1).u32("#size-cells", 0)  # reg: MPIDR Aff2..0 (cpus.yaml)
+    for i in range(len(machine.vcpus)):
+        cpu = cpus.child(f"cpu@{i:x}")
+        cpu.string("device_type", "cpu").string("compatible", "arm,arm-v8")
+        cpu.string("enable-method", "psci").u32("reg", machine.mpidr(i) & 0xFF_FFFF)
+
+    # psci.yaml: PSCI 0.2+ through HVC; KVM answers (KVM_ARM_VCPU_PSCI_0_2).
+    root.child("psci").string("compatible", "arm,psci-1.0", "arm,psci-0.2").string("method", "hvc")
+
+    gic = root.child(f"intc@{GIC_DIST_BASE:x}")
+    gic.string("compatible", "arm,gic-v3").prop("interrupt-controller")
+    gic.u32("#interrupt-cells", 3).u32("#address-cells", 2).u32("#size-cells", 2)
+    gic.u32("#redistributor-regions", 1)
+    gic.u64("reg", GIC_DIST_BASE, u.KVM_VGIC_V3_DIST_SIZE, GIC_REDIST_BASE, machine.redist_size)
+    gic.u32("phandle", PHANDLE_GIC)
+
+    # arm,arch_timer.yaml: secure phys, non-secure phys, virt, hyp PPIs, in that order.
+    timer = root.child("timer")
+    timer.string("compatible", "arm,armv8-timer").prop("always-on")
+    ppis = (TIMER_PPI_SECURE_PHYS, TIMER_PPI_NONSECURE_PHYS, TIMER_PPI_VIRT, TIMER_PPI_HYP)
+    timer.u32("interrupts", *(c for p in ppis
+                              for c in (GIC_FDT_PPI, p - GIC_PPI_BASE, IRQ_TYPE_LEVEL_HIGH)))
+
+    clock = root.child("apb-pclk")
+    clock.string("compatible", "fixed-clock").u32("#clock-cells", 0)
+    clock.u32("clock-frequency", platform.ARM64_PL011_CLOCK_HZ)
+    clock.string("clock-output-names", "clk24mhz").u32("phandle", PHANDLE_APB_CLOCK)
+
+    uart = root.child(f"pl011@{platform.ARM64_PL011_BASE:x}")
+    uart.string("compatible", "arm,pl011", "arm,primecell")
+    uart.u64("reg", platform.ARM64_PL011_BASE, PL011_SIZE)
+    uart.u32("interrupts", GIC_FDT_SPI, platform.ARM64_PL011_SPI, IRQ_TYPE_LEVEL_HIGH)
+    uart.u32("clocks", PHANDLE_APB_CLOCK, PHANDLE_APB_CLOCK)
+    uart.string("clock-names", "uartclk", "apb_pclk")
+
+    rtc = root.child(f"pl031@{platform.ARM64_PL031_BASE:x}")
+    rtc.string("compatible", "arm,pl031", "arm,primecell")
+    rtc.u64("reg", platform.ARM64_PL031_BASE, PL031_SIZE)
+    rtc.u32("interrupts", GIC_FDT_SPI, platform.ARM64_PL031_SPI, IRQ_TYPE_LEVEL_HIGH)
+    rtc.u32("clocks", PHANDLE_APB_CLOCK).string("clock-names", "apb_pclk")
+    return root
+
+
+def build_arm64_guest(kernel: str | Path, *, ramdisk: str | Path | None = None,
+                      cmdline: str = "", memory_mib: int = 128, vcpus: int = 1,
+                      console_out: Callable[[bytes], None], kvm: Kvm | None = None) -> Arm64Guest:
+    """Create the machine, its devices, load the kernel and write the device tree."""
+    ram_size = memory_mib * MiB
+    memory = GuestMemory([MemoryRegion.create(RAM_BASE, ram_size, "xenopus-ram")])
+    try:
+        mmio = Bus("mmio")
+        machine = Arm64Machine(memory, vcpus, mmio=mmio, kvm=kvm)
+        try:
+            intid = GIC_SPI_BASE + platform.ARM64_PL011_SPI
+            serial = Pl011(irq=lambda level: machine.set_irq(intid, level), output=console_out)
+            mmio.register(platform.ARM64_PL011_BASE, PL011_SIZE, serial, "pl011")
+            rtc_intid = GIC_SPI_BASE + platform.ARM64_PL031_SPI
+            rtc = Pl031(irq=lambda level: machine.set_irq(rtc_intid, level))
+            mmio.register(platform.ARM64_PL031_BASE, PL031_SIZE, rtc, "pl031")
+            layout = load_image(memory, kernel, ramdisk, RAM_BASE, ram_size)
+            dtb = device_tree(machine, ram_size, cmdline, layout).to_dtb()
+            entry = write_dtb(memory, layout, dtb)
+            boot = Arm64Boot(Arm64CpuState(pc=entry.pc, x0=entry.x0, pstate=entry.pstate))
+            return Arm64Guest(machine, memory, serial, rtc, mmio, layout, boot, dtb)
+        except BaseException:
+            machine.close()
+            raise
+    except BaseException:
+        memory.close()
+        raise
+
+
+# The DomainConfig keys an arm64 domain honours; any other that is set is refused by name.
+ARM64_UNSUPPORTED = (("disks", "disk="), ("vifs", "vif="), ("channels", "channel="))
+
+
+def build_arm64_domain(config: DomainConfig, *, console_out: Callable[[bytes], None],
+                       kvm: Kvm | None = None) -> Arm64Guest:
+    """A domain's config on an arm64 host: kernel (an arm64 Image), ramdisk, cmdline (with
+    root=/extra=), memory, vcpus; PL011 console. Keys arm64 cannot honour yet are refused."""
+    for attr, key in ARM64_UNSUPPORTED:
+        if getattr(config, attr):
+            raise ValueError(f"{config.name}: {key} is not supported on arm64 yet")
+    return build_arm64_guest(config.kernel, ramdisk=config.ramdisk, cmdline=config.cmdline,
+                             memory_mib=config.memory, vcpus=config.vcpus,
+                             console_out=console_out, kvm=kvm)

@@ -1,0 +1,85 @@
+"""`xl` against Linux's own Xen drivers: `xl mem-set` shrinks a Xen-aware Linux guest's
+MemTotal through its balloon driver (drivers/xen/xen-balloon.c follows memory/target), and
+`xl shutdown -w` ends it through control/shutdown (drivers/xen/manage.c), returning once
+the domain has shut down. The guest side is tests/linux/guest/checks/xlres.sh; every
+command goes through the `xl` name, as a Xen user types it."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.linux.linuxguest import POWER_DOWN, Xenopus, console_dir, kernel_file, read_lines
+from tests.linux.test_xen import XEN_BOOT_TIMEOUT, XEN_CONSOLE
+
+pytestmark = [pytest.mark.kvm, pytest.mark.linux]
+MEMORY_MIB = 512
+TARGET_MIB = 256
+READY = re.compile(r"xenopus-xlres: ready memtotal=(\d+) target_kb=(\d+)")
+SHRUNK = re.compile(r"xenopus-xlres: memtotal (\d+) -> (\d+) kB \(dropped (\d+) kB\)")
+WAITING = "xenopus-xlres: waiting for control/shutdown"
+
+
+def xl(x: Xenopus, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+    """The `xl` entry point (the same program as `xenopus`) on the test's daemon."""
+    exe = Path(sys.executable).with_name("xl")
+    if not exe.exists():
+        pytest.skip(f"{exe} is missing: `make .venv/.installed` installs the xl entry point")
+    return subprocess.run([str(exe), *args], env=x.env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_xl_mem_set_and_shutdown_wait(xenopus: Xenopus) -> None:
+    name = "xlres"
+    cfg = xenopus.config(name, kernel_file("6.1", "pvh"), "xlres", memory=MEMORY_MIB,
+                         xen_platform=1, cmdline=XEN_CONSOLE)
+    proc = subprocess.Popen(xenopus.command("create", "-c", str(cfg)), env=xenopus.env,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    lines: list[str] = []
+    log = console_dir() / f"{name}.log"
+    log.unlink(missing_ok=True)
+
+    def tail() -> str:
+        return "\n".join(lines[-60:])
+
+    try:
+        up = read_lines(proc, lines, time.monotonic() + XEN_BOOT_TIMEOUT, log,
+                        until="xenopus-xlres: ready")
+        assert up, tail() + xenopus.run("dmesg").stdout[-4000:]
+        ready = next(m for ln in lines if (m := READY.search(ln)))
+        # The balloon starts at the domain's size: memory/target as libxl wrote it.
+        assert int(ready.group(2)) <= MEMORY_MIB << 10, ready.group(0)
+
+        shrink = xl(xenopus, "mem-set", name, f"{TARGET_MIB}m")
+        assert shrink.returncode == 0, shrink.stderr
+        done = read_lines(proc, lines, time.monotonic() + XEN_BOOT_TIMEOUT, log, until=WAITING)
+        assert done, tail()
+        shrunk = next((m for ln in lines if (m := SHRUNK.search(ln))), None)
+        assert shrunk is not None, tail()
+        # Every page the balloon gave back leaves MemTotal: exactly the difference between
+        # the domain's size (memory/static-max) and the new target.
+        assert int(shrunk.group(3)) == (MEMORY_MIB - TARGET_MIB) << 10, tail()
+
+        started = time.monotonic()
+        stop = xl(xenopus, "shutdown", "-w", name, timeout=600)
+        waited = time.monotonic() - started
+        assert stop.returncode == 0, stop.stderr
+        assert "PV control interface not available" not in stop.stderr, stop.stderr
+        # xl_vmcontrol.c's words once the domain has shut down (reason 0: poweroff).
+        assert "has been shut down, reason code 0" in stop.stderr or \
+            "has been destroyed" in stop.stderr, stop.stderr
+        ended = read_lines(proc, lines, time.monotonic() + 120, log)
+        assert ended and proc.wait(timeout=60) == 0, tail()
+        assert any("xenopus-xlres: poweroff requested" in ln for ln in lines), tail()
+        assert any(POWER_DOWN in ln for ln in lines), tail()
+        print(f"{name}: MemTotal {shrunk.group(1)} -> {shrunk.group(2)} kB; "
+              f"xl shutdown -w returned after {waited:.1f} s")
+    finally:
+        xenopus.run("destroy", name)
+        proc.kill()
