@@ -464,10 +464,15 @@ static void case_sipi(void)
         return;
     }
     lapic_enable();
+    /* The storm's SIPIs start the APs on a halt loop in a page of its own, not in
+     * SMP_TRAMPOLINE: an AP started late by the storm can still be inside the loop when
+     * smp_boot copies the real trampoline there (before its INIT reaches that AP), and
+     * would then run half of each (seen: an AP executing the GDT at 0x500). */
     static const u8 halt[] = {0xfa, 0xf4, 0xeb, 0xfd}; /* cli; hlt; jmp $-1 (real mode) */
-    memcpy((void *)SMP_TRAMPOLINE, halt, sizeof(halt));
+    const u64 storm_page = 0x5000; /* free in xenopus's low layout (boot/layout.py) */
+    memcpy((void *)storm_page, halt, sizeof(halt));
     u64 rounds = cmdline_u64("rounds", 200);
-    const u32 all_but_self = 3u << 18, vec = SMP_TRAMPOLINE >> 12;
+    const u32 all_but_self = 3u << 18, vec = storm_page >> 12;
     for (u64 i = 0; i < rounds; i++) {
         icr_raw(0, all_but_self | 0x4500);        /* INIT, assert */
         icr_raw(0, all_but_self | 0x8500);        /* INIT, level de-assert */
