@@ -66,7 +66,7 @@ bench: $(STAMP) compile deps
 	$(PY) benchmarks/xenstore.py
 
 # Coverage-guided fuzzing (atheris) of the XenStore wire parser, the virtqueue walker, the
-# xl.cfg parser and the kernel loaders, FUZZ_SECONDS each, from fuzz/corpus (fuzz/run.py).
+# xl.cfg parser, a DomainConfig's JSON form and the kernel loaders, FUZZ_SECONDS each, from fuzz/corpus (fuzz/run.py).
 FUZZ_SECONDS ?= 60
 fuzz: $(STAMP) compile
 	$(PY) -m fuzz.run --seconds $(FUZZ_SECONDS)

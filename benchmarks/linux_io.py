@@ -27,7 +27,9 @@ Two transports, each with its peer:
           QEMU 10 its Xen emulation (`-accel kvm,xen-version=...`, `-drive if=xen`,
                   `-nic tap,model=xen-net-device`).
 Each figure is the median over --runs boots; ratios are xenopus / QEMU (above 1 is
-faster here: these are rates).
+faster here: these are rates). A boot that fails (no complete `RESULT: PASS io`, a wrong
+byte count, a timeout) is shown as failed with its console's tail, the other rows still
+run, and the exit status is 1.
 """
 
 from __future__ import annotations
@@ -90,6 +92,10 @@ s.sendall(bytes(size))
 s.close()
 print(size, flush=True)
 """
+
+
+class RunFailed(Exception):
+    """One boot gave no complete measurement; the message says why."""
 
 
 def say(msg: str) -> None:
@@ -170,14 +176,14 @@ class Bench:
         (self.tmp / f"console-{self.runs}.log").write_bytes(seen)
         found = {m.group(1).decode(): m for m in MEASURE.finditer(seen)}
         if not PASS.search(seen) or not all(name in found for name, _, _ in self.wanted()):
-            sys.exit(f"linux_io: {who}: no complete `RESULT: PASS io` run:\n"
-                     f"{seen[-3000:].decode(errors='replace')}")
+            raise RunFailed(f"{who}: no complete `RESULT: PASS io` run:\n"
+                            f"{seen[-3000:].decode(errors='replace')}")
         rates = {}
         for name, m in found.items():
             amount, unit, secs = int(m.group(2)), m.group(3), float(m.group(4))
             if name == "tcp-recv" and amount != self.args.net_mib << 20:
-                sys.exit(f"linux_io: {who}: the guest received {amount} bytes of "
-                         f"{self.args.net_mib << 20}")
+                raise RunFailed(f"{who}: the guest received {amount} bytes of "
+                                f"{self.args.net_mib << 20}")
             rates[name] = amount / secs / (1e6 if unit == b"B" else 1)
         shown = ", ".join(f"{label} {rates[name]:.1f} {unit}" for name, label, unit in self.wanted())
         say(f"{who}: {shown} ({seconds:.0f} s boot to exit)")
@@ -202,7 +208,7 @@ class Bench:
             done = subprocess.run(ns(*xenopus, "create", "-q", "-p", str(cfg)), env=self.env,
                                   capture_output=True, text=True)
             if done.returncode != 0:
-                sys.exit(f"linux_io: xenopus create failed: {done.stderr}")
+                raise RunFailed(f"xenopus {transport}: create failed: {done.stderr}")
             if not self.args.no_net:
                 host_end(create=False)
 
@@ -260,6 +266,7 @@ def main() -> int:
     if "xen" in transports and not QEMU10.exists():
         sys.exit(f"linux_io: {QEMU10} is missing: run scripts/fetch-qemu10")
     results: dict[tuple[str, str], list[dict[str, float]]] = {}
+    failed: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
         subprocess.run(["ip", "netns", "add", NS], check=True)
         subprocess.run(["ip", "-n", NS, "link", "set", "lo", "up"], check=True)
@@ -267,8 +274,13 @@ def main() -> int:
         try:
             for _ in range(args.runs):
                 for transport in transports:
-                    results.setdefault((transport, "xenopus"), []).append(bench.xenopus(transport))
-                    results.setdefault((transport, "qemu"), []).append(bench.qemu(transport))
+                    for side, run in (("xenopus", bench.xenopus), ("qemu", bench.qemu)):
+                        try:
+                            results.setdefault((transport, side), []).append(run(transport))
+                        # timed_run ends a command that outlives RUN_TIMEOUT with SystemExit
+                        except (RunFailed, SystemExit) as e:
+                            failed.append(str(e))
+                            say(f"FAILED {e}")
         finally:
             subprocess.run(ns(*xenopus_command(), "daemon", "--stop"), env=bench.env,
                            capture_output=True)
@@ -278,14 +290,20 @@ def main() -> int:
           f"median of {args.runs}")
     print("| transport | measure | xenopus | QEMU | ratio |")
     print("|---|---|---|---|---|")
+    def median(transport: str, side: str, name: str) -> float | None:
+        runs = results.get((transport, side), [])
+        return statistics.median(r[name] for r in runs) if runs else None
+
     for transport in transports:
         peer = "QEMU 10 Xen" if transport == "xen" else "QEMU microvm"
         for name, label, unit in bench.wanted():
-            ours = statistics.median(r[name] for r in results[(transport, "xenopus")])
-            theirs = statistics.median(r[name] for r in results[(transport, "qemu")])
-            print(f"| {transport} ({peer}) | {label} {unit} | {ours:.2f} | {theirs:.2f} "
-                  f"| {ours / theirs:.2f} |")
-    return 0
+            ours, theirs = median(transport, "xenopus", name), median(transport, "qemu", name)
+            ratio = f"{ours / theirs:.2f}" if ours and theirs else "-"
+            shown = [f"{v:.2f}" if v is not None else "failed" for v in (ours, theirs)]
+            print(f"| {transport} ({peer}) | {label} {unit} | {shown[0]} | {shown[1]} | {ratio} |")
+    for why in failed:
+        print(f"\nfailed: {why.splitlines()[0]}")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

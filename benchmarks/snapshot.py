@@ -23,7 +23,10 @@ host (`migrate --debug -s "env XENOPUS_RUN_DIR=..."`: the stream over a pipe; to
 the command's wall time, downtime = the stop-and-copy the sender reports) and between two
 QEMUs over a pipe (a FIFO: `migrate "exec:cat > FIFO"`, the target `-incoming "exec:cat
 FIFO"`, max-bandwidth unlimited, downtime-limit left at its default; total-time and
-downtime from query-migrate).
+downtime from query-migrate). The receiving xenopus daemon runs already, as a Xen host's
+toolstack does (and as the QEMU target is started before its total-time begins); a
+"cold" row has the migration start the receiver's daemon too (migrate-receive starts it
+when none runs: its zygote and first spare domain process on the total's path).
 
 Clone (xenopus only; QEMU has no such verb, so its row is a restored copy): guests/dirty
 after writing 64 MiB of its RAM once, idling, cloned with `clone -d DOM NAME` (wall time,
@@ -297,12 +300,18 @@ class Xenopus:
             sys.exit(f"snapshot: xenopus {' '.join(args)}: {r.stderr}")
         return time.monotonic() - started, r.stderr
 
-    def migrate(self, tmp: Path, memory: int, rate: int) -> tuple[float, float, float]:
+    def migrate(self, tmp: Path, memory: int, rate: int, *, cold: bool = False
+                ) -> tuple[float, float, float]:
         """(total seconds, downtime seconds, stream seconds) of one live migration of the
         dirtying guest to a second daemon on this host, over a pipe: the command's wall
-        time (its receiver's daemon started by it, the domain built there), the
-        stop-and-copy, and the sender's stream from its first record to END."""
+        time (the domain built there; with `cold`, the receiver's daemon started by it),
+        the stop-and-copy, and the sender's stream from its first record to END."""
         receiver = {**self.env, "XENOPUS_RUN_DIR": str(tmp / "run-receiver")}
+        if cold:
+            subprocess.run([*self.cmd, "daemon", "--stop"], env=receiver, check=False,
+                           capture_output=True, timeout=60)
+        else:
+            self.run_out("list", env=receiver)  # running (started now if it was not)
         cfg = tmp / "dirty.cfg"
         cfg.write_text(f'name = "dirty"\nkernel = "{DIRTY}"\nmemory = {memory}\n'
                        f'xen_platform = 0\ncmdline = "rate={rate}"\n')
@@ -320,9 +329,12 @@ class Xenopus:
         after = self.wait_console("dirty", b"dirty ", env=receiver)
         after.kill()
         self.run_out("destroy", "dirty", env=receiver)
-        subprocess.run([*self.cmd, "daemon", "--stop"], env=receiver, check=False,
-                       capture_output=True, timeout=60)
         return total, float(m[2]) / 1e3, float(m[1])
+
+    def stop_receiver(self, tmp: Path) -> None:
+        subprocess.run([*self.cmd, "daemon", "--stop"],
+                       env={**self.env, "XENOPUS_RUN_DIR": str(tmp / "run-receiver")},
+                       check=False, capture_output=True, timeout=60)
 
     def clones(self, tmp: Path, memory: int, count: int) -> dict[str, object]:
         """Clone a guest that wrote CLONE_MIB of its RAM and idles: once from the domain,
@@ -340,6 +352,11 @@ class Xenopus:
         many, report2 = self.run_out("clone", "-d", str(image), *names)
         per = [(float(a), float(b)) for a, b in re.findall(
             r"mapped in ([\d.]+) ms, restored ([\d.]+) ms", report + report2)]
+        # Each clone's domain process start-up, phase by phase (clone -d).
+        phases: dict[str, list[float]] = {}
+        for group in re.findall(r"after its process started \(([^)]*)\)", report2):
+            for name, ms in re.findall(r"(\w+) ([\d.]+) ms", group):
+                phases.setdefault(name, []).append(float(ms) / 1e3)
         for name in names:
             self.wait_console(name, b"idle ").kill()  # running
         clone_memory = [memory_of(domain_pid(n)) for n in names]
@@ -350,8 +367,9 @@ class Xenopus:
         plain = memory_of(domain_pid("idle"))
         for name in ["idle", "clone0", *names]:
             self.run("destroy", name)
-        return {"first": first, "many": many, "per": per, "clone_memory": clone_memory,
-                "plain_memory": plain, "image": image.stat().st_size}
+        return {"first": first, "many": many, "per": per, "phases": phases,
+                "clone_memory": clone_memory, "plain_memory": plain,
+                "image": image.stat().st_size}
 
     def stop(self) -> None:
         subprocess.run([*self.cmd, "daemon", "--stop"], env=self.env, check=False,
@@ -360,7 +378,7 @@ class Xenopus:
 
 def row(label: str, values: list[float], scale: float, unit: str) -> str:
     med = statistics.median(values) * scale
-    return (f"{label:<26}{med:10.1f} {unit}  [{min(values) * scale:.1f} - "
+    return (f"{label:<30}{med:10.1f} {unit}  [{min(values) * scale:.1f} - "
             f"{max(values) * scale:.1f}]")
 
 
@@ -380,7 +398,8 @@ def main() -> None:
     build_guest(GUEST)
     build_guest(DIRTY)
     results: dict[str, list[tuple[float, float, int]]] = {"xenopus": [], "qemu": []}
-    migrations: dict[str, list[tuple[float, ...]]] = {"xenopus": [], "qemu": []}
+    migrations: dict[str, list[tuple[float, ...]]] = {"xenopus": [], "xenopus cold": [],
+                                                      "qemu": []}
     with tempfile.TemporaryDirectory(prefix="xenopus-snapshot-") as d:
         tmp = Path(d)
         xen = Xenopus(tmp, args.memory)
@@ -394,7 +413,10 @@ def main() -> None:
             if "migrate" in parts:
                 for _ in range(args.runs):
                     migrations["xenopus"].append(xen.migrate(tmp, args.memory, args.rate))
+                    migrations["xenopus cold"].append(
+                        xen.migrate(tmp, args.memory, args.rate, cold=True))
                     migrations["qemu"].append(qemu_migrate(tmp, args.memory, args.rate))
+                xen.stop_receiver(tmp)
             if "clone" in parts:
                 clones = xen.clones(tmp, args.memory, args.clones)
                 qemu_memory = qemu_restored_memory(tmp, args.memory)
@@ -412,10 +434,12 @@ def main() -> None:
               f"({args.rate * 4096 / 2**20:.0f} MiB/s) of 64 MiB, over a pipe, "
               f"{args.runs} runs")
         for name, runs in migrations.items():
-            print(row(f"{name} migrate total", [r[0] for r in runs], 1e3, "ms"))
-            if name == "xenopus":
+            label = name.replace(" cold", "")
+            suffix = " (cold)" if name.endswith("cold") else ""
+            print(row(f"{label} migrate total{suffix}", [r[0] for r in runs], 1e3, "ms"))
+            if name.startswith("xenopus"):
                 print(row("  of which the stream", [r[2] for r in runs], 1e3, "ms"))
-            print(row(f"{name} migrate downtime", [r[1] for r in runs], 1e3, "ms"))
+            print(row(f"{label} downtime{suffix}", [r[1] for r in runs], 1e3, "ms"))
     if "clone" in parts:
         print_clones(clones, qemu_memory, args)
 
@@ -424,17 +448,19 @@ def print_clones(clones: dict, qemu_memory: dict[str, int], args: argparse.Names
     per = clones["per"]
     print(f"clone: {DIRTY.name} ({CLONE_CMDLINE}: {CLONE_MIB} MiB written, then idle), "
           f"{args.memory} MiB, image {clones['image'] / 2**20:.1f} MiB, {args.clones} clones")
-    print(f"{'xenopus clone DOM (wall)':<26}{clones['first'] * 1e3:10.1f} ms  "
+    print(f"{'xenopus clone DOM (wall)':<30}{clones['first'] * 1e3:10.1f} ms  "
           "(saves DOM, then one clone)")
-    print(f"{'xenopus clone FILE (wall)':<26}{clones['many'] * 1e3:10.1f} ms  "
+    print(f"{'xenopus clone FILE (wall)':<30}{clones['many'] * 1e3:10.1f} ms  "
           f"({args.clones} clones, the image copied once)")
     print(row("  restore, RAM mapped", [a / 1e3 for a, _ in per], 1e3, "ms"))
     print(row("  process start->restored", [b / 1e3 for _, b in per], 1e3, "ms"))
+    for name, values in clones["phases"].items():
+        print(row(f"    {name}", values, 1e3, "ms"))
     for label, mem in [*((f"  clone {i + 1} memory", m)
                          for i, m in enumerate(clones["clone_memory"])),
                        ("xenopus restored memory", clones["plain_memory"]),
                        ("qemu restored memory", qemu_memory)]:
-        print(f"{label:<26}Rss {mem['Rss'] / 1024:7.1f} MiB  Pss {mem['Pss'] / 1024:7.1f} MiB"
+        print(f"{label:<30}Rss {mem['Rss'] / 1024:7.1f} MiB  Pss {mem['Pss'] / 1024:7.1f} MiB"
               f"  Anonymous {mem['Anonymous'] / 1024:7.1f} MiB")
 
 

@@ -30,6 +30,7 @@ same run, interleaved, for a before/after comparison on a shared, noisy machine.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import shutil
@@ -146,29 +147,61 @@ class Xenopus:
                         'cmdline = "echo"\non_reboot = "destroy"\n')
         return path
 
-    def host_pss_kib(self) -> int:
-        """Pss of the daemon, the zygote and every domain process, summed."""
+    def tree(self) -> list[int]:
+        """The daemon, the zygote, the spares and every domain process."""
         pids = re.findall(r"xenopus daemon (\d+) listening", self.log.read_text(errors="replace"))
-        todo, total = [int(pids[-1])], 0
+        todo, found = [int(pids[-1])], []
         while todo:
             pid = todo.pop()
             try:
-                rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
                 for task in os.listdir(f"/proc/{pid}/task"):
                     todo += map(int, Path(f"/proc/{pid}/task/{task}/children").read_text().split())
+            except OSError:
+                continue
+            found.append(pid)
+        return found
+
+    def host_pss_kib(self) -> int:
+        """Pss of the daemon, the zygote and every domain process, summed."""
+        total = 0
+        for pid in self.tree():
+            try:
+                rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
             except OSError:
                 continue
             m = re.search(r"^Pss:\s+(\d+) kB", rollup, re.M)
             total += int(m.group(1)) if m else 0
         return total
 
+    def settle(self, quiet: float = 0.3, limit: float = 10.0) -> None:
+        """Wait until the whole tree has used no CPU for `quiet` seconds (the new domain
+        idle, the spare that replaces the one it consumed done importing), at most `limit`
+        seconds: this is a measurement, not a synchronisation."""
+        def ticks() -> int:
+            total = 0
+            for pid in self.tree():
+                with contextlib.suppress(OSError):
+                    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                    total += int(fields[11]) + int(fields[12])  # utime, stime
+            return total
+
+        deadline, last, since = time.monotonic() + limit, ticks(), time.monotonic()
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
+            now = ticks()
+            if now != last:
+                last, since = now, time.monotonic()
+            elif time.monotonic() - since >= quiet:
+                return
+
     def idle_pss(self) -> list[float]:
         """KiB of host PSS each further idle domain adds."""
         added = []
+        self.settle()
         before = self.host_pss_kib()
         for i in range(IDLE_DOMAINS):
             self.xl("create", "-q", str(self.idle_config(f"idle{i}")))
-            time.sleep(0.5)  # let it reach its idle loop: this is a measurement, not a sync
+            self.settle()
             after = self.host_pss_kib()
             added.append(after - before)
             before = after

@@ -24,7 +24,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 CORPUS = HERE / "corpus"
 WORK = HERE / "work"
-NAMES = ("xenstore", "virtqueue", "xlcfg", "kernel")
+NAMES = ("xenstore", "virtqueue", "xlcfg", "configdict", "kernel")
 
 
 def child(target: str, seconds: int, timeout: int, max_len: int) -> None:
@@ -52,7 +52,8 @@ def repro(target: str, path: Path) -> None:
     print(f"{path}: no crash")
 
 
-MAX_LEN = {"xenstore": 8192, "virtqueue": 0x20020, "xlcfg": 4096, "kernel": 16384}
+MAX_LEN = {"xenstore": 8192, "virtqueue": 0x20020, "xlcfg": 4096, "configdict": 8192,
+           "kernel": 16384}
 
 
 def main() -> int:

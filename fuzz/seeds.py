@@ -137,6 +137,22 @@ uuid = "a6d1a7d0-0c51-4a25-9a8f-5b2e3f9c6a01"
     return seeds
 
 
+def configdict_seeds() -> dict[str, bytes]:
+    """The JSON form of the xl.cfg seeds that load (paths as written: from_dict does not
+    look for the files), one line each as the control protocol carries it."""
+    from xenopus import ipc
+    from xenopus.domain.config import ConfigError, from_settings, parse_settings
+
+    seeds = {}
+    for name, text in xlcfg_seeds().items():
+        try:
+            cfg, _ = from_settings(parse_settings(text.decode(), f"{name}.cfg"), f"/cfg/{name}.cfg")
+        except ConfigError:
+            continue
+        seeds[name] = ipc.encode(cfg.to_dict())
+    return seeds
+
+
 def _elf_pvh(entry: int = 0x100000, cls64: bool = True) -> bytes:
     """An ELF with one PT_LOAD of 64 bytes at 1 MiB and a PT_NOTE holding
     XEN_ELFNOTE_PHYS32_ENTRY (xen/include/public/elfnote.h, type 18)."""
@@ -192,7 +208,7 @@ def kernel_seeds() -> dict[str, bytes]:
 
 
 SEEDS = {"xenstore": xenstore_seeds, "virtqueue": virtqueue_seeds, "xlcfg": xlcfg_seeds,
-         "kernel": kernel_seeds}
+         "configdict": configdict_seeds, "kernel": kernel_seeds}
 
 
 def main() -> None:

@@ -12,6 +12,9 @@ hundred deterministic mutations of it on every `make test`.
     virtqueue  a split virtqueue (virtio 1.2 §2.7) over guest memory the input fills:
                enable, then pop/push until the ring is drained or found broken
     xlcfg      an xl.cfg file: the lexer/parser, then every key's reader and check
+    configdict a DomainConfig in its JSON form (DomainConfig.from_dict), as a domain
+               process receives it in Spawn and a restarted daemon reads it back from
+               domains.json: validated like a file; what it accepts round-trips
     kernel     a kernel image: ELF/PVH or bzImage, loaded into guest memory
 """
 
@@ -22,10 +25,11 @@ import os
 import struct
 from collections.abc import Callable
 
+from xenopus import ipc
 from xenopus.boot.layout import BootImageError
 from xenopus.boot.loader import load_kernel
 from xenopus.devices.virtio.queue import DescriptorError, SplitQueue
-from xenopus.domain.config import ConfigError, from_settings, parse_settings
+from xenopus.domain.config import ConfigError, DomainConfig, from_settings, parse_settings
 from xenopus.memory.guest import GuestMemory, MemoryRegion
 from xenopus.xen.xenstore import wire
 from xenopus.xen.xenstore.server import UNSCOPED, RingTransport, Scope, XenStoreServer
@@ -152,6 +156,24 @@ def xlcfg(data: bytes) -> None:
         from_settings(parse_settings(text, "fuzz.cfg"), "/nonexistent/fuzz.cfg")
 
 
+# -- the JSON form of a domain's configuration ---------------------------------------------
+
+
+def configdict(data: bytes) -> None:
+    """The bytes as one control-protocol line (ipc.decode: a JSON object, or ValueError),
+    then as a DomainConfig's dict. Accepted, it must survive its own round trip: what
+    to_dict writes (into Spawn, domains.json, a save image), from_dict reads back equal."""
+    try:
+        obj = ipc.decode(data)
+    except ValueError:
+        return
+    try:
+        cfg = DomainConfig.from_dict(obj)
+    except ConfigError:
+        return
+    assert DomainConfig.from_dict(cfg.to_dict()) == cfg
+
+
 # -- kernel -------------------------------------------------------------------------------
 
 _KERNEL_RAM = 8 << 20
@@ -176,6 +198,7 @@ TARGETS: dict[str, Callable[[bytes], None]] = {
     "xenstore": xenstore,
     "virtqueue": virtqueue,
     "xlcfg": xlcfg,
+    "configdict": configdict,
     "kernel": kernel,
 }
 # What each target's code documents as its refusal of bad input (caught above).
@@ -183,5 +206,6 @@ REFUSALS = {
     "xenstore": "XsError (an error reply), or a broken ring (RingTransport.error)",
     "virtqueue": "DescriptorError (the request answered, or DEVICE_NEEDS_RESET)",
     "xlcfg": "ConfigError (a ValueError naming file, line and key)",
+    "configdict": "ValueError from ipc.decode (not a JSON object), ConfigError from from_dict",
     "kernel": "BootImageError (naming the file and the problem)",
 }

@@ -17,7 +17,11 @@
  *     (GNTST_general_error), unmap (GNTST_okay), unmap again (GNTST_bad_handle); sends the
  *     second event.
  *
- * Command line: role=a|b peer=N timeout_ms=N [30000], upcall=vector|param.
+ * With grant_version=2, a switches its table to version 2 first (GNTTABOP_set_version,
+ * status frame 0 mapped) and grants with a v2 entry: the in-use bits it checks are then in
+ * its status frame, and b's mapping goes through the v2 layout as a's process published it.
+ *
+ * Command line: role=a|b peer=N timeout_ms=N [30000], upcall=vector|param, grant_version=1|2.
  * Expected: "gntmap b: mapped gref G of domain A at 0x80000000: hello from domain A",
  *   "gntmap a: b wrote: written by domain B through its mapping", RESULT: PASS xengntmap
  *   role=a|b.
@@ -67,11 +71,65 @@ static int unmap(u64 gpa, u32 handle)
     return rc ? (int)rc : op.status;
 }
 
+/* Grant table v2 (grant_table.h): 16-byte entries, in-use bits in status frames. */
+#define GNTTABOP_set_version_ 8
+#define XENMAPIDX_grant_table_status 0x80000000u
+struct grant_entry_v2 {
+    u16 flags;
+    domid_t domid;
+    u16 page_off, length;
+    u64 frame;
+};
+static int v2;
+static u16 status_page[2048] __attribute__((aligned(4096)));
+static volatile u16 *const gstatus = status_page;
+
+static long grant_v2(domid_t peer, u64 gfn)
+{
+    struct gnttab_set_version sv = {2};
+    long rc = gnttab_op(GNTTABOP_set_version_, &sv, 1);
+    struct xen_add_to_physmap x = {DOMID_SELF, 0, XENMAPSPACE_grant_table,
+                                   XENMAPIDX_grant_table_status, virt_to_gfn(status_page)};
+    if (!xcheck(rc == 0 && sv.version == 2 && memory_op(XENMEM_add_to_physmap, &x) == 0,
+                "grant table version 2 with its status frame (rc %ld)", rc))
+        return -1;
+    volatile struct grant_entry_v2 *g2 = (volatile struct grant_entry_v2 *)gnttab;
+    const grant_ref_t ref = GNTTAB_NR_RESERVED + 1;
+    g2[ref].frame = gfn;
+    g2[ref].domid = peer;
+    barrier();
+    g2[ref].flags = GTF_permit_access;
+    return ref;
+}
+
+static u16 in_use(long gref)
+{
+    return (v2 ? gstatus[gref] : gnttab[gref].flags) & (GTF_reading | GTF_writing);
+}
+
+/* Linux's gnttab_end_foreign_access_ref_v2: clear the flags, then the status tells. */
+static int end_access(long gref)
+{
+    if (!v2)
+        return gnttab_end((grant_ref_t)gref);
+    volatile struct grant_entry_v2 *g2 = (volatile struct grant_entry_v2 *)gnttab;
+    u16 flags = g2[gref].flags;
+    g2[gref].flags = 0;
+    mb();
+    if (gstatus[gref] & (GTF_reading | GTF_writing)) {
+        g2[gref].flags = flags; /* still mapped: keep the grant */
+        return 0;
+    }
+    return 1;
+}
+
 static void role_a(domid_t me, domid_t peer)
 {
     long port = evtchn_alloc_unbound(peer);
     snprintf((char *)page, 256, "hello from domain %u", me);
-    long gref = gnttab_grant(peer, virt_to_gfn(page), 0);
+    v2 = cmdline_u64("grant_version", 1) == 2;
+    long gref = gnttab_init() ? -1 : v2 ? grant_v2(peer, virt_to_gfn(page))
+                                       : gnttab_grant(peer, virt_to_gfn(page), 0);
     if (!xcheck(port > 0 && gref > 0, "port %ld gref %ld", port, gref))
         xen_finish(0, "role=a setup");
     evtchn_bind((evtchn_port_t)port, NULL);
@@ -86,17 +144,17 @@ static void role_a(domid_t me, domid_t peer)
     const char *got = (const char *)page + 2048;
     printf("gntmap a: b wrote: %s\n", got);
     xcheck(!strcmp(got, want), "the mapper's write is in our page");
-    u16 flags = gnttab[gref].flags;
-    xcheck((flags & (GTF_reading | GTF_writing)) == (GTF_reading | GTF_writing),
-           "entry flags 0x%x: GTF_reading|GTF_writing while mapped", flags);
-    xcheck(gnttab_end((grant_ref_t)gref) == 0, "cannot end access while it is mapped");
+    u16 flags = in_use(gref);
+    xcheck(flags == (GTF_reading | GTF_writing),
+           "%s 0x%x: GTF_reading|GTF_writing while mapped", v2 ? "status" : "entry flags", flags);
+    xcheck(end_access(gref) == 0, "cannot end access while it is mapped");
     snprintf((char *)page + 1024, 64, "second write from domain %u", me);
     xcheck(evtchn_send((evtchn_port_t)port) == 0, "answered");
     if (!xcheck(evtchn_wait((evtchn_port_t)port, seen, timeout), "second event: domain %u unmapped", peer))
         xen_finish(0, "role=a no second event");
-    flags = gnttab[gref].flags;
-    xcheck(!(flags & (GTF_reading | GTF_writing)), "entry flags 0x%x after the unmap", flags);
-    xcheck(gnttab_end((grant_ref_t)gref) == 1, "grant %ld ended", gref);
+    flags = in_use(gref);
+    xcheck(!flags, "%s 0x%x after the unmap", v2 ? "status" : "entry flags", flags);
+    xcheck(end_access(gref) == 1, "grant %ld ended", gref);
     xen_finish(xen_failures == 0, "role=a");
 }
 

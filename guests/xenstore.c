@@ -31,7 +31,16 @@ static void reconnect_checks(void)
     if (!xcheck(xs_ring->server_features & XENSTORE_SERVER_FEATURE_RECONNECTION,
                 "server features 0x%x offer ring reconnection", xs_ring->server_features))
         return;
-    long rc = xs_watch("data/rc", "tokrc");
+    /* xenstore.txt: GET_FEATURE without a domid is the caller's own features; the quota
+     * and control requests are dom0's. */
+    long rc = xs_request(XS_GET_FEATURE, 0, "", 0, v, sizeof(v));
+    xcheck(rc > 0 && strtou64(v, NULL) == (XENSTORE_SERVER_FEATURE_RECONNECTION | XENSTORE_SERVER_FEATURE_ERROR),
+           "GET_FEATURE -> %s", rc > 0 ? v : xen_errname(rc));
+    rc = xs_request(XS_GET_QUOTA, 0, "nodes", 6, v, sizeof(v));
+    xcheck(rc == -XEN_EACCES, "GET_QUOTA from a guest -> %s (want EACCES)", rc > 0 ? v : xen_errname(rc));
+    rc = xs_request(XS_CONTROL, 0, "help", 5, v, sizeof(v));
+    xcheck(rc == -XEN_EACCES, "CONTROL from a guest -> %s (want EACCES)", rc > 0 ? v : xen_errname(rc));
+    rc = xs_watch("data/rc", "tokrc");
     int got = xs_wait_watch(wpath, sizeof(wpath), wtok, sizeof(wtok), 2000);
     xcheck(rc >= 0 && got, "watch data/rc before the reconnect");
     u32 tx = 0;

@@ -347,6 +347,7 @@ struct gnttab_copy {
 };
 
 /* ---- XenStore wire (public/io/xs_wire.h, docs/misc/xenstore.txt) ---- */
+#define XS_CONTROL 0
 #define XS_DIRECTORY 1
 #define XS_READ 2
 #define XS_GET_PERMS 3
@@ -361,6 +362,8 @@ struct gnttab_copy {
 #define XS_SET_PERMS 14
 #define XS_WATCH_EVENT 15
 #define XS_ERROR 16
+#define XS_GET_FEATURE 23
+#define XS_GET_QUOTA 25
 #define XENSTORE_RING_SIZE 1024
 /* xenstore-ring.txt: server feature bits and the connection state */
 #define XENSTORE_SERVER_FEATURE_RECONNECTION 1

@@ -96,8 +96,12 @@ def encode(msg: dict[str, object]) -> bytes:
 
 
 def decode(line: bytes) -> dict[str, object]:
-    """One message; ValueError if it is not a JSON object."""
-    msg = json.loads(line)
+    """One message; ValueError if it is not a JSON object (or nests too deeply for the
+    parser, whose RecursionError would otherwise escape: found by fuzz/ configdict)."""
+    try:
+        msg = json.loads(line)
+    except RecursionError:
+        raise ValueError("message nests too deeply") from None
     if not isinstance(msg, dict):
         raise ValueError("message is not a JSON object")
     return msg

@@ -56,11 +56,12 @@ QEMU_LIMITS = {
          rf"FAIL console_io write rc {ENOSYS}$"),
         (rf"^xen pagesize: {ENOSYS}$",)),
     "xenevtchn": Limit(
-        "QEMU 10 offers the 2-level event ABI only and answers EVTCHNOP_init_control and "
-        "EVTCHNOP_expand_array with -ENOSYS before checking their arguments (Xen: -EINVAL "
-        "for a bad control gfn or offset, event_fifo.c)",
-        (r"FAIL FIFO ABI: bad gfn ENOSYS, misaligned offset ENOSYS, valid ENOSYS "
-         r"\(2-level only\), expand_array ENOSYS$",)),
+        "QEMU 10 offers the 2-level event ABI only and answers EVTCHNOP_init_control, "
+        "EVTCHNOP_expand_array and EVTCHNOP_set_priority with -ENOSYS before checking their "
+        "arguments (Xen: -EINVAL for a bad control gfn or offset, -ENOENT for a bad vCPU, "
+        "-EOPNOTSUPP for expand_array without a control block, event_fifo.c)",
+        (r"FAIL FIFO ABI: bad gfn ENOSYS, misaligned offset ENOSYS, vcpu 99 ENOSYS, "
+         r"expand_array ENOSYS, set_priority ENOSYS$",)),
     "xengrant": Limit(
         "QEMU 10's grant table is mapped with XENMEM_add_to_physmap only: GNTTABOP_setup_table "
         "and GNTTABOP_copy answer -ENOSYS",

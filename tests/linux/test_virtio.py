@@ -77,15 +77,16 @@ TAP = "xlt0"
 STREAM_MIB = 100
 
 
-def sender_script(mib: int, guest_ip: str = GUEST_IP) -> str:
+def sender_script(mib: int, guest_ip: str = GUEST_IP, wait: float = 600) -> str:
     """A script that sends `mib` MiB of seeded random bytes to the guest's port 5555 once it
-    listens, and prints their SHA-256. Connection attempts repeat while the guest boots: it
-    listens only after its ping, whose timing the host does not see."""
+    listens, and prints their SHA-256. Connection attempts repeat while the guest boots (for
+    up to `wait` seconds): it listens only after its ping, whose timing the host does not
+    see."""
     return f"""
 import hashlib, random, socket, time
 data = random.Random(8).randbytes({mib} << 20)
 print(hashlib.sha256(data).hexdigest(), flush=True)
-deadline = time.monotonic() + 600
+deadline = time.monotonic() + {wait}
 while True:
     try:
         s = socket.create_connection(("{guest_ip}", 5555), timeout=10)

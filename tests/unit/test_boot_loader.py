@@ -85,6 +85,19 @@ def test_e820_with_memory_above_4g() -> None:
     ]
 
 
+def test_e820_of_xens_pvh_platform_has_no_legacy_hole() -> None:
+    # libxl_x86.c's PVH map: RAM from 0; only what we place below 1 MiB is not RAM (the
+    # Xen special pages, the ACPI tables, whose window ends a page short of 1 MiB).
+    with GuestMemory.create(64 * MiB) as m:
+        got = [(e.addr, e.end, e.type) for e in build_e820(m, legacy_hole=False)]
+    assert got == [
+        (0, 0xDE000, E820_RAM),
+        (0xDE000, 0xE0000, E820_RESERVED),
+        (0xE0000, 0xFF000, E820_ACPI),
+        (0xFF000, 64 * MiB, E820_RAM),
+    ]
+
+
 def test_e820_extra_ranges_override() -> None:
     with GuestMemory.create(64 * MiB) as m:
         acpi = E820Entry(0xE0000, 0x20000, E820_ACPI)

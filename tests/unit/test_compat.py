@@ -33,6 +33,7 @@ DIFFERING = [
     (abi.compat_vcpu_set_singleshot_timer, 12, {"flags": 8}),
     (abi.compat_gnttab_setup_table, 16, {"nr_frames": 4, "status": 8, "frame_list": 12}),
     (abi.compat_gnttab_copy, 24, {"dest": 8, "len": 16, "flags": 18, "status": 20}),
+    (abi.compat_gnttab_get_status_frames, 12, {"dom": 4, "status": 6, "frame_list": 8}),
     (abi.compat_xen_platform_parameters, 4, {}),
     (abi.multicall_entry_32, 32, {"result": 4, "args": 8}),
     (abi.compat_vcpu_info, 64, {"evtchn_pending_sel": 4, "arch": 8, "time": 32}),

@@ -18,7 +18,7 @@ def test_known_keys_are_the_settings_the_table_reads() -> None:
         "cpu_weight", "cap", "virtio_balloon",
         "cpuid", "msr_relaxed", "cpu_policy_hosts",
         "pvshim", "pvshim_path", "pvshim_cmdline", "pvshim_extra",
-        "xen_hypercall_path", "evtchn_fifo",
+        "xen_hypercall_path", "pvh_platform", "evtchn_fifo",
     } == KNOWN_KEYS
     assert "path" not in KNOWN_KEYS  # a field, not a setting
 
@@ -46,6 +46,20 @@ def test_missing_and_mistyped_keys_explain_themselves(tmp_path) -> None:
     path.write_text('name = "a"\nkernel = "k"\nvcpus = [2]\n')
     with pytest.raises(ConfigError, match=r":3: vcpus: expected a number, got a list"
                                           r" \(the number of vCPUs initially online\)$"):
+        load_config(path)
+
+
+def test_pvh_platform_is_pc_or_xen_and_xen_needs_xen(tmp_path) -> None:
+    path = tmp_path / "d.cfg"
+    path.write_text('name = "a"\nkernel = "k"\n')
+    assert load_config(path)[0].pvh_platform == "pc"
+    path.write_text('name = "a"\nkernel = "k"\npvh_platform = "xen"\n')
+    assert load_config(path)[0].pvh_platform == "xen"
+    path.write_text('name = "a"\nkernel = "k"\npvh_platform = "hvm"\n')
+    with pytest.raises(ConfigError, match=r'pvh_platform: expected "pc" or "xen", got \'hvm\''):
+        load_config(path)
+    path.write_text('name = "a"\nkernel = "k"\npvh_platform = "xen"\nxen_platform = 0\n')
+    with pytest.raises(ConfigError, match=r"pvh_platform: .*xen_platform = 0"):
         load_config(path)
 
 

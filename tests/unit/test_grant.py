@@ -1,4 +1,4 @@
-"""Grant tables v1: frames, GNTTABOP_* and the grant-checking mapper.
+"""Grant tables v1 and v2: frames, GNTTABOP_* and the grant-checking mapper.
 
 Layouts hand-written from xen/include/public/grant_table.h (x86_64):
 grant_entry_v1 = {u16 flags @0, domid_t domid @2, u32 frame @4}, 8 bytes, 512 per frame;
@@ -110,11 +110,107 @@ def test_query_size(mem: GuestMemory, gt: GrantTable) -> None:
 
 def test_versions(mem: GuestMemory, gt: GrantTable) -> None:
     assert call(mem, gt, SET_VERSION, struct.pack("<I", 1)) == (0, struct.pack("<I", 1))
-    assert call(mem, gt, SET_VERSION, struct.pack("<I", 2)) == (-ENOSYS, struct.pack("<I", 1))
-    assert call(mem, gt, SET_VERSION, struct.pack("<I", 3))[0] == -EINVAL
+    assert call(mem, gt, SET_VERSION, struct.pack("<I", 3)) == (-EINVAL, struct.pack("<I", 1))
     rc, out = call(mem, gt, GET_VERSION, struct.pack("<HHI", DOMID_SELF, 0, 0))
     assert rc == 0 and struct.unpack_from("<I", out, 4) == (1,)
     assert call(mem, gt, GET_VERSION, struct.pack("<HHI", 5, 0, 0))[0] == -ESRCH
+    assert call(mem, gt, SET_VERSION, struct.pack("<I", 2)) == (0, struct.pack("<I", 2))
+    rc, out = call(mem, gt, GET_VERSION, struct.pack("<HHI", DOMID_SELF, 0, 0))
+    assert rc == 0 and struct.unpack_from("<I", out, 4) == (2,)
+
+
+# --- version 2 (grant_table.h: grant_entry_v2 = {hdr {u16 flags, domid}, u16 page_off,
+# u16 length, u64 frame}, 16 bytes, 256 per frame; grant_status_t u16, 2048 per status
+# frame; gnttab_get_status_frames = {u32 nr_frames @0, dom @4, status @6, frame_list @8}) ---
+GET_STATUS_FRAMES, SUB_PAGE, TRANSITIVE, STATUS_GPFN = 9, 1 << 8, 3, 0x41
+EBUSY, ERANGE = 16, 34
+
+
+def grant_v2(mem: GuestMemory, gref: int, flags: int, domid: int, frame: int,
+             off: int = 0, length: int = 0) -> None:
+    mem.write(FRAME_GPFN * PAGE + 16 * gref, struct.pack("<HHHHQ", flags, domid, off, length, frame))
+
+
+def status(mem: GuestMemory, gref: int) -> int:
+    return mem.read_u16(STATUS_GPFN * PAGE + 2 * gref)
+
+
+@pytest.fixture
+def gt2(mem: GuestMemory, gt: GrantTable) -> GrantTable:
+    grant(mem, 3, PERMIT, PEER, 0x70)  # a reserved entry (gref < 8): kept across versions
+    grant(mem, 9, PERMIT, PEER, 0x71)  # not reserved: cleared by the switch
+    assert call(mem, gt, SET_VERSION, struct.pack("<I", 2))[0] == 0
+    assert gt.map_frame(0x8000_0000, STATUS_GPFN) == 0  # XENMAPIDX_grant_table_status
+    return gt
+
+
+def test_v2_switch_keeps_the_reserved_entries_and_clears_the_rest(mem: GuestMemory,
+                                                                  gt2: GrantTable) -> None:
+    page = mem.read(FRAME_GPFN * PAGE, PAGE)
+    assert struct.unpack_from("<HHHHQ", page, 16 * 3) == (PERMIT, PEER, 0, 0, 0x70)
+    assert page[16 * 4:] == bytes(PAGE - 64) and gt2.nr_entries == 256
+    assert gt2.map_frame(0x8000_0001, 0x42) == -EINVAL  # one status frame for 256 entries
+    rc, out = call(mem, gt2, GET_STATUS_FRAMES, struct.pack("<IHhQ", 1, DOMID_SELF, 7, 0x21000))
+    assert rc == 0 and struct.unpack_from("<h", out, 6) == (OKAY,)
+    assert struct.unpack("<Q", mem.read(0x21000, 8)) == (STATUS_GPFN,)
+    rc, out = call(mem, gt2, GET_STATUS_FRAMES, struct.pack("<IHhQ", 2, DOMID_SELF, 7, 0x21000))
+    assert struct.unpack_from("<h", out, 6) == (GENERAL,)  # more than the table has
+    # back to v1: the reserved entry again as a v1 entry, the status frames gone
+    assert call(mem, gt2, SET_VERSION, struct.pack("<I", 1)) == (0, struct.pack("<I", 1))
+    assert struct.unpack("<HHI", mem.read(FRAME_GPFN * PAGE + 24, 8)) == (PERMIT, PEER, 0x70)
+    assert gt2.status_frames == {} and gt2.map_frame(0x8000_0000, STATUS_GPFN) == -EINVAL
+
+
+def test_v2_in_use_bits_live_in_the_status_frame(mem: GuestMemory, gt2: GrantTable) -> None:
+    grant_v2(mem, 20, PERMIT, PEER, 0x90)
+    mapper = GrantMapper(lambda d: gt2 if d == ME else None)
+    m = mapper.map(ME, 20, PEER, write=True)
+    assert m.gpa == 0x90 * PAGE
+    assert status(mem, 20) == READING | WRITING
+    assert mem.read_u16(FRAME_GPFN * PAGE + 16 * 20) == PERMIT  # the entry's flags untouched
+    # In use: the version cannot change (grefs past the reserved 8).
+    assert call(mem, gt2, SET_VERSION, struct.pack("<I", 1)) == (-EBUSY, struct.pack("<I", 2))
+    GrantMapper.unmap(m)
+    assert status(mem, 20) == 0
+    # a read-only grant refuses a write; another domain's grant refuses us
+    grant_v2(mem, 21, PERMIT | RO, PEER, 0x91)
+    with pytest.raises(GrantError):
+        mapper.map(ME, 21, PEER, write=True)
+    assert status(mem, 21) == 0
+    with pytest.raises(GrantError):
+        mapper.map(ME, 20, 5, write=False)
+    grant_v2(mem, 22, TRANSITIVE, PEER, 0)
+    with pytest.raises(GrantError, match="transitive"):
+        mapper.map(ME, 22, PEER, write=False)
+
+
+def test_v2_grant_needs_its_status_frame_mapped(mem: GuestMemory, gt: GrantTable) -> None:
+    assert call(mem, gt, SET_VERSION, struct.pack("<I", 2))[0] == 0
+    grant_v2(mem, 20, PERMIT, PEER, 0x90)
+    with pytest.raises(GrantError, match="status frame not mapped"):
+        GrantMapper(lambda d: gt).map(ME, 20, PEER, write=False)
+
+
+def test_v2_sub_page_grant_bounds_a_copy_and_cannot_be_mapped(mem: GuestMemory,
+                                                             gt2: GrantTable) -> None:
+    peer = GrantTable(PEER, mem, max_frames=1)
+    grant_v2(mem, 30, PERMIT | SUB_PAGE, PEER, 0x90, off=0x100, length=0x20)
+    mem.write(0x90 * PAGE + 0x100, b"S" * 0x20)
+    peer.foreign = lambda d: gt2 if d == ME else None
+
+    def copy(offset: int, length: int) -> int:
+        op = struct.pack("<QHH4xQHH4xHHh2x", 30, ME, offset, 0x95, DOMID_SELF, 0, length,
+                         SRC_GREF, 0)
+        mem.write(ARG, op)
+        assert peer.op(COPY, access(mem), ARG, 1) == 0
+        return struct.unpack("<h", mem.read(ARG + 36, 2))[0]
+
+    assert copy(0x100, 0x20) == OKAY and mem.read(0x95 * PAGE, 0x20) == b"S" * 0x20
+    assert copy(0x100, 0x21) == BAD_COPY_ARG  # past the window
+    assert copy(0xFF, 0x10) == BAD_COPY_ARG  # before it
+    assert status(mem, 30) == 0  # released after each copy
+    with pytest.raises(GrantError):
+        GrantMapper(lambda d: gt2).map(ME, 30, PEER, write=False)  # sub-page: no mapping
 
 
 def test_unoffered_ops_and_counts(mem: GuestMemory, gt: GrantTable) -> None:

@@ -32,6 +32,8 @@ PENDING = 2048
 PRIO_2LEVEL = 0xFFFFFFFF
 ATTR_LONG_MODE, ATTR_SHARED_INFO, ATTR_UPCALL_VECTOR, ATTR_EVTCHN, ATTR_XEN_VERSION = range(5)
 VCPU_INFO, VCPU_TIME_INFO, VCPU_TIMER, VCPU_UPCALL_VECTOR = 0, 1, 7, 8
+VCPU_RUNSTATE_ADDR, VCPU_RUNSTATE_DATA = 2, 4
+RUNSTATE = 1 << 3  # KVM_XEN_HVM_CONFIG_RUNSTATE
 DEASSIGN, RESET = 1, 4
 STAT_INTERDOMAIN, STAT_IPI = 2, 5
 INTERCEPT_HCALL, EVTCHN_SEND = 2, 0x20
@@ -45,13 +47,18 @@ class FakeVm:
         self.attrs: list[tuple] = []
         self.sent: list[tuple[int, int]] = []
         self.send_fails = False
+        self.eventfds: list[int] = []  # every deliver.eventfd given, in order
 
     def xen_hvm_config(self, msr: int, flags: int = 0) -> None:
         self.configs.append((msr, flags))
 
     def xen_set_attr(self, attr: u.kvm_xen_hvm_attr) -> None:
         a = attr.u
-        if attr.type == ATTR_EVTCHN:
+        if attr.type == ATTR_EVTCHN and not a.evtchn.flags and a.evtchn.deliver.eventfd.port == 0:
+            e = a.evtchn  # deliver.eventfd: port 0, then the fd KVM signals
+            self.eventfds.append(e.deliver.eventfd.fd)
+            self.attrs.append((ATTR_EVTCHN, e.send_port, e.flags, e.type, 0, -1))
+        elif attr.type == ATTR_EVTCHN:
             e = a.evtchn
             assert e.deliver.port.priority == PRIO_2LEVEL
             self.attrs.append((ATTR_EVTCHN, e.send_port, e.flags, e.type,
@@ -85,6 +92,11 @@ class FakeVcpuFd:
             self.timer = (attr.u.timer.port, attr.u.timer.expires_ns)
             assert attr.u.timer.priority == PRIO_2LEVEL
             self.attrs.append((VCPU_TIMER, attr.u.timer.port, attr.u.timer.expires_ns))
+        elif attr.type == VCPU_RUNSTATE_DATA:
+            rs = attr.u.runstate  # KVM refuses an entry time unlike the sum of the times
+            assert rs.state_entry_time == (rs.time_running + rs.time_runnable
+                                           + rs.time_blocked + rs.time_offline)
+            self.attrs.append((VCPU_RUNSTATE_DATA, rs.state, rs.state_entry_time))
         elif attr.type == VCPU_UPCALL_VECTOR:
             self.attrs.append((VCPU_UPCALL_VECTOR, attr.u.vector, 0))
         else:
@@ -183,6 +195,7 @@ def test_host_raises_go_through_kvm_and_ours_take_over_where_it_cannot(mem) -> N
     r.vm.send_fails = True  # e.g. KVM lost the shared_info
     assert ev.notify(port)
     assert mem.read_u64(SI + PENDING) == 1 << port and upcalls == [1]
+    r.k.close()
 
 
 def test_events_before_shared_info_wait_and_go_through_kvm_once_it_is_known(mem) -> None:
@@ -194,6 +207,7 @@ def test_events_before_shared_info_wait_and_go_through_kvm_once_it_is_known(mem)
     assert ev.notify(port) and r.vm.sent == []
     ev.set_shared_info(SI)
     assert r.vm.sent == [(port, 0)]
+    r.k.close()
 
 
 def test_virq_timer_runs_in_kvm_on_its_vcpu_s_thread_and_takes_ours_over(mem) -> None:
@@ -299,3 +313,43 @@ def test_hypercall_page_on_the_kernel_path_uses_the_cpu_s_call_instruction() -> 
     # Xen's HVM stub: mov $nr, %eax; vmmcall; ret (then int3 padding)
     assert page[nr * 32:nr * 32 + 9] == bytes([0xB8, nr, 0, 0, 0, 0x0F, 0x01, 0xD9, 0xC3])
     assert page[nr * 32 + 9:nr * 32 + 32] == b"\xcc" * 23
+
+
+def test_backend_ports_are_eventfds_kvm_signals_and_go_with_the_channel(mem) -> None:
+    import os
+    import threading
+
+    r = Rig()
+    ev, _ = _channels(mem, r)
+    fds = r.vm.eventfds
+    kicked = threading.Event()
+    port = ev.bind_local(kicked.set)
+    try:
+        assert r.vm.evtchn() == [(ATTR_EVTCHN, port, 0, STAT_INTERDOMAIN, 0, -1)]
+        os.eventfd_write(fds[0], 1)  # what KVM does for the guest's EVTCHNOP_send
+        assert kicked.wait(10), "the backend was not called"
+        ev.disconnect_local(port)
+        assert r.vm.evtchn()[-1] == (ATTR_EVTCHN, port, DEASSIGN, 0, 0, 0)
+        with pytest.raises(OSError):
+            os.fstat(fds[0])  # closed with the route
+        assert ev.connect_local(port, kicked.set) == 0  # a reconnecting backend: a new fd
+        assert len(fds) == 2 and r.k.routes() == {port: kicked.set}
+    finally:
+        r.k.close()
+    with pytest.raises(OSError):
+        os.fstat(fds[1])
+
+
+def test_runstate_areas_go_to_kvm_only_where_it_keeps_them(mem) -> None:
+    r = Rig()
+    r.k.start(0x4000B)  # a KVM without KVM_XEN_HVM_CONFIG_RUNSTATE
+    assert not r.k.set_runstate(0, 0x3000, (0, 50, 50, 0, 0, 0))
+    r.k.start(0x4000B, flags=0x1FF)
+    assert r.k.set_runstate(1, 0x3000, (0, 50, 50, 0, 0, 0))
+    assert r.fds[1].attrs == []  # on vCPU 1's thread
+    r.run_vcpu(1)
+    # first the state we wrote (running since 50 ns), then where KVM keeps it
+    assert r.fds[1].attrs == [(VCPU_RUNSTATE_DATA, 0, 50), (VCPU_RUNSTATE_ADDR, 0x3000, 0)]
+    assert r.k.set_runstate(1, None, (0, 0, 0, 0, 0, 0))
+    r.run_vcpu(1)
+    assert r.fds[1].attrs[-1] == (VCPU_RUNSTATE_ADDR, u.KVM_XEN_INVALID_GPA, 0)

@@ -13,7 +13,7 @@ import pytest
 
 from xenopus.domain import snapshot
 from xenopus.domain.inventory import Inventory, MemoryPart
-from xenopus.memory.guest import PAGE_SIZE, GuestMemory
+from xenopus.memory.guest import PAGE_SIZE, GuestMemory, MemoryRegion
 from xenopus.stream import StreamWriter
 
 
@@ -127,6 +127,40 @@ def test_pages_another_process_writes_go_again_when_granted(mems) -> None:
     stats = _live_save(source, target, FakeLive(during=[foreign]), Granting([0x40000]))
     assert stats.last_round >= 1
     assert target.read(0x40000, 28) == b"peer!ed page, first contents"
+
+
+EXTRA = 0x1_0000_0000  # a page outside RAM, as Xen's p2m adds for shared_info
+
+
+@dataclass
+class AddsExtra:
+    """A part whose restore makes a page outside RAM addressable (the xen part's p2m)."""
+
+    memory: GuestMemory
+    kind: str = "extra"
+    name: str = "p2m"
+
+    def describe(self) -> dict[str, object]:
+        return {}
+
+    def save_state(self) -> object:
+        return {}
+
+    def restore_state(self, state: object) -> None:
+        self.memory.attach(MemoryRegion.create(EXTRA, PAGE_SIZE))
+
+
+def test_a_page_outside_ram_written_during_a_live_save_goes_after_its_part(mems) -> None:
+    source, target = mems
+    source.attach(MemoryRegion.create(EXTRA, PAGE_SIZE))
+    # Written while the log is on (Xen setting an event bit in shared_info up there):
+    # not in a round, where the target could not address it yet.
+    live = FakeLive(during=[lambda: source.write(EXTRA, b"shared info")])
+    out = io.BytesIO()
+    snapshot.save(Inventory([MemoryPart(source), AddsExtra(source)]), out, live=live)
+    snapshot.restore(Inventory([MemoryPart(target), AddsExtra(target)]),
+                     io.BytesIO(out.getvalue()))
+    assert target.read(EXTRA, 11) == b"shared info"
 
 
 def test_a_record_goes_out_in_one_writev_with_the_same_octets(mems, monkeypatch) -> None:

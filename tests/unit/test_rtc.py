@@ -205,3 +205,21 @@ def test_cmos_ram_round_trip(g: Guest) -> None:
     for reg in (0x0E, 0x40, 0x7F):
         g.write(reg, reg ^ 0x5A)
     assert [g.read(r) for r in (0x0E, 0x40, 0x7F)] == [0x0E ^ 0x5A, 0x40 ^ 0x5A, 0x7F ^ 0x5A]
+
+
+def test_civil_dates_match_the_datetime_module() -> None:
+    """rtc's own date arithmetic (it avoids importing datetime in every domain process)
+    against datetime, over every day of 1900-2100 and the ends of its range."""
+    from datetime import UTC, date, datetime, timedelta
+
+    from xenopus.devices import rtc
+
+    day, end = date(1900, 1, 1), date(2100, 12, 31)
+    while day <= end:
+        epoch = datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp()
+        assert rtc._days_from_civil(day.year, day.month, day.day) * 86400 == epoch, day
+        assert rtc._days_in(day.year, day.month) == (
+            (date(day.year + day.month // 12, day.month % 12 + 1, 1) - timedelta(days=1)).day)
+        day += timedelta(days=1)
+    for y, m, d in ((1, 1, 1), (9999, 12, 31)):
+        assert rtc._days_from_civil(y, m, d) == (date(y, m, d) - date(1970, 1, 1)).days

@@ -41,6 +41,10 @@ def test_grant_table_structs() -> None:
     assert size(abi.grant_entry_v1) == 8
     assert abi.grant_entry_v1.frame.offset == 4
     assert abi.GRANT_ENTRIES_PER_FRAME_V1 == 512
+    # grant_entry_v2: hdr (flags, domid), then page_off/length (or pad0), the 64-bit frame
+    assert ctypes.sizeof(abi.grant_entry_v2) == 16 and abi.grant_entry_v2.frame.offset == 8
+    assert abi.GRANT_ENTRIES_PER_FRAME_V2 == 256 and abi.GRANT_STATUS_PER_FRAME == 2048
+    assert ctypes.sizeof(abi.gnttab_get_status_frames) == 16  # frame_list at 8
     # gnttab_setup_table: domid_t @0, u32 nr_frames @4, i16 status @8, handle @16 -> 24
     assert abi.gnttab_setup_table.frame_list.offset == 16 and size(abi.gnttab_setup_table) == 24
     # gnttab_query_size: dom @0, nr_frames @4, max_nr_frames @8, status @12 -> 16

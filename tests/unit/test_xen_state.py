@@ -87,12 +87,14 @@ def test_a_table_without_the_build_s_host_ports_is_refused(mem: GuestMemory) -> 
 def test_grant_frames_come_back_and_bad_ones_are_refused(mem: GuestMemory) -> None:
     source = GrantTable(1, mem)
     assert source.map_frame(0, 0x20) == 0 and source.map_frame(3, 0x21) == 0
-    told: list[tuple[dict[int, int], int]] = []
+    told: list[dict] = []
     target = GrantTable(1, mem)
-    target.on_frames = lambda frames, nr: told.append((frames, nr))
+    target.on_frames = told.append
     target.restore_state(source.save_state())
     assert target.entry_gpa(0) == 0x20000 and target.nr_frames == 4
-    assert told == [({0: 0x20, 3: 0x21}, 4)]  # viewers in other domains learn the frames
+    # viewers in other domains learn the frames
+    assert told == [{"frames": {"0": 0x20, "3": 0x21}, "nr_frames": 4, "version": 1,
+                     "status_frames": {}}]
     with pytest.raises(ValueError):
         target.restore_state({"nr_frames": 4, "frames": [[0, 1 << 40]]})
 
@@ -199,3 +201,18 @@ def test_an_armed_watchdog_has_as_long_left_after_restore(mem: GuestMemory) -> N
         target.close()
     with pytest.raises(ValueError, match="watchdog ids"):
         Watchdogs(domain).restore_state({"watchdogs": [[9, 0]]})  # type: ignore[arg-type]
+
+
+def test_a_v2_grant_table_comes_back_as_v2(mem: GuestMemory) -> None:
+    source = GrantTable(1, mem)
+    assert source.map_frame(0, 0x20) == 0 and source.set_version(2) == 0
+    assert source.map_frame(0x8000_0000, 0x22) == 0  # status frame 0
+    state = source.save_state()
+    assert state["version"] == 2 and state["status_frames"] == [[0, 0x22]]
+    target = GrantTable(1, mem)
+    target.restore_state(state)
+    assert target.version == 2 and target.status_gpa(3) == 0x22000 + 6
+    assert target.entry_gpa(3) == 0x20000 + 48  # 16-byte entries
+    with pytest.raises(ValueError):
+        target.restore_state({**state, "status_frames": [[1, 0x22]]})  # one status frame only
+    assert "version" not in GrantTable(1, mem).save_state()  # v1 streams stay as they were

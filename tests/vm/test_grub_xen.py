@@ -31,9 +31,9 @@ DISK_MB = 16
 PART_START = 1 * MiB  # the first partition at sector 2048, as fdisk places it
 
 
-def mbr_with_one_partition(disk: Path) -> None:
+def mbr_with_one_partition(disk: Path, size_mb: int = DISK_MB) -> None:
     """A DOS partition table (one Linux partition, type 0x83, LBA only: CHS all ones)."""
-    sectors = DISK_MB * MiB // 512 - PART_START // 512
+    sectors = size_mb * MiB // 512 - PART_START // 512
     entry = struct.pack("<B3sB3sII", 0, b"\xff" * 3, 0x83, b"\xff" * 3, PART_START // 512, sectors)
     with disk.open("r+b") as f:
         f.seek(446)
@@ -42,18 +42,20 @@ def mbr_with_one_partition(disk: Path) -> None:
         f.write(b"\x55\xaa")
 
 
-def make_disk(tmp: Path, grub_cfg: str, files: dict[str, bytes]) -> Path:
+def make_disk(tmp: Path, grub_cfg: str, files: dict[str, bytes], size_mb: int = DISK_MB) -> Path:
+    """An MBR disk image whose one partition is ext4 holding `files` and
+    /boot/grub/grub.cfg, where grub-i386-xen_pvh.bin's embedded config looks."""
     root = tmp / "root"
     for name, data in {**files, "boot/grub/grub.cfg": grub_cfg.encode()}.items():
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_bytes(data)
     disk = tmp / "disk.img"
     with disk.open("wb") as f:
-        f.truncate(DISK_MB * MiB)
-    mbr_with_one_partition(disk)
+        f.truncate(size_mb * MiB)
+    mbr_with_one_partition(disk, size_mb)
     # ext4 inside the partition (-E offset), filled from root/ (-d): no mount, no loop device
     subprocess.run(["mke2fs", "-q", "-F", "-t", "ext4", "-E", f"offset={PART_START}",
-                    "-d", str(root), str(disk), f"{DISK_MB * 1024 - PART_START // 1024}k"],
+                    "-d", str(root), str(disk), f"{size_mb * 1024 - PART_START // 1024}k"],
                    check=True, capture_output=True)
     return disk
 

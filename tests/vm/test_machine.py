@@ -23,6 +23,7 @@ from xenopus.kvm import Kvm, KvmCapabilityError, KvmError
 from xenopus.memory.guest import GuestMemory
 from xenopus.vm import CpuState, Machine, StopReason
 from xenopus.vm.cpu import flat_code64
+from xenopus.vm.vcpu import WAIT_FOR_SIPI
 
 pytestmark = pytest.mark.kvm
 
@@ -315,3 +316,28 @@ def test_missing_capability_is_named() -> None:
 def test_unopenable_device_is_a_clear_error(tmp_path) -> None:
     with pytest.raises(KvmError, match=r"cannot open .*nokvm: No such file or directory"):
         Kvm(str(tmp_path / "nokvm"))
+
+
+def test_on_vcpu_thread_reaches_a_vcpu_blocked_in_kvm_run() -> None:
+    # vCPU 1 waits for SIPI inside KVM_RUN, holding its vCPU mutex: an ioctl on it from
+    # here would wait for as long. on_vcpu_thread runs the call on its own thread instead.
+    g = Guest(vcpus=2)
+    try:
+        before = threading.Event()
+        g.machine.on_vcpu_thread(1, before.set)  # no thread yet: at once, here
+        assert before.is_set()
+        g.start(COUNTER)
+        g.pio.writes.get(timeout=TIMEOUT)
+        ran: queue.Queue[tuple[str, int]] = queue.Queue()
+        vcpu = g.machine.vcpus[1]
+        g.machine.on_vcpu_thread(
+            1, lambda: ran.put((threading.current_thread().name, vcpu.fd.get_mp_state())))
+        name, mp_state = ran.get(timeout=TIMEOUT)
+        assert name == "vcpu1" and mp_state in WAIT_FOR_SIPI
+        bounded(g.machine.pause)  # parked, out of KVM_RUN: at once, on the caller's thread
+        g.machine.on_vcpu_thread(1, lambda: ran.put((threading.current_thread().name, 0)))
+        assert ran.get_nowait()[0] == threading.current_thread().name
+        g.machine.resume()
+        bounded(g.machine.stop)
+    finally:
+        g.close()

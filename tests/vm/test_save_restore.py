@@ -232,19 +232,73 @@ def _migrate(sender: Xenopus, receiver: Xenopus, dom: str, *opts: str
 def test_migrate_moves_a_counting_guest_with_no_lost_or_repeated_count(
     xenopus: Xenopus, receiver: Xenopus,
 ) -> None:
-    console = _start_counter(xenopus, "mover")
+    # Kept when it ends (preserve), so that its console can be read there whenever it
+    # attaches: a guest that counts fast could otherwise finish, and go, first.
+    cfg = xenopus.config("mover", "counter.elf", cmdline=f"count={COUNT}",
+                         on_poweroff="preserve", xen_platform=0)
+    assert xenopus.run("create", "-q", str(cfg)).returncode == 0
+    console = xenopus.popen("console", "mover")
+    assert console.stdout is not None
     before = read_until(console.stdout, b"count 50\r\n")
-    moved = _migrate(xenopus, receiver, "mover", "--debug")
+    moved = _migrate(xenopus, receiver, "mover", "--debug", "-p")  # -p: paused there
     assert moved.returncode == 0, moved.stderr
     assert re.search(r"migrated mover: \d+ pages in \d+ rounds, .* stopped for [\d.]+ ms", moved.stderr), moved.stderr
+    assert re.search(r"received domain \d+ \(mover\): \d+ pages, .* \(setup", moved.stderr)
     assert "mover" not in xenopus.domains()  # gone here...
     before += console.communicate(timeout=60)[0]
     assert b"RESULT" not in before
-    assert "mover" in receiver.domains()  # ...running there, under a domid of its own
-    after = receiver.popen("console", "mover").communicate(timeout=120)[0]
+    assert receiver.domains()["mover"][4] == "--p---"  # ...there, paused, a domid of its own
+    assert receiver.run("unpause", "mover").returncode == 0
+    attached = receiver.popen("console", "mover")
+    assert attached.stdout is not None
+    try:
+        after = read_until(attached.stdout, _checksum(COUNT).encode(), timeout=120)
+    finally:
+        assert receiver.run("destroy", "mover").returncode == 0
+    after += attached.communicate(timeout=60)[0]
     text = (before + after).decode()
     assert _counts(text) == list(range(COUNT))
     assert _checksum(COUNT) in text
+
+
+def test_a_live_migrated_xen_guest_s_timer_events_and_watch_carry_on(
+    xenopus: Xenopus, receiver: Xenopus,
+) -> None:
+    """Live: while RAM is pre-copied the guest takes timer VIRQs and loopback events
+    (Xen writing its shared_info and vcpu_info from this process, the guest clearing
+    them): over there it carries on with no event lost or repeated, and its XenStore
+    watch comes along. (The write log itself is tested in tests/unit/test_live_save.py:
+    here the guest's own writes to those pages are in KVM's log too.)"""
+    ticks = 300
+    cfg = xenopus.config("livetick", "xentick.elf", cmdline=f"ticks={ticks} watch=1",
+                         on_poweroff="preserve")
+    assert xenopus.run("create", "-q", str(cfg)).returncode == 0
+    console = xenopus.popen("console", "-t", "serial", "livetick")
+    assert console.stdout is not None
+    before = read_until(console.stdout, b"tick 20\r\n")
+    moved = _migrate(xenopus, receiver, "livetick", "-p")
+    assert moved.returncode == 0, moved.stderr
+    before += console.communicate(timeout=60)[0]
+    assert b"RESULT" not in before
+    domid = receiver.domains()["livetick"][1]
+    client = XsClient(str(receiver.run_dir / "xenstored.sock"))
+    try:
+        client.write(f"/local/domain/{domid}/data/poke", "after-migrate")
+    finally:
+        client.close()
+    assert receiver.run("unpause", "livetick").returncode == 0
+    attached = receiver.popen("console", "-t", "serial", "livetick")
+    assert attached.stdout is not None
+    try:
+        after = read_until(attached.stdout, b"RESULT", timeout=120)
+        after += read_until(attached.stdout, b"\n")
+    finally:
+        assert receiver.run("destroy", "livetick").returncode == 0
+        attached.wait(60)
+    text = (before + after).decode()
+    assert [int(n) for n in re.findall(r"^tick (\d+)\r$", text, re.M)] == list(range(ticks))
+    assert "note before\r\n" in text and "poked after-migrate\r\n" in text, text[-500:]
+    assert f"RESULT: PASS xentick ticks={ticks}" in text, text[-500:]
 
 
 @pytest.mark.parametrize("percent", [10, 50, 90])

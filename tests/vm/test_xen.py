@@ -37,7 +37,7 @@ def test_discovery_hypercalls_and_timer_event(xenopus: Xenopus) -> None:
     assert "poweroff: Xen shutdown, reason 0" in log
 
 
-@pytest.mark.parametrize("guest", ["xenevtchn", "xengrant", "xenstore"])
+@pytest.mark.parametrize("guest", ["xenevtchn", "xengrant", "xengntv2", "xenstore"])
 def test_event_channels_grants_and_xenstore(xenopus: Xenopus, guest: str) -> None:
     r = xen_boot(xenopus, f"{guest}-t", f"{guest}.elf")
     assert f"RESULT: PASS {guest}" in r.stdout, r.stdout
@@ -221,3 +221,21 @@ def test_vcpu_up_and_down_through_xen(xenopus: Xenopus) -> None:
     r = xen_boot(xenopus, "xvcpu", "xenvcpu.elf", vcpus=2)
     assert "RESULT: PASS xenvcpu" in r.stdout, r.stdout
     assert "FAIL" not in r.stdout
+
+
+@pytest.mark.parametrize(("kernel", "platform"), [
+    ("xenpvh.elf", "pc"), ("xenpvh.elf", "xen"),
+    # its first PT_LOAD at 0xFF000: loads under both platforms (the placement rule)
+    ("xenpvh-ff000.elf", "xen"), ("xenpvh-ff000.elf", "pc"),
+])
+def test_pvh_platform_pc_or_xen(xenopus: Xenopus, kernel: str, platform: str) -> None:
+    # pvh_platform = "xen": no UART, so the guest's lines reach the domain log through
+    # port 0xE9 alone (Xen's HVM debug port); the guest checks ports, map and FADT.
+    name = f"pvh-{platform}-{kernel.split('.')[0]}"
+    r = xen_boot(xenopus, name, kernel, pvh_platform=platform, cmdline=f"expect={platform}")
+    assert r.returncode == 0, r.stderr
+    log = (xenopus.run_dir / "log" / f"{name}.log").read_text()
+    assert f"RESULT: PASS xenpvh {platform}" in log, log
+    assert ("RESULT:" in r.stdout) == (platform == "pc")  # the serial console, if any
+    if kernel == "xenpvh-ff000.elf":
+        assert 'xenpvh: low page at 0xff000: "xenpvh low page"' in log, log

@@ -321,6 +321,7 @@ def load_bzimage(
     cmdline: str = "",
     rsdp_paddr: int = 0,
     extra_e820: Sequence[E820Entry] = (),
+    legacy_hole: bool = True,
 ) -> BootInfo:
     path = str(kernel)
     f, file_size = open_file(kernel, "kernel")
@@ -337,7 +338,7 @@ def load_bzimage(
                 f"kernel too big for guest memory: needs {span(*kernel_range)}"
                 f" (init_size {init_size:#x}), RAM below 4 GiB ends at {memory.low_ram_end:#x}",
             )
-        e820 = build_e820(memory, tuple(extra_e820)).entries
+        e820 = build_e820(memory, tuple(extra_e820), legacy_hole=legacy_hole).entries
         if len(e820) > E820_MAX_ENTRIES_ZEROPAGE:
             raise BootImageError(path, f"memory map has {len(e820)} entries, the zero page 128")
         cmdline_paddr = write_cmdline(memory, path, cmdline, hdr.cmdline_size)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from xenopus.boot.layout import LEGACY_END, LEGACY_START
+from xenopus.boot.layout import ACPI_WINDOW, LEGACY_END, LEGACY_START, XEN_SPECIAL_PAGES
 from xenopus.memory.guest import GuestMemory
 
 E820_RAM = 1
@@ -84,17 +84,24 @@ class E820Map:
         return len(self.entries)
 
 
-def build_e820(memory: GuestMemory, extra: Sequence[E820Entry] = ()) -> E820Map:
+def build_e820(memory: GuestMemory, extra: Sequence[E820Entry] = (), *,
+               legacy_hole: bool = True) -> E820Map:
     """RAM below the EBDA, the legacy hole reserved, RAM from 1 MiB, RAM above 4 GiB.
 
-    `extra` entries (e.g. ACPI tables) are laid over the result.
+    Without `legacy_hole` (Xen's PVH platform, libxl_x86.c's memory map): RAM from 0,
+    less only what we place in it: the Xen special pages (reserved) and the ACPI tables
+    (ACPI, as libxl marks its PVH tables). `extra` entries are laid over the result.
     """
     m = E820Map()
     for gpa, size in memory.ram_ranges():
         m.add(gpa, size, E820_RAM)
-    # The EBDA/VGA/ROM hole is reported reserved, as PC firmware does, even though our
-    # RAM region backs it (so ACPI tables can later be written at 0xE0000).
-    m.add(LEGACY_START, LEGACY_END - LEGACY_START, E820_RESERVED)
+    if legacy_hole:
+        # The EBDA/VGA/ROM hole is reported reserved, as PC firmware does, even though
+        # our RAM region backs it (so ACPI tables can later be written at 0xE0000).
+        m.add(LEGACY_START, LEGACY_END - LEGACY_START, E820_RESERVED)
+    else:
+        m.add(XEN_SPECIAL_PAGES[0], XEN_SPECIAL_PAGES[1] - XEN_SPECIAL_PAGES[0], E820_RESERVED)
+        m.add(ACPI_WINDOW[0], ACPI_WINDOW[1] - ACPI_WINDOW[0], E820_ACPI)
     for e in extra:
         m.add(e.addr, e.size, e.type)
     return m

@@ -55,6 +55,8 @@ HIGH_MEMORY = 0x100000  # 1 MiB: the classic bzImage load address
 # What a kernel image must not overwrite in the legacy hole: the structures the platform
 # places there (the rest of the hole is only reserved in the memory map).
 PLATFORM_AREA = (platform.PLATFORM_AREA_START, platform.PLATFORM_AREA_END)
+XEN_SPECIAL_PAGES = (platform.XEN_STORE_PAGE, platform.ACPI_TABLES_BASE)
+ACPI_WINDOW = (platform.ACPI_TABLES_BASE, platform.PLATFORM_AREA_END)
 
 
 def align_up(value: int, align: int) -> int:

@@ -48,11 +48,13 @@ def load_kernel(
     cmdline: str = "",
     rsdp_paddr: int = 0,
     extra_e820: Sequence[E820Entry] = (),
+    legacy_hole: bool = True,
 ) -> BootInfo:
     """Load `kernel` (and `ramdisk`) into `memory`; returns where and how to start.
 
     `rsdp_paddr` is passed to the guest (start_info.rsdp_paddr / boot_params.acpi_rsdp_addr);
-    `extra_e820` ranges (e.g. ACPI tables) are laid over the default memory map.
+    `extra_e820` ranges (e.g. ACPI tables) are laid over the default memory map;
+    without `legacy_hole` the map is Xen PVH's (e820.build_e820).
     """
     if memory.low_ram_end < MIN_GUEST_RAM:
         raise BootImageError(
@@ -66,4 +68,5 @@ def load_kernel(
         cmdline=cmdline,
         rsdp_paddr=rsdp_paddr,
         extra_e820=extra_e820,
+        legacy_hole=legacy_hole,
     )

@@ -299,6 +299,7 @@ def load_pvh(
     cmdline: str = "",
     rsdp_paddr: int = 0,
     extra_e820: Sequence[E820Entry] = (),
+    legacy_hole: bool = True,
     modules: Sequence[BootModule] = (),
 ) -> BootInfo:
     """`modules` go in the module list in their order, before the ramdisk (which is the
@@ -331,7 +332,7 @@ def load_pvh(
     cmdlines = write_module_cmdlines(
         memory, path, cmdline_paddr + len(cmdline.encode()) + 1, [m.cmdline for m in modules]
     )
-    e820 = build_e820(memory, tuple(extra_e820)).entries
+    e820 = build_e820(memory, tuple(extra_e820), legacy_hole=legacy_hole).entries
     write_start_info(
         memory,
         cmdline_paddr=cmdline_paddr,

@@ -9,7 +9,6 @@ per octet, as libxl writes it to XenStore (libxl's LIBXL_MAC_FMT "%02hhx:...").
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 
@@ -51,5 +50,10 @@ def generate_mac(seed: str | None = None) -> bytes:
     bytes are derived from it, so a domain keeps its MAC, and so its DHCP lease, across
     restarts; without one they are random, as libxl does. Like libxl the fourth octet's
     top bit is clear (the lower half of the OUI is the part used for guests)."""
-    tail = hashlib.sha256(seed.encode()).digest() if seed is not None else os.urandom(3)
+    if seed is None:
+        tail = os.urandom(3)
+    else:
+        import hashlib  # here: with OpenSSL's libcrypto it is ~0.6 MiB in a domain process
+
+        tail = hashlib.sha256(seed.encode()).digest()
     return XEN_OUI + bytes((tail[0] & 0x7F, tail[1], tail[2]))

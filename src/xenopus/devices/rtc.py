@@ -17,7 +17,6 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 
 from xenopus.devices.bus import read_lanes, write_lanes
 from xenopus.stream import check_state
@@ -178,16 +177,16 @@ class CmosRtc:
         return raw if mode & B_DM_BINARY else _unbcd(raw)
 
     def _fields(self, t: float) -> dict[int, int]:
-        d = datetime.fromtimestamp(math.floor(t), tz=UTC)
+        d = time.gmtime(math.floor(t))
         return {
-            SECONDS: d.second,
-            MINUTES: d.minute,
-            HOURS: d.hour,
-            WEEKDAY: d.isoweekday() % 7 + 1,
-            DAY: d.day,
-            MONTH: d.month,
-            YEAR: d.year % 100,
-            CENTURY: d.year // 100,
+            SECONDS: min(d.tm_sec, 59),  # (gmtime's leap second 60 has no register value)
+            MINUTES: d.tm_min,
+            HOURS: d.tm_hour,
+            WEEKDAY: (d.tm_wday + 1) % 7 + 1,  # tm_wday: Monday 0; the RTC's: Sunday 1
+            DAY: d.tm_mday,
+            MONTH: d.tm_mon,
+            YEAR: d.tm_year % 100,
+            CENTURY: d.tm_year // 100,
         }
 
     def _raw_time(self, mode: int) -> dict[int, int]:
@@ -196,21 +195,15 @@ class CmosRtc:
     def _set_time(self, raw: dict[int, int], mode: int) -> None:
         """Make the clock show `raw` (time registers in `mode`) from now on."""
         f = {r: self._decode(r, v, mode) for r, v in raw.items()}
-        try:
-            when = datetime(
-                f[CENTURY] * 100 + f[YEAR],
-                f[MONTH],
-                f[DAY],
-                f[HOURS],
-                f[MINUTES],
-                f[SECONDS],
-                tzinfo=UTC,
-            )
-        except ValueError:
+        year, month, day = f[CENTURY] * 100 + f[YEAR], f[MONTH], f[DAY]
+        if not (1 <= year <= 9999 and 1 <= month <= 12 and 1 <= day <= _days_in(year, month)
+                and f[HOURS] < 24 and f[MINUTES] < 60 and f[SECONDS] < 60):
             return  # an impossible date: keep the clock as it was
+        when = (_days_from_civil(year, month, day) * 86400 + f[HOURS] * 3600
+                + f[MINUTES] * 60 + f[SECONDS])
         # Whole seconds only, so the host's sub-second phase (and UIP) carries on.
         # The weekday follows from the date, whatever the guest wrote.
-        self._offset = int(when.timestamp()) - math.floor(self._clock())
+        self._offset = when - math.floor(self._clock())
 
     def _uip(self) -> bool:
         if self._mode() & B_SET:
@@ -297,3 +290,21 @@ class CmosRtc:
             if all(w is None or w == v for w, v in zip(want, (h, m, s), strict=True)):
                 return True
         return False
+
+
+def _days_in(year: int, month: int) -> int:
+    if month == 2:
+        return 29 if year % 4 == 0 and (year % 100 != 0 or year % 400 == 0) else 28
+    return 30 if month in (4, 6, 9, 11) else 31
+
+
+def _days_from_civil(year: int, month: int, day: int) -> int:
+    """Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's
+    days_from_civil; not the datetime module, which each domain process would import
+    for this alone)."""
+    year -= month <= 2
+    era = year // 400
+    yoe = year - era * 400
+    doy = (153 * (month + (-3 if month > 2 else 9)) + 2) // 5 + day - 1
+    doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
+    return era * 146097 + doe - 719468

@@ -9,6 +9,10 @@ The platform every xenopus domain gets (addresses in `xenopus.devices.platform`)
 - a PCI host bridge (CF8/CFC and ECAM) carrying the virtio devices the config asks for:
   virtio-blk per `disk`, virtio-net per `vif`, and optionally virtio-console and -rng.
 
+With `pvh_platform = "xen"` the legacy PC devices and the PIT are left out (the debug
+port stays: Xen has it for every HVM domain) and the memory map has no legacy hole, as a
+libxl PVH domU has it.
+
 Every stateful part it builds is recorded in the guest's `Inventory` (domain/inventory.py).
 """
 
@@ -87,7 +91,7 @@ class Guest:
     machine: Machine
     memory: GuestMemory
     boot: BootInfo
-    serial: Serial16550
+    serial: Serial16550 | None  # None on Xen's PVH platform (pvh_platform = "xen")
     power: AcpiPowerDevice
     pci: PciHostBridge
     pio: Bus
@@ -151,10 +155,13 @@ def build_guest(
         ram_end = max(r.end for r in memory.regions)
         # maxvcpus vCPUs exist, `vcpus` of them online at boot (xl.cfg(5) maxvcpus)
         maxvcpus = config.maxvcpus or config.vcpus
-        # A PV shim domain's MADT has no IO-APIC (AcpiPlatform.io_apic says why).
+        legacy = config.pvh_platform == "pc"  # else Xen's PVH platform: none of them
+        # A PV shim domain's MADT has no IO-APIC (AcpiPlatform.io_apic says why), nor has
+        # the MADT libxl builds for a PVH domU (libacpi without ACPI_HAS_IOAPIC).
         rsdp = install(memory, AcpiPlatform(vcpus=maxvcpus, online=config.vcpus,
-                                            pci=AcpiPci.default(ram_end),
-                                            io_apic=not config.pvshim))
+                                            pci=AcpiPci.default(ram_end), serial=legacy,
+                                            rtc=legacy, i8042=legacy,
+                                            io_apic=legacy and not config.pvshim))
         kvm = kvm or Kvm()
         if config.pvshim:
             assert config.pvshim_path is not None  # resolved by DomainConfig
@@ -165,7 +172,7 @@ def build_guest(
         else:
             boot = load_kernel(
                 memory, config.kernel, ramdisk=config.ramdisk, cmdline=config.cmdline,
-                rsdp_paddr=rsdp,
+                rsdp_paddr=rsdp, legacy_hole=legacy,
             )
         pio, mmio = Bus("pio"), Bus("mmio")
         xen_path, why = decide(config, boot, kvm)
@@ -186,7 +193,7 @@ def build_guest(
         hooks["cpu_policy"] = domain_policy(config, kvm)
         if config.msr_relaxed:
             hooks["msr_handler"] = RelaxedMsrs(hooks.get("msr_handler"))
-        machine = Machine(memory, maxvcpus, pio=pio, mmio=mmio, kvm=kvm, **hooks)
+        machine = Machine(memory, maxvcpus, pio=pio, mmio=mmio, kvm=kvm, pit=legacy, **hooks)
         m = machine
         if xen is not None:
             xen.attach(machine)
@@ -203,12 +210,17 @@ def build_guest(
             bus.register(base, length, device, name)
             inventory.add(BusPart(name, bus.name, base, length, device))
 
-        serial = Serial16550(irq=irq(platform.COM1_IRQ), output=console_out)
-        i8042 = I8042(reset=stop("reboot", "reset through the i8042"), irq_kbd=irq(platform.I8042_KBD_IRQ))
-        legacy(pio, platform.COM1_PORT, platform.COM1_PORT_SIZE, serial, "serial0")
-        legacy(pio, platform.I8042_DATA_PORT, 1, i8042, "i8042-data")
-        legacy(pio, platform.I8042_CMD_PORT, 1, i8042, "i8042-command")
-        legacy(pio, platform.RTC_PORT, platform.RTC_PORT_SIZE, CmosRtc(irq=irq(platform.RTC_IRQ)), "rtc")
+        serial: Serial16550 | None = None
+        if config.pvh_platform == "pc":
+            serial = Serial16550(irq=irq(platform.COM1_IRQ), output=console_out)
+            i8042 = I8042(reset=stop("reboot", "reset through the i8042"),
+                          irq_kbd=irq(platform.I8042_KBD_IRQ))
+            legacy(pio, platform.COM1_PORT, platform.COM1_PORT_SIZE, serial, "serial0")
+            legacy(pio, platform.I8042_DATA_PORT, 1, i8042, "i8042-data")
+            legacy(pio, platform.I8042_CMD_PORT, 1, i8042, "i8042-command")
+            legacy(pio, platform.RTC_PORT, platform.RTC_PORT_SIZE,
+                   CmosRtc(irq=irq(platform.RTC_IRQ)), "rtc")
+        # Xen keeps port 0xE9 for every HVM domain, PVH included (hvm_print_line).
         legacy(pio, platform.DEBUGCON_PORT, 1, DebugCon(debug_out), "debugcon")
         legacy(pio, platform.POST_PORT, 1, NullDevice(), "post")
         power = AcpiPowerDevice(
@@ -316,8 +328,9 @@ def _machine_parts(machine: Machine, memory: GuestMemory) -> Inventory:
         "model": "in-kernel PIC, IOAPIC and LAPICs", "ioapic": platform.IOAPIC_BASE,
         "lapic": platform.LAPIC_BASE,
     }, machine))
-    inventory.add(KvmPart("pit", "pit", {"model": "in-kernel i8254", "irq": platform.PIT_IRQ},
-                          machine))
+    if machine.has_pit:
+        inventory.add(KvmPart("pit", "pit", {"model": "in-kernel i8254", "irq": platform.PIT_IRQ},
+                              machine))
     inventory.add(KvmPart("clock", "kvmclock", {"model": "KVM's VM clock"}, machine))
     inventory.add(MemoryPart(memory))
     return inventory

@@ -280,10 +280,10 @@ class InterdomainPort:
                 return None
             return cur.views.setdefault(domid, view)
 
-    def publish_frames(self, frames: dict[int, int], nr_frames: int) -> None:
-        """Our grant frames moved (add_to_physmap): the daemon tells whoever views them."""
-        msg = {"op": "frames", "frames": {str(k): v for k, v in frames.items()}, "nr_frames": nr_frames}
-        self._call(send, self.sock, msg)
+    def publish_frames(self, layout: dict[str, Any]) -> None:
+        """Our grant frames moved (add_to_physmap) or the table changed version: the
+        daemon tells whoever views them."""
+        self._call(send, self.sock, {"op": "frames", **layout})
 
     # -- links -------------------------------------------------------------------------
     def _watch(self, link: Link) -> None:
@@ -439,8 +439,7 @@ class InterdomainPort:
             return
         self._reply(msg, {
             "rc": 0, "regions": [[r.gpa, r.size] for r in regions],
-            "frames": {str(k): v for k, v in dict(cur.grants.frames).items()},
-            "nr_frames": cur.grants.nr_frames,
+            **cur.grants.layout(),
         }, [r.fd for r in regions])
 
     def _frames(self, msg: dict[str, Any]) -> None:
@@ -498,14 +497,5 @@ def _take_count(fd: int) -> bool:
 
 
 def _set_frames(view: GrantTable, msg: dict[str, Any]) -> None:
-    """Frame locations from a peer: only RAM pages of that peer's memory count."""
-    frames, nr = msg.get("frames"), msg.get("nr_frames")
-    if not isinstance(frames, dict) or not isinstance(nr, int):
-        return
-    good: dict[int, int] = {}
-    for k, gpfn in frames.items():
-        if (str(k).isdigit() and int(k) < view.max_frames and isinstance(gpfn, int)
-                and view.memory.contains(gpfn * abi.PAGE_SIZE, abi.PAGE_SIZE)):
-            good[int(k)] = gpfn
-    view.frames = good
-    view.nr_frames = max(1, min(nr, view.max_frames))
+    """Frame locations (and the table's version) from a peer: GrantTable.apply_layout."""
+    view.apply_layout(msg)

@@ -135,28 +135,6 @@ def setns(fd: int, nstype: int) -> None:
     _check(_libc.setns(fd, nstype), "setns")
 
 
-class PidNamespaceForker:
-    """`fork()` into a new PID namespace (the child is its pid 1) where the host allows it.
-
-    A process may have only one pending namespace for its children (a second unshare is
-    EINVAL), so after each fork the parent goes back to its own."""
-
-    def __init__(self) -> None:
-        self.own = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
-
-    def fork(self) -> int:
-        try:
-            unshare(CLONE_NEWPID)
-        except OSError:
-            return os.fork()  # the child reports the layer missing (it is not pid 1)
-        pid = os.fork()
-        if pid == 0:
-            os.close(self.own)
-        else:
-            setns(self.own, CLONE_NEWPID)
-        return pid
-
-
 def _mount(source: str, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
     _check(_libc.mount(source.encode(), target.encode(), fstype.encode() if fstype else None,
                        ctypes.c_ulong(flags), data.encode() if data else None),

@@ -205,7 +205,8 @@ class DomainProcess:
         self._boot_state = guest.boot.cpu
         if guest.xen is not None and self.interdomain is not None:
             guest.xen.connect_interdomain(self.interdomain)
-        self.console.on_input = guest.serial.receive
+        if guest.serial is not None:  # Xen's PVH platform has no UART
+            self.console.on_input = guest.serial.receive
         if guest.vconsole is not None:
             self.vconsole.on_input = guest.vconsole.receive
         if guest.xen is not None:
@@ -892,9 +893,11 @@ class DomainProcess:
             return EXIT_START_FAILED
         guest = self.guest
         # A Xen-aware image (one that names its OS in a Xen ELF note, or a PV guest in the
-        # shim) gets its PV console by default, as under Xen; everything else its serial port.
+        # shim) gets its PV console by default, as under Xen, and so does any domain on
+        # Xen's PVH platform (it has no serial port); everything else its serial port.
         xen_aware = guest.xen is not None and bool(
-            guest.boot.details.get("guest_os") or guest.boot.details.get("pvshim"))
+            guest.boot.details.get("guest_os") or guest.boot.details.get("pvshim")
+            or guest.serial is None)
         self._send(Ready(
             self.jail.host_pid, guest.boot.protocol, guest.xen_path, "pv" if xen_aware else "serial",
             guest.xen.console_nodes() if guest.xen is not None else {},

@@ -163,10 +163,10 @@ def save(inventory: Inventory, out: BinaryIO, config: object = None, *,
                 # Stop-and-copy: what the guest and this process wrote since the last
                 # round, and what other domains may have written (pages granted to them).
                 final = set(pending) | set(live.dirty_pages())
-                final |= set(memory.memory.take_dirty())
+                final |= set(_ram(memory, memory.memory.take_dirty()))
                 for part in inventory.parts:
                     if isinstance(part, ForeignWritten):
-                        final |= set(part.foreign_written())
+                        final |= set(_ram(memory, part.foreign_written()))
                 writer.round(0, len(final))
                 stats.pages += image.send_pages(memory.memory, writer, sorted(final))
                 stats.last_round = len(final)
@@ -216,8 +216,15 @@ def _precopy(memory: MemoryPart, writer: StreamWriter, live: LiveMachine,
 
 
 def _written(memory: MemoryPart, live: LiveMachine) -> list[int]:
-    """The pages written since the last call, by the guest or by this process, in order."""
-    return sorted(set(live.dirty_pages()) | set(memory.memory.take_dirty()))
+    """The pages of RAM written since the last call, by the guest or by this process, in
+    order."""
+    return sorted(set(live.dirty_pages()) | set(_ram(memory, memory.memory.take_dirty())))
+
+
+def _ram(memory: MemoryPart, pages: list[int]) -> list[int]:
+    """The RAM pages of `pages`: a page outside RAM (Xen's p2m) cannot be restored before
+    the `xen` part that makes it addressable; all of those go, once, after that part."""
+    return [p for p in pages if memory.memory.is_ram(p, image.PAGE_SIZE)]
 
 
 def restore(inventory: Inventory, inp: BinaryIO | StreamReader, *,

@@ -215,7 +215,8 @@ class InterdomainBroker:
             if reply.get("rc") != 0:
                 self._reply(domid, msg, {"rc": reply.get("rc", -abi.XEN_ESRCH)})
                 return
-            keep = {k: reply[k] for k in ("regions", "frames", "nr_frames") if k in reply}
+            keep = {k: reply[k] for k in ("regions", "frames", "nr_frames", "version",
+                                          "status_frames") if k in reply}
             self._reply(domid, msg, {"rc": 0, **keep}, fds)
         finally:
             close_fds(fds)

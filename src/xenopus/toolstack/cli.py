@@ -807,11 +807,22 @@ def cmd_daemon(args: Namespace) -> int:
         return 0
     from pathlib import Path
 
+    from xenopus.toolstack import zygote
+
+    try:
+        spares = zygote.spares_wanted(args.spares)
+    except ValueError as e:
+        print(f"xenopus daemon: {e}", file=sys.stderr)
+        return 1
+    # First, before this process imports the daemon: the zygote's spares import every
+    # layer meanwhile (on a fresh daemon the first domain waits for them).
+    started = zygote.start(spares)
     from xenopus.toolstack import daemon
 
     base = Path(ipc.run_dir())
     log_file = base / "xenopus.log" if args.background else None
-    return daemon.run(base, ready_fd=args.ready_fd, log_file=log_file, spares=args.spares)
+    return daemon.run(base, ready_fd=args.ready_fd, log_file=log_file, spares=spares,
+                      started_zygote=started)
 
 
 # -- resources and devices (xl_mem.c, xl_vcpu.c, xl_sched.c, xl_block.c) --------------------
@@ -1166,12 +1177,15 @@ VERBS = (
              Opt(("-s",), "ssh", "the command that reaches HOST (default: ssh)", str),
              Opt(("-e",), "no_wait", "accepted for xl compatibility (the daemon always watches)"),
              Opt(("-C",), "config", "send this config instead of the domain's", str),
-             Opt(("--debug",), "debug", "report what was sent"),
+             Opt(("--debug",), "debug", "report what was sent (and, from the receiver, "
+                 "what was received)"),
+             Opt(("-p",), "paused", "leave the domain paused on the receiver"),
          ), (_dom(), Pos("host", "HOST"))),
     Verb("migrate-receive", "receive a migrating domain on stdin (run by migrate)", "restore",
          cmd_migrate_receive, (
              Opt(("-e",), "no_wait", "accepted for xl compatibility"),
              Opt(("-d",), "debug", "report what was received"),
+             Opt(("-p",), "paused", "leave the received domain paused"),
          )),
     Verb("clone", "new running domains NAME... from DOM (saved, left running) or a saved"
          " FILE, their RAM mapped copy-on-write from one image", "clone", cmd_clone,

@@ -54,7 +54,7 @@ from xenopus.domain.protocol import (
 )
 from xenopus.domain.restart import RestartBackoff
 from xenopus.domain.vif import open_vif
-from xenopus.toolstack import hostinfo, xlformat
+from xenopus.toolstack import hostinfo, xlformat, zygote
 from xenopus.toolstack.broker import InterdomainBroker
 from xenopus.toolstack.xenstored import PVCONTROL_TIMEOUT, PvControlTimeout, XenStored
 from xenopus.xen.xenstore.server import UNSCOPED, Peer, Scope, peer_of
@@ -82,10 +82,6 @@ FILES_TIMEOUT = 10.0  # seconds a client gets to send the files it was asked for
 # well past a second; past a minute in the nested test host at a load of 15-20 (three or
 # four TCG L1s on two cores): "the zygote did not start the domain process".
 SPAWN_TIMEOUT = 180.0
-# Spare domain processes the zygote keeps exec'd and warm (toolstack/spare.py): each
-# domain gets an address-space layout of its own at the cost of one idle Python per
-# spare; creations faster than spares start wait for one. 0: fork from the zygote.
-DEFAULT_SPARES = 2
 HOTPLUG_TIMEOUT = 30.0  # seconds a domain gets to add or remove a device (a detach waits 10)
 LIBXL_MAXMEM_CONSTANT = 1024  # KiB libxl adds to every max_pages on x86 (libxl_internal.h)
 
@@ -210,11 +206,15 @@ def daemon_step(op: str) -> Callable[[DaemonStep], DaemonStep]:
 
 
 class Daemon:
-    def __init__(self, run_dir: Path, *, spares: int = DEFAULT_SPARES):
+    def __init__(self, run_dir: Path, *, spares: int = zygote.DEFAULT_SPARES,
+                 started_zygote: tuple[subprocess.Popen, socket.socket] | None = None):
+        """`started_zygote`: one `zygote.start` made before this process imported the
+        daemon (and its socket), used first."""
         self.run_dir = run_dir
         self.spares = spares  # exec'd spare domain processes the zygote keeps warm
         self.domains: dict[int, DomainRecord] = {}
         self.next_domid = 1
+        self._started_zygote = started_zygote
         self._zygote: subprocess.Popen | None = None
         self._zsock: socket.socket | None = None
         self._zwriter: asyncio.StreamWriter | None = None
@@ -249,14 +249,11 @@ class Daemon:
         self._lock_fd = fd
 
     async def _start_zygote(self) -> None:
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._zygote = subprocess.Popen(
-            [sys.executable, "-m", "xenopus.toolstack.zygote", str(theirs.fileno()),
-             "--spares", str(self.spares)],
-            pass_fds=[theirs.fileno()],
-            stdin=subprocess.DEVNULL,
-        )
-        theirs.close()
+        if self._started_zygote is not None:
+            self._zygote, ours = self._started_zygote
+            self._started_zygote = None
+        else:
+            self._zygote, ours = zygote.start(self.spares)
         self._zsock = ours
         # Keep the writer: dropping a StreamWriter closes its transport.
         reader, self._zwriter = await asyncio.open_unix_connection(sock=ours)
@@ -1641,28 +1638,35 @@ class Daemon:
 
 
 def run(run_dir: Path, *, ready_fd: int | None = None, log_file: Path | None = None,
-        spares: int | None = None) -> int:
+        spares: int | None = None,
+        started_zygote: tuple[subprocess.Popen, socket.socket] | None = None) -> int:
+    """The daemon in this process until it is stopped; `started_zygote` (with `spares`
+    resolved) if the caller started the zygote before importing this module."""
+
+    def refuse(problem: object) -> int:
+        print(f"xenopus daemon: {problem}", file=sys.stderr)
+        if started_zygote is not None:
+            started_zygote[0].terminate()
+            started_zygote[0].wait()
+        return 1
+
     try:
         ipc.ensure_run_dir(str(run_dir))
         handler = logging.StreamHandler(ipc.open_log(log_file) if log_file else sys.stderr)
     except OSError as e:
-        print(f"xenopus daemon: {e}", file=sys.stderr)
-        return 1
+        return refuse(e)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.INFO)
-    if spares is None:
-        try:
-            spares = int(os.environ.get("XENOPUS_SPARES", DEFAULT_SPARES))
-        except ValueError:
-            print("xenopus daemon: XENOPUS_SPARES must be a number", file=sys.stderr)
-            return 1
-    daemon = Daemon(run_dir, spares=max(0, spares))
+    try:
+        spares = zygote.spares_wanted(spares)
+    except ValueError as e:
+        return refuse(e)
+    daemon = Daemon(run_dir, spares=spares, started_zygote=started_zygote)
     try:
         daemon.acquire_lock()
     except (RequestError, OSError) as e:
-        print(f"xenopus daemon: {e}", file=sys.stderr)
-        return 1
+        return refuse(e)
     asyncio.run(daemon.serve(ready_fd))
     return 0

@@ -24,22 +24,36 @@ import os
 import signal
 import socket
 import sys
+from typing import TYPE_CHECKING
 
-from xenopus.domain.protocol import Spawn
 from xenopus.ipc import Channel
+
+if TYPE_CHECKING:  # imported by `warm`: the zygote imports this module before any layer
+    from xenopus.domain.protocol import Spawn
 
 READY = b"R"
 
 
 def warm() -> None:
-    """Import every layer a domain process runs (and the seccomp binding, which finds its
-    C library here, where a jailed child could not): a spare does before READY, the
-    zygote after it has started its first spares (their start-up is the long pole of a
-    first domain on a fresh daemon: they import while it does)."""
-    import xenopus.domain.process  # noqa: F401
+    """Import every layer a domain process runs (with seccomp_policy, whose loader the
+    jail uses on the zygote's compiled filter): a spare does before READY, the zygote
+    after it has started its first spares (their start-up is the long pole of a first
+    domain on a fresh daemon: they import while it does).
 
-    with contextlib.suppress(ImportError, OSError):  # without libseccomp the layer says it is missing
+    asyncio imports ssl when it can; a domain process never speaks TLS through asyncio,
+    and ssl with OpenSSL's libraries is ~1.3 MiB of private memory in every one. None in
+    sys.modules makes asyncio's `import ssl` fail as on a Python built without it (its
+    own fallback) while the layers are imported; then ssl is importable again for what
+    does need it (pyroute2, when a vif's tap is made)."""
+    blocked = "ssl" not in sys.modules
+    if blocked:
+        sys.modules["ssl"] = None  # type: ignore[assignment]
+    try:
+        import xenopus.domain.process  # noqa: F401
         import xenopus.domain.seccomp_policy  # noqa: F401
+    finally:
+        if blocked:
+            del sys.modules["ssl"]
 
 
 PR_SET_PDEATHSIG = 1  # prctl(2)
@@ -77,6 +91,8 @@ def main() -> None:
     die_with_parent()
     warm()
     gc.freeze()  # as in the zygote: imported objects live as long as the process
+    # What importing freed goes back to the host before the spare waits (about 1 MiB).
+    ctypes.CDLL(None).malloc_trim(0)
     sock = socket.socket(fileno=int(sys.argv[1]))
     seccomp_fd = int(sys.argv[2]) if len(sys.argv) > 2 else None
     sock.sendall(READY)
@@ -85,6 +101,8 @@ def main() -> None:
     chan.close()
     if msg is None:
         os._exit(0)  # the zygote retired this spare
+    from xenopus.domain.protocol import Spawn  # warm: imported already
+
     # The zygote checked the request.
     become_domain(Spawn.from_wire(msg), fds, fresh_layout=True, seccomp_fd=seccomp_fd)
 

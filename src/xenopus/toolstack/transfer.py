@@ -280,7 +280,8 @@ def clone(args: Namespace) -> int:
 # talks to it over its stdin and stdout, so any transport that carries a pipe carries a
 # migration. On the receiver's stdin: the save stream, then GO. On its stdout: RESTORED
 # once the domain is built and restored (paused), RUNNING once it runs. The source stays
-# paused until RUNNING and is then destroyed; anything else resumes it.
+# paused until RUNNING and is then destroyed; anything else resumes it. With -p the
+# receiver leaves it paused (RUNNING then means: it is yours).
 GO = b"go\n"
 RESTORED = b"restored\n"
 RUNNING = b"running\n"
@@ -295,7 +296,9 @@ def migrate(args: Namespace) -> int:
     import shlex
     import subprocess
 
-    command = f"{args.ssh or 'ssh'} {shlex.quote(args.host)} xenopus migrate-receive"
+    # As xl's rune: the receiver gets -d with --debug and -p ("do not unpause") with -p.
+    command = (f"{args.ssh or 'ssh'} {shlex.quote(args.host)} xenopus migrate-receive"
+               f"{' -d' if args.debug else ''}{' -p' if getattr(args, 'paused', False) else ''}")
     receiver = subprocess.Popen(command, shell=True, stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE)
     assert receiver.stdin is not None and receiver.stdout is not None
@@ -362,10 +365,12 @@ def migrate_receive(args: Namespace) -> int:
     if os.read(sys.stdin.fileno(), len(GO)) != GO:  # the sender gave up
         request("destroy", dom=str(done["domid"]))
         raise CliError("the sender did not confirm the migration; domain destroyed")
-    request("unpause", dom=str(done["domid"]))
+    if not getattr(args, "paused", False):  # -p: it stays paused here (xl migrate -p)
+        request("unpause", dom=str(done["domid"]))
     out.write(RUNNING)
     out.flush()
     if args.debug:
         print(f"received domain {done['domid']} ({done['name']}): {done['pages']} pages, "
-              f"{done['octets']} octets in {done['seconds']:.3f} s", file=sys.stderr)
+              f"{done['octets']} octets in {done['seconds']:.3f} s{_phases(done)}",
+              file=sys.stderr)
     return 0

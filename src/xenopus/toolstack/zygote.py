@@ -14,6 +14,13 @@ own PID namespace and already warm, hands each create one of them, and starts it
 replacement in the background. `--spares 0` forks instead (less memory per domain, one
 layout for all; the domain's jail reports the `aslr` layer as shared).
 
+A fresh daemon's first domain waits for the first spare, so that one goes first: the
+daemon starts the zygote before it imports itself, the zygote starts it before importing
+anything but the domain protocol (and every layer only if it forks domains: `--spares 0`,
+or a pool that broke), and the others start once it is ready. (Replacements are not
+started at a lower priority: on a busy host they would starve, and a burst of creates
+would wait for them.)
+
 Messages on the zygote's socket (`xenopus.control`, framed by `xenopus.ipc`):
   daemon → zygote  `Spawn` + 2 or 3 fds: the control channel, the domain's XenStore
                    connection and its interdomain broker channel (SOCK_SEQPACKET)
@@ -29,17 +36,49 @@ import os
 import selectors
 import signal
 import socket
+import subprocess
 import sys
+from typing import TYPE_CHECKING
 
-from xenopus.control import ProtocolError
-from xenopus.domain import jail, seccomp_policy
-from xenopus.domain.protocol import (
-    Exited,
-    Spawn,
-    Spawned,
-)
+# Nothing here imports a layer: `serve` starts the first spare, then imports the domain
+# protocol (every layer only before forking a domain: spare.warm).
+from xenopus.domain.pidns import PidNamespaceForker
 from xenopus.ipc import Channel
-from xenopus.toolstack import spare  # every layer is imported by `serve` (spare.warm)
+from xenopus.toolstack import spare
+
+if TYPE_CHECKING:
+    from xenopus.domain.protocol import Spawn
+
+# Spare domain processes the zygote keeps exec'd and warm (toolstack/spare.py): each
+# domain gets an address-space layout of its own at the cost of one idle Python per
+# spare; creations faster than spares start wait for one. 0: fork from the zygote.
+DEFAULT_SPARES = 2
+
+
+def spares_wanted(given: int | None) -> int:
+    """`daemon --spares N`, else $XENOPUS_SPARES, else DEFAULT_SPARES; ValueError if the
+    variable is not a number."""
+    if given is None:
+        try:
+            given = int(os.environ.get("XENOPUS_SPARES", DEFAULT_SPARES))
+        except ValueError:
+            raise ValueError("XENOPUS_SPARES must be a number") from None
+    return max(0, given)
+
+
+def start(spares: int) -> tuple[subprocess.Popen, socket.socket]:
+    """Exec a zygote keeping `spares` spares; returns it and the daemon's end of its
+    socket. A starting daemon calls this before it imports itself: the zygote's spares
+    import every layer meanwhile, and a fresh daemon's first domain waits the less."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "xenopus.toolstack.zygote", str(theirs.fileno()),
+         "--spares", str(spares)],
+        pass_fds=[theirs.fileno()],
+        stdin=subprocess.DEVNULL,
+    )
+    theirs.close()
+    return proc, ours
 
 
 class SparePool:
@@ -49,26 +88,30 @@ class SparePool:
     # creates fork from the zygote (sharing its layout) rather than wait for ever.
     MAX_FAILURES = 3
 
-    def __init__(self, size: int, forker: jail.PidNamespaceForker, sel: selectors.BaseSelector,
+    def __init__(self, size: int, forker: PidNamespaceForker, sel: selectors.BaseSelector,
                  seccomp_fd: int | None = None):
-        self.size = size
         self.seccomp_fd = seccomp_fd
+        self.size = size
         self.forker = forker
         self.sel = sel
         self.starting: dict[int, socket.socket] = {}  # pid -> its socket, until READY
         self.ready: list[tuple[int, socket.socket]] = []
         self.failures = 0
         self.broken: str | None = None
+        self.warmed = False  # a spare has been ready once (see fill)
 
     @property
     def usable(self) -> bool:
         return self.size > 0 and self.broken is None
 
     def fill(self) -> None:
-        """Start a spare if the pool is short of one and none is starting: one at a time,
-        so that on a busy host the first is ready as soon as one Python can import every
-        layer, not when several sharing the CPUs have (the next starts when it is)."""
-        if self.usable and not self.starting and len(self.ready) < self.size:
+        """Start spares until the pool has `size` ready or starting. The very first one
+        alone: on a fresh daemon a domain waits for it, and it is ready as soon as one
+        Python has imported every layer, not when several sharing the CPUs have; after
+        that, replacements start together (a burst of creates takes them all)."""
+        while self.usable and len(self.starting) + len(self.ready) < self.size:
+            if self.starting and not self.warmed:
+                return
             self._start()
 
     def _start(self) -> None:
@@ -95,6 +138,7 @@ class SparePool:
         self.sel.unregister(sock)
         if sock.recv(1) == spare.READY:
             self.failures = 0
+            self.warmed = True
             self.ready.append((pid, sock))
             self.fill()
             return
@@ -135,14 +179,29 @@ def serve(sock: socket.socket, spares: int = 0, seccomp_fd: int | None = None) -
     sel = selectors.DefaultSelector()
     sel.register(sock, selectors.EVENT_READ)
     sel.register(wake_r, selectors.EVENT_READ)
-    forker = jail.PidNamespaceForker()
+    forker = PidNamespaceForker()
     pool = SparePool(spares, forker, sel, seccomp_fd)
     pool.fill()
-    # Every layer imported (and the seccomp binding), before any domain is forked from
-    # here, so that forked children start warm; after the spares' start, which takes as
-    # long and is what a fresh daemon's first domain waits for.
-    spare.warm()
-    gc.freeze()  # imported objects live as long as the zygote: see main
+    warmed = False
+
+    def warm() -> None:
+        """Every layer imported (and the seccomp binding, which finds its C library here
+        where a jailed child could not) before any domain is forked from here, so that
+        forked children start warm. With spares only if the pool breaks and domains are
+        forked after all: until then every domain is a spare, which imports its own, and
+        a fresh daemon's first domain waits for one, not for this process too."""
+        nonlocal warmed
+        if not warmed:
+            spare.warm()
+            gc.freeze()  # imported objects live as long as the zygote: see main
+            warmed = True
+
+    if not pool.usable:
+        warm()
+    # The domain protocol (and the config it carries), while the first spare imports:
+    # a fresh daemon's first request comes about when that spare is ready.
+    from xenopus.control import ProtocolError
+    from xenopus.domain.protocol import Spawn, Spawned
     pending: collections.deque[tuple[Spawn, list[int]]] = collections.deque()
     while True:
         for key, _ in sel.select():
@@ -188,6 +247,7 @@ def serve(sock: socket.socket, spares: int = 0, seccomp_fd: int | None = None) -
                 spawn, fds = pending.popleft()
             else:
                 spawn, fds = pending.popleft()
+                warm()
                 pid = _fork_domain(forker, pool, chan, sel, wake_r, wake_w, spawn, fds,
                                    seccomp_fd)
             # Closed before any further fork: a child holding a copy of the domain's
@@ -200,7 +260,7 @@ def serve(sock: socket.socket, spares: int = 0, seccomp_fd: int | None = None) -
         _reap(chan, children, pool)
 
 
-def _fork_domain(forker: jail.PidNamespaceForker, pool: SparePool, chan: Channel,
+def _fork_domain(forker: PidNamespaceForker, pool: SparePool, chan: Channel,
                  sel: selectors.BaseSelector, wake_r: int, wake_w: int, spawn: Spawn,
                  fds: list[int], seccomp_fd: int | None) -> int:
     # Each domain process is pid 1 of a PID namespace of its own: it sees no other
@@ -220,6 +280,8 @@ def _reap(chan: Channel, children: dict[int, int], pool: SparePool) -> None:
     """Collect every child that has exited: a domain (reported) or a spare (replaced).
     Spares are children too, so this runs until wait4 has none, not until no domain is
     left (a spare dying while no domain ran stayed a zombie, and unreplaced)."""
+    from xenopus.domain.protocol import Exited  # imported by serve, after the spares' start
+
     while True:
         try:
             pid, status, usage = os.wait4(-1, os.WNOHANG)
@@ -248,9 +310,12 @@ def main() -> None:
 
 
 def _compile_seccomp() -> int | None:
-    """The domains' seccomp filter, compiled once here (the only use of libseccomp); None
-    if it cannot be, and each domain's jail then tries itself and reports why not."""
+    """The domains' seccomp filter, compiled once here (the only use of libseccomp), before
+    the first spare starts (its argv names the memfd); None if it cannot be, and each
+    domain's jail then tries itself and reports why not."""
     try:
+        from xenopus.domain import jail, seccomp_policy
+
         return seccomp_policy.compile_filter(log_only="log" in jail.debug_flags(),
                                              ioctls=jail.IOCTLS)
     except (ImportError, OSError, RuntimeError, ValueError) as e:

@@ -98,6 +98,7 @@ class Machine:
         cpuid_fixup: CpuidFixup | None = None,
         port_out_handlers: Mapping[int, Callable[[Vcpu], None]] | None = None,
         cpu_policy: CpuPolicy | None = None,
+        pit: bool = True,
     ):
         if vcpus < 1:
             raise ValueError(f"a machine needs at least one vCPU, not {vcpus}")
@@ -132,6 +133,7 @@ class Machine:
         self.cpu_policy = cpu_policy
         self._cpuid_fixup = cpuid_fixup
         self._userspace_msrs = list(msr_filter or ())
+        self.has_pit = pit  # the in-kernel i8254 (Xen's PVH platform has none)
         self._manual_dirty_log = False  # KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 enabled (log_dirty)
         try:
             self._build(vcpus, pio, mmio, msr_handler, cpuid_fixup, exit_handlers, msr_filter,
@@ -182,9 +184,10 @@ class Machine:
         vm.create_irqchip()  # PIC + IOAPIC + per-vCPU LAPICs
         self.irq = IrqRouting(vm)  # owns the GSI table from here on (MSI routes, irqfds)
         self._ioevents = IoEvents(vm)
-        # The dummy speaker keeps port 0x61 in the kernel, tied to PIT channel 2 as
-        # Linux's PIT calibration expects.
-        vm.create_pit2(u.KVM_PIT_SPEAKER_DUMMY)
+        if self.has_pit:
+            # The dummy speaker keeps port 0x61 in the kernel, tied to PIT channel 2 as
+            # Linux's PIT calibration expects.
+            vm.create_pit2(u.KVM_PIT_SPEAKER_DUMMY)
         self._nvcpus = n
         self._supported = self.kvm.supported_cpuid()
         self._tsc_khz_known = self.kvm.check_extension(u.KVM_CAP_GET_TSC_KHZ) > 0

@@ -800,6 +800,23 @@ class grant_entry_v1(ctypes.Structure):
 GRANT_ENTRIES_PER_FRAME_V1 = PAGE_SIZE // 8
 
 
+class grant_entry_header(ctypes.Structure):
+    _fields_ = [("flags", c_uint16), ("domid", domid_t)]
+
+
+class grant_entry_v2(ctypes.Structure):
+    """union grant_entry_v2 as its full_page / sub_page members lay it out: the header,
+    then page_off and length (sub_page; pad0 of full_page), then the 64-bit frame."""
+
+    _fields_ = [("hdr", grant_entry_header), ("page_off", c_uint16), ("length", c_uint16),
+                ("frame", c_uint64)]
+
+
+GRANT_ENTRIES_PER_FRAME_V2 = PAGE_SIZE // 16
+GRANT_STATUS_PER_FRAME = PAGE_SIZE // 2  # grant_status_t: uint16_t
+GNTTAB_NR_RESERVED_ENTRIES = 8  # the toolstack's (xenstore, console), kept across versions
+
+
 class gnttab_setup_table(ctypes.Structure):
     _fields_ = [("dom", domid_t), ("nr_frames", c_uint32), ("status", c_int16),
                 ("frame_list", guest_handle_t)]
@@ -816,6 +833,11 @@ class gnttab_set_version(ctypes.Structure):
 
 class gnttab_get_version(ctypes.Structure):
     _fields_ = [("dom", domid_t), ("pad", c_uint16), ("version", c_uint32)]
+
+
+class gnttab_get_status_frames(ctypes.Structure):
+    _fields_ = [("nr_frames", c_uint32), ("dom", domid_t), ("status", c_int16),
+                ("frame_list", guest_handle_t)]
 
 
 class _gnttab_copy_u(ctypes.Union):
@@ -1150,6 +1172,11 @@ class compat_xen_platform_parameters(ctypes.Structure):
     _fields_ = [("virt_start", compat_ulong_t)]
 
 
+class compat_gnttab_get_status_frames(ctypes.Structure):
+    _fields_ = [("nr_frames", c_uint32), ("dom", domid_t), ("status", c_int16),
+                ("frame_list", compat_handle_t)]
+
+
 class compat_gnttab_setup_table(ctypes.Structure):
     _fields_ = [("dom", domid_t), ("nr_frames", c_uint32), ("status", c_int16),
                 ("frame_list", compat_handle_t)]
@@ -1213,6 +1240,7 @@ COMPAT: dict[type, type] = {
     vcpu_set_singleshot_timer: compat_vcpu_set_singleshot_timer,
     xen_platform_parameters: compat_xen_platform_parameters,
     gnttab_setup_table: compat_gnttab_setup_table,
+    gnttab_get_status_frames: compat_gnttab_get_status_frames,
     gnttab_copy: compat_gnttab_copy,
     multicall_entry: multicall_entry_32,
 }

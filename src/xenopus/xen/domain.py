@@ -168,6 +168,8 @@ class XenDomain:
     def close(self) -> None:
         for closer in self._closers:
             closer()
+        if self.kernel is not None:
+            self.kernel.close()
         self.grants.unmap_all()  # the granters' entries lose our in-use flags
         self.timers.close()
         for route in self._msi.values():
@@ -286,11 +288,12 @@ class XenDomain:
         return rc
 
     def xen_gpfns(self) -> set[int]:
-        """The frames Xen's own structures live in: shared_info, the grant frames, the
-        special pages (not the guest's to balloon out or unmap)."""
+        """The frames Xen's own structures live in: shared_info, the grant frames (and a v2
+        table's status frames), the special pages (not the guest's to balloon out or unmap)."""
         pfns = {self.params[p] for p in (abi.HVM_PARAM_STORE_PFN, abi.HVM_PARAM_CONSOLE_PFN)
                 if p in self.params}
         pfns.update(self.grants.frames.values())
+        pfns.update(self.grants.status_frames.values())
         if self.shared_info is not None:
             pfns.add(self.shared_info // abi.PAGE_SIZE)
         return pfns

@@ -1,7 +1,18 @@
-"""Grant tables, version 1: ``GrantTable`` (frames and ``GNTTABOP_*``) and ``GrantMapper``.
+"""Grant tables, versions 1 and 2: ``GrantTable`` (frames and ``GNTTABOP_*``) and
+``GrantMapper``.
 
-Spec: xen/include/public/grant_table.h (v1 entries, ops, GTF_*/GNTST_* codes); the checks
-and their order follow Xen's common/grant_table.c, which is what guests are written against.
+Spec: xen/include/public/grant_table.h (v1 and v2 entries, ops, GTF_*/GNTST_* codes); the
+checks and their order follow Xen's common/grant_table.c, which is what guests are written
+against.
+
+Version 2 (GNTTABOP_set_version): 16-byte entries (a header, then a 64-bit frame, or a
+sub-page window), and the in-use bits GTF_reading/GTF_writing move out of the entries into
+status frames (one uint16_t per entry), which the guest maps with
+XENMAPIDX_grant_table_status and finds with GNTTABOP_get_status_frames. Switching keeps the
+8 reserved entries (converted) and clears the rest, refused while a grant beyond them is in
+use (-EBUSY), as Xen does. Transitive grants are refused (GNTST_general_error); a grant
+whose status frame the guest has not mapped cannot be used either (its in-use bits would
+have nowhere to go: Xen's status frames are its own pages, ours are the guest's).
 
 Where the table lives. On Xen the grant frames are Xen-owned pages that
 XENMEM_add_to_physmap(XENMAPSPACE_grant_table, idx, gpfn) maps into the guest. Here frame
@@ -50,6 +61,15 @@ PER_FRAME = abi.GRANT_ENTRIES_PER_FRAME_V1
 _ENTRY = ctypes.sizeof(abi.grant_entry_v1)
 _FRAME_OFF = abi.grant_entry_v1.frame.offset
 _ENTRIES = struct.Struct("<HHI")  # grant_entry_v1: flags, domid, frame (grant_table.h)
+_ENTRIES_V2 = struct.Struct("<HHHHQ")  # grant_entry_v2: flags, domid, page_off, length, frame
+_ENTRY_V2 = ctypes.sizeof(abi.grant_entry_v2)
+_FRAME_OFF_V2 = abi.grant_entry_v2.frame.offset
+_PER_FRAME = {1: PER_FRAME, 2: abi.GRANT_ENTRIES_PER_FRAME_V2}
+_ENTRY_SIZE = {1: _ENTRY, 2: _ENTRY_V2}
+STATUS_PER_FRAME = abi.GRANT_STATUS_PER_FRAME
+RESERVED = abi.GNTTAB_NR_RESERVED_ENTRIES
+MAX_VERSION = 2  # what set_version may ask for (xl.cfg max_grant_version's default)
+_IN_USE = abi.GTF_reading | abi.GTF_writing
 _DOMID_SHIFT = 8 * abi.grant_entry_v1.domid.offset  # flags and domid share one 32-bit word
 _NO_GFN = 2**64 - 1  # a frame not mapped into the guest (all-ones xen_pfn_t)
 _ULONG = 2**64 - 1
@@ -91,12 +111,14 @@ class GrantTable:
         self.foreign = foreign
         self.nr_frames = 1  # Xen starts a table with one frame and grows it on demand
         self.frames: dict[int, int] = {}  # frame index -> gpfn
+        self.version = 1
+        self.status_frames: dict[int, int] = {}  # v2: status frame index -> gpfn
         self.atomics = GuestAtomics(memory)
         self._pins: dict[int, list[int]] = {}  # gref -> [readers, writers]
         self._lock = threading.RLock()
-        # Told (frames, nr_frames) whenever a frame is mapped or moved: other domains that
-        # view this table look entries up through those frames.
-        self.on_frames: Callable[[dict[int, int], int], None] | None = None
+        # Told `layout()` whenever a frame is mapped or moved or the version changes: other
+        # domains that view this table look entries up through those frames.
+        self.on_frames: Callable[[dict[str, Any]], None] | None = None
         # This domain as a mapper: its maptrack, and how a granted page is put at a GFN of
         # its p2m (gfn, (memfd, offset), readonly) -> done, and taken away again.
         self.maptrack: dict[int, HostMapping] = {}
@@ -104,29 +126,74 @@ class GrantTable:
         self.host_unmap: Callable[[int], None] | None = None
 
     @property
+    def per_frame(self) -> int:
+        return _PER_FRAME[self.version]
+
+    @property
     def nr_entries(self) -> int:
-        return self.nr_frames * PER_FRAME
+        return self.nr_frames * self.per_frame
+
+    @property
+    def nr_status_frames(self) -> int:
+        """grant_to_status_frames(): enough uint16_t for every entry; none in v1."""
+        return -(-self.nr_entries // STATUS_PER_FRAME) if self.version == 2 else 0
+
+    def layout(self) -> dict[str, Any]:
+        """Where the table is, for a domain that views it (JSON-able)."""
+        with self._lock:
+            return {"frames": {str(k): v for k, v in self.frames.items()},
+                    "nr_frames": self.nr_frames, "version": self.version,
+                    "status_frames": {str(k): v for k, v in self.status_frames.items()}}
+
+    def apply_layout(self, msg: dict[str, Any]) -> None:
+        """A peer's `layout()`: only RAM pages of that peer's memory count."""
+        def pages(value: object, limit: int) -> dict[int, int]:
+            good: dict[int, int] = {}
+            for k, gpfn in (value.items() if isinstance(value, dict) else ()):
+                if (str(k).isdigit() and int(k) < limit and isinstance(gpfn, int)
+                        and self.memory.contains(gpfn * abi.PAGE_SIZE, abi.PAGE_SIZE)):
+                    good[int(k)] = gpfn
+            return good
+        nr, version = msg.get("nr_frames"), msg.get("version", 1)
+        if not isinstance(nr, int) or version not in (1, 2):
+            return
+        with self._lock:
+            self.version = version
+            self.nr_frames = max(1, min(nr, self.max_frames))
+            self.frames = pages(msg.get("frames"), self.max_frames)
+            self.status_frames = pages(msg.get("status_frames"), self.nr_status_frames)
+
+    def _told(self) -> None:
+        if self.on_frames is not None:
+            self.on_frames(self.layout())
 
     def map_frame(self, idx: int, gpfn: int) -> int:
-        """XENMEM_add_to_physmap(XENMAPSPACE_grant_table, idx, gpfn); 0 or -errno."""
-        if idx & abi.XENMAPIDX_grant_table_status:
-            return -abi.XEN_EINVAL  # status frames exist only in v2
-        if idx >= self.max_frames:
-            return -abi.XEN_EINVAL
+        """XENMEM_add_to_physmap(XENMAPSPACE_grant_table, idx, gpfn); 0 or -errno. With
+        XENMAPIDX_grant_table_status in idx, status frame idx (v2 only)."""
+        status = bool(idx & abi.XENMAPIDX_grant_table_status)
+        idx &= ~abi.XENMAPIDX_grant_table_status
         gpa = gpfn * abi.PAGE_SIZE
         if not self.memory.contains(gpa, abi.PAGE_SIZE):
             return -abi.XEN_EINVAL
         with self._lock:
-            old = self.frames.get(idx)
+            if status:
+                # gnttab_map_frame: only a status frame the v2 table has
+                if self.version != 2 or idx >= self.nr_status_frames:
+                    return -abi.XEN_EINVAL
+                placed = self.status_frames
+            else:
+                if idx >= self.max_frames:
+                    return -abi.XEN_EINVAL
+                placed = self.frames
+            old = placed.get(idx)
             if old is None:
                 self.memory.fill(gpa, abi.PAGE_SIZE)
             elif old != gpfn:
                 self.memory.write(gpa, self.memory.read(old * abi.PAGE_SIZE, abi.PAGE_SIZE))
-            self.frames[idx] = gpfn
-            self.nr_frames = max(self.nr_frames, idx + 1)
-            frames, nr_frames = dict(self.frames), self.nr_frames
-        if self.on_frames is not None:
-            self.on_frames(frames, nr_frames)
+            placed[idx] = gpfn
+            if not status:
+                self.nr_frames = max(self.nr_frames, idx + 1)
+        self._told()
         return 0
 
     # --- save/restore: the entries live in guest RAM (the frames); the table's own state
@@ -137,24 +204,37 @@ class GrantTable:
                 # Another domain's page is mapped here: nothing in a stream can restore it.
                 raise StateError(f"d{self.domid} has {len(self.maptrack)} grant mapping(s) "
                                  "of another domain's pages")
-            return {"nr_frames": self.nr_frames,
-                    "frames": [[i, f] for i, f in sorted(self.frames.items())]}
+            state: dict[str, object] = {
+                "nr_frames": self.nr_frames,
+                "frames": [[i, f] for i, f in sorted(self.frames.items())]}
+            if self.version == 2:  # absent: v1, as every stream before v2 was written
+                state["version"] = 2
+                state["status_frames"] = [[i, f] for i, f in sorted(self.status_frames.items())]
+            return state
 
     def restore_state(self, state: dict[str, object]) -> None:
         nr_frames, frames = state["nr_frames"], state["frames"]
+        version, status = state.get("version", 1), state.get("status_frames", [])
         if not (isinstance(nr_frames, int) and 1 <= nr_frames <= self.max_frames
-                and isinstance(frames, list)):
-            raise ValueError(f"grant table of {nr_frames} frames (at most {self.max_frames})")
-        placed: dict[int, int] = {}
-        for idx, gpfn in frames:
-            if not (0 <= idx < self.max_frames
-                    and self.memory.contains(gpfn * abi.PAGE_SIZE, abi.PAGE_SIZE)):
-                raise ValueError(f"grant frame {idx} at gpfn {gpfn:#x}")
-            placed[idx] = gpfn
+                and isinstance(frames, list) and version in (1, 2)
+                and isinstance(status, list)):
+            raise ValueError(f"grant table v{version} of {nr_frames} frames"
+                             f" (at most {self.max_frames})")
+
+        def placed(items: list, limit: int, what: str) -> dict[int, int]:
+            out: dict[int, int] = {}
+            for idx, gpfn in items:
+                if not (0 <= idx < limit
+                        and self.memory.contains(gpfn * abi.PAGE_SIZE, abi.PAGE_SIZE)):
+                    raise ValueError(f"grant {what} {idx} at gpfn {gpfn:#x}")
+                out[idx] = gpfn
+            return out
+
         with self._lock:
-            self.nr_frames, self.frames = nr_frames, placed
-        if self.on_frames is not None:
-            self.on_frames(dict(placed), nr_frames)
+            self.version, self.nr_frames = version, nr_frames
+            self.frames = placed(frames, self.max_frames, "frame")
+            self.status_frames = placed(status, self.nr_status_frames, "status frame")
+        self._told()
 
     def writable_pages(self) -> list[int]:
         """GPAs of the RAM pages this domain grants write access to (v1 entries permitting
@@ -164,17 +244,35 @@ class GrantTable:
         pages = set()
         with self._lock:
             frames = [f for i, f in self.frames.items() if i < self.nr_frames]
+            layout = _ENTRIES if self.version == 1 else _ENTRIES_V2
         for gpfn in frames:
             table = self.memory.read(gpfn * abi.PAGE_SIZE, abi.PAGE_SIZE)
-            for flags, _domid, frame in _ENTRIES.iter_unpack(table):
+            for flags, _domid, *rest in layout.iter_unpack(table):
                 if (flags & abi.GTF_type_mask == abi.GTF_permit_access
                         and not flags & abi.GTF_readonly):
-                    pages.add(frame * abi.PAGE_SIZE)
+                    pages.add(rest[-1] * abi.PAGE_SIZE)
         return sorted(p for p in pages if self.memory.is_ram(p, abi.PAGE_SIZE))
 
     def entry_gpa(self, gref: int) -> int | None:
-        gpfn = self.frames.get(gref // PER_FRAME)
-        return None if gpfn is None else gpfn * abi.PAGE_SIZE + (gref % PER_FRAME) * _ENTRY
+        per, size = self.per_frame, _ENTRY_SIZE[self.version]
+        gpfn = self.frames.get(gref // per)
+        return None if gpfn is None else gpfn * abi.PAGE_SIZE + (gref % per) * size
+
+    def status_gpa(self, gref: int) -> int | None:
+        """v2: where gref's grant_status_t is, if the guest mapped that status frame."""
+        gpfn = self.status_frames.get(gref // STATUS_PER_FRAME)
+        return None if gpfn is None else gpfn * abi.PAGE_SIZE + (gref % STATUS_PER_FRAME) * 2
+
+    def _status_update(self, sgpa: int, set_bits: int = 0, clear_bits: int = 0) -> None:
+        """Atomically set or clear bits of the uint16_t at sgpa (a 32-bit compare-and-swap
+        on the aligned word holding it: the guest reads it while we write)."""
+        word, shift = sgpa & ~3, 8 * (sgpa & 2)
+        for _ in range(64):
+            old = self.memory.read_u32(word)
+            new = (old | set_bits << shift) & ~(clear_bits << shift) & 0xFFFFFFFF
+            if self.atomics.cmpxchg32(word, old, new) == old:
+                return
+        raise GrantError(abi.GNTST_general_error, "status word keeps changing")
 
     # --- using a grant: the checks of grant_table.c's _set_status_v1 ------------------------
 
@@ -194,6 +292,8 @@ class GrantTable:
             egpa = self.entry_gpa(gref)
             if egpa is None:
                 raise GrantError(abi.GNTST_general_error, f"gref {gref}: frame never mapped")
+            if self.version == 2:
+                return self._acquire_v2(gref, egpa, user_domid, write, mask, use)
             for _ in range(_UNSTABLE_RETRIES):
                 word = self.memory.read_u32(egpa)
                 flags, domid = word & 0xFFFF, word >> _DOMID_SHIFT
@@ -218,6 +318,55 @@ class GrantTable:
                 raise GrantError(abi.GNTST_bad_page, f"gref {gref}: frame {page:#x} not RAM")
             return page
 
+    def _acquire_v2(self, gref: int, egpa: int, user_domid: int, write: bool, mask: int,
+                    use: int) -> int:
+        """grant_table.c _set_status_v2: check the header, set the in-use bits in the
+        status frame, then check the header again (the guest clears its flags before it
+        reads the status to end access, so one of the two sides sees the other)."""
+        sgpa = self.status_gpa(gref)
+        if sgpa is None:
+            raise GrantError(abi.GNTST_general_error, f"gref {gref}: status frame not mapped")
+
+        def check(word: int) -> None:
+            flags, domid = word & 0xFFFF, word >> _DOMID_SHIFT
+            if flags & abi.GTF_type_mask == abi.GTF_transitive:
+                raise GrantError(abi.GNTST_general_error, f"gref {gref}: transitive grant")
+            if (flags & mask) != abi.GTF_permit_access or domid != user_domid:
+                raise GrantError(abi.GNTST_general_error,
+                                 f"gref {gref}: flags {flags:#x} dom {domid}, wanted by d{user_domid}")
+            if write and flags & abi.GTF_readonly:
+                raise GrantError(abi.GNTST_general_error, f"gref {gref} is read-only")
+
+        check(self.memory.read_u32(egpa))
+        pinned = gref in self._pins
+        self._status_update(sgpa, set_bits=use)
+        try:
+            check(self.memory.read_u32(egpa))
+        except GrantError:
+            if not pinned:  # Xen: !act->pin, so no one else holds these bits
+                self._status_update(sgpa, clear_bits=_IN_USE)
+            raise
+        pins = self._pins.setdefault(gref, [0, 0])
+        pins[0] += 1
+        pins[1] += write
+        page = self.memory.read_u64(egpa + _FRAME_OFF_V2) * abi.PAGE_SIZE
+        if not self.memory.contains(page, abi.PAGE_SIZE):
+            self.release(gref, write)
+            raise GrantError(abi.GNTST_bad_page, f"gref {gref}: frame {page:#x} not RAM")
+        return page
+
+    def window(self, gref: int) -> tuple[int, int]:
+        """The bytes of the granted page a pinned gref allows: a v2 sub-page grant's
+        [page_off, page_off + length), else the whole page."""
+        egpa = self.entry_gpa(gref)
+        if self.version != 2 or egpa is None:
+            return 0, abi.PAGE_SIZE
+        if not self.memory.read_u16(egpa) & abi.GTF_sub_page:
+            return 0, abi.PAGE_SIZE
+        off = self.memory.read_u16(egpa + abi.grant_entry_v2.page_off.offset)
+        length = self.memory.read_u16(egpa + abi.grant_entry_v2.length.offset)
+        return off, off + length
+
     def release(self, gref: int, write: bool) -> None:
         """Drop a pin; the last writer clears GTF_writing, the last user GTF_reading."""
         with self._lock:
@@ -230,8 +379,15 @@ class GrantTable:
                 abi.GTF_reading if pins[0] == 0 else 0)
             if pins[0] == 0:
                 del self._pins[gref]
+            if not clear:
+                return
+            if self.version == 2:
+                sgpa = self.status_gpa(gref)
+                if sgpa is not None:
+                    self._status_update(sgpa, clear_bits=clear)
+                return
             egpa = self.entry_gpa(gref)
-            if clear and egpa is not None:
+            if egpa is not None:
                 self.atomics.fetch_and(egpa, ~clear & _ULONG)
 
     def in_use(self, gref: int) -> tuple[int, int]:
@@ -269,8 +425,7 @@ class GrantTable:
                 return 0
         except XenError as e:  # GuestFault: -EFAULT
             return -e.errno
-        # unmap_and_replace (PV), transfer, dump_table, swap, cache_flush and
-        # get_status_frames (v2): not offered.
+        # unmap_and_replace (PV), transfer, dump_table, swap and cache_flush: not offered.
         return -abi.XEN_ENOSYS
 
     def _self(self, dom: int) -> bool:
@@ -314,17 +469,98 @@ class GrantTable:
 
     def _op_set_version(self, access: GuestAccess, gva: int) -> int:
         op = access.read(gva, abi.gnttab_set_version)
-        rc = 0 if op.version == 1 else -abi.XEN_ENOSYS if op.version == 2 else -abi.XEN_EINVAL
-        op.version = 1  # Xen writes the version in force back, even on failure
+        rc = self.set_version(op.version)
+        op.version = self.version  # Xen writes the version in force back, even on failure
         access.write(gva, op)
         return rc
+
+    def _in_use(self, gref: int) -> bool:
+        """Whether gref's in-use bits are set, by any process (they live in guest RAM)."""
+        if gref in self._pins:
+            return True
+        if self.version == 1:
+            egpa = self.entry_gpa(gref)
+            return egpa is not None and bool(self.memory.read_u16(egpa) & _IN_USE)
+        sgpa = self.status_gpa(gref)
+        return sgpa is not None and bool(self.memory.read_u16(sgpa) & _IN_USE)
+
+    def set_version(self, version: int) -> int:
+        """grant_table.c gnttab_set_version: 0 or -errno."""
+        if version not in (1, 2):
+            return -abi.XEN_EINVAL
+        if version > MAX_VERSION:
+            return -abi.XEN_ENOSYS
+        with self._lock:
+            if version == self.version:
+                return 0
+            if any(self._in_use(g) for g in range(RESERVED, self.nr_entries)):
+                return -abi.XEN_EBUSY  # only the reserved entries may be in use
+            # The reserved entries, as v1 ones (flags with the in-use bits, domid, frame).
+            reserved: list[tuple[int, int, int]] = []
+            for g in range(RESERVED):
+                egpa = self.entry_gpa(g)
+                if egpa is None:
+                    reserved.append((0, 0, 0))
+                elif self.version == 1:
+                    flags, domid, frame = _ENTRIES.unpack(self.memory.read(egpa, _ENTRY))
+                    reserved.append((flags, domid, frame))
+                else:
+                    flags, domid, _off, _len, frame = _ENTRIES_V2.unpack(
+                        self.memory.read(egpa, _ENTRY_V2))
+                    kind = flags & abi.GTF_type_mask
+                    if kind == abi.GTF_transitive or (kind == abi.GTF_permit_access
+                                                      and frame >> 32):
+                        return -abi.XEN_ERANGE  # not representable in v1
+                    sgpa = self.status_gpa(g)
+                    status = self.memory.read_u16(sgpa) if sgpa is not None else 0
+                    reserved.append((flags | status, domid, frame)
+                                    if kind == abi.GTF_permit_access else (0, 0, 0))
+            self.version = version
+            if version == 1:
+                self.status_frames = {}  # gnttab_unpopulate_status_frames
+            for i, gpfn in self.frames.items():  # "no crud left over from the old version"
+                if i < self.nr_frames:
+                    self.memory.fill(gpfn * abi.PAGE_SIZE, abi.PAGE_SIZE)
+            for g, (flags, domid, frame) in enumerate(reserved):
+                egpa = self.entry_gpa(g)
+                if egpa is None:
+                    continue
+                if version == 1:
+                    self.memory.write(egpa, _ENTRIES.pack(flags, domid, frame))
+                    continue
+                self.memory.write(egpa, _ENTRIES_V2.pack(flags & ~_IN_USE, domid, 0, 0, frame))
+                sgpa = self.status_gpa(g)
+                if sgpa is not None:
+                    self._status_update(sgpa, set_bits=flags & _IN_USE,
+                                        clear_bits=~flags & _IN_USE)
+        self._told()
+        return 0
 
     def _op_get_version(self, access: GuestAccess, gva: int) -> int:
         op = access.read(gva, abi.gnttab_get_version)
         if not self._self(op.dom):
             return -abi.XEN_ESRCH
-        op.version = 1
+        op.version = self.version
         access.write(gva, op)
+        return 0
+
+    def _op_get_status_frames(self, access: GuestAccess, gva: int) -> int:
+        """The GFNs where the status frames are mapped (gnttab_status_gfn: all-ones for
+        one not mapped); asking for more than the table has is GNTST_general_error."""
+        op = access.read(gva, abi.gnttab_get_status_frames)
+        if not self._self(op.dom):
+            op.status = abi.GNTST_bad_domain
+        elif op.nr_frames > self.nr_status_frames:
+            op.status = abi.GNTST_general_error
+        else:
+            op.status = abi.GNTST_okay
+            try:
+                for i in range(op.nr_frames):  # uint64_t elements in both ABIs
+                    gfn = self.status_frames.get(i, _NO_GFN)
+                    access.write(op.frame_list + 8 * i, gfn.to_bytes(8, "little"))
+            except XenError:
+                op.status = abi.GNTST_bad_virt_addr
+        access.write_field(gva, op, "status")
         return 0
 
     def _op_copy(self, access: GuestAccess, gva: int, count: int) -> int:
@@ -413,6 +649,7 @@ class GrantTable:
         abi.GNTTABOP_query_size: _op_query_size,
         abi.GNTTABOP_set_version: _op_set_version,
         abi.GNTTABOP_get_version: _op_get_version,
+        abi.GNTTABOP_get_status_frames: _op_get_status_frames,
     }
 
     # --- GNTTABOP_copy (grant_table.c gnttab_copy_one) --------------------------------------
@@ -450,8 +687,11 @@ class GrantTable:
             dst = self._claim(dst_table, op.dest, dst_gref, True)
             if dst_gref:
                 held.append((dst_table, op.dest.u.ref, True))
-            if (op.source.offset + op.len > abi.PAGE_SIZE
-                    or op.dest.offset + op.len > abi.PAGE_SIZE):
+            # The page, or a v2 sub-page grant's window (gnttab_copy_claim_buf's checks)
+            src_lo, src_hi = src_table.window(op.source.u.ref) if src_gref else (0, abi.PAGE_SIZE)
+            dst_lo, dst_hi = dst_table.window(op.dest.u.ref) if dst_gref else (0, abi.PAGE_SIZE)
+            if (op.source.offset < src_lo or op.source.offset + op.len > src_hi
+                    or op.dest.offset < dst_lo or op.dest.offset + op.len > dst_hi):
                 raise GrantError(abi.GNTST_bad_copy_arg, "copy beyond page area")
             data = src_table.memory.read(src + op.source.offset, op.len)
             dst_table.memory.write(dst + op.dest.offset, data)

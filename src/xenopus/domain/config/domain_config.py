@@ -140,6 +140,13 @@ class DomainConfig:
     xen_hypercall_path: str = k.key("auto", read=k.string,
                                     check=k.text(k.check_hypercall_path),
                                     help='how Xen hypercalls arrive: "auto", "kernel" or "trap"')
+    # The platform around the guest: "pc" keeps the legacy devices (COM1, i8042, CMOS RTC,
+    # PIT; why console=ttyS0 works) and the PC memory map's legacy hole; "xen" is what a
+    # Xen PVH domU gets from libxl: none of those devices, RAM from 0 with no legacy hole
+    # (README "Xen's PVH platform").
+    pvh_platform: str = k.key("pc", read=k.string, check=k.text(k.check_pvh_platform),
+                              help='"pc" (legacy PC devices) or "xen" (Xen\'s minimal PVH'
+                              " platform: no UART, PIT, i8042 or RTC)")
     # FIFO event channels (EVTCHNOP_init_control): KVM's in-kernel event delivery
     # (xen/kernel_events.py) is 2-level only, so "auto" withholds FIFO where KVM delivers
     # events (Linux then stays on 2-level) and offers it elsewhere; 1 always offers it
@@ -176,6 +183,9 @@ class DomainConfig:
         paths = [c.path for c in self.channels if c.path]
         if len(set(paths)) < len(paths):
             raise ConfigError("channel: two channels listen on the same path")
+        if self.pvh_platform == "xen" and self.xen_platform == "0":
+            raise ConfigError('pvh_platform: "xen" is Xen\'s PVH platform; xen_platform = 0'
+                              " hides Xen (and with it the only console left)")
         self._check_pvshim()
 
     def _check_pvshim(self) -> None:

@@ -472,6 +472,12 @@ def check_xen_platform(value: str) -> str:
     return value
 
 
+def check_pvh_platform(value: str) -> str:
+    if value not in ("pc", "xen"):
+        raise ValueError(f'expected "pc" or "xen", got {value!r}')
+    return value
+
+
 def check_hypercall_path(value: str) -> str:
     if value not in ("auto", "kernel", "trap"):
         raise ValueError(f'expected "auto", "kernel" or "trap", got {value!r}')

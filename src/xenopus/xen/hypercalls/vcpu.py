@@ -57,6 +57,8 @@ class VcpuOps:
             if area.addr == 0:
                 with self._lock:
                     self.runstate.pop(target, None)
+                if d.kernel is not None:
+                    d.kernel.set_runstate(target, None, (0, 0, 0, 0, 0, 0))
                 return 0
             gpa = a.gpa(area.addr, write=True)
             # The area's layout follows the latched shared_info format (Xen's
@@ -69,6 +71,9 @@ class VcpuOps:
             with self._lock:
                 self.runstate[target] = gpa
             self.memory.write(gpa, bytes(info))
+            if d.kernel is not None:  # KVM keeps it from here, starting as written
+                now = self._runstate().state_entry_time
+                d.kernel.set_runstate(target, gpa, (abi.RUNSTATE_running, now, now, 0, 0, 0))
             return 0
         if cmd == abi.VCPUOP_get_runstate_info:
             a.write(arg, self._runstate())

@@ -140,7 +140,7 @@ class Outbox:
             self.writer.close()
 
     def _blocked(self) -> bool:
-        quota = self.store.quota
+        quota = self.store.quota_of(self.conn.domid)  # its own, once introduced
         if not self.queue or self.conn.privileged or self.writer.is_closing():
             return False
         return bool(quota.outstanding and self.replies >= quota.outstanding

@@ -6,6 +6,7 @@ arg() { sed -n "s/.*xenopus\.$1=\([0-9./]*\).*/\1/p" /proc/cmdline; }
 ip addr add "$(arg ip)" dev eth0
 ip link set eth0 up
 ping -c 3 -W 10 "$(arg peer)" | grep 'packets transmitted'
+echo "xenopus-net: listening on port 5555" > /dev/console
 nc -l -p 5555 > /tmp/received
 size=$(wc -c < /tmp/received)
 sum=$(sha256sum /tmp/received | cut -d' ' -f1)

@@ -22,7 +22,10 @@ read -r line
 echo "typed=$line"
 case " $console " in *" hvc0 "*) hvc=yes ;; *) hvc=no ;; esac
 [ "$line" = go ] && [ "$hvc" = yes ] && [ "$vbd" = Connected ] && [ "$vif" = Connected ]
+# Each step announced on the console as it starts: where a slow or stuck run is.
+echo "xenopus-xendev: disk check (write with fsync on $(sed -n 's/.*xenopus\.root=\([a-z/]*\).*/\1/p' /proc/cmdline))" > /dev/console
 disk=$(/checks/blk)
+echo "xenopus-xendev: network check (ping, then the TCP stream)" > /dev/console
 net=$(/checks/net)
 echo "$disk" | tail -n 1
 echo "$net"
