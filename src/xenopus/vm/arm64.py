@@ -78,26 +78,6 @@ class Arm64Machine:
         self.hypercall = hypercall
         self._own_kvm = kvm is None
         self.kvm = kvm or Kvm()
-        self.vm: VmFd = self.kvm.create_vm()
-        # Asked of the VM: on arm64 some capabilities answer only there (EINVAL on /dev/kvm).
-        missing = [c for c in REQUIRED_CAPS if self._extension(c) <= 0]
-        if missing:
-            self.vm.close()
-            raise KvmCapabilityError(missing)
-        for slot, region in enumerate(memory.regions):
-            self.vm.set_user_memory_region(slot, region.gpa, region.size, region.host_address)
-        target = self.vm.arm_preferred_target()
-        self.vcpus: list[VcpuFd] = []
-        for index in range(vcpus):
-            fd = self.vm.create_vcpu(index)
-            init = u.kvm_vcpu_init(target=target.target)
-            # PSCI 0.2 in KVM; every vCPU but the boot one waits for PSCI CPU_ON.
-            init.features[0] = 1 << u.KVM_ARM_VCPU_PSCI_0_2
-            if index:
-                init.features[0] |= 1 << u.KVM_ARM_VCPU_POWER_OFF
-            fd.arm_vcpu_init(init)
-            self.vcpus.append(fd)
-        self._create_gic()
         self._threads: list[threading.Thread] = []
         self._thread_ids: dict[int, int] = {}
         self._clocks: dict[int, int] = {}  # vCPU index -> its thread's CPU-time clock
@@ -107,6 +87,33 @@ class Arm64Machine:
         self._stop_lock = threading.Lock()
         self._on_stop: Callable[[StopReason], None] | None = None
         self.stop_reason: StopReason | None = None
+        self.vcpus: list[VcpuFd] = []
+        self.gic_fd = -1
+        self.vm: VmFd = self.kvm.create_vm()
+        try:
+            self._build(vcpus)
+        except BaseException:
+            self.close()  # a half-built VM leaves no fd behind
+            raise
+
+    def _build(self, vcpus: int) -> None:
+        # Asked of the VM: on arm64 some capabilities answer only there (EINVAL on /dev/kvm).
+        missing = [c for c in REQUIRED_CAPS if self._extension(c) <= 0]
+        if missing:
+            raise KvmCapabilityError(missing)
+        for slot, region in enumerate(self.memory.regions):
+            self.vm.set_user_memory_region(slot, region.gpa, region.size, region.host_address)
+        target = self.vm.arm_preferred_target()
+        for index in range(vcpus):
+            fd = self.vm.create_vcpu(index)
+            self.vcpus.append(fd)
+            init = u.kvm_vcpu_init(target=target.target)
+            # PSCI 0.2 in KVM; every vCPU but the boot one waits for PSCI CPU_ON.
+            init.features[0] = 1 << u.KVM_ARM_VCPU_PSCI_0_2
+            if index:
+                init.features[0] |= 1 << u.KVM_ARM_VCPU_POWER_OFF
+            fd.arm_vcpu_init(init)
+        self._create_gic()
 
     def _create_gic(self) -> None:
         """arm-vgic-v3.rst: create the device, place the distributor and the
@@ -271,8 +278,10 @@ class Arm64Machine:
         self.stop()
         for fd in self.vcpus:
             fd.close()
-        with contextlib.suppress(OSError):
-            os.close(self.gic_fd)
+        if self.gic_fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self.gic_fd)
+            self.gic_fd = -1
         self.vm.close()
         if self._own_kvm:
             self.kvm.close()
