@@ -32,7 +32,7 @@ test: $(STAMP) compile deps guests
 	$(VENV)/bin/ruff check src tests benchmarks fuzz
 	scripts/fetch-grub-xen
 	scripts/fetch-xen-utils
-	$(PY) -m pytest -q tests --ignore=tests/linux
+	$(PY) -m pytest -q tests --ignore=tests/linux --ignore=tests/arm64 -m 'not arm64_fetched'
 	scripts/fetch-linux
 	LINUX_SMOKE=1 scripts/test-linux
 
@@ -45,6 +45,7 @@ test-arm64: $(STAMP) compile
 	scripts/install-deps-arm64
 	scripts/fetch-arm64
 	$(MAKE) -C guests/arm64
+	$(PY) -m pytest -q -m arm64_fetched tests/unit tests/vm
 	scripts/arm64-host --timeout 900 -- python3 -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) tests/arm64
 
 test-linux: $(STAMP) compile deps guests shim

@@ -35,8 +35,7 @@ def image(text_offset: int = 0, image_size: int = 0x3000, flags: int = 0b1010,
     return bytes(head) + body
 
 
-@pytest.mark.skipif(not DEBIAN_IMAGE.exists(),
-                    reason="Debian's arm64 Image is fetched by scripts/fetch-arm64")
+@pytest.mark.arm64_fetched
 def test_debian_image_header() -> None:
     data = DEBIAN_IMAGE.read_bytes()
     header = parse_image_header(data, str(DEBIAN_IMAGE))

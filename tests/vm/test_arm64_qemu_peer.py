@@ -79,8 +79,7 @@ def test_smp_under_qemu() -> None:
 
 
 @needs_qemu
-@pytest.mark.skipif(not (ARM64 / "Image").exists() or not (ARM64 / "guest-initramfs.cpio").exists(),
-                    reason="Debian's arm64 Image and the guest initramfs come from scripts/fetch-arm64")
+@pytest.mark.arm64_fetched
 def test_debian_kernel_boots_on_our_device_tree(tmp_path: Path) -> None:
     out = qemu("-kernel", str(ARM64 / "Image"), "-initrd", str(ARM64 / "guest-initramfs.cpio"),
                "-dtb", str(our_dtb(tmp_path)), "-append", CMDLINE, timeout=300)
