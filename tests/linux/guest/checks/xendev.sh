@@ -17,6 +17,16 @@ echo "console=$console vbd-51712=$vbd vif-0=$vif"
 # From here on the console shows KERN_INFO too: a hung task's stack (khungtaskd prints
 # it at that level), where the boot itself kept to warnings (loglevel=5).
 echo 7 > /proc/sys/kernel/printk
+# Every 60 s, what flows: the Xen event channels' interrupt counts (xenbus, blkif, eth0
+# ...: /proc/interrupts' xen-dyn lines) and eth0's received bytes, so a stalled run shows
+# which channel stopped and a slow one its rate. It ends with the guest.
+(
+    while sleep 60; do
+        irqs=$(awk '/xen-(dyn|percpu)/ { print $NF ":" $2 }' /proc/interrupts | tr '\n' ' ')
+        echo "xenopus-xendev: uptime $(cut -d' ' -f1 /proc/uptime) s, eth0 rx" \
+             "$(cat /sys/class/net/eth0/statistics/rx_bytes) bytes, irqs $irqs" > /dev/console
+    done
+) </dev/null >/dev/null 2>&1 &  # not the check's output: /init reads that to its end
 echo "xenopus-xendev: ready console=$console vbd=$vbd vif=$vif" > /dev/console
 read -r line
 echo "typed=$line"

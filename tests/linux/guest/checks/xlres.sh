@@ -25,19 +25,19 @@ say "ready memtotal=$before target_kb=$target0 current_kb=$(cat "$balloon/info/c
 i=0
 while [ "$(cat "$balloon/target_kb")" = "$target0" ]; do
     i=$((i + 1))
-    if [ "$i" -gt 1200 ]; then say "the target stayed at $target0 kB"; exit 1; fi
-    sleep 0.5
+    if [ "$i" -gt 600 ]; then say "the target stayed at $target0 kB"; exit 1; fi
+    sleep 1
 done
 target=$(cat "$balloon/target_kb")
 # The balloon gives back 2 MiB per hypercall: minutes on a slow host.
 i=0
 while [ "$(cat "$balloon/info/current_kb")" != "$target" ]; do
     i=$((i + 1))
-    if [ "$i" -gt 1200 ]; then
+    if [ "$i" -gt 600 ]; then
         say "the balloon stopped at $(cat "$balloon/info/current_kb") kB, target $target kB"
         break
     fi
-    sleep 0.5
+    sleep 1
 done
 after=$(memtotal)
 say "memtotal $before -> $after kB (dropped $((before - after)) kB) target_kb $target0 -> $target current_kb=$(cat "$balloon/info/current_kb")"
