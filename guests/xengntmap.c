@@ -30,25 +30,6 @@
 
 GUEST("xengntmap");
 
-/* public/grant_table.h */
-#define GNTMAP_host_map (1u << 1)
-struct gnttab_map_grant_ref {
-    u64 host_addr;
-    u32 flags;
-    grant_ref_t ref;
-    domid_t dom;
-    i16 status;
-    u32 handle;
-    u64 dev_bus_addr;
-};
-struct gnttab_unmap_grant_ref {
-    u64 host_addr, dev_bus_addr;
-    u32 handle;
-    i16 status;
-};
-_Static_assert(sizeof(struct gnttab_map_grant_ref) == 32, "grant_table.h layout");
-_Static_assert(sizeof(struct gnttab_unmap_grant_ref) == 24, "grant_table.h layout");
-
 #define MAP_GPA 0x80000000ull
 static u8 page[4096] __attribute__((aligned(4096)));
 static unsigned timeout;

@@ -20,7 +20,6 @@ GUEST("xengntv2");
 #define GNTTABOP_get_status_frames 9
 #define XENMAPIDX_grant_table_status 0x80000000u
 #define GTF_sub_page (1u << 8)
-#define GNTMAP_host_map (1u << 1)
 #define MAP_GPA ((u64)0x80000000)
 
 struct grant_entry_v2 {
@@ -37,20 +36,6 @@ struct gnttab_get_status_frames {
     u64 *frame_list;
 };
 _Static_assert(sizeof(struct gnttab_get_status_frames) == 16, "grant_table.h layout");
-struct gnttab_map_grant_ref {
-    u64 host_addr;
-    u32 flags;
-    grant_ref_t ref;
-    domid_t dom;
-    i16 status;
-    u32 handle;
-    u64 dev_bus_addr;
-};
-struct gnttab_unmap_grant_ref {
-    u64 host_addr, dev_bus_addr;
-    u32 handle;
-    i16 status;
-};
 
 static u8 src[4096] __attribute__((aligned(4096)));
 static u8 dst[4096] __attribute__((aligned(4096)));

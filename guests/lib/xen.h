@@ -345,6 +345,24 @@ struct gnttab_copy {
     u16 len, flags;
     i16 status;
 };
+/* map_grant_ref / unmap_grant_ref (a mapper's side; GNTMAP_host_map: host_addr is where) */
+#define GNTMAP_host_map (1u << 1)
+struct gnttab_map_grant_ref {
+    u64 host_addr;
+    u32 flags;
+    grant_ref_t ref;
+    domid_t dom;
+    i16 status;
+    u32 handle;
+    u64 dev_bus_addr;
+};
+struct gnttab_unmap_grant_ref {
+    u64 host_addr, dev_bus_addr;
+    u32 handle;
+    i16 status;
+};
+_Static_assert(sizeof(struct gnttab_map_grant_ref) == 32, "grant_table.h layout");
+_Static_assert(sizeof(struct gnttab_unmap_grant_ref) == 24, "grant_table.h layout");
 
 /* ---- XenStore wire (public/io/xs_wire.h, docs/misc/xenstore.txt) ---- */
 #define XS_CONTROL 0
