@@ -81,6 +81,18 @@ MAP_BATCH_MAX = 512  # ours: map/unmap elements per call (Xen preempts long batc
 _PV_ONLY_MAP = abi.GNTMAP_device_map | abi.GNTMAP_application_map | abi.GNTMAP_contains_pte
 
 
+def _check_header(gref: int, word: int, user_domid: int, write: bool, mask: int) -> None:
+    """A grant entry's header word (flags, domid) against a use by ``user_domid``, as
+    grant_table.c's _set_status checks it: access permitted to that domain, and writable
+    for a write. GNTST_general_error otherwise."""
+    flags, domid = word & 0xFFFF, word >> _DOMID_SHIFT
+    if (flags & mask) != abi.GTF_permit_access or domid != user_domid:
+        raise GrantError(abi.GNTST_general_error,
+                         f"gref {gref}: flags {flags:#x} dom {domid}, wanted by d{user_domid}")
+    if write and flags & abi.GTF_readonly:
+        raise GrantError(abi.GNTST_general_error, f"gref {gref} is read-only")
+
+
 @dataclass
 class HostMapping:
     """One GNTTABOP_map_grant_ref of the mapper: ``table``'s ``ref`` at GFN ``gfn``."""
@@ -296,27 +308,26 @@ class GrantTable:
                 return self._acquire_v2(gref, egpa, user_domid, write, mask, use)
             for _ in range(_UNSTABLE_RETRIES):
                 word = self.memory.read_u32(egpa)
-                flags, domid = word & 0xFFFF, word >> _DOMID_SHIFT
-                if (flags & mask) != abi.GTF_permit_access or domid != user_domid:
-                    raise GrantError(abi.GNTST_general_error,
-                                     f"gref {gref}: flags {flags:#x} dom {domid}, "
-                                     f"wanted by d{user_domid}")
-                if write and flags & abi.GTF_readonly:
-                    raise GrantError(abi.GNTST_general_error, f"gref {gref} is read-only")
+                _check_header(gref, word, user_domid, write, mask)
                 if self.atomics.cmpxchg32(egpa, word, word | use) == word:
                     break
             else:
                 raise GrantError(abi.GNTST_general_error, f"gref {gref} is unstable")
-            pins = self._pins.setdefault(gref, [0, 0])
-            pins[0] += 1
-            pins[1] += write
             # The frame is read after the pin, as Xen does: from here the guest cannot
             # legitimately change the entry.
-            page = self.memory.read_u32(egpa + _FRAME_OFF) * abi.PAGE_SIZE
-            if not self.memory.contains(page, abi.PAGE_SIZE):
-                self.release(gref, write)
-                raise GrantError(abi.GNTST_bad_page, f"gref {gref}: frame {page:#x} not RAM")
-            return page
+            return self._pin(gref, write, self.memory.read_u32(egpa + _FRAME_OFF))
+
+    def _pin(self, gref: int, write: bool, frame: int) -> int:
+        """Count a use of ``gref`` whose header checks passed; the frame's GPA, or the pin
+        undone and GNTST_bad_page when it is not this domain's RAM."""
+        pins = self._pins.setdefault(gref, [0, 0])
+        pins[0] += 1
+        pins[1] += write
+        page = frame * abi.PAGE_SIZE
+        if not self.memory.contains(page, abi.PAGE_SIZE):
+            self.release(gref, write)
+            raise GrantError(abi.GNTST_bad_page, f"gref {gref}: frame {page:#x} not RAM")
+        return page
 
     def _acquire_v2(self, gref: int, egpa: int, user_domid: int, write: bool, mask: int,
                     use: int) -> int:
@@ -328,14 +339,9 @@ class GrantTable:
             raise GrantError(abi.GNTST_general_error, f"gref {gref}: status frame not mapped")
 
         def check(word: int) -> None:
-            flags, domid = word & 0xFFFF, word >> _DOMID_SHIFT
-            if flags & abi.GTF_type_mask == abi.GTF_transitive:
+            if word & abi.GTF_type_mask == abi.GTF_transitive:
                 raise GrantError(abi.GNTST_general_error, f"gref {gref}: transitive grant")
-            if (flags & mask) != abi.GTF_permit_access or domid != user_domid:
-                raise GrantError(abi.GNTST_general_error,
-                                 f"gref {gref}: flags {flags:#x} dom {domid}, wanted by d{user_domid}")
-            if write and flags & abi.GTF_readonly:
-                raise GrantError(abi.GNTST_general_error, f"gref {gref} is read-only")
+            _check_header(gref, word, user_domid, write, mask)
 
         check(self.memory.read_u32(egpa))
         pinned = gref in self._pins
@@ -346,14 +352,7 @@ class GrantTable:
             if not pinned:  # Xen: !act->pin, so no one else holds these bits
                 self._status_update(sgpa, clear_bits=_IN_USE)
             raise
-        pins = self._pins.setdefault(gref, [0, 0])
-        pins[0] += 1
-        pins[1] += write
-        page = self.memory.read_u64(egpa + _FRAME_OFF_V2) * abi.PAGE_SIZE
-        if not self.memory.contains(page, abi.PAGE_SIZE):
-            self.release(gref, write)
-            raise GrantError(abi.GNTST_bad_page, f"gref {gref}: frame {page:#x} not RAM")
-        return page
+        return self._pin(gref, write, self.memory.read_u64(egpa + _FRAME_OFF_V2))
 
     def window(self, gref: int) -> tuple[int, int]:
         """The bytes of the granted page a pinned gref allows: a v2 sub-page grant's
