@@ -299,6 +299,37 @@ def test_kill_9_of_the_daemon_loses_no_domain(jailed: Xenopus) -> None:
     assert jailed.run("destroy", "after-crash").returncode == 0
 
 
+def kill_daemon(x: Xenopus) -> None:
+    daemon = ask(x, "ping").data["pid"]
+    os.kill(daemon, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{daemon}").exists() and "zombie" not in status(daemon).get("State", ""):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)  # polling for the kill to land
+
+
+def test_a_domain_process_missing_from_the_table_is_swept(jailed: Xenopus) -> None:
+    """A daemon killed after its zygote started a domain process but before it wrote the
+    domain into its table (the create never answered) left that process running for
+    ever, unknown to the next daemon, which then gave its domid to the next domain. The
+    next daemon ends it and removes what was left of its domain."""
+    table = Path(ipc.domain_table_path(str(jailed.run_dir)))
+    assert jailed.run("list").returncode == 0
+    before = table.read_bytes()  # the table as it was before the create
+    orphan = running(jailed, "orphan")
+    kill_daemon(jailed)
+    table.write_bytes(before)  # as if the daemon died before saving the new domain
+    assert jailed.run("list").returncode == 0  # a new daemon
+    assert not Path(f"/proc/{orphan['pid']}").exists() or \
+        "zombie" in status(orphan["pid"]).get("State", "")
+    assert f"domain {orphan['domid']}: its process (pid {orphan['pid']})" in jailed.log()
+    assert "orphan" not in jailed.domains()
+    assert not Path(ipc.domain_dir(orphan["domid"], str(jailed.run_dir))).exists()
+    fresh = running(jailed, "after-orphan")
+    assert fresh["domid"] > orphan["domid"]  # a domid past the swept one, as after adoption
+    assert jailed.run("destroy", "after-orphan").returncode == 0
+
+
 def test_restart_keeps_its_tap_inside_the_jail(jailed: Xenopus) -> None:
     dom = running(jailed, "jail-vif", on_reboot="restart", vif=["model=virtio, vifname=xjail0"])
     assert Path("/sys/class/net/xjail0").exists()
@@ -406,15 +437,6 @@ def test_a_spare_that_dies_while_no_domain_runs_is_reaped_and_replaced(tmp_path:
         assert spares[0] not in children(zygote) and len(children(zygote)) == 2
     finally:
         x.run("daemon", "--stop", timeout=60)
-
-
-def kill_daemon(x: Xenopus) -> None:
-    daemon = ask(x, "ping").data["pid"]
-    os.kill(daemon, signal.SIGKILL)
-    deadline = time.monotonic() + 30
-    while Path(f"/proc/{daemon}").exists() and "zombie" not in status(daemon).get("State", ""):
-        assert time.monotonic() < deadline
-        time.sleep(0.05)  # polling for the kill to land
 
 
 def test_pv_backends_reconnect_to_a_restarted_daemons_xenstore(jailed: Xenopus) -> None:

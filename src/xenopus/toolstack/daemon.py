@@ -57,7 +57,7 @@ from xenopus.domain.vif import open_vif
 from xenopus.toolstack import hostinfo, xlformat, zygote
 from xenopus.toolstack.broker import InterdomainBroker
 from xenopus.toolstack.xenstored import PVCONTROL_TIMEOUT, PvControlTimeout, XenStored
-from xenopus.xen.xenstore.server import UNSCOPED, Peer, Scope, peer_of
+from xenopus.xen.xenstore.server import UNSCOPED, Peer, Scope, domain_stream_pair, peer_of
 from xenopus.xen.xenstore.wire import XsError
 
 log = logging.getLogger("xenopus.daemon")
@@ -727,7 +727,7 @@ class Daemon:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         # The domain's XenStore traffic (its guest's ring, proxied by its process) comes
         # over a socket pair of ours: the daemon, not the domain process, names the domain.
-        xs_ours, xs_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        xs_ours, xs_theirs = domain_stream_pair()
         await self.xenstore.add_domain(rec.domid, rec.name, rec.config, rec.uuid, rec.created,
                                        xs_ours)
         # Interdomain event channels and grant views (fds travel with SCM_RIGHTS, which
@@ -1048,15 +1048,73 @@ class Daemon:
             except (OSError, ValueError, KeyError, TypeError, ConfigError, TimeoutError) as e:
                 log.error("domain %s (%s) was lost while no daemon ran: %s",
                           entry.get("domid"), entry.get("name"), e)
-                if isinstance(entry.get("domid"), int):
-                    shutil.rmtree(ipc.domain_dir(entry["domid"], self.run_dir), ignore_errors=True)
-                continue
+                continue  # its process, if it lives on, is swept below
             log.info("domain %d (%s) adopted, pid %d, %s", rec.domid, rec.name, rec.pid, rec.state)
-        ids = [next_domid if isinstance(next_domid, int) else 1, *(d + 1 for d in self.domains)]
+        swept = await self._sweep_orphans()
+        ids = [next_domid if isinstance(next_domid, int) else 1, *(d + 1 for d in self.domains),
+               *(d + 1 for d in swept)]
         self.next_domid = max(ids)
         self._save_table()
         for domid in jail.stale_cgroups(self.domains):  # of domains lost while no daemon ran
             jail.remove_cgroup(domid)
+
+    async def _sweep_orphans(self) -> list[int]:
+        """End every domain process this daemon did not adopt, and remove what is left of
+        its domain: one a daemon killed while it started (it was not in the table yet),
+        or one that refused adoption. Its domain was never reported created, or is lost
+        to the toolstack; left running it would hold its memory, its taps and a domid a
+        new domain would then collide with. Found by its control.sock in the run
+        directory (ours, 0700: what listens there is a domain process of ours). Returns
+        the domids of the directories removed."""
+        base = os.path.join(self.run_dir, "domains")
+        try:
+            names = os.listdir(base)
+        except FileNotFoundError:
+            return []
+        swept = []
+        for name in names:
+            if not name.isdigit() or int(name) in self.domains:
+                continue
+            domid = int(name)
+            pid = await self._kill_control_peer(ipc.control_socket_path(domid, self.run_dir))
+            if pid is not None:
+                log.warning("domain %d: its process (pid %d) was not in the domain table or"
+                            " refused adoption; killed it", domid, pid)
+            shutil.rmtree(ipc.domain_dir(domid, self.run_dir), ignore_errors=True)
+            jail.remove_cgroup(domid)
+            swept.append(domid)
+        return swept
+
+    @staticmethod
+    async def _kill_control_peer(path: str) -> int | None:
+        """SIGKILL the process listening on a domain's control.sock and wait until it has
+        gone (its taps and memory with it); its pid, or None if nothing listens there."""
+        loop = asyncio.get_running_loop()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        sock.setblocking(False)
+        try:
+            await asyncio.wait_for(loop.sock_connect(sock, path), 5)
+            pid = peer_of(sock).pid
+            pidfd = os.pidfd_open(pid)
+        except (OSError, TimeoutError):
+            return None
+        finally:
+            sock.close()
+        try:
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+            gone = asyncio.Event()
+            loop.add_reader(pidfd, gone.set)  # a pidfd reads ready once the process exits
+            try:
+                await asyncio.wait_for(gone.wait(), 10)
+            except TimeoutError:
+                log.error("pid %d did not end within 10 s of SIGKILL", pid)
+            finally:
+                loop.remove_reader(pidfd)
+        except ProcessLookupError:
+            pass
+        finally:
+            os.close(pidfd)
+        return pid
 
     async def _adopt(self, entry: dict[str, Any]) -> DomainRecord:
         domid, name, pid = int(entry["domid"]), str(entry["name"]), int(entry["pid"])
@@ -1069,7 +1127,7 @@ class Daemon:
             # The process that listens there must be the one the table names.
             if peer_of(sock).pid != pid:
                 raise ValueError(f"control.sock is held by pid {peer_of(sock).pid}, not {pid}")
-            xs_ours, xs_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            xs_ours, xs_theirs = domain_stream_pair()
             be_ours, be_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
             rec = DomainRecord(domid, config, state="running", pid=pid,
                                uuid=str(entry.get("uuid") or uuid4()),
