@@ -1042,6 +1042,7 @@ class Daemon:
         control and XenStore streams anew, its XenStore nodes written again."""
         table = self._load_table()
         next_domid = table.get("next_domid", 1)
+        self.interdomain.hold()  # binds wait until every adopted domain has rejoined
         for entry in table.get("domains", []):
             try:
                 rec = await self._adopt(entry)
@@ -1050,6 +1051,7 @@ class Daemon:
                           entry.get("domid"), entry.get("name"), e)
                 continue  # its process, if it lives on, is swept below
             log.info("domain %d (%s) adopted, pid %d, %s", rec.domid, rec.name, rec.pid, rec.state)
+        self.interdomain.release()
         swept = await self._sweep_orphans()
         ids = [next_domid if isinstance(next_domid, int) else 1, *(d + 1 for d in self.domains),
                *(d + 1 for d in swept)]
@@ -1129,6 +1131,7 @@ class Daemon:
                 raise ValueError(f"control.sock is held by pid {peer_of(sock).pid}, not {pid}")
             xs_ours, xs_theirs = domain_stream_pair()
             be_ours, be_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            id_ours, id_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             rec = DomainRecord(domid, config, state="running", pid=pid,
                                uuid=str(entry.get("uuid") or uuid4()),
                                created=float(entry.get("created", time.time())), adopted=True,
@@ -1141,14 +1144,18 @@ class Daemon:
             self.xenstore.console_ready(domid, rec.console_nodes)
             # Its PV backends' connection too: the one they had went with the old daemon.
             await self.xenstore.serve_backends(domid, be_ours)
+            # Its interdomain channels too: it says which links and views it holds.
+            self.interdomain.add(domid, id_ours)
             ipc.send_with_fds(sock, Request("adopt", {}, 1).to_wire(),
-                              [xs_theirs.fileno(), be_theirs.fileno()])
+                              [xs_theirs.fileno(), be_theirs.fileno(), id_theirs.fileno()])
             xs_theirs.close()
             be_theirs.close()
+            id_theirs.close()
             reader, rec.writer = await asyncio.open_unix_connection(sock=sock)
         except BaseException:
             sock.close()
             self.xenstore.remove_domain(domid)
+            self.interdomain.remove(domid)
             raise
         try:
             msg = await asyncio.wait_for(ipc.read_message(reader), 10)
@@ -1158,6 +1165,7 @@ class Daemon:
         except BaseException:
             rec.writer.close()
             self.xenstore.remove_domain(domid)
+            self.interdomain.remove(domid)
             raise
         rec.state = str(reply.data.get("state", "running"))
         rec.seq = 1
