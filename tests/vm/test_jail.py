@@ -235,6 +235,33 @@ def test_destroy_of_a_domain_still_starting_returns(jailed: Xenopus) -> None:
         create.kill()
 
 
+def test_a_domain_not_ready_in_time_is_torn_down(tmp_path: Path) -> None:
+    """A domain process that never becomes ready (its kernel a FIFO nobody writes) is
+    killed after the start-up timeout, and the create fails saying so; nothing of the
+    domain is left."""
+    x = Xenopus(tmp_path / "run", tmp_path)
+    x.env = {**x.env, "XENOPUS_START_TIMEOUT": "2"}
+    fifo = tmp_path / "kernel.fifo"
+    os.mkfifo(fifo)
+    cfg = tmp_path / "slow.cfg"
+    cfg.write_text(f'name = "slow"\nkernel = "{fifo}"\nmemory = 32\n')
+    try:
+        r = x.run("create", str(cfg), timeout=60)
+        assert r.returncode != 0 and "did not start within 2 s" in r.stderr, r.stderr
+        assert "slow" not in x.domains()
+        assert re.search(r"domain (\d+) \(slow\) was not ready after 2 s; killing it", x.log())
+        assert not list((x.run_dir / "domains").iterdir())
+    finally:
+        x.run("daemon", "--stop", timeout=60)
+
+
+def test_a_bad_start_timeout_is_refused(tmp_path: Path) -> None:
+    x = Xenopus(tmp_path / "run", tmp_path)
+    x.env = {**x.env, "XENOPUS_START_TIMEOUT": "soon"}
+    r = x.run("daemon", timeout=60)
+    assert r.returncode != 0 and "XENOPUS_START_TIMEOUT" in r.stderr, r.stderr
+
+
 def test_run_dir_that_is_not_ours_is_refused(tmp_path: Path) -> None:
     victim = tmp_path / "victim"
     victim.write_text("precious\n")
@@ -328,6 +355,39 @@ def test_a_domain_process_missing_from_the_table_is_swept(jailed: Xenopus) -> No
     fresh = running(jailed, "after-orphan")
     assert fresh["domid"] > orphan["domid"]  # a domid past the swept one, as after adoption
     assert jailed.run("destroy", "after-orphan").returncode == 0
+
+
+def xenstore_exists(x: Xenopus, path: str) -> bool:
+    env = {**os.environ, "XENSTORED_PATH": str(x.run_dir / "xenstored.sock")}
+    return subprocess.run(["xenstore-exists", path], env=env, capture_output=True,
+                          timeout=30).returncode == 0
+
+
+def test_every_exit_is_recorded_and_a_dead_corpse_leaves_nothing(jailed: Xenopus) -> None:
+    """Every domain's end is logged with its process's exit status and usage (it used to
+    say "exited with status None"); a preserved domain whose process died is destroyed
+    with its XenStore home, its /vm/UUID and its run-dir entry (they leaked)."""
+    uuid = "5e1f0c2a-9d3b-4c7e-8a41-0d2c6b7e9f13"
+    dom = running(jailed, "corpse", on_crash="preserve", uuid=uuid)
+    domid = dom["domid"]
+    assert xenstore_exists(jailed, f"/local/domain/{domid}")
+    assert xenstore_exists(jailed, f"/vm/{uuid}")
+    os.kill(dom["pid"], signal.SIGKILL)  # its process dies: a crash, preserved
+    deadline = time.monotonic() + 30
+    while jailed.domains().get("corpse", [""] * 5)[4] != "---sc-":
+        assert time.monotonic() < deadline, jailed.domains()
+        time.sleep(0.05)  # polling what a user sees
+    assert "crashed: domain process killed by SIGKILL" in jailed.log()
+    assert jailed.run("destroy", "corpse").returncode == 0
+    assert not xenstore_exists(jailed, f"/local/domain/{domid}")
+    assert not xenstore_exists(jailed, f"/vm/{uuid}")
+    assert not Path(ipc.domain_dir(domid, str(jailed.run_dir))).exists()
+    tidy = running(jailed, "tidy")
+    assert jailed.run("destroy", "tidy").returncode == 0
+    ended = re.search(rf"domain {tidy['domid']} \(tidy\) destroyed: .*; exit status (\S+), "
+                      r"max RSS (\d+) KiB", jailed.log())
+    assert ended and ended[1] != "None" and int(ended[2]) > 0, jailed.log()[-2000:]
+    assert "exited with status None" not in jailed.log()
 
 
 def test_restart_keeps_its_tap_inside_the_jail(jailed: Xenopus) -> None:

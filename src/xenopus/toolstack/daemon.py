@@ -76,6 +76,21 @@ DESTROY_GRACE = 5.0  # seconds a domain process gets to exit before SIGKILL
 # (but Python in a TCG-emulated nested test host shared by several runs is 50-100 times
 # slower: minutes there).
 START_TIMEOUT = 180.0
+START_TIMEOUT_ENV = "XENOPUS_START_TIMEOUT"  # seconds, instead of START_TIMEOUT
+
+
+def start_timeout() -> float:
+    """$XENOPUS_START_TIMEOUT, else START_TIMEOUT; ValueError naming the variable."""
+    text = os.environ.get(START_TIMEOUT_ENV)
+    if text is None:
+        return START_TIMEOUT
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value < 1e6:
+        raise ValueError(f"{START_TIMEOUT_ENV} must be a number of seconds, not {text!r}")
+    return value
 FILES_TIMEOUT = 10.0  # seconds a client gets to send the files it was asked for
 # Seconds the zygote gets to fork a domain process. Its first fork waits for it to import
 # every layer, which on a slow host (an emulated one runs Python 10-20 times slower) is
@@ -207,10 +222,12 @@ def daemon_step(op: str) -> Callable[[DaemonStep], DaemonStep]:
 
 class Daemon:
     def __init__(self, run_dir: Path, *, spares: int = zygote.DEFAULT_SPARES,
-                 started_zygote: tuple[subprocess.Popen, socket.socket] | None = None):
+                 started_zygote: tuple[subprocess.Popen, socket.socket] | None = None,
+                 start_timeout: float = START_TIMEOUT):
         """`started_zygote`: one `zygote.start` made before this process imported the
         daemon (and its socket), used first."""
         self.run_dir = run_dir
+        self.start_timeout = start_timeout  # seconds from fork to Ready
         self.spares = spares  # exec'd spare domain processes the zygote keeps warm
         self.domains: dict[int, DomainRecord] = {}
         self.next_domid = 1
@@ -756,12 +773,12 @@ class Daemon:
             self._kill(rec)
         reader, rec.writer = await asyncio.open_unix_connection(sock=ours)
         try:
-            event = await asyncio.wait_for(self._first_event(reader), START_TIMEOUT)
+            event = await asyncio.wait_for(self._first_event(reader), self.start_timeout)
         except TimeoutError:
             log.error("domain %d (%s) was not ready after %.0f s; killing it", rec.domid,
-                      rec.name, START_TIMEOUT)
+                      rec.name, self.start_timeout)
             self._kill(rec)
-            event = StartFailed(f"the domain did not start within {START_TIMEOUT:.0f} s")
+            event = StartFailed(f"the domain did not start within {self.start_timeout:g} s")
         if not isinstance(event, Ready):
             self.interdomain.remove(rec.domid)
             rec.writer.close()
@@ -1727,9 +1744,10 @@ def run(run_dir: Path, *, ready_fd: int | None = None, log_file: Path | None = N
     root.setLevel(logging.INFO)
     try:
         spares = zygote.spares_wanted(spares)
+        timeout = start_timeout()
     except ValueError as e:
         return refuse(e)
-    daemon = Daemon(run_dir, spares=spares, started_zygote=started_zygote)
+    daemon = Daemon(run_dir, spares=spares, started_zygote=started_zygote, start_timeout=timeout)
     try:
         daemon.acquire_lock()
     except (RequestError, OSError) as e:
