@@ -357,6 +357,22 @@ def test_a_domain_process_missing_from_the_table_is_swept(jailed: Xenopus) -> No
     assert jailed.run("destroy", "after-orphan").returncode == 0
 
 
+def test_the_sweep_follows_no_planted_symlink(jailed: Xenopus) -> None:
+    """A domain's directory is writable by its process: one that refuses adoption could
+    leave control.sock as a symlink to another domain's socket (or any host service's).
+    The sweep kills only a process of that domain, so the other domain lives on."""
+    victim = running(jailed, "victim")
+    planted = Path(ipc.domain_dir(999, str(jailed.run_dir)))
+    planted.mkdir(parents=True)
+    (planted / "control.sock").symlink_to(ipc.control_socket_path(victim["domid"], str(jailed.run_dir)))
+    kill_daemon(jailed)
+    assert jailed.run("list").returncode == 0  # a new daemon adopts, then sweeps 999
+    assert "domain 999: its control.sock leads to pid" in jailed.log()
+    assert Path(f"/proc/{victim['pid']}").exists() and "zombie" not in status(victim["pid"])["State"]
+    assert not planted.exists()
+    assert jailed.run("destroy", "victim").returncode == 0
+
+
 def xenstore_exists(x: Xenopus, path: str) -> bool:
     env = {**os.environ, "XENSTORED_PATH": str(x.run_dir / "xenstored.sock")}
     return subprocess.run(["xenstore-exists", path], env=env, capture_output=True,

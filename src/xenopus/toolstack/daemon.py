@@ -1095,7 +1095,8 @@ class Daemon:
             if not name.isdigit() or int(name) in self.domains:
                 continue
             domid = int(name)
-            pid = await self._kill_control_peer(ipc.control_socket_path(domid, self.run_dir))
+            pid = await self._kill_control_peer(ipc.control_socket_path(domid, self.run_dir),
+                                                domid)
             if pid is not None:
                 log.warning("domain %d: its process (pid %d) was not in the domain table or"
                             " refused adoption; killed it", domid, pid)
@@ -1104,21 +1105,38 @@ class Daemon:
             swept.append(domid)
         return swept
 
-    @staticmethod
-    async def _kill_control_peer(path: str) -> int | None:
-        """SIGKILL the process listening on a domain's control.sock and wait until it has
-        gone (its taps and memory with it); its pid, or None if nothing listens there."""
+    async def _kill_control_peer(self, path: str, domid: int) -> int | None:
+        """SIGKILL the process listening on domain `domid`'s control.sock and wait until it
+        has gone (its taps and memory with it); its pid, or None if nothing (of that
+        domain's) listens there. The directory is writable by that domain's process, which
+        may have planted a symlink to another socket: only a process with that domain's
+        jail uid, or one of ours titled as that domain (not jailed yet), and no adopted
+        domain's, is killed."""
         loop = asyncio.get_running_loop()
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         sock.setblocking(False)
         try:
             await asyncio.wait_for(loop.sock_connect(sock, path), 5)
-            pid = peer_of(sock).pid
-            pidfd = os.pidfd_open(pid)
+            peer = peer_of(sock)
+            pidfd = os.pidfd_open(peer.pid)
         except (OSError, TimeoutError):
             return None
         finally:
             sock.close()
+        pid = peer.pid
+        base, count = uid_range()
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                title = f.read(256)
+        except OSError:
+            title = b""
+        ours = (peer.uid == base + domid and domid < count) or (
+            peer.uid == os.geteuid() and title.startswith(f"xenopus: domain {domid} (".encode()))
+        if not ours or any(r.pid == pid for r in self.domains.values()):
+            log.error("domain %d: its control.sock leads to pid %d (uid %d), not its process;"
+                      " left alone", domid, pid, peer.uid)
+            os.close(pidfd)
+            return None
         try:
             signal.pidfd_send_signal(pidfd, signal.SIGKILL)
             gone = asyncio.Event()
