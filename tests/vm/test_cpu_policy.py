@@ -98,6 +98,25 @@ def test_an_msr_outside_the_policy_gets_gp(xenopus: Xenopus) -> None:
     assert rdmsr(relaxed, VM_HSAVE_PA) == "0x0"
 
 
+SPEC_CTRL_FEATURES = ("ibrsb", "stibp", "ssbd", "ibrs", "amd-stibp", "amd-ssbd")
+
+
+def test_spec_ctrl_is_the_guest_s_exactly_when_its_cpuid_announces_it(xenopus: Xenopus) -> None:
+    """IA32_SPEC_CTRL (SDM 2.1 / AMD's "Indirect Branch Control Extension") is readable
+    when the policy announces IBRS, STIBP or SSBD (either vendor's bits), as this host's
+    default policy does or does not; with those bits off in `cpuid=`, it is #GP."""
+    shown = xenopus.run("cpu-policy", "--host")
+    assert shown.returncode == 0, shown.stderr
+    features = set(shown.stdout.split("Features:")[1].split())
+    msrs = f"msrs={x86.MSR_IA32_SPEC_CTRL:#x}"
+    out = run_guest(xenopus, "spec-default", msrs)
+    announced = bool(features & set(SPEC_CTRL_FEATURES))
+    assert (rdmsr(out, x86.MSR_IA32_SPEC_CTRL) != "#GP") == announced, (features, out)
+    off = "host," + ",".join(f"{name}=0" for name in SPEC_CTRL_FEATURES)
+    out = run_guest(xenopus, "spec-off", msrs, cpuid=off)
+    assert rdmsr(out, x86.MSR_IA32_SPEC_CTRL) == "#GP"
+
+
 def test_arch_capabilities_reads_back_what_the_policy_says(xenopus: Xenopus) -> None:
     """The policy a domain of this config gets here (asked of one created paused), and
     what a guest of the same config reads (the policy is the config's and the host's)."""
