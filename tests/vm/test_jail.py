@@ -357,6 +357,37 @@ def test_a_domain_process_missing_from_the_table_is_swept(jailed: Xenopus) -> No
     assert jailed.run("destroy", "after-orphan").returncode == 0
 
 
+def test_kill_9_with_a_create_in_flight_leaves_no_orphan(jailed: Xenopus) -> None:
+    """The daemon killed while one domain runs and another is still starting (its kernel a
+    FIFO: it blocks before Ready, before it is in the table): the next daemon adopts the
+    running one and ends the starting one's process, whose create was never answered."""
+    steady = running(jailed, "steady")
+    fifo = jailed.tmp / "inflight.fifo"
+    os.mkfifo(fifo)
+    cfg = jailed.tmp / "inflight.cfg"
+    cfg.write_text(f'name = "inflight"\nkernel = "{fifo}"\nmemory = 32\n')
+    create = jailed.popen("create", str(cfg))
+    try:
+        deadline = time.monotonic() + 30
+        while not (pid := next((d["pid"] for d in ask(jailed, "list").data["domains"]
+                                if d["name"] == "inflight" and d.get("pid")), None)):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)  # polling until its process exists
+        inflight = int(pid)
+        kill_daemon(jailed)
+        create.communicate(timeout=30)
+        assert create.returncode != 0  # never answered
+        assert jailed.run("list").returncode == 0  # a new daemon
+        domains = jailed.domains()
+        assert "steady" in domains and int(domains["steady"][1]) == steady["domid"]
+        assert "inflight" not in domains
+        assert not Path(f"/proc/{inflight}").exists() or "zombie" in status(inflight).get("State", "")
+        assert f"its process (pid {inflight})" in jailed.log()
+    finally:
+        create.kill()
+    assert jailed.run("destroy", "steady").returncode == 0
+
+
 def test_the_sweep_follows_no_planted_symlink(jailed: Xenopus) -> None:
     """A domain's directory is writable by its process: one that refuses adoption could
     leave control.sock as a symlink to another domain's socket (or any host service's).
