@@ -398,10 +398,29 @@ def test_the_sweep_follows_no_planted_symlink(jailed: Xenopus) -> None:
     (planted / "control.sock").symlink_to(ipc.control_socket_path(victim["domid"], str(jailed.run_dir)))
     kill_daemon(jailed)
     assert jailed.run("list").returncode == 0  # a new daemon adopts, then sweeps 999
-    assert "domain 999: its control.sock leads to pid" in jailed.log()
+    assert "domain 999: pid" in jailed.log() and "is not its process; left alone" in jailed.log()
     assert Path(f"/proc/{victim['pid']}").exists() and "zombie" not in status(victim["pid"])["State"]
     assert not planted.exists()
     assert jailed.run("destroy", "victim").returncode == 0
+
+
+def test_a_domain_that_hides_its_control_socket_is_still_ended(jailed: Xenopus) -> None:
+    """A compromised domain process replaces its control.sock with a symlink to another
+    domain's: its adoption fails (that socket's peer is not the pid in the table), the
+    symlink leads the sweep to a process it leaves alone, and the liar itself, found by
+    the table's pid and its jail uid, is ended."""
+    victim, liar = running(jailed, "victim2"), running(jailed, "liar")
+    sock = Path(ipc.control_socket_path(liar["domid"], str(jailed.run_dir)))
+    sock.unlink()
+    sock.symlink_to(ipc.control_socket_path(victim["domid"], str(jailed.run_dir)))
+    kill_daemon(jailed)
+    assert jailed.run("list").returncode == 0
+    domains = jailed.domains()
+    assert "victim2" in domains and "liar" not in domains
+    assert f"domain {liar['domid']} (liar) was lost while no daemon ran" in jailed.log()
+    assert Path(f"/proc/{victim['pid']}").exists() and "zombie" not in status(victim["pid"])["State"]
+    assert not Path(f"/proc/{liar['pid']}").exists() or "zombie" in status(liar["pid"]).get("State", "")
+    assert jailed.run("destroy", "victim2").returncode == 0
 
 
 def xenstore_exists(x: Xenopus, path: str) -> bool:

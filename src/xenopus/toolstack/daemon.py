@@ -1060,16 +1060,19 @@ class Daemon:
         table = self._load_table()
         next_domid = table.get("next_domid", 1)
         self.interdomain.hold()  # binds wait until every adopted domain has rejoined
+        lost: dict[int, int] = {}  # domid -> the pid the table names, of those not adopted
         for entry in table.get("domains", []):
             try:
                 rec = await self._adopt(entry)
             except (OSError, ValueError, KeyError, TypeError, ConfigError, TimeoutError) as e:
                 log.error("domain %s (%s) was lost while no daemon ran: %s",
                           entry.get("domid"), entry.get("name"), e)
+                if isinstance(entry.get("domid"), int) and isinstance(entry.get("pid"), int):
+                    lost[entry["domid"]] = entry["pid"]
                 continue  # its process, if it lives on, is swept below
             log.info("domain %d (%s) adopted, pid %d, %s", rec.domid, rec.name, rec.pid, rec.state)
         self.interdomain.release()
-        swept = await self._sweep_orphans()
+        swept = await self._sweep_orphans(lost)
         ids = [next_domid if isinstance(next_domid, int) else 1, *(d + 1 for d in self.domains),
                *(d + 1 for d in swept)]
         self.next_domid = max(ids)
@@ -1077,14 +1080,14 @@ class Daemon:
         for domid in jail.stale_cgroups(self.domains):  # of domains lost while no daemon ran
             jail.remove_cgroup(domid)
 
-    async def _sweep_orphans(self) -> list[int]:
+    async def _sweep_orphans(self, lost: dict[int, int]) -> list[int]:
         """End every domain process this daemon did not adopt, and remove what is left of
         its domain: one a daemon killed while it started (it was not in the table yet),
         or one that refused adoption. Its domain was never reported created, or is lost
         to the toolstack; left running it would hold its memory, its taps and a domid a
         new domain would then collide with. Found by its control.sock in the run
-        directory (ours, 0700: what listens there is a domain process of ours). Returns
-        the domids of the directories removed."""
+        directory, or for a domain the table names that was not adopted (`lost`), by
+        the table's pid. Returns the domids of the directories removed."""
         base = os.path.join(self.run_dir, "domains")
         try:
             names = os.listdir(base)
@@ -1097,6 +1100,8 @@ class Daemon:
             domid = int(name)
             pid = await self._kill_control_peer(ipc.control_socket_path(domid, self.run_dir),
                                                 domid)
+            if pid is None and domid in lost:  # its socket gone or replaced: the table's pid
+                pid = await self._kill_domain_process(lost[domid], domid)
             if pid is not None:
                 log.warning("domain %d: its process (pid %d) was not in the domain table or"
                             " refused adoption; killed it", domid, pid)
@@ -1118,23 +1123,35 @@ class Daemon:
         try:
             await asyncio.wait_for(loop.sock_connect(sock, path), 5)
             peer = peer_of(sock)
-            pidfd = os.pidfd_open(peer.pid)
         except (OSError, TimeoutError):
             return None
         finally:
             sock.close()
-        pid = peer.pid
-        base, count = uid_range()
+        return await self._kill_domain_process(peer.pid, domid, peer.uid)
+
+    async def _kill_domain_process(self, pid: int, domid: int, uid: int | None = None
+                                   ) -> int | None:
+        """SIGKILL `pid` if it is domain `domid`'s process and not an adopted one, and wait
+        until it has gone; its pid, or None if it is not (or no longer there)."""
+        loop = asyncio.get_running_loop()
         try:
+            pidfd = os.pidfd_open(pid)
+        except OSError:
+            return None
+        try:  # read after the pidfd is open: of the process it names
+            with open(f"/proc/{pid}/status") as f:
+                real_uid = next(int(line.split()[1]) for line in f if line.startswith("Uid:"))
             with open(f"/proc/{pid}/cmdline", "rb") as f:
                 title = f.read(256)
-        except OSError:
-            title = b""
-        ours = (peer.uid == base + domid and domid < count) or (
-            peer.uid == os.geteuid() and title.startswith(f"xenopus: domain {domid} (".encode()))
+        except (OSError, StopIteration, ValueError):
+            os.close(pidfd)
+            return None
+        uid = real_uid if uid is None else uid
+        base, count = uid_range()
+        ours = (uid == base + domid and domid < count) or (
+            uid == os.geteuid() and title.startswith(f"xenopus: domain {domid} (".encode()))
         if not ours or any(r.pid == pid for r in self.domains.values()):
-            log.error("domain %d: its control.sock leads to pid %d (uid %d), not its process;"
-                      " left alone", domid, pid, peer.uid)
+            log.error("domain %d: pid %d (uid %d) is not its process; left alone", domid, pid, uid)
             os.close(pidfd)
             return None
         try:
