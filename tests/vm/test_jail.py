@@ -3,6 +3,7 @@ and the daemon's own defences (run directory, config files, names, start-up)."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import select
@@ -118,6 +119,9 @@ def test_rlimits_and_cgroup(jailed: Xenopus) -> None:
     assert re.search(r"^Max processes\s+\d+\s+\d+\s", limits, re.M), limits
     info = ask(jailed, "info", dom="jail-limits").data["jail"]
     assert info["rlimits"] == "on"
+    # What `xenopus list -l` shows of it: every layer, on or missing and why.
+    shown = json.loads(jailed.run("list", "-l", "jail-limits").stdout)[0]["xenopus"]["jail"]
+    assert shown == info and {"uid", "caps", "no_new_privs", "seccomp", "cgroup", "aslr"} <= set(shown)
     cgroup = Path(f"/proc/{pid}/cgroup").read_text()
     if info["cgroup"].startswith("on"):
         assert f"/domain-{domid}\n" in cgroup, cgroup

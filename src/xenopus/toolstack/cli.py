@@ -266,7 +266,8 @@ def cmd_list(args: Namespace) -> int:
         # xl_info.c list_domains_details: dom0 has no stored configuration and is skipped.
         print(xlformat.list_long([
             {"domid": d["domid"], "config": d["libxl"],
-             "xenopus": {k: d[k] for k in ("state", "pid", "protocol", "xen_path")}}
+             # jail: each layer "on", or "missing: why" where this host lacks it
+             "xenopus": {k: d.get(k) for k in ("state", "pid", "protocol", "xen_path", "jail")}}
             for d in domains]))
         return 0
     shown = {"verbose": args.verbose, "context": args.context, "cpupool": args.cpupool}
