@@ -51,7 +51,7 @@ test-arm64: $(STAMP) compile
 test-linux: $(STAMP) compile deps guests shim
 	scripts/fetch-linux
 	scripts/fetch-qemu10
-	scripts/fetch-pvgrub
+	scripts/fetch-grub-xen
 	scripts/test-linux
 
 # Xen's PV shim from Debian's Xen source (type = "pv" with pvshim = 1), built once into

@@ -37,7 +37,7 @@ PVHELLO = ROOT / "guests" / "out" / "pv" / "pvhello.elf"
 SHIM_BOOT_TIMEOUT = 400.0  # the shim's own boot is most of it: ~100 s in the nested host
 PV_LINUX = LINUX / "vmlinuz"  # Debian 6.1 cloud: CONFIG_XEN_PV, an LZ4 bzImage the shim unpacks
 INITRAMFS = LINUX / "initramfs.cpio"
-PVGRUB = LINUX / "pvgrub" / "grub-x86_64-xen.bin"  # scripts/fetch-pvgrub
+PVGRUB = ROOT / "build" / "grub-xen" / "grub-x86_64-xen.bin"  # scripts/fetch-grub-xen
 LINUX_TIMEOUT = 900.0  # the shim's boot, then Linux's: minutes on a loaded nested host
 WAITING = "xenopus-xenctl: waiting for control/shutdown"
 # How a PV Linux ends `poweroff -f`: it registers no power-off handler, so reboot(2) turns
@@ -227,7 +227,7 @@ def test_pv_grub_boots_the_kernel_on_its_disk(xenopus: Xenopus, tmp_path: Path) 
     command line (so the check it names runs)."""
     needs_pv_linux()
     if not PVGRUB.exists():
-        pytest.fail(f"{PVGRUB} is missing: scripts/fetch-pvgrub fetches it (make test-linux)")
+        pytest.fail(f"{PVGRUB} is missing: scripts/fetch-grub-xen fetches it (make test, make test-linux)")
     # The check is named only there: the domain's own command line is empty.
     image = grub_disk(tmp_path, f"{XEN_CONSOLE} xenopus.check=xen")
     cfg = pv_config(xenopus, "pvgrub", PVGRUB, extra="", memory=512,
