@@ -312,6 +312,8 @@ class XenStoreServer:
                 loop.call_soon_threadsafe(writer.close)
 
         conn = self.store.connect(domid, deliver, close)
+        if scope.domid is not None:  # a domain process's backends: that domain's quotas
+            conn.bound_to = scope.domid
         outbox = Outbox(self.store, conn, writer)
         sender = asyncio.create_task(outbox.run())
         try:
