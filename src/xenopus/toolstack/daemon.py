@@ -1061,17 +1061,20 @@ class Daemon:
         next_domid = table.get("next_domid", 1)
         self.interdomain.hold()  # binds wait until every adopted domain has rejoined
         lost: dict[int, int] = {}  # domid -> the pid the table names, of those not adopted
-        for entry in table.get("domains", []):
-            try:
-                rec = await self._adopt(entry)
-            except (OSError, ValueError, KeyError, TypeError, ConfigError, TimeoutError) as e:
-                log.error("domain %s (%s) was lost while no daemon ran: %s",
-                          entry.get("domid"), entry.get("name"), e)
-                if isinstance(entry.get("domid"), int) and isinstance(entry.get("pid"), int):
-                    lost[entry["domid"]] = entry["pid"]
-                continue  # its process, if it lives on, is swept below
-            log.info("domain %d (%s) adopted, pid %d, %s", rec.domid, rec.name, rec.pid, rec.state)
-        self.interdomain.release()
+        try:
+            for entry in table.get("domains", []):
+                try:
+                    rec = await self._adopt(entry)
+                except (OSError, ValueError, KeyError, TypeError, ConfigError, TimeoutError) as e:
+                    log.error("domain %s (%s) was lost while no daemon ran: %s",
+                              entry.get("domid"), entry.get("name"), e)
+                    if isinstance(entry.get("domid"), int) and isinstance(entry.get("pid"), int):
+                        lost[entry["domid"]] = entry["pid"]
+                    continue  # its process, if it lives on, is swept below
+                log.info("domain %d (%s) adopted, pid %d, %s", rec.domid, rec.name, rec.pid,
+                         rec.state)
+        finally:
+            self.interdomain.release()
         swept = await self._sweep_orphans(lost)
         ids = [next_domid if isinstance(next_domid, int) else 1, *(d + 1 for d in self.domains),
                *(d + 1 for d in swept)]
