@@ -1035,6 +1035,61 @@ def cmd_network_detach(args: Namespace) -> int:
     return 0
 
 
+# xl_cmdtable.c's verbs that xenopus does not take, each with why. They are refused by name
+# (exit 1, as xl's "command not implemented") rather than as unknown words; the README's
+# verb table says the same (tests/unit/test_xl_verbs.py keeps the two in step).
+_NO_PASSTHROUGH = "not yet: no PCI passthrough (VFIO would be KVM's way)"
+_NO_BACKEND = "n/a: no such PV backend here (only vbd, vif, console and channels)"
+_NO_POOLS = "n/a: one CPU pool, Pool-0 (cgroup cpusets would be the KVM way)"
+_NO_XSM = "n/a: no XSM/FLASK (security labels show '-')"
+_NO_RDT = "n/a: Intel RDT is Linux's resctrl, not a hypervisor call"
+_NO_USB = "n/a: no USB emulation"
+UNAVAILABLE: dict[str, str] = {
+    **dict.fromkeys(("pci-attach", "pci-detach", "pci-list", "pci-assignable-add",
+                     "pci-assignable-remove", "pci-assignable-list"), _NO_PASSTHROUGH),
+    "vncviewer": "n/a: no framebuffer is emulated",
+    "sharing": "n/a: no Xen page sharing (kernel same-page merging's figures are in xl info)",
+    "sched-rtds": "n/a: Linux has no RTDS scheduler (SCHED_DEADLINE is a different model)",
+    "debug-keys": "n/a: no Xen console keys",
+    "set-parameters": "n/a: no hypervisor parameters (the host kernel's are sysctls)",
+    **dict.fromkeys([f"{dev}-{op}" for dev in ("vtpm", "vkb", "vdispl", "vsnd")
+                     for op in ("attach", "list", "detach")], _NO_BACKEND),
+    "claims": "n/a: no memory claims (KVM allocates guest memory on touch)",
+    **dict.fromkeys(("cpupool-create", "cpupool-list", "cpupool-destroy", "cpupool-rename",
+                     "cpupool-cpu-add", "cpupool-cpu-remove", "cpupool-migrate",
+                     "cpupool-numa-split"), _NO_POOLS),
+    **dict.fromkeys(("getenforce", "setenforce", "loadpolicy"), _NO_XSM),
+    "remus": "n/a: no checkpointed replication",
+    "devd": "n/a: no driver domains (backends run in each domain's own process)",
+    **dict.fromkeys(("psr-hwinfo", "psr-cmt-attach", "psr-cmt-detach", "psr-cmt-show",
+                     "psr-cat-set", "psr-cat-show", "psr-mba-set", "psr-mba-show"), _NO_RDT),
+    **dict.fromkeys(("usbctrl-attach", "usbctrl-detach", "usbdev-attach", "usbdev-detach",
+                     "usb-list"), _NO_USB),
+    "qemu-monitor-command": "n/a: no QEMU device model",
+    "dt-overlay": "n/a: device-tree overlays are Arm's (and no Xen interface on arm64)",
+}
+
+
+def cmd_help(args: Namespace) -> int:
+    """xl.c help(): the verb list in xl's layout, or one verb's usage."""
+    if args.verb_name in (None, "help"):
+        print("Usage xl [-vfNtT] <subcommand> [args]\n\nxl full list of subcommands:\n")
+        for v in VERBS:
+            if v.name == "help":
+                continue
+            gap = f"\n {'':19} " if len(v.name) > 19 else ""
+            print(f" {v.name:<19} {gap}{v.help}")
+        return 0
+    if args.verb_name in UNAVAILABLE:
+        print(f"command \"{args.verb_name}\": {UNAVAILABLE[args.verb_name]}")
+        return 0
+    if not any(v.name == args.verb_name for v in VERBS):
+        print(f"command \"{args.verb_name}\" not implemented")  # xl's words
+        return 0
+    parser("xl").parse_args([args.verb_name, "--help"])  # argparse prints, then exits 0
+    return 0
+
+
 # -- the command line ----------------------------------------------------------------------
 # One table describes every verb: its xl grammar, the request it sends and its CLI step.
 # The request's op names the daemon step that answers it (`daemon_step` in
@@ -1241,6 +1296,8 @@ VERBS = (
          "network-detach", cmd_network_detach, (),
          (_dom(), Pos("dev", "DEVID|MAC", None, "its device id or MAC address"))),
     # -- end of resources and devices --
+    Verb("help", "list the verbs, or show one verb's usage", "help", cmd_help, (),
+         (Pos("verb_name", "VERB", "?", "the verb"),)),
     Verb("daemon", "run the host daemon in the foreground", "stop", cmd_daemon, (
         Opt(("--stop",), "stop", "stop a running daemon and its domains"),
         Opt(("--background",), "background", None),
@@ -1339,6 +1396,20 @@ def main(argv: list[str] | None = None) -> int:
     if prog not in ("xl", "xenopus"):
         prog = "xenopus"  # python -m xenopus
     argv = sys.argv[1:] if argv is None else argv
+    # xl's global options before the verb (xl.c main): -v (verbosity), -t and -T (progress
+    # and log formats) change only xl's own logging and are taken and ignored; -f and -N
+    # would change what a verb does, which xenopus does not offer.
+    while argv and argv[0].startswith("-") and argv[0] not in ("-h", "--help") \
+            and not argv[0].startswith("--"):
+        bad = set(argv[0][1:]) - set("vtT")
+        if bad:
+            print(f"{prog}: global option -{''.join(sorted(bad))} is not supported "
+                  "(only -v, -t, -T, which are ignored)", file=sys.stderr)
+            return 1
+        argv = argv[1:]
+    if argv and argv[0] in UNAVAILABLE:
+        print(f"{prog}: {argv[0]}: {UNAVAILABLE[argv[0]]}", file=sys.stderr)
+        return 1
     args = fast_parse(argv) or parser(prog).parse_args(argv)
     try:
         return args.func(args)
