@@ -98,6 +98,11 @@ def test_help_lists_the_verbs_in_xls_layout(capsys: pytest.CaptureFixture[str]) 
     assert capsys.readouterr().out == 'command "frobnicate" not implemented\n'
 
 
+def test_no_verb_lists_them_and_fails_as_xl_does(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main([]) == 1
+    assert capsys.readouterr().out.startswith("Usage xl [-vfNtT] <subcommand> [args]\n")
+
+
 def test_xls_logging_options_before_the_verb(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["-vv", "-t", "help"]) == 0
     assert capsys.readouterr().out.startswith("Usage xl")

@@ -1407,7 +1407,10 @@ def main(argv: list[str] | None = None) -> int:
                   "(only -v, -t, -T, which are ignored)", file=sys.stderr)
             return 1
         argv = argv[1:]
-    if argv and argv[0] in UNAVAILABLE:
+    if not argv:  # xl.c main: the verb list, and failure
+        cmd_help(Namespace(verb_name=None))
+        return 1
+    if argv[0] in UNAVAILABLE:
         print(f"{prog}: {argv[0]}: {UNAVAILABLE[argv[0]]}", file=sys.stderr)
         return 1
     args = fast_parse(argv) or parser(prog).parse_args(argv)
