@@ -13,7 +13,7 @@
  *   (16-byte layout) timing out on a masked port; grants: a grant frame, setup_table with
  *   32-bit frame numbers, query_size, GNTTABOP_copy (24-byte layout), map_grant_ref of our
  *   own grant at GFN 0x80000 and unmap; XenStore over the ring (read domid, write and read
- *   back); a multicall of 32-byte entries; the runstate area in its 44-byte layout;
+ *   back); the PV console ring (a line out, consumed by the backend); a multicall of 32-byte entries; the runstate area in its 44-byte layout;
  *   ballooning (decrease_reservation in its 20-byte layout, again: 0 extents, populate_physmap
  *   back); the pvclock time area; SCHEDOP_watchdog; vCPU 1 brought up from a 32-bit
  *   vcpu_hvm_context (initialise, up, its own down, up again, down); and last, FIFO event
@@ -656,6 +656,33 @@ static void xenstore(u16 me)
           m > 0 ? out : "?");
 }
 
+/* The PV console ring (io/console.h xencons_interface: in[1024], out[2048], then the four
+ * u32 indexes; layout-neutral): a line into the out half, the event, and the backend's
+ * out_cons catching up with out_prod. */
+struct xencons_interface { char in[1024], out[2048]; u32 in_cons, in_prod, out_cons, out_prod; };
+static void pv_console(void)
+{
+    struct xen_hvm_param p = {DOMID_SELF, 17 /* CONSOLE_PFN */, 0};
+    long rc = H2(HYPERVISOR_hvm_op, 1, &p);
+    struct xen_hvm_param e = {DOMID_SELF, 18 /* CONSOLE_EVTCHN */, 0};
+    long rc2 = H2(HYPERVISOR_hvm_op, 1, &e);
+    if (!check(rc == 0 && rc2 == 0 && p.value, "PV console ring at pfn 0x%X, port %u", p.value, (u32)e.value))
+        return;
+    volatile struct xencons_interface *c = (volatile struct xencons_interface *)(uptr)(p.value << 12);
+    const char *line = "hello from the 32-bit PV console\r\n";
+    u32 prod = c->out_prod, n = slen(line);
+    for (u32 i = 0; i < n; i++)
+        c->out[(prod + i) & 2047] = line[i];
+    barrier();
+    c->out_prod = prod + n;
+    send((u32)e.value);
+    u64 end = now_ns() + 5000000000ull;
+    while (c->out_cons != c->out_prod && now_ns() < end)
+        H2(HYPERVISOR_sched_op, 0, 0);
+    check(c->out_cons == prod + n, "PV console: %u bytes written, the backend consumed them (out_cons %u)", n,
+          c->out_cons);
+}
+
 static void multicall_and_runstate(void)
 {
     static struct multicall_entry mc[2];
@@ -860,6 +887,7 @@ void main32(u32 start_info)
     events();
     grants(me);
     xenstore(me);
+    pv_console();
     multicall_and_runstate();
     balloon();
     pvclock();

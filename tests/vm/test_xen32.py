@@ -46,6 +46,7 @@ def test_32_bit_guest_uses_the_compat_abi(xenopus: Xenopus, paging: str) -> None
     assert "ok HVM_PARAM_CALLBACK_IRQ rc 0; 32-bit shared_info wc_sec" in out
     # Issue 12's items in 32-bit mode: ballooning (the 20-byte reservation), pvclock, the
     # watchdog, vCPU bring-up from a 32-bit context, FIFO events (where they are offered).
+    assert "the backend consumed them" in out  # the PV console ring
     assert "ok XENMEM_decrease_reservation (20-byte layout): 1 extent" in out
     assert "again: 0 extents" in out and "ok XENMEM_populate_physmap: 1 extent" in out
     assert "ok VCPUOP_register_vcpu_time_memory_area: version" in out
