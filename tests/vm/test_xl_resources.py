@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ from tests.vm.conftest import Xenopus
 from tests.vm.test_cli import read_until
 from tests.vm.test_devices import NS, RESPONDER, netns, pattern  # noqa: F401 - fixture
 from tests.vm.test_xl import XL, Xl
+from xenopus.xen.xenstore import wire
 
 pytestmark = pytest.mark.kvm
 
@@ -346,3 +348,32 @@ def test_xenstore_quota_get_and_set(xl: Xl) -> None:
     # Gone with its domain: XenStore forgot it.
     r = xl.run("xenstore-quota-get", "quotaed")
     assert r.returncode != 0
+
+
+def test_xenstore_quota_and_feature_mask_from_the_config(xl: Xl) -> None:
+    """xl.cfg's xenstore_quota (the domain's own quotas from its creation) and
+    xenstore_feature_mask (the ring features its XenStore offers it)."""
+    write_config(xl, "cfgquota", "xenstore.elf", memory=32, xenstore_quota=["watches=5"],
+                 xenstore_feature_mask=0)
+    assert xl.run("create", "-p", "cfgquota").returncode == 0
+    try:
+        glob = quota_rows(xl.run("xenstore-quota-get", "-g", check=True).stdout)
+        mine = quota_rows(xl.run("xenstore-quota-get", "cfgquota", check=True).stdout)
+        assert mine == {**glob, "watches": 5}
+        domid = xl.run("domid", "cfgquota", check=True).stdout.strip()
+        # GET_FEATURE <domid> as dom0 on the daemon's socket (xenstore.txt): none offered
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(20)
+            sock.connect(str(xl.run_dir / "xenstored.sock"))
+            sock.sendall(wire.pack(wire.XS_GET_FEATURE, 1, 0, wire.strings(domid)))
+            reply = b""
+            while len(reply) < wire.HEADER_SIZE or \
+                    len(reply) < wire.HEADER_SIZE + wire.unpack_header(reply).len:
+                chunk = sock.recv(4096)
+                assert chunk, reply
+                reply += chunk
+        hdr = wire.unpack_header(reply)
+        assert hdr.type == wire.XS_GET_FEATURE, reply
+        assert reply[wire.HEADER_SIZE:].rstrip(b"\0") == b"0"
+    finally:
+        xl.run("destroy", "cfgquota")
