@@ -377,3 +377,38 @@ def test_xenstore_quota_and_feature_mask_from_the_config(xl: Xl) -> None:
         assert reply[wire.HEADER_SIZE:].rstrip(b"\0") == b"0"
     finally:
         xl.run("destroy", "cfgquota")
+
+
+def test_python_api_images_and_resources(xl: Xl, tmp_path: Path) -> None:
+    """The Python API beyond the lifecycle: mem_set/mem_max and vcpu_set on a Xen guest
+    (what libxl writes: memory/target, cpu/N/availability), its XenStore quotas, then
+    save, restore and dump_core of a running guest."""
+    import xenopus
+
+    write_config(xl, "apihot", "xenvcpuset.elf", memory=32, maxmem=48, vcpus=1, maxvcpus=2)
+    write_config(xl, "apicount", "counter.elf", memory=32, cmdline="count=100000000")
+    with xenopus.connect(str(xl.run_dir)) as x:
+        hot = x.create(xl.etc / "apihot.cfg", paused=True)
+        try:
+            x.mem_max(hot.domid, 40 * 1024)
+            x.mem_set(hot.domid, 24 * 1024)
+            assert xenstore_read(xl, f"/local/domain/{hot.domid}/memory/target") == "24576"
+            x.vcpu_set(hot.domid, 2)
+            assert xenstore_read(xl, f"/local/domain/{hot.domid}/cpu/1/availability") == "online"
+            assert x.xenstore_quota(hot.domid) == x.xenstore_quota()
+            with pytest.raises(xenopus.NoSuchDomain):
+                x.mem_set("nosuch", 1024)
+        finally:
+            x.destroy(hot.domid)
+
+        count = x.create(xl.etc / "apicount.cfg")
+        image, core = tmp_path / "apicount.img", tmp_path / "apicount.core"
+        x.dump_core(count.domid, core)
+        assert core.read_bytes()[:4] == b"\x7fELF"
+        x.save(count.domid, image)
+        assert image.stat().st_size > 0 and "apicount" not in [d.name for d in x.list()]
+        back = x.restore(image, paused=True)
+        try:
+            assert (back.name, back.state) == ("apicount", "paused")
+        finally:
+            x.destroy(back.domid)
