@@ -356,6 +356,7 @@ def test_xenstore_quota_and_feature_mask_from_the_config(xl: Xl) -> None:
     write_config(xl, "cfgquota", "xenstore.elf", memory=32, xenstore_quota=["watches=5"],
                  xenstore_feature_mask=0)
     assert xl.run("create", "-p", "cfgquota").returncode == 0
+    con = None
     try:
         glob = quota_rows(xl.run("xenstore-quota-get", "-g", check=True).stdout)
         mine = quota_rows(xl.run("xenstore-quota-get", "cfgquota", check=True).stdout)
@@ -375,8 +376,17 @@ def test_xenstore_quota_and_feature_mask_from_the_config(xl: Xl) -> None:
         hdr = wire.unpack_header(reply)
         assert hdr.type == wire.XS_GET_FEATURE, reply
         assert reply[wire.HEADER_SIZE:].rstrip(b"\0") == b"0"
+        # ... and the ring page says the same: the guest finds no reconnection offered
+        # (its check of it fails, which is the point here).
+        con = xl.popen("console", "cfgquota")
+        assert con.stdout is not None
+        assert xl.run("unpause", "cfgquota").returncode == 0
+        out = read_result(con.stdout)
+        assert b"FAIL server features 0x0 offer ring reconnection" in out, out
     finally:
         xl.run("destroy", "cfgquota")
+        if con is not None:
+            con.wait(60)
 
 
 def test_python_api_images_and_resources(xl: Xl, tmp_path: Path) -> None:
