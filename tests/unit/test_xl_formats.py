@@ -39,6 +39,7 @@ from xenopus.toolstack.xlformat import (
     UPTIME_HEADER,
     VM_LIST_HEADER,
     TopEntry,
+    cpupool_list,
     info_lines,
     info_select,
     libxl_domain_config,
@@ -339,3 +340,13 @@ def test_options_may_follow_positionals_as_getopt_permutes_them():
     args = fast_parse(["create", "--", "-odd-name.cfg"])  # "--" ends the options
     assert args is not None and args.words == ["-odd-name.cfg"]
     assert fast_parse(["create", "web.cfg", "-Z"]) is None  # unknown: argparse explains
+
+
+def test_cpupool_list_is_xls():
+    """xl_cpupool.c main_cpupoollist: printf("%-19s", "Name") and the column titles, then
+    per pool "%-19s" and "%3d %9s       y       %4d", or with -c the CPUs, comma-separated."""
+    assert cpupool_list([0, 1, 2, 3], 3, "credit2", False) == [
+        "Name               CPUs   Sched     Active   Domain count",
+        "Pool-0               4   credit2       y          3"]
+    assert cpupool_list([3, 0, 1], 1, "credit2", True) == [
+        "Name               CPU list", "Pool-0             0,1,3"]

@@ -295,6 +295,19 @@ def cmd_vm_list(args: Namespace) -> int:
     return 0
 
 
+def cmd_cpupool_list(args: Namespace) -> int:
+    """xl cpupool-list [-c] [POOL]: the one pool, Pool-0, with every host CPU, the
+    scheduler `xl info` names and every domain, Domain-0 included."""
+    from xenopus.toolstack import hostinfo, xlformat
+
+    if args.pool is not None and args.pool != xlformat.CPUPOOL:
+        raise CliError(f"Pool '{args.pool}' does not exist")
+    n_dom = 1 + len(request("list")["domains"])  # and Domain-0
+    for line in xlformat.cpupool_list(host.host_cpus(), n_dom, hostinfo.SCHEDULER, args.cpus):
+        print(line)
+    return 0
+
+
 def cmd_info(args: Namespace) -> int:
     """xl_info.c main_info: every line, or with NAME the values of the lines it begins."""
     from xenopus.toolstack import xlformat
@@ -1040,7 +1053,7 @@ def cmd_network_detach(args: Namespace) -> int:
 # verb table says the same (tests/unit/test_xl_verbs.py keeps the two in step).
 _NO_PASSTHROUGH = "not yet: no PCI passthrough (VFIO would be KVM's way)"
 _NO_BACKEND = "n/a: no such PV backend here (only vbd, vif, console and channels)"
-_NO_POOLS = "n/a: one CPU pool, Pool-0 (cgroup cpusets would be the KVM way)"
+_NO_POOLS = "n/a: one CPU pool, Pool-0 (cgroup cpusets would be the KVM way to make more)"
 _NO_XSM = "n/a: no XSM/FLASK (security labels show '-')"
 _NO_RDT = "n/a: Intel RDT is Linux's resctrl, not a hypervisor call"
 _NO_USB = "n/a: no USB emulation"
@@ -1055,7 +1068,7 @@ UNAVAILABLE: dict[str, str] = {
     **dict.fromkeys([f"{dev}-{op}" for dev in ("vtpm", "vkb", "vdispl", "vsnd")
                      for op in ("attach", "list", "detach")], _NO_BACKEND),
     "claims": "n/a: no memory claims (KVM allocates guest memory on touch)",
-    **dict.fromkeys(("cpupool-create", "cpupool-list", "cpupool-destroy", "cpupool-rename",
+    **dict.fromkeys(("cpupool-create", "cpupool-destroy", "cpupool-rename",
                      "cpupool-cpu-add", "cpupool-cpu-remove", "cpupool-migrate",
                      "cpupool-numa-split"), _NO_POOLS),
     **dict.fromkeys(("getenforce", "setenforce", "loadpolicy"), _NO_XSM),
@@ -1296,6 +1309,9 @@ VERBS = (
          "network-detach", cmd_network_detach, (),
          (_dom(), Pos("dev", "DEVID|MAC", None, "its device id or MAC address"))),
     # -- end of resources and devices --
+    Verb("cpupool-list", "list CPU pools on host (one here: Pool-0)", "list",
+         cmd_cpupool_list, (Opt(("-c", "--cpus"), "cpus", "the pool's CPUs"),),
+         (Pos("pool", "POOL", "?", "only this pool"),)),
     Verb("help", "list the verbs, or show one verb's usage", "help", cmd_help, (),
          (Pos("verb_name", "VERB", "?", "the verb"),)),
     Verb("daemon", "run the host daemon in the foreground", "stop", cmd_daemon, (

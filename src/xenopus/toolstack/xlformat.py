@@ -553,3 +553,18 @@ def sched_pool_line(pool: str = POOL_NAME) -> str:
     """sched_credit{,2}_pool_output when the pool's parameters cannot be had: the Linux
     scheduler has no credit time slice, rate limit or migration delay to report."""
     return f"Cpupool {pool}: [sched params unavailable]"
+
+
+# xl cpupool-list (xl_cpupool.c main_cpupoollist): xenopus has one pool, Xen's default one.
+CPUPOOL = "Pool-0"
+
+
+def cpupool_list(cpus: Iterable[int], n_dom: int, scheduler: str, show_cpus: bool) -> list[str]:
+    """The header, then the pool: "%-19s" and either its CPUs comma-separated (-c) or
+    "%3d %9s       y       %4d" (CPU count, scheduler, active, domains)."""
+    cpus = sorted(cpus)
+    header = "%-19s" % "Name" + (  # noqa: UP031
+        "CPU list" if show_cpus else "CPUs   Sched     Active   Domain count")
+    detail = ",".join(map(str, cpus)) if show_cpus else "%3d %9s       y       %4d" % (  # noqa: UP031
+        len(cpus), scheduler, n_dom)
+    return [header, "%-19s" % CPUPOOL + detail]  # noqa: UP031
