@@ -350,3 +350,15 @@ def test_cpupool_list_is_xls():
         "Pool-0               4   credit2       y          3"]
     assert cpupool_list([3, 0, 1], 1, "credit2", True) == [
         "Name               CPU list", "Pool-0             0,1,3"]
+
+
+def test_claims_column():
+    """xl_info.c list_domains with claim: "  Claimed" after -Z's label title, before -c's
+    pool; per row " %5lu" after -v's UUID and reason, before the label."""
+    assert list_options_header(claim=True) == "  Claimed"
+    assert list_options_header(verbose=True, claim=True, cpupool=True) == (
+        LIST_VERBOSE_HEADER + "  Claimed" + "         Cpupool")
+    uuid = "13a1cf29-2421-4f41-8005-b537fb6e4024"
+    assert list_options_columns(uuid, None, False, claim=True) == "     0"
+    assert list_options_columns(uuid, None, False, verbose=True, claim=True) == (
+        f" {uuid}        -     0                -")

@@ -269,7 +269,8 @@ def cmd_list(args: Namespace) -> int:
              "xenopus": {k: d[k] for k in ("state", "pid", "protocol", "xen_path")}}
             for d in domains]))
         return 0
-    shown = {"verbose": args.verbose, "context": args.context, "cpupool": args.cpupool}
+    shown = {"verbose": args.verbose, "context": args.context, "cpupool": args.cpupool,
+             "claim": getattr(args, "claim", False)}
     print(xlformat.list_header() + xlformat.list_options_header(**shown, numa=args.numa))
     # -n: every domain may use every node (no NUMA placement here): print_bitmap's "all"
     nodes = "all" if args.numa else None
@@ -286,6 +287,12 @@ def cmd_list(args: Namespace) -> int:
     return 0
 
 
+def cmd_claims(args: Namespace) -> int:
+    """xl claims (xl_info.c main_claims): `xl list` with the Claimed column."""
+    return cmd_list(Namespace(domains=[], long=False, verbose=False, context=False,
+                              cpupool=False, numa=False, claim=True))
+
+
 def cmd_vm_list(args: Namespace) -> int:
     from xenopus.toolstack import xlformat
 
@@ -300,7 +307,7 @@ def cmd_cpupool_list(args: Namespace) -> int:
     scheduler `xl info` names and every domain, Domain-0 included."""
     from xenopus.toolstack import hostinfo, xlformat
 
-    if args.pool is not None and args.pool != xlformat.CPUPOOL:
+    if args.pool is not None and args.pool != xlformat.POOL:
         raise CliError(f"Pool '{args.pool}' does not exist")
     n_dom = 1 + len(request("list")["domains"])  # and Domain-0
     for line in xlformat.cpupool_list(host.host_cpus(), n_dom, hostinfo.SCHEDULER, args.cpus):
@@ -1067,7 +1074,6 @@ UNAVAILABLE: dict[str, str] = {
     "set-parameters": "n/a: no hypervisor parameters (the host kernel's are sysctls)",
     **dict.fromkeys([f"{dev}-{op}" for dev in ("vtpm", "vkb", "vdispl", "vsnd")
                      for op in ("attach", "list", "detach")], _NO_BACKEND),
-    "claims": "n/a: no memory claims (KVM allocates guest memory on touch)",
     **dict.fromkeys(("cpupool-create", "cpupool-destroy", "cpupool-rename",
                      "cpupool-cpu-add", "cpupool-cpu-remove", "cpupool-migrate",
                      "cpupool-numa-split"), _NO_POOLS),
@@ -1151,6 +1157,8 @@ VERBS = (
         Opt(("-n", "--numa"), "numa", "also each domain's NUMA node affinity"),
     ), (Pos("domains", "DOM", "*"),)),
     Verb("vm-list", "list guest domains (not Domain-0) with their UUIDs", "list", cmd_vm_list),
+    Verb("claims", "list domains with their outstanding memory claims (none here)", "list",
+         cmd_claims),
     Verb("info", "information about the host", "host-info", cmd_info,
          (Opt(("-n", "--numa"), "numa", "also the CPU, device and NUMA topology"),),
          (Pos("name", "NAME", "?", "print only the values of the fields named so"),)),
