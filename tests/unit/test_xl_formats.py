@@ -36,6 +36,7 @@ from xenopus.toolstack import xlconf
 from xenopus.toolstack.cli import fast_parse
 from xenopus.toolstack.xlformat import (
     LIST_VERBOSE_HEADER,
+    SHARING_HEADER,
     UPTIME_HEADER,
     VM_LIST_HEADER,
     TopEntry,
@@ -46,6 +47,7 @@ from xenopus.toolstack.xlformat import (
     list_header,
     list_options_columns,
     list_options_header,
+    sharing_row,
     top_lines,
     top_state,
     top_summary,
@@ -362,3 +364,11 @@ def test_claims_column():
     assert list_options_columns(uuid, None, False, claim=True) == "     0"
     assert list_options_columns(uuid, None, False, verbose=True, claim=True) == (
         f" {uuid}        -     0                -")
+
+
+def test_sharing_rows():
+    """xl_mem.c sharing(): the header, then "%-40s %5d %5lu  %5lu"."""
+    assert SHARING_HEADER == "Name" + " " * 40 + "ID   Mem Shared"
+    row = sharing_row("web", 3, 256, 12)
+    assert row == "web" + " " * 37 + "     3   256     12"
+    assert row[45] == "3" and SHARING_HEADER[44:46] == "ID"  # the domid under its title

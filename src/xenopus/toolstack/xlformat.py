@@ -569,3 +569,12 @@ def cpupool_list(cpus: Iterable[int], n_dom: int, scheduler: str, show_cpus: boo
     detail = ",".join(map(str, cpus)) if show_cpus else "%3d %9s       y       %4d" % (  # noqa: UP031
         len(cpus), scheduler, n_dom)
     return [header, "%-19s" % POOL + detail]  # noqa: UP031
+
+
+# xl sharing (xl_mem.c sharing()): the header, then "%-40s %5d %5lu  %5lu" per domain (name,
+# domid, memory MiB, shared MiB).
+SHARING_HEADER = "Name                                        ID   Mem Shared"
+
+
+def sharing_row(name: str, domid: int, mem_mib: int, shared_mib: int) -> str:
+    return "%-40s %5d %5d  %5d" % (name, domid, mem_mib, shared_mib)  # noqa: UP031
