@@ -1339,7 +1339,7 @@ VERBS = (
     Verb("cpupool-list", "list CPU pools on host (one here: Pool-0)", "list",
          cmd_cpupool_list, (Opt(("-c", "--cpus"), "cpus", "the pool's CPUs"),),
          (Pos("pool", "POOL", "?", "only this pool"),)),
-    Verb("help", "list the verbs, or show one verb's usage", "help", cmd_help, (),
+    Verb("help", "list the verbs, or show one verb's usage", None, cmd_help, (),
          (Pos("verb_name", "VERB", "?", "the verb"),)),
     Verb("daemon", "run the host daemon in the foreground", "stop", cmd_daemon, (
         Opt(("--stop",), "stop", "stop a running daemon and its domains"),
