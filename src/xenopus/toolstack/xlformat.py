@@ -225,9 +225,9 @@ def _listing(devices: Iterable[Mapping[str, object]], xl_header: str,
     xen = [d for d in devices if _is_xen(d)]
     others = [d for d in devices if not _is_xen(d)]
     lines: list[str] = []
-    if xen:
+    if xen or not others:  # no device at all: xl's header alone, as xl prints it
         lines += [xl_header, *map(xl_row, xen)]
-    if others or not xen:
+    if others:
         if lines:
             lines.append("")
         lines += [virtio[0], *(virtio[1].format(**d) for d in others)]
