@@ -108,3 +108,25 @@ def test_xls_logging_options_before_the_verb(capsys: pytest.CaptureFixture[str])
     assert capsys.readouterr().out.startswith("Usage xl")
     assert cli.main(["-N", "list"]) == 1
     assert "global option -N is not supported" in capsys.readouterr().err
+
+
+# The short options of each verb we take, from its SWITCH_FOREACH_OPT in Xen's tools/xl/*.c
+# (the same tree as XL_CMDTABLE; 'h' is every verb's help); shutdown and reboot share
+# main_shutdown_or_reboot's "awF".
+XL_OPTIONS = {
+    "block-detach": "f", "console": "ent", "cpupool-list": "c", "create": "AFVcdefinpq",
+    "destroy": "f", "dmesg": "c", "info": "nx", "list": "Zchlnv", "migrate": "CDFeps",
+    "migrate-receive": "Fdepr", "restore": "AFVcdep", "save": "Dcp",
+    "sched-credit": "cdmprstw", "sched-credit2": "cdprsw", "uptime": "s", "vcpu-pin": "fi",
+    "vcpu-set": "i", "shutdown": "awF", "reboot": "awF", "config-update": "dqf",
+}
+
+
+@pytest.mark.parametrize("verb", sorted(XL_OPTIONS))
+def test_xls_options_we_do_not_take_are_named_in_the_readme(verb: str) -> None:
+    (ours,) = [v for v in cli.VERBS if v.name == verb]
+    taken = {name[1] for o in ours.opts for name in o.names if len(name) == 2}
+    missing = sorted(set(XL_OPTIONS[verb]) - taken - {"h"})
+    row = readme_rows()[verb]
+    unnamed = [c for c in missing if not re.search(rf"-{c}\b", row)]
+    assert not unnamed, f"{verb}: xl's -{', -'.join(unnamed)} neither taken nor named: {row}"

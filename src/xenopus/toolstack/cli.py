@@ -1164,6 +1164,7 @@ VERBS = (
          " rebuilt after a reboot (deprecated in xl)", "config-update", cmd_config_update, (
              Opt(("-f", "--defconfig"), "config_file", "the config file", str),
              Opt(("-d",), "debug", "print the configuration as libxl JSON"),
+             Opt(("-q",), "quiet", None),  # xl_misc.c takes -q and does nothing with it
          ), (_dom(), Pos("words", "CFG KEY=VALUE", "*",
                          "the config file (by name in /etc/xen too), then KEY=VALUE overrides"))),
     Verb("list", "list domains", "list", cmd_list, (
@@ -1203,7 +1204,10 @@ VERBS = (
     Verb("dmesg", "print the host log: xenopus's (XEN) lines, guests' console_io and"
          " port-0xE9 lines", "dmesg", cmd_dmesg,
          (Opt(("-c", "--clear"), "clear", "clear the log after printing it"),)),
-    Verb("destroy", "destroy a domain immediately", "destroy", cmd_domain_op, (), (_dom(),)),
+    Verb("destroy", "destroy a domain immediately", "destroy", cmd_domain_op,
+         # xl's -f permits destroying domain 0; Domain-0 is the host here, never destroyed
+         (Opt(("-f",), "force", "taken for xl's sake: Domain-0 is the host, never destroyed"),),
+         (_dom(),)),
     Verb("pause", "pause all vCPUs of a domain", "pause", cmd_domain_op, (), (_dom(),)),
     Verb("unpause", "resume a paused domain", "unpause", cmd_domain_op, (), (_dom(),)),
     Verb("shutdown", "issue a shutdown signal to a domain (PV control/shutdown)", "shutdown",
