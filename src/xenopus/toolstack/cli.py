@@ -1270,12 +1270,14 @@ VERBS = (
             "and the image"),)),
     Verb("migrate", "move a domain to another host (over `SSHCMD HOST xenopus migrate-receive`)",
          "save", cmd_migrate, (
-             Opt(("-s",), "ssh", "the command that reaches HOST (default: ssh)", str),
+             Opt(("-s",), "ssh", "the command that reaches HOST (default: ssh; passed to"
+                 " sh; empty: run HOST itself as the receiver)", str),
              Opt(("-e",), "no_wait", "accepted for xl compatibility (the daemon always watches)"),
              Opt(("-C",), "config", "send this config instead of the domain's", str),
              Opt(("--debug",), "debug", "report what was sent (and, from the receiver, "
                  "what was received)"),
              Opt(("-p",), "paused", "leave the domain paused on the receiver"),
+             Opt(("--live",), "live", "accepted for xl compatibility (always live)"),
          ), (_dom(), Pos("host", "HOST"))),
     Verb("migrate-receive", "receive a migrating domain on stdin (run by migrate)", "restore",
          cmd_migrate_receive, (
