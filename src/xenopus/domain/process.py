@@ -813,7 +813,7 @@ class DomainProcess:
 
     async def _adopted_by(self, conn: socket.socket) -> None:
         """A daemon connected: `adopt` + its new XenStore streams (the guest ring's and
-        the PV backends'); then it is our daemon."""
+        the PV backends') and its interdomain broker's; then it is our daemon."""
         if peer_of(conn).uid != self._daemon_uid:
             raise ValueError(f"uid {peer_of(conn).uid} is not the daemon's")
         if self._attached:
@@ -823,18 +823,22 @@ class DomainProcess:
                 await asyncio.wait_for(self._detached.wait(), DETACH_NOTICE)
             except TimeoutError:
                 raise ValueError("a daemon is attached") from None
-        msg, fds = await asyncio.wait_for(ipc.recv_with_fds(conn, 2), ADOPT_TIMEOUT)
+        msg, fds = await asyncio.wait_for(ipc.recv_with_fds(conn, 3), ADOPT_TIMEOUT)
         socks = [socket.socket(fileno=fd) for fd in fds]
         req = Request.from_wire(msg or {})
-        if req.op != "adopt" or len(socks) != 2:
+        if req.op != "adopt" or len(socks) != 3:
             for sock in socks:
                 sock.close()
-            raise ValueError(f"expected adopt and two XenStore streams, got {req.op!r}"
-                             f" and {len(socks)}")
+            raise ValueError(f"expected adopt, two XenStore streams and the interdomain"
+                             f" broker's, got {req.op!r} and {len(socks)}")
         if self._writer is not None:
             self._writer.close()  # the lost daemon's end
         reader, self._writer = await asyncio.open_unix_connection(sock=conn)
         await self.store.reconnect(socks[0])
+        if self.interdomain is not None:
+            self.interdomain.reconnect(socks[2])
+        else:
+            socks[2].close()
         xen = self.guest.xen if self.guest is not None else None
         if xen is not None:
             # Blocking XenStore requests to the daemon, which answers them on its loop

@@ -266,7 +266,8 @@ def cmd_list(args: Namespace) -> int:
         # xl_info.c list_domains_details: dom0 has no stored configuration and is skipped.
         print(xlformat.list_long([
             {"domid": d["domid"], "config": d["libxl"],
-             "xenopus": {k: d[k] for k in ("state", "pid", "protocol", "xen_path")}}
+             # jail: each layer "on", or "missing: why" where this host lacks it
+             "xenopus": {k: d.get(k) for k in ("state", "pid", "protocol", "xen_path", "jail")}}
             for d in domains]))
         return 0
     shown = {"verbose": args.verbose, "context": args.context, "cpupool": args.cpupool,
@@ -1273,12 +1274,14 @@ VERBS = (
             "and the image"),)),
     Verb("migrate", "move a domain to another host (over `SSHCMD HOST xenopus migrate-receive`)",
          "save", cmd_migrate, (
-             Opt(("-s",), "ssh", "the command that reaches HOST (default: ssh)", str),
+             Opt(("-s",), "ssh", "the command that reaches HOST (default: ssh; passed to"
+                 " sh; empty: run HOST itself as the receiver)", str),
              Opt(("-e",), "no_wait", "accepted for xl compatibility (the daemon always watches)"),
              Opt(("-C",), "config", "send this config instead of the domain's", str),
              Opt(("--debug",), "debug", "report what was sent (and, from the receiver, "
                  "what was received)"),
              Opt(("-p",), "paused", "leave the domain paused on the receiver"),
+             Opt(("--live",), "live", "accepted for xl compatibility (always live)"),
          ), (_dom(), Pos("host", "HOST"))),
     Verb("migrate-receive", "receive a migrating domain on stdin (run by migrate)", "restore",
          cmd_migrate_receive, (

@@ -22,7 +22,7 @@ from typing import Any
 
 from xenopus.domain.config import DomainConfig
 from xenopus.xen.xenstore import wire
-from xenopus.xen.xenstore.server import PeerScope, Scope, XenStoreServer
+from xenopus.xen.xenstore.server import DOMAIN_STREAM_LIMIT, PeerScope, Scope, XenStoreServer
 from xenopus.xen.xenstore.store import FEATURES, Perm, Quota, Store, XsError
 
 log = logging.getLogger("xenopus.xenstore")
@@ -184,7 +184,7 @@ class XenStored:
         self.remove_domain(domid)
         self.write_domain(domid, name, config, uuid, start_time)
         self.introduce(domid, config)
-        reader, writer = await asyncio.open_unix_connection(sock=sock)
+        reader, writer = await asyncio.open_unix_connection(sock=sock, limit=DOMAIN_STREAM_LIMIT)
         self._tasks[domid] = asyncio.create_task(self._serve(domid, reader, writer))
 
     def introduce(self, domid: int, config: DomainConfig) -> None:

@@ -38,6 +38,7 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 # Nothing here imports a layer: `serve` starts the first spare, then imports the domain
@@ -88,9 +89,7 @@ class SparePool:
     # creates fork from the zygote (sharing its layout) rather than wait for ever.
     MAX_FAILURES = 3
 
-    def __init__(self, size: int, forker: PidNamespaceForker, sel: selectors.BaseSelector,
-                 seccomp_fd: int | None = None):
-        self.seccomp_fd = seccomp_fd
+    def __init__(self, size: int, forker: PidNamespaceForker, sel: selectors.BaseSelector):
         self.size = size
         self.forker = forker
         self.sel = sel
@@ -120,11 +119,8 @@ class SparePool:
         if pid == 0:
             try:
                 theirs.set_inheritable(True)
-                argv = [sys.executable, "-m", "xenopus.toolstack.spare", str(theirs.fileno())]
-                if self.seccomp_fd is not None:
-                    os.set_inheritable(self.seccomp_fd, True)
-                    argv.append(str(self.seccomp_fd))
-                os.execv(sys.executable, argv)
+                os.execv(sys.executable, [sys.executable, "-m", "xenopus.toolstack.spare",
+                                          str(theirs.fileno())])
             finally:
                 os._exit(127)
         theirs.close()
@@ -167,10 +163,14 @@ class SparePool:
         self.fill()
 
 
-def serve(sock: socket.socket, spares: int = 0, seccomp_fd: int | None = None) -> None:
+def serve(sock: socket.socket, spares: int = 0,
+          compile_seccomp: Callable[[], int | None] = lambda: None) -> None:
     """Fork or hand out one domain process per Spawn. With `spares`, each domain is an
-    exec'd spare with its own layout; with none, a fork of this process. `seccomp_fd`:
-    the compiled seccomp filter each domain's jail loads (None: each compiles its own)."""
+    exec'd spare with its own layout; with none, a fork of this process.
+    `compile_seccomp`: the compiled seccomp filter each domain's jail loads (None: each
+    compiles its own), called once the first spare has started: it compiles while that
+    spare imports, off a fresh daemon's first domain's path, and goes to each domain
+    with its spawn."""
     chan = Channel(sock)
     children: dict[int, int] = {}  # pid -> domid
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -180,8 +180,9 @@ def serve(sock: socket.socket, spares: int = 0, seccomp_fd: int | None = None) -
     sel.register(sock, selectors.EVENT_READ)
     sel.register(wake_r, selectors.EVENT_READ)
     forker = PidNamespaceForker()
-    pool = SparePool(spares, forker, sel, seccomp_fd)
+    pool = SparePool(spares, forker, sel)
     pool.fill()
+    seccomp_fd = compile_seccomp()
     warmed = False
 
     def warm() -> None:
@@ -238,7 +239,10 @@ def serve(sock: socket.socket, spares: int = 0, seccomp_fd: int | None = None) -
                     break
                 pid, spare_sock = taken
                 try:
-                    Channel(spare_sock).send(pending[0][0].to_wire(), pending[0][1])
+                    # The filter last, flagged, after the 2 or 3 fds of the spawn.
+                    Channel(spare_sock).send(
+                        {**pending[0][0].to_wire(), "seccomp": seccomp_fd is not None},
+                        pending[0][1] + ([seccomp_fd] if seccomp_fd is not None else []))
                 except OSError:  # it died after READY, not yet reaped: the next one
                     pool.fill()
                     continue
@@ -306,13 +310,13 @@ def main() -> None:
     # Everything imported so far lives as long as the zygote: keep the collector from
     # walking it in each child (touching an object copies its page: PSS per domain).
     gc.freeze()
-    serve(socket.socket(fileno=args.fd), spares=max(0, args.spares), seccomp_fd=_compile_seccomp())
+    serve(socket.socket(fileno=args.fd), spares=max(0, args.spares), compile_seccomp=_compile_seccomp)
 
 
 def _compile_seccomp() -> int | None:
-    """The domains' seccomp filter, compiled once here (the only use of libseccomp), before
-    the first spare starts (its argv names the memfd); None if it cannot be, and each
-    domain's jail then tries itself and reports why not."""
+    """The domains' seccomp filter, compiled once here (the only use of libseccomp) while
+    the first spare imports; None if it cannot be, and each domain's jail then tries
+    itself and reports why not."""
     try:
         from xenopus.domain import jail, seccomp_policy
 

@@ -54,6 +54,22 @@ PRIVILEGED_BACKLOG_MAX = 16 * 1024 * 1024
 # xenstored's timeout_watch_event_msec (core.c, `-w watch-event=20`): a watch event an
 # unprivileged domain has not read within this many seconds is dropped.
 WATCH_EVENT_TIMEOUT = 20.0
+# The send buffers of a domain's guest stream (the kernel doubles the value, and keeps a
+# floor): what the guest has not read waits in the daemon's Outbox, where it is charged
+# to the domain and its events are dropped past the quota, and what the daemon has not
+# read waits in the guest's ring (domain/xenguest.StoreProxy), not in the kernel.
+DOMAIN_STREAM_SNDBUF = 4096
+# The daemon's read buffer of that stream (asyncio stops reading past twice this): one
+# request of the largest size; the rest waits on the domain's side.
+DOMAIN_STREAM_LIMIT = wire.HEADER_SIZE + wire.XENSTORE_PAYLOAD_MAX
+
+
+def domain_stream_pair() -> tuple[socket.socket, socket.socket]:
+    """(the daemon's end, the domain process's end) of a domain's guest XenStore stream."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    for sock in (ours, theirs):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, DOMAIN_STREAM_SNDBUF)
+    return ours, theirs
 
 
 class Queued(NamedTuple):
@@ -296,6 +312,8 @@ class XenStoreServer:
                 loop.call_soon_threadsafe(writer.close)
 
         conn = self.store.connect(domid, deliver, close)
+        if scope.domid is not None:  # a domain process's backends: that domain's quotas
+            conn.bound_to = scope.domid
         outbox = Outbox(self.store, conn, writer)
         sender = asyncio.create_task(outbox.run())
         try:
