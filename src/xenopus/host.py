@@ -139,6 +139,14 @@ def meminfo() -> dict[str, int]:
     return out
 
 
+def ksm_process_pages(pid: int) -> int:
+    """Pages of process `pid` that kernel same-page merging has merged
+    (/proc/PID/ksm_merging_pages, Linux 5.19; Documentation/admin-guide/mm/ksm.rst); 0
+    where the file is absent or unreadable."""
+    text = _read(f"/proc/{pid}/ksm_merging_pages")
+    return int(text) if text and text.strip().isdigit() else 0
+
+
 def ksm_pages() -> tuple[int, int]:
     """(pages_sharing, pages_shared) of kernel same-page merging (Documentation/
     admin-guide/mm/ksm.rst): pages saved by merging, and the merged pages in use; 0

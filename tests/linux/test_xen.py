@@ -87,7 +87,7 @@ def test_xen_aware_linux_boots_to_userspace(xenopus: Xenopus, release: str, path
     boot.assert_passed("xen")
     if path == "trap":
         assert taken == "trap", f"asked for the trap path, got {taken}"
-    print(f"{name}: hypercall path {taken}")
+    print(f"{name}: hypercall path {taken}; {boot.detail}")  # vdso=pvclock or why not
 
 
 # --- GRUB's Xen PVH image booting Debian from its disk ----------------------------------------

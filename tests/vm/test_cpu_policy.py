@@ -17,7 +17,7 @@ import pytest
 
 from tests.vm.conftest import Xenopus
 from tests.vm.test_cli import read_until
-from tests.vm.test_save_restore import _start_counter
+from tests.vm.test_save_restore import COUNT, _start_counter, receiver  # noqa: F401
 from xenopus.arch import x86
 from xenopus.stream import REC_PART, StreamReader, StreamWriter, decode_state
 
@@ -190,6 +190,40 @@ def test_restore_refuses_a_policy_this_host_cannot_offer(xenopus: Xenopus, tmp_p
     restored = xenopus.run("restore", str(image))
     assert restored.returncode == 0, restored.stderr
     assert xenopus.run("destroy", "moved").returncode == 0
+
+
+def test_a_migration_the_receiver_refuses_for_its_cpu_policy_resumes_the_source(
+    xenopus: Xenopus, receiver: Xenopus, tmp_path: Path,  # noqa: F811 - the fixture
+) -> None:
+    """The stream reaches the receiver through a filter that adds a CPU feature this host
+    lacks to its policy (as a richer host would have sent it): migrate-receive refuses
+    it, naming the feature, before any RAM; the source resumes and counts on, nothing
+    lost, and the receiver holds no domain."""
+    import os
+    import sys
+
+    from tests.vm.test_save_restore import _checksum, _counts
+
+    host = host_policy(xenopus, tmp_path)
+    have = {(int(r[0], 16), r[1]): [int(v, 16) for v in r[2:]] for r in host["cpuid"]}
+    lacking = next(name for name, (lf, sub, reg, bit, width) in x86.CPUID_FIELDS.items()
+                   if width == 1 and (lf, sub or 0, reg) in x86.FEATURE_WORDS
+                   and (lf, sub or 0) in have and not have[(lf, sub or 0)][reg] >> bit & 1)
+    lf, sub, reg, bit, _ = x86.CPUID_FIELDS[lacking]
+    console = _start_counter(xenopus, "refused")
+    before = read_until(console.stdout, b"count 20\r\n")
+    richer = Path(__file__).with_name("richer_policy.py")
+    path = f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"
+    far = (f"{sys.executable} {richer} {lf} {sub or 0} {reg} {bit} | env PATH={path} "
+           f"XENOPUS_RUN_DIR={receiver.run_dir} xenopus migrate-receive")
+    failed = xenopus.run("migrate", "-s", "", "refused", far)
+    assert failed.returncode != 0
+    assert "this host cannot offer the domain's CPU policy" in failed.stderr, failed.stderr
+    assert lacking in failed.stderr and "domain refused resumed" in failed.stderr, failed.stderr
+    assert "refused" not in receiver.domains()
+    assert xenopus.domains()["refused"][4] in ("r-----", "-b----")
+    text = (before + console.communicate(timeout=120)[0]).decode()
+    assert _counts(text) == list(range(COUNT)) and _checksum(COUNT) in text
 
 
 def test_restore_keeps_the_saved_policy(xenopus: Xenopus, tmp_path: Path) -> None:

@@ -2,7 +2,8 @@
 and semantics): a counting guest saved and restored, or migrated to a second daemon,
 carries on with no lost or repeated count; -c leaves it running; a damaged image is
 refused by record and leaves nothing behind; a migration whose receiver dies or refuses
-leaves the source running (needs /dev/kvm)."""
+leaves the source running; a migration over TCP between two network namespaces; virtio-blk
+I/O across a live migration (needs /dev/kvm)."""
 
 from __future__ import annotations
 
@@ -13,11 +14,13 @@ import sys
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import pytest
 
 from tests.vm.conftest import Xenopus
 from tests.vm.test_cli import read_until
+from xenopus.toolstack.transfer import BANNER
 from xenopus.xen.xenstore.client import XsClient
 
 pytestmark = pytest.mark.kvm
@@ -34,6 +37,15 @@ def _checksum(count: int) -> str:
     for i in range(count):
         h = ((h ^ i) * 0x01000193) & 0xFFFFFFFF
     return f"RESULT: PASS counter count={count} checksum=0x{h:08x}"
+
+
+def _read_result(console: IO[bytes]) -> bytes:
+    """A console's output up to the end of its RESULT line. (The domain is kept when it
+    ends, so its console stays open: never wait for more than that line.)"""
+    seen = read_until(console, b"RESULT", timeout=120)
+    while b"\n" not in seen[seen.index(b"RESULT"):]:
+        seen += read_until(console, b"\n")
+    return seen
 
 
 def _start_counter(x: Xenopus, name: str) -> subprocess.Popen:
@@ -290,8 +302,7 @@ def test_a_live_migrated_xen_guest_s_timer_events_and_watch_carry_on(
     attached = receiver.popen("console", "-t", "serial", "livetick")
     assert attached.stdout is not None
     try:
-        after = read_until(attached.stdout, b"RESULT", timeout=120)
-        after += read_until(attached.stdout, b"\n")
+        after = _read_result(attached.stdout)
     finally:
         assert receiver.run("destroy", "livetick").returncode == 0
         attached.wait(60)
@@ -299,6 +310,125 @@ def test_a_live_migrated_xen_guest_s_timer_events_and_watch_carry_on(
     assert [int(n) for n in re.findall(r"^tick (\d+)\r$", text, re.M)] == list(range(ticks))
     assert "note before\r\n" in text and "poked after-migrate\r\n" in text, text[-500:]
     assert f"RESULT: PASS xentick ticks={ticks}" in text, text[-500:]
+
+
+def test_virtio_blk_io_running_during_a_live_migration_finishes_with_the_data_verified(
+    xenopus: Xenopus, receiver: Xenopus, tmp_path: Path,
+) -> None:
+    """guests/vblk.c loops=N: round after round of a write and its read-back, each round to
+    a range of its own with a seed of its own, going on while RAM is pre-copied; a
+    request the source's device had not taken when it paused is taken by the receiver's
+    (the queue's saved last_avail). Over there it finishes, reads every round's range
+    back, and the image holds every round's pattern (both daemons reach the same file,
+    as hosts with shared storage would)."""
+    from tests.vm.test_devices import SECTOR, pattern
+
+    loops, count, start = 400, 8, 2048
+    disk = tmp_path / "moving.img"
+    with open(disk, "wb") as f:
+        f.truncate(8 << 20)
+    cfg = xenopus.config("blkmover", "vblk.elf", disk=[f"{disk},raw,vda,rw"],
+                         cmdline=f"sector={start} count={count} loops={loops}",
+                         on_poweroff="preserve")
+    assert xenopus.run("create", "-q", str(cfg)).returncode == 0
+    console = xenopus.popen("console", "blkmover")
+    assert console.stdout is not None
+    before = read_until(console.stdout, b"loop 20\r\n")
+    moved = _migrate(xenopus, receiver, "blkmover", "--debug")
+    assert moved.returncode == 0, moved.stderr
+    before += console.communicate(timeout=60)[0]
+    attached = receiver.popen("console", "blkmover")
+    assert attached.stdout is not None
+    try:
+        after = _read_result(attached.stdout)
+    finally:
+        assert receiver.run("destroy", "blkmover").returncode == 0
+        attached.wait(60)
+    text = (before + after).decode()
+    done = [int(n) for n in re.findall(r"^loop (\d+)\r$", text, re.M)]
+    assert done == list(range(1, loops)), text[-500:]  # none lost, none repeated
+    assert 20 <= max(int(n) for n in re.findall(r"^loop (\d+)\r$", before.decode(), re.M)) < loops - 1
+    assert f"loops: {loops} rounds written and read back" in text, text[-500:]
+    assert "RESULT: PASS vblk" in text, text[-500:]
+    data = disk.read_bytes()
+    for i in range(loops):
+        lo = (start + i * count) * SECTOR
+        want = bytes(pattern(o, 0x5A + i) for o in range(lo, lo + count * SECTOR))
+        assert data[lo : lo + count * SECTOR] == want, f"round {i}'s range"
+
+
+@pytest.fixture
+def two_hosts(tmp_path: Path) -> Iterator[tuple[Xenopus, Xenopus, str]]:
+    """Two hosts: a daemon each, in network namespaces of their own joined by a veth
+    pair; the receiver's address."""
+    tag = f"{os.getpid() % 100000}"
+    spaces = (f"xmig-a{tag}", f"xmig-b{tag}")
+    addrs = ("10.231.7.1", "10.231.7.2")
+    made: list[str] = []
+    try:
+        for ns in spaces:
+            subprocess.run(["ip", "netns", "add", ns], check=True)
+            made.append(ns)
+            subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
+        subprocess.run(["ip", "link", "add", "xmiga", "netns", spaces[0], "type", "veth",
+                        "peer", "name", "xmigb", "netns", spaces[1]], check=True)
+        for ns, dev, addr in zip(spaces, ("xmiga", "xmigb"), addrs, strict=True):
+            subprocess.run(["ip", "-n", ns, "addr", "add", f"{addr}/30", "dev", dev], check=True)
+            subprocess.run(["ip", "-n", ns, "link", "set", dev, "up"], check=True)
+        hosts = [Xenopus(tmp_path / f"run-{ns}", tmp_path, prefix=("ip", "netns", "exec", ns))
+                 for ns in spaces]
+        try:
+            yield hosts[0], hosts[1], addrs[1]
+        finally:
+            for x in hosts:
+                x.run("daemon", "--stop", timeout=60)
+    finally:
+        for ns in made:
+            subprocess.run(["ip", "netns", "del", ns], check=False)
+
+
+def test_migrate_over_tcp_between_two_network_namespaces(
+    two_hosts: tuple[Xenopus, Xenopus, str],
+) -> None:
+    """A real TCP connection between two namespaces carries the stream and the answers
+    (`migrate -s "" DOM "python tcp_pipe.py connect ..."`, migrate-receive behind a
+    listener on the far side): the counting guest carries on there."""
+    sender, receiver, addr = two_hosts
+    helper = Path(__file__).with_name("tcp_pipe.py")
+    listener = subprocess.Popen(
+        [*receiver.prefix, sys.executable, str(helper), "listen", addr, "7311", "--",
+         sys.executable, "-m", "xenopus", "migrate-receive", "-p"],
+        env=receiver.env, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    assert listener.stdout is not None
+    try:
+        assert listener.stdout.readline() == b"listening\n"
+        cfg = sender.config("tcpmover", "counter.elf", cmdline=f"count={COUNT}",
+                            on_poweroff="preserve", xen_platform=0)
+        assert sender.run("create", "-q", str(cfg)).returncode == 0
+        console = sender.popen("console", "tcpmover")
+        assert console.stdout is not None
+        before = read_until(console.stdout, b"count 50\r\n")
+        moved = sender.run("migrate", "-s", "", "tcpmover",
+                           f"{sys.executable} {helper} connect {addr} 7311")
+        assert moved.returncode == 0, moved.stderr
+        assert listener.wait(60) == 0
+    finally:
+        if listener.poll() is None:
+            listener.kill()
+            listener.wait()
+    assert "tcpmover" not in sender.domains()
+    before += console.communicate(timeout=60)[0]
+    assert receiver.domains()["tcpmover"][4] == "--p---"  # -p: paused there
+    assert receiver.run("unpause", "tcpmover").returncode == 0
+    attached = receiver.popen("console", "tcpmover")
+    assert attached.stdout is not None
+    try:
+        after = read_until(attached.stdout, _checksum(COUNT).encode(), timeout=120)
+    finally:
+        assert receiver.run("destroy", "tcpmover").returncode == 0
+        attached.wait(60)
+    text = (before + after).decode()
+    assert _counts(text) == list(range(COUNT)) and _checksum(COUNT) in text
 
 
 @pytest.mark.parametrize("percent", [10, 50, 90])
@@ -311,8 +441,10 @@ def test_a_receiver_dying_mid_stream_leaves_the_source_running(
     image = tmp_path / "size.img"
     assert xenopus.run("save", "-c", name, str(image)).returncode == 0
     cut = image.stat().st_size * percent // 100
-    # The "receiver" reads `cut` octets of the stream and dies.
-    failed = xenopus.run("migrate", "-s", f"head -c {cut} >/dev/null; true", name, "host")
+    # The "receiver" (HOST itself with -s "", as xl runs it) says it is ready, reads
+    # `cut` octets of the stream and dies.
+    fake = f"printf '%s'; head -c {cut} >/dev/null" % BANNER.decode().replace("\n", "\\n")
+    failed = xenopus.run("migrate", "-s", "", name, fake)
     assert failed.returncode != 0
     assert f"domain {name} resumed" in failed.stderr, failed.stderr
     assert xenopus.domains()[name][4] in ("r-----", "-b----")
@@ -320,6 +452,19 @@ def test_a_receiver_dying_mid_stream_leaves_the_source_running(
     text = (before + console.communicate(timeout=120)[0]).decode()
     assert _counts(text) == list(range(COUNT))  # it went on, nothing lost
     assert _checksum(COUNT) in text
+
+
+def test_a_receiver_that_never_starts_leaves_the_source_untouched(xenopus: Xenopus) -> None:
+    """No banner (the receiver's command failed, as ssh to a host without xenopus would):
+    the save never starts, so the domain was never paused and still runs."""
+    console = _start_counter(xenopus, "unmoved")
+    before = read_until(console.stdout, b"count 20\r\n")
+    failed = xenopus.run("migrate", "-s", "", "unmoved", "echo no xenopus here; exit 127")
+    assert failed.returncode != 0
+    assert "the receiver did not start" in failed.stderr and "no xenopus here" in failed.stderr
+    assert xenopus.domains()["unmoved"][4] in ("r-----", "-b----")
+    text = (before + console.communicate(timeout=120)[0]).decode()
+    assert _counts(text) == list(range(COUNT)) and _checksum(COUNT) in text
 
 
 def test_a_receiver_refusing_the_domain_leaves_the_source_running(

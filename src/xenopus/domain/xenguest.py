@@ -63,6 +63,9 @@ log = logging.getLogger("xenopus.xen")
 B = TypeVar("B", bound=Backend)  # a hot-plugged backend, returned as its own type
 
 XEN_STATE_VERSION = 1  # of XenGuest.save_state's dict
+# The XenStore ring features we serve (xenstore-ring.txt); xl.cfg's xenstore_feature_mask
+# may hide some from the guest.
+STORE_RING_FEATURES = wire.XENSTORE_SERVER_FEATURE_ERROR | wire.XENSTORE_SERVER_FEATURE_RECONNECTION
 XEN_VBD_MAJOR = 202  # docs/misc/vbd-interface.txt: xvd disks are major 202
 
 
@@ -408,7 +411,8 @@ class XenGuest:
             lambda: evtchn.notify(self.console_port),
         )
         self.console_port = evtchn.bind_local(self._console_kick)
-        ring = RingTransport(memory.view(layout.XEN_STORE_PAGE, abi.PAGE_SIZE, kept=True))
+        ring = RingTransport(memory.view(layout.XEN_STORE_PAGE, abi.PAGE_SIZE, kept=True),
+                             features=STORE_RING_FEATURES & self.config.xenstore_feature_mask)
         self.store.attach(ring, lambda: evtchn.notify(self.store_port))
         for param, value in (
             (abi.HVM_PARAM_STORE_PFN, layout.XEN_STORE_PAGE >> 12),

@@ -23,7 +23,7 @@ from typing import Any
 from xenopus.domain.config import DomainConfig
 from xenopus.xen.xenstore import wire
 from xenopus.xen.xenstore.server import DOMAIN_STREAM_LIMIT, PeerScope, Scope, XenStoreServer
-from xenopus.xen.xenstore.store import Perm, Quota, Store, XsError
+from xenopus.xen.xenstore.store import FEATURES, Perm, Quota, Store, XsError
 
 log = logging.getLogger("xenopus.xenstore")
 
@@ -183,9 +183,20 @@ class XenStored:
         traffic from `sock`. A domain that is re-spawned (on_crash=restart) starts over."""
         self.remove_domain(domid)
         self.write_domain(domid, name, config, uuid, start_time)
-        self.store.introduce(self.dom0, domid)
+        self.introduce(domid, config)
         reader, writer = await asyncio.open_unix_connection(sock=sock, limit=DOMAIN_STREAM_LIMIT)
         self._tasks[domid] = asyncio.create_task(self._serve(domid, reader, writer))
+
+    def introduce(self, domid: int, config: DomainConfig) -> None:
+        """INTRODUCE the domain with xl.cfg's XenStore settings as libxl applies them:
+        xenstore_feature_mask before (SET_FEATURE), xenstore_quota after (SET_QUOTA)."""
+        features = FEATURES & config.xenstore_feature_mask
+        if features != FEATURES:
+            self.store.set_feature(self.dom0, domid, features)
+        self.store.introduce(self.dom0, domid)
+        for item in config.xenstore_quota or ():
+            name, _, value = item.partition("=")
+            self.store.set_quota(self.dom0, domid, name, int(value))
 
     async def serve_backends(self, domid: int, sock: socket.socket) -> None:
         """Serve domain `domid`'s PV backends (its process's XenStore client) on `sock`,

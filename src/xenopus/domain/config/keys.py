@@ -237,6 +237,12 @@ def _string_list(s: Setting, name: str) -> list[str]:
     return s.value  # type: ignore[return-value]
 
 
+def string_list(r: Reading, k: Key) -> list[str] | None:
+    """A list of strings (`[ "a", "b" ]`); None when absent."""
+    s = r.settings.get(k.label)
+    return None if s is None else list(_string_list(s, k.label))
+
+
 def disks(r: Reading, k: Key) -> list[DiskSpec]:
     """Each `disk` entry (devspec's grammar), its target resolved like a path."""
     s = r.settings.get(k.label)
@@ -464,6 +470,25 @@ def check_event_channels(count: int) -> int:
         raise ValueError(f"{count} is not between 1 and {MAX_EVENT_CHANNELS} (the 2-level"
                          " ABI's ports)")
     return count
+
+
+def check_xenstore_quota(items: object) -> None:
+    """xl.cfg(5) xenstore_quota: QUOTA_SPECs `name=value`, the names GET_QUOTA lists (`xl
+    xenstore-quota-get -g`), each a non-negative integer."""
+    from xenopus.xen.xenstore.store import QUOTA_NAMES
+
+    list_of(str)(items)
+    for item in items:  # type: ignore[attr-defined]
+        name, sep, value = item.partition("=")
+        if not sep or name not in QUOTA_NAMES or not value.isdigit():
+            raise ValueError(f"{item!r} is not <quota-name>=<number> (names: "
+                             f"{', '.join(QUOTA_NAMES)})")
+
+
+def check_u32(value: int) -> int:
+    if not 0 <= value <= 0xFFFFFFFF:
+        raise ValueError(f"{value} is not a 32-bit mask")
+    return value
 
 
 def check_xen_platform(value: str) -> str:

@@ -503,7 +503,9 @@ class RingTransport:
     """
 
     def __init__(self, page: memoryview, max_pending: int = 64 * 1024,
-                 on_broken: Callable[[int], None] | None = None) -> None:
+                 on_broken: Callable[[int], None] | None = None,
+                 features: int = wire.XENSTORE_SERVER_FEATURE_ERROR
+                 | wire.XENSTORE_SERVER_FEATURE_RECONNECTION) -> None:
         page = page.cast("B") if page.format != "B" else page
         if len(page) < ctypes.sizeof(_IFACE):
             raise ValueError("page smaller than xenstore_domain_interface")
@@ -514,9 +516,9 @@ class RingTransport:
         self._in = bytearray()
         self._out = bytearray()
         # Advertised before any data moves (xenstore-ring.txt): the error indicator and
-        # ring reconnection.
-        self._set(_IFACE.server_features.offset, wire.XENSTORE_SERVER_FEATURE_ERROR
-                  | wire.XENSTORE_SERVER_FEATURE_RECONNECTION)
+        # ring reconnection, less what xl.cfg's xenstore_feature_mask takes away.
+        self.features = features
+        self._set(_IFACE.server_features.offset, features)
 
     def _get(self, off: int) -> int:
         return shared.load(self.page, off, 4)
