@@ -19,7 +19,6 @@ import stat
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import BinaryIO
 
 from xenopus import host, ipc, stream
@@ -116,7 +115,7 @@ def domain_step(op: str, *, live: bool = False) -> Callable[[DomainStep], Domain
 
 class DomainProcess:
     def __init__(
-        self, domid: int, config: DomainConfig, control: socket.socket, run_dir: Path,
+        self, domid: int, config: DomainConfig, control: socket.socket, run_dir: str,
         paused: bool = False, xenstore: socket.socket | None = None,
         interdomain: socket.socket | None = None, jail: Jail | None = None,
     ):
@@ -956,7 +955,7 @@ def run_domain(
     born = time.monotonic()
     domid, cfg = spawn.domid, spawn.config
     set_process_title(f"xenopus: domain {domid} ({cfg.name})")
-    handler = logging.StreamHandler(ipc.open_log(Path(spawn.run_dir) / "log" / f"{cfg.name}.log"))
+    handler = logging.StreamHandler(ipc.open_log(os.path.join(spawn.run_dir, "log", f"{cfg.name}.log")))
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
@@ -973,7 +972,7 @@ def run_domain(
     xenstore = socket.socket(fileno=xenstore_fd) if xenstore_fd is not None else None
     interdomain = socket.socket(fileno=interdomain_fd) if interdomain_fd is not None else None
     proc = DomainProcess(
-        domid, cfg, control, Path(spawn.run_dir), paused=spawn.paused, xenstore=xenstore,
+        domid, cfg, control, spawn.run_dir, paused=spawn.paused, xenstore=xenstore,
         interdomain=interdomain, jail=jail,
     )
     proc.channels, proc.channel_error = channels, channel_error
