@@ -301,11 +301,13 @@ class Xenopus:
         return time.monotonic() - started, r.stderr
 
     def migrate(self, tmp: Path, memory: int, rate: int, *, cold: bool = False
-                ) -> tuple[float, float, float]:
-        """(total seconds, downtime seconds, stream seconds) of one live migration of the
-        dirtying guest to a second daemon on this host, over a pipe: the command's wall
-        time (the domain built there; with `cold`, the receiver's daemon started by it),
-        the stop-and-copy, and the sender's stream from its first record to END."""
+                ) -> tuple[float, ...]:
+        """Seconds of one live migration of the dirtying guest to a second daemon on this
+        host, over a pipe: the command's wall time (the domain built there; with `cold`,
+        the receiver's daemon started by it), the stop-and-copy, the sender's stream
+        from its first record to END, and as `migrate --debug` splits the wall time: the
+        receiver's start (its banner), the stream with the receiver's build and restore,
+        the handshake until it runs there, the source's destroy."""
         receiver = {**self.env, "XENOPUS_RUN_DIR": str(tmp / "run-receiver")}
         if cold:
             subprocess.run([*self.cmd, "daemon", "--stop"], env=receiver, check=False,
@@ -322,14 +324,17 @@ class Xenopus:
                                      f"env XENOPUS_RUN_DIR={receiver['XENOPUS_RUN_DIR']}",
                                      "dirty", host)
         console.wait(TIMEOUT)
-        m = re.search(r"in ([\d.]+) s; stopped for ([\d.]+) ms", report)
+        m = re.search(r"in ([\d.]+) s; stopped for ([\d.]+) ms .*; receiver ready in (\d+) ms,"
+                      r" the stream and its restore (\d+) ms, running there (\d+) ms later,"
+                      r" source destroyed in (\d+) ms", report)
         if m is None:
             sys.exit(f"snapshot: no downtime in {report!r}")
         # it runs on over there, counting seconds where it left off
         after = self.wait_console("dirty", b"dirty ", env=receiver)
         after.kill()
         self.run_out("destroy", "dirty", env=receiver)
-        return total, float(m[2]) / 1e3, float(m[1])
+        return (total, float(m[2]) / 1e3, float(m[1]),
+                *(float(m[i]) / 1e3 for i in range(3, 7)))
 
     def stop_receiver(self, tmp: Path) -> None:
         subprocess.run([*self.cmd, "daemon", "--stop"],
@@ -439,6 +444,11 @@ def main() -> None:
             print(row(f"{label} migrate total{suffix}", [r[0] for r in runs], 1e3, "ms"))
             if name.startswith("xenopus"):
                 print(row("  of which the stream", [r[2] for r in runs], 1e3, "ms"))
+                for i, what in enumerate(("  receiver started (banner)", "  stream + restore",
+                                          "  then running there", "  source destroyed"), 3):
+                    print(row(what, [r[i] for r in runs], 1e3, "ms"))
+                print(row("  the CLI's own start and exit", [r[0] - sum(r[3:7]) for r in runs],
+                          1e3, "ms"))
             print(row(f"{label} downtime{suffix}", [r[1] for r in runs], 1e3, "ms"))
     if "clone" in parts:
         print_clones(clones, qemu_memory, args)

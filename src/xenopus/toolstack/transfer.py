@@ -318,12 +318,14 @@ def migrate(args: Namespace) -> int:
     """xl migrate [-s SSHCMD] [-e] [-C CFG] [--debug] [-p] DOM HOST."""
     import subprocess
 
+    started = time.monotonic()
     receiver = subprocess.Popen(receiver_command(args), shell=True, stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE)
     assert receiver.stdin is not None and receiver.stdout is not None
     resumed = False
     try:
         banner = _line(receiver.stdout)
+        ready = time.monotonic()
         if banner != BANNER:  # nothing has happened to the domain yet
             resumed = True
             raise CliError("the receiver did not start (expected its banner, got "
@@ -353,6 +355,7 @@ def migrate(args: Namespace) -> int:
             relayed()
         if relay is not None and relay.error is not None:
             raise CliError(f"the stream did not reach the receiver: {relay.error}")
+        streamed = time.monotonic()
         if _line(receiver.stdout) != RESTORED:
             raise CliError("the receiver did not restore the domain")
         try:
@@ -362,13 +365,17 @@ def migrate(args: Namespace) -> int:
             raise CliError("the receiver went away before running the domain") from None
         if _line(receiver.stdout) != RUNNING:
             raise CliError("the receiver did not run the domain")
+        running = time.monotonic()
         request("destroy", dom=args.dom)  # it runs over there: the source goes
         resumed = True
         if args.debug:
             print(f"migrated {args.dom}: {sent['pages']} pages in {sent['rounds']} rounds, "
                   f"{sent['octets']} octets in {sent['seconds']:.3f} s; stopped for "
-                  f"{sent['downtime'] * 1000:.1f} ms ({sent['last_round']} pages)",
-                  file=sys.stderr)
+                  f"{sent['downtime'] * 1000:.1f} ms ({sent['last_round']} pages); receiver "
+                  f"ready in {(ready - started) * 1000:.0f} ms, the stream and its restore "
+                  f"{(streamed - ready) * 1000:.0f} ms, running there "
+                  f"{(running - streamed) * 1000:.0f} ms later, source destroyed in "
+                  f"{(time.monotonic() - running) * 1000:.0f} ms", file=sys.stderr)
     except BaseException:
         if not resumed:
             request("unpause", dom=args.dom)
