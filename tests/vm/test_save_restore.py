@@ -273,6 +273,33 @@ def test_migrate_moves_a_counting_guest_with_no_lost_or_repeated_count(
     assert _checksum(COUNT) in text
 
 
+def test_migrate_c_sends_the_given_config_instead_of_the_domain_s(
+    xenopus: Xenopus, receiver: Xenopus,
+) -> None:
+    """xl migrate -C CFG: the receiver builds the domain from CFG (here: the same guest,
+    kept when it powers off instead of destroyed), not from the config it was created
+    with; it carries on counting from where it was."""
+    console = _start_counter(xenopus, "reconfigured")  # on_poweroff = "destroy"
+    before = read_until(console.stdout, b"count 50\r\n")
+    other = xenopus.config("reconfigured", "counter.elf", cmdline=f"count={COUNT}",
+                           on_poweroff="preserve", xen_platform=0)
+    moved = _migrate(xenopus, receiver, "reconfigured", "-p", "-C", str(other))
+    assert moved.returncode == 0, moved.stderr
+    before += console.communicate(timeout=60)[0]
+    listed = receiver.run("list", "-l", "reconfigured", check=True).stdout
+    assert '"on_poweroff": "preserve"' in listed, listed
+    assert receiver.run("unpause", "reconfigured").returncode == 0
+    attached = receiver.popen("console", "reconfigured")
+    assert attached.stdout is not None
+    try:
+        after = _read_result(attached.stdout)
+    finally:
+        assert receiver.run("destroy", "reconfigured").returncode == 0
+        attached.wait(60)
+    text = (before + after).decode()
+    assert _counts(text) == list(range(COUNT)) and _checksum(COUNT) in text
+
+
 def test_a_live_migrated_xen_guest_s_timer_events_and_watch_carry_on(
     xenopus: Xenopus, receiver: Xenopus,
 ) -> None:
