@@ -494,6 +494,25 @@ def test_a_receiver_that_never_starts_leaves_the_source_untouched(xenopus: Xenop
     assert _counts(text) == list(range(COUNT)) and _checksum(COUNT) in text
 
 
+def test_a_receiver_whose_sender_never_says_go_destroys_what_it_restored(
+    xenopus: Xenopus, receiver: Xenopus, tmp_path: Path,
+) -> None:
+    """The sender went away after END (its end of the pipe closed, no `go`): the receiver
+    has restored the domain, paused, and destroys it rather than run a second copy."""
+    console = _start_counter(xenopus, "orphan")
+    read_until(console.stdout, b"count 20\r\n")
+    image = tmp_path / "orphan.img"
+    assert xenopus.run("save", "orphan", str(image)).returncode == 0
+    console.communicate(timeout=60)
+    with image.open("rb") as stream:  # the stream, then end of file where `go` would be
+        got = subprocess.run(receiver.cmd("migrate-receive"), env=receiver.env, stdin=stream,
+                             capture_output=True, timeout=120)
+    assert got.returncode != 0
+    assert got.stdout == BANNER + b"restored\n", got.stdout
+    assert b"did not confirm the migration; domain destroyed" in got.stderr, got.stderr
+    assert "orphan" not in receiver.domains()
+
+
 def test_a_receiver_refusing_the_domain_leaves_the_source_running(
     xenopus: Xenopus, receiver: Xenopus,
 ) -> None:
