@@ -1,7 +1,8 @@
 """`xenopus save`, `restore` and `migrate` through the CLI and the daemon (xl's syntax
 and semantics): a counting guest saved and restored, or migrated to a second daemon,
 carries on with no lost or repeated count; -c leaves it running; a damaged image is
-refused by record and leaves nothing behind; a migration whose receiver dies or refuses
+refused by record and leaves nothing behind; the PV console, timers, event channels and
+a XenStore watch survive; a migration whose receiver dies or refuses
 leaves the source running; a migration over TCP between two network namespaces; virtio-blk
 I/O across a live migration (needs /dev/kvm)."""
 
@@ -184,6 +185,38 @@ def test_a_xen_guest_s_timer_and_event_channels_keep_firing_after_restore(
     assert [int(n) for n in re.findall(r"^tick (\d+)\r$", text, re.M)] == list(range(ticks))
     assert "note before\r\n" in text and "poked after-restore\r\n" in text, text[-500:]
     assert f"RESULT: PASS xentick ticks={ticks}" in text, text[-500:]
+
+
+def test_the_pv_console_survives_restore(xenopus: Xenopus, tmp_path: Path) -> None:
+    """Saved while the guest waits for a line on its PV console's in-ring: after restore
+    the console backend of the new domain is joined to the ring (the page in RAM) and the
+    event channel the guest bound, so a line typed there reaches the guest, and its
+    answer comes back through the ring."""
+    cfg = xenopus.config("pvcons", "xenconsole.elf", xen_platform=1, memory=64,
+                         cmdline="echo timeout_ms=120000")
+    assert xenopus.run("create", "-q", str(cfg)).returncode == 0
+    con = xenopus.popen("console", "-t", "pv", "pvcons", stdin=subprocess.PIPE)
+    assert con.stdin is not None and con.stdout is not None
+    seen = read_until(con.stdout, b"READY")
+    assert b"hello from the xenopus xenconsole guest" in seen
+    image = tmp_path / "pvcons.img"
+    saved = xenopus.run("save", "pvcons", str(image))
+    assert saved.returncode == 0, saved.stderr
+    con.stdin.close()
+    con.wait(60)  # the domain went with the save
+    restored = xenopus.run("restore", str(image))
+    assert restored.returncode == 0, restored.stderr
+    con = xenopus.popen("console", "-t", "pv", "pvcons", stdin=subprocess.PIPE)
+    assert con.stdin is not None and con.stdout is not None
+    try:
+        con.stdin.write(b"typed-after-restore\r")
+        con.stdin.flush()
+        # (bounded: the guest gives up after its timeout_ms, and its console then ends)
+        read_until(con.stdout, b"ECHO: typed-after-restore", timeout=120)
+    finally:
+        xenopus.run("destroy", "pvcons")
+        con.kill()
+        con.wait(60)
 
 
 def test_a_vcpu_taken_down_stays_down_after_restore_and_comes_up_again(
