@@ -21,6 +21,7 @@ import pytest
 
 from tests.vm.conftest import Xenopus
 from tests.vm.test_cli import read_until
+from xenopus.stream import read_domain_config
 from xenopus.toolstack.transfer import BANNER
 from xenopus.xen.xenstore.client import XsClient
 
@@ -102,6 +103,30 @@ def test_save_c_leaves_the_domain_running_and_p_paused(xenopus: Xenopus, tmp_pat
     assert restored.returncode == 0, restored.stderr
     assert xenopus.domains()["kept"][4] == "--p---"
     assert xenopus.run("destroy", "kept").returncode == 0
+
+
+def test_save_with_a_config_stores_that_config_in_the_image(
+    xenopus: Xenopus, tmp_path: Path,
+) -> None:
+    """xl save DOM FILE CFG: the image's DOMAIN_CONFIG is CFG's (here: the same guest,
+    kept when it powers off), and a restore builds from it."""
+    console = _start_counter(xenopus, "withcfg")  # on_poweroff = "destroy"
+    read_until(console.stdout, b"count 5\r\n")
+    other = xenopus.config("withcfg", "counter.elf", cmdline=f"count={COUNT}",
+                           on_poweroff="preserve", xen_platform=0)
+    image = tmp_path / "withcfg.img"
+    saved = xenopus.run("save", "withcfg", str(image), str(other))
+    assert saved.returncode == 0, saved.stderr
+    console.communicate(timeout=60)
+    with image.open("rb") as f:
+        config, _ = read_domain_config(f)
+    assert isinstance(config, dict) and config["on_poweroff"] == "preserve", config
+    assert xenopus.run("restore", "-p", str(image)).returncode == 0
+    try:
+        listed = xenopus.run("list", "-l", "withcfg", check=True).stdout
+        assert '"on_poweroff": "preserve"' in listed, listed
+    finally:
+        assert xenopus.run("destroy", "withcfg").returncode == 0
 
 
 def test_a_damaged_image_is_refused_by_record_and_leaves_nothing(
