@@ -189,9 +189,10 @@ class DomainProcess:
         if self.kvm is None:
             self.kvm = Kvm()
         if host.architecture() == "arm64":
-            # The arm64 guest answers the names read below (Xen, vconsole: None).
+            # The arm64 guest answers the names read below (Xen: None).
             guest = build_arm64_domain(  # type: ignore[assignment]
-                self.config, console_out=self.console.write, kvm=self.kvm)
+                self.config, console_out=self.console.write, vconsole_out=self.vconsole.write,
+                domid=self.domid, taps=self.taps, kvm=self.kvm)
         else:
             guest = build_guest(
                 self.config, console_out=self.console.write, debug_out=self.debug.write,

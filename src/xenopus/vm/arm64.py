@@ -24,6 +24,7 @@ from xenopus.kvm import uapi as u
 from xenopus.kvm.system import Kvm, KvmCapabilityError, KvmError, VcpuFd, VmFd
 from xenopus.memory.guest import GuestMemory
 from xenopus.vm.events import StopReason
+from xenopus.vm.irq import IoEvents
 from xenopus.vm.ports import IoHandler
 from xenopus.vm.vcpu import KICK_SIGNAL, install_kick_handler
 
@@ -89,7 +90,9 @@ class Arm64Machine:
         self.stop_reason: StopReason | None = None
         self.vcpus: list[VcpuFd] = []
         self.gic_fd = -1
+        self._irqfds: dict[int, int] = {}  # SPI INTID -> its irqfd's eventfd
         self.vm: VmFd = self.kvm.create_vm()
+        self._ioevents = IoEvents(self.vm)
         try:
             self._build(vcpus)
         except BaseException:
@@ -156,6 +159,34 @@ class Arm64Machine:
         if not GIC_SPI_BASE <= intid < min(GIC_NR_IRQS, GIC_SPI_LAST + 1):
             raise ValueError(f"INTID {intid} is not one of this GIC's SPIs")
         self.vm.irq_line(u.KVM_ARM_IRQ_TYPE_SPI << u.KVM_ARM_IRQ_TYPE_SHIFT | intid, level)
+
+    def irqfd(self, intid: int) -> int:
+        """An eventfd whose every write raises SPI `intid` as an edge (KVM_IRQFD; api.rst:
+        on arm64 the GSI of an SPI is its INTID - 32, the vGIC's default routing), from any
+        thread and without an ioctl. One per SPI; closed by `close`."""
+        if not GIC_SPI_BASE <= intid < min(GIC_NR_IRQS, GIC_SPI_LAST + 1):
+            raise ValueError(f"INTID {intid} is not one of this GIC's SPIs")
+        if intid in self._irqfds:
+            raise ValueError(f"SPI {intid} already has an irqfd")
+        fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        try:
+            self.vm.irqfd(fd, intid - GIC_SPI_BASE)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._irqfds[intid] = fd
+        return fd
+
+    def ioeventfd(self, addr: int, length: int, *, pio: bool = False,
+                  datamatch: int | None = None) -> int:
+        """An eventfd KVM signals on a guest write of `length` bytes at `addr` (matching
+        `datamatch` if given) with no exit to userspace (KVM_IOEVENTFD; arm64 has MMIO only)."""
+        if pio:
+            raise ValueError("arm64 has no port I/O")
+        return self._ioevents.add(addr, length, datamatch=datamatch)
+
+    def remove_ioeventfd(self, fd: int) -> None:
+        self._ioevents.remove(fd)
 
     # --- running ------------------------------------------------------------------------
     def start(self, boot: Arm64CpuState, on_stop: Callable[[StopReason], None]) -> None:
@@ -282,6 +313,10 @@ class Arm64Machine:
             with contextlib.suppress(OSError):
                 os.close(self.gic_fd)
             self.gic_fd = -1
+        self._ioevents.close()
+        for fd in self._irqfds.values():
+            os.close(fd)  # the VM going away drops the routes
+        self._irqfds.clear()
         self.vm.close()
         if self._own_kvm:
             self.kvm.close()
