@@ -86,6 +86,10 @@ class Arm64Machine:
         self.cpu_policy = None  # x86's CPUID/MSR policy; arm64 has none yet
         self._stopping = False
         self._stop_lock = threading.Lock()
+        # pause(): the vCPU threads park outside KVM_RUN until resume().
+        self._pause_cond = threading.Condition()
+        self._paused = False
+        self._parked = 0
         self._on_stop: Callable[[StopReason], None] | None = None
         self.stop_reason: StopReason | None = None
         self.vcpus: list[VcpuFd] = []
@@ -211,6 +215,9 @@ class Arm64Machine:
         mmio = self.mmio
         try:
             while not self._stopping:
+                if self._paused:
+                    self._park()
+                    continue
                 try:
                     fd.run()
                 except InterruptedError:
@@ -253,6 +260,8 @@ class Arm64Machine:
                 return
             self._stopping = True
             self.stop_reason = reason
+        with self._pause_cond:
+            self._pause_cond.notify_all()  # parked threads see the stop
         self._kick_all()
         if self._on_stop is not None:
             self._on_stop(reason)
@@ -285,11 +294,29 @@ class Arm64Machine:
                         "cpu_time": time.clock_gettime(clock) if clock is not None else 0.0})
         return out
 
+    def _park(self) -> None:
+        """On a vCPU thread, out of KVM_RUN: wait while the machine is paused."""
+        with self._pause_cond:
+            self._parked += 1
+            self._pause_cond.notify_all()
+            while self._paused and not self._stopping:
+                self._pause_cond.wait()
+            self._parked -= 1
+
     def pause(self) -> None:
-        raise NotImplementedError("pausing an arm64 guest is not implemented yet")
+        """Return once every running vCPU thread is out of KVM_RUN and parked."""
+        with self._pause_cond:
+            self._paused = True
+        self._kick_all()
+        with self._pause_cond:
+            while self._parked < sum(t.is_alive() for t in self._threads) and not self._stopping:
+                self._pause_cond.wait(0.05)  # a thread that ended meanwhile is not counted
+                self._kick_all()
 
     def resume(self) -> None:
-        raise NotImplementedError("pausing an arm64 guest is not implemented yet")
+        with self._pause_cond:
+            self._paused = False
+            self._pause_cond.notify_all()
 
     def allocate_msi(self) -> object:
         raise NotImplementedError("arm64 guests have no MSI routes yet (no PCI)")
@@ -298,6 +325,8 @@ class Arm64Machine:
         """Stop and join the vCPU threads (a guest still running is stopped as poweroff)."""
         with self._stop_lock:
             self._stopping = True
+        with self._pause_cond:
+            self._pause_cond.notify_all()
         self._kick_all()
         me = threading.current_thread()
         for t in self._threads:
