@@ -42,6 +42,22 @@ def test_create_console_and_poweroff(xenopus: Xenopus) -> None:
     assert "hello-arm64" not in xenopus.domains()
 
 
+def test_pause_unpause_destroy(xenopus: Xenopus) -> None:
+    """The timer guest (GIC interrupts forever) through create, pause, unpause, destroy."""
+    cfg = config(xenopus, "timer-arm64", HELLO.with_name("timer.Image"))
+    r = xenopus.run("create", "-q", str(cfg), timeout=300)
+    assert r.returncode == 0, r.stderr + xenopus.log()[-3000:]
+    try:
+        assert xenopus.domains()["timer-arm64"][4] == "r-----"
+        assert xenopus.run("pause", "timer-arm64", timeout=120).returncode == 0
+        assert xenopus.domains()["timer-arm64"][4] == "--p---"
+        assert xenopus.run("unpause", "timer-arm64", timeout=120).returncode == 0
+        assert xenopus.domains()["timer-arm64"][4] == "r-----"
+    finally:
+        assert xenopus.run("destroy", "timer-arm64", timeout=120).returncode == 0
+    assert "timer-arm64" not in xenopus.domains()
+
+
 def test_xen_pv_disk_is_refused_by_name(xenopus: Xenopus) -> None:
     """There is no Xen interface on arm64 (README): an xvd* disk, a Xen PV vbd, is refused."""
     disk = xenopus.tmp / "disk.img"
