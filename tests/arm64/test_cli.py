@@ -58,6 +58,25 @@ def test_pause_unpause_destroy(xenopus: Xenopus) -> None:
     assert "timer-arm64" not in xenopus.domains()
 
 
+def test_triggers_and_reboot_on_arm64(xenopus: Xenopus) -> None:
+    """No power button and no local APIC on arm64: those triggers are refused by name; the
+    reset trigger (reboot -F) reboots, which on_reboot = "destroy" turns into the end."""
+    cfg = config(xenopus, "trig-arm64", HELLO.with_name("timer.Image"))
+    r = xenopus.run("create", "-q", str(cfg), timeout=300)
+    assert r.returncode == 0, r.stderr + xenopus.log()[-3000:]
+    try:
+        power = xenopus.run("trigger", "trig-arm64", "power", timeout=120)
+        assert power.returncode != 0 and "no power button" in power.stderr, power.stderr
+        nmi = xenopus.run("trigger", "trig-arm64", "nmi", timeout=120)
+        assert nmi.returncode != 0 and "not available on arm64" in nmi.stderr, nmi.stderr
+        reboot = xenopus.run("reboot", "-F", "-ww", "trig-arm64", timeout=300)
+        assert reboot.returncode == 0, reboot.stderr
+        assert "trig-arm64" not in xenopus.domains()
+        assert "(trig-arm64) reboot → destroy" in xenopus.log()
+    finally:
+        xenopus.run("destroy", "trig-arm64", timeout=120)
+
+
 def test_xen_pv_disk_is_refused_by_name(xenopus: Xenopus) -> None:
     """There is no Xen interface on arm64 (README): an xvd* disk, a Xen PV vbd, is refused."""
     disk = xenopus.tmp / "disk.img"

@@ -417,8 +417,13 @@ class DomainProcess:
         if name == "power":
             if self.state == "paused":
                 return Reply.failure("domain is paused; unpause it to let it shut down")
+            if guest.power is None:
+                return Reply.failure("trigger power: this guest has no power button")
             guest.power.press_power_button()
             return Reply.success()
+        if host.architecture() == "arm64":
+            return Reply.failure(f"trigger {name}: not available on arm64 (it is a local"
+                                 " APIC delivery mode)")
         mode = x86.MSI_DELIVERY_NMI if name == "nmi" else x86.MSI_DELIVERY_INIT
         # The MADT gives vCPU i the APIC ID i (acpi/tables.py).
         route = guest.machine.allocate_msi()
