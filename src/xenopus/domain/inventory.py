@@ -309,6 +309,36 @@ class VirtioPart:
 
 
 @dataclass
+class VirtioMmioPart:
+    """A virtio device behind its virtio-mmio transport (arm64): a disk, NIC, console or
+    entropy source at an MMIO window with its SPI."""
+
+    kind: str  # control.DISK | control.NIC | "console" | "rng"
+    name: str
+    index: int  # the devid xl would show (position in the config's list)
+    base: int
+    intid: int
+    device: VirtioDevice
+    detail: Mapping[str, object] = field(default_factory=dict)
+
+    def describe(self) -> dict[str, object]:
+        return {"model": f"virtio-{self.device.name}", "index": self.index,
+                "mmio": f"{self.base:#x}", "intid": self.intid, **self.detail}
+
+    def save_state(self) -> object:
+        raise StateError(f"{self.name}: saving a virtio-mmio device is not implemented")
+
+    def restore_state(self, state: object) -> None:
+        raise StateError(f"{self.name}: restoring a virtio-mmio device is not implemented")
+
+    def pause(self) -> None:
+        self.device.pause()
+
+    def resume(self) -> None:
+        self.device.resume()
+
+
+@dataclass
 class XenPart:
     """The domain's Xen state, described from its live `XenDomain` (the hypercall entry
     path, where the guest placed shared_info and each vcpu_info, its upcall, the grant

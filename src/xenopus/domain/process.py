@@ -188,9 +188,10 @@ class DomainProcess:
         if self.kvm is None:
             self.kvm = Kvm()
         if host.architecture() == "arm64":
-            # The arm64 guest answers the names read below (Xen, vconsole: None).
+            # The arm64 guest answers the names read below (Xen: None).
             guest = build_arm64_domain(  # type: ignore[assignment]
-                self.config, console_out=self.console.write, kvm=self.kvm)
+                self.config, console_out=self.console.write, vconsole_out=self.vconsole.write,
+                domid=self.domid, taps=self.taps, kvm=self.kvm)
         else:
             guest = build_guest(
                 self.config, console_out=self.console.write, debug_out=self.debug.write,
@@ -415,8 +416,13 @@ class DomainProcess:
         if name == "power":
             if self.state == "paused":
                 return Reply.failure("domain is paused; unpause it to let it shut down")
+            if guest.power is None:
+                return Reply.failure("trigger power: this guest has no power button")
             guest.power.press_power_button()
             return Reply.success()
+        if host.architecture() == "arm64":
+            return Reply.failure(f"trigger {name}: not available on arm64 (it is a local"
+                                 " APIC delivery mode)")
         mode = x86.MSI_DELIVERY_NMI if name == "nmi" else x86.MSI_DELIVERY_INIT
         # The MADT gives vCPU i the APIC ID i (acpi/tables.py).
         route = guest.machine.allocate_msi()
