@@ -17,6 +17,7 @@ from typing import Any
 from xenopus import host, ipc
 from xenopus.client import Connection, NoSuchDomain, XenopusError, connect_console
 from xenopus.control import DISK, NIC, Request
+from xenopus.trace import mark
 
 DETACH = 0x1D  # Ctrl-], as for xl console and telnet
 
@@ -159,6 +160,7 @@ def cmd_create(args: Namespace) -> int:
         # The daemon parses the file (it has the parser loaded; the CLI stays small and
         # fast). With -c the domain is created paused, the console attached, then the
         # domain unpaused, so not a byte of output is missed (as xl create -c does).
+        mark("cli: connected")
         try:
             reply = chan.ask(Request(args.op, {
                 "path": config, "overrides": overrides, "cwd": os.getcwd(),
@@ -168,6 +170,7 @@ def cmd_create(args: Namespace) -> int:
         finally:
             if lock is not None:
                 os.close(lock)  # xl holds it until the domain is made, not while it runs
+        mark("cli: created")
         for warning in reply.data.get("warnings", []):
             print(warning, file=sys.stderr)
         if not reply.ok:
@@ -179,11 +182,14 @@ def cmd_create(args: Namespace) -> int:
                 chan.send(Request("unpause"))  # attached (or not): let the domain run
             if not args.foreground:
                 chan.next_reply()
+            mark("cli: console attached, unpause sent")
             with sock:
                 pump_console(sock)
+            mark("cli: console closed")
         if not args.foreground:
             return 0
         final = chan.next_reply()
+        mark("cli: gone reply")
     finally:
         chan.close()
     if final is None:
@@ -1442,6 +1448,7 @@ def parser(prog: str = "xenopus"):
 
 
 def main(argv: list[str] | None = None) -> int:
+    mark("cli: imported")
     prog = os.path.basename(sys.argv[0]) if argv is None else "xenopus"
     if prog not in ("xl", "xenopus"):
         prog = "xenopus"  # python -m xenopus

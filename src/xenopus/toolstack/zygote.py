@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING
 from xenopus.domain.pidns import PidNamespaceForker
 from xenopus.ipc import Channel
 from xenopus.toolstack import spare
+from xenopus.trace import mark
 
 if TYPE_CHECKING:
     from xenopus.domain.protocol import Spawn
@@ -231,6 +232,7 @@ def serve(sock: socket.socket, spares: int = 0,
                 for fd in fds:
                     os.close(fd)
                 continue
+            mark("zygote: spawn received")
             pending.append((spawn, fds))
         while pending:  # in order; a create waits for a spare that is still starting
             if pool.usable:
@@ -260,6 +262,7 @@ def serve(sock: socket.socket, spares: int = 0,
                 os.close(fd)
             children[pid] = spawn.domid
             chan.send(Spawned(spawn.domid, pid).to_wire())
+            mark("zygote: handed over")
             pool.fill()  # a consumed spare's replacement starts now, in the background
         _reap(chan, children, pool)
 

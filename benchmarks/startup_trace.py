@@ -1,0 +1,117 @@
+"""Where `xenopus create -c -F` of the minimal guest spends its time, stage by stage.
+
+    python benchmarks/startup_trace.py [--runs N] [--tree TREE]
+
+Runs the command N times (after two warm-ups) against a daemon of its own with
+XENOPUS_TRACE set (src/xenopus/trace.py): every xenopus process appends
+`monotonic pid stage` lines to one file, CLOCK_MONOTONIC being one clock for the host.
+Each run's lines, with the benchmark's own `exec` (just before starting the CLI) and
+`exit` (after reaping it), are put in time order; each stage's figure is the time since
+the stage before it, median over the runs. A replacement spare starting in the
+background (`spare: started` → `spare: ready`) is not on the path and is reported
+apart, as is `python -X importtime`'s total for the CLI's imports.
+
+`--tree TREE`: another checkout's `src`, run by this interpreter (e.g. main's export).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from common import ROOT, build_guest, xenopus_command
+
+GUEST = ROOT / "guests" / "out" / "minimal.elf"
+CONFIG = ROOT / "guests" / "minimal.cfg"
+BACKGROUND = ("spare: started", "spare: ready")
+
+
+def run_once(cmd: list[str], env: dict[str, str], trace: Path) -> None:
+    with open(trace, "a") as f:
+        f.write(f"{time.monotonic():.6f} {os.getpid()} exec\n")
+    r = subprocess.run([*cmd, "create", "-c", "-F", str(CONFIG)], env=env,
+                       stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
+    with open(trace, "a") as f:
+        f.write(f"{time.monotonic():.6f} {os.getpid()} exit\n")
+    if r.returncode != 0 or b"RESULT: PASS" not in r.stdout:
+        sys.exit(f"startup_trace: the run failed: {r.stderr.decode(errors='replace')[-2000:]}")
+
+
+def parse(trace: Path) -> list[list[tuple[float, int, str]]]:
+    """The trace's lines, one list per run (from `exec` to `exit`), in time order."""
+    lines = []
+    for text in trace.read_text().splitlines():
+        t, pid, stage = text.split(" ", 2)
+        lines.append((float(t), int(pid), stage))
+    lines.sort()
+    runs, current = [], None
+    for line in lines:
+        if line[2] == "exec":
+            current = [line]
+        elif current is not None:
+            current.append(line)
+            if line[2] == "exit":
+                runs.append(current)
+                current = None
+    return runs
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    p.add_argument("--runs", type=int, default=10)
+    p.add_argument("--tree", type=Path, help="another checkout's src to run")
+    args = p.parse_args()
+    build_guest(GUEST)
+    base = Path(tempfile.mkdtemp(prefix="xenopus-trace-"))
+    trace = base / "trace"
+    env = dict(os.environ, XENOPUS_RUN_DIR=str(base / "run"), XENOPUS_TRACE=str(trace))
+    cmd = xenopus_command()
+    if args.tree is not None:
+        env["PYTHONPATH"] = str(args.tree / "src")
+        cmd = [sys.executable, "-m", "xenopus"]
+    try:
+        for _ in range(2):  # the first starts the daemon; the second is warm
+            run_once(cmd, env, trace)
+        trace.write_text("")
+        for _ in range(args.runs):
+            run_once(cmd, env, trace)
+            time.sleep(0.5)  # the replacement spare imports: not this measurement's
+    finally:
+        subprocess.run([*cmd, "daemon", "--stop"], env=env, capture_output=True, timeout=30)
+    runs = parse(trace)
+    steps: dict[str, list[float]] = defaultdict(list)
+    order: list[str] = []
+    spares: list[float] = []
+    for run in runs:
+        path = [line for line in run if line[2] not in BACKGROUND]
+        for (t0, _, _), (t1, _, stage) in zip(path, path[1:], strict=False):
+            if stage not in steps:
+                order.append(stage)
+            steps[stage].append(t1 - t0)
+    started: dict[int, float] = {}
+    for t, pid, stage in sorted(line for run in runs for line in run):
+        if stage == "spare: started":
+            started[pid] = t
+        elif stage == "spare: ready" and pid in started:
+            spares.append(t - started.pop(pid))
+    total = [run[-1][0] - run[0][0] for run in runs]
+    print(f"create -c -F {CONFIG.relative_to(ROOT)}: {len(runs)} runs, median ms since the stage before\n")
+    for stage in order:
+        print(f"  {stage:<42}{statistics.median(steps[stage]) * 1e3:8.1f}")
+    print(f"  {'total (exec → exit)':<42}{statistics.median(total) * 1e3:8.1f}")
+    if spares:
+        print(f"\nspare start-up, off the path (started → ready): {statistics.median(spares) * 1e3:.1f} ms")
+    shutil.rmtree(base, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
