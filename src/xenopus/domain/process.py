@@ -29,7 +29,6 @@ from xenopus.devices.ratelimit import RateLimit
 from xenopus.devices.tap import Tap
 from xenopus.domain import coredump, snapshot
 from xenopus.domain.builder import Guest, build_guest
-from xenopus.domain.builder_arm64 import build_arm64_domain
 from xenopus.domain.channel import ChannelEnd, ChannelError, close_channels, open_channels
 from xenopus.domain.config import DomainConfig
 from xenopus.domain.console import Console
@@ -189,6 +188,8 @@ class DomainProcess:
         if self.kvm is None:
             self.kvm = Kvm()
         if host.architecture() == "arm64":
+            from xenopus.domain.builder_arm64 import build_arm64_domain  # arm64 hosts only
+
             # The arm64 guest answers the names read below (Xen, vconsole: None).
             guest = build_arm64_domain(  # type: ignore[assignment]
                 self.config, console_out=self.console.write, kvm=self.kvm)
