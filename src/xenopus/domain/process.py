@@ -54,7 +54,7 @@ from xenopus.kvm import Kvm
 from xenopus.memory import PAGE_SIZE
 from xenopus.trace import mark
 from xenopus.vm import CpuState, StopReason
-from xenopus.xen.xenstore.server import peer_of
+from xenopus.xen.xenstore.peer import peer_of
 
 log = logging.getLogger("xenopus.domain")
 
