@@ -1452,7 +1452,12 @@ def run() -> NoReturn:
     teardown, which frees every imported module's objects one by one (several ms of a
     `create -c` of a small guest; benchmarks/startup_trace.py) for nothing: by then the
     verb has closed its connections and files. SystemExit (argparse's) exits as usual."""
-    code = main()
+    status: object = main()  # as sys.exit takes it: some verbs return None
+    if status is None or isinstance(status, int):
+        code = status or 0
+    else:
+        print(status, file=sys.stderr)
+        code = 1
     try:
         sys.stdout.flush()
         sys.stderr.flush()
