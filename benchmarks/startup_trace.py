@@ -45,6 +45,18 @@ def run_once(cmd: list[str], env: dict[str, str], trace: Path) -> None:
         sys.exit(f"startup_trace: the run failed: {r.stderr.decode(errors='replace')[-2000:]}")
 
 
+def spares_settled(trace: Path, limit: float = 15.0) -> None:
+    """Wait (at most `limit` s) until every spare started so far is ready: the replacement
+    of the spare a run consumed imports in the background, and the next run is measured
+    on a pool as full as the first's (a measurement condition, not synchronisation)."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        text = trace.read_text()
+        if text.count(" spare: ready\n") >= text.count(" spare: started\n"):
+            return
+        time.sleep(0.05)
+
+
 def parse(trace: Path) -> list[list[tuple[float, int, str]]]:
     """The trace's lines, one list per run (from `exec` to `exit`), in time order."""
     lines = []
@@ -83,7 +95,7 @@ def main() -> int:
         trace.write_text("")
         for _ in range(args.runs):
             run_once(cmd, env, trace)
-            time.sleep(0.5)  # the replacement spare imports: not this measurement's
+            spares_settled(trace)
     finally:
         subprocess.run([*cmd, "daemon", "--stop"], env=env, capture_output=True, timeout=30)
     runs = parse(trace)
