@@ -136,6 +136,7 @@ class SparePool:
             finally:
                 os._exit(127)
         theirs.close()
+        mark("zygote: spare forked")
         self.starting[pid] = ours
         self.sel.register(ours, selectors.EVENT_READ, self)
         if background:
