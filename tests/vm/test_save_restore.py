@@ -1,7 +1,8 @@
 """`xenopus save`, `restore` and `migrate` through the CLI and the daemon (xl's syntax
 and semantics): a counting guest saved and restored, or migrated to a second daemon,
 carries on with no lost or repeated count; -c leaves it running; a damaged image is
-refused by record and leaves nothing behind; a migration whose receiver dies or refuses
+refused by record and leaves nothing behind; the PV console, timers, event channels and
+a XenStore watch survive; a migration whose receiver dies or refuses
 leaves the source running; a migration over TCP between two network namespaces; virtio-blk
 I/O across a live migration (needs /dev/kvm)."""
 
@@ -20,6 +21,7 @@ import pytest
 
 from tests.vm.conftest import Xenopus
 from tests.vm.test_cli import read_until
+from xenopus.stream import read_domain_config
 from xenopus.toolstack.transfer import BANNER
 from xenopus.xen.xenstore.client import XsClient
 
@@ -103,6 +105,30 @@ def test_save_c_leaves_the_domain_running_and_p_paused(xenopus: Xenopus, tmp_pat
     assert xenopus.run("destroy", "kept").returncode == 0
 
 
+def test_save_with_a_config_stores_that_config_in_the_image(
+    xenopus: Xenopus, tmp_path: Path,
+) -> None:
+    """xl save DOM FILE CFG: the image's DOMAIN_CONFIG is CFG's (here: the same guest,
+    kept when it powers off), and a restore builds from it."""
+    console = _start_counter(xenopus, "withcfg")  # on_poweroff = "destroy"
+    read_until(console.stdout, b"count 5\r\n")
+    other = xenopus.config("withcfg", "counter.elf", cmdline=f"count={COUNT}",
+                           on_poweroff="preserve", xen_platform=0)
+    image = tmp_path / "withcfg.img"
+    saved = xenopus.run("save", "withcfg", str(image), str(other))
+    assert saved.returncode == 0, saved.stderr
+    console.communicate(timeout=60)
+    with image.open("rb") as f:
+        config, _ = read_domain_config(f)
+    assert isinstance(config, dict) and config["on_poweroff"] == "preserve", config
+    assert xenopus.run("restore", "-p", str(image)).returncode == 0
+    try:
+        listed = xenopus.run("list", "-l", "withcfg", check=True).stdout
+        assert '"on_poweroff": "preserve"' in listed, listed
+    finally:
+        assert xenopus.run("destroy", "withcfg").returncode == 0
+
+
 def test_a_damaged_image_is_refused_by_record_and_leaves_nothing(
     xenopus: Xenopus, tmp_path: Path,
 ) -> None:
@@ -184,6 +210,38 @@ def test_a_xen_guest_s_timer_and_event_channels_keep_firing_after_restore(
     assert [int(n) for n in re.findall(r"^tick (\d+)\r$", text, re.M)] == list(range(ticks))
     assert "note before\r\n" in text and "poked after-restore\r\n" in text, text[-500:]
     assert f"RESULT: PASS xentick ticks={ticks}" in text, text[-500:]
+
+
+def test_the_pv_console_survives_restore(xenopus: Xenopus, tmp_path: Path) -> None:
+    """Saved while the guest waits for a line on its PV console's in-ring: after restore
+    the console backend of the new domain is joined to the ring (the page in RAM) and the
+    event channel the guest bound, so a line typed there reaches the guest, and its
+    answer comes back through the ring."""
+    cfg = xenopus.config("pvcons", "xenconsole.elf", xen_platform=1, memory=64,
+                         cmdline="echo timeout_ms=120000")
+    assert xenopus.run("create", "-q", str(cfg)).returncode == 0
+    con = xenopus.popen("console", "-t", "pv", "pvcons", stdin=subprocess.PIPE)
+    assert con.stdin is not None and con.stdout is not None
+    seen = read_until(con.stdout, b"READY")
+    assert b"hello from the xenopus xenconsole guest" in seen
+    image = tmp_path / "pvcons.img"
+    saved = xenopus.run("save", "pvcons", str(image))
+    assert saved.returncode == 0, saved.stderr
+    con.stdin.close()
+    con.wait(60)  # the domain went with the save
+    restored = xenopus.run("restore", str(image))
+    assert restored.returncode == 0, restored.stderr
+    con = xenopus.popen("console", "-t", "pv", "pvcons", stdin=subprocess.PIPE)
+    assert con.stdin is not None and con.stdout is not None
+    try:
+        con.stdin.write(b"typed-after-restore\r")
+        con.stdin.flush()
+        # (bounded: the guest gives up after its timeout_ms, and its console then ends)
+        read_until(con.stdout, b"ECHO: typed-after-restore", timeout=120)
+    finally:
+        xenopus.run("destroy", "pvcons")
+        con.kill()
+        con.wait(60)
 
 
 def test_a_vcpu_taken_down_stays_down_after_restore_and_comes_up_again(
@@ -271,6 +329,33 @@ def test_migrate_moves_a_counting_guest_with_no_lost_or_repeated_count(
     text = (before + after).decode()
     assert _counts(text) == list(range(COUNT))
     assert _checksum(COUNT) in text
+
+
+def test_migrate_c_sends_the_given_config_instead_of_the_domain_s(
+    xenopus: Xenopus, receiver: Xenopus,
+) -> None:
+    """xl migrate -C CFG: the receiver builds the domain from CFG (here: the same guest,
+    kept when it powers off instead of destroyed), not from the config it was created
+    with; it carries on counting from where it was."""
+    console = _start_counter(xenopus, "reconfigured")  # on_poweroff = "destroy"
+    before = read_until(console.stdout, b"count 50\r\n")
+    other = xenopus.config("reconfigured", "counter.elf", cmdline=f"count={COUNT}",
+                           on_poweroff="preserve", xen_platform=0)
+    moved = _migrate(xenopus, receiver, "reconfigured", "-p", "-C", str(other))
+    assert moved.returncode == 0, moved.stderr
+    before += console.communicate(timeout=60)[0]
+    listed = receiver.run("list", "-l", "reconfigured", check=True).stdout
+    assert '"on_poweroff": "preserve"' in listed, listed
+    assert receiver.run("unpause", "reconfigured").returncode == 0
+    attached = receiver.popen("console", "reconfigured")
+    assert attached.stdout is not None
+    try:
+        after = _read_result(attached.stdout)
+    finally:
+        assert receiver.run("destroy", "reconfigured").returncode == 0
+        attached.wait(60)
+    text = (before + after).decode()
+    assert _counts(text) == list(range(COUNT)) and _checksum(COUNT) in text
 
 
 def test_a_live_migrated_xen_guest_s_timer_events_and_watch_carry_on(
@@ -465,6 +550,25 @@ def test_a_receiver_that_never_starts_leaves_the_source_untouched(xenopus: Xenop
     assert xenopus.domains()["unmoved"][4] in ("r-----", "-b----")
     text = (before + console.communicate(timeout=120)[0]).decode()
     assert _counts(text) == list(range(COUNT)) and _checksum(COUNT) in text
+
+
+def test_a_receiver_whose_sender_never_says_go_destroys_what_it_restored(
+    xenopus: Xenopus, receiver: Xenopus, tmp_path: Path,
+) -> None:
+    """The sender went away after END (its end of the pipe closed, no `go`): the receiver
+    has restored the domain, paused, and destroys it rather than run a second copy."""
+    console = _start_counter(xenopus, "orphan")
+    read_until(console.stdout, b"count 20\r\n")
+    image = tmp_path / "orphan.img"
+    assert xenopus.run("save", "orphan", str(image)).returncode == 0
+    console.communicate(timeout=60)
+    with image.open("rb") as stream:  # the stream, then end of file where `go` would be
+        got = subprocess.run(receiver.cmd("migrate-receive"), env=receiver.env, stdin=stream,
+                             capture_output=True, timeout=120)
+    assert got.returncode != 0
+    assert got.stdout == BANNER + b"restored\n", got.stdout
+    assert b"did not confirm the migration; domain destroyed" in got.stderr, got.stderr
+    assert "orphan" not in receiver.domains()
 
 
 def test_a_receiver_refusing_the_domain_leaves_the_source_running(

@@ -704,7 +704,7 @@ class DomainProcess:
             self._set_state("running")
         return Reply.success(pages=stats.pages, octets=stats.octets, seconds=stats.seconds,
                              rounds=stats.rounds, last_round=stats.last_round,
-                             downtime=stats.downtime)
+                             downtime=stats.downtime, stopped_at=stats.stopped_at)
 
     @staticmethod
     def _write_image(guest: Guest, out: BinaryIO, config: object, live: bool,

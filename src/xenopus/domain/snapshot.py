@@ -90,6 +90,9 @@ class Stats:
     rounds: int = 0
     last_round: int = 0
     downtime: float = 0.0
+    # When a live save stopped the guest (CLOCK_MONOTONIC, the same in every process of
+    # this host): a migration's CLI measures from it until the guest runs over there.
+    stopped_at: float = 0.0
     toolstack: dict[str, object] = field(default_factory=dict)  # restored: for the daemon
 
 
@@ -156,8 +159,9 @@ def save(inventory: Inventory, out: BinaryIO, config: object = None, *,
     try:
         if live is not None and memory is not None:
             pending = _precopy(memory, writer, live, stats)
+        stopped = stats.stopped_at = time.monotonic()  # the pause is part of the downtime
+        if live is not None and memory is not None:
             live.pause()
-        stopped = time.monotonic()
         with quiesced(inventory):
             if live is not None and memory is not None:
                 # Stop-and-copy: what the guest and this process wrote since the last
