@@ -225,11 +225,16 @@ def net_bytes(ifname: str) -> tuple[int, int]:
     return count("rx_bytes"), count("tx_bytes")
 
 
+def machine() -> str:
+    """uname(2)'s machine (what platform.machine() returns, without its imports)."""
+    return os.uname().machine
+
+
 def architecture() -> str:
     """The host's (and so its guests') architecture: "x86_64" or "arm64" (uname(2) machine,
     whose arm64 spelling is "aarch64"); other machines are named as uname says."""
-    machine = os.uname().machine  # what platform.machine() returns, without its imports
-    return "arm64" if machine in ("aarch64", "arm64") else machine
+    name = machine()
+    return "arm64" if name in ("aarch64", "arm64") else name
 
 
 # System calls glibc has no wrapper for, by architecture: x86-64's numbers from
