@@ -29,7 +29,6 @@ from xenopus.devices.ratelimit import RateLimit
 from xenopus.devices.tap import Tap
 from xenopus.domain import coredump, snapshot
 from xenopus.domain.builder import Guest, build_guest
-from xenopus.domain.builder_arm64 import build_arm64_domain
 from xenopus.domain.channel import ChannelEnd, ChannelError, close_channels, open_channels
 from xenopus.domain.config import DomainConfig
 from xenopus.domain.console import Console
@@ -53,8 +52,9 @@ from xenopus.domain.vif import VifTaps
 from xenopus.domain.xenguest import StoreProxy
 from xenopus.kvm import Kvm
 from xenopus.memory import PAGE_SIZE
+from xenopus.trace import mark
 from xenopus.vm import CpuState, StopReason
-from xenopus.xen.xenstore.server import peer_of
+from xenopus.xen.xenstore.peer import peer_of
 
 log = logging.getLogger("xenopus.domain")
 
@@ -188,6 +188,8 @@ class DomainProcess:
         if self.kvm is None:
             self.kvm = Kvm()
         if host.architecture() == "arm64":
+            from xenopus.domain.builder_arm64 import build_arm64_domain  # arm64 hosts only
+
             # The arm64 guest answers the names read below (Xen: None).
             guest = build_arm64_domain(  # type: ignore[assignment]
                 self.config, console_out=self.console.write, vconsole_out=self.vconsole.write,
@@ -243,6 +245,7 @@ class DomainProcess:
     def _on_stop(self, guest: Guest, reason: StopReason) -> None:
         if guest is not self.guest:
             return  # a late report from an incarnation already torn down
+        mark("domain: guest stopped")
         action = self.config.action_for(reason.kind)
         if reason.kind == "crash":
             log.error("domain %d (%s) crashed: %s", self.domid, self.config.name, reason.detail)
@@ -380,6 +383,7 @@ class DomainProcess:
     def _unpause(self, req: Request) -> Reply:
         if not self._started:
             self._run_vcpus()
+            mark("domain: vcpus started")
         elif self.state == "paused":
             self._live_guest().machine.resume()
             self._set_state("running")
@@ -883,11 +887,14 @@ class DomainProcess:
             if self.channel_error:
                 raise ValueError(self.channel_error)
             self.marks["setup"] = time.monotonic()
+            mark("domain: consoles, control (setup)")
             self._build_guest()
             self.marks["build"] = time.monotonic()
+            mark("domain: guest built")
             # Everything the guest needs is open; no guest code has run yet.
             self.jail.enter_late(threading.active_count())
             self.marks["jail"] = time.monotonic()
+            mark("domain: late jail")
             self._run_or_pause(self.start_paused)
         except Exception as e:  # noqa: BLE001 - reported to the CLI, which names the problem
             log.error("domain %d (%s): cannot start: %s", self.domid, self.config.name, e)
@@ -912,8 +919,10 @@ class DomainProcess:
             guest.xen.console_nodes() if guest.xen is not None else {},
             guest.xen.store_nodes() if guest.xen is not None else {},
         ))
+        mark("domain: ready sent")
         self._control = asyncio.create_task(self._serve_control(reader))
         await self._finished.wait()
+        mark("domain: finished")
         self._control.cancel()
         adoption.cancel()
         if self._work:  # a save or restore still reads or writes guest memory: let it end
@@ -930,8 +939,10 @@ class DomainProcess:
         self._send(Finished(self.exit_code, usage.ru_maxrss, usage.ru_utime + usage.ru_stime))
         with contextlib.suppress(ConnectionError, OSError):
             await self._writer.drain()
+        mark("domain: finished sent")
         self._writer.close()
         self._teardown()
+        mark("domain: torn down")
         self.taps.close()
         close_channels(self.channels)
         if self.interdomain is not None:
@@ -959,6 +970,7 @@ def run_domain(
     address-space layout of its own) or a fork of the zygote (the zygote's layout).
     `seccomp_fd`: the zygote's compiled seccomp filter, which the jail loads."""
     born = time.monotonic()
+    mark("domain: run_domain")
     domid, cfg = spawn.domid, spawn.config
     set_process_title(f"xenopus: domain {domid} ({cfg.name})")
     handler = logging.StreamHandler(ipc.open_log(os.path.join(spawn.run_dir, "log", f"{cfg.name}.log")))
@@ -973,7 +985,9 @@ def run_domain(
         channels, channel_error = open_channels(cfg.channels), None
     except ChannelError as e:
         channels, channel_error = [], str(e)
+    mark("domain: logging, channels")
     jail.enter_early()
+    mark("domain: early jail")
     control = socket.socket(fileno=control_fd)
     xenstore = socket.socket(fileno=xenstore_fd) if xenstore_fd is not None else None
     interdomain = socket.socket(fileno=interdomain_fd) if interdomain_fd is not None else None

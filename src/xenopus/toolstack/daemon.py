@@ -57,6 +57,7 @@ from xenopus.domain.vif import open_vif
 from xenopus.toolstack import hostinfo, xlformat, zygote
 from xenopus.toolstack.broker import InterdomainBroker
 from xenopus.toolstack.xenstored import PVCONTROL_TIMEOUT, PvControlTimeout, XenStored
+from xenopus.trace import mark
 from xenopus.xen.xenstore.server import UNSCOPED, Peer, Scope, domain_stream_pair, peer_of
 from xenopus.xen.xenstore.wire import XsError
 
@@ -678,8 +679,10 @@ class Daemon:
         paused and the reply names its console; the client connects there, then sends any
         message (`unpause`) on this connection (xl create -c: not a byte of output is
         lost). With `wait`, a second reply comes when it is gone."""
+        mark("daemon: create request")
         # In a worker: a config on a slow or hung filesystem must not stall every client.
         config, warnings = await asyncio.to_thread(self._load_config, req)
+        mark("daemon: config parsed")
         if req.args.get("dryrun"):  # xl create -n: the configuration, as libxl's JSON
             libxl = xlformat.libxl_domain_config(config, config.uuid or str(uuid4()))
             return Reply.success(libxl=libxl, warnings=warnings)
@@ -694,15 +697,19 @@ class Daemon:
             return reply
         ipc.write_message(client.writer, reply.to_wire())
         await client.writer.drain()
+        mark("daemon: created reply sent")
         if attach:
             # The client's console is attached (or the client is gone): whatever it says.
             with contextlib.suppress(ValueError):
                 await ipc.read_message(client.reader)
+            mark("daemon: client attached")
             if not paused:
                 await rec.request(Request("unpause"))
+                mark("daemon: unpaused")
             if not wait:
                 return Reply.success()
         await rec.gone.wait()
+        mark("daemon: domain gone")
         return Reply(True, {"event": "gone", **self._final(rec)})
 
     async def _new_domain(self, config: DomainConfig, paused: bool) -> DomainRecord:
@@ -758,6 +765,7 @@ class Daemon:
         rec.final = None
         spawn = Spawn(rec.domid, rec.config, str(self.run_dir), paused)
         fds = [theirs.fileno(), xs_theirs.fileno(), id_theirs.fileno()]
+        mark("daemon: xenstore ready, spawn sent")
         ipc.send_with_fds(self._zsock, spawn.to_wire(), fds)
         theirs.close()
         xs_theirs.close()
@@ -771,9 +779,11 @@ class Daemon:
             raise RequestError("the zygote did not start the domain process") from None
         if rec.state == "dying":  # destroyed while the zygote forked it
             self._kill(rec)
+        mark("daemon: spawned")
         reader, rec.writer = await asyncio.open_unix_connection(sock=ours)
         try:
             event = await asyncio.wait_for(self._first_event(reader), self.start_timeout)
+            mark("daemon: ready")
         except TimeoutError:
             log.error("domain %d (%s) was not ready after %.0f s; killing it", rec.domid,
                       rec.name, self.start_timeout)
@@ -863,6 +873,7 @@ class Daemon:
             elif isinstance(event, LogLine):
                 self.dmesg.append(event.line[:4096])
             elif isinstance(event, Finished):
+                mark("daemon: finished")
                 rec.final = event
                 if event.exit_code != EXIT_REBUILD:
                     self._retire(rec)
