@@ -134,7 +134,8 @@ def save(inventory: Inventory, out: BinaryIO, config: object = None, *,
     `toolstack` is state the domain's toolstack keeps outside this process (the daemon's
     XenStore subtree), written as PART records of kind TOOLSTACK after the guest's."""
     started = time.monotonic()
-    refused = [p.name for p in inventory.parts if isinstance(p, (PvDevicePart, PvChannelPart))]
+    refused = [p.name for p in inventory.parts if isinstance(p, PvChannelPart)
+               or (isinstance(p, PvDevicePart) and not p.saveable)]
     if refused:  # before anything is written
         raise NotSaveable(f"Xen PV devices ({', '.join(refused)}) cannot be saved yet")
     stats = Stats()
