@@ -21,6 +21,7 @@ import pytest
 
 from tests.vm.conftest import Xenopus
 from tests.vm.test_cli import read_until
+from tests.vm.test_devices import NS, netns  # noqa: F401 - the fixture
 from xenopus.stream import read_domain_config
 from xenopus.toolstack.transfer import BANNER
 from xenopus.xen.xenstore.client import XsClient
@@ -523,6 +524,64 @@ def test_xen_blkfront_io_carries_on_across_save_and_restore(
         assert xenopus.run("destroy", "xblksaved").returncode == 0
         attached.wait(60)
     _check_xenblk(before, after, disk)
+
+
+# Answers the guest's datagram only when told to (a line on stdin): after the restore.
+LATE_RESPONDER = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", 5555))
+s.settimeout(120)
+print("bound", flush=True)
+data, peer = s.recvfrom(2048)
+print("got", data.decode(), peer[0], flush=True)
+sys.stdin.readline()
+s.sendto(b"pong-after-restore", peer)
+print("sent", flush=True)
+"""
+
+
+def test_xen_netfront_carries_on_across_save_and_restore(netns: Xenopus, tmp_path: Path) -> None:  # noqa: F811 - the fixture
+    """guests/xennet sends a datagram through netback, then waits for the answer with its
+    receive buffers posted; it is saved there and restored (a new tap of the same name, the
+    rings' indexes carried): the host's ARP for the guest goes out through the restored RX
+    ring and its answer through the TX ring, then the datagram arrives in a buffer the
+    guest posted before the save."""
+    cfg = netns.config("xnetsave", "xennet.elf", xen_platform=1, memory=64,
+                       vif=["model=xen, vifname=xnptap2"], on_poweroff="preserve",
+                       cmdline="src_ip=10.0.2.15 dst_ip=10.0.2.2 dst_port=5555 "
+                               "payload=ping-before-save expect_reply=pong-after-restore "
+                               "timeout_ms=120000")
+    assert netns.run("create", "-q", "-p", str(cfg)).returncode == 0
+    subprocess.run(["ip", "-n", NS, "addr", "add", "10.0.2.2/24", "dev", "xnptap2"], check=True)
+    responder = subprocess.Popen(["ip", "netns", "exec", NS, sys.executable, "-c", LATE_RESPONDER],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert responder.stdout is not None and responder.stdin is not None
+        assert responder.stdout.readline().strip() == "bound"
+        assert netns.run("unpause", "xnetsave").returncode == 0
+        assert responder.stdout.readline().startswith("got ping-before-save 10.0.2.15")
+        image = tmp_path / "xnet.save"
+        saved = netns.run("save", "xnetsave", str(image))
+        assert saved.returncode == 0, saved.stderr
+        restored = netns.run("restore", "-p", str(image))
+        assert restored.returncode == 0, restored.stderr
+        subprocess.run(["ip", "-n", NS, "addr", "add", "10.0.2.2/24", "dev", "xnptap2"], check=True)
+        assert netns.run("unpause", "xnetsave").returncode == 0
+        responder.stdin.write("go\n")
+        responder.stdin.flush()
+        assert responder.stdout.readline().strip() == "sent"
+        console = netns.popen("console", "-t", "serial", "xnetsave")
+        assert console.stdout is not None
+        try:
+            out = _read_result(console.stdout).decode(errors="replace")
+        finally:
+            netns.run("destroy", "xnetsave")
+            console.wait(60)
+        assert "xennet reply from 10.0.2.2:5555: pong-after-restore" in out, out[-800:]
+        assert "RESULT: PASS xennet" in out, out[-800:]
+    finally:
+        responder.kill()
 
 
 @pytest.fixture
