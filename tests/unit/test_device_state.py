@@ -321,7 +321,7 @@ def test_snapshot_refuses_a_stream_for_another_guest_by_name() -> None:
 
 
 def test_a_guest_with_unsaveable_xen_pv_devices_is_refused_before_anything_is_written() -> None:
-    """A PV backend that cannot save itself yet (`saveable` False: netback) is refused by
+    """A PV backend that cannot save itself (`saveable` False) is refused by
     name before the first record."""
 
     class Unsaveable:

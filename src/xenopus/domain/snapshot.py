@@ -11,8 +11,9 @@ the Xen state after the clock; then the toolstack's own records (the XenStore su
 which the restore hands back to the caller.
 
 A restore that fails raises; the caller then closes the half-restored guest, so no
-domain is left half-built. Xen PV disks and NICs cannot be saved yet: a guest with them
-is refused before anything is written.
+domain is left half-built. Xen PV disks and NICs save their back rings' state and
+reconnect to the same rings once the domain's XenStore subtree is back; PV channels
+cannot be saved yet: a guest with one is refused before anything is written.
 """
 
 from __future__ import annotations

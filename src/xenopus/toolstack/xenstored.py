@@ -418,8 +418,9 @@ class XenStored:
 
     def import_domain(self, domid: int, saved: dict[str, Any]) -> None:
         """A restored domain's saved subtree and watches under its new domid: nodes the
-        toolstack wrote for the new domain (name, domid, console, ...) stay as written,
-        the rest come back with permissions renumbered from the old domid, and watches
+        toolstack wrote for the new domain (name, domid, console, ...) stay as written
+        (but for a PV frontend's `state`: the guest's, docs/snapshot-stream.md), the rest
+        come back with permissions renumbered from the old domid, and watches
         on the old home move to the new one."""
         s, c = self.store, self.dom0
         old, home = int(saved["domid"]), f"/local/domain/{domid}"
