@@ -902,3 +902,45 @@ def test_blkback_save_and_restore_carries_the_ring_and_persistent_grants(
             assert blk.host.table.in_use(DATA_GREF) == (1, 1)
     finally:
         again.stop()
+
+
+def test_netback_save_and_restore_carries_both_rings(net: NetRig, memory: GuestMemory):
+    """A paused netback's state is its TX and RX back rings' indexes; a new backend on a
+    new tap (the receiving host's) takes them when the frontend's state comes back
+    Connected: a frame then fills the buffer posted before the save, not slot 0 again."""
+    frame = udp_frame(b"before")
+    net.rx.put(bytes(abi.netif_rx_request(id=77, gref=PKT_GREF + 3)))
+    net.kick(wait=False)
+    port = net.host.ports[9]
+    port.notified.clear()
+    net.tap.deliver(VNET.pack(0, 0, 0, 0, 0, 0, 0) + frame)
+    assert port.notified.wait(TIMEOUT)
+    assert struct.unpack("<HHHh", net.rx.responses(8)[0])[0] == 77
+    net.back.pause()
+    net.rx.put(bytes(abi.netif_rx_request(id=78, gref=PKT_GREF + 4)))
+    net.rx.push()  # posted, not yet taken: the restored backend takes it
+    state = net.back.save_state()
+    net.back.resume()
+    assert state["connected"] and state["rx"] == [1, 1] and state["tx"] == [0, 0]
+    net.back.stop(remove=False)
+
+    tap = FakeTap()
+    again = NetBack(net.xs.client, net.host, DOMID, 0, tap, MAC)
+    with pytest.raises(StateError, match="rx ring indexes"):
+        again.restore_state({**state, "rx": [1]})
+    again.restore_state(state)
+    again.start()
+    try:
+        assert again.wait_for(State.InitWait, TIMEOUT)
+        net.xs.fe_write(f"{again.fe}/state", str(int(State.Connected)))  # the import
+        assert again.wait_for(State.Connected, TIMEOUT)
+        port = net.host.ports[9]
+        port.notified.clear()
+        after = udp_frame(b"after the move")
+        tap.deliver(VNET.pack(0, 0, 0, 0, 0, 0, 0) + after)
+        assert port.notified.wait(TIMEOUT)
+        (raw,) = net.rx.responses(8)
+        assert struct.unpack("<HHHh", raw)[0::3] == (78, len(after))
+        assert memory.read((PKT_PFN + 4) * PAGE, len(after)) == after
+    finally:
+        again.stop()
