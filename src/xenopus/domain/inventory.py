@@ -389,11 +389,18 @@ class PvChannelPart:
         return {"channel": b.name, "backend": b.be, "connection": b.backend_nodes()["connection"]}
 
     def save_state(self) -> object:
-        raise NotSaveable(f"{self.name}: PV channels cannot be saved yet (the frontend's"
-                          " XenStore nodes and the host end are not carried over)")
+        """Host input not yet in the ring; the rings are guest RAM and the frontend's
+        nodes travel with the domain's XenStore subtree."""
+        return self.backend.save_state()
 
     def restore_state(self, state: object) -> None:
-        raise NotSaveable(f"{self.name}: PV channels cannot be restored yet")
+        self.backend.restore_state(state)
+
+    def pause(self) -> None:
+        self.backend.pause()
+
+    def resume(self) -> None:
+        self.backend.resume()
 
 
 @dataclass
