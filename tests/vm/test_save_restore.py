@@ -21,6 +21,7 @@ import pytest
 
 from tests.vm.conftest import Xenopus
 from tests.vm.test_cli import read_until
+from tests.vm.test_devices import NS, netns  # noqa: F401 - the fixture
 from xenopus.stream import read_domain_config
 from xenopus.toolstack.transfer import BANNER
 from xenopus.xen.xenstore.client import XsClient
@@ -440,6 +441,147 @@ def test_virtio_blk_io_running_during_a_live_migration_finishes_with_the_data_ve
         lo = (start + i * count) * SECTOR
         want = bytes(pattern(o, 0x5A + i) for o in range(lo, lo + count * SECTOR))
         assert data[lo : lo + count * SECTOR] == want, f"round {i}'s range"
+
+
+XENBLK_LOOPS, XENBLK_COUNT, XENBLK_START = 300, 8, 2048
+
+
+def _start_xenblk(x: Xenopus, name: str, disk: Path) -> subprocess.Popen:
+    """guests/xenblk.c loops=N on a Xen PV disk (blkfront's ring, its grants and event
+    channel): round after round of a write and its read-back; its serial console."""
+    with open(disk, "wb") as f:
+        f.truncate(8 << 20)
+    cfg = x.config(name, "xenblk.elf", disk=[f"{disk},raw,xvda,rw"], memory=64,
+                   cmdline=f"vdev=51712 sector={XENBLK_START} count={XENBLK_COUNT} "
+                           f"loops={XENBLK_LOOPS} timeout_ms=60000",
+                   on_poweroff="preserve")
+    assert x.run("create", "-q", str(cfg)).returncode == 0
+    console = x.popen("console", "-t", "serial", name)
+    assert console.stdout is not None
+    return console
+
+
+def _check_xenblk(before: bytes, after: bytes, disk: Path) -> None:
+    """Every round once, in order, some before the move and the rest after; the guest
+    read every round back; the image holds every round's pattern."""
+    from tests.vm.test_devices import SECTOR, pattern
+
+    text = (before + after).decode(errors="replace")
+    done = [int(n) for n in re.findall(r"^xenblk: loop (\d+)\r$", text, re.M)]
+    assert done == list(range(1, XENBLK_LOOPS)), text[-800:]  # none lost, none repeated
+    early = [int(n) for n in re.findall(r"^xenblk: loop (\d+)\r$", before.decode(errors="replace"), re.M)]
+    assert early and max(early) < XENBLK_LOOPS - 1, "moved after the I/O had ended"
+    assert f"xenblk: loops: {XENBLK_LOOPS} rounds written and read back" in text, text[-800:]
+    assert "RESULT: PASS xenblk" in text, text[-800:]
+    data = disk.read_bytes()
+    for i in range(XENBLK_LOOPS):
+        lo = (XENBLK_START + i * XENBLK_COUNT) * SECTOR
+        want = bytes(pattern(o, 0x5A + i) for o in range(lo, lo + XENBLK_COUNT * SECTOR))
+        assert data[lo : lo + XENBLK_COUNT * SECTOR] == want, f"round {i}'s range"
+
+
+def test_xen_blkfront_io_running_during_a_live_migration_finishes_with_the_data_verified(
+    xenopus: Xenopus, receiver: Xenopus, tmp_path: Path,
+) -> None:
+    """The blkback's ring state moves (docs/snapshot-stream.md, "Xen PV disks"): the
+    source's backend is paused between two requests, the receiver's maps the same ring
+    with the saved indexes and binds the frontend's port when the frontend's nodes come
+    back in XenStore; the guest, which never sees a suspend, goes on with its rounds."""
+    disk = tmp_path / "xvda.img"
+    console = _start_xenblk(xenopus, "xblkmover", disk)
+    before = read_until(console.stdout, b"xenblk: loop 20\r\n", timeout=120)
+    moved = _migrate(xenopus, receiver, "xblkmover", "--debug")
+    assert moved.returncode == 0, moved.stderr
+    before += console.communicate(timeout=60)[0]
+    attached = receiver.popen("console", "-t", "serial", "xblkmover")
+    assert attached.stdout is not None
+    try:
+        after = _read_result(attached.stdout)
+    finally:
+        assert receiver.run("destroy", "xblkmover").returncode == 0
+        attached.wait(60)
+    _check_xenblk(before, after, disk)
+
+
+def test_xen_blkfront_io_carries_on_across_save_and_restore(
+    xenopus: Xenopus, tmp_path: Path,
+) -> None:
+    disk = tmp_path / "xvda.img"
+    console = _start_xenblk(xenopus, "xblksaved", disk)
+    before = read_until(console.stdout, b"xenblk: loop 20\r\n", timeout=120)
+    image = tmp_path / "xblk.save"
+    saved = xenopus.run("save", "xblksaved", str(image))
+    assert saved.returncode == 0, saved.stderr
+    before += console.communicate(timeout=60)[0]
+    assert b"RESULT" not in before
+    restored = xenopus.run("restore", str(image))
+    assert restored.returncode == 0, restored.stderr
+    attached = xenopus.popen("console", "-t", "serial", "xblksaved")
+    assert attached.stdout is not None
+    try:
+        after = _read_result(attached.stdout)
+    finally:
+        assert xenopus.run("destroy", "xblksaved").returncode == 0
+        attached.wait(60)
+    _check_xenblk(before, after, disk)
+
+
+# Answers the guest's datagram only when told to (a line on stdin): after the restore.
+LATE_RESPONDER = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", 5555))
+s.settimeout(120)
+print("bound", flush=True)
+data, peer = s.recvfrom(2048)
+print("got", data.decode(), peer[0], flush=True)
+sys.stdin.readline()
+s.sendto(b"pong-after-restore", peer)
+print("sent", flush=True)
+"""
+
+
+def test_xen_netfront_carries_on_across_save_and_restore(netns: Xenopus, tmp_path: Path) -> None:  # noqa: F811 - the fixture
+    """guests/xennet sends a datagram through netback, then waits for the answer with its
+    receive buffers posted; it is saved there and restored (a new tap of the same name, the
+    rings' indexes carried): the host's ARP for the guest goes out through the restored RX
+    ring and its answer through the TX ring, then the datagram arrives in a buffer the
+    guest posted before the save."""
+    cfg = netns.config("xnetsave", "xennet.elf", xen_platform=1, memory=64,
+                       vif=["model=xen, vifname=xnptap2"], on_poweroff="preserve",
+                       cmdline="src_ip=10.0.2.15 dst_ip=10.0.2.2 dst_port=5555 "
+                               "payload=ping-before-save expect_reply=pong-after-restore "
+                               "timeout_ms=120000")
+    assert netns.run("create", "-q", "-p", str(cfg)).returncode == 0
+    subprocess.run(["ip", "-n", NS, "addr", "add", "10.0.2.2/24", "dev", "xnptap2"], check=True)
+    responder = subprocess.Popen(["ip", "netns", "exec", NS, sys.executable, "-c", LATE_RESPONDER],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert responder.stdout is not None and responder.stdin is not None
+        assert responder.stdout.readline().strip() == "bound"
+        assert netns.run("unpause", "xnetsave").returncode == 0
+        assert responder.stdout.readline().startswith("got ping-before-save 10.0.2.15")
+        image = tmp_path / "xnet.save"
+        saved = netns.run("save", "xnetsave", str(image))
+        assert saved.returncode == 0, saved.stderr
+        restored = netns.run("restore", "-p", str(image))
+        assert restored.returncode == 0, restored.stderr
+        subprocess.run(["ip", "-n", NS, "addr", "add", "10.0.2.2/24", "dev", "xnptap2"], check=True)
+        assert netns.run("unpause", "xnetsave").returncode == 0
+        responder.stdin.write("go\n")
+        responder.stdin.flush()
+        assert responder.stdout.readline().strip() == "sent"
+        console = netns.popen("console", "-t", "serial", "xnetsave")
+        assert console.stdout is not None
+        try:
+            out = _read_result(console.stdout).decode(errors="replace")
+        finally:
+            netns.run("destroy", "xnetsave")
+            console.wait(60)
+        assert "xennet reply from 10.0.2.2:5555: pong-after-restore" in out, out[-800:]
+        assert "RESULT: PASS xennet" in out, out[-800:]
+    finally:
+        responder.kill()
 
 
 @pytest.fixture

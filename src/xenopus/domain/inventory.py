@@ -419,11 +419,18 @@ class PvChannelPart:
         return {"channel": b.name, "backend": b.be, "connection": b.backend_nodes()["connection"]}
 
     def save_state(self) -> object:
-        raise NotSaveable(f"{self.name}: PV channels cannot be saved yet (the frontend's"
-                          " XenStore nodes and the host end are not carried over)")
+        """Host input not yet in the ring; the rings are guest RAM and the frontend's
+        nodes travel with the domain's XenStore subtree."""
+        return self.backend.save_state()
 
     def restore_state(self, state: object) -> None:
-        raise NotSaveable(f"{self.name}: PV channels cannot be restored yet")
+        self.backend.restore_state(state)
+
+    def pause(self) -> None:
+        self.backend.pause()
+
+    def resume(self) -> None:
+        self.backend.resume()
 
 
 @dataclass
@@ -446,12 +453,29 @@ class PvDevicePart:
             info[node] = self._frontend_number(node)
         return info
 
+    @property
+    def saveable(self) -> bool:
+        return self.backend.saveable
+
     def save_state(self) -> object:
-        raise NotSaveable(f"{self.name}: Xen PV disks and NICs cannot be saved yet (their "
-                          "frontends' XenStore nodes are not carried over)")
+        """The backend's own state (its ring's private indexes, persistent grants); the
+        frontend's nodes travel with the domain's XenStore subtree."""
+        if not self.backend.saveable:
+            raise NotSaveable(f"{self.name}: Xen PV {self.backend.kind} backends cannot be "
+                              "saved yet")
+        return self.backend.save_state()
 
     def restore_state(self, state: object) -> None:
-        raise NotSaveable(f"{self.name}: Xen PV backends cannot be restored yet")
+        if not self.backend.saveable:
+            raise NotSaveable(f"{self.name}: Xen PV {self.backend.kind} backends cannot be "
+                              "restored yet")
+        self.backend.restore_state(state)
+
+    def pause(self) -> None:
+        self.backend.pause()
+
+    def resume(self) -> None:
+        self.backend.resume()
 
     def _frontend_number(self, node: str) -> int:
         try:

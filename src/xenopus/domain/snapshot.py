@@ -11,8 +11,9 @@ the Xen state after the clock; then the toolstack's own records (the XenStore su
 which the restore hands back to the caller.
 
 A restore that fails raises; the caller then closes the half-restored guest, so no
-domain is left half-built. Xen PV disks and NICs cannot be saved yet: a guest with them
-is refused before anything is written.
+domain is left half-built. Xen PV disks and NICs save their back rings' state and
+reconnect to the same rings once the domain's XenStore subtree is back, and so do PV
+channels.
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ from xenopus.domain.inventory import (
     NotSaveable,
     Part,
     Pausable,
-    PvChannelPart,
     PvDevicePart,
 )
 from xenopus.kvm import KvmError
@@ -134,7 +134,8 @@ def save(inventory: Inventory, out: BinaryIO, config: object = None, *,
     `toolstack` is state the domain's toolstack keeps outside this process (the daemon's
     XenStore subtree), written as PART records of kind TOOLSTACK after the guest's."""
     started = time.monotonic()
-    refused = [p.name for p in inventory.parts if isinstance(p, (PvDevicePart, PvChannelPart))]
+    refused = [p.name for p in inventory.parts
+               if isinstance(p, PvDevicePart) and not p.saveable]
     if refused:  # before anything is written
         raise NotSaveable(f"Xen PV devices ({', '.join(refused)}) cannot be saved yet")
     stats = Stats()

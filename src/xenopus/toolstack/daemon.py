@@ -1412,7 +1412,8 @@ class Daemon:
     @staticmethod
     def _check_clonable(config: DomainConfig) -> None:
         """Clones of one image share its config: a writable disk would be written by
-        every clone, a fixed MAC would be on the bridge several times."""
+        every clone, a fixed MAC would be on the bridge several times, a channel's socket
+        path bound several times."""
         writable = [d.vdev for d in config.disks if not d.read_only]
         if writable:
             raise RequestError(f"cannot clone: disk {writable[0]} is writable, and every "
@@ -1423,6 +1424,11 @@ class Daemon:
             raise RequestError(f"cannot clone: vif {fixed[0]} has a fixed mac=, which "
                                "every clone would share (restore --clone CFG FILE with a "
                                "mac of its own, or none: then it comes from the name)")
+        sockets = [c.name for c in config.channels if c.connection == "socket"]
+        if sockets:
+            raise RequestError(f"cannot clone: channel {sockets[0]} listens on a socket "
+                               "path, which every clone would share (restore --clone CFG "
+                               "FILE with a path of its own, or connection=pty)")
 
     @daemon_step("clone")
     async def _clone(self, req: Request, client: Client) -> Reply:
