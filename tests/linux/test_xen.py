@@ -228,7 +228,7 @@ def run_xendev(netns: Xenopus, name: str, cfg: Path, image: Path,
     assert result is not None and result.group(1, 2) == ("PASS", "xendev"), tail
     detail = result.group(3)
     assert "typed=go console=" in detail, tail  # console input reached the guest
-    assert "3 packets transmitted, 3 packets received" in tail, tail
+    assert "ping: 3 of 3 echoes answered" in tail, tail
     assert f"received={XEN_STREAM_MIB << 20} sha256={sent_sum.strip()}" in detail, tail
     m = re.search(r"host\.txt=(\S+) guest\.bin\.sha256=([0-9a-f]{64})", detail)
     assert m and m.group(1) == HOST_TEXT, tail
