@@ -380,6 +380,17 @@ class CreateDWordField:
 
 
 @dataclass(frozen=True)
+class Call:
+    """A MethodInvocation (§20.2.5.4): the method's name, then its arguments."""
+
+    method: str
+    args: Sequence[Term] = ()
+
+    def encode(self) -> bytes:
+        return name_string(self.method) + b"".join(term(a) for a in self.args)
+
+
+@dataclass(frozen=True)
 class Return:
     value: Term
 
