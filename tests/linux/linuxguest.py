@@ -60,6 +60,24 @@ def kernel_file(release: str, image: str) -> Kernel:
     return kernel
 
 
+def with_check(kernel: Kernel, check: str, dest: Path) -> Kernel:
+    """`kernel` with its initramfs followed by a second archive holding this checkout's
+    checks/CHECK (the kernel unpacks concatenated cpio archives, later files replacing
+    earlier ones: Documentation/driver-api/early-userspace/buffer-format.rst), so a new
+    check runs before scripts/fetch-linux has rebuilt the initramfs with it."""
+    script = (GUEST_SOURCES / "checks" / f"{check}.sh").read_bytes()
+    archive = bytearray()
+    for ino, (name, mode, data) in enumerate(
+            [(f"checks/{check}", 0o100755, script), ("TRAILER!!!", 0, b"")], start=1):
+        raw = name.encode() + b"\0"
+        fields = (ino, mode, 0, 0, 1, 0, len(data), 0, 0, 0, 0, len(raw), 0)
+        archive += b"070701" + b"".join(b"%08X" % f for f in fields) + raw
+        archive += b"\0" * (-len(archive) % 4) + data + b"\0" * (-len(data) % 4)
+    base = kernel.initramfs.read_bytes()
+    dest.write_bytes(base + b"\0" * (-len(base) % 4) + bytes(archive))
+    return Kernel(kernel.image, dest)
+
+
 @dataclass
 class Boot:
     """What one guest boot showed: its console lines and how the CLI ended."""
