@@ -75,7 +75,7 @@ ACPI_REGS_BASE = 0xFEB00000
 ACPI_REGS_SIZE = 0x1000
 ACPI_POWER_SIZE = 0x100
 CPU_HOTPLUG_BASE = ACPI_REGS_BASE + ACPI_POWER_SIZE
-CPU_HOTPLUG_SIZE = 0x100
+CPU_HOTPLUG_SIZE = ACPI_REGS_SIZE - ACPI_POWER_SIZE  # bytes past the vCPUs read 0
 # The GED's interrupt (and the FADT SCI_INT): ISA IRQ 9, the conventional SCI line,
 # free of PIT 0, i8042 1/12, COM1 4 and RTC 8. Level-triggered, active-high.
 ACPI_GED_IRQ = 9
