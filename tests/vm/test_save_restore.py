@@ -404,7 +404,8 @@ def test_virtio_blk_io_running_during_a_live_migration_finishes_with_the_data_ve
     with open(disk, "wb") as f:
         f.truncate(8 << 20)
     cfg = xenopus.config("blkmover", "vblk.elf", disk=[f"{disk},raw,vda,rw"],
-                         cmdline=f"sector={start} count={count} loops={loops}",
+                         # ≥ 4 s of rounds, so a loaded host still moves it mid-I/O
+                         cmdline=f"sector={start} count={count} loops={loops} round_ms=10",
                          on_poweroff="preserve")
     assert xenopus.run("create", "-q", str(cfg)).returncode == 0
     console = xenopus.popen("console", "blkmover")
@@ -443,7 +444,7 @@ def _start_xenblk(x: Xenopus, name: str, disk: Path) -> subprocess.Popen:
         f.truncate(8 << 20)
     cfg = x.config(name, "xenblk.elf", disk=[f"{disk},raw,xvda,rw"], memory=64,
                    cmdline=f"vdev=51712 sector={XENBLK_START} count={XENBLK_COUNT} "
-                           f"loops={XENBLK_LOOPS} timeout_ms=60000",
+                           f"loops={XENBLK_LOOPS} round_ms=10 timeout_ms=60000",
                    on_poweroff="preserve")
     assert x.run("create", "-q", str(cfg)).returncode == 0
     console = x.popen("console", "-t", "serial", name)
