@@ -97,13 +97,14 @@ CPU_READY = re.compile(r"xenopus-xlcpu: ready online=(\S+) present=(\S+) possibl
 
 
 @pytest.mark.parametrize("release", ["6.1", "6.12"])
-def test_xl_vcpu_set_changes_nproc(xenopus: Xenopus, release: str) -> None:
+def test_xl_vcpu_set_changes_nproc(xenopus: Xenopus, release: str, tmp_path: Path) -> None:
     """`xl vcpu-set` takes a Xen-aware Linux guest's second vCPU away and gives it back
     through cpu/N/availability (drivers/xen/cpu_hotplug.c), so its online CPU count goes
     2 -> 1 -> 2; the third vCPU (maxvcpus) is possible from boot (the MADT lists it
     disabled and online-capable). The guest side is tests/linux/guest/checks/xlcpu.sh."""
     name = f"xlcpu-{release}".replace(".", "_")
-    cfg = xenopus.config(name, kernel_file(release, "pvh"), "xlcpu", vcpus=2, memory=256,
+    kernel = with_check(kernel_file(release, "pvh"), "xlcpu", tmp_path / "initramfs.cpio")
+    cfg = xenopus.config(name, kernel, "xlcpu", vcpus=2, memory=256,
                          xen_platform=1, cmdline=XEN_CONSOLE, extra="maxvcpus = 3\n")
     proc = subprocess.Popen(xenopus.command("create", "-c", str(cfg)), env=xenopus.env,
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
