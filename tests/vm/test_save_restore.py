@@ -526,6 +526,54 @@ def test_xen_blkfront_io_carries_on_across_save_and_restore(
     _check_xenblk(before, after, disk)
 
 
+def test_a_disk_attached_at_run_time_is_in_the_image_and_carries_on_after_restore(
+    xenopus: Xenopus, tmp_path: Path,
+) -> None:
+    """xl block-attach records the disk in the domain's config (libxl__device_disk_add),
+    so a save image's DOMAIN_CONFIG has it and the restored domain is built with it: the
+    blkfront that waited for it goes on with its rounds after the restore. A save whose
+    given config lacks the disk is refused then, naming it, and the domain runs on."""
+    disk = tmp_path / "hot.img"
+    with open(disk, "wb") as f:
+        f.truncate(8 << 20)
+    keys: dict[str, object] = dict(memory=64, on_poweroff="preserve")
+    cfg = xenopus.config("hotsaved", "xenblk.elf", **keys,
+                         cmdline=f"wait_attach=1 vdev=51728 sector={XENBLK_START} "
+                                 f"count={XENBLK_COUNT} loops={XENBLK_LOOPS} timeout_ms=60000")
+    assert xenopus.run("create", "-q", str(cfg)).returncode == 0
+    console = xenopus.popen("console", "-t", "serial", "hotsaved")
+    assert console.stdout is not None
+    before = read_until(console.stdout, b"xenblk: waiting for device/vbd/51728", timeout=120)
+    attached = xenopus.run("block-attach", "hotsaved", f"{disk},raw,xvdb,rw")
+    assert attached.returncode == 0, attached.stderr
+    before += read_until(console.stdout, b"xenblk: loop 20\r\n", timeout=120)
+    image = tmp_path / "hot.save"
+    without = xenopus.config("hotsaved-nodisk", "xenblk.elf", **keys)
+    refused = xenopus.run("save", "-c", "hotsaved", str(image), str(without))
+    assert refused.returncode != 0 and "disk xvdb is not in the configuration" in refused.stderr, \
+        refused.stderr
+    assert xenopus.domains()["hotsaved"][4] in ("r-----", "-b----")  # still running
+    saved = xenopus.run("save", "hotsaved", str(image))
+    assert saved.returncode == 0, saved.stderr
+    before += console.communicate(timeout=60)[0]
+    with image.open("rb") as f:
+        config, _ = read_domain_config(f)
+    assert isinstance(config, dict)
+    assert [(d["vdev"], d["target"]) for d in config["disks"]] == [("xvdb", str(disk))], config
+    restored = xenopus.run("restore", str(image))
+    assert restored.returncode == 0, restored.stderr
+    again = xenopus.popen("console", "-t", "serial", "hotsaved")
+    assert again.stdout is not None
+    try:
+        after = _read_result(again.stdout)
+        listing = xenopus.run("block-list", "hotsaved", check=True).stdout.splitlines()
+        assert [row.split()[0] for row in listing[1:]] == ["51728"], listing
+    finally:
+        assert xenopus.run("destroy", "hotsaved").returncode == 0
+        again.wait(60)
+    _check_xenblk(before, after, disk)
+
+
 # Answers the guest's datagram only when told to (a line on stdin): after the restore.
 LATE_RESPONDER = """
 import socket, sys

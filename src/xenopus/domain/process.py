@@ -34,7 +34,7 @@ from xenopus.domain.config import DomainConfig
 from xenopus.domain.console import Console
 from xenopus.domain.devspec import DiskSpec
 from xenopus.domain.interdomain_port import InterdomainPort
-from xenopus.domain.inventory import PvDevicePart
+from xenopus.domain.inventory import Inventory, PvDevicePart
 from xenopus.domain.jail import Jail, debug_flags, set_process_title
 from xenopus.domain.protocol import (
     EXIT_REBUILD,
@@ -643,7 +643,7 @@ class DomainProcess:
                                  " failed." if kind == DISK else "libxl_device_nic_del failed."))
         guest.inventory.remove(part)
         log.info("domain %d: detached %s", self.domid, part.name)
-        return Reply.success()
+        return Reply.success(vdev=part.name) if kind == DISK else Reply.success()
 
     # -- save and restore (docs/snapshot-stream.md) --------------------------------------
     async def _take_file(self, req: Request, mode: str) -> BinaryIO:
@@ -688,6 +688,12 @@ class DomainProcess:
             return Reply.failure(f"save: unknown 'then' {then!r}" if self._started
                                  else "domain has not run yet; unpause or destroy it")
         config = req.args.get("config") or self.config.to_dict()
+        missing = _unrecorded_devices(guest.inventory, config)
+        if missing:  # refused now, not when the image is restored
+            out.close()
+            return Reply.failure(f"{missing[0]} is not in the configuration the image would"
+                                 " carry, so a restored domain could not have it (save with a"
+                                 " config that has it, or detach it first)")
         was_running = self.state == "running"
         live = bool(req.args.get("live")) and was_running  # pre-copy while it runs
         try:
@@ -948,6 +954,26 @@ class DomainProcess:
         if self.interdomain is not None:
             self.interdomain.shutdown()
         return self.exit_code
+
+
+def _unrecorded_devices(inventory: Inventory, config: object) -> list[str]:
+    """The Xen PV disks and NICs of the running domain that `config` (a DomainConfig's
+    dict, the image's DOMAIN_CONFIG) does not have: the restored guest is built from that
+    config, so their saved state would have no part to go to. A disk is named by its vdev
+    (block-attach records it in the daemon's config), a NIC by its devid, the index of its
+    vif= entry."""
+    disks = config.get("disks") if isinstance(config, dict) else None
+    vifs = config.get("vifs") if isinstance(config, dict) else None
+    vdevs = {d.get("vdev") for d in disks or [] if isinstance(d, dict)}
+    missing = []
+    for part in inventory.parts:
+        if not isinstance(part, PvDevicePart):
+            continue
+        if part.kind == DISK and part.name not in vdevs:
+            missing.append(f"disk {part.name}")
+        elif part.kind == NIC and part.backend.devid >= len(vifs or []):
+            missing.append(f"vif {part.backend.devid}")
+    return missing
 
 
 def _device_names(part: PvDevicePart) -> set[str]:

@@ -1703,6 +1703,15 @@ class Daemon:
                                   timeout=HOTPLUG_TIMEOUT)
         if not reply.ok:
             raise RequestError(f"domain {rec.domid}: {reply.error}\nlibxl_device_disk_add failed.")
+        # libxl__device_disk_add: the disk goes into the domain's stored config too, so
+        # `list -l`, a save image's DOMAIN_CONFIG and a migration's receiver have it
+        # (the restored domain is built with it and its backend takes the saved ring).
+        # The path as the CLI resolved it: a receiver or a later restore has no cwd.
+        target = req.args.get("target")
+        if isinstance(target, str) and os.path.isabs(target):
+            disk = dataclasses.replace(disk, target=target)
+        rec.config = dataclasses.replace(rec.config, disks=[*rec.config.disks, disk])
+        self._save_table()
         self.hv_log(f"d{rec.domid}: disk {disk.vdev} attached ({disk.target})")
         return Reply(True, reply.data)
 
@@ -1715,6 +1724,11 @@ class Daemon:
                                   timeout=HOTPLUG_TIMEOUT)
         if not reply.ok:
             raise RequestError(str(reply.error))
+        gone = reply.data.get("vdev")  # libxl__device_disk_remove: out of the config too
+        if isinstance(gone, str):
+            rec.config = dataclasses.replace(
+                rec.config, disks=[d for d in rec.config.disks if d.vdev != gone])
+            self._save_table()
         self.hv_log(f"d{rec.domid}: disk {req.args.get('dev')} detached")
         return Reply(True, reply.data)
 
