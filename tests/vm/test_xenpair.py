@@ -523,3 +523,20 @@ def test_a_pair_carries_on_after_one_side_is_saved_and_restored(
         assert restored.returncode == 0, restored.stderr
 
     _rebind_round(xenopus, "psr", save_and_restore)
+
+
+@kvm
+def test_a_pair_carries_on_after_one_side_is_live_migrated_on_this_host(
+    xenopus: Xenopus,
+) -> None:
+    """xl migrate DOM localhost: the receiver restores NAME--incoming beside the source,
+    which becomes NAME--migratedaway before the receiver is told to go (xl_migrate.c); the
+    pair's peer then rebinds as after a restore."""
+    from tests.vm.test_save_restore import _migrate
+
+    def migrate(name: str) -> None:
+        moved = _migrate(xenopus, xenopus, name, "--debug")
+        assert moved.returncode == 0, moved.stderr
+        assert f"({name})" in moved.stderr, moved.stderr
+
+    _rebind_round(xenopus, "pmig", migrate)

@@ -31,7 +31,7 @@ from typing import Any, NamedTuple
 from uuid import uuid4
 
 from xenopus import ipc, stream
-from xenopus.control import Reply, Request
+from xenopus.control import INCOMING, Reply, Request
 from xenopus.devices.mac import format_mac
 from xenopus.domain import jail
 from xenopus.domain.channel import remove_sockets
@@ -1301,7 +1301,7 @@ class Daemon:
             raise RequestError(f"domain {rec.domid}: save failed: {reply.error}")
         if then == "stop":
             await self._destroy(rec)
-        return Reply(True, reply.data)
+        return Reply(True, {**reply.data, "name": rec.name})
 
     @daemon_step("restore")
     async def _restore(self, req: Request, client: Client) -> Reply:
@@ -1326,15 +1326,20 @@ class Daemon:
             finally:
                 os.close(image)
         else:
-            rec, data = await self._restore_from(fd, config, None, paused, clone=False)
+            rec, data = await self._restore_from(fd, config, None, paused, clone=False,
+                                                 incoming=bool(req.args.get("incoming")))
         return Reply.success(domid=rec.domid, name=rec.name, **data)
 
     async def _restore_from(self, fd: int, config: DomainConfig | None, name: str | None,
-                            paused: bool, *, clone: bool) -> tuple[DomainRecord, dict]:
+                            paused: bool, *, clone: bool, incoming: bool = False
+                            ) -> tuple[DomainRecord, dict]:
         """A new domain restored from the image open at `fd` (closed here, unless a
         clone's: a clone reads its own read-only open file of the image, so that many
         clones read one image at once and none can write it), built from `config` or
-        else the image's DOMAIN_CONFIG, renamed `name` if given."""
+        else the image's DOMAIN_CONFIG, renamed `name` if given. `incoming` (a
+        migration's receiver): named NAME--incoming until the sender says go, as xl's
+        create_domain names a domain it receives, so that a migration to this same host
+        does not collide with its source."""
         if clone:
             fd = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
         try:
@@ -1349,8 +1354,10 @@ class Daemon:
                     config = dataclasses.replace(config, uuid=None)
             elif name:
                 config = dataclasses.replace(config, name=name)
-            if name:
+            if name and clone:
                 self._check_clonable(config)
+            if incoming:
+                config = dataclasses.replace(config, name=f"{config.name}{INCOMING}")
             rec = await self._new_domain(config, paused=True)
         except (stream.StreamError, ConfigError) as e:
             os.close(fd)
