@@ -632,6 +632,51 @@ def test_xen_netfront_carries_on_across_save_and_restore(netns: Xenopus, tmp_pat
         responder.kill()
 
 
+def test_xen_netfront_carries_on_across_a_live_migration_on_this_host(
+    netns: Xenopus,  # noqa: F811 - the fixture
+) -> None:
+    """As above, live-migrated to this same host instead (xl migrate DOM localhost): the
+    receiver's netback opens a tap of its own (vifDOMID.0, the new domid) and takes the
+    rings' indexes, the guest still waiting with its receive buffers posted; the host's
+    address moves to the new tap and the answer arrives in a buffer posted before the
+    migration."""
+    cfg = netns.config("xnetmig", "xennet.elf", xen_platform=1, memory=64,
+                       vif=["model=xen"], on_poweroff="preserve",
+                       cmdline="src_ip=10.0.2.15 dst_ip=10.0.2.2 dst_port=5555 "
+                               "payload=ping-before-migrate expect_reply=pong-after-restore "
+                               "timeout_ms=120000")
+    assert netns.run("create", "-q", "-p", str(cfg)).returncode == 0
+    old = f"vif{netns.domains()['xnetmig'][1]}.0"
+    subprocess.run(["ip", "-n", NS, "addr", "add", "10.0.2.2/24", "dev", old], check=True)
+    responder = subprocess.Popen(["ip", "netns", "exec", NS, sys.executable, "-c", LATE_RESPONDER],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert responder.stdout is not None and responder.stdin is not None
+        assert responder.stdout.readline().strip() == "bound"
+        assert netns.run("unpause", "xnetmig").returncode == 0
+        assert responder.stdout.readline().startswith("got ping-before-migrate 10.0.2.15")
+        moved = _migrate(netns, netns, "xnetmig", "-p")
+        assert moved.returncode == 0, moved.stderr
+        new = f"vif{netns.domains()['xnetmig'][1]}.0"
+        assert new != old
+        subprocess.run(["ip", "-n", NS, "addr", "add", "10.0.2.2/24", "dev", new], check=True)
+        assert netns.run("unpause", "xnetmig").returncode == 0
+        responder.stdin.write("go\n")
+        responder.stdin.flush()
+        assert responder.stdout.readline().strip() == "sent"
+        console = netns.popen("console", "-t", "serial", "xnetmig")
+        assert console.stdout is not None
+        try:
+            out = _read_result(console.stdout).decode(errors="replace")
+        finally:
+            netns.run("destroy", "xnetmig")
+            console.wait(60)
+        assert "xennet reply from 10.0.2.2:5555: pong-after-restore" in out, out[-800:]
+        assert "RESULT: PASS xennet" in out, out[-800:]
+    finally:
+        responder.kill()
+
+
 @pytest.fixture
 def two_hosts(tmp_path: Path) -> Iterator[tuple[Xenopus, Xenopus, str]]:
     """Two hosts: a daemon each, in network namespaces of their own joined by a veth
