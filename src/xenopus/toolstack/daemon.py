@@ -34,7 +34,7 @@ from xenopus import ipc, stream
 from xenopus.control import INCOMING, Reply, Request
 from xenopus.devices.mac import format_mac
 from xenopus.domain import jail
-from xenopus.domain.channel import remove_sockets
+from xenopus.domain.channel import SocketId, remove_sockets, socket_ids
 from xenopus.domain.config import ConfigError, DomainConfig, load_config
 from xenopus.domain.devspec import parse_disk, parse_vif
 from xenopus.domain.jail import uid_range
@@ -147,6 +147,9 @@ class DomainRecord:
     cpu_layer: str = "default"
     # xl config-update: the config its next incarnation is built from (by the daemon)
     next_config: DomainConfig | None = None
+    # The sockets its channels listen on (`socket_ids`, once its process is ready): the
+    # ones its cleanup removes, not another's at the same path (a migration to this host).
+    channel_sockets: dict[str, SocketId] = field(default_factory=dict)
 
     def pulse(self) -> None:
         self.changed.set()
@@ -797,6 +800,7 @@ class Daemon:
             if rec.state == "dying":
                 raise RequestError(f"domain {rec.domid} was destroyed while it started")
             raise RequestError(event.error or self._death(rec) or "the domain failed to start")
+        rec.channel_sockets = socket_ids(rec.config.channels)
         rec.protocol = event.protocol
         rec.xen_path = event.xen_path
         rec.console = event.console
@@ -896,7 +900,7 @@ class Daemon:
         self.xenstore.remove_domain(rec.domid)
         self.interdomain.remove(rec.domid)
         shutil.rmtree(ipc.domain_dir(rec.domid, self.run_dir), ignore_errors=True)
-        remove_sockets(rec.config.channels)  # its jailed process could not
+        remove_sockets(rec.config.channels, rec.channel_sockets)  # its jailed process could not
         if self.domains.get(rec.domid) is rec:
             del self.domains[rec.domid]
             self._save_table()
