@@ -235,3 +235,9 @@ def test_runs_split_pages_as_walking_them_one_by_one_does() -> None:
         cases.append([f * PAGE_SIZE for f in frames])
     for pages in cases:
         assert list(image._runs(pages)) == _runs_page_by_page(pages), pages[:20]
+
+
+def test_frame_runs_are_the_runs_of_the_frames_addresses() -> None:
+    for frames in ([7], list(range(100, 1124)), [1, 2, 3, 10, 11, 40], [3, 1, 2], [4, 4, 5]):
+        want = [(gpa, n) for gpa, n in _runs_page_by_page([f * PAGE_SIZE for f in frames])]
+        assert list(image._frame_runs(frames)) == want, frames

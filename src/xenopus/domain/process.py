@@ -990,11 +990,12 @@ def _device_names(part: PvDevicePart) -> set[str]:
 def run_domain(
     spawn: Spawn, control_fd: int, xenstore_fd: int | None = None,
     interdomain_fd: int | None = None, *, fresh_layout: bool = False,
-    seccomp_fd: int | None = None,
+    seccomp_fd: int | None = None, kvm: Kvm | None = None,
 ) -> int:
     """Entry point of a new domain process: an exec'd spare (`fresh_layout`, an
     address-space layout of its own) or a fork of the zygote (the zygote's layout).
-    `seccomp_fd`: the zygote's compiled seccomp filter, which the jail loads."""
+    `seccomp_fd`: the zygote's compiled seccomp filter, which the jail loads; `kvm`: the
+    /dev/kvm a spare opened (and asked) while it waited."""
     born = time.monotonic()
     mark("domain: run_domain")
     domid, cfg = spawn.domid, spawn.config
@@ -1022,6 +1023,7 @@ def run_domain(
         interdomain=interdomain, jail=jail,
     )
     proc.channels, proc.channel_error = channels, channel_error
+    proc.kvm = kvm
     proc.born = born
     try:
         return asyncio.run(proc.run())

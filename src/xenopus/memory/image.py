@@ -67,33 +67,39 @@ def nonzero_pages(memory: GuestMemory, *, extra: bool = False) -> list[int]:
     return out
 
 
-def _runs(pages: list[int]) -> Iterator[tuple[int, int]]:
-    """(first address, page count) of each run of consecutive pages in `pages`.
+def _runs(pages: list[int], step: int = PAGE_SIZE) -> Iterator[tuple[int, int]]:
+    """(first, count) of each run of consecutive pages in `pages`: addresses (`step` the
+    page size) or frame numbers (`step` 1).
 
-    Pages in increasing order with no repeat (what every caller passes: `sorted` and
-    `set` check it at C speed) are split in halves until each part spans as many pages as
-    it holds, which for such pages means consecutive: a record of one run (a stretch of
-    RAM the guest wrote) costs a few comparisons, not one per page — a clone maps its
-    image record by record. Any other order is walked page by page."""
+    A list that is one run (a record of a stretch of RAM the guest wrote: the common
+    case) is recognised by comparing it with that run at C speed. Pages in increasing
+    order with no repeat (what every caller passes: `sorted` and `set` check it) are split
+    in halves until each part spans as many pages as it holds, which for such pages means
+    consecutive: a few comparisons per run, not a Python step per page. Any other order
+    is walked page by page."""
     n = len(pages)
     if not n:
         return
-    aligned = not functools.reduce(operator.or_, pages) % PAGE_SIZE
+    first = pages[0]
+    if pages[-1] - first == (n - 1) * step and pages == list(range(first, first + n * step, step)):
+        yield first, n
+        return
+    aligned = step == 1 or not functools.reduce(operator.or_, pages) % step
     if not (aligned and pages == sorted(pages) and len(set(pages)) == n):
         i = 0
         while i < n:
             j = i + 1
-            while j < n and pages[j] == pages[j - 1] + PAGE_SIZE:
+            while j < n and pages[j] == pages[j - 1] + step:
                 j += 1
             yield pages[i], j - i
             i = j
         return
-    start, count = pages[0], 0  # the run being gathered
+    start, count = first, 0  # the run being gathered
     todo = [(0, n)]
     while todo:
         i, j = todo.pop()
-        if pages[j - 1] - pages[i] == (j - 1 - i) * PAGE_SIZE:
-            if pages[i] == start + count * PAGE_SIZE:
+        if pages[j - 1] - pages[i] == (j - 1 - i) * step:
+            if pages[i] == start + count * step:
                 count += j - i
             else:
                 yield start, count
@@ -102,6 +108,12 @@ def _runs(pages: list[int]) -> Iterator[tuple[int, int]]:
             mid = (i + j) // 2
             todo += [(mid, j), (i, mid)]  # the left half first
     yield start, count
+
+
+def _frame_runs(frames: list[int]) -> Iterator[tuple[int, int]]:
+    """(guest-physical address, page count) of each run of consecutive frames."""
+    for frame, n in _runs(frames, 1):
+        yield frame << PAGE_SHIFT, n
 
 
 def save_pages(memory: GuestMemory, writer: StreamWriter) -> int:
@@ -158,7 +170,7 @@ def map_pages(memory: GuestMemory, record: Record, fd: int, *, verified: bool = 
         raise record.error(StreamRecordError,
                            "pages cannot be mapped: the file is not the stream from its "
                            "start, or ends before them")
-    for gpa, n in _runs([frame << PAGE_SHIFT for frame in frames]):
+    for gpa, n in _frame_runs(frames):
         try:
             view = memory.view(gpa, n * PAGE_SIZE)
         except GuestMemoryError as e:
@@ -186,7 +198,7 @@ def restore_pages(memory: GuestMemory, record: Record) -> int:
     """Read one PAGE_DATA record into guest RAM; returns how many pages. A frame outside
     the guest's RAM is refused by name (the record's index and offset)."""
     frames = record.page_frames()
-    for gpa, n in _runs([frame << PAGE_SHIFT for frame in frames]):
+    for gpa, n in _frame_runs(frames):
         try:
             view = memory.view(gpa, n * PAGE_SIZE)  # a run is one read into one view
         except GuestMemoryError as e:
