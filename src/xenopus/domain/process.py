@@ -688,12 +688,11 @@ class DomainProcess:
             return Reply.failure(f"save: unknown 'then' {then!r}" if self._started
                                  else "domain has not run yet; unpause or destroy it")
         config = req.args.get("config") or self.config.to_dict()
-        missing = _unrecorded_devices(guest.inventory, config)
-        if missing:  # refused now, not when the image is restored
+        problems = _unrecorded_devices(guest.inventory, config)
+        if problems:  # refused now, not when the image is restored
             out.close()
-            return Reply.failure(f"{missing[0]} is not in the configuration the image would"
-                                 " carry, so a restored domain could not have it (save with a"
-                                 " config that has it, or detach it first)")
+            return Reply.failure(f"{problems[0]}: the domain restored from it could not carry"
+                                 " on (save with a config that matches the domain's devices)")
         was_running = self.state == "running"
         live = bool(req.args.get("live")) and was_running  # pre-copy while it runs
         try:
@@ -957,23 +956,30 @@ class DomainProcess:
 
 
 def _unrecorded_devices(inventory: Inventory, config: object) -> list[str]:
-    """The Xen PV disks and NICs of the running domain that `config` (a DomainConfig's
-    dict, the image's DOMAIN_CONFIG) does not have: the restored guest is built from that
-    config, so their saved state would have no part to go to. A disk is named by its vdev
-    (block-attach records it in the daemon's config), a NIC by its devid, the index of its
-    vif= entry."""
+    """What does not match between the domain's Xen PV disks and NICs and `config` (a
+    DomainConfig's dict, the image's DOMAIN_CONFIG), each said in words: the restored guest
+    is built from that config, so a device it lacks would leave saved state with no part
+    to go to, and a disk it has that the domain does not (one detached, or gone with a
+    reboot's rebuild) would be built with no state in the image. A disk is named by its
+    vdev (block-attach records it in the daemon's config), a NIC by its devid, the index
+    of its vif= entry."""
     disks = config.get("disks") if isinstance(config, dict) else None
     vifs = config.get("vifs") if isinstance(config, dict) else None
     vdevs = {d.get("vdev") for d in disks or [] if isinstance(d, dict)}
-    missing = []
+    problems, have = [], set()
+    lacking = " is not in the configuration the image would carry"
     for part in inventory.parts:
+        if part.kind == DISK:
+            have.add(part.name)
         if not isinstance(part, PvDevicePart):
             continue
         if part.kind == DISK and part.name not in vdevs:
-            missing.append(f"disk {part.name}")
+            problems.append(f"disk {part.name}{lacking}")
         elif part.kind == NIC and part.backend.devid >= len(vifs or []):
-            missing.append(f"vif {part.backend.devid}")
-    return missing
+            problems.append(f"vif {part.backend.devid}{lacking}")
+    problems += [f"disk {vdev} is in the configuration the image would carry but not in the"
+                 " domain" for vdev in sorted(v for v in vdevs - have if isinstance(v, str))]
+    return problems
 
 
 def _device_names(part: PvDevicePart) -> set[str]:
