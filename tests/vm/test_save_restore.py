@@ -461,20 +461,20 @@ def _start_xenblk(x: Xenopus, name: str, disk: Path) -> subprocess.Popen:
     return console
 
 
-def _check_xenblk(before: bytes, after: bytes, disk: Path) -> None:
+def _check_xenblk(before: bytes, after: bytes, disk: Path, loops: int = XENBLK_LOOPS) -> None:
     """Every round once, in order, some before the move and the rest after; the guest
     read every round back; the image holds every round's pattern."""
     from tests.vm.test_devices import SECTOR, pattern
 
     text = (before + after).decode(errors="replace")
     done = [int(n) for n in re.findall(r"^xenblk: loop (\d+)\r$", text, re.M)]
-    assert done == list(range(1, XENBLK_LOOPS)), text[-800:]  # none lost, none repeated
+    assert done == list(range(1, loops)), text[-800:]  # none lost, none repeated
     early = [int(n) for n in re.findall(r"^xenblk: loop (\d+)\r$", before.decode(errors="replace"), re.M)]
-    assert early and max(early) < XENBLK_LOOPS - 1, "moved after the I/O had ended"
-    assert f"xenblk: loops: {XENBLK_LOOPS} rounds written and read back" in text, text[-800:]
+    assert early and max(early) < loops - 1, "moved after the I/O had ended"
+    assert f"xenblk: loops: {loops} rounds written and read back" in text, text[-800:]
     assert "RESULT: PASS xenblk" in text, text[-800:]
     data = disk.read_bytes()
-    for i in range(XENBLK_LOOPS):
+    for i in range(loops):
         lo = (XENBLK_START + i * XENBLK_COUNT) * SECTOR
         want = bytes(pattern(o, 0x5A + i) for o in range(lo, lo + XENBLK_COUNT * SECTOR))
         assert data[lo : lo + XENBLK_COUNT * SECTOR] == want, f"round {i}'s range"
@@ -526,6 +526,9 @@ def test_xen_blkfront_io_carries_on_across_save_and_restore(
     _check_xenblk(before, after, disk)
 
 
+HOT_LOOPS = 120  # fewer than XENBLK_LOOPS: the rounds after the restore fit its budget on a busy host
+
+
 def test_a_disk_attached_at_run_time_is_in_the_image_and_carries_on_after_restore(
     xenopus: Xenopus, tmp_path: Path,
 ) -> None:
@@ -539,7 +542,7 @@ def test_a_disk_attached_at_run_time_is_in_the_image_and_carries_on_after_restor
     keys: dict[str, object] = dict(memory=64, on_poweroff="preserve")
     cfg = xenopus.config("hotsaved", "xenblk.elf", **keys,
                          cmdline=f"wait_attach=1 vdev=51728 sector={XENBLK_START} "
-                                 f"count={XENBLK_COUNT} loops={XENBLK_LOOPS} timeout_ms=60000")
+                                 f"count={XENBLK_COUNT} loops={HOT_LOOPS} timeout_ms=60000")
     assert xenopus.run("create", "-q", str(cfg)).returncode == 0
     console = xenopus.popen("console", "-t", "serial", "hotsaved")
     assert console.stdout is not None
@@ -571,7 +574,7 @@ def test_a_disk_attached_at_run_time_is_in_the_image_and_carries_on_after_restor
     finally:
         assert xenopus.run("destroy", "hotsaved").returncode == 0
         again.wait(60)
-    _check_xenblk(before, after, disk)
+    _check_xenblk(before, after, disk, HOT_LOOPS)
 
 
 # Answers the guest's datagram only when told to (a line on stdin): after the restore.

@@ -1361,6 +1361,12 @@ class Daemon:
             if name and clone:
                 self._check_clonable(config)
             if incoming:
+                # Refused now, before the stream, if NAME is another domain's here: the
+                # rename after the go would fail. The source itself (a migration to this
+                # same host: the same UUID) gives its name up before the go.
+                if any(r.name == config.name and r.uuid != config.uuid
+                       for r in self.domains.values()):
+                    raise RequestError(f"domain '{config.name}' already exists", "domain-exists")
                 config = dataclasses.replace(config, name=f"{config.name}{INCOMING}")
             rec = await self._new_domain(config, paused=True)
         except (stream.StreamError, ConfigError) as e:

@@ -435,18 +435,20 @@ def migrate_receive(args: Namespace) -> int:
     if os.read(sys.stdin.fileno(), len(GO)) != GO:  # the sender gave up
         request("destroy", dom=str(done["domid"]))
         raise CliError("the sender did not confirm the migration; domain destroyed")
-    # NAME--incoming becomes NAME (xl_migrate.c migrate_receive), which the sender has
-    # given up by now (NAME--migratedaway)
-    name = str(done["name"]).removesuffix(INCOMING)
-    try:
-        request("rename", dom=str(done["domid"]), name=name)
-    except XenopusError:
-        request("destroy", dom=str(done["domid"]))  # the sender resumes its own
-        raise
     if not getattr(args, "paused", False):  # -p: it stays paused here (xl migrate -p)
         request("unpause", dom=str(done["domid"]))
     out.write(RUNNING)
     out.flush()
+    # NAME--incoming becomes NAME (xl_migrate.c migrate_receive), which the sender has
+    # given up by now (NAME--migratedaway). xl renames before it unpauses; here the guest
+    # runs first (one request less of downtime), so a rename that fails leaves it running
+    # under the temporary name rather than destroyed after it ran.
+    name = str(done["name"]).removesuffix(INCOMING)
+    try:
+        request("rename", dom=str(done["domid"]), name=name)
+    except XenopusError as e:
+        print(f"xenopus: domain {done['domid']} runs here as {done['name']}: {e}", file=sys.stderr)
+        return 1
     if args.debug:
         print(f"received domain {done['domid']} ({name}): {done['pages']} pages, "
               f"{done['octets']} octets in {done['seconds']:.3f} s{_phases(done)}",
