@@ -444,7 +444,7 @@ def _start_xenblk(x: Xenopus, name: str, disk: Path) -> subprocess.Popen:
         f.truncate(8 << 20)
     cfg = x.config(name, "xenblk.elf", disk=[f"{disk},raw,xvda,rw"], memory=64,
                    cmdline=f"vdev=51712 sector={XENBLK_START} count={XENBLK_COUNT} "
-                           f"loops={XENBLK_LOOPS} round_ms=10 timeout_ms=60000",
+                           f"loops={XENBLK_LOOPS} timeout_ms=60000",
                    on_poweroff="preserve")
     assert x.run("create", "-q", str(cfg)).returncode == 0
     console = x.popen("console", "-t", "serial", name)
