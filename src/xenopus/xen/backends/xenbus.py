@@ -33,6 +33,7 @@ from enum import IntEnum
 from typing import Protocol
 
 from xenopus.memory import shared
+from xenopus.memory.shared import full_barrier
 from xenopus.xen import abi
 from xenopus.xen.evtchn import EventChannels
 from xenopus.xen.grant import GrantMapper, GrantMapping
@@ -95,14 +96,6 @@ _REQ_PROD = abi.sring_header.req_prod.offset
 _REQ_EVENT = abi.sring_header.req_event.offset
 _RSP_PROD = abi.sring_header.rsp_prod.offset
 _RSP_EVENT = abi.sring_header.rsp_event.offset
-_fence = threading.Lock()
-
-
-def full_barrier() -> None:
-    """mb(): a lock round trip is a locked instruction, which orders our store to an
-    index before the following load of the guest's (x86 lets a load pass a store)."""
-    with _fence:
-        pass
 
 
 class BackRing:
