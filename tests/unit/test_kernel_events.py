@@ -45,13 +45,18 @@ class FakeVm:
         self.attrs: list[tuple] = []
         self.sent: list[tuple[int, int]] = []
         self.send_fails = False
+        self.eventfds: list[int] = []  # every deliver.eventfd given, in order
 
     def xen_hvm_config(self, msr: int, flags: int = 0) -> None:
         self.configs.append((msr, flags))
 
     def xen_set_attr(self, attr: u.kvm_xen_hvm_attr) -> None:
         a = attr.u
-        if attr.type == ATTR_EVTCHN:
+        if attr.type == ATTR_EVTCHN and not a.evtchn.flags and a.evtchn.deliver.eventfd.port == 0:
+            e = a.evtchn  # deliver.eventfd: port 0, then the fd KVM signals
+            self.eventfds.append(e.deliver.eventfd.fd)
+            self.attrs.append((ATTR_EVTCHN, e.send_port, e.flags, e.type, 0, -1))
+        elif attr.type == ATTR_EVTCHN:
             e = a.evtchn
             assert e.deliver.port.priority == PRIO_2LEVEL
             self.attrs.append((ATTR_EVTCHN, e.send_port, e.flags, e.type,
@@ -183,6 +188,7 @@ def test_host_raises_go_through_kvm_and_ours_take_over_where_it_cannot(mem) -> N
     r.vm.send_fails = True  # e.g. KVM lost the shared_info
     assert ev.notify(port)
     assert mem.read_u64(SI + PENDING) == 1 << port and upcalls == [1]
+    r.k.close()
 
 
 def test_events_before_shared_info_wait_and_go_through_kvm_once_it_is_known(mem) -> None:
@@ -194,6 +200,7 @@ def test_events_before_shared_info_wait_and_go_through_kvm_once_it_is_known(mem)
     assert ev.notify(port) and r.vm.sent == []
     ev.set_shared_info(SI)
     assert r.vm.sent == [(port, 0)]
+    r.k.close()
 
 
 def test_virq_timer_runs_in_kvm_on_its_vcpu_s_thread_and_takes_ours_over(mem) -> None:
@@ -299,3 +306,28 @@ def test_hypercall_page_on_the_kernel_path_uses_the_cpu_s_call_instruction() -> 
     # Xen's HVM stub: mov $nr, %eax; vmmcall; ret (then int3 padding)
     assert page[nr * 32:nr * 32 + 9] == bytes([0xB8, nr, 0, 0, 0, 0x0F, 0x01, 0xD9, 0xC3])
     assert page[nr * 32 + 9:nr * 32 + 32] == b"\xcc" * 23
+
+
+def test_backend_ports_are_eventfds_kvm_signals_and_go_with_the_channel(mem) -> None:
+    import os
+    import threading
+
+    r = Rig()
+    ev, _ = _channels(mem, r)
+    fds = r.vm.eventfds
+    kicked = threading.Event()
+    port = ev.bind_local(kicked.set)
+    try:
+        assert r.vm.evtchn() == [(ATTR_EVTCHN, port, 0, STAT_INTERDOMAIN, 0, -1)]
+        os.eventfd_write(fds[0], 1)  # what KVM does for the guest's EVTCHNOP_send
+        assert kicked.wait(10), "the backend was not called"
+        ev.disconnect_local(port)
+        assert r.vm.evtchn()[-1] == (ATTR_EVTCHN, port, DEASSIGN, 0, 0, 0)
+        with pytest.raises(OSError):
+            os.fstat(fds[0])  # closed with the route
+        assert ev.connect_local(port, kicked.set) == 0  # a reconnecting backend: a new fd
+        assert len(fds) == 2 and r.k.routes() == {port: kicked.set}
+    finally:
+        r.k.close()
+    with pytest.raises(OSError):
+        os.fstat(fds[1])

@@ -168,6 +168,8 @@ class XenDomain:
     def close(self) -> None:
         for closer in self._closers:
             closer()
+        if self.kernel is not None:
+            self.kernel.close()
         self.grants.unmap_all()  # the granters' entries lose our in-use flags
         self.timers.close()
         for route in self._msi.values():
