@@ -32,8 +32,6 @@ PENDING = 2048
 PRIO_2LEVEL = 0xFFFFFFFF
 ATTR_LONG_MODE, ATTR_SHARED_INFO, ATTR_UPCALL_VECTOR, ATTR_EVTCHN, ATTR_XEN_VERSION = range(5)
 VCPU_INFO, VCPU_TIME_INFO, VCPU_TIMER, VCPU_UPCALL_VECTOR = 0, 1, 7, 8
-VCPU_RUNSTATE_ADDR, VCPU_RUNSTATE_DATA = 2, 4
-RUNSTATE = 1 << 3  # KVM_XEN_HVM_CONFIG_RUNSTATE
 DEASSIGN, RESET = 1, 4
 STAT_INTERDOMAIN, STAT_IPI = 2, 5
 INTERCEPT_HCALL, EVTCHN_SEND = 2, 0x20
@@ -85,7 +83,6 @@ class FakeVcpuFd:
         self.thread = thread  # the vCPU whose thread runs now (None: another thread)
         self.attrs: list[tuple[int, int, int]] = []
         self.timer = (0, 0)  # port, expires_ns
-        self.runstate = (0, 0, 0, 0, 0, 0)  # KVM's accounting (RUNSTATE_DATA's fields)
 
     def xen_set_attr(self, attr: u.kvm_xen_vcpu_attr) -> None:
         assert self.thread[0] == self.index, "a vCPU ioctl off the vCPU's thread"
@@ -93,24 +90,12 @@ class FakeVcpuFd:
             self.timer = (attr.u.timer.port, attr.u.timer.expires_ns)
             assert attr.u.timer.priority == PRIO_2LEVEL
             self.attrs.append((VCPU_TIMER, attr.u.timer.port, attr.u.timer.expires_ns))
-        elif attr.type == VCPU_RUNSTATE_DATA:
-            rs = attr.u.runstate  # KVM refuses an entry time unlike the sum of the times
-            assert rs.state_entry_time == (rs.time_running + rs.time_runnable
-                                           + rs.time_blocked + rs.time_offline)
-            self.runstate = (rs.state, rs.state_entry_time, rs.time_running, rs.time_runnable,
-                             rs.time_blocked, rs.time_offline)
-            self.attrs.append((VCPU_RUNSTATE_DATA, rs.state, rs.state_entry_time))
         elif attr.type == VCPU_UPCALL_VECTOR:
             self.attrs.append((VCPU_UPCALL_VECTOR, attr.u.vector, 0))
         else:
             self.attrs.append((attr.type, attr.u.gpa, 0))
 
     def xen_get_attr(self, attr: u.kvm_xen_vcpu_attr) -> u.kvm_xen_vcpu_attr:
-        if attr.type == VCPU_RUNSTATE_DATA:
-            rs = attr.u.runstate
-            (rs.state, rs.state_entry_time, rs.time_running, rs.time_runnable,
-             rs.time_blocked, rs.time_offline) = self.runstate
-            return attr
         assert attr.type == VCPU_TIMER
         attr.u.timer.port, attr.u.timer.expires_ns = self.timer
         return attr
@@ -346,30 +331,3 @@ def test_backend_ports_are_eventfds_kvm_signals_and_go_with_the_channel(mem) -> 
         r.k.close()
     with pytest.raises(OSError):
         os.fstat(fds[1])
-
-
-def test_runstate_areas_go_to_kvm_only_where_it_keeps_them(mem) -> None:
-    r = Rig()
-    r.k.start(0x4000B)  # a KVM without KVM_XEN_HVM_CONFIG_RUNSTATE
-    assert not r.k.set_runstate(0, 0x3000)
-    r.k.start(0x4000B, flags=0x1FF)
-    assert r.k.set_runstate(1, 0x3000)
-    assert r.fds[1].attrs == []  # on vCPU 1's thread
-    r.run_vcpu(1)
-    # only the place: the times are KVM's own (kvmclock ns, which is Xen system time)
-    assert r.fds[1].attrs == [(VCPU_RUNSTATE_ADDR, 0x3000, 0)]
-    r.fds[1].runstate = (1, 900, 500, 300, 0, 100)  # KVM's accounting since
-    assert r.k.runstates() == {1: (1, 900, 500, 300, 0, 100)}  # what a save keeps
-    assert r.k.set_runstate(1, None)
-    r.run_vcpu(1)
-    assert r.fds[1].attrs[-1] == (VCPU_RUNSTATE_ADDR, u.KVM_XEN_INVALID_GPA, 0)
-    assert r.k.runstates() == {}
-
-
-def test_a_restored_runstate_area_continues_kvm_s_accounting(mem) -> None:
-    r = Rig()
-    r.k.start(0x4000B, flags=0x1FF)
-    assert r.k.set_runstate(0, 0x3000, (1, 900, 500, 300, 0, 100))
-    r.run_vcpu(0)
-    # first where the saved accounting stood (entry time = the sum: KVM checks), then the place
-    assert r.fds[0].attrs == [(VCPU_RUNSTATE_DATA, 1, 900), (VCPU_RUNSTATE_ADDR, 0x3000, 0)]

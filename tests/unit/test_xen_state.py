@@ -141,7 +141,6 @@ class _FakeDomain:
         self.machine = _FakeMachine()
         self.now = now
         self.shutdowns: list[int] = []
-        self.kernel = None  # the trap path: no in-kernel Xen events
 
     def started(self, vcpu: int) -> bool:
         return False  # no INIT/SIPI here: only VCPUOP_up starts a vCPU
@@ -177,39 +176,6 @@ def test_vcpus_up_and_down_and_runstate_areas_come_back(mem: GuestMemory) -> Non
     assert target.up(1, caller=0) == 0 and domain.machine.calls[-1] == ("up", 1, None)
     with pytest.raises(ValueError, match="lacks"):
         VcpuOps(_FakeDomain(mem)).restore_state({**state, "down": [7]})  # type: ignore[arg-type]
-
-
-class _FakeKernel:
-    """KernelEvents' runstate side: KVM's accounting per vCPU, and what was handed to it."""
-
-    def __init__(self, kept: dict[int, tuple[int, ...]] | None = None) -> None:
-        self.kept = kept or {}
-        self.set: list[tuple[int, int | None, tuple[int, ...] | None]] = []
-
-    def runstates(self) -> dict[int, tuple[int, ...]]:
-        return dict(self.kept)
-
-    def set_runstate(self, vcpu: int, gpa: int | None, data: tuple[int, ...] | None = None) -> bool:
-        self.set.append((vcpu, gpa, data))
-        return True
-
-
-def test_runstate_areas_kvm_keeps_come_back_with_kvm_s_accounting(mem: GuestMemory) -> None:
-    from xenopus.xen.hypercalls.vcpu import VcpuOps
-
-    domain = _FakeDomain(mem)
-    domain.kernel = _FakeKernel({0: (0, 900, 500, 300, 0, 100)})  # type: ignore[assignment]
-    source = VcpuOps(domain)  # type: ignore[arg-type]
-    source.runstate = {0: 0x8000, 1: 0x8040}  # vCPU 1's area registered before KVM kept any
-    state = stream.decode_state(stream.encode_state(source.save_state()))
-
-    domain = _FakeDomain(mem)
-    kernel = domain.kernel = _FakeKernel()  # type: ignore[assignment]
-    VcpuOps(domain).restore_state(state)  # type: ignore[arg-type]
-    assert kernel.set == [(0, 0x8000, (0, 900, 500, 300, 0, 100)), (1, 0x8040, None)]
-    bad = {**state, "runstate_kvm": [[0, [0, 900, 500]]]}
-    with pytest.raises(ValueError, match="runstate_kvm"):
-        VcpuOps(_FakeDomain(mem)).restore_state(bad)  # type: ignore[arg-type]
 
 
 def test_an_armed_watchdog_has_as_long_left_after_restore(mem: GuestMemory) -> None:

@@ -340,7 +340,7 @@ class XenGuest:
                 kernel = KernelEvents(machine.vm, [v.fd for v in machine.vcpus],
                                       machine.on_vcpu_thread)
                 major, minor = XEN_VERSION
-                kernel.start(major << 16 | minor, flags=flags)
+                kernel.start(major << 16 | minor)
             else:
                 cfg = kernel_config(flags)
                 machine.vm.xen_hvm_config(cfg.msr, cfg.flags)

@@ -24,11 +24,7 @@ KVM_XEN_HVM_EVTCHN_SEND; what KVM then serves is arch/x86/kvm/xen.c's kvm_xen_hy
   and calls the backend, so the sending vCPU never leaves the kernel);
 * each vCPU's one-shot timer (set_timer_op, VCPUOP_set/stop_singleshot_timer) raising its
   VIRQ_TIMER port (KVM_XEN_VCPU_ATTR_TYPE_TIMER), read back for a save;
-* SCHEDOP_poll (blocking in KVM until a polled port is raised) and SCHEDOP_yield;
-* each vCPU's runstate area (KVM_XEN_VCPU_ATTR_TYPE_RUNSTATE_ADDR, where KVM has
-  KVM_XEN_HVM_CONFIG_RUNSTATE): KVM keeps it as it schedules the vCPU in and out, so the
-  guest's steal time is real. The times are KVM's own accounting in kvmclock ns, which is
-  our Xen system time; a save reads it back (_RUNSTATE_DATA) and a restore sets it.
+* SCHEDOP_poll (blocking in KVM until a polled port is raised) and SCHEDOP_yield.
 
 Events the host raises (backends, VIRQs of ours) go through KVM_XEN_HVM_EVTCHN_SEND, so
 KVM alone writes the bits and wakes a vCPU that polls. KVM delivers 2-level events only:
@@ -60,9 +56,6 @@ _PRIO = u.KVM_IRQ_ROUTING_XEN_EVTCHN_PRIO_2LEVEL
 # A route KVM serves for a send port: (EVTCHNSTAT_ipi or _interdomain, port raised, vCPU),
 # or a host backend's callback, called as KVM signals the port's eventfd.
 Route = tuple[int, int, int] | Callable[[], None]
-# KVM's runstate accounting of a vCPU (KVM_XEN_VCPU_ATTR_TYPE_RUNSTATE_DATA): state, state
-# entry time, then the time running, runnable, blocked and offline (kvmclock ns).
-RunstateData = tuple[int, int, int, int, int, int]
 
 
 def offered(flags: int) -> bool:
@@ -98,10 +91,8 @@ class KernelEvents:
         self.on_vcpu_thread = on_vcpu_thread
         self.msr = msr
         self.active = False
-        self.runstate = False  # KVM keeps runstate areas (start's flags)
         self._routes: dict[int, Route] = {}  # send port -> what KVM raises for it
         self._timer_ports: dict[int, int] = {}  # vCPU -> its VIRQ_TIMER port in KVM
-        self._runstate_vcpus: set[int] = set()  # vCPUs whose runstate area KVM keeps
         self._eventfds: dict[int, int] = {}  # send port -> the eventfd KVM signals
         self._watcher: EventfdWatcher | None = None
         self._lock = threading.RLock()
@@ -111,11 +102,9 @@ class KernelEvents:
         self.give_oneshot: Callable[[int, int], None] = lambda vcpu, ns: None
 
     # --- the domain's settings ---------------------------------------------------------
-    def start(self, xen_version: int, long_mode: bool = True, flags: int = 0) -> None:
+    def start(self, xen_version: int, long_mode: bool = True) -> None:
         """KVM_XEN_HVM_CONFIG with EVTCHN_SEND (KVM now serves the calls above), the
-        version KVM answers XENVER_version with, the shared_info layout. `flags`: what
-        KVM_CAP_XEN_HVM reported (the optional parts: RUNSTATE)."""
-        self.runstate = bool(flags & u.KVM_XEN_HVM_CONFIG_RUNSTATE)
+        version KVM answers XENVER_version with, the shared_info layout."""
         self.vm.xen_hvm_config(self.msr, u.KVM_XEN_HVM_CONFIG_INTERCEPT_HCALL
                                | u.KVM_XEN_HVM_CONFIG_EVTCHN_SEND)
         self._set(u.KVM_XEN_ATTR_TYPE_XEN_VERSION, "xen_version", xen_version)
@@ -172,48 +161,6 @@ class KernelEvents:
         """VCPUOP_register_vcpu_time_memory_area: KVM keeps that copy too."""
         self._vcpu_gpa(vcpu, u.KVM_XEN_VCPU_ATTR_TYPE_VCPU_TIME_INFO,
                        u.KVM_XEN_INVALID_GPA if gpa is None else gpa)
-
-    def set_runstate(self, vcpu: int, gpa: int | None, data: RunstateData | None = None) -> bool:
-        """VCPUOP_register_runstate_memory_area at `gpa` (None: none): KVM writes it now
-        and keeps it. Its times are KVM's own accounting of the vCPU thread in kvmclock
-        ns, which is Xen system time here (offline until the vCPU first ran, then running
-        or runnable while the host preempts it); `data` (a restore) is where that
-        accounting stood at the save. False where KVM does not keep runstate areas
-        (ours stays as written)."""
-        if not self.runstate:  # (KVM keeps the areas with or without EVTCHN_SEND)
-            return False
-        addr = u.kvm_xen_vcpu_attr(type=u.KVM_XEN_VCPU_ATTR_TYPE_RUNSTATE_ADDR)
-        addr.u.gpa = u.KVM_XEN_INVALID_GPA if gpa is None else gpa
-        with self._lock:
-            if gpa is None:
-                self._runstate_vcpus.discard(vcpu)
-            else:
-                self._runstate_vcpus.add(vcpu)
-
-        def apply() -> None:
-            if data is not None:  # entry time = the sum of the times, as KVM checks
-                attr = u.kvm_xen_vcpu_attr(type=u.KVM_XEN_VCPU_ATTR_TYPE_RUNSTATE_DATA)
-                rs = attr.u.runstate
-                (rs.state, rs.state_entry_time, rs.time_running, rs.time_runnable,
-                 rs.time_blocked, rs.time_offline) = data
-                self._vcpu_set(vcpu, attr)
-            self._vcpu_set(vcpu, addr)
-
-        self.on_vcpu_thread(vcpu, apply)
-        return True
-
-    def runstates(self) -> dict[int, RunstateData]:
-        """KVM's runstate accounting of each vCPU whose area it keeps (for a save; call
-        with the vCPUs out of KVM_RUN, as `oneshots`)."""
-        with self._lock:
-            vcpus = sorted(self._runstate_vcpus)
-        out: dict[int, RunstateData] = {}
-        for vcpu in vcpus:
-            rs = self.vcpus[vcpu].xen_get_attr(
-                u.kvm_xen_vcpu_attr(type=u.KVM_XEN_VCPU_ATTR_TYPE_RUNSTATE_DATA)).u.runstate
-            out[vcpu] = (rs.state, rs.state_entry_time, rs.time_running, rs.time_runnable,
-                         rs.time_blocked, rs.time_offline)
-        return out
 
     def set_upcall_vector(self, vcpu: int, vector: int) -> None:
         """HVMOP_set_evtchn_upcall_vector: KVM sets it in the vCPU's LAPIC at each event."""
@@ -448,4 +395,4 @@ class EventfdWatcher:
                     log.exception("backend callback of a Xen event channel failed")
 
 
-__all__ = ["REQUIRED", "EventfdWatcher", "KernelEvents", "Route", "RunstateData", "offered"]
+__all__ = ["REQUIRED", "EventfdWatcher", "KernelEvents", "Route", "offered"]

@@ -13,7 +13,6 @@ from xenopus.vm.cpu import CpuState, Segment
 from xenopus.xen import abi
 from xenopus.xen.compat import convert
 from xenopus.xen.hypercall import Call, HypercallTable
-from xenopus.xen.kernel_events import RunstateData
 
 if TYPE_CHECKING:
     from xenopus.xen.domain import XenDomain
@@ -58,8 +57,6 @@ class VcpuOps:
             if area.addr == 0:
                 with self._lock:
                     self.runstate.pop(target, None)
-                if d.kernel is not None:
-                    d.kernel.set_runstate(target, None)
                 return 0
             gpa = a.gpa(area.addr, write=True)
             # The area's layout follows the latched shared_info format (Xen's
@@ -72,8 +69,6 @@ class VcpuOps:
             with self._lock:
                 self.runstate[target] = gpa
             self.memory.write(gpa, bytes(info))
-            if d.kernel is not None:  # KVM rewrites it with its own times and keeps it
-                d.kernel.set_runstate(target, gpa)
             return 0
         if cmd == abi.VCPUOP_get_runstate_info:
             a.write(arg, self._runstate())
@@ -163,11 +158,9 @@ class VcpuOps:
     def save_state(self) -> dict[str, Any]:
         """Which vCPUs VCPUOP_up started and VCPUOP_down parked, the contexts of those
         initialised and not yet up, and the runstate areas' placement (their contents are
-        guest RAM) with, where KVM keeps them, KVM's accounting behind them."""
-        kept = self.domain.kernel.runstates() if self.domain.kernel is not None else {}
+        guest RAM)."""
         with self._lock:
             return {"runstate": sorted(self.runstate.items()),
-                    "runstate_kvm": [[v, list(data)] for v, data in sorted(kept.items())],
                     "brought_up": sorted(self.brought_up), "down": sorted(self.down_vcpus),
                     "contexts": [[v, _context_dict(c)] for v, c in sorted(self.contexts.items())]}
 
@@ -176,11 +169,6 @@ class VcpuOps:
         vcpus = range(self.domain.nr_vcpus)
         down = [int(v) for v in state["down"]]
         runstate = {int(v): int(gpa) for v, gpa in state["runstate"]}
-        kept: dict[int, RunstateData] = {}  # KVM's accounting at the save (newer streams)
-        for v, data in state.get("runstate_kvm", []):
-            if len(data) != 6 or int(v) not in runstate:
-                raise ValueError(f"vcpu_op runstate_kvm of vCPU {v}: {data!r}")
-            kept[int(v)] = tuple(int(x) for x in data)  # type: ignore[assignment]
         if not set(down) | set(runstate) | set(state["brought_up"]) <= set(vcpus):
             raise ValueError(f"vcpu_op state names vCPUs this domain (of {len(vcpus)}) lacks")
         with self._lock:
@@ -188,10 +176,6 @@ class VcpuOps:
             self.brought_up = {int(v) for v in state["brought_up"]}
             self.down_vcpus = set(down)
             self.contexts = {int(v): _context_state(c) for v, c in state["contexts"]}
-        kernel = self.domain.kernel
-        if kernel is not None:  # KVM of this incarnation keeps them, from where KVM stood
-            for v, gpa in runstate.items():
-                kernel.set_runstate(v, gpa, kept.get(v))
         for v in down:
             self.domain.machine.vcpu_down(v)
 
