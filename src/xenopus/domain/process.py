@@ -237,7 +237,7 @@ class DomainProcess:
 
     def _teardown(self) -> None:
         if self.guest is not None:
-            if self.guest.xen is not None and os.environ.get(ENV):  # debug: the sampler's
+            if os.environ.get(ENV) and self.guest.xen is not None:  # debug: the sampler's
                 log.info("%s: hypercalls that reached us, by number: %s", ENV,
                          sorted(self.guest.xen.table.counts.items()))
             self.guest.close()
