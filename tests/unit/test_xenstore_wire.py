@@ -239,6 +239,26 @@ def test_ring_takes_what_the_guest_writes_while_it_copies(monkeypatch):
     assert field(buf, "req_cons") == field(buf, "req_prod")
 
 
+def test_a_guest_that_never_stops_writing_gets_its_rounds_then_waits(monkeypatch):
+    """The loop above ends for a guest that writes as fast as we read: `rounds` passes,
+    then `more` tells the caller to come back after its other work."""
+    buf, page = ring_page()
+    ring = RingTransport(page)
+    msg = wire.pack(wire.XS_READ, 1, 0, b"/a\0")
+    guest_send(buf, msg)
+    copy = shared.ring_read
+
+    def guest_writes_again(*args):
+        data = copy(*args)
+        guest_send(buf, msg)  # another request each time we copy
+        return data
+
+    monkeypatch.setattr(shared, "ring_read", guest_writes_again)
+    assert ring.read_messages(rounds=4) == [msg] * 4 and ring.more
+    monkeypatch.setattr(shared, "ring_read", copy)  # the guest stops
+    assert ring.read_messages() == [msg] and not ring.more
+
+
 def test_ring_refills_what_the_guest_frees_while_it_copies(monkeypatch):
     """Linux's xb_read notifies only when the ring was full as it began reading: space
     it frees while we copy brings no event, so flush must look again after rsp_prod."""

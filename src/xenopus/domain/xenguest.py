@@ -192,6 +192,8 @@ class StoreProxy:
         if ring.broken:
             return
         messages = ring.read_messages()
+        if ring.more:  # a guest that keeps writing: the loop's other work first
+            self.loop.call_soon(self._pump)
         for message in messages:
             self._track(message)
             if self._writer is not None:

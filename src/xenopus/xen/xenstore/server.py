@@ -473,6 +473,9 @@ _SIZE = wire.XENSTORE_RING_SIZE
 _MASK = 0xFFFFFFFF
 
 
+READ_ROUNDS = 16  # passes over the request ring per read_messages (16 KiB at most)
+
+
 class RingTransport:
     """Moves xsd_sockmsg bytes between a guest's xenstore_domain_interface page and us.
 
@@ -491,6 +494,7 @@ class RingTransport:
             raise ValueError("page smaller than xenstore_domain_interface")
         self.page = page
         self.broken = False
+        self.more = False  # read_messages left bytes in the ring (its rounds were used up)
         self.max_pending = max_pending
         self.on_broken = on_broken
         self._in = bytearray()
@@ -536,16 +540,19 @@ class RingTransport:
         # Indexes before the state: the guest reads nothing else until it sees 0.
         self._set(_IFACE.connection.offset, wire.XENSTORE_CONNECTED)
 
-    def read_messages(self) -> list[bytes]:
-        """Consume the request ring; return the complete messages (header + payload)."""
+    def read_messages(self, rounds: int = READ_ROUNDS) -> list[bytes]:
+        """Consume the request ring; return the complete messages (header + payload).
+        `more` says the ring still had bytes after `rounds` passes: call again soon."""
+        self.more = False
         if self.broken:
             return []
         try:
             # Until the ring is empty after req_cons is published: Linux's xb_write
             # (xenbus_comms.c) notifies only when `prod <= req_cons` after it wrote, so
             # bytes it adds while we copy, before it sees our req_cons, come with no
-            # event. xenstored likewise looks at every ring again on each pass.
-            while True:
+            # event. xenstored likewise looks at every ring again on each pass. A guest
+            # that never stops writing gets `rounds` passes, then its turn again later.
+            for _ in range(rounds):
                 cons = self._get(_IFACE.req_cons.offset)
                 prod = self._get(_IFACE.req_prod.offset)
                 avail = (prod - cons) & _MASK
@@ -557,6 +564,8 @@ class RingTransport:
                 self._in += shared.ring_read(self.page, _REQ, _SIZE, cons, avail)
                 self._set(_IFACE.req_cons.offset, cons + avail)
                 shared.full_barrier()  # req_cons is out before req_prod is read again
+            else:
+                self.more = True
             out = []
             while len(self._in) >= wire.HEADER_SIZE:
                 hdr = wire.unpack_header(self._in)
