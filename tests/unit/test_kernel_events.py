@@ -285,6 +285,33 @@ def test_domain_hands_kvm_its_placements_and_upcalls(mem) -> None:
         d.close()
 
 
+def test_linux_s_gsi_1_beside_vcpu_0_s_own_vector_keeps_kvm_s_path(mem) -> None:
+    """Linux (enlighten_hvm.c xen_set_upcall_vector) gives vCPU 0 its own upcall vector,
+    then sets HVM_PARAM_CALLBACK_IRQ to GSI 1 "to trick the toolstack": Xen raises a
+    vCPU's own vector before the via (hvm_assert_evtchn_irq), so KVM keeps the events."""
+    r = Rig()
+    d = _domain(mem, r)
+    try:
+        d.map_shared_info(SI)
+        d.set_upcall_vector(0, 0xF3)
+        d.set_param(abi.HVM_PARAM_CALLBACK_IRQ, 1)
+        assert r.k.active and r.vm.attrs[-1] == (ATTR_UPCALL_VECTOR, 0)
+        port = d.evtchn.bind_local(lambda: None)
+        sent = len(r.vm.sent)
+        d.evtchn.notify(port)
+        assert r.vm.sent[sent:] == [(port, 0)]  # raised through KVM
+        state = d.save_state()
+    finally:
+        d.close()
+    r2 = Rig()
+    d2 = _domain(mem, r2)
+    try:
+        d2.restore_state(state)  # the via comes back after vCPU 0's vector: still KVM's
+        assert r2.k.active
+    finally:
+        d2.close()
+
+
 def test_save_keeps_the_timers_kvm_runs(mem) -> None:
     r = Rig()
     d = _domain(mem, r)
