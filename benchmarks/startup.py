@@ -1,6 +1,6 @@
 """Start-up benchmark: the same minimal PVH guest under xenopus and under QEMU's microvm.
 
-    python benchmarks/startup.py [--runs N] [--before TREE]
+    python benchmarks/startup.py [--runs N] [--before TREE] [--cold N]
 
 Wall time is from starting the command to its exit after the guest has shut down (it
 prints `RESULT: PASS minimal` and resets through the i8042; QEMU's -no-reboot and
@@ -25,6 +25,9 @@ and creations per second in a loop of `xenopus create` + `xenopus destroy` of su
 
 `--before TREE` measures another checkout (its `src`, run by this interpreter) in the
 same run, interleaved, for a before/after comparison on a shared, noisy machine.
+
+`--cold N` adds N more cold starts of each (a fresh run directory: the daemon, its zygote
+and first spare start, then the first domain), interleaved with TREE's.
 """
 
 from __future__ import annotations
@@ -307,16 +310,24 @@ def main() -> int:
     p.add_argument("--runs", type=int, default=20, help="measured runs of each (default 20, at least 10)")
     p.add_argument("--before", type=Path, help="another checkout to measure in the same run")
     p.add_argument("--rounds", type=int, default=3, help="rounds of the per-domain measurements")
+    p.add_argument("--cold", type=int, default=0, help="more cold starts of each (fresh run dir)")
     args = p.parse_args()
     if args.runs < 10:
         p.error("--runs must be at least 10")
     prepare()
     build_guest(IDLE_GUEST)
+    # Bytecode for both trees, as `make compile` writes it: where PYTHONDONTWRITEBYTECODE
+    # is set, a tree without it recompiles every module in every process it starts.
+    for tree in (ROOT, args.before):
+        if tree is not None:
+            subprocess.run([sys.executable, "-m", "compileall", "-q", str(tree / "src")],
+                           check=True, stdout=subprocess.DEVNULL)
     base = Path(tempfile.mkdtemp(prefix="xenopus-bench-"))
     xen = Xenopus(base / "run")
     old = Xenopus(base / "before", args.before) if args.before else None
     pss: dict[str, list[float]] = {"after": [], "before": []}
     rates: dict[str, list[float]] = {"after": [], "before": []}
+    colds: dict[str, list[float]] = {"after": [], "before": []}
     try:
         print(f"xenopus run dir {base}; {args.runs} runs each", flush=True)
         cold = xen.run()
@@ -341,11 +352,23 @@ def main() -> int:
                     pss[key] += x.idle_pss()
                     rates[key].append(x.creations_per_second())
         resident = xen.resident()
+        for i in range(args.cold):
+            for key, tree in (("after", None), ("before", args.before)):
+                if key == "before" and tree is None:
+                    continue
+                fresh = Xenopus(base / f"cold-{key}-{i}", tree)
+                try:
+                    colds[key].append(fresh.run().wall)
+                finally:
+                    fresh.stop()
     finally:
         xen.stop()
         if old is not None:
             old.stop()
     report(xs, qs, cold, resident)
+    for key, label in (("after", "xenopus"), ("before", "before")):
+        if colds[key]:
+            print(row(f"  {label}: cold start", colds[key], 1e3, "8.1f") + f" ms ({len(colds[key])} runs)")
     print(f"\nper domain ({args.rounds} rounds of {IDLE_DOMAINS} idle domains and "
           f"{CREATE_LOOP} create/destroy pairs)")
     report_per_domain("xenopus", pss["after"], rates["after"])

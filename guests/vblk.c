@@ -16,6 +16,9 @@
  *   expect_sectors=N expect_serial=STR
  *   nomsix                 poll the first request instead of taking its MSI-X interrupt
  *   event_idx indirect     negotiate VIRTIO_F_EVENT_IDX / VIRTIO_F_INDIRECT_DESC
+ *   loops=N [1]            N rounds of write + read back, round i at sector + i * count
+ *                          with seed + i (printing "loop i"), then every round's range
+ *                          read back again: I/O that keeps going across a live migration
  * Benchmark mode (driven from ring 3 by polling, no interrupts):
  *   bench=seq|rand rw=read|write [read] bs=BYTES [1 MiB seq, 4096 rand] qd=N [4 seq, 32 rand]
  *   ops=N [256 seq, 20000 rand] span=SECTORS [capacity - sector]
@@ -366,6 +369,37 @@ void guest_main(void)
     if (bad)
         printf("  first mismatch at byte %lu\n", bad - 1);
     check(st == BLK_S_OK && !bad, "read back");
+
+    u64 loops = cmdline_u64("loops", 1);
+    if (sector + loops * count > capacity) {
+        result(0, "vblk", "loops do not fit on the disk");
+        return;
+    }
+    for (u64 i = 1; i < loops && !failed; i++) { /* round 0 was the write above */
+        struct fill li = {fl.buf, sector + i * count, count, fl.seed + i, 0};
+        run_user(fill_pattern, (u64)&li, 0);
+        st = request(BLK_T_OUT, li.sector, li.buf, (u32)(count * 512), 0);
+        memset(li.buf, 0, 512);
+        int rd = request(BLK_T_IN, li.sector, li.buf, (u32)(count * 512), 1);
+        bad = run_user(check_pattern, (u64)&li, 0);
+        if (st != BLK_S_OK || rd != BLK_S_OK || bad) {
+            printf("loop %lu: write %d read %d %s\n", i, st, rd, bad ? "MISMATCH" : "");
+            check(0, "loop");
+        } else {
+            printf("loop %lu\n", i);
+        }
+    }
+    for (u64 i = 0; loops > 1 && i < loops && !failed; i++) { /* all of it, again */
+        struct fill li = {fl.buf, sector + i * count, count, fl.seed + i, 0};
+        memset(li.buf, 0, 512);
+        st = request(BLK_T_IN, li.sector, li.buf, (u32)(count * 512), 1);
+        if (st != BLK_S_OK || run_user(check_pattern, (u64)&li, 0)) {
+            printf("reread %lu: status %d MISMATCH\n", i, st);
+            check(0, "reread");
+        }
+    }
+    if (loops > 1 && !failed)
+        printf("loops: %lu rounds written and read back\n", loops);
 
     u64 s, c;
     if (range_arg("discard", &s, &c)) {

@@ -13,7 +13,12 @@
  *   (16-byte layout) timing out on a masked port; grants: a grant frame, setup_table with
  *   32-bit frame numbers, query_size, GNTTABOP_copy (24-byte layout), map_grant_ref of our
  *   own grant at GFN 0x80000 and unmap; XenStore over the ring (read domid, write and read
- *   back); a multicall of 32-byte entries; the runstate area in its 44-byte layout.
+ *   back); the PV console ring (a line out, consumed by the backend); a multicall of 32-byte entries; the runstate area in its 44-byte layout;
+ *   ballooning (decrease_reservation in its 20-byte layout, again: 0 extents, populate_physmap
+ *   back); the pvclock time area; SCHEDOP_watchdog; vCPU 1 brought up from a 32-bit
+ *   vcpu_hvm_context (initialise, up, its own down, up again, down); and last, FIFO event
+ *   channels (init_control's checks, the switch, expand_array, an event linked at priority 3).
+ *   Needs vcpus = 2.
  *
  * Command line: paging=none|pse|pae (none): the same checks with paging off, 4 MiB PSE
  * pages or PAE, each identity-mapping the 4 GiB.
@@ -230,7 +235,28 @@ struct shared_info32 {
     u32 wc_version, wc_sec, wc_nsec;
     u32 arch[7]; /* max_pfn .. p2m_generation, wc_sec_hi */
 };
+struct xen_memory_reservation { u32 extent_start, nr_extents, extent_order, mem_flags; u16 domid; };
+struct vcpu_time_info { u32 version, pad0; u64 tsc_timestamp, system_time; u32 mul; signed char shift; u8 flags, pad1[2]; }
+    __attribute__((packed, aligned(4)));
+struct sched_watchdog { u32 id, timeout; };
+struct evtchn_init_control { u64 control_gfn; u32 offset, vcpu; u8 link_bits, pad[7]; } __attribute__((packed, aligned(4)));
+struct evtchn_expand_array { u64 array_gfn; } __attribute__((packed, aligned(4)));
+struct evtchn_set_priority { u32 port, priority; };
+struct vcpu_hvm_x86_32 {
+    u32 eax, ecx, edx, ebx, esp, ebp, esi, edi, eip, eflags, cr0, cr3, cr4, pad1;
+    u64 efer;
+    u32 cs_base, ds_base, ss_base, es_base, tr_base;
+    u32 cs_limit, ds_limit, ss_limit, es_limit, tr_limit;
+    u16 cs_ar, ds_ar, ss_ar, es_ar, tr_ar, pad2[3];
+} __attribute__((packed, aligned(4)));
+struct vcpu_hvm_context { u32 mode, pad; union { struct vcpu_hvm_x86_32 x86_32; u64 x86_64[14]; } regs; }
+    __attribute__((packed, aligned(4)));
 /* The i386 sizes (the same numbers tests/unit/test_compat.py checks the host against). */
+_Static_assert(sizeof(struct xen_memory_reservation) == 20, "memory.h");
+_Static_assert(sizeof(struct vcpu_time_info) == 32, "xen.h");
+_Static_assert(sizeof(struct evtchn_init_control) == 24, "event_channel.h");
+_Static_assert(sizeof(struct vcpu_hvm_x86_32) == 120, "hvm_vcpu.h");
+_Static_assert(sizeof(struct vcpu_hvm_context) == 128, "hvm_vcpu.h");
 _Static_assert(sizeof(struct xen_add_to_physmap) == 16, "memory.h");
 _Static_assert(sizeof(struct xen_hvm_param) == 16, "hvm_op.h");
 _Static_assert(sizeof(struct vcpu_set_singleshot_timer) == 12, "vcpu.h");
@@ -630,6 +656,33 @@ static void xenstore(u16 me)
           m > 0 ? out : "?");
 }
 
+/* The PV console ring (io/console.h xencons_interface: in[1024], out[2048], then the four
+ * u32 indexes; layout-neutral): a line into the out half, the event, and the backend's
+ * out_cons catching up with out_prod. */
+struct xencons_interface { char in[1024], out[2048]; u32 in_cons, in_prod, out_cons, out_prod; };
+static void pv_console(void)
+{
+    struct xen_hvm_param p = {DOMID_SELF, 17 /* CONSOLE_PFN */, 0};
+    long rc = H2(HYPERVISOR_hvm_op, 1, &p);
+    struct xen_hvm_param e = {DOMID_SELF, 18 /* CONSOLE_EVTCHN */, 0};
+    long rc2 = H2(HYPERVISOR_hvm_op, 1, &e);
+    if (!check(rc == 0 && rc2 == 0 && p.value, "PV console ring at pfn 0x%X, port %u", p.value, (u32)e.value))
+        return;
+    volatile struct xencons_interface *c = (volatile struct xencons_interface *)(uptr)(p.value << 12);
+    const char *line = "hello from the 32-bit PV console\r\n";
+    u32 prod = c->out_prod, n = slen(line);
+    for (u32 i = 0; i < n; i++)
+        c->out[(prod + i) & 2047] = line[i];
+    barrier();
+    c->out_prod = prod + n;
+    send((u32)e.value);
+    u64 end = now_ns() + 5000000000ull;
+    while (c->out_cons != c->out_prod && now_ns() < end)
+        H2(HYPERVISOR_sched_op, 0, 0);
+    check(c->out_cons == prod + n, "PV console: %u bytes written, the backend consumed them (out_cons %u)", n,
+          c->out_cons);
+}
+
 static void multicall_and_runstate(void)
 {
     static struct multicall_entry mc[2];
@@ -645,6 +698,158 @@ static void multicall_and_runstate(void)
     rc = H3(HYPERVISOR_vcpu_op, 5 /* register_runstate_memory_area */, 0, &addr);
     struct vcpu_runstate_info *r = (struct vcpu_runstate_info *)runstate;
     check(rc == 0 && r->state == 0 && runstate[44] == 0xa5, "runstate area: 44 bytes, state %d", r->state);
+}
+
+/* Ballooning (memory.h, the 20-byte compat xen_memory_reservation and 32-bit frame lists):
+ * a page out, out again (0 extents: it is already gone), back in, and the reservation
+ * following it. */
+static u8 balloon_page[4096] __attribute__((aligned(4096)));
+static long reservation(u32 op, u32 *gfns, u32 n)
+{
+    struct xen_memory_reservation r = {(u32)gfns, n, 0, 0, DOMID_SELF};
+    return H2(HYPERVISOR_memory_op, op, &r);
+}
+static void balloon(void)
+{
+    u16 dom = DOMID_SELF;
+    long before = H2(HYPERVISOR_memory_op, 3 /* current_reservation */, &dom);
+    long max = H2(HYPERVISOR_memory_op, 4 /* maximum_reservation */, &dom);
+    u32 gfn[1] = {(u32)balloon_page >> 12};
+    balloon_page[0] = 0x5a;
+    long out = reservation(1 /* decrease_reservation */, gfn, 1);
+    long during = H2(HYPERVISOR_memory_op, 3, &dom);
+    long again = reservation(1, gfn, 1);
+    check(out == 1 && during == before - 1 && again == 0,
+          "XENMEM_decrease_reservation (20-byte layout): %d extent, %d -> %d pages; again: %d extents", (int)out,
+          (int)before, (int)during, (int)again);
+    long in = reservation(6 /* populate_physmap */, gfn, 1);
+    long after = H2(HYPERVISOR_memory_op, 3, &dom);
+    check(in == 1 && after == before && max >= before && gfn[0] == (u32)balloon_page >> 12 && balloon_page[0] == 0,
+          "XENMEM_populate_physmap: %d extent, %d pages (maximum %d), a fresh zero page", (int)in, (int)after, (int)max);
+}
+
+/* pvclock: VCPUOP_register_vcpu_time_memory_area (vcpu.h; what Linux's vDSO reads). */
+static struct vcpu_time_info time_area __attribute__((aligned(64)));
+static void pvclock(void)
+{
+    u64 addr = (u32)&time_area;
+    long rc = H3(HYPERVISOR_vcpu_op, 13, 0, &addr);
+    u32 version = time_area.version;
+    check(rc == 0 && !(version & 1) && time_area.mul && time_area.system_time > 0,
+          "VCPUOP_register_vcpu_time_memory_area: version %u, system_time 0x%X, mul 0x%x shift %d flags 0x%x",
+          version, time_area.system_time, time_area.mul, time_area.shift, time_area.flags);
+}
+
+/* SCHEDOP_watchdog (sched.h): a new one gets an id, timeout 0 with that id removes it. */
+static void watchdog(void)
+{
+    struct sched_watchdog w = {0, 60};
+    long id = H2(HYPERVISOR_sched_op, 6, &w);
+    struct sched_watchdog off = {(u32)id, 0};
+    long rc = id > 0 ? H2(HYPERVISOR_sched_op, 6, &off) : -1;
+    check(id > 0 && rc == 0, "SCHEDOP_watchdog: id %d, removed: %d", (int)id, (int)rc);
+}
+
+/* vCPU bring-up through Xen (vcpu.h, hvm/hvm_vcpu.h) with a 32-bit vcpu_hvm_context, as
+ * xenvcpu does with a 64-bit one: vCPU 1 starts at the context's eip in protected mode,
+ * takes itself down, resumes after its VCPUOP_down when brought up again. */
+static u8 ap_stack[4096] __attribute__((aligned(16)));
+static volatile int ap_started, ap_resumed;
+static volatile long ap_down_rc = 1;
+static void __attribute__((noreturn, used)) ap_main32(void)
+{
+    ap_started = 1;
+    ap_down_rc = H3(HYPERVISOR_vcpu_op, 2 /* down */, 1, 0);
+    ap_resumed = 1;
+    for (;;)
+        __asm__ volatile("cli; hlt");
+}
+static int spin_for(volatile int *flag, u32 ms)
+{
+    u64 end = now_ns() + (u64)ms * 1000000ull;
+    while (!*flag && now_ns() < end)
+        H2(HYPERVISOR_sched_op, 0 /* yield */, 0);
+    return *flag;
+}
+static void vcpus(void)
+{
+    long rc = H3(HYPERVISOR_vcpu_op, 3 /* is_up */, 1, 0);
+    if (!check(rc == 0, "VCPUOP_is_up(1) before bring-up: %d (the config gives 2 vCPUs)", (int)rc))
+        return;
+    static struct vcpu_hvm_context ctx;
+    mset(&ctx, 0, sizeof(ctx));
+    ctx.mode = 0; /* VCPU_HVM_MODE_32B */
+    struct vcpu_hvm_x86_32 *r = &ctx.regs.x86_32;
+    r->eip = (u32)ap_main32;
+    r->esp = (u32)(ap_stack + sizeof(ap_stack)) - 16;
+    r->eflags = 2;
+    __asm__ volatile("mov %%cr0, %0; mov %%cr3, %1; mov %%cr4, %2" : "=r"(r->cr0), "=r"(r->cr3), "=r"(r->cr4));
+    r->cs_limit = r->ds_limit = r->ss_limit = r->es_limit = 0xffffffffu;
+    r->cs_ar = 0xc9b; /* present, DPL 0, code, 32-bit, 4 KiB granularity */
+    r->ds_ar = r->ss_ar = r->es_ar = 0xc93;
+    r->tr_ar = 0x8b;
+    r->tr_limit = 0x67;
+    rc = H3(HYPERVISOR_vcpu_op, 0 /* initialise */, 1, &ctx);
+    long again = H3(HYPERVISOR_vcpu_op, 0, 1, &ctx);
+    check(rc == 0 && again == -17 /* EEXIST */, "VCPUOP_initialise (32-bit context): %d, then %d", (int)rc, (int)again);
+    rc = H3(HYPERVISOR_vcpu_op, 1 /* up */, 1, 0);
+    check(rc == 0 && spin_for(&ap_started, 5000), "VCPUOP_up: vCPU 1 runs at the context's eip in 32-bit mode");
+    u64 end = now_ns() + 5000000000ull;
+    while (H3(HYPERVISOR_vcpu_op, 3, 1, 0) != 0 && now_ns() < end)
+        H2(HYPERVISOR_sched_op, 0, 0);
+    check(H3(HYPERVISOR_vcpu_op, 3, 1, 0) == 0, "vCPU 1 took itself down (is_up 0)");
+    rc = H3(HYPERVISOR_vcpu_op, 1, 1, 0);
+    int resumed = spin_for(&ap_resumed, 5000);
+    long down_rc = ap_down_rc;
+    check(rc == 0 && resumed && down_rc == 0, "VCPUOP_up again: it resumes after its VCPUOP_down (which returned %d)",
+          (int)down_rc);
+    rc = H3(HYPERVISOR_vcpu_op, 2 /* down */, 1, 0);
+    check(rc == 0 && H3(HYPERVISOR_vcpu_op, 3, 1, 0) == 0, "VCPUOP_down of vCPU 1: %d, is_up 0", (int)rc);
+}
+
+/* FIFO event channels (event_channel.h, Xen's event_fifo.c) last, since the switch ends
+ * 2-level delivery: Xen's argument checks, then the switch, a page of event words and an
+ * event linked into its priority queue in the control block. */
+static u8 fifo_control[4096] __attribute__((aligned(4096)));
+static u32 fifo_events[1024] __attribute__((aligned(4096)));
+static void fifo(void)
+{
+    struct evtchn_init_control ic = {(u32)fifo_control >> 12, 0, 5 /* no such vCPU */, 0, {0}};
+    long bad_vcpu = evtchn_op(11, &ic);
+    if (bad_vcpu == -38) {
+        check(1, "FIFO event channels withheld here (EVTCHNOP_init_control -ENOSYS: 2-level stays)");
+        return;
+    }
+    ic.vcpu = 0;
+    ic.offset = 4096 - 8; /* the control block would cross the page */
+    long bad_offset = evtchn_op(11, &ic);
+    ic.offset = 0;
+    ic.control_gfn = 0xfffff000ull; /* not RAM */
+    long bad_gfn = evtchn_op(11, &ic);
+    check(bad_vcpu == -2 /* ENOENT */ && bad_offset == -XEN_EINVAL && bad_gfn == -XEN_EINVAL,
+          "EVTCHNOP_init_control checks: bad vCPU %d, bad offset %d, bad gfn %d", (int)bad_vcpu, (int)bad_offset,
+          (int)bad_gfn);
+    struct evtchn_expand_array ea = {(u32)fifo_events >> 12};
+    long early = evtchn_op(12, &ea);
+    ic.control_gfn = (u32)fifo_control >> 12;
+    long rc = evtchn_op(11, &ic);
+    long rc2 = evtchn_op(12, &ea);
+    check(early == -95 /* EOPNOTSUPP */ && rc == 0 && ic.link_bits == 17 && rc2 == 0,
+          "FIFO: expand_array before init_control %d; init_control %d (link_bits %u); expand_array %d", (int)early,
+          (int)rc, ic.link_bits, (int)rc2);
+    struct evtchn_bind_ipi ipi = {0, 0};
+    rc = evtchn_op(7, &ipi);
+    struct evtchn_set_priority sp = {ipi.port, 3};
+    rc2 = evtchn_op(13, &sp);
+    __asm__ volatile("" ::: "memory");
+    long sent = send(ipi.port);
+    u32 word = fifo_events[ipi.port];
+    u32 ready = *(volatile u32 *)fifo_control;
+    u32 head3 = ((volatile u32 *)fifo_control)[2 + 3];
+    check(rc == 0 && rc2 == 0 && sent == 0 && (word >> 31 & 1) && (word >> 29 & 1) && (ready >> 3 & 1) &&
+              head3 == ipi.port,
+          "FIFO event: port %u at priority 3, word 0x%x (PENDING, LINKED), READY 0x%x, HEAD[3] %u", ipi.port, word,
+          ready, head3);
 }
 
 void main32(u32 start_info);
@@ -682,6 +887,12 @@ void main32(u32 start_info)
     events();
     grants(me);
     xenstore(me);
+    pv_console();
     multicall_and_runstate();
+    balloon();
+    pvclock();
+    watchdog();
+    vcpus();
+    fifo();
     finish(mode);
 }

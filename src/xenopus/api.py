@@ -225,6 +225,80 @@ class Xenopus:
         """Block until the domain is gone; how it ended (reason, detail, status)."""
         return self._ask("wait", dom=str(dom))
 
+    # -- images: save, restore, core dumps -------------------------------------------------
+    def _with_file(self, op: str, fd: int, **args: Any) -> dict[str, Any]:
+        """A request the daemon answers by asking for a file descriptor (which it reads or
+        writes itself): hand it `fd`, then the reply's data or its typed error."""
+        first = self._conn.ask(Request(op, args))
+        if not first.ok:
+            raise client.error_for(first)
+        if first.data.get("send_fds") != 1:
+            raise client.XenopusError(f"the daemon did not ask for the file: {dict(first.data)}")
+        self._conn.chan.send({"fds": 1}, [fd])
+        reply = self._conn.next_reply()
+        if reply is None:
+            raise client.DaemonUnavailable("lost the connection to the daemon")
+        if not reply.ok:
+            raise client.error_for(reply)
+        return dict(reply.data)
+
+    def save(self, dom: Dom, path: str | os.PathLike[str], *, checkpoint: bool = False,
+             paused: bool = False) -> None:
+        """`xl save [-c] [-p] DOM FILE`: the domain's image into `path` (written whole or
+        not at all); the domain is destroyed unless `checkpoint` (left running, or paused
+        with `paused`)."""
+        target = os.path.abspath(os.fspath(path))
+        directory, name = os.path.split(target)
+        import tempfile
+
+        fd, temp = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=directory)
+        try:
+            self._with_file("save", fd, dom=str(dom), checkpoint=checkpoint, paused=paused)
+            os.fsync(fd)
+            os.rename(temp, target)
+        except BaseException:
+            os.unlink(temp)
+            raise
+        finally:
+            os.close(fd)
+
+    def restore(self, path: str | os.PathLike[str], *, paused: bool = False) -> Domain:
+        """`xl restore [-p] FILE`: a domain from a saved image; the new domain."""
+        fd = os.open(os.fspath(path), os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            done = self._with_file("restore", fd, paused=paused, clone=False)
+        finally:
+            os.close(fd)
+        return self.domain(done["domid"])
+
+    def dump_core(self, dom: Dom, path: str | os.PathLike[str]) -> None:
+        """`xl dump-core DOM FILE`: the guest's RAM as an ELF core (QEMU's layout)."""
+        fd = os.open(os.fspath(path), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC,
+                     0o600)
+        try:
+            self._with_file("dump-core", fd, dom=str(dom))
+        finally:
+            os.close(fd)
+
+    # -- resources ------------------------------------------------------------------------
+    def mem_set(self, dom: Dom, kib: int) -> None:
+        """`xl mem-set`: the balloon target (memory/target, or the virtio balloon), KiB."""
+        self._ask("mem-set", dom=str(dom), kib=kib, size=f"{kib}k")
+
+    def mem_max(self, dom: Dom, kib: int) -> None:
+        """`xl mem-max`: the most memory the domain may hold, KiB."""
+        self._ask("mem-max", dom=str(dom), kib=kib, size=f"{kib}k")
+
+    def vcpu_set(self, dom: Dom, count: int) -> None:
+        """`xl vcpu-set -i`: `count` vCPUs online (cpu/N/availability)."""
+        self._ask("vcpu-set", dom=str(dom), count=count)
+
+    def xenstore_quota(self, dom: Dom | None = None) -> dict[str, int]:
+        """`xl xenstore-quota-get`: the domain's XenStore quotas, or (None) the global ones."""
+        got = self._ask("xenstore-quota-get", dom=None if dom is None else str(dom),
+                        **{"global": dom is None})
+        return {name: int(value) for name, value in got["quota"]}
+
     # -- vCPUs and devices ----------------------------------------------------------------
     def vcpus(self, dom: Dom) -> list[Vcpu]:
         (entry,) = self._ask("vcpu-list", doms=[str(dom)])["domains"]

@@ -6,7 +6,6 @@ The one place that asks which host CPUs (and NUMA nodes) exist.
 from __future__ import annotations
 
 import os
-import platform
 
 ONLINE_CPUS = "/sys/devices/system/cpu/online"
 NODE_CPUS = "/sys/devices/system/node/node{}/cpulist"
@@ -139,6 +138,14 @@ def meminfo() -> dict[str, int]:
     return out
 
 
+def ksm_process_pages(pid: int) -> int:
+    """Pages of process `pid` that kernel same-page merging has merged
+    (/proc/PID/ksm_merging_pages, Linux 5.19; Documentation/admin-guide/mm/ksm.rst); 0
+    where the file is absent or unreadable."""
+    text = _read(f"/proc/{pid}/ksm_merging_pages")
+    return int(text) if text and text.strip().isdigit() else 0
+
+
 def ksm_pages() -> tuple[int, int]:
     """(pages_sharing, pages_shared) of kernel same-page merging (Documentation/
     admin-guide/mm/ksm.rst): pages saved by merging, and the merged pages in use; 0
@@ -218,11 +225,16 @@ def net_bytes(ifname: str) -> tuple[int, int]:
     return count("rx_bytes"), count("tx_bytes")
 
 
+def machine() -> str:
+    """uname(2)'s machine (what platform.machine() returns, without its imports)."""
+    return os.uname().machine
+
+
 def architecture() -> str:
     """The host's (and so its guests') architecture: "x86_64" or "arm64" (uname(2) machine,
     whose arm64 spelling is "aarch64"); other machines are named as uname says."""
-    machine = platform.machine()
-    return "arm64" if machine in ("aarch64", "arm64") else machine
+    name = machine()
+    return "arm64" if name in ("aarch64", "arm64") else name
 
 
 # System calls glibc has no wrapper for, by architecture: x86-64's numbers from

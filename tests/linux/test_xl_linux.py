@@ -83,3 +83,49 @@ def test_xl_mem_set_and_shutdown_wait(xenopus: Xenopus) -> None:
     finally:
         xenopus.run("destroy", name)
         proc.kill()
+
+
+CPU_READY = re.compile(r"xenopus-xlcpu: ready online=(\S+) present=(\S+) possible=(\S+)")
+
+
+@pytest.mark.parametrize("release", ["6.1", "6.12"])
+def test_xl_vcpu_set_changes_nproc(xenopus: Xenopus, release: str) -> None:
+    """`xl vcpu-set` takes a Xen-aware Linux guest's second vCPU away and gives it back
+    through cpu/N/availability (drivers/xen/cpu_hotplug.c), so its online CPU count goes
+    2 -> 1 -> 2; the third vCPU (maxvcpus) is possible from boot (the MADT lists it
+    disabled and online-capable). The guest side is tests/linux/guest/checks/xlcpu.sh."""
+    name = f"xlcpu-{release}".replace(".", "_")
+    cfg = xenopus.config(name, kernel_file(release, "pvh"), "xlcpu", vcpus=2, memory=256,
+                         xen_platform=1, cmdline=XEN_CONSOLE, extra="maxvcpus = 3\n")
+    proc = subprocess.Popen(xenopus.command("create", "-c", str(cfg)), env=xenopus.env,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    lines: list[str] = []
+    log = console_dir() / f"{name}.log"
+    log.unlink(missing_ok=True)
+
+    def tail() -> str:
+        return "\n".join(lines[-60:])
+
+    def until(marker: str) -> None:
+        seen = read_lines(proc, lines, time.monotonic() + XEN_BOOT_TIMEOUT, log, until=marker)
+        assert seen, tail() + xenopus.run("dmesg").stdout[-4000:]
+
+    try:
+        until("xenopus-xlcpu: ready")
+        ready = next(m for ln in lines if (m := CPU_READY.search(ln)))
+        assert ready.groups() == ("0-1", "0-1", "0-2"), ready.group(0)
+
+        down = xl(xenopus, "vcpu-set", name, "1")
+        assert down.returncode == 0, down.stderr
+        until("xenopus-xlcpu: down nproc=1")
+        up = xl(xenopus, "vcpu-set", "-i", name, "2")  # -i: the host may have fewer CPUs
+        assert up.returncode == 0, up.stderr
+        until("xenopus-xlcpu: up nproc=2")
+        ended = read_lines(proc, lines, time.monotonic() + 120, log)
+        assert ended and proc.wait(timeout=60) == 0, tail()
+        assert any("RESULT: PASS xlcpu" in ln for ln in lines), tail()
+        print(f"{name}: " + next(ln for ln in lines if "RESULT:" in ln))
+    finally:
+        xenopus.run("destroy", name)
+        proc.kill()

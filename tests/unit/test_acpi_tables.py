@@ -162,6 +162,21 @@ def test_madt(vcpus: int) -> None:
     assert len(nmi) == 6 and nmi[2] == 0xFF and nmi[5] == 1  # all CPUs, LINT1
 
 
+def test_madt_lists_the_vcpus_for_hotplug_online_capable(tmp_path: Path) -> None:
+    """vCPUs past `online` (maxvcpus beyond vcpus) are not Enabled but Online Capable
+    (ACPI 6.3 table 5-47; Linux skips a disabled LAPIC without it in ACPI 6.3 tables), and
+    an enabled one must not carry the bit; iasl reads both flags back."""
+    p = AcpiPlatform(vcpus=3, online=1)
+    lapics = [e for k, e in madt_entries(build_tables(p).get("APIC").data) if k == 0]
+    assert [u32(e, 4) for e in lapics] == [0b01, 0b10, 0b10]
+    files = write_tables(p, tmp_path)
+    run([tool("iasl"), "-d", files["APIC"].name], tmp_path)
+    dsl = files["APIC"].with_suffix(".dsl").read_text()
+    enabled = re.findall(r"Processor Enabled : (\d)", dsl)
+    capable = re.findall(r"Runtime Online Capable : (\d)", dsl)
+    assert (enabled, capable) == (["1", "0", "0"], ["0", "1", "1"]), dsl
+
+
 def test_madt_without_an_io_apic() -> None:
     """io_apic=False (a PV shim domain's): no I/O APIC structure and no ISA overrides,
     which name its GSIs; the LAPICs and the LAPIC NMI stay."""

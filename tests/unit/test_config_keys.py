@@ -15,7 +15,7 @@ def test_known_keys_are_the_settings_the_table_reads() -> None:
         "memory", "maxmem", "vcpus", "maxvcpus", "on_poweroff", "on_reboot", "on_crash",
         "disk", "vif", "channel", "cpus", "xen_platform", "virtio_console", "virtio_rng",
         "uuid", "on_watchdog", "cpus_soft", "max_grant_frames", "max_event_channels",
-        "cpu_weight", "cap", "virtio_balloon",
+        "cpu_weight", "cap", "virtio_balloon", "xenstore_quota", "xenstore_feature_mask",
         "cpuid", "msr_relaxed", "cpu_policy_hosts",
         "pvshim", "pvshim_path", "pvshim_cmdline", "pvshim_extra",
         "xen_hypercall_path", "pvh_platform", "evtchn_fifo",
@@ -77,3 +77,24 @@ def test_evtchn_fifo_refuses_anything_else(tmp_path) -> None:
     path.write_text('name = "d"\nkernel = "/k"\nevtchn_fifo = 2\n')
     with pytest.raises(ConfigError, match="evtchn_fifo"):
         load_config(str(path))
+
+
+def test_xenstore_quota_and_feature_mask(tmp_path) -> None:
+    """xl.cfg(5) "Xenstore related settings": QUOTA_SPECs with xenstored's names, a 32-bit
+    feature mask (default all ones)."""
+    path = tmp_path / "d.cfg"
+    path.write_text('name = "a"\nkernel = "k"\n')
+    cfg = load_config(path)[0]
+    assert (cfg.xenstore_quota, cfg.xenstore_feature_mask) == (None, 0xFFFFFFFF)
+    path.write_text('name = "a"\nkernel = "k"\nxenstore_quota = ["nodes=2000", '
+                    '"transaction-nodes=64"]\nxenstore_feature_mask = 0x1\n')
+    cfg = load_config(path)[0]
+    assert (cfg.xenstore_quota, cfg.xenstore_feature_mask) == (
+        ["nodes=2000", "transaction-nodes=64"], 1)
+    for bad in ('["nodes=-1"]', '["bogus=1"]', '["nodes"]', '"nodes=1"'):
+        path.write_text(f'name = "a"\nkernel = "k"\nxenstore_quota = {bad}\n')
+        with pytest.raises(ConfigError, match=r"xenstore_quota: "):
+            load_config(path)
+    path.write_text('name = "a"\nkernel = "k"\nxenstore_feature_mask = 0x100000000\n')
+    with pytest.raises(ConfigError, match=r"xenstore_feature_mask: .*32-bit mask"):
+        load_config(path)

@@ -189,6 +189,42 @@ def test_speculation_msrs_follow_the_cpuid_that_announces_them() -> None:
     assert not {0x48, 0x49, 0x10A, 0x10B} & (read | write)
 
 
+# APM 3, CPUID Fn8000_0008_EBX: IBPB 12, IBRS 14, STIBP 15, SSBD 24, VIRT_SSBD 25, SSB_NO 26.
+AMD_IBRS, AMD_STIBP, AMD_SSBD, VIRT_SSBD, SSB_NO = 1 << 14, 1 << 15, 1 << 24, 1 << 25, 1 << 26
+AUTHENTIC_AMD = (0x68747541, 0x444D4163, 0x69746E65)  # "Auth" "cAMD" "enti": ebx, ecx, edx
+
+
+def amd_host() -> HostFacts:
+    """An AMD host (as these build machines are) announcing its speculation controls in
+    0x80000008.EBX, with no ARCH_CAPABILITIES (AMD has none)."""
+    b, c, d = AUTHENTIC_AMD
+    return HostFacts(supported(
+        (0, 0, 0xD, b, c, d),
+        (1, 0, 0x00A20F10, 0x00100800, SSE3 | 1 << 31, 1 << 28 | 1),
+        (7, 0, 0, CLWB, 0, 0),
+        (0x80000000, 0, 0x80000008, b, c, d),
+        (0x80000001, 0, 0, 0, 1 | SVM, NX | 1 << 29),
+        (0x80000008, 0, 0x3030,
+         AMD_IBPB | AMD_IBRS | AMD_STIBP | AMD_SSBD | VIRT_SSBD | SSB_NO, 0, 0),
+    ), {})
+
+
+def test_an_amd_host_s_speculation_controls_are_kept_and_their_msrs_follow() -> None:
+    p = default_policy(host_max(amd_host()))
+    assert not p.regs(0x80000001)[ECX] & SVM  # nested virtualisation hidden
+    controls = AMD_IBPB | AMD_IBRS | AMD_STIBP | AMD_SSBD | VIRT_SSBD | SSB_NO
+    assert p.regs(0x80000008)[EBX] & controls == controls
+    assert {"ibpb", "ibrs", "amd-stibp", "amd-ssbd", "virt-ssbd", "ssb-no"} <= set(p.features())
+    read, write = p.allowed_msrs([0x10, 0xC0000080])
+    assert {0x48, 0xC001011F} <= read and {0x48, 0x49, 0xC001011F} <= write
+    assert 0x49 not in read and 0x10A not in read  # PRED_CMD write-only; no ARCH_CAPS
+    # Without them (cpuid="host,ibpb=0,..."), their MSRs are #GP too.
+    bare = p.with_overrides(parse_cpuid("host,ibpb=0,ibrs=0,amd-stibp=0,amd-ssbd=0,virt-ssbd=0"),
+                            host_max(amd_host()))
+    read, write = bare.allowed_msrs([0x10])
+    assert not {0x48, 0x49, 0xC001011F} & (read | write)
+
+
 def decode(ranges) -> dict[int, set[int]]:
     out: dict[int, set[int]] = {u.KVM_MSR_FILTER_READ: set(), u.KVM_MSR_FILTER_WRITE: set()}
     for flags, base, bitmap in ranges:

@@ -92,7 +92,9 @@ def test_block_list_prints_xen_disks_as_xl_and_virtio_disks_as_before() -> None:
         "vda   1   00:02.0 w    /img/vda",
     ]
     assert xlformat.block_list([VIRTIO_DISK])[0] == "Vdev  Idx PCI     Mode Target"
-    assert xlformat.block_list([]) == ["Vdev  Idx PCI     Mode Target"]  # as before
+    # no device at all: xl's own output, its header alone
+    assert xlformat.block_list([]) == [xlformat.XL_BLOCK_HEADER]
+    assert xlformat.network_list([]) == [xlformat.XL_NETWORK_HEADER]
     assert xlformat.block_list([XEN_DISK])[0].startswith("Vdev  BE  handle")
 
 

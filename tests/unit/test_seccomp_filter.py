@@ -99,3 +99,38 @@ def test_an_unsealed_or_malformed_filter_is_refused() -> None:
         assert e.value.errno == errno.EINVAL
     finally:
         os.close(fd)
+
+
+@pytest.mark.parametrize("call", ["tiocgwinsz", "af_inet", "af_netlink"])
+def test_ioctls_and_sockets_outside_the_list_kill(compiled: int, call: str) -> None:
+    """ioctl only with the requests of kvm/uapi.py, devices/tap.py and FIO(N)CLEX/FIONBIO;
+    socket only AF_UNIX. A terminal ioctl (TIOCSTI's family) on a pipe would be ENOTTY
+    unfiltered, and an AF_INET or AF_NETLINK socket would open: here each is SIGSYS."""
+    import socket
+    import termios
+
+    def allowed() -> int:
+        r, w = os.pipe()
+        jail._no_new_privs()
+        seccomp_policy.load_filter(compiled)
+        fcntl.ioctl(r, termios.FIOCLEX)  # on the list
+        socket.socket(socket.AF_UNIX, socket.SOCK_STREAM).close()
+        if os.path.exists("/dev/kvm"):
+            kvm = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
+            assert fcntl.ioctl(kvm, 0xAE00) == 12  # KVM_GET_API_VERSION
+        return 0
+
+    def forbidden() -> int:
+        r, w = os.pipe()
+        jail._no_new_privs()
+        seccomp_policy.load_filter(compiled)
+        if call == "tiocgwinsz":
+            fcntl.ioctl(r, termios.TIOCGWINSZ, b"\0" * 8)
+        elif call == "af_inet":
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        else:
+            socket.socket(socket.AF_NETLINK, socket.SOCK_RAW)
+        return 0
+
+    assert in_child(allowed) == 0
+    assert in_child(forbidden) == -31

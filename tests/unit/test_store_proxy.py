@@ -1,16 +1,24 @@
 """The domain process's XenStore ring proxy (domain/xenguest.StoreProxy): a guest's
 watches survive a daemon restart, set again on the new daemon's store with their
-replies kept from the guest (which asked none)."""
+replies kept from the guest (which asked none); a guest that does not read is held to
+its quotas without losing its connection."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 
-from xenopus.domain.xenguest import REPLAY_REQ_ID, StoreProxy
+from xenopus.domain.xenguest import PROXY_BACKLOG, REPLAY_REQ_ID, StoreProxy
 from xenopus.memory import shared
 from xenopus.xen.xenstore import wire
-from xenopus.xen.xenstore.server import RingTransport
+from xenopus.xen.xenstore.ring import RingTransport
+from xenopus.xen.xenstore.server import (
+    DOMAIN_STREAM_LIMIT,
+    XenStoreServer,
+    domain_stream_pair,
+)
+from xenopus.xen.xenstore.store import Store
 
 IFACE = wire.XenstoreDomainInterface
 SIZE = wire.XENSTORE_RING_SIZE
@@ -138,7 +146,7 @@ def test_a_new_incarnation_forgets_the_old_ones_watches() -> None:
 def test_a_guest_that_writes_on_gets_all_its_requests_through(monkeypatch) -> None:
     """RingTransport takes READ_ROUNDS passes per call; a guest still writing then (it
     sends no event: xb_write notifies only when we had caught up) is read again soon."""
-    from xenopus.xen.xenstore.server import READ_ROUNDS
+    from xenopus.xen.xenstore.ring import READ_ROUNDS
 
     async def scenario() -> None:
         loop = asyncio.get_running_loop()
@@ -165,5 +173,147 @@ def test_a_guest_that_writes_on_gets_all_its_requests_through(monkeypatch) -> No
         assert [h.req_id for h, _ in sent] == [1, *range(100 + READ_ROUNDS + 3, 99, -1)]
         await proxy.close()
         daemon.close()
+
+    asyncio.run(scenario())
+
+
+# --- a guest that does not read: the bounded thing ------------------------------------
+
+
+class Daemon:
+    """The daemon's XenStoreServer serving domain 1's guest stream to a StoreProxy over
+    the socket pair the daemon makes (`domain_stream_pair`), all on this loop."""
+
+    def __init__(self) -> None:
+        self.store = Store()
+        self.dom0 = self.store.connect(0, lambda p, t: None)
+        self.store.mkdir(self.dom0, "/local/domain/1/device")
+        self.store.set_perms(self.dom0, "/local/domain/1", ["n1"])
+        self.store.set_perms(self.dom0, "/local/domain/1/device", ["n0", "r1"])
+        self.server = XenStoreServer(self.store)
+        self.page = memoryview(bytearray(4096))
+        self.ring = RingTransport(self.page)
+        self.kicks = 0
+
+    async def start(self) -> StoreProxy:
+        ours, theirs = domain_stream_pair()
+        reader, writer = await asyncio.open_unix_connection(sock=ours, limit=DOMAIN_STREAM_LIMIT)
+        self.serving = asyncio.create_task(self.server.attach_domain(1, reader, writer))
+        self.proxy = StoreProxy(asyncio.get_running_loop(), theirs)
+        await self.proxy.start()
+        self.proxy.attach(self.ring, self._notified)
+        return self.proxy
+
+    def _notified(self) -> None:
+        self.kicks += 1
+
+    async def stop(self) -> None:
+        await self.proxy.close()
+        self.serving.cancel()
+        with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+            await self.serving
+
+
+async def settle(rounds: int = 300) -> None:
+    """Let the loop run what is ready (socket reads and writes included), many times."""
+    for _ in range(rounds):
+        await asyncio.sleep(0)
+
+
+def ring_space(page: memoryview) -> int:
+    return SIZE - (shared.load(page, IFACE.req_prod.offset, 4)
+                   - shared.load(page, IFACE.req_cons.offset, 4))
+
+
+async def read_until_reply(d: Daemon, req_id: int) -> tuple[list[tuple[wire.Header, bytes]], bytes]:
+    """The guest reads (and kicks) until the reply to req_id; what came before it."""
+    got: list[tuple[wire.Header, bytes]] = []
+    data = b""
+    for _ in range(100000):
+        data += guest_receive(d.page)
+        d.proxy.kick()
+        await asyncio.sleep(0)
+        complete = _complete(data)
+        for i, (head, body) in enumerate(complete):
+            if head.type != wire.XS_WATCH_EVENT and head.req_id == req_id:
+                return got + complete[:i], body
+        if complete:
+            data = data[sum(wire.HEADER_SIZE + h.len for h, _ in complete):]
+            got += complete
+    raise AssertionError(f"no reply to request {req_id}")
+
+
+def test_a_guest_that_never_reads_its_watch_events_is_bounded_not_cut_off(caplog) -> None:
+    """A hostile guest sets watches, has a flood of events fired at it and reads none.
+    Xen's xenstored drops the events past the domain's quota (send_event) and keeps the
+    connection; so do we: the ring is not broken, the domain process holds no more than
+    its small backlog, the daemon no more than the domain's memory quota, and once the
+    guest reads again it is served."""
+    async def scenario() -> None:
+        d = Daemon()
+        await d.start()
+        token = b"t" * 800  # a message fits the 1 KiB ring whole
+        for i in range(10):  # distinct tokens: no event is a duplicate of another
+            guest_send(d.page, wire.pack(wire.XS_WATCH, i, 0, b"device\0%s%03d\0" % (token, i)))
+            d.proxy.kick()
+            await read_until_reply(d, i)
+        for i in range(600):  # 6000 events, ~5 MB, for a guest that reads none
+            d.store.write(d.dom0, f"/local/domain/1/device/n{i:04}", b"")
+            await asyncio.sleep(0)
+        await settle()
+        assert not d.ring.broken
+        assert shared.load(d.page, IFACE.error.offset, 4) == wire.XENSTORE_ERROR_NONE
+        assert d.ring.pending <= 2 * PROXY_BACKLOG  # the domain process's share
+        assert d.store.memory(1) <= d.store.quota.memory  # the daemon's, charged to it
+        assert "not reading its watch events" in caplog.text
+        # It reads again: a request of its own is answered, after fewer events than fired.
+        d.store.write(d.dom0, "/local/domain/1/device/hello", b"world")
+        guest_send(d.page, wire.pack(wire.XS_READ, 77, 0, b"device/hello\0"))
+        d.proxy.kick()
+        events, body = await read_until_reply(d, 77)
+        assert body == b"world"
+        assert 0 < len(events) < 6000
+        assert all(h.type == wire.XS_WATCH_EVENT for h, _ in events)
+        assert not d.ring.broken
+        await d.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_guest_that_never_reads_its_replies_fills_its_own_ring() -> None:
+    """Requests sent as fast as the ring takes them, no reply read: the daemon stops
+    reading them at the outstanding-replies quota, the proxy then stops consuming the
+    ring (the guest sees it full, as under Xen), and its buffer toward the daemon stays
+    small. Read again, every request is answered in order: nothing was dropped."""
+    async def scenario() -> None:
+        d = Daemon()
+        await d.start()
+        sent = 0
+        request = wire.pack(wire.XS_READ, 0, 0, b"device\0")
+        for _ in range(200):
+            while ring_space(d.page) >= len(request):
+                guest_send(d.page, wire.pack(wire.XS_READ, sent, 0, b"device\0"))
+                sent += 1
+            d.proxy.kick()
+            await settle(10)
+        assert ring_space(d.page) < len(request)  # the guest's ring stays full
+        writer = d.proxy._writer
+        assert writer is not None
+        assert writer.transport.get_write_buffer_size() <= PROXY_BACKLOG + wire.HEADER_SIZE + 4096
+        assert sent < 2000  # it could not send without limit
+        assert not d.ring.broken
+        replies = []
+        data = b""
+        for _ in range(100000):
+            if len(replies) == sent:
+                break
+            data += guest_receive(d.page)
+            d.proxy.kick()
+            await asyncio.sleep(0)
+            complete = _complete(data)
+            data = data[sum(wire.HEADER_SIZE + h.len for h, _ in complete):]
+            replies += [h.req_id for h, _ in complete]
+        assert replies == list(range(sent))
+        await d.stop()
 
     asyncio.run(scenario())

@@ -312,3 +312,22 @@ def test_version_2_padding_must_be_zero_and_align_the_pages():
     with pytest.raises(s.StreamRecordError, match="not page-aligned"):
         it = iter(s.StreamReader(io.BytesIO(shifted)))
         next(it).page_frames()
+
+
+def test_the_documented_record_types_are_the_code_s():
+    """docs/snapshot-stream.md's record-type table names every type the code writes, with
+    its number, and no other; the ROUND body is the 16 octets it draws; the title's
+    version is the one written."""
+    from pathlib import Path
+
+    doc = (Path(__file__).parents[2] / "docs" / "snapshot-stream.md").read_text()
+    table = doc.split("### Record types", 1)[1].split("\n\n", 2)[1]
+    documented = {}
+    for line in table.splitlines()[2:]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if cells[1]:  # a named type, not a reserved range
+            documented[int(cells[0], 16)] = cells[1]
+    assert documented == s.RECORD_NAMES
+    assert s.ROUND_BODY.size == 16
+    assert doc.startswith(f"# The xenopus save stream, version {s.VERSION}\n")
+    assert s.READ_VERSIONS == (1, 2)  # "reads versions 1 and 2"

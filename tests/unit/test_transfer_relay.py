@@ -11,7 +11,7 @@ import os
 import threading
 
 from xenopus import stream
-from xenopus.toolstack.transfer import StreamRelay
+from xenopus.toolstack.transfer import StreamRelay, receiver_command
 
 
 def _stream() -> bytes:
@@ -102,3 +102,19 @@ def test_a_stream_that_ends_early_is_reported() -> None:
     os.close(dst_r)
     os.close(dst_w)
     assert isinstance(relay.error, EOFError)
+
+
+def test_the_receiver_s_command_is_xl_s_rune() -> None:
+    """xl_migrate.c main_migrate: `exec SSHCMD HOST xl migrate-receive [-e] [-d] [-p]`,
+    HOST quoted for sh; with -s "" HOST alone is the command."""
+    from types import SimpleNamespace
+
+    def rune(**kw: object) -> str:
+        args = {"ssh": None, "host": "far", "debug": False, "no_wait": False, "paused": False}
+        return receiver_command(SimpleNamespace(**{**args, **kw}))
+
+    assert rune() == "exec ssh far xenopus migrate-receive"
+    assert rune(ssh="ssh -p 2222", host="a b") == "exec ssh -p 2222 'a b' xenopus migrate-receive"
+    assert rune(no_wait=True, debug=True, paused=True) == \
+        "exec ssh far xenopus migrate-receive -e -d -p"
+    assert rune(ssh="", host="nc far 9000") == "nc far 9000"

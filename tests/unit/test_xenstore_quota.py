@@ -382,3 +382,26 @@ def test_unread_events_expire_after_the_watch_event_timeout(served, monkeypatch,
     served.settle()
     assert store.memory(1) - before < 3 * 2100
     assert "not reading its watch events" not in caplog.text
+
+
+def test_a_write_costs_the_same_with_10000_unrelated_watches():
+    """Watch fan-out is indexed by path (xenstored walks the watched path's ancestors, not
+    every watch): 10 000 watches on other paths used to cost 51 ms per write, a scan of
+    each. Compared with the same writes and no watches, best of several rounds."""
+    import time
+
+    def per_write(store: Store, dom0: Connection) -> float:
+        best = float("inf")
+        for _ in range(5):
+            start = time.perf_counter()
+            for i in range(200):
+                store.write(dom0, f"/local/domain/1/data/n{i}", b"x")
+            best = min(best, (time.perf_counter() - start) / 200)
+        return best
+
+    quiet, dom0, _ = guest_store()
+    busy, busy0, _ = guest_store()
+    watcher = busy.connect(0, lambda p, t: None)
+    for i in range(10_000):
+        busy.watch(watcher, f"/elsewhere/w{i}", f"t{i}")
+    assert per_write(busy, busy0) < 5 * per_write(quiet, dom0) + 20e-6

@@ -9,7 +9,8 @@ import pytest
 
 from xenopus.memory import shared
 from xenopus.xen.xenstore import wire
-from xenopus.xen.xenstore.server import RingTransport, XenStoreServer
+from xenopus.xen.xenstore.ring import RingTransport
+from xenopus.xen.xenstore.server import XenStoreServer
 from xenopus.xen.xenstore.store import Store
 from xenopus.xen.xenstore.wire import XenstoreDomainInterface as Iface
 from xenopus.xen.xenstore.wire import XsError

@@ -201,3 +201,25 @@ def test_preserve_moves_the_domain_to_a_fresh_vm_path(xs):
     with pytest.raises(XsError):
         read(xs, f"/vm/{new}")
     assert read(xs, f"/vm/{UUID}/uuid") == UUID  # not the preserved domain's to remove
+
+
+def test_xl_cfg_xenstore_settings_apply_around_introduce() -> None:
+    """libxl's order: xenstore_feature_mask as SET_FEATURE before INTRODUCE (after it the
+    store refuses), xenstore_quota as SET_QUOTA on the introduced domain; a domain without
+    them gets every feature and the global quotas."""
+    from xenopus.xen.xenstore.store import FEATURES
+
+    x = XenStored()
+    plain = DomainConfig(name="plain", kernel="/k")
+    x.write_domain(4, "plain", plain, UUID, 1700000000.0)
+    x.introduce(4, plain)
+    assert x.store.get_feature(x.dom0, 4) == FEATURES
+    assert x.store.quota_of(4) == x.store.quota
+    cfg = DomainConfig(name="q", kernel="/k", xenstore_quota=["nodes=7", "watches=3"],
+                       xenstore_feature_mask=1)
+    x.write_domain(5, "q", cfg, UUID, 1700000000.0)
+    x.introduce(5, cfg)
+    assert x.store.get_feature(x.dom0, 5) == FEATURES & 1 == 1
+    assert (x.store.quota_of(5).nodes, x.store.quota_of(5).watches) == (7, 3)
+    assert x.quota_get(5)[:2] == [("nodes", 7), ("watches", 3)]  # what xl xenstore-quota-get shows
+    assert x.store.quota_of(4).nodes == x.store.quota.nodes  # only its own

@@ -36,15 +36,18 @@ from xenopus.toolstack import xlconf
 from xenopus.toolstack.cli import fast_parse
 from xenopus.toolstack.xlformat import (
     LIST_VERBOSE_HEADER,
+    SHARING_HEADER,
     UPTIME_HEADER,
     VM_LIST_HEADER,
     TopEntry,
+    cpupool_list,
     info_lines,
     info_select,
     libxl_domain_config,
     list_header,
     list_options_columns,
     list_options_header,
+    sharing_row,
     top_lines,
     top_state,
     top_summary,
@@ -339,3 +342,33 @@ def test_options_may_follow_positionals_as_getopt_permutes_them():
     args = fast_parse(["create", "--", "-odd-name.cfg"])  # "--" ends the options
     assert args is not None and args.words == ["-odd-name.cfg"]
     assert fast_parse(["create", "web.cfg", "-Z"]) is None  # unknown: argparse explains
+
+
+def test_cpupool_list_is_xls():
+    """xl_cpupool.c main_cpupoollist: printf("%-19s", "Name") and the column titles, then
+    per pool "%-19s" and "%3d %9s       y       %4d", or with -c the CPUs, comma-separated."""
+    assert cpupool_list([0, 1, 2, 3], 3, "credit2", False) == [
+        "Name               CPUs   Sched     Active   Domain count",
+        "Pool-0               4   credit2       y          3"]
+    assert cpupool_list([3, 0, 1], 1, "credit2", True) == [
+        "Name               CPU list", "Pool-0             0,1,3"]
+
+
+def test_claims_column():
+    """xl_info.c list_domains with claim: "  Claimed" after -Z's label title, before -c's
+    pool; per row " %5lu" after -v's UUID and reason, before the label."""
+    assert list_options_header(claim=True) == "  Claimed"
+    assert list_options_header(verbose=True, claim=True, cpupool=True) == (
+        LIST_VERBOSE_HEADER + "  Claimed" + "         Cpupool")
+    uuid = "13a1cf29-2421-4f41-8005-b537fb6e4024"
+    assert list_options_columns(uuid, None, False, claim=True) == "     0"
+    assert list_options_columns(uuid, None, False, verbose=True, claim=True) == (
+        f" {uuid}        -     0                -")
+
+
+def test_sharing_rows():
+    """xl_mem.c sharing(): the header, then "%-40s %5d %5lu  %5lu"."""
+    assert SHARING_HEADER == "Name" + " " * 40 + "ID   Mem Shared"
+    row = sharing_row("web", 3, 256, 12)
+    assert row == "web" + " " * 37 + "     3   256     12"
+    assert row[45] == "3" and SHARING_HEADER[44:46] == "ID"  # the domid under its title

@@ -117,7 +117,8 @@ def test_memory_and_vcpu_nodes_as_libxl_changes_them() -> None:
 
 def test_madt_lists_offline_vcpus_disabled() -> None:
     """ACPI 6.3 §5.2.12.2: Local APIC Flags bit 0 Enabled; a processor not enabled at boot
-    is listed with it clear (Xen's libacpi build_madt for vCPUs not in vcpu_online)."""
+    is listed with it clear (Xen's libacpi build_madt for vCPUs not in vcpu_online) and
+    bit 1 Online Capable set (table 5-47), which Linux needs to count it possible."""
     d = build_tables(AcpiPlatform(vcpus=4, online=2)).get("APIC").data
     off, flags = 44, []
     while off < len(d):
@@ -125,7 +126,7 @@ def test_madt_lists_offline_vcpus_disabled() -> None:
         if kind == 0:
             flags.append(struct.unpack_from("<I", d, off + 4)[0])
         off += length
-    assert flags == [1, 1, 0, 0]
+    assert flags == [1, 1, 2, 2]
 
 
 def test_toolstack_removal_closes_through_the_frontend(blk: BlkRig) -> None:  # noqa: F811 - the fixture

@@ -17,7 +17,7 @@ import pytest
 
 from tests.vm.conftest import Xenopus
 from tests.vm.test_cli import read_until
-from tests.vm.test_save_restore import _start_counter
+from tests.vm.test_save_restore import COUNT, _start_counter, receiver  # noqa: F401
 from xenopus.arch import x86
 from xenopus.stream import REC_PART, StreamReader, StreamWriter, decode_state
 
@@ -98,6 +98,25 @@ def test_an_msr_outside_the_policy_gets_gp(xenopus: Xenopus) -> None:
     assert rdmsr(relaxed, VM_HSAVE_PA) == "0x0"
 
 
+SPEC_CTRL_FEATURES = ("ibrsb", "stibp", "ssbd", "ibrs", "amd-stibp", "amd-ssbd")
+
+
+def test_spec_ctrl_is_the_guest_s_exactly_when_its_cpuid_announces_it(xenopus: Xenopus) -> None:
+    """IA32_SPEC_CTRL (SDM 2.1 / AMD's "Indirect Branch Control Extension") is readable
+    when the policy announces IBRS, STIBP or SSBD (either vendor's bits), as this host's
+    default policy does or does not; with those bits off in `cpuid=`, it is #GP."""
+    shown = xenopus.run("cpu-policy", "--host")
+    assert shown.returncode == 0, shown.stderr
+    features = set(shown.stdout.split("Features:")[1].split())
+    msrs = f"msrs={x86.MSR_IA32_SPEC_CTRL:#x}"
+    out = run_guest(xenopus, "spec-default", msrs)
+    announced = bool(features & set(SPEC_CTRL_FEATURES))
+    assert (rdmsr(out, x86.MSR_IA32_SPEC_CTRL) != "#GP") == announced, (features, out)
+    off = "host," + ",".join(f"{name}=0" for name in SPEC_CTRL_FEATURES)
+    out = run_guest(xenopus, "spec-off", msrs, cpuid=off)
+    assert rdmsr(out, x86.MSR_IA32_SPEC_CTRL) == "#GP"
+
+
 def test_arch_capabilities_reads_back_what_the_policy_says(xenopus: Xenopus) -> None:
     """The policy a domain of this config gets here (asked of one created paused), and
     what a guest of the same config reads (the policy is the config's and the host's)."""
@@ -171,6 +190,40 @@ def test_restore_refuses_a_policy_this_host_cannot_offer(xenopus: Xenopus, tmp_p
     restored = xenopus.run("restore", str(image))
     assert restored.returncode == 0, restored.stderr
     assert xenopus.run("destroy", "moved").returncode == 0
+
+
+def test_a_migration_the_receiver_refuses_for_its_cpu_policy_resumes_the_source(
+    xenopus: Xenopus, receiver: Xenopus, tmp_path: Path,  # noqa: F811 - the fixture
+) -> None:
+    """The stream reaches the receiver through a filter that adds a CPU feature this host
+    lacks to its policy (as a richer host would have sent it): migrate-receive refuses
+    it, naming the feature, before any RAM; the source resumes and counts on, nothing
+    lost, and the receiver holds no domain."""
+    import os
+    import sys
+
+    from tests.vm.test_save_restore import _checksum, _counts
+
+    host = host_policy(xenopus, tmp_path)
+    have = {(int(r[0], 16), r[1]): [int(v, 16) for v in r[2:]] for r in host["cpuid"]}
+    lacking = next(name for name, (lf, sub, reg, bit, width) in x86.CPUID_FIELDS.items()
+                   if width == 1 and (lf, sub or 0, reg) in x86.FEATURE_WORDS
+                   and (lf, sub or 0) in have and not have[(lf, sub or 0)][reg] >> bit & 1)
+    lf, sub, reg, bit, _ = x86.CPUID_FIELDS[lacking]
+    console = _start_counter(xenopus, "refused")
+    before = read_until(console.stdout, b"count 20\r\n")
+    richer = Path(__file__).with_name("richer_policy.py")
+    path = f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"
+    far = (f"{sys.executable} {richer} {lf} {sub or 0} {reg} {bit} | env PATH={path} "
+           f"XENOPUS_RUN_DIR={receiver.run_dir} xenopus migrate-receive")
+    failed = xenopus.run("migrate", "-s", "", "refused", far)
+    assert failed.returncode != 0
+    assert "this host cannot offer the domain's CPU policy" in failed.stderr, failed.stderr
+    assert lacking in failed.stderr and "domain refused resumed" in failed.stderr, failed.stderr
+    assert "refused" not in receiver.domains()
+    assert xenopus.domains()["refused"][4] in ("r-----", "-b----")
+    text = (before + console.communicate(timeout=120)[0]).decode()
+    assert _counts(text) == list(range(COUNT)) and _checksum(COUNT) in text
 
 
 def test_restore_keeps_the_saved_policy(xenopus: Xenopus, tmp_path: Path) -> None:

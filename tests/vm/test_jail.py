@@ -3,6 +3,7 @@ and the daemon's own defences (run directory, config files, names, start-up)."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import select
@@ -118,6 +119,9 @@ def test_rlimits_and_cgroup(jailed: Xenopus) -> None:
     assert re.search(r"^Max processes\s+\d+\s+\d+\s", limits, re.M), limits
     info = ask(jailed, "info", dom="jail-limits").data["jail"]
     assert info["rlimits"] == "on"
+    # What `xenopus list -l` shows of it: every layer, on or missing and why.
+    shown = json.loads(jailed.run("list", "-l", "jail-limits").stdout)[0]["xenopus"]["jail"]
+    assert shown == info and {"uid", "caps", "no_new_privs", "seccomp", "cgroup", "aslr"} <= set(shown)
     cgroup = Path(f"/proc/{pid}/cgroup").read_text()
     if info["cgroup"].startswith("on"):
         assert f"/domain-{domid}\n" in cgroup, cgroup
@@ -235,6 +239,33 @@ def test_destroy_of_a_domain_still_starting_returns(jailed: Xenopus) -> None:
         create.kill()
 
 
+def test_a_domain_not_ready_in_time_is_torn_down(tmp_path: Path) -> None:
+    """A domain process that never becomes ready (its kernel a FIFO nobody writes) is
+    killed after the start-up timeout, and the create fails saying so; nothing of the
+    domain is left."""
+    x = Xenopus(tmp_path / "run", tmp_path)
+    x.env = {**x.env, "XENOPUS_START_TIMEOUT": "2"}
+    fifo = tmp_path / "kernel.fifo"
+    os.mkfifo(fifo)
+    cfg = tmp_path / "slow.cfg"
+    cfg.write_text(f'name = "slow"\nkernel = "{fifo}"\nmemory = 32\n')
+    try:
+        r = x.run("create", str(cfg), timeout=60)
+        assert r.returncode != 0 and "did not start within 2 s" in r.stderr, r.stderr
+        assert "slow" not in x.domains()
+        assert re.search(r"domain (\d+) \(slow\) was not ready after 2 s; killing it", x.log())
+        assert not list((x.run_dir / "domains").iterdir())
+    finally:
+        x.run("daemon", "--stop", timeout=60)
+
+
+def test_a_bad_start_timeout_is_refused(tmp_path: Path) -> None:
+    x = Xenopus(tmp_path / "run", tmp_path)
+    x.env = {**x.env, "XENOPUS_START_TIMEOUT": "soon"}
+    r = x.run("daemon", timeout=60)
+    assert r.returncode != 0 and "XENOPUS_START_TIMEOUT" in r.stderr, r.stderr
+
+
 def test_run_dir_that_is_not_ours_is_refused(tmp_path: Path) -> None:
     victim = tmp_path / "victim"
     victim.write_text("precious\n")
@@ -299,6 +330,136 @@ def test_kill_9_of_the_daemon_loses_no_domain(jailed: Xenopus) -> None:
     assert jailed.run("destroy", "after-crash").returncode == 0
 
 
+def kill_daemon(x: Xenopus) -> None:
+    daemon = ask(x, "ping").data["pid"]
+    os.kill(daemon, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{daemon}").exists() and "zombie" not in status(daemon).get("State", ""):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)  # polling for the kill to land
+
+
+def test_a_domain_process_missing_from_the_table_is_swept(jailed: Xenopus) -> None:
+    """A daemon killed after its zygote started a domain process but before it wrote the
+    domain into its table (the create never answered) left that process running for
+    ever, unknown to the next daemon, which then gave its domid to the next domain. The
+    next daemon ends it and removes what was left of its domain."""
+    table = Path(ipc.domain_table_path(str(jailed.run_dir)))
+    assert jailed.run("list").returncode == 0
+    before = table.read_bytes()  # the table as it was before the create
+    orphan = running(jailed, "orphan")
+    kill_daemon(jailed)
+    table.write_bytes(before)  # as if the daemon died before saving the new domain
+    assert jailed.run("list").returncode == 0  # a new daemon
+    assert not Path(f"/proc/{orphan['pid']}").exists() or \
+        "zombie" in status(orphan["pid"]).get("State", "")
+    assert f"domain {orphan['domid']}: its process (pid {orphan['pid']})" in jailed.log()
+    assert "orphan" not in jailed.domains()
+    assert not Path(ipc.domain_dir(orphan["domid"], str(jailed.run_dir))).exists()
+    fresh = running(jailed, "after-orphan")
+    assert fresh["domid"] > orphan["domid"]  # a domid past the swept one, as after adoption
+    assert jailed.run("destroy", "after-orphan").returncode == 0
+
+
+def test_kill_9_with_a_create_in_flight_leaves_no_orphan(jailed: Xenopus) -> None:
+    """The daemon killed while one domain runs and another is still starting (its kernel a
+    FIFO: it blocks before Ready, before it is in the table): the next daemon adopts the
+    running one and ends the starting one's process, whose create was never answered."""
+    steady = running(jailed, "steady")
+    fifo = jailed.tmp / "inflight.fifo"
+    os.mkfifo(fifo)
+    cfg = jailed.tmp / "inflight.cfg"
+    cfg.write_text(f'name = "inflight"\nkernel = "{fifo}"\nmemory = 32\n')
+    create = jailed.popen("create", str(cfg))
+    try:
+        deadline = time.monotonic() + 30
+        while not (pid := next((d["pid"] for d in ask(jailed, "list").data["domains"]
+                                if d["name"] == "inflight" and d.get("pid")), None)):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)  # polling until its process exists
+        inflight = int(pid)
+        kill_daemon(jailed)
+        create.communicate(timeout=30)
+        assert create.returncode != 0  # never answered
+        assert jailed.run("list").returncode == 0  # a new daemon
+        domains = jailed.domains()
+        assert "steady" in domains and int(domains["steady"][1]) == steady["domid"]
+        assert "inflight" not in domains
+        assert not Path(f"/proc/{inflight}").exists() or "zombie" in status(inflight).get("State", "")
+        assert f"its process (pid {inflight})" in jailed.log()
+    finally:
+        create.kill()
+    assert jailed.run("destroy", "steady").returncode == 0
+
+
+def test_the_sweep_follows_no_planted_symlink(jailed: Xenopus) -> None:
+    """A domain's directory is writable by its process: one that refuses adoption could
+    leave control.sock as a symlink to another domain's socket (or any host service's).
+    The sweep kills only a process of that domain, so the other domain lives on."""
+    victim = running(jailed, "victim")
+    planted = Path(ipc.domain_dir(999, str(jailed.run_dir)))
+    planted.mkdir(parents=True)
+    (planted / "control.sock").symlink_to(ipc.control_socket_path(victim["domid"], str(jailed.run_dir)))
+    kill_daemon(jailed)
+    assert jailed.run("list").returncode == 0  # a new daemon adopts, then sweeps 999
+    assert "domain 999: pid" in jailed.log() and "is not its process; left alone" in jailed.log()
+    assert Path(f"/proc/{victim['pid']}").exists() and "zombie" not in status(victim["pid"])["State"]
+    assert not planted.exists()
+    assert jailed.run("destroy", "victim").returncode == 0
+
+
+def test_a_domain_that_hides_its_control_socket_is_still_ended(jailed: Xenopus) -> None:
+    """A compromised domain process replaces its control.sock with a symlink to another
+    domain's: its adoption fails (that socket's peer is not the pid in the table), the
+    symlink leads the sweep to a process it leaves alone, and the liar itself, found by
+    the table's pid and its jail uid, is ended."""
+    victim, liar = running(jailed, "victim2"), running(jailed, "liar")
+    sock = Path(ipc.control_socket_path(liar["domid"], str(jailed.run_dir)))
+    sock.unlink()
+    sock.symlink_to(ipc.control_socket_path(victim["domid"], str(jailed.run_dir)))
+    kill_daemon(jailed)
+    assert jailed.run("list").returncode == 0
+    domains = jailed.domains()
+    assert "victim2" in domains and "liar" not in domains
+    assert f"domain {liar['domid']} (liar) was lost while no daemon ran" in jailed.log()
+    assert Path(f"/proc/{victim['pid']}").exists() and "zombie" not in status(victim["pid"])["State"]
+    assert not Path(f"/proc/{liar['pid']}").exists() or "zombie" in status(liar["pid"]).get("State", "")
+    assert jailed.run("destroy", "victim2").returncode == 0
+
+
+def xenstore_exists(x: Xenopus, path: str) -> bool:
+    env = {**os.environ, "XENSTORED_PATH": str(x.run_dir / "xenstored.sock")}
+    return subprocess.run(["xenstore-exists", path], env=env, capture_output=True,
+                          timeout=30).returncode == 0
+
+
+def test_every_exit_is_recorded_and_a_dead_corpse_leaves_nothing(jailed: Xenopus) -> None:
+    """Every domain's end is logged with its process's exit status and usage (it used to
+    say "exited with status None"); a preserved domain whose process died is destroyed
+    with its XenStore home, its /vm/UUID and its run-dir entry (they leaked)."""
+    uuid = "5e1f0c2a-9d3b-4c7e-8a41-0d2c6b7e9f13"
+    dom = running(jailed, "corpse", on_crash="preserve", uuid=uuid)
+    domid = dom["domid"]
+    assert xenstore_exists(jailed, f"/local/domain/{domid}")
+    assert xenstore_exists(jailed, f"/vm/{uuid}")
+    os.kill(dom["pid"], signal.SIGKILL)  # its process dies: a crash, preserved
+    deadline = time.monotonic() + 30
+    while jailed.domains().get("corpse", [""] * 5)[4] != "---sc-":
+        assert time.monotonic() < deadline, jailed.domains()
+        time.sleep(0.05)  # polling what a user sees
+    assert "crashed: domain process killed by SIGKILL" in jailed.log()
+    assert jailed.run("destroy", "corpse").returncode == 0
+    assert not xenstore_exists(jailed, f"/local/domain/{domid}")
+    assert not xenstore_exists(jailed, f"/vm/{uuid}")
+    assert not Path(ipc.domain_dir(domid, str(jailed.run_dir))).exists()
+    tidy = running(jailed, "tidy")
+    assert jailed.run("destroy", "tidy").returncode == 0
+    ended = re.search(rf"domain {tidy['domid']} \(tidy\) destroyed: .*; exit status (\S+), "
+                      r"max RSS (\d+) KiB", jailed.log())
+    assert ended and ended[1] != "None" and int(ended[2]) > 0, jailed.log()[-2000:]
+    assert "exited with status None" not in jailed.log()
+
+
 def test_restart_keeps_its_tap_inside_the_jail(jailed: Xenopus) -> None:
     dom = running(jailed, "jail-vif", on_reboot="restart", vif=["model=virtio, vifname=xjail0"])
     assert Path("/sys/class/net/xjail0").exists()
@@ -339,6 +500,8 @@ def test_each_domain_has_its_own_address_space_layout(jailed: Xenopus) -> None:
     assert len(bases) == 3 and _libc_base(zygote) not in bases, bases
     for d in doms:
         assert ask(jailed, "info", dom=d["name"]).data["jail"]["aslr"] == "on"
+        # The later two were replacement spares, which may start niced: not as domains.
+        assert os.getpriority(os.PRIO_PROCESS, d["pid"]) == 0
         assert jailed.run("destroy", d["name"]).returncode == 0
 
 
@@ -406,15 +569,6 @@ def test_a_spare_that_dies_while_no_domain_runs_is_reaped_and_replaced(tmp_path:
         assert spares[0] not in children(zygote) and len(children(zygote)) == 2
     finally:
         x.run("daemon", "--stop", timeout=60)
-
-
-def kill_daemon(x: Xenopus) -> None:
-    daemon = ask(x, "ping").data["pid"]
-    os.kill(daemon, signal.SIGKILL)
-    deadline = time.monotonic() + 30
-    while Path(f"/proc/{daemon}").exists() and "zombie" not in status(daemon).get("State", ""):
-        assert time.monotonic() < deadline
-        time.sleep(0.05)  # polling for the kill to land
 
 
 def test_pv_backends_reconnect_to_a_restarted_daemons_xenstore(jailed: Xenopus) -> None:

@@ -103,6 +103,51 @@ def test_host_tools_see_what_the_guest_wrote(xenopus: Xenopus) -> None:
     assert "RESULT: PASS xenstore" in log, log
 
 
+def _vm_rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return int(re.search(r"^VmRSS:\s+(\d+) kB", f.read(), re.M)[1])
+
+
+def test_a_guest_that_stops_reading_its_xenstore_ring_is_bounded_not_cut_off(
+        xenopus: Xenopus) -> None:
+    """xsflood sets 20 watches with 800-byte tokens and stops reading its ring; the host
+    then writes 600 nodes under the watched path (12 000 events, ~10 MB). As xenstored
+    does, the daemon drops the events past the domain's memory quota (256 KiB here, set
+    with xl xenstore-quota-set so that the guest's emulated ring 0 reads the rest back
+    quickly) and keeps the connection: the guest, reading again, finds its ring unbroken,
+    fewer events than fired, and its requests answered; the domain process held no
+    backlog of its own."""
+    cfg = xenopus.config("xsflood", "xsflood.elf", xen_platform=1, memory=64,
+                         cmdline="watches=20 tokens=800")
+    assert xenopus.run("create", "-p", str(cfg)).returncode == 0
+    domid = xenopus.domains()["xsflood"][1]
+    quota = xenopus.run("xenstore-quota-set", "xsflood", "memory=262144")
+    assert quota.returncode == 0, quota.stderr
+    pid = next(d["pid"] for d in ipc.Channel.connect(str(xenopus.run_dir / "xenopus.sock"))
+               .request({"op": "list"})["domains"] if d["name"] == "xsflood")
+    con = xenopus.popen("console", "-t", "serial", "xsflood", stdin=subprocess.PIPE)
+    try:
+        assert con.stdout is not None and con.stdin is not None
+        assert xenopus.run("unpause", "xsflood").returncode == 0
+        read_until(con.stdout, b"xsflood: ready")
+        rss = _vm_rss_kib(pid)
+        env = {**os.environ, "XENSTORED_PATH": str(xenopus.run_dir / "xenstored.sock")}
+        pairs = [a for i in range(600) for a in (f"/local/domain/{domid}/data/flood/n{i:04}", "")]
+        subprocess.run(["xenstore-write", *pairs], env=env, check=True, timeout=120)
+        assert f"domain {domid} is not reading its watch events" in xenopus.log()
+        assert _vm_rss_kib(pid) - rss < 4096  # KiB: the proxy keeps a few KiB, not the flood
+        con.stdin.write(b"g")
+        con.stdin.flush()
+        out = read_until(con.stdout, b"RESULT: ", timeout=120).decode(errors="replace")
+        out += con.stdout.read1(4096).decode(errors="replace")
+    finally:
+        con.kill()
+        xenopus.run("destroy", "xsflood")
+    events = int(re.search(r"xsflood: (\d+) events after the flood", out)[1])
+    assert 0 < events < 12000, out
+    assert "RESULT: PASS xsflood" in out, out
+
+
 def test_pv_console_ring(xenopus: Xenopus) -> None:
     cfg = xenopus.config("xcons", "xenconsole.elf", xen_platform=1, memory=64,
                          cmdline="echo timeout_ms=30000")

@@ -16,6 +16,7 @@ import re
 import selectors
 import socket
 import subprocess
+import time
 from collections.abc import Callable
 
 import pytest
@@ -158,6 +159,64 @@ def test_broker_channels_grants_and_a_dying_peer(monkeypatch: pytest.MonkeyPatch
             d.port.shutdown()
         for d in (2, 3, 4):
             broker.remove(d)
+
+    asyncio.run(main())
+
+
+def test_links_and_views_survive_a_daemon_restart() -> None:
+    """The daemon dies and a new one adopts the domains: each process gets a new broker
+    pair and says which links and views it holds. A link both ends name is the new
+    broker's again (a peer's death still unbinds the other end; events still flow); an
+    end whose peer was lost with the old daemon goes back to unbound; binds made after
+    get numbers past the old links'. (The new broker knew none of them: a dead peer
+    left its partner bound for ever, and its first new link took an old one's number.)"""
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        old = InterdomainBroker()
+        a, b, c, lost = (Dom(d, old, loop) for d in (1, 2, 3, 4))
+        port = a.evtchn.alloc_unbound(abi.DOMID_SELF, 2)
+        lport = await vcpu(b.evtchn.bind_interdomain, 1, port)
+        cport = c.evtchn.alloc_unbound(abi.DOMID_SELF, 4)
+        assert await vcpu(lost.evtchn.bind_interdomain, 3, cport) > 0
+        a.memory.write(GRANTED * abi.PAGE_SIZE, b"granted before".ljust(64, b"\0"))
+        a.grant(8, to=2)
+        assert await vcpu(b.grants.copy_one, copy_from(1, 8)) == abi.GNTST_okay  # b views a
+        old_ids = set(old.links)
+        for sock in old.socks.values():  # the daemon is killed: its ends close
+            loop.remove_reader(sock.fileno())
+            sock.close()
+        lost.port.shutdown()  # and domain 4 is not adopted
+
+        new = InterdomainBroker()
+        new.hold()
+        for d in (a, b, c):  # the adoption: a new pair each
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            new.add(d.domid, ours)
+            d.port.reconnect(theirs)
+        new.release()
+        assert set(new.links) == old_ids - {lid for lid, k in old.links.items() if 4 in (k.a, k.b)}
+        assert new.viewers == {1: {2}}
+        # c's peer was lost: its port is unbound again, still for domain 4.
+        await asyncio.wait_for(c.closed.wait(), 5)
+        assert c.evtchn.port_state(cport) == State.UNBOUND
+        # The surviving link carries events as before.
+        a.consume()
+        assert await vcpu(b.evtchn.send, lport) == 0
+        await asyncio.wait_for(a.upcall.wait(), 5)
+        assert a.pending(port)
+        # A new bind goes through the new broker, numbered past the old links.
+        port2 = a.evtchn.alloc_unbound(abi.DOMID_SELF, 3)
+        assert await vcpu(c.evtchn.bind_interdomain, 1, port2) > 0
+        assert max(new.links) > max(old_ids)
+        # Domain 2's process dies under the new daemon: a's port is unbound.
+        a.closed.clear()
+        new.remove(2)
+        await asyncio.wait_for(a.closed.wait(), 5)
+        assert a.evtchn.port_state(port) == State.UNBOUND
+        for d in (a, b, c):
+            d.port.shutdown()
+        for d in (1, 3):
+            new.remove(d)
 
     asyncio.run(main())
 
@@ -338,4 +397,48 @@ def test_destroying_one_side_midway_leaves_the_other_running(xenopus: Xenopus) -
     assert f"pair a: reply from domain {b}: ack from domain {b}: hello from domain {a}" in out_a, out_a
     assert re.search(r"FAIL port \d+ bound to domain", out_a), out_a
     assert "RESULT: FAIL xenpair role=a" in out_a, out_a
+    assert re.search(rf"d{a}: port \d+: domain {b} closed its end", log_a.read_text())
+
+
+@kvm
+def test_a_link_made_before_a_daemon_restart_is_the_new_daemons(xenopus: Xenopus) -> None:
+    """As above, with the daemon killed (kill -9) once b has bound a's port and sent: the
+    next daemon adopts both; destroying b then unbinds a's port, which only a broker that
+    knows the link can do (a restarted daemon used to know none, and a stayed bound to a
+    dead domain)."""
+    from tests.vm.test_jail import kill_daemon
+
+    a, b = pair_ids(xenopus, "rj")
+    assert create_paused(xenopus, "rj-a", f"role=a peer={b} timeout_ms=60000") == a
+    cfg = xenopus.config("rj-b", "xenpair.elf", xen_platform=1, memory=64,
+                         cmdline=f"role=b peer={a} wait=0", on_poweroff="preserve")
+    assert xenopus.run("create", "-q", "-p", str(cfg)).returncode == 0
+    assert int(xenopus.domains()["rj-b"][1]) == b
+    con_a, con_b = console(xenopus, "rj-a"), console(xenopus, "rj-b")
+    log_a = xenopus.run_dir / "log" / "rj-a.log"
+    try:
+        assert con_a.stdout is not None and con_b.stdout is not None
+        assert xenopus.run("unpause", "rj-a").returncode == 0
+        read_until(con_a.stdout, b"pair a: port")  # published, now waiting for b
+        assert xenopus.run("pause", "rj-a").returncode == 0
+        assert xenopus.run("unpause", "rj-b").returncode == 0
+        result_b = result_line(con_b.stdout)
+        assert result_b.startswith(b"RESULT: PASS xenpair role=b"), result_b
+
+        kill_daemon(xenopus)
+        assert xenopus.run("list").returncode == 0  # a new daemon adopts both
+        assert "rejoined" in xenopus.log()
+        assert "closed its end" not in log_a.read_text()
+        assert xenopus.run("destroy", "rj-b").returncode == 0
+        deadline = time.monotonic() + 30
+        while "closed its end" not in log_a.read_text():
+            assert time.monotonic() < deadline, log_a.read_text()
+            time.sleep(0.05)  # polling the domain's log for the unlink
+        assert xenopus.run("unpause", "rj-a").returncode == 0
+        out_a = con_a.communicate(timeout=120)[0].decode(errors="replace")
+    finally:
+        con_a.kill()
+        con_b.kill()
+    assert f"pair a: reply from domain {b}: ack from domain {b}: hello from domain {a}" in out_a, out_a
+    assert re.search(r"FAIL port \d+ bound to domain", out_a), out_a
     assert re.search(rf"d{a}: port \d+: domain {b} closed its end", log_a.read_text())

@@ -80,6 +80,13 @@ def test_xl_create_by_name_then_the_information_verbs(xl: Xl) -> None:
     pools = xl.run("list", "-c", "-n", check=True).stdout.splitlines()
     assert pools[0].endswith("\tTime(s)         Cpupool NODE Affinity")
     assert all(line.endswith("          Pool-0 all") for line in pools[1:])
+    # the verbs of one pool, no claims and KSM's sharing, in xl's tables
+    assert xl.run("cpupool-list", check=True).stdout.splitlines()[1].split() == [
+        "Pool-0", str(len(host.host_cpus())), "credit2", "y", "2"]
+    claims = xl.run("claims", check=True).stdout.splitlines()
+    assert claims[0].endswith("\tTime(s)  Claimed") and claims[-1].split()[-1] == "0"
+    shared = xl.run("sharing", "waiter", check=True).stdout.splitlines()
+    assert shared[1].split()[:3] == ["waiter", domid, "48"] and shared[1].split()[3].isdigit()
 
     # Xen brings vCPU0 of a domain created paused up (its CPU shown, neither running nor
     # blocked); the other vCPUs wait for the guest ("-", "--p").

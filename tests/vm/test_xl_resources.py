@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ from tests.vm.conftest import Xenopus
 from tests.vm.test_cli import read_until
 from tests.vm.test_devices import NS, RESPONDER, netns, pattern  # noqa: F401 - fixture
 from tests.vm.test_xl import XL, Xl
+from xenopus.xen.xenstore import wire
 
 pytestmark = pytest.mark.kvm
 
@@ -346,3 +348,77 @@ def test_xenstore_quota_get_and_set(xl: Xl) -> None:
     # Gone with its domain: XenStore forgot it.
     r = xl.run("xenstore-quota-get", "quotaed")
     assert r.returncode != 0
+
+
+def test_xenstore_quota_and_feature_mask_from_the_config(xl: Xl) -> None:
+    """xl.cfg's xenstore_quota (the domain's own quotas from its creation) and
+    xenstore_feature_mask (the ring features its XenStore offers it)."""
+    write_config(xl, "cfgquota", "xenstore.elf", memory=32, xenstore_quota=["watches=5"],
+                 xenstore_feature_mask=0)
+    assert xl.run("create", "-p", "cfgquota").returncode == 0
+    con = None
+    try:
+        glob = quota_rows(xl.run("xenstore-quota-get", "-g", check=True).stdout)
+        mine = quota_rows(xl.run("xenstore-quota-get", "cfgquota", check=True).stdout)
+        assert mine == {**glob, "watches": 5}
+        domid = xl.run("domid", "cfgquota", check=True).stdout.strip()
+        # GET_FEATURE <domid> as dom0 on the daemon's socket (xenstore.txt): none offered
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(20)
+            sock.connect(str(xl.run_dir / "xenstored.sock"))
+            sock.sendall(wire.pack(wire.XS_GET_FEATURE, 1, 0, wire.strings(domid)))
+            reply = b""
+            while len(reply) < wire.HEADER_SIZE or \
+                    len(reply) < wire.HEADER_SIZE + wire.unpack_header(reply).len:
+                chunk = sock.recv(4096)
+                assert chunk, reply
+                reply += chunk
+        hdr = wire.unpack_header(reply)
+        assert hdr.type == wire.XS_GET_FEATURE, reply
+        assert reply[wire.HEADER_SIZE:].rstrip(b"\0") == b"0"
+        # ... and the ring page says the same: the guest finds no reconnection offered
+        # (its check of it fails, which is the point here).
+        con = xl.popen("console", "cfgquota")
+        assert con.stdout is not None
+        assert xl.run("unpause", "cfgquota").returncode == 0
+        out = read_result(con.stdout)
+        assert b"FAIL server features 0x0 offer ring reconnection" in out, out
+    finally:
+        xl.run("destroy", "cfgquota")
+        if con is not None:
+            con.wait(60)
+
+
+def test_python_api_images_and_resources(xl: Xl, tmp_path: Path) -> None:
+    """The Python API beyond the lifecycle: mem_set/mem_max and vcpu_set on a Xen guest
+    (what libxl writes: memory/target, cpu/N/availability), its XenStore quotas, then
+    save, restore and dump_core of a running guest."""
+    import xenopus
+
+    write_config(xl, "apihot", "xenvcpuset.elf", memory=32, maxmem=48, vcpus=1, maxvcpus=2)
+    write_config(xl, "apicount", "counter.elf", memory=32, cmdline="count=100000000")
+    with xenopus.connect(str(xl.run_dir)) as x:
+        hot = x.create(xl.etc / "apihot.cfg", paused=True)
+        try:
+            x.mem_max(hot.domid, 40 * 1024)
+            x.mem_set(hot.domid, 24 * 1024)
+            assert xenstore_read(xl, f"/local/domain/{hot.domid}/memory/target") == "24576"
+            x.vcpu_set(hot.domid, 2)
+            assert xenstore_read(xl, f"/local/domain/{hot.domid}/cpu/1/availability") == "online"
+            assert x.xenstore_quota(hot.domid) == x.xenstore_quota()
+            with pytest.raises(xenopus.NoSuchDomain):
+                x.mem_set("nosuch", 1024)
+        finally:
+            x.destroy(hot.domid)
+
+        count = x.create(xl.etc / "apicount.cfg")
+        image, core = tmp_path / "apicount.img", tmp_path / "apicount.core"
+        x.dump_core(count.domid, core)
+        assert core.read_bytes()[:4] == b"\x7fELF"
+        x.save(count.domid, image)
+        assert image.stat().st_size > 0 and "apicount" not in [d.name for d in x.list()]
+        back = x.restore(image, paused=True)
+        try:
+            assert (back.name, back.state) == ("apicount", "paused")
+        finally:
+            x.destroy(back.domid)

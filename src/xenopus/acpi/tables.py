@@ -239,6 +239,10 @@ class MadtLocalApic(ctypes.LittleEndianStructure):
 
 
 LAPIC_ENABLED = 1 << 0
+# ACPI 6.3 table 5-47: a processor not Enabled at boot that may be brought up later. Linux
+# (arch/x86/kernel/acpi/boot.c acpi_is_processor_usable, ACPI >= 6.3 tables) ignores a
+# disabled LAPIC without it, so the vCPUs `xl vcpu-set` can bring up would not exist.
+LAPIC_ONLINE_CAPABLE = 1 << 1
 
 
 class MadtIoApic(ctypes.LittleEndianStructure):
@@ -606,7 +610,8 @@ def madt(p: AcpiPlatform) -> bytes:
 
     online = p.vcpus if p.online is None else p.online
     for i in range(p.vcpus):
-        add(MadtLocalApic(processor_uid=i, apic_id=i, flags=LAPIC_ENABLED if i < online else 0))
+        flags = LAPIC_ENABLED if i < online else LAPIC_ONLINE_CAPABLE
+        add(MadtLocalApic(processor_uid=i, apic_id=i, flags=flags))
     if p.io_apic:
         # §5.2.12.3 I/O APIC structure; §5.2.12.5 Interrupt Source Overrides map ISA IRQs
         # onto GSIs, which exist only as IO-APIC inputs (§5.2.13), so both or neither.

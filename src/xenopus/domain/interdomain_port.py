@@ -182,6 +182,25 @@ class InterdomainPort:
             if files.done() and not files.cancelled():
                 close_fds(files.result())
 
+    def reconnect(self, sock: socket.socket) -> None:
+        """A restarted daemon's broker end replaces the lost daemon's (on the loop). Our
+        links' eventfds never went through the daemon and still work; the new broker is
+        told which links we hold and whose memory we view (`rejoin`), and re-makes each
+        link whose other end names it too (toolstack/broker.py)."""
+        with contextlib.suppress(ValueError, OSError):
+            self.loop.remove_reader(self.sock.fileno())
+        self.sock.close()
+        for fut in self._pending.values():  # asked of the lost daemon: never answered
+            if not fut.done():
+                fut.set_result(({"rc": -abi.XEN_ESRCH}, []))
+        sock.setblocking(False)
+        self.sock = sock
+        self.loop.add_reader(sock.fileno(), self._readable)
+        with self._lock:
+            links = [[link.id, link.port, link.rdom] for link in self.links.values()]
+            views = list(self.cur.views) if self.cur is not None else []
+        send(sock, {"op": "rejoin", "links": links, "views": views})
+
     def _call(self, fn: Callable[..., None], *args: Any) -> None:
         """Run on the loop: now if we are its thread, else soon."""
         if self._on_loop():

@@ -57,12 +57,15 @@ from xenopus.xen.hypercall import (
 from xenopus.xen.kernel_events import KernelEvents
 from xenopus.xen.xenstore import wire
 from xenopus.xen.xenstore.client import XsClient
-from xenopus.xen.xenstore.server import RingTransport
+from xenopus.xen.xenstore.ring import RingTransport
 
 log = logging.getLogger("xenopus.xen")
 B = TypeVar("B", bound=Backend)  # a hot-plugged backend, returned as its own type
 
 XEN_STATE_VERSION = 1  # of XenGuest.save_state's dict
+# The XenStore ring features we serve (xenstore-ring.txt); xl.cfg's xenstore_feature_mask
+# may hide some from the guest.
+STORE_RING_FEATURES = wire.XENSTORE_SERVER_FEATURE_ERROR | wire.XENSTORE_SERVER_FEATURE_RECONNECTION
 XEN_VBD_MAJOR = 202  # docs/misc/vbd-interface.txt: xvd disks are major 202
 
 
@@ -98,6 +101,13 @@ REPLAY_REQ_ID = 0xFFFFFFFE
 # The guest's watches the proxy remembers for a restarted daemon (the daemon's quota
 # refuses a connection more than its default 128 anyway: xenstored's quota-nb-watch).
 MAX_REPLAYED_WATCHES = 1024
+# What the proxy holds for a guest, each way, before it stops taking more: the replies
+# and events the guest has not read stay in the daemon, charged to the domain there, which
+# drops watch events past the domain's memory quota and stops reading its requests at
+# its outstanding-replies quota (xenstored's send_event/domain_can_read); the requests
+# the daemon has not read stay in the guest's ring, which the guest sees full (xenbus
+# waits). Nothing is dropped here, and the ring is never broken for a slow reader.
+PROXY_BACKLOG = 4 * wire.XENSTORE_RING_SIZE
 
 
 class StoreProxy:
@@ -118,11 +128,18 @@ class StoreProxy:
         self._replaying = 0  # replies to those still to drop (the guest asked none)
         self._replay_buf = bytearray()
         self._resets = 0  # XS_RESET_WATCHES of ours not answered yet
+        self._room = asyncio.Event()  # the guest has read enough to take more from the daemon
+        self._room.set()
+        self._draining: asyncio.Task | None = None  # waits for the daemon to take requests
 
     async def start(self) -> None:
         if self.sock is None:
             return
-        reader, self._writer = await asyncio.open_unix_connection(sock=self.sock)
+        # The stream buffers little of its own (limit: pause reading past twice this), so
+        # a guest that does not read leaves its output queued in the daemon.
+        reader, self._writer = await asyncio.open_unix_connection(sock=self.sock,
+                                                                  limit=PROXY_BACKLOG)
+        self._writer.transport.set_write_buffer_limits(high=PROXY_BACKLOG)
         self._task = asyncio.create_task(self._from_daemon(reader))
 
     async def reconnect(self, sock: socket.socket) -> None:
@@ -156,6 +173,8 @@ class StoreProxy:
 
     def attach(self, ring: RingTransport | None, notify: Callable[[], None] = lambda: None) -> None:
         self.ring, self.notify = ring, notify
+        with contextlib.suppress(RuntimeError):  # (any thread) a waiting reader looks again
+            self.loop.call_soon_threadsafe(self._room.set)
         if ring is None:
             return
         self._rings += 1
@@ -191,8 +210,8 @@ class StoreProxy:
             self.notify()
         if ring.broken:
             return
-        messages = ring.read_messages()
-        if ring.more:  # a guest that keeps writing: the loop's other work first
+        messages = [] if self._daemon_busy() else ring.read_messages()
+        if messages and ring.more:  # a guest that keeps writing: the loop's other work first
             self.loop.call_soon(self._pump)
         for message in messages:
             self._track(message)
@@ -200,6 +219,24 @@ class StoreProxy:
                 self._writer.write(message)
         if ring.flush() or messages:
             self.notify()
+        if ring.pending < PROXY_BACKLOG:
+            self._room.set()
+
+    def _daemon_busy(self) -> bool:
+        """The daemon has not taken PROXY_BACKLOG of the guest's requests: leave the rest
+        in the guest's ring (a full ring is the guest's back-pressure under Xen too), and
+        look again once it has."""
+        writer = self._writer
+        if writer is None or writer.transport.get_write_buffer_size() <= PROXY_BACKLOG:
+            return False
+        if self._draining is None or self._draining.done():
+            self._draining = asyncio.ensure_future(self._drained(writer))
+        return True
+
+    async def _drained(self, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError):
+            await writer.drain()
+        self._pump()
 
     def _drop_stale(self, data: bytes) -> bytes:
         """What follows the reset's reply in `data`; all of it once that has passed."""
@@ -241,7 +278,7 @@ class StoreProxy:
         return bytes(out)
 
     async def _from_daemon(self, reader: asyncio.StreamReader) -> None:
-        while data := await reader.read(65536):
+        while data := await reader.read(PROXY_BACKLOG):
             if self._stale is not None:
                 data = self._drop_stale(data)
                 if not data:
@@ -256,10 +293,15 @@ class StoreProxy:
             ring.write(data)
             if ring.flush():
                 self.notify()
+            while ring is self.ring and not ring.broken and ring.pending >= PROXY_BACKLOG:
+                self._room.clear()  # the guest is not reading: neither do we
+                await self._room.wait()
 
     async def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
+        if self._draining is not None:
+            self._draining.cancel()
         if self._writer is not None:
             self._writer.close()
 
@@ -371,7 +413,8 @@ class XenGuest:
             lambda: evtchn.notify(self.console_port),
         )
         self.console_port = evtchn.bind_local(self._console_kick)
-        ring = RingTransport(memory.view(layout.XEN_STORE_PAGE, abi.PAGE_SIZE, kept=True))
+        ring = RingTransport(memory.view(layout.XEN_STORE_PAGE, abi.PAGE_SIZE, kept=True),
+                             features=STORE_RING_FEATURES & self.config.xenstore_feature_mask)
         self.store.attach(ring, lambda: evtchn.notify(self.store_port))
         for param, value in (
             (abi.HVM_PARAM_STORE_PFN, layout.XEN_STORE_PAGE >> 12),

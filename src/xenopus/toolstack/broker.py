@@ -11,6 +11,14 @@ a peer that does not answer within `PEER_TIMEOUT` costs the requester -ESRCH.
 Links (a bound pair of ports) and views (who has mapped whose memory) are tracked here so
 that when a domain's incarnation ends or its process dies, the other ends are told: their
 ports go back to unbound, their views of its memory are dropped.
+
+A restarted daemon learns them again from the domains it adopts: each process, handed a
+new pair, says which links it holds (number, port, peer) and whose memory it views
+(`rejoin`). A link is re-made when both ends name it alike; an end whose peer does not
+(its domain was lost with the old daemon, or lies) is told to unlink, as when a peer
+dies. Binds wait until every adopted domain has rejoined (`hold`/`release`), so a new
+link cannot take an old one's number. The eventfds of a link pass between the domain
+processes directly, so its events flow while no daemon runs.
 """
 
 from __future__ import annotations
@@ -47,7 +55,12 @@ class InterdomainBroker:
         self.socks: dict[int, socket.socket] = {}
         self.links: dict[int, Link] = {}
         self.viewers: dict[int, set[int]] = {}  # domid -> domains holding a view of it
-        self._ids = itertools.count(1)
+        self._next_link = 1
+        # (domid, link) -> (port, peer): an adopted domain's end of a link whose other end
+        # has not rejoined yet.
+        self._halves: dict[tuple[int, int], tuple[int, int]] = {}
+        self._open = asyncio.Event()  # binds may go ahead (cleared while adopting)
+        self._open.set()
         self._seq = itertools.count(1)
         self._pending: dict[tuple[int, int], asyncio.Future] = {}
         self._tasks: set[asyncio.Task] = set()
@@ -82,6 +95,53 @@ class InterdomainBroker:
             self._send(viewer, {"op": "drop", "dom": domid})
         for viewed in self.viewers.values():
             viewed.discard(domid)  # its views went with its incarnation
+
+    # -- a restarted daemon --------------------------------------------------------------
+    def hold(self) -> None:
+        """Adoption begins: binds wait until `release`."""
+        self._open.clear()
+
+    def release(self) -> None:
+        """Every domain is adopted: take the rejoins still unread, unlink the ends whose
+        peer never named the link, and let binds go ahead."""
+        for domid, sock in list(self.socks.items()):
+            self._readable(domid, sock)
+        for (domid, lid), (port, rdom) in self._halves.items():
+            log.info("event channel: domain %d port %d: domain %d did not rejoin link %d",
+                     domid, port, rdom, lid)
+            self._send(domid, {"op": "unlink", "link": lid})
+        self._halves.clear()
+        self._open.set()
+
+    def _rejoin(self, domid: int, msg: dict[str, Any]) -> None:
+        """An adopted domain's links and views, as it held them under the lost daemon
+        (only while adopting: a process may not rewrite them later)."""
+        if self._open.is_set():
+            log.warning("domain %d: a rejoin outside adoption; ignored", domid)
+            return
+        links, views = msg.get("links"), msg.get("views")
+        for item in links if isinstance(links, list) else []:
+            if not (isinstance(item, list) and len(item) == 3 and all(isinstance(v, int) for v in item)):
+                continue
+            lid, port, rdom = item
+            self._next_link = max(self._next_link, lid + 1)
+            other = self._halves.get((rdom, lid))
+            if other is not None and other[1] == domid and lid not in self.links:
+                del self._halves[(rdom, lid)]
+                self.links[lid] = Link(rdom, other[0], domid, port)
+                log.info("event channel: domain %d port %d <-> domain %d port %d (link %d)"
+                         " rejoined", rdom, other[0], domid, port, lid)
+            elif rdom != domid and lid not in self.links and (domid, lid) not in self._halves:
+                self._halves[(domid, lid)] = (port, rdom)  # until its peer rejoins
+            else:  # the number is taken, or a link with itself: not a link of ours
+                self._send(domid, {"op": "unlink", "link": lid})
+        for dom in views if isinstance(views, list) else []:
+            if isinstance(dom, int) and dom != domid:
+                self.viewers.setdefault(dom, set()).add(domid)
+
+    def _new_link(self) -> int:
+        lid, self._next_link = self._next_link, self._next_link + 1
+        return lid
 
     def _unlink(self, lid: int, by: int) -> None:
         link = self.links.pop(lid, None)
@@ -145,6 +205,8 @@ class InterdomainBroker:
                 self._send(viewer, {**msg, "dom": domid})
         elif op == "reset":
             self._forget(domid)
+        elif op == "rejoin":
+            self._rejoin(domid, msg)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
@@ -173,6 +235,7 @@ class InterdomainBroker:
     async def _bind(self, domid: int, msg: dict[str, Any], fds: list[int]) -> None:
         """`domid` binds its new port to `rdom`'s unbound `rport` (EVTCHNOP_bind_interdomain)."""
         try:
+            await self._open.wait()  # a restarted daemon: until every domain has rejoined
             port, rdom, rport = (msg.get(k) for k in ("port", "rdom", "rport"))
             if len(fds) != 1 or not all(isinstance(v, int) for v in (port, rdom, rport)):
                 self._reply(domid, msg, {"rc": -abi.XEN_EINVAL})
@@ -180,7 +243,7 @@ class InterdomainBroker:
             if rdom == domid or rdom not in self.socks:
                 self._reply(domid, msg, {"rc": -abi.XEN_ESRCH})
                 return
-            lid = next(self._ids)
+            lid = self._new_link()
             reply, got = await self._ask(
                 rdom, {"op": "connect", "port": rport, "rdom": domid, "rport": port, "link": lid}, fds)
         finally:

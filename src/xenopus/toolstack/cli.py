@@ -12,11 +12,12 @@ import socket
 import sys
 from collections import namedtuple
 from types import SimpleNamespace as Namespace
-from typing import Any
+from typing import Any, NoReturn
 
 from xenopus import host, ipc
 from xenopus.client import Connection, NoSuchDomain, XenopusError, connect_console
 from xenopus.control import DISK, NIC, Request
+from xenopus.trace import mark
 
 DETACH = 0x1D  # Ctrl-], as for xl console and telnet
 
@@ -159,6 +160,7 @@ def cmd_create(args: Namespace) -> int:
         # The daemon parses the file (it has the parser loaded; the CLI stays small and
         # fast). With -c the domain is created paused, the console attached, then the
         # domain unpaused, so not a byte of output is missed (as xl create -c does).
+        mark("cli: connected")
         try:
             reply = chan.ask(Request(args.op, {
                 "path": config, "overrides": overrides, "cwd": os.getcwd(),
@@ -168,6 +170,7 @@ def cmd_create(args: Namespace) -> int:
         finally:
             if lock is not None:
                 os.close(lock)  # xl holds it until the domain is made, not while it runs
+        mark("cli: created")
         for warning in reply.data.get("warnings", []):
             print(warning, file=sys.stderr)
         if not reply.ok:
@@ -179,11 +182,14 @@ def cmd_create(args: Namespace) -> int:
                 chan.send(Request("unpause"))  # attached (or not): let the domain run
             if not args.foreground:
                 chan.next_reply()
+            mark("cli: console attached, unpause sent")
             with sock:
                 pump_console(sock)
+            mark("cli: console closed")
         if not args.foreground:
             return 0
         final = chan.next_reply()
+        mark("cli: gone reply")
     finally:
         chan.close()
     if final is None:
@@ -266,10 +272,12 @@ def cmd_list(args: Namespace) -> int:
         # xl_info.c list_domains_details: dom0 has no stored configuration and is skipped.
         print(xlformat.list_long([
             {"domid": d["domid"], "config": d["libxl"],
-             "xenopus": {k: d[k] for k in ("state", "pid", "protocol", "xen_path")}}
+             # jail: each layer "on", or "missing: why" where this host lacks it
+             "xenopus": {k: d.get(k) for k in ("state", "pid", "protocol", "xen_path", "jail")}}
             for d in domains]))
         return 0
-    shown = {"verbose": args.verbose, "context": args.context, "cpupool": args.cpupool}
+    shown = {"verbose": args.verbose, "context": args.context, "cpupool": args.cpupool,
+             "claim": getattr(args, "claim", False)}
     print(xlformat.list_header() + xlformat.list_options_header(**shown, numa=args.numa))
     # -n: every domain may use every node (no NUMA placement here): print_bitmap's "all"
     nodes = "all" if args.numa else None
@@ -286,12 +294,49 @@ def cmd_list(args: Namespace) -> int:
     return 0
 
 
+def cmd_claims(args: Namespace) -> int:
+    """xl claims (xl_info.c main_claims): `xl list` with the Claimed column."""
+    return cmd_list(Namespace(domains=[], long=False, verbose=False, context=False,
+                              cpupool=False, numa=False, claim=True))
+
+
+def cmd_sharing(args: Namespace) -> int:
+    """xl sharing [DOM] (xl_mem.c main_sharing): each domain's memory and how much of it is
+    shared, here the pages kernel same-page merging merged in its process (Xen's page
+    sharing has no KVM counterpart; KSM is the nearest thing, and `xl info` shows its
+    totals). Domain-0, the host, shares none of a guest's kind."""
+    from xenopus.toolstack import xlformat
+
+    domains, show_dom0 = listed(Namespace(domains=[args.dom] if args.dom else []))
+    print(xlformat.SHARING_HEADER)
+    if show_dom0:
+        print(xlformat.sharing_row("Domain-0", 0, host.memory_mib(), 0))
+    page_kib = os.sysconf("SC_PAGE_SIZE") // 1024
+    for d in domains:
+        shared = host.ksm_process_pages(d["pid"]) * page_kib // 1024 if d.get("pid") else 0
+        print(xlformat.sharing_row(d["name"], d["domid"], d["memory"], shared))
+    return 0
+
+
 def cmd_vm_list(args: Namespace) -> int:
     from xenopus.toolstack import xlformat
 
     print(xlformat.VM_LIST_HEADER)
     for d in request(args.op)["domains"]:
         print(xlformat.vm_list_row(d["uuid"], d["domid"], d["name"]))
+    return 0
+
+
+def cmd_cpupool_list(args: Namespace) -> int:
+    """xl cpupool-list [-c] [POOL]: the one pool, Pool-0, with every host CPU, the
+    scheduler `xl info` names and every domain, Domain-0 included."""
+    from xenopus.toolstack import hostinfo, xlformat
+
+    if args.pool is not None and args.pool != xlformat.POOL:
+        raise CliError(f"Pool '{args.pool}' does not exist")
+    n_dom = 1 + len(request("list")["domains"])  # and Domain-0
+    for line in xlformat.cpupool_list(host.host_cpus(), n_dom, hostinfo.SCHEDULER, args.cpus):
+        print(line)
     return 0
 
 
@@ -1035,6 +1080,59 @@ def cmd_network_detach(args: Namespace) -> int:
     return 0
 
 
+# xl_cmdtable.c's verbs that xenopus does not take, each with why. They are refused by name
+# (exit 1, as xl's "command not implemented") rather than as unknown words; the README's
+# verb table says the same (tests/unit/test_xl_verbs.py keeps the two in step).
+_NO_PASSTHROUGH = "not yet: no PCI passthrough (VFIO would be KVM's way)"
+_NO_BACKEND = "n/a: no such PV backend here (only vbd, vif, console and channels)"
+_NO_POOLS = "n/a: one CPU pool, Pool-0 (cgroup cpusets would be the KVM way to make more)"
+_NO_XSM = "n/a: no XSM/FLASK (security labels show '-')"
+_NO_RDT = "n/a: Intel RDT is Linux's resctrl, not a hypervisor call"
+_NO_USB = "n/a: no USB emulation"
+UNAVAILABLE: dict[str, str] = {
+    **dict.fromkeys(("pci-attach", "pci-detach", "pci-list", "pci-assignable-add",
+                     "pci-assignable-remove", "pci-assignable-list"), _NO_PASSTHROUGH),
+    "vncviewer": "n/a: no framebuffer is emulated",
+    "sched-rtds": "n/a: Linux has no RTDS scheduler (SCHED_DEADLINE is a different model)",
+    "debug-keys": "n/a: no Xen console keys",
+    "set-parameters": "n/a: no hypervisor parameters (the host kernel's are sysctls)",
+    **dict.fromkeys([f"{dev}-{op}" for dev in ("vtpm", "vkb", "vdispl", "vsnd")
+                     for op in ("attach", "list", "detach")], _NO_BACKEND),
+    **dict.fromkeys(("cpupool-create", "cpupool-destroy", "cpupool-rename",
+                     "cpupool-cpu-add", "cpupool-cpu-remove", "cpupool-migrate",
+                     "cpupool-numa-split"), _NO_POOLS),
+    **dict.fromkeys(("getenforce", "setenforce", "loadpolicy"), _NO_XSM),
+    "remus": "n/a: no checkpointed replication",
+    "devd": "n/a: no driver domains (backends run in each domain's own process)",
+    **dict.fromkeys(("psr-hwinfo", "psr-cmt-attach", "psr-cmt-detach", "psr-cmt-show",
+                     "psr-cat-set", "psr-cat-show", "psr-mba-set", "psr-mba-show"), _NO_RDT),
+    **dict.fromkeys(("usbctrl-attach", "usbctrl-detach", "usbdev-attach", "usbdev-detach",
+                     "usb-list"), _NO_USB),
+    "qemu-monitor-command": "n/a: no QEMU device model",
+    "dt-overlay": "n/a: device-tree overlays are Arm's (and no Xen interface on arm64)",
+}
+
+
+def cmd_help(args: Namespace) -> int:
+    """xl.c help(): the verb list in xl's layout, or one verb's usage."""
+    if args.verb_name in (None, "help"):
+        print("Usage xl [-vfNtT] <subcommand> [args]\n\nxl full list of subcommands:\n")
+        for v in VERBS:
+            if v.name == "help":
+                continue
+            gap = f"\n {'':19} " if len(v.name) > 19 else ""
+            print(f" {v.name:<19} {gap}{v.help}")
+        return 0
+    if args.verb_name in UNAVAILABLE:
+        print(f"command \"{args.verb_name}\": {UNAVAILABLE[args.verb_name]}")
+        return 0
+    if not any(v.name == args.verb_name for v in VERBS):
+        print(f"command \"{args.verb_name}\" not implemented")  # xl's words
+        return 0
+    parser("xl").parse_args([args.verb_name, "--help"])  # argparse prints, then exits 0
+    return 0
+
+
 # -- the command line ----------------------------------------------------------------------
 # One table describes every verb: its xl grammar, the request it sends and its CLI step.
 # The request's op names the daemon step that answers it (`daemon_step` in
@@ -1073,6 +1171,7 @@ VERBS = (
          " rebuilt after a reboot (deprecated in xl)", "config-update", cmd_config_update, (
              Opt(("-f", "--defconfig"), "config_file", "the config file", str),
              Opt(("-d",), "debug", "print the configuration as libxl JSON"),
+             Opt(("-q",), "quiet", None),  # xl_misc.c takes -q and does nothing with it
          ), (_dom(), Pos("words", "CFG KEY=VALUE", "*",
                          "the config file (by name in /etc/xen too), then KEY=VALUE overrides"))),
     Verb("list", "list domains", "list", cmd_list, (
@@ -1083,6 +1182,10 @@ VERBS = (
         Opt(("-n", "--numa"), "numa", "also each domain's NUMA node affinity"),
     ), (Pos("domains", "DOM", "*"),)),
     Verb("vm-list", "list guest domains (not Domain-0) with their UUIDs", "list", cmd_vm_list),
+    Verb("claims", "list domains with their outstanding memory claims (none here)", "list",
+         cmd_claims),
+    Verb("sharing", "domains' shared memory (pages merged by the kernel's KSM)", "list",
+         cmd_sharing, (), (Pos("dom", "DOM", "?", "only this domain"),)),
     Verb("info", "information about the host", "host-info", cmd_info,
          (Opt(("-n", "--numa"), "numa", "also the CPU, device and NUMA topology"),),
          (Pos("name", "NAME", "?", "print only the values of the fields named so"),)),
@@ -1108,7 +1211,10 @@ VERBS = (
     Verb("dmesg", "print the host log: xenopus's (XEN) lines, guests' console_io and"
          " port-0xE9 lines", "dmesg", cmd_dmesg,
          (Opt(("-c", "--clear"), "clear", "clear the log after printing it"),)),
-    Verb("destroy", "destroy a domain immediately", "destroy", cmd_domain_op, (), (_dom(),)),
+    Verb("destroy", "destroy a domain immediately", "destroy", cmd_domain_op,
+         # xl's -f permits destroying domain 0; Domain-0 is the host here, never destroyed
+         (Opt(("-f",), "force", "taken for xl's sake: Domain-0 is the host, never destroyed"),),
+         (_dom(),)),
     Verb("pause", "pause all vCPUs of a domain", "pause", cmd_domain_op, (), (_dom(),)),
     Verb("unpause", "resume a paused domain", "unpause", cmd_domain_op, (), (_dom(),)),
     Verb("shutdown", "issue a shutdown signal to a domain (PV control/shutdown)", "shutdown",
@@ -1174,12 +1280,14 @@ VERBS = (
             "and the image"),)),
     Verb("migrate", "move a domain to another host (over `SSHCMD HOST xenopus migrate-receive`)",
          "save", cmd_migrate, (
-             Opt(("-s",), "ssh", "the command that reaches HOST (default: ssh)", str),
+             Opt(("-s",), "ssh", "the command that reaches HOST (default: ssh; passed to"
+                 " sh; empty: run HOST itself as the receiver)", str),
              Opt(("-e",), "no_wait", "accepted for xl compatibility (the daemon always watches)"),
              Opt(("-C",), "config", "send this config instead of the domain's", str),
              Opt(("--debug",), "debug", "report what was sent (and, from the receiver, "
                  "what was received)"),
              Opt(("-p",), "paused", "leave the domain paused on the receiver"),
+             Opt(("--live",), "live", "accepted for xl compatibility (always live)"),
          ), (_dom(), Pos("host", "HOST"))),
     Verb("migrate-receive", "receive a migrating domain on stdin (run by migrate)", "restore",
          cmd_migrate_receive, (
@@ -1241,6 +1349,11 @@ VERBS = (
          "network-detach", cmd_network_detach, (),
          (_dom(), Pos("dev", "DEVID|MAC", None, "its device id or MAC address"))),
     # -- end of resources and devices --
+    Verb("cpupool-list", "list CPU pools on host (one here: Pool-0)", "list",
+         cmd_cpupool_list, (Opt(("-c", "--cpus"), "cpus", "the pool's CPUs"),),
+         (Pos("pool", "POOL", "?", "only this pool"),)),
+    Verb("help", "list the verbs, or show one verb's usage", None, cmd_help, (),
+         (Pos("verb_name", "VERB", "?", "the verb"),)),
     Verb("daemon", "run the host daemon in the foreground", "stop", cmd_daemon, (
         Opt(("--stop",), "stop", "stop a running daemon and its domains"),
         Opt(("--background",), "background", None),
@@ -1334,11 +1447,48 @@ def parser(prog: str = "xenopus"):
     return p
 
 
+def run() -> NoReturn:
+    """The `xenopus` and `xl` programs: `main`, then out without the interpreter's
+    teardown, which frees every imported module's objects one by one (several ms of a
+    `create -c` of a small guest; benchmarks/startup_trace.py) for nothing: by then the
+    verb has closed its connections and files. SystemExit (argparse's) exits as usual."""
+    status: object = main()  # as sys.exit takes it: some verbs return None
+    if status is None or isinstance(status, int):
+        code = status or 0
+    else:
+        print(status, file=sys.stderr)
+        code = 1
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):  # a closed pipe: as Python's own exit reports it
+        code = code or 120
+    os._exit(code)
+
+
 def main(argv: list[str] | None = None) -> int:
+    mark("cli: imported")
     prog = os.path.basename(sys.argv[0]) if argv is None else "xenopus"
     if prog not in ("xl", "xenopus"):
         prog = "xenopus"  # python -m xenopus
     argv = sys.argv[1:] if argv is None else argv
+    # xl's global options before the verb (xl.c main): -v (verbosity), -t and -T (progress
+    # and log formats) change only xl's own logging and are taken and ignored; -f and -N
+    # would change what a verb does, which xenopus does not offer.
+    while argv and argv[0].startswith("-") and argv[0] not in ("-h", "--help") \
+            and not argv[0].startswith("--"):
+        bad = set(argv[0][1:]) - set("vtT")
+        if bad:
+            print(f"{prog}: global option -{''.join(sorted(bad))} is not supported "
+                  "(only -v, -t, -T, which are ignored)", file=sys.stderr)
+            return 1
+        argv = argv[1:]
+    if not argv:  # xl.c main: the verb list, and failure
+        cmd_help(Namespace(verb_name=None))
+        return 1
+    if argv[0] in UNAVAILABLE:
+        print(f"{prog}: {argv[0]}: {UNAVAILABLE[argv[0]]}", file=sys.stderr)
+        return 1
     args = fast_parse(argv) or parser(prog).parse_args(argv)
     try:
         return args.func(args)

@@ -57,7 +57,8 @@ from xenopus.domain.vif import open_vif
 from xenopus.toolstack import hostinfo, xlformat, zygote
 from xenopus.toolstack.broker import InterdomainBroker
 from xenopus.toolstack.xenstored import PVCONTROL_TIMEOUT, PvControlTimeout, XenStored
-from xenopus.xen.xenstore.server import UNSCOPED, Peer, Scope, peer_of
+from xenopus.trace import mark
+from xenopus.xen.xenstore.server import UNSCOPED, Peer, Scope, domain_stream_pair, peer_of
 from xenopus.xen.xenstore.wire import XsError
 
 log = logging.getLogger("xenopus.daemon")
@@ -76,6 +77,21 @@ DESTROY_GRACE = 5.0  # seconds a domain process gets to exit before SIGKILL
 # (but Python in a TCG-emulated nested test host shared by several runs is 50-100 times
 # slower: minutes there).
 START_TIMEOUT = 180.0
+START_TIMEOUT_ENV = "XENOPUS_START_TIMEOUT"  # seconds, instead of START_TIMEOUT
+
+
+def start_timeout() -> float:
+    """$XENOPUS_START_TIMEOUT, else START_TIMEOUT; ValueError naming the variable."""
+    text = os.environ.get(START_TIMEOUT_ENV)
+    if text is None:
+        return START_TIMEOUT
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value < 1e6:
+        raise ValueError(f"{START_TIMEOUT_ENV} must be a number of seconds, not {text!r}")
+    return value
 FILES_TIMEOUT = 10.0  # seconds a client gets to send the files it was asked for
 # Seconds the zygote gets to fork a domain process. Its first fork waits for it to import
 # every layer, which on a slow host (an emulated one runs Python 10-20 times slower) is
@@ -207,10 +223,12 @@ def daemon_step(op: str) -> Callable[[DaemonStep], DaemonStep]:
 
 class Daemon:
     def __init__(self, run_dir: Path, *, spares: int = zygote.DEFAULT_SPARES,
-                 started_zygote: tuple[subprocess.Popen, socket.socket] | None = None):
+                 started_zygote: tuple[subprocess.Popen, socket.socket] | None = None,
+                 start_timeout: float = START_TIMEOUT):
         """`started_zygote`: one `zygote.start` made before this process imported the
         daemon (and its socket), used first."""
         self.run_dir = run_dir
+        self.start_timeout = start_timeout  # seconds from fork to Ready
         self.spares = spares  # exec'd spare domain processes the zygote keeps warm
         self.domains: dict[int, DomainRecord] = {}
         self.next_domid = 1
@@ -661,8 +679,10 @@ class Daemon:
         paused and the reply names its console; the client connects there, then sends any
         message (`unpause`) on this connection (xl create -c: not a byte of output is
         lost). With `wait`, a second reply comes when it is gone."""
+        mark("daemon: create request")
         # In a worker: a config on a slow or hung filesystem must not stall every client.
         config, warnings = await asyncio.to_thread(self._load_config, req)
+        mark("daemon: config parsed")
         if req.args.get("dryrun"):  # xl create -n: the configuration, as libxl's JSON
             libxl = xlformat.libxl_domain_config(config, config.uuid or str(uuid4()))
             return Reply.success(libxl=libxl, warnings=warnings)
@@ -677,15 +697,19 @@ class Daemon:
             return reply
         ipc.write_message(client.writer, reply.to_wire())
         await client.writer.drain()
+        mark("daemon: created reply sent")
         if attach:
             # The client's console is attached (or the client is gone): whatever it says.
             with contextlib.suppress(ValueError):
                 await ipc.read_message(client.reader)
+            mark("daemon: client attached")
             if not paused:
                 await rec.request(Request("unpause"))
+                mark("daemon: unpaused")
             if not wait:
                 return Reply.success()
         await rec.gone.wait()
+        mark("daemon: domain gone")
         return Reply(True, {"event": "gone", **self._final(rec)})
 
     async def _new_domain(self, config: DomainConfig, paused: bool) -> DomainRecord:
@@ -727,7 +751,7 @@ class Daemon:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         # The domain's XenStore traffic (its guest's ring, proxied by its process) comes
         # over a socket pair of ours: the daemon, not the domain process, names the domain.
-        xs_ours, xs_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        xs_ours, xs_theirs = domain_stream_pair()
         await self.xenstore.add_domain(rec.domid, rec.name, rec.config, rec.uuid, rec.created,
                                        xs_ours)
         # Interdomain event channels and grant views (fds travel with SCM_RIGHTS, which
@@ -741,6 +765,7 @@ class Daemon:
         rec.final = None
         spawn = Spawn(rec.domid, rec.config, str(self.run_dir), paused)
         fds = [theirs.fileno(), xs_theirs.fileno(), id_theirs.fileno()]
+        mark("daemon: xenstore ready, spawn sent")
         ipc.send_with_fds(self._zsock, spawn.to_wire(), fds)
         theirs.close()
         xs_theirs.close()
@@ -754,14 +779,16 @@ class Daemon:
             raise RequestError("the zygote did not start the domain process") from None
         if rec.state == "dying":  # destroyed while the zygote forked it
             self._kill(rec)
+        mark("daemon: spawned")
         reader, rec.writer = await asyncio.open_unix_connection(sock=ours)
         try:
-            event = await asyncio.wait_for(self._first_event(reader), START_TIMEOUT)
+            event = await asyncio.wait_for(self._first_event(reader), self.start_timeout)
+            mark("daemon: ready")
         except TimeoutError:
             log.error("domain %d (%s) was not ready after %.0f s; killing it", rec.domid,
-                      rec.name, START_TIMEOUT)
+                      rec.name, self.start_timeout)
             self._kill(rec)
-            event = StartFailed(f"the domain did not start within {START_TIMEOUT:.0f} s")
+            event = StartFailed(f"the domain did not start within {self.start_timeout:g} s")
         if not isinstance(event, Ready):
             self.interdomain.remove(rec.domid)
             rec.writer.close()
@@ -846,6 +873,7 @@ class Daemon:
             elif isinstance(event, LogLine):
                 self.dmesg.append(event.line[:4096])
             elif isinstance(event, Finished):
+                mark("daemon: finished")
                 rec.final = event
                 if event.exit_code != EXIT_REBUILD:
                     self._retire(rec)
@@ -1042,21 +1070,119 @@ class Daemon:
         control and XenStore streams anew, its XenStore nodes written again."""
         table = self._load_table()
         next_domid = table.get("next_domid", 1)
-        for entry in table.get("domains", []):
-            try:
-                rec = await self._adopt(entry)
-            except (OSError, ValueError, KeyError, TypeError, ConfigError, TimeoutError) as e:
-                log.error("domain %s (%s) was lost while no daemon ran: %s",
-                          entry.get("domid"), entry.get("name"), e)
-                if isinstance(entry.get("domid"), int):
-                    shutil.rmtree(ipc.domain_dir(entry["domid"], self.run_dir), ignore_errors=True)
-                continue
-            log.info("domain %d (%s) adopted, pid %d, %s", rec.domid, rec.name, rec.pid, rec.state)
-        ids = [next_domid if isinstance(next_domid, int) else 1, *(d + 1 for d in self.domains)]
+        self.interdomain.hold()  # binds wait until every adopted domain has rejoined
+        lost: dict[int, int] = {}  # domid -> the pid the table names, of those not adopted
+        try:
+            for entry in table.get("domains", []):
+                try:
+                    rec = await self._adopt(entry)
+                except (OSError, ValueError, KeyError, TypeError, ConfigError, TimeoutError) as e:
+                    log.error("domain %s (%s) was lost while no daemon ran: %s",
+                              entry.get("domid"), entry.get("name"), e)
+                    if isinstance(entry.get("domid"), int) and isinstance(entry.get("pid"), int):
+                        lost[entry["domid"]] = entry["pid"]
+                    continue  # its process, if it lives on, is swept below
+                log.info("domain %d (%s) adopted, pid %d, %s", rec.domid, rec.name, rec.pid,
+                         rec.state)
+        finally:
+            self.interdomain.release()
+        swept = await self._sweep_orphans(lost)
+        ids = [next_domid if isinstance(next_domid, int) else 1, *(d + 1 for d in self.domains),
+               *(d + 1 for d in swept)]
         self.next_domid = max(ids)
         self._save_table()
         for domid in jail.stale_cgroups(self.domains):  # of domains lost while no daemon ran
             jail.remove_cgroup(domid)
+
+    async def _sweep_orphans(self, lost: dict[int, int]) -> list[int]:
+        """End every domain process this daemon did not adopt, and remove what is left of
+        its domain: one a daemon killed while it started (it was not in the table yet),
+        or one that refused adoption. Its domain was never reported created, or is lost
+        to the toolstack; left running it would hold its memory, its taps and a domid a
+        new domain would then collide with. Found by its control.sock in the run
+        directory, or for a domain the table names that was not adopted (`lost`), by
+        the table's pid. Returns the domids of the directories removed."""
+        base = os.path.join(self.run_dir, "domains")
+        try:
+            names = os.listdir(base)
+        except FileNotFoundError:
+            return []
+        swept = []
+        for name in names:
+            if not name.isdigit() or int(name) in self.domains:
+                continue
+            domid = int(name)
+            pid = await self._kill_control_peer(ipc.control_socket_path(domid, self.run_dir),
+                                                domid)
+            if pid is None and domid in lost:  # its socket gone or replaced: the table's pid
+                pid = await self._kill_domain_process(lost[domid], domid)
+            if pid is not None:
+                log.warning("domain %d: its process (pid %d) was not in the domain table or"
+                            " refused adoption; killed it", domid, pid)
+            shutil.rmtree(ipc.domain_dir(domid, self.run_dir), ignore_errors=True)
+            jail.remove_cgroup(domid)
+            swept.append(domid)
+        return swept
+
+    async def _kill_control_peer(self, path: str, domid: int) -> int | None:
+        """SIGKILL the process listening on domain `domid`'s control.sock and wait until it
+        has gone (its taps and memory with it); its pid, or None if nothing (of that
+        domain's) listens there. The directory is writable by that domain's process, which
+        may have planted a symlink to another socket: only a process with that domain's
+        jail uid, or one of ours titled as that domain (not jailed yet), and no adopted
+        domain's, is killed."""
+        loop = asyncio.get_running_loop()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        sock.setblocking(False)
+        try:
+            await asyncio.wait_for(loop.sock_connect(sock, path), 5)
+            peer = peer_of(sock)
+        except (OSError, TimeoutError):
+            return None
+        finally:
+            sock.close()
+        return await self._kill_domain_process(peer.pid, domid, peer.uid)
+
+    async def _kill_domain_process(self, pid: int, domid: int, uid: int | None = None
+                                   ) -> int | None:
+        """SIGKILL `pid` if it is domain `domid`'s process and not an adopted one, and wait
+        until it has gone; its pid, or None if it is not (or no longer there)."""
+        loop = asyncio.get_running_loop()
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError:
+            return None
+        try:  # read after the pidfd is open: of the process it names
+            with open(f"/proc/{pid}/status") as f:
+                real_uid = next(int(line.split()[1]) for line in f if line.startswith("Uid:"))
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                title = f.read(256)
+        except (OSError, StopIteration, ValueError):
+            os.close(pidfd)
+            return None
+        uid = real_uid if uid is None else uid
+        base, count = uid_range()
+        ours = (uid == base + domid and domid < count) or (
+            uid == os.geteuid() and title.startswith(f"xenopus: domain {domid} (".encode()))
+        if not ours or any(r.pid == pid for r in self.domains.values()):
+            log.error("domain %d: pid %d (uid %d) is not its process; left alone", domid, pid, uid)
+            os.close(pidfd)
+            return None
+        try:
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+            gone = asyncio.Event()
+            loop.add_reader(pidfd, gone.set)  # a pidfd reads ready once the process exits
+            try:
+                await asyncio.wait_for(gone.wait(), 10)
+            except TimeoutError:
+                log.error("pid %d did not end within 10 s of SIGKILL", pid)
+            finally:
+                loop.remove_reader(pidfd)
+        except ProcessLookupError:
+            pass
+        finally:
+            os.close(pidfd)
+        return pid
 
     async def _adopt(self, entry: dict[str, Any]) -> DomainRecord:
         domid, name, pid = int(entry["domid"]), str(entry["name"]), int(entry["pid"])
@@ -1069,8 +1195,9 @@ class Daemon:
             # The process that listens there must be the one the table names.
             if peer_of(sock).pid != pid:
                 raise ValueError(f"control.sock is held by pid {peer_of(sock).pid}, not {pid}")
-            xs_ours, xs_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            xs_ours, xs_theirs = domain_stream_pair()
             be_ours, be_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            id_ours, id_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             rec = DomainRecord(domid, config, state="running", pid=pid,
                                uuid=str(entry.get("uuid") or uuid4()),
                                created=float(entry.get("created", time.time())), adopted=True,
@@ -1083,14 +1210,18 @@ class Daemon:
             self.xenstore.console_ready(domid, rec.console_nodes)
             # Its PV backends' connection too: the one they had went with the old daemon.
             await self.xenstore.serve_backends(domid, be_ours)
+            # Its interdomain channels too: it says which links and views it holds.
+            self.interdomain.add(domid, id_ours)
             ipc.send_with_fds(sock, Request("adopt", {}, 1).to_wire(),
-                              [xs_theirs.fileno(), be_theirs.fileno()])
+                              [xs_theirs.fileno(), be_theirs.fileno(), id_theirs.fileno()])
             xs_theirs.close()
             be_theirs.close()
+            id_theirs.close()
             reader, rec.writer = await asyncio.open_unix_connection(sock=sock)
         except BaseException:
             sock.close()
             self.xenstore.remove_domain(domid)
+            self.interdomain.remove(domid)
             raise
         try:
             msg = await asyncio.wait_for(ipc.read_message(reader), 10)
@@ -1100,6 +1231,7 @@ class Daemon:
         except BaseException:
             rec.writer.close()
             self.xenstore.remove_domain(domid)
+            self.interdomain.remove(domid)
             raise
         rec.state = str(reply.data.get("state", "running"))
         rec.seq = 1
@@ -1280,7 +1412,8 @@ class Daemon:
     @staticmethod
     def _check_clonable(config: DomainConfig) -> None:
         """Clones of one image share its config: a writable disk would be written by
-        every clone, a fixed MAC would be on the bridge several times."""
+        every clone, a fixed MAC would be on the bridge several times, a channel's socket
+        path bound several times."""
         writable = [d.vdev for d in config.disks if not d.read_only]
         if writable:
             raise RequestError(f"cannot clone: disk {writable[0]} is writable, and every "
@@ -1291,6 +1424,11 @@ class Daemon:
             raise RequestError(f"cannot clone: vif {fixed[0]} has a fixed mac=, which "
                                "every clone would share (restore --clone CFG FILE with a "
                                "mac of its own, or none: then it comes from the name)")
+        sockets = [c.name for c in config.channels if c.connection == "socket"]
+        if sockets:
+            raise RequestError(f"cannot clone: channel {sockets[0]} listens on a socket "
+                               "path, which every clone would share (restore --clone CFG "
+                               "FILE with a path of its own, or connection=pty)")
 
     @daemon_step("clone")
     async def _clone(self, req: Request, client: Client) -> Reply:
@@ -1661,9 +1799,10 @@ def run(run_dir: Path, *, ready_fd: int | None = None, log_file: Path | None = N
     root.setLevel(logging.INFO)
     try:
         spares = zygote.spares_wanted(spares)
+        timeout = start_timeout()
     except ValueError as e:
         return refuse(e)
-    daemon = Daemon(run_dir, spares=spares, started_zygote=started_zygote)
+    daemon = Daemon(run_dir, spares=spares, started_zygote=started_zygote, start_timeout=timeout)
     try:
         daemon.acquire_lock()
     except (RequestError, OSError) as e:

@@ -7,12 +7,13 @@ of its own PID namespace, that has already imported every layer and waits for on
 A create consumes a spare (it becomes that domain's process, with no further fork) and
 the zygote starts its replacement in the background.
 
-Its arguments: the socket to the zygote and, when the zygote could compile one, the
-sealed memfd holding the seccomp filter (domain/seccomp_policy.py) its jail loads.
+Its argument: the socket to the zygote.
 
 On the socket the zygote gives it (`xenopus.ipc` framing):
   spare → zygote  one byte, READY, once its imports are done
-  zygote → spare  `Spawn` + 2 or 3 fds, exactly as the zygote received them
+  zygote → spare  `Spawn` + 2 or 3 fds, exactly as the zygote received them, and, when
+                  the message says `"seccomp": true`, last the sealed memfd holding the
+                  seccomp filter (domain/seccomp_policy.py) its jail loads
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from xenopus.ipc import Channel
+from xenopus.trace import mark
 
 if TYPE_CHECKING:  # imported by `warm`: the zygote imports this module before any layer
     from xenopus.domain.protocol import Spawn
@@ -88,22 +90,25 @@ def become_domain(spawn: Spawn, fds: list[int], *, fresh_layout: bool,
 
 
 def main() -> None:
+    mark("spare: started")
     die_with_parent()
     warm()
     gc.freeze()  # as in the zygote: imported objects live as long as the process
     # What importing freed goes back to the host before the spare waits (about 1 MiB).
     ctypes.CDLL(None).malloc_trim(0)
     sock = socket.socket(fileno=int(sys.argv[1]))
-    seccomp_fd = int(sys.argv[2]) if len(sys.argv) > 2 else None
+    mark("spare: ready")
     try:
         sock.sendall(READY)
     except OSError:  # the zygote is gone (a daemon that did not start, or stopped)
         os._exit(0)
     chan = Channel(sock)
-    msg, fds = chan.recv_with_fds(3)
+    msg, fds = chan.recv_with_fds(4)
     chan.close()
+    mark("spare: claimed")
     if msg is None:
         os._exit(0)  # the zygote retired this spare
+    seccomp_fd = fds.pop() if msg.get("seccomp") and len(fds) > 2 else None
     from xenopus.domain.protocol import Spawn  # warm: imported already
 
     # The zygote checked the request.

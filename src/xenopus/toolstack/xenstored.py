@@ -17,18 +17,21 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import socket
 from typing import Any
 
 from xenopus.domain.config import DomainConfig
 from xenopus.xen.xenstore import wire
-from xenopus.xen.xenstore.server import PeerScope, Scope, XenStoreServer
-from xenopus.xen.xenstore.store import Perm, Quota, Store, XsError
+from xenopus.xen.xenstore.server import DOMAIN_STREAM_LIMIT, PeerScope, Scope, XenStoreServer
+from xenopus.xen.xenstore.store import FEATURES, Perm, Quota, Store, XsError
 
 log = logging.getLogger("xenopus.xenstore")
 
 # The per-domain quotas, in xenstored's names and `-Q` syntax (`nodes=2000,memory=4194304`);
 # what is not named keeps xenstored's default.
+# A PV frontend's state node, below the domain's home (io/xenbus.h; libxl's device paths).
+_FRONTEND_STATE = re.compile(r"/device/[^/]+/\d+/state")
 QUOTA_ENV = "XENOPUS_XENSTORE_QUOTA"
 
 # Where libxenstore looks first (xs.c xs_open → xs_daemon_socket: XENSTORED_RUNDIR/socket).
@@ -183,9 +186,20 @@ class XenStored:
         traffic from `sock`. A domain that is re-spawned (on_crash=restart) starts over."""
         self.remove_domain(domid)
         self.write_domain(domid, name, config, uuid, start_time)
-        self.store.introduce(self.dom0, domid)
-        reader, writer = await asyncio.open_unix_connection(sock=sock)
+        self.introduce(domid, config)
+        reader, writer = await asyncio.open_unix_connection(sock=sock, limit=DOMAIN_STREAM_LIMIT)
         self._tasks[domid] = asyncio.create_task(self._serve(domid, reader, writer))
+
+    def introduce(self, domid: int, config: DomainConfig) -> None:
+        """INTRODUCE the domain with xl.cfg's XenStore settings as libxl applies them:
+        xenstore_feature_mask before (SET_FEATURE), xenstore_quota after (SET_QUOTA)."""
+        features = FEATURES & config.xenstore_feature_mask
+        if features != FEATURES:
+            self.store.set_feature(self.dom0, domid, features)
+        self.store.introduce(self.dom0, domid)
+        for item in config.xenstore_quota or ():
+            name, _, value = item.partition("=")
+            self.store.set_quota(self.dom0, domid, name, int(value))
 
     async def serve_backends(self, domid: int, sock: socket.socket) -> None:
         """Serve domain `domid`'s PV backends (its process's XenStore client) on `sock`,
@@ -404,8 +418,9 @@ class XenStored:
 
     def import_domain(self, domid: int, saved: dict[str, Any]) -> None:
         """A restored domain's saved subtree and watches under its new domid: nodes the
-        toolstack wrote for the new domain (name, domid, console, ...) stay as written,
-        the rest come back with permissions renumbered from the old domid, and watches
+        toolstack wrote for the new domain (name, domid, console, ...) stay as written
+        (but for a PV frontend's `state`: the guest's, docs/snapshot-stream.md), the rest
+        come back with permissions renumbered from the old domid, and watches
         on the old home move to the new one."""
         s, c = self.store, self.dom0
         old, home = int(saved["domid"]), f"/local/domain/{domid}"
@@ -419,7 +434,11 @@ class XenStored:
             path = home + rel
             with contextlib.suppress(XsError):
                 s.read(c, path)
-                continue  # already there: the new domain's own
+                if not _FRONTEND_STATE.fullmatch(rel):
+                    continue  # already there: the new domain's own
+                # A PV frontend's state is the guest's: its new backend wrote Initialising
+                # as for a new device, but the frontend is where it was (Connected).
+                # Writing it fires the backend's watch, which reconnects to the saved ring.
             s.write(c, path, value.encode("latin-1"))
             s.set_perms(c, path, [renumber(p) for p in perms])
         for path, token in saved["watches"]:

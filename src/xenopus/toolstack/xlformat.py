@@ -90,21 +90,25 @@ POOL = "Pool-0"  # Xen's first CPU pool, which every domain here is in
 
 
 def list_options_header(*, verbose: bool = False, context: bool = False,
-                        cpupool: bool = False, numa: bool = False) -> str:
+                        cpupool: bool = False, numa: bool = False, claim: bool = False) -> str:
     return "".join((LIST_VERBOSE_HEADER if verbose else "",
                     "   Security Label" if context and not verbose else "",
+                    "  Claimed" if claim else "",
                     "         Cpupool" if cpupool else "", " NODE Affinity" if numa else ""))
 
 
 def list_options_columns(uuid: str, reason: str | None, shutdown: bool, *,
                          verbose: bool = False, context: bool = False, cpupool: bool = False,
-                         nodes: str | None = None) -> str:
-    """What `xl list -v/-Z/-c/-n` add to a row; `nodes` is the node affinity as
-    print_bitmap writes it (with -n)."""
+                         nodes: str | None = None, claim: bool = False) -> str:
+    """What `xl list -v/-Z/-c/-n` (and `xl claims`) add to a row; `nodes` is the node
+    affinity as print_bitmap writes it (with -n). Claims (" %5lu", MiB still claimed) are
+    always 0: KVM allocates guest memory on touch, nothing is claimed ahead."""
     out = ""
     if verbose:
         code = "%8x" % SHUTDOWN_CODES.get(reason or "poweroff", 0) if shutdown else "%8s" % "-"  # noqa: UP031
         out += f" {uuid} {code}"
+    if claim:
+        out += " %5d" % 0  # noqa: UP031
     if verbose or context:
         out += " %16s" % "-"  # noqa: UP031
     if cpupool:
@@ -221,9 +225,9 @@ def _listing(devices: Iterable[Mapping[str, object]], xl_header: str,
     xen = [d for d in devices if _is_xen(d)]
     others = [d for d in devices if not _is_xen(d)]
     lines: list[str] = []
-    if xen:
+    if xen or not others:  # no device at all: xl's header alone, as xl prints it
         lines += [xl_header, *map(xl_row, xen)]
-    if others or not xen:
+    if others:
         if lines:
             lines.append("")
         lines += [virtio[0], *(virtio[1].format(**d) for d in others)]
@@ -553,3 +557,24 @@ def sched_pool_line(pool: str = POOL_NAME) -> str:
     """sched_credit{,2}_pool_output when the pool's parameters cannot be had: the Linux
     scheduler has no credit time slice, rate limit or migration delay to report."""
     return f"Cpupool {pool}: [sched params unavailable]"
+
+
+# xl cpupool-list (xl_cpupool.c main_cpupoollist): xenopus has one pool, POOL.
+def cpupool_list(cpus: Iterable[int], n_dom: int, scheduler: str, show_cpus: bool) -> list[str]:
+    """The header, then the pool: "%-19s" and either its CPUs comma-separated (-c) or
+    "%3d %9s       y       %4d" (CPU count, scheduler, active, domains)."""
+    cpus = sorted(cpus)
+    header = "%-19s" % "Name" + (  # noqa: UP031
+        "CPU list" if show_cpus else "CPUs   Sched     Active   Domain count")
+    detail = ",".join(map(str, cpus)) if show_cpus else "%3d %9s       y       %4d" % (  # noqa: UP031
+        len(cpus), scheduler, n_dom)
+    return [header, "%-19s" % POOL + detail]  # noqa: UP031
+
+
+# xl sharing (xl_mem.c sharing()): the header, then "%-40s %5d %5lu  %5lu" per domain (name,
+# domid, memory MiB, shared MiB).
+SHARING_HEADER = "Name                                        ID   Mem Shared"
+
+
+def sharing_row(name: str, domid: int, mem_mib: int, shared_mib: int) -> str:
+    return "%-40s %5d %5d  %5d" % (name, domid, mem_mib, shared_mib)  # noqa: UP031

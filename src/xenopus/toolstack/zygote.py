@@ -19,7 +19,11 @@ daemon starts the zygote before it imports itself, the zygote starts it before i
 anything but the domain protocol (and every layer only if it forks domains: `--spares 0`,
 or a pool that broke), and the others start once it is ready. (Replacements are not
 started at a lower priority: on a busy host they would starve, and a burst of creates
-would wait for them.)
+would wait for them.) But a replacement that is not needed yet (another spare is ready)
+imports at the lowest CPU priority, so that on a busy host it does not take the CPU from
+the domain whose create consumed its predecessor, which is building and booting just
+then; it is back at normal priority once ready, or as soon as no spare is ready (a
+create waits for it).
 
 Messages on the zygote's socket (`xenopus.control`, framed by `xenopus.ipc`):
   daemon → zygote  `Spawn` + 2 or 3 fds: the control channel, the domain's XenStore
@@ -31,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import gc
 import os
 import selectors
@@ -38,6 +43,7 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 # Nothing here imports a layer: `serve` starts the first spare, then imports the domain
@@ -45,6 +51,7 @@ from typing import TYPE_CHECKING
 from xenopus.domain.pidns import PidNamespaceForker
 from xenopus.ipc import Channel
 from xenopus.toolstack import spare
+from xenopus.trace import mark
 
 if TYPE_CHECKING:
     from xenopus.domain.protocol import Spawn
@@ -53,6 +60,8 @@ if TYPE_CHECKING:
 # domain gets an address-space layout of its own at the cost of one idle Python per
 # spare; creations faster than spares start wait for one. 0: fork from the zygote.
 DEFAULT_SPARES = 2
+# nice(2) of a replacement spare while another is ready (see above).
+BACKGROUND_NICE = 19
 
 
 def spares_wanted(given: int | None) -> int:
@@ -88,9 +97,7 @@ class SparePool:
     # creates fork from the zygote (sharing its layout) rather than wait for ever.
     MAX_FAILURES = 3
 
-    def __init__(self, size: int, forker: PidNamespaceForker, sel: selectors.BaseSelector,
-                 seccomp_fd: int | None = None):
-        self.seccomp_fd = seccomp_fd
+    def __init__(self, size: int, forker: PidNamespaceForker, sel: selectors.BaseSelector):
         self.size = size
         self.forker = forker
         self.sel = sel
@@ -99,6 +106,7 @@ class SparePool:
         self.failures = 0
         self.broken: str | None = None
         self.warmed = False  # a spare has been ready once (see fill)
+        self.niced: set[int] = set()  # starting at BACKGROUND_NICE
 
     @property
     def usable(self) -> bool:
@@ -116,26 +124,36 @@ class SparePool:
 
     def _start(self) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        background = bool(self.ready)  # not needed yet: see the module's docstring
         pid = self.forker.fork()
         if pid == 0:
             try:
+                if background:
+                    os.setpriority(os.PRIO_PROCESS, 0, BACKGROUND_NICE)
                 theirs.set_inheritable(True)
-                argv = [sys.executable, "-m", "xenopus.toolstack.spare", str(theirs.fileno())]
-                if self.seccomp_fd is not None:
-                    os.set_inheritable(self.seccomp_fd, True)
-                    argv.append(str(self.seccomp_fd))
-                os.execv(sys.executable, argv)
+                os.execv(sys.executable, [sys.executable, "-m", "xenopus.toolstack.spare",
+                                          str(theirs.fileno())])
             finally:
                 os._exit(127)
         theirs.close()
+        mark("zygote: spare forked")
         self.starting[pid] = ours
         self.sel.register(ours, selectors.EVENT_READ, self)
+        if background:
+            self.niced.add(pid)
+
+    def _normal_priority(self, pid: int) -> None:
+        if pid in self.niced:
+            self.niced.discard(pid)
+            with contextlib.suppress(OSError):  # gone already: reaped as usual
+                os.setpriority(os.PRIO_PROCESS, pid, 0)
 
     def readable(self, sock: socket.socket) -> None:
         """A starting spare said READY, or died trying."""
         pid = next(p for p, s in self.starting.items() if s is sock)
         del self.starting[pid]
         self.sel.unregister(sock)
+        self._normal_priority(pid)  # a domain's process from its claim on
         if sock.recv(1) == spare.READY:
             self.failures = 0
             self.warmed = True
@@ -151,7 +169,15 @@ class SparePool:
         self.fill()
 
     def take(self) -> tuple[int, socket.socket] | None:
-        return self.ready.pop(0) if self.ready else None
+        taken = self.ready.pop(0) if self.ready else None
+        self._boost_if_none_ready()
+        return taken
+
+    def _boost_if_none_ready(self) -> None:
+        """No spare ready: the next create waits for a starting one, no longer background."""
+        if not self.ready:
+            for pid in list(self.niced):
+                self._normal_priority(pid)
 
     def close(self) -> None:
         """In a forked domain process: the spares are not its business."""
@@ -164,13 +190,19 @@ class SparePool:
             if p == pid:
                 sock.close()
                 del self.ready[i]
+        self.niced.discard(pid)
+        self._boost_if_none_ready()
         self.fill()
 
 
-def serve(sock: socket.socket, spares: int = 0, seccomp_fd: int | None = None) -> None:
+def serve(sock: socket.socket, spares: int = 0,
+          compile_seccomp: Callable[[], int | None] = lambda: None) -> None:
     """Fork or hand out one domain process per Spawn. With `spares`, each domain is an
-    exec'd spare with its own layout; with none, a fork of this process. `seccomp_fd`:
-    the compiled seccomp filter each domain's jail loads (None: each compiles its own)."""
+    exec'd spare with its own layout; with none, a fork of this process.
+    `compile_seccomp`: the compiled seccomp filter each domain's jail loads (None: each
+    compiles its own), called once the first spare has started: it compiles while that
+    spare imports, off a fresh daemon's first domain's path, and goes to each domain
+    with its spawn."""
     chan = Channel(sock)
     children: dict[int, int] = {}  # pid -> domid
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -180,8 +212,9 @@ def serve(sock: socket.socket, spares: int = 0, seccomp_fd: int | None = None) -
     sel.register(sock, selectors.EVENT_READ)
     sel.register(wake_r, selectors.EVENT_READ)
     forker = PidNamespaceForker()
-    pool = SparePool(spares, forker, sel, seccomp_fd)
+    pool = SparePool(spares, forker, sel)
     pool.fill()
+    seccomp_fd = compile_seccomp()
     warmed = False
 
     def warm() -> None:
@@ -230,6 +263,7 @@ def serve(sock: socket.socket, spares: int = 0, seccomp_fd: int | None = None) -
                 for fd in fds:
                     os.close(fd)
                 continue
+            mark("zygote: spawn received")
             pending.append((spawn, fds))
         while pending:  # in order; a create waits for a spare that is still starting
             if pool.usable:
@@ -238,7 +272,10 @@ def serve(sock: socket.socket, spares: int = 0, seccomp_fd: int | None = None) -
                     break
                 pid, spare_sock = taken
                 try:
-                    Channel(spare_sock).send(pending[0][0].to_wire(), pending[0][1])
+                    # The filter last, flagged, after the 2 or 3 fds of the spawn.
+                    Channel(spare_sock).send(
+                        {**pending[0][0].to_wire(), "seccomp": seccomp_fd is not None},
+                        pending[0][1] + ([seccomp_fd] if seccomp_fd is not None else []))
                 except OSError:  # it died after READY, not yet reaped: the next one
                     pool.fill()
                     continue
@@ -256,6 +293,7 @@ def serve(sock: socket.socket, spares: int = 0, seccomp_fd: int | None = None) -
                 os.close(fd)
             children[pid] = spawn.domid
             chan.send(Spawned(spawn.domid, pid).to_wire())
+            mark("zygote: handed over")
             pool.fill()  # a consumed spare's replacement starts now, in the background
         _reap(chan, children, pool)
 
@@ -306,13 +344,13 @@ def main() -> None:
     # Everything imported so far lives as long as the zygote: keep the collector from
     # walking it in each child (touching an object copies its page: PSS per domain).
     gc.freeze()
-    serve(socket.socket(fileno=args.fd), spares=max(0, args.spares), seccomp_fd=_compile_seccomp())
+    serve(socket.socket(fileno=args.fd), spares=max(0, args.spares), compile_seccomp=_compile_seccomp)
 
 
 def _compile_seccomp() -> int | None:
-    """The domains' seccomp filter, compiled once here (the only use of libseccomp), before
-    the first spare starts (its argv names the memfd); None if it cannot be, and each
-    domain's jail then tries itself and reports why not."""
+    """The domains' seccomp filter, compiled once here (the only use of libseccomp) while
+    the first spare imports; None if it cannot be, and each domain's jail then tries
+    itself and reports why not."""
     try:
         from xenopus.domain import jail, seccomp_policy
 

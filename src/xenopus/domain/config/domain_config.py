@@ -100,6 +100,16 @@ class DomainConfig:
                                          help="the most grant-table frames the domain may have")
     max_event_channels: int = k.key(1023, read=k.number, check=k.integer(k.check_event_channels),
                                     help="the highest event-channel port the domain may use")
+    # xl.cfg(5) "Xenstore related settings": the domain's own XenStore quotas (set as libxl
+    # does, SET_QUOTA after INTRODUCE) and the ring features it is offered (SET_FEATURE
+    # before INTRODUCE, the features we serve ANDed with the mask).
+    xenstore_quota: list[str] | None = k.key(
+        None, read=k.string_list, check=k.check_xenstore_quota, optional=True,
+        help='the domain\'s XenStore quotas: ["nodes=2000", ...] (names as '
+             '`xl xenstore-quota-get -g` lists them)')
+    xenstore_feature_mask: int = k.key(
+        0xFFFFFFFF, read=k.number, check=k.integer(k.check_u32),
+        help="the XenStore ring features the guest may see (1: reconnection, 2: error)")
     virtio_balloon: int = k.key(0, read=k.number, check=k.integer(k.check_flag),
                                 help="1 for a virtio memory balloon (xl mem-set for a guest"
                                 " without Xen)")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import MISSING, dataclass, field, replace
-from pathlib import Path
 from typing import Any, TypeVar
 
 from xenopus.domain.config.syntax import OVERRIDES_SOURCE, ConfigError, Setting, to_int
@@ -46,8 +45,11 @@ PVSHIM_CMDLINE = "pv-shim console=xen,pv"
 # Where a PV shim is looked for when pvshim_path is not set: the one `make shim`
 # (scripts/build-shim) builds in this checkout, then libxl's default,
 # XENFIRMWAREDIR/PVSHIM_BASENAME (libxl_create.c, libxl__domain_build_info_setdefault).
-PROJECT_SHIM = Path(__file__).resolve().parents[4] / "build" / "shim" / "xen-shim"
-PVSHIM_PATHS = (str(PROJECT_SHIM), "/usr/lib/xen/boot/xen-shim")
+# (os.path, not pathlib: a domain process imports this, and pathlib costs each ~0.65 MiB)
+PROJECT_SHIM = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
+        os.path.realpath(__file__)))))), "build", "shim", "xen-shim")
+PVSHIM_PATHS = (PROJECT_SHIM, "/usr/lib/xen/boot/xen-shim")
 
 
 # -- reading settings ------------------------------------------------------------------------
@@ -235,6 +237,12 @@ def _string_list(s: Setting, name: str) -> list[str]:
             raise ConfigError(f"{where(s)}: {name}: entry {i}: expected a string,"
                               f" got {_kind(item)}")
     return s.value  # type: ignore[return-value]
+
+
+def string_list(r: Reading, k: Key) -> list[str] | None:
+    """A list of strings (`[ "a", "b" ]`); None when absent."""
+    s = r.settings.get(k.label)
+    return None if s is None else list(_string_list(s, k.label))
 
 
 def disks(r: Reading, k: Key) -> list[DiskSpec]:
@@ -464,6 +472,25 @@ def check_event_channels(count: int) -> int:
         raise ValueError(f"{count} is not between 1 and {MAX_EVENT_CHANNELS} (the 2-level"
                          " ABI's ports)")
     return count
+
+
+def check_xenstore_quota(items: object) -> None:
+    """xl.cfg(5) xenstore_quota: QUOTA_SPECs `name=value`, the names GET_QUOTA lists (`xl
+    xenstore-quota-get -g`), each a non-negative integer."""
+    from xenopus.xen.xenstore.store import QUOTA_NAMES
+
+    list_of(str)(items)
+    for item in items:  # type: ignore[attr-defined]
+        name, sep, value = item.partition("=")
+        if not sep or name not in QUOTA_NAMES or not value.isdigit():
+            raise ValueError(f"{item!r} is not <quota-name>=<number> (names: "
+                             f"{', '.join(QUOTA_NAMES)})")
+
+
+def check_u32(value: int) -> int:
+    if not 0 <= value <= 0xFFFFFFFF:
+        raise ValueError(f"{value} is not a 32-bit mask")
+    return value
 
 
 def check_xen_platform(value: str) -> str:

@@ -175,10 +175,26 @@ class Connection:
     watches: list[Watch] = field(default_factory=list)
     transactions: dict[int, Transaction] = field(default_factory=dict)
     seq: int = 0  # connection order, the order events go
+    # A dom0 connection held to domain `bound_to`'s quotas (a domain process's backends,
+    # scoped to that domain): dom0's rights within its paths, an unprivileged domain's
+    # limits, as a Xen driver domain has them.
+    bound_to: int | None = None
 
     @property
     def privileged(self) -> bool:
         return self.domid == 0
+
+    @property
+    def limited(self) -> bool:
+        """Held to the quotas: every domain but dom0, and dom0 bound to a domain."""
+        return not self.privileged or self.bound_to is not None
+
+    @property
+    def account(self) -> int:
+        """Whose memory its watches, transactions and queued output are charged to: its
+        domain's, or for a bound connection an account of its own (-1 - domid, never a
+        domid) whose use counts against that domain's quota."""
+        return self.domid if self.bound_to is None else -1 - self.bound_to
 
 
 @dataclass
@@ -266,13 +282,40 @@ class Store:
         self._memory[domid] = self._memory.get(domid, 0) + nbytes
 
     def _over(self, conn: Connection, limit: int, value: int) -> bool:
-        """Whether value breaks a quota for conn (0 disables it; dom0 is exempt)."""
-        return bool(limit) and not conn.privileged and value > limit
+        """Whether value breaks a quota for conn (0 disables it; dom0 is exempt unless
+        bound to a domain)."""
+        return bool(limit) and conn.limited and value > limit
 
-    def _check_memory(self, conn: Connection, extra: int) -> None:
+    def _quota(self, conn: Connection) -> Quota:
+        return self.quota_of(conn.domid if conn.bound_to is None else conn.bound_to)
+
+    def _used(self, conn: Connection, tx: Transaction | None = None) -> tuple[int, int]:
+        """(nodes, bytes) conn's quotas count: its domain's own; for a bound connection
+        the nodes of its domain's paths owned by dom0 or that domain (what it can have
+        made, or given that domain) and its account's charges."""
+        if conn.bound_to is None:
+            return self.owned(conn.domid, tx), self._memory.get(conn.domid, 0)
+        nodes = size = 0
+        for top in self._bound_tops(conn.bound_to, tx):
+            node = self._get(tx, top)
+            for path, sub in self._subtree(tx, top, node) if node is not None else ():
+                if sub.owner in (0, conn.bound_to):
+                    nodes += 1
+                    size += node_size(sub) + len(path)
+        return nodes, size + self._memory.get(conn.account, 0)
+
+    def _bound_tops(self, domid: int, tx: Transaction | None) -> list[str]:
+        """A domain's paths: its home and its backend directories (as Scope allows)."""
+        tops = [domain_path(domid)]
+        backends = self._get(tx, "/local/domain/0/backend")
+        for kind in backends.children if backends is not None else ():
+            tops.append(f"/local/domain/0/backend/{kind}/{domid}")
+        return tops
+
+    def _check_memory(self, conn: Connection, extra: int, tx: Transaction | None = None) -> None:
         """ENOMEM, as xenstored's domain_memory_add() answers, if extra more bytes
         would take conn's domain over its memory quota."""
-        if self._over(conn, self.quota_of(conn.domid).memory, self._memory.get(conn.domid, 0) + extra):
+        if conn.limited and self._over(conn, self._quota(conn).memory, self._used(conn, tx)[1] + extra):
             raise XsError("ENOMEM", "memory quota exceeded")
 
     def charge_output(self, conn: Connection, nbytes: int, *, check: bool) -> bool:
@@ -280,21 +323,21 @@ class Store:
         (False) what would go over the memory quota: xenstored's send_event() drops
         such an event; a reply is always queued (send_reply checks no quota)."""
         with self.lock:
-            if check and self._over(conn, self.quota_of(conn.domid).memory,
-                                    self._memory.get(conn.domid, 0) + nbytes):
+            if check and conn.limited and self._over(conn, self._quota(conn).memory,
+                                                     self._used(conn)[1] + nbytes):
                 return False
-            self._charge(conn.domid, nbytes)
+            self._charge(conn.account, nbytes)
             return True
 
     def output_sent(self, conn: Connection, nbytes: int) -> None:
         with self.lock:
-            self._charge(conn.domid, -nbytes)
+            self._charge(conn.account, -nbytes)
 
     def stalled(self, conn: Connection) -> bool:
         """xenstored's domain_can_read(): an unprivileged domain at its memory quota is
         not served until its queued output drains."""
         with self.lock:
-            return self._over(conn, self.quota_of(conn.domid).memory, self._memory.get(conn.domid, 0) + 1)
+            return conn.limited and self._over(conn, self._quota(conn).memory, self._used(conn)[1] + 1)
 
     # --- paths and permissions -----------------------------------------------------
 
@@ -367,7 +410,7 @@ class Store:
         (ENOSPC) and charges them as memory; either failure fails the transaction."""
         cost = len(path) + (node_size(node) if node is not None else 0)
         if tx.limited:
-            quota = self.quota_of(tx.domid)
+            quota = self.quota_of(tx.domid if tx.domid >= 0 else -1 - tx.domid)
             if quota.transaction_nodes and len(tx.seen) >= quota.transaction_nodes:
                 tx.failed = True
                 raise XsError("ENOSPC", "transaction touches too many nodes")
@@ -479,11 +522,15 @@ class Store:
             # An unprivileged domain may not give its nodes away (xenstored: EPERM).
             if not conn.privileged and new[0].domid != node.owner:
                 raise XsError("EPERM", "only dom0 changes owners")
-            if self._over(conn, self.quota_of(conn.domid).node_permissions, len(new)):
+            if conn.bound_to is not None and new[0].domid not in (0, conn.bound_to, node.owner):
+                # Its nodes would be charged to another domain's quota.
+                raise XsError("EPERM", f"a domain {conn.bound_to} connection gives nodes only"
+                              f" to dom0 or domain {conn.bound_to}")
+            if self._over(conn, self._quota(conn).node_permissions, len(new)):
                 raise XsError("ENOSPC", "too many permissions")  # core.c do_set_perms
             changed = replace(node, perms=new)
             self._check_size(conn, changed)
-            self._check_memory(conn, PERM_SIZE * (len(new) - len(node.perms)))
+            self._check_memory(conn, PERM_SIZE * (len(new) - len(node.perms)), tx)
             self._put(tx, path, changed)
             self._changed(tx, path, node.perms)
 
@@ -491,7 +538,7 @@ class Store:
         with self.lock:
             tx = self._tx(conn, tx_id)
             path = self.canonical(conn, path)
-            self._check_memory(conn, len(path) + NODE_HDR_SIZE + PERM_SIZE + len(value))
+            self._check_memory(conn, len(path) + NODE_HDR_SIZE + PERM_SIZE + len(value), tx)
             node = self._get(tx, path)
             if node is None:
                 node = self._create(conn, tx, path, bytes(value))
@@ -508,7 +555,7 @@ class Store:
             if self._get(tx, path) is not None:
                 self._fetch(conn, tx, path, WRITE)
                 return
-            self._check_memory(conn, len(path) + NODE_HDR_SIZE + PERM_SIZE)
+            self._check_memory(conn, len(path) + NODE_HDR_SIZE + PERM_SIZE, tx)
             node = self._create(conn, tx, path)
             self._put(tx, path, node)
             self._changed(tx, path, node.perms)
@@ -554,12 +601,12 @@ class Store:
         return out
 
     def _check_nodes(self, conn: Connection, tx: Transaction | None, extra: int) -> None:
-        if self._over(conn, self.quota_of(conn.domid).nodes, self.owned(conn.domid, tx) + extra):
+        if conn.limited and self._over(conn, self._quota(conn).nodes, self._used(conn, tx)[0] + extra):
             raise XsError("ENOSPC", "node quota exceeded")
 
     def _check_size(self, conn: Connection, node: Node) -> None:
         """xenstored's write_node_raw(): ENOSPC for a node over node-size."""
-        if self._over(conn, self.quota_of(conn.domid).node_size, node_size(node)):
+        if self._over(conn, self._quota(conn).node_size, node_size(node)):
             raise XsError("ENOSPC", "node over the node-size quota")
 
     def _create(self, conn: Connection, tx: Transaction | None, path: str,
@@ -596,11 +643,11 @@ class Store:
 
     def transaction_start(self, conn: Connection) -> int:
         with self.lock:
-            if self._over(conn, self.quota_of(conn.domid).transactions, len(conn.transactions) + 1):
+            if self._over(conn, self._quota(conn).transactions, len(conn.transactions) + 1):
                 raise XsError("ENOSPC", "transaction quota exceeded")
             self._tx_ids = self._tx_ids % 0xFFFFFFFF + 1
             conn.transactions[self._tx_ids] = Transaction(
-                self._tx_ids, self._gen, conn.domid, limited=not conn.privileged)
+                self._tx_ids, self._gen, conn.account, limited=conn.limited)
             self._open_tx += 1
             return self._tx_ids
 
@@ -645,14 +692,14 @@ class Store:
             same_path = self._watched.get(abs_path, [])
             if any(w.conn is conn and w.token == token for w in same_path):
                 raise XsError("EEXIST", "watch exists")
-            used = sum(len(c.watches) for c in self._conns if c.domid == conn.domid)
-            if self._over(conn, self.quota_of(conn.domid).watches, used + 1):
+            used = sum(len(c.watches) for c in self._conns if c.account == conn.account)
+            if self._over(conn, self._quota(conn).watches, used + 1):
                 # ENOSPC since xenstored commit 70fcc2531c (E2BIG before).
                 raise XsError("ENOSPC", "watch quota exceeded")
             self._watch_seq += 1
             watch = Watch(path, abs_path, token, conn, self._watch_seq)
             self._check_memory(conn, watch.memory)
-            self._charge(conn.domid, watch.memory)
+            self._charge(conn.account, watch.memory)
             conn.watches.append(watch)
             self._watched.setdefault(abs_path, []).append(watch)
             conn.deliver(path, token)
@@ -695,7 +742,7 @@ class Store:
         same_path.remove(watch)
         if not same_path:
             del self._watched[watch.abs]
-        self._charge(watch.conn.domid, -watch.memory)
+        self._charge(watch.conn.account, -watch.memory)
 
     def _drop_watches(self, conn: Connection) -> None:
         for watch in conn.watches:
