@@ -358,3 +358,42 @@ def test_backend_ports_are_eventfds_kvm_signals_and_go_with_the_channel(mem) -> 
         r.k.close()
     with pytest.raises(OSError):
         os.fstat(fds[1])
+
+
+def test_a_backend_s_worker_waits_on_its_own_port_s_eventfd(mem) -> None:
+    """A callback that offers `watch_eventfd` (a backend's, xenbus._Kick) gets KVM's
+    eventfd for its port on its own worker: the guest's send wakes that thread alone, no
+    shared eventfd thread; the channel's close hands the fd back to it to close."""
+    import os
+    import threading
+
+    from xenopus.xen.backends.xenbus import Worker
+
+    r = Rig()
+    ev, _ = _channels(mem, r)
+    ran: list[threading.Thread] = []
+    sent = threading.Event()
+    worker = Worker("blkback-test", lambda reasons: None)
+
+    class Kick:  # the shape of xenbus._Kick
+        def __call__(self) -> None:
+            raise AssertionError("called through the shared eventfd thread")
+
+        def watch_eventfd(self, fd: int) -> Callable[[], None] | None:
+            return worker.watch_eventfd(fd, lambda: (ran.append(threading.current_thread()), sent.set()))
+
+    port = ev.bind_local(Kick())
+    fds = r.vm.eventfds
+    try:
+        assert r.vm.evtchn() == [(ATTR_EVTCHN, port, 0, STAT_INTERDOMAIN, 0, -1)]
+        os.eventfd_write(fds[0], 1)  # what KVM does for the guest's EVTCHNOP_send
+        assert sent.wait(10), "the backend's worker was not woken"
+        assert ran == [worker.thread]
+        assert not any(t.name == "xen-evtchn-fds" for t in threading.enumerate())
+        ev.disconnect_local(port)
+        assert r.vm.evtchn()[-1] == (ATTR_EVTCHN, port, DEASSIGN, 0, 0, 0)
+    finally:
+        worker.stop()  # runs the close the disconnect queued, if the worker had not yet
+        r.k.close()
+    with pytest.raises(OSError):
+        os.fstat(fds[0])

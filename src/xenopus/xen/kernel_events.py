@@ -20,8 +20,9 @@ KVM_XEN_HVM_EVTCHN_SEND; what KVM then serves is arch/x86/kvm/xen.c's kvm_xen_hy
 * XENVER_version (KVM_XEN_ATTR_TYPE_XEN_VERSION);
 * EVTCHNOP_send on IPI ports and on loopback interdomain ports (KVM_XEN_ATTR_TYPE_EVTCHN:
   the send port, and the port and vCPU it raises), and on ports whose far end is a backend
-  in this process (the same attribute with an eventfd KVM signals: a thread here reads it
-  and calls the backend, so the sending vCPU never leaves the kernel);
+  in this process (the same attribute with an eventfd KVM signals: the backend's own
+  worker waits on it where the callback offers `watch_eventfd`, one thread here reads the
+  others and calls them, so the sending vCPU never leaves the kernel);
 * each vCPU's one-shot timer (set_timer_op, VCPUOP_set/stop_singleshot_timer) raising its
   VIRQ_TIMER port (KVM_XEN_VCPU_ATTR_TYPE_TIMER), read back for a save;
 * SCHEDOP_poll (blocking in KVM until a polled port is raised) and SCHEDOP_yield.
@@ -94,6 +95,7 @@ class KernelEvents:
         self._routes: dict[int, Route] = {}  # send port -> what KVM raises for it
         self._timer_ports: dict[int, int] = {}  # vCPU -> its VIRQ_TIMER port in KVM
         self._eventfds: dict[int, int] = {}  # send port -> the eventfd KVM signals
+        self._own_waits: dict[int, Callable[[], None]] = {}  # port -> its waiter's undo
         self._watcher: EventfdWatcher | None = None
         self._lock = threading.RLock()
         # Set by the domain: our pending one-shot of a vCPU as Xen system time (ns),
@@ -206,17 +208,29 @@ class KernelEvents:
         except BaseException:
             os.close(fd)
             raise
-        if self._watcher is None:
-            self._watcher = EventfdWatcher()
-        self._watcher.add(fd, callback)
+        # A callback with a thread of its own to wait on (a backend's worker) takes the
+        # fd there; the others share the watcher's thread.
+        own = getattr(callback, "watch_eventfd", None)
+        undo = own(fd) if own is not None else None
+        if undo is not None:
+            self._own_waits[port] = undo
+        else:
+            if self._watcher is None:
+                self._watcher = EventfdWatcher()
+            self._watcher.add(fd, callback)
         self._eventfds[port] = fd
 
     def _drop_eventfd(self, port: int) -> None:
         fd = self._eventfds.pop(port, None)
-        if fd is not None:
-            assert self._watcher is not None
-            self._watcher.remove(fd)
-            os.close(fd)
+        if fd is None:
+            return
+        undo = self._own_waits.pop(port, None)
+        if undo is not None:
+            undo()  # it closes the fd once its thread no longer waits on it
+            return
+        assert self._watcher is not None
+        self._watcher.remove(fd)
+        os.close(fd)
 
     def _drop_eventfds(self) -> None:
         for port in list(self._eventfds):
