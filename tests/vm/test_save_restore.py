@@ -15,12 +15,11 @@ import sys
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
 
 import pytest
 
 from tests.vm.conftest import Xenopus
-from tests.vm.test_cli import read_until
+from tests.vm.test_cli import read_result, read_until
 from tests.vm.test_devices import NS, netns  # noqa: F401 - the fixture
 from xenopus.stream import read_domain_config
 from xenopus.toolstack.transfer import BANNER
@@ -40,15 +39,6 @@ def _checksum(count: int) -> str:
     for i in range(count):
         h = ((h ^ i) * 0x01000193) & 0xFFFFFFFF
     return f"RESULT: PASS counter count={count} checksum=0x{h:08x}"
-
-
-def _read_result(console: IO[bytes]) -> bytes:
-    """A console's output up to the end of its RESULT line. (The domain is kept when it
-    ends, so its console stays open: never wait for more than that line.)"""
-    seen = read_until(console, b"RESULT", timeout=120)
-    while b"\n" not in seen[seen.index(b"RESULT"):]:
-        seen += read_until(console, b"\n")
-    return seen
 
 
 def _start_counter(x: Xenopus, name: str) -> subprocess.Popen:
@@ -351,7 +341,7 @@ def test_migrate_c_sends_the_given_config_instead_of_the_domain_s(
     attached = receiver.popen("console", "reconfigured")
     assert attached.stdout is not None
     try:
-        after = _read_result(attached.stdout)
+        after = read_result(attached.stdout)
     finally:
         assert receiver.run("destroy", "reconfigured").returncode == 0
         attached.wait(60)
@@ -388,7 +378,7 @@ def test_a_live_migrated_xen_guest_s_timer_events_and_watch_carry_on(
     attached = receiver.popen("console", "-t", "serial", "livetick")
     assert attached.stdout is not None
     try:
-        after = _read_result(attached.stdout)
+        after = read_result(attached.stdout)
     finally:
         assert receiver.run("destroy", "livetick").returncode == 0
         attached.wait(60)
@@ -414,7 +404,8 @@ def test_virtio_blk_io_running_during_a_live_migration_finishes_with_the_data_ve
     with open(disk, "wb") as f:
         f.truncate(8 << 20)
     cfg = xenopus.config("blkmover", "vblk.elf", disk=[f"{disk},raw,vda,rw"],
-                         cmdline=f"sector={start} count={count} loops={loops}",
+                         # ≥ 4 s of rounds, so a loaded host still moves it mid-I/O
+                         cmdline=f"sector={start} count={count} loops={loops} round_ms=10",
                          on_poweroff="preserve")
     assert xenopus.run("create", "-q", str(cfg)).returncode == 0
     console = xenopus.popen("console", "blkmover")
@@ -426,7 +417,7 @@ def test_virtio_blk_io_running_during_a_live_migration_finishes_with_the_data_ve
     attached = receiver.popen("console", "blkmover")
     assert attached.stdout is not None
     try:
-        after = _read_result(attached.stdout)
+        after = read_result(attached.stdout)
     finally:
         assert receiver.run("destroy", "blkmover").returncode == 0
         attached.wait(60)
@@ -496,7 +487,7 @@ def test_xen_blkfront_io_running_during_a_live_migration_finishes_with_the_data_
     attached = receiver.popen("console", "-t", "serial", "xblkmover")
     assert attached.stdout is not None
     try:
-        after = _read_result(attached.stdout)
+        after = read_result(attached.stdout)
     finally:
         assert receiver.run("destroy", "xblkmover").returncode == 0
         attached.wait(60)
@@ -519,7 +510,7 @@ def test_xen_blkfront_io_carries_on_across_save_and_restore(
     attached = xenopus.popen("console", "-t", "serial", "xblksaved")
     assert attached.stdout is not None
     try:
-        after = _read_result(attached.stdout)
+        after = read_result(attached.stdout)
     finally:
         assert xenopus.run("destroy", "xblksaved").returncode == 0
         attached.wait(60)
@@ -625,7 +616,7 @@ def test_xen_netfront_carries_on_across_save_and_restore(netns: Xenopus, tmp_pat
         console = netns.popen("console", "-t", "serial", "xnetsave")
         assert console.stdout is not None
         try:
-            out = _read_result(console.stdout).decode(errors="replace")
+            out = read_result(console.stdout).decode(errors="replace")
         finally:
             netns.run("destroy", "xnetsave")
             console.wait(60)

@@ -13,7 +13,7 @@ import stat
 import pytest
 
 from tests.vm.conftest import Xenopus
-from tests.vm.test_cli import read_until
+from tests.vm.test_cli import read_result, read_until
 from xenopus import api
 from xenopus.client import XenopusError
 
@@ -144,8 +144,7 @@ def test_a_socket_channel_survives_save_and_restore(xenopus: Xenopus) -> None:
             assert got.decode().splitlines() == [f"line {i} of {NAME}" for i in range(LINES)]
             s.sendall(b"ping after restore\n")
             assert read_until(stream, b"\n") == b"pong: ping after restore\n"
-        out = read_until(con.stdout, b"RESULT")
-        out += read_until(con.stdout, b"\n")
+        out = read_result(con.stdout)
     finally:
         xenopus.run("destroy", "chan-save")
         con.wait(60)

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from tests.vm.conftest import Xenopus
-from tests.vm.test_cli import read_until
+from tests.vm.test_cli import read_result, read_until
 from xenopus import ipc
 from xenopus.domain.interdomain_port import InterdomainPort
 from xenopus.memory import GuestMemory
@@ -289,10 +289,8 @@ def console(x: Xenopus, name: str) -> subprocess.Popen:
 
 
 def result_line(stream) -> bytes:
-    """Read a console up to the end of its RESULT line (every kit guest prints one)."""
-    seen = read_until(stream, b"RESULT: ")
-    while b"\n" not in seen[seen.index(b"RESULT: "):]:
-        seen += read_until(stream, b"\n")
+    """The guest's RESULT line (every kit guest prints one)."""
+    seen = read_result(stream)
     return seen[seen.index(b"RESULT: "):].split(b"\n")[0]
 
 

@@ -52,6 +52,7 @@ from xenopus.domain.vif import VifTaps
 from xenopus.domain.xenguest import StoreProxy
 from xenopus.kvm import Kvm
 from xenopus.memory import PAGE_SIZE
+from xenopus.sampler import ENV, StackSampler
 from xenopus.trace import mark
 from xenopus.vm import CpuState, StopReason
 from xenopus.xen.xenstore.peer import peer_of
@@ -238,6 +239,9 @@ class DomainProcess:
 
     def _teardown(self) -> None:
         if self.guest is not None:
+            if os.environ.get(ENV) and self.guest.xen is not None:  # debug: the sampler's
+                log.info("%s: hypercalls that reached us, by number: %s", ENV,
+                         sorted(self.guest.xen.table.counts.items()))
             self.guest.close()
             self.guest = None
             self.console.on_input = self.vconsole.on_input = self.pvconsole.on_input = lambda d: None
@@ -1031,8 +1035,15 @@ def run_domain(
     proc.channels, proc.channel_error = channels, channel_error
     proc.kvm = kvm
     proc.born = born
+    sampler = StackSampler.from_env()  # debug only: XENOPUS_PROFILE
+    if sampler is not None:
+        sampler.start()
     try:
         return asyncio.run(proc.run())
     except Exception:
         log.exception("domain %d: fatal error in the domain process", domid)
         return EXIT_CRASHED
+    finally:
+        if sampler is not None:
+            sampler.stop()
+            log.info("%s", sampler.report())
