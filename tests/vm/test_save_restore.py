@@ -559,7 +559,7 @@ def test_a_disk_attached_at_run_time_is_in_the_image_and_carries_on_after_restor
     again = xenopus.popen("console", "-t", "serial", "hotsaved")
     assert again.stdout is not None
     try:
-        after = _read_result(again.stdout)
+        after = read_result(again.stdout)
         listing = xenopus.run("block-list", "hotsaved", check=True).stdout.splitlines()
         assert [row.split()[0] for row in listing[1:]] == ["51728"], listing
     finally:
@@ -661,7 +661,7 @@ def test_xen_netfront_carries_on_across_a_live_migration_on_this_host(
         console = netns.popen("console", "-t", "serial", "xnetmig")
         assert console.stdout is not None
         try:
-            out = _read_result(console.stdout).decode(errors="replace")
+            out = read_result(console.stdout).decode(errors="replace")
         finally:
             netns.run("destroy", "xnetmig")
             console.wait(60)

@@ -180,11 +180,7 @@ def test_a_socket_channel_survives_a_live_migration_on_this_host(xenopus: Xenopu
             assert got.decode().splitlines() == [f"line {i} of {NAME}" for i in range(LINES)]
             s.sendall(b"ping after migrate\n")
             assert read_until(stream, b"\n") == b"pong: ping after migrate\n"
-        # read_until returns whole chunks: the RESULT line's end may be in this one already
-        # (and a preserved domain's console says nothing more)
-        out = read_until(con.stdout, b"RESULT")
-        while b"\n" not in out[out.index(b"RESULT"):]:
-            out += read_until(con.stdout, b"\n")
+        out = read_result(con.stdout)
     finally:
         xenopus.run("destroy", "chan-mig")
         con.wait(60)

@@ -294,15 +294,6 @@ def result_line(stream) -> bytes:
     return seen[seen.index(b"RESULT: "):].split(b"\n")[0]
 
 
-def through_result(stream) -> bytes:
-    """A console's output up to the end of its RESULT line (of a domain kept when it ends,
-    whose console stays open)."""
-    seen = read_until(stream, b"RESULT: ")
-    while b"\n" not in seen[seen.index(b"RESULT: "):]:
-        seen += read_until(stream, b"\n")
-    return seen
-
-
 def domain_pid(x: Xenopus, name: str) -> int:
     chan = ipc.Channel.connect(str(x.run_dir / "xenopus.sock"))
     try:
@@ -487,8 +478,8 @@ def _rebind_round(x: Xenopus, tag: str, move: Callable[[str], None]) -> None:
             client.close()
         con_a2 = console(x, name_a)
         assert con_a2.stdout is not None
-        after = through_result(con_a2.stdout)
-        out_b += through_result(con_b.stdout)
+        after = read_result(con_a2.stdout)
+        out_b += read_result(con_b.stdout)
         out_a = (before + after).decode(errors="replace")
     finally:
         for c in (con_a, con_b, con_a2):
