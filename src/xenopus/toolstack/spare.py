@@ -27,6 +27,7 @@ import socket
 import sys
 from typing import TYPE_CHECKING
 
+from xenopus import codecache
 from xenopus.ipc import Channel
 from xenopus.trace import mark
 
@@ -36,11 +37,12 @@ if TYPE_CHECKING:  # imported by `warm`: the zygote imports this module before a
 READY = b"R"
 
 
-def warm() -> None:
+def warm(write_methods: bool | None = None) -> None:
     """Import every layer a domain process runs (with seccomp_policy, whose loader the
     jail uses on the zygote's compiled filter): a spare does before READY, the zygote
     after it has started its first spares (their start-up is the long pole of a first
-    domain on a fresh daemon: they import while it does).
+    domain on a fresh daemon: they import while it does). Their dataclasses' methods
+    come compiled from `xenopus.codecache` (`write_methods`: see `generated_methods`).
 
     asyncio imports ssl when it can; a domain process never speaks TLS through asyncio,
     and ssl with OpenSSL's libraries is ~1.3 MiB of private memory in every one. None in
@@ -51,8 +53,9 @@ def warm() -> None:
     if blocked:
         sys.modules["ssl"] = None  # type: ignore[assignment]
     try:
-        import xenopus.domain.process  # noqa: F401
-        import xenopus.domain.seccomp_policy  # noqa: F401
+        with codecache.generated_methods(write=write_methods):
+            import xenopus.domain.process  # noqa: F401
+            import xenopus.domain.seccomp_policy  # noqa: F401
     finally:
         if blocked:
             del sys.modules["ssl"]
