@@ -53,13 +53,18 @@ class Table:
             return None
         start, length = where
         try:
-            code = marshal.loads(self._data[start:start + length])
+            entry = marshal.loads(self._data[start:start + length])
         except (EOFError, ValueError, TypeError):
             return None  # damaged: compiled instead
-        return code if isinstance(code, CodeType) else None
+        # Each entry names its key: an index that points at another entry's code is
+        # caught here, not run.
+        if (isinstance(entry, tuple) and len(entry) == 2 and entry[0] == key
+                and isinstance(entry[1], CodeType)):
+            return entry[1]
+        return None
 
     def add(self, key: bytes, code: CodeType) -> None:
-        self.added[key] = marshal.dumps(code)
+        self.added[key] = marshal.dumps((key, code))
 
     def entries(self) -> dict[bytes, bytes]:
         """Every entry, marshalled (the file's and the added)."""
@@ -95,7 +100,8 @@ def load(path: str = PATH) -> Table:
 
 def save(table: Table, path: str = PATH) -> None:
     """Write `table` atomically (another process reads the old or the new file), readable
-    by all as bytecode is. (No tempfile: a spare would import it, and random, for this.)"""
+    by all as bytecode is. (No tempfile: a spare would import it, and random, for this;
+    nor the pid in the name: every spare is pid 1 of its own namespace.)"""
     entries = table.entries()
     index, blobs, offset = {}, [], 0
     for key, blob in entries.items():
@@ -104,8 +110,8 @@ def save(table: Table, path: str = PATH) -> None:
         offset += len(blob)
     head = marshal.dumps(index)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    tmp = f"{path}.{os.urandom(8).hex()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(_HEADER + len(head).to_bytes(4, "little") + head + b"".join(blobs))
