@@ -80,3 +80,25 @@ def test_dataclasses_is_left_as_it_was_and_nothing_written_unless_asked(tmp_path
     with pytest.raises(RuntimeError), codecache.generated_methods(str(path), write=False):
         raise RuntimeError("an import failed")
     assert "exec" not in vars(dataclasses)
+
+
+def test_an_index_pointing_at_another_entry_is_not_run(tmp_path: Path) -> None:
+    """Entries swapped in the index (a file mixed from two writers): each is refused and
+    compiled afresh, never run as another method."""
+    import marshal
+
+    path = tmp_path / "methods.marshal"
+    with codecache.generated_methods(str(path), write=True):
+        _point()
+    data = path.read_bytes()
+    size = int.from_bytes(data[8:12], "little")
+    index = marshal.loads(data[12:12 + size])
+    keys = list(index)
+    rotated = {k: index[keys[(i + 1) % len(keys)]] for i, k in enumerate(keys)}
+    head = marshal.dumps(rotated)
+    assert len(head) == size  # same shape: the entries' offsets are unchanged
+    path.write_bytes(data[:12] + head + data[12 + size:])
+    with codecache.generated_methods(str(path), write=False) as lookup:
+        cls = _point()
+    assert lookup.misses == len(keys)
+    assert repr(cls(7)) == "Point(x=7, y=2)" and cls(7) == cls(7, 2)
