@@ -31,8 +31,9 @@ from types import CodeType
 
 PATH = os.path.join(os.path.dirname(__file__), "__pycache__",
                     f"dataclass-methods.{sys.implementation.cache_tag}.marshal")
-# The interpreter's exact version: marshal's code objects are its own.
-_HEADER = b"XDCM" + sys.hexversion.to_bytes(4, "little")
+# The table's format (2: compiled without this module's __future__ flags) and the
+# interpreter's exact version: marshal's code objects are its own.
+_HEADER = b"XDM2" + sys.hexversion.to_bytes(4, "little")
 
 
 class Table:
@@ -135,7 +136,9 @@ class _Lookup:
             key = source_hash(source.encode())
             code = self.table.get(key)
             if code is None:
-                code = compile(source, "<string>", "exec")  # as exec(str) would
+                # As exec(str) in dataclasses would: without the __future__ flags of
+                # this module (`annotations` would turn the methods' into strings).
+                code = compile(source, "<string>", "exec", dont_inherit=True)
                 self.table.add(key, code)
                 self.misses += 1
             source = code

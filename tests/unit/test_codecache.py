@@ -35,6 +35,12 @@ def test_a_second_process_compiles_nothing_and_gets_the_same_methods(tmp_path: P
     assert repr(p) == "Point(x=1, y=2)"
     with pytest.raises(dataclasses.FrozenInstanceError):
         p.x = 5
+    # The methods are those dataclasses makes itself, annotations included (compiled
+    # without codecache's own `from __future__ import annotations`).
+    plain = _point()
+    for name in ("__init__", "__repr__", "__eq__", "__setattr__"):
+        assert getattr(cls, name).__annotations__ == getattr(plain, name).__annotations__
+    assert cls.__init__.__annotations__["x"] is int
 
 
 def test_a_changed_class_misses_rather_than_taking_a_stale_entry(tmp_path: Path) -> None:
@@ -56,7 +62,7 @@ def test_a_changed_class_misses_rather_than_taking_a_stale_entry(tmp_path: Path)
     b"not a table at all",
     lambda good: good[:-40],  # truncated: the last entries run past the end
     lambda good: good[:8] + b"\xff\xff\xff\x7f" + good[12:],  # index length beyond the file
-    lambda good: b"XDCM\0\0\0\0" + good[8:],  # another interpreter's
+    lambda good: good[:4] + b"\0\0\0\0" + good[8:],  # another interpreter's
 ])
 def test_a_damaged_table_is_compiled_around(tmp_path: Path, damage: object) -> None:
     path = tmp_path / "methods.marshal"
