@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 # dataclass methods a domain process generates (src/xenopus/codecache.py), likewise.
 compile: $(STAMP)
 	$(PY) -m compileall -q src >/dev/null
-	$(PY) -m xenopus.codecache >/dev/null
+	$(PY) -m xenopus.toolstack.spare --write-methods >/dev/null
 
 deps:
 	scripts/install-deps

@@ -323,7 +323,8 @@ def main() -> int:
             subprocess.run([sys.executable, "-m", "compileall", "-q", str(tree / "src")],
                            check=True, stdout=subprocess.DEVNULL)
             if (tree / "src" / "xenopus" / "codecache.py").exists():  # and its table
-                subprocess.run([sys.executable, "-m", "xenopus.codecache"], check=True,
+                subprocess.run([sys.executable, "-m", "xenopus.toolstack.spare",
+                                "--write-methods"], check=True,
                                stdout=subprocess.DEVNULL,
                                env=dict(os.environ, PYTHONPATH=str(tree / "src")))
     base = Path(tempfile.mkdtemp(prefix="xenopus-bench-"))

@@ -9,8 +9,8 @@ found by the hash `importlib.util.source_hash` gives the exact source text (the 
 keyed SipHash that validates a hash-based `.pyc`), so a class whose source changed
 misses and compiles as before. The table lives beside the bytecode, in the package's
 `__pycache__`, tagged with the interpreter (marshal's format is its own), and is written
-like bytecode: by `make compile` (`python -m xenopus.codecache`), or by a process that
-missed entries where writing bytecode is allowed. Like a `.pyc` it is trusted as the code
+like bytecode: by `make compile` (`python -m xenopus.toolstack.spare --write-methods`),
+or by a process that missed entries where writing bytecode is allowed. Like a `.pyc` it is trusted as the code
 beside it is: only who can write the package can write it.
 
 Each entry is unmarshalled only when asked for, from the file's bytes read at once: the
@@ -166,18 +166,3 @@ def generated_methods(path: str = PATH, write: bool | None = None) -> Iterator[_
         if write and lookup.misses:
             with contextlib.suppress(OSError):  # a read-only install: compile next time too
                 save(lookup.table, path)
-
-
-def main() -> None:
-    """`make compile`: the table for every dataclass a domain process imports, afresh
-    (entries of classes changed since are dropped)."""
-    from xenopus.toolstack import spare
-
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(PATH)
-    spare.warm(write_methods=True)
-    print(f"xenopus.codecache: {len(load())} dataclass methods in {PATH}")
-
-
-if __name__ == "__main__":
-    main()

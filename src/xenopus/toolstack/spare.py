@@ -7,7 +7,9 @@ of its own PID namespace, that has already imported every layer and waits for on
 A create consumes a spare (it becomes that domain's process, with no further fork) and
 the zygote starts its replacement in the background.
 
-Its argument: the socket to the zygote.
+Its argument: the socket to the zygote. (`--write-methods` instead: write the table of
+the dataclass methods its imports generate, xenopus/codecache.py, afresh and exit; `make
+compile` does.)
 
 On the socket the zygote gives it (`xenopus.ipc` framing):
   spare → zygote  one byte, READY, once its imports are done
@@ -100,7 +102,19 @@ def become_domain(spawn: Spawn, fds: list[int], *, fresh_layout: bool,
         os._exit(code)
 
 
+def write_methods() -> None:
+    """`make compile`: the table of every dataclass method a domain process generates,
+    afresh (entries of classes changed since are dropped)."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(codecache.PATH)
+    warm(write_methods=True)
+    print(f"xenopus spare: {len(codecache.load())} dataclass methods in {codecache.PATH}")
+
+
 def main() -> None:
+    if sys.argv[1:] == ["--write-methods"]:
+        write_methods()
+        return
     mark("spare: started")
     die_with_parent()
     warm()
