@@ -357,6 +357,8 @@ class AcpiPlatform:
 
 @dataclass(frozen=True)
 class Table:
+    """One ACPI table as laid out in guest memory."""
+
     signature: str
     address: int
     data: bytes
