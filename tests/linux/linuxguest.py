@@ -8,6 +8,7 @@ with that line and a clean power-off, or the test fails with the console's last 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import selectors
@@ -95,11 +96,13 @@ class Boot:
 
 
 class Xenopus:
-    """A private xenopus daemon in a temporary run directory."""
+    """A xenopus daemon in run directory `run_dir` (default `tmp`/run: a private one),
+    started by the first command; `tmp` holds the test's own files (its configs)."""
 
-    def __init__(self, tmp: Path, prefix: tuple[str, ...] = ()):
+    def __init__(self, tmp: Path, prefix: tuple[str, ...] = (), run_dir: Path | None = None):
         self.tmp = tmp
-        self.env = dict(os.environ, XENOPUS_RUN_DIR=str(tmp / "run"))
+        self.run_dir = run_dir or tmp / "run"
+        self.env = dict(os.environ, XENOPUS_RUN_DIR=str(self.run_dir))
         self.prefix = prefix  # e.g. ("ip", "netns", "exec", NS): the daemon in a namespace
 
     def command(self, *args: str) -> list[str]:
@@ -139,6 +142,7 @@ class Xenopus:
         if paused is not None:
             unpaused = self.run("unpause", name)
             assert unpaused.returncode == 0, unpaused.stderr
+        ended = False
         try:
             log = console_dir() / f"{name}.log"
             log.unlink(missing_ok=True)
@@ -161,8 +165,30 @@ class Xenopus:
 
     def log(self) -> str:
         """The daemon's log."""
-        path = self.tmp / "run" / "xenopus.log"
+        path = self.run_dir / "xenopus.log"
         return path.read_text(errors="replace") if path.exists() else ""
+
+    def for_test(self, tmp: Path) -> Xenopus:
+        """The same daemon for another test, whose files go to `tmp`."""
+        return Xenopus(tmp, self.prefix, self.run_dir)
+
+    def destroy_all(self) -> list[str]:
+        """Destroy every domain the daemon still has (a test's leftovers, before the next
+        test shares the daemon); their names. In this process, through the Python API: a
+        CLI process costs seconds of Python start-up on the nested test host."""
+        from xenopus.api import Xenopus as Api
+        from xenopus.client import DaemonUnavailable, NoSuchDomain
+
+        try:
+            api = Api(str(self.run_dir), autostart=False)
+        except DaemonUnavailable:
+            return []
+        with api:
+            left = api.list()
+            for dom in left:
+                with contextlib.suppress(NoSuchDomain):  # it went meanwhile
+                    api.destroy(dom.domid)
+        return [dom.name for dom in left]
 
     def stop(self) -> None:
         self.run("daemon", "--stop")

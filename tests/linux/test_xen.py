@@ -147,7 +147,7 @@ def xenstore_ls(xenopus: Xenopus, path: str) -> dict[str, str]:
     """`xenstore-ls -f PATH` (Debian's xenstore-utils on the daemon's socket) as a dict."""
     if shutil.which("xenstore-ls") is None:
         pytest.skip("needs xenstore-ls (xenstore-utils)")
-    env = dict(os.environ, XENSTORED_PATH=str(xenopus.tmp / "run" / "xenstored.sock"))
+    env = dict(os.environ, XENSTORED_PATH=str(xenopus.run_dir / "xenstored.sock"))
     out = subprocess.run([*xenopus.prefix, "xenstore-ls", "-f", path], env=env,
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
@@ -220,7 +220,7 @@ def run_xendev(netns: Xenopus, name: str, cfg: Path, image: Path,
             proc.kill()
         netns.run("destroy", name)
     tail = "\n".join(lines[-60:])
-    domain_log = netns.tmp / "run" / "log" / f"{name}.log"
+    domain_log = netns.run_dir / "log" / f"{name}.log"
     assert ended, (tail + "\n--- the domain's log ---\n"
                    + (domain_log.read_text(errors="replace")[-8000:] if domain_log.exists()
                       else "(none)") + "\n--- the daemon's log ---\n" + netns.log()[-4000:])
@@ -295,7 +295,7 @@ def test_xen_control_reboot_then_shutdown(xenopus: Xenopus) -> None:
         assert ended and proc.wait(timeout=60) == 0, tail
         assert any("xenopus-xenctl: poweroff requested" in ln for ln in lines), tail
         assert any(POWER_DOWN in ln for ln in lines), tail
-        assert "shut down; on_poweroff=destroy" in xenopus.run("dmesg").stdout
+        assert f"domain '{name}' shut down; on_poweroff=destroy" in xenopus.run("dmesg").stdout
     finally:
         xenopus.run("destroy", name)
         proc.kill()
