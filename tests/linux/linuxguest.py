@@ -21,6 +21,9 @@ from pathlib import Path
 
 import pytest
 
+from xenopus.api import Xenopus as Api
+from xenopus.client import DaemonUnavailable, NoSuchDomain
+
 ROOT = Path(__file__).resolve().parents[2]
 LINUX = ROOT / "linux"
 GUEST_SOURCES = ROOT / "tests" / "linux" / "guest"
@@ -140,8 +143,8 @@ class Xenopus:
         proc = subprocess.Popen(argv, env=self.env, stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         if paused is not None:
-            unpaused = self.run("unpause", name)
-            assert unpaused.returncode == 0, unpaused.stderr
+            with self.api() as api:
+                api.unpause(name)
         ended = False
         try:
             log = console_dir() / f"{name}.log"
@@ -172,15 +175,19 @@ class Xenopus:
         """The same daemon for another test, whose files go to `tmp`."""
         return Xenopus(tmp, self.prefix, self.run_dir)
 
+    def api(self) -> Api:
+        """The running daemon through the Python API (xenopus.api), in this process (never
+        started from here: a CLI command starts it, inside `prefix`). The tests' own steps
+        that are not what they prove (unpause once the host side is set up, a domid,
+        clean-up) go this way: each CLI process costs seconds of Python start-up on the
+        nested test host."""
+        return Api(str(self.run_dir), autostart=False)
+
     def destroy_all(self) -> list[str]:
         """Destroy every domain the daemon still has (a test's leftovers, before the next
-        test shares the daemon); their names. In this process, through the Python API: a
-        CLI process costs seconds of Python start-up on the nested test host."""
-        from xenopus.api import Xenopus as Api
-        from xenopus.client import DaemonUnavailable, NoSuchDomain
-
+        test shares the daemon); their names."""
         try:
-            api = Api(str(self.run_dir), autostart=False)
+            api = self.api()
         except DaemonUnavailable:
             return []
         with api:

@@ -136,11 +136,8 @@ VBD = 51712  # xvda: 202 << 8 (docs/misc/vbd-interface.txt)
 
 
 def domid_of(xenopus: Xenopus, name: str) -> int:
-    for line in xenopus.run("list").stdout.splitlines()[1:]:
-        fields = line.split()
-        if fields and fields[0] == name:
-            return int(fields[1])
-    raise AssertionError(f"{name} is not in `xenopus list`")
+    with xenopus.api() as api:
+        return api.domain(name).domid
 
 
 def xenstore_ls(xenopus: Xenopus, path: str) -> dict[str, str]:
@@ -200,7 +197,8 @@ def run_xendev(netns: Xenopus, name: str, cfg: Path, image: Path,
     log = console_dir() / f"{name}.log"
     log.unlink(missing_ok=True)
     try:
-        assert netns.run("unpause", name).returncode == 0
+        with netns.api() as api:
+            api.unpause(name)
         came_up = read_lines(console, lines, time.monotonic() + timeout, log, until=READY)
         assert came_up, "\n".join(lines[-60:]) + netns.run("dmesg").stdout[-4000:]
         # The frontends and backends as xenstore-ls shows them: XenbusStateConnected (4).
