@@ -40,6 +40,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(scope="session")
 def _daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Xenopus]:
     x = Xenopus(tmp_path_factory.mktemp("xenopus"))
+    x.start()
     yield x
     x.stop()
 
@@ -50,6 +51,7 @@ def _netns_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Xenopus]
     subprocess.run(["ip", "-n", NS, "link", "set", "lo", "up"], check=True)
     x = Xenopus(tmp_path_factory.mktemp("xenopus-netns"), prefix=("ip", "netns", "exec", NS))
     try:
+        x.start()
         yield x
     finally:
         x.stop()
