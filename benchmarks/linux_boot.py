@@ -9,9 +9,10 @@ Plain (Xen off; `console=ttyS0 quiet xenopus.check=boot`; PVH vmlinux and bzImag
   xenopus  `xenopus create -c -F` of a 256 MiB, 1-vCPU domain, xen_platform = 0;
   QEMU     `qemu-system-x86_64 -M microvm -accel kvm -cpu host -m 256`.
 With --xen, Xen-aware (`console=hvc0 quiet xenopus.check=boot`, PVH vmlinux; issue 13):
-  xenopus  xen_platform = 1, once on the trap path (xen_hypercall_path = "trap"; 6.1 only,
-           6.12 has no hypercall page) and once on the path the host offers ("auto": the
-           in-kernel one where KVM has KVM_CAP_XEN_HVM);
+  xenopus  xen_platform = 1, once on the trap path (xen_hypercall_path = "trap"; only for
+           a kernel with a hypercall page, which XSA-466 took from Debian's 6.1 and 6.12)
+           and once on the path the host offers ("auto": the in-kernel one where KVM has
+           KVM_CAP_XEN_HVM);
   QEMU 10  its Xen emulation (scripts/fetch-qemu10), `-accel kvm,xen-version=...,
            kernel-irqchip=split -M pc -cpu host -m 256` with xen-console on hvc0.
 Two times per run, from starting the command: "userspace" when the guest's /init prints
@@ -32,6 +33,9 @@ import tempfile
 from pathlib import Path
 
 from common import LINUX, QEMU10, linux_guest_config, qemu10_xen_argv, timed_run, xenopus_command
+from xenopus.boot.elf import ElfFile
+from xenopus.boot.pvh import xen_notes
+from xenopus.xen.abi import XEN_ELFNOTE_HYPERCALL_PAGE
 
 RELEASES = {"6.1": LINUX, "6.12": LINUX / "6.12"}
 IMAGES = {"pvh": "vmlinux", "bzimage": "vmlinuz"}
@@ -72,6 +76,12 @@ def qemu_argv(kernel: Path, initramfs: Path) -> list[str]:
             "-kernel", str(kernel), "-initrd", str(initramfs), "-append", CMDLINE]
 
 
+def has_hypercall_page(image: Path) -> bool:
+    """Whether the PVH image asks for a hypercall page (xen/include/public/elfnote.h)."""
+    with image.open("rb") as f:
+        return XEN_ELFNOTE_HYPERCALL_PAGE in xen_notes(ElfFile(f))
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     p.add_argument("--runs", type=int, default=1, help="counted runs of each (default 1)")
@@ -85,9 +95,14 @@ def main() -> int:
                  f"{' (scripts/fetch-qemu10)' if args.xen else ''}")
     base = RELEASES[args.release]
     initramfs = base / "initramfs.cpio"
-    if args.xen:  # row -> kernel; the trap path needs a hypercall page (6.1)
-        kernels = {f"xen-{path}": base / IMAGES["pvh"] for path in ("auto", "trap")
-                   if path == "auto" or args.release == "6.1"}
+    if args.xen:  # row -> kernel; the trap path needs a hypercall page
+        image = base / IMAGES["pvh"]
+        kernels = {"xen-auto": image}
+        if has_hypercall_page(image):
+            kernels["xen-trap"] = image
+        else:  # XSA-466: xen_hypercall_amd/intel issue vmmcall/vmcall themselves
+            print(f"linux_boot: no trap-path row: {image} has no XEN_ELFNOTE_HYPERCALL_PAGE "
+                  "note (XSA-466), so only the in-kernel path serves its hypercalls", flush=True)
     else:
         kernels = {image: base / name for image, name in IMAGES.items()}
     with tempfile.TemporaryDirectory() as tmp:

@@ -19,6 +19,7 @@
  *   loops=N [1]            N rounds of write + read back, round i at sector + i * count
  *                          with seed + i (printing "loop i"), then every round's range
  *                          read back again: I/O that keeps going across a live migration
+ *   round_ms=N [0]         wait N ms after each round: the rounds outlast a slow migration
  * Benchmark mode (driven from ring 3 by polling, no interrupts):
  *   bench=seq|rand rw=read|write [read] bs=BYTES [1 MiB seq, 4096 rand] qd=N [4 seq, 32 rand]
  *   ops=N [256 seq, 20000 rand] span=SECTORS [capacity - sector]
@@ -375,7 +376,10 @@ void guest_main(void)
         result(0, "vblk", "loops do not fit on the disk");
         return;
     }
+    u64 round_ms = cmdline_u64("round_ms", 0);
     for (u64 i = 1; i < loops && !failed; i++) { /* round 0 was the write above */
+        if (round_ms)
+            delay_ms((unsigned)round_ms);
         struct fill li = {fl.buf, sector + i * count, count, fl.seed + i, 0};
         run_user(fill_pattern, (u64)&li, 0);
         st = request(BLK_T_OUT, li.sector, li.buf, (u32)(count * 512), 0);

@@ -24,7 +24,7 @@
  *
  * Command line: vdev=N (device/vbd/N), sector=S [2048], count=C [8, at most 8: one page],
  *   seed=N [0x5a], timeout_ms=N [10000], upcall=vector|param, wait_attach=1, wait_detach=1,
- *   loops=N [1].
+ *   loops=N [1], round_ms=N [0] (a wait after each round: the rounds outlast a slow migration).
  * Expected: "xenblk: <node> backend <path> (domain D) sectors N sector-size 512",
  *   "xenblk: wrote C sectors at S", "xenblk: flush ok|not offered", "xenblk: read back, pattern ok",
  *   RESULT: PASS xenblk (without Xen: RESULT: FAIL xenblk no-xen).
@@ -187,7 +187,10 @@ void guest_main(void)
     u64 loops = cmdline_u64("loops", 1);
     if (loops > 1 && !xcheck(sector + loops * count <= sectors, "loops fit the disk"))
         loops = 1;
+    u64 round_ms = cmdline_u64("round_ms", 0);
     for (u64 i = 1; i < loops && !xen_failures; i++) { /* round 0 was the write above */
+        if (round_ms)
+            delay_ms((unsigned)round_ms);
         u64 at = sector + i * count;
         for (u64 j = 0; j < count * 512; j++)
             data[j] = pattern(at * 512 + j, seed + i);

@@ -30,6 +30,10 @@ NO_ARGS: Mapping[str, Any] = types.MappingProxyType({})
 # `network-list` show: disks and NICs, virtio and Xen PV alike.
 DISK = "disk"
 NIC = "nic"
+# xl_migrate.c: a migrating domain's names while both incarnations exist (on one host, a
+# migration to localhost): the receiver's until the sender says go, the sender's from then.
+INCOMING = "--incoming"
+MIGRATED_AWAY = "--migratedaway"
 
 
 class ProtocolError(ValueError):

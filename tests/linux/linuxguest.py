@@ -12,6 +12,7 @@ import contextlib
 import os
 import re
 import selectors
+import shutil
 import subprocess
 import sys
 import time
@@ -205,6 +206,14 @@ class Xenopus:
 
     def stop(self) -> None:
         self.run("daemon", "--stop")
+        # Each domain's own log (which hypercall path, when KVM's in-kernel events went
+        # off and why, a XENOPUS_PROFILE sampler's stacks) beside the consoles.
+        logs = sorted((self.tmp / "run" / "log").glob("*.log"))
+        if logs:
+            kept = console_dir() / "domains"
+            kept.mkdir(exist_ok=True)
+            for path in logs:
+                shutil.copyfile(path, kept / path.name)
 
 
 def console_dir() -> Path:

@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 
 import pytest
-from elftools.elf.elffile import ELFFile
 
 from tests.linux.conftest import NS
 from tests.linux.linuxguest import (
@@ -43,6 +42,7 @@ from tests.linux.test_virtio import (
     root_disk,
     sender_script,
 )
+from xenopus.boot.elf import ElfFile
 from xenopus.boot.pvh import xen_notes
 from xenopus.xen.abi import XEN_ELFNOTE_HYPERCALL_PAGE
 
@@ -68,7 +68,7 @@ def hypercall_path(xenopus: Xenopus, name: str) -> str:
 def has_hypercall_page(kernel: Kernel) -> bool:
     """Whether the PVH image asks for a hypercall page (xen/include/public/elfnote.h)."""
     with kernel.image.open("rb") as f:
-        return XEN_ELFNOTE_HYPERCALL_PAGE in xen_notes(ELFFile(f))
+        return XEN_ELFNOTE_HYPERCALL_PAGE in xen_notes(ElfFile(f))
 
 
 @pytest.mark.parametrize(("release", "path"), [("6.1", "auto"), ("6.12", "auto"),

@@ -45,13 +45,18 @@ class FakeVm:
         self.attrs: list[tuple] = []
         self.sent: list[tuple[int, int]] = []
         self.send_fails = False
+        self.eventfds: list[int] = []  # every deliver.eventfd given, in order
 
     def xen_hvm_config(self, msr: int, flags: int = 0) -> None:
         self.configs.append((msr, flags))
 
     def xen_set_attr(self, attr: u.kvm_xen_hvm_attr) -> None:
         a = attr.u
-        if attr.type == ATTR_EVTCHN:
+        if attr.type == ATTR_EVTCHN and not a.evtchn.flags and a.evtchn.deliver.eventfd.port == 0:
+            e = a.evtchn  # deliver.eventfd: port 0, then the fd KVM signals
+            self.eventfds.append(e.deliver.eventfd.fd)
+            self.attrs.append((ATTR_EVTCHN, e.send_port, e.flags, e.type, 0, -1))
+        elif attr.type == ATTR_EVTCHN:
             e = a.evtchn
             assert e.deliver.port.priority == PRIO_2LEVEL
             self.attrs.append((ATTR_EVTCHN, e.send_port, e.flags, e.type,
@@ -183,6 +188,7 @@ def test_host_raises_go_through_kvm_and_ours_take_over_where_it_cannot(mem) -> N
     r.vm.send_fails = True  # e.g. KVM lost the shared_info
     assert ev.notify(port)
     assert mem.read_u64(SI + PENDING) == 1 << port and upcalls == [1]
+    r.k.close()
 
 
 def test_events_before_shared_info_wait_and_go_through_kvm_once_it_is_known(mem) -> None:
@@ -194,6 +200,7 @@ def test_events_before_shared_info_wait_and_go_through_kvm_once_it_is_known(mem)
     assert ev.notify(port) and r.vm.sent == []
     ev.set_shared_info(SI)
     assert r.vm.sent == [(port, 0)]
+    r.k.close()
 
 
 def test_virq_timer_runs_in_kvm_on_its_vcpu_s_thread_and_takes_ours_over(mem) -> None:
@@ -278,6 +285,33 @@ def test_domain_hands_kvm_its_placements_and_upcalls(mem) -> None:
         d.close()
 
 
+def test_linux_s_gsi_1_beside_vcpu_0_s_own_vector_keeps_kvm_s_path(mem) -> None:
+    """Linux (enlighten_hvm.c xen_set_upcall_vector) gives vCPU 0 its own upcall vector,
+    then sets HVM_PARAM_CALLBACK_IRQ to GSI 1 "to trick the toolstack": Xen raises a
+    vCPU's own vector before the via (hvm_assert_evtchn_irq), so KVM keeps the events."""
+    r = Rig()
+    d = _domain(mem, r)
+    try:
+        d.map_shared_info(SI)
+        d.set_upcall_vector(0, 0xF3)
+        d.set_param(abi.HVM_PARAM_CALLBACK_IRQ, 1)
+        assert r.k.active and r.vm.attrs[-1] == (ATTR_UPCALL_VECTOR, 0)
+        port = d.evtchn.bind_local(lambda: None)
+        sent = len(r.vm.sent)
+        d.evtchn.notify(port)
+        assert r.vm.sent[sent:] == [(port, 0)]  # raised through KVM
+        state = d.save_state()
+    finally:
+        d.close()
+    r2 = Rig()
+    d2 = _domain(mem, r2)
+    try:
+        d2.restore_state(state)  # the via comes back after vCPU 0's vector: still KVM's
+        assert r2.k.active
+    finally:
+        d2.close()
+
+
 def test_save_keeps_the_timers_kvm_runs(mem) -> None:
     r = Rig()
     d = _domain(mem, r)
@@ -299,3 +333,67 @@ def test_hypercall_page_on_the_kernel_path_uses_the_cpu_s_call_instruction() -> 
     # Xen's HVM stub: mov $nr, %eax; vmmcall; ret (then int3 padding)
     assert page[nr * 32:nr * 32 + 9] == bytes([0xB8, nr, 0, 0, 0, 0x0F, 0x01, 0xD9, 0xC3])
     assert page[nr * 32 + 9:nr * 32 + 32] == b"\xcc" * 23
+
+
+def test_backend_ports_are_eventfds_kvm_signals_and_go_with_the_channel(mem) -> None:
+    import os
+    import threading
+
+    r = Rig()
+    ev, _ = _channels(mem, r)
+    fds = r.vm.eventfds
+    kicked = threading.Event()
+    port = ev.bind_local(kicked.set)
+    try:
+        assert r.vm.evtchn() == [(ATTR_EVTCHN, port, 0, STAT_INTERDOMAIN, 0, -1)]
+        os.eventfd_write(fds[0], 1)  # what KVM does for the guest's EVTCHNOP_send
+        assert kicked.wait(10), "the backend was not called"
+        ev.disconnect_local(port)
+        assert r.vm.evtchn()[-1] == (ATTR_EVTCHN, port, DEASSIGN, 0, 0, 0)
+        with pytest.raises(OSError):
+            os.fstat(fds[0])  # closed with the route
+        assert ev.connect_local(port, kicked.set) == 0  # a reconnecting backend: a new fd
+        assert len(fds) == 2 and r.k.routes() == {port: kicked.set}
+    finally:
+        r.k.close()
+    with pytest.raises(OSError):
+        os.fstat(fds[1])
+
+
+def test_a_backend_s_worker_waits_on_its_own_port_s_eventfd(mem) -> None:
+    """A callback that offers `watch_eventfd` (a backend's, xenbus._Kick) gets KVM's
+    eventfd for its port on its own worker: the guest's send wakes that thread alone, no
+    shared eventfd thread; the channel's close hands the fd back to it to close."""
+    import os
+    import threading
+
+    from xenopus.xen.backends.xenbus import Worker
+
+    r = Rig()
+    ev, _ = _channels(mem, r)
+    ran: list[threading.Thread] = []
+    sent = threading.Event()
+    worker = Worker("blkback-test", lambda reasons: None)
+
+    class Kick:  # the shape of xenbus._Kick
+        def __call__(self) -> None:
+            raise AssertionError("called through the shared eventfd thread")
+
+        def watch_eventfd(self, fd: int) -> Callable[[], None] | None:
+            return worker.watch_eventfd(fd, lambda: (ran.append(threading.current_thread()), sent.set()))
+
+    port = ev.bind_local(Kick())
+    fds = r.vm.eventfds
+    try:
+        assert r.vm.evtchn() == [(ATTR_EVTCHN, port, 0, STAT_INTERDOMAIN, 0, -1)]
+        os.eventfd_write(fds[0], 1)  # what KVM does for the guest's EVTCHNOP_send
+        assert sent.wait(10), "the backend's worker was not woken"
+        assert ran == [worker.thread]
+        assert not any(t.name == "xen-evtchn-fds" for t in threading.enumerate())
+        ev.disconnect_local(port)
+        assert r.vm.evtchn()[-1] == (ATTR_EVTCHN, port, DEASSIGN, 0, 0, 0)
+    finally:
+        worker.stop()  # runs the close the disconnect queued, if the worker had not yet
+        r.k.close()
+    with pytest.raises(OSError):
+        os.fstat(fds[0])

@@ -205,3 +205,39 @@ def test_a_damaged_or_unmappable_image_is_refused_by_record(mems, tmp_path) -> N
     cut.write_bytes(Path(path).read_bytes()[: page + 10])
     with pytest.raises(StreamRecordError, match="ends before them"):
         _clone(str(cut)).close()
+
+
+def _runs_page_by_page(pages: list[int]) -> list[tuple[int, int]]:
+    """The definition: a run ends where the next page is not the one after."""
+    out: list[tuple[int, int]] = []
+    for p in pages:
+        if out and p == out[-1][0] + out[-1][1] * PAGE_SIZE:
+            out[-1] = (out[-1][0], out[-1][1] + 1)
+        else:
+            out.append((p, 1))
+    return out
+
+
+def test_runs_split_pages_as_walking_them_one_by_one_does() -> None:
+    import random
+
+    rng = random.Random(7)
+    cases = [[], [0x1000], list(range(0, 1024 * PAGE_SIZE, PAGE_SIZE)),
+             [0, PAGE_SIZE, 3 * PAGE_SIZE, 4 * PAGE_SIZE, 9 * PAGE_SIZE],
+             [5 * PAGE_SIZE, 0, PAGE_SIZE],  # not in order: walked page by page
+             [0, 0, PAGE_SIZE, 2 * PAGE_SIZE],  # a repeat
+             [0, 2 * PAGE_SIZE - 1, 2 * PAGE_SIZE]]  # not page-aligned
+    for _ in range(200):
+        frames = sorted(rng.sample(range(4096), rng.randint(1, 600)))
+        if rng.random() < 0.5:  # long stretches with a few holes, as a guest writes
+            frames = sorted(set(range(rng.randint(0, 100), rng.randint(200, 3000)))
+                            - set(rng.sample(range(3000), rng.randint(0, 5))))
+        cases.append([f * PAGE_SIZE for f in frames])
+    for pages in cases:
+        assert list(image._runs(pages)) == _runs_page_by_page(pages), pages[:20]
+
+
+def test_frame_runs_are_the_runs_of_the_frames_addresses() -> None:
+    for frames in ([7], list(range(100, 1124)), [1, 2, 3, 10, 11, 40], [3, 1, 2], [4, 4, 5]):
+        want = [(gpa, n) for gpa, n in _runs_page_by_page([f * PAGE_SIZE for f in frames])]
+        assert list(image._frame_runs(frames)) == want, frames

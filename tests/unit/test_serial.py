@@ -14,7 +14,8 @@ import pytest
 
 from xenopus.devices import platform
 from xenopus.devices.bus import Bus
-from xenopus.devices.serial import BACKLOG_LIMIT, Serial16550
+from xenopus.devices.serial import Serial16550
+from xenopus.devices.uart import BACKLOG_LIMIT
 
 THR = RBR = DLL = 0
 IER = DLM = 1

@@ -143,6 +143,40 @@ def test_a_new_incarnation_forgets_the_old_ones_watches() -> None:
 
 
 
+def test_a_guest_that_writes_on_gets_all_its_requests_through(monkeypatch) -> None:
+    """RingTransport takes READ_ROUNDS passes per call; a guest still writing then (it
+    sends no event: xb_write notifies only when we had caught up) is read again soon."""
+    from xenopus.xen.xenstore.ring import READ_ROUNDS
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        daemon, end = pair()
+        proxy = StoreProxy(loop, end)
+        await proxy.start()
+        page = memoryview(bytearray(4096))
+        proxy.attach(RingTransport(page))
+        copy = shared.ring_read
+        more = READ_ROUNDS + 4  # requests the guest writes while we copy
+
+        def guest_writes_again(*args):
+            nonlocal more
+            data = copy(*args)
+            if more:
+                more -= 1
+                guest_send(page, wire.pack(wire.XS_READ, 100 + more, 0, b"/a\0"))
+            return data
+
+        monkeypatch.setattr(shared, "ring_read", guest_writes_again)
+        guest_send(page, wire.pack(wire.XS_READ, 1, 0, b"/a\0"))
+        proxy.kick()  # the one event: for the first request
+        sent = await read_daemon_side(daemon, READ_ROUNDS + 5)
+        assert [h.req_id for h, _ in sent] == [1, *range(100 + READ_ROUNDS + 3, 99, -1)]
+        await proxy.close()
+        daemon.close()
+
+    asyncio.run(scenario())
+
+
 # --- a guest that does not read: the bounded thing ------------------------------------
 
 

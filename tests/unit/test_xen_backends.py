@@ -26,7 +26,7 @@ from xenopus.stream import StateError
 from xenopus.xen import abi
 from xenopus.xen.backends import BlkBack, NetBack, PVConsole, State
 from xenopus.xen.backends.netback import checksum_place
-from xenopus.xen.backends.xenbus import DomainHost
+from xenopus.xen.backends.xenbus import DomainHost, Worker
 from xenopus.xen.xenstore.client import XsClient
 from xenopus.xen.xenstore.server import XenStoreServer
 from xenopus.xen.xenstore.store import Store
@@ -944,3 +944,55 @@ def test_netback_save_and_restore_carries_both_rings(net: NetRig, memory: GuestM
         assert memory.read((PKT_PFN + 4) * PAGE, len(after)) == after
     finally:
         again.stop()
+
+
+def test_a_worker_waits_on_an_eventfd_itself_and_its_undo_closes_it_there() -> None:
+    """Worker.watch_eventfd (KVM's eventfd for a backend's port): each signal runs the
+    callback on the worker's own thread; the undo, from another thread, closes the fd on
+    the worker (a stop runs what was queued); a stopped worker watches nothing."""
+    ran: list[threading.Thread] = []
+    signalled = threading.Event()
+    worker = Worker("wait-test", lambda reasons: None)
+    fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+    undo = worker.watch_eventfd(fd, lambda: (ran.append(threading.current_thread()), signalled.set()))
+    assert undo is not None
+    try:
+        os.eventfd_write(fd, 3)
+        assert signalled.wait(10), "the worker did not wake"
+        assert ran == [worker.thread]
+        with pytest.raises(BlockingIOError):
+            os.eventfd_read(fd)  # the worker read the count before calling back
+        undo()
+    finally:
+        worker.stop()
+    with pytest.raises(OSError):
+        os.fstat(fd)  # closed by the undo, on the worker or at its stop
+    late = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+    try:
+        assert worker.watch_eventfd(late, lambda: None) is None
+    finally:
+        os.close(late)
+
+
+def test_an_undo_on_the_worker_s_own_thread_closes_at_once() -> None:
+    """A backend that disconnects on its worker (its port closed there) drops the route
+    on that thread: the fd is closed before the undo returns."""
+    fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+    undos: list[Callable[[], None]] = []
+    closed = threading.Event()
+
+    def on_worker() -> None:
+        undos[0]()
+        with pytest.raises(OSError):
+            os.fstat(fd)
+        closed.set()
+
+    worker = Worker("undo-test", lambda reasons: None)
+    try:
+        undo = worker.watch_eventfd(fd, on_worker)
+        assert undo is not None
+        undos.append(undo)
+        os.eventfd_write(fd, 1)
+        assert closed.wait(10), "the undo on the worker did not close the fd"
+    finally:
+        worker.stop()

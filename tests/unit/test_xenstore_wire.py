@@ -7,6 +7,7 @@ import struct
 
 import pytest
 
+from xenopus.memory import shared
 from xenopus.xen.xenstore import wire
 from xenopus.xen.xenstore.ring import RingTransport
 from xenopus.xen.xenstore.server import XenStoreServer
@@ -212,6 +213,75 @@ def test_ring_streams_a_message_larger_than_the_ring():
     while ring.flush():
         out += guest_recv(buf)
     assert out == b"z" * 2500
+
+
+def test_ring_takes_what_the_guest_writes_while_it_copies(monkeypatch):
+    """Linux's xb_write (xenbus_comms.c) notifies only when `prod <= req_cons` after it
+    wrote: bytes it adds while we copy, before our req_cons is out, bring no event, so
+    read_messages must look at the ring again once it has moved req_cons."""
+    buf, page = ring_page()
+    ring = RingTransport(page)
+    msg = wire.pack(wire.XS_READ, 1, 0, b"/local/domain/1/name\0")
+    guest_send(buf, msg[:16])  # xb_write of the header: the ring was empty, an event
+    copy = shared.ring_read
+    raced: list[bool] = []
+
+    def guest_writes_meanwhile(*args):
+        data = copy(*args)
+        if not raced:  # the payload's xb_write, between our copy and our req_cons
+            before = field(buf, "req_prod")
+            guest_send(buf, msg[16:])
+            raced.append(before <= field(buf, "req_cons"))  # its check: would it notify?
+        return data
+
+    monkeypatch.setattr(shared, "ring_read", guest_writes_meanwhile)
+    assert ring.read_messages() == [msg]
+    assert raced == [False]  # the guest sent no event for the payload
+    assert field(buf, "req_cons") == field(buf, "req_prod")
+
+
+def test_a_guest_that_never_stops_writing_gets_its_rounds_then_waits(monkeypatch):
+    """The loop above ends for a guest that writes as fast as we read: `rounds` passes,
+    then `more` tells the caller to come back after its other work."""
+    buf, page = ring_page()
+    ring = RingTransport(page)
+    msg = wire.pack(wire.XS_READ, 1, 0, b"/a\0")
+    guest_send(buf, msg)
+    copy = shared.ring_read
+
+    def guest_writes_again(*args):
+        data = copy(*args)
+        guest_send(buf, msg)  # another request each time we copy
+        return data
+
+    monkeypatch.setattr(shared, "ring_read", guest_writes_again)
+    assert ring.read_messages(rounds=4) == [msg] * 4 and ring.more
+    monkeypatch.setattr(shared, "ring_read", copy)  # the guest stops
+    assert ring.read_messages() == [msg] and not ring.more
+
+
+def test_ring_refills_what_the_guest_frees_while_it_copies(monkeypatch):
+    """Linux's xb_read notifies only when the ring was full as it began reading: space
+    it frees while we copy brings no event, so flush must look again after rsp_prod."""
+    buf, page = ring_page()
+    ring = RingTransport(page)
+    ring.write(b"a" * 1000)
+    assert ring.flush()
+    copy = shared.ring_write
+    raced: list[bool] = []
+
+    def guest_reads_meanwhile(*args):
+        if not raced:  # the guest takes the 1000 bytes before our rsp_prod is out
+            cons, prod = field(buf, "rsp_cons"), field(buf, "rsp_prod")
+            raced.append(prod - cons >= 1024)  # its check: was the ring full?
+            guest_recv(buf)
+        copy(*args)
+
+    monkeypatch.setattr(shared, "ring_write", guest_reads_meanwhile)
+    ring.write(b"b" * 500)  # 24 bytes fit now; the rest once the guest has read
+    assert ring.flush()
+    assert raced == [False]  # the guest sent no event
+    assert ring.pending == 0 and guest_recv(buf) == b"b" * 500
 
 
 def test_ring_corrupt_length_breaks_the_connection(caplog):

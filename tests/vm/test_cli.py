@@ -79,6 +79,15 @@ def read_until(stream, marker: bytes, timeout: float = 60) -> bytes:
     return seen
 
 
+def read_result(stream, timeout: float = 120) -> bytes:
+    """A console's output up to the end of the guest's RESULT line. The domain may be kept
+    after it, so the stream need not end: wait for that line's newline, never for more."""
+    seen = read_until(stream, b"RESULT", timeout)
+    while b"\n" not in seen[seen.rindex(b"RESULT"):]:
+        seen += read_until(stream, b"\n", timeout)
+    return seen
+
+
 def test_console_history_and_two_attaches(xenopus: Xenopus) -> None:
     cfg = xenopus.config("waiter", "serial.elf", cmdline="echo", on_reboot="destroy")
     assert xenopus.run("create", "-q", str(cfg)).returncode == 0

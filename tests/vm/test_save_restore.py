@@ -15,12 +15,11 @@ import sys
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
 
 import pytest
 
 from tests.vm.conftest import Xenopus
-from tests.vm.test_cli import read_until
+from tests.vm.test_cli import read_result, read_until
 from tests.vm.test_devices import NS, netns  # noqa: F401 - the fixture
 from xenopus.stream import read_domain_config
 from xenopus.toolstack.transfer import BANNER
@@ -40,15 +39,6 @@ def _checksum(count: int) -> str:
     for i in range(count):
         h = ((h ^ i) * 0x01000193) & 0xFFFFFFFF
     return f"RESULT: PASS counter count={count} checksum=0x{h:08x}"
-
-
-def _read_result(console: IO[bytes]) -> bytes:
-    """A console's output up to the end of its RESULT line. (The domain is kept when it
-    ends, so its console stays open: never wait for more than that line.)"""
-    seen = read_until(console, b"RESULT", timeout=120)
-    while b"\n" not in seen[seen.index(b"RESULT"):]:
-        seen += read_until(console, b"\n")
-    return seen
 
 
 def _start_counter(x: Xenopus, name: str) -> subprocess.Popen:
@@ -351,7 +341,7 @@ def test_migrate_c_sends_the_given_config_instead_of_the_domain_s(
     attached = receiver.popen("console", "reconfigured")
     assert attached.stdout is not None
     try:
-        after = _read_result(attached.stdout)
+        after = read_result(attached.stdout)
     finally:
         assert receiver.run("destroy", "reconfigured").returncode == 0
         attached.wait(60)
@@ -388,7 +378,7 @@ def test_a_live_migrated_xen_guest_s_timer_events_and_watch_carry_on(
     attached = receiver.popen("console", "-t", "serial", "livetick")
     assert attached.stdout is not None
     try:
-        after = _read_result(attached.stdout)
+        after = read_result(attached.stdout)
     finally:
         assert receiver.run("destroy", "livetick").returncode == 0
         attached.wait(60)
@@ -414,7 +404,8 @@ def test_virtio_blk_io_running_during_a_live_migration_finishes_with_the_data_ve
     with open(disk, "wb") as f:
         f.truncate(8 << 20)
     cfg = xenopus.config("blkmover", "vblk.elf", disk=[f"{disk},raw,vda,rw"],
-                         cmdline=f"sector={start} count={count} loops={loops}",
+                         # ≥ 4 s of rounds, so a loaded host still moves it mid-I/O
+                         cmdline=f"sector={start} count={count} loops={loops} round_ms=10",
                          on_poweroff="preserve")
     assert xenopus.run("create", "-q", str(cfg)).returncode == 0
     console = xenopus.popen("console", "blkmover")
@@ -426,7 +417,7 @@ def test_virtio_blk_io_running_during_a_live_migration_finishes_with_the_data_ve
     attached = receiver.popen("console", "blkmover")
     assert attached.stdout is not None
     try:
-        after = _read_result(attached.stdout)
+        after = read_result(attached.stdout)
     finally:
         assert receiver.run("destroy", "blkmover").returncode == 0
         attached.wait(60)
@@ -461,20 +452,20 @@ def _start_xenblk(x: Xenopus, name: str, disk: Path) -> subprocess.Popen:
     return console
 
 
-def _check_xenblk(before: bytes, after: bytes, disk: Path) -> None:
+def _check_xenblk(before: bytes, after: bytes, disk: Path, loops: int = XENBLK_LOOPS) -> None:
     """Every round once, in order, some before the move and the rest after; the guest
     read every round back; the image holds every round's pattern."""
     from tests.vm.test_devices import SECTOR, pattern
 
     text = (before + after).decode(errors="replace")
     done = [int(n) for n in re.findall(r"^xenblk: loop (\d+)\r$", text, re.M)]
-    assert done == list(range(1, XENBLK_LOOPS)), text[-800:]  # none lost, none repeated
+    assert done == list(range(1, loops)), text[-800:]  # none lost, none repeated
     early = [int(n) for n in re.findall(r"^xenblk: loop (\d+)\r$", before.decode(errors="replace"), re.M)]
-    assert early and max(early) < XENBLK_LOOPS - 1, "moved after the I/O had ended"
-    assert f"xenblk: loops: {XENBLK_LOOPS} rounds written and read back" in text, text[-800:]
+    assert early and max(early) < loops - 1, "moved after the I/O had ended"
+    assert f"xenblk: loops: {loops} rounds written and read back" in text, text[-800:]
     assert "RESULT: PASS xenblk" in text, text[-800:]
     data = disk.read_bytes()
-    for i in range(XENBLK_LOOPS):
+    for i in range(loops):
         lo = (XENBLK_START + i * XENBLK_COUNT) * SECTOR
         want = bytes(pattern(o, 0x5A + i) for o in range(lo, lo + XENBLK_COUNT * SECTOR))
         assert data[lo : lo + XENBLK_COUNT * SECTOR] == want, f"round {i}'s range"
@@ -496,7 +487,7 @@ def test_xen_blkfront_io_running_during_a_live_migration_finishes_with_the_data_
     attached = receiver.popen("console", "-t", "serial", "xblkmover")
     assert attached.stdout is not None
     try:
-        after = _read_result(attached.stdout)
+        after = read_result(attached.stdout)
     finally:
         assert receiver.run("destroy", "xblkmover").returncode == 0
         attached.wait(60)
@@ -519,11 +510,62 @@ def test_xen_blkfront_io_carries_on_across_save_and_restore(
     attached = xenopus.popen("console", "-t", "serial", "xblksaved")
     assert attached.stdout is not None
     try:
-        after = _read_result(attached.stdout)
+        after = read_result(attached.stdout)
     finally:
         assert xenopus.run("destroy", "xblksaved").returncode == 0
         attached.wait(60)
     _check_xenblk(before, after, disk)
+
+
+HOT_LOOPS = 120  # fewer than XENBLK_LOOPS: the rounds after the restore fit its budget on a busy host
+
+
+def test_a_disk_attached_at_run_time_is_in_the_image_and_carries_on_after_restore(
+    xenopus: Xenopus, tmp_path: Path,
+) -> None:
+    """xl block-attach records the disk in the domain's config (libxl__device_disk_add),
+    so a save image's DOMAIN_CONFIG has it and the restored domain is built with it: the
+    blkfront that waited for it goes on with its rounds after the restore. A save whose
+    given config lacks the disk is refused then, naming it, and the domain runs on."""
+    disk = tmp_path / "hot.img"
+    with open(disk, "wb") as f:
+        f.truncate(8 << 20)
+    keys: dict[str, object] = dict(memory=64, on_poweroff="preserve")
+    cfg = xenopus.config("hotsaved", "xenblk.elf", **keys,
+                         cmdline=f"wait_attach=1 vdev=51728 sector={XENBLK_START} "
+                                 f"count={XENBLK_COUNT} loops={HOT_LOOPS} timeout_ms=60000")
+    assert xenopus.run("create", "-q", str(cfg)).returncode == 0
+    console = xenopus.popen("console", "-t", "serial", "hotsaved")
+    assert console.stdout is not None
+    before = read_until(console.stdout, b"xenblk: waiting for device/vbd/51728", timeout=120)
+    attached = xenopus.run("block-attach", "hotsaved", f"{disk},raw,xvdb,rw")
+    assert attached.returncode == 0, attached.stderr
+    before += read_until(console.stdout, b"xenblk: loop 20\r\n", timeout=120)
+    image = tmp_path / "hot.save"
+    without = xenopus.config("hotsaved-nodisk", "xenblk.elf", **keys)
+    refused = xenopus.run("save", "-c", "hotsaved", str(image), str(without))
+    assert refused.returncode != 0 and "disk xvdb is not in the configuration" in refused.stderr, \
+        refused.stderr
+    assert xenopus.domains()["hotsaved"][4] in ("r-----", "-b----")  # still running
+    saved = xenopus.run("save", "hotsaved", str(image))
+    assert saved.returncode == 0, saved.stderr
+    before += console.communicate(timeout=60)[0]
+    with image.open("rb") as f:
+        config, _ = read_domain_config(f)
+    assert isinstance(config, dict)
+    assert [(d["vdev"], d["target"]) for d in config["disks"]] == [("xvdb", str(disk))], config
+    restored = xenopus.run("restore", str(image))
+    assert restored.returncode == 0, restored.stderr
+    again = xenopus.popen("console", "-t", "serial", "hotsaved")
+    assert again.stdout is not None
+    try:
+        after = read_result(again.stdout)
+        listing = xenopus.run("block-list", "hotsaved", check=True).stdout.splitlines()
+        assert [row.split()[0] for row in listing[1:]] == ["51728"], listing
+    finally:
+        assert xenopus.run("destroy", "hotsaved").returncode == 0
+        again.wait(60)
+    _check_xenblk(before, after, disk, HOT_LOOPS)
 
 
 # Answers the guest's datagram only when told to (a line on stdin): after the restore.
@@ -574,9 +616,54 @@ def test_xen_netfront_carries_on_across_save_and_restore(netns: Xenopus, tmp_pat
         console = netns.popen("console", "-t", "serial", "xnetsave")
         assert console.stdout is not None
         try:
-            out = _read_result(console.stdout).decode(errors="replace")
+            out = read_result(console.stdout).decode(errors="replace")
         finally:
             netns.run("destroy", "xnetsave")
+            console.wait(60)
+        assert "xennet reply from 10.0.2.2:5555: pong-after-restore" in out, out[-800:]
+        assert "RESULT: PASS xennet" in out, out[-800:]
+    finally:
+        responder.kill()
+
+
+def test_xen_netfront_carries_on_across_a_live_migration_on_this_host(
+    netns: Xenopus,  # noqa: F811 - the fixture
+) -> None:
+    """As above, live-migrated to this same host instead (xl migrate DOM localhost): the
+    receiver's netback opens a tap of its own (vifDOMID.0, the new domid) and takes the
+    rings' indexes, the guest still waiting with its receive buffers posted; the host's
+    address moves to the new tap and the answer arrives in a buffer posted before the
+    migration."""
+    cfg = netns.config("xnetmig", "xennet.elf", xen_platform=1, memory=64,
+                       vif=["model=xen"], on_poweroff="preserve",
+                       cmdline="src_ip=10.0.2.15 dst_ip=10.0.2.2 dst_port=5555 "
+                               "payload=ping-before-migrate expect_reply=pong-after-restore "
+                               "timeout_ms=120000")
+    assert netns.run("create", "-q", "-p", str(cfg)).returncode == 0
+    old = f"vif{netns.domains()['xnetmig'][1]}.0"
+    subprocess.run(["ip", "-n", NS, "addr", "add", "10.0.2.2/24", "dev", old], check=True)
+    responder = subprocess.Popen(["ip", "netns", "exec", NS, sys.executable, "-c", LATE_RESPONDER],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert responder.stdout is not None and responder.stdin is not None
+        assert responder.stdout.readline().strip() == "bound"
+        assert netns.run("unpause", "xnetmig").returncode == 0
+        assert responder.stdout.readline().startswith("got ping-before-migrate 10.0.2.15")
+        moved = _migrate(netns, netns, "xnetmig", "-p")
+        assert moved.returncode == 0, moved.stderr
+        new = f"vif{netns.domains()['xnetmig'][1]}.0"
+        assert new != old
+        subprocess.run(["ip", "-n", NS, "addr", "add", "10.0.2.2/24", "dev", new], check=True)
+        assert netns.run("unpause", "xnetmig").returncode == 0
+        responder.stdin.write("go\n")
+        responder.stdin.flush()
+        assert responder.stdout.readline().strip() == "sent"
+        console = netns.popen("console", "-t", "serial", "xnetmig")
+        assert console.stdout is not None
+        try:
+            out = read_result(console.stdout).decode(errors="replace")
+        finally:
+            netns.run("destroy", "xnetmig")
             console.wait(60)
         assert "xennet reply from 10.0.2.2:5555: pong-after-restore" in out, out[-800:]
         assert "RESULT: PASS xennet" in out, out[-800:]

@@ -13,7 +13,7 @@ import stat
 import pytest
 
 from tests.vm.conftest import Xenopus
-from tests.vm.test_cli import read_until
+from tests.vm.test_cli import read_result, read_until
 from xenopus import api
 from xenopus.client import XenopusError
 
@@ -144,9 +144,44 @@ def test_a_socket_channel_survives_save_and_restore(xenopus: Xenopus) -> None:
             assert got.decode().splitlines() == [f"line {i} of {NAME}" for i in range(LINES)]
             s.sendall(b"ping after restore\n")
             assert read_until(stream, b"\n") == b"pong: ping after restore\n"
-        out = read_until(con.stdout, b"RESULT")
-        out += read_until(con.stdout, b"\n")
+        out = read_result(con.stdout)
     finally:
         xenopus.run("destroy", "chan-save")
         con.wait(60)
     assert b"xenchan: got ping after restore" in out and b"RESULT: PASS xenchan" in out, out
+
+
+def test_a_socket_channel_survives_a_live_migration_on_this_host(xenopus: Xenopus) -> None:
+    """As above, live-migrated to this same host (xl migrate DOM localhost): the receiver
+    listens on the config's path in place of the source (whose socket it replaces before
+    the source goes: the source's cleanup must leave the receiver's socket alone), and
+    its backend takes the same ring, so a client then reads every line once, in order."""
+    from tests.vm.test_save_restore import _migrate
+
+    path = xenopus.tmp / "chan-moved.sock"
+    cfg = xenopus.config("chan-mig", "xenchan.elf", xen_platform=1, memory=64,
+                         cmdline=f"lines={LINES} timeout_ms=120000", on_poweroff="preserve",
+                         channel=[f"connection=socket, name={NAME}, path={path}"])
+    assert xenopus.run("create", "-q", str(cfg)).returncode == 0
+    con = xenopus.popen("console", "-t", "serial", "chan-mig")
+    before = read_until(con.stdout, b"xenchan: connected")
+    moved = _migrate(xenopus, xenopus, "chan-mig")
+    assert moved.returncode == 0, moved.stderr
+    before += con.communicate(timeout=60)[0]
+    assert b"RESULT" not in before
+    con = xenopus.popen("console", "-t", "serial", "chan-mig")
+    try:
+        assert stat.S_ISSOCK(os.lstat(path).st_mode)  # the receiver's, still there
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(60)
+            s.connect(str(path))
+            stream = s.makefile("rb")
+            got = read_until(stream, f"line {LINES - 1} of {NAME}\n".encode())
+            assert got.decode().splitlines() == [f"line {i} of {NAME}" for i in range(LINES)]
+            s.sendall(b"ping after migrate\n")
+            assert read_until(stream, b"\n") == b"pong: ping after migrate\n"
+        out = read_result(con.stdout)
+    finally:
+        xenopus.run("destroy", "chan-mig")
+        con.wait(60)
+    assert b"xenchan: got ping after migrate" in out and b"RESULT: PASS xenchan" in out, out

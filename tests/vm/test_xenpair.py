@@ -18,11 +18,12 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
 from tests.vm.conftest import Xenopus
-from tests.vm.test_cli import read_until
+from tests.vm.test_cli import read_result, read_until
 from xenopus import ipc
 from xenopus.domain.interdomain_port import InterdomainPort
 from xenopus.memory import GuestMemory
@@ -31,6 +32,7 @@ from xenopus.toolstack.broker import InterdomainBroker
 from xenopus.xen import abi
 from xenopus.xen.evtchn import EventChannels, State
 from xenopus.xen.grant import GrantTable
+from xenopus.xen.xenstore.client import XsClient
 
 kvm = pytest.mark.kvm
 SHARED_INFO = 0x1000
@@ -287,10 +289,8 @@ def console(x: Xenopus, name: str) -> subprocess.Popen:
 
 
 def result_line(stream) -> bytes:
-    """Read a console up to the end of its RESULT line (every kit guest prints one)."""
-    seen = read_until(stream, b"RESULT: ")
-    while b"\n" not in seen[seen.index(b"RESULT: "):]:
-        seen += read_until(stream, b"\n")
+    """The guest's RESULT line (every kit guest prints one)."""
+    seen = read_result(stream)
     return seen[seen.index(b"RESULT: "):].split(b"\n")[0]
 
 
@@ -442,3 +442,90 @@ def test_a_link_made_before_a_daemon_restart_is_the_new_daemons(xenopus: Xenopus
     assert f"pair a: reply from domain {b}: ack from domain {b}: hello from domain {a}" in out_a, out_a
     assert re.search(r"FAIL port \d+ bound to domain", out_a), out_a
     assert re.search(rf"d{a}: port \d+: domain {b} closed its end", log_a.read_text())
+
+
+def _rebind_round(x: Xenopus, tag: str, move: Callable[[str], None]) -> None:
+    """a and b exchange a round; a is moved by `move` (its name) to a new domid while it
+    waits for a second round: b must see its end go unbound for a's old domid, as Xen
+    leaves the surviving end of a closed channel (common/event_channel.c evtchn_close), and
+    once told a's new domid rebinds to a's port, which a's new incarnation kept unbound for
+    b (docs/snapshot-stream.md, "The Xen state"); the second round then goes through."""
+    a, b = pair_ids(x, tag)
+    name_a, name_b = f"{tag}-a", f"{tag}-b"
+    for name, line in ((name_a, f"role=a peer={b}"), (name_b, f"role=b peer={a}")):
+        # preserve: a restored a may finish before its console is attached
+        cfg = x.config(name, "xenpair.elf", xen_platform=1, memory=64, on_poweroff="preserve",
+                       cmdline=f"{line} again=1 timeout_ms=60000")
+        assert x.run("create", "-q", "-p", str(cfg)).returncode == 0
+    assert [int(x.domains()[n][1]) for n in (name_a, name_b)] == [a, b]
+    con_a, con_b = console(x, name_a), console(x, name_b)
+    con_a2 = None
+    try:
+        assert con_a.stdout is not None and con_b.stdout is not None
+        for name in (name_b, name_a):
+            assert x.run("unpause", name).returncode == 0
+        before = read_until(con_a.stdout, b"pair a: round 1 done")
+        move(name_a)
+        before += con_a.communicate(timeout=60)[0]  # the old incarnation is gone
+        assert b"RESULT" not in before, before
+        out_b = read_until(con_b.stdout, f"unbound: domain {a} went away".encode())
+        new_a = int(x.domains()[name_a][1])
+        assert new_a not in (a, b)
+        client = XsClient(str(x.run_dir / "xenstored.sock"))
+        try:
+            client.write(f"/local/domain/{b}/data/pair-peer", str(new_a))
+        finally:
+            client.close()
+        con_a2 = console(x, name_a)
+        assert con_a2.stdout is not None
+        after = read_result(con_a2.stdout)
+        out_b += read_result(con_b.stdout)
+        out_a = (before + after).decode(errors="replace")
+    finally:
+        for c in (con_a, con_b, con_a2):
+            if c is not None:
+                c.kill()
+        for name in (name_a, name_b):
+            x.run("destroy", name)
+    text_b = out_b.decode(errors="replace")
+    assert f"pair a: reply from domain {b}: ack from domain {b}: hello from domain {a}" in out_a, out_a
+    assert re.search(rf"ok port \d+ bound again to domain {b} port [1-9]", out_a), out_a
+    want = f"again from domain {b}: hello from domain {a}"
+    assert f"pair a: second reply from domain {b}: {want}" in out_a, out_a
+    assert "RESULT: PASS xenpair role=a" in out_a, out_a
+    assert re.search(rf"ok port \d+ unbound for domain {a} ", text_b), text_b
+    assert f"pair b: sent again to domain {new_a}: {want}" in text_b, text_b
+    assert f"ok domain {new_a} answered again" in text_b, text_b
+    assert "RESULT: PASS xenpair role=b" in text_b, text_b
+
+
+@kvm
+def test_a_pair_carries_on_after_one_side_is_saved_and_restored(
+    xenopus: Xenopus, tmp_path: Path,
+) -> None:
+    image = tmp_path / "pair-a.save"
+
+    def save_and_restore(name: str) -> None:
+        saved = xenopus.run("save", name, str(image))
+        assert saved.returncode == 0, saved.stderr
+        restored = xenopus.run("restore", str(image))
+        assert restored.returncode == 0, restored.stderr
+
+    _rebind_round(xenopus, "psr", save_and_restore)
+
+
+@kvm
+def test_a_pair_carries_on_after_one_side_is_live_migrated_on_this_host(
+    xenopus: Xenopus,
+) -> None:
+    """xl migrate DOM localhost: the receiver restores NAME--incoming beside the source,
+    which becomes NAME--migratedaway before the receiver is told to go (xl_migrate.c); the
+    pair's peer then rebinds as after a restore."""
+    from tests.vm.test_save_restore import _migrate
+
+    def migrate(name: str) -> None:
+        moved = _migrate(xenopus, xenopus, name, "--debug")
+        assert moved.returncode == 0, moved.stderr
+        assert f"({name})" in moved.stderr, moved.stderr
+
+    _rebind_round(xenopus, "pmig", migrate)

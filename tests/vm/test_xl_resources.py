@@ -21,7 +21,7 @@ import pytest
 
 from tests.conftest import GUESTS
 from tests.vm.conftest import Xenopus
-from tests.vm.test_cli import read_until
+from tests.vm.test_cli import read_result, read_until
 from tests.vm.test_devices import NS, RESPONDER, netns, pattern  # noqa: F401 - fixture
 from tests.vm.test_xl import XL, Xl
 from xenopus.xen.xenstore import wire
@@ -45,13 +45,6 @@ def write_config(xl: Xl, name: str, kernel: str, **keys: object) -> None:
              'on_reboot = "destroy"']
     lines += [f"{k} = {v!r}" if isinstance(v, str) else f"{k} = {v}" for k, v in keys.items()]
     (xl.etc / f"{name}.cfg").write_text("\n".join(lines) + "\n")
-
-
-def read_result(stream) -> bytes:
-    """The console up to the end of the guest's RESULT line (the domain is preserved
-    after it: the stream does not end)."""
-    out = read_until(stream, b"RESULT: ")
-    return out if b"\n" in out[out.rindex(b"RESULT: "):] else out + read_until(stream, b"\n")
 
 
 def xenstore_read(xl: Xl, path: str) -> str:

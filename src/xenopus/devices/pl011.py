@@ -17,6 +17,8 @@ import threading
 from collections import deque
 from collections.abc import Callable
 
+from xenopus.devices.uart import HostInput
+
 # Register offsets (§3.2, Table 3-1)
 UARTDR = 0x000
 UARTRSR_ECR = 0x004
@@ -79,7 +81,6 @@ PERIPH_ID = (0x11, 0x10, 0x14, 0x00)
 PCELL_ID = (0x0D, 0xF0, 0x05, 0xB1)
 
 FIFO_SIZE = 16
-BACKLOG_LIMIT = 64 * 1024
 
 
 class Pl011:
@@ -92,8 +93,7 @@ class Pl011:
         self._lock = threading.Lock()
         self._level = False
         self._rx: deque[int] = deque()
-        self._backlog: deque[int] = deque()  # host input the FIFO has no room for yet
-        self.dropped = 0
+        self._backlog = HostInput()
         self._ris = 0  # the latched (non-FIFO-level) raw interrupt bits
         self._imsc = 0
         self._lcr_h = 0
@@ -106,9 +106,7 @@ class Pl011:
     def receive(self, data: bytes) -> None:
         """Bytes typed on the host; what the FIFO cannot take yet waits in order."""
         with self._lock:
-            room = BACKLOG_LIMIT - len(self._backlog)
-            self._backlog.extend(data[:room])
-            self.dropped += max(len(data) - room, 0)
+            self._backlog.feed(data)
             self._refill()
             self._update_irq()
 
@@ -116,6 +114,11 @@ class Pl011:
     def pending(self) -> int:
         with self._lock:
             return len(self._rx) + len(self._backlog)
+
+    @property
+    def dropped(self) -> int:
+        """Host bytes refused because the backlog was full."""
+        return self._backlog.dropped
 
     # -- guest side (BusDevice) -------------------------------------------------
 
@@ -176,7 +179,7 @@ class Pl011:
             if (value ^ self._lcr_h) & LCR_H_FEN:
                 # Disabling the FIFOs leaves a 1-byte holding register: keep the oldest byte.
                 while len(self._rx) > (FIFO_SIZE if value & LCR_H_FEN else 1):
-                    self._backlog.appendleft(self._rx.pop())
+                    self._backlog.give_back(self._rx.pop())
             self._lcr_h = value & 0xFF
             self._refill()
         elif offset == UARTCR:
@@ -218,9 +221,7 @@ class Pl011:
     def _refill(self) -> None:
         if self._cr & CR_LBE:  # loopback disconnects UARTRXD: host bytes wait
             return
-        cap = self._capacity()
-        while self._backlog and len(self._rx) < cap:
-            self._rx.append(self._backlog.popleft())
+        self._backlog.fill(self._rx, self._capacity())
 
     # -- interrupts (§3.4) -------------------------------------------------------
 

@@ -15,6 +15,7 @@ from collections import deque
 from collections.abc import Callable
 
 from xenopus.devices.bus import read_lanes, write_lanes
+from xenopus.devices.uart import HostInput
 from xenopus.stream import check_state
 
 # Register offsets; DLAB (LCR bit 7) turns offsets 0/1 into the divisor latch.
@@ -81,7 +82,6 @@ MSR_DCD = 0x80
 MSR_IDLE_LINES = MSR_DCD | MSR_DSR | MSR_CTS
 
 FIFO_SIZE = 16
-BACKLOG_LIMIT = 64 * 1024
 
 
 class Serial16550:
@@ -94,8 +94,7 @@ class Serial16550:
         self._lock = threading.Lock()
         self._level = False
         self._rx: deque[int] = deque()  # the receiver FIFO (holding register when FIFOs off)
-        self._backlog: deque[int] = deque()  # host input not yet "on the wire"
-        self.dropped = 0  # host bytes refused because the backlog was full
+        self._backlog = HostInput()
         # Reset values: the datasheet's "UART Reset Configuration" table.
         self._rbr = 0
         self._ier = 0
@@ -116,9 +115,7 @@ class Serial16550:
     def receive(self, data: bytes) -> None:
         """Bytes typed on the host; what the FIFO cannot take yet waits in order."""
         with self._lock:
-            room = BACKLOG_LIMIT - len(self._backlog)
-            self._backlog.extend(data[:room])
-            self.dropped += max(len(data) - room, 0)
+            self._backlog.feed(data)
             self._refill()
             self._update_irq()
 
@@ -127,6 +124,11 @@ class Serial16550:
         """Host bytes not yet read by the guest (FIFO plus backlog)."""
         with self._lock:
             return len(self._rx) + len(self._backlog)
+
+    @property
+    def dropped(self) -> int:
+        """Host bytes refused because the backlog was full."""
+        return self._backlog.dropped
 
     # -- save/restore -----------------------------------------------------------
 
@@ -149,7 +151,7 @@ class Serial16550:
         s = check_state(state, "16550", self.STATE_VERSION)
         with self._lock:
             self._rx = deque(s["rx"])
-            self._backlog = deque(s["backlog"])
+            self._backlog.load(s["backlog"])
             self._rbr, self._ier, self._lcr = s["rbr"], s["ier"], s["lcr"]
             self._mcr, self._scr, self._dll, self._dlm = s["mcr"], s["scr"], s["dll"], s["dlm"]
             self._errors, self._fifo, self._trigger = s["errors"], s["fifo"], s["trigger"]
@@ -276,9 +278,7 @@ class Serial16550:
         # Loopback disconnects the serial input (MCR bit 4), so host bytes wait.
         if self._mcr & MCR_LOOP:
             return
-        cap = self._capacity()
-        while self._backlog and len(self._rx) < cap:
-            self._rx.append(self._backlog.popleft())
+        self._backlog.fill(self._rx, self._capacity())
 
     # -- modem lines -----------------------------------------------------------
 

@@ -96,11 +96,31 @@ def close_channels(ends: list[ChannelEnd]) -> None:
         end.close()
 
 
-def remove_sockets(specs: list[ChannelSpec]) -> None:
-    """The sockets the channels left behind (the daemon's cleanup, when the domain is
-    gone: its jailed process cannot reach the host's paths)."""
+SocketId = tuple[int, int]  # st_dev, st_ino
+
+
+def socket_ids(specs: list[ChannelSpec]) -> dict[str, SocketId]:
+    """Which socket is at each socket channel's path now: the daemon notes them once the
+    domain's process has bound them, so that its cleanup removes that socket only."""
+    ids = {}
     for spec in specs:
         if spec.connection == "socket" and spec.path:
             with contextlib.suppress(OSError):
-                if stat.S_ISSOCK(os.lstat(spec.path).st_mode):
+                st = os.lstat(spec.path)
+                if stat.S_ISSOCK(st.st_mode):
+                    ids[spec.path] = (st.st_dev, st.st_ino)
+    return ids
+
+
+def remove_sockets(specs: list[ChannelSpec], ids: dict[str, SocketId] | None = None) -> None:
+    """The sockets the channels left behind (the daemon's cleanup, when the domain is
+    gone: its jailed process cannot reach the host's paths). With `ids` (`socket_ids`),
+    a path holding another socket is left alone: a domain migrated to this same host has
+    replaced it with its own before this one went."""
+    for spec in specs:
+        if spec.connection == "socket" and spec.path:
+            with contextlib.suppress(OSError):
+                st = os.lstat(spec.path)
+                mine = ids is None or spec.path not in ids or ids[spec.path] == (st.st_dev, st.st_ino)
+                if stat.S_ISSOCK(st.st_mode) and mine:
                     os.unlink(spec.path)

@@ -34,7 +34,7 @@ from xenopus.domain.config import DomainConfig
 from xenopus.domain.console import Console
 from xenopus.domain.devspec import DiskSpec
 from xenopus.domain.interdomain_port import InterdomainPort
-from xenopus.domain.inventory import PvDevicePart
+from xenopus.domain.inventory import Inventory, PvDevicePart
 from xenopus.domain.jail import Jail, debug_flags, set_process_title
 from xenopus.domain.protocol import (
     EXIT_REBUILD,
@@ -52,6 +52,7 @@ from xenopus.domain.vif import VifTaps
 from xenopus.domain.xenguest import StoreProxy
 from xenopus.kvm import Kvm
 from xenopus.memory import PAGE_SIZE
+from xenopus.sampler import ENV, StackSampler
 from xenopus.trace import mark
 from xenopus.vm import CpuState, StopReason
 from xenopus.xen.xenstore.peer import peer_of
@@ -238,6 +239,9 @@ class DomainProcess:
 
     def _teardown(self) -> None:
         if self.guest is not None:
+            if os.environ.get(ENV) and self.guest.xen is not None:  # debug: the sampler's
+                log.info("%s: hypercalls that reached us, by number: %s", ENV,
+                         sorted(self.guest.xen.table.counts.items()))
             self.guest.close()
             self.guest = None
             self.console.on_input = self.vconsole.on_input = self.pvconsole.on_input = lambda d: None
@@ -643,7 +647,7 @@ class DomainProcess:
                                  " failed." if kind == DISK else "libxl_device_nic_del failed."))
         guest.inventory.remove(part)
         log.info("domain %d: detached %s", self.domid, part.name)
-        return Reply.success()
+        return Reply.success(vdev=part.name) if kind == DISK else Reply.success()
 
     # -- save and restore (docs/snapshot-stream.md) --------------------------------------
     async def _take_file(self, req: Request, mode: str) -> BinaryIO:
@@ -688,6 +692,11 @@ class DomainProcess:
             return Reply.failure(f"save: unknown 'then' {then!r}" if self._started
                                  else "domain has not run yet; unpause or destroy it")
         config = req.args.get("config") or self.config.to_dict()
+        problems = _unrecorded_devices(guest.inventory, config)
+        if problems:  # refused now, not when the image is restored
+            out.close()
+            return Reply.failure(f"{problems[0]}: the domain restored from it could not carry"
+                                 " on (save with a config that matches the domain's devices)")
         was_running = self.state == "running"
         live = bool(req.args.get("live")) and was_running  # pre-copy while it runs
         try:
@@ -950,6 +959,33 @@ class DomainProcess:
         return self.exit_code
 
 
+def _unrecorded_devices(inventory: Inventory, config: object) -> list[str]:
+    """What does not match between the domain's Xen PV disks and NICs and `config` (a
+    DomainConfig's dict, the image's DOMAIN_CONFIG), each said in words: the restored guest
+    is built from that config, so a device it lacks would leave saved state with no part
+    to go to, and a disk it has that the domain does not (one detached, or gone with a
+    reboot's rebuild) would be built with no state in the image. A disk is named by its
+    vdev (block-attach records it in the daemon's config), a NIC by its devid, the index
+    of its vif= entry."""
+    disks = config.get("disks") if isinstance(config, dict) else None
+    vifs = config.get("vifs") if isinstance(config, dict) else None
+    vdevs = {d.get("vdev") for d in disks or [] if isinstance(d, dict)}
+    problems, have = [], set()
+    lacking = " is not in the configuration the image would carry"
+    for part in inventory.parts:
+        if part.kind == DISK:
+            have.add(part.name)
+        if not isinstance(part, PvDevicePart):
+            continue
+        if part.kind == DISK and part.name not in vdevs:
+            problems.append(f"disk {part.name}{lacking}")
+        elif part.kind == NIC and part.backend.devid >= len(vifs or []):
+            problems.append(f"vif {part.backend.devid}{lacking}")
+    problems += [f"disk {vdev} is in the configuration the image would carry but not in the"
+                 " domain" for vdev in sorted(v for v in vdevs - have if isinstance(v, str))]
+    return problems
+
+
 def _device_names(part: PvDevicePart) -> set[str]:
     """What xl block-detach / network-detach may call a PV device: its vdev or devid; a
     vif also its MAC (xl_nic.c: an argument with ':' is a MAC), any case."""
@@ -964,11 +1000,12 @@ def _device_names(part: PvDevicePart) -> set[str]:
 def run_domain(
     spawn: Spawn, control_fd: int, xenstore_fd: int | None = None,
     interdomain_fd: int | None = None, *, fresh_layout: bool = False,
-    seccomp_fd: int | None = None,
+    seccomp_fd: int | None = None, kvm: Kvm | None = None,
 ) -> int:
     """Entry point of a new domain process: an exec'd spare (`fresh_layout`, an
     address-space layout of its own) or a fork of the zygote (the zygote's layout).
-    `seccomp_fd`: the zygote's compiled seccomp filter, which the jail loads."""
+    `seccomp_fd`: the zygote's compiled seccomp filter, which the jail loads; `kvm`: the
+    /dev/kvm a spare opened (and asked) while it waited."""
     born = time.monotonic()
     mark("domain: run_domain")
     domid, cfg = spawn.domid, spawn.config
@@ -996,9 +1033,17 @@ def run_domain(
         interdomain=interdomain, jail=jail,
     )
     proc.channels, proc.channel_error = channels, channel_error
+    proc.kvm = kvm
     proc.born = born
+    sampler = StackSampler.from_env()  # debug only: XENOPUS_PROFILE
+    if sampler is not None:
+        sampler.start()
     try:
         return asyncio.run(proc.run())
     except Exception:
         log.exception("domain %d: fatal error in the domain process", domid)
         return EXIT_CRASHED
+    finally:
+        if sampler is not None:
+            sampler.stop()
+            log.info("%s", sampler.report())

@@ -211,6 +211,8 @@ class StoreProxy:
         if ring.broken:
             return
         messages = [] if self._daemon_busy() else ring.read_messages()
+        if messages and ring.more:  # a guest that keeps writing: the loop's other work first
+            self.loop.call_soon(self._pump)
         for message in messages:
             self._track(message)
             if self._writer is not None:

@@ -72,6 +72,11 @@ class Kvm:
             os.close(self.fd)
             raise KvmError(f"{path} speaks KVM API {version}, xenopus needs {u.KVM_API_VERSION}")
         self._mmap_size: int | None = None
+        # KVM's answers about itself, which do not change: asked once (a build asks each
+        # several times, and a spare asks before it is claimed: `warm_up`)
+        self._supported_cpuid: ctypes.Structure | None = None
+        self._msr_index_list: list[int] | None = None
+        self._feature_msrs: dict[int, int] | None = None
 
     def check_extension(self, cap: int) -> int:
         """KVM_CHECK_EXTENSION: 0 if absent, else a capability-specific positive value."""
@@ -91,7 +96,14 @@ class Kvm:
         return self._mmap_size
 
     def supported_cpuid(self) -> ctypes.Structure:
-        """KVM_GET_SUPPORTED_CPUID, growing the buffer while KVM answers E2BIG."""
+        """KVM_GET_SUPPORTED_CPUID, growing the buffer while KVM answers E2BIG. Asked once
+        per open /dev/kvm (its answer does not change; a build asks three times, ~0.6 ms
+        each on nested KVM): each call gets a copy of its own to change."""
+        if self._supported_cpuid is None:
+            self._supported_cpuid = self._get_supported_cpuid()
+        return type(self._supported_cpuid).from_buffer_copy(self._supported_cpuid)
+
+    def _get_supported_cpuid(self) -> ctypes.Structure:
         n = 128
         while True:
             buf = u.cpuid2_with(n)
@@ -112,8 +124,12 @@ class Kvm:
             return out
 
     def msr_index_list(self) -> list[int]:
-        """KVM_GET_MSR_INDEX_LIST: the MSRs KVM saves and restores."""
-        return self._msr_list(u.KVM_GET_MSR_INDEX_LIST, "KVM_GET_MSR_INDEX_LIST")
+        """KVM_GET_MSR_INDEX_LIST: the MSRs KVM saves and restores (asked once per open
+        /dev/kvm, as `supported_cpuid`)."""
+        if self._msr_index_list is None:
+            self._msr_index_list = self._msr_list(u.KVM_GET_MSR_INDEX_LIST,
+                                                  "KVM_GET_MSR_INDEX_LIST")
+        return list(self._msr_index_list)
 
     def _msr_list(self, request: int, what: str) -> list[int]:
         probe = u.msr_list_with(0)
@@ -129,7 +145,12 @@ class Kvm:
     def feature_msrs(self) -> dict[int, int]:
         """The host's feature MSRs as KVM would give them to a guest (api.rst 4.3,
         KVM_GET_MSR_FEATURE_INDEX_LIST, then KVM_GET_MSRS on the system fd): index -> value;
-        empty without KVM_CAP_GET_MSR_FEATURES."""
+        empty without KVM_CAP_GET_MSR_FEATURES. Asked once per open /dev/kvm."""
+        if self._feature_msrs is None:
+            self._feature_msrs = self._get_feature_msrs()
+        return dict(self._feature_msrs)
+
+    def _get_feature_msrs(self) -> dict[int, int]:
         if self.check_extension(u.KVM_CAP_GET_MSR_FEATURES) <= 0:
             return {}
         indices = self._msr_list(u.KVM_GET_MSR_FEATURE_INDEX_LIST,
@@ -139,6 +160,12 @@ class Kvm:
             buf.entries[i].index = index
         n = _ioctl(self.fd, u.KVM_GET_MSRS, buf, "KVM_GET_MSRS (feature MSRs)")
         return {buf.entries[i].index: buf.entries[i].data for i in range(n)}
+
+    def warm_up(self) -> None:
+        """Ask KVM now what every x86 VM's build asks of it: its CPUID and MSR lists."""
+        self.supported_cpuid()
+        self.msr_index_list()
+        self.feature_msrs()
 
     def create_vm(self, vm_type: int = 0) -> VmFd:
         """KVM_CREATE_VM; `vm_type` is the machine type (on arm64 the IPA size, 0 = 40 bits)."""

@@ -57,6 +57,16 @@ def ring_write(view: memoryview, base: int, size: int, index: int, data: bytes |
     view[base : base + len(data) - first] = data[first:]
 
 
+_fence = threading.Lock()
+
+
+def full_barrier() -> None:
+    """mb(): a lock round trip is a locked instruction, which orders our store to an
+    index before the following load of the guest's (x86 lets a load pass a store)."""
+    with _fence:
+        pass
+
+
 _SEQ_CST = 5  # __ATOMIC_SEQ_CST
 
 

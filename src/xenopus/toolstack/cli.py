@@ -1039,8 +1039,9 @@ def cmd_block_attach(args: Namespace) -> int:
     except OSError as e:
         raise CliError(f"cannot open {disk.target}: {e.strerror}") from None
     try:
-        transfer.send_file(Request(args.op, {"dom": args.dom, "spec": spec}), fd, None, None,
-                           f"Attaching {disk.target}")
+        transfer.send_file(Request(args.op, {"dom": args.dom, "spec": spec,
+                                             "target": os.path.abspath(disk.target)}),
+                           fd, None, None, f"Attaching {disk.target}")
     finally:
         os.close(fd)
     return 0

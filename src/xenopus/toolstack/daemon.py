@@ -31,10 +31,10 @@ from typing import Any, NamedTuple
 from uuid import uuid4
 
 from xenopus import ipc, stream
-from xenopus.control import Reply, Request
+from xenopus.control import INCOMING, Reply, Request
 from xenopus.devices.mac import format_mac
 from xenopus.domain import jail
-from xenopus.domain.channel import remove_sockets
+from xenopus.domain.channel import SocketId, remove_sockets, socket_ids
 from xenopus.domain.config import ConfigError, DomainConfig, load_config
 from xenopus.domain.devspec import parse_disk, parse_vif
 from xenopus.domain.jail import uid_range
@@ -147,6 +147,9 @@ class DomainRecord:
     cpu_layer: str = "default"
     # xl config-update: the config its next incarnation is built from (by the daemon)
     next_config: DomainConfig | None = None
+    # The sockets its channels listen on (`socket_ids`, once its process is ready): the
+    # ones its cleanup removes, not another's at the same path (a migration to this host).
+    channel_sockets: dict[str, SocketId] = field(default_factory=dict)
 
     def pulse(self) -> None:
         self.changed.set()
@@ -797,6 +800,7 @@ class Daemon:
             if rec.state == "dying":
                 raise RequestError(f"domain {rec.domid} was destroyed while it started")
             raise RequestError(event.error or self._death(rec) or "the domain failed to start")
+        rec.channel_sockets = socket_ids(rec.config.channels)
         rec.protocol = event.protocol
         rec.xen_path = event.xen_path
         rec.console = event.console
@@ -896,7 +900,7 @@ class Daemon:
         self.xenstore.remove_domain(rec.domid)
         self.interdomain.remove(rec.domid)
         shutil.rmtree(ipc.domain_dir(rec.domid, self.run_dir), ignore_errors=True)
-        remove_sockets(rec.config.channels)  # its jailed process could not
+        remove_sockets(rec.config.channels, rec.channel_sockets)  # its jailed process could not
         if self.domains.get(rec.domid) is rec:
             del self.domains[rec.domid]
             self._save_table()
@@ -1301,7 +1305,7 @@ class Daemon:
             raise RequestError(f"domain {rec.domid}: save failed: {reply.error}")
         if then == "stop":
             await self._destroy(rec)
-        return Reply(True, reply.data)
+        return Reply(True, {**reply.data, "name": rec.name})
 
     @daemon_step("restore")
     async def _restore(self, req: Request, client: Client) -> Reply:
@@ -1326,15 +1330,20 @@ class Daemon:
             finally:
                 os.close(image)
         else:
-            rec, data = await self._restore_from(fd, config, None, paused, clone=False)
+            rec, data = await self._restore_from(fd, config, None, paused, clone=False,
+                                                 incoming=bool(req.args.get("incoming")))
         return Reply.success(domid=rec.domid, name=rec.name, **data)
 
     async def _restore_from(self, fd: int, config: DomainConfig | None, name: str | None,
-                            paused: bool, *, clone: bool) -> tuple[DomainRecord, dict]:
+                            paused: bool, *, clone: bool, incoming: bool = False
+                            ) -> tuple[DomainRecord, dict]:
         """A new domain restored from the image open at `fd` (closed here, unless a
         clone's: a clone reads its own read-only open file of the image, so that many
         clones read one image at once and none can write it), built from `config` or
-        else the image's DOMAIN_CONFIG, renamed `name` if given."""
+        else the image's DOMAIN_CONFIG, renamed `name` if given. `incoming` (a
+        migration's receiver): named NAME--incoming until the sender says go, as xl's
+        create_domain names a domain it receives, so that a migration to this same host
+        does not collide with its source."""
         if clone:
             fd = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
         try:
@@ -1349,8 +1358,16 @@ class Daemon:
                     config = dataclasses.replace(config, uuid=None)
             elif name:
                 config = dataclasses.replace(config, name=name)
-            if name:
+            if name and clone:
                 self._check_clonable(config)
+            if incoming:
+                # Refused now, before the stream, if NAME is another domain's here: the
+                # rename after the go would fail. The source itself (a migration to this
+                # same host: the same UUID) gives its name up before the go.
+                if any(r.name == config.name and r.uuid != config.uuid
+                       for r in self.domains.values()):
+                    raise RequestError(f"domain '{config.name}' already exists", "domain-exists")
+                config = dataclasses.replace(config, name=f"{config.name}{INCOMING}")
             rec = await self._new_domain(config, paused=True)
         except (stream.StreamError, ConfigError) as e:
             os.close(fd)
@@ -1703,6 +1720,15 @@ class Daemon:
                                   timeout=HOTPLUG_TIMEOUT)
         if not reply.ok:
             raise RequestError(f"domain {rec.domid}: {reply.error}\nlibxl_device_disk_add failed.")
+        # libxl__device_disk_add: the disk goes into the domain's stored config too, so
+        # `list -l`, a save image's DOMAIN_CONFIG and a migration's receiver have it
+        # (the restored domain is built with it and its backend takes the saved ring).
+        # The path as the CLI resolved it: a receiver or a later restore has no cwd.
+        target = req.args.get("target")
+        if isinstance(target, str) and os.path.isabs(target):
+            disk = dataclasses.replace(disk, target=target)
+        rec.config = dataclasses.replace(rec.config, disks=[*rec.config.disks, disk])
+        self._save_table()
         self.hv_log(f"d{rec.domid}: disk {disk.vdev} attached ({disk.target})")
         return Reply(True, reply.data)
 
@@ -1715,6 +1741,11 @@ class Daemon:
                                   timeout=HOTPLUG_TIMEOUT)
         if not reply.ok:
             raise RequestError(str(reply.error))
+        gone = reply.data.get("vdev")  # libxl__device_disk_remove: out of the config too
+        if isinstance(gone, str):
+            rec.config = dataclasses.replace(
+                rec.config, disks=[d for d in rec.config.disks if d.vdev != gone])
+            self._save_table()
         self.hv_log(f"d{rec.domid}: disk {req.args.get('dev')} detached")
         return Reply(True, reply.data)
 

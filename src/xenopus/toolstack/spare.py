@@ -32,6 +32,7 @@ from xenopus.trace import mark
 
 if TYPE_CHECKING:  # imported by `warm`: the zygote imports this module before any layer
     from xenopus.domain.protocol import Spawn
+    from xenopus.kvm import Kvm
 
 READY = b"R"
 
@@ -67,8 +68,25 @@ def die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+def open_kvm() -> Kvm | None:
+    """/dev/kvm opened, and on x86 asked what every build asks of it (its CPUID and MSR
+    lists: a few ms on nested KVM), while the spare waits rather than on a domain's start
+    path; None where it cannot be (the domain then opens it itself and says why not)."""
+    from xenopus import host
+    from xenopus.kvm import Kvm, KvmError
+
+    try:
+        kvm = Kvm()
+    except (KvmError, OSError):
+        return None
+    if host.architecture() == "x86_64":
+        with contextlib.suppress(KvmError, OSError):  # the build asks again, and says
+            kvm.warm_up()
+    return kvm
+
+
 def become_domain(spawn: Spawn, fds: list[int], *, fresh_layout: bool,
-                  seccomp_fd: int | None = None) -> None:
+                  seccomp_fd: int | None = None, kvm: Kvm | None = None) -> None:
     """Run the domain in this process and exit with its status; never returns."""
     from xenopus.domain import process as domain_process  # warm: imported already
 
@@ -79,7 +97,7 @@ def become_domain(spawn: Spawn, fds: list[int], *, fresh_layout: bool,
         signal.set_wakeup_fd(-1)
         code = domain_process.run_domain(
             spawn, fds[0], xenstore_fd=fds[1], interdomain_fd=fds[2] if len(fds) == 3 else None,
-            fresh_layout=fresh_layout, seccomp_fd=seccomp_fd,
+            fresh_layout=fresh_layout, seccomp_fd=seccomp_fd, kvm=kvm,
         )
     except BaseException:  # noqa: BLE001 - report, then exit: never return into a caller's loop
         import traceback
@@ -93,6 +111,7 @@ def main() -> None:
     mark("spare: started")
     die_with_parent()
     warm()
+    kvm = open_kvm()
     gc.freeze()  # as in the zygote: imported objects live as long as the process
     # What importing freed goes back to the host before the spare waits (about 1 MiB).
     ctypes.CDLL(None).malloc_trim(0)
@@ -112,7 +131,7 @@ def main() -> None:
     from xenopus.domain.protocol import Spawn  # warm: imported already
 
     # The zygote checked the request.
-    become_domain(Spawn.from_wire(msg), fds, fresh_layout=True, seccomp_fd=seccomp_fd)
+    become_domain(Spawn.from_wire(msg), fds, fresh_layout=True, seccomp_fd=seccomp_fd, kvm=kvm)
 
 
 if __name__ == "__main__":

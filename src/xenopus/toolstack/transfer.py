@@ -25,7 +25,8 @@ from collections.abc import Callable
 from types import SimpleNamespace as Namespace
 from typing import Any
 
-from xenopus.control import Request
+from xenopus.client import XenopusError
+from xenopus.control import INCOMING, MIGRATED_AWAY, Request
 from xenopus.toolstack.cli import CliError, connect, request
 
 PAGE_RECORD_OCTETS = 4096 + 8  # a page and its frame number in PAGE_DATA: pages ≈ octets / this
@@ -345,6 +346,7 @@ def migrate(args: Namespace) -> int:
     assert receiver.stdin is not None and receiver.stdout is not None
     widen_pipe(receiver.stdin.fileno())
     resumed = False
+    away: str | None = None  # the source's name once renamed NAME--migratedaway
     try:
         banner = _line(receiver.stdout)
         ready = time.monotonic()
@@ -380,6 +382,11 @@ def migrate(args: Namespace) -> int:
         streamed = time.monotonic()
         if _line(receiver.stdout) != RESTORED:
             raise CliError("the receiver did not restore the domain")
+        # xl_migrate.c: the source becomes NAME--migratedaway before the receiver is told
+        # to go, so the receiver's NAME--incoming can take the name (on this same host).
+        name = str(sent.get("name") or args.dom)
+        request("rename", dom=args.dom, name=name + MIGRATED_AWAY)
+        away = name + MIGRATED_AWAY
         try:
             receiver.stdin.write(GO)
             receiver.stdin.flush()
@@ -388,7 +395,7 @@ def migrate(args: Namespace) -> int:
         if _line(receiver.stdout) != RUNNING:
             raise CliError("the receiver did not run the domain")
         running = time.monotonic()
-        request("destroy", dom=args.dom)  # it runs over there: the source goes
+        request("destroy", dom=away)  # it runs over there: the source goes
         resumed = True
         if args.debug:
             print(f"migrated {args.dom}: {sent['pages']} pages in {sent['rounds']} rounds, "
@@ -401,6 +408,8 @@ def migrate(args: Namespace) -> int:
                   f"destroyed in {(time.monotonic() - running) * 1000:.0f} ms", file=sys.stderr)
     except BaseException:
         if not resumed:
+            if away is not None:  # its name back first (xl: libxl_domain_rename back)
+                request("rename", dom=away, name=away.removesuffix(MIGRATED_AWAY))
             request("unpause", dom=args.dom)
             print(f"xenopus: migration failed; domain {args.dom} resumed here", file=sys.stderr)
         raise
@@ -419,8 +428,8 @@ def migrate_receive(args: Namespace) -> int:
         out.write(BANNER)
         out.flush()
 
-    done = send_file(Request("restore", {"paused": True}), sys.stdin.fileno(), None, None, "",
-                     ready=banner)
+    done = send_file(Request("restore", {"paused": True, "incoming": True}), sys.stdin.fileno(),
+                     None, None, "", ready=banner)
     out.write(RESTORED)
     out.flush()
     if os.read(sys.stdin.fileno(), len(GO)) != GO:  # the sender gave up
@@ -430,8 +439,18 @@ def migrate_receive(args: Namespace) -> int:
         request("unpause", dom=str(done["domid"]))
     out.write(RUNNING)
     out.flush()
+    # NAME--incoming becomes NAME (xl_migrate.c migrate_receive), which the sender has
+    # given up by now (NAME--migratedaway). xl renames before it unpauses; here the guest
+    # runs first (one request less of downtime), so a rename that fails leaves it running
+    # under the temporary name rather than destroyed after it ran.
+    name = str(done["name"]).removesuffix(INCOMING)
+    try:
+        request("rename", dom=str(done["domid"]), name=name)
+    except XenopusError as e:
+        print(f"xenopus: domain {done['domid']} runs here as {done['name']}: {e}", file=sys.stderr)
+        return 1
     if args.debug:
-        print(f"received domain {done['domid']} ({done['name']}): {done['pages']} pages, "
+        print(f"received domain {done['domid']} ({name}): {done['pages']} pages, "
               f"{done['octets']} octets in {done['seconds']:.3f} s{_phases(done)}",
               file=sys.stderr)
     return 0

@@ -168,6 +168,8 @@ class XenDomain:
     def close(self) -> None:
         for closer in self._closers:
             closer()
+        if self.kernel is not None:
+            self.kernel.close()
         self.grants.unmap_all()  # the granters' entries lose our in-use flags
         self.timers.close()
         for route in self._msi.values():
@@ -380,6 +382,8 @@ class XenDomain:
             self.p2m.restore_state(state["p2m"])
             with self._time_lock:
                 self.time_areas = {int(v): int(gpa) for v, gpa in state["time_areas"]}
+        with self._lock:  # before the params: a callback via beside them keeps KVM's path
+            self.upcall_vectors = {v: vec for v, vec in state["upcall_vectors"]}
         for index, value in state["params"]:
             self.set_param(index, value)
         si = state["shared_info"]
@@ -456,11 +460,17 @@ class XenDomain:
                 elif kind == abi.HVM_PARAM_CALLBACK_TYPE_GSI and value:
                     self.callback_gsi = value & ((1 << 56) - 1)
                 if self.kernel is not None:
-                    if self.callback_gsi is not None or (value and self.callback_vector is None):
-                        # KVM raises vectors only: an interrupt line is ours to drive
-                        self.kernel.stop(f"HVM_PARAM_CALLBACK_IRQ {value:#x} is not a vector")
-                    else:
+                    if self.callback_vector is not None or not value:
                         self.kernel.set_callback_vector(self.callback_vector or 0)
+                    elif 0 in self.upcall_vectors:
+                        # Xen's hvm_assert_evtchn_irq: a vCPU's own upcall vector wins
+                        # over the via, which is raised for vCPU 0 only. Linux sets GSI 1
+                        # once vCPU 0 has its vector ("trick toolstack to think we are
+                        # enlightened", enlighten_hvm.c xen_set_upcall_vector): KVM keeps
+                        # delivering through the vCPUs' vectors, as QEMU's does.
+                        self.kernel.set_callback_vector(0)
+                    else:  # KVM raises vectors only: an interrupt line is ours to drive
+                        self.kernel.stop(f"HVM_PARAM_CALLBACK_IRQ {value:#x} is not a vector")
 
     def set_upcall_vector(self, vcpu: int, vector: int) -> None:
         """HVMOP_set_evtchn_upcall_vector: `vcpu`'s own upcall vector."""

@@ -374,7 +374,8 @@ class EventChannels:
     # --- what KVM serves in-kernel (xen/kernel_events.py) ---------------------------------
     def _kernel_route(self, port: int) -> Route | None:
         """What EVTCHNOP_send on `port` raises, where KVM can do it alone: an IPI port
-        itself, a loopback pair's other end (event_channel.c evtchn_send)."""
+        itself, a loopback pair's other end (event_channel.c evtchn_send), a backend in
+        this process (its callback, through an eventfd KVM signals)."""
         chn = self._ports.get(port)
         if chn is None or self.fifo is not None:
             return None
@@ -384,6 +385,8 @@ class EventChannels:
             peer = self._ports.get(chn.remote_port)
             if peer is not None and peer.state == State.INTERDOMAIN:
                 return (abi.EVTCHNSTAT_interdomain, chn.remote_port, peer.vcpu)
+        if chn.state == State.INTERDOMAIN and not chn.remote_process:
+            return chn.far
         return None
 
     def _sync_kernel(self, *ports: int) -> None:
@@ -699,6 +702,7 @@ class EventChannels:
                 self._ports[port] = Channel(State.INTERDOMAIN, vcpu=vcpu,
                                             remote_dom=self.backend_domid, remote_port=port,
                                             far=callback)
+                self._sync_kernel(port)
             return port
 
     def connect_local(self, port: int, callback: Callable[[], None]) -> int:
@@ -711,6 +715,7 @@ class EventChannels:
             if chn is None or chn.state != State.UNBOUND or chn.remote_dom != self.backend_domid:
                 return -abi.XEN_EINVAL
             chn.state, chn.remote_port, chn.far = State.INTERDOMAIN, port, callback
+            self._sync_kernel(port)
             return 0
 
     def disconnect_local(self, port: int) -> None:
@@ -725,6 +730,7 @@ class EventChannels:
                 return
             chn.state, chn.far = State.UNBOUND, None
             chn.remote_dom, chn.remote_port = self.backend_domid, 0
+            self._sync_kernel(port)
 
     def notify(self, port: int) -> bool:
         """Host → guest on a port whose far end is a host backend or another domain."""

@@ -19,7 +19,10 @@ KVM_XEN_HVM_EVTCHN_SEND; what KVM then serves is arch/x86/kvm/xen.c's kvm_xen_hy
   HVMOP_set_evtchn_upcall_vector);
 * XENVER_version (KVM_XEN_ATTR_TYPE_XEN_VERSION);
 * EVTCHNOP_send on IPI ports and on loopback interdomain ports (KVM_XEN_ATTR_TYPE_EVTCHN:
-  the send port, and the port and vCPU it raises);
+  the send port, and the port and vCPU it raises), and on ports whose far end is a backend
+  in this process (the same attribute with an eventfd KVM signals: the backend's own
+  worker waits on it where the callback offers `watch_eventfd`, one thread here reads the
+  others and calls them, so the sending vCPU never leaves the kernel);
 * each vCPU's one-shot timer (set_timer_op, VCPUOP_set/stop_singleshot_timer) raising its
   VIRQ_TIMER port (KVM_XEN_VCPU_ATTR_TYPE_TIMER), read back for a save;
 * SCHEDOP_poll (blocking in KVM until a polled port is raised) and SCHEDOP_yield.
@@ -36,6 +39,8 @@ the kernel; they are set on the vCPU's own thread (`on_vcpu_thread`).
 from __future__ import annotations
 
 import logging
+import os
+import selectors
 import threading
 from collections.abc import Callable, Sequence
 from typing import Protocol
@@ -49,8 +54,9 @@ log = logging.getLogger("xenopus.xen")
 REQUIRED = (u.KVM_XEN_HVM_CONFIG_INTERCEPT_HCALL | u.KVM_XEN_HVM_CONFIG_SHARED_INFO
             | u.KVM_XEN_HVM_CONFIG_EVTCHN_2LEVEL | u.KVM_XEN_HVM_CONFIG_EVTCHN_SEND)
 _PRIO = u.KVM_IRQ_ROUTING_XEN_EVTCHN_PRIO_2LEVEL
-# A route KVM serves for a send port: (EVTCHNSTAT_ipi or _interdomain, port raised, vCPU).
-Route = tuple[int, int, int]
+# A route KVM serves for a send port: (EVTCHNSTAT_ipi or _interdomain, port raised, vCPU),
+# or a host backend's callback, called as KVM signals the port's eventfd.
+Route = tuple[int, int, int] | Callable[[], None]
 
 
 def offered(flags: int) -> bool:
@@ -88,6 +94,9 @@ class KernelEvents:
         self.active = False
         self._routes: dict[int, Route] = {}  # send port -> what KVM raises for it
         self._timer_ports: dict[int, int] = {}  # vCPU -> its VIRQ_TIMER port in KVM
+        self._eventfds: dict[int, int] = {}  # send port -> the eventfd KVM signals
+        self._own_waits: dict[int, Callable[[], None]] = {}  # port -> its waiter's undo
+        self._watcher: EventfdWatcher | None = None
         self._lock = threading.RLock()
         # Set by the domain: our pending one-shot of a vCPU as Xen system time (ns),
         # cancelled (KVM takes it over), and re-arming one (KVM gives it back on `stop`).
@@ -113,6 +122,7 @@ class KernelEvents:
             self.active = False
             timers, self._timer_ports = dict(self._timer_ports), {}
             self._routes.clear()
+            self._drop_eventfds()
         log.info("in-kernel Xen events off: %s", why)
         attr = u.kvm_xen_hvm_attr(type=u.KVM_XEN_ATTR_TYPE_EVTCHN)
         attr.u.evtchn.flags = u.KVM_XEN_EVTCHN_RESET
@@ -172,10 +182,67 @@ class KernelEvents:
             if port in self._routes:
                 del self._routes[port]
                 self._evtchn(port, u.KVM_XEN_EVTCHN_DEASSIGN)
-            if route is not None:
+                self._drop_eventfd(port)
+            if callable(route):
+                try:
+                    self._route_eventfd(port, route)
+                except (KvmError, OSError) as e:  # the send keeps reaching our path
+                    log.warning("port %d: no eventfd route in KVM: %s", port, e)
+                    return
+            elif route is not None:
                 kind, to_port, vcpu = route
                 self._evtchn(port, 0, kind, to_port, vcpu)
+            if route is not None:
                 self._routes[port] = route
+
+    def _route_eventfd(self, port: int, callback: Callable[[], None]) -> None:
+        """api.rst 4.127 KVM_XEN_ATTR_TYPE_EVTCHN with deliver.eventfd (port 0): KVM
+        signals `fd` for each send on `port`."""
+        fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        attr = u.kvm_xen_hvm_attr(type=u.KVM_XEN_ATTR_TYPE_EVTCHN)
+        ev = attr.u.evtchn
+        ev.send_port, ev.type = port, abi.EVTCHNSTAT_interdomain
+        ev.deliver.eventfd.port, ev.deliver.eventfd.fd = 0, fd
+        try:
+            self.vm.xen_set_attr(attr)
+        except BaseException:
+            os.close(fd)
+            raise
+        # A callback with a thread of its own to wait on (a backend's worker) takes the
+        # fd there; the others share the watcher's thread.
+        own = getattr(callback, "watch_eventfd", None)
+        undo = own(fd) if own is not None else None
+        if undo is not None:
+            self._own_waits[port] = undo
+        else:
+            if self._watcher is None:
+                self._watcher = EventfdWatcher()
+            self._watcher.add(fd, callback)
+        self._eventfds[port] = fd
+
+    def _drop_eventfd(self, port: int) -> None:
+        fd = self._eventfds.pop(port, None)
+        if fd is None:
+            return
+        undo = self._own_waits.pop(port, None)
+        if undo is not None:
+            undo()  # it closes the fd once its thread no longer waits on it
+            return
+        assert self._watcher is not None
+        self._watcher.remove(fd)
+        os.close(fd)
+
+    def _drop_eventfds(self) -> None:
+        for port in list(self._eventfds):
+            self._drop_eventfd(port)
+
+    def close(self) -> None:
+        """The domain is going: the eventfds and their thread (KVM goes with the VM)."""
+        with self._lock:
+            self._drop_eventfds()
+            watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            watcher.close()
 
     def reset_routes(self) -> None:
         """EVTCHNOP_reset, a restore: KVM forgets every port."""
@@ -184,6 +251,7 @@ class KernelEvents:
                 return
             self._routes.clear()
             self._evtchn(0, u.KVM_XEN_EVTCHN_RESET)
+            self._drop_eventfds()
 
     def routes(self) -> dict[int, Route]:
         with self._lock:
@@ -283,4 +351,62 @@ class KernelEvents:
             u.kvm_xen_vcpu_attr(type=u.KVM_XEN_VCPU_ATTR_TYPE_TIMER))
 
 
-__all__ = ["REQUIRED", "KernelEvents", "Route", "offered"]
+class EventfdWatcher:
+    """One thread that waits on the eventfds KVM signals for guest sends to host backends
+    and calls each one's callback, as our EVTCHNOP_send would have on the vCPU's thread
+    (the backends' callbacks are thread-safe: they were always called from vCPU threads)."""
+
+    def __init__(self) -> None:
+        self._selector = selectors.DefaultSelector()
+        self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._selector.register(self._wake, selectors.EVENT_READ, None)
+        self._lock = threading.Lock()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="xen-evtchn-fds", daemon=True)
+        self._thread.start()
+
+    def add(self, fd: int, callback: Callable[[], None]) -> None:
+        with self._lock:
+            self._selector.register(fd, selectors.EVENT_READ, callback)
+
+    def remove(self, fd: int) -> None:
+        """Before `fd` is closed: once this returns the thread neither reads it nor calls
+        its callback for a wake-up it saw before (epoll_ctl beside a waiting epoll_wait is
+        safe; what the thread does with a returned fd happens under the lock)."""
+        with self._lock:
+            self._selector.unregister(fd)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+        os.eventfd_write(self._wake, 1)
+        if self._thread is not threading.current_thread():
+            self._thread.join()
+        self._selector.close()
+        os.close(self._wake)
+
+    def _run(self) -> None:
+        while True:
+            events = self._selector.select()
+            with self._lock:
+                if self._closed:
+                    return
+                current = self._selector.get_map()
+                calls = []
+                for key, _ in events:
+                    if current.get(key.fd) is not key:
+                        continue  # removed (or its number reused) since the wait returned
+                    try:
+                        os.eventfd_read(key.fd)
+                    except BlockingIOError:
+                        continue
+                    if key.data is not None:
+                        calls.append(key.data)
+            for call in calls:
+                try:
+                    call()
+                except Exception:
+                    log.exception("backend callback of a Xen event channel failed")
+
+
+__all__ = ["REQUIRED", "EventfdWatcher", "KernelEvents", "Route", "offered"]

@@ -18,10 +18,13 @@ import select
 import struct
 import threading
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from xenopus.devices.virtio.queue import Chain, DescriptorError, SplitQueue
 from xenopus.stream import StateError, check_state
+
+if TYPE_CHECKING:
+    from xenopus.memory.guest import GuestMemory
 
 log = logging.getLogger("xenopus.virtio")
 
@@ -74,6 +77,34 @@ def next_status(device: VirtioDevice, old: int, value: int, driver_features: int
         device.log_once("DRIVER_OK without FEATURES_OK ignored")
         new &= ~STATUS_DRIVER_OK
     return new
+
+
+class TransportMachine(Protocol):
+    """What either transport needs of the machine: its memory and ioeventfds (the
+    queue doorbells)."""
+
+    memory: GuestMemory
+
+    def ioeventfd(
+        self, addr: int, length: int, *, pio: bool = False, datamatch: int | None = None
+    ) -> int: ...
+
+    def remove_ioeventfd(self, fd: int) -> None: ...
+
+
+class QueueRegs:
+    """A queue's registers as either transport shows them to the driver (§4.1.4.3
+    queue_size..queue_device, §4.2.2 QueueNum..QueueDeviceHigh): its size, whether the
+    driver enabled it, and the three ring addresses."""
+
+    def __init__(self, max_size: int):
+        self.max_size = max_size
+        self.reset()
+
+    def reset(self) -> None:
+        self.size = self.max_size
+        self.enabled = False
+        self.desc = self.driver = self.device = 0
 
 
 class InterruptSink(Protocol):

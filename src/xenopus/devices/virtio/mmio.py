@@ -14,7 +14,6 @@ import logging
 import threading
 from collections.abc import Callable
 from enum import IntEnum
-from typing import Protocol
 
 from xenopus.devices.virtio.device import (
     STATUS_DEVICE_NEEDS_RESET,
@@ -22,12 +21,13 @@ from xenopus.devices.virtio.device import (
     STATUS_FEATURES_OK,
     VIRTIO_F_INDIRECT_DESC,
     VIRTIO_F_RING_EVENT_IDX,
+    QueueRegs,
+    TransportMachine,
     VirtioDevice,
     next_status,
 )
 from xenopus.devices.virtio.queue import MAX_QUEUE_SIZE, DescriptorError, SplitQueue
 from xenopus.kvm.system import KvmError
-from xenopus.memory.guest import GuestMemory
 
 log = logging.getLogger("xenopus.virtio")
 
@@ -84,37 +84,12 @@ _QUEUE_ADDRESS = {
 }
 
 
-class MmioMachine(Protocol):
-    """What the transport needs of the machine: its memory and ioeventfds."""
-
-    memory: GuestMemory
-
-    def ioeventfd(
-        self, addr: int, length: int, *, pio: bool = False, datamatch: int | None = None
-    ) -> int: ...
-
-    def remove_ioeventfd(self, fd: int) -> None: ...
-
-
-class _Queue:
-    """The per-queue registers (§4.2.2 QueueNum..QueueDeviceHigh)."""
-
-    def __init__(self, max_size: int):
-        self.max_size = max_size
-        self.reset()
-
-    def reset(self) -> None:
-        self.size = self.max_size
-        self.ready = False
-        self.desc = self.driver = self.device = 0
-
-
 class VirtioMmioDevice:
     """`device` behind a virtio-mmio register window at `base` of `machine`; `interrupt`
     raises the device's (edge-triggered) interrupt, `intid` names it (for describing the
     device only). A `BusDevice`."""
 
-    def __init__(self, device: VirtioDevice, machine: MmioMachine, base: int,
+    def __init__(self, device: VirtioDevice, machine: TransportMachine, base: int,
                  interrupt: Callable[[], None], *, intid: int = 0):
         nq = len(device.queue_sizes)
         if nq == 0:
@@ -132,7 +107,7 @@ class VirtioMmioDevice:
         self._interrupt = interrupt
         self._lock = threading.RLock()  # vCPU threads vs each other
         self._isr_lock = threading.Lock()  # device threads set it, vCPU writes clear it
-        self.queues = [_Queue(s) for s in device.queue_sizes]
+        self.queues = [QueueRegs(s) for s in device.queue_sizes]
         self.device_features_sel = 0
         self.driver_features_sel = 0
         self.driver_features = 0
@@ -173,7 +148,7 @@ class VirtioMmioDevice:
             s |= STATUS_DEVICE_NEEDS_RESET
         return s
 
-    def _selected(self) -> _Queue | None:
+    def _selected(self) -> QueueRegs | None:
         return self.queues[self.queue_sel] if self.queue_sel < len(self.queues) else None
 
     def read(self, base: int, offset: int, size: int) -> int:
@@ -201,7 +176,7 @@ class VirtioMmioDevice:
             case R.QUEUE_NUM_MAX:
                 return q.max_size if q else 0  # §4.2.2: 0 = queue not available
             case R.QUEUE_READY:
-                return int(q.ready) if q else 0
+                return int(q.enabled) if q else 0
             case R.INTERRUPT_STATUS:
                 with self._isr_lock:
                     return self.isr
@@ -266,8 +241,8 @@ class VirtioMmioDevice:
             else:
                 self.device.log_once(f"queue size {value} refused (max {q.max_size})")
         elif offset == R.QUEUE_READY:
-            q.ready = bool(value & 1)
-        elif offset in _QUEUE_ADDRESS and not q.ready:
+            q.enabled = bool(value & 1)
+        elif offset in _QUEUE_ADDRESS and not q.enabled:
             attr, high = _QUEUE_ADDRESS[offset]
             old = getattr(q, attr)
             new = (old & 0xFFFFFFFF) | value << 32 if high else (old & ~0xFFFFFFFF) | value
@@ -290,7 +265,7 @@ class VirtioMmioDevice:
         failed: str | None = None
         for i, regs in enumerate(self.queues):
             q = SplitQueue(self.machine.memory, regs.size, f"{self.name}.{i}")
-            if regs.ready:
+            if regs.enabled:
                 q.desc_addr, q.avail_addr, q.used_addr = regs.desc, regs.driver, regs.device
                 q.event_idx = dev.has(VIRTIO_F_RING_EVENT_IDX)
                 q.indirect = dev.has(VIRTIO_F_INDIRECT_DESC)

@@ -32,12 +32,13 @@ from xenopus.devices.virtio.device import (
     STATUS_FEATURES_OK,
     VIRTIO_F_INDIRECT_DESC,
     VIRTIO_F_RING_EVENT_IDX,
+    QueueRegs,
+    TransportMachine,
     VirtioDevice,
     next_status,
 )
 from xenopus.devices.virtio.queue import MAX_QUEUE_SIZE, DescriptorError, SplitQueue
 from xenopus.kvm.system import KvmError
-from xenopus.memory.guest import GuestMemory
 from xenopus.stream import StateError, check_state
 
 log = logging.getLogger("xenopus.virtio")
@@ -133,31 +134,18 @@ COMMON = {
 _COMMON_BY_OFFSET = sorted((off, size, name) for name, (off, size) in COMMON.items())
 
 
-class MachineLike(Routing, Protocol):
-    """What the transport needs of `xenopus.vm.machine.Machine`: its memory, MSI routes
-    (`allocate_msi`, for the MSI-X vectors) and ioeventfds (the doorbells)."""
-
-    memory: GuestMemory
-
-    def ioeventfd(
-        self, addr: int, length: int, *, pio: bool = False, datamatch: int | None = None
-    ) -> int: ...
-
-    def remove_ioeventfd(self, fd: int) -> None: ...
+class MachineLike(TransportMachine, Routing, Protocol):
+    """What the transport needs of `xenopus.vm.machine.Machine`: memory and ioeventfds (the
+    doorbells), and MSI routes (`allocate_msi`, for the MSI-X vectors)."""
 
 
-class _QueueRegs:
-    """The per-queue registers of the common configuration (§4.1.4.3)."""
-
-    def __init__(self, max_size: int):
-        self.max_size = max_size
-        self.reset()
+class _QueueRegs(QueueRegs):
+    """The per-queue registers of the common configuration (§4.1.4.3), with the queue's
+    MSI-X vector."""
 
     def reset(self) -> None:
-        self.size = self.max_size
+        super().reset()
         self.msix_vector = VIRTIO_MSI_NO_VECTOR
-        self.enabled = False
-        self.desc = self.driver = self.device = 0
 
 
 class VirtioPciDevice(PciDevice):

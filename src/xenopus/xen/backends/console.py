@@ -18,8 +18,8 @@ from collections.abc import Callable
 
 from xenopus.memory import shared
 from xenopus.memory.guest import GuestMemory
+from xenopus.memory.shared import full_barrier
 from xenopus.xen import abi
-from xenopus.xen.backends.xenbus import full_barrier
 
 log = logging.getLogger("xenopus.xen.console")
 

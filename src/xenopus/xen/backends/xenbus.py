@@ -33,6 +33,7 @@ from enum import IntEnum
 from typing import Protocol
 
 from xenopus.memory import shared
+from xenopus.memory.shared import full_barrier
 from xenopus.xen import abi
 from xenopus.xen.evtchn import EventChannels
 from xenopus.xen.grant import GrantMapper, GrantMapping
@@ -95,14 +96,6 @@ _REQ_PROD = abi.sring_header.req_prod.offset
 _REQ_EVENT = abi.sring_header.req_event.offset
 _RSP_PROD = abi.sring_header.rsp_prod.offset
 _RSP_EVENT = abi.sring_header.rsp_event.offset
-_fence = threading.Lock()
-
-
-def full_barrier() -> None:
-    """mb(): a lock round trip is a locked instruction, which orders our store to an
-    index before the following load of the guest's (x86 lets a load pass a store)."""
-    with _fence:
-        pass
 
 
 class BackRing:
@@ -229,6 +222,20 @@ class DomainHost:
         return _LocalPort(self.evtchn, remote_port)
 
 
+class _Kick:
+    """A backend's event-channel callback (`Backend.kick`) that can also offer its worker
+    to wait on the port's eventfd itself (`watch_eventfd`, which KernelEvents looks for)."""
+
+    def __init__(self, backend: Backend):
+        self.backend = backend
+
+    def __call__(self) -> None:
+        self.backend.kick()
+
+    def watch_eventfd(self, fd: int) -> Callable[[], None] | None:
+        return self.backend.watch_eventfd(fd)
+
+
 def frontend_dir(domid: int, kind: str, devid: int) -> str:
     return f"/local/domain/{domid}/device/{kind}/{devid}"
 
@@ -246,6 +253,7 @@ class Worker:
         self._lock = threading.Lock()
         self._reasons: set[str] = set()
         self._fds: dict[int, Callable[[], None]] = {}
+        self._calls: list[Callable[[], None]] = []  # for the worker's thread (`_on_worker`)
         self._wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         self._ep = select.epoll()
         self._ep.register(self._wake, select.EPOLLIN)
@@ -269,6 +277,38 @@ class Worker:
         self._fds[fd] = callback
         self._ep.register(fd, select.EPOLLIN if enabled else 0)
 
+    def watch_eventfd(self, fd: int, callback: Callable[[], None]) -> Callable[[], None] | None:
+        """Any thread: call `callback` on the worker each time eventfd `fd` is signalled
+        (its count read first). Returns the undo, callable from any thread, which stops
+        that and closes `fd` on the worker (so no wait of the worker's can still read it,
+        or a new fd under its number); None if the worker is stopping."""
+        def ready() -> None:
+            with contextlib.suppress(BlockingIOError):
+                os.eventfd_read(fd)
+            callback()
+
+        def close() -> None:
+            self.unwatch_fd(fd)
+            os.close(fd)
+
+        with self._lock:
+            if self._stopping:
+                return None
+            self._fds[fd] = ready
+            self._ep.register(fd, select.EPOLLIN)
+        return lambda: self._on_worker(close)
+
+    def _on_worker(self, call: Callable[[], None]) -> None:
+        """`call` on the worker's thread, between two runs; at once where this is that
+        thread or the worker has stopped (then nothing of the worker's runs any more)."""
+        with self._lock:
+            if not self._stopping and threading.current_thread() is not self.thread:
+                self._calls.append(call)
+                with contextlib.suppress(OSError):
+                    os.eventfd_write(self._wake, 1)
+                return
+        call()
+
     def set_fd(self, fd: int, enabled: bool) -> None:
         with contextlib.suppress(OSError, ValueError):
             self._ep.modify(fd, select.EPOLLIN if enabled else 0)
@@ -287,11 +327,16 @@ class Worker:
         self._busy.release()
 
     def stop(self) -> None:
-        self._stopping = True
+        with self._lock:
+            self._stopping = True
         with contextlib.suppress(OSError):
             os.eventfd_write(self._wake, 1)
         if threading.current_thread() is not self.thread:
             self.thread.join()
+        with self._lock:  # queued before the stop, not run by the worker: run here
+            calls, self._calls = self._calls, []
+        for call in calls:
+            call()
         self._ep.close()
         os.close(self._wake)
 
@@ -314,6 +359,9 @@ class Worker:
                             return
                         with self._lock:
                             reasons, self._reasons = self._reasons, set()
+                            calls, self._calls = self._calls, []
+                        for call in calls:
+                            self._run_fd(call)
                         if reasons:
                             self._work(reasons)
                 elif (cb := self._fds.get(fd)) is not None:
@@ -515,6 +563,16 @@ class Backend:
         if worker is not None:
             worker.post("kick")
 
+    def watch_eventfd(self, fd: int) -> Callable[[], None] | None:
+        """Where KVM signals an eventfd for the guest's sends on our port
+        (xen/kernel_events.py), the worker waits on it itself: one thread woken per
+        kick instead of two (KVM's eventfd thread, then ours). The undo, or None."""
+        worker = self.worker
+        return None if worker is None else worker.watch_eventfd(fd, self._kicked)
+
+    def _kicked(self) -> None:
+        self._work({"kick"})
+
     def _on_watch(self, path: str, token: str) -> None:
         worker = self.worker
         if worker is not None:
@@ -640,6 +698,6 @@ class Backend:
     def bind_event(self, name: str = "event-channel") -> EventPort:
         port = self.fe_int(name, 1 << 32)
         try:
-            return self.host.bind_event(self.domid, port, self.kick)
+            return self.host.bind_event(self.domid, port, _Kick(self))
         except Exception as e:
             raise FrontendError(f"cannot bind event channel {port}: {e}") from e

@@ -20,6 +20,8 @@ _RSP = _IFACE.rsp.offset
 _SIZE = wire.XENSTORE_RING_SIZE
 _MASK = 0xFFFFFFFF
 
+READ_ROUNDS = 16  # passes over the request ring per read_messages (16 KiB at most)
+
 
 class RingTransport:
     """Moves xsd_sockmsg bytes between a guest's xenstore_domain_interface page and us.
@@ -41,6 +43,7 @@ class RingTransport:
             raise ValueError("page smaller than xenstore_domain_interface")
         self.page = page
         self.broken = False
+        self.more = False  # read_messages left bytes in the ring (its rounds were used up)
         self.max_pending = max_pending
         self.on_broken = on_broken
         self._in = bytearray()
@@ -86,19 +89,32 @@ class RingTransport:
         # Indexes before the state: the guest reads nothing else until it sees 0.
         self._set(_IFACE.connection.offset, wire.XENSTORE_CONNECTED)
 
-    def read_messages(self) -> list[bytes]:
-        """Consume the request ring; return the complete messages (header + payload)."""
+    def read_messages(self, rounds: int = READ_ROUNDS) -> list[bytes]:
+        """Consume the request ring; return the complete messages (header + payload).
+        `more` says the ring still had bytes after `rounds` passes: call again soon."""
+        self.more = False
         if self.broken:
             return []
         try:
-            cons = self._get(_IFACE.req_cons.offset)
-            prod = self._get(_IFACE.req_prod.offset)
-            avail = (prod - cons) & _MASK
-            if avail > _SIZE:
-                self._break(wire.XENSTORE_ERROR_RINGIDX, f"req indexes {cons}..{prod}")
-                return []
-            self._in += shared.ring_read(self.page, _REQ, _SIZE, cons, avail)
-            self._set(_IFACE.req_cons.offset, cons + avail)
+            # Until the ring is empty after req_cons is published: Linux's xb_write
+            # (xenbus_comms.c) notifies only when `prod <= req_cons` after it wrote, so
+            # bytes it adds while we copy, before it sees our req_cons, come with no
+            # event. xenstored likewise looks at every ring again on each pass. A guest
+            # that never stops writing gets `rounds` passes, then its turn again later.
+            for _ in range(rounds):
+                cons = self._get(_IFACE.req_cons.offset)
+                prod = self._get(_IFACE.req_prod.offset)
+                avail = (prod - cons) & _MASK
+                if avail > _SIZE:
+                    self._break(wire.XENSTORE_ERROR_RINGIDX, f"req indexes {cons}..{prod}")
+                    return []
+                if not avail:
+                    break
+                self._in += shared.ring_read(self.page, _REQ, _SIZE, cons, avail)
+                self._set(_IFACE.req_cons.offset, cons + avail)
+                shared.full_barrier()  # req_cons is out before req_prod is read again
+            else:
+                self.more = True
             out = []
             while len(self._in) >= wire.HEADER_SIZE:
                 hdr = wire.unpack_header(self._in)
@@ -130,24 +146,29 @@ class RingTransport:
 
     def flush(self) -> bool:
         """Copy queued output into the response ring; True if rsp_prod moved."""
-        if self.broken or not self._out:
-            return False
+        moved = False
         try:
-            cons = self._get(_IFACE.rsp_cons.offset)
-            prod = self._get(_IFACE.rsp_prod.offset)
-            used = (prod - cons) & _MASK
-            if used > _SIZE:
-                self._break(wire.XENSTORE_ERROR_RINGIDX, f"rsp indexes {cons}..{prod}")
-                return False
-            n = min(_SIZE - used, len(self._out))
-            if not n:
-                return False
-            shared.ring_write(self.page, _RSP, _SIZE, prod, self._out[:n])
-            # Data before index: x86 keeps stores in order, so the guest never sees the
-            # new rsp_prod ahead of the bytes it covers.
-            self._set(_IFACE.rsp_prod.offset, prod + n)
-            del self._out[:n]
-            return True
+            # While output is left, until the ring is full after rsp_prod is published:
+            # Linux's xb_read notifies only when the ring was full as it began reading,
+            # so space it frees while we copy comes with no event.
+            while self._out and not self.broken:
+                cons = self._get(_IFACE.rsp_cons.offset)
+                prod = self._get(_IFACE.rsp_prod.offset)
+                used = (prod - cons) & _MASK
+                if used > _SIZE:
+                    self._break(wire.XENSTORE_ERROR_RINGIDX, f"rsp indexes {cons}..{prod}")
+                    return False
+                n = min(_SIZE - used, len(self._out))
+                if not n:
+                    break
+                shared.ring_write(self.page, _RSP, _SIZE, prod, self._out[:n])
+                # Data before index: x86 keeps stores in order, so the guest never sees
+                # the new rsp_prod ahead of the bytes it covers.
+                self._set(_IFACE.rsp_prod.offset, prod + n)
+                del self._out[:n]
+                moved = True
+                shared.full_barrier()  # rsp_prod is out before rsp_cons is read again
+            return moved
         except Exception:
             log.exception("xenstore ring: unexpected failure")
             self._break(wire.XENSTORE_ERROR_COMM, "internal error")
