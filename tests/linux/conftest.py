@@ -63,6 +63,7 @@ def _for_test(daemon: Xenopus, tmp_path: Path) -> Iterator[Xenopus]:
     x.destroy_all()  # an earlier test's, should it have left any
     yield x
     x.destroy_all()
+    x.keep_domain_logs()
 
 
 @pytest.fixture

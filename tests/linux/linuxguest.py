@@ -206,9 +206,12 @@ class Xenopus:
 
     def stop(self) -> None:
         self.run("daemon", "--stop")
-        # Each domain's own log (which hypercall path, when KVM's in-kernel events went
-        # off and why, a XENOPUS_PROFILE sampler's stacks) beside the consoles.
-        logs = sorted((self.tmp / "run" / "log").glob("*.log"))
+        self.keep_domain_logs()
+
+    def keep_domain_logs(self) -> None:
+        """Each domain's own log (which hypercall path, when KVM's in-kernel events went
+        off and why, a XENOPUS_PROFILE sampler's stacks) beside the consoles."""
+        logs = sorted((self.run_dir / "log").glob("*.log"))
         if logs:
             kept = console_dir() / "domains"
             kept.mkdir(exist_ok=True)
