@@ -65,6 +65,40 @@ def kernel_file(release: str, image: str) -> Kernel:
     return kernel
 
 
+def cpio_files(archive: Path, wanted: set[str]) -> dict[str, bytes]:
+    """The files named in `wanted` from a newc cpio archive (the initramfs format:
+    Documentation/driver-api/early-userspace/buffer-format.rst): a 110-byte header of
+    "070701" and 13 hex fields, the name, the data, each padded to 4 bytes."""
+    data = archive.read_bytes()
+    found: dict[str, bytes] = {}
+    at = 0
+    while data[at:at + 6] == b"070701":
+        size, namesize = int(data[at + 54:at + 62], 16), int(data[at + 94:at + 102], 16)
+        name = data[at + 110:at + 110 + namesize - 1].decode(errors="replace")
+        start = (at + 110 + namesize + 3) & ~3
+        if name == "TRAILER!!!":
+            break
+        if name in wanted:
+            found[name] = data[start:start + size]
+        at = (start + size + 3) & ~3
+    return found
+
+
+def stale_checks(kernel: Kernel, check: str) -> list[str]:
+    """Which of the guest's /init, checks/`check` and the checks it runs differ in the
+    initramfs from tests/linux/guest (scripts/fetch-linux builds them in; a check changed
+    since the initramfs was built would make the guest run the old one)."""
+    sources = {"init": GUEST_SOURCES / "init"}
+    source = GUEST_SOURCES / "checks" / f"{check}.sh"
+    if source.exists():
+        sources[f"checks/{check}"] = source
+        for other in re.findall(r"/checks/(\w+)", source.read_text()):
+            sources[f"checks/{other}"] = GUEST_SOURCES / "checks" / f"{other}.sh"
+    packed = cpio_files(kernel.initramfs, set(sources))
+    return sorted(name for name, path in sources.items()
+                  if path.exists() and packed.get(name) != path.read_bytes())
+
+
 @dataclass
 class Boot:
     """What one guest boot showed: its console lines and how the CLI ended."""
@@ -118,6 +152,11 @@ class Xenopus:
 
     def config(self, name: str, kernel: Kernel, check: str, *, vcpus: int = 1, memory: int = 256,
                xen_platform: int = 0, cmdline: str = CONSOLE, extra: str = "") -> Path:
+        stale = stale_checks(kernel, check)
+        if stale:
+            pytest.fail(f"{kernel.initramfs} carries an older {', '.join(stale)} than "
+                        "tests/linux/guest: rebuild it with scripts/fetch-linux "
+                        "(`make test-linux` does)")
         cfg = self.tmp / f"{name}.cfg"
         cfg.write_text(
             f'name = "{name}"\ntype = "pvh"\nmemory = {memory}\nvcpus = {vcpus}\n'
