@@ -32,22 +32,47 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
-@pytest.fixture
-def xenopus(tmp_path: Path) -> Iterator[Xenopus]:
-    """A private xenopus daemon."""
-    x = Xenopus(tmp_path)
+# One daemon for the session (and one in the network namespace), not one per test: on the
+# nested test host every Python process runs under TCG, and a fresh daemon costs about 40 s
+# (daemon, zygote and the first spare each importing xenopus) before its first domain can
+# start, plus its stop. The tests share it as a Xen host's toolstack is shared; each test
+# destroys what it left (destroy_all), so the next one starts from an empty host.
+@pytest.fixture(scope="session")
+def _daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Xenopus]:
+    x = Xenopus(tmp_path_factory.mktemp("xenopus"))
+    x.start()
     yield x
     x.stop()
 
 
-@pytest.fixture
-def netns(tmp_path: Path) -> Iterator[Xenopus]:
-    """A private xenopus daemon in network namespace NS (its taps land there)."""
+@pytest.fixture(scope="session")
+def _netns_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Xenopus]:
     subprocess.run(["ip", "netns", "add", NS], check=True)
     subprocess.run(["ip", "-n", NS, "link", "set", "lo", "up"], check=True)
-    x = Xenopus(tmp_path, prefix=("ip", "netns", "exec", NS))
+    x = Xenopus(tmp_path_factory.mktemp("xenopus-netns"), prefix=("ip", "netns", "exec", NS))
     try:
+        x.start()
         yield x
     finally:
         x.stop()
         subprocess.run(["ip", "netns", "del", NS], check=False)
+
+
+def _for_test(daemon: Xenopus, tmp_path: Path) -> Iterator[Xenopus]:
+    x = daemon.for_test(tmp_path)
+    x.destroy_all()  # an earlier test's, should it have left any
+    yield x
+    x.destroy_all()
+    x.keep_domain_logs()
+
+
+@pytest.fixture
+def xenopus(_daemon: Xenopus, tmp_path: Path) -> Iterator[Xenopus]:
+    """The session's xenopus daemon, empty of domains; the test's files in tmp_path."""
+    yield from _for_test(_daemon, tmp_path)
+
+
+@pytest.fixture
+def netns(_netns_daemon: Xenopus, tmp_path: Path) -> Iterator[Xenopus]:
+    """The session's xenopus daemon in network namespace NS (its taps land there)."""
+    yield from _for_test(_netns_daemon, tmp_path)

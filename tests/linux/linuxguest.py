@@ -8,6 +8,7 @@ with that line and a clean power-off, or the test fails with the console's last 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import selectors
@@ -20,6 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from xenopus.api import Xenopus as Api
+from xenopus.client import DaemonUnavailable, NoSuchDomain
 
 ROOT = Path(__file__).resolve().parents[2]
 LINUX = ROOT / "linux"
@@ -79,6 +83,43 @@ def with_check(kernel: Kernel, check: str, dest: Path) -> Kernel:
     return Kernel(kernel.image, dest)
 
 
+def cpio_files(archive: Path, wanted: set[str]) -> dict[str, bytes]:
+    """The files named in `wanted` from newc cpio archives (the initramfs format:
+    Documentation/driver-api/early-userspace/buffer-format.rst): a 110-byte header of
+    "070701" and 13 hex fields, the name, the data, each padded to 4 bytes. Archives may
+    follow one another (NUL padding between them, `with_check`): as the kernel does, a
+    later file replaces an earlier one of the same name."""
+    data = archive.read_bytes()
+    found: dict[str, bytes] = {}
+    at = 0
+    while True:
+        while data[at:at + 4] == b"\0\0\0\0":
+            at += 4
+        if data[at:at + 6] != b"070701":
+            return found
+        size, namesize = int(data[at + 54:at + 62], 16), int(data[at + 94:at + 102], 16)
+        name = data[at + 110:at + 110 + namesize - 1].decode(errors="replace")
+        start = (at + 110 + namesize + 3) & ~3
+        if name in wanted:
+            found[name] = data[start:start + size]
+        at = (start + size + 3) & ~3
+
+
+def stale_checks(kernel: Kernel, check: str) -> list[str]:
+    """Which of the guest's /init, checks/`check` and the checks it runs differ in the
+    initramfs from tests/linux/guest (scripts/fetch-linux builds them in; a check changed
+    since the initramfs was built would make the guest run the old one)."""
+    sources = {"init": GUEST_SOURCES / "init"}
+    source = GUEST_SOURCES / "checks" / f"{check}.sh"
+    if source.exists():
+        sources[f"checks/{check}"] = source
+        for other in re.findall(r"/checks/(\w+)", source.read_text()):
+            sources[f"checks/{other}"] = GUEST_SOURCES / "checks" / f"{other}.sh"
+    packed = cpio_files(kernel.initramfs, set(sources))
+    return sorted(name for name, path in sources.items()
+                  if path.exists() and packed.get(name) != path.read_bytes())
+
+
 @dataclass
 class Boot:
     """What one guest boot showed: its console lines and how the CLI ended."""
@@ -114,11 +155,13 @@ class Boot:
 
 
 class Xenopus:
-    """A private xenopus daemon in a temporary run directory."""
+    """A xenopus daemon in run directory `run_dir` (default `tmp`/run: a private one),
+    started by the first command; `tmp` holds the test's own files (its configs)."""
 
-    def __init__(self, tmp: Path, prefix: tuple[str, ...] = ()):
+    def __init__(self, tmp: Path, prefix: tuple[str, ...] = (), run_dir: Path | None = None):
         self.tmp = tmp
-        self.env = dict(os.environ, XENOPUS_RUN_DIR=str(tmp / "run"))
+        self.run_dir = run_dir or tmp / "run"
+        self.env = dict(os.environ, XENOPUS_RUN_DIR=str(self.run_dir))
         self.prefix = prefix  # e.g. ("ip", "netns", "exec", NS): the daemon in a namespace
 
     def command(self, *args: str) -> list[str]:
@@ -130,6 +173,11 @@ class Xenopus:
 
     def config(self, name: str, kernel: Kernel, check: str, *, vcpus: int = 1, memory: int = 256,
                xen_platform: int = 0, cmdline: str = CONSOLE, extra: str = "") -> Path:
+        stale = stale_checks(kernel, check)
+        if stale:
+            pytest.fail(f"{kernel.initramfs} carries an older {', '.join(stale)} than "
+                        "tests/linux/guest: rebuild it with scripts/fetch-linux "
+                        "(`make test-linux` does)")
         cfg = self.tmp / f"{name}.cfg"
         cfg.write_text(
             f'name = "{name}"\ntype = "pvh"\nmemory = {memory}\nvcpus = {vcpus}\n'
@@ -156,8 +204,9 @@ class Xenopus:
         proc = subprocess.Popen(argv, env=self.env, stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         if paused is not None:
-            unpaused = self.run("unpause", name)
-            assert unpaused.returncode == 0, unpaused.stderr
+            with self.api() as api:
+                api.unpause(name)
+        ended = False
         try:
             log = console_dir() / f"{name}.log"
             log.unlink(missing_ok=True)
@@ -180,14 +229,49 @@ class Xenopus:
 
     def log(self) -> str:
         """The daemon's log."""
-        path = self.tmp / "run" / "xenopus.log"
+        path = self.run_dir / "xenopus.log"
         return path.read_text(errors="replace") if path.exists() else ""
+
+    def for_test(self, tmp: Path) -> Xenopus:
+        """The same daemon for another test, whose files go to `tmp`."""
+        return Xenopus(tmp, self.prefix, self.run_dir)
+
+    def api(self) -> Api:
+        """The running daemon through the Python API (xenopus.api), in this process (never
+        started from here: a CLI command starts it, inside `prefix`). The tests' own steps
+        that are not what they prove (unpause once the host side is set up, a domid,
+        clean-up) go this way: each CLI process costs seconds of Python start-up on the
+        nested test host."""
+        return Api(str(self.run_dir), autostart=False)
+
+    def destroy_all(self) -> list[str]:
+        """Destroy every domain the daemon still has (a test's leftovers, before the next
+        test shares the daemon); their names."""
+        try:
+            api = self.api()
+        except DaemonUnavailable:
+            return []
+        with api:
+            left = api.list()
+            for dom in left:
+                with contextlib.suppress(NoSuchDomain):  # it went meanwhile
+                    api.destroy(dom.domid)
+        return [dom.name for dom in left]
+
+    def start(self) -> None:
+        """Start the daemon now (a first command does), so that no test's boot timeout
+        includes its start-up (tens of seconds on the nested test host)."""
+        listed = self.run("list")
+        assert listed.returncode == 0, f"the xenopus daemon did not start: {listed.stderr}"
 
     def stop(self) -> None:
         self.run("daemon", "--stop")
-        # Each domain's own log (which hypercall path, when KVM's in-kernel events went
-        # off and why, a XENOPUS_PROFILE sampler's stacks) beside the consoles.
-        logs = sorted((self.tmp / "run" / "log").glob("*.log"))
+        self.keep_domain_logs()
+
+    def keep_domain_logs(self) -> None:
+        """Each domain's own log (which hypercall path, when KVM's in-kernel events went
+        off and why, a XENOPUS_PROFILE sampler's stacks) beside the consoles."""
+        logs = sorted((self.run_dir / "log").glob("*.log"))
         if logs:
             kept = console_dir() / "domains"
             kept.mkdir(exist_ok=True)

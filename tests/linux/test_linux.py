@@ -27,11 +27,11 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.linux.linuxguest import Xenopus
 from xenopus.boot.e820 import build_e820
 from xenopus.memory import GuestMemory, MiB
 
@@ -125,11 +125,9 @@ def read_console(proc: subprocess.Popen, log: ConsoleLog, timeout: float) -> Non
 
 
 @pytest.fixture
-def xenopus_env(tmp_path: Path) -> Iterator[dict[str, str]]:
-    """A private daemon (started by the first command) in a temporary run directory."""
-    env = dict(os.environ, XENOPUS_RUN_DIR=str(tmp_path / "run"))
-    yield env
-    subprocess.run([*xenopus_command(), "daemon", "--stop"], env=env, timeout=60, check=False)
+def xenopus_env(xenopus: Xenopus) -> dict[str, str]:
+    """The environment of the session's daemon (tests/linux/conftest.py)."""
+    return xenopus.env
 
 
 @pytest.mark.parametrize(

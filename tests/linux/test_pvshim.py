@@ -77,11 +77,12 @@ class ShimBoot(NamedTuple):
 
 
 @pytest.fixture(scope="module")
-def pvhello(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ShimBoot]:
+def pvhello(_daemon: Xenopus, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ShimBoot]:
     """pvhello booted once behind the shim; the tests below read what it showed."""
     needs_shim()
     needs_kvm_xen()
-    xenopus = Xenopus(tmp_path_factory.mktemp("pvshim"))
+    xenopus = _daemon.for_test(tmp_path_factory.mktemp("pvshim"))
+    xenopus.destroy_all()
     try:
         boot = xenopus.boot("pvhello", pv_config(xenopus, "pvhello", PVHELLO),
                             timeout=SHIM_BOOT_TIMEOUT)
@@ -90,7 +91,7 @@ def pvhello(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ShimBoot]:
         print(f"pvhello behind the shim: {boot.seconds:.2f} s from create to power-off")
         yield ShimBoot(boot, [row.split()[0] for row in listed])
     finally:
-        xenopus.stop()
+        xenopus.destroy_all()
 
 
 def test_pv_kernel_runs_behind_the_shim(pvhello: ShimBoot) -> None:

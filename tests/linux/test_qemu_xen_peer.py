@@ -127,7 +127,7 @@ def under_xenopus(x: Xenopus, guest: str, cmdline: str) -> tuple[Run, str]:
     done = x.run("create", "-c", "-F", str(cfg), timeout=BOOT_TIMEOUT)
     run = Run(done.stdout.replace("\r", "").splitlines(), done.stderr, done.returncode,
               time.monotonic() - start)
-    logs = x.log() + "".join(p.read_text(errors="replace") for p in (x.tmp / "run").rglob("*.log"))
+    logs = x.log() + "".join(p.read_text(errors="replace") for p in x.run_dir.rglob("*.log"))
     path = re.search(rf"{guest}: Xen guest interface: (\w+)", logs)
     (console_dir() / f"peer-xenopus-{guest}.log").write_text("\n".join(run.lines) + "\n")
     return run, path.group(1) if path else "?"

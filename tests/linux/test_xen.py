@@ -136,18 +136,15 @@ VBD = 51712  # xvda: 202 << 8 (docs/misc/vbd-interface.txt)
 
 
 def domid_of(xenopus: Xenopus, name: str) -> int:
-    for line in xenopus.run("list").stdout.splitlines()[1:]:
-        fields = line.split()
-        if fields and fields[0] == name:
-            return int(fields[1])
-    raise AssertionError(f"{name} is not in `xenopus list`")
+    with xenopus.api() as api:
+        return api.domain(name).domid
 
 
 def xenstore_ls(xenopus: Xenopus, path: str) -> dict[str, str]:
     """`xenstore-ls -f PATH` (Debian's xenstore-utils on the daemon's socket) as a dict."""
     if shutil.which("xenstore-ls") is None:
         pytest.skip("needs xenstore-ls (xenstore-utils)")
-    env = dict(os.environ, XENSTORED_PATH=str(xenopus.tmp / "run" / "xenstored.sock"))
+    env = dict(os.environ, XENSTORED_PATH=str(xenopus.run_dir / "xenstored.sock"))
     out = subprocess.run([*xenopus.prefix, "xenstore-ls", "-f", path], env=env,
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
@@ -200,7 +197,8 @@ def run_xendev(netns: Xenopus, name: str, cfg: Path, image: Path,
     log = console_dir() / f"{name}.log"
     log.unlink(missing_ok=True)
     try:
-        assert netns.run("unpause", name).returncode == 0
+        with netns.api() as api:
+            api.unpause(name)
         came_up = read_lines(console, lines, time.monotonic() + timeout, log, until=READY)
         assert came_up, "\n".join(lines[-60:]) + netns.run("dmesg").stdout[-4000:]
         # The frontends and backends as xenstore-ls shows them: XenbusStateConnected (4).
@@ -220,7 +218,7 @@ def run_xendev(netns: Xenopus, name: str, cfg: Path, image: Path,
             proc.kill()
         netns.run("destroy", name)
     tail = "\n".join(lines[-60:])
-    domain_log = netns.tmp / "run" / "log" / f"{name}.log"
+    domain_log = netns.run_dir / "log" / f"{name}.log"
     assert ended, (tail + "\n--- the domain's log ---\n"
                    + (domain_log.read_text(errors="replace")[-8000:] if domain_log.exists()
                       else "(none)") + "\n--- the daemon's log ---\n" + netns.log()[-4000:])
@@ -295,7 +293,7 @@ def test_xen_control_reboot_then_shutdown(xenopus: Xenopus) -> None:
         assert ended and proc.wait(timeout=60) == 0, tail
         assert any("xenopus-xenctl: poweroff requested" in ln for ln in lines), tail
         assert any(POWER_DOWN in ln for ln in lines), tail
-        assert "shut down; on_poweroff=destroy" in xenopus.run("dmesg").stdout
+        assert f"domain '{name}' shut down; on_poweroff=destroy" in xenopus.run("dmesg").stdout
     finally:
         xenopus.run("destroy", name)
         proc.kill()

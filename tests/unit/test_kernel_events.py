@@ -5,7 +5,7 @@ our own delivery takes over wherever KVM cannot deliver.
 
 Attribute numbers are linux/kvm.h's, written out here: KVM_XEN_ATTR_TYPE_LONG_MODE 0,
 _SHARED_INFO 1, _UPCALL_VECTOR 2, _EVTCHN 3, _XEN_VERSION 4; KVM_XEN_VCPU_ATTR_TYPE_
-VCPU_INFO 0, _VCPU_TIME_INFO 1, _TIMER 7, _UPCALL_VECTOR 8; KVM_XEN_EVTCHN_DEASSIGN 1,
+VCPU_INFO 0, _VCPU_TIME_INFO 1, _VCPU_ID 6, _TIMER 7, _UPCALL_VECTOR 8; KVM_XEN_EVTCHN_DEASSIGN 1,
 _RESET 4; KVM_XEN_HVM_CONFIG_INTERCEPT_HCALL 2, _EVTCHN_SEND 0x20; EVTCHNSTAT_
 interdomain 2, _ipi 5 (event_channel.h).
 """
@@ -31,7 +31,7 @@ SI = 0x10000
 PENDING = 2048
 PRIO_2LEVEL = 0xFFFFFFFF
 ATTR_LONG_MODE, ATTR_SHARED_INFO, ATTR_UPCALL_VECTOR, ATTR_EVTCHN, ATTR_XEN_VERSION = range(5)
-VCPU_INFO, VCPU_TIME_INFO, VCPU_TIMER, VCPU_UPCALL_VECTOR = 0, 1, 7, 8
+VCPU_INFO, VCPU_TIME_INFO, VCPU_ID, VCPU_TIMER, VCPU_UPCALL_VECTOR = 0, 1, 6, 7, 8
 DEASSIGN, RESET = 1, 4
 STAT_INTERDOMAIN, STAT_IPI = 2, 5
 INTERCEPT_HCALL, EVTCHN_SEND = 2, 0x20
@@ -92,6 +92,8 @@ class FakeVcpuFd:
             self.attrs.append((VCPU_TIMER, attr.u.timer.port, attr.u.timer.expires_ns))
         elif attr.type == VCPU_UPCALL_VECTOR:
             self.attrs.append((VCPU_UPCALL_VECTOR, attr.u.vector, 0))
+        elif attr.type == VCPU_ID:
+            self.attrs.append((VCPU_ID, attr.u.vcpu_id, 0))
         else:
             self.attrs.append((attr.type, attr.u.gpa, 0))
 
@@ -145,6 +147,10 @@ def test_start_configures_kvm_for_event_sends_and_the_version() -> None:
     r.k.start(4 << 16 | 11)
     assert r.vm.configs == [(abi.XEN_HYPERCALL_MSR, INTERCEPT_HCALL | EVTCHN_SEND)]
     assert r.vm.attrs == [(ATTR_XEN_VERSION, 0x4000B), (ATTR_LONG_MODE, 1)]
+    # Each vCPU's Xen ID, on its own thread: KVM answers a vCPU's own one-shot timer
+    # calls only for that ID.
+    r.run_all()
+    assert [fd.attrs for fd in r.fds] == [[(VCPU_ID, 0, 0)], [(VCPU_ID, 1, 0)]]
 
 
 def _channels(mem: GuestMemory, r: Rig) -> tuple[EventChannels, list[int]]:
@@ -154,6 +160,9 @@ def _channels(mem: GuestMemory, r: Rig) -> tuple[EventChannels, list[int]]:
     r.k.start(0x4000B)
     ev.set_shared_info(SI)
     r.vm.attrs.clear()
+    r.run_all()  # start's vCPU IDs (test_start_configures_kvm_...)
+    for fd in r.fds:
+        fd.attrs.clear()
     return ev, upcalls
 
 
@@ -261,6 +270,9 @@ def test_domain_hands_kvm_its_placements_and_upcalls(mem) -> None:
     d = _domain(mem, r)
     try:
         r.vm.attrs.clear()
+        r.run_all()  # start's vCPU IDs (test_start_configures_kvm_...)
+        for fd in r.fds:
+            fd.attrs.clear()
         d.map_shared_info(SI)
         assert r.vm.attrs == [(ATTR_SHARED_INFO, SI >> 12)]
         r.run_all()  # until a vCPU registers its own, its vcpu_info is its slot

@@ -112,6 +112,16 @@ class KernelEvents:
         self._set(u.KVM_XEN_ATTR_TYPE_XEN_VERSION, "xen_version", xen_version)
         self.active = True
         self.set_long_mode(long_mode)
+        # Each vCPU's Xen vCPU ID (api.rst 4.129, KVM_XEN_VCPU_ATTR_TYPE_VCPU_ID), which KVM
+        # matches a vCPU's own timer calls against (kvm_xen_hcall_vcpu_op:
+        # VCPUOP_set/stop_singleshot_timer of another ID is -EINVAL). Set as QEMU sets it
+        # (target/i386/kvm/xen-emu.c, kvm_xen_init_vcpu), not left to KVM's default: on
+        # the nested host's 6.12 vCPU 1's own VCPUOP_stop_singleshot_timer came back
+        # -EINVAL, and Linux's xen_vcpuop_shutdown BUG()s on that as vCPU 1 starts.
+        for index in range(len(self.vcpus)):
+            attr = u.kvm_xen_vcpu_attr(type=u.KVM_XEN_VCPU_ATTR_TYPE_VCPU_ID)
+            attr.u.vcpu_id = index
+            self.on_vcpu_thread(index, lambda i=index, a=attr: self._vcpu_set(i, a))
 
     def stop(self, why: str) -> None:
         """Give everything back to our path (FIFO, a GSI callback): KVM forgets the
