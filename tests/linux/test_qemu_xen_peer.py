@@ -253,6 +253,9 @@ def under_qemu(qemu: Path, name: str, case: Case, tmp: Path, disk: Path | None) 
     argv = [str(qemu), "-accel", f"kvm,xen-version={XEN_VERSION},kernel-irqchip=split",
             "-M", "pc", "-m", "64", "-smp", str(case.vcpus), "-nodefaults", "-no-reboot",
             "-display", "none", "-serial", "stdio",
+            # LOG_UNIMP: each hypercall QEMU does not handle at all, named on stderr
+            # (target/i386/kvm/xen-emu.c kvm_xen_handle_exit: "Unimplemented Xen hypercall").
+            "-d", "unimp",
             "-chardev", f"file,id=pv,path={tmp / 'pv-console'}", "-device", "xen-console,chardev=pv",
             "-kernel", str(GUESTS / case.elf), "-append", case.cmdline]
     # docs/system/i386/xen.rst: the PV back ends QEMU offers its Xen guests.
