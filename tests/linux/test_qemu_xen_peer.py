@@ -117,16 +117,9 @@ NET_ARGS = ("src_ip=10.0.2.15 dst_ip=10.0.2.2 dst_port=5555 payload=ping-from-gu
 CASES = {
     "xenhello": Case("xenhello.elf"),
     "xenevtchn": Case("xenevtchn.elf", xenopus_cfg=FIFO),
-    "xenfifo": Case("xenfifo.elf", xenopus_cfg=FIFO),
-    "xentick": Case("xentick.elf", "ticks=20 period_ms=20", r"ticks=20 events=20 timer=\d+"),
     "xengrant": Case("xengrant.elf"),
-    "xengntv2": Case("xengntv2.elf"),
-    "xenmem": Case("xenmem.elf"),
-    "xenvcpu": Case("xenvcpu.elf", vcpus=2),
     "xenstore": Case("xenstore.elf"),
     "xenconsole": Case("xenconsole.elf"),
-    "xenpvh": Case("xenpvh.elf", "expect=pc", "pc"),
-    "xenhostile": Case("xenhostile.elf", "case=all", "all"),
     "xenblk": Case("xenblk.elf", "vdev=51712 sector=100 count=4", disk=True),
     "xennet": Case("xennet.elf", NET_ARGS, net=True),
     "xenbench-version": Case("xenbench.elf", "mode=version iterations=1000", "version 1000"),
@@ -135,6 +128,13 @@ CASES = {
     # (the nested host's): tests/vm/test_xen32.py.
     **{f"xen32-{p}": Case("xen32.elf", f"paging={p}", f"paging={p}", vcpus=2)
        for p in ("none", "pse", "pae")},
+    "xenfifo": Case("xenfifo.elf", xenopus_cfg=FIFO),
+    "xentick": Case("xentick.elf", "ticks=20 period_ms=20", r"ticks=20 events=20 timer=\d+"),
+    "xengntv2": Case("xengntv2.elf"),
+    "xenmem": Case("xenmem.elf"),
+    "xenvcpu": Case("xenvcpu.elf", vcpus=2),
+    "xenpvh": Case("xenpvh.elf", "expect=pc", "pc"),
+    "xenhostile": Case("xenhostile.elf", "case=all", "all"),
 }
 PV_GREETING = "hello from the xenopus xenconsole guest"  # guests/xenconsole.c
 DISK_SECTORS = (100, 4)  # xenblk's sector= and count=
