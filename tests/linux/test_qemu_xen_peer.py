@@ -55,7 +55,8 @@ QEMU_LIMITS = {
     "xenhello": Limit(
         "QEMU 10's xen_version answers only XENVER_version and XENVER_get_features (-ENOSYS "
         "for extraversion, capabilities, changeset, pagesize, guest_handle) and console_io "
-        "with -ENOSYS (hw/i386/kvm/xen-emu.c)",
+        "with -ENOSYS (target/i386/kvm/xen-emu.c kvm_xen_hcall_xen_version, "
+        "do_kvm_xen_handle_exit)",
         (rf"FAIL XENVER_(extraversion|capabilities|changeset|guest_handle) rc {ENOSYS}$",
          r"FAIL XENVER_pagesize$",
          rf"FAIL console_io write rc {ENOSYS}$"),
