@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-linux test-arm64 guests deps bench lint clean compile fuzz install-autostart shim
+.PHONY: run test test-linux test-arm64 bench-arm64 guests deps bench lint clean compile fuzz install-autostart shim
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,13 @@ test-arm64: $(STAMP) compile
 	$(MAKE) -C guests/arm64
 	$(PY) -m pytest -q -m arm64_fetched tests/unit tests/vm
 	scripts/arm64-host --timeout 900 -- python3 -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) tests/arm64
+
+# Opt-in: Debian's arm64 kernel to userspace under xenopus and under QEMU -accel kvm, inside
+# the same emulated arm64 host (benchmarks/arm64_startup.py).
+bench-arm64: $(STAMP) compile
+	scripts/install-deps-arm64
+	scripts/fetch-arm64
+	scripts/arm64-host --timeout 1500 -- python3 benchmarks/arm64_startup.py $(BENCH_ARGS)
 
 test-linux: $(STAMP) compile deps guests shim
 	scripts/fetch-linux

@@ -20,7 +20,10 @@ Sizes are the files' sizes. Runs alternate between the two after one uncounted w
 Live migration: guests/dirty (one store in each of `--rate` pages a second, cycling
 through 64 MiB, paced by the TSC, in ring 3) migrated between two xenopus daemons on this
 host (`migrate --debug -s "env XENOPUS_RUN_DIR=..."`: the stream over a pipe; total =
-the command's wall time, downtime = the stop-and-copy the sender reports) and between two
+the command's wall time, split as `migrate --debug` reports it; downtime = the sender's
+stop-and-copy, from its pause to END written into the pipe, as QEMU's; "stopped until
+running there" = from that pause until the sender reads the receiver's `running`, an
+upper bound of the guest's own downtime, handshake included) and between two
 QEMUs over a pipe (a FIFO: `migrate "exec:cat > FIFO"`, the target `-incoming "exec:cat
 FIFO"`, max-bandwidth unlimited, downtime-limit left at its default; total-time and
 downtime from query-migrate). The receiving xenopus daemon runs already, as a Xen host's
@@ -301,11 +304,16 @@ class Xenopus:
         return time.monotonic() - started, r.stderr
 
     def migrate(self, tmp: Path, memory: int, rate: int, *, cold: bool = False
-                ) -> tuple[float, float, float]:
-        """(total seconds, downtime seconds, stream seconds) of one live migration of the
-        dirtying guest to a second daemon on this host, over a pipe: the command's wall
-        time (the domain built there; with `cold`, the receiver's daemon started by it),
-        the stop-and-copy, and the sender's stream from its first record to END."""
+                ) -> tuple[float, ...]:
+        """Seconds of one live migration of the dirtying guest to a second daemon on this
+        host, over a pipe: the command's wall time (the domain built there; with `cold`,
+        the receiver's daemon started by it), the stop-and-copy, the sender's stream
+        from its first record to END, and as `migrate --debug` splits the wall time: the
+        receiver's start (its banner), the stream with the receiver's build and restore,
+        the handshake until it runs there, the source's destroy; and the time from the
+        source's pause until the sender hears the guest runs there (an upper bound of
+        what the guest sees: QEMU's target runs as soon as the stream has come, ours
+        once the sender says go)."""
         receiver = {**self.env, "XENOPUS_RUN_DIR": str(tmp / "run-receiver")}
         if cold:
             subprocess.run([*self.cmd, "daemon", "--stop"], env=receiver, check=False,
@@ -322,14 +330,18 @@ class Xenopus:
                                      f"env XENOPUS_RUN_DIR={receiver['XENOPUS_RUN_DIR']}",
                                      "dirty", host)
         console.wait(TIMEOUT)
-        m = re.search(r"in ([\d.]+) s; stopped for ([\d.]+) ms", report)
+        m = re.search(r"in ([\d.]+) s; stopped for ([\d.]+) ms .*; receiver ready in (\d+) ms,"
+                      r" the stream and its restore (\d+) ms, running there (\d+) ms later"
+                      r" \(the guest stopped ([\d.]+) ms until then\), source destroyed in"
+                      r" (\d+) ms", report)
         if m is None:
             sys.exit(f"snapshot: no downtime in {report!r}")
         # it runs on over there, counting seconds where it left off
         after = self.wait_console("dirty", b"dirty ", env=receiver)
         after.kill()
         self.run_out("destroy", "dirty", env=receiver)
-        return total, float(m[2]) / 1e3, float(m[1])
+        return (total, float(m[2]) / 1e3, float(m[1]),
+                *(float(m[i]) / 1e3 for i in (3, 4, 5, 7)), float(m[6]) / 1e3)
 
     def stop_receiver(self, tmp: Path) -> None:
         subprocess.run([*self.cmd, "daemon", "--stop"],
@@ -439,7 +451,14 @@ def main() -> None:
             print(row(f"{label} migrate total{suffix}", [r[0] for r in runs], 1e3, "ms"))
             if name.startswith("xenopus"):
                 print(row("  of which the stream", [r[2] for r in runs], 1e3, "ms"))
+                for i, what in enumerate(("  receiver started (banner)", "  stream + restore",
+                                          "  then running there", "  source destroyed"), 3):
+                    print(row(what, [r[i] for r in runs], 1e3, "ms"))
+                print(row("  the CLI's own start and exit", [r[0] - sum(r[3:7]) for r in runs],
+                          1e3, "ms"))
             print(row(f"{label} downtime{suffix}", [r[1] for r in runs], 1e3, "ms"))
+            if name.startswith("xenopus"):
+                print(row("  stopped until running there", [r[7] for r in runs], 1e3, "ms"))
     if "clone" in parts:
         print_clones(clones, qemu_memory, args)
 

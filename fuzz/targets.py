@@ -32,7 +32,8 @@ from xenopus.devices.virtio.queue import DescriptorError, SplitQueue
 from xenopus.domain.config import ConfigError, DomainConfig, from_settings, parse_settings
 from xenopus.memory.guest import GuestMemory, MemoryRegion
 from xenopus.xen.xenstore import wire
-from xenopus.xen.xenstore.server import UNSCOPED, RingTransport, Scope, XenStoreServer
+from xenopus.xen.xenstore.ring import RingTransport
+from xenopus.xen.xenstore.server import UNSCOPED, Scope, XenStoreServer
 from xenopus.xen.xenstore.store import Quota, Store
 from xenopus.xen.xenstore.wire import XsError
 

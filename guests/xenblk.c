@@ -18,8 +18,13 @@
  * request") and waits for the toolstack to remove device/vbd/N ("xenblk: device/vbd/N
  * removed") before its result.
  *
+ * With loops=N (a save or live migration while it runs): N rounds of a write and its
+ * read-back, round i at sector + i * count with seed + i ("xenblk: loop i" after each),
+ * then every round's range read back again ("xenblk: loops: N rounds written and read back").
+ *
  * Command line: vdev=N (device/vbd/N), sector=S [2048], count=C [8, at most 8: one page],
- *   seed=N [0x5a], timeout_ms=N [10000], upcall=vector|param, wait_attach=1, wait_detach=1.
+ *   seed=N [0x5a], timeout_ms=N [10000], upcall=vector|param, wait_attach=1, wait_detach=1,
+ *   loops=N [1].
  * Expected: "xenblk: <node> backend <path> (domain D) sectors N sector-size 512",
  *   "xenblk: wrote C sectors at S", "xenblk: flush ok|not offered", "xenblk: read back, pattern ok",
  *   RESULT: PASS xenblk (without Xen: RESULT: FAIL xenblk no-xen).
@@ -179,6 +184,35 @@ void guest_main(void)
         bad += data[i] != pattern(sector * 512 + i, seed);
     if (xcheck(!bad, "read back %lu sectors, %lu bytes differ", count, bad))
         printf("xenblk: read back, pattern ok\n");
+    u64 loops = cmdline_u64("loops", 1);
+    if (loops > 1 && !xcheck(sector + loops * count <= sectors, "loops fit the disk"))
+        loops = 1;
+    for (u64 i = 1; i < loops && !xen_failures; i++) { /* round 0 was the write above */
+        u64 at = sector + i * count;
+        for (u64 j = 0; j < count * 512; j++)
+            data[j] = pattern(at * 512 + j, seed + i);
+        st = request(BLKIF_OP_WRITE, at, (u8)count, gref);
+        xcheck(st == BLKIF_RSP_OKAY, "loop %lu BLKIF_OP_WRITE status %d", i, st);
+        memset(data, 0, sizeof(data));
+        st = request(BLKIF_OP_READ, at, (u8)count, gref);
+        xcheck(st == BLKIF_RSP_OKAY, "loop %lu BLKIF_OP_READ status %d", i, st);
+        bad = 0;
+        for (u64 j = 0; j < count * 512; j++)
+            bad += data[j] != pattern(at * 512 + j, seed + i);
+        if (xcheck(!bad, "loop %lu: %lu bytes differ", i, bad))
+            printf("xenblk: loop %lu\n", i);
+    }
+    for (u64 i = 0; loops > 1 && i < loops && !xen_failures; i++) { /* all of it, again */
+        u64 at = sector + i * count;
+        memset(data, 0, sizeof(data));
+        st = request(BLKIF_OP_READ, at, (u8)count, gref);
+        bad = 0;
+        for (u64 j = 0; j < count * 512; j++)
+            bad += data[j] != pattern(at * 512 + j, seed + i);
+        xcheck(st == BLKIF_RSP_OKAY && !bad, "round %lu read again: status %d, %lu bytes differ", i, st, bad);
+    }
+    if (loops > 1 && !xen_failures)
+        printf("xenblk: loops: %lu rounds written and read back\n", loops);
     xcheck(gnttab_end((grant_ref_t)gref) == 1, "data grant revoked");
     if (cmdline_has("wait_detach"))
         close_on_request(bpath, (grant_ref_t)ring_ref);

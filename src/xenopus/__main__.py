@@ -1,3 +1,3 @@
-from xenopus.toolstack.cli import main
+from xenopus.toolstack.cli import run
 
-raise SystemExit(main())
+run()

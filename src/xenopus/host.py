@@ -6,7 +6,6 @@ The one place that asks which host CPUs (and NUMA nodes) exist.
 from __future__ import annotations
 
 import os
-import platform
 
 ONLINE_CPUS = "/sys/devices/system/cpu/online"
 NODE_CPUS = "/sys/devices/system/node/node{}/cpulist"
@@ -226,11 +225,16 @@ def net_bytes(ifname: str) -> tuple[int, int]:
     return count("rx_bytes"), count("tx_bytes")
 
 
+def machine() -> str:
+    """uname(2)'s machine (what platform.machine() returns, without its imports)."""
+    return os.uname().machine
+
+
 def architecture() -> str:
     """The host's (and so its guests') architecture: "x86_64" or "arm64" (uname(2) machine,
     whose arm64 spelling is "aarch64"); other machines are named as uname says."""
-    machine = platform.machine()
-    return "arm64" if machine in ("aarch64", "arm64") else machine
+    name = machine()
+    return "arm64" if name in ("aarch64", "arm64") else name
 
 
 # System calls glibc has no wrapper for, by architecture: x86-64's numbers from

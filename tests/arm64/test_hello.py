@@ -61,3 +61,45 @@ def test_psci_cpu_on_starts_the_second_vcpu() -> None:
     assert out == (b"cpu0: starting cpu1 with PSCI CPU_ON\n"
                    b"cpu0: cpu1 ran with its context ID\n")
     assert reason.kind == "poweroff", reason
+
+
+def test_gic_timer_interrupt_and_pause() -> None:
+    """guests/arm64/timer.S: the vGICv3 at the device tree's addresses delivers the virtual
+    timer's PPI 27 every 1/10 s (each a "tick"). `pause` parks the vCPU outside KVM_RUN
+    (ONE_REG then answers from this thread, and nothing runs); `resume` goes on."""
+    from xenopus.domain.builder_arm64 import build_arm64_guest
+    from xenopus.kvm import uapi as u
+
+    out = bytearray()
+    changed = threading.Condition()
+    reasons: list[StopReason] = []
+
+    def console(data: bytes) -> None:
+        with changed:
+            out.extend(data)
+            changed.notify_all()
+
+    def ticks() -> int:
+        return bytes(out).count(b"tick\n")
+
+    guest = build_arm64_guest(HELLO.with_name("timer.Image"), console_out=console, memory_mib=64)
+    try:
+        guest.machine.start(guest.boot.cpu, reasons.append)
+        with changed:
+            assert changed.wait_for(lambda: ticks() >= 3, 120), bytes(out)
+        assert out.startswith(b"timer guest: GICv3 and the virtual timer\n")
+        guest.machine.pause()
+        with changed:
+            paused_at = ticks()
+        vcpu = guest.machine.vcpus[0]
+        pc = vcpu.get_one_reg(u.arm64_core_reg("pc"))  # would block while in KVM_RUN
+        for _ in range(100):
+            assert vcpu.get_one_reg(u.arm64_core_reg("pc")) == pc
+        with changed:
+            assert ticks() == paused_at, bytes(out)
+        guest.machine.resume()
+        with changed:
+            assert changed.wait_for(lambda: ticks() > paused_at, 120), bytes(out)
+        assert b"unexpected exception" not in out and reasons == []
+    finally:
+        guest.close()

@@ -62,3 +62,21 @@ def test_xen_hvc_reaches_userspace_only_by_x0() -> None:
     # as an SMCCC call (NOT_SUPPORTED, -1) and userspace never sees it.
     assert b"2: x0=ffffffffffffffff\n" in out
     assert reasons[0].kind == "poweroff"
+
+
+def test_kvm_offers_no_xen_hvm_on_arm64() -> None:
+    """KVM_CAP_XEN_HVM (x86's in-kernel Xen support: the hypercall page MSR, event channel
+    delivery, shared_info) does not exist on KVM/arm64: the VM answers 0 for it, while it
+    answers for the SMCCC filter the Xen experiment above uses."""
+    from xenopus.kvm.system import Kvm
+
+    with Kvm() as kvm:
+        vm = kvm.create_vm()
+        try:
+            xen_hvm = vm.check_extension(u.KVM_CAP_XEN_HVM)
+            filter_attr = vm.has_attr(u.KVM_ARM_VM_SMCCC_CTRL, u.KVM_ARM_VM_SMCCC_FILTER)
+        finally:
+            vm.close()
+    print(f"KVM_CAP_XEN_HVM on an arm64 VM: {xen_hvm}; KVM_ARM_VM_SMCCC_FILTER: {filter_attr}")
+    assert xen_hvm == 0
+    assert filter_attr

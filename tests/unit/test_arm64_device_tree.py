@@ -48,3 +48,25 @@ def test_device_tree_passes_dtc() -> None:
     # the timer's PPIs 13, 14, 11, 10 (INTIDs 29, 30, 27, 26), as QEMU virt writes them
     assert ("interrupts = <0x01 0x0d 0x04 0x01 0x0e 0x04 0x01 0x0b 0x04 0x01 0x0a 0x04>;"
             in lines)
+
+
+@pytest.mark.skipif(DTC is None, reason="dtc (Debian's device-tree-compiler) is not installed")
+def test_virtio_mmio_nodes_pass_dtc() -> None:
+    """virtio/mmio.yaml nodes where QEMU virt puts its transports: 0x200 apart from
+    0x0A000000, SPIs 16 up, edge-triggered (their interrupt is an irqfd)."""
+    layout = Arm64Layout(kernel=0x4000_0000, kernel_end=0x4100_0000, initrd=0, initrd_size=0,
+                         dtb=0x47E0_0000)
+    tree = device_tree(FakeMachine(1), 128 << 20, "", layout, virtio=2)  # type: ignore[arg-type]
+    assert DTC is not None
+    out = subprocess.run([DTC, "-I", "dtb", "-O", "dts", "-"], input=tree.to_dtb(),
+                         capture_output=True, check=True, timeout=30)
+    assert out.stderr == b"", out.stderr.decode()
+    text = out.stdout.decode()
+    for i, (base, spi) in enumerate(((0xA000000, 0x10), (0xA000200, 0x11))):
+        node = text[text.index(f"virtio_mmio@{base:x} {{"):]
+        node = node[:node.index("};")]
+        assert 'compatible = "virtio,mmio";' in node, i
+        assert f"reg = <0x00 {base:#x} 0x00 0x200>;" in node, node
+        assert f"interrupts = <0x00 {spi:#04x} 0x01>;" in node, node
+        assert "dma-coherent;" in node
+    assert "virtio_mmio@a000400" not in text

@@ -320,12 +320,18 @@ def test_snapshot_refuses_a_stream_for_another_guest_by_name() -> None:
         snapshot.restore(more, io.BytesIO(out.getvalue()))
 
 
-def test_a_guest_with_xen_pv_devices_is_refused_before_anything_is_written() -> None:
+def test_a_guest_with_unsaveable_xen_pv_devices_is_refused_before_anything_is_written() -> None:
+    """A PV backend that cannot save itself (`saveable` False) is refused by
+    name before the first record."""
+
+    class Unsaveable:
+        kind, saveable = "vif", False
+
     inv = _legacy(test_serial.Guest())
     inv.add(XenConsolePart(None))  # type: ignore[arg-type]  # its ring is RAM: it saves
-    inv.add(PvDevicePart("disk", "xvda", backend=None))  # type: ignore[arg-type]
+    inv.add(PvDevicePart("nic", "nic0", backend=Unsaveable()))  # type: ignore[arg-type]
     out = io.BytesIO()
-    with pytest.raises(NotSaveable, match="Xen PV devices .*xvda"):
+    with pytest.raises(NotSaveable, match="Xen PV devices .*nic0"):
         snapshot.save(inv, out)
     assert out.getvalue() == b""
 

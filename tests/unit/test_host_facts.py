@@ -47,11 +47,11 @@ def test_syscall_numbers_per_architecture(monkeypatch: pytest.MonkeyPatch) -> No
     arm64 (asm-generic) table, as Debian's arm64 6.1 headers define them."""
     from xenopus import host
 
-    monkeypatch.setattr(host.platform, "machine", lambda: "aarch64")
+    monkeypatch.setattr(host, "machine", lambda: "aarch64")
     assert host.architecture() == "arm64"
     assert [host.syscall_number(n) for n in ("pivot_root", "capset", "seccomp")] == [41, 91, 277]
-    monkeypatch.setattr(host.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(host, "machine", lambda: "x86_64")
     assert [host.syscall_number(n) for n in ("pivot_root", "capset", "seccomp")] == [155, 126, 317]
-    monkeypatch.setattr(host.platform, "machine", lambda: "riscv64")
+    monkeypatch.setattr(host, "machine", lambda: "riscv64")
     with pytest.raises(OSError, match="riscv64"):
         host.syscall_number("capset")

@@ -12,9 +12,9 @@ import socket
 from xenopus.domain.xenguest import PROXY_BACKLOG, REPLAY_REQ_ID, StoreProxy
 from xenopus.memory import shared
 from xenopus.xen.xenstore import wire
+from xenopus.xen.xenstore.ring import RingTransport
 from xenopus.xen.xenstore.server import (
     DOMAIN_STREAM_LIMIT,
-    RingTransport,
     XenStoreServer,
     domain_stream_pair,
 )

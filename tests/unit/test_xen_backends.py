@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from xenopus.memory import GuestMemory
+from xenopus.stream import StateError
 from xenopus.xen import abi
 from xenopus.xen.backends import BlkBack, NetBack, PVConsole, State
 from xenopus.xen.backends.netback import checksum_place
@@ -857,3 +858,89 @@ def test_checksum_place():
     assert checksum_place(udp_frame(b"")) == (34, 6)
     v6 = b"\0" * 12 + b"\x86\xdd" + b"\x60" + b"\0" * 5 + b"\x06" + b"\0" * 33
     assert checksum_place(v6) == (54, 16)
+
+
+def test_blkback_save_and_restore_carries_the_ring_and_persistent_grants(
+        blk: BlkRig, memory: GuestMemory, tmp_path):
+    """docs/snapshot-stream.md, "Xen PV disks": a paused backend's state is its back
+    ring's indexes and persistent grants; a new backend given it connects when the
+    frontend's state comes back Connected, to the same ring with those indexes (not from
+    0), maps the grants again and takes the request pushed before the save."""
+    blk.back.wait_for(State.InitWait, TIMEOUT)
+    blk.xs.fe_write(f"{blk.back.fe}/feature-persistent", "1")
+    blk.connect()
+    memory.write(DATA_PFN * PAGE, b"S" * PAGE)
+    for i in range(3):
+        assert blk.run(blk_request(abi.BLKIF_OP_WRITE, i, 8 * i, [(DATA_GREF, 0, 7)]))[0][2] == 0
+    blk.back.pause()
+    blk.ring.put(blk_request(abi.BLKIF_OP_READ, 99, 0, [(DATA_GREF + 1, 0, 0)]))
+    blk.ring.push()  # pushed, not taken: it stays in the ring for the restored backend
+    state = blk.back.save_state()
+    blk.back.resume()
+    assert state["connected"] and (state["req_cons"], state["rsp_prod_pvt"]) == (3, 3)
+    assert state["persistent"] == [DATA_GREF]
+    blk.back.stop(remove=False)
+    assert blk.host.live == 0
+
+    again = BlkBack(blk.xs.client, blk.host, DOMID, DEVID, blk.image, vdev="xvda")
+    with pytest.raises(StateError, match="sectors"):
+        again.restore_state({**state, "sectors": SECTORS + 1})
+    with pytest.raises(StateError, match="req_cons"):
+        again.restore_state({**state, "req_cons": -1})
+    again.restore_state(state)
+    again.start()  # as the build does: Initialising in the frontend's state, InitWait
+    try:
+        assert again.wait_for(State.InitWait, TIMEOUT)
+        blk.xs.fe_write(f"{again.fe}/state", str(int(State.Connected)))  # the import
+        assert again.wait_for(State.Connected, TIMEOUT)
+        assert blk.host.ports[7].notified.wait(TIMEOUT)
+        assert blk_responses(blk.ring) == [(99, abi.BLKIF_OP_READ, abi.BLKIF_RSP_OKAY)]
+        assert memory.read((DATA_PFN + 1) * PAGE, 512) == b"S" * 512
+        # the ring, the saved persistent grant mapped again, the read's page kept too
+        assert blk.host.live == 3
+        if isinstance(blk.host, RealGrantHost):
+            assert blk.host.table.in_use(DATA_GREF) == (1, 1)
+    finally:
+        again.stop()
+
+
+def test_netback_save_and_restore_carries_both_rings(net: NetRig, memory: GuestMemory):
+    """A paused netback's state is its TX and RX back rings' indexes; a new backend on a
+    new tap (the receiving host's) takes them when the frontend's state comes back
+    Connected: a frame then fills the buffer posted before the save, not slot 0 again."""
+    frame = udp_frame(b"before")
+    net.rx.put(bytes(abi.netif_rx_request(id=77, gref=PKT_GREF + 3)))
+    net.kick(wait=False)
+    port = net.host.ports[9]
+    port.notified.clear()
+    net.tap.deliver(VNET.pack(0, 0, 0, 0, 0, 0, 0) + frame)
+    assert port.notified.wait(TIMEOUT)
+    assert struct.unpack("<HHHh", net.rx.responses(8)[0])[0] == 77
+    net.back.pause()
+    net.rx.put(bytes(abi.netif_rx_request(id=78, gref=PKT_GREF + 4)))
+    net.rx.push()  # posted, not yet taken: the restored backend takes it
+    state = net.back.save_state()
+    net.back.resume()
+    assert state["connected"] and state["rx"] == [1, 1] and state["tx"] == [0, 0]
+    net.back.stop(remove=False)
+
+    tap = FakeTap()
+    again = NetBack(net.xs.client, net.host, DOMID, 0, tap, MAC)
+    with pytest.raises(StateError, match="rx ring indexes"):
+        again.restore_state({**state, "rx": [1]})
+    again.restore_state(state)
+    again.start()
+    try:
+        assert again.wait_for(State.InitWait, TIMEOUT)
+        net.xs.fe_write(f"{again.fe}/state", str(int(State.Connected)))  # the import
+        assert again.wait_for(State.Connected, TIMEOUT)
+        port = net.host.ports[9]
+        port.notified.clear()
+        after = udp_frame(b"after the move")
+        tap.deliver(VNET.pack(0, 0, 0, 0, 0, 0, 0) + after)
+        assert port.notified.wait(TIMEOUT)
+        (raw,) = net.rx.responses(8)
+        assert struct.unpack("<HHHh", raw)[0::3] == (78, len(after))
+        assert memory.read((PKT_PFN + 4) * PAGE, len(after)) == after
+    finally:
+        again.stop()

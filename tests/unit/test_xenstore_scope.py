@@ -70,7 +70,7 @@ def test_unscoped_dom0_reaches_everything(server: XenStoreServer) -> None:
 def test_the_daemon_scopes_domain_processes_and_refuses_strangers(tmp_path) -> None:
     from xenopus.domain.jail import uid_range
     from xenopus.toolstack.daemon import Daemon, DomainRecord
-    from xenopus.xen.xenstore.server import Peer
+    from xenopus.xen.xenstore.peer import Peer
 
     daemon = Daemon(tmp_path)
     rec = DomainRecord(7, config=None, pid=4321)  # type: ignore[arg-type]

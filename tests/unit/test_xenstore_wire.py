@@ -8,7 +8,8 @@ import struct
 import pytest
 
 from xenopus.xen.xenstore import wire
-from xenopus.xen.xenstore.server import RingTransport, XenStoreServer
+from xenopus.xen.xenstore.ring import RingTransport
+from xenopus.xen.xenstore.server import XenStoreServer
 from xenopus.xen.xenstore.store import Store
 from xenopus.xen.xenstore.wire import XenstoreDomainInterface as Iface
 from xenopus.xen.xenstore.wire import XsError

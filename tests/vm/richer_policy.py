@@ -10,6 +10,7 @@ PAGE_DATA record's pages stay aligned in the stream)."""
 from __future__ import annotations
 
 import os
+import select
 import sys
 
 from xenopus.stream import REC_PART, StreamReader, StreamWriter, decode_state
@@ -36,8 +37,20 @@ def main() -> None:
         else:
             writer.record(record.type, record.body())
     writer.end()
-    while data := inp.read(4096):  # the sender's answers, after END
-        out.write(data)
+    # The sender's answers after END, until either side goes. The receiver may have
+    # refused the stream and gone while the sender's end waits to hear from it: with
+    # nothing to read here, only the pipe to the receiver breaking (POLLERR) says so.
+    poll = select.poll()
+    poll.register(0, select.POLLIN)
+    poll.register(1, 0)  # POLLERR and POLLHUP are always reported
+    while True:
+        for fd, events in poll.poll():
+            if fd == 1 or not events & select.POLLIN:
+                return
+            data = inp.read(4096)
+            if not data:
+                return
+            out.write(data)
 
 
 if __name__ == "__main__":

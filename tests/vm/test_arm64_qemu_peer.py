@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -90,3 +91,25 @@ def test_debian_kernel_boots_on_our_device_tree(tmp_path: Path) -> None:
     assert "rtc-pl031 9010000.pl031: registered as rtc0" in out
     assert "XENOPUS-ARM64-USERSPACE" in out
     assert "reboot: Power down" in out
+
+
+@needs_qemu
+def test_timer_interrupts_under_qemu_with_our_device_tree(tmp_path: Path) -> None:
+    """guests/arm64/timer.S never powers off: read its console until three ticks."""
+    assert QEMU is not None
+    proc = subprocess.Popen([QEMU, "-M", "virt,gic-version=3", "-cpu", "max,pauth-impdef=on",
+                             "-m", str(RAM_MIB), "-accel", "tcg", "-nodefaults", "-no-reboot",
+                             "-display", "none", "-serial", "stdio", "-kernel", str(image("timer")),
+                             "-dtb", str(our_dtb(tmp_path))],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL)
+    assert proc.stdout is not None
+    deadline = threading.Timer(60, proc.kill)  # a guest that never ticks ends the pipe
+    deadline.start()
+    try:
+        lines = [proc.stdout.readline() for _ in range(4)]
+    finally:
+        deadline.cancel()
+        proc.kill()
+        proc.wait(30)
+    assert lines == [b"timer guest: GICv3 and the virtual timer\n"] + [b"tick\n"] * 3

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import select
 import subprocess
 import time
 from datetime import UTC, datetime
@@ -61,12 +62,18 @@ def test_list_format_and_lifecycle(xenopus: Xenopus) -> None:
 
 
 def read_until(stream, marker: bytes, timeout: float = 60) -> bytes:
-    """Read a console stream until `marker` shows up (bounded by `timeout`)."""
+    """Read a console stream until `marker` shows up, failing at `timeout`: each read waits
+    in select() for the time left, so a silent stream that never closes cannot hang the
+    suite (a blocking read would). read1() drains what is buffered, so select() sees the
+    rest."""
     seen = b""
     deadline = time.monotonic() + timeout
     while marker not in seen:
-        assert time.monotonic() < deadline, seen
-        chunk = stream.read1(4096)
+        left = deadline - time.monotonic()
+        assert left > 0, f"no {marker!r} within {timeout} s: {seen!r}"
+        if not select.select([stream], [], [], left)[0]:
+            continue
+        chunk = stream.read1()
         assert chunk, f"console closed before {marker!r}: {seen!r}"
         seen += chunk
     return seen

@@ -141,3 +141,46 @@ def test_a_domain_with_a_writable_disk_is_not_cloned(xenopus: Xenopus, tmp_path:
     assert "disk vda is writable" in refused.stderr, refused.stderr
     assert "diskcopy" not in xenopus.domains()
     assert xenopus.run("destroy", "withdisk").returncode == 0
+
+
+def test_clones_of_a_xen_guest_keep_their_timers_events_and_watches_under_their_domids(
+    xenopus: Xenopus,
+) -> None:
+    """Each clone of a Xen guest (VIRQ_TIMER re-armed every tick, a loopback pair, a node
+    it wrote and a XenStore watch) ticks on to the end with no tick lost or repeated, reads
+    its own note back and sees a poke written under its own new domid: its XenStore
+    subtree, its watch and its event channels re-established per clone."""
+    from xenopus.xen.xenstore.client import XsClient
+
+    ticks = 300
+    cfg = xenopus.config("tickorigin", "xentick.elf", cmdline=f"ticks={ticks} watch=1",
+                         on_poweroff="destroy")
+    assert xenopus.run("create", "-q", str(cfg)).returncode == 0
+    origin = xenopus.popen("console", "-t", "serial", "tickorigin")
+    assert origin.stdout is not None
+    before = read_until(origin.stdout, b"tick 20\r\n")
+    assert xenopus.run("pause", "tickorigin").returncode == 0  # the clones start from here
+    cloned = xenopus.run("clone", "-p", "tickorigin", "tick1", "tick2")
+    assert cloned.returncode == 0, cloned.stderr
+    assert xenopus.run("destroy", "tickorigin").returncode == 0
+    before += origin.communicate(timeout=60)[0]
+    doms = xenopus.domains()
+    client = XsClient(str(xenopus.run_dir / "xenstored.sock"))
+    try:
+        for name in ("tick1", "tick2"):
+            client.write(f"/local/domain/{doms[name][1]}/data/poke", f"{name}-poke")
+    finally:
+        client.close()
+    consoles = {n: xenopus.popen("console", "-t", "serial", n) for n in ("tick1", "tick2")}
+    for name in consoles:
+        assert xenopus.run("unpause", name).returncode == 0
+    with ThreadPoolExecutor(2) as pool:
+        outputs = dict(zip(consoles, pool.map(
+            lambda c: c.communicate(timeout=TIMEOUT)[0].decode(), consoles.values()),
+            strict=True))
+    last = max(int(n) for n in re.findall(r"^tick (\d+)\r$", before.decode(), re.M))
+    for name, text in outputs.items():
+        seen = [int(n) for n in re.findall(r"^tick (\d+)\r$", text, re.M)]
+        assert seen == list(range(last + 1, ticks)), (name, text[-500:])
+        assert "note before\r\n" in text and f"poked {name}-poke\r\n" in text, text[-500:]
+        assert f"RESULT: PASS xentick ticks={ticks}" in text, text[-500:]

@@ -1,7 +1,8 @@
 """`xenopus save`, `restore` and `migrate` through the CLI and the daemon (xl's syntax
 and semantics): a counting guest saved and restored, or migrated to a second daemon,
 carries on with no lost or repeated count; -c leaves it running; a damaged image is
-refused by record and leaves nothing behind; a migration whose receiver dies or refuses
+refused by record and leaves nothing behind; the PV console, timers, event channels and
+a XenStore watch survive; a migration whose receiver dies or refuses
 leaves the source running; a migration over TCP between two network namespaces; virtio-blk
 I/O across a live migration (needs /dev/kvm)."""
 
@@ -20,6 +21,8 @@ import pytest
 
 from tests.vm.conftest import Xenopus
 from tests.vm.test_cli import read_until
+from tests.vm.test_devices import NS, netns  # noqa: F401 - the fixture
+from xenopus.stream import read_domain_config
 from xenopus.toolstack.transfer import BANNER
 from xenopus.xen.xenstore.client import XsClient
 
@@ -103,6 +106,30 @@ def test_save_c_leaves_the_domain_running_and_p_paused(xenopus: Xenopus, tmp_pat
     assert xenopus.run("destroy", "kept").returncode == 0
 
 
+def test_save_with_a_config_stores_that_config_in_the_image(
+    xenopus: Xenopus, tmp_path: Path,
+) -> None:
+    """xl save DOM FILE CFG: the image's DOMAIN_CONFIG is CFG's (here: the same guest,
+    kept when it powers off), and a restore builds from it."""
+    console = _start_counter(xenopus, "withcfg")  # on_poweroff = "destroy"
+    read_until(console.stdout, b"count 5\r\n")
+    other = xenopus.config("withcfg", "counter.elf", cmdline=f"count={COUNT}",
+                           on_poweroff="preserve", xen_platform=0)
+    image = tmp_path / "withcfg.img"
+    saved = xenopus.run("save", "withcfg", str(image), str(other))
+    assert saved.returncode == 0, saved.stderr
+    console.communicate(timeout=60)
+    with image.open("rb") as f:
+        config, _ = read_domain_config(f)
+    assert isinstance(config, dict) and config["on_poweroff"] == "preserve", config
+    assert xenopus.run("restore", "-p", str(image)).returncode == 0
+    try:
+        listed = xenopus.run("list", "-l", "withcfg", check=True).stdout
+        assert '"on_poweroff": "preserve"' in listed, listed
+    finally:
+        assert xenopus.run("destroy", "withcfg").returncode == 0
+
+
 def test_a_damaged_image_is_refused_by_record_and_leaves_nothing(
     xenopus: Xenopus, tmp_path: Path,
 ) -> None:
@@ -184,6 +211,38 @@ def test_a_xen_guest_s_timer_and_event_channels_keep_firing_after_restore(
     assert [int(n) for n in re.findall(r"^tick (\d+)\r$", text, re.M)] == list(range(ticks))
     assert "note before\r\n" in text and "poked after-restore\r\n" in text, text[-500:]
     assert f"RESULT: PASS xentick ticks={ticks}" in text, text[-500:]
+
+
+def test_the_pv_console_survives_restore(xenopus: Xenopus, tmp_path: Path) -> None:
+    """Saved while the guest waits for a line on its PV console's in-ring: after restore
+    the console backend of the new domain is joined to the ring (the page in RAM) and the
+    event channel the guest bound, so a line typed there reaches the guest, and its
+    answer comes back through the ring."""
+    cfg = xenopus.config("pvcons", "xenconsole.elf", xen_platform=1, memory=64,
+                         cmdline="echo timeout_ms=120000")
+    assert xenopus.run("create", "-q", str(cfg)).returncode == 0
+    con = xenopus.popen("console", "-t", "pv", "pvcons", stdin=subprocess.PIPE)
+    assert con.stdin is not None and con.stdout is not None
+    seen = read_until(con.stdout, b"READY")
+    assert b"hello from the xenopus xenconsole guest" in seen
+    image = tmp_path / "pvcons.img"
+    saved = xenopus.run("save", "pvcons", str(image))
+    assert saved.returncode == 0, saved.stderr
+    con.stdin.close()
+    con.wait(60)  # the domain went with the save
+    restored = xenopus.run("restore", str(image))
+    assert restored.returncode == 0, restored.stderr
+    con = xenopus.popen("console", "-t", "pv", "pvcons", stdin=subprocess.PIPE)
+    assert con.stdin is not None and con.stdout is not None
+    try:
+        con.stdin.write(b"typed-after-restore\r")
+        con.stdin.flush()
+        # (bounded: the guest gives up after its timeout_ms, and its console then ends)
+        read_until(con.stdout, b"ECHO: typed-after-restore", timeout=120)
+    finally:
+        xenopus.run("destroy", "pvcons")
+        con.kill()
+        con.wait(60)
 
 
 def test_a_vcpu_taken_down_stays_down_after_restore_and_comes_up_again(
@@ -273,6 +332,33 @@ def test_migrate_moves_a_counting_guest_with_no_lost_or_repeated_count(
     assert _checksum(COUNT) in text
 
 
+def test_migrate_c_sends_the_given_config_instead_of_the_domain_s(
+    xenopus: Xenopus, receiver: Xenopus,
+) -> None:
+    """xl migrate -C CFG: the receiver builds the domain from CFG (here: the same guest,
+    kept when it powers off instead of destroyed), not from the config it was created
+    with; it carries on counting from where it was."""
+    console = _start_counter(xenopus, "reconfigured")  # on_poweroff = "destroy"
+    before = read_until(console.stdout, b"count 50\r\n")
+    other = xenopus.config("reconfigured", "counter.elf", cmdline=f"count={COUNT}",
+                           on_poweroff="preserve", xen_platform=0)
+    moved = _migrate(xenopus, receiver, "reconfigured", "-p", "-C", str(other))
+    assert moved.returncode == 0, moved.stderr
+    before += console.communicate(timeout=60)[0]
+    listed = receiver.run("list", "-l", "reconfigured", check=True).stdout
+    assert '"on_poweroff": "preserve"' in listed, listed
+    assert receiver.run("unpause", "reconfigured").returncode == 0
+    attached = receiver.popen("console", "reconfigured")
+    assert attached.stdout is not None
+    try:
+        after = _read_result(attached.stdout)
+    finally:
+        assert receiver.run("destroy", "reconfigured").returncode == 0
+        attached.wait(60)
+    text = (before + after).decode()
+    assert _counts(text) == list(range(COUNT)) and _checksum(COUNT) in text
+
+
 def test_a_live_migrated_xen_guest_s_timer_events_and_watch_carry_on(
     xenopus: Xenopus, receiver: Xenopus,
 ) -> None:
@@ -355,6 +441,147 @@ def test_virtio_blk_io_running_during_a_live_migration_finishes_with_the_data_ve
         lo = (start + i * count) * SECTOR
         want = bytes(pattern(o, 0x5A + i) for o in range(lo, lo + count * SECTOR))
         assert data[lo : lo + count * SECTOR] == want, f"round {i}'s range"
+
+
+XENBLK_LOOPS, XENBLK_COUNT, XENBLK_START = 300, 8, 2048
+
+
+def _start_xenblk(x: Xenopus, name: str, disk: Path) -> subprocess.Popen:
+    """guests/xenblk.c loops=N on a Xen PV disk (blkfront's ring, its grants and event
+    channel): round after round of a write and its read-back; its serial console."""
+    with open(disk, "wb") as f:
+        f.truncate(8 << 20)
+    cfg = x.config(name, "xenblk.elf", disk=[f"{disk},raw,xvda,rw"], memory=64,
+                   cmdline=f"vdev=51712 sector={XENBLK_START} count={XENBLK_COUNT} "
+                           f"loops={XENBLK_LOOPS} timeout_ms=60000",
+                   on_poweroff="preserve")
+    assert x.run("create", "-q", str(cfg)).returncode == 0
+    console = x.popen("console", "-t", "serial", name)
+    assert console.stdout is not None
+    return console
+
+
+def _check_xenblk(before: bytes, after: bytes, disk: Path) -> None:
+    """Every round once, in order, some before the move and the rest after; the guest
+    read every round back; the image holds every round's pattern."""
+    from tests.vm.test_devices import SECTOR, pattern
+
+    text = (before + after).decode(errors="replace")
+    done = [int(n) for n in re.findall(r"^xenblk: loop (\d+)\r$", text, re.M)]
+    assert done == list(range(1, XENBLK_LOOPS)), text[-800:]  # none lost, none repeated
+    early = [int(n) for n in re.findall(r"^xenblk: loop (\d+)\r$", before.decode(errors="replace"), re.M)]
+    assert early and max(early) < XENBLK_LOOPS - 1, "moved after the I/O had ended"
+    assert f"xenblk: loops: {XENBLK_LOOPS} rounds written and read back" in text, text[-800:]
+    assert "RESULT: PASS xenblk" in text, text[-800:]
+    data = disk.read_bytes()
+    for i in range(XENBLK_LOOPS):
+        lo = (XENBLK_START + i * XENBLK_COUNT) * SECTOR
+        want = bytes(pattern(o, 0x5A + i) for o in range(lo, lo + XENBLK_COUNT * SECTOR))
+        assert data[lo : lo + XENBLK_COUNT * SECTOR] == want, f"round {i}'s range"
+
+
+def test_xen_blkfront_io_running_during_a_live_migration_finishes_with_the_data_verified(
+    xenopus: Xenopus, receiver: Xenopus, tmp_path: Path,
+) -> None:
+    """The blkback's ring state moves (docs/snapshot-stream.md, "Xen PV disks"): the
+    source's backend is paused between two requests, the receiver's maps the same ring
+    with the saved indexes and binds the frontend's port when the frontend's nodes come
+    back in XenStore; the guest, which never sees a suspend, goes on with its rounds."""
+    disk = tmp_path / "xvda.img"
+    console = _start_xenblk(xenopus, "xblkmover", disk)
+    before = read_until(console.stdout, b"xenblk: loop 20\r\n", timeout=120)
+    moved = _migrate(xenopus, receiver, "xblkmover", "--debug")
+    assert moved.returncode == 0, moved.stderr
+    before += console.communicate(timeout=60)[0]
+    attached = receiver.popen("console", "-t", "serial", "xblkmover")
+    assert attached.stdout is not None
+    try:
+        after = _read_result(attached.stdout)
+    finally:
+        assert receiver.run("destroy", "xblkmover").returncode == 0
+        attached.wait(60)
+    _check_xenblk(before, after, disk)
+
+
+def test_xen_blkfront_io_carries_on_across_save_and_restore(
+    xenopus: Xenopus, tmp_path: Path,
+) -> None:
+    disk = tmp_path / "xvda.img"
+    console = _start_xenblk(xenopus, "xblksaved", disk)
+    before = read_until(console.stdout, b"xenblk: loop 20\r\n", timeout=120)
+    image = tmp_path / "xblk.save"
+    saved = xenopus.run("save", "xblksaved", str(image))
+    assert saved.returncode == 0, saved.stderr
+    before += console.communicate(timeout=60)[0]
+    assert b"RESULT" not in before
+    restored = xenopus.run("restore", str(image))
+    assert restored.returncode == 0, restored.stderr
+    attached = xenopus.popen("console", "-t", "serial", "xblksaved")
+    assert attached.stdout is not None
+    try:
+        after = _read_result(attached.stdout)
+    finally:
+        assert xenopus.run("destroy", "xblksaved").returncode == 0
+        attached.wait(60)
+    _check_xenblk(before, after, disk)
+
+
+# Answers the guest's datagram only when told to (a line on stdin): after the restore.
+LATE_RESPONDER = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", 5555))
+s.settimeout(120)
+print("bound", flush=True)
+data, peer = s.recvfrom(2048)
+print("got", data.decode(), peer[0], flush=True)
+sys.stdin.readline()
+s.sendto(b"pong-after-restore", peer)
+print("sent", flush=True)
+"""
+
+
+def test_xen_netfront_carries_on_across_save_and_restore(netns: Xenopus, tmp_path: Path) -> None:  # noqa: F811 - the fixture
+    """guests/xennet sends a datagram through netback, then waits for the answer with its
+    receive buffers posted; it is saved there and restored (a new tap of the same name, the
+    rings' indexes carried): the host's ARP for the guest goes out through the restored RX
+    ring and its answer through the TX ring, then the datagram arrives in a buffer the
+    guest posted before the save."""
+    cfg = netns.config("xnetsave", "xennet.elf", xen_platform=1, memory=64,
+                       vif=["model=xen, vifname=xnptap2"], on_poweroff="preserve",
+                       cmdline="src_ip=10.0.2.15 dst_ip=10.0.2.2 dst_port=5555 "
+                               "payload=ping-before-save expect_reply=pong-after-restore "
+                               "timeout_ms=120000")
+    assert netns.run("create", "-q", "-p", str(cfg)).returncode == 0
+    subprocess.run(["ip", "-n", NS, "addr", "add", "10.0.2.2/24", "dev", "xnptap2"], check=True)
+    responder = subprocess.Popen(["ip", "netns", "exec", NS, sys.executable, "-c", LATE_RESPONDER],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert responder.stdout is not None and responder.stdin is not None
+        assert responder.stdout.readline().strip() == "bound"
+        assert netns.run("unpause", "xnetsave").returncode == 0
+        assert responder.stdout.readline().startswith("got ping-before-save 10.0.2.15")
+        image = tmp_path / "xnet.save"
+        saved = netns.run("save", "xnetsave", str(image))
+        assert saved.returncode == 0, saved.stderr
+        restored = netns.run("restore", "-p", str(image))
+        assert restored.returncode == 0, restored.stderr
+        subprocess.run(["ip", "-n", NS, "addr", "add", "10.0.2.2/24", "dev", "xnptap2"], check=True)
+        assert netns.run("unpause", "xnetsave").returncode == 0
+        responder.stdin.write("go\n")
+        responder.stdin.flush()
+        assert responder.stdout.readline().strip() == "sent"
+        console = netns.popen("console", "-t", "serial", "xnetsave")
+        assert console.stdout is not None
+        try:
+            out = _read_result(console.stdout).decode(errors="replace")
+        finally:
+            netns.run("destroy", "xnetsave")
+            console.wait(60)
+        assert "xennet reply from 10.0.2.2:5555: pong-after-restore" in out, out[-800:]
+        assert "RESULT: PASS xennet" in out, out[-800:]
+    finally:
+        responder.kill()
 
 
 @pytest.fixture
@@ -465,6 +692,25 @@ def test_a_receiver_that_never_starts_leaves_the_source_untouched(xenopus: Xenop
     assert xenopus.domains()["unmoved"][4] in ("r-----", "-b----")
     text = (before + console.communicate(timeout=120)[0]).decode()
     assert _counts(text) == list(range(COUNT)) and _checksum(COUNT) in text
+
+
+def test_a_receiver_whose_sender_never_says_go_destroys_what_it_restored(
+    xenopus: Xenopus, receiver: Xenopus, tmp_path: Path,
+) -> None:
+    """The sender went away after END (its end of the pipe closed, no `go`): the receiver
+    has restored the domain, paused, and destroys it rather than run a second copy."""
+    console = _start_counter(xenopus, "orphan")
+    read_until(console.stdout, b"count 20\r\n")
+    image = tmp_path / "orphan.img"
+    assert xenopus.run("save", "orphan", str(image)).returncode == 0
+    console.communicate(timeout=60)
+    with image.open("rb") as stream:  # the stream, then end of file where `go` would be
+        got = subprocess.run(receiver.cmd("migrate-receive"), env=receiver.env, stdin=stream,
+                             capture_output=True, timeout=120)
+    assert got.returncode != 0
+    assert got.stdout == BANNER + b"restored\n", got.stdout
+    assert b"did not confirm the migration; domain destroyed" in got.stderr, got.stderr
+    assert "orphan" not in receiver.domains()
 
 
 def test_a_receiver_refusing_the_domain_leaves_the_source_running(

@@ -12,7 +12,7 @@ import ctypes
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from xenopus.arch.x86 import (
     CR0_ET,
@@ -52,6 +52,9 @@ from xenopus.vm.cpu import (
     flat_data,
     task_segment,
 )
+
+if TYPE_CHECKING:  # annotations only: pathlib and its imports cost each domain process ~0.65 MiB
+    from pathlib import Path
 
 HDRS_MAGIC = b"HdrS"  # 0x53726448 at 0x202
 BOOT_FLAG = 0xAA55  # at 0x1FE

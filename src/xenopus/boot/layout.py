@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 from xenopus import held_files
@@ -31,6 +30,8 @@ from xenopus.memory.guest import PAGE_SIZE, GuestMemory
 from xenopus.vm.cpu import CpuState
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from xenopus.boot.e820 import E820Entry
 
 GDT_ADDR = 0x500

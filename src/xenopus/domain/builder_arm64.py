@@ -9,9 +9,10 @@ nodes and numbers QEMU virt writes for the same machine.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from xenopus.arch.arm64 import (
     GIC_PPI_BASE,
@@ -23,14 +24,24 @@ from xenopus.arch.arm64 import (
 )
 from xenopus.boot.arm64 import Arm64Layout, load_image, write_dtb
 from xenopus.boot.fdt import Node
+from xenopus.control import DISK, NIC
 from xenopus.devices import platform
 from xenopus.devices.bus import Bus
+from xenopus.devices.mac import format_mac
 from xenopus.devices.pl011 import MMIO_SIZE as PL011_SIZE
 from xenopus.devices.pl011 import Pl011
 from xenopus.devices.pl031 import MMIO_SIZE as PL031_SIZE
 from xenopus.devices.pl031 import Pl031
+from xenopus.devices.virtio.blk import VirtioBlk
+from xenopus.devices.virtio.console import VirtioConsole
+from xenopus.devices.virtio.device import VirtioDevice
+from xenopus.devices.virtio.mmio import MMIO_SIZE as VIRTIO_MMIO_SIZE
+from xenopus.devices.virtio.mmio import VirtioMmioDevice
+from xenopus.devices.virtio.net import VirtioNet
+from xenopus.devices.virtio.rng import VirtioRng
 from xenopus.domain.config import DomainConfig
-from xenopus.domain.inventory import Inventory
+from xenopus.domain.inventory import Inventory, VirtioMmioPart
+from xenopus.domain.vif import VifTaps, open_vif
 from xenopus.kvm import uapi as u
 from xenopus.kvm.system import Kvm
 from xenopus.memory.guest import GuestMemory, MemoryRegion
@@ -42,11 +53,15 @@ from xenopus.vm.arm64 import (
     Arm64Machine,
 )
 
+if TYPE_CHECKING:  # annotations only: pathlib and its imports cost each domain process ~0.65 MiB
+    from pathlib import Path
+
 MiB = 1 << 20
 # Interrupt specifier cells of arm,gic-v3.yaml: <type number flags>; type 0 SPI, 1 PPI;
 # flags are the IRQ_TYPE_* of dt-bindings/interrupt-controller/irq.h.
 GIC_FDT_SPI = 0
 GIC_FDT_PPI = 1
+IRQ_TYPE_EDGE_RISING = 1
 IRQ_TYPE_LEVEL_HIGH = 4
 PHANDLE_GIC = 1
 PHANDLE_APB_CLOCK = 2
@@ -64,8 +79,7 @@ class Arm64Boot:
 @dataclass
 class Arm64Guest:
     """The arm64 counterpart of `builder.Guest`, with the same names where the domain
-    process reads them; what arm64 lacks yet (Xen, virtio, ballooning, the power button)
-    is None."""
+    process reads them; what arm64 lacks yet (Xen, ballooning, the power button) is None."""
 
     machine: Arm64Machine
     memory: GuestMemory
@@ -76,22 +90,47 @@ class Arm64Guest:
     boot: Arm64Boot
     dtb: bytes
     inventory: Inventory = field(default_factory=Inventory)
+    virtio: list[VirtioMmioDevice] = field(default_factory=list)
+    vconsole: VirtioConsole | None = None
     xen: None = None
-    xen_path: None = None
-    vconsole: None = None
+    xen_path: str = "off"  # no Xen interface on arm64 (README "Xen on arm64")
     balloon: None = None
     power: None = None
 
     def memory_mib(self) -> int:
         return self.memory.ram_size // MiB
 
+    def add_virtio(self, device: VirtioDevice) -> VirtioMmioDevice:
+        """`device` behind the next free virtio-mmio window (QEMU virt's), its interrupt
+        an irqfd on the window's SPI. Closes `device` if it cannot be added."""
+        try:
+            index = len(self.virtio)
+            if index >= platform.ARM64_VIRTIO_MMIO_COUNT:
+                raise ValueError(f"more than {platform.ARM64_VIRTIO_MMIO_COUNT} virtio devices")
+            base = platform.ARM64_VIRTIO_MMIO_BASE + index * platform.ARM64_VIRTIO_MMIO_STRIDE
+            intid = GIC_SPI_BASE + platform.ARM64_VIRTIO_MMIO_SPI + index
+            irqfd = self.machine.irqfd(intid)
+            transport = VirtioMmioDevice(device, self.machine, base,
+                                         lambda: os.eventfd_write(irqfd, 1), intid=intid)
+        except BaseException:
+            device.close()
+            raise
+        self.virtio.append(transport)
+        self.mmio.register(base, VIRTIO_MMIO_SIZE, transport, transport.name)
+        return transport
+
     def close(self) -> None:
+        self.machine.stop()
+        for transport in self.virtio:
+            transport.close()
         self.machine.close()
         self.memory.close()
 
 
-def device_tree(machine: Arm64Machine, ram_size: int, cmdline: str, layout: Arm64Layout) -> Node:
-    """The guest's device tree (Devicetree Specification v0.4 ch. 3 base nodes)."""
+def device_tree(machine: Arm64Machine, ram_size: int, cmdline: str, layout: Arm64Layout,
+                virtio: int = 0) -> Node:
+    """The guest's device tree (Devicetree Specification v0.4 ch. 3 base nodes), with
+    `virtio` virtio-mmio windows."""
     root = Node("")
     root.string("compatible", "linux,dummy-virt").string("model", "xenopus arm64")
     root.u32("#address-cells", 2).u32("#size-cells", 2).u32("interrupt-parent", PHANDLE_GIC)
@@ -146,13 +185,25 @@ def device_tree(machine: Arm64Machine, ram_size: int, cmdline: str, layout: Arm6
     rtc.u64("reg", platform.ARM64_PL031_BASE, PL031_SIZE)
     rtc.u32("interrupts", GIC_FDT_SPI, platform.ARM64_PL031_SPI, IRQ_TYPE_LEVEL_HIGH)
     rtc.u32("clocks", PHANDLE_APB_CLOCK).string("clock-names", "apb_pclk")
+
+    # virtio/mmio.yaml: one node per transport; the interrupt is an edge (an irqfd).
+    for i in range(virtio):
+        base = platform.ARM64_VIRTIO_MMIO_BASE + i * platform.ARM64_VIRTIO_MMIO_STRIDE
+        node = root.child(f"virtio_mmio@{base:x}")
+        node.string("compatible", "virtio,mmio").u64("reg", base, VIRTIO_MMIO_SIZE)
+        node.u32("interrupts", GIC_FDT_SPI, platform.ARM64_VIRTIO_MMIO_SPI + i,
+                 IRQ_TYPE_EDGE_RISING)
+        node.prop("dma-coherent")
     return root
 
 
 def build_arm64_guest(kernel: str | Path, *, ramdisk: str | Path | None = None,
                       cmdline: str = "", memory_mib: int = 128, vcpus: int = 1,
-                      console_out: Callable[[bytes], None], kvm: Kvm | None = None) -> Arm64Guest:
-    """Create the machine, its devices, load the kernel and write the device tree."""
+                      console_out: Callable[[bytes], None], kvm: Kvm | None = None,
+                      devices: Callable[[Arm64Guest], None] | None = None) -> Arm64Guest:
+    """Create the machine, its devices, load the kernel and write the device tree.
+    `devices(guest)` adds the virtio devices (`Arm64Guest.add_virtio`) before the device
+    tree that names them is written."""
     ram_size = memory_mib * MiB
     memory = GuestMemory([MemoryRegion.create(RAM_BASE, ram_size, "xenopus-ram")])
     try:
@@ -166,11 +217,21 @@ def build_arm64_guest(kernel: str | Path, *, ramdisk: str | Path | None = None,
             rtc = Pl031(irq=lambda level: machine.set_irq(rtc_intid, level))
             mmio.register(platform.ARM64_PL031_BASE, PL031_SIZE, rtc, "pl031")
             layout = load_image(memory, kernel, ramdisk, RAM_BASE, ram_size)
-            dtb = device_tree(machine, ram_size, cmdline, layout).to_dtb()
-            entry = write_dtb(memory, layout, dtb)
-            boot = Arm64Boot(Arm64CpuState(pc=entry.pc, x0=entry.x0, pstate=entry.pstate))
-            return Arm64Guest(machine, memory, serial, rtc, mmio, layout, boot, dtb)
+            guest = Arm64Guest(machine, memory, serial, rtc, mmio, layout,
+                               Arm64Boot(Arm64CpuState(pc=0)), b"")
         except BaseException:
+            machine.close()
+            raise
+        try:
+            if devices is not None:
+                devices(guest)
+            guest.dtb = device_tree(machine, ram_size, cmdline, layout, len(guest.virtio)).to_dtb()
+            entry = write_dtb(memory, layout, guest.dtb)
+            guest.boot = Arm64Boot(Arm64CpuState(pc=entry.pc, x0=entry.x0, pstate=entry.pstate))
+            return guest
+        except BaseException:
+            for transport in guest.virtio:
+                transport.close()
             machine.close()
             raise
     except BaseException:
@@ -178,17 +239,55 @@ def build_arm64_guest(kernel: str | Path, *, ramdisk: str | Path | None = None,
         raise
 
 
-# The DomainConfig keys an arm64 domain honours; any other that is set is refused by name.
-ARM64_UNSUPPORTED = (("disks", "disk="), ("vifs", "vif="), ("channels", "channel="))
+# The DomainConfig keys an arm64 domain cannot honour yet; any that is set is refused by name.
+ARM64_UNSUPPORTED = (("channels", "channel="), ("virtio_balloon", "virtio_balloon="))
 
 
 def build_arm64_domain(config: DomainConfig, *, console_out: Callable[[bytes], None],
-                       kvm: Kvm | None = None) -> Arm64Guest:
+                       vconsole_out: Callable[[bytes], None] | None = None, domid: int = 0,
+                       taps: VifTaps | None = None, kvm: Kvm | None = None) -> Arm64Guest:
     """A domain's config on an arm64 host: kernel (an arm64 Image), ramdisk, cmdline (with
-    root=/extra=), memory, vcpus; PL011 console. Keys arm64 cannot honour yet are refused."""
+    root=/extra=), memory, vcpus; PL011 console; virtio-blk per `disk`, virtio-net per
+    `vif`, virtio-console and -rng, each over virtio-mmio. There is no Xen interface on
+    arm64 (README "Xen on arm64"): an xvd* disk or a model=xen vif is refused, as are keys
+    arm64 cannot honour yet."""
     for attr, key in ARM64_UNSUPPORTED:
         if getattr(config, attr):
             raise ValueError(f"{config.name}: {key} is not supported on arm64 yet")
+    for disk in config.disks:
+        if disk.kind_for(False) != "virtio":
+            raise ValueError(f"{config.name}: disk {disk.vdev} is a Xen PV disk; arm64 has "
+                             "no Xen interface (use a vd* vdev)")
+    for vif in config.vifs:
+        if vif.kind_for(False) != "virtio":
+            raise ValueError(f"{config.name}: vif model={vif.model} needs the Xen interface, "
+                             "which arm64 lacks")
+
+    def devices(guest: Arm64Guest) -> None:
+        def add(kind: str, name: str, index: int, device: VirtioDevice, **detail: object) -> None:
+            t = guest.add_virtio(device)
+            guest.inventory.add(VirtioMmioPart(kind, name, index, t.base, t.intid, device, detail))
+
+        for i, disk in enumerate(config.disks):
+            blk = VirtioBlk(disk.target, read_only=disk.read_only,
+                            serial=f"{config.name[:12]}-{disk.vdev}", direct=disk.direct_io_safe)
+            add(DISK, disk.vdev, i, blk, vdev=disk.vdev, target=disk.target,
+                mode="r" if disk.read_only else "w")
+        for i, vif in enumerate(config.vifs):
+            tap, mac = (taps.open if taps else open_vif)(config.name, vif, domid, i)
+            try:
+                net = VirtioNet(tap, mac)
+            except BaseException:
+                tap.close()
+                raise
+            add(NIC, f"nic{i}", i, net, mac=format_mac(net.mac), tap=net.tap.name,
+                bridge=vif.bridge or "-")
+        if config.virtio_console:
+            guest.vconsole = VirtioConsole(vconsole_out or (lambda data: None))
+            add("console", "virtio-console0", 0, guest.vconsole)
+        if config.virtio_rng:
+            add("rng", "virtio-rng0", 0, VirtioRng())
+
     return build_arm64_guest(config.kernel, ramdisk=config.ramdisk, cmdline=config.cmdline,
                              memory_mib=config.memory, vcpus=config.vcpus,
-                             console_out=console_out, kvm=kvm)
+                             console_out=console_out, kvm=kvm, devices=devices)

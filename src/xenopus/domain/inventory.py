@@ -309,6 +309,36 @@ class VirtioPart:
 
 
 @dataclass
+class VirtioMmioPart:
+    """A virtio device behind its virtio-mmio transport (arm64): a disk, NIC, console or
+    entropy source at an MMIO window with its SPI."""
+
+    kind: str  # control.DISK | control.NIC | "console" | "rng"
+    name: str
+    index: int  # the devid xl would show (position in the config's list)
+    base: int
+    intid: int
+    device: VirtioDevice
+    detail: Mapping[str, object] = field(default_factory=dict)
+
+    def describe(self) -> dict[str, object]:
+        return {"model": f"virtio-{self.device.name}", "index": self.index,
+                "mmio": f"{self.base:#x}", "intid": self.intid, **self.detail}
+
+    def save_state(self) -> object:
+        raise StateError(f"{self.name}: saving a virtio-mmio device is not implemented")
+
+    def restore_state(self, state: object) -> None:
+        raise StateError(f"{self.name}: restoring a virtio-mmio device is not implemented")
+
+    def pause(self) -> None:
+        self.device.pause()
+
+    def resume(self) -> None:
+        self.device.resume()
+
+
+@dataclass
 class XenPart:
     """The domain's Xen state, described from its live `XenDomain` (the hypercall entry
     path, where the guest placed shared_info and each vcpu_info, its upcall, the grant
@@ -389,11 +419,18 @@ class PvChannelPart:
         return {"channel": b.name, "backend": b.be, "connection": b.backend_nodes()["connection"]}
 
     def save_state(self) -> object:
-        raise NotSaveable(f"{self.name}: PV channels cannot be saved yet (the frontend's"
-                          " XenStore nodes and the host end are not carried over)")
+        """Host input not yet in the ring; the rings are guest RAM and the frontend's
+        nodes travel with the domain's XenStore subtree."""
+        return self.backend.save_state()
 
     def restore_state(self, state: object) -> None:
-        raise NotSaveable(f"{self.name}: PV channels cannot be restored yet")
+        self.backend.restore_state(state)
+
+    def pause(self) -> None:
+        self.backend.pause()
+
+    def resume(self) -> None:
+        self.backend.resume()
 
 
 @dataclass
@@ -416,12 +453,29 @@ class PvDevicePart:
             info[node] = self._frontend_number(node)
         return info
 
+    @property
+    def saveable(self) -> bool:
+        return self.backend.saveable
+
     def save_state(self) -> object:
-        raise NotSaveable(f"{self.name}: Xen PV disks and NICs cannot be saved yet (their "
-                          "frontends' XenStore nodes are not carried over)")
+        """The backend's own state (its ring's private indexes, persistent grants); the
+        frontend's nodes travel with the domain's XenStore subtree."""
+        if not self.backend.saveable:
+            raise NotSaveable(f"{self.name}: Xen PV {self.backend.kind} backends cannot be "
+                              "saved yet")
+        return self.backend.save_state()
 
     def restore_state(self, state: object) -> None:
-        raise NotSaveable(f"{self.name}: Xen PV backends cannot be restored yet")
+        if not self.backend.saveable:
+            raise NotSaveable(f"{self.name}: Xen PV {self.backend.kind} backends cannot be "
+                              "restored yet")
+        self.backend.restore_state(state)
+
+    def pause(self) -> None:
+        self.backend.pause()
+
+    def resume(self) -> None:
+        self.backend.resume()
 
     def _frontend_number(self, node: str) -> int:
         try:

@@ -324,10 +324,13 @@ class Jail:
 
 
 def _python_paths() -> list[str]:
-    """Where Python's code lives: the standard library and site directories, and the
-    directory xenopus is imported from (not sys.path's working directory)."""
+    """Where Python's code lives: the standard library and site directories, the
+    directories PYTHONPATH adds (dependencies installed there rather than in a site
+    directory) and the directory xenopus is imported from (not sys.path's working
+    directory)."""
     paths = sysconfig.get_paths()
-    return [*(paths[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")),
+    extra = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if os.path.isabs(p)]
+    return [*(paths[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")), *extra,
             os.path.dirname(os.path.dirname(os.path.abspath(xenopus.__file__)))]
 
 

@@ -19,7 +19,6 @@ import stat
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import BinaryIO
 
 from xenopus import host, ipc, stream
@@ -30,7 +29,6 @@ from xenopus.devices.ratelimit import RateLimit
 from xenopus.devices.tap import Tap
 from xenopus.domain import coredump, snapshot
 from xenopus.domain.builder import Guest, build_guest
-from xenopus.domain.builder_arm64 import build_arm64_domain
 from xenopus.domain.channel import ChannelEnd, ChannelError, close_channels, open_channels
 from xenopus.domain.config import DomainConfig
 from xenopus.domain.console import Console
@@ -54,8 +52,9 @@ from xenopus.domain.vif import VifTaps
 from xenopus.domain.xenguest import StoreProxy
 from xenopus.kvm import Kvm
 from xenopus.memory import PAGE_SIZE
+from xenopus.trace import mark
 from xenopus.vm import CpuState, StopReason
-from xenopus.xen.xenstore.server import peer_of
+from xenopus.xen.xenstore.peer import peer_of
 
 log = logging.getLogger("xenopus.domain")
 
@@ -116,7 +115,7 @@ def domain_step(op: str, *, live: bool = False) -> Callable[[DomainStep], Domain
 
 class DomainProcess:
     def __init__(
-        self, domid: int, config: DomainConfig, control: socket.socket, run_dir: Path,
+        self, domid: int, config: DomainConfig, control: socket.socket, run_dir: str,
         paused: bool = False, xenstore: socket.socket | None = None,
         interdomain: socket.socket | None = None, jail: Jail | None = None,
     ):
@@ -189,9 +188,12 @@ class DomainProcess:
         if self.kvm is None:
             self.kvm = Kvm()
         if host.architecture() == "arm64":
-            # The arm64 guest answers the names read below (Xen, vconsole: None).
+            from xenopus.domain.builder_arm64 import build_arm64_domain  # arm64 hosts only
+
+            # The arm64 guest answers the names read below (Xen: None).
             guest = build_arm64_domain(  # type: ignore[assignment]
-                self.config, console_out=self.console.write, kvm=self.kvm)
+                self.config, console_out=self.console.write, vconsole_out=self.vconsole.write,
+                domid=self.domid, taps=self.taps, kvm=self.kvm)
         else:
             guest = build_guest(
                 self.config, console_out=self.console.write, debug_out=self.debug.write,
@@ -243,6 +245,7 @@ class DomainProcess:
     def _on_stop(self, guest: Guest, reason: StopReason) -> None:
         if guest is not self.guest:
             return  # a late report from an incarnation already torn down
+        mark("domain: guest stopped")
         action = self.config.action_for(reason.kind)
         if reason.kind == "crash":
             log.error("domain %d (%s) crashed: %s", self.domid, self.config.name, reason.detail)
@@ -380,6 +383,7 @@ class DomainProcess:
     def _unpause(self, req: Request) -> Reply:
         if not self._started:
             self._run_vcpus()
+            mark("domain: vcpus started")
         elif self.state == "paused":
             self._live_guest().machine.resume()
             self._set_state("running")
@@ -416,8 +420,13 @@ class DomainProcess:
         if name == "power":
             if self.state == "paused":
                 return Reply.failure("domain is paused; unpause it to let it shut down")
+            if guest.power is None:
+                return Reply.failure("trigger power: this guest has no power button")
             guest.power.press_power_button()
             return Reply.success()
+        if host.architecture() == "arm64":
+            return Reply.failure(f"trigger {name}: not available on arm64 (it is a local"
+                                 " APIC delivery mode)")
         mode = x86.MSI_DELIVERY_NMI if name == "nmi" else x86.MSI_DELIVERY_INIT
         # The MADT gives vCPU i the APIC ID i (acpi/tables.py).
         route = guest.machine.allocate_msi()
@@ -701,7 +710,7 @@ class DomainProcess:
             self._set_state("running")
         return Reply.success(pages=stats.pages, octets=stats.octets, seconds=stats.seconds,
                              rounds=stats.rounds, last_round=stats.last_round,
-                             downtime=stats.downtime)
+                             downtime=stats.downtime, stopped_at=stats.stopped_at)
 
     @staticmethod
     def _write_image(guest: Guest, out: BinaryIO, config: object, live: bool,
@@ -878,11 +887,14 @@ class DomainProcess:
             if self.channel_error:
                 raise ValueError(self.channel_error)
             self.marks["setup"] = time.monotonic()
+            mark("domain: consoles, control (setup)")
             self._build_guest()
             self.marks["build"] = time.monotonic()
+            mark("domain: guest built")
             # Everything the guest needs is open; no guest code has run yet.
             self.jail.enter_late(threading.active_count())
             self.marks["jail"] = time.monotonic()
+            mark("domain: late jail")
             self._run_or_pause(self.start_paused)
         except Exception as e:  # noqa: BLE001 - reported to the CLI, which names the problem
             log.error("domain %d (%s): cannot start: %s", self.domid, self.config.name, e)
@@ -907,8 +919,10 @@ class DomainProcess:
             guest.xen.console_nodes() if guest.xen is not None else {},
             guest.xen.store_nodes() if guest.xen is not None else {},
         ))
+        mark("domain: ready sent")
         self._control = asyncio.create_task(self._serve_control(reader))
         await self._finished.wait()
+        mark("domain: finished")
         self._control.cancel()
         adoption.cancel()
         if self._work:  # a save or restore still reads or writes guest memory: let it end
@@ -925,8 +939,10 @@ class DomainProcess:
         self._send(Finished(self.exit_code, usage.ru_maxrss, usage.ru_utime + usage.ru_stime))
         with contextlib.suppress(ConnectionError, OSError):
             await self._writer.drain()
+        mark("domain: finished sent")
         self._writer.close()
         self._teardown()
+        mark("domain: torn down")
         self.taps.close()
         close_channels(self.channels)
         if self.interdomain is not None:
@@ -954,9 +970,10 @@ def run_domain(
     address-space layout of its own) or a fork of the zygote (the zygote's layout).
     `seccomp_fd`: the zygote's compiled seccomp filter, which the jail loads."""
     born = time.monotonic()
+    mark("domain: run_domain")
     domid, cfg = spawn.domid, spawn.config
     set_process_title(f"xenopus: domain {domid} ({cfg.name})")
-    handler = logging.StreamHandler(ipc.open_log(Path(spawn.run_dir) / "log" / f"{cfg.name}.log"))
+    handler = logging.StreamHandler(ipc.open_log(os.path.join(spawn.run_dir, "log", f"{cfg.name}.log")))
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
@@ -968,12 +985,14 @@ def run_domain(
         channels, channel_error = open_channels(cfg.channels), None
     except ChannelError as e:
         channels, channel_error = [], str(e)
+    mark("domain: logging, channels")
     jail.enter_early()
+    mark("domain: early jail")
     control = socket.socket(fileno=control_fd)
     xenstore = socket.socket(fileno=xenstore_fd) if xenstore_fd is not None else None
     interdomain = socket.socket(fileno=interdomain_fd) if interdomain_fd is not None else None
     proc = DomainProcess(
-        domid, cfg, control, Path(spawn.run_dir), paused=spawn.paused, xenstore=xenstore,
+        domid, cfg, control, spawn.run_dir, paused=spawn.paused, xenstore=xenstore,
         interdomain=interdomain, jail=jail,
     )
     proc.channels, proc.channel_error = channels, channel_error

@@ -11,8 +11,9 @@ the Xen state after the clock; then the toolstack's own records (the XenStore su
 which the restore hands back to the caller.
 
 A restore that fails raises; the caller then closes the half-restored guest, so no
-domain is left half-built. Xen PV disks and NICs cannot be saved yet: a guest with them
-is refused before anything is written.
+domain is left half-built. Xen PV disks and NICs save their back rings' state and
+reconnect to the same rings once the domain's XenStore subtree is back, and so do PV
+channels.
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ from xenopus.domain.inventory import (
     NotSaveable,
     Part,
     Pausable,
-    PvChannelPart,
     PvDevicePart,
 )
 from xenopus.kvm import KvmError
@@ -90,6 +90,9 @@ class Stats:
     rounds: int = 0
     last_round: int = 0
     downtime: float = 0.0
+    # When a live save stopped the guest (CLOCK_MONOTONIC, the same in every process of
+    # this host): a migration's CLI measures from it until the guest runs over there.
+    stopped_at: float = 0.0
     toolstack: dict[str, object] = field(default_factory=dict)  # restored: for the daemon
 
 
@@ -131,7 +134,8 @@ def save(inventory: Inventory, out: BinaryIO, config: object = None, *,
     `toolstack` is state the domain's toolstack keeps outside this process (the daemon's
     XenStore subtree), written as PART records of kind TOOLSTACK after the guest's."""
     started = time.monotonic()
-    refused = [p.name for p in inventory.parts if isinstance(p, (PvDevicePart, PvChannelPart))]
+    refused = [p.name for p in inventory.parts
+               if isinstance(p, PvDevicePart) and not p.saveable]
     if refused:  # before anything is written
         raise NotSaveable(f"Xen PV devices ({', '.join(refused)}) cannot be saved yet")
     stats = Stats()
@@ -156,8 +160,9 @@ def save(inventory: Inventory, out: BinaryIO, config: object = None, *,
     try:
         if live is not None and memory is not None:
             pending = _precopy(memory, writer, live, stats)
+        stopped = stats.stopped_at = time.monotonic()  # the pause is part of the downtime
+        if live is not None and memory is not None:
             live.pause()
-        stopped = time.monotonic()
         with quiesced(inventory):
             if live is not None and memory is not None:
                 # Stop-and-copy: what the guest and this process wrote since the last

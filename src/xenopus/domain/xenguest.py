@@ -57,7 +57,7 @@ from xenopus.xen.hypercall import (
 from xenopus.xen.kernel_events import KernelEvents
 from xenopus.xen.xenstore import wire
 from xenopus.xen.xenstore.client import XsClient
-from xenopus.xen.xenstore.server import RingTransport
+from xenopus.xen.xenstore.ring import RingTransport
 
 log = logging.getLogger("xenopus.xen")
 B = TypeVar("B", bound=Backend)  # a hot-plugged backend, returned as its own type

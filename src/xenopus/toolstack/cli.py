@@ -12,11 +12,12 @@ import socket
 import sys
 from collections import namedtuple
 from types import SimpleNamespace as Namespace
-from typing import Any
+from typing import Any, NoReturn
 
 from xenopus import host, ipc
 from xenopus.client import Connection, NoSuchDomain, XenopusError, connect_console
 from xenopus.control import DISK, NIC, Request
+from xenopus.trace import mark
 
 DETACH = 0x1D  # Ctrl-], as for xl console and telnet
 
@@ -159,6 +160,7 @@ def cmd_create(args: Namespace) -> int:
         # The daemon parses the file (it has the parser loaded; the CLI stays small and
         # fast). With -c the domain is created paused, the console attached, then the
         # domain unpaused, so not a byte of output is missed (as xl create -c does).
+        mark("cli: connected")
         try:
             reply = chan.ask(Request(args.op, {
                 "path": config, "overrides": overrides, "cwd": os.getcwd(),
@@ -168,6 +170,7 @@ def cmd_create(args: Namespace) -> int:
         finally:
             if lock is not None:
                 os.close(lock)  # xl holds it until the domain is made, not while it runs
+        mark("cli: created")
         for warning in reply.data.get("warnings", []):
             print(warning, file=sys.stderr)
         if not reply.ok:
@@ -179,11 +182,14 @@ def cmd_create(args: Namespace) -> int:
                 chan.send(Request("unpause"))  # attached (or not): let the domain run
             if not args.foreground:
                 chan.next_reply()
+            mark("cli: console attached, unpause sent")
             with sock:
                 pump_console(sock)
+            mark("cli: console closed")
         if not args.foreground:
             return 0
         final = chan.next_reply()
+        mark("cli: gone reply")
     finally:
         chan.close()
     if final is None:
@@ -1441,7 +1447,27 @@ def parser(prog: str = "xenopus"):
     return p
 
 
+def run() -> NoReturn:
+    """The `xenopus` and `xl` programs: `main`, then out without the interpreter's
+    teardown, which frees every imported module's objects one by one (several ms of a
+    `create -c` of a small guest; benchmarks/startup_trace.py) for nothing: by then the
+    verb has closed its connections and files. SystemExit (argparse's) exits as usual."""
+    status: object = main()  # as sys.exit takes it: some verbs return None
+    if status is None or isinstance(status, int):
+        code = status or 0
+    else:
+        print(status, file=sys.stderr)
+        code = 1
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):  # a closed pipe: as Python's own exit reports it
+        code = code or 120
+    os._exit(code)
+
+
 def main(argv: list[str] | None = None) -> int:
+    mark("cli: imported")
     prog = os.path.basename(sys.argv[0]) if argv is None else "xenopus"
     if prog not in ("xl", "xenopus"):
         prog = "xenopus"  # python -m xenopus

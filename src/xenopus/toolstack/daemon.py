@@ -57,6 +57,7 @@ from xenopus.domain.vif import open_vif
 from xenopus.toolstack import hostinfo, xlformat, zygote
 from xenopus.toolstack.broker import InterdomainBroker
 from xenopus.toolstack.xenstored import PVCONTROL_TIMEOUT, PvControlTimeout, XenStored
+from xenopus.trace import mark
 from xenopus.xen.xenstore.server import UNSCOPED, Peer, Scope, domain_stream_pair, peer_of
 from xenopus.xen.xenstore.wire import XsError
 
@@ -678,8 +679,10 @@ class Daemon:
         paused and the reply names its console; the client connects there, then sends any
         message (`unpause`) on this connection (xl create -c: not a byte of output is
         lost). With `wait`, a second reply comes when it is gone."""
+        mark("daemon: create request")
         # In a worker: a config on a slow or hung filesystem must not stall every client.
         config, warnings = await asyncio.to_thread(self._load_config, req)
+        mark("daemon: config parsed")
         if req.args.get("dryrun"):  # xl create -n: the configuration, as libxl's JSON
             libxl = xlformat.libxl_domain_config(config, config.uuid or str(uuid4()))
             return Reply.success(libxl=libxl, warnings=warnings)
@@ -694,15 +697,19 @@ class Daemon:
             return reply
         ipc.write_message(client.writer, reply.to_wire())
         await client.writer.drain()
+        mark("daemon: created reply sent")
         if attach:
             # The client's console is attached (or the client is gone): whatever it says.
             with contextlib.suppress(ValueError):
                 await ipc.read_message(client.reader)
+            mark("daemon: client attached")
             if not paused:
                 await rec.request(Request("unpause"))
+                mark("daemon: unpaused")
             if not wait:
                 return Reply.success()
         await rec.gone.wait()
+        mark("daemon: domain gone")
         return Reply(True, {"event": "gone", **self._final(rec)})
 
     async def _new_domain(self, config: DomainConfig, paused: bool) -> DomainRecord:
@@ -758,6 +765,7 @@ class Daemon:
         rec.final = None
         spawn = Spawn(rec.domid, rec.config, str(self.run_dir), paused)
         fds = [theirs.fileno(), xs_theirs.fileno(), id_theirs.fileno()]
+        mark("daemon: xenstore ready, spawn sent")
         ipc.send_with_fds(self._zsock, spawn.to_wire(), fds)
         theirs.close()
         xs_theirs.close()
@@ -771,9 +779,11 @@ class Daemon:
             raise RequestError("the zygote did not start the domain process") from None
         if rec.state == "dying":  # destroyed while the zygote forked it
             self._kill(rec)
+        mark("daemon: spawned")
         reader, rec.writer = await asyncio.open_unix_connection(sock=ours)
         try:
             event = await asyncio.wait_for(self._first_event(reader), self.start_timeout)
+            mark("daemon: ready")
         except TimeoutError:
             log.error("domain %d (%s) was not ready after %.0f s; killing it", rec.domid,
                       rec.name, self.start_timeout)
@@ -863,6 +873,7 @@ class Daemon:
             elif isinstance(event, LogLine):
                 self.dmesg.append(event.line[:4096])
             elif isinstance(event, Finished):
+                mark("daemon: finished")
                 rec.final = event
                 if event.exit_code != EXIT_REBUILD:
                     self._retire(rec)
@@ -1061,17 +1072,20 @@ class Daemon:
         next_domid = table.get("next_domid", 1)
         self.interdomain.hold()  # binds wait until every adopted domain has rejoined
         lost: dict[int, int] = {}  # domid -> the pid the table names, of those not adopted
-        for entry in table.get("domains", []):
-            try:
-                rec = await self._adopt(entry)
-            except (OSError, ValueError, KeyError, TypeError, ConfigError, TimeoutError) as e:
-                log.error("domain %s (%s) was lost while no daemon ran: %s",
-                          entry.get("domid"), entry.get("name"), e)
-                if isinstance(entry.get("domid"), int) and isinstance(entry.get("pid"), int):
-                    lost[entry["domid"]] = entry["pid"]
-                continue  # its process, if it lives on, is swept below
-            log.info("domain %d (%s) adopted, pid %d, %s", rec.domid, rec.name, rec.pid, rec.state)
-        self.interdomain.release()
+        try:
+            for entry in table.get("domains", []):
+                try:
+                    rec = await self._adopt(entry)
+                except (OSError, ValueError, KeyError, TypeError, ConfigError, TimeoutError) as e:
+                    log.error("domain %s (%s) was lost while no daemon ran: %s",
+                              entry.get("domid"), entry.get("name"), e)
+                    if isinstance(entry.get("domid"), int) and isinstance(entry.get("pid"), int):
+                        lost[entry["domid"]] = entry["pid"]
+                    continue  # its process, if it lives on, is swept below
+                log.info("domain %d (%s) adopted, pid %d, %s", rec.domid, rec.name, rec.pid,
+                         rec.state)
+        finally:
+            self.interdomain.release()
         swept = await self._sweep_orphans(lost)
         ids = [next_domid if isinstance(next_domid, int) else 1, *(d + 1 for d in self.domains),
                *(d + 1 for d in swept)]
@@ -1398,7 +1412,8 @@ class Daemon:
     @staticmethod
     def _check_clonable(config: DomainConfig) -> None:
         """Clones of one image share its config: a writable disk would be written by
-        every clone, a fixed MAC would be on the bridge several times."""
+        every clone, a fixed MAC would be on the bridge several times, a channel's socket
+        path bound several times."""
         writable = [d.vdev for d in config.disks if not d.read_only]
         if writable:
             raise RequestError(f"cannot clone: disk {writable[0]} is writable, and every "
@@ -1409,6 +1424,11 @@ class Daemon:
             raise RequestError(f"cannot clone: vif {fixed[0]} has a fixed mac=, which "
                                "every clone would share (restore --clone CFG FILE with a "
                                "mac of its own, or none: then it comes from the name)")
+        sockets = [c.name for c in config.channels if c.connection == "socket"]
+        if sockets:
+            raise RequestError(f"cannot clone: channel {sockets[0]} listens on a socket "
+                               "path, which every clone would share (restore --clone CFG "
+                               "FILE with a path of its own, or connection=pty)")
 
     @daemon_step("clone")
     async def _clone(self, req: Request, client: Client) -> Reply:

@@ -28,6 +28,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from xenopus.ipc import Channel
+from xenopus.trace import mark
 
 if TYPE_CHECKING:  # imported by `warm`: the zygote imports this module before any layer
     from xenopus.domain.protocol import Spawn
@@ -89,12 +90,14 @@ def become_domain(spawn: Spawn, fds: list[int], *, fresh_layout: bool,
 
 
 def main() -> None:
+    mark("spare: started")
     die_with_parent()
     warm()
     gc.freeze()  # as in the zygote: imported objects live as long as the process
     # What importing freed goes back to the host before the spare waits (about 1 MiB).
     ctypes.CDLL(None).malloc_trim(0)
     sock = socket.socket(fileno=int(sys.argv[1]))
+    mark("spare: ready")
     try:
         sock.sendall(READY)
     except OSError:  # the zygote is gone (a daemon that did not start, or stopped)
@@ -102,6 +105,7 @@ def main() -> None:
     chan = Channel(sock)
     msg, fds = chan.recv_with_fds(4)
     chan.close()
+    mark("spare: claimed")
     if msg is None:
         os._exit(0)  # the zygote retired this spare
     seccomp_fd = fds.pop() if msg.get("seccomp") and len(fds) > 2 else None

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import socket
 from typing import Any
 
@@ -29,6 +30,8 @@ log = logging.getLogger("xenopus.xenstore")
 
 # The per-domain quotas, in xenstored's names and `-Q` syntax (`nodes=2000,memory=4194304`);
 # what is not named keeps xenstored's default.
+# A PV frontend's state node, below the domain's home (io/xenbus.h; libxl's device paths).
+_FRONTEND_STATE = re.compile(r"/device/[^/]+/\d+/state")
 QUOTA_ENV = "XENOPUS_XENSTORE_QUOTA"
 
 # Where libxenstore looks first (xs.c xs_open → xs_daemon_socket: XENSTORED_RUNDIR/socket).
@@ -415,8 +418,9 @@ class XenStored:
 
     def import_domain(self, domid: int, saved: dict[str, Any]) -> None:
         """A restored domain's saved subtree and watches under its new domid: nodes the
-        toolstack wrote for the new domain (name, domid, console, ...) stay as written,
-        the rest come back with permissions renumbered from the old domid, and watches
+        toolstack wrote for the new domain (name, domid, console, ...) stay as written
+        (but for a PV frontend's `state`: the guest's, docs/snapshot-stream.md), the rest
+        come back with permissions renumbered from the old domid, and watches
         on the old home move to the new one."""
         s, c = self.store, self.dom0
         old, home = int(saved["domid"]), f"/local/domain/{domid}"
@@ -430,7 +434,11 @@ class XenStored:
             path = home + rel
             with contextlib.suppress(XsError):
                 s.read(c, path)
-                continue  # already there: the new domain's own
+                if not _FRONTEND_STATE.fullmatch(rel):
+                    continue  # already there: the new domain's own
+                # A PV frontend's state is the guest's: its new backend wrote Initialising
+                # as for a new device, but the frontend is where it was (Connected).
+                # Writing it fires the backend's watch, which reconnects to the saved ring.
             s.write(c, path, value.encode("latin-1"))
             s.set_perms(c, path, [renumber(p) for p in perms])
         for path, token in saved["watches"]:

@@ -19,7 +19,11 @@ daemon starts the zygote before it imports itself, the zygote starts it before i
 anything but the domain protocol (and every layer only if it forks domains: `--spares 0`,
 or a pool that broke), and the others start once it is ready. (Replacements are not
 started at a lower priority: on a busy host they would starve, and a burst of creates
-would wait for them.)
+would wait for them.) But a replacement that is not needed yet (another spare is ready)
+imports at the lowest CPU priority, so that on a busy host it does not take the CPU from
+the domain whose create consumed its predecessor, which is building and booting just
+then; it is back at normal priority once ready, or as soon as no spare is ready (a
+create waits for it).
 
 Messages on the zygote's socket (`xenopus.control`, framed by `xenopus.ipc`):
   daemon → zygote  `Spawn` + 2 or 3 fds: the control channel, the domain's XenStore
@@ -31,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import gc
 import os
 import selectors
@@ -46,6 +51,7 @@ from typing import TYPE_CHECKING
 from xenopus.domain.pidns import PidNamespaceForker
 from xenopus.ipc import Channel
 from xenopus.toolstack import spare
+from xenopus.trace import mark
 
 if TYPE_CHECKING:
     from xenopus.domain.protocol import Spawn
@@ -54,6 +60,8 @@ if TYPE_CHECKING:
 # domain gets an address-space layout of its own at the cost of one idle Python per
 # spare; creations faster than spares start wait for one. 0: fork from the zygote.
 DEFAULT_SPARES = 2
+# nice(2) of a replacement spare while another is ready (see above).
+BACKGROUND_NICE = 19
 
 
 def spares_wanted(given: int | None) -> int:
@@ -98,6 +106,7 @@ class SparePool:
         self.failures = 0
         self.broken: str | None = None
         self.warmed = False  # a spare has been ready once (see fill)
+        self.niced: set[int] = set()  # starting at BACKGROUND_NICE
 
     @property
     def usable(self) -> bool:
@@ -115,23 +124,36 @@ class SparePool:
 
     def _start(self) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        background = bool(self.ready)  # not needed yet: see the module's docstring
         pid = self.forker.fork()
         if pid == 0:
             try:
+                if background:
+                    os.setpriority(os.PRIO_PROCESS, 0, BACKGROUND_NICE)
                 theirs.set_inheritable(True)
                 os.execv(sys.executable, [sys.executable, "-m", "xenopus.toolstack.spare",
                                           str(theirs.fileno())])
             finally:
                 os._exit(127)
         theirs.close()
+        mark("zygote: spare forked")
         self.starting[pid] = ours
         self.sel.register(ours, selectors.EVENT_READ, self)
+        if background:
+            self.niced.add(pid)
+
+    def _normal_priority(self, pid: int) -> None:
+        if pid in self.niced:
+            self.niced.discard(pid)
+            with contextlib.suppress(OSError):  # gone already: reaped as usual
+                os.setpriority(os.PRIO_PROCESS, pid, 0)
 
     def readable(self, sock: socket.socket) -> None:
         """A starting spare said READY, or died trying."""
         pid = next(p for p, s in self.starting.items() if s is sock)
         del self.starting[pid]
         self.sel.unregister(sock)
+        self._normal_priority(pid)  # a domain's process from its claim on
         if sock.recv(1) == spare.READY:
             self.failures = 0
             self.warmed = True
@@ -147,7 +169,15 @@ class SparePool:
         self.fill()
 
     def take(self) -> tuple[int, socket.socket] | None:
-        return self.ready.pop(0) if self.ready else None
+        taken = self.ready.pop(0) if self.ready else None
+        self._boost_if_none_ready()
+        return taken
+
+    def _boost_if_none_ready(self) -> None:
+        """No spare ready: the next create waits for a starting one, no longer background."""
+        if not self.ready:
+            for pid in list(self.niced):
+                self._normal_priority(pid)
 
     def close(self) -> None:
         """In a forked domain process: the spares are not its business."""
@@ -160,6 +190,8 @@ class SparePool:
             if p == pid:
                 sock.close()
                 del self.ready[i]
+        self.niced.discard(pid)
+        self._boost_if_none_ready()
         self.fill()
 
 
@@ -231,6 +263,7 @@ def serve(sock: socket.socket, spares: int = 0,
                 for fd in fds:
                     os.close(fd)
                 continue
+            mark("zygote: spawn received")
             pending.append((spawn, fds))
         while pending:  # in order; a create waits for a spare that is still starting
             if pool.usable:
@@ -260,6 +293,7 @@ def serve(sock: socket.socket, spares: int = 0,
                 os.close(fd)
             children[pid] = spawn.domid
             chan.send(Spawned(spawn.domid, pid).to_wire())
+            mark("zygote: handed over")
             pool.fill()  # a consumed spare's replacement starts now, in the background
         _reap(chan, children, pool)
 

@@ -24,6 +24,7 @@ from xenopus.kvm import uapi as u
 from xenopus.kvm.system import Kvm, KvmCapabilityError, KvmError, VcpuFd, VmFd
 from xenopus.memory.guest import GuestMemory
 from xenopus.vm.events import StopReason
+from xenopus.vm.irq import IoEvents
 from xenopus.vm.ports import IoHandler
 from xenopus.vm.vcpu import KICK_SIGNAL, install_kick_handler
 
@@ -85,11 +86,17 @@ class Arm64Machine:
         self.cpu_policy = None  # x86's CPUID/MSR policy; arm64 has none yet
         self._stopping = False
         self._stop_lock = threading.Lock()
+        # pause(): the vCPU threads park outside KVM_RUN until resume().
+        self._pause_cond = threading.Condition()
+        self._paused = False
+        self._parked = 0
         self._on_stop: Callable[[StopReason], None] | None = None
         self.stop_reason: StopReason | None = None
         self.vcpus: list[VcpuFd] = []
         self.gic_fd = -1
+        self._irqfds: dict[int, int] = {}  # SPI INTID -> its irqfd's eventfd
         self.vm: VmFd = self.kvm.create_vm()
+        self._ioevents = IoEvents(self.vm)
         try:
             self._build(vcpus)
         except BaseException:
@@ -157,6 +164,34 @@ class Arm64Machine:
             raise ValueError(f"INTID {intid} is not one of this GIC's SPIs")
         self.vm.irq_line(u.KVM_ARM_IRQ_TYPE_SPI << u.KVM_ARM_IRQ_TYPE_SHIFT | intid, level)
 
+    def irqfd(self, intid: int) -> int:
+        """An eventfd whose every write raises SPI `intid` as an edge (KVM_IRQFD; api.rst:
+        on arm64 the GSI of an SPI is its INTID - 32, the vGIC's default routing), from any
+        thread and without an ioctl. One per SPI; closed by `close`."""
+        if not GIC_SPI_BASE <= intid < min(GIC_NR_IRQS, GIC_SPI_LAST + 1):
+            raise ValueError(f"INTID {intid} is not one of this GIC's SPIs")
+        if intid in self._irqfds:
+            raise ValueError(f"SPI {intid} already has an irqfd")
+        fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        try:
+            self.vm.irqfd(fd, intid - GIC_SPI_BASE)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._irqfds[intid] = fd
+        return fd
+
+    def ioeventfd(self, addr: int, length: int, *, pio: bool = False,
+                  datamatch: int | None = None) -> int:
+        """An eventfd KVM signals on a guest write of `length` bytes at `addr` (matching
+        `datamatch` if given) with no exit to userspace (KVM_IOEVENTFD; arm64 has MMIO only)."""
+        if pio:
+            raise ValueError("arm64 has no port I/O")
+        return self._ioevents.add(addr, length, datamatch=datamatch)
+
+    def remove_ioeventfd(self, fd: int) -> None:
+        self._ioevents.remove(fd)
+
     # --- running ------------------------------------------------------------------------
     def start(self, boot: Arm64CpuState, on_stop: Callable[[StopReason], None]) -> None:
         cpu = self.vcpus[0]
@@ -180,6 +215,9 @@ class Arm64Machine:
         mmio = self.mmio
         try:
             while not self._stopping:
+                if self._paused:
+                    self._park()
+                    continue
                 try:
                     fd.run()
                 except InterruptedError:
@@ -222,6 +260,8 @@ class Arm64Machine:
                 return
             self._stopping = True
             self.stop_reason = reason
+        with self._pause_cond:
+            self._pause_cond.notify_all()  # parked threads see the stop
         self._kick_all()
         if self._on_stop is not None:
             self._on_stop(reason)
@@ -254,11 +294,29 @@ class Arm64Machine:
                         "cpu_time": time.clock_gettime(clock) if clock is not None else 0.0})
         return out
 
+    def _park(self) -> None:
+        """On a vCPU thread, out of KVM_RUN: wait while the machine is paused."""
+        with self._pause_cond:
+            self._parked += 1
+            self._pause_cond.notify_all()
+            while self._paused and not self._stopping:
+                self._pause_cond.wait()
+            self._parked -= 1
+
     def pause(self) -> None:
-        raise NotImplementedError("pausing an arm64 guest is not implemented yet")
+        """Return once every running vCPU thread is out of KVM_RUN and parked."""
+        with self._pause_cond:
+            self._paused = True
+        self._kick_all()
+        with self._pause_cond:
+            while self._parked < sum(t.is_alive() for t in self._threads) and not self._stopping:
+                self._pause_cond.wait(0.05)  # a thread that ended meanwhile is not counted
+                self._kick_all()
 
     def resume(self) -> None:
-        raise NotImplementedError("pausing an arm64 guest is not implemented yet")
+        with self._pause_cond:
+            self._paused = False
+            self._pause_cond.notify_all()
 
     def allocate_msi(self) -> object:
         raise NotImplementedError("arm64 guests have no MSI routes yet (no PCI)")
@@ -267,6 +325,8 @@ class Arm64Machine:
         """Stop and join the vCPU threads (a guest still running is stopped as poweroff)."""
         with self._stop_lock:
             self._stopping = True
+        with self._pause_cond:
+            self._pause_cond.notify_all()
         self._kick_all()
         me = threading.current_thread()
         for t in self._threads:
@@ -282,6 +342,10 @@ class Arm64Machine:
             with contextlib.suppress(OSError):
                 os.close(self.gic_fd)
             self.gic_fd = -1
+        self._ioevents.close()
+        for fd in self._irqfds.values():
+            os.close(fd)  # the VM going away drops the routes
+        self._irqfds.clear()
         self.vm.close()
         if self._own_kvm:
             self.kvm.close()

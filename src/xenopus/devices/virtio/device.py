@@ -60,6 +60,22 @@ def bit(n: int) -> int:
     return 1 << n
 
 
+def next_status(device: VirtioDevice, old: int, value: int, driver_features: int) -> int:
+    """One non-zero device-status write, the same on every transport (§2.1, §3.1.1): bits
+    are only cleared by a reset; the device refuses features by leaving FEATURES_OK clear
+    (§3.1.1 steps 5/6), and DRIVER_OK without FEATURES_OK is ignored. The transport
+    activates the device when DRIVER_OK is newly set in what this returns."""
+    new = old | value
+    if new & STATUS_FEATURES_OK and not old & STATUS_FEATURES_OK \
+            and not device.negotiate(driver_features):
+        device.log_once(f"driver features {driver_features:#x} refused")
+        new &= ~STATUS_FEATURES_OK
+    if new & STATUS_DRIVER_OK and not old & STATUS_DRIVER_OK and not new & STATUS_FEATURES_OK:
+        device.log_once("DRIVER_OK without FEATURES_OK ignored")
+        new &= ~STATUS_DRIVER_OK
+    return new
+
+
 class InterruptSink(Protocol):
     """What a transport gives a device to interrupt the driver."""
 

@@ -33,6 +33,7 @@ from xenopus.devices.virtio.device import (
     VIRTIO_F_INDIRECT_DESC,
     VIRTIO_F_RING_EVENT_IDX,
     VirtioDevice,
+    next_status,
 )
 from xenopus.devices.virtio.queue import MAX_QUEUE_SIZE, DescriptorError, SplitQueue
 from xenopus.kvm.system import KvmError
@@ -453,21 +454,9 @@ class VirtioPciDevice(PciDevice):
             self.reset_virtio()
             return
         old = self.status
-        new = old | value  # bits are only cleared by a reset
-        # §3.1.1 step 5/6: refuse features by leaving FEATURES_OK clear for the driver.
-        features_ok = new & STATUS_FEATURES_OK and not old & STATUS_FEATURES_OK
-        if features_ok and not self.device.negotiate(self.driver_features):
-            self.device.log_once(f"driver features {self.driver_features:#x} refused")
-            new &= ~STATUS_FEATURES_OK
-        if new & STATUS_DRIVER_OK and not old & STATUS_DRIVER_OK:
-            if not new & STATUS_FEATURES_OK:
-                self.device.log_once("DRIVER_OK without FEATURES_OK ignored")
-                new &= ~STATUS_DRIVER_OK
-            else:
-                self.status = new
-                self._activate()
-                return
-        self.status = new
+        self.status = next_status(self.device, old, value, self.driver_features)
+        if self.status & STATUS_DRIVER_OK and not old & STATUS_DRIVER_OK:
+            self._activate()
 
     def _activate(self, rings: list[dict] | None = None) -> None:
         """DRIVER_OK: build the queues from their registers and start the device; a

@@ -28,6 +28,7 @@ import errno
 from typing import NamedTuple
 
 from xenopus.devices.disk import SECTOR_SIZE, DiskImage
+from xenopus.stream import StateError, check_state
 from xenopus.xen import abi
 from xenopus.xen.backends.xenbus import (
     Backend,
@@ -111,6 +112,8 @@ class BlkBack(Backend):
         # ask for persistent grants)
         self._persistent: dict[int, Mapping] | None = None
         self.stats = {"requests": 0, "errors": 0}
+        # A restored connection (`restore_state`): taken by the next `connect`.
+        self._resumed: dict | None = None
 
     def describe(self) -> dict[str, object]:
         """What this backend serves: the vbd's device id (xl's Vdev), its name and image."""
@@ -162,6 +165,9 @@ class BlkBack(Backend):
         self.port = self.bind_event()
         # Linux's blkback (connect_ring) reads the frontend's node the same way.
         self._persistent = {} if self.read_fe("feature-persistent") == "1" else None
+        resumed, self._resumed = self._resumed, None
+        if resumed is not None:
+            self._resume_ring(resumed)
         # blkback's connect() writes these in the Connected transaction.
         return {
             "sectors": str(self.sectors),
@@ -185,6 +191,65 @@ class BlkBack(Backend):
     def stop(self, remove: bool = True) -> None:
         super().stop(remove)
         self.disk.close()
+
+    # -- save/restore -----------------------------------------------------------------
+    # The shared ring's page (req_prod, rsp_prod, req_event, rsp_event and the slots) is
+    # guest RAM and travels with it; what is the backend's own is io/ring.h's back ring
+    # private indexes and the persistent grants it holds. Nothing is in flight: the
+    # backend is paused between two runs of `service`, which answers and pushes every
+    # request it takes (docs/snapshot-stream.md, "Xen PV disks").
+    saveable = True
+    STATE_VERSION = 1
+
+    def save_state(self) -> object:
+        ring = self.ring
+        return {
+            "version": self.STATE_VERSION, "state": int(self.state),
+            "connected": self.connected and ring is not None, "sectors": self.sectors,
+            "req_cons": ring.req_cons if ring is not None else 0,
+            "rsp_prod_pvt": ring.rsp_prod_pvt if ring is not None else 0,
+            "persistent": sorted(self._persistent) if self._persistent is not None else None,
+        }
+
+    def restore_state(self, state: object) -> None:
+        """Keep a connected backend's ring state for the `connect` that follows when the
+        frontend's nodes come back (XenStore import: its `state` is Connected again), after
+        the grant table and event channels are restored."""
+        s = check_state(state, f"vbd {self.devid}", self.STATE_VERSION)
+        if not s["connected"]:
+            self._resumed = None
+            return
+        if s["sectors"] != self.sectors:
+            raise StateError(f"vbd {self.devid}: the guest saw {s['sectors']} sectors, "
+                             f"{self.path} has {self.sectors}")
+        for key in ("req_cons", "rsp_prod_pvt"):
+            if not isinstance(s[key], int) or not 0 <= s[key] < 1 << 32:
+                raise StateError(f"vbd {self.devid}: {key} {s[key]!r}")
+        grefs = s["persistent"]
+        if grefs is not None and (not isinstance(grefs, list)
+                                  or len(grefs) > MAX_PERSISTENT_GRANTS
+                                  or not all(isinstance(g, int) for g in grefs)):
+            raise StateError(f"vbd {self.devid}: persistent grants {str(grefs)[:40]}")
+        self._resumed = dict(s)
+
+    def _resume_ring(self, saved: dict) -> None:
+        """The saved back ring over the frontend's ring page: its private indexes, and its
+        persistent grants mapped again (a gref the guest ended since is mapped on use)."""
+        ring = self.ring
+        assert ring is not None
+        ring.req_cons, ring.rsp_prod_pvt = saved["req_cons"], saved["rsp_prod_pvt"]
+        try:
+            ring.unconsumed()  # RING_REQUEST_PROD_OVERFLOW against the saved indexes
+        except RingError as e:
+            raise FrontendError(f"restored ring: {e}") from e
+        kept = self._persistent
+        if kept is None:
+            return
+        for gref in saved["persistent"] or []:
+            try:
+                kept[gref] = self.host.map_grant(self.domid, gref, True)
+            except Exception as e:  # no longer granted: mapped per request, as before
+                self.log_once(f"persistent grant {gref} not mapped again: {e}")
 
     # -- the ring ---------------------------------------------------------------------
 

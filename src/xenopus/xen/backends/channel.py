@@ -19,6 +19,7 @@ import logging
 import os
 import socket
 
+from xenopus.stream import StateError, check_state
 from xenopus.xen.backends.console import PVConsole
 from xenopus.xen.backends.xenbus import Backend, EventPort, Host, Mapping
 from xenopus.xen.xenstore.client import XsClient
@@ -52,6 +53,7 @@ class ChannelBack(Backend):
         self._mapping: Mapping | None = None
         self._port: EventPort | None = None
         self._pending = bytearray()  # host input the ring had no room for
+        self._resumed: dict | None = None  # a restored connection, for the next `connect`
 
     # -- nodes (libxl__device_console_add with a channel's name, connection, path) --------
     def backend_nodes(self) -> dict[str, str]:
@@ -91,8 +93,30 @@ class ChannelBack(Backend):
         self._mapping = self.map_grant(gref, write=True)
         self._port = self.bind_event("port")
         self._ring = PVConsole(self._mapping.view, self._to_host, self._port.notify)
-        self._enable_host_input(True)
+        resumed, self._resumed = self._resumed, None
+        if resumed is not None:  # host input the saved ring had no room for yet
+            self._pending += resumed["pending"]
+        self._feed()  # host input waits while anything pending has no room
         return {}
+
+    # -- save/restore -----------------------------------------------------------------
+    # The byte rings and their indexes (io/console.h xencons_interface) are guest RAM;
+    # the backend's own is host input read but not yet in the ring. The host end is the
+    # restoring host's (its socket or pty, made from the config): a client of the saved
+    # one is gone, and what the guest writes waits in its ring until one connects.
+    saveable = True
+    STATE_VERSION = 1
+
+    def save_state(self) -> object:
+        return {"version": self.STATE_VERSION, "state": int(self.state),
+                "connected": self.connected and self._ring is not None,
+                "pending": bytes(self._pending)}
+
+    def restore_state(self, state: object) -> None:
+        s = check_state(state, f"channel {self.devid}", self.STATE_VERSION)
+        if not isinstance(s["pending"], bytes):
+            raise StateError(f"channel {self.devid}: pending input is not octets")
+        self._resumed = dict(s) if s["connected"] else None
 
     def disconnect(self) -> None:
         self._enable_host_input(False)

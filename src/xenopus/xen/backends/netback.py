@@ -45,6 +45,7 @@ from xenopus.devices.virtio.net import (
     VIRTIO_NET_HDR_GSO_TCPV4,
     VIRTIO_NET_HDR_GSO_TCPV6,
 )
+from xenopus.stream import StateError, check_state
 from xenopus.xen import abi
 from xenopus.xen.backends.xenbus import (
     Backend,
@@ -145,6 +146,8 @@ class NetBack(Backend):
         self._rx_sg = False  # the frontend takes a frame in several slots
         self.stats = {"tx_packets": 0, "tx_errors": 0, "tx_dropped": 0,
                       "rx_packets": 0, "rx_dropped": 0}
+        # A restored connection (`restore_state`): taken by the next `connect`.
+        self._resumed: dict | None = None
 
     def describe(self) -> dict[str, object]:
         """What this backend serves: the vif's index, the guest's MAC, the tap and bridge."""
@@ -184,6 +187,9 @@ class NetBack(Backend):
         self.tx = BackRing(self._maps[0].view, _TX_ENTRY)
         self.rx = BackRing(self._maps[1].view, _RX_ENTRY)
         self.port = self.bind_event()
+        resumed, self._resumed = self._resumed, None
+        if resumed is not None:
+            self._resume_rings(resumed)
         self._rx_offloads()
         if self.worker is not None:
             self.worker.watch_fd(self.tap.fd, self._on_tap)
@@ -450,3 +456,46 @@ class NetBack(Backend):
         super().stop(remove)
         with contextlib.suppress(OSError):
             self.tap.close()
+
+    # -- save/restore -----------------------------------------------------------------
+    # Both shared rings' pages are guest RAM and travel with it; the backend's own are the
+    # back rings' private indexes. Nothing is half-done: the backend is paused between two
+    # runs of its worker, and every run answers and pushes every slot it takes (a TX
+    # packet whose chain is incomplete is not taken). The tap is the receiving host's own
+    # (opened from the config): frames the source's tap held and had not handed over are
+    # lost, as on a real link while a cable moves (docs/snapshot-stream.md).
+    saveable = True
+    STATE_VERSION = 1
+
+    def save_state(self) -> object:
+        tx, rx = self.tx, self.rx
+        on = self.connected and tx is not None and rx is not None
+        return {
+            "version": self.STATE_VERSION, "state": int(self.state), "connected": on,
+            "tx": [tx.req_cons, tx.rsp_prod_pvt] if on and tx is not None else None,
+            "rx": [rx.req_cons, rx.rsp_prod_pvt] if on and rx is not None else None,
+        }
+
+    def restore_state(self, state: object) -> None:
+        """Keep a connected backend's ring indexes for the `connect` that follows when the
+        frontend's nodes come back Connected (XenStore import), after the grant table and
+        event channels are restored."""
+        s = check_state(state, f"vif {self.devid}", self.STATE_VERSION)
+        if not s["connected"]:
+            self._resumed = None
+            return
+        for key in ("tx", "rx"):
+            v = s[key]
+            if (not isinstance(v, list) or len(v) != 2
+                    or not all(isinstance(i, int) and 0 <= i < 1 << 32 for i in v)):
+                raise StateError(f"vif {self.devid}: {key} ring indexes {str(v)[:40]}")
+        self._resumed = dict(s)
+
+    def _resume_rings(self, saved: dict) -> None:
+        for ring, key in ((self.tx, "tx"), (self.rx, "rx")):
+            assert ring is not None
+            ring.req_cons, ring.rsp_prod_pvt = saved[key]
+            try:
+                ring.unconsumed()  # RING_REQUEST_PROD_OVERFLOW against the saved indexes
+            except RingError as e:
+                raise FrontendError(f"restored {key} ring: {e}") from e

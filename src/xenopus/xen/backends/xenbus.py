@@ -250,6 +250,10 @@ class Worker:
         self._ep = select.epoll()
         self._ep.register(self._wake, select.EPOLLIN)
         self._stopping = False
+        # Held while `work` or an fd handler runs: `pause` takes it, so a paused worker is
+        # between two runs (every request it took answered), as Xen's blkback drains its
+        # in-flight requests before a suspend (xen_blkif_disconnect waits for them).
+        self._busy = threading.Lock()
         self.thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self.thread.start()
 
@@ -274,6 +278,14 @@ class Worker:
             with contextlib.suppress(OSError, ValueError):
                 self._ep.unregister(fd)
 
+    def pause(self) -> None:
+        """Return once the worker is idle; it stays so (reasons posted meanwhile wait)
+        until `resume`. Not from the worker thread."""
+        self._busy.acquire()
+
+    def resume(self) -> None:
+        self._busy.release()
+
     def stop(self) -> None:
         self._stopping = True
         with contextlib.suppress(OSError):
@@ -297,12 +309,18 @@ class Worker:
                 if fd == self._wake:
                     with contextlib.suppress(BlockingIOError):
                         os.eventfd_read(self._wake)
-                    with self._lock:
-                        reasons, self._reasons = self._reasons, set()
-                    if reasons:
-                        self._work(reasons)
+                    with self._busy:
+                        if self._stopping:
+                            return
+                        with self._lock:
+                            reasons, self._reasons = self._reasons, set()
+                        if reasons:
+                            self._work(reasons)
                 elif (cb := self._fds.get(fd)) is not None:
-                    self._run_fd(cb)
+                    with self._busy:
+                        if self._stopping:
+                            return
+                        self._run_fd(cb)
 
     def _run_fd(self, cb: Callable[[], None]) -> None:
         try:
@@ -347,6 +365,7 @@ class Backend:
         self._written: dict[str, str] = {}
         self._fe_read: dict[str, str] = {}
         self.worker: Worker | None = None
+        self._paused: Worker | None = None
         # Tests and the toolstack wait on this: set whenever the backend's state changes.
         self.changed = threading.Condition()
 
@@ -374,6 +393,23 @@ class Backend:
 
     def service(self) -> None:
         """Do the ring work after an event-channel kick (on the worker thread)."""
+
+    # -- save/restore (domain/inventory.PvDevicePart) ----------------------------------
+    # A backend that can be saved sets `saveable` and implements save_state/restore_state.
+    saveable = False
+
+    def pause(self) -> None:
+        """Stop working once the current run is over: every request taken is answered
+        and its response pushed (the guest is paused, so no new one comes)."""
+        worker = self.worker
+        if worker is not None:
+            worker.pause()
+        self._paused = worker
+
+    def resume(self) -> None:
+        worker, self._paused = self._paused, None
+        if worker is not None:
+            worker.resume()
 
     # -- lifecycle -------------------------------------------------------------------
 
