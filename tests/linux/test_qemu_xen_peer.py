@@ -82,7 +82,92 @@ QEMU_LIMITS = {
         "(hw/i386/kvm/xen_xenstore.c xs_error: Assertion `errstr' failed)",
         (r"FAIL read name rc -2 \(ENOENT\)$", r"FAIL GET_DOMAIN_PATH -> ENOSYS$"),
         (r"xs_error: Assertion `errstr' failed",)),
+    "xenfifo": Limit(
+        "QEMU 10 has the 2-level event ABI only: EVTCHNOP_init_control answers -ENOSYS "
+        "(target/i386/kvm/xen-emu.c kvm_xen_hcall_evtchn_op: \"We do not support FIFO channels "
+        "at this point\"); Xen's xen/common/event_fifo.c sets the control block up",
+        (r"FAIL init_control: offset 4 ENOSYS, offset 4032 ENOSYS$",
+         rf"FAIL EVTCHNOP_init_control\(vcpu 0\) rc {ENOSYS} link_bits 0$")),
+    "xengntv2": Limit(
+        "QEMU 10's grant table is v1 only: GNTTABOP_set_version(2) and get_status_frames "
+        "answer -ENOSYS (hw/i386/kvm/xen_gnttab.c), so there are no status frames to map; "
+        "GNTTABOP_copy and map_grant_ref are unimplemented (kvm_xen_hcall_gnttab_op returns "
+        "false: -d unimp names them). Xen's grant_table.c switches to v2 (gnttab_set_version) "
+        "unless the host limits it with gnttab=max-ver:1",
+        (rf"FAIL set_version\(2\) rc {ENOSYS}, version 2$", r"FAIL get_version -> 1$",
+         r"FAIL reserved entry 1 kept as v2 \(flags 0x0 frame 0x0\)$",
+         r"FAIL the other entries cleared$", r"FAIL status frame 0 mapped rc -22$",
+         r"FAIL get_status_frames -> \?, frame 0x0$", r"FAIL two status frames -> \?$",
+         r"FAIL copy through v2 gref 20: \?, status 0x0 after$",
+         r"FAIL map_grant_ref at 0x80000000: hypercall failed$",
+         r"FAIL sub-page copy inside its window: \?$",
+         r"FAIL one byte past the window: \? \(want bad_copy_arg\)$"),
+        (r"^Unimplemented Xen hypercall 20 \(0x5 ", r"^Unimplemented Xen hypercall 20 \(0x0 ")),
+    "xenmem": Limit(
+        "QEMU 10's memory_op serves only XENMEM_add_to_physmap(_batch): memory_map, "
+        "current/maximum_reservation, decrease_reservation, populate_physmap and "
+        "remove_from_physmap are unimplemented, as is SCHEDOP_watchdog (-d unimp names each); "
+        "HVMOP_pagetable_dying answers -ENOSYS where Xen with hardware-assisted paging "
+        "answers -EINVAL (xen/arch/x86/hvm/hvm.c: a hint for shadow paging only)",
+        (r"FAIL RAM ends at 0x0$", r"FAIL remove_from_physmap of (the grant frame's gfn|a RAM frame): ENOSYS",
+         r"FAIL reservations$", rf"FAIL decrease_reservation of 16 frames: {ENOSYS}, current {ENOSYS}$",
+         rf"FAIL the same frames again: {ENOSYS} extents \(they are gone\)$",
+         rf"FAIL populate_physmap brings them back, zeroed: {ENOSYS}$",
+         rf"FAIL populate of a frame already there: {ENOSYS} extents$",
+         r"FAIL populate_physmap above RAM stops at maxmem$", rf"FAIL and back: {ENOSYS}$",
+         rf"FAIL populated again: {ENOSYS}$",
+         rf"FAIL SCHEDOP_watchdog: claimed {ENOSYS}, re-armed {ENOSYS}, released {ENOSYS}, then ENOSYS$",
+         rf"FAIL HVMOP_pagetable_dying: {ENOSYS} "),
+        tuple(rf"^Unimplemented Xen hypercall 12 \({op} " for op in ("0x9", "0x3", "0x4", "0x1", "0x6", "0xf"))
+        + (r"^Unimplemented Xen hypercall 29 \(0x6 ",)),
+    "xenvcpu": Limit(
+        "QEMU 10's vcpu_op serves only the register_* areas and the timers: VCPUOP_initialise, "
+        "up, down and is_up are unimplemented (-d unimp names them), its vCPUs start by "
+        "INIT-SIPI only; Xen's common/domain.c do_vcpu_op implements them for HVM guests "
+        "(arch_set_info_hvm_guest for the context)",
+        (rf"FAIL vCPU 1 starts down: is_up {ENOSYS}$", r"FAIL VCPUOP_up before VCPUOP_initialise: ENOSYS$",
+         r"FAIL a 64-bit context without paging: ENOSYS$", rf"FAIL VCPUOP_initialise: {ENOSYS}, then ENOSYS$",
+         r"FAIL initialised is not running$",
+         r"FAIL VCPUOP_up: vCPU 1 runs at the context's rip with its rdi \(0x0\)$",
+         r"FAIL vCPU 1 took itself down \(is_up 0\)$", r"FAIL taking the last vCPU that is up down: ENOSYS$",
+         r"FAIL VCPUOP_up again: it resumes after its VCPUOP_down \(which returned 1\)$",
+         r"FAIL is_up 1$", rf"FAIL VCPUOP_down of another vCPU: {ENOSYS}$"),
+        tuple(rf"^Unimplemented Xen hypercall 24 \({op} " for op in ("0x0", "0x1", "0x2", "0x3"))),
+    "xenpvh": Limit(
+        "not a Xen ABI difference: expect=pc checks xenopus's own PVH platform with the legacy "
+        "devices, and QEMU's pc machine is another one: its E820 (SeaBIOS) leaves "
+        "0xA0000-0xF0000 out instead of reserved, its FADT's IAPC_BOOT_ARCH is 0 (no 8042 flag "
+        "beside its i8042), and HVM_PARAM_STORE_PFN is XEN_SPECIAL_PFN(XENSTORE) = 0xfeff9 "
+        "(xen-emu.c handle_get_param), not xenopus's 0xDE; the guest reads each from where it "
+        "is, as a Xen guest must",
+        (r"FAIL the PC hole 0x9FC00-1 MiB reserved$", r"FAIL IAPC_BOOT_ARCH: 8042 0, CMOS RTC not present 0$",
+         r"FAIL HVM_PARAM_STORE_PFN 0xfeff9 rc 0$")),
 }
+# xen32 in 32-bit protected mode, whatever its paging: QEMU 10 leaves these calls out in the
+# compat ABI as in the native one (-d unimp names each: xen_version 17, console_io 18,
+# memory_op 12, hvm_op 34 HVMOP_get_time, grant_table_op 20, multicall 13, sched_op 29,
+# vcpu_op 24). HVMOP_get_time unimplemented leaves the guest's clock at 0, so its
+# SCHEDOP_poll timeout reads as 0 ns (QEMU's poll only yields: xen-emu.c sched_op).
+XEN32_LIMIT = Limit(
+    "QEMU 10 leaves out, in the compat ABI as in the native one: xen_version capabilities and "
+    "platform_parameters, console_io, XENMEM_memory_map/current_reservation/"
+    "decrease_reservation/populate_physmap, HVMOP_get_time (the guest's clock stays 0), "
+    "GNTTABOP_setup_table/copy/map_grant_ref, multicall, SCHEDOP_watchdog and "
+    "VCPUOP_is_up/up/down/initialise (target/i386/kvm/xen-emu.c; -d unimp names each)",
+    (r'FAIL XENVER_capabilities ""$', r"FAIL platform_parameters: a 4-byte virt_start 0x11111111$",
+     rf"FAIL console_io write rc {ENOSYS}$", r"FAIL XENMEM_memory_map: 16 entries, first 0x0\+0x0$",
+     rf"FAIL XENMEM_current_reservation {ENOSYS} pages$", r"FAIL SCHEDOP_poll timed out after 0x0 ns$",
+     r"FAIL setup_table: 32-bit frames 0x0 0x0$", r"FAIL query_size 1 of 64$",
+     r'FAIL GNTTABOP_copy \(24-byte layout\) status 99: ""$',
+     r"FAIL map_grant_ref of our gref 9 at 0x80000000: status 99 flags 0x1$",
+     r"FAIL multicall of two 32-byte entries: 0x0, 0$",
+     rf"FAIL XENMEM_decrease_reservation \(20-byte layout\): {ENOSYS} extent",
+     rf"FAIL XENMEM_populate_physmap: {ENOSYS} extent", rf"FAIL SCHEDOP_watchdog: id {ENOSYS}, removed: -1$",
+     rf"FAIL VCPUOP_is_up\(1\) before bring-up: {ENOSYS} "),
+    (r"^Unimplemented Xen hypercall 17 \(0x3 ", r"^Unimplemented Xen hypercall 18 ",
+     r"^Unimplemented Xen hypercall 34 \(0xa ", r"^Unimplemented Xen hypercall 13 ",
+     r"^Unimplemented Xen hypercall 20 \(0x2 ", r"^Unimplemented Xen hypercall 24 \(0x3 "))
+QEMU_LIMITS.update({f"xen32-{p}": XEN32_LIMIT for p in ("none", "pse", "pae")})
 @dataclass(frozen=True)
 class Case:
     """One cross-checked run: the guest (guests/out/<elf>), its command line (the same under
