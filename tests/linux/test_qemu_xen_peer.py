@@ -294,7 +294,9 @@ class Run:
         return next((m.group(0).rstrip() for ln in self.lines if (m := RESULT.search(ln))), None)
 
     def fails(self) -> list[str]:
-        return [ln for ln in self.lines if ln.startswith("FAIL ")]
+        """The guest's failed checks: `FAIL ...` lines, and xenhostile's `case ... FAIL`."""
+        return [ln for ln in self.lines
+                if ln.startswith("FAIL ") or ln.startswith("case ") and ln.endswith(" FAIL")]
 
     def context(self, who: str) -> str:
         return (f"\n--- {who}: exit {self.returncode} after {self.seconds:.1f} s ---\n"
