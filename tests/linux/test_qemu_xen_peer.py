@@ -142,6 +142,21 @@ QEMU_LIMITS = {
         "is, as a Xen guest must",
         (r"FAIL the PC hole 0x9FC00-1 MiB reserved$", r"FAIL IAPC_BOOT_ARCH: 8042 0, CMOS RTC not present 0$",
          r"FAIL HVM_PARAM_STORE_PFN 0xfeff9 rc 0$")),
+    "xenhostile": Limit(
+        "QEMU 10 answers -ENOSYS for what it leaves out before looking at a pointer "
+        "(xen_version extraversion, GNTTABOP_copy, console_io: even a bad one gets -ENOSYS, not "
+        "-EFAULT), and HVMOP_get_param of an index past HVM_NR_PARAMS (Xen: -EINVAL, hvm.c); "
+        "a non-canonical pointer is not refused: QEMU's kvm_gva_to_gpa (KVM_TRANSLATE) and "
+        "KVM's own handlers (SCHEDOP_poll, VCPUOP_set_singleshot_timer) translate it by its "
+        "low 48 bits, where Xen's copy_from_guest answers -EFAULT",
+        (r"case fault\((unmapped|noncanonical)\) (xen_version\(extraversion\)|grant_table_op\(copy\)"
+         rf"|console_io\(write\)): got {ENOSYS} expected -14 FAIL$",
+         r"case fault\(noncanonical\) \S+: got -?\d+ expected -14 FAIL$",
+         rf"case gref\(0x[0-9a-f]+\) copy (source rc: got {ENOSYS} expected 0|source status: got 0 "
+         rf"expected -3|dest status: got {ENOSYS} expected -3) FAIL$",
+         rf"case badarg hvm get_param\(0xffff\): got {ENOSYS} expected -22 FAIL$"),
+        (r"^Unimplemented Xen hypercall 20 \(0x5 ", r"^Unimplemented Xen hypercall 34 \(0x1 ",
+         r"^Unimplemented Xen hypercall 18 ")),
 }
 # xen32 in 32-bit protected mode, whatever its paging: QEMU 10 leaves these calls out in the
 # compat ABI as in the native one (-d unimp names each: xen_version 17, console_io 18,
