@@ -52,19 +52,19 @@ void tss_descriptor(u64 *g, const u8 *t)
     g[SEL_TSS / 8 + 1] = base >> 32;
 }
 
-static void pic_remap(void);
-
 void traps_init(void)
 {
     for (int v = 0; v < 64; v++)
         set_gate(v, isr_stubs[v], 0);
     set_gate(VEC_SPURIOUS, (u64)isr_spurious, 0);
     idt_load();
-    /* The 8259s masked and off the exception vectors before anything enables interrupts:
-     * firmware that ran before us may have left them as the BIOS has them, IRQ 0 (its PIT
-     * tick, unmasked) at vector 8. QEMU -M pc's SeaBIOS does, before its PVH option ROM
-     * starts us: the first STI took the tick as a #DF. No PIC here: the writes go nowhere. */
-    pic_remap();
+    /* The 8259s masked (OCW1) before anything enables interrupts: firmware that ran before
+     * us may have left them as the BIOS has them, IRQ 0 (its PIT tick) unmasked at vector 8.
+     * QEMU -M pc's SeaBIOS does, before its PVH option ROM starts us: the first STI took the
+     * tick as a #DF. pic_init remaps them when a guest first wants an IRQ. No PIC here: the
+     * writes go nowhere. */
+    outb(0x21, 0xff);
+    outb(0xa1, 0xff);
     tss_descriptor(gdt, tss);
     __asm__ volatile("ltr %w0" : : "r"(SEL_TSS));
     /* The BSP's struct cpu (the boot stack is not in .bss: set every field run_user uses). */

@@ -378,15 +378,19 @@ def under_qemu(qemu: Path, name: str, case: Case, tmp: Path, disk: Path | None) 
                 subprocess.run(["ip", "-n", QEMU_NS, *args], check=True)
             responder = Responder(QEMU_NS)
         start = time.monotonic()
-        done = subprocess.run(prefix + argv, stdin=subprocess.DEVNULL, capture_output=True,
-                              timeout=BOOT_TIMEOUT)
+        try:
+            done = subprocess.run(prefix + argv, stdin=subprocess.DEVNULL, capture_output=True,
+                                  timeout=BOOT_TIMEOUT)
+            stdout, stderr, returncode = done.stdout, done.stderr, done.returncode
+        except subprocess.TimeoutExpired as hung:  # killed: what it printed is the evidence
+            stdout, stderr, returncode = hung.stdout or b"", (hung.stderr or b"") + b"\n(timed out)", -9
         seconds = time.monotonic() - start
         answer = responder.answered() if responder else ""
     finally:
         if case.net:
             subprocess.run(["ip", "netns", "del", QEMU_NS], check=False)
-    out = done.stdout.decode(errors="replace").replace("\r", "")
-    run = Run(out.splitlines(), done.stderr.decode(errors="replace"), done.returncode, seconds, answer)
+    out = stdout.decode(errors="replace").replace("\r", "")
+    run = Run(out.splitlines(), stderr.decode(errors="replace"), returncode, seconds, answer)
     (console_dir() / f"peer-qemu10-{name}.log").write_text(out + "\n--- stderr ---\n" + run.stderr)
     return run
 
