@@ -13,9 +13,11 @@ $(STAMP): pyproject.toml
 	touch $@
 
 # Bytecode for the editable install, written even where PYTHONDONTWRITEBYTECODE is set:
-# without it every `xenopus` command recompiles what it imports.
+# without it every `xenopus` command recompiles what it imports. Then the table of the
+# dataclass methods a domain process generates (src/xenopus/codecache.py), likewise.
 compile: $(STAMP)
 	$(PY) -m compileall -q src >/dev/null
+	$(PY) -m xenopus.toolstack.spare --write-methods >/dev/null
 
 deps:
 	scripts/install-deps

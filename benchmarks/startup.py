@@ -322,6 +322,11 @@ def main() -> int:
         if tree is not None:
             subprocess.run([sys.executable, "-m", "compileall", "-q", str(tree / "src")],
                            check=True, stdout=subprocess.DEVNULL)
+            if (tree / "src" / "xenopus" / "codecache.py").exists():  # and its table
+                subprocess.run([sys.executable, "-m", "xenopus.toolstack.spare",
+                                "--write-methods"], check=True,
+                               stdout=subprocess.DEVNULL,
+                               env=dict(os.environ, PYTHONPATH=str(tree / "src")))
     base = Path(tempfile.mkdtemp(prefix="xenopus-bench-"))
     xen = Xenopus(base / "run")
     old = Xenopus(base / "before", args.before) if args.before else None

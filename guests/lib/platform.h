@@ -161,6 +161,9 @@ typedef void (*ap_fn)(struct cpu *c);
  * time; each runs fn(c) in ring 0 on its own stack, GDT and TSS (run_user works there). Returns
  * the number of APs that started; cpus[] (index order, BSP at 0) describes them. */
 unsigned smp_boot(ap_fn fn);
+/* INIT / SIPI / SIPI to one CPU by APIC ID (a hot-added one, say); it runs fn(c) as above.
+ * Returns its index in cpus[] (a new one each start), or -1 if it did not start. */
+int smp_start(u32 apic, ap_fn fn);
 extern struct cpu *cpus[MAX_CPUS];
 extern unsigned nr_cpus_started; /* BSP included */
 

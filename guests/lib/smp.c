@@ -148,40 +148,57 @@ static struct cpu *new_cpu(unsigned index, u32 apic)
     return c;
 }
 
-unsigned smp_boot(ap_fn fn)
+static int tramp_ready;
+
+int smp_start(u32 apic, ap_fn fn)
 {
     acpi_init();
     lapic_enable();
     struct cpu *bsp = this_cpu();
-    bsp->apic_id = lapic_id();
-    cpus[0] = bsp;
-    u64 tlen = (u64)(ap_tramp_end - ap_tramp_start);
-    memcpy((void *)SMP_TRAMPOLINE, ap_tramp_start, tlen);
-    *(u64 *)(SMP_TRAMPOLINE + (ap_tramp_cr3 - ap_tramp_start)) = (u64)pml4;
+    if (!tramp_ready) {
+        bsp->apic_id = lapic_id();
+        cpus[0] = bsp;
+        u64 tlen = (u64)(ap_tramp_end - ap_tramp_start);
+        memcpy((void *)SMP_TRAMPOLINE, ap_tramp_start, tlen);
+        *(u64 *)(SMP_TRAMPOLINE + (ap_tramp_cr3 - ap_tramp_start)) = (u64)pml4;
+        tramp_ready = 1;
+    }
     ap_job = fn;
+    if (nr_cpus_started >= MAX_CPUS)
+        return -1;
+    struct cpu *c = new_cpu(nr_cpus_started, apic);
+    if (!c)
+        return -1;
+    *(u64 *)(SMP_TRAMPOLINE + (ap_tramp_stack - ap_tramp_start)) = (u64)c + KSTACK_SIZE;
+    cpus[nr_cpus_started] = c;
+    /* SDM Vol. 3A 8.4.4.1: INIT, 10 ms, SIPI, 200 us, SIPI (ignored once it runs). */
+    icr(apic, ICR_INIT);
+    delay_ms(10);
+    icr(apic, ICR_STARTUP | (SMP_TRAMPOLINE >> 12));
+    delay_ms(1);
+    if (!c->started)
+        icr(apic, ICR_STARTUP | (SMP_TRAMPOLINE >> 12));
+    if (!wait_flag(&c->started, 1000)) {
+        printf("cpu %u (apic %u): no response to INIT/SIPI\n", nr_cpus_started, apic);
+        cpus[nr_cpus_started] = NULL;
+        return -1;
+    }
+    return (int)nr_cpus_started++;
+}
+
+unsigned smp_boot(ap_fn fn)
+{
+    acpi_init();
+    lapic_enable();
+    u32 bsp = lapic_id();
+    this_cpu()->apic_id = bsp;
+    cpus[0] = this_cpu();
     unsigned n = acpi.nr_cpus < MAX_CPUS ? acpi.nr_cpus : MAX_CPUS;
     for (unsigned i = 0; i < n; i++) {
-        u32 apic = acpi.apic_ids[i];
-        if (apic == bsp->apic_id)
+        if (acpi.apic_ids[i] == bsp)
             continue;
-        struct cpu *c = new_cpu(nr_cpus_started, apic);
-        if (!c)
+        if (smp_start(acpi.apic_ids[i], fn) < 0 && nr_cpus_started >= MAX_CPUS)
             break;
-        *(u64 *)(SMP_TRAMPOLINE + (ap_tramp_stack - ap_tramp_start)) = (u64)c + KSTACK_SIZE;
-        cpus[nr_cpus_started] = c;
-        /* SDM Vol. 3A 8.4.4.1: INIT, 10 ms, SIPI, 200 us, SIPI (ignored once it runs). */
-        icr(apic, ICR_INIT);
-        delay_ms(10);
-        icr(apic, ICR_STARTUP | (SMP_TRAMPOLINE >> 12));
-        delay_ms(1);
-        if (!c->started)
-            icr(apic, ICR_STARTUP | (SMP_TRAMPOLINE >> 12));
-        if (!wait_flag(&c->started, 1000)) {
-            printf("cpu %u (apic %u): no response to INIT/SIPI\n", nr_cpus_started, apic);
-            cpus[nr_cpus_started] = NULL;
-            continue;
-        }
-        nr_cpus_started++;
     }
     return nr_cpus_started - 1;
 }

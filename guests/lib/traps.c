@@ -58,6 +58,13 @@ void traps_init(void)
         set_gate(v, isr_stubs[v], 0);
     set_gate(VEC_SPURIOUS, (u64)isr_spurious, 0);
     idt_load();
+    /* The 8259s masked (OCW1) before anything enables interrupts: firmware that ran before
+     * us may have left them as the BIOS has them, IRQ 0 (its PIT tick) unmasked at vector 8.
+     * QEMU -M pc's SeaBIOS does, before its PVH option ROM starts us: the first STI took the
+     * tick as a #DF. pic_init remaps them when a guest first wants an IRQ. No PIC here: the
+     * writes go nowhere. */
+    outb(0x21, 0xff);
+    outb(0xa1, 0xff);
     tss_descriptor(gdt, tss);
     __asm__ volatile("ltr %w0" : : "r"(SEL_TSS));
     /* The BSP's struct cpu (the boot stack is not in .bss: set every field run_user uses). */
@@ -112,7 +119,8 @@ static void pic_write_masks(void)
     outb(0xa1, (u8)(m >> 8));
 }
 
-static void pic_init(void)
+/* ICW1-ICW4: vectors IRQ_BASE.., every input masked but those irq_handler has set. */
+static void pic_remap(void)
 {
     outb(0x20, 0x11); /* ICW1: edge, cascade, ICW4 follows */
     outb(0xa0, 0x11);
@@ -123,6 +131,11 @@ static void pic_init(void)
     outb(0x21, 0x01);         /* ICW4: 8086 mode */
     outb(0xa1, 0x01);
     pic_write_masks();
+}
+
+static void pic_init(void)
+{
+    pic_remap();
     /* The PIC reaches the CPU through LAPIC LINT0: program the MP-spec "virtual wire"
      * (SDM Vol. 3A 11.4.7: software-enable in SVR; LVT LINT0 = ExtINT, LINT1 = NMI). */
     u32 lo, hi;

@@ -12,10 +12,15 @@ from __future__ import annotations
 import os
 import select
 import socket
-from typing import Any
 
 from xenopus import ipc
 from xenopus.control import ProtocolError, Reply, Request
+
+# `typing` costs every CLI command milliseconds of imports (with `re`): names for the
+# type checker only.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 # Seconds a freshly started daemon has to say it is ready. A daemon that dies closes the
 # pipe at once; only a slow start (an emulated host runs Python 10-20 times slower) waits.

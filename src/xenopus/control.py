@@ -12,17 +12,20 @@ none, a domain step (`xenopus.domain.process`) the daemon forwards unchanged to 
 named domain's process. `seq` pairs a domain process's reply with the daemon's request.
 
 The CLI imports this module on every command, so it stays cheap: `collections.namedtuple`
-subclasses (defining a `typing.NamedTuple` costs several times more).
+subclasses (defining a `typing.NamedTuple` costs several times more), and `typing` (with
+`re`, milliseconds of a command) imported only by the daemon's side, to check fields.
 """
 
 from __future__ import annotations
 
 import functools
 import types
-import typing
 from collections import namedtuple
 from collections.abc import Mapping
-from typing import Any
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 NO_ARGS: Mapping[str, Any] = types.MappingProxyType({})
 
@@ -42,11 +45,13 @@ class ProtocolError(ValueError):
 
 def _fits(value: object, hint: object) -> bool:
     """Whether a decoded JSON value fits a field's type (bool is not an int here)."""
+    import typing  # not at the top: see the module's docstring
+
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
         return any(_fits(value, h) for h in typing.get_args(hint))
     if hint is type(None):
         return value is None
-    if hint is Any:
+    if hint is typing.Any:
         return True
     if isinstance(value, bool) and hint is not bool:
         return False
@@ -57,7 +62,10 @@ def _fits(value: object, hint: object) -> bool:
 
 @functools.cache
 def _hints(cls: type) -> dict[str, object]:
-    return typing.get_type_hints(cls)
+    import typing  # not at the top: see the module's docstring
+
+    # The fields' annotations name `Any`, which this module imports for the checker only.
+    return typing.get_type_hints(cls, localns={"Any": typing.Any})
 
 
 def checked_fields(cls: type, msg: Mapping[str, Any], what: str) -> dict[str, Any]:

@@ -132,6 +132,8 @@ class StreamRecordError(StreamError):
 
 @dataclass(frozen=True)
 class StreamHeader:
+    """The stream's header (`version`, the `arch` code, `page_shift`)."""
+
     version: int
     arch: int
     page_shift: int

@@ -65,23 +65,44 @@ def kernel_file(release: str, image: str) -> Kernel:
     return kernel
 
 
+def with_check(kernel: Kernel, check: str, dest: Path) -> Kernel:
+    """`kernel` with its initramfs followed by a second archive holding this checkout's
+    checks/CHECK (the kernel unpacks concatenated cpio archives, later files replacing
+    earlier ones: Documentation/driver-api/early-userspace/buffer-format.rst), so a new
+    check runs before scripts/fetch-linux has rebuilt the initramfs with it."""
+    script = (GUEST_SOURCES / "checks" / f"{check}.sh").read_bytes()
+    archive = bytearray()
+    for ino, (name, mode, data) in enumerate(
+            [(f"checks/{check}", 0o100755, script), ("TRAILER!!!", 0, b"")], start=1):
+        raw = name.encode() + b"\0"
+        fields = (ino, mode, 0, 0, 1, 0, len(data), 0, 0, 0, 0, len(raw), 0)
+        archive += b"070701" + b"".join(b"%08X" % f for f in fields) + raw
+        archive += b"\0" * (-len(archive) % 4) + data + b"\0" * (-len(data) % 4)
+    base = kernel.initramfs.read_bytes()
+    dest.write_bytes(base + b"\0" * (-len(base) % 4) + bytes(archive))
+    return Kernel(kernel.image, dest)
+
+
 def cpio_files(archive: Path, wanted: set[str]) -> dict[str, bytes]:
-    """The files named in `wanted` from a newc cpio archive (the initramfs format:
+    """The files named in `wanted` from newc cpio archives (the initramfs format:
     Documentation/driver-api/early-userspace/buffer-format.rst): a 110-byte header of
-    "070701" and 13 hex fields, the name, the data, each padded to 4 bytes."""
+    "070701" and 13 hex fields, the name, the data, each padded to 4 bytes. Archives may
+    follow one another (NUL padding between them, `with_check`): as the kernel does, a
+    later file replaces an earlier one of the same name."""
     data = archive.read_bytes()
     found: dict[str, bytes] = {}
     at = 0
-    while data[at:at + 6] == b"070701":
+    while True:
+        while data[at:at + 4] == b"\0\0\0\0":
+            at += 4
+        if data[at:at + 6] != b"070701":
+            return found
         size, namesize = int(data[at + 54:at + 62], 16), int(data[at + 94:at + 102], 16)
         name = data[at + 110:at + 110 + namesize - 1].decode(errors="replace")
         start = (at + 110 + namesize + 3) & ~3
-        if name == "TRAILER!!!":
-            break
         if name in wanted:
             found[name] = data[start:start + size]
         at = (start + size + 3) & ~3
-    return found
 
 
 def stale_checks(kernel: Kernel, check: str) -> list[str]:

@@ -14,7 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.linux.linuxguest import POWER_DOWN, Xenopus, console_dir, kernel_file, read_lines
+from tests.linux.linuxguest import (
+    BOOT_TIMEOUT,
+    POWER_DOWN,
+    Xenopus,
+    console_dir,
+    kernel_file,
+    read_lines,
+    with_check,
+)
 from tests.linux.test_xen import XEN_BOOT_TIMEOUT, XEN_CONSOLE
 
 pytestmark = [pytest.mark.kvm, pytest.mark.linux]
@@ -89,13 +97,14 @@ CPU_READY = re.compile(r"xenopus-xlcpu: ready online=(\S+) present=(\S+) possibl
 
 
 @pytest.mark.parametrize("release", ["6.1", "6.12"])
-def test_xl_vcpu_set_changes_nproc(xenopus: Xenopus, release: str) -> None:
+def test_xl_vcpu_set_changes_nproc(xenopus: Xenopus, release: str, tmp_path: Path) -> None:
     """`xl vcpu-set` takes a Xen-aware Linux guest's second vCPU away and gives it back
     through cpu/N/availability (drivers/xen/cpu_hotplug.c), so its online CPU count goes
     2 -> 1 -> 2; the third vCPU (maxvcpus) is possible from boot (the MADT lists it
     disabled and online-capable). The guest side is tests/linux/guest/checks/xlcpu.sh."""
     name = f"xlcpu-{release}".replace(".", "_")
-    cfg = xenopus.config(name, kernel_file(release, "pvh"), "xlcpu", vcpus=2, memory=256,
+    kernel = with_check(kernel_file(release, "pvh"), "xlcpu", tmp_path / "initramfs.cpio")
+    cfg = xenopus.config(name, kernel, "xlcpu", vcpus=2, memory=256,
                          xen_platform=1, cmdline=XEN_CONSOLE, extra="maxvcpus = 3\n")
     proc = subprocess.Popen(xenopus.command("create", "-c", str(cfg)), env=xenopus.env,
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -125,6 +134,72 @@ def test_xl_vcpu_set_changes_nproc(xenopus: Xenopus, release: str) -> None:
         ended = read_lines(proc, lines, time.monotonic() + 120, log)
         assert ended and proc.wait(timeout=60) == 0, tail()
         assert any("RESULT: PASS xlcpu" in ln for ln in lines), tail()
+        print(f"{name}: " + next(ln for ln in lines if "RESULT:" in ln))
+    finally:
+        xenopus.run("destroy", name)
+        proc.kill()
+
+
+ACPI_READY = re.compile(r"xenopus-cpuhp: ready online=(\S+) present=(\S+) possible=(\S+)")
+
+
+def vcpus_online(x: Xenopus, name: str) -> list[bool]:
+    """Per vCPU of `xl vcpu-list`: running (a CPU column) or not ("-": down or parked)."""
+    rows = xl(x, "vcpu-list", name).stdout.splitlines()[1:]
+    return [row.split()[3] != "-" for row in rows]
+
+
+@pytest.mark.parametrize("release", ["6.1", "6.12"])
+def test_xl_vcpu_set_acpi_hotplug_changes_nproc(xenopus: Xenopus, release: str,
+                                                tmp_path: Path) -> None:
+    """`xl vcpu-set` of a Linux guest without Xen (xen_platform = 0) goes through ACPI CPU
+    hotplug (devices/cpu_hotplug.py, the DSDT's processor devices and CSCN): 2 of 3 vCPUs
+    at boot, then a never-run vCPU inserted (nproc 3), two ejected (nproc 1; the guest's
+    _EJ0 parks them: vcpu-list shows them down) and an ejected one inserted again (nproc
+    2). The guest side is tests/linux/guest/checks/cpuhp.sh."""
+    name = f"cpuhp-{release}".replace(".", "_")
+    kernel = with_check(kernel_file(release, "pvh"), "cpuhp", tmp_path / "initramfs.cpio")
+    cfg = xenopus.config(name, kernel, "cpuhp", vcpus=2, memory=256, xen_platform=0,
+                         extra="maxvcpus = 3\n")
+    proc = subprocess.Popen(xenopus.command("create", "-c", str(cfg)), env=xenopus.env,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    lines: list[str] = []
+    log = console_dir() / f"{name}.log"
+    log.unlink(missing_ok=True)
+
+    def tail() -> str:
+        return "\n".join(lines[-60:])
+
+    def until(marker: str) -> None:
+        seen = read_lines(proc, lines, time.monotonic() + BOOT_TIMEOUT, log, until=marker)
+        assert seen, tail() + xenopus.run("dmesg").stdout[-4000:]
+
+    try:
+        until("xenopus-cpuhp: ready")
+        ready = next(m for ln in lines if (m := ACPI_READY.search(ln)))
+        assert ready.groups() == ("0-1", "0-1", "0-2"), ready.group(0)
+        assert vcpus_online(xenopus, name) == [True, True, False]  # vCPU 2 parked
+
+        up = xl(xenopus, "vcpu-set", "-i", name, "3")  # -i: the host may have fewer CPUs
+        assert up.returncode == 0, up.stderr
+        until("xenopus-cpuhp: up nproc=3")
+        assert vcpus_online(xenopus, name) == [True, True, True]
+
+        down = xl(xenopus, "vcpu-set", name, "1")
+        assert down.returncode == 0, down.stderr
+        until("xenopus-cpuhp: down nproc=1")  # after their _STA read absent: ejected
+        assert vcpus_online(xenopus, name) == [True, False, False]
+        listed = xl(xenopus, "list", name).stdout.splitlines()[1].split()
+        assert listed[3] == "1", listed  # VCPUs: the count asked for
+
+        again = xl(xenopus, "vcpu-set", "-i", name, "2")
+        assert again.returncode == 0, again.stderr
+        until("xenopus-cpuhp: again nproc=2")
+        assert vcpus_online(xenopus, name) == [True, True, False]
+        ended = read_lines(proc, lines, time.monotonic() + 120, log)
+        assert ended and proc.wait(timeout=60) == 0, tail()
+        assert any("RESULT: PASS cpuhp" in ln for ln in lines), tail()
         print(f"{name}: " + next(ln for ln in lines if "RESULT:" in ln))
     finally:
         xenopus.run("destroy", name)

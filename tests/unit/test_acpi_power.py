@@ -34,7 +34,7 @@ class Rig:
         self.resets = 0
         self.dev = AcpiPowerDevice(self.levels.append, self.poweroff, self.reset)
         self.bus = Bus("mmio")
-        self.bus.register(BASE, platform.ACPI_REGS_SIZE, self.dev, "acpi-power")
+        self.bus.register(BASE, platform.ACPI_POWER_SIZE, self.dev, "acpi-power")
 
     def poweroff(self) -> None:
         self.poweroffs += 1
@@ -119,8 +119,8 @@ def test_reset_clears_a_pending_event(rig: Rig) -> None:
 
 
 def test_stray_accesses_are_harmless(rig: Rig) -> None:
-    rig.bus.write(BASE + 0x800, 4, 0xFFFFFFFF)
+    rig.bus.write(BASE + 0x80, 4, 0xFFFFFFFF)
     rig.bus.write(BASE + GED_EVENT, 4, 0xFFFFFFFF)  # read-to-clear: writes ignored
-    assert rig.bus.read(BASE + 0x800, 8) == 0
+    assert rig.bus.read(BASE + 0x80, 8) == 0
     assert rig.bus.read(BASE + GED_EVENT, 4) == 0
     assert (rig.poweroffs, rig.resets, rig.levels) == (0, 0, [])

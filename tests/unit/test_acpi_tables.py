@@ -327,3 +327,56 @@ def test_acpiexec_loads_the_namespace_and_runs_methods(tmp_path: Path) -> None:
     assert not re.search(r"ACPI (Error|Warning)|AE_", out), out
     assert "[Integer] = 0000000000000005" in out  # \_S5's SLP_TYP
     assert "11 Devices" in out  # 4 CPUs, PCI0, MRES, COM1, RTC, KBD, PWRB, GED
+
+
+def test_processor_devices_are_hot_pluggable_as_iasl_reads_them(tmp_path: Path) -> None:
+    """ACPI CPU hotplug in the DSDT, as iasl disassembles it: every processor device's
+    _STA reads its own status byte of devices/cpu_hotplug.py (a Field at offset N of the
+    region at CPU_HOTPLUG_BASE), its _MAT is its MADT entry Enabled (§6.2.10; Linux maps
+    a hot-added CPU's APIC ID from it), every vCPU but the boot one has _EJ0 writing
+    EJECT, and the GED's _EVT calls CSCN, which sends Device Check (1) or Eject Request
+    (3) and acknowledges (§6.3, §5.6.6)."""
+    from xenopus.devices import cpu_hotplug as hp
+
+    p = AcpiPlatform(vcpus=3, online=1)
+    files = write_tables(p, tmp_path)
+    run([tool("iasl"), "-d", files["DSDT"].name], tmp_path)
+    dsl = (tmp_path / "dsdt.dsl").read_text()
+    base = platform.CPU_HOTPLUG_BASE
+    assert re.search(rf"OperationRegion \(CPHR, SystemMemory, 0x{base:08X}, 0x03\)", dsl), dsl
+    devices = dict(re.findall(r"Device \((C00\d)\)\s*\{(.*?)\n        \}", dsl, re.S))
+    assert set(devices) == {"C000", "C001", "C002"}
+    for i in range(3):
+        body = devices[f"C{i:03X}"]
+        assert "Field (\\_SB.CPHR, ByteAcc, NoLock, WriteAsZeros)" in body
+        assert (f"Offset (0x{i:02X})," in body) == (i > 0) and "CSTS,   8" in body
+        assert re.search(r"If \(\(CSTS & One\)\)\s*\{\s*Return \(0x0F\)", body), body
+        mat = f"0x00, 0x08, 0x{i:02X}, 0x{i:02X}, 0x01, 0x00, 0x00, 0x00"
+        assert mat in body, body  # type 0, length 8, UID i, APIC ID i, Enabled
+        assert ("Method (_EJ0, 1" in body) == (i != hp.BOOT_VCPU)
+        if i:
+            assert f"CSTS = 0x{hp.EJECT:02X}" in body
+    for i in (1, 2):
+        assert re.search(rf"If \(\(\\_SB.C00{i}.CSTS & 0x0{hp.INSERT}\)\)\s*\{{\s*"
+                         rf"Notify \(\\_SB.C00{i}, One\)[^\n]*\n\s*\\_SB.C00{i}.CSTS = "
+                         rf"0x0{hp.INSERT}", dsl), dsl
+        assert re.search(rf"If \(\(\\_SB.C00{i}.CSTS & 0x0{hp.REMOVE}\)\)\s*\{{\s*"
+                         rf"Notify \(\\_SB.C00{i}, 0x03\)[^\n]*\n\s*\\_SB.C00{i}.CSTS = "
+                         rf"0x0{hp.REMOVE}", dsl), dsl
+    assert re.search(rf"If \(\(Local0 & 0x0{acpi_power.GED_CPU_HOTPLUG}\)\)\s*\{{\s*"
+                     r"\\_SB.CSCN \(\)", dsl), dsl
+
+
+def test_acpiexec_runs_the_hotplug_methods(tmp_path: Path) -> None:
+    """acpiexec (its operation regions are plain memory, zero at first) runs _STA, _EJ0,
+    _MAT and the scan method of a hot-pluggable vCPU without an error: _STA of a zero
+    status byte is 0 (absent), and _MAT is the Enabled LAPIC entry."""
+    files = write_tables(AcpiPlatform(vcpus=3, online=1), tmp_path)
+    names = [files[s].name for s in ("DSDT", "FACP", "APIC")]
+    commands = "; ".join(["evaluate \\_SB.C002._STA", "evaluate \\_SB.C002._EJ0 1",
+                          "evaluate \\_SB.CSCN", "evaluate \\_SB.GED._EVT 9",
+                          "evaluate \\_SB.C002._MAT"])
+    out = run([tool("acpiexec"), "-b", commands, *names], tmp_path)
+    assert not re.search(r"ACPI (Error|Warning)|AE_", out), out
+    assert re.search(r"C002._STA\n.*\n\s*\[Integer\] = 0000000000000000", out), out
+    assert "00 08 02 02 01 00 00 00" in out, out

@@ -17,7 +17,7 @@ SRC = ROOT / "src" / "xenopus"
 
 # Each top-level package or module of xenopus, by layer (DEVELOPERS.md, "Layers").
 LAYER = {
-    "arch": 0, "host": 0, "stream": 0, "held_files": 0, "sampler": 0, "trace": 0,
+    "arch": 0, "host": 0, "stream": 0, "held_files": 0, "sampler": 0, "trace": 0, "codecache": 0,
     "kvm": 1,
     "memory": 2,
     "vm": 3,

@@ -231,6 +231,12 @@ def test_pae_not_present_pdpte(mem: GuestMemory, tables_pae: dict[str, int]) -> 
 def test_pae_reserved_bits(mem: GuestMemory, tables_pae: dict[str, int]) -> None:
     put(mem, PDPT, 1, PD_PAE0 | P | RW)  # Table 4-8: bits 2:1 are reserved in a PDPTE
     assert fault(translate, mem, 0x4000_0000, **tables_pae).error_code == E_P | E_RSVD
+    put(mem, PDPT, 1, PD_PAE0 | P | 1 << 6)  # and bits 8:5 ...
+    assert fault(translate, mem, 0x4020_1000, **tables_pae).error_code == E_P | E_RSVD
+    # ... but for bit 5, Accessed, which a CPU that walks the PDPTEs from memory (AMD nested
+    # paging) sets: the xen32 PAE guest on the nested host's SVM had it in every PDPTE.
+    put(mem, PDPT, 1, PD_PAE0 | P | 1 << 5)
+    assert translate(mem, 0x4020_1ABC, **tables_pae) == 0x0034_5ABC
     put(mem, PD_PAE3, 3, 0x0080_0000 | (1 << 13) | P | PS)  # Table 4-9: bits 20:13 reserved
     assert fault(translate, mem, 0xC060_0000, **tables_pae).error_code == E_P | E_RSVD
     put(mem, PT_PAE, 5, (1 << 52) | 0x5000 | P)  # Table 4-11: bits 62:M reserved, even M=52

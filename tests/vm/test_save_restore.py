@@ -272,6 +272,42 @@ def test_a_vcpu_taken_down_stays_down_after_restore_and_comes_up_again(
         console.wait(60)
 
 
+def test_an_ejected_vcpu_stays_parked_after_restore_and_is_inserted_again(
+    xenopus: Xenopus, tmp_path: Path,
+) -> None:
+    """ACPI CPU hotplug (a guest without Xen): the CPU hotplug status bytes are saved with
+    the domain, so a vCPU the guest ejected is absent and parked after restore, and `xl
+    vcpu-set` inserts it again (the cpuhp guest starts it by INIT/SIPI)."""
+    cfg = xenopus.config("acpihot", "cpuhp.elf", vcpus=1, maxvcpus=3, xen_platform=0,
+                         on_poweroff="destroy")
+    assert xenopus.run("create", "-q", str(cfg)).returncode == 0
+    console = xenopus.popen("console", "acpihot")
+    assert console.stdout is not None
+    read_until(console.stdout, b"cpuhp: online 1 status 010000")
+    assert xenopus.run("vcpu-set", "-i", "acpihot", "3").returncode == 0
+    read_until(console.stdout, b"cpuhp: online 3 status 010101")
+    assert xenopus.run("vcpu-set", "acpihot", "2").returncode == 0
+    read_until(console.stdout, b"cpuhp: online 2 status 010100")
+    image = tmp_path / "acpihot.img"
+    saved = xenopus.run("save", "acpihot", str(image))
+    assert saved.returncode == 0, saved.stderr
+    console.communicate(timeout=60)
+    restored = xenopus.run("restore", str(image))
+    assert restored.returncode == 0, restored.stderr
+    try:
+        rows = [line.split() for line in
+                xenopus.run("vcpu-list", "acpihot", check=True).stdout.splitlines()[1:]]
+        assert [r[3] != "-" for r in rows] == [True, True, False], rows  # 2 still parked
+        console = xenopus.popen("console", "acpihot")
+        assert console.stdout is not None
+        assert xenopus.run("vcpu-set", "-i", "acpihot", "3").returncode == 0
+        out = read_until(console.stdout, b"cpuhp: online 3 status 010101")
+        assert b"cpuhp: cpu 2 up" in out, out
+    finally:
+        xenopus.run("destroy", "acpihot")
+        console.wait(60)
+
+
 @pytest.fixture(scope="module")
 def receiver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Xenopus]:
     """A second host: a daemon with a run directory of its own."""

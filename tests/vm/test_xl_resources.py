@@ -172,6 +172,46 @@ def test_vcpu_set_brings_vcpus_up_and_down(xl: Xl) -> None:
         con.wait(60)
 
 
+def test_vcpu_set_without_xen_is_acpi_cpu_hotplug(xl: Xl) -> None:
+    """A guest without Xen (xen_platform = 0): `xl vcpu-set` inserts vCPUs and asks for
+    ejects through ACPI CPU hotplug (devices/cpu_hotplug.py). The cpuhp guest reads the
+    MADT and the status bytes as an OS's AML would, starts inserted vCPUs by INIT/SIPI and
+    ejects removed ones; vcpu-list shows a vCPU absent at boot or ejected as parked."""
+    write_config(xl, "acpicpu", "cpuhp.elf", memory=32, vcpus=1, maxvcpus=3, xen_platform=0)
+    assert xl.run("create", "acpicpu").returncode == 0
+    con = xl.popen("console", "acpicpu")
+
+    def running() -> list[bool]:
+        return [r[3] != "-" for r in vcpu_rows(xl, "acpicpu")]
+
+    try:
+        assert con.stdout is not None
+        out = read_until(con.stdout, b"cpuhp: online 1 status 010000")
+        assert b"cpuhp: ready madt enabled=1 capable=2" in out, out
+        assert running() == [True, False, False]  # maxvcpus exist; 1 and 2 parked
+
+        assert xl.run("vcpu-set", "-i", "acpicpu", "3").returncode == 0
+        out = read_until(con.stdout, b"cpuhp: online 3 status 010101")
+        assert b"cpuhp: cpu 1 up" in out and b"cpuhp: cpu 2 up" in out, out
+        assert running() == [True, True, True]
+        assert xl.domains()["acpicpu"][3] == "3"
+
+        assert xl.run("vcpu-set", "acpicpu", "1").returncode == 0
+        out = read_until(con.stdout, b"cpuhp: online 1 status 010000")
+        assert b"cpuhp: ejected 1" in out and b"cpuhp: ejected 2" in out, out
+        assert running() == [True, False, False]  # ejected: parked
+
+        assert xl.run("vcpu-set", "-i", "acpicpu", "2").returncode == 0  # an ejected one back
+        out = read_until(con.stdout, b"cpuhp: online 2 status 010100")
+        assert b"cpuhp: cpu 1 up" in out, out
+        assert running() == [True, True, False]
+        many = xl.run("vcpu-set", "-i", "acpicpu", "4")
+        assert many.returncode != 0 and "Requested 4 VCPUs, however maxcpus is 3!" in many.stderr
+    finally:
+        xl.run("destroy", "acpicpu")
+        con.wait(60)
+
+
 def test_block_attach_then_the_guest_sees_the_disk_then_detach(xl: Xl) -> None:
     image = xl.tmp / "hot.img"
     image.write_bytes(b"")

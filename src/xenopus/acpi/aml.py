@@ -180,6 +180,8 @@ class Integer:
 
 @dataclass(frozen=True)
 class String:
+    """String (§20.2.3 StringPrefix): NUL-free ASCII."""
+
     value: str
 
     def encode(self) -> bytes:
@@ -191,6 +193,8 @@ class String:
 
 @dataclass(frozen=True)
 class Buffer:
+    """DefBuffer (§20.2.5.4): a byte buffer."""
+
     data: bytes
 
     def encode(self) -> bytes:
@@ -200,6 +204,8 @@ class Buffer:
 
 @dataclass(frozen=True)
 class Package:
+    """DefPackage (§20.2.5.4): at most 255 elements."""
+
     elements: Sequence[Term]
 
     def encode(self) -> bytes:
@@ -222,6 +228,8 @@ def eisa_id(text: str) -> int:
 
 @dataclass(frozen=True)
 class EisaId:
+    """EISAID("PNP0A03") (§19.6.35) as an integer term."""
+
     text: str
 
     def encode(self) -> bytes:
@@ -254,6 +262,8 @@ class NameRef:
 
 @dataclass(frozen=True)
 class Local:
+    """LocalObj (§20.2.6.2): Local0-Local7."""
+
     index: int
 
     def encode(self) -> bytes:
@@ -264,6 +274,8 @@ class Local:
 
 @dataclass(frozen=True)
 class Arg:
+    """ArgObj (§20.2.6.1): Arg0-Arg6."""
+
     index: int
 
     def encode(self) -> bytes:
@@ -277,6 +289,8 @@ class Arg:
 
 @dataclass(frozen=True)
 class Name:
+    """DefName (§20.2.5.1): a named object."""
+
     name: str
     value: Term
 
@@ -290,6 +304,8 @@ def _terms(body: Iterable[Aml]) -> bytes:
 
 @dataclass(frozen=True)
 class Scope:
+    """DefScope (§20.2.5.1)."""
+
     name: str
     body: Sequence[Aml] = ()
 
@@ -299,6 +315,8 @@ class Scope:
 
 @dataclass(frozen=True)
 class Device:
+    """DefDevice (§20.2.5.2)."""
+
     name: str
     body: Sequence[Aml] = ()
 
@@ -310,6 +328,8 @@ class Device:
 
 @dataclass(frozen=True)
 class Method:
+    """DefMethod (§20.2.5.2)."""
+
     name: str
     args: int = 0
     body: Sequence[Aml] = ()
@@ -327,6 +347,8 @@ class Method:
 
 @dataclass(frozen=True)
 class OperationRegion:
+    """DefOpRegion (§20.2.5.2): `length` bytes at `offset` of address space `space`."""
+
     name: str
     space: int
     offset: Term
@@ -363,6 +385,8 @@ class Field:
 
 @dataclass(frozen=True)
 class CreateDWordField:
+    """DefCreateDWordField (§20.2.5.2)."""
+
     source: Term
     index: Term
     name: str
@@ -380,7 +404,20 @@ class CreateDWordField:
 
 
 @dataclass(frozen=True)
+class Call:
+    """A MethodInvocation (§20.2.5.4): the method's name, then its arguments."""
+
+    method: str
+    args: Sequence[Term] = ()
+
+    def encode(self) -> bytes:
+        return name_string(self.method) + b"".join(term(a) for a in self.args)
+
+
+@dataclass(frozen=True)
 class Return:
+    """DefReturn (§20.2.5.3)."""
+
     value: Term
 
     def encode(self) -> bytes:
@@ -389,6 +426,8 @@ class Return:
 
 @dataclass(frozen=True)
 class Notify:
+    """DefNotify (§20.2.5.3)."""
+
     target: Aml | str
     value: Term
 
@@ -398,6 +437,8 @@ class Notify:
 
 @dataclass(frozen=True)
 class Store:
+    """DefStore (§20.2.5.4)."""
+
     source: Term
     target: Aml | str
 
@@ -407,6 +448,8 @@ class Store:
 
 @dataclass(frozen=True)
 class If:
+    """DefIfElse's If part (§20.2.5.3)."""
+
     predicate: Term
     body: Sequence[Aml] = ()
 
@@ -416,6 +459,8 @@ class If:
 
 @dataclass(frozen=True)
 class Else:
+    """DefElse (§20.2.5.3)."""
+
     body: Sequence[Aml] = ()
 
     def encode(self) -> bytes:
@@ -485,6 +530,8 @@ class LLess(_Logical):
 
 @dataclass(frozen=True)
 class LNot:
+    """DefLNot (§20.2.5.4)."""
+
     operand: Term
 
     def encode(self) -> bytes:

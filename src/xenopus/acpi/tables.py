@@ -19,6 +19,8 @@ from xenopus.acpi import aml
 from xenopus.acpi.aml import (
     IO,
     And,
+    Buffer,
+    Call,
     CreateDWordField,
     Device,
     EisaId,
@@ -41,7 +43,7 @@ from xenopus.acpi.aml import (
     Store,
     String,
 )
-from xenopus.devices import acpi_power, platform
+from xenopus.devices import acpi_power, cpu_hotplug, platform
 from xenopus.memory.guest import GuestMemory
 
 OEM_ID = b"XENOPS"
@@ -69,6 +71,12 @@ OSC_UNRECOGNIZED_UUID = 1 << 2  # §6.2.11 _OSC status DWORD
 # The DSDT's names for what the power device and the guest kit refer to.
 POWER_BUTTON_PATH = "\\_SB.PWRB"
 POWER_BUTTON_NOTIFY = 0x80  # §5.6.6 table 5.x: power button pressed (S0 → sleep/off)
+CPU_SCAN_PATH = "\\_SB.CSCN"  # the GED's _EVT calls it on a CPU hotplug event
+# §5.6.6 table 5.x device object notifications
+NOTIFY_DEVICE_CHECK = 0x01  # re-evaluate _STA: the device appeared (§6.3.1)
+NOTIFY_EJECT_REQUEST = 0x03  # offline it, then _EJ0 (§6.3.3)
+# §6.3.7 _STA: present, enabled, shown in the UI, functioning
+STA_PRESENT_ENABLED = 0x0F
 
 
 class TableHeader(ctypes.LittleEndianStructure):
@@ -337,6 +345,7 @@ class AcpiPlatform:
     i8042: bool = True
     power_base: int = platform.ACPI_REGS_BASE
     power_irq: int = platform.ACPI_GED_IRQ
+    cpu_hotplug_base: int = platform.CPU_HOTPLUG_BASE
     # The MADT lists the IO-APIC (and the ISA overrides onto its GSIs). Off for a PV shim
     # domain, as Xen's own libxl leaves it out of a PVH guest's MADT (libacpi build_madt
     # without ACPI_HAS_IOAPIC): Xen finding one runs check_timer (io_apic.c), which wants
@@ -348,6 +357,8 @@ class AcpiPlatform:
 
 @dataclass(frozen=True)
 class Table:
+    """One ACPI table as laid out in guest memory."""
+
     signature: str
     address: int
     data: bytes
@@ -475,7 +486,7 @@ def _motherboard(p: AcpiPlatform) -> Device:
 
 def _ged(p: AcpiPlatform) -> Device:
     """Generic Event Device (§5.6.9): its interrupt runs _EVT, which reads (and so
-    clears) the latched events and notifies the power button."""
+    clears) the latched events, notifies the power button and scans the CPUs."""
     event_reg = p.power_base + acpi_power.GED_EVENT
     return Device(
         "GED",
@@ -495,6 +506,7 @@ def _ged(p: AcpiPlatform) -> Device:
                         And(Local(0), acpi_power.GED_POWER_BUTTON),
                         [Notify(POWER_BUTTON_PATH, POWER_BUTTON_NOTIFY)],
                     ),
+                    If(And(Local(0), acpi_power.GED_CPU_HOTPLUG), [Call(CPU_SCAN_PATH)]),
                 ],
                 serialized=True,
             ),
@@ -535,12 +547,58 @@ def _legacy_devices(p: AcpiPlatform) -> list[aml.Aml]:
     return devices
 
 
+def _cpu_name(i: int) -> str:
+    return f"C{i:03X}"
+
+
+def _processors(p: AcpiPlatform) -> list[aml.Aml]:
+    """Processor devices (§8.4), _UID matching the MADT's processor UIDs, hot-pluggable
+    (§6.3) through the status bytes of `xenopus.devices.cpu_hotplug`: each device's own
+    byte is its field CSTS (ENABLED, INSERT, REMOVE read; EJECT and the acknowledgements
+    written), and `CSCN` notifies every device with an event pending."""
+    out: list[aml.Aml] = [
+        OperationRegion("CPHR", aml.SYSTEM_MEMORY, p.cpu_hotplug_base, p.vcpus),
+    ]
+    scan: list[aml.Aml] = []
+    for i in range(p.vcpus):
+        name = _cpu_name(i)
+        sts = f"\\_SB.{name}.CSTS"
+        # §6.2.10 _MAT: the MADT entry as it is once the vCPU is present, Enabled (Linux
+        # maps the hot-added processor's APIC ID from it, processor_core.c map_mat_entry;
+        # the MADT's own entry of an offline vCPU is not Enabled).
+        mat = MadtLocalApic(type=MADT_LOCAL_APIC, length=ctypes.sizeof(MadtLocalApic),
+                            processor_uid=i, apic_id=i, flags=LAPIC_ENABLED)
+        body: list[aml.Aml] = [
+            Name("_HID", String("ACPI0007")),
+            Name("_UID", i),
+            # ReservedField up to byte i: the field is this vCPU's status byte alone.
+            aml.Field("\\_SB.CPHR", [(None, 8 * i), ("CSTS", 8)] if i else [("CSTS", 8)],
+                      access=aml.BYTE_ACC, update=aml.WRITE_AS_ZEROS),
+            Method("_STA", 0, [If(And(aml.NameRef("CSTS"), cpu_hotplug.ENABLED),
+                                  [Return(STA_PRESENT_ENABLED)]),
+                               Return(0)]),
+            Name("_MAT", Buffer(bytes(mat))),
+        ]
+        if i != cpu_hotplug.BOOT_VCPU:
+            body.append(Method("_EJ0", 1, [Store(cpu_hotplug.EJECT, "CSTS")]))
+            scan += [
+                If(And(aml.NameRef(sts), cpu_hotplug.INSERT),
+                   [Notify(f"\\_SB.{name}", NOTIFY_DEVICE_CHECK),
+                    Store(cpu_hotplug.INSERT, sts)]),
+                If(And(aml.NameRef(sts), cpu_hotplug.REMOVE),
+                   [Notify(f"\\_SB.{name}", NOTIFY_EJECT_REQUEST),
+                    Store(cpu_hotplug.REMOVE, sts)]),
+            ]
+        out.append(Device(name, body))
+    # Acknowledge after notifying: an event the host raises meanwhile latches the GED
+    # again, so a later scan sees it.
+    out.append(Method("CSCN", 0, scan, serialized=True))
+    return out
+
+
 def dsdt_aml(p: AcpiPlatform) -> bytes:
     """The DSDT's definition block body (AML after the header)."""
-    sb: list[aml.Aml] = []
-    # Processor devices (§8.4), _UID matching the MADT's processor UIDs.
-    for i in range(p.vcpus):
-        sb.append(Device(f"C{i:03X}", [Name("_HID", String("ACPI0007")), Name("_UID", i)]))
+    sb: list[aml.Aml] = _processors(p)
     if p.pci:
         sb.append(_pci_root(p.pci))
     sb.append(_motherboard(p))

@@ -39,6 +39,7 @@ SEG_TYPE_TSS_BUSY = 0xB  # system: 32-bit (or, in long mode, 64-bit) TSS, busy
 PTE_P = 1 << 0  # present
 PTE_RW = 1 << 1  # writable
 PTE_US = 1 << 2  # user accessible
+PTE_A = 1 << 5  # accessed: set by the CPU's walker
 PTE_PS = 1 << 7  # page size: this entry maps a page, not a table (PDE, PDPTE)
 PTE_XD = 1 << 63  # execute disable (with EFER.NXE)
 

@@ -185,6 +185,8 @@ assert ctypes.sizeof(BootParams) == 4096
 
 @dataclass
 class BzImage:
+    """A parsed bzImage: its setup header and where the protected-mode kernel lies."""
+
     path: str
     header: bytes  # the setup header bytes, from 0x1F1 to 0x202 + byte at 0x201
     hdr: SetupHeader

@@ -30,6 +30,8 @@ TYPE_NAMES = {
 
 @dataclass(frozen=True)
 class E820Entry:
+    """One E820 range: `size` bytes from `addr`, of E820 `type`."""
+
     addr: int
     size: int
     type: int

@@ -81,6 +81,8 @@ class Section:
 
 @dataclass(frozen=True)
 class Note:
+    """One ELF note (name, type, descriptor)."""
+
     name: bytes  # without its terminating NUL
     type: int
     desc: bytes

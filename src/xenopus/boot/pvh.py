@@ -64,6 +64,8 @@ TSS_SELECTOR = 0x18
 
 @dataclass(frozen=True)
 class LoadSegment:
+    """A PT_LOAD program header: `filesz` bytes from file `offset` to `paddr`, `memsz` in memory."""
+
     index: int
     paddr: int
     offset: int
@@ -77,6 +79,8 @@ class LoadSegment:
 
 @dataclass
 class PvhImage:
+    """A PVH ELF kernel: its load segments, entry and Xen ELF notes."""
+
     path: str
     elfclass: int
     machine: str

@@ -9,7 +9,8 @@ MMIO page at `platform.ACPI_REGS_BASE`, byte registers first:
     +0  SLEEP_CONTROL  8 bits   write SLP_TYP << 2 | SLP_EN: SLP_TYP 5 (S5) powers off
     +1  SLEEP_STATUS   8 bits   WAK_STS (bit 7), never set: we never wake from sleep
     +2  RESET          8 bits   write RESET_VALUE to reset the machine
-    +4  GED_EVENT     32 bits   latched events (bit 0: power button); a read returns
+    +4  GED_EVENT     32 bits   latched events (bit 0: power button, bit 1: a CPU
+                                hotplug change, xenopus.devices.cpu_hotplug); a read returns
                                 them and clears the bits it returned, and the GED
                                 interrupt is level-high while any bit is latched
 
@@ -46,6 +47,7 @@ SLP_TYP_S5 = 5
 RESET_VALUE = 0x01
 
 GED_POWER_BUTTON = 1 << 0
+GED_CPU_HOTPLUG = 1 << 1  # _EVT runs the CPU scan method (\_SB.CPUS.CSCN)
 
 
 class AcpiPowerDevice:
@@ -67,6 +69,10 @@ class AcpiPowerDevice:
     def press_power_button(self) -> None:
         """Latch the power-button event and raise the GED interrupt (any thread)."""
         self._latch(GED_POWER_BUTTON)
+
+    def signal_cpu_hotplug(self) -> None:
+        """Latch the CPU hotplug event and raise the GED interrupt (any thread)."""
+        self._latch(GED_CPU_HOTPLUG)
 
     def _latch(self, bits: int) -> None:
         # The line follows the latch under the lock, so a racing read-clear cannot

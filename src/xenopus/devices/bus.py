@@ -38,6 +38,8 @@ class BusConflictError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class BusRange:
+    """One registered range of a bus: `length` bytes from `base`, served by `device`."""
+
     base: int
     length: int
     device: BusDevice

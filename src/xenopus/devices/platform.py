@@ -7,7 +7,8 @@ the ACPI tables (MADT, MCFG, DSDT `_CRS`) built from these constants.
     0x000E0000 - 0x000FFFFF  ACPI tables (inside the legacy hole the e820 map reserves)
     0xC0000000 - 0xDFFFFFFF  32-bit PCI MMIO window (BARs); starts at the RAM hole
     0xE0000000 - 0xE00FFFFF  PCI ECAM (MCFG), bus 0 only
-    0xFEB00000 - 0xFEB00FFF  ACPI hardware-reduced register block (sleep, reset, GED)
+    0xFEB00000 - 0xFEB00FFF  ACPI hardware-reduced register block (sleep, reset, GED;
+                             CPU hotplug from 0xFEB00100)
     0xFEC00000               IOAPIC
     0xFED00000               (HPET's conventional page: left free)
     0xFEE00000               local APICs
@@ -67,9 +68,14 @@ PCI_IO_SIZE = 0x10000 - PCI_IO_BASE
 # configuration ports as on a PC: ISA devices in the low one, BARs in the high one.
 PCI_IO_WINDOWS = ((0x0000, PCI_CONFIG_PORT), (0x0D00, 0x10000 - 0x0D00))
 
-# ACPI hardware-reduced register block (xenopus.devices.acpi_power), one page.
+# ACPI hardware-reduced register block, one page: the sleep, reset and GED registers
+# (xenopus.devices.acpi_power) first, the CPU hotplug status bytes
+# (xenopus.devices.cpu_hotplug, one per vCPU) from +0x100.
 ACPI_REGS_BASE = 0xFEB00000
 ACPI_REGS_SIZE = 0x1000
+ACPI_POWER_SIZE = 0x100
+CPU_HOTPLUG_BASE = ACPI_REGS_BASE + ACPI_POWER_SIZE
+CPU_HOTPLUG_SIZE = ACPI_REGS_SIZE - ACPI_POWER_SIZE  # bytes past the vCPUs read 0
 # The GED's interrupt (and the FADT SCI_INT): ISA IRQ 9, the conventional SCI line,
 # free of PIT 0, i8042 1/12, COM1 4 and RTC 8. Level-triggered, active-high.
 ACPI_GED_IRQ = 9

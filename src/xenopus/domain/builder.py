@@ -29,6 +29,7 @@ from xenopus.control import DISK, NIC
 from xenopus.devices import platform
 from xenopus.devices.acpi_power import AcpiPowerDevice
 from xenopus.devices.bus import Bus, BusDevice, NullDevice
+from xenopus.devices.cpu_hotplug import CpuHotplugDevice
 from xenopus.devices.debugcon import DebugCon
 from xenopus.devices.i8042 import I8042
 from xenopus.devices.mac import format_mac
@@ -101,6 +102,8 @@ class Guest:
     xen: XenGuest | None = None
     xen_path: str = "off"  # how hypercalls arrive: "trap", "kernel" or "off" (no Xen)
     balloon: VirtioBalloon | None = None  # virtio_balloon = 1
+    # ACPI CPU hotplug (xl vcpu-set of a guest without Xen): the DSDT's processor devices
+    cpu_hotplug: CpuHotplugDevice | None = None
 
     def memory_mib(self) -> int:
         """The memory the guest holds now, in MiB: its RAM less what a Xen guest's balloon
@@ -228,11 +231,17 @@ def build_guest(
             on_poweroff=stop("poweroff", "ACPI S5 (power off)"),
             on_reset=stop("reboot", "ACPI reset register"),
         )
-        legacy(mmio, platform.ACPI_REGS_BASE, platform.ACPI_REGS_SIZE, power, "acpi-power")
+        legacy(mmio, platform.ACPI_REGS_BASE, platform.ACPI_POWER_SIZE, power, "acpi-power")
+        # maxvcpus vCPUs exist; those past `vcpus` are absent (their _STA says so) until
+        # xl vcpu-set inserts them, and parked once the guest ejects them.
+        cpu_hotplug = CpuHotplugDevice(maxvcpus, config.vcpus, notify=power.signal_cpu_hotplug,
+                                       on_insert=machine.vcpu_up, on_eject=machine.vcpu_down)
+        legacy(mmio, platform.CPU_HOTPLUG_BASE, platform.CPU_HOTPLUG_SIZE, cpu_hotplug,
+               "cpu-hotplug")
 
         pci = PciHostBridge(pio, mmio, machine.set_irq, ram_end=ram_end)
         guest = Guest(machine, memory, boot, serial, power, pci, pio, mmio, inventory,
-                      xen=xen, xen_path=xen_path)
+                      xen=xen, xen_path=xen_path, cpu_hotplug=cpu_hotplug)
         _add_virtio(guest, config, domid, vconsole_out, taps)
         _apply_affinity(machine, config)
         if xen is not None:

@@ -79,7 +79,7 @@ class Arm64Boot:
 @dataclass
 class Arm64Guest:
     """The arm64 counterpart of `builder.Guest`, with the same names where the domain
-    process reads them; what arm64 lacks yet (Xen, ballooning, the power button) is None."""
+    process reads them; what arm64 lacks yet (Xen, ballooning, the power button, vCPU hotplug) is None."""
 
     machine: Arm64Machine
     memory: GuestMemory
@@ -96,6 +96,7 @@ class Arm64Guest:
     xen_path: str = "off"  # no Xen interface on arm64 (README "Xen on arm64")
     balloon: None = None
     power: None = None
+    cpu_hotplug: None = None  # ACPI CPU hotplug is x86's (the DSDT's processor devices)
 
     def memory_mib(self) -> int:
         return self.memory.ram_size // MiB

@@ -176,8 +176,9 @@ class DiskSpec:
 # -- the disk-spec scanner (libxlu_disk_l.l) ---------------------------------------------------
 
 # Each rule: the token (group "tok") plus any trailing context after it. The whole match
-# decides the longest-match contest; only the token is consumed.
-_DISK_RULES: list[tuple[str, re.Pattern[str]]] = [(name, re.compile(rx)) for name, rx in [
+# decides the longest-match contest; only the token is consumed. Compiled on the first
+# scan (`_disk_rules`): every domain process imports this module, few parse a disk spec.
+_DISK_RULE_TEXT: list[tuple[str, str]] = [
     ("space", r"(?P<tok>[ \t\n]+)(?:[^ \t\n].*)?"),
     ("format", r"(?P<tok>format=[^,]*,?)"),
     ("cdrom", r"(?P<tok>cdrom,?)"),
@@ -207,7 +208,16 @@ _DISK_RULES: list[tuple[str, re.Pattern[str]]] = [(name, re.compile(rx)) for nam
     ("ignored_prefix", r"(?P<tok>(?:tapdisk|tap2?|aio|ioemu|file|phy):).*"),
     ("unknown_prefix", r"(?P<tok>[a-z][a-z0-9]*:)(?:[^a-z0-9].*)?"),
     ("positional", r"(?P<tok>[^=,]*,|[^=,]+,?)"),
-]]
+]
+_compiled_rules: list[tuple[str, re.Pattern[str]]] | None = None
+
+
+def _disk_rules() -> list[tuple[str, re.Pattern[str]]]:
+    global _compiled_rules
+    if _compiled_rules is None:  # two threads at once both compile the same list: harmless
+        _compiled_rules = [(name, re.compile(rx)) for name, rx in _DISK_RULE_TEXT]
+    return _compiled_rules
+
 _FORMATS = ("raw", "qcow", "qcow2", "vhd", "empty", "qed")  # libxlu setformat; "" is raw
 _BACKENDTYPES = ("phy", "tap", "qdisk", "standalone")
 _SPECIFICATIONS = ("xen", "virtio")
@@ -358,7 +368,7 @@ class _DiskScan:
         pos = 0
         while pos < len(spec):
             best: tuple[int, str, str] | None = None
-            for name, rx in _DISK_RULES:
+            for name, rx in _disk_rules():
                 m = rx.match(spec, pos)
                 if m and m.end() > pos and (best is None or m.end() > best[0]):
                     best = (m.end(), name, m.group("tok"))

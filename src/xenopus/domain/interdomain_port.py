@@ -115,6 +115,8 @@ class Wire:
 
 @dataclass
 class Link:
+    """One interdomain event channel's link to the peer domain's process."""
+
     id: int
     port: int
     fd_in: int

@@ -138,6 +138,8 @@ class CpuPolicyPart:
 
 @dataclass
 class VcpuPart:
+    """One vCPU's state."""
+
     vcpu: Vcpu
     machine: Machine
     kind: str = "vcpu"
@@ -241,6 +243,8 @@ class BusPart:
 
 @dataclass
 class PciHostPart:
+    """The PCI host bridge."""
+
     bridge: PciHostBridge
     kind: str = "pci-host"
     name: str = "pci0"

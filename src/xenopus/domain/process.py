@@ -234,6 +234,12 @@ class DomainProcess:
         guest.machine.start(
             self._boot_state, lambda reason: loop.call_soon_threadsafe(self._on_stop, guest, reason)
         )
+        if guest.cpu_hotplug is not None and guest.xen is None:
+            # The vCPUs ACPI has absent do not run (wait-for-SIPI would start on a SIPI the
+            # MADT does not allow) until xl vcpu-set inserts them. A Xen guest's come up by
+            # VCPUOP_up or INIT/SIPI as cpu/N/availability says, as before.
+            for i in guest.cpu_hotplug.offline():
+                guest.machine.vcpu_down(i)
         self._started = True
         self._set_state("running")
 
@@ -548,6 +554,23 @@ class DomainProcess:
                                  " built with (a virtio balloon only gives back)")
         guest.balloon.set_target((ram - kib) * 1024 // PAGE_SIZE)
         return Reply.success()
+
+    @domain_step("cpu-hotplug", live=True)
+    def _cpu_hotplug(self, req: Request) -> Reply:
+        """xl vcpu-set of a guest without Xen: ACPI CPU hotplug (devices/cpu_hotplug.py)
+        — vCPUs 0..count-1 present, the rest asked to leave (the guest ejects them)."""
+        guest = self._live_guest()
+        count = req.args.get("count")
+        if guest.cpu_hotplug is None:
+            return Reply.failure("vCPU hotplug: this guest has no ACPI CPU hotplug"
+                                 " (arm64 guests: not implemented)")
+        if not isinstance(count, int) or isinstance(count, bool):
+            return Reply.failure(f"cpu-hotplug needs a vCPU count, not {count!r}")
+        try:
+            inserted, removing = guest.cpu_hotplug.set_online(count)
+        except ValueError as e:
+            return Reply.failure(str(e))
+        return Reply.success(inserted=inserted, removing=removing)
 
     @domain_step("block-attach", live=True)
     def _block_attach(self, req: Request) -> Awaitable[Reply]:

@@ -456,6 +456,15 @@ class VcpuFd:
     def set_sregs(self, sregs: u.kvm_sregs) -> None:
         _ioctl(self.fd, u.KVM_SET_SREGS, sregs, "KVM_SET_SREGS")
 
+    def get_sregs2(self) -> u.kvm_sregs2:
+        """KVM_GET_SREGS2 (KVM_CAP_SREGS2)."""
+        sregs2 = u.kvm_sregs2()
+        _ioctl(self.fd, u.KVM_GET_SREGS2, sregs2, "KVM_GET_SREGS2")
+        return sregs2
+
+    def set_sregs2(self, sregs2: u.kvm_sregs2) -> None:
+        _ioctl(self.fd, u.KVM_SET_SREGS2, sregs2, "KVM_SET_SREGS2")
+
     def set_cpuid2(self, cpuid: ctypes.Structure) -> None:
         _ioctl(self.fd, u.KVM_SET_CPUID2, cpuid, "KVM_SET_CPUID2")
 

@@ -65,6 +65,7 @@ KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 = 168
 KVM_CAP_X86_USER_SPACE_MSR = 188
 KVM_CAP_X86_MSR_FILTER = 189
 KVM_CAP_DIRTY_LOG_RING = 192
+KVM_CAP_SREGS2 = 200
 KVM_CAP_EXIT_HYPERCALL = 201
 KVM_CAP_XSAVE2 = 208
 KVM_CAP_X86_TRIPLE_FAULT_EVENT = 218
@@ -305,6 +306,23 @@ class kvm_sregs(ctypes.Structure):  # noqa: N801
         *((name, c_uint64) for name in ("cr0", "cr2", "cr3", "cr4", "cr8", "efer", "apic_base")),
         ("interrupt_bitmap", c_uint64 * ((KVM_NR_INTERRUPTS + 63) // 64)),
     ]
+
+
+class kvm_sregs2(ctypes.Structure):  # noqa: N801
+    """KVM_GET/SET_SREGS2 (api.rst 4.131/4.132): kvm_sregs without the interrupt bitmap,
+    with the PAE PDPTE registers (valid with KVM_SREGS2_FLAGS_PDPTRS_VALID)."""
+
+    _fields_ = [
+        *((name, kvm_segment) for name in ("cs", "ds", "es", "fs", "gs", "ss", "tr", "ldt")),
+        ("gdt", kvm_dtable),
+        ("idt", kvm_dtable),
+        *((name, c_uint64) for name in ("cr0", "cr2", "cr3", "cr4", "cr8", "efer", "apic_base")),
+        ("flags", c_uint64),
+        ("pdptrs", c_uint64 * 4),
+    ]
+
+
+KVM_SREGS2_FLAGS_PDPTRS_VALID = 1
 
 
 class kvm_fpu(ctypes.Structure):  # noqa: N801
@@ -918,6 +936,8 @@ KVM_GET_REGS = _IOR(KVMIO, 0x81, kvm_regs)
 KVM_SET_REGS = _IOW(KVMIO, 0x82, kvm_regs)
 KVM_GET_SREGS = _IOR(KVMIO, 0x83, kvm_sregs)
 KVM_SET_SREGS = _IOW(KVMIO, 0x84, kvm_sregs)
+KVM_GET_SREGS2 = _IOR(KVMIO, 0xCC, kvm_sregs2)
+KVM_SET_SREGS2 = _IOW(KVMIO, 0xCD, kvm_sregs2)
 KVM_GET_MSRS = _IOWR(KVMIO, 0x88, kvm_msrs)
 KVM_SET_MSRS = _IOW(KVMIO, 0x89, kvm_msrs)
 KVM_GET_FPU = _IOR(KVMIO, 0x8C, kvm_fpu)

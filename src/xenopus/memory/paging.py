@@ -31,6 +31,7 @@ from xenopus.arch.x86 import (
     PF_U,
     PF_VECTOR,
     PF_W,
+    PTE_A,
     PTE_P,
     PTE_PS,
     PTE_RW,
@@ -253,12 +254,16 @@ def _walk_pae(w: _Walk, cr3: int, maxphyaddr: int) -> int:
     m = maxphyaddr
     pdpte_addr = (cr3 & 0xFFFFFFE0) | ((va >> 30) << 3)  # Table 4-7: CR3[31:5]
     # Table 4-8: PDPTE bits 2:1, 8:5 and 63:M are reserved; it carries no access rights.
+    # Bit 5 excepted: where PDPTEs are walked from memory rather than loaded into registers
+    # at MOV to CR3 (AMD nested paging, as QEMU's SVM model does it: target/i386/tcg
+    # mmu_translate sets PG_ACCESSED in the PAE PDPTE it walks), the CPU sets it itself,
+    # and a guest's own reserved bits were refused at its MOV to CR3 (#GP, §4.4.1).
     pdpte = w.check(
         "PDPTE",
         pdpte_addr,
         w.read_entry("PDPTE", pdpte_addr, 8),
         8,
-        _bits(2, 1) | _bits(8, 5) | _bits(63, m),
+        _bits(2, 1) | (_bits(8, 5) & ~PTE_A) | _bits(63, m),
         rights=False,
     )
     pde_addr = (pdpte & _bits(m - 1, 12)) | (((va >> 21) & 0x1FF) << 3)

@@ -12,12 +12,17 @@ import socket
 import sys
 from collections import namedtuple
 from types import SimpleNamespace as Namespace
-from typing import Any, NoReturn
 
 from xenopus import host, ipc
 from xenopus.client import Connection, NoSuchDomain, XenopusError, connect_console
 from xenopus.control import DISK, NIC, Request
 from xenopus.trace import mark
+
+# `typing` costs every CLI command milliseconds of imports (with `re`): names for the
+# type checker only.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, NoReturn
 
 DETACH = 0x1D  # Ctrl-], as for xl console and telnet
 

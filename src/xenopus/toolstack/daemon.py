@@ -1641,9 +1641,11 @@ class Daemon:
 
     @daemon_step("vcpu-set")
     async def _vcpu_set(self, req: Request, client: Client) -> Reply:
-        """xl vcpu-set DOM N: libxl_set_vcpuonline for a PVH domain — vCPUs 0..N-1
-        "online", the rest "offline" in cpu/N/availability; the guest's own hotplug
-        driver brings them up and down (VCPUOP_up/down or INIT/SIPI)."""
+        """xl vcpu-set DOM N: libxl_set_vcpuonline — vCPUs 0..N-1 "online", the rest
+        "offline" in cpu/N/availability, which a Xen guest's own hotplug driver follows
+        (VCPUOP_up/down or INIT/SIPI); a guest without Xen gets the change by ACPI CPU
+        hotplug (its domain process inserts vCPUs and asks it to eject the others, as
+        libxl has QEMU do for an HVM guest), and the nodes say what was asked."""
         rec = self.lookup(req.dom)
         count = req.args.get("count")
         if not isinstance(count, int) or isinstance(count, bool) or count < 0:
@@ -1655,8 +1657,10 @@ class Daemon:
             raise RequestError(f"Requested 0 VCPUs!\n{failed}")
         if count > maxvcpus:
             raise RequestError(f"Requested {count} VCPUs, however maxcpus is {maxvcpus}!\n{failed}")
-        self._xen_domain(req, "vCPU hotplug goes through cpu/N/availability (ACPI CPU"
-                         " hotplug for other guests is not implemented)")
+        if rec.xen_path == "off":
+            reply = await rec.request(Request("cpu-hotplug", {"count": count}))
+            if not reply.ok:
+                raise RequestError(f"domain {rec.domid}: {reply.error}\n{failed}")
         self.xenstore.set_vcpus_online(rec.domid, count, maxvcpus)
         self.hv_log(f"d{rec.domid}: vCPUs 0-{count - 1} of {maxvcpus} available")
         return Reply.success()

@@ -7,7 +7,9 @@ of its own PID namespace, that has already imported every layer and waits for on
 A create consumes a spare (it becomes that domain's process, with no further fork) and
 the zygote starts its replacement in the background.
 
-Its argument: the socket to the zygote.
+Its argument: the socket to the zygote. (`--write-methods` instead: write the table of
+the dataclass methods its imports generate, xenopus/codecache.py, afresh and exit; `make
+compile` does.)
 
 On the socket the zygote gives it (`xenopus.ipc` framing):
   spare → zygote  one byte, READY, once its imports are done
@@ -27,6 +29,7 @@ import socket
 import sys
 from typing import TYPE_CHECKING
 
+from xenopus import codecache
 from xenopus.ipc import Channel
 from xenopus.trace import mark
 
@@ -35,13 +38,16 @@ if TYPE_CHECKING:  # imported by `warm`: the zygote imports this module before a
     from xenopus.kvm import Kvm
 
 READY = b"R"
+# gc.set_threshold's first-generation threshold while `warm` imports (the default 700).
+IMPORT_GC_THRESHOLD = 20000
 
 
-def warm() -> None:
+def warm(write_methods: bool | None = None) -> None:
     """Import every layer a domain process runs (with seccomp_policy, whose loader the
     jail uses on the zygote's compiled filter): a spare does before READY, the zygote
     after it has started its first spares (their start-up is the long pole of a first
-    domain on a fresh daemon: they import while it does).
+    domain on a fresh daemon: they import while it does). Their dataclasses' methods
+    come compiled from `xenopus.codecache` (`write_methods`: see `generated_methods`).
 
     asyncio imports ssl when it can; a domain process never speaks TLS through asyncio,
     and ssl with OpenSSL's libraries is ~1.3 MiB of private memory in every one. None in
@@ -51,10 +57,17 @@ def warm() -> None:
     blocked = "ssl" not in sys.modules
     if blocked:
         sys.modules["ssl"] = None  # type: ignore[assignment]
+    # The cyclic collector finds next to nothing to free among what imports create (about
+    # a hundred objects of some 300 000) but walks them, again and again as they pile
+    # up: ~15% of a spare's import CPU. Rarer passes while importing, the usual after.
+    thresholds = gc.get_threshold()
+    gc.set_threshold(IMPORT_GC_THRESHOLD, *thresholds[1:])
     try:
-        import xenopus.domain.process  # noqa: F401
-        import xenopus.domain.seccomp_policy  # noqa: F401
+        with codecache.generated_methods(write=write_methods):
+            import xenopus.domain.process  # noqa: F401
+            import xenopus.domain.seccomp_policy  # noqa: F401
     finally:
+        gc.set_threshold(*thresholds)
         if blocked:
             del sys.modules["ssl"]
 
@@ -107,7 +120,19 @@ def become_domain(spawn: Spawn, fds: list[int], *, fresh_layout: bool,
         os._exit(code)
 
 
+def write_methods() -> None:
+    """`make compile`: the table of every dataclass method a domain process generates,
+    afresh (entries of classes changed since are dropped)."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(codecache.PATH)
+    warm(write_methods=True)
+    print(f"xenopus spare: {len(codecache.load())} dataclass methods in {codecache.PATH}")
+
+
 def main() -> None:
+    if sys.argv[1:] == ["--write-methods"]:
+        write_methods()
+        return
     mark("spare: started")
     die_with_parent()
     warm()

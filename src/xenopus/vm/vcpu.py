@@ -18,11 +18,11 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Protocol, TypeVar
 
-from xenopus.arch.x86 import EFER_LMA
+from xenopus.arch.x86 import EFER_LMA, PTE_A
 from xenopus.kvm import uapi as u
-from xenopus.kvm.system import VcpuFd
+from xenopus.kvm.system import KvmError, VcpuFd
 from xenopus.memory import paging
-from xenopus.memory.guest import GuestMemory
+from xenopus.memory.guest import GuestMemory, GuestMemoryError
 from xenopus.vm.cpu import CpuState, Segment
 from xenopus.vm.events import StopReason
 from xenopus.vm.ports import IoHandler
@@ -295,8 +295,35 @@ class Vcpu:
         for i in range(len(sregs.interrupt_bitmap)):
             sregs.interrupt_bitmap[i] = 0
         self.fd.set_sregs(sregs)
+        if paging.paging_mode(state.cr0, state.cr4, state.efer) is paging.PagingMode.PAE:
+            self._load_pdptrs(state.cr3)
         self.fd.set_regs(regs)
         self.fd.set_mp_state(u.KVM_MP_STATE_RUNNABLE)
+
+    def _load_pdptrs(self, cr3: int) -> None:
+        """The PDPTE registers a MOV to CR3 loads in PAE paging (SDM 3A §4.4.1), from the
+        PDPT at CR3[31:5], given to KVM (KVM_SET_SREGS2). KVM_SET_SREGS loads them itself but
+        refuses a PDPTE with a reserved bit, leaving the registers empty: and the Accessed
+        bit (5) is one that AMD nested paging sets in memory as it walks (QEMU's SVM model
+        does), after the first vCPU loaded them clean. KVM would then walk this vCPU's
+        page tables (to emulate an instruction, or skip one where the CPU gives no next
+        RIP) through empty PDPTEs: the xen32 PAE guest's second vCPU ended its domain as
+        soon as it ran. Bit 5 is cleared here, as the vCPU that set the PDPT up found it.
+        Without KVM_CAP_SREGS2, KVM's own load stands."""
+        base = cr3 & 0xFFFFFFE0  # Table 4-7
+        try:
+            pdptes = [self.memory.read_int(base + 8 * i, 8) & ~PTE_A for i in range(4)]
+            sregs2 = self.fd.get_sregs2()
+        except (GuestMemoryError, KvmError) as e:
+            log.debug("vCPU %d: PDPTEs left to KVM: %s", self.index, e)
+            return
+        held = paging.paging_mode(sregs2.cr0, sregs2.cr4, sregs2.efer)
+        if held is not paging.PagingMode.PAE:  # a KVM that dropped CR0.PG (emulated ring 0)
+            return
+        sregs2.flags |= u.KVM_SREGS2_FLAGS_PDPTRS_VALID
+        for i, pdpte in enumerate(pdptes):
+            sregs2.pdptrs[i] = pdpte
+        self.fd.set_sregs2(sregs2)
 
     def sample_mp_state(self) -> int:
         """KVM_GET_MP_STATE into `mp_state`. The ioctl takes the vCPU mutex, which KVM_RUN

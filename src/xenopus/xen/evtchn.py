@@ -81,6 +81,8 @@ class State(enum.IntEnum):
 
 @dataclass
 class Channel:
+    """One event-channel port's state (evtchn_status_t's fields)."""
+
     state: State
     vcpu: int = 0  # the notify vCPU
     remote_dom: int = 0

@@ -80,6 +80,8 @@ class _Window:
 
 @dataclass(frozen=True)
 class _Mapping:
+    """Where a BAR is mapped: its bus and base address."""
+
     bus: Bus
     base: int
 

@@ -89,6 +89,8 @@ assert NET_HDR.size == VNET_HDR_LEN
 
 @dataclass
 class NetStats:
+    """Frame and byte counters of one virtio-net device."""
+
     rx_frames: int = 0
     rx_bytes: int = 0
     rx_dropped: int = 0  # frames the guest had no room for

@@ -63,6 +63,8 @@ IDENT, NUMBER, STRING, NEWLINE, EOF = "ident", "number", "string", "newline", "e
 
 @dataclass(frozen=True)
 class _Token:
+    """One token of xl.cfg syntax, with its line."""
+
     kind: str  # one of the names above, or the punctuation itself: = += ; [ ] ,
     text: str
     line: int
