@@ -406,6 +406,16 @@ def limitation_shown(limit: Limit, run: Run) -> bool:
     return bool(fails) and explained and present and shown
 
 
+# What KVM itself answers on the in-kernel path, unlike Xen: there xenopus never sees the
+# call, and QEMU's KVM answers it the same way (its xenhostile limit). SCHEDOP_poll with a
+# non-canonical pointer: kvm_xen_schedop_poll (arch/x86/kvm/xen.c) reads the sched_poll
+# through kvm_read_guest_virt, which walks the low 48 bits, where Xen's copy_from_guest
+# answers -EFAULT. The trap path gives Xen's answer (tests/vm/test_xen.py's hostile test).
+KVM_IN_KERNEL = {
+    "xenhostile": (r"^case fault\(noncanonical\) sched_op\(poll\): got -?\d+ expected -14 FAIL$",),
+}
+
+
 @pytest.mark.parametrize("name", list(CASES))
 def test_xen_guest_gives_the_same_result_under_qemu10(request: pytest.FixtureRequest, qemu10: Path,
                                                       tmp_path: Path, name: str) -> None:
@@ -419,8 +429,12 @@ def test_xen_guest_gives_the_same_result_under_qemu10(request: pytest.FixtureReq
     print(f"{name}: xenopus ({path} path) {ours.seconds:.1f} s: {ours.result}; "
           f"QEMU 10 {peer.seconds:.1f} s: {peer.result}")
     expected = rf"RESULT: PASS {case.name}" + (rf" {case.detail}" if case.detail else "")
-    assert ours.result is not None and re.fullmatch(expected, ours.result), ours.context("xenopus")
-    assert not ours.fails(), ours.context("xenopus")
+    kvms = KVM_IN_KERNEL.get(name, ()) if path == "kernel" else ()
+    ours_fails = [f for f in ours.fails() if not any(re.search(p, f) for p in kvms)]
+    assert not ours_fails, ours.context("xenopus")
+    # Only KVM's own answers failed: the guest then says FAIL, and nothing else did.
+    ours_expected = expected if not ours.fails() else expected.replace("PASS", "FAIL", 1)
+    assert ours.result is not None and re.fullmatch(ours_expected, ours.result), ours.context("xenopus")
     # The same guest-side checks reach the host under both: the PV console line, the
     # blkfront's sectors in the image, the netfront's datagram at the responder.
     if case.name == "xenconsole":
