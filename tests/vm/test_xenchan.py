@@ -9,6 +9,7 @@ import os
 import re
 import socket
 import stat
+from pathlib import Path
 
 import pytest
 
@@ -115,6 +116,19 @@ def test_a_domain_with_a_socket_channel_refuses_clone(xenopus: Xenopus) -> None:
         con.communicate(timeout=60)
 
 
+def _read_every_line_then_ping(path: Path, ping: str) -> None:
+    """A client of the channel's socket reads every line the guest wrote once, in order,
+    then gets the guest's answer to `ping`."""
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(60)
+        s.connect(str(path))
+        stream = s.makefile("rb")
+        got = read_until(stream, f"line {LINES - 1} of {NAME}\n".encode())
+        assert got.decode().splitlines() == [f"line {i} of {NAME}" for i in range(LINES)]
+        s.sendall(f"{ping}\n".encode())
+        assert read_until(stream, b"\n") == f"pong: {ping}\n".encode()
+
+
 def test_a_socket_channel_survives_save_and_restore(xenopus: Xenopus) -> None:
     """Saved while the guest's lines wait in its ring (no client yet: the backend holds
     back, docs/snapshot-stream.md): the restored backend listens on the config's socket
@@ -136,14 +150,7 @@ def test_a_socket_channel_survives_save_and_restore(xenopus: Xenopus) -> None:
     assert restored.returncode == 0, restored.stderr
     con = xenopus.popen("console", "chan-save")
     try:
-        with socket.socket(socket.AF_UNIX) as s:
-            s.settimeout(60)
-            s.connect(str(path))
-            stream = s.makefile("rb")
-            got = read_until(stream, f"line {LINES - 1} of {NAME}\n".encode())
-            assert got.decode().splitlines() == [f"line {i} of {NAME}" for i in range(LINES)]
-            s.sendall(b"ping after restore\n")
-            assert read_until(stream, b"\n") == b"pong: ping after restore\n"
+        _read_every_line_then_ping(path, "ping after restore")
         out = read_result(con.stdout)
     finally:
         xenopus.run("destroy", "chan-save")
@@ -172,14 +179,7 @@ def test_a_socket_channel_survives_a_live_migration_on_this_host(xenopus: Xenopu
     con = xenopus.popen("console", "-t", "serial", "chan-mig")
     try:
         assert stat.S_ISSOCK(os.lstat(path).st_mode)  # the receiver's, still there
-        with socket.socket(socket.AF_UNIX) as s:
-            s.settimeout(60)
-            s.connect(str(path))
-            stream = s.makefile("rb")
-            got = read_until(stream, f"line {LINES - 1} of {NAME}\n".encode())
-            assert got.decode().splitlines() == [f"line {i} of {NAME}" for i in range(LINES)]
-            s.sendall(b"ping after migrate\n")
-            assert read_until(stream, b"\n") == b"pong: ping after migrate\n"
+        _read_every_line_then_ping(path, "ping after migrate")
         out = read_result(con.stdout)
     finally:
         xenopus.run("destroy", "chan-mig")
