@@ -75,14 +75,20 @@ def pair() -> tuple[socket.socket, socket.socket]:
     return ours, theirs
 
 
+async def attached_proxy() -> tuple[socket.socket, StoreProxy, memoryview]:
+    """A started StoreProxy on one end of a socket pair (the daemon's end returned), a
+    guest's ring page attached to it."""
+    daemon, end = pair()
+    proxy = StoreProxy(asyncio.get_running_loop(), end)
+    await proxy.start()
+    page = memoryview(bytearray(4096))
+    proxy.attach(RingTransport(page))
+    return daemon, proxy, page
+
+
 def test_the_guests_watches_are_set_again_on_a_restarted_daemon() -> None:
     async def scenario() -> None:
-        loop = asyncio.get_running_loop()
-        daemon1, end1 = pair()
-        proxy = StoreProxy(loop, end1)
-        await proxy.start()
-        page = memoryview(bytearray(4096))
-        proxy.attach(RingTransport(page))
+        daemon1, proxy, page = await attached_proxy()
         for type_, req_id, payload in ((wire.XS_WATCH, 1, wire.strings("device", "dev")),
                                        (wire.XS_WATCH, 2, wire.strings("/a", "t2")),
                                        (wire.XS_UNWATCH, 3, wire.strings("/a", "t2")),
@@ -101,7 +107,7 @@ def test_the_guests_watches_are_set_again_on_a_restarted_daemon() -> None:
             (wire.XS_WATCH, REPLAY_REQ_ID, wire.strings("control/shutdown", "c"))]
         # The new store acks them (one refused), fires their first events, and then
         # answers a request of the guest's own.
-        await loop.sock_sendall(daemon2, b"".join((
+        await asyncio.get_running_loop().sock_sendall(daemon2, b"".join((
             wire.pack(wire.XS_WATCH, REPLAY_REQ_ID, 0, b"OK\0"),
             wire.watch_event("device", "dev"),
             wire.pack(wire.XS_ERROR, REPLAY_REQ_ID, 0, b"E2BIG\0"),
@@ -123,12 +129,7 @@ def test_the_guests_watches_are_set_again_on_a_restarted_daemon() -> None:
 
 def test_a_new_incarnation_forgets_the_old_ones_watches() -> None:
     async def scenario() -> None:
-        loop = asyncio.get_running_loop()
-        daemon, end = pair()
-        proxy = StoreProxy(loop, end)
-        await proxy.start()
-        page = memoryview(bytearray(4096))
-        proxy.attach(RingTransport(page))
+        daemon, proxy, page = await attached_proxy()
         guest_send(page, wire.pack(wire.XS_WATCH, 1, 0, wire.strings("device", "dev")))
         proxy.kick()
         await read_daemon_side(daemon, 1)
@@ -149,12 +150,7 @@ def test_a_guest_that_writes_on_gets_all_its_requests_through(monkeypatch) -> No
     from xenopus.xen.xenstore.ring import READ_ROUNDS
 
     async def scenario() -> None:
-        loop = asyncio.get_running_loop()
-        daemon, end = pair()
-        proxy = StoreProxy(loop, end)
-        await proxy.start()
-        page = memoryview(bytearray(4096))
-        proxy.attach(RingTransport(page))
+        daemon, proxy, page = await attached_proxy()
         copy = shared.ring_read
         more = READ_ROUNDS + 4  # requests the guest writes while we copy
 
