@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import _json
 import _socket
-import contextlib
 import os
 import stat
 from types import SimpleNamespace
@@ -43,8 +42,10 @@ def ensure_run_dir(path: str) -> None:
     real directory (not a symlink), owned by us, writable by nobody else. Any other
     user who could write there could plant a symlink for the daemon to write through."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with contextlib.suppress(FileExistsError):
+    try:  # noqa: SIM105 - contextlib (with functools) costs the CLI its import
         os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
     st = os.lstat(path)
     if not stat.S_ISDIR(st.st_mode):
         raise RunDirError(f"run directory {path} is not a directory (a symlink?)")

@@ -10,9 +10,10 @@ import subprocess
 import sys
 
 # Each costs every CLI command milliseconds of imports: `socket` brings `enum` and
-# `selectors`, `json` brings `re` and compiles its expressions.
+# `selectors`, `json` brings `re` and compiles its expressions; `contextlib` brings
+# `functools`.
 CLI_NEVER = {"socket", "json", "re", "enum", "selectors", "typing", "asyncio", "dataclasses",
-             "subprocess", "pathlib", "argparse", "platform"}
+             "subprocess", "pathlib", "argparse", "platform", "contextlib", "functools"}
 
 
 def modules_after(code: str) -> set[str]:
