@@ -45,3 +45,25 @@ def test_a_cli_create_imports_none_of_the_expensive_modules() -> None:
 def test_the_probe_sees_an_import() -> None:
     """The check above can fail: a module the code imports shows."""
     assert {"json", "re"} <= modules_after("import json")
+
+
+# Imported where a guest has them (domain/builder.py's _add_virtio, the Xen PV backends
+# in domain/xenguest.py), not by every spare: ~10 ms of CPU and ~1 MiB per domain.
+SPARE_NEVER = {
+    "xenopus.devices.virtio.pci", "xenopus.devices.virtio.blk", "xenopus.devices.virtio.net",
+    "xenopus.devices.virtio.console", "xenopus.devices.virtio.rng",
+    "xenopus.devices.virtio.balloon", "xenopus.devices.disk", "xenopus.xen.backends.blkback",
+    "xenopus.xen.backends.netback", "xenopus.xen.backends.channel",
+    "xenopus.xen.backends.xenbus", "xenopus.xen.xenstore.client",
+    # the CLI's and the daemon's, never a domain's
+    "xenopus.toolstack.daemon", "xenopus.toolstack.cli", "xenopus.xen.xenstore.store",
+}
+
+
+def test_a_spare_imports_no_device_model_its_guest_may_not_have() -> None:
+    loaded = modules_after("from xenopus.toolstack import spare\nspare.warm()\n")
+    assert {"xenopus.domain.process", "xenopus.xen.backends.console"} <= loaded
+    assert loaded & SPARE_NEVER == set()
+    # A guest that has them imports them as it is built: tests/vm/test_inventory.py
+    # (virtio-pci transports, virtio-blk and -rng, the Xen console) and the Xen PV tests.
+
