@@ -878,9 +878,10 @@ class Daemon:
                 self.dmesg.append(event.line[:4096])
             elif isinstance(event, Finished):
                 mark("daemon: finished")
+                # Retired once its process has gone (_process_gone), not now: it reports
+                # before it tears the VM down, and its taps, open files and memory go
+                # with the process — xl destroy returns with the vifs removed.
                 rec.final = event
-                if event.exit_code != EXIT_REBUILD:
-                    self._retire(rec)
             elif isinstance(event, Stopped):
                 rec.last_stop = event
                 rec.stop_log.append(event)
@@ -925,9 +926,7 @@ class Daemon:
     async def _process_gone(self, rec: DomainRecord) -> None:
         rec.writer = None
         self.interdomain.remove(rec.domid)  # its peers' ports go unbound, views drop
-        if not rec.adopted:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(rec.exited.wait(), 5)
+        await self._wait_exit(rec)
         status = rec.exit_info.status if rec.exit_info is not None else None
         if rec.adopted:  # not our zygote's child: its own report is all there is
             status = rec.final.exit_code if rec.final is not None else None
@@ -938,6 +937,7 @@ class Daemon:
             if status != rec.final.exit_code:
                 log.warning("domain %d: process %s exited with status %s, not %s as it said",
                             rec.domid, rec.pid, status, rec.final.exit_code)
+            self._retire(rec)
             return
         clean = rec.state == "dying" or (rec.last_stop is not None and status in (0, 1))
         if not clean:
@@ -970,6 +970,31 @@ class Daemon:
                 rec.pid = None
                 return
         self._retire(rec)
+
+    async def _wait_exit(self, rec: DomainRecord, bound: float = 5.0) -> None:
+        """Until the domain's process has exited (at most `bound` seconds): the zygote's
+        report of our own child, a pidfd's for one adopted from an earlier daemon. An
+        exited process has closed its files: its taps are gone from the host
+        (tun_chr_close unregisters a non-persistent tap on its last close)."""
+        if not rec.adopted:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(rec.exited.wait(), bound)
+            return
+        if rec.pid is None:
+            return
+        try:
+            pidfd = os.pidfd_open(rec.pid)
+        except OSError:
+            return  # already gone
+        loop = asyncio.get_running_loop()
+        gone = asyncio.Event()
+        try:
+            loop.add_reader(pidfd, gone.set)  # a pidfd reads ready once the process exits
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(gone.wait(), bound)
+        finally:
+            loop.remove_reader(pidfd)
+            os.close(pidfd)
 
     async def _rebuild(self, rec: DomainRecord) -> None:
         """The next incarnation of a domain whose process handed its restart back
