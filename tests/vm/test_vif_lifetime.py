@@ -111,3 +111,18 @@ def test_a_restarted_domain_keeps_its_one_tap_and_destroy_removes_it(netns: Xeno
     assert links() == before
     assert netns.run("destroy", "taprestart").returncode == 0
     assert "xnlife5" not in links()
+
+
+def test_network_detach_removes_a_configured_vifs_tap(netns: Xenopus) -> None:  # noqa: F811
+    """A vif of the config (its tap kept open for the domain's restarts) detached: the
+    tap goes with it, not with the domain."""
+    cfg = netns.config("tapdetach", "xennet.elf", xen_platform=1, memory=64,
+                       cmdline=IDLE.replace("index=0", "index=1"),  # never takes vif 0
+                       vif=["model=xen, vifname=xnlife6, mac=00:16:3e:0a:0b:16"])
+    assert netns.run("create", "-q", str(cfg)).returncode == 0
+    assert "xnlife6" in links()
+    detached = netns.run("network-detach", "tapdetach", "0")
+    assert detached.returncode == 0, detached.stderr
+    assert "xnlife6" not in links()
+    assert "tapdetach" in netns.domains()
+    assert netns.run("destroy", "tapdetach").returncode == 0

@@ -36,7 +36,7 @@ from xenopus.devices.mac import format_mac
 from xenopus.domain import jail
 from xenopus.domain.channel import SocketId, remove_sockets, socket_ids
 from xenopus.domain.config import ConfigError, DomainConfig, load_config
-from xenopus.domain.devspec import parse_disk, parse_vif
+from xenopus.domain.devspec import parse_disk, parse_vif, vif_devids, without_vif
 from xenopus.domain.jail import uid_range
 from xenopus.domain.protocol import (
     EXIT_REBUILD,
@@ -1744,6 +1744,10 @@ class Daemon:
             raise RequestError(f"{disk.vdev}: only Xen PV disks can be attached to a running"
                                " domain; a vd* vdev or specification=virtio asks for virtio-blk,"
                                " which needs PCI hotplug (not implemented)")
+        # The path as the CLI resolved it: a receiver or a later restore has no cwd.
+        target = req.args.get("target")
+        if isinstance(target, str) and os.path.isabs(target):
+            disk = dataclasses.replace(disk, target=target)
         token = await self._hand_over(rec, await self._client_file(client))
         reply = await rec.request(Request("block-attach", {"files": token, "disk": disk.to_dict()}),
                                   timeout=HOTPLUG_TIMEOUT)
@@ -1751,11 +1755,8 @@ class Daemon:
             raise RequestError(f"domain {rec.domid}: {reply.error}\nlibxl_device_disk_add failed.")
         # libxl__device_disk_add: the disk goes into the domain's stored config too, so
         # `list -l`, a save image's DOMAIN_CONFIG and a migration's receiver have it
-        # (the restored domain is built with it and its backend takes the saved ring).
-        # The path as the CLI resolved it: a receiver or a later restore has no cwd.
-        target = req.args.get("target")
-        if isinstance(target, str) and os.path.isabs(target):
-            disk = dataclasses.replace(disk, target=target)
+        # (the restored domain is built with it and its backend takes the saved ring);
+        # the domain process recorded it for its next incarnation (a restart).
         rec.config = dataclasses.replace(rec.config, disks=[*rec.config.disks, disk])
         self._save_table()
         self.hv_log(f"d{rec.domid}: disk {disk.vdev} attached ({disk.target})")
@@ -1801,14 +1802,20 @@ class Daemon:
                                   else bridge if isinstance(bridge, str) else None)
         listed = await rec.request(Request("devices"))
         taken = {d.get("devid") for d in listed.data.get("devices", []) if d.get("kind") == "nic"}
-        devid = max({i for i in taken if isinstance(i, int)} | set(range(len(rec.config.vifs))),
+        devid = max({i for i in taken if isinstance(i, int)} | set(vif_devids(rec.config.vifs)),
                     default=-1) + 1
         try:
             end = await asyncio.to_thread(open_vif, rec.name, vif, rec.domid, devid)
         except (OSError, ValueError) as e:
             raise RequestError(f"cannot make vif {devid}'s tap: {e}") from None
+        # What libxl stores (device_add_domain_config): the nic with its devid and the
+        # defaults filled in (libxl__device_nic_setdefault: the MAC it generated).
+        vif = dataclasses.replace(vif, devid=devid, mac=format_mac(end.mac))
         try:
+            config = dataclasses.replace(rec.config, vifs=[*rec.config.vifs, vif])
             token = self.interdomain.hand_over(rec.domid, [end.tap.fd])
+        except ConfigError as e:  # a mac the domain's other vifs have
+            raise RequestError(str(e), "config") from None
         except ConnectionError as e:
             raise RequestError(str(e)) from None
         finally:
@@ -1816,9 +1823,14 @@ class Daemon:
         reply = await rec.request(Request("network-attach", {
             "files": token, "devid": devid, "name": end.tap.name,
             "vnet_hdr_len": end.tap.vnet_hdr_len, "mac": format_mac(end.mac),
-            "bridge": vif.bridge or ""}), timeout=HOTPLUG_TIMEOUT)
+            "bridge": vif.bridge or "", "vif": vif.to_dict()}), timeout=HOTPLUG_TIMEOUT)
         if not reply.ok:
             raise RequestError(f"domain {rec.domid}: {reply.error}\nlibxl_device_nic_add failed.")
+        # libxl__device_nic_add: in the domain's stored config from now on (`list -l`, a
+        # save image's DOMAIN_CONFIG, a migration's receiver); the domain process
+        # recorded it for its next incarnation (a restart).
+        rec.config = config
+        self._save_table()
         self.hv_log(f"d{rec.domid}: vif {devid} attached ({end.tap.name})")
         return Reply(True, reply.data)
 
@@ -1831,6 +1843,10 @@ class Daemon:
                                   timeout=HOTPLUG_TIMEOUT)
         if not reply.ok:
             raise RequestError(str(reply.error))
+        gone = reply.data.get("devid")  # libxl_device_nic_remove: out of the config too
+        if isinstance(gone, int) and not isinstance(gone, bool):
+            rec.config = dataclasses.replace(rec.config, vifs=without_vif(rec.config.vifs, gone))
+            self._save_table()
         self.hv_log(f"d{rec.domid}: vif {req.args.get('dev')} detached")
         return Reply(True, reply.data)
 
