@@ -1534,6 +1534,8 @@ class Daemon:
 
         async def entry(rec: DomainRecord) -> dict[str, Any]:
             info = await rec.query("info", None, {}, timeout=2.0)
+            # libxl's avail_vcpus: the vCPUs cpu/N/availability has online (xl vcpu-set)
+            avail = self.xenstore.vcpus_available(rec.domid) or rec.config.vcpus
             out = {
                 "domid": rec.domid,
                 "name": rec.name,
@@ -1543,8 +1545,10 @@ class Daemon:
                 # memory/static-max (xl mem-max moves it), in MiB
                 "maxmem": (self.xenstore.read_kib(rec.domid, "memory/static-max")
                            or (rec.config.maxmem or rec.config.memory) * 1024) // 1024,
-                # libxl's avail_vcpus: the vCPUs cpu/N/availability has online (xl vcpu-set)
-                "vcpus": self.xenstore.vcpus_available(rec.domid) or rec.config.vcpus,
+                "vcpus": avail,
+                # libxl_dominfo.vcpu_online: the vCPUs the guest has up now (a process
+                # that did not answer in time: what it was asked for)
+                "online_vcpus": info.get("online_vcpus", avail if rec.pid is not None else 0),
                 "maxvcpus": rec.config.maxvcpus,
                 "state": rec.state,
                 "reason": rec.last_stop.reason if rec.last_stop is not None else None,
