@@ -126,3 +126,18 @@ def test_network_detach_removes_a_configured_vifs_tap(netns: Xenopus) -> None:  
     assert "xnlife6" not in links()
     assert "tapdetach" in netns.domains()
     assert netns.run("destroy", "tapdetach").returncode == 0
+
+
+def test_a_refused_network_attach_leaves_no_tap(netns: Xenopus) -> None:  # noqa: F811
+    """The daemon makes the tap and hands it over before the domain answers: a domain
+    that refuses the attach (shut down, held by on_poweroff = "preserve") closes it."""
+    cfg = netns.config("tapshut", "xenhello.elf", xen_platform=1, on_poweroff="preserve")
+    assert netns.run("create", "-q", str(cfg)).returncode == 0
+    deadline = time.monotonic() + 60
+    while netns.domains()["tapshut"][4][3] != "s":  # xl's state letters: shut down
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    refused = netns.run("network-attach", "tapshut", "vifname=xnlife7")
+    assert refused.returncode != 0 and "domain is shutdown" in refused.stderr, refused.stderr
+    assert "xnlife7" not in links()
+    assert netns.run("destroy", "tapshut").returncode == 0

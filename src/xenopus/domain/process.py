@@ -314,16 +314,33 @@ class DomainProcess:
             self._finished.set()
 
     # -- requests from the daemon ------------------------------------------------------
-    def _command(self, req: Request) -> Reply:
+    def _command(self, req: Request) -> Reply | Awaitable[Reply]:
         entry = STEPS.get(req.op)
         if entry is None:
-            return Reply.failure(f"unknown operation {req.op!r}")
+            return self._refused(req, f"unknown operation {req.op!r}")
         handler, live = entry
         if live and (self.guest is None or self.state in ("shutdown", "crashed")):
-            return Reply.failure(f"domain is {self.state}")
+            return self._refused(req, f"domain is {self.state}")
         if live and self.busy:
-            return Reply.failure(f"domain is busy: {self.busy}")
+            return self._refused(req, f"domain is busy: {self.busy}")
         return handler(self, req)
+
+    def _refused(self, req: Request, why: str) -> Reply | Awaitable[Reply]:
+        """A request not served: the files the daemon handed over for it (a tap, an
+        image, a save file) are taken and closed before the answer, not kept until the
+        domain ends (a refused network-attach leaves no tap on the host)."""
+        token = req.args.get("files")
+        port = self.interdomain
+        if not isinstance(token, int) or isinstance(token, bool) or port is None:
+            return Reply.failure(why)
+
+        async def closing() -> Reply:
+            with contextlib.suppress(ConnectionError):  # they never came: nothing to close
+                for fd in await port.take_files(token):
+                    os.close(fd)
+            return Reply.failure(why)
+
+        return closing()
 
     def _answer_later(self, pending: Awaitable[Reply], req: Request) -> None:
         async def answer() -> None:
