@@ -46,7 +46,7 @@ from xenopus.devices.virtio.rng import VirtioRng
 from xenopus.domain.channel import ChannelEnd
 from xenopus.domain.config import DomainConfig
 from xenopus.domain.cpuid_spec import parse_cpuid
-from xenopus.domain.devspec import VifSpec
+from xenopus.domain.devspec import VifSpec, vif_devids
 from xenopus.domain.inventory import (
     BusPart,
     CpuPolicyPart,
@@ -291,11 +291,11 @@ def _add_virtio(
         )
         add(DISK, disk.vdev, i, blk, vdev=disk.vdev, target=disk.target,
             mode="r" if disk.read_only else "w")
-    for i, vif in enumerate(config.vifs):
+    for i, (vif, devid) in enumerate(zip(config.vifs, vif_devids(config.vifs), strict=True)):
         if vif.kind_for(xen) != "virtio":
             continue  # the Xen PV network backend
-        net = _virtio_net(config, vif, domid, i, taps)
-        add(NIC, f"nic{i}", i, net, mac=format_mac(net.mac), tap=net.tap.name, bridge=vif.bridge or "-")
+        net = _virtio_net(config, vif, domid, devid, taps)
+        add(NIC, f"nic{devid}", i, net, mac=format_mac(net.mac), tap=net.tap.name, bridge=vif.bridge or "-")
     if config.virtio_console:
         guest.vconsole = VirtioConsole(vconsole_out or (lambda data: None))
         add("console", "virtio-console0", 0, guest.vconsole)
@@ -306,9 +306,9 @@ def _add_virtio(
         add("balloon", "virtio-balloon0", 0, guest.balloon)
 
 
-def _virtio_net(config: DomainConfig, vif: VifSpec, domid: int, index: int,
+def _virtio_net(config: DomainConfig, vif: VifSpec, domid: int, devid: int,
                 taps: VifTaps | None) -> VirtioNet:
-    tap, mac = (taps.open if taps else open_vif)(config.name, vif, domid, index)
+    tap, mac = (taps.open if taps else open_vif)(config.name, vif, domid, devid)
     try:
         return VirtioNet(tap, mac)
     except BaseException:
