@@ -317,7 +317,8 @@ class Xenopus:
     def console(self, dom: Dom, kind: str | None = None) -> socket.socket:
         """A connected socket on the domain's console ("serial", "pv" or "virtio";
         default its own): what it has printed since boot, then live; writes are input."""
-        return client.connect_console(self._ask("console", dom=str(dom), type=kind)["path"], dom)
+        sock = client.connect_console(self._ask("console", dom=str(dom), type=kind)["path"], dom)
+        return socket.socket(fileno=sock.detach())
 
     # -- the host -------------------------------------------------------------------------
     def info(self) -> HostInfo:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import select
-import socket
 import sys
 from collections import namedtuple
 from types import SimpleNamespace as Namespace
@@ -22,6 +21,7 @@ from xenopus.trace import mark
 # type checker only.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import _socket
     from typing import Any, NoReturn
 
 DETACH = 0x1D  # Ctrl-], as for xl console and telnet
@@ -44,17 +44,20 @@ def request(op: str, **args: Any) -> dict[str, Any]:
 
 
 # -- console --------------------------------------------------------------------------------
-def open_console(dom: str, kind: str | None = None) -> socket.socket:
+def open_console(dom: str, kind: str | None = None) -> _socket.socket:
     reply = request("console", dom=dom, type=kind)
     return connect_console(reply["path"], dom)
 
 
 def attach_console(dom: str, kind: str | None = None, escape: int = DETACH) -> None:
-    with open_console(dom, kind) as sock:
+    sock = open_console(dom, kind)
+    try:
         pump_console(sock, escape)
+    finally:
+        sock.close()
 
 
-def pump_console(sock: socket.socket, escape: int = DETACH) -> None:
+def pump_console(sock: _socket.socket, escape: int = DETACH) -> None:
     """Copy the console to stdout and stdin to the console until the domain goes away.
 
     On a terminal, stdin is put in raw mode and `escape` (Ctrl-]) detaches; otherwise
@@ -188,8 +191,10 @@ def cmd_create(args: Namespace) -> int:
             if not args.foreground:
                 chan.next_reply()
             mark("cli: console attached, unpause sent")
-            with sock:
+            try:
                 pump_console(sock)
+            finally:
+                sock.close()
             mark("cli: console closed")
         if not args.foreground:
             return 0
@@ -802,7 +807,7 @@ def cmd_cpu_policy(args: Namespace) -> int:
         from xenopus.kvm import Kvm
 
         with Kvm() as kvm:
-            policy = cpu_policy.host_policy(kvm, f"host {socket.gethostname()}")
+            policy = cpu_policy.host_policy(kvm, f"host {os.uname().nodename}")
         title = "Host policy"
     else:
         policy = cpu_policy.CpuPolicy.from_dict(request(args.op, dom=args.dom)["policy"])
