@@ -763,8 +763,10 @@ class DomainProcess:
         `position`) into this incarnation, built from that config and never run; then
         run it, or leave it paused (`paused`)."""
         guest = self._live_guest()
+        mark("domain: restore request")
         inp = await self._take_file(req, "rb")  # first: a refusal must not leave it open
         self.marks["handover"] = time.monotonic()
+        mark("domain: image taken")
         position = req.args.get("position")
         if self._started or not isinstance(position, dict):
             inp.close()
@@ -778,6 +780,7 @@ class DomainProcess:
             stats = await asyncio.to_thread(snapshot.restore, guest.inventory, reader,
                                             clone_fd=inp.fileno() if clone else None,
                                             verified=bool(req.args.get("verified")))
+        mark("domain: restored")
         self._boot_state = None  # the vCPUs carry on from the image
         if not req.args.get("paused"):
             self._run_vcpus()

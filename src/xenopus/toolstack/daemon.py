@@ -1377,12 +1377,14 @@ class Daemon:
             raise
         try:
             token = await self._hand_over(rec, fd)
+            mark("daemon: image handed over")
             reply = await self._until_answered(rec, Request("restore", {
                 "files": token, "position": dataclasses.asdict(position), "paused": True,
                 # A clone's image is the daemon's own: checked whole when copied in, or
                 # written just now by the source's process; its pages' CRCs are not
                 # checked again by every clone.
                 "clone": clone, "verified": clone}))
+            mark("daemon: restored")
             if not reply.ok:
                 raise RequestError(f"cannot restore: {reply.error}")
             data = dict(reply.data)
@@ -1391,6 +1393,7 @@ class Daemon:
                 self.xenstore.import_domain(rec.domid, saved_store)
             if not paused:
                 started = await rec.request(Request("unpause"))
+                mark("daemon: restored domain unpaused")
                 if not started.ok:
                     raise RequestError(f"cannot run the restored domain: {started.error}")
         except BaseException:
@@ -1499,6 +1502,7 @@ class Daemon:
             raise
         finally:
             os.close(image)
+        mark("daemon: cloned")
         return Reply.success(domains=report)
 
     # -- list ---------------------------------------------------------------------------
