@@ -119,8 +119,10 @@ class DomainProcess:
         self, domid: int, config: DomainConfig, control: socket.socket, run_dir: str,
         paused: bool = False, xenstore: socket.socket | None = None,
         interdomain: socket.socket | None = None, jail: Jail | None = None,
+        first: Request | None = None,
     ):
         self.start_paused = paused
+        self.first_request = first  # answered once Ready is sent (`Spawn.first`)
         self.jail = jail or Jail(domid, config, str(run_dir))
         self.kvm: Kvm | None = None  # opened once: a jailed process cannot open it again
         self.taps = VifTaps()  # likewise
@@ -323,6 +325,18 @@ class DomainProcess:
         if live and self.busy:
             return Reply.failure(f"domain is busy: {self.busy}")
         return handler(self, req)
+
+    def _answer(self, req: Request) -> None:
+        """Carry out the daemon's request and reply (now, or when a long step is done)."""
+        try:
+            reply = self._command(req)
+        except Exception as e:  # noqa: BLE001 - a bad request must not take the domain down
+            log.exception("control request %r failed", req.op)
+            reply = Reply.failure(str(e))
+        if inspect.isawaitable(reply):
+            self._answer_later(reply, req)
+            return
+        self._send(reply.numbered(req.seq))
 
     def _answer_later(self, pending: Awaitable[Reply], req: Request) -> None:
         async def answer() -> None:
@@ -792,7 +806,8 @@ class DomainProcess:
     def _phases(self) -> dict[str, float]:
         """Seconds each start-up phase took, in order from the process's start (PHASES):
         setup (logging, the early jail, consoles), build (the guest from its config), jail
-        (the late jail), handover (until the daemon handed over the image), restore."""
+        (the late jail), handover (until it has the image: the restore request travels
+        with the spawn, its file beside it), restore."""
         out, before = {}, self.born
         for name in PHASES:
             if name in self.marks:
@@ -817,15 +832,7 @@ class DomainProcess:
                 log.error("domain %d: malformed control request: %s", self.domid, e)
                 self._send(Reply.failure(f"malformed request: {e}"))
                 continue
-            try:
-                reply = self._command(req)
-            except Exception as e:  # noqa: BLE001 - a bad request must not take the domain down
-                log.exception("control request %r failed", req.op)
-                reply = Reply.failure(str(e))
-            if inspect.isawaitable(reply):
-                self._answer_later(reply, req)
-                continue
-            self._send(reply.numbered(req.seq))
+            self._answer(req)
         self._attached = False  # the daemon is gone: a restarted one may adopt us
         self._detached.set()
         log.warning("domain %d: daemon connection closed; the domain keeps running until a"
@@ -956,6 +963,8 @@ class DomainProcess:
         ))
         mark("domain: ready sent")
         self._control = asyncio.create_task(self._serve_control(reader))
+        if self.first_request is not None:  # sent with the spawn (a restore's)
+            self._answer(self.first_request)
         await self._finished.wait()
         mark("domain: finished")
         self._control.cancel()
@@ -1056,7 +1065,7 @@ def run_domain(
     interdomain = socket.socket(fileno=interdomain_fd) if interdomain_fd is not None else None
     proc = DomainProcess(
         domid, cfg, control, spawn.run_dir, paused=spawn.paused, xenstore=xenstore,
-        interdomain=interdomain, jail=jail,
+        interdomain=interdomain, jail=jail, first=spawn.first,
     )
     proc.channels, proc.channel_error = channels, channel_error
     proc.kvm = kvm

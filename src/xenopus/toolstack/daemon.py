@@ -150,6 +150,8 @@ class DomainRecord:
     # The sockets its channels listen on (`socket_ids`, once its process is ready): the
     # ones its cleanup removes, not another's at the same path (a migration to this host).
     channel_sockets: dict[str, SocketId] = field(default_factory=dict)
+    # The reply to come to the request its spawn carried (`Daemon._spawn`'s `first`)
+    first_reply: asyncio.Future[Reply] | None = None
 
     def pulse(self) -> None:
         self.changed.set()
@@ -175,15 +177,23 @@ class DomainRecord:
                 "console_nodes": self.console_nodes, "uuid": self.uuid,
                 "next_config": self.next_config.to_dict() if self.next_config else None}
 
-    async def request(self, req: Request, timeout: float | None = 10.0) -> Reply:
-        """Ask the domain process; its reply, refusals included."""
-        if self.writer is None or self.writer.is_closing():
-            raise RequestError(f"domain {self.domid} has no running process", "state")
+    def expect(self, req: Request) -> tuple[Request, asyncio.Future[Reply]]:
+        """`req` numbered, and the future its reply resolves (in `pending` until the
+        caller pops it): for a request sent some other way than `request` (a Spawn's)."""
         self.seq += 1
         seq = self.seq
         fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self.pending[seq] = fut
-        ipc.write_message(self.writer, req.numbered(seq).to_wire())
+        fut.add_done_callback(lambda _: self.pending.pop(seq, None))  # answered or given up
+        return req.numbered(seq), fut
+
+    async def request(self, req: Request, timeout: float | None = 10.0) -> Reply:
+        """Ask the domain process; its reply, refusals included."""
+        if self.writer is None or self.writer.is_closing():
+            raise RequestError(f"domain {self.domid} has no running process", "state")
+        req, fut = self.expect(req)
+        seq = req.seq
+        ipc.write_message(self.writer, req.to_wire())
         try:
             return await asyncio.wait_for(fut, timeout)
         except TimeoutError:
@@ -209,6 +219,8 @@ class Client(NamedTuple):
 
 
 DaemonStep = Callable[["Daemon", Request, Client], Awaitable[Reply | None]]
+# The request a domain's spawn carries, made once the daemon knows the domain (Daemon._spawn)
+FirstRequest = Callable[[DomainRecord], Request]
 STEPS: dict[str, DaemonStep] = {}
 
 
@@ -715,8 +727,10 @@ class Daemon:
         mark("daemon: domain gone")
         return Reply(True, {"event": "gone", **self._final(rec)})
 
-    async def _new_domain(self, config: DomainConfig, paused: bool) -> DomainRecord:
-        """A new domain of `config` with the next domid, its process started."""
+    async def _new_domain(self, config: DomainConfig, paused: bool,
+                          first: FirstRequest | None = None) -> DomainRecord:
+        """A new domain of `config` with the next domid, its process started; `first`
+        (see `_spawn`) makes its first request."""
         if any(r.name == config.name for r in self.domains.values()):
             raise RequestError(f"domain '{config.name}' already exists", "domain-exists")
         if config.uuid is None:  # xl_parse.c: libxl_uuid_generate when the config has none
@@ -725,7 +739,7 @@ class Daemon:
         self.next_domid += 1
         self.domains[rec.domid] = rec
         try:
-            await self._spawn(rec, paused=paused)
+            await self._spawn(rec, paused=paused, first=first)
         except Exception:  # refused, or the zygote gone: the name and domid are free again
             self._forget(rec)
             raise
@@ -749,7 +763,12 @@ class Daemon:
             raise RequestError(str(e), "config") from None
         return config, warnings
 
-    async def _spawn(self, rec: DomainRecord, paused: bool = False) -> None:
+    async def _spawn(self, rec: DomainRecord, paused: bool = False,
+                     first: FirstRequest | None = None) -> None:
+        """Start the domain's process and wait for it to be ready. `first(rec)`, called
+        once the interdomain broker knows the domain (files can be handed over), gives
+        a request that travels with the spawn (`Spawn.first`): the process answers it as
+        soon as it is ready, and `rec.first_reply` is its reply to come."""
         assert self._zsock is not None
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         # The domain's XenStore traffic (its guest's ring, proxied by its process) comes
@@ -766,7 +785,16 @@ class Daemon:
         rec.exited.clear()
         rec.exit_info = None
         rec.final = None
-        spawn = Spawn(rec.domid, rec.config, str(self.run_dir), paused)
+        first_req = None
+        if first is not None:
+            try:
+                first_req, rec.first_reply = rec.expect(first(rec))
+            except BaseException:
+                self.interdomain.remove(rec.domid)
+                for sock in (ours, theirs, xs_theirs, id_theirs):
+                    sock.close()
+                raise
+        spawn = Spawn(rec.domid, rec.config, str(self.run_dir), paused, first_req)
         fds = [theirs.fileno(), xs_theirs.fileno(), id_theirs.fileno()]
         mark("daemon: xenstore ready, spawn sent")
         ipc.send_with_fds(self._zsock, spawn.to_wire(), fds)
@@ -1272,7 +1300,13 @@ class Daemon:
     async def _until_answered(rec: DomainRecord, req: Request) -> Reply:
         """The domain's answer to a request that takes as long as it takes (a save of
         gigabytes); a failure if its process ends first."""
-        answer = asyncio.ensure_future(rec.request(req, timeout=None))
+        return await Daemon._answer_of(rec, rec.request(req, timeout=None), req.op)
+
+    @staticmethod
+    async def _answer_of(rec: DomainRecord, reply: Awaitable[Reply], op: str) -> Reply:
+        """`reply` (to a request `op` that takes as long as it takes), or a failure if
+        the domain's process ends first."""
+        answer = asyncio.ensure_future(reply)
         ended = asyncio.ensure_future(rec.exited.wait())
         try:
             await asyncio.wait({answer, ended}, return_when=asyncio.FIRST_COMPLETED)
@@ -1280,7 +1314,7 @@ class Daemon:
             ended.cancel()
         if not answer.done():
             answer.cancel()
-            raise RequestError(f"domain {rec.domid}: its process ended during {req.op}")
+            raise RequestError(f"domain {rec.domid}: its process ended during {op}")
         return answer.result()
 
     @daemon_step("save")
@@ -1368,22 +1402,34 @@ class Daemon:
                        for r in self.domains.values()):
                     raise RequestError(f"domain '{config.name}' already exists", "domain-exists")
                 config = dataclasses.replace(config, name=f"{config.name}{INCOMING}")
-            rec = await self._new_domain(config, paused=True)
         except (stream.StreamError, ConfigError) as e:
             os.close(fd)
             raise RequestError(f"cannot restore: {e}") from None
         except BaseException:
             os.close(fd)
             raise
-        try:
-            token = await self._hand_over(rec, fd)
+
+        def restore(rec: DomainRecord) -> Request:
+            """The restore request, the image handed over: it travels with the spawn."""
+            try:
+                token = self.interdomain.hand_over(rec.domid, [fd])
+            except ConnectionError as e:
+                raise RequestError(str(e)) from None
             mark("daemon: image handed over")
-            reply = await self._until_answered(rec, Request("restore", {
+            return Request("restore", {
                 "files": token, "position": dataclasses.asdict(position), "paused": True,
                 # A clone's image is the daemon's own: checked whole when copied in, or
                 # written just now by the source's process; its pages' CRCs are not
                 # checked again by every clone.
-                "clone": clone, "verified": clone}))
+                "clone": clone, "verified": clone})
+
+        try:
+            rec = await self._new_domain(config, paused=True, first=restore)
+        finally:
+            os.close(fd)
+        try:
+            assert rec.first_reply is not None
+            reply = await self._answer_of(rec, rec.first_reply, "restore")
             mark("daemon: restored")
             if not reply.ok:
                 raise RequestError(f"cannot restore: {reply.error}")
