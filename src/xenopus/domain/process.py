@@ -70,6 +70,9 @@ HELD_ACTIONS = ("preserve", "rename-restart", "coredump-destroy", "coredump-rest
 # A restored domain process's start-up, phase by phase (`DomainProcess._phases`).
 PHASES = ("setup", "build", "jail", "handover", "restore")
 EXIT_OK = 0
+# Seconds a restore waits for its image: the request travels with the spawn and a
+# clone's image comes once the daemon has checked it (every record's CRC: ~1 s a GiB here).
+IMAGE_TIMEOUT = 120.0
 EXIT_CRASHED = 1
 EXIT_START_FAILED = 2
 ADOPT_TIMEOUT = 10.0  # seconds an adopting daemon has to send its request
@@ -187,7 +190,9 @@ class DomainProcess:
         self._build_guest()
         self._run_or_pause(paused)
 
-    def _build_guest(self) -> None:
+    def _build_guest(self, restoring: bool = False) -> None:
+        """A new incarnation of the guest (`restoring`: its RAM about to be replaced by
+        an image's, `build_guest`)."""
         if self.kvm is None:
             self.kvm = Kvm()
         if host.architecture() == "arm64":
@@ -203,7 +208,7 @@ class DomainProcess:
                 vconsole_out=self.vconsole.write, domid=self.domid, hv_log=self.hv_log,
                 pv_console_out=self.pvconsole.write, store=self.store,
                 xenstore_path=ipc.xenstored_socket_path(self.run_dir) if self.xenstore else None,
-                kvm=self.kvm, taps=self.taps, channels=self.channels,
+                kvm=self.kvm, taps=self.taps, channels=self.channels, restoring=restoring,
             )
         self.guest = guest
         self.crash_backoff.started()
@@ -687,13 +692,15 @@ class DomainProcess:
         return Reply.success(vdev=part.name) if kind == DISK else Reply.success()
 
     # -- save and restore (docs/snapshot-stream.md) --------------------------------------
-    async def _take_file(self, req: Request, mode: str) -> BinaryIO:
+    async def _take_file(self, req: Request, mode: str, timeout: float | None = None
+                         ) -> BinaryIO:
         """The open file the daemon handed over for this request (never a path: the
-        CLI opened it, as the user who named it)."""
+        CLI opened it, as the user who named it), waited for `timeout` s (default: as
+        long as for any request to the daemon)."""
         token = req.args.get("files")
         if self.interdomain is None or not isinstance(token, int):
             raise ValueError("no file was handed over")
-        fds = await self.interdomain.take_files(token)
+        fds = await self.interdomain.take_files(token, timeout)
         for extra in fds[1:]:
             os.close(extra)
         if not fds:
@@ -775,10 +782,16 @@ class DomainProcess:
     async def _restoring(self, req: Request) -> Reply:
         """Read the rest of an image (the daemon has read its DOMAIN_CONFIG, up to
         `position`) into this incarnation, built from that config and never run; then
-        run it, or leave it paused (`paused`)."""
+        run it, or leave it paused (`paused`). `run_unless_xen`: run it anyway if the
+        guest has no Xen interface: then nothing of it reads the XenStore subtree the
+        daemon restores once it has the reply (a Xen guest waits for that, paused: its
+        watches and PV frontends' nodes come back then), and the reply's `running` says
+        the daemon has no unpause to send."""
         guest = self._live_guest()
         mark("domain: restore request")
-        inp = await self._take_file(req, "rb")  # first: a refusal must not leave it open
+        # First: a refusal must not leave it open. A clone's image may come a while after
+        # the request (the daemon checks a copied image meanwhile: `Daemon._restore_from`).
+        inp = await self._take_file(req, "rb", IMAGE_TIMEOUT)
         self.marks["handover"] = time.monotonic()
         mark("domain: image taken")
         position = req.args.get("position")
@@ -796,12 +809,15 @@ class DomainProcess:
                                             verified=bool(req.args.get("verified")))
         mark("domain: restored")
         self._boot_state = None  # the vCPUs carry on from the image
-        if not req.args.get("paused"):
+        run = not req.args.get("paused") or bool(req.args.get("run_unless_xen")
+                                                  and guest.xen is None)
+        if run:
             self._run_vcpus()
+            mark("domain: vcpus started")
         self.marks["restore"] = time.monotonic()
         return Reply.success(pages=stats.pages, octets=stats.octets, seconds=stats.seconds,
                              since_start=time.monotonic() - self.born, phases=self._phases(),
-                             xenstore=stats.toolstack.get("xenstore"))
+                             xenstore=stats.toolstack.get("xenstore"), running=run)
 
     def _phases(self) -> dict[str, float]:
         """Seconds each start-up phase took, in order from the process's start (PHASES):
@@ -930,7 +946,8 @@ class DomainProcess:
                 raise ValueError(self.channel_error)
             self.marks["setup"] = time.monotonic()
             mark("domain: consoles, control (setup)")
-            self._build_guest()
+            first = self.first_request
+            self._build_guest(restoring=first is not None and first.op == "restore")
             self.marks["build"] = time.monotonic()
             mark("domain: guest built")
             # Everything the guest needs is open; no guest code has run yet.

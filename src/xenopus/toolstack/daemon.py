@@ -1356,12 +1356,14 @@ class Daemon:
         paused = bool(req.args.get("paused"))
         if req.args.get("clone"):
             try:
-                image = await asyncio.to_thread(self._private_copy, fd)
+                image, checked = await self._private_copy(fd)
             finally:
                 os.close(fd)
             try:
-                rec, data = await self._restore_from(image, config, None, paused, clone=True)
+                rec, data = await self._restore_from(image, config, None, paused, clone=True,
+                                                     checked=checked)
             finally:
+                await self._settled(checked)
                 os.close(image)
         else:
             rec, data = await self._restore_from(fd, config, None, paused, clone=False,
@@ -1369,7 +1371,8 @@ class Daemon:
         return Reply.success(domid=rec.domid, name=rec.name, **data)
 
     async def _restore_from(self, fd: int, config: DomainConfig | None, name: str | None,
-                            paused: bool, *, clone: bool, incoming: bool = False
+                            paused: bool, *, clone: bool, incoming: bool = False,
+                            checked: asyncio.Future[None] | None = None
                             ) -> tuple[DomainRecord, dict]:
         """A new domain restored from the image open at `fd` (closed here, unless a
         clone's: a clone reads its own read-only open file of the image, so that many
@@ -1377,7 +1380,9 @@ class Daemon:
         else the image's DOMAIN_CONFIG, renamed `name` if given. `incoming` (a
         migration's receiver): named NAME--incoming until the sender says go, as xl's
         create_domain names a domain it receives, so that a migration to this same host
-        does not collide with its source."""
+        does not collide with its source. `checked`: the check of a clone's image
+        (`_private_copy`), still under way: the domain is started meanwhile, and given
+        the image once it has passed."""
         if clone:
             fd = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
         try:
@@ -1409,15 +1414,26 @@ class Daemon:
             os.close(fd)
             raise
 
+        handing: asyncio.Task[None] | None = None
+
         def restore(rec: DomainRecord) -> Request:
-            """The restore request, the image handed over: it travels with the spawn."""
-            try:
-                token = self.interdomain.hand_over(rec.domid, [fd])
-            except ConnectionError as e:
-                raise RequestError(str(e)) from None
-            mark("daemon: image handed over")
+            """The restore request, the image handed over (or to be, once checked): it
+            travels with the spawn."""
+            nonlocal handing
+            if checked is not None and not (checked.done() and checked.exception() is None):
+                token = self.interdomain.reserve()
+                handing = asyncio.create_task(self._hand_over_checked(rec, fd, token, checked))
+            else:
+                try:
+                    token = self.interdomain.hand_over(rec.domid, [fd])
+                except ConnectionError as e:
+                    raise RequestError(str(e)) from None
+                mark("daemon: image handed over")
             return Request("restore", {
                 "files": token, "position": dataclasses.asdict(position), "paused": True,
+                # A guest without Xen never reads the XenStore subtree imported below:
+                # it runs at once (no unpause round trip); a Xen guest waits for it.
+                "run_unless_xen": not paused,
                 # A clone's image is the daemon's own: checked whole when copied in, or
                 # written just now by the source's process; its pages' CRCs are not
                 # checked again by every clone.
@@ -1425,8 +1441,19 @@ class Daemon:
 
         try:
             rec = await self._new_domain(config, paused=True, first=restore)
-        finally:
+        except BaseException:
+            if handing is not None:
+                handing.cancel()  # it hands nothing over from here on
             os.close(fd)
+            raise
+        try:
+            if handing is not None:
+                await handing  # the image failed its check: this raises why
+        except BaseException:
+            await self._destroy(rec)
+            raise
+        finally:
+            os.close(fd)  # the domain has its own (SCM_RIGHTS), or no need of it
         try:
             assert rec.first_reply is not None
             reply = await self._answer_of(rec, rec.first_reply, "restore")
@@ -1437,7 +1464,7 @@ class Daemon:
             saved_store = data.pop("xenstore", None)
             if isinstance(saved_store, dict):  # before the guest runs and looks
                 self.xenstore.import_domain(rec.domid, saved_store)
-            if not paused:
+            if not paused and not data.pop("running", False):
                 started = await rec.request(Request("unpause"))
                 mark("daemon: restored domain unpaused")
                 if not started.ok:
@@ -1453,27 +1480,67 @@ class Daemon:
         no one else can open or change, gone with its last mapping."""
         return os.open(self.run_dir, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
 
-    def _private_copy(self, src: int) -> int:
-        """The image the user handed over, copied into `_image_file` and checked whole
-        (every record's CRC: once, rather than once per clone): the clones map it, so it
-        must not change or shrink under them (a user's file could)."""
+    async def _private_copy(self, src: int) -> tuple[int, asyncio.Future[None]]:
+        """The image the user handed over, copied into `_image_file`, and its check
+        under way (`_check_image`): the clones map it, so it must not change or shrink
+        under them (a user's file could). The first clone's process starts meanwhile;
+        each clone's restore waits for the check (`_restore_from`)."""
         image = self._image_file()
+        try:
+            await asyncio.to_thread(self._copy_in, src, image)
+        except BaseException:
+            os.close(image)
+            raise
+        return image, asyncio.ensure_future(asyncio.to_thread(self._check_image, image))
+
+    @staticmethod
+    def _copy_in(src: int, image: int) -> None:
         try:
             offset = 0
             while n := os.sendfile(image, src, offset, 1 << 30):
                 offset += n
+        except OSError as e:
+            raise RequestError(f"cannot read the image: {e.strerror}") from None
+
+    @staticmethod
+    def _check_image(image: int) -> None:
+        """Every record's CRC of a clone image, once rather than once per clone."""
+        try:
             with open(os.open(f"/proc/self/fd/{image}", os.O_RDONLY | os.O_CLOEXEC), "rb",
                       buffering=1 << 20) as inp:
                 reader = stream.StreamReader(inp)
                 while reader.next_record().type != stream.REC_END:
                     pass  # each call reads the record before to its end, checking its CRC
         except OSError as e:
-            os.close(image)
             raise RequestError(f"cannot read the image: {e.strerror}") from None
         except stream.StreamError as e:
-            os.close(image)
             raise RequestError(f"cannot restore: {e}") from None
-        return image
+
+    @staticmethod
+    async def _settled(checked: asyncio.Future[None]) -> None:
+        """Wait for the check of an image (its thread reads the file) before the image
+        is closed; its outcome is the restore's business."""
+        with contextlib.suppress(Exception):
+            await asyncio.shield(checked)
+
+    async def _hand_over_checked(self, rec: DomainRecord, fd: int, token: int,
+                                 checked: asyncio.Future[None]) -> None:
+        """Hand the image `fd` over as `token` once `checked` has passed (what it raises
+        otherwise: the domain waiting for it is then destroyed)."""
+        try:
+            await asyncio.shield(checked)  # shared by the clones of one image
+        except Exception:
+            # Nothing, as `token`: the domain's restore ends now (no file was handed
+            # over), rather than wait for the image until its destroy kills it.
+            with contextlib.suppress(ConnectionError):
+                self.interdomain.hand_over(rec.domid, [], token)
+            raise
+        mark("daemon: image checked")
+        try:
+            self.interdomain.hand_over(rec.domid, [fd], token)
+        except ConnectionError as e:
+            raise RequestError(str(e)) from None
+        mark("daemon: image handed over")
 
     @staticmethod
     def _check_clonable(config: DomainConfig) -> None:
@@ -1511,10 +1578,11 @@ class Daemon:
         taken = [n for n in names if any(r.name == n for r in self.domains.values())]
         if taken:
             raise RequestError(f"domain '{taken[0]}' already exists", "domain-exists")
+        checked: asyncio.Future[None] | None = None
         if req.args.get("file"):
             fd = await self._client_file(client)
             try:
-                image = await asyncio.to_thread(self._private_copy, fd)
+                image, checked = await self._private_copy(fd)
             finally:
                 os.close(fd)
         else:
@@ -1536,7 +1604,8 @@ class Daemon:
         try:
             for name in names:
                 rec, data = await self._restore_from(image, None, name,
-                                                     bool(req.args.get("paused")), clone=True)
+                                                     bool(req.args.get("paused")), clone=True,
+                                                     checked=checked)
                 made.append(rec)
                 report.append({"domid": rec.domid, "name": rec.name, "pages": data.get("pages"),
                                "seconds": data.get("seconds"),
@@ -1547,6 +1616,8 @@ class Daemon:
                 await self._destroy(rec)
             raise
         finally:
+            if checked is not None:
+                await self._settled(checked)
             os.close(image)
         mark("daemon: cloned")
         return Reply.success(domains=report)
