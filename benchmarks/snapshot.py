@@ -39,13 +39,15 @@ process's restore step, RAM mapped, and the time from its process start to resto
 each clone's memory (/proc/PID/smaps_rollup: Rss, Pss, Anonymous) beside a plainly
 restored domain's (its RAM a memfd of its own) and a restored QEMU's.
 
-Clone start (`--parts start`, not by default): `--runs` single clones of the idling
-guest's image, one at a time (`clone -d FILE NAME`, then its destroy, then a wait until
-the daemon's spares are all ready again, so that each clone finds one waiting), with
-XENOPUS_TRACE (src/xenopus/trace.py) set: from the benchmark's start of the command to
-the clone's `domain: vcpus started` (command to running), and from its process's
-`domain: run_domain` (a spare claimed: the domain's process starts) to that (the VMM's
-time past process start), with `clone -d`'s phases. `--before TREE` measures another
+Clone start (`--parts start`, not by default): `--runs` pairs of clones of the idling
+guest's image, one pair at a time (`clone -d FILE A B`, then their destroy, then a wait
+until the daemon's spares, 3 of them, are all ready again, so that each clone finds one
+waiting and B's process does not share the CPUs with a replacement importing),
+with XENOPUS_TRACE (src/xenopus/trace.py) set: from the benchmark's start of the command
+to A's `domain: vcpus started` (command to running), and for each of A and B from its
+process's `domain: run_domain` (a spare claimed: the domain's process starts) to that
+(the VMM's time past process start), with `clone -d`'s phases. A's process starts while
+the daemon checks its copy of FILE (its handover waits for that); B's finds it checked. `--before TREE` measures another
 checkout's `src` (run by this interpreter) in the same run, interleaved with this one.
 """
 
@@ -424,25 +426,26 @@ class Xenopus:
                 sys.exit("snapshot: the spares never became ready")
             time.sleep(0.02)  # polling the trace file the spares write
 
-    def clone_start(self, image: Path, name: str) -> dict[str, object]:
-        """One `clone -d FILE NAME` (then destroyed): seconds from the command to the
-        clone's vCPUs started, from its process's start to that, and its phases."""
+    def clone_start(self, image: Path, names: list[str]) -> list[dict[str, float]]:
+        """One `clone -d FILE NAME...` (then destroyed): per clone, seconds from the
+        command to its vCPUs started, from its process's start to that, and its phases
+        (the first clone's process starts while the daemon checks its copy of FILE; the
+        others' find it checked)."""
         self.spares_ready()
         started = time.monotonic()
-        wall, report = self.run_out("clone", "-d", str(image), name)
+        _, report = self.run_out("clone", "-d", str(image), *names)
         stages = self._traced(started)
-        begun = next((t for t, s in stages if s == "domain: run_domain"), None)
-        running = next((t for t, s in stages if s == "domain: vcpus started"
-                        and begun is not None and t >= begun), None)
-        if begun is None or running is None:
+        begun = [t for t, s in stages if s == "domain: run_domain"]
+        running = [t for t, s in stages if s == "domain: vcpus started"]
+        phases = [{n: float(ms) / 1e3 for n, ms in re.findall(r"(\w+) ([\d.]+) ms", group)}
+                  for group in re.findall(r"after its process started \(([^)]*)\)", report)]
+        for name in names:
             self.run("destroy", name)
-            sys.exit(f"snapshot: no domain start or vcpus started in the trace for {name}")
-        phases = {n: float(ms) / 1e3 for n, ms in re.findall(
-            r"(\w+) ([\d.]+) ms", re.search(r"after its process started \(([^)]*)\)",
-                                             report)[1])}
-        self.run("destroy", name)
-        return {"wall": wall, "to_running": running - started, "process": running - begun,
-                "phases": phases}
+        if not len(begun) == len(running) == len(phases) == len(names):
+            sys.exit(f"snapshot: {len(names)} clones, but {len(begun)} domain starts, "
+                     f"{len(running)} vcpus started and {len(phases)} reports in the trace")
+        return [{"to_running": r - started, "process": r - b, **p}
+                for b, r, p in zip(begun, running, phases, strict=True)]
 
 
 def row(label: str, values: list[float], scale: float, unit: str) -> str:
@@ -526,7 +529,7 @@ def main() -> None:
         print_starts(starts, args)
 
 
-def clone_starts(tmp: Path, args: argparse.Namespace) -> dict[str, list[dict]]:
+def clone_starts(tmp: Path, args: argparse.Namespace) -> dict[str, list[list[dict]]]:
     """`--runs` single clones of an idling guest's image, by this tree and (interleaved)
     by `--before`'s, each with a daemon of its own."""
     if args.before is not None:  # its bytecode and dataclass table, as `make compile`
@@ -541,6 +544,10 @@ def clone_starts(tmp: Path, args: argparse.Namespace) -> dict[str, list[dict]]:
     if args.before is not None:
         sides["before"] = Xenopus(tmp / "start-before", args.memory, args.before,
                                   trace=tmp / "before.trace")
+    for side in sides.values():
+        # A spare still ready as B is made: B's does not share the CPUs with a
+        # replacement spare importing at full priority (zygote.py, "BACKGROUND_NICE").
+        side.env["XENOPUS_SPARES"] = str(START_SPARES)
     x = sides["after"]
     cfg = tmp / "start.cfg"
     cfg.write_text(f'name = "idle"\nkernel = "{DIRTY}"\nmemory = {args.memory}\n'
@@ -550,32 +557,36 @@ def clone_starts(tmp: Path, args: argparse.Namespace) -> dict[str, list[dict]]:
     image = tmp / "start.img"
     x.run("save", "idle", str(image))
     console.wait(TIMEOUT)
-    out: dict[str, list[dict]] = {name: [] for name in sides}
+    out: dict[str, list[list[dict]]] = {name: [] for name in sides}
     try:
         for side in sides.values():
             side.run_out("clone", str(image), "warm")  # daemon, zygote, spares started
             side.run("destroy", "warm")
         for i in range(args.runs):
             for name, side in sides.items():
-                out[name].append(side.clone_start(image, f"start{i}"))
+                out[name].append(side.clone_start(image, [f"start{i}a", f"start{i}b"]))
     finally:
         for side in sides.values():
             side.stop()
     return out
 
 
-def print_starts(starts: dict[str, list[dict]], args: argparse.Namespace) -> None:
-    print(f"clone start: {DIRTY.name} ({CLONE_MIB} MiB written), {args.memory} MiB, one "
-          f"`clone -d FILE NAME` at a time, {args.runs} runs (median [min - max])")
+def print_starts(starts: dict[str, list[list[dict]]], args: argparse.Namespace) -> None:
+    print(f"clone start: {DIRTY.name} ({CLONE_MIB} MiB written), {args.memory} MiB, "
+          f"`clone -d FILE A B`, one pair at a time, {args.runs} runs (median [min - max])")
     for name, runs in starts.items():
-        label = "xenopus" if name == "after" else f"before ({args.before})"
-        print(label)
-        print(row("  command -> running", [r["to_running"] for r in runs],
-                  1e3, "ms"))
-        print(row("  process start -> running", [r["process"] for r in runs], 1e3, "ms"))
-        for phase in runs[0]["phases"]:
-            print(row(f"    {phase}", [r["phases"].get(phase, 0.0) for r in runs], 1e3, "ms"))
-        print(row("  the CLI's wall time", [r["wall"] for r in runs], 1e3, "ms"))
+        print("xenopus" if name == "after" else f"before ({args.before})")
+        first, second = [r[0] for r in runs], [r[1] for r in runs]
+        print(row("  command -> A running", [r["to_running"] for r in first], 1e3, "ms"))
+        for label, clones in (("A", first), ("B", second)):
+            print(row(f"  {label}: process start -> running", [r["process"] for r in clones],
+                      1e3, "ms"))
+            for phase in PHASES:
+                print(row(f"    {phase}", [r.get(phase, 0.0) for r in clones], 1e3, "ms"))
+
+
+PHASES = ("setup", "build", "jail", "handover", "restore")
+START_SPARES = 3  # the daemon's spares in `--parts start` (the default is 2)
 
 
 def print_clones(clones: dict, qemu_memory: dict[str, int], args: argparse.Namespace) -> None:
