@@ -46,7 +46,8 @@ waiting and B's process does not share the CPUs with a replacement importing),
 with XENOPUS_TRACE (src/xenopus/trace.py) set: from the benchmark's start of the command
 to A's `domain: vcpus started` (command to running), and for each of A and B from its
 process's `domain: run_domain` (a spare claimed: the domain's process starts) to that
-(the VMM's time past process start), with `clone -d`'s phases. A's process starts while
+(the VMM's time past process start), with `clone -d`'s phases and the CPU time its
+process spent meanwhile (on a busy host the wall time is more). A's process starts while
 the daemon checks its copy of FILE (its handover waits for that); B's finds it checked. `--before TREE` measures another
 checkout's `src` (run by this interpreter) in the same run, interleaved with this one.
 """
@@ -437,8 +438,10 @@ class Xenopus:
         stages = self._traced(started)
         begun = [t for t, s in stages if s == "domain: run_domain"]
         running = [t for t, s in stages if s == "domain: vcpus started"]
-        phases = [{n: float(ms) / 1e3 for n, ms in re.findall(r"(\w+) ([\d.]+) ms", group)}
-                  for group in re.findall(r"after its process started \(([^)]*)\)", report)]
+        phases = [{**{n: float(ms) / 1e3 for n, ms in re.findall(r"(\w+) ([\d.]+) ms", group)},
+                   **({"cpu": float(cpu) / 1e3} if cpu else {})}
+                  for group, cpu in re.findall(r"after its process started \(([^)]*)\)"
+                                               r"(?:, ([\d.]+) ms of CPU)?", report)]
         for name in names:
             self.run("destroy", name)
         if not len(begun) == len(running) == len(phases) == len(names):
@@ -583,6 +586,8 @@ def print_starts(starts: dict[str, list[list[dict]]], args: argparse.Namespace) 
                       1e3, "ms"))
             for phase in PHASES:
                 print(row(f"    {phase}", [r.get(phase, 0.0) for r in clones], 1e3, "ms"))
+            if all("cpu" in r for r in clones):  # `clone -d` says it (not every tree's)
+                print(row("    its CPU time meanwhile", [r["cpu"] for r in clones], 1e3, "ms"))
 
 
 PHASES = ("setup", "build", "jail", "handover", "restore")

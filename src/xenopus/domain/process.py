@@ -148,6 +148,7 @@ class DomainProcess:
         self._boot_state: CpuState | None = None  # where they start (None: as restored)
         self.busy: str | None = None  # a save or restore under way: no live step meanwhile
         self.born = time.monotonic()  # when the process started (run_domain sets it)
+        self.born_cpu = 0.0  # its CPU seconds then (those of a spare's imports before)
         self.marks: dict[str, float] = {}  # the end of each start-up phase (PHASES)
         self._work: set[asyncio.Task[None]] = set()
         self.debug = DebugLog(domid, self.hv_log)
@@ -817,6 +818,7 @@ class DomainProcess:
         self.marks["restore"] = time.monotonic()
         return Reply.success(pages=stats.pages, octets=stats.octets, seconds=stats.seconds,
                              since_start=time.monotonic() - self.born, phases=self._phases(),
+                             cpu_since_start=_cpu_seconds() - self.born_cpu,
                              xenstore=stats.toolstack.get("xenstore"), running=run)
 
     def _phases(self) -> dict[str, float]:
@@ -1049,6 +1051,12 @@ def _device_names(part: PvDevicePart) -> set[str]:
     return names
 
 
+def _cpu_seconds() -> float:
+    """The CPU time of this process, every thread's, so far."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_domain(
     spawn: Spawn, control_fd: int, xenstore_fd: int | None = None,
     interdomain_fd: int | None = None, *, fresh_layout: bool = False,
@@ -1058,7 +1066,7 @@ def run_domain(
     address-space layout of its own) or a fork of the zygote (the zygote's layout).
     `seccomp_fd`: the zygote's compiled seccomp filter, which the jail loads; `kvm`: the
     /dev/kvm a spare opened (and asked) while it waited."""
-    born = time.monotonic()
+    born, born_cpu = time.monotonic(), _cpu_seconds()
     mark("domain: run_domain")
     domid, cfg = spawn.domid, spawn.config
     set_process_title(f"xenopus: domain {domid} ({cfg.name})")
@@ -1086,7 +1094,7 @@ def run_domain(
     )
     proc.channels, proc.channel_error = channels, channel_error
     proc.kvm = kvm
-    proc.born = born
+    proc.born, proc.born_cpu = born, born_cpu
     sampler = StackSampler.from_env()  # debug only: XENOPUS_PROFILE
     if sampler is not None:
         sampler.start()

@@ -1610,6 +1610,7 @@ class Daemon:
                 report.append({"domid": rec.domid, "name": rec.name, "pages": data.get("pages"),
                                "seconds": data.get("seconds"),
                                "since_start": data.get("since_start"),
+                               "cpu_since_start": data.get("cpu_since_start"),
                                "phases": data.get("phases", {})})
         except BaseException:
             for rec in made:
