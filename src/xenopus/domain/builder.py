@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
-from xenopus.acpi import AcpiPci, AcpiPlatform, install
+from xenopus.acpi import AcpiPci, AcpiPlatform, install, installed_rsdp
 from xenopus.boot import BootInfo, load_kernel, load_pv_shim
 from xenopus.control import DISK, NIC
 from xenopus.devices import platform
@@ -139,12 +139,15 @@ def build_guest(
     kvm: Kvm | None = None,
     taps: VifTaps | None = None,
     channels: list[ChannelEnd] | None = None,
+    restoring: bool = False,
 ) -> Guest:
     """Lay out memory, write the ACPI tables, load the kernel and wire the devices; the
     vCPUs are not started. Any failure releases what was built and names the problem.
     `kvm` is an open /dev/kvm to use (and leave open), `taps` the vifs' taps and
     `channels` the channels' host ends kept across incarnations: a jailed process can
-    open none of them again."""
+    open none of them again. `restoring`: a saved image's RAM replaces this guest's
+    before it runs (domain/snapshot.py: the memory part discards it first), so the ACPI
+    tables, which the image has, are not built and written."""
     host = memory_mib()
     if host and config.memory > host:
         raise ValueError(f"memory = {config.memory} MiB is more than this host has ({host} MiB)")
@@ -159,10 +162,9 @@ def build_guest(
         legacy = config.pvh_platform == "pc"  # else Xen's PVH platform: none of them
         # A PV shim domain's MADT has no IO-APIC (AcpiPlatform.io_apic says why), nor has
         # the MADT libxl builds for a PVH domU (libacpi without ACPI_HAS_IOAPIC).
-        rsdp = install(memory, AcpiPlatform(vcpus=maxvcpus, online=config.vcpus,
-                                            pci=AcpiPci.default(ram_end), serial=legacy,
-                                            rtc=legacy, i8042=legacy,
-                                            io_apic=legacy and not config.pvshim))
+        rsdp = installed_rsdp() if restoring else install(memory, AcpiPlatform(
+            vcpus=maxvcpus, online=config.vcpus, pci=AcpiPci.default(ram_end), serial=legacy,
+            rtc=legacy, i8042=legacy, io_apic=legacy and not config.pvshim))
         kvm = kvm or Kvm()
         if config.pvshim:
             assert config.pvshim_path is not None  # resolved by DomainConfig

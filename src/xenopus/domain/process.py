@@ -71,6 +71,9 @@ HELD_ACTIONS = ("preserve", "rename-restart", "coredump-destroy", "coredump-rest
 # A restored domain process's start-up, phase by phase (`DomainProcess._phases`).
 PHASES = ("setup", "build", "jail", "handover", "restore")
 EXIT_OK = 0
+# Seconds a restore waits for its image: the request travels with the spawn and a
+# clone's image comes once the daemon has checked it (every record's CRC: ~1 s a GiB here).
+IMAGE_TIMEOUT = 120.0
 EXIT_CRASHED = 1
 EXIT_START_FAILED = 2
 ADOPT_TIMEOUT = 10.0  # seconds an adopting daemon has to send its request
@@ -120,8 +123,10 @@ class DomainProcess:
         self, domid: int, config: DomainConfig, control: socket.socket, run_dir: str,
         paused: bool = False, xenstore: socket.socket | None = None,
         interdomain: socket.socket | None = None, jail: Jail | None = None,
+        first: Request | None = None,
     ):
         self.start_paused = paused
+        self.first_request = first  # answered once Ready is sent (`Spawn.first`)
         self.jail = jail or Jail(domid, config, str(run_dir))
         self.kvm: Kvm | None = None  # opened once: a jailed process cannot open it again
         self.taps = VifTaps()  # likewise
@@ -144,6 +149,7 @@ class DomainProcess:
         self._boot_state: CpuState | None = None  # where they start (None: as restored)
         self.busy: str | None = None  # a save or restore under way: no live step meanwhile
         self.born = time.monotonic()  # when the process started (run_domain sets it)
+        self.born_cpu = 0.0  # its CPU seconds then (those of a spare's imports before)
         self.marks: dict[str, float] = {}  # the end of each start-up phase (PHASES)
         self._work: set[asyncio.Task[None]] = set()
         self.debug = DebugLog(domid, self.hv_log)
@@ -186,7 +192,9 @@ class DomainProcess:
         self._build_guest()
         self._run_or_pause(paused)
 
-    def _build_guest(self) -> None:
+    def _build_guest(self, restoring: bool = False) -> None:
+        """A new incarnation of the guest (`restoring`: its RAM about to be replaced by
+        an image's, `build_guest`)."""
         if self.kvm is None:
             self.kvm = Kvm()
         if host.architecture() == "arm64":
@@ -202,7 +210,7 @@ class DomainProcess:
                 vconsole_out=self.vconsole.write, domid=self.domid, hv_log=self.hv_log,
                 pv_console_out=self.pvconsole.write, store=self.store,
                 xenstore_path=ipc.xenstored_socket_path(self.run_dir) if self.xenstore else None,
-                kvm=self.kvm, taps=self.taps, channels=self.channels,
+                kvm=self.kvm, taps=self.taps, channels=self.channels, restoring=restoring,
             )
         self.guest = guest
         self.crash_backoff.started()
@@ -341,6 +349,18 @@ class DomainProcess:
             return Reply.failure(why)
 
         return closing()
+
+    def _answer(self, req: Request) -> None:
+        """Carry out the daemon's request and reply (now, or when a long step is done)."""
+        try:
+            reply = self._command(req)
+        except Exception as e:  # noqa: BLE001 - a bad request must not take the domain down
+            log.exception("control request %r failed", req.op)
+            reply = Reply.failure(str(e))
+        if inspect.isawaitable(reply):
+            self._answer_later(reply, req)
+            return
+        self._send(reply.numbered(req.seq))
 
     def _answer_later(self, pending: Awaitable[Reply], req: Request) -> None:
         async def answer() -> None:
@@ -727,13 +747,15 @@ class DomainProcess:
         return Reply.success(devid=devid)
 
     # -- save and restore (docs/snapshot-stream.md) --------------------------------------
-    async def _take_file(self, req: Request, mode: str) -> BinaryIO:
+    async def _take_file(self, req: Request, mode: str, timeout: float | None = None
+                         ) -> BinaryIO:
         """The open file the daemon handed over for this request (never a path: the
-        CLI opened it, as the user who named it)."""
+        CLI opened it, as the user who named it), waited for `timeout` s (default: as
+        long as for any request to the daemon)."""
         token = req.args.get("files")
         if self.interdomain is None or not isinstance(token, int):
             raise ValueError("no file was handed over")
-        fds = await self.interdomain.take_files(token)
+        fds = await self.interdomain.take_files(token, timeout)
         for extra in fds[1:]:
             os.close(extra)
         if not fds:
@@ -815,10 +837,18 @@ class DomainProcess:
     async def _restoring(self, req: Request) -> Reply:
         """Read the rest of an image (the daemon has read its DOMAIN_CONFIG, up to
         `position`) into this incarnation, built from that config and never run; then
-        run it, or leave it paused (`paused`)."""
+        run it, or leave it paused (`paused`). `run_unless_xen`: run it anyway if the
+        guest has no Xen interface: then nothing of it reads the XenStore subtree the
+        daemon restores once it has the reply (a Xen guest waits for that, paused: its
+        watches and PV frontends' nodes come back then), and the reply's `running` says
+        the daemon has no unpause to send."""
         guest = self._live_guest()
-        inp = await self._take_file(req, "rb")  # first: a refusal must not leave it open
+        mark("domain: restore request")
+        # First: a refusal must not leave it open. A clone's image may come a while after
+        # the request (the daemon checks a copied image meanwhile: `Daemon._restore_from`).
+        inp = await self._take_file(req, "rb", IMAGE_TIMEOUT)
         self.marks["handover"] = time.monotonic()
+        mark("domain: image taken")
         position = req.args.get("position")
         if self._started or not isinstance(position, dict):
             inp.close()
@@ -832,18 +862,24 @@ class DomainProcess:
             stats = await asyncio.to_thread(snapshot.restore, guest.inventory, reader,
                                             clone_fd=inp.fileno() if clone else None,
                                             verified=bool(req.args.get("verified")))
+        mark("domain: restored")
         self._boot_state = None  # the vCPUs carry on from the image
-        if not req.args.get("paused"):
+        run = not req.args.get("paused") or bool(req.args.get("run_unless_xen")
+                                                  and guest.xen is None)
+        if run:
             self._run_vcpus()
+            mark("domain: vcpus started")
         self.marks["restore"] = time.monotonic()
         return Reply.success(pages=stats.pages, octets=stats.octets, seconds=stats.seconds,
                              since_start=time.monotonic() - self.born, phases=self._phases(),
-                             xenstore=stats.toolstack.get("xenstore"))
+                             cpu_since_start=_cpu_seconds() - self.born_cpu,
+                             xenstore=stats.toolstack.get("xenstore"), running=run)
 
     def _phases(self) -> dict[str, float]:
         """Seconds each start-up phase took, in order from the process's start (PHASES):
         setup (logging, the early jail, consoles), build (the guest from its config), jail
-        (the late jail), handover (until the daemon handed over the image), restore."""
+        (the late jail), handover (until it has the image: the restore request travels
+        with the spawn, its file beside it), restore."""
         out, before = {}, self.born
         for name in PHASES:
             if name in self.marks:
@@ -868,15 +904,7 @@ class DomainProcess:
                 log.error("domain %d: malformed control request: %s", self.domid, e)
                 self._send(Reply.failure(f"malformed request: {e}"))
                 continue
-            try:
-                reply = self._command(req)
-            except Exception as e:  # noqa: BLE001 - a bad request must not take the domain down
-                log.exception("control request %r failed", req.op)
-                reply = Reply.failure(str(e))
-            if inspect.isawaitable(reply):
-                self._answer_later(reply, req)
-                continue
-            self._send(reply.numbered(req.seq))
+            self._answer(req)
         self._attached = False  # the daemon is gone: a restarted one may adopt us
         self._detached.set()
         log.warning("domain %d: daemon connection closed; the domain keeps running until a"
@@ -974,7 +1002,8 @@ class DomainProcess:
                 raise ValueError(self.channel_error)
             self.marks["setup"] = time.monotonic()
             mark("domain: consoles, control (setup)")
-            self._build_guest()
+            first = self.first_request
+            self._build_guest(restoring=first is not None and first.op == "restore")
             self.marks["build"] = time.monotonic()
             mark("domain: guest built")
             # Everything the guest needs is open; no guest code has run yet.
@@ -1007,6 +1036,8 @@ class DomainProcess:
         ))
         mark("domain: ready sent")
         self._control = asyncio.create_task(self._serve_control(reader))
+        if self.first_request is not None:  # sent with the spawn (a restore's)
+            self._answer(self.first_request)
         await self._finished.wait()
         mark("domain: finished")
         self._control.cancel()
@@ -1076,6 +1107,12 @@ def _device_names(part: PvDevicePart) -> set[str]:
     return names
 
 
+def _cpu_seconds() -> float:
+    """The CPU time of this process, every thread's, so far."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_domain(
     spawn: Spawn, control_fd: int, xenstore_fd: int | None = None,
     interdomain_fd: int | None = None, *, fresh_layout: bool = False,
@@ -1085,7 +1122,7 @@ def run_domain(
     address-space layout of its own) or a fork of the zygote (the zygote's layout).
     `seccomp_fd`: the zygote's compiled seccomp filter, which the jail loads; `kvm`: the
     /dev/kvm a spare opened (and asked) while it waited."""
-    born = time.monotonic()
+    born, born_cpu = time.monotonic(), _cpu_seconds()
     mark("domain: run_domain")
     domid, cfg = spawn.domid, spawn.config
     set_process_title(f"xenopus: domain {domid} ({cfg.name})")
@@ -1109,11 +1146,11 @@ def run_domain(
     interdomain = socket.socket(fileno=interdomain_fd) if interdomain_fd is not None else None
     proc = DomainProcess(
         domid, cfg, control, spawn.run_dir, paused=spawn.paused, xenstore=xenstore,
-        interdomain=interdomain, jail=jail,
+        interdomain=interdomain, jail=jail, first=spawn.first,
     )
     proc.channels, proc.channel_error = channels, channel_error
     proc.kvm = kvm
-    proc.born = born
+    proc.born, proc.born_cpu = born, born_cpu
     sampler = StackSampler.from_env()  # debug only: XENOPUS_PROFILE
     if sampler is not None:
         sampler.start()

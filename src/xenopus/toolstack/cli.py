@@ -1466,6 +1466,7 @@ def run() -> NoReturn:
     `create -c` of a small guest; benchmarks/startup_trace.py) for nothing: by then the
     verb has closed its connections and files. SystemExit (argparse's) exits as usual."""
     status: object = main()  # as sys.exit takes it: some verbs return None
+    mark("cli: done")
     if status is None or isinstance(status, int):
         code = status or 0
     else:
