@@ -94,6 +94,10 @@ def test_spawn_carries_the_config_losslessly(tmp_path: Path) -> None:
     back = Spawn.from_wire(wire(spawn.to_wire()))
     assert back == spawn
     assert back.config is not config  # rebuilt (and validated) on the far side
+    assert back.first is None
+    first = Request("restore", {"files": 3, "position": {"offset": 96, "index": 1}}, seq=4)
+    restoring = Spawn(7, config, str(tmp_path), paused=True, first=first)
+    assert Spawn.from_wire(wire(restoring.to_wire())).first == first
 
 
 @pytest.mark.parametrize(("msg", "complaint"), [
@@ -135,6 +139,12 @@ def test_malformed_spawn_requests_are_refused() -> None:
         Spawn.from_wire({**good, "config": "name=a"})
     with pytest.raises(ProtocolError, match="spawn: .*vcpus"):
         Spawn.from_wire({**good, "config": {**good["config"], "vcpus": 0}})
+    with pytest.raises(ProtocolError, match="'first' is not a request"):
+        Spawn.from_wire({**good, "first": "restore"})
+    with pytest.raises(ProtocolError, match="needs an operation name"):
+        Spawn.from_wire({**good, "first": {"seq": 1}})
+    with pytest.raises(ProtocolError, match="the first request has no seq"):
+        Spawn.from_wire({**good, "first": {"op": "restore"}})
     with pytest.raises(ProtocolError, match="the zygote's, not a domain's|a domain's, not the zygote's"):
         decode_from_zygote(StateChanged("running").to_wire())
 

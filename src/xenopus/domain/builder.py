@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
-from xenopus.acpi import AcpiPci, AcpiPlatform, install
+from xenopus.acpi import AcpiPci, AcpiPlatform, install, installed_rsdp
 from xenopus.boot import BootInfo, load_kernel, load_pv_shim
 from xenopus.control import DISK, NIC
 from xenopus.devices import platform
@@ -40,7 +40,7 @@ from xenopus.devices.serial import Serial16550
 from xenopus.domain.channel import ChannelEnd
 from xenopus.domain.config import DomainConfig
 from xenopus.domain.cpuid_spec import parse_cpuid
-from xenopus.domain.devspec import VifSpec
+from xenopus.domain.devspec import VifSpec, vif_devids
 from xenopus.domain.inventory import (
     BusPart,
     CpuPolicyPart,
@@ -139,12 +139,15 @@ def build_guest(
     kvm: Kvm | None = None,
     taps: VifTaps | None = None,
     channels: list[ChannelEnd] | None = None,
+    restoring: bool = False,
 ) -> Guest:
     """Lay out memory, write the ACPI tables, load the kernel and wire the devices; the
     vCPUs are not started. Any failure releases what was built and names the problem.
     `kvm` is an open /dev/kvm to use (and leave open), `taps` the vifs' taps and
     `channels` the channels' host ends kept across incarnations: a jailed process can
-    open none of them again."""
+    open none of them again. `restoring`: a saved image's RAM replaces this guest's
+    before it runs (domain/snapshot.py: the memory part discards it first), so the ACPI
+    tables, which the image has, are not built and written."""
     host = memory_mib()
     if host and config.memory > host:
         raise ValueError(f"memory = {config.memory} MiB is more than this host has ({host} MiB)")
@@ -159,10 +162,9 @@ def build_guest(
         legacy = config.pvh_platform == "pc"  # else Xen's PVH platform: none of them
         # A PV shim domain's MADT has no IO-APIC (AcpiPlatform.io_apic says why), nor has
         # the MADT libxl builds for a PVH domU (libacpi without ACPI_HAS_IOAPIC).
-        rsdp = install(memory, AcpiPlatform(vcpus=maxvcpus, online=config.vcpus,
-                                            pci=AcpiPci.default(ram_end), serial=legacy,
-                                            rtc=legacy, i8042=legacy,
-                                            io_apic=legacy and not config.pvshim))
+        rsdp = installed_rsdp() if restoring else install(memory, AcpiPlatform(
+            vcpus=maxvcpus, online=config.vcpus, pci=AcpiPci.default(ram_end), serial=legacy,
+            rtc=legacy, i8042=legacy, io_apic=legacy and not config.pvshim))
         kvm = kvm or Kvm()
         if config.pvshim:
             assert config.pvshim_path is not None  # resolved by DomainConfig
@@ -294,11 +296,11 @@ def _add_virtio(
         )
         add(DISK, disk.vdev, i, blk, vdev=disk.vdev, target=disk.target,
             mode="r" if disk.read_only else "w")
-    for i, vif in enumerate(config.vifs):
+    for i, (vif, devid) in enumerate(zip(config.vifs, vif_devids(config.vifs), strict=True)):
         if vif.kind_for(xen) != "virtio":
             continue  # the Xen PV network backend
-        net = _virtio_net(config, vif, domid, i, taps)
-        add(NIC, f"nic{i}", i, net, mac=format_mac(net.mac), tap=net.tap.name, bridge=vif.bridge or "-")
+        net = _virtio_net(config, vif, domid, devid, taps)
+        add(NIC, f"nic{devid}", i, net, mac=format_mac(net.mac), tap=net.tap.name, bridge=vif.bridge or "-")
     if config.virtio_console:
         from xenopus.devices.virtio.console import VirtioConsole
 
@@ -315,11 +317,11 @@ def _add_virtio(
         add("balloon", "virtio-balloon0", 0, guest.balloon)
 
 
-def _virtio_net(config: DomainConfig, vif: VifSpec, domid: int, index: int,
+def _virtio_net(config: DomainConfig, vif: VifSpec, domid: int, devid: int,
                 taps: VifTaps | None) -> VirtioNet:
     from xenopus.devices.virtio.net import VirtioNet
 
-    tap, mac = (taps.open if taps else open_vif)(config.name, vif, domid, index)
+    tap, mac = (taps.open if taps else open_vif)(config.name, vif, domid, devid)
     try:
         return VirtioNet(tap, mac)
     except BaseException:

@@ -159,11 +159,13 @@ class VcpuPart:
         m = self.machine
         assert m.vm is not None
         return kvm_state.save_vcpu(self.vcpu.fd, kvm_state.saved_msrs(m.kvm),
-                                   kvm_state.xsave_size(m.vm))
+                                   kvm_state.xsave_size(m.vm), kvm_state.has_sregs2(m.vm))
 
     def restore_state(self, state: object) -> None:
-        assert self.machine.vm is not None
-        kvm_state.restore_vcpu(self.vcpu.fd, state, kvm_state.xsave_size(self.machine.vm))
+        vm = self.machine.vm
+        assert vm is not None
+        kvm_state.restore_vcpu(self.vcpu.fd, state, kvm_state.xsave_size(vm),
+                               kvm_state.has_sregs2(vm))
 
 
 @dataclass

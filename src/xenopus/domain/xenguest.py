@@ -24,7 +24,7 @@ from xenopus.devices.bus import Bus
 from xenopus.domain.channel import ChannelEnd, close_channels, open_channels
 from xenopus.domain.config import DomainConfig
 from xenopus.domain.config.keys import uuid_bytes
-from xenopus.domain.devspec import DiskSpec
+from xenopus.domain.devspec import DiskSpec, vif_devids
 from xenopus.domain.interdomain_port import InterdomainPort
 from xenopus.domain.vif import VifTaps, open_vif
 from xenopus.kvm import Kvm
@@ -492,7 +492,8 @@ class XenGuest:
         """The Xen PV disks and vifs (`kind_for`: every one virtio was not asked for), as
         dom0 clients of the daemon's XenStore."""
         disks = [(i, d) for i, d in enumerate(self.config.disks) if d.kind_for(True) == "xen"]
-        vifs = [(i, v) for i, v in enumerate(self.config.vifs) if v.kind_for(True) == "xen"]
+        vifs = [(devid, v) for devid, v in zip(vif_devids(self.config.vifs), self.config.vifs,
+                                               strict=True) if v.kind_for(True) == "xen"]
         if not (disks or vifs or self.config.channels):
             return
         from xenopus.xen.backends.blkback import BlkBack

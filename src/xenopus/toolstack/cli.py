@@ -297,7 +297,8 @@ def cmd_list(args: Namespace) -> int:
         print(row + xlformat.list_options_columns(DOM0_UUID, None, False, **shown, nodes=nodes))
     for d in domains:
         flags = state_flags(d)
-        row = xlformat.list_row(d["name"], d["domid"], d["memory"], d["vcpus"], flags,
+        # xl_info.c list_domains: libxl_dominfo.vcpu_online, the vCPUs up now
+        row = xlformat.list_row(d["name"], d["domid"], d["memory"], d["online_vcpus"], flags,
                                 d["cpu_time"])
         print(row + xlformat.list_options_columns(d["uuid"], flags.reason, flags.shutdown,
                                                   **shown, nodes=nodes))
@@ -449,7 +450,8 @@ def top_entries(domains: list[dict[str, Any]], before: dict[int, float], elapsed
                                           crashed=flags.crashed, paused=flags.paused,
                                           running=flags.running),
             int(d["cpu_time"] * 1e9), pct(d["domid"], d["cpu_time"]), d["memory"] * 1024,
-            d["maxmem"] * 1024, d["vcpus"], nets=len(nics),
+            # xenstat.c: num_vcpus = max_vcpu_id + 1, every vCPU the domain has
+            d["maxmem"] * 1024, d["maxvcpus"], nets=len(nics),
             net_tx=sum(tx for _, tx in counts), net_rx=sum(rx for rx, _ in counts),
             vbds=sum(1 for dev in devices if dev.get("kind") == "disk")))
     return entries
@@ -967,7 +969,7 @@ def cmd_vcpu_set(args: Namespace) -> int:
     if not args.ignore_host:
         host_cpus = max(host.host_cpus()) + 1  # libxl_get_max_cpus
         rows = [d for d in request("list")["domains"] if args.dom in (str(d["domid"]), d["name"])]
-        online = rows[0]["vcpus"] if rows else 0
+        online = rows[0]["online_vcpus"] if rows else 0  # xl_vcpu.c: dominfo.vcpu_online
         if count > online and count > host_cpus:
             raise CliError(f"You are overcommmitting! You have {host_cpus} physical CPUs and"
                            f" want {count} vCPUs! Aborting, use --ignore-host to continue")
@@ -1464,6 +1466,7 @@ def run() -> NoReturn:
     `create -c` of a small guest; benchmarks/startup_trace.py) for nothing: by then the
     verb has closed its connections and files. SystemExit (argparse's) exits as usual."""
     status: object = main()  # as sys.exit takes it: some verbs return None
+    mark("cli: done")
     if status is None or isinstance(status, int):
         code = status or 0
     else:
