@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import statistics
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,10 +16,70 @@ from tests.linux.linuxguest import Xenopus
 NS = f"xenopus-linux-{os.getpid()}"  # a private network namespace for taps
 
 
+# Each test's seconds in one nested host (tests/linux/durations.json, from a full run's
+# `--durations=0`): what `--shard` balances by.
+DURATIONS = Path(__file__).with_name("durations.json")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--shard", metavar="I/N", default=None,
+        help="run only part I of N (1-based) of the selected tests: a deterministic "
+             "partition balanced by tests/linux/durations.json (scripts/test-linux runs "
+             "one nested host per part)")
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "linux: boots Debian's cloud kernel (slow; `make test-linux`, needs scripts/fetch-linux)"
     )
+    if config.getoption("--shard"):
+        config.pluginmanager.register(Shard(config.getoption("--shard")), "linux-shard")
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """`I/N` as (I, N), 1 <= I <= N."""
+    try:
+        part, _, count = text.partition("/")
+        index, total = int(part), int(count)
+    except ValueError:
+        raise pytest.UsageError(f"--shard {text!r}: expected I/N, e.g. 1/2") from None
+    if not 1 <= index <= total:
+        raise pytest.UsageError(f"--shard {text!r}: I must be between 1 and N")
+    return index, total
+
+
+def partition(nodeids: list[str], seconds: dict[str, float], parts: int) -> list[list[str]]:
+    """`nodeids` in `parts` lists of about equal total seconds: the longest test first, each
+    to the part with the least so far (ties: the lower part), each part in the given order.
+    A test the table does not know counts as its median. Deterministic: the same tests and
+    table give the same parts on every host."""
+    default = statistics.median(seconds.values()) if seconds else 60.0
+    cost = {n: seconds.get(n, default) for n in nodeids}
+    order = {n: i for i, n in enumerate(nodeids)}
+    load = [0.0] * parts
+    chosen: list[list[str]] = [[] for _ in range(parts)]
+    for nodeid in sorted(nodeids, key=lambda n: (-cost[n], order[n])):
+        part = min(range(parts), key=lambda p: (load[p], p))
+        load[part] += cost[nodeid]
+        chosen[part].append(nodeid)
+    return [sorted(part, key=order.__getitem__) for part in chosen]
+
+
+class Shard:
+    """`--shard I/N`: keeps part I of the tests left once -m and -k have deselected
+    theirs (trylast: after pytest's own deselection), reporting the rest deselected."""
+
+    def __init__(self, text: str) -> None:
+        self.index, self.total = parse_shard(text)
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:
+        seconds = json.loads(DURATIONS.read_text())["seconds"] if DURATIONS.exists() else {}
+        parts = partition([item.nodeid for item in items], seconds, self.total)
+        keep = set(parts[self.index - 1])
+        config.hook.pytest_deselected(items=[i for i in items if i.nodeid not in keep])
+        items[:] = [i for i in items if i.nodeid in keep]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -214,8 +214,8 @@ class Xenopus:
         finally:
             if not ended:  # what the vCPUs and the host log say, for the report, then end it
                 boot.stderr += self.run("vcpu-list", name).stdout
-                boot.stderr += "".join(self.run("dmesg").stdout.splitlines(True)[-40:])
-                self.run("destroy", name)
+                boot.stderr += "\n".join(self.dmesg().splitlines()[-40:])
+                self.destroy(name)
             try:
                 _, err = proc.communicate(timeout=60)
             except subprocess.TimeoutExpired:
@@ -243,6 +243,21 @@ class Xenopus:
         clean-up) go this way: each CLI process costs seconds of Python start-up on the
         nested test host."""
         return Api(str(self.run_dir), autostart=False)
+
+    def dmesg(self) -> str:
+        """The daemon's host log (`xenopus dmesg`), through the API."""
+        with self.api() as api:
+            return "\n".join(api.dmesg())
+
+    def names(self) -> list[str]:
+        """The guests the daemon has (`xenopus list` less Domain-0), through the API."""
+        with self.api() as api:
+            return [dom.name for dom in api.list()]
+
+    def destroy(self, name: str) -> None:
+        """Destroy `name` if it is still there (a test's clean-up), through the API."""
+        with self.api() as api, contextlib.suppress(NoSuchDomain):
+            api.destroy(name)
 
     def destroy_all(self) -> list[str]:
         """Destroy every domain the daemon still has (a test's leftovers, before the next

@@ -73,7 +73,7 @@ def needs_kvm_xen() -> None:
 
 class ShimBoot(NamedTuple):
     boot: Boot
-    domains: list[str]  # `xenopus list` after the boot ended
+    domains: list[str]  # the guests left once the boot ended (`xenopus list` less Domain-0)
 
 
 @pytest.fixture(scope="module")
@@ -87,9 +87,9 @@ def pvhello(_daemon: Xenopus, tmp_path_factory: pytest.TempPathFactory) -> Itera
         boot = xenopus.boot("pvhello", pv_config(xenopus, "pvhello", PVHELLO),
                             timeout=SHIM_BOOT_TIMEOUT)
         # The domains left once the guest has gone: for the power-off check below.
-        listed = xenopus.run("list").stdout.splitlines()[1:]
+        listed = xenopus.names()
         print(f"pvhello behind the shim: {boot.seconds:.2f} s from create to power-off")
-        yield ShimBoot(boot, [row.split()[0] for row in listed])
+        yield ShimBoot(boot, listed)
     finally:
         xenopus.destroy_all()
 
@@ -104,7 +104,7 @@ def test_pv_kernel_runs_behind_the_shim(pvhello: ShimBoot) -> None:
     assert "name=pvhello " in m.group(3) and "cmdline=xenopus.pv=1" in m.group(3), m.group(0)
     assert "xen=4." in m.group(3), m.group(0)
     assert boot.returncode == 0, boot.context()  # SCHEDOP_shutdown ended the domain
-    assert pvhello.domains == ["Domain-0"], pvhello.domains  # `list` shows it gone
+    assert pvhello.domains == [], pvhello.domains  # the daemon's list shows it gone
 
 
 def test_store_events_reach_the_pv_guest(pvhello: ShimBoot) -> None:
@@ -154,7 +154,7 @@ def assert_pv_linux_passed(boot: Boot, check: str, xenopus: Xenopus) -> None:
 
 def assert_powered_off(xenopus: Xenopus, name: str) -> None:
     """The daemon saw the domain shut down for power-off (SHUTDOWN_poweroff)."""
-    dmesg = xenopus.run("dmesg").stdout
+    dmesg = xenopus.dmesg()
     assert f"'{name}' shut down; on_poweroff=destroy" in dmesg, dmesg[-3000:]
 
 
@@ -167,8 +167,8 @@ def test_linux_pv_guest_boots_to_userspace(xenopus: Xenopus) -> None:
     assert_pv_linux_passed(boot, "xen", xenopus)
     assert "hypervisor=xen clocksource=xen xenbus=yes" in boot.detail, boot.context()
     # The shim builds only PV domains: reaching userspace behind it is running as PV.
-    listed = xenopus.run("list").stdout.splitlines()[1:]
-    assert [row.split()[0] for row in listed] == ["Domain-0"], listed  # it has gone
+    listed = xenopus.names()
+    assert listed == [], listed  # it has gone
 
 
 def test_xenopus_shutdown_of_a_linux_pv_guest(xenopus: Xenopus) -> None:
@@ -184,7 +184,7 @@ def test_xenopus_shutdown_of_a_linux_pv_guest(xenopus: Xenopus) -> None:
     log.unlink(missing_ok=True)
     try:
         up = read_lines(proc, lines, time.monotonic() + LINUX_TIMEOUT, log, until=WAITING)
-        assert up, "\n".join(lines[-60:]) + xenopus.run("dmesg").stdout[-4000:]
+        assert up, "\n".join(lines[-60:]) + xenopus.dmesg()[-4000:]
         asked = xenopus.run("shutdown", "-w", name, timeout=300)
         assert asked.returncode == 0, asked.stderr
         ended = read_lines(proc, lines, time.monotonic() + 300, log)
@@ -194,7 +194,7 @@ def test_xenopus_shutdown_of_a_linux_pv_guest(xenopus: Xenopus) -> None:
         assert any(PV_HALT in ln for ln in lines), tail
         assert_powered_off(xenopus, name)
     finally:
-        xenopus.run("destroy", name)
+        xenopus.destroy(name)
         proc.kill()
         proc.communicate()
 

@@ -336,7 +336,8 @@ def under_xenopus(x: Xenopus, name: str, case: Case, disk: Path | None) -> tuple
         subprocess.run(["ip", "-n", NS, "addr", "add", "10.0.2.2/24", "dev", XENOPUS_TAP], check=True)
         subprocess.run(["ip", "-n", NS, "link", "set", XENOPUS_TAP, "up"], check=True)
         responder = Responder(NS)
-        assert x.run("unpause", name).returncode == 0
+        with x.api() as api:
+            api.unpause(name)
         done = x.run("console", name, timeout=BOOT_TIMEOUT)
         answer = responder.answered()
     else:

@@ -101,7 +101,7 @@ def test_a_linux_guest_with_a_disk_survives_save_restore_and_live_migration(
         console.detach()
         saved = xenopus.run("save", name, str(image), timeout=STEP_TIMEOUT)
         assert saved.returncode == 0, saved.stderr
-        assert name not in xenopus.run("list").stdout  # save without -c destroys it
+        assert name not in xenopus.names()  # save without -c destroys it
         restored = xenopus.run("restore", str(image), timeout=STEP_TIMEOUT)
         assert restored.returncode == 0, restored.stderr
         console.attach()

@@ -29,9 +29,8 @@ def start(netns: Xenopus, tmp_path: Path, name: str) -> subprocess.Popen:
 
 
 def test_destroying_one_guest_leaves_the_other_running(netns: Xenopus, tmp_path: Path) -> None:
-    # The daemon first: two CLIs that both find none race to start one, and the loser's
-    # create fails ("another xenopus daemon is running").
-    assert netns.run("list").returncode == 0
+    # The session's daemon is running (the netns fixture started it): two CLIs that both
+    # found none would race to start one, and the loser's create would fail.
     guests = {name: start(netns, tmp_path, name) for name in ("ga", "gb")}
     lines = {name: [] for name in guests}
     try:
@@ -43,7 +42,7 @@ def test_destroying_one_guest_leaves_the_other_running(netns: Xenopus, tmp_path:
         destroyed = netns.run("destroy", "ga")
         assert destroyed.returncode == 0, destroyed.stderr
         assert guests["ga"].wait(timeout=60) is not None  # its console ended with it
-        listed = netns.run("list").stdout
+        listed = netns.names()
         assert "gb" in listed and "ga" not in listed, f"{listed}\n--- daemon log ---\n{netns.log()}"
         guests["gb"].stdin.write(b"go\n")
         guests["gb"].stdin.flush()

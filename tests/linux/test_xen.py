@@ -59,7 +59,7 @@ XEN_CONSOLE = os.environ.get("XEN_TEST_CONSOLE",
 def hypercall_path(xenopus: Xenopus, name: str) -> str:
     """The path the daemon reported at `create` ("(XEN) dN: domain 'NAME' created (...,
     Xen interface PATH, ...)")."""
-    for line in xenopus.run("dmesg").stdout.splitlines():
+    for line in xenopus.dmesg().splitlines():
         if f"domain '{name}' created" in line and "Xen interface " in line:
             return line.split("Xen interface ", 1)[1].split(",", 1)[0]
     return "unknown"
@@ -200,7 +200,7 @@ def run_xendev(netns: Xenopus, name: str, cfg: Path, image: Path,
         with netns.api() as api:
             api.unpause(name)
         came_up = read_lines(console, lines, time.monotonic() + timeout, log, until=READY)
-        assert came_up, "\n".join(lines[-60:]) + netns.run("dmesg").stdout[-4000:]
+        assert came_up, "\n".join(lines[-60:]) + netns.dmesg()[-4000:]
         # The frontends and backends as xenstore-ls shows them: XenbusStateConnected (4).
         nodes = xenstore_ls(netns, "/local/domain")
         base = f"/local/domain/{domid}/device"
@@ -216,7 +216,7 @@ def run_xendev(netns: Xenopus, name: str, cfg: Path, image: Path,
     finally:
         for proc in (console, sender):
             proc.kill()
-        netns.run("destroy", name)
+        netns.destroy(name)
     tail = "\n".join(lines[-60:])
     domain_log = netns.run_dir / "log" / f"{name}.log"
     assert ended, (tail + "\n--- the domain's log ---\n"
@@ -265,7 +265,7 @@ def test_xen_control_reboot_then_shutdown(xenopus: Xenopus) -> None:
     def ask(request_: str) -> None:
         """Wait for the check to wait, see its feature node, then send `request_`."""
         up = read_lines(proc, lines, time.monotonic() + XEN_BOOT_TIMEOUT, log, until=WAITING)
-        assert up, "\n".join(lines[-60:]) + xenopus.run("dmesg").stdout[-4000:]
+        assert up, "\n".join(lines[-60:]) + xenopus.dmesg()[-4000:]
         # Linux's manage.c wrote the features it answers to (setup_shutdown_watcher).
         path = f"/local/domain/{domid_of(xenopus, name)}/control"
         control = xenstore_ls(xenopus, path)
@@ -286,14 +286,14 @@ def test_xen_control_reboot_then_shutdown(xenopus: Xenopus) -> None:
         # for its `until` in all of `lines`: the first boot's are set aside).
         del lines[:]
         ask("poweroff")
-        dmesg = xenopus.run("dmesg").stdout
+        dmesg = xenopus.dmesg()
         assert f"domain '{name}' rebooted; on_reboot=restart" in dmesg, dmesg[-4000:]
         ended = read_lines(proc, lines, time.monotonic() + 300, log)
         tail = "\n".join(lines[-60:])
         assert ended and proc.wait(timeout=60) == 0, tail
         assert any("xenopus-xenctl: poweroff requested" in ln for ln in lines), tail
         assert any(POWER_DOWN in ln for ln in lines), tail
-        assert f"domain '{name}' shut down; on_poweroff=destroy" in xenopus.run("dmesg").stdout
+        assert f"domain '{name}' shut down; on_poweroff=destroy" in xenopus.dmesg()
     finally:
-        xenopus.run("destroy", name)
+        xenopus.destroy(name)
         proc.kill()

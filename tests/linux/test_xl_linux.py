@@ -59,7 +59,7 @@ def test_xl_mem_set_and_shutdown_wait(xenopus: Xenopus) -> None:
     try:
         up = read_lines(proc, lines, time.monotonic() + XEN_BOOT_TIMEOUT, log,
                         until="xenopus-xlres: ready")
-        assert up, tail() + xenopus.run("dmesg").stdout[-4000:]
+        assert up, tail() + xenopus.dmesg()[-4000:]
         ready = next(m for ln in lines if (m := READY.search(ln)))
         # The balloon starts at the domain's size: memory/target as libxl wrote it.
         assert int(ready.group(2)) <= MEMORY_MIB << 10, ready.group(0)
@@ -89,7 +89,7 @@ def test_xl_mem_set_and_shutdown_wait(xenopus: Xenopus) -> None:
         print(f"{name}: MemTotal {shrunk.group(1)} -> {shrunk.group(2)} kB; "
               f"xl shutdown -w returned after {waited:.1f} s")
     finally:
-        xenopus.run("destroy", name)
+        xenopus.destroy(name)
         proc.kill()
 
 
@@ -118,7 +118,7 @@ def test_xl_vcpu_set_changes_nproc(xenopus: Xenopus, release: str, tmp_path: Pat
 
     def until(marker: str) -> None:
         seen = read_lines(proc, lines, time.monotonic() + XEN_BOOT_TIMEOUT, log, until=marker)
-        assert seen, tail() + xenopus.run("dmesg").stdout[-4000:]
+        assert seen, tail() + xenopus.dmesg()[-4000:]
 
     try:
         until("xenopus-xlcpu: ready")
@@ -136,7 +136,7 @@ def test_xl_vcpu_set_changes_nproc(xenopus: Xenopus, release: str, tmp_path: Pat
         assert any("RESULT: PASS xlcpu" in ln for ln in lines), tail()
         print(f"{name}: " + next(ln for ln in lines if "RESULT:" in ln))
     finally:
-        xenopus.run("destroy", name)
+        xenopus.destroy(name)
         proc.kill()
 
 
@@ -173,7 +173,7 @@ def test_xl_vcpu_set_acpi_hotplug_changes_nproc(xenopus: Xenopus, release: str,
 
     def until(marker: str) -> None:
         seen = read_lines(proc, lines, time.monotonic() + BOOT_TIMEOUT, log, until=marker)
-        assert seen, tail() + xenopus.run("dmesg").stdout[-4000:]
+        assert seen, tail() + xenopus.dmesg()[-4000:]
 
     try:
         until("xenopus-cpuhp: ready")
@@ -206,5 +206,5 @@ def test_xl_vcpu_set_acpi_hotplug_changes_nproc(xenopus: Xenopus, release: str,
         assert any("RESULT: PASS cpuhp" in ln for ln in lines), tail()
         print(f"{name}: " + next(ln for ln in lines if "RESULT:" in ln))
     finally:
-        xenopus.run("destroy", name)
+        xenopus.destroy(name)
         proc.kill()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import inspect
 import logging
 import os
@@ -21,7 +22,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import BinaryIO
 
-from xenopus import host, ipc, stream
+from xenopus import held_files, host, ipc, stream
 from xenopus.arch import x86
 from xenopus.control import DISK, NIC, Reply, Request
 from xenopus.devices.mac import format_mac, parse_mac
@@ -32,7 +33,7 @@ from xenopus.domain.builder import Guest, build_guest
 from xenopus.domain.channel import ChannelEnd, ChannelError, close_channels, open_channels
 from xenopus.domain.config import DomainConfig
 from xenopus.domain.console import Console
-from xenopus.domain.devspec import DiskSpec
+from xenopus.domain.devspec import DiskSpec, VifSpec, vif_devids, without_vif
 from xenopus.domain.interdomain_port import InterdomainPort
 from xenopus.domain.inventory import Inventory, PvDevicePart
 from xenopus.domain.jail import Jail, debug_flags, set_process_title
@@ -48,7 +49,7 @@ from xenopus.domain.protocol import (
     Stopped,
 )
 from xenopus.domain.restart import RestartBackoff
-from xenopus.domain.vif import VifTaps
+from xenopus.domain.vif import VifEnd, VifTaps
 from xenopus.domain.xenguest import StoreProxy
 from xenopus.kvm import Kvm
 from xenopus.memory import PAGE_SIZE
@@ -321,16 +322,33 @@ class DomainProcess:
             self._finished.set()
 
     # -- requests from the daemon ------------------------------------------------------
-    def _command(self, req: Request) -> Reply:
+    def _command(self, req: Request) -> Reply | Awaitable[Reply]:
         entry = STEPS.get(req.op)
         if entry is None:
-            return Reply.failure(f"unknown operation {req.op!r}")
+            return self._refused(req, f"unknown operation {req.op!r}")
         handler, live = entry
         if live and (self.guest is None or self.state in ("shutdown", "crashed")):
-            return Reply.failure(f"domain is {self.state}")
+            return self._refused(req, f"domain is {self.state}")
         if live and self.busy:
-            return Reply.failure(f"domain is busy: {self.busy}")
+            return self._refused(req, f"domain is busy: {self.busy}")
         return handler(self, req)
+
+    def _refused(self, req: Request, why: str) -> Reply | Awaitable[Reply]:
+        """A request not served: the files the daemon handed over for it (a tap, an
+        image, a save file) are taken and closed before the answer, not kept until the
+        domain ends (a refused network-attach leaves no tap on the host)."""
+        token = req.args.get("files")
+        port = self.interdomain
+        if not isinstance(token, int) or isinstance(token, bool) or port is None:
+            return Reply.failure(why)
+
+        async def closing() -> Reply:
+            with contextlib.suppress(ConnectionError):  # they never came: nothing to close
+                for fd in await port.take_files(token):
+                    os.close(fd)
+            return Reply.failure(why)
+
+        return closing()
 
     def _answer(self, req: Request) -> None:
         """Carry out the daemon's request and reply (now, or when a long step is done)."""
@@ -365,8 +383,14 @@ class DomainProcess:
     @domain_step("info")
     def _info(self, req: Request) -> Reply:
         guest = self.guest
+        # Xen's nr_online_vcpus (XEN_DOMCTL_getdomaininfo: each vCPU not VPF_down), what
+        # xl list's VCPUs column shows: the vCPUs the guest has up now, not the config's.
+        online = sum(1 for v in guest.machine.vcpu_info() if v["online"]) if guest else 0
+        if guest is not None and not self._started:
+            online = max(online, 1)  # created paused: Xen's domain builder brought vCPU0 up
         return Reply.success(
             state=self.state, cpu_time=guest.machine.cpu_time() if guest else 0.0,
+            online_vcpus=online,
             pid=self.jail.host_pid, protocol=guest.boot.protocol if guest else None,
             jail=self.jail.layers,
             memory=guest.memory_mib() if guest else None,
@@ -619,6 +643,11 @@ class DomainProcess:
         except (ValueError, OSError) as e:
             return Reply.failure(str(e))
         guest.inventory.add(PvDevicePart(DISK, disk.vdev, be))
+        # libxl__device_disk_add: the disk is part of the domain's config from now on, so
+        # the next incarnation (a restart) has it too — opened again through the file
+        # handed over, which the jailed process could not open by its path.
+        held_files.keep(disk.target, be.disk.fd)
+        self.config = dataclasses.replace(self.config, disks=[*self.config.disks, disk])
         log.info("domain %d: attached %s (%s) as %s", self.domid, disk.vdev, disk.target, be.be)
         return Reply.success(devid=be.devid, backend=be.be)
 
@@ -644,18 +673,31 @@ class DomainProcess:
                 raise ValueError("the domain has no Xen interface: its NICs are virtio")
             if not isinstance(a.get("devid"), int) or not isinstance(a.get("vnet_hdr_len"), int):
                 raise ValueError("network-attach needs devid and vnet_hdr_len numbers")
-            tap = Tap(fds[0], str(a.get("name")), a["vnet_hdr_len"])
-        except ValueError as e:
+            vif = VifSpec.from_dict(dict(a.get("vif") or {}))
+            if vif.devid != a["devid"]:
+                raise ValueError(f"the vif's devid {vif.devid} is not {a['devid']}")
+            mac = parse_mac(str(a.get("mac")))
+        except (ValueError, TypeError) as e:
             os.close(fds[0])
             return Reply.failure(str(e))
+        devid = a["devid"]
+        if devid in vif_devids(self.config.vifs):
+            os.close(fds[0])
+            return Reply.failure(f"vif {devid} is already attached")
+        # Ours like a tap the domain made itself (domain/vif.py): a restart's netback gets
+        # it again; the device a descriptor of its own.
+        tap = self.taps.keep(devid, VifEnd(Tap(fds[0], str(a.get("name")), a["vnet_hdr_len"]),
+                                           mac)).tap
         try:
-            mac = parse_mac(str(a.get("mac")))
-            be = await asyncio.to_thread(guest.xen.attach_nic, a["devid"], tap, mac,
+            be = await asyncio.to_thread(guest.xen.attach_nic, devid, tap, mac,
                                          str(a.get("bridge") or ""))
         except (ValueError, OSError) as e:
-            tap.close()
+            self.taps.release(devid)
             return Reply.failure(str(e))
         guest.inventory.add(PvDevicePart(NIC, f"nic{be.devid}", be))
+        # libxl__device_nic_add (libxl__device_add_async, device_add_domain_config):
+        # recorded in the domain's config, which the next incarnation is built from.
+        self.config = dataclasses.replace(self.config, vifs=[*self.config.vifs, vif])
         log.info("domain %d: attached vif %d (%s) as %s", self.domid, be.devid, tap.name, be.be)
         return Reply.success(devid=be.devid, backend=be.be)
 
@@ -690,7 +732,19 @@ class DomainProcess:
                                  " failed." if kind == DISK else "libxl_device_nic_del failed."))
         guest.inventory.remove(part)
         log.info("domain %d: detached %s", self.domid, part.name)
-        return Reply.success(vdev=part.name) if kind == DISK else Reply.success()
+        # Out of the config the next incarnation is built from (libxl's stored config
+        # keeps only the devices present), and nothing of it held: the tap goes.
+        cfg = self.config
+        if kind == DISK:
+            gone = [d for d in cfg.disks if d.vdev == part.name]
+            self.config = dataclasses.replace(cfg, disks=[d for d in cfg.disks if d not in gone])
+            for disk in gone:
+                held_files.release(disk.target)
+            return Reply.success(vdev=part.name)
+        devid = part.backend.devid
+        self.config = dataclasses.replace(cfg, vifs=without_vif(cfg.vifs, devid))
+        self.taps.release(devid)
+        return Reply.success(devid=devid)
 
     # -- save and restore (docs/snapshot-stream.md) --------------------------------------
     async def _take_file(self, req: Request, mode: str, timeout: float | None = None
@@ -1019,11 +1073,13 @@ def _unrecorded_devices(inventory: Inventory, config: object) -> list[str]:
     is built from that config, so a device it lacks would leave saved state with no part
     to go to, and a disk it has that the domain does not (one detached, or gone with a
     reboot's rebuild) would be built with no state in the image. A disk is named by its
-    vdev (block-attach records it in the daemon's config), a NIC by its devid, the index
-    of its vif= entry."""
+    vdev, a NIC by its devid (block-attach and network-attach record both)."""
     disks = config.get("disks") if isinstance(config, dict) else None
     vifs = config.get("vifs") if isinstance(config, dict) else None
     vdevs = {d.get("vdev") for d in disks or [] if isinstance(d, dict)}
+    # a vif's devid: its recorded one (network-attach), else its index (vif_devids)
+    devids = {i if not isinstance(v, dict) or v.get("devid") is None else v.get("devid")
+              for i, v in enumerate(vifs or [])}
     problems, have = [], set()
     lacking = " is not in the configuration the image would carry"
     for part in inventory.parts:
@@ -1033,7 +1089,7 @@ def _unrecorded_devices(inventory: Inventory, config: object) -> list[str]:
             continue
         if part.kind == DISK and part.name not in vdevs:
             problems.append(f"disk {part.name}{lacking}")
-        elif part.kind == NIC and part.backend.devid >= len(vifs or []):
+        elif part.kind == NIC and part.backend.devid not in devids:
             problems.append(f"vif {part.backend.devid}{lacking}")
     problems += [f"disk {vdev} is in the configuration the image would carry but not in the"
                  " domain" for vdev in sorted(v for v in vdevs - have if isinstance(v, str))]

@@ -36,7 +36,7 @@ from xenopus.devices.mac import format_mac
 from xenopus.domain import jail
 from xenopus.domain.channel import SocketId, remove_sockets, socket_ids
 from xenopus.domain.config import ConfigError, DomainConfig, load_config
-from xenopus.domain.devspec import parse_disk, parse_vif
+from xenopus.domain.devspec import parse_disk, parse_vif, vif_devids, without_vif
 from xenopus.domain.jail import uid_range
 from xenopus.domain.protocol import (
     EXIT_REBUILD,
@@ -906,9 +906,10 @@ class Daemon:
                 self.dmesg.append(event.line[:4096])
             elif isinstance(event, Finished):
                 mark("daemon: finished")
+                # Retired once its process has gone (_process_gone), not now: it reports
+                # before it tears the VM down, and its taps, open files and memory go
+                # with the process — xl destroy returns with the vifs removed.
                 rec.final = event
-                if event.exit_code != EXIT_REBUILD:
-                    self._retire(rec)
             elif isinstance(event, Stopped):
                 rec.last_stop = event
                 rec.stop_log.append(event)
@@ -953,9 +954,7 @@ class Daemon:
     async def _process_gone(self, rec: DomainRecord) -> None:
         rec.writer = None
         self.interdomain.remove(rec.domid)  # its peers' ports go unbound, views drop
-        if not rec.adopted:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(rec.exited.wait(), 5)
+        await self._wait_exit(rec)
         status = rec.exit_info.status if rec.exit_info is not None else None
         if rec.adopted:  # not our zygote's child: its own report is all there is
             status = rec.final.exit_code if rec.final is not None else None
@@ -966,6 +965,7 @@ class Daemon:
             if status != rec.final.exit_code:
                 log.warning("domain %d: process %s exited with status %s, not %s as it said",
                             rec.domid, rec.pid, status, rec.final.exit_code)
+            self._retire(rec)
             return
         clean = rec.state == "dying" or (rec.last_stop is not None and status in (0, 1))
         if not clean:
@@ -998,6 +998,31 @@ class Daemon:
                 rec.pid = None
                 return
         self._retire(rec)
+
+    async def _wait_exit(self, rec: DomainRecord, bound: float = 5.0) -> None:
+        """Until the domain's process has exited (at most `bound` seconds): the zygote's
+        report of our own child, a pidfd's for one adopted from an earlier daemon. An
+        exited process has closed its files: its taps are gone from the host
+        (tun_chr_close unregisters a non-persistent tap on its last close)."""
+        if not rec.adopted:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(rec.exited.wait(), bound)
+            return
+        if rec.pid is None:
+            return
+        try:
+            pidfd = os.pidfd_open(rec.pid)
+        except OSError:
+            return  # already gone
+        loop = asyncio.get_running_loop()
+        gone = asyncio.Event()
+        try:
+            loop.add_reader(pidfd, gone.set)  # a pidfd reads ready once the process exits
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(gone.wait(), bound)
+        finally:
+            loop.remove_reader(pidfd)
+            os.close(pidfd)
 
     async def _rebuild(self, rec: DomainRecord) -> None:
         """The next incarnation of a domain whose process handed its restart back
@@ -1631,6 +1656,8 @@ class Daemon:
 
         async def entry(rec: DomainRecord) -> dict[str, Any]:
             info = await rec.query("info", None, {}, timeout=2.0)
+            # libxl's avail_vcpus: the vCPUs cpu/N/availability has online (xl vcpu-set)
+            avail = self.xenstore.vcpus_available(rec.domid) or rec.config.vcpus
             out = {
                 "domid": rec.domid,
                 "name": rec.name,
@@ -1640,8 +1667,10 @@ class Daemon:
                 # memory/static-max (xl mem-max moves it), in MiB
                 "maxmem": (self.xenstore.read_kib(rec.domid, "memory/static-max")
                            or (rec.config.maxmem or rec.config.memory) * 1024) // 1024,
-                # libxl's avail_vcpus: the vCPUs cpu/N/availability has online (xl vcpu-set)
-                "vcpus": self.xenstore.vcpus_available(rec.domid) or rec.config.vcpus,
+                "vcpus": avail,
+                # libxl_dominfo.vcpu_online: the vCPUs the guest has up now (a process
+                # that did not answer in time: what it was asked for)
+                "online_vcpus": info.get("online_vcpus", avail if rec.pid is not None else 0),
                 "maxvcpus": rec.config.maxvcpus,
                 "state": rec.state,
                 "reason": rec.last_stop.reason if rec.last_stop is not None else None,
@@ -1841,6 +1870,10 @@ class Daemon:
             raise RequestError(f"{disk.vdev}: only Xen PV disks can be attached to a running"
                                " domain; a vd* vdev or specification=virtio asks for virtio-blk,"
                                " which needs PCI hotplug (not implemented)")
+        # The path as the CLI resolved it: a receiver or a later restore has no cwd.
+        target = req.args.get("target")
+        if isinstance(target, str) and os.path.isabs(target):
+            disk = dataclasses.replace(disk, target=target)
         token = await self._hand_over(rec, await self._client_file(client))
         reply = await rec.request(Request("block-attach", {"files": token, "disk": disk.to_dict()}),
                                   timeout=HOTPLUG_TIMEOUT)
@@ -1848,11 +1881,8 @@ class Daemon:
             raise RequestError(f"domain {rec.domid}: {reply.error}\nlibxl_device_disk_add failed.")
         # libxl__device_disk_add: the disk goes into the domain's stored config too, so
         # `list -l`, a save image's DOMAIN_CONFIG and a migration's receiver have it
-        # (the restored domain is built with it and its backend takes the saved ring).
-        # The path as the CLI resolved it: a receiver or a later restore has no cwd.
-        target = req.args.get("target")
-        if isinstance(target, str) and os.path.isabs(target):
-            disk = dataclasses.replace(disk, target=target)
+        # (the restored domain is built with it and its backend takes the saved ring);
+        # the domain process recorded it for its next incarnation (a restart).
         rec.config = dataclasses.replace(rec.config, disks=[*rec.config.disks, disk])
         self._save_table()
         self.hv_log(f"d{rec.domid}: disk {disk.vdev} attached ({disk.target})")
@@ -1898,14 +1928,20 @@ class Daemon:
                                   else bridge if isinstance(bridge, str) else None)
         listed = await rec.request(Request("devices"))
         taken = {d.get("devid") for d in listed.data.get("devices", []) if d.get("kind") == "nic"}
-        devid = max({i for i in taken if isinstance(i, int)} | set(range(len(rec.config.vifs))),
+        devid = max({i for i in taken if isinstance(i, int)} | set(vif_devids(rec.config.vifs)),
                     default=-1) + 1
         try:
             end = await asyncio.to_thread(open_vif, rec.name, vif, rec.domid, devid)
         except (OSError, ValueError) as e:
             raise RequestError(f"cannot make vif {devid}'s tap: {e}") from None
+        # What libxl stores (device_add_domain_config): the nic with its devid and the
+        # defaults filled in (libxl__device_nic_setdefault: the MAC it generated).
+        vif = dataclasses.replace(vif, devid=devid, mac=format_mac(end.mac))
         try:
+            config = dataclasses.replace(rec.config, vifs=[*rec.config.vifs, vif])
             token = self.interdomain.hand_over(rec.domid, [end.tap.fd])
+        except ConfigError as e:  # a mac the domain's other vifs have
+            raise RequestError(str(e), "config") from None
         except ConnectionError as e:
             raise RequestError(str(e)) from None
         finally:
@@ -1913,9 +1949,14 @@ class Daemon:
         reply = await rec.request(Request("network-attach", {
             "files": token, "devid": devid, "name": end.tap.name,
             "vnet_hdr_len": end.tap.vnet_hdr_len, "mac": format_mac(end.mac),
-            "bridge": vif.bridge or ""}), timeout=HOTPLUG_TIMEOUT)
+            "bridge": vif.bridge or "", "vif": vif.to_dict()}), timeout=HOTPLUG_TIMEOUT)
         if not reply.ok:
             raise RequestError(f"domain {rec.domid}: {reply.error}\nlibxl_device_nic_add failed.")
+        # libxl__device_nic_add: in the domain's stored config from now on (`list -l`, a
+        # save image's DOMAIN_CONFIG, a migration's receiver); the domain process
+        # recorded it for its next incarnation (a restart).
+        rec.config = config
+        self._save_table()
         self.hv_log(f"d{rec.domid}: vif {devid} attached ({end.tap.name})")
         return Reply(True, reply.data)
 
@@ -1928,6 +1969,10 @@ class Daemon:
                                   timeout=HOTPLUG_TIMEOUT)
         if not reply.ok:
             raise RequestError(str(reply.error))
+        gone = reply.data.get("devid")  # libxl_device_nic_remove: out of the config too
+        if isinstance(gone, int) and not isinstance(gone, bool):
+            rec.config = dataclasses.replace(rec.config, vifs=without_vif(rec.config.vifs, gone))
+            self._save_table()
         self.hv_log(f"d{rec.domid}: vif {req.args.get('dev')} detached")
         return Reply(True, reply.data)
 
