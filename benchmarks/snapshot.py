@@ -3,6 +3,7 @@ restored from it, live-migrated while it dirties memory at a fixed rate, and (xe
 cloned, under xenopus and under QEMU, in the same run.
 
     python benchmarks/snapshot.py [--runs N] [--memory MIB] [--rate PAGES/S] [--clones N]
+                                  [--parts save,migrate,clone,start] [--before TREE]
 
 The guest is guests/counter (it prints and counts; it touches a few pages of its RAM, so
 both sides skip what it never wrote: QEMU sends such pages as zero-page flags, xenopus
@@ -37,6 +38,18 @@ which includes saving DOM) and then `clone -d FILE NAME...` (per clone the domai
 process's restore step, RAM mapped, and the time from its process start to restored), and
 each clone's memory (/proc/PID/smaps_rollup: Rss, Pss, Anonymous) beside a plainly
 restored domain's (its RAM a memfd of its own) and a restored QEMU's.
+
+Clone start (`--parts start`, not by default): `--runs` pairs of clones of the idling
+guest's image, one pair at a time (`clone -d FILE A B`, then their destroy, then a wait
+until the daemon's spares, 3 of them, are all ready again, so that each clone finds one
+waiting and B's process does not share the CPUs with a replacement importing),
+with XENOPUS_TRACE (src/xenopus/trace.py) set: from the benchmark's start of the command
+to A's `domain: vcpus started` (command to running), and for each of A and B from its
+process's `domain: run_domain` (a spare claimed: the domain's process starts) to that
+(the VMM's time past process start), with `clone -d`'s phases and the CPU time its
+process spent meanwhile (on a busy host the wall time is more). A's process starts while
+the daemon checks its copy of FILE (its handover waits for that); B's finds it checked. `--before TREE` measures another
+checkout's `src` (run by this interpreter) in the same run, interleaved with this one.
 """
 
 from __future__ import annotations
@@ -249,9 +262,16 @@ def qemu_migrate(tmp: Path, memory: int, rate: int) -> tuple[float, float]:
 
 
 class Xenopus:
-    def __init__(self, tmp: Path, memory: int):
+    def __init__(self, tmp: Path, memory: int, tree: Path | None = None,
+                 trace: Path | None = None):
         self.cmd = xenopus_command()
         self.env = {**os.environ, "XENOPUS_RUN_DIR": str(tmp / "run")}
+        if tree is not None:  # another checkout's code, run by this interpreter
+            self.env["PYTHONPATH"] = str(tree / "src")
+            self.cmd = [sys.executable, "-m", "xenopus"]
+        self.trace = trace
+        if trace is not None:
+            self.env["XENOPUS_TRACE"] = str(trace)
         self.config = tmp / "bench.cfg"
         self.config.write_text(f'name = "bench"\nkernel = "{GUEST}"\nmemory = {memory}\n'
                                f'xen_platform = 0\ncmdline = "count={COUNT}"\n')
@@ -387,6 +407,49 @@ class Xenopus:
         subprocess.run([*self.cmd, "daemon", "--stop"], env=self.env, check=False,
                        capture_output=True, timeout=60)
 
+    def _traced(self, since: float) -> list[tuple[float, str]]:
+        assert self.trace is not None
+        out = []
+        for line in self.trace.read_text().splitlines():
+            when, _, stage = line.split(" ", 2)
+            if float(when) >= since:
+                out.append((float(when), stage))
+        return sorted(out)
+
+    def spares_ready(self) -> None:
+        """Wait until every spare the zygote forked has said it is ready (its trace)."""
+        deadline = time.monotonic() + TIMEOUT
+        while True:
+            stages = [s for _, s in self._traced(0.0)]
+            if stages.count("spare: ready") >= stages.count("zygote: spare forked") > 0:
+                return
+            if time.monotonic() > deadline:
+                sys.exit("snapshot: the spares never became ready")
+            time.sleep(0.02)  # polling the trace file the spares write
+
+    def clone_start(self, image: Path, names: list[str]) -> list[dict[str, float]]:
+        """One `clone -d FILE NAME...` (then destroyed): per clone, seconds from the
+        command to its vCPUs started, from its process's start to that, and its phases
+        (the first clone's process starts while the daemon checks its copy of FILE; the
+        others' find it checked)."""
+        self.spares_ready()
+        started = time.monotonic()
+        _, report = self.run_out("clone", "-d", str(image), *names)
+        stages = self._traced(started)
+        begun = [t for t, s in stages if s == "domain: run_domain"]
+        running = [t for t, s in stages if s == "domain: vcpus started"]
+        phases = [{**{n: float(ms) / 1e3 for n, ms in re.findall(r"(\w+) ([\d.]+) ms", group)},
+                   **({"cpu": float(cpu) / 1e3} if cpu else {})}
+                  for group, cpu in re.findall(r"after its process started \(([^)]*)\)"
+                                               r"(?:, ([\d.]+) ms of CPU)?", report)]
+        for name in names:
+            self.run("destroy", name)
+        if not len(begun) == len(running) == len(phases) == len(names):
+            sys.exit(f"snapshot: {len(names)} clones, but {len(begun)} domain starts, "
+                     f"{len(running)} vcpus started and {len(phases)} reports in the trace")
+        return [{"to_running": r - started, "process": r - b, **p}
+                for b, r, p in zip(begun, running, phases, strict=True)]
+
 
 def row(label: str, values: list[float], scale: float, unit: str) -> str:
     med = statistics.median(values) * scale
@@ -402,7 +465,9 @@ def main() -> None:
                    help="pages a second the migrated guest dirties (a multiple of 1000)")
     p.add_argument("--clones", type=int, default=4)
     p.add_argument("--parts", default="save,migrate,clone",
-                   help="which of save, migrate, clone to run (comma-separated)")
+                   help="which of save, migrate, clone, start to run (comma-separated)")
+    p.add_argument("--before", type=Path,
+                   help="another checkout to measure clone starts of in the same run")
     args = p.parse_args()
     parts = set(args.parts.split(","))
     if shutil.which(QEMU) is None:
@@ -432,6 +497,8 @@ def main() -> None:
             if "clone" in parts:
                 clones = xen.clones(tmp, args.memory, args.clones)
                 qemu_memory = qemu_restored_memory(tmp, args.memory)
+            if "start" in parts:
+                starts = clone_starts(tmp, args)
         finally:
             xen.stop()
     if "save" in parts:
@@ -461,6 +528,70 @@ def main() -> None:
                 print(row("  stopped until running there", [r[7] for r in runs], 1e3, "ms"))
     if "clone" in parts:
         print_clones(clones, qemu_memory, args)
+    if "start" in parts:
+        print_starts(starts, args)
+
+
+def clone_starts(tmp: Path, args: argparse.Namespace) -> dict[str, list[list[dict]]]:
+    """`--runs` single clones of an idling guest's image, by this tree and (interleaved)
+    by `--before`'s, each with a daemon of its own."""
+    if args.before is not None:  # its bytecode and dataclass table, as `make compile`
+        subprocess.run([sys.executable, "-m", "compileall", "-q", str(args.before / "src")],
+                       check=True, stdout=subprocess.DEVNULL)
+        subprocess.run([sys.executable, "-m", "xenopus.toolstack.spare", "--write-methods"],
+                       check=True, stdout=subprocess.DEVNULL,
+                       env={**os.environ, "PYTHONPATH": str(args.before / "src")})
+    for d in ("start-after", "start-before"):
+        (tmp / d).mkdir()
+    sides = {"after": Xenopus(tmp / "start-after", args.memory, trace=tmp / "after.trace")}
+    if args.before is not None:
+        sides["before"] = Xenopus(tmp / "start-before", args.memory, args.before,
+                                  trace=tmp / "before.trace")
+    for side in sides.values():
+        # A spare still ready as B is made: B's does not share the CPUs with a
+        # replacement spare importing at full priority (zygote.py, "BACKGROUND_NICE").
+        side.env["XENOPUS_SPARES"] = str(START_SPARES)
+    x = sides["after"]
+    cfg = tmp / "start.cfg"
+    cfg.write_text(f'name = "idle"\nkernel = "{DIRTY}"\nmemory = {args.memory}\n'
+                   f'xen_platform = 0\ncmdline = "{CLONE_CMDLINE}"\n')
+    x.run("create", "-q", str(cfg))
+    console = x.wait_console("idle", IDLE)
+    image = tmp / "start.img"
+    x.run("save", "idle", str(image))
+    console.wait(TIMEOUT)
+    out: dict[str, list[list[dict]]] = {name: [] for name in sides}
+    try:
+        for side in sides.values():
+            side.run_out("clone", str(image), "warm")  # daemon, zygote, spares started
+            side.run("destroy", "warm")
+        for i in range(args.runs):
+            for name, side in sides.items():
+                out[name].append(side.clone_start(image, [f"start{i}a", f"start{i}b"]))
+    finally:
+        for side in sides.values():
+            side.stop()
+    return out
+
+
+def print_starts(starts: dict[str, list[list[dict]]], args: argparse.Namespace) -> None:
+    print(f"clone start: {DIRTY.name} ({CLONE_MIB} MiB written), {args.memory} MiB, "
+          f"`clone -d FILE A B`, one pair at a time, {args.runs} runs (median [min - max])")
+    for name, runs in starts.items():
+        print("xenopus" if name == "after" else f"before ({args.before})")
+        first, second = [r[0] for r in runs], [r[1] for r in runs]
+        print(row("  command -> A running", [r["to_running"] for r in first], 1e3, "ms"))
+        for label, clones in (("A", first), ("B", second)):
+            print(row(f"  {label}: process start -> running", [r["process"] for r in clones],
+                      1e3, "ms"))
+            for phase in PHASES:
+                print(row(f"    {phase}", [r.get(phase, 0.0) for r in clones], 1e3, "ms"))
+            if all("cpu" in r for r in clones):  # `clone -d` says it (not every tree's)
+                print(row("    its CPU time meanwhile", [r["cpu"] for r in clones], 1e3, "ms"))
+
+
+PHASES = ("setup", "build", "jail", "handover", "restore")
+START_SPARES = 3  # the daemon's spares in `--parts start` (the default is 2)
 
 
 def print_clones(clones: dict, qemu_memory: dict[str, int], args: argparse.Namespace) -> None:

@@ -24,7 +24,11 @@ before and after creating each of IDLE_DOMAINS idle guests that wait for console
 and creations per second in a loop of `xenopus create` + `xenopus destroy` of such a guest.
 
 `--before TREE` measures another checkout (its `src`, run by this interpreter) in the
-same run, interleaved, for a before/after comparison on a shared, noisy machine.
+same run, interleaved, for a before/after comparison on a shared, noisy machine. Both
+trees then run the same way, `python -m xenopus` with PYTHONPATH=TREE/src (this
+checkout's too): started as the `xenopus` script instead, this checkout's figures gained
+from runpy's imports and the domains' jail binding no PYTHONPATH directory, which is no
+change of the code's.
 
 `--cold N` adds N more cold starts of each (a fresh run directory: the daemon, its zygote
 and first spare start, then the first domain), interleaved with TREE's.
@@ -281,11 +285,12 @@ def report_per_domain(label: str, pss: list[float], rates: list[float]) -> None:
           f"{statistics.median(rates):5.1f} creations/s [{min(rates):.1f} - {max(rates):.1f}]")
 
 
-def report(xen: Series, qemu: Series, cold: Run, resident: list[tuple[str, int]]) -> None:
+def report(xen: Series, qemu: Series, cold: Run, resident: list[tuple[str, int]],
+           cmd: list[str]) -> None:
     n = len(xen.runs)
     print(f"\nstart-up of {GUEST.relative_to(ROOT)}: {n} runs each, interleaved; "
           "median [min - max]\n")
-    print(f"xenopus: {' '.join(xenopus_command())} create -c -F {CONFIG.relative_to(ROOT)}")
+    print(f"xenopus: {' '.join(cmd)} create -c -F {CONFIG.relative_to(ROOT)}")
     print(f"qemu:    {QEMU} {' '.join(QEMU_ARGS)}\n")
     print(f"{'wall time to guest shutdown':<34}{'ms':>8}")
     print(row("  xenopus create -c -F", [r.wall for r in xen.runs], 1e3, "8.1f"))
@@ -328,7 +333,7 @@ def main() -> int:
                                stdout=subprocess.DEVNULL,
                                env=dict(os.environ, PYTHONPATH=str(tree / "src")))
     base = Path(tempfile.mkdtemp(prefix="xenopus-bench-"))
-    xen = Xenopus(base / "run")
+    xen = Xenopus(base / "run", ROOT if args.before else None)  # like for like (above)
     old = Xenopus(base / "before", args.before) if args.before else None
     pss: dict[str, list[float]] = {"after": [], "before": []}
     rates: dict[str, list[float]] = {"after": [], "before": []}
@@ -361,7 +366,7 @@ def main() -> int:
             for key, tree in (("after", None), ("before", args.before)):
                 if key == "before" and tree is None:
                     continue
-                fresh = Xenopus(base / f"cold-{key}-{i}", tree)
+                fresh = Xenopus(base / f"cold-{key}-{i}", tree or (ROOT if args.before else None))
                 try:
                     colds[key].append(fresh.run().wall)
                 finally:
@@ -370,7 +375,7 @@ def main() -> int:
         xen.stop()
         if old is not None:
             old.stop()
-    report(xs, qs, cold, resident)
+    report(xs, qs, cold, resident, xen.cmd)
     for key, label in (("after", "xenopus"), ("before", "before")):
         if colds[key]:
             print(row(f"  {label}: cold start", colds[key], 1e3, "8.1f") + f" ms ({len(colds[key])} runs)")

@@ -42,8 +42,9 @@ class Domain:
     state: str  # running | paused | shutdown | crashed | dying | starting
     memory_mib: int
     maxmem_mib: int
-    vcpus: int
+    vcpus: int  # available (libxl's avail_vcpus: the config's, or xl vcpu-set's)
     maxvcpus: int
+    online_vcpus: int  # up in the guest now (xl list's VCPUs: libxl_dominfo.vcpu_online)
     cpu_time: float
     start_time: float  # seconds since the epoch
     reason: str | None  # why it last stopped: poweroff, reboot, crash, watchdog (None: never)
@@ -54,8 +55,8 @@ class Domain:
     @classmethod
     def from_listing(cls, d: dict[str, Any]) -> Domain:
         return cls(d["domid"], d["name"], d["uuid"], d["state"], d["memory"], d["maxmem"],
-                   d["vcpus"], d["maxvcpus"], d["cpu_time"], d["start_time"], d["reason"],
-                   d["protocol"], d["xen_path"], d["config"])
+                   d["vcpus"], d["maxvcpus"], d["online_vcpus"], d["cpu_time"],
+                   d["start_time"], d["reason"], d["protocol"], d["xen_path"], d["config"])
 
 
 @dataclass(frozen=True)
@@ -316,7 +317,8 @@ class Xenopus:
     def console(self, dom: Dom, kind: str | None = None) -> socket.socket:
         """A connected socket on the domain's console ("serial", "pv" or "virtio";
         default its own): what it has printed since boot, then live; writes are input."""
-        return client.connect_console(self._ask("console", dom=str(dom), type=kind)["path"], dom)
+        sock = client.connect_console(self._ask("console", dom=str(dom), type=kind)["path"], dom)
+        return socket.socket(fileno=sock.detach())
 
     # -- the host -------------------------------------------------------------------------
     def info(self) -> HostInfo:

@@ -9,9 +9,9 @@ objects of the API live in `xenopus.api`.
 
 from __future__ import annotations
 
+import _socket  # not `socket`: with its `enum` and `selectors`, ms of every command's start
 import os
 import select
-import socket
 
 from xenopus import ipc
 from xenopus.control import ProtocolError, Reply, Request
@@ -152,7 +152,7 @@ def start_daemon(base: str | None = None, timeout: float = DAEMON_START_TIMEOUT)
 
 
 def _listening(path: str) -> bool:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
     try:
         sock.connect(path)
     except OSError:
@@ -190,9 +190,11 @@ def _spawn_daemon(base: str, timeout: float) -> None:
         raise DaemonUnavailable(f"the xenopus daemon did not start; see {logfile}")
 
 
-def connect_console(path: str, dom: object) -> socket.socket:
-    """A connected socket on the console socket at `path` (the daemon named it)."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+def connect_console(path: str, dom: object) -> _socket.socket:
+    """A connected socket on the console socket at `path` (the daemon named it): the bare
+    `_socket.socket` (no context manager; `socket.socket(fileno=sock.detach())` makes
+    one of it)."""
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
     try:
         sock.connect(path)
     except OSError as e:

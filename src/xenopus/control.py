@@ -18,7 +18,6 @@ subclasses (defining a `typing.NamedTuple` costs several times more), and `typin
 
 from __future__ import annotations
 
-import functools
 import types
 from collections import namedtuple
 from collections.abc import Mapping
@@ -60,12 +59,17 @@ def _fits(value: object, hint: object) -> bool:
     return isinstance(value, typing.get_origin(hint) or hint)  # type: ignore[arg-type]
 
 
-@functools.cache
-def _hints(cls: type) -> dict[str, object]:
-    import typing  # not at the top: see the module's docstring
+_HINTS: dict[type, dict[str, object]] = {}  # not functools.cache: functools costs the CLI
 
-    # The fields' annotations name `Any`, which this module imports for the checker only.
-    return typing.get_type_hints(cls, localns={"Any": typing.Any})
+
+def _hints(cls: type) -> dict[str, object]:
+    hints = _HINTS.get(cls)
+    if hints is None:
+        import typing  # not at the top: see the module's docstring
+
+        # The fields' annotations name `Any`, which this module imports for the checker only.
+        hints = _HINTS[cls] = typing.get_type_hints(cls, localns={"Any": typing.Any})
+    return hints
 
 
 def checked_fields(cls: type, msg: Mapping[str, Any], what: str) -> dict[str, Any]:

@@ -13,6 +13,7 @@ A duplicate shares the file offset of the held descriptor: readers seek or use p
 
 from __future__ import annotations
 
+import fcntl
 import os
 
 # What an open must match to share a held descriptor: the access mode, and O_DIRECT
@@ -31,6 +32,22 @@ def hold(path: str | os.PathLike[str], flags: int) -> None:
     key = _key(path, flags)
     if key not in _held:
         _held[key] = os.open(path, flags | os.O_CLOEXEC)
+
+
+def keep(path: str | os.PathLike[str], fd: int) -> None:
+    """Hold `fd`, already open on `path` (a disk image the CLI opened for xl
+    block-attach), for later `open_fd` calls with its access mode; `fd` stays the
+    caller's."""
+    key = _key(path, fcntl.fcntl(fd, fcntl.F_GETFL))
+    release(path)
+    _held[key] = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 0)
+
+
+def release(path: str | os.PathLike[str]) -> None:
+    """Stop holding `path` (its disk was detached): a later open is a fresh one."""
+    name = os.path.abspath(os.fspath(path))
+    for key in [k for k in _held if k[0] == name]:
+        os.close(_held.pop(key))
 
 
 def open_fd(path: str | os.PathLike[str], flags: int) -> int:

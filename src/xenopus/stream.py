@@ -371,7 +371,7 @@ class Record:
         if pad:
             if pad >= page_size:
                 raise self.error(StreamRecordError, f"PAGE_DATA padding of {pad} octets")
-            if any(self.read(pad)):
+            if self.read(pad) != _page_padding(pad):  # at C speed: up to a page of zeros
                 raise self.error(StreamRecordError, "non-zero PAGE_DATA padding")
         self.data_offset = self._reader.offset
         if header.version >= 2 and self.data_offset % page_size:

@@ -94,6 +94,10 @@ def test_spawn_carries_the_config_losslessly(tmp_path: Path) -> None:
     back = Spawn.from_wire(wire(spawn.to_wire()))
     assert back == spawn
     assert back.config is not config  # rebuilt (and validated) on the far side
+    assert back.first is None
+    first = Request("restore", {"files": 3, "position": {"offset": 96, "index": 1}}, seq=4)
+    restoring = Spawn(7, config, str(tmp_path), paused=True, first=first)
+    assert Spawn.from_wire(wire(restoring.to_wire())).first == first
 
 
 @pytest.mark.parametrize(("msg", "complaint"), [
@@ -135,6 +139,12 @@ def test_malformed_spawn_requests_are_refused() -> None:
         Spawn.from_wire({**good, "config": "name=a"})
     with pytest.raises(ProtocolError, match="spawn: .*vcpus"):
         Spawn.from_wire({**good, "config": {**good["config"], "vcpus": 0}})
+    with pytest.raises(ProtocolError, match="'first' is not a request"):
+        Spawn.from_wire({**good, "first": "restore"})
+    with pytest.raises(ProtocolError, match="needs an operation name"):
+        Spawn.from_wire({**good, "first": {"seq": 1}})
+    with pytest.raises(ProtocolError, match="the first request has no seq"):
+        Spawn.from_wire({**good, "first": {"op": "restore"}})
     with pytest.raises(ProtocolError, match="the zygote's, not a domain's|a domain's, not the zygote's"):
         decode_from_zygote(StateChanged("running").to_wire())
 
@@ -215,3 +225,49 @@ def test_the_cli_names_a_malformed_reply() -> None:
                        match="the daemon sent a malformed reply: a reply needs 'ok'"):
         client.decode_reply({"error": "no ok"})
     assert client.decode_reply({"ok": True, "lines": []}) == Reply.success(lines=[])
+
+
+# Lines ipc.decode must answer exactly as json.loads does (it calls json's C scanner
+# itself): the value, or a ValueError where json raises one.
+JSON_LINES = [
+    b'{"op":"create","args":{"x":[1,2.5,-0.0,1e400,null,true,false,"\\u00e9\\ud800"]}}',
+    b' \t{"a": {"b": [[], {}]}}\r\n', b'{"big":123456789012345678901234567890}',
+    b'{"n":NaN,"i":-Infinity}', b'{"s":"caf\xc3\xa9"}', b'\xef\xbb\xbf{"bom":1}',
+    b'', b'\n', b'[1]', b'"x"', b'{"a" 1}', b'{}x', b'{} {}', b'{"a":1,}', b'\xff{}',
+    b'{"a":"\x01"}', b"{'a':1}", b'{"a":01}', b'\x00{}', b'{"a":"\\x"}', b'{"a":tru}',
+]
+
+
+@pytest.mark.parametrize("line", JSON_LINES)
+def test_decode_answers_as_json_loads(line: bytes) -> None:
+    try:
+        want: object = json.loads(line)
+    except ValueError:
+        want = ValueError
+    try:
+        got: object = ipc.decode(line)
+    except ValueError:
+        got = ValueError
+    if isinstance(want, dict):
+        assert repr(got) == repr(want)  # repr: NaN is not equal to itself
+    else:  # not an object, or malformed: refused
+        assert got is ValueError
+
+
+def test_encode_is_json_dumps() -> None:
+    msgs: list[dict[str, Any]] = [
+        {"op": "x", "args": {"u": "é\u2028\ud800\"\\", "f": [0.1, -0.0, float("inf"), 10**30],
+                             "n": None, "b": [True, False], 1: "int key", None: "null key"}},
+        {},
+    ]
+    for msg in msgs:
+        assert ipc.encode(msg) == json.dumps(msg, separators=(",", ":")).encode() + b"\n"
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        ipc.encode({"a": object()})
+    loop: dict[str, object] = {}
+    loop["self"] = loop
+    with pytest.raises(ValueError, match="Circular reference"):
+        ipc.encode(loop)
+    shared = [1]
+    # After an error the next message still encodes (the encoder's markers start afresh).
+    assert ipc.encode({"a": shared, "b": shared}) == b'{"a":[1],"b":[1]}\n'

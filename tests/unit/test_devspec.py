@@ -377,6 +377,23 @@ def test_vifspec_round_trip_and_direct_validation():
         VifSpec.from_dict({"ip": "10.0.0.1"})
 
 
+def test_a_vifs_devid_is_its_recorded_one_else_its_index():
+    from xenopus.domain.devspec import vif_devids, without_vif
+
+    vifs = [VifSpec(), VifSpec(devid=5), VifSpec()]
+    assert vif_devids(vifs) == [0, 5, 2]
+    # Detaching vif 0 keeps the others' devids (recorded), though their indexes move.
+    assert vif_devids(without_vif(vifs, 0)) == [5, 2]
+    assert [v.devid for v in without_vif(vifs, 0)] == [5, 2]
+    with pytest.raises(ValueError, match="devid -1 is not a device number"):
+        VifSpec(devid=-1)
+    with pytest.raises(ValueError, match="devid True"):
+        VifSpec.from_dict({"devid": True})
+    warnings: list[str] = []  # from vif= ignored: only network-attach records one
+    assert parse_vif("devid=3", 0, warnings).devid is None
+    assert warnings and "devid= is not supported" in warnings[0], warnings
+
+
 def test_after_a_prefix_an_empty_positional_is_the_vdev():
     # libxlu skips the format slot after a deprecated prefix, so in "phy:/img,,vdb" the
     # empty field is the vdev and "vdb" the access: xl refuses it too.

@@ -45,3 +45,14 @@ def test_a_disk_the_domain_no_longer_has_is_named() -> None:
     problems = _unrecorded_devices(inv, _config(["xvda", "xvdc"]))
     assert problems == ["disk xvdc is in the configuration the image would carry but not"
                         " in the domain"], problems
+
+
+def test_a_vif_is_matched_by_its_recorded_devid_not_its_index() -> None:
+    """vif 0 detached, vif 2 attached (network-attach records devid 2): the config's two
+    entries are devids 1 and 2, which the domain has; its index alone would say 0 and 1."""
+    inv = _inventory((NIC, "nic1", 1), (NIC, "nic2", 2))
+    config = {"disks": [], "vifs": [{"model": "xen", "devid": 1}, {"model": "xen", "devid": 2}]}
+    assert _unrecorded_devices(inv, config) == []
+    config["vifs"] = [{"model": "xen"}, {"model": "xen"}]  # devids 0 and 1
+    assert _unrecorded_devices(inv, config) == [
+        "vif 2 is not in the configuration the image would carry"]

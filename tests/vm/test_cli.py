@@ -107,6 +107,27 @@ def test_console_history_and_two_attaches(xenopus: Xenopus) -> None:
         assert "RESULT: PASS serial" in out
 
 
+def test_list_shows_the_vcpus_the_guest_has_up(xenopus: Xenopus) -> None:
+    """xl list's VCPUs column is libxl_dominfo.vcpu_online (xl_info.c list_domains),
+    Xen's count of vCPUs not down, not the config's `vcpus`: vCPU0 of a domain created
+    paused (the domain builder's), and no more for a guest that starts no other vCPU —
+    also once vcpu-set has made more available to it (the guest would have to start them)."""
+    cfg = xenopus.config("counted", "serial.elf", cmdline="echo", vcpus=2, maxvcpus=3)
+    assert xenopus.run("create", "-q", "-p", str(cfg)).returncode == 0
+    con = xenopus.popen("console", "counted")
+    try:
+        assert xenopus.domains()["counted"][3] == "1"
+        assert xenopus.run("unpause", "counted").returncode == 0
+        assert con.stdout is not None
+        read_until(con.stdout, b"READY")
+        assert xenopus.domains()["counted"][3] == "1"
+        assert xenopus.run("vcpu-set", "-i", "counted", "3").returncode == 0
+        assert xenopus.domains()["counted"][3] == "1"
+    finally:
+        xenopus.run("destroy", "counted")
+        con.wait(60)
+
+
 def test_serial_registers(xenopus: Xenopus) -> None:
     r = boot(xenopus, "serial-t", "serial.elf")
     assert "RESULT: PASS serial" in r.stdout, r.stdout

@@ -77,10 +77,11 @@ def test_clone_from_a_file_and_restore_clone(xenopus: Xenopus, tmp_path: Path) -
         m = re.search(rf"cloned domain \d+ \({name}\): \d+ pages mapped in [\d.]+ ms, "
                       r"restored ([\d.]+) ms after its process started \(setup ([\d.]+) ms, "
                       r"build ([\d.]+) ms, jail ([\d.]+) ms, handover ([\d.]+) ms, "
-                      r"restore ([\d.]+) ms\)", cloned.stderr)
+                      r"restore ([\d.]+) ms\), ([\d.]+) ms of CPU", cloned.stderr)
         assert m, cloned.stderr
-        total, *phases = (float(x) for x in m.groups())
+        total, *phases, cpu = (float(x) for x in m.groups())
         assert abs(sum(phases) - total) < 0.5, cloned.stderr  # each rounded to 0.1 ms
+        assert cpu > 0, cloned.stderr  # the process's own CPU time over those phases
     assert {xenopus.domains()[n][4] for n in ("fc1", "fc2")} == {"--p---"}  # -p: paused
     image.write_bytes(b"overwritten after the clone")  # the clones mapped a private copy
     consoles = [xenopus.popen("console", n) for n in ("fc1", "fc2")]

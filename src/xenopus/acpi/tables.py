@@ -773,3 +773,10 @@ def install(memory: GuestMemory, p: AcpiPlatform) -> int:
     tables = build_tables(p)
     memory.write(tables.base, tables.image())
     return tables.rsdp_address
+
+
+def installed_rsdp() -> int:
+    """Where `install` puts the RSDP (first, at ACPI_TABLES_BASE): a guest whose RAM is
+    about to be replaced by a saved image's, tables included, is built without writing
+    them and still tells its kernel loader where they are."""
+    return platform.ACPI_TABLES_BASE

@@ -22,8 +22,9 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
-from xenopus.acpi import AcpiPci, AcpiPlatform, install
+from xenopus.acpi import AcpiPci, AcpiPlatform, install, installed_rsdp
 from xenopus.boot import BootInfo, load_kernel, load_pv_shim
 from xenopus.control import DISK, NIC
 from xenopus.devices import platform
@@ -36,17 +37,10 @@ from xenopus.devices.mac import format_mac
 from xenopus.devices.pci.host import PciHostBridge
 from xenopus.devices.rtc import CmosRtc
 from xenopus.devices.serial import Serial16550
-from xenopus.devices.virtio.balloon import VirtioBalloon
-from xenopus.devices.virtio.blk import VirtioBlk
-from xenopus.devices.virtio.console import VirtioConsole
-from xenopus.devices.virtio.device import VirtioDevice
-from xenopus.devices.virtio.net import VirtioNet
-from xenopus.devices.virtio.pci import VirtioPciDevice
-from xenopus.devices.virtio.rng import VirtioRng
 from xenopus.domain.channel import ChannelEnd
 from xenopus.domain.config import DomainConfig
 from xenopus.domain.cpuid_spec import parse_cpuid
-from xenopus.domain.devspec import VifSpec
+from xenopus.domain.devspec import VifSpec, vif_devids
 from xenopus.domain.inventory import (
     BusPart,
     CpuPolicyPart,
@@ -78,9 +72,13 @@ from xenopus.vm.cpu_policy import (
     host_max,
 )
 from xenopus.vm.machine import MachineHooks
-from xenopus.xen.backends.blkback import BlkBack
-from xenopus.xen.backends.channel import ChannelBack
-from xenopus.xen.backends.netback import NetBack
+
+if TYPE_CHECKING:
+    # Each imported where a guest gets one (_add_virtio), not by every domain process.
+    from xenopus.devices.virtio.balloon import VirtioBalloon
+    from xenopus.devices.virtio.console import VirtioConsole
+    from xenopus.devices.virtio.device import VirtioDevice
+    from xenopus.devices.virtio.net import VirtioNet
 
 log = logging.getLogger("xenopus.domain")
 
@@ -141,12 +139,15 @@ def build_guest(
     kvm: Kvm | None = None,
     taps: VifTaps | None = None,
     channels: list[ChannelEnd] | None = None,
+    restoring: bool = False,
 ) -> Guest:
     """Lay out memory, write the ACPI tables, load the kernel and wire the devices; the
     vCPUs are not started. Any failure releases what was built and names the problem.
     `kvm` is an open /dev/kvm to use (and leave open), `taps` the vifs' taps and
     `channels` the channels' host ends kept across incarnations: a jailed process can
-    open none of them again."""
+    open none of them again. `restoring`: a saved image's RAM replaces this guest's
+    before it runs (domain/snapshot.py: the memory part discards it first), so the ACPI
+    tables, which the image has, are not built and written."""
     host = memory_mib()
     if host and config.memory > host:
         raise ValueError(f"memory = {config.memory} MiB is more than this host has ({host} MiB)")
@@ -161,10 +162,9 @@ def build_guest(
         legacy = config.pvh_platform == "pc"  # else Xen's PVH platform: none of them
         # A PV shim domain's MADT has no IO-APIC (AcpiPlatform.io_apic says why), nor has
         # the MADT libxl builds for a PVH domU (libacpi without ACPI_HAS_IOAPIC).
-        rsdp = install(memory, AcpiPlatform(vcpus=maxvcpus, online=config.vcpus,
-                                            pci=AcpiPci.default(ram_end), serial=legacy,
-                                            rtc=legacy, i8042=legacy,
-                                            io_apic=legacy and not config.pvshim))
+        rsdp = installed_rsdp() if restoring else install(memory, AcpiPlatform(
+            vcpus=maxvcpus, online=config.vcpus, pci=AcpiPci.default(ram_end), serial=legacy,
+            rtc=legacy, i8042=legacy, io_apic=legacy and not config.pvshim))
         kvm = kvm or Kvm()
         if config.pvshim:
             assert config.pvshim_path is not None  # resolved by DomainConfig
@@ -273,8 +273,11 @@ def _add_virtio(
     taps: VifTaps | None,
 ) -> None:
     xen = guest.xen is not None  # whether disks and vifs default to Xen PV devices
+    # Each device model is imported only for a guest that has one: a spare imports none.
 
     def add(kind: str, name: str, index: int, device: VirtioDevice, **detail: object) -> None:
+        from xenopus.devices.virtio.pci import VirtioPciDevice
+
         try:
             bdf = guest.pci.add(VirtioPciDevice(device, guest.machine))
         except BaseException:
@@ -285,30 +288,40 @@ def _add_virtio(
     for i, disk in enumerate(config.disks):
         if disk.kind_for(xen) != "virtio":
             continue  # the Xen PV block backend
+        from xenopus.devices.virtio.blk import VirtioBlk
+
         blk = VirtioBlk(
             disk.target, read_only=disk.read_only, serial=f"{config.name[:12]}-{disk.vdev}",
             direct=disk.direct_io_safe,
         )
         add(DISK, disk.vdev, i, blk, vdev=disk.vdev, target=disk.target,
             mode="r" if disk.read_only else "w")
-    for i, vif in enumerate(config.vifs):
+    for i, (vif, devid) in enumerate(zip(config.vifs, vif_devids(config.vifs), strict=True)):
         if vif.kind_for(xen) != "virtio":
             continue  # the Xen PV network backend
-        net = _virtio_net(config, vif, domid, i, taps)
-        add(NIC, f"nic{i}", i, net, mac=format_mac(net.mac), tap=net.tap.name, bridge=vif.bridge or "-")
+        net = _virtio_net(config, vif, domid, devid, taps)
+        add(NIC, f"nic{devid}", i, net, mac=format_mac(net.mac), tap=net.tap.name, bridge=vif.bridge or "-")
     if config.virtio_console:
+        from xenopus.devices.virtio.console import VirtioConsole
+
         guest.vconsole = VirtioConsole(vconsole_out or (lambda data: None))
         add("console", "virtio-console0", 0, guest.vconsole)
     if config.virtio_rng:
+        from xenopus.devices.virtio.rng import VirtioRng
+
         add("rng", "virtio-rng0", 0, VirtioRng())
     if config.virtio_balloon:
+        from xenopus.devices.virtio.balloon import VirtioBalloon
+
         guest.balloon = VirtioBalloon(guest.memory)
         add("balloon", "virtio-balloon0", 0, guest.balloon)
 
 
-def _virtio_net(config: DomainConfig, vif: VifSpec, domid: int, index: int,
+def _virtio_net(config: DomainConfig, vif: VifSpec, domid: int, devid: int,
                 taps: VifTaps | None) -> VirtioNet:
-    tap, mac = (taps.open if taps else open_vif)(config.name, vif, domid, index)
+    from xenopus.devices.virtio.net import VirtioNet
+
+    tap, mac = (taps.open if taps else open_vif)(config.name, vif, domid, devid)
     try:
         return VirtioNet(tap, mac)
     except BaseException:
@@ -358,6 +371,13 @@ def _pci_and_xen_parts(guest: Guest) -> None:
     assert xen.domain is not None  # attached as the Machine was built
     inventory.add(XenPart(xen.domain, xen.path, xen))
     inventory.add(XenConsolePart(xen))
+    if not xen.backends:
+        return
+    # imported by now: xen.start_backends made them
+    from xenopus.xen.backends.blkback import BlkBack
+    from xenopus.xen.backends.channel import ChannelBack
+    from xenopus.xen.backends.netback import NetBack
+
     for backend in xen.backends:
         if isinstance(backend, BlkBack):
             inventory.add(PvDevicePart(DISK, backend.vdev, backend))

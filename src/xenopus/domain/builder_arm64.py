@@ -40,6 +40,7 @@ from xenopus.devices.virtio.mmio import VirtioMmioDevice
 from xenopus.devices.virtio.net import VirtioNet
 from xenopus.devices.virtio.rng import VirtioRng
 from xenopus.domain.config import DomainConfig
+from xenopus.domain.devspec import vif_devids
 from xenopus.domain.inventory import Inventory, VirtioMmioPart
 from xenopus.domain.vif import VifTaps, open_vif
 from xenopus.kvm import uapi as u
@@ -274,14 +275,14 @@ def build_arm64_domain(config: DomainConfig, *, console_out: Callable[[bytes], N
                             serial=f"{config.name[:12]}-{disk.vdev}", direct=disk.direct_io_safe)
             add(DISK, disk.vdev, i, blk, vdev=disk.vdev, target=disk.target,
                 mode="r" if disk.read_only else "w")
-        for i, vif in enumerate(config.vifs):
-            tap, mac = (taps.open if taps else open_vif)(config.name, vif, domid, i)
+        for i, (vif, devid) in enumerate(zip(config.vifs, vif_devids(config.vifs), strict=True)):
+            tap, mac = (taps.open if taps else open_vif)(config.name, vif, domid, devid)
             try:
                 net = VirtioNet(tap, mac)
             except BaseException:
                 tap.close()
                 raise
-            add(NIC, f"nic{i}", i, net, mac=format_mac(net.mac), tap=net.tap.name,
+            add(NIC, f"nic{devid}", i, net, mac=format_mac(net.mac), tap=net.tap.name,
                 bridge=vif.bridge or "-")
         if config.virtio_console:
             guest.vconsole = VirtioConsole(vconsole_out or (lambda data: None))

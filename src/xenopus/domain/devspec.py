@@ -34,8 +34,8 @@ What xenopus supports, and where it differs from xl on purpose:
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, fields, replace
 
 from xenopus.devices.mac import UNSET_MAC, MacError, format_mac, parse_mac
 
@@ -487,8 +487,15 @@ class VifSpec:
     model: str | None = None  # "virtio" or "xen"; None: as the guest's Xen interface says
     vifname: str | None = None  # tap name; None: the backend picks one
     mtu: int | None = None  # None: the tap's default (1500)
+    # libxl_device_nic.devid. xl's vif= has no key for it (None: the entry's index, as
+    # libxl__device_nextid numbers a new domain's vifs); a vif added by network-attach
+    # records the one it got, which a detach before it must not renumber.
+    devid: int | None = None
 
     def __post_init__(self) -> None:
+        if self.devid is not None and (not isinstance(self.devid, int)
+                                       or isinstance(self.devid, bool) or self.devid < 0):
+            raise ValueError(f"devid {self.devid!r} is not a device number")
         if self.mac is not None and not _is_canonical_mac(self.mac):
             raise ValueError(f"mac `{self.mac}' is not a canonical unicast MAC")
         for key in ("bridge", "vifname"):
@@ -521,6 +528,19 @@ class VifSpec:
         if unknown:
             raise ValueError(f"unknown VifSpec field(s): {', '.join(unknown)}")
         return cls(**data)  # type: ignore[arg-type]
+
+
+def vif_devids(vifs: Sequence[VifSpec]) -> list[int]:
+    """Each vif's device id (netif's /local/domain/N/device/vif/DEVID, the backend's
+    vifDOMID.DEVID): its recorded one, else its index in the list."""
+    return [i if v.devid is None else v.devid for i, v in enumerate(vifs)]
+
+
+def without_vif(vifs: Sequence[VifSpec], devid: int) -> list[VifSpec]:
+    """`vifs` less the one with device id `devid` (network-detach), each other keeping
+    its devid: recorded, since its index may change."""
+    return [replace(v, devid=d) for v, d in zip(vifs, vif_devids(vifs), strict=True)
+            if d != devid]
 
 
 def _model(value: str) -> str:

@@ -392,12 +392,14 @@ class InterdomainPort:
             slot = self._files[token] = self.loop.create_future()
         return slot
 
-    async def take_files(self, token: int) -> list[int]:
+    async def take_files(self, token: int, timeout: float | None = None) -> list[int]:
         """The open files the daemon handed over as `token` (`InterdomainBroker.hand_over`):
         the message carrying them and the control request naming them travel on two
-        sockets, so either may come first. Ours to close from here on."""
+        sockets, so either may come first; waited for `timeout` s (default: as long as
+        any request). Ours to close from here on."""
         try:
-            return await asyncio.wait_for(asyncio.shield(self._file_slot(token)), self.timeout)
+            return await asyncio.wait_for(asyncio.shield(self._file_slot(token)),
+                                          timeout or self.timeout)
         except TimeoutError:
             raise ConnectionError(f"the daemon's files {token} never came") from None
         finally:

@@ -16,15 +16,14 @@ built from the same config (domain/snapshot.py). A part whose model runs work of
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from xenopus.devices.bus import BusDevice
 from xenopus.devices.pci.device import PciDevice
 from xenopus.devices.pci.host import PciHostBridge
-from xenopus.devices.virtio.device import VirtioDevice
-from xenopus.devices.virtio.pci import VirtioPciDevice
 from xenopus.domain.xenguest import XenGuest
 from xenopus.memory import GuestMemory, image
 from xenopus.stream import StateError, check_state
@@ -33,11 +32,16 @@ from xenopus.vm.cpu_policy import CpuPolicy, PolicyError, host_facts, host_max
 from xenopus.vm.machine import Machine
 from xenopus.vm.vcpu import Vcpu
 from xenopus.xen import abi
-from xenopus.xen.backends.blkback import BlkBack
-from xenopus.xen.backends.channel import ChannelBack
-from xenopus.xen.backends.netback import NetBack
 from xenopus.xen.domain import XenDomain
 from xenopus.xen.xenstore.wire import XsError
+
+if TYPE_CHECKING:
+    # The device models and PV backends a guest has are imported where it gets them
+    # (domain/builder.py, domain/xenguest.py), not by every domain process.
+    from xenopus.devices.virtio.device import VirtioDevice
+    from xenopus.xen.backends.blkback import BlkBack
+    from xenopus.xen.backends.channel import ChannelBack
+    from xenopus.xen.backends.netback import NetBack
 
 
 class Part(Protocol):
@@ -155,11 +159,13 @@ class VcpuPart:
         m = self.machine
         assert m.vm is not None
         return kvm_state.save_vcpu(self.vcpu.fd, kvm_state.saved_msrs(m.kvm),
-                                   kvm_state.xsave_size(m.vm))
+                                   kvm_state.xsave_size(m.vm), kvm_state.has_sregs2(m.vm))
 
     def restore_state(self, state: object) -> None:
-        assert self.machine.vm is not None
-        kvm_state.restore_vcpu(self.vcpu.fd, state, kvm_state.xsave_size(self.machine.vm))
+        vm = self.machine.vm
+        assert vm is not None
+        kvm_state.restore_vcpu(self.vcpu.fd, state, kvm_state.xsave_size(vm),
+                               kvm_state.has_sregs2(vm))
 
 
 @dataclass
@@ -268,7 +274,12 @@ class PciFunctionPart:
 
     @property
     def kind(self) -> str:
-        return "virtio-pci" if isinstance(self.device, VirtioPciDevice) else "pci"
+        # No VirtioPciDevice exists unless its module was imported (by the builder, for a
+        # guest with virtio devices): a guest without any need not import it to say so.
+        virtio_pci = sys.modules.get("xenopus.devices.virtio.pci")
+        if virtio_pci is not None and isinstance(self.device, virtio_pci.VirtioPciDevice):
+            return "virtio-pci"
+        return "pci"
 
     @property
     def name(self) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import inspect
 import logging
 import os
@@ -21,7 +22,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import BinaryIO
 
-from xenopus import host, ipc, stream
+from xenopus import held_files, host, ipc, stream
 from xenopus.arch import x86
 from xenopus.control import DISK, NIC, Reply, Request
 from xenopus.devices.mac import format_mac, parse_mac
@@ -32,7 +33,7 @@ from xenopus.domain.builder import Guest, build_guest
 from xenopus.domain.channel import ChannelEnd, ChannelError, close_channels, open_channels
 from xenopus.domain.config import DomainConfig
 from xenopus.domain.console import Console
-from xenopus.domain.devspec import DiskSpec
+from xenopus.domain.devspec import DiskSpec, VifSpec, vif_devids, without_vif
 from xenopus.domain.interdomain_port import InterdomainPort
 from xenopus.domain.inventory import Inventory, PvDevicePart
 from xenopus.domain.jail import Jail, debug_flags, set_process_title
@@ -48,7 +49,7 @@ from xenopus.domain.protocol import (
     Stopped,
 )
 from xenopus.domain.restart import RestartBackoff
-from xenopus.domain.vif import VifTaps
+from xenopus.domain.vif import VifEnd, VifTaps
 from xenopus.domain.xenguest import StoreProxy
 from xenopus.kvm import Kvm
 from xenopus.memory import PAGE_SIZE
@@ -70,6 +71,9 @@ HELD_ACTIONS = ("preserve", "rename-restart", "coredump-destroy", "coredump-rest
 # A restored domain process's start-up, phase by phase (`DomainProcess._phases`).
 PHASES = ("setup", "build", "jail", "handover", "restore")
 EXIT_OK = 0
+# Seconds a restore waits for its image: the request travels with the spawn and a
+# clone's image comes once the daemon has checked it (every record's CRC: ~1 s a GiB here).
+IMAGE_TIMEOUT = 120.0
 EXIT_CRASHED = 1
 EXIT_START_FAILED = 2
 ADOPT_TIMEOUT = 10.0  # seconds an adopting daemon has to send its request
@@ -119,8 +123,10 @@ class DomainProcess:
         self, domid: int, config: DomainConfig, control: socket.socket, run_dir: str,
         paused: bool = False, xenstore: socket.socket | None = None,
         interdomain: socket.socket | None = None, jail: Jail | None = None,
+        first: Request | None = None,
     ):
         self.start_paused = paused
+        self.first_request = first  # answered once Ready is sent (`Spawn.first`)
         self.jail = jail or Jail(domid, config, str(run_dir))
         self.kvm: Kvm | None = None  # opened once: a jailed process cannot open it again
         self.taps = VifTaps()  # likewise
@@ -143,6 +149,7 @@ class DomainProcess:
         self._boot_state: CpuState | None = None  # where they start (None: as restored)
         self.busy: str | None = None  # a save or restore under way: no live step meanwhile
         self.born = time.monotonic()  # when the process started (run_domain sets it)
+        self.born_cpu = 0.0  # its CPU seconds then (those of a spare's imports before)
         self.marks: dict[str, float] = {}  # the end of each start-up phase (PHASES)
         self._work: set[asyncio.Task[None]] = set()
         self.debug = DebugLog(domid, self.hv_log)
@@ -185,7 +192,9 @@ class DomainProcess:
         self._build_guest()
         self._run_or_pause(paused)
 
-    def _build_guest(self) -> None:
+    def _build_guest(self, restoring: bool = False) -> None:
+        """A new incarnation of the guest (`restoring`: its RAM about to be replaced by
+        an image's, `build_guest`)."""
         if self.kvm is None:
             self.kvm = Kvm()
         if host.architecture() == "arm64":
@@ -201,7 +210,7 @@ class DomainProcess:
                 vconsole_out=self.vconsole.write, domid=self.domid, hv_log=self.hv_log,
                 pv_console_out=self.pvconsole.write, store=self.store,
                 xenstore_path=ipc.xenstored_socket_path(self.run_dir) if self.xenstore else None,
-                kvm=self.kvm, taps=self.taps, channels=self.channels,
+                kvm=self.kvm, taps=self.taps, channels=self.channels, restoring=restoring,
             )
         self.guest = guest
         self.crash_backoff.started()
@@ -313,16 +322,45 @@ class DomainProcess:
             self._finished.set()
 
     # -- requests from the daemon ------------------------------------------------------
-    def _command(self, req: Request) -> Reply:
+    def _command(self, req: Request) -> Reply | Awaitable[Reply]:
         entry = STEPS.get(req.op)
         if entry is None:
-            return Reply.failure(f"unknown operation {req.op!r}")
+            return self._refused(req, f"unknown operation {req.op!r}")
         handler, live = entry
         if live and (self.guest is None or self.state in ("shutdown", "crashed")):
-            return Reply.failure(f"domain is {self.state}")
+            return self._refused(req, f"domain is {self.state}")
         if live and self.busy:
-            return Reply.failure(f"domain is busy: {self.busy}")
+            return self._refused(req, f"domain is busy: {self.busy}")
         return handler(self, req)
+
+    def _refused(self, req: Request, why: str) -> Reply | Awaitable[Reply]:
+        """A request not served: the files the daemon handed over for it (a tap, an
+        image, a save file) are taken and closed before the answer, not kept until the
+        domain ends (a refused network-attach leaves no tap on the host)."""
+        token = req.args.get("files")
+        port = self.interdomain
+        if not isinstance(token, int) or isinstance(token, bool) or port is None:
+            return Reply.failure(why)
+
+        async def closing() -> Reply:
+            with contextlib.suppress(ConnectionError):  # they never came: nothing to close
+                for fd in await port.take_files(token):
+                    os.close(fd)
+            return Reply.failure(why)
+
+        return closing()
+
+    def _answer(self, req: Request) -> None:
+        """Carry out the daemon's request and reply (now, or when a long step is done)."""
+        try:
+            reply = self._command(req)
+        except Exception as e:  # noqa: BLE001 - a bad request must not take the domain down
+            log.exception("control request %r failed", req.op)
+            reply = Reply.failure(str(e))
+        if inspect.isawaitable(reply):
+            self._answer_later(reply, req)
+            return
+        self._send(reply.numbered(req.seq))
 
     def _answer_later(self, pending: Awaitable[Reply], req: Request) -> None:
         async def answer() -> None:
@@ -345,8 +383,14 @@ class DomainProcess:
     @domain_step("info")
     def _info(self, req: Request) -> Reply:
         guest = self.guest
+        # Xen's nr_online_vcpus (XEN_DOMCTL_getdomaininfo: each vCPU not VPF_down), what
+        # xl list's VCPUs column shows: the vCPUs the guest has up now, not the config's.
+        online = sum(1 for v in guest.machine.vcpu_info() if v["online"]) if guest else 0
+        if guest is not None and not self._started:
+            online = max(online, 1)  # created paused: Xen's domain builder brought vCPU0 up
         return Reply.success(
             state=self.state, cpu_time=guest.machine.cpu_time() if guest else 0.0,
+            online_vcpus=online,
             pid=self.jail.host_pid, protocol=guest.boot.protocol if guest else None,
             jail=self.jail.layers,
             memory=guest.memory_mib() if guest else None,
@@ -599,6 +643,11 @@ class DomainProcess:
         except (ValueError, OSError) as e:
             return Reply.failure(str(e))
         guest.inventory.add(PvDevicePart(DISK, disk.vdev, be))
+        # libxl__device_disk_add: the disk is part of the domain's config from now on, so
+        # the next incarnation (a restart) has it too — opened again through the file
+        # handed over, which the jailed process could not open by its path.
+        held_files.keep(disk.target, be.disk.fd)
+        self.config = dataclasses.replace(self.config, disks=[*self.config.disks, disk])
         log.info("domain %d: attached %s (%s) as %s", self.domid, disk.vdev, disk.target, be.be)
         return Reply.success(devid=be.devid, backend=be.be)
 
@@ -624,18 +673,31 @@ class DomainProcess:
                 raise ValueError("the domain has no Xen interface: its NICs are virtio")
             if not isinstance(a.get("devid"), int) or not isinstance(a.get("vnet_hdr_len"), int):
                 raise ValueError("network-attach needs devid and vnet_hdr_len numbers")
-            tap = Tap(fds[0], str(a.get("name")), a["vnet_hdr_len"])
-        except ValueError as e:
+            vif = VifSpec.from_dict(dict(a.get("vif") or {}))
+            if vif.devid != a["devid"]:
+                raise ValueError(f"the vif's devid {vif.devid} is not {a['devid']}")
+            mac = parse_mac(str(a.get("mac")))
+        except (ValueError, TypeError) as e:
             os.close(fds[0])
             return Reply.failure(str(e))
+        devid = a["devid"]
+        if devid in vif_devids(self.config.vifs):
+            os.close(fds[0])
+            return Reply.failure(f"vif {devid} is already attached")
+        # Ours like a tap the domain made itself (domain/vif.py): a restart's netback gets
+        # it again; the device a descriptor of its own.
+        tap = self.taps.keep(devid, VifEnd(Tap(fds[0], str(a.get("name")), a["vnet_hdr_len"]),
+                                           mac)).tap
         try:
-            mac = parse_mac(str(a.get("mac")))
-            be = await asyncio.to_thread(guest.xen.attach_nic, a["devid"], tap, mac,
+            be = await asyncio.to_thread(guest.xen.attach_nic, devid, tap, mac,
                                          str(a.get("bridge") or ""))
         except (ValueError, OSError) as e:
-            tap.close()
+            self.taps.release(devid)
             return Reply.failure(str(e))
         guest.inventory.add(PvDevicePart(NIC, f"nic{be.devid}", be))
+        # libxl__device_nic_add (libxl__device_add_async, device_add_domain_config):
+        # recorded in the domain's config, which the next incarnation is built from.
+        self.config = dataclasses.replace(self.config, vifs=[*self.config.vifs, vif])
         log.info("domain %d: attached vif %d (%s) as %s", self.domid, be.devid, tap.name, be.be)
         return Reply.success(devid=be.devid, backend=be.be)
 
@@ -670,16 +732,30 @@ class DomainProcess:
                                  " failed." if kind == DISK else "libxl_device_nic_del failed."))
         guest.inventory.remove(part)
         log.info("domain %d: detached %s", self.domid, part.name)
-        return Reply.success(vdev=part.name) if kind == DISK else Reply.success()
+        # Out of the config the next incarnation is built from (libxl's stored config
+        # keeps only the devices present), and nothing of it held: the tap goes.
+        cfg = self.config
+        if kind == DISK:
+            gone = [d for d in cfg.disks if d.vdev == part.name]
+            self.config = dataclasses.replace(cfg, disks=[d for d in cfg.disks if d not in gone])
+            for disk in gone:
+                held_files.release(disk.target)
+            return Reply.success(vdev=part.name)
+        devid = part.backend.devid
+        self.config = dataclasses.replace(cfg, vifs=without_vif(cfg.vifs, devid))
+        self.taps.release(devid)
+        return Reply.success(devid=devid)
 
     # -- save and restore (docs/snapshot-stream.md) --------------------------------------
-    async def _take_file(self, req: Request, mode: str) -> BinaryIO:
+    async def _take_file(self, req: Request, mode: str, timeout: float | None = None
+                         ) -> BinaryIO:
         """The open file the daemon handed over for this request (never a path: the
-        CLI opened it, as the user who named it)."""
+        CLI opened it, as the user who named it), waited for `timeout` s (default: as
+        long as for any request to the daemon)."""
         token = req.args.get("files")
         if self.interdomain is None or not isinstance(token, int):
             raise ValueError("no file was handed over")
-        fds = await self.interdomain.take_files(token)
+        fds = await self.interdomain.take_files(token, timeout)
         for extra in fds[1:]:
             os.close(extra)
         if not fds:
@@ -761,10 +837,18 @@ class DomainProcess:
     async def _restoring(self, req: Request) -> Reply:
         """Read the rest of an image (the daemon has read its DOMAIN_CONFIG, up to
         `position`) into this incarnation, built from that config and never run; then
-        run it, or leave it paused (`paused`)."""
+        run it, or leave it paused (`paused`). `run_unless_xen`: run it anyway if the
+        guest has no Xen interface: then nothing of it reads the XenStore subtree the
+        daemon restores once it has the reply (a Xen guest waits for that, paused: its
+        watches and PV frontends' nodes come back then), and the reply's `running` says
+        the daemon has no unpause to send."""
         guest = self._live_guest()
-        inp = await self._take_file(req, "rb")  # first: a refusal must not leave it open
+        mark("domain: restore request")
+        # First: a refusal must not leave it open. A clone's image may come a while after
+        # the request (the daemon checks a copied image meanwhile: `Daemon._restore_from`).
+        inp = await self._take_file(req, "rb", IMAGE_TIMEOUT)
         self.marks["handover"] = time.monotonic()
+        mark("domain: image taken")
         position = req.args.get("position")
         if self._started or not isinstance(position, dict):
             inp.close()
@@ -778,18 +862,24 @@ class DomainProcess:
             stats = await asyncio.to_thread(snapshot.restore, guest.inventory, reader,
                                             clone_fd=inp.fileno() if clone else None,
                                             verified=bool(req.args.get("verified")))
+        mark("domain: restored")
         self._boot_state = None  # the vCPUs carry on from the image
-        if not req.args.get("paused"):
+        run = not req.args.get("paused") or bool(req.args.get("run_unless_xen")
+                                                  and guest.xen is None)
+        if run:
             self._run_vcpus()
+            mark("domain: vcpus started")
         self.marks["restore"] = time.monotonic()
         return Reply.success(pages=stats.pages, octets=stats.octets, seconds=stats.seconds,
                              since_start=time.monotonic() - self.born, phases=self._phases(),
-                             xenstore=stats.toolstack.get("xenstore"))
+                             cpu_since_start=_cpu_seconds() - self.born_cpu,
+                             xenstore=stats.toolstack.get("xenstore"), running=run)
 
     def _phases(self) -> dict[str, float]:
         """Seconds each start-up phase took, in order from the process's start (PHASES):
         setup (logging, the early jail, consoles), build (the guest from its config), jail
-        (the late jail), handover (until the daemon handed over the image), restore."""
+        (the late jail), handover (until it has the image: the restore request travels
+        with the spawn, its file beside it), restore."""
         out, before = {}, self.born
         for name in PHASES:
             if name in self.marks:
@@ -814,15 +904,7 @@ class DomainProcess:
                 log.error("domain %d: malformed control request: %s", self.domid, e)
                 self._send(Reply.failure(f"malformed request: {e}"))
                 continue
-            try:
-                reply = self._command(req)
-            except Exception as e:  # noqa: BLE001 - a bad request must not take the domain down
-                log.exception("control request %r failed", req.op)
-                reply = Reply.failure(str(e))
-            if inspect.isawaitable(reply):
-                self._answer_later(reply, req)
-                continue
-            self._send(reply.numbered(req.seq))
+            self._answer(req)
         self._attached = False  # the daemon is gone: a restarted one may adopt us
         self._detached.set()
         log.warning("domain %d: daemon connection closed; the domain keeps running until a"
@@ -920,7 +1002,8 @@ class DomainProcess:
                 raise ValueError(self.channel_error)
             self.marks["setup"] = time.monotonic()
             mark("domain: consoles, control (setup)")
-            self._build_guest()
+            first = self.first_request
+            self._build_guest(restoring=first is not None and first.op == "restore")
             self.marks["build"] = time.monotonic()
             mark("domain: guest built")
             # Everything the guest needs is open; no guest code has run yet.
@@ -953,6 +1036,8 @@ class DomainProcess:
         ))
         mark("domain: ready sent")
         self._control = asyncio.create_task(self._serve_control(reader))
+        if self.first_request is not None:  # sent with the spawn (a restore's)
+            self._answer(self.first_request)
         await self._finished.wait()
         mark("domain: finished")
         self._control.cancel()
@@ -988,11 +1073,13 @@ def _unrecorded_devices(inventory: Inventory, config: object) -> list[str]:
     is built from that config, so a device it lacks would leave saved state with no part
     to go to, and a disk it has that the domain does not (one detached, or gone with a
     reboot's rebuild) would be built with no state in the image. A disk is named by its
-    vdev (block-attach records it in the daemon's config), a NIC by its devid, the index
-    of its vif= entry."""
+    vdev, a NIC by its devid (block-attach and network-attach record both)."""
     disks = config.get("disks") if isinstance(config, dict) else None
     vifs = config.get("vifs") if isinstance(config, dict) else None
     vdevs = {d.get("vdev") for d in disks or [] if isinstance(d, dict)}
+    # a vif's devid: its recorded one (network-attach), else its index (vif_devids)
+    devids = {i if not isinstance(v, dict) or v.get("devid") is None else v.get("devid")
+              for i, v in enumerate(vifs or [])}
     problems, have = [], set()
     lacking = " is not in the configuration the image would carry"
     for part in inventory.parts:
@@ -1002,7 +1089,7 @@ def _unrecorded_devices(inventory: Inventory, config: object) -> list[str]:
             continue
         if part.kind == DISK and part.name not in vdevs:
             problems.append(f"disk {part.name}{lacking}")
-        elif part.kind == NIC and part.backend.devid >= len(vifs or []):
+        elif part.kind == NIC and part.backend.devid not in devids:
             problems.append(f"vif {part.backend.devid}{lacking}")
     problems += [f"disk {vdev} is in the configuration the image would carry but not in the"
                  " domain" for vdev in sorted(v for v in vdevs - have if isinstance(v, str))]
@@ -1020,6 +1107,12 @@ def _device_names(part: PvDevicePart) -> set[str]:
     return names
 
 
+def _cpu_seconds() -> float:
+    """The CPU time of this process, every thread's, so far."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_domain(
     spawn: Spawn, control_fd: int, xenstore_fd: int | None = None,
     interdomain_fd: int | None = None, *, fresh_layout: bool = False,
@@ -1029,7 +1122,7 @@ def run_domain(
     address-space layout of its own) or a fork of the zygote (the zygote's layout).
     `seccomp_fd`: the zygote's compiled seccomp filter, which the jail loads; `kvm`: the
     /dev/kvm a spare opened (and asked) while it waited."""
-    born = time.monotonic()
+    born, born_cpu = time.monotonic(), _cpu_seconds()
     mark("domain: run_domain")
     domid, cfg = spawn.domid, spawn.config
     set_process_title(f"xenopus: domain {domid} ({cfg.name})")
@@ -1053,11 +1146,11 @@ def run_domain(
     interdomain = socket.socket(fileno=interdomain_fd) if interdomain_fd is not None else None
     proc = DomainProcess(
         domid, cfg, control, spawn.run_dir, paused=spawn.paused, xenstore=xenstore,
-        interdomain=interdomain, jail=jail,
+        interdomain=interdomain, jail=jail, first=spawn.first,
     )
     proc.channels, proc.channel_error = channels, channel_error
     proc.kvm = kvm
-    proc.born = born
+    proc.born, proc.born_cpu = born, born_cpu
     sampler = StackSampler.from_env()  # debug only: XENOPUS_PROFILE
     if sampler is not None:
         sampler.start()

@@ -3,7 +3,8 @@ on the zygote's socket, typed once (`xenopus.control` has requests and replies;
 `xenopus.ipc` frames them all):
 
     event    {"event": KIND, FIELD: VALUE, ...}          domain process → daemon, zygote → daemon
-    spawn    {"op": "spawn", "domid", "config", "run_dir", "paused"} + fds   daemon → zygote
+    spawn    {"op": "spawn", "domid", "config", "run_dir", "paused"[, "first"]} + fds
+                                                         daemon → zygote
 
 `Spawn` is the one place a `DomainConfig` is serialised for another process: the daemon
 keeps the object, the forked domain process rebuilds (and validates) the same one.
@@ -14,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
-from xenopus.control import ProtocolError, Reply, checked_fields
+from xenopus.control import ProtocolError, Reply, Request, checked_fields
 from xenopus.domain.config import ConfigError, DomainConfig
 
 
@@ -152,16 +153,23 @@ def decode_from_zygote(msg: Mapping[str, Any]) -> ZygoteEvent:
 
 # -- the daemon asks the zygote for a domain process ----------------------------------
 class Spawn(NamedTuple):
-    """Fork a domain process for `config`; its channels travel beside it as fds."""
+    """Fork a domain process for `config`; its channels travel beside it as fds. `first`:
+    a numbered control request the process answers (on its control channel) as soon as
+    it is ready, as if the daemon had sent it then: a restore's, which so does not wait
+    for Ready's round trip through the daemon."""
 
     domid: int
     config: DomainConfig
     run_dir: str
     paused: bool = False
+    first: Request | None = None
 
     def to_wire(self) -> dict[str, Any]:
-        return {"op": "spawn", "domid": self.domid, "config": self.config.to_dict(),
-                "run_dir": self.run_dir, "paused": self.paused}
+        msg = {"op": "spawn", "domid": self.domid, "config": self.config.to_dict(),
+               "run_dir": self.run_dir, "paused": self.paused}
+        if self.first is not None:
+            msg["first"] = self.first.to_wire()
+        return msg
 
     @classmethod
     def from_wire(cls, msg: Mapping[str, Any]) -> Spawn:
@@ -176,4 +184,11 @@ class Spawn(NamedTuple):
             cfg = DomainConfig.from_dict(config)
         except ConfigError as e:
             raise ProtocolError(f"spawn: {e}") from None
-        return cls(domid, cfg, run_dir, bool(paused))
+        first = msg.get("first")
+        if first is not None:
+            if not isinstance(first, dict):
+                raise ProtocolError(f"spawn: 'first' is not a request: {first!r}")
+            first = Request.from_wire(first)
+            if first.seq is None:
+                raise ProtocolError("spawn: the first request has no seq")
+        return cls(domid, cfg, run_dir, bool(paused), first)

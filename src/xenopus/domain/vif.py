@@ -31,19 +31,38 @@ class VifTaps:
     that lives on keeps its name, MTU and bridge across a reboot."""
 
     def __init__(self) -> None:
-        self._ends: dict[int, VifEnd] = {}
+        self._ends: dict[int, VifEnd] = {}  # by devid
 
-    def open(self, domain: str, vif: VifSpec, domid: int, index: int) -> VifEnd:
-        end = self._ends.get(index)
+    def open(self, domain: str, vif: VifSpec, domid: int, devid: int) -> VifEnd:
+        end = self._ends.get(devid)
         if end is None:
-            end = self._ends[index] = open_vif(domain, vif, domid, index)
-        tap = end.tap
-        return VifEnd(Tap(os.dup(tap.fd), tap.name, tap.vnet_hdr_len), end.mac)
+            end = self._ends[devid] = open_vif(domain, vif, domid, devid)
+        return _duplicate(end)
+
+    def keep(self, devid: int, end: VifEnd) -> VifEnd:
+        """A tap made for this domain by someone else (xl network-attach: the daemon),
+        now ours and kept for every later incarnation as if `open` had made it; a
+        descriptor of it for the device."""
+        self.release(devid)
+        self._ends[devid] = end
+        return _duplicate(end)
+
+    def release(self, devid: int) -> None:
+        """Vif `devid` is gone (network-detach): our descriptor of its tap closes, so the
+        tap goes from the host with the device's."""
+        end = self._ends.pop(devid, None)
+        if end is not None:
+            end.tap.close()
 
     def close(self) -> None:
         for end in self._ends.values():
             end.tap.close()
         self._ends.clear()
+
+
+def _duplicate(end: VifEnd) -> VifEnd:
+    tap = end.tap
+    return VifEnd(Tap(os.dup(tap.fd), tap.name, tap.vnet_hdr_len), end.mac)
 
 
 def open_vif(domain: str, vif: VifSpec, domid: int, index: int) -> VifEnd:

@@ -148,12 +148,19 @@ class InterdomainBroker:
         if link is not None and by in (link.a, link.b):
             self._send(link.other(by), {"op": "unlink", "link": lid})
 
-    def hand_over(self, domid: int, fds: list[int]) -> int:
+    def reserve(self) -> int:
+        """A number for files to hand over later (`hand_over`'s `token`): a request can
+        name them before they are ready (a clone's image still being checked)."""
+        return next(self._seq)
+
+    def hand_over(self, domid: int, fds: list[int], token: int | None = None) -> int:
         """Give a domain process open files (a save image, a migration pipe): they go
         beside a numbered `files` message, and a control request names the number
-        (`InterdomainPort.take_files`). This pair is the domain's one descriptor-carrying
-        channel to the daemon. Our copies stay ours to close."""
-        token = next(self._seq)
+        (`InterdomainPort.take_files`), a new one or `token` (`reserve`). This pair is the
+        domain's one descriptor-carrying channel to the daemon. Our copies stay ours to
+        close."""
+        if token is None:
+            token = next(self._seq)
         if not self._send(domid, {"op": "files", "token": token}, fds):
             raise ConnectionError(f"domain {domid} cannot be handed files")
         return token

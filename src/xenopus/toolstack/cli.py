@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import select
-import socket
 import sys
 from collections import namedtuple
 from types import SimpleNamespace as Namespace
@@ -22,6 +21,7 @@ from xenopus.trace import mark
 # type checker only.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import _socket
     from typing import Any, NoReturn
 
 DETACH = 0x1D  # Ctrl-], as for xl console and telnet
@@ -44,17 +44,20 @@ def request(op: str, **args: Any) -> dict[str, Any]:
 
 
 # -- console --------------------------------------------------------------------------------
-def open_console(dom: str, kind: str | None = None) -> socket.socket:
+def open_console(dom: str, kind: str | None = None) -> _socket.socket:
     reply = request("console", dom=dom, type=kind)
     return connect_console(reply["path"], dom)
 
 
 def attach_console(dom: str, kind: str | None = None, escape: int = DETACH) -> None:
-    with open_console(dom, kind) as sock:
+    sock = open_console(dom, kind)
+    try:
         pump_console(sock, escape)
+    finally:
+        sock.close()
 
 
-def pump_console(sock: socket.socket, escape: int = DETACH) -> None:
+def pump_console(sock: _socket.socket, escape: int = DETACH) -> None:
     """Copy the console to stdout and stdin to the console until the domain goes away.
 
     On a terminal, stdin is put in raw mode and `escape` (Ctrl-]) detaches; otherwise
@@ -188,8 +191,10 @@ def cmd_create(args: Namespace) -> int:
             if not args.foreground:
                 chan.next_reply()
             mark("cli: console attached, unpause sent")
-            with sock:
+            try:
                 pump_console(sock)
+            finally:
+                sock.close()
             mark("cli: console closed")
         if not args.foreground:
             return 0
@@ -292,7 +297,8 @@ def cmd_list(args: Namespace) -> int:
         print(row + xlformat.list_options_columns(DOM0_UUID, None, False, **shown, nodes=nodes))
     for d in domains:
         flags = state_flags(d)
-        row = xlformat.list_row(d["name"], d["domid"], d["memory"], d["vcpus"], flags,
+        # xl_info.c list_domains: libxl_dominfo.vcpu_online, the vCPUs up now
+        row = xlformat.list_row(d["name"], d["domid"], d["memory"], d["online_vcpus"], flags,
                                 d["cpu_time"])
         print(row + xlformat.list_options_columns(d["uuid"], flags.reason, flags.shutdown,
                                                   **shown, nodes=nodes))
@@ -444,7 +450,8 @@ def top_entries(domains: list[dict[str, Any]], before: dict[int, float], elapsed
                                           crashed=flags.crashed, paused=flags.paused,
                                           running=flags.running),
             int(d["cpu_time"] * 1e9), pct(d["domid"], d["cpu_time"]), d["memory"] * 1024,
-            d["maxmem"] * 1024, d["vcpus"], nets=len(nics),
+            # xenstat.c: num_vcpus = max_vcpu_id + 1, every vCPU the domain has
+            d["maxmem"] * 1024, d["maxvcpus"], nets=len(nics),
             net_tx=sum(tx for _, tx in counts), net_rx=sum(rx for rx, _ in counts),
             vbds=sum(1 for dev in devices if dev.get("kind") == "disk")))
     return entries
@@ -800,7 +807,7 @@ def cmd_cpu_policy(args: Namespace) -> int:
         from xenopus.kvm import Kvm
 
         with Kvm() as kvm:
-            policy = cpu_policy.host_policy(kvm, f"host {socket.gethostname()}")
+            policy = cpu_policy.host_policy(kvm, f"host {os.uname().nodename}")
         title = "Host policy"
     else:
         policy = cpu_policy.CpuPolicy.from_dict(request(args.op, dom=args.dom)["policy"])
@@ -962,7 +969,7 @@ def cmd_vcpu_set(args: Namespace) -> int:
     if not args.ignore_host:
         host_cpus = max(host.host_cpus()) + 1  # libxl_get_max_cpus
         rows = [d for d in request("list")["domains"] if args.dom in (str(d["domid"]), d["name"])]
-        online = rows[0]["vcpus"] if rows else 0
+        online = rows[0]["online_vcpus"] if rows else 0  # xl_vcpu.c: dominfo.vcpu_online
         if count > online and count > host_cpus:
             raise CliError(f"You are overcommmitting! You have {host_cpus} physical CPUs and"
                            f" want {count} vCPUs! Aborting, use --ignore-host to continue")
@@ -1459,6 +1466,7 @@ def run() -> NoReturn:
     `create -c` of a small guest; benchmarks/startup_trace.py) for nothing: by then the
     verb has closed its connections and files. SystemExit (argparse's) exits as usual."""
     status: object = main()  # as sys.exit takes it: some verbs return None
+    mark("cli: done")
     if status is None or isinstance(status, int):
         code = status or 0
     else:

@@ -36,7 +36,7 @@ from xenopus.devices.mac import format_mac
 from xenopus.domain import jail
 from xenopus.domain.channel import SocketId, remove_sockets, socket_ids
 from xenopus.domain.config import ConfigError, DomainConfig, load_config
-from xenopus.domain.devspec import parse_disk, parse_vif
+from xenopus.domain.devspec import parse_disk, parse_vif, vif_devids, without_vif
 from xenopus.domain.jail import uid_range
 from xenopus.domain.protocol import (
     EXIT_REBUILD,
@@ -150,6 +150,8 @@ class DomainRecord:
     # The sockets its channels listen on (`socket_ids`, once its process is ready): the
     # ones its cleanup removes, not another's at the same path (a migration to this host).
     channel_sockets: dict[str, SocketId] = field(default_factory=dict)
+    # The reply to come to the request its spawn carried (`Daemon._spawn`'s `first`)
+    first_reply: asyncio.Future[Reply] | None = None
 
     def pulse(self) -> None:
         self.changed.set()
@@ -175,15 +177,23 @@ class DomainRecord:
                 "console_nodes": self.console_nodes, "uuid": self.uuid,
                 "next_config": self.next_config.to_dict() if self.next_config else None}
 
-    async def request(self, req: Request, timeout: float | None = 10.0) -> Reply:
-        """Ask the domain process; its reply, refusals included."""
-        if self.writer is None or self.writer.is_closing():
-            raise RequestError(f"domain {self.domid} has no running process", "state")
+    def expect(self, req: Request) -> tuple[Request, asyncio.Future[Reply]]:
+        """`req` numbered, and the future its reply resolves (in `pending` until the
+        caller pops it): for a request sent some other way than `request` (a Spawn's)."""
         self.seq += 1
         seq = self.seq
         fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self.pending[seq] = fut
-        ipc.write_message(self.writer, req.numbered(seq).to_wire())
+        fut.add_done_callback(lambda _: self.pending.pop(seq, None))  # answered or given up
+        return req.numbered(seq), fut
+
+    async def request(self, req: Request, timeout: float | None = 10.0) -> Reply:
+        """Ask the domain process; its reply, refusals included."""
+        if self.writer is None or self.writer.is_closing():
+            raise RequestError(f"domain {self.domid} has no running process", "state")
+        req, fut = self.expect(req)
+        seq = req.seq
+        ipc.write_message(self.writer, req.to_wire())
         try:
             return await asyncio.wait_for(fut, timeout)
         except TimeoutError:
@@ -209,6 +219,8 @@ class Client(NamedTuple):
 
 
 DaemonStep = Callable[["Daemon", Request, Client], Awaitable[Reply | None]]
+# The request a domain's spawn carries, made once the daemon knows the domain (Daemon._spawn)
+FirstRequest = Callable[[DomainRecord], Request]
 STEPS: dict[str, DaemonStep] = {}
 
 
@@ -715,8 +727,10 @@ class Daemon:
         mark("daemon: domain gone")
         return Reply(True, {"event": "gone", **self._final(rec)})
 
-    async def _new_domain(self, config: DomainConfig, paused: bool) -> DomainRecord:
-        """A new domain of `config` with the next domid, its process started."""
+    async def _new_domain(self, config: DomainConfig, paused: bool,
+                          first: FirstRequest | None = None) -> DomainRecord:
+        """A new domain of `config` with the next domid, its process started; `first`
+        (see `_spawn`) makes its first request."""
         if any(r.name == config.name for r in self.domains.values()):
             raise RequestError(f"domain '{config.name}' already exists", "domain-exists")
         if config.uuid is None:  # xl_parse.c: libxl_uuid_generate when the config has none
@@ -725,7 +739,7 @@ class Daemon:
         self.next_domid += 1
         self.domains[rec.domid] = rec
         try:
-            await self._spawn(rec, paused=paused)
+            await self._spawn(rec, paused=paused, first=first)
         except Exception:  # refused, or the zygote gone: the name and domid are free again
             self._forget(rec)
             raise
@@ -749,7 +763,12 @@ class Daemon:
             raise RequestError(str(e), "config") from None
         return config, warnings
 
-    async def _spawn(self, rec: DomainRecord, paused: bool = False) -> None:
+    async def _spawn(self, rec: DomainRecord, paused: bool = False,
+                     first: FirstRequest | None = None) -> None:
+        """Start the domain's process and wait for it to be ready. `first(rec)`, called
+        once the interdomain broker knows the domain (files can be handed over), gives
+        a request that travels with the spawn (`Spawn.first`): the process answers it as
+        soon as it is ready, and `rec.first_reply` is its reply to come."""
         assert self._zsock is not None
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         # The domain's XenStore traffic (its guest's ring, proxied by its process) comes
@@ -766,7 +785,16 @@ class Daemon:
         rec.exited.clear()
         rec.exit_info = None
         rec.final = None
-        spawn = Spawn(rec.domid, rec.config, str(self.run_dir), paused)
+        first_req = None
+        if first is not None:
+            try:
+                first_req, rec.first_reply = rec.expect(first(rec))
+            except BaseException:
+                self.interdomain.remove(rec.domid)
+                for sock in (ours, theirs, xs_theirs, id_theirs):
+                    sock.close()
+                raise
+        spawn = Spawn(rec.domid, rec.config, str(self.run_dir), paused, first_req)
         fds = [theirs.fileno(), xs_theirs.fileno(), id_theirs.fileno()]
         mark("daemon: xenstore ready, spawn sent")
         ipc.send_with_fds(self._zsock, spawn.to_wire(), fds)
@@ -878,9 +906,10 @@ class Daemon:
                 self.dmesg.append(event.line[:4096])
             elif isinstance(event, Finished):
                 mark("daemon: finished")
+                # Retired once its process has gone (_process_gone), not now: it reports
+                # before it tears the VM down, and its taps, open files and memory go
+                # with the process — xl destroy returns with the vifs removed.
                 rec.final = event
-                if event.exit_code != EXIT_REBUILD:
-                    self._retire(rec)
             elif isinstance(event, Stopped):
                 rec.last_stop = event
                 rec.stop_log.append(event)
@@ -925,9 +954,7 @@ class Daemon:
     async def _process_gone(self, rec: DomainRecord) -> None:
         rec.writer = None
         self.interdomain.remove(rec.domid)  # its peers' ports go unbound, views drop
-        if not rec.adopted:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(rec.exited.wait(), 5)
+        await self._wait_exit(rec)
         status = rec.exit_info.status if rec.exit_info is not None else None
         if rec.adopted:  # not our zygote's child: its own report is all there is
             status = rec.final.exit_code if rec.final is not None else None
@@ -938,6 +965,7 @@ class Daemon:
             if status != rec.final.exit_code:
                 log.warning("domain %d: process %s exited with status %s, not %s as it said",
                             rec.domid, rec.pid, status, rec.final.exit_code)
+            self._retire(rec)
             return
         clean = rec.state == "dying" or (rec.last_stop is not None and status in (0, 1))
         if not clean:
@@ -970,6 +998,31 @@ class Daemon:
                 rec.pid = None
                 return
         self._retire(rec)
+
+    async def _wait_exit(self, rec: DomainRecord, bound: float = 5.0) -> None:
+        """Until the domain's process has exited (at most `bound` seconds): the zygote's
+        report of our own child, a pidfd's for one adopted from an earlier daemon. An
+        exited process has closed its files: its taps are gone from the host
+        (tun_chr_close unregisters a non-persistent tap on its last close)."""
+        if not rec.adopted:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(rec.exited.wait(), bound)
+            return
+        if rec.pid is None:
+            return
+        try:
+            pidfd = os.pidfd_open(rec.pid)
+        except OSError:
+            return  # already gone
+        loop = asyncio.get_running_loop()
+        gone = asyncio.Event()
+        try:
+            loop.add_reader(pidfd, gone.set)  # a pidfd reads ready once the process exits
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(gone.wait(), bound)
+        finally:
+            loop.remove_reader(pidfd)
+            os.close(pidfd)
 
     async def _rebuild(self, rec: DomainRecord) -> None:
         """The next incarnation of a domain whose process handed its restart back
@@ -1272,7 +1325,13 @@ class Daemon:
     async def _until_answered(rec: DomainRecord, req: Request) -> Reply:
         """The domain's answer to a request that takes as long as it takes (a save of
         gigabytes); a failure if its process ends first."""
-        answer = asyncio.ensure_future(rec.request(req, timeout=None))
+        return await Daemon._answer_of(rec, rec.request(req, timeout=None), req.op)
+
+    @staticmethod
+    async def _answer_of(rec: DomainRecord, reply: Awaitable[Reply], op: str) -> Reply:
+        """`reply` (to a request `op` that takes as long as it takes), or a failure if
+        the domain's process ends first."""
+        answer = asyncio.ensure_future(reply)
         ended = asyncio.ensure_future(rec.exited.wait())
         try:
             await asyncio.wait({answer, ended}, return_when=asyncio.FIRST_COMPLETED)
@@ -1280,7 +1339,7 @@ class Daemon:
             ended.cancel()
         if not answer.done():
             answer.cancel()
-            raise RequestError(f"domain {rec.domid}: its process ended during {req.op}")
+            raise RequestError(f"domain {rec.domid}: its process ended during {op}")
         return answer.result()
 
     @daemon_step("save")
@@ -1322,12 +1381,14 @@ class Daemon:
         paused = bool(req.args.get("paused"))
         if req.args.get("clone"):
             try:
-                image = await asyncio.to_thread(self._private_copy, fd)
+                image, checked = await self._private_copy(fd)
             finally:
                 os.close(fd)
             try:
-                rec, data = await self._restore_from(image, config, None, paused, clone=True)
+                rec, data = await self._restore_from(image, config, None, paused, clone=True,
+                                                     checked=checked)
             finally:
+                await self._settled(checked)
                 os.close(image)
         else:
             rec, data = await self._restore_from(fd, config, None, paused, clone=False,
@@ -1335,7 +1396,8 @@ class Daemon:
         return Reply.success(domid=rec.domid, name=rec.name, **data)
 
     async def _restore_from(self, fd: int, config: DomainConfig | None, name: str | None,
-                            paused: bool, *, clone: bool, incoming: bool = False
+                            paused: bool, *, clone: bool, incoming: bool = False,
+                            checked: asyncio.Future[None] | None = None
                             ) -> tuple[DomainRecord, dict]:
         """A new domain restored from the image open at `fd` (closed here, unless a
         clone's: a clone reads its own read-only open file of the image, so that many
@@ -1343,7 +1405,9 @@ class Daemon:
         else the image's DOMAIN_CONFIG, renamed `name` if given. `incoming` (a
         migration's receiver): named NAME--incoming until the sender says go, as xl's
         create_domain names a domain it receives, so that a migration to this same host
-        does not collide with its source."""
+        does not collide with its source. `checked`: the check of a clone's image
+        (`_private_copy`), still under way: the domain is started meanwhile, and given
+        the image once it has passed."""
         if clone:
             fd = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
         try:
@@ -1368,29 +1432,66 @@ class Daemon:
                        for r in self.domains.values()):
                     raise RequestError(f"domain '{config.name}' already exists", "domain-exists")
                 config = dataclasses.replace(config, name=f"{config.name}{INCOMING}")
-            rec = await self._new_domain(config, paused=True)
         except (stream.StreamError, ConfigError) as e:
             os.close(fd)
             raise RequestError(f"cannot restore: {e}") from None
         except BaseException:
             os.close(fd)
             raise
-        try:
-            token = await self._hand_over(rec, fd)
-            reply = await self._until_answered(rec, Request("restore", {
+
+        handing: asyncio.Task[None] | None = None
+
+        def restore(rec: DomainRecord) -> Request:
+            """The restore request, the image handed over (or to be, once checked): it
+            travels with the spawn."""
+            nonlocal handing
+            if checked is not None and not (checked.done() and checked.exception() is None):
+                token = self.interdomain.reserve()
+                handing = asyncio.create_task(self._hand_over_checked(rec, fd, token, checked))
+            else:
+                try:
+                    token = self.interdomain.hand_over(rec.domid, [fd])
+                except ConnectionError as e:
+                    raise RequestError(str(e)) from None
+                mark("daemon: image handed over")
+            return Request("restore", {
                 "files": token, "position": dataclasses.asdict(position), "paused": True,
+                # A guest without Xen never reads the XenStore subtree imported below:
+                # it runs at once (no unpause round trip); a Xen guest waits for it.
+                "run_unless_xen": not paused,
                 # A clone's image is the daemon's own: checked whole when copied in, or
                 # written just now by the source's process; its pages' CRCs are not
                 # checked again by every clone.
-                "clone": clone, "verified": clone}))
+                "clone": clone, "verified": clone})
+
+        try:
+            rec = await self._new_domain(config, paused=True, first=restore)
+        except BaseException:
+            if handing is not None:
+                handing.cancel()  # it hands nothing over from here on
+            os.close(fd)
+            raise
+        try:
+            if handing is not None:
+                await handing  # the image failed its check: this raises why
+        except BaseException:
+            await self._destroy(rec)
+            raise
+        finally:
+            os.close(fd)  # the domain has its own (SCM_RIGHTS), or no need of it
+        try:
+            assert rec.first_reply is not None
+            reply = await self._answer_of(rec, rec.first_reply, "restore")
+            mark("daemon: restored")
             if not reply.ok:
                 raise RequestError(f"cannot restore: {reply.error}")
             data = dict(reply.data)
             saved_store = data.pop("xenstore", None)
             if isinstance(saved_store, dict):  # before the guest runs and looks
                 self.xenstore.import_domain(rec.domid, saved_store)
-            if not paused:
+            if not paused and not data.pop("running", False):
                 started = await rec.request(Request("unpause"))
+                mark("daemon: restored domain unpaused")
                 if not started.ok:
                     raise RequestError(f"cannot run the restored domain: {started.error}")
         except BaseException:
@@ -1404,27 +1505,67 @@ class Daemon:
         no one else can open or change, gone with its last mapping."""
         return os.open(self.run_dir, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
 
-    def _private_copy(self, src: int) -> int:
-        """The image the user handed over, copied into `_image_file` and checked whole
-        (every record's CRC: once, rather than once per clone): the clones map it, so it
-        must not change or shrink under them (a user's file could)."""
+    async def _private_copy(self, src: int) -> tuple[int, asyncio.Future[None]]:
+        """The image the user handed over, copied into `_image_file`, and its check
+        under way (`_check_image`): the clones map it, so it must not change or shrink
+        under them (a user's file could). The first clone's process starts meanwhile;
+        each clone's restore waits for the check (`_restore_from`)."""
         image = self._image_file()
+        try:
+            await asyncio.to_thread(self._copy_in, src, image)
+        except BaseException:
+            os.close(image)
+            raise
+        return image, asyncio.ensure_future(asyncio.to_thread(self._check_image, image))
+
+    @staticmethod
+    def _copy_in(src: int, image: int) -> None:
         try:
             offset = 0
             while n := os.sendfile(image, src, offset, 1 << 30):
                 offset += n
+        except OSError as e:
+            raise RequestError(f"cannot read the image: {e.strerror}") from None
+
+    @staticmethod
+    def _check_image(image: int) -> None:
+        """Every record's CRC of a clone image, once rather than once per clone."""
+        try:
             with open(os.open(f"/proc/self/fd/{image}", os.O_RDONLY | os.O_CLOEXEC), "rb",
                       buffering=1 << 20) as inp:
                 reader = stream.StreamReader(inp)
                 while reader.next_record().type != stream.REC_END:
                     pass  # each call reads the record before to its end, checking its CRC
         except OSError as e:
-            os.close(image)
             raise RequestError(f"cannot read the image: {e.strerror}") from None
         except stream.StreamError as e:
-            os.close(image)
             raise RequestError(f"cannot restore: {e}") from None
-        return image
+
+    @staticmethod
+    async def _settled(checked: asyncio.Future[None]) -> None:
+        """Wait for the check of an image (its thread reads the file) before the image
+        is closed; its outcome is the restore's business."""
+        with contextlib.suppress(Exception):
+            await asyncio.shield(checked)
+
+    async def _hand_over_checked(self, rec: DomainRecord, fd: int, token: int,
+                                 checked: asyncio.Future[None]) -> None:
+        """Hand the image `fd` over as `token` once `checked` has passed (what it raises
+        otherwise: the domain waiting for it is then destroyed)."""
+        try:
+            await asyncio.shield(checked)  # shared by the clones of one image
+        except Exception:
+            # Nothing, as `token`: the domain's restore ends now (no file was handed
+            # over), rather than wait for the image until its destroy kills it.
+            with contextlib.suppress(ConnectionError):
+                self.interdomain.hand_over(rec.domid, [], token)
+            raise
+        mark("daemon: image checked")
+        try:
+            self.interdomain.hand_over(rec.domid, [fd], token)
+        except ConnectionError as e:
+            raise RequestError(str(e)) from None
+        mark("daemon: image handed over")
 
     @staticmethod
     def _check_clonable(config: DomainConfig) -> None:
@@ -1462,10 +1603,11 @@ class Daemon:
         taken = [n for n in names if any(r.name == n for r in self.domains.values())]
         if taken:
             raise RequestError(f"domain '{taken[0]}' already exists", "domain-exists")
+        checked: asyncio.Future[None] | None = None
         if req.args.get("file"):
             fd = await self._client_file(client)
             try:
-                image = await asyncio.to_thread(self._private_copy, fd)
+                image, checked = await self._private_copy(fd)
             finally:
                 os.close(fd)
         else:
@@ -1487,18 +1629,23 @@ class Daemon:
         try:
             for name in names:
                 rec, data = await self._restore_from(image, None, name,
-                                                     bool(req.args.get("paused")), clone=True)
+                                                     bool(req.args.get("paused")), clone=True,
+                                                     checked=checked)
                 made.append(rec)
                 report.append({"domid": rec.domid, "name": rec.name, "pages": data.get("pages"),
                                "seconds": data.get("seconds"),
                                "since_start": data.get("since_start"),
+                               "cpu_since_start": data.get("cpu_since_start"),
                                "phases": data.get("phases", {})})
         except BaseException:
             for rec in made:
                 await self._destroy(rec)
             raise
         finally:
+            if checked is not None:
+                await self._settled(checked)
             os.close(image)
+        mark("daemon: cloned")
         return Reply.success(domains=report)
 
     # -- list ---------------------------------------------------------------------------
@@ -1509,6 +1656,8 @@ class Daemon:
 
         async def entry(rec: DomainRecord) -> dict[str, Any]:
             info = await rec.query("info", None, {}, timeout=2.0)
+            # libxl's avail_vcpus: the vCPUs cpu/N/availability has online (xl vcpu-set)
+            avail = self.xenstore.vcpus_available(rec.domid) or rec.config.vcpus
             out = {
                 "domid": rec.domid,
                 "name": rec.name,
@@ -1518,8 +1667,10 @@ class Daemon:
                 # memory/static-max (xl mem-max moves it), in MiB
                 "maxmem": (self.xenstore.read_kib(rec.domid, "memory/static-max")
                            or (rec.config.maxmem or rec.config.memory) * 1024) // 1024,
-                # libxl's avail_vcpus: the vCPUs cpu/N/availability has online (xl vcpu-set)
-                "vcpus": self.xenstore.vcpus_available(rec.domid) or rec.config.vcpus,
+                "vcpus": avail,
+                # libxl_dominfo.vcpu_online: the vCPUs the guest has up now (a process
+                # that did not answer in time: what it was asked for)
+                "online_vcpus": info.get("online_vcpus", avail if rec.pid is not None else 0),
                 "maxvcpus": rec.config.maxvcpus,
                 "state": rec.state,
                 "reason": rec.last_stop.reason if rec.last_stop is not None else None,
@@ -1719,6 +1870,10 @@ class Daemon:
             raise RequestError(f"{disk.vdev}: only Xen PV disks can be attached to a running"
                                " domain; a vd* vdev or specification=virtio asks for virtio-blk,"
                                " which needs PCI hotplug (not implemented)")
+        # The path as the CLI resolved it: a receiver or a later restore has no cwd.
+        target = req.args.get("target")
+        if isinstance(target, str) and os.path.isabs(target):
+            disk = dataclasses.replace(disk, target=target)
         token = await self._hand_over(rec, await self._client_file(client))
         reply = await rec.request(Request("block-attach", {"files": token, "disk": disk.to_dict()}),
                                   timeout=HOTPLUG_TIMEOUT)
@@ -1726,11 +1881,8 @@ class Daemon:
             raise RequestError(f"domain {rec.domid}: {reply.error}\nlibxl_device_disk_add failed.")
         # libxl__device_disk_add: the disk goes into the domain's stored config too, so
         # `list -l`, a save image's DOMAIN_CONFIG and a migration's receiver have it
-        # (the restored domain is built with it and its backend takes the saved ring).
-        # The path as the CLI resolved it: a receiver or a later restore has no cwd.
-        target = req.args.get("target")
-        if isinstance(target, str) and os.path.isabs(target):
-            disk = dataclasses.replace(disk, target=target)
+        # (the restored domain is built with it and its backend takes the saved ring);
+        # the domain process recorded it for its next incarnation (a restart).
         rec.config = dataclasses.replace(rec.config, disks=[*rec.config.disks, disk])
         self._save_table()
         self.hv_log(f"d{rec.domid}: disk {disk.vdev} attached ({disk.target})")
@@ -1776,14 +1928,20 @@ class Daemon:
                                   else bridge if isinstance(bridge, str) else None)
         listed = await rec.request(Request("devices"))
         taken = {d.get("devid") for d in listed.data.get("devices", []) if d.get("kind") == "nic"}
-        devid = max({i for i in taken if isinstance(i, int)} | set(range(len(rec.config.vifs))),
+        devid = max({i for i in taken if isinstance(i, int)} | set(vif_devids(rec.config.vifs)),
                     default=-1) + 1
         try:
             end = await asyncio.to_thread(open_vif, rec.name, vif, rec.domid, devid)
         except (OSError, ValueError) as e:
             raise RequestError(f"cannot make vif {devid}'s tap: {e}") from None
+        # What libxl stores (device_add_domain_config): the nic with its devid and the
+        # defaults filled in (libxl__device_nic_setdefault: the MAC it generated).
+        vif = dataclasses.replace(vif, devid=devid, mac=format_mac(end.mac))
         try:
+            config = dataclasses.replace(rec.config, vifs=[*rec.config.vifs, vif])
             token = self.interdomain.hand_over(rec.domid, [end.tap.fd])
+        except ConfigError as e:  # a mac the domain's other vifs have
+            raise RequestError(str(e), "config") from None
         except ConnectionError as e:
             raise RequestError(str(e)) from None
         finally:
@@ -1791,9 +1949,14 @@ class Daemon:
         reply = await rec.request(Request("network-attach", {
             "files": token, "devid": devid, "name": end.tap.name,
             "vnet_hdr_len": end.tap.vnet_hdr_len, "mac": format_mac(end.mac),
-            "bridge": vif.bridge or ""}), timeout=HOTPLUG_TIMEOUT)
+            "bridge": vif.bridge or "", "vif": vif.to_dict()}), timeout=HOTPLUG_TIMEOUT)
         if not reply.ok:
             raise RequestError(f"domain {rec.domid}: {reply.error}\nlibxl_device_nic_add failed.")
+        # libxl__device_nic_add: in the domain's stored config from now on (`list -l`, a
+        # save image's DOMAIN_CONFIG, a migration's receiver); the domain process
+        # recorded it for its next incarnation (a restart).
+        rec.config = config
+        self._save_table()
         self.hv_log(f"d{rec.domid}: vif {devid} attached ({end.tap.name})")
         return Reply(True, reply.data)
 
@@ -1806,6 +1969,10 @@ class Daemon:
                                   timeout=HOTPLUG_TIMEOUT)
         if not reply.ok:
             raise RequestError(str(reply.error))
+        gone = reply.data.get("devid")  # libxl_device_nic_remove: out of the config too
+        if isinstance(gone, int) and not isinstance(gone, bool):
+            rec.config = dataclasses.replace(rec.config, vifs=without_vif(rec.config.vifs, gone))
+            self._save_table()
         self.hv_log(f"d{rec.domid}: vif {req.args.get('dev')} detached")
         return Reply(True, reply.data)
 

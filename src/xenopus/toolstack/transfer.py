@@ -241,7 +241,7 @@ def restore(args: Namespace) -> int:
         os.close(fd)
     if args.debug:
         print(f"restored domain {done['domid']} ({done['name']}): {done['pages']} pages, "
-              f"{done['octets']} octets in {done['seconds']:.3f} s{_phases(done)}",
+              f"{done['octets']} octets in {done['seconds']:.3f} s{_phases(done)}{_cpu(done)}",
               file=sys.stderr)
     return 0
 
@@ -253,6 +253,13 @@ def _phases(done: dict[str, Any]) -> str:
     if not isinstance(phases, dict) or not phases:
         return ""
     return " (" + ", ".join(f"{name} {float(s) * 1000:.1f} ms" for name, s in phases.items()) + ")"
+
+
+def _cpu(done: dict[str, Any]) -> str:
+    """The CPU time the domain process spent from its start to then (every thread's):
+    on a busy host its start-up's wall time is more, waiting for a CPU."""
+    cpu = done.get("cpu_since_start")
+    return f", {float(cpu) * 1000:.1f} ms of CPU" if isinstance(cpu, int | float) else ""
 
 
 def clone(args: Namespace) -> int:
@@ -276,7 +283,7 @@ def clone(args: Namespace) -> int:
         for d in done["domains"]:
             print(f"cloned domain {d['domid']} ({d['name']}): {d['pages']} pages mapped in "
                   f"{d['seconds'] * 1000:.2f} ms, restored {d['since_start'] * 1000:.2f} ms "
-                  f"after its process started{_phases(d)}", file=sys.stderr)
+                  f"after its process started{_phases(d)}{_cpu(d)}", file=sys.stderr)
     return 0
 
 
@@ -451,6 +458,6 @@ def migrate_receive(args: Namespace) -> int:
         return 1
     if args.debug:
         print(f"received domain {done['domid']} ({name}): {done['pages']} pages, "
-              f"{done['octets']} octets in {done['seconds']:.3f} s{_phases(done)}",
+              f"{done['octets']} octets in {done['seconds']:.3f} s{_phases(done)}{_cpu(done)}",
               file=sys.stderr)
     return 0

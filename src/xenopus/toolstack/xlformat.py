@@ -456,11 +456,11 @@ def libxl_disk(disk: DiskSpec, xen: bool = True) -> dict[str, object]:
     return out
 
 
-def libxl_nic(index: int, vif: VifSpec, xen: bool = True) -> dict[str, object]:
+def libxl_nic(devid: int, vif: VifSpec, xen: bool = True) -> dict[str, object]:
     """libxl_device_nic for one `vif=` entry: a PV vif ("vif"), or a virtio NIC, which
     libxl describes as an emulated one of that model ("vif_ioemu")."""
     v = vif.to_dict()
-    out: dict[str, object] = {"devid": index}
+    out: dict[str, object] = {"devid": devid}
     if v["mtu"] is not None:
         out["mtu"] = v["mtu"]
     model = vif.kind_for(xen)
@@ -531,7 +531,9 @@ def libxl_domain_config(config: DomainConfig, uuid: str) -> dict[str, object]:
     if config.disks:
         out["disks"] = [libxl_disk(d, xen) for d in config.disks]
     if config.vifs:
-        out["nics"] = [libxl_nic(i, v, xen) for i, v in enumerate(config.vifs)]
+        # devid: the one network-attach recorded, else the entry's index (vif_devids)
+        out["nics"] = [libxl_nic(i if v.devid is None else v.devid, v, xen)
+                       for i, v in enumerate(config.vifs)]
     if config.channels:
         # libxl_device_channel; its keyed union as "<keyvar>.<member>", like b_info's
         out["channels"] = [{"devid": i + 1, "name": c.name, "connection": c.connection,

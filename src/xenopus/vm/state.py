@@ -90,8 +90,18 @@ def xsave_size(vm: VmFd) -> int:
     return vm.check_extension(u.KVM_CAP_XSAVE2)
 
 
-def save_vcpu(fd: VcpuFd, msrs: list[int], xsave: int) -> dict:
-    """Everything KVM keeps for one vCPU, from `fd` out of KVM_RUN."""
+def has_sregs2(vm: VmFd) -> bool:
+    """KVM_CAP_SREGS2: KVM_GET/SET_SREGS2, the special registers with the PAE PDPTE
+    registers (api.rst 4.131/4.132)."""
+    return vm.check_extension(u.KVM_CAP_SREGS2) > 0
+
+
+def save_vcpu(fd: VcpuFd, msrs: list[int], xsave: int, sregs2: bool = False) -> dict:
+    """Everything KVM keeps for one vCPU, from `fd` out of KVM_RUN. With `sregs2`
+    (`has_sregs2`) also KVM_GET_SREGS2's registers: a PAE guest's PDPTE registers are
+    state of their own (SDM 3A §4.4.1: loaded by a MOV to CR3, not reread from the PDPT
+    after), which KVM_SET_SREGS would reload from memory, where the guest may have
+    changed them since (QEMU: kvm_get_sregs2)."""
     values = fd.read_msrs(msrs)
     missing = sorted(set(msrs) - set(values))
     if missing:
@@ -110,12 +120,15 @@ def save_vcpu(fd: VcpuFd, msrs: list[int], xsave: int) -> dict:
         "debugregs": _raw(fd.get_debugregs()),
         "mp_state": fd.get_mp_state(),
         "tsc_khz": fd.get_tsc_khz(),
+        **({"sregs2": _raw(fd.get_sregs2())} if sregs2 else {}),
     }
 
 
-def restore_vcpu(fd: VcpuFd, state: object, xsave: int) -> None:
+def restore_vcpu(fd: VcpuFd, state: object, xsave: int, sregs2: bool = False) -> None:
     """Load `save_vcpu`'s state into a vCPU that has not run since it was created (same
-    CPUID); `xsave` is this VM's XSAVE buffer size (`xsave_size`). The order follows what
+    CPUID); `xsave` is this VM's XSAVE buffer size (`xsave_size`); `sregs2`: KVM has
+    KVM_SET_SREGS2, which the saved `sregs2` go to (the PDPTE registers as saved; without
+    them, KVM_SET_SREGS and the PDPTEs KVM reads from the PDPT). The order follows what
     api.rst's descriptions imply and QEMU does (target/i386/kvm/kvm.c,
     kvm_arch_put_registers, after the APIC device's state):
     - the TSC frequency first (KVM_SET_TSC_KHZ): the TSC MSR is scaled by it;
@@ -133,7 +146,12 @@ def restore_vcpu(fd: VcpuFd, state: object, xsave: int) -> None:
         except KvmError as e:  # no TSC scaling here: the guest sees the host's rate
             log.warning("%s: TSC at %d kHz cannot be kept: %s", what, khz, e)
     msrs = {int(i): int(v) for i, v in s["msrs"]}
-    fd.set_sregs(_load(u.kvm_sregs, s["sregs"], what))
+    if sregs2 and "sregs2" in s:
+        # Its pending interrupt, which kvm_sregs's bitmap carries, is in the events too
+        # (api.rst KVM_SET_VCPU_EVENTS: interrupt.injected/nr), restored below.
+        fd.set_sregs2(_load(u.kvm_sregs2, s["sregs2"], what))
+    else:
+        fd.set_sregs(_load(u.kvm_sregs, s["sregs"], what))
     fd.set_regs(_load(u.kvm_regs, s["regs"], what))
     fd.set_xcrs(_load(u.kvm_xcrs, s["xcrs"], what))
     fd.set_fpu(_load(u.kvm_fpu, s["fpu"], what))

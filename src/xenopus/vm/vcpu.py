@@ -294,36 +294,46 @@ class Vcpu:
         sregs.cr2 = 0
         for i in range(len(sregs.interrupt_bitmap)):
             sregs.interrupt_bitmap[i] = 0
-        self.fd.set_sregs(sregs)
+        pdptes = None
         if paging.paging_mode(state.cr0, state.cr4, state.efer) is paging.PagingMode.PAE:
-            self._load_pdptrs(state.cr3)
+            pdptes = self._pdptes(state.cr3)
+        if pdptes is None or not self._set_sregs2(sregs, pdptes):
+            self.fd.set_sregs(sregs)
         self.fd.set_regs(regs)
         self.fd.set_mp_state(u.KVM_MP_STATE_RUNNABLE)
 
-    def _load_pdptrs(self, cr3: int) -> None:
+    def _pdptes(self, cr3: int) -> list[int] | None:
         """The PDPTE registers a MOV to CR3 loads in PAE paging (SDM 3A §4.4.1), from the
-        PDPT at CR3[31:5], given to KVM (KVM_SET_SREGS2). KVM_SET_SREGS loads them itself but
-        refuses a PDPTE with a reserved bit, leaving the registers empty: and the Accessed
-        bit (5) is one that AMD nested paging sets in memory as it walks (QEMU's SVM model
-        does), after the first vCPU loaded them clean. KVM would then walk this vCPU's
-        page tables (to emulate an instruction, or skip one where the CPU gives no next
-        RIP) through empty PDPTEs: the xen32 PAE guest's second vCPU ended its domain as
-        soon as it ran. Bit 5 is cleared here, as the vCPU that set the PDPT up found it.
-        Without KVM_CAP_SREGS2, KVM's own load stands."""
+        PDPT at CR3[31:5], to give KVM with the other special registers (KVM_SET_SREGS2).
+        KVM_SET_SREGS loads them itself but refuses a PDPTE with a reserved bit, leaving
+        the registers empty: and the Accessed bit (5) is one that AMD nested paging sets in
+        memory as it walks (QEMU's SVM model does), after the first vCPU loaded them clean.
+        KVM would then walk this vCPU's page tables (to emulate an instruction, or skip one
+        where the CPU gives no next RIP) through empty PDPTEs: the xen32 PAE guest's second
+        vCPU ended its domain as soon as it ran. Bit 5 is cleared here, as the vCPU that
+        set the PDPT up found it. None: a PDPT outside RAM, left to KVM."""
         base = cr3 & 0xFFFFFFE0  # Table 4-7
         try:
-            pdptes = [self.memory.read_int(base + 8 * i, 8) & ~PTE_A for i in range(4)]
-            sregs2 = self.fd.get_sregs2()
-        except (GuestMemoryError, KvmError) as e:
+            return [self.memory.read_int(base + 8 * i, 8) & ~PTE_A for i in range(4)]
+        except GuestMemoryError as e:
             log.debug("vCPU %d: PDPTEs left to KVM: %s", self.index, e)
-            return
-        held = paging.paging_mode(sregs2.cr0, sregs2.cr4, sregs2.efer)
-        if held is not paging.PagingMode.PAE:  # a KVM that dropped CR0.PG (emulated ring 0)
-            return
-        sregs2.flags |= u.KVM_SREGS2_FLAGS_PDPTRS_VALID
+            return None
+
+    def _set_sregs2(self, sregs: u.kvm_sregs, pdptes: list[int]) -> bool:
+        """`sregs` and the PDPTE registers in one KVM_SET_SREGS2 (api.rst 4.132); False
+        where KVM lacks it (KVM_CAP_SREGS2), whose KVM_SET_SREGS then loads them itself."""
+        sregs2 = u.kvm_sregs2(flags=u.KVM_SREGS2_FLAGS_PDPTRS_VALID)
+        for name, _ in u.kvm_sregs2._fields_:
+            if hasattr(sregs, name):  # every field but flags and pdptrs
+                setattr(sregs2, name, getattr(sregs, name))
         for i, pdpte in enumerate(pdptes):
             sregs2.pdptrs[i] = pdpte
-        self.fd.set_sregs2(sregs2)
+        try:
+            self.fd.set_sregs2(sregs2)
+        except KvmError as e:
+            log.debug("vCPU %d: PDPTEs left to KVM: %s", self.index, e)
+            return False
+        return True
 
     def sample_mp_state(self) -> int:
         """KVM_GET_MP_STATE into `mp_state`. The ioctl takes the vCPU mutex, which KVM_RUN

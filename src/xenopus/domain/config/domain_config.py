@@ -19,7 +19,7 @@ from xenopus.domain.config.syntax import (
     parse_override,
     parse_settings,
 )
-from xenopus.domain.devspec import ChannelSpec, DiskSpec, VifSpec
+from xenopus.domain.devspec import ChannelSpec, DiskSpec, VifSpec, vif_devids
 
 # xl.cfg files are a few hundred bytes; anything this large is not one (xl's own limit,
 # libxl's read_file_contents, is the file's size, which /dev/zero does not have).
@@ -255,7 +255,7 @@ KNOWN_KEYS = frozenset(s for spec in KEYS for s in spec.setting_names)
 
 
 def _check_unique(disks: list[DiskSpec], vifs: list[VifSpec]) -> None:
-    """One vdev number per disk, one mac and one vifname per vif."""
+    """One vdev number per disk, one mac, vifname and devid per vif."""
     seen: dict[object, int] = {}
     for i, d in enumerate(disks):
         n = d.vdev_index
@@ -275,6 +275,11 @@ def _check_unique(disks: list[DiskSpec], vifs: list[VifSpec]) -> None:
                 raise ConfigError(f"vif: vif {i} has the same {key} ({value}) as"
                                   f" vif {seen[value]}")
             seen[value] = i
+    seen = {}
+    for i, devid in enumerate(vif_devids(vifs)):
+        if devid in seen:
+            raise ConfigError(f"vif: vif {i} has the same devid ({devid}) as vif {seen[devid]}")
+        seen[devid] = i
 
 
 # -- loading ----------------------------------------------------------------------------
