@@ -49,21 +49,38 @@ def parse_shard(text: str) -> tuple[int, int]:
     return index, total
 
 
-def partition(nodeids: list[str], seconds: dict[str, float], parts: int) -> list[list[str]]:
-    """`nodeids` in `parts` lists of about equal total seconds: the longest test first, each
-    to the part with the least so far (ties: the lower part), each part in the given order.
-    A test the table does not know counts as its median. Deterministic: the same tests and
-    table give the same parts on every host."""
+def partition(nodeids: list[str], seconds: dict[str, float], parts: int,
+              together: dict[str, str] | None = None) -> list[list[str]]:
+    """`nodeids` in `parts` lists of about equal total seconds: the longest first, each to
+    the part with the least so far (ties: the lower part), each part in the given order.
+    Tests with the same key in `together` go to one part, as one (a module-scoped fixture
+    they share, which a second part would run again). A test the table does not know
+    counts as its median. Deterministic: the same tests and table give the same parts on
+    every host."""
     default = statistics.median(seconds.values()) if seconds else 60.0
-    cost = {n: seconds.get(n, default) for n in nodeids}
     order = {n: i for i, n in enumerate(nodeids)}
+    groups: dict[str, list[str]] = {}
+    for nodeid in nodeids:
+        groups.setdefault((together or {}).get(nodeid, nodeid), []).append(nodeid)
+    cost = {key: sum(seconds.get(n, default) for n in members) for key, members in groups.items()}
     load = [0.0] * parts
     chosen: list[list[str]] = [[] for _ in range(parts)]
-    for nodeid in sorted(nodeids, key=lambda n: (-cost[n], order[n])):
+    for key in sorted(groups, key=lambda k: (-cost[k], order[groups[k][0]])):
         part = min(range(parts), key=lambda p: (load[p], p))
-        load[part] += cost[nodeid]
-        chosen[part].append(nodeid)
+        load[part] += cost[key]
+        chosen[part] += groups[key]
     return [sorted(part, key=order.__getitem__) for part in chosen]
+
+
+def shared_fixture(item: pytest.Item) -> str | None:
+    """The first fixture of `item` that is set up once for several tests but not for the
+    whole session (module, class or package scope), as `module::name`; None if none."""
+    info = getattr(item, "_fixtureinfo", None)
+    for name in info.names_closure if info else ():
+        defs = info.name2fixturedefs.get(name)
+        if defs and defs[-1].scope in ("module", "class", "package"):
+            return f"{item.nodeid.split('::')[0]}::{name}"
+    return None
 
 
 class Shard:
@@ -76,7 +93,8 @@ class Shard:
     @pytest.hookimpl(trylast=True)
     def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:
         seconds = json.loads(DURATIONS.read_text())["seconds"] if DURATIONS.exists() else {}
-        parts = partition([item.nodeid for item in items], seconds, self.total)
+        together = {item.nodeid: key for item in items if (key := shared_fixture(item))}
+        parts = partition([item.nodeid for item in items], seconds, self.total, together)
         keep = set(parts[self.index - 1])
         config.hook.pytest_deselected(items=[i for i in items if i.nodeid not in keep])
         items[:] = [i for i in items if i.nodeid in keep]

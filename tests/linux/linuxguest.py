@@ -254,6 +254,14 @@ class Xenopus:
         with self.api() as api:
             return [dom.name for dom in api.list()]
 
+    def names_once_gone(self, name: str) -> list[str]:
+        """`names()` once the daemon has done with `name`, which ended by itself (its
+        console closes as its process exits, a moment before the daemon reaps it)."""
+        with self.api() as api:
+            with contextlib.suppress(NoSuchDomain):
+                api.wait(name)
+            return [dom.name for dom in api.list()]
+
     def destroy(self, name: str) -> None:
         """Destroy `name` if it is still there (a test's clean-up), through the API."""
         with self.api() as api, contextlib.suppress(NoSuchDomain):

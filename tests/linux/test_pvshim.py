@@ -87,7 +87,7 @@ def pvhello(_daemon: Xenopus, tmp_path_factory: pytest.TempPathFactory) -> Itera
         boot = xenopus.boot("pvhello", pv_config(xenopus, "pvhello", PVHELLO),
                             timeout=SHIM_BOOT_TIMEOUT)
         # The domains left once the guest has gone: for the power-off check below.
-        listed = xenopus.names()
+        listed = xenopus.names_once_gone("pvhello")
         print(f"pvhello behind the shim: {boot.seconds:.2f} s from create to power-off")
         yield ShimBoot(boot, listed)
     finally:
@@ -167,7 +167,7 @@ def test_linux_pv_guest_boots_to_userspace(xenopus: Xenopus) -> None:
     assert_pv_linux_passed(boot, "xen", xenopus)
     assert "hypervisor=xen clocksource=xen xenbus=yes" in boot.detail, boot.context()
     # The shim builds only PV domains: reaching userspace behind it is running as PV.
-    listed = xenopus.names()
+    listed = xenopus.names_once_gone("pvlinux")
     assert listed == [], listed  # it has gone
 
 

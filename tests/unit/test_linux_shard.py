@@ -36,6 +36,12 @@ def test_partition_counts_an_unknown_test_as_the_median() -> None:
     assert parts == [["c"], ["a", "b", "new"]]  # new as 20: 90 against 10 + 20 + 20
 
 
+def test_partition_keeps_tests_that_share_a_fixture_together() -> None:
+    seconds = {"a": 50.0, "b": 10.0, "c": 10.0, "d": 45.0}
+    parts = partition(list(seconds), seconds, 2, together={"b": "fx", "c": "fx"})
+    assert parts == [["a"], ["b", "c", "d"]]  # b and c as one of 20 s
+
+
 def test_partition_is_the_same_every_time() -> None:
     ids = [f"t{i}" for i in range(20)]
     assert partition(ids, {}, 4) == partition(list(ids), {}, 4)
