@@ -342,11 +342,12 @@ def test_a_guest_that_never_reads_its_replies_fills_its_own_ring() -> None:
 
 def test_requests_the_dead_daemon_left_unanswered_are_answered_once_by_the_next() -> None:
     """xs_wire.h: every request gets one reply, in order. The daemon dies having read a
-    write in a transaction and a read, and having sent half a reply; the guest then ends
-    its transaction and reads again while no daemon is there. The restarted daemon (its
-    store restored) answers the reads, in order; what names the dead daemon's transaction
-    is answered EAGAIN (xenbus starts the transaction again), its write never applied; the
-    half reply never reaches the guest; the guest's watch is set again and fires."""
+    write in a transaction and a read, and having sent half a reply; the guest reads again
+    while no daemon is there. The restarted daemon (its store restored) answers the reads,
+    in order; the write in the dead daemon's transaction is answered EAGAIN (xenbus starts
+    the transaction again) and never applied; the half reply never reaches the guest; the
+    guest's watch is set again and fires. A transaction the new daemon numbers as the dead
+    one was is renumbered for the guest, so the dead one's number stays dead."""
     async def scenario() -> None:
         loop = asyncio.get_running_loop()
         daemon1, proxy, page = await attached_proxy()
@@ -361,20 +362,19 @@ def test_requests_the_dead_daemon_left_unanswered_are_answered_once_by_the_next(
         await loop.sock_sendall(daemon1, wire.pack(wire.XS_WATCH, 1, 0, b"OK\0"))
         await guest_reads_until(page, proxy, 1)
         await ask(2, wire.XS_TRANSACTION_START, b"\0")
-        await loop.sock_sendall(daemon1, wire.pack(wire.XS_TRANSACTION_START, 2, 0, b"5\0"))
+        await loop.sock_sendall(daemon1, wire.pack(wire.XS_TRANSACTION_START, 2, 0, b"1\0"))
         await guest_reads_until(page, proxy, 2)
-        guest_send(page, wire.pack(wire.XS_WRITE, 3, 5, b"device/x\0new"))
+        guest_send(page, wire.pack(wire.XS_WRITE, 3, 1, b"device/x\0new"))
         guest_send(page, wire.pack(wire.XS_READ, 4, 0, b"device/x\0"))
         proxy.kick()
         assert [h.req_id for h, _ in await read_daemon_side(daemon1, 2)] == [3, 4]
-        await loop.sock_sendall(daemon1, wire.pack(wire.XS_WRITE, 3, 5, b"OK\0")[:10])
+        await loop.sock_sendall(daemon1, wire.pack(wire.XS_WRITE, 3, 1, b"OK\0")[:10])
         daemon1.close()  # killed: its half reply and the read's never come
         assert proxy._task is not None
         await proxy._task  # the proxy has seen the stream end
-        guest_send(page, wire.pack(wire.XS_TRANSACTION_END, 5, 5, b"T\0"))
-        guest_send(page, wire.pack(wire.XS_READ, 6, 0, b"device/x\0"))
+        guest_send(page, wire.pack(wire.XS_READ, 5, 0, b"device/x\0"))
         proxy.kick()
-        assert guest_receive(page) == b""  # no daemon: the requests wait in the ring
+        assert guest_receive(page) == b""  # no daemon: the request waits in the ring
 
         store = Store()  # the restarted daemon's, restored
         dom0 = store.connect(0, lambda p, t: None)
@@ -386,16 +386,27 @@ def test_requests_the_dead_daemon_left_unanswered_are_answered_once_by_the_next(
         reader, writer = await asyncio.open_unix_connection(sock=ours, limit=DOMAIN_STREAM_LIMIT)
         serving = asyncio.create_task(server.attach_domain(1, reader, writer))
         await proxy.reconnect(theirs)
-        got = await guest_reads_until(page, proxy, 6)
-        replies = [(h.type, h.req_id, body) for h, body in got if h.type != wire.XS_WATCH_EVENT]
-        assert replies == [(wire.XS_ERROR, 3, b"EAGAIN\0"), (wire.XS_READ, 4, b"old"),
-                           (wire.XS_ERROR, 5, b"EAGAIN\0"), (wire.XS_READ, 6, b"old")]
+        got = await guest_reads_until(page, proxy, 5)
+        replies = [(h.type, h.req_id, h.tx_id, body) for h, body in got
+                   if h.type != wire.XS_WATCH_EVENT]
+        assert replies == [(wire.XS_ERROR, 3, 1, b"EAGAIN\0"), (wire.XS_READ, 4, 0, b"old"),
+                           (wire.XS_READ, 5, 0, b"old")]
         assert (wire.XS_WATCH_EVENT, b"device\0w\0") in [(h.type, b) for h, b in got]
         assert store.read(dom0, "/local/domain/1/device/x") == b"old"
-        # The store is the guest's again: a new transaction, then a write, both answered.
-        guest_send(page, wire.pack(wire.XS_WRITE, 7, 0, b"device/x\0new"))
+
+        # The guest starts its transaction again: the new store's first is number 1, the
+        # dead one's, which the guest may still name; it is number 2 to the guest.
+        guest_send(page, wire.pack(wire.XS_TRANSACTION_START, 7, 0, b"\0"))
         got = await guest_reads_until(page, proxy, 7)
-        assert [(h.type, b) for h, b in got if h.req_id == 7] == [(wire.XS_WRITE, b"OK\0")]
+        for req_id, type_, tx, payload in ((8, wire.XS_WRITE, 2, b"device/x\0new"),
+                                           (9, wire.XS_TRANSACTION_END, 1, b"T\0"),
+                                           (10, wire.XS_TRANSACTION_END, 2, b"T\0")):
+            guest_send(page, wire.pack(type_, req_id, tx, payload))
+        got += await guest_reads_until(page, proxy, 10)
+        assert [(h.type, h.req_id, h.tx_id, body) for h, body in got
+                if h.type != wire.XS_WATCH_EVENT] == [
+            (wire.XS_TRANSACTION_START, 7, 0, b"2\0"), (wire.XS_WRITE, 8, 2, b"OK\0"),
+            (wire.XS_ERROR, 9, 1, b"EAGAIN\0"), (wire.XS_TRANSACTION_END, 10, 2, b"OK\0")]
         assert store.read(dom0, "/local/domain/1/device/x") == b"new"
         await proxy.close()
         serving.cancel()

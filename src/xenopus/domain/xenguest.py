@@ -145,8 +145,11 @@ class StoreProxy:
         # it took back), set again on a restarted daemon's store: that store is new.
         self.watches: dict[tuple[bytes, bytes], None] = {}
         self._inflight: deque[_InFlight] = deque()
-        self._open_tx: set[int] = set()  # transactions the current daemon opened
-        self._dead_tx: set[int] = set()  # ... and those a lost daemon had
+        # The transactions the current daemon opened, by the number the guest knows (the
+        # daemon's, unless that is a dead daemon's the guest may still name), and the
+        # numbers of those a lost daemon had.
+        self._open_tx: dict[int, int] = {}
+        self._dead_tx: set[int] = set()
         self._replaying = 0  # replies to those still to drop (the guest asked none)
         self._resets = 0  # XS_RESET_WATCHES of ours not answered yet
         self._room = asyncio.Event()  # the guest has read enough to take more from the daemon
@@ -180,18 +183,26 @@ class StoreProxy:
             self._writer.write(wire.pack(wire.XS_WATCH, REPLAY_REQ_ID, 0,
                                          path + b"\0" + token + b"\0"))
         self._replaying = len(self.watches)
-        self._inflight = deque(self._resend(entry) for entry in self._inflight)
+        self._inflight = deque(self._send(entry) for entry in self._inflight)
         self._to_guest(self._answered_here())
         self._pump()  # what the guest wrote meanwhile
 
-    def _resend(self, entry: _InFlight) -> _InFlight:
+    def _send(self, entry: _InFlight) -> _InFlight:
+        """A guest request to the daemon, or answered here in its turn (xs_wire.h: in
+        order) if it names a transaction of a lost daemon: EAGAIN, as xenstored ends a
+        transaction that cannot commit (xenbus starts it again)."""
         head = wire.unpack_header(entry.message)
-        if entry.reply is None and head.tx_id in self._dead_tx:
+        if entry.reply is not None or self._writer is None:
+            return entry
+        if head.tx_id in self._dead_tx:
             if head.type == wire.XS_TRANSACTION_END:
                 self._dead_tx.discard(head.tx_id)  # the guest is done with it
             return _InFlight(entry.message, wire.error_reply(head.req_id, head.tx_id, "EAGAIN"))
-        if entry.reply is None and self._writer is not None:
-            self._writer.write(entry.message)
+        tx = self._open_tx.get(head.tx_id, head.tx_id)  # the daemon's number for it
+        message = entry.message
+        if tx != head.tx_id:
+            message = wire.pack(head.type, head.req_id, tx, message[wire.HEADER_SIZE:])
+        self._writer.write(message)
         return entry
 
     def _connection_lost(self) -> None:
@@ -199,32 +210,39 @@ class StoreProxy:
         watches: a new stream starts clean) and its transactions are gone."""
         self._lost = True
         self._stale, self._resets, self._replaying = None, 0, 0
-        self._dead_tx |= self._open_tx
+        self._dead_tx |= self._open_tx.keys()
         self._open_tx.clear()
 
-    def _track(self, request: bytes, reply: wire.Header, body: bytes) -> None:
-        """Remember the guest's watches and transactions from what the store answered."""
-        head = wire.unpack_header(request)
-        if reply.type == wire.XS_ERROR:
-            return
-        if head.type == wire.XS_RESET_WATCHES:
+    def _answer(self, request: bytes, reply: bytes) -> bytes:
+        """The daemon's reply to `request` as the guest gets it; the guest's watches and
+        transactions remembered from it."""
+        head, rhead = wire.unpack_header(request), wire.unpack_header(reply)
+        body = reply[wire.HEADER_SIZE:]
+        renumbered = False
+        if head.type == wire.XS_TRANSACTION_END:
+            self._open_tx.pop(head.tx_id, None)  # ended even if refused (EAGAIN)
+        if rhead.type == wire.XS_ERROR:
+            pass
+        elif head.type == wire.XS_RESET_WATCHES:
             self.watches.clear()
         elif head.type == wire.XS_TRANSACTION_START:
             with contextlib.suppress(ValueError):
-                tx = int(body.rstrip(b"\0"))
-                self._open_tx.add(tx)
-                self._dead_tx.discard(tx)  # (a number the new daemon gave again)
-        elif head.type == wire.XS_TRANSACTION_END:
-            self._open_tx.discard(head.tx_id)
+                tx = ours = int(body.rstrip(b"\0"))
+                while ours in self._dead_tx or ours in self._open_tx or not ours:
+                    ours = ours % 0xFFFFFFFF + 1  # the new daemon gave a dead one's number
+                self._open_tx[ours] = tx
+                if ours != tx:
+                    body, renumbered = b"%d\0" % ours, True
         elif head.type in (wire.XS_WATCH, wire.XS_UNWATCH):
             parts = request[wire.HEADER_SIZE:].split(b"\0")
-            if len(parts) < 2:
-                return
-            key = (parts[0], parts[1])
-            if head.type == wire.XS_UNWATCH:
+            key = (parts[0], parts[1]) if len(parts) >= 2 else None
+            if key and head.type == wire.XS_UNWATCH:
                 self.watches.pop(key, None)
-            elif len(self.watches) < MAX_REPLAYED_WATCHES:
+            elif key and len(self.watches) < MAX_REPLAYED_WATCHES:
                 self.watches[key] = None
+        if rhead.tx_id == head.tx_id and not renumbered:
+            return reply
+        return wire.pack(rhead.type, rhead.req_id, head.tx_id, body)
 
     def attach(self, ring: RingTransport | None, notify: Callable[[], None] = lambda: None) -> None:
         self.ring, self.notify = ring, notify
@@ -273,17 +291,8 @@ class StoreProxy:
         if messages and ring.more:  # a guest that keeps writing: the loop's other work first
             self.loop.call_soon(self._pump)
         for message in messages:
-            if self._writer is None:
-                continue  # no daemon at all (a domain built without one)
-            tx = wire.unpack_header(message).tx_id
-            if tx in self._dead_tx:  # answered in its turn (xs_wire.h: in order)
-                self._inflight.append(_InFlight(message, wire.error_reply(
-                    wire.unpack_header(message).req_id, tx, "EAGAIN")))
-                if wire.unpack_header(message).type == wire.XS_TRANSACTION_END:
-                    self._dead_tx.discard(tx)
-                continue
-            self._inflight.append(_InFlight(message))
-            self._writer.write(message)
+            if self._writer is not None:  # (none: a domain built without a daemon)
+                self._inflight.append(self._send(_InFlight(message)))
         self._to_guest(self._answered_here())
         if ring.flush() or messages:
             self.notify()
@@ -329,8 +338,7 @@ class StoreProxy:
         if head.type == wire.XS_WATCH_EVENT or not self._inflight:
             return message
         request = self._inflight.popleft()
-        self._track(request.message, head, message[wire.HEADER_SIZE:])
-        return message + self._answered_here()
+        return self._answer(request.message, message) + self._answered_here()
 
     async def _from_daemon(self, reader: asyncio.StreamReader) -> None:
         buf = bytearray()  # a message the daemon has not finished (dropped if it dies)
