@@ -69,6 +69,23 @@ def _complete(data: bytes) -> list[tuple[wire.Header, bytes]]:
     return out
 
 
+async def guest_reads_until(page: memoryview, proxy: StoreProxy,
+                            req_id: int) -> list[tuple[wire.Header, bytes]]:
+    """The guest reads (and kicks) until the reply to req_id: every message up to it."""
+    got: list[tuple[wire.Header, bytes]] = []
+    data = b""
+    for _ in range(100000):
+        data += guest_receive(page)
+        proxy.kick()
+        await asyncio.sleep(0)  # (yields to the loop: no time passes)
+        complete = _complete(data)
+        data = data[sum(wire.HEADER_SIZE + h.len for h, _ in complete):]
+        got += complete
+        if any(h.type != wire.XS_WATCH_EVENT and h.req_id == req_id for h, _ in complete):
+            return got
+    raise AssertionError(f"no reply to request {req_id}: {got}")
+
+
 def pair() -> tuple[socket.socket, socket.socket]:
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     ours.setblocking(False)
@@ -97,6 +114,9 @@ def test_the_guests_watches_are_set_again_on_a_restarted_daemon() -> None:
         proxy.kick()
         sent = await read_daemon_side(daemon1, 4)
         assert [h.req_id for h, _ in sent] == [1, 2, 3, 4]  # passed through as they were
+        await asyncio.get_running_loop().sock_sendall(daemon1, b"".join(
+            wire.pack(h.type, h.req_id, 0, b"OK\0") for h, _ in sent))
+        await guest_reads_until(page, proxy, 4)  # the watches the store acked
         daemon1.close()  # the daemon dies
 
         daemon2, end2 = pair()
@@ -133,6 +153,8 @@ def test_a_new_incarnation_forgets_the_old_ones_watches() -> None:
         guest_send(page, wire.pack(wire.XS_WATCH, 1, 0, wire.strings("device", "dev")))
         proxy.kick()
         await read_daemon_side(daemon, 1)
+        await asyncio.get_running_loop().sock_sendall(daemon, wire.pack(wire.XS_WATCH, 1, 0, b"OK\0"))
+        await guest_reads_until(page, proxy, 1)
         assert list(proxy.watches) == [(b"device", b"dev")]
         proxy.attach(RingTransport(memoryview(bytearray(4096))))  # a restart of the guest
         assert proxy.watches == {}
@@ -311,5 +333,84 @@ def test_a_guest_that_never_reads_its_replies_fills_its_own_ring() -> None:
             replies += [h.req_id for h, _ in complete]
         assert replies == list(range(sent))
         await d.stop()
+
+    asyncio.run(scenario())
+
+
+# --- a daemon killed with requests in flight --------------------------------------------
+
+
+def test_requests_the_dead_daemon_left_unanswered_are_answered_once_by_the_next() -> None:
+    """xs_wire.h: every request gets one reply, in order. The daemon dies having read a
+    write in a transaction and a read, and having sent half a reply; the guest reads again
+    while no daemon is there. The restarted daemon (its store restored) answers the reads,
+    in order; the write in the dead daemon's transaction is answered EAGAIN (xenbus starts
+    the transaction again) and never applied; the half reply never reaches the guest; the
+    guest's watch is set again and fires. A transaction the new daemon numbers as the dead
+    one was is renumbered for the guest, so the dead one's number stays dead."""
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        daemon1, proxy, page = await attached_proxy()
+
+        async def ask(req_id: int, type_: int, payload: bytes, tx: int = 0) -> None:
+            guest_send(page, wire.pack(type_, req_id, tx, payload))
+            proxy.kick()
+            head, _ = (await read_daemon_side(daemon1, 1))[0]
+            assert head.req_id == req_id
+
+        await ask(1, wire.XS_WATCH, wire.strings("device", "w"))
+        await loop.sock_sendall(daemon1, wire.pack(wire.XS_WATCH, 1, 0, b"OK\0"))
+        await guest_reads_until(page, proxy, 1)
+        await ask(2, wire.XS_TRANSACTION_START, b"\0")
+        await loop.sock_sendall(daemon1, wire.pack(wire.XS_TRANSACTION_START, 2, 0, b"1\0"))
+        await guest_reads_until(page, proxy, 2)
+        guest_send(page, wire.pack(wire.XS_WRITE, 3, 1, b"device/x\0new"))
+        guest_send(page, wire.pack(wire.XS_READ, 4, 0, b"device/x\0"))
+        proxy.kick()
+        assert [h.req_id for h, _ in await read_daemon_side(daemon1, 2)] == [3, 4]
+        await loop.sock_sendall(daemon1, wire.pack(wire.XS_WRITE, 3, 1, b"OK\0")[:10])
+        daemon1.close()  # killed: its half reply and the read's never come
+        assert proxy._task is not None
+        await proxy._task  # the proxy has seen the stream end
+        guest_send(page, wire.pack(wire.XS_READ, 5, 0, b"device/x\0"))
+        proxy.kick()
+        assert guest_receive(page) == b""  # no daemon: the request waits in the ring
+
+        store = Store()  # the restarted daemon's, restored
+        dom0 = store.connect(0, lambda p, t: None)
+        store.write(dom0, "/local/domain/1/device/x", b"old")
+        for path in ("/local/domain/1/device", "/local/domain/1/device/x"):
+            store.set_perms(dom0, path, ["n1"])  # the guest's own
+        server = XenStoreServer(store)
+        ours, theirs = domain_stream_pair()
+        reader, writer = await asyncio.open_unix_connection(sock=ours, limit=DOMAIN_STREAM_LIMIT)
+        serving = asyncio.create_task(server.attach_domain(1, reader, writer))
+        await proxy.reconnect(theirs)
+        got = await guest_reads_until(page, proxy, 5)
+        replies = [(h.type, h.req_id, h.tx_id, body) for h, body in got
+                   if h.type != wire.XS_WATCH_EVENT]
+        assert replies == [(wire.XS_ERROR, 3, 1, b"EAGAIN\0"), (wire.XS_READ, 4, 0, b"old"),
+                           (wire.XS_READ, 5, 0, b"old")]
+        assert (wire.XS_WATCH_EVENT, b"device\0w\0") in [(h.type, b) for h, b in got]
+        assert store.read(dom0, "/local/domain/1/device/x") == b"old"
+
+        # The guest starts its transaction again: the new store's first is number 1, the
+        # dead one's, which the guest may still name; it is number 2 to the guest.
+        guest_send(page, wire.pack(wire.XS_TRANSACTION_START, 7, 0, b"\0"))
+        got = await guest_reads_until(page, proxy, 7)
+        for req_id, type_, tx, payload in ((8, wire.XS_WRITE, 2, b"device/x\0new"),
+                                           (9, wire.XS_TRANSACTION_END, 1, b"T\0"),
+                                           (10, wire.XS_TRANSACTION_END, 2, b"T\0")):
+            guest_send(page, wire.pack(type_, req_id, tx, payload))
+        got += await guest_reads_until(page, proxy, 10)
+        assert [(h.type, h.req_id, h.tx_id, body) for h, body in got
+                if h.type != wire.XS_WATCH_EVENT] == [
+            (wire.XS_TRANSACTION_START, 7, 0, b"2\0"), (wire.XS_WRITE, 8, 2, b"OK\0"),
+            (wire.XS_ERROR, 9, 1, b"EAGAIN\0"), (wire.XS_TRANSACTION_END, 10, 2, b"OK\0")]
+        assert store.read(dom0, "/local/domain/1/device/x") == b"new"
+        await proxy.close()
+        serving.cancel()
+        with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+            await serving
 
     asyncio.run(scenario())

@@ -15,8 +15,9 @@ import logging
 import os
 import socket
 import threading
+from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
 from xenopus.boot import BootInfo
 from xenopus.devices import platform as layout
@@ -112,8 +113,23 @@ MAX_REPLAYED_WATCHES = 1024
 PROXY_BACKLOG = 4 * wire.XENSTORE_RING_SIZE
 
 
+class _InFlight(NamedTuple):
+    """A guest request not answered yet, in ring order: sent to the daemon, or answered
+    by the proxy itself (`reply`) once every earlier one has been."""
+
+    message: bytes
+    reply: bytes | None = None
+
+
 class StoreProxy:
-    """The guest's XenStore ring ↔ the daemon, for the life of the domain process."""
+    """The guest's XenStore ring ↔ the daemon, for the life of the domain process.
+
+    A daemon that dies costs the guest nothing (xs_wire.h: every request gets exactly one
+    reply, in order): the requests it had not answered are sent again on the restarted
+    daemon's stream, after the guest's watches, and until then the guest's new requests
+    wait in its ring. A request in a transaction the dead daemon had opened is answered
+    EAGAIN, as xenstored answers a transaction that cannot commit, so xenbus starts it
+    again; a write, mkdir or rm sent again is harmless against the restored store."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket | None):
         self.loop = loop
@@ -122,13 +138,19 @@ class StoreProxy:
         self.notify: Callable[[], None] = lambda: None
         self._writer: asyncio.StreamWriter | None = None
         self._task: asyncio.Task | None = None
+        self._lost = False  # the daemon's stream ended: requests wait in the ring
         self._rings = 0  # incarnations attached so far
         self._stale: bytearray | None = None  # the old incarnation's traffic, until the reset
-        # The guest's watches ((path, token) of each XS_WATCH it sent, less those it took
-        # back), set again on a restarted daemon's store: that store is new.
+        # The guest's watches ((path, token) of each XS_WATCH the store acked, less those
+        # it took back), set again on a restarted daemon's store: that store is new.
         self.watches: dict[tuple[bytes, bytes], None] = {}
+        self._inflight: deque[_InFlight] = deque()
+        # The transactions the current daemon opened, by the number the guest knows (the
+        # daemon's, unless that is a dead daemon's the guest may still name), and the
+        # numbers of those a lost daemon had.
+        self._open_tx: dict[int, int] = {}
+        self._dead_tx: set[int] = set()
         self._replaying = 0  # replies to those still to drop (the guest asked none)
-        self._replay_buf = bytearray()
         self._resets = 0  # XS_RESET_WATCHES of ours not answered yet
         self._room = asyncio.Event()  # the guest has read enough to take more from the daemon
         self._room.set()
@@ -142,36 +164,85 @@ class StoreProxy:
         reader, self._writer = await asyncio.open_unix_connection(sock=self.sock,
                                                                   limit=PROXY_BACKLOG)
         self._writer.transport.set_write_buffer_limits(high=PROXY_BACKLOG)
+        self._lost = False
         self._task = asyncio.create_task(self._from_daemon(reader))
 
     async def reconnect(self, sock: socket.socket) -> None:
-        """A restarted daemon's stream replaces the lost one, and the guest's watches are
-        set on it again (their replies dropped; their first events, which XS_WATCH fires,
-        reach the guest, which takes any event as "look again": xenbus's contract)."""
+        """A restarted daemon's stream replaces the lost one: the guest's watches are set
+        on it again (their replies dropped; their first events, which XS_WATCH fires,
+        reach the guest, which takes any event as "look again": xenbus's contract, and
+        stand in for the events the dead daemon had not sent), then the guest's
+        unanswered requests are sent again, in order."""
         await self.close()
+        self._connection_lost()
         self.sock = sock
         await self.start()
-        if self._writer is not None and self.watches:
-            for path, token in self.watches:
-                self._writer.write(wire.pack(wire.XS_WATCH, REPLAY_REQ_ID, 0,
-                                             path + b"\0" + token + b"\0"))
-            self._replaying = len(self.watches)
-            self._replay_buf = bytearray()
+        if self._writer is None:
+            return
+        for path, token in self.watches:
+            self._writer.write(wire.pack(wire.XS_WATCH, REPLAY_REQ_ID, 0,
+                                         path + b"\0" + token + b"\0"))
+        self._replaying = len(self.watches)
+        self._inflight = deque(self._send(entry) for entry in self._inflight)
+        self._to_guest(self._answered_here())
+        self._pump()  # what the guest wrote meanwhile
 
-    def _track(self, message: bytes) -> None:
-        """Remember the guest's watches from its requests."""
-        head = wire.unpack_header(message)
-        if head.type == wire.XS_RESET_WATCHES:
+    def _send(self, entry: _InFlight) -> _InFlight:
+        """A guest request to the daemon, or answered here in its turn (xs_wire.h: in
+        order) if it names a transaction of a lost daemon: EAGAIN, as xenstored ends a
+        transaction that cannot commit (xenbus starts it again)."""
+        head = wire.unpack_header(entry.message)
+        if entry.reply is not None or self._writer is None:
+            return entry
+        if head.tx_id in self._dead_tx:
+            if head.type == wire.XS_TRANSACTION_END:
+                self._dead_tx.discard(head.tx_id)  # the guest is done with it
+            return _InFlight(entry.message, wire.error_reply(head.req_id, head.tx_id, "EAGAIN"))
+        tx = self._open_tx.get(head.tx_id, head.tx_id)  # the daemon's number for it
+        message = entry.message
+        if tx != head.tx_id:
+            message = wire.pack(head.type, head.req_id, tx, message[wire.HEADER_SIZE:])
+        self._writer.write(message)
+        return entry
+
+    def _connection_lost(self) -> None:
+        """The daemon's stream ended: what it owed us will not come (resets, replayed
+        watches: a new stream starts clean) and its transactions are gone."""
+        self._lost = True
+        self._stale, self._resets, self._replaying = None, 0, 0
+        self._dead_tx |= self._open_tx.keys()
+        self._open_tx.clear()
+
+    def _answer(self, request: bytes, reply: bytes) -> bytes:
+        """The daemon's reply to `request` as the guest gets it; the guest's watches and
+        transactions remembered from it."""
+        head, rhead = wire.unpack_header(request), wire.unpack_header(reply)
+        body = reply[wire.HEADER_SIZE:]
+        renumbered = False
+        if head.type == wire.XS_TRANSACTION_END:
+            self._open_tx.pop(head.tx_id, None)  # ended even if refused (EAGAIN)
+        if rhead.type == wire.XS_ERROR:
+            pass
+        elif head.type == wire.XS_RESET_WATCHES:
             self.watches.clear()
+        elif head.type == wire.XS_TRANSACTION_START:
+            with contextlib.suppress(ValueError):
+                tx = ours = int(body.rstrip(b"\0"))
+                while ours in self._dead_tx or ours in self._open_tx or not ours:
+                    ours = ours % 0xFFFFFFFF + 1  # the new daemon gave a dead one's number
+                self._open_tx[ours] = tx
+                if ours != tx:
+                    body, renumbered = b"%d\0" % ours, True
         elif head.type in (wire.XS_WATCH, wire.XS_UNWATCH):
-            parts = message[wire.HEADER_SIZE:].split(b"\0")
-            if len(parts) < 2:
-                return  # the daemon says EINVAL
-            key = (parts[0], parts[1])
-            if head.type == wire.XS_UNWATCH:
+            parts = request[wire.HEADER_SIZE:].split(b"\0")
+            key = (parts[0], parts[1]) if len(parts) >= 2 else None
+            if key and head.type == wire.XS_UNWATCH:
                 self.watches.pop(key, None)
-            elif len(self.watches) < MAX_REPLAYED_WATCHES:
+            elif key and len(self.watches) < MAX_REPLAYED_WATCHES:
                 self.watches[key] = None
+        if rhead.tx_id == head.tx_id and not renumbered:
+            return reply
+        return wire.pack(rhead.type, rhead.req_id, head.tx_id, body)
 
     def attach(self, ring: RingTransport | None, notify: Callable[[], None] = lambda: None) -> None:
         self.ring, self.notify = ring, notify
@@ -190,7 +261,10 @@ class StoreProxy:
         (replies to in-flight requests, watch events) is dropped up to the reset's
         reply."""
         self.watches.clear()  # (none to set again on a restarted daemon's store)
-        if self._writer is not None:
+        self._inflight.clear()
+        self._open_tx.clear()
+        self._dead_tx.clear()
+        if self._writer is not None and not self._lost:
             self._writer.write(wire.pack(wire.XS_RESET_WATCHES, RESET_REQ_ID, 0, b""))
             self._resets += 1
             if self._stale is None:
@@ -212,17 +286,25 @@ class StoreProxy:
             self.notify()
         if ring.broken:
             return
-        messages = [] if self._daemon_busy() else ring.read_messages()
+        # Without a daemon the guest's requests wait in its ring (full: xenbus waits).
+        messages = [] if self._lost or self._daemon_busy() else ring.read_messages()
         if messages and ring.more:  # a guest that keeps writing: the loop's other work first
             self.loop.call_soon(self._pump)
         for message in messages:
-            self._track(message)
-            if self._writer is not None:
-                self._writer.write(message)
+            if self._writer is not None:  # (none: a domain built without a daemon)
+                self._inflight.append(self._send(_InFlight(message)))
+        self._to_guest(self._answered_here())
         if ring.flush() or messages:
             self.notify()
         if ring.pending < PROXY_BACKLOG:
             self._room.set()
+
+    def _answered_here(self) -> bytes:
+        """The proxy's own answers at the head of the in-flight queue (their turn)."""
+        out = bytearray()
+        while self._inflight and self._inflight[0].reply is not None:
+            out += self._inflight.popleft().reply or b""
+        return bytes(out)
 
     def _daemon_busy(self) -> bool:
         """The daemon has not taken PROXY_BACKLOG of the guest's requests: leave the rest
@@ -240,64 +322,53 @@ class StoreProxy:
             await writer.drain()
         self._pump()
 
-    def _drop_stale(self, data: bytes) -> bytes:
-        """What follows the reset's reply in `data`; all of it once that has passed."""
-        stale = self._stale
-        assert stale is not None
-        stale += data
-        while len(stale) >= wire.HEADER_SIZE:
-            head = wire.unpack_header(bytes(stale[:wire.HEADER_SIZE]))
-            end = wire.HEADER_SIZE + head.len
-            if len(stale) < end:
-                break
-            del stale[:end]
+    def _from_store(self, message: bytes) -> bytes:
+        """What of one whole message from the daemon goes to the guest."""
+        head = wire.unpack_header(message)
+        if self._stale is not None:  # the old incarnation's, up to the reset's reply
             if head.type == wire.XS_RESET_WATCHES and head.req_id == RESET_REQ_ID:
                 self._resets -= 1
                 if not self._resets:  # the last reset asked for has been answered
                     self._stale = None
-                    return bytes(stale)
-        return b""
-
-    def _drop_replayed(self, data: bytes) -> bytes:
-        """`data` less the replies to the replayed watches (each XS_WATCH's, or XS_ERROR
-        if the new store refused one), in whole messages until the last has passed."""
-        buf = self._replay_buf
-        buf += data
-        out = bytearray()
-        while self._replaying and len(buf) >= wire.HEADER_SIZE:
-            head = wire.unpack_header(bytes(buf[:wire.HEADER_SIZE]))
-            end = wire.HEADER_SIZE + head.len
-            if len(buf) < end:
-                break
-            if head.req_id == REPLAY_REQ_ID and head.type in (wire.XS_WATCH, wire.XS_ERROR):
-                self._replaying -= 1
-            else:
-                out += buf[:end]
-            del buf[:end]
-        if not self._replaying:
-            out += buf
-            buf.clear()
-        return bytes(out)
+            return b""
+        if (self._replaying and head.req_id == REPLAY_REQ_ID
+                and head.type in (wire.XS_WATCH, wire.XS_ERROR)):
+            self._replaying -= 1  # a replayed watch's ack (or the new store's refusal)
+            return b""
+        if head.type == wire.XS_WATCH_EVENT or not self._inflight:
+            return message
+        request = self._inflight.popleft()
+        return self._answer(request.message, message) + self._answered_here()
 
     async def _from_daemon(self, reader: asyncio.StreamReader) -> None:
-        while data := await reader.read(PROXY_BACKLOG):
-            if self._stale is not None:
-                data = self._drop_stale(data)
-                if not data:
-                    continue
-            if self._replaying:
-                data = self._drop_replayed(data)
-                if not data:
-                    continue
-            ring = self.ring
-            if ring is None or ring.broken:
-                continue  # no guest ring (yet): nothing to answer
-            ring.write(data)
-            if ring.flush():
-                self.notify()
-            while ring is self.ring and not ring.broken and ring.pending >= PROXY_BACKLOG:
-                self._room.clear()  # the guest is not reading: neither do we
-                await self._room.wait()
+        buf = bytearray()  # a message the daemon has not finished (dropped if it dies)
+        try:
+            while data := await reader.read(PROXY_BACKLOG):
+                buf += data
+                out = bytearray()
+                while len(buf) >= wire.HEADER_SIZE:
+                    end = wire.HEADER_SIZE + wire.unpack_header(bytes(buf[:wire.HEADER_SIZE])).len
+                    if len(buf) < end:
+                        break
+                    out += self._from_store(bytes(buf[:end]))
+                    del buf[:end]
+                ring = self._to_guest(bytes(out))
+                while ring is not None and ring is self.ring and not ring.broken \
+                        and ring.pending >= PROXY_BACKLOG:
+                    self._room.clear()  # the guest is not reading: neither do we
+                    await self._room.wait()
+        except ConnectionError:
+            pass
+        self._connection_lost()
+
+    def _to_guest(self, data: bytes) -> RingTransport | None:
+        ring = self.ring
+        if not data or ring is None or ring.broken:
+            return None  # no guest ring (yet): nothing to answer
+        ring.write(data)
+        if ring.flush():
+            self.notify()
+        return ring
 
     async def close(self) -> None:
         if self._task is not None:
