@@ -61,21 +61,28 @@ def test_list_format_and_lifecycle(xenopus: Xenopus) -> None:
     assert missing.returncode != 0 and "does not exist" in missing.stderr
 
 
-def read_until(stream, marker: bytes, timeout: float = 60) -> bytes:
-    """Read a console stream until `marker` shows up, failing at `timeout`: each read waits
-    in select() for the time left, so a silent stream that never closes cannot hang the
-    suite (a blocking read would). read1() drains what is buffered, so select() sees the
-    rest."""
+def read_until(stream, marker: bytes, timeout: float = 60, limit: float | None = None) -> bytes:
+    """Read a console stream until `marker` shows up, failing when the guest has printed
+    nothing for `timeout` s (it stalled), or after `limit` s in all (default 5 × timeout:
+    a guest that prints for ever without the marker). A guest that keeps making progress
+    on a loaded host is slow, not stuck. Each read waits in select() for the time left, so
+    a silent stream that never closes cannot hang the suite (a blocking read would).
+    read1() drains what is buffered, so select() sees the rest."""
     seen = b""
-    deadline = time.monotonic() + timeout
+    start = time.monotonic()
+    end = start + (5 * timeout if limit is None else limit)
+    quiet_until = start + timeout
     while marker not in seen:
-        left = deadline - time.monotonic()
-        assert left > 0, f"no {marker!r} within {timeout} s: {seen!r}"
+        now = time.monotonic()
+        left = min(quiet_until, end) - now
+        assert now < end, f"no {marker!r} within {end - start:.0f} s: {seen!r}"
+        assert left > 0, f"no {marker!r}, and no output for {timeout} s: {seen!r}"
         if not select.select([stream], [], [], left)[0]:
             continue
         chunk = stream.read1()
         assert chunk, f"console closed before {marker!r}: {seen!r}"
         seen += chunk
+        quiet_until = time.monotonic() + timeout
     return seen
 
 

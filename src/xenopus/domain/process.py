@@ -383,14 +383,17 @@ class DomainProcess:
     @domain_step("info")
     def _info(self, req: Request) -> Reply:
         guest = self.guest
-        # Xen's nr_online_vcpus (XEN_DOMCTL_getdomaininfo: each vCPU not VPF_down), what
-        # xl list's VCPUs column shows: the vCPUs the guest has up now, not the config's.
-        online = sum(1 for v in guest.machine.vcpu_info() if v["online"]) if guest else 0
-        if guest is not None and not self._started:
-            online = max(online, 1)  # created paused: Xen's domain builder brought vCPU0 up
+        online: dict[str, int] = {}
+        if req.args.get("vcpus") and guest is not None:
+            # Xen's nr_online_vcpus (XEN_DOMCTL_getdomaininfo: each vCPU not VPF_down),
+            # what xl list's VCPUs column shows: the vCPUs the guest has up now, not the
+            # config's. Asked for by list only: it kicks every vCPU (vcpu_info).
+            count = sum(1 for v in guest.machine.vcpu_info() if v["online"])
+            # created paused: Xen's domain builder brought vCPU0 up
+            online["online_vcpus"] = count if self._started else max(count, 1)
         return Reply.success(
             state=self.state, cpu_time=guest.machine.cpu_time() if guest else 0.0,
-            online_vcpus=online,
+            **online,
             pid=self.jail.host_pid, protocol=guest.boot.protocol if guest else None,
             jail=self.jail.layers,
             memory=guest.memory_mib() if guest else None,

@@ -201,12 +201,13 @@ class DomainRecord:
         finally:
             self.pending.pop(seq, None)
 
-    async def query(self, op: str, key: str | None, default: Any, timeout: float) -> Any:
-        """`key` of the answer to `op` (None: all of it); `default` when there is no
-        process or no answer (listings show every domain, answering or not)."""
+    async def query(self, op: str, key: str | None, default: Any, timeout: float,
+                    args: dict[str, Any] | None = None) -> Any:
+        """`key` of the answer to `op` (with `args`; None: all of it); `default` when
+        there is no process or no answer (listings show every domain, answering or not)."""
         if self.writer is not None:
             with contextlib.suppress(RequestError, ConnectionError):
-                data = (await self.request(Request(op), timeout)).data
+                data = (await self.request(Request(op, args or {}), timeout)).data
                 return dict(data) if key is None else data.get(key, default)
         return default
 
@@ -1655,7 +1656,7 @@ class Daemon:
         long = bool(req.args.get("long"))
 
         async def entry(rec: DomainRecord) -> dict[str, Any]:
-            info = await rec.query("info", None, {}, timeout=2.0)
+            info = await rec.query("info", None, {}, timeout=2.0, args={"vcpus": True})
             # libxl's avail_vcpus: the vCPUs cpu/N/availability has online (xl vcpu-set)
             avail = self.xenstore.vcpus_available(rec.domid) or rec.config.vcpus
             out = {
