@@ -121,10 +121,15 @@ class Arm64Guest:
         self.mmio.register(base, VIRTIO_MMIO_SIZE, transport, transport.name)
         return transport
 
-    def close(self) -> None:
+    def close_devices(self) -> None:
+        """As `builder.Guest.close_devices`: vCPUs, then the virtio transports; idempotent."""
         self.machine.stop()
-        for transport in self.virtio:
+        transports, self.virtio = self.virtio, []
+        for transport in transports:
             transport.close()
+
+    def close(self) -> None:
+        self.close_devices()
         self.machine.close()
         self.memory.close()
 

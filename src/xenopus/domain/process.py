@@ -1047,8 +1047,17 @@ class DomainProcess:
         adoption.cancel()
         if self._work:  # a save or restore still reads or writes guest memory: let it end
             await asyncio.wait(self._work)
+        # What the host sees of the domain goes before the end is reported, so the
+        # daemon can retire it then (xl destroy returns with its vifs gone): the device
+        # threads stop and close their tap descriptors, then ours of each tap (the tap
+        # leaves the host on its last close) and the channels' sockets.
         if self.guest is not None:
-            self.guest.machine.stop()
+            try:
+                self.guest.close_devices()
+            except Exception:  # noqa: BLE001 - still report the end, the process exits anyway
+                log.exception("domain %d: closing its devices failed", self.domid)
+        self.taps.close()
+        close_channels(self.channels)
         # Report the end before tearing the VM down: releasing a VM's memory and fds is
         # the kernel's slow part, and nobody needs to wait for it.
         await self.console.close()
@@ -1063,8 +1072,6 @@ class DomainProcess:
         self._writer.close()
         self._teardown()
         mark("domain: torn down")
-        self.taps.close()
-        close_channels(self.channels)
         if self.interdomain is not None:
             self.interdomain.shutdown()
         return self.exit_code

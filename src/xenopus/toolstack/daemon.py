@@ -907,10 +907,12 @@ class Daemon:
                 self.dmesg.append(event.line[:4096])
             elif isinstance(event, Finished):
                 mark("daemon: finished")
-                # Retired once its process has gone (_process_gone), not now: it reports
-                # before it tears the VM down, and its taps, open files and memory go
-                # with the process — xl destroy returns with the vifs removed.
+                # Retired now: the domain process closed its taps and channels before
+                # it reported (xl destroy returns with the vifs removed); its VM's
+                # memory goes as it exits, which nobody needs to wait for.
                 rec.final = event
+                if event.exit_code != EXIT_REBUILD:
+                    self._retire(rec)
             elif isinstance(event, Stopped):
                 rec.last_stop = event
                 rec.stop_log.append(event)
@@ -966,8 +968,7 @@ class Daemon:
             if status != rec.final.exit_code:
                 log.warning("domain %d: process %s exited with status %s, not %s as it said",
                             rec.domid, rec.pid, status, rec.final.exit_code)
-            self._retire(rec)
-            return
+            return  # retired at its Finished report
         clean = rec.state == "dying" or (rec.last_stop is not None and status in (0, 1))
         if not clean:
             # The domain process itself died: treat it as a crash of the domain.
