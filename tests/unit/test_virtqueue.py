@@ -156,6 +156,26 @@ def test_push_writes_used_ring_at_spec_offsets(mem: GuestMemory) -> None:
     assert d.used_elem(0) == (1, 10) and d.used_elem(1) == (0, 64)
 
 
+def test_a_writable_buffer_is_logged_again_when_its_chain_is_pushed(mem: GuestMemory) -> None:
+    """A live save's log pass may come between the pop (the device has not written yet)
+    and the push (it has): the pass sends the page as it was, so the push must log it
+    again or the stop-and-copy never sends what the device wrote (a guest migrated
+    mid-request read its status byte as never written)."""
+    d = VqDriver(mem)
+    r, w = d.buffer(b"hdr!"), d.buffer(1)
+    d.post(d.chain([(*r, False), (*w, True)]))
+    q = d.queue()
+    mem.log_writes(True)
+    chain = q.pop()
+    assert chain is not None
+    page = w[0] & ~0xFFF  # take_dirty answers page addresses
+    assert page in mem.take_dirty()  # the pass between the pop and the write
+    chain.writable[0][0] = 0
+    q.push(chain, 1)
+    assert page in mem.take_dirty()
+    mem.log_writes(False)
+
+
 def test_used_idx_wraps_at_2_16(mem: GuestMemory) -> None:
     d = VqDriver(mem, size=4)
     w = d.buffer(8)

@@ -116,6 +116,9 @@ class Chain:
     writable: list[memoryview] = field(default_factory=list)
     readable_len: int = 0
     writable_len: int = 0
+    # The writable buffers' guest ranges, marked written again when the chain is pushed
+    # back (after the device wrote them) for a live save's write log.
+    written_ranges: list[tuple[int, int]] = field(default_factory=list)
 
 
 def split_views(views: list[memoryview], offset: int) -> tuple[list[memoryview], list[memoryview]]:
@@ -367,8 +370,11 @@ class SplitQueue:
                         self._fail(f"buffer {addr:#x}+{length:#x} outside guest RAM", head)
                     buf = found
                 if flags & VIRTQ_DESC_F_WRITE:
-                    # The device writes it: a page for a live save's write log.
+                    # The device writes it: a page for a live save's write log, now and
+                    # again in `push`, after the write (a log pass between the two would
+                    # send the page before the write and never after it).
                     self.memory.mark_dirty(addr, length)
+                    chain.written_ranges.append((addr, length))
                     writable.append(buf)
                     writable_len += length
                     if writable_len > MAX_CHAIN_BYTES:
@@ -396,6 +402,8 @@ class SplitQueue:
         head = chain if isinstance(chain, int) else chain.head
         if not isinstance(chain, int):
             written = min(written, chain.writable_len)
+            for addr, length in chain.written_ranges:
+                self.memory.mark_dirty(addr, length)
         slot = self.used_idx % self.size
         VIRTQ_USED_ELEM.pack_into(
             used, VIRTQ_RING_HEADER.size + VIRTQ_USED_ELEM.size * slot, head, written
