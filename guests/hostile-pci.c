@@ -31,7 +31,7 @@
  *                   wrong reset values; the legacy PM1 ports a hardware-reduced platform has
  *                   not (0x600, 0xb000, 4.8.2.1) read as all-ones; then S5 must still power off
  *         sipi      needs vcpus >= 2: rounds=N [200] of INIT / SIPI / SIPI to all but self, to
- *                   an APIC id that does not exist, and INIT level de-assert (SDM Vol. 3A
+ *                   an APIC id that does not exist, broadcast, and INIT level de-assert (SDM Vol. 3A
  *                   10.6.1), with a halt loop as the SIPI vector; then a normal smp_boot must
  *                   bring up every AP
  *         e9        lines=N [6000] lines "e9" to port 0xe9 (rep outsb), then one 64 KiB
@@ -480,7 +480,11 @@ static void case_sipi(void)
         icr_raw(0, all_but_self | 0x4600 | vec);  /* SIPI again */
         icr_raw(0x55u << 24, 0x4500);             /* INIT to a missing APIC id */
         icr_raw(0x55u << 24, 0x4600 | vec);
-        icr_raw(0xffu << 24, 0x4600 | 0xff);      /* SIPI broadcast, vector 0xff */
+        /* SIPI broadcast: to the storm's page too. An AP whose INIT landed after the
+         * SIPIs above is still waiting for one and starts at vector x 4 KiB, as a CPU
+         * would; with vector 0xff that was 0xff000, firmware space, not ours (the AP
+         * ran what was there and triple-faulted the guest, 1 run in 5). */
+        icr_raw(0xffu << 24, 0x4600 | vec);
     }
     printf("sipi: %lu rounds sent\n", rounds);
     unsigned aps = smp_boot(ap_alive);
