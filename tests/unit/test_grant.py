@@ -428,6 +428,26 @@ def test_mapper_maintains_in_use_flags(mem: GuestMemory, gt: GrantTable) -> None
     assert flags(mem, 5) == PERMIT and gt.in_use(5) == (0, 0)
 
 
+def test_a_writable_mapping_is_logged_again_at_unmap(mem: GuestMemory, gt: GrantTable) -> None:
+    # A live save's pass between the map and the backend's write sent the page before the
+    # write; the grant may be ended before the stop, so the unmap logs it again.
+    grant(mem, 5, PERMIT, PEER, 0x33)
+    mapper = GrantMapper({ME: gt}.get)
+    mem.log_writes(True)
+    try:
+        w = mapper.map(ME, 5, PEER, write=True)
+        r = mapper.map(ME, 5, PEER, write=False)
+        page = 0x33 * PAGE  # (the entry's flags, in the table's own page, are logged too)
+        assert page in mem.take_dirty()  # mapped writable: logged
+        w.view[:4] = b"late"
+        mapper.unmap(r)
+        assert page not in mem.take_dirty()  # a read mapping writes nothing
+        mapper.unmap(w)
+        assert page in mem.take_dirty()
+    finally:
+        mem.log_writes(False)
+
+
 def test_mapper_refusals(mem: GuestMemory, gt: GrantTable) -> None:
     grant(mem, 5, PERMIT, PEER, 0x33)
     grant(mem, 6, PERMIT | RO, PEER, 0x33)

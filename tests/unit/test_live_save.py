@@ -45,6 +45,30 @@ def test_the_write_log_holds_what_this_process_wrote_and_only_while_on(mems) -> 
     assert mem.take_dirty() == []
 
 
+class _SwappedUnderfoot(set):
+    """A write log whose first update runs only after another thread's `take_dirty` has
+    taken it (the interleaving a GIL switch can make between mark_dirty's load of the log
+    and its update)."""
+
+    def __init__(self, mem: GuestMemory):
+        super().__init__()
+        self.mem, self.taken = mem, None
+
+    def update(self, *pages) -> None:
+        if self.taken is None:
+            self.taken = self.mem.take_dirty()
+        super().update(*pages)
+
+
+def test_a_write_logged_while_the_log_is_taken_is_in_the_next_answer(mems) -> None:
+    mem, _ = mems
+    mem.log_writes(True)
+    log = mem._written = _SwappedUnderfoot(mem)
+    mem.write(0x6000, b"x")
+    assert log.taken == []  # the pass read the log before the write was logged
+    assert mem.take_dirty() == [0x6000]  # so the next pass has it
+
+
 def test_a_kept_view_is_reported_every_time_while_the_log_is_on(mems) -> None:
     mem, _ = mems
     ring = mem.view(0x4000, PAGE_SIZE, kept=True)  # a PV ring, written at any time

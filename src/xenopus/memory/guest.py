@@ -241,11 +241,14 @@ class GuestMemory:
         range counts as written (the view may be written through). `kept`: the caller
         keeps the view and writes through it at any time (a PV ring), so the range counts
         as written in every `take_dirty` answer."""
-        r, v = self._find(gpa, length)
         if kept:
             self._kept |= set(_pages(gpa, length))
         elif self._written is not None:
             self.mark_dirty(gpa, length)
+        return self._slice(gpa, length)
+
+    def _slice(self, gpa: int, length: int) -> memoryview:
+        r, v = self._find(gpa, length)
         off = gpa - r.gpa
         return v[off : off + length]
 
@@ -264,7 +267,12 @@ class GuestMemory:
         """Count [gpa, gpa + length) as written, if the write log is on."""
         written = self._written
         if written is not None and length > 0:
-            written.update(_pages(gpa, length))
+            written.update(_pages(gpa, length))  # one C call on a range: atomic under the GIL
+            # A `take_dirty` on another thread may have swapped the set between the load
+            # above and the update, after reading it: the pages go into the new one too.
+            now = self._written
+            if now is not written and now is not None:
+                now.update(_pages(gpa, length))
 
     def take_dirty(self) -> list[int]:
         """The pages written since `log_writes(True)` or the last call (with the kept
@@ -288,19 +296,23 @@ class GuestMemory:
         else:
             r.map.madvise(mmap.MADV_REMOVE, gpa - r.gpa, length)
 
+    # Writers below log the pages after writing them: a log pass between the two then
+    # takes the page in its next round, never only before the write.
     def write(self, gpa: int, data: bytes | bytearray | memoryview) -> None:
-        self.view(gpa, len(data))[:] = data
+        self._slice(gpa, len(data))[:] = data
+        self.mark_dirty(gpa, len(data))
 
     def fill(self, gpa: int, length: int, byte: int = 0) -> None:
-        v = self.view(gpa, length)
-        v[:] = bytes([byte]) * length
+        self._slice(gpa, length)[:] = bytes([byte]) * length
+        self.mark_dirty(gpa, length)
 
     def read_int(self, gpa: int, size: int) -> int:
         r, v = self._find(gpa, size)
         return shared.load(v, gpa - r.gpa, size)
 
     def write_int(self, gpa: int, size: int, value: int) -> None:
-        shared.store(self.view(gpa, size), 0, size, value)
+        shared.store(self._slice(gpa, size), 0, size, value)
+        self.mark_dirty(gpa, size)
 
     def read_u8(self, gpa: int) -> int:
         return self.read_int(gpa, 1)

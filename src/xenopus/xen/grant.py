@@ -749,4 +749,6 @@ class GrantMapper:
             return
         mapping.live = False
         mapping.view.release()
+        if mapping.write:  # logged at map time too; again now, after the backend's writes
+            mapping.table.memory.mark_dirty(mapping.gpa, abi.PAGE_SIZE)
         mapping.table.release(mapping.gref, mapping.write)
