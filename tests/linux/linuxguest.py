@@ -154,6 +154,58 @@ class Boot:
         assert self.powered_off, f"the guest did not power off cleanly{self.context()}"
 
 
+class LiveConsole:
+    """`xenopus create -c cfg` of a guest the test drives while it runs: its console lines
+    as they come (`until` a marker), then `finish` once the guest is to power off."""
+
+    def __init__(self, x: Xenopus, name: str, cfg: Path, boot_timeout: float):
+        self.x, self.name, self.boot_timeout = x, name, boot_timeout
+        self.lines: list[str] = []
+        self.log = console_dir() / f"{name}.log"
+        self.log.unlink(missing_ok=True)
+        self.proc = subprocess.Popen(x.command("create", "-c", str(cfg)), env=x.env,
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE)
+
+    def tail(self) -> str:
+        return "\n".join(self.lines[-60:])
+
+    def until(self, marker: str, timeout: float | None = None) -> None:
+        """Read until a line (of all read so far) contains `marker`; fail with the
+        console's tail and the host log's if the boot timeout passes first."""
+        seen = read_lines(self.proc, self.lines,
+                          time.monotonic() + (timeout or self.boot_timeout), self.log,
+                          until=marker)
+        assert seen, self.tail() + self.x.dmesg()[-4000:]
+
+    def line(self, pattern: re.Pattern[str]) -> re.Match[str]:
+        """The first line read that matches `pattern`."""
+        found = next((m for ln in self.lines if (m := pattern.search(ln))), None)
+        assert found is not None, f"no line matches {pattern.pattern}\n{self.tail()}"
+        return found
+
+    def saw(self, text: str) -> None:
+        """Some line read so far contains `text`."""
+        assert any(text in ln for ln in self.lines), f"no line has {text!r}\n{self.tail()}"
+
+    def finish(self, check: str | None = None, timeout: float = 120) -> None:
+        """Read to the console's end: the CLI exits 0, the guest powered off and, with
+        `check`, printed `RESULT: PASS check`."""
+        ended = read_lines(self.proc, self.lines, time.monotonic() + timeout, self.log)
+        assert ended and self.proc.wait(timeout=60) == 0, self.tail()
+        if check is not None:
+            assert any(f"RESULT: PASS {check}" in ln for ln in self.lines), self.tail()
+            print(f"{self.name}: " + next(ln for ln in self.lines if "RESULT:" in ln))
+
+    def __enter__(self) -> LiveConsole:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.x.destroy(self.name)
+        self.proc.kill()
+        self.proc.wait()
+
+
 class Xenopus:
     """A xenopus daemon in run directory `run_dir` (default `tmp`/run: a private one),
     started by the first command; `tmp` holds the test's own files (its configs)."""
@@ -226,6 +278,10 @@ class Xenopus:
         boot.seconds = time.monotonic() - start
         print(f"{name}: {boot.seconds:.1f} s, {boot.result.group(0) if boot.result else 'no result'}")
         return boot
+
+    def console(self, name: str, cfg: Path, boot_timeout: float = BOOT_TIMEOUT) -> LiveConsole:
+        """`create -c cfg` as a LiveConsole (a `with` block destroys the domain at its end)."""
+        return LiveConsole(self, name, cfg, boot_timeout)
 
     def log(self) -> str:
         """The daemon's log."""

@@ -255,45 +255,31 @@ def test_xen_control_reboot_then_shutdown(xenopus: Xenopus) -> None:
     cfg = xenopus.config(name, kernel_file("6.1", "pvh"), "xenctl", xen_platform=1,
                          cmdline=XEN_CONSOLE)
     cfg.write_text(cfg.read_text().replace('on_reboot = "destroy"', 'on_reboot = "restart"'))
-    proc = subprocess.Popen(xenopus.command("create", "-c", str(cfg)), env=xenopus.env,
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
-    lines: list[str] = []
-    log = console_dir() / f"{name}.log"
-    log.unlink(missing_ok=True)
+    with xenopus.console(name, cfg, XEN_BOOT_TIMEOUT) as guest:
 
-    def ask(request_: str) -> None:
-        """Wait for the check to wait, see its feature node, then send `request_`."""
-        up = read_lines(proc, lines, time.monotonic() + XEN_BOOT_TIMEOUT, log, until=WAITING)
-        assert up, "\n".join(lines[-60:]) + xenopus.dmesg()[-4000:]
-        # Linux's manage.c wrote the features it answers to (setup_shutdown_watcher).
-        path = f"/local/domain/{domid_of(xenopus, name)}/control"
-        control = xenstore_ls(xenopus, path)
-        assert control.get(f"{path}/feature-{request_}") == "1", control
-        asked = xenopus.run(request_ if request_ == "reboot" else "shutdown", name)
-        assert asked.returncode == 0, asked.stderr
-        assert "PV control interface not available" not in asked.stderr, asked.stderr
+        def ask(request_: str) -> None:
+            """Wait for the check to wait, see its feature node, then send `request_`."""
+            guest.until(WAITING)
+            # Linux's manage.c wrote the features it answers to (setup_shutdown_watcher).
+            path = f"/local/domain/{domid_of(xenopus, name)}/control"
+            control = xenstore_ls(xenopus, path)
+            assert control.get(f"{path}/feature-{request_}") == "1", control
+            asked = xenopus.run(request_ if request_ == "reboot" else "shutdown", name)
+            assert asked.returncode == 0, asked.stderr
+            assert "PV control interface not available" not in asked.stderr, asked.stderr
 
-    try:
         ask("reboot")
-        first = len(lines)
-        again = read_lines(proc, lines, time.monotonic() + XEN_BOOT_TIMEOUT, log,
-                           until="reboot: Restarting system")
-        tail = "\n".join(lines[-60:])
-        assert again, tail
-        assert any("xenopus-xenctl: reboot requested" in ln for ln in lines[first:]), tail
-        # The same console goes on into the restarted domain's boot (read_lines looks
-        # for its `until` in all of `lines`: the first boot's are set aside).
-        del lines[:]
+        first = len(guest.lines)
+        guest.until("reboot: Restarting system")
+        assert any("xenopus-xenctl: reboot requested" in ln
+                   for ln in guest.lines[first:]), guest.tail()
+        # The same console goes on into the restarted domain's boot (`until` looks for
+        # its marker in all the lines read: the first boot's are set aside).
+        del guest.lines[:]
         ask("poweroff")
         dmesg = xenopus.dmesg()
         assert f"domain '{name}' rebooted; on_reboot=restart" in dmesg, dmesg[-4000:]
-        ended = read_lines(proc, lines, time.monotonic() + 300, log)
-        tail = "\n".join(lines[-60:])
-        assert ended and proc.wait(timeout=60) == 0, tail
-        assert any("xenopus-xenctl: poweroff requested" in ln for ln in lines), tail
-        assert any(POWER_DOWN in ln for ln in lines), tail
+        guest.finish(timeout=300)
+        guest.saw("xenopus-xenctl: poweroff requested")
+        guest.saw(POWER_DOWN)
         assert f"domain '{name}' shut down; on_poweroff=destroy" in xenopus.dmesg()
-    finally:
-        xenopus.destroy(name)
-        proc.kill()

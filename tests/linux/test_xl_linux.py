@@ -15,12 +15,9 @@ from pathlib import Path
 import pytest
 
 from tests.linux.linuxguest import (
-    BOOT_TIMEOUT,
     POWER_DOWN,
     Xenopus,
-    console_dir,
     kernel_file,
-    read_lines,
     with_check,
 )
 from tests.linux.test_xen import XEN_BOOT_TIMEOUT, XEN_CONSOLE
@@ -46,33 +43,19 @@ def test_xl_mem_set_and_shutdown_wait(xenopus: Xenopus) -> None:
     name = "xlres"
     cfg = xenopus.config(name, kernel_file("6.1", "pvh"), "xlres", memory=MEMORY_MIB,
                          xen_platform=1, cmdline=XEN_CONSOLE)
-    proc = subprocess.Popen(xenopus.command("create", "-c", str(cfg)), env=xenopus.env,
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
-    lines: list[str] = []
-    log = console_dir() / f"{name}.log"
-    log.unlink(missing_ok=True)
-
-    def tail() -> str:
-        return "\n".join(lines[-60:])
-
-    try:
-        up = read_lines(proc, lines, time.monotonic() + XEN_BOOT_TIMEOUT, log,
-                        until="xenopus-xlres: ready")
-        assert up, tail() + xenopus.dmesg()[-4000:]
-        ready = next(m for ln in lines if (m := READY.search(ln)))
+    with xenopus.console(name, cfg, XEN_BOOT_TIMEOUT) as guest:
+        guest.until("xenopus-xlres: ready")
+        ready = guest.line(READY)
         # The balloon starts at the domain's size: memory/target as libxl wrote it.
         assert int(ready.group(2)) <= MEMORY_MIB << 10, ready.group(0)
 
         shrink = xl(xenopus, "mem-set", name, f"{TARGET_MIB}m")
         assert shrink.returncode == 0, shrink.stderr
-        done = read_lines(proc, lines, time.monotonic() + XEN_BOOT_TIMEOUT, log, until=WAITING)
-        assert done, tail()
-        shrunk = next((m for ln in lines if (m := SHRUNK.search(ln))), None)
-        assert shrunk is not None, tail()
+        guest.until(WAITING)
+        shrunk = guest.line(SHRUNK)
         # Every page the balloon gave back leaves MemTotal: exactly the difference between
         # the domain's size (memory/static-max) and the new target.
-        assert int(shrunk.group(3)) == (MEMORY_MIB - TARGET_MIB) << 10, tail()
+        assert int(shrunk.group(3)) == (MEMORY_MIB - TARGET_MIB) << 10, guest.tail()
 
         started = time.monotonic()
         stop = xl(xenopus, "shutdown", "-w", name, timeout=600)
@@ -82,15 +65,11 @@ def test_xl_mem_set_and_shutdown_wait(xenopus: Xenopus) -> None:
         # xl_vmcontrol.c's words once the domain has shut down (reason 0: poweroff).
         assert "has been shut down, reason code 0" in stop.stderr or \
             "has been destroyed" in stop.stderr, stop.stderr
-        ended = read_lines(proc, lines, time.monotonic() + 120, log)
-        assert ended and proc.wait(timeout=60) == 0, tail()
-        assert any("xenopus-xlres: poweroff requested" in ln for ln in lines), tail()
-        assert any(POWER_DOWN in ln for ln in lines), tail()
+        guest.finish()
+        guest.saw("xenopus-xlres: poweroff requested")
+        guest.saw(POWER_DOWN)
         print(f"{name}: MemTotal {shrunk.group(1)} -> {shrunk.group(2)} kB; "
               f"xl shutdown -w returned after {waited:.1f} s")
-    finally:
-        xenopus.destroy(name)
-        proc.kill()
 
 
 CPU_READY = re.compile(r"xenopus-xlcpu: ready online=(\S+) present=(\S+) possible=(\S+)")
@@ -106,38 +85,18 @@ def test_xl_vcpu_set_changes_nproc(xenopus: Xenopus, release: str, tmp_path: Pat
     kernel = with_check(kernel_file(release, "pvh"), "xlcpu", tmp_path / "initramfs.cpio")
     cfg = xenopus.config(name, kernel, "xlcpu", vcpus=2, memory=256,
                          xen_platform=1, cmdline=XEN_CONSOLE, extra="maxvcpus = 3\n")
-    proc = subprocess.Popen(xenopus.command("create", "-c", str(cfg)), env=xenopus.env,
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
-    lines: list[str] = []
-    log = console_dir() / f"{name}.log"
-    log.unlink(missing_ok=True)
-
-    def tail() -> str:
-        return "\n".join(lines[-60:])
-
-    def until(marker: str) -> None:
-        seen = read_lines(proc, lines, time.monotonic() + XEN_BOOT_TIMEOUT, log, until=marker)
-        assert seen, tail() + xenopus.dmesg()[-4000:]
-
-    try:
-        until("xenopus-xlcpu: ready")
-        ready = next(m for ln in lines if (m := CPU_READY.search(ln)))
+    with xenopus.console(name, cfg, XEN_BOOT_TIMEOUT) as guest:
+        guest.until("xenopus-xlcpu: ready")
+        ready = guest.line(CPU_READY)
         assert ready.groups() == ("0-1", "0-1", "0-2"), ready.group(0)
 
         down = xl(xenopus, "vcpu-set", name, "1")
         assert down.returncode == 0, down.stderr
-        until("xenopus-xlcpu: down nproc=1")
+        guest.until("xenopus-xlcpu: down nproc=1")
         up = xl(xenopus, "vcpu-set", "-i", name, "2")  # -i: the host may have fewer CPUs
         assert up.returncode == 0, up.stderr
-        until("xenopus-xlcpu: up nproc=2")
-        ended = read_lines(proc, lines, time.monotonic() + 120, log)
-        assert ended and proc.wait(timeout=60) == 0, tail()
-        assert any("RESULT: PASS xlcpu" in ln for ln in lines), tail()
-        print(f"{name}: " + next(ln for ln in lines if "RESULT:" in ln))
-    finally:
-        xenopus.destroy(name)
-        proc.kill()
+        guest.until("xenopus-xlcpu: up nproc=2")
+        guest.finish("xlcpu")
 
 
 ACPI_READY = re.compile(r"xenopus-cpuhp: ready online=(\S+) present=(\S+) possible=(\S+)")
@@ -161,50 +120,30 @@ def test_xl_vcpu_set_acpi_hotplug_changes_nproc(xenopus: Xenopus, release: str,
     kernel = with_check(kernel_file(release, "pvh"), "cpuhp", tmp_path / "initramfs.cpio")
     cfg = xenopus.config(name, kernel, "cpuhp", vcpus=2, memory=256, xen_platform=0,
                          extra="maxvcpus = 3\n")
-    proc = subprocess.Popen(xenopus.command("create", "-c", str(cfg)), env=xenopus.env,
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
-    lines: list[str] = []
-    log = console_dir() / f"{name}.log"
-    log.unlink(missing_ok=True)
-
-    def tail() -> str:
-        return "\n".join(lines[-60:])
-
-    def until(marker: str) -> None:
-        seen = read_lines(proc, lines, time.monotonic() + BOOT_TIMEOUT, log, until=marker)
-        assert seen, tail() + xenopus.dmesg()[-4000:]
-
-    try:
-        until("xenopus-cpuhp: ready")
-        ready = next(m for ln in lines if (m := ACPI_READY.search(ln)))
+    with xenopus.console(name, cfg) as guest:
+        guest.until("xenopus-cpuhp: ready")
+        ready = guest.line(ACPI_READY)
         assert ready.groups() == ("0-1", "0-1", "0-2"), ready.group(0)
         assert vcpus_online(xenopus, name) == [True, True, False]  # vCPU 2 parked
 
         up = xl(xenopus, "vcpu-set", "-i", name, "3")  # -i: the host may have fewer CPUs
         assert up.returncode == 0, up.stderr
-        until("xenopus-cpuhp: up nproc=3")
+        guest.until("xenopus-cpuhp: up nproc=3")
         # vCPU 2's _STA (its ACPI device's status file) now says present and enabled.
-        assert any("up nproc=3 online=0-2 present=0-2 sta2=15" in ln for ln in lines), tail()
+        guest.saw("up nproc=3 online=0-2 present=0-2 sta2=15")
         assert vcpus_online(xenopus, name) == [True, True, True]
 
         down = xl(xenopus, "vcpu-set", name, "1")
         assert down.returncode == 0, down.stderr
-        until("xenopus-cpuhp: down nproc=1")  # after their _STA read absent: ejected
+        guest.until("xenopus-cpuhp: down nproc=1")  # after their _STA read absent: ejected
         assert vcpus_online(xenopus, name) == [True, False, False]
         listed = xl(xenopus, "list", name).stdout.splitlines()[1].split()
         assert listed[3] == "1", listed  # VCPUs: the count asked for
 
         again = xl(xenopus, "vcpu-set", "-i", name, "2")
         assert again.returncode == 0, again.stderr
-        until("xenopus-cpuhp: again nproc=2")
+        guest.until("xenopus-cpuhp: again nproc=2")
         # The guest powers off right after this line: its own masks say where it ended
         # (a vcpu-list now would race with the domain's end).
-        assert any("again nproc=2 online=0-1 present=0-1" in ln for ln in lines), tail()
-        ended = read_lines(proc, lines, time.monotonic() + 120, log)
-        assert ended and proc.wait(timeout=60) == 0, tail()
-        assert any("RESULT: PASS cpuhp" in ln for ln in lines), tail()
-        print(f"{name}: " + next(ln for ln in lines if "RESULT:" in ln))
-    finally:
-        xenopus.destroy(name)
-        proc.kill()
+        guest.saw("again nproc=2 online=0-1 present=0-1")
+        guest.finish("cpuhp")
