@@ -251,6 +251,14 @@ def test_libxl_config_has_libxls_shape_and_leaves_defaults_out():
     }
 
 
+def test_libxl_config_avail_vcpus_follow_vcpu_set():
+    # libxl_retrieve_domain_configuration: a running domain's avail_vcpus are those online
+    # now (xl vcpu-set moved them), not the config's.
+    cfg = DomainConfig(name="web", kernel="/k", vcpus=2, maxvcpus=4)
+    assert libxl_domain_config(cfg, UUID, 3)["b_info"]["avail_vcpus"] == [0, 1, 2]
+    assert libxl_domain_config(cfg, UUID)["b_info"]["avail_vcpus"] == [0, 1]
+
+
 def test_libxl_devices():
     cfg = DomainConfig(
         name="d", kernel="/k",

@@ -157,6 +157,9 @@ def test_vcpu_set_brings_vcpus_up_and_down(xl: Xl) -> None:
         rows = vcpu_rows(xl, "hotcpu")
         assert rows[1][3].isdigit() and rows[2][3:5] == ["-", "--p"], rows
         assert xl.domains()["hotcpu"][3] == "2"
+        # list -l: libxl_retrieve_domain_configuration's avail_vcpus, those set now
+        long = json.loads(xl.run("list", "-l", "hotcpu").stdout)
+        assert long[0]["config"]["b_info"]["avail_vcpus"] == [0, 1]
 
         zero = xl.run("vcpu-set", "hotcpu", "0")
         assert zero.returncode != 0 and "Requested 0 VCPUs!" in zero.stderr

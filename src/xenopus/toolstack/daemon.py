@@ -1684,7 +1684,7 @@ class Daemon:
                 "config": rec.config.to_dict(),
             }
             if long:
-                out["libxl"] = xlformat.libxl_domain_config(rec.config, rec.uuid)
+                out["libxl"] = xlformat.libxl_domain_config(rec.config, rec.uuid, avail)
             return out
 
         recs = sorted(self.domains.values(), key=lambda r: r.domid)

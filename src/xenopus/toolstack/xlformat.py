@@ -493,16 +493,20 @@ def libxl_cpuid(value: str | list[str]) -> list[dict[str, object]]:
 SUBLEAF_LEAVES = (0x4, 0x7, 0xB, 0xD, 0xF, 0x10, 0x12, 0x14, 0x17, 0x18, 0x1F, 0x8000001D)
 
 
-def libxl_domain_config(config: DomainConfig, uuid: str) -> dict[str, object]:
+def libxl_domain_config(config: DomainConfig, uuid: str, avail_vcpus: int | None = None
+                        ) -> dict[str, object]:
     """`config` as libxl_domain_config: c_info (libxl_domain_create_info), b_info
     (libxl_domain_build_info, with the PVH arm of its keyed union as "type.pvh"), the
     device arrays and the on_* actions. No hotplug script runs here (xenopus makes the
-    tap and joins the bridge itself): run_hotplug_scripts is "False"."""
+    tap and joins the bridge itself): run_hotplug_scripts is "False". `avail_vcpus`: the
+    vCPUs available now, where `xl vcpu-set` has moved them (libxl_retrieve_domain_
+    configuration puts a running domain's, not its config's, in b_info.avail_vcpus)."""
     c_info: dict[str, object] = {"type": "pvh" if config.pvshim else config.type,
                                  "name": config.name, "uuid": uuid,
                                  "run_hotplug_scripts": "False"}
     maxvcpus = config.maxvcpus or config.vcpus
-    b_info: dict[str, object] = {"max_vcpus": maxvcpus, "avail_vcpus": list(range(config.vcpus))}
+    avail = config.vcpus if avail_vcpus is None else avail_vcpus
+    b_info: dict[str, object] = {"max_vcpus": maxvcpus, "avail_vcpus": list(range(avail))}
     if config.cpus is not None:
         # vcpu_hard_affinity: one bitmap per vCPU; an unpinned vCPU has every host CPU,
         # which libxl's JSON cannot say without the host's CPU count: it gets [].
