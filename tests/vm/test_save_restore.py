@@ -332,6 +332,18 @@ def test_migrate_moves_a_counting_guest_with_no_lost_or_repeated_count(
     assert _checksum(COUNT) in text
 
 
+def _result_then_destroy(x: Xenopus, name: str, serial: bool = False) -> bytes:
+    """`name`'s console (the serial one with `serial`) read to its RESULT line, then the
+    domain destroyed (kept by on_poweroff = "preserve" for the test's checks)."""
+    attached = x.popen("console", *(("-t", "serial") if serial else ()), name)
+    assert attached.stdout is not None
+    try:
+        return read_result(attached.stdout)
+    finally:
+        assert x.run("destroy", name).returncode == 0
+        attached.wait(60)
+
+
 def test_migrate_c_sends_the_given_config_instead_of_the_domain_s(
     xenopus: Xenopus, receiver: Xenopus,
 ) -> None:
@@ -348,13 +360,7 @@ def test_migrate_c_sends_the_given_config_instead_of_the_domain_s(
     listed = receiver.run("list", "-l", "reconfigured", check=True).stdout
     assert '"on_poweroff": "preserve"' in listed, listed
     assert receiver.run("unpause", "reconfigured").returncode == 0
-    attached = receiver.popen("console", "reconfigured")
-    assert attached.stdout is not None
-    try:
-        after = read_result(attached.stdout)
-    finally:
-        assert receiver.run("destroy", "reconfigured").returncode == 0
-        attached.wait(60)
+    after = _result_then_destroy(receiver, "reconfigured")
     text = (before + after).decode()
     assert _counts(text) == list(range(COUNT)) and _checksum(COUNT) in text
 
@@ -385,13 +391,7 @@ def test_a_live_migrated_xen_guest_s_timer_events_and_watch_carry_on(
     finally:
         client.close()
     assert receiver.run("unpause", "livetick").returncode == 0
-    attached = receiver.popen("console", "-t", "serial", "livetick")
-    assert attached.stdout is not None
-    try:
-        after = read_result(attached.stdout)
-    finally:
-        assert receiver.run("destroy", "livetick").returncode == 0
-        attached.wait(60)
+    after = _result_then_destroy(receiver, "livetick", serial=True)
     text = (before + after).decode()
     assert [int(n) for n in re.findall(r"^tick (\d+)\r$", text, re.M)] == list(range(ticks))
     assert "note before\r\n" in text and "poked after-migrate\r\n" in text, text[-500:]
@@ -424,13 +424,7 @@ def test_virtio_blk_io_running_during_a_live_migration_finishes_with_the_data_ve
     moved = _migrate(xenopus, receiver, "blkmover", "--debug")
     assert moved.returncode == 0, moved.stderr
     before += console.communicate(timeout=60)[0]
-    attached = receiver.popen("console", "blkmover")
-    assert attached.stdout is not None
-    try:
-        after = read_result(attached.stdout)
-    finally:
-        assert receiver.run("destroy", "blkmover").returncode == 0
-        attached.wait(60)
+    after = _result_then_destroy(receiver, "blkmover")
     text = (before + after).decode()
     done = [int(n) for n in re.findall(r"^loop (\d+)\r$", text, re.M)]
     assert done == list(range(1, loops)), text[-500:]  # none lost, none repeated
@@ -494,13 +488,7 @@ def test_xen_blkfront_io_running_during_a_live_migration_finishes_with_the_data_
     moved = _migrate(xenopus, receiver, "xblkmover", "--debug")
     assert moved.returncode == 0, moved.stderr
     before += console.communicate(timeout=60)[0]
-    attached = receiver.popen("console", "-t", "serial", "xblkmover")
-    assert attached.stdout is not None
-    try:
-        after = read_result(attached.stdout)
-    finally:
-        assert receiver.run("destroy", "xblkmover").returncode == 0
-        attached.wait(60)
+    after = _result_then_destroy(receiver, "xblkmover", serial=True)
     _check_xenblk(before, after, disk)
 
 
@@ -517,13 +505,7 @@ def test_xen_blkfront_io_carries_on_across_save_and_restore(
     assert b"RESULT" not in before
     restored = xenopus.run("restore", str(image))
     assert restored.returncode == 0, restored.stderr
-    attached = xenopus.popen("console", "-t", "serial", "xblksaved")
-    assert attached.stdout is not None
-    try:
-        after = read_result(attached.stdout)
-    finally:
-        assert xenopus.run("destroy", "xblksaved").returncode == 0
-        attached.wait(60)
+    after = _result_then_destroy(xenopus, "xblksaved", serial=True)
     _check_xenblk(before, after, disk)
 
 
