@@ -17,7 +17,7 @@ import threading
 from collections import deque
 from collections.abc import Callable
 
-from xenopus.devices.uart import HostInput
+from xenopus.devices.uart import HostInput, UartHostSide
 
 # Register offsets (§3.2, Table 3-1)
 UARTDR = 0x000
@@ -83,7 +83,7 @@ PCELL_ID = (0x0D, 0xF0, 0x05, 0xB1)
 FIFO_SIZE = 16
 
 
-class Pl011:
+class Pl011(UartHostSide):
     """`irq(level)` is called when UARTMIS's OR changes (the combined UARTINTR line);
     `output(data)` receives each transmitted byte (unless in loopback)."""
 
@@ -101,24 +101,7 @@ class Pl011:
         self._ifls = IFLS_RESET
         self._ibrd = self._fbrd = self._ilpr = self._dmacr = 0
 
-    # -- host side ------------------------------------------------------------
-
-    def receive(self, data: bytes) -> None:
-        """Bytes typed on the host; what the FIFO cannot take yet waits in order."""
-        with self._lock:
-            self._backlog.feed(data)
-            self._refill()
-            self._update_irq()
-
-    @property
-    def pending(self) -> int:
-        with self._lock:
-            return len(self._rx) + len(self._backlog)
-
-    @property
-    def dropped(self) -> int:
-        """Host bytes refused because the backlog was full."""
-        return self._backlog.dropped
+    # (the host side, receive/pending/dropped: UartHostSide)
 
     # -- guest side (BusDevice) -------------------------------------------------
 

@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import Callable
 
 from xenopus.devices.bus import read_lanes, write_lanes
-from xenopus.devices.uart import HostInput
+from xenopus.devices.uart import HostInput, UartHostSide
 from xenopus.stream import check_state
 
 # Register offsets; DLAB (LCR bit 7) turns offsets 0/1 into the divisor latch.
@@ -84,7 +84,7 @@ MSR_IDLE_LINES = MSR_DCD | MSR_DSR | MSR_CTS
 FIFO_SIZE = 16
 
 
-class Serial16550:
+class Serial16550(UartHostSide):
     """COM port. `irq(level)` is called only when the computed level changes;
     `output(data)` receives each transmitted byte (unless in loopback)."""
 
@@ -110,25 +110,7 @@ class Serial16550:
         self._lines = MSR_IDLE_LINES
         self._deltas = 0
 
-    # -- host side ------------------------------------------------------------
-
-    def receive(self, data: bytes) -> None:
-        """Bytes typed on the host; what the FIFO cannot take yet waits in order."""
-        with self._lock:
-            self._backlog.feed(data)
-            self._refill()
-            self._update_irq()
-
-    @property
-    def pending(self) -> int:
-        """Host bytes not yet read by the guest (FIFO plus backlog)."""
-        with self._lock:
-            return len(self._rx) + len(self._backlog)
-
-    @property
-    def dropped(self) -> int:
-        """Host bytes refused because the backlog was full."""
-        return self._backlog.dropped
+    # (the host side, receive/pending/dropped: UartHostSide)
 
     # -- save/restore -----------------------------------------------------------
 

@@ -8,6 +8,7 @@ lose bytes), the bytes wait here and move into the FIFO as the guest reads it.
 
 from __future__ import annotations
 
+import threading
 from collections import deque
 
 BACKLOG_LIMIT = 64 * 1024  # bytes; what a paste beyond this loses is counted, not kept
@@ -44,3 +45,37 @@ class HostInput:
     def give_back(self, byte: int) -> None:
         """A byte the FIFO no longer has room for (it shrank): first in line again."""
         self._bytes.appendleft(byte)
+
+
+class UartHostSide:
+    """The host side both UARTs have: bytes typed on the host go through the backlog into
+    the receiver FIFO. A subclass sets `_lock`, `_rx` and `_backlog` and moves bytes in
+    `_refill`, recomputing its interrupt line in `_update_irq`."""
+
+    _lock: threading.Lock
+    _rx: deque[int]
+    _backlog: HostInput
+
+    def _refill(self) -> None:
+        raise NotImplementedError
+
+    def _update_irq(self) -> None:
+        raise NotImplementedError
+
+    def receive(self, data: bytes) -> None:
+        """Bytes typed on the host; what the FIFO cannot take yet waits in order."""
+        with self._lock:
+            self._backlog.feed(data)
+            self._refill()
+            self._update_irq()
+
+    @property
+    def pending(self) -> int:
+        """Host bytes not yet read by the guest (FIFO plus backlog)."""
+        with self._lock:
+            return len(self._rx) + len(self._backlog)
+
+    @property
+    def dropped(self) -> int:
+        """Host bytes refused because the backlog was full."""
+        return self._backlog.dropped
