@@ -10,6 +10,7 @@ the kit's xenpair guests through the CLI.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import os
 import re
@@ -17,8 +18,9 @@ import selectors
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -354,32 +356,58 @@ def test_b_waits_for_the_answer_not_for_its_bind_event(xenopus: Xenopus) -> None
     assert "RESULT: PASS xenpair role=b" in out_b, out_b
 
 
-@kvm
-def test_destroying_one_side_midway_leaves_the_other_running(xenopus: Xenopus) -> None:
-    """a publishes and is paused, waiting for its event. b binds a's port, copies a's grant,
-    copies its reply into a's page, sends, and stops without waiting for a's answer
-    (wait=0; on_poweroff = preserve keeps its process, and so its end of the channel).
-    Destroying b leaves a paused and its process untouched; a's port goes back to unbound,
-    which a's guest sees once it runs again."""
-    a, b = pair_ids(xenopus, "die")
-    assert create_paused(xenopus, "die-a", f"role=a peer={b} timeout_ms=60000") == a
-    cfg = xenopus.config("die-b", "xenpair.elf", xen_platform=1, memory=64,
-                         cmdline=f"role=b peer={a} wait=0", on_poweroff="preserve")
-    assert xenopus.run("create", "-q", "-p", str(cfg)).returncode == 0
-    assert int(xenopus.domains()["die-b"][1]) == b
-    con_a, con_b = console(xenopus, "die-a"), console(xenopus, "die-b")
-    log_a = xenopus.run_dir / "log" / "die-a.log"
+class HalfDone(NamedTuple):
+    a: int
+    b: int
+    con_a: subprocess.Popen
+    log_a: Path
+
+
+@contextlib.contextmanager
+def b_answered_paused_a(x: Xenopus, tag: str) -> Iterator[HalfDone]:
+    """a publishes and is paused, waiting for its event. b binds a's port, copies a's
+    grant, copies its reply into a's page, sends, and stops without waiting for a's answer
+    (wait=0; on_poweroff = preserve keeps its process, and so its end of the channel)."""
+    a, b = pair_ids(x, tag)
+    assert create_paused(x, f"{tag}-a", f"role=a peer={b} timeout_ms=60000") == a
+    cfg = x.config(f"{tag}-b", "xenpair.elf", xen_platform=1, memory=64,
+                   cmdline=f"role=b peer={a} wait=0", on_poweroff="preserve")
+    assert x.run("create", "-q", "-p", str(cfg)).returncode == 0
+    assert int(x.domains()[f"{tag}-b"][1]) == b
+    con_a, con_b = console(x, f"{tag}-a"), console(x, f"{tag}-b")
     try:
         assert con_a.stdout is not None and con_b.stdout is not None
-        assert xenopus.run("unpause", "die-a").returncode == 0
+        assert x.run("unpause", f"{tag}-a").returncode == 0
         read_until(con_a.stdout, b"pair a: port")  # published, now waiting for b
-        assert xenopus.run("pause", "die-a").returncode == 0
-        pid_a = domain_pid(xenopus, "die-a")
-        assert xenopus.run("unpause", "die-b").returncode == 0
+        assert x.run("pause", f"{tag}-a").returncode == 0
+        assert x.run("unpause", f"{tag}-b").returncode == 0
         result_b = result_line(con_b.stdout)  # preserved: its console stays open
         assert result_b.startswith(b"RESULT: PASS xenpair role=b"), result_b
+        yield HalfDone(a, b, con_a, x.run_dir / "log" / f"{tag}-a.log")
+    finally:
+        con_a.kill()
+        con_b.kill()
+
+
+def assert_a_saw_b_go(half: HalfDone, out_a: str) -> None:
+    """b's event and the reply it copied into a's page arrived before b went; then a's
+    port became unbound (EVTCHNOP_status), as Xen does when the far end closes."""
+    a, b = half.a, half.b
+    assert f"pair a: reply from domain {b}: ack from domain {b}: hello from domain {a}" in out_a, out_a
+    assert re.search(r"FAIL port \d+ bound to domain", out_a), out_a
+    assert "RESULT: FAIL xenpair role=a" in out_a, out_a
+    assert re.search(rf"d{a}: port \d+: domain {b} closed its end", half.log_a.read_text())
+
+
+@kvm
+def test_destroying_one_side_midway_leaves_the_other_running(xenopus: Xenopus) -> None:
+    """b answers a paused a and stops (b_answered_paused_a). Destroying b leaves a paused
+    and its process untouched; a's port goes back to unbound, which a's guest sees once it
+    runs again."""
+    with b_answered_paused_a(xenopus, "die") as half:
+        pid_a = domain_pid(xenopus, "die-a")
         assert "die-b" in xenopus.domains()  # preserved: its process holds its end
-        assert "closed its end" not in log_a.read_text()
+        assert "closed its end" not in half.log_a.read_text()
 
         assert xenopus.run("destroy", "die-b").returncode == 0
         assert "die-b" not in xenopus.domains()
@@ -388,16 +416,8 @@ def test_destroying_one_side_midway_leaves_the_other_running(xenopus: Xenopus) -
         os.kill(pid_a, 0)  # alive
 
         assert xenopus.run("unpause", "die-a").returncode == 0
-        out_a = con_a.communicate(timeout=120)[0].decode(errors="replace")
-    finally:
-        con_a.kill()
-        con_b.kill()
-    # b's event and the reply it copied into a's page arrived before b went; then a's port
-    # became unbound (EVTCHNOP_status), as Xen does when the far end closes.
-    assert f"pair a: reply from domain {b}: ack from domain {b}: hello from domain {a}" in out_a, out_a
-    assert re.search(r"FAIL port \d+ bound to domain", out_a), out_a
-    assert "RESULT: FAIL xenpair role=a" in out_a, out_a
-    assert re.search(rf"d{a}: port \d+: domain {b} closed its end", log_a.read_text())
+        out_a = half.con_a.communicate(timeout=120)[0].decode(errors="replace")
+    assert_a_saw_b_go(half, out_a)
 
 
 @kvm
@@ -408,40 +428,19 @@ def test_a_link_made_before_a_daemon_restart_is_the_new_daemons(xenopus: Xenopus
     dead domain)."""
     from tests.vm.test_jail import kill_daemon
 
-    a, b = pair_ids(xenopus, "rj")
-    assert create_paused(xenopus, "rj-a", f"role=a peer={b} timeout_ms=60000") == a
-    cfg = xenopus.config("rj-b", "xenpair.elf", xen_platform=1, memory=64,
-                         cmdline=f"role=b peer={a} wait=0", on_poweroff="preserve")
-    assert xenopus.run("create", "-q", "-p", str(cfg)).returncode == 0
-    assert int(xenopus.domains()["rj-b"][1]) == b
-    con_a, con_b = console(xenopus, "rj-a"), console(xenopus, "rj-b")
-    log_a = xenopus.run_dir / "log" / "rj-a.log"
-    try:
-        assert con_a.stdout is not None and con_b.stdout is not None
-        assert xenopus.run("unpause", "rj-a").returncode == 0
-        read_until(con_a.stdout, b"pair a: port")  # published, now waiting for b
-        assert xenopus.run("pause", "rj-a").returncode == 0
-        assert xenopus.run("unpause", "rj-b").returncode == 0
-        result_b = result_line(con_b.stdout)
-        assert result_b.startswith(b"RESULT: PASS xenpair role=b"), result_b
-
+    with b_answered_paused_a(xenopus, "rj") as half:
         kill_daemon(xenopus)
         assert xenopus.run("list").returncode == 0  # a new daemon adopts both
         assert "rejoined" in xenopus.log()
-        assert "closed its end" not in log_a.read_text()
+        assert "closed its end" not in half.log_a.read_text()
         assert xenopus.run("destroy", "rj-b").returncode == 0
         deadline = time.monotonic() + 30
-        while "closed its end" not in log_a.read_text():
-            assert time.monotonic() < deadline, log_a.read_text()
+        while "closed its end" not in half.log_a.read_text():
+            assert time.monotonic() < deadline, half.log_a.read_text()
             time.sleep(0.05)  # polling the domain's log for the unlink
         assert xenopus.run("unpause", "rj-a").returncode == 0
-        out_a = con_a.communicate(timeout=120)[0].decode(errors="replace")
-    finally:
-        con_a.kill()
-        con_b.kill()
-    assert f"pair a: reply from domain {b}: ack from domain {b}: hello from domain {a}" in out_a, out_a
-    assert re.search(r"FAIL port \d+ bound to domain", out_a), out_a
-    assert re.search(rf"d{a}: port \d+: domain {b} closed its end", log_a.read_text())
+        out_a = half.con_a.communicate(timeout=120)[0].decode(errors="replace")
+    assert_a_saw_b_go(half, out_a)
 
 
 def _rebind_round(x: Xenopus, tag: str, move: Callable[[str], None]) -> None:
