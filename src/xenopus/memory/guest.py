@@ -290,11 +290,11 @@ class GuestMemory:
         if gpa % PAGE_SIZE or length % PAGE_SIZE:
             raise GuestMemoryError(f"discard of {gpa:#x}+{length:#x}: not page aligned")
         r, _ = self._find(gpa, length)
-        self.mark_dirty(gpa, length)  # the pages read as zeros now: sent again as such
         if r.private:
             r.zero(gpa - r.gpa, length)
         else:
             r.map.madvise(mmap.MADV_REMOVE, gpa - r.gpa, length)
+        self.mark_dirty(gpa, length)  # the pages read as zeros now: sent again as such
 
     # Writers below log the pages after writing them: a log pass between the two then
     # takes the page in its next round, never only before the write.

@@ -13,7 +13,12 @@ dev=$(arg disk)
 # the node in devtmpfs follows at once, but give it a bounded moment.
 for _ in $(seq 50); do [ -b "$dev" ] && break; sleep 0.1; done
 [ -b "$dev" ] || { echo "no block device '$dev'"; exit 1; }
+echo "probe-stat-before: $(head -1 /proc/stat)"
+echo "probe-irq-before: $(grep -E 'xen|virtio|LOC|RES|CAL' /proc/interrupts | tr -s ' ' | tr '\n' '|')"
 /bin/diskio disk "$dev" "$(arg mib)" "$(arg secs)"
+echo "probe-stat-after: $(head -1 /proc/stat)"
+echo "probe-irq-after: $(grep -E 'xen|virtio|LOC|RES|CAL' /proc/interrupts | tr -s ' ' | tr '\n' '|')"
+echo "probe-blk: $(cat /sys/block/*/queue/max_sectors_kb 2>/dev/null | tr '\n' ' ') feat: $(cat /sys/module/xen_blkfront/parameters/* 2>/dev/null | tr '\n' ' ')"
 if [ -n "$(arg ip)" ]; then
     ip addr add "$(arg ip)" dev eth0
     ip link set eth0 up
