@@ -174,6 +174,9 @@ class Bench:
                 sender.wait()
             subprocess.run(["ip", "-n", NS, "link", "del", TAP], capture_output=True)
         (self.tmp / f"console-{self.runs}.log").write_bytes(seen)
+        if self.args.consoles is not None:
+            self.args.consoles.mkdir(parents=True, exist_ok=True)
+            (self.args.consoles / f"{self.runs}-{who.replace(' ', '-')}.log").write_bytes(seen)
         found = {m.group(1).decode(): m for m in MEASURE.finditer(seen)}
         if not PASS.search(seen) or not all(name in found for name, _, _ in self.wanted()):
             raise RunFailed(f"{who}: no complete `RESULT: PASS io` run:\n"
@@ -252,6 +255,8 @@ def main() -> int:
     p.add_argument("--secs", type=float, default=5.0, help="seconds of random reads (default 5)")
     p.add_argument("--net-mib", type=int, default=4, help="MiB over TCP (default 4)")
     p.add_argument("--no-net", action="store_true", help="disk only (no tap, no TCP stream)")
+    p.add_argument("--consoles", type=Path, metavar="DIR",
+                   help="keep each boot's console there (RUN-SIDE-TRANSPORT.log)")
     args = p.parse_args()
     if args.quick:
         args.mib, args.secs, args.net_mib, args.runs = 4, 2.0, 1, 1
