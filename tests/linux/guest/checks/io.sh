@@ -13,12 +13,16 @@ dev=$(arg disk)
 # the node in devtmpfs follows at once, but give it a bounded moment.
 for _ in $(seq 50); do [ -b "$dev" ] && break; sleep 0.1; done
 [ -b "$dev" ] || { echo "no block device '$dev'"; exit 1; }
-echo "probe-stat-before: $(head -1 /proc/stat)"
-echo "probe-irq-before: $(grep -E 'xen|virtio|LOC|RES|CAL' /proc/interrupts | tr -s ' ' | tr '\n' '|')"
+# Around the disk measurements, for reading a figure (benchmarks/linux_io.py --consoles):
+# the guest's CPU split (/proc/stat: user nice system idle iowait irq softirq steal) and
+# its event and interrupt counts; after them the block queue's request size limit and
+# xen-blkfront's parameters (indirect segments, persistent grants).
+info() { echo "xenopus-io-info: $1 cpu $(head -1 /proc/stat | cut -c5-)"
+         echo "xenopus-io-info: $1 irqs $(grep -E 'xen|virtio' /proc/interrupts | tr -s ' ' | tr '\n' '|')"; }
+info before
 /bin/diskio disk "$dev" "$(arg mib)" "$(arg secs)"
-echo "probe-stat-after: $(head -1 /proc/stat)"
-echo "probe-irq-after: $(grep -E 'xen|virtio|LOC|RES|CAL' /proc/interrupts | tr -s ' ' | tr '\n' '|')"
-echo "probe-blk: $(cat /sys/block/*/queue/max_sectors_kb 2>/dev/null | tr '\n' ' ') feat: $(cat /sys/module/xen_blkfront/parameters/* 2>/dev/null | tr '\n' ' ')"
+info after
+echo "xenopus-io-info: max_sectors_kb $(cat /sys/block/*/queue/max_sectors_kb | tr '\n' ' ')blkfront $(grep -H . /sys/module/xen_blkfront/parameters/* 2>/dev/null | sed 's|.*/||' | tr '\n' ' ')"
 if [ -n "$(arg ip)" ]; then
     ip addr add "$(arg ip)" dev eth0
     ip link set eth0 up
