@@ -4,11 +4,6 @@
 set -e
 arg() { sed -n "s/.*xenopus\.$1=\([0-9./]*\).*/\1/p" /proc/cmdline; }
 ip addr add "$(arg ip)" dev eth0
-# ARP gives an address up after mcast_solicit requests retrans_time apart (3 x 1 s) and
-# drops what waited for it: on a loaded nested host the first echo's reply could come
-# later than that (a run lost the first of three echoes so, the next two answered). Ten
-# requests let resolution take as long as an echo's own 10 s.
-echo 10 > /proc/sys/net/ipv4/neigh/eth0/mcast_solicit
 ip link set eth0 up
 # Three echoes, each its own `ping -c 1` with 10 s for its reply. One `ping -c 3` would
 # not do: after sending its last echo busybox waits only max(1 s, about 2 x the longest
